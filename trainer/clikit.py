@@ -1,0 +1,47 @@
+"""Shared sub-command dispatch for the ``trainer`` and ``tui`` CLIs (torch-free).
+
+A sub-command is a module with ``add_arguments(parser)`` and ``run(args) -> int``; it is
+imported only when chosen, so ``--help`` and the monitor start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line on stderr, exit status 2."""
+
+
+def run_cli(
+    prog: str, description: str, commands: dict[str, tuple[str, str]], argv: list[str] | None
+) -> int:
+    """Parse ``argv``, import the chosen sub-command's module and run it."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subs = {name: sub.add_parser(name, help=h, description=h) for name, (_, h) in commands.items()}
+    name = next((a for a in argv if not a.startswith("-")), None)
+    module = None
+    if name in commands:
+        try:
+            module = importlib.import_module(commands[name][0])
+        except ModuleNotFoundError as e:
+            if e.name and e.name == commands[name][0]:
+                print(f"{prog}: command {name!r} is not available in this build", file=sys.stderr)
+                return 2
+            raise
+        module.add_arguments(subs[name])
+    args = parser.parse_args(argv)
+    if module is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(module.run(args) or 0)
+    except UsageError as e:
+        print(f"{prog} {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

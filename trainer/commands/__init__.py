@@ -1,0 +1,1 @@
+"""Sub-commands of the ``trainer`` CLI (see ``trainer.cli``)."""

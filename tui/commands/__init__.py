@@ -1,0 +1,1 @@
+"""Sub-commands of the ``tui`` CLI (see ``tui.cli``)."""
