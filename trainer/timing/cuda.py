@@ -1,0 +1,250 @@
+"""GPU timing by CUDA event pairs, resolved lazily; and per-step memory readers.
+
+Regions on a CUDA device record an event on the current stream when they start and end.
+Events come from a reusable pool; a step's events are only *queried* (never waited on)
+until the whole step has completed on the GPU, normally one step later, so timing never
+adds ``torch.cuda.synchronize()`` to the step. ``torch`` is imported only here and only
+when a CUDA device is asked for, never for CPU runs.
+
+The event factory is pluggable: anything with ``record()``, ``query()``,
+``elapsed_time(end)`` (milliseconds) and ``synchronize()`` works, which is how the tests
+drive this path on a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class Event(Protocol):
+    """The subset of ``torch.cuda.Event`` the timing core uses."""
+
+    def record(self) -> None: ...
+
+    def query(self) -> bool: ...
+
+    def elapsed_time(self, end_event: Any) -> float: ...
+
+    def synchronize(self) -> None: ...
+
+
+EventFactory = Callable[[], Event]
+
+
+def torch_event_factory(device: Any) -> EventFactory:
+    """Timing-enabled ``torch.cuda.Event`` objects; raises if CUDA is not usable."""
+    import torch  # deferred: CPU runs never import torch through the timing core
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("CUDA is not available")
+    dev = torch.device(device)
+    if dev.index is not None and torch.cuda.current_device() != dev.index:
+        torch.cuda.set_device(dev.index)
+    cuda_event = torch.cuda.Event
+
+    def make() -> Event:
+        return cuda_event(enable_timing=True)
+
+    return make
+
+
+class EventPool:
+    """Reusable events: its size settles at the number of events in flight (bounded)."""
+
+    __slots__ = ("_factory", "_free", "created")
+
+    def __init__(self, factory: EventFactory) -> None:
+        self._factory = factory
+        self._free: list[Event] = []
+        self.created = 0
+
+    def get(self) -> Event:
+        try:
+            return self._free.pop()
+        except IndexError:
+            self.created += 1
+            return self._factory()
+
+    def put(self, ev: Event) -> None:
+        self._free.append(ev)
+
+    def free_count(self) -> int:
+        return len(self._free)
+
+
+class PendingStep:
+    """A step whose GPU events may not have completed yet."""
+
+    __slots__ = (
+        "after",
+        "checked",
+        "cpu_values",
+        "end",
+        "epoch",
+        "events",
+        "memory",
+        "samples",
+        "scalars",
+        "start",
+        "step",
+        "time",
+    )
+
+    def __init__(
+        self,
+        step: int,
+        start: Event,
+        end: Event,
+        events: list[tuple[str, Event, Event]],
+        cpu_values: dict[str, list[float]],
+        time: float,
+        epoch: int,
+        samples: int,
+        scalars: dict[str, float] | None,
+        memory: dict[str, int] | None,
+    ) -> None:
+        self.step = step
+        self.start = start
+        self.end = end
+        self.events = events
+        self.cpu_values = cpu_values
+        self.time = time
+        self.epoch = epoch
+        self.samples = samples
+        self.scalars = scalars
+        self.memory = memory
+        self.checked = 0  # events[:checked] are known to be complete
+        self.after: list[Any] = []  # records to write right after this step (evals)
+
+    def ready(self) -> bool:
+        """True once every event of the step has completed; only queries, never waits.
+
+        The end-of-step marker is queried first: while it is pending (the usual case one
+        step behind) this costs a single query.
+        """
+        if not (self.end.query() and self.start.query()):
+            return False
+        evs = self.events
+        i = self.checked
+        n = len(evs)
+        while i < n:
+            _, s, e = evs[i]
+            if not (e.query() and s.query()):
+                self.checked = i
+                return False
+            i += 1
+        self.checked = n
+        return True
+
+    def wait(self) -> None:
+        """Block until the step's events have completed (used at close and as back-pressure)."""
+        self.end.synchronize()
+        for _, s, e in self.events:
+            s.synchronize()
+            e.synchronize()
+
+    def resolve(self) -> tuple[float, dict[str, tuple[float, int]], int]:
+        """``(wall_ms, regions, failures)`` from completed events plus CPU-logged values."""
+        regions: dict[str, list[float]] = {k: [v[0], v[1]] for k, v in self.cpu_values.items()}
+        failures = 0
+        for name, s, e in self.events:
+            try:
+                ms = float(s.elapsed_time(e))
+            except Exception:  # e.g. events recorded on different devices
+                failures += 1
+                continue
+            acc = regions.get(name)
+            if acc is None:
+                regions[name] = [ms, 1]
+            else:
+                acc[0] += ms
+                acc[1] += 1
+        wall = float(self.start.elapsed_time(self.end))
+        return wall, {k: (v[0], int(v[1])) for k, v in regions.items()}, failures
+
+
+# --------------------------------------------------------------------------- memory
+
+MemoryReader = Callable[[], "dict[str, int] | None"]
+
+
+def cuda_memory_reader(device: Any) -> MemoryReader:
+    """Allocated / reserved bytes at step end and peak allocated since the previous step.
+
+    Resets torch's peak-allocated counter of the device every step (that is what makes
+    the peak per step); keep the run's peak from the records (max of ``peak``).
+    """
+    import torch
+
+    dev = torch.device(device)
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    cuda = torch.cuda
+
+    def read() -> dict[str, int]:
+        out = {
+            "allocated": int(cuda.memory_allocated(idx)),
+            "reserved": int(cuda.memory_reserved(idx)),
+            "peak": int(cuda.max_memory_allocated(idx)),
+        }
+        cuda.reset_peak_memory_stats(idx)
+        return out
+
+    return read
+
+
+_statm: tuple[int, int] | None = None  # (pid, fd)
+
+
+def _open_statm() -> int:
+    """A shared descriptor on ``/proc/self/statm``, reopened after a fork (``/proc/self``
+    is resolved when opened, so a forked child must not read its parent's file)."""
+    global _statm
+    pid = os.getpid()
+    if _statm is None or _statm[0] != pid:
+        try:
+            fd = os.open("/proc/self/statm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            fd = -1
+        _statm = (pid, fd)
+    return _statm[1]
+
+
+def cpu_memory_reader() -> MemoryReader | None:
+    """Process resident set size (``rss``, bytes) from ``/proc/self/statm``; else the
+    peak RSS from ``resource`` (``rss_peak``); None when neither is available."""
+    fd = _open_statm()
+    if fd >= 0:
+        page = os.sysconf("SC_PAGE_SIZE")
+
+        def read_statm() -> dict[str, int] | None:
+            try:
+                fields = os.pread(_open_statm(), 256, 0).split()
+                return {"rss": int(fields[1]) * page}
+            except (OSError, IndexError, ValueError):
+                return None
+
+        return read_statm
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+
+    def read_rusage() -> dict[str, int] | None:
+        return {"rss_peak": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale}
+
+    return read_rusage
+
+
+def cuda_device_info(device: Any) -> tuple[str | None, int | None]:
+    """(GPU name, total memory bytes) of a CUDA device, (None, None) if unknown."""
+    try:
+        import torch
+
+        props = torch.cuda.get_device_properties(torch.device(device))
+        return str(props.name), int(props.total_memory)
+    except Exception:
+        return None, None

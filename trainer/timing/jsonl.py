@@ -1,0 +1,188 @@
+"""Append-only line files that never raise into training, and the run identity of a rank.
+
+A :class:`LineFile` buffers whole lines and appends them with ``os.write`` on an
+``O_APPEND`` descriptor, so a process killed at any moment leaves at most one partial last
+line. On the first IO error (disk full, permission denied, folder removed) it emits one
+:class:`TimingWarning`, drops its buffer and disables itself; training goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import warnings
+
+from trainer.timing.records import make_run_id
+
+RUN_ID_ENV = "STAGEWATCH_RUN_ID"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class TimingWarning(RuntimeWarning):
+    """Something went wrong in the timing core; training continues without it."""
+
+
+def warn(message: str) -> None:
+    warnings.warn(f"stagewatch: {message}", TimingWarning, stacklevel=3)
+
+
+class LineFile:
+    """Whole lines appended to one file; buffered; disabled after one warning on error."""
+
+    __slots__ = ("_buf", "_bytes", "_fd", "_in_flush", "disabled", "max_buffer_bytes", "path")
+
+    def __init__(self, path: str, max_buffer_bytes: int = 1 << 20) -> None:
+        self.path = path
+        self.max_buffer_bytes = max_buffer_bytes
+        self._fd: int | None = None
+        self._buf: list[str] = []
+        self._bytes = 0
+        self._in_flush = False
+        self.disabled = False
+
+    def open(self) -> bool:
+        """Create the folder and open the file for appending; False (warned) on error."""
+        if self.disabled:
+            return False
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            self._fd = os.open(self.path, flags, 0o644)
+        except OSError as e:
+            self._fail(e)
+            return False
+        return True
+
+    def write(self, line: str) -> None:
+        """Queue one complete line (must end with ``\\n``)."""
+        if self.disabled:
+            return
+        self._buf.append(line)
+        self._bytes += len(line)
+        if self._bytes >= self.max_buffer_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Append the queued lines to the file. Never raises."""
+        # _in_flush: a signal handler that interrupts a flush must not append (it would
+        # land in the middle of a line); the interrupted flush finishes or the process ends.
+        if self.disabled or self._in_flush or not self._buf:
+            return
+        if self._fd is None and not self.open():
+            return
+        self._in_flush = True
+        try:
+            data = "".join(self._buf).encode("utf-8", "replace")
+            fd = self._fd
+            assert fd is not None
+            if os.fstat(fd).st_nlink == 0:  # writes to an unlinked file would vanish silently
+                raise FileNotFoundError(2, "the log file or its folder was removed", self.path)
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            self._buf.clear()
+            self._bytes = 0
+        except OSError as e:
+            self._fail(e)
+        finally:
+            self._in_flush = False
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+    def _fail(self, e: OSError) -> None:
+        self.disabled = True
+        self._buf.clear()
+        self._bytes = 0
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        reason = e.strerror or str(e)
+        warn(f"cannot write {self.path}: {reason}; this log is off for the rest of the run")
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def _initialized_dist() -> object | None:
+    """``torch.distributed`` if it is already imported and initialised (never imports it)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None:
+        return None
+    try:
+        if dist.is_available() and dist.is_initialized():  # type: ignore[attr-defined]
+            return dist
+    except Exception:
+        return None
+    return None
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """Explicit values, else torch.distributed (if initialised), else ``RANK``/``WORLD_SIZE``."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    dist = _initialized_dist()
+    if dist is not None:
+        try:
+            r, w = dist.get_rank(), dist.get_world_size()  # type: ignore[attr-defined]
+        except Exception:
+            r, w = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+    else:
+        r, w = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+    return (r if rank is None else rank), (w if world_size is None else world_size)
+
+
+def safe_run_id(run_id: str) -> str:
+    """A run id usable as one folder name (no separators, no ``..``)."""
+    s = _UNSAFE.sub("_", run_id).strip("._") or "run"
+    return s[:120]
+
+
+def resolve_run_id(run_id: str | None, run_name: str, world_size: int) -> str:
+    """The run id all ranks share.
+
+    Order: ``run_id`` given; else env ``STAGEWATCH_RUN_ID``; else, when torch.distributed
+    is initialised, rank 0's new id broadcast to every rank (a collective: every rank must
+    create its logger at the same point); else a new id (with a warning when several ranks
+    exist but cannot agree, since each would then start its own folder).
+    """
+    if run_id:
+        return safe_run_id(run_id)
+    env = os.environ.get(RUN_ID_ENV)
+    if env:
+        return safe_run_id(env)
+    rid = make_run_id(run_name)
+    if world_size > 1:
+        dist = _initialized_dist()
+        if dist is not None:
+            try:
+                box = [rid]
+                dist.broadcast_object_list(box, src=0)  # type: ignore[attr-defined]
+                return safe_run_id(str(box[0]))
+            except Exception as e:
+                warn(f"could not share the run id between ranks ({e}); each rank uses its own")
+        else:
+            warn(
+                f"{world_size} ranks but torch.distributed is not initialised and "
+                f"{RUN_ID_ENV} is not set: ranks will write separate run folders. Create the "
+                "logger after init_process_group, or set the variable for all ranks"
+            )
+    return rid

@@ -1,0 +1,915 @@
+"""TimingLogger: named regions per training step, written as records, text and a panel.
+
+Hot-path rules: a region costs about a microsecond on CPU (``perf_counter``), a CUDA
+region costs two event records and never a synchronize; a disabled logger (or no
+logger) makes every call a no-op of a few tens of nanoseconds; per-step work and memory
+do not grow with the number of steps.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from trainer.timing import records as R
+from trainer.timing.console import TOP_N, Console
+from trainer.timing.cuda import (
+    EventFactory,
+    EventPool,
+    MemoryReader,
+    PendingStep,
+    cpu_memory_reader,
+    cuda_device_info,
+    cuda_memory_reader,
+    torch_event_factory,
+)
+from trainer.timing.jsonl import LineFile, rank_and_world, resolve_run_id, warn
+from trainer.timing.stats import RegionStats, RunningStats
+from trainer.timing.text_log import format_step, format_summary
+
+ENV_SWITCH = "STAGEWATCH_TIMING"
+FLUSH_SECONDS = 2.0  # also flush when this long has passed, so a live monitor stays current
+
+F = TypeVar("F", bound=Callable[..., Any])
+_perf = time.perf_counter
+
+
+def env_disabled() -> bool:
+    """True when env ``STAGEWATCH_TIMING`` is ``0``/``false``/``off``/``no``."""
+    v = os.environ.get(ENV_SWITCH)
+    return v is not None and v.strip().lower() in ("0", "false", "off", "no")
+
+
+_ENV_OFF = env_disabled()  # read once at import: decorators applied now stay plain functions
+
+
+# --------------------------------------------------------------------------- no-op path
+
+
+class _Noop:
+    """Shared do-nothing region (context manager and decorator)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+
+    def __enter__(self) -> _Noop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __call__(self, fn: F) -> F:
+        return _decorate(fn, self.name, None)
+
+
+NOOP = _Noop()
+_noops: dict[str, _Noop] = {}
+
+
+def _noop_for(name: str) -> _Noop:
+    r = _noops.get(name)
+    if r is None:
+        r = _Noop(name)
+        if len(_noops) < 1024:  # bounded even if names are generated
+            _noops[name] = r
+    return r
+
+
+def _decorate(fn: F, name: str, logger: TimingLogger | None) -> F:
+    """Wrap ``fn`` in a region; ``logger=None`` means the global logger at call time."""
+    if _ENV_OFF:
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        lg = _active if logger is None else logger
+        if lg is None or not lg.enabled:
+            return fn(*args, **kwargs)
+        with lg.region(name):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- regions
+
+
+class _CpuRegion:
+    """A region timed by ``perf_counter``; nesting-aware through a per-thread name stack."""
+
+    __slots__ = ("_full", "_lg", "_name", "_stack", "_t0")
+    _bound = True  # decorator uses this logger (False: the global one at call time)
+
+    def __init__(self, lg: TimingLogger, name: str) -> None:
+        self._lg = lg
+        self._name = name
+
+    def __enter__(self) -> _CpuRegion:
+        tls = self._lg._tls
+        try:
+            stack = tls.stack
+        except AttributeError:
+            stack = tls.stack = []
+        name = self._name
+        if name[:1] == "/":
+            full = name[1:]
+        elif stack:
+            full = stack[-1] + "/" + name
+        else:
+            full = name
+        stack.append(full)
+        self._stack = stack
+        self._full = full
+        self._t0 = _perf()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ms = (_perf() - self._t0) * 1000.0
+        self._stack.pop()
+        lg = self._lg
+        full = self._full
+        with lg._lock:
+            acc = lg._cur.get(full)
+            if acc is None:
+                lg._cur[full] = [ms, 1]
+            else:
+                acc[0] += ms
+                acc[1] += 1
+
+    def __call__(self, fn: F) -> F:
+        return _decorate(fn, self._name, self._lg if self._bound else None)
+
+
+class _CudaRegion(_CpuRegion):
+    """A region timed by a pair of CUDA events from the logger's pool."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> _CudaRegion:
+        lg = self._lg
+        tls = lg._tls
+        try:
+            stack = tls.stack
+        except AttributeError:
+            stack = tls.stack = []
+        name = self._name
+        if name[:1] == "/":
+            full = name[1:]
+        elif stack:
+            full = stack[-1] + "/" + name
+        else:
+            full = name
+        stack.append(full)
+        self._stack = stack
+        self._full = full
+        ev = lg._pool.get()
+        ev.record()
+        self._t0 = ev
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        lg = self._lg
+        ev = lg._pool.get()
+        ev.record()
+        self._stack.pop()
+        with lg._lock:
+            lg._cur_ev.append((self._full, self._t0, ev))
+
+
+class _GlobalCpuRegion(_CpuRegion):
+    __slots__ = ()
+    _bound = False
+
+
+class _GlobalCudaRegion(_CudaRegion):
+    __slots__ = ()
+    _bound = False
+
+
+# --------------------------------------------------------------------------- globals
+
+_global: TimingLogger | None = None  # what get_global_timing_logger() returns
+_active: TimingLogger | None = None  # the global logger if it is enabled and open, else None
+_open_loggers: weakref.WeakSet[TimingLogger] = weakref.WeakSet()
+
+
+def set_global_timing_logger(logger: TimingLogger | None) -> None:
+    """Make ``logger`` the target of :func:`timed` and :func:`log_timing` (None: none)."""
+    global _global, _active
+    _global = logger
+    _active = logger if logger is not None and not logger._closed else None
+
+
+def get_global_timing_logger() -> TimingLogger | None:
+    return _global
+
+
+def timed(name: str) -> Any:
+    """Time a region of the global logger: ``with timed("forward"):`` or ``@timed("data")``.
+
+    Nested regions get path names (``forward/vrt``) unless the name starts with ``/``.
+    A no-op when there is no global logger or timing is off. Use one ``with`` per object.
+    """
+    lg = _active
+    if lg is None:
+        r = _noops.get(name)
+        return r if r is not None else _noop_for(name)
+    return lg._gregion_cls(lg, name)
+
+
+def log_timing(name: str, ms: float) -> None:
+    """Add ``ms`` milliseconds (measured by you) to region ``name`` of the current step."""
+    lg = _active
+    if lg is not None:
+        lg.log(name, ms)
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    # sys.last_value is set when the program ends by an uncaught exception
+    exc = getattr(sys, "last_value", None)
+    for lg in list(_open_loggers):
+        if isinstance(exc, KeyboardInterrupt):
+            lg.close(R.STATUS_INTERRUPTED)
+        elif isinstance(exc, BaseException):
+            lg.close(R.STATUS_FAILED, exc)
+        else:
+            lg.close(R.STATUS_COMPLETED)
+
+
+# --------------------------------------------------------------------------- logger
+
+_CONFIG_BOOL = {
+    "ENABLE_TIMING_LOG": "enabled",
+    "TIMING_CONSOLE": "enable_console",
+    "TIMING_FILE": "enable_file",
+    "TIMING_JSONL": "enable_jsonl",
+}
+_CONFIG_INT = {
+    "TIMING_CONSOLE_INTERVAL": "console_update_interval",
+    "TIMING_FILE_INTERVAL": "file_flush_interval",
+}
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+class TimingLogger:
+    """Per-step region timing for one rank of one run.
+
+    Drop-in for the original ``TimingLogger(log_dir, enable_console, enable_file,
+    console_update_interval, file_flush_interval)``. ``log_dir`` is the log root: this run
+    writes ``<log_dir>/<run_id>/rank<R>.jsonl`` (records) and ``timing_rank<R>.log`` (text).
+
+    ``device``: ``"cuda"``/``"cuda:N"``/a ``torch.device`` times regions with CUDA events
+    (resolved one step later); anything else uses ``perf_counter``. ``event_factory``
+    replaces ``torch.cuda.Event`` (tests). The step wall time is CPU time between
+    ``step()`` calls, or on CUDA the GPU time between the end-of-step markers.
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike[str] = R.DEFAULT_LOG_ROOT,
+        enable_console: bool = True,
+        enable_file: bool = True,
+        console_update_interval: int = 10,
+        file_flush_interval: int = 50,
+        *,
+        enable_jsonl: bool = True,
+        enabled: bool = True,
+        run_id: str | None = None,
+        run_name: str = "run",
+        rank: int | None = None,
+        world_size: int | None = None,
+        config: Mapping[str, Any] | None = None,
+        total_steps: int | None = None,
+        samples_per_step: int | None = None,
+        device: Any = None,
+        start_step: int = 0,
+        event_factory: EventFactory | None = None,
+        console_stream: Any = None,
+        collect_memory: bool = True,
+        handle_sigterm: bool = True,
+        max_pending_steps: int = 8,
+        max_region_names: int = 4096,
+    ) -> None:
+        self.console_update_interval = _positive_int(
+            console_update_interval, "console_update_interval"
+        )
+        self.file_flush_interval = _positive_int(file_flush_interval, "file_flush_interval")
+        self.enabled = bool(enabled) and not env_disabled()
+        self.log_dir = os.fspath(log_dir)
+        self.run_id: str | None = None
+        self.run_dir: str | None = None
+        self.rank, self.world_size = 0, 1
+        self.device = "cpu"
+        self.step_count = start_step  # number of the last step() call
+        self.steps_written = start_step  # number of the last step record emitted
+        self._closed = not self.enabled
+        self._lock = threading.Lock()
+        self._tls = threading.local()
+        self._cur: dict[str, list[float]] = {}
+        self._cur_ev: list[tuple[str, Any, Any]] = []
+        self._stats = RegionStats(max_region_names)
+        self._wall = RunningStats()
+        self._unaccounted = RunningStats()
+        self.peak_memory: dict[str, int] = {}
+        self._epoch = 0
+        self._samples_per_step = samples_per_step
+        self._cuda = False
+        self._pool: EventPool | None = None
+        self._pending: deque[PendingStep] = deque()
+        self._jsonl: LineFile | None = None
+        self._text: LineFile | None = None
+        self._console: Console | None = None
+        self._warned: set[str] = set()
+        self._sig_installed = False
+        if not self.enabled:
+            self._region_cls: type[_CpuRegion] = _CpuRegion
+            self._gregion_cls: type[_CpuRegion] = _GlobalCpuRegion
+            return
+
+        self.rank, self.world_size = rank_and_world(rank, world_size)
+        self.run_id = resolve_run_id(run_id, run_name, self.world_size)
+        self.run_dir = R.run_dir(self.log_dir, self.run_id)
+
+        # clock: CUDA events or perf_counter
+        self._max_pending = max(1, int(max_pending_steps))
+        dev = "cpu" if device is None else str(device)
+        if dev.startswith("cuda"):
+            factory = event_factory
+            if factory is None:
+                try:
+                    factory = torch_event_factory(dev)
+                except Exception as e:
+                    warn(f"device {dev!r}: {e}; timing regions by CPU clock instead")
+            if factory is not None:
+                self._cuda = True
+                self._pool = EventPool(factory)
+                if dev == "cuda" and event_factory is None:
+                    dev = _current_cuda_device()
+        self.device = dev
+        self._region_cls = _CudaRegion if self._cuda else _CpuRegion
+        self._gregion_cls = _GlobalCudaRegion if self._cuda else _GlobalCpuRegion
+
+        self._memory: MemoryReader | None = None
+        if collect_memory:
+            try:
+                self._memory = cuda_memory_reader(dev) if self._cuda else cpu_memory_reader()
+            except Exception as e:
+                warn(f"memory is not recorded: {e}")
+
+        # outputs
+        self._jsonl = (
+            LineFile(os.path.join(self.run_dir, R.rank_file_name(self.rank)))
+            if enable_jsonl
+            else None
+        )
+        self._text = (
+            LineFile(os.path.join(self.run_dir, R.text_log_name(self.rank)))
+            if enable_file
+            else None
+        )
+        self._console = Console(console_stream) if enable_console and self.rank == 0 else None
+        self._con_acc: dict[str, float] = {}
+        self._con_wall = 0.0
+        self._con_unacc = 0.0
+        self._con_n = 0
+        self._con_samples = 0
+        self._since_flush = 0
+        self._last_flush = _perf()
+
+        gpu_name = mem_total = None
+        if self._cuda and event_factory is None:
+            gpu_name, mem_total = cuda_device_info(dev)
+        torch_mod = sys.modules.get("torch")  # reported only if the program imported it
+        torch_version = getattr(torch_mod, "__version__", None) if torch_mod else None
+        start = R.RunStart(
+            run_id=self.run_id,
+            rank=self.rank,
+            world_size=self.world_size,
+            time=time.time(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            device=dev,
+            gpu_name=gpu_name,
+            torch_version=str(torch_version) if torch_version else None,
+            config=dict(config) if config else {},
+            total_steps=total_steps,
+            samples_per_step=samples_per_step,
+            device_memory_total=mem_total,
+            start_step=start_step,
+        )
+        if self._jsonl is not None:
+            self._write(self._jsonl, R.encode(start))
+            self._jsonl.flush()  # the run appears to a watching monitor right away
+
+        self._t_last = _perf()
+        self._marker: Any = None
+        if self._cuda:
+            assert self._pool is not None
+            self._marker = self._pool.get()
+            self._marker.record()
+
+        self._prev_sigterm: Any = None
+        if handle_sigterm:
+            self._install_sigterm()
+        _open_loggers.add(self)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(
+        cls, log_section: Mapping[str, Any] | None, *, config_file: str | None = None, **kwargs: Any
+    ) -> TimingLogger:
+        """A logger from the ``LOG:`` section of a config; ``kwargs`` win over it.
+
+        Keys: ``ENABLE_TIMING_LOG``, ``TIMING_CONSOLE``, ``TIMING_FILE``, ``TIMING_JSONL``
+        (booleans), ``TIMING_CONSOLE_INTERVAL`` (default 10), ``TIMING_FILE_INTERVAL``
+        (default 50). Other keys of the section are ignored. A bad value raises
+        :class:`trainer.errors.ConfigError` naming ``LOG.<KEY>``.
+        """
+        from trainer.errors import ConfigError
+
+        section = log_section or {}
+        if not isinstance(section, Mapping):
+            raise ConfigError(
+                "LOG", f"expected a mapping, got {type(section).__name__}", config_file
+            )
+        args: dict[str, Any] = {}
+        for key, arg in _CONFIG_BOOL.items():
+            if key in section:
+                v = section[key]
+                if not isinstance(v, bool):
+                    raise ConfigError(
+                        f"LOG.{key}", f"expected true or false, got {v!r}", config_file
+                    )
+                args[arg] = v
+        for key, arg in _CONFIG_INT.items():
+            if key in section:
+                v = section[key]
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ConfigError(
+                        f"LOG.{key}", f"expected a positive integer (steps), got {v!r}", config_file
+                    )
+                args[arg] = v
+        args.update(kwargs)
+        return cls(**args)
+
+    # ------------------------------------------------------------------ regions
+
+    def region(self, name: str) -> Any:
+        """Like :func:`timed`, on this logger (context manager or decorator)."""
+        if self._closed:
+            return _noop_for(name)
+        return self._region_cls(self, name)
+
+    def begin(self, name: str) -> Any:
+        """Start region ``name`` (absolute, no nesting); thread-safe. Returns a handle."""
+        if self._closed:
+            return None
+        if name[:1] == "/":
+            name = name[1:]
+        if self._cuda:
+            ev = self._pool.get()  # type: ignore[union-attr]
+            ev.record()
+            return (name, ev)
+        return (name, _perf())
+
+    def end(self, handle: Any) -> None:
+        """End a region started by :meth:`begin` (possibly on another thread)."""
+        if handle is None or self._closed:
+            return
+        name, start = handle
+        if self._cuda:
+            ev = self._pool.get()  # type: ignore[union-attr]
+            ev.record()
+            with self._lock:
+                self._cur_ev.append((name, start, ev))
+            return
+        self._add(name, (_perf() - start) * 1000.0)
+
+    def log(self, name: str, ms: float) -> None:
+        """Add a measured value (ms) to region ``name`` (absolute) of the current step."""
+        if self._closed:
+            return
+        if name[:1] == "/":
+            name = name[1:]
+        try:
+            ms = float(ms)
+        except (TypeError, ValueError):
+            self._warn_once("log", f"log_timing({name!r}): {ms!r} is not a number; ignored")
+            return
+        if ms != ms or ms < 0 or ms == float("inf"):
+            self._warn_once("log", f"log_timing({name!r}): {ms!r} is not a duration; ignored")
+            return
+        self._add(name, ms)
+
+    def _add(self, name: str, ms: float) -> None:
+        with self._lock:
+            acc = self._cur.get(name)
+            if acc is None:
+                self._cur[name] = [ms, 1]
+            else:
+                acc[0] += ms
+                acc[1] += 1
+
+    # ------------------------------------------------------------------ steps
+
+    def mark_step_start(self) -> None:
+        """Start the clock of the coming step now, discarding regions timed since the last
+        ``step()`` (call it right before the loop so that setup time is not in step 1)."""
+        if self._closed:
+            return
+        with self._lock:
+            self._cur = {}
+            self._cur_ev = []
+        self._t_last = _perf()
+        if self._cuda:
+            m = self._pool.get()  # type: ignore[union-attr]
+            m.record()
+            self._marker = m  # the old marker may still end a pending step: not pooled
+
+    def step(
+        self,
+        samples: int | None = None,
+        epoch: int | None = None,
+        scalars: Mapping[str, Any] | None = None,
+        memory: Mapping[str, int] | None = None,
+    ) -> None:
+        """End the current step. ``scalars``: e.g. loss and lr (pass Python floats: a
+        tensor is converted with ``float()``, which waits for the GPU). ``memory``
+        replaces the measured memory of this step."""
+        if self._closed:
+            return
+        now = _perf()
+        wall_ms = (now - self._t_last) * 1000.0
+        self._t_last = now
+        self.step_count += 1
+        if epoch is not None:
+            self._epoch = int(epoch)
+        n_samples = int(samples) if samples is not None else (self._samples_per_step or 0)
+        sc = _clean_scalars(scalars) if scalars else None
+        if memory is not None:
+            mem: dict[str, int] | None = _clean_memory(memory)
+        elif self._memory is not None:
+            try:
+                mem = self._memory()
+            except Exception as e:
+                self._memory = None
+                mem = None
+                self._warn_once("memory", f"memory is no longer recorded: {e}")
+        else:
+            mem = None
+
+        if self._cuda:
+            marker = self._pool.get()  # type: ignore[union-attr]
+            marker.record()
+            with self._lock:
+                events, values = self._cur_ev, self._cur
+                self._cur_ev, self._cur = [], {}
+            self._pending.append(
+                PendingStep(
+                    self.step_count,
+                    self._marker,
+                    marker,
+                    events,
+                    values,
+                    time.time(),
+                    self._epoch,
+                    n_samples,
+                    sc,
+                    mem,
+                )
+            )
+            self._marker = marker
+            self._drain(block=False)
+        else:
+            with self._lock:
+                values = self._cur
+                self._cur = {}
+            regions = {k: (v[0], int(v[1])) for k, v in values.items()}
+            self._emit(
+                R.Step(
+                    step=self.step_count,
+                    time=time.time(),
+                    wall_ms=wall_ms,
+                    regions=regions,
+                    epoch=self._epoch,
+                    samples=n_samples,
+                    memory=mem,
+                    scalars=sc,
+                )
+            )
+        self._since_flush += 1
+        if self._since_flush >= self.file_flush_interval or now - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def _drain(self, block: bool) -> None:
+        """Emit pending CUDA steps whose events completed (all of them when ``block``)."""
+        pending = self._pending
+        pool = self._pool
+        assert pool is not None
+        while pending:
+            p = pending[0]
+            if not p.ready():
+                if not block and len(pending) <= self._max_pending:
+                    return
+                try:  # back-pressure when the CPU runs far ahead, or close(): wait
+                    p.wait()
+                except Exception as e:
+                    self._warn_once("wait", f"could not wait for GPU events: {e}")
+                    pending.clear()
+                    return
+            pending.popleft()
+            try:
+                wall, regions, failures = p.resolve()
+            except Exception as e:
+                self._warn_once("resolve", f"step {p.step}: GPU timing failed: {e}")
+                continue
+            if failures:
+                self._warn_once(
+                    "elapsed", f"step {p.step}: {failures} region(s) could not be timed"
+                )
+            self._emit(
+                R.Step(
+                    step=p.step,
+                    time=p.time,
+                    wall_ms=wall,
+                    regions=regions,
+                    epoch=p.epoch,
+                    samples=p.samples,
+                    memory=p.memory,
+                    scalars=p.scalars,
+                )
+            )
+            for rec in p.after:
+                self._emit_other(rec)
+            pool.put(p.start)
+            for _, s, e in p.events:
+                pool.put(s)
+                pool.put(e)
+
+    # ------------------------------------------------------------------ outputs
+
+    def _emit(self, rec: R.Step) -> None:
+        self.steps_written = rec.step
+        self._stats.add_step(rec.regions)
+        self._wall.add(rec.wall_ms)
+        un = R.unaccounted_ms(rec.wall_ms, rec.regions)
+        self._unaccounted.add(un)
+        if rec.memory:
+            peak = self.peak_memory
+            for k, v in rec.memory.items():
+                if v > peak.get(k, -1):
+                    peak[k] = v
+        if self._jsonl is not None:
+            self._write(self._jsonl, R.encode(rec))
+        if self._text is not None:
+            try:
+                block = format_step(rec.step, rec.wall_ms, rec.regions, self._avg_of)
+            except Exception as e:  # a formatting bug must not stop training
+                self._warn_once("text", f"text log: {e}")
+            else:
+                self._write(self._text, block)
+        if self._console is not None:
+            self._console_step(rec, un)
+
+    def _emit_other(self, rec: R.Record) -> None:
+        if self._jsonl is not None:
+            self._write(self._jsonl, R.encode(rec))
+
+    def _write(self, sink: LineFile, line: str) -> None:
+        try:
+            sink.write(line)
+        except Exception as e:
+            self._warn_once("write", f"writing {sink.path}: {e}")
+
+    def _avg_of(self, name: str) -> float | None:
+        s = self._stats.get(name)
+        return s.avg if s is not None else None
+
+    def _console_step(self, rec: R.Step, un: float) -> None:
+        acc = self._con_acc
+        for name, (ms, _) in rec.regions.items():
+            acc[name] = acc.get(name, 0.0) + ms
+        self._con_wall += rec.wall_ms
+        self._con_unacc += un
+        self._con_n += 1
+        self._con_samples += rec.samples
+        if self._con_n < self.console_update_interval:
+            return
+        n = self._con_n
+        wall = self._con_wall / n
+        top = sorted(((k, v / n) for k, v in acc.items()), key=lambda kv: -kv[1])[:TOP_N]
+        rate = ""
+        if wall > 0:
+            rate = f"{1000.0 / wall:.2f} steps/s"
+            if self._con_samples:
+                rate += f", {self._con_samples / (self._con_wall / 1000.0):.2f} samples/s"
+        try:
+            assert self._console is not None
+            self._console.update(rec.step, wall, top, self._con_unacc / n, rate)
+        except Exception as e:
+            self._warn_once("console", f"console panel: {e}")
+            self._console = None
+        acc.clear()
+        self._con_wall = self._con_unacc = 0.0
+        self._con_n = self._con_samples = 0
+
+    def log_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Write an eval record (after the step records still waiting for the GPU)."""
+        if self._closed:
+            return
+        rec = R.Eval(step=int(step), time=time.time(), metrics=_clean_scalars(metrics))
+        if self._cuda and self._pending:
+            self._pending[-1].after.append(rec)
+        else:
+            self._emit_other(rec)
+
+    def flush(self) -> None:
+        """Write buffered lines now (also done every ``file_flush_interval`` steps)."""
+        if not self.enabled:
+            return
+        self._since_flush = 0
+        self._last_flush = _perf()
+        for sink in (self._jsonl, self._text):
+            if sink is not None:
+                sink.flush()
+
+    # ------------------------------------------------------------------ results
+
+    def get_summary(self) -> dict[str, dict[str, float]]:
+        """Per region over the steps written so far, in ms per step: ``avg``, ``min``,
+        ``max``, ``count`` (steps it appeared in), ``total``, ``calls``."""
+        if self._cuda and not self._closed:
+            self._drain(block=False)
+        return self._stats.summary()
+
+    def get_step_summary(self) -> dict[str, dict[str, float]]:
+        """Running stats of the step wall time and of the unaccounted time (ms)."""
+        return {"wall": self._wall.as_dict(), "unaccounted": self._unaccounted.as_dict()}
+
+    def format_summary(self) -> str:
+        return format_summary(
+            self.get_summary(), self._wall.count, self._wall.total, self._unaccounted.total
+        )
+
+    def print_summary(self, file: Any = None) -> None:
+        """Print the run summary (region tree, avg/min/max per step, shares of wall time)."""
+        if not self.enabled:
+            return
+        print(self.format_summary(), end="", file=file if file is not None else sys.stdout)
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, status: str = R.STATUS_COMPLETED, error: BaseException | None = None) -> None:
+        """Resolve pending GPU steps, write ``run_end`` and close the files. Idempotent."""
+        self._finish(status, error, block=True)
+
+    def _finish(self, status: str, error: BaseException | None, block: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        global _active
+        if _active is self:
+            _active = None
+        if status not in R.END_STATUSES:
+            self._warn_once(
+                "status", f"close(status={status!r}) is not a known status; using 'failed'"
+            )
+            status = R.STATUS_FAILED
+        if self._cuda:
+            try:
+                self._drain(block=block)
+            except Exception as e:
+                self._warn_once("close", f"pending GPU steps lost: {e}")
+        end = R.RunEnd(
+            time=time.time(),
+            status=status,
+            steps=self.steps_written,
+            error_type=type(error).__name__ if error is not None else None,
+            error_message=str(error)[:2000] if error is not None else None,
+        )
+        self._emit_other(end)
+        for sink in (self._jsonl, self._text):
+            if sink is not None:
+                sink.close()
+        if self._console is not None:
+            self._console.close()
+        self._uninstall_sigterm()
+        _open_loggers.discard(self)
+
+    def __enter__(self) -> TimingLogger:
+        return self
+
+    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> None:
+        if ev is None:
+            self.close(R.STATUS_COMPLETED)
+        elif isinstance(ev, KeyboardInterrupt):
+            self.close(R.STATUS_INTERRUPTED)
+        else:
+            self.close(R.STATUS_FAILED, ev)
+
+    # ------------------------------------------------------------------ SIGTERM
+
+    def _install_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            prev = signal.getsignal(signal.SIGTERM)
+            if prev is signal.SIG_IGN or prev is None:
+                return  # ignored, or owned by non-Python code: leave it alone
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        except (ValueError, OSError, AttributeError):
+            return
+        self._prev_sigterm = prev
+        self._sig_installed = True
+
+    def _uninstall_sigterm(self) -> None:
+        if not self._sig_installed:
+            return
+        self._sig_installed = False
+        try:
+            if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+                signal.signal(signal.SIGTERM, self._prev_sigterm)
+        except (ValueError, OSError):
+            pass
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        prev = self._prev_sigterm
+        if callable(prev):
+            # someone else (e.g. the trainer) decides what SIGTERM does: keep our data safe
+            # and let them call close("interrupted") when they stop
+            self.flush()
+            prev(signum, frame)
+            return
+        # default action: finish the log without waiting for the GPU, then die as before
+        try:
+            self._finish(R.STATUS_INTERRUPTED, None, block=False)
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    # ------------------------------------------------------------------ misc
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warn(message)
+
+    def __repr__(self) -> str:
+        state = "disabled" if not self.enabled else ("closed" if self._closed else "open")
+        return f"TimingLogger(run_id={self.run_id!r}, rank={self.rank}, device={self.device!r}, {state})"
+
+
+def _current_cuda_device() -> str:
+    try:
+        import torch
+
+        return f"cuda:{torch.cuda.current_device()}"
+    except Exception:
+        return "cuda"
+
+
+def _clean_scalars(values: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    try:
+        items = list(values.items())
+    except Exception:
+        return out
+    for k, v in items:
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+    return out
+
+
+def _clean_memory(values: Mapping[str, Any]) -> dict[str, int] | None:
+    out: dict[str, int] = {}
+    try:
+        items = list(values.items())
+    except Exception:
+        return None
+    for k, v in items:
+        try:
+            out[str(k)] = int(v)
+        except (TypeError, ValueError, OverflowError):
+            continue
+    return out or None

@@ -1,0 +1,94 @@
+"""Running statistics: constant memory and constant cost per value, however long the run."""
+
+from __future__ import annotations
+
+import math
+
+
+class RunningStats:
+    """Count, total, mean, min and max of a stream of numbers (no history kept)."""
+
+    __slots__ = ("count", "max", "min", "total")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def add(self, x: float) -> None:
+        self.count += 1
+        self.total += x
+        if x < self.min:
+            self.min = x
+        if x > self.max:
+            self.max = x
+
+    @property
+    def avg(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"avg", "min", "max", "count", "total"}``; zeros when nothing was added."""
+        if not self.count:
+            return {"avg": 0.0, "min": 0.0, "max": 0.0, "count": 0, "total": 0.0}
+        return {
+            "avg": self.avg,
+            "min": self.min,
+            "max": self.max,
+            "count": self.count,
+            "total": self.total,
+        }
+
+
+class RegionStats:
+    """Per-region running statistics over per-step totals, bounded in the number of names.
+
+    A region's value in a step is the sum of its calls in that step; ``count`` is the
+    number of steps it appeared in and ``calls`` the number of times it was timed.
+    Beyond ``max_names`` distinct names (e.g. names built from a step counter), new names
+    are folded into ``"(other)"`` so memory stays bounded.
+    """
+
+    OTHER = "(other)"
+
+    __slots__ = ("_calls", "_stats", "max_names", "overflowed")
+
+    def __init__(self, max_names: int = 4096) -> None:
+        self._stats: dict[str, RunningStats] = {}
+        self._calls: dict[str, int] = {}
+        self.max_names = max_names
+        self.overflowed = False
+
+    def add_step(self, regions: dict[str, tuple[float, int]]) -> None:
+        stats, calls = self._stats, self._calls
+        for name, (ms, n) in regions.items():
+            s = stats.get(name)
+            if s is None:
+                if len(stats) >= self.max_names:
+                    self.overflowed = True
+                    name = self.OTHER
+                    s = stats.get(name)
+                if s is None:
+                    s = stats[name] = RunningStats()
+                    calls[name] = 0
+            s.add(ms)
+            calls[name] += n
+
+    def get(self, name: str) -> RunningStats | None:
+        return self._stats.get(name)
+
+    def names(self) -> list[str]:
+        return list(self._stats)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """``{name: {"avg", "min", "max", "count", "total", "calls"}}`` in milliseconds."""
+        out: dict[str, dict[str, float]] = {}
+        for name, s in self._stats.items():
+            d = s.as_dict()
+            d["calls"] = self._calls[name]
+            out[name] = d
+        return out
+
+    def __len__(self) -> int:
+        return len(self._stats)
