@@ -1,0 +1,112 @@
+"""The VRT + spike deblurring model (see shared/design/MODEL.md), instrumented per stage.
+
+>>> cfg = ModelConfig.from_dict(yaml_section["MODEL"], file)
+>>> model = build_model(cfg)
+>>> out = model(rgb, spikes)          # [B,T,3,H,W], [B,T,K,H,W] (None without spikes)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+from trainer.models.config import ModelConfig, SpikeConfig, VRTConfig
+from trainer.models.model import VRTWithSpike
+from trainer.models.spike import NUM_SCALES
+
+__all__ = [
+    "ModelConfig",
+    "SpikeConfig",
+    "VRTConfig",
+    "VRTWithSpike",
+    "build_model",
+    "flow_and_deform_parameters",
+    "other_parameters",
+    "param_groups",
+    "region_names",
+    "set_flow_and_deform_trainable",
+]
+
+
+def build_model(cfg: ModelConfig) -> VRTWithSpike:
+    """The model for ``cfg`` on the CPU, in fp32 (move it with ``.to(device)``)."""
+    return VRTWithSpike(cfg)
+
+
+def region_names(cfg: ModelConfig, checkpointing: bool | None = None,
+                 train_flow: bool = True, spike_chunks: bool = True) -> list[str]:
+    """Every region name one forward + backward of the model produces, forward first.
+
+    ``checkpointing`` (default: from the config) adds ``backward/vrt/stageN/recompute``;
+    ``train_flow=False`` (SpyNet frozen) drops ``backward/vrt/flow``. The trainer's own
+    ``forward``/``backward`` parents are not listed.
+    """
+    if checkpointing is None:
+        checkpointing = cfg.VRT.USE_CHECKPOINT_ATTN or cfg.VRT.USE_CHECKPOINT_FFN
+    mods: list[str] = []
+    if cfg.USE_SPIKE:
+        mods.append("spike_encoder")
+        mods += [f"spike_encoder/scale{i}" for i in range(NUM_SCALES)]
+        mods.append("spike_tsa")
+        mods += [f"spike_tsa/scale{i}" for i in range(NUM_SCALES)]
+    mods += ["vrt", "vrt/flow", "vrt/prealign"]
+    for i in range(1, 9):
+        mods.append(f"vrt/stage{i}")
+        if cfg.USE_SPIKE and i <= NUM_SCALES:
+            mods.append(f"vrt/fusion{i}")
+    mods.append("vrt/head")
+    fwd = []
+    for m in mods:
+        fwd.append(f"forward/{m}")
+        if spike_chunks and m.startswith("spike_tsa/"):
+            fwd.append(f"forward/{m}/chunk")
+    bwd = []
+    for m in mods:
+        if m == "vrt/flow" and not train_flow:
+            continue
+        bwd.append(f"backward/{m}")
+        if checkpointing and m.startswith("vrt/stage"):
+            bwd.append(f"backward/{m}/recompute")
+    return fwd + bwd
+
+
+def flow_and_deform_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """SpyNet's and the deformable-alignment parameters (DDP-wrapped models are fine)."""
+    return _unwrap(model).flow_and_deform_parameters()
+
+
+def other_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """All parameters not in :func:`flow_and_deform_parameters`."""
+    special = {id(p) for p in flow_and_deform_parameters(model)}
+    return [p for p in _unwrap(model).parameters() if id(p) not in special]
+
+
+def set_flow_and_deform_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze (False) or unfreeze (True) the flow and deformable-alignment parameters."""
+    for p in flow_and_deform_parameters(model):
+        p.requires_grad_(trainable)
+
+
+def param_groups(model: nn.Module, lr: float, flow_lr_mult: float = 0.125,
+                 weight_decay: float = 0.0) -> list[dict[str, object]]:
+    """Optimizer groups: flow + deformable parameters at ``lr × flow_lr_mult``, the rest at
+    ``lr`` (the VRT recipe). Each group has an ``initial_lr`` and a ``name``."""
+    def group(name: str, params: Iterable[nn.Parameter], glr: float) -> dict[str, object]:
+        return {"name": name, "params": list(params), "lr": glr, "initial_lr": glr,
+                "weight_decay": weight_decay}
+    return [group("main", other_parameters(model), lr),
+            group("flow_deform", flow_and_deform_parameters(model), lr * flow_lr_mult)]
+
+
+def _unwrap(model: nn.Module) -> VRTWithSpike:
+    m = getattr(model, "module", model)  # DDP
+    m = getattr(m, "_orig_mod", m)  # torch.compile
+    if not isinstance(m, VRTWithSpike):
+        raise TypeError(f"expected a VRTWithSpike model, got {type(m).__name__}")
+    return m
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+

@@ -1,0 +1,245 @@
+"""Typed model configuration: the YAML ``MODEL:`` section, validated with key paths.
+
+Defaults are the full video-deblurring size of VRT (MODEL.md) with a 96-wide spike branch.
+Every bad value raises :class:`trainer.errors.ConfigError` naming the key path, e.g.
+``MODEL.VRT.DEPTHS``, and misspelt keys get a "did you mean" suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from trainer.errors import ConfigError
+
+__all__ = ["ModelConfig", "SpikeConfig", "VRTConfig"]
+
+#: VRT stages 1-7 share one width; stage 8's reconstruction groups share another.
+NUM_ALIGN_STAGES = 7
+
+
+def _full_dims() -> list[int]:
+    return [96] * 7 + [120] * 4
+
+
+def _full_depths() -> list[int]:
+    return [8] * 7 + [4] * 4
+
+
+def _full_heads() -> list[int]:
+    return [6] * 11
+
+
+@dataclass
+class VRTConfig:
+    """VRT settings. Lists have one entry per group: 7 alignment stages then stage 8's groups."""
+
+    EMBED_DIMS: list[int] = field(default_factory=_full_dims)
+    DEPTHS: list[int] = field(default_factory=_full_depths)
+    NUM_HEADS: list[int] = field(default_factory=_full_heads)
+    WINDOW_SIZE: list[int] = field(default_factory=lambda: [6, 8, 8])
+    #: indices into DEPTHS of reconstruction groups that attend within single frames (window 1×h×w)
+    INDEP_RECONSTS: list[int] = field(default_factory=lambda: [9, 10])
+    MLP_RATIO: float = 2.0
+    QKV_BIAS: bool = True
+    DEFORMABLE_GROUPS: int = 16
+    MAX_RESIDUE_MAGNITUDE: float = 10.0
+    PA_FRAMES: int = 2
+    MUTUAL_RATIO: float = 0.75
+    DROP_PATH_RATE: float = 0.2
+    USE_CHECKPOINT_ATTN: bool = True
+    USE_CHECKPOINT_FFN: bool = True
+
+    @property
+    def num_recon_groups(self) -> int:
+        return len(self.DEPTHS) - NUM_ALIGN_STAGES
+
+
+@dataclass
+class SpikeConfig:
+    """Spike branch: 3-D encoder, temporal self-attention per scale, fusion after stages 1-4."""
+
+    BINS: int = 5
+    WIDTH: int = 96
+    RES_BLOCKS: int = 2
+    TSA_HEADS: int = 4
+    TSA_MLP_RATIO: float = 2.0
+    #: token budget of one temporal-attention chunk (pixels × frames); bounds peak memory
+    TSA_CHUNK_TOKENS: int = 49152
+    FUSION_HEADS: int = 4
+    FUSION_MLP_RATIO: float = 2.0
+
+
+@dataclass
+class ModelConfig:
+    """The ``MODEL:`` section."""
+
+    USE_SPIKE: bool = True
+    FLOW_WEIGHTS: str | None = None
+    VRT: VRTConfig = field(default_factory=VRTConfig)
+    SPIKE: SpikeConfig = field(default_factory=SpikeConfig)
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any] | None, file: str | None = None) -> ModelConfig:
+        """Build from the YAML ``MODEL:`` mapping (missing keys take defaults), validated."""
+        if section is None:
+            section = {}
+        if not isinstance(section, dict):
+            raise ConfigError("MODEL", f"expected a mapping, got {_tname(section)}", file)
+        cfg = cls()
+        _fill(cfg, section, "MODEL", file, nested={"VRT": VRTConfig, "SPIKE": SpikeConfig})
+        cfg.validate(file)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict with the YAML's upper-case keys (round-trips through from_dict)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (VRTConfig, SpikeConfig)):
+                out[f.name] = {g.name: _copy(getattr(v, g.name)) for g in fields(v)}
+            else:
+                out[f.name] = v
+        return out
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self, file: str | None = None) -> None:
+        """Check cross-field constraints; raises ConfigError with the offending key path."""
+        v, s = self.VRT, self.SPIKE
+        p = "MODEL.VRT."
+        n = len(v.DEPTHS)
+        if n < NUM_ALIGN_STAGES + 1:
+            raise ConfigError(p + "DEPTHS", f"needs at least {NUM_ALIGN_STAGES + 1} entries "
+                              f"(7 alignment stages + reconstruction groups), got {n}", file)
+        for key in ("EMBED_DIMS", "NUM_HEADS"):
+            if len(getattr(v, key)) != n:
+                raise ConfigError(p + key, f"needs {n} entries (one per DEPTHS entry), "
+                                  f"got {len(getattr(v, key))}", file)
+        for key in ("EMBED_DIMS", "DEPTHS", "NUM_HEADS"):
+            for i, x in enumerate(getattr(v, key)):
+                if x < 1:
+                    raise ConfigError(f"{p}{key}[{i}]", f"must be >= 1, got {x}", file)
+        if len(set(v.EMBED_DIMS[:NUM_ALIGN_STAGES])) != 1:
+            raise ConfigError(p + "EMBED_DIMS", "the first 7 entries must be equal "
+                              "(stages 1-7 add skip connections)", file)
+        if len(set(v.EMBED_DIMS[NUM_ALIGN_STAGES:])) != 1:
+            raise ConfigError(p + "EMBED_DIMS", "the reconstruction entries (8th on) must be "
+                              "equal", file)
+        for i, (d, h) in enumerate(zip(v.EMBED_DIMS, v.NUM_HEADS, strict=True)):
+            if d % h:
+                raise ConfigError(f"{p}NUM_HEADS[{i}]", f"{h} heads do not divide "
+                                  f"EMBED_DIMS[{i}] = {d}", file)
+        if v.EMBED_DIMS[0] % 4:
+            raise ConfigError(p + "EMBED_DIMS", "stage width must be a multiple of 4 "
+                              "(pixel-shuffle up-sampling)", file)
+        if len(v.WINDOW_SIZE) != 3 or any(w < 1 for w in v.WINDOW_SIZE):
+            raise ConfigError(p + "WINDOW_SIZE", "expected [frames, height, width], "
+                              f"positive, got {v.WINDOW_SIZE}", file)
+        if v.WINDOW_SIZE[0] < 2:
+            raise ConfigError(p + "WINDOW_SIZE", "the temporal window must be >= 2 "
+                              "(mutual attention works on frame pairs)", file)
+        for i, g in enumerate(v.INDEP_RECONSTS):
+            if not NUM_ALIGN_STAGES <= g < n:
+                raise ConfigError(f"{p}INDEP_RECONSTS[{i}]", f"must index a reconstruction "
+                                  f"group ({NUM_ALIGN_STAGES}..{n - 1}), got {g}", file)
+        if v.MLP_RATIO <= 0:
+            raise ConfigError(p + "MLP_RATIO", f"must be > 0, got {v.MLP_RATIO}", file)
+        if v.DEFORMABLE_GROUPS < 1 or v.EMBED_DIMS[0] % v.DEFORMABLE_GROUPS:
+            raise ConfigError(p + "DEFORMABLE_GROUPS", f"must be >= 1 and divide the stage "
+                              f"width {v.EMBED_DIMS[0]}, got {v.DEFORMABLE_GROUPS}", file)
+        if v.MAX_RESIDUE_MAGNITUDE <= 0:
+            raise ConfigError(p + "MAX_RESIDUE_MAGNITUDE", "must be > 0", file)
+        if v.PA_FRAMES != 2:
+            raise ConfigError(p + "PA_FRAMES", f"only 2 (neighbouring frames) is implemented, "
+                              f"got {v.PA_FRAMES}", file)
+        if not 0.0 <= v.MUTUAL_RATIO <= 1.0:
+            raise ConfigError(p + "MUTUAL_RATIO", f"must be in [0, 1], got {v.MUTUAL_RATIO}",
+                              file)
+        if not 0.0 <= v.DROP_PATH_RATE < 1.0:
+            raise ConfigError(p + "DROP_PATH_RATE", f"must be in [0, 1), got "
+                              f"{v.DROP_PATH_RATE}", file)
+        p = "MODEL.SPIKE."
+        for key in ("BINS", "WIDTH", "TSA_HEADS", "FUSION_HEADS"):
+            if getattr(s, key) < 1:
+                raise ConfigError(p + key, f"must be >= 1, got {getattr(s, key)}", file)
+        if s.RES_BLOCKS < 0:
+            raise ConfigError(p + "RES_BLOCKS", f"must be >= 0, got {s.RES_BLOCKS}", file)
+        if s.WIDTH % s.TSA_HEADS:
+            raise ConfigError(p + "TSA_HEADS", f"{s.TSA_HEADS} heads do not divide WIDTH = "
+                              f"{s.WIDTH}", file)
+        if v.EMBED_DIMS[0] % s.FUSION_HEADS:
+            raise ConfigError(p + "FUSION_HEADS", f"{s.FUSION_HEADS} heads do not divide "
+                              f"the VRT stage width {v.EMBED_DIMS[0]}", file)
+        if s.TSA_CHUNK_TOKENS < 1:
+            raise ConfigError(p + "TSA_CHUNK_TOKENS", "must be >= 1", file)
+        for key in ("TSA_MLP_RATIO", "FUSION_MLP_RATIO"):
+            if getattr(s, key) <= 0:
+                raise ConfigError(p + key, "must be > 0", file)
+        if self.FLOW_WEIGHTS is not None and not os.path.isfile(self.FLOW_WEIGHTS):
+            raise ConfigError("MODEL.FLOW_WEIGHTS", f"no such file: {self.FLOW_WEIGHTS}", file)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _tname(x: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", type(None): "null"}.get(type(x), type(x).__name__)
+
+
+def _copy(v: Any) -> Any:
+    return list(v) if isinstance(v, list) else v
+
+
+def _fill(obj: Any, section: dict[str, Any], path: str, file: str | None,
+          nested: dict[str, type] | None = None) -> None:
+    """Set the dataclass ``obj``'s fields from ``section``, type-checking each value."""
+    nested = nested or {}
+    known = {f.name: f for f in fields(obj)}
+    for key, value in section.items():
+        kp = f"{path}.{key}"
+        if not isinstance(key, str) or key not in known:
+            close = difflib.get_close_matches(str(key).upper(), list(known), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(known)}"
+            raise ConfigError(kp, f"unknown key{hint}", file)
+        if key in nested:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(kp, f"expected a mapping, got {_tname(value)}", file)
+            _fill(getattr(obj, key), value, kp, file)
+            continue
+        setattr(obj, key, _coerce(value, known[key].type, kp, file))
+
+
+def _coerce(value: Any, annot: Any, kp: str, file: str | None) -> Any:
+    """Check ``value`` against a field annotation string (``from __future__`` annotations)."""
+    t = str(annot).replace(" ", "")
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(kp, f"expected true or false, got {_tname(value)} {value!r}", file)
+    if t == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(kp, f"expected an integer, got {_tname(value)} {value!r}", file)
+    if t == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(kp, f"expected a number, got {_tname(value)} {value!r}", file)
+    if t == "str|None":
+        if value is None or isinstance(value, str):
+            return value or None
+        raise ConfigError(kp, f"expected a file path or null, got {_tname(value)}", file)
+    if t == "list[int]":
+        if not isinstance(value, list):
+            raise ConfigError(kp, f"expected a list of integers, got {_tname(value)}", file)
+        for i, x in enumerate(value):
+            if not isinstance(x, int) or isinstance(x, bool):
+                raise ConfigError(f"{kp}[{i}]", f"expected an integer, got {_tname(x)} {x!r}",
+                                  file)
+        return list(value)
+    raise AssertionError(f"unhandled annotation {annot!r}")  # pragma: no cover

@@ -1,0 +1,115 @@
+"""Backward timing per region through autograd hooks (installed only while timing is on).
+
+For a module named ``vrt/stage8`` the region ``backward/vrt/stage8`` opens when autograd
+has computed the gradient of the module's output (full backward pre-hook) and closes when
+it has computed the gradients of the module's inputs (full backward hook). A module whose
+inputs need no gradient (the flow net, the first spike-encoder scale) closes instead when
+the last of its trainable parameters has received its gradient. Checkpointed blocks charge
+their re-run forward to ``backward/<stage>/recompute``. Hooks may run on autograd's
+threads; the logger's ``begin``/``end`` are thread-safe and every probe holds a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from trainer.models import _timing
+
+
+class _BackwardProbe:
+    def __init__(self, module: nn.Module, name: str, log: Any) -> None:
+        self.name, self.log = name, log
+        self.params = [p for p in module.parameters()]
+        self.lock = threading.Lock()
+        self.handle: Any = None
+        self.inputs_need_grad = True
+        self.remaining = 0
+        self.hooks: list[RemovableHandle] = [
+            module.register_forward_pre_hook(self._forward_pre),
+            module.register_full_backward_pre_hook(self._backward_pre),
+            module.register_full_backward_hook(self._backward_post),
+        ]
+        self.hooks += [p.register_post_accumulate_grad_hook(self._accumulated)
+                       for p in self.params]
+
+    def _forward_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if _timing.in_backward():
+            return
+        self.inputs_need_grad = any(isinstance(a, Tensor) and a.requires_grad for a in args)
+        with self.lock:
+            if self.handle is not None:  # a backward that never completed (autograd.grad)
+                self._close()
+
+    def _backward_pre(self, module: nn.Module, grad_output: Any) -> None:
+        with self.lock:
+            if self.handle is None:
+                self.handle = self.log.begin(self.name)
+                self.remaining = sum(1 for p in self.params if p.requires_grad)
+                if not self.inputs_need_grad and self.remaining == 0:
+                    self._close()
+
+    def _backward_post(self, module: nn.Module, grad_input: Any, grad_output: Any) -> None:
+        if not self.inputs_need_grad:
+            return  # fired at once because no input needs a gradient: not the end
+        with self.lock:
+            if self.handle is not None:
+                self._close()
+
+    def _accumulated(self, p: Tensor) -> None:
+        if self.inputs_need_grad:
+            return
+        with self.lock:
+            if self.handle is not None:
+                self.remaining -= 1
+                if self.remaining <= 0:
+                    self._close()
+
+    def _close(self) -> None:
+        h, self.handle = self.handle, None
+        self.log.end(h)
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks.clear()
+
+
+class Instrumentation:
+    """Hooks of one model bound to one logger; :meth:`remove` takes them all away."""
+
+    def __init__(self, regions: dict[str, nn.Module], recompute: dict[str, list[nn.Module]],
+                 log: Any) -> None:
+        self.log = log
+        self.probes = [_BackwardProbe(m, f"backward/{name}", log) for name, m in regions.items()]
+        self.blocks: list[nn.Module] = []
+        for stage, blocks in recompute.items():
+            for b in blocks:
+                b.recompute_region = f"backward/{stage}/recompute"
+                b.timing_logger = log
+                self.blocks.append(b)
+
+    def remove(self) -> None:
+        for p in self.probes:
+            p.remove()
+        for b in self.blocks:
+            b.recompute_region = None
+            b.timing_logger = None
+        self.probes.clear()
+        self.blocks.clear()
+
+
+def hook_count(model: nn.Module) -> int:
+    """Number of module and parameter hooks on ``model`` (for tests: 0 with timing off)."""
+    n = 0
+    for m in model.modules():
+        for attr in ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks",
+                     "_backward_pre_hooks"):
+            n += len(getattr(m, attr, {}))
+    for p in model.parameters():
+        n += len(getattr(p, "_post_accumulate_grad_hooks", None) or {})
+        n += len(p._backward_hooks or {})
+    return n

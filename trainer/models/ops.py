@@ -1,0 +1,147 @@
+"""Pure-PyTorch building blocks: flow warping, modulated deformable conv, stochastic depth."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "GEGLU",
+    "DropPath",
+    "deform_conv2d",
+    "flow_warp",
+    "flow_warp_nearest4",
+    "sine_position_encoding",
+]
+
+
+def _grid(flow: Tensor) -> Tensor:
+    """Normalised sampling grid (align_corners=False convention) for pixel + flow."""
+    _n, _, h, w = flow.shape
+    ys = torch.arange(h, device=flow.device, dtype=flow.dtype).view(1, h, 1)
+    xs = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, 1, w)
+    px = xs + flow[:, 0]
+    py = ys + flow[:, 1]
+    return torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), dim=-1)
+
+
+def flow_warp(x: Tensor, flow: Tensor) -> Tensor:
+    """Warp ``x`` [N,C,H,W] by ``flow`` [N,2,H,W] (dx, dy in pixels): bilinear, zeros outside.
+
+    Computed in fp32 whatever the autocast state; returns x's dtype.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        out = F.grid_sample(x.float(), _grid(flow.float()), mode="bilinear",
+                            padding_mode="zeros", align_corners=False)
+    return out.to(x.dtype)
+
+
+def flow_warp_nearest4(x: Tensor, flow: Tensor) -> Tensor:
+    """The four integer neighbours of each flow target (floor/ceil in x and y), concatenated.
+
+    Returns [N, 4C, H, W]; samples outside the image are zero.
+    """
+    _n, _c, h, w = x.shape
+    with torch.autocast(x.device.type, enabled=False):
+        xf, ff = x.float(), flow.float()
+        ys = torch.arange(h, device=x.device, dtype=torch.float32).view(1, h, 1)
+        xs = torch.arange(w, device=x.device, dtype=torch.float32).view(1, 1, w)
+        px, py = xs + ff[:, 0], ys + ff[:, 1]
+        outs = []
+        for fy in (torch.floor, torch.ceil):
+            for fx in (torch.floor, torch.ceil):
+                gx, gy = fx(px), fy(py)
+                grid = torch.stack(((2 * gx + 1) / w - 1, (2 * gy + 1) / h - 1), dim=-1)
+                outs.append(F.grid_sample(xf, grid, mode="nearest", padding_mode="zeros",
+                                          align_corners=False))
+        out = torch.cat(outs, dim=1)
+    return out.to(x.dtype)
+
+
+def deform_conv2d(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor,
+                  bias: Tensor | None, groups: int) -> Tensor:
+    """Modulated deformable convolution (stride 1, 'same' padding, dilation 1).
+
+    x [B,C,H,W]; weight [O,C,kh,kw]; offset [B, 2·G·kh·kw, H, W] laid out as
+    (group, kernel position, (dy, dx)); mask [B, G·kh·kw, H, W] as (group, kernel position).
+    Each kernel tap of each deformable group samples x bilinearly at
+    (h + i - kh//2 + dy, w + j - kw//2 + dx), zeros outside, times the mask; the samples are
+    contracted with the weight. Runs in fp32 (also under autocast); returns fp32.
+    Memory: holds kh·kw copies of x.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        x, offset, mask = x.float(), offset.float(), mask.float()
+        weight = weight.float()
+        b, c, h, w = x.shape
+        o, _, kh, kw = weight.shape
+        k = kh * kw
+        g = groups
+        off = offset.view(b, g, k, 2, h, w)
+        ky = torch.arange(kh, device=x.device, dtype=x.dtype) - kh // 2
+        kx = torch.arange(kw, device=x.device, dtype=x.dtype) - kw // 2
+        ky = ky.view(kh, 1).expand(kh, kw).reshape(1, 1, k, 1, 1)
+        kx = kx.view(1, kw).expand(kh, kw).reshape(1, 1, k, 1, 1)
+        ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, 1, 1, h, 1)
+        xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, 1, 1, w)
+        py = ys + ky + off[:, :, :, 0]
+        px = xs + kx + off[:, :, :, 1]
+        grid = torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), dim=-1)
+        grid = grid.view(b * g, k * h, w, 2)
+        samp = F.grid_sample(x.reshape(b * g, c // g, h, w), grid, mode="bilinear",
+                             padding_mode="zeros", align_corners=False)
+        samp = samp.view(b, g, c // g, k, h, w) * mask.view(b, g, 1, k, h, w)
+        out = torch.matmul(weight.reshape(o, c * k), samp.reshape(b, c * k, h * w))
+        out = out.view(b, o, h, w)
+        if bias is not None:
+            out = out + bias.float().view(1, o, 1, 1)
+    return out
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample while training."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class GEGLU(nn.Module):
+    """fc2(GELU(fc11 x) · fc12 x): the gated feed-forward used throughout VRT."""
+
+    def __init__(self, dim: int, hidden: int, out: int | None = None) -> None:
+        super().__init__()
+        self.fc11 = nn.Linear(dim, hidden)
+        self.fc12 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, out or dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc11(x)) * self.fc12(x))
+
+
+def sine_position_encoding(h: int, w: int, dim: int, device: torch.device) -> Tensor:
+    """Fixed 2-D sine/cosine encoding [h·w, dim] of normalised positions (dim/2 per axis)."""
+    half = dim // 2
+    npf = max((dim - half + 1) // 2, 1)  # frequencies per axis (sin and cos each)
+    eps = 1e-6
+    ys = (torch.arange(1, h + 1, device=device, dtype=torch.float32) / (h + eps)) * 2 * math.pi
+    xs = (torch.arange(1, w + 1, device=device, dtype=torch.float32) / (w + eps)) * 2 * math.pi
+    freq = 10000.0 ** (torch.arange(npf, device=device, dtype=torch.float32) / npf)
+    ey = ys[:, None] / freq  # [h, npf]
+    ex = xs[:, None] / freq
+    ey = torch.cat((ey.sin(), ey.cos()), dim=1)[:, :half]  # [h, half]
+    ex = torch.cat((ex.sin(), ex.cos()), dim=1)[:, : dim - half]
+    pe = torch.cat((ey[:, None, :].expand(h, w, -1), ex[None, :, :].expand(h, w, -1)), dim=2)
+    return pe.reshape(h * w, dim)
