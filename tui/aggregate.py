@@ -1,0 +1,684 @@
+"""Running statistics of a run with constant cost per record and bounded memory.
+
+Per rank and region: last, sum, min, max, steps seen, calls, and a fixed-bucket log
+histogram (p50/p95 within ~3.7%, clamped to the exact min/max) over the whole run; plus a
+ring buffer of the last ``window`` steps for the same figures over a recent window. Records
+arrive in batches (one line live, thousands in a replay) and are folded in with numpy, so a
+long file costs little more than parsing it. Ranks are compared per step (spread,
+straggler) through a small table of steps not yet seen by every rank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from trainer.timing.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, RunStart
+from tui.parse import StepRow
+from tui.snapshot import (
+    EMPTY,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    NAN,
+    RUNNING,
+    STALE,
+    UNACCOUNTED,
+    WAITING,
+    FileInfo,
+    RankInfo,
+    RegionRow,
+    RunSnapshot,
+    Stats,
+)
+
+PER_DECADE = 32
+LO_EXP = -3  # 0.001 ms
+HI_EXP = 7  # 1e7 ms (~2.8 h)
+NBUCKETS = (HI_EXP - LO_EXP) * PER_DECADE + 2  # + underflow and overflow buckets
+_LO = 10.0**LO_EXP
+DEFAULT_WINDOW = 100
+
+
+def hist_index(values: np.ndarray) -> np.ndarray:
+    """Bucket of each value (ms) in the log histogram."""
+    v = np.maximum(values, _LO * 0.5)
+    idx = np.floor((np.log10(v) - LO_EXP) * PER_DECADE).astype(np.int64) + 1
+    return np.clip(idx, 0, NBUCKETS - 1)
+
+
+def _bucket_value(i: int) -> float:
+    if i <= 0:
+        return _LO
+    if i >= NBUCKETS - 1:
+        return 10.0**HI_EXP
+    return 10.0 ** (LO_EXP + (i - 0.5) / PER_DECADE)  # geometric middle of the bucket
+
+
+def hist_quantile(hist: np.ndarray, q: float, lo: float, hi: float) -> float:
+    """Quantile ``q`` of a histogram row, clamped to the exact [lo, hi]."""
+    c = np.cumsum(hist)
+    total = int(c[-1]) if len(c) else 0
+    if total == 0:
+        return NAN
+    k = int(np.searchsorted(c, max(1.0, math.ceil(q * total))))
+    return float(min(max(_bucket_value(k), lo), hi))
+
+
+def _f(x: Any) -> float:
+    return float(x) if x is not None else NAN
+
+
+class RankAgg:
+    """Statistics of one rank file."""
+
+    def __init__(self, rank: int, window: int = DEFAULT_WINDOW) -> None:
+        self.rank = rank
+        self.window = max(2, int(window))
+        self.cols: dict[str, int] = {}
+        self.names: list[str] = []
+        self._schemas: dict[tuple[str, ...], np.ndarray] = {}
+        self.cap = 0
+        self._alloc(16)
+        w = self.window
+        self.ring_wall = np.full(w, NAN)
+        self.ring_samples = np.zeros(w)
+        self.ring_step = np.full(w, -1, dtype=np.int64)
+        self.ring_loss = np.full(w, NAN)
+        self.pos = 0
+        self.filled = 0
+        self.steps = 0
+        self.last_step = 0
+        self.wall_sum = 0.0
+        self.wall_min = math.inf
+        self.wall_max = -math.inf
+        self.wall_last = NAN
+        self.wall_hist = np.zeros(NBUCKETS, dtype=np.int64)
+        self.samples_total = 0
+        self.last_time = 0.0
+        self.memory: dict[str, Any] | None = None
+        self.mem_peak: int | None = None
+        self.scalars: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------- storage
+    def _alloc(self, cap: int) -> None:
+        old = self.cap
+        w = self.window
+
+        def grow(a: np.ndarray, fill: float, dtype: Any = np.float64) -> np.ndarray:
+            new = np.full(cap, fill, dtype=dtype)
+            new[:old] = a
+            return new
+
+        if old == 0:
+            self.last = np.full(cap, NAN)
+            self.last_calls = np.zeros(cap, dtype=np.int64)
+            self.last_seen = np.full(cap, -1, dtype=np.int64)
+            self.sum = np.zeros(cap)
+            self.min = np.full(cap, math.inf)
+            self.max = np.full(cap, -math.inf)
+            self.n = np.zeros(cap, dtype=np.int64)
+            self.calls = np.zeros(cap, dtype=np.int64)
+            self.hist = np.zeros((cap, NBUCKETS), dtype=np.int64)
+            self.ring = np.full((w, cap), NAN)
+            self.ring_calls = np.zeros((w, cap))
+        else:
+            self.last = grow(self.last, NAN)
+            self.last_calls = grow(self.last_calls, 0, np.int64)
+            self.last_seen = grow(self.last_seen, -1, np.int64)
+            self.sum = grow(self.sum, 0.0)
+            self.min = grow(self.min, math.inf)
+            self.max = grow(self.max, -math.inf)
+            self.n = grow(self.n, 0, np.int64)
+            self.calls = grow(self.calls, 0, np.int64)
+            hist = np.zeros((cap, NBUCKETS), dtype=np.int64)
+            hist[:old] = self.hist
+            self.hist = hist
+            ring = np.full((w, cap), NAN)
+            ring[:, :old] = self.ring
+            self.ring = ring
+            rc = np.zeros((w, cap))
+            rc[:, :old] = self.ring_calls
+            self.ring_calls = rc
+        self.cap = cap
+
+    def _cols_for(self, keys: tuple[str, ...]) -> np.ndarray:
+        cols = self._schemas.get(keys)
+        if cols is None:
+            idx = []
+            for k in keys:
+                c = self.cols.get(k)
+                if c is None:
+                    c = len(self.names)
+                    self.cols[k] = c
+                    self.names.append(k)
+                idx.append(c)
+            if len(self.names) > self.cap:
+                self._alloc(max(self.cap * 2, len(self.names)))
+            cols = np.asarray(idx, dtype=np.int64)
+            if len(self._schemas) < 4096:
+                self._schemas[keys] = cols
+        return cols
+
+    # ----------------------------------------------------------------- ingest
+    def ingest(self, rows: Sequence[StepRow]) -> None:
+        """Fold a batch of validated steps (in file order) into the statistics."""
+        b = len(rows)
+        if b == 0:
+            return
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, r in enumerate(rows):
+            g = groups.get(r.keys)
+            if g is None:
+                groups[r.keys] = [i]
+            else:
+                g.append(i)
+        colmap = {k: self._cols_for(k) for k in groups}
+        m = np.full((b, self.cap), NAN)
+        c = np.zeros((b, self.cap))
+        for k, idx in groups.items():
+            cols = colmap[k]
+            if not len(cols):
+                continue
+            vals = np.array([rows[i].flat for i in idx], dtype=np.float64).reshape(len(idx), -1)
+            ii = np.asarray(idx)[:, None]
+            m[ii, cols] = vals[:, 0::2]
+            c[ii, cols] = vals[:, 1::2]
+        present = ~np.isnan(m)
+        anyp = present.any(axis=0)
+        self.n += present.sum(axis=0)
+        self.sum += np.where(present, m, 0.0).sum(axis=0)
+        self.calls += c.sum(axis=0).astype(np.int64)
+        self.min = np.fmin(self.min, np.fmin.reduce(m, axis=0))
+        self.max = np.fmax(self.max, np.fmax.reduce(m, axis=0))
+        steps = np.fromiter((r.step for r in rows), dtype=np.int64, count=b)
+        pc = np.nonzero(anyp)[0]
+        if len(pc):
+            lastrow = (b - 1) - present[::-1].argmax(axis=0)[pc]
+            self.last[pc] = m[lastrow, pc]
+            self.last_calls[pc] = c[lastrow, pc].astype(np.int64)
+            self.last_seen[pc] = steps[lastrow]
+        rr, cc = np.nonzero(present)
+        if len(rr):
+            flat_idx = cc * NBUCKETS + hist_index(m[rr, cc])
+            self.hist += np.bincount(flat_idx, minlength=self.cap * NBUCKETS).reshape(self.cap, NBUCKETS)
+        walls = np.fromiter((r.wall for r in rows), dtype=np.float64, count=b)
+        samples = np.fromiter((r.samples for r in rows), dtype=np.float64, count=b)
+        self.steps += b
+        self.wall_sum += float(walls.sum())
+        self.wall_min = min(self.wall_min, float(walls.min()))
+        self.wall_max = max(self.wall_max, float(walls.max()))
+        self.wall_last = float(walls[-1])
+        self.wall_hist += np.bincount(hist_index(walls), minlength=NBUCKETS)
+        self.samples_total += int(samples.sum())
+        self.last_step = int(steps[-1])
+        self.last_time = float(rows[-1].time)
+        for r in rows:
+            mem = r.memory
+            if mem:
+                p = mem.get("peak") or mem.get("allocated") or mem.get("rss")
+                if p is not None and (self.mem_peak is None or p > self.mem_peak):
+                    self.mem_peak = int(p)
+        # ring buffer: the last `window` rows of the batch
+        w = self.window
+        k = min(b, w)
+        at = (self.pos + np.arange(k)) % w
+        self.ring[at] = m[b - k :]
+        self.ring_calls[at] = c[b - k :]
+        self.ring_wall[at] = walls[b - k :]
+        self.ring_samples[at] = samples[b - k :]
+        self.ring_step[at] = steps[b - k :]
+        self.ring_loss[at] = [
+            _f(r.scalars.get("loss")) if r.scalars else NAN for r in rows[b - k :]
+        ]
+        self.pos = (self.pos + k) % w
+        self.filled = min(w, self.filled + k)
+        for r in reversed(rows):
+            if r.memory:
+                self.memory = r.memory
+                break
+        for r in reversed(rows):
+            if r.scalars:
+                self.scalars = r.scalars
+                break
+
+    # ----------------------------------------------------------------- read out
+    def _order(self) -> np.ndarray:
+        """Ring rows oldest first."""
+        if self.filled < self.window:
+            return np.arange(self.filled)
+        return (self.pos + np.arange(self.window)) % self.window
+
+    def region_stats(self, col: int) -> tuple[Stats, Stats]:
+        """(whole run, window) statistics of one region column."""
+        n = int(self.n[col])
+        if n == 0:
+            return EMPTY, EMPTY
+        lo, hi = float(self.min[col]), float(self.max[col])
+        last_present = self.last_seen[col] == self.last_step
+        last = float(self.last[col]) if last_present else 0.0
+        whole = Stats(
+            last=last,
+            avg=float(self.sum[col]) / n,
+            min=lo,
+            max=hi,
+            p50=hist_quantile(self.hist[col], 0.5, lo, hi),
+            p95=hist_quantile(self.hist[col], 0.95, lo, hi),
+            steps=n,
+            calls=int(self.calls[col]),
+            share=float(self.sum[col]) / self.wall_sum if self.wall_sum > 0 else NAN,
+            last_share=last / self.wall_last if self.wall_last > 0 else NAN,
+        )
+        return whole, self._window_stats(self.ring[: self.filled, col], self.ring_calls[: self.filled, col], last, whole.last_share)
+
+    def _window_stats(self, col: np.ndarray, calls: np.ndarray, last: float, last_share: float) -> Stats:
+        vals = col[~np.isnan(col)]
+        if not len(vals):
+            return Stats(last=last, steps=0, calls=0, share=0.0, last_share=last_share)
+        wsum = float(np.nansum(self.ring_wall[: self.filled]))
+        p50, p95 = np.percentile(vals, [50, 95])
+        return Stats(
+            last=last,
+            avg=float(vals.mean()),
+            min=float(vals.min()),
+            max=float(vals.max()),
+            p50=float(p50),
+            p95=float(p95),
+            steps=len(vals),
+            calls=int(calls.sum()),
+            share=float(vals.sum()) / wsum if wsum > 0 else NAN,
+            last_share=last_share,
+        )
+
+    def wall_stats(self) -> tuple[Stats, Stats]:
+        if self.steps == 0:
+            return EMPTY, EMPTY
+        whole = Stats(
+            last=self.wall_last,
+            avg=self.wall_sum / self.steps,
+            min=self.wall_min,
+            max=self.wall_max,
+            p50=hist_quantile(self.wall_hist, 0.5, self.wall_min, self.wall_max),
+            p95=hist_quantile(self.wall_hist, 0.95, self.wall_min, self.wall_max),
+            steps=self.steps,
+            calls=self.steps,
+            share=1.0,
+            last_share=1.0,
+        )
+        vals = self.ring_wall[: self.filled]
+        p50, p95 = np.percentile(vals, [50, 95])
+        window = Stats(
+            last=self.wall_last,
+            avg=float(vals.mean()),
+            min=float(vals.min()),
+            max=float(vals.max()),
+            p50=float(p50),
+            p95=float(p95),
+            steps=len(vals),
+            calls=len(vals),
+            share=1.0,
+            last_share=1.0,
+        )
+        return whole, window
+
+    def unaccounted(self) -> tuple[Stats, Stats]:
+        """Wall time not covered by top-level regions, per step (never negative)."""
+        if self.steps == 0:
+            return EMPTY, EMPTY
+        top = [c for n, c in self.cols.items() if "/" not in n]
+        covered_sum = float(self.sum[top].sum()) if top else 0.0
+        whole_ms = max(0.0, self.wall_sum - covered_sum)
+        ring_cov = np.nansum(self.ring[: self.filled][:, top], axis=1) if top else np.zeros(self.filled)
+        vals = np.maximum(0.0, self.ring_wall[: self.filled] - ring_cov)
+        last_cov = float(
+            sum(self.last[c] for c in top if self.last_seen[c] == self.last_step)
+        )
+        last = max(0.0, self.wall_last - last_cov)
+        last_share = last / self.wall_last if self.wall_last > 0 else NAN
+        whole = Stats(
+            last=last,
+            avg=whole_ms / self.steps,
+            min=float(vals.min()) if len(vals) else NAN,  # exact min/max need per-step data:
+            max=float(vals.max()) if len(vals) else NAN,  # window values stand in for them
+            steps=self.steps,
+            calls=0,
+            share=whole_ms / self.wall_sum if self.wall_sum > 0 else NAN,
+            last_share=last_share,
+        )
+        wsum = float(self.ring_wall[: self.filled].sum())
+        p50, p95 = np.percentile(vals, [50, 95]) if len(vals) else (NAN, NAN)
+        window = Stats(
+            last=last,
+            avg=float(vals.mean()) if len(vals) else NAN,
+            min=float(vals.min()) if len(vals) else NAN,
+            max=float(vals.max()) if len(vals) else NAN,
+            p50=float(p50),
+            p95=float(p95),
+            steps=len(vals),
+            calls=0,
+            share=float(vals.sum()) / wsum if wsum > 0 else NAN,
+            last_share=last_share,
+        )
+        return whole, window
+
+    def samples_per_s(self) -> tuple[float, float]:
+        whole = self.samples_total / (self.wall_sum / 1000.0) if self.wall_sum > 0 else NAN
+        wsum = float(self.ring_wall[: self.filled].sum())
+        window = float(self.ring_samples[: self.filled].sum()) / (wsum / 1000.0) if wsum > 0 else NAN
+        return whole, window
+
+    def recent_walls(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, wall ms) of the window, oldest first."""
+        o = self._order()
+        return self.ring_step[o], self.ring_wall[o]
+
+
+def _merge(stats: Sequence[Stats]) -> Stats:
+    """Several ranks' statistics of one region as one (weighted by steps seen)."""
+    live = [s for s in stats if s.steps > 0]
+    if not live:
+        lasts = [s.last for s in stats if not math.isnan(s.last)]
+        return Stats(last=sum(lasts) / len(lasts)) if lasts else EMPTY
+    if len(live) == 1 and len(stats) == 1:
+        return live[0]
+    n = sum(s.steps for s in live)
+
+    def mean(attr: str, src: Sequence[Stats] = live) -> float:
+        vals = [getattr(s, attr) for s in src if not math.isnan(getattr(s, attr))]
+        return sum(vals) / len(vals) if vals else NAN
+
+    return Stats(
+        last=mean("last", stats),
+        avg=sum(s.avg * s.steps for s in live) / n,
+        min=min(s.min for s in live),
+        max=max(s.max for s in live),
+        p50=mean("p50"),  # mean of the ranks' medians: ranks run the same code
+        p95=max(s.p95 for s in live),
+        steps=n,
+        calls=sum(s.calls for s in live),
+        share=mean("share", stats),
+        last_share=mean("last_share", stats),
+    )
+
+
+class RunAgg:
+    """All ranks of one run: records in, :class:`RunSnapshot` out."""
+
+    def __init__(self, run_id: str, path: str = "", window: int = DEFAULT_WINDOW) -> None:
+        self.run_id = run_id
+        self.path = path
+        self.window = max(2, int(window))
+        self.ranks: dict[int, RankAgg] = {}
+        self.starts: dict[int, RunStart] = {}
+        self.ends: dict[int, RunEnd] = {}
+        self.evals: dict[str, float] = {}
+        self.eval_step: int | None = None
+        self._pending: dict[int, dict[int, float]] = {}
+        w = self.window
+        self._cmp_slow = np.full(w, -1, dtype=np.int64)
+        self._cmp_spread = np.full(w, NAN)
+        self._cmp_excess = np.full(w, NAN)
+        self._cmp_pos = 0
+        self._cmp_filled = 0
+        self.compared_steps = 0
+
+    @property
+    def world_size(self) -> int:
+        ws = max((s.world_size for s in self.starts.values()), default=0)
+        return max(ws, len(self.ranks), 1)
+
+    def rank(self, r: int) -> RankAgg:
+        agg = self.ranks.get(r)
+        if agg is None:
+            agg = self.ranks[r] = RankAgg(r, self.window)
+        return agg
+
+    def add_record(self, rank: int, rec: Any) -> None:
+        """A non-step record of ``rank``."""
+        if isinstance(rec, RunStart):
+            self.starts[rank] = rec
+            self.ends.pop(rank, None)  # a resumed run appends a new run_start
+            self.rank(rank)
+        elif isinstance(rec, RunEnd):
+            self.ends[rank] = rec
+        elif isinstance(rec, Eval) and (self.eval_step is None or rec.step >= self.eval_step):
+            self.eval_step = rec.step
+            self.evals = dict(rec.metrics)
+
+    def add_steps(self, rank: int, rows: Sequence[StepRow]) -> None:
+        """A batch of steps of one rank, in file order."""
+        if not rows:
+            return
+        self.rank(rank).ingest(rows)
+        ws = self.world_size
+        if ws < 2:
+            return
+        pend = self._pending
+        for r in rows:
+            p = pend.get(r.step)
+            if p is None:
+                p = pend[r.step] = {}
+            p[rank] = r.wall
+            if len(p) >= ws:
+                del pend[r.step]
+                self._compare(p)
+        limit = max(4 * self.window, 4096)
+        if len(pend) > limit:
+            for s in list(pend)[: len(pend) - limit]:
+                del pend[s]
+
+    def _compare(self, walls: dict[int, float]) -> None:
+        ranks = sorted(walls, key=walls.__getitem__)
+        vals = [walls[r] for r in ranks]
+        med = vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
+        i = self._cmp_pos
+        self._cmp_slow[i] = ranks[-1]
+        self._cmp_spread[i] = vals[-1] - vals[0]
+        self._cmp_excess[i] = vals[-1] - med
+        self._cmp_pos = (i + 1) % self.window
+        self._cmp_filled = min(self.window, self._cmp_filled + 1)
+        self.compared_steps += 1
+
+    # ----------------------------------------------------------------- state
+    def state(self, idle_s: float, stale_after: float) -> str:
+        if not self.ranks and not self.starts:
+            return WAITING
+        ends = self.ends.values()
+        if any(e.status == STATUS_FAILED for e in ends):
+            return FAILED
+        seen = set(self.ranks) | set(self.starts)
+        if ends and all(r in self.ends for r in seen) and len(self.ends) >= self.world_size:
+            if any(e.status == STATUS_INTERRUPTED for e in ends):
+                return INTERRUPTED
+            return FINISHED
+        if idle_s > stale_after:
+            return STALE
+        return RUNNING
+
+    @property
+    def last_step(self) -> int:
+        return max((a.last_step for a in self.ranks.values()), default=0)
+
+    @property
+    def total_steps(self) -> int | None:
+        vals = [s.total_steps for s in self.starts.values() if s.total_steps]
+        return max(vals) if vals else None
+
+    def snapshot(
+        self,
+        *,
+        idle_s: float = 0.0,
+        stale_after: float = 60.0,
+        files: tuple[FileInfo, ...] = (),
+        with_ranks: bool = True,
+        replay: str | None = None,
+    ) -> RunSnapshot:
+        """An immutable picture of the run now (cost bounded by regions × ranks × window)."""
+        aggs = [self.ranks[r] for r in sorted(self.ranks)]
+        names: dict[str, None] = {}
+        for a in aggs:
+            for n in a.names:
+                names.setdefault(n, None)
+        regions = []
+        for name in _tree_order(names):
+            per = []
+            for a in aggs:
+                c = a.cols.get(name)
+                w, win = a.region_stats(c) if c is not None else (EMPTY, EMPTY)
+                per.append((a.rank, w, win))
+            leaf = name.rsplit("/", 1)[-1]
+            i = name.rfind("/")
+            regions.append(
+                RegionRow(
+                    name=name,
+                    leaf=leaf,
+                    depth=name.count("/"),
+                    parent=name[:i] if i > 0 else None,
+                    whole=_merge([p[1] for p in per]),
+                    window=_merge([p[2] for p in per]),
+                    ranks=tuple(per) if with_ranks else (),
+                )
+            )
+        un = [(a.rank, *a.unaccounted()) for a in aggs]
+        unaccounted = RegionRow(
+            name=UNACCOUNTED,
+            leaf=UNACCOUNTED,
+            depth=0,
+            parent=None,
+            whole=_merge([u[1] for u in un]),
+            window=_merge([u[2] for u in un]),
+            ranks=tuple(un) if with_ranks else (),
+        )
+        walls = [a.wall_stats() for a in aggs]
+        sps = [a.samples_per_s() for a in aggs]
+        sps_whole = sum(s[0] for s in sps if not math.isnan(s[0])) if sps else NAN
+        sps_win = sum(s[1] for s in sps if not math.isnan(s[1])) if sps else NAN
+        wall_win = _merge([w[1] for w in walls])
+        slowest_avg = max((w[1].avg for w in walls if w[1].steps), default=NAN)
+        steps_per_s = 1000.0 / slowest_avg if slowest_avg and slowest_avg > 0 else NAN
+        step = self.last_step
+        total = self.total_steps
+        st = self.state(idle_s, stale_after)
+        eta = None
+        if total and step < total and st == RUNNING and not math.isnan(steps_per_s):
+            eta = (total - step) / steps_per_s
+        # per-step slowest rank over the window
+        straggler, excess, spread = None, NAN, NAN
+        rank_slow: dict[int, int] = {}
+        if self._cmp_filled:
+            slow = self._cmp_slow[: self._cmp_filled]
+            ex = self._cmp_excess[: self._cmp_filled]
+            spread = float(np.nanmean(self._cmp_spread[: self._cmp_filled]))
+            for r in np.unique(slow):
+                rank_slow[int(r)] = int((slow == r).sum())
+            top = max(rank_slow, key=rank_slow.__getitem__)
+            # a straggler is slowest in most compared steps, not just by chance
+            if len(aggs) > 1 and rank_slow[top] >= 0.5 * self._cmp_filled:
+                straggler = top
+                excess = float(np.nanmean(ex[slow == top]))
+        # sparkline: slowest rank per step over the window
+        recent: dict[int, float] = {}
+        for a in aggs:
+            s_arr, w_arr = a.recent_walls()
+            for s, w in zip(s_arr.tolist(), w_arr.tolist(), strict=False):
+                if w > recent.get(s, -1.0):
+                    recent[s] = w
+        step_times = tuple(recent[s] for s in sorted(recent)[-self.window :])
+        mem_peaks = [a.mem_peak for a in aggs if a.mem_peak is not None]
+        mems = [a.memory for a in aggs if a.memory]
+        mem_last = None
+        if mems:
+            vals = [m.get("allocated") or m.get("rss") for m in mems]
+            vals = [int(v) for v in vals if v is not None]
+            mem_last = max(vals) if vals else None
+        start0 = self.starts.get(0) or next(iter(self.starts.values()), None)
+        scalars: dict[str, float] = {}
+        for a in aggs:
+            if a.scalars:
+                for k, v in a.scalars.items():
+                    if v is not None and k not in scalars:
+                        scalars[k] = float(v)
+        losses = np.concatenate([a.ring_loss[: a.filled] for a in aggs]) if aggs else np.array([])
+        loss_window = float(np.nanmean(losses)) if len(losses) and not np.isnan(losses).all() else NAN
+        err = None
+        for e in self.ends.values():
+            if e.error_type or e.error_message:
+                err = f"{e.error_type or 'error'}: {e.error_message or ''}".strip()
+                break
+        rank_info = []
+        for a, (ww, wwin), (_s_whole, s_win) in zip(aggs, walls, sps, strict=True):
+            rs = self.starts.get(a.rank)
+            rank_info.append(
+                RankInfo(
+                    rank=a.rank,
+                    step=a.last_step,
+                    wall=ww,
+                    wall_window=wwin,
+                    samples_per_s=s_win,
+                    host=rs.host if rs else "",
+                    device=rs.device if rs else "",
+                    slowest_steps=rank_slow.get(a.rank, 0),
+                    mem_peak=a.mem_peak,
+                )
+            )
+        return RunSnapshot(
+            run_id=self.run_id,
+            path=self.path,
+            state=st,
+            step=step,
+            total_steps=total,
+            world_size=self.world_size,
+            ranks_seen=tuple(sorted(set(self.ranks) | set(self.starts))),
+            window_size=self.window,
+            wall=_merge([w[0] for w in walls]),
+            wall_window=wall_win,
+            samples_per_s=sps_whole,
+            samples_per_s_window=sps_win,
+            steps_per_s_window=steps_per_s,
+            eta_s=eta,
+            mem_peak=max(mem_peaks) if mem_peaks else None,
+            mem_last=mem_last,
+            mem_total=start0.device_memory_total if start0 else None,
+            scalars=tuple(scalars.items()),
+            loss_window=loss_window,
+            evals=tuple(self.evals.items()),
+            eval_step=self.eval_step,
+            regions=tuple(regions),
+            unaccounted=unaccounted,
+            step_times=step_times,
+            rank_info=tuple(rank_info),
+            straggler=straggler,
+            straggler_excess=excess,
+            spread_window=spread,
+            files=files,
+            error=err,
+            host=start0.host if start0 else "",
+            device=start0.device if start0 else "",
+            gpu_name=start0.gpu_name if start0 else None,
+            started=start0.time if start0 else None,
+            idle_s=idle_s,
+            replay=replay,
+        )
+
+
+def _tree_order(names: dict[str, None]) -> list[str]:
+    """Names in first-seen order, each parent before its children; missing parents added."""
+    full: dict[str, None] = {}
+    for n in names:
+        parts = n.split("/")
+        for i in range(1, len(parts) + 1):
+            full.setdefault("/".join(parts[:i]), None)
+    children: dict[str | None, list[str]] = {}
+    for n in full:
+        i = n.rfind("/")
+        children.setdefault(n[:i] if i > 0 else None, []).append(n)
+    out: list[str] = []
+    stack = list(reversed(children.get(None, [])))
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(reversed(children.get(n, [])))
+    return out

@@ -1,0 +1,34 @@
+"""``tui replay RUN``: a finished (or still running) run played back on the monitor screen."""
+
+from __future__ import annotations
+
+import argparse
+
+from tui.commands._common import add_thresholds, add_window, thresholds
+from tui.summary import open_run
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="a run folder, a rank<R>.jsonl file or a timing_*.log")
+    parser.add_argument("--speed", type=float, default=10.0, metavar="STEPS_PER_S",
+                        help="steps shown per second (default 10; + and - double and halve it)")
+    parser.add_argument("--paused", action="store_true", help="start paused at the first step")
+    add_thresholds(parser)
+    add_window(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainer.clikit import UsageError
+
+    red, yellow = thresholds(args)
+    if args.speed <= 0:
+        raise UsageError("--speed must be > 0")
+    open_run(args.run, window=args.window)  # one-line error for a missing or empty run
+    from tui.app import MonitorApp
+    from tui.replay import ReplaySource
+
+    src = ReplaySource(args.run, speed=args.speed, window=args.window, playing=not args.paused)
+    if args.paused:
+        src.forward(1)
+    MonitorApp(src, red=red, yellow=yellow).run()
+    return 0

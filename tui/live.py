@@ -1,0 +1,160 @@
+"""The live source of ``tui watch``: a reader thread over a :class:`RootReader`.
+
+watchdog events wake the thread at once; a periodic scan is the ground truth (events are
+missed on network filesystems), and ``poll=True`` uses the scan alone. Each tick that
+changes something builds one immutable :class:`WorldSnapshot` and hands it to ``post``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tui.aggregate import DEFAULT_WINDOW
+from tui.reader import RootReader
+from tui.snapshot import RUNNING, STALE, WorldSnapshot
+
+Post = Callable[[WorldSnapshot], None]
+
+
+class LiveSource:
+    """Reads a log root in a thread and posts snapshots."""
+
+    mode = "watch"
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        poll: bool = False,
+        interval: float | None = None,
+        window: int = DEFAULT_WINDOW,
+        stale_after: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        min_gap: float = 0.05,
+        refresh_s: float = 2.0,
+    ) -> None:
+        self.root = os.fspath(root)
+        self.reader = RootReader(root, window=window, stale_after=stale_after, clock=clock)
+        self.poll = poll
+        self.interval = interval if interval is not None else (0.25 if poll else 1.0)
+        self.clock = clock
+        self.min_gap = min_gap
+        self.refresh_s = refresh_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._observer: Any = None
+        self._seq = 0
+        self._want_select: str | None = None
+        self._lock = threading.Lock()
+        self.watching = False  # True when watchdog events are being used
+
+    # ------------------------------------------------------------------ control
+    def select(self, run_id: str) -> None:
+        with self._lock:
+            self._want_select = run_id
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self, post: Post) -> None:
+        if not self.poll:
+            self._start_watchdog()
+        self._thread = threading.Thread(target=self._loop, args=(post,), name="stagewatch-reader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._observer is not None:
+            try:
+                self._observer.stop()
+                self._observer.join(timeout=2)
+            except Exception:
+                pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+
+    def _start_watchdog(self) -> None:
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+
+            wake = self._wake
+
+            class _Handler(FileSystemEventHandler):
+                def on_any_event(self, event: Any) -> None:
+                    if event.event_type != "opened" and event.event_type != "closed_no_write":
+                        wake.set()
+
+            obs = Observer()
+            watch_dir = self.root if os.path.isdir(self.root) else os.path.dirname(self.root) or "."
+            obs.schedule(_Handler(), watch_dir, recursive=True)
+            obs.daemon = True
+            obs.start()
+            self._observer = obs
+            self.watching = True
+        except Exception:  # no inotify (limits, odd filesystems): the scan still works
+            self._observer = None
+            self.watching = False
+
+    # ------------------------------------------------------------------ reading
+    def build(self, changed: bool = True) -> WorldSnapshot:
+        """One snapshot of the reader's current state (reader thread, or tests)."""
+        run = self.reader.selected_run()
+        self._seq += 1
+        return WorldSnapshot(
+            seq=self._seq,
+            root=self.root,
+            runs=self.reader.items(),
+            selected=run.snapshot() if run is not None else None,
+            made_at=time.monotonic(),
+            mode=self.mode,
+        )
+
+    def step(self) -> WorldSnapshot | None:
+        """One synchronous tick: read, and return a snapshot if anything changed."""
+        with self._lock:
+            sel, self._want_select = self._want_select, None
+        if sel is not None:
+            self.reader.selected = sel
+        changed = self.reader.tick() or sel is not None
+        return self.build() if changed else None
+
+    def _loop(self, post: Post) -> None:
+        last_post = 0.0
+        last_build = 0.0
+        pending = False
+        first = True
+        while not self._stop.is_set():
+            try:
+                with self._lock:
+                    sel, self._want_select = self._want_select, None
+                if sel is not None:
+                    self.reader.selected = sel
+                changed = self.reader.tick() or sel is not None or first
+                first = False
+                pending |= changed
+                now = time.monotonic()
+                run = self.reader.selected_run()
+                live = run is not None and run.state() in (RUNNING, STALE)
+                if not pending and live and now - last_build >= self.refresh_s:
+                    pending = True  # idle time and stale state move on without new data
+                if pending and now - last_post >= self.min_gap:
+                    post(self.build())
+                    last_post = last_build = now
+                    pending = False
+            except Exception as e:  # keep reading; the screen shows the last good snapshot
+                self.last_error = f"{type(e).__name__}: {e}"
+            if self.reader.behind:
+                continue  # more to read: no waiting
+            timeout = self.interval if not pending else max(0.0, self.min_gap - (time.monotonic() - last_post))
+            self._wake.wait(timeout)
+            self._wake.clear()
+
+    last_error: str | None = None

@@ -1,0 +1,455 @@
+"""Reading run folders: files followed by offset and inode, folded into :class:`RunAgg`.
+
+No widget code here. :class:`TailFile` returns complete lines only and keeps a partial last
+line; a file that shrinks, is replaced (new inode) or whose first bytes change is read
+again from the start, and the run's statistics are rebuilt from all its files.
+:class:`RunSource` is one run folder; :class:`RootReader` discovers runs under a log root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.timing.records import RANK_FILE_RE, TEXT_LOG_RE, RecordError
+from tui.aggregate import DEFAULT_WINDOW, RunAgg
+from tui.parse import MAX_LINE, StepRow, parse_line, row_from_step
+from tui.snapshot import FAILED, FINISHED, INTERRUPTED, FileInfo, RunItem, RunSnapshot
+from tui.textlog import TextLogParser
+
+CHUNK = 256 * 1024  # bytes read from one file per round (ranks are read interleaved)
+_HEAD = 512  # first bytes (the run_start line: time, pid) compared to notice a rewrite in place
+_TEXT_RANK_RE = re.compile(r"rank(\d+)")
+ENDED = (FINISHED, FAILED, INTERRUPTED)
+
+
+class TailFile:
+    """One file followed by (inode, offset). Only complete lines are returned."""
+
+    def __init__(self, path: str | os.PathLike[str], chunk: int = CHUNK) -> None:
+        self.path = os.fspath(path)
+        self.chunk = chunk
+        self.ident: tuple[int, int] | None = None
+        self.offset = 0
+        self.partial = b""
+        self.skipping = False
+        self.head = b""
+        self.size = 0
+        self.overlong = 0  # lines dropped for being longer than MAX_LINE
+        self.mtime = 0.0
+
+    def reset(self) -> None:
+        self.ident = None
+        self.offset = 0
+        self.partial = b""
+        self.skipping = False
+        self.head = b""
+        self.size = 0
+        self.overlong = 0
+
+    def read(self) -> tuple[list[bytes], bool, bool]:
+        """(complete new lines, reset happened, more data waiting)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return [], False, False  # gone for now: keep state; a new file resets below
+        try:
+            st = os.fstat(fd)
+            ident = (st.st_dev, st.st_ino)
+            reset = False
+            if self.ident is not None and (
+                ident != self.ident
+                or st.st_size < self.offset
+                or (self.head and os.pread(fd, len(self.head), 0) != self.head)
+            ):
+                self.reset()
+                reset = True
+            self.ident = ident
+            self.size = st.st_size
+            self.mtime = st.st_mtime
+            if st.st_size <= self.offset:
+                return [], reset, False
+            data = os.pread(fd, self.chunk, self.offset)
+        finally:
+            os.close(fd)
+        if len(self.head) < _HEAD and self.offset < _HEAD:
+            self.head = (self.head + data[: _HEAD - self.offset])[:_HEAD]
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n") if self.partial else data.split(b"\n")
+        self.partial = lines.pop()
+        if self.skipping and lines:
+            lines.pop(0)  # the end of an overlong line
+            self.skipping = False
+        if len(self.partial) > MAX_LINE:
+            self.partial = b""
+            self.overlong += 1
+            self.skipping = True
+        return lines, reset, self.offset < st.st_size
+
+
+class Feed:
+    """A rank's file (JSONL or classic text log) and its counters."""
+
+    def __init__(self, path: str, rank: int, kind: str) -> None:
+        self.tail = TailFile(path)
+        self.rank = rank
+        self.kind = kind
+        self.lines = 0
+        self.malformed = 0
+        self.skipped = 0
+        self.last_error = ""
+        self.text = TextLogParser() if kind == "text" else None
+
+    def reset(self) -> None:
+        self.tail.reset()
+        self.lines = self.malformed = self.skipped = 0
+        self.last_error = ""
+        if self.text is not None:
+            self.text.reset()
+
+    def info(self) -> FileInfo:
+        malformed = self.malformed + self.tail.overlong
+        if self.text is not None:
+            malformed += self.text.malformed
+        last = self.text.last_error if self.text is not None and self.text.last_error else self.last_error
+        if self.tail.overlong and not last:
+            last = f"line longer than {MAX_LINE} bytes"
+        return FileInfo(self.tail.path, self.rank, self.lines, malformed, self.skipped, last, self.kind)
+
+    def parse(self, lines: list[bytes]) -> list[Any]:
+        """Lines -> StepRows and other records, in file order; bad lines are counted."""
+        out: list[Any] = []
+        for line in lines:
+            if not line.strip():
+                continue
+            self.lines += 1
+            if self.text is not None:
+                try:
+                    s = self.text.feed(line.decode("utf-8").rstrip("\r"))
+                except UnicodeDecodeError:
+                    self.text.malformed += 1
+                    self.text.last_error = f"line {self.lines}: not UTF-8"
+                    continue
+                if s is not None:
+                    out.append(row_from_step(s))
+                continue
+            try:
+                rec = parse_line(line)
+            except RecordError as e:
+                self.malformed += 1
+                self.last_error = f"line {self.lines}: {e}"[:200]
+                continue
+            except Exception as e:  # never let one line stop the monitor
+                self.malformed += 1
+                self.last_error = f"line {self.lines}: {type(e).__name__}: {e}"[:200]
+                continue
+            if rec is None:
+                self.skipped += 1
+            else:
+                out.append(rec)
+        return out
+
+    def fold(self, items: list[Any], agg: RunAgg) -> None:
+        """Parsed items into ``agg``: steps in batches, other records in order between them."""
+        rows: list[StepRow] = []
+        rank = self.rank
+        for it in items:
+            if type(it) is StepRow:
+                rows.append(it)
+            else:
+                if rows:
+                    agg.add_steps(rank, rows)
+                    rows = []
+                agg.add_record(rank, it)
+        if rows:
+            agg.add_steps(rank, rows)
+
+    def process(self, lines: list[bytes], agg: RunAgg) -> None:
+        """Parse lines and fold them into ``agg`` in file order."""
+        self.fold(self.parse(lines), agg)
+
+    def finish_text(self, agg: RunAgg) -> None:
+        """A finished text log: its last block, even without a Total line."""
+        if self.text is not None:
+            s = self.text.flush()
+            if s is not None:
+                agg.add_steps(self.rank, [row_from_step(s)])
+
+
+def is_run_dir(path: Path) -> bool:
+    try:
+        return any(RANK_FILE_RE.match(n) or TEXT_LOG_RE.match(n) for n in os.listdir(path))
+    except OSError:
+        return False
+
+
+class RunSource:
+    """One run: its folder (or a single rank/text file) read into a :class:`RunAgg`."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        window: int = DEFAULT_WINDOW,
+        stale_after: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        p = Path(path)
+        self.wall = wall
+        self.single = p.is_file()
+        self.path = p
+        self.dir = p.parent if self.single else p
+        generic = RANK_FILE_RE.match(p.name) or re.fullmatch(r"timing_rank\d+\.log", p.name)
+        self.run_id = self.dir.name if not self.single or generic else p.stem
+        self.window = window
+        self.stale_after = stale_after
+        self.clock = clock
+        self.feeds: dict[str, Feed] = {}
+        self.agg = RunAgg(self.run_id, str(self.dir), window)
+        self.last_growth = clock()
+        self.version = 0  # bumped whenever new data was folded in
+        self.closed = False
+        self._last_check = -1e9
+        self.discover()
+
+    def discover(self) -> bool:
+        """Add rank files that appeared. Text logs are used for ranks without a JSONL file."""
+        if self.single:
+            if not self.feeds:
+                m = RANK_FILE_RE.match(self.path.name)
+                if m:
+                    self.feeds[str(self.path)] = Feed(str(self.path), int(m.group(1)), "jsonl")
+                else:
+                    r = _TEXT_RANK_RE.search(self.path.name)
+                    kind = "jsonl" if self.path.suffix == ".jsonl" else "text"
+                    self.feeds[str(self.path)] = Feed(str(self.path), int(r.group(1)) if r else 0, kind)
+                return True
+            return False
+        try:
+            names = sorted(os.listdir(self.dir))
+        except OSError:
+            return False
+        jsonl = {int(m.group(1)): n for n in names if (m := RANK_FILE_RE.match(n))}
+        texts: dict[int, str] = {}
+        for n in names:
+            if TEXT_LOG_RE.match(n):
+                r = _TEXT_RANK_RE.search(n)
+                texts.setdefault(int(r.group(1)) if r else 0, n)
+        added = False
+        for rank, n in jsonl.items():
+            path = str(self.dir / n)
+            if path not in self.feeds:
+                # a JSONL file replaces the text log of its rank
+                for k in [k for k, f in self.feeds.items() if f.rank == rank and f.kind == "text"]:
+                    del self.feeds[k]
+                    self._rebuild_needed = True
+                self.feeds[path] = Feed(path, rank, "jsonl")
+                added = True
+        for rank, n in texts.items():
+            path = str(self.dir / n)
+            if rank not in jsonl and path not in self.feeds:
+                self.feeds[path] = Feed(path, rank, "text")
+                added = True
+        if added:
+            self.closed = False
+        return added
+
+    _rebuild_needed = False
+    behind = False  # data left unread after the last poll's time budget
+
+    def _rebuild(self) -> None:
+        self.agg = RunAgg(self.run_id, str(self.dir), self.window)
+        for f in self.feeds.values():
+            f.reset()
+        self._rebuild_needed = False
+
+    def poll(self, budget_s: float | None = 0.05) -> bool:
+        """Read what the files gained (ranks interleaved). True if anything changed."""
+        t0 = time.perf_counter()
+        changed = self.discover()
+        if self._rebuild_needed:
+            self._rebuild()
+            changed = True
+        while True:
+            more_any = False
+            batches = []
+            for f in list(self.feeds.values()):
+                lines, reset, more = f.tail.read()
+                if reset:
+                    self._rebuild()  # derived from this file: start the whole run again
+                    changed = True
+                    batches = []
+                    more_any = True
+                    break
+                if lines:
+                    batches.append((f, lines))
+                if lines or more:
+                    changed = True
+                more_any |= more
+            for f, lines in batches:
+                f.process(lines, self.agg)
+            self.behind = more_any
+            if not more_any or (budget_s is not None and time.perf_counter() - t0 > budget_s):
+                break
+        if changed:
+            # an old file read for the first time is as idle as its modification time says
+            newest = max((f.tail.mtime for f in self.feeds.values()), default=0.0)
+            age = max(0.0, self.wall() - newest) if newest else 0.0
+            self.last_growth = self.clock() - age
+            self.version += 1
+        return changed
+
+    def load(self) -> RunSource:
+        """Read everything there is now (replay, summary), ending text logs' last blocks."""
+        self.poll(budget_s=None)
+        for f in self.feeds.values():
+            f.finish_text(self.agg)
+        self.read_to_end = True
+        return self
+
+    read_to_end = False  # load() ran: a text log's last block was taken as final
+
+    def idle_s(self) -> float:
+        return max(0.0, self.clock() - self.last_growth)
+
+    def state(self) -> str:
+        st = self.agg.state(self.idle_s(), self.stale_after)
+        if st in ("stale", "running") and self.feeds and all(f.kind == "text" for f in self.feeds.values()) and (
+            st == "stale" or self.read_to_end
+        ):
+            return FINISHED  # a classic text log has no end record
+        return st
+
+    def files(self) -> tuple[FileInfo, ...]:
+        return tuple(f.info() for f in sorted(self.feeds.values(), key=lambda f: (f.rank, f.kind)))
+
+    def snapshot(self, replay: str | None = None) -> RunSnapshot:
+        snap = self.agg.snapshot(
+            idle_s=self.idle_s(), stale_after=self.stale_after, files=self.files(), replay=replay
+        )
+        st = self.state()
+        if st != snap.state:
+            snap = _replace_state(snap, st)
+        return snap
+
+    def item(self) -> RunItem:
+        a = self.agg
+        start = a.starts.get(0) or next(iter(a.starts.values()), None)
+        return RunItem(self.run_id, str(self.dir), self.state(), a.last_step, a.total_steps, start.time if start else None)
+
+
+def _replace_state(snap: RunSnapshot, state: str) -> RunSnapshot:
+    from dataclasses import replace
+
+    return replace(snap, state=state, eta_s=None if state != "running" else snap.eta_s)
+
+
+@dataclass
+class ReadStats:
+    polls: int = 0
+    snapshots: int = 0
+
+
+class RootReader:
+    """Every run under a log root (or one run folder / file), read on demand.
+
+    Call :meth:`tick` from one thread only; it returns True when a new snapshot is due.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        window: int = DEFAULT_WINDOW,
+        stale_after: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        closed_recheck_s: float = 10.0,
+    ) -> None:
+        self.root = Path(root)
+        self.window = window
+        self.stale_after = stale_after
+        self.clock = clock
+        self.closed_recheck_s = closed_recheck_s
+        self.runs: dict[str, RunSource] = {}
+        self.selected: str | None = None
+        self.stats = ReadStats()
+        self._root_mtime: float | None = None
+        self._states: dict[str, str] = {}
+
+    def _add(self, path: Path) -> None:
+        key = str(path)
+        if key not in self.runs:
+            self.runs[key] = RunSource(path, window=self.window, stale_after=self.stale_after, clock=self.clock)
+
+    def scan(self) -> bool:
+        """Discover run folders (cheap when the root did not change)."""
+        root = self.root
+        if root.is_file() or is_run_dir(root):
+            n = len(self.runs)
+            self._add(root)
+            return len(self.runs) != n
+        try:
+            mtime = root.stat().st_mtime_ns
+        except OSError:
+            return False
+        if mtime == self._root_mtime:
+            return False
+        self._root_mtime = mtime
+        n = len(self.runs)
+        try:
+            entries = list(os.scandir(root))
+        except OSError:
+            return False
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                self._add(Path(e.path))
+        gone = [k for k in self.runs if not os.path.isdir(k) and not os.path.isfile(k)]
+        for k in gone:
+            del self.runs[k]
+        return len(self.runs) != n or bool(gone)
+
+    def tick(self, force_all: bool = False) -> bool:
+        """Scan and read; True when the selected run or the run list changed."""
+        self.stats.polls += 1
+        changed = self.scan()
+        now = self.clock()
+        behind = False
+        for key, run in self.runs.items():
+            if run.closed and not force_all and now - run._last_check < self.closed_recheck_s:
+                continue
+            run._last_check = now
+            if run.poll():
+                changed = True
+            behind |= run.behind
+            st = run.state()
+            run.closed = st in ENDED and not any(f.tail.partial for f in run.feeds.values())
+            if self._states.get(key) != st:
+                self._states[key] = st
+                changed = True
+        self.behind = behind
+        return changed
+
+    behind = False
+
+    def items(self) -> tuple[RunItem, ...]:
+        """Runs newest first (run ids sort by start time)."""
+        items = [r.item() for r in self.runs.values()]
+        items.sort(key=lambda i: (i.started or 0.0, i.run_id), reverse=True)
+        return tuple(items)
+
+    def selected_run(self) -> RunSource | None:
+        if self.selected is not None:
+            for r in self.runs.values():
+                if r.run_id == self.selected or str(r.dir) == self.selected:
+                    return r
+        items = self.items()
+        if not items:
+            return None
+        self.selected = items[0].run_id
+        return self.selected_run()

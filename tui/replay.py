@@ -1,0 +1,279 @@
+"""``tui replay``: a run played back step by step through the same screen as ``watch``.
+
+The manager reads each rank's file sequentially, holding back the first step beyond the
+current position, so the statistics shown are exactly those of a live run at that step.
+Going back restores the nearest earlier checkpoint (the aggregate and the file positions,
+taken every ``interval`` steps; at most 64 kept, thinned as the run grows) and plays
+forward from it. A file still being written keeps growing the end of the replay.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from tui.aggregate import DEFAULT_WINDOW, RunAgg
+from tui.live import Post
+from tui.parse import StepRow
+from tui.reader import Feed, RunSource
+from tui.snapshot import WorldSnapshot
+
+MAX_CHECKPOINTS = 64
+
+
+class _Cursor:
+    """A feed and the parsed items read from it but not yet shown."""
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed = feed
+        self.queue: deque[Any] = deque()
+        self.eof = False
+
+    def fill(self) -> bool:
+        lines, reset, more = self.feed.tail.read()
+        if reset:
+            raise _Reset
+        if lines:
+            self.queue.extend(self.feed.parse(lines))
+        self.eof = not lines and not more
+        return bool(lines)
+
+    def head_step(self) -> int | None:
+        """Step of the next step row (reading more if needed), None at the end."""
+        while True:
+            for it in self.queue:
+                if type(it) is StepRow:
+                    return it.step
+            if not self.fill():
+                if self.feed.text is not None and self.eof:
+                    s = self.feed.text.flush()
+                    if s is not None:
+                        from tui.parse import row_from_step
+
+                        self.queue.append(row_from_step(s))
+                        continue
+                return None
+
+    def take_upto(self, step: float) -> list[Any]:
+        """Items up to and including ``step`` (and records after the last step at EOF)."""
+        out: list[Any] = []
+        while True:
+            while self.queue:
+                it = self.queue[0]
+                if type(it) is StepRow and it.step > step:
+                    return out
+                out.append(self.queue.popleft())
+            if not self.fill():
+                return out
+
+
+class _Reset(Exception):
+    """A file shrank or was replaced under the replay: start over."""
+
+
+class ReplaySource:
+    """Plays a run (folder, rank file or text log) with pause, step, seek and speed."""
+
+    mode = "replay"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        speed: float = 10.0,
+        window: int = DEFAULT_WINDOW,
+        playing: bool = True,
+        tick_s: float = 0.1,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.window = window
+        self.speed = float(speed)
+        self.playing = playing
+        self.tick_s = tick_s
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seq = 0
+        self._credit = 0.0
+        self._commands: deque[Callable[[], Any]] = deque()
+        self._open()
+
+    def _open(self) -> None:
+        self.src = RunSource(self.path, window=self.window, stale_after=math.inf)
+        self.run_id = self.src.run_id
+        self.cursors = [_Cursor(f) for f in self.src.feeds.values()]
+        self.agg = RunAgg(self.run_id, str(self.src.dir), self.window)
+        self.position = 0  # last step shown (0: nothing yet)
+        self.end_step: int | None = None  # highest step seen in the files so far
+        self.interval = 50
+        self.checkpoints: list[tuple[int, Any]] = [(0, self._state())]
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> Any:
+        return copy.deepcopy((self.agg, self.cursors))
+
+    def _restore(self, state: Any) -> None:
+        self.agg, self.cursors = copy.deepcopy(state)
+
+    def _checkpoint(self) -> None:
+        if self.position - self.checkpoints[-1][0] < self.interval:
+            return
+        self.checkpoints.append((self.position, self._state()))
+        if len(self.checkpoints) > MAX_CHECKPOINTS:
+            self.checkpoints = self.checkpoints[::2]
+            self.interval *= 2
+
+    # ------------------------------------------------------------------ moving
+    def _next_steps(self) -> list[int]:
+        return [s for c in self.cursors if (s := c.head_step()) is not None]
+
+    def _advance_to(self, target: float) -> bool:
+        """Show every step <= target. False when nothing was left to show."""
+        moved = False
+        for c in self.cursors:
+            items = c.take_upto(target)
+            if items:
+                c.feed.fold(items, self.agg)
+                moved = True
+                for it in reversed(items):
+                    if type(it) is StepRow:
+                        self.position = max(self.position, it.step)
+                        break
+        return moved
+
+    def forward(self, n: int = 1) -> bool:
+        """Show the next ``n`` steps (steps numbered as in the files)."""
+        with self._lock:
+            try:
+                heads = self._next_steps()
+                if not heads:
+                    return self._advance_to(math.inf)  # trailing records (run_end)
+                target = max(self.position, min(heads) - 1) + n
+                moved = self._advance_to(target)
+                self._checkpoint()
+                return moved
+            except _Reset:
+                self._open()
+                return True
+
+    def seek(self, step: float) -> None:
+        """Show the run as it was right after ``step`` (0: the start, inf: the end)."""
+        with self._lock:
+            try:
+                if step < self.position:
+                    best = max((c for c in self.checkpoints if c[0] <= step), key=lambda c: c[0])
+                    self.position = best[0]
+                    self._restore(best[1])
+                if step > self.position:
+                    self._advance_to(step)
+                    self._checkpoint()
+            except _Reset:
+                self._open()
+
+    def back(self, n: int = 1) -> None:
+        self.seek(max(0, self.position - n))
+
+    def jump_start(self) -> None:
+        self.seek(0)
+        if self.position == 0:
+            self.forward(1)
+
+    def jump_end(self) -> None:
+        self.seek(math.inf)
+        self.playing = False
+
+    def toggle_play(self) -> None:
+        self.playing = not self.playing
+        self._credit = 0.0
+
+    def faster(self) -> None:
+        self.speed = min(self.speed * 2, 100_000.0)
+
+    def slower(self) -> None:
+        self.speed = max(self.speed / 2, 0.25)
+
+    # ------------------------------------------------------------------ snapshots
+    def status(self) -> str:
+        state = "▶" if self.playing else "⏸"
+        return f"{state} replay {self.speed:g} steps/s"
+
+    def build(self) -> WorldSnapshot:
+        with self._lock:
+            self.src.agg = self.agg
+            snap = self.src.snapshot(replay=self.status())
+            item = self.src.item()
+            self._seq += 1
+            return WorldSnapshot(
+                seq=self._seq,
+                root=self.path,
+                runs=(item,),
+                selected=snap,
+                made_at=time.monotonic(),
+                mode=self.mode,
+            )
+
+    def tick(self, dt: float) -> bool:
+        """Advance by ``dt`` seconds of playback. True when the position moved."""
+        if not self.playing:
+            return False
+        self._credit += dt * self.speed
+        n = int(self._credit)
+        if n < 1:
+            return False
+        self._credit -= n
+        moved = self.forward(n)
+        if not moved:
+            self._credit = 0.0
+        return moved
+
+    # ------------------------------------------------------------------ thread
+    def select(self, run_id: str) -> None:  # one run only
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self, post: Post) -> None:
+        self._thread = threading.Thread(target=self._loop, args=(post,), name="stagewatch-replay", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+
+    def command(self, fn: Callable[[], Any]) -> None:
+        """Queue a control from the UI thread; the replay thread runs it and posts a snapshot."""
+        if self._thread is None:
+            fn()
+        else:
+            self._commands.append(fn)
+        self._wake.set()
+
+    def _loop(self, post: Post) -> None:
+        post(self.build())
+        last = time.monotonic()
+        while not self._stop.is_set():
+            woke = self._wake.wait(self.tick_s)
+            self._wake.clear()
+            while self._commands:
+                try:
+                    self._commands.popleft()()
+                except Exception:
+                    pass
+            now = time.monotonic()
+            try:
+                moved = self.tick(now - last)
+            except Exception:
+                moved = False
+            last = now
+            if moved or woke:
+                post(self.build())

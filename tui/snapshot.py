@@ -1,0 +1,154 @@
+"""Immutable snapshots: what the reader hands the screen once per tick (widgets only render).
+
+All values are plain floats/ints/strings; times in milliseconds, ``nan`` when unknown.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+NAN = math.nan
+
+# Run states
+RUNNING = "running"
+FINISHED = "finished"
+FAILED = "failed"
+INTERRUPTED = "interrupted"
+STALE = "stale"
+WAITING = "waiting"  # a folder with no record yet
+STATES = (RUNNING, FINISHED, FAILED, INTERRUPTED, STALE, WAITING)
+
+UNACCOUNTED = "(unaccounted)"
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Statistics of one value (a region's ms, or step wall ms) over a span of steps."""
+
+    last: float = NAN
+    avg: float = NAN
+    min: float = NAN
+    max: float = NAN
+    p50: float = NAN
+    p95: float = NAN
+    steps: int = 0  # steps in which it was seen
+    calls: int = 0  # call count over the span
+    share: float = NAN  # of step wall time over the span (0..1)
+    last_share: float = NAN  # in the last step
+
+
+EMPTY = Stats()
+
+
+@dataclass(frozen=True, slots=True)
+class RegionRow:
+    """One node of the stage tree: inclusive statistics, all ranks together."""
+
+    name: str  # full path, e.g. "forward/vrt/stage8"
+    leaf: str  # last component
+    depth: int  # 0 for top level
+    parent: str | None
+    whole: Stats
+    window: Stats
+    ranks: tuple[tuple[int, Stats, Stats], ...] = ()  # (rank, whole, window)
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    path: str
+    rank: int | None
+    lines: int
+    malformed: int
+    skipped: int  # records of kinds this version does not know
+    last_error: str
+    kind: str  # "jsonl" or "text"
+
+
+@dataclass(frozen=True, slots=True)
+class RankInfo:
+    rank: int
+    step: int
+    wall: Stats  # whole run
+    wall_window: Stats
+    samples_per_s: float
+    host: str
+    device: str
+    slowest_steps: int  # steps in the window where this rank was the slowest
+    mem_peak: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSnapshot:
+    """Everything the screen shows about one run."""
+
+    run_id: str
+    path: str
+    state: str
+    step: int
+    total_steps: int | None
+    world_size: int
+    ranks_seen: tuple[int, ...]
+    window_size: int
+    wall: Stats
+    wall_window: Stats
+    samples_per_s: float  # whole run, summed over ranks
+    samples_per_s_window: float
+    steps_per_s_window: float
+    eta_s: float | None
+    mem_peak: int | None  # bytes, max over ranks ("peak", else "allocated", else "rss")
+    mem_last: int | None
+    mem_total: int | None
+    scalars: tuple[tuple[str, float], ...]
+    loss_window: float
+    evals: tuple[tuple[str, float], ...]
+    eval_step: int | None
+    regions: tuple[RegionRow, ...]
+    unaccounted: RegionRow
+    step_times: tuple[float, ...]  # recent step wall ms (slowest rank per step)
+    rank_info: tuple[RankInfo, ...]
+    straggler: int | None
+    straggler_excess: float  # mean ms the straggler is behind the median rank, in the window
+    spread_window: float  # mean (max - min) step wall ms across ranks, in the window
+    files: tuple[FileInfo, ...]
+    error: str | None
+    host: str
+    device: str
+    gpu_name: str | None
+    started: float | None
+    idle_s: float  # seconds since the run's files last grew
+    replay: str | None = None  # "▶ 2x" status line when replaying
+
+    @property
+    def malformed(self) -> int:
+        return sum(f.malformed for f in self.files)
+
+    def region(self, name: str) -> RegionRow | None:
+        for r in self.regions:
+            if r.name == name:
+                return r
+        return self.unaccounted if name == UNACCOUNTED else None
+
+
+@dataclass(frozen=True, slots=True)
+class RunItem:
+    """A line of the run list."""
+
+    run_id: str
+    path: str
+    state: str
+    step: int
+    total_steps: int | None
+    started: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorldSnapshot:
+    """One tick: the run list and the selected run's details."""
+
+    seq: int
+    root: str
+    runs: tuple[RunItem, ...]
+    selected: RunSnapshot | None
+    made_at: float = field(default=0.0)  # monotonic time the reader built it (latency checks)
+    mode: str = "watch"  # or "replay"

@@ -1,0 +1,175 @@
+"""``tui summary``: a run's stage tree as text or JSON, without a screen."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+
+from trainer.clikit import UsageError
+from trainer.timing.records import RANK_FILE_RE, TEXT_LOG_RE
+from tui.aggregate import DEFAULT_WINDOW
+from tui.fmt import (
+    CLASS_STYLE,
+    STATE_STYLE,
+    bar,
+    class_of,
+    fmt_bytes,
+    fmt_duration,
+    fmt_ms,
+    fmt_pct,
+    fmt_rate,
+    literal,
+    ok,
+)
+from tui.reader import RunSource
+from tui.snapshot import UNACCOUNTED, RegionRow, RunSnapshot, Stats
+
+SCHEMA_VERSION = 1
+
+
+def open_run(path: str | os.PathLike[str], window: int = DEFAULT_WINDOW) -> RunSnapshot:
+    """Read a run folder, rank ``.jsonl`` file or ``timing_*.log`` to the end.
+
+    Raises UsageError (one line, exit 2) for a missing, unreadable or empty run.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"no such run: {p}")
+    if p.is_dir():
+        try:
+            names = os.listdir(p)
+        except OSError as e:
+            raise UsageError(f"cannot read run folder {p}: {e.strerror}") from None
+        if not any(RANK_FILE_RE.match(n) or TEXT_LOG_RE.match(n) for n in names):
+            raise UsageError(f"not a run folder (no rank<R>.jsonl or timing_*.log in it): {p}")
+        unreadable = [n for n in names if (RANK_FILE_RE.match(n) or TEXT_LOG_RE.match(n)) and not os.access(p / n, os.R_OK)]
+        if unreadable:
+            raise UsageError(f"cannot read {p / unreadable[0]}: permission denied")
+    elif not os.access(p, os.R_OK):
+        raise UsageError(f"cannot read {p}: permission denied")
+    src = RunSource(p, window=window).load()
+    snap = src.snapshot()
+    if snap.step == 0 and not snap.regions and not src.agg.starts:
+        bad = sum(f.malformed for f in snap.files)
+        first = next((f.last_error for f in snap.files if f.last_error), "")
+        detail = f" ({bad} malformed lines; last: {first})" if bad else ""
+        raise UsageError(f"no stagewatch records in {p}{detail}")
+    return snap
+
+
+def _num(x: float | None) -> float | None:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return None
+    return round(float(x), 4)
+
+
+def _stats(s: Stats) -> dict[str, Any]:
+    return {
+        "last_ms": _num(s.last),
+        "avg_ms": _num(s.avg),
+        "min_ms": _num(s.min),
+        "max_ms": _num(s.max),
+        "p50_ms": _num(s.p50),
+        "p95_ms": _num(s.p95),
+        "share": _num(s.share),
+        "last_share": _num(s.last_share),
+        "steps": s.steps,
+        "count": s.calls,
+    }
+
+
+def _region(r: RegionRow, red: float, yellow: float) -> dict[str, Any]:
+    d: dict[str, Any] = {"name": r.name, "depth": r.depth, "parent": r.parent}
+    d["class"] = class_of(r.whole, red, yellow) if r.name != UNACCOUNTED else None
+    d.update(_stats(r.whole))
+    d["window"] = _stats(r.window)
+    d["ranks"] = {str(rank): _stats(w) for rank, w, _ in r.ranks}
+    return d
+
+
+def summary_dict(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10) -> dict[str, Any]:
+    """The JSON document of ``tui summary --json`` (see docs/monitor.md)."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": snap.run_id,
+        "path": snap.path,
+        "state": snap.state,
+        "steps": snap.step,
+        "total_steps": snap.total_steps,
+        "world_size": snap.world_size,
+        "ranks": list(snap.ranks_seen),
+        "samples_per_s": _num(snap.samples_per_s),
+        "samples_per_s_window": _num(snap.samples_per_s_window),
+        "step_ms": _stats(snap.wall),
+        "step_ms_window": _stats(snap.wall_window),
+        "thresholds": {"red": red, "yellow": yellow},
+        "window_steps": snap.window_size,
+        "mem_peak_bytes": snap.mem_peak,
+        "scalars": {k: _num(v) for k, v in snap.scalars},
+        "eval": {"step": snap.eval_step, "metrics": {k: _num(v) for k, v in snap.evals}},
+        "straggler": {"rank": snap.straggler, "excess_ms": _num(snap.straggler_excess), "spread_ms": _num(snap.spread_window)},
+        "regions": [_region(r, red, yellow) for r in snap.regions],
+        "unaccounted": _region(snap.unaccounted, red, yellow),
+        "files": [
+            {"path": f.path, "rank": f.rank, "kind": f.kind, "lines": f.lines, "malformed": f.malformed,
+             "skipped": f.skipped, "last_error": f.last_error or None}
+            for f in snap.files
+        ],
+        "error": snap.error,
+    }
+
+
+def summary_text(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10, name_w: int = 36) -> Text:
+    """The stage tree as text (styles become ANSI colours on a terminal only)."""
+    t = Text()
+    t.append_text(literal(snap.run_id))
+    t.append("  ")
+    t.append(snap.state, style=STATE_STYLE.get(snap.state, ""))
+    t.append(f"  step {snap.step}" + (f"/{snap.total_steps}" if snap.total_steps else ""))
+    if ok(snap.samples_per_s) and snap.samples_per_s > 0:
+        t.append(f"  {fmt_rate(snap.samples_per_s)} samples/s")
+    t.append(f"  step avg {fmt_ms(snap.wall.avg)} (p95 {fmt_ms(snap.wall.p95)})")
+    t.append(f"  ranks {len(snap.ranks_seen)}/{snap.world_size}")
+    if snap.mem_peak is not None:
+        t.append(f"  peak mem {fmt_bytes(snap.mem_peak)}")
+    if snap.eta_s is not None:
+        t.append(f"  ETA {fmt_duration(snap.eta_s)}")
+    t.append("\n")
+    if snap.straggler is not None:
+        t.append(f"straggler: rank {snap.straggler}, +{fmt_ms(snap.straggler_excess)} per step over the median rank\n", style="red")
+    if snap.error:
+        e = literal(snap.error)
+        e.stylize("bold red")
+        t.append_text(e)
+        t.append("\n")
+    head = f"{'region':<{name_w}} {'class':<6} {'share':>6} {'':<10} {'last':>8} {'avg':>8} {'min':>8} {'max':>8} {'p95':>8} {'calls':>8}\n"
+    t.append(head, style="bold")
+    for r in [*snap.regions, snap.unaccounted]:
+        s = r.whole
+        cls = class_of(s, red, yellow) if r.name != UNACCOUNTED else "none"
+        style = CLASS_STYLE[cls]
+        indent = "  " * r.depth
+        name = literal(indent + (r.leaf if r.name != UNACCOUNTED else UNACCOUNTED))
+        name.truncate(name_w, overflow="ellipsis")
+        name.pad_right(name_w - name.cell_len)
+        name.stylize(style)
+        t.append_text(name)
+        t.append(f" {cls if cls != 'none' else '':<6} ", style=style)
+        t.append(f"{fmt_pct(s.share):>6} ", style=style)
+        t.append(bar(s.share, 10), style=style)
+        for v in (s.last, s.avg, s.min, s.max, s.p95):
+            t.append(f" {fmt_ms(v):>8}")
+        t.append(f" {s.calls if s.calls else '—':>8}\n")
+    bad = [f for f in snap.files if f.malformed]
+    for f in bad:
+        t.append(f"malformed lines in {f.path}: {f.malformed}", style="yellow")
+        if f.last_error:
+            t.append(" (last: ")
+            t.append_text(literal(f.last_error))
+            t.append(")")
+        t.append("\n")
+    return t

@@ -1,0 +1,109 @@
+"""Parser of the original system's text log (``timing_*.log``) into stagewatch Step records.
+
+The format, one block per step::
+
+    ================================================================================
+    Step 1
+    ================================================================================
+    Forward total                            :   280.00ms ( 45.2%) [avg:   280.00ms]
+    VRT                                      :   150.00ms ( 24.2%) [avg:   150.00ms]
+      - Stage1                              :    25.00ms [avg:    25.00ms]
+    Total-----------------------------------:   620.00ms
+
+A ``  - Sub`` line is a child of the top-level line before it (``VRT/Stage1``). The Total
+line becomes the step's ``wall_ms``: the original logger wrote the sum of its top-level
+names there, the only step time such a log holds. A block ends at its Total line, or at the
+next ``Step`` header when a Total line is missing.
+"""
+
+from __future__ import annotations
+
+import re
+
+from trainer.timing.records import Step
+
+_STEP_RE = re.compile(r"^\s*Step\s+(\d+)\s*$")
+_TOTAL_RE = re.compile(r"^\s*Total[\s-]*:\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b")
+_ENTRY_RE = re.compile(
+    r"^(?P<indent>\s*)(?P<dash>-\s+)?(?P<name>\S(?:.*?\S)?)\s*:\s*"
+    r"(?P<ms>[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b"
+)
+_RULE_RE = re.compile(r"^\s*[=\-─]{5,}\s*$")
+
+
+class TextLogParser:
+    """Incremental: feed complete lines, get the Step records of the blocks they complete."""
+
+    def __init__(self) -> None:
+        self.malformed = 0
+        self.last_error = ""
+        self._step: int | None = None
+        self._regions: dict[str, tuple[float, int]] = {}
+        self._parent: str | None = None
+        self._time = 0.0
+
+    def reset(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def feed(self, line: str) -> Step | None:
+        """One line (without its newline). Returns a Step when the line completes a block."""
+        if not line.strip() or _RULE_RE.match(line):
+            return None
+        m = _STEP_RE.match(line)
+        if m:
+            done = self._finish(None)
+            self._step = int(m.group(1))
+            self._regions = {}
+            self._parent = None
+            return done
+        m = _TOTAL_RE.match(line)
+        if m:
+            return self._finish(float(m.group(1)))
+        m = _ENTRY_RE.match(line)
+        if m and self._step is not None:
+            name = m.group("name")
+            ms = float(m.group("ms"))
+            if m.group("dash") or m.group("indent"):
+                if self._parent is None:
+                    self._bad(f"nested line without a parent: {line[:80]!r}")
+                    return None
+                name = f"{self._parent}/{name}"
+            else:
+                self._parent = name
+            old = self._regions.get(name)
+            self._regions[name] = (old[0] + ms, old[1] + 1) if old else (ms, 1)
+            return None
+        self._bad(f"unrecognised line: {line[:80]!r}")
+        return None
+
+    def flush(self) -> Step | None:
+        """The pending block, if any (end of a finished file without a Total line)."""
+        return self._finish(None)
+
+    def _bad(self, msg: str) -> None:
+        self.malformed += 1
+        self.last_error = msg
+
+    def _finish(self, total: float | None) -> Step | None:
+        if self._step is None:
+            if total is not None:
+                self._bad("Total line outside a step block")
+            return None
+        regions = self._regions
+        if total is None:
+            total = sum(ms for k, (ms, _) in regions.items() if "/" not in k)
+        rec = Step(step=self._step, time=0.0, wall_ms=total, regions=regions, samples=0)
+        self._step = None
+        self._regions = {}
+        self._parent = None
+        return rec
+
+
+def parse_text(text: str) -> tuple[list[Step], int]:
+    """Every step of a whole text log, and the number of lines not understood."""
+    p = TextLogParser()
+    out = [s for line in text.splitlines() if (s := p.feed(line)) is not None]
+    last = p.flush()
+    if last is not None:
+        out.append(last)
+    return out, p.malformed

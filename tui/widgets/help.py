@@ -1,0 +1,53 @@
+"""The help screen, generated from the key bindings data (:data:`tui.keys.KEYS`)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from tui.keys import Key, keys_for
+
+
+def help_table(keys: tuple[Key, ...], red: float, yellow: float) -> Table:
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False, expand=False)
+    table.add_column("key", style="bold cyan", no_wrap=True)
+    table.add_column("does")
+    table.add_column("group", style="dim")
+    for k in keys:
+        table.add_row(Text(k.display), Text(k.description), Text(k.group))
+    table.add_row(Text("ctrl+p"), Text("Command palette (every action above, by name)"), Text("General"))
+    table.add_row(Text(""), Text(""), Text(""))
+    legend = Text()
+    legend.append("red", style="bold red")
+    legend.append(f" ≥ {red:.0%} of step wall time · ")
+    legend.append("yellow", style="yellow")
+    legend.append(f" ≥ {yellow:.0%} · ")
+    legend.append("green", style="green")
+    legend.append(" below")
+    table.add_row(Text("colours"), legend, Text(""))
+    return table
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of the current mode."""
+
+    BINDINGS = [  # noqa: RUF012
+        Binding("escape,q,question_mark", "app.pop_screen", "Close help"),
+    ]
+
+    def __init__(self, mode: str, red: float, yellow: float) -> None:
+        super().__init__()
+        self.mode = mode
+        self.red = red
+        self.yellow = yellow
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-box") as box:
+            box.border_title = f"stagewatch {self.mode} · keys"
+            box.border_subtitle = "esc to close"
+            yield Static(help_table(keys_for(self.mode), self.red, self.yellow), id="help-table")

@@ -1,0 +1,230 @@
+"""Header, run list, per-rank view, step-time sparkline, advice and file status widgets.
+
+Each takes a snapshot and renders it; none reads files or computes statistics.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rich.text import Text
+from textual.containers import Vertical
+from textual.widgets import DataTable, OptionList, Sparkline, Static
+from textual.widgets.option_list import Option
+
+from tui.fmt import (
+    CLASS_STYLE,
+    STATE_ICON,
+    STATE_STYLE,
+    class_of,
+    fmt_bytes,
+    fmt_duration,
+    fmt_ms,
+    fmt_pct,
+    fmt_rate,
+    literal,
+    ok,
+)
+from tui.snapshot import UNACCOUNTED, RunItem, RunSnapshot, WorldSnapshot
+
+
+def header_text(run: RunSnapshot | None, *, window: bool, paused: bool, behind_step: int | None, root: str) -> Text:
+    """The two header lines."""
+    t = Text()
+    if run is None:
+        t.append("stagewatch", style="bold")
+        t.append("  waiting for runs under ")
+        t.append_text(literal(root))
+        return t
+    t.append_text(literal(run.run_id))
+    t.append("  ")
+    t.append(f"{STATE_ICON.get(run.state, '')} {run.state}", style=STATE_STYLE.get(run.state, ""))
+    t.append("  step ")
+    t.append(f"{run.step}", style="bold")
+    if run.total_steps:
+        t.append(f"/{run.total_steps} ({run.step / run.total_steps:.0%})")
+    sps = run.samples_per_s_window if window else run.samples_per_s
+    if ok(sps) and sps > 0:
+        t.append(f"  {fmt_rate(sps)} samples/s")
+    elif ok(run.steps_per_s_window):
+        t.append(f"  {fmt_rate(run.steps_per_s_window)} steps/s")
+    t.append(f"  ETA {fmt_duration(run.eta_s)}" if run.eta_s is not None else "  ETA —")
+    t.append(f"  peak mem {fmt_bytes(run.mem_peak)}")
+    if run.mem_total:
+        t.append(f" of {fmt_bytes(run.mem_total)}")
+    t.append(f"  ranks {len(run.ranks_seen)}/{run.world_size}")
+    if paused:
+        t.append("  ⏸ PAUSED", style="bold reverse yellow")
+        if behind_step is not None and behind_step != run.step:
+            t.append(f" (read to step {behind_step})", style="yellow")
+    t.append("\n")
+    w = run.wall_window if window else run.wall
+    t.append(f"step {fmt_ms(w.avg)} avg", style="bold")
+    t.append(f" · p95 {fmt_ms(w.p95)} · last {fmt_ms(w.last)}")
+    t.append(f" · {'window ' + str(run.window_size) + ' steps' if window else 'whole run'}", style="cyan")
+    loss = dict(run.scalars).get("loss")
+    if loss is not None:
+        t.append(f" · loss {loss:.4g}")
+        if ok(run.loss_window):
+            t.append(f" (avg {run.loss_window:.4g})")
+    if run.evals:
+        t.append(" · eval")
+        for k, v in run.evals[:3]:
+            t.append(" ")
+            t.append_text(literal(k))
+            t.append(f" {v:.4g}")
+        if run.eval_step is not None:
+            t.append(f" @{run.eval_step}")
+    if run.straggler is not None:
+        t.append(f" · straggler rank {run.straggler} (+{fmt_ms(run.straggler_excess)})", style="bold red")
+    if run.replay:
+        t.append(f" · {run.replay}", style="bold cyan")
+    elif run.state in ("running", "stale"):
+        t.append(f" · last write {fmt_duration(run.idle_s)} ago", style="dim")
+    if run.error:
+        t.append("\n")
+        err = literal(run.error[:300])
+        err.stylize("bold red")
+        t.append_text(err)
+    return t
+
+
+class HeaderBar(Static):
+    pass
+
+
+class RunList(OptionList):
+    """Runs newest first with their state; pick with keys or the mouse."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.ids: list[str] = []
+
+    @staticmethod
+    def prompt(item: RunItem) -> Text:
+        t = Text()
+        t.append(f"{STATE_ICON.get(item.state, '?')} ", style=STATE_STYLE.get(item.state, ""))
+        t.append_text(literal(item.run_id))
+        t.append(f"\n  {item.state} · step {item.step}", style="dim")
+        if item.total_steps:
+            t.append(f"/{item.total_steps}", style="dim")
+        return t
+
+    def show(self, runs: tuple[RunItem, ...], selected: str | None) -> None:
+        ids = [r.run_id for r in runs]
+        if ids != self.ids:
+            self.clear_options()
+            self.add_options([Option(self.prompt(r), id=f"run-{i}") for i, r in enumerate(runs)])
+            self.ids = ids
+        else:
+            for i, r in enumerate(runs):
+                self.replace_option_prompt_at_index(i, self.prompt(r))
+        if selected in ids and self.highlighted != ids.index(selected):
+            self.highlighted = ids.index(selected)
+
+
+class RankView(Vertical):
+    """Per-rank figures of the selected region (or of the step wall time)."""
+
+    def compose(self):  # type: ignore[no-untyped-def]
+        yield DataTable(id="rank-table", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        t = self.query_one(DataTable)
+        t.add_columns("rank", "last", "avg", "p95", "max", "share", "vs mean", "slowest")
+
+    def show(self, run: RunSnapshot | None, region: str | None, window: bool, red: float, yellow: float) -> None:
+        table = self.query_one(DataTable)
+        table.clear()
+        if run is None:
+            return
+        row = run.region(region) if region else None
+        if row is None:
+            self.border_title = "ranks · step wall time"
+            per = [(ri.rank, ri.wall, ri.wall_window) for ri in run.rank_info]
+        else:
+            self.border_title = f"ranks · {row.name}" if row.name != UNACCOUNTED else "ranks · unaccounted"
+            per = list(row.ranks)
+        if not per:
+            return
+        chosen = [(r, win if window else whole) for r, whole, win in per]
+        avgs = [s.avg for _, s in chosen if ok(s.avg)]
+        mean = sum(avgs) / len(avgs) if avgs else math.nan
+        slow = {ri.rank: ri.slowest_steps for ri in run.rank_info}
+        for rank, s in chosen:
+            cls = class_of(s, red, yellow) if row is not None and row.name != UNACCOUNTED else "none"
+            diff = (s.avg - mean) / mean if ok(s.avg) and ok(mean) and mean > 0 else math.nan
+            style = "bold red" if rank == run.straggler else ""
+            table.add_row(
+                Text(str(rank), style=style),
+                fmt_ms(s.last),
+                fmt_ms(s.avg),
+                fmt_ms(s.p95),
+                fmt_ms(s.max),
+                Text(fmt_pct(s.share) if row is not None else "", style=CLASS_STYLE[cls]),
+                Text(f"{diff:+.1%}" if ok(diff) else "—", style="red" if ok(diff) and diff > 0.05 else ""),
+                str(slow.get(rank, 0)) if len(per) > 1 else "—",
+            )
+
+
+class StepSpark(Vertical):
+    """Recent step wall times (slowest rank per step)."""
+
+    def compose(self):  # type: ignore[no-untyped-def]
+        yield Static(id="spark-label")
+        yield Sparkline([], id="spark")
+
+    def show(self, run: RunSnapshot | None) -> None:
+        data = list(run.step_times) if run else []
+        self.query_one(Sparkline).data = data
+        label = self.query_one("#spark-label", Static)
+        if data:
+            label.update(
+                Text(f"step time, last {len(data)} steps: {fmt_ms(min(data))} … {fmt_ms(max(data))}", style="dim")
+            )
+        else:
+            label.update(Text("step time: no steps yet", style="dim"))
+
+
+class AdviceBox(Static):
+    """What to change: lines from :func:`tui.advice.advice_for`."""
+
+    def show(self, lines: list[str]) -> None:
+        if not lines:
+            self.update(Text("no advice yet", style="dim italic"))
+            return
+        t = Text()
+        for i, line in enumerate(lines):
+            if i:
+                t.append("\n")
+            t.append("• ")
+            t.append_text(literal(line))
+        self.update(t)
+
+
+class FilesLine(Static):
+    """Files read and malformed lines (never fatal, always shown)."""
+
+    def show(self, run: RunSnapshot | None, world: WorldSnapshot) -> None:
+        if run is None:
+            self.update(Text(f"{len(world.runs)} runs", style="dim"))
+            return
+        t = Text(style="dim")
+        t.append(f"{len(run.files)} file(s), {sum(f.lines for f in run.files)} lines")
+        bad = [f for f in run.files if f.malformed]
+        skipped = sum(f.skipped for f in run.files)
+        if skipped:
+            t.append(f" · {skipped} records of unknown kinds skipped")
+        if bad:
+            t.append(" · malformed: ", style="bold yellow")
+            for i, f in enumerate(bad):
+                if i:
+                    t.append(", ")
+                t.append_text(literal(f.path.rsplit("/", 1)[-1]))
+                t.append(f" {f.malformed}", style="bold yellow")
+            last = next((f.last_error for f in reversed(bad) if f.last_error), "")
+            if last:
+                t.append(" (last: ")
+                t.append_text(literal(last[:120]))
+                t.append(")")
+        self.update(t)

@@ -1,0 +1,204 @@
+"""The stage tree: one node per region, labels updated in place as values change.
+
+The tree is rebuilt only when its shape changes (a new region, another run, a filter or a
+sort order); every other snapshot only replaces node labels.
+"""
+
+from __future__ import annotations
+
+from rich.style import Style
+from rich.text import Text
+from textual.widgets import Static, Tree
+from textual.widgets.tree import TreeNode
+
+from tui.fmt import CLASS_STYLE, bar, class_of, fmt_ms, fmt_pct, literal
+from tui.snapshot import UNACCOUNTED, RegionRow, RunSnapshot
+
+GUIDE = 3
+ICON = 2
+BAR_W = 12
+
+
+class Columns:
+    """Column layout shared by the labels and the header line above the tree.
+
+    A top-level node starts at column 0 with its 2-cell expand icon; a node at depth d is
+    indented by 3·d cells, so its name field is 3·d cells narrower and the numbers line up.
+    """
+
+    def __init__(self, name_w: int = 34, compact: bool = False) -> None:
+        self.name_w = name_w
+        self.compact = compact
+
+    def fields(self) -> list[tuple[str, int]]:
+        cols = [("share", 6), ("last", 8), ("avg", 8)]
+        if not self.compact:
+            cols += [("min", 8), ("max", 8), ("p95", 8)]
+        else:
+            cols += [("max", 8)]
+        cols += [("calls", 8)]
+        return cols
+
+    def header(self) -> Text:
+        t = Text(f"{'region':<{self.name_w + ICON}} {'':<{BAR_W}}", style="bold")
+        for name, w in self.fields():
+            t.append(f" {name:>{w}}", style="bold")
+        return t
+
+
+def region_label(row: RegionRow, depth: int, window: bool, red: float, yellow: float, cols: Columns) -> Text:
+    """One node's label: name, share bar, share %, times and calls, in its class colour."""
+    s = row.window if window else row.whole
+    cls = class_of(s, red, yellow) if row.name != UNACCOUNTED else "none"
+    style = CLASS_STYLE[cls]
+    width = max(8, cols.name_w - GUIDE * depth)
+    name = literal(row.leaf)
+    name.truncate(width, overflow="ellipsis")
+    name.pad_right(width - name.cell_len)
+    name.stylize(style if row.name != UNACCOUNTED else "italic dim")
+    t = Text()
+    t.append_text(name)
+    t.append(" ")
+    t.append(bar(s.share, BAR_W), style=style)
+    vals = {
+        "share": fmt_pct(s.share),
+        "last": fmt_ms(s.last),
+        "avg": fmt_ms(s.avg),
+        "min": fmt_ms(s.min),
+        "max": fmt_ms(s.max),
+        "p95": fmt_ms(s.p95),
+        "calls": str(s.calls) if s.calls else "—",
+    }
+    for key, w in cols.fields():
+        t.append(f" {vals[key]:>{w}}", style=style if key == "share" else "")
+    return t
+
+
+class StageTree(Tree[str]):
+    """Collapsible region tree of the selected run."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__("regions", **kw)  # type: ignore[arg-type]
+        self.show_root = False
+        self.guide_depth = GUIDE
+        self.nodes_by_name: dict[str, TreeNode[str]] = {}
+        self.rows: dict[str, RegionRow] = {}
+        self._shape: object = None
+        self.sort_by_time = True
+        self.filter = ""
+        self.window = False
+        self.red = 0.40
+        self.yellow = 0.10
+        self.cols = Columns()
+        self.rebuilds = 0
+
+    def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
+        text = super().render_label(node, base_style, style)
+        if not node.allow_expand:
+            text = Text("  ") + text
+        return text
+
+    # ------------------------------------------------------------------ data
+    def _visible(self, run: RunSnapshot) -> list[RegionRow]:
+        rows = list(run.regions)
+        if self.filter:
+            f = self.filter.lower()
+            keep = {r.name for r in rows if f in r.name.lower()}
+            for name in list(keep):
+                parts = name.split("/")
+                keep.update("/".join(parts[:i]) for i in range(1, len(parts)))
+            rows = [r for r in rows if r.name in keep]
+        return rows
+
+    def _ordered(self, rows: list[RegionRow]) -> list[RegionRow]:
+        children: dict[str | None, list[RegionRow]] = {}
+        names = {r.name for r in rows}
+        for r in rows:
+            parent = r.parent if r.parent in names else None
+            children.setdefault(parent, []).append(r)
+        w = self.window
+
+        def key(r: RegionRow) -> tuple:
+            if self.sort_by_time:
+                s = r.window if w else r.whole
+                avg = s.avg if s.avg == s.avg else -1.0
+                return (-avg, r.name)
+            return (r.name.lower(), r.name)
+
+        out: list[RegionRow] = []
+
+        def walk(parent: str | None) -> None:
+            for r in sorted(children.get(parent, []), key=key):
+                out.append(r)
+                walk(r.name)
+
+        walk(None)
+        return out
+
+    def show(self, run: RunSnapshot | None, force: bool = False) -> None:
+        """Show ``run``: rebuild on a new shape, else update labels in place."""
+        if run is None:
+            if self._shape is not None:
+                self.clear()
+                self.nodes_by_name = {}
+                self._shape = None
+            return
+        rows = self._visible(run)
+        all_rows = [*rows, run.unaccounted]
+        self.rows = {r.name: r for r in all_rows}
+        shape = (run.run_id, tuple(sorted(r.name for r in rows)), self.filter)
+        if force or shape != self._shape:
+            self._rebuild(rows, run)
+            self._shape = shape
+        else:
+            self.refresh_labels()
+
+    def refresh_labels(self) -> None:
+        for name, node in self.nodes_by_name.items():
+            row = self.rows.get(name)
+            if row is not None:
+                node.set_label(self._label(row))
+
+    def _label(self, row: RegionRow) -> Text:
+        return region_label(row, row.depth, self.window, self.red, self.yellow, self.cols)
+
+    def _rebuild(self, rows: list[RegionRow], run: RunSnapshot) -> None:
+        self.rebuilds += 1
+        expanded = {n: node.is_expanded for n, node in self.nodes_by_name.items()}
+        cursor = self.cursor_node.data if self.cursor_node is not None else None
+        self.clear()
+        self.nodes_by_name = {}
+        ordered = self._ordered(rows)
+        has_children = {r.parent for r in ordered if r.parent}
+        for r in ordered:
+            parent = self.nodes_by_name.get(r.parent) if r.parent else None
+            parent = parent or self.root
+            label = self._label(r)
+            if r.name in has_children:
+                exp = expanded.get(r.name, r.depth < 1) or bool(self.filter)
+                node = parent.add(label, data=r.name, expand=exp)
+            else:
+                node = parent.add_leaf(label, data=r.name)
+            self.nodes_by_name[r.name] = node
+        u = run.unaccounted
+        self.nodes_by_name[UNACCOUNTED] = self.root.add_leaf(self._label(u), data=UNACCOUNTED)
+        self.root.expand()
+        if cursor in self.nodes_by_name:
+            self.call_after_refresh(self._restore_cursor, cursor)
+
+    def _restore_cursor(self, name: str) -> None:
+        node = self.nodes_by_name.get(name)
+        if node is not None and node.line >= 0:
+            self.move_cursor(node)
+
+    def resort(self) -> None:
+        self._shape = None
+
+
+class TreeHeader(Static):
+    """Column titles above the tree."""
+
+    def show(self, cols: Columns, window: bool, window_size: int) -> None:
+        t = cols.header()
+        self.update(t)
+        self.border_title = f"stage tree · {'window of ' + str(window_size) + ' steps' if window else 'whole run'}"
