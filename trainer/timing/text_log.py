@@ -86,7 +86,7 @@ def format_step(
             f"{'Overlap':<{LABEL_WIDTH}} : {over:9.2f}ms "
             "(top-level regions overlap, e.g. from other threads)"
         )
-    lines.append(f"{'Total':-<{LABEL_WIDTH}}: {wall_ms:9.2f}ms")
+    lines.append(f"{'Total':-<{LABEL_WIDTH + 1}}: {wall_ms:9.2f}ms")
     return "\n".join(lines) + "\n"
 
 
@@ -121,5 +121,5 @@ def format_summary(
         f"{'Unaccounted':<{LABEL_WIDTH}} : {un_avg:9.2f}ms {'':>9}   {'':>9}   "
         f"{_pct(unaccounted_total_ms, wall_total_ms):5.1f}%"
     )
-    lines.append(f"{'Total':-<{LABEL_WIDTH}}: {avg_wall:9.2f}ms per step")
+    lines.append(f"{'Total':-<{LABEL_WIDTH + 1}}: {avg_wall:9.2f}ms per step")
     return "\n".join(lines) + "\n"
