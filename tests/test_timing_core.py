@@ -118,6 +118,33 @@ def test_region_stack_survives_exceptions(tmp_path, clock):
     assert set(s.regions) == {"outer", "after"}
 
 
+def test_interleaved_regions_do_not_corrupt_nesting(tmp_path, clock):
+    """A generator holding a region open across yields closes it out of order."""
+    lg = make(tmp_path)
+    set_global_timing_logger(lg)
+
+    def gen():
+        with timed("g"):
+            yield
+            clock.advance_ms(1)
+            yield
+
+    it = gen()
+    next(it)  # "g" is open
+    with timed("b"):  # opened inside "g": g/b
+        next(it)
+        clock.advance_ms(2)
+        next(it, None)  # "g" closes while "b" is still open
+    with timed("c"):  # both closed: top level again
+        clock.advance_ms(4)
+    lg.step()
+    lg.close()
+    (s,) = steps_of(lg)
+    assert s.regions["g"] == (pytest.approx(3.0), 1)
+    assert s.regions["g/b"] == (pytest.approx(3.0), 1)
+    assert s.regions["c"] == (pytest.approx(4.0), 1)
+
+
 def test_decorator_binds_at_call_time(tmp_path, clock):
     @timed("data")  # decorated before any logger exists
     def load(x: int) -> int:
