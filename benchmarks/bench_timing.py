@@ -271,12 +271,19 @@ def report(c: dict[str, float], steps: dict[str, dict[str, Any]], quick: bool) -
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small counts (smoke test)")
+    p.add_argument("--quick", action="store_true", help="smaller counts (about 10 s)")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny counts, figures meaningless (test suite)"
+    )
     p.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
     p.add_argument("--json", help="also write the raw figures to this file")
     args = p.parse_args(argv)
-    n, repeats = (2_000, 20) if args.quick else (5_000, 200)
-    total, window = (3_000, 500) if args.quick else (101_000, 1_000)
+    if args.smoke:
+        (n, repeats), (total, window) = (300, 3), (400, 100)
+    elif args.quick:
+        (n, repeats), (total, window) = (2_000, 20), (3_000, 500)
+    else:
+        (n, repeats), (total, window) = (5_000, 200), (101_000, 1_000)
     last = total - window
     os.environ.pop(L.ENV_SWITCH, None)
     with tempfile.TemporaryDirectory(prefix="bench_timing_") as root:
@@ -285,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             "JSONL only": per_step_costs(total, [100, last], window, root, enable_file=False),
             "JSONL + text log": per_step_costs(total, [100, last], window, root, enable_file=True),
         }
-    md = report(c, steps, args.quick)
+    md = report(c, steps, args.quick or args.smoke)
     print(md)
     if args.json:
         Path(args.json).write_text(json.dumps({"calls_ns": c, "per_step": steps}, indent=2))
