@@ -236,6 +236,28 @@ def test_interpreter_exit_flushes_and_ends_the_run(tmp_path, tail, status, error
     assert isinstance(end, R.RunEnd) and (end.status, end.error_type) == (status, error)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_children_never_write_to_the_parents_run(tmp_path):
+    lg = TimingLogger(tmp_path, enable_console=False, file_flush_interval=1000, run_id="fork")
+    run_steps(lg, 3)  # buffered, not yet written
+    pid = os.fork()
+    if pid == 0:  # a DataLoader-like worker: flushes, exits through atexit, gets SIGTERM
+        try:
+            run_steps(lg, 2)
+            lg.flush()
+            L._close_all_at_exit()
+            lg._on_sigterm(signal.SIGTERM, None)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    run_steps(lg, 1)
+    lg.close()
+    recs = [R.decode(x) for x in (tmp_path / "fork" / "rank0.jsonl").read_text().splitlines()]
+    assert [type(r).__name__ for r in recs] == ["RunStart"] + ["Step"] * 4 + ["RunEnd"]
+    assert [r.step for r in recs[1:5]] == [1, 2, 3, 4]
+
+
 def test_flush_interval_and_time_based_flush(tmp_path, monkeypatch):
     lg = TimingLogger(
         tmp_path,

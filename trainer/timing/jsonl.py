@@ -30,7 +30,16 @@ def warn(message: str) -> None:
 class LineFile:
     """Whole lines appended to one file; buffered; disabled after one warning on error."""
 
-    __slots__ = ("_buf", "_bytes", "_fd", "_in_flush", "disabled", "max_buffer_bytes", "path")
+    __slots__ = (
+        "_buf",
+        "_bytes",
+        "_fd",
+        "_in_flush",
+        "_pid",
+        "disabled",
+        "max_buffer_bytes",
+        "path",
+    )
 
     def __init__(self, path: str, max_buffer_bytes: int = 1 << 20) -> None:
         self.path = path
@@ -39,6 +48,7 @@ class LineFile:
         self._buf: list[str] = []
         self._bytes = 0
         self._in_flush = False
+        self._pid = os.getpid()
         self.disabled = False
 
     def open(self) -> bool:
@@ -69,6 +79,12 @@ class LineFile:
         # land in the middle of a line); the interrupted flush finishes or the process ends.
         if self.disabled or self._in_flush or not self._buf:
             return
+        if os.getpid() != self._pid:
+            # a forked child (e.g. a DataLoader worker) holds a copy of the parent's buffer:
+            # writing it would duplicate the parent's lines
+            self._buf.clear()
+            self._bytes = 0
+            return
         if self._fd is None and not self.open():
             return
         self._in_flush = True
@@ -91,7 +107,7 @@ class LineFile:
 
     def close(self) -> None:
         self.flush()
-        if self._fd is not None:
+        if self._fd is not None and os.getpid() == self._pid:
             try:
                 os.close(self._fd)
             except OSError:

@@ -270,7 +270,10 @@ def log_timing(name: str, ms: float) -> None:
 def _close_all_at_exit() -> None:
     # sys.last_value is set when the program ends by an uncaught exception
     exc = getattr(sys, "last_value", None)
+    pid = os.getpid()
     for lg in list(_open_loggers):
+        if lg._pid != pid:
+            continue  # a forked child exiting: the run belongs to the parent
         if isinstance(exc, KeyboardInterrupt):
             lg.close(R.STATUS_INTERRUPTED)
         elif isinstance(exc, BaseException):
@@ -369,6 +372,7 @@ class TimingLogger:
         self._console: Console | None = None
         self._warned: set[str] = set()
         self._sig_installed = False
+        self._pid = os.getpid()
         if not self.enabled:
             self._region_cls: type[_CpuRegion] = _CpuRegion
             self._gregion_cls: type[_CpuRegion] = _GlobalCpuRegion
@@ -888,6 +892,13 @@ class TimingLogger:
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         prev = self._prev_sigterm
+        if os.getpid() != self._pid:  # inherited by a forked child: not our run to end
+            if callable(prev):
+                prev(signum, frame)
+                return
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         if callable(prev):
             # someone else (e.g. the trainer) decides what SIGTERM does: keep our data safe
             # and let them call close("interrupted") when they stop
