@@ -181,6 +181,7 @@ def test_steps_split_regions_and_numbering(tmp_path, clock):
     lg.close()
     recs = read_records(lg)
     assert isinstance(recs[0], R.RunStart) and recs[0].start_step == 100
+    assert recs[0].pid == os.getpid() and recs[0].host and recs[0].samples_per_step == 4
     steps = [r for r in recs if isinstance(r, R.Step)]
     assert [s.step for s in steps] == [101, 102, 103]
     assert [s.regions["forward"][0] for s in steps] == pytest.approx([10, 11, 12])

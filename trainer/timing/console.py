@@ -111,6 +111,7 @@ class Console:
         self._counter = [0] if stream is not None else _WRITES
         self._seen = -1  # writes counted at the end of our last draw
         self._drawn = 0  # lines of our last panel
+        self._width = 0  # terminal width at our last draw
         self._installed: list[tuple[str, Any, Any]] = []
 
     def _target(self) -> Any:
@@ -173,12 +174,19 @@ class Console:
         lines = panel_lines(step, wall_ms, top, unaccounted, width, rate)
         out = self._raw()
         prefix = ""
-        # redraw in place only if our panel is the last thing on the terminal
-        if self._drawn and self._counter[0] == self._seen and self._watching():
+        # redraw in place only if our panel is the last thing on the terminal (and the
+        # terminal was not resized, which may have re-wrapped it)
+        if (
+            self._drawn
+            and self._counter[0] == self._seen
+            and width == self._width
+            and self._watching()
+        ):
             prefix = f"\x1b[{self._drawn}A\r\x1b[J"
         out.write(prefix + "\n".join(lines) + "\n")
         out.flush()
         self._drawn = len(lines)
+        self._width = width
         self._seen = self._counter[0]
 
     def close(self) -> None:
