@@ -466,6 +466,40 @@ def test_run_id_sources(tmp_path, monkeypatch):
     assert (tmp_path / "shared-123" / "rank2.jsonl").exists()
 
 
+def test_run_id_broadcast_by_torch_distributed(tmp_path, monkeypatch):
+    """With an initialised process group, rank 0's id reaches every rank (fake dist)."""
+    import types
+
+    calls = []
+    fake = types.ModuleType("torch.distributed")
+    fake.is_available = lambda: True
+    fake.is_initialized = lambda: True
+    fake.get_rank = lambda: 1
+    fake.get_world_size = lambda: 3
+
+    def broadcast_object_list(box, src):
+        calls.append((list(box), src))
+        box[0] = "20261126-000000-from_rank0-abcd"
+
+    fake.broadcast_object_list = broadcast_object_list
+    monkeypatch.setitem(sys.modules, "torch.distributed", fake)
+    monkeypatch.delenv("STAGEWATCH_RUN_ID", raising=False)
+    lg = make(tmp_path)
+    assert (lg.rank, lg.world_size, lg.run_id) == (1, 3, "20261126-000000-from_rank0-abcd")
+    assert len(calls) == 1 and calls[0][1] == 0
+    lg.close()
+
+
+def test_several_ranks_without_a_shared_id_warn(tmp_path, monkeypatch):
+    monkeypatch.delenv("STAGEWATCH_RUN_ID", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delitem(sys.modules, "torch.distributed", raising=False)
+    with pytest.warns(RuntimeWarning, match="separate run folders"):
+        lg = make(tmp_path)
+    lg.close()
+
+
 def test_memory_recorded_and_override(tmp_path):
     lg = TimingLogger(tmp_path, enable_console=False, handle_sigterm=False)
     lg.step()
