@@ -1,8 +1,8 @@
 """CPU cost of the timing core; writes the "timing" section of docs/benchmarks.md.
 
 Measures: a ``timed`` region (enter + exit, flat and nested), ``log_timing``,
-``begin``/``end``, the per-step cost of ``step()`` around step 100 and around step
-100,000 of one run (must be flat), and the cost of every call when timing is off.
+``begin``/``end``, the per-step cost of ``step()`` after step 100 of a new run and after
+step 100,000 of a long one (must be flat), and the cost of every call when timing is off.
 
 Each figure is the best of many repeats of a short tight loop, minus the cost of the same
 loop doing nothing (other processes share this machine; short loops and the best repeat
@@ -152,60 +152,74 @@ def call_costs(n: int, repeats: int, log_root: str) -> dict[str, float]:
     return out
 
 
-def per_step_costs(
-    total_steps: int, windows: list[int], window: int, log_root: str, enable_file: bool
-) -> dict[str, Any]:
-    """``step()`` time (µs) in windows of ``window`` steps starting at each of ``windows``,
-    in one run of ``total_steps`` steps with PER_STEP_REGIONS regions per step."""
-    lg = TimingLogger(
-        log_root,
-        enable_console=False,
-        enable_file=enable_file,
-        handle_sigterm=False,
-        run_name="bench",
-    )
-    set_global_timing_logger(lg)
-    names = [f"stage{i}" for i in range(PER_STEP_REGIONS - 2)]
-    starts = sorted(windows)
-    samples: dict[int, list[float]] = {s: [] for s in starts}
-    region_loop: list[float] = []
-    perf = time.perf_counter
-    step = lg.step
-    t_run = perf()
-    for i in range(1, total_steps + 1):
-        t0 = perf()
-        with timed("forward"):
-            for name in names:
-                with timed(name):
-                    pass
-        log_timing("data", 0.25)
-        t1 = perf()
-        step(samples=1, scalars={"loss": 1.0 / i})
-        t2 = perf()
-        for s in starts:
-            if s <= i < s + window:
-                samples[s].append((t2 - t1) * 1e6)
-                if s == starts[0]:
-                    region_loop.append((t1 - t0) * 1e6)
-    run_s = perf() - t_run
-    lg.close()
-    set_global_timing_logger(None)
-    res: dict[str, Any] = {"total_steps": total_steps, "run_seconds": run_s, "windows": {}}
-    for s, xs in samples.items():
-        res["windows"][s] = {
+def _one_step(lg: TimingLogger, names: list[str], i: int) -> float:
+    """The regions of one step on ``lg``, then its ``step()``; returns step()'s µs."""
+    region = lg.region
+    with region("forward"):
+        for name in names:
+            with region(name):
+                pass
+    lg.log("data", 0.25)
+    t = time.perf_counter()
+    lg.step(samples=1, scalars={"loss": 1.0 / i})
+    return (time.perf_counter() - t) * 1e6
+
+
+def per_step_costs(far: int, window: int, log_root: str, enable_file: bool) -> dict[str, Any]:
+    """``step()`` time (µs) of a fresh run over steps 101..100+window, and of a run that is
+    already at step ``far`` over steps far+1..far+window.
+
+    The two runs step alternately in the same loop, so both windows see the same machine
+    load (other jobs share this machine); each step has PER_STEP_REGIONS regions.
+    """
+
+    def new() -> TimingLogger:
+        return TimingLogger(
+            log_root,
+            enable_console=False,
+            enable_file=enable_file,
+            handle_sigterm=False,
+            run_name="bench",
+        )
+
+    names = [f"forward/stage{i}" for i in range(PER_STEP_REGIONS - 2)]
+    old = new()
+    t0 = time.perf_counter()
+    for i in range(1, far - 100 + 1):  # bring the old run to step far - 100
+        _one_step(old, names, i)
+    warm_s = time.perf_counter() - t0
+    fresh = new()
+    young_us: list[float] = []
+    old_us: list[float] = []
+    for k in range(1, 100 + window + 1):
+        a = _one_step(fresh, names, k)
+        b = _one_step(old, names, far - 100 + k)
+        if k > 100:
+            young_us.append(a)
+            old_us.append(b)
+    assert fresh.step_count == 100 + window and old.step_count == far + window
+    fresh.close()
+    old.close()
+
+    def stats(xs: list[float]) -> dict[str, float]:
+        return {
             "median_us": statistics.median(xs),
             "mean_us": statistics.fmean(xs),
             "p90_us": sorted(xs)[int(0.9 * (len(xs) - 1))],
         }
-    res["regions_per_step_median_us"] = statistics.median(region_loop)
-    return res
+
+    return {
+        "windows": {101: stats(young_us), far + 1: stats(old_us)},
+        "far": far,
+        "warm_seconds": warm_s,
+    }
 
 
 def _fmt_window(w: dict[str, float]) -> str:
     return f"{w['median_us']:.1f} µs median, {w['mean_us']:.1f} mean, {w['p90_us']:.1f} p90"
 
 
-def report(c: dict[str, float], steps: dict[str, dict[str, Any]], quick: bool) -> str:
+def report(c: dict[str, float], steps: dict[str, dict[str, Any]], quick: bool, window: int) -> str:
     ns = c
     region_us = ns["region_ns"] / 1000
     off_us = max(ns["off_no_logger_region_ns"], ns["off_disabled_region_ns"]) / 1000
@@ -242,24 +256,23 @@ def report(c: dict[str, float], steps: dict[str, dict[str, Any]], quick: bool) -
         " one global read and one dict lookup and returns a shared no-op object.",
         "",
         f"Per-step cost of `step()` ({PER_STEP_REGIONS} regions per step, JSONL written, flushed"
-        " every 50 steps), in windows of steps of one long run:",
+        " every 50 steps), early in a run and late in a long run:",
         "",
-        "| outputs | steps in run | window at step 100 | window at the last steps | ratio (median) |",
-        "|---|---|---|---|---|",
+        "| outputs | steps 101.. of a new run | steps after step N of a long run | ratio (median) |",
+        "|---|---|---|---|",
     ]
     for label, res in steps.items():
         ws = res["windows"]
         first, last = sorted(ws)
         ratio = ws[last]["median_us"] / ws[first]["median_us"]
         lines.append(
-            f"| {label} | {res['total_steps']:,} | {_fmt_window(ws[first])} | "
-            f"from step {last:,}: {_fmt_window(ws[last])} | {ratio:.2f} |"
+            f"| {label} | {_fmt_window(ws[first])} | N = {res['far']:,}: {_fmt_window(ws[last])} "
+            f"| {ratio:.2f} |"
         )
-    any_res = next(iter(steps.values()))
     lines += [
         "",
-        f"The {PER_STEP_REGIONS} regions of one step themselves cost "
-        f"{any_res['regions_per_step_median_us']:.1f} µs (median). Step cost is flat: statistics"
+        "Both runs step alternately in one loop (so both see the same load), over windows of "
+        f"{window:,} steps. Step cost is flat: statistics"
         " are running sums, the step's regions are a dict cleared every step, and buffered"
         " lines are written every 50 steps (or 2 s). The text log (one formatted block per"
         " step, the BRIEF's format) is most of the cost when on.",
@@ -279,20 +292,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the raw figures to this file")
     args = p.parse_args(argv)
     if args.smoke:
-        (n, repeats), (total, window) = (300, 3), (400, 100)
+        (n, repeats), (far, window) = (300, 3), (400, 100)
     elif args.quick:
-        (n, repeats), (total, window) = (2_000, 20), (3_000, 500)
+        (n, repeats), (far, window) = (2_000, 20), (5_000, 500)
     else:
-        (n, repeats), (total, window) = (5_000, 200), (101_000, 1_000)
-    last = total - window
+        (n, repeats), (far, window) = (5_000, 200), (100_000, 1_000)
     os.environ.pop(L.ENV_SWITCH, None)
     with tempfile.TemporaryDirectory(prefix="bench_timing_") as root:
         c = call_costs(n, repeats, root)
         steps = {
-            "JSONL only": per_step_costs(total, [100, last], window, root, enable_file=False),
-            "JSONL + text log": per_step_costs(total, [100, last], window, root, enable_file=True),
+            "JSONL only": per_step_costs(far, window, root, enable_file=False),
+            "JSONL + text log": per_step_costs(far, window, root, enable_file=True),
         }
-    md = report(c, steps, args.quick or args.smoke)
+    md = report(c, steps, args.quick or args.smoke, window)
     print(md)
     if args.json:
         Path(args.json).write_text(json.dumps({"calls_ns": c, "per_step": steps}, indent=2))
