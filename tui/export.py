@@ -1,0 +1,264 @@
+"""Export a run: a Chrome / Perfetto trace, or a per-step CSV table (torch-free, streaming).
+
+Chrome trace (load it at https://ui.perfetto.dev or chrome://tracing): one *process* per rank
+(``pid`` = rank, named by a ``process_name`` metadata event), each step a complete event
+(``"ph": "X"``) and each region a complete event nested inside its parent.
+
+Records hold each region's inclusive *duration* per step, not its start time, so the layout
+is reconstructed: a step spans ``[time - wall_ms, time]`` (a step record is written at the
+end of the step); its top-level regions are laid back to back from the step's start in the
+order the record lists them (the order they first ran in), and each region's children back
+to back from the region's start, each clamped to its parent's end. Durations are exact
+(``args.ms`` keeps the measured value when a clamp shortened a span); start times within a
+step are an approximation, and a region timed several times in a step (``count`` > 1) is
+drawn as one span of the summed time. The gap after the last top-level region is the step's
+unaccounted time. Timestamps are microseconds since the earliest step start of the run.
+
+Memory (``"ph": "C"`` counters, MiB) and evaluations (instant events) are included.
+
+CSV: one row per step and rank (ordered by step, then rank) with ``wall_ms``, each region's
+inclusive ms (empty when not timed in that step), ``unaccounted_ms``, memory and scalars.
+
+Both read every rank file line by line (two passes for CSV) and keep only per-name tables,
+so memory does not grow with the run. Lines that are not valid records are skipped and
+counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from trainer.clikit import UsageError
+from trainer.timing.records import (
+    RANK_FILE_RE,
+    Eval,
+    RecordError,
+    RunEnd,
+    RunStart,
+    Step,
+    decode,
+    parent_of,
+    unaccounted_ms,
+)
+
+MiB = 1024.0**2
+
+
+@dataclass
+class ExportStats:
+    """What an export read and wrote."""
+
+    ranks: int = 0
+    steps: int = 0
+    events: int = 0
+    malformed: int = 0
+    errors: list[str] = field(default_factory=list)  # first few bad lines, "file:line: why"
+
+    def bad(self, path: Path, lineno: int, why: str) -> None:
+        self.malformed += 1
+        if len(self.errors) < 5:
+            self.errors.append(f"{path}:{lineno}: {why}")
+
+
+def rank_files(path: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """(rank, file) of a run folder or a single ``rank<R>.jsonl``; UsageError if none."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"no such run: {p}")
+    if p.is_file():
+        m = RANK_FILE_RE.match(p.name)
+        return [(int(m.group(1)) if m else 0, p)]
+    try:
+        names = os.listdir(p)
+    except OSError as e:
+        raise UsageError(f"cannot read run folder {p}: {e.strerror}") from None
+    files = sorted((int(m.group(1)), p / n) for n in names if (m := RANK_FILE_RE.match(n)))
+    if not files:
+        raise UsageError(f"not a run folder (no rank<R>.jsonl in it): {p}")
+    return files
+
+
+def records(path: Path, stats: ExportStats) -> Iterator[Any]:
+    """Valid records of one rank file, in order (bad lines counted in ``stats``)."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the with below, after the error check
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if not line.endswith(b"\n"):
+                break  # a partial last line of a run still being written
+            try:
+                rec = decode(line)
+            except RecordError as e:
+                stats.bad(path, i, str(e))
+                continue
+            if rec is not None:
+                yield rec
+
+
+# --------------------------------------------------------------------------- chrome
+
+
+def layout_regions(
+    regions: dict[str, tuple[float, int]], start_us: float, end_us: float
+) -> list[tuple[str, float, float]]:
+    """(name, start µs, duration µs) of every region of a step, nested and clamped.
+
+    Children are laid back to back from their parent's start in record order and clamped
+    to their parent's end; a region whose parent was not timed hangs from its nearest timed
+    ancestor (or the step). Parents always come before their children in the result.
+    """
+    kids: dict[str | None, list[str]] = {}
+    for name in regions:
+        anc = parent_of(name)
+        while anc is not None and anc not in regions:
+            anc = parent_of(anc)
+        kids.setdefault(anc, []).append(name)
+    out: list[tuple[str, float, float]] = []
+
+    def place(parent: str | None, p_start: float, p_end: float) -> None:
+        cursor = p_start
+        for name in kids.get(parent, ()):
+            dur = regions[name][0] * 1000.0
+            s = min(cursor, p_end)
+            d = max(0.0, min(dur, p_end - s))
+            out.append((name, s, d))
+            cursor = s + d
+            place(name, s, s + d)
+
+    place(None, start_us, end_us)
+    return out
+
+
+def _r(x: float) -> float:
+    return round(x, 3)
+
+
+def write_chrome(run: str | os.PathLike[str], out: IO[str]) -> ExportStats:
+    """Write the Chrome trace JSON of ``run`` to ``out`` (streamed, one event per line)."""
+    files = rank_files(run)
+    stats = ExportStats(ranks=len(files))
+    # pass 1 over the first step of each rank: the trace's time origin
+    t0 = None
+    for _, p in files:
+        for rec in records(p, stats):
+            if isinstance(rec, Step):
+                s = rec.time - rec.wall_ms / 1000.0
+                t0 = s if t0 is None else min(t0, s)
+                break
+    stats.malformed, stats.errors = 0, []
+    if t0 is None:
+        t0 = 0.0
+    run_name = Path(run).name if Path(run).is_dir() else Path(run).parent.name
+    out.write('{"displayTimeUnit":"ms","otherData":')
+    out.write(json.dumps({"run": run_name, "origin_unix_s": t0, "generator": "stagewatch tui export",
+                          "layout": "regions laid back to back inside their parent (start times approximate)"}))
+    out.write(',"traceEvents":[\n')
+    first = True
+
+    def emit(ev: dict[str, Any]) -> None:
+        nonlocal first
+        if not first:
+            out.write(",\n")
+        out.write(json.dumps(ev, separators=(",", ":"), allow_nan=False))
+        first = False
+        stats.events += 1
+
+    for rank, p in files:
+        named = False
+        for rec in records(p, stats):
+            if isinstance(rec, RunStart):
+                if not named:
+                    label = f"rank {rank}"
+                    detail = " ".join(x for x in (rec.host, rec.device, rec.gpu_name or "") if x)
+                    emit({"ph": "M", "name": "process_name", "pid": rank, "tid": 0,
+                          "args": {"name": f"{label} ({detail})" if detail else label}})
+                    emit({"ph": "M", "name": "process_sort_index", "pid": rank, "tid": 0, "args": {"sort_index": rank}})
+                    emit({"ph": "M", "name": "thread_name", "pid": rank, "tid": 0, "args": {"name": "training steps"}})
+                    named = True
+            elif isinstance(rec, Step):
+                stats.steps += 1
+                end = (rec.time - t0) * 1e6
+                start = end - rec.wall_ms * 1000.0
+                args: dict[str, Any] = {"wall_ms": rec.wall_ms, "samples": rec.samples, "epoch": rec.epoch,
+                                        "unaccounted_ms": round(unaccounted_ms(rec.wall_ms, rec.regions), 4)}
+                if rec.scalars:
+                    args.update({k: v for k, v in rec.scalars.items() if v is not None})
+                emit({"ph": "X", "name": f"step {rec.step}", "cat": "step", "pid": rank, "tid": 0,
+                      "ts": _r(start), "dur": _r(end - start), "args": args})
+                for name, s, d in layout_regions(rec.regions, start, end):
+                    ms, count = rec.regions[name]
+                    emit({"ph": "X", "name": name.rsplit("/", 1)[-1], "cat": "region", "pid": rank, "tid": 0,
+                          "ts": _r(s), "dur": _r(d),
+                          "args": {"region": name, "ms": ms, "count": count,
+                                   "share": round(ms / rec.wall_ms, 4) if rec.wall_ms > 0 else None}})
+                if rec.memory:
+                    emit({"ph": "C", "name": "memory (MiB)", "pid": rank, "tid": 0, "ts": _r(end),
+                          "args": {k: round(v / MiB, 2) for k, v in rec.memory.items()}})
+            elif isinstance(rec, Eval):
+                emit({"ph": "i", "s": "p", "name": f"eval step {rec.step}", "pid": rank, "tid": 0,
+                      "ts": _r((rec.time - t0) * 1e6), "args": dict(rec.metrics)})
+            elif isinstance(rec, RunEnd):
+                args = {"status": rec.status, "steps": rec.steps}
+                if rec.error_type or rec.error_message:
+                    args["error"] = f"{rec.error_type or 'error'}: {rec.error_message or ''}"
+                emit({"ph": "i", "s": "p", "name": f"run end ({rec.status})", "pid": rank, "tid": 0,
+                      "ts": _r((rec.time - t0) * 1e6), "args": args})
+        if not named:  # a file without run_start (written by another tool)
+            emit({"ph": "M", "name": "process_name", "pid": rank, "tid": 0, "args": {"name": f"rank {rank}"}})
+    out.write("\n]}\n")
+    return stats
+
+
+# --------------------------------------------------------------------------- csv
+
+
+def _steps(rank: int, p: Path, stats: ExportStats) -> Iterator[tuple[int, int, Step]]:
+    for rec in records(p, stats):
+        if isinstance(rec, Step):
+            yield rec.step, rank, rec
+
+
+def write_csv(run: str | os.PathLike[str], out: IO[str]) -> ExportStats:
+    """Write one CSV row per step and rank (two streaming passes: column names, then rows)."""
+    files = rank_files(run)
+    stats = ExportStats(ranks=len(files))
+    regions: dict[str, None] = {}
+    mem: dict[str, None] = {}
+    scalars: dict[str, None] = {}
+    for rank, p in files:
+        for _, _, s in _steps(rank, p, stats):
+            for k in s.regions:
+                regions.setdefault(k, None)
+            for k in s.memory or ():
+                mem.setdefault(k, None)
+            for k in s.scalars or ():
+                scalars.setdefault(k, None)
+    stats.malformed, stats.errors = 0, []
+    reg = sorted(regions)  # alphabetical: parents sit right before their children
+    header = ["step", "rank", "epoch", "time", "wall_ms", "samples", *reg, "unaccounted_ms",
+              *(f"mem_{k}" for k in mem), *scalars]
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(header)
+    merged = heapq.merge(*(_steps(r, p, stats) for r, p in files), key=lambda t: (t[0], t[1]))
+    for step, rank, s in merged:
+        stats.steps += 1
+        row: list[Any] = [step, rank, s.epoch, f"{s.time:.3f}", f"{s.wall_ms:.4f}", s.samples]
+        row += [f"{s.regions[k][0]:.4f}" if k in s.regions else "" for k in reg]
+        row.append(f"{unaccounted_ms(s.wall_ms, s.regions):.4f}")
+        m = s.memory or {}
+        row += [m.get(k, "") for k in mem]
+        sc = s.scalars or {}
+        row += ["" if sc.get(k) is None else repr(float(sc[k])) for k in scalars]
+        w.writerow(row)
+    return stats
