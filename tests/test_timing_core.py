@@ -576,3 +576,29 @@ def test_memory_is_constant_in_the_number_of_steps(tmp_path):
     # a history list would keep >= 8 bytes per value: 5 regions x 600 steps = 24 kB
     assert b - a < 8 * 1024, f"memory grew by {b - a} bytes over 600 steps"
     assert len(steps_of(lg)) == 1000
+
+
+def test_demo_command_writes_a_valid_run(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "demo",
+        "--steps",
+        "4",
+        "--size",
+        "8",
+        "--log-dir",
+        str(tmp_path),
+        "--no-console",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (run,) = list(tmp_path.iterdir())
+    recs = [R.decode(x) for x in (run / "rank0.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if isinstance(r, R.Step)]
+    assert [s.step for s in steps] == [1, 2, 3, 4]
+    assert "forward/stage8/block" in steps[0].regions and recs[-1].status == "completed"
+    assert "Timing summary: 4 steps" in out.stdout
+    bad = subprocess.run([*cmd[:5], "0"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "--steps must be at least 1" in bad.stderr

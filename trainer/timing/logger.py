@@ -601,8 +601,8 @@ class TimingLogger:
         self._t_last = now
         self.step_count += 1
         if epoch is not None:
-            self._epoch = int(epoch)
-        n_samples = int(samples) if samples is not None else (self._samples_per_step or 0)
+            self._epoch = _as_int(epoch, self._epoch)
+        n_samples = _as_int(samples, 0) if samples is not None else (self._samples_per_step or 0)
         sc = _clean_scalars(scalars) if scalars else None
         if memory is not None:
             mem: dict[str, int] | None = _clean_memory(memory)
@@ -931,6 +931,13 @@ def _current_cuda_device() -> str:
         return f"cuda:{torch.cuda.current_device()}"
     except Exception:
         return "cuda"
+
+
+def _as_int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
 
 
 def _clean_scalars(values: Mapping[str, Any]) -> dict[str, float]:
