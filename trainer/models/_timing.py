@@ -26,7 +26,7 @@ def active_logger() -> Any | None:
     if _get_logger is None:
         return None
     log = _get_logger()
-    if log is None or not getattr(log, "enabled", False):
+    if log is None or not getattr(log, "enabled", False) or getattr(log, "_closed", False):
         return None
     return log
 

@@ -12,6 +12,7 @@ threads; the logger's ``begin``/``end`` are thread-safe and every probe holds a 
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
 from torch import Tensor, nn
@@ -78,11 +79,21 @@ class _BackwardProbe:
         self.hooks.clear()
 
 
+def _quiet_no_input_grad_warning() -> None:
+    # A full backward hook on a module whose inputs need no gradient fires with the output
+    # gradients, and torch warns about it at every backward. The probe knows and ignores
+    # that call (it closes on the parameters' gradients instead), so the warning is noise.
+    warnings.filterwarnings(
+        "ignore", message="Full backward hook is firing when gradients are computed with "
+        "respect to module outputs", category=UserWarning)
+
+
 class Instrumentation:
     """Hooks of one model bound to one logger; :meth:`remove` takes them all away."""
 
     def __init__(self, regions: dict[str, nn.Module], recompute: dict[str, list[nn.Module]],
                  log: Any) -> None:
+        _quiet_no_input_grad_warning()
         self.log = log
         self.probes = [_BackwardProbe(m, f"backward/{name}", log) for name, m in regions.items()]
         self.blocks: list[nn.Module] = []
