@@ -254,8 +254,10 @@ def timed(name: str) -> Any:
     """
     lg = _active
     if lg is None:
-        r = _noops.get(name)
-        return r if r is not None else _noop_for(name)
+        try:
+            return _noops[name]  # indexing is ~20 ns cheaper than .get() on this path
+        except KeyError:
+            return _noop_for(name)
     return lg._gregion_cls(lg, name)
 
 
