@@ -34,8 +34,10 @@ class _BackwardProbe:
             module.register_full_backward_pre_hook(self._backward_pre),
             module.register_full_backward_hook(self._backward_post),
         ]
-        self.hooks += [p.register_post_accumulate_grad_hook(self._accumulated)
-                       for p in self.params]
+        # post-accumulate hooks on the trainable parameters, only while they are needed (a
+        # module whose inputs need no gradient); re-made when parameters are (un)frozen
+        self.param_hooks: list[RemovableHandle] = []
+        self.hooked: tuple[bool, ...] = ()
 
     def _forward_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if _timing.in_backward():
@@ -44,6 +46,13 @@ class _BackwardProbe:
         with self.lock:
             if self.handle is not None:  # a backward that never completed (autograd.grad)
                 self._close()
+        want = () if self.inputs_need_grad else tuple(p.requires_grad for p in self.params)
+        if want != self.hooked:
+            self._remove_param_hooks()
+            if want:
+                self.param_hooks = [p.register_post_accumulate_grad_hook(self._accumulated)
+                                    for p, on in zip(self.params, want, strict=True) if on]
+            self.hooked = want
 
     def _backward_pre(self, module: nn.Module, grad_output: Any) -> None:
         with self.lock:
@@ -73,10 +82,17 @@ class _BackwardProbe:
         h, self.handle = self.handle, None
         self.log.end(h)
 
+    def _remove_param_hooks(self) -> None:
+        for h in self.param_hooks:
+            h.remove()
+        self.param_hooks = []
+        self.hooked = ()
+
     def remove(self) -> None:
         for h in self.hooks:
             h.remove()
         self.hooks.clear()
+        self._remove_param_hooks()
 
 
 def _quiet_no_input_grad_warning() -> None:
