@@ -1,0 +1,141 @@
+"""``trainer info --cfg FILE [--json]``: what a config builds, without training.
+
+Parameter counts per top-level module and per stage, input shapes, feature shapes per
+stage and the timing-region tree one training step will produce. The model is built on
+PyTorch's ``meta`` device: no memory for weights, no forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from trainer.errors import ConfigError
+
+DEFAULT_CLIP_LEN = 5
+DEFAULT_CROP = 256
+DEFAULT_BATCH = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cfg", required=True, metavar="FILE",
+                        help="YAML with a MODEL section (a full training config or model-only)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _data_shape(data: dict[str, Any], file: str) -> tuple[int, int, int, int]:
+    """(batch, clip length, crop height, crop width) from DATA/TRAIN, else defaults."""
+    dsec = data.get("DATA") or {}
+    tsec = data.get("TRAIN") or {}
+    if not isinstance(dsec, dict):
+        raise ConfigError("DATA", "expected a mapping", file)
+    if not isinstance(tsec, dict):
+        raise ConfigError("TRAIN", "expected a mapping", file)
+    t = dsec.get("CLIP_LEN", DEFAULT_CLIP_LEN)
+    if not isinstance(t, int) or isinstance(t, bool) or t < 2:
+        raise ConfigError("DATA.CLIP_LEN", f"expected an integer >= 2, got {t!r}", file)
+    crop = dsec.get("CROP_SIZE", DEFAULT_CROP)
+    hw = crop if isinstance(crop, list) else [crop, crop]
+    if (len(hw) != 2 or any(not isinstance(x, int) or isinstance(x, bool) or x < 8 or x % 8
+                            for x in hw)):
+        raise ConfigError("DATA.CROP_SIZE", f"expected a multiple of 8 (or [h, w]), "
+                          f"got {crop!r}", file)
+    b = tsec.get("BATCH_SIZE", DEFAULT_BATCH)
+    if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+        raise ConfigError("TRAIN.BATCH_SIZE", f"expected an integer >= 1, got {b!r}", file)
+    return b, t, hw[0], hw[1]
+
+
+def describe(path: str) -> dict[str, Any]:
+    """Everything ``info`` prints, as a JSON-ready dict."""
+    from trainer.models.presets import read_yaml
+
+    data = read_yaml(path)
+    if "MODEL" not in data:
+        raise ConfigError("MODEL", "section missing", path)
+    import torch
+
+    from trainer.models import ModelConfig, build_model, flow_and_deform_parameters
+    from trainer.models.config import NUM_ALIGN_STAGES
+
+    cfg = ModelConfig.from_dict(data["MODEL"], path)
+    b, t, h, w = _data_shape(data, path)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    counts = model.param_counts()
+    total = sum(p.numel() for p in model.parameters())
+    fusion = sum(v for k, v in counts.items() if k.startswith("vrt/fusion"))
+    v = cfg.VRT
+    c, cr = v.EMBED_DIMS[0], v.EMBED_DIMS[NUM_ALIGN_STAGES]
+    scale = [1, 2, 4, 8, 4, 2, 1, 1]
+    features = {f"vrt/stage{i + 1}": [b, t, h // s, w // s, c if i < 7 else cr]
+                for i, s in enumerate(scale)}
+    if cfg.USE_SPIKE:
+        for i in range(4):
+            features[f"spike_encoder/scale{i}"] = [b, cfg.SPIKE.WIDTH, t, h >> i, w >> i]
+    inputs = {"rgb": [b, t, 3, h, w]}
+    if cfg.USE_SPIKE:
+        inputs["spikes"] = [b, t, cfg.SPIKE.BINS, h, w]
+    return {
+        "config": path,
+        "use_spike": cfg.USE_SPIKE,
+        "flow_weights": cfg.FLOW_WEIGHTS,
+        "checkpointing": {"attention": v.USE_CHECKPOINT_ATTN, "ffn": v.USE_CHECKPOINT_FFN},
+        "inputs": inputs,
+        "features": features,
+        "params": {
+            "total": total,
+            "vrt": counts["vrt"] - fusion,
+            "spike_branch": total - (counts["vrt"] - fusion),
+            "flow_and_deform": sum(p.numel() for p in flow_and_deform_parameters(model)),
+            "modules": counts,
+        },
+        "regions": model.region_tree(),
+    }
+
+
+def _fmt_tree(names: list[str]) -> list[str]:
+    lines: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        parts = name.split("/")
+        for depth in range(len(parts)):
+            key = "/".join(parts[: depth + 1])
+            if key not in seen:
+                seen.add(key)
+                lines.append("  " * depth + parts[depth])
+    return lines
+
+
+def format_text(info: dict[str, Any]) -> str:
+    p = info["params"]
+    ck = info["checkpointing"]
+    out = [f"config: {info['config']}",
+           f"model: {'VRT + spike branch' if info['use_spike'] else 'plain VRT (USE_SPIKE false)'}"
+           f", {p['total']:,} parameters (VRT {p['vrt']:,}, spike branch {p['spike_branch']:,})",
+           f"flow weights: {info['flow_weights'] or 'none (zero-flow initialisation)'}",
+           f"checkpointing: attention {'on' if ck['attention'] else 'off'}, "
+           f"feed-forward {'on' if ck['ffn'] else 'off'}",
+           "inputs: " + "  ".join(f"{k} {v}" for k, v in info["inputs"].items()),
+           "", f"{'parameters':<28}{'count':>14}{'share':>8}"]
+    for name, n in p["modules"].items():
+        depth = name.count("/")
+        label = "  " * depth + name.rsplit("/", 1)[-1]
+        out.append(f"{label:<28}{n:>14,}{100 * n / p['total']:>7.1f}%")
+    out.append(f"{'total':<28}{p['total']:>14,}")
+    out.append(f"{'(flow + deformable)':<28}{p['flow_and_deform']:>14,}")
+    out += ["", "feature shapes [B, T, H, W, C] (spike encoder: [B, C, T, H, W])"]
+    out += [f"  {k:<26}{v}" for k, v in info["features"].items()]
+    out += ["", "timing regions of one training step"]
+    out += ["  " + line for line in _fmt_tree(info["regions"])]
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.cfg)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_text(info))
+    return 0
