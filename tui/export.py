@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import heapq
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -176,6 +177,7 @@ def write_chrome(run: str | os.PathLike[str], out: IO[str]) -> ExportStats:
 
     for rank, p in files:
         named = False
+        prev_end = -math.inf
         for rec in records(p, stats):
             if isinstance(rec, RunStart):
                 if not named:
@@ -188,14 +190,19 @@ def write_chrome(run: str | os.PathLike[str], out: IO[str]) -> ExportStats:
                     named = True
             elif isinstance(rec, Step):
                 stats.steps += 1
-                end = (rec.time - t0) * 1e6
-                start = end - rec.wall_ms * 1000.0
+                # steps of a process follow each other (wall_ms is the time between step()
+                # calls); time.time() and the step clock may disagree by a few µs, so a step
+                # never starts before the previous one ended (proper nesting on the track)
+                dur = _r(rec.wall_ms * 1000.0)
+                start = max(_r((rec.time - t0) * 1e6 - rec.wall_ms * 1000.0), prev_end)
+                end = start + dur
+                prev_end = _r(end)
                 args: dict[str, Any] = {"wall_ms": rec.wall_ms, "samples": rec.samples, "epoch": rec.epoch,
                                         "unaccounted_ms": round(unaccounted_ms(rec.wall_ms, rec.regions), 4)}
                 if rec.scalars:
                     args.update({k: v for k, v in rec.scalars.items() if v is not None})
                 emit({"ph": "X", "name": f"step {rec.step}", "cat": "step", "pid": rank, "tid": 0,
-                      "ts": _r(start), "dur": _r(end - start), "args": args})
+                      "ts": start, "dur": dur, "args": args})
                 for name, s, d in layout_regions(rec.regions, start, end):
                     ms, count = rec.regions[name]
                     emit({"ph": "X", "name": name.rsplit("/", 1)[-1], "cat": "region", "pid": rank, "tid": 0,
