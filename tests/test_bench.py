@@ -212,3 +212,24 @@ def test_real_bench_tiny_2x2_on_cpu(tmp_path: Path) -> None:
     s = subprocess.run([sys.executable, "-m", "tui", "summary", rows[3]["run_dir"], "--json"],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert json.loads(s.stdout)["steps"] == 2
+
+
+def test_gpu_whatif_script_dry_run(tmp_path: Path, fake, capsys) -> None:  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_whatif_check", ROOT / "benchmarks" / "gpu_whatif_check.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    cases = mod.cumulative_cases()
+    assert dict(cases[0])["TRAIN.OPTIM.TYPE"] == "adamw" and dict(cases[1])["TRAIN.OPTIM.TYPE"] == "adamw8bit"
+    assert dict(cases[3]) == {"TRAIN.OPTIM.TYPE": "adamw8bit", "TRAIN.BATCH_SIZE": "3",
+                              "MODEL.VRT.USE_CHECKPOINT_ATTN": "true", "MODEL.VRT.USE_CHECKPOINT_FFN": "true"}
+    assert dict(cases[4])["MODEL.VRT.USE_CHECKPOINT_FFN"] == "false"
+    rc = mod.main(["--dry-run", "--out", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs")], command=fake)
+    out = capsys.readouterr().out
+    assert rc == 0 and "DRY RUN" in out
+    table = [line for line in out.splitlines() if line.startswith("| ") and " GB |" in line]
+    assert [line.split(" | ")[0] for line in table] == ["| baseline", "| + 8-bit AdamW", "| + batch 2",
+                                                         "| + batch 3", "| + no checkpointing"]
+    assert "| 32 GB |" in table[0] and "| 88.5 h |" in table[0] and "OOM" in table[3]  # fake: batch 3 OOMs
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["world_size"] == 3
