@@ -39,7 +39,7 @@ def test_baseline_and_fast_follow_the_user():
 
 def test_defaults_and_types():
     cfg = from_raw({"TRAIN": {"OPTIM": {"LR": "2e-4", "BETAS": [0.9, 0.999]}, "MAX_STEPS": 7}})
-    assert cfg.TRAIN.OPTIM.LR == pytest.approx(2e-4)  # YAML reads 2e-4 as a string
+    assert pytest.approx(2e-4) == cfg.TRAIN.OPTIM.LR  # YAML reads 2e-4 as a string
     assert cfg.TRAIN.OPTIM.BETAS == (0.9, 0.999)
     assert cfg.TRAIN.MAX_STEPS == 7
     assert cfg.LOG.TIMING_CONSOLE_INTERVAL == 10
@@ -80,9 +80,9 @@ def test_overrides():
     raw = apply_overrides({"TRAIN": {"BATCH_SIZE": 1}}, ["TRAIN.BATCH_SIZE=3", "TRAIN.OPTIM.LR=1e-3",
                                                          "MODEL.USE_SPIKE=false"])
     cfg = from_raw(raw)
-    assert cfg.TRAIN.BATCH_SIZE == 3 and cfg.TRAIN.OPTIM.LR == pytest.approx(1e-3)
+    assert cfg.TRAIN.BATCH_SIZE == 3 and pytest.approx(1e-3) == cfg.TRAIN.OPTIM.LR
     assert cfg.MODEL.USE_SPIKE is False
-    with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
+    with pytest.raises(ConfigError, match=r"KEY\.PATH=VALUE"):
         apply_overrides({}, ["TRAIN.BATCH_SIZE"])
     with pytest.raises(ConfigError, match="not a section"):
         apply_overrides({"TRAIN": {"BATCH_SIZE": 1}}, ["TRAIN.BATCH_SIZE.X=1"])

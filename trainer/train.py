@@ -391,11 +391,6 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
     # backward is skipped too
     flow_frozen = step < tcfg.FREEZE_FLOW_STEPS
     if flow_frozen:
-        # the model's timing hooks register a gradient hook on every parameter, which torch
-        # refuses for frozen ones: attach them first (they handle frozen parameters later)
-        attach = getattr(model, "_sync_instrumentation", None)
-        if callable(attach):
-            attach()
         set_flow_and_deform_trainable(model, False)
     ddp_model = wrap()
     ctx = StepContext(ddp_model, optimizer, scheduler, cfg, device, _autocast_dtype(cfg, device),
