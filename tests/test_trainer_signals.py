@@ -36,7 +36,7 @@ def test_signal_finishes_step_checkpoints_and_ends_interrupted(tmp_path, sig, co
             time.sleep(0.2)
         assert rank0 is not None, p.stderr.read() if p.poll() is not None else "no step in time"
         p.send_signal(sig)
-        out, err = p.communicate(timeout=120)
+        _, err = p.communicate(timeout=120)
     finally:
         if p.poll() is None:
             p.kill()
