@@ -89,13 +89,13 @@ def test_gpu_script_without_a_gpu_exits_2(tmp_path):
     assert g.main(["--out", str(tmp_path)]) == 2
 
 
-def test_cpu_benchmark_quick_run(tmp_path):
+def test_cpu_benchmark_smoke_run(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [
             sys.executable,
             str(BENCH / "bench_timing.py"),
-            "--quick",
+            "--smoke",
             "--no-write",
             "--json",
             str(out),
