@@ -35,14 +35,19 @@ EventFactory = Callable[[], Event]
 
 
 def torch_event_factory(device: Any) -> EventFactory:
-    """Timing-enabled ``torch.cuda.Event`` objects; raises if CUDA is not usable."""
+    """Timing-enabled ``torch.cuda.Event`` objects; raises if CUDA is not usable or
+    ``device`` is not the current CUDA device (events go to the current device's stream)."""
     import torch  # deferred: CPU runs never import torch through the timing core
 
     if not torch.cuda.is_available():
         raise RuntimeError("CUDA is not available")
     dev = torch.device(device)
     if dev.index is not None and torch.cuda.current_device() != dev.index:
-        torch.cuda.set_device(dev.index)
+        # events are recorded on the current stream of the *current* device
+        raise RuntimeError(
+            f"the current CUDA device is cuda:{torch.cuda.current_device()}, not {dev}; "
+            f"call torch.cuda.set_device({dev.index}) before creating the logger"
+        )
     cuda_event = torch.cuda.Event
 
     def make() -> Event:
