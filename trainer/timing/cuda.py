@@ -189,10 +189,12 @@ def cuda_memory_reader(device: Any) -> MemoryReader:
     cuda = torch.cuda
 
     def read() -> dict[str, int]:
+        # one stats snapshot instead of three calls that each build it
+        st = cuda.memory_stats(idx)
         out = {
-            "allocated": int(cuda.memory_allocated(idx)),
-            "reserved": int(cuda.memory_reserved(idx)),
-            "peak": int(cuda.max_memory_allocated(idx)),
+            "allocated": int(st.get("allocated_bytes.all.current", 0)),
+            "reserved": int(st.get("reserved_bytes.all.current", 0)),
+            "peak": int(st.get("allocated_bytes.all.peak", 0)),
         }
         cuda.reset_peak_memory_stats(idx)
         return out
