@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,85 @@ def test_cuda_without_torch_cuda_falls_back_to_cpu_clock(tmp_path):
     lg.step()
     lg.close()
     assert not lg._cuda and steps(lg)[0].regions["a"][1] == 1
+
+
+class _FakeDevice:
+    def __init__(self, spec, index=None):
+        if isinstance(spec, _FakeDevice):
+            spec, index = spec.type, spec.index
+        kind, _, idx = str(spec).partition(":")
+        self.type = kind
+        self.index = int(idx) if idx else index
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+
+def fake_torch(gpu: FakeGPU, current: int = 0):
+    """Just enough of ``torch`` for the default CUDA wiring (factory, memory, device info)."""
+    import types
+
+    calls: list[str] = []
+
+    class Event(FakeEvent):
+        def __init__(self, enable_timing: bool = False) -> None:
+            assert enable_timing
+            super().__init__(gpu)
+
+    def memory_stats(idx):
+        calls.append(f"stats:{idx}")
+        return {
+            "allocated_bytes.all.current": 100,
+            "reserved_bytes.all.current": 300,
+            "allocated_bytes.all.peak": 200,
+        }
+
+    cuda = types.SimpleNamespace(
+        is_available=lambda: True,
+        current_device=lambda: current,
+        Event=Event,
+        memory_stats=memory_stats,
+        reset_peak_memory_stats=lambda idx: calls.append(f"reset:{idx}"),
+        get_device_properties=lambda dev: types.SimpleNamespace(
+            name="Fake GPU 80GB", total_memory=80 << 30
+        ),
+    )
+    mod = types.ModuleType("torch")
+    mod.__version__ = "9.9.9+fake"
+    mod.device = _FakeDevice
+    mod.cuda = cuda
+    return mod, calls
+
+
+def test_default_cuda_wiring_with_a_fake_torch(tmp_path, monkeypatch):
+    gpu = FakeGPU()
+    torch, calls = fake_torch(gpu)
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    lg = TimingLogger(tmp_path, enable_console=False, device="cuda", handle_sigterm=False)
+    assert lg._cuda and lg.device == "cuda:0"
+    set_global_timing_logger(lg)
+    one_step(gpu)
+    lg.step()
+    assert calls == ["stats:0", "reset:0"]  # peak is per step
+    lg.close()
+    start, step = records(lg)[:2]
+    assert (start.gpu_name, start.device_memory_total) == ("Fake GPU 80GB", 80 << 30)
+    assert start.torch_version == "9.9.9+fake" and start.device == "cuda:0"
+    assert step.memory == {"allocated": 100, "reserved": 300, "peak": 200}
+    assert step.regions["backward"] == (pytest.approx(5.0), 1)
+
+
+def test_cuda_device_must_be_current(tmp_path, monkeypatch):
+    gpu = FakeGPU()
+    torch, _ = fake_torch(gpu, current=0)
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    with pytest.warns(RuntimeWarning, match=r"set_device\(1\)"):
+        lg = TimingLogger(
+            tmp_path,
+            enable_console=False,
+            device="cuda:1",
+            handle_sigterm=False,
+            collect_memory=False,
+        )
+    assert not lg._cuda
+    lg.close()
