@@ -46,6 +46,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-steps", type=int, default=10, help="steps under the profiler")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     p.add_argument(
+        "--cpu-dry-run",
+        action="store_true",
+        help="run the same phases on the CPU (checks the script, measures nothing on a GPU)",
+    )
+    p.add_argument(
         "--dtype",
         choices=("float32", "bfloat16", "float16"),
         default="float32",
@@ -68,17 +73,20 @@ def _is_cpu_event(evt: Any) -> bool:
     return str(getattr(evt, "device_type", "CPU")).rsplit(".", 1)[-1] == "CPU"
 
 
-def kernel_ms_by_region(events: Iterable[Any], names: Iterable[str]) -> dict[str, float]:
+def kernel_ms_by_region(
+    events: Iterable[Any], names: Iterable[str], attr: str = "device_time_total"
+) -> dict[str, float]:
     """Average GPU kernel time (ms) per occurrence of each ``record_function`` range.
 
     ``events`` are ``torch.profiler`` FunctionEvents: a CPU-side range's
-    ``device_time_total`` (µs) sums the kernels launched inside it.
+    ``device_time_total`` (µs) sums the kernels launched inside it (``attr`` picks
+    another total, e.g. ``cpu_time_total`` for the CPU dry run).
     """
     wanted = set(names)
     acc: dict[str, list[float]] = {}
     for evt in events:
         if evt.name in wanted and _is_cpu_event(evt):
-            acc.setdefault(evt.name, []).append(float(evt.device_time_total) / 1000.0)
+            acc.setdefault(evt.name, []).append(float(getattr(evt, attr)) / 1000.0)
     return {k: statistics.fmean(v) for k, v in acc.items()}
 
 
@@ -153,10 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - needs 
 
     from trainer.timing import TimingLogger, set_global_timing_logger, timed
 
-    if not torch.cuda.is_available():
+    dry = args.cpu_dry_run
+    if not dry and not torch.cuda.is_available():
         print("gpu_timing_check: no CUDA GPU available", file=sys.stderr)
         return 2
-    dev = torch.device("cuda", torch.cuda.current_device())
+    dev = torch.device("cpu") if dry else torch.device("cuda", torch.cuda.current_device())
+
+    def sync() -> None:
+        if not dry:
+            torch.cuda.synchronize()
+
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     n = args.size
@@ -178,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - needs 
     logs = os.path.join(args.out, "logs")
     for _ in range(args.warmup):
         one_step(x0)
-    torch.cuda.synchronize()
+    sync()
 
     # 1. overhead: alternate off/on blocks, sync only at block edges
     log = TimingLogger(logs, enable_console=False, run_name="gpu_check", device=dev)
@@ -187,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - needs 
     for _ in range(args.rounds):
         for mode in ("off", "on"):
             set_global_timing_logger(log if mode == "on" else None)
-            torch.cuda.synchronize()
+            sync()
             if mode == "on":
                 log.mark_step_start()
             t0 = time.perf_counter()
@@ -196,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - needs 
                 x = one_step(x)
                 if mode == "on":
                     log.step(samples=n)
-            torch.cuda.synchronize()
+            sync()
             (on_ms if mode == "on" else off_ms).append(
                 (time.perf_counter() - t0) * 1000.0 / args.steps
             )
@@ -206,25 +220,30 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - needs 
     # 2. accuracy: the same regions under torch.profiler, in a fresh run that holds only
     # the profiled steps (one annotated warm-up step runs before it, untimed)
     one_step(x0, annotate=True)
-    torch.cuda.synchronize()
+    sync()
     acc_log = TimingLogger(logs, enable_console=False, run_name="gpu_check_acc", device=dev)
     set_global_timing_logger(acc_log)
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if not dry:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         acc_log.mark_step_start()
         x = x0
         for _ in range(args.profile_steps):
             x = one_step(x, annotate=True)
             acc_log.step()
-        torch.cuda.synchronize()
+        sync()
     set_global_timing_logger(None)
     acc_log.close()
     # each region runs once per step: its per-step average is its per-call time
     event_ms = {k: v["total"] / v["calls"] for k, v in acc_log.get_summary().items()}
-    kernel_ms = kernel_ms_by_region(prof.events(), names)
+    kernel_ms = kernel_ms_by_region(
+        prof.events(), names, "cpu_time_total" if dry else "device_time_total"
+    )
 
     result: dict[str, Any] = {
-        "gpu": torch.cuda.get_device_name(dev),
+        "gpu": "CPU (dry run: no GPU measured)" if dry else torch.cuda.get_device_name(dev),
+        "mode": "cpu-dry-run" if dry else "gpu",
         "torch": torch.__version__,
         "host": platform.node(),
         "date": time.strftime("%Y-%m-%d"),
