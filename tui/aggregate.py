@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ HI_EXP = 7  # 1e7 ms (~2.8 h)
 NBUCKETS = (HI_EXP - LO_EXP) * PER_DECADE + 2  # + underflow and overflow buckets
 _LO = 10.0**LO_EXP
 DEFAULT_WINDOW = 100
+_chain = chain.from_iterable
 
 
 def hist_index(values: np.ndarray) -> np.ndarray:
@@ -56,6 +58,22 @@ def _bucket_value(i: int) -> float:
     if i >= NBUCKETS - 1:
         return 10.0**HI_EXP
     return 10.0 ** (LO_EXP + (i - 0.5) / PER_DECADE)  # geometric middle of the bucket
+
+
+_BUCKET_VALUES = np.array([_bucket_value(i) for i in range(NBUCKETS)])
+
+
+def _col_percentile(srt: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
+    """Per column, the ``q`` percentile (linear, as numpy's default) of its ``n`` first values."""
+    if srt.shape[0] == 0:
+        return np.full(srt.shape[1], NAN)
+    pos = q * np.maximum(n - 1, 0)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
+    cols = np.arange(srt.shape[1])
+    a, b = srt[lo, cols], srt[hi, cols]
+    with np.errstate(invalid="ignore"):
+        return np.where(n > 0, a + (b - a) * (pos - lo), NAN)
 
 
 def hist_quantile(hist: np.ndarray, q: float, lo: float, hi: float) -> float:
@@ -183,7 +201,9 @@ class RankAgg:
             cols = colmap[k]
             if not len(cols):
                 continue
-            vals = np.array([rows[i].flat for i in idx], dtype=np.float64).reshape(len(idx), -1)
+            vals = np.fromiter(
+                _chain(_chain(rows[i].regions.values() for i in idx)), np.float64, count=2 * len(idx) * len(cols)
+            ).reshape(len(idx), -1)
             ii = np.asarray(idx)[:, None]
             m[ii, cols] = vals[:, 0::2]
             c[ii, cols] = vals[:, 1::2]
@@ -254,44 +274,49 @@ class RankAgg:
 
     def region_stats(self, col: int) -> tuple[Stats, Stats]:
         """(whole run, window) statistics of one region column."""
-        n = int(self.n[col])
-        if n == 0:
-            return EMPTY, EMPTY
-        lo, hi = float(self.min[col]), float(self.max[col])
-        last_present = self.last_seen[col] == self.last_step
-        last = float(self.last[col]) if last_present else 0.0
-        whole = Stats(
-            last=last,
-            avg=float(self.sum[col]) / n,
-            min=lo,
-            max=hi,
-            p50=hist_quantile(self.hist[col], 0.5, lo, hi),
-            p95=hist_quantile(self.hist[col], 0.95, lo, hi),
-            steps=n,
-            calls=int(self.calls[col]),
-            share=float(self.sum[col]) / self.wall_sum if self.wall_sum > 0 else NAN,
-            last_share=last / self.wall_last if self.wall_last > 0 else NAN,
-        )
-        return whole, self._window_stats(self.ring[: self.filled, col], self.ring_calls[: self.filled, col], last, whole.last_share)
+        return self.all_stats()[col]
 
-    def _window_stats(self, col: np.ndarray, calls: np.ndarray, last: float, last_share: float) -> Stats:
-        vals = col[~np.isnan(col)]
-        if not len(vals):
-            return Stats(last=last, steps=0, calls=0, share=0.0, last_share=last_share)
-        wsum = float(np.nansum(self.ring_wall[: self.filled]))
-        p50, p95 = np.percentile(vals, [50, 95])
-        return Stats(
-            last=last,
-            avg=float(vals.mean()),
-            min=float(vals.min()),
-            max=float(vals.max()),
-            p50=float(p50),
-            p95=float(p95),
-            steps=len(vals),
-            calls=int(calls.sum()),
-            share=float(vals.sum()) / wsum if wsum > 0 else NAN,
-            last_share=last_share,
+    def all_stats(self) -> list[tuple[Stats, Stats]]:
+        """(whole run, window) statistics of every region column, computed column-wise."""
+        k = len(self.names)
+        if k == 0:
+            return []
+        n = self.n[:k]
+        mins, maxs = self.min[:k], self.max[:k]
+        c = np.cumsum(self.hist[:k], axis=1)
+        tot = c[:, -1]
+        p50 = np.clip(_BUCKET_VALUES[(c < np.maximum(1, np.ceil(0.50 * tot))[:, None]).sum(axis=1)], mins, maxs)
+        p95 = np.clip(_BUCKET_VALUES[(c < np.maximum(1, np.ceil(0.95 * tot))[:, None]).sum(axis=1)], mins, maxs)
+        last = np.where(self.last_seen[:k] == self.last_step, self.last[:k], 0.0)
+        ring = self.ring[: self.filled, :k]
+        valid = ~np.isnan(ring)
+        wn = valid.sum(axis=0)
+        wsum = np.where(valid, ring, 0.0).sum(axis=0)
+        srt = np.sort(ring, axis=0)  # NaN sorts last
+        wp50, wp95 = _col_percentile(srt, wn, 0.50), _col_percentile(srt, wn, 0.95)
+        wmin = srt[0]
+        wmax = srt[np.maximum(wn - 1, 0), np.arange(k)] if self.filled else np.full(k, NAN)
+        wcalls = self.ring_calls[: self.filled, :k].sum(axis=0)
+        wall_sum, wall_last = self.wall_sum, self.wall_last
+        wwall = float(self.ring_wall[: self.filled].sum())
+        out: list[tuple[Stats, Stats]] = []
+        cols = zip(
+            n.tolist(), self.sum[:k].tolist(), mins.tolist(), maxs.tolist(), p50.tolist(), p95.tolist(),
+            self.calls[:k].tolist(), last.tolist(), wn.tolist(), wsum.tolist(), wp50.tolist(), wp95.tolist(),
+            wmin.tolist(), wmax.tolist(), wcalls.tolist(), strict=True,
         )
+        for cn, cs, lo, hi, q50, q95, calls, la, wcount, ws, w50, w95, wlo, whi, wc in cols:
+            if cn == 0:
+                out.append((EMPTY, EMPTY))
+                continue
+            last_share = la / wall_last if wall_last > 0 else NAN
+            whole = Stats(la, cs / cn, lo, hi, q50, q95, cn, calls, cs / wall_sum if wall_sum > 0 else NAN, last_share)
+            if wcount == 0:
+                window = Stats(last=la, steps=0, calls=0, share=0.0, last_share=last_share)
+            else:
+                window = Stats(la, ws / wcount, wlo, whi, w50, w95, wcount, int(wc), ws / wwall if wwall > 0 else NAN, last_share)
+            out.append((whole, window))
+        return out
 
     def wall_stats(self) -> tuple[Stats, Stats]:
         if self.steps == 0:
@@ -328,40 +353,25 @@ class RankAgg:
         """Wall time not covered by top-level regions, per step (never negative)."""
         if self.steps == 0:
             return EMPTY, EMPTY
-        top = [c for n, c in self.cols.items() if "/" not in n]
-        covered_sum = float(self.sum[top].sum()) if top else 0.0
+        top = np.fromiter((c for n, c in self.cols.items() if "/" not in n), dtype=np.int64)
+        f = self.filled
+        covered_sum = float(self.sum[top].sum())
         whole_ms = max(0.0, self.wall_sum - covered_sum)
-        ring_cov = np.nansum(self.ring[: self.filled][:, top], axis=1) if top else np.zeros(self.filled)
-        vals = np.maximum(0.0, self.ring_wall[: self.filled] - ring_cov)
-        last_cov = float(
-            sum(self.last[c] for c in top if self.last_seen[c] == self.last_step)
-        )
-        last = max(0.0, self.wall_last - last_cov)
+        ring_cov = np.nansum(self.ring[:f][:, top], axis=1) if len(top) else np.zeros(f)
+        vals = np.sort(np.maximum(0.0, self.ring_wall[:f] - ring_cov))
+        seen = top[self.last_seen[top] == self.last_step]
+        last = max(0.0, self.wall_last - float(self.last[seen].sum()))
         last_share = last / self.wall_last if self.wall_last > 0 else NAN
-        whole = Stats(
-            last=last,
-            avg=whole_ms / self.steps,
-            min=float(vals.min()) if len(vals) else NAN,  # exact min/max need per-step data:
-            max=float(vals.max()) if len(vals) else NAN,  # window values stand in for them
-            steps=self.steps,
-            calls=0,
-            share=whole_ms / self.wall_sum if self.wall_sum > 0 else NAN,
-            last_share=last_share,
-        )
-        wsum = float(self.ring_wall[: self.filled].sum())
-        p50, p95 = np.percentile(vals, [50, 95]) if len(vals) else (NAN, NAN)
-        window = Stats(
-            last=last,
-            avg=float(vals.mean()) if len(vals) else NAN,
-            min=float(vals.min()) if len(vals) else NAN,
-            max=float(vals.max()) if len(vals) else NAN,
-            p50=float(p50),
-            p95=float(p95),
-            steps=len(vals),
-            calls=0,
-            share=float(vals.sum()) / wsum if wsum > 0 else NAN,
-            last_share=last_share,
-        )
+        wsum = float(self.ring_wall[:f].sum())
+        lo, hi = (float(vals[0]), float(vals[-1])) if f else (NAN, NAN)
+        cnt = np.array([f])
+        p50 = float(_col_percentile(vals[:, None], cnt, 0.50)[0])
+        p95 = float(_col_percentile(vals[:, None], cnt, 0.95)[0])
+        # exact whole-run min/max would need per-step data: the window's stand in for them
+        whole = Stats(last, whole_ms / self.steps, lo, hi, NAN, NAN, self.steps, 0,
+                      whole_ms / self.wall_sum if self.wall_sum > 0 else NAN, last_share)
+        window = Stats(last, float(vals.mean()) if f else NAN, lo, hi, p50, p95, f, 0,
+                       float(vals.sum()) / wsum if wsum > 0 else NAN, last_share)
         return whole, window
 
     def samples_per_s(self) -> tuple[float, float]:
@@ -376,31 +386,31 @@ class RankAgg:
         return self.ring_step[o], self.ring_wall[o]
 
 
+def _mean(vals: list[float]) -> float:
+    vals = [v for v in vals if v == v]  # drop NaN
+    return sum(vals) / len(vals) if vals else NAN
+
+
 def _merge(stats: Sequence[Stats]) -> Stats:
     """Several ranks' statistics of one region as one (weighted by steps seen)."""
+    if len(stats) == 1:
+        return stats[0]
     live = [s for s in stats if s.steps > 0]
     if not live:
-        lasts = [s.last for s in stats if not math.isnan(s.last)]
-        return Stats(last=sum(lasts) / len(lasts)) if lasts else EMPTY
-    if len(live) == 1 and len(stats) == 1:
-        return live[0]
+        last = _mean([s.last for s in stats])
+        return Stats(last=last) if last == last else EMPTY
     n = sum(s.steps for s in live)
-
-    def mean(attr: str, src: Sequence[Stats] = live) -> float:
-        vals = [getattr(s, attr) for s in src if not math.isnan(getattr(s, attr))]
-        return sum(vals) / len(vals) if vals else NAN
-
     return Stats(
-        last=mean("last", stats),
+        last=_mean([s.last for s in stats]),
         avg=sum(s.avg * s.steps for s in live) / n,
         min=min(s.min for s in live),
         max=max(s.max for s in live),
-        p50=mean("p50"),  # mean of the ranks' medians: ranks run the same code
+        p50=_mean([s.p50 for s in live]),  # mean of the ranks' medians: ranks run the same code
         p95=max(s.p95 for s in live),
         steps=n,
         calls=sum(s.calls for s in live),
-        share=mean("share", stats),
-        last_share=mean("last_share", stats),
+        share=_mean([s.share for s in stats]),
+        last_share=_mean([s.last_share for s in stats]),
     )
 
 
@@ -523,11 +533,12 @@ class RunAgg:
             for n in a.names:
                 names.setdefault(n, None)
         regions = []
+        all_stats = [a.all_stats() for a in aggs]
         for name in _tree_order(names):
             per = []
-            for a in aggs:
+            for a, st in zip(aggs, all_stats, strict=True):
                 c = a.cols.get(name)
-                w, win = a.region_stats(c) if c is not None else (EMPTY, EMPTY)
+                w, win = st[c] if c is not None else (EMPTY, EMPTY)
                 per.append((a.rank, w, win))
             leaf = name.rsplit("/", 1)[-1]
             i = name.rfind("/")

@@ -7,7 +7,9 @@ which only render. Key bindings come from :mod:`tui.keys`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 from textual.app import App, ComposeResult, SystemCommand
@@ -55,7 +57,7 @@ class SnapshotReady(Message):
 class MonitorApp(App[int]):
     """``tui watch`` / ``tui replay``."""
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = str(Path(__file__).with_name("app.tcss"))  # absolute: subclasses live elsewhere
     TITLE = "stagewatch"
     BINDINGS = [  # noqa: RUF012
         Binding(k.keys, k.action, k.description.split(" (")[0], show=k.show, priority=k.priority)
@@ -75,6 +77,9 @@ class MonitorApp(App[int]):
         self.selected_region: str | None = None
         self.applied = 0
         self.compact = False
+        self._slot: WorldSnapshot | None = None
+        self._slot_pending = False
+        self._slot_lock = threading.Lock()
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -106,12 +111,20 @@ class MonitorApp(App[int]):
         self._layout_for(self.size.width)
         self._render_world()
         tree.focus()
+        self.source.busy = lambda: self._slot_pending  # type: ignore[method-assign]
         self.source.start(self._post)
 
     def on_unmount(self) -> None:
         self.source.stop()
 
     def _post(self, snap: WorldSnapshot) -> None:  # reader thread
+        # One message in flight at most; the handler takes the newest snapshot, so a slow
+        # screen skips stale snapshots instead of falling behind.
+        with self._slot_lock:
+            self._slot = snap
+            if self._slot_pending:
+                return
+            self._slot_pending = True
         self.post_message(SnapshotReady(snap))
 
     def on_resize(self, event: Any) -> None:
@@ -134,11 +147,14 @@ class MonitorApp(App[int]):
 
     # ------------------------------------------------------------------ snapshots
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
-        self.latest = message.snapshot
+        with self._slot_lock:
+            snap = self._slot or message.snapshot
+            self._slot_pending = False
+        self.latest = snap
         if self.paused:
             self._render_header()  # shows how far reading went while paused
             return
-        self.world = message.snapshot
+        self.world = snap
         self._render_world()
 
     def _render_header(self) -> None:
@@ -147,7 +163,8 @@ class MonitorApp(App[int]):
         behind = self.latest.selected.step if self.latest and self.latest.selected else None
         root = w.root if w else getattr(self.source, "root", "")
         self.query_one(HeaderBar).update(
-            header_text(run, window=self.window, paused=self.paused, behind_step=behind, root=str(root))
+            header_text(run, window=self.window, paused=self.paused, behind_step=behind, root=str(root)),
+            layout=False,  # fixed height
         )
 
     def _render_world(self, force_tree: bool = False) -> None:

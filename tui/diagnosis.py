@@ -728,10 +728,35 @@ def scan_memory_trend(path: str | os.PathLike[str], window: int = 20, skip: int 
     return worst_trend(trends)
 
 
+_CONFIGS: dict[str, dict[str, Any]] = {}  # run folder -> run_start config (bounded below)
+
+
+def cached_run_config(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """:func:`read_run_config`, remembered per folder (the screen asks on every snapshot)."""
+    key = os.fspath(path)
+    c = _CONFIGS.get(key)
+    if c is None:
+        c = read_run_config(key)
+        if c is not None:
+            if len(_CONFIGS) >= 64:
+                del _CONFIGS[next(iter(_CONFIGS))]
+            _CONFIGS[key] = c
+    return c
+
+
 def advice_for_run(snap: Any, path: str | os.PathLike[str] | None = None,
-                   thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Advice]:
-    """Advice for a whole run read from disk (``tui summary``): snapshot + config + trend."""
-    where = path if path is not None else snap.path
-    config = getattr(snap, "config", None) or (read_run_config(where) if where else None)
-    trend = getattr(snap, "mem_trend", None) or (scan_memory_trend(where) if where else None)
+                   thresholds: Thresholds = DEFAULT_THRESHOLDS, *, scan: bool = True) -> list[Advice]:
+    """Advice for a run snapshot: its facts plus the run_start config and the memory trend.
+
+    Both come from the snapshot when the monitor provides them (``config`` / ``mem_trend``
+    fields); else the config is read from the run's first line (cached) and, when ``scan``,
+    the trend from one pass over its files (``tui summary``; never on the screen's thread).
+    """
+    where = path if path is not None else getattr(snap, "path", None)
+    config = getattr(snap, "config", None)
+    if config is None and where:
+        config = cached_run_config(where)
+    trend = getattr(snap, "mem_trend", None)
+    if trend is None and scan and where and not hasattr(snap, "mem_trend"):
+        trend = scan_memory_trend(where)
     return diagnose(facts_from_snapshot(snap, config, trend), thresholds)

@@ -145,7 +145,7 @@ class LiveSource:
                 live = run is not None and run.state() in (RUNNING, STALE)
                 if not pending and live and now - last_build >= self.refresh_s:
                     pending = True  # idle time and stale state move on without new data
-                if pending and now - last_post >= self.min_gap:
+                if pending and now - last_post >= self.min_gap and not self.busy():
                     post(self.build())
                     last_post = last_build = now
                     pending = False
@@ -153,8 +153,14 @@ class LiveSource:
                 self.last_error = f"{type(e).__name__}: {e}"
             if self.reader.behind:
                 continue  # more to read: no waiting
-            timeout = self.interval if not pending else max(0.0, self.min_gap - (time.monotonic() - last_post))
+            timeout = self.interval if not pending else max(0.01, self.min_gap - (time.monotonic() - last_post))
             self._wake.wait(timeout)
             self._wake.clear()
 
     last_error: str | None = None
+
+    @staticmethod
+    def busy() -> bool:
+        """True while the screen has not taken the last snapshot (the app replaces this):
+        no snapshot is built that would only be skipped."""
+        return False

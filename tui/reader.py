@@ -18,11 +18,12 @@ from typing import Any
 
 from trainer.timing.records import RANK_FILE_RE, TEXT_LOG_RE, RecordError
 from tui.aggregate import DEFAULT_WINDOW, RunAgg
-from tui.parse import MAX_LINE, StepRow, parse_line, row_from_step
+from tui.parse import MAX_LINE, StepRow, parse_fast, parse_line, row_from_step
 from tui.snapshot import FAILED, FINISHED, INTERRUPTED, FileInfo, RunItem, RunSnapshot
 from tui.textlog import TextLogParser
 
 CHUNK = 256 * 1024  # bytes read from one file per round (ranks are read interleaved)
+BULK_CHUNK = 1024 * 1024  # the same when reading a whole run at once
 _HEAD = 512  # first bytes (the run_start line: time, pid) compared to notice a rewrite in place
 _TEXT_RANK_RE = re.compile(r"rank(\d+)")
 ENDED = (FINISHED, FAILED, INTERRUPTED)
@@ -92,6 +93,10 @@ class TailFile:
         return lines, reset, self.offset < st.st_size
 
 
+def _never(line: bytes) -> None:
+    return None
+
+
 class Feed:
     """A rank's file (JSONL or classic text log) and its counters."""
 
@@ -124,10 +129,18 @@ class Feed:
     def parse(self, lines: list[bytes]) -> list[Any]:
         """Lines -> StepRows and other records, in file order; bad lines are counted."""
         out: list[Any] = []
+        append = out.append
+        fast = parse_fast if self.text is None else _never
+        n = self.lines
         for line in lines:
-            if not line.strip():
+            if not line or line.isspace():
                 continue
-            self.lines += 1
+            n += 1
+            row = fast(line)
+            if row is not None:
+                append(row)
+                continue
+            self.lines = n
             if self.text is not None:
                 try:
                     s = self.text.feed(line.decode("utf-8").rstrip("\r"))
@@ -151,7 +164,8 @@ class Feed:
             if rec is None:
                 self.skipped += 1
             else:
-                out.append(rec)
+                append(rec)
+        self.lines = n
         return out
 
     def fold(self, items: list[Any], agg: RunAgg) -> None:
@@ -307,7 +321,11 @@ class RunSource:
 
     def load(self) -> RunSource:
         """Read everything there is now (replay, summary), ending text logs' last blocks."""
+        for f in self.feeds.values():
+            f.tail.chunk = BULK_CHUNK
         self.poll(budget_s=None)
+        for f in self.feeds.values():
+            f.tail.chunk = CHUNK
         for f in self.feeds.values():
             f.finish_text(self.agg)
         self.read_to_end = True

@@ -201,8 +201,18 @@ class ReplaySource:
 
     # ------------------------------------------------------------------ snapshots
     def status(self) -> str:
+        if self.at_end:
+            return f"⏹ replay at the end (step {self.position}) · {self.speed:g} steps/s"
         state = "▶" if self.playing else "⏸"
         return f"{state} replay {self.speed:g} steps/s"
+
+    @property
+    def at_end(self) -> bool:
+        """Nothing left to show (a file still being written may add more)."""
+        try:
+            return self.position > 0 and not self._next_steps() and all(not c.queue for c in self.cursors)
+        except _Reset:
+            return False
 
     def build(self) -> WorldSnapshot:
         with self._lock:

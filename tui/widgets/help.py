@@ -50,4 +50,5 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll(id="help-box") as box:
             box.border_title = f"stagewatch {self.mode} · keys"
             box.border_subtitle = "esc to close"
-            yield Static(help_table(keys_for(self.mode), self.red, self.yellow), id="help-table")
+            self.table = help_table(keys_for(self.mode), self.red, self.yellow)
+            yield Static(self.table, id="help-table")

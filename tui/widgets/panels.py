@@ -9,7 +9,7 @@ import math
 
 from rich.text import Text
 from textual.containers import Vertical
-from textual.widgets import DataTable, OptionList, Sparkline, Static
+from textual.widgets import OptionList, Sparkline, Static
 from textual.widgets.option_list import Option
 
 from tui.fmt import (
@@ -29,8 +29,8 @@ from tui.snapshot import UNACCOUNTED, RunItem, RunSnapshot, WorldSnapshot
 
 
 def header_text(run: RunSnapshot | None, *, window: bool, paused: bool, behind_step: int | None, root: str) -> Text:
-    """The two header lines."""
-    t = Text()
+    """The header lines (cut, never wrapped: a fixed height keeps the layout still)."""
+    t = Text(no_wrap=True, overflow="ellipsis")
     if run is None:
         t.append("stagewatch", style="bold")
         t.append("  waiting for runs under ")
@@ -49,9 +49,10 @@ def header_text(run: RunSnapshot | None, *, window: bool, paused: bool, behind_s
     elif ok(run.steps_per_s_window):
         t.append(f"  {fmt_rate(run.steps_per_s_window)} steps/s")
     t.append(f"  ETA {fmt_duration(run.eta_s)}" if run.eta_s is not None else "  ETA —")
-    t.append(f"  peak mem {fmt_bytes(run.mem_peak)}")
-    if run.mem_total:
-        t.append(f" of {fmt_bytes(run.mem_total)}")
+    if run.mem_peak is not None:
+        t.append(f"  peak mem {fmt_bytes(run.mem_peak)}")
+        if run.mem_total:
+            t.append(f" of {fmt_bytes(run.mem_total)}")
     t.append(f"  ranks {len(run.ranks_seen)}/{run.world_size}")
     if paused:
         t.append("  ⏸ PAUSED", style="bold reverse yellow")
@@ -99,6 +100,7 @@ class RunList(OptionList):
     def __init__(self, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         self.ids: list[str] = []
+        self._shown: object = None
 
     @staticmethod
     def prompt(item: RunItem) -> Text:
@@ -111,6 +113,9 @@ class RunList(OptionList):
         return t
 
     def show(self, runs: tuple[RunItem, ...], selected: str | None) -> None:
+        if (runs, selected) == self._shown:
+            return
+        self._shown = (runs, selected)
         ids = [r.run_id for r in runs]
         if ids != self.ids:
             self.clear_options()
@@ -123,48 +128,41 @@ class RunList(OptionList):
             self.highlighted = ids.index(selected)
 
 
-class RankView(Vertical):
+def rank_text(run: RunSnapshot | None, region: str | None, window: bool, red: float, yellow: float) -> tuple[str, Text]:
+    """(title, table) of the per-rank figures of ``region`` (or of the step wall time)."""
+    if run is None:
+        return "ranks", Text("")
+    row = run.region(region) if region else None
+    if row is None:
+        title = "ranks · step wall time"
+        per = [(ri.rank, ri.wall, ri.wall_window) for ri in run.rank_info]
+    else:
+        title = "ranks · unaccounted" if row.name == UNACCOUNTED else f"ranks · {row.name}"
+        per = list(row.ranks)
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append(f"{'rank':>4} {'last':>8} {'avg':>8} {'p95':>8} {'max':>8} {'share':>6} {'vs mean':>8} {'slowest':>8}\n", style="bold")
+    chosen = [(r, win if window else whole) for r, whole, win in per]
+    avgs = [s.avg for _, s in chosen if ok(s.avg)]
+    mean = sum(avgs) / len(avgs) if avgs else math.nan
+    slow = {ri.rank: ri.slowest_steps for ri in run.rank_info}
+    for rank, s in chosen:
+        cls = class_of(s, red, yellow) if row is not None and row.name != UNACCOUNTED else "none"
+        diff = (s.avg - mean) / mean if ok(s.avg) and ok(mean) and mean > 0 else math.nan
+        t.append(f"{rank:>4}", style="bold red" if rank == run.straggler else "")
+        t.append(f" {fmt_ms(s.last):>8} {fmt_ms(s.avg):>8} {fmt_ms(s.p95):>8} {fmt_ms(s.max):>8}")
+        t.append(f" {fmt_pct(s.share) if row is not None else '':>6}", style=CLASS_STYLE[cls])
+        t.append(f" {f'{diff:+.1%}' if ok(diff) else '—':>8}", style="red" if ok(diff) and diff > 0.05 else "")
+        t.append(f" {slow.get(rank, 0) if len(per) > 1 else '—':>8}\n")
+    return title, t
+
+
+class RankView(Static):
     """Per-rank figures of the selected region (or of the step wall time)."""
 
-    def compose(self):  # type: ignore[no-untyped-def]
-        yield DataTable(id="rank-table", cursor_type="row", zebra_stripes=True)
-
-    def on_mount(self) -> None:
-        t = self.query_one(DataTable)
-        t.add_columns("rank", "last", "avg", "p95", "max", "share", "vs mean", "slowest")
-
     def show(self, run: RunSnapshot | None, region: str | None, window: bool, red: float, yellow: float) -> None:
-        table = self.query_one(DataTable)
-        table.clear()
-        if run is None:
-            return
-        row = run.region(region) if region else None
-        if row is None:
-            self.border_title = "ranks · step wall time"
-            per = [(ri.rank, ri.wall, ri.wall_window) for ri in run.rank_info]
-        else:
-            self.border_title = f"ranks · {row.name}" if row.name != UNACCOUNTED else "ranks · unaccounted"
-            per = list(row.ranks)
-        if not per:
-            return
-        chosen = [(r, win if window else whole) for r, whole, win in per]
-        avgs = [s.avg for _, s in chosen if ok(s.avg)]
-        mean = sum(avgs) / len(avgs) if avgs else math.nan
-        slow = {ri.rank: ri.slowest_steps for ri in run.rank_info}
-        for rank, s in chosen:
-            cls = class_of(s, red, yellow) if row is not None and row.name != UNACCOUNTED else "none"
-            diff = (s.avg - mean) / mean if ok(s.avg) and ok(mean) and mean > 0 else math.nan
-            style = "bold red" if rank == run.straggler else ""
-            table.add_row(
-                Text(str(rank), style=style),
-                fmt_ms(s.last),
-                fmt_ms(s.avg),
-                fmt_ms(s.p95),
-                fmt_ms(s.max),
-                Text(fmt_pct(s.share) if row is not None else "", style=CLASS_STYLE[cls]),
-                Text(f"{diff:+.1%}" if ok(diff) else "—", style="red" if ok(diff) and diff > 0.05 else ""),
-                str(slow.get(rank, 0)) if len(per) > 1 else "—",
-            )
+        title, text = rank_text(run, region, window, red, yellow)
+        self.border_title = title
+        self.update(text, layout=False)  # fixed size: no relayout
 
 
 class StepSpark(Vertical):
@@ -180,10 +178,11 @@ class StepSpark(Vertical):
         label = self.query_one("#spark-label", Static)
         if data:
             label.update(
-                Text(f"step time, last {len(data)} steps: {fmt_ms(min(data))} … {fmt_ms(max(data))}", style="dim")
+                Text(f"step time, last {len(data)} steps: {fmt_ms(min(data))} … {fmt_ms(max(data))}", style="dim"),
+                layout=False,
             )
         else:
-            label.update(Text("step time: no steps yet", style="dim"))
+            label.update(Text("step time: no steps yet", style="dim"), layout=False)
 
 
 class AdviceBox(Static):
@@ -191,7 +190,7 @@ class AdviceBox(Static):
 
     def show(self, lines: list[str]) -> None:
         if not lines:
-            self.update(Text("no advice yet", style="dim italic"))
+            self.update(Text("no advice yet", style="dim italic"), layout=False)
             return
         t = Text()
         for i, line in enumerate(lines):
@@ -199,7 +198,7 @@ class AdviceBox(Static):
                 t.append("\n")
             t.append("• ")
             t.append_text(literal(line))
-        self.update(t)
+        self.update(t, layout=False)
 
 
 class FilesLine(Static):
@@ -207,7 +206,7 @@ class FilesLine(Static):
 
     def show(self, run: RunSnapshot | None, world: WorldSnapshot) -> None:
         if run is None:
-            self.update(Text(f"{len(world.runs)} runs", style="dim"))
+            self.update(Text(f"{len(world.runs)} runs", style="dim"), layout=False)
             return
         t = Text(style="dim")
         t.append(f"{len(run.files)} file(s), {sum(f.lines for f in run.files)} lines")
@@ -227,4 +226,4 @@ class FilesLine(Static):
                 t.append(" (last: ")
                 t.append_text(literal(last[:120]))
                 t.append(")")
-        self.update(t)
+        self.update(t, layout=False)

@@ -6,8 +6,9 @@ sort order); every other snapshot only replaces node labels.
 
 from __future__ import annotations
 
+from rich.cells import cell_len, set_cell_size
 from rich.style import Style
-from rich.text import Text
+from rich.text import Span, Text
 from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
 
@@ -47,19 +48,20 @@ class Columns:
 
 
 def region_label(row: RegionRow, depth: int, window: bool, red: float, yellow: float, cols: Columns) -> Text:
-    """One node's label: name, share bar, share %, times and calls, in its class colour."""
+    """One node's label: name, share bar, share %, times and calls, in its class colour.
+
+    Built as one string with style spans (cheap: every label is rebuilt on each snapshot).
+    """
     s = row.window if window else row.whole
-    cls = class_of(s, red, yellow) if row.name != UNACCOUNTED else "none"
+    unacc = row.name == UNACCOUNTED
+    cls = "none" if unacc else class_of(s, red, yellow)
     style = CLASS_STYLE[cls]
     width = max(8, cols.name_w - GUIDE * depth)
-    name = literal(row.leaf)
-    name.truncate(width, overflow="ellipsis")
-    name.pad_right(width - name.cell_len)
-    name.stylize(style if row.name != UNACCOUNTED else "italic dim")
-    t = Text()
-    t.append_text(name)
-    t.append(" ")
-    t.append(bar(s.share, BAR_W), style=style)
+    name = literal(row.leaf).plain
+    if cell_len(name) > width:
+        name = set_cell_size(name, width - 1) + "…"
+    else:
+        name = name + " " * (width - cell_len(name))
     vals = {
         "share": fmt_pct(s.share),
         "last": fmt_ms(s.last),
@@ -69,9 +71,18 @@ def region_label(row: RegionRow, depth: int, window: bool, red: float, yellow: f
         "p95": fmt_ms(s.p95),
         "calls": str(s.calls) if s.calls else "—",
     }
-    for key, w in cols.fields():
-        t.append(f" {vals[key]:>{w}}", style=style if key == "share" else "")
-    return t
+    bar_text = bar(s.share, BAR_W)
+    fields = cols.fields()
+    share_w = fields[0][1]
+    rest = "".join(f" {vals[key]:>{w}}" for key, w in fields[1:])
+    line = f"{name} {bar_text} {vals['share']:>{share_w}}{rest}"
+    n = len(name)
+    spans = [
+        Span(0, n, "italic dim" if unacc else style),
+        Span(n + 1, n + 1 + BAR_W, style),
+        Span(n + 2 + BAR_W, n + 3 + BAR_W + share_w, style),
+    ]
+    return Text(line, spans=spans)
 
 
 class StageTree(Tree[str]):
@@ -157,7 +168,9 @@ class StageTree(Tree[str]):
         for name, node in self.nodes_by_name.items():
             row = self.rows.get(name)
             if row is not None:
-                node.set_label(self._label(row))
+                label = self._label(row)
+                if label.plain != node.label.plain or label.spans != node.label.spans:
+                    node.set_label(label)
 
     def _label(self, row: RegionRow) -> Text:
         return region_label(row, row.depth, self.window, self.red, self.yellow, self.cols)
@@ -200,5 +213,5 @@ class TreeHeader(Static):
 
     def show(self, cols: Columns, window: bool, window_size: int) -> None:
         t = cols.header()
-        self.update(t)
+        self.update(t, layout=False)
         self.border_title = f"stage tree · {'window of ' + str(window_size) + ' steps' if window else 'whole run'}"

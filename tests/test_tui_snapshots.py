@@ -1,0 +1,75 @@
+"""Screen snapshots (pytest-textual-snapshot) of watch and replay at two terminal sizes.
+
+Data are fixed (seeded generator, fixed times) and the reader's clock is frozen, so the
+pictures are deterministic. Update with ``pytest --snapshot-update`` after a deliberate change.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer.timing.records import encode
+from tui.app import MonitorApp
+from tui.live import LiveSource
+from tui.replay import ReplaySource
+from tui.testing import start_line, write_run
+
+SIZES = [(160, 48), (100, 30)]
+
+
+async def _settle(pilot) -> None:  # type: ignore[no-untyped-def]
+    t0 = time.monotonic()
+    while pilot.app.world is None or pilot.app.world.selected is None:
+        if time.monotonic() - t0 > 10:
+            raise AssertionError("no snapshot arrived")
+        await pilot.pause(0.02)
+    await pilot.pause()
+
+
+def _runs(root: Path) -> None:
+    write_run(root, "20261126-100000-baseline-0001", steps=60, ranks=3, straggler=1, eval_every=20, t0=1_764_150_000.0)
+    failed = write_run(root, "20261126-090000-crashed-0002", steps=10, ranks=1, status=None, t0=1_764_140_000.0)
+    with open(failed / "rank0.jsonl", "a") as f:
+        f.write("{not json\n")
+        f.write(encode_end_failed())
+
+
+def encode_end_failed() -> str:
+    from trainer.timing.records import RunEnd
+
+    return encode(RunEnd(time=1_764_140_100.0, status="failed", steps=10, error_type="RuntimeError", error_message="CUDA out of memory [bold]"))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_watch_screen(snap_compare, tmp_path: Path, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    _runs(tmp_path)
+    src = LiveSource(tmp_path, poll=True, interval=0.05, clock=lambda: 1000.0)
+    assert snap_compare(MonitorApp(src), terminal_size=size, run_before=_settle)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_replay_screen(snap_compare, tmp_path: Path, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    _runs(tmp_path)
+    src = ReplaySource(tmp_path / "20261126-100000-baseline-0001", playing=False, window=20)
+    src.seek(45)
+    assert snap_compare(MonitorApp(src, red=0.5, yellow=0.2), terminal_size=size, run_before=_settle)
+
+
+def test_failed_run_and_help_screen(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _runs(tmp_path)
+    src = ReplaySource(tmp_path / "20261126-090000-crashed-0002", playing=False)
+    src.seek(math.inf)
+
+    async def before(pilot) -> None:  # type: ignore[no-untyped-def]
+        await _settle(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause()
+
+    assert snap_compare(MonitorApp(src), terminal_size=(120, 40), run_before=before)
+
+
+_ = start_line  # generator helpers used above
