@@ -91,27 +91,15 @@ def test_gpu_script_without_a_gpu_exits_2(tmp_path):
 
 def test_gpu_script_cpu_dry_run(tmp_path, capsys):
     """Every phase of the script on the CPU: plumbing, JSON and logs (no GPU figures)."""
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     g = load("gpu_timing_check")
-    rc = g.main(
-        [
-            "--out",
-            str(tmp_path),
-            "--cpu-dry-run",
-            "--size",
-            "32",
-            "--regions",
-            "4",
-            "--steps",
-            "3",
-            "--rounds",
-            "2",
-            "--profile-steps",
-            "3",
-            "--warmup",
-            "1",
-        ]
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: thread hand-offs would dominate on a busy box
+    args = "--cpu-dry-run --size 32 --regions 4 --steps 3 --rounds 2 --profile-steps 3"
+    try:
+        rc = g.main(["--out", str(tmp_path), *args.split(), "--warmup", "1"])
+    finally:
+        torch.set_num_threads(threads)
     assert rc in (0, 1)  # CPU timings are not held to the GPU targets
     res = json.loads((tmp_path / "gpu_timing_check.json").read_text())
     assert res["mode"] == "cpu-dry-run"
