@@ -154,3 +154,35 @@ def test_text_log_run_replays_into_statistics(tmp_path) -> None:
     st1 = snap.region("VRT/Stage1")
     assert st1 is not None and st1.whole.max == 40.0 and st1.whole.calls == 3
     assert snap.files[0].malformed == 1  # the title line
+
+
+def test_text_log_of_stagewatch_writer_round_trips() -> None:
+    from trainer.timing.text_log import format_step, format_summary
+
+    regions = {
+        "forward": (280.0, 1),
+        "forward/vrt": (150.0, 1),
+        "forward/vrt/stage8": (80.0, 1),
+        "backward/block": (30.0, 3),  # parent never timed itself
+        "optimizer": (20.0, 1),
+    }
+    text = format_step(7, 400.0, regions, avg_of=lambda n: 1.0) + format_step(8, 380.0, {"forward": (200.0, 1)})
+    text += format_summary({"forward": {"avg": 1, "min": 1, "max": 1, "total": 2, "count": 2}}, 2, 780.0, 10.0)
+    steps, bad = parse_text(text)
+    assert bad == 0
+    assert [s.step for s in steps] == [7, 8]
+    assert steps[0].regions == regions  # "(not timed itself)", "xN", Unaccounted skipped
+    assert steps[0].wall_ms == 400.0
+    assert steps[1].regions == {"forward": (200.0, 1)}
+
+
+def test_region_names_are_bounded(monkeypatch) -> None:
+    import tui.aggregate as ag
+
+    monkeypatch.setattr(ag, "MAX_REGIONS", 5)
+    agg = RankAgg(0, window=4)
+    for s in range(1, 4):  # a buggy writer inventing names every step
+        agg.ingest([_row(s, 10.0, {f"r{s}_{i}": (1.0, 1) for i in range(4)} | {"keep": (2.0, 1)})])
+    assert len(agg.names) == 5 and agg.dropped_names > 0
+    assert agg.dropped_names == 8
+    assert agg.all_stats()[agg.cols["keep"]][0].steps == 3  # known names still counted

@@ -42,6 +42,7 @@ HI_EXP = 7  # 1e7 ms (~2.8 h)
 NBUCKETS = (HI_EXP - LO_EXP) * PER_DECADE + 2  # + underflow and overflow buckets
 _LO = 10.0**LO_EXP
 DEFAULT_WINDOW = 100
+MAX_REGIONS = 1024  # distinct region names tracked per rank
 _chain = chain.from_iterable
 
 
@@ -120,6 +121,7 @@ class RankAgg:
         self.memory: dict[str, Any] | None = None
         self.mem_peak: int | None = None
         self.scalars: dict[str, Any] | None = None
+        self.dropped_names = 0
 
     # ----------------------------------------------------------------- storage
     def _alloc(self, cap: int) -> None:
@@ -170,6 +172,10 @@ class RankAgg:
             for k in keys:
                 c = self.cols.get(k)
                 if c is None:
+                    if len(self.names) >= MAX_REGIONS:
+                        self.dropped_names += 1
+                        idx.append(-1)  # bounded memory: names beyond the cap are not tracked
+                        continue
                     c = len(self.names)
                     self.cols[k] = c
                     self.names.append(k)
@@ -205,8 +211,12 @@ class RankAgg:
                 _chain(_chain(rows[i].regions.values() for i in idx)), np.float64, count=2 * len(idx) * len(cols)
             ).reshape(len(idx), -1)
             ii = np.asarray(idx)[:, None]
-            m[ii, cols] = vals[:, 0::2]
-            c[ii, cols] = vals[:, 1::2]
+            ms, calls = vals[:, 0::2], vals[:, 1::2]
+            if cols.min() < 0:
+                keep = cols >= 0
+                cols, ms, calls = cols[keep], ms[:, keep], calls[:, keep]
+            m[ii, cols] = ms
+            c[ii, cols] = calls
         present = ~np.isnan(m)
         anyp = present.any(axis=0)
         self.n += present.sum(axis=0)

@@ -10,10 +10,13 @@ The format, one block per step::
       - Stage1                              :    25.00ms [avg:    25.00ms]
     Total-----------------------------------:   620.00ms
 
-A ``  - Sub`` line is a child of the top-level line before it (``VRT/Stage1``). The Total
-line becomes the step's ``wall_ms``: the original logger wrote the sum of its top-level
-names there, the only step time such a log holds. A block ends at its Total line, or at the
-next ``Step`` header when a Total line is missing.
+A ``  - Sub`` line is a child of the line before it one level up (``VRT/Stage1``); deeper
+levels indent by two more spaces (``    - stage8``), as stagewatch's own text log writes them.
+The Total line becomes the step's ``wall_ms``: the original logger wrote the sum of its
+top-level names there, the only step time such a log holds. A block ends at its Total line,
+or at the next ``Step`` header when a Total line is missing. Lines stagewatch's writer adds
+are understood too: ``(not timed itself)`` parents, ``xN`` call counts, and the derived
+``Unaccounted`` / ``Overlap`` lines and ``Timing summary`` block, which are skipped.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from trainer.timing.records import Step
 _STEP_RE = re.compile(r"^\s*Step\s+(\d+)\s*$")
 _TOTAL_RE = re.compile(r"^\s*Total[\s-]*:\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b")
 _ENTRY_RE = re.compile(
-    r"^(?P<indent>\s*)(?P<dash>-\s+)?(?P<name>\S(?:.*?\S)?)\s*:\s*"
-    r"(?P<ms>[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b"
+    r"^(?P<indent> *)(?P<dash>-\s+)?(?P<name>\S(?:.*?\S)?)\s*:\s*"
+    r"(?:(?P<ms>[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b(?P<rest>.*)|-\s*\(not timed itself\))\s*$"
 )
+_CALLS_RE = re.compile(r"\bx(\d+)\s*$")
+_SUMMARY_RE = re.compile(r"^\s*Timing summary\b")
+_DERIVED = ("Unaccounted", "Overlap")
 _RULE_RE = re.compile(r"^\s*[=\-─]{5,}\s*$")
 
 
@@ -39,8 +45,8 @@ class TextLogParser:
         self.last_error = ""
         self._step: int | None = None
         self._regions: dict[str, tuple[float, int]] = {}
-        self._parent: str | None = None
-        self._time = 0.0
+        self._stack: list[str] = []  # full names of the last line at each depth
+        self._in_summary = False
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -54,24 +60,37 @@ class TextLogParser:
             done = self._finish(None)
             self._step = int(m.group(1))
             self._regions = {}
-            self._parent = None
+            self._stack = []
+            self._in_summary = False
             return done
         m = _TOTAL_RE.match(line)
-        if m:
+        if m and not self._in_summary:
             return self._finish(float(m.group(1)))
+        if _SUMMARY_RE.match(line):
+            done = self._finish(None)
+            self._in_summary = True
+            return done
+        if self._in_summary:
+            return None
         m = _ENTRY_RE.match(line)
         if m and self._step is not None:
             name = m.group("name")
+            depth = (len(m.group("indent")) + 1) // 2 if m.group("dash") else 0
+            if depth == 0 and name in _DERIVED:
+                return None
+            if depth > len(self._stack):
+                self._bad(f"nested line without a parent: {line[:80]!r}")
+                return None
+            del self._stack[depth:]
+            full = f"{self._stack[-1]}/{name}" if depth else name
+            self._stack.append(full)
+            if m.group("ms") is None:
+                return None  # a parent that was not timed itself
             ms = float(m.group("ms"))
-            if m.group("dash") or m.group("indent"):
-                if self._parent is None:
-                    self._bad(f"nested line without a parent: {line[:80]!r}")
-                    return None
-                name = f"{self._parent}/{name}"
-            else:
-                self._parent = name
-            old = self._regions.get(name)
-            self._regions[name] = (old[0] + ms, old[1] + 1) if old else (ms, 1)
+            c = _CALLS_RE.search(m.group("rest") or "")
+            n = int(c.group(1)) if c else 1
+            old = self._regions.get(full)
+            self._regions[full] = (old[0] + ms, old[1] + n) if old else (ms, n)
             return None
         self._bad(f"unrecognised line: {line[:80]!r}")
         return None
@@ -95,7 +114,7 @@ class TextLogParser:
         rec = Step(step=self._step, time=0.0, wall_ms=total, regions=regions, samples=0)
         self._step = None
         self._regions = {}
-        self._parent = None
+        self._stack = []
         return rec
 
 
