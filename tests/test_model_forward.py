@@ -172,14 +172,13 @@ def test_gradients_reach_every_parameter() -> None:
     assert missing == []
 
 
-@pytest.mark.parametrize(("attn", "ffn"), [(True, True), (False, True)])
-def test_checkpointing_gives_same_outputs_and_gradients(attn: bool, ffn: bool) -> None:
+def test_checkpointing_gives_same_outputs_and_gradients() -> None:
     cfg = tiny_cfg(DROP_PATH_RATE=0.2)  # stochastic depth on: RNG state must be replayed
     torch.manual_seed(0)
     plain = build_model(cfg)
     perturb(plain)
     ckpt_cfg = copy.deepcopy(cfg)
-    ckpt_cfg.VRT.USE_CHECKPOINT_ATTN, ckpt_cfg.VRT.USE_CHECKPOINT_FFN = attn, ffn
+    ckpt_cfg.VRT.USE_CHECKPOINT_ATTN = ckpt_cfg.VRT.USE_CHECKPOINT_FFN = True
     ckpt = build_model(ckpt_cfg)
     ckpt.load_state_dict(plain.state_dict())
     rgb, spikes = inputs(cfg, 1, 3, 16, 16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -14,8 +15,16 @@ __all__ = [
     "deform_conv2d",
     "flow_warp",
     "flow_warp_nearest4",
+    "fp32_region",
     "sine_position_encoding",
 ]
+
+
+def fp32_region(t: Tensor) -> contextlib.AbstractContextManager[object]:
+    """Autocast off for ``t``'s device type (a no-op on devices without autocast, e.g. meta)."""
+    if t.device.type in ("cuda", "cpu", "xpu", "mps"):
+        return torch.autocast(t.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _grid(flow: Tensor) -> Tensor:
@@ -33,7 +42,7 @@ def flow_warp(x: Tensor, flow: Tensor) -> Tensor:
 
     Computed in fp32 whatever the autocast state; returns x's dtype.
     """
-    with torch.autocast(x.device.type, enabled=False):
+    with fp32_region(x):
         out = F.grid_sample(x.float(), _grid(flow.float()), mode="bilinear",
                             padding_mode="zeros", align_corners=False)
     return out.to(x.dtype)
@@ -45,7 +54,7 @@ def flow_warp_nearest4(x: Tensor, flow: Tensor) -> Tensor:
     Returns [N, 4C, H, W]; samples outside the image are zero.
     """
     _n, _c, h, w = x.shape
-    with torch.autocast(x.device.type, enabled=False):
+    with fp32_region(x):
         xf, ff = x.float(), flow.float()
         ys = torch.arange(h, device=x.device, dtype=torch.float32).view(1, h, 1)
         xs = torch.arange(w, device=x.device, dtype=torch.float32).view(1, 1, w)
@@ -72,7 +81,7 @@ def deform_conv2d(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor,
     contracted with the weight. Runs in fp32 (also under autocast); returns fp32.
     Memory: holds kh·kw copies of x.
     """
-    with torch.autocast(x.device.type, enabled=False):
+    with fp32_region(x):
         x, offset, mask = x.float(), offset.float(), mask.float()
         weight = weight.float()
         b, c, h, w = x.shape

@@ -26,6 +26,7 @@ from trainer.models.ops import (
     deform_conv2d,
     flow_warp,
     flow_warp_nearest4,
+    fp32_region,
     sine_position_encoding,
 )
 from trainer.models.spynet import SpyNet
@@ -262,7 +263,7 @@ class DeformAlign(nn.Module):
     def forward(self, nbr: Tensor, warped: Tensor, cur: Tensor, flow: Tensor) -> Tensor:
         """nbr/warped/cur [N,C,H,W], flow [N,2,H,W] (neighbour -> current) -> aligned nbr."""
         out = self.conv_offset(torch.cat((warped, cur, flow.to(cur.dtype)), 1))
-        with torch.autocast(nbr.device.type, enabled=False):
+        with fp32_region(nbr):
             out = out.float()
             n = out.shape[1] // 3
             offset = self.max_offset * torch.tanh(out[:, : 2 * n])
