@@ -37,8 +37,8 @@ def _f(default: Any, *, min: float | None = None, max: float | None = None, doc:
 class SyntheticConfig:
     """Procedural spike deblurring data (see ``trainer.data.synthetic``)."""
 
-    HEIGHT: int = _f(96, min=8, doc="scene frame height (crops are taken from it)")
-    WIDTH: int = _f(96, min=8)
+    HEIGHT: int = _f(256, min=8, doc="scene frame height (crops are taken from it)")
+    WIDTH: int = _f(256, min=8)
     TRAIN_CLIPS: int = _f(256, min=1)
     VAL_CLIPS: int = _f(8, min=1)
     TICKS_PER_FRAME: int = _f(32, min=1, doc="simulated spike-camera ticks per frame")

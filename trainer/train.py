@@ -42,7 +42,7 @@ from trainer.distributed import (
 from trainer.losses import build_perceptual, charbonnier
 from trainer.metrics import psnr, ssim
 from trainer.models import build_model, set_flow_and_deform_trainable
-from trainer.optim import build_optimizer, build_scheduler
+from trainer.optim import build_optimizer, build_scheduler, optimizer_state_bytes
 from trainer.progress import Progress
 from trainer.timing import TimingLogger, set_global_timing_logger, timed
 from trainer.timing.records import make_run_id
@@ -105,6 +105,8 @@ class TrainResult:
     evals: list[dict[str, float]]
     checkpoint: str | None = None
     exit_code: int = 0
+    summary: str = ""  # the timing logger's region table (avg/min/max, shares)
+    optimizer_state_bytes: int = 0
 
 
 @dataclass
@@ -433,7 +435,7 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
             if (v_every and step % v_every == 0) or (step == total_steps and validate_at_end):
                 with timed("validation"):
                     run_validation(step)
-            if stopping or step == total_steps or (c_every and step % c_every == 0):
+            if write_checkpoints and (stopping or step == total_steps or (c_every and step % c_every == 0)):
                 with timed("checkpoint"):
                     save(step)
             scalars = {"loss": loss_v, "lr": scheduler.lr_at(step - 1)}
@@ -463,4 +465,6 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
     progress.finish()
     log.close(result.status)
     result.steps = step
+    result.summary = log.format_summary() if log.enabled else ""
+    result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
     return result
