@@ -352,3 +352,9 @@ def test_facts_and_json(tmp_path: Path) -> None:
     for a in diagnose(f):
         json.dumps(a.as_dict(), allow_nan=False)
         assert a.line().startswith(a.title)
+
+
+def test_larger_batch_keeps_the_effective_batch_with_accumulation(tmp_path: Path) -> None:
+    mem = lambda s, r: {"allocated": 6 * GiB, "peak": 16 * GiB}  # noqa: E731
+    a = rules_of(write_run(tmp_path, config=cfg(accum=6), memory=mem))["larger_batch"]
+    assert "GRADIENT_ACCUMULATION_STEPS (now 6)" in a.action

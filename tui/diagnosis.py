@@ -496,10 +496,13 @@ def rule_larger_batch(f: RunFacts, t: Thresholds) -> Advice | None:
             return None
         fit = f"; activations ~{_gb(per_sample)} per sample suggest up to batch {most}"
     sizes = "2" if most == 2 else "2 or 3"
+    accum = f.grad_accum or 1
+    keep = (f"and divide TRAIN.GRADIENT_ACCUMULATION_STEPS (now {accum}) by the same factor to keep "
+            "the effective batch" if accum > 1 else "adjust the learning rate")
     return Advice(
         "larger_batch", SUGGEST,
         f"batch 1 leaves {_pct(headroom)} of device memory unused",
-        f"try TRAIN.BATCH_SIZE={sizes} (adjust the learning rate) and measure with "
+        f"try TRAIN.BATCH_SIZE={sizes} ({keep}) and measure with "
         f"`trainer bench --sweep TRAIN.BATCH_SIZE=1,{sizes.replace(' or ', ',')}`",
         ev,
         f"peak {_gb(f.mem_peak)} of {_gb(f.mem_total)}{fit}",
