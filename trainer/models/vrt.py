@@ -133,7 +133,8 @@ class WindowAttention(nn.Module):
         b, nw, n, c = x.shape
         q, k, v = self._qkv(self.qkv_self, x)
         idx = _rel_index(win, self.window, str(x.device))
-        bias = self.relative_position_bias_table[idx].view(n, n, self.heads).permute(2, 0, 1)
+        bias = self.relative_position_bias_table[idx].view(n, n, self.heads)
+        bias = bias.permute(2, 0, 1).contiguous()  # fused SDPA kernels want a dense mask
         full = bias[None] if mask is None else bias[None] + mask[:, None]
         out = _sdpa(q, k, v, full).transpose(2, 3).reshape(b, nw, n, c)
         if not self.mutual:
