@@ -135,7 +135,8 @@ def main(argv: Sequence[str] | None = None,
         f"step, {report.warmup} warm-up + {report.steps} measured steps. Measured samples/s and 50-epoch "
         f"times assume {WORLD} GPUs that each keep the measured single-GPU speed, and {EPOCH_SAMPLES:,} "
         "samples per epoch (what the user's own figures imply). Predicted figures are the user's, never "
-        "measured.\n\n"
+        "measured (their GB are probably what nvidia-smi showed, closer to our *reserved* than to peak "
+        "*allocated*; ours are GiB).\n\n"
         + side_by_side(report) + "\nThe bench table itself:\n\n" + markdown(report)
     )
     print(text)
