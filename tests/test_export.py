@@ -154,3 +154,25 @@ def test_cli(tmp_path: Path) -> None:
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 4
     r = tui(str(tmp_path / "missing"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such run" in r.stderr
+
+
+def test_step_range(tmp_path: Path) -> None:
+    from tui.export import parse_steps
+
+    assert parse_steps("3:5") == (3, 5) and parse_steps("3:") == (3, None) and parse_steps(":4") == (None, 4)
+    assert parse_steps("7") == (7, 7)
+    with pytest.raises(ValueError):
+        parse_steps("5:3")
+    run = write_run(tmp_path, "r", steps=10, ranks=2, eval_every=5)
+    buf = io.StringIO()
+    write_chrome(run, buf, (4, 6))
+    ev = json.loads(buf.getvalue())["traceEvents"]
+    assert sorted({e["name"] for e in ev if e.get("cat") == "step"}) == ["step 4", "step 5", "step 6"]
+    assert min(e["ts"] for e in ev if e["ph"] == "X") == pytest.approx(0.0, abs=1.0)
+    assert [e["name"] for e in ev if e["ph"] == "i" and e["name"].startswith("eval")] == ["eval step 5"] * 2
+    buf = io.StringIO()
+    write_csv(run, buf, (None, 2))
+    assert [r["step"] for r in csv.DictReader(io.StringIO(buf.getvalue()))] == ["1", "1", "2", "2"]
+    r = subprocess.run([sys.executable, "-m", "tui", "export", str(run), "--steps", "x"], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert r.returncode == 2 and "--steps" in r.stderr

@@ -145,7 +145,27 @@ def _r(x: float) -> float:
     return round(x, 3)
 
 
-def write_chrome(run: str | os.PathLike[str], out: IO[str]) -> ExportStats:
+StepRange = tuple[int | None, int | None]  # first, last step (inclusive); None: open
+
+
+def in_range(step: int, steps: StepRange | None) -> bool:
+    if steps is None:
+        return True
+    lo, hi = steps
+    return (lo is None or step >= lo) and (hi is None or step <= hi)
+
+
+def parse_steps(text: str) -> StepRange:
+    """``"100:200"``, ``"100:"``, ``":50"`` or ``"7"`` -> (first, last); ValueError if bad."""
+    lo, sep, hi = text.partition(":")
+    first = int(lo) if lo.strip() else None
+    last = (int(hi) if hi.strip() else None) if sep else first
+    if first is not None and last is not None and last < first:
+        raise ValueError(f"empty step range {text!r}")
+    return first, last
+
+
+def write_chrome(run: str | os.PathLike[str], out: IO[str], steps: StepRange | None = None) -> ExportStats:
     """Write the Chrome trace JSON of ``run`` to ``out`` (streamed, one event per line)."""
     files = rank_files(run)
     stats = ExportStats(ranks=len(files))
@@ -153,7 +173,7 @@ def write_chrome(run: str | os.PathLike[str], out: IO[str]) -> ExportStats:
     t0 = None
     for _, p in files:
         for rec in records(p, stats):
-            if isinstance(rec, Step):
+            if isinstance(rec, Step) and in_range(rec.step, steps):
                 s = rec.time - rec.wall_ms / 1000.0
                 t0 = s if t0 is None else min(t0, s)
                 break
@@ -189,6 +209,8 @@ def write_chrome(run: str | os.PathLike[str], out: IO[str]) -> ExportStats:
                     emit({"ph": "M", "name": "thread_name", "pid": rank, "tid": 0, "args": {"name": "training steps"}})
                     named = True
             elif isinstance(rec, Step):
+                if not in_range(rec.step, steps):
+                    continue
                 stats.steps += 1
                 # steps of a process follow each other (wall_ms is the time between step()
                 # calls); time.time() and the step clock may disagree by a few µs, so a step
@@ -213,6 +235,8 @@ def write_chrome(run: str | os.PathLike[str], out: IO[str]) -> ExportStats:
                     emit({"ph": "C", "name": "memory (MiB)", "pid": rank, "tid": 0, "ts": _r(end),
                           "args": {k: round(v / MiB, 2) for k, v in rec.memory.items()}})
             elif isinstance(rec, Eval):
+                if not in_range(rec.step, steps):
+                    continue
                 emit({"ph": "i", "s": "p", "name": f"eval step {rec.step}", "pid": rank, "tid": 0,
                       "ts": _r((rec.time - t0) * 1e6), "args": dict(rec.metrics)})
             elif isinstance(rec, RunEnd):
@@ -230,13 +254,13 @@ def write_chrome(run: str | os.PathLike[str], out: IO[str]) -> ExportStats:
 # --------------------------------------------------------------------------- csv
 
 
-def _steps(rank: int, p: Path, stats: ExportStats) -> Iterator[tuple[int, int, Step]]:
+def _steps(rank: int, p: Path, stats: ExportStats, steps: StepRange | None = None) -> Iterator[tuple[int, int, Step]]:
     for rec in records(p, stats):
-        if isinstance(rec, Step):
+        if isinstance(rec, Step) and in_range(rec.step, steps):
             yield rec.step, rank, rec
 
 
-def write_csv(run: str | os.PathLike[str], out: IO[str]) -> ExportStats:
+def write_csv(run: str | os.PathLike[str], out: IO[str], steps: StepRange | None = None) -> ExportStats:
     """Write one CSV row per step and rank (two streaming passes: column names, then rows)."""
     files = rank_files(run)
     stats = ExportStats(ranks=len(files))
@@ -244,7 +268,7 @@ def write_csv(run: str | os.PathLike[str], out: IO[str]) -> ExportStats:
     mem: dict[str, None] = {}
     scalars: dict[str, None] = {}
     for rank, p in files:
-        for _, _, s in _steps(rank, p, stats):
+        for _, _, s in _steps(rank, p, stats, steps):
             for k in s.regions:
                 regions.setdefault(k, None)
             for k in s.memory or ():
@@ -257,7 +281,7 @@ def write_csv(run: str | os.PathLike[str], out: IO[str]) -> ExportStats:
               *(f"mem_{k}" for k in mem), *scalars]
     w = csv.writer(out, lineterminator="\n")
     w.writerow(header)
-    merged = heapq.merge(*(_steps(r, p, stats) for r, p in files), key=lambda t: (t[0], t[1]))
+    merged = heapq.merge(*(_steps(r, p, stats, steps) for r, p in files), key=lambda t: (t[0], t[1]))
     for step, rank, s in merged:
         stats.steps += 1
         row: list[Any] = [step, rank, s.epoch, f"{s.time:.3f}", f"{s.wall_ms:.4f}", s.samples]

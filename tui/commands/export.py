@@ -15,13 +15,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("chrome", "csv"), default="chrome",
                         help="chrome: trace JSON for ui.perfetto.dev / chrome://tracing, one process "
                         "per rank, regions as nested spans (default); csv: one row per step and rank")
+    parser.add_argument("--steps", metavar="FIRST:LAST", default=None,
+                        help="only these steps (inclusive; '100:200', '100:', ':50'); a long run's full "
+                        "trace can be too big for the trace viewer")
     parser.add_argument("-o", "--output", metavar="FILE", default=None,
                         help="output file (default: <run>/trace.json or <run>/steps.csv; '-' for stdout)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tui.export import rank_files, write_chrome, write_csv
+    from tui.export import parse_steps, rank_files, write_chrome, write_csv
 
+    steps = None
+    if args.steps:
+        try:
+            steps = parse_steps(args.steps)
+        except ValueError:
+            raise UsageError(f"--steps: expected FIRST:LAST (e.g. 100:200), got {args.steps!r}") from None
     rank_files(args.run)  # one-line error for a missing or empty run before creating a file
     run_path = Path(args.run)
     if args.output is None:
@@ -32,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     write = write_chrome if args.format == "chrome" else write_csv
     if out_path is None:
         try:
-            stats = write(args.run, sys.stdout)
+            stats = write(args.run, sys.stdout, steps)
             sys.stdout.flush()
         except BrokenPipeError:  # `| head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -41,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         tmp = f"{out_path}.tmp{os.getpid()}"
         try:
             with open(tmp, "w", encoding="utf-8", newline="") as f:
-                stats = write(args.run, f)
+                stats = write(args.run, f, steps)
             os.replace(tmp, out_path)
         except OSError as e:
             raise UsageError(f"cannot write {out_path}: {e.strerror}") from None
