@@ -22,7 +22,8 @@ def _free_port() -> int:
 def test_torchrun_two_gloo_ranks(tmp_path):
     logs = tmp_path / "logs"
     sets = [a for item in [*MICRO, "TRAIN.MAX_STEPS=3", "DATA.SYNTHETIC.TRAIN_CLIPS=8",
-                           "TRAIN.VAL.EVERY=2", "DATA.SYNTHETIC.VAL_CLIPS=3"]
+                           "TRAIN.VAL.EVERY=2", "DATA.SYNTHETIC.VAL_CLIPS=3",
+                           "TRAIN.FREEZE_FLOW_STEPS=2"]
             for a in ("--set", item)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
@@ -46,6 +47,9 @@ def test_torchrun_two_gloo_ranks(tmp_path):
             assert s["scalars"]["comm_ms"] >= 0
             top = sum(v[0] for k, v in regs.items() if "/" not in k)
             assert top <= s["wall_ms"] * 1.001
+        # flow net frozen for 2 steps, then trained: DDP re-wrapped over all parameters
+        assert "backward/vrt/flow" not in steps[0]["regions"]
+        assert "backward/vrt/flow" in steps[2]["regions"]
         assert recs[-1]["kind"] == "run_end" and recs[-1]["status"] == "completed"
     # the loss scalar is the mean over ranks: identical in both files
     losses = [[s["scalars"]["loss"] for s in per_rank[k] if s["kind"] == "step"] for k in (0, 1)]
