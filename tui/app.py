@@ -8,10 +8,12 @@ which only render. Key bindings come from :mod:`tui.keys`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from rich.text import Text
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -64,8 +66,16 @@ class MonitorApp(App[int]):
         for k in KEYS
     ]
 
-    def __init__(self, source: Source, *, red: float = 0.40, yellow: float = 0.10) -> None:
+    def __init__(
+        self,
+        source: Source,
+        *,
+        red: float = 0.40,
+        yellow: float = 0.10,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
+        self.clock = clock  # ages "last write" between snapshots (tests freeze it)
         self.source = source
         self.mode = source.mode
         self.red = red
@@ -113,6 +123,13 @@ class MonitorApp(App[int]):
         tree.focus()
         self.source.busy = lambda: self._slot_pending  # type: ignore[method-assign]
         self.source.start(self._post)
+        self.set_interval(1.0, self._age_header)
+
+    def _age_header(self) -> None:
+        """Once a second: only the header of a live run changes as time passes."""
+        run = self.world.selected if self.world else None
+        if run is not None and run.state in ("running", "stale") and not run.replay:
+            self._render_header()
 
     def on_unmount(self) -> None:
         self.source.stop()
@@ -162,8 +179,9 @@ class MonitorApp(App[int]):
         run = w.selected if w else None
         behind = self.latest.selected.step if self.latest and self.latest.selected else None
         root = w.root if w else getattr(self.source, "root", "")
+        age = max(0.0, self.clock() - w.made_at) if w is not None and w.made_at else 0.0
         self.query_one(HeaderBar).update(
-            header_text(run, window=self.window, paused=self.paused, behind_step=behind, root=str(root)),
+            header_text(run, window=self.window, paused=self.paused, behind_step=behind, root=str(root), age=age),
             layout=False,  # fixed height
         )
 
@@ -177,7 +195,7 @@ class MonitorApp(App[int]):
         tree.window = self.window
         tree.show(run, force=force_tree)
         self.query_one(TreeHeader).show(tree.cols, self.window, run.window_size if run else 0)
-        self.query_one("#tree-box").border_title = (
+        self.query_one("#tree-box").border_title = Text(  # Text: the filter is never markup
             f"stage tree · {'window of ' + str(run.window_size) + ' steps' if self.window and run else 'whole run'}"
             f" · sorted by {'time' if tree.sort_by_time else 'name'}"
             + (f" · filter: {tree.filter}" if tree.filter else "")

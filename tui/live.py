@@ -15,7 +15,7 @@ from typing import Any
 
 from tui.aggregate import DEFAULT_WINDOW
 from tui.reader import RootReader
-from tui.snapshot import RUNNING, STALE, WorldSnapshot
+from tui.snapshot import WorldSnapshot
 
 Post = Callable[[WorldSnapshot], None]
 
@@ -35,7 +35,6 @@ class LiveSource:
         stale_after: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         min_gap: float = 0.05,
-        refresh_s: float = 2.0,
     ) -> None:
         self.root = os.fspath(root)
         self.reader = RootReader(root, window=window, stale_after=stale_after, clock=clock)
@@ -43,7 +42,6 @@ class LiveSource:
         self.interval = interval if interval is not None else (0.25 if poll else 1.0)
         self.clock = clock
         self.min_gap = min_gap
-        self.refresh_s = refresh_s
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -128,7 +126,6 @@ class LiveSource:
 
     def _loop(self, post: Post) -> None:
         last_post = 0.0
-        last_build = 0.0
         pending = False
         first = True
         while not self._stop.is_set():
@@ -141,13 +138,11 @@ class LiveSource:
                 first = False
                 pending |= changed
                 now = time.monotonic()
-                run = self.reader.selected_run()
-                live = run is not None and run.state() in (RUNNING, STALE)
-                if not pending and live and now - last_build >= self.refresh_s:
-                    pending = True  # idle time and stale state move on without new data
+                # no rebuild for time passing: the state changing (running -> stale) is a
+                # change tick() reports, and the screen ages "last write" on its own
                 if pending and now - last_post >= self.min_gap and not self.busy():
                     post(self.build())
-                    last_post = last_build = now
+                    last_post = now
                     pending = False
             except Exception as e:  # keep reading; the screen shows the last good snapshot
                 self.last_error = f"{type(e).__name__}: {e}"

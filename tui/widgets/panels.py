@@ -28,7 +28,9 @@ from tui.fmt import (
 from tui.snapshot import UNACCOUNTED, RunItem, RunSnapshot, WorldSnapshot
 
 
-def header_text(run: RunSnapshot | None, *, window: bool, paused: bool, behind_step: int | None, root: str) -> Text:
+def header_text(
+    run: RunSnapshot | None, *, window: bool, paused: bool, behind_step: int | None, root: str, age: float = 0.0
+) -> Text:
     """The header lines (cut, never wrapped: a fixed height keeps the layout still)."""
     t = Text(no_wrap=True, overflow="ellipsis")
     if run is None:
@@ -81,7 +83,7 @@ def header_text(run: RunSnapshot | None, *, window: bool, paused: bool, behind_s
     if run.replay:
         t.append(f" · {run.replay}", style="bold cyan")
     elif run.state in ("running", "stale"):
-        t.append(f" · last write {fmt_duration(run.idle_s)} ago", style="dim")
+        t.append(f" · last write {fmt_duration(run.idle_s + age)} ago", style="dim")
     if run.error:
         t.append("\n")
         err = literal(run.error[:300])
@@ -161,7 +163,7 @@ class RankView(Static):
 
     def show(self, run: RunSnapshot | None, region: str | None, window: bool, red: float, yellow: float) -> None:
         title, text = rank_text(run, region, window, red, yellow)
-        self.border_title = title
+        self.border_title = Text(title)  # Text: a region name is never markup
         self.update(text, layout=False)  # fixed size: no relayout
 
 

@@ -212,6 +212,4 @@ class TreeHeader(Static):
     """Column titles above the tree."""
 
     def show(self, cols: Columns, window: bool, window_size: int) -> None:
-        t = cols.header()
-        self.update(t, layout=False)
-        self.border_title = f"stage tree · {'window of ' + str(window_size) + ' steps' if window else 'whole run'}"
+        self.update(cols.header(), layout=False)
