@@ -102,15 +102,27 @@ def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         ([], "TRAIN: [1, 2\n", "invalid YAML"),
         (["--set", "TRAIN.OPTIM.LR=-1"], "{}\n", "TRAIN.OPTIM.LR: must be >= 0.0"),
         (["--set", "TRAIN.NOPE=1"], "{}\n", "TRAIN.NOPE: unknown key"),
+        (["--set", "DATA.TYPE=gopro_spike", "--set", "DATA.ROOT=/no/such/dir"], "{}\n",
+         "DATA.ROOT: folder not found"),
     ],
 )
-def test_cli_config_errors_exit_2_with_one_line(tmp_path, extra, content, expect):
+def test_cli_config_errors_exit_2_with_one_line(tmp_path, capsys, extra, content, expect):
+    from trainer.cli import main
+
     cfg = tmp_path / "c.yaml"
     if content is not None:
         cfg.write_text(content)
-    r = _cli("train", "--cfg", str(cfg), *extra)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
+    assert main(["train", "--cfg", str(cfg), *extra]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
     assert expect in lines[0]
     assert "c.yaml" in lines[0]
+
+
+def test_process_exit_status_is_2(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("TRIAN: {}\n")
+    r = _cli("train", "--cfg", str(cfg))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == f"trainer train: error: {cfg}: TRIAN: unknown section; did you mean TRAIN?"

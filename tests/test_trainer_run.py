@@ -117,3 +117,18 @@ def test_gradient_accumulation_and_8bit_adamw(tmp_path):
     # frozen flow in step 1: no backward region for it; trained in step 2
     assert "backward/vrt/flow" not in steps[0]["regions"]
     assert "backward/vrt/flow" in steps[1]["regions"]
+
+
+def test_training_on_a_gopro_spike_folder(tmp_path):
+    """``trainer synth`` output trains through the real folder loader."""
+    from trainer.commands.synth import write_dataset
+    from trainer.data import synth_params
+
+    base = load_config(TINY, MICRO)
+    root = tmp_path / "ds"
+    write_dataset(str(root), synth_params(base.DATA), sequences=2, val_sequences=1, frames=4)
+    cfg = load_config(TINY, [*MICRO, "DATA.TYPE=gopro_spike", f"DATA.ROOT={root}",
+                             "TRAIN.MAX_STEPS=2"])
+    r = train(cfg, log_dir=str(tmp_path / "logs"))
+    assert r.status == "completed" and r.steps == 2
+    assert r.evals and r.evals[-1]["psnr_blurry"] > 0
