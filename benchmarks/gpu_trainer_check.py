@@ -51,8 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir", type=Path, nargs="?", help="folder for the JSON and markdown")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny model: checks the script")
-    ap.add_argument("--steps", type=int, default=None, help="steps per config (default 14; 3 dry)")
-    ap.add_argument("--warmup", type=int, default=None, help="steps left out (default 4; 1 dry)")
+    ap.add_argument("--steps", type=int, default=None, help="steps per config (default 20; 3 dry)")
+    ap.add_argument("--warmup", type=int, default=None, help="steps left out (default 5; 1 dry)")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--no-perceptual", action="store_true",
                     help="leave out the user's VGG perceptual loss (by default it runs with "
@@ -99,6 +99,7 @@ def measure(name: str, overrides: list[str], steps: int, warmup: int, log_dir: P
         "batch": cfg.TRAIN.BATCH_SIZE, "optimizer": cfg.TRAIN.OPTIM.TYPE, "amp": cfg.TRAIN.AMP,
         "checkpointing": cfg.MODEL.VRT.USE_CHECKPOINT_ATTN or cfg.MODEL.VRT.USE_CHECKPOINT_FFN,
         "clip": [cfg.DATA.CLIP_LEN, cfg.DATA.CROP_SIZE, cfg.DATA.CROP_SIZE],
+        "spike_bins": cfg.MODEL.SPIKE.BINS if cfg.MODEL.USE_SPIKE else 0,
         "perceptual": cfg.LOSS.VGG_PERCEPTUAL.WEIGHT > 0, "status": "ok",
     }
     if torch.cuda.is_available():
@@ -134,9 +135,9 @@ def measure(name: str, overrides: list[str], steps: int, warmup: int, log_dir: P
             vals = [x["regions"].get(top, [0.0])[0] for x in kept]
             shares[top] = statistics.median(vals) / res["step_ms_median"]
         res["shares"] = shares
+        # the timing core resets the peak counter every step: take the largest step peak
         peaks = [x.get("memory", {}).get("peak", 0) for x in recs]
-        if any(peaks):
-            res["peak_memory_bytes_records"] = max(peaks)
+        res["peak_memory_bytes"] = max([res.get("peak_memory_bytes", 0), *peaks])
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -149,7 +150,8 @@ def markdown(report: dict[str, Any]) -> str:
         "## Trainer on one GPU: the user's baseline and fast configs, measured",
         "",
         f"{report['device']}, torch {report['torch']}, {report['date']}. Full VRT + spike model, "
-        "synthetic clips (5 × 256 × 256, 32 spike bins), the real training loop "
+        f"synthetic clips ({' × '.join(map(str, report['results'][0]['clip']))}, "
+        f"{report['results'][0]['spike_bins']} spike bins), the real training loop "
         "(`benchmarks/gpu_trainer_check.py`), gradient accumulation 1 (a step is one batch), "
         f"median of the steps after {report['warmup']} warm-up steps."
         + (" The user's VGG perceptual loss runs with random weights (same cost)." if any(
@@ -198,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run and not torch.cuda.is_available():
         print("no CUDA device: use --dry-run to check the script on CPU", file=sys.stderr)
         return 2
-    steps = args.steps or (3 if args.dry_run else 14)
-    warmup = args.warmup if args.warmup is not None else (1 if args.dry_run else 4)
+    steps = args.steps or (3 if args.dry_run else 20)
+    warmup = args.warmup if args.warmup is not None else (1 if args.dry_run else 5)
     overrides = list(args.overrides)
     if not args.no_perceptual and not args.dry_run:
         overrides += ["LOSS.VGG_PERCEPTUAL.WEIGHT=0.1", "LOSS.VGG_PERCEPTUAL.ALLOW_RANDOM_WEIGHTS=true"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from trainer.train import train
 
     result = train(cfg, log_dir=args.log_dir)
-    if result.exit_code == 0 and result.evals:
+    if result.exit_code == 0 and result.evals and os.environ.get("RANK", "0") == "0":
         last = result.evals[-1]
         print(f"done: {result.steps} steps, PSNR {last['psnr']:.2f} dB "
               f"(blurry input {last['psnr_blurry']:.2f}); logs in {result.run_dir}")
