@@ -37,7 +37,7 @@ from tui.widgets.panels import (
 from tui.widgets.tree import Columns, StageTree, TreeHeader
 
 WIDE = 140  # columns from which the tree shows min/max/p95 and the run list is wide
-NARROW = 100  # below this the run list is hidden (n / N still switch runs)
+NARROW = 110  # below this the run list is hidden (n / N still switch runs)
 
 
 class Source(Protocol):
@@ -155,7 +155,7 @@ class MonitorApp(App[int]):
             runs.set_class(width < NARROW, "hidden")
         tree = self.query_one(StageTree)
         side = 0 if runs.has_class("hidden") else (24 if compact else 34)
-        name_w = max(16, min(60, width - side - (62 if compact else 82)))
+        name_w = max(10, min(60, width - side - (62 if compact else 80)))
         if compact != self.compact or name_w != tree.cols.name_w:
             self.compact = compact
             tree.cols = Columns(name_w, compact)

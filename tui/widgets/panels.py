@@ -80,15 +80,22 @@ def header_text(
             t.append(f" @{run.eval_step}")
     if run.straggler is not None:
         t.append(f" · straggler rank {run.straggler} (+{fmt_ms(run.straggler_excess)})", style="bold red")
-    if run.replay:
-        t.append(f" · {run.replay}", style="bold cyan")
-    elif run.state in ("running", "stale"):
+    if run.state in ("running", "stale") and not run.replay:
         t.append(f" · last write {fmt_duration(run.idle_s + age)} ago", style="dim")
+    t.append("\n")
+    if run.replay:
+        t.append(run.replay, style="bold cyan")
+        t.append(" · space play/pause · ←/→ step · home/end · +/- speed · ", style="dim")
     if run.error:
-        t.append("\n")
         err = literal(run.error[:300])
         err.stylize("bold red")
         t.append_text(err)
+    else:
+        where = " · ".join(x for x in (run.host, run.device, run.gpu_name or "") if x)
+        if where:
+            t.append_text(literal(where))
+            t.append(" · ")
+        t.append(f"w: whole run ⇄ last {run.window_size} steps · ? help", style="dim")
     return t
 
 
@@ -105,27 +112,31 @@ class RunList(OptionList):
         self._shown: object = None
 
     @staticmethod
-    def prompt(item: RunItem) -> Text:
-        t = Text()
+    def prompt(item: RunItem, width: int = 40) -> Text:
+        """Two lines, each cut to ``width`` cells (a long run id keeps its end: the name)."""
+        rid = literal(item.run_id).plain
+        if len(rid) > width - 2:
+            rid = "…" + rid[len(rid) - (width - 3) :]
+        t = Text(no_wrap=True, overflow="ellipsis")
         t.append(f"{STATE_ICON.get(item.state, '?')} ", style=STATE_STYLE.get(item.state, ""))
-        t.append_text(literal(item.run_id))
-        t.append(f"\n  {item.state} · step {item.step}", style="dim")
-        if item.total_steps:
-            t.append(f"/{item.total_steps}", style="dim")
+        t.append(rid)
+        second = f"  {item.state} {item.step}" + (f"/{item.total_steps}" if item.total_steps else "")
+        t.append("\n" + second[:width], style="dim")
         return t
 
     def show(self, runs: tuple[RunItem, ...], selected: str | None) -> None:
-        if (runs, selected) == self._shown:
+        width = max(8, self.size.width - 4) if self.size.width else 30
+        if (runs, selected, width) == self._shown:
             return
-        self._shown = (runs, selected)
+        self._shown = (runs, selected, width)
         ids = [r.run_id for r in runs]
         if ids != self.ids:
             self.clear_options()
-            self.add_options([Option(self.prompt(r), id=f"run-{i}") for i, r in enumerate(runs)])
+            self.add_options([Option(self.prompt(r, width), id=f"run-{i}") for i, r in enumerate(runs)])
             self.ids = ids
         else:
             for i, r in enumerate(runs):
-                self.replace_option_prompt_at_index(i, self.prompt(r))
+                self.replace_option_prompt_at_index(i, self.prompt(r, width))
         if selected in ids and self.highlighted != ids.index(selected):
             self.highlighted = ids.index(selected)
 
@@ -142,7 +153,7 @@ def rank_text(run: RunSnapshot | None, region: str | None, window: bool, red: fl
         title = "ranks · unaccounted" if row.name == UNACCOUNTED else f"ranks · {row.name}"
         per = list(row.ranks)
     t = Text(no_wrap=True, overflow="ellipsis")
-    t.append(f"{'rank':>4} {'last':>8} {'avg':>8} {'p95':>8} {'max':>8} {'share':>6} {'vs mean':>8} {'slowest':>8}\n", style="bold")
+    t.append(f"{'rank':>4} {'last':>7} {'avg':>7} {'p95':>7} {'max':>7} {'share':>6} {'Δ mean':>7} {'slow':>5}\n", style="bold")
     chosen = [(r, win if window else whole) for r, whole, win in per]
     avgs = [s.avg for _, s in chosen if ok(s.avg)]
     mean = sum(avgs) / len(avgs) if avgs else math.nan
@@ -151,10 +162,10 @@ def rank_text(run: RunSnapshot | None, region: str | None, window: bool, red: fl
         cls = class_of(s, red, yellow) if row is not None and row.name != UNACCOUNTED else "none"
         diff = (s.avg - mean) / mean if ok(s.avg) and ok(mean) and mean > 0 else math.nan
         t.append(f"{rank:>4}", style="bold red" if rank == run.straggler else "")
-        t.append(f" {fmt_ms(s.last):>8} {fmt_ms(s.avg):>8} {fmt_ms(s.p95):>8} {fmt_ms(s.max):>8}")
+        t.append(f" {fmt_ms(s.last):>7} {fmt_ms(s.avg):>7} {fmt_ms(s.p95):>7} {fmt_ms(s.max):>7}")
         t.append(f" {fmt_pct(s.share) if row is not None else '':>6}", style=CLASS_STYLE[cls])
-        t.append(f" {f'{diff:+.1%}' if ok(diff) else '—':>8}", style="red" if ok(diff) and diff > 0.05 else "")
-        t.append(f" {slow.get(rank, 0) if len(per) > 1 else '—':>8}\n")
+        t.append(f" {f'{diff:+.1%}' if ok(diff) else '—':>7}", style="red" if ok(diff) and diff > 0.05 else "")
+        t.append(f" {slow.get(rank, 0) if len(per) > 1 else '—':>5}\n")
     return title, t
 
 
