@@ -84,8 +84,10 @@ def markdown(results: list[dict[str, Any]], cfg_path: str, overrides: list[str])
         lines.append(f"| {a['step']} | {a['psnr']:.2f} | {b['psnr']:.2f} |")
     diff = on["psnr"] - off["psnr"]
     lines += ["", f"With the spike branch the final validation PSNR is {diff:+.2f} dB against "
-              "plain VRT at the same number of steps (one seed: differences under ~0.3 dB are "
-              "within run-to-run noise at this size)."]
+              "plain VRT at the same number of steps. One seed each: the run-to-run spread was "
+              "not measured, so a difference of a few tenths of a dB is not evidence either "
+              "way. Time is CPU wall time of the whole run (validation included) on a shared "
+              "machine."]
     return "\n".join(lines)
 
 
