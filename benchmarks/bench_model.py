@@ -32,40 +32,50 @@ ROWS = ["spike_encoder", "spike_tsa", "vrt/flow", "vrt/prealign", "vrt/stage1", 
         "vrt/stage5", "vrt/stage6", "vrt/stage7", "vrt/stage8", "vrt/head"]
 
 
-def measure(cfg_path: Path, ckpt: bool, size: tuple[int, int, int, int], steps: int,
-            warmup: int) -> dict[str, object]:
-    """Per-region mean ms over ``steps`` measured training steps."""
-    cfg = load_model_config(cfg_path)
-    cfg.VRT.USE_CHECKPOINT_ATTN = cfg.VRT.USE_CHECKPOINT_FFN = ckpt
-    torch.manual_seed(0)
-    model = build_model(cfg)
+def _logger() -> TimingLogger:
+    return TimingLogger(enable_console=False, enable_file=False, enable_jsonl=False)
+
+
+def measure(cfg_path: Path, size: tuple[int, int, int, int], steps: int,
+            warmup: int) -> dict[bool, dict[str, object]]:
+    """Per-region mean ms over ``steps`` training steps, checkpointing off and on.
+
+    The two settings alternate step by step, so that other load on the machine affects
+    both alike; each has its own model and logger.
+    """
+    models, loggers, walls = {}, {}, {False: [], True: []}
+    for ckpt in (False, True):
+        cfg = load_model_config(cfg_path)
+        cfg.VRT.USE_CHECKPOINT_ATTN = cfg.VRT.USE_CHECKPOINT_FFN = ckpt
+        torch.manual_seed(0)
+        models[ckpt] = build_model(cfg)
     rgb, spikes = example_inputs(cfg, *size)
     target = rgb.clone()
-    log = TimingLogger(enable_console=False, enable_file=False, enable_jsonl=False)
-    set_global_timing_logger(log)
-    walls: list[float] = []
     try:
         for i in range(warmup + steps):
-            if i == warmup:
-                log.close()
-                log = TimingLogger(enable_console=False, enable_file=False, enable_jsonl=False)
+            for ckpt, model in models.items():
+                if i in (0, warmup):  # fresh loggers after warm-up: stats of measured steps
+                    if ckpt in loggers:
+                        loggers[ckpt].close()
+                    loggers[ckpt] = _logger()
+                log = loggers[ckpt]
                 set_global_timing_logger(log)
-                log.mark_step_start()
-            t0 = time.perf_counter()
-            with timed("forward"):
-                out = model(rgb, spikes)
-                loss = torch.sqrt((out - target) ** 2 + 1e-6).mean()
-            with timed("backward"):
-                loss.backward()
-            model.zero_grad(set_to_none=True)
-            log.step(samples=size[0])
-            if i >= warmup:
-                walls.append((time.perf_counter() - t0) * 1000.0)
-        summary = log.get_summary()
+                t0 = time.perf_counter()
+                with timed("forward"):
+                    out = model(rgb, spikes)
+                    loss = torch.sqrt((out - target) ** 2 + 1e-6).mean()
+                with timed("backward"):
+                    loss.backward()
+                model.zero_grad(set_to_none=True)
+                log.step(samples=size[0])
+                if i >= warmup:
+                    walls[ckpt].append((time.perf_counter() - t0) * 1000.0)
+        return {ckpt: {"summary": loggers[ckpt].get_summary(), "wall": walls[ckpt]}
+                for ckpt in models}
     finally:
-        log.close()
+        for log in loggers.values():
+            log.close()
         set_global_timing_logger(None)
-    return {"summary": summary, "wall": walls}
 
 
 def fmt(v: float | None) -> str:
@@ -117,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     size = tuple(args.size)
     load0 = os.getloadavg()[0]
-    results = {ckpt: measure(args.cfg, ckpt, size, args.steps, args.warmup)
-               for ckpt in (False, True)}
+    results = measure(args.cfg, size, args.steps, args.warmup)
     load1 = os.getloadavg()[0]
     try:
         cfg_name = args.cfg.resolve().relative_to(Path(__file__).resolve().parent.parent)
@@ -131,13 +140,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()} torch threads. Config `{cfg_name}`, input "
         f"B×T×H×W = {'×'.join(map(str, size))}, fp32, one training step = forward + "
         f"Charbonnier loss + backward (no optimizer). Mean of {args.steps} steps after "
-        f"{args.warmup} warm-up steps, timed by the timing core (regions nest: `vrt` stages "
+        f"{args.warmup} warm-up steps (the two settings alternate step by step), timed by the timing core (regions nest: `vrt` stages "
         f"exclude the spike branch; backward per region from autograd hooks; with "
         f"checkpointing the re-run forward is part of backward and shown as recompute). "
+        f"Step total: wall clock of forward + loss + backward. "
         f"Load average {load0:.1f} → {load1:.1f} during the run (other jobs on the machine "
-        f"inflate absolute times).",
+        f"inflate absolute times)."
+        + (" One torch thread: on this shared machine two threads slowed down badly while "
+           "other jobs ran (OpenMP spin-waiting)." if args.threads == 1 else ""),
         "",
         table(results),
+        "",
+        "GPU figures for the full model (bf16, clip 5×256×256, batch 1 and 3, checkpointing "
+        "on/off, FLOPs and fraction of peak) come from `benchmarks/gpu_model_check.py "
+        "OUT_DIR`, which writes its own JSON and markdown; this machine has no GPU.",
     ])
     print(text)
     if not args.no_write:

@@ -48,6 +48,14 @@ def test_json_with_data_section(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert info["params"]["spike_branch"] + info["params"]["vrt"] == info["params"]["total"]
 
 
+def test_whole_frame_crop_shows_default_shape(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "whole.yaml"
+    path.write_text("MODEL: {}\nDATA:\n  CROP_SIZE: 0\n  CLIP_LEN: 3\n")
+    rc, out, _ = run(capsys, "--cfg", str(path), "--json")
+    assert rc == 0 and json.loads(out)["inputs"]["rgb"] == [1, 3, 3, 256, 256]
+
+
 def test_plain_vrt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "plain.yaml"
     path.write_text("MODEL:\n  USE_SPIKE: false\n  VRT:\n    USE_CHECKPOINT_ATTN: false\n"

@@ -36,6 +36,8 @@ def _data_shape(data: dict[str, Any], file: str) -> tuple[int, int, int, int]:
     if not isinstance(t, int) or isinstance(t, bool) or t < 2:
         raise ConfigError("DATA.CLIP_LEN", f"expected an integer >= 2, got {t!r}", file)
     crop = dsec.get("CROP_SIZE", DEFAULT_CROP)
+    if crop == 0:  # whole frames: their size is the data's; show the default crop
+        crop = DEFAULT_CROP
     hw = crop if isinstance(crop, list) else [crop, crop]
     if (len(hw) != 2 or any(not isinstance(x, int) or isinstance(x, bool) or x < 8 or x % 8
                             for x in hw)):
