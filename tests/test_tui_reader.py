@@ -237,3 +237,52 @@ def test_malformed_corpus_never_crashes_and_is_counted(tmp_path_factory, corpus)
     assert (agg.steps if agg else 0) == good
     snap = src.snapshot()  # builds without error
     assert snap.malformed == bad
+
+
+# --------------------------------------------------------------------------- fast path = full checks
+
+_value = st.one_of(
+    st.floats(min_value=0, max_value=1e13, allow_nan=False),
+    st.integers(min_value=-5, max_value=10**13),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+    st.lists(st.integers(0, 3), max_size=3),
+)
+_region_value = st.one_of(
+    st.tuples(st.floats(0, 1e6, allow_nan=False), st.integers(0, 100)).map(list),
+    st.lists(_value, min_size=0, max_size=3),
+    _value,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=8), _region_value, max_size=6),
+    st.one_of(st.floats(0, 1e6, allow_nan=False), _value),
+    st.booleans(),
+)
+def test_fast_path_agrees_with_full_checks(regions, wall, compact) -> None:  # type: ignore[no-untyped-def]
+    from trainer.timing.records import RecordError
+    from tui.parse import parse_fast, step_row
+
+    d = {"v": "1.0", "kind": "step", "step": 3, "epoch": 0, "time": 1.5, "wall_ms": wall,
+         "samples": 1, "regions": regions, "memory": {"peak": 5}, "scalars": {"loss": 0.5}}
+    line = json.dumps(d, separators=(",", ":") if compact else (", ", ": ")).encode()
+    try:
+        slow = step_row(json.loads(line))
+    except RecordError:
+        slow = None
+    fast = parse_fast(line)
+    if fast is not None:  # the fast path only ever accepts what the full checks accept
+        assert slow is not None
+        assert fast == slow
+
+
+def test_fast_path_takes_the_timing_cores_lines() -> None:
+    from tui.parse import parse_fast, step_row
+
+    for rec in step_records(20, n_regions=40):
+        line = encode(rec).rstrip("\n").encode()
+        row = parse_fast(line)
+        assert row is not None and row == step_row(json.loads(line))
