@@ -104,3 +104,26 @@ def test_partition_round_trip() -> None:
     w = _partition(x, (2, 4, 4))
     assert w.shape == (2, 2 * 2 * 3, 32, 3)
     assert torch.equal(_unpartition(w, (2, 4, 4), (4, 8, 12)), x)
+
+
+@pytest.mark.parametrize("b", [1, 2])
+@pytest.mark.parametrize("quadrant", [False, True])
+def test_split_shift_mask_equals_dense_mask(b: int, quadrant: bool) -> None:
+    """Interior windows (bias only) + boundary windows (bias + mask) == one dense mask."""
+    from trainer.models.vrt import _masked_sdpa, _shift_split
+
+    torch.manual_seed(0)
+    size, win, shift = (4, 8, 12), (2, 4, 4), (1, 2, 2)
+    dense = _shift_mask(size, win, shift, "cpu")  # [nW, N, N]
+    sm = _shift_split(size, win, shift, "cpu")
+    assert 0 < sm.boundary.numel() < dense.shape[0]
+    nw, n, heads, hd = dense.shape[0], dense.shape[1], 2, 4
+    half = slice(0, n // 2) if quadrant else None
+    nq = n // 2 if quadrant else n
+    q, k, v = (torch.randn(b, nw, heads, nq, hd) for _ in range(3))
+    bias = None if quadrant else torch.randn(heads, n, n)
+    got = _masked_sdpa(q, k, v, bias, sm, half)
+    m = dense[:, None] if half is None else dense[:, None, half, half]
+    full = m if bias is None else bias[None] + m
+    ref = _softmax_attn(q, k, v, full[None])
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,7 +53,7 @@ def _rel_index(win: Window, table_win: Window, device: str) -> Tensor:
     return idx.flatten().to(device)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _shift_mask(size: Window, win: Window, shift: Window, device: str) -> Tensor:
     """[nW, N, N] additive mask keeping attention inside each region of a rolled window."""
     labels = torch.zeros(size)
@@ -67,6 +68,46 @@ def _shift_mask(size: Window, win: Window, shift: Window, device: str) -> Tensor
     lab = _partition(labels[None, ..., None], win).squeeze(-1)[0]  # [nW, N]
     mask = (lab[:, None, :] != lab[:, :, None]).float() * _MASKED
     return mask.to(device)
+
+
+@dataclass(frozen=True)
+class ShiftMask:
+    """The shift mask of the windows that need one: only windows where the roll wrapped
+    tokens around hold more than one region. The others attend with the position bias
+    alone, which broadcasts, so no [nW, heads, N, N] mask is built for them."""
+
+    mask: Tensor  # [nB, N, N] additive, for the boundary windows
+    boundary: Tensor  # [nB] window indices
+    interior: Tensor  # [nI] window indices
+    inverse: Tensor  # [nW]: cat(interior, boundary)[inverse] is the original order
+
+
+@functools.lru_cache(maxsize=64)
+def _shift_split(size: Window, win: Window, shift: Window, device: str) -> ShiftMask:
+    full = _shift_mask(size, win, shift, "cpu")
+    wraps = full.flatten(1).ne(0).any(1)
+    boundary = wraps.nonzero().flatten()
+    interior = (~wraps).nonzero().flatten()
+    inverse = torch.argsort(torch.cat((interior, boundary)))
+    return ShiftMask(full[boundary].to(device), boundary.to(device), interior.to(device),
+                     inverse.to(device))
+
+
+def _masked_sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, sm: ShiftMask | None,
+                 half: slice | None = None) -> Tensor:
+    """Window attention with an optional [heads, Nq, Nk] bias and shift mask; ``half``
+    selects the within-frame quadrant of the mask (mutual attention)."""
+    base = None if bias is None else bias[None]
+    if sm is None:
+        return _sdpa(q, k, v, base)
+    parts = []
+    if sm.interior.numel():
+        i = sm.interior
+        parts.append(_sdpa(q[:, i], k[:, i], v[:, i], base))
+    m = sm.mask[:, None] if half is None else sm.mask[:, None, half, half]
+    j = sm.boundary
+    parts.append(_sdpa(q[:, j], k[:, j], v[:, j], m if base is None else base + m))
+    return torch.cat(parts, 1)[:, sm.inverse] if len(parts) > 1 else parts[0]
 
 
 def _partition(x: Tensor, win: Window) -> Tensor:
@@ -128,24 +169,23 @@ class WindowAttention(nn.Module):
         qkv = lin(x).view(b, nw, n, 3, self.heads, c // self.heads).permute(3, 0, 1, 4, 2, 5)
         return qkv[0], qkv[1], qkv[2]
 
-    def forward(self, x: Tensor, win: Window, mask: Tensor | None) -> Tensor:
-        """x [B, nW, N, C] (N = tokens of window ``win``); mask [nW, N, N] or None."""
+    def forward(self, x: Tensor, win: Window, mask: ShiftMask | None) -> Tensor:
+        """x [B, nW, N, C] (N = tokens of window ``win``); mask for shifted windows."""
         b, nw, n, c = x.shape
         q, k, v = self._qkv(self.qkv_self, x)
         idx = _rel_index(win, self.window, str(x.device))
         bias = self.relative_position_bias_table[idx].view(n, n, self.heads)
         bias = bias.permute(2, 0, 1).contiguous()  # fused SDPA kernels want a dense mask
-        full = bias[None] if mask is None else bias[None] + mask[:, None]
-        out = _sdpa(q, k, v, full).transpose(2, 3).reshape(b, nw, n, c)
+        out = _masked_sdpa(q, k, v, bias, mask).transpose(2, 3).reshape(b, nw, n, c)
         if not self.mutual:
             return self.proj(out)
         half = n // 2
         pe = _sine_cached(win[1], win[2], c, str(x.device)).to(x.dtype)
         q, k, v = self._qkv(self.qkv_mut, x + pe.repeat(2, 1))
         # within-frame (spatial) part of the shift mask: the same for both frames
-        mm = None if mask is None else mask[:, None, :half, :half]
-        a1 = _sdpa(q[..., :half, :], k[..., half:, :], v[..., half:, :], mm)  # frame 1 <- 2
-        a2 = _sdpa(q[..., half:, :], k[..., :half, :], v[..., :half, :], mm)  # frame 2 <- 1
+        f1, f2 = slice(0, half), slice(half, None)
+        a1 = _masked_sdpa(q[..., f1, :], k[..., f2, :], v[..., f2, :], None, mask, f1)  # 1 <- 2
+        a2 = _masked_sdpa(q[..., f2, :], k[..., f1, :], v[..., f1, :], None, mask, f1)  # 2 <- 1
         mut = torch.cat((a1, a2), dim=3).transpose(2, 3).reshape(b, nw, n, c)
         return self.proj(torch.cat((mut, out), dim=-1))
 
@@ -208,7 +248,7 @@ class TMSA(nn.Module):
         mask = None
         if any(shift):
             y = torch.roll(y, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-            mask = _shift_mask(size, win, shift, str(x.device))
+            mask = _shift_split(size, win, shift, str(x.device))
         y = _unpartition(self.attn(_partition(y, win), win, mask), win, size)
         if any(shift):
             y = torch.roll(y, shifts=shift, dims=(1, 2, 3))
