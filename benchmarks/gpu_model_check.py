@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import platform
 import statistics
 import sys
@@ -170,6 +171,9 @@ def run_setting(cfg: ModelConfig, batch: int, ckpt: bool, clip: list[int], steps
                 torch.cuda.synchronize(device)  # wall time per step for the table only
             walls.append((time.perf_counter() - t0) * 1000.0)
         assert log is not None
+        res["final_loss"] = float(loss.detach())
+        if not math.isfinite(res["final_loss"]):
+            res["status"] = "non-finite loss"
         log.close()
         summary = log.get_summary()
         wall = log.get_step_summary()["wall"]["avg"]

@@ -71,7 +71,7 @@ def test_dry_run_writes_json_and_markdown(tmp_path: Path) -> None:
     assert report["dry_run"] and report["clip"] == [2, 16, 16]
     assert [(s["batch"], s["checkpointing"]) for s in report["settings"]] == [(1, True)]
     for s in report["settings"]:
-        assert s["status"] == "ok" and s["step_ms"] > 0
+        assert s["status"] == "ok" and s["step_ms"] > 0 and s["final_loss"] > 0
         assert s["heaviest_forward_stage"].startswith("vrt/stage")
         assert 0 < s["shares"]["forward"] < 1 and 0 < s["shares"]["backward"] < 1
         assert "backward/vrt/stage8" in s["shares"]
