@@ -193,7 +193,7 @@ def test_real_bench_tiny_2x2_on_cpu(tmp_path: Path) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
     cmd = [sys.executable, "-m", "trainer", "bench", "--cfg", TINY,
            "--sweep", "TRAIN.OPTIM.TYPE=adamw,adamw8bit", "--sweep", "TRAIN.BATCH_SIZE=1,2",
-           "--steps", "1", "--warmup", "1", "--out", str(out), "--log-dir", str(logs)]
+           "--steps", "1", "--warmup", "0", "--out", str(out), "--log-dir", str(logs)]
     for s in SMALL:
         cmd += ["--set", s]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -204,6 +204,7 @@ def test_real_bench_tiny_2x2_on_cpu(tmp_path: Path) -> None:
                                                             ("adamw8bit", "1"), ("adamw8bit", "2")]
     for row in rows:
         assert row["step_ms"] > 0 and row["mem_peak"] > 0 and row["samples_per_s"] > 0
+        assert row["steps_measured"] == 1
         assert row["steps_per_epoch"] == 8 // int(row["settings"]["TRAIN.BATCH_SIZE"])
         assert Path(row["run_dir"], "rank0.jsonl").exists()
     assert rows[0]["step_ratio"] == 1.0
@@ -211,7 +212,7 @@ def test_real_bench_tiny_2x2_on_cpu(tmp_path: Path) -> None:
     # a bench row is a normal run: the monitor's summary reads it
     s = subprocess.run([sys.executable, "-m", "tui", "summary", rows[3]["run_dir"], "--json"],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert json.loads(s.stdout)["steps"] == 2
+    assert json.loads(s.stdout)["steps"] == 1
 
 
 def test_gpu_whatif_script_dry_run(tmp_path: Path, fake, capsys) -> None:  # type: ignore[no-untyped-def]
