@@ -229,3 +229,17 @@ async def test_markup_names_render_literally_in_tree(tmp_path: Path) -> None:
         await pilot.press("slash", *"[/]", "enter")  # a filter that is not valid markup
         await pilot.pause()
         assert "filter: [/]" in app.query_one("#tree-box")._border_title.plain
+
+
+@sync
+async def test_watch_waits_for_a_log_folder_that_appears_later(tmp_path: Path) -> None:
+    root = tmp_path / "logs"
+    app = MonitorApp(LiveSource(root, poll=True, interval=0.05))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.world is not None)
+        assert app.world.selected is None
+        assert app.world.runs == ()
+        assert app.query_one("#header").content.plain.startswith("stagewatch  waiting for runs under ")
+        write_run(root, "20261126-100000-late-0001", steps=3)
+        await wait_for(pilot, lambda: _step_of(app) == 3)
+        assert app.world.selected.state == "finished"

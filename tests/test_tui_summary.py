@@ -133,3 +133,10 @@ def test_tui_never_imports_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_watch_refuses_a_root_whose_parent_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["watch", str(tmp_path / "nope" / "logs")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["watch", str(tmp_path), "--red", "0.05", "--yellow", "0.5"]) == 2
+    assert "--yellow" in capsys.readouterr().err

@@ -25,8 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     red, yellow = thresholds(args)
-    if not os.path.exists(args.root):
-        raise UsageError(f"no such folder: {args.root} (start a run, or give the log folder)")
+    parent = os.path.dirname(os.path.abspath(args.root))
+    if not os.path.exists(args.root) and not os.path.isdir(parent):
+        raise UsageError(f"no such folder: {args.root}")
+    # a log folder that does not exist yet is fine: the screen waits for the first run
     if args.interval is not None and args.interval <= 0:
         raise UsageError("--interval must be > 0")
     from tui.app import MonitorApp
