@@ -64,7 +64,7 @@ def markdown(results: list[dict[str, Any]], cfg_path: str, overrides: list[str])
         + (f" with `{' '.join(overrides)}`" if overrides else "")
         + f"; {steps} optimizer steps each, same seed and clips; validation on held-out clips "
         "(centre crops), PSNR/SSIM averaged over frames. Produced by "
-        "`python benchmarks/bench_spike_ablation.py`.",
+        f"`python benchmarks/bench_spike_ablation.py --steps {steps}`.",
         "",
         "| MODEL.USE_SPIKE | params | train loss (first → last 10%) | val PSNR | val SSIM | "
         "blurry input PSNR | gain over input | time |",
@@ -98,9 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--from-json", default=None, help="re-render results of an earlier --json run")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as logs:
-        results = [run_one(args.cfg, args.overrides, flag, args.steps, logs) for flag in (True, False)]
+    if args.from_json:
+        with open(args.from_json) as f:
+            results = json.load(f)
+    else:
+        with tempfile.TemporaryDirectory() as logs:
+            results = [run_one(args.cfg, args.overrides, flag, args.steps, logs)
+                       for flag in (True, False)]
     md = markdown(results, args.cfg, args.overrides)
     print(md)
     if args.json:
