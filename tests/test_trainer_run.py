@@ -132,3 +132,19 @@ def test_training_on_a_gopro_spike_folder(tmp_path):
     r = train(cfg, log_dir=str(tmp_path / "logs"))
     assert r.status == "completed" and r.steps == 2
     assert r.evals and r.evals[-1]["psnr_blurry"] > 0
+
+
+def test_profile_prints_debug_pass_and_step_breakdown(tmp_path, capsys):
+    from trainer.cli import main
+
+    sets = [a for s in MICRO for a in ("--set", s)]
+    assert main(["profile", "--cfg", TINY, "--steps", "2", "--log-dir", str(tmp_path), *sets]) == 0
+    out = capsys.readouterr().out
+    assert "Model debug forward" in out and "spike_tsa" in out and "stage8" in out
+    assert "Training step breakdown over 2 step(s)" in out
+    for region in ("forward", "backward", "optimizer", "data", "Unaccounted"):
+        assert region in out
+    (run,) = os.listdir(tmp_path)
+    recs = _rank0(tmp_path / run)
+    assert [r["step"] for r in recs if r["kind"] == "step"] == [1, 2]
+    assert not os.path.exists(tmp_path / run / "checkpoints")  # profiling writes none
