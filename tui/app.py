@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from rich.text import Text
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -33,6 +32,8 @@ from tui.widgets.panels import (
     RunList,
     StepSpark,
     header_text,
+    set_title,
+    show_text,
 )
 from tui.widgets.tree import Columns, StageTree, TreeHeader
 
@@ -180,9 +181,9 @@ class MonitorApp(App[int]):
         behind = self.latest.selected.step if self.latest and self.latest.selected else None
         root = w.root if w else getattr(self.source, "root", "")
         age = max(0.0, self.clock() - w.made_at) if w is not None and w.made_at else 0.0
-        self.query_one(HeaderBar).update(
+        show_text(
+            self.query_one(HeaderBar),
             header_text(run, window=self.window, paused=self.paused, behind_step=behind, root=str(root), age=age),
-            layout=False,  # fixed height
         )
 
     def _render_world(self, force_tree: bool = False) -> None:
@@ -195,10 +196,11 @@ class MonitorApp(App[int]):
         tree.window = self.window
         tree.show(run, force=force_tree)
         self.query_one(TreeHeader).show(tree.cols, self.window, run.window_size if run else 0)
-        self.query_one("#tree-box").border_title = Text(  # Text: the filter is never markup
+        set_title(
+            self.query_one("#tree-box"),
             f"stage tree · {'window of ' + str(run.window_size) + ' steps' if self.window and run else 'whole run'}"
             f" · sorted by {'time' if tree.sort_by_time else 'name'}"
-            + (f" · filter: {tree.filter}" if tree.filter else "")
+            + (f" · filter: {tree.filter}" if tree.filter else ""),
         )
         self._render_ranks()
         self.query_one(StepSpark).show(run)

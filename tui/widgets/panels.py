@@ -9,6 +9,7 @@ import math
 
 from rich.text import Text
 from textual.containers import Vertical
+from textual.widget import Widget
 from textual.widgets import OptionList, Sparkline, Static
 from textual.widgets.option_list import Option
 
@@ -26,6 +27,21 @@ from tui.fmt import (
     ok,
 )
 from tui.snapshot import UNACCOUNTED, RunItem, RunSnapshot, WorldSnapshot
+
+
+def show_text(widget: Static, text: Text) -> None:
+    """Replace a fixed-size Static's text, only when it changed (no relayout, no repaint)."""
+    key = (text.plain, tuple(text.spans), str(text.style))
+    if getattr(widget, "_sw_shown", None) != key:
+        widget._sw_shown = key  # type: ignore[attr-defined]
+        widget.update(text, layout=False)
+
+
+def set_title(widget: Widget, title: str) -> None:
+    """Set a border title (as Text: never markup) only when it changed."""
+    if getattr(widget, "_sw_title", None) != title:
+        widget._sw_title = title  # type: ignore[attr-defined]
+        widget.border_title = Text(title)
 
 
 def header_text(
@@ -174,8 +190,8 @@ class RankView(Static):
 
     def show(self, run: RunSnapshot | None, region: str | None, window: bool, red: float, yellow: float) -> None:
         title, text = rank_text(run, region, window, red, yellow)
-        self.border_title = Text(title)  # Text: a region name is never markup
-        self.update(text, layout=False)  # fixed size: no relayout
+        set_title(self, title)
+        show_text(self, text)
 
 
 class StepSpark(Vertical):
@@ -187,15 +203,14 @@ class StepSpark(Vertical):
 
     def show(self, run: RunSnapshot | None) -> None:
         data = list(run.step_times) if run else []
-        self.query_one(Sparkline).data = data
+        spark = self.query_one(Sparkline)
+        if spark.data != data:
+            spark.data = data
         label = self.query_one("#spark-label", Static)
         if data:
-            label.update(
-                Text(f"step time, last {len(data)} steps: {fmt_ms(min(data))} … {fmt_ms(max(data))}", style="dim"),
-                layout=False,
-            )
+            show_text(label, Text(f"step time, last {len(data)} steps: {fmt_ms(min(data))} … {fmt_ms(max(data))}", style="dim"))
         else:
-            label.update(Text("step time: no steps yet", style="dim"), layout=False)
+            show_text(label, Text("step time: no steps yet", style="dim"))
 
 
 class AdviceBox(Static):
@@ -203,7 +218,7 @@ class AdviceBox(Static):
 
     def show(self, lines: list[str]) -> None:
         if not lines:
-            self.update(Text("no advice yet", style="dim italic"), layout=False)
+            show_text(self, Text("no advice yet", style="dim italic"))
             return
         t = Text()
         for i, line in enumerate(lines):
@@ -211,7 +226,7 @@ class AdviceBox(Static):
                 t.append("\n")
             t.append("• ")
             t.append_text(literal(line))
-        self.update(t, layout=False)
+        show_text(self, t)
 
 
 class FilesLine(Static):
@@ -219,7 +234,7 @@ class FilesLine(Static):
 
     def show(self, run: RunSnapshot | None, world: WorldSnapshot) -> None:
         if run is None:
-            self.update(Text(f"{len(world.runs)} runs", style="dim"), layout=False)
+            show_text(self, Text(f"{len(world.runs)} runs", style="dim"))
             return
         t = Text(style="dim")
         t.append(f"{len(run.files)} file(s), {sum(f.lines for f in run.files)} lines")
@@ -239,4 +254,4 @@ class FilesLine(Static):
                 t.append(" (last: ")
                 t.append_text(literal(last[:120]))
                 t.append(")")
-        self.update(t, layout=False)
+        show_text(self, t)

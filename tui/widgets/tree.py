@@ -14,6 +14,7 @@ from textual.widgets.tree import TreeNode
 
 from tui.fmt import CLASS_STYLE, bar, class_of, fmt_ms, fmt_pct, literal
 from tui.snapshot import UNACCOUNTED, RegionRow, RunSnapshot
+from tui.widgets.panels import show_text
 
 GUIDE = 3
 ICON = 2
@@ -212,4 +213,4 @@ class TreeHeader(Static):
     """Column titles above the tree."""
 
     def show(self, cols: Columns, window: bool, window_size: int) -> None:
-        self.update(cols.header(), layout=False)
+        show_text(self, cols.header())
