@@ -95,13 +95,17 @@ class StopFlag:
         self._old.clear()
 
 
+#: step losses kept in :class:`TrainResult` (the newest; memory stays bounded on long runs)
+LOSS_HISTORY = 4096
+
+
 @dataclass
 class TrainResult:
     status: str
     steps: int
     run_id: str
     run_dir: str
-    losses: list[float]
+    losses: list[float]  # mean loss of the last LOSS_HISTORY steps of this process
     evals: list[dict[str, float]]
     checkpoint: str | None = None
     exit_code: int = 0
@@ -430,6 +434,8 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
             all_reduce_sum(flags, info)
             loss_v, stopping = flags[0].item() / info.world_size, flags[1].item() > 0
             result.losses.append(loss_v)
+            if len(result.losses) > LOSS_HISTORY:
+                del result.losses[0]
             comm_ms = grad_sync.collect()
             v_every, c_every = tcfg.VAL.EVERY, tcfg.CHECKPOINT.EVERY
             if (v_every and step % v_every == 0) or (step == total_steps and validate_at_end):
