@@ -379,53 +379,52 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
         start_step=step, **log_kwargs,
     )
     set_global_timing_logger(log)
-    if info.is_main:
-        _write_config(cfg, run_dir)
     progress = Progress(total_steps, step, cfg.LOG.PROGRESS_INTERVAL, enabled=info.is_main)
-
-    grad_sync = GradSyncTimer(log, info.world_size, device.type == "cuda")
-
-    def wrap() -> nn.Module:
-        """DDP over the parameters that currently train (re-done when the flow unfreezes)."""
-        if not info.distributed:
-            return model
-        ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-        grad_sync.attach(ddp)
-        return ddp
-
-    # flow + deformable alignment frozen early (VRT recipe): no gradients at all, so their
-    # backward is skipped too
-    flow_frozen = step < tcfg.FREEZE_FLOW_STEPS
-    if flow_frozen:
-        set_flow_and_deform_trainable(model, False)
-    ddp_model = wrap()
-    ctx = StepContext(ddp_model, optimizer, scheduler, cfg, device, _autocast_dtype(cfg, device),
-                      perceptual, grad_sync, BatchStream(loader, sampler, epoch, consumed),
-                      cfg.MODEL.USE_SPIKE)
-
-    result = TrainResult("completed", step, run_id, run_dir, [], [])
-
-    def save(at: int) -> None:
-        rngs = gather_objects(ckpt.rng_state(), info)
-        if info.is_main and write_checkpoints:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "step": at, "run_id": run_id,
-                     "data": ctx.batches.position(), "rng": rngs, "config": cfg.raw,
-                     "world_size": info.world_size}
-            result.checkpoint = ckpt.save_checkpoint(ckpt_dir, at, state, tcfg.CHECKPOINT.KEEP_LAST)
-
-    def run_validation(at: int) -> None:
-        metrics = validate(ddp_model.module if isinstance(ddp_model, DDP) else model, val_loader,
-                           device, ctx.autocast_dtype, ctx.use_spike, info)
-        result.evals.append({"step": at, **metrics})
+    try:  # from here on, any exception ends the run with a run_end record
         if info.is_main:
-            log.log_eval(at, metrics)
-            progress.message(f"eval step {at}: PSNR {metrics['psnr']:.2f} dB (blurry input "
-                             f"{metrics['psnr_blurry']:.2f}), SSIM {metrics['ssim']:.4f}")
+            _write_config(cfg, run_dir)
 
-    model.train()
-    log.mark_step_start()
-    try:
+        grad_sync = GradSyncTimer(log, info.world_size, device.type == "cuda")
+
+        def wrap() -> nn.Module:
+            """DDP over the parameters that currently train (re-done when the flow unfreezes)."""
+            if not info.distributed:
+                return model
+            ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+            grad_sync.attach(ddp)
+            return ddp
+
+        # flow + deformable alignment frozen early (VRT recipe): no gradients at all, so their
+        # backward is skipped too
+        flow_frozen = step < tcfg.FREEZE_FLOW_STEPS
+        if flow_frozen:
+            set_flow_and_deform_trainable(model, False)
+        ddp_model = wrap()
+        ctx = StepContext(ddp_model, optimizer, scheduler, cfg, device, _autocast_dtype(cfg, device),
+                          perceptual, grad_sync, BatchStream(loader, sampler, epoch, consumed),
+                          cfg.MODEL.USE_SPIKE)
+
+        result = TrainResult("completed", step, run_id, run_dir, [], [])
+
+        def save(at: int) -> None:
+            rngs = gather_objects(ckpt.rng_state(), info)
+            if info.is_main and write_checkpoints:
+                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "step": at, "run_id": run_id,
+                         "data": ctx.batches.position(), "rng": rngs, "config": cfg.raw,
+                         "world_size": info.world_size}
+                result.checkpoint = ckpt.save_checkpoint(ckpt_dir, at, state, tcfg.CHECKPOINT.KEEP_LAST)
+
+        def run_validation(at: int) -> None:
+            metrics = validate(model, val_loader, device, ctx.autocast_dtype, ctx.use_spike, info)
+            result.evals.append({"step": at, **metrics})
+            if info.is_main:
+                log.log_eval(at, metrics)
+                progress.message(f"eval step {at}: PSNR {metrics['psnr']:.2f} dB (blurry input "
+                                 f"{metrics['psnr_blurry']:.2f}), SSIM {metrics['ssim']:.4f}")
+
+        model.train()
+        log.mark_step_start()
         while step < total_steps:
             loss, grad_norm = train_step(ctx)
             step += 1
