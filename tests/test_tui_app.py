@@ -243,3 +243,17 @@ async def test_watch_waits_for_a_log_folder_that_appears_later(tmp_path: Path) -
         write_run(root, "20261126-100000-late-0001", steps=3)
         await wait_for(pilot, lambda: _step_of(app) == 3)
         assert app.world.selected.state == "finished"
+
+
+def test_replay_of_a_text_log_ends_finished(tmp_path: Path) -> None:
+    from tui.testing import text_log_block
+
+    log = tmp_path / "timing_old.log"
+    log.write_text("".join(text_log_block(i, [("VRT", 150.0, [("Stage1", 25.0)])], 200.0) for i in range(1, 6)))
+    src = ReplaySource(log, playing=False)
+    src.forward(2)
+    assert src.build().selected.state == "running"
+    src.jump_end()
+    snap = src.build().selected
+    assert snap.step == 5 and snap.state == "finished"
+    assert snap.region("VRT/Stage1").whole.calls == 5

@@ -217,6 +217,7 @@ class ReplaySource:
     def build(self) -> WorldSnapshot:
         with self._lock:
             self.src.agg = self.agg
+            self.src.read_to_end = self.at_end  # a text log shown to its end is finished
             snap = self.src.snapshot(replay=self.status())
             item = self.src.item()
             self._seq += 1
