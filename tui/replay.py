@@ -25,6 +25,8 @@ from tui.reader import Feed, RunSource
 from tui.snapshot import WorldSnapshot
 
 MAX_CHECKPOINTS = 64
+BATCH = 1024  # parsed items folded in at a time
+CURSOR_CHUNK = 32 * 1024  # small reads: a checkpoint copies what was read but not yet shown
 
 
 class _Cursor:
@@ -32,6 +34,7 @@ class _Cursor:
 
     def __init__(self, feed: Feed) -> None:
         self.feed = feed
+        feed.tail.chunk = CURSOR_CHUNK
         self.queue: deque[Any] = deque()
         self.eof = False
 
@@ -60,17 +63,19 @@ class _Cursor:
                         continue
                 return None
 
-    def take_upto(self, step: float) -> list[Any]:
-        """Items up to and including ``step`` (and records after the last step at EOF)."""
+    def take_upto(self, step: float, limit: int = BATCH) -> list[Any]:
+        """Items up to and including ``step`` (and records after the last step at EOF),
+        at most about ``limit`` of them."""
         out: list[Any] = []
-        while True:
-            while self.queue:
+        while len(out) < limit:
+            while self.queue and len(out) < limit:
                 it = self.queue[0]
                 if type(it) is StepRow and it.step > step:
                     return out
                 out.append(self.queue.popleft())
-            if not self.fill():
+            if len(out) < limit and not self.queue and not self.fill():
                 return out
+        return out
 
 
 class _Reset(Exception):
@@ -135,17 +140,30 @@ class ReplaySource:
         return [s for c in self.cursors if (s := c.head_step()) is not None]
 
     def _advance_to(self, target: float) -> bool:
-        """Show every step <= target. False when nothing was left to show."""
+        """Show every step <= target. False when nothing was left to show.
+
+        Ranks are read in turns of BATCH items, so memory stays bounded on a jump to the
+        end of a long run and ranks stay close enough to be compared step by step.
+        """
         moved = False
-        for c in self.cursors:
-            items = c.take_upto(target)
-            if items:
+        active = list(self.cursors)
+        while active:
+            nxt = []
+            for c in active:
+                items = c.take_upto(target)
+                if not items:
+                    continue
                 c.feed.fold(items, self.agg)
                 moved = True
                 for it in reversed(items):
                     if type(it) is StepRow:
                         self.position = max(self.position, it.step)
                         break
+                if len(items) >= BATCH:
+                    nxt.append(c)
+            active = nxt
+            if active:
+                self._checkpoint()  # along a long jump too, so stepping back later is quick
         return moved
 
     def forward(self, n: int = 1) -> bool:
