@@ -11,6 +11,7 @@ straggler) through a small table of steps not yet seen by every rank.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from itertools import chain
 from typing import Any
@@ -193,24 +194,37 @@ class RankAgg:
         b = len(rows)
         if b == 0:
             return
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for i, r in enumerate(rows):
-            g = groups.get(r.keys)
-            if g is None:
-                groups[r.keys] = [i]
-            else:
-                g.append(i)
-        colmap = {k: self._cols_for(k) for k in groups}
-        m = np.full((b, self.cap), NAN)
-        c = np.zeros((b, self.cap))
-        for k, idx in groups.items():
-            cols = colmap[k]
+        # one pass of C code turns the rows into columns (steps, times, walls, ...)
+        steps_t, times_t, walls_t, samples_t, _ep, keys_t, regs_t, mems_t, scs_t = zip(*rows, strict=True)
+        k0 = keys_t[0]
+        if keys_t.count(k0) == b:  # the usual case: every step has the same regions
+            groups: dict[tuple[str, ...], list[int]] | None = None
+            colmap = {k0: self._cols_for(k0)}
+        else:
+            groups = {}
+            for i, k in enumerate(keys_t):
+                g = groups.get(k)
+                if g is None:
+                    groups[k] = [i]
+                else:
+                    g.append(i)
+            colmap = {k: self._cols_for(k) for k in groups}
+        cap = self.cap
+        m = np.full((b, cap), NAN)
+        c = np.zeros((b, cap))
+        for k, cols in colmap.items():
             if not len(cols):
                 continue
+            if groups is None:
+                sel = regs_t
+                ii: Any = slice(None)
+            else:
+                idx = groups[k]
+                sel = [regs_t[i] for i in idx]
+                ii = np.asarray(idx)[:, None]
             vals = np.fromiter(
-                _chain(_chain(rows[i].regions.values() for i in idx)), np.float64, count=2 * len(idx) * len(cols)
-            ).reshape(len(idx), -1)
-            ii = np.asarray(idx)[:, None]
+                _chain(_chain(r.values() for r in sel)), np.float64, count=2 * len(sel) * len(cols)
+            ).reshape(len(sel), -1)
             ms, calls = vals[:, 0::2], vals[:, 1::2]
             if cols.min() < 0:
                 keep = cols >= 0
@@ -224,7 +238,7 @@ class RankAgg:
         self.calls += c.sum(axis=0).astype(np.int64)
         self.min = np.fmin(self.min, np.fmin.reduce(m, axis=0))
         self.max = np.fmax(self.max, np.fmax.reduce(m, axis=0))
-        steps = np.fromiter((r.step for r in rows), dtype=np.int64, count=b)
+        steps = np.array(steps_t, dtype=np.int64)
         pc = np.nonzero(anyp)[0]
         if len(pc):
             lastrow = (b - 1) - present[::-1].argmax(axis=0)[pc]
@@ -234,24 +248,24 @@ class RankAgg:
         rr, cc = np.nonzero(present)
         if len(rr):
             flat_idx = cc * NBUCKETS + hist_index(m[rr, cc])
-            self.hist += np.bincount(flat_idx, minlength=self.cap * NBUCKETS).reshape(self.cap, NBUCKETS)
-        walls = np.fromiter((r.wall for r in rows), dtype=np.float64, count=b)
-        samples = np.fromiter((r.samples for r in rows), dtype=np.float64, count=b)
+            self.hist += np.bincount(flat_idx, minlength=cap * NBUCKETS).reshape(cap, NBUCKETS)
+        walls = np.array(walls_t, dtype=np.float64)
+        samples = np.array(samples_t, dtype=np.float64)
         self.steps += b
         self.wall_sum += float(walls.sum())
         self.wall_min = min(self.wall_min, float(walls.min()))
         self.wall_max = max(self.wall_max, float(walls.max()))
         self.wall_last = float(walls[-1])
         self.wall_hist += np.bincount(hist_index(walls), minlength=NBUCKETS)
-        self.samples_total += int(samples.sum())
+        self.samples_total += int(sum(samples_t))
         self.last_step = int(steps[-1])
-        self.last_time = float(rows[-1].time)
-        for r in rows:
-            mem = r.memory
-            if mem:
-                p = mem.get("peak") or mem.get("allocated") or mem.get("rss")
-                if p is not None and (self.mem_peak is None or p > self.mem_peak):
-                    self.mem_peak = int(p)
+        self.last_time = float(times_t[-1])
+        peaks = [mem.get("peak") or mem.get("allocated") or mem.get("rss") for mem in mems_t if mem]
+        peaks = [p for p in peaks if p is not None]
+        if peaks:
+            p = max(peaks)
+            if self.mem_peak is None or p > self.mem_peak:
+                self.mem_peak = int(p)
         # ring buffer: the last `window` rows of the batch
         w = self.window
         k = min(b, w)
@@ -261,18 +275,16 @@ class RankAgg:
         self.ring_wall[at] = walls[b - k :]
         self.ring_samples[at] = samples[b - k :]
         self.ring_step[at] = steps[b - k :]
-        self.ring_loss[at] = [
-            _f(r.scalars.get("loss")) if r.scalars else NAN for r in rows[b - k :]
-        ]
+        self.ring_loss[at] = [_f(sc.get("loss")) if sc else NAN for sc in scs_t[b - k :]]
         self.pos = (self.pos + k) % w
         self.filled = min(w, self.filled + k)
-        for r in reversed(rows):
-            if r.memory:
-                self.memory = r.memory
+        for mem in reversed(mems_t):
+            if mem:
+                self.memory = mem
                 break
-        for r in reversed(rows):
-            if r.scalars:
-                self.scalars = r.scalars
+        for sc in reversed(scs_t):
+            if sc:
+                self.scalars = sc
                 break
 
     # ----------------------------------------------------------------- read out
@@ -444,6 +456,16 @@ class RunAgg:
         self._cmp_pos = 0
         self._cmp_filled = 0
         self.compared_steps = 0
+        # False in a process reading some ranks of a run for another (RunSource.load): no
+        # comparison there, only the last steps kept for the process that merges the ranks
+        self.compare_ranks = True
+        self.tails: dict[int, deque[tuple[int, float]]] = {}  # rank -> last (step, wall)
+        self._absorbed: list[dict[int, deque[tuple[int, float]]]] = []
+
+    @property
+    def pending_limit(self) -> int:
+        """Steps waiting for the other ranks at most (older ones are dropped)."""
+        return max(4 * self.window, 4096)
 
     @property
     def world_size(self) -> int:
@@ -473,6 +495,12 @@ class RunAgg:
         if not rows:
             return
         self.rank(rank).ingest(rows)
+        if not self.compare_ranks:
+            t = self.tails.get(rank)
+            if t is None:
+                t = self.tails[rank] = deque(maxlen=self.pending_limit)
+            t.extend((r.step, r.wall) for r in rows)
+            return
         ws = self.world_size
         if ws < 2:
             return
@@ -485,10 +513,53 @@ class RunAgg:
             if len(p) >= ws:
                 del pend[r.step]
                 self._compare(p)
-        limit = max(4 * self.window, 4096)
+        limit = self.pending_limit
         if len(pend) > limit:
             for s in list(pend)[: len(pend) - limit]:
                 del pend[s]
+
+    def absorb(self, other: RunAgg) -> None:
+        """Take the ranks another aggregate read (in another process) of the same run.
+
+        Their statistics are moved over whole; ranks are then compared over the last
+        :attr:`pending_limit` steps each kept, as reading them interleaved would have.
+        """
+        for r, a in other.ranks.items():
+            self.ranks[r] = a
+        self.starts.update(other.starts)
+        for r in other.starts:
+            if r not in other.ends:
+                self.ends.pop(r, None)
+        self.ends.update(other.ends)
+        if other.eval_step is not None and (self.eval_step is None or other.eval_step >= self.eval_step):
+            self.eval_step = other.eval_step
+            self.evals = dict(other.evals)
+        self._absorbed.append(other.tails)
+
+    def compare_absorbed(self) -> None:
+        """Compare ranks per step over the tails of the absorbed aggregates, oldest first."""
+        absorbed, self._absorbed = self._absorbed, []
+        ws = self.world_size
+        if ws < 2:
+            return
+        pend: dict[int, dict[int, float]] = {}
+        for tails in absorbed:
+            for rank, t in tails.items():
+                for step, wall in t:
+                    p = pend.get(step)
+                    if p is None:
+                        p = pend[step] = {}
+                    p[rank] = wall
+        for step in sorted(pend):
+            p = pend[step]
+            if len(p) >= ws:
+                self._compare(p)
+            else:
+                self._pending[step] = p
+        extra = len(self._pending) - self.pending_limit
+        if extra > 0:
+            for s in sorted(self._pending)[:extra]:
+                del self._pending[s]
 
     def _compare(self, walls: dict[int, float]) -> None:
         ranks = sorted(walls, key=walls.__getitem__)
