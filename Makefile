@@ -37,6 +37,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_timing.py
+	$(BIN)/python benchmarks/bench_model.py --threads 1
+	$(BIN)/python benchmarks/bench_tui.py
+	$(BIN)/python benchmarks/bench_spike_ablation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
