@@ -93,3 +93,45 @@ def test_ingest_same_as_row_by_row() -> None:
     for attr in ("sum", "min", "max", "n", "calls", "last", "last_calls", "last_seen"):
         assert list(getattr(a, attr)[:k]) == list(getattr(b, attr)[:k]), attr
     assert (a.hist == b.hist).all() and a.all_stats() == b.all_stats()
+
+
+def test_tree_repaints_changed_values_without_rebuilding(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from tui.app import MonitorApp
+    from tui.replay import ReplaySource
+    from tui.widgets.tree import StageTree
+
+    run = tmp_path / "r"
+    run.mkdir()
+    steps = [Step(step=i, time=float(i), wall_ms=100.0, regions={"alpha": (ms, 1)})
+             for i, ms in ((1, 11.25), (2, 77.5))]
+    (run / "rank0.jsonl").write_text(start_line("r") + "".join(encode(s) for s in steps))
+
+    def screen_text(tree: StageTree) -> str:
+        return "\n".join(tree.render_line(y).text for y in range(tree.size.height))
+
+    async def main() -> None:
+        app = MonitorApp(ReplaySource(run, playing=False))
+        async with app.run_test(size=(160, 40)) as pilot:
+            tree = app.query_one(StageTree)
+
+            async def until(cond) -> None:  # type: ignore[no-untyped-def]
+                t0 = time.monotonic()
+                while not cond():
+                    assert time.monotonic() - t0 < 10, "condition not met in time"
+                    await pilot.pause(0.02)
+
+            app.source.command(lambda: app.source.seek(1))
+            await until(lambda: "11.2" in screen_text(tree))
+            rebuilds = tree.rebuilds
+            repaints: list[int] = []
+            refresh = tree.refresh
+            tree.refresh = lambda *a, **k: (repaints.append(1), refresh(*a, **k))[1]  # type: ignore[method-assign]
+            app.source.command(lambda: app.source.seek(2))
+            await until(lambda: "77.5" in screen_text(tree))  # last ms of step 2
+            assert tree.rebuilds == rebuilds and repaints  # labels replaced, the tree repainted
+            assert tree.nodes_by_name["alpha"].label.plain.startswith("alpha ")
+
+    asyncio.run(main())

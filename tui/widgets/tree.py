@@ -166,12 +166,25 @@ class StageTree(Tree[str]):
             self.refresh_labels()
 
     def refresh_labels(self) -> None:
+        """New labels for the nodes whose text changed, then one repaint of the tree.
+
+        ``TreeNode.set_label`` would queue a callback per node, each looking for the node's
+        lines; on a snapshot nearly every label changes, so the labels are stored directly
+        (bumping the node's update count, which keys Tree's line cache) and the widget is
+        repainted once.
+        """
+        changed = False
         for name, node in self.nodes_by_name.items():
             row = self.rows.get(name)
             if row is not None:
                 label = self._label(row)
-                if label.plain != node.label.plain or label.spans != node.label.spans:
-                    node.set_label(label)
+                old = node._label
+                if label.plain != old.plain or label.spans != old.spans:
+                    node._label = self.process_label(label)
+                    node._updates += 1
+                    changed = True
+        if changed:
+            self.refresh()
 
     def _label(self, row: RegionRow) -> Text:
         return region_label(row, row.depth, self.window, self.red, self.yellow, self.cols)
