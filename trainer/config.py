@@ -2,17 +2,15 @@
 
 Sections ``DATA``, ``MODEL``, ``DATALOADER``, ``TRAIN``, ``LOSS``, ``LOG``. Field names are
 the YAML keys, so ``cfg.TRAIN.OPTIM.LR`` reads like the file. ``MODEL`` is parsed by
-:class:`trainer.models.config.ModelConfig`. Every error is a :class:`ConfigError` naming the
-file and the key path (unknown keys get a "did you mean" suggestion).
+:class:`trainer.models.config.ModelConfig`. Sections are parsed by
+:mod:`trainer.typed_config`: every error is a :class:`ConfigError` naming the file and the key
+path (unknown keys get a "did you mean" suggestion).
 
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,15 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from trainer.errors import ConfigError
-
-
-def _f(default: Any, *, min: float | None = None, max: float | None = None, doc: str = "") -> Any:
-    """A config field with optional bounds (inclusive) checked at parse time."""
-    meta = {"min": min, "max": max, "doc": doc}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: default.copy(), metadata=meta)
-    return field(default=default, metadata=meta)
-
+from trainer.typed_config import convert, setting, suggest, type_name
 
 # --------------------------------------------------------------------------- sections
 
@@ -37,30 +27,30 @@ def _f(default: Any, *, min: float | None = None, max: float | None = None, doc:
 class SyntheticConfig:
     """Procedural spike deblurring data (see ``trainer.data.synthetic``)."""
 
-    HEIGHT: int = _f(256, min=8, doc="scene frame height (crops are taken from it)")
-    WIDTH: int = _f(256, min=8)
-    TRAIN_CLIPS: int = _f(256, min=1)
-    VAL_CLIPS: int = _f(8, min=1)
-    TICKS_PER_FRAME: int = _f(32, min=1, doc="simulated spike-camera ticks per frame")
-    EXPOSURE: float = _f(1.0, min=0.05, max=1.0, doc="exposure as a fraction of a frame")
-    MAX_SPEED: float = _f(4.0, min=0.0, doc="largest camera speed in pixels per frame")
-    OBJECTS: int = _f(2, min=0, doc="independently moving textured objects")
-    TEXTURE_SCALE: float = _f(1.0, min=0.1, doc=">1: coarser, smoother textures")
-    THRESHOLD: float = _f(2.0, min=1e-3, doc="integrate-and-fire threshold")
-    GAIN: float = _f(1.0, min=1e-3, doc="light gain per tick")
+    HEIGHT: int = setting(256, min=8, doc="scene frame height (crops are taken from it)")
+    WIDTH: int = setting(256, min=8)
+    TRAIN_CLIPS: int = setting(256, min=1)
+    VAL_CLIPS: int = setting(8, min=1)
+    TICKS_PER_FRAME: int = setting(32, min=1, doc="simulated spike-camera ticks per frame")
+    EXPOSURE: float = setting(1.0, min=0.05, max=1.0, doc="exposure as a fraction of a frame")
+    MAX_SPEED: float = setting(4.0, min=0.0, doc="largest camera speed in pixels per frame")
+    OBJECTS: int = setting(2, min=0, doc="independently moving textured objects")
+    TEXTURE_SCALE: float = setting(1.0, min=0.1, doc=">1: coarser, smoother textures")
+    THRESHOLD: float = setting(2.0, min=1e-3, doc="integrate-and-fire threshold")
+    GAIN: float = setting(1.0, min=1e-3, doc="light gain per tick")
     SEED: int = 0
-    CACHE: bool = _f(False, doc="keep generated clips in memory")
+    CACHE: bool = setting(False, doc="keep generated clips in memory")
 
 
 @dataclass
 class DataConfig:
     TYPE: Literal["synthetic", "gopro_spike"] = "synthetic"
-    ROOT: str | None = _f(None, doc="GoPro-spike folder (with TRAIN_SPLIT and VAL_SPLIT)")
+    ROOT: str | None = setting(None, doc="GoPro-spike folder (with TRAIN_SPLIT and VAL_SPLIT)")
     TRAIN_SPLIT: str = "train"
     VAL_SPLIT: str = "val"
-    CLIP_LEN: int = _f(5, min=1, doc="frames per training clip (T)")
-    CROP_SIZE: int = _f(256, min=0, doc="square training crop; 0 = whole frame")
-    VAL_CROP_SIZE: int | None = _f(None, min=0, doc="centre crop for validation; null = CROP_SIZE")
+    CLIP_LEN: int = setting(5, min=1, doc="frames per training clip (T)")
+    CROP_SIZE: int = setting(256, min=0, doc="square training crop; 0 = whole frame")
+    VAL_CROP_SIZE: int | None = setting(None, min=0, doc="centre crop for validation; null = CROP_SIZE")
     FLIP: bool = True
     ROTATE: bool = True
     SYNTHETIC: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -68,56 +58,56 @@ class DataConfig:
 
 @dataclass
 class DataLoaderConfig:
-    NUM_WORKERS: int = _f(2, min=0)
+    NUM_WORKERS: int = setting(2, min=0)
     PIN_MEMORY: bool = True
     PERSISTENT_WORKERS: bool = True
-    PREFETCH_FACTOR: int = _f(2, min=1)
+    PREFETCH_FACTOR: int = setting(2, min=1)
     SHUFFLE: bool = True
 
 
 @dataclass
 class OptimConfig:
     TYPE: Literal["adamw", "adamw8bit"] = "adamw"
-    LR: float = _f(1e-4, min=0.0)
+    LR: float = setting(1e-4, min=0.0)
     BETAS: tuple[float, float] = (0.9, 0.99)
-    WEIGHT_DECAY: float = _f(1e-4, min=0.0)
-    EPS: float = _f(1e-8, min=0.0)
+    WEIGHT_DECAY: float = setting(1e-4, min=0.0)
+    EPS: float = setting(1e-8, min=0.0)
 
 
 @dataclass
 class SchedConfig:
     TYPE: Literal["cosine", "constant"] = "cosine"
-    WARMUP_STEPS: int = _f(256, min=0)
-    MIN_LR: float = _f(1e-7, min=0.0)
+    WARMUP_STEPS: int = setting(256, min=0)
+    MIN_LR: float = setting(1e-7, min=0.0)
 
 
 @dataclass
 class CheckpointConfig:
-    DIR: str | None = _f(None, doc="null: <log dir>/<run id>/checkpoints")
-    EVERY: int = _f(1000, min=0, doc="optimizer steps between checkpoints; 0 = only at the end")
-    KEEP_LAST: int = _f(3, min=1)
+    DIR: str | None = setting(None, doc="null: <log dir>/<run id>/checkpoints")
+    EVERY: int = setting(1000, min=0, doc="optimizer steps between checkpoints; 0 = only at the end")
+    KEEP_LAST: int = setting(3, min=1)
 
 
 @dataclass
 class ValConfig:
-    EVERY: int = _f(500, min=0, doc="optimizer steps between validations; 0 = only at the end")
-    BATCH_SIZE: int = _f(1, min=1)
-    MAX_CLIPS: int | None = _f(None, min=1, doc="cap on held-out clips per validation")
+    EVERY: int = setting(500, min=0, doc="optimizer steps between validations; 0 = only at the end")
+    BATCH_SIZE: int = setting(1, min=1)
+    MAX_CLIPS: int | None = setting(None, min=1, doc="cap on held-out clips per validation")
 
 
 @dataclass
 class TrainConfig:
     SEED: int = 0
     DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
-    AMP: Literal["auto", "bf16", "none"] = _f("auto", doc="auto = bf16 on CUDA, none on CPU")
-    BATCH_SIZE: int = _f(1, min=1, doc="clips per GPU per micro-step")
-    GRADIENT_ACCUMULATION_STEPS: int = _f(1, min=1)
-    MAX_GRAD_NORM: float = _f(1.0, min=0.0, doc="0 = no clipping")
-    EPOCHS: int = _f(50, min=1)
-    MAX_STEPS: int | None = _f(None, min=1, doc="cap on optimizer steps")
-    FREEZE_FLOW_STEPS: int = _f(0, min=0, doc="flow and deformable parameters frozen this long")
-    FLOW_LR_MULT: float = _f(1.0, min=0.0, doc="their lr multiplier after the freeze")
-    RESUME: str | None = _f(None, doc="checkpoint file, checkpoint folder or 'auto'")
+    AMP: Literal["auto", "bf16", "none"] = setting("auto", doc="auto = bf16 on CUDA, none on CPU")
+    BATCH_SIZE: int = setting(1, min=1, doc="clips per GPU per micro-step")
+    GRADIENT_ACCUMULATION_STEPS: int = setting(1, min=1)
+    MAX_GRAD_NORM: float = setting(1.0, min=0.0, doc="0 = no clipping")
+    EPOCHS: int = setting(50, min=1)
+    MAX_STEPS: int | None = setting(None, min=1, doc="cap on optimizer steps")
+    FREEZE_FLOW_STEPS: int = setting(0, min=0, doc="flow and deformable parameters frozen this long")
+    FLOW_LR_MULT: float = setting(1.0, min=0.0, doc="their lr multiplier after the freeze")
+    RESUME: str | None = setting(None, doc="checkpoint file, checkpoint folder or 'auto'")
     OPTIM: OptimConfig = field(default_factory=OptimConfig)
     SCHED: SchedConfig = field(default_factory=SchedConfig)
     CHECKPOINT: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -126,17 +116,17 @@ class TrainConfig:
 
 @dataclass
 class CharbonnierConfig:
-    WEIGHT: float = _f(1.0, min=0.0)
-    EPS: float = _f(1e-3, min=0.0)
+    WEIGHT: float = setting(1.0, min=0.0)
+    EPS: float = setting(1e-3, min=0.0)
 
 
 @dataclass
 class PerceptualConfig:
-    WEIGHT: float = _f(0.0, min=0.0)
+    WEIGHT: float = setting(0.0, min=0.0)
     NETWORK: Literal["vgg16", "vgg19"] = "vgg16"
     LAYER: str = "relu3_3"
-    WEIGHTS: str | None = _f(None, doc="local torchvision-format VGG state dict (.pth)")
-    ALLOW_RANDOM_WEIGHTS: bool = _f(False, doc="timing runs only: random VGG, loudly")
+    WEIGHTS: str | None = setting(None, doc="local torchvision-format VGG state dict (.pth)")
+    ALLOW_RANDOM_WEIGHTS: bool = setting(False, doc="timing runs only: random VGG, loudly")
 
 
 @dataclass
@@ -151,21 +141,17 @@ class LogConfig:
     TIMING_CONSOLE: bool = True
     TIMING_FILE: bool = True
     TIMING_JSONL: bool = True
-    TIMING_CONSOLE_INTERVAL: int = _f(10, min=1)
-    TIMING_FILE_INTERVAL: int = _f(50, min=1)
+    TIMING_CONSOLE_INTERVAL: int = setting(10, min=1)
+    TIMING_FILE_INTERVAL: int = setting(50, min=1)
     LOG_DIR: str = "runs/logs"
-    RUN_NAME: str | None = _f(None, doc="null: the config file's name")
-    PROGRESS_INTERVAL: int = _f(10, min=1, doc="steps between progress lines when not a TTY")
+    RUN_NAME: str | None = setting(None, doc="null: the config file's name")
+    PROGRESS_INTERVAL: int = setting(10, min=1, doc="steps between progress lines when not a TTY")
 
 
 # the model section is parsed by the model package; keep the name importable lazily
 def _parse_model(section: Any, file: str | None) -> Any:
     from trainer.models.config import ModelConfig
 
-    if section is None:
-        section = {}
-    if not isinstance(section, dict):
-        raise ConfigError("MODEL", f"expected a mapping, got {_type_name(section)}", file)
     return ModelConfig.from_dict(section, file)
 
 
@@ -193,89 +179,6 @@ _SECTIONS = ("DATA", "MODEL", "DATALOADER", "TRAIN", "LOSS", "LOG")
 
 
 # --------------------------------------------------------------------------- parsing
-
-
-def _type_name(v: Any) -> str:
-    if v is None:
-        return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a mapping"}.get(type(v), type(v).__name__)
-
-
-def _suggest(key: str, known: list[str]) -> str:
-    upper = {k.upper(): k for k in known}
-    m = difflib.get_close_matches(key.upper(), list(upper), n=1, cutoff=0.5)
-    if m:
-        return f"; did you mean {upper[m[0]]}?"
-    return f"; known keys: {', '.join(known)}"
-
-
-def _convert(value: Any, tp: Any, path: str, file: str | None) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], path, file)
-    if origin is Literal:
-        if value not in args:
-            choices = ", ".join(str(a) for a in args)
-            raise ConfigError(path, f"must be one of {choices}, got {value!r}", file)
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(path, f"expected a list of {len(args)} numbers, got {value!r}", file)
-        return tuple(_convert(v, a, f"{path}[{i}]", file) for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, path, file)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(path, f"expected true or false, got {_type_name(value)} {value!r}", file)
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, f"expected an integer, got {_type_name(value)} {value!r}", file)
-        return value
-    if tp is float:
-        # YAML reads "1e-4" (no dot) as a string: accept numeric strings for floats
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(path, f"expected a number, got {_type_name(value)} {value!r}", file)
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(path, f"expected a string, got {_type_name(value)} {value!r}", file)
-        return value
-    raise TypeError(f"unsupported config type {tp!r} at {path}")  # programming error
-
-
-def _from_dict(cls: type, data: Any, path: str, file: str | None) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(path, f"expected a mapping, got {_type_name(data)}", file)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name.isupper()}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        kp = f"{path}.{key}" if path else str(key)
-        if key not in fields:
-            raise ConfigError(kp, "unknown key" + _suggest(str(key), list(fields)), file)
-        f = fields[key]
-        v = _convert(value, hints[key], kp, file)
-        lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if lo is not None and v < lo:
-                raise ConfigError(kp, f"must be >= {lo}, got {v}", file)
-            if hi is not None and v > hi:
-                raise ConfigError(kp, f"must be <= {hi}, got {v}", file)
-        kwargs[key] = v
-    return cls(**kwargs)
 
 
 def _check(cfg: Config) -> None:
@@ -318,7 +221,7 @@ def _check(cfg: Config) -> None:
     if p.LAYER not in VGG_LAYERS[p.NETWORK]:
         raise ConfigError(
             "LOSS.VGG_PERCEPTUAL.LAYER",
-            f"{p.LAYER!r} is not a layer of {p.NETWORK}" + _suggest(p.LAYER, VGG_LAYERS[p.NETWORK]),
+            f"{p.LAYER!r} is not a layer of {p.NETWORK}" + suggest(p.LAYER, VGG_LAYERS[p.NETWORK]),
             file,
         )
     if t.RESUME and t.RESUME != "auto" and not os.path.exists(t.RESUME):
@@ -366,17 +269,17 @@ def from_raw(raw: Any, file: str | None = None) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError("<top>", f"expected a mapping of sections, got {_type_name(raw)}", file)
+        raise ConfigError("<top>", f"expected a mapping of sections, got {type_name(raw)}", file)
     for key in raw:
         if key not in _SECTIONS:
-            raise ConfigError(str(key), "unknown section" + _suggest(str(key), list(_SECTIONS)), file)
+            raise ConfigError(str(key), "unknown section" + suggest(str(key), list(_SECTIONS)), file)
     kwargs: dict[str, Any] = {}
     hints = typing.get_type_hints(Config)
     for key in _SECTIONS:
         if key == "MODEL":
             kwargs[key] = _parse_model(raw.get("MODEL"), file)
         elif key in raw:
-            kwargs[key] = _convert(raw[key], hints[key], key, file)
+            kwargs[key] = convert(raw[key], hints[key], key, file)
     cfg = Config(**kwargs, raw=raw, file=file)
     _check(cfg)
     return cfg
@@ -399,7 +302,7 @@ def load_config(path: str, overrides: list[str] | None = None) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError("<top>", f"expected a mapping of sections, got {_type_name(raw)}", path)
+        raise ConfigError("<top>", f"expected a mapping of sections, got {type_name(raw)}", path)
     if overrides:
         raw = apply_overrides(raw, overrides)
     return from_raw(raw, path)

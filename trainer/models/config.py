@@ -7,12 +7,13 @@ Every bad value raises :class:`trainer.errors.ConfigError` naming the key path, 
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.errors import ConfigError
+from trainer.typed_config import from_dict, setting
 
 __all__ = ["ModelConfig", "SpikeConfig", "VRTConfig"]
 
@@ -77,32 +78,20 @@ class ModelConfig:
     """The ``MODEL:`` section."""
 
     USE_SPIKE: bool = True
-    FLOW_WEIGHTS: str | None = None
+    FLOW_WEIGHTS: str | None = setting(None, expect="a file path or null")
     VRT: VRTConfig = field(default_factory=VRTConfig)
     SPIKE: SpikeConfig = field(default_factory=SpikeConfig)
 
     @classmethod
     def from_dict(cls, section: dict[str, Any] | None, file: str | None = None) -> ModelConfig:
         """Build from the YAML ``MODEL:`` mapping (missing keys take defaults), validated."""
-        if section is None:
-            section = {}
-        if not isinstance(section, dict):
-            raise ConfigError("MODEL", f"expected a mapping, got {_tname(section)}", file)
-        cfg = cls()
-        _fill(cfg, section, "MODEL", file, nested={"VRT": VRTConfig, "SPIKE": SpikeConfig})
+        cfg = from_dict(cls, section, "MODEL", file)
         cfg.validate(file)
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict with the YAML's upper-case keys (round-trips through from_dict)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, (VRTConfig, SpikeConfig)):
-                out[f.name] = {g.name: _copy(getattr(v, g.name)) for g in fields(v)}
-            else:
-                out[f.name] = v
-        return out
+        return dataclasses.asdict(self)  # lists are copied
 
     # ------------------------------------------------------------------ validation
 
@@ -180,66 +169,3 @@ class ModelConfig:
                 raise ConfigError(p + key, "must be > 0", file)
         if self.FLOW_WEIGHTS is not None and not os.path.isfile(self.FLOW_WEIGHTS):
             raise ConfigError("MODEL.FLOW_WEIGHTS", f"no such file: {self.FLOW_WEIGHTS}", file)
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _tname(x: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            int: "an integer", float: "a number", type(None): "null"}.get(type(x), type(x).__name__)
-
-
-def _copy(v: Any) -> Any:
-    return list(v) if isinstance(v, list) else v
-
-
-def _fill(obj: Any, section: dict[str, Any], path: str, file: str | None,
-          nested: dict[str, type] | None = None) -> None:
-    """Set the dataclass ``obj``'s fields from ``section``, type-checking each value."""
-    nested = nested or {}
-    known = {f.name: f for f in fields(obj)}
-    for key, value in section.items():
-        kp = f"{path}.{key}"
-        if not isinstance(key, str) or key not in known:
-            close = difflib.get_close_matches(str(key).upper(), list(known), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(known)}"
-            raise ConfigError(kp, f"unknown key{hint}", file)
-        if key in nested:
-            if value is None:
-                continue
-            if not isinstance(value, dict):
-                raise ConfigError(kp, f"expected a mapping, got {_tname(value)}", file)
-            _fill(getattr(obj, key), value, kp, file)
-            continue
-        setattr(obj, key, _coerce(value, known[key].type, kp, file))
-
-
-def _coerce(value: Any, annot: Any, kp: str, file: str | None) -> Any:
-    """Check ``value`` against a field annotation string (``from __future__`` annotations)."""
-    t = str(annot).replace(" ", "")
-    if t == "bool":
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(kp, f"expected true or false, got {_tname(value)} {value!r}", file)
-    if t == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(kp, f"expected an integer, got {_tname(value)} {value!r}", file)
-    if t == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(kp, f"expected a number, got {_tname(value)} {value!r}", file)
-    if t == "str|None":
-        if value is None or isinstance(value, str):
-            return value or None
-        raise ConfigError(kp, f"expected a file path or null, got {_tname(value)}", file)
-    if t == "list[int]":
-        if not isinstance(value, list):
-            raise ConfigError(kp, f"expected a list of integers, got {_tname(value)}", file)
-        for i, x in enumerate(value):
-            if not isinstance(x, int) or isinstance(x, bool):
-                raise ConfigError(f"{kp}[{i}]", f"expected an integer, got {_tname(x)} {x!r}",
-                                  file)
-        return list(value)
-    raise AssertionError(f"unhandled annotation {annot!r}")  # pragma: no cover
