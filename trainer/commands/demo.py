@@ -1,35 +1,248 @@
-"""``trainer demo``: the timing core on a small synthetic, CPU-only workload.
+"""``trainer demo``: the tiny CPU training in the background with the monitor on it.
 
-Interim version: it runs a loop shaped like a training step (data, a forward pass of
-staged modules with a loop over blocks, loss, backward, optimizer) doing real CPU work,
-times it with the timing core, writes a run under the log root and prints the summary.
-No torch needed. (A later version runs the tiny trainer with the monitor on it.)
+On a terminal: starts ``trainer train --cfg configs/deblur/vrt_spike_tiny.yaml`` (synthetic
+data, CPU) in the background with its output in a log file, waits for its run folder, then
+opens ``tui watch`` on the log root. Quitting the monitor (``q``) stops the training cleanly:
+SIGINT, so it finishes the current step, writes a checkpoint and ends its run
+``interrupted``; a second SIGINT after a grace period stops it at once; SIGKILL last.
+
+Without a terminal (CI, pipes), or with ``--no-monitor``: trains a few steps in the
+foreground and prints the run's summary (``tui summary``) instead of opening the screen.
+
+``--synthetic`` (or ``--size``): no model and no torch: a loop shaped like a training step
+(data, staged forward with a loop over blocks, loss, backward, optimizer) doing real CPU work
+on small matrices, timed by the timing core in the foreground with its console panel.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from trainer.clikit import UsageError
 from trainer.timing import TimingLogger, log_timing, set_global_timing_logger, timed
-from trainer.timing.records import DEFAULT_LOG_ROOT
 
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CFG = REPO / "configs" / "deblur" / "vrt_spike_tiny.yaml"
+DEFAULT_ROOT = "runs/demo"
+GRACE_S = 120.0  # a tiny step takes seconds; under heavy load tens of seconds
 STAGES = ("stage1", "stage2", "stage3", "stage8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=60, help="steps to run (default 60)")
-    parser.add_argument(
-        "--log-dir", default=DEFAULT_LOG_ROOT, help=f"log root (default {DEFAULT_LOG_ROOT})"
-    )
-    parser.add_argument("--run-name", default="demo", help="name part of the run id")
-    parser.add_argument(
-        "--size", type=int, default=24, help="matrix size of the synthetic work (default 24)"
-    )
-    parser.add_argument("--no-console", action="store_true", help="no live panel/lines")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cfg", default=str(DEFAULT_CFG), metavar="FILE",
+                        help="training config (default: the tiny CPU config)")
+    parser.add_argument("--log-dir", default=DEFAULT_ROOT, metavar="DIR",
+                        help=f"log root the run is written to and watched (default {DEFAULT_ROOT})")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps (default: the config's TRAIN.MAX_STEPS on a terminal, 5 without)")
+    parser.add_argument("--no-monitor", action="store_true",
+                        help="train in the foreground and print the summary (the default without a terminal)")
+    synth = parser.add_argument_group("torch-free synthetic workload (no model)")
+    synth.add_argument("--synthetic", action="store_true",
+                       help="time a CPU loop shaped like a training step instead of the model (no torch)")
+    synth.add_argument("--size", type=int, default=None,
+                       help="matrix size of the synthetic work (default 24; implies --synthetic)")
+    synth.add_argument("--run-name", default="demo", help="name part of the synthetic run's id")
+    synth.add_argument("--no-console", action="store_true", help="no live panel/lines (synthetic)")
+    synth.add_argument("--seed", type=int, default=0)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the demo process dies (Linux), so no training is orphaned."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
+def train_command(cfg: str, root: Path, steps: int | None) -> list[str]:
+    """The background training (the console panel off: its output goes to a file)."""
+    cmd = [sys.executable, "-m", "trainer", "train", "--cfg", cfg, "--log-dir", str(root),
+           "--set", "LOG.TIMING_CONSOLE=false"]
+    if steps is not None:
+        cmd += ["--set", f"TRAIN.MAX_STEPS={steps}"]
+    return cmd
+
+
+def _start(cfg: str, root: Path, steps: int | None, log_file: Path) -> subprocess.Popen[bytes]:
+    cmd = train_command(cfg, root, steps)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "wb") as out:
+        # its own session: keys typed in the monitor never reach it as signals; we send them
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=_die_with_parent if os.name == "posix" else None,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _runs(root: Path) -> set[str]:
+    try:
+        return {e.name for e in os.scandir(root) if e.is_dir()}
+    except OSError:
+        return set()
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def _wait_for_run(proc: subprocess.Popen[bytes], root: Path, before: set[str], log_file: Path) -> Path | None:
+    """The new run folder once its first record is written; None if the training died first."""
+    t0 = time.monotonic()
+    spin = "|/-\\"
+    i = 0
+    while proc.poll() is None:
+        for name in sorted(_runs(root) - before, reverse=True):
+            f = root / name / "rank0.jsonl"
+            if f.exists() and f.stat().st_size > 0:
+                if sys.stderr.isatty():
+                    sys.stderr.write("\r\x1b[K")
+                return root / name
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\r{spin[i % 4]} starting the tiny training ({time.monotonic() - t0:.0f} s: "
+                             f"importing torch, building the model and the synthetic clips)")
+            sys.stderr.flush()
+        i += 1
+        time.sleep(0.25)
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\x1b[K")
+    return None
+
+
+def _follow(proc: subprocess.Popen[bytes], log_file: Path) -> None:
+    """Copy the training's output to stderr until it exits (CI logs show progress)."""
+    pos = 0
+    while True:
+        done = proc.poll() is not None
+        try:
+            with open(log_file, "rb") as f:
+                f.seek(pos)
+                data = f.read()
+        except OSError:
+            data = b""
+        if data:
+            pos += len(data)
+            sys.stderr.write(data.decode("utf-8", "replace"))
+            sys.stderr.flush()
+        if done:
+            return
+        time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT (finish the step, checkpoint, run_end interrupted), again, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    print("demo: stopping the training: it finishes its current step and writes a checkpoint ...",
+          file=sys.stderr, flush=True)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(GRACE_S)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    print("demo: still busy; stopping it now", file=sys.stderr, flush=True)
+    proc.send_signal(signal.SIGINT)  # asked twice: the trainer stops at once (run_end interrupted)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _end_status(run: Path) -> str | None:
+    try:
+        with open(run / "rank0.jsonl", "rb") as f:
+            f.seek(max(0, os.path.getsize(run / "rank0.jsonl") - 4096))
+            last = f.read().splitlines()[-1]
+        d = json.loads(last)
+    except (OSError, ValueError, IndexError):
+        return None
+    return d.get("status") if d.get("kind") == "run_end" else None
+
+
+def _print_summary(run: Path) -> None:
+    from tui.cli import main as tui_main
+
+    sys.stdout.flush()
+    tui_main(["summary", str(run)])
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if args.synthetic or args.size is not None:
+        if args.steps is None:
+            args.steps = 60
+        if args.size is None:
+            args.size = 24
+        return run_synthetic(args)
+    if not os.path.isfile(args.cfg):
+        raise UsageError(f"config not found: {args.cfg} (run the demo from a clone of the repository, "
+                         "or give --cfg)")
+    tty = sys.stdin.isatty() and sys.stdout.isatty() and not args.no_monitor
+    steps = args.steps if args.steps is not None or tty else 5
+    root = Path(args.log_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    log_file = root.parent / f"{root.name}-train.log"
+    before = _runs(root)
+    proc = _start(args.cfg, root, steps, log_file)
+    print(f"demo: training {Path(args.cfg).name} on CPU in the background (pid {proc.pid}); its output "
+          f"goes to {log_file}", file=sys.stderr, flush=True)
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds to the finally below, which stops the training
+
+    for s in old:
+        signal.signal(s, _on_signal)
+    run_dir = None
+    try:
+        run_dir = _wait_for_run(proc, root, before, log_file)
+        if run_dir is None:
+            print(f"demo: the training stopped before writing a run (exit status {proc.returncode}):\n"
+                  f"{_tail(log_file)}", file=sys.stderr)
+            return proc.returncode or 1
+        if tty:
+            from tui.cli import main as tui_main
+
+            tui_main(["watch", str(root)])
+        else:
+            print(f"demo: run {run_dir.name}: training {steps} steps (no terminal: printing the "
+                  "summary at the end; run it in a terminal for the live monitor)", file=sys.stderr, flush=True)
+            _follow(proc, log_file)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop(proc)
+        for s, h in old.items():
+            signal.signal(s, h)
+    if run_dir is None:
+        return 130
+    status = _end_status(run_dir) or "no run_end (stopped hard)"
+    if proc.returncode not in (0, None) and status == "failed":
+        print(f"demo: the training failed:\n{_tail(log_file)}", file=sys.stderr)
+    if not tty:
+        _print_summary(run_dir)
+    print(f"\ndemo: run {status}. See it again with `tui replay {run_dir}` or `tui summary {run_dir}`; "
+          f"training output in {log_file}", file=sys.stderr)
+    return 0 if status in ("completed", "interrupted") else 1
+
+
+# --------------------------------------------------------------------------- synthetic
 
 
 def _matmul(a: list[list[float]], b: list[list[float]]) -> list[list[float]]:
@@ -42,9 +255,8 @@ def _block(x: list[list[float]], w: list[list[float]]) -> list[list[float]]:
     return [[math.tanh(v) for v in row] for row in y]
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+def run_synthetic(args: argparse.Namespace) -> int:
+    """The torch-free workload: the timing core on matrix blocks, in the foreground."""
     if not 4 <= args.size <= 256:
         raise UsageError(f"--size must be between 4 and 256, got {args.size}")
     rng = random.Random(args.seed)

@@ -1,0 +1,107 @@
+"""``trainer demo`` without a terminal (CI): trains in the background, prints the summary.
+
+The training is replaced by a small stand-in that writes a real run through the timing core,
+so the orchestration (start, wait for the run, follow the output, stop, summary) is tested in
+seconds; the terminal path (monitor, quit, clean stop) is exercised by hand in tmux.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer.clikit import UsageError
+from trainer.commands import demo
+
+FAKE = textwrap.dedent(
+    """
+    import signal, sys, time
+    from trainer.timing import TimingLogger, set_global_timing_logger, timed
+    root, steps, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    if mode == "crash":
+        print("ConfigError: DATA.CROP_SIZE: bad", flush=True)
+        sys.exit(2)
+    stop = []
+    signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+    log = TimingLogger(root, enable_console=False, enable_file=False, run_name="vrt_spike_tiny",
+                       config={"TRAIN": {"BATCH_SIZE": 2}}, total_steps=steps, samples_per_step=2)
+    set_global_timing_logger(log)
+    log.mark_step_start()
+    for s in range(1, steps + 1):
+        with timed("forward"):
+            time.sleep(0.01)
+        with timed("backward"):
+            time.sleep(0.02)
+        log.step(samples=2, scalars={"loss": 1.0 / s})
+        print(f"step {s}/{steps}", flush=True)
+        if stop:
+            log.close("interrupted")
+            sys.exit(130)
+    log.close("completed")
+    """
+)
+
+
+def _args(tmp: Path, **kw: object) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    demo.add_arguments(p)
+    a = p.parse_args(["--log-dir", str(tmp / "runs" / "demo"), "--no-monitor"])
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+
+@pytest.fixture()
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE)
+    mode = {"m": "ok"}
+
+    def command(cfg: str, root: Path, steps: int | None) -> list[str]:
+        return [sys.executable, str(script), str(root), str(steps or 50), mode["m"]]
+
+    monkeypatch.setattr(demo, "train_command", command)
+    return mode
+
+
+def test_no_terminal_trains_then_prints_the_summary(tmp_path: Path, fake, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert demo.run(_args(tmp_path)) == 0
+    out, err = capsys.readouterr()
+    assert "finished  step 5/5" in out and "backward" in out  # `tui summary` of the run
+    assert "step 5/5" in err and "run completed" in err  # the training's own output, followed
+    assert (tmp_path / "runs" / "demo-train.log").read_text().count("step ") == 5
+
+
+def test_training_that_dies_early_is_reported(tmp_path: Path, fake, capsys) -> None:  # type: ignore[no-untyped-def]
+    fake["m"] = "crash"
+    assert demo.run(_args(tmp_path)) == 2
+    assert "ConfigError: DATA.CROP_SIZE: bad" in capsys.readouterr().err
+
+
+def test_stop_is_clean(tmp_path: Path, fake) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "runs" / "demo"
+    root.mkdir(parents=True)
+    proc = demo._start("cfg.yaml", root, 10_000, tmp_path / "train.log")
+    run = demo._wait_for_run(proc, root, set(), tmp_path / "train.log")
+    assert run is not None
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    demo._stop(proc)
+    assert time.monotonic() - t0 < 10 and proc.returncode == 130
+    assert demo._end_status(run) == "interrupted"
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--steps"):
+        demo.run(_args(tmp_path, steps=0))
+    with pytest.raises(UsageError, match="config not found"):
+        demo.run(_args(tmp_path, cfg=str(tmp_path / "nope.yaml")))
+    r = subprocess.run([sys.executable, "-m", "trainer", "demo", "--steps", "0"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
