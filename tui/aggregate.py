@@ -521,8 +521,9 @@ class RunAgg:
     def absorb(self, other: RunAgg) -> None:
         """Take the ranks another aggregate read (in another process) of the same run.
 
-        Their statistics are moved over whole; ranks are then compared over the last
-        :attr:`pending_limit` steps each kept, as reading them interleaved would have.
+        Their statistics are moved over whole; :meth:`compare_absorbed` then compares the
+        ranks per step over the last :attr:`pending_limit` steps each kept (all the window
+        figures need; ``compared_steps`` then counts those steps only).
         """
         for r, a in other.ranks.items():
             self.ranks[r] = a
