@@ -236,8 +236,8 @@ def bench_idle(seconds: float = 30.0, warmup: float = 12.0) -> dict:
     return {"seconds": t1 - t0, "cpu_pct": (c1 - c0) / (t1 - t0) * 100, "runs": 6, "load": os.getloadavg()[0]}
 
 
-def render(rep: dict, lat: dict, idle: dict) -> str:
-    """The markdown section from the three measurements."""
+def render(rep: dict, lat: dict, idle: dict, more: list[dict] | None = None) -> str:
+    """The markdown section from the three measurements (``more``: other replay samples)."""
 
     def mark(ok: bool) -> str:
         return "met" if ok else "**not met**"
@@ -281,7 +281,22 @@ every type (measured cheaper than type checks on the decoded objects: ~6 µs aga
 Lines are folded into the statistics with numpy per batch (a read of up to 1 MiB, in slices
 of at most 1,024 lines). On this machine `json.loads` alone costs about {rep['loads_s'] / rep['lines'] * 1e6:.0f} µs per {rep['mb'] * 2**20 / rep['lines'] / 1024:.1f} KiB line,
 so the absolute 3 s target {"is out of reach of any reader that parses every line with the standard library here" if rep['loads_s'] > 3 else "holds"}.
-"""
+{_more_samples(more or [])}"""
+
+
+def _more_samples(more: list[dict]) -> str:
+    if not more:
+        return ""
+    rows = "".join(
+        f"| {m.get('load', math.nan):.1f} | {m['replay_s']:.2f} s ({m['replay_cpu']:.1f} s CPU) | {m['serial_s']:.2f} s |"
+        f" {m['loads_s']:.2f} s | {m['ratio']:.2f} | {m['serial_ratio']:.2f} |\n"
+        for m in more
+    )
+    return (
+        "\nOther runs of the replay measurement alone (`--replay-only`), same files, same code:\n\n"
+        "| load average | replay, parallel | one process | `json.loads` | ratio | ratio, one process |\n"
+        "|---|---|---|---|---|---|\n" + rows
+    )
 
 
 def main() -> None:
@@ -291,12 +306,18 @@ def main() -> None:
     ap.add_argument("--regions", type=int, default=40)
     ap.add_argument("--replay-only", action="store_true", help="measure (1) only, print it, write nothing")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
-    ap.add_argument("--from", dest="from_file", metavar="OUT",
-                    help="re-render the section from the JSON lines this script printed earlier")
+    ap.add_argument("--from", dest="from_file", metavar="OUT", nargs="+",
+                    help="re-render the section from the JSON lines this script printed earlier"
+                         " (a full run first; replay lines of --replay-only runs are added as samples)")
     args = ap.parse_args()
     if args.from_file:
-        rep, lat, idle = [json.loads(x) for x in Path(args.from_file).read_text().splitlines() if x.startswith("{")][:3]
-        md = render(rep, lat, idle)
+        recs = []
+        for name in args.from_file:
+            recs += [json.loads(x) for x in Path(name).read_text().splitlines() if x.startswith("{")]
+        reps = [r for r in recs if "replay_s" in r]
+        lat = next(r for r in recs if "p95" in r)
+        idle = next(r for r in recs if "p95" not in r and "replay_s" not in r)
+        md = render(reps[0], lat, idle, reps[1:])
         print(md)
         if not args.no_write:
             write_section("tui", md)
