@@ -1,4 +1,4 @@
-"""Whole-run ingestion: several processes, sub-batches and mixed rows give the same figures."""
+"""Whole-run ingestion (processes, batches, mixed rows), the tree repaint per snapshot, replay wake-ups."""
 
 from __future__ import annotations
 
@@ -135,3 +135,41 @@ def test_tree_repaints_changed_values_without_rebuilding(tmp_path: Path) -> None
             assert tree.nodes_by_name["alpha"].label.plain.startswith("alpha ")
 
     asyncio.run(main())
+
+
+def test_replay_posts_after_a_command_whose_wakeup_was_lost(tmp_path: Path) -> None:
+    import threading
+
+    from tui.replay import ReplaySource
+
+    write_run(tmp_path, "r", steps=5, ranks=1)
+    src = ReplaySource(tmp_path / "r", playing=False, tick_s=0.01)
+    posted: list[int] = []
+    done = threading.Event()
+
+    class LateWake(threading.Event):
+        """The command arrives (and sets the event) just as the wait times out."""
+
+        calls = 0
+
+        def wait(self, timeout: float | None = None) -> bool:
+            LateWake.calls += 1
+            if LateWake.calls == 2:
+                src._commands.append(lambda: src.forward(1))
+                self.set()
+                return False  # timed out: the set() above is cleared by the loop
+            if LateWake.calls > 4:
+                done.set()
+                src._stop.set()
+            return False
+
+    src._wake = LateWake()
+
+    def post(snap) -> None:  # type: ignore[no-untyped-def]
+        posted.append(snap.selected.step)
+
+    t = threading.Thread(target=src._loop, args=(post,))
+    t.start()
+    assert done.wait(10)
+    t.join(10)
+    assert posted[0] == 0 and 1 in posted  # the step the command showed was posted

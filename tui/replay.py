@@ -293,7 +293,10 @@ class ReplaySource:
         while not self._stop.is_set():
             woke = self._wake.wait(self.tick_s)
             self._wake.clear()
+            # a command queued just as the wait timed out has its wake-up cleared above:
+            # whether it ran, not `woke`, says a snapshot is due
             while self._commands:
+                woke = True
                 try:
                     self._commands.popleft()()
                 except Exception:
