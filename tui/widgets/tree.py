@@ -178,11 +178,15 @@ class StageTree(Tree[str]):
             row = self.rows.get(name)
             if row is not None:
                 label = self._label(row)
-                old = node._label
-                if label.plain != old.plain or label.spans != old.spans:
-                    node._label = self.process_label(label)
-                    node._updates += 1
-                    changed = True
+                old = getattr(node, "_label", None)
+                if old is not None and label.plain == old.plain and label.spans == old.spans:
+                    continue
+                if old is None or not hasattr(node, "_updates"):
+                    node.set_label(label)  # a Textual without these internals: public path
+                    continue
+                node._label = self.process_label(label)
+                node._updates += 1
+                changed = True
         if changed:
             self.refresh()
 
