@@ -358,3 +358,27 @@ def test_larger_batch_keeps_the_effective_batch_with_accumulation(tmp_path: Path
     mem = lambda s, r: {"allocated": 6 * GiB, "peak": 16 * GiB}  # noqa: E731
     a = rules_of(write_run(tmp_path, config=cfg(accum=6), memory=mem))["larger_batch"]
     assert "GRADIENT_ACCUMULATION_STEPS (now 6)" in a.action
+
+
+def test_memtrend_batches_equal_single_adds() -> None:
+    rng = random.Random(5)
+    steps = list(range(1, 301))
+    mems: list[dict[str, int] | None] = []
+    for s in steps:
+        r = rng.random()
+        mems.append(None if r < 0.1 else {"rss": 10**9 + 3000 * s + rng.randint(0, 10**6)} if r < 0.3
+                    else {"allocated": 5 * 10**9 + 7000 * s, "peak": 1})
+    one = MemTrend(window=7, skip=3)
+    for s, m in zip(steps, mems, strict=True):
+        if m:
+            one.add(s, m.get("allocated", m.get("rss")))
+    many = MemTrend(window=7, skip=3)
+    i = 0
+    for size in (1, 2, 5, 40, 3, 100, 149):
+        many.add_batch(steps[i : i + size], mems[i : i + size])
+        i += size
+    a, b = one.facts(), many.facts()
+    assert a is not None and b is not None
+    assert (a.samples, a.first_step, a.last_step) == (b.samples, b.first_step, b.last_step)
+    assert b.early_mean == pytest.approx(a.early_mean) and b.recent_mean == pytest.approx(a.recent_mean)
+    assert b.slope == pytest.approx(a.slope, rel=1e-9)

@@ -20,7 +20,7 @@ import json
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,38 @@ class MemTrend:
         self._my += (v - self._my) / self._n
         self._sxx += dx * (x - self._mx)
         self._cxy += dx * (v - self._my)
+
+    def add_batch(self, steps: Sequence[int], memories: Sequence[Mapping[str, Any] | None]) -> None:
+        """Many steps at once (the monitor folds records in batches): ``memory`` dicts of step
+        records, using ``allocated`` (device) or else ``rss`` (host). Same result as ``add``."""
+        pts = [(s, m.get("allocated", m.get("rss"))) for s, m in zip(steps, memories, strict=False) if m]
+        pts = [(s, float(v)) for s, v in pts if v is not None and math.isfinite(v)]
+        if self._skipped < self.skip:
+            k = min(len(pts), self.skip - self._skipped)
+            self._skipped += k
+            pts = pts[k:]
+        if not pts:
+            return
+        if self._n == 0:
+            self._first = pts[0][0]
+        self._last = pts[-1][0]
+        room = self.window - len(self._early)
+        if room > 0:
+            self._early.extend(v for _, v in pts[:room])
+        self._ring.extend(v for _, v in pts[-self.window :])
+        # merge the batch's mean and co-moments into the running ones (Chan et al.)
+        nb = len(pts)
+        mxb = sum(x for x, _ in pts) / nb
+        myb = sum(v for _, v in pts) / nb
+        sxxb = sum((x - mxb) ** 2 for x, _ in pts)
+        cxyb = sum((x - mxb) * (v - myb) for x, v in pts)
+        na, n = self._n, self._n + nb
+        dx, dy = mxb - self._mx, myb - self._my
+        self._mx += dx * nb / n
+        self._my += dy * nb / n
+        self._sxx += sxxb + dx * dx * na * nb / n
+        self._cxy += cxyb + dx * dy * na * nb / n
+        self._n = n
 
     def facts(self) -> TrendFacts | None:
         if self._n == 0:
