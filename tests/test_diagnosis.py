@@ -382,3 +382,58 @@ def test_memtrend_batches_equal_single_adds() -> None:
     assert (a.samples, a.first_step, a.last_step) == (b.samples, b.first_step, b.last_step)
     assert b.early_mean == pytest.approx(a.early_mean) and b.recent_mean == pytest.approx(a.recent_mean)
     assert b.slope == pytest.approx(a.slope, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- wired into the monitor
+
+
+def test_monitor_carries_trend_and_config(tmp_path: Path) -> None:
+    """The aggregation keeps the memory trend and config: no second pass over the files."""
+    def leak(s: int, r: int) -> dict[str, int]:
+        return {"allocated": 10 * GiB + s * 20 * MiB, "peak": 20 * GiB}
+
+    run = write_run(tmp_path, steps=120, ranks=2, memory=leak)
+    snap = open_run(run)
+    assert snap.config == cfg()
+    assert snap.mem_trend is not None and snap.mem_trend.slope == pytest.approx(20 * MiB)
+    assert "memory_creep" in {a.rule for a in advice_for_run(snap, scan=False)}
+
+
+def test_summary_text_and_json_show_advice(tmp_path: Path) -> None:
+    from tui.summary import summary_dict, summary_text
+
+    run = write_run(tmp_path, ranks=3, slow={2: 1.25})
+    snap = open_run(run)
+    d = json.loads(json.dumps(summary_dict(snap), allow_nan=False))
+    rules = [a["rule"] for a in d["advice"]]
+    assert rules[0] == "straggler" and "checkpointing_off" in rules
+    first = d["advice"][0]
+    assert first["severity"] == "warn" and first["evidence"]["rank"] == 2 and first["title"] and first["action"]
+    text = summary_text(snap).plain
+    assert "advice:" in text and "rank 2 on node2 is a straggler" in text
+    # --red moves what "dominates" means
+    assert "dominant" not in [a["rule"] for a in summary_dict(snap, red=0.9)["advice"]]
+
+
+def test_screen_shows_advice(tmp_path: Path) -> None:
+    import asyncio
+
+    from tui.app import MonitorApp
+    from tui.live import LiveSource
+    from tui.widgets.panels import AdviceBox
+
+    write_run(tmp_path, ranks=3, slow={2: 1.25})
+    app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05, min_gap=0.0))
+
+    async def drive() -> str:
+        async with app.run_test(size=(160, 48)) as pilot:
+            for _ in range(400):
+                if app.world and app.world.selected and app.world.selected.step:
+                    break
+                await pilot.pause(0.05)
+            await pilot.pause()
+            box = app.query_one(AdviceBox)
+            return str(box.render())
+
+    shown = asyncio.run(drive())
+    assert "straggler" in shown and "⚠" in shown

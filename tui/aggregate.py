@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from trainer.timing.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, RunStart
+from tui.diagnosis import MemTrend, worst_trend
 from tui.parse import StepRow
 from tui.snapshot import (
     EMPTY,
@@ -121,6 +122,7 @@ class RankAgg:
         self.last_time = 0.0
         self.memory: dict[str, Any] | None = None
         self.mem_peak: int | None = None
+        self.mem_trend = MemTrend()  # memory over the run for the advice (bounded)
         self.scalars: dict[str, Any] | None = None
         self.dropped_names = 0
 
@@ -262,6 +264,7 @@ class RankAgg:
         self.last_time = float(times_t[-1])
         peaks = [mem.get("peak") or mem.get("allocated") or mem.get("rss") for mem in mems_t if mem]
         peaks = [p for p in peaks if p is not None]
+        self.mem_trend.add_batch(steps_t, mems_t)
         if peaks:
             p = max(peaks)
             if self.mem_peak is None or p > self.mem_peak:
@@ -754,6 +757,8 @@ class RunAgg:
             started=start0.time if start0 else None,
             idle_s=idle_s,
             replay=replay,
+            mem_trend=worst_trend(a.mem_trend.facts() for a in aggs),
+            config=start0.config if start0 else None,
         )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 NAN = math.nan
 
@@ -118,6 +119,10 @@ class RunSnapshot:
     started: float | None
     idle_s: float  # seconds since the run's files last grew
     replay: str | None = None  # "▶ 2x" status line when replaying
+    # for the advice (tui.diagnosis): the memory trend of the rank whose memory grew most
+    # (TrendFacts) and rank 0's run_start config
+    mem_trend: Any = field(default=None, compare=False)
+    config: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def malformed(self) -> int:

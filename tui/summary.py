@@ -12,6 +12,7 @@ from rich.text import Text
 from trainer.clikit import UsageError
 from trainer.timing.records import RANK_FILE_RE, TEXT_LOG_RE
 from tui.aggregate import DEFAULT_WINDOW
+from tui.diagnosis import WARN, Thresholds, advice_for_run
 from tui.fmt import (
     CLASS_STYLE,
     STATE_STYLE,
@@ -120,6 +121,7 @@ def summary_dict(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10) -> 
             for f in snap.files
         ],
         "error": snap.error,
+        "advice": [a.as_dict() for a in advice_for_run(snap, thresholds=Thresholds(dominant_share=red))],
     }
 
 
@@ -164,6 +166,13 @@ def summary_text(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10, nam
         for v in (s.last, s.avg, s.min, s.max, s.p95):
             t.append(f" {fmt_ms(v):>8}")
         t.append(f" {s.calls if s.calls else '—':>8}\n")
+    advice = advice_for_run(snap, thresholds=Thresholds(dominant_share=red))
+    if advice:
+        t.append("advice:\n", style="bold")
+    for a in advice:
+        t.append(f"  {a.severity:<8}", style="red" if a.severity == WARN else "cyan")
+        t.append_text(literal(a.line()))
+        t.append("\n")
     bad = [f for f in snap.files if f.malformed]
     for f in bad:
         t.append(f"malformed lines in {f.path}: {f.malformed}", style="yellow")
