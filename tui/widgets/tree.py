@@ -132,9 +132,11 @@ class StageTree(Tree[str]):
 
         def key(r: RegionRow) -> tuple:
             if self.sort_by_time:
+                # share of step wall time, not the per-appearance average: a region
+                # seen in few steps (validation) must not outrank the forward pass
                 s = r.window if w else r.whole
-                avg = s.avg if s.avg == s.avg else -1.0
-                return (-avg, r.name)
+                share = s.share if s.share == s.share else -1.0
+                return (-share, r.name)
             return (r.name.lower(), r.name)
 
         out: list[RegionRow] = []
