@@ -246,6 +246,13 @@ def validate(model: nn.Module, loader: DataLoader, device: torch.device,
 # ----------------------------------------------------------------------------- setup
 
 
+def _param_counts(model: nn.Module) -> dict[str, int]:
+    """Parameter counts for the run_start record (the advice estimates optimizer state)."""
+    params = list(model.parameters())
+    return {"TOTAL": sum(p.numel() for p in params),
+            "TRAINABLE": sum(p.numel() for p in params if p.requires_grad)}
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -374,7 +381,8 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
         log_kwargs["enable_console"] = console
     log = TimingLogger.from_config(
         cfg.raw.get("LOG") or {}, config_file=cfg.file, log_dir=log_dir, run_id=run_id,
-        run_name=cfg.name, rank=info.rank, world_size=info.world_size, config=cfg.raw,
+        run_name=cfg.name, rank=info.rank, world_size=info.world_size,
+        config={**cfg.raw, "PARAMS": _param_counts(model)},
         total_steps=total_steps, samples_per_step=samples_per_step, device=device,
         start_step=step, **log_kwargs,
     )
