@@ -8,13 +8,7 @@ import torch
 from trainer.models.ops import sine_position_encoding
 from trainer.models.vrt import TMSA, WindowAttention, _partition, _rel_index, _shift_mask
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _softmax_attn(q, k, v, bias=None):

@@ -20,14 +20,7 @@ from trainer.models import (
 from trainer.models.presets import FULL, TINY, example_inputs, load_model_config
 from trainer.models.spynet import SpyNet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and immune to a busy machine's spin-waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cfg(**vrt: object) -> ModelConfig:

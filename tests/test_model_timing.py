@@ -14,14 +14,7 @@ from trainer.models.instrument import hook_count
 from trainer.models.presets import TINY, example_inputs, load_model_config
 from trainer.timing import TimingLogger, set_global_timing_logger, timed
 
-
-@pytest.fixture(autouse=True)
-def _one_thread_no_global_logger():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-    set_global_timing_logger(None)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(ckpt: bool, use_spike: bool = True) -> ModelConfig:

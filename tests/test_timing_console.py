@@ -19,13 +19,6 @@ class FakeTTY(io.StringIO):
         return True
 
 
-@pytest.fixture(autouse=True)
-def _reset_globals():
-    yield
-    set_global_timing_logger(None)
-    for lg in list(L._open_loggers):
-        lg.close()
-
 
 def fake_steps(lg: TimingLogger, clock: list[float], n: int) -> None:
     for _ in range(n):

@@ -41,13 +41,6 @@ class FakeClock:
         self.t += ms / 1000.0
 
 
-@pytest.fixture(autouse=True)
-def _reset_globals():
-    yield
-    set_global_timing_logger(None)
-    for lg in list(L._open_loggers):
-        lg.close()
-
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import trainer.timing.logger as L
 from trainer.timing import TimingLogger, log_timing, set_global_timing_logger, timed
 from trainer.timing import records as R
 
@@ -60,13 +59,6 @@ class FakeEvent:
             raise RuntimeError("device not ready")
         return end.t - self.t
 
-
-@pytest.fixture(autouse=True)
-def _reset_globals():
-    yield
-    set_global_timing_logger(None)
-    for lg in list(L._open_loggers):
-        lg.close()
 
 
 def make(tmp_path: Path, gpu: FakeGPU, **kw) -> TimingLogger:

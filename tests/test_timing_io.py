@@ -23,13 +23,6 @@ from trainer.timing.jsonl import LineFile
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _reset_globals():
-    yield
-    set_global_timing_logger(None)
-    for lg in list(L._open_loggers):
-        lg.close()
-
 
 def run_steps(lg: TimingLogger, n: int) -> None:
     for _ in range(n):

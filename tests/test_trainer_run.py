@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 from _trainer_helpers import MICRO, TINY, records
 
 from trainer import train as train_mod
@@ -16,12 +15,7 @@ from trainer.train import train
 STEP_REGIONS = {"data", "h2d", "forward", "loss", "loss/charbonnier", "backward", "optimizer"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rank0(run_dir: str) -> list[dict]:

@@ -1,0 +1,30 @@
+"""Fixtures shared by the test files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from trainer.timing import logger as _timing_logger
+from trainer.timing import set_global_timing_logger
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_timing_logger() -> Iterator[None]:
+    """No test leaves a global or open timing logger behind for the next one."""
+    yield
+    set_global_timing_logger(None)
+    for lg in list(_timing_logger._open_loggers):
+        lg.close()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread: tiny ops on a shared 2-core machine are many times faster."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
