@@ -147,6 +147,7 @@ class _CpuRegion:
         stack.append(self)
 
     def __enter__(self) -> _CpuRegion:
+        # _push() inlined: this is the CPU hot path, where a method call is measurable
         tls = self._lg._tls
         try:
             stack = tls.stack
