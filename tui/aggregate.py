@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import chain
 from typing import Any
 
@@ -619,7 +619,7 @@ class RunAgg:
                 names.setdefault(n, None)
         regions = []
         all_stats = [a.all_stats() for a in aggs]
-        for name in _tree_order(names):
+        for name in tree_order(names):
             per = []
             for a, st in zip(aggs, all_stats, strict=True):
                 c = a.cols.get(name)
@@ -762,7 +762,7 @@ class RunAgg:
         )
 
 
-def _tree_order(names: dict[str, None]) -> list[str]:
+def tree_order(names: Iterable[str]) -> list[str]:
     """Names in first-seen order, each parent before its children; missing parents added."""
     full: dict[str, None] = {}
     for n in names:

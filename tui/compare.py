@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.text import Text
 
+from tui.aggregate import tree_order
 from tui.fmt import fmt_bytes, fmt_ms, fmt_rate, literal, ok
 from tui.snapshot import UNACCOUNTED, RunSnapshot, Stats
 
@@ -74,26 +75,6 @@ def label(i: int) -> str:
     return s
 
 
-def _tree_order(names: Sequence[str]) -> list[str]:
-    """Names in first-seen order with every parent before its children."""
-    seen: dict[str, None] = {}
-    for n in names:
-        parts = n.split("/")
-        for i in range(1, len(parts) + 1):
-            seen.setdefault("/".join(parts[:i]), None)
-    kids: dict[str | None, list[str]] = {}
-    for n in seen:
-        i = n.rfind("/")
-        kids.setdefault(n[:i] if i > 0 else None, []).append(n)
-    out: list[str] = []
-    stack = list(reversed(kids.get(None, [])))
-    while stack:
-        n = stack.pop()
-        out.append(n)
-        stack.extend(reversed(kids.get(n, [])))
-    return out
-
-
 def _value(s: Stats | None, stat: str) -> float:
     if s is None or s.steps == 0:
         return NAN
@@ -109,7 +90,7 @@ def compare_snapshots(snaps: Sequence[RunSnapshot], stat: str = "avg") -> Compar
         for i, s in enumerate(snaps)
     )
     step = Row("step", 0, tuple(c.step_ms for c in cols), tuple(1.0 if ok(c.step_ms) else NAN for c in cols))
-    names = _tree_order([r.name for s in snaps for r in s.regions])
+    names = tree_order([r.name for s in snaps for r in s.regions])
     rows = []
     for name in [*names, UNACCOUNTED]:
         ms, share = [], []
