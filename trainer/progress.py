@@ -14,6 +14,8 @@ import time
 from collections import deque
 from typing import Any
 
+from trainer.timing.console import raw_stream, stream_is_tty
+
 
 def _fmt_eta(seconds: float) -> str:
     if seconds != seconds or seconds == float("inf"):
@@ -37,17 +39,13 @@ class Progress:
         self._shown = False
 
     def _out(self) -> Any:
-        s = self._stream if self._stream is not None else sys.stdout
         # the timing panel wraps sys.stdout to count writes; ours must not count
-        return getattr(s, "_sw_inner", s)
+        return raw_stream(self._stream if self._stream is not None else sys.stdout)
 
     def is_tty(self) -> bool:
         if self._tty is not None:
             return self._tty
-        try:
-            return bool(self._out().isatty())
-        except (AttributeError, ValueError, OSError):
-            return False
+        return stream_is_tty(self._out())
 
     def rate(self) -> float:
         """Samples per second over the last steps."""

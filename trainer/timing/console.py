@@ -46,6 +46,23 @@ class _WriteWatch:
         return getattr(self._sw_inner, name)
 
 
+def raw_stream(stream: Any) -> Any:
+    """The real stream under the panel's write counter (``stream`` itself if not wrapped).
+
+    Output written here is not counted as "something else printed", so a line that must sit
+    under the panel (the trainer's progress line) does not stop its in-place redraw.
+    """
+    return stream._sw_inner if isinstance(stream, _WriteWatch) else stream
+
+
+def stream_is_tty(stream: Any) -> bool:
+    """``stream.isatty()``, False for streams without one or already closed."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def _short(name: str, width: int) -> str:
     """Fit a region path in ``width`` columns, keeping its tail (the leaf is what differs)."""
     if len(name) <= width:
@@ -120,10 +137,7 @@ class Console:
     def is_tty(self) -> bool:
         if self._tty_override is not None:
             return self._tty_override
-        try:
-            return bool(self._target().isatty())
-        except (AttributeError, ValueError, OSError):
-            return False
+        return stream_is_tty(self._target())
 
     def _install_watch(self) -> None:
         """Count writes to sys.stdout / sys.stderr, so a redraw never overwrites them."""
@@ -138,8 +152,7 @@ class Console:
             self._installed.append((attr, cur, proxy))
 
     def _raw(self) -> Any:
-        t = self._target()
-        return t._sw_inner if isinstance(t, _WriteWatch) else t
+        return raw_stream(self._target())
 
     def update(
         self,
