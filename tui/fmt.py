@@ -110,8 +110,15 @@ def bar(share: float | None, width: int = 10) -> str:
     return s
 
 
+def clean(s: object) -> str:
+    """A string from a file or a path, safe for a terminal: every non-printable character
+    (ESC, BEL, CR, ...) written as an escape, so nothing in a log can drive the terminal."""
+    s = str(s)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+
+
 def literal(s: str) -> Text:
     """A log string as text, control characters made visible (never markup)."""
-    if s.isprintable():
-        return Text(s)
-    return Text("".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in s))
+    return Text(clean(s))
