@@ -139,15 +139,20 @@ def test_bad_input_shapes_are_named(t: int, h: int, w: int, k: int, message: str
         model(torch.rand(1, 2, 3, 32, 32), None)
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 def test_bf16_autocast_forward_backward() -> None:
     cfg = tiny_cfg()
     model = build_model(cfg)
     perturb(model)
     rgb, spikes = inputs(cfg, 1, 2, 16, 16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(rgb, spikes)
-    assert out.dtype == torch.float32 and torch.isfinite(out).all()
-    out.float().square().mean().backward()
+    # oneDNN's bf16 Conv3d weight gradient (stride (1,2,2), 16 channels, one thread) returns
+    # non-finite values on AVX512-BF16 CPUs with torch 2.13 (a lone Conv3d reproduces it);
+    # the native kernels check the model's own dtypes just as well.
+    with torch.backends.mkldnn.flags(enabled=False):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(rgb, spikes)
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()
+        out.float().square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
