@@ -104,13 +104,18 @@ def _wait_for_run(proc: subprocess.Popen[bytes], root: Path, before: set[str], l
     t0 = time.monotonic()
     spin = "|/-\\"
     i = 0
-    while proc.poll() is None:
+    while True:
+        # poll before looking, so a training that wrote its run and exited between two looks
+        # (a fast one) is still found by the last look
+        done = proc.poll() is not None
         for name in sorted(_runs(root) - before, reverse=True):
             f = root / name / "rank0.jsonl"
             if f.exists() and f.stat().st_size > 0:
                 if sys.stderr.isatty():
                     sys.stderr.write("\r\x1b[K")
                 return root / name
+        if done:
+            break
         if sys.stderr.isatty():
             sys.stderr.write(f"\r{spin[i % 4]} starting the tiny training ({time.monotonic() - t0:.0f} s: "
                              f"importing torch, building the model and the synthetic clips)")
