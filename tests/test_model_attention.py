@@ -44,8 +44,10 @@ def test_mutual_window_attention_matches_explicit_maths() -> None:
     pe = sine_position_encoding(2, 3, c, x.device).repeat(2, 1)
     qm, km, vm = (_heads(t, h) for t in att.qkv_mut(xs + pe).chunk(3, -1))
     half = n // 2
-    f1 = _softmax_attn(qm[:, :half], km[:, half:], vm[:, half:])  # frame 1 <- frame 2
-    f2 = _softmax_attn(qm[:, half:], km[:, :half], vm[:, :half])
+    # the reference's placement: frame-2 queries over frame-1 keys/values at the frame-1
+    # token positions, and vice versa
+    f1 = _softmax_attn(qm[:, half:], km[:, :half], vm[:, :half])
+    f2 = _softmax_attn(qm[:, :half], km[:, half:], vm[:, half:])
     mut = torch.cat((f1, f2), 1).transpose(0, 1).reshape(n, c)
     ref = att.proj(torch.cat((mut, self_out), -1))
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)

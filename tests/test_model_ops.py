@@ -109,7 +109,10 @@ def test_nearest4_takes_the_four_integer_neighbours() -> None:
     out = flow_warp_nearest4(x, flow)
     assert out.shape == (1, 12, 6, 7)
     h, w = 2, 3
-    expect = [x[0, :, h, w + 1], x[0, :, h, w + 2], x[0, :, h + 1, w + 1], x[0, :, h + 1, w + 2]]
+    # the reference's block order: (floor x, floor y), (floor x, ceil y), (ceil x, floor y),
+    # (ceil x, ceil y)
+    expect = [x[0, :, h, w + 1], x[0, :, h + 1, w + 1], x[0, :, h, w + 2], x[0, :, h + 1, w + 2]]
     for i, e in enumerate(expect):
         torch.testing.assert_close(out[0, 3 * i:3 * i + 3, h, w], e)
-    assert torch.all(out[0, :, :, 5:6][3:6] == 0)  # ceil(x) = 7 is outside the image
+    assert torch.all(out[0, 6:12, :, 5] == 0)  # ceil(x) = 7 is outside the image
+    assert torch.all(out[0, 0:6, :5, 5] != 0)  # floor(x) = 6 is inside

@@ -37,19 +37,21 @@ def _grid(flow: Tensor) -> Tensor:
     return torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), dim=-1)
 
 
-def flow_warp(x: Tensor, flow: Tensor) -> Tensor:
-    """Warp ``x`` [N,C,H,W] by ``flow`` [N,2,H,W] (dx, dy in pixels): bilinear, zeros outside.
+def flow_warp(x: Tensor, flow: Tensor, padding_mode: str = "zeros") -> Tensor:
+    """Warp ``x`` [N,C,H,W] by ``flow`` [N,2,H,W] (dx, dy in pixels): bilinear, zeros outside
+    (``padding_mode="border"``: the nearest edge pixel outside, as SpyNet's internal warp).
 
     Computed in fp32 whatever the autocast state; returns x's dtype.
     """
     with fp32_region(x):
         out = F.grid_sample(x.float(), _grid(flow.float()), mode="bilinear",
-                            padding_mode="zeros", align_corners=False)
+                            padding_mode=padding_mode, align_corners=False)
     return out.to(x.dtype)
 
 
 def flow_warp_nearest4(x: Tensor, flow: Tensor) -> Tensor:
-    """The four integer neighbours of each flow target (floor/ceil in x and y), concatenated.
+    """The four integer neighbours of each flow target, concatenated in the reference's
+    order: (floor x, floor y), (floor x, ceil y), (ceil x, floor y), (ceil x, ceil y).
 
     Returns [N, 4C, H, W]; samples outside the image are zero.
     """
@@ -60,8 +62,8 @@ def flow_warp_nearest4(x: Tensor, flow: Tensor) -> Tensor:
         xs = torch.arange(w, device=x.device, dtype=torch.float32).view(1, 1, w)
         px, py = xs + ff[:, 0], ys + ff[:, 1]
         outs = []
-        for fy in (torch.floor, torch.ceil):
-            for fx in (torch.floor, torch.ceil):
+        for fx in (torch.floor, torch.ceil):
+            for fy in (torch.floor, torch.ceil):
                 gx, gy = fx(px), fy(py)
                 grid = torch.stack(((2 * gx + 1) / w - 1, (2 * gy + 1) / h - 1), dim=-1)
                 outs.append(F.grid_sample(xf, grid, mode="nearest", padding_mode="zeros",
@@ -141,16 +143,19 @@ class GEGLU(nn.Module):
 
 
 def sine_position_encoding(h: int, w: int, dim: int, device: torch.device) -> Tensor:
-    """Fixed 2-D sine/cosine encoding [h·w, dim] of normalised positions (dim/2 per axis)."""
+    """Fixed 2-D sine/cosine encoding [h·w, dim] of normalised positions: dim/2 channels for
+    y then dim/2 for x, each interleaved per frequency (sin f0, cos f0, sin f1, cos f1, ...)
+    as in the reference. Frequency j of an axis with n channels is 10000^(2j/n)."""
     half = dim // 2
-    npf = max((dim - half + 1) // 2, 1)  # frequencies per axis (sin and cos each)
     eps = 1e-6
     ys = (torch.arange(1, h + 1, device=device, dtype=torch.float32) / (h + eps)) * 2 * math.pi
     xs = (torch.arange(1, w + 1, device=device, dtype=torch.float32) / (w + eps)) * 2 * math.pi
-    freq = 10000.0 ** (torch.arange(npf, device=device, dtype=torch.float32) / npf)
-    ey = ys[:, None] / freq  # [h, npf]
-    ex = xs[:, None] / freq
-    ey = torch.cat((ey.sin(), ey.cos()), dim=1)[:, :half]  # [h, half]
-    ex = torch.cat((ex.sin(), ex.cos()), dim=1)[:, : dim - half]
+
+    def axis(pos: Tensor, n: int) -> Tensor:  # [len] -> [len, n]
+        i = torch.arange(n, device=device, dtype=torch.float32)
+        e = pos[:, None] / 10000.0 ** (2 * (i // 2) / half)
+        return torch.where(i.remainder(2) == 0, e.sin(), e.cos())
+
+    ey, ex = axis(ys, half), axis(xs, dim - half)
     pe = torch.cat((ey[:, None, :].expand(h, w, -1), ex[None, :, :].expand(h, w, -1)), dim=2)
     return pe.reshape(h * w, dim)

@@ -98,7 +98,7 @@ class SpyNet(nn.Module):
             if i > 0:
                 flow = F.interpolate(flow, scale_factor=2, mode="bilinear",
                                      align_corners=True) * 2.0
-            inp = torch.cat((refs[i], flow_warp(supps[i], flow), flow.to(refs[i].dtype)), 1)
+            inp = torch.cat((refs[i], flow_warp(supps[i], flow, "border"), flow.to(refs[i].dtype)), 1)
             flow = flow + level(inp).float()
             levels.append(flow)
         out = []

@@ -184,8 +184,10 @@ class WindowAttention(nn.Module):
         q, k, v = self._qkv(self.qkv_mut, x + pe.repeat(2, 1))
         # within-frame (spatial) part of the shift mask: the same for both frames
         f1, f2 = slice(0, half), slice(half, None)
-        a1 = _masked_sdpa(q[..., f1, :], k[..., f2, :], v[..., f2, :], None, mask, f1)  # 1 <- 2
-        a2 = _masked_sdpa(q[..., f2, :], k[..., f1, :], v[..., f1, :], None, mask, f1)  # 2 <- 1
+        # as in the reference: frame-2 queries over frame-1 keys/values fill the frame-1
+        # token positions, frame-1 queries over frame-2 the frame-2 positions
+        a1 = _masked_sdpa(q[..., f2, :], k[..., f1, :], v[..., f1, :], None, mask, f1)
+        a2 = _masked_sdpa(q[..., f1, :], k[..., f2, :], v[..., f2, :], None, mask, f1)
         mut = torch.cat((a1, a2), dim=3).transpose(2, 3).reshape(b, nw, n, c)
         return self.proj(torch.cat((mut, out), dim=-1))
 
@@ -338,18 +340,20 @@ class AlignStage(nn.Module):
             self.groups.append(TMSAGroup(dim, n1, heads, (2, wh, ww), True, vcfg,
                                          drop_paths[:n1]))
         if depth - n1:
+            # the reference hands group 2 the stage's rates from the start, not the rest
             self.groups.append(TMSAGroup(dim, depth - n1, heads, tuple(vcfg.WINDOW_SIZE),
-                                         False, vcfg, drop_paths[n1:]))
+                                         False, vcfg, drop_paths[: depth - n1]))
         self.pa_deform = DeformAlign(dim, vcfg.DEFORMABLE_GROUPS, max_offset)
         self.pa_fuse = GEGLU(3 * dim, 3 * dim, dim)
 
     def _reshape(self, x: Tensor) -> Tensor:
         b, t, h, w, c = x.shape
         if self.reshape == "down":
-            x = x.view(b, t, h // 2, 2, w // 2, 2, c).permute(0, 1, 2, 4, 3, 5, 6)
+            # channels of a 2×2 neighbourhood in (column, row, channel) order, as the reference
+            x = x.view(b, t, h // 2, 2, w // 2, 2, c).permute(0, 1, 2, 4, 5, 3, 6)
             return self.reshape_proj(self.reshape_norm(x.reshape(b, t, h // 2, w // 2, 4 * c)))
         if self.reshape == "up":
-            x = x.view(b, t, h, w, c // 4, 2, 2).permute(0, 1, 2, 5, 3, 6, 4)
+            x = x.view(b, t, h, w, 2, 2, c // 4).permute(0, 1, 2, 5, 3, 4, 6)
             return self.reshape_proj(self.reshape_norm(x.reshape(b, t, 2 * h, 2 * w, c // 4)))
         return self.reshape_norm(x)
 
@@ -472,7 +476,7 @@ class VRT(nn.Module):
         v = cfg.VRT
         dim = v.EMBED_DIMS[0]
         nb = sum(v.DEPTHS)
-        dpr = [v.DROP_PATH_RATE * i / max(nb - 1, 1) for i in range(nb)]
+        dpr = [x.item() for x in torch.linspace(0, v.DROP_PATH_RATE, nb, device="cpu")]
         self.flow = FlowNet()
         if cfg.FLOW_WEIGHTS:
             self.flow.spynet.load_weights(cfg.FLOW_WEIGHTS)
