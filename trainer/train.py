@@ -345,6 +345,8 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
 
     # --- model, optimizer, schedule
     model = build_model(cfg.MODEL).to(device)
+    if info.is_main and model.pretrained_report is not None:
+        print(model.pretrained_report.format(), file=sys.stderr, flush=True)
     optimizer = build_optimizer(model, tcfg)
     scheduler = build_scheduler(optimizer, tcfg, total_steps)
     perceptual = build_perceptual(cfg.LOSS.VGG_PERCEPTUAL)

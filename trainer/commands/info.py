@@ -3,6 +3,13 @@
 Parameter counts per top-level module and per stage, input shapes, feature shapes per
 stage and the timing-region tree one training step will produce. The model is built on
 PyTorch's ``meta`` device: no memory for weights, no forward pass.
+
+``--pretrained FILE`` instead loads an official VRT checkpoint (or a SpyNet file) into the
+model and prints the load report (loaded, renamed, missing, unexpected, shape mismatches);
+with ``MODEL.PRETRAINED_STRICT`` (the default) any problem then exits 2.
+``--export-official OUT`` writes the VRT weights in the official layout (``{"params": ...}``,
+loadable by the reference code), from ``--checkpoint CKPT`` (a training checkpoint) or
+from ``--pretrained``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", required=True, metavar="FILE",
                         help="YAML with a MODEL section (a full training config or model-only)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--pretrained", metavar="FILE",
+                        help="load this official VRT checkpoint and print the load report")
+    parser.add_argument("--checkpoint", metavar="CKPT",
+                        help="a training checkpoint whose weights --export-official writes")
+    parser.add_argument("--export-official", metavar="OUT",
+                        help="write the VRT weights in the official layout to OUT")
 
 
 def _data_shape(data: dict[str, Any], file: str) -> tuple[int, int, int, int]:
@@ -83,6 +96,7 @@ def describe(path: str) -> dict[str, Any]:
         "config": path,
         "use_spike": cfg.USE_SPIKE,
         "flow_weights": cfg.FLOW_WEIGHTS,
+        "pretrained": cfg.PRETRAINED,
         "checkpointing": {"attention": v.USE_CHECKPOINT_ATTN, "ffn": v.USE_CHECKPOINT_FFN},
         "inputs": inputs,
         "features": features,
@@ -117,6 +131,7 @@ def format_text(info: dict[str, Any]) -> str:
            f"model: {'VRT + spike branch' if info['use_spike'] else 'plain VRT (USE_SPIKE false)'}"
            f", {p['total']:,} parameters (VRT {p['vrt']:,}, spike branch {p['spike_branch']:,})",
            f"flow weights: {info['flow_weights'] or 'none (zero-flow initialisation)'}",
+           f"pretrained VRT: {info['pretrained'] or 'none'}",
            f"checkpointing: attention {'on' if ck['attention'] else 'off'}, "
            f"feed-forward {'on' if ck['ffn'] else 'off'}",
            "inputs: " + "  ".join(f"{k} {v}" for k, v in info["inputs"].items()),
@@ -134,7 +149,55 @@ def format_text(info: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def weights(args: argparse.Namespace) -> int:
+    """``--pretrained`` / ``--export-official``: load, report, export (CPU model)."""
+    from trainer.checkpoint import load_checkpoint
+    from trainer.models import build_model, load_pretrained_vrt, save_official
+    from trainer.models.presets import load_model_config
+
+    if args.export_official and not (args.checkpoint or args.pretrained):
+        raise ConfigError("--export-official", "needs the weights: --checkpoint CKPT "
+                          "(a training checkpoint) or --pretrained FILE")
+    cfg = load_model_config(args.cfg)
+    model = build_model(cfg, load_pretrained=False)
+    result: dict[str, Any] = {"config": args.cfg}
+    if args.checkpoint:
+        state = {k.removeprefix("module.").removeprefix("_orig_mod."): v
+                 for k, v in load_checkpoint(args.checkpoint)["model"].items()}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+            raise ConfigError("--checkpoint", f"{args.checkpoint} does not fit {args.cfg}: "
+                              f"{first}") from None
+        result["checkpoint"] = args.checkpoint
+    if args.pretrained:
+        report = load_pretrained_vrt(model, args.pretrained, strict=False, key="--pretrained")
+        result["pretrained"] = report.to_dict()
+        if args.json and not args.export_official:
+            print(json.dumps(result, indent=2))
+        else:
+            print(report.format())
+        if cfg.PRETRAINED_STRICT and not report.ok:
+            raise ConfigError("--pretrained", f"{args.pretrained}: {report.first_problem()} "
+                              "(MODEL.PRETRAINED_STRICT: false loads the rest)")
+    if args.export_official:
+        try:
+            n = save_official(model, args.export_official)
+        except (OSError, ValueError) as e:
+            raise ConfigError("--export-official", str(e)) from None
+        result["exported"] = {"path": args.export_official, "entries": n}
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(f"wrote {args.export_official}: {n} entries in the official VRT layout "
+                  "(under 'params')")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.pretrained or args.export_official or args.checkpoint:
+        return weights(args)
     info = describe(args.cfg)
     if args.json:
         print(json.dumps(info, indent=2))

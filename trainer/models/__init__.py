@@ -13,6 +13,7 @@ from torch import nn
 
 from trainer.models.config import ModelConfig, SpikeConfig, VRTConfig
 from trainer.models.model import VRTWithSpike
+from trainer.models.pretrained import export_official, load_pretrained_vrt, save_official
 from trainer.models.spike import NUM_SCALES
 
 __all__ = [
@@ -21,17 +22,30 @@ __all__ = [
     "VRTConfig",
     "VRTWithSpike",
     "build_model",
+    "export_official",
     "flow_and_deform_parameters",
+    "load_pretrained_vrt",
     "other_parameters",
     "param_groups",
     "region_names",
+    "save_official",
     "set_flow_and_deform_trainable",
 ]
 
 
-def build_model(cfg: ModelConfig) -> VRTWithSpike:
-    """The model for ``cfg`` on the CPU, in fp32 (move it with ``.to(device)``)."""
-    return VRTWithSpike(cfg)
+def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> VRTWithSpike:
+    """The model for ``cfg`` on the CPU, in fp32 (move it with ``.to(device)``).
+
+    With ``MODEL.PRETRAINED`` set (and ``load_pretrained``), the VRT part is loaded from it
+    (:func:`load_pretrained_vrt`, strict per ``MODEL.PRETRAINED_STRICT``) and the report is
+    kept as ``model.pretrained_report``. Nothing is loaded into a model built on the meta
+    device.
+    """
+    model = VRTWithSpike(cfg)
+    if load_pretrained and cfg.PRETRAINED and not next(model.parameters()).is_meta:
+        model.pretrained_report = load_pretrained_vrt(model, cfg.PRETRAINED,
+                                                      strict=cfg.PRETRAINED_STRICT)
+    return model
 
 
 def region_names(cfg: ModelConfig, checkpointing: bool | None = None,

@@ -79,6 +79,10 @@ class ModelConfig:
 
     USE_SPIKE: bool = True
     FLOW_WEIGHTS: str | None = setting(None, expect="a file path or null")
+    #: official VRT checkpoint (or a SpyNet / our own state dict) for the VRT part
+    PRETRAINED: str | None = setting(None, expect="a file path or null")
+    #: any missing, unexpected or mis-shaped entry in PRETRAINED stops with an error
+    PRETRAINED_STRICT: bool = True
     VRT: VRTConfig = field(default_factory=VRTConfig)
     SPIKE: SpikeConfig = field(default_factory=SpikeConfig)
 
@@ -169,3 +173,5 @@ class ModelConfig:
                 raise ConfigError(p + key, "must be > 0", file)
         if self.FLOW_WEIGHTS is not None and not os.path.isfile(self.FLOW_WEIGHTS):
             raise ConfigError("MODEL.FLOW_WEIGHTS", f"no such file: {self.FLOW_WEIGHTS}", file)
+        if self.PRETRAINED is not None and not os.path.isfile(self.PRETRAINED):
+            raise ConfigError("MODEL.PRETRAINED", f"no such file: {self.PRETRAINED}", file)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from trainer.models import _timing
 from trainer.models.config import ModelConfig
 from trainer.models.instrument import Instrumentation
+from trainer.models.pretrained import PretrainedReport
 from trainer.models.spike import NUM_SCALES, SpikeEncoder3D, SpikeTSA, TemporalFusion
 from trainer.models.vrt import VRT, DeformAlign
 
@@ -34,6 +35,8 @@ class VRTWithSpike(nn.Module):
                 TemporalFusion(v.EMBED_DIMS[0], s.WIDTH, s.FUSION_HEADS, s.FUSION_MLP_RATIO,
                                s.TSA_CHUNK_TOKENS) for _ in range(NUM_SCALES))
         self.vrt = VRT(cfg, fusions)
+        #: what build_model loaded from MODEL.PRETRAINED (None: nothing)
+        self.pretrained_report: PretrainedReport | None = None
         self._instr: Instrumentation | None = None
         self._instr_log: Any = None
 

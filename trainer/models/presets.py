@@ -14,6 +14,8 @@ from trainer.models.config import ModelConfig
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
 TINY = CONFIG_DIR / "vrt_spike_tiny.yaml"
 FULL = CONFIG_DIR / "vrt_spike_full.yaml"
+#: the size the user trained (all widths 96, 6 reconstruction groups, window 5×8×8, K = 32)
+USER = CONFIG_DIR / "vrt_spike_user.yaml"
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
