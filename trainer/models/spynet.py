@@ -98,7 +98,8 @@ class SpyNet(nn.Module):
             if i > 0:
                 flow = F.interpolate(flow, scale_factor=2, mode="bilinear",
                                      align_corners=True) * 2.0
-            inp = torch.cat((refs[i], flow_warp(supps[i], flow, "border"), flow.to(refs[i].dtype)), 1)
+            warped = flow_warp(supps[i], flow, "border")  # the reference pads with the edge
+            inp = torch.cat((refs[i], warped, flow.to(refs[i].dtype)), 1)
             flow = flow + level(inp).float()
             levels.append(flow)
         out = []
