@@ -278,3 +278,24 @@ def test_info_pretrained_report_and_export(tiny_pair, tmp_path: Path,
 def test_info_export_needs_weights(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, err = _info(capsys, "--cfg", str(TINY), "--export-official", "/tmp/x.pth")
     assert rc == 2 and out == "" and err.count("\n") == 1 and "--checkpoint" in err
+
+
+def test_training_starts_from_pretrained(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from _trainer_helpers import MICRO
+    from _trainer_helpers import TINY as TRAIN_TINY
+
+    from trainer.config import load_config
+    from trainer.train import train
+
+    cfg = load_config(TRAIN_TINY, [*MICRO, "TRAIN.MAX_STEPS=1"])
+    src = build_model(cfg.MODEL)
+    path = tmp_path / "w.pth"
+    torch.save({"params": src.state_dict()}, path)  # our own layout loads too
+    cfg = load_config(TRAIN_TINY, [*MICRO, "TRAIN.MAX_STEPS=1", f"MODEL.PRETRAINED={path}"])
+    train(cfg, log_dir=str(tmp_path / "logs"))
+    err = capsys.readouterr().err
+    assert f"pretrained: {path}" in err and "missing: 0" in err
+    torch.save({"params": {"norm.weight": torch.zeros(3)}}, path)
+    with pytest.raises(ConfigError, match=r"MODEL\.PRETRAINED: .*norm\.weight has shape"):
+        train(cfg, log_dir=str(tmp_path / "logs"))
