@@ -39,6 +39,7 @@ from trainer.distributed import (
     gather_objects,
     init_distributed,
 )
+from trainer.errors import ConfigError
 from trainer.losses import build_perceptual, charbonnier
 from trainer.metrics import psnr, ssim
 from trainer.models import build_model, set_flow_and_deform_trainable
@@ -275,10 +276,21 @@ def _loader_kwargs(cfg: Config, device: torch.device) -> dict[str, Any]:
     return kw
 
 
-def plan_steps(cfg: Config, batches_per_epoch: int) -> tuple[int, int]:
-    """(optimizer steps per epoch, total optimizer steps of the run)."""
+def plan_steps(cfg: Config, batches_per_epoch: int, clips_per_rank: int | None = None) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps of the run).
+
+    ``clips_per_rank``: training clips one rank gets per epoch (names the right key when
+    not even one batch fits)."""
     t = cfg.TRAIN
     per_epoch = batches_per_epoch // t.GRADIENT_ACCUMULATION_STEPS
+    if batches_per_epoch < 1:
+        clips = f"the {clips_per_rank} training clip(s)" if clips_per_rank is not None else "the training clips"
+        raise ConfigError(
+            "TRAIN.BATCH_SIZE",
+            f"{t.BATCH_SIZE} is more than {clips} each rank gets per epoch: not one batch fits "
+            "(use a smaller batch, or more clips)",
+            cfg.file,
+        )
     if per_epoch < 1:
         raise UsageError(
             f"{cfg.file or 'config'}: the training set gives {batches_per_epoch} batch(es) per "
@@ -323,6 +335,8 @@ def train(cfg: Config, *, log_dir: str | None = None, resume: str | None = None,
 def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: StopFlag,
          write_checkpoints: bool, validate_at_end: bool, console: bool | None) -> TrainResult:
     tcfg, device = cfg.TRAIN, info.device
+    if tcfg.THREADS is not None:
+        torch.set_num_threads(tcfg.THREADS)
     _seed_all(tcfg.SEED)  # same initial weights on every rank
 
     # --- data
@@ -341,7 +355,7 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
                             num_workers=min(cfg.DATALOADER.NUM_WORKERS, 2), pin_memory=lkw["pin_memory"],
                             generator=torch.Generator())  # leaves the global RNG alone
     batches_per_epoch = len(sampler) // tcfg.BATCH_SIZE
-    _, total_steps = plan_steps(cfg, batches_per_epoch)
+    _, total_steps = plan_steps(cfg, batches_per_epoch, len(sampler))
 
     # --- model, optimizer, schedule
     model = build_model(cfg.MODEL).to(device)
@@ -472,7 +486,8 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
                 break
     except BaseException as e:
         progress.finish()
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        # SystemExit: e.g. a SIGTERM handler of the program calling sys.exit; the run did not finish
+        status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
         log.close(status, None if status == "interrupted" else e)
         raise
     progress.finish()

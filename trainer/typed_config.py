@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, TypeVar
@@ -135,14 +136,22 @@ def convert(value: Any, tp: Any, path: str, file: str | None = None,
         return value
     if tp is float:
         # YAML reads "1e-4" (no dot) as a string: accept numeric strings for floats
+        x: float | None = None
         if isinstance(value, str):
             try:
-                return float(value)
+                x = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        elif not isinstance(value, bool) and isinstance(value, (int, float)):
+            try:
+                x = float(value)
+            except OverflowError:  # an integer beyond any float
+                x = math.inf
+        if x is None:
             raise ConfigError(path, f"expected a number, got {type_name(value)} {value!r}", file)
-        return float(value)
+        if not math.isfinite(x):  # nan, .inf, 1e999: every later use would be meaningless
+            raise ConfigError(path, f"expected a finite number, got {value!r}", file)
+        return x
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(path, f"expected a string, got {type_name(value)} {value!r}", file)

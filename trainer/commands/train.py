@@ -24,12 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.config import load_config
+    from trainer.config import apply_thread_default, check_log_dir, load_config
 
     overrides = list(args.overrides)
     if args.resume:
         overrides.append(f"TRAIN.RESUME={args.resume}")
     cfg = load_config(args.cfg, overrides)
+    if args.log_dir:
+        check_log_dir(args.log_dir, "--log-dir")
+    else:
+        check_log_dir(cfg.LOG.LOG_DIR, f"{cfg.file}: LOG.LOG_DIR")
+    apply_thread_default(cfg)
 
     from trainer.train import train
 
