@@ -401,7 +401,8 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
         start_step=step, **log_kwargs,
     )
     set_global_timing_logger(log)
-    progress = Progress(total_steps, step, cfg.LOG.PROGRESS_INTERVAL, enabled=info.is_main)
+    progress = Progress(total_steps, step, cfg.LOG.PROGRESS_INTERVAL, enabled=info.is_main,
+                        world_size=info.world_size)
     try:  # from here on, any exception ends the run with a run_end record
         if info.is_main:
             _write_config(cfg, run_dir)

@@ -220,3 +220,27 @@ def resolve_run_id(run_id: str | None, run_name: str, world_size: int) -> str:
                 "logger after init_process_group, or set the variable for all ranks"
             )
     return rid
+
+
+def last_step_in(path: str, window: int = 1 << 20) -> int | None:
+    """The step number of the last ``step`` record in the last ``window`` bytes of ``path``
+    (None: no file, or none found). Never raises."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - window))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if b'"step"' not in line:
+            continue
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(d, dict) and d.get("kind") == "step" and type(d.get("step")) is int:
+            return d["step"]
+    return None

@@ -35,7 +35,7 @@ from trainer.timing.cuda import (
     cuda_memory_reader,
     torch_event_factory,
 )
-from trainer.timing.jsonl import LineFile, rank_and_world, resolve_run_id, warn
+from trainer.timing.jsonl import LineFile, last_step_in, rank_and_world, resolve_run_id, warn
 from trainer.timing.stats import RegionStats, RunningStats
 from trainer.timing.text_log import format_step, format_summary
 
@@ -487,6 +487,12 @@ class TimingLogger:
             device_memory_total=mem_total,
             start_step=start_step,
         )
+        if self._jsonl is not None and start_step > 0:
+            last = last_step_in(self._jsonl.path)
+            if last is not None and last > start_step:
+                # e.g. a checkpoint at 50, killed at 56: steps 51-56 are run again
+                warn(f"resuming at step {start_step}: steps {start_step + 1}-{last} already in "
+                     f"{self._jsonl.path} are run again; readers keep the new records")
         if self._jsonl is not None:
             line = R.encode_bytes(start)
             if len(line) > R.MAX_LINE_BYTES:
