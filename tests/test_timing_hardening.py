@@ -258,3 +258,14 @@ def test_own_sigterm_handler_calling_sys_exit_ends_interrupted(tmp_path):
     lines = (tmp_path / "own" / "rank0.jsonl").read_text().splitlines()
     end = json.loads(lines[-1])
     assert end["kind"] == "run_end" and end["status"] == "interrupted", err
+
+
+def test_resume_before_the_last_written_step_says_which_steps_run_again(tmp_path):
+    lg = make(tmp_path, run_id="again")
+    for _ in range(56):
+        lg.step()
+    lg.flush()  # killed here (no close): the checkpoint was at 50
+    msgs = caught(lambda: make(tmp_path, run_id="again", start_step=50).close())
+    assert any("resuming at step 50: steps 51-56" in m for m in msgs), msgs
+    starts = [r for r in records(lg) if isinstance(r, R.RunStart)]
+    assert [s.start_step for s in starts] == [0, 50]

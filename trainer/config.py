@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from trainer.errors import ConfigError
-from trainer.typed_config import convert, setting, suggest, type_name
+from trainer.typed_config import convert, convert_field, setting, suggest, type_name
 
 # --------------------------------------------------------------------------- sections
 
@@ -325,10 +325,11 @@ def _schema_of(tp: Any) -> Any:
 
 
 def check_override_keys(overrides: list[str]) -> None:
-    """Check each ``--set`` key path against the declared schema, before anything else is
-    read or imported. Raises ConfigError naming ``--set KEY=VALUE``."""
+    """Check each ``--set`` key path and value against the declared schema (type, bounds),
+    before anything else is read or imported. Raises ConfigError naming ``--set KEY=VALUE``.
+    Cross-field checks come later, with the whole config."""
     for item in overrides:
-        parts, _ = parse_override(item)
+        parts, value = parse_override(item)
         where = f"--set {item}"
         tp: Any = Config
         for i, p in enumerate(parts):
@@ -339,6 +340,9 @@ def check_override_keys(overrides: list[str]) -> None:
                 what = "unknown section" if i == 0 else "unknown key"
                 raise ConfigError(path, what + suggest(p, known), where)
             if i == len(parts) - 1:
+                if tp is not Config:  # a whole section (TRAIN=...) is checked with the file
+                    f = next(f for f in dataclasses.fields(tp) if f.name == p)
+                    convert_field(f, hints[p], value, path, where)
                 break
             nxt = _model_config_class() if tp is Config and p == "MODEL" else _schema_of(hints[p])
             if nxt is None:

@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 
 from trainer.errors import ConfigError
 
-__all__ = ["convert", "from_dict", "setting", "suggest", "type_name"]
+__all__ = ["convert", "convert_field", "from_dict", "setting", "suggest", "type_name"]
 
 T = TypeVar("T")
 
@@ -76,16 +76,21 @@ def from_dict(cls: type[T], data: Any, path: str, file: str | None = None) -> T:
         kp = f"{path}.{key}" if path else str(key)
         if key not in fields:
             raise ConfigError(kp, "unknown key" + suggest(str(key), list(fields)), file)
-        f = fields[key]
-        v = convert(value, hints[key], kp, file, f.metadata.get("expect"))
-        lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if lo is not None and v < lo:
-                raise ConfigError(kp, f"must be >= {lo}, got {v}", file)
-            if hi is not None and v > hi:
-                raise ConfigError(kp, f"must be <= {hi}, got {v}", file)
-        kwargs[key] = v
+        kwargs[key] = convert_field(fields[key], hints[key], value, kp, file)
     return cls(**kwargs)
+
+
+def convert_field(f: dataclasses.Field[Any], tp: Any, value: Any, path: str,
+                  file: str | None = None) -> Any:
+    """``value`` checked against the field ``f`` (annotation ``tp``): type, then bounds."""
+    v = convert(value, tp, path, file, f.metadata.get("expect"))
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if lo is not None and v < lo:
+            raise ConfigError(path, f"must be >= {lo}, got {v}", file)
+        if hi is not None and v > hi:
+            raise ConfigError(path, f"must be <= {hi}, got {v}", file)
+    return v
 
 
 def convert(value: Any, tp: Any, path: str, file: str | None = None,
