@@ -202,3 +202,23 @@ def test_log_dir_that_cannot_be_a_folder_is_a_usage_error(tmp_path, capsys, kind
     cfg.write_text(f"LOG: {{LOG_DIR: {target}}}\n")
     assert main(["train", "--cfg", str(cfg)]) == 2
     assert "LOG.LOG_DIR" in capsys.readouterr().err
+
+
+def test_errors_found_while_training_starts_name_the_option_that_set_the_key(tmp_path, capsys, monkeypatch):
+    import trainer.train as T
+    from trainer.cli import main
+
+    def train(cfg, log_dir=None):  # type: ignore[no-untyped-def]
+        raise ConfigError("TRAIN.BATCH_SIZE", "100000 is more than the 64 training clip(s)", cfg.file)
+
+    monkeypatch.setattr(T, "train", train)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    logs = str(tmp_path / "logs")
+    assert main(["train", "--cfg", str(cfg), "--log-dir", logs, "--set", "TRAIN.BATCH_SIZE=100000"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "trainer train: error: --set TRAIN.BATCH_SIZE=100000: TRAIN.BATCH_SIZE: 100000 is more")
+    assert main(["train", "--cfg", str(cfg), "--log-dir", logs]) == 2  # from the file: names it
+    assert f"{cfg}: TRAIN.BATCH_SIZE" in capsys.readouterr().err
+    assert main(["train", "--cfg", str(cfg), "--resume", str(tmp_path / "nope.pt")]) == 2
+    assert "error: --resume: TRAIN.RESUME: checkpoint not found" in capsys.readouterr().err

@@ -350,7 +350,7 @@ def check_override_keys(overrides: list[str]) -> None:
             tp = nxt
 
 
-def _override_for(key: str, overrides: list[str]) -> str | None:
+def override_for(key: str, overrides: list[str]) -> str | None:
     """The ``--set`` item that set ``key`` (or a section above it), if any; the last wins."""
     for item in reversed(overrides):
         k = item.partition("=")[0].strip()
@@ -387,7 +387,7 @@ def load_config(path: str, overrides: list[str] | None = None) -> Config:
     try:
         return from_raw(raw, path)
     except ConfigError as e:
-        item = _override_for(e.key, overrides)
+        item = override_for(e.key, overrides)
         if item is None:
             raise
         raise ConfigError(e.key, e.detail, f"--set {item}") from None
