@@ -269,3 +269,42 @@ def test_resume_before_the_last_written_step_says_which_steps_run_again(tmp_path
     assert any("resuming at step 50: steps 51-56" in m for m in msgs), msgs
     starts = [r for r in records(lg) if isinstance(r, R.RunStart)]
     assert [s.start_step for s in starts] == [0, 50]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_fork_while_another_thread_holds_the_locks_does_not_hang_the_child(tmp_path):
+    import os
+
+    lg = make(tmp_path, run_id="fork")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lg._io, lg._lock:
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: a DataLoader worker timing a region
+        try:
+            with lg.region("decode"):
+                pass
+            lg.step()
+        finally:
+            os._exit(0)
+    release.set()
+    t.join()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on a lock copied while held")
+    assert os.waitstatus_to_exitcode(status) == 0
+    lg.close()

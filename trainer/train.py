@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from trainer import checkpoint as ckpt
 from trainer.clikit import UsageError
-from trainer.config import Config
+from trainer.config import Config, check_log_dir
 from trainer.data import build_datasets
 from trainer.distributed import (
     DistInfo,
@@ -320,6 +320,8 @@ def train(cfg: Config, *, log_dir: str | None = None, resume: str | None = None,
     ``interrupted``; an exception ends it ``failed`` (with type and message) and is re-raised.
     """
     tcfg = cfg.TRAIN
+    # a log root that is a file (or below one) would end in a traceback at the first write
+    check_log_dir(log_dir or cfg.LOG.LOG_DIR, "--log-dir" if log_dir else f"{cfg.file}: LOG.LOG_DIR")
     log_dir = log_dir or cfg.LOG.LOG_DIR
     stop = StopFlag()
     stop.install()  # before the timing logger, which then defers SIGTERM to us

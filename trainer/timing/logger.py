@@ -292,6 +292,18 @@ def log_timing(name: str, ms: float) -> None:
         lg.log(name, ms)
 
 
+def _fresh_locks_in_child() -> None:
+    # a fork (DataLoader workers) copies a lock held by another thread as held forever: a
+    # region timed in the child would hang. The child's loggers get new locks.
+    for lg in list(_open_loggers):
+        lg._lock = threading.Lock()
+        lg._io = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks_in_child)
+
+
 @atexit.register
 def _close_all_at_exit() -> None:
     # sys.last_value is set when the program ends by an uncaught exception
