@@ -222,3 +222,17 @@ def test_errors_found_while_training_starts_name_the_option_that_set_the_key(tmp
     assert f"{cfg}: TRAIN.BATCH_SIZE" in capsys.readouterr().err
     assert main(["train", "--cfg", str(cfg), "--resume", str(tmp_path / "nope.pt")]) == 2
     assert "error: --resume: TRAIN.RESUME: checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("sets", "threads"), [([], 1), (["TRAIN.THREADS=2"], 2)])
+def test_tiny_config_trains_with_one_torch_thread_unless_told(sets, threads):
+    import os
+
+    code = ("import sys\nfrom trainer.config import apply_thread_default, load_config\n"
+            f"cfg = load_config({str(ROOT / 'configs/deblur/vrt_spike_tiny.yaml')!r}, {sets!r})\n"
+            "apply_thread_default(cfg)\nimport torch\nprint(torch.get_num_threads())\n")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-1] == str(threads)
