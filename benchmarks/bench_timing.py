@@ -235,7 +235,9 @@ def before_after(before: dict[str, Any], c: dict[str, float], steps: dict[str, d
     for k in steps:
         if k in bs:
             rows.append((f"`step()`, {k} (median)", first_median(bs[k]), first_median(steps[k])))
-    out = ["", f"Before and after {label}, run back to back on this machine (before: load "
+    out = ["", f"Before and after {label}, run back to back on this machine (BEFORE.json: "
+           "`bench_timing.py --no-write --json BEFORE.json` in a checkout of the earlier commit, "
+           "just before; load "
            f"{bc['load']:.1f} at start):", "", "| cost | before | after | after ÷ before |",
            "|---|---|---|---|"]
     out += [f"| {n} | {a:.2f} µs | {b:.2f} µs | {b / a:.2f} |" for n, a, b in rows]
@@ -252,6 +254,7 @@ def report(c: dict[str, float], steps: dict[str, dict[str, Any]], quick: bool, w
         "",
         f"Machine: {machine()}. Date: {today()}. Command: `python benchmarks/bench_timing.py"
         + (" --quick" if quick else "")
+        + (" --before BEFORE.json" if before is not None else "")
         + f"`. Load average at start: {ns['load']:.1f}.",
         "Best of many short tight loops, loop overhead "
         f"({ns['loop_ns']:.0f} ns per iteration) subtracted. The machine is shared with other "
