@@ -100,10 +100,6 @@ def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         ([], "TRAIN:\n  BATCH_SIZ: 2\n", "TRAIN.BATCH_SIZ: unknown key; did you mean BATCH_SIZE?"),
         ([], "TRAIN:\n  EPOCHS: many\n", "TRAIN.EPOCHS: expected an integer"),
         ([], "TRAIN: [1, 2\n", "invalid YAML"),
-        (["--set", "TRAIN.OPTIM.LR=-1"], "{}\n", "TRAIN.OPTIM.LR: must be >= 0.0"),
-        (["--set", "TRAIN.NOPE=1"], "{}\n", "TRAIN.NOPE: unknown key"),
-        (["--set", "DATA.TYPE=gopro_spike", "--set", "DATA.ROOT=/no/such/dir"], "{}\n",
-         "DATA.ROOT: folder not found"),
     ],
 )
 def test_cli_config_errors_exit_2_with_one_line(tmp_path, capsys, extra, content, expect):
@@ -126,3 +122,117 @@ def test_process_exit_status_is_2(tmp_path):
     r = _cli("train", "--cfg", str(cfg))
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == f"trainer train: error: {cfg}: TRIAN: unknown section; did you mean TRAIN?"
+
+
+@pytest.mark.parametrize(
+    ("item", "expect"),
+    [
+        ("TRAIN.OPTIM.LR=-1", "--set TRAIN.OPTIM.LR=-1: TRAIN.OPTIM.LR: must be >= 0.0"),
+        ("TRAIN.NOPE=1", "--set TRAIN.NOPE=1: TRAIN.NOPE: unknown key"),
+        ("TRAIN.OPTIM.LRR=1", "--set TRAIN.OPTIM.LRR=1: TRAIN.OPTIM.LRR: unknown key; did you mean LR?"),
+        ("MODEL.VRT.DEPTH=[1]", "--set MODEL.VRT.DEPTH=[1]: MODEL.VRT.DEPTH: unknown key; did you mean DEPTHS?"),
+        ("TRAIN.BATCH_SIZE.X=1", "TRAIN.BATCH_SIZE: is not a section"),
+        ("TRAIN.OPTIM.LR=nan", "--set TRAIN.OPTIM.LR=nan: TRAIN.OPTIM.LR: expected a finite number"),
+        ("TRAIN.OPTIM.LR=.inf", "TRAIN.OPTIM.LR: expected a finite number, got inf"),
+        ("TRAIN.OPTIM.LR=1e999", "TRAIN.OPTIM.LR: expected a finite number"),
+        ("TRAIN.MAX_GRAD_NORM=-.inf", "TRAIN.MAX_GRAD_NORM: expected a finite number"),
+        ("TRAIN.OPTIM.EPS=" + "9" * 400, "TRAIN.OPTIM.EPS: expected a finite number"),
+    ],
+)
+def test_set_errors_name_set_not_the_file(tmp_path, capsys, item, expect):
+    from trainer.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("DATA: {BAD_KEY_IN_FILE: 1}\n")  # the --set error is found first
+    assert main(["train", "--cfg", str(cfg), "--set", item]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], lines
+    assert "c.yaml" not in lines[0]
+
+
+def test_set_value_errors_found_later_still_name_set(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(str(cfg), ["DATA.TYPE=gopro_spike", "DATA.ROOT=/no/such/dir"])
+    assert str(ei.value) == "--set DATA.ROOT=/no/such/dir: DATA.ROOT: folder not found: /no/such/dir"
+    with pytest.raises(ConfigError) as ei:  # a model check after parsing
+        load_config(str(cfg), ["MODEL.SPIKE.BINS=0"])
+    assert str(ei.value).startswith("--set MODEL.SPIKE.BINS=0: MODEL.SPIKE.BINS: must be >= 1")
+
+
+def test_set_errors_come_before_torch_is_imported(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    code = ("import sys\nfrom trainer.cli import main\n"
+            f"rc = main(['train', '--cfg', {str(cfg)!r}, '--set', 'TRAIN.OPTIM.LR=nan'])\n"
+            f"rc2 = main(['train', '--cfg', {str(cfg)!r}, '--set', 'MODEL.SPIKE.BINZ=2'])\n"
+            "assert rc == rc2 == 2, (rc, rc2)\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "MODEL.SPIKE.BINZ: unknown key; did you mean BINS?" in r.stderr
+
+
+def test_a_whole_config_parses_without_torch_and_the_model_package_still_works(tmp_path):
+    code = ("import sys\nfrom trainer.config import load_config\n"
+            f"cfg = load_config({str(ROOT / 'configs/deblur/vrt_spike_tiny.yaml')!r})\n"
+            "assert 'torch' not in sys.modules\n"
+            "import trainer.models as m\n"
+            "from trainer.models.config import ModelConfig\n"
+            "assert isinstance(cfg.MODEL, ModelConfig) and m.ModelConfig is ModelConfig\n"
+            "assert cfg.TRAIN.THREADS == 1\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("kind", ["file", "below_a_file"])
+def test_log_dir_that_cannot_be_a_folder_is_a_usage_error(tmp_path, capsys, kind):
+    from trainer.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    f = tmp_path / "afile"
+    f.write_text("x")
+    target = f if kind == "file" else f / "logs"
+    assert main(["train", "--cfg", str(cfg), "--log-dir", str(target)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trainer train: error: --log-dir: "), lines
+    assert "is a file, not a folder" in lines[0]
+    cfg.write_text(f"LOG: {{LOG_DIR: {target}}}\n")
+    assert main(["train", "--cfg", str(cfg)]) == 2
+    assert "LOG.LOG_DIR" in capsys.readouterr().err
+
+
+def test_errors_found_while_training_starts_name_the_option_that_set_the_key(tmp_path, capsys, monkeypatch):
+    import trainer.train as T
+    from trainer.cli import main
+
+    def train(cfg, log_dir=None):  # type: ignore[no-untyped-def]
+        raise ConfigError("TRAIN.BATCH_SIZE", "100000 is more than the 64 training clip(s)", cfg.file)
+
+    monkeypatch.setattr(T, "train", train)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    logs = str(tmp_path / "logs")
+    assert main(["train", "--cfg", str(cfg), "--log-dir", logs, "--set", "TRAIN.BATCH_SIZE=100000"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "trainer train: error: --set TRAIN.BATCH_SIZE=100000: TRAIN.BATCH_SIZE: 100000 is more")
+    assert main(["train", "--cfg", str(cfg), "--log-dir", logs]) == 2  # from the file: names it
+    assert f"{cfg}: TRAIN.BATCH_SIZE" in capsys.readouterr().err
+    assert main(["train", "--cfg", str(cfg), "--resume", str(tmp_path / "nope.pt")]) == 2
+    assert "error: --resume: TRAIN.RESUME: checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("sets", "threads"), [([], 1), (["TRAIN.THREADS=2"], 2)])
+def test_tiny_config_trains_with_one_torch_thread_unless_told(sets, threads):
+    import os
+
+    code = ("import sys\nfrom trainer.config import apply_thread_default, load_config\n"
+            f"cfg = load_config({str(ROOT / 'configs/deblur/vrt_spike_tiny.yaml')!r}, {sets!r})\n"
+            "apply_thread_default(cfg)\nimport torch\nprint(torch.get_num_threads())\n")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-1] == str(threads)

@@ -8,10 +8,13 @@ seconds; the terminal path (monitor, quit, clean stop) is exercised by hand in t
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -63,7 +66,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-un
     script.write_text(FAKE)
     mode = {"m": "ok"}
 
-    def command(cfg: str, root: Path, steps: int | None) -> list[str]:
+    def command(cfg: str, root: Path, steps: int | None, threads: int = 1) -> list[str]:
         return [sys.executable, str(script), str(root), str(steps or 50), mode["m"]]
 
     monkeypatch.setattr(demo, "train_command", command)
@@ -105,3 +108,63 @@ def test_bad_arguments(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "trainer", "demo", "--steps", "0"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+def test_a_training_that_ends_between_two_looks_is_still_found(tmp_path: Path, fake, monkeypatch,
+                                                                 capsys) -> None:  # type: ignore[no-untyped-def]
+    # the race of a loaded machine: the 5 fast steps are done before the first look sees
+    # the run; the demo must still find it and print the summary
+    started: list[subprocess.Popen[bytes]] = []
+    real_start = demo._start
+
+    def start(*a, **kw):  # type: ignore[no-untyped-def]
+        p = real_start(*a, **kw)
+        started.append(p)
+        return p
+
+    def sleep(_s: float) -> None:
+        if started:
+            started[-1].wait(60)  # the training ends while the demo sleeps
+
+    monkeypatch.setattr(demo, "_start", start)
+    monkeypatch.setattr(demo, "_runs", lambda root, real=demo._runs: real(root) if started and started[-1].poll() is not None
+                        else set())
+    monkeypatch.setattr(demo, "time", types.SimpleNamespace(sleep=sleep, monotonic=time.monotonic))
+    assert demo.run(_args(tmp_path)) == 0
+    out, err = capsys.readouterr()
+    assert "finished  step 5/5" in out and "stopped before writing a run" not in err
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_in_the_demo_stops_the_training_interrupted(tmp_path: Path, fake, monkeypatch,
+                                                                       capsys, how) -> None:  # type: ignore[no-untyped-def]
+    def follow(proc: subprocess.Popen[bytes], log_file: Path) -> None:
+        while "step 2/" not in (log_file.read_text() if log_file.exists() else ""):
+            time.sleep(0.05)
+        if how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)  # the demo's handler turns it into a clean stop
+            time.sleep(5)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "_follow", follow)
+    before = signal.getsignal(signal.SIGTERM)
+    assert demo.run(_args(tmp_path, steps=10_000)) == 0
+    assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
+    err = capsys.readouterr().err
+    assert "run interrupted" in err
+    runs = list((tmp_path / "runs" / "demo").iterdir())
+    assert len(runs) == 1 and demo._end_status(runs[0]) == "interrupted"
+
+
+def test_hints_work_in_a_fresh_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("PATH", "/nonexistent")  # a shell where the environment is not activated
+    cmd = demo.tui_command()
+    script = Path(sys.executable).parent / "tui"
+    if script.exists():
+        assert cmd != "tui" and os.path.samefile(cmd, script)
+    else:
+        assert cmd == "tui"
+    assert demo.train_command("c.yaml", Path("r"), 3)[-4:] == ["--set", "TRAIN.THREADS=1",
+                                                                 "--set", "TRAIN.MAX_STEPS=3"]

@@ -137,3 +137,14 @@ def test_panel_fits_narrow_terminals_and_sanitizes_names():
     assert "\x1b" not in "".join(lines)
     line = summary_line(3, 0.0, [("x\n", 1.0)], 0.0)
     assert "\n" not in line and "x? 1.0ms -" in line
+
+
+def test_throughput_under_ddp_is_labelled_global_and_per_rank(tmp_path, clock):
+    out = io.StringIO()
+    lg = TimingLogger(tmp_path, console_update_interval=2, console_stream=out, enable_file=False,
+                      handle_sigterm=False, collect_memory=False, rank=0, world_size=4, run_id="ddp")
+    set_global_timing_logger(lg)
+    fake_steps(lg, clock, 2)
+    lg.close()
+    set_global_timing_logger(None)
+    assert "1.61 steps/s, 12.90 samples/s global (3.23/rank × 4) |" in out.getvalue()

@@ -185,3 +185,48 @@ def test_gpu_trainer_check_dry_run(tmp_path):
     assert rep["results"][1]["optimizer"] == "adamw8bit"
     md = (tmp_path / "gpu_trainer_check.md").read_text()
     assert "| baseline |" in md and "predicted" in md
+
+
+def test_stale_checkpoint_temp_files_are_removed_at_the_next_save(tmp_path):
+    import subprocess
+
+    d = tmp_path / "ck"
+    d.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that is gone: its save was killed half-way
+    (d / f".ckpt_step00000050.pt.tmp{dead.pid}").write_bytes(b"half")
+    (d / f".ckpt_step00000040.pt.tmp{os.getpid()}").write_bytes(b"ours, earlier")
+    live = d / f".ckpt_step00000060.pt.tmp{os.getppid()}"  # a live process saving right now
+    live.write_bytes(b"in progress")
+    old_live = d / f".ckpt_step00000010.pt.tmp{os.getppid()}"
+    old_live.write_bytes(b"abandoned long ago")
+    os.utime(old_live, (1.0, 1.0))
+    (d / "notes.tmp123").write_bytes(b"not ours")
+    save_checkpoint(str(d), 60, {"model": {}, "step": 60}, keep_last=2)
+    assert sorted(os.listdir(d)) == sorted(["ckpt_step00000060.pt", live.name, "notes.tmp123"])
+
+
+def test_a_batch_larger_than_the_clips_names_batch_size():
+    from trainer.errors import ConfigError
+    from trainer.train import plan_steps
+
+    cfg = from_raw({"TRAIN": {"BATCH_SIZE": 100000}}, "c.yaml")
+    with pytest.raises(ConfigError) as ei:
+        plan_steps(cfg, 0, 64)
+    msg = str(ei.value)
+    assert msg.startswith("c.yaml: TRAIN.BATCH_SIZE: 100000 is more than the 64 training clip(s)"), msg
+    cfg = from_raw({"TRAIN": {"BATCH_SIZE": 2, "GRADIENT_ACCUMULATION_STEPS": 8}}, "c.yaml")
+    with pytest.raises(UsageError, match="GRADIENT_ACCUMULATION_STEPS"):
+        plan_steps(cfg, 4, 8)
+
+
+def test_throughput_says_per_rank_or_global():
+    from trainer.timing.console import samples_rate_label
+
+    assert samples_rate_label(12.5) == "12.50 samples/s"
+    assert samples_rate_label(12.5, 4) == "50.00 samples/s global (12.50/rank × 4)"
+    s = io.StringIO()
+    p = Progress(total=10, interval=1, stream=s, tty=False, world_size=2)
+    p.update(1, 3, 0.5, 1e-4)
+    p.update(2, 3, 0.5, 1e-4)
+    assert "samples/s global (" in s.getvalue() and "/rank × 2)" in s.getvalue()

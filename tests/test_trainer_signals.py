@@ -51,3 +51,27 @@ def test_signal_finishes_step_checkpoints_and_ends_interrupted(tmp_path, sig, co
     assert "finishing this step" in err
     assert "Traceback" not in err
     assert os.path.isfile(rank0.parent / "config.yaml")
+
+
+def test_system_exit_during_training_ends_the_run_interrupted(tmp_path, monkeypatch):
+    # e.g. the program's own SIGTERM handler calling sys.exit(): the run did not complete
+    import trainer.train as T
+    from trainer.config import apply_overrides, from_raw, load_config
+
+    base = load_config(TINY)
+    cfg = from_raw(apply_overrides(base.raw, [*MICRO, "TRAIN.MAX_STEPS=50"]), TINY)
+    real = T.train_step
+    calls = []
+
+    def step(ctx):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 3:
+            raise SystemExit(0)
+        return real(ctx)
+
+    monkeypatch.setattr(T, "train_step", step)
+    with pytest.raises(SystemExit):
+        T.train(cfg, log_dir=str(tmp_path / "logs"), write_checkpoints=False, console=False)
+    (rank0,) = (tmp_path / "logs").glob("*/rank0.jsonl")
+    end = records(rank0)[-1]
+    assert end["kind"] == "run_end" and end["status"] == "interrupted" and end["steps"] == 2

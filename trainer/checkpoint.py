@@ -11,6 +11,7 @@ import glob
 import os
 import random
 import re
+import time
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ import torch
 from trainer.clikit import UsageError
 
 CKPT_RE = re.compile(r"^ckpt_step(\d+)\.pt$")
+TMP_RE = re.compile(r"^\.ckpt_step(\d+)\.pt\.tmp(\d+)$")  # a save in progress, or left by a kill
+STALE_TMP_S = 3600.0  # a temp file of a live process untouched this long is abandoned too
 
 
 def checkpoint_name(step: int) -> str:
@@ -37,9 +40,48 @@ def list_checkpoints(folder: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process (or unknowable): assume alive
+    return True
+
+
+def remove_stale_temps(folder: str, step: int) -> list[str]:
+    """Delete half-written ``.ckpt_step*.pt.tmp<pid>`` files: those of a process that is gone
+    (killed mid-save), of this process (its saves run one at a time), or of an earlier
+    step untouched for an hour. Returns the paths removed."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    me, now = os.getpid(), time.time()
+    for name in names:
+        m = TMP_RE.match(name)
+        if not m:
+            continue
+        path = os.path.join(folder, name)
+        tmp_step, pid = int(m.group(1)), int(m.group(2))
+        try:
+            old = tmp_step <= step and now - os.path.getmtime(path) > STALE_TMP_S
+            if pid == me or not _pid_alive(pid) or old:
+                os.remove(path)
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
 def save_checkpoint(folder: str, step: int, state: dict[str, Any], keep_last: int) -> str:
-    """Write ``state`` atomically as the checkpoint of ``step``; keep the newest ``keep_last``."""
+    """Write ``state`` atomically as the checkpoint of ``step``; keep the newest ``keep_last``.
+
+    Half-written temp files left by earlier saves (a kill mid-save) are removed first."""
     os.makedirs(folder, exist_ok=True)
+    remove_stale_temps(folder, step)
     path = os.path.join(folder, checkpoint_name(step))
     tmp = os.path.join(folder, f".{checkpoint_name(step)}.tmp{os.getpid()}")
     try:

@@ -10,7 +10,10 @@ path (unknown keys get a "did you mean" suggestion).
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -18,7 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from trainer.errors import ConfigError
-from trainer.typed_config import convert, setting, suggest, type_name
+from trainer.typed_config import convert, convert_field, setting, suggest, type_name
 
 # --------------------------------------------------------------------------- sections
 
@@ -108,6 +111,8 @@ class TrainConfig:
     FREEZE_FLOW_STEPS: int = setting(0, min=0, doc="flow and deformable parameters frozen this long")
     FLOW_LR_MULT: float = setting(1.0, min=0.0, doc="their lr multiplier after the freeze")
     RESUME: str | None = setting(None, doc="checkpoint file, checkpoint folder or 'auto'")
+    THREADS: int | None = setting(None, min=1, doc="torch CPU threads per process; null: torch's "
+                                  "default (OMP_NUM_THREADS, else one per core)")
     OPTIM: OptimConfig = field(default_factory=OptimConfig)
     SCHED: SchedConfig = field(default_factory=SchedConfig)
     CHECKPOINT: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -148,11 +153,35 @@ class LogConfig:
     PROGRESS_INTERVAL: int = setting(10, min=1, doc="steps between progress lines when not a TTY")
 
 
-# the model section is parsed by the model package; keep the name importable lazily
-def _parse_model(section: Any, file: str | None) -> Any:
-    from trainer.models.config import ModelConfig
+def _model_config_class() -> Any:
+    """``trainer.models.config.ModelConfig`` without importing torch.
 
-    return ModelConfig.from_dict(section, file)
+    The package ``trainer.models`` imports torch in its ``__init__``; its config module does
+    not. Before the package is imported, load that module alone under its own name (the
+    package's later ``from trainer.models.config import ...`` then finds it), so that every
+    config error is reported in well under a second.
+    """
+    name = "trainer.models.config"
+    mod = sys.modules.get(name)
+    if mod is None and "trainer.models" not in sys.modules:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "config.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is not None and spec.loader is not None:
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            try:
+                spec.loader.exec_module(mod)
+            except BaseException:
+                del sys.modules[name]
+                raise
+    if mod is None:
+        from trainer.models import config as mod
+    return mod.ModelConfig
+
+
+# the model section is parsed by the model package
+def _parse_model(section: Any, file: str | None) -> Any:
+    return _model_config_class().from_dict(section, file)
 
 
 @dataclass
@@ -216,7 +245,7 @@ def _check(cfg: Config) -> None:
             )
         if not os.path.isfile(p.WEIGHTS):
             raise ConfigError("LOSS.VGG_PERCEPTUAL.WEIGHTS", f"file not found: {p.WEIGHTS}", file)
-    from trainer.losses import VGG_LAYERS  # torch-free table
+    from trainer.vgg_layers import VGG_LAYERS  # torch-free table
 
     if p.LAYER not in VGG_LAYERS[p.NETWORK]:
         raise ConfigError(
@@ -285,8 +314,58 @@ def from_raw(raw: Any, file: str | None = None) -> Config:
     return cfg
 
 
+def _schema_of(tp: Any) -> Any:
+    """The dataclass a field's annotation holds (``X | None`` too), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for a in typing.get_args(tp):
+        if dataclasses.is_dataclass(a):
+            return a
+    return None
+
+
+def check_override_keys(overrides: list[str]) -> None:
+    """Check each ``--set`` key path and value against the declared schema (type, bounds),
+    before anything else is read or imported. Raises ConfigError naming ``--set KEY=VALUE``.
+    Cross-field checks come later, with the whole config."""
+    for item in overrides:
+        parts, value = parse_override(item)
+        where = f"--set {item}"
+        tp: Any = Config
+        for i, p in enumerate(parts):
+            path = ".".join(parts[: i + 1])
+            hints = typing.get_type_hints(tp)
+            known = [f.name for f in dataclasses.fields(tp) if f.name.isupper()]
+            if p not in known:
+                what = "unknown section" if i == 0 else "unknown key"
+                raise ConfigError(path, what + suggest(p, known), where)
+            if i == len(parts) - 1:
+                if tp is not Config:  # a whole section (TRAIN=...) is checked with the file
+                    f = next(f for f in dataclasses.fields(tp) if f.name == p)
+                    convert_field(f, hints[p], value, path, where)
+                break
+            nxt = _model_config_class() if tp is Config and p == "MODEL" else _schema_of(hints[p])
+            if nxt is None:
+                raise ConfigError(path, "is not a section: cannot set a key below it", where)
+            tp = nxt
+
+
+def override_for(key: str, overrides: list[str]) -> str | None:
+    """The ``--set`` item that set ``key`` (or a section above it), if any; the last wins."""
+    for item in reversed(overrides):
+        k = item.partition("=")[0].strip()
+        if key == k or key.startswith((k + ".", k + "[")):
+            return item
+    return None
+
+
 def load_config(path: str, overrides: list[str] | None = None) -> Config:
-    """Read ``path``, apply ``--set`` overrides, parse and check. Raises ConfigError."""
+    """Read ``path``, apply ``--set`` overrides, parse and check. Raises ConfigError.
+
+    ``--set`` keys are checked first (no file read, no torch), and an error in a value that
+    an override set names ``--set KEY=VALUE`` rather than the file."""
+    overrides = list(overrides or [])
+    check_override_keys(overrides)
     if not os.path.isfile(path):
         raise ConfigError("--cfg", f"config file not found: {path}", None)
     try:
@@ -305,4 +384,40 @@ def load_config(path: str, overrides: list[str] | None = None) -> Config:
         raise ConfigError("<top>", f"expected a mapping of sections, got {type_name(raw)}", path)
     if overrides:
         raw = apply_overrides(raw, overrides)
-    return from_raw(raw, path)
+    try:
+        return from_raw(raw, path)
+    except ConfigError as e:
+        item = override_for(e.key, overrides)
+        if item is None:
+            raise
+        raise ConfigError(e.key, e.detail, f"--set {item}") from None
+
+
+def check_log_dir(path: str, source: str) -> None:
+    """Fail early (ConfigError naming ``source``) if ``path`` cannot be a log root: it is
+    a file, lies below a file, or its nearest existing folder is not writable."""
+    p = os.path.abspath(path)
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise ConfigError(source, f"{path} is a file, not a folder (the log root holds one folder per run)")
+    probe = p
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise ConfigError(source, f"{path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(source, f"{path}: {probe} is not writable")
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def apply_thread_default(cfg: Config) -> None:
+    """``TRAIN.THREADS`` as the thread variables of this process (and its loader workers),
+    before torch is imported so that its thread pools start at that size."""
+    n = cfg.TRAIN.THREADS
+    if n is not None and "torch" not in sys.modules:
+        for var in _THREAD_VARS:
+            os.environ[var] = str(n)

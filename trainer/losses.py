@@ -10,28 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.clikit import UsageError
+from trainer.vgg_layers import VGG_CFG as _VGG_CFG
+from trainer.vgg_layers import VGG_LAYERS
 
-# conv widths per block; "M" = max-pool. torchvision's ``features`` indices follow this order.
-_VGG_CFG = {
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512],
-}
-
-
-def _layer_names(cfg: list) -> list[str]:
-    names, block, conv = [], 1, 0
-    for c in cfg:
-        if c == "M":
-            block, conv = block + 1, 0
-        else:
-            conv += 1
-            names.append(f"relu{block}_{conv}")
-    return names
-
-
-#: the ReLU outputs each network offers, e.g. ``relu3_3``
-VGG_LAYERS: dict[str, list[str]] = {k: _layer_names(v) for k, v in _VGG_CFG.items()}
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 

@@ -1,5 +1,8 @@
 """The training terminal's progress line: step/total, samples/s, ETA, loss, lr.
 
+Throughput says its scope: with one process ``samples/s``; under DDP the global figure
+(all ranks) with the per-rank one beside it, ``50.00 samples/s global (12.50/rank × 4)``.
+
 On a terminal it is one line redrawn with ``\\r``, written under the timing panel: it is
 cleared before the panel may draw (``clear()``) and redrawn after, and it goes to the real
 stream so that the panel's in-place redraw still sees itself as the last output. Elsewhere
@@ -14,7 +17,7 @@ import time
 from collections import deque
 from typing import Any
 
-from trainer.timing.console import raw_stream, stream_is_tty
+from trainer.timing.console import raw_stream, samples_rate_label, stream_is_tty
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -29,8 +32,10 @@ class Progress:
     """Progress reporting for rank 0 (other ranks pass ``enabled=False``)."""
 
     def __init__(self, total: int, start: int = 0, interval: int = 10, enabled: bool = True,
-                 stream: Any = None, tty: bool | None = None, window: int = 20) -> None:
+                 stream: Any = None, tty: bool | None = None, window: int = 20,
+                 world_size: int = 1) -> None:
         self.total, self.interval, self.enabled = total, interval, enabled
+        self.world_size = max(1, world_size)
         self._stream = stream
         self._tty = tty
         self._times: deque[tuple[float, int, int]] = deque(maxlen=window)  # (time, step, samples)
@@ -48,7 +53,7 @@ class Progress:
         return stream_is_tty(self._out())
 
     def rate(self) -> float:
-        """Samples per second over the last steps."""
+        """Samples per second of this rank over the last steps."""
         (t0, _, s0), (t1, _, s1) = self._times[0], self._times[-1]
         return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
 
@@ -57,7 +62,7 @@ class Progress:
         per_step = (t1 - t0) / (k1 - k0) if k1 > k0 else float("nan")
         eta = per_step * (self.total - step)
         width = len(str(self.total))
-        return (f"step {step:>{width}}/{self.total} | {self.rate():6.2f} samples/s | "
+        return (f"step {step:>{width}}/{self.total} | {samples_rate_label(self.rate(), self.world_size)} | "
                 f"ETA {_fmt_eta(eta)} | loss {loss:.4f} | lr {lr:.2e}")
 
     def update(self, step: int, samples: int, loss: float, lr: float) -> None:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from trainer import checkpoint as ckpt
 from trainer.clikit import UsageError
-from trainer.config import Config
+from trainer.config import Config, check_log_dir
 from trainer.data import build_datasets
 from trainer.distributed import (
     DistInfo,
@@ -39,6 +39,7 @@ from trainer.distributed import (
     gather_objects,
     init_distributed,
 )
+from trainer.errors import ConfigError
 from trainer.losses import build_perceptual, charbonnier
 from trainer.metrics import psnr, ssim
 from trainer.models import build_model, set_flow_and_deform_trainable
@@ -275,10 +276,21 @@ def _loader_kwargs(cfg: Config, device: torch.device) -> dict[str, Any]:
     return kw
 
 
-def plan_steps(cfg: Config, batches_per_epoch: int) -> tuple[int, int]:
-    """(optimizer steps per epoch, total optimizer steps of the run)."""
+def plan_steps(cfg: Config, batches_per_epoch: int, clips_per_rank: int | None = None) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps of the run).
+
+    ``clips_per_rank``: training clips one rank gets per epoch (names the right key when
+    not even one batch fits)."""
     t = cfg.TRAIN
     per_epoch = batches_per_epoch // t.GRADIENT_ACCUMULATION_STEPS
+    if batches_per_epoch < 1:
+        clips = f"the {clips_per_rank} training clip(s)" if clips_per_rank is not None else "the training clips"
+        raise ConfigError(
+            "TRAIN.BATCH_SIZE",
+            f"{t.BATCH_SIZE} is more than {clips} each rank gets per epoch: not one batch fits "
+            "(use a smaller batch, or more clips)",
+            cfg.file,
+        )
     if per_epoch < 1:
         raise UsageError(
             f"{cfg.file or 'config'}: the training set gives {batches_per_epoch} batch(es) per "
@@ -308,6 +320,8 @@ def train(cfg: Config, *, log_dir: str | None = None, resume: str | None = None,
     ``interrupted``; an exception ends it ``failed`` (with type and message) and is re-raised.
     """
     tcfg = cfg.TRAIN
+    # a log root that is a file (or below one) would end in a traceback at the first write
+    check_log_dir(log_dir or cfg.LOG.LOG_DIR, "--log-dir" if log_dir else f"{cfg.file}: LOG.LOG_DIR")
     log_dir = log_dir or cfg.LOG.LOG_DIR
     stop = StopFlag()
     stop.install()  # before the timing logger, which then defers SIGTERM to us
@@ -323,6 +337,8 @@ def train(cfg: Config, *, log_dir: str | None = None, resume: str | None = None,
 def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: StopFlag,
          write_checkpoints: bool, validate_at_end: bool, console: bool | None) -> TrainResult:
     tcfg, device = cfg.TRAIN, info.device
+    if tcfg.THREADS is not None:
+        torch.set_num_threads(tcfg.THREADS)
     _seed_all(tcfg.SEED)  # same initial weights on every rank
 
     # --- data
@@ -341,7 +357,7 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
                             num_workers=min(cfg.DATALOADER.NUM_WORKERS, 2), pin_memory=lkw["pin_memory"],
                             generator=torch.Generator())  # leaves the global RNG alone
     batches_per_epoch = len(sampler) // tcfg.BATCH_SIZE
-    _, total_steps = plan_steps(cfg, batches_per_epoch)
+    _, total_steps = plan_steps(cfg, batches_per_epoch, len(sampler))
 
     # --- model, optimizer, schedule
     model = build_model(cfg.MODEL).to(device)
@@ -389,7 +405,8 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
         start_step=step, **log_kwargs,
     )
     set_global_timing_logger(log)
-    progress = Progress(total_steps, step, cfg.LOG.PROGRESS_INTERVAL, enabled=info.is_main)
+    progress = Progress(total_steps, step, cfg.LOG.PROGRESS_INTERVAL, enabled=info.is_main,
+                        world_size=info.world_size)
     try:  # from here on, any exception ends the run with a run_end record
         if info.is_main:
             _write_config(cfg, run_dir)
@@ -474,7 +491,8 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
                 break
     except BaseException as e:
         progress.finish()
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        # SystemExit: e.g. a SIGTERM handler of the program calling sys.exit; the run did not finish
+        status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
         log.close(status, None if status == "interrupted" else e)
         raise
     progress.finish()

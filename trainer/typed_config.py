@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, TypeVar
 
 from trainer.errors import ConfigError
 
-__all__ = ["convert", "from_dict", "setting", "suggest", "type_name"]
+__all__ = ["convert", "convert_field", "from_dict", "setting", "suggest", "type_name"]
 
 T = TypeVar("T")
 
@@ -75,16 +76,21 @@ def from_dict(cls: type[T], data: Any, path: str, file: str | None = None) -> T:
         kp = f"{path}.{key}" if path else str(key)
         if key not in fields:
             raise ConfigError(kp, "unknown key" + suggest(str(key), list(fields)), file)
-        f = fields[key]
-        v = convert(value, hints[key], kp, file, f.metadata.get("expect"))
-        lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if lo is not None and v < lo:
-                raise ConfigError(kp, f"must be >= {lo}, got {v}", file)
-            if hi is not None and v > hi:
-                raise ConfigError(kp, f"must be <= {hi}, got {v}", file)
-        kwargs[key] = v
+        kwargs[key] = convert_field(fields[key], hints[key], value, kp, file)
     return cls(**kwargs)
+
+
+def convert_field(f: dataclasses.Field[Any], tp: Any, value: Any, path: str,
+                  file: str | None = None) -> Any:
+    """``value`` checked against the field ``f`` (annotation ``tp``): type, then bounds."""
+    v = convert(value, tp, path, file, f.metadata.get("expect"))
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if lo is not None and v < lo:
+            raise ConfigError(path, f"must be >= {lo}, got {v}", file)
+        if hi is not None and v > hi:
+            raise ConfigError(path, f"must be <= {hi}, got {v}", file)
+    return v
 
 
 def convert(value: Any, tp: Any, path: str, file: str | None = None,
@@ -135,14 +141,22 @@ def convert(value: Any, tp: Any, path: str, file: str | None = None,
         return value
     if tp is float:
         # YAML reads "1e-4" (no dot) as a string: accept numeric strings for floats
+        x: float | None = None
         if isinstance(value, str):
             try:
-                return float(value)
+                x = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        elif not isinstance(value, bool) and isinstance(value, (int, float)):
+            try:
+                x = float(value)
+            except OverflowError:  # an integer beyond any float
+                x = math.inf
+        if x is None:
             raise ConfigError(path, f"expected a number, got {type_name(value)} {value!r}", file)
-        return float(value)
+        if not math.isfinite(x):  # nan, .inf, 1e999: every later use would be meaningless
+            raise ConfigError(path, f"expected a finite number, got {value!r}", file)
+        return x
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(path, f"expected a string, got {type_name(value)} {value!r}", file)

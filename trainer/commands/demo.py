@@ -2,9 +2,11 @@
 
 On a terminal: starts ``trainer train --cfg configs/deblur/vrt_spike_tiny.yaml`` (synthetic
 data, CPU) in the background with its output in a log file, waits for its run folder, then
-opens ``tui watch`` on the log root. Quitting the monitor (``q``) stops the training cleanly:
-SIGINT, so it finishes the current step, writes a checkpoint and ends its run
-``interrupted``; a second SIGINT after a grace period stops it at once; SIGKILL last.
+opens ``tui watch`` on the log root. Quitting the monitor (``q``, Ctrl-C), Ctrl-C or SIGTERM
+to the demo, stops the training cleanly: SIGINT, so it finishes the current step, writes a
+checkpoint and ends its run ``interrupted``; a second SIGINT (after a grace period, or at
+once on a second Ctrl-C) stops it at once, still ``interrupted``; SIGKILL last. The training
+uses one torch thread (``--threads``): more only slow a small busy machine down.
 
 Without a terminal (CI, pipes), or with ``--no-monitor``: trains a few steps in the
 foreground and prints the run's summary (``tui summary``) instead of opening the screen.
@@ -22,6 +24,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="optimizer steps (default: the config's TRAIN.MAX_STEPS on a terminal, 5 without)")
     parser.add_argument("--no-monitor", action="store_true",
                         help="train in the foreground and print the summary (the default without a terminal)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="torch CPU threads of the training (TRAIN.THREADS; default 1)")
     synth = parser.add_argument_group("torch-free synthetic workload (no model)")
     synth.add_argument("--synthetic", action="store_true",
                        help="time a CPU loop shaped like a training step instead of the model (no torch)")
@@ -65,17 +70,31 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
-def train_command(cfg: str, root: Path, steps: int | None) -> list[str]:
+def train_command(cfg: str, root: Path, steps: int | None, threads: int = 1) -> list[str]:
     """The background training (the console panel off: its output goes to a file)."""
     cmd = [sys.executable, "-m", "trainer", "train", "--cfg", cfg, "--log-dir", str(root),
-           "--set", "LOG.TIMING_CONSOLE=false"]
+           "--set", "LOG.TIMING_CONSOLE=false", "--set", f"TRAIN.THREADS={threads}"]
     if steps is not None:
         cmd += ["--set", f"TRAIN.MAX_STEPS={steps}"]
     return cmd
 
 
-def _start(cfg: str, root: Path, steps: int | None, log_file: Path) -> subprocess.Popen[bytes]:
-    cmd = train_command(cfg, root, steps)
+def tui_command() -> str:
+    """How to call ``tui`` from a fresh shell: the environment's script when ``tui`` on the
+    PATH is not it (the environment is not activated), as a path relative to here if short."""
+    script = Path(sys.executable).parent / "tui"
+    if not script.exists() or shutil.which("tui") == str(script):
+        return "tui"
+    with contextlib.suppress(ValueError):
+        rel = os.path.relpath(script)
+        if not rel.startswith(".."):
+            return rel if os.sep in rel else f".{os.sep}{rel}"
+    return str(script)
+
+
+def _start(cfg: str, root: Path, steps: int | None, log_file: Path,
+           threads: int = 1) -> subprocess.Popen[bytes]:
+    cmd = train_command(cfg, root, steps, threads)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "wb") as out:
         # its own session: keys typed in the monitor never reach it as signals; we send them
@@ -147,25 +166,38 @@ def _follow(proc: subprocess.Popen[bytes], log_file: Path) -> None:
         time.sleep(0.5)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGINT (finish the step, checkpoint, run_end interrupted), again, then SIGKILL."""
+def _exited(proc: subprocess.Popen[bytes], seconds: float) -> bool:
+    try:
+        proc.wait(seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = GRACE_S) -> None:
+    """SIGINT (finish the step, checkpoint, run_end interrupted), again, then SIGKILL.
+
+    A Ctrl-C (or SIGTERM) while waiting skips to the second SIGINT: stop now, still cleanly."""
     if proc.poll() is not None:
         return
-    print("demo: stopping the training: it finishes its current step and writes a checkpoint ...",
-          file=sys.stderr, flush=True)
+    print("demo: stopping the training: it finishes its current step and writes a checkpoint "
+          "(Ctrl-C again: stop now) ...", file=sys.stderr, flush=True)
     proc.send_signal(signal.SIGINT)
     try:
-        proc.wait(GRACE_S)
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    print("demo: still busy; stopping it now", file=sys.stderr, flush=True)
-    proc.send_signal(signal.SIGINT)  # asked twice: the trainer stops at once (run_end interrupted)
+        if _exited(proc, grace):
+            return
+        print("demo: still busy; stopping it now", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("demo: stopping it now", file=sys.stderr, flush=True)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # asked twice: the trainer stops at once (run_end interrupted)
     try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        if _exited(proc, 15):
+            return
+    except KeyboardInterrupt:
+        pass
+    proc.kill()
+    proc.wait()
 
 
 def _end_status(run: Path) -> str | None:
@@ -189,6 +221,8 @@ def _print_summary(run: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.synthetic or args.size is not None:
         if args.steps is None:
             args.steps = 60
@@ -204,10 +238,11 @@ def run(args: argparse.Namespace) -> int:
     root.mkdir(parents=True, exist_ok=True)
     log_file = root.parent / f"{root.name}-train.log"
     before = _runs(root)
-    proc = _start(args.cfg, root, steps, log_file)
+    proc = _start(args.cfg, root, steps, log_file, args.threads)
     print(f"demo: training {Path(args.cfg).name} on CPU in the background (pid {proc.pid}); its output "
           f"goes to {log_file}", file=sys.stderr, flush=True)
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: Python's default raises KeyboardInterrupt only if nobody replaced it
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     def _on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt  # unwinds to the finally below, which stops the training
@@ -242,7 +277,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo: the training failed:\n{_tail(log_file)}", file=sys.stderr)
     if not tty:
         _print_summary(run_dir)
-    print(f"\ndemo: run {status}. See it again with `tui replay {run_dir}` or `tui summary {run_dir}`; "
+    tui = tui_command()
+    print(f"\ndemo: run {status}. See it again with `{tui} replay {run_dir}` or `{tui} summary {run_dir}`; "
           f"training output in {log_file}", file=sys.stderr)
     return 0 if status in ("completed", "interrupted") else 1
 

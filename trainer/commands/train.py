@@ -24,16 +24,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.config import load_config
+    from trainer.config import apply_thread_default, check_log_dir, load_config, override_for
+    from trainer.errors import ConfigError
 
     overrides = list(args.overrides)
-    if args.resume:
-        overrides.append(f"TRAIN.RESUME={args.resume}")
-    cfg = load_config(args.cfg, overrides)
+    resume_item = f"TRAIN.RESUME={args.resume}" if args.resume else None
+    if resume_item:
+        overrides.append(resume_item)
+
+    def named(e: ConfigError) -> ConfigError:
+        """The error naming the command-line option that set its key, if one did."""
+        item = override_for(e.key, overrides)
+        if item is None:
+            return e
+        where = "--resume" if item == resume_item else f"--set {item}"
+        return ConfigError(e.key, e.detail, where)
+
+    try:
+        cfg = load_config(args.cfg, overrides)
+    except ConfigError as e:
+        raise named(e) from None
+    if args.log_dir:
+        check_log_dir(args.log_dir, "--log-dir")
+    else:
+        item = override_for("LOG.LOG_DIR", overrides)
+        check_log_dir(cfg.LOG.LOG_DIR, f"--set {item}" if item else f"{cfg.file}: LOG.LOG_DIR")
+    apply_thread_default(cfg)
 
     from trainer.train import train
 
-    result = train(cfg, log_dir=args.log_dir)
+    try:
+        result = train(cfg, log_dir=args.log_dir)
+    except ConfigError as e:  # a check that needs the data (e.g. the batch size)
+        raise named(e) from None
     if result.exit_code == 0 and result.evals and os.environ.get("RANK", "0") == "0":
         last = result.evals[-1]
         print(f"done: {result.steps} steps, PSNR {last['psnr']:.2f} dB "

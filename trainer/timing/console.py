@@ -208,3 +208,11 @@ class Console:
             if getattr(sys, attr) is proxy:
                 setattr(sys, attr, orig)
         self._installed.clear()
+
+
+def samples_rate_label(per_rank: float, world_size: int = 1) -> str:
+    """Throughput with its scope: ``12.50 samples/s`` for one rank; with several,
+    ``50.00 samples/s global (12.50/rank × 4)`` (every rank processes the same batch)."""
+    if world_size <= 1:
+        return f"{per_rank:.2f} samples/s"
+    return f"{per_rank * world_size:.2f} samples/s global ({per_rank:.2f}/rank × {world_size})"

@@ -3,7 +3,10 @@
 A :class:`LineFile` buffers whole lines and appends them with ``os.write`` on an
 ``O_APPEND`` descriptor, so a process killed at any moment leaves at most one partial last
 line. On the first IO error (disk full, permission denied, folder removed) it emits one
-:class:`TimingWarning`, drops its buffer and disables itself; training goes on.
+:class:`TimingWarning`, drops its buffer and disables itself; training goes on. Appending
+to a file whose last line is partial (a writer killed or out of disk space) starts a new
+line first, so the partial line stays one malformed line and the new records stay whole.
+A LineFile is not thread-safe: its owner serialises calls (the logger holds a lock).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class LineFile:
         "_bytes",
         "_fd",
         "_in_flush",
+        "_need_newline",
         "_pid",
         "disabled",
         "max_buffer_bytes",
@@ -45,9 +49,10 @@ class LineFile:
         self.path = path
         self.max_buffer_bytes = max_buffer_bytes
         self._fd: int | None = None
-        self._buf: list[str] = []
+        self._buf: list[bytes] = []
         self._bytes = 0
         self._in_flush = False
+        self._need_newline = False
         self._pid = os.getpid()
         self.disabled = False
 
@@ -59,15 +64,25 @@ class LineFile:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
             self._fd = os.open(self.path, flags, 0o644)
+            size = os.fstat(self._fd).st_size
         except OSError as e:
             self._fail(e)
             return False
+        if size > 0:
+            try:
+                with open(self.path, "rb") as f:  # our descriptor is write-only
+                    f.seek(size - 1)
+                    self._need_newline = f.read(1) not in (b"\n", b"")
+            except OSError:
+                self._need_newline = True  # an extra empty line is harmless; a glued one is not
         return True
 
-    def write(self, line: str) -> None:
+    def write(self, line: str | bytes) -> None:
         """Queue one complete line (must end with ``\\n``)."""
         if self.disabled:
             return
+        if type(line) is str:
+            line = line.encode("utf-8", "replace")
         self._buf.append(line)
         self._bytes += len(line)
         if self._bytes >= self.max_buffer_bytes:
@@ -89,7 +104,9 @@ class LineFile:
             return
         self._in_flush = True
         try:
-            data = "".join(self._buf).encode("utf-8", "replace")
+            data = b"".join(self._buf)
+            if self._need_newline:
+                data = b"\n" + data
             fd = self._fd
             assert fd is not None
             if os.fstat(fd).st_nlink == 0:  # writes to an unlinked file would vanish silently
@@ -98,6 +115,7 @@ class LineFile:
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
+            self._need_newline = False
             self._buf.clear()
             self._bytes = 0
         except OSError as e:
@@ -202,3 +220,27 @@ def resolve_run_id(run_id: str | None, run_name: str, world_size: int) -> str:
                 "logger after init_process_group, or set the variable for all ranks"
             )
     return rid
+
+
+def last_step_in(path: str, window: int = 1 << 20) -> int | None:
+    """The step number of the last ``step`` record in the last ``window`` bytes of ``path``
+    (None: no file, or none found). Never raises."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - window))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if b'"step"' not in line:
+            continue
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(d, dict) and d.get("kind") == "step" and type(d.get("step")) is int:
+            return d["step"]
+    return None

@@ -9,7 +9,9 @@ do not grow with the number of steps.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
+import math
 import os
 import signal
 import socket
@@ -22,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from trainer.timing import records as R
-from trainer.timing.console import TOP_N, Console
+from trainer.timing.console import TOP_N, Console, samples_rate_label
 from trainer.timing.cuda import (
     EventFactory,
     EventPool,
@@ -33,7 +35,7 @@ from trainer.timing.cuda import (
     cuda_memory_reader,
     torch_event_factory,
 )
-from trainer.timing.jsonl import LineFile, rank_and_world, resolve_run_id, warn
+from trainer.timing.jsonl import LineFile, last_step_in, rank_and_world, resolve_run_id, warn
 from trainer.timing.stats import RegionStats, RunningStats
 from trainer.timing.text_log import format_step, format_summary
 
@@ -79,7 +81,9 @@ NOOP = _Noop()
 _noops: dict[str, _Noop] = {}
 
 
-def _noop_for(name: str) -> _Noop:
+def _noop_for(name: Any) -> _Noop:
+    if type(name) is not str:
+        return NOOP
     r = _noops.get(name)
     if r is None:
         r = _Noop(name)
@@ -107,13 +111,15 @@ def _decorate(fn: F, name: str, logger: TimingLogger | None) -> F:
 # --------------------------------------------------------------------------- regions
 
 
-def _unlink(stack: list[Any], region: Any) -> None:
+def _unlink(stack: list[Any], region: Any) -> bool:
     """Remove ``region`` from a stack it is not on top of (generators, coroutines and
-    threads can interleave regions); later regions keep their correct parents."""
+    threads can interleave regions); later regions keep their correct parents. False when
+    it is not on the stack: ``step()`` already closed it."""
     for i in range(len(stack) - 1, -1, -1):
         if stack[i] is region:
             del stack[i]
-            return
+            return True
+    return False
 
 
 class _CpuRegion:
@@ -168,10 +174,10 @@ class _CpuRegion:
     def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
         ms = (_perf() - self._t0) * 1000.0
         stack = self._stack
-        if stack[-1] is self:
+        if stack and stack[-1] is self:
             stack.pop()
-        else:
-            _unlink(stack, self)
+        elif not _unlink(stack, self):
+            return  # closed by step() (open across it) and charged there
         lg = self._lg
         full = self._full
         lock = lg._lock
@@ -189,6 +195,16 @@ class _CpuRegion:
     def __call__(self, fn: F) -> F:
         return _decorate(fn, self._name, self._lg if self._bound else None)
 
+    def _cut(self, now: float) -> None:
+        """Close at ``step()`` (called with the logger's lock held): charge its time so far."""
+        ms = (now - self._t0) * 1000.0
+        acc = self._lg._cur.get(self._full)
+        if acc is None:
+            self._lg._cur[self._full] = [ms, 1]
+        else:
+            acc[0] += ms
+            acc[1] += 1
+
 
 class _CudaRegion(_CpuRegion):
     """A region timed by a pair of CUDA events from the logger's pool."""
@@ -204,19 +220,24 @@ class _CudaRegion(_CpuRegion):
 
     def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
         lg = self._lg
+        stack = self._stack
+        if stack and stack[-1] is self:
+            stack.pop()
+        elif not _unlink(stack, self):
+            return  # closed by step() (open across it) and charged there
         end = lg._pool.get()  # type: ignore[union-attr]
         end.record()
-        stack = self._stack
-        if stack[-1] is self:
-            stack.pop()
-        else:
-            _unlink(stack, self)
         lock = lg._lock
         lock.acquire()
         try:
             lg._cur_ev.append((self._full, self._t0, end))
         finally:
             lock.release()
+
+    def _cut(self, now: float) -> None:
+        end = self._lg._pool.get()  # type: ignore[union-attr]
+        end.record()
+        self._lg._cur_ev.append((self._full, self._t0, end))
 
 
 class _GlobalCpuRegion(_CpuRegion):
@@ -257,8 +278,10 @@ def timed(name: str) -> Any:
     if lg is None:
         try:
             return _noops[name]  # indexing is ~20 ns cheaper than .get() on this path
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable name
             return _noop_for(name)
+    if type(name) is not str:
+        return lg._bad_name(name)
     return lg._gregion_cls(lg, name)
 
 
@@ -269,6 +292,18 @@ def log_timing(name: str, ms: float) -> None:
         lg.log(name, ms)
 
 
+def _fresh_locks_in_child() -> None:
+    # a fork (DataLoader workers) copies a lock held by another thread as held forever: a
+    # region timed in the child would hang. The child's loggers get new locks.
+    for lg in list(_open_loggers):
+        lg._lock = threading.Lock()
+        lg._io = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks_in_child)
+
+
 @atexit.register
 def _close_all_at_exit() -> None:
     # sys.last_value is set when the program ends by an uncaught exception
@@ -277,7 +312,7 @@ def _close_all_at_exit() -> None:
     for lg in list(_open_loggers):
         if lg._pid != pid:
             continue  # a forked child exiting: the run belongs to the parent
-        if isinstance(exc, KeyboardInterrupt):
+        if lg._signalled or isinstance(exc, (KeyboardInterrupt, SystemExit)):
             lg.close(R.STATUS_INTERRUPTED)
         elif isinstance(exc, BaseException):
             lg.close(R.STATUS_FAILED, exc)
@@ -354,10 +389,19 @@ class TimingLogger:
         self.run_dir: str | None = None
         self.rank, self.world_size = 0, 1
         self.device = "cpu"
+        if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step < R.MAX_INT:
+            warn(f"start_step={start_step!r} is not a step number (0 <= n < {R.MAX_INT:.0e}); using 0")
+            start_step = 0
         self.step_count = start_step  # number of the last step() call
         self.steps_written = start_step  # number of the last step record emitted
         self._closed = not self.enabled
+        self._signalled = False  # a SIGTERM handler of the program raised (e.g. sys.exit)
+        # _lock: the current step's region values (held for a few dict operations by region
+        # exits on any thread). _io: everything else that changes state or writes (step(),
+        # log_eval(), flush(), close()...), so records from any thread are never lost. Re-entrant:
+        # a SIGTERM handler may flush while the main thread is inside step().
         self._lock = threading.Lock()
+        self._io = threading.RLock()
         self._tls = threading.local()
         self._cur: dict[str, list[float]] = {}
         self._cur_ev: list[tuple[str, Any, Any]] = []
@@ -436,6 +480,9 @@ class TimingLogger:
             gpu_name, mem_total = cuda_device_info(dev)
         torch_mod = sys.modules.get("torch")  # reported only if the program imported it
         torch_version = getattr(torch_mod, "__version__", None) if torch_mod else None
+        total_steps = self._opt_count(total_steps, "total_steps")
+        samples_per_step = self._opt_count(samples_per_step, "samples_per_step")
+        self._samples_per_step = samples_per_step
         start = R.RunStart(
             run_id=self.run_id,
             rank=self.rank,
@@ -446,14 +493,25 @@ class TimingLogger:
             device=dev,
             gpu_name=gpu_name,
             torch_version=str(torch_version) if torch_version else None,
-            config=dict(config) if config else {},
+            config=self._clean_config(config),
             total_steps=total_steps,
             samples_per_step=samples_per_step,
             device_memory_total=mem_total,
             start_step=start_step,
         )
+        if self._jsonl is not None and start_step > 0:
+            last = last_step_in(self._jsonl.path)
+            if last is not None and last > start_step:
+                # e.g. a checkpoint at 50, killed at 56: steps 51-56 are run again
+                warn(f"resuming at step {start_step}: steps {start_step + 1}-{last} already in "
+                     f"{self._jsonl.path} are run again; readers keep the new records")
         if self._jsonl is not None:
-            self._write(self._jsonl, R.encode(start))
+            line = R.encode_bytes(start)
+            if len(line) > R.MAX_LINE_BYTES:
+                self._warn_once("config", f"config= is too large to record "
+                                f"({len(line)} bytes as JSON); the run is recorded without it")
+                line = R.encode_bytes(dataclasses.replace(start, config={}))
+            self._write(self._jsonl, line)
             self._jsonl.flush()  # the run appears to a watching monitor right away
 
         self._t_last = _perf()
@@ -514,11 +572,21 @@ class TimingLogger:
         """Like :func:`timed`, on this logger (context manager or decorator)."""
         if self._closed:
             return _noop_for(name)
+        if type(name) is not str:
+            return self._bad_name(name)
         return self._region_cls(self, name)
+
+    def _bad_name(self, name: Any) -> _Noop:
+        self._warn_once("name", f"a region name must be a string, got {type(name).__name__} "
+                        f"{_short(name)}; that region is not timed")
+        return NOOP
 
     def begin(self, name: str) -> Any:
         """Start region ``name`` (absolute, no nesting); thread-safe. Returns a handle."""
         if self._closed:
+            return None
+        if type(name) is not str:
+            self._bad_name(name)
             return None
         if name[:1] == "/":
             name = name[1:]
@@ -532,7 +600,11 @@ class TimingLogger:
         """End a region started by :meth:`begin` (possibly on another thread)."""
         if handle is None or self._closed:
             return
-        name, start = handle
+        try:
+            name, start = handle
+        except (TypeError, ValueError):
+            self._warn_once("handle", f"end({_short(handle)}): not a handle from begin(); ignored")
+            return
         if self._cuda:
             ev = self._pool.get()  # type: ignore[union-attr]
             ev.record()
@@ -545,15 +617,18 @@ class TimingLogger:
         """Add a measured value (ms) to region ``name`` (absolute) of the current step."""
         if self._closed:
             return
+        if type(name) is not str:
+            self._bad_name(name)
+            return
         if name[:1] == "/":
             name = name[1:]
         if type(ms) is not float:
             try:
                 ms = float(ms)
-            except (TypeError, ValueError):
-                self._warn_once("log", f"log_timing({name!r}): {ms!r} is not a number; ignored")
+            except (TypeError, ValueError, OverflowError):
+                self._warn_once("log", f"log_timing({name!r}): {_short(ms)} is not a number; ignored")
                 return
-        if not 0.0 <= ms < _INF:  # also false for NaN
+        if not 0.0 <= ms < R.MAX_MS:  # also false for NaN
             self._warn_once("log", f"log_timing({name!r}): {ms!r} is not a duration; ignored")
             return
         self._add(name, ms)
@@ -578,14 +653,15 @@ class TimingLogger:
         ``step()`` (call it right before the loop so that setup time is not in step 1)."""
         if self._closed:
             return
-        with self._lock:
-            self._cur = {}
-            self._cur_ev = []
-        self._t_last = _perf()
-        if self._cuda:
-            m = self._pool.get()  # type: ignore[union-attr]
-            m.record()
-            self._marker = m  # the old marker may still end a pending step: not pooled
+        with self._io:
+            with self._lock:
+                self._cur = {}
+                self._cur_ev = []
+            self._t_last = _perf()
+            if self._cuda:
+                m = self._pool.get()  # type: ignore[union-attr]
+                m.record()
+                self._marker = m  # the old marker may still end a pending step: not pooled
 
     def step(
         self,
@@ -596,22 +672,43 @@ class TimingLogger:
     ) -> None:
         """End the current step. ``scalars``: e.g. loss and lr (pass Python floats: a
         tensor is converted with ``float()``, which waits for the GPU). ``memory``
-        replaces the measured memory of this step."""
+        replaces the measured memory of this step.
+
+        Safe from any thread (calls are serialised; each gets its own step number). A
+        region still open on the calling thread is closed here, with one warning: its time
+        so far counts in this step and its own exit later does nothing (docs/timing.md).
+        """
         if self._closed:
             return
+        with self._io:
+            if self._closed:  # closed by another thread while this one waited
+                return
+            self._step(samples, epoch, scalars, memory)
+
+    def _step(
+        self,
+        samples: int | None,
+        epoch: int | None,
+        scalars: Mapping[str, Any] | None,
+        memory: Mapping[str, int] | None,
+    ) -> None:
+        stack = getattr(self._tls, "stack", None)
         now = _perf()
         wall_ms = (now - self._t_last) * 1000.0
         self._t_last = now
         self.step_count += 1
         if epoch is not None:
-            self._epoch = _as_int(epoch, self._epoch)
-        n_samples = _as_int(samples, 0) if samples is not None else (self._samples_per_step or 0)
-        sc = _clean_scalars(scalars) if scalars else None
+            self._epoch = self._int_arg(epoch, "epoch", self._epoch)
+        if samples is not None:
+            n_samples = self._int_arg(samples, "samples", 0)
+        else:
+            n_samples = self._samples_per_step or 0
+        sc = self._clean_scalars(scalars, "scalars") if scalars else None
         if memory is not None:
-            mem: dict[str, int] | None = _clean_memory(memory)
+            mem: dict[str, int] | None = self._clean_memory(memory)
         elif self._memory is not None:
             try:
-                mem = self._memory()
+                mem = self._clean_memory(self._memory())
             except Exception as e:
                 self._memory = None
                 mem = None
@@ -620,11 +717,13 @@ class TimingLogger:
             mem = None
 
         if self._cuda:
-            marker = self._pool.get()  # type: ignore[union-attr]
-            marker.record()
             with self._lock:
+                if stack:
+                    self._cut_open(stack, now)
                 events, values = self._cur_ev, self._cur
                 self._cur_ev, self._cur = [], {}
+            marker = self._pool.get()  # type: ignore[union-attr]
+            marker.record()
             self._pending.append(
                 PendingStep(
                     self.step_count,
@@ -643,6 +742,8 @@ class TimingLogger:
             self._drain(block=False)
         else:
             with self._lock:
+                if stack:
+                    self._cut_open(stack, now)
                 values = self._cur
                 self._cur = {}
             regions = {k: (v[0], int(v[1])) for k, v in values.items()}
@@ -661,6 +762,18 @@ class TimingLogger:
         self._since_flush += 1
         if self._since_flush >= self.file_flush_interval or now - self._last_flush >= FLUSH_SECONDS:
             self.flush()
+
+    def _cut_open(self, stack: list[Any], now: float) -> None:
+        """Close the regions still open on this thread at ``step()`` (lock held)."""
+        names = ", ".join(repr(r._full) for r in stack[:3]) + (", ..." if len(stack) > 3 else "")
+        self._warn_once(
+            "open",
+            f"step() with region(s) {names} still open: closed at this step() and charged to "
+            "it (a region must end before step(); later regions are not nested under it)",
+        )
+        for r in reversed(stack):
+            r._cut(now)
+        stack.clear()
 
     def _drain(self, block: bool) -> None:
         """Emit pending CUDA steps whose events completed (all of them when ``block``)."""
@@ -710,6 +823,7 @@ class TimingLogger:
     # ------------------------------------------------------------------ outputs
 
     def _emit(self, rec: R.Step) -> None:
+        rec = self._within_limits(rec)
         self.steps_written = rec.step
         self._stats.add_step(rec.regions)
         self._wall.add(rec.wall_ms)
@@ -721,7 +835,12 @@ class TimingLogger:
                 if v > peak.get(k, -1):
                     peak[k] = v
         if self._jsonl is not None:
-            self._write(self._jsonl, R.encode(rec))
+            line = R.encode_bytes(rec)
+            if len(line) > R.MAX_LINE_BYTES:
+                self._warn_once("line", f"step {rec.step}: its record would be {len(line)} bytes "
+                                f"(limit {R.MAX_LINE_BYTES}); scalars and regions are left out of it")
+                line = R.encode_bytes(dataclasses.replace(rec, regions={}, scalars=None))
+            self._write(self._jsonl, line)
         if self._text is not None:
             try:
                 block = format_step(rec.step, rec.wall_ms, rec.regions, self._avg_of)
@@ -732,11 +851,35 @@ class TimingLogger:
         if self._console is not None:
             self._console_step(rec, un)
 
+    def _within_limits(self, rec: R.Step) -> R.Step:
+        """``rec`` with what the reader would refuse left out (one warning per kind)."""
+        regions = rec.regions
+        bad = [
+            k for k, (ms, n) in regions.items()
+            if not (0.0 <= ms < R.MAX_MS and 0 <= n < R.MAX_INT and len(k) <= R.MAX_NAME_CHARS)
+        ]
+        if bad:
+            self._warn_once("limits", f"step {rec.step}: region {_short(bad[0])} has a value or "
+                            f"name beyond the record limits (docs/record-format.md); left out")
+            regions = {k: v for k, v in regions.items() if k not in bad}
+        if regions and not sum(ms + n for ms, n in regions.values()) < R.MAX_MS:
+            self._warn_once("limits-sum", f"step {rec.step}: its regions sum to more than "
+                            f"{R.MAX_MS:.0e} ms; left out")
+            regions = {}
+        wall = rec.wall_ms
+        if not 0.0 <= wall < R.MAX_MS:
+            self._warn_once("wall", f"step {rec.step}: wall time {wall!r} ms is out of range; "
+                            "recorded as the sum of its top-level regions")
+            wall = sum(ms for k, (ms, _) in regions.items() if "/" not in k)
+        if regions is rec.regions and wall == rec.wall_ms:
+            return rec
+        return dataclasses.replace(rec, regions=regions, wall_ms=wall)
+
     def _emit_other(self, rec: R.Record) -> None:
         if self._jsonl is not None:
-            self._write(self._jsonl, R.encode(rec))
+            self._write(self._jsonl, R.encode_bytes(rec))
 
-    def _write(self, sink: LineFile, line: str) -> None:
+    def _write(self, sink: LineFile, line: str | bytes) -> None:
         try:
             sink.write(line)
         except Exception as e:
@@ -763,7 +906,9 @@ class TimingLogger:
         if wall > 0:
             rate = f"{1000.0 / wall:.2f} steps/s"
             if self._con_samples:
-                rate += f", {self._con_samples / (self._con_wall / 1000.0):.2f} samples/s"
+                rate += ", " + samples_rate_label(
+                    self._con_samples / (self._con_wall / 1000.0), self.world_size
+                )
         try:
             assert self._console is not None
             self._console.update(rec.step, wall, top, self._con_unacc / n, rate)
@@ -775,42 +920,58 @@ class TimingLogger:
         self._con_n = self._con_samples = 0
 
     def log_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Write an eval record (after the step records still waiting for the GPU)."""
+        """Write an eval record (after the step records still waiting for the GPU).
+
+        Safe from any thread. A ``step`` that is not a step number is replaced by the last
+        step written, with one warning."""
         if self._closed:
             return
-        rec = R.Eval(step=int(step), time=time.time(), metrics=_clean_scalars(metrics))
-        if self._cuda and self._pending:
-            self._pending[-1].after.append(rec)
-        else:
-            self._emit_other(rec)
+        with self._io:
+            if self._closed:
+                return
+            n = self._int_arg(step, "log_eval(step=)", self.steps_written)
+            if not 0 <= n < R.MAX_INT:
+                self._warn_once("eval-step", f"log_eval(step={n}) is out of range; using step "
+                                f"{self.steps_written}")
+                n = self.steps_written
+            m = self._clean_scalars(metrics, "metrics")
+            rec = R.Eval(step=n, time=time.time(), metrics=m)
+            if self._cuda and self._pending:
+                self._pending[-1].after.append(rec)
+            else:
+                self._emit_other(rec)
 
     def flush(self) -> None:
         """Write buffered lines now (also done every ``file_flush_interval`` steps)."""
         if not self.enabled:
             return
-        self._since_flush = 0
-        self._last_flush = _perf()
-        for sink in (self._jsonl, self._text):
-            if sink is not None:
-                sink.flush()
+        with self._io:
+            self._since_flush = 0
+            self._last_flush = _perf()
+            for sink in (self._jsonl, self._text):
+                if sink is not None:
+                    sink.flush()
 
     # ------------------------------------------------------------------ results
 
     def get_summary(self) -> dict[str, dict[str, float]]:
         """Per region over the steps written so far, in ms per step: ``avg``, ``min``,
         ``max``, ``count`` (steps it appeared in), ``total``, ``calls``."""
-        if self._cuda and not self._closed:
-            self._drain(block=False)
-        return self._stats.summary()
+        with self._io:
+            if self._cuda and not self._closed:
+                self._drain(block=False)
+            return self._stats.summary()
 
     def get_step_summary(self) -> dict[str, dict[str, float]]:
         """Running stats of the step wall time and of the unaccounted time (ms)."""
-        return {"wall": self._wall.as_dict(), "unaccounted": self._unaccounted.as_dict()}
+        with self._io:
+            return {"wall": self._wall.as_dict(), "unaccounted": self._unaccounted.as_dict()}
 
     def format_summary(self) -> str:
-        return format_summary(
-            self.get_summary(), self._wall.count, self._wall.total, self._unaccounted.total
-        )
+        with self._io:
+            return format_summary(
+                self.get_summary(), self._wall.count, self._wall.total, self._unaccounted.total
+            )
 
     def print_summary(self, file: Any = None) -> None:
         """Print the run summary (region tree, avg/min/max per step, shares of wall time)."""
@@ -827,6 +988,11 @@ class TimingLogger:
     def _finish(self, status: str, error: BaseException | None, block: bool) -> None:
         if self._closed:
             return
+        with self._io:
+            if not self._closed:
+                self._finish_locked(status, error, block)
+
+    def _finish_locked(self, status: str, error: BaseException | None, block: bool) -> None:
         self._closed = True
         global _active
         if _active is self:
@@ -863,7 +1029,7 @@ class TimingLogger:
     def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> None:
         if ev is None:
             self.close(R.STATUS_COMPLETED)
-        elif isinstance(ev, KeyboardInterrupt):
+        elif isinstance(ev, (KeyboardInterrupt, SystemExit)):
             self.close(R.STATUS_INTERRUPTED)
         else:
             self.close(R.STATUS_FAILED, ev)
@@ -904,9 +1070,14 @@ class TimingLogger:
             return
         if callable(prev):
             # someone else (e.g. the trainer) decides what SIGTERM does: keep our data safe
-            # and let them call close("interrupted") when they stop
+            # and let them call close("interrupted") when they stop. If their handler raises
+            # (sys.exit, KeyboardInterrupt), the run ends here: interrupted, also at exit.
             self.flush()
-            prev(signum, frame)
+            try:
+                prev(signum, frame)
+            except BaseException:
+                self._signalled = True
+                raise
             return
         # default action: finish the log without waiting for the GPU, then die as before
         try:
@@ -914,6 +1085,126 @@ class TimingLogger:
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
+
+    # ------------------------------------------------------------------ user values
+    # Each drops what the record format cannot hold (docs/record-format.md "Limits") with
+    # one warning per kind of problem, and never raises.
+
+    def _int_arg(self, value: Any, what: str, default: int) -> int:
+        if type(value) is int and -R.MAX_INT < value < R.MAX_INT:
+            return value
+        try:
+            n = int(value)
+            if isinstance(value, bool) or not -R.MAX_INT < n < R.MAX_INT:
+                raise ValueError
+        except Exception:
+            self._warn_once(f"int:{what}", f"{what}={_short(value)} is not an integer in range; "
+                            f"using {default}")
+            return default
+        return n
+
+    def _opt_count(self, value: Any, what: str) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < R.MAX_INT:
+            warn(f"{what}={_short(value)} is not a count (0 <= n < {R.MAX_INT:.0e}); not recorded")
+            return None
+        return int(value)
+
+    def _clean_scalars(self, values: Any, what: str) -> dict[str, float]:
+        """Names to numbers. NaN/inf are kept (written as null); other values that are not
+        numbers in range, and names that are not short strings, are dropped."""
+        out: dict[str, float] = {}
+        try:
+            items = list(values.items())
+        except Exception:
+            self._warn_once(f"map:{what}", f"{what}= must be a mapping, got {type(values).__name__}; ignored")
+            return out
+        for k, v in items:
+            if type(k) is not str or len(k) > R.MAX_NAME_CHARS:
+                self._warn_once(f"key:{what}", f"{what}: name {_short(k)} is not a string of at most "
+                                f"{R.MAX_NAME_CHARS} characters; that value is dropped")
+                continue
+            try:
+                x = float(v)
+            except Exception:
+                self._warn_once(f"val:{what}", f"{what}[{k!r}] = {_short(v)} is not a number; dropped")
+                continue
+            if math.isfinite(x) and not -R.MAX_ABS_NUMBER < x < R.MAX_ABS_NUMBER:
+                self._warn_once(f"val:{what}", f"{what}[{k!r}] = {_short(v)} is beyond "
+                                f"{R.MAX_ABS_NUMBER:.0e}; dropped")
+                continue
+            out[k] = x
+        return out
+
+    def _clean_memory(self, values: Any) -> dict[str, int] | None:
+        out: dict[str, int] = {}
+        try:
+            items = list(values.items())
+        except Exception:
+            self._warn_once("memory-map", "memory= must be a mapping; ignored")
+            return None
+        for k, v in items:
+            try:
+                n = int(v)
+                if type(k) is not str or isinstance(v, bool) or not 0 <= n < R.MAX_BYTES_VALUE:
+                    raise ValueError
+            except Exception:
+                self._warn_once("memory-val", f"memory[{_short(k)}] = {_short(v)} is not a byte "
+                                "count; dropped")
+                continue
+            out[k] = n
+        return out or None
+
+    def _clean_config(self, config: Any) -> dict[str, Any]:
+        """A JSON-safe copy of ``config=``: string keys, no NaN/inf or out-of-range numbers,
+        bounded depth; anything else becomes its ``str()`` when written."""
+        if not config:
+            return {}
+        problems: list[str] = []
+
+        def clean(x: Any, path: str, depth: int) -> Any:
+            if isinstance(x, (Mapping, list, tuple, set, frozenset)):
+                if depth >= R.MAX_DEPTH - 2:
+                    problems.append(f"{path or 'config'} is nested too deeply (dropped)")
+                    return None
+                if isinstance(x, Mapping):
+                    out: dict[str, Any] = {}
+                    try:
+                        items = list(x.items())
+                    except Exception:
+                        problems.append(f"{path or 'config'} cannot be read (dropped)")
+                        return None
+                    for k, v in items:
+                        if type(k) is not str:
+                            problems.append(f"key {_short(k)} in {path or 'config'} is not a string "
+                                            "(written as its str())")
+                            k = str(k)
+                        out[k] = clean(v, f"{path}.{k}" if path else k, depth + 1)
+                    return out
+                return [clean(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(x)]
+            if isinstance(x, bool) or x is None or isinstance(x, str):
+                return x
+            if isinstance(x, int):
+                if -R.MAX_INT < x < R.MAX_INT:
+                    return x
+                problems.append(f"{path} is an integer out of range (dropped)")
+                return None
+            if isinstance(x, float):
+                if math.isfinite(x) and -R.MAX_ABS_NUMBER < x < R.MAX_ABS_NUMBER:
+                    return x
+                problems.append(f"{path} = {x!r} is not a finite number in range (dropped)")
+                return None
+            return x  # other objects: their str() (records.encode)
+
+        cfg = clean(config, "", 0)
+        if not isinstance(cfg, dict):
+            problems.append(f"config= must be a mapping, got {type(config).__name__}")
+            cfg = {}
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            warn(f"config: {problems[0]}{more}")
+        return cfg
 
     # ------------------------------------------------------------------ misc
 
@@ -936,36 +1227,10 @@ def _current_cuda_device() -> str:
         return "cuda"
 
 
-def _as_int(value: Any, default: int) -> int:
+def _short(value: Any, n: int = 60) -> str:
+    """``repr`` of a user's value, cut (a hostile value must not flood the warning)."""
     try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):
-        return default
-
-
-def _clean_scalars(values: Mapping[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    try:
-        items = list(values.items())
+        r = repr(value)
     except Exception:
-        return out
-    for k, v in items:
-        try:
-            out[str(k)] = float(v)
-        except (TypeError, ValueError, RuntimeError):
-            continue
-    return out
-
-
-def _clean_memory(values: Mapping[str, Any]) -> dict[str, int] | None:
-    out: dict[str, int] = {}
-    try:
-        items = list(values.items())
-    except Exception:
-        return None
-    for k, v in items:
-        try:
-            out[str(k)] = int(v)
-        except (TypeError, ValueError, OverflowError):
-            continue
-    return out or None
+        r = f"<{type(value).__name__}>"
+    return r if len(r) <= n else r[: n - 3] + "..."

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 FORMAT_VERSION = "1.0"
 FORMAT_MAJOR = 1
 
@@ -40,6 +42,20 @@ DEFAULT_LOG_ROOT = "runs/logs"
 RANK_FILE_RE = re.compile(r"^rank(\d+)\.jsonl$")
 TEXT_LOG_RE = re.compile(r"^timing_.*\.log$")
 _RUN_ID_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+# --------------------------------------------------------------------------- limits
+# Shared reader/writer limits. The writer drops (with one warning) any value outside them,
+# the reader refuses a line holding one as malformed, so every value the writer accepts
+# is read back. docs/record-format.md "Limits" is the prose twin.
+
+MAX_LINE_BYTES = 4 * 1024 * 1024  # a longer line is malformed (not parsed)
+MAX_MS = 1e12  # region and wall times: 0 <= ms < MAX_MS, also their sum within one step
+MAX_INT = 10**12  # step, epoch, samples, call counts, start/total steps: |x| < MAX_INT
+MAX_ABS_NUMBER = 1e300  # scalars, metrics and other numbers: |x| < MAX_ABS_NUMBER
+MAX_BYTES_VALUE = 2**63  # memory figures (bytes): 0 <= x < MAX_BYTES_VALUE
+MAX_NAME_CHARS = 4096  # a region name (its whole path) or a scalar/metric name
+MAX_DEPTH = 32  # nesting of objects/arrays in a record (the run_start config included)
 
 
 class RecordError(ValueError):
@@ -143,8 +159,43 @@ def _clean_float(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _enc_hook(obj: Any) -> Any:
+    return str(obj)
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
+
+
+def _json_safe(x: Any) -> Any:
+    """A copy with strings made valid UTF-8 (lone surrogates escaped as text)."""
+    if isinstance(x, str):
+        return x.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(x, dict):
+        return {_json_safe(k) if isinstance(k, str) else k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
 def encode(rec: Record) -> str:
     """One record as one JSON line (with the trailing newline). Never emits NaN/Infinity."""
+    return encode_bytes(rec).decode("utf-8")
+
+
+def encode_bytes(rec: Record) -> bytes:
+    """:func:`encode` as UTF-8 bytes (what the writer appends); compact JSON by msgspec.
+
+    Values JSON cannot hold are made safe: NaN/Infinity become ``null``, objects of other
+    types their ``str()``, a lone surrogate in a string its escape as text.
+    """
+    d = _record_dict(rec)
+    try:
+        return _ENCODER.encode(d) + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate (e.g. from os.fsdecode): escape it as text
+        return _ENCODER.encode(_json_safe(d)) + b"\n"
+
+
+def _record_dict(rec: Record) -> dict[str, Any]:
     if isinstance(rec, Step):
         d: dict[str, Any] = {
             "v": rec.version,
@@ -199,7 +250,7 @@ def encode(rec: Record) -> str:
             d["error"] = {"type": rec.error_type, "message": rec.error_message or ""}
     else:  # pragma: no cover - typing guards this
         raise TypeError(f"not a record: {type(rec).__name__}")
-    return json.dumps(d, separators=(",", ":"), allow_nan=False, default=str) + "\n"
+    return d
 
 
 # --------------------------------------------------------------------------- decode
