@@ -7,6 +7,7 @@ import math
 
 from rich.text import Text
 
+from trainer.clikit import printable
 from trainer.timing.records import classify
 from tui.snapshot import Stats
 
@@ -174,10 +175,7 @@ def bar(share: float | None, width: int = 10) -> str:
 def clean(s: object) -> str:
     """A string from a file or a path, safe for a terminal: every non-printable character
     (ESC, BEL, CR, ...) written as an escape, so nothing in a log can drive the terminal."""
-    s = str(s)
-    if s.isprintable():
-        return s
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+    return printable(s)
 
 
 def literal(s: str) -> Text:
