@@ -18,6 +18,7 @@ Memory (``"ph": "C"`` counters, MiB) and evaluations (instant events) are includ
 
 CSV: one row per step and rank (ordered by step, then rank) with ``wall_ms``, each region's
 inclusive ms (empty when not timed in that step), ``unaccounted_ms``, memory and scalars.
+Control characters in column names are written escaped (``\x1b``), as on the screen.
 
 Both read every rank file line by line (two passes for CSV) and keep only per-name tables,
 so memory does not grow with the run. Lines that are not valid records are skipped and
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from trainer.clikit import UsageError
+from trainer.clikit import UsageError, printable
 from trainer.timing.records import (
     RANK_FILE_RE,
     Eval,
@@ -327,8 +328,9 @@ def write_csv(run: str | os.PathLike[str], out: IO[str], steps: StepRange | None
                 scalars.setdefault(k, None)
     stats.malformed, stats.errors = 0, []
     reg = sorted(regions)  # alphabetical: parents sit right before their children
-    header = ["step", "rank", "epoch", "time", "wall_ms", "samples", *reg, "unaccounted_ms",
-              *(f"mem_{k}" for k in mem), *scalars]
+    # names escaped (tui.fmt.clean): the table may go to a terminal, and a name is the only text
+    header = ["step", "rank", "epoch", "time", "wall_ms", "samples", *map(printable, reg), "unaccounted_ms",
+              *(f"mem_{printable(k)}" for k in mem), *map(printable, scalars)]
     w = csv.writer(out, lineterminator="\n")
     w.writerow(header)
     merged = heapq.merge(*(_steps(r, p, stats, steps) for r, p in files), key=lambda t: (t[0], t[1]))
