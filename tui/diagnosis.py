@@ -869,20 +869,17 @@ def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
     others = [x for x in v.ranks if x.rank != v.straggler]
     rel = v.excess_ms / _median([x.compute_ms for x in others]) if others else math.nan
     if f.straggler_region:
-        where = f"its {f.straggler_region} (+{_ms(f.straggler_region_ms)} per step"
+        where = f"rank {v.straggler}'s {f.straggler_region} first (+{_ms(f.straggler_region_ms)} per step"
         if f.straggler_leaf and f.straggler_leaf != f.straggler_region:
             where += f", most of it in {f.straggler_leaf} +{_ms(f.straggler_leaf_ms)}"
-        where += ")"
-        look = f"look at rank {v.straggler}'s {f.straggler_region} first: "
+        look = f"look at {where}), then at that rank's"
     else:
-        where, look = "its compute", ""
+        look = f"look at rank {v.straggler}'s"
     return Advice(
         "straggler", WARN,
-        f"rank {v.straggler}{on} is a straggler: {where} is slower, and the other ranks wait for it "
-        "at the all-reduce",
-        f"{look}check that rank's device (clocks, temperature, other processes on it), its host and its "
-        "inputs (uneven clip sizes); the interconnect is not the cause — the all-reduce wait is the "
-        "other ranks waiting for this one",
+        f"rank {v.straggler}{on} is a straggler: the other ranks wait for it at the all-reduce",
+        f"{look} device (clocks, temperature, other processes), host and inputs (uneven clip sizes); "
+        "not the interconnect: the all-reduce wait is the others waiting for this rank",
         {"rank": v.straggler, "host": host, "excess_ms": v.excess_ms, "excess_share": share,
          "compute_excess_ratio": rel, "region": f.straggler_region, "region_excess_ms": f.straggler_region_ms,
          "leaf": f.straggler_leaf, "leaf_excess_ms": f.straggler_leaf_ms, "slowest_steps": me.slowest,
