@@ -15,7 +15,7 @@ import pytest
 from trainer.timing import TimingLogger, set_global_timing_logger
 from trainer.timing import logger as L
 from trainer.timing.logger import log_timing
-from tui.diagnosis import advice_for_run, judge_stragglers
+from tui.diagnosis import Thresholds, advice_for_run, judge_stragglers
 from tui.summary import open_run, summary_dict, summary_text
 
 STEP = {"data": 2.0, "h2d": 5.0, "forward": 400.0, "loss": 20.0, "backward": 800.0, "optimizer": 30.0}
@@ -80,6 +80,8 @@ def test_slow_forward_on_rank1_is_the_straggler(tmp_path: Path, monkeypatch: pyt
     assert "allreduce" not in advice
     text = summary_text(snap).plain
     assert "straggler: rank 1" in text and "waiting for rank 1" in text
+    # the thresholds given to the advice are the ones the verdict uses
+    assert "straggler" not in {a.rule for a in advice_for_run(snap, thresholds=Thresholds(straggler_excess=0.2))}
     d = summary_dict(snap)
     assert d["straggler"]["rank"] == 1 and d["straggler"]["verdict"]["ranks"][1]["rank"] == 1
 

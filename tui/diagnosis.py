@@ -327,11 +327,11 @@ def judge_stragglers(
     excess: dict[int, list[float]] = {r: [] for r in ranks}
     slowest = dict.fromkeys(ranks, 0)
     for i in range(len(steps)):
-        vals = {r: comp[r][i] for r in ranks}
-        top = max(ranks, key=lambda r: (vals[r], -r))
-        slowest[top] += 1
-        for r in ranks:
-            excess[r].append(vals[r] - _median([vals[o] for o in ranks if o != r]))
+        order = sorted(ranks, key=lambda r: (comp[r][i], -r))  # once per step: O(R log R)
+        vals = [comp[r][i] for r in order]
+        slowest[order[-1]] += 1
+        for pos, r in enumerate(order):
+            excess[r].append(vals[pos] - _median_without(vals, pos))
     rows = []
     for r in ranks:
         m = by_rank[r]
@@ -374,6 +374,16 @@ def judge_stragglers(
         noise_ms=noise, floor_ms=floor, straggler=named, excess_ms=worst.excess_ms, recurrence=rec,
         reason=reason,
     )
+
+
+def _median_without(srt: Sequence[float], i: int) -> float:
+    """Median of the sorted ``srt`` without its element ``i``, in O(1)."""
+    n = len(srt) - 1
+
+    def at(k: int) -> float:
+        return srt[k] if k < i else srt[k + 1]
+
+    return at(n // 2) if n % 2 else (at(n // 2 - 1) + at(n // 2)) / 2
 
 
 def _z(x: float) -> float:
@@ -563,6 +573,7 @@ def facts_from_snapshot(
     trend: TrendFacts | None = None,
     *,
     window: bool = False,
+    thresholds: Thresholds | None = None,
 ) -> RunFacts:
     """RunFacts of a :class:`~tui.snapshot.RunSnapshot`: whole-run statistics, or those of the
     recent window with ``window=True`` (the span the screen or ``tui summary`` shows).
@@ -590,7 +601,7 @@ def facts_from_snapshot(
                   slowest_steps=ri.slowest_steps)
         for ri in snap.rank_info
     )
-    verdict = verdict_of(snap)
+    verdict = verdict_of(snap, thresholds if thresholds not in (None, DEFAULT_THRESHOLDS) else None)
     where: dict[str, Any] = {}
     if verdict is not None and verdict.straggler is not None:
         loc = straggler_region(snap, verdict.straggler)
@@ -1074,4 +1085,4 @@ def advice_for_run(snap: Any, path: str | os.PathLike[str] | None = None,
     trend = getattr(snap, "mem_trend", None)
     if trend is None and scan and where and not hasattr(snap, "mem_trend"):
         trend = scan_memory_trend(where)
-    return diagnose(facts_from_snapshot(snap, config, trend, window=window), thresholds)
+    return diagnose(facts_from_snapshot(snap, config, trend, window=window, thresholds=thresholds), thresholds)
