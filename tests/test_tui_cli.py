@@ -303,3 +303,10 @@ def test_no_control_character_reaches_cli_output(tmp_path: Path, capfd: pytest.C
             assert bad is None, f"{argv[0]} {stream}: {text[max(0, bad.start() - 40): bad.end() + 40]!r}"
         if argv != ["watch", str(root)]:  # (that one says it needs a terminal, naming nothing)
             assert "\\x1b" in out + err or "\\u001b" in out + err, argv  # the hostile text is shown, escaped
+
+
+def test_replay_without_a_terminal_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = hand_run(tmp_path)
+    assert main(["replay", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "needs a terminal" in err and "tui summary" in err

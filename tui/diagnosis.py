@@ -323,33 +323,40 @@ def judge_stragglers(
     steps = sorted(common)[-window:] if window else sorted(common)
     if not steps:
         return None
-    comp = {r: [by_rank[r][s][0] - _z(by_rank[r][s][1]) - _z(by_rank[r][s][2]) for s in steps] for r in ranks}
-    excess: dict[int, list[float]] = {r: [] for r in ranks}
-    slowest = dict.fromkeys(ranks, 0)
-    for i in range(len(steps)):
-        order = sorted(ranks, key=lambda r: (comp[r][i], -r))  # once per step: O(R log R)
-        vals = [comp[r][i] for r in order]
-        slowest[order[-1]] += 1
-        for pos, r in enumerate(order):
-            excess[r].append(vals[pos] - _median_without(vals, pos))
-    rows = []
-    for r in ranks:
-        m = by_rank[r]
-        rows.append(RankCompute(
-            rank=r,
-            wall_ms=_median([m[s][0] for s in steps]),
-            compute_ms=_median(comp[r]),
-            allreduce_ms=_median([_z(m[s][1]) for s in steps]),
-            data_ms=_median([_z(m[s][2]) for s in steps]),
-            excess_ms=_median(excess[r]),
-            slowest=slowest[r],
-        ))
+    import numpy as np  # lazily: the rules themselves need no numpy
+
+    # (steps, ranks, 3): wall, allreduce, data; the work is vectorised over steps and ranks
+    x = np.nan_to_num(np.array([[by_rank[r][st] for r in ranks] for st in steps], dtype=np.float64),
+                      nan=0.0, posinf=0.0, neginf=0.0)
+    comp = x[:, :, 0] - x[:, :, 1] - x[:, :, 2]
+    n, k = comp.shape
+    order = np.argsort(comp, axis=1, kind="stable")  # per step, ranks from fastest to slowest
+    srt = np.take_along_axis(comp, order, axis=1)
+    # the median of the other ranks for the rank at sorted position p: drop p, take the middle
+    pos = np.arange(k)
+    m = k - 1
+
+    def at(j: int) -> np.ndarray:  # element j of each row with position p removed
+        return np.where(j < pos, srt[:, j][:, None], srt[:, min(j + 1, k - 1)][:, None])
+
+    med_others = at(m // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2
+    ex_sorted = srt - med_others
+    excess = np.empty_like(ex_sorted)
+    np.put_along_axis(excess, order, ex_sorted, axis=1)
+    slow_counts = np.bincount(order[:, -1], minlength=k)
+    med = np.median(x, axis=0)  # (ranks, 3)
+    cmed = np.median(comp, axis=0)
+    emed = np.median(excess, axis=0)
+    rows = [
+        RankCompute(rank=r, wall_ms=float(med[i, 0]), compute_ms=float(cmed[i]), allreduce_ms=float(med[i, 1]),
+                    data_ms=float(med[i, 2]), excess_ms=float(emed[i]), slowest=int(slow_counts[i]))
+        for i, r in enumerate(ranks)
+    ]
     step_ms = _median([x.wall_ms for x in rows])
     # noise: step-to-step variation of each rank's compute (1.4826 × MAD ≈ σ), median over ranks
-    noise = _median([1.4826 * _median([abs(v - _median(comp[r])) for v in comp[r]]) for r in ranks])
+    noise = float(np.median(1.4826 * np.median(np.abs(comp - cmed), axis=0)))
     floor = t.straggler_excess * step_ms if _ok(step_ms) else math.inf
     worst = max(rows, key=lambda x: (x.excess_ms, -x.rank))
-    n = len(steps)
     rec = worst.slowest / n
     share = worst.excess_ms / step_ms if _ok(step_ms) and step_ms > 0 else math.nan
     named: int | None = None
