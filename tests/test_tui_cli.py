@@ -199,14 +199,16 @@ def test_watch_one_level_above_the_log_folder(tmp_path: Path, capsys: pytest.Cap
 def test_export_never_overwrites_an_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = hand_run(tmp_path)
     before = (run / "rank0.jsonl").read_bytes()
-    for target in (run / "rank0.jsonl", run / ".." / "r" / "rank0.jsonl"):
+    (run / "timing_rank0.log").write_text("the text log\n")
+    for target in (run / "rank0.jsonl", run / ".." / "r" / "rank0.jsonl", run / "timing_rank0.log"):
         for force in ([], ["--force"]):
-            assert main(["export", str(run), "-o", str(target), *force]) == 2
-            assert "input" in capsys.readouterr().err
+            for src in (run, run / "rank0.jsonl"):
+                assert main(["export", str(src), "-o", str(target), *force]) == 2
+                assert "one of the run's own files" in capsys.readouterr().err
     link = tmp_path / "link.json"
     link.symlink_to(run / "rank0.jsonl")
     assert main(["export", str(run), "-o", str(link), "--force"]) == 2
-    assert (run / "rank0.jsonl").read_bytes() == before
+    assert (run / "rank0.jsonl").read_bytes() == before and (run / "timing_rank0.log").read_text() == "the text log\n"
 
 
 def test_export_asks_for_force_to_replace_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -182,7 +182,7 @@ def summary_text(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10, nam
     t.append(snap.state, style=STATE_STYLE.get(snap.state, ""))
     t.append(f"  step {snap.step}" + (f"/{snap.total_steps}" if snap.total_steps else ""))
     if ok(sps) and sps > 0:
-        t.append(f"  {fmt_rate(sps)} samples/s")
+        t.append(f"  {fmt_rate(sps)} samples/s" + (" (all ranks)" if snap.world_size > 1 else ""))
     t.append(f"  step avg {fmt_ms(wall.avg)} (p95 {fmt_ms(wall.p95)})")
     t.append(f"  ranks {len(snap.ranks_seen)}/{snap.world_size}")
     if snap.mem_peak is not None:

@@ -32,6 +32,20 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
+def run_files(inputs: list[Path]) -> list[Path]:
+    """The inputs and every other record or text-log file of their run folders (all are the
+    run's data, whichever of them this export reads)."""
+    from trainer.timing.records import RANK_FILE_RE, TEXT_LOG_RE
+
+    out = list(inputs)
+    for d in {p.parent for p in inputs}:
+        try:
+            out += [d / n for n in os.listdir(d) if RANK_FILE_RE.match(n) or TEXT_LOG_RE.match(n)]
+        except OSError:
+            pass
+    return out
+
+
 def check_output(out: Path, inputs: list[Path], force: bool) -> None:
     """UsageError unless ``out`` may be written: never an input (whatever the spelling: links,
     ``..``), and an existing file only with ``force``."""
@@ -40,7 +54,7 @@ def check_output(out: Path, inputs: list[Path], force: bool) -> None:
     real = Path(os.path.realpath(out))
     for p in inputs:
         if real == Path(os.path.realpath(p)) or _same(out, p):
-            raise UsageError(f"refusing to write {clean(out)}: it is one of the run's input files "
+            raise UsageError(f"refusing to write {clean(out)}: it is one of the run's own files "
                              "(its records would be lost); choose another -o")
     if real.exists() and real.is_dir():
         raise UsageError(f"cannot write {clean(out)}: it is a folder")
@@ -68,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         out_path = None if args.output == "-" else Path(args.output)
     if out_path is not None:
-        check_output(out_path, [p for _, p in files], args.force)
+        check_output(out_path, run_files([p for _, p in files]), args.force)
     write = write_chrome if args.format == "chrome" else write_csv
     if out_path is None:
         stats = None
