@@ -127,3 +127,24 @@ def test_needs_enough_common_steps_and_two_ranks() -> None:
     # only steps both ranks have are compared
     v = judge_stragglers({0: rows([1000.0] * 30), 1: rows([1500.0] * 12, start=19)})
     assert v is not None and v.compared_steps == 12 and v.straggler == 1
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4, 7])
+def test_excess_is_over_the_median_of_the_other_ranks(ranks: int) -> None:
+    rng = random.Random(ranks)
+    comp = {r: [1000.0 + rng.uniform(-20, 20) + (150.0 if r == 1 else 0.0) for _ in range(25)] for r in range(ranks)}
+    waits = {r: [rng.uniform(0, 30) for _ in range(25)] for r in range(ranks)}
+    per = {r: [(s + 1, c + w + 2.0, w, 2.0) for s, (c, w) in enumerate(zip(comp[r], waits[r], strict=True))]
+           for r in range(ranks)}
+    v = judge_stragglers(per)
+    assert v is not None and v.straggler == 1 and v.compared_steps == 25
+
+    def med(x: list[float]) -> float:
+        x = sorted(x)
+        n = len(x)
+        return x[n // 2] if n % 2 else (x[n // 2 - 1] + x[n // 2]) / 2
+
+    for r in range(ranks):  # brute force: per step, compute minus the median of the others
+        want = med([comp[r][i] - med([comp[o][i] for o in range(ranks) if o != r]) for i in range(25)])
+        assert v.rank(r).excess_ms == pytest.approx(want, abs=1e-6)  # type: ignore[union-attr]
+        assert v.rank(r).compute_ms == pytest.approx(med(comp[r]), abs=1e-6)  # type: ignore[union-attr]

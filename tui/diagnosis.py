@@ -383,16 +383,6 @@ def judge_stragglers(
     )
 
 
-def _median_without(srt: Sequence[float], i: int) -> float:
-    """Median of the sorted ``srt`` without its element ``i``, in O(1)."""
-    n = len(srt) - 1
-
-    def at(k: int) -> float:
-        return srt[k] if k < i else srt[k + 1]
-
-    return at(n // 2) if n % 2 else (at(n // 2 - 1) + at(n // 2)) / 2
-
-
 def _z(x: float) -> float:
     return x if _ok(x) else 0.0
 
