@@ -17,7 +17,7 @@ from typing import Any
 from rich.text import Text
 
 from tui.aggregate import tree_order
-from tui.fmt import clean, fmt_bytes, fmt_ms, fmt_rate, literal, ok, sig
+from tui.fmt import clean, finite, fmt_bytes, fmt_ms, fmt_rate, literal, ok, sig
 from tui.snapshot import UNACCOUNTED, RunSnapshot, Stats
 
 STATS = ("avg", "p50")
@@ -146,17 +146,20 @@ def comparison_dict(c: Comparison) -> dict[str, Any]:
 
 
 def fmt_ratio(q: float) -> str:
-    return f"{q:.2f}×" if ok(q) else "—"
+    v = finite(q)
+    return f"{v:.2f}×" if v is not None else "—"
 
 
 def fmt_diff(d: float) -> str:
-    if not ok(d):
+    v = finite(d)
+    if v is None:
         return "—"
-    return ("+" if d > 0 else "−" if d < 0 else "±") + fmt_ms(abs(d))
+    return ("+" if v > 0 else "−" if v < 0 else "±") + fmt_ms(abs(v))
 
 
 def fmt_share(s: float) -> str:
-    return f"{s * 100:.1f}%" if ok(s) else "—"
+    v = finite(s)
+    return f"{v * 100:.1f}%" if v is not None else "—"
 
 
 def comparison_text(c: Comparison, name_w: int = 32) -> Text:
@@ -232,7 +235,7 @@ def regression_check(c: Comparison, max_pct: float, region: str | None = None) -
     label = "step time" if region is None else f"region {clean(region)}"
     for col, m in zip(c.runs[1:], row.ms[1:], strict=True):
         name = f"{col.label} ({clean(col.run_id)})"
-        if not (ok(m) and ok(base) and base > 0):
+        if finite(m) is None or finite(base) is None or base <= 0:
             changes.append((col.label, NAN))
             failed = True
             lines.append(f"FAIL {label}: {name} has no {c.stat} figure to compare with the baseline")
