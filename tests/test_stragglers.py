@@ -71,6 +71,7 @@ def test_slow_forward_on_rank1_is_the_straggler(tmp_path: Path, monkeypatch: pyt
     assert v.rank(0).allreduce_ms > v.rank(1).allreduce_ms + 80  # type: ignore[union-attr]
     assert [r for r, _ in v.waits()] == [0]
     assert "rank 0" in v.who_waits() and "rank 1" in v.who_waits()
+    assert v.brief().startswith("straggler rank 1 +")
     advice = {a.rule: a for a in advice_for_run(snap)}
     a = advice["straggler"]
     assert a.evidence["rank"] == 1 and a.evidence["region"] == "forward"
@@ -91,7 +92,7 @@ def test_noise_only_is_no_straggler(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     snap = open_run(run)
     v = snap.stragglers
     assert v is not None and v.straggler is None and snap.straggler is None
-    assert v.reason.startswith("no straggler")
+    assert v.reason.startswith("no straggler") and v.brief() == "no straggler"
     assert "straggler" not in {a.rule for a in advice_for_run(snap)}
     assert "no straggler" in summary_text(snap).plain
 

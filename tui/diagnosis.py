@@ -283,6 +283,12 @@ class StragglerVerdict:
             who = f"{len(w)} ranks ~{_ms(avg)} each"
         return f"waiting for rank {self.straggler} at the all-reduce, per step: {who}"
 
+    def brief(self) -> str:
+        """A few words for a header: ``straggler rank 1 +98.7 ms compute`` or ``no straggler``."""
+        if self.straggler is None:
+            return "no straggler" if self.compared_steps >= 2 else ""
+        return f"straggler rank {self.straggler} +{_ms(self.excess_ms)} compute"
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         return _json_tree(d)
