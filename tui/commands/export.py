@@ -92,13 +92,14 @@ def run(args: argparse.Namespace) -> int:
         if stats is None:  # the reader closed the pipe (`| head`): it has what it wanted
             return 0
     else:
-        tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
+        real = Path(os.path.realpath(out_path))  # through a link: written where it points
+        tmp = real.with_name(f".{real.name}.tmp{os.getpid()}")
         try:
             with open(tmp, "x", encoding="utf-8", newline="") as f:
                 stats = write(args.run, f, steps)
             if out_path.exists() and not args.force:  # appeared while we wrote
                 raise UsageError(f"{clean(out_path)} exists: add --force to replace it, or choose another -o")
-            os.replace(tmp, os.path.realpath(out_path))
+            os.replace(tmp, real)
         except OSError as e:
             raise UsageError(f"cannot write {clean(out_path)}: {e.strerror}") from None
         finally:
