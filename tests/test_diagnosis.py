@@ -410,7 +410,7 @@ def test_summary_text_and_json_show_advice(tmp_path: Path) -> None:
     first = d["advice"][0]
     assert first["severity"] == "warn" and first["evidence"]["rank"] == 2 and first["title"] and first["action"]
     text = summary_text(snap).plain
-    assert "advice:" in text and "rank 2 on node2 is a straggler" in text
+    assert "advice — whole run (40 steps):" in text and "rank 2 on node2 is a straggler" in text
     # --red moves what "dominates" means
     assert "dominant" not in [a["rule"] for a in summary_dict(snap, red=0.9)["advice"]]
 

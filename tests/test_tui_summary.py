@@ -38,7 +38,8 @@ def test_summary_json_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert d["steps"] == 2 and d["total_steps"] == 4
     assert d["samples_per_s"] == pytest.approx(4 / 0.2)
     by = {r["name"]: r for r in d["regions"]}
-    assert list(by) == ["forward", "backward", "backward/x"]
+    assert list(by) == ["backward", "backward/x", "forward"]  # by share of time (default --sort time)
+    assert d["span"] == {"kind": "whole", "label": "whole run (2 steps)"} and d["sort"] == "time"
     fwd, bwd = by["forward"], by["backward"]
     assert (fwd["last_ms"], fwd["avg_ms"], fwd["min_ms"], fwd["max_ms"], fwd["count"]) == (50.0, 40.0, 30.0, 50.0, 2)
     assert fwd["share"] == pytest.approx(0.4) and fwd["class"] == "red"
@@ -50,7 +51,7 @@ def test_summary_json_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_summary_thresholds_change_classes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = _hand_run(tmp_path)
-    assert main(["summary", str(run), "--json", "--red", "45%", "--yellow", "0.2"]) == 0
+    assert main(["summary", str(run), "--json", "--red", "45%", "--yellow", "20"]) == 0
     by = {r["name"]: r["class"] for r in json.loads(capsys.readouterr().out)["regions"]}
     assert by == {"forward": "yellow", "backward": "red", "backward/x": "green"}
 
@@ -138,5 +139,5 @@ def test_tui_never_imports_torch() -> None:
 def test_watch_refuses_a_root_whose_parent_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["watch", str(tmp_path / "nope" / "logs")]) == 2
     assert "no such folder" in capsys.readouterr().err
-    assert main(["watch", str(tmp_path), "--red", "0.05", "--yellow", "0.5"]) == 2
+    assert main(["watch", str(tmp_path), "--red", "5", "--yellow", "50"]) == 2
     assert "--yellow" in capsys.readouterr().err

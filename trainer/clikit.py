@@ -15,12 +15,25 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line on stderr, exit status 2."""
 
 
+def printable(s: object) -> str:
+    """``s`` with every non-printable character (ESC, BEL, CR, ...) written as an escape, so
+    an error naming a hostile file or path cannot drive the terminal (same as ``tui.fmt.clean``)."""
+    s = str(s)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+
+
 def run_cli(
-    prog: str, description: str, commands: dict[str, tuple[str, str]], argv: list[str] | None
+    prog: str, description: str, commands: dict[str, tuple[str, str]], argv: list[str] | None,
+    version: str | None = None,
 ) -> int:
-    """Parse ``argv``, import the chosen sub-command's module and run it."""
+    """Parse ``argv``, import the chosen sub-command's module and run it. ``version``: the
+    text ``--version`` prints."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    if version is not None:
+        parser.add_argument("--version", action="version", version=version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     subs = {name: sub.add_parser(name, help=h, description=h) for name, (_, h) in commands.items()}
     name = next((a for a in argv if not a.startswith("-")), None)
@@ -41,7 +54,7 @@ def run_cli(
     try:
         return int(module.run(args) or 0)
     except UsageError as e:
-        print(f"{prog} {name}: error: {e}", file=sys.stderr)
+        print(f"{prog} {name}: error: {printable(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

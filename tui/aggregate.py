@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from trainer.timing.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, RunStart
-from tui.diagnosis import MemTrend, worst_trend
+from tui.diagnosis import WAIT_REGIONS, MemTrend, judge_stragglers, worst_trend
 from tui.parse import StepRow
 from tui.snapshot import (
     EMPTY,
@@ -405,6 +405,16 @@ class RankAgg:
         window = float(self.ring_samples[: self.filled].sum()) / (wsum / 1000.0) if wsum > 0 else NAN
         return whole, window
 
+    def recent_work(self) -> tuple[tuple[int, float, float, float], ...]:
+        """(step, wall, allreduce, data) ms of the window's steps, oldest first (0 when untimed)."""
+        o = self._order()
+        waits = []
+        for name in WAIT_REGIONS:
+            c = self.cols.get(name)
+            waits.append(np.nan_to_num(self.ring[o, c]) if c is not None else np.zeros(len(o)))
+        return tuple(zip(self.ring_step[o].tolist(), self.ring_wall[o].tolist(),
+                         waits[0].tolist(), waits[1].tolist(), strict=True))
+
     def recent_walls(self) -> tuple[np.ndarray, np.ndarray]:
         """(steps, wall ms) of the window, oldest first."""
         o = self._order()
@@ -718,8 +728,13 @@ class RunAgg:
                     device=rs.device if rs else "",
                     slowest_steps=rank_slow.get(a.rank, 0),
                     mem_peak=a.mem_peak,
+                    recent=a.recent_work() if len(aggs) > 1 else (),
                 )
             )
+        # under DDP every rank's step is equally long: judge ranks by compute instead
+        verdict = judge_stragglers({ri.rank: ri.recent for ri in rank_info}, window=self.window)
+        if verdict is not None:
+            straggler, excess = verdict.straggler, verdict.excess_ms if verdict.straggler is not None else NAN
         return RunSnapshot(
             run_id=self.run_id,
             path=self.path,
@@ -759,6 +774,7 @@ class RunAgg:
             replay=replay,
             mem_trend=worst_trend(a.mem_trend.facts() for a in aggs),
             config=start0.config if start0 else None,
+            stragglers=verdict,
         )
 
 

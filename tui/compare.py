@@ -17,7 +17,7 @@ from typing import Any
 from rich.text import Text
 
 from tui.aggregate import tree_order
-from tui.fmt import fmt_bytes, fmt_ms, fmt_rate, literal, ok
+from tui.fmt import clean, finite, fmt_bytes, fmt_ms, fmt_rate, literal, ok, sig
 from tui.snapshot import UNACCOUNTED, RunSnapshot, Stats
 
 STATS = ("avg", "p50")
@@ -114,10 +114,8 @@ def compare_paths(paths: Sequence[str | os.PathLike[str]], stat: str = "avg", wi
 # --------------------------------------------------------------------------- output
 
 
-def _num(x: float | None, nd: int = 4) -> float | None:
-    if x is None or not math.isfinite(x):
-        return None
-    return round(float(x), nd)
+def _num(x: float | None) -> float | None:
+    return sig(x, 6)
 
 
 def _row_dict(r: Row) -> dict[str, Any]:
@@ -148,17 +146,20 @@ def comparison_dict(c: Comparison) -> dict[str, Any]:
 
 
 def fmt_ratio(q: float) -> str:
-    return f"{q:.2f}×" if ok(q) else "—"
+    v = finite(q)
+    return f"{v:.2f}×" if v is not None else "—"
 
 
 def fmt_diff(d: float) -> str:
-    if not ok(d):
+    v = finite(d)
+    if v is None:
         return "—"
-    return ("+" if d > 0 else "−" if d < 0 else "±") + fmt_ms(abs(d))
+    return ("+" if v > 0 else "−" if v < 0 else "±") + fmt_ms(abs(v))
 
 
 def fmt_share(s: float) -> str:
-    return f"{s * 100:.1f}%" if ok(s) else "—"
+    v = finite(s)
+    return f"{v * 100:.1f}%" if v is not None else "—"
 
 
 def comparison_text(c: Comparison, name_w: int = 32) -> Text:
@@ -194,3 +195,57 @@ def comparison_text(c: Comparison, name_w: int = 32) -> Text:
                 t.append(f" {fmt_diff(d):>9} {fmt_ratio(q):>6}", style=style)
         t.append("\n")
     return t
+
+
+# --------------------------------------------------------------------------- CI gate
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """The verdict of ``--max-regression-pct``: one line per compared run."""
+
+    what: str  # "step" or the region's name
+    max_pct: float
+    changes: tuple[tuple[str, float], ...]  # (label, % change vs the baseline; nan if unknown)
+    failed: bool
+    lines: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"what": self.what, "max_regression_pct": self.max_pct, "failed": self.failed,
+                "changes_pct": {k: _num(v) for k, v in self.changes}, "lines": list(self.lines)}
+
+
+def regression_check(c: Comparison, max_pct: float, region: str | None = None) -> Gate:
+    """Is any run slower than the baseline by more than ``max_pct`` percent (step time, or
+    ``region``'s time)? A run without the figure fails the gate (it cannot be shown to pass).
+    UsageError for a region no run has."""
+    from trainer.clikit import UsageError
+
+    if region is None:
+        row, what = c.step, "step"
+    else:
+        row = next((r for r in c.regions if r.name == region), None)
+        if row is None or not any(ok(m) for m in row.ms):
+            names = [r.name for r in c.regions if r.name != UNACCOUNTED][:8]
+            raise UsageError(f"--region: no region {clean(region)!r} in these runs (regions: "
+                             f"{', '.join(clean(n) for n in names)}{', ...' if len(c.regions) > 9 else ''})")
+        what = region
+    base = row.ms[0]
+    lines, changes, failed = [], [], False
+    label = "step time" if region is None else f"region {clean(region)}"
+    for col, m in zip(c.runs[1:], row.ms[1:], strict=True):
+        name = f"{col.label} ({clean(col.run_id)})"
+        if finite(m) is None or finite(base) is None or base <= 0:
+            changes.append((col.label, NAN))
+            failed = True
+            lines.append(f"FAIL {label}: {name} has no {c.stat} figure to compare with the baseline")
+            continue
+        pct = (m / base - 1.0) * 100.0
+        changes.append((col.label, pct))
+        bad = pct > max_pct
+        failed |= bad
+        verdict = "FAIL" if bad else "ok"
+        sign = "+" if pct >= 0 else "−"
+        lines.append(f"{verdict} {label}: {name} {fmt_ms(m)} vs baseline {fmt_ms(base)} = {sign}{abs(pct):.1f}% "
+                     f"({'over' if bad else 'within'} the {max_pct:g}% limit)")
+    return Gate(what, max_pct, tuple(changes), failed, tuple(lines))

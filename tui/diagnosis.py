@@ -66,9 +66,14 @@ class Thresholds:
     data_share: float = 0.10
     #: exposed gradient all-reduce (region ``allreduce``) at or above this share
     allreduce_share: float = 0.10
-    #: a straggler must be behind the median rank by at least this share of a step
+    #: a straggler's compute (step wall minus all-reduce and data wait) must exceed the median
+    #: of the other ranks' by at least this share of a step
     straggler_excess: float = 0.05
-    #: ... over at least this many steps compared across ranks
+    #: ... and by this many times the run's step-to-step noise (robust σ of a rank's compute)
+    straggler_noise: float = 2.0
+    #: ... being the slowest rank in at least this share of the compared steps
+    straggler_recurrence: float = 0.6
+    #: ... over at least this many steps compared across ranks (or the whole window if shorter)
     straggler_min_steps: int = 10
     #: peak memory at or above this fraction of the device total: warn
     memory_near_limit: float = 0.90
@@ -211,6 +216,228 @@ def worst_trend(trends: Iterable[TrendFacts | None]) -> TrendFacts | None:
     return max(live, key=lambda t: (t.ready, t.growth))
 
 
+# --------------------------------------------------------------------------- stragglers
+
+#: the regions in which a rank waits rather than computes (the trainer's names, see
+#: trainer/train.py and trainer/distributed.py): exposed gradient all-reduce and data loading
+WAIT_REGIONS = ("allreduce", "data")
+
+
+@dataclass(frozen=True, slots=True)
+class RankCompute:
+    """One rank over the compared steps (medians per step, ms)."""
+
+    rank: int
+    wall_ms: float
+    compute_ms: float  # step wall minus exposed all-reduce wait and data wait
+    allreduce_ms: float  # exposed all-reduce wait (what this rank spends waiting for the others)
+    data_ms: float
+    excess_ms: float  # median over steps of compute minus the median of the other ranks' compute
+    slowest: int  # compared steps in which this rank's compute was the longest
+
+
+@dataclass(frozen=True, slots=True)
+class StragglerVerdict:
+    """Which rank, if any, the others wait for: judged by compute, not by step time.
+
+    DDP's all-reduce makes every rank's step equally long, so the slow rank is the one that
+    *waits least*. A rank is named only when its compute excess over the other ranks is at
+    least ``floor_ms`` (a share of the step), above ``noise_mult`` × the run's step-to-step
+    noise, and it is the slowest rank in most compared steps (``recurrence``).
+    """
+
+    ranks: tuple[RankCompute, ...]
+    compared_steps: int
+    first_step: int
+    last_step: int
+    step_ms: float  # median step wall over ranks and compared steps
+    noise_ms: float  # robust standard deviation of a rank's compute from step to step
+    floor_ms: float
+    straggler: int | None
+    excess_ms: float  # of the straggler, or of the rank furthest behind when none is named
+    recurrence: float  # share of compared steps in which that rank was the slowest
+    reason: str  # one line: why a rank is (or is not) named
+
+    def rank(self, r: int) -> RankCompute | None:
+        return next((x for x in self.ranks if x.rank == r), None)
+
+    @property
+    def span(self) -> str:
+        return f"last {self.compared_steps} steps ({self.first_step}–{self.last_step})"
+
+    def waits(self) -> list[tuple[int, float]]:
+        """(rank, ms per step it waits at the all-reduce) of every other rank, when named."""
+        if self.straggler is None:
+            return []
+        return [(x.rank, x.allreduce_ms) for x in self.ranks if x.rank != self.straggler]
+
+    def who_waits(self) -> str:
+        """'rank 0 waits 250 ms per step for rank 1 at the all-reduce', or the reason for none."""
+        if self.straggler is None:
+            return self.reason
+        w = self.waits()
+        if len(w) <= 3:
+            who = ", ".join(f"rank {r} {_ms(ms)}" for r, ms in w)
+        else:
+            avg = sum(ms for _, ms in w) / len(w)
+            who = f"{len(w)} ranks ~{_ms(avg)} each"
+        return f"waiting for rank {self.straggler} at the all-reduce, per step: {who}"
+
+    def brief(self) -> str:
+        """A few words for a header: ``straggler rank 1 +98.7 ms compute`` or ``no straggler``."""
+        if self.straggler is None:
+            return "no straggler" if self.compared_steps >= 2 else ""
+        return f"straggler rank {self.straggler} +{_ms(self.excess_ms)} compute"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return _json_tree(d)
+
+
+def _json_tree(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _json_tree(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_tree(x) for x in v]
+    return _json_num(v)
+
+
+def _median(vals: Sequence[float]) -> float:
+    s = sorted(vals)
+    n = len(s)
+    if n == 0:
+        return math.nan
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def judge_stragglers(
+    per_rank: Mapping[int, Sequence[tuple[int, float, float, float]]],
+    thresholds: Thresholds | None = None,
+    window: int | None = None,
+) -> StragglerVerdict | None:
+    """The straggler verdict from each rank's recent steps ``(step, wall, allreduce, data)`` ms.
+
+    Only steps every rank has are compared (cost: ranks × steps, bounded by the window).
+    None with fewer than two ranks or no common step.
+    """
+    t = thresholds or DEFAULT_THRESHOLDS
+    ranks = sorted(r for r, rows in per_rank.items() if rows)
+    if len(ranks) < 2:
+        return None
+    by_rank = {r: {int(s): (w, a, d) for s, w, a, d in per_rank[r] if _ok(w)} for r in ranks}
+    common = set.intersection(*(set(m) for m in by_rank.values()))
+    steps = sorted(common)[-window:] if window else sorted(common)
+    if not steps:
+        return None
+    import numpy as np  # lazily: the rules themselves need no numpy
+
+    # (steps, ranks, 3): wall, allreduce, data; the work is vectorised over steps and ranks
+    x = np.nan_to_num(np.array([[by_rank[r][st] for r in ranks] for st in steps], dtype=np.float64),
+                      nan=0.0, posinf=0.0, neginf=0.0)
+    comp = x[:, :, 0] - x[:, :, 1] - x[:, :, 2]
+    n, k = comp.shape
+    order = np.argsort(comp, axis=1, kind="stable")  # per step, ranks from fastest to slowest
+    srt = np.take_along_axis(comp, order, axis=1)
+    # the median of the other ranks for the rank at sorted position p: drop p, take the middle
+    pos = np.arange(k)
+    m = k - 1
+
+    def at(j: int) -> np.ndarray:  # element j of each row with position p removed
+        return np.where(j < pos, srt[:, j][:, None], srt[:, min(j + 1, k - 1)][:, None])
+
+    med_others = at(m // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2
+    ex_sorted = srt - med_others
+    excess = np.empty_like(ex_sorted)
+    np.put_along_axis(excess, order, ex_sorted, axis=1)
+    slow_counts = np.bincount(order[:, -1], minlength=k)
+    med = np.median(x, axis=0)  # (ranks, 3)
+    cmed = np.median(comp, axis=0)
+    emed = np.median(excess, axis=0)
+    rows = [
+        RankCompute(rank=r, wall_ms=float(med[i, 0]), compute_ms=float(cmed[i]), allreduce_ms=float(med[i, 1]),
+                    data_ms=float(med[i, 2]), excess_ms=float(emed[i]), slowest=int(slow_counts[i]))
+        for i, r in enumerate(ranks)
+    ]
+    step_ms = _median([x.wall_ms for x in rows])
+    # noise: step-to-step variation of each rank's compute (1.4826 × MAD ≈ σ), median over ranks
+    noise = float(np.median(1.4826 * np.median(np.abs(comp - cmed), axis=0)))
+    floor = t.straggler_excess * step_ms if _ok(step_ms) else math.inf
+    worst = max(rows, key=lambda x: (x.excess_ms, -x.rank))
+    rec = worst.slowest / n
+    share = worst.excess_ms / step_ms if _ok(step_ms) and step_ms > 0 else math.nan
+    named: int | None = None
+    need = min(t.straggler_min_steps, window) if window else t.straggler_min_steps
+    if n < need:
+        reason = f"no straggler yet: {n} steps compared by every rank (need {need})"
+    elif worst.excess_ms < floor:
+        reason = (f"no straggler: ranks within {_ms(max(0.0, worst.excess_ms))} of each other in compute "
+                  f"({_pct(max(0.0, share))} of the step, below the {_pct(t.straggler_excess)} floor)")
+    elif worst.excess_ms < t.straggler_noise * noise:
+        reason = (f"no straggler: rank {worst.rank}'s +{_ms(worst.excess_ms)} compute is within the run's "
+                  f"step-to-step noise (±{_ms(noise)})")
+    elif rec < t.straggler_recurrence:
+        reason = (f"no straggler: rank {worst.rank} is behind on average (+{_ms(worst.excess_ms)}) but the "
+                  f"slowest in only {worst.slowest} of {n} steps")
+    else:
+        named = worst.rank
+        reason = (f"rank {worst.rank}'s compute is +{_ms(worst.excess_ms)} ({_pct(share)} of the step) over the "
+                  f"other ranks, slowest in {worst.slowest} of {n} steps (noise ±{_ms(noise)})")
+    return StragglerVerdict(
+        ranks=tuple(rows), compared_steps=n, first_step=steps[0], last_step=steps[-1], step_ms=step_ms,
+        noise_ms=noise, floor_ms=floor, straggler=named, excess_ms=worst.excess_ms, recurrence=rec,
+        reason=reason,
+    )
+
+
+def _z(x: float) -> float:
+    return x if _ok(x) else 0.0
+
+
+def verdict_of(snap: Any, thresholds: Thresholds | None = None) -> StragglerVerdict | None:
+    """The snapshot's straggler verdict: the one the monitor computed, else from its ranks'
+    recent steps (``RankInfo.recent``)."""
+    v = getattr(snap, "stragglers", None)
+    if v is not None and thresholds is None:
+        return v
+    per = {ri.rank: getattr(ri, "recent", ()) for ri in getattr(snap, "rank_info", ())}
+    return judge_stragglers(per, thresholds, getattr(snap, "window_size", None))
+
+
+def straggler_region(snap: Any, rank: int) -> tuple[str, float, str, float] | None:
+    """Where ``rank`` loses time over the other ranks (recent window means, ms):
+    (top-level region, its excess, the deepest region under it explaining most of it, excess).
+    Wait regions are left out: they are the symptom, not the cause."""
+    def excess(row: Any) -> float:
+        mine, others = math.nan, []
+        for r, _whole, win in row.ranks:
+            if not win.steps:
+                continue
+            if r == rank:
+                mine = win.avg
+            else:
+                others.append(win.avg)
+        return mine - _median(others) if others and _ok(mine) else math.nan
+
+    rows = [r for r in getattr(snap, "regions", ()) if r.name.split("/", 1)[0] not in WAIT_REGIONS]
+    ex = {r.name: e for r in rows if _ok(e := excess(r))}
+    top = [(n, e) for n, e in ex.items() if "/" not in n]
+    if not top:
+        return None
+    name, e = max(top, key=lambda kv: kv[1])
+    if e <= 0:
+        return None
+    deep, de = name, e
+    while True:
+        kids = [(n, x) for n, x in ex.items() if n.startswith(deep + "/") and "/" not in n[len(deep) + 1 :]]
+        if not kids:
+            break
+        k, x = max(kids, key=lambda kv: kv[1])
+        if x < 0.5 * de:
+            break
+        deep, de = k, x
+    return name, e, deep, de
+
+
 # --------------------------------------------------------------------------- facts
 
 
@@ -247,6 +474,13 @@ class RunFacts:
     straggler: int | None = None
     straggler_excess_ms: float = math.nan
     compared_steps: int = 0
+    stragglers: StragglerVerdict | None = None  # the verdict (compute per rank, who waits)
+    # where the straggler loses its time: top-level region and the deepest one explaining it
+    straggler_region: str | None = None
+    straggler_region_ms: float = math.nan
+    straggler_leaf: str | None = None
+    straggler_leaf_ms: float = math.nan
+    span: str = "whole run"  # which steps the times and shares are of
     # configuration (run_start config), None when the run does not say
     checkpoint_attn: bool | None = None
     checkpoint_ffn: bool | None = None
@@ -320,15 +554,36 @@ def config_facts(config: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def span_label(snap: Any, window: bool) -> str:
+    """Which steps a figure is of: ``whole run (40 steps)`` or ``last 100 steps (61–160)``.
+
+    The screen, ``tui summary`` and the advice print it next to the figures they show.
+    """
+    infos = getattr(snap, "rank_info", ())
+    last = int(getattr(snap, "step", 0) or 0)
+    if not window:
+        n = max((ri.wall.steps for ri in infos), default=0) or last
+        return f"whole run ({n} step{'s' if n != 1 else ''})"
+    n = max((ri.wall_window.steps for ri in infos), default=0)
+    if not n:
+        return f"last {getattr(snap, 'window_size', 0)} steps"
+    return f"last {n} step{'s' if n != 1 else ''} ({max(1, last - n + 1)}–{last})"
+
+
 def facts_from_snapshot(
     snap: Any,
     config: Mapping[str, Any] | None = None,
     trend: TrendFacts | None = None,
+    *,
+    window: bool = False,
+    thresholds: Thresholds | None = None,
 ) -> RunFacts:
-    """RunFacts of a :class:`~tui.snapshot.RunSnapshot` (window statistics: the run as it is now).
+    """RunFacts of a :class:`~tui.snapshot.RunSnapshot`: whole-run statistics, or those of the
+    recent window with ``window=True`` (the span the screen or ``tui summary`` shows).
 
     ``config`` is the ``run_start`` config; ``trend`` the memory trend. Each falls back to a
-    ``config`` / ``mem_trend`` attribute of the snapshot when the monitor provides one.
+    ``config`` / ``mem_trend`` attribute of the snapshot when the monitor provides one. The
+    straggler verdict is always of the recent steps (it compares ranks step by step).
     """
     if config is None:
         config = getattr(snap, "config", None)
@@ -337,33 +592,45 @@ def facts_from_snapshot(
     ms: dict[str, float] = {}
     share: dict[str, float] = {}
     for r in snap.regions:
-        if r.depth == 0 and r.window.steps:
-            ms[r.name] = r.window.avg
-            share[r.name] = r.window.share
+        st = r.window if window else r.whole
+        if r.depth == 0 and st.steps:
+            ms[r.name] = st.avg
+            share[r.name] = st.share
     alloc = None
     if snap.device.startswith("cuda") and snap.mem_last is not None:
         alloc = int(snap.mem_last)  # the monitor's mem_last is "allocated" when there is one
     ranks = tuple(
-        RankFacts(rank=ri.rank, host=ri.host, step_ms=ri.wall_window.avg, slowest_steps=ri.slowest_steps)
+        RankFacts(rank=ri.rank, host=ri.host, step_ms=(ri.wall_window if window else ri.wall).avg,
+                  slowest_steps=ri.slowest_steps)
         for ri in snap.rank_info
     )
+    verdict = verdict_of(snap, thresholds if thresholds not in (None, DEFAULT_THRESHOLDS) else None)
+    where: dict[str, Any] = {}
+    if verdict is not None and verdict.straggler is not None:
+        loc = straggler_region(snap, verdict.straggler)
+        if loc is not None:
+            where = {"straggler_region": loc[0], "straggler_region_ms": loc[1],
+                     "straggler_leaf": loc[2], "straggler_leaf_ms": loc[3]}
     return RunFacts(
         run_id=snap.run_id,
         steps=snap.step,
         world_size=snap.world_size,
         device=snap.device,
-        step_ms=snap.wall_window.avg,
+        step_ms=(snap.wall_window if window else snap.wall).avg,
         region_ms=ms,
         region_share=share,
-        unaccounted_share=snap.unaccounted.window.share,
+        unaccounted_share=(snap.unaccounted.window if window else snap.unaccounted.whole).share,
         mem_peak=snap.mem_peak,
         mem_total=snap.mem_total,
         mem_allocated=alloc,
         mem_trend=trend,
         ranks=ranks,
-        straggler=snap.straggler,
-        straggler_excess_ms=snap.straggler_excess,
-        compared_steps=sum(r.slowest_steps for r in ranks),
+        straggler=verdict.straggler if verdict is not None else snap.straggler,
+        straggler_excess_ms=verdict.excess_ms if verdict is not None else snap.straggler_excess,
+        compared_steps=verdict.compared_steps if verdict is not None else sum(r.slowest_steps for r in ranks),
+        stragglers=verdict,
+        span=span_label(snap, window),
+        **where,
         **config_facts(config),
     )
 
@@ -393,8 +660,9 @@ class Advice:
 
 
 def _json_num(v: Any) -> Any:
+    """Floats to 6 significant figures (never rounded to 0.0), non-finite ones to None."""
     if isinstance(v, float):
-        return round(v, 4) if math.isfinite(v) else None
+        return float(f"{v:.6g}") if math.isfinite(v) else None
     return v
 
 
@@ -403,15 +671,22 @@ def _ok(x: float | None) -> bool:
 
 
 def _pct(x: float) -> str:
-    return f"{x * 100:.0f}%" if x >= 0.095 else f"{x * 100:.1f}%"
+    if not _ok(x):
+        return "?%"
+    return f"{x * 100:.0f}%" if round(x * 100, 1) >= 9.95 else f"{x * 100:.1f}%"
 
 
 def _ms(x: float) -> str:
-    if x >= 1000:
-        return f"{x / 1000:.2f} s"
-    if x >= 10:
-        return f"{x:.0f} ms"
-    return f"{x:.2f} ms"
+    """ms with a space before the unit, rounded before the unit is chosen (never "1000 ms")."""
+    if not _ok(x):
+        return "?"
+    from tui.fmt import fmt_ms  # lazily: tui.fmt imports rich
+
+    s = fmt_ms(x)
+    for unit in ("ms", "s"):
+        if s.endswith(unit) and s[: -len(unit)][-1:].isdigit():
+            return s[: -len(unit)] + " " + unit
+    return s
 
 
 def _gb(n: float) -> str:
@@ -569,7 +844,14 @@ def rule_data_wait(f: RunFacts, t: Thresholds) -> Advice | None:
 
 def rule_allreduce(f: RunFacts, t: Thresholds) -> Advice | None:
     """Exposed gradient all-reduce above ~10% of the step."""
-    share = f.share("allreduce")
+    share, ms = f.share("allreduce"), f.ms("allreduce")
+    v = f.stragglers
+    me = v.rank(v.straggler) if v is not None and v.straggler is not None else None
+    if me is not None and _ok(v.step_ms) and v.step_ms > 0:  # type: ignore[union-attr]
+        # the others' wait is the straggler's compute (rule_straggler); what the straggler
+        # itself waits is the communication really left exposed
+        ms = me.allreduce_ms
+        share = ms / v.step_ms  # type: ignore[union-attr]
     if f.steps < t.min_steps or f.world_size < 2 or not _ok(share) or share < t.allreduce_share:
         return None
     accum = f.grad_accum or 1
@@ -579,37 +861,46 @@ def rule_allreduce(f: RunFacts, t: Thresholds) -> Advice | None:
         f"accumulate gradients over more micro-batches (TRAIN.GRADIENT_ACCUMULATION_STEPS, now "
         f"{accum}: one all-reduce per optimizer step) or tune DDP buckets (bucket_cap_mb) so "
         "communication overlaps the backward pass; check the interconnect",
-        {"allreduce_ms": f.ms("allreduce"), "share": share, "world_size": f.world_size,
+        {"allreduce_ms": ms, "share": share, "world_size": f.world_size,
          "grad_accum": accum},
-        f"allreduce {_ms(f.ms('allreduce'))} per step on {f.world_size} ranks",
+        f"allreduce {_ms(ms)} per step on {f.world_size} ranks"
+        + (f" (rank {me.rank}'s own wait, the straggler's)" if me is not None else ""),
     )
 
 
 def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
-    """One rank consistently slower than the others."""
-    if f.straggler is None or f.world_size < 2 or f.compared_steps < t.straggler_min_steps:
+    """One rank's compute consistently longer than the others': they wait for it."""
+    v = f.stragglers
+    if v is None or v.straggler is None or f.world_size < 2:
         return None
-    others = [r.step_ms for r in f.ranks if r.rank != f.straggler and _ok(r.step_ms)]
-    if not others or not _ok(f.straggler_excess_ms):
+    me = v.rank(v.straggler)
+    if me is None:
         return None
-    others.sort()
-    median = others[len(others) // 2] if len(others) % 2 else (others[len(others) // 2 - 1] + others[len(others) // 2]) / 2
-    if median <= 0 or f.straggler_excess_ms / median < t.straggler_excess:
-        return None
-    me = next((r for r in f.ranks if r.rank == f.straggler), None)
-    slowest = me.slowest_steps if me else 0
-    host = f" on {me.host}" if me and me.host else ""
+    info = next((r for r in f.ranks if r.rank == v.straggler), None)
+    host = info.host if info else ""
+    on = f" on {host}" if host else ""
+    share = v.excess_ms / v.step_ms if _ok(v.step_ms) and v.step_ms > 0 else math.nan
+    others = [x for x in v.ranks if x.rank != v.straggler]
+    rel = v.excess_ms / _median([x.compute_ms for x in others]) if others else math.nan
+    if f.straggler_region:
+        where = f"rank {v.straggler}'s {f.straggler_region} first (+{_ms(f.straggler_region_ms)} per step"
+        if f.straggler_leaf and f.straggler_leaf != f.straggler_region:
+            where += f", most of it in {f.straggler_leaf} +{_ms(f.straggler_leaf_ms)}"
+        look = f"look at {where}), then at that rank's"
+    else:
+        look = f"look at rank {v.straggler}'s"
     return Advice(
         "straggler", WARN,
-        f"rank {f.straggler}{host} is a straggler: every rank waits for it",
-        "check that rank's device (clocks, temperature, other processes), its data loading and "
-        "its host; the others idle at each all-reduce",
-        {"rank": f.straggler, "host": me.host if me else "", "excess_ms": f.straggler_excess_ms,
-         "excess_share": f.straggler_excess_ms / median, "slowest_steps": slowest,
-         "compared_steps": f.compared_steps, "rank_step_ms": me.step_ms if me else math.nan,
-         "median_step_ms": median},
-        f"+{_ms(f.straggler_excess_ms)} per step over the median rank ({_pct(f.straggler_excess_ms / median)}), "
-        f"slowest in {slowest} of {f.compared_steps} compared steps",
+        f"rank {v.straggler}{on} is a straggler: the other ranks wait for it at the all-reduce",
+        f"{look} device (clocks, temperature, other processes), host and inputs (uneven clip sizes); "
+        "not the interconnect: the all-reduce wait is the others waiting for this rank",
+        {"rank": v.straggler, "host": host, "excess_ms": v.excess_ms, "excess_share": share,
+         "compute_excess_ratio": rel, "region": f.straggler_region, "region_excess_ms": f.straggler_region_ms,
+         "leaf": f.straggler_leaf, "leaf_excess_ms": f.straggler_leaf_ms, "slowest_steps": me.slowest,
+         "compared_steps": v.compared_steps, "noise_ms": v.noise_ms, "rank_compute_ms": me.compute_ms,
+         "step_ms": v.step_ms, "waits": {str(r): ms for r, ms in v.waits()}, "span": v.span},
+        f"compute +{_ms(v.excess_ms)} per step over the other ranks ({_pct(share)} of the step), slowest in "
+        f"{me.slowest} of {v.compared_steps} steps, {v.span}; {v.who_waits()}",
     )
 
 
@@ -780,12 +1071,15 @@ def cached_run_config(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def advice_for_run(snap: Any, path: str | os.PathLike[str] | None = None,
-                   thresholds: Thresholds = DEFAULT_THRESHOLDS, *, scan: bool = True) -> list[Advice]:
+                   thresholds: Thresholds = DEFAULT_THRESHOLDS, *, scan: bool = True,
+                   window: bool = False) -> list[Advice]:
     """Advice for a run snapshot: its facts plus the run_start config and the memory trend.
 
     Both come from the snapshot when the monitor provides them (``config`` / ``mem_trend``
     fields); else the config is read from the run's first line (cached) and, when ``scan``,
     the trend from one pass over its files (``tui summary``; never on the screen's thread).
+    ``window``: judge the recent window's statistics instead of the whole run's (use the span
+    the figures next to the advice are of; :func:`span_label` names it).
     """
     where = path if path is not None else getattr(snap, "path", None)
     config = getattr(snap, "config", None)
@@ -794,4 +1088,4 @@ def advice_for_run(snap: Any, path: str | os.PathLike[str] | None = None,
     trend = getattr(snap, "mem_trend", None)
     if trend is None and scan and where and not hasattr(snap, "mem_trend"):
         trend = scan_memory_trend(where)
-    return diagnose(facts_from_snapshot(snap, config, trend), thresholds)
+    return diagnose(facts_from_snapshot(snap, config, trend, window=window, thresholds=thresholds), thresholds)

@@ -18,6 +18,7 @@ Memory (``"ph": "C"`` counters, MiB) and evaluations (instant events) are includ
 
 CSV: one row per step and rank (ordered by step, then rank) with ``wall_ms``, each region's
 inclusive ms (empty when not timed in that step), ``unaccounted_ms``, memory and scalars.
+Control characters in column names are written escaped (``\x1b``), as on the screen.
 
 Both read every rank file line by line (two passes for CSV) and keep only per-name tables,
 so memory does not grow with the run. Lines that are not valid records are skipped and
@@ -31,12 +32,13 @@ import heapq
 import json
 import math
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from trainer.clikit import UsageError
+from trainer.clikit import UsageError, printable
 from trainer.timing.records import (
     RANK_FILE_RE,
     Eval,
@@ -68,22 +70,57 @@ class ExportStats:
             self.errors.append(f"{path}:{lineno}: {why}")
 
 
+def _regular(p: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(p).st_mode)
+    except OSError:
+        return False
+
+
 def rank_files(path: str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """(rank, file) of a run folder or a single ``rank<R>.jsonl``; UsageError if none."""
+    """(rank, file) of a run folder or a single rank file; UsageError if it is not a run.
+
+    Only regular files are read (a FIFO or a folder named ``rank0.jsonl`` would block or
+    fail). A single file not named ``rank<R>.jsonl`` must start with a stagewatch record.
+    """
     p = Path(path)
     if not p.exists():
         raise UsageError(f"no such run: {p}")
-    if p.is_file():
+    if not p.is_dir():
+        if not _regular(p):
+            raise UsageError(f"not a run: {p} is not a regular file")
         m = RANK_FILE_RE.match(p.name)
+        if m is None and not _starts_with_record(p):
+            raise UsageError(f"not a run: {p} (expected a run folder or a rank<R>.jsonl file of stagewatch records)")
         return [(int(m.group(1)) if m else 0, p)]
     try:
         names = os.listdir(p)
     except OSError as e:
         raise UsageError(f"cannot read run folder {p}: {e.strerror}") from None
     files = sorted((int(m.group(1)), p / n) for n in names if (m := RANK_FILE_RE.match(n)))
+    odd = [f for _, f in files if not _regular(f)]
+    files = [(r, f) for r, f in files if _regular(f)]
     if not files:
-        raise UsageError(f"not a run folder (no rank<R>.jsonl in it): {p}")
+        why = f"; {odd[0]} is not a regular file" if odd else ""
+        raise UsageError(f"not a run folder (no rank<R>.jsonl in it{why}): {p}")
     return files
+
+
+def _starts_with_record(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            for _ in range(8):
+                line = f.readline(4 * 1024 * 1024)
+                if not line:
+                    return False
+                if line.strip():
+                    try:
+                        return decode(line) is not None or True
+                    except RecordError:
+                        return False
+    except OSError:
+        return False
+    return False
 
 
 def records(path: Path, stats: ExportStats) -> Iterator[Any]:
@@ -102,6 +139,9 @@ def records(path: Path, stats: ExportStats) -> Iterator[Any]:
                 rec = decode(line)
             except RecordError as e:
                 stats.bad(path, i, str(e))
+                continue
+            except (ValueError, OverflowError, RecursionError, UnicodeError) as e:
+                stats.bad(path, i, f"not a valid record ({type(e).__name__})")
                 continue
             if rec is not None:
                 yield rec
@@ -187,64 +227,75 @@ def write_chrome(run: str | os.PathLike[str], out: IO[str], steps: StepRange | N
     out.write(',"traceEvents":[\n')
     first = True
 
-    def emit(ev: dict[str, Any]) -> None:
+    def write_event(text: str) -> None:
         nonlocal first
         if not first:
             out.write(",\n")
-        out.write(json.dumps(ev, separators=(",", ":"), allow_nan=False))
+        out.write(text)
         first = False
         stats.events += 1
+
+    def emit(ev: dict[str, Any]) -> None:
+        write_event(json.dumps(ev, separators=(",", ":"), allow_nan=False))
 
     for rank, p in files:
         named = False
         prev_end = -math.inf
         for rec in records(p, stats):
-            if isinstance(rec, RunStart):
-                if not named:
-                    label = f"rank {rank}"
-                    detail = " ".join(x for x in (rec.host, rec.device, rec.gpu_name or "") if x)
-                    emit({"ph": "M", "name": "process_name", "pid": rank, "tid": 0,
-                          "args": {"name": f"{label} ({detail})" if detail else label}})
-                    emit({"ph": "M", "name": "process_sort_index", "pid": rank, "tid": 0, "args": {"sort_index": rank}})
-                    emit({"ph": "M", "name": "thread_name", "pid": rank, "tid": 0, "args": {"name": "training steps"}})
-                    named = True
-            elif isinstance(rec, Step):
-                if not in_range(rec.step, steps):
-                    continue
-                stats.steps += 1
-                # steps of a process follow each other (wall_ms is the time between step()
-                # calls); time.time() and the step clock may disagree by a few µs, so a step
-                # never starts before the previous one ended (proper nesting on the track)
-                dur = _r(rec.wall_ms * 1000.0)
-                start = max(_r((rec.time - t0) * 1e6 - rec.wall_ms * 1000.0), prev_end)
-                end = start + dur
-                prev_end = _r(end)
-                args: dict[str, Any] = {"wall_ms": rec.wall_ms, "samples": rec.samples, "epoch": rec.epoch,
-                                        "unaccounted_ms": round(unaccounted_ms(rec.wall_ms, rec.regions), 4)}
-                if rec.scalars:
-                    args.update({k: v for k, v in rec.scalars.items() if v is not None})
-                emit({"ph": "X", "name": f"step {rec.step}", "cat": "step", "pid": rank, "tid": 0,
-                      "ts": start, "dur": dur, "args": args})
-                for name, s, d in layout_regions(rec.regions, start, end):
-                    ms, count = rec.regions[name]
-                    emit({"ph": "X", "name": name.rsplit("/", 1)[-1], "cat": "region", "pid": rank, "tid": 0,
-                          "ts": _r(s), "dur": _r(d),
-                          "args": {"region": name, "ms": ms, "count": count,
-                                   "share": round(ms / rec.wall_ms, 4) if rec.wall_ms > 0 else None}})
-                if rec.memory:
-                    emit({"ph": "C", "name": "memory (MiB)", "pid": rank, "tid": 0, "ts": _r(end),
-                          "args": {k: round(v / MiB, 2) for k, v in rec.memory.items()}})
-            elif isinstance(rec, Eval):
-                if not in_range(rec.step, steps):
-                    continue
-                emit({"ph": "i", "s": "p", "name": f"eval step {rec.step}", "pid": rank, "tid": 0,
-                      "ts": _r((rec.time - t0) * 1e6), "args": dict(rec.metrics)})
-            elif isinstance(rec, RunEnd):
-                args = {"status": rec.status, "steps": rec.steps}
-                if rec.error_type or rec.error_message:
-                    args["error"] = f"{rec.error_type or 'error'}: {rec.error_message or ''}"
-                emit({"ph": "i", "s": "p", "name": f"run end ({rec.status})", "pid": rank, "tid": 0,
-                      "ts": _r((rec.time - t0) * 1e6), "args": args})
+            buf: list[dict[str, Any]] = []  # a record's events, written only if all of them encode
+            try:
+                if isinstance(rec, RunStart):
+                    if not named:
+                        label = f"rank {rank}"
+                        detail = " ".join(x for x in (rec.host, rec.device, rec.gpu_name or "") if x)
+                        buf.append({"ph": "M", "name": "process_name", "pid": rank, "tid": 0,
+                              "args": {"name": f"{label} ({detail})" if detail else label}})
+                        buf.append({"ph": "M", "name": "process_sort_index", "pid": rank, "tid": 0, "args": {"sort_index": rank}})
+                        buf.append({"ph": "M", "name": "thread_name", "pid": rank, "tid": 0, "args": {"name": "training steps"}})
+                        named = True
+                elif isinstance(rec, Step):
+                    if not in_range(rec.step, steps):
+                        continue
+                    stats.steps += 1
+                    # steps of a process follow each other (wall_ms is the time between step()
+                    # calls); time.time() and the step clock may disagree by a few µs, so a step
+                    # never starts before the previous one ended (proper nesting on the track)
+                    dur = _r(rec.wall_ms * 1000.0)
+                    start = max(_r((rec.time - t0) * 1e6 - rec.wall_ms * 1000.0), prev_end)
+                    end = start + dur
+                    prev_end = _r(end)
+                    args: dict[str, Any] = {"wall_ms": rec.wall_ms, "samples": rec.samples, "epoch": rec.epoch,
+                                            "unaccounted_ms": round(unaccounted_ms(rec.wall_ms, rec.regions), 4)}
+                    if rec.scalars:
+                        args.update({k: v for k, v in rec.scalars.items() if v is not None})
+                    buf.append({"ph": "X", "name": f"step {rec.step}", "cat": "step", "pid": rank, "tid": 0,
+                          "ts": start, "dur": dur, "args": args})
+                    for name, s, d in layout_regions(rec.regions, start, end):
+                        ms, count = rec.regions[name]
+                        buf.append({"ph": "X", "name": name.rsplit("/", 1)[-1], "cat": "region", "pid": rank, "tid": 0,
+                              "ts": _r(s), "dur": _r(d),
+                              "args": {"region": name, "ms": ms, "count": count,
+                                       "share": round(ms / rec.wall_ms, 4) if rec.wall_ms > 0 else None}})
+                    if rec.memory:
+                        buf.append({"ph": "C", "name": "memory (MiB)", "pid": rank, "tid": 0, "ts": _r(end),
+                              "args": {k: round(v / MiB, 2) for k, v in rec.memory.items()}})
+                elif isinstance(rec, Eval):
+                    if not in_range(rec.step, steps):
+                        continue
+                    buf.append({"ph": "i", "s": "p", "name": f"eval step {rec.step}", "pid": rank, "tid": 0,
+                          "ts": _r((rec.time - t0) * 1e6), "args": dict(rec.metrics)})
+                elif isinstance(rec, RunEnd):
+                    args = {"status": rec.status, "steps": rec.steps}
+                    if rec.error_type or rec.error_message:
+                        args["error"] = f"{rec.error_type or 'error'}: {rec.error_message or ''}"
+                    buf.append({"ph": "i", "s": "p", "name": f"run end ({rec.status})", "pid": rank, "tid": 0,
+                          "ts": _r((rec.time - t0) * 1e6), "args": args})
+                texts = [json.dumps(ev, separators=(",", ":"), allow_nan=False) for ev in buf]
+            except (ArithmeticError, ValueError, TypeError) as e:  # an absurd figure: skip the record
+                stats.bad(p, 0, f"a {type(rec).__name__.lower()} record could not be exported ({type(e).__name__})")
+                continue
+            for text in texts:
+                write_event(text)
         if not named:  # a file without run_start (written by another tool)
             emit({"ph": "M", "name": "process_name", "pid": rank, "tid": 0, "args": {"name": f"rank {rank}"}})
     out.write("\n]}\n")
@@ -277,19 +328,25 @@ def write_csv(run: str | os.PathLike[str], out: IO[str], steps: StepRange | None
                 scalars.setdefault(k, None)
     stats.malformed, stats.errors = 0, []
     reg = sorted(regions)  # alphabetical: parents sit right before their children
-    header = ["step", "rank", "epoch", "time", "wall_ms", "samples", *reg, "unaccounted_ms",
-              *(f"mem_{k}" for k in mem), *scalars]
+    # names escaped (tui.fmt.clean): the table may go to a terminal, and a name is the only text
+    header = ["step", "rank", "epoch", "time", "wall_ms", "samples", *map(printable, reg), "unaccounted_ms",
+              *(f"mem_{printable(k)}" for k in mem), *map(printable, scalars)]
     w = csv.writer(out, lineterminator="\n")
     w.writerow(header)
     merged = heapq.merge(*(_steps(r, p, stats, steps) for r, p in files), key=lambda t: (t[0], t[1]))
     for step, rank, s in merged:
+        try:
+            row: list[Any] = [step, rank, s.epoch, f"{s.time:.3f}", f"{s.wall_ms:.4f}", s.samples]
+            row += [f"{s.regions[k][0]:.4f}" if k in s.regions else "" for k in reg]
+            row.append(f"{unaccounted_ms(s.wall_ms, s.regions):.4f}")
+            m = s.memory or {}
+            row += [m.get(k, "") for k in mem]
+            sc = s.scalars or {}
+            row += ["" if sc.get(k) is None else repr(float(sc[k])) for k in scalars]
+        except (ArithmeticError, ValueError, TypeError) as e:  # an absurd figure: skip the row
+            stats.bad(files[rank][1] if rank < len(files) else Path(run), 0,
+                      f"step {step} of rank {rank} could not be exported ({type(e).__name__})")
+            continue
         stats.steps += 1
-        row: list[Any] = [step, rank, s.epoch, f"{s.time:.3f}", f"{s.wall_ms:.4f}", s.samples]
-        row += [f"{s.regions[k][0]:.4f}" if k in s.regions else "" for k in reg]
-        row.append(f"{unaccounted_ms(s.wall_ms, s.regions):.4f}")
-        m = s.memory or {}
-        row += [m.get(k, "") for k in mem]
-        sc = s.scalars or {}
-        row += ["" if sc.get(k) is None else repr(float(sc[k])) for k in scalars]
         w.writerow(row)
     return stats

@@ -77,6 +77,9 @@ class RankInfo:
     device: str
     slowest_steps: int  # steps in the window where this rank was the slowest
     mem_peak: int | None
+    # the window's steps, oldest first: (step, wall ms, exposed allreduce ms, data ms), for
+    # judging stragglers by compute (tui.diagnosis.judge_stragglers); 0 for an untimed region
+    recent: tuple[tuple[int, float, float, float], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,9 @@ class RunSnapshot:
     # (TrendFacts) and rank 0's run_start config
     mem_trend: Any = field(default=None, compare=False)
     config: dict[str, Any] | None = field(default=None, compare=False)
+    # the straggler verdict (tui.diagnosis.StragglerVerdict): compute per rank, who waits for
+    # whom; ``straggler``/``straggler_excess`` above are its rank and excess
+    stragglers: Any = field(default=None, compare=False)
 
     @property
     def malformed(self) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from rich.text import Text
 from trainer.clikit import UsageError
 from trainer.timing.records import RANK_FILE_RE, TEXT_LOG_RE
 from tui.aggregate import DEFAULT_WINDOW
-from tui.diagnosis import WARN, Thresholds, advice_for_run
+from tui.diagnosis import WARN, Advice, Thresholds, advice_for_run, span_label, verdict_of
 from tui.fmt import (
     CLASS_STYLE,
     STATE_STYLE,
@@ -25,7 +24,9 @@ from tui.fmt import (
     fmt_rate,
     literal,
     ok,
+    sig,
 )
+from tui.order import tree_sort
 from tui.reader import RunSource
 from tui.snapshot import UNACCOUNTED, RegionRow, RunSnapshot, Stats
 
@@ -63,9 +64,9 @@ def open_run(path: str | os.PathLike[str], window: int = DEFAULT_WINDOW) -> RunS
 
 
 def _num(x: float | None) -> float | None:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return None
-    return round(float(x), 4)
+    """A figure for JSON: 6 significant figures (an lr of 1.05e-05 stays 1.05e-05), None when
+    unknown or not finite."""
+    return sig(x, 6)
 
 
 def _stats(s: Stats) -> dict[str, Any]:
@@ -83,17 +84,35 @@ def _stats(s: Stats) -> dict[str, Any]:
     }
 
 
-def _region(r: RegionRow, red: float, yellow: float) -> dict[str, Any]:
+def _region(r: RegionRow, red: float, yellow: float, window: bool = False) -> dict[str, Any]:
     d: dict[str, Any] = {"name": r.name, "depth": r.depth, "parent": r.parent}
-    d["class"] = class_of(r.whole, red, yellow) if r.name != UNACCOUNTED else None
+    d["class"] = class_of(r.window if window else r.whole, red, yellow) if r.name != UNACCOUNTED else None
     d.update(_stats(r.whole))
     d["window"] = _stats(r.window)
     d["ranks"] = {str(rank): _stats(w) for rank, w, _ in r.ranks}
     return d
 
 
-def summary_dict(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10) -> dict[str, Any]:
-    """The JSON document of ``tui summary --json`` (see docs/monitor.md)."""
+def sorted_regions(snap: RunSnapshot, sort: str = "time", window: bool = False) -> list[RegionRow]:
+    """The stage tree in display order: siblings by share of time (``time``), alphabetically
+    (``name``) or as first run (``run``, the order the records list them)."""
+    if sort == "run":
+        return list(snap.regions)
+    return tree_sort(snap.regions, lambda r: r.name, lambda r: (r.window if window else r.whole).share, by=sort)
+
+
+def _advice(snap: RunSnapshot, red: float, window: bool) -> list[Advice]:
+    return advice_for_run(snap, thresholds=Thresholds(dominant_share=red), window=window)
+
+
+def summary_dict(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10, *, sort: str = "time",
+                 window: bool = False) -> dict[str, Any]:
+    """The JSON document of ``tui summary --json`` (see docs/monitor.md).
+
+    ``window``: classes and advice of the recent window instead of the whole run (both sets
+    of statistics are always present); ``span`` says which.
+    """
+    verdict = verdict_of(snap)
     return {
         "schema": SCHEMA_VERSION,
         "run_id": snap.run_id,
@@ -103,8 +122,11 @@ def summary_dict(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10) -> 
         "total_steps": snap.total_steps,
         "world_size": snap.world_size,
         "ranks": list(snap.ranks_seen),
+        "span": {"kind": "recent" if window else "whole", "label": span_label(snap, window)},
+        "sort": sort,
         "samples_per_s": _num(snap.samples_per_s),
         "samples_per_s_window": _num(snap.samples_per_s_window),
+        "eta_s": _num(snap.eta_s),
         "step_ms": _stats(snap.wall),
         "step_ms_window": _stats(snap.wall_window),
         "thresholds": {"red": red, "yellow": yellow},
@@ -112,37 +134,64 @@ def summary_dict(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10) -> 
         "mem_peak_bytes": snap.mem_peak,
         "scalars": {k: _num(v) for k, v in snap.scalars},
         "eval": {"step": snap.eval_step, "metrics": {k: _num(v) for k, v in snap.evals}},
-        "straggler": {"rank": snap.straggler, "excess_ms": _num(snap.straggler_excess), "spread_ms": _num(snap.spread_window)},
-        "regions": [_region(r, red, yellow) for r in snap.regions],
-        "unaccounted": _region(snap.unaccounted, red, yellow),
+        "straggler": {"rank": snap.straggler, "excess_ms": _num(snap.straggler_excess), "spread_ms": _num(snap.spread_window),
+                      "verdict": verdict.as_dict() if verdict is not None else None},
+        "regions": [_region(r, red, yellow, window) for r in sorted_regions(snap, sort, window)],
+        "unaccounted": _region(snap.unaccounted, red, yellow, window),
         "files": [
             {"path": f.path, "rank": f.rank, "kind": f.kind, "lines": f.lines, "malformed": f.malformed,
              "skipped": f.skipped, "last_error": f.last_error or None}
             for f in snap.files
         ],
         "error": snap.error,
-        "advice": [a.as_dict() for a in advice_for_run(snap, thresholds=Thresholds(dominant_share=red))],
+        "advice": [a.as_dict() for a in _advice(snap, red, window)],
     }
 
 
-def summary_text(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10, name_w: int = 36) -> Text:
-    """The stage tree as text (styles become ANSI colours on a terminal only)."""
+def straggler_text(snap: RunSnapshot) -> Text:
+    """Ranks compared by compute (multi-rank runs): each rank's compute and wait, who waits
+    for whom, and the verdict; empty for one rank."""
+    t = Text()
+    v = verdict_of(snap)
+    if v is None:
+        return t
+    t.append(f"ranks by compute (step − all-reduce wait − data wait; medians per step), {v.span}:\n", style="bold")
+    for x in v.ranks:
+        mark = "  ← straggler" if x.rank == v.straggler else ""
+        t.append(f"  rank {x.rank:<3} compute {fmt_ms(x.compute_ms):>8}  all-reduce wait {fmt_ms(x.allreduce_ms):>8}"
+                 f"  data {fmt_ms(x.data_ms):>8}  slowest in {x.slowest}/{v.compared_steps}{mark}\n",
+                 style="red" if mark else "")
+    if v.straggler is not None:
+        t.append("straggler: ", style="bold red")
+        t.append(f"{v.reason}; {v.who_waits()}\n", style="red")
+    else:
+        t.append(v.reason + "\n")
+    return t
+
+
+def summary_text(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10, name_w: int = 36, *,
+                 sort: str = "time", window: bool = False) -> Text:
+    """The stage tree as text (styles become ANSI colours on a terminal only), ending with the
+    advice. ``window``: figures of the recent window instead of the whole run."""
+    span = span_label(snap, window)
+    wall = snap.wall_window if window else snap.wall
+    sps = snap.samples_per_s_window if window else snap.samples_per_s
     t = Text()
     t.append_text(literal(snap.run_id))
     t.append("  ")
     t.append(snap.state, style=STATE_STYLE.get(snap.state, ""))
     t.append(f"  step {snap.step}" + (f"/{snap.total_steps}" if snap.total_steps else ""))
-    if ok(snap.samples_per_s) and snap.samples_per_s > 0:
-        t.append(f"  {fmt_rate(snap.samples_per_s)} samples/s")
-    t.append(f"  step avg {fmt_ms(snap.wall.avg)} (p95 {fmt_ms(snap.wall.p95)})")
+    if ok(sps) and sps > 0:
+        t.append(f"  {fmt_rate(sps)} samples/s" + (" (all ranks)" if snap.world_size > 1 else ""))
+    t.append(f"  step avg {fmt_ms(wall.avg)} (p95 {fmt_ms(wall.p95)})")
     t.append(f"  ranks {len(snap.ranks_seen)}/{snap.world_size}")
     if snap.mem_peak is not None:
         t.append(f"  peak mem {fmt_bytes(snap.mem_peak)}")
     if snap.eta_s is not None:
         t.append(f"  ETA {fmt_duration(snap.eta_s)}")
     t.append("\n")
-    if snap.straggler is not None:
-        t.append(f"straggler: rank {snap.straggler}, +{fmt_ms(snap.straggler_excess)} per step over the median rank\n", style="red")
+    t.append(f"span: {span}", style="cyan")
+    t.append(f" · sorted by {'share of time' if sort == 'time' else sort}\n", style="dim")
     if snap.error:
         e = literal(snap.error)
         e.stylize("bold red")
@@ -150,11 +199,11 @@ def summary_text(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10, nam
         t.append("\n")
     head = f"{'region':<{name_w}} {'class':<6} {'share':>6} {'':<10} {'last':>8} {'avg':>8} {'min':>8} {'max':>8} {'p95':>8} {'calls':>8}\n"
     t.append(head, style="bold")
-    for r in [*snap.regions, snap.unaccounted]:
-        s = r.whole
+    for r in [*sorted_regions(snap, sort, window), snap.unaccounted]:
+        s = r.window if window else r.whole
         cls = class_of(s, red, yellow) if r.name != UNACCOUNTED else "none"
         style = CLASS_STYLE[cls]
-        indent = "  " * r.depth
+        indent = "  " * min(r.depth, 16)
         name = literal(indent + (r.leaf if r.name != UNACCOUNTED else UNACCOUNTED))
         name.truncate(name_w, overflow="ellipsis")
         name.pad_right(name_w - name.cell_len)
@@ -166,19 +215,29 @@ def summary_text(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10, nam
         for v in (s.last, s.avg, s.min, s.max, s.p95):
             t.append(f" {fmt_ms(v):>8}")
         t.append(f" {s.calls if s.calls else '—':>8}\n")
-    advice = advice_for_run(snap, thresholds=Thresholds(dominant_share=red))
-    if advice:
-        t.append("advice:\n", style="bold")
-    for a in advice:
-        t.append(f"  {a.severity:<8}", style="red" if a.severity == WARN else "cyan")
-        t.append_text(literal(a.line()))
-        t.append("\n")
+    t.append_text(straggler_text(snap))
     bad = [f for f in snap.files if f.malformed]
     for f in bad:
-        t.append(f"malformed lines in {f.path}: {f.malformed}", style="yellow")
+        m = literal(f"malformed lines in {f.path}: {f.malformed}")
+        m.stylize("yellow")
+        t.append_text(m)
         if f.last_error:
             t.append(" (last: ")
             t.append_text(literal(f.last_error))
             t.append(")")
+        t.append("\n")
+    t.append_text(advice_text(_advice(snap, red, window), span))
+    return t
+
+
+def advice_text(advice: list[Advice], span: str) -> Text:
+    """The closing advice section; says so when nothing stands out."""
+    t = Text()
+    t.append(f"advice — {span}:\n", style="bold")
+    if not advice:
+        t.append("  nothing stands out: no rule found anything to change\n", style="dim")
+    for a in advice:
+        t.append(f"  {a.severity:<8}", style="red" if a.severity == WARN else "cyan")
+        t.append_text(literal(a.line()))
         t.append("\n")
     return t

@@ -3,24 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 
 from trainer.clikit import UsageError
 from tui.aggregate import DEFAULT_WINDOW
 
 
-def _share(text: str) -> float:
+def percent(text: str) -> float:
+    """A share given the way the monitor prints it, as a percentage: ``40`` or ``40%`` -> 0.40.
+
+    A bare number of at most 1 (the old fraction form, ``0.4``) is refused rather than
+    guessed: ``0.4`` could mean 0.4% or 40%.
+    """
+    s = text.strip()
+    pct = s.endswith("%")
     try:
-        v = float(text.rstrip("%"))
+        v = float(s[:-1] if pct else s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    return v / 100.0 if v > 1 or text.endswith("%") else v
+        raise argparse.ArgumentTypeError(f"expected a percentage like 40 or 40%, got {text!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a percentage like 40 or 40%, got {text!r}")
+    if not pct and 0 < v <= 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is ambiguous: give a percentage as printed, e.g. {v * 100:g} (or {v * 100:g}%) for "
+            f"{v * 100:g}% of the step, or {text}% for {v:g}%"
+        )
+    if not 0 < v <= 100:
+        raise argparse.ArgumentTypeError(f"a percentage must be in (0, 100], got {text!r}")
+    return v / 100.0
 
 
 def add_thresholds(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--red", type=_share, default=0.40, metavar="SHARE",
-                        help="share of step wall time from which a region is red (0.40, or 40%%; default 0.40)")
-    parser.add_argument("--yellow", type=_share, default=0.10, metavar="SHARE",
-                        help="share from which a region is yellow (default 0.10)")
+    parser.add_argument("--red", type=percent, default=0.40, metavar="PCT",
+                        help="share of step wall time from which a region is red, in percent as printed "
+                        "(40 or 40%%; default 40)")
+    parser.add_argument("--yellow", type=percent, default=0.10, metavar="PCT",
+                        help="share from which a region is yellow, in percent (default 10)")
 
 
 def add_window(parser: argparse.ArgumentParser) -> None:
@@ -28,10 +49,27 @@ def add_window(parser: argparse.ArgumentParser) -> None:
                         help=f"steps in the recent window statistics (default {DEFAULT_WINDOW})")
 
 
+def add_span(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--span", choices=("whole", "recent"), default="whole",
+                        help="which steps the table, classes and advice are of: the whole run (default) or "
+                        "the last --window steps; the output names it")
+
+
 def thresholds(args: argparse.Namespace) -> tuple[float, float]:
     red, yellow = args.red, args.yellow
     if not (0 < yellow <= red <= 1):
-        raise UsageError(f"need 0 < --yellow ({yellow:g}) <= --red ({red:g}) <= 1")
+        raise UsageError(f"need --yellow ({yellow * 100:g}%) <= --red ({red * 100:g}%)")
     if getattr(args, "window", DEFAULT_WINDOW) < 2:
         raise UsageError("--window must be at least 2 steps")
     return red, yellow
+
+
+@contextlib.contextmanager
+def quiet_pipe() -> Iterator[None]:
+    """A reader that closes the pipe early (``| head``) ends the output quietly, exit 0."""
+    try:
+        yield
+    except BrokenPipeError:
+        # stdout is gone: point it at /dev/null so the interpreter's final flush is silent
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

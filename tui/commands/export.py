@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from trainer.clikit import UsageError
+from tui.commands._common import quiet_pipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,11 +20,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only these steps (inclusive; '100:200', '100:', ':50'); a long run's full "
                         "trace can be too big for the trace viewer")
     parser.add_argument("-o", "--output", metavar="FILE", default=None,
-                        help="output file (default: <run>/trace.json or <run>/steps.csv; '-' for stdout)")
+                        help="output file (default: <run>/trace.json or <run>/steps.csv; '-' for stdout); "
+                        "never one of the run's own files")
+    parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def run_files(inputs: list[Path]) -> list[Path]:
+    """The inputs and every other record or text-log file of their run folders (all are the
+    run's data, whichever of them this export reads)."""
+    from trainer.timing.records import RANK_FILE_RE, TEXT_LOG_RE
+
+    out = list(inputs)
+    for d in {p.parent for p in inputs}:
+        try:
+            out += [d / n for n in os.listdir(d) if RANK_FILE_RE.match(n) or TEXT_LOG_RE.match(n)]
+        except OSError:
+            pass
+    return out
+
+
+def check_output(out: Path, inputs: list[Path], force: bool) -> None:
+    """UsageError unless ``out`` may be written: never an input (whatever the spelling: links,
+    ``..``), and an existing file only with ``force``."""
+    from tui.fmt import clean
+
+    real = Path(os.path.realpath(out))
+    for p in inputs:
+        if real == Path(os.path.realpath(p)) or _same(out, p):
+            raise UsageError(f"refusing to write {clean(out)}: it is one of the run's own files "
+                             "(its records would be lost); choose another -o")
+    if real.exists() and real.is_dir():
+        raise UsageError(f"cannot write {clean(out)}: it is a folder")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise UsageError(f"{clean(out)} exists: add --force to replace it, or choose another -o")
+    if not real.parent.is_dir():
+        raise UsageError(f"cannot write {clean(out)}: no such folder {clean(real.parent)}")
 
 
 def run(args: argparse.Namespace) -> int:
     from tui.export import parse_steps, rank_files, write_chrome, write_csv
+    from tui.fmt import clean
 
     steps = None
     if args.steps:
@@ -31,35 +74,40 @@ def run(args: argparse.Namespace) -> int:
             steps = parse_steps(args.steps)
         except ValueError:
             raise UsageError(f"--steps: expected FIRST:LAST (e.g. 100:200), got {args.steps!r}") from None
-    rank_files(args.run)  # one-line error for a missing or empty run before creating a file
+    files = rank_files(args.run)  # one-line error for a missing, empty or foreign run first
     run_path = Path(args.run)
     if args.output is None:
         folder = run_path if run_path.is_dir() else run_path.parent
-        out_path: str | None = str(folder / ("trace.json" if args.format == "chrome" else "steps.csv"))
+        out_path: Path | None = folder / ("trace.json" if args.format == "chrome" else "steps.csv")
     else:
-        out_path = None if args.output == "-" else args.output
+        out_path = None if args.output == "-" else Path(args.output)
+    if out_path is not None:
+        check_output(out_path, run_files([p for _, p in files]), args.force)
     write = write_chrome if args.format == "chrome" else write_csv
     if out_path is None:
-        try:
+        stats = None
+        with quiet_pipe():
             stats = write(args.run, sys.stdout, steps)
             sys.stdout.flush()
-        except BrokenPipeError:  # `| head`: the reader has what it wanted
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if stats is None:  # the reader closed the pipe (`| head`): it has what it wanted
             return 0
     else:
-        tmp = f"{out_path}.tmp{os.getpid()}"
+        real = Path(os.path.realpath(out_path))  # through a link: written where it points
+        tmp = real.with_name(f".{real.name}.tmp{os.getpid()}")
         try:
-            with open(tmp, "w", encoding="utf-8", newline="") as f:
+            with open(tmp, "x", encoding="utf-8", newline="") as f:
                 stats = write(args.run, f, steps)
-            os.replace(tmp, out_path)
+            if out_path.exists() and not args.force:  # appeared while we wrote
+                raise UsageError(f"{clean(out_path)} exists: add --force to replace it, or choose another -o")
+            os.replace(tmp, real)
         except OSError as e:
-            raise UsageError(f"cannot write {out_path}: {e.strerror}") from None
+            raise UsageError(f"cannot write {clean(out_path)}: {e.strerror}") from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    where = out_path or "stdout"
+    where = clean(out_path) if out_path is not None else "stdout"
     what = f"{stats.events} events" if args.format == "chrome" else f"{stats.steps} rows"
     print(f"wrote {where}: {what} from {stats.ranks} rank(s), {stats.steps} steps", file=sys.stderr)
     if stats.malformed:
-        print(f"skipped {stats.malformed} malformed line(s); first: {stats.errors[0]}", file=sys.stderr)
+        print(f"skipped {stats.malformed} malformed line(s); first: {clean(stats.errors[0])}", file=sys.stderr)
     return 0

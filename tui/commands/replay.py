@@ -24,6 +24,11 @@ def run(args: argparse.Namespace) -> int:
     if args.speed <= 0:
         raise UsageError("--speed must be > 0")
     open_run(args.run, window=args.window)  # one-line error for a missing or empty run
+    import sys
+
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        raise UsageError("the replay screen needs a terminal; without one use `tui summary RUN` "
+                         "(text or --json)")
     from tui.app import MonitorApp
     from tui.replay import ReplaySource
 

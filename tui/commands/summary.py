@@ -6,13 +6,17 @@ import argparse
 import json
 import sys
 
-from tui.commands._common import add_thresholds, add_window, thresholds
+from tui.commands._common import add_span, add_thresholds, add_window, quiet_pipe, thresholds
 from tui.summary import open_run, summary_dict, summary_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="a run folder, a rank<R>.jsonl file or a timing_*.log")
     parser.add_argument("--json", action="store_true", help="print JSON (schema in docs/monitor.md)")
+    parser.add_argument("--sort", choices=("time", "name", "run"), default="time",
+                        help="order of sibling regions: time (share of the step, largest first; default), "
+                        "name, or run (the order they first ran in)")
+    add_span(parser)
     add_thresholds(parser)
     add_window(parser)
 
@@ -20,14 +24,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     red, yellow = thresholds(args)
     snap = open_run(args.run, window=args.window)
-    if args.json:
-        json.dump(summary_dict(snap, red, yellow), sys.stdout, indent=2, allow_nan=False)
-        sys.stdout.write("\n")
-        return 0
-    from rich.console import Console
+    window = args.span == "recent"
+    with quiet_pipe():
+        if args.json:
+            json.dump(summary_dict(snap, red, yellow, sort=args.sort, window=window), sys.stdout, indent=2,
+                      allow_nan=False)
+            sys.stdout.write("\n")
+        else:
+            from rich.console import Console
 
-    tty = sys.stdout.isatty()
-    console = Console(file=sys.stdout, highlight=False, soft_wrap=True, force_terminal=None if tty else False,
-                      no_color=not tty or None, width=None if tty else 200)
-    console.print(summary_text(snap, red, yellow), end="")
+            tty = sys.stdout.isatty()
+            console = Console(file=sys.stdout, highlight=False, soft_wrap=True,
+                              force_terminal=None if tty else False, no_color=not tty or None,
+                              width=None if tty else 200)
+            console.print(summary_text(snap, red, yellow, sort=args.sort, window=window), end="")
+        sys.stdout.flush()
     return 0
+
+

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
 from trainer.clikit import UsageError
 from trainer.timing.records import DEFAULT_LOG_ROOT
@@ -12,7 +14,8 @@ from tui.commands._common import add_thresholds, add_window, thresholds
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", metavar="ROOT", nargs="?", default=DEFAULT_LOG_ROOT,
-                        help=f"log folder holding run folders, or one run folder (default {DEFAULT_LOG_ROOT})")
+                        help=f"log folder holding run folders, or one run folder (default {DEFAULT_LOG_ROOT}); "
+                        "a folder holding log folders is searched one level down")
     parser.add_argument("--poll", action="store_true",
                         help="poll the files only (no filesystem events; for network filesystems)")
     parser.add_argument("--interval", type=float, default=None, metavar="SECONDS",
@@ -23,17 +26,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_window(parser)
 
 
+def _subdirs(p: Path) -> list[Path]:
+    try:
+        return sorted(e for e in p.iterdir() if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return []
+
+
+def resolve_root(root: str) -> str:
+    """The folder to watch: ``root`` itself when it is a run folder, a log folder (run folders
+    in it) or not there yet; the one log folder below it when ``root`` holds log folders
+    rather than runs (``runs/`` holding ``logs/``). UsageError for a file, or for a folder
+    holding several log folders (naming them)."""
+    from tui.fmt import clean
+    from tui.reader import is_run_dir
+
+    p = Path(root)
+    if p.is_file() or (p.exists() and not p.is_dir()):
+        raise UsageError(f"{clean(root)} is a file: tui watch takes a log folder (or one run folder); "
+                         "for one file use `tui summary FILE` or `tui replay FILE`")
+    if not p.exists():
+        if not p.absolute().parent.is_dir():
+            raise UsageError(f"no such folder: {clean(root)}")
+        return root  # a log folder that does not exist yet: the screen waits for the first run
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise UsageError(f"cannot read folder {clean(root)}: permission denied")
+    if is_run_dir(p):
+        return root
+    subs = _subdirs(p)
+    if not subs or any(is_run_dir(s) for s in subs):
+        return root  # a log folder (possibly still empty)
+    roots = [s for s in subs if any(is_run_dir(r) for r in _subdirs(s))]
+    if len(roots) == 1:
+        print(f"tui watch: no runs in {clean(root)}; watching the log folder below it: {clean(roots[0])}",
+              file=sys.stderr)
+        return str(roots[0])
+    if roots:
+        names = ", ".join(clean(r) for r in roots[:6]) + (", ..." if len(roots) > 6 else "")
+        raise UsageError(f"{clean(root)} holds log folders, not runs: watch one of {names}")
+    return root
+
+
 def run(args: argparse.Namespace) -> int:
     red, yellow = thresholds(args)
-    parent = os.path.dirname(os.path.abspath(args.root))
-    if not os.path.exists(args.root) and not os.path.isdir(parent):
-        raise UsageError(f"no such folder: {args.root}")
-    # a log folder that does not exist yet is fine: the screen waits for the first run
     if args.interval is not None and args.interval <= 0:
         raise UsageError("--interval must be > 0")
+    root = resolve_root(args.root)
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        raise UsageError("the live monitor needs a terminal; without one use `tui summary RUN` "
+                         "(text or --json)")
     from tui.app import MonitorApp
     from tui.live import LiveSource
 
-    src = LiveSource(args.root, poll=args.poll, interval=args.interval, window=args.window, stale_after=args.stale)
+    src = LiveSource(root, poll=args.poll, interval=args.interval, window=args.window, stale_after=args.stale)
     MonitorApp(src, red=red, yellow=yellow).run()
     return 0

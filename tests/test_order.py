@@ -1,0 +1,75 @@
+"""Sorting the stage tree by share of time with hysteresis, or by name (tui.order)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tui.order import hysteresis_order, tree_sort
+
+
+def sorted_within(order: list[str], share: dict[str, float], margin: float) -> bool:
+    return all(share[order[j]] <= share[order[i]] + margin for i in range(len(order)) for j in range(i + 1, len(order)))
+
+
+def test_first_order_is_by_share() -> None:
+    share = {"a": 0.1, "b": 0.5, "c": 0.3}
+    assert hysteresis_order(share, share.get) == ["b", "c", "a"]
+
+
+def test_near_equal_rows_do_not_swap_but_clear_changes_do() -> None:
+    share = {"a": 0.300, "b": 0.302, "c": 0.1}
+    assert hysteresis_order(share, share.get, ["a", "b", "c"], margin=0.005) == ["a", "b", "c"]
+    share["b"] = 0.31  # now clearly ahead
+    assert hysteresis_order(share, share.get, ["a", "b", "c"], margin=0.005) == ["b", "a", "c"]
+    share["c"] = 0.9
+    assert hysteresis_order(share, share.get, ["b", "a", "c"], margin=0.005)[0] == "c"
+
+
+def test_order_follows_shares_as_they_change_without_flicker() -> None:
+    rng = random.Random(3)
+    names = [f"r{i}" for i in range(12)]
+    base = {n: rng.random() for n in names}
+    prev: list[str] | None = None
+    swaps = 0
+    for _ in range(200):
+        share = {n: v + rng.uniform(-0.002, 0.002) for n, v in base.items()}  # jitter only
+        order = hysteresis_order(names, share.get, prev, margin=0.005)
+        assert sorted_within(order, share, 0.005)
+        if prev is not None and order != prev:
+            swaps += 1
+        prev = order
+    assert swaps <= 5  # jitter below the margin hardly moves anything
+    # a real change: the last row's share jumps to the top
+    share = dict(base)
+    share[prev[-1]] = 2.0
+    assert hysteresis_order(names, share.get, prev)[0] == prev[-1]
+
+
+def test_new_and_vanished_names_and_nan() -> None:
+    share = {"a": 0.2, "b": float("nan"), "c": 0.4}
+    assert hysteresis_order(share, share.get, ["gone", "a", "b"]) == ["c", "a", "b"]
+
+
+class Row:
+    def __init__(self, name: str, share: float) -> None:
+        self.name, self.share = name, share
+
+
+def test_tree_sort_keeps_parents_before_children() -> None:
+    rows = [Row(n, s) for n, s in [("data", 0.01), ("forward", 0.3), ("forward/vrt", 0.28), ("forward/spike", 0.02),
+                                    ("backward", 0.6), ("backward/x", 0.1), ("backward/y", 0.4), ("optimizer", 0.05)]]
+    out = [r.name for r in tree_sort(rows, lambda r: r.name, lambda r: r.share)]
+    assert out == ["backward", "backward/y", "backward/x", "forward", "forward/vrt", "forward/spike", "optimizer", "data"]
+    by_name = [r.name for r in tree_sort(rows, lambda r: r.name, lambda r: r.share, by="name")]
+    assert by_name == ["backward", "backward/x", "backward/y", "data", "forward", "forward/spike", "forward/vrt", "optimizer"]
+    with pytest.raises(ValueError):
+        tree_sort(rows, lambda r: r.name, lambda r: r.share, by="size")
+
+
+def test_tree_sort_deep_tree_and_orphans() -> None:
+    deep = [Row("/".join(["x"] * i), 0.5) for i in range(1, 3000)]  # deeper than Python's recursion limit
+    assert len(tree_sort(deep, lambda r: r.name, lambda r: r.share)) == 2999
+    rows = [Row("a/b/c", 0.2), Row("z", 0.5)]  # a and a/b missing
+    assert [r.name for r in tree_sort(rows, lambda r: r.name, lambda r: r.share)] == ["z", "a/b/c"]

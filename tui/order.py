@@ -1,0 +1,91 @@
+"""Row order of the stage tree: by share of time (with hysteresis) or by name. Torch- and
+Textual-free, shared by the screen and ``tui summary``.
+
+Siblings are ordered under their parent (the tree keeps its shape); a parent always comes
+right before its subtree. Sorting by time uses hysteresis: starting from the previous order,
+a row moves ahead of another only when its share is larger by more than ``margin`` (a
+fraction of the step, default half a percentage point), so rows whose shares are about equal
+do not swap back and forth as the figures move. The result always satisfies: no row's share
+exceeds that of any row before it among its siblings by more than ``margin``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+SORTS = ("time", "name")
+DEFAULT_MARGIN = 0.005
+
+
+def _parent(name: str) -> str | None:
+    i = name.rfind("/")
+    return name[:i] if i > 0 else None
+
+
+def hysteresis_order(
+    names: Iterable[str], share: Callable[[str], float], prev: Sequence[str] | None = None,
+    margin: float = DEFAULT_MARGIN,
+) -> list[str]:
+    """``names`` by decreasing ``share``, moving a name from its ``prev`` position only when it
+    beats a name ahead of it by more than ``margin``. Names not in ``prev`` come after the
+    known ones, by share. Unknown (NaN) shares count as 0."""
+    def sh(n: str) -> float:
+        v = share(n)
+        return v if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
+
+    pool = list(dict.fromkeys(names))
+    known = set(pool)
+    start: list[str] = []
+    if prev:
+        start = [n for n in dict.fromkeys(prev) if n in known]
+    seen = set(start)
+    start += sorted((n for n in pool if n not in seen), key=lambda n: -sh(n))
+    out: list[str] = []
+    vals: list[float] = []
+    for n in start:
+        v = sh(n)
+        # before the first row it beats by more than the margin; rows after that point are
+        # within the margin of it by construction, so the invariant holds for the new list
+        p = next((i for i, w in enumerate(vals) if w < v - margin), len(out))
+        out.insert(p, n)
+        vals.insert(p, v)
+    return out
+
+
+def tree_sort(
+    rows: Sequence[T], name: Callable[[T], str], share: Callable[[T], float], *, by: str = "time",
+    prev: Sequence[str] | None = None, margin: float = DEFAULT_MARGIN,
+) -> list[T]:
+    """``rows`` (a tree in any order where parents may be missing) with each parent's children
+    sorted: ``by="time"`` by share with hysteresis against ``prev`` (the names in the order
+    shown last), ``by="name"`` alphabetically. Parents stay before their subtrees."""
+    if by not in SORTS:
+        raise ValueError(f"sort must be one of {SORTS}")
+    by_name = {name(r): r for r in rows}
+    kids: dict[str | None, list[str]] = {}
+    for n in by_name:
+        p = _parent(n)
+        while p is not None and p not in by_name:  # hang an orphan from its nearest ancestor
+            p = _parent(p)
+        kids.setdefault(p, []).append(n)
+    pos = {n: i for i, n in enumerate(prev or ())}
+    out: list[T] = []
+    stack: list[str] = []
+
+    def children(p: str | None) -> list[str]:
+        ks = kids.get(p, [])
+        if by == "name":
+            return sorted(ks)
+        before = sorted((k for k in ks if k in pos), key=pos.__getitem__)
+        return hysteresis_order(ks, lambda k: share(by_name[k]), before, margin)
+
+    stack.extend(reversed(children(None)))
+    while stack:  # iterative: a deep tree cannot overflow the stack
+        n = stack.pop()
+        out.append(by_name[n])
+        stack.extend(reversed(children(n)))
+    return out
