@@ -1,15 +1,22 @@
-"""Monitor benchmarks; writes section "tui" of docs/benchmarks.md.
+"""Monitor benchmarks; writes section "tui" of docs/benchmarks.md (issue 13's figures).
 
-1. Replay a generated run (100,000 steps x 3 ranks x 40 regions by default) to complete
-   statistics: time, peak RSS, and the ratio to merely ``json.loads``-ing every line of
-   the same files. Each is measured in its own child process.
-2. Live latency from a line written to its value on the screen: a headless app watches a
-   folder (filesystem events) while a writer appends 3 ranks at 20 steps/s; the time a
-   step's lines were written is compared with the time the screen rendered them.
-3. CPU use of an idle ``watch`` (finished runs and a silent running one), from
-   /proc/<pid>/stat over a quiet interval.
+All in one run, interleaved (each kind of child process in turn, best of N, so that a busy
+spell of the shared machine hits every kind):
 
-Usage: python benchmarks/bench_tui.py [--steps 100000] [--ranks 3] [--regions 40] [--no-write]
+1. Whole-run read of a generated run (100,000 steps x 3 ranks x 40 regions by default,
+   412 MiB): CPU of ``RunSource.load`` in one process (no index) over the CPU of bare
+   ``json.loads`` of every line of the same files; the wall time with ranks read in
+   parallel processes; a reopen through the run index (after a first read saved it).
+2. ``tui replay``'s time to first screen on the same run: launch -> first rendered world,
+   through the same path as the command (check_run, ReplaySource, MonitorApp), with and
+   without the index.
+3. ``tui watch`` while a writer process appends 3 ranks at 20 steps/s: CPU of the monitor
+   process (screen + reader thread; the writer is another process), latency from a line
+   written to its value rendered.
+4. CPU of an idle ``watch`` (finished runs and a silent running one).
+5. The timing core's ``step()`` cost (the writer), as ``bench_timing.per_step_costs``.
+
+Usage: python benchmarks/bench_tui.py [--steps 100000] [--ranks 3] [--regions 40] [--repeats 3] [--no-write]
 """
 
 from __future__ import annotations
@@ -24,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -33,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import machine, today, write_section  # noqa: E402
 from trainer.timing.records import Step, encode  # noqa: E402
-from tui.testing import region_names, start_line, step_records  # noqa: E402
+from tui.testing import region_names, start_line  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "stagewatch-bench-tui"
 
@@ -76,20 +82,52 @@ cpu = time.process_time() - c0
 print(json.dumps({"s": dt, "cpu": cpu, "lines": n, "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 
-_CHILD_REPLAY = """
+_CHILD_READ = """
 import json, resource, sys, time
+t_proc = time.perf_counter()
+from tui import index
+from tui.reader import RunSource
+mode = sys.argv[3]
+index.set_enabled(mode in ("reopen", "save"))
 c0 = time.process_time()
 t0 = time.perf_counter()
-from tui.reader import RunSource
-src = RunSource(sys.argv[1]).load(parallel=sys.argv[3] == "parallel")
+src = RunSource(sys.argv[1]).load(parallel=mode == "parallel")
 snap = src.snapshot()
 dt = time.perf_counter() - t0
+if mode == "save":  # the generated run has no run_end and was just written: index it anyway
+    src.save_index(force=True)
 cpu = time.process_time() - c0
 ch = resource.getrusage(resource.RUSAGE_CHILDREN)
 assert snap.step == int(sys.argv[2]), snap.step
+assert src.from_index == (mode == "reopen"), (mode, src.from_index)
 print(json.dumps({"s": dt, "cpu": cpu + ch.ru_utime + ch.ru_stime, "regions": len(snap.regions),
+                  "process_s": time.perf_counter() - t_proc,
                   "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "child_rss_kb": ch.ru_maxrss,
                   "malformed": snap.malformed, "steps": snap.wall.steps}))
+"""
+
+_CHILD_FIRST_SCREEN = """
+import json, sys, time
+t_launch = float(sys.argv[2])
+from tui import index
+index.set_enabled(sys.argv[3] == "index")
+from tui.app import MonitorApp
+from tui.reader import check_run
+from tui.replay import ReplaySource
+
+class Probe(MonitorApp):
+    done = False
+    def _render_world(self, force_tree=False):
+        super()._render_world(force_tree)
+        w = self.world
+        if w is not None and w.selected is not None and not self.done:
+            self.done = True
+            print(json.dumps({"first_screen_s": time.time() - t_launch, "step": w.selected.step,
+                              "status": w.selected.replay}), flush=True)
+            self.exit()
+
+check_run(sys.argv[1])
+Probe(ReplaySource(sys.argv[1], speed=10.0)).run(headless=True, size=(160, 48))
 """
 
 
@@ -98,42 +136,81 @@ def _child(code: str, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_replay(steps: int, ranks: int, regions: int, repeats: int = 3) -> dict:
+def bench_read(steps: int, ranks: int, regions: int, repeats: int = 3) -> dict:
+    """Whole-run read, parallel read, index reopen and replay's first screen, interleaved."""
     run = make_run(steps, ranks, regions)
     files = sorted(str(p) for p in run.glob("rank*.jsonl"))
     size = sum(os.path.getsize(p) for p in files)
-    loads, replay, serial = [], [], []
-    for _ in range(repeats):  # interleaved, so that a busy spell of the machine hits all three
+    idx = run / ".stagewatch-index"
+    if idx.exists():
+        idx.unlink()
+    first = _child(_CHILD_FIRST_SCREEN, str(run), repr(time.time()), "noindex")  # no index yet
+    saved = _child(_CHILD_READ, str(run), str(steps), "save")  # the first indexed read writes it
+    assert idx.exists(), "no index written"
+    loads, serial, par, reopen, screens = [], [], [], [], []
+    for _ in range(repeats):
         loads.append(_child(_CHILD_LOADS, *files))
-        replay.append(_child(_CHILD_REPLAY, str(run), str(steps), "parallel"))
-        serial.append(_child(_CHILD_REPLAY, str(run), str(steps), "serial"))
-    t_loads = min(x["s"] for x in loads)
-    t_replay = min(x["s"] for x in replay)
-    t_serial = min(x["s"] for x in serial)
-    c_loads = min(x["cpu"] for x in loads)
-    c_replay = min(x["cpu"] for x in replay)
-    c_serial = min(x["cpu"] for x in serial)
+        serial.append(_child(_CHILD_READ, str(run), str(steps), "serial"))
+        par.append(_child(_CHILD_READ, str(run), str(steps), "parallel"))
+        reopen.append(_child(_CHILD_READ, str(run), str(steps), "reopen"))
+        screens.append(_child(_CHILD_FIRST_SCREEN, str(run), repr(time.time()), "index"))
+        screens.append(_child(_CHILD_FIRST_SCREEN, str(run), repr(time.time()), "noindex"))
+
+    def best(xs: list[dict], k: str) -> float:
+        return min(x[k] for x in xs)
+
+    c_loads = best(loads, "cpu")
     return {
-        "steps": steps, "ranks": ranks, "regions": replay[0]["regions"], "lines": loads[0]["lines"],
-        "mb": size / 2**20, "loads_s": t_loads, "replay_s": t_replay, "ratio": t_replay / t_loads,
-        "serial_s": t_serial, "serial_ratio": t_serial / t_loads,
-        "loads_cpu": c_loads, "replay_cpu": c_replay, "cpu_ratio": c_replay / c_loads,
-        "serial_cpu": c_serial, "serial_cpu_ratio": c_serial / c_loads,
-        "rss_mb": max(x["rss_kb"] for x in replay) / 1024, "loads_rss_mb": max(x["rss_kb"] for x in loads) / 1024,
-        "child_rss_mb": max(x["child_rss_kb"] for x in replay) / 1024,
-        "serial_rss_mb": max(x["rss_kb"] for x in serial) / 1024,
+        "steps": steps, "ranks": ranks, "regions": serial[0]["regions"], "lines": loads[0]["lines"],
+        "mb": size / 2**20, "index_kb": idx.stat().st_size / 1024, "repeats": repeats,
+        "loads_s": best(loads, "s"), "loads_cpu": c_loads,
+        "serial_s": best(serial, "s"), "serial_cpu": best(serial, "cpu"), "cpu_ratio": best(serial, "cpu") / c_loads,
+        "parallel_s": best(par, "s"), "parallel_cpu": best(par, "cpu"),
+        "parallel_ratio": best(par, "s") / best(loads, "s"),
+        "save_s": saved["s"],
+        "reopen_s": best(reopen, "s"), "reopen_cpu": best(reopen, "cpu"), "reopen_ratio": best(reopen, "cpu") / c_loads,
+        "reopen_process_s": best(reopen, "process_s"),
+        "first_screen_noindex_cold_s": first["first_screen_s"],
+        "first_screen_s": min(x["first_screen_s"] for x in screens[0::2]),
+        "first_screen_noindex_s": min(x["first_screen_s"] for x in screens[1::2]),
+        "first_screen_status": screens[0].get("status"),
+        "rss_mb": best(serial, "rss_kb") / 1024, "loads_rss_mb": best(loads, "rss_kb") / 1024,
+        "parallel_rss_mb": max(x["rss_kb"] for x in par) / 1024,
+        "parallel_child_rss_mb": max(x["child_rss_kb"] for x in par) / 1024,
         "load": os.getloadavg()[0],
     }
 
 
+_CHILD_WRITER = """
+import json, sys, time
+from trainer.timing.records import encode
+from tui.testing import step_records
+run, rate, n, ranks, delay = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+files = [open(f"{run}/rank{r}.jsonl", "a") for r in range(ranks)]
+gens = [step_records(n, rank=r, n_regions=40) for r in range(ranks)]
+time.sleep(delay)
+written = {}
+t0 = time.monotonic()
+for i, recs in enumerate(zip(*gens)):
+    time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+    for f, rec in zip(files, recs):
+        f.write(encode(rec))
+        f.flush()
+    written[recs[0].step] = time.monotonic()
+print(json.dumps(written))
+"""
+
+
 def bench_latency(rate: float = 20.0, seconds: float = 10.0, ranks: int = 3, poll: bool = False) -> dict:
+    """``tui watch`` of a run a writer process appends to: CPU of this (the monitor) process
+    while it writes, and latency from a step written to it rendered (CLOCK_MONOTONIC is one
+    clock for both processes)."""
     from tui.app import MonitorApp
     from tui.live import LiveSource
 
     root = Path(tempfile.mkdtemp(prefix="sw-lat-"))
     run = root / "20261126-120000-latency-0001"
     run.mkdir()
-    written: dict[int, float] = {}
     shown: dict[int, float] = {}
     built: dict[int, float] = {}  # when the snapshot holding the step was made
     cpu: dict[str, float] = {}
@@ -151,44 +228,33 @@ def bench_latency(rate: float = 20.0, seconds: float = 10.0, ranks: int = 3, pol
                     shown[s] = now
                     built[s] = w.made_at
 
-    files = [open(run / f"rank{r}.jsonl", "w") for r in range(ranks)]  # noqa: SIM115
-    for r, f in enumerate(files):
-        f.write(start_line(run.name, rank=r, world_size=ranks, total_steps=10**6))
-        f.flush()
+    for r in range(ranks):
+        (run / f"rank{r}.jsonl").write_text(start_line(run.name, rank=r, world_size=ranks, total_steps=10**6))
     n = int(rate * seconds)
-    gens = [step_records(n, rank=r, n_regions=40) for r in range(ranks)]
-    stop = threading.Event()
+    out: dict[str, str] = {}
 
-    def writer() -> None:
-        time.sleep(3.0)  # let the app start and settle
-        t0 = time.monotonic()
-        for i, recs in enumerate(zip(*gens, strict=True)):
-            target = t0 + i / rate
-            time.sleep(max(0.0, target - time.monotonic()))
-            for f, rec in zip(files, recs, strict=True):
-                f.write(encode(rec))
-                f.flush()
-            written[recs[0].step] = time.monotonic()
-            if stop.is_set():
-                break
-
-    async def main() -> None:
-        app = Probe(LiveSource(root, poll=poll))
+    async def watch() -> None:
+        src = LiveSource(root, poll=poll)
+        app = Probe(src)
         async with app.run_test(size=(160, 48)) as pilot:
-            th = threading.Thread(target=writer)
-            th.start()
-            c0, w0 = time.process_time(), time.monotonic()
-            while th.is_alive():
+            await pilot.pause(2.0)  # start-up and the first read
+            proc = subprocess.Popen([sys.executable, "-c", _CHILD_WRITER, str(run), str(rate), str(n), str(ranks), "1.0"],
+                                    cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            await pilot.pause(1.2)  # the writer's start-up: measure while it writes
+            c0, w0, r0, p0 = time.process_time(), time.monotonic(), src.reader_cpu_s, src.posts
+            while proc.poll() is None:
                 await pilot.pause(0.05)
-            cpu["pct"] = (time.process_time() - c0) / (time.monotonic() - w0) * 100
+            dt = time.monotonic() - w0
+            cpu["pct"] = (time.process_time() - c0) / dt * 100
+            cpu["reader_pct"] = (src.reader_cpu_s - r0) / dt * 100
+            cpu["posts_per_s"] = (src.posts - p0) / dt
+            out["written"] = proc.stdout.read() if proc.stdout else "{}"
             t_end = time.monotonic() + 2.0
             while max(shown, default=0) < n and time.monotonic() < t_end:
                 await pilot.pause(0.05)
-            stop.set()
 
-    asyncio.run(main())
-    for f in files:
-        f.close()
+    asyncio.run(watch())
+    written = {int(k): v for k, v in json.loads(out["written"].strip().splitlines()[-1]).items()}
     series = [(shown[s] - written[s]) * 1000 for s in sorted(written) if s in shown]
     if os.environ.get("BENCH_DEBUG"):
         print("latency series (ms):", [round(x) for x in series])
@@ -198,8 +264,24 @@ def bench_latency(rate: float = 20.0, seconds: float = 10.0, ranks: int = 3, pol
         "rate": rate, "ranks": ranks, "samples": len(lat), "missing": len(written) - len(lat),
         "p50": statistics.median(lat), "p95": lat[int(0.95 * (len(lat) - 1))], "max": lat[-1], "poll": poll,
         "snap_p50": statistics.median(snap_lat), "snap_p95": snap_lat[int(0.95 * (len(snap_lat) - 1))],
-        "cpu_pct": cpu.get("pct", math.nan), "renders": renders[0], "load": os.getloadavg()[0],
+        "cpu_pct": cpu.get("pct", math.nan), "reader_pct": cpu.get("reader_pct", math.nan),
+        "posts_per_s": cpu.get("posts_per_s", math.nan), "renders": renders[0], "load": os.getloadavg()[0],
     }
+
+
+def bench_writer(far: int = 3000, window: int = 2000) -> dict:
+    """The timing core's ``step()`` cost (JSONL written), via bench_timing."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_timing import PER_STEP_REGIONS, per_step_costs
+
+    with tempfile.TemporaryDirectory(prefix="sw-writer-") as d:
+        r = per_step_costs(far, window, d, enable_file=True)
+    w = r["windows"][101]
+    # the timing core imports msgspec only if it encodes with it (this process has not
+    # imported the monitor, which does)
+    encoder = "msgspec" if "msgspec" in sys.modules else "json"
+    return {"regions": PER_STEP_REGIONS, "median_us": w["median_us"], "p90_us": w["p90_us"],
+            "far_median_us": r["windows"][far + 1]["median_us"], "encoder": encoder}
 
 
 _CHILD_IDLE = """
@@ -236,67 +318,46 @@ def bench_idle(seconds: float = 30.0, warmup: float = 12.0) -> dict:
     return {"seconds": t1 - t0, "cpu_pct": (c1 - c0) / (t1 - t0) * 100, "runs": 6, "load": os.getloadavg()[0]}
 
 
-def render(rep: dict, lat: dict, idle: dict, more: list[dict] | None = None) -> str:
-    """The markdown section from the three measurements (``more``: other replay samples)."""
+def render(rep: dict, lat: dict, idle: dict, wr: dict, before: dict | None = None) -> str:
+    """The markdown section (``before``: the writer measured on the previous encoder)."""
 
     def mark(ok: bool) -> str:
         return "met" if ok else "**not met**"
 
-    workers = min(rep["ranks"], (os.cpu_count() or 1) + 1) - 1  # as RunSource.load starts them
-
+    writer = f"{wr['median_us']:.1f} µs median, {wr['p90_us']:.1f} µs p90 ({wr['encoder']} encoder)"
+    if before:
+        writer = f"before ({before['encoder']} encoder): {before['median_us']:.1f} µs median; after: " + writer
     return f"""## tui (monitor)
 
-Machine: {machine()}. Date: {today()}. `python benchmarks/bench_tui.py`
+Machine: {machine()}. Date: {today()}. `python benchmarks/bench_tui.py`: one run, child
+processes of each kind interleaved, best of {rep['repeats']}; load average {rep['load']:.1f} at the end of the reads.
+The run: {rep['steps']:,} steps x {rep['ranks']} ranks x {rep['regions']} regions ({rep['lines']:,} lines, {rep['mb']:.0f} MiB, in the page cache).
 
 | measure | result | target |
 |---|---|---|
-| replay to complete statistics: {rep['steps']:,} steps x {rep['ranks']} ranks x {rep['regions']} regions ({rep['lines']:,} lines, {rep['mb']:.0f} MiB), as `tui summary`/`replay` read it (ranks in parallel processes) | {rep['replay_s']:.2f} s wall, {rep['replay_cpu']:.1f} s CPU (all processes) | ≤ 3 s: {mark(rep['replay_s'] <= 3)} |
-| the same in one process (`load(parallel=False)`) | {rep['serial_s']:.2f} s wall, {rep['serial_cpu']:.1f} s CPU | |
-| only `json.loads` of every line of the same files, one process | {rep['loads_s']:.2f} s wall, {rep['loads_cpu']:.1f} s CPU | |
-| ratio replay / `json.loads`, wall clock | {rep['ratio']:.2f} (one process: {rep['serial_ratio']:.2f}) | ≤ 1.5: {mark(rep['ratio'] <= 1.5)} |
-| ratio replay / `json.loads`, CPU time | {rep['cpu_ratio']:.2f} (one process: {rep['serial_cpu_ratio']:.2f}) | |
-| peak RSS of the replay (Python + numpy included) | {rep['rss_mb']:.0f} MB + {workers} worker(s) ≤ {rep['child_rss_mb']:.0f} MB each; one process: {rep['serial_rss_mb']:.0f} MB (json.loads alone: {rep['loads_rss_mb']:.0f} MB) | ≤ 400 MB in all: {mark(rep['rss_mb'] + workers * rep['child_rss_mb'] <= 400)} |
-| live latency, line written → rendered on screen, {lat['ranks']} ranks at {lat['rate']:g} steps/s, filesystem events | p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, max {lat['max']:.0f} ms ({lat['samples']} steps) | p95 ≤ 150 ms: {mark(lat['p95'] <= 150)} |
-| live latency, line written → snapshot built (the reader waits while the screen is busy) | p50 {lat['snap_p50']:.0f} ms, p95 {lat['snap_p95']:.0f} ms | |
+| bare `json.loads` of every line, one process | {rep['loads_s']:.2f} s wall, {rep['loads_cpu']:.2f} s CPU | |
+| whole-run read (`RunSource.load`, no index), one process: CPU ÷ `json.loads` CPU | **{rep['cpu_ratio']:.2f}** ({rep['serial_cpu']:.2f} s CPU, {rep['serial_s']:.2f} s wall, peak RSS {rep['rss_mb']:.0f} MB) | ≤ 0.5: {mark(rep['cpu_ratio'] <= 0.5)} |
+| the same, ranks in parallel processes (as `tui summary` reads a big run) | {rep['parallel_s']:.2f} s wall ({rep['parallel_ratio']:.2f}× `json.loads` wall), {rep['parallel_cpu']:.2f} s CPU in all | |
+| reopen through the run index ({rep['index_kb']:.0f} KiB): CPU ÷ `json.loads` CPU | **{rep['reopen_ratio']:.4f}** ({rep['reopen_cpu'] * 1000:.0f} ms CPU, {rep['reopen_s'] * 1000:.0f} ms wall; the whole process with its imports {rep['reopen_process_s']:.2f} s) | ≤ 0.02: {mark(rep['reopen_ratio'] <= 0.02)} |
+| `tui replay` launch → first screen rendered, index present | **{rep['first_screen_s']:.2f} s** | ≤ 1 s: {mark(rep['first_screen_s'] <= 1.0)} |
+| the same without an index (`--no-index`; the very first open: {rep['first_screen_noindex_cold_s']:.2f} s) | {rep['first_screen_noindex_s']:.2f} s | ≤ 1 s: {mark(rep['first_screen_noindex_s'] <= 1.0)} |
+| `tui watch`, a writer process appending {lat['ranks']} ranks × {lat['rate']:g} steps/s: CPU of the monitor process | **{lat['cpu_pct']:.1f}% of a core** (its reader thread {lat['reader_pct']:.1f}%; {lat['posts_per_s']:.1f} snapshots/s) | ≤ 10%: {mark(lat['cpu_pct'] <= 10)} |
+| latency, line written → rendered on screen | p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, max {lat['max']:.0f} ms ({lat['samples']} steps) | p95 ≤ 150 ms: {mark(lat['p95'] <= 150)} |
+| latency, line written → snapshot built | p50 {lat['snap_p50']:.0f} ms, p95 {lat['snap_p95']:.0f} ms | |
 | CPU of an idle `watch` ({idle['runs']} runs, one running but silent), over {idle['seconds']:.0f} s | {idle['cpu_pct']:.2f}% of a core | ≤ 2%: {mark(idle['cpu_pct'] <= 2)} |
+| the timing core's `step()` ({wr['regions']} regions, JSONL written) | {writer} | |
 
-The machine was shared with other jobs: load average {lat['load']:.1f} on {os.cpu_count()} cores during the
-latency run (the monitor process got {lat['cpu_pct']:.0f}% of a core for {lat['renders']} screen updates in
-{lat['samples'] / lat['rate']:.0f} s, i.e. about {lat['cpu_pct'] * 10 * lat['samples'] / lat['rate'] / max(1, lat['renders']):.0f} ms of CPU per update, most of it Textual
-painting the tree), {idle['load']:.1f} during the idle run. Latency here is dominated by how much CPU
-the process gets; the screen coalesces (it renders only the newest snapshot and the reader
-builds none while the screen is busy), so it lags but never queues up.
-
-Replay figures are the best of 3 child processes of each kind, run interleaved (wall clock,
-on the shared machine: load average {rep.get('load', math.nan):.1f} on {os.cpu_count()} cores at the end of the replay runs).
-A run of several large rank files (≥ 32 MiB in all) is read by up to one process per core
-plus one, each folding whole ranks into its own statistics, merged at the end (ranks are
-compared per step over the last 4,096 steps each process keeps). Here it took
-{rep['replay_s'] / rep['serial_s']:.2f}× the one-process wall time for {rep['replay_cpu'] / rep['serial_cpu']:.2f}× its CPU time: the processes share two
-cores (and their caches) with each other and with other jobs, so what they gain depends on
-free cores. Every line is validated (no sampling): a
-line exactly as the timing core writes it is checked by one regular expression that proves
-every type (measured cheaper than type checks on the decoded objects: ~6 µs against ~15-20
-µs a line here), then decoded; any other line goes through the full field-by-field checks.
-Lines are folded into the statistics with numpy per batch (a read of up to 1 MiB, in slices
-of at most 1,024 lines). On this machine `json.loads` alone costs about {rep['loads_s'] / rep['lines'] * 1e6:.0f} µs per {rep['mb'] * 2**20 / rep['lines'] / 1024:.1f} KiB line,
-so the absolute 3 s target {"is out of reach of any reader that parses every line with the standard library here" if rep['loads_s'] > 3 else "holds"}.
-{_more_samples(more or [])}"""
-
-
-def _more_samples(more: list[dict]) -> str:
-    if not more:
-        return ""
-    rows = "".join(
-        f"| {m.get('load', math.nan):.1f} | {m['replay_s']:.2f} s ({m['replay_cpu']:.1f} s CPU) | {m['serial_s']:.2f} s |"
-        f" {m['loads_s']:.2f} s | {m['ratio']:.2f} | {m['serial_ratio']:.2f} |\n"
-        for m in more
-    )
-    return (
-        "\nOther runs of the replay measurement alone (`--replay-only`), same files, same code:\n\n"
-        "| load average | replay, parallel | one process | `json.loads` | ratio | ratio, one process |\n"
-        "|---|---|---|---|---|---|\n" + rows
-    )
+How: every line is decoded and validated in one pass by `msgspec` into typed structs (the
+types and the ranges of `tui.parse.LIMITS`, on the shared limits in `trainer.timing.records`); steps are folded into the statistics per batch
+with numpy (region columns assigned once per schema, sums accumulated in file order,
+bounded histograms for percentiles). The run index is saved beside a run once it has ended
+(or stayed idle 5 minutes): the folded state and each file's position, keyed by size, mtime
+and hashes of the first and last 4 KiB read; a reopen checks the keys, restores the state
+and reads only what was appended since. `tui replay` reads only the first bytes of each
+file before its first screen. `tui watch` posts at most 8 snapshots a second (a change after
+a quiet spell at once). The machine is shared with other jobs (2 cores, ~8 sessions): load
+average {lat['load']:.1f} during the watch run, {idle['load']:.1f} during the idle run; CPU shares are of one core.
+"""
 
 
 def main() -> None:
@@ -304,38 +365,47 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100_000)
     ap.add_argument("--ranks", type=int, default=3)
     ap.add_argument("--regions", type=int, default=40)
-    ap.add_argument("--replay-only", action="store_true", help="measure (1) only, print it, write nothing")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
-    ap.add_argument("--from", dest="from_file", metavar="OUT", nargs="+",
-                    help="re-render the section from the JSON lines this script printed earlier"
-                         " (a full run first; replay lines of --replay-only runs are added as samples)")
+    ap.add_argument("--only", choices=("read", "watch", "idle", "writer"), default=None, help="one measurement, printed")
+    ap.add_argument("--writer-before", metavar="OUT", default=None,
+                    help="output of an earlier run (on the previous encoder): its writer figure is shown as 'before'")
+    ap.add_argument("--from", dest="from_file", metavar="OUT", default=None,
+                    help="re-render the section from the JSON lines this script printed earlier")
     args = ap.parse_args()
+    before = None
+    if args.writer_before:
+        before = next(json.loads(x) for x in Path(args.writer_before).read_text().splitlines()
+                      if x.startswith("{") and '"encoder"' in x)
     if args.from_file:
-        recs = []
-        for name in args.from_file:
-            recs += [json.loads(x) for x in Path(name).read_text().splitlines() if x.startswith("{")]
-        reps = [r for r in recs if "replay_s" in r]
+        recs = [json.loads(x) for x in Path(args.from_file).read_text().splitlines() if x.startswith("{")]
+        rep = next(r for r in recs if "cpu_ratio" in r)
         lat = next(r for r in recs if "p95" in r)
-        idle = next(r for r in recs if "p95" not in r and "replay_s" not in r)
-        md = render(reps[0], lat, idle, reps[1:])
+        idle = next(r for r in recs if "runs" in r)
+        wr = next(r for r in recs if "encoder" in r)
+        md = render(rep, lat, idle, wr, before)
         print(md)
         if not args.no_write:
             write_section("tui", md)
+        return
+    if args.only:
+        fn = {"read": lambda: bench_read(args.steps, args.ranks, args.regions, args.repeats),
+              "watch": bench_latency, "idle": bench_idle, "writer": bench_writer}[args.only]
+        print(json.dumps(fn()), flush=True)
         return
 
     t = time.perf_counter()
     make_run(args.steps, args.ranks, args.regions)
     print(f"run ready ({time.perf_counter() - t:.1f}s)", flush=True)
-    rep = bench_replay(args.steps, args.ranks, args.regions)
+    wr = bench_writer()  # first: before this process imports the monitor (and msgspec)
+    print(json.dumps(wr), flush=True)
+    rep = bench_read(args.steps, args.ranks, args.regions, args.repeats)
     print(json.dumps(rep), flush=True)
-    if args.replay_only:
-        return
     lat = bench_latency()
     print(json.dumps(lat), flush=True)
     idle = bench_idle()
     print(json.dumps(idle), flush=True)
-
-    md = render(rep, lat, idle)
+    md = render(rep, lat, idle, wr, before)
     print(md)
     if not args.no_write:
         write_section("tui", md)

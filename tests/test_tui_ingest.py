@@ -8,7 +8,7 @@ from pathlib import Path
 
 from trainer.timing.records import Step, encode
 from tui.aggregate import RunAgg
-from tui.parse import parse_fast
+from tui.parse import parse_line
 from tui.reader import FOLD_LINES, RunSource
 from tui.testing import start_line, write_run
 
@@ -34,8 +34,8 @@ def test_parallel_load_matches_serial(tmp_path: Path) -> None:
     run = tmp_path / "r"
     with open(run / "rank1.jsonl", "a") as f:  # a bad line and a partial last line
         f.write('{"v":"1.0","kind":"step","step":"x"}\n{"v":"1.0","kind":')
-    serial = RunSource(run).load(parallel=False)
-    par = RunSource(run).load(parallel=True)
+    serial = RunSource(run, use_index=False).load(parallel=False)
+    par = RunSource(run, use_index=False).load(parallel=True)
     assert par.version > 0
     a, b = _figures(serial), _figures(par)
     for k in a:
@@ -80,7 +80,7 @@ def test_ingest_same_as_row_by_row() -> None:
     rows = []
     for i, r in enumerate(regs * 5, 1):
         line = encode(Step(step=i, time=float(i), wall_ms=10.0 + i, regions={k: tuple(v) for k, v in r.items()}))
-        row = parse_fast(line.rstrip("\n").encode())
+        row = parse_line(line.rstrip("\n").encode())
         assert row is not None
         rows.append(row)
     one, many = RunAgg("x"), RunAgg("x")

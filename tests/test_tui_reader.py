@@ -203,8 +203,8 @@ def _corpus(draw: st.DrawFn) -> tuple[list[bytes], int, int, int]:
     good = bad = unknown = 0
     for _ in range(draw(st.integers(1, 25))):
         which = draw(st.integers(0, 4))
-        if which == 0:
-            lines.append(draw(_good).encode())
+        if which == 0:  # steps numbered in order: a repeated number would start a resumed segment
+            lines.append(_step(good + 1, draw(st.floats(0, 1e6))).rstrip("\n").encode())
             good += 1
         elif which == 1:
             lines.append(draw(_bad_text).encode())
@@ -239,7 +239,7 @@ def test_malformed_corpus_never_crashes_and_is_counted(tmp_path_factory, corpus)
     assert snap.malformed == bad
 
 
-# --------------------------------------------------------------------------- fast path = full checks
+# --------------------------------------------------------------------------- typed decoder = reference checks
 
 _value = st.one_of(
     st.floats(min_value=0, max_value=1e13, allow_nan=False),
@@ -262,27 +262,34 @@ _region_value = st.one_of(
     st.one_of(st.floats(0, 1e6, allow_nan=False), _value),
     st.booleans(),
 )
-def test_fast_path_agrees_with_full_checks(regions, wall, compact) -> None:  # type: ignore[no-untyped-def]
-    from trainer.timing.records import RecordError
-    from tui.parse import parse_fast, step_row
+def test_decoder_accepts_only_what_the_reference_checks_accept(regions, wall, compact) -> None:  # type: ignore[no-untyped-def]
+    from trainer.timing.records import RecordError, decode
+    from tui.parse import StepRow, parse_line
 
     d = {"v": "1.0", "kind": "step", "step": 3, "epoch": 0, "time": 1.5, "wall_ms": wall,
          "samples": 1, "regions": regions, "memory": {"peak": 5}, "scalars": {"loss": 0.5}}
     line = json.dumps(d, separators=(",", ":") if compact else (", ", ": ")).encode()
     try:
-        slow = step_row(json.loads(line))
+        ref = decode(line)
     except RecordError:
-        slow = None
-    fast = parse_fast(line)
-    if fast is not None:  # the fast path only ever accepts what the full checks accept
-        assert slow is not None
-        assert fast == slow
+        ref = None
+    try:
+        row = parse_line(line)
+    except RecordError:
+        row = None
+    if row is not None:  # the monitor only ever accepts what the record module accepts
+        assert ref is not None and type(row) is StepRow
+        assert row.wall == ref.wall_ms and row.regions == ref.regions
+    elif ref is not None:  # refused: only for a value out of the shared limits
+        assert ref.wall_ms >= 1e12 or any(ms >= 1e12 or n >= 10**12 for ms, n in ref.regions.values())
 
 
-def test_fast_path_takes_the_timing_cores_lines() -> None:
-    from tui.parse import parse_fast, step_row
+def test_decoder_takes_the_timing_cores_lines() -> None:
+    from trainer.timing.records import decode
+    from tui.parse import parse_line
 
     for rec in step_records(20, n_regions=40):
         line = encode(rec).rstrip("\n").encode()
-        row = parse_fast(line)
-        assert row is not None and row == step_row(json.loads(line))
+        row = parse_line(line)
+        ref = decode(line)
+        assert row is not None and row.regions == ref.regions and row.step == ref.step

@@ -14,13 +14,14 @@ import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
 from trainer.timing.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, RunStart
 from tui.diagnosis import WAIT_REGIONS, MemTrend, judge_stragglers, worst_trend
-from tui.parse import StepRow
+from tui.parse import LIMITS, StepRow
 from tui.snapshot import (
     EMPTY,
     FAILED,
@@ -46,6 +47,9 @@ _LO = 10.0**LO_EXP
 DEFAULT_WINDOW = 100
 MAX_REGIONS = 1024  # distinct region names tracked per rank
 _chain = chain.from_iterable
+_get_ms = attrgetter("ms")
+_get_calls = attrgetter("calls")
+CUT = "…"  # the name of a row standing for tree rows not shown
 
 
 def hist_index(values: np.ndarray) -> np.ndarray:
@@ -224,10 +228,16 @@ class RankAgg:
                 idx = groups[k]
                 sel = [regs_t[i] for i in idx]
                 ii = np.asarray(idx)[:, None]
-            vals = np.fromiter(
-                _chain(_chain(r.values() for r in sel)), np.float64, count=2 * len(sel) * len(cols)
-            ).reshape(len(sel), -1)
-            ms, calls = vals[:, 0::2], vals[:, 1::2]
+            cells = len(sel) * len(cols)
+            first = next(iter(sel[0].values()))
+            if type(first) is tuple or type(first) is list:  # (ms, calls) pairs: text logs, tests
+                vals = np.fromiter(_chain(_chain(map(dict.values, sel))), np.float64, count=2 * cells)
+                vals = vals.reshape(len(sel), -1)
+                ms, calls = vals[:, 0::2], vals[:, 1::2]
+            else:  # decoded region values (tui.parse.Region): two passes in C, no tuples
+                flat = list(_chain(map(dict.values, sel)))
+                ms = np.fromiter(map(_get_ms, flat), np.float64, count=cells).reshape(len(sel), -1)
+                calls = np.fromiter(map(_get_calls, flat), np.float64, count=cells).reshape(len(sel), -1)
             if cols.min() < 0:
                 keep = cols >= 0
                 cols, ms, calls = cols[keep], ms[:, keep], calls[:, keep]
@@ -236,7 +246,9 @@ class RankAgg:
         present = ~np.isnan(m)
         anyp = present.any(axis=0)
         self.n += present.sum(axis=0)
-        self.sum += np.where(present, m, 0.0).sum(axis=0)
+        # sums in file order, row after row (a reduction along axis 0 is sequential): the
+        # same figures whatever the batches were (a run index resumed mid-file included)
+        self.sum = np.add.reduce(np.vstack([self.sum[None, :], np.where(present, m, 0.0)]), axis=0)
         self.calls += c.sum(axis=0).astype(np.int64)
         self.min = np.fmin(self.min, np.fmin.reduce(m, axis=0))
         self.max = np.fmax(self.max, np.fmax.reduce(m, axis=0))
@@ -254,7 +266,7 @@ class RankAgg:
         walls = np.array(walls_t, dtype=np.float64)
         samples = np.array(samples_t, dtype=np.float64)
         self.steps += b
-        self.wall_sum += float(walls.sum())
+        self.wall_sum = float(np.cumsum(np.concatenate(([self.wall_sum], walls)))[-1])  # sequential too
         self.wall_min = min(self.wall_min, float(walls.min()))
         self.wall_max = max(self.wall_max, float(walls.max()))
         self.wall_last = float(walls[-1])
@@ -461,19 +473,11 @@ class RunAgg:
         self.ends: dict[int, RunEnd] = {}
         self.evals: dict[str, float] = {}
         self.eval_step: int | None = None
-        self._pending: dict[int, dict[int, float]] = {}
-        w = self.window
-        self._cmp_slow = np.full(w, -1, dtype=np.int64)
-        self._cmp_spread = np.full(w, NAN)
-        self._cmp_excess = np.full(w, NAN)
-        self._cmp_pos = 0
-        self._cmp_filled = 0
+        # rank -> its last (step, wall ms): ranks are compared per step over these when a
+        # snapshot is made, so the comparison does not depend on the order ranks were read
+        self.tails: dict[int, deque[tuple[int, float]]] = {}
         self.compared_steps = 0
-        # False in a process reading some ranks of a run for another (RunSource.load): no
-        # comparison there, only the last steps kept for the process that merges the ranks
-        self.compare_ranks = True
-        self.tails: dict[int, deque[tuple[int, float]]] = {}  # rank -> last (step, wall)
-        self._absorbed: list[dict[int, deque[tuple[int, float]]]] = []
+        self.compare_ranks = True  # kept for callers; the comparison is always made
 
     @property
     def pending_limit(self) -> int:
@@ -508,36 +512,20 @@ class RunAgg:
         if not rows:
             return
         self.rank(rank).ingest(rows)
-        if not self.compare_ranks:
-            t = self.tails.get(rank)
-            if t is None:
-                t = self.tails[rank] = deque(maxlen=self.pending_limit)
-            t.extend((r.step, r.wall) for r in rows)
-            return
-        ws = self.world_size
-        if ws < 2:
-            return
-        pend = self._pending
-        for r in rows:
-            p = pend.get(r.step)
-            if p is None:
-                p = pend[r.step] = {}
-            p[rank] = r.wall
-            if len(p) >= ws:
-                del pend[r.step]
-                self._compare(p)
-        limit = self.pending_limit
-        if len(pend) > limit:
-            for s in list(pend)[: len(pend) - limit]:
-                del pend[s]
+        t = self.tails.get(rank)
+        if t is None:
+            t = self.tails[rank] = deque(maxlen=self.pending_limit)
+        t.extend([(r.step, r.wall) for r in rows])
+
+    def drop_rank(self, rank: int) -> None:
+        """Forget everything read of one rank (its file is read again)."""
+        self.ranks.pop(rank, None)
+        self.starts.pop(rank, None)
+        self.ends.pop(rank, None)
+        self.tails.pop(rank, None)
 
     def absorb(self, other: RunAgg) -> None:
-        """Take the ranks another aggregate read (in another process) of the same run.
-
-        Their statistics are moved over whole; :meth:`compare_absorbed` then compares the
-        ranks per step over the last :attr:`pending_limit` steps each kept (all the window
-        figures need; ``compared_steps`` then counts those steps only).
-        """
+        """Take the ranks another aggregate read (in another process) of the same run."""
         for r, a in other.ranks.items():
             self.ranks[r] = a
         self.starts.update(other.starts)
@@ -548,44 +536,32 @@ class RunAgg:
         if other.eval_step is not None and (self.eval_step is None or other.eval_step >= self.eval_step):
             self.eval_step = other.eval_step
             self.evals = dict(other.evals)
-        self._absorbed.append(other.tails)
+        self.tails.update(other.tails)
 
     def compare_absorbed(self) -> None:
-        """Compare ranks per step over the tails of the absorbed aggregates, oldest first."""
-        absorbed, self._absorbed = self._absorbed, []
-        ws = self.world_size
-        if ws < 2:
-            return
-        pend: dict[int, dict[int, float]] = {}
-        for tails in absorbed:
-            for rank, t in tails.items():
-                for step, wall in t:
-                    p = pend.get(step)
-                    if p is None:
-                        p = pend[step] = {}
-                    p[rank] = wall
-        for step in sorted(pend):
-            p = pend[step]
-            if len(p) >= ws:
-                self._compare(p)
-            else:
-                self._pending[step] = p
-        extra = len(self._pending) - self.pending_limit
-        if extra > 0:
-            for s in sorted(self._pending)[:extra]:
-                del self._pending[s]
+        """Nothing left to do (ranks are compared when a snapshot is made); kept for callers."""
 
-    def _compare(self, walls: dict[int, float]) -> None:
-        ranks = sorted(walls, key=walls.__getitem__)
-        vals = [walls[r] for r in ranks]
-        med = vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
-        i = self._cmp_pos
-        self._cmp_slow[i] = ranks[-1]
-        self._cmp_spread[i] = vals[-1] - vals[0]
-        self._cmp_excess[i] = vals[-1] - med
-        self._cmp_pos = (i + 1) % self.window
-        self._cmp_filled = min(self.window, self._cmp_filled + 1)
-        self.compared_steps += 1
+    def compare(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per step that every rank has among its last :attr:`pending_limit` steps (the last
+        ``window`` such steps, oldest first): slowest rank, spread (max - min wall ms) and
+        excess of the slowest over the median."""
+        ws = self.world_size
+        tails = self.tails
+        if ws < 2 or len(tails) < ws or len(tails) < 2:
+            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+        ranks = sorted(tails)
+        maps = [dict(tails[r]) for r in ranks]  # a repeated step: the later one wins
+        common = set(maps[0]).intersection(*maps[1:])
+        steps = sorted(common)[-self.window :]
+        if not steps:
+            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+        walls = np.array([[m[s] for m in maps] for s in steps])  # steps x ranks
+        order = np.argsort(walls, axis=1, kind="stable")
+        srt = np.take_along_axis(walls, order, axis=1)
+        slow = np.asarray(ranks, dtype=np.int64)[order[:, -1]]
+        k = srt.shape[1]
+        med = srt[:, k // 2] if k % 2 else (srt[:, k // 2 - 1] + srt[:, k // 2]) / 2
+        return slow, srt[:, -1] - srt[:, 0], srt[:, -1] - med
 
     # ----------------------------------------------------------------- state
     def state(self, idle_s: float, stale_after: float) -> str:
@@ -629,14 +605,18 @@ class RunAgg:
                 names.setdefault(n, None)
         regions = []
         all_stats = [a.all_stats() for a in aggs]
-        for name in tree_order(names):
+        for name, cut in tree_rows(names):
+            i = name.rfind("/")
+            if cut:
+                regions.append(RegionRow(name=name, leaf=CUT, depth=name.count("/"), parent=name[:i] if i > 0 else None,
+                                         whole=EMPTY, window=EMPTY, cut=True))
+                continue
             per = []
             for a, st in zip(aggs, all_stats, strict=True):
                 c = a.cols.get(name)
                 w, win = st[c] if c is not None else (EMPTY, EMPTY)
                 per.append((a.rank, w, win))
-            leaf = name.rsplit("/", 1)[-1]
-            i = name.rfind("/")
+            leaf = name[i + 1 :] if i >= 0 else name
             regions.append(
                 RegionRow(
                     name=name,
@@ -674,17 +654,17 @@ class RunAgg:
         # per-step slowest rank over the window
         straggler, excess, spread = None, NAN, NAN
         rank_slow: dict[int, int] = {}
-        if self._cmp_filled:
-            slow = self._cmp_slow[: self._cmp_filled]
-            ex = self._cmp_excess[: self._cmp_filled]
-            spread = float(np.nanmean(self._cmp_spread[: self._cmp_filled]))
+        slow, spreads, ex = self.compare()
+        self.compared_steps = len(slow)
+        if len(slow):
+            spread = float(np.mean(spreads))
             for r in np.unique(slow):
                 rank_slow[int(r)] = int((slow == r).sum())
             top = max(rank_slow, key=rank_slow.__getitem__)
             # a straggler is slowest in most compared steps, not just by chance
-            if len(aggs) > 1 and rank_slow[top] >= 0.5 * self._cmp_filled:
+            if len(aggs) > 1 and rank_slow[top] >= 0.5 * len(slow):
                 straggler = top
-                excess = float(np.nanmean(ex[slow == top]))
+                excess = float(np.mean(ex[slow == top]))
         # sparkline: slowest rank per step over the window
         recent: dict[int, float] = {}
         for a in aggs:
@@ -778,21 +758,45 @@ class RunAgg:
         )
 
 
-def tree_order(names: Iterable[str]) -> list[str]:
-    """Names in first-seen order, each parent before its children; missing parents added."""
-    full: dict[str, None] = {}
+def tree_rows(
+    names: Iterable[str], max_depth: int = LIMITS.MAX_NAME_DEPTH, max_rows: int = LIMITS.MAX_TREE_ROWS
+) -> list[tuple[str, bool]]:
+    """``(name, cut)`` in first-seen order, each parent before its children, missing parents
+    added; iterative and bounded: names deeper than ``max_depth`` levels become one cut row
+    ``<ancestor>/…`` under their ancestor, and past ``max_rows`` rows one cut row ``…`` ends
+    the list. A cut row stands for rows not shown."""
+    full: dict[str, bool] = {}
     for n in names:
-        parts = n.split("/")
+        parts = n.split("/", max_depth)
+        deep = len(parts) > max_depth
+        if deep:
+            parts = parts[:max_depth]
         for i in range(1, len(parts) + 1):
-            full.setdefault("/".join(parts[:i]), None)
+            full.setdefault("/".join(parts[:i]), False)
+        if deep:
+            full["/".join(parts) + "/" + CUT] = True
+        if len(full) > 4 * max_rows:
+            break  # enough to fill the rows; the rest is cut below
     children: dict[str | None, list[str]] = {}
     for n in full:
         i = n.rfind("/")
         children.setdefault(n[:i] if i > 0 else None, []).append(n)
-    out: list[str] = []
+    out: list[tuple[str, bool]] = []
     stack = list(reversed(children.get(None, [])))
     while stack:
         n = stack.pop()
-        out.append(n)
+        if len(out) >= max_rows:
+            out.append((CUT, True))
+            break
+        out.append((n, full[n]))
         stack.extend(reversed(children.get(n, [])))
+    else:
+        if len(full) > 4 * max_rows:
+            out.append((CUT, True))
     return out
+
+
+def tree_order(names: Iterable[str]) -> list[str]:
+    """Names in first-seen order, each parent before its children; missing parents added
+    (bounded as :func:`tree_rows`, without its cut rows)."""
+    return [n for n, cut in tree_rows(names) if not cut]

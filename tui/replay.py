@@ -5,6 +5,13 @@ current position, so the statistics shown are exactly those of a live run at tha
 Going back restores the nearest earlier checkpoint (the aggregate and the file positions,
 taken every ``interval`` steps; at most 64 kept, thinned as the run grows) and plays
 forward from it. A file still being written keeps growing the end of the replay.
+
+The first screen reads only the first steps, whatever the run's size. A saved run index
+(:mod:`tui.index`) tells the end step at once and where a resumed run repeats steps; a
+repeat found while playing (no index) starts the replay again knowing it, at the same
+step, so each step is shown once (the later segment wins, as in ``watch``). A big run
+without an index is read behind the replay by a low-priority process that writes the index
+(no GIL shared with the screen); when it is done the end step is known.
 """
 
 from __future__ import annotations
@@ -25,6 +32,16 @@ from tui.reader import Feed, RunSource
 from tui.snapshot import WorldSnapshot
 
 MAX_CHECKPOINTS = 64
+BEHIND_MIN_BYTES = 32 * 2**20  # a run at least this big, without an index, is read behind
+_BEHIND = """
+import os, sys
+try:
+    os.nice(10)
+except OSError:
+    pass
+from tui.reader import RunSource
+RunSource(sys.argv[1], window=int(sys.argv[2]), use_index=True).load().save_index(force=True)
+"""
 BATCH = 1024  # parsed items folded in at a time
 CURSOR_CHUNK = 32 * 1024  # small reads: a checkpoint copies what was read but not yet shown
 
@@ -44,6 +61,8 @@ class _Cursor:
             raise _Reset
         if lines:
             self.queue.extend(self.feed.parse(lines))
+            if self.feed.resegment:
+                raise _Resegment
         self.eof = not lines and not more
         return bool(lines)
 
@@ -82,6 +101,10 @@ class _Reset(Exception):
     """A file shrank or was replaced under the replay: start over."""
 
 
+class _Resegment(Exception):
+    """A resumed segment repeats steps: start over knowing where, at the same step."""
+
+
 class ReplaySource:
     """Plays a run (folder, rank file or text log) with pause, step, seek and speed."""
 
@@ -95,8 +118,12 @@ class ReplaySource:
         window: int = DEFAULT_WINDOW,
         playing: bool = True,
         tick_s: float = 0.1,
+        use_index: bool | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        self.use_index = use_index
+        self._cuts: dict[str, list[tuple[int, int]]] = {}
+        self.known_end: int | None = None  # the last step, from the run index (None: unknown)
         self.window = window
         self.speed = float(speed)
         self.playing = playing
@@ -111,14 +138,47 @@ class ReplaySource:
         self._open()
 
     def _open(self) -> None:
-        self.src = RunSource(self.path, window=self.window, stale_after=math.inf)
+        self.src = RunSource(self.path, window=self.window, stale_after=math.inf, use_index=False)
         self.run_id = self.src.run_id
+        if not self._cuts:
+            self._from_index()
+        for f in self.src.feeds.values():
+            f.cuts = list(self._cuts.get(f.tail.path, ()))
+            f.restore_cuts()
         self.cursors = [_Cursor(f) for f in self.src.feeds.values()]
         self.agg = RunAgg(self.run_id, str(self.src.dir), self.window)
         self.position = 0  # last step shown (0: nothing yet)
         self.end_step: int | None = None  # highest step seen in the files so far
         self.interval = 50
         self.checkpoints: list[tuple[int, Any]] = [(0, self._state())]
+
+    def _from_index(self) -> None:
+        """The end step and the resume cuts from the run's index, if it has a valid one."""
+        from tui import index
+
+        if not (index.enabled() if self.use_index is None else self.use_index):
+            return
+        side = RunSource(self.path, window=self.window, stale_after=math.inf, use_index=True)
+        if index.load(side):
+            self.known_end = side.agg.last_step or None
+            self._cuts = {f.tail.path: list(f.cuts) for f in side.feeds.values() if f.cuts}
+
+    def _resegment(self) -> None:
+        """A repeat found while playing: open again with every file's cuts, same step."""
+        for c in self.cursors:
+            if c.feed.cuts:
+                self._cuts[c.feed.tail.path] = list(c.feed.cuts)
+        pos = self.position
+        for _ in range(64):  # each round learns at least one more cut
+            try:
+                self._open()
+                if pos:
+                    self._advance_to(pos)
+                return
+            except _Resegment:
+                for c in self.cursors:
+                    if c.feed.cuts:
+                        self._cuts[c.feed.tail.path] = list(c.feed.cuts)
 
     # ------------------------------------------------------------------ state
     def _state(self) -> Any:
@@ -178,7 +238,11 @@ class ReplaySource:
                 self._checkpoint()
                 return moved
             except _Reset:
+                self._cuts = {}
                 self._open()
+                return True
+            except _Resegment:
+                self._resegment()
                 return True
 
     def seek(self, step: float) -> None:
@@ -193,7 +257,10 @@ class ReplaySource:
                     self._advance_to(step)
                     self._checkpoint()
             except _Reset:
+                self._cuts = {}
                 self._open()
+            except _Resegment:
+                self._resegment()
 
     def back(self, n: int = 1) -> None:
         self.seek(max(0, self.position - n))
@@ -222,14 +289,15 @@ class ReplaySource:
         if self.at_end:
             return f"⏹ replay at the end (step {self.position}) · {self.speed:g} steps/s"
         state = "▶" if self.playing else "⏸"
-        return f"{state} replay {self.speed:g} steps/s"
+        of = f" · step {self.position} of {self.known_end}" if self.known_end else ""
+        return f"{state} replay {self.speed:g} steps/s{of}"
 
     @property
     def at_end(self) -> bool:
         """Nothing left to show (a file still being written may add more)."""
         try:
             return self.position > 0 and not self._next_steps() and all(not c.queue for c in self.cursors)
-        except _Reset:
+        except (_Reset, _Resegment):
             return False
 
     def build(self) -> WorldSnapshot:
@@ -269,7 +337,48 @@ class ReplaySource:
     def wake(self) -> None:
         self._wake.set()
 
+    _behind: Any = None  # the process reading the whole run behind the replay
+
+    def _read_behind(self) -> None:
+        """Start the low-priority whole-run read (it writes the index) for a big run."""
+        from tui import index
+
+        if self.known_end is not None or not (index.enabled() if self.use_index is None else self.use_index):
+            return
+        try:
+            size = sum(os.path.getsize(f.tail.path) for f in self.src.feeds.values())
+        except OSError:
+            return
+        if size < BEHIND_MIN_BYTES or any(f.kind != "jsonl" for f in self.src.feeds.values()):
+            return
+        import subprocess
+        import sys
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        try:
+            self._behind = subprocess.Popen(
+                [sys.executable, "-c", _BEHIND, self.path, str(self.window)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+            )
+        except OSError:
+            self._behind = None
+
+    def _behind_done(self) -> bool:
+        """True once, when the read behind finished (the end step is then known)."""
+        proc = self._behind
+        if proc is None or proc.poll() is None:
+            return False
+        self._behind = None
+        with self._lock:
+            cuts = dict(self._cuts)
+            self._from_index()
+            if cuts:
+                self._cuts = cuts | self._cuts
+        return True
+
     def start(self, post: Post) -> None:
+        self._read_behind()
         self._thread = threading.Thread(target=self._loop, args=(post,), name="stagewatch-replay", daemon=True)
         self._thread.start()
 
@@ -278,6 +387,13 @@ class ReplaySource:
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2)
+        proc, self._behind = self._behind, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=2)
+            except Exception:
+                proc.kill()
 
     def command(self, fn: Callable[[], Any]) -> None:
         """Queue a control from the UI thread; the replay thread runs it and posts a snapshot."""
@@ -304,6 +420,7 @@ class ReplaySource:
             now = time.monotonic()
             try:
                 moved = self.tick(now - last)
+                moved |= self._behind_done()
             except Exception:
                 moved = False
             last = now

@@ -53,6 +53,8 @@ class RegionRow:
     whole: Stats
     window: Stats
     ranks: tuple[tuple[int, Stats, Stats], ...] = ()  # (rank, whole, window)
+    # True for a "…" row standing for rows cut from the tree (too deep, too many): no figures
+    cut: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,12 @@ class FileInfo:
     skipped: int  # records of kinds this version does not know
     last_error: str
     kind: str  # "jsonl" or "text"
+    # FILE_OK "ok", or "missing" (removed), "unreadable", "not-regular" (a folder, a FIFO:
+    # never opened), "symlink-loop"; ``problem`` says it in one line. Figures read before
+    # a file went missing or unreadable are kept.
+    state: str = "ok"
+    problem: str = ""
+    duplicates: int = 0  # step records dropped because a resumed segment repeated them
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +137,14 @@ class RunSnapshot:
     # the straggler verdict (tui.diagnosis.StragglerVerdict): compute per rank, who waits for
     # whom; ``straggler``/``straggler_excess`` above are its rank and excess
     stragglers: Any = field(default=None, compare=False)
+    # the monitor failing to read the run (a bug, not bad data): one line naming the file
+    reader_error: str | None = None
+    from_index: bool = field(default=False, compare=False)  # started from a saved run index
+
+    @property
+    def file_problems(self) -> tuple[FileInfo, ...]:
+        """Files that are missing, unreadable or not regular files."""
+        return tuple(f for f in self.files if f.state != "ok")
 
     @property
     def malformed(self) -> int:
@@ -163,3 +179,6 @@ class WorldSnapshot:
     selected: RunSnapshot | None
     made_at: float = field(default=0.0)  # monotonic time the reader built it (latency checks)
     mode: str = "watch"  # or "replay"
+    # the reader thread failing (one line, with the file when known); the runs shown are
+    # the last good read. `tui watch` exits non-zero when it was set.
+    error: str | None = None

@@ -73,3 +73,14 @@ def quiet_pipe() -> Iterator[None]:
         # stdout is gone: point it at /dev/null so the interpreter's final flush is silent
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def add_index(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-index", action="store_true",
+                        help="neither use nor write the run index (<run>/.stagewatch-index): read every file in full")
+
+
+def apply_index(args: argparse.Namespace) -> None:
+    from tui import index
+
+    index.set_enabled(not getattr(args, "no_index", False))

@@ -12,7 +12,7 @@ import math
 import sys
 
 from trainer.clikit import UsageError
-from tui.commands._common import add_window, quiet_pipe
+from tui.commands._common import add_index, add_window, apply_index, quiet_pipe
 
 
 def _pct(text: str) -> float:
@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --max-regression-pct: gate on this region (full name, e.g. forward/vrt) "
                         "instead of the step time")
     add_window(parser)
+    add_index(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give at least two runs to compare (the first is the baseline)")
     if args.region is not None and args.max_regression_pct is None:
         raise UsageError("--region only applies with --max-regression-pct")
+    apply_index(args)
     from tui.compare import compare_paths, comparison_dict, comparison_text, regression_check
 
     c = compare_paths(args.runs, args.stat, args.window)

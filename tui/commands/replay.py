@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tui.commands._common import add_thresholds, add_window, thresholds
-from tui.summary import open_run
+from tui.commands._common import add_index, add_thresholds, add_window, apply_index, thresholds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,15 +14,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paused", action="store_true", help="start paused at the first step")
     add_thresholds(parser)
     add_window(parser)
+    add_index(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from trainer.clikit import UsageError
 
     red, yellow = thresholds(args)
+    apply_index(args)
     if args.speed <= 0:
         raise UsageError("--speed must be > 0")
-    open_run(args.run, window=args.window)  # one-line error for a missing or empty run
+    from tui.reader import check_run
+
+    check_run(args.run)  # one-line error for a missing or empty run, from the first bytes only
     import sys
 
     if not (sys.stdout.isatty() and sys.stdin.isatty()):

@@ -6,7 +6,15 @@ import argparse
 import json
 import sys
 
-from tui.commands._common import add_span, add_thresholds, add_window, quiet_pipe, thresholds
+from tui.commands._common import (
+    add_index,
+    add_span,
+    add_thresholds,
+    add_window,
+    apply_index,
+    quiet_pipe,
+    thresholds,
+)
 from tui.summary import open_run, summary_dict, summary_text
 
 
@@ -19,10 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_span(parser)
     add_thresholds(parser)
     add_window(parser)
+    add_index(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     red, yellow = thresholds(args)
+    apply_index(args)
     snap = open_run(args.run, window=args.window)
     window = args.span == "recent"
     with quiet_pipe():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from trainer.clikit import UsageError
 from trainer.timing.records import DEFAULT_LOG_ROOT
-from tui.commands._common import add_thresholds, add_window, thresholds
+from tui.commands._common import add_index, add_thresholds, add_window, apply_index, thresholds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a running run whose files stop growing this long is shown as stale (default 60)")
     add_thresholds(parser)
     add_window(parser)
+    add_index(parser)
 
 
 def _subdirs(p: Path) -> list[Path]:
@@ -69,6 +70,7 @@ def resolve_root(root: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     red, yellow = thresholds(args)
+    apply_index(args)
     if args.interval is not None and args.interval <= 0:
         raise UsageError("--interval must be > 0")
     root = resolve_root(args.root)
@@ -80,4 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
     src = LiveSource(root, poll=args.poll, interval=args.interval, window=args.window, stale_after=args.stale)
     MonitorApp(src, red=red, yellow=yellow).run()
+    if src.failed:  # the reader failed while watching: say it once more, exit non-zero
+        from tui.fmt import clean
+
+        print(f"tui watch: {clean(src.last_error or 'a run could not be read')}", file=sys.stderr)
+        return 1
     return 0
