@@ -144,10 +144,11 @@ def test_absurd_figures_never_crash_summary_or_export(tmp_path: Path, capsys: py
             f(x)  # total: never raises
     run = tmp_path / "r"
     run.mkdir()
-    lines = [start_line("r", total_steps=10**30)]
+    # the largest figures the shared record limits let through (beyond them a line is malformed)
+    lines = [start_line("r", total_steps=10**12 - 1)]
     for i in range(1, 4):
         lines.append(encode(Step(step=i, time=float(i), wall_ms=1e11, regions={"forward": (1e11, 1)},
-                                 scalars={"x": 1e300}, memory={"allocated": 2**62})))
+                                 scalars={"x": 9.99e299}, memory={"allocated": 2**62})))
     lines.append('{"v":1,"kind":"step","step":4,"time":4.0,"wall_ms":1e400,"regions":{}}\n')  # inf
     lines.append('{"v":1,"kind":"step","step":5,"time":5.0,"wall_ms":1.0,"regions":{},"memory":{"peak":' + "9" * 400 + "}}\n")
     (run / "rank0.jsonl").write_text("".join(lines))

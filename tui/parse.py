@@ -62,7 +62,7 @@ Ms = Annotated[float, _M(ge=0, lt=LIMITS.MAX_MS)]
 Calls = Annotated[int, _M(ge=0, lt=LIMITS.MAX_CALLS)]
 Time = Annotated[float, _M(ge=-LIMITS.MAX_TIME, le=LIMITS.MAX_TIME)]
 Value = Annotated[float, _M(gt=-LIMITS.MAX_VALUE, lt=LIMITS.MAX_VALUE)]
-Bytes = Union[Annotated[int, _M(ge=0, lt=LIMITS.MAX_BYTES)], Annotated[float, _M(ge=0, lt=LIMITS.MAX_BYTES)]]  # noqa: UP007
+Bytes = Union[Annotated[int, _M(ge=0, le=LIMITS.MAX_BYTES - 1)], Annotated[float, _M(ge=0, lt=LIMITS.MAX_BYTES)]]  # noqa: UP007
 Name = Annotated[str, _M(max_length=LIMITS.MAX_NAME_CHARS)]
 
 
