@@ -179,9 +179,11 @@ class RankAgg:
             for k in keys:
                 c = self.cols.get(k)
                 if c is None:
-                    if len(self.names) >= MAX_REGIONS:
+                    # bounded memory: names beyond the cap (or longer than the writer ever
+                    # writes; checked here once per schema, not per line) are not tracked
+                    if len(self.names) >= MAX_REGIONS or len(k) > LIMITS.MAX_NAME_CHARS:
                         self.dropped_names += 1
-                        idx.append(-1)  # bounded memory: names beyond the cap are not tracked
+                        idx.append(-1)
                         continue
                     c = len(self.names)
                     self.cols[k] = c

@@ -98,7 +98,7 @@ class _StepMsg(msgspec.Struct, tag_field="kind", tag="step", gc=False):
     time: Time = 0.0
     epoch: Int = 0
     samples: Count = 0
-    regions: dict[Name, Region] = {}
+    regions: dict[str, Region] = {}  # names: bounded in the fold, once per schema (cheaper)
     memory: dict[str, Bytes | None] | None = None
     scalars: dict[Name, Value | None] | None = None
 
