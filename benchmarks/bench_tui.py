@@ -357,6 +357,21 @@ and reads only what was appended since. `tui replay` reads only the first bytes 
 file before its first screen. `tui watch` posts at most 8 snapshots a second (a change after
 a quiet spell at once). The machine is shared with other jobs (2 cores, ~8 sessions): load
 average {lat['load']:.1f} during the watch run, {idle['load']:.1f} during the idle run; CPU shares are of one core.
+
+Where the two unmet targets stand. *Read CPU* (2.3-2.7× `json.loads` before issue 13):
+measured apart once (a profile of a 5,000-step slice of the same run, one process), the typed decode with
+its range checks alone costs ~0.40× `json.loads` and pulling the 80 numbers of a 40-region
+line into numpy ~0.3×; the rest (counters, one record per step, batches) ~0.25×. Every
+region value becomes a Python object on the way (decoding cannot write into an array), so
+≤ 0.5 needs a decoder that writes region values straight into arrays (a C extension), not
+more Python; the ratio moved by about ±0.1 between full runs of this script here with the
+machine's load. What a person waits for is met instead: a
+reopen through the index costs {rep['reopen_ratio']:.3f}× and `tui replay`'s first screen {rep['first_screen_s']:.2f} s.
+*Watch CPU*: the reader thread uses {lat['reader_pct']:.1f}% of a core; the rest,
+{lat['cpu_pct'] - lat['reader_pct']:.1f}%, is the screen ({(lat['cpu_pct'] - lat['reader_pct']) * 10 / max(0.1, lat['posts_per_s']):.0f} ms of CPU per snapshot shown, nearly all
+Textual's compositor repainting the tree). The latency target needs a snapshot every
+~125 ms; the screen meets 10% if the tree (its figures) repaints at most ~2 times a second
+while the header (step, ETA) follows every snapshot.
 """
 
 
