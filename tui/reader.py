@@ -251,38 +251,56 @@ class Feed:
         append = out.append
         n = self.lines
         text = self.text
-        for line in lines:
-            if not line or line.isspace():
-                continue
-            n += 1
-            self.lines = n  # _step_kept and the messages below see this line's number
-            if text is not None:
-                try:
-                    s = text.feed(line.decode("utf-8").rstrip("\r"))
-                except UnicodeDecodeError:
-                    text.malformed += 1
-                    text.last_error = f"line {n}: not UTF-8"
+        # the usual case inline: no known cut and step numbers increasing (else _step_kept)
+        prev = self._prev_step
+        plain = not self.cuts
+        try:
+            for line in lines:
+                if not line or line.isspace():
                     continue
-                if s is not None and self._step_kept(s.step, n):
-                    append(row_from_step(s))
-                continue
-            try:
-                rec = parse_line(line)
-            except RecordError as e:
-                self.malformed += 1
-                self.last_error = f"line {n}: {e}"[:200]
-                continue
-            except Exception as e:  # never let one line stop the monitor
-                self.malformed += 1
-                self.last_error = f"line {n}: {type(e).__name__}: {e}"[:200]
-                continue
-            if rec is None:
-                self.skipped += 1
-            elif type(rec) is StepRow:
-                if self._step_kept(rec.step, n):
+                n += 1
+                if text is not None:
+                    self.lines = n
+                    try:
+                        s = text.feed(line.decode("utf-8").rstrip("\r"))
+                    except UnicodeDecodeError:
+                        text.malformed += 1
+                        text.last_error = f"line {n}: not UTF-8"
+                        continue
+                    if s is not None:
+                        self._prev_step = prev
+                        if self._step_kept(s.step, n):
+                            append(row_from_step(s))
+                        prev = self._prev_step
+                    continue
+                try:
+                    rec = parse_line(line)
+                except RecordError as e:
+                    self.malformed += 1
+                    self.last_error = f"line {n}: {e}"[:200]
+                    continue
+                except Exception as e:  # never let one line stop the monitor
+                    self.malformed += 1
+                    self.last_error = f"line {n}: {type(e).__name__}: {e}"[:200]
+                    continue
+                if rec is None:
+                    self.skipped += 1
+                elif type(rec) is StepRow:
+                    st = rec.step
+                    if plain and (prev is None or st > prev):
+                        prev = st
+                        append(rec)
+                        continue
+                    self._prev_step = prev
+                    if self._step_kept(st, n):
+                        append(rec)
+                    prev = self._prev_step
+                    plain = not self.cuts
+                else:
                     append(rec)
-            else:
-                append(rec)
+        finally:
+            self.lines = n
+            self._prev_step = prev
         return out
 
     def fold(self, items: list[Any], agg: RunAgg) -> None:
