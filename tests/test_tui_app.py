@@ -7,12 +7,13 @@ import functools
 import io
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
 from textual.command import CommandPalette
 
-from trainer.timing.records import Step, encode
+from trainer.timing.records import RunEnd, Step, encode
 from tui.app import MonitorApp
 from tui.live import LiveSource
 from tui.replay import ReplaySource
@@ -110,7 +111,7 @@ async def test_watch_updates_in_place_pause_filter_and_runs(tmp_path: Path) -> N
         await pilot.press("w")
         assert app.window
         await pilot.pause()
-        assert "window of 100 steps" in str(app.query_one("#tree-box").border_title)
+        assert "last 100 steps" in str(app.query_one("#tree-box").border_title)
 
         await pilot.press("n")  # next run
         await wait_for(pilot, lambda: app.world.selected.run_id == "20261126-100000-old-0001")
@@ -257,3 +258,372 @@ def test_replay_of_a_text_log_ends_finished(tmp_path: Path) -> None:
     snap = src.build().selected
     assert snap.step == 5 and snap.state == "finished"
     assert snap.region("VRT/Stage1").whole.calls == 5
+
+
+# --------------------------------------------------------------------------- issue 11 / 12
+
+
+def _logger(root: Path, run_id: str):  # type: ignore[no-untyped-def]
+    from trainer.timing import TimingLogger
+
+    return TimingLogger(root, run_id=run_id, enable_console=False, enable_file=False, collect_memory=False,
+                        handle_sigterm=False, file_flush_interval=1, total_steps=10)
+
+
+def _steps(lg, n: int) -> None:  # type: ignore[no-untyped-def]
+    from trainer.timing import timed
+
+    for _ in range(n):
+        with lg.region("forward"):
+            pass
+        with lg.region("backward"):
+            pass
+        lg.step(samples=1, scalars={"loss": 0.5})
+    lg.flush()
+    _ = timed
+
+
+def _snapshots(app: MonitorApp) -> int:
+    return app.latest.seq if app.latest is not None else 0
+
+
+@sync
+async def test_a_new_run_is_followed_when_the_one_on_screen_has_ended(tmp_path: Path) -> None:
+    root = tmp_path / "logs"
+    old = _logger(root, "20261126-100000-first-0001")
+    _steps(old, 3)
+    old.close()
+    app = MonitorApp(LiveSource(root, poll=True, interval=0.05, min_gap=0.0))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: _step_of(app) == 3 and app.world.selected.state == "finished")
+        new = _logger(root, "20261126-110000-second-0002")
+        _steps(new, 2)
+        try:
+            # the first snapshot listing the new run makes the app select it; the one after
+            # shows it (the reader polls every 0.05 s: well within the 2 s asked)
+            await wait_for(pilot, lambda: any(r.run_id == new.run_id for r in app.latest.runs))
+            seen = _snapshots(app)
+            await wait_for(pilot, lambda: app.world.selected.run_id == new.run_id)
+            assert _snapshots(app) <= seen + 3
+            assert app.new_run is None and not app.query_one("#notice").has_class("shown")
+        finally:
+            new.close()
+
+
+@sync
+async def test_a_new_run_beside_a_live_one_is_announced_and_n_switches(tmp_path: Path) -> None:
+    root = tmp_path / "logs"
+    live = _live_run(root, "20261126-150000-live-0001")
+    app = MonitorApp(LiveSource(root, poll=True, interval=0.05, min_gap=0.0, stale_after=1e9))
+    async with app.run_test(size=(80, 24)) as pilot:  # narrow: the runs list is hidden
+        await wait_for(pilot, lambda: _step_of(app) == 5)
+        assert app.query_one("#runs").has_class("hidden")
+        write_run(root, "20261126-160000-other-0002", steps=2, status=None, t0=2_100_000_000.0)
+        notice = app.query_one("#notice")
+        await wait_for(pilot, lambda: notice.has_class("shown"))
+        assert app.world.selected.run_id == live.name  # a live run is not taken away
+        assert notice.content.plain == "● new run 20261126-160000-other-0002 — n to switch"
+        await pilot.pause()
+        assert notice.region.height == 1  # on screen
+        await pilot.press("n")
+        await wait_for(pilot, lambda: app.world.selected.run_id == "20261126-160000-other-0002")
+        assert not notice.has_class("shown")
+
+
+def test_order_with_hysteresis_keeps_close_rows_and_follows_real_changes() -> None:
+    from tui.widgets.tree import order_with_hysteresis
+
+    share = {"a": 0.40, "b": 0.30, "c": 0.20}
+    order = order_with_hysteresis([], share)
+    assert order == ["a", "b", "c"]
+    wobble = {"a": 0.300, "b": 0.302, "c": 0.20}  # b ahead by 0.2 points: no swap, no flicker
+    assert order_with_hysteresis(order, wobble) == ["a", "b", "c"]
+    moved = {"a": 0.10, "b": 0.30, "c": 0.50}  # a real change: exact share order
+    assert order_with_hysteresis(order, moved) == ["c", "b", "a"]
+    assert order_with_hysteresis(order, {**share, "d": 0.9})[0] == "d"  # a new region sorts in
+
+
+def _region_steps(run: Path, first: int, n: int, regions: dict[str, float]) -> None:
+    with open(run / "rank0.jsonl", "a") as f:
+        for s in range(first, first + n):
+            wall = sum(v for k, v in regions.items() if "/" not in k) * 1.01
+            f.write(encode(Step(step=s, time=2_000_000_000.0 + s, wall_ms=wall,
+                                regions={k: (v, 1) for k, v in regions.items()})))
+
+
+def _top_order(tree: StageTree) -> list[str]:
+    return [n.data for n in tree.root.children if n.data not in (None, "(unaccounted)")]
+
+
+@sync
+async def test_tree_resorts_as_shares_change_live_and_on_reopening(tmp_path: Path) -> None:
+    root = tmp_path / "logs"
+    run = root / "20261126-150000-sort-0001"
+    run.mkdir(parents=True)
+    (run / "rank0.jsonl").write_text(start_line(run.name, total_steps=100, t0=2_000_000_000.0))
+    _region_steps(run, 1, 5, {"data": 10.0, "forward": 50.0, "backward": 30.0, "optimizer": 5.0})
+    app = MonitorApp(LiveSource(root, poll=True, interval=0.05, min_gap=0.0, stale_after=1e9))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: _step_of(app) == 5)
+        tree = app.query_one(StageTree)
+        assert _top_order(tree) == ["forward", "backward", "data", "optimizer"]
+        # the data loader stalls: its whole-run share overtakes the forward pass
+        _region_steps(run, 6, 30, {"data": 400.0, "forward": 50.0, "backward": 30.0, "optimizer": 5.0})
+        await wait_for(pilot, lambda: _step_of(app) == 35)
+        await pilot.pause()
+        sel = app.world.selected
+        by_share = sorted((r for r in sel.regions if r.depth == 0), key=lambda r: -r.whole.share)
+        assert _top_order(tree) == [r.name for r in by_share] == ["data", "forward", "backward", "optimizer"]
+    # reopening the run (now finished) shows it sorted too
+    with open(run / "rank0.jsonl", "a") as f:
+        f.write(encode(RunEnd(time=2_000_000_100.0, status="completed", steps=35)))
+    app = MonitorApp(ReplaySource(run, playing=False))
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.source.command(app.source.jump_end)
+        await wait_for(pilot, lambda: _step_of(app) == 35)
+        await pilot.pause()
+        assert _top_order(app.query_one(StageTree)) == ["data", "forward", "backward", "optimizer"]
+
+
+@sync
+async def test_ctrl_c_quits_even_from_the_filter_and_f1_opens_help(tmp_path: Path) -> None:
+    write_run(tmp_path, steps=3)
+    app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: _step_of(app) == 3)
+        await pilot.press("f1")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        console = Console(width=120, file=io.StringIO(), record=True)
+        console.print(app.screen.table)
+        text = console.export_text()
+        for key in ["Ctrl+C", "F1", "Enter", "Space", "Tab", "↑ ↓", "Shift+←", "Esc", "Ctrl+P"]:
+            assert key in text, key
+        assert "ctrl+c" not in text and "space" not in text.replace("Space", "")
+        await pilot.press("f1")
+        await pilot.pause()
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("slash", "x")  # typing a filter: q types, Ctrl+C still quits
+        await pilot.pause()
+        await pilot.press("q")
+        await pilot.pause()
+        assert app.query_one("#filter").value == "xq"
+        await pilot.press("ctrl+c")
+        await pilot.pause()
+    assert app.return_code == 0
+
+
+def test_key_names_read_as_typed() -> None:
+    from tui.keys import KEYS, key_name
+
+    assert [key_name(k) for k in ("ctrl+c", "f1", "space", "question_mark", "N", "shift+up", "escape")] == [
+        "Ctrl+C", "F1", "Space", "?", "N", "Shift+↑", "Esc"]
+    assert all(k.display and "_" not in k.display for k in KEYS)
+
+
+@sync
+async def test_replay_says_it_is_a_replay_and_where_it_is(tmp_path: Path) -> None:
+    run = write_run(tmp_path, steps=30, status=None)  # no run_end: would look "running"
+    app = MonitorApp(ReplaySource(run, playing=False))
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.source.command(lambda: app.source.seek(12))
+        await wait_for(pilot, lambda: _step_of(app) == 12)
+        await pilot.pause()
+        head = app.query_one("#header").content.plain
+        first = head.splitlines()[0]
+        assert "⏸ replay · step 12/30" in first
+        assert "running" not in head and "ETA" not in head and "last write" not in head
+
+
+@sync
+async def test_paused_screen_ages_last_write_from_the_newest_data(tmp_path: Path) -> None:
+    root = tmp_path / "logs"
+    run = _live_run(root)
+    now = [1000.0]
+    app = MonitorApp(LiveSource(root, poll=True, interval=0.05, min_gap=0.0, stale_after=1e9), clock=lambda: now[0])
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: _step_of(app) == 5)
+        await pilot.press("p")
+        now[0] += 600.0  # ten minutes on a paused screen ...
+        _append(run, 6, 2)  # ... while the run keeps writing
+        await wait_for(pilot, lambda: app.latest.selected.step == 7)
+        app.latest = replace(app.latest, made_at=now[0])  # that data just arrived
+        app._render_header()
+        head = app.query_one("#header").content.plain
+        assert "last write 10m00s ago" not in head
+        assert "PAUSED (read to step 7)" in head
+
+
+@sync
+async def test_header_keeps_the_key_figures_at_80_columns(tmp_path: Path) -> None:
+    write_run(tmp_path, "20261126-100000-a_rather_long_run_name_for_a_header-0001", steps=30, ranks=3,
+              straggler=1, status=None, total_steps=26550)
+    app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05, stale_after=1e9))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: _step_of(app) == 30)
+        await pilot.pause()
+        head = app.query_one("#header").content.plain
+        lines = head.splitlines()
+        assert len(lines) == 3 and all(len(x) <= 78 for x in lines)
+        for part in ("step 30/26550", "samples/s global", "ETA ", "peak mem", "straggler rank 1", "whole run"):
+            assert part in head, part
+
+
+def _hostile_run(root: Path) -> Path:
+    esc = "\x1b]0;pwned\x07"
+    run = root / "20261126-100000-ev\x1b[2Jil-0001"
+    run.mkdir(parents=True)
+    from trainer.timing.records import Eval, RunStart
+
+    start = RunStart(run_id=run.name, rank=0, world_size=1, time=2_000_000_000.0, host=f"h{esc}",
+                     pid=1, device="cuda:0\x1b[31m", gpu_name="GPU\x07", torch_version="2", config={},
+                     total_steps=10, samples_per_step=1, device_memory_total=2**30)
+    regions = {f"fwd{esc}": (50.0, 1), f"fwd{esc}/in\x1b[2Jner": (20.0, 1), "bwd\r\x08": (30.0, 1)}
+    lines = [encode(start)]
+    for s in (1, 2):
+        lines.append(encode(Step(step=s, time=2_000_000_000.0 + s, wall_ms=100.0, regions=regions,
+                                 scalars={"loss": 0.5, "l\x1b[2Jr": 1.0})))
+    lines.append(encode(Eval(step=2, time=2_000_000_003.0, metrics={"ps\x1b]0;x\x07nr": 28.0})))
+    lines.append(encode(RunEnd(time=2_000_000_004.0, status="failed", steps=2, error_type="E\x1b[2J",
+                               error_message=f"boom{esc}")))
+    (run / "rank0.jsonl").write_text("".join(lines) + "{bad \x1b[2J line\n")
+    return run
+
+
+def _screen_controls(app: MonitorApp) -> set[str]:
+    """Control characters in what the screen would send as text (styles aside)."""
+    found = set()
+    for strip in app.screen._compositor.render_strips():
+        for seg in strip:
+            found |= {c for c in seg.text if not c.isprintable()}
+    return found
+
+
+@sync
+async def test_no_control_character_reaches_the_screen(tmp_path: Path) -> None:
+    root = tmp_path / "lo\x1b]0;gs\x07"
+    run = _hostile_run(root)
+    app = MonitorApp(LiveSource(root, poll=True, interval=0.05, stale_after=1e9))
+    async with app.run_test(size=(200, 60)) as pilot:
+        await wait_for(pilot, lambda: _step_of(app) == 2)
+        await pilot.pause()
+        tree = app.query_one(StageTree)
+        for name in list(tree.nodes_by_name):  # every region in the rank panel's title
+            tree.move_cursor(tree.nodes_by_name[name])
+            await pilot.pause()
+            assert _screen_controls(app) == set(), name
+        tree.move_cursor(tree.nodes_by_name["fwd\x1b]0;pwned\x07"])
+        await pilot.pause()
+        title = app.query_one("#ranks")._border_title
+        assert title is not None and title.plain == "ranks · fwd\\x1b]0;pwned\\x07"
+        await pilot.press("slash", *"in", "enter")
+        await pilot.pause()
+        assert _screen_controls(app) == set()
+        write_run(root, "20261126-110000-n\x1b[2Jext-0002", steps=1, status=None, t0=2_100_000_000.0)
+        await wait_for(pilot, lambda: len(app.world.runs) == 2)
+        await pilot.pause(0.3)
+        assert _screen_controls(app) == set()
+        assert "\\x1b" in app.query_one("#header").content.plain
+    _ = run
+
+
+@sync
+async def test_tree_of_deep_and_wide_names_is_bounded(tmp_path: Path) -> None:
+    from tui.widgets.tree import MAX_DEPTH, MAX_ROWS
+
+    run = tmp_path / "r"
+    run.mkdir()
+    deep = "/".join(["d"] * 1001)
+    wide = {"/".join([f"w{i}"] + ["x"] * 20): (1.0, 1) for i in range(150)}
+    regions = {deep: (5.0, 1), **wide}
+    (run / "rank0.jsonl").write_text(start_line("deep") + encode(Step(step=1, time=1.0, wall_ms=200.0, regions=regions)))
+    app = MonitorApp(ReplaySource(run, playing=False))
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.source.command(app.source.jump_end)
+        await wait_for(pilot, lambda: _step_of(app) == 1, timeout=30)
+        await pilot.pause()
+        tree = app.query_one(StageTree)
+        assert len(tree.nodes_by_name) <= MAX_ROWS + 1
+        assert max(tree.rows[n].depth for n in tree.nodes_by_name) < MAX_DEPTH
+        notes = [str(n.label) for n in tree.root.children if n.data is None]
+        assert any("nested deeper than" in x for x in notes)
+        assert any("more regions not shown" in x for x in notes)
+        app.action_expand_all()
+        await pilot.pause()
+
+
+@sync
+async def test_filter_as_you_type_and_no_match_line(tmp_path: Path) -> None:
+    write_run(tmp_path, steps=3)
+    app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: _step_of(app) == 3)
+        tree = app.query_one(StageTree)
+        await pilot.press("slash", *"stage8")  # no enter: it filters while typing
+        await pilot.pause()
+        assert "forward/vrt/stage8" in tree.nodes_by_name and "backward" not in tree.nodes_by_name
+        await pilot.press("z")
+        await pilot.pause()
+        assert [str(n.label) for n in tree.root.children if n.data is None] == ["no region matches “stage8z”"]
+
+
+@sync
+async def test_advice_box_says_how_many_items_are_hidden(tmp_path: Path) -> None:
+    from tui.widgets.panels import AdviceBox
+
+    write_run(tmp_path, steps=3)
+    app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: _step_of(app) == 3)
+        box = app.query_one(AdviceBox)
+        box.show([f"advice number {i} " + "words " * 12 for i in range(12)])
+        await pilot.pause()
+        assert box.hidden > 0
+        shown = box.content.plain.splitlines()
+        assert shown[-1] == f"… {box.hidden} more (tui summary lists them all)"
+        assert "advice · " in str(box.border_title)
+
+
+@sync
+async def test_a_reader_failure_is_shown_and_makes_watch_exit_1(tmp_path: Path) -> None:
+    write_run(tmp_path, steps=3)
+    src = LiveSource(tmp_path, poll=True, interval=0.05, min_gap=0.0)
+    app = MonitorApp(src)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: _step_of(app) == 3)
+        real = src.reader.tick
+
+        def broken(*a, **k):  # type: ignore[no-untyped-def]
+            raise PermissionError(13, "Permission denied", str(tmp_path / "x" / "rank0.jsonl"))
+
+        src.reader.tick = broken  # type: ignore[method-assign]
+        notice = app.query_one("#notice")
+        await wait_for(pilot, lambda: notice.has_class("shown"), timeout=5)
+        text = notice.content.plain
+        assert text.startswith("⚠ reader error: PermissionError") and "rank0.jsonl" in text
+        src.reader.tick = real  # type: ignore[method-assign]
+        await pilot.press("q")
+    assert app.return_code == 1
+
+
+def test_run_list_shows_start_time_and_name() -> None:
+    import os
+
+    from tui.snapshot import RunItem
+    from tui.widgets.panels import RunList
+
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    try:
+        item = RunItem("20261126-120000-vrt_spike_baseline-3f2a", "/x", "running", 180, 26550, 1_764_158_400.0)
+        text = RunList.prompt(item, 20).plain.splitlines()
+        assert text == ["● vrt_spike_baseline", "  11-26 12:00 180"]
+        wide = RunList.prompt(item, 30).plain.splitlines()
+        assert wide[1] == "  11-26 12:00 · 180/26550"
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()

@@ -7,12 +7,14 @@ which only render. Key bindings come from :mod:`tui.keys`.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from rich.text import Text
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -21,13 +23,15 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, OptionList, Tree
 
 from tui.advice import advice_for
-from tui.keys import KEYS, REPLAY
+from tui.fmt import clean, literal
+from tui.keys import KEYS, REPLAY, bound_keys
 from tui.snapshot import WorldSnapshot
 from tui.widgets.help import HelpScreen
 from tui.widgets.panels import (
     AdviceBox,
     FilesLine,
     HeaderBar,
+    NoticeBar,
     RankView,
     RunList,
     StepSpark,
@@ -39,6 +43,8 @@ from tui.widgets.tree import Columns, StageTree, TreeHeader
 
 WIDE = 140  # columns from which the tree shows min/max/p95 and the run list is wide
 NARROW = 110  # below this the run list is hidden (n / N still switch runs)
+ENDED = ("finished", "failed", "interrupted", "stale")  # a new run is followed from these
+_ADVICE_TAKES_WINDOW = "window" in inspect.signature(advice_for).parameters
 
 
 class Source(Protocol):
@@ -63,8 +69,7 @@ class MonitorApp(App[int]):
     CSS_PATH = str(Path(__file__).with_name("app.tcss"))  # absolute: subclasses live elsewhere
     TITLE = "stagewatch"
     BINDINGS = [  # noqa: RUF012
-        Binding(k.keys, k.action, k.description.split(" (")[0], show=k.show, priority=k.priority)
-        for k in KEYS
+        Binding(k.keys, k.action, k.label, show=k.show, priority=k.priority) for k in bound_keys()
     ]
 
     def __init__(
@@ -91,10 +96,15 @@ class MonitorApp(App[int]):
         self._slot: WorldSnapshot | None = None
         self._slot_pending = False
         self._slot_lock = threading.Lock()
+        self.known_runs: set[str] | None = None  # run ids seen so far (None: no snapshot yet)
+        self.new_run: str | None = None  # a new run not switched to (the notice names it)
+        self.reader_error: str | None = None  # the reader's failure, shown until it clears
+        self.failed = False  # a reader error was seen: `tui watch` exits 1
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
         yield HeaderBar(id="header")
+        yield NoticeBar(id="notice")
         with Horizontal(id="body"):
             runs = RunList(id="runs")
             runs.border_title = "runs"
@@ -127,7 +137,9 @@ class MonitorApp(App[int]):
         self.set_interval(1.0, self._age_header)
 
     def _age_header(self) -> None:
-        """Once a second: only the header of a live run changes as time passes."""
+        """Once a second: only the header of a live run changes as time passes (and a
+        reader that fails between snapshots is noticed)."""
+        self._check_reader(self.latest)
         run = self.world.selected if self.world else None
         if run is not None and run.state in ("running", "stale") and not run.replay:
             self._render_header()
@@ -147,6 +159,7 @@ class MonitorApp(App[int]):
 
     def on_resize(self, event: Any) -> None:
         self._layout_for(event.size.width)
+        self.call_after_refresh(self._render_header)  # the header fits its fields to the width
 
     def _layout_for(self, width: int) -> None:
         compact = width < WIDE
@@ -169,11 +182,67 @@ class MonitorApp(App[int]):
             snap = self._slot or message.snapshot
             self._slot_pending = False
         self.latest = snap
+        self._check_reader(snap)
+        self._follow_new_runs(snap)
         if self.paused:
             self._render_header()  # shows how far reading went while paused
             return
         self.world = snap
         self._render_world()
+
+    # ------------------------------------------------------------------ new runs, errors
+    def _follow_new_runs(self, snap: WorldSnapshot) -> None:
+        """Switch to a run that started under the root when the one on screen has ended (or
+        is stale); otherwise name it in the notice bar ("n to switch")."""
+        if self.mode == REPLAY:
+            return
+        ids = {r.run_id for r in snap.runs}
+        if self.known_runs is None:
+            self.known_runs = ids
+            return
+        fresh = [r for r in snap.runs if r.run_id not in self.known_runs]  # newest first
+        self.known_runs |= ids
+        if self.new_run is not None and self.new_run not in ids:
+            self.new_run = None
+        cur = snap.selected
+        if cur is not None and self.new_run == cur.run_id:
+            self.new_run = None
+        if not fresh:
+            self._render_notice()
+            return
+        newest = fresh[0]
+        if cur is None or cur.state in ENDED:
+            self.new_run = None
+            self.source.select(newest.run_id)
+            self.notify(f"now showing the new run {clean(newest.run_id)}", timeout=5, markup=False)
+        elif newest.run_id != cur.run_id:
+            self.new_run = newest.run_id
+        self._render_notice()
+
+    def _check_reader(self, snap: WorldSnapshot | None) -> None:
+        # the reader's error travels in the snapshot once the reader puts it there; until
+        # then the live source's own record of its last failure is shown
+        if snap is not None and hasattr(snap, "reader_error"):
+            err = snap.reader_error
+        else:
+            err = getattr(self.source, "last_error", None)
+        if err:
+            self.failed = True
+        if err != self.reader_error:
+            self.reader_error = err
+            self._render_notice()
+
+    def _render_notice(self) -> None:
+        t: Text | None = None
+        if self.reader_error:
+            t = Text("⚠ reader error: ", style="bold red")
+            t.append_text(literal(str(self.reader_error).splitlines()[0][:300] if self.reader_error else ""))
+            t.append(" · the other runs stay live; `tui watch` will exit 1", style="dim")
+        elif self.new_run is not None:
+            t = Text("● new run ", style="bold green")
+            t.append_text(literal(self.new_run))
+            t.append(" — n to switch", style="bold")
+        self.query_one(NoticeBar).show(t)
 
     def _render_header(self) -> None:
         w = self.world
@@ -181,9 +250,18 @@ class MonitorApp(App[int]):
         behind = self.latest.selected.step if self.latest and self.latest.selected else None
         root = w.root if w else getattr(self.source, "root", "")
         age = max(0.0, self.clock() - w.made_at) if w is not None and w.made_at else 0.0
+        idle = None
+        new = self.latest
+        if self.paused and run is not None and new is not None and new.selected is not None \
+                and new.selected.run_id == run.run_id:
+            # the files kept growing while the screen holds: age from the newest snapshot
+            idle = new.selected.idle_s + (max(0.0, self.clock() - new.made_at) if new.made_at else 0.0)
+        bar = self.query_one(HeaderBar)
+        width = bar.content_size.width or max(0, self.size.width - 2)
         show_text(
-            self.query_one(HeaderBar),
-            header_text(run, window=self.window, paused=self.paused, behind_step=behind, root=str(root), age=age),
+            bar,
+            header_text(run, window=self.window, paused=self.paused, behind_step=behind, root=str(root),
+                        age=age, width=width, idle_s=idle),
         )
 
     def _render_world(self, force_tree: bool = False) -> None:
@@ -198,16 +276,29 @@ class MonitorApp(App[int]):
         self.query_one(TreeHeader).show(tree.cols, self.window, run.window_size if run else 0)
         set_title(
             self.query_one("#tree-box"),
-            f"stage tree · {'window of ' + str(run.window_size) + ' steps' if self.window and run else 'whole run'}"
+            f"stage tree · {self._span(run)}"
             f" · sorted by {'time' if tree.sort_by_time else 'name'}"
             + (f" · filter: {tree.filter}" if tree.filter else ""),
         )
         self._render_ranks()
         self.query_one(StepSpark).show(run)
-        self.query_one(AdviceBox).show(advice_for(run) if run else [])
+        advice = self.query_one(AdviceBox)
+        if run is None:
+            advice.show([])
+            set_title(advice, "advice")
+        elif _ADVICE_TAKES_WINDOW:
+            advice.show(advice_for(run, window=self.window))  # type: ignore[call-arg]
+            set_title(advice, f"advice · {self._span(run)}")
+        else:  # the diagnosis judges the recent window
+            advice.show(advice_for(run))
+            set_title(advice, f"advice · last {run.window_size} steps")
         if w is not None:
             self.query_one(FilesLine).show(run, w)
         self.applied += 1
+
+    def _span(self, run: Any) -> str:
+        """The statistics' time span, as every panel names it."""
+        return f"last {run.window_size} steps" if self.window and run is not None else "whole run"
 
     def _render_ranks(self) -> None:
         run = self.world.selected if self.world else None
@@ -229,10 +320,23 @@ class MonitorApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         for k in KEYS:
             if k.action == action:
-                if k.priority and isinstance(self.focused, Input):
+                if k.priority and not k.in_input and isinstance(self.focused, Input):
                     return False  # let the filter box have its keys
                 return self.mode in k.modes
         return True
+
+    def exit_code(self) -> int:
+        """1 when the reader failed during the session (`tui watch` exits with it), else 0."""
+        return 1 if self.failed else 0
+
+    async def action_quit(self) -> None:
+        code = self.exit_code()
+        self.exit(code, return_code=code)
+
+    def action_quit_now(self) -> None:
+        """Ctrl+C: quit from anywhere (Textual would copy text or only hint at Ctrl+Q)."""
+        code = self.exit_code()
+        self.exit(code, return_code=code)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -296,6 +400,11 @@ class MonitorApp(App[int]):
         self._select_index((i + d) % len(ids))
 
     def action_next_run(self) -> None:
+        if self.new_run is not None:  # the notice's run first
+            rid, self.new_run = self.new_run, None
+            self.source.select(rid)
+            self._render_notice()
+            return
         self._move_run(1)
 
     def action_prev_run(self) -> None:
@@ -331,5 +440,5 @@ class MonitorApp(App[int]):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for k in KEYS:
-            if self.mode in k.modes and k.action not in ("quit", "clear_filter"):
+            if self.mode in k.modes and k.action and k.action not in ("quit", "quit_now", "clear_filter"):
                 yield SystemCommand(k.description, f"key: {k.display}", getattr(self, f"action_{k.action}"))

@@ -10,7 +10,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from tui.keys import Key, keys_for
+from tui.keys import Key, key_name, keys_for
 
 
 def help_table(keys: tuple[Key, ...], red: float, yellow: float) -> Table:
@@ -18,9 +18,12 @@ def help_table(keys: tuple[Key, ...], red: float, yellow: float) -> Table:
     table.add_column("key", style="bold cyan", no_wrap=True)
     table.add_column("does")
     table.add_column("group", style="dim")
-    for k in keys:
-        table.add_row(Text(k.display), Text(k.description), Text(k.group))
-    table.add_row(Text("ctrl+p"), Text("Command palette (every action above, by name)"), Text("General"))
+    groups = list(dict.fromkeys(k.group for k in keys))
+    for g in groups:  # grouped, in the order the groups first appear
+        for k in keys:
+            if k.group == g:
+                table.add_row(Text(k.display), Text(k.description), Text(k.group))
+    table.add_row(Text(key_name("ctrl+p")), Text("Command palette (every action above, by name)"), Text("General"))
     table.add_row(Text(""), Text(""), Text(""))
     legend = Text()
     legend.append("red", style="bold red")
@@ -37,7 +40,7 @@ class HelpScreen(ModalScreen[None]):
     """Every key of the current mode."""
 
     BINDINGS = [  # noqa: RUF012
-        Binding("escape,q,question_mark", "app.pop_screen", "Close help"),
+        Binding("escape,q,question_mark,f1", "app.pop_screen", "Close help"),
     ]
 
     def __init__(self, mode: str, red: float, yellow: float) -> None:
@@ -49,6 +52,6 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-box") as box:
             box.border_title = f"stagewatch {self.mode} · keys"
-            box.border_subtitle = "esc to close"
+            box.border_subtitle = "Esc to close"
             self.table = help_table(keys_for(self.mode), self.red, self.yellow)
             yield Static(self.table, id="help-table")

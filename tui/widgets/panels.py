@@ -6,6 +6,8 @@ Each takes a snapshot and renders it; none reads files or computes statistics.
 from __future__ import annotations
 
 import math
+import re
+import time
 
 from rich.text import Text
 from textual.containers import Vertical
@@ -18,6 +20,7 @@ from tui.fmt import (
     STATE_ICON,
     STATE_STYLE,
     class_of,
+    clean,
     fmt_bytes,
     fmt_duration,
     fmt_ms,
@@ -26,7 +29,7 @@ from tui.fmt import (
     literal,
     ok,
 )
-from tui.snapshot import UNACCOUNTED, RunItem, RunSnapshot, WorldSnapshot
+from tui.snapshot import UNACCOUNTED, FileInfo, RunItem, RunSnapshot, WorldSnapshot
 
 
 def show_text(widget: Static, text: Text) -> None:
@@ -38,85 +41,196 @@ def show_text(widget: Static, text: Text) -> None:
 
 
 def set_title(widget: Widget, title: str) -> None:
-    """Set a border title (as Text: never markup) only when it changed."""
+    """Set a border title (as Text: never markup, control characters escaped) when it changed."""
     if getattr(widget, "_sw_title", None) != title:
         widget._sw_title = title  # type: ignore[attr-defined]
-        widget.border_title = Text(title)
+        widget.border_title = literal(title)
+
+
+KEEP = 9  # a header field of this priority is never dropped (cut only when nothing else fits)
+ENDED = ("finished", "failed", "interrupted")
+
+
+def fit_line(parts: list[tuple[Text, int]], width: int, sep: str = "  ", flex: int | None = None) -> Text:
+    """Join ``parts`` ((text, priority)) into one line of at most ``width`` cells.
+
+    The lowest priorities are dropped first until the line fits; part ``flex`` (a name) is
+    then cut from the end with "…" to use the room left (at least 12 cells).
+    """
+    keep = [p for p in parts if p[0].cell_len]
+    if width > 0:
+        def total(ps: list[tuple[Text, int]]) -> int:
+            return sum(t.cell_len for t, _ in ps) + len(sep) * max(0, len(ps) - 1)
+
+        floor = 12 if flex is not None else 0
+        flex_part = parts[flex] if flex is not None else None
+
+        def need(ps: list[tuple[Text, int]]) -> int:
+            n = total(ps)
+            if flex_part is not None and flex_part in ps:
+                n -= max(0, flex_part[0].cell_len - floor)
+            return n
+
+        while need(keep) > width:
+            droppable = [p for p in keep if p[1] < KEEP and p is not flex_part]
+            if not droppable:
+                break
+            keep.remove(min(droppable, key=lambda p: p[1]))
+        if flex_part is not None and flex_part in keep and total(keep) > width:
+            room = max(floor, flex_part[0].cell_len - (total(keep) - width))
+            cut = flex_part[0].copy()
+            cut.truncate(room, overflow="ellipsis")
+            keep[keep.index(flex_part)] = (cut, flex_part[1])
+    out = Text(no_wrap=True, overflow="ellipsis")
+    for i, (t, _) in enumerate(keep):
+        if i:
+            out.append(sep)
+        out.append_text(t)
+    return out
+
+
+def _seg(text: str, style: str = "") -> Text:
+    return Text(text, style=style)
 
 
 def header_text(
-    run: RunSnapshot | None, *, window: bool, paused: bool, behind_step: int | None, root: str, age: float = 0.0
+    run: RunSnapshot | None,
+    *,
+    window: bool,
+    paused: bool,
+    behind_step: int | None,
+    root: str,
+    age: float = 0.0,
+    width: int = 0,
+    idle_s: float | None = None,
 ) -> Text:
-    """The header lines (cut, never wrapped: a fixed height keeps the layout still)."""
-    t = Text(no_wrap=True, overflow="ellipsis")
+    """The three header lines, each fitted to ``width`` cells (0: no limit).
+
+    Step, throughput, ETA, memory and the straggler are kept at any width; the run name is
+    cut and the least important fields (percentages, ranks, p95...) dropped first. In a
+    replay the state is the replay's (position, play/pause), never "running" with an ETA.
+    ``idle_s`` (seconds since the files last grew, as of now) overrides the snapshot's age,
+    so a paused screen does not make a live run look stalled.
+    """
     if run is None:
+        t = Text(no_wrap=True, overflow="ellipsis")
         t.append("stagewatch", style="bold")
         t.append("  waiting for runs under ")
         t.append_text(literal(root))
         return t
-    t.append_text(literal(run.run_id))
-    t.append("  ")
-    t.append(f"{STATE_ICON.get(run.state, '')} {run.state}", style=STATE_STYLE.get(run.state, ""))
-    t.append("  step ")
-    t.append(f"{run.step}", style="bold")
-    if run.total_steps:
-        t.append(f"/{run.total_steps} ({run.step / run.total_steps:.0%})")
+    replay = run.replay
+    line1: list[tuple[Text, int]] = [(literal(run.run_id), KEEP)]
+    if replay:
+        line1.append((_seg(replay, "bold cyan"), KEEP))
+    else:
+        line1.append((_seg(f"{STATE_ICON.get(run.state, '')} {run.state}", STATE_STYLE.get(run.state, "")), KEEP))
+    if not replay:
+        step = Text("step ")
+        step.append(f"{run.step}", style="bold")
+        if run.total_steps:
+            step.append(f"/{run.total_steps}")
+        line1.append((step, KEEP))
+        if run.total_steps:
+            line1.append((_seg(f"({min(run.step / run.total_steps, 9.99):.0%})", "dim"), 1))
+    elif run.total_steps:
+        line1.append((_seg(f"run planned {run.total_steps} steps", "dim"), 1))
     sps = run.samples_per_s_window if window else run.samples_per_s
     if ok(sps) and sps > 0:
-        t.append(f"  {fmt_rate(sps)} samples/s")
+        label = " samples/s global" if run.world_size > 1 else " samples/s"
+        line1.append((_seg(f"{fmt_rate(sps)}{label}"), KEEP))
     elif ok(run.steps_per_s_window):
-        t.append(f"  {fmt_rate(run.steps_per_s_window)} steps/s")
-    t.append(f"  ETA {fmt_duration(run.eta_s)}" if run.eta_s is not None else "  ETA —")
-    if run.mem_peak is not None:
-        t.append(f"  peak mem {fmt_bytes(run.mem_peak)}")
-        if run.mem_total:
-            t.append(f" of {fmt_bytes(run.mem_total)}")
-    t.append(f"  ranks {len(run.ranks_seen)}/{run.world_size}")
+        line1.append((_seg(f"{fmt_rate(run.steps_per_s_window)} steps/s"), KEEP))
+    if not replay and run.state not in ENDED:
+        line1.append((_seg(f"ETA {fmt_duration(run.eta_s)}" if run.eta_s is not None else "ETA —"), KEEP))
     if paused:
-        t.append("  ⏸ PAUSED", style="bold reverse yellow")
+        p = _seg("⏸ PAUSED", "bold reverse yellow")
         if behind_step is not None and behind_step != run.step:
-            t.append(f" (read to step {behind_step})", style="yellow")
-    t.append("\n")
-    w = run.wall_window if window else run.wall
-    t.append(f"step {fmt_ms(w.avg)} avg", style="bold")
-    t.append(f" · p95 {fmt_ms(w.p95)} · last {fmt_ms(w.last)}")
-    t.append(f" · {'window ' + str(run.window_size) + ' steps' if window else 'whole run'}", style="cyan")
-    loss = dict(run.scalars).get("loss")
-    if loss is not None:
-        t.append(f" · loss {loss:.4g}")
-        if ok(run.loss_window):
-            t.append(f" (avg {run.loss_window:.4g})")
-    if run.evals:
-        t.append(" · eval")
-        for k, v in run.evals[:3]:
-            t.append(" ")
-            t.append_text(literal(k))
-            t.append(f" {v:.4g}")
-        if run.eval_step is not None:
-            t.append(f" @{run.eval_step}")
+            p.append(f" (read to step {behind_step})", style="yellow")
+        line1.append((p, KEEP))
+
+    line2: list[tuple[Text, int]] = []
     if run.straggler is not None:
-        t.append(f" · straggler rank {run.straggler} (+{fmt_ms(run.straggler_excess)})", style="bold red")
-    if run.state in ("running", "stale") and not run.replay:
-        t.append(f" · last write {fmt_duration(run.idle_s + age)} ago", style="dim")
-    t.append("\n")
-    if run.replay:
-        t.append(run.replay, style="bold cyan")
-        t.append(" · space play/pause · ←/→ step · home/end · +/- speed · ", style="dim")
+        line2.append((_seg(f"straggler rank {run.straggler} +{fmt_ms(run.straggler_excess)}", "bold red"), KEEP))
+    elif run.world_size > 1:
+        line2.append((_seg("no straggler", "green"), 4))
+    if run.mem_peak is not None:
+        m = f"peak mem {fmt_bytes(run.mem_peak)}"
+        line2.append((_seg(m + (f" of {fmt_bytes(run.mem_total)}" if run.mem_total else "")), KEEP))
+    w = run.wall_window if window else run.wall
+    line2.append((_seg(f"step {fmt_ms(w.avg)} avg", "bold"), KEEP - 1))
+    line2.append((_seg(f"p95 {fmt_ms(w.p95)}"), 2))
+    line2.append((_seg(f"last {fmt_ms(w.last)}"), 3))
+    line2.append((_seg(f"last {run.window_size} steps" if window else "whole run", "cyan"), KEEP))
+    line2.append((_seg(f"ranks {len(run.ranks_seen)}/{run.world_size}"), 1))
+
+    line3: list[tuple[Text, int]] = []
     if run.error:
         err = literal(run.error[:300])
         err.stylize("bold red")
-        t.append_text(err)
-    else:
+        line3.append((err, KEEP))
+    loss = dict(run.scalars).get("loss")
+    if loss is not None and ok(loss):
+        lt = Text(f"loss {loss:.4g}")
+        if ok(run.loss_window):
+            lt.append(f" (avg {run.loss_window:.4g})")
+        line3.append((lt, 6))
+    if run.evals:
+        et = Text("eval")
+        for k, v in run.evals[:3]:
+            et.append(" ")
+            et.append_text(literal(k))
+            et.append(f" {v:.4g}" if ok(v) else " —")
+        if run.eval_step is not None:
+            et.append(f" @{run.eval_step}")
+        line3.append((et, 5))
+    if run.state in ("running", "stale") and not replay:
+        idle = idle_s if idle_s is not None else run.idle_s + age
+        line3.append((_seg(f"last write {fmt_duration(idle)} ago", "magenta" if run.state == "stale" else "dim"), 7))
+    if not run.error:
         where = " · ".join(x for x in (run.host, run.device, run.gpu_name or "") if x)
         if where:
-            t.append_text(literal(where))
-            t.append(" · ")
-        t.append(f"w: whole run ⇄ last {run.window_size} steps · ? help", style="dim")
+            line3.append((literal(where), 2))
+    hint = "space play · ←/→ step · Home/End · +/- speed · ? help" if replay else "? help"
+    line3.append((_seg(hint, "dim"), 0))
+
+    t = fit_line(line1, width, flex=0)
+    t.append("\n")
+    t.append_text(fit_line(line2, width, sep=" · "))
+    t.append("\n")
+    t.append_text(fit_line(line3, width, sep=" · "))
     return t
 
 
 class HeaderBar(Static):
     pass
+
+
+class NoticeBar(Static):
+    """One line that only shows when there is something to say (a new run, a reader error)."""
+
+    def show(self, text: Text | None) -> None:
+        self.set_class(text is not None, "shown")
+        show_text(self, text if text is not None else Text(""))
+
+
+_RUN_ID = re.compile(r"^(\d{8})-(\d{6})-(.+)-[0-9a-f]{4}$")
+
+
+def run_label(item: RunItem) -> tuple[str, str]:
+    """(name, start "MM-DD HH:MM") of a run: the name without the id's time and suffix, the
+    start from its ``run_start`` record in local time (else the id's UTC time), so runs of
+    one name are told apart by when they started."""
+    m = _RUN_ID.match(item.run_id)
+    name = m.group(3) if m else item.run_id
+    if item.started is not None and ok(item.started):
+        try:
+            return name, time.strftime("%m-%d %H:%M", time.localtime(item.started))
+        except (OverflowError, OSError, ValueError):
+            pass
+    if m:
+        d, h = m.group(1), m.group(2)
+        return name, f"{d[4:6]}-{d[6:8]} {h[:2]}:{h[2:4]}Z"
+    return name, "—"
 
 
 class RunList(OptionList):
@@ -129,14 +243,16 @@ class RunList(OptionList):
 
     @staticmethod
     def prompt(item: RunItem, width: int = 40) -> Text:
-        """Two lines, each cut to ``width`` cells (a long run id keeps its end: the name)."""
-        rid = literal(item.run_id).plain
-        if len(rid) > width - 2:
-            rid = "…" + rid[len(rid) - (width - 3) :]
+        """Two lines cut to ``width`` cells: the run's name, then its start date/time and step."""
+        name, when = run_label(item)
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(f"{STATE_ICON.get(item.state, '?')} ", style=STATE_STYLE.get(item.state, ""))
-        t.append(rid)
-        second = f"  {item.state} {item.step}" + (f"/{item.total_steps}" if item.total_steps else "")
+        first = literal(name)
+        first.truncate(max(4, width - 2), overflow="ellipsis")
+        t.append_text(first)
+        second = f"  {when} · {item.step}" + (f"/{item.total_steps}" if item.total_steps else "")
+        if len(second) > width:
+            second = f"  {when} {item.step}"
         t.append("\n" + second[:width], style="dim")
         return t
 
@@ -174,6 +290,7 @@ def rank_text(run: RunSnapshot | None, region: str | None, window: bool, red: fl
     avgs = [s.avg for _, s in chosen if ok(s.avg)]
     mean = sum(avgs) / len(avgs) if avgs else math.nan
     slow = {ri.rank: ri.slowest_steps for ri in run.rank_info}
+    bad = {f.rank: why for f, why in file_problems(run) if f.rank is not None}
     for rank, s in chosen:
         cls = class_of(s, red, yellow) if row is not None and row.name != UNACCOUNTED else "none"
         diff = (s.avg - mean) / mean if ok(s.avg) and ok(mean) and mean > 0 else math.nan
@@ -181,7 +298,10 @@ def rank_text(run: RunSnapshot | None, region: str | None, window: bool, red: fl
         t.append(f" {fmt_ms(s.last):>7} {fmt_ms(s.avg):>7} {fmt_ms(s.p95):>7} {fmt_ms(s.max):>7}")
         t.append(f" {fmt_pct(s.share) if row is not None else '':>6}", style=CLASS_STYLE[cls])
         t.append(f" {f'{diff:+.1%}' if ok(diff) else '—':>7}", style="red" if ok(diff) and diff > 0.05 else "")
-        t.append(f" {slow.get(rank, 0) if len(per) > 1 else '—':>5}\n")
+        t.append(f" {slow.get(rank, 0) if len(per) > 1 else '—':>5}")
+        if rank in bad:
+            t.append(f" {bad[rank]}", style="bold red")
+        t.append("\n")
     return title, t
 
 
@@ -214,19 +334,63 @@ class StepSpark(Vertical):
 
 
 class AdviceBox(Static):
-    """What to change: lines from :func:`tui.advice.advice_for`."""
+    """What to change: lines from :func:`tui.advice.advice_for`, as many as fit, then a line
+    saying how many more there are (``tui summary`` lists them all)."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.lines: list[str] = []
+        self.hidden = 0
 
     def show(self, lines: list[str]) -> None:
+        self.lines = list(lines)
+        self._fit()
+
+    def on_resize(self) -> None:
+        self._fit()
+
+    def _fit(self) -> None:
+        lines = self.lines
         if not lines:
+            self.hidden = 0
             show_text(self, Text("no advice yet", style="dim italic"))
             return
+        width, height = self.content_size.width, self.content_size.height
+        keep = len(lines)
+        if width > 2 and height > 0:
+            rows = [max(1, -(-(2 + literal(x).cell_len) // width)) for x in lines]
+            if sum(rows) > height:
+                used, keep = 0, 0
+                for r in rows:
+                    if used + r > height - 1:
+                        break
+                    used += r
+                    keep += 1
+        self.hidden = len(lines) - keep
         t = Text()
-        for i, line in enumerate(lines):
+        for i, line in enumerate(lines[:keep]):
             if i:
                 t.append("\n")
             t.append("• ")
             t.append_text(literal(line))
+        if self.hidden:
+            if keep:
+                t.append("\n")
+            t.append(f"… {self.hidden} more (tui summary lists them all)", style="dim italic")
         show_text(self, t)
+
+
+def file_problems(run: RunSnapshot) -> list[tuple[FileInfo, str]]:
+    """Rank files that are gone or cannot be read, with a short why (figures from them are
+    the last ones read). Read defensively: older snapshots have no such fields."""
+    out = []
+    for f in run.files:
+        err = getattr(f, "read_error", "") or ""
+        if getattr(f, "missing", False):
+            out.append((f, "✖ removed"))
+        elif err:
+            out.append((f, f"✖ unreadable: {clean(err)[:80]}"))
+    return out
 
 
 class FilesLine(Static):
@@ -238,6 +402,10 @@ class FilesLine(Static):
             return
         t = Text(style="dim")
         t.append(f"{len(run.files)} file(s), {sum(f.lines for f in run.files)} lines")
+        for f, why in file_problems(run):
+            t.append(" · ")
+            t.append_text(literal(f.path.rsplit("/", 1)[-1]))
+            t.append(f" {why}", style="bold red")
         bad = [f for f in run.files if f.malformed]
         skipped = sum(f.skipped for f in run.files)
         if skipped:

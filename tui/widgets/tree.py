@@ -6,19 +6,50 @@ sort order); every other snapshot only replaces node labels.
 
 from __future__ import annotations
 
+import itertools
+
 from rich.cells import cell_len, set_cell_size
 from rich.style import Style
 from rich.text import Span, Text
 from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
 
-from tui.fmt import CLASS_STYLE, bar, class_of, fmt_ms, fmt_pct, literal
+from tui.fmt import CLASS_STYLE, bar, class_of, clean, fmt_ms, fmt_pct, literal
 from tui.snapshot import UNACCOUNTED, RegionRow, RunSnapshot
 from tui.widgets.panels import show_text
 
 GUIDE = 3
 ICON = 2
 BAR_W = 12
+MAX_DEPTH = 16  # levels shown; deeper regions are counted in a "…" row
+MAX_ROWS = 2000  # rows shown; the rest are counted in a "…" row
+HYSTERESIS = 0.005  # a region moves above another once its share is ahead by 0.5 points (or 5%)
+
+
+def order_with_hysteresis(prev: list[str], share: dict[str, float]) -> list[str]:
+    """Names by share, largest first, but the previous order kept while it is still sorted
+    within the hysteresis: rows do not swap back and forth as two close shares wobble.
+
+    New names force a full sort, as does any neighbour now ahead of the one above it by more
+    than max(HYSTERESIS, 5% of its share); after a real change the order is exact.
+    """
+    full = sorted(share, key=lambda n: (-share[n], n))
+    if len(prev) != len(share) or set(prev) != share.keys():
+        return full
+    for a, b in itertools.pairwise(prev):
+        if share[b] - share[a] > max(HYSTERESIS, 0.05 * max(share[a], 0.0)):
+            return full
+    return prev
+
+
+def _count_below(name: str, children: dict[str | None, list[RegionRow]]) -> int:
+    """Regions below ``name`` (iterative: names may nest a thousand levels)."""
+    n, stack = 0, list(children.get(name, []))
+    while stack:
+        r = stack.pop()
+        n += 1
+        stack.extend(children.get(r.name, []))
+    return n
 
 
 class Columns:
@@ -65,7 +96,7 @@ def region_label(row: RegionRow, depth: int, window: bool, red: float, yellow: f
         name = name + " " * (width - cell_len(name))
     vals = {
         "share": fmt_pct(s.share),
-        "last": fmt_ms(s.last),
+        "last": "—" if s.last == 0.0 else fmt_ms(s.last),  # 0: did not run in the last step
         "avg": fmt_ms(s.avg),
         "min": fmt_ms(s.min),
         "max": fmt_ms(s.max),
@@ -103,6 +134,8 @@ class StageTree(Tree[str]):
         self.yellow = 0.10
         self.cols = Columns()
         self.rebuilds = 0
+        self._order_prev: dict[str | None, list[str]] = {}  # last order of each parent's children
+        self._order_run: object = None
 
     def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
         text = super().render_label(node, base_style, style)
@@ -112,57 +145,85 @@ class StageTree(Tree[str]):
 
     # ------------------------------------------------------------------ data
     def _visible(self, run: RunSnapshot) -> list[RegionRow]:
+        """The rows the filter keeps: matches and their ancestors (walked up by parent links,
+        so the cost is one pass whatever the depth)."""
         rows = list(run.regions)
-        if self.filter:
-            f = self.filter.lower()
-            keep = {r.name for r in rows if f in r.name.lower()}
-            for name in list(keep):
-                parts = name.split("/")
-                keep.update("/".join(parts[:i]) for i in range(1, len(parts)))
-            rows = [r for r in rows if r.name in keep]
-        return rows
+        if not self.filter:
+            return rows
+        f = self.filter.lower()
+        parent_of = {r.name: r.parent for r in rows}
+        keep: set[str] = set()
+        for r in rows:
+            if f in r.name.lower():
+                name: str | None = r.name
+                while name is not None and name not in keep:
+                    keep.add(name)
+                    name = parent_of.get(name)
+        return [r for r in rows if r.name in keep]
 
-    def _ordered(self, rows: list[RegionRow]) -> list[RegionRow]:
+    def _share(self, r: RegionRow) -> float:
+        # share of step wall time, not the per-appearance average: a region seen in few
+        # steps (validation) must not outrank the forward pass
+        s = r.window if self.window else r.whole
+        return s.share if s.share == s.share else -1.0
+
+    def _ordered(self, rows: list[RegionRow]) -> tuple[list[RegionRow], int, int]:
+        """Rows in tree order (iterative depth-first), at most MAX_DEPTH levels and MAX_ROWS
+        rows: (rows, regions cut for depth, regions cut for rows)."""
         children: dict[str | None, list[RegionRow]] = {}
         names = {r.name for r in rows}
         for r in rows:
             parent = r.parent if r.parent in names else None
             children.setdefault(parent, []).append(r)
-        w = self.window
+        prev = self._order_prev
+        order: dict[str | None, list[str]] = {}
 
-        def key(r: RegionRow) -> tuple:
+        def sorted_children(parent: str | None) -> list[RegionRow]:
+            kids = children.get(parent, [])
             if self.sort_by_time:
-                # share of step wall time, not the per-appearance average: a region
-                # seen in few steps (validation) must not outrank the forward pass
-                s = r.window if w else r.whole
-                share = s.share if s.share == s.share else -1.0
-                return (-share, r.name)
-            return (r.name.lower(), r.name)
+                by_name = {r.name: r for r in kids}
+                share = {r.name: self._share(r) for r in kids}
+                names_ = order_with_hysteresis(prev.get(parent, []), share)
+                order[parent] = names_
+                return [by_name[n] for n in names_]
+            return sorted(kids, key=lambda r: (r.name.lower(), r.name))
 
         out: list[RegionRow] = []
-
-        def walk(parent: str | None) -> None:
-            for r in sorted(children.get(parent, []), key=key):
-                out.append(r)
-                walk(r.name)
-
-        walk(None)
-        return out
+        cut_depth = cut_rows = 0
+        stack: list[RegionRow] = list(reversed(sorted_children(None)))
+        while stack:
+            r = stack.pop()
+            if len(out) >= MAX_ROWS:
+                cut_rows += 1 + len(stack)
+                break
+            out.append(r)
+            if r.name in children:
+                if r.depth + 1 >= MAX_DEPTH:
+                    cut_depth += _count_below(r.name, children)
+                    continue
+                stack.extend(reversed(sorted_children(r.name)))
+        if cut_rows:  # everything not shown, below what was cut too
+            cut_rows = len(rows) - len(out) - cut_depth
+        self._order_prev = order
+        return out, cut_depth, cut_rows
 
     def show(self, run: RunSnapshot | None, force: bool = False) -> None:
-        """Show ``run``: rebuild on a new shape, else update labels in place."""
+        """Show ``run``: rebuild on a new shape or order, else update labels in place."""
         if run is None:
             if self._shape is not None:
                 self.clear()
                 self.nodes_by_name = {}
                 self._shape = None
             return
+        if self._order_run != (run.run_id, self.sort_by_time, self.window):
+            self._order_run = (run.run_id, self.sort_by_time, self.window)
+            self._order_prev = {}
         rows = self._visible(run)
-        all_rows = [*rows, run.unaccounted]
-        self.rows = {r.name: r for r in all_rows}
-        shape = (run.run_id, tuple(sorted(r.name for r in rows)), self.filter)
+        ordered, cut_depth, cut_rows = self._ordered(rows)
+        self.rows = {r.name: r for r in (*ordered, run.unaccounted)}
+        shape = (run.run_id, tuple(r.name for r in ordered), self.filter, cut_depth, cut_rows)
         if force or shape != self._shape:
-            self._rebuild(rows, run)
+            self._rebuild(ordered, run, cut_depth, cut_rows)
             self._shape = shape
         else:
             self.refresh_labels()
@@ -195,13 +256,12 @@ class StageTree(Tree[str]):
     def _label(self, row: RegionRow) -> Text:
         return region_label(row, row.depth, self.window, self.red, self.yellow, self.cols)
 
-    def _rebuild(self, rows: list[RegionRow], run: RunSnapshot) -> None:
+    def _rebuild(self, ordered: list[RegionRow], run: RunSnapshot, cut_depth: int = 0, cut_rows: int = 0) -> None:
         self.rebuilds += 1
         expanded = {n: node.is_expanded for n, node in self.nodes_by_name.items()}
         cursor = self.cursor_node.data if self.cursor_node is not None else None
         self.clear()
         self.nodes_by_name = {}
-        ordered = self._ordered(rows)
         has_children = {r.parent for r in ordered if r.parent}
         for r in ordered:
             parent = self.nodes_by_name.get(r.parent) if r.parent else None
@@ -213,6 +273,18 @@ class StageTree(Tree[str]):
             else:
                 node = parent.add_leaf(label, data=r.name)
             self.nodes_by_name[r.name] = node
+        if self.filter and not ordered:
+            self.root.add_leaf(Text(f"no region matches “{clean(self.filter)}”", style="italic yellow"), data=None)
+        if cut_depth:
+            self.root.add_leaf(
+                Text(f"… {cut_depth} regions nested deeper than {MAX_DEPTH} levels not shown", style="italic dim"),
+                data=None,
+            )
+        if cut_rows:
+            self.root.add_leaf(
+                Text(f"… {cut_rows} more regions not shown (first {MAX_ROWS}; / filters by name)", style="italic dim"),
+                data=None,
+            )
         u = run.unaccounted
         self.nodes_by_name[UNACCOUNTED] = self.root.add_leaf(self._label(u), data=UNACCOUNTED)
         self.root.expand()
@@ -226,6 +298,7 @@ class StageTree(Tree[str]):
 
     def resort(self) -> None:
         self._shape = None
+        self._order_prev = {}
 
 
 class TreeHeader(Static):
