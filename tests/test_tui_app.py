@@ -580,7 +580,7 @@ async def test_advice_box_says_how_many_items_are_hidden(tmp_path: Path) -> None
         await pilot.pause()
         assert box.hidden > 0
         shown = box.content.plain.splitlines()
-        assert shown[-1] == f"… {box.hidden} more (tui summary lists them all)"
+        assert shown[-1] == f"… {box.hidden} more (see tui summary)"
         assert "advice · " in str(box.border_title)
 
 
@@ -618,12 +618,28 @@ def test_run_list_shows_start_time_and_name() -> None:
     try:
         item = RunItem("20261126-120000-vrt_spike_baseline-3f2a", "/x", "running", 180, 26550, 1_764_158_400.0)
         text = RunList.prompt(item, 20).plain.splitlines()
-        assert text == ["● vrt_spike_baseline", "  11-26 12:00 180"]
+        assert text == ["● vrt_spike_baseline", "  11-26 12:00  180"]
         wide = RunList.prompt(item, 30).plain.splitlines()
-        assert wide[1] == "  11-26 12:00 · 180/26550"
+        assert wide[1] == "  11-26 12:00  180/26550"
     finally:
         if old is None:
             del os.environ["TZ"]
         else:
             os.environ["TZ"] = old
         time.tzset()
+
+
+@sync
+async def test_a_deleted_log_root_takes_its_runs_off_the_screen(tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "logs"
+    write_run(root, "20261126-100000-gone-0001", steps=3)
+    app = MonitorApp(LiveSource(root, poll=True, interval=0.05, min_gap=0.0))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: _step_of(app) == 3)
+        shutil.rmtree(root)
+        await wait_for(pilot, lambda: app.world.runs == () and app.world.selected is None)
+        await pilot.pause()
+        assert app.query_one("#header").content.plain.startswith("stagewatch  waiting for runs under ")
+        assert app.query_one(StageTree).nodes_by_name == {}

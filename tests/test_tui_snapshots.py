@@ -1,13 +1,16 @@
-"""Screen snapshots (pytest-textual-snapshot) of watch and replay at two terminal sizes.
+"""Screen snapshots (pytest-textual-snapshot) of watch and replay at 80x24, 120x40 and 200x60.
 
-Data are fixed (seeded generator, fixed times) and the reader's clock is frozen, so the
-pictures are deterministic. Update with ``pytest --snapshot-update`` after a deliberate change.
+Data are fixed (seeded generator, fixed times), the reader's clock is frozen and times are
+shown in UTC, so the pictures are deterministic. Update with ``pytest --snapshot-update``
+after a deliberate change (only for the tests that changed), and look at the SVGs.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +19,23 @@ from trainer.timing.records import encode
 from tui.app import MonitorApp
 from tui.live import LiveSource
 from tui.replay import ReplaySource
-from tui.testing import start_line, write_run
+from tui.testing import start_line, step_records, write_run
 
-SIZES = [(160, 48), (100, 30)]
+SIZES = [(80, 24), (120, 40), (200, 60)]
+
+
+@pytest.fixture(autouse=True)
+def _utc() -> Iterator[None]:
+    """Start times in the runs list are local: pin the zone."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if old is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
 
 
 async def _settle(pilot) -> None:  # type: ignore[no-untyped-def]
@@ -72,4 +89,21 @@ def test_failed_run_and_help_screen(snap_compare, tmp_path: Path) -> None:  # ty
     assert snap_compare(MonitorApp(src), terminal_size=(120, 40), run_before=before)
 
 
-_ = start_line  # generator helpers used above
+def test_new_run_notice_on_a_narrow_screen(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    live = tmp_path / "20261126-100000-live-0001"
+    live.mkdir()
+    (live / "rank0.jsonl").write_text(start_line(live.name, t0=1_764_150_000.0) + "".join(
+        encode(r) for r in step_records(5, t0=1_764_150_000.0)))
+    src = LiveSource(tmp_path, poll=True, interval=0.05, clock=lambda: 1000.0, stale_after=1e9)
+
+    async def before(pilot) -> None:  # type: ignore[no-untyped-def]
+        await _settle(pilot)
+        write_run(tmp_path, "20261126-110000-next-0002", steps=2, status=None, t0=1_764_160_000.0)
+        t0 = time.monotonic()
+        while pilot.app.new_run is None:
+            if time.monotonic() - t0 > 10:
+                raise AssertionError("no notice")
+            await pilot.pause(0.02)
+        await pilot.pause()
+
+    assert snap_compare(MonitorApp(src), terminal_size=(80, 24), run_before=before)

@@ -43,6 +43,7 @@ from tui.widgets.tree import Columns, StageTree, TreeHeader
 
 WIDE = 140  # columns from which the tree shows min/max/p95 and the run list is wide
 NARROW = 110  # below this the run list is hidden (n / N still switch runs)
+SHORT = 30  # below this many rows the step-time sparkline gives its room to the advice
 ENDED = ("finished", "failed", "interrupted", "stale")  # a new run is followed from these
 _ADVICE_TAKES_WINDOW = "window" in inspect.signature(advice_for).parameters
 
@@ -122,7 +123,7 @@ class MonitorApp(App[int]):
                         yield advice
         yield FilesLine(id="files")
         yield Input(placeholder="filter regions by name (enter to apply, esc to clear)", id="filter")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         tree = self.query_one(StageTree)
@@ -130,6 +131,7 @@ class MonitorApp(App[int]):
         if self.mode == REPLAY:
             self.query_one(RunList).add_class("hidden")
         self._layout_for(self.size.width)
+        self.query_one(StepSpark).set_class(self.size.height < SHORT, "hidden")
         self._render_world()
         tree.focus()
         self.source.busy = lambda: self._slot_pending  # type: ignore[method-assign]
@@ -159,6 +161,8 @@ class MonitorApp(App[int]):
 
     def on_resize(self, event: Any) -> None:
         self._layout_for(event.size.width)
+        # short terminals: the advice matters more than the sparkline
+        self.query_one(StepSpark).set_class(event.size.height < SHORT, "hidden")
         self.call_after_refresh(self._render_header)  # the header fits its fields to the width
 
     def _layout_for(self, width: int) -> None:
@@ -168,7 +172,7 @@ class MonitorApp(App[int]):
         if self.mode != REPLAY:
             runs.set_class(width < NARROW, "hidden")
         tree = self.query_one(StageTree)
-        side = 0 if runs.has_class("hidden") else (24 if compact else 34)
+        side = 0 if runs.has_class("hidden") else (28 if compact else 34)
         name_w = max(10, min(60, width - side - (62 if compact else 80)))
         if compact != self.compact or name_w != tree.cols.name_w:
             self.compact = compact

@@ -193,6 +193,9 @@ def header_text(
     hint = "space play · ←/→ step · Home/End · +/- speed · ? help" if replay else "? help"
     line3.append((_seg(hint, "dim"), 0))
 
+    if width and fit_line(line1, 0).cell_len > width:  # the id does not fit: its name
+        name, _ = run_label(RunItem(run.run_id, run.path, run.state, run.step, run.total_steps, run.started))
+        line1[0] = (literal(name), KEEP)
     t = fit_line(line1, width, flex=0)
     t.append("\n")
     t.append_text(fit_line(line2, width, sep=" · "))
@@ -250,14 +253,21 @@ class RunList(OptionList):
         first = literal(name)
         first.truncate(max(4, width - 2), overflow="ellipsis")
         t.append_text(first)
-        second = f"  {when} · {item.step}" + (f"/{item.total_steps}" if item.total_steps else "")
+        second = f"  {when}  {item.step}" + (f"/{item.total_steps}" if item.total_steps else "")
         if len(second) > width:
-            second = f"  {when} {item.step}"
+            second = f"  {when}  {item.step}"
+        if len(second) > width:
+            second = f"{when} {item.step}"
         t.append("\n" + second[:width], style="dim")
         return t
 
+    def on_resize(self) -> None:
+        if isinstance(self._shown, tuple):
+            self.show(*self._shown[:2])  # lines are cut to the width: cut them again
+
     def show(self, runs: tuple[RunItem, ...], selected: str | None) -> None:
-        width = max(8, self.size.width - 4) if self.size.width else 30
+        # the options' own padding (1 cell each side) comes off the content width
+        width = max(8, self.content_size.width - 2) if self.content_size.width else 30
         if (runs, selected, width) == self._shown:
             return
         self._shown = (runs, selected, width)
@@ -273,8 +283,25 @@ class RunList(OptionList):
             self.highlighted = ids.index(selected)
 
 
-def rank_text(run: RunSnapshot | None, region: str | None, window: bool, red: float, yellow: float) -> tuple[str, Text]:
-    """(title, table) of the per-rank figures of ``region`` (or of the step wall time)."""
+RANK_W = {"last": 7, "avg": 7, "p95": 7, "max": 7, "share": 6, "diff": 7, "slow": 5}
+
+
+def rank_columns(width: int, *, multi: bool, region: bool) -> list[str]:
+    """The rank table's columns that fit ``width`` cells, the least useful dropped first."""
+    cols = ["last", "avg", "p95", "max"] + (["share"] if region else []) + (["diff", "slow"] if multi else [])
+    for drop in ("max", "p95", "slow", "last"):
+        if width <= 0 or 4 + sum(RANK_W[c] + 1 for c in cols) <= width:
+            break
+        if drop in cols:
+            cols.remove(drop)
+    return cols
+
+
+def rank_text(
+    run: RunSnapshot | None, region: str | None, window: bool, red: float, yellow: float, width: int = 0
+) -> tuple[str, Text]:
+    """(title, table) of the per-rank figures of ``region`` (or of the step wall time),
+    with the columns that fit ``width`` cells (0: all)."""
     if run is None:
         return "ranks", Text("")
     row = run.region(region) if region else None
@@ -284,8 +311,10 @@ def rank_text(run: RunSnapshot | None, region: str | None, window: bool, red: fl
     else:
         title = "ranks · unaccounted" if row.name == UNACCOUNTED else f"ranks · {row.name}"
         per = list(row.ranks)
+    cols = rank_columns(width, multi=len(per) > 1, region=row is not None)
+    heads = {"last": "last", "avg": "avg", "p95": "p95", "max": "max", "share": "share", "diff": "Δ mean", "slow": "slow"}
     t = Text(no_wrap=True, overflow="ellipsis")
-    t.append(f"{'rank':>4} {'last':>7} {'avg':>7} {'p95':>7} {'max':>7} {'share':>6} {'Δ mean':>7} {'slow':>5}\n", style="bold")
+    t.append(f"{'rank':>4}" + "".join(f" {heads[c]:>{RANK_W[c]}}" for c in cols) + "\n", style="bold")
     chosen = [(r, win if window else whole) for r, whole, win in per]
     avgs = [s.avg for _, s in chosen if ok(s.avg)]
     mean = sum(avgs) / len(avgs) if avgs else math.nan
@@ -295,10 +324,16 @@ def rank_text(run: RunSnapshot | None, region: str | None, window: bool, red: fl
         cls = class_of(s, red, yellow) if row is not None and row.name != UNACCOUNTED else "none"
         diff = (s.avg - mean) / mean if ok(s.avg) and ok(mean) and mean > 0 else math.nan
         t.append(f"{rank:>4}", style="bold red" if rank == run.straggler else "")
-        t.append(f" {fmt_ms(s.last):>7} {fmt_ms(s.avg):>7} {fmt_ms(s.p95):>7} {fmt_ms(s.max):>7}")
-        t.append(f" {fmt_pct(s.share) if row is not None else '':>6}", style=CLASS_STYLE[cls])
-        t.append(f" {f'{diff:+.1%}' if ok(diff) else '—':>7}", style="red" if ok(diff) and diff > 0.05 else "")
-        t.append(f" {slow.get(rank, 0) if len(per) > 1 else '—':>5}")
+        for c in cols:
+            w = RANK_W[c]
+            if c in ("last", "avg", "p95", "max"):
+                t.append(f" {fmt_ms(getattr(s, c)):>{w}}")
+            elif c == "share":
+                t.append(f" {fmt_pct(s.share):>{w}}", style=CLASS_STYLE[cls])
+            elif c == "diff":
+                t.append(f" {f'{diff:+.1%}' if ok(diff) else '—':>{w}}", style="red" if ok(diff) and diff > 0.05 else "")
+            else:
+                t.append(f" {slow.get(rank, 0):>{w}}")
         if rank in bad:
             t.append(f" {bad[rank]}", style="bold red")
         t.append("\n")
@@ -308,10 +343,17 @@ def rank_text(run: RunSnapshot | None, region: str | None, window: bool, red: fl
 class RankView(Static):
     """Per-rank figures of the selected region (or of the step wall time)."""
 
+    _args: tuple | None = None
+
     def show(self, run: RunSnapshot | None, region: str | None, window: bool, red: float, yellow: float) -> None:
-        title, text = rank_text(run, region, window, red, yellow)
+        self._args = (run, region, window, red, yellow)
+        title, text = rank_text(run, region, window, red, yellow, self.content_size.width)
         set_title(self, title)
         show_text(self, text)
+
+    def on_resize(self) -> None:
+        if self._args is not None:
+            self.show(*self._args)
 
 
 class StepSpark(Vertical):
@@ -328,7 +370,7 @@ class StepSpark(Vertical):
             spark.data = data
         label = self.query_one("#spark-label", Static)
         if data:
-            show_text(label, Text(f"step time, last {len(data)} steps: {fmt_ms(min(data))} … {fmt_ms(max(data))}", style="dim"))
+            show_text(label, Text(f"step time, last {len(data)}: {fmt_ms(min(data))} – {fmt_ms(max(data))}", style="dim"))
         else:
             show_text(label, Text("step time: no steps yet", style="dim"))
 
@@ -356,28 +398,32 @@ class AdviceBox(Static):
             show_text(self, Text("no advice yet", style="dim italic"))
             return
         width, height = self.content_size.width, self.content_size.height
-        keep = len(lines)
-        if width > 2 and height > 0:
-            rows = [max(1, -(-(2 + literal(x).cell_len) // width)) for x in lines]
-            if sum(rows) > height:
-                used, keep = 0, 0
-                for r in rows:
-                    if used + r > height - 1:
-                        break
-                    used += r
-                    keep += 1
-        self.hidden = len(lines) - keep
-        t = Text()
-        for i, line in enumerate(lines[:keep]):
-            if i:
-                t.append("\n")
-            t.append("• ")
-            t.append_text(literal(line))
+        items = [Text.assemble("• ", literal(x)) for x in lines]
+        if width <= 2 or height <= 0:  # not laid out yet
+            self.hidden = 0
+            show_text(self, Text("\n").join(items))
+            return
+        wrapped = [item.wrap(self.app.console, width) for item in items]
+        keep, used = len(items), 0
+        if sum(len(w) for w in wrapped) > height:
+            keep = 0
+            for w in wrapped:
+                if used + len(w) > height - 1:
+                    break
+                used += len(w)
+                keep += 1
+        rows: list[Text] = [line for w in wrapped[:keep] for line in w]
+        if keep == 0:  # even the first item is too long: its start, cut with "…"
+            room = height - 1 if len(items) > 1 else height
+            first = list(wrapped[0])[: max(1, room)]
+            first[-1] = first[-1].copy()
+            first[-1].truncate(max(1, width - 1))
+            first[-1].append("…")
+            rows, keep = first, 1
+        self.hidden = len(items) - keep
         if self.hidden:
-            if keep:
-                t.append("\n")
-            t.append(f"… {self.hidden} more (tui summary lists them all)", style="dim italic")
-        show_text(self, t)
+            rows.append(Text(f"… {self.hidden} more (see tui summary)", style="dim italic"))
+        show_text(self, Text("\n").join(rows))
 
 
 def file_problems(run: RunSnapshot) -> list[tuple[FileInfo, str]]:
