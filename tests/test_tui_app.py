@@ -619,6 +619,7 @@ def test_run_list_shows_start_time_and_name() -> None:
         item = RunItem("20261126-120000-vrt_spike_baseline-3f2a", "/x", "running", 180, 26550, 1_764_158_400.0)
         text = RunList.prompt(item, 20).plain.splitlines()
         assert text == ["● vrt_spike_baseline", "  11-26 12:00  180"]
+        assert RunList.prompt(item, 22).plain.splitlines()[1] == "11-26 12:00  180/26550"
         wide = RunList.prompt(item, 30).plain.splitlines()
         assert wide[1] == "  11-26 12:00  180/26550"
     finally:

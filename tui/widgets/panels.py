@@ -253,11 +253,9 @@ class RunList(OptionList):
         first = literal(name)
         first.truncate(max(4, width - 2), overflow="ellipsis")
         t.append_text(first)
-        second = f"  {when}  {item.step}" + (f"/{item.total_steps}" if item.total_steps else "")
-        if len(second) > width:
-            second = f"  {when}  {item.step}"
-        if len(second) > width:
-            second = f"{when} {item.step}"
+        of = f"{item.step}" + (f"/{item.total_steps}" if item.total_steps else "")
+        tries = (f"  {when}  {of}", f"{when}  {of}", f"  {when}  {item.step}", f"{when} {item.step}")
+        second = next((x for x in tries if len(x) <= width), tries[-1])
         t.append("\n" + second[:width], style="dim")
         return t
 
