@@ -644,3 +644,43 @@ async def test_a_deleted_log_root_takes_its_runs_off_the_screen(tmp_path: Path) 
         await pilot.pause()
         assert app.query_one("#header").content.plain.startswith("stagewatch  waiting for runs under ")
         assert app.query_one(StageTree).nodes_by_name == {}
+
+
+def test_a_region_that_did_not_run_in_the_last_step_shows_a_dash(tmp_path: Path) -> None:
+    from tui.widgets.tree import Columns, region_label
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "rank0.jsonl").write_text(start_line("r") + encode(
+        Step(step=1, time=1.0, wall_ms=100.0, regions={"eval": (40.0, 1), "fwd": (50.0, 1)})) + encode(
+        Step(step=2, time=2.0, wall_ms=60.0, regions={"fwd": (50.0, 1)})))
+    src = LiveSource(run, poll=True)
+    snap = src.step().selected
+    cols = Columns(20, compact=True)
+    last = dict(cols.fields()).keys()
+    assert list(last)[1] == "last"
+    ev = region_label(snap.region("eval"), 0, False, 0.4, 0.1, cols).plain.split()
+    fwd = region_label(snap.region("fwd"), 0, False, 0.4, 0.1, cols).plain.split()
+    assert ev[3] == "—" and ev[4] == "40.0ms"  # last, avg
+    assert fwd[3] == "50.0ms"
+
+
+def test_removed_or_unreadable_rank_files_are_marked(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from tui.widgets.panels import file_problems, rank_text
+
+    run = write_run(tmp_path, steps=3, ranks=2)
+    snap = LiveSource(run, poll=True).step().selected
+    f0, f1 = snap.files
+    # the reader's flags, as the snapshot will carry them (read defensively by the screen)
+    gone = SimpleNamespace(**{k: getattr(f1, k) for k in f1.__slots__}, missing=True, read_error="")
+    bad = SimpleNamespace(**{k: getattr(f0, k) for k in f0.__slots__}, missing=False,
+                          read_error="PermissionError: [Errno 13] Permission denied\x1b[2J")
+    snap = replace(snap, files=(bad, gone))
+    assert [why for _, why in file_problems(snap)] == [
+        "✖ unreadable: PermissionError: [Errno 13] Permission denied\\x1b[2J", "✖ removed"]
+    _, table = rank_text(snap, None, False, 0.4, 0.1)
+    rows = table.plain.splitlines()
+    assert rows[1].endswith("✖ unreadable: PermissionError: [Errno 13] Permission denied\\x1b[2J")
+    assert rows[2].endswith("✖ removed")

@@ -42,16 +42,6 @@ def order_with_hysteresis(prev: list[str], share: dict[str, float]) -> list[str]
     return prev
 
 
-def _count_below(name: str, children: dict[str | None, list[RegionRow]]) -> int:
-    """Regions below ``name`` (iterative: names may nest a thousand levels)."""
-    n, stack = 0, list(children.get(name, []))
-    while stack:
-        r = stack.pop()
-        n += 1
-        stack.extend(children.get(r.name, []))
-    return n
-
-
 class Columns:
     """Column layout shared by the labels and the header line above the tree.
 
@@ -170,6 +160,9 @@ class StageTree(Tree[str]):
     def _ordered(self, rows: list[RegionRow]) -> tuple[list[RegionRow], int, int]:
         """Rows in tree order (iterative depth-first), at most MAX_DEPTH levels and MAX_ROWS
         rows: (rows, regions cut for depth, regions cut for rows)."""
+        deep = len(rows)
+        rows = [r for r in rows if r.depth < MAX_DEPTH]  # first: the cost is then bounded too
+        cut_depth = deep - len(rows)
         children: dict[str | None, list[RegionRow]] = {}
         names = {r.name for r in rows}
         for r in rows:
@@ -189,21 +182,13 @@ class StageTree(Tree[str]):
             return sorted(kids, key=lambda r: (r.name.lower(), r.name))
 
         out: list[RegionRow] = []
-        cut_depth = cut_rows = 0
         stack: list[RegionRow] = list(reversed(sorted_children(None)))
-        while stack:
+        while stack and len(out) < MAX_ROWS:
             r = stack.pop()
-            if len(out) >= MAX_ROWS:
-                cut_rows += 1 + len(stack)
-                break
             out.append(r)
             if r.name in children:
-                if r.depth + 1 >= MAX_DEPTH:
-                    cut_depth += _count_below(r.name, children)
-                    continue
                 stack.extend(reversed(sorted_children(r.name)))
-        if cut_rows:  # everything not shown, below what was cut too
-            cut_rows = len(rows) - len(out) - cut_depth
+        cut_rows = len(rows) - len(out)  # left out for rows, below what was cut too
         self._order_prev = order
         return out, cut_depth, cut_rows
 
