@@ -240,8 +240,8 @@ class MonitorApp(App[int]):
         t: Text | None = None
         if self.reader_error:
             t = Text("⚠ reader error: ", style="bold red")
-            t.append_text(literal(str(self.reader_error).splitlines()[0][:300] if self.reader_error else ""))
-            t.append(" · the other runs stay live; `tui watch` will exit 1", style="dim")
+            t.append_text(literal((str(self.reader_error).splitlines() or [""])[0][:300]))
+            t.append(" · figures as last read · tui watch exits 1", style="dim")
         elif self.new_run is not None:
             t = Text("● new run ", style="bold green")
             t.append_text(literal(self.new_run))
