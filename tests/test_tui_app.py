@@ -328,6 +328,15 @@ async def test_a_new_run_beside_a_live_one_is_announced_and_n_switches(tmp_path:
         await pilot.press("n")
         await wait_for(pilot, lambda: app.world.selected.run_id == "20261126-160000-other-0002")
         assert not notice.has_class("shown")
+        # back to the live run; a third run is announced, then followed once the live run ends
+        await pilot.press("N")
+        await wait_for(pilot, lambda: app.world.selected.run_id == live.name)
+        write_run(root, "20261126-170000-third-0003", steps=2, status=None, t0=2_200_000_000.0)
+        await wait_for(pilot, lambda: app.new_run == "20261126-170000-third-0003")
+        with open(live / "rank0.jsonl", "a") as f:
+            f.write(encode(RunEnd(time=2_000_000_100.0, status="completed", steps=5)))
+        await wait_for(pilot, lambda: app.world.selected.run_id == "20261126-170000-third-0003")
+        assert app.new_run is None
 
 
 def test_order_with_hysteresis_keeps_close_rows_and_follows_real_changes() -> None:

@@ -212,6 +212,11 @@ class MonitorApp(App[int]):
         if cur is not None and self.new_run == cur.run_id:
             self.new_run = None
         if not fresh:
+            if self.new_run is not None and cur is not None and cur.state in ENDED:
+                # the run on screen ended after a new one was announced: follow it now
+                rid, self.new_run = self.new_run, None
+                self.source.select(rid)
+                self.notify(f"now showing the new run {clean(rid)}", timeout=5, markup=False)
             self._render_notice()
             return
         newest = fresh[0]
