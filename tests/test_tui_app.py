@@ -693,3 +693,34 @@ def test_removed_or_unreadable_rank_files_are_marked(tmp_path: Path) -> None:
     rows = table.plain.splitlines()
     assert rows[1].endswith("✖ unreadable: PermissionError: [Errno 13] Permission denied\\x1b[2J")
     assert rows[2].endswith("✖ removed")
+
+
+@sync
+async def test_an_unchanged_snapshot_repaints_nothing(tmp_path: Path) -> None:
+    from textual.widgets import Static
+
+    write_run(tmp_path, steps=5, ranks=2)
+    app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05, stale_after=1e9))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: _step_of(app) == 5)
+        await pilot.pause()
+        tree = app.query_one(StageTree)
+        updates: list[str] = []
+        real = Static.update
+
+        def counting(self, *a, **k):  # type: ignore[no-untyped-def]
+            updates.append(self.id or type(self).__name__)
+            return real(self, *a, **k)
+
+        Static.update = counting  # type: ignore[method-assign]
+        refreshes = []
+        tree_refresh = tree.refresh
+        tree.refresh = lambda *a, **k: refreshes.append(1) or tree_refresh(*a, **k)  # type: ignore[method-assign]
+        try:
+            rebuilds = tree.rebuilds
+            app._render_world()  # the same snapshot again
+            app._render_world()
+        finally:
+            Static.update = real  # type: ignore[method-assign]
+            del tree.refresh
+        assert updates == [] and refreshes == [] and tree.rebuilds == rebuilds
