@@ -724,3 +724,17 @@ async def test_an_unchanged_snapshot_repaints_nothing(tmp_path: Path) -> None:
             Static.update = real  # type: ignore[method-assign]
             del tree.refresh
         assert updates == [] and refreshes == [] and tree.rebuilds == rebuilds
+
+
+def test_header_survives_out_of_range_values(tmp_path: Path) -> None:
+    import math
+
+    from tui.widgets.panels import header_text
+
+    snap = LiveSource(write_run(tmp_path, steps=3, status=None), poll=True).step().selected
+    for field, value in [("eta_s", math.inf), ("mem_peak", 10**400), ("mem_total", 10**400),
+                         ("total_steps", 10**400), ("samples_per_s", math.inf),
+                         ("evals", (("psnr", math.inf),)), ("scalars", (("loss", math.inf),))]:
+        text = header_text(replace(snap, **{field: value}), window=False, paused=False, behind_step=None,
+                           root="", width=80)
+        assert len(text.plain.splitlines()) == 3, field

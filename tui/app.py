@@ -122,7 +122,7 @@ class MonitorApp(App[int]):
                         advice.border_title = "advice"
                         yield advice
         yield FilesLine(id="files")
-        yield Input(placeholder="filter regions by name (enter to apply, esc to clear)", id="filter")
+        yield Input(placeholder="filter regions by name as you type (Enter keeps it, Esc clears)", id="filter")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
