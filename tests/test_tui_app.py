@@ -672,6 +672,10 @@ def test_a_region_that_did_not_run_in_the_last_step_shows_a_dash(tmp_path: Path)
     fwd = region_label(snap.region("fwd"), 0, False, 0.4, 0.1, cols).plain.split()
     assert ev[3] == "—" and ev[4] == "40.0ms"  # last, avg
     assert fwd[3] == "50.0ms"
+    from tui.widgets.panels import rank_text
+
+    _, table = rank_text(snap, "eval", False, 0.4, 0.1)
+    assert table.plain.splitlines()[1].split()[:3] == ["0", "—", "40.0ms"]  # rank, last, avg
 
 
 def test_removed_or_unreadable_rank_files_are_marked(tmp_path: Path) -> None:

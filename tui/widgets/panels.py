@@ -324,7 +324,9 @@ def rank_text(
         t.append(f"{rank:>4}", style="bold red" if rank == run.straggler else "")
         for c in cols:
             w = RANK_W[c]
-            if c in ("last", "avg", "p95", "max"):
+            if c == "last" and row is not None and s.last == 0.0:
+                t.append(f" {'—':>{w}}")  # did not run in the last step
+            elif c in ("last", "avg", "p95", "max"):
                 t.append(f" {fmt_ms(getattr(s, c)):>{w}}")
             elif c == "share":
                 t.append(f" {fmt_pct(s.share):>{w}}", style=CLASS_STYLE[cls])
