@@ -686,10 +686,10 @@ def test_removed_or_unreadable_rank_files_are_marked(tmp_path: Path) -> None:
     run = write_run(tmp_path, steps=3, ranks=2)
     snap = LiveSource(run, poll=True).step().selected
     f0, f1 = snap.files
-    # the reader's flags, as the snapshot will carry them (read defensively by the screen)
-    gone = SimpleNamespace(**{k: getattr(f1, k) for k in f1.__slots__}, missing=True, read_error="")
-    bad = SimpleNamespace(**{k: getattr(f0, k) for k in f0.__slots__}, missing=False,
-                          read_error="PermissionError: [Errno 13] Permission denied\x1b[2J")
+    # the reader's flags (FileInfo.state / .problem), read defensively by the screen
+    gone = SimpleNamespace(**{k: getattr(f1, k) for k in f1.__slots__}, state="missing", problem="removed")
+    bad = SimpleNamespace(**{k: getattr(f0, k) for k in f0.__slots__}, state="unreadable",
+                          problem="PermissionError: [Errno 13] Permission denied\x1b[2J")
     snap = replace(snap, files=(bad, gone))
     assert [why for _, why in file_problems(snap)] == [
         "✖ unreadable: PermissionError: [Errno 13] Permission denied\\x1b[2J", "✖ removed"]
@@ -697,6 +697,24 @@ def test_removed_or_unreadable_rank_files_are_marked(tmp_path: Path) -> None:
     rows = table.plain.splitlines()
     assert rows[1].endswith("✖ unreadable: PermissionError: [Errno 13] Permission denied\\x1b[2J")
     assert rows[2].endswith("✖ removed")
+
+
+def test_header_and_ranks_show_the_straggler_verdict(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from tui.widgets.panels import header_text, rank_text
+
+    snap = LiveSource(write_run(tmp_path, steps=3, ranks=2, status=None), poll=True).step().selected
+    # the diagnosis' verdict (brief / who_waits), as the snapshot will carry it
+    verdict = SimpleNamespace(brief=lambda: "straggler rank 1 +98.7ms compute",
+                              who_waits=lambda: "rank 0 waits 250 ms per step for rank 1 at the all-reduce")
+    snap = replace(snap, straggler=1, straggler_excess=98.7)
+    snap = SimpleNamespace(**{k: getattr(snap, k) for k in snap.__slots__}, stragglers=verdict,
+                           region=snap.region)
+    head = header_text(snap, window=False, paused=False, behind_step=None, root="", width=80).plain
+    assert "straggler rank 1 +98.7ms compute" in head
+    _, table = rank_text(snap, None, False, 0.4, 0.1)
+    assert table.plain.splitlines()[-1] == "rank 0 waits 250 ms per step for rank 1 at the all-reduce"
 
 
 @sync
@@ -742,3 +760,23 @@ def test_header_survives_out_of_range_values(tmp_path: Path) -> None:
         text = header_text(replace(snap, **{field: value}), window=False, paused=False, behind_step=None,
                            root="", width=80)
         assert len(text.plain.splitlines()) == 3, field
+
+
+@sync
+async def test_the_readers_cut_rows_show_as_a_dim_row(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from tui.snapshot import EMPTY
+
+    write_run(tmp_path, steps=3)
+    app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05, stale_after=1e9))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: _step_of(app) == 3)
+        snap = app.world.selected
+        cut = SimpleNamespace(name="forward/…", leaf="…", depth=1, parent="forward", whole=EMPTY,
+                              window=EMPTY, ranks=(), cut=True)
+        tree = app.query_one(StageTree)
+        tree.show(replace(snap, regions=(*snap.regions, cut)))
+        await pilot.pause()
+        kids = tree.nodes_by_name["forward"].children
+        assert str(kids[-1].label) == "… more regions not shown" and kids[-1].data is None

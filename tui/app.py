@@ -229,13 +229,16 @@ class MonitorApp(App[int]):
         self._render_notice()
 
     def _check_reader(self, snap: WorldSnapshot | None) -> None:
-        # the reader's error travels in the snapshot once the reader puts it there; until
-        # then the live source's own record of its last failure is shown
-        if snap is not None and hasattr(snap, "reader_error"):
-            err = snap.reader_error
+        # the reader thread's failure (the snapshot's ``error``, else the live source's own
+        # record of it), then the run on screen failing to be read (its ``reader_error``);
+        # both read defensively
+        if snap is not None and hasattr(snap, "error"):
+            err = snap.error
         else:
             err = getattr(self.source, "last_error", None)
-        if err:
+        run = snap.selected if snap is not None else None
+        err = err or (getattr(run, "reader_error", None) if run is not None else None)
+        if err or getattr(self.source, "failed", False) is True:
             self.failed = True
         if err != self.reader_error:
             self.reader_error = err

@@ -149,10 +149,12 @@ def header_text(
         line1.append((p, KEEP))
 
     line2: list[tuple[Text, int]] = []
+    verdict = getattr(run, "stragglers", None)  # the diagnosis' verdict, when it gives one
+    brief = clean(verdict.brief()) if hasattr(verdict, "brief") else None
     if run.straggler is not None:
-        line2.append((_seg(f"straggler rank {run.straggler} +{fmt_ms(run.straggler_excess)}", "bold red"), KEEP))
-    elif run.world_size > 1:
-        line2.append((_seg("no straggler", "green"), 4))
+        line2.append((_seg(brief or f"straggler rank {run.straggler} +{fmt_ms(run.straggler_excess)}", "bold red"), KEEP))
+    elif run.world_size > 1 and brief != "":
+        line2.append((_seg(brief or "no straggler", "green"), 4))
     if run.mem_peak is not None:
         m = f"peak mem {fmt_bytes(run.mem_peak)}"
         line2.append((_seg(m + (f" of {fmt_bytes(run.mem_total)}" if run.mem_total else "")), KEEP))
@@ -337,6 +339,13 @@ def rank_text(
         if rank in bad:
             t.append(f" {bad[rank]}", style="bold red")
         t.append("\n")
+    verdict = getattr(run, "stragglers", None)
+    if row is None and hasattr(verdict, "who_waits") and len(per) > 1:
+        who = verdict.who_waits()
+        if who:
+            start = len(t)
+            t.append_text(literal(who))
+            t.stylize("bold red" if run.straggler is not None else "dim", start)
     return title, t
 
 
@@ -426,16 +435,25 @@ class AdviceBox(Static):
         show_text(self, Text("\n").join(rows))
 
 
+FILE_SIGN = {
+    "missing": "✖ removed",
+    "unreadable": "✖ unreadable",
+    "not-regular": "✖ not a regular file",
+    "symlink-loop": "✖ symlink loop",
+}
+
+
 def file_problems(run: RunSnapshot) -> list[tuple[FileInfo, str]]:
     """Rank files that are gone or cannot be read, with a short why (figures from them are
-    the last ones read). Read defensively: older snapshots have no such fields."""
+    the last ones read). The reader's ``state``/``problem`` fields are read defensively."""
     out = []
     for f in run.files:
-        err = getattr(f, "read_error", "") or ""
-        if getattr(f, "missing", False):
-            out.append((f, "✖ removed"))
-        elif err:
-            out.append((f, f"✖ unreadable: {clean(err)[:80]}"))
+        state = getattr(f, "state", "ok") or "ok"
+        if state == "ok":
+            continue
+        sign = FILE_SIGN.get(state, f"✖ {clean(state)}")
+        problem = clean(getattr(f, "problem", "") or "")
+        out.append((f, f"{sign}: {problem[:80]}" if problem and state != "missing" else sign))
     return out
 
 

@@ -251,6 +251,9 @@ class StageTree(Tree[str]):
         for r in ordered:
             parent = self.nodes_by_name.get(r.parent) if r.parent else None
             parent = parent or self.root
+            if getattr(r, "cut", False):  # the reader's row standing for regions it cut
+                parent.add_leaf(Text("… more regions not shown", style="italic dim"), data=None)
+                continue
             label = self._label(r)
             if r.name in has_children:
                 exp = expanded.get(r.name, r.depth < 1) or bool(self.filter)
