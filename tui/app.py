@@ -46,6 +46,10 @@ NARROW = 110  # below this the run list is hidden (n / N still switch runs)
 SHORT = 30  # below this many rows the step-time sparkline gives its room to the advice
 ENDED = ("finished", "failed", "interrupted", "stale")  # a new run is followed from these
 _ADVICE_TAKES_WINDOW = "window" in inspect.signature(advice_for).parameters
+try:  # the diagnosis names spans the same way for the screen, the summary and the advice
+    from tui.diagnosis import span_label as _span_label  # type: ignore[attr-defined]
+except ImportError:
+    _span_label = None
 
 
 class Source(Protocol):
@@ -273,7 +277,7 @@ class MonitorApp(App[int]):
         show_text(
             bar,
             header_text(run, window=self.window, paused=self.paused, behind_step=behind, root=str(root),
-                        age=age, width=width, idle_s=idle),
+                        age=age, width=width, idle_s=idle, span=self._span(run) if run is not None else None),
         )
 
     def _render_world(self, force_tree: bool = False) -> None:
@@ -310,6 +314,11 @@ class MonitorApp(App[int]):
 
     def _span(self, run: Any) -> str:
         """The statistics' time span, as every panel names it."""
+        if run is not None and _span_label is not None:
+            try:
+                return clean(_span_label(run, self.window))
+            except Exception:
+                pass
         return f"last {run.window_size} steps" if self.window and run is not None else "whole run"
 
     def _render_ranks(self) -> None:

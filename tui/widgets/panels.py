@@ -103,6 +103,7 @@ def header_text(
     age: float = 0.0,
     width: int = 0,
     idle_s: float | None = None,
+    span: str | None = None,
 ) -> Text:
     """The three header lines, each fitted to ``width`` cells (0: no limit).
 
@@ -110,7 +111,8 @@ def header_text(
     cut and the least important fields (percentages, ranks, p95...) dropped first. In a
     replay the state is the replay's (position, play/pause), never "running" with an ETA.
     ``idle_s`` (seconds since the files last grew, as of now) overrides the snapshot's age,
-    so a paused screen does not make a live run look stalled.
+    so a paused screen does not make a live run look stalled. ``span`` names the steps the
+    figures are of, as the other panels name them.
     """
     if run is None:
         t = Text(no_wrap=True, overflow="ellipsis")
@@ -162,7 +164,8 @@ def header_text(
     line2.append((_seg(f"step {fmt_ms(w.avg)} avg", "bold"), KEEP - 1))
     line2.append((_seg(f"p95 {fmt_ms(w.p95)}"), 2))
     line2.append((_seg(f"last {fmt_ms(w.last)}"), 3))
-    line2.append((_seg(f"last {run.window_size} steps" if window else "whole run", "cyan"), KEEP))
+    span = span or (f"last {run.window_size} steps" if window else "whole run")
+    line2.append((_seg(span, "cyan"), KEEP))
     line2.append((_seg(f"ranks {len(run.ranks_seen)}/{run.world_size}"), 1))
 
     line3: list[tuple[Text, int]] = []
