@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from typing import Any
 
 from rich.text import Text
 from textual.containers import Vertical
@@ -89,6 +90,14 @@ def fit_line(parts: list[tuple[Text, int]], width: int, sep: str = "  ", flex: i
     return out
 
 
+def _safe(fmt: Any, x: Any) -> str:
+    """``fmt(x)``, or "—" for a value out of its range (10**400 bytes, an infinite ETA)."""
+    try:
+        return fmt(x)
+    except (OverflowError, ValueError, TypeError):
+        return "—"
+
+
 def _seg(text: str, style: str = "") -> Text:
     return Text(text, style=style)
 
@@ -143,7 +152,7 @@ def header_text(
     elif ok(run.steps_per_s_window):
         line1.append((_seg(f"{fmt_rate(run.steps_per_s_window)} steps/s"), KEEP))
     if not replay and run.state not in ENDED:
-        line1.append((_seg(f"ETA {fmt_duration(run.eta_s)}" if run.eta_s is not None else "ETA —"), KEEP))
+        line1.append((_seg(f"ETA {_safe(fmt_duration, run.eta_s)}" if run.eta_s is not None else "ETA —"), KEEP))
     if paused:
         p = _seg("⏸ PAUSED", "bold reverse yellow")
         if behind_step is not None and behind_step != run.step:
@@ -158,8 +167,8 @@ def header_text(
     elif run.world_size > 1 and brief != "":
         line2.append((_seg(brief or "no straggler", "green"), 4))
     if run.mem_peak is not None:
-        m = f"peak mem {fmt_bytes(run.mem_peak)}"
-        line2.append((_seg(m + (f" of {fmt_bytes(run.mem_total)}" if run.mem_total else "")), KEEP))
+        m = f"peak mem {_safe(fmt_bytes, run.mem_peak)}"
+        line2.append((_seg(m + (f" of {_safe(fmt_bytes, run.mem_total)}" if run.mem_total else "")), KEEP))
     w = run.wall_window if window else run.wall
     line2.append((_seg(f"step {fmt_ms(w.avg)} avg", "bold"), KEEP - 1))
     line2.append((_seg(f"p95 {fmt_ms(w.p95)}"), 2))
@@ -190,7 +199,7 @@ def header_text(
         line3.append((et, 5))
     if run.state in ("running", "stale") and not replay:
         idle = idle_s if idle_s is not None else run.idle_s + age
-        line3.append((_seg(f"last write {fmt_duration(idle)} ago", "magenta" if run.state == "stale" else "dim"), 7))
+        line3.append((_seg(f"last write {_safe(fmt_duration, idle)} ago", "magenta" if run.state == "stale" else "dim"), 7))
     if not run.error:
         where = " · ".join(x for x in (run.host, run.device, run.gpu_name or "") if x)
         if where:
