@@ -52,41 +52,45 @@ KEEP = 9  # a header field of this priority is never dropped (cut only when noth
 ENDED = ("finished", "failed", "interrupted")
 
 
-def fit_line(parts: list[tuple[Text, int]], width: int, sep: str = "  ", flex: int | None = None) -> Text:
-    """Join ``parts`` ((text, priority)) into one line of at most ``width`` cells.
+Part = tuple  # (text, priority) or (text, priority, shorter text)
 
-    The lowest priorities are dropped first until the line fits; part ``flex`` (a name) is
-    then cut from the end with "…" to use the room left (at least 12 cells).
+
+def fit_line(parts: list[Part], width: int, sep: str = "  ", flex: int | None = None) -> Text:
+    """Join ``parts`` ((text, priority[, short])) into one line of at most ``width`` cells.
+
+    The lowest priorities are dropped first until the line fits; then the parts that have a
+    shorter form take it; part ``flex`` (a name) is then cut from the end with "…" to use
+    the room left (at least 12 cells).
     """
-    keep = [p for p in parts if p[0].cell_len]
+    items = [[p[0], p[1], p[2] if len(p) > 2 else None, i == flex] for i, p in enumerate(parts) if p[0].cell_len]
     if width > 0:
-        def total(ps: list[tuple[Text, int]]) -> int:
-            return sum(t.cell_len for t, _ in ps) + len(sep) * max(0, len(ps) - 1)
-
         floor = 12 if flex is not None else 0
-        flex_part = parts[flex] if flex is not None else None
 
-        def need(ps: list[tuple[Text, int]]) -> int:
-            n = total(ps)
-            if flex_part is not None and flex_part in ps:
-                n -= max(0, flex_part[0].cell_len - floor)
-            return n
+        def need() -> int:
+            n = sum(t.cell_len for t, *_ in items) + len(sep) * max(0, len(items) - 1)
+            return n - sum(max(0, it[0].cell_len - floor) for it in items if it[3])
 
-        while need(keep) > width:
-            droppable = [p for p in keep if p[1] < KEEP and p is not flex_part]
+        while need() > width:
+            droppable = [it for it in items if it[1] < KEEP and not it[3]]
             if not droppable:
                 break
-            keep.remove(min(droppable, key=lambda p: p[1]))
-        if flex_part is not None and flex_part in keep and total(keep) > width:
-            room = max(floor, flex_part[0].cell_len - (total(keep) - width))
-            cut = flex_part[0].copy()
-            cut.truncate(room, overflow="ellipsis")
-            keep[keep.index(flex_part)] = (cut, flex_part[1])
+            items.remove(min(droppable, key=lambda it: it[1]))
+        for it in sorted(items, key=lambda it: it[1]):
+            if need() <= width:
+                break
+            if it[2] is not None:
+                it[0], it[2] = it[2], None
+        over = sum(t.cell_len for t, *_ in items) + len(sep) * max(0, len(items) - 1) - width
+        for it in items:
+            if it[3] and over > 0:
+                cut = it[0].copy()
+                cut.truncate(max(floor, it[0].cell_len - over), overflow="ellipsis")
+                it[0] = cut
     out = Text(no_wrap=True, overflow="ellipsis")
-    for i, (t, _) in enumerate(keep):
+    for i, it in enumerate(items):
         if i:
             out.append(sep)
-        out.append_text(t)
+        out.append_text(it[0])
     return out
 
 
@@ -130,7 +134,7 @@ def header_text(
         t.append_text(literal(root))
         return t
     replay = run.replay
-    line1: list[tuple[Text, int]] = [(literal(run.run_id), KEEP)]
+    line1: list[Part] = [(literal(run.run_id), KEEP)]
     if replay:
         line1.append((_seg(replay, "bold cyan"), KEEP))
     else:
@@ -159,25 +163,31 @@ def header_text(
             p.append(f" (read to step {behind_step})", style="yellow")
         line1.append((p, KEEP))
 
-    line2: list[tuple[Text, int]] = []
+    line2: list[Part] = []
     verdict = getattr(run, "stragglers", None)  # the diagnosis' verdict, when it gives one
     brief = clean(verdict.brief()) if hasattr(verdict, "brief") else None
     if run.straggler is not None:
-        line2.append((_seg(brief or f"straggler rank {run.straggler} +{fmt_ms(run.straggler_excess)}", "bold red"), KEEP))
+        long = brief or f"straggler rank {run.straggler} +{fmt_ms(run.straggler_excess)}"
+        short = f"straggler rank {run.straggler} +{fmt_ms(run.straggler_excess)}"
+        line2.append((_seg(long, "bold red"), KEEP, _seg(short, "bold red") if short != long else None))
     elif run.world_size > 1 and brief != "":
         line2.append((_seg(brief or "no straggler", "green"), 4))
     if run.mem_peak is not None:
         m = f"peak mem {_safe(fmt_bytes, run.mem_peak)}"
-        line2.append((_seg(m + (f" of {_safe(fmt_bytes, run.mem_total)}" if run.mem_total else "")), KEEP))
+        if run.mem_total:
+            line2.append((_seg(f"{m} of {_safe(fmt_bytes, run.mem_total)}"), KEEP, _seg(m)))
+        else:
+            line2.append((_seg(m), KEEP))
     w = run.wall_window if window else run.wall
     line2.append((_seg(f"step {fmt_ms(w.avg)} avg", "bold"), KEEP - 1))
     line2.append((_seg(f"p95 {fmt_ms(w.p95)}"), 2))
     line2.append((_seg(f"last {fmt_ms(w.last)}"), 3))
     span = span or (f"last {run.window_size} steps" if window else "whole run")
-    line2.append((_seg(span, "cyan"), KEEP))
+    plain_span = span.split(" (")[0]  # "whole run (40 steps)" -> "whole run" when short of room
+    line2.append((_seg(span, "cyan"), KEEP, _seg(plain_span, "cyan") if span != plain_span else None))
     line2.append((_seg(f"ranks {len(run.ranks_seen)}/{run.world_size}"), 1))
 
-    line3: list[tuple[Text, int]] = []
+    line3: list[Part] = []
     if run.error:
         err = literal(run.error[:300])
         err.stylize("bold red")
