@@ -341,7 +341,10 @@ async def test_a_new_run_beside_a_live_one_is_announced_and_n_switches(tmp_path:
 
 
 def test_order_with_hysteresis_keeps_close_rows_and_follows_real_changes() -> None:
-    from tui.widgets.tree import order_with_hysteresis
+    from tui.order import hysteresis_order
+
+    def order_with_hysteresis(prev: list[str], share: dict[str, float]) -> list[str]:
+        return hysteresis_order(list(share), share.__getitem__, prev)  # as the tree calls it
 
     share = {"a": 0.40, "b": 0.30, "c": 0.20}
     order = order_with_hysteresis([], share)

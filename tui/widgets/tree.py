@@ -6,8 +6,6 @@ sort order); every other snapshot only replaces node labels.
 
 from __future__ import annotations
 
-import itertools
-
 from rich.cells import cell_len, set_cell_size
 from rich.style import Style
 from rich.text import Span, Text
@@ -15,6 +13,7 @@ from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
 
 from tui.fmt import CLASS_STYLE, bar, class_of, clean, fmt_ms, fmt_pct, literal
+from tui.order import hysteresis_order
 from tui.snapshot import UNACCOUNTED, RegionRow, RunSnapshot
 from tui.widgets.panels import show_text
 
@@ -23,25 +22,6 @@ ICON = 2
 BAR_W = 12
 MAX_DEPTH = 16  # levels shown; deeper regions are counted in a "…" row
 MAX_ROWS = 2000  # rows shown; the rest are counted in a "…" row
-HYSTERESIS = 0.005  # a region moves above another once its share is ahead by 0.5 points (or 5%)
-
-
-def order_with_hysteresis(prev: list[str], share: dict[str, float]) -> list[str]:
-    """Names by share, largest first, but the previous order kept while it is still sorted
-    within the hysteresis: rows do not swap back and forth as two close shares wobble.
-
-    New names force a full sort, as does any neighbour now ahead of the one above it by more
-    than max(HYSTERESIS, 5% of its share); after a real change the order is exact.
-    """
-    full = sorted(share, key=lambda n: (-share[n], n))
-    if len(prev) != len(share) or set(prev) != share.keys():
-        return full
-    for a, b in itertools.pairwise(prev):
-        if share[b] - share[a] > max(HYSTERESIS, 0.05 * max(share[a], 0.0)):
-            return full
-    return prev
-
-
 class Columns:
     """Column layout shared by the labels and the header line above the tree.
 
@@ -176,7 +156,8 @@ class StageTree(Tree[str]):
             if self.sort_by_time:
                 by_name = {r.name: r for r in kids}
                 share = {r.name: self._share(r) for r in kids}
-                names_ = order_with_hysteresis(prev.get(parent, []), share)
+                # with hysteresis (tui.order, shared with `tui summary`): close shares do not swap
+                names_ = hysteresis_order(list(share), share.__getitem__, prev.get(parent, []))
                 order[parent] = names_
                 return [by_name[n] for n in names_]
             return sorted(kids, key=lambda r: (r.name.lower(), r.name))
