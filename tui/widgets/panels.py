@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 import time
 from typing import Any
 
@@ -364,9 +365,9 @@ def rank_text(
     verdict = getattr(run, "stragglers", None)
     if row is None and hasattr(verdict, "who_waits") and len(per) > 1:
         who = verdict.who_waits()
-        if who:
+        if who:  # wrapped by hand: the table lines are never wrapped
             start = len(t)
-            t.append_text(literal(who))
+            t.append("\n".join(textwrap.wrap(clean(who), width, break_on_hyphens=False) if width > 8 else [clean(who)]))
             t.stylize("bold red" if run.straggler is not None else "dim", start)
     return title, t
 
