@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
-import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -444,7 +443,7 @@ async def test_replay_says_it_is_a_replay_and_where_it_is(tmp_path: Path) -> Non
         await pilot.pause()
         head = app.query_one("#header").content.plain
         first = head.splitlines()[0]
-        assert "⏸ replay" in first and re.search(r"step 12( of |/)30\b", first), first
+        assert "⏸ replay" in first and "step 12 of 30" in first, first
         assert "running" not in head and "ETA" not in head and "last write" not in head
 
 
@@ -613,7 +612,7 @@ async def test_a_reader_failure_is_shown_and_makes_watch_exit_1(tmp_path: Path) 
         notice = app.query_one("#notice")
         await wait_for(pilot, lambda: notice.has_class("shown"), timeout=5)
         text = notice.content.plain
-        assert text.startswith("⚠ reader error: PermissionError") and "rank0.jsonl" in text
+        assert text.startswith("⚠ reader failed: PermissionError") and "rank0.jsonl" in text
         src.reader.tick = real  # type: ignore[method-assign]
         await pilot.press("q")
     assert app.return_code == 1
@@ -683,17 +682,15 @@ def test_a_region_that_did_not_run_in_the_last_step_shows_a_dash(tmp_path: Path)
 
 
 def test_removed_or_unreadable_rank_files_are_marked(tmp_path: Path) -> None:
-    from types import SimpleNamespace
 
     from tui.widgets.panels import file_problems, rank_text
 
     run = write_run(tmp_path, steps=3, ranks=2)
     snap = LiveSource(run, poll=True).step().selected
     f0, f1 = snap.files
-    # the reader's flags (FileInfo.state / .problem), read defensively by the screen
-    gone = SimpleNamespace(**{k: getattr(f1, k) for k in f1.__slots__}, state="missing", problem="removed")
-    bad = SimpleNamespace(**{k: getattr(f0, k) for k in f0.__slots__}, state="unreadable",
-                          problem="PermissionError: [Errno 13] Permission denied\x1b[2J")
+    # the reader's flags (FileInfo.state / .problem)
+    gone = replace(f1, state="missing", problem="removed")
+    bad = replace(f0, state="unreadable", problem="PermissionError: [Errno 13] Permission denied\x1b[2J")
     snap = replace(snap, files=(bad, gone))
     assert [why for _, why in file_problems(snap)] == [
         "✖ unreadable: PermissionError: [Errno 13] Permission denied\\x1b[2J", "✖ removed"]

@@ -251,8 +251,10 @@ class MonitorApp(App[int]):
     def _render_notice(self) -> None:
         t: Text | None = None
         if self.reader_error:
-            t = Text("⚠ reader error: ", style="bold red")
-            t.append_text(literal((str(self.reader_error).splitlines() or [""])[0][:300]))
+            line = (str(self.reader_error).splitlines() or [""])[0][:300]
+            t = Text("⚠ " if line.startswith("reader failed") else "⚠ reader failed: ", style="bold red")
+            t.append_text(literal(line))
+            t.stylize("bold red", 0, len(t))
             t.append(" · figures as last read · tui watch exits 1", style="dim")
         elif self.new_run is not None:
             t = Text("● new run ", style="bold green")

@@ -17,6 +17,7 @@ without an index is read behind the replay by a low-priority process that writes
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import threading
@@ -95,6 +96,30 @@ class _Cursor:
             if len(out) < limit and not self.queue and not self.fill():
                 return out
         return out
+
+
+def _last_step_in(feed: Feed, tail: int = 64 * 1024) -> int | None:
+    """The number of the last complete step record in the last ``tail`` bytes of a JSONL rank
+    file (None for a text log, or when there is none)."""
+    if feed.kind != "jsonl":
+        return None
+    try:
+        with open(feed.tail.path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - tail))
+            data = f.read(tail)
+    except OSError:
+        return None
+    for line in reversed(data.split(b"\n")):
+        if b'"step"' not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("kind") == "step" and type(rec.get("step")) is int:
+            return rec["step"]
+    return None
 
 
 class _Reset(Exception):
@@ -289,8 +314,23 @@ class ReplaySource:
         if self.at_end:
             return f"⏹ replay at the end (step {self.position}) · {self.speed:g} steps/s"
         state = "▶" if self.playing else "⏸"
-        of = f" · step {self.position} of {self.known_end}" if self.known_end else ""
+        end = self.known_end or self._tail_end()
+        of = f" · step {self.position} of {max(end, self.position)}" if end else f" · step {self.position}"
         return f"{state} replay {self.speed:g} steps/s{of}"
+
+    def _tail_end(self) -> int | None:
+        """Without an index: the last step recorded, from the files' last 64 KiB (read again
+        only when a file's size changed)."""
+        sizes = []
+        for c in self.cursors:
+            try:
+                sizes.append(os.stat(c.feed.tail.path).st_size)
+            except OSError:
+                sizes.append(-1)
+        if getattr(self, "_tail_key", None) != sizes:
+            self._tail_key = sizes
+            self._tail = max((e for c in self.cursors if (e := _last_step_in(c.feed)) is not None), default=None)
+        return self._tail
 
     @property
     def at_end(self) -> bool:
