@@ -779,3 +779,20 @@ async def test_the_readers_cut_rows_show_as_a_dim_row(tmp_path: Path) -> None:
         await pilot.pause()
         kids = tree.nodes_by_name["forward"].children
         assert str(kids[-1].label) == "… more regions not shown" and kids[-1].data is None
+
+
+def test_watch_exits_non_zero_when_the_screen_crashes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    from tui.cli import main
+
+    write_run(tmp_path, steps=3)
+
+    def crash(self, *a, **k):  # type: ignore[no-untyped-def]
+        self._return_code = 1  # what Textual sets after an unhandled exception in the app
+        return None
+
+    monkeypatch.setattr(MonitorApp, "run", crash)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    assert main(["watch", str(tmp_path)]) == 1

@@ -81,7 +81,10 @@ def run(args: argparse.Namespace) -> int:
     from tui.live import LiveSource
 
     src = LiveSource(root, poll=args.poll, interval=args.interval, window=args.window, stale_after=args.stale)
-    MonitorApp(src, red=red, yellow=yellow).run()
+    app = MonitorApp(src, red=red, yellow=yellow)
+    app.run()
+    if app.return_code:  # the screen itself crashed (Textual printed the traceback)
+        return app.return_code
     if src.failed:  # the reader failed while watching: say it once more, exit non-zero
         from tui.fmt import clean
 
