@@ -796,3 +796,29 @@ def test_watch_exits_non_zero_when_the_screen_crashes(tmp_path: Path, monkeypatc
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
     assert main(["watch", str(tmp_path)]) == 1
+
+
+@sync
+async def test_one_run_failing_to_be_read_is_shown_while_the_other_stays_live(tmp_path: Path) -> None:
+    root = tmp_path / "logs"
+    bad = write_run(root, "20261126-100000-bad-0001", steps=3, status=None, t0=1_000_000_000.0)
+    live = _live_run(root, "20261126-150000-live-0002")
+    src = LiveSource(root, poll=True, interval=0.05, min_gap=0.0, stale_after=1e9)
+    app = MonitorApp(src)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: _step_of(app) == 5)
+        broken = next(r for r in src.reader.runs.values() if r.run_id == bad.name)
+
+        def fail(*a, **k):  # type: ignore[no-untyped-def]
+            raise PermissionError(13, "Permission denied", str(bad / "rank0.jsonl"))
+
+        broken.poll = fail  # type: ignore[method-assign]
+        broken.closed = False
+        _append(live, 6, 2)  # the live run keeps updating
+        await wait_for(pilot, lambda: _step_of(app) == 7)
+        src.select(bad.name)
+        notice = app.query_one("#notice")
+        await wait_for(pilot, lambda: notice.has_class("shown"))
+        assert "PermissionError" in notice.content.plain and "rank0.jsonl" in notice.content.plain
+        await pilot.press("q")
+    assert app.return_code == 1
