@@ -49,6 +49,12 @@ ROWS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("+ no checkpointing", (("MODEL.VRT.USE_CHECKPOINT_ATTN", "false"), ("MODEL.VRT.USE_CHECKPOINT_FFN", "false"))),
 )
 
+#: one shipped config per row (configs/deblur/), each equal to the baseline + that row's
+#: cumulative settings (tests/test_config_errors.py checks it)
+ROW_CONFIGS = tuple(f"configs/deblur/vrt_spike_{n}.yaml" for n in (
+    "whatif1_baseline", "whatif2_adamw8bit", "whatif3_batch2", "whatif4_batch3",
+    "whatif5_no_ckpt"))
+
 #: the user's predicted figures (BRIEF.md): memory GB, step s, samples/s (3 GPUs), 50 epochs h
 PREDICTED: tuple[tuple[float, float, float, float], ...] = (
     (32, 6.0, 0.5, 88.5),
@@ -109,6 +115,7 @@ def main(argv: Sequence[str] | None = None,
     p.add_argument("--timeout", type=float, default=100.0, help="seconds per row before it is stopped (default 100)")
     p.add_argument("--out", default=None, help="bench.md/bench.json and logs (default runs/bench/gpu_whatif)")
     p.add_argument("--log-dir", default="runs/logs", help="log root of the runs (default runs/logs)")
+    p.add_argument("--rows", type=int, default=len(ROWS), help="run only the first N rows (default all)")
     p.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md (a dry run never does)")
     args = p.parse_args(argv)
     if not args.dry_run:
@@ -121,7 +128,8 @@ def main(argv: Sequence[str] | None = None,
     cfg = args.cfg or (TINY_CFG if dry else FULL_CFG)
     extra = [*COMMON, *(DRY if dry else ())]
     report = run_bench(
-        cfg, cumulative_cases(), steps=args.steps or (1 if dry else 3), warmup=args.warmup or (1 if dry else 2),
+        cfg, cumulative_cases()[: args.rows], steps=args.steps if args.steps is not None else (1 if dry else 3),
+        warmup=args.warmup if args.warmup is not None else (1 if dry else 2),
         log_dir=args.log_dir, out=args.out or str(ROOT / "runs" / "bench" / ("gpu_whatif_dry" if dry else "gpu_whatif")),
         extra=extra, world_size=WORLD, epoch_samples=EPOCH_SAMPLES, epochs=EPOCHS, timeout=args.timeout,
         command=command, echo=lambda s: print(s, file=sys.stderr, flush=True),
