@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2; 1 dry)")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="dense bf16 peak of the GPU (default: from its name)")
+    ap.add_argument("--flops-from", type=Path, default=None, metavar="JSON",
+                    help="reuse the FLOP counts of an earlier gpu_model_check.json (same config "
+                    "and clip) instead of counting again (~15-50 s of CPU)")
     ap.add_argument("--budget-s", type=float, default=270.0,
                     help="skip settings not started within this many seconds")
     args = ap.parse_args(argv)
@@ -289,7 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     peak = None if args.dry_run else gpu_peak(name, args.peak_tflops)
     t, h, w = args.clip
-    flops = model_flops(cfg, t, h, w, device="cpu" if args.dry_run else "meta")
+    flops = None
+    if args.flops_from is not None:
+        try:
+            prev = json.loads(args.flops_from.read_text())
+            if prev.get("clip") == args.clip and prev.get("config") == str(args.cfg):
+                flops = prev["flops"]
+        except (OSError, ValueError, KeyError):
+            flops = None
+    if flops is None:
+        flops = model_flops(cfg, t, h, w, device="cpu" if args.dry_run else "meta")
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "dry_run": args.dry_run, "config": str(args.cfg), "clip": args.clip,
