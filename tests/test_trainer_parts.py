@@ -182,9 +182,12 @@ def test_gpu_trainer_check_dry_run(tmp_path):
         assert r["step_ms_median"] > 0 and r["samples_per_s"] > 0
         assert r["optimizer_state_bytes"] > 0
         assert math.isclose(sum(r["shares"].values()), 1.0, abs_tol=0.2)
-    assert rep["results"][1]["optimizer"] == "adamw8bit"
+    base, fast = rep["results"]
+    assert base["optimizer"] == fast["optimizer"] == "adamw"
+    assert not base["checkpoint_align"] and fast["checkpoint_align"] and not fast["checkpointing"]
     md = (tmp_path / "gpu_trainer_check.md").read_text()
     assert "| baseline |" in md and "predicted" in md
+    assert "| fast | 1 | adamw | off |" in md and "| – | – | – |" in md  # no user prediction
 
 
 def test_stale_checkpoint_temp_files_are_removed_at_the_next_save(tmp_path):
