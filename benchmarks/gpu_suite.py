@@ -135,9 +135,23 @@ def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
+def _use_deps() -> bool:
+    """Put .gpu_deps on the path only if one of its packages is missing here: its builds
+    are for the GPU host's Python and would shadow working local installs."""
+    import importlib.util
+
+    if not DEPS.is_dir():
+        return False
+    names = [p.name for p in DEPS.iterdir() if p.is_dir() and not p.name.endswith(".dist-info")]
+    return any(importlib.util.find_spec(n) is None for n in names)
+
+
+USE_DEPS = _use_deps()
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    paths = [str(ROOT)] + ([str(DEPS)] if DEPS.is_dir() else [])
+    paths = [str(ROOT)] + ([str(DEPS)] if USE_DEPS else [])
     env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
@@ -246,7 +260,7 @@ def report_md(work: Path, summary: dict[str, Any]) -> str:
 
 def _env_info() -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "host": platform.node(),
-                            "bnb_folder": str(DEPS) if DEPS.is_dir() else None}
+                            "deps_folder": str(DEPS) if USE_DEPS else None}
     try:
         import torch
 
@@ -509,7 +523,7 @@ def main(argv: Sequence[str] | None = None,
     ap.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    if DEPS.is_dir():
+    if USE_DEPS:
         sys.path.insert(0, str(DEPS))
     if args.phase == "_smoke":  # the child of `smoke`
         args.work.mkdir(parents=True, exist_ok=True)
