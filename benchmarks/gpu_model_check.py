@@ -1,6 +1,7 @@
 """One prepared CUDA check of the full VRT + spike model (about 2-4 minutes on an H100/H200).
 
-For each setting (batch 1 and 3, gradient checkpointing on and off; bf16 autocast, AdamW):
+For each setting (batch 1 and 3, gradient checkpointing on and off; bf16 autocast, TF32 for
+what stays fp32, AdamW; "on" checkpoints TMSA attention, FFN and the deformable alignment):
 step time and samples/s, per-region forward and backward shares of the step from the timing
 core's records (CUDA events), peak memory (an out-of-memory error is a result, not a
 failure), and whether VRT stage 8 is the heaviest forward stage. Also the model FLOPs per
@@ -58,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2; 1 dry)")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="dense bf16 peak of the GPU (default: from its name)")
+    ap.add_argument("--flops-from", type=Path, default=None, metavar="JSON",
+                    help="reuse the FLOP counts of an earlier gpu_model_check.json (same config "
+                    "and clip) instead of counting again (~15-50 s of CPU)")
     ap.add_argument("--budget-s", type=float, default=270.0,
                     help="skip settings not started within this many seconds")
     args = ap.parse_args(argv)
@@ -89,24 +93,28 @@ def model_flops(cfg: ModelConfig, t: int, h: int, w: int,
 
     cfg = ModelConfig.from_dict(cfg.to_dict())
     cfg.VRT.USE_CHECKPOINT_ATTN = cfg.VRT.USE_CHECKPOINT_FFN = False
+    cfg.VRT.USE_CHECKPOINT_ALIGN = cfg.COMPILE = False
     cfg.FLOW_WEIGHTS = None
     with torch.device(device):
         model = build_model(cfg)
         rgb = torch.rand(1, t, 3, h, w)
         spikes = torch.rand(1, t, cfg.SPIKE.BINS, h, w) if cfg.USE_SPIKE else None
+    # one counting context over forward and backward: re-entering a FlopCounterMode clears
+    # its counts, which made "forward+backward" the backward alone (GPU-NOTES #2)
     fc = FlopCounterMode(display=False)
     with fc:
         out = model(rgb, spikes)
-    fwd = fc.get_total_flops()
-    counts = fc.get_flop_counts()
+        fwd = fc.get_total_flops()
+        counts = {m: dict(c) for m, c in fc.get_flop_counts().items()}
+        out.float().sum().backward()
+        total = fc.get_total_flops()
     per: dict[str, float] = {"forward": float(fwd)}
     names = {f"VRTWithSpike.{n}": r for r, n in _module_paths(model).items()}
     for mod, r in names.items():
         if mod in counts:
             per[f"forward/{r}"] = float(sum(counts[mod].values()))
-    with fc:
-        out.float().sum().backward()
-    per["forward+backward"] = float(fc.get_total_flops())
+    per["backward"] = float(total - fwd)
+    per["forward+backward"] = float(total)
     return per
 
 
@@ -129,6 +137,7 @@ def run_setting(cfg: ModelConfig, batch: int, ckpt: bool, clip: list[int], steps
     """Train ``warmup + steps`` steps; timing from the measured steps only."""
     cfg = ModelConfig.from_dict(cfg.to_dict())
     cfg.VRT.USE_CHECKPOINT_ATTN = cfg.VRT.USE_CHECKPOINT_FFN = ckpt
+    cfg.VRT.USE_CHECKPOINT_ALIGN = ckpt
     res: dict[str, Any] = {"batch": batch, "checkpointing": ckpt, "status": "ok"}
     cuda = device.type == "cuda"
     model = opt = log = None
@@ -194,13 +203,25 @@ def run_setting(cfg: ModelConfig, batch: int, ckpt: bool, clip: list[int], steps
             log.close(status="completed" if res["status"] == "ok" else "failed")
         set_global_timing_logger(None)
         if cuda:
-            res["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
-            res["peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+            # the timing core resets the peak counter at every step (GPU-NOTES #3): the
+            # run's peak is the largest per-step peak it logged (the first one includes the
+            # warm-up); max_memory_allocated() now covers only what ran after the last step
+            res["peak_memory_bytes"] = run_peak(log, "peak",
+                                                torch.cuda.max_memory_allocated(device))
+            res["peak_reserved_bytes"] = run_peak(log, "reserved",
+                                                  torch.cuda.max_memory_reserved(device))
         del model, opt
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
     return res
+
+
+def run_peak(log: Any, key: str, since_last_step: int) -> int:
+    """The run's peak: the largest per-step ``key`` the logger saw, or what the device
+    counter holds since the last step (an out-of-memory error in the middle of a step)."""
+    peaks = getattr(log, "peak_memory", None) or {}
+    return max(int(peaks.get(key, 0)), int(since_last_step))
 
 
 def _flop(x: float) -> str:
@@ -263,12 +284,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     device = torch.device("cpu" if args.dry_run else "cuda")
+    from trainer.train import apply_tf32
+
+    apply_tf32(True, device)  # the fp32 parts (deformable conv, warps) on TF32, as the trainer
     cfg = load_model_config(args.cfg)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     peak = None if args.dry_run else gpu_peak(name, args.peak_tflops)
     t, h, w = args.clip
-    flops = model_flops(cfg, t, h, w, device="cpu" if args.dry_run else "meta")
+    flops = None
+    if args.flops_from is not None:
+        try:
+            prev = json.loads(args.flops_from.read_text())
+            if prev.get("clip") == args.clip and prev.get("config") == str(args.cfg):
+                flops = prev["flops"]
+        except (OSError, ValueError, KeyError):
+            flops = None
+    if flops is None:
+        flops = model_flops(cfg, t, h, w, device="cpu" if args.dry_run else "meta")
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "dry_run": args.dry_run, "config": str(args.cfg), "clip": args.clip,

@@ -49,6 +49,12 @@ ROWS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("+ no checkpointing", (("MODEL.VRT.USE_CHECKPOINT_ATTN", "false"), ("MODEL.VRT.USE_CHECKPOINT_FFN", "false"))),
 )
 
+#: one shipped config per row (configs/deblur/), each equal to the baseline + that row's
+#: cumulative settings (tests/test_config_errors.py checks it)
+ROW_CONFIGS = tuple(f"configs/deblur/vrt_spike_{n}.yaml" for n in (
+    "whatif1_baseline", "whatif2_adamw8bit", "whatif3_batch2", "whatif4_batch3",
+    "whatif5_no_ckpt"))
+
 #: the user's predicted figures (BRIEF.md): memory GB, step s, samples/s (3 GPUs), 50 epochs h
 PREDICTED: tuple[tuple[float, float, float, float], ...] = (
     (32, 6.0, 0.5, 88.5),
@@ -80,14 +86,27 @@ def cumulative_cases() -> list[tuple[tuple[str, str], ...]]:
     return cases
 
 
-def side_by_side(report: BenchReport) -> str:
+def select_rows(rows: Sequence[int] | None) -> list[tuple[tuple[str, str], ...]]:
+    """The cumulative cases of the given 1-based rows (all when None)."""
+    cases = cumulative_cases()
+    if rows is None:
+        return cases
+    bad = [r for r in rows if not 1 <= r <= len(cases)]
+    if bad:
+        raise SystemExit(f"gpu_whatif_check: --rows: expected 1..{len(cases)}, got {bad[0]}")
+    return [cases[r - 1] for r in rows]
+
+
+def side_by_side(report: BenchReport, rows: Sequence[int] | None = None) -> str:
     """Predicted vs measured, one line per row."""
     lines = [
         "| config | memory predicted | peak measured (alloc / reserved) | step predicted | step measured "
         "| samples/s predicted (3 GPUs) | samples/s measured ×3 | 50 epochs predicted | 50 epochs measured |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (name, _), pred, r in zip(ROWS, PREDICTED, report.results, strict=False):
+    idx = [r - 1 for r in rows] if rows else list(range(len(ROWS)))
+    for i, r in zip(idx, report.results, strict=False):
+        (name, _), pred = ROWS[i], PREDICTED[i]
         mem_p, step_p, sps_p, h_p = pred
         if r.status == OK:
             measured = [f"{fmt_bytes(r.mem_peak)} / {fmt_bytes(r.mem_reserved)}", fmt_step(r.step_ms),
@@ -109,6 +128,8 @@ def main(argv: Sequence[str] | None = None,
     p.add_argument("--timeout", type=float, default=100.0, help="seconds per row before it is stopped (default 100)")
     p.add_argument("--out", default=None, help="bench.md/bench.json and logs (default runs/bench/gpu_whatif)")
     p.add_argument("--log-dir", default="runs/logs", help="log root of the runs (default runs/logs)")
+    p.add_argument("--rows", type=int, nargs="+", default=None, metavar="N",
+                   help="run only these rows (1-based, each still cumulative; default all)")
     p.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md (a dry run never does)")
     args = p.parse_args(argv)
     if not args.dry_run:
@@ -121,7 +142,8 @@ def main(argv: Sequence[str] | None = None,
     cfg = args.cfg or (TINY_CFG if dry else FULL_CFG)
     extra = [*COMMON, *(DRY if dry else ())]
     report = run_bench(
-        cfg, cumulative_cases(), steps=args.steps or (1 if dry else 3), warmup=args.warmup or (1 if dry else 2),
+        cfg, select_rows(args.rows), steps=args.steps if args.steps is not None else (1 if dry else 3),
+        warmup=args.warmup if args.warmup is not None else (1 if dry else 2),
         log_dir=args.log_dir, out=args.out or str(ROOT / "runs" / "bench" / ("gpu_whatif_dry" if dry else "gpu_whatif")),
         extra=extra, world_size=WORLD, epoch_samples=EPOCH_SAMPLES, epochs=EPOCHS, timeout=args.timeout,
         command=command, echo=lambda s: print(s, file=sys.stderr, flush=True),
@@ -137,7 +159,7 @@ def main(argv: Sequence[str] | None = None,
         "samples per epoch (what the user's own figures imply). Predicted figures are the user's, never "
         "measured (their GB are probably what nvidia-smi showed, closer to our *reserved* than to peak "
         "*allocated*; ours are GiB).\n\n"
-        + side_by_side(report) + "\nThe bench table itself:\n\n" + markdown(report)
+        + side_by_side(report, args.rows) + "\nThe bench table itself:\n\n" + markdown(report)
     )
     print(text)
     if not args.no_write and not dry:  # a dry run checks the machinery; its figures mean nothing

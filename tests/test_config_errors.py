@@ -33,8 +33,33 @@ def test_baseline_and_fast_follow_the_user():
     fast = load_config(str(ROOT / "configs/deblur/vrt_spike_fast.yaml"))
     assert base.TRAIN.OPTIM.TYPE == "adamw" and base.TRAIN.BATCH_SIZE == 1
     assert base.MODEL.VRT.USE_CHECKPOINT_ATTN and base.MODEL.VRT.USE_CHECKPOINT_FFN
-    assert fast.TRAIN.OPTIM.TYPE == "adamw8bit" and fast.TRAIN.BATCH_SIZE == 3
+    assert base.TRAIN.AMP == "none" and base.TRAIN.TF32 is False  # as the user ran it
+    assert not base.MODEL.VRT.USE_CHECKPOINT_ALIGN and not base.MODEL.COMPILE
+    # fast: bf16, batch 1 (same recipe), TMSA checkpointing off, alignment checkpointing on
+    assert fast.TRAIN.AMP == "bf16" and fast.TRAIN.TF32 and fast.TRAIN.BATCH_SIZE == 1
+    assert fast.TRAIN.GRADIENT_ACCUMULATION_STEPS == base.TRAIN.GRADIENT_ACCUMULATION_STEPS
     assert not fast.MODEL.VRT.USE_CHECKPOINT_ATTN and not fast.MODEL.VRT.USE_CHECKPOINT_FFN
+    assert fast.MODEL.VRT.USE_CHECKPOINT_ALIGN
+    assert (fast.DATA.CLIP_LEN, fast.DATA.CROP_SIZE) == (base.DATA.CLIP_LEN, base.DATA.CROP_SIZE)
+
+
+def test_one_config_per_what_if_row_equals_the_script_rows():
+    """configs/deblur/vrt_spike_whatif*.yaml == baseline + benchmarks/gpu_whatif_check.py's
+    cumulative row settings, row by row."""
+    import dataclasses
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gwc", ROOT / "benchmarks/gpu_whatif_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cases = mod.cumulative_cases()
+    assert len(mod.ROW_CONFIGS) == len(cases) == len(mod.ROWS) == 5
+    base = str(ROOT / mod.FULL_CFG)
+    for path, case in zip(mod.ROW_CONFIGS, cases, strict=True):
+        row = load_config(str(ROOT / path))
+        ref = load_config(base, [f"{k}={v}" for k, v in case])
+        for sec in ("DATA", "MODEL", "DATALOADER", "TRAIN", "LOSS", "LOG"):
+            assert dataclasses.asdict(getattr(row, sec)) == dataclasses.asdict(getattr(ref, sec)), (path, sec)
 
 
 def test_defaults_and_types():

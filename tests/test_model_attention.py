@@ -104,21 +104,29 @@ def test_partition_round_trip() -> None:
 
 @pytest.mark.parametrize("b", [1, 2])
 @pytest.mark.parametrize("quadrant", [False, True])
-def test_split_shift_mask_equals_dense_mask(b: int, quadrant: bool) -> None:
-    """Interior windows (bias only) + boundary windows (bias + mask) == one dense mask."""
-    from trainer.models.vrt import _masked_sdpa, _shift_split
+def test_grouped_shift_masks_equal_dense_mask(b: int, quadrant: bool) -> None:
+    """Windows grouped by mask pattern (interior: bias only; each boundary pattern: bias +
+    one broadcast mask), then put back in order == one dense per-window mask."""
+    from trainer.models.vrt import ShiftMask, _masked_sdpa, _pattern_masks, _window_groups
 
     torch.manual_seed(0)
     size, win, shift = (4, 8, 12), (2, 4, 4), (1, 2, 2)
     dense = _shift_mask(size, win, shift, "cpu")  # [nW, N, N]
-    sm = _shift_split(size, win, shift, "cpu")
-    assert 0 < sm.boundary.numel() < dense.shape[0]
+    counts, perm, inverse = _window_groups(size, win, shift, b, "cpu")
+    masks = _pattern_masks(win, shift, torch.device("cpu"))
+    assert masks.shape[0] == 7 and len(counts) == 8 and counts[0] == 1 * 1 * 2 * b
+    sm = ShiftMask(masks, counts, perm, inverse)
     nw, n, heads, hd = dense.shape[0], dense.shape[1], 2, 4
     half = slice(0, n // 2) if quadrant else None
     nq = n // 2 if quadrant else n
     q, k, v = (torch.randn(b, nw, heads, nq, hd) for _ in range(3))
     bias = None if quadrant else torch.randn(heads, n, n)
-    got = _masked_sdpa(q, k, v, bias, sm, half)
+
+    def grouped(t):
+        return t.reshape(1, b * nw, heads, nq, hd)[:, perm]
+
+    got = _masked_sdpa(grouped(q), grouped(k), grouped(v), bias, sm, half)
+    got = got[:, inverse].view(b, nw, heads, nq, hd)
     m = dense[:, None] if half is None else dense[:, None, half, half]
     full = m if bias is None else bias[None] + m
     ref = _softmax_attn(q, k, v, full[None])

@@ -182,9 +182,12 @@ def test_gpu_trainer_check_dry_run(tmp_path):
         assert r["step_ms_median"] > 0 and r["samples_per_s"] > 0
         assert r["optimizer_state_bytes"] > 0
         assert math.isclose(sum(r["shares"].values()), 1.0, abs_tol=0.2)
-    assert rep["results"][1]["optimizer"] == "adamw8bit"
+    base, fast = rep["results"]
+    assert base["optimizer"] == fast["optimizer"] == "adamw"
+    assert not base["checkpoint_align"] and fast["checkpoint_align"] and not fast["checkpointing"]
     md = (tmp_path / "gpu_trainer_check.md").read_text()
     assert "| baseline |" in md and "predicted" in md
+    assert "| fast | 1 | adamw | off |" in md and "| – | – | – |" in md  # no user prediction
 
 
 def test_stale_checkpoint_temp_files_are_removed_at_the_next_save(tmp_path):
@@ -230,3 +233,56 @@ def test_throughput_says_per_rank_or_global():
     p.update(1, 3, 0.5, 1e-4)
     p.update(2, 3, 0.5, 1e-4)
     assert "samples/s global (" in s.getvalue() and "/rank × 2)" in s.getvalue()
+
+
+def test_adamw8bit_falls_back_to_adamw_with_one_warning_and_diagnostics(monkeypatch):
+    """A bitsandbytes that cannot run: one RuntimeWarning carrying bnb's own output."""
+    import bitsandbytes as bnb
+
+    class Broken:
+        def __init__(self, *a, **k):
+            print("CUDA SETUP: libbitsandbytes_cuda130.so not found")
+            raise RuntimeError("no kernel image")
+
+    monkeypatch.setattr(bnb.optim, "AdamW8bit", Broken)
+    m = nn.Linear(256, 256)
+    cfg = from_raw({"TRAIN": {"OPTIM": {"TYPE": "adamw8bit", "LR": 0.01}}}).TRAIN
+    with pytest.warns(RuntimeWarning) as rec:
+        opt = build_optimizer(m, cfg)
+    assert len(rec) == 1
+    text = str(rec[0].message)
+    assert "no kernel image" in text and "libbitsandbytes_cuda130.so not found" in text
+    assert "Falling back to torch AdamW" in text
+    assert type(opt) is torch.optim.AdamW and opt.param_groups[0]["lr"] == 0.01
+
+
+def test_import_bnb_failure_keeps_its_diagnostics(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name == "bitsandbytes":
+            print("bnb: could not find the CUDA library")
+            raise OSError("libcudart.so.13: cannot open shared object file")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(ImportError) as e:
+        import_bnb()
+    assert "could not find the CUDA library" in str(e.value) and "libcudart" in str(e.value)
+
+
+def test_tf32_key_sets_the_cuda_backends_only_on_cuda(monkeypatch):
+    from trainer.train import apply_tf32
+
+    assert TrainConfig().TF32 is True
+    assert from_raw({"TRAIN": {"TF32": False}}).TRAIN.TF32 is False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    apply_tf32(True, torch.device("cpu"))  # CPU: nothing changes
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    apply_tf32(True, torch.device("cuda"))  # flags only: no CUDA needed to set them
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    apply_tf32(False, torch.device("cuda"))
+    assert not torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32

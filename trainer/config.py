@@ -103,6 +103,8 @@ class TrainConfig:
     SEED: int = 0
     DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
     AMP: Literal["auto", "bf16", "none"] = setting("auto", doc="auto = bf16 on CUDA, none on CPU")
+    TF32: bool = setting(True, doc="CUDA: fp32 matmuls and convs on TF32 tensor cores; false = "
+                         "PyTorch's default (exact fp32 matmuls)")
     BATCH_SIZE: int = setting(1, min=1, doc="clips per GPU per micro-step")
     GRADIENT_ACCUMULATION_STEPS: int = setting(1, min=1)
     MAX_GRAD_NORM: float = setting(1.0, min=0.0, doc="0 = no clipping")

@@ -19,18 +19,55 @@ FLOW_PARAM_KEYS = ("spynet", "deform")
 
 
 def import_bnb() -> Any:
-    """Import bitsandbytes without its start-up chatter (optional-kernel notices on CPU)."""
+    """Import bitsandbytes without its start-up chatter (optional-kernel notices on CPU).
+
+    The chatter is held back, not lost: if the import fails, the ImportError carries it
+    (bitsandbytes' CUDA-setup diagnostics say which library it looked for and why).
+    """
     quiet = logging.getLogger("bitsandbytes")
     old = quiet.level
     quiet.setLevel(logging.ERROR)
+    out, err = io.StringIO(), io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
             warnings.simplefilter("ignore")
             import bitsandbytes as bnb
+    except Exception as e:
+        raise ImportError(f"bitsandbytes cannot be imported ({type(e).__name__}: {e})"
+                          + _diagnostics(out, err)) from e
     finally:
         quiet.setLevel(old)
     return bnb
+
+
+def _diagnostics(*streams: io.StringIO) -> str:
+    text = "\n".join(s.getvalue().strip() for s in streams if s.getvalue().strip())
+    return f"\nbitsandbytes said:\n{text}" if text else ""
+
+
+def adamw8bit_or_none(groups: list[dict[str, Any]], device: torch.device,
+                      **kw: Any) -> tuple[torch.optim.Optimizer | None, str | None]:
+    """(bitsandbytes AdamW8bit, None), or (None, why) when bitsandbytes cannot run on
+    ``device``: it is imported and one 8-bit step is tried on a throwaway tensor there
+    (a wrong binary otherwise shows only at the first real ``step()``)."""
+    try:
+        bnb = import_bnb()
+    except ImportError as e:
+        return None, str(e)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            probe = torch.zeros(4096, device=device, requires_grad=True)  # 8-bit state size
+            trial = bnb.optim.AdamW8bit([probe], lr=1e-3)
+            probe.grad = torch.ones_like(probe)
+            trial.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        return bnb.optim.AdamW8bit(groups, **kw), None
+    except Exception as e:
+        return None, (f"an 8-bit AdamW step fails on {device} ({type(e).__name__}: "
+                      f"{str(e).strip()[:500]})" + _diagnostics(out, err))
 
 
 def _flow_ids(model: nn.Module) -> set[int]:
@@ -60,12 +97,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or bitsandbytes AdamW8bit (works on CPU too with bitsandbytes >= 0.49)."""
+    """AdamW or bitsandbytes AdamW8bit (works on CPU too with bitsandbytes >= 0.49); falls
+    back to AdamW with one warning (and bitsandbytes' own diagnostics) when 8-bit cannot
+    run on the model's device. Move the model to its device first."""
     o = cfg.OPTIM
     groups = param_groups(model, o.WEIGHT_DECAY)
     if o.TYPE == "adamw8bit":
-        bnb = import_bnb()
-        return bnb.optim.AdamW8bit(groups, lr=o.LR, betas=o.BETAS, eps=o.EPS, weight_decay=o.WEIGHT_DECAY)
+        params = [p for g in groups for p in g["params"]]
+        device = params[0].device if params else torch.device("cpu")
+        opt, why = adamw8bit_or_none(groups, device, lr=o.LR, betas=o.BETAS, eps=o.EPS,
+                                     weight_decay=o.WEIGHT_DECAY)
+        if opt is not None:
+            return opt
+        warnings.warn(f"TRAIN.OPTIM.TYPE adamw8bit: {why}\nFalling back to torch AdamW "
+                      "(32-bit state, same hyper-parameters).", RuntimeWarning, stacklevel=2)
     return torch.optim.AdamW(groups, lr=o.LR, betas=o.BETAS, eps=o.EPS, weight_decay=o.WEIGHT_DECAY)
 
 

@@ -260,6 +260,16 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def apply_tf32(enabled: bool, device: torch.device) -> None:
+    """``TRAIN.TF32`` on CUDA: true puts fp32 matmuls and cuDNN convolutions on TF32 tensor
+    cores; false keeps PyTorch's defaults (fp32 matmuls exact, cuDNN's own TF32 choice)."""
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    if enabled:
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def _autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     amp = cfg.TRAIN.AMP
     if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
@@ -360,6 +370,7 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
     _, total_steps = plan_steps(cfg, batches_per_epoch, len(sampler))
 
     # --- model, optimizer, schedule
+    apply_tf32(tcfg.TF32, device)
     model = build_model(cfg.MODEL).to(device)
     if info.is_main and model.pretrained_report is not None:
         print(model.pretrained_report.format(), file=sys.stderr, flush=True)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 
@@ -22,6 +23,7 @@ __all__ = [
     "VRTConfig",
     "VRTWithSpike",
     "build_model",
+    "compile_regions",
     "export_official",
     "flow_and_deform_parameters",
     "load_pretrained_vrt",
@@ -39,13 +41,33 @@ def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> VRTWithSpike:
     With ``MODEL.PRETRAINED`` set (and ``load_pretrained``), the VRT part is loaded from it
     (:func:`load_pretrained_vrt`, strict per ``MODEL.PRETRAINED_STRICT``) and the report is
     kept as ``model.pretrained_report``. Nothing is loaded into a model built on the meta
-    device.
+    device. With ``MODEL.COMPILE`` its TMSA blocks' attention and MLP paths are compiled.
     """
     model = VRTWithSpike(cfg)
     if load_pretrained and cfg.PRETRAINED and not next(model.parameters()).is_meta:
         model.pretrained_report = load_pretrained_vrt(model, cfg.PRETRAINED,
                                                       strict=cfg.PRETRAINED_STRICT)
+    if cfg.COMPILE:
+        compile_regions(model, backend=cfg.COMPILE_BACKEND)
     return model
+
+
+def compile_regions(model: nn.Module, **kwargs: Any) -> int:
+    """Regional ``torch.compile`` (kwargs go to it) of every TMSA block's attention and MLP
+    paths; timing regions, hooks and checkpoints stay outside. Returns the block count."""
+    import torch._dynamo
+
+    from trainer.models.vrt import TMSA
+
+    blocks = [m for m in model.modules() if isinstance(m, TMSA)]
+    # all blocks share two code objects; each distinct (shape, window, shift, mutual) is one
+    # more compiled variant of them: the default limit (8) would leave most blocks eager
+    cfg = torch._dynamo.config
+    key = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, key, max(getattr(cfg, key), 128))
+    for b in blocks:
+        b.compile_paths(**kwargs)
+    return len(blocks)
 
 
 def region_names(cfg: ModelConfig, checkpointing: bool | None = None,
@@ -58,6 +80,7 @@ def region_names(cfg: ModelConfig, checkpointing: bool | None = None,
     """
     if checkpointing is None:
         checkpointing = cfg.VRT.USE_CHECKPOINT_ATTN or cfg.VRT.USE_CHECKPOINT_FFN
+    align_stages = {f"vrt/stage{i}" for i in range(1, 8)} if cfg.VRT.USE_CHECKPOINT_ALIGN else set()
     mods: list[str] = []
     if cfg.USE_SPIKE:
         mods.append("spike_encoder")
@@ -80,7 +103,7 @@ def region_names(cfg: ModelConfig, checkpointing: bool | None = None,
         if m == "vrt/flow" and not train_flow:
             continue
         bwd.append(f"backward/{m}")
-        if checkpointing and m.startswith("vrt/stage"):
+        if (checkpointing and m.startswith("vrt/stage")) or m in align_stages:
             bwd.append(f"backward/{m}/recompute")
     return fwd + bwd
 

@@ -52,6 +52,8 @@ class VRTConfig:
     DROP_PATH_RATE: float = 0.2
     USE_CHECKPOINT_ATTN: bool = True
     USE_CHECKPOINT_FFN: bool = True
+    #: checkpoint the flow-guided deformable alignment of stages 1-7 (it saves ~9x its input)
+    USE_CHECKPOINT_ALIGN: bool = False
 
     @property
     def num_recon_groups(self) -> int:
@@ -85,6 +87,9 @@ class ModelConfig:
     PRETRAINED_STRICT: bool = True
     VRT: VRTConfig = field(default_factory=VRTConfig)
     SPIKE: SpikeConfig = field(default_factory=SpikeConfig)
+    #: regional torch.compile of every TMSA block's attention and MLP paths (opt-in)
+    COMPILE: bool = False
+    COMPILE_BACKEND: str = setting("inductor", expect="a torch.compile backend name")
 
     @classmethod
     def from_dict(cls, section: dict[str, Any] | None, file: str | None = None) -> ModelConfig:

@@ -112,6 +112,8 @@ class VRTWithSpike(nn.Module):
             recompute = {}
             for i, st in enumerate(self.vrt.stages):
                 blocks = [b for g in st.groups for b in g.blocks]
+                if getattr(st, "ckpt_align", False):
+                    blocks.append(st)  # its checkpointed alignment recomputes too
                 recompute[f"vrt/stage{i + 1}"] = blocks
             self._instr = Instrumentation(self.region_modules(), recompute, log)
             self._instr_log = log

@@ -108,7 +108,8 @@ class SpyNet(nn.Module):
             lh, lw = f.shape[2:]
             th, tw = h // 2**s, w // 2**s
             f = F.interpolate(f, size=(th, tw), mode="bilinear", align_corners=False)
-            out.append(f * f.new_tensor([tw / lw, th / lh]).view(1, 2, 1, 1))
+            # Python floats, not a tensor from a list: that is a host-to-device copy and a sync
+            out.append(torch.cat((f[:, :1] * (tw / lw), f[:, 1:] * (th / lh)), 1))
         return out[0], out[1], out[2], out[3]
 
     def _prep(self, x: Tensor, h32: int, w32: int) -> Tensor:

@@ -44,19 +44,26 @@ _MASKED = -100.0
 @functools.lru_cache(maxsize=64)
 def _rel_index(win: Window, table_win: Window, device: str) -> Tensor:
     """[N·N] rows of the bias table for every token pair of a ``win`` window."""
-    d, h, w = (torch.arange(n) for n in win)
+    return _rel_index_tensor(win, table_win, torch.device(device))
+
+
+def _rel_index_tensor(win: Window, table_win: Window, device: torch.device | None) -> Tensor:
+    """Uncached :func:`_rel_index` on ``device`` (None: the default device, e.g. meta)."""
+    d, h, w = (torch.arange(n, device=device) for n in win)
     coords = torch.stack(torch.meshgrid(d, h, w, indexing="ij")).flatten(1)  # [3, N]
     rel = coords[:, :, None] - coords[:, None, :]
     td, th, tw = table_win
     idx = (rel[0] + td - 1) * (2 * th - 1) * (2 * tw - 1) + (rel[1] + th - 1) * (2 * tw - 1)
     idx = idx + rel[2] + tw - 1
-    return idx.flatten().to(device)
+    return idx.flatten()
 
 
 @functools.lru_cache(maxsize=16)
 def _shift_mask(size: Window, win: Window, shift: Window, device: str) -> Tensor:
-    """[nW, N, N] additive mask keeping attention inside each region of a rolled window."""
-    labels = torch.zeros(size)
+    """[nW, N, N] additive mask keeping attention inside each region of a rolled window
+    (the dense reference; the model uses the per-pattern masks of :class:`ShiftMask`)."""
+    dev = torch.device(device)
+    labels = torch.zeros(size, device=dev)
     cnt = 0
     spans = [((0, -wi), (-wi, -si), (-si, None)) if si else ((0, None),)
              for wi, si in zip(win, shift, strict=True)]
@@ -66,48 +73,86 @@ def _shift_mask(size: Window, win: Window, shift: Window, device: str) -> Tensor
                 labels[d0:d1, h0:h1, w0:w1] = cnt
                 cnt += 1
     lab = _partition(labels[None, ..., None], win).squeeze(-1)[0]  # [nW, N]
-    mask = (lab[:, None, :] != lab[:, :, None]).float() * _MASKED
-    return mask.to(device)
+    return (lab[:, None, :] != lab[:, :, None]).float() * _MASKED
+
+
+def _pattern_masks(win: Window, shift: Window, device: torch.device | None) -> Tensor:
+    """[G, N, N] additive masks, one per boundary pattern of a shifted window.
+
+    After the roll, only the last window along a shifted dimension holds two regions (split
+    at ``win - shift``). A window's pattern is the set of dimensions in which it is such a
+    last window: codes 1..2^k-1 over the k shifted dimensions (0, the interior, needs no
+    mask). The masks depend on window and shift only, so each block builds them once.
+    """
+    dims = [i for i, s in enumerate(shift) if s]
+    grids = torch.meshgrid(*(torch.arange(n, device=device) for n in win), indexing="ij")
+    split = [(g.flatten() >= win[i] - shift[i]) for i, g in enumerate(grids)]  # [N] each
+    masks = []
+    for code in range(1, 2 ** len(dims)):
+        differ = torch.zeros(len(split[0]), len(split[0]), dtype=torch.bool, device=device)
+        for bit, i in enumerate(dims):
+            if code >> bit & 1:
+                differ |= split[i][:, None] != split[i][None, :]
+        masks.append(differ.float() * _MASKED)
+    n = len(split[0])
+    return torch.stack(masks) if masks else torch.zeros(0, n, n, device=device)
 
 
 @dataclass(frozen=True)
 class ShiftMask:
-    """The shift mask of the windows that need one: only windows where the roll wrapped
-    tokens around hold more than one region. The others attend with the position bias
-    alone, which broadcasts, so no [nW, heads, N, N] mask is built for them."""
+    """Shifted windows regrouped by mask pattern, so that no per-window mask is built.
 
-    mask: Tensor  # [nB, N, N] additive, for the boundary windows
-    boundary: Tensor  # [nB] window indices
-    interior: Tensor  # [nI] window indices
-    inverse: Tensor  # [nW]: cat(interior, boundary)[inverse] is the original order
+    The windows of all samples, flattened to ``B·nW``, are reordered by ``perm`` into
+    contiguous groups: the interior windows (position bias alone), then one group per
+    boundary pattern, whose mask ``masks[g - 1]`` broadcasts over the group. Attention
+    runs on ``[1, B·nW, ...]`` tensors in this order; ``inverse`` restores the original.
+    """
+
+    masks: Tensor  # [G, N, N] additive, one per boundary pattern
+    counts: tuple[int, ...]  # windows per group: interior, then one per pattern
+    perm: Tensor  # [B·nW] window order of the groups
+    inverse: Tensor  # [B·nW]: regrouped[:, inverse] is the original order
 
 
 @functools.lru_cache(maxsize=64)
-def _shift_split(size: Window, win: Window, shift: Window, device: str) -> ShiftMask:
-    full = _shift_mask(size, win, shift, "cpu")
-    wraps = full.flatten(1).ne(0).any(1)
-    boundary = wraps.nonzero().flatten()
-    interior = (~wraps).nonzero().flatten()
-    inverse = torch.argsort(torch.cat((interior, boundary)))
-    return ShiftMask(full[boundary].to(device), boundary.to(device), interior.to(device),
-                     inverse.to(device))
+def _window_groups(size: Window, win: Window, shift: Window, batch: int,
+                   device: str) -> tuple[tuple[int, ...], Tensor, Tensor]:
+    """(windows per pattern group, perm, inverse) of :class:`ShiftMask` (built on CPU)."""
+    cpu = torch.device("cpu")
+    dims = [i for i, s in enumerate(shift) if s]
+    n_win = [s // w for s, w in zip(size, win, strict=True)]
+    ids = torch.meshgrid(*(torch.arange(n, device=cpu) for n in n_win), indexing="ij")
+    code = torch.zeros(ids[0].shape, dtype=torch.long, device=cpu)
+    for bit, i in enumerate(dims):
+        code += (ids[i] == n_win[i] - 1).long() << bit
+    code = code.flatten().repeat(batch)  # [B·nW], sample-major like the windows
+    perm = torch.argsort(code, stable=True)
+    counts = tuple(int(c) for c in torch.bincount(code, minlength=2 ** len(dims)))
+    inverse = torch.argsort(perm)
+    dev = torch.device(device)
+    return counts, perm.to(dev), inverse.to(dev)
 
 
 def _masked_sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, sm: ShiftMask | None,
                  half: slice | None = None) -> Tensor:
     """Window attention with an optional [heads, Nq, Nk] bias and shift mask; ``half``
-    selects the within-frame quadrant of the mask (mutual attention)."""
+    selects the within-frame quadrant of the mask (mutual attention). With a shift mask,
+    q/k/v are ``[1, B·nW, ...]`` in the grouped window order of ``sm``."""
     base = None if bias is None else bias[None]
     if sm is None:
         return _sdpa(q, k, v, base)
-    parts = []
-    if sm.interior.numel():
-        i = sm.interior
-        parts.append(_sdpa(q[:, i], k[:, i], v[:, i], base))
-    m = sm.mask[:, None] if half is None else sm.mask[:, None, half, half]
-    j = sm.boundary
-    parts.append(_sdpa(q[:, j], k[:, j], v[:, j], m if base is None else base + m))
-    return torch.cat(parts, 1)[:, sm.inverse] if len(parts) > 1 else parts[0]
+    masks = sm.masks if half is None else sm.masks[:, half, half]
+    parts, start = [], 0
+    for g, cnt in enumerate(sm.counts):
+        if cnt:
+            m = base
+            if g:
+                pat = masks[g - 1][None, None]  # [1, 1, Nq, Nk]: broadcasts over the group
+                m = pat if base is None else base + pat
+            sl = slice(start, start + cnt)
+            parts.append(_sdpa(q[:, sl], k[:, sl], v[:, sl], m))
+        start += cnt
+    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
 
 def _partition(x: Tensor, win: Window) -> Tensor:
@@ -126,6 +171,48 @@ def _unpartition(x: Tensor, win: Window, size: Window) -> Tensor:
     return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d, h, w, c)
 
 
+#: head sizes the fused SDPA kernels take with a bias in bf16/fp16 (sm80+): multiples of 8
+_HEAD_ALIGN = 8
+#: pad q/k/v heads to a multiple of 8: None = only where it buys a fused kernel (CUDA, 16-bit
+#: floats); True/False force it (tests run the padded path on CPU)
+PAD_HEADS: bool | None = None
+#: the fused backward writes a dense [windows, heads, Nq, Nk] gradient for a broadcast bias
+#: that needs one; windows go in chunks so that this transient stays below this many bytes
+BIAS_GRAD_CHUNK_BYTES = 256 * 2**20
+
+
+def _pad_heads(q: Tensor) -> bool:
+    if q.shape[-1] % _HEAD_ALIGN == 0:
+        return False
+    if PAD_HEADS is not None:
+        return PAD_HEADS
+    return q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """SDPA on 4-D tensors; a head size that no fused kernel takes with a bias (e.g. 20) is
+    zero-padded to a multiple of 8 with the scale of the true size: q·k, the softmax and
+    the first ``d`` output channels are unchanged, the padded ones are sliced off."""
+    d = q.shape[-1]
+    if _pad_heads(q):
+        p = (-d) % _HEAD_ALIGN
+        q, k, v = (F.pad(t, (0, p)) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d ** -0.5)
+        return out[..., :d]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _attend_chunked(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """:func:`_attend` over chunks of windows when a broadcast bias needs a gradient (#6)."""
+    if mask is not None and mask.requires_grad and mask.shape[0] == 1:
+        per = mask[0].numel() * mask.element_size()
+        step = max(1, BIAS_GRAD_CHUNK_BYTES // per)
+        if q.shape[0] > step:
+            return torch.cat([_attend(q[i:i + step], k[i:i + step], v[i:i + step], mask)
+                              for i in range(0, q.shape[0], step)])
+    return _attend(q, k, v, mask)
+
+
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """Attention over windows: q/k/v [B, nW, heads, N, hd], mask [1|nW, heads, Nq, Nk].
 
@@ -138,10 +225,9 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None or mask.shape[0] == 1 or b == 1:
         def flat(t: Tensor) -> Tensor:
             return t.reshape(b * nw, *t.shape[2:])
-        out = F.scaled_dot_product_attention(flat(q), flat(k), flat(v), attn_mask=mask)
+        out = _attend_chunked(flat(q), flat(k), flat(v), mask)
         return out.view(b, nw, *out.shape[1:])
-    return torch.stack([F.scaled_dot_product_attention(q[i], k[i], v[i], attn_mask=mask)
-                        for i in range(b)])
+    return torch.stack([_attend(q[i], k[i], v[i], mask) for i in range(b)])
 
 
 # ------------------------------------------------------------------ attention blocks
@@ -163,17 +249,28 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(2 * dim if mutual else dim, dim)
         if mutual:
             self.qkv_mut = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        # built at construction (a buffer moves with the model; compiled code reads it)
+        self.register_buffer("rel_index", _rel_index_tensor(window, window, None),
+                             persistent=False)
+
+    def rel_index_for(self, win: Window, device: torch.device) -> Tensor:
+        """Bias-table rows of a ``win`` window (the buffer, unless the clip is smaller)."""
+        return self.rel_index if win == self.window else _rel_index(win, self.window,
+                                                                     str(device))
 
     def _qkv(self, lin: nn.Linear, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, nw, n, c = x.shape
         qkv = lin(x).view(b, nw, n, 3, self.heads, c // self.heads).permute(3, 0, 1, 4, 2, 5)
-        return qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv.unbind(0)  # one backward stack instead of three select fills
+        return q, k, v
 
-    def forward(self, x: Tensor, win: Window, mask: ShiftMask | None) -> Tensor:
-        """x [B, nW, N, C] (N = tokens of window ``win``); mask for shifted windows."""
+    def forward(self, x: Tensor, win: Window, mask: ShiftMask | None,
+                rel_index: Tensor | None = None) -> Tensor:
+        """x [B, nW, N, C] (N = tokens of window ``win``); mask for shifted windows;
+        ``rel_index`` the bias rows of ``win`` (default: looked up)."""
         b, nw, n, c = x.shape
         q, k, v = self._qkv(self.qkv_self, x)
-        idx = _rel_index(win, self.window, str(x.device))
+        idx = self.rel_index_for(win, x.device) if rel_index is None else rel_index
         bias = self.relative_position_bias_table[idx].view(n, n, self.heads)
         bias = bias.permute(2, 0, 1).contiguous()  # fused SDPA kernels want a dense mask
         out = _masked_sdpa(q, k, v, bias, mask).transpose(2, 3).reshape(b, nw, n, c)
@@ -218,14 +315,31 @@ class TMSA(nn.Module):
         self.mlp = GEGLU(dim, int(dim * mlp_ratio))
         self.recompute_region: str | None = None
         self.timing_logger: Any = None
+        # shift masks of the configured window, built once (a smaller clip builds its own)
+        self.register_buffer("shift_masks", _pattern_masks(window, shift, None) if any(shift)
+                             else None, persistent=False)
+        self._attn_compiled: Callable[..., Tensor] | None = None
+        self._ffn_compiled: Callable[[Tensor], Tensor] | None = None
+
+    def compile_paths(self, **kwargs: Any) -> None:
+        """Regional ``torch.compile`` of the attention and MLP paths (kwargs go to it).
+
+        The mask layout, the checkpoint and the timing regions stay outside the compiled
+        code; parameters and buffers are unchanged (state dicts load either way).
+        """
+        self._attn_compiled = torch.compile(self._attn_windows, **kwargs)
+        self._ffn_compiled = torch.compile(self._ffn_path, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(self._run(self._attn_path, x, self.ckpt_attn))
-        return x + self.drop_path(self._run(self._ffn_path, x, self.ckpt_ffn))
+        return x + self.drop_path(self._run(self._ffn_compiled or self._ffn_path, x,
+                                            self.ckpt_ffn))
 
     def _run(self, fn: Callable[[Tensor], Tensor], x: Tensor, ckpt: bool) -> Tensor:
         if ckpt and torch.is_grad_enabled():
-            return checkpoint(self._charged, fn, x, use_reentrant=False)
+            # no RNG runs inside (DropPath is outside): nothing to stash and restore
+            return checkpoint(self._charged, fn, x, use_reentrant=False,
+                              preserve_rng_state=False)
         return fn(x)
 
     def _charged(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -238,21 +352,40 @@ class TMSA(nn.Module):
         return self.mlp(self.norm2(x))
 
     def _attn_path(self, x: Tensor) -> Tensor:
-        _b, d, h, w, _c = x.shape
+        b, d, h, w, _c = x.shape
         win = tuple(min(wi, si) for wi, si in zip(self.window, (d, h, w), strict=True))
         shift = tuple(0 if si <= wi else sh for wi, si, sh in zip(self.window, (d, h, w),
                                                                   self.shift, strict=True))
+        mask = None
+        if any(shift):
+            size = tuple(s + (-s) % wi for s, wi in zip((d, h, w), win, strict=True))
+            counts, perm, inverse = _window_groups(size, win, shift, b, str(x.device))
+            masks = (self.shift_masks if win == self.window and shift == self.shift
+                     else _pattern_masks(win, shift, x.device))
+            mask = ShiftMask(masks, counts, perm, inverse)
+        idx = self.attn.rel_index_for(win, x.device)  # looked up outside compiled code
+        return (self._attn_compiled or self._attn_windows)(x, win, shift, mask, idx)
+
+    def _attn_windows(self, x: Tensor, win: Window, shift: Window, mask: ShiftMask | None,
+                      idx: Tensor) -> Tensor:
+        b, d, h, w, c = x.shape
         y = self.norm1(x)
         pd, ph, pw = ((-s) % wi for s, wi in zip((d, h, w), win, strict=True))
         if pd or ph or pw:
             y = F.pad(y, (0, 0, 0, pw, 0, ph, 0, pd))
         size = (d + pd, h + ph, w + pw)
-        mask = None
-        if any(shift):
+        if mask is not None:
             y = torch.roll(y, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-            mask = _shift_split(size, win, shift, str(x.device))
-        y = _unpartition(self.attn(_partition(y, win), win, mask), win, size)
-        if any(shift):
+        yw = _partition(y, win)
+        if mask is not None:  # all samples' windows, grouped by mask pattern
+            nw, n = yw.shape[1:3]
+            yw = yw.reshape(1, b * nw, n, c).index_select(1, mask.perm)
+            yw = self.attn(yw, win, mask, idx).index_select(1, mask.inverse)
+            yw = yw.view(b, nw, n, c)
+        else:
+            yw = self.attn(yw, win, None, idx)
+        y = _unpartition(yw, win, size)
+        if mask is not None:
             y = torch.roll(y, shifts=shift, dims=(1, 2, 3))
         if pd or ph or pw:
             y = y[:, :d, :h, :w]
@@ -345,6 +478,9 @@ class AlignStage(nn.Module):
                                          False, vcfg, drop_paths[: depth - n1]))
         self.pa_deform = DeformAlign(dim, vcfg.DEFORMABLE_GROUPS, max_offset)
         self.pa_fuse = GEGLU(3 * dim, 3 * dim, dim)
+        self.ckpt_align = vcfg.USE_CHECKPOINT_ALIGN
+        self.recompute_region: str | None = None  # as TMSA's: set while timing is on
+        self.timing_logger: Any = None
 
     def _reshape(self, x: Tensor) -> Tensor:
         b, t, h, w, c = x.shape
@@ -362,6 +498,16 @@ class AlignStage(nn.Module):
         x = self._reshape(x)
         for g in self.groups:
             x = g(x)
+        if self.ckpt_align and torch.is_grad_enabled():
+            # the deformable alignment saves ~9x its input in fp32: recompute it instead
+            return checkpoint(self._charged_warp, x, flow_b, flow_f, use_reentrant=False,
+                              preserve_rng_state=False)
+        return self._parallel_warp(x, flow_b, flow_f)
+
+    def _charged_warp(self, x: Tensor, flow_b: Tensor, flow_f: Tensor) -> Tensor:
+        if self.recompute_region is not None and _timing.in_backward():
+            with _timing.absolute(self.timing_logger, self.recompute_region):
+                return self._parallel_warp(x, flow_b, flow_f)
         return self._parallel_warp(x, flow_b, flow_f)
 
     def _parallel_warp(self, x: Tensor, flow_b: Tensor, flow_f: Tensor) -> Tensor:
