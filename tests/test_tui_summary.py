@@ -81,7 +81,7 @@ def test_summary_text_colours_on_a_tty(tmp_path: Path) -> None:
     assert "\x1b[" in out.stdout
 
 
-@pytest.mark.parametrize("make", ["missing", "empty_dir", "garbage"])
+@pytest.mark.parametrize("make", ["missing", "empty_dir", "garbage", "loop"])
 def test_summary_bad_run_exits_2_with_one_line(tmp_path: Path, make: str, capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "x"
     if make == "empty_dir":
@@ -89,12 +89,18 @@ def test_summary_bad_run_exits_2_with_one_line(tmp_path: Path, make: str, capsys
     elif make == "garbage":
         target.mkdir()
         (target / "rank0.jsonl").write_text("not json\n{also not\n")
+    elif make == "loop":
+        target.mkdir()
+        (target / "rank0.jsonl").symlink_to(target / "other")
+        (target / "other").symlink_to(target / "rank0.jsonl")
     assert main(["summary", str(target)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tui summary: error: ") and "\n" not in err
     assert str(target) in err
     if make == "garbage":
         assert "2 malformed lines" in err
+    if make == "loop":
+        assert "symlink loop" in err and "permission" not in err
 
 
 def test_summary_of_rank_file_and_text_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

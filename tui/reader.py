@@ -422,7 +422,8 @@ def check_run(path: str | os.PathLike[str]) -> None:
         if feed.parse(lines):
             return
         if feed.last_error:
-            errors.append(f"{f.name} {feed.last_error}")
+            more = "" if tail.offset >= tail.size else " in its first bytes"
+            errors.append(f"{f.name}: {feed.malformed} malformed lines{more}; last: {feed.last_error}")
     detail = f" ({'; '.join(errors[:2])})" if errors else ""
     raise UsageError(f"no stagewatch records in {p}{detail}")
 

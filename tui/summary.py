@@ -9,7 +9,6 @@ from typing import Any
 from rich.text import Text
 
 from trainer.clikit import UsageError
-from trainer.timing.records import RANK_FILE_RE, TEXT_LOG_RE
 from tui.aggregate import DEFAULT_WINDOW
 from tui.diagnosis import WARN, Advice, Thresholds, advice_for_run, span_label, verdict_of
 from tui.fmt import (
@@ -27,7 +26,7 @@ from tui.fmt import (
     sig,
 )
 from tui.order import tree_sort
-from tui.reader import RunSource
+from tui.reader import RunSource, check_run
 from tui.snapshot import UNACCOUNTED, RegionRow, RunSnapshot, Stats
 
 SCHEMA_VERSION = 1
@@ -39,20 +38,7 @@ def open_run(path: str | os.PathLike[str], window: int = DEFAULT_WINDOW) -> RunS
     Raises UsageError (one line, exit 2) for a missing, unreadable or empty run.
     """
     p = Path(path)
-    if not p.exists():
-        raise UsageError(f"no such run: {p}")
-    if p.is_dir():
-        try:
-            names = os.listdir(p)
-        except OSError as e:
-            raise UsageError(f"cannot read run folder {p}: {e.strerror}") from None
-        if not any(RANK_FILE_RE.match(n) or TEXT_LOG_RE.match(n) for n in names):
-            raise UsageError(f"not a run folder (no rank<R>.jsonl or timing_*.log in it): {p}")
-        unreadable = [n for n in names if (RANK_FILE_RE.match(n) or TEXT_LOG_RE.match(n)) and not os.access(p / n, os.R_OK)]
-        if unreadable:
-            raise UsageError(f"cannot read {p / unreadable[0]}: permission denied")
-    elif not os.access(p, os.R_OK):
-        raise UsageError(f"cannot read {p}: permission denied")
+    check_run(p)  # missing, symlink loop, unreadable, not a run: one line each, read nothing
     src = RunSource(p, window=window).load()
     snap = src.snapshot()
     if snap.step == 0 and not snap.regions and not src.agg.starts:
