@@ -10,6 +10,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("trainer.commands.info", "parameter counts, shapes and region tree of a config"),
     "synth": ("trainer.commands.synth", "write a synthetic dataset in the GoPro-spike layout"),
     "bench": ("trainer.commands.bench", "measured what-if table over config sweeps"),
+    "plan": ("trainer.commands.plan", "predicted FLOPs and memory per region, before a run"),
     "demo": ("trainer.commands.demo", "CPU demo: tiny training with the monitor on it"),
 }
 
