@@ -391,6 +391,23 @@ class _Counter(TorchDispatchMode):
 _EXPIRED = torch.UntypedStorage._expired
 
 
+def count_flops(fn: Callable[..., Tensor], *args: Tensor, amp: torch.dtype | None = None,
+                arch: str = "sm90") -> dict[str, int]:
+    """FLOPs of ``fn(*args)`` (meta tensors) and of the backward of its sum, under the same
+    autocast emulation and SDPA kernel choice as :func:`simulate`:
+    ``{"forward": n, "backward": m}``."""
+    regions = _Regions()
+    counter = _Counter(regions)
+    ac = _AutocastSdpa(amp, arch)
+    with _fp32_regions(ac), ac, counter:
+        out = fn(*args)
+        regions.phase = "backward"
+        if out.requires_grad:
+            out.float().sum().backward()
+    return {"forward": counter.flops.get("forward", 0),
+            "backward": counter.flops.get("backward", 0)}
+
+
 # --------------------------------------------------------------------------- results
 
 REGION_ORDER_TOP = ("spike_encoder", "spike_tsa", "vrt/flow", "vrt/prealign")
@@ -739,7 +756,8 @@ def region_flops_for_run_start(cfg: Config, device: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- fitting
 
 
-def fit(cfg: Config, gpu: GpuSpec, plan: Plan, device: str = "cuda") -> dict[str, Any]:
+def fit(cfg: Config, gpu: GpuSpec, plan: Plan, device: str = "cuda",
+        settings: tuple[bool, ...] = (False, True)) -> dict[str, Any]:
     """Does ``plan`` fit ``gpu``; the largest batch per checkpointing setting.
 
     Memory is close to linear in the batch: the batch-independent part (parameters,
@@ -750,7 +768,7 @@ def fit(cfg: Config, gpu: GpuSpec, plan: Plan, device: str = "cuda") -> dict[str
     """
     cap = gpu.memory - RESERVE_BYTES
     rows = []
-    for ck in (False, True):
+    for ck in settings:
         cache: dict[int, int] = {}
         if plan.checkpointing == {"attention": ck, "ffn": ck}:
             cache[plan.batch] = plan.peak
