@@ -246,3 +246,28 @@ def test_plan_of_full_configs(name: str) -> None:
     # design/GPU-NOTES.md §2.1: 2.04 TF forward in stage 8 at 5×256², 8.5 TF in all
     assert 1.9e12 < st8.forward_flops / p.batch < 2.2e12
     assert 8.0e12 < p.totals()["forward_flops"] / p.batch < 9.0e12
+
+
+# ------------------------------------------------------------------ run_start
+
+
+def test_run_start_carries_flops_per_region(tmp_path) -> None:
+    from tests._trainer_helpers import MICRO, records
+    from trainer.train import train
+
+    torch.set_num_threads(1)
+    cfg = load_config(TINY, [*MICRO, "TRAIN.MAX_STEPS=1", "TRAIN.EPOCHS=1",
+                             "TRAIN.GRADIENT_ACCUMULATION_STEPS=2"])
+    r = train(cfg, log_dir=str(tmp_path / "logs"), write_checkpoints=False,
+              validate_at_end=False)
+    recs = records(os.path.join(r.run_dir, "rank0.jsonl"))
+    fl = recs[0]["config"]["FLOPS"]
+    assert fl["MICRO_BATCHES"] == 2 and fl["PRECISION"] == "fp32" and fl["FLOW_FROZEN"]
+    regs = fl["REGIONS"]
+    step = next(x for x in recs if x["kind"] == "step")
+    # every region with FLOPs is one the step measured, under the same name
+    assert "forward/vrt/stage8" in regs and "backward/vrt/stage8" in regs
+    assert "backward/vrt/flow" not in regs  # frozen at the start (FREEZE_FLOW_STEPS)
+    for name in ("forward/vrt/stage1", "backward/vrt/stage1", "forward/spike_encoder"):
+        assert name in step["regions"] and regs[name] > 0
+    assert fl["STEP"] == regs["forward"] + regs.get("loss", 0) + regs["backward"]

@@ -579,17 +579,19 @@ def precision_of(cfg: Config, device: str) -> str:
 
 def simulate(cfg: Config, *, device: str = "cuda", arch: str = "sm90",
              batch: int | None = None, checkpointing: bool | None = None,
-             count_saved: bool = True) -> Plan:
+             count_saved: bool = True, flow_frozen: bool = False) -> Plan:
     """One training micro-batch of ``cfg`` on the meta device: FLOPs and memory.
 
     ``device`` is whose rules apply (``cuda``: autocast per TRAIN.AMP, ``auto`` = bf16, and
     the ``arch`` SDPA rules; ``cpu``: no autocast unless AMP is bf16, CPU kernels).
     ``batch``/``checkpointing`` override the config (both attention and FFN for the latter).
+    ``flow_frozen`` simulates the early steps of TRAIN.FREEZE_FLOW_STEPS (no flow or
+    deformable-alignment gradients); by default every parameter trains.
     """
     import dataclasses
 
     from trainer.losses import VGGFeatures, charbonnier
-    from trainer.models import build_model
+    from trainer.models import build_model, set_flow_and_deform_trainable
 
     t0 = time.perf_counter()
     mcfg = cfg.MODEL
@@ -613,6 +615,8 @@ def simulate(cfg: Config, *, device: str = "cuda", arch: str = "sm90",
             vgg = VGGFeatures(cfg.LOSS.VGG_PERCEPTUAL.NETWORK, cfg.LOSS.VGG_PERCEPTUAL.LAYER)
             vgg.requires_grad_(False)
     model.train()
+    if flow_frozen:
+        set_flow_and_deform_trainable(model, False)
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     b, t, h, w = shape.batch, shape.clip, shape.height, shape.width
@@ -738,9 +742,11 @@ def simulate(cfg: Config, *, device: str = "cuda", arch: str = "sm90",
     )
 
 
-def region_flops_for_run_start(cfg: Config, device: str) -> dict[str, Any]:
+def region_flops_for_run_start(cfg: Config, device: str, flow_frozen: bool = False
+                               ) -> dict[str, Any]:
     """The ``config.FLOPS`` entry of ``run_start``: FLOPs per optimizer step by region name
-    (inclusive, as the step records' times are), counted once on the meta device."""
+    (inclusive, as the step records' times are), counted once on the meta device, for the
+    state the run starts in (``flow_frozen``: TRAIN.FREEZE_FLOW_STEPS not yet over)."""
     arch = "cpu" if device == "cpu" else "sm90"
     if device == "cuda":
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
@@ -748,9 +754,19 @@ def region_flops_for_run_start(cfg: Config, device: str) -> dict[str, Any]:
 
         spec = lookup(name)
         arch = spec.arch if spec is not None else arch
-    p = simulate(cfg, device="cpu" if device == "cpu" else "cuda", arch=arch, count_saved=False)
+    from trainer.timing import get_global_timing_logger, set_global_timing_logger
+
+    prev = get_global_timing_logger()
+    set_global_timing_logger(None)  # the meta model must not time itself into the run's log
+    try:
+        with torch.random.fork_rng(devices=[]):  # leave the run's random stream alone
+            p = simulate(cfg, device="cpu" if device == "cpu" else "cuda", arch=arch,
+                         count_saved=False, flow_frozen=flow_frozen)
+    finally:
+        set_global_timing_logger(prev)
     return {"PRECISION": p.precision, "MICRO_BATCHES": p.micro_batches, "BATCH": p.batch,
-            "STEP": p.totals()["step_flops"], "REGIONS": p.step_flops()}
+            "FLOW_FROZEN": flow_frozen, "STEP": p.totals()["step_flops"],
+            "REGIONS": p.step_flops()}
 
 
 # --------------------------------------------------------------------------- fitting

@@ -254,6 +254,23 @@ def _param_counts(model: nn.Module) -> dict[str, int]:
             "TRAINABLE": sum(p.numel() for p in params if p.requires_grad)}
 
 
+def _flops_entry(cfg: Config, device: torch.device, start_step: int) -> dict[str, Any]:
+    """``{"FLOPS": ...}`` for the run_start record: FLOPs per step by region, counted once on
+    the meta device (trainer.plan), so the monitor can show achieved TFLOP/s and MFU.
+    Empty when timing is off; a failure costs only the figures, never the run."""
+    if not cfg.LOG.ENABLE_TIMING_LOG:
+        return {}
+    try:
+        from trainer.plan import region_flops_for_run_start
+
+        frozen = start_step < cfg.TRAIN.FREEZE_FLOW_STEPS
+        return {"FLOPS": region_flops_for_run_start(cfg, device.type, flow_frozen=frozen)}
+    except Exception as e:  # a planning gap must not stop training
+        print(f"warning: FLOPs per region not counted ({type(e).__name__}: {e})",
+              file=sys.stderr)
+        return {}
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -411,7 +428,7 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
     log = TimingLogger.from_config(
         cfg.raw.get("LOG") or {}, config_file=cfg.file, log_dir=log_dir, run_id=run_id,
         run_name=cfg.name, rank=info.rank, world_size=info.world_size,
-        config={**cfg.raw, "PARAMS": _param_counts(model)},
+        config={**cfg.raw, "PARAMS": _param_counts(model), **_flops_entry(cfg, device, step)},
         total_steps=total_steps, samples_per_step=samples_per_step, device=device,
         start_step=step, **log_kwargs,
     )
