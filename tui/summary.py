@@ -11,6 +11,7 @@ from rich.text import Text
 from trainer.clikit import UsageError
 from tui.aggregate import DEFAULT_WINDOW
 from tui.diagnosis import WARN, Advice, Thresholds, advice_for_run, span_label, verdict_of
+from tui.efficiency import efficiency, efficiency_dict, efficiency_lines
 from tui.fmt import (
     CLASS_STYLE,
     STATE_STYLE,
@@ -92,12 +93,24 @@ def _advice(snap: RunSnapshot, red: float, window: bool) -> list[Advice]:
 
 
 def summary_dict(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10, *, sort: str = "time",
-                 window: bool = False) -> dict[str, Any]:
+                 window: bool = False, peak_tflops: float | None = None) -> dict[str, Any]:
     """The JSON document of ``tui summary --json`` (see docs/monitor.md).
 
     ``window``: classes and advice of the recent window instead of the whole run (both sets
-    of statistics are always present); ``span`` says which.
+    of statistics are always present); ``span`` says which. ``peak_tflops`` overrides the
+    device peak of the MFU (``efficiency``; each region's ``tflops``).
     """
+    d = _summary_dict(snap, red, yellow, sort=sort, window=window)
+    eff = efficiency(snap, window=window, peak_tflops=peak_tflops)
+    d["efficiency"] = efficiency_dict(eff)
+    for r in d["regions"]:
+        e = eff.region(r["name"]) if eff is not None else None
+        r["tflops"] = None if e is None else round(e.tflops, 4)
+    return d
+
+
+def _summary_dict(snap: RunSnapshot, red: float, yellow: float, *, sort: str,
+                  window: bool) -> dict[str, Any]:
     verdict = verdict_of(snap)
     return {
         "schema": SCHEMA_VERSION,
@@ -156,7 +169,7 @@ def straggler_text(snap: RunSnapshot) -> Text:
 
 
 def summary_text(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10, name_w: int = 36, *,
-                 sort: str = "time", window: bool = False) -> Text:
+                 sort: str = "time", window: bool = False, peak_tflops: float | None = None) -> Text:
     """The stage tree as text (styles become ANSI colours on a terminal only), ending with the
     advice. ``window``: figures of the recent window instead of the whole run."""
     span = span_label(snap, window)
@@ -202,6 +215,12 @@ def summary_text(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10, nam
             t.append(f" {fmt_ms(v):>8}")
         t.append(f" {s.calls if s.calls else '—':>8}\n")
     t.append_text(straggler_text(snap))
+    for line, style in efficiency_lines(efficiency(snap, window=window, peak_tflops=peak_tflops)):
+        seg = literal(line)
+        if style:
+            seg.stylize(style)
+        t.append_text(seg)
+        t.append("\n")
     bad = [f for f in snap.files if f.malformed]
     for f in bad:
         m = literal(f"malformed lines in {f.path}: {f.malformed}")

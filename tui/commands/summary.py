@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from trainer.clikit import UsageError
 from tui.commands._common import (
     add_index,
     add_span,
@@ -28,16 +29,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_thresholds(parser)
     add_window(parser)
     add_index(parser)
+    parser.add_argument("--peak-tflops", type=float, default=None, metavar="TF",
+                        help="the device's dense peak for the MFU (default: the known-GPU table, "
+                        "or STAGEWATCH_PEAK_TFLOPS)")
 
 
 def run(args: argparse.Namespace) -> int:
     red, yellow = thresholds(args)
     apply_index(args)
+    peak = args.peak_tflops
+    if peak is not None and not peak > 0:
+        raise UsageError(f"--peak-tflops must be a positive number, got {peak}")
     snap = open_run(args.run, window=args.window)
     window = args.span == "recent"
     with quiet_pipe():
         if args.json:
-            json.dump(summary_dict(snap, red, yellow, sort=args.sort, window=window), sys.stdout, indent=2,
+            json.dump(summary_dict(snap, red, yellow, sort=args.sort, window=window, peak_tflops=peak), sys.stdout, indent=2,
                       allow_nan=False)
             sys.stdout.write("\n")
         else:
@@ -47,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             console = Console(file=sys.stdout, highlight=False, soft_wrap=True,
                               force_terminal=None if tty else False, no_color=not tty or None,
                               width=None if tty else 200)
-            console.print(summary_text(snap, red, yellow, sort=args.sort, window=window), end="")
+            console.print(summary_text(snap, red, yellow, sort=args.sort, window=window, peak_tflops=peak), end="")
         sys.stdout.flush()
     return 0
 

@@ -17,6 +17,7 @@ from textual.widget import Widget
 from textual.widgets import OptionList, Sparkline, Static
 from textual.widgets.option_list import Option
 
+from tui.efficiency import efficiency, region_line
 from tui.fmt import (
     CLASS_STYLE,
     STATE_ICON,
@@ -362,6 +363,9 @@ def rank_text(
         if rank in bad:
             t.append(f" {bad[rank]}", style="bold red")
         t.append("\n")
+    eff = region_line(efficiency(run, window=window), row.name if row is not None else None)
+    if eff is not None:  # achieved TFLOP/s of the selected region (or the step) and MFU
+        t.append(eff[0] + "\n", style=eff[1] or "cyan")
     verdict = getattr(run, "stragglers", None)
     if row is None and hasattr(verdict, "who_waits") and len(per) > 1:
         who = verdict.who_waits()
