@@ -271,3 +271,34 @@ def test_run_start_carries_flops_per_region(tmp_path) -> None:
     for name in ("forward/vrt/stage1", "backward/vrt/stage1", "forward/spike_encoder"):
         assert name in step["regions"] and regs[name] > 0
     assert fl["STEP"] == regs["forward"] + regs.get("loss", 0) + regs["backward"]
+
+
+# ------------------------------------------------------------------ trainer bench
+
+
+def test_bench_predicts_and_skips_rows_that_do_not_fit(tmp_path, monkeypatch) -> None:
+    from trainer import bench
+
+    torch.set_num_threads(1)
+    ran: list[list[str]] = []
+
+    def command(cfg: str, overrides: list[str], log_dir: str) -> list[str]:
+        ran.append(list(overrides))
+        return [sys.executable, "-c", "raise SystemExit(5)"]
+
+    sets = ["TRAIN.BATCH_SIZE=1"]
+    monkeypatch.setattr(bench, "_device_and_capacity", lambda cfg: ("cpu", 1000))
+    rep = bench.run_bench(TINY, [()], log_dir=str(tmp_path / "logs"), command=command,
+                          extra=sets, echo=lambda s: None)
+    r = rep.results[0]
+    assert not ran and r.status == bench.SKIPPED and r.mem_predicted > 1000
+    assert r.outcome.startswith("not run: predicted peak") and "--force" in r.outcome
+    md = bench.markdown(rep)
+    assert bench.fmt_bytes(r.mem_predicted) in md and "not run" in md
+    rep = bench.run_bench(TINY, [()], log_dir=str(tmp_path / "logs"), command=command,
+                          extra=sets, echo=lambda s: None, force=True)
+    assert len(ran) == 1 and rep.results[0].status == bench.FAILED
+    monkeypatch.setattr(bench, "_device_and_capacity", lambda cfg: ("cpu", 10**15))
+    rep = bench.run_bench(TINY, [()], log_dir=str(tmp_path / "logs"), command=command,
+                          extra=sets, echo=lambda s: None)
+    assert len(ran) == 2 and rep.results[0].mem_predicted == r.mem_predicted

@@ -19,7 +19,12 @@ read back from each run's JSONL (``trainer.timing.records.decode``):
   per epoch split over ``--world-size`` ranks, ``drop_last`` like the trainer) × step time,
   and × ``TRAIN.EPOCHS``; a projection that assumes each rank keeps the measured speed;
 - OOM: the run ended ``failed`` with an out-of-memory error; any other failure is
-  ``failed: <message>``.
+  ``failed: <message>``;
+- predicted peak: ``trainer plan``'s simulation of the row's step on the meta device, for
+  the device the row runs on (CUDA: the bf16/fp32 kernels of the GPU; CPU: tensors only,
+  while the measured CPU figure is the whole process's resident set). A row predicted not
+  to fit (CUDA: total memory minus ``trainer.plan.RESERVE_BYTES``; CPU: available host
+  memory) is reported as such and not run, unless ``force``.
 
 The first combination is the baseline of the ratio columns.
 """
@@ -48,7 +53,7 @@ from trainer.clikit import UsageError
 from trainer.errors import ConfigError
 from trainer.timing.records import RANK_FILE_RE, RecordError, RunEnd, RunStart, Step, decode
 
-OK, OOM, FAILED = "ok", "oom", "failed"
+OK, OOM, FAILED, SKIPPED = "ok", "oom", "failed", "skipped"
 #: settings every bench run gets (before the sweep's, which may override them): no mid-run
 #: validation or checkpoints, one clip in the final validation, no console panel
 BENCH_SETTINGS = (
@@ -179,6 +184,9 @@ class Result:
     step_ratio: float | None = None  # vs the baseline row
     throughput_ratio: float | None = None
     wall_s: float = 0.0  # the whole process, set-up included
+    mem_predicted: int | None = None  # trainer plan's predicted peak (bytes)
+    mem_capacity: int | None = None  # what the prediction was checked against
+    predict_message: str = ""  # why there is no prediction
 
     @property
     def label(self) -> str:
@@ -190,6 +198,8 @@ class Result:
             return "ok"
         if self.status == OOM:
             return "OOM"
+        if self.status == SKIPPED:
+            return f"not run: {self.message}"
         return f"failed: {self.message}" if self.message else "failed"
 
 
@@ -275,6 +285,50 @@ class BenchReport:
     interrupted: bool = False
 
 
+def _device_and_capacity(cfg: Any) -> tuple[str, int | None]:
+    """The device a row will train on and the memory its step must fit in."""
+    import torch
+
+    from trainer.plan import RESERVE_BYTES
+
+    want = cfg.TRAIN.DEVICE
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            return "cuda", None
+        return "cuda", torch.cuda.get_device_properties(0).total_memory - RESERVE_BYTES
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return "cpu", int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return "cpu", None
+
+
+def predict_peak(cfg_path: str, overrides: Sequence[str]) -> tuple[int | None, int | None, str]:
+    """(predicted peak bytes, capacity bytes, message) of one row, from ``trainer plan``."""
+    from trainer.config import load_config
+
+    try:
+        cfg = load_config(cfg_path, list(overrides))
+        device, cap = _device_and_capacity(cfg)
+        arch = "sm90"
+        if device == "cuda":
+            import torch
+
+            from trainer.gpus import lookup
+
+            spec = lookup(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+            arch = spec.arch if spec is not None else arch
+        from trainer.plan import simulate
+
+        plan = simulate(cfg, device=device, arch=arch, count_saved=False)
+    except Exception as e:  # a prediction gap must not stop the measurement
+        return None, None, f"no prediction ({type(e).__name__}: {e})"
+    return plan.peak, cap, ""
+
+
 def train_command(cfg: str, overrides: Sequence[str], log_dir: str) -> list[str]:
     cmd = [sys.executable, "-m", "trainer", "train", "--cfg", cfg]
     for o in overrides:
@@ -318,8 +372,14 @@ def run_bench(
     timeout: float | None = None,
     command: Callable[[str, Sequence[str], str], list[str]] = train_command,
     echo: Callable[[str], None] = print,
+    predict: bool = True,
+    force: bool = False,
 ) -> BenchReport:
-    """Run every combination in its own process and read the results back."""
+    """Run every combination in its own process and read the results back.
+
+    ``predict``: put ``trainer plan``'s predicted peak beside each row's measured one; rows
+    predicted not to fit are not run unless ``force``.
+    """
     if steps < 1 or warmup < 0:
         raise UsageError("--steps must be >= 1 and --warmup >= 0")
     if not combos:
@@ -350,6 +410,16 @@ def run_bench(
         if plan.steps_per_epoch * plan.epochs < total:  # the run itself needs enough epochs
             sets.append(f"TRAIN.EPOCHS={math.ceil(total / max(1, plan.steps_per_epoch))}")
         echo(f"[{i + 1}/{len(combos)}] {res.label} ...")
+        if predict:
+            res.mem_predicted, res.mem_capacity, res.predict_message = predict_peak(
+                cfg, [*BENCH_SETTINGS, *user])
+            if (res.mem_predicted is not None and res.mem_capacity is not None
+                    and res.mem_predicted > res.mem_capacity and not force):
+                res.status = SKIPPED
+                res.message = (f"predicted peak {fmt_bytes(res.mem_predicted)} > "
+                               f"{fmt_bytes(res.mem_capacity)} usable (--force runs it)")
+                echo(f"      {res.outcome}")
+                continue
         t0 = time.monotonic()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
@@ -441,10 +511,12 @@ def markdown(report: BenchReport) -> str:
         f"(validation/checkpoint excluded); samples/s = samples per step / step; epoch and total "
         f"times project the step time over the configured dataset ({report.plan_source}"
         + (f", {report.world_size} ranks assumed to scale linearly" if report.world_size > 1 else "")
-        + "). Ratios are vs the first row.",
+        + "). Ratios are vs the first row. Predicted = `trainer plan`'s simulated peak of the "
+        "row's step (on CPU tensors only; the measured CPU figure is the process's resident set).",
         "",
-        f"| # | config | peak memory | step | samples/s | epoch | {epochs or 'all'} epochs | vs baseline | run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| # | config | peak memory | predicted | step | samples/s | epoch | {epochs or 'all'} epochs "
+        "| vs baseline | run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report.results:
         if r.status == OK:
@@ -456,6 +528,7 @@ def markdown(report: BenchReport) -> str:
         else:
             out = r.outcome.replace("|", "\\|")
             cells = [fmt_bytes(r.mem_peak) if r.status == OOM else "—", out, "—", "—", "—", "—"]
+        cells.insert(1, fmt_bytes(r.mem_predicted))
         cfg_cell = r.label.replace("|", "\\|")
         lines.append(f"| {r.index + 1} | {cfg_cell} | " + " | ".join(cells) + f" | {r.run_id or '—'} |")
     if report.interrupted:

@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help="stop a row that runs longer (it is reported as failed)")
     parser.add_argument("--json", action="store_true", help="print the JSON instead of the Markdown table")
+    parser.add_argument("--force", action="store_true",
+                        help="run rows that trainer plan predicts will not fit in memory")
+    parser.add_argument("--no-predict", action="store_true",
+                        help="skip the predicted peak per row (trainer plan's simulation)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     report = run_bench(args.cfg, combos, steps=args.steps, warmup=args.warmup, log_dir=log_dir, out=args.out,
                        extra=args.overrides, world_size=args.world_size, epoch_samples=args.epoch_samples,
                        epochs=args.epochs, timeout=args.timeout,
-                       echo=lambda s: print(s, file=sys.stderr, flush=True))
+                       echo=lambda s: print(s, file=sys.stderr, flush=True),
+                       predict=not args.no_predict, force=args.force)
     paths = write_outputs(report)
     if args.json:
         json.dump(report_dict(report), sys.stdout, indent=2, allow_nan=False)
