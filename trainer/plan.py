@@ -555,6 +555,15 @@ class Shape:
     width: int
 
 
+def _clear_device_caches() -> None:
+    """Forget the model's per-device cached masks and indices, so that each simulation
+    counts them (on a GPU they are made at the first step and then stay)."""
+    from trainer.models import vrt
+
+    for fn in (vrt._rel_index, vrt._shift_split, vrt._sine_cached):
+        fn.cache_clear()
+
+
 def config_shape(cfg: Config) -> Shape:
     """Batch, clip length and crop of one micro-batch as the config trains it."""
     d = cfg.DATA
@@ -594,6 +603,7 @@ def simulate(cfg: Config, *, device: str = "cuda", arch: str = "sm90",
     from trainer.models import build_model, set_flow_and_deform_trainable
 
     t0 = time.perf_counter()
+    _clear_device_caches()
     mcfg = cfg.MODEL
     if checkpointing is not None:
         mcfg = dataclasses.replace(mcfg, VRT=dataclasses.replace(
