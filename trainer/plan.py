@@ -47,6 +47,10 @@ from trainer.gpus import GIB, GpuSpec
 #: allocator fragmentation when it says whether a step fits
 RESERVE_BYTES = 2 * GIB
 
+#: the largest batch the fit search simulates (the per-sample loops of shifted-window
+#: attention make bigger batches slow to simulate; beyond it the answer is extrapolated)
+MAX_SEARCH_BATCH = 64
+
 #: 8-bit AdamW (bitsandbytes ``Optimizer2State``): tensors with at least this many
 #: elements get uint8 states, smaller ones fp32 states
 BNB_MIN_8BIT_SIZE = 4096
@@ -809,9 +813,12 @@ def fit(cfg: Config, gpu: GpuSpec, plan: Plan, device: str = "cuda",
                  + plan.memory["gradients"])
         p1 = peak_at(1)
         slope = float(max(p1 - fixed, 1))
-        best, notes = 0, []
+        best, notes, capped = 0, [], False
         if p1 <= cap:
             guess = 1 + int((cap - p1) // slope)
+            if guess > MAX_SEARCH_BATCH:
+                notes.append(f"extrapolated {guess}; simulated up to {MAX_SEARCH_BATCH}")
+                guess, capped = MAX_SEARCH_BATCH, True
             for _ in range(2):
                 if guess in cache:
                     break
@@ -819,14 +826,15 @@ def fit(cfg: Config, gpu: GpuSpec, plan: Plan, device: str = "cuda",
                 if pk <= cap and (guess + 1) in cache:
                     break
                 slope = max((pk - p1) / (guess - 1), 1.0) if guess > 1 else slope
-                nxt = 1 + int((cap - p1) // slope)
+                nxt = min(1 + int((cap - p1) // slope), MAX_SEARCH_BATCH)
                 if nxt == guess:
                     break
                 guess = nxt
             best = max(b for b, q in cache.items() if q <= cap)
-            if best + 1 not in cache:
+            if best + 1 not in cache and best < MAX_SEARCH_BATCH:
                 notes.append(f"batch {best + 1} extrapolated, not simulated")
-        rows.append({"checkpointing": ck, "max_batch": best, "peak_batch1": p1,
+        rows.append({"checkpointing": ck, "max_batch": best,
+                     "at_least": capped and best == MAX_SEARCH_BATCH, "peak_batch1": p1,
                      "per_sample": int(slope),
                      "peak_at_max": cache.get(best), "simulated": sorted(cache),
                      "notes": notes})
@@ -840,7 +848,7 @@ def fit(cfg: Config, gpu: GpuSpec, plan: Plan, device: str = "cuda",
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f}"
+    return f"{n / GIB:.2f}"
 
 
 def _tf(n: int) -> str:
@@ -858,7 +866,7 @@ def format_plan(plan: Plan) -> str:
         f"checkpointing attention {'on' if ck['attention'] else 'off'}, "
         f"ffn {'on' if ck['ffn'] else 'off'}; optimizer {plan.optimizer}",
         "",
-        f"{'region':<22}{'fwd TF':>10}{'bwd TF':>10}{'recomp TF':>11}{'saved GB':>10}",
+        f"{'region':<22}{'fwd TF':>10}{'bwd TF':>10}{'recomp TF':>11}{'saved GiB':>10}",
     ]
     for r in plan.regions:
         lines.append(f"{r.name:<22}{_tf(r.forward_flops):>10}{_tf(r.backward_flops):>10}"
@@ -869,7 +877,7 @@ def format_plan(plan: Plan) -> str:
                  f"{_gb(plan.memory['saved_activations']):>10}")
     lines.append(f"FLOPs per optimizer step: {tot['step_flops'] / 1e12:.3f} TF")
     m = plan.memory
-    lines += ["", "memory of one training step (GB = 1e9 bytes)"]
+    lines += ["", "memory of one training step (GiB)"]
     for label, key in (("parameters", "parameters"), ("gradients", "gradients"),
                        ("optimizer state", "optimizer_state"), ("input batch", "inputs"),
                        ("activations at end of forward", "activations_end_forward"),
@@ -889,15 +897,15 @@ def format_plan(plan: Plan) -> str:
     if plan.fits is not None:
         f = plan.fits
         verdict = "fits" if f["fits"] else "does NOT fit"
-        lines += ["", f"{f['gpu']}: {_gb(f['memory'])} GB, {_gb(f['usable'])} GB usable "
-                  f"(keeping {_gb(f['reserve'])} GB for context and fragmentation): {verdict}, "
-                  f"headroom {_gb(f['headroom'])} GB"]
+        lines += ["", f"{f['gpu']}: {_gb(f['memory'])} GiB, {_gb(f['usable'])} GiB usable "
+                  f"(keeping {_gb(f['reserve'])} GiB for context and fragmentation): {verdict}, "
+                  f"headroom {_gb(f['headroom'])} GiB"]
         for r in f["max_batch"]:
             note = f" ({', '.join(r['notes'])})" if r["notes"] else ""
-            at = "" if r["peak_at_max"] is None else f", peak there {_gb(r['peak_at_max'])} GB"
+            at = "" if r["peak_at_max"] is None else f", peak there {_gb(r['peak_at_max'])} GiB"
             lines.append(f"  checkpointing {'on ' if r['checkpointing'] else 'off'}: largest "
-                         f"batch {r['max_batch']}{note} (batch 1 {_gb(r['peak_batch1'])} GB, "
-                         f"+{_gb(r['per_sample'])} GB per sample{at}; simulated batches "
+                         f"batch {'≥ ' if r['at_least'] else ''}{r['max_batch']}{note} (batch 1 {_gb(r['peak_batch1'])} GiB, "
+                         f"+{_gb(r['per_sample'])} GiB per sample{at}; simulated batches "
                          f"{', '.join(map(str, r['simulated']))})")
     lines.append(f"(simulated {plan.ops} ops in {plan.seconds:.1f} s)")
     return "\n".join(lines)
