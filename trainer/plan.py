@@ -564,8 +564,38 @@ def _clear_device_caches() -> None:
     counts them (on a GPU they are made at the first step and then stay)."""
     from trainer.models import vrt
 
-    for fn in (vrt._rel_index, vrt._shift_split, vrt._sine_cached):
-        fn.cache_clear()
+    for name in dir(vrt):
+        fn = getattr(vrt, name)
+        if callable(getattr(fn, "cache_clear", None)) and name != "_shift_mask":
+            fn.cache_clear()  # _shift_mask: the CPU-side dense mask, not a device tensor
+
+
+@contextlib.contextmanager
+def _as_on_cuda(device: str) -> Iterator[None]:
+    """Let the model take its CUDA-only code paths on meta tensors when simulating a GPU:
+    today the zero-padding of head sizes that no fused kernel takes (``vrt._pad_heads``,
+    which asks ``q.is_cuda``)."""
+    from trainer.models import vrt
+
+    orig = getattr(vrt, "_pad_heads", None)
+    if device != "cuda" or orig is None:
+        yield
+        return
+
+    def pad_heads(q: Tensor) -> bool:
+        if not q.is_meta:
+            return orig(q)
+        align = getattr(vrt, "_HEAD_ALIGN", 8)
+        forced = getattr(vrt, "PAD_HEADS", None)
+        if q.shape[-1] % align == 0:
+            return False
+        return forced if forced is not None else q.dtype in _HALF
+
+    vrt._pad_heads = pad_heads
+    try:
+        yield
+    finally:
+        vrt._pad_heads = orig
 
 
 def config_shape(cfg: Config) -> Shape:
@@ -682,7 +712,7 @@ def simulate(cfg: Config, *, device: str = "cuda", arch: str = "sm90",
     end_forward = 0
     try:
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x)
-        with _fp32_regions(ac), ac, counter:
+        with _fp32_regions(ac), _as_on_cuda(device), ac, counter:
             with hooks if count_saved else contextlib.nullcontext():
                 regions.phase = "forward"
                 out = model(rgb, spikes)
