@@ -289,6 +289,23 @@ def test_run_start_carries_flops_per_region(tmp_path) -> None:
     for name in ("forward/vrt/stage1", "backward/vrt/stage1", "forward/spike_encoder"):
         assert name in step["regions"] and regs[name] > 0
     assert fl["STEP"] == regs["forward"] + regs.get("loss", 0) + regs["backward"]
+    assert all(isinstance(v, float) for v in regs.values())  # past the format's int limit
+
+
+def test_full_size_flops_survive_the_record_format(tmp_path) -> None:
+    """A full-size count (~1.8e14 per step) is past the format's integer limit: the
+    run_start the trainer writes must still be read back, FLOPs included."""
+    from trainer.timing.records import RunStart, encode
+    from tui.summary import open_run
+
+    run = tmp_path / "20261201-000000-big-0001"
+    run.mkdir()
+    cfg = {"FLOPS": {"PRECISION": "bf16", "STEP": 1.77e14,
+                     "REGIONS": {"forward": float(176_631_000_000_000)}}}
+    (run / "rank0.jsonl").write_text(encode(RunStart(run_id=run.name, rank=0, world_size=1,
+                                                     time=1.0, config=cfg)))
+    snap = open_run(run)
+    assert snap.config["FLOPS"]["REGIONS"]["forward"] == 176_631_000_000_000
 
 
 # ------------------------------------------------------------------ trainer bench
