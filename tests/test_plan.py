@@ -149,7 +149,9 @@ def test_recompute_flops_exactly_when_checkpointing(tiny_plans: dict) -> None:
 
 
 def test_step_flops_count_all_micro_batches() -> None:
-    cfg = load_config(TINY, ["TRAIN.GRADIENT_ACCUMULATION_STEPS=3"])
+    from tests._trainer_helpers import MICRO
+
+    cfg = load_config(TINY, [*MICRO, "TRAIN.GRADIENT_ACCUMULATION_STEPS=3"])
     p = simulate(cfg, device="cpu")
     tot = p.totals()
     assert tot["step_flops"] == 3 * (tot["forward_flops"] + tot["backward_flops"])
@@ -255,15 +257,16 @@ def test_plan_cli_bad_input_exits_2(argv: list[str], capsys: pytest.CaptureFixtu
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["vrt_spike_baseline.yaml", "vrt_spike_fast.yaml"])
-def test_plan_of_full_configs(name: str) -> None:
+def test_plan_of_full_configs() -> None:
+    """Every shipped full-size config plans (the timing is in docs/benchmarks.md)."""
     torch.set_num_threads(1)
-    cfg = load_config(os.path.join(ROOT, "configs", "deblur", name))
-    p = simulate(cfg)
-    st8 = next(r for r in p.regions if r.name == "vrt/stage8")
-    # design/GPU-NOTES.md §2.1: 2.04 TF forward in stage 8 at 5×256², 8.5 TF in all
-    assert 1.9e12 < st8.forward_flops / p.batch < 2.2e12
-    assert 8.0e12 < p.totals()["forward_flops"] / p.batch < 9.0e12
+    for name in ("vrt_spike_baseline.yaml", "vrt_spike_fast.yaml"):
+        cfg = load_config(os.path.join(ROOT, "configs", "deblur", name))
+        p = simulate(cfg)
+        st8 = next(r for r in p.regions if r.name == "vrt/stage8")
+        # design/GPU-NOTES.md §2.1: 2.04 TF forward in stage 8 at 5×256², 8.5 TF in all
+        assert 1.9e12 < st8.forward_flops / p.batch < 2.2e12, name
+        assert 8.0e12 < p.totals()["forward_flops"] / p.batch < 9.0e12, name
 
 
 # ------------------------------------------------------------------ run_start
@@ -321,7 +324,9 @@ def test_bench_predicts_and_skips_rows_that_do_not_fit(tmp_path, monkeypatch) ->
         ran.append(list(overrides))
         return [sys.executable, "-c", "raise SystemExit(5)"]
 
-    sets = ["TRAIN.BATCH_SIZE=1"]
+    from tests._trainer_helpers import MICRO
+
+    sets = [*MICRO, "TRAIN.BATCH_SIZE=1"]
     monkeypatch.setattr(bench, "_device_and_capacity", lambda cfg: ("cpu", 1000))
     rep = bench.run_bench(TINY, [()], log_dir=str(tmp_path / "logs"), command=command,
                           extra=sets, echo=lambda s: None)
