@@ -51,6 +51,11 @@ def test_efficiency_per_region_and_mfu(tmp_path: Path, monkeypatch: pytest.Monke
     assert efficiency(snap, peak_tflops=100.0).mfu == pytest.approx(0.3)
     monkeypatch.setenv("STAGEWATCH_PEAK_TFLOPS", "bf16=60,fp32=10")
     assert efficiency(snap).mfu == pytest.approx(0.5)
+    monkeypatch.delenv("STAGEWATCH_PEAK_TFLOPS")
+    fp32 = efficiency(open_run(_run(tmp_path / "f", {**FLOPS, "PRECISION": "fp32"})))
+    assert fp32.peak_tflops == pytest.approx(66.9)
+    tf32 = efficiency(open_run(_run(tmp_path / "t", {**FLOPS, "PRECISION": "fp32", "TF32": True})))
+    assert tf32.peak_tflops == pytest.approx(494.7) and tf32.precision == "tf32"
 
 
 def test_no_flops_or_unknown_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,8 +1,9 @@
 """Known GPUs: memory and dense peak throughput, for ``trainer plan`` and the monitor's MFU.
 
 Torch-free (the monitor imports it). Peaks are the vendors' dense (no sparsity) figures in
-TFLOP/s: ``bf16`` on tensor cores, ``fp32`` on CUDA cores (TF32 off, as the trainer leaves
-it). Override with ``STAGEWATCH_PEAK_TFLOPS`` (one number, or ``bf16=…,fp32=…``).
+TFLOP/s: ``bf16`` on tensor cores, ``fp32`` on CUDA cores (TF32 off), ``tf32`` fp32
+matmuls on tensor cores (when the run allowed TF32). Override with
+``STAGEWATCH_PEAK_TFLOPS`` (one number, or ``bf16=…,fp32=…,tf32=…``).
 """
 
 from __future__ import annotations
@@ -22,22 +23,25 @@ class GpuSpec:
     bf16: float  # dense TFLOP/s
     fp32: float  # dense TFLOP/s without TF32
     arch: str  # "sm80" or "sm90": the SDPA kernel-choice rules that apply
+    tf32: float = 0.0  # dense TFLOP/s of fp32 matmuls on TF32 tensor cores
 
     def peak(self, precision: str) -> float:
-        """Dense peak in TFLOP/s for ``bf16`` or ``fp32``."""
+        """Dense peak in TFLOP/s for ``bf16``, ``fp32`` or ``tf32``."""
+        if precision == "tf32":
+            return self.tf32 or self.fp32
         return self.bf16 if precision == "bf16" else self.fp32
 
 
 MIB = 1024**2
 #: key (upper case, what ``--gpu`` accepts) -> spec; memory as nvidia-smi reports it
 GPUS: dict[str, GpuSpec] = {
-    "H200": GpuSpec("NVIDIA H200", 143771 * MIB, 989.4, 66.9, "sm90"),
-    "H100": GpuSpec("NVIDIA H100 80GB (SXM)", 81559 * MIB, 989.4, 66.9, "sm90"),
-    "H100-PCIE": GpuSpec("NVIDIA H100 PCIe", 81559 * MIB, 756.0, 51.2, "sm90"),
-    "A100": GpuSpec("NVIDIA A100 80GB", 81920 * MIB, 312.0, 19.5, "sm80"),
-    "A100-40": GpuSpec("NVIDIA A100 40GB", 40960 * MIB, 312.0, 19.5, "sm80"),
-    "L40S": GpuSpec("NVIDIA L40S", 46068 * MIB, 362.1, 91.6, "sm80"),
-    "RTX4090": GpuSpec("NVIDIA GeForce RTX 4090", 24564 * MIB, 165.2, 82.6, "sm80"),
+    "H200": GpuSpec("NVIDIA H200", 143771 * MIB, 989.4, 66.9, "sm90", 494.7),
+    "H100": GpuSpec("NVIDIA H100 80GB (SXM)", 81559 * MIB, 989.4, 66.9, "sm90", 494.7),
+    "H100-PCIE": GpuSpec("NVIDIA H100 PCIe", 81559 * MIB, 756.0, 51.2, "sm90", 378.0),
+    "A100": GpuSpec("NVIDIA A100 80GB", 81920 * MIB, 312.0, 19.5, "sm80", 156.0),
+    "A100-40": GpuSpec("NVIDIA A100 40GB", 40960 * MIB, 312.0, 19.5, "sm80", 156.0),
+    "L40S": GpuSpec("NVIDIA L40S", 46068 * MIB, 362.1, 91.6, "sm80", 183.0),
+    "RTX4090": GpuSpec("NVIDIA GeForce RTX 4090", 24564 * MIB, 165.2, 82.6, "sm80", 82.6),
 }
 
 
@@ -83,7 +87,7 @@ def parse_gpu(text: str) -> GpuSpec:
     if not 0 < gib < 100000:
         raise ValueError(f"GPU memory must be a positive number of GiB, got {text!r}")
     h = GPUS["H100"]
-    return GpuSpec(f"{gib:g} GiB GPU", int(gib * GIB), h.bf16, h.fp32, "sm90")
+    return GpuSpec(f"{gib:g} GiB GPU", int(gib * GIB), h.bf16, h.fp32, "sm90", h.tf32)
 
 
 def peak_override(precision: str, env: dict[str, str] | None = None) -> float | None:

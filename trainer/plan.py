@@ -808,8 +808,10 @@ def region_flops_for_run_start(cfg: Config, device: str, flow_frozen: bool = Fal
                          count_saved=False, flow_frozen=flow_frozen)
     finally:
         set_global_timing_logger(prev)
+    tf32 = (device == "cuda" and p.precision == "fp32"
+            and bool(torch.backends.cuda.matmul.allow_tf32))
     # floats: a step's count passes the record format's integer limit (1e12) at full size
-    return {"PRECISION": p.precision, "MICRO_BATCHES": p.micro_batches, "BATCH": p.batch,
+    return {"PRECISION": p.precision, "TF32": tf32, "MICRO_BATCHES": p.micro_batches, "BATCH": p.batch,
             "FLOW_FROZEN": flow_frozen, "STEP": float(p.totals()["step_flops"]),
             "REGIONS": {k: float(v) for k, v in p.step_flops().items()}}
 

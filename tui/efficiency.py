@@ -89,6 +89,8 @@ def efficiency(snap: RunSnapshot, *, window: bool = False, peak_tflops: float | 
     if not (math.isfinite(wall.avg) and wall.avg > 0):
         return None
     precision = info.get("PRECISION") if info.get("PRECISION") in ("bf16", "fp32") else "fp32"
+    if precision == "fp32" and info.get("TF32") is True:
+        precision = "tf32"  # fp32 matmuls on TF32 tensor cores: that peak
     peak, source = resolve_peak(snap, precision, peak_tflops)
     step_tf = step_flops / (wall.avg / 1000.0) / 1e12
     rows = []
