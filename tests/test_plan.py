@@ -148,6 +148,14 @@ def test_recompute_flops_exactly_when_checkpointing(tiny_plans: dict) -> None:
     assert on.memory["saved_activations"] < off.memory["saved_activations"]
 
 
+def test_alignment_checkpointing_recomputes_in_stages_1_to_7() -> None:
+    cfg = load_config(TINY, ["MODEL.VRT.USE_CHECKPOINT_ALIGN=true"])
+    p = simulate(cfg, checkpointing=False)
+    assert p.checkpointing == {"attention": False, "ffn": False, "align": True}
+    rec = {r.name: r.recompute_flops for r in p.regions if r.name.startswith("vrt/stage")}
+    assert all(rec[f"vrt/stage{i}"] > 0 for i in range(1, 8)) and rec["vrt/stage8"] == 0
+
+
 def test_step_flops_count_all_micro_batches() -> None:
     from tests._trainer_helpers import MICRO
 
@@ -259,9 +267,14 @@ def test_plan_cli_bad_input_exits_2(argv: list[str], capsys: pytest.CaptureFixtu
 @pytest.mark.slow
 def test_plan_of_full_configs() -> None:
     """Every shipped full-size config plans (the timing is in docs/benchmarks.md)."""
+    import glob
+
     torch.set_num_threads(1)
-    for name in ("vrt_spike_baseline.yaml", "vrt_spike_fast.yaml"):
-        cfg = load_config(os.path.join(ROOT, "configs", "deblur", name))
+    names = sorted(glob.glob(os.path.join(ROOT, "configs", "deblur", "*.yaml")))
+    names = [n for n in names if not n.endswith("_tiny.yaml")]
+    assert len(names) >= 2
+    for name in names:
+        cfg = load_config(name)
         p = simulate(cfg)
         st8 = next(r for r in p.regions if r.name == "vrt/stage8")
         # design/GPU-NOTES.md §2.1: 2.04 TF forward in stage 8 at 5×256², 8.5 TF in all

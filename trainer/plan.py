@@ -676,8 +676,12 @@ def simulate(cfg: Config, *, device: str = "cuda", arch: str = "sm90",
     regions = _Regions()
     from trainer.models.instrument import Instrumentation
 
-    recompute = {f"vrt/stage{i + 1}": [bl for g in st.groups for bl in g.blocks]
-                 for i, st in enumerate(model.vrt.stages)}
+    recompute = {}  # as the model's own instrumentation charges checkpoint re-runs
+    for i, st in enumerate(model.vrt.stages):
+        blocks: list[nn.Module] = [bl for g in st.groups for bl in g.blocks]
+        if getattr(st, "ckpt_align", False):
+            blocks.append(st)  # its checkpointed alignment recomputes too
+        recompute[f"vrt/stage{i + 1}"] = blocks
     instr = Instrumentation(model.region_modules(), recompute, regions)
     fwd_hooks = []
     for name, mod in model.region_modules().items():
@@ -777,7 +781,8 @@ def simulate(cfg: Config, *, device: str = "cuda", arch: str = "sm90",
         config=cfg.file or "", precision=precision, device=device, arch=arch,
         batch=b, clip=t, height=h, width=w, micro_batches=accum,
         checkpointing={"attention": mcfg.VRT.USE_CHECKPOINT_ATTN,
-                       "ffn": mcfg.VRT.USE_CHECKPOINT_FFN},
+                       "ffn": mcfg.VRT.USE_CHECKPOINT_FFN,
+                       "align": bool(getattr(mcfg.VRT, "USE_CHECKPOINT_ALIGN", False))},
         optimizer=kind, params=sum(p.numel() for p in params),
         trainable=sum(p.numel() for p in trainable), regions=rows,
         flops={k: v for k, v in sorted(incl.items())}, memory=memory,
@@ -823,7 +828,8 @@ def fit(cfg: Config, gpu: GpuSpec, plan: Plan, device: str = "cuda",
         settings: tuple[bool, ...] = (False, True)) -> dict[str, Any]:
     """Does ``plan`` fit ``gpu``; the largest batch per checkpointing setting.
 
-    Memory is close to linear in the batch: the batch-independent part (parameters,
+    "Checkpointing" here is the TMSA attention and FFN paths together; the alignment's
+    (``USE_CHECKPOINT_ALIGN``) stays as configured. Memory is close to linear in the batch: the batch-independent part (parameters,
     gradients, optimizer state) is known, so one simulation at batch 1 gives the per-sample
     slope. The largest batch under ``gpu.memory - RESERVE_BYTES`` is extrapolated and
     simulated once to confirm; when that misses, the line through the two simulated
@@ -833,7 +839,7 @@ def fit(cfg: Config, gpu: GpuSpec, plan: Plan, device: str = "cuda",
     rows = []
     for ck in settings:
         cache: dict[int, int] = {}
-        if plan.checkpointing == {"attention": ck, "ffn": ck}:
+        if plan.checkpointing["attention"] == ck and plan.checkpointing["ffn"] == ck:
             cache[plan.batch] = plan.peak
 
         def peak_at(bs: int, ck: bool = ck, cache: dict[int, int] = cache) -> int:
@@ -897,7 +903,8 @@ def format_plan(plan: Plan) -> str:
         f"{plan.micro_batches} micro-batch(es) per step; {plan.precision} on {plan.device}"
         f"{'' if plan.device == 'cpu' else ' (' + plan.arch + ' kernel rules)'}; "
         f"checkpointing attention {'on' if ck['attention'] else 'off'}, "
-        f"ffn {'on' if ck['ffn'] else 'off'}; optimizer {plan.optimizer}",
+        f"ffn {'on' if ck['ffn'] else 'off'}, alignment {'on' if ck['align'] else 'off'}; "
+        f"optimizer {plan.optimizer}",
         "",
         f"{'region':<22}{'fwd TF':>10}{'bwd TF':>10}{'recomp TF':>11}{'saved GiB':>10}",
     ]
