@@ -428,7 +428,10 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
     log = TimingLogger.from_config(
         cfg.raw.get("LOG") or {}, config_file=cfg.file, log_dir=log_dir, run_id=run_id,
         run_name=cfg.name, rank=info.rank, world_size=info.world_size,
-        config={**cfg.raw, "PARAMS": _param_counts(model), **_flops_entry(cfg, device, step)},
+        # FLOPs counted on rank 0 only (the monitor reads rank 0's run_start): seconds of CPU
+        # per rank for the full model, the same figures on every rank
+        config={**cfg.raw, "PARAMS": _param_counts(model),
+                **(_flops_entry(cfg, device, step) if info.is_main else {})},
         total_steps=total_steps, samples_per_step=samples_per_step, device=device,
         start_step=step, **log_kwargs,
     )
