@@ -14,7 +14,6 @@ import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from itertools import chain
-from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -47,8 +46,6 @@ _LO = 10.0**LO_EXP
 DEFAULT_WINDOW = 100
 MAX_REGIONS = 1024  # distinct region names tracked per rank
 _chain = chain.from_iterable
-_get_ms = attrgetter("ms")
-_get_calls = attrgetter("calls")
 CUT = "…"  # the name of a row standing for tree rows not shown
 
 
@@ -231,15 +228,10 @@ class RankAgg:
                 sel = [regs_t[i] for i in idx]
                 ii = np.asarray(idx)[:, None]
             cells = len(sel) * len(cols)
-            first = next(iter(sel[0].values()))
-            if type(first) is tuple or type(first) is list:  # (ms, calls) pairs: text logs, tests
-                vals = np.fromiter(_chain(_chain(map(dict.values, sel))), np.float64, count=2 * cells)
-                vals = vals.reshape(len(sel), -1)
-                ms, calls = vals[:, 0::2], vals[:, 1::2]
-            else:  # decoded region values (tui.parse.Region): two passes in C, no tuples
-                flat = list(_chain(map(dict.values, sel)))
-                ms = np.fromiter(map(_get_ms, flat), np.float64, count=cells).reshape(len(sel), -1)
-                calls = np.fromiter(map(_get_calls, flat), np.float64, count=cells).reshape(len(sel), -1)
+            # (ms, calls) pairs, flattened in one pass of C code
+            vals = np.fromiter(_chain(_chain(map(dict.values, sel))), np.float64, count=2 * cells)
+            vals = vals.reshape(len(sel), -1)
+            ms, calls = vals[:, 0::2], vals[:, 1::2]
             if cols.min() < 0:
                 keep = cols >= 0
                 cols, ms, calls = cols[keep], ms[:, keep], calls[:, keep]
