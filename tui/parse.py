@@ -210,6 +210,11 @@ def parse_line(line: bytes | str) -> StepRow | Record | None:
         raise why from None
     except RecursionError:
         raise RecordError(f"nested deeper than {LIMITS.MAX_JSON_DEPTH} levels") from None
+    return _convert(m)
+
+
+def _convert(m: Any) -> StepRow | Record:
+    """A message the typed decoder accepted -> StepRow or record. Raises RecordError."""
     _check_major(m.v)
     t = type(m)
     if t is _StepMsg:
@@ -232,6 +237,13 @@ def parse_line(line: bytes | str) -> StepRow | Record | None:
         time=m.time, status=m.status, steps=m.steps, error_type=err.type if err else None,
         error_message=err.message if err else None, version=m.v,
     )
+
+
+# for the reader's inline loop (the usual step line without a call to parse_line)
+decode = _decode
+StepMsg = _StepMsg
+OK_VERSIONS = _OK_VERSIONS
+convert = _convert
 
 
 def parse_fast(line: bytes) -> StepRow | None:

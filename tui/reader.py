@@ -23,7 +23,16 @@ from typing import Any
 from trainer.timing.records import RANK_FILE_RE, TEXT_LOG_RE, RecordError
 from tui import index
 from tui.aggregate import DEFAULT_WINDOW, RunAgg
-from tui.parse import MAX_LINE, StepRow, parse_line, row_from_step
+from tui.parse import (
+    MAX_LINE,
+    OK_VERSIONS,
+    StepMsg,
+    StepRow,
+    convert,
+    decode,
+    parse_line,
+    row_from_step,
+)
 from tui.snapshot import FAILED, FINISHED, INTERRUPTED, STALE, FileInfo, RunItem, RunSnapshot
 from tui.textlog import TextLogParser
 
@@ -36,6 +45,7 @@ PARALLEL_MIN_BYTES = 32 * 2**20  # a whole run at least this big is read by seve
 _HEAD = 512  # first bytes (the run_start line: time, pid) compared to notice a rewrite in place
 _TEXT_RANK_RE = re.compile(r"rank(\d+)")
 ENDED = (FINISHED, FAILED, INTERRUPTED)
+_new_tuple = tuple.__new__
 
 
 MAX_CUTS = 4096  # resumed segments remembered per file
@@ -273,8 +283,30 @@ class Feed:
                             append(row_from_step(s))
                         prev = self._prev_step
                     continue
+                # the usual line inline (a step of a known version); anything else, or any
+                # error, goes through parse_line for its reason
+                m = None
+                if len(line) <= MAX_LINE:
+                    try:
+                        m = decode(line)
+                    except Exception:
+                        m = None
+                if type(m) is StepMsg and m.v in OK_VERSIONS:
+                    r = m.regions
+                    st = m.step
+                    row = _new_tuple(StepRow, (st, m.time, m.wall_ms, m.samples, m.epoch, tuple(r), r, m.memory, m.scalars))
+                    if plain and (prev is None or st > prev):
+                        prev = st
+                        append(row)
+                        continue
+                    self._prev_step = prev
+                    if self._step_kept(st, n):
+                        append(row)
+                    prev = self._prev_step
+                    plain = not self.cuts
+                    continue
                 try:
-                    rec = parse_line(line)
+                    rec = parse_line(line) if m is None else convert(m)
                 except RecordError as e:
                     self.malformed += 1
                     self.last_error = f"line {n}: {e}"[:200]
