@@ -359,12 +359,17 @@ a quiet spell at once). The machine is shared with other jobs (2 cores, ~8 sessi
 average {lat['load']:.1f} during the watch run, {idle['load']:.1f} during the idle run; CPU shares are of one core.
 
 Where the two unmet targets stand. *Read CPU* (2.3-2.7× `json.loads` before issue 13):
-measured apart once (a profile of a 5,000-step slice of the same run, one process), the typed decode with
-its range checks alone costs ~0.40× `json.loads` and pulling the 80 numbers of a 40-region
-line into numpy ~0.3×; the rest (counters, one record per step, batches) ~0.25×. Every
+measured apart on a 5,000-step slice of the same run (one process, the GC paused as the
+reader pauses it), the typed decode with its range checks alone costs ~0.3-0.4× `json.loads`,
+flattening the 80 numbers of a 40-region line into numpy ~0.2× (one pass of C over the
+decoded `(ms, calls)` tuples), freeing the decoded objects ~0.1×, and the rest (a row per
+step, the batch statistics, reading the lines) ~0.3×. Tried and dropped, measured: decoding
+a batch of 128 lines in one `msgspec` call (no gain once the GC is paused: the per-call cost
+is small next to the decode) and regions kept raw by `msgspec` with their numbers parsed
+by numpy from the text (0.76-0.84× for the read before even completing its checks). Every
 region value becomes a Python object on the way (decoding cannot write into an array), so
 ≤ 0.5 needs a decoder that writes region values straight into arrays (a C extension), not
-more Python; the ratio moved by about ±0.1 between full runs of this script here with the
+more Python; the ratio moves by about ±0.1 between full runs of this script here with the
 machine's load. What a person waits for is met instead: a
 reopen through the index costs {rep['reopen_ratio']:.3f}× and `tui replay`'s first screen {rep['first_screen_s']:.2f} s.
 *Watch CPU*: the reader thread uses {lat['reader_pct']:.1f}% of a core; the rest,
