@@ -211,22 +211,30 @@ def bench_latency(rate: float = 20.0, seconds: float = 10.0, ranks: int = 3, pol
     root = Path(tempfile.mkdtemp(prefix="sw-lat-"))
     run = root / "20261126-120000-latency-0001"
     run.mkdir()
-    shown: dict[int, float] = {}
+    shown: dict[int, float] = {}  # when the header first showed the step (what a person reads first)
     built: dict[int, float] = {}  # when the snapshot holding the step was made
+    panels: dict[int, float] = {}  # when the tree and the other panels first showed it
     cpu: dict[str, float] = {}
     renders = [0]
 
+    def note(seen: dict[int, float], w: object) -> None:
+        if w and w.selected and w.selected.rank_info:  # type: ignore[attr-defined]
+            step = min(ri.step for ri in w.selected.rank_info)  # type: ignore[attr-defined]
+            now = time.monotonic()
+            for s in range(max(seen, default=0) + 1, step + 1):
+                seen[s] = now
+                if seen is shown:
+                    built[s] = w.made_at  # type: ignore[attr-defined]
+
     class Probe(MonitorApp):
+        def _render_header(self) -> None:
+            super()._render_header()
+            note(shown, getattr(self, "header_world", self.world))
+
         def _render_world(self, force_tree: bool = False) -> None:
             super()._render_world(force_tree)
             renders[0] += 1
-            w = self.world
-            if w and w.selected and w.selected.rank_info:
-                step = min(ri.step for ri in w.selected.rank_info)
-                now = time.monotonic()
-                for s in range(max(shown, default=0) + 1, step + 1):
-                    shown[s] = now
-                    built[s] = w.made_at
+            note(panels, self.world)
 
     for r in range(ranks):
         (run / f"rank{r}.jsonl").write_text(start_line(run.name, rank=r, world_size=ranks, total_steps=10**6))
@@ -242,12 +250,15 @@ def bench_latency(rate: float = 20.0, seconds: float = 10.0, ranks: int = 3, pol
                                     cwd=ROOT, stdout=subprocess.PIPE, text=True)
             await pilot.pause(1.2)  # the writer's start-up: measure while it writes
             c0, w0, r0, p0 = time.process_time(), time.monotonic(), src.reader_cpu_s, src.posts
+            n0 = renders[0]
             while proc.poll() is None:
                 await pilot.pause(0.05)
             dt = time.monotonic() - w0
             cpu["pct"] = (time.process_time() - c0) / dt * 100
             cpu["reader_pct"] = (src.reader_cpu_s - r0) / dt * 100
             cpu["posts_per_s"] = (src.posts - p0) / dt
+            cpu["dt"] = dt
+            renders[0] -= n0
             out["written"] = proc.stdout.read() if proc.stdout else "{}"
             t_end = time.monotonic() + 2.0
             while max(shown, default=0) < n and time.monotonic() < t_end:
@@ -260,12 +271,15 @@ def bench_latency(rate: float = 20.0, seconds: float = 10.0, ranks: int = 3, pol
         print("latency series (ms):", [round(x) for x in series])
     lat = sorted(series)
     snap_lat = sorted((built[s] - written[s]) * 1000 for s in written if s in built)
+    panel_lat = sorted((panels[s] - written[s]) * 1000 for s in written if s in panels) or [math.nan]
     return {
         "rate": rate, "ranks": ranks, "samples": len(lat), "missing": len(written) - len(lat),
         "p50": statistics.median(lat), "p95": lat[int(0.95 * (len(lat) - 1))], "max": lat[-1], "poll": poll,
         "snap_p50": statistics.median(snap_lat), "snap_p95": snap_lat[int(0.95 * (len(snap_lat) - 1))],
         "cpu_pct": cpu.get("pct", math.nan), "reader_pct": cpu.get("reader_pct", math.nan),
         "posts_per_s": cpu.get("posts_per_s", math.nan), "renders": renders[0], "load": os.getloadavg()[0],
+        "panels_p50": statistics.median(panel_lat), "panels_p95": panel_lat[int(0.95 * (len(panel_lat) - 1))],
+        "panels_per_s": renders[0] / max(1e-9, cpu.get("dt", math.nan)),
     }
 
 

@@ -3,6 +3,13 @@
 A source (:class:`tui.live.LiveSource` or :class:`tui.replay.ReplaySource`) reads in its own
 thread and posts one :class:`WorldSnapshot` per tick; the app hands it to the widgets,
 which only render. Key bindings come from :mod:`tui.keys`.
+
+Redraws cost what a person can follow: the header (step, ETA, state) follows every
+snapshot, while the panels (tree, ranks, sparkline, advice, run list, files line) are
+redrawn from one snapshot at most :data:`PANELS_PER_S` times a second, the last snapshot of
+a busy spell always shown at the end of its gap. A snapshot after a quiet spell, one that
+answers a key (another run, a replay seek), a new run or a run changing state is shown
+whole at once.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ WIDE = 140  # columns from which the tree shows min/max/p95 and the run list is 
 NARROW = 110  # below this the run list is hidden (n / N still switch runs)
 SHORT = 30  # below this many rows the step-time sparkline gives its room to the advice
 ENDED = ("finished", "failed", "interrupted", "stale")  # a new run is followed from these
+PANELS_PER_S = 2.0  # panel redraws a second at most while snapshots stream in
 _ADVICE_TAKES_WINDOW = "window" in inspect.signature(advice_for).parameters
 try:  # the diagnosis names spans the same way for the screen, the summary and the advice
     from tui.diagnosis import span_label as _span_label  # type: ignore[attr-defined]
@@ -84,6 +92,7 @@ class MonitorApp(App[int]):
         red: float = 0.40,
         yellow: float = 0.10,
         clock: Callable[[], float] = time.monotonic,
+        panel_gap: float = 1.0 / PANELS_PER_S,
     ) -> None:
         super().__init__()
         self.clock = clock  # ages "last write" between snapshots (tests freeze it)
@@ -91,8 +100,14 @@ class MonitorApp(App[int]):
         self.mode = source.mode
         self.red = red
         self.yellow = yellow
-        self.world: WorldSnapshot | None = None  # shown
-        self.latest: WorldSnapshot | None = None  # received
+        self.world: WorldSnapshot | None = None  # shown by the panels
+        self.latest: WorldSnapshot | None = None  # received (the header shows it, unless paused)
+        self.panel_gap = panel_gap  # seconds between panel redraws from streamed snapshots
+        self.panel_renders = 0  # panel redraws (a test counts them)
+        self.header_world: WorldSnapshot | None = None  # the snapshot the header last showed
+        self._panels_at = -1e9  # time.monotonic() of the last panel redraw
+        self._panels_timer: Any = None  # the redraw due at the end of the gap
+        self._urgent = False  # a key asked for the next snapshot (another run, a seek)
         self.paused = False
         self.window = False
         self.selected_region: str | None = None
@@ -195,7 +210,33 @@ class MonitorApp(App[int]):
         if self.paused:
             self._render_header()  # shows how far reading went while paused
             return
-        self.world = snap
+        wait = self.panel_gap - (time.monotonic() - self._panels_at)
+        if wait <= 0 or self._urgent or self._changes_view(self.world, snap):
+            self._urgent = False
+            self.world = snap
+            self._render_world()
+            return
+        self._render_header()  # the step follows every snapshot; the panels at the gap's end
+        if self._panels_timer is None:
+            self._panels_timer = self.set_timer(wait, self._flush_panels, name="panels")
+
+    @staticmethod
+    def _changes_view(old: WorldSnapshot | None, new: WorldSnapshot) -> bool:
+        """True when ``new`` is not just newer figures of what is on screen: another run (or
+        a first one), a run added or gone, or the run's state changing (finished, stale...)."""
+        if old is None or len(old.runs) != len(new.runs):
+            return True
+        a, b = old.selected, new.selected
+        if a is None or b is None:
+            return a is not b
+        return a.run_id != b.run_id or a.state != b.state or a.replay != b.replay
+
+    def _flush_panels(self) -> None:
+        """The end of a gap: the panels show the newest snapshot (the header already does)."""
+        self._panels_timer = None
+        if self.paused or self.latest is None or self.latest is self.world:
+            return
+        self.world = self.latest
         self._render_world()
 
     # ------------------------------------------------------------------ new runs, errors
@@ -263,8 +304,11 @@ class MonitorApp(App[int]):
         self.query_one(NoticeBar).show(t)
 
     def _render_header(self) -> None:
-        w = self.world
+        # live: the newest snapshot (the panels may be up to one gap behind); paused: the
+        # held one, with how far reading went
+        w = self.world if self.paused or self.latest is None else self.latest
         run = w.selected if w else None
+        self.header_world = w
         behind = self.latest.selected.step if self.latest and self.latest.selected else None
         root = w.root if w else getattr(self.source, "root", "")
         age = max(0.0, self.clock() - w.made_at) if w is not None and w.made_at else 0.0
@@ -285,6 +329,8 @@ class MonitorApp(App[int]):
     def _render_world(self, force_tree: bool = False) -> None:
         w = self.world
         run = w.selected if w else None
+        self._panels_at = time.monotonic()
+        self.panel_renders += 1
         self._render_header()
         if w is not None:
             self.query_one(RunList).show(w.runs, run.run_id if run else None)
@@ -337,6 +383,7 @@ class MonitorApp(App[int]):
     def _select_index(self, i: int) -> None:
         runs = self.world.runs if self.world else ()
         if 0 <= i < len(runs):
+            self._urgent = True
             self.source.select(runs[i].run_id)
 
     # ------------------------------------------------------------------ actions
@@ -425,6 +472,7 @@ class MonitorApp(App[int]):
     def action_next_run(self) -> None:
         if self.new_run is not None:  # the notice's run first
             rid, self.new_run = self.new_run, None
+            self._urgent = True
             self.source.select(rid)
             self._render_notice()
             return
@@ -436,6 +484,7 @@ class MonitorApp(App[int]):
     def _replay(self, name: str) -> None:
         src = self.source
         if hasattr(src, "command"):
+            self._urgent = True  # the answer to a key is shown whole at once
             src.command(getattr(src, name))
 
     def action_replay_play(self) -> None:
