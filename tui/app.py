@@ -25,6 +25,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, OptionList, Tree
@@ -166,6 +167,9 @@ class MonitorApp(App[int]):
             self._render_header()
 
     def on_unmount(self) -> None:
+        if self._panels_timer is not None:
+            self._panels_timer.stop()
+            self._panels_timer = None
         self.source.stop()
 
     def _post(self, snap: WorldSnapshot) -> None:  # reader thread
@@ -237,7 +241,10 @@ class MonitorApp(App[int]):
         if self.paused or self.latest is None or self.latest is self.world:
             return
         self.world = self.latest
-        self._render_world()
+        try:
+            self._render_world()
+        except NoMatches:  # the timer fired while the screen was being torn down
+            pass
 
     # ------------------------------------------------------------------ new runs, errors
     def _follow_new_runs(self, snap: WorldSnapshot) -> None:
