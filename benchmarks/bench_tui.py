@@ -397,7 +397,7 @@ more Python; the ratio moves by about ±0.1 between full runs of this script her
 machine's load. What a person waits for is met instead: a
 reopen through the index costs {rep['reopen_ratio']:.3f}× and `tui replay`'s first screen {rep['first_screen_s']:.2f} s.
 *Watch CPU*: the screen (the event loop's thread) uses {lat.get('screen_pct', math.nan):.1f}% of a core, the
-reader thread {lat['reader_pct']:.1f}%, the rest (watchdog's threads) {lat['cpu_pct'] - lat['reader_pct'] - lat.get('screen_pct', math.nan):.1f}%. About two thirds of
+reader thread {lat['reader_pct']:.1f}%, other threads (file watching) {lat['cpu_pct'] - lat['reader_pct'] - lat.get('screen_pct', math.nan):.1f}%. About two thirds of
 the reader's share is building the snapshot (~5 ms each, the per-region merge of
 `Aggregate.snapshot`) 8 times a second: the header needs none of the regions, so a snapshot
 without them between panel redraws is the next step. The latency target needs a snapshot
