@@ -127,3 +127,13 @@ def test_a_key_or_another_run_is_shown_whole_at_once(tmp_path: Path) -> None:
             assert app.world is gone
 
     asyncio.run(go())
+
+
+def test_a_replay_playing_is_throttled_but_pausing_it_is_shown_at_once() -> None:
+    from tui.app import _replay_mode
+
+    playing = "▶ replay 10 steps/s · step 5 of 100"
+    assert _replay_mode(playing) == _replay_mode("▶ replay 10 steps/s · step 6 of 100")
+    assert _replay_mode(playing) != _replay_mode("⏸ replay 10 steps/s · step 6 of 100")
+    assert _replay_mode(playing) != _replay_mode("▶ replay 20 steps/s · step 6 of 100")
+    assert _replay_mode(None) is None

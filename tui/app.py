@@ -61,6 +61,12 @@ except ImportError:
     _span_label = None
 
 
+def _replay_mode(status: str | None) -> str | None:
+    """A replay's status without its position ("▶ replay 10 steps/s"): playing, pausing or
+    a new speed is a change of view, the position moving is not."""
+    return status.split(" · step ")[0] if status else status
+
+
 class Source(Protocol):
     mode: str
 
@@ -233,7 +239,7 @@ class MonitorApp(App[int]):
         a, b = old.selected, new.selected
         if a is None or b is None:
             return a is not b
-        return a.run_id != b.run_id or a.state != b.state or a.replay != b.replay
+        return a.run_id != b.run_id or a.state != b.state or _replay_mode(a.replay) != _replay_mode(b.replay)
 
     def _flush_panels(self) -> None:
         """The end of a gap: the panels show the newest snapshot (the header already does)."""
