@@ -1,10 +1,10 @@
-"""Fault campaign (issue 12): hostile inputs, tailing faults, writer faults and kill -9s, counted.
+"""Fault campaign (issue 12): hostile inputs, tailing and writer faults, kill -9s, bad configs, DDP rank kills, counted.
 
 Not part of the test suite (tests/test_fault_campaign.py runs it with tiny counts). Every part
 is bounded in count and in time; the defaults take a few minutes on 2 cores::
 
     python benchmarks/fault_campaign.py --json /tmp/campaign.json
-    python benchmarks/fault_campaign.py --fuzz 300 --kills 3 --quick   # seconds
+    python benchmarks/fault_campaign.py --fuzz 300 --kills 3 --quick   # seconds, no torch
 
 Figures go to docs/reliability.md. A part that finds a defect lists it under ``failures``
 and the script exits 1.
@@ -974,6 +974,75 @@ def trainer_configs(tmp: Path, n: int) -> Part:
     return part
 
 
+# --------------------------------------------------------------------------- DDP rank kill
+
+
+def ddp_rank_kill(tmp: Path, victims: list[int], timeout_s: float = 180.0) -> Part:
+    """Two gloo ranks through torchrun; SIGKILL one mid-run: the survivor must end, recorded, no hang."""
+    import socket
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _trainer_helpers import MICRO, TINY  # the micro model the trainer tests use
+
+    part = Part("DDP rank kill")
+    t0 = time.monotonic()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.pop("STAGEWATCH_RUN_ID", None)
+    for victim in victims:
+        part.tried += 1
+        logs = tmp / f"ddp{victim}"
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            port = sk.getsockname()[1]
+        sets = [a for item in [*MICRO, "TRAIN.MAX_STEPS=100000", "TRAIN.VAL.EVERY=100000"] for a in ("--set", item)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={port}", "-m", "trainer", "train", "--cfg", TINY, "--log-dir", str(logs), *sets]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        try:
+            pid, deadline = 0, time.monotonic() + timeout_s
+            while time.monotonic() < deadline and proc.poll() is None and not pid:
+                for f in logs.glob(f"*/rank{victim}.jsonl"):
+                    lines = f.read_bytes().split(b"\n")[:-1]
+                    if sum(1 for x in lines if b'"kind":"step"' in x) >= 3:
+                        pid = R.decode(lines[0]).pid  # type: ignore[union-attr]
+                time.sleep(0.2)
+            if not pid:
+                part.fail(f"rank {victim}: no 3 steps within {timeout_s:.0f} s (exit {proc.poll()})")
+                continue
+            os.kill(pid, signal.SIGKILL)
+            t_kill = time.monotonic()
+            try:
+                rc = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                part.fail(f"rank {victim} killed: torchrun still running after {timeout_s:.0f} s (a hang)")
+                continue
+            (run,) = list(logs.iterdir())
+            survivor = 1 - victim
+            recs = [R.decode(x) for x in (run / f"rank{survivor}.jsonl").read_bytes().splitlines() if x.strip()]
+            end = recs[-1]
+            snap = RunSource(run, use_index=False).load(parallel=False).snapshot()
+            status = getattr(end, "status", None)
+            bad = {Path(f.path).name: f.malformed for f in snap.files}
+            part.extra.setdefault("malformed_lines", {}).update({f"rank{victim}_killed": bad})
+            part.extra[f"rank{victim}_killed"] = {"torchrun_exit": rc, "seconds_to_exit": round(time.monotonic() - t_kill, 1),
+                                                 "survivor_status": status, "monitor_state": snap.state}
+            if (rc != 0 and isinstance(end, R.RunEnd) and status in (R.STATUS_FAILED, R.STATUS_INTERRUPTED)
+                    and sum(bad.values()) <= 1):  # at most the killed rank's partial last line
+                part.survived += 1
+            else:
+                part.fail(f"rank {victim} killed: torchrun exit {rc}, survivor's last record {end!r:.120}")
+        except Exception as e:
+            part.crashes += 1
+            part.fail(f"rank {victim}: {type(e).__name__}: {e}")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    part.seconds = time.monotonic() - t0
+    return part
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1003,6 +1072,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fuzz", type=int, default=50_000, help="hostile reader lines (default 50000)")
     ap.add_argument("--kills", type=int, default=50, help="kill -9s of a writer (default 50)")
     ap.add_argument("--configs", type=int, default=len(BAD_SETS) + 1, help="bad trainer configs (0: skip)")
+    ap.add_argument("--ddp", type=int, default=2, choices=(0, 1, 2), help="DDP runs with a rank killed (0: skip)")
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--budget", type=float, default=120.0, help="seconds at most for the fuzz and the kills each")
     ap.add_argument("--quick", action="store_true", help="skip the trainer configs (torch import)")
@@ -1022,6 +1092,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if args.configs and not args.quick:
                 todo.append(("trainer bad configs", lambda: trainer_configs(tmp / "cfg", args.configs)))
+            if args.ddp and not args.quick:
+                todo.append(("DDP rank kill", lambda: ddp_rank_kill(tmp / "ddp", [1, 0][: args.ddp])))
             for name, run_part in todo:
                 try:
                     parts.append(run_part())
