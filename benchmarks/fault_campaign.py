@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import signal
@@ -39,6 +38,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _report import machine  # noqa: E402
 
 from trainer.timing import TimingLogger, TimingWarning, set_global_timing_logger, timed  # noqa: E402
 from trainer.timing import records as R  # noqa: E402
@@ -1046,18 +1048,6 @@ def ddp_rank_kill(tmp: Path, victims: list[int], timeout_s: float = 180.0) -> Pa
 # --------------------------------------------------------------------------- main
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs visible, Python {platform.python_version()}, {platform.system()}"
-
-
 def table(parts: list[Part]) -> str:
     head = f"{'part':<22} {'tried':>7} {'survived':>9} {'crashes':>8} {'expected':>9} {'read':>8} {'lost':>5} {'s':>6}"
     rows = [head, "-" * len(head)]
@@ -1114,7 +1104,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         out = {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": _machine(),
+            "machine": machine(),
             "args": vars(args),
             "parts": [{**asdict(p), "lost": p.lost} for p in parts],
             "records_lost": lost,
