@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _attention_ref import softmax_attn as _softmax_attn
 
 from trainer.models.ops import sine_position_encoding
 from trainer.models.vrt import TMSA, WindowAttention, _partition, _rel_index, _shift_mask
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _softmax_attn(q, k, v, bias=None):
-    s = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
-    if bias is not None:
-        s = s + bias
-    return s.softmax(-1) @ v
 
 
 def _heads(x, h):

@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from _attention_ref import softmax_attn as _softmax_attn
 
 from trainer.models import build_model, compile_regions, region_names
 from trainer.models import vrt as V
@@ -17,13 +18,6 @@ from trainer.models.presets import TINY, example_inputs, load_model_config
 from trainer.timing import TimingLogger, set_global_timing_logger, timed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _softmax_attn(q, k, v, bias=None):
-    s = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
-    if bias is not None:
-        s = s + bias
-    return s.softmax(-1) @ v
 
 
 def _grads(out, tensors):
