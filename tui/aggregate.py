@@ -21,7 +21,7 @@ import numpy as np
 
 from trainer.timing.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, RunStart
 from tui.diagnosis import WAIT_REGIONS, MemTrend, judge_stragglers, worst_trend
-from tui.parse import LIMITS, StepRow
+from tui.parse import LIMITS, StepBlock, StepRow
 from tui.snapshot import (
     EMPTY,
     FAILED,
@@ -239,6 +239,37 @@ class RankAgg:
                 cols, ms, calls = cols[keep], ms[:, keep], calls[:, keep]
             m[ii, cols] = ms
             c[ii, cols] = calls
+        self._fold(b, m, c, steps_t, times_t, walls_t, samples_t, mems_t, scs_t)
+
+    def ingest_block(self, blk: StepBlock) -> None:
+        """Fold a :class:`StepBlock` (steps of one schema, values in arrays): the same
+        statistics as :meth:`ingest` of the same steps as rows."""
+        msgs = blk.msgs
+        b = len(msgs)
+        if b == 0:
+            return
+        cols = self._cols_for(blk.keys)
+        cap = self.cap
+        m = np.full((b, cap), NAN)
+        c = np.zeros((b, cap))
+        ms, calls = blk.ms[:b], blk.calls[:b]
+        if len(cols):
+            if cols.min() < 0:
+                keep = cols >= 0
+                cols, ms, calls = cols[keep], ms[:, keep], calls[:, keep]
+            m[:, cols] = ms
+            c[:, cols] = calls
+        self._fold(
+            b, m, c, [x.step for x in msgs], [x.time for x in msgs], [x.wall_ms for x in msgs],
+            [x.samples for x in msgs], [x.memory for x in msgs], [x.scalars for x in msgs],
+        )
+
+    def _fold(
+        self, b: int, m: np.ndarray, c: np.ndarray, steps_t: Sequence[int], times_t: Sequence[float],
+        walls_t: Sequence[float], samples_t: Sequence[int], mems_t: Sequence[Any], scs_t: Sequence[Any],
+    ) -> None:
+        """The batch statistics: ``m``/``c`` are the (rows, columns) ms and calls (NaN: absent)."""
+        cap = m.shape[1]
         present = ~np.isnan(m)
         anyp = present.any(axis=0)
         self.n += present.sum(axis=0)
@@ -277,17 +308,19 @@ class RankAgg:
             p = max(peaks)
             if self.mem_peak is None or p > self.mem_peak:
                 self.mem_peak = int(p)
-        # ring buffer: the last `window` rows of the batch
+        # ring buffer: the last `window` rows of the batch. Row number i of the file is
+        # always in slot i % window, whatever the batches were (reductions over the ring
+        # then see the same order, to the last bit)
         w = self.window
         k = min(b, w)
-        at = (self.pos + np.arange(k)) % w
+        at = (self.pos + (b - k) + np.arange(k)) % w
         self.ring[at] = m[b - k :]
         self.ring_calls[at] = c[b - k :]
         self.ring_wall[at] = walls[b - k :]
         self.ring_samples[at] = samples[b - k :]
         self.ring_step[at] = steps[b - k :]
         self.ring_loss[at] = [_f(sc.get("loss")) if sc else NAN for sc in scs_t[b - k :]]
-        self.pos = (self.pos + k) % w
+        self.pos = (self.pos + b) % w
         self.filled = min(w, self.filled + k)
         for mem in reversed(mems_t):
             if mem:
@@ -512,6 +545,17 @@ class RunAgg:
         if t is None:
             t = self.tails[rank] = deque(maxlen=self.pending_limit)
         t.extend(map(_step_wall, rows))  # (step, wall ms) of each row, in C
+
+    def add_block(self, rank: int, blk: StepBlock) -> None:
+        """A :class:`StepBlock` of one rank, in file order (as :meth:`add_steps`)."""
+        if not blk.msgs:
+            return
+        self.rank(rank).ingest_block(blk)
+        t = self.tails.get(rank)
+        if t is None:
+            t = self.tails[rank] = deque(maxlen=self.pending_limit)
+        msgs = blk.msgs
+        t.extend(zip([x.step for x in msgs], [x.wall_ms for x in msgs], strict=True))
 
     def drop_rank(self, rank: int) -> None:
         """Forget everything read of one rank (its file is read again)."""

@@ -10,10 +10,12 @@ else wrong raises :class:`RecordError` with a one-line reason.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Literal, NamedTuple, Union
 
 import msgspec
+import numpy as np
 
 from trainer.timing import records
 from trainer.timing.records import (
@@ -82,6 +84,20 @@ class _StepMsg(msgspec.Struct, tag_field="kind", tag="step", gc=False):
     scalars: dict[Name, Value | None] | None = None
 
 
+class _StepRawMsg(msgspec.Struct, tag_field="kind", tag="step", gc=False):
+    """A step with its regions kept raw, for :data:`scan_regions` (the rest checked as in _StepMsg)."""
+
+    v: Version
+    step: Int
+    wall_ms: Ms
+    time: Time = 0.0
+    epoch: Int = 0
+    samples: Count = 0
+    regions: msgspec.Raw = msgspec.Raw(b"{}")
+    memory: dict[str, Bytes | None] | None = None
+    scalars: dict[Name, Value | None] | None = None
+
+
 class _ErrorMsg(msgspec.Struct):
     type: str | None = None
     message: str | None = None
@@ -124,6 +140,7 @@ assert set(END_STATUSES) == {"completed", "failed", "interrupted"}
 
 _decode = msgspec.json.Decoder(Union[_StepMsg, _StartMsg, _EvalMsg, _EndMsg]).decode  # noqa: UP007
 _decode_any = msgspec.json.Decoder().decode
+_decode_raw = msgspec.json.Decoder(Union[_StepRawMsg, _StartMsg, _EvalMsg, _EndMsg]).decode  # noqa: UP007
 
 
 class StepRow(NamedTuple):
@@ -138,6 +155,23 @@ class StepRow(NamedTuple):
     regions: dict[str, Any]  # name -> (ms, calls), validated
     memory: dict[str, Any] | None
     scalars: dict[str, Any] | None
+
+
+class StepBlock:
+    """Consecutive validated steps of one region schema, their values already in arrays.
+
+    ``msgs`` are the decoded lines (regions raw); row i of ``ms``/``calls`` holds the values
+    of ``msgs[i]``, one column per name of ``keys``. Only the reader's bulk path makes them.
+    """
+
+    __slots__ = ("bkeys", "calls", "keys", "ms", "msgs")
+
+    def __init__(self, keys: tuple[str, ...], bkeys: tuple[bytes, ...], cap: int) -> None:
+        self.keys = keys
+        self.bkeys = bkeys
+        self.msgs: list[Any] = []
+        self.ms = np.empty((cap, len(keys)))
+        self.calls = np.empty((cap, len(keys)))
 
 
 _new_row = tuple.__new__
@@ -244,6 +278,36 @@ decode = _decode
 StepMsg = _StepMsg
 OK_VERSIONS = _OK_VERSIONS
 convert = _convert
+
+
+# The C fast path for a regions object (tui/_regions.c): None when the extension was not
+# built (no compiler at install) or STAGEWATCH_PURE_PYTHON is set; the reader then folds
+# StepRows only (same results, more CPU).
+try:
+    if os.environ.get("STAGEWATCH_PURE_PYTHON"):
+        raise ImportError("STAGEWATCH_PURE_PYTHON is set")
+    from tui import _regions
+except ImportError:
+    _regions = None
+scan_regions = _regions.scan if _regions is not None else None
+region_keys = _regions.keys if _regions is not None else None
+decode_raw = _decode_raw
+StepRawMsg = _StepRawMsg
+
+
+def schema_of(raw: msgspec.Raw, row: StepRow) -> tuple[tuple[bytes, ...], tuple[str, ...]] | None:
+    """(names as raw bytes, names) of a step the typed decoder accepted (``row``, from the
+    same line as ``raw``), for :data:`scan_regions`; None when the raw names hold escapes
+    or repeat (the dict kept fewer)."""
+    kb = region_keys(raw) if region_keys is not None else None
+    if kb is None or len(kb) != len(row.keys):
+        return None
+    try:
+        if tuple(k.decode("utf-8") for k in kb) != row.keys:
+            return None
+    except UnicodeDecodeError:
+        return None
+    return kb, row.keys
 
 
 def parse_fast(line: bytes) -> StepRow | None:

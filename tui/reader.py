@@ -24,14 +24,20 @@ from trainer.timing.records import RANK_FILE_RE, TEXT_LOG_RE, RecordError
 from tui import index
 from tui.aggregate import DEFAULT_WINDOW, RunAgg
 from tui.parse import (
+    LIMITS,
     MAX_LINE,
     OK_VERSIONS,
+    StepBlock,
     StepMsg,
+    StepRawMsg,
     StepRow,
     convert,
     decode,
+    decode_raw,
     parse_line,
     row_from_step,
+    scan_regions,
+    schema_of,
 )
 from tui.snapshot import FAILED, FINISHED, INTERRUPTED, STALE, FileInfo, RunItem, RunSnapshot
 from tui.textlog import TextLogParser
@@ -46,6 +52,8 @@ _HEAD = 512  # first bytes (the run_start line: time, pid) compared to notice a 
 _TEXT_RANK_RE = re.compile(r"rank(\d+)")
 ENDED = (FINISHED, FAILED, INTERRUPTED)
 _new_tuple = tuple.__new__
+_MAX_MS = float(LIMITS.MAX_MS)
+_MAX_CALLS = int(LIMITS.MAX_CALLS)
 
 
 MAX_CUTS = 4096  # resumed segments remembered per file
@@ -203,6 +211,9 @@ class Feed:
         self.cuts: list[tuple[int, int]] = []  # (line number, first step) of later segments
         self.resegment = False
         self.duplicates = 0  # step records dropped for a later segment's
+        # (names as raw bytes, names) of the last step decoded in full: the C fast path
+        # checks the next lines against it
+        self._schema: tuple[tuple[bytes, ...], tuple[str, ...]] | None = None
         self._rewind()
 
     def _rewind(self) -> None:
@@ -255,8 +266,12 @@ class Feed:
             return False
         return True
 
-    def parse(self, lines: list[bytes]) -> list[Any]:
-        """Lines -> StepRows and other records, in file order; bad lines are counted."""
+    def parse(self, lines: list[bytes], blocks: bool = False) -> list[Any]:
+        """Lines -> StepRows and other records, in file order; bad lines are counted.
+
+        ``blocks``: steps whose regions the C fast path took come as StepBlocks
+        (the bulk path of :meth:`process`); otherwise every step is a StepRow.
+        """
         out: list[Any] = []
         append = out.append
         n = self.lines
@@ -264,6 +279,10 @@ class Feed:
         # the usual case inline: no known cut and step numbers increasing (else _step_kept)
         prev = self._prev_step
         plain = not self.cuts
+        fast = blocks and text is None and scan_regions is not None
+        dec = decode_raw if fast else decode
+        block: StepBlock | None = None  # the block steps are added to: out[-1] while open
+        cap = len(lines)
         try:
             for line in lines:
                 if not line or line.isspace():
@@ -288,13 +307,40 @@ class Feed:
                 m = None
                 if len(line) <= MAX_LINE:
                     try:
-                        m = decode(line)
+                        m = dec(line)
                     except Exception:
                         m = None
-                if type(m) is StepMsg and m.v in OK_VERSIONS:
+                raw = None
+                if fast and type(m) is StepRawMsg:
+                    raw = m.regions
+                    sch = self._schema
+                    if sch is not None and m.v in OK_VERSIONS:
+                        tgt = block if block is not None and block.bkeys is sch[0] else None
+                        new = tgt is None
+                        if tgt is None:
+                            tgt = StepBlock(sch[1], sch[0], cap)
+                        if scan_regions(raw, sch[0], tgt.ms, tgt.calls, len(tgt.msgs), _MAX_MS, _MAX_CALLS):
+                            st = m.step
+                            if plain and (prev is None or st > prev):
+                                prev = st
+                            else:
+                                self._prev_step = prev
+                                kept = self._step_kept(st, n)
+                                prev = self._prev_step
+                                plain = not self.cuts
+                                if not kept:
+                                    continue
+                            tgt.msgs.append(m)
+                            if new:
+                                append(tgt)
+                                block = tgt
+                            continue
+                    m = None  # a new schema, or values the fast path left to the typed decoder
+                elif type(m) is StepMsg and m.v in OK_VERSIONS:
                     r = m.regions
                     st = m.step
                     row = _new_tuple(StepRow, (st, m.time, m.wall_ms, m.samples, m.epoch, tuple(r), r, m.memory, m.scalars))
+                    block = None
                     if plain and (prev is None or st > prev):
                         prev = st
                         append(row)
@@ -315,9 +361,12 @@ class Feed:
                     self.malformed += 1
                     self.last_error = f"line {n}: {type(e).__name__}: {e}"[:200]
                     continue
+                block = None
                 if rec is None:
                     self.skipped += 1
                 elif type(rec) is StepRow:
+                    if raw is not None:  # the next lines of this schema take the fast path
+                        self._schema = schema_of(raw, rec) or self._schema
                     st = rec.step
                     if plain and (prev is None or st > prev):
                         prev = st
@@ -340,12 +389,16 @@ class Feed:
         rows: list[StepRow] = []
         rank = self.rank
         for it in items:
-            if type(it) is StepRow:
+            t = type(it)
+            if t is StepRow:
                 rows.append(it)
+                continue
+            if rows:
+                agg.add_steps(rank, rows)
+                rows = []
+            if t is StepBlock:
+                agg.add_block(rank, it)
             else:
-                if rows:
-                    agg.add_steps(rank, rows)
-                    rows = []
                 agg.add_record(rank, it)
         if rows:
             agg.add_steps(rank, rows)
@@ -353,11 +406,11 @@ class Feed:
     def process(self, lines: list[bytes], agg: RunAgg) -> None:
         """Parse lines and fold them into ``agg`` in file order."""
         if len(lines) <= FOLD_LINES:
-            self.fold(self.parse(lines), agg)
+            self.fold(self.parse(lines, blocks=True), agg)
             return
         # a megabyte of short lines is thousands: fold them in slices (see FOLD_LINES)
         for i in range(0, len(lines), FOLD_LINES):
-            self.fold(self.parse(lines[i : i + FOLD_LINES]), agg)
+            self.fold(self.parse(lines[i : i + FOLD_LINES], blocks=True), agg)
 
     def finish_text(self, agg: RunAgg) -> None:
         """A finished text log: its last block, even without a Total line."""
