@@ -86,6 +86,7 @@ _CHILD_READ = """
 import json, resource, sys, time
 t_proc = time.perf_counter()
 from tui import index
+from tui.parse import scan_regions
 from tui.reader import RunSource
 mode = sys.argv[3]
 index.set_enabled(mode in ("reopen", "save"))
@@ -103,7 +104,7 @@ assert src.from_index == (mode == "reopen"), (mode, src.from_index)
 print(json.dumps({"s": dt, "cpu": cpu + ch.ru_utime + ch.ru_stime, "regions": len(snap.regions),
                   "process_s": time.perf_counter() - t_proc,
                   "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "child_rss_kb": ch.ru_maxrss,
-                  "malformed": snap.malformed, "steps": snap.wall.steps}))
+                  "malformed": snap.malformed, "steps": snap.wall.steps, "fast_path": scan_regions is not None}))
 """
 
 _CHILD_FIRST_SCREEN = """
@@ -131,8 +132,10 @@ Probe(ReplaySource(sys.argv[1], speed=10.0)).run(headless=True, size=(160, 48))
 """
 
 
-def _child(code: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, check=True)
+def _child(code: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    full_env = {**os.environ, **env} if env else None
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, check=True,
+                         env=full_env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -147,10 +150,12 @@ def bench_read(steps: int, ranks: int, regions: int, repeats: int = 3) -> dict:
     first = _child(_CHILD_FIRST_SCREEN, str(run), repr(time.time()), "noindex")  # no index yet
     saved = _child(_CHILD_READ, str(run), str(steps), "save")  # the first indexed read writes it
     assert idx.exists(), "no index written"
-    loads, serial, par, reopen, screens = [], [], [], [], []
+    loads, serial, pure, par, reopen, screens = [], [], [], [], [], []
     for _ in range(repeats):
         loads.append(_child(_CHILD_LOADS, *files))
         serial.append(_child(_CHILD_READ, str(run), str(steps), "serial"))
+        # the reader without its C fast path (as where tui._regions could not be built)
+        pure.append(_child(_CHILD_READ, str(run), str(steps), "serial", env={"STAGEWATCH_PURE_PYTHON": "1"}))
         par.append(_child(_CHILD_READ, str(run), str(steps), "parallel"))
         reopen.append(_child(_CHILD_READ, str(run), str(steps), "reopen"))
         screens.append(_child(_CHILD_FIRST_SCREEN, str(run), repr(time.time()), "index"))
@@ -165,6 +170,8 @@ def bench_read(steps: int, ranks: int, regions: int, repeats: int = 3) -> dict:
         "mb": size / 2**20, "index_kb": idx.stat().st_size / 1024, "repeats": repeats,
         "loads_s": best(loads, "s"), "loads_cpu": c_loads,
         "serial_s": best(serial, "s"), "serial_cpu": best(serial, "cpu"), "cpu_ratio": best(serial, "cpu") / c_loads,
+        "pure_s": best(pure, "s"), "pure_cpu": best(pure, "cpu"), "pure_ratio": best(pure, "cpu") / c_loads,
+        "pure_rss_mb": best(pure, "rss_kb") / 1024,
         "parallel_s": best(par, "s"), "parallel_cpu": best(par, "cpu"),
         "parallel_ratio": best(par, "s") / best(loads, "s"),
         "save_s": saved["s"],

@@ -51,7 +51,8 @@ def _bits(x: float) -> bytes:
 
 
 def _check_agrees(raw: bytes, keys: tuple[bytes, ...]) -> bool:
-    """scan's answer is a subset of the typed decoder's, values bit-identical."""
+    """scan's answer is a subset of the typed decoder's, values bit-identical (``keys``
+    distinct, as the reader's schemas are)."""
     ok, ms, calls = _scan(raw, keys)
     if not ok:
         return False
@@ -79,7 +80,7 @@ WS = st.sampled_from(["", "", "", " ", "\n", "\t", "\r\n "])
 
 
 @settings(max_examples=600, deadline=None)
-@given(st.lists(st.tuples(NAMES, NUMBERS, NUMBERS, WS), max_size=6), WS, st.sampled_from(["", ",", "]", "x"]))
+@given(st.lists(st.tuples(NAMES, NUMBERS, NUMBERS, WS), max_size=6, unique_by=lambda t: t[0]), WS, st.sampled_from(["", ",", "]", "x"]))
 def test_scan_accepts_a_subset_of_the_typed_decoder_with_identical_values(items, ws, junk) -> None:  # type: ignore[no-untyped-def]
     body = ",".join(f'{ws}{json.dumps(n)}{w}:{w}[{a}{w},{b}]{ws}' for n, a, b, w in items)
     raw = ("{" + body + junk + "}").encode()

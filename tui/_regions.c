@@ -112,7 +112,8 @@ parse_number(const char *p, const char *end, double *out, int64_t *iout, int *is
             v = v / POW10[-exp10];
         else if (exp10 > 0)
             v = v * POW10[exp10];
-        *out = neg ? -v : v;
+        /* an integer is converted as msgspec converts an int: "-0" is 0.0, not -0.0 */
+        *out = integral ? (double)*iout : (neg ? -v : v);
     }
     return p;
 }
@@ -126,7 +127,7 @@ get_buffer(PyObject *obj, Py_buffer *view, int writable)
 PyDoc_STRVAR(scan_doc,
 "scan(raw, keys, ms, calls, row, max_ms, max_calls) -> bool\n\n"
 "Check the raw JSON object ``raw`` against ``keys`` (a tuple of the region names' UTF-8\n"
-"bytes, in order, none holding a quote or a backslash) and write its values into row\n"
+"bytes, in order, distinct, none holding a quote or a backslash) and write its values into row\n"
 "``row`` of ``ms`` and ``calls`` (C-contiguous float64 buffers of len(keys) columns).\n"
 "True when every value was accepted; False (nothing promised about the row) otherwise.");
 

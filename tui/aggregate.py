@@ -301,8 +301,10 @@ class RankAgg:
         self.samples_total += int(sum(samples_t))
         self.last_step = int(steps[-1])
         self.last_time = float(times_t[-1])
-        peaks = [mem.get("peak") or mem.get("allocated") or mem.get("rss") for mem in mems_t if mem]
-        peaks = [p for p in peaks if p is not None]
+        peaks = [mem.get("peak") for mem in mems_t if mem]
+        if not all(peaks):  # a step without a (non-zero) peak: the full rule
+            peaks = [mem.get("peak") or mem.get("allocated") or mem.get("rss") for mem in mems_t if mem]
+            peaks = [p for p in peaks if p is not None]
         self.mem_trend.add_batch(steps_t, mems_t)
         if peaks:
             p = max(peaks)
@@ -319,7 +321,7 @@ class RankAgg:
         self.ring_wall[at] = walls[b - k :]
         self.ring_samples[at] = samples[b - k :]
         self.ring_step[at] = steps[b - k :]
-        self.ring_loss[at] = [_f(sc.get("loss")) if sc else NAN for sc in scs_t[b - k :]]
+        self.ring_loss[at] = np.array([sc.get("loss") if sc else None for sc in scs_t[b - k :]], dtype=np.float64)
         self.pos = (self.pos + b) % w
         self.filled = min(w, self.filled + k)
         for mem in reversed(mems_t):

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from trainer.timing.records import RANK_FILE_RE
 
 WARN = "warn"  # something is wrong or about to go wrong
@@ -164,28 +166,37 @@ class MemTrend:
 
     def add_batch(self, steps: Sequence[int], memories: Sequence[Mapping[str, Any] | None]) -> None:
         """Many steps at once (the monitor folds records in batches): ``memory`` dicts of step
-        records, using ``allocated`` (device) or else ``rss`` (host). Same result as ``add``."""
-        pts = [(s, m.get("allocated", m.get("rss"))) for s, m in zip(steps, memories, strict=False) if m]
-        pts = [(s, float(v)) for s, v in pts if v is not None and math.isfinite(v)]
+        records, using ``allocated`` (device) or else ``rss`` (host). Same result as ``add``
+        (to rounding: the batch's moments are merged in, with numpy)."""
+        vals = [m.get("allocated") if m else None for m in memories]
+        if None in vals:  # host memory, or steps without: the full rule
+            vals = [m.get("allocated", m.get("rss")) if m else None for m in memories]
+        v = np.array(vals, dtype=np.float64)  # None -> NaN
+        x = np.array(steps, dtype=np.int64)
+        ok = np.isfinite(v)
+        if not ok.all():
+            v, x = v[ok], x[ok]
         if self._skipped < self.skip:
-            k = min(len(pts), self.skip - self._skipped)
+            k = min(len(v), self.skip - self._skipped)
             self._skipped += k
-            pts = pts[k:]
-        if not pts:
+            v, x = v[k:], x[k:]
+        nb = len(v)
+        if not nb:
             return
         if self._n == 0:
-            self._first = pts[0][0]
-        self._last = pts[-1][0]
+            self._first = int(x[0])
+        self._last = int(x[-1])
         room = self.window - len(self._early)
         if room > 0:
-            self._early.extend(v for _, v in pts[:room])
-        self._ring.extend(v for _, v in pts[-self.window :])
+            self._early.extend(v[:room].tolist())
+        self._ring.extend(v[-self.window :].tolist())
         # merge the batch's mean and co-moments into the running ones (Chan et al.)
-        nb = len(pts)
-        mxb = sum(x for x, _ in pts) / nb
-        myb = sum(v for _, v in pts) / nb
-        sxxb = sum((x - mxb) ** 2 for x, _ in pts)
-        cxyb = sum((x - mxb) * (v - myb) for x, v in pts)
+        xf = x.astype(np.float64)
+        mxb = float(xf.mean())
+        myb = float(v.mean())
+        dxb = xf - mxb
+        sxxb = float(np.dot(dxb, dxb))
+        cxyb = float(np.dot(dxb, v - myb))
         na, n = self._n, self._n + nb
         dx, dy = mxb - self._mx, myb - self._my
         self._mx += dx * nb / n
