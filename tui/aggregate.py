@@ -92,6 +92,11 @@ def hist_quantile(hist: np.ndarray, q: float, lo: float, hi: float) -> float:
     return float(min(max(_bucket_value(k), lo), hi))
 
 
+def _is_prefix(cols: np.ndarray) -> bool:
+    """``cols`` is 0, 1, ..., len - 1 (a schema whose names took the first columns in order)."""
+    return bool(len(cols) and cols[0] == 0 and cols[-1] == len(cols) - 1 and (np.diff(cols) == 1).all())
+
+
 def _f(x: Any) -> float:
     return float(x) if x is not None else NAN
 
@@ -250,15 +255,22 @@ class RankAgg:
             return
         cols = self._cols_for(blk.keys)
         cap = self.cap
-        m = np.full((b, cap), NAN)
-        c = np.zeros((b, cap))
         ms, calls = blk.ms[:b], blk.calls[:b]
-        if len(cols):
-            if cols.min() < 0:
-                keep = cols >= 0
-                cols, ms, calls = cols[keep], ms[:, keep], calls[:, keep]
-            m[:, cols] = ms
-            c[:, cols] = calls
+        k = len(cols)
+        if k == cap and _is_prefix(cols):
+            m, c = ms, calls  # the block's columns are the rank's, in order (the usual run)
+        else:
+            m = np.full((b, cap), NAN)
+            c = np.zeros((b, cap))
+            if k and _is_prefix(cols):
+                m[:, :k] = ms
+                c[:, :k] = calls
+            elif k:
+                if cols.min() < 0:
+                    keep = cols >= 0
+                    cols, ms, calls = cols[keep], ms[:, keep], calls[:, keep]
+                m[:, cols] = ms
+                c[:, cols] = calls
         self._fold(
             b, m, c, [x.step for x in msgs], [x.time for x in msgs], [x.wall_ms for x in msgs],
             [x.samples for x in msgs], [x.memory for x in msgs], [x.scalars for x in msgs],
