@@ -364,6 +364,7 @@ The run: {rep['steps']:,} steps x {rep['ranks']} ranks x {rep['regions']} region
 |---|---|---|
 | bare `json.loads` of every line, one process | {rep['loads_s']:.2f} s wall, {rep['loads_cpu']:.2f} s CPU | |
 | whole-run read (`RunSource.load`, no index), one process: CPU ÷ `json.loads` CPU | **{rep['cpu_ratio']:.2f}** ({rep['serial_cpu']:.2f} s CPU, {rep['serial_s']:.2f} s wall, peak RSS {rep['rss_mb']:.0f} MB) | ≤ 0.5: {mark(rep['cpu_ratio'] <= 0.5)} |
+| the same without the C fast path (`STAGEWATCH_PURE_PYTHON=1`: as where `tui._regions` could not be built) | {rep['pure_ratio']:.2f} ({rep['pure_cpu']:.2f} s CPU) | |
 | the same, ranks in parallel processes (as `tui summary` reads a big run) | {rep['parallel_s']:.2f} s wall ({rep['parallel_ratio']:.2f}× `json.loads` wall), {rep['parallel_cpu']:.2f} s CPU in all | |
 | reopen through the run index ({rep['index_kb']:.0f} KiB): CPU ÷ `json.loads` CPU | **{rep['reopen_ratio']:.4f}** ({rep['reopen_cpu'] * 1000:.0f} ms CPU, {rep['reopen_s'] * 1000:.0f} ms wall; the whole process with its imports {rep['reopen_process_s']:.2f} s) | ≤ 0.02: {mark(rep['reopen_ratio'] <= 0.02)} |
 | `tui replay` launch → first screen rendered, index present | **{rep['first_screen_s']:.2f} s** | ≤ 1 s: {mark(rep['first_screen_s'] <= 1.0)} |
@@ -375,10 +376,16 @@ The run: {rep['steps']:,} steps x {rep['ranks']} ranks x {rep['regions']} region
 | CPU of an idle `watch` ({idle['runs']} runs, one running but silent), over {idle['seconds']:.0f} s | {idle['cpu_pct']:.2f}% of a core | ≤ 2%: {mark(idle['cpu_pct'] <= 2)} |
 | the timing core's `step()` ({wr['regions']} regions, JSONL written) | {writer} | |
 
-How: every line is decoded and validated in one pass by `msgspec` into typed structs (the
-types and the ranges of `tui.parse.LIMITS`, on the shared limits in `trainer.timing.records`); steps are folded into the statistics per batch
-with numpy (region columns assigned once per schema, sums accumulated in file order,
-bounded histograms for percentiles). The run index is saved beside a run once it has ended
+How: every line is decoded by `msgspec` into a typed struct (the types and ranges of
+`tui.parse.LIMITS`, on the shared limits in `trainer.timing.records`) with its `regions` object
+kept raw; a small C extension (`tui/_regions.c`) checks that raw object against the rank's
+last region schema (names byte-equal, strict JSON numbers converted exactly, the typed
+decoder's ranges) and writes its `[ms, calls]` pairs straight into the slice's arrays, so no
+Python object is made per value. A line it refuses (a new schema, an escaped name, a number it
+cannot convert exactly, anything malformed) goes to the full typed decoder, which decides:
+the same results either way (tested with hypothesis against `msgspec` and on mutated runs).
+Steps are folded into the statistics 512 lines at a time with numpy (region columns assigned
+once per schema, sums accumulated in file order, bounded histograms for percentiles). The run index is saved beside a run once it has ended
 (or stayed idle 5 minutes): the folded state and each file's position, keyed by size, mtime
 and hashes of the first and last 4 KiB read; a reopen checks the keys, restores the state
 and reads only what was appended since. `tui replay` reads only the first bytes of each
@@ -389,20 +396,13 @@ key, another run or a state change at once). The watch figures are measured with
 driven by a bare event-loop sleep (not Pilot, whose every pause repaints the screen). The machine is shared with other jobs (2 cores, ~8 sessions): load
 average {lat['load']:.1f} during the watch run, {idle['load']:.1f} during the idle run; CPU shares are of one core.
 
-Where the two unmet targets stand. *Read CPU* (2.3-2.7× `json.loads` before issue 13):
-measured apart on a 5,000-step slice of the same run (one process, the GC paused as the
-reader pauses it), the typed decode with its range checks alone costs ~0.3-0.4× `json.loads`,
-flattening the 80 numbers of a 40-region line into numpy ~0.2× (one pass of C over the
-decoded `(ms, calls)` tuples), freeing the decoded objects ~0.1×, and the rest (a row per
-step, the batch statistics, reading the lines) ~0.3×. Tried and dropped, measured: decoding
-a batch of 128 lines in one `msgspec` call (no gain once the GC is paused: the per-call cost
-is small next to the decode) and regions kept raw by `msgspec` with their numbers parsed
-by numpy from the text (0.76-0.84× for the read before even completing its checks). Every
-region value becomes a Python object on the way (decoding cannot write into an array), so
-≤ 0.5 needs a decoder that writes region values straight into arrays (a C extension), not
-more Python; the ratio moves by about ±0.1 between full runs of this script here with the
-machine's load. What a person waits for is met instead: a
-reopen through the index costs {rep['reopen_ratio']:.3f}× and `tui replay`'s first screen {rep['first_screen_s']:.2f} s.
+*Read CPU*: {rep['cpu_ratio']:.2f}× `json.loads` with the C fast path, {rep['pure_ratio']:.2f}× without
+(2.3-2.7× before issue 13). Measured apart on a 20,000-line slice (one process, GC paused as
+the reader pauses it), per 40-region line: the raw-regions decode ~2 µs, the C check and
+conversion ~0.8 µs, the Python loop around them ~1.5 µs, the fold ~2 µs, reading and splitting
+the file ~1 µs. Without the extension every region value becomes a Python object (tuple,
+float) and is flattened into numpy: ~3× the CPU. The ratio moves by about ±0.1 between runs
+of this script with the machine's load.
 *Watch CPU*: the screen (the event loop's thread) uses {lat.get('screen_pct', math.nan):.1f}% of a core, the
 reader thread {lat['reader_pct']:.1f}%, other threads (file watching) {lat['cpu_pct'] - lat['reader_pct'] - lat.get('screen_pct', math.nan):.1f}%. About two thirds of
 the reader's share is building the snapshot (~5 ms each, the per-region merge of

@@ -182,3 +182,13 @@ def test_big_values_fall_back_to_the_typed_decoder(tmp_path: Path, monkeypatch: 
     pure_snap, pure_feeds = _read(run, monkeypatch, fast=False)
     assert fast_feeds == pure_feeds
     assert replace(fast_snap, idle_s=0.0) == replace(pure_snap, idle_s=0.0)
+
+
+def test_pure_python_is_selected_by_the_environment() -> None:
+    import subprocess
+    import sys
+
+    code = "import tui.parse as p; print(p.scan_regions is None)"
+    env = {**os.environ, "STAGEWATCH_PURE_PYTHON": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "True"
