@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 INDEX_NAME = ".stagewatch-index"
 FORMAT = "stagewatch-run-index"
-VERSION = 1
+VERSION = 2  # 2: a ring slot is the row number mod the window (1 followed the batches)
 MAGIC = b"SWIDX\x01\n"
 KEY_BYTES = 4096
 IDLE_S = 300.0  # a run whose files have not grown for this long is indexed, ended or not
