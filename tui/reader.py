@@ -282,8 +282,14 @@ class Feed:
         plain = not self.cuts
         fast = blocks and text is None and scan_regions is not None
         dec = decode_raw if fast else decode
-        block: StepBlock | None = None  # the block steps are added to: out[-1] while open
+        # the block steps are added to (out[-1] while open), its keys, arrays and messages
+        block: StepBlock | None = None
+        bkeys: Any = None
+        bms = bcalls = None
+        bmsgs: list[Any] = []
         cap = len(lines)
+        sch = self._schema
+        scan, raw_type, ok_versions = scan_regions, StepRawMsg, OK_VERSIONS
         try:
             for line in lines:
                 if not line or line.isspace():
@@ -312,15 +318,16 @@ class Feed:
                     except Exception:
                         m = None
                 raw = None
-                if fast and type(m) is StepRawMsg:
+                if fast and type(m) is raw_type:
                     raw = m.regions
-                    sch = self._schema
-                    if sch is not None and m.v in OK_VERSIONS:
-                        tgt = block if block is not None and block.bkeys is sch[0] else None
-                        new = tgt is None
-                        if tgt is None:
-                            tgt = StepBlock(sch[1], sch[0], cap)
-                        if scan_regions(raw, sch[0], tgt.ms, tgt.calls, len(tgt.msgs), _MAX_MS, _MAX_CALLS):
+                    if sch is not None and m.v in ok_versions:
+                        if block is not None and bkeys is sch[0]:
+                            opened = None
+                            ok = scan(raw, bkeys, bms, bcalls, len(bmsgs), _MAX_MS, _MAX_CALLS)
+                        else:
+                            opened = StepBlock(sch[1], sch[0], cap)
+                            ok = scan(raw, sch[0], opened.ms, opened.calls, 0, _MAX_MS, _MAX_CALLS)
+                        if ok:
                             st = m.step
                             if plain and (prev is None or st > prev):
                                 prev = st
@@ -331,10 +338,10 @@ class Feed:
                                 plain = not self.cuts
                                 if not kept:
                                     continue
-                            tgt.msgs.append(m)
-                            if new:
-                                append(tgt)
-                                block = tgt
+                            if opened is not None:
+                                append(opened)
+                                block, bkeys, bms, bcalls, bmsgs = opened, opened.bkeys, opened.ms, opened.calls, opened.msgs
+                            bmsgs.append(m)
                             continue
                     m = None  # a new schema, or values the fast path left to the typed decoder
                 elif type(m) is StepMsg and m.v in OK_VERSIONS:
@@ -367,7 +374,7 @@ class Feed:
                     self.skipped += 1
                 elif type(rec) is StepRow:
                     if raw is not None:  # the next lines of this schema take the fast path
-                        self._schema = schema_of(raw, rec) or self._schema
+                        sch = self._schema = schema_of(raw, rec) or sch
                     st = rec.step
                     if plain and (prev is None or st > prev):
                         prev = st
