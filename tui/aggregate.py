@@ -49,6 +49,8 @@ MAX_REGIONS = 1024  # distinct region names tracked per rank
 _chain = chain.from_iterable
 _step_wall = itemgetter(0, 2)  # StepRow (step, time, wall, ...) -> (step, wall)
 CUT = "…"  # the name of a row standing for tree rows not shown
+# a light snapshot's unaccounted row: no figures (the header does not show it)
+_BLANK_UNACCOUNTED = RegionRow(name=UNACCOUNTED, leaf=UNACCOUNTED, depth=0, parent=None, whole=EMPTY, window=EMPTY)
 
 
 def hist_index(values: np.ndarray) -> np.ndarray:
@@ -642,17 +644,9 @@ class RunAgg:
         vals = [s.total_steps for s in self.starts.values() if s.total_steps]
         return max(vals) if vals else None
 
-    def snapshot(
-        self,
-        *,
-        idle_s: float = 0.0,
-        stale_after: float = 60.0,
-        files: tuple[FileInfo, ...] = (),
-        with_ranks: bool = True,
-        replay: str | None = None,
-    ) -> RunSnapshot:
-        """An immutable picture of the run now (cost bounded by regions × ranks × window)."""
-        aggs = [self.ranks[r] for r in sorted(self.ranks)]
+    def _regions(self, aggs: list[RankAgg], with_ranks: bool) -> tuple[tuple[RegionRow, ...], RegionRow]:
+        """The tree's rows (each region's ranks merged) and the unaccounted row: the bulk of
+        a snapshot's cost (regions × ranks)."""
         names: dict[str, None] = {}
         for a in aggs:
             for n in a.names:
@@ -692,6 +686,26 @@ class RunAgg:
             window=_merge([u[2] for u in un]),
             ranks=tuple(un) if with_ranks else (),
         )
+        return tuple(regions), unaccounted
+
+    def snapshot(
+        self,
+        *,
+        idle_s: float = 0.0,
+        stale_after: float = 60.0,
+        files: tuple[FileInfo, ...] = (),
+        with_ranks: bool = True,
+        replay: str | None = None,
+        light: bool = False,
+    ) -> RunSnapshot:
+        """An immutable picture of the run now (cost bounded by regions × ranks × window).
+
+        ``light``: without the per-region figures (``regions`` empty, ``unaccounted`` blank,
+        ``light`` set): what the header shows, at a fraction of the cost; every other field
+        is what the full snapshot would hold.
+        """
+        aggs = [self.ranks[r] for r in sorted(self.ranks)]
+        regions, unaccounted = self._regions(aggs, with_ranks) if not light else ((), _BLANK_UNACCOUNTED)
         walls = [a.wall_stats() for a in aggs]
         sps = [a.samples_per_s() for a in aggs]
         sps_whole = sum(s[0] for s in sps if not math.isnan(s[0])) if sps else NAN
@@ -791,7 +805,7 @@ class RunAgg:
             loss_window=loss_window,
             evals=tuple(self.evals.items()),
             eval_step=self.eval_step,
-            regions=tuple(regions),
+            regions=regions,
             unaccounted=unaccounted,
             step_times=step_times,
             rank_info=tuple(rank_info),
@@ -809,6 +823,7 @@ class RunAgg:
             mem_trend=worst_trend(a.mem_trend.facts() for a in aggs),
             config=start0.config if start0 else None,
             stragglers=verdict,
+            light=light,
         )
 
 

@@ -9,7 +9,9 @@ snapshot, while the panels (tree, ranks, sparkline, advice, run list, files line
 redrawn from one snapshot at most :data:`PANELS_PER_S` times a second, the last snapshot of
 a busy spell always shown at the end of its gap. A snapshot after a quiet spell, one that
 answers a key (another run, a replay seek), a new run or a run changing state is shown
-whole at once.
+whole at once. ``tui watch``'s source builds the per-region figures only for the snapshots
+the panels will draw (every panel gap, or when asked); those between are light
+(:attr:`WorldSnapshot.light`) and reach the header only.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class MonitorApp(App[int]):
         self.yellow = yellow
         self.world: WorldSnapshot | None = None  # shown by the panels
         self.latest: WorldSnapshot | None = None  # received (the header shows it, unless paused)
+        self.latest_full: WorldSnapshot | None = None  # the newest full one (what the panels draw)
         self.panel_gap = panel_gap  # seconds between panel redraws from streamed snapshots
         self.panel_renders = 0  # panel redraws (a test counts them)
         self.header_world: WorldSnapshot | None = None  # the snapshot the header last showed
@@ -121,6 +124,7 @@ class MonitorApp(App[int]):
         self.applied = 0
         self.compact = False
         self._slot: WorldSnapshot | None = None
+        self._slot_full: WorldSnapshot | None = None  # the newest full snapshot not yet taken
         self._slot_pending = False
         self._slot_lock = threading.Lock()
         self.known_runs: set[str] | None = None  # run ids seen so far (None: no snapshot yet)
@@ -161,6 +165,8 @@ class MonitorApp(App[int]):
         self._render_world()
         tree.focus()
         self.source.busy = lambda: self._slot_pending  # type: ignore[method-assign]
+        if hasattr(self.source, "full_gap"):  # full snapshots as often as the panels draw them
+            self.source.full_gap = self.panel_gap  # type: ignore[attr-defined]
         self.source.start(self._post)
         self.set_interval(1.0, self._age_header)
 
@@ -183,6 +189,8 @@ class MonitorApp(App[int]):
         # screen skips stale snapshots instead of falling behind.
         with self._slot_lock:
             self._slot = snap
+            if not snap.light:  # a light one after it must not hide it from the panels
+                self._slot_full = snap
             if self._slot_pending:
                 return
             self._slot_pending = True
@@ -213,17 +221,27 @@ class MonitorApp(App[int]):
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         with self._slot_lock:
             snap = self._slot or message.snapshot
+            full, self._slot_full = self._slot_full, None
             self._slot_pending = False
+        if full is None and not snap.light:
+            full = snap
         self.latest = snap
+        if full is not None:
+            self.latest_full = full
         self._check_reader(snap)
         self._follow_new_runs(snap)
         if self.paused:
             self._render_header()  # shows how far reading went while paused
             return
+        if full is None:  # light: the header's figures only
+            if self._changes_view(self.world, snap):  # (the source makes those full)
+                self._ask_full()
+            self._render_header()
+            return
         wait = self.panel_gap - (time.monotonic() - self._panels_at)
-        if wait <= 0 or self._urgent or self._changes_view(self.world, snap):
+        if wait <= 0 or self._urgent or self._changes_view(self.world, full):
             self._urgent = False
-            self.world = snap
+            self.world = full
             self._render_world()
             return
         self._render_header()  # the step follows every snapshot; the panels at the gap's end
@@ -244,9 +262,9 @@ class MonitorApp(App[int]):
     def _flush_panels(self) -> None:
         """The end of a gap: the panels show the newest snapshot (the header already does)."""
         self._panels_timer = None
-        if self.paused or self.latest is None or self.latest is self.world:
+        if self.paused or self.latest_full is None or self.latest_full is self.world:
             return
-        self.world = self.latest
+        self.world = self.latest_full
         try:
             self._render_world()
         except NoMatches:  # the timer fired while the screen was being torn down
@@ -425,11 +443,20 @@ class MonitorApp(App[int]):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.mode, self.red, self.yellow))
 
+    def _ask_full(self) -> None:
+        """The panels are behind the header (light snapshots came since): have the source
+        post a full snapshot now and show it whole at once (``tui watch``)."""
+        want = getattr(self.source, "want_full", None)
+        if want is not None and self.latest is not None and self.latest is not self.world:
+            self._urgent = True
+            want()
+
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
-        if not self.paused and self.latest is not None:
-            self.world = self.latest
+        if not self.paused and self.latest_full is not None:
+            self.world = self.latest_full
             self._render_world()
+            self._ask_full()
         else:
             self._render_header()
 
@@ -468,10 +495,12 @@ class MonitorApp(App[int]):
         tree = self.query_one(StageTree)
         tree.sort_by_time = not tree.sort_by_time
         self._render_world(force_tree=True)
+        self._ask_full()
 
     def action_toggle_window(self) -> None:
         self.window = not self.window
         self._render_world(force_tree=self.query_one(StageTree).sort_by_time)
+        self._ask_full()
 
     def _move_run(self, d: int) -> None:
         w = self.world

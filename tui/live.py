@@ -7,6 +7,14 @@ most :data:`MAX_POSTS_PER_S` a second: a run appending 20 steps a second (or 60 
 costs the screen what a person can follow, not one redraw per line. A change after a quiet
 spell is posted at once (latency stays low); changes during the gap are coalesced into one
 snapshot at its end.
+
+Only the snapshots the panels will draw carry the per-region figures (the bulk of a
+snapshot's cost): one every :attr:`LiveSource.full_gap` seconds (the app sets it to its
+panel gap), one when the view changes (another run, a run added or gone, a state change)
+and one when the app asks (:meth:`LiveSource.want_full`: a key). The snapshots between are
+light (:attr:`RunSnapshot.light`): the header's figures only. After a light one, a full one
+follows at the end of the gap even if nothing changed, so the panels catch up with the last
+step of a busy spell.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from tui.snapshot import WorldSnapshot
 
 Post = Callable[[WorldSnapshot], None]
 MAX_POSTS_PER_S = 8.0  # snapshots (so redraws) a second at most, at the source
+FULL_GAP_S = 0.5  # seconds between full snapshots while light ones stream (the app sets its own)
 
 
 class LiveSource:
@@ -41,6 +50,7 @@ class LiveSource:
         clock: Callable[[], float] = time.monotonic,
         min_gap: float = 1.0 / MAX_POSTS_PER_S,
         use_index: bool | None = None,
+        full_gap: float = FULL_GAP_S,
     ) -> None:
         self.root = os.fspath(root)
         self.reader = RootReader(root, window=window, stale_after=stale_after, clock=clock, use_index=use_index)
@@ -48,6 +58,9 @@ class LiveSource:
         self.interval = interval if interval is not None else (0.25 if poll else 1.0)
         self.clock = clock
         self.min_gap = min_gap
+        self.full_gap = full_gap  # seconds between full snapshots (0: every snapshot is full)
+        self._want_full = False
+        self._view: tuple[Any, ...] | None = None  # what the last posted snapshot showed
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -64,6 +77,11 @@ class LiveSource:
         self._wake.set()
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def want_full(self) -> None:
+        """Post a full snapshot as soon as allowed (a key asked for the panels' figures)."""
+        self._want_full = True
         self._wake.set()
 
     def start(self, post: Post) -> None:
@@ -108,15 +126,25 @@ class LiveSource:
             self.watching = False
 
     # ------------------------------------------------------------------ reading
-    def build(self, changed: bool = True) -> WorldSnapshot:
-        """One snapshot of the reader's current state (reader thread, or tests)."""
+    def build(self, changed: bool = True, full: bool | None = True) -> WorldSnapshot:
+        """One snapshot of the reader's current state (reader thread, or tests).
+
+        ``full=False``: light, unless the view changed since the last snapshot built (another
+        run, a run added or gone, the run's state): the panels draw that one at once.
+        """
         run = self.reader.selected_run()
+        runs = self.reader.items()
+        state = run.state() if run is not None else None
+        view = (len(runs), run.run_id if run is not None else None, state, self.last_error)
+        if view != self._view:
+            full = True
+        self._view = view
         self._seq += 1
         return WorldSnapshot(
             seq=self._seq,
             root=self.root,
-            runs=self.reader.items(),
-            selected=run.snapshot() if run is not None else None,
+            runs=runs,
+            selected=run.snapshot(light=not full) if run is not None else None,
             made_at=time.monotonic(),
             mode=self.mode,
             error=self.last_error,
@@ -134,8 +162,12 @@ class LiveSource:
     reader_cpu_s = 0.0  # CPU seconds the reader thread has used (benchmarks)
     posts = 0  # snapshots posted
 
+    full_posts = 0  # full snapshots among them
+
     def _loop(self, post: Post) -> None:
         last_post = 0.0
+        last_full = -1e9  # when the last full snapshot was posted
+        behind_panels = False  # a light snapshot was posted since: a full one is due
         pending = False
         first = True
         while not self._stop.is_set():
@@ -143,7 +175,8 @@ class LiveSource:
             # woken by a write before a post is allowed: let the lines of the gap arrive and
             # read them in one tick (a writer flushing 60 times a second costs 8 reads, not 60)
             early = self.min_gap - (time.monotonic() - last_post)
-            if early > 0 and not first and not self.reader.behind and self._want_select is None:
+            if early > 0 and not first and not self.reader.behind and self._want_select is None \
+                    and not self._want_full:
                 self._stop.wait(early)
             try:
                 with self._lock:
@@ -151,16 +184,24 @@ class LiveSource:
                 if sel is not None:
                     self.reader.selected = sel
                 changed = self.reader.tick() or sel is not None or first
-                first = False
                 pending |= changed
                 now = time.monotonic()
+                full_due = now - last_full >= self.full_gap
                 # no rebuild for time passing: the state changing (running -> stale) is a
                 # change tick() reports, and the screen ages "last write" on its own
-                if pending and now - last_post >= self.min_gap and not self.busy():
-                    post(self.build())
+                if (pending or (behind_panels and (full_due or self._want_full))) and now - last_post >= self.min_gap and not self.busy():
+                    want, self._want_full = self._want_full, False
+                    snap = self.build(full=full_due or want or first or sel is not None)
+                    first = False
+                    post(snap)
                     self.posts += 1
                     last_post = now
                     pending = False
+                    if snap.light:
+                        behind_panels = True
+                    else:
+                        self.full_posts += 1
+                        last_full, behind_panels = now, False
             except Exception as e:  # keep reading; the screen shows the error and the last good figures
                 self.last_error = f"reader failed: {type(e).__name__}: {e}"[:300]
                 self.failures += 1
@@ -175,7 +216,10 @@ class LiveSource:
                 continue
             if self.reader.behind:
                 continue  # more to read: no waiting
-            timeout = self.interval if not pending else max(0.01, self.min_gap - (time.monotonic() - last_post))
+            now = time.monotonic()
+            timeout = self.interval if not pending else max(0.01, self.min_gap - (now - last_post))
+            if behind_panels:  # the full snapshot due at the gap's end
+                timeout = min(timeout, max(0.01, last_full + self.full_gap - now, self.min_gap - (now - last_post)))
             self._wake.wait(timeout)
             self._wake.clear()
 

@@ -804,9 +804,10 @@ class RunSource:
     def files(self) -> tuple[FileInfo, ...]:
         return tuple(f.info() for f in sorted(self.feeds.values(), key=lambda f: (f.rank, f.kind)))
 
-    def snapshot(self, replay: str | None = None) -> RunSnapshot:
+    def snapshot(self, replay: str | None = None, light: bool = False) -> RunSnapshot:
+        """The run now; ``light``: without per-region figures (see :meth:`RunAgg.snapshot`)."""
         snap = self.agg.snapshot(
-            idle_s=self.idle_s(), stale_after=self.stale_after, files=self.files(), replay=replay
+            idle_s=self.idle_s(), stale_after=self.stale_after, files=self.files(), replay=replay, light=light
         )
         st = self.state()
         if st != snap.state:

@@ -140,6 +140,10 @@ class RunSnapshot:
     # the monitor failing to read the run (a bug, not bad data): one line naming the file
     reader_error: str | None = None
     from_index: bool = field(default=False, compare=False)  # started from a saved run index
+    # a light snapshot (``tui watch`` between panel redraws): ``regions`` is empty and
+    # ``unaccounted`` blank, every other field as in the full snapshot of the same moment.
+    # What the header shows; the panels are only ever drawn from full ones.
+    light: bool = False
 
     @property
     def file_problems(self) -> tuple[FileInfo, ...]:
@@ -182,3 +186,8 @@ class WorldSnapshot:
     # the reader thread failing (one line, with the file when known); the runs shown are
     # the last good read. `tui watch` exits non-zero when it was set.
     error: str | None = None
+
+    @property
+    def light(self) -> bool:
+        """The selected run's snapshot is light (no per-region figures): header only."""
+        return self.selected is not None and self.selected.light
