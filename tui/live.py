@@ -104,19 +104,24 @@ class LiveSource:
 
     def _start_watchdog(self) -> None:
         try:
-            from watchdog.events import FileSystemEventHandler
+            from watchdog import events as ev
             from watchdog.observers import Observer
 
             wake = self._wake
 
-            class _Handler(FileSystemEventHandler):
+            class _Handler(ev.FileSystemEventHandler):
                 def on_any_event(self, event: Any) -> None:
                     if event.event_type != "opened" and event.event_type != "closed_no_write":
                         wake.set()
 
             obs = Observer()
             watch_dir = self.root if os.path.isdir(self.root) else os.path.dirname(self.root) or "."
-            obs.schedule(_Handler(), watch_dir, recursive=True)
+            # only the kinds of event that can mean new data: the kernel then never reports
+            # the opens and closes of the reader's own reads (every file, every tick), which
+            # cost the watching threads as much as the writer's appends
+            kinds = [ev.FileModifiedEvent, ev.FileCreatedEvent, ev.FileDeletedEvent, ev.FileMovedEvent,
+                     ev.FileClosedEvent, ev.DirCreatedEvent, ev.DirDeletedEvent, ev.DirMovedEvent]
+            obs.schedule(_Handler(), watch_dir, recursive=True, event_filter=kinds)
             obs.daemon = True
             obs.start()
             self._observer = obs
