@@ -6,8 +6,9 @@ which only render. Key bindings come from :mod:`tui.keys`.
 
 Redraws cost what a person can follow: the header (step, ETA, state) follows every
 snapshot, while the panels (tree, ranks, sparkline, advice, run list, files line) are
-redrawn from one snapshot at most :data:`PANELS_PER_S` times a second, the last snapshot of
-a busy spell always shown at the end of its gap. A snapshot after a quiet spell, one that
+redrawn from one snapshot at most :data:`PANELS_PER_S` times a second (``tui watch``:
+:data:`WATCH_PANELS_PER_S`), the last snapshot of a busy spell always shown at the end of
+its gap. A snapshot after a quiet spell, one that
 answers a key (another run, a replay seek), a new run or a run changing state is shown
 whole at once. ``tui watch``'s source builds the per-region figures only for the snapshots
 the panels will draw (every panel gap, or when asked); those between are light
@@ -56,7 +57,11 @@ WIDE = 140  # columns from which the tree shows min/max/p95 and the run list is 
 NARROW = 110  # below this the run list is hidden (n / N still switch runs)
 SHORT = 30  # below this many rows the step-time sparkline gives its room to the advice
 ENDED = ("finished", "failed", "interrupted", "stale")  # a new run is followed from these
-PANELS_PER_S = 2.0  # panel redraws a second at most while snapshots stream in
+PANELS_PER_S = 2.0  # panel redraws a second at most while snapshots stream in (a replay playing)
+# ``tui watch``: one panel redraw costs ~25 ms of a core here (Textual composing ~40 changed
+# lines: the tree ~14 ms), so 2 a second alone would be half the 10% budget of a watch; the
+# panels' figures are statistics over many steps, the header (step, ETA, last step) stays live
+WATCH_PANELS_PER_S = 1.0
 _ADVICE_TAKES_WINDOW = "window" in inspect.signature(advice_for).parameters
 try:  # the diagnosis names spans the same way for the screen, the summary and the advice
     from tui.diagnosis import span_label as _span_label  # type: ignore[attr-defined]
@@ -102,7 +107,7 @@ class MonitorApp(App[int]):
         red: float = 0.40,
         yellow: float = 0.10,
         clock: Callable[[], float] = time.monotonic,
-        panel_gap: float = 1.0 / PANELS_PER_S,
+        panel_gap: float | None = None,
     ) -> None:
         super().__init__()
         self.clock = clock  # ages "last write" between snapshots (tests freeze it)
@@ -113,6 +118,8 @@ class MonitorApp(App[int]):
         self.world: WorldSnapshot | None = None  # shown by the panels
         self.latest: WorldSnapshot | None = None  # received (the header shows it, unless paused)
         self.latest_full: WorldSnapshot | None = None  # the newest full one (what the panels draw)
+        if panel_gap is None:
+            panel_gap = 1.0 / (WATCH_PANELS_PER_S if self.mode != REPLAY else PANELS_PER_S)
         self.panel_gap = panel_gap  # seconds between panel redraws from streamed snapshots
         self.panel_renders = 0  # panel redraws (a test counts them)
         self.header_world: WorldSnapshot | None = None  # the snapshot the header last showed

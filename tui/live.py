@@ -31,7 +31,7 @@ from tui.snapshot import WorldSnapshot
 
 Post = Callable[[WorldSnapshot], None]
 MAX_POSTS_PER_S = 8.0  # snapshots (so redraws) a second at most, at the source
-FULL_GAP_S = 0.5  # seconds between full snapshots while light ones stream (the app sets its own)
+FULL_GAP_S = 1.0  # seconds between full snapshots while light ones stream (the app sets its panel gap)
 
 
 class LiveSource:
