@@ -1,7 +1,8 @@
 """The live source of ``tui watch``: a reader thread over a :class:`RootReader`.
 
-watchdog events wake the thread at once; a periodic scan is the ground truth (events are
-missed on network filesystems), and ``poll=True`` uses the scan alone. Each tick that
+File events wake the thread at once (inotify on Linux, :mod:`tui.inotify`; watchdog
+elsewhere); a periodic scan is the ground truth (events are missed on network
+filesystems), and ``poll=True`` uses the scan alone. Each tick that
 changes something builds one immutable :class:`WorldSnapshot` and hands it to ``post``, at
 most :data:`MAX_POSTS_PER_S` a second: a run appending 20 steps a second (or 60 ranks...)
 costs the screen what a person can follow, not one redraw per line. A change after a quiet
@@ -65,10 +66,11 @@ class LiveSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._observer: Any = None
+        self._inotify: Any = None  # tui.inotify.Inotify, where available (else watchdog)
         self._seq = 0
         self._want_select: str | None = None
         self._lock = threading.Lock()
-        self.watching = False  # True when watchdog events are being used
+        self.watching = False  # True when file events (inotify or watchdog) are being used
 
     # ------------------------------------------------------------------ control
     def select(self, run_id: str) -> None:
@@ -93,6 +95,9 @@ class LiveSource:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        if self._inotify is not None:
+            self._inotify.stop()
+            self._inotify = None
         if self._observer is not None:
             try:
                 self._observer.stop()
@@ -103,6 +108,16 @@ class LiveSource:
             self._thread.join(timeout=2)
 
     def _start_watchdog(self) -> None:
+        watch_dir = self.root if os.path.isdir(self.root) else os.path.dirname(self.root) or "."
+        try:
+            from tui import inotify
+
+            self._inotify = inotify.start(watch_dir, self._wake)
+        except Exception:
+            self._inotify = None
+        if self._inotify is not None:  # Linux: one thread, no event objects
+            self.watching = True
+            return
         try:
             from watchdog import events as ev
             from watchdog.observers import Observer
@@ -115,7 +130,6 @@ class LiveSource:
                         wake.set()
 
             obs = Observer()
-            watch_dir = self.root if os.path.isdir(self.root) else os.path.dirname(self.root) or "."
             # only the kinds of event that can mean new data: the kernel then never reports
             # the opens and closes of the reader's own reads (every file, every tick), which
             # cost the watching threads as much as the writer's appends

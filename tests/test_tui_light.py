@@ -1,0 +1,283 @@
+"""`tui watch` at a small CPU cost: light snapshots (no per-region figures) between the panel
+redraws carry the header's figures exactly; the panels are only drawn from full ones (one
+per panel gap, at the end of a busy spell, on a view change or a key); file events wake the
+reader without watchdog's threads, and the reader's own reads do not."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+import threading
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainer.timing.records import encode
+from tui.app import MonitorApp, SnapshotReady
+from tui.live import LiveSource
+from tui.snapshot import UNACCOUNTED, WorldSnapshot
+from tui.testing import start_line, step_records, write_run
+from tui.widgets.panels import header_text
+from tui.widgets.tree import StageTree
+
+RUN = "20261126-150000-live-0001"
+T0 = 2_000_000_000.0
+
+
+def _live_run(root: Path, ranks: int = 2, steps: int = 5) -> list[Path]:
+    run = root / RUN
+    run.mkdir(parents=True)
+    paths = []
+    for r in range(ranks):
+        p = run / f"rank{r}.jsonl"
+        with open(p, "w") as f:
+            f.write(start_line(RUN, rank=r, world_size=ranks, total_steps=100, t0=T0))
+            for rec in step_records(steps, rank=r, t0=T0, n_regions=13):
+                f.write(encode(rec))
+        paths.append(p)
+    return paths
+
+
+def _append(paths: list[Path], start: int, n: int = 1) -> None:
+    for r, p in enumerate(paths):
+        with open(p, "a") as f:
+            for rec in step_records(n, rank=r, start_step=start, t0=T0, n_regions=13):
+                f.write(encode(rec))
+
+
+def test_a_light_snapshot_holds_every_figure_of_the_full_one_but_the_regions(tmp_path: Path) -> None:
+    paths = _live_run(tmp_path, ranks=3)
+    src = LiveSource(tmp_path, poll=True, stale_after=1e9, clock=lambda: 1000.0)
+    assert src.step() is not None
+    _append(paths, 6, 4)
+    src.reader.tick()
+    run = src.reader.selected_run()
+    assert run is not None
+    full, light = run.snapshot(), run.snapshot(light=True)
+    assert light.light and not full.light
+    assert full.regions and light.regions == ()
+    assert light.unaccounted.name == UNACCOUNTED and light.unaccounted.whole.steps == 0
+    for f in fields(full):  # every other field: the same values (repr: nan reads as nan)
+        if f.name not in ("regions", "unaccounted", "light"):
+            assert repr(getattr(light, f.name)) == repr(getattr(full, f.name)), f.name
+    assert light.step == 9 and light.rank_info and light.stragglers is not None
+    # so the header reads the same, in either view
+    for window in (False, True):
+        a = header_text(full, window=window, paused=False, behind_step=None, root="", width=160)
+        b = header_text(light, window=window, paused=False, behind_step=None, root="", width=160)
+        assert a.plain == b.plain and a.spans == b.spans
+
+
+def test_the_reader_posts_light_snapshots_between_full_ones_and_a_full_one_at_the_end(tmp_path: Path) -> None:
+    """A busy spell: a full snapshot per gap, light ones between, and once the writes stop a
+    full one with the last step (the panels catch up) although nothing changed since."""
+    paths = _live_run(tmp_path)
+    src = LiveSource(tmp_path, poll=True, interval=0.02, min_gap=0.02, full_gap=0.3, stale_after=1e9)
+    got: list[WorldSnapshot] = []
+    src.start(got.append)
+    try:
+        t_end = time.monotonic() + 5
+        while not got and time.monotonic() < t_end:
+            time.sleep(0.01)
+        assert got and not got[0].light  # the first: full
+        for i in range(15):  # ~0.6 s of appends
+            _append(paths, 6 + i)
+            time.sleep(0.04)
+        last = 6 + 14
+        while time.monotonic() < t_end and not (got[-1].selected.step == last and not got[-1].light):
+            time.sleep(0.01)
+    finally:
+        src.stop()
+    snaps = [s for s in got if s.selected is not None]
+    assert snaps[-1].selected.step == last and not snaps[-1].light and snaps[-1].selected.regions
+    lights = [s for s in snaps if s.light]
+    fulls = [s for s in snaps if not s.light]
+    assert lights and len(fulls) >= 2
+    assert all(s.selected.regions == () for s in lights)
+    # full ones at most once a gap (the first and the view changes aside)
+    times = [s.made_at for s in fulls[1:]]
+    assert all(b - a >= 0.25 for a, b in itertools.pairwise(times))
+    assert src.full_posts == len(fulls)
+
+
+def test_want_full_gets_a_full_snapshot_at_once(tmp_path: Path) -> None:
+    paths = _live_run(tmp_path)
+    src = LiveSource(tmp_path, poll=True, interval=0.02, min_gap=0.0, full_gap=1e6, stale_after=1e9)
+    got: list[WorldSnapshot] = []
+    src.start(got.append)
+    try:
+        t_end = time.monotonic() + 5
+        while not got and time.monotonic() < t_end:
+            time.sleep(0.01)
+        _append(paths, 6)
+        while time.monotonic() < t_end and got[-1].selected.step != 6:
+            time.sleep(0.01)
+        assert got[-1].light  # the gap is longer than the test: light
+        n = len(got)
+        src.want_full()
+        while time.monotonic() < t_end and len(got) == n:
+            time.sleep(0.01)
+    finally:
+        src.stop()
+    assert len(got) > n and not got[n].light and got[n].selected.step == 6 and got[n].selected.regions
+
+
+class Fed:
+    """A source fed by the test (no reader thread), which records what the app asks of it."""
+
+    mode = "watch"
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)
+        self.selected: list[str] = []
+        self.full_asked = 0
+        self.full_gap = 0.0
+
+    def start(self, post: Any) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def select(self, run_id: str) -> None:
+        self.selected.append(run_id)
+
+    def want_full(self) -> None:
+        self.full_asked += 1
+
+
+def _pairs(root: Path, n: int) -> list[tuple[WorldSnapshot, WorldSnapshot]]:
+    """(light, full) snapshots of the same moment, one per appended step."""
+    paths = _live_run(root)
+    src = LiveSource(root, poll=True, min_gap=0.0, stale_after=1e9)
+    assert src.step() is not None
+    out = []
+    for i in range(n):
+        _append(paths, 6 + i)
+        src.reader.tick()
+        out.append((src.build(full=False), src.build()))
+    return out
+
+
+def test_the_panels_draw_only_full_snapshots_and_a_key_asks_for_one(tmp_path: Path) -> None:
+    pairs = _pairs(tmp_path, 4)
+
+    async def go() -> None:
+        src = Fed(tmp_path)
+        app = MonitorApp(src, panel_gap=1e6)
+        async with app.run_test(size=(160, 48)) as pilot:
+            assert src.full_gap == 1e6  # the source builds full snapshots as often as panels draw
+            tree = app.query_one(StageTree)
+            header = app.query_one("#header")
+            full0 = pairs[0][1]
+            app.post_message(SnapshotReady(full0))
+            await pilot.pause()
+            assert app.world is full0 and app.latest_full is full0
+            label0 = str(tree.nodes_by_name["backward"].label)
+            renders = app.panel_renders
+            light1 = pairs[1][0]
+            assert light1.light
+            app.post_message(SnapshotReady(light1))  # light: the header only
+            await pilot.pause()
+            assert app.latest is light1 and app.world is full0 and app.panel_renders == renders
+            assert "step 7/100" in header.content.plain
+            app._flush_panels()  # the gap ends: there is no newer full one to draw
+            await pilot.pause()
+            assert app.world is full0 and str(tree.nodes_by_name["backward"].label) == label0
+            full1 = pairs[1][1]
+            app.post_message(SnapshotReady(full1))  # a full one within the gap: at its end
+            await pilot.pause()
+            assert app.world is full0 and app.latest_full is full1
+            app._flush_panels()
+            await pilot.pause()
+            assert app.world is full1 and app.panel_renders == renders + 1
+            assert str(tree.nodes_by_name["backward"].label) != label0
+            # a key that redraws the panels while the header is ahead asks for a full one,
+            # and the full one answering it is drawn at once
+            app.post_message(SnapshotReady(pairs[2][0]))
+            await pilot.pause()
+            await pilot.press("w")
+            assert src.full_asked == 1 and app._urgent
+            full2 = pairs[2][1]
+            app.post_message(SnapshotReady(full2))
+            await pilot.pause()
+            assert app.world is full2 and not app._urgent
+            await pilot.press("w")  # nothing newer than the panels: nothing to ask
+            assert src.full_asked == 1
+
+    asyncio.run(go())
+
+
+def test_a_light_snapshot_never_hides_a_full_one_waiting_for_the_screen(tmp_path: Path) -> None:
+    """The reader hands over the newest snapshot; a full one not yet taken is kept for the
+    panels when a light one follows it."""
+    pairs = _pairs(tmp_path, 2)
+
+    async def go() -> None:
+        app = MonitorApp(Fed(tmp_path), panel_gap=0.0)
+        async with app.run_test(size=(160, 48)) as pilot:
+            app._slot_pending = True  # the screen is busy: both wait in the slot
+            app._post(pairs[0][1])
+            app._post(pairs[1][0])
+            app._slot_pending = False
+            app.post_message(SnapshotReady(pairs[1][0]))
+            await pilot.pause()
+            assert app.latest is pairs[1][0] and app.world is pairs[0][1]
+
+    asyncio.run(go())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+def test_inotify_wakes_on_writes_and_new_runs_not_on_reads(tmp_path: Path) -> None:
+    from tui import inotify
+
+    run = write_run(tmp_path, "20261126-100000-a-0001", steps=3, status=None)
+    wake = threading.Event()
+    ino = inotify.start(str(tmp_path), wake)
+    assert ino is not None
+    try:
+        def woke() -> bool:
+            ok = wake.wait(2.0)
+            wake.clear()
+            return ok
+
+        with open(run / "rank0.jsonl", "a") as f:
+            f.write("x\n")
+        assert woke()
+        (run / "rank0.jsonl").read_bytes()  # a read (open, read, close): no wake-up
+        assert not wake.wait(0.3)
+        new = tmp_path / "20261126-110000-b-0002"
+        new.mkdir()
+        assert woke()
+        time.sleep(0.1)  # the watch on the new folder is added by the thread
+        (new / "rank0.jsonl").write_text("y\n")
+        assert woke()
+    finally:
+        ino.stop()
+    assert ino._thread is not None and not ino._thread.is_alive()
+
+
+def test_a_live_source_is_woken_by_an_append_without_waiting_for_its_scan(tmp_path: Path) -> None:
+    paths = _live_run(tmp_path)
+    src = LiveSource(tmp_path, interval=30.0, min_gap=0.0, stale_after=1e9)  # the scan: 30 s
+    got: list[WorldSnapshot] = []
+    src.start(got.append)
+    try:
+        assert src.watching
+        t_end = time.monotonic() + 5
+        while not got and time.monotonic() < t_end:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        polls = src.reader.stats.polls
+        time.sleep(0.5)  # nothing written: the reader sleeps (its reads wake nothing)
+        assert src.reader.stats.polls <= polls + 1
+        _append(paths, 6)
+        while time.monotonic() < t_end and got[-1].selected.step != 6:
+            time.sleep(0.01)
+        assert got[-1].selected.step == 6
+    finally:
+        src.stop()
