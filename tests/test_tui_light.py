@@ -281,3 +281,36 @@ def test_a_live_source_is_woken_by_an_append_without_waiting_for_its_scan(tmp_pa
         assert got[-1].selected.step == 6
     finally:
         src.stop()
+
+
+def test_tree_labels_are_made_when_their_lines_are_drawn(tmp_path: Path) -> None:
+    """Rows out of sight keep their old label until drawn (or asked for); rows on screen show
+    the new figures."""
+    pairs = _pairs(tmp_path, 2)
+
+    async def go() -> None:
+        app = MonitorApp(Fed(tmp_path), panel_gap=0.0)
+        async with app.run_test(size=(160, 24)) as pilot:  # a short screen: rows out of sight
+            app.post_message(SnapshotReady(pairs[0][1]))
+            await pilot.pause()
+            tree = app.query_one(StageTree)
+            old = {n: node.label.plain for n, node in tree.nodes_by_name.items()}
+            app.post_message(SnapshotReady(pairs[1][1]))
+            await pilot.pause()
+            await pilot.pause()
+            top, height = tree.scroll_offset.y, tree.size.height
+            shown = [n for n, node in tree.nodes_by_name.items() if top <= node.line < top + height]
+            hidden = [n for n, node in tree.nodes_by_name.items() if node.line >= top + height]
+            assert shown and hidden
+            for n in shown:  # drawn: the new figures
+                assert n not in tree._stale
+                assert tree.nodes_by_name[n].label.plain == tree._label(tree.rows[n]).plain
+            assert any(tree.nodes_by_name[n].label.plain != old[n] for n in shown)
+            late = [n for n in hidden if n in tree._stale]
+            assert late  # not drawn: not made yet
+            n = late[-1]
+            assert tree.nodes_by_name[n].label.plain == old[n]
+            assert tree.label_of(n).plain == tree._label(tree.rows[n]).plain != old[n]
+            assert n not in tree._stale
+
+    asyncio.run(go())

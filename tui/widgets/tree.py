@@ -1,7 +1,8 @@
 """The stage tree: one node per region, labels updated in place as values change.
 
 The tree is rebuilt only when its shape changes (a new region, another run, a filter or a
-sort order); every other snapshot only replaces node labels.
+sort order); every other snapshot only replaces node labels, and a label is made when its
+line is drawn: rows scrolled out of sight or under a collapsed node cost nothing until shown.
 """
 
 from __future__ import annotations
@@ -106,8 +107,15 @@ class StageTree(Tree[str]):
         self.rebuilds = 0
         self._order_prev: dict[str | None, list[str]] = {}  # last order of each parent's children
         self._order_run: object = None
+        self._label_keys: dict[str, tuple[object, ...]] = {}  # what each node's label was made from
+        self._stale: dict[str, RegionRow] = {}  # nodes whose label is made when next drawn
 
     def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
+        stale = getattr(self, "_stale", None)  # (None while Tree's own __init__ runs)
+        if stale and node.data is not None:
+            row = stale.pop(node.data, None)
+            if row is not None:
+                node._label = self.process_label(self._label(row))
         text = super().render_label(node, base_style, style)
         if not node.allow_expand:
             text = Text("  ") + text
@@ -179,6 +187,7 @@ class StageTree(Tree[str]):
             if self._shape is not None:
                 self.clear()
                 self.nodes_by_name = {}
+                self._stale, self._label_keys = {}, {}
                 self._shape = None
             return
         if self._order_run != (run.run_id, self.sort_by_time, self.window):
@@ -194,28 +203,46 @@ class StageTree(Tree[str]):
         else:
             self.refresh_labels()
 
-    def refresh_labels(self) -> None:
-        """New labels for the nodes whose text changed, then one repaint of the tree.
+    def _key(self, row: RegionRow) -> tuple[object, ...]:
+        """Everything a node's label is made from."""
+        return (row.leaf, row.depth, row.window if self.window else row.whole, self.window, self.red,
+                self.yellow, self.cols.name_w, self.cols.compact)
 
-        ``TreeNode.set_label`` would queue a callback per node, each looking for the node's
-        lines; on a snapshot nearly every label changes, so the labels are stored directly
-        (bumping the node's update count, which keys Tree's line cache) and the widget is
-        repainted once.
+    def label_of(self, name: str) -> Text | None:
+        """The label of a node as it reads now (made if its line was not drawn since)."""
+        node = self.nodes_by_name.get(name)
+        if node is None:
+            return None
+        row = self._stale.pop(name, None)
+        if row is not None:
+            node._label = self.process_label(self._label(row))
+        return node.label
+
+    def refresh_labels(self) -> None:
+        """Mark the nodes whose figures changed, then one repaint of the tree.
+
+        A marked node's label is made when its line is drawn (:meth:`render_label`): a
+        snapshot costs the labels on screen, not the whole tree. ``TreeNode.set_label`` would
+        queue a callback per node, each looking for the node's lines; so the node's update
+        count (which keys Tree's line cache) is bumped directly and the widget is repainted
+        once.
         """
         changed = False
+        keys = self._label_keys
         for name, node in self.nodes_by_name.items():
             row = self.rows.get(name)
-            if row is not None:
-                label = self._label(row)
-                old = getattr(node, "_label", None)
-                if old is not None and label.plain == old.plain and label.spans == old.spans:
-                    continue
-                if old is None or not hasattr(node, "_updates"):
-                    node.set_label(label)  # a Textual without these internals: public path
-                    continue
-                node._label = self.process_label(label)
-                node._updates += 1
-                changed = True
+            if row is None:
+                continue
+            key = self._key(row)
+            if keys.get(name) == key:  # the same figures (nan never equal: made again)
+                continue
+            keys[name] = key
+            if not hasattr(node, "_updates") or not hasattr(node, "_label"):
+                node.set_label(self._label(row))  # a Textual without these internals: public path
+                continue
+            self._stale[name] = row
+            node._updates += 1
+            changed = True
         if changed:
             self.refresh()
 
@@ -228,6 +255,8 @@ class StageTree(Tree[str]):
         cursor = self.cursor_node.data if self.cursor_node is not None else None
         self.clear()
         self.nodes_by_name = {}
+        self._stale = {}
+        self._label_keys = {}
         has_children = {r.parent for r in ordered if r.parent}
         for r in ordered:
             parent = self.nodes_by_name.get(r.parent) if r.parent else None
@@ -236,6 +265,7 @@ class StageTree(Tree[str]):
                 parent.add_leaf(Text("… more regions not shown", style="italic dim"), data=None)
                 continue
             label = self._label(r)
+            self._label_keys[r.name] = self._key(r)
             if r.name in has_children:
                 exp = expanded.get(r.name, r.depth < 1) or bool(self.filter)
                 node = parent.add(label, data=r.name, expand=exp)
@@ -256,6 +286,7 @@ class StageTree(Tree[str]):
             )
         u = run.unaccounted
         self.nodes_by_name[UNACCOUNTED] = self.root.add_leaf(self._label(u), data=UNACCOUNTED)
+        self._label_keys[UNACCOUNTED] = self._key(u)
         self.root.expand()
         if cursor in self.nodes_by_name:
             self.call_after_refresh(self._restore_cursor, cursor)
