@@ -240,6 +240,12 @@ class MonitorApp(App[int]):
 
     # ------------------------------------------------------------------ snapshots
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        try:
+            self._take(message)
+        except NoMatches:  # the snapshot arrived while the screen was being torn down
+            pass
+
+    def _take(self, message: SnapshotReady) -> None:
         with self._slot_lock:
             snap = self._slot or message.snapshot
             full, self._slot_full = self._slot_full, None

@@ -149,12 +149,16 @@ class LiveSource:
         """One snapshot of the reader's current state (reader thread, or tests).
 
         ``full=False``: light, unless the view changed since the last snapshot built (another
-        run, a run added or gone, the run's state): the panels draw that one at once.
+        run, a run added, gone or changing state, the run list's order): the panels draw that
+        one.
         """
         run = self.reader.selected_run()
         runs = self.reader.items()
         state = run.state() if run is not None else None
-        view = (len(runs), run.run_id if run is not None else None, state, self.last_error)
+        # the run list as the panels show it (ids, order, states; not the steps), the run on
+        # screen and its state, the reader's error
+        listed = tuple((r.run_id, r.state, r.started) for r in runs)
+        view = (listed, run.run_id if run is not None else None, state, self.last_error)
         if view != self._view:
             full = True
         self._view = view
