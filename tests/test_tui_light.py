@@ -314,3 +314,45 @@ def test_tree_labels_are_made_when_their_lines_are_drawn(tmp_path: Path) -> None
             assert n not in tree._stale
 
     asyncio.run(go())
+
+
+def test_without_inotify_watchdog_wakes_the_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tui import inotify
+
+    monkeypatch.setattr(inotify, "start", lambda root, wake: None)  # another OS, no libc...
+    paths = _live_run(tmp_path)
+    src = LiveSource(tmp_path, interval=30.0, min_gap=0.0, stale_after=1e9)
+    got: list[WorldSnapshot] = []
+    src.start(got.append)
+    try:
+        assert src.watching and src._inotify is None and src._observer is not None
+        t_end = time.monotonic() + 5
+        while not got and time.monotonic() < t_end:
+            time.sleep(0.01)
+        _append(paths, 6)
+        while time.monotonic() < t_end and got[-1].selected.step != 6:
+            time.sleep(0.01)
+        assert got[-1].selected.step == 6
+    finally:
+        src.stop()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+def test_watching_one_run_folder_or_one_file(tmp_path: Path) -> None:
+    paths = _live_run(tmp_path)
+    for root in (paths[0].parent, paths[0]):  # `tui watch RUN` and `tui watch RUN/rank0.jsonl`
+        src = LiveSource(root, interval=30.0, min_gap=0.0, stale_after=1e9)
+        got: list[WorldSnapshot] = []
+        src.start(got.append)
+        try:
+            assert src._inotify is not None
+            t_end = time.monotonic() + 5
+            while not got and time.monotonic() < t_end:
+                time.sleep(0.01)
+            step = got[-1].selected.step + 1
+            _append(paths, step)
+            while time.monotonic() < t_end and got[-1].selected.step != step:
+                time.sleep(0.01)
+            assert got[-1].selected.step == step
+        finally:
+            src.stop()
