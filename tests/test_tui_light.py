@@ -208,6 +208,12 @@ def test_the_panels_draw_only_full_snapshots_and_a_key_asks_for_one(tmp_path: Pa
             assert app.world is full2 and not app._urgent
             await pilot.press("w")  # nothing newer than the panels: nothing to ask
             assert src.full_asked == 1
+            full3 = pairs[3][1]
+            app.post_message(SnapshotReady(full3))  # within the gap: waiting for its end
+            await pilot.pause()
+            assert app.world is full2
+            await pilot.press("w")  # a key draws the newest full one at once, asks nothing
+            assert app.world is full3 and src.full_asked == 1
 
     asyncio.run(go())
 

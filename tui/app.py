@@ -473,12 +473,17 @@ class MonitorApp(App[int]):
             self.push_screen(HelpScreen(self.mode, self.red, self.yellow))
 
     def _ask_full(self) -> None:
-        """The panels are behind the header (light snapshots came since): have the source
-        post a full snapshot now and show it whole at once (``tui watch``)."""
+        """The header is ahead of the panels (light snapshots came since the last full one):
+        have the source post a full snapshot now and show it whole at once (``tui watch``)."""
         want = getattr(self.source, "want_full", None)
-        if want is not None and self.latest is not None and self.latest is not self.world:
+        if want is not None and self.latest is not None and self.latest.light and not self.paused:
             self._urgent = True
             want()
+
+    def _newest_full(self) -> None:
+        """A key redraws the panels: from the newest full snapshot (unless the screen holds)."""
+        if not self.paused and self.latest_full is not None:
+            self.world = self.latest_full
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
@@ -523,11 +528,13 @@ class MonitorApp(App[int]):
     def action_toggle_sort(self) -> None:
         tree = self.query_one(StageTree)
         tree.sort_by_time = not tree.sort_by_time
+        self._newest_full()
         self._render_world(force_tree=True)
         self._ask_full()
 
     def action_toggle_window(self) -> None:
         self.window = not self.window
+        self._newest_full()
         self._render_world(force_tree=self.query_one(StageTree).sort_by_time)
         self._ask_full()
 

@@ -61,7 +61,7 @@ class LiveSource:
         self.min_gap = min_gap
         self.full_gap = full_gap  # seconds between full snapshots (0: every snapshot is full)
         self._want_full = False
-        self._view: tuple[Any, ...] | None = None  # what the last posted snapshot showed
+        self._view: tuple[Any, ...] | None = None  # what the last snapshot built showed
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
