@@ -45,9 +45,11 @@ from tui.textlog import TextLogParser
 CHUNK = 256 * 1024  # bytes read from one file per round (ranks are read interleaved)
 BULK_CHUNK = 1024 * 1024  # the same when reading a whole run at once
 # lines parsed, then folded in, at a time. With the C fast path a line decodes to a few
-# objects and the fold's numpy calls are the per-slice cost: 512 costs ~25% less than 128
-# (measured on 40-region lines; without the fast path 32 to 256 were alike, 1,024 ~35% more)
+# objects and the fold's numpy calls are the per-slice cost: 512 costs ~25% less than 128.
+# Without it what a line decodes to must stay in the CPU cache: 32 to 256 were alike,
+# 512 ~1.7x the CPU (measured on 40-region lines).
 FOLD_LINES = 512
+_FOLD_LINES_PURE = 128  # the same, the fast path off (tests switch it per reader)
 PARALLEL_MIN_BYTES = 32 * 2**20  # a whole run at least this big is read by several processes
 _HEAD = 512  # first bytes (the run_start line: time, pid) compared to notice a rewrite in place
 _TEXT_RANK_RE = re.compile(r"rank(\d+)")
@@ -413,12 +415,13 @@ class Feed:
 
     def process(self, lines: list[bytes], agg: RunAgg) -> None:
         """Parse lines and fold them into ``agg`` in file order."""
-        if len(lines) <= FOLD_LINES:
+        k = FOLD_LINES if scan_regions is not None else _FOLD_LINES_PURE
+        if len(lines) <= k:
             self.fold(self.parse(lines, blocks=True), agg)
             return
         # a megabyte of short lines is thousands: fold them in slices (see FOLD_LINES)
-        for i in range(0, len(lines), FOLD_LINES):
-            self.fold(self.parse(lines[i : i + FOLD_LINES], blocks=True), agg)
+        for i in range(0, len(lines), k):
+            self.fold(self.parse(lines[i : i + k], blocks=True), agg)
 
     def finish_text(self, agg: RunAgg) -> None:
         """A finished text log: its last block, even without a Total line."""
