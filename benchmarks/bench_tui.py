@@ -405,7 +405,7 @@ average {lat['load']:.1f} during the watch run, {idle['load']:.1f} during the id
 the reader pauses it), per 40-region line: the raw-regions decode ~2 µs, the C check and
 conversion ~0.8 µs, the Python loop around them ~1.5 µs, the fold ~2 µs, reading and splitting
 the file ~1 µs. Without the extension every region value becomes a Python object (tuple,
-float) and is flattened into numpy: ~3× the CPU. The ratio moves by about ±0.1 between runs
+float) and is flattened into numpy: about twice the CPU. The ratio moves by about ±0.1 between runs
 of this script with the machine's load.
 *Watch CPU*: the screen (the event loop's thread) uses {lat.get('screen_pct', math.nan):.1f}% of a core, the
 reader thread {lat['reader_pct']:.1f}%, other threads (file watching) {lat['cpu_pct'] - lat['reader_pct'] - lat.get('screen_pct', math.nan):.1f}%. Between panel
