@@ -12,9 +12,9 @@ import threading
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 import pytest
+from _fed_source import Fed
 
 from trainer.timing.records import encode
 from tui.app import MonitorApp, SnapshotReady
@@ -124,30 +124,6 @@ def test_want_full_gets_a_full_snapshot_at_once(tmp_path: Path) -> None:
     finally:
         src.stop()
     assert len(got) > n and not got[n].light and got[n].selected.step == 6 and got[n].selected.regions
-
-
-class Fed:
-    """A source fed by the test (no reader thread), which records what the app asks of it."""
-
-    mode = "watch"
-
-    def __init__(self, root: Path) -> None:
-        self.root = str(root)
-        self.selected: list[str] = []
-        self.full_asked = 0
-        self.full_gap = 0.0
-
-    def start(self, post: Any) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def select(self, run_id: str) -> None:
-        self.selected.append(run_id)
-
-    def want_full(self) -> None:
-        self.full_asked += 1
 
 
 def _pairs(root: Path, n: int) -> list[tuple[WorldSnapshot, WorldSnapshot]]:

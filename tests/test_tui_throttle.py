@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from _fed_source import Fed
+
 from trainer.timing.records import encode
 from tui.app import MonitorApp, SnapshotReady
 from tui.live import LiveSource
@@ -17,25 +19,6 @@ from tui.testing import start_line, step_records, write_run
 from tui.widgets.tree import StageTree
 
 RUN = "20261126-150000-live-0001"
-
-
-class Fed:
-    """A source fed by the test: no reader thread."""
-
-    mode = "watch"
-
-    def __init__(self, root: Path) -> None:
-        self.root = str(root)
-        self.selected: list[str] = []
-
-    def start(self, post: Any) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def select(self, run_id: str) -> None:
-        self.selected.append(run_id)
 
 
 def _snapshots(root: Path, n: int) -> list[WorldSnapshot]:
