@@ -99,8 +99,14 @@ def _is_prefix(cols: np.ndarray) -> bool:
     return bool(len(cols) and cols[0] == 0 and cols[-1] == len(cols) - 1 and (np.diff(cols) == 1).all())
 
 
-def _f(x: Any) -> float:
-    return float(x) if x is not None else NAN
+def _put(m: np.ndarray, c: np.ndarray, rows: Any, cols: np.ndarray, ms: np.ndarray, calls: np.ndarray) -> None:
+    """Values of a schema's columns into the batch's (rows, columns) matrices; names not
+    tracked (column -1) are left out."""
+    if cols.min() < 0:
+        keep = cols >= 0
+        cols, ms, calls = cols[keep], ms[:, keep], calls[:, keep]
+    m[rows, cols] = ms
+    c[rows, cols] = calls
 
 
 class RankAgg:
@@ -240,12 +246,7 @@ class RankAgg:
             # (ms, calls) pairs, flattened in one pass of C code
             vals = np.fromiter(_chain(_chain(map(dict.values, sel))), np.float64, count=2 * cells)
             vals = vals.reshape(len(sel), -1)
-            ms, calls = vals[:, 0::2], vals[:, 1::2]
-            if cols.min() < 0:
-                keep = cols >= 0
-                cols, ms, calls = cols[keep], ms[:, keep], calls[:, keep]
-            m[ii, cols] = ms
-            c[ii, cols] = calls
+            _put(m, c, ii, cols, vals[:, 0::2], vals[:, 1::2])
         self._fold(b, m, c, steps_t, times_t, walls_t, samples_t, mems_t, scs_t)
 
     def ingest_block(self, blk: StepBlock) -> None:
@@ -258,21 +259,13 @@ class RankAgg:
         cols = self._cols_for(blk.keys)
         cap = self.cap
         ms, calls = blk.ms[:b], blk.calls[:b]
-        k = len(cols)
-        if k == cap and _is_prefix(cols):
+        if len(cols) == cap and _is_prefix(cols):
             m, c = ms, calls  # the block's columns are the rank's, in order (the usual run)
         else:
             m = np.full((b, cap), NAN)
             c = np.zeros((b, cap))
-            if k and _is_prefix(cols):
-                m[:, :k] = ms
-                c[:, :k] = calls
-            elif k:
-                if cols.min() < 0:
-                    keep = cols >= 0
-                    cols, ms, calls = cols[keep], ms[:, keep], calls[:, keep]
-                m[:, cols] = ms
-                c[:, cols] = calls
+            if len(cols):
+                _put(m, c, slice(None), cols, ms, calls)
         self._fold(
             b, m, c, [x.step for x in msgs], [x.time for x in msgs], [x.wall_ms for x in msgs],
             [x.samples for x in msgs], [x.memory for x in msgs], [x.scalars for x in msgs],
