@@ -72,32 +72,30 @@ Name = Annotated[str, _M(max_length=LIMITS.MAX_NAME_CHARS)]
 Region = tuple[Ms, Calls]
 
 
-class _StepMsg(msgspec.Struct, tag_field="kind", tag="step", gc=False):
-    v: Version
+class _StepFields(msgspec.Struct, kw_only=True, gc=False):
+    """What the two step decoders check alike (their ``v`` and ``regions`` differ)."""
+
     step: Int
     wall_ms: Ms
     time: Time = 0.0
     epoch: Int = 0
     samples: Count = 0
-    regions: dict[str, Region] = {}  # names: bounded in the fold, once per schema (cheaper)
     memory: dict[str, Bytes | None] | None = None
     scalars: dict[Name, Value | None] | None = None
 
 
-class _StepRawMsg(msgspec.Struct, tag_field="kind", tag="step", gc=False):
+class _StepMsg(_StepFields, tag_field="kind", tag="step", gc=False):
+    v: Version
+    regions: dict[str, Region] = {}  # names: bounded in the fold, once per schema (cheaper)
+
+
+class _StepRawMsg(_StepFields, tag_field="kind", tag="step", gc=False):
     """A step with its regions kept raw, for :data:`scan_regions` (the rest checked as in
     _StepMsg; ``v`` only by the reader's ``in OK_VERSIONS``: any other goes to the typed
     decoder, which checks its form, and a regex per line costs a fifth of this decode)."""
 
     v: str
-    step: Int
-    wall_ms: Ms
-    time: Time = 0.0
-    epoch: Int = 0
-    samples: Count = 0
     regions: msgspec.Raw = msgspec.Raw(b"{}")
-    memory: dict[str, Bytes | None] | None = None
-    scalars: dict[Name, Value | None] | None = None
 
 
 class _ErrorMsg(msgspec.Struct):
