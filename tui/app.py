@@ -480,10 +480,13 @@ class MonitorApp(App[int]):
             self._urgent = True
             want()
 
-    def _newest_full(self) -> None:
-        """A key redraws the panels: from the newest full snapshot (unless the screen holds)."""
+    def _redraw_for_key(self, force_tree: bool) -> None:
+        """A key redraws the panels: from the newest full snapshot (unless the screen holds),
+        then asks for a fresh one if the header is ahead of it."""
         if not self.paused and self.latest_full is not None:
             self.world = self.latest_full
+        self._render_world(force_tree=force_tree)
+        self._ask_full()
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
@@ -528,15 +531,11 @@ class MonitorApp(App[int]):
     def action_toggle_sort(self) -> None:
         tree = self.query_one(StageTree)
         tree.sort_by_time = not tree.sort_by_time
-        self._newest_full()
-        self._render_world(force_tree=True)
-        self._ask_full()
+        self._redraw_for_key(force_tree=True)
 
     def action_toggle_window(self) -> None:
         self.window = not self.window
-        self._newest_full()
-        self._render_world(force_tree=self.query_one(StageTree).sort_by_time)
-        self._ask_full()
+        self._redraw_for_key(force_tree=self.query_one(StageTree).sort_by_time)
 
     def _move_run(self, d: int) -> None:
         w = self.world

@@ -111,11 +111,8 @@ class StageTree(Tree[str]):
         self._stale: dict[str, RegionRow] = {}  # nodes whose label is made when next drawn
 
     def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
-        stale = getattr(self, "_stale", None)  # (None while Tree's own __init__ runs)
-        if stale and node.data is not None:
-            row = stale.pop(node.data, None)
-            if row is not None:
-                node._label = self.process_label(self._label(row))
+        if getattr(self, "_stale", None) and node.data is not None:  # (unset while Tree's __init__ runs)
+            self._make_label(node.data, node)
         text = super().render_label(node, base_style, style)
         if not node.allow_expand:
             text = Text("  ") + text
@@ -213,10 +210,14 @@ class StageTree(Tree[str]):
         node = self.nodes_by_name.get(name)
         if node is None:
             return None
+        self._make_label(name, node)
+        return node.label
+
+    def _make_label(self, name: str, node: TreeNode[str]) -> None:
+        """The label of a node marked by :meth:`refresh_labels`, made now (once)."""
         row = self._stale.pop(name, None)
         if row is not None:
             node._label = self.process_label(self._label(row))
-        return node.label
 
     def refresh_labels(self) -> None:
         """Mark the nodes whose figures changed, then one repaint of the tree.
