@@ -10,6 +10,7 @@ import itertools
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -26,6 +27,12 @@ from tui.widgets.tree import StageTree
 
 RUN = "20261126-150000-live-0001"
 T0 = 2_000_000_000.0
+
+
+def _until(done: Callable[[], object], t_end: float) -> None:
+    """Wait (polling) until ``done()`` is true or the deadline passes."""
+    while not done() and time.monotonic() < t_end:
+        time.sleep(0.01)
 
 
 def _live_run(root: Path, ranks: int = 2, steps: int = 5) -> list[Path]:
@@ -81,15 +88,13 @@ def test_the_reader_posts_light_snapshots_between_full_ones_and_a_full_one_at_th
     src.start(got.append)
     try:
         t_end = time.monotonic() + 5
-        while not got and time.monotonic() < t_end:
-            time.sleep(0.01)
+        _until(lambda: got, t_end)
         assert got and not got[0].light  # the first: full
         for i in range(15):  # ~0.6 s of appends
             _append(paths, 6 + i)
             time.sleep(0.04)
         last = 6 + 14
-        while time.monotonic() < t_end and not (got[-1].selected.step == last and not got[-1].light):
-            time.sleep(0.01)
+        _until(lambda: got[-1].selected.step == last and not got[-1].light, t_end)
     finally:
         src.stop()
     snaps = [s for s in got if s.selected is not None]
@@ -111,16 +116,13 @@ def test_want_full_gets_a_full_snapshot_at_once(tmp_path: Path) -> None:
     src.start(got.append)
     try:
         t_end = time.monotonic() + 5
-        while not got and time.monotonic() < t_end:
-            time.sleep(0.01)
+        _until(lambda: got, t_end)
         _append(paths, 6)
-        while time.monotonic() < t_end and got[-1].selected.step != 6:
-            time.sleep(0.01)
+        _until(lambda: got[-1].selected.step == 6, t_end)
         assert got[-1].light  # the gap is longer than the test: light
         n = len(got)
         src.want_full()
-        while time.monotonic() < t_end and len(got) == n:
-            time.sleep(0.01)
+        _until(lambda: len(got) > n, t_end)
     finally:
         src.stop()
     assert len(got) > n and not got[n].light and got[n].selected.step == 6 and got[n].selected.regions
@@ -251,15 +253,13 @@ def test_a_live_source_is_woken_by_an_append_without_waiting_for_its_scan(tmp_pa
     try:
         assert src.watching
         t_end = time.monotonic() + 5
-        while not got and time.monotonic() < t_end:
-            time.sleep(0.01)
+        _until(lambda: got, t_end)
         time.sleep(0.2)
         polls = src.reader.stats.polls
         time.sleep(0.5)  # nothing written: the reader sleeps (its reads wake nothing)
         assert src.reader.stats.polls <= polls + 1
         _append(paths, 6)
-        while time.monotonic() < t_end and got[-1].selected.step != 6:
-            time.sleep(0.01)
+        _until(lambda: got[-1].selected.step == 6, t_end)
         assert got[-1].selected.step == 6
     finally:
         src.stop()
@@ -309,11 +309,9 @@ def test_without_inotify_watchdog_wakes_the_reader(tmp_path: Path, monkeypatch: 
     try:
         assert src.watching and src._inotify is None and src._observer is not None
         t_end = time.monotonic() + 5
-        while not got and time.monotonic() < t_end:
-            time.sleep(0.01)
+        _until(lambda: got, t_end)
         _append(paths, 6)
-        while time.monotonic() < t_end and got[-1].selected.step != 6:
-            time.sleep(0.01)
+        _until(lambda: got[-1].selected.step == 6, t_end)
         assert got[-1].selected.step == 6
     finally:
         src.stop()
@@ -329,12 +327,10 @@ def test_watching_one_run_folder_or_one_file(tmp_path: Path) -> None:
         try:
             assert src._inotify is not None
             t_end = time.monotonic() + 5
-            while not got and time.monotonic() < t_end:
-                time.sleep(0.01)
+            _until(lambda g=got: g, t_end)
             step = got[-1].selected.step + 1
             _append(paths, step)
-            while time.monotonic() < t_end and got[-1].selected.step != step:
-                time.sleep(0.01)
+            _until(lambda g=got, s=step: g[-1].selected.step == s, t_end)
             assert got[-1].selected.step == step
         finally:
             src.stop()
