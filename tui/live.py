@@ -88,7 +88,7 @@ class LiveSource:
 
     def start(self, post: Post) -> None:
         if not self.poll:
-            self._start_watchdog()
+            self._start_watching()
         self._thread = threading.Thread(target=self._loop, args=(post,), name="stagewatch-reader", daemon=True)
         self._thread.start()
 
@@ -107,7 +107,7 @@ class LiveSource:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2)
 
-    def _start_watchdog(self) -> None:
+    def _start_watching(self) -> None:
         watch_dir = self.root if os.path.isdir(self.root) else os.path.dirname(self.root) or "."
         try:
             from tui import inotify
