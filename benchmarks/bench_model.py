@@ -27,17 +27,34 @@ from trainer.models import build_model
 from trainer.models.presets import TINY, example_inputs, load_model_config
 from trainer.timing import TimingLogger, set_global_timing_logger, timed
 
-ROWS = ["spike_encoder", "spike_tsa", "vrt/flow", "vrt/prealign", "vrt/stage1", "vrt/fusion1",
-        "vrt/stage2", "vrt/fusion2", "vrt/stage3", "vrt/fusion3", "vrt/stage4", "vrt/fusion4",
-        "vrt/stage5", "vrt/stage6", "vrt/stage7", "vrt/stage8", "vrt/head"]
+ROWS = [
+    "spike_encoder",
+    "spike_tsa",
+    "vrt/flow",
+    "vrt/prealign",
+    "vrt/stage1",
+    "vrt/fusion1",
+    "vrt/stage2",
+    "vrt/fusion2",
+    "vrt/stage3",
+    "vrt/fusion3",
+    "vrt/stage4",
+    "vrt/fusion4",
+    "vrt/stage5",
+    "vrt/stage6",
+    "vrt/stage7",
+    "vrt/stage8",
+    "vrt/head",
+]
 
 
 def _logger() -> TimingLogger:
     return TimingLogger(enable_console=False, enable_file=False, enable_jsonl=False)
 
 
-def measure(cfg_path: Path, size: tuple[int, int, int, int], steps: int,
-            warmup: int) -> dict[bool, dict[str, object]]:
+def measure(
+    cfg_path: Path, size: tuple[int, int, int, int], steps: int, warmup: int
+) -> dict[bool, dict[str, object]]:
     """Per-region mean ms over ``steps`` training steps, checkpointing off and on.
 
     The two settings alternate step by step, so that other load on the machine affects
@@ -70,8 +87,9 @@ def measure(cfg_path: Path, size: tuple[int, int, int, int], steps: int,
                 log.step(samples=size[0])
                 if i >= warmup:
                     walls[ckpt].append((time.perf_counter() - t0) * 1000.0)
-        return {ckpt: {"summary": loggers[ckpt].get_summary(), "wall": walls[ckpt]}
-                for ckpt in models}
+        return {
+            ckpt: {"summary": loggers[ckpt].get_summary(), "wall": walls[ckpt]} for ckpt in models
+        }
     finally:
         for log in loggers.values():
             log.close()
@@ -83,8 +101,10 @@ def fmt(v: float | None) -> str:
 
 
 def table(results: dict[bool, dict[str, object]]) -> str:
-    head = ("| region | fwd ms (ckpt off) | bwd ms (ckpt off) | fwd ms (ckpt on) "
-            "| bwd ms (ckpt on) | of which recompute |")
+    head = (
+        "| region | fwd ms (ckpt off) | bwd ms (ckpt off) | fwd ms (ckpt on) "
+        "| bwd ms (ckpt on) | of which recompute |"
+    )
     lines = [head, "|---|---:|---:|---:|---:|---:|"]
 
     def avg(res: dict[str, object], name: str) -> float | None:
@@ -103,21 +123,25 @@ def table(results: dict[bool, dict[str, object]]) -> str:
             continue
         f_on, b_on = avg(on, f"forward/{r}"), avg(on, f"backward/{r}")
         rc = avg(on, f"backward/{r}/recompute")
-        lines.append(f"| {r} | {fmt(f_off)} | {fmt(b_off)} | {fmt(f_on)} | {fmt(b_on)} "
-                     f"| {fmt(rc)} |")
+        lines.append(
+            f"| {r} | {fmt(f_off)} | {fmt(b_off)} | {fmt(f_on)} | {fmt(b_on)} | {fmt(rc)} |"
+        )
     for top in ("forward", "backward"):
-        lines.append(f"| **{top}** | {fmt(avg(off, top) if top == 'forward' else None)} "
-                     f"| {fmt(avg(off, top) if top == 'backward' else None)} "
-                     f"| {fmt(avg(on, top) if top == 'forward' else None)} "
-                     f"| {fmt(avg(on, top) if top == 'backward' else None)} | |")
+        lines.append(
+            f"| **{top}** | {fmt(avg(off, top) if top == 'forward' else None)} "
+            f"| {fmt(avg(off, top) if top == 'backward' else None)} "
+            f"| {fmt(avg(on, top) if top == 'forward' else None)} "
+            f"| {fmt(avg(on, top) if top == 'backward' else None)} | |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cfg", type=Path, default=TINY, help="YAML with a MODEL section")
-    ap.add_argument("--size", type=int, nargs=4, default=[1, 4, 64, 64],
-                    metavar=("B", "T", "H", "W"))
+    ap.add_argument(
+        "--size", type=int, nargs=4, default=[1, 4, 64, 64], metavar=("B", "T", "H", "W")
+    )
     ap.add_argument("--steps", type=int, default=5, help="measured steps per setting")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
@@ -133,28 +157,34 @@ def main(argv: list[str] | None = None) -> int:
         cfg_name = args.cfg.resolve().relative_to(Path(__file__).resolve().parent.parent)
     except ValueError:
         cfg_name = args.cfg
-    text = "\n".join([
-        "## Model: forward and backward per stage (CPU)",
-        "",
-        f"`benchmarks/bench_model.py`, {today()}, {machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch threads. Config `{cfg_name}`, input "
-        f"B×T×H×W = {'×'.join(map(str, size))}, fp32, one training step = forward + "
-        f"Charbonnier loss + backward (no optimizer). Mean of {args.steps} steps after "
-        f"{args.warmup} warm-up steps (the two settings alternate step by step), timed by the timing core (regions nest: `vrt` stages "
-        f"exclude the spike branch; backward per region from autograd hooks; with "
-        f"checkpointing the re-run forward is part of backward and shown as recompute). "
-        f"Step total: wall clock of forward + loss + backward. "
-        f"Load average {load0:.1f} → {load1:.1f} during the run (other jobs on the machine "
-        f"inflate absolute times)."
-        + (" One torch thread: on this shared machine two threads slowed down badly while "
-           "other jobs ran (OpenMP spin-waiting)." if args.threads == 1 else ""),
-        "",
-        table(results),
-        "",
-        "GPU figures for the full model (bf16, clip 5×256×256, batch 1 and 3, checkpointing "
-        "on/off, FLOPs and fraction of peak) come from `benchmarks/gpu_model_check.py "
-        "OUT_DIR`, which writes its own JSON and markdown; this machine has no GPU.",
-    ])
+    text = "\n".join(
+        [
+            "## Model: forward and backward per stage (CPU)",
+            "",
+            f"`benchmarks/bench_model.py`, {today()}, {machine()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch threads. Config `{cfg_name}`, input "
+            f"B×T×H×W = {'×'.join(map(str, size))}, fp32, one training step = forward + "
+            f"Charbonnier loss + backward (no optimizer). Mean of {args.steps} steps after "
+            f"{args.warmup} warm-up steps (the two settings alternate step by step), timed by the timing core (regions nest: `vrt` stages "
+            f"exclude the spike branch; backward per region from autograd hooks; with "
+            f"checkpointing the re-run forward is part of backward and shown as recompute). "
+            f"Step total: wall clock of forward + loss + backward. "
+            f"Load average {load0:.1f} → {load1:.1f} during the run (other jobs on the machine "
+            f"inflate absolute times)."
+            + (
+                " One torch thread: on this shared machine two threads slowed down badly while "
+                "other jobs ran (OpenMP spin-waiting)."
+                if args.threads == 1
+                else ""
+            ),
+            "",
+            table(results),
+            "",
+            "GPU figures for the full model (bf16, clip 5×256×256, batch 1 and 3, checkpointing "
+            "on/off, FLOPs and fraction of peak) come from `benchmarks/gpu_model_check.py "
+            "OUT_DIR`, which writes its own JSON and markdown; this machine has no GPU.",
+        ]
+    )
     print(text)
     if not args.no_write:
         write_section("model", text)

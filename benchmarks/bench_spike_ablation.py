@@ -29,17 +29,27 @@ from _report import machine, today, write_section
 TINY = str(Path(__file__).resolve().parent.parent / "configs" / "deblur" / "vrt_spike_tiny.yaml")
 
 
-def run_one(cfg_path: str, overrides: list[str], use_spike: bool, steps: int, log_dir: str,
-            seed: int = 0) -> dict[str, Any]:
+def run_one(
+    cfg_path: str, overrides: list[str], use_spike: bool, steps: int, log_dir: str, seed: int = 0
+) -> dict[str, Any]:
     import torch
 
     from trainer.config import load_config
     from trainer.train import train
 
-    cfg = load_config(cfg_path, [*overrides, f"MODEL.USE_SPIKE={str(use_spike).lower()}",
-                                 f"TRAIN.MAX_STEPS={steps}", f"TRAIN.VAL.EVERY={max(1, steps // 3)}",
-                                 "TRAIN.CHECKPOINT.EVERY=0", "TRAIN.RESUME=null",
-                                 "LOG.TIMING_CONSOLE=false", f"TRAIN.SEED={seed}"])
+    cfg = load_config(
+        cfg_path,
+        [
+            *overrides,
+            f"MODEL.USE_SPIKE={str(use_spike).lower()}",
+            f"TRAIN.MAX_STEPS={steps}",
+            f"TRAIN.VAL.EVERY={max(1, steps // 3)}",
+            "TRAIN.CHECKPOINT.EVERY=0",
+            "TRAIN.RESUME=null",
+            "LOG.TIMING_CONSOLE=false",
+            f"TRAIN.SEED={seed}",
+        ],
+    )
     from trainer.models import build_model
 
     params = sum(p.numel() for p in build_model(cfg.MODEL).parameters())
@@ -48,12 +58,22 @@ def run_one(cfg_path: str, overrides: list[str], use_spike: bool, steps: int, lo
     r = train(cfg, log_dir=log_dir, write_checkpoints=False)
     secs = time.perf_counter() - t0
     last = r.evals[-1]
-    tail = r.losses[-max(1, len(r.losses) // 10):]
-    return {"use_spike": use_spike, "seed": seed, "params": params, "steps": r.steps, "seconds": secs,
-            "loss_first": r.losses[0], "loss_last10pct": statistics.fmean(tail),
-            "evals": r.evals, "psnr": last["psnr"], "ssim": last["ssim"],
-            "psnr_blurry": last["psnr_blurry"], "ssim_blurry": last["ssim_blurry"],
-            "run_dir": r.run_dir}
+    tail = r.losses[-max(1, len(r.losses) // 10) :]
+    return {
+        "use_spike": use_spike,
+        "seed": seed,
+        "params": params,
+        "steps": r.steps,
+        "seconds": secs,
+        "loss_first": r.losses[0],
+        "loss_last10pct": statistics.fmean(tail),
+        "evals": r.evals,
+        "psnr": last["psnr"],
+        "ssim": last["ssim"],
+        "psnr_blurry": last["psnr_blurry"],
+        "ssim_blurry": last["ssim_blurry"],
+        "run_dir": r.run_dir,
+    }
 
 
 def markdown(results: list[dict[str, Any]], cfg_path: str, overrides: list[str]) -> str:
@@ -79,17 +99,29 @@ def markdown(results: list[dict[str, Any]], cfg_path: str, overrides: list[str])
             f"| {str(r['use_spike']).lower()} | {r.get('seed', 0)} | {r['params']:,} | "
             f"{r['loss_first']:.4f} → {r['loss_last10pct']:.4f} | {r['psnr']:.2f} dB | "
             f"{r['ssim']:.4f} | {r['psnr_blurry']:.2f} dB | {r['psnr'] - r['psnr_blurry']:+.2f} dB | "
-            f"{r['seconds']:.0f} s |")
-    gains = {flag: [r["psnr"] - r["psnr_blurry"] for r in results if r["use_spike"] is flag]
-             for flag in (True, False)}
-    lines += ["", "| MODEL.USE_SPIKE | mean gain over input | spread (min … max) |", "|---|---|---|"]
+            f"{r['seconds']:.0f} s |"
+        )
+    gains = {
+        flag: [r["psnr"] - r["psnr_blurry"] for r in results if r["use_spike"] is flag]
+        for flag in (True, False)
+    }
+    lines += [
+        "",
+        "| MODEL.USE_SPIKE | mean gain over input | spread (min … max) |",
+        "|---|---|---|",
+    ]
     for flag, g in gains.items():
-        lines.append(f"| {str(flag).lower()} | {statistics.fmean(g):+.2f} dB | "
-                     f"{min(g):+.2f} … {max(g):+.2f} dB |")
+        lines.append(
+            f"| {str(flag).lower()} | {statistics.fmean(g):+.2f} dB | "
+            f"{min(g):+.2f} … {max(g):+.2f} dB |"
+        )
     diff = statistics.fmean(gains[True]) - statistics.fmean(gains[False])
-    lines += ["", f"Mean difference with the spike branch: {diff:+.2f} dB at equal steps "
-              f"over {len(seeds)} seed(s). Time is CPU wall time of the whole run (validation "
-              "included) on a shared machine."]
+    lines += [
+        "",
+        f"Mean difference with the spike branch: {diff:+.2f} dB at equal steps "
+        f"over {len(seeds)} seed(s). Time is CPU wall time of the whole run (validation "
+        "included) on a shared machine.",
+    ]
     return "\n".join(lines)
 
 
@@ -108,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             results = json.load(f)
     else:
         with tempfile.TemporaryDirectory() as logs:
-            results = [run_one(args.cfg, args.overrides, flag, args.steps, logs, seed)
-                       for seed in range(args.seeds) for flag in (True, False)]
+            results = [
+                run_one(args.cfg, args.overrides, flag, args.steps, logs, seed)
+                for seed in range(args.seeds)
+                for flag in (True, False)
+            ]
     md = markdown(results, args.cfg, args.overrides)
     print(md)
     if args.json:

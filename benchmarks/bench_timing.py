@@ -220,8 +220,9 @@ def _fmt_window(w: dict[str, float]) -> str:
     return f"{w['median_us']:.1f} µs median, {w['mean_us']:.1f} mean, {w['p90_us']:.1f} p90"
 
 
-def before_after(before: dict[str, Any], c: dict[str, float], steps: dict[str, dict[str, Any]],
-                 label: str) -> list[str]:
+def before_after(
+    before: dict[str, Any], c: dict[str, float], steps: dict[str, dict[str, Any]], label: str
+) -> list[str]:
     """Lines comparing this run with the figures of an earlier version (``--before``)."""
     bc, bs = before["calls_ns"], before["per_step"]
 
@@ -229,23 +230,36 @@ def before_after(before: dict[str, Any], c: dict[str, float], steps: dict[str, d
         ws = res["windows"]
         return ws[min(ws, key=int)]["median_us"]
 
-    rows = [("region enter + exit", bc["region_ns"] / 1000, c["region_ns"] / 1000),
-            ("two nested regions", bc["nested_pair_ns"] / 1000, c["nested_pair_ns"] / 1000),
-            ("`log_timing`", bc["log_timing_ns"] / 1000, c["log_timing_ns"] / 1000)]
+    rows = [
+        ("region enter + exit", bc["region_ns"] / 1000, c["region_ns"] / 1000),
+        ("two nested regions", bc["nested_pair_ns"] / 1000, c["nested_pair_ns"] / 1000),
+        ("`log_timing`", bc["log_timing_ns"] / 1000, c["log_timing_ns"] / 1000),
+    ]
     for k in steps:
         if k in bs:
             rows.append((f"`step()`, {k} (median)", first_median(bs[k]), first_median(steps[k])))
-    out = ["", f"Before and after {label}, run back to back on this machine (BEFORE.json: "
-           "`bench_timing.py --no-write --json BEFORE.json` in a checkout of the earlier commit, "
-           "just before; load "
-           f"{bc['load']:.1f} at start):", "", "| cost | before | after | after ÷ before |",
-           "|---|---|---|---|"]
+    out = [
+        "",
+        f"Before and after {label}, run back to back on this machine (BEFORE.json: "
+        "`bench_timing.py --no-write --json BEFORE.json` in a checkout of the earlier commit, "
+        "just before; load "
+        f"{bc['load']:.1f} at start):",
+        "",
+        "| cost | before | after | after ÷ before |",
+        "|---|---|---|---|",
+    ]
     out += [f"| {n} | {a:.2f} µs | {b:.2f} µs | {b / a:.2f} |" for n, a, b in rows]
     return out
 
 
-def report(c: dict[str, float], steps: dict[str, dict[str, Any]], quick: bool, window: int,
-           before: dict[str, Any] | None = None, before_label: str = "") -> str:
+def report(
+    c: dict[str, float],
+    steps: dict[str, dict[str, Any]],
+    quick: bool,
+    window: int,
+    before: dict[str, Any] | None = None,
+    before_label: str = "",
+) -> str:
     ns = c
     region_us = ns["region_ns"] / 1000
     off_us = max(ns["off_no_logger_region_ns"], ns["off_disabled_region_ns"]) / 1000
@@ -320,8 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
     p.add_argument("--json", help="also write the raw figures to this file")
-    p.add_argument("--before", metavar="JSON",
-                   help="figures (--json) of an earlier version, run just before: adds a table")
+    p.add_argument(
+        "--before",
+        metavar="JSON",
+        help="figures (--json) of an earlier version, run just before: adds a table",
+    )
     p.add_argument("--before-label", default="", help="what changed, for that table's title")
     args = p.parse_args(argv)
     if args.smoke:

@@ -61,9 +61,19 @@ def make_run(steps: int, ranks: int, regions: int) -> Path:
                 reg = {n: (round(ms * (1 + rng.uniform(-0.05, 0.05)), 4), 1) for n, ms in names}
                 wall = sum(v for k, (v, _) in reg.items() if "/" not in k) * 1.02
                 t += wall / 1000
-                f.write(encode(Step(step=s, time=t, wall_ms=wall, regions=reg, samples=1,
-                                    memory={"allocated": 2 * 10**10, "peak": 3 * 10**10},
-                                    scalars={"loss": 1.0 / s, "lr": 1e-4})))
+                f.write(
+                    encode(
+                        Step(
+                            step=s,
+                            time=t,
+                            wall_ms=wall,
+                            regions=reg,
+                            samples=1,
+                            memory={"allocated": 2 * 10**10, "peak": 3 * 10**10},
+                            scalars={"loss": 1.0 / s, "lr": 1e-4},
+                        )
+                    )
+                )
     done.touch()
     return run
 
@@ -134,8 +144,14 @@ Probe(ReplaySource(sys.argv[1], speed=10.0)).run(headless=True, size=(160, 48))
 
 def _child(code: str, *args: str, env: dict[str, str] | None = None) -> dict:
     full_env = {**os.environ, **env} if env else None
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, check=True,
-                         env=full_env)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+        env=full_env,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -155,7 +171,9 @@ def bench_read(steps: int, ranks: int, regions: int, repeats: int = 3) -> dict:
         loads.append(_child(_CHILD_LOADS, *files))
         serial.append(_child(_CHILD_READ, str(run), str(steps), "serial"))
         # the reader without its C fast path (as where tui._regions could not be built)
-        pure.append(_child(_CHILD_READ, str(run), str(steps), "serial", env={"STAGEWATCH_PURE_PYTHON": "1"}))
+        pure.append(
+            _child(_CHILD_READ, str(run), str(steps), "serial", env={"STAGEWATCH_PURE_PYTHON": "1"})
+        )
         par.append(_child(_CHILD_READ, str(run), str(steps), "parallel"))
         reopen.append(_child(_CHILD_READ, str(run), str(steps), "reopen"))
         screens.append(_child(_CHILD_FIRST_SCREEN, str(run), repr(time.time()), "index"))
@@ -165,24 +183,41 @@ def bench_read(steps: int, ranks: int, regions: int, repeats: int = 3) -> dict:
         return min(x[k] for x in xs)
 
     c_loads = best(loads, "cpu")
-    assert not any(x["fast_path"] for x in pure), "STAGEWATCH_PURE_PYTHON did not switch the fast path off"
+    assert not any(x["fast_path"] for x in pure), (
+        "STAGEWATCH_PURE_PYTHON did not switch the fast path off"
+    )
     return {
-        "steps": steps, "ranks": ranks, "regions": serial[0]["regions"], "lines": loads[0]["lines"],
-        "mb": size / 2**20, "index_kb": idx.stat().st_size / 1024, "repeats": repeats,
-        "loads_s": best(loads, "s"), "loads_cpu": c_loads,
-        "serial_s": best(serial, "s"), "serial_cpu": best(serial, "cpu"), "cpu_ratio": best(serial, "cpu") / c_loads,
-        "pure_s": best(pure, "s"), "pure_cpu": best(pure, "cpu"), "pure_ratio": best(pure, "cpu") / c_loads,
-        "pure_rss_mb": best(pure, "rss_kb") / 1024, "fast_path": all(x["fast_path"] for x in serial),
-        "parallel_s": best(par, "s"), "parallel_cpu": best(par, "cpu"),
+        "steps": steps,
+        "ranks": ranks,
+        "regions": serial[0]["regions"],
+        "lines": loads[0]["lines"],
+        "mb": size / 2**20,
+        "index_kb": idx.stat().st_size / 1024,
+        "repeats": repeats,
+        "loads_s": best(loads, "s"),
+        "loads_cpu": c_loads,
+        "serial_s": best(serial, "s"),
+        "serial_cpu": best(serial, "cpu"),
+        "cpu_ratio": best(serial, "cpu") / c_loads,
+        "pure_s": best(pure, "s"),
+        "pure_cpu": best(pure, "cpu"),
+        "pure_ratio": best(pure, "cpu") / c_loads,
+        "pure_rss_mb": best(pure, "rss_kb") / 1024,
+        "fast_path": all(x["fast_path"] for x in serial),
+        "parallel_s": best(par, "s"),
+        "parallel_cpu": best(par, "cpu"),
         "parallel_ratio": best(par, "s") / best(loads, "s"),
         "save_s": saved["s"],
-        "reopen_s": best(reopen, "s"), "reopen_cpu": best(reopen, "cpu"), "reopen_ratio": best(reopen, "cpu") / c_loads,
+        "reopen_s": best(reopen, "s"),
+        "reopen_cpu": best(reopen, "cpu"),
+        "reopen_ratio": best(reopen, "cpu") / c_loads,
         "reopen_process_s": best(reopen, "process_s"),
         "first_screen_noindex_cold_s": first["first_screen_s"],
         "first_screen_s": min(x["first_screen_s"] for x in screens[0::2]),
         "first_screen_noindex_s": min(x["first_screen_s"] for x in screens[1::2]),
         "first_screen_status": screens[0].get("status"),
-        "rss_mb": best(serial, "rss_kb") / 1024, "loads_rss_mb": best(loads, "rss_kb") / 1024,
+        "rss_mb": best(serial, "rss_kb") / 1024,
+        "loads_rss_mb": best(loads, "rss_kb") / 1024,
         "parallel_rss_mb": max(x["rss_kb"] for x in par) / 1024,
         "parallel_child_rss_mb": max(x["child_rss_kb"] for x in par) / 1024,
         "load": os.getloadavg()[0],
@@ -209,7 +244,9 @@ print(json.dumps(written))
 """
 
 
-def bench_latency(rate: float = 20.0, seconds: float = 10.0, ranks: int = 3, poll: bool = False) -> dict:
+def bench_latency(
+    rate: float = 20.0, seconds: float = 10.0, ranks: int = 3, poll: bool = False
+) -> dict:
     """``tui watch`` of a run a writer process appends to: CPU of this (the monitor) process
     while it writes, and latency from a step written to it rendered (CLOCK_MONOTONIC is one
     clock for both processes)."""
@@ -219,7 +256,9 @@ def bench_latency(rate: float = 20.0, seconds: float = 10.0, ranks: int = 3, pol
     root = Path(tempfile.mkdtemp(prefix="sw-lat-"))
     run = root / "20261126-120000-latency-0001"
     run.mkdir()
-    shown: dict[int, float] = {}  # when the header first showed the step (what a person reads first)
+    shown: dict[
+        int, float
+    ] = {}  # when the header first showed the step (what a person reads first)
     built: dict[int, float] = {}  # when the snapshot holding the step was made
     panels: dict[int, float] = {}  # when the tree and the other panels first showed it
     cpu: dict[str, float] = {}
@@ -245,7 +284,9 @@ def bench_latency(rate: float = 20.0, seconds: float = 10.0, ranks: int = 3, pol
             note(panels, self.world)
 
     for r in range(ranks):
-        (run / f"rank{r}.jsonl").write_text(start_line(run.name, rank=r, world_size=ranks, total_steps=10**6))
+        (run / f"rank{r}.jsonl").write_text(
+            start_line(run.name, rank=r, world_size=ranks, total_steps=10**6)
+        )
     n = int(rate * seconds)
     out: dict[str, str] = {}
 
@@ -254,8 +295,21 @@ def bench_latency(rate: float = 20.0, seconds: float = 10.0, ranks: int = 3, pol
         app = Probe(src)
         async with app.run_test(size=(160, 48)) as pilot:
             await pilot.pause(2.0)  # start-up and the first read
-            proc = subprocess.Popen([sys.executable, "-c", _CHILD_WRITER, str(run), str(rate), str(n), str(ranks), "1.0"],
-                                    cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _CHILD_WRITER,
+                    str(run),
+                    str(rate),
+                    str(n),
+                    str(ranks),
+                    "1.0",
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             await pilot.pause(1.2)  # the writer's start-up: measure while it writes
             c0, w0, r0, p0 = time.process_time(), time.monotonic(), src.reader_cpu_s, src.posts
             f0 = getattr(src, "full_posts", src.posts)  # code before light snapshots: all full
@@ -286,16 +340,29 @@ def bench_latency(rate: float = 20.0, seconds: float = 10.0, ranks: int = 3, pol
         print("latency series (ms):", [round(x) for x in series])
     lat = sorted(series)
     snap_lat = sorted((built[s] - written[s]) * 1000 for s in written if s in built)
-    panel_lat = sorted((panels[s] - written[s]) * 1000 for s in written if s in panels) or [math.nan]
+    panel_lat = sorted((panels[s] - written[s]) * 1000 for s in written if s in panels) or [
+        math.nan
+    ]
     return {
-        "rate": rate, "ranks": ranks, "samples": len(lat), "missing": len(written) - len(lat),
-        "p50": statistics.median(lat), "p95": lat[int(0.95 * (len(lat) - 1))], "max": lat[-1], "poll": poll,
-        "snap_p50": statistics.median(snap_lat), "snap_p95": snap_lat[int(0.95 * (len(snap_lat) - 1))],
-        "cpu_pct": cpu.get("pct", math.nan), "reader_pct": cpu.get("reader_pct", math.nan),
+        "rate": rate,
+        "ranks": ranks,
+        "samples": len(lat),
+        "missing": len(written) - len(lat),
+        "p50": statistics.median(lat),
+        "p95": lat[int(0.95 * (len(lat) - 1))],
+        "max": lat[-1],
+        "poll": poll,
+        "snap_p50": statistics.median(snap_lat),
+        "snap_p95": snap_lat[int(0.95 * (len(snap_lat) - 1))],
+        "cpu_pct": cpu.get("pct", math.nan),
+        "reader_pct": cpu.get("reader_pct", math.nan),
         "screen_pct": cpu.get("screen_pct", math.nan),
-        "posts_per_s": cpu.get("posts_per_s", math.nan), "renders": renders[0], "load": os.getloadavg()[0],
+        "posts_per_s": cpu.get("posts_per_s", math.nan),
+        "renders": renders[0],
+        "load": os.getloadavg()[0],
         "full_per_s": cpu.get("full_per_s", math.nan),
-        "panels_p50": statistics.median(panel_lat), "panels_p95": panel_lat[int(0.95 * (len(panel_lat) - 1))],
+        "panels_p50": statistics.median(panel_lat),
+        "panels_p95": panel_lat[int(0.95 * (len(panel_lat) - 1))],
         "panels_per_s": renders[0] / max(1e-9, cpu.get("dt", math.nan)),
     }
 
@@ -311,8 +378,13 @@ def bench_writer(far: int = 3000, window: int = 2000) -> dict:
     # the timing core imports msgspec only if it encodes with it (this process has not
     # imported the monitor, which does)
     encoder = "msgspec" if "msgspec" in sys.modules else "json"
-    return {"regions": PER_STEP_REGIONS, "median_us": w["median_us"], "p90_us": w["p90_us"],
-            "far_median_us": r["windows"][far + 1]["median_us"], "encoder": encoder}
+    return {
+        "regions": PER_STEP_REGIONS,
+        "median_us": w["median_us"],
+        "p90_us": w["p90_us"],
+        "far_median_us": r["windows"][far + 1]["median_us"],
+        "encoder": encoder,
+    }
 
 
 _CHILD_IDLE = """
@@ -336,8 +408,13 @@ def bench_idle(seconds: float = 30.0, warmup: float = 12.0) -> dict:
     for i in range(5):
         write_run(root, f"20261126-1{i}0000-done-000{i}", steps=500, ranks=3, n_regions=40)
     write_run(root, "20261126-200000-silent-0009", steps=200, ranks=3, n_regions=40, status=None)
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD_IDLE, str(root)], cwd=ROOT,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD_IDLE, str(root)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(warmup)  # start-up and first read of every run, on a busy machine
         c0, t0 = _cpu_s(proc.pid), time.monotonic()
@@ -346,7 +423,12 @@ def bench_idle(seconds: float = 30.0, warmup: float = 12.0) -> dict:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    return {"seconds": t1 - t0, "cpu_pct": (c1 - c0) / (t1 - t0) * 100, "runs": 6, "load": os.getloadavg()[0]}
+    return {
+        "seconds": t1 - t0,
+        "cpu_pct": (c1 - c0) / (t1 - t0) * 100,
+        "runs": 6,
+        "load": os.getloadavg()[0],
+    }
 
 
 def render(rep: dict, lat: dict, idle: dict, wr: dict, before: dict | None = None) -> str:
@@ -357,28 +439,31 @@ def render(rep: dict, lat: dict, idle: dict, wr: dict, before: dict | None = Non
 
     writer = f"{wr['median_us']:.1f} µs median, {wr['p90_us']:.1f} µs p90 ({wr['encoder']} encoder)"
     if before:
-        writer = f"before ({before['encoder']} encoder): {before['median_us']:.1f} µs median; after: " + writer
+        writer = (
+            f"before ({before['encoder']} encoder): {before['median_us']:.1f} µs median; after: "
+            + writer
+        )
     return f"""## tui (monitor)
 
 Machine: {machine()}. Date: {today()}. `python benchmarks/bench_tui.py`: one run, child
-processes of each kind interleaved, best of {rep['repeats']}; load average {rep['load']:.1f} at the end of the reads.
-The run: {rep['steps']:,} steps x {rep['ranks']} ranks x {rep['regions']} regions ({rep['lines']:,} lines, {rep['mb']:.0f} MiB, in the page cache).
+processes of each kind interleaved, best of {rep["repeats"]}; load average {rep["load"]:.1f} at the end of the reads.
+The run: {rep["steps"]:,} steps x {rep["ranks"]} ranks x {rep["regions"]} regions ({rep["lines"]:,} lines, {rep["mb"]:.0f} MiB, in the page cache).
 
 | measure | result | target |
 |---|---|---|
-| bare `json.loads` of every line, one process | {rep['loads_s']:.2f} s wall, {rep['loads_cpu']:.2f} s CPU | |
-| whole-run read (`RunSource.load`, no index{'' if rep.get('fast_path', True) else '; **C fast path not built**'}), one process: CPU ÷ `json.loads` CPU | **{rep['cpu_ratio']:.2f}** ({rep['serial_cpu']:.2f} s CPU, {rep['serial_s']:.2f} s wall, peak RSS {rep['rss_mb']:.0f} MB) | ≤ 0.5: {mark(rep['cpu_ratio'] <= 0.5)} |
-| the same without the C fast path (`STAGEWATCH_PURE_PYTHON=1`: as where `tui._regions` could not be built) | {rep['pure_ratio']:.2f} ({rep['pure_cpu']:.2f} s CPU) | |
-| the same, ranks in parallel processes (as `tui summary` reads a big run) | {rep['parallel_s']:.2f} s wall ({rep['parallel_ratio']:.2f}× `json.loads` wall), {rep['parallel_cpu']:.2f} s CPU in all | |
-| reopen through the run index ({rep['index_kb']:.0f} KiB): CPU ÷ `json.loads` CPU | **{rep['reopen_ratio']:.4f}** ({rep['reopen_cpu'] * 1000:.0f} ms CPU, {rep['reopen_s'] * 1000:.0f} ms wall; the whole process with its imports {rep['reopen_process_s']:.2f} s) | ≤ 0.02: {mark(rep['reopen_ratio'] <= 0.02)} |
-| `tui replay` launch → first screen rendered, index present | **{rep['first_screen_s']:.2f} s** | ≤ 1 s: {mark(rep['first_screen_s'] <= 1.0)} |
-| the same without an index (`--no-index`; the very first open: {rep['first_screen_noindex_cold_s']:.2f} s) | {rep['first_screen_noindex_s']:.2f} s | ≤ 1 s: {mark(rep['first_screen_noindex_s'] <= 1.0)} |
-| `tui watch`, a writer process appending {lat['ranks']} ranks × {lat['rate']:g} steps/s: CPU of the monitor process | **{lat['cpu_pct']:.1f}% of a core** (reader thread {lat['reader_pct']:.1f}%, screen {lat.get('screen_pct', math.nan):.1f}%; {lat['posts_per_s']:.1f} snapshots/s, {lat.get('full_per_s', math.nan):.1f} of them full; panels redrawn {lat.get('panels_per_s', math.nan):.1f}/s) | ≤ 10%: {mark(lat['cpu_pct'] <= 10)} |
-| latency, line written → its step shown (the header) | p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, max {lat['max']:.0f} ms ({lat['samples']} steps) | p95 ≤ 150 ms: {mark(lat['p95'] <= 150)} |
-| latency, line written → snapshot built | p50 {lat['snap_p50']:.0f} ms, p95 {lat['snap_p95']:.0f} ms | |
-| latency, line written → tree and other panels redrawn with it | p50 {lat.get('panels_p50', math.nan):.0f} ms, p95 {lat.get('panels_p95', math.nan):.0f} ms | |
-| CPU of an idle `watch` ({idle['runs']} runs, one running but silent), over {idle['seconds']:.0f} s | {idle['cpu_pct']:.2f}% of a core | ≤ 2%: {mark(idle['cpu_pct'] <= 2)} |
-| the timing core's `step()` ({wr['regions']} regions, JSONL written) | {writer} | |
+| bare `json.loads` of every line, one process | {rep["loads_s"]:.2f} s wall, {rep["loads_cpu"]:.2f} s CPU | |
+| whole-run read (`RunSource.load`, no index{"" if rep.get("fast_path", True) else "; **C fast path not built**"}), one process: CPU ÷ `json.loads` CPU | **{rep["cpu_ratio"]:.2f}** ({rep["serial_cpu"]:.2f} s CPU, {rep["serial_s"]:.2f} s wall, peak RSS {rep["rss_mb"]:.0f} MB) | ≤ 0.5: {mark(rep["cpu_ratio"] <= 0.5)} |
+| the same without the C fast path (`STAGEWATCH_PURE_PYTHON=1`: as where `tui._regions` could not be built) | {rep["pure_ratio"]:.2f} ({rep["pure_cpu"]:.2f} s CPU) | |
+| the same, ranks in parallel processes (as `tui summary` reads a big run) | {rep["parallel_s"]:.2f} s wall ({rep["parallel_ratio"]:.2f}× `json.loads` wall), {rep["parallel_cpu"]:.2f} s CPU in all | |
+| reopen through the run index ({rep["index_kb"]:.0f} KiB): CPU ÷ `json.loads` CPU | **{rep["reopen_ratio"]:.4f}** ({rep["reopen_cpu"] * 1000:.0f} ms CPU, {rep["reopen_s"] * 1000:.0f} ms wall; the whole process with its imports {rep["reopen_process_s"]:.2f} s) | ≤ 0.02: {mark(rep["reopen_ratio"] <= 0.02)} |
+| `tui replay` launch → first screen rendered, index present | **{rep["first_screen_s"]:.2f} s** | ≤ 1 s: {mark(rep["first_screen_s"] <= 1.0)} |
+| the same without an index (`--no-index`; the very first open: {rep["first_screen_noindex_cold_s"]:.2f} s) | {rep["first_screen_noindex_s"]:.2f} s | ≤ 1 s: {mark(rep["first_screen_noindex_s"] <= 1.0)} |
+| `tui watch`, a writer process appending {lat["ranks"]} ranks × {lat["rate"]:g} steps/s: CPU of the monitor process | **{lat["cpu_pct"]:.1f}% of a core** (reader thread {lat["reader_pct"]:.1f}%, screen {lat.get("screen_pct", math.nan):.1f}%; {lat["posts_per_s"]:.1f} snapshots/s, {lat.get("full_per_s", math.nan):.1f} of them full; panels redrawn {lat.get("panels_per_s", math.nan):.1f}/s) | ≤ 10%: {mark(lat["cpu_pct"] <= 10)} |
+| latency, line written → its step shown (the header) | p50 {lat["p50"]:.0f} ms, p95 {lat["p95"]:.0f} ms, max {lat["max"]:.0f} ms ({lat["samples"]} steps) | p95 ≤ 150 ms: {mark(lat["p95"] <= 150)} |
+| latency, line written → snapshot built | p50 {lat["snap_p50"]:.0f} ms, p95 {lat["snap_p95"]:.0f} ms | |
+| latency, line written → tree and other panels redrawn with it | p50 {lat.get("panels_p50", math.nan):.0f} ms, p95 {lat.get("panels_p95", math.nan):.0f} ms | |
+| CPU of an idle `watch` ({idle["runs"]} runs, one running but silent), over {idle["seconds"]:.0f} s | {idle["cpu_pct"]:.2f}% of a core | ≤ 2%: {mark(idle["cpu_pct"] <= 2)} |
+| the timing core's `step()` ({wr["regions"]} regions, JSONL written) | {writer} | |
 
 How: every line is decoded by `msgspec` into a typed struct (the types and ranges of
 `tui.parse.LIMITS`, on the shared limits in `trainer.timing.records`) with its `regions` object
@@ -399,17 +484,17 @@ are redrawn at most once a second (a replay playing: twice), from full snapshots
 last step of a busy spell at the gap's end; a key, another run or a state change at once);
 the snapshots between are light (no per-region figures). The watch figures are measured with the app
 driven by a bare event-loop sleep (not Pilot, whose every pause repaints the screen). The machine is shared with other jobs (2 cores, ~8 sessions): load
-average {lat['load']:.1f} during the watch run, {idle['load']:.1f} during the idle run; CPU shares are of one core.
+average {lat["load"]:.1f} during the watch run, {idle["load"]:.1f} during the idle run; CPU shares are of one core.
 
-*Read CPU*: {rep['cpu_ratio']:.2f}× `json.loads` with the C fast path, {rep['pure_ratio']:.2f}× without
+*Read CPU*: {rep["cpu_ratio"]:.2f}× `json.loads` with the C fast path, {rep["pure_ratio"]:.2f}× without
 (2.3-2.7× before issue 13). Measured apart on a 20,000-line slice (one process, GC paused as
 the reader pauses it), per 40-region line: the raw-regions decode ~2 µs, the C check and
 conversion ~0.8 µs, the Python loop around them ~1.5 µs, the fold ~2 µs, reading and splitting
 the file ~1 µs. Without the extension every region value becomes a Python object (tuple,
 float) and is flattened into numpy: about twice the CPU. The ratio moves by about ±0.1 between runs
 of this script with the machine's load.
-*Watch CPU*: the screen (the event loop's thread) uses {lat.get('screen_pct', math.nan):.1f}% of a core, the
-reader thread {lat['reader_pct']:.1f}%, other threads (file watching) {lat['cpu_pct'] - lat['reader_pct'] - lat.get('screen_pct', math.nan):.1f}%. Between panel
+*Watch CPU*: the screen (the event loop's thread) uses {lat.get("screen_pct", math.nan):.1f}% of a core, the
+reader thread {lat["reader_pct"]:.1f}%, other threads (file watching) {lat["cpu_pct"] - lat["reader_pct"] - lat.get("screen_pct", math.nan):.1f}%. Between panel
 redraws the reader builds light snapshots (the header's fields, each as the full snapshot
 has it, without the per-region merge: ~1.4 ms instead of ~3.8 ms); file events come from one
 inotify thread asking only for writes, creations, removals and renames (watchdog's three
@@ -428,19 +513,42 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, default=3)
     ap.add_argument("--regions", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
-    ap.add_argument("--only", choices=("read", "watch", "idle", "writer"), default=None, help="one measurement, printed")
-    ap.add_argument("--writer-before", metavar="OUT", default=None,
-                    help="output of an earlier run (on the previous encoder): its writer figure is shown as 'before'")
-    ap.add_argument("--from", dest="from_file", metavar="OUT", default=None,
-                    help="re-render the section from the JSON lines this script printed earlier")
+    ap.add_argument(
+        "--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone"
+    )
+    ap.add_argument(
+        "--only",
+        choices=("read", "watch", "idle", "writer"),
+        default=None,
+        help="one measurement, printed",
+    )
+    ap.add_argument(
+        "--writer-before",
+        metavar="OUT",
+        default=None,
+        help="output of an earlier run (on the previous encoder): its writer figure is shown as 'before'",
+    )
+    ap.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="OUT",
+        default=None,
+        help="re-render the section from the JSON lines this script printed earlier",
+    )
     args = ap.parse_args()
     before = None
     if args.writer_before:
-        before = next(json.loads(x) for x in Path(args.writer_before).read_text().splitlines()
-                      if x.startswith("{") and '"encoder"' in x)
+        before = next(
+            json.loads(x)
+            for x in Path(args.writer_before).read_text().splitlines()
+            if x.startswith("{") and '"encoder"' in x
+        )
     if args.from_file:
-        recs = [json.loads(x) for x in Path(args.from_file).read_text().splitlines() if x.startswith("{")]
+        recs = [
+            json.loads(x)
+            for x in Path(args.from_file).read_text().splitlines()
+            if x.startswith("{")
+        ]
         rep = next(r for r in recs if "cpu_ratio" in r)
         lat = next(r for r in recs if "p95" in r)
         idle = next(r for r in recs if "runs" in r)
@@ -451,8 +559,12 @@ def main() -> None:
             write_section("tui", md)
         return
     if args.only:
-        fn = {"read": lambda: bench_read(args.steps, args.ranks, args.regions, args.repeats),
-              "watch": bench_latency, "idle": bench_idle, "writer": bench_writer}[args.only]
+        fn = {
+            "read": lambda: bench_read(args.steps, args.ranks, args.regions, args.repeats),
+            "watch": bench_latency,
+            "idle": bench_idle,
+            "writer": bench_writer,
+        }[args.only]
         print(json.dumps(fn()), flush=True)
         return
 

@@ -37,8 +37,9 @@ from trainer.models.ops import deform_conv2d  # noqa: E402
 from trainer.models.presets import load_model_config  # noqa: E402
 
 
-def _tv_deform_conv2d(x, offset, weight, bias=None, stride=(1, 1), padding=(0, 0),
-                      dilation=(1, 1), mask=None):
+def _tv_deform_conv2d(
+    x, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None
+):
     """torchvision.ops.deform_conv2d's signature, served by our op (3×3, stride 1, pad 1)."""
     kh, kw = weight.shape[-2:]
     assert (kh, kw) == (3, 3) and tuple(torch.nn.modules.utils._pair(stride)) == (1, 1)
@@ -76,22 +77,38 @@ def load_reference(ref_dir: Path) -> types.ModuleType:
 
 def reference_model(mod: types.ModuleType, cfg: ModelConfig, t: int) -> torch.nn.Module:
     v = cfg.VRT
-    return mod.VRT(upscale=1, img_size=[t, 64, 64], window_size=list(v.WINDOW_SIZE),
-                   depths=list(v.DEPTHS), indep_reconsts=list(v.INDEP_RECONSTS),
-                   embed_dims=list(v.EMBED_DIMS), num_heads=list(v.NUM_HEADS),
-                   mul_attn_ratio=v.MUTUAL_RATIO, mlp_ratio=v.MLP_RATIO, qkv_bias=v.QKV_BIAS,
-                   drop_path_rate=v.DROP_PATH_RATE, pa_frames=v.PA_FRAMES,
-                   deformable_groups=v.DEFORMABLE_GROUPS)
+    return mod.VRT(
+        upscale=1,
+        img_size=[t, 64, 64],
+        window_size=list(v.WINDOW_SIZE),
+        depths=list(v.DEPTHS),
+        indep_reconsts=list(v.INDEP_RECONSTS),
+        embed_dims=list(v.EMBED_DIMS),
+        num_heads=list(v.NUM_HEADS),
+        mul_attn_ratio=v.MUTUAL_RATIO,
+        mlp_ratio=v.MLP_RATIO,
+        qkv_bias=v.QKV_BIAS,
+        drop_path_rate=v.DROP_PATH_RATE,
+        pa_frames=v.PA_FRAMES,
+        deformable_groups=v.DEFORMABLE_GROUPS,
+    )
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    d = (a.double() - b.double())
-    return {"max_abs": float(d.abs().max()),
-            "rel_l2": float(d.norm() / b.double().norm().clamp_min(1e-30))}
+    d = a.double() - b.double()
+    return {
+        "max_abs": float(d.abs().max()),
+        "rel_l2": float(d.norm() / b.double().norm().clamp_min(1e-30)),
+    }
 
 
-def compare(mod: types.ModuleType, cfg: ModelConfig, shape: tuple[int, int, int, int],
-            seed: int, noise: float) -> dict[str, object]:
+def compare(
+    mod: types.ModuleType,
+    cfg: ModelConfig,
+    shape: tuple[int, int, int, int],
+    seed: int,
+    noise: float,
+) -> dict[str, object]:
     b, t, h, w = shape
     torch.manual_seed(seed)
     ref = reference_model(mod, cfg, t).eval()
@@ -115,32 +132,51 @@ def compare(mod: types.ModuleType, cfg: ModelConfig, shape: tuple[int, int, int,
     back.load_state_dict(export_official(ours), strict=True)
     sb, sr = back.state_dict(), ref.state_dict()
     exact = sb.keys() == sr.keys() and all(torch.equal(sb[k], sr[k]) for k in sr)
-    return {"shape": list(shape), "loaded": len(report.loaded), "export_exact": exact,
-            "recomputed_buffers": len(report.recomputed),
-            "params": sum(p.numel() for p in ours.vrt.parameters()),
-            "output": _diff(out, out_ref),
-            "flow_scale1": _diff(torch.cat((flows[0], flows[4])),
-                                 torch.cat((fb_ref[0], ff_ref[0]))),
-            "seconds": {"reference": round(t1 - t0, 2), "ours": round(t2 - t1, 2)}}
+    return {
+        "shape": list(shape),
+        "loaded": len(report.loaded),
+        "export_exact": exact,
+        "recomputed_buffers": len(report.recomputed),
+        "params": sum(p.numel() for p in ours.vrt.parameters()),
+        "output": _diff(out, out_ref),
+        "flow_scale1": _diff(torch.cat((flows[0], flows[4])), torch.cat((fb_ref[0], ff_ref[0]))),
+        "seconds": {"reference": round(t1 - t0, 2), "ours": round(t2 - t1, 2)},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ref", required=True, type=Path, help="reference checkout directory")
-    ap.add_argument("--config", action="append", default=None,
-                    help="model YAML (repeatable; default: the tiny and the full config)")
-    ap.add_argument("--shape", action="append", nargs=4, type=int, metavar=("B", "T", "H", "W"),
-                    help="input shape (repeatable; default 1 6 64 64 and 1 5 72 88)")
+    ap.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        help="model YAML (repeatable; default: the tiny and the full config)",
+    )
+    ap.add_argument(
+        "--shape",
+        action="append",
+        nargs=4,
+        type=int,
+        metavar=("B", "T", "H", "W"),
+        help="input shape (repeatable; default 1 6 64 64 and 1 5 72 88)",
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--noise", type=float, default=0.02,
-                    help="std of the noise added to every reference parameter")
+    ap.add_argument(
+        "--noise",
+        type=float,
+        default=0.02,
+        help="std of the noise added to every reference parameter",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     mod = load_reference(args.ref)
-    configs = args.config or [str(ROOT / "configs/model/vrt_spike_tiny.yaml"),
-                              str(ROOT / "configs/model/vrt_spike_full.yaml")]
+    configs = args.config or [
+        str(ROOT / "configs/model/vrt_spike_tiny.yaml"),
+        str(ROOT / "configs/model/vrt_spike_full.yaml"),
+    ]
     shapes = [tuple(s) for s in (args.shape or [[1, 6, 64, 64], [1, 5, 72, 88]])]
     rows = []
     for c in configs:
@@ -154,11 +190,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(row), flush=True)
             else:
                 o, f = row["output"], row["flow_scale1"]
-                print(f"{row['config']:<24} {'x'.join(map(str, s)):<12} "
-                      f"params {row['params']:>11,}  output max|diff| {o['max_abs']:.2e} "
-                      f"rel L2 {o['rel_l2']:.2e}  flow max|diff| {f['max_abs']:.2e} "
-                      f"rel L2 {f['rel_l2']:.2e}  export exact {row['export_exact']}  "
-                      f"({row['seconds']})", flush=True)
+                print(
+                    f"{row['config']:<24} {'x'.join(map(str, s)):<12} "
+                    f"params {row['params']:>11,}  output max|diff| {o['max_abs']:.2e} "
+                    f"rel L2 {o['rel_l2']:.2e}  flow max|diff| {f['max_abs']:.2e} "
+                    f"rel L2 {f['rel_l2']:.2e}  export exact {row['export_exact']}  "
+                    f"({row['seconds']})",
+                    flush=True,
+                )
     return 0
 
 

@@ -76,39 +76,97 @@ class Part:
 
 # --------------------------------------------------------------------------- screen check
 
-_CTRL = {chr(c) for c in range(32) if c not in (10,)} | {"\x7f"} | {chr(c) for c in range(0x80, 0xA0)}
+_CTRL = (
+    {chr(c) for c in range(32) if c not in (10,)} | {"\x7f"} | {chr(c) for c in range(0x80, 0xA0)}
+)
 
 
 def _render_clean(snap: Any) -> bool:
     """``tui summary``'s text (and JSON) of a snapshot: no control character reaches the output."""
     buf = io.StringIO()
-    Console(file=buf, width=120, color_system=None, force_terminal=False, legacy_windows=False).print(
-        summary_text(snap)
-    )
+    Console(
+        file=buf, width=120, color_system=None, force_terminal=False, legacy_windows=False
+    ).print(summary_text(snap))
     json.dumps(summary_dict(snap), allow_nan=False)
     return not (set(buf.getvalue()) & _CTRL)
 
 
 # --------------------------------------------------------------------------- reader fuzz
 
-_HUGE = ["1" + "0" * 400, "1e400", "-1e400", "18446744073709551616", "NaN", "Infinity", "-Infinity", "true",
-         "null", '"1"', "[]", "{}", "[[[[[[[[[[1]]]]]]]]]]", "-0", "1e-400", '"\\u00b2.0"', '"²"', "1e308",
-         "-1", "0.5", '"\\u0000"', "9" * 30]
-_NAMES = ["\x1b]0;pwned\x07", "\x1b[2J", "[bold red]x[/]", "[link=http://x]y[/link]", "tab\there", "nl\\nx",
-          "\u202eevil", "é/ü/中", "a/" * 50 + "z", "\x00nul", "\x9bcsi", "[/]", "\\", '"q"']
+_HUGE = [
+    "1" + "0" * 400,
+    "1e400",
+    "-1e400",
+    "18446744073709551616",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "true",
+    "null",
+    '"1"',
+    "[]",
+    "{}",
+    "[[[[[[[[[[1]]]]]]]]]]",
+    "-0",
+    "1e-400",
+    '"\\u00b2.0"',
+    '"²"',
+    "1e308",
+    "-1",
+    "0.5",
+    '"\\u0000"',
+    "9" * 30,
+]
+_NAMES = [
+    "\x1b]0;pwned\x07",
+    "\x1b[2J",
+    "[bold red]x[/]",
+    "[link=http://x]y[/link]",
+    "tab\there",
+    "nl\\nx",
+    "\u202eevil",
+    "é/ü/中",
+    "a/" * 50 + "z",
+    "\x00nul",
+    "\x9bcsi",
+    "[/]",
+    "\\",
+    '"q"',
+]
 
 
 def _sentinel(n: int) -> str:
-    return json.dumps({"v": "1.0", "kind": "step", "step": n, "epoch": 0, "time": 1.0 + n, "wall_ms": 10.0,
-                       "samples": 1, "regions": {"sentinel": [4.0, 1]}}, separators=(",", ":"))
+    return json.dumps(
+        {
+            "v": "1.0",
+            "kind": "step",
+            "step": n,
+            "epoch": 0,
+            "time": 1.0 + n,
+            "wall_ms": 10.0,
+            "samples": 1,
+            "regions": {"sentinel": [4.0, 1]},
+        },
+        separators=(",", ":"),
+    )
 
 
 def _templates(n: int) -> list[dict[str, Any]]:
     # mutants carry odd step numbers, sentinels even ones: a mutant that stays valid adds a step
     # and never repeats a sentinel's number (a repeat would be a resumed segment, by design)
     return [
-        {"v": "1.0", "kind": "step", "step": n, "epoch": 0, "time": 1.0 + n, "wall_ms": 10.0, "samples": 1,
-         "regions": {"a": [4.0, 1], "a/b": [2.0, 1]}, "scalars": {"loss": 0.5}, "memory": {"peak": 1000}},
+        {
+            "v": "1.0",
+            "kind": "step",
+            "step": n,
+            "epoch": 0,
+            "time": 1.0 + n,
+            "wall_ms": 10.0,
+            "samples": 1,
+            "regions": {"a": [4.0, 1], "a/b": [2.0, 1]},
+            "scalars": {"loss": 0.5},
+            "memory": {"peak": 1000},
+        },
         {"v": "1.0", "kind": "eval", "step": n, "time": 1.0, "metrics": {"psnr": 28.0}},
         {"v": "1.0", "kind": "run_end", "time": 2.0, "status": "completed", "steps": n},
     ]
@@ -118,20 +176,37 @@ def _mutant(rng: random.Random, n: int) -> tuple[str, str]:
     """One hostile line (and how it was made) from a valid line numbered ``n``."""
     d = rng.choice(_templates(n))
     text = json.dumps(d, separators=(",", ":"))
-    how = rng.choice(["truncate", "truncate", "retype", "duplicate", "huge", "deep", "name", "bytes", "ctrl",
-                      "nested_bad", "keep"])
+    how = rng.choice(
+        [
+            "truncate",
+            "truncate",
+            "retype",
+            "duplicate",
+            "huge",
+            "deep",
+            "name",
+            "bytes",
+            "ctrl",
+            "nested_bad",
+            "keep",
+        ]
+    )
     keys = [k for k in d if k != "step"]
     if how == "truncate":
         return text[: rng.randrange(0, len(text))], how
     if how == "retype":
         k = rng.choice(keys)
-        return text.replace(f'"{k}":{json.dumps(d[k], separators=(",", ":"))}', f'"{k}":{rng.choice(_HUGE)}', 1), how
+        return text.replace(
+            f'"{k}":{json.dumps(d[k], separators=(",", ":"))}', f'"{k}":{rng.choice(_HUGE)}', 1
+        ), how
     if how == "duplicate":
         k = rng.choice(keys)
         val = rng.choice([*_HUGE, json.dumps(d[k], separators=(",", ":"))])
         return text[:-1] + f',"{k}"{rng.choice(["", " "])}:{val}' + "}", how
     if how == "huge":
-        return text.replace(rng.choice(["10.0", "4.0", "2.0", "0.5", "28.0", "1000"]), rng.choice(_HUGE), 1), how
+        return text.replace(
+            rng.choice(["10.0", "4.0", "2.0", "0.5", "28.0", "1000"]), rng.choice(_HUGE), 1
+        ), how
     if how == "deep":
         depth = rng.choice([100, 1000, 100_000])
         return text.replace('"samples":1', '"samples":' + "[" * depth + "]" * depth, 1), how
@@ -142,14 +217,29 @@ def _mutant(rng: random.Random, n: int) -> tuple[str, str]:
             d["scalars"] = {rng.choice(_NAMES): 1.0}
         return json.dumps(d, ensure_ascii=rng.random() < 0.5), how
     if how == "bytes":
-        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))).decode("latin-1"), how
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))).decode(
+            "latin-1"
+        ), how
     if how == "ctrl":
         i = rng.randrange(len(text))
-        return text[:i] + rng.choice(["\x00", "\x1b", "\r", "\x07", "\ufeff", "\x0c"]) + text[i:], how
+        return text[:i] + rng.choice(["\x00", "\x1b", "\r", "\x07", "\ufeff", "\x0c"]) + text[
+            i:
+        ], how
     if how == "nested_bad":
         d = _templates(n)[0]
-        d["regions"] = rng.choice([{"a": [-1.0, 1]}, {"a": [1.0, -1]}, {"a": [1.0]}, {"a": "x"}, {"": [1.0, 1]},
-                                   {"a": [1e13, 1]}, {"a/": [1.0, 1]}, [1, 2], {"a": [1.0, 1, 3]}])
+        d["regions"] = rng.choice(
+            [
+                {"a": [-1.0, 1]},
+                {"a": [1.0, -1]},
+                {"a": [1.0]},
+                {"a": "x"},
+                {"": [1.0, 1]},
+                {"a": [1e13, 1]},
+                {"a/": [1.0, 1]},
+                [1, 2],
+                {"a": [1.0, 1, 3]},
+            ]
+        )
         return json.dumps(d), how
     return text, how
 
@@ -157,7 +247,9 @@ def _mutant(rng: random.Random, n: int) -> tuple[str, str]:
 def _truncations(part: Part, tmp: Path, budget_s: float) -> None:
     """Every byte prefix of each kind of valid line, each alone after a run_start: none crash."""
     deadline = time.monotonic() + budget_s
-    lines = [json.dumps(t, separators=(",", ":")) for t in _templates(3)] + [start_line("t").rstrip("\n")]
+    lines = [json.dumps(t, separators=(",", ":")) for t in _templates(3)] + [
+        start_line("t").rstrip("\n")
+    ]
     run = tmp / "trunc"
     run.mkdir()
     for line in lines:
@@ -165,13 +257,17 @@ def _truncations(part: Part, tmp: Path, budget_s: float) -> None:
             if time.monotonic() > deadline:
                 return
             part.tried += 1
-            (run / "rank0.jsonl").write_text(start_line("t") + _sentinel(2) + "\n" + line[:cut] + "\n")
+            (run / "rank0.jsonl").write_text(
+                start_line("t") + _sentinel(2) + "\n" + line[:cut] + "\n"
+            )
             try:
                 src = RunSource(run, use_index=False).load(parallel=False)
                 snap = src.snapshot()
                 ok = _render_clean(snap)
                 part.records_expected += 1
-                part.records_read += snap.region("sentinel").whole.steps if snap.region("sentinel") else 0
+                part.records_read += (
+                    snap.region("sentinel").whole.steps if snap.region("sentinel") else 0
+                )
                 if ok:
                     part.survived += 1
                 else:
@@ -255,8 +351,20 @@ def reader_fuzz(tmp: Path, n_inputs: int, seed: int, budget_s: float) -> Part:
 
 def _steps(n0: int, n1: int, ms: float = 4.0) -> str:
     return "".join(
-        json.dumps({"v": "1.0", "kind": "step", "step": i, "epoch": 0, "time": 1.0 + i, "wall_ms": 10.0,
-                    "samples": 1, "regions": {"a": [ms, 1]}}, separators=(",", ":")) + "\n"
+        json.dumps(
+            {
+                "v": "1.0",
+                "kind": "step",
+                "step": i,
+                "epoch": 0,
+                "time": 1.0 + i,
+                "wall_ms": 10.0,
+                "samples": 1,
+                "regions": {"a": [ms, 1]},
+            },
+            separators=(",", ":"),
+        )
+        + "\n"
         for i in range(n0, n1 + 1)
     )
 
@@ -345,7 +453,10 @@ def _t_fifo(d: Path) -> bool:
     r = RootReader(d, use_index=False)
     r.tick()
     runs = {x.run_id: x for x in r.runs.values()}
-    return runs[live.name].snapshot().wall.steps == 5 and runs[run.name].files()[0].state == "not-regular"
+    return (
+        runs[live.name].snapshot().wall.steps == 5
+        and runs[run.name].files()[0].state == "not-regular"
+    )
 
 
 def _t_dir(d: Path) -> bool:
@@ -401,8 +512,9 @@ def _t_nul_block(d: Path) -> bool:
     run = d / "r"
     run.mkdir()
     # a crash on some filesystems leaves a block of NUL bytes where the last lines were
-    (run / "rank0.jsonl").write_bytes((start_line("r") + _steps(1, 5)).encode() + b"\0" * 4096 + b"\n"
-                                      + _steps(6, 9).encode())
+    (run / "rank0.jsonl").write_bytes(
+        (start_line("r") + _steps(1, 5)).encode() + b"\0" * 4096 + b"\n" + _steps(6, 9).encode()
+    )
     src = RunSource(run, use_index=False).load(parallel=False)
     return src.snapshot().wall.steps == 9 and src.files()[0].malformed == 1
 
@@ -410,8 +522,9 @@ def _t_nul_block(d: Path) -> bool:
 def _t_huge_line(d: Path) -> bool:
     run = d / "r"
     run.mkdir()
-    (run / "rank0.jsonl").write_text(start_line("r") + _steps(1, 2) + '{"x":"' + "y" * 10_000_000 + '"}\n'
-                                     + _steps(3, 4))
+    (run / "rank0.jsonl").write_text(
+        start_line("r") + _steps(1, 2) + '{"x":"' + "y" * 10_000_000 + '"}\n' + _steps(3, 4)
+    )
     src = RunSource(run, use_index=False).load(parallel=False)
     return src.snapshot().wall.steps == 4 and src.files()[0].malformed == 1
 
@@ -420,7 +533,9 @@ def _t_resumed(d: Path) -> bool:
     run = d / "r"
     run.mkdir()
     body = start_line("r", total_steps=100) + _steps(1, 56)
-    body += start_line("r", total_steps=100).replace('"kind":"run_start"', '"kind":"run_start","start_step":50', 1)
+    body += start_line("r", total_steps=100).replace(
+        '"kind":"run_start"', '"kind":"run_start","start_step":50', 1
+    )
     body += _steps(51, 100, 6.0)
     (run / "rank0.jsonl").write_text(body)
     src = RunSource(run, use_index=False)
@@ -538,8 +653,13 @@ def _read_back(lg: TimingLogger) -> tuple[int, int, int]:
 
 
 def _w_hostile_values(root: Path) -> tuple[int, int, str]:
-    lg = _logger(root, run_id="hv", config={"lr": math.nan, 3: "k", ("a", 1): "t", "deep": {"x": 10**400}},
-                 total_steps=10**400, file_flush_interval=7)
+    lg = _logger(
+        root,
+        run_id="hv",
+        config={"lr": math.nan, 3: "k", ("a", 1): "t", "deep": {"x": 10**400}},
+        total_steps=10**400,
+        file_flush_interval=7,
+    )
     set_global_timing_logger(lg)
     n = 200
     try:
@@ -556,15 +676,23 @@ def _w_hostile_values(root: Path) -> tuple[int, int, str]:
             lg.log("inf", math.inf)
             with lg.region("ok"):
                 pass
-            lg.step(scalars={"x": 10**400, "y": 1e400, 7: 1.0, "loss": 0.5, "nan": math.nan},
-                    memory={"rss": 10**30, "ok": 5}, samples="many", epoch=math.inf)
+            lg.step(
+                scalars={"x": 10**400, "y": 1e400, 7: 1.0, "loss": 0.5, "nan": math.nan},
+                memory={"rss": 10**30, "ok": 5},
+                samples="many",
+                epoch=math.inf,
+            )
             if i % 10 == 0:
                 lg.log_eval("last", {"psnr": 10**400, "ssim": 0.9})
     finally:
         set_global_timing_logger(None)
     lg.close()
     steps, distinct, evals = _read_back(lg)
-    return n + n // 10, steps + evals, "" if distinct == n else f"{distinct} distinct step numbers of {n}"
+    return (
+        n + n // 10,
+        steps + evals,
+        "" if distinct == n else f"{distinct} distinct step numbers of {n}",
+    )
 
 
 def _w_open_across_step(root: Path) -> tuple[int, int, str]:
@@ -588,8 +716,16 @@ def _w_open_across_step(root: Path) -> tuple[int, int, str]:
     steps, _, _ = _read_back(lg)
     recs = [R.decode(x) for x in (Path(lg.run_dir or "") / "rank0.jsonl").read_bytes().splitlines()]
     names = {k for r in recs if isinstance(r, R.Step) for k in r.regions}
-    over = [r.step for r in recs if isinstance(r, R.Step) and any(ms > r.wall_ms for ms, _ in r.regions.values())]
-    bad = "" if names <= {"epoch", "epoch/forward", "forward", "leaked"} and not over else f"names {sorted(names)[:5]}, over 100%: {over[:5]}"
+    over = [
+        r.step
+        for r in recs
+        if isinstance(r, R.Step) and any(ms > r.wall_ms for ms, _ in r.regions.values())
+    ]
+    bad = (
+        ""
+        if names <= {"epoch", "epoch/forward", "forward", "leaked"} and not over
+        else f"names {sorted(names)[:5]}, over 100%: {over[:5]}"
+    )
     return n + 1, steps, bad
 
 
@@ -729,8 +865,14 @@ def _w_huge_config(root: Path) -> tuple[int, int, str]:
 
 
 def _w_bad_constructor_args(root: Path) -> tuple[int, int, str]:
-    lg = _logger(root, run_id="args", start_step=-5, total_steps=-1, samples_per_step=math.nan,  # type: ignore[arg-type]
-                 max_region_names=3)
+    lg = _logger(
+        root,
+        run_id="args",
+        start_step=-5,
+        total_steps=-1,
+        samples_per_step=math.nan,  # type: ignore[arg-type]
+        max_region_names=3,
+    )
     for _ in range(20):
         for k in range(10):  # more names than max_region_names
             lg.log(f"r{k}", 1.0)
@@ -858,9 +1000,13 @@ def kill9(tmp: Path, kills: int, seed: int, budget_s: float, final_steps: int = 
         # flushes of 1 step (one short write) to 512 steps (1.5 MB writes, which a SIGKILL can cut)
         flush = rng.choice([1, 1, 64, 512])
         flushes[flush] = flushes.get(flush, 0) + 1
-        proc = subprocess.Popen([sys.executable, str(script), str(root), str(start), str(10**9), str(flush)],
-                                cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(root), str(start), str(10**9), str(flush)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         size0 = path.stat().st_size if path.exists() else 0
         # wait until it has written something (or not: some kills land before the first record)
         grow = rng.choice([0, 1, 5_000, 50_000, 200_000])
@@ -874,7 +1020,9 @@ def kill9(tmp: Path, kills: int, seed: int, budget_s: float, final_steps: int = 
         proc.wait(timeout=30)
         part.tried += 1
         if proc.returncode != -signal.SIGKILL:
-            part.fail(f"victim ended {proc.returncode} before the kill: {proc.stderr.read()[-300:]!r}")  # type: ignore[union-attr]
+            part.fail(
+                f"victim ended {proc.returncode} before the kill: {proc.stderr.read()[-300:]!r}"
+            )  # type: ignore[union-attr]
         if path.exists() and rng.random() < 0.4:
             # a SIGKILL here always lands between two write() calls (Linux finishes a write to the
             # page cache); a cut write (power loss, disk full, another filesystem) leaves part of a
@@ -892,8 +1040,14 @@ def kill9(tmp: Path, kills: int, seed: int, budget_s: float, final_steps: int = 
         repeated += back
         start = last - back
     end = start + final_steps
-    done = subprocess.run([sys.executable, str(script), str(root), str(start), str(end), "50"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(script), str(root), str(start), str(end), "50"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if done.returncode != 0:
         part.fail(f"final writer failed: {done.stderr[-300:]}")
     try:
@@ -926,28 +1080,49 @@ def kill9(tmp: Path, kills: int, seed: int, budget_s: float, final_steps: int = 
         if isinstance(rec, R.Step):
             numbers.append(rec.step)
     repeats = len(numbers) - len(set(numbers))
-    ok = (snap.wall.steps == end == snap.step and live_steps == end and info.malformed == bad_lines <= partial_tails
-          and info.duplicates == repeats)
+    ok = (
+        snap.wall.steps == end == snap.step
+        and live_steps == end
+        and info.malformed == bad_lines <= partial_tails
+        and info.duplicates == repeats
+    )
     if snap.state != FINISHED:
         part.fail(f"state {snap.state}, not {FINISHED}")
     elif not ok:
-        part.fail(f"steps {snap.wall.steps} (live {live_steps}), last {snap.step}, expected {end}; "
-                  f"malformed {info.malformed} of {bad_lines} partial lines; duplicates {info.duplicates} of {repeats}")
+        part.fail(
+            f"steps {snap.wall.steps} (live {live_steps}), last {snap.step}, expected {end}; "
+            f"malformed {info.malformed} of {bad_lines} partial lines; duplicates {info.duplicates} of {repeats}"
+        )
     else:
         part.survived = part.tried
-    part.extra = {"steps": end, "partial_last_lines": bad_lines, "kills_leaving_a_partial_line": partial_tails, "malformed_read": info.malformed,
-                  "duplicates_dropped": info.duplicates, "repeated_step_records": repeats, "writes_cut": cuts,
-                  "checkpoint_lag_steps": repeated,
-                  "kills_by_flush_interval": {str(k): v for k, v in sorted(flushes.items())},
-                  "file_bytes": path.stat().st_size}
+    part.extra = {
+        "steps": end,
+        "partial_last_lines": bad_lines,
+        "kills_leaving_a_partial_line": partial_tails,
+        "malformed_read": info.malformed,
+        "duplicates_dropped": info.duplicates,
+        "repeated_step_records": repeats,
+        "writes_cut": cuts,
+        "checkpoint_lag_steps": repeated,
+        "kills_by_flush_interval": {str(k): v for k, v in sorted(flushes.items())},
+        "file_bytes": path.stat().st_size,
+    }
     part.seconds = time.monotonic() - t0
     return part
 
 
 # --------------------------------------------------------------------------- trainer configs
 
-BAD_SETS = ["TRAIN.OPTIM.LR=nan", "TRAIN.OPTIM.LR=.inf", "TRAIN.OPTIM.LR=1e999", "TRAIN.BATCH_SIZE=100000",
-            "TRAIN.BATCH_SIZE=-1", "TRAIN.NOPE=1", "TRAIN.OPTIM.LR=[1,2]", "TRAIN.OPTIM.LR"]
+BAD_SETS = [
+    "TRAIN.OPTIM.LR=nan",
+    "TRAIN.OPTIM.LR=.inf",
+    "TRAIN.OPTIM.LR=1e999",
+    "TRAIN.BATCH_SIZE=100000",
+    "TRAIN.BATCH_SIZE=-1",
+    "TRAIN.NOPE=1",
+    "TRAIN.OPTIM.LR=[1,2]",
+    "TRAIN.OPTIM.LR",
+]
 
 
 def trainer_configs(tmp: Path, n: int) -> Part:
@@ -962,11 +1137,35 @@ def trainer_configs(tmp: Path, n: int) -> Part:
     cases.append([])  # the log root is a file
     for args in cases[:n]:
         part.tried += 1
-        r = subprocess.run([sys.executable, "-m", "trainer", "train", "--cfg", "configs/deblur/vrt_spike_tiny.yaml",
-                            "--log-dir", str(tmp / "logs"), *args] if args else
-                           [sys.executable, "-m", "trainer", "train", "--cfg", "configs/deblur/vrt_spike_tiny.yaml",
-                            "--log-dir", str(blocker)],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trainer",
+                "train",
+                "--cfg",
+                "configs/deblur/vrt_spike_tiny.yaml",
+                "--log-dir",
+                str(tmp / "logs"),
+                *args,
+            ]
+            if args
+            else [
+                sys.executable,
+                "-m",
+                "trainer",
+                "train",
+                "--cfg",
+                "configs/deblur/vrt_spike_tiny.yaml",
+                "--log-dir",
+                str(blocker),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         err = r.stderr.strip()
         if r.returncode == 2 and "Traceback" not in err and err and len(err.splitlines()) <= 2:
             part.survived += 1
@@ -996,11 +1195,36 @@ def ddp_rank_kill(tmp: Path, victims: list[int], timeout_s: float = 180.0) -> Pa
         with socket.socket() as sk:
             sk.bind(("127.0.0.1", 0))
             port = sk.getsockname()[1]
-        sets = [a for item in [*MICRO, "TRAIN.MAX_STEPS=100000", "TRAIN.VAL.EVERY=100000"] for a in ("--set", item)]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={port}", "-m", "trainer", "train", "--cfg", TINY, "--log-dir", str(logs), *sets]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+        sets = [
+            a
+            for item in [*MICRO, "TRAIN.MAX_STEPS=100000", "TRAIN.VAL.EVERY=100000"]
+            for a in ("--set", item)
+        ]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            "-m",
+            "trainer",
+            "train",
+            "--cfg",
+            TINY,
+            "--log-dir",
+            str(logs),
+            *sets,
+        ]
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             pid, deadline = 0, time.monotonic() + timeout_s
             while time.monotonic() < deadline and proc.poll() is None and not pid:
@@ -1010,30 +1234,48 @@ def ddp_rank_kill(tmp: Path, victims: list[int], timeout_s: float = 180.0) -> Pa
                         pid = R.decode(lines[0]).pid  # type: ignore[union-attr]
                 time.sleep(0.2)
             if not pid:
-                part.fail(f"rank {victim}: no 3 steps within {timeout_s:.0f} s (exit {proc.poll()})")
+                part.fail(
+                    f"rank {victim}: no 3 steps within {timeout_s:.0f} s (exit {proc.poll()})"
+                )
                 continue
             os.kill(pid, signal.SIGKILL)
             t_kill = time.monotonic()
             try:
                 rc = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                part.fail(f"rank {victim} killed: torchrun still running after {timeout_s:.0f} s (a hang)")
+                part.fail(
+                    f"rank {victim} killed: torchrun still running after {timeout_s:.0f} s (a hang)"
+                )
                 continue
             (run,) = list(logs.iterdir())
             survivor = 1 - victim
-            recs = [R.decode(x) for x in (run / f"rank{survivor}.jsonl").read_bytes().splitlines() if x.strip()]
+            recs = [
+                R.decode(x)
+                for x in (run / f"rank{survivor}.jsonl").read_bytes().splitlines()
+                if x.strip()
+            ]
             end = recs[-1]
             snap = RunSource(run, use_index=False).load(parallel=False).snapshot()
             status = getattr(end, "status", None)
             bad = {Path(f.path).name: f.malformed for f in snap.files}
             part.extra.setdefault("malformed_lines", {}).update({f"rank{victim}_killed": bad})
-            part.extra[f"rank{victim}_killed"] = {"torchrun_exit": rc, "seconds_to_exit": round(time.monotonic() - t_kill, 1),
-                                                 "survivor_status": status, "monitor_state": snap.state}
-            if (rc != 0 and isinstance(end, R.RunEnd) and status in (R.STATUS_FAILED, R.STATUS_INTERRUPTED)
-                    and sum(bad.values()) <= 1):  # at most the killed rank's partial last line
+            part.extra[f"rank{victim}_killed"] = {
+                "torchrun_exit": rc,
+                "seconds_to_exit": round(time.monotonic() - t_kill, 1),
+                "survivor_status": status,
+                "monitor_state": snap.state,
+            }
+            if (
+                rc != 0
+                and isinstance(end, R.RunEnd)
+                and status in (R.STATUS_FAILED, R.STATUS_INTERRUPTED)
+                and sum(bad.values()) <= 1
+            ):  # at most the killed rank's partial last line
                 part.survived += 1
             else:
-                part.fail(f"rank {victim} killed: torchrun exit {rc}, survivor's last record {end!r:.120}")
+                part.fail(
+                    f"rank {victim} killed: torchrun exit {rc}, survivor's last record {end!r:.120}"
+                )
         except Exception as e:
             part.crashes += 1
             part.fail(f"rank {victim}: {type(e).__name__}: {e}")
@@ -1052,8 +1294,10 @@ def table(parts: list[Part]) -> str:
     head = f"{'part':<22} {'tried':>7} {'survived':>9} {'crashes':>8} {'expected':>9} {'read':>8} {'lost':>5} {'s':>6}"
     rows = [head, "-" * len(head)]
     for p in parts:
-        rows.append(f"{p.name:<22} {p.tried:>7} {p.survived:>9} {p.crashes:>8} {p.records_expected:>9} "
-                    f"{p.records_read:>8} {p.lost:>5} {p.seconds:>6.1f}")
+        rows.append(
+            f"{p.name:<22} {p.tried:>7} {p.survived:>9} {p.crashes:>8} {p.records_expected:>9} "
+            f"{p.records_read:>8} {p.lost:>5} {p.seconds:>6.1f}"
+        )
     return "\n".join(rows)
 
 
@@ -1061,10 +1305,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fuzz", type=int, default=50_000, help="hostile reader lines (default 50000)")
     ap.add_argument("--kills", type=int, default=50, help="kill -9s of a writer (default 50)")
-    ap.add_argument("--configs", type=int, default=len(BAD_SETS) + 1, help="bad trainer configs (0: skip)")
-    ap.add_argument("--ddp", type=int, default=2, choices=(0, 1, 2), help="DDP runs with a rank killed (0: skip)")
+    ap.add_argument(
+        "--configs", type=int, default=len(BAD_SETS) + 1, help="bad trainer configs (0: skip)"
+    )
+    ap.add_argument(
+        "--ddp",
+        type=int,
+        default=2,
+        choices=(0, 1, 2),
+        help="DDP runs with a rank killed (0: skip)",
+    )
     ap.add_argument("--seed", type=int, default=12)
-    ap.add_argument("--budget", type=float, default=120.0, help="seconds at most for the fuzz and the kills each")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=120.0,
+        help="seconds at most for the fuzz and the kills each",
+    )
     ap.add_argument("--quick", action="store_true", help="skip the trainer configs (torch import)")
     ap.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     args = ap.parse_args(argv)
@@ -1075,19 +1332,31 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TimingWarning)
             todo: list[tuple[str, Callable[[], Part]]] = [
-                ("reader fuzz", lambda: reader_fuzz(tmp / "fuzz", args.fuzz, args.seed, args.budget)),
+                (
+                    "reader fuzz",
+                    lambda: reader_fuzz(tmp / "fuzz", args.fuzz, args.seed, args.budget),
+                ),
                 ("tailing faults", lambda: tailing_faults(tmp / "tail")),
                 ("writer faults", lambda: writer_faults(tmp / "writer")),
-                ("kill -9 and resume", lambda: kill9(tmp / "kill", args.kills, args.seed, args.budget)),
+                (
+                    "kill -9 and resume",
+                    lambda: kill9(tmp / "kill", args.kills, args.seed, args.budget),
+                ),
             ]
             if args.configs and not args.quick:
-                todo.append(("trainer bad configs", lambda: trainer_configs(tmp / "cfg", args.configs)))
+                todo.append(
+                    ("trainer bad configs", lambda: trainer_configs(tmp / "cfg", args.configs))
+                )
             if args.ddp and not args.quick:
-                todo.append(("DDP rank kill", lambda: ddp_rank_kill(tmp / "ddp", [1, 0][: args.ddp])))
+                todo.append(
+                    ("DDP rank kill", lambda: ddp_rank_kill(tmp / "ddp", [1, 0][: args.ddp]))
+                )
             for name, run_part in todo:
                 try:
                     parts.append(run_part())
-                except Exception as e:  # a bug of the campaign itself: reported, the rest still runs
+                except (
+                    Exception
+                ) as e:  # a bug of the campaign itself: reported, the rest still runs
                     p = Part(name, crashes=1)
                     p.fail(f"campaign error: {type(e).__name__}: {e}")
                     parts.append(p)
@@ -1099,8 +1368,10 @@ def main(argv: list[str] | None = None) -> int:
         print("FAIL", f)
     lost = sum(p.lost for p in parts)
     crashes = sum(p.crashes for p in parts)
-    print(f"records lost: {lost}; crashes/raised: {crashes}; failures: {len(failures)}; "
-          f"{time.monotonic() - t0:.0f} s")
+    print(
+        f"records lost: {lost}; crashes/raised: {crashes}; failures: {len(failures)}; "
+        f"{time.monotonic() - t0:.0f} s"
+    )
     if args.json:
         out = {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

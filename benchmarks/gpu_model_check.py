@@ -37,33 +37,78 @@ from trainer.models.presets import FULL, TINY, example_inputs, load_model_config
 from trainer.timing import TimingLogger, set_global_timing_logger, timed
 
 #: dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, by GPU name substring (first match)
-BF16_PEAK_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("H800", 989.0),
-                    ("A100", 312.0), ("L40S", 362.0), ("A10", 125.0), ("L4", 121.0)]
+BF16_PEAK_TFLOPS = [
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("H800", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("A10", 125.0),
+    ("L4", 121.0),
+]
 STAGES = [f"vrt/stage{i}" for i in range(1, 9)]
-REGIONS = ["spike_encoder", "spike_tsa", "vrt/flow", "vrt/prealign", *STAGES[:4],
-           "vrt/fusion1", "vrt/fusion2", "vrt/fusion3", "vrt/fusion4", *STAGES[4:], "vrt/head"]
+REGIONS = [
+    "spike_encoder",
+    "spike_tsa",
+    "vrt/flow",
+    "vrt/prealign",
+    *STAGES[:4],
+    "vrt/fusion1",
+    "vrt/fusion2",
+    "vrt/fusion3",
+    "vrt/fusion4",
+    *STAGES[4:],
+    "vrt/head",
+]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir", type=Path, help="folder for the JSON and markdown results")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="CPU, tiny config, tiny clip, one step per setting: checks the script")
-    ap.add_argument("--cfg", type=Path, default=None,
-                    help="YAML with a MODEL section (default: the full config; tiny on dry run)")
-    ap.add_argument("--clip", type=int, nargs=3, default=None, metavar=("T", "H", "W"),
-                    help="clip size (default 5 256 256; 2 16 16 on dry run)")
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="CPU, tiny config, tiny clip, one step per setting: checks the script",
+    )
+    ap.add_argument(
+        "--cfg",
+        type=Path,
+        default=None,
+        help="YAML with a MODEL section (default: the full config; tiny on dry run)",
+    )
+    ap.add_argument(
+        "--clip",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("T", "H", "W"),
+        help="clip size (default 5 256 256; 2 16 16 on dry run)",
+    )
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 3])
     ap.add_argument("--ckpt", choices=["both", "on", "off"], default="both")
     ap.add_argument("--steps", type=int, default=None, help="measured steps (default 3; 1 dry)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2; 1 dry)")
-    ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="dense bf16 peak of the GPU (default: from its name)")
-    ap.add_argument("--flops-from", type=Path, default=None, metavar="JSON",
-                    help="reuse the FLOP counts of an earlier gpu_model_check.json (same config "
-                    "and clip) instead of counting again (~15-50 s of CPU)")
-    ap.add_argument("--budget-s", type=float, default=270.0,
-                    help="skip settings not started within this many seconds")
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="dense bf16 peak of the GPU (default: from its name)",
+    )
+    ap.add_argument(
+        "--flops-from",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="reuse the FLOP counts of an earlier gpu_model_check.json (same config "
+        "and clip) instead of counting again (~15-50 s of CPU)",
+    )
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=270.0,
+        help="skip settings not started within this many seconds",
+    )
     args = ap.parse_args(argv)
     dry = args.dry_run
     args.cfg = args.cfg or (TINY if dry else FULL)
@@ -84,8 +129,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def model_flops(cfg: ModelConfig, t: int, h: int, w: int,
-                device: str = "meta") -> dict[str, float]:
+def model_flops(cfg: ModelConfig, t: int, h: int, w: int, device: str = "meta") -> dict[str, float]:
     """Forward and forward+backward FLOPs of one sample (no checkpoint recompute), per
     region. On the meta device only shapes are computed: no memory, no GPU time (but
     slow Python dispatch, ~10-30 s for the full model); small models count faster on CPU."""
@@ -132,8 +176,16 @@ def gpu_peak(name: str, override: float | None) -> float | None:
     return None
 
 
-def run_setting(cfg: ModelConfig, batch: int, ckpt: bool, clip: list[int], steps: int,
-                warmup: int, device: torch.device, log_dir: Path) -> dict[str, Any]:
+def run_setting(
+    cfg: ModelConfig,
+    batch: int,
+    ckpt: bool,
+    clip: list[int],
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    log_dir: Path,
+) -> dict[str, Any]:
     """Train ``warmup + steps`` steps; timing from the measured steps only."""
     cfg = ModelConfig.from_dict(cfg.to_dict())
     cfg.VRT.USE_CHECKPOINT_ATTN = cfg.VRT.USE_CHECKPOINT_FFN = ckpt
@@ -147,8 +199,13 @@ def run_setting(cfg: ModelConfig, batch: int, ckpt: bool, clip: list[int], steps
             torch.cuda.reset_peak_memory_stats(device)
         torch.manual_seed(0)
         model = build_model(cfg).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.99),
-                                weight_decay=1e-4, **({"fused": True} if cuda else {}))
+        opt = torch.optim.AdamW(
+            model.parameters(),
+            lr=1e-4,
+            betas=(0.9, 0.99),
+            weight_decay=1e-4,
+            **({"fused": True} if cuda else {}),
+        )
         rgb, spikes = example_inputs(cfg, batch, *clip, device=device)
         target = rgb.flip(1).contiguous()
         walls: list[float] = []
@@ -156,11 +213,16 @@ def run_setting(cfg: ModelConfig, batch: int, ckpt: bool, clip: list[int], steps
             if i == warmup:
                 if log is not None:
                     log.close()
-                log = TimingLogger(log_dir=str(log_dir), enable_console=False,
-                                   enable_file=False, device=device.type,
-                                   run_name=f"b{batch}-ckpt{'on' if ckpt else 'off'}",
-                                   samples_per_step=batch, total_steps=steps,
-                                   config={"MODEL": cfg.to_dict(), "clip": clip})
+                log = TimingLogger(
+                    log_dir=str(log_dir),
+                    enable_console=False,
+                    enable_file=False,
+                    device=device.type,
+                    run_name=f"b{batch}-ckpt{'on' if ckpt else 'off'}",
+                    samples_per_step=batch,
+                    total_steps=steps,
+                    config={"MODEL": cfg.to_dict(), "clip": clip},
+                )
                 set_global_timing_logger(log)
                 if cuda:
                     torch.cuda.synchronize(device)
@@ -206,10 +268,12 @@ def run_setting(cfg: ModelConfig, batch: int, ckpt: bool, clip: list[int], steps
             # the timing core resets the peak counter at every step (GPU-NOTES #3): the
             # run's peak is the largest per-step peak it logged (the first one includes the
             # warm-up); max_memory_allocated() now covers only what ran after the last step
-            res["peak_memory_bytes"] = run_peak(log, "peak",
-                                                torch.cuda.max_memory_allocated(device))
-            res["peak_reserved_bytes"] = run_peak(log, "reserved",
-                                                  torch.cuda.max_memory_reserved(device))
+            res["peak_memory_bytes"] = run_peak(
+                log, "peak", torch.cuda.max_memory_allocated(device)
+            )
+            res["peak_reserved_bytes"] = run_peak(
+                log, "reserved", torch.cuda.max_memory_reserved(device)
+            )
         del model, opt
         gc.collect()
         if cuda:
@@ -231,27 +295,33 @@ def _flop(x: float) -> str:
 def markdown(report: dict[str, Any]) -> str:
     env = report["env"]
     fl = report["flops"]
-    lines = [f"### Model on {env['device']} ({report['date']})", "",
-             f"`benchmarks/gpu_model_check.py`{' --dry-run' if report['dry_run'] else ''}: "
-             f"config `{report['config']}`, clip {'×'.join(map(str, report['clip']))}, bf16 "
-             f"autocast, fused AdamW, torch {env['torch']}. Mean of {report['steps']} steps "
-             f"after {report['warmup']} warm-up steps; shares are of the step wall time "
-             f"measured by the timing core "
-             f"({'perf_counter' if report['dry_run'] else 'CUDA events'}).",
-             "",
-             f"Model FLOPs per sample: forward {_flop(fl['forward'])}, forward + "
-             f"backward {_flop(fl['forward+backward'])} (no recompute; "
-             f"`torch.utils.flop_counter`, matmul/conv/attention only). bf16 peak assumed: "
-             f"{report['peak_tflops'] or 'unknown'} TFLOP/s.", "",
-             "| batch | ckpt | status | step ms | samples/s | peak mem GB | forward | backward "
-             "| optimizer | heaviest fwd stage | achieved of bf16 peak |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        f"### Model on {env['device']} ({report['date']})",
+        "",
+        f"`benchmarks/gpu_model_check.py`{' --dry-run' if report['dry_run'] else ''}: "
+        f"config `{report['config']}`, clip {'×'.join(map(str, report['clip']))}, bf16 "
+        f"autocast, fused AdamW, torch {env['torch']}. Mean of {report['steps']} steps "
+        f"after {report['warmup']} warm-up steps; shares are of the step wall time "
+        f"measured by the timing core "
+        f"({'perf_counter' if report['dry_run'] else 'CUDA events'}).",
+        "",
+        f"Model FLOPs per sample: forward {_flop(fl['forward'])}, forward + "
+        f"backward {_flop(fl['forward+backward'])} (no recompute; "
+        f"`torch.utils.flop_counter`, matmul/conv/attention only). bf16 peak assumed: "
+        f"{report['peak_tflops'] or 'unknown'} TFLOP/s.",
+        "",
+        "| batch | ckpt | status | step ms | samples/s | peak mem GB | forward | backward "
+        "| optimizer | heaviest fwd stage | achieved of bf16 peak |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
     for r in report["settings"]:
         mem = r.get("peak_memory_bytes")
         mem_s = f"{mem / 1e9:.1f}" if mem else "n/a"
         if r["status"] != "ok":
-            lines.append(f"| {r['batch']} | {'on' if r['checkpointing'] else 'off'} | "
-                         f"{r['status']} | | | {mem_s} | | | | | |")
+            lines.append(
+                f"| {r['batch']} | {'on' if r['checkpointing'] else 'off'} | "
+                f"{r['status']} | | | {mem_s} | | | | | |"
+            )
             continue
         sh = r["shares"]
         frac = r.get("achieved_fraction_of_peak")
@@ -260,14 +330,24 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['step_ms']:.0f} | {r['samples_per_s']:.3f} | {mem_s} | "
             f"{100 * sh.get('forward', 0):.1f}% | {100 * sh.get('backward', 0):.1f}% | "
             f"{100 * sh.get('optimizer', 0):.1f}% | {r['heaviest_forward_stage']} | "
-            f"{'n/a' if frac is None else f'{100 * frac:.1f}%'} |")
+            f"{'n/a' if frac is None else f'{100 * frac:.1f}%'} |"
+        )
     ok = [r for r in report["settings"] if r["status"] == "ok"]
     if ok:
-        head = "| region | " + " | ".join(
-            f"b{r['batch']} ckpt {'on' if r['checkpointing'] else 'off'} fwd / bwd"
-            for r in ok) + " |"
-        lines += ["", "Per-region share of the step (forward / backward):", "", head,
-                  "|---|" + "---:|" * len(ok)]
+        head = (
+            "| region | "
+            + " | ".join(
+                f"b{r['batch']} ckpt {'on' if r['checkpointing'] else 'off'} fwd / bwd" for r in ok
+            )
+            + " |"
+        )
+        lines += [
+            "",
+            "Per-region share of the step (forward / backward):",
+            "",
+            head,
+            "|---|" + "---:|" * len(ok),
+        ]
         for reg in REGIONS:
             if not any(f"forward/{reg}" in r["shares"] for r in ok):
                 continue
@@ -304,28 +384,41 @@ def main(argv: list[str] | None = None) -> int:
         flops = model_flops(cfg, t, h, w, device="cpu" if args.dry_run else "meta")
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "dry_run": args.dry_run, "config": str(args.cfg), "clip": args.clip,
-        "steps": args.steps, "warmup": args.warmup, "peak_tflops": peak, "flops": flops,
-        "env": {"device": name or device.type, "torch": torch.__version__,
-                "cuda": torch.version.cuda, "python": platform.python_version()},
+        "dry_run": args.dry_run,
+        "config": str(args.cfg),
+        "clip": args.clip,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "peak_tflops": peak,
+        "flops": flops,
+        "env": {
+            "device": name or device.type,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+        },
         "settings": [],
     }
     ckpts = {"both": [True, False], "on": [True], "off": [False]}[args.ckpt]
     for batch in args.batches:
         for ckpt in ckpts:
             if time.perf_counter() - t_start > args.budget_s:
-                report["settings"].append({"batch": batch, "checkpointing": ckpt,
-                                           "status": "skipped (time budget)"})
+                report["settings"].append(
+                    {"batch": batch, "checkpointing": ckpt, "status": "skipped (time budget)"}
+                )
                 continue
-            r = run_setting(cfg, batch, ckpt, args.clip, args.steps, args.warmup, device,
-                            args.out_dir / "logs")
+            r = run_setting(
+                cfg, batch, ckpt, args.clip, args.steps, args.warmup, device, args.out_dir / "logs"
+            )
             if r["status"] == "ok" and peak:
                 r["achieved_tflops"] = flops["forward+backward"] * r["samples_per_s"] / 1e12
                 r["achieved_fraction_of_peak"] = r["achieved_tflops"] / peak
             report["settings"].append(r)
-            print(f"batch {batch} ckpt {'on' if ckpt else 'off'}: {r['status']}"
-                  + (f", {r['step_ms']:.0f} ms/step" if r["status"] == "ok" else ""),
-                  flush=True)
+            print(
+                f"batch {batch} ckpt {'on' if ckpt else 'off'}: {r['status']}"
+                + (f", {r['step_ms']:.0f} ms/step" if r["status"] == "ok" else ""),
+                flush=True,
+            )
             _write(args.out_dir, report)  # partial results survive a timeout
     report["elapsed_s"] = time.perf_counter() - t_start
     _write(args.out_dir, report)

@@ -73,37 +73,194 @@ def figure_steps(dry: bool) -> list[Step]:
     """The figures phase, OOM-prone settings last; trimmed step counts (tiny on a dry run)."""
     if dry:
         return [
-            Step("timing", ("gpu_timing_check.py", "--out", "{work}", "--cpu-dry-run", "--size", "32",
-                            "--regions", "3", "--steps", "2", "--rounds", "1", "--profile-steps", "1",
-                            "--warmup", "0"), 60, "timing overhead and accuracy (dry)"),
-            Step("model_b1", ("gpu_model_check.py", "{work}", "--dry-run", "--batches", "1",
-                              "--ckpt", "on", "--warmup", "0"), 120, "model check b1 (dry)"),
-            Step("trainer", ("gpu_trainer_check.py", "{work}", "--dry-run", "--steps", "2",
-                             "--warmup", "1"), 240, "baseline vs fast (dry)"),
-            Step("whatif_a", ("gpu_whatif_check.py", "--dry-run", "--rows", "1", "--out", "{work}",
-                              "--log-dir", "{work}/logs", "--no-write"), 240, "what-if row 1 (dry)"),
-            Step("model_b3", ("gpu_model_check.py", "{work}", "--dry-run", "--batches", "2",
-                              "--ckpt", "off", "--warmup", "0"), 120, "model check b2 (dry)"),
+            Step(
+                "timing",
+                (
+                    "gpu_timing_check.py",
+                    "--out",
+                    "{work}",
+                    "--cpu-dry-run",
+                    "--size",
+                    "32",
+                    "--regions",
+                    "3",
+                    "--steps",
+                    "2",
+                    "--rounds",
+                    "1",
+                    "--profile-steps",
+                    "1",
+                    "--warmup",
+                    "0",
+                ),
+                60,
+                "timing overhead and accuracy (dry)",
+            ),
+            Step(
+                "model_b1",
+                (
+                    "gpu_model_check.py",
+                    "{work}",
+                    "--dry-run",
+                    "--batches",
+                    "1",
+                    "--ckpt",
+                    "on",
+                    "--warmup",
+                    "0",
+                ),
+                120,
+                "model check b1 (dry)",
+            ),
+            Step(
+                "trainer",
+                ("gpu_trainer_check.py", "{work}", "--dry-run", "--steps", "2", "--warmup", "1"),
+                240,
+                "baseline vs fast (dry)",
+            ),
+            Step(
+                "whatif_a",
+                (
+                    "gpu_whatif_check.py",
+                    "--dry-run",
+                    "--rows",
+                    "1",
+                    "--out",
+                    "{work}",
+                    "--log-dir",
+                    "{work}/logs",
+                    "--no-write",
+                ),
+                240,
+                "what-if row 1 (dry)",
+            ),
+            Step(
+                "model_b3",
+                (
+                    "gpu_model_check.py",
+                    "{work}",
+                    "--dry-run",
+                    "--batches",
+                    "2",
+                    "--ckpt",
+                    "off",
+                    "--warmup",
+                    "0",
+                ),
+                120,
+                "model check b2 (dry)",
+            ),
         ]
     return [
-        Step("timing", ("gpu_timing_check.py", "--out", "{work}", "--steps", "10", "--rounds", "3",
-                        "--profile-steps", "5", "--warmup", "3"), 50,
-             "issue 2: timing overhead on vs off (<= 0.5 %), regions vs torch.profiler (5 %)"),
-        Step("model_b1", ("gpu_model_check.py", "{work}", "--batches", "1", "--ckpt", "both",
-                          "--steps", "3", "--warmup", "1", "--budget-s", "80"), 110,
-             "issues 3/4: b1 ckpt on/off: stage shares, peak memory, FLOPs, MFU"),
-        Step("trainer", ("gpu_trainer_check.py", "{work}", "--steps", "20", "--warmup", "5"), 130,
-             "issue 6: the user's baseline vs the fast config, 20 steps"),
-        Step("whatif_a", ("gpu_whatif_check.py", "--rows", "1", "2", "3", "--steps", "2", "--warmup", "1",
-                          "--timeout", "45", "--out", "{work}", "--log-dir", "{work}/logs", "--no-write"),
-             150, "issue 6: what-if rows 1-3"),
-        Step("model_b3", ("gpu_model_check.py", "{work}", "--batches", "3", "--ckpt", "both",
-                          "--steps", "2", "--warmup", "1", "--budget-s", "60",
-                          "--flops-from", "{results}/model_b1/gpu_model_check.json"), 90,
-             "issues 3/4: b3 ckpt on/off (off: out of memory expected)"),
-        Step("whatif_b", ("gpu_whatif_check.py", "--rows", "4", "5", "--steps", "2", "--warmup", "1",
-                          "--timeout", "45", "--out", "{work}", "--log-dir", "{work}/logs", "--no-write"),
-             100, "issue 6: what-if rows 4-5 (5: out of memory expected)"),
+        Step(
+            "timing",
+            (
+                "gpu_timing_check.py",
+                "--out",
+                "{work}",
+                "--steps",
+                "10",
+                "--rounds",
+                "3",
+                "--profile-steps",
+                "5",
+                "--warmup",
+                "3",
+            ),
+            50,
+            "issue 2: timing overhead on vs off (<= 0.5 %), regions vs torch.profiler (5 %)",
+        ),
+        Step(
+            "model_b1",
+            (
+                "gpu_model_check.py",
+                "{work}",
+                "--batches",
+                "1",
+                "--ckpt",
+                "both",
+                "--steps",
+                "3",
+                "--warmup",
+                "1",
+                "--budget-s",
+                "80",
+            ),
+            110,
+            "issues 3/4: b1 ckpt on/off: stage shares, peak memory, FLOPs, MFU",
+        ),
+        Step(
+            "trainer",
+            ("gpu_trainer_check.py", "{work}", "--steps", "20", "--warmup", "5"),
+            130,
+            "issue 6: the user's baseline vs the fast config, 20 steps",
+        ),
+        Step(
+            "whatif_a",
+            (
+                "gpu_whatif_check.py",
+                "--rows",
+                "1",
+                "2",
+                "3",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--timeout",
+                "45",
+                "--out",
+                "{work}",
+                "--log-dir",
+                "{work}/logs",
+                "--no-write",
+            ),
+            150,
+            "issue 6: what-if rows 1-3",
+        ),
+        Step(
+            "model_b3",
+            (
+                "gpu_model_check.py",
+                "{work}",
+                "--batches",
+                "3",
+                "--ckpt",
+                "both",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--budget-s",
+                "60",
+                "--flops-from",
+                "{results}/model_b1/gpu_model_check.json",
+            ),
+            90,
+            "issues 3/4: b3 ckpt on/off (off: out of memory expected)",
+        ),
+        Step(
+            "whatif_b",
+            (
+                "gpu_whatif_check.py",
+                "--rows",
+                "4",
+                "5",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--timeout",
+                "45",
+                "--out",
+                "{work}",
+                "--log-dir",
+                "{work}/logs",
+                "--no-write",
+            ),
+            100,
+            "issue 6: what-if rows 4-5 (5: out of memory expected)",
+        ),
     ]
 
 
@@ -163,12 +320,18 @@ def run_step(step: Step, results: Path, timeout_s: float) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     script, *rest = step.argv
     argv = [PY, str(BENCH / script)] + [a.format(work=work, results=results) for a in rest]
-    res: dict[str, Any] = {"name": step.name, "what": step.what, "argv": argv[1:],
-                           "timeout_s": round(timeout_s, 1), "started": _now()}
+    res: dict[str, Any] = {
+        "name": step.name,
+        "what": step.what,
+        "argv": argv[1:],
+        "timeout_s": round(timeout_s, 1),
+        "started": _now(),
+    }
     t0 = time.perf_counter()
     with open(work / "output.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=_env(),
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=_env(), start_new_session=True
+        )
         try:
             rc = proc.wait(timeout_s)
             res["status"] = "ok" if rc == 0 else f"exit {rc}"
@@ -202,8 +365,13 @@ def _tail(path: Path, n: int = 2000) -> str:
     return data.decode("utf-8", "replace")
 
 
-def run_figures(steps: Sequence[Step], out: Path, budget_s: float, only: Sequence[str] | None,
-                phase: str = "figures") -> dict[str, Any]:
+def run_figures(
+    steps: Sequence[Step],
+    out: Path,
+    budget_s: float,
+    only: Sequence[str] | None,
+    phase: str = "figures",
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"gpu_suite_{phase}_"))
     arch = Archive(out, phase, work)
     arch.summary["env"] = _env_info()
@@ -215,13 +383,16 @@ def run_figures(steps: Sequence[Step], out: Path, budget_s: float, only: Sequenc
             continue
         left = budget_s - (time.perf_counter() - t0)
         if left < min(20.0, step.timeout_s):
-            arch.summary["steps"].append({"name": step.name, "what": step.what,
-                                          "status": "skipped (budget)"})
+            arch.summary["steps"].append(
+                {"name": step.name, "what": step.what, "status": "skipped (budget)"}
+            )
             print(f"[gpu_suite] {step.name}: skipped (budget)", flush=True)
             arch.write()
             continue
-        print(f"[gpu_suite] {step.name}: {step.what} (<= {min(step.timeout_s, left):.0f} s)",
-              flush=True)
+        print(
+            f"[gpu_suite] {step.name}: {step.what} (<= {min(step.timeout_s, left):.0f} s)",
+            flush=True,
+        )
         res = run_step(step, work, min(step.timeout_s, left))
         arch.summary["steps"].append(res)
         print(f"[gpu_suite] {step.name}: {res['status']} in {res['seconds']} s", flush=True)
@@ -236,11 +407,18 @@ def run_figures(steps: Sequence[Step], out: Path, budget_s: float, only: Sequenc
 def report_md(work: Path, summary: dict[str, Any]) -> str:
     """One markdown of everything measured so far: each step's status and its own tables."""
     env = summary.get("env", {})
-    lines = [f"# GPU suite, {summary['phase']}: {env.get('gpu', 'no GPU')} ({summary.get('updated')})",
-             "", f"torch {env.get('torch')}, CUDA {env.get('cuda')}, Python {env.get('python')}", "",
-             "| step | status | seconds | what |", "|---|---|---:|---|"]
+    lines = [
+        f"# GPU suite, {summary['phase']}: {env.get('gpu', 'no GPU')} ({summary.get('updated')})",
+        "",
+        f"torch {env.get('torch')}, CUDA {env.get('cuda')}, Python {env.get('python')}",
+        "",
+        "| step | status | seconds | what |",
+        "|---|---|---:|---|",
+    ]
     for st in summary["steps"]:
-        lines.append(f"| {st['name']} | {st['status']} | {st.get('seconds', '')} | {st.get('what', '')} |")
+        lines.append(
+            f"| {st['name']} | {st['status']} | {st.get('seconds', '')} | {st.get('what', '')} |"
+        )
     for st in summary["steps"]:
         folder = work / st["name"]
         for md in sorted(folder.glob("*.md")):
@@ -249,18 +427,25 @@ def report_md(work: Path, summary: dict[str, Any]) -> str:
             try:
                 r = json.loads(js.read_text())
                 errs = [abs(x["rel_error"]) for x in r["regions"] if x["rel_error"] is not None]
-                lines += ["", f"## {st['name']}", "",
-                          f"overhead {100 * r['step']['overhead']:+.3f}% (off {r['step']['off_ms']:.3f} ms, "
-                          f"on {r['step']['on_ms']:.3f} ms); regions vs profiler: max |error| "
-                          f"{100 * max(errs) if errs else float('nan'):.2f}%; verdict {r['verdict']}"]
+                lines += [
+                    "",
+                    f"## {st['name']}",
+                    "",
+                    f"overhead {100 * r['step']['overhead']:+.3f}% (off {r['step']['off_ms']:.3f} ms, "
+                    f"on {r['step']['on_ms']:.3f} ms); regions vs profiler: max |error| "
+                    f"{100 * max(errs) if errs else float('nan'):.2f}%; verdict {r['verdict']}",
+                ]
             except (OSError, ValueError, KeyError):
                 pass
     return "\n".join(lines) + "\n"
 
 
 def _env_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "host": platform.node(),
-                            "deps_folder": str(DEPS) if USE_DEPS else None}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "deps_folder": str(DEPS) if USE_DEPS else None,
+    }
     try:
         import torch
 
@@ -277,8 +462,14 @@ def _env_info() -> dict[str, Any]:
 # --------------------------------------------------------------------------- smoke
 
 
-_BACKENDS = {-1: "none (error)", 0: "math", 1: "flash", 2: "memory-efficient", 3: "cuDNN",
-             4: "overrideable"}
+_BACKENDS = {
+    -1: "none (error)",
+    0: "math",
+    1: "flash",
+    2: "memory-efficient",
+    3: "cuDNN",
+    4: "overrideable",
+}
 
 
 def _backend(q: Any, k: Any, v: Any, mask: Any, scale: float | None) -> str:
@@ -303,27 +494,54 @@ class KernelSpy:
         self._real = F.scaled_dot_product_attention
         real = self._real
 
-        def spy(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0,
-                is_causal: bool = False, scale: float | None = None, **kw: Any) -> Any:
+        def spy(
+            q: Any,
+            k: Any,
+            v: Any,
+            attn_mask: Any = None,
+            dropout_p: float = 0.0,
+            is_causal: bool = False,
+            scale: float | None = None,
+            **kw: Any,
+        ) -> Any:
             m = attn_mask
-            key = (tuple(q.shape[-3:]), tuple(k.shape[-2:]), str(q.dtype),
-                   None if m is None else tuple(m.shape), bool(m is not None and m.requires_grad),
-                   scale is not None)
+            key = (
+                tuple(q.shape[-3:]),
+                tuple(k.shape[-2:]),
+                str(q.dtype),
+                None if m is None else tuple(m.shape),
+                bool(m is not None and m.requires_grad),
+                scale is not None,
+            )
             if key not in self.rows:
-                row = {"q": list(q.shape), "k": list(k.shape), "dtype": str(q.dtype),
-                       "mask": None if m is None else list(m.shape),
-                       "mask_needs_grad": key[4], "kernel": _backend(q, k, v, m, scale),
-                       "calls": 0}
+                row = {
+                    "q": list(q.shape),
+                    "k": list(k.shape),
+                    "dtype": str(q.dtype),
+                    "mask": None if m is None else list(m.shape),
+                    "mask_needs_grad": key[4],
+                    "kernel": _backend(q, k, v, m, scale),
+                    "calls": 0,
+                }
                 d = q.shape[-1]
-                if scale is not None and abs(scale - d ** -0.5) > 1e-9:  # padded heads
-                    true_d = round(scale ** -2)
+                if scale is not None and abs(scale - d**-0.5) > 1e-9:  # padded heads
+                    true_d = round(scale**-2)
                     row["padded_from"] = true_d
-                    row["kernel_unpadded"] = _backend(q[..., :true_d], k[..., :true_d],
-                                                      v[..., :true_d], m, None)
+                    row["kernel_unpadded"] = _backend(
+                        q[..., :true_d], k[..., :true_d], v[..., :true_d], m, None
+                    )
                 self.rows[key] = row
             self.rows[key]["calls"] += 1
-            return real(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                        scale=scale, **kw)
+            return real(
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                dropout_p=dropout_p,
+                is_causal=is_causal,
+                scale=scale,
+                **kw,
+            )
 
         F.scaled_dot_product_attention = spy
         return self
@@ -400,8 +618,15 @@ def smoke_checks(work: Path, dry: bool) -> dict[str, Any]:
             res["warnings"].append(f"{len(maths)} attention call signature(s) on the math path")
         model.zero_grad(set_to_none=True)
         # 2. the timing core's CUDA records with hooks and checkpointing
-        log = TimingLogger(log_dir=str(work / "logs"), enable_console=False, enable_file=False,
-                           device=dev.type, run_name="smoke", samples_per_step=1, total_steps=2)
+        log = TimingLogger(
+            log_dir=str(work / "logs"),
+            enable_console=False,
+            enable_file=False,
+            device=dev.type,
+            run_name="smoke",
+            samples_per_step=1,
+            total_steps=2,
+        )
         set_global_timing_logger(log)
         try:
             log.mark_step_start()
@@ -416,14 +641,19 @@ def smoke_checks(work: Path, dry: bool) -> dict[str, Any]:
         want = {f"backward/vrt/stage{i}/recompute" for i in range(1, 9)}
         want |= {f"forward/vrt/stage{i}" for i in range(1, 9)} | {"forward", "backward"}
         missing = sorted(want - set(summary))
-        res["timing"] = {"regions": len(summary), "missing": missing,
-                         "step_ms": log.get_step_summary()["wall"]["avg"],
-                         "recompute_ms": {k: v["avg"] for k, v in summary.items()
-                                          if k.endswith("/recompute")},
-                         "peak_memory": dict(log.peak_memory), "run_dir": log.run_dir}
+        res["timing"] = {
+            "regions": len(summary),
+            "missing": missing,
+            "step_ms": log.get_step_summary()["wall"]["avg"],
+            "recompute_ms": {k: v["avg"] for k, v in summary.items() if k.endswith("/recompute")},
+            "peak_memory": dict(log.peak_memory),
+            "run_dir": log.run_dir,
+        }
         bad = [k for k, v in summary.items() if not (v["avg"] >= 0 and math.isfinite(v["avg"]))]
         if missing or bad:
-            res["critical"].append(f"timing records incomplete: missing {missing[:4]}, bad {bad[:4]}")
+            res["critical"].append(
+                f"timing records incomplete: missing {missing[:4]}, bad {bad[:4]}"
+            )
         del model
     except Exception as e:
         res["critical"].append(f"forward/backward failed: {type(e).__name__}: {str(e)[:300]}")
@@ -435,9 +665,15 @@ def smoke_checks(work: Path, dry: bool) -> dict[str, Any]:
         try:
             p.grad = torch.ones_like(p)
             opt.step()
-            res["adamw8bit"] = {"ok": bool(torch.isfinite(p).all()), "state_bytes": sum(
-                t.numel() * t.element_size() for st in opt.state.values() for t in st.values()
-                if torch.is_tensor(t))}
+            res["adamw8bit"] = {
+                "ok": bool(torch.isfinite(p).all()),
+                "state_bytes": sum(
+                    t.numel() * t.element_size()
+                    for st in opt.state.values()
+                    for t in st.values()
+                    if torch.is_tensor(t)
+                ),
+            }
         except Exception as e:
             opt, why = None, f"{type(e).__name__}: {e}"
     if opt is None:
@@ -446,36 +682,52 @@ def smoke_checks(work: Path, dry: bool) -> dict[str, Any]:
     if cuda:
         torch.cuda.synchronize()
         free, total = torch.cuda.mem_get_info()
-        res["memory_end"] = {"free": free, "total": total,
-                             "max_allocated": torch.cuda.max_memory_allocated()}
+        res["memory_end"] = {
+            "free": free,
+            "total": total,
+            "max_allocated": torch.cuda.max_memory_allocated(),
+        }
     return res
 
 
 def format_smoke(res: dict[str, Any]) -> str:
-    lines = [f"smoke: {'DRY RUN (CPU)' if res['dry_run'] else res['env'].get('gpu', '?')}, "
-             f"torch {res['env'].get('torch')}, clip {res.get('clip')}"]
+    lines = [
+        f"smoke: {'DRY RUN (CPU)' if res['dry_run'] else res['env'].get('gpu', '?')}, "
+        f"torch {res['env'].get('torch')}, clip {res.get('clip')}"
+    ]
     if res.get("kernels"):
-        lines += ["", "| q [.., heads, N, d] | k N | dtype | mask | mask grad | kernel | calls |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| q [.., heads, N, d] | k N | dtype | mask | mask grad | kernel | calls |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in res["kernels"]:
             kern = r["kernel"]
             if "padded_from" in r:
                 kern += f" (padded from d={r['padded_from']}; unpadded: {r['kernel_unpadded']})"
-            lines.append(f"| {r['q'][-3:]} | {r['k'][-2]} | {r['dtype']} | {r['mask']} | "
-                         f"{r['mask_needs_grad']} | {kern} | {r['calls']} |")
+            lines.append(
+                f"| {r['q'][-3:]} | {r['k'][-2]} | {r['dtype']} | {r['mask']} | "
+                f"{r['mask_needs_grad']} | {kern} | {r['calls']} |"
+            )
     if "sync_sites" in res:
-        lines += ["", "host-sync sites over one forward + backward: "
-                  + (", ".join(f"{k} ×{v}" for k, v in res["sync_sites"].items()) or "none")]
+        lines += [
+            "",
+            "host-sync sites over one forward + backward: "
+            + (", ".join(f"{k} ×{v}" for k, v in res["sync_sites"].items()) or "none"),
+        ]
     if "timing" in res:
         t = res["timing"]
-        lines.append(f"timing core: {t['regions']} regions, step {t['step_ms']:.1f} ms, "
-                     f"peak {t['peak_memory'].get('peak', 0) / 2**30:.2f} GiB, missing {t['missing']}")
+        lines.append(
+            f"timing core: {t['regions']} regions, step {t['step_ms']:.1f} ms, "
+            f"peak {t['peak_memory'].get('peak', 0) / 2**30:.2f} GiB, missing {t['missing']}"
+        )
     if "adamw8bit" in res:
         lines.append(f"8-bit AdamW: {res['adamw8bit']}")
     for key in ("memory_start", "memory_end"):
         if key in res:
-            lines.append(f"{key}: free {res[key]['free'] / 2**30:.1f} of "
-                         f"{res[key]['total'] / 2**30:.1f} GiB")
+            lines.append(
+                f"{key}: free {res[key]['free'] / 2**30:.1f} of {res[key]['total'] / 2**30:.1f} GiB"
+            )
     lines += [f"WARNING: {w}" for w in res["warnings"]]
     lines += [f"CRITICAL: {c}" for c in res["critical"]]
     return "\n".join(lines)
@@ -486,8 +738,12 @@ def run_smoke(out: Path, dry: bool, timeout_s: float) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu_suite_smoke_"))
     arch = Archive(out, "smoke", work)
     arch.summary["env"] = _env_info()
-    step = Step("smoke", ("gpu_suite.py", "_smoke", "--work", "{work}")
-                + (("--dry-run",) if dry else ()), timeout_s, "smoke checks")
+    step = Step(
+        "smoke",
+        ("gpu_suite.py", "_smoke", "--work", "{work}") + (("--dry-run",) if dry else ()),
+        timeout_s,
+        "smoke checks",
+    )
     res = run_step(step, work, timeout_s)
     arch.summary["steps"].append(res)
     try:
@@ -507,18 +763,33 @@ def run_smoke(out: Path, dry: bool, timeout_s: float) -> int:
 # --------------------------------------------------------------------------- CLI
 
 
-def main(argv: Sequence[str] | None = None,
-         steps: Callable[[bool], list[Step]] = figure_steps) -> int:
+def main(
+    argv: Sequence[str] | None = None, steps: Callable[[bool], list[Step]] = figure_steps
+) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("phase", choices=["smoke", "figures", "_smoke"])
-    ap.add_argument("--out", type=Path, default=None,
-                    help="folder for the archive and its summary (default $OUT, else runs/gpu_suite)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the archive and its summary (default $OUT, else runs/gpu_suite)",
+    )
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny model: checks the suite")
-    ap.add_argument("--budget-s", type=float, default=290.0,
-                    help="figures: start no step after this many seconds (default 290)")
-    ap.add_argument("--only", nargs="+", default=None, metavar="STEP",
-                    help="figures: run only these steps (" + ", ".join(
-                        s.name for s in figure_steps(False)) + ")")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=290.0,
+        help="figures: start no step after this many seconds (default 290)",
+    )
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="STEP",
+        help="figures: run only these steps ("
+        + ", ".join(s.name for s in figure_steps(False))
+        + ")",
+    )
     ap.add_argument("--timeout", type=float, default=150.0, help="smoke: its time limit in s")
     ap.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -543,8 +814,11 @@ def main(argv: Sequence[str] | None = None,
         return run_smoke(out, args.dry_run, args.timeout)
     known = {s.name for s in steps(args.dry_run)}
     if args.only and not set(args.only) <= known:
-        print(f"gpu_suite: --only: unknown step {sorted(set(args.only) - known)[0]!r} "
-              f"(known: {', '.join(sorted(known))})", file=sys.stderr)
+        print(
+            f"gpu_suite: --only: unknown step {sorted(set(args.only) - known)[0]!r} "
+            f"(known: {', '.join(sorted(known))})",
+            file=sys.stderr,
+        )
         return 2
     summary = run_figures(steps(args.dry_run), out, args.budget_s, args.only)
     for s in summary["steps"]:

@@ -40,12 +40,25 @@ TINY = ROOT / "configs/deblur/vrt_spike_tiny.yaml"
 #: (the user predicted nothing for our fast config; their "fast" is the what-if row 5)
 PREDICTED: dict[str, tuple[float, float, float] | None] = {"baseline": (32, 6.0, 0.5), "fast": None}
 #: dry run: the tiny model on micro clips, with each config's optimizer and checkpointing
-DRY = ["DATA.CLIP_LEN=2", "DATA.CROP_SIZE=16", "DATA.SYNTHETIC.HEIGHT=16", "DATA.SYNTHETIC.WIDTH=16",
-       "DATA.SYNTHETIC.TICKS_PER_FRAME=4", "DATA.SYNTHETIC.TRAIN_CLIPS=8", "DATA.SYNTHETIC.VAL_CLIPS=1",
-       "MODEL.VRT.EMBED_DIMS=[8,8,8,8,8,8,8,8,8]", "MODEL.VRT.DEPTHS=[1,1,1,1,1,1,1,1,1]",
-       "MODEL.VRT.NUM_HEADS=[1,1,1,1,1,1,1,1,1]", "MODEL.VRT.DEFORMABLE_GROUPS=2",
-       "MODEL.SPIKE.WIDTH=8", "MODEL.SPIKE.TSA_HEADS=1", "MODEL.SPIKE.FUSION_HEADS=1",
-       "MODEL.SPIKE.RES_BLOCKS=0", "MODEL.SPIKE.BINS=2", "DATALOADER.NUM_WORKERS=0"]
+DRY = [
+    "DATA.CLIP_LEN=2",
+    "DATA.CROP_SIZE=16",
+    "DATA.SYNTHETIC.HEIGHT=16",
+    "DATA.SYNTHETIC.WIDTH=16",
+    "DATA.SYNTHETIC.TICKS_PER_FRAME=4",
+    "DATA.SYNTHETIC.TRAIN_CLIPS=8",
+    "DATA.SYNTHETIC.VAL_CLIPS=1",
+    "MODEL.VRT.EMBED_DIMS=[8,8,8,8,8,8,8,8,8]",
+    "MODEL.VRT.DEPTHS=[1,1,1,1,1,1,1,1,1]",
+    "MODEL.VRT.NUM_HEADS=[1,1,1,1,1,1,1,1,1]",
+    "MODEL.VRT.DEFORMABLE_GROUPS=2",
+    "MODEL.SPIKE.WIDTH=8",
+    "MODEL.SPIKE.TSA_HEADS=1",
+    "MODEL.SPIKE.FUSION_HEADS=1",
+    "MODEL.SPIKE.RES_BLOCKS=0",
+    "MODEL.SPIKE.BINS=2",
+    "DATALOADER.NUM_WORKERS=0",
+]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,13 +68,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=None, help="steps per config (default 20; 3 dry)")
     ap.add_argument("--warmup", type=int, default=None, help="steps left out (default 5; 1 dry)")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--no-perceptual", action="store_true",
-                    help="leave out the user's VGG perceptual loss (by default it runs with "
-                    "random VGG weights: its cost is the same, its value is not used)")
-    ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                    help="extra config override for every config")
-    ap.add_argument("--write-doc", type=Path, default=None, metavar="JSON",
-                    help="only write docs/benchmarks.md from a results JSON of an earlier run")
+    ap.add_argument(
+        "--no-perceptual",
+        action="store_true",
+        help="leave out the user's VGG perceptual loss (by default it runs with "
+        "random VGG weights: its cost is the same, its value is not used)",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="extra config override for every config",
+    )
+    ap.add_argument(
+        "--write-doc",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="only write docs/benchmarks.md from a results JSON of an earlier run",
+    )
     return ap.parse_args(argv)
 
 
@@ -76,8 +103,9 @@ def _records(run_dir: str) -> list[dict[str, Any]]:
     return out
 
 
-def measure(name: str, overrides: list[str], steps: int, warmup: int, log_dir: Path,
-            dry: bool) -> dict[str, Any]:
+def measure(
+    name: str, overrides: list[str], steps: int, warmup: int, log_dir: Path, dry: bool
+) -> dict[str, Any]:
     """Train ``steps`` steps of one config; figures from the records after ``warmup``."""
     import torch
 
@@ -85,33 +113,51 @@ def measure(name: str, overrides: list[str], steps: int, warmup: int, log_dir: P
     from trainer.train import train
 
     path = TINY if dry else CONFIGS[name]
-    sets = [*overrides, f"TRAIN.MAX_STEPS={steps}", "TRAIN.GRADIENT_ACCUMULATION_STEPS=1",
-            "TRAIN.VAL.EVERY=0", "TRAIN.CHECKPOINT.EVERY=0", "TRAIN.RESUME=null",
-            "LOG.TIMING_CONSOLE=false", f"LOG.RUN_NAME=gpucheck-{name}"]
+    sets = [
+        *overrides,
+        f"TRAIN.MAX_STEPS={steps}",
+        "TRAIN.GRADIENT_ACCUMULATION_STEPS=1",
+        "TRAIN.VAL.EVERY=0",
+        "TRAIN.CHECKPOINT.EVERY=0",
+        "TRAIN.RESUME=null",
+        "LOG.TIMING_CONSOLE=false",
+        f"LOG.RUN_NAME=gpucheck-{name}",
+    ]
     if dry:
         src = load_config(str(CONFIGS[name]))
-        sets = [*DRY, f"TRAIN.OPTIM.TYPE={src.TRAIN.OPTIM.TYPE}",
-                f"TRAIN.BATCH_SIZE={min(src.TRAIN.BATCH_SIZE, 2)}",
-                f"MODEL.VRT.USE_CHECKPOINT_ATTN={str(src.MODEL.VRT.USE_CHECKPOINT_ATTN).lower()}",
-                f"MODEL.VRT.USE_CHECKPOINT_FFN={str(src.MODEL.VRT.USE_CHECKPOINT_FFN).lower()}",
-                f"MODEL.VRT.USE_CHECKPOINT_ALIGN={str(src.MODEL.VRT.USE_CHECKPOINT_ALIGN).lower()}", *sets]
+        sets = [
+            *DRY,
+            f"TRAIN.OPTIM.TYPE={src.TRAIN.OPTIM.TYPE}",
+            f"TRAIN.BATCH_SIZE={min(src.TRAIN.BATCH_SIZE, 2)}",
+            f"MODEL.VRT.USE_CHECKPOINT_ATTN={str(src.MODEL.VRT.USE_CHECKPOINT_ATTN).lower()}",
+            f"MODEL.VRT.USE_CHECKPOINT_FFN={str(src.MODEL.VRT.USE_CHECKPOINT_FFN).lower()}",
+            f"MODEL.VRT.USE_CHECKPOINT_ALIGN={str(src.MODEL.VRT.USE_CHECKPOINT_ALIGN).lower()}",
+            *sets,
+        ]
     cfg = load_config(str(path), sets)
     res: dict[str, Any] = {
-        "config": name, "file": str(CONFIGS[name].relative_to(ROOT)), "overrides": sets,
-        "batch": cfg.TRAIN.BATCH_SIZE, "optimizer": cfg.TRAIN.OPTIM.TYPE, "amp": cfg.TRAIN.AMP,
+        "config": name,
+        "file": str(CONFIGS[name].relative_to(ROOT)),
+        "overrides": sets,
+        "batch": cfg.TRAIN.BATCH_SIZE,
+        "optimizer": cfg.TRAIN.OPTIM.TYPE,
+        "amp": cfg.TRAIN.AMP,
         "checkpointing": cfg.MODEL.VRT.USE_CHECKPOINT_ATTN or cfg.MODEL.VRT.USE_CHECKPOINT_FFN,
-        "checkpoint_align": cfg.MODEL.VRT.USE_CHECKPOINT_ALIGN, "tf32": cfg.TRAIN.TF32,
+        "checkpoint_align": cfg.MODEL.VRT.USE_CHECKPOINT_ALIGN,
+        "tf32": cfg.TRAIN.TF32,
         "clip": [cfg.DATA.CLIP_LEN, cfg.DATA.CROP_SIZE, cfg.DATA.CROP_SIZE],
         "spike_bins": cfg.MODEL.SPIKE.BINS if cfg.MODEL.USE_SPIKE else 0,
-        "perceptual": cfg.LOSS.VGG_PERCEPTUAL.WEIGHT > 0, "status": "ok",
+        "perceptual": cfg.LOSS.VGG_PERCEPTUAL.WEIGHT > 0,
+        "status": "ok",
     }
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     try:
-        r = train(cfg, log_dir=str(log_dir), write_checkpoints=False, validate_at_end=False,
-                  console=False)
+        r = train(
+            cfg, log_dir=str(log_dir), write_checkpoints=False, validate_at_end=False, console=False
+        )
         res["run_dir"] = r.run_dir
         res["optimizer_state_bytes"] = r.optimizer_state_bytes
     except torch.OutOfMemoryError as e:
@@ -157,8 +203,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['results'][0]['spike_bins']} spike bins), the real training loop "
         "(`benchmarks/gpu_trainer_check.py`), gradient accumulation 1 (a step is one batch), "
         f"median of the steps after {report['warmup']} warm-up steps."
-        + (" The user's VGG perceptual loss runs with random weights (same cost)." if any(
-            r.get("perceptual") for r in report["results"]) else ""),
+        + (
+            " The user's VGG perceptual loss runs with random weights (same cost)."
+            if any(r.get("perceptual") for r in report["results"])
+            else ""
+        ),
         "",
         "| config | batch | optimizer | checkpointing | step (measured) | samples/s (measured) | "
         "peak memory (measured) | optimizer state | predicted step | predicted samples/s | "
@@ -169,14 +218,19 @@ def markdown(report: dict[str, Any]) -> str:
         pred = PREDICTED.get(r["config"])
         mem, step, sps = pred if pred else ("–", "–", "–")
         if r["status"] == "ok":
-            m = (f"{r['step_ms_median'] / 1000:.2f} s | {r['samples_per_s']:.3f} | "
-                 f"{r.get('peak_memory_bytes', 0) / gb:.1f} GB | "
-                 f"{r.get('optimizer_state_bytes', 0) / 1e6:.0f} MB")
+            m = (
+                f"{r['step_ms_median'] / 1000:.2f} s | {r['samples_per_s']:.3f} | "
+                f"{r.get('peak_memory_bytes', 0) / gb:.1f} GB | "
+                f"{r.get('optimizer_state_bytes', 0) / 1e6:.0f} MB"
+            )
         else:
-            m = (f"{r['status']} | – | "
-                 f"{r.get('peak_memory_bytes', 0) / gb:.1f} GB at failure | –")
-        lines.append(f"| {r['config']} | {r['batch']} | {r['optimizer']} | "
-                     f"{'on' if r['checkpointing'] else 'off'} | {m} | {step} s | {sps} | {mem} GB |".replace("– s", "–").replace("– GB", "–"))
+            m = f"{r['status']} | – | {r.get('peak_memory_bytes', 0) / gb:.1f} GB at failure | –"
+        lines.append(
+            f"| {r['config']} | {r['batch']} | {r['optimizer']} | "
+            f"{'on' if r['checkpointing'] else 'off'} | {m} | {step} s | {sps} | {mem} GB |".replace(
+                "– s", "–"
+            ).replace("– GB", "–")
+        )
     lines += ["", "Shares of the measured step (median step):", ""]
     for r in report["results"]:
         if r["status"] == "ok":
@@ -208,18 +262,35 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if args.dry_run else 5)
     overrides = list(args.overrides)
     if not args.no_perceptual and not args.dry_run:
-        overrides += ["LOSS.VGG_PERCEPTUAL.WEIGHT=0.1", "LOSS.VGG_PERCEPTUAL.ALLOW_RANDOM_WEIGHTS=true"]
+        overrides += [
+            "LOSS.VGG_PERCEPTUAL.WEIGHT=0.1",
+            "LOSS.VGG_PERCEPTUAL.ALLOW_RANDOM_WEIGHTS=true",
+        ]
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
-    report: dict[str, Any] = {"device": device, "torch": torch.__version__,
-                              "date": time.strftime("%Y-%m-%d"), "steps": steps,
-                              "warmup": warmup, "dry_run": args.dry_run, "results": []}
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()})"
+    )
+    report: dict[str, Any] = {
+        "device": device,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "steps": steps,
+        "warmup": warmup,
+        "dry_run": args.dry_run,
+        "results": [],
+    }
     for name in args.configs:
         print(f"[gpu_trainer_check] {name}: {steps} steps ...", flush=True)
         res = measure(name, overrides, steps, warmup, args.out_dir / "logs", args.dry_run)
         report["results"].append(res)
-        print(json.dumps({k: v for k, v in res.items() if k != "overrides"}, default=str), flush=True)
-        (args.out_dir / "gpu_trainer_check.json").write_text(json.dumps(report, indent=1, default=str))
+        print(
+            json.dumps({k: v for k, v in res.items() if k != "overrides"}, default=str), flush=True
+        )
+        (args.out_dir / "gpu_trainer_check.json").write_text(
+            json.dumps(report, indent=1, default=str)
+        )
     md = markdown(report)
     (args.out_dir / "gpu_trainer_check.md").write_text(md + "\n")
     print(md)

@@ -41,19 +41,36 @@ from trainer.bench import (  # noqa: E402
 
 #: (row name, settings added by this row), cumulative
 ROWS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("baseline", (("TRAIN.OPTIM.TYPE", "adamw"), ("TRAIN.BATCH_SIZE", "1"),
-                  ("MODEL.VRT.USE_CHECKPOINT_ATTN", "true"), ("MODEL.VRT.USE_CHECKPOINT_FFN", "true"))),
+    (
+        "baseline",
+        (
+            ("TRAIN.OPTIM.TYPE", "adamw"),
+            ("TRAIN.BATCH_SIZE", "1"),
+            ("MODEL.VRT.USE_CHECKPOINT_ATTN", "true"),
+            ("MODEL.VRT.USE_CHECKPOINT_FFN", "true"),
+        ),
+    ),
     ("+ 8-bit AdamW", (("TRAIN.OPTIM.TYPE", "adamw8bit"),)),
     ("+ batch 2", (("TRAIN.BATCH_SIZE", "2"),)),
     ("+ batch 3", (("TRAIN.BATCH_SIZE", "3"),)),
-    ("+ no checkpointing", (("MODEL.VRT.USE_CHECKPOINT_ATTN", "false"), ("MODEL.VRT.USE_CHECKPOINT_FFN", "false"))),
+    (
+        "+ no checkpointing",
+        (("MODEL.VRT.USE_CHECKPOINT_ATTN", "false"), ("MODEL.VRT.USE_CHECKPOINT_FFN", "false")),
+    ),
 )
 
 #: one shipped config per row (configs/deblur/), each equal to the baseline + that row's
 #: cumulative settings (tests/test_config_errors.py checks it)
-ROW_CONFIGS = tuple(f"configs/deblur/vrt_spike_{n}.yaml" for n in (
-    "whatif1_baseline", "whatif2_adamw8bit", "whatif3_batch2", "whatif4_batch3",
-    "whatif5_no_ckpt"))
+ROW_CONFIGS = tuple(
+    f"configs/deblur/vrt_spike_{n}.yaml"
+    for n in (
+        "whatif1_baseline",
+        "whatif2_adamw8bit",
+        "whatif3_batch2",
+        "whatif4_batch3",
+        "whatif5_no_ckpt",
+    )
+)
 
 #: the user's predicted figures (BRIEF.md): memory GB, step s, samples/s (3 GPUs), 50 epochs h
 PREDICTED: tuple[tuple[float, float, float, float], ...] = (
@@ -70,11 +87,19 @@ FULL_CFG = "configs/deblur/vrt_spike_baseline.yaml"
 TINY_CFG = "configs/deblur/vrt_spike_tiny.yaml"
 COMMON = ("TRAIN.GRADIENT_ACCUMULATION_STEPS=1", "DATALOADER.NUM_WORKERS=2")
 # the tiny model made smaller still, so the CPU dry run takes seconds per row
-DRY = ("DATA.CROP_SIZE=16", "DATA.SYNTHETIC.HEIGHT=16", "DATA.SYNTHETIC.WIDTH=16",
-       "DATA.SYNTHETIC.TRAIN_CLIPS=8", "DATA.SYNTHETIC.VAL_CLIPS=1", "DATA.CLIP_LEN=2",
-       "MODEL.USE_SPIKE=false", "MODEL.VRT.DEPTHS=[1,1,1,1,1,1,1,1,1]",
-       "MODEL.VRT.EMBED_DIMS=[8,8,8,8,8,8,8,8,8]", "MODEL.VRT.NUM_HEADS=[1,1,1,1,1,1,1,1,1]",
-       "DATALOADER.NUM_WORKERS=0")
+DRY = (
+    "DATA.CROP_SIZE=16",
+    "DATA.SYNTHETIC.HEIGHT=16",
+    "DATA.SYNTHETIC.WIDTH=16",
+    "DATA.SYNTHETIC.TRAIN_CLIPS=8",
+    "DATA.SYNTHETIC.VAL_CLIPS=1",
+    "DATA.CLIP_LEN=2",
+    "MODEL.USE_SPIKE=false",
+    "MODEL.VRT.DEPTHS=[1,1,1,1,1,1,1,1,1]",
+    "MODEL.VRT.EMBED_DIMS=[8,8,8,8,8,8,8,8,8]",
+    "MODEL.VRT.NUM_HEADS=[1,1,1,1,1,1,1,1,1]",
+    "DATALOADER.NUM_WORKERS=0",
+)
 
 
 def cumulative_cases() -> list[tuple[tuple[str, str], ...]]:
@@ -109,44 +134,96 @@ def side_by_side(report: BenchReport, rows: Sequence[int] | None = None) -> str:
         (name, _), pred = ROWS[i], PREDICTED[i]
         mem_p, step_p, sps_p, h_p = pred
         if r.status == OK:
-            measured = [f"{fmt_bytes(r.mem_peak)} / {fmt_bytes(r.mem_reserved)}", fmt_step(r.step_ms),
-                        f"{r.samples_per_s * WORLD:.2f}" if r.samples_per_s else "—", fmt_seconds(r.total_s)]
+            measured = [
+                f"{fmt_bytes(r.mem_peak)} / {fmt_bytes(r.mem_reserved)}",
+                fmt_step(r.step_ms),
+                f"{r.samples_per_s * WORLD:.2f}" if r.samples_per_s else "—",
+                fmt_seconds(r.total_s),
+            ]
         else:
-            measured = [fmt_bytes(r.mem_peak) if r.mem_peak else "—", r.outcome.replace("|", "\\|"), "—", "—"]
-        lines.append(f"| {name} | {mem_p:g} GB | {measured[0]} | {step_p:g} s | {measured[1]} | {sps_p:g} "
-                     f"| {measured[2]} | {h_p:g} h | {measured[3]} |")
+            measured = [
+                fmt_bytes(r.mem_peak) if r.mem_peak else "—",
+                r.outcome.replace("|", "\\|"),
+                "—",
+                "—",
+            ]
+        lines.append(
+            f"| {name} | {mem_p:g} GB | {measured[0]} | {step_p:g} s | {measured[1]} | {sps_p:g} "
+            f"| {measured[2]} | {h_p:g} h | {measured[3]} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None,
-         command: Callable[[str, Sequence[str], str], list[str]] = train_command) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    command: Callable[[str, Sequence[str], str], list[str]] = train_command,
+) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dry-run", action="store_true", help="CPU, tiny model, 1+1 steps: check the machinery only")
-    p.add_argument("--cfg", default=None, help=f"base config (default {FULL_CFG}; {TINY_CFG} with --dry-run)")
-    p.add_argument("--steps", type=int, default=None, help="measured steps per row (default 3; 1 dry)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per row (default 2; 1 dry)")
-    p.add_argument("--timeout", type=float, default=100.0, help="seconds per row before it is stopped (default 100)")
-    p.add_argument("--out", default=None, help="bench.md/bench.json and logs (default runs/bench/gpu_whatif)")
-    p.add_argument("--log-dir", default="runs/logs", help="log root of the runs (default runs/logs)")
-    p.add_argument("--rows", type=int, nargs="+", default=None, metavar="N",
-                   help="run only these rows (1-based, each still cumulative; default all)")
-    p.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md (a dry run never does)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="CPU, tiny model, 1+1 steps: check the machinery only",
+    )
+    p.add_argument(
+        "--cfg", default=None, help=f"base config (default {FULL_CFG}; {TINY_CFG} with --dry-run)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="measured steps per row (default 3; 1 dry)"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=None, help="warm-up steps per row (default 2; 1 dry)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=100.0,
+        help="seconds per row before it is stopped (default 100)",
+    )
+    p.add_argument(
+        "--out", default=None, help="bench.md/bench.json and logs (default runs/bench/gpu_whatif)"
+    )
+    p.add_argument(
+        "--log-dir", default="runs/logs", help="log root of the runs (default runs/logs)"
+    )
+    p.add_argument(
+        "--rows",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="run only these rows (1-based, each still cumulative; default all)",
+    )
+    p.add_argument(
+        "--no-write",
+        action="store_true",
+        help="do not write docs/benchmarks.md (a dry run never does)",
+    )
     args = p.parse_args(argv)
     if not args.dry_run:
         import torch
 
         if not torch.cuda.is_available():
-            print("gpu_whatif_check: no CUDA device (use --dry-run on a CPU machine)", file=sys.stderr)
+            print(
+                "gpu_whatif_check: no CUDA device (use --dry-run on a CPU machine)", file=sys.stderr
+            )
             return 2
     dry = args.dry_run
     cfg = args.cfg or (TINY_CFG if dry else FULL_CFG)
     extra = [*COMMON, *(DRY if dry else ())]
     report = run_bench(
-        cfg, select_rows(args.rows), steps=args.steps if args.steps is not None else (1 if dry else 3),
+        cfg,
+        select_rows(args.rows),
+        steps=args.steps if args.steps is not None else (1 if dry else 3),
         warmup=args.warmup if args.warmup is not None else (1 if dry else 2),
-        log_dir=args.log_dir, out=args.out or str(ROOT / "runs" / "bench" / ("gpu_whatif_dry" if dry else "gpu_whatif")),
-        extra=extra, world_size=WORLD, epoch_samples=EPOCH_SAMPLES, epochs=EPOCHS, timeout=args.timeout,
-        command=command, echo=lambda s: print(s, file=sys.stderr, flush=True),
+        log_dir=args.log_dir,
+        out=args.out or str(ROOT / "runs" / "bench" / ("gpu_whatif_dry" if dry else "gpu_whatif")),
+        extra=extra,
+        world_size=WORLD,
+        epoch_samples=EPOCH_SAMPLES,
+        epochs=EPOCHS,
+        timeout=args.timeout,
+        command=command,
+        echo=lambda s: print(s, file=sys.stderr, flush=True),
     )
     write_outputs(report)
     dev = next((r.gpu_name or r.device for r in report.results if r.device), "?")
@@ -159,7 +236,9 @@ def main(argv: Sequence[str] | None = None,
         "samples per epoch (what the user's own figures imply). Predicted figures are the user's, never "
         "measured (their GB are probably what nvidia-smi showed, closer to our *reserved* than to peak "
         "*allocated*; ours are GiB).\n\n"
-        + side_by_side(report, args.rows) + "\nThe bench table itself:\n\n" + markdown(report)
+        + side_by_side(report, args.rows)
+        + "\nThe bench table itself:\n\n"
+        + markdown(report)
     )
     print(text)
     if not args.no_write and not dry:  # a dry run checks the machinery; its figures mean nothing

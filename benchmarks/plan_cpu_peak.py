@@ -74,9 +74,13 @@ def measure(cfg_path: str, overrides: list[str]) -> dict[str, float]:
     hwm = _status("VmHWM")
     m = plan.memory
     predicted = m["peak"] - m["parameters"] - m["optimizer_state"] - m["inputs"]
-    return {"measured_step_bytes": hwm - before, "predicted_step_bytes": predicted,
-            "predicted_peak": m["peak"], "rss_before": before,
-            "saved_activations": m["saved_activations"]}
+    return {
+        "measured_step_bytes": hwm - before,
+        "predicted_step_bytes": predicted,
+        "predicted_peak": m["peak"],
+        "rss_before": before,
+        "saved_activations": m["saved_activations"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     args = ap.parse_args(argv)
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
-        print("warning: MALLOC_MMAP_THRESHOLD_ is not set; freed memory may stay resident",
-              file=sys.stderr)
+        print(
+            "warning: MALLOC_MMAP_THRESHOLD_ is not set; freed memory may stay resident",
+            file=sys.stderr,
+        )
     print(json.dumps(measure(args.cfg, args.overrides)))
     return 0
 

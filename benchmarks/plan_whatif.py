@@ -23,20 +23,27 @@ sys.path.insert(0, str(ROOT))
 
 
 def _rows() -> list[tuple[str, list[str]]]:
-    spec = importlib.util.spec_from_file_location("gpu_whatif_check",
-                                                  ROOT / "benchmarks" / "gpu_whatif_check.py")
+    spec = importlib.util.spec_from_file_location(
+        "gpu_whatif_check", ROOT / "benchmarks" / "gpu_whatif_check.py"
+    )
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     names = [n for n, _ in mod.ROWS]
-    return [(n, [f"{k}={v}" for k, v in case])
-            for n, case in zip(names, mod.cumulative_cases(), strict=True)], list(mod.COMMON)
+    return [
+        (n, [f"{k}={v}" for k, v in case])
+        for n, case in zip(names, mod.cumulative_cases(), strict=True)
+    ], list(mod.COMMON)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cfg", default=str(ROOT / "configs" / "deblur" / "vrt_spike_baseline.yaml"))
-    ap.add_argument("--amp", choices=("none", "bf16"), default=None,
-                    help="override TRAIN.AMP (default: as the row's config says)")
+    ap.add_argument(
+        "--amp",
+        choices=("none", "bf16"),
+        default=None,
+        help="override TRAIN.AMP (default: as the row's config says)",
+    )
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     args = ap.parse_args(argv)
     import torch
@@ -49,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     rows, common = _rows()
     gpus = [parse_gpu("80"), parse_gpu("139")]
     gb = GIB
-    out = [f"precision {'bf16 autocast' if args.amp == 'bf16' else 'fp32' if args.amp else 'as configured'}"
-           f"; usable = memory − "
-           f"{RESERVE_BYTES / gb:.2f} GiB reserve", "",
-           "| row | saved activations | transient | predicted peak | 80 GiB GPU | 139 GiB GPU |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        f"precision {'bf16 autocast' if args.amp == 'bf16' else 'fp32' if args.amp else 'as configured'}"
+        f"; usable = memory − "
+        f"{RESERVE_BYTES / gb:.2f} GiB reserve",
+        "",
+        "| row | saved activations | transient | predicted peak | 80 GiB GPU | 139 GiB GPU |",
+        "|---|---|---|---|---|---|",
+    ]
     t0 = time.perf_counter()
     base_cfg = base_plan = None
     shipped = sorted((ROOT / "configs" / "deblur").glob("vrt_spike_whatif*.yaml"))
@@ -72,14 +82,18 @@ def main(argv: list[str] | None = None) -> int:
         for g in gpus:
             room = g.memory - RESERVE_BYTES - p.peak
             cells.append(f"{'fits' if room >= 0 else '**no**'} ({room / gb:+.1f} GiB)")
-        out.append(f"| {name} | {m['saved_activations'] / gb:.1f} GiB | {m['transient'] / gb:.1f} GiB "
-                   f"| **{p.peak / gb:.1f} GiB** | {cells[0]} | {cells[1]} |")
+        out.append(
+            f"| {name} | {m['saved_activations'] / gb:.1f} GiB | {m['transient'] / gb:.1f} GiB "
+            f"| **{p.peak / gb:.1f} GiB** | {cells[0]} | {cells[1]} |"
+        )
     out += ["", "largest batch of the baseline row (adamw) per checkpointing setting:", ""]
     for g in gpus:
         f = fit(base_cfg, g, base_plan)
-        parts = [f"checkpointing {'on' if r['checkpointing'] else 'off'}: batch {r['max_batch']}"
-                 f" (batch 1 {r['peak_batch1'] / gb:.1f} GiB, +{r['per_sample'] / gb:.1f} GiB/sample)"
-                 for r in f["max_batch"]]
+        parts = [
+            f"checkpointing {'on' if r['checkpointing'] else 'off'}: batch {r['max_batch']}"
+            f" (batch 1 {r['peak_batch1'] / gb:.1f} GiB, +{r['per_sample'] / gb:.1f} GiB/sample)"
+            for r in f["max_batch"]
+        ]
         out.append(f"- {g.name}: " + "; ".join(parts))
     out += ["", f"({time.perf_counter() - t0:.0f} s on this machine)"]
     print("\n".join(out))

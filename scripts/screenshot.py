@@ -28,9 +28,25 @@ from tui.testing import write_run  # noqa: E402
 def generated_root(tmp: Path) -> Path:
     """A log root with a finished run and a running 3-rank run (rank 2 a straggler)."""
     root = tmp / "logs"
-    write_run(root, "20261126-091500-vrt_spike_baseline-1c0e", steps=400, ranks=3, status="completed", seed=1)
-    write_run(root, "20261126-120000-vrt_spike_baseline-3f2a", steps=180, ranks=3, total_steps=26550,
-              status=None, straggler=2, eval_every=50, seed=2)
+    write_run(
+        root,
+        "20261126-091500-vrt_spike_baseline-1c0e",
+        steps=400,
+        ranks=3,
+        status="completed",
+        seed=1,
+    )
+    write_run(
+        root,
+        "20261126-120000-vrt_spike_baseline-3f2a",
+        steps=180,
+        ranks=3,
+        total_steps=26550,
+        status=None,
+        straggler=2,
+        eval_every=50,
+        seed=2,
+    )
     return root
 
 
@@ -40,7 +56,9 @@ async def shoot(root: Path, out: Path, size: tuple[int, int], timeout: float = 3
         t0 = time.monotonic()
         while not (app.world and app.world.selected and app.world.selected.step > 0):
             if time.monotonic() - t0 > timeout:
-                raise SystemExit(f"screenshot: no run with steps under {root} after {timeout:.0f} s")
+                raise SystemExit(
+                    f"screenshot: no run with steps under {root} after {timeout:.0f} s"
+                )
             await pilot.pause(0.05)
         await pilot.pause(0.5)  # let every widget render the snapshot
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +67,9 @@ async def shoot(root: Path, out: Path, size: tuple[int, int], timeout: float = 3
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", default=None, help="a log root or run folder (default: a generated run)")
+    p.add_argument(
+        "--run", default=None, help="a log root or run folder (default: a generated run)"
+    )
     p.add_argument("--out", default=str(ROOT / "docs" / "screenshot.svg"))
     p.add_argument("--size", default="160x48", help="terminal COLUMNSxROWS (default 160x48)")
     args = p.parse_args(argv)

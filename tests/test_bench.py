@@ -92,10 +92,18 @@ def test_parse_sweeps_and_cases() -> None:
     with pytest.raises(UsageError):
         parse_case("A.B")
     combos = combinations([parse_sweep("A=1,2"), parse_sweep("B=x,y")])
-    assert combos == [(("A", "1"), ("B", "x")), (("A", "1"), ("B", "y")), (("A", "2"), ("B", "x")),
-                      (("A", "2"), ("B", "y"))]
+    assert combos == [
+        (("A", "1"), ("B", "x")),
+        (("A", "1"), ("B", "y")),
+        (("A", "2"), ("B", "x")),
+        (("A", "2"), ("B", "y")),
+    ]
     assert combinations([parse_sweep("B=x,y")], [(), (("A", "2"),)]) == [
-        (("B", "x"),), (("B", "y"),), (("A", "2"), ("B", "x")), (("A", "2"), ("B", "y"))]
+        (("B", "x"),),
+        (("B", "y"),),
+        (("A", "2"), ("B", "x")),
+        (("A", "2"), ("B", "y")),
+    ]
     with pytest.raises(UsageError, match="swept twice"):
         combinations([parse_sweep("A=1"), parse_sweep("A=2")])
 
@@ -108,22 +116,59 @@ def _write(run: Path, lines: list[str]) -> Path:
 
 def test_analyse_run_ok_oom_failed(tmp_path: Path) -> None:
     start = encode(RunStart(run_id="x", rank=0, world_size=1, time=0.0, device="cuda:0"))
-    steps = [encode(Step(step=i, time=float(i), wall_ms=w, regions=regs, samples=2,
-                         memory={"peak": p, "reserved": p + 5}))
-             for i, w, regs, p in [(1, 900.0, {}, 50), (2, 100.0, {}, 70), (3, 120.0, {}, 60),
-                                   (4, 400.0, {"validation": (290.0, 1)}, 65)]]
-    ok = analyse_run(_write(tmp_path / "ok", [start, *steps, encode(RunEnd(time=5.0, status="completed", steps=4))]), 1)
+    steps = [
+        encode(
+            Step(
+                step=i,
+                time=float(i),
+                wall_ms=w,
+                regions=regs,
+                samples=2,
+                memory={"peak": p, "reserved": p + 5},
+            )
+        )
+        for i, w, regs, p in [
+            (1, 900.0, {}, 50),
+            (2, 100.0, {}, 70),
+            (3, 120.0, {}, 60),
+            (4, 400.0, {"validation": (290.0, 1)}, 65),
+        ]
+    ]
+    ok = analyse_run(
+        _write(
+            tmp_path / "ok", [start, *steps, encode(RunEnd(time=5.0, status="completed", steps=4))]
+        ),
+        1,
+    )
     assert ok["status"] == "ok" and ok["steps_measured"] == 3
     assert ok["step_ms"] == 110.0  # median of 100, 120 and 400 - 290 (validation excluded)
     assert ok["mem_peak"] == 70 and ok["mem_reserved"] == 75 and ok["samples_per_step"] == 2
-    oom_end = encode(RunEnd(time=3.0, status="failed", steps=2, error_type="OutOfMemoryError",
-                            error_message="CUDA out of memory. Tried to allocate 20.00 MiB\nmore"))
+    oom_end = encode(
+        RunEnd(
+            time=3.0,
+            status="failed",
+            steps=2,
+            error_type="OutOfMemoryError",
+            error_message="CUDA out of memory. Tried to allocate 20.00 MiB\nmore",
+        )
+    )
     oom = analyse_run(_write(tmp_path / "oom", [start, *steps[:2], oom_end]), 1)
     assert oom["status"] == "oom" and oom["mem_peak"] == 70
-    rt = encode(RunEnd(time=3.0, status="failed", steps=1, error_type="RuntimeError",
-                       error_message="CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    rt = encode(
+        RunEnd(
+            time=3.0,
+            status="failed",
+            steps=1,
+            error_type="RuntimeError",
+            error_message="CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate",
+        )
+    )
     assert analyse_run(_write(tmp_path / "oom2", [start, rt]), 1)["status"] == "oom"
-    bad = encode(RunEnd(time=3.0, status="failed", steps=1, error_type="ValueError", error_message="bad shape"))
+    bad = encode(
+        RunEnd(
+            time=3.0, status="failed", steps=1, error_type="ValueError", error_message="bad shape"
+        )
+    )
     failed = analyse_run(_write(tmp_path / "failed", [start, steps[0], bad]), 1)
     assert failed["status"] == "failed" and failed["message"] == "ValueError: bad shape"
     short = analyse_run(_write(tmp_path / "short", [start, steps[0]]), 1)
@@ -131,11 +176,22 @@ def test_analyse_run_ok_oom_failed(tmp_path: Path) -> None:
 
 
 def test_bench_with_a_fake_trainer(tmp_path: Path, fake) -> None:  # type: ignore[no-untyped-def]
-    combos = combinations([parse_sweep("TRAIN.OPTIM.TYPE=adamw,adamw8bit")], [(), (("TRAIN.BATCH_SIZE", "3"),),
-                                                                                (("TRAIN.BATCH_SIZE", "4"),)])
+    combos = combinations(
+        [parse_sweep("TRAIN.OPTIM.TYPE=adamw,adamw8bit")],
+        [(), (("TRAIN.BATCH_SIZE", "3"),), (("TRAIN.BATCH_SIZE", "4"),)],
+    )
     out, logs = tmp_path / "out", tmp_path / "logs"
-    report = run_bench(TINY, combos, steps=3, warmup=1, log_dir=str(logs), out=str(out), command=fake,
-                       extra=["TRAIN.BATCH_SIZE=1"], echo=lambda s: None)
+    report = run_bench(
+        TINY,
+        combos,
+        steps=3,
+        warmup=1,
+        log_dir=str(logs),
+        out=str(out),
+        command=fake,
+        extra=["TRAIN.BATCH_SIZE=1"],
+        echo=lambda s: None,
+    )
     rows = report.results
     assert [r.outcome.split(":")[0] for r in rows] == ["ok", "ok", "OOM", "OOM", "failed", "failed"]
     base, eight = rows[0], rows[1]
@@ -166,42 +222,92 @@ def test_bench_with_a_fake_trainer(tmp_path: Path, fake) -> None:  # type: ignor
 
 def test_bad_sweep_key_fails_before_running(tmp_path: Path, fake) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(UsageError, match=r"TRAIN\.BATCH_SIZ"):
-        run_bench(TINY, [(("TRAIN.BATCH_SIZ", "2"),)], log_dir=str(tmp_path / "logs"), command=fake,
-                  echo=lambda s: None)
+        run_bench(
+            TINY,
+            [(("TRAIN.BATCH_SIZ", "2"),)],
+            log_dir=str(tmp_path / "logs"),
+            command=fake,
+            echo=lambda s: None,
+        )
     assert not (tmp_path / "logs").exists()
 
 
 def test_cli_errors() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "trainer", "bench", "--cfg", TINY, "--sweep", "TRAIN.BATCH_SIZE"],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
-    assert r.returncode == 2 and "expected KEY.PATH=v1,v2" in r.stderr and len(r.stderr.splitlines()) == 1
-    r = subprocess.run([sys.executable, "-m", "trainer", "bench", "--cfg", "nope.yaml", "--sweep", "A=1"],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "trainer", "bench", "--cfg", TINY, "--sweep", "TRAIN.BATCH_SIZE"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert (
+        r.returncode == 2
+        and "expected KEY.PATH=v1,v2" in r.stderr
+        and len(r.stderr.splitlines()) == 1
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "trainer", "bench", "--cfg", "nope.yaml", "--sweep", "A=1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert r.returncode == 2 and "not found" in r.stderr
 
 
 # Shrinks the tiny model further so four processes fit in a test (the model code is the same).
-SMALL = ["DATA.CROP_SIZE=16", "DATA.SYNTHETIC.HEIGHT=16", "DATA.SYNTHETIC.WIDTH=16",
-         "DATA.SYNTHETIC.TRAIN_CLIPS=8", "DATA.SYNTHETIC.VAL_CLIPS=1", "DATA.CLIP_LEN=2",
-         "MODEL.USE_SPIKE=false", "MODEL.VRT.DEPTHS=[1,1,1,1,1,1,1,1,1]",
-         "MODEL.VRT.EMBED_DIMS=[8,8,8,8,8,8,8,8,8]", "MODEL.VRT.NUM_HEADS=[1,1,1,1,1,1,1,1,1]"]
+SMALL = [
+    "DATA.CROP_SIZE=16",
+    "DATA.SYNTHETIC.HEIGHT=16",
+    "DATA.SYNTHETIC.WIDTH=16",
+    "DATA.SYNTHETIC.TRAIN_CLIPS=8",
+    "DATA.SYNTHETIC.VAL_CLIPS=1",
+    "DATA.CLIP_LEN=2",
+    "MODEL.USE_SPIKE=false",
+    "MODEL.VRT.DEPTHS=[1,1,1,1,1,1,1,1,1]",
+    "MODEL.VRT.EMBED_DIMS=[8,8,8,8,8,8,8,8,8]",
+    "MODEL.VRT.NUM_HEADS=[1,1,1,1,1,1,1,1,1]",
+]
 
 
 @pytest.mark.slow
 def test_real_bench_tiny_2x2_on_cpu(tmp_path: Path) -> None:
     out, logs = tmp_path / "out", tmp_path / "logs"
-    cmd = [sys.executable, "-m", "trainer", "bench", "--cfg", TINY,
-           "--sweep", "TRAIN.OPTIM.TYPE=adamw,adamw8bit", "--sweep", "TRAIN.BATCH_SIZE=1,2",
-           "--steps", "1", "--warmup", "0", "--out", str(out), "--log-dir", str(logs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "bench",
+        "--cfg",
+        TINY,
+        "--sweep",
+        "TRAIN.OPTIM.TYPE=adamw,adamw8bit",
+        "--sweep",
+        "TRAIN.BATCH_SIZE=1,2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--out",
+        str(out),
+        "--log-dir",
+        str(logs),
+    ]
     for s in SMALL:
         cmd += ["--set", s]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads((out / "bench.json").read_text())["rows"]
     assert [r["outcome"] for r in rows] == ["ok"] * 4, r.stdout
-    assert [tuple(r["settings"].values()) for r in rows] == [("adamw", "1"), ("adamw", "2"),
-                                                            ("adamw8bit", "1"), ("adamw8bit", "2")]
+    assert [tuple(r["settings"].values()) for r in rows] == [
+        ("adamw", "1"),
+        ("adamw", "2"),
+        ("adamw8bit", "1"),
+        ("adamw8bit", "2"),
+    ]
     for row in rows:
         assert row["step_ms"] > 0 and row["mem_peak"] > 0 and row["samples_per_s"] > 0
         assert row["steps_measured"] == 1
@@ -210,27 +316,51 @@ def test_real_bench_tiny_2x2_on_cpu(tmp_path: Path) -> None:
     assert rows[0]["step_ratio"] == 1.0
     assert "| 4 | TRAIN.OPTIM.TYPE=adamw8bit TRAIN.BATCH_SIZE=2 |" in r.stdout
     # a bench row is a normal run: the monitor's summary reads it
-    s = subprocess.run([sys.executable, "-m", "tui", "summary", rows[3]["run_dir"], "--json"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    s = subprocess.run(
+        [sys.executable, "-m", "tui", "summary", rows[3]["run_dir"], "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert json.loads(s.stdout)["steps"] == 1
 
 
 def test_gpu_whatif_script_dry_run(tmp_path: Path, fake, capsys) -> None:  # type: ignore[no-untyped-def]
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("gpu_whatif_check", ROOT / "benchmarks" / "gpu_whatif_check.py")
+    spec = importlib.util.spec_from_file_location(
+        "gpu_whatif_check", ROOT / "benchmarks" / "gpu_whatif_check.py"
+    )
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     cases = mod.cumulative_cases()
-    assert dict(cases[0])["TRAIN.OPTIM.TYPE"] == "adamw" and dict(cases[1])["TRAIN.OPTIM.TYPE"] == "adamw8bit"
-    assert dict(cases[3]) == {"TRAIN.OPTIM.TYPE": "adamw8bit", "TRAIN.BATCH_SIZE": "3",
-                              "MODEL.VRT.USE_CHECKPOINT_ATTN": "true", "MODEL.VRT.USE_CHECKPOINT_FFN": "true"}
+    assert (
+        dict(cases[0])["TRAIN.OPTIM.TYPE"] == "adamw"
+        and dict(cases[1])["TRAIN.OPTIM.TYPE"] == "adamw8bit"
+    )
+    assert dict(cases[3]) == {
+        "TRAIN.OPTIM.TYPE": "adamw8bit",
+        "TRAIN.BATCH_SIZE": "3",
+        "MODEL.VRT.USE_CHECKPOINT_ATTN": "true",
+        "MODEL.VRT.USE_CHECKPOINT_FFN": "true",
+    }
     assert dict(cases[4])["MODEL.VRT.USE_CHECKPOINT_FFN"] == "false"
-    rc = mod.main(["--dry-run", "--out", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs")], command=fake)
+    rc = mod.main(
+        ["--dry-run", "--out", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs")],
+        command=fake,
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "DRY RUN" in out
     table = [line for line in out.splitlines() if line.startswith("| ") and " GB |" in line]
-    assert [line.split(" | ")[0] for line in table] == ["| baseline", "| + 8-bit AdamW", "| + batch 2",
-                                                         "| + batch 3", "| + no checkpointing"]
-    assert "| 32 GB |" in table[0] and "| 88.5 h |" in table[0] and "OOM" in table[3]  # fake: batch 3 OOMs
+    assert [line.split(" | ")[0] for line in table] == [
+        "| baseline",
+        "| + 8-bit AdamW",
+        "| + batch 2",
+        "| + batch 3",
+        "| + no checkpointing",
+    ]
+    assert (
+        "| 32 GB |" in table[0] and "| 88.5 h |" in table[0] and "OOM" in table[3]
+    )  # fake: batch 3 OOMs
     assert json.loads((tmp_path / "out" / "bench.json").read_text())["world_size"] == 3

@@ -37,7 +37,9 @@ def region_avgs(run: Path) -> dict[str, float]:
 @pytest.fixture()
 def two_runs(tmp_path: Path) -> tuple[Path, Path]:
     a = write_run(tmp_path, "20261126-120000-base-0001", steps=20, n_regions=11, seed=1)
-    b = write_run(tmp_path, "20261126-130000-other-0002", steps=25, n_regions=13, seed=2, straggler=0)
+    b = write_run(
+        tmp_path, "20261126-130000-other-0002", steps=25, n_regions=13, seed=2, straggler=0
+    )
     return a, b
 
 
@@ -93,14 +95,23 @@ def test_cli(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def tui(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "tui", "compare", *args], capture_output=True, text=True,
-                              env=env, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "tui", "compare", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
 
     a, b = map(str, two_runs)
     r = tui(a, b, "--json")
     assert r.returncode == 0 and len(json.loads(r.stdout)["runs"]) == 2
     r = tui(a, b)  # not a terminal: text
-    assert r.returncode == 0 and "B = 20261126-130000-other-0002" in r.stdout and "\x1b[" not in r.stdout
+    assert (
+        r.returncode == 0
+        and "B = 20261126-130000-other-0002" in r.stdout
+        and "\x1b[" not in r.stdout
+    )
     r = tui(a)
     assert r.returncode == 2 and "at least two runs" in r.stderr
     r = tui(a, str(tmp_path / "nope"))

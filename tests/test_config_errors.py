@@ -59,7 +59,10 @@ def test_one_config_per_what_if_row_equals_the_script_rows():
         row = load_config(str(ROOT / path))
         ref = load_config(base, [f"{k}={v}" for k, v in case])
         for sec in ("DATA", "MODEL", "DATALOADER", "TRAIN", "LOSS", "LOG"):
-            assert dataclasses.asdict(getattr(row, sec)) == dataclasses.asdict(getattr(ref, sec)), (path, sec)
+            assert dataclasses.asdict(getattr(row, sec)) == dataclasses.asdict(getattr(ref, sec)), (
+                path,
+                sec,
+            )
 
 
 def test_defaults_and_types():
@@ -84,9 +87,16 @@ def test_defaults_and_types():
         ({"DATA": {"TYPE": "gopro_spike"}}, "DATA.ROOT", "required"),
         ({"DATA": {"TYPE": "gopro_spike", "ROOT": "/nonexistent/x"}}, "DATA.ROOT", "not found"),
         ({"DATA": {"CROP_SIZE": 512}}, "DATA.CROP_SIZE", "larger than"),
-        ({"LOSS": {"VGG_PERCEPTUAL": {"WEIGHT": 0.1}}}, "LOSS.VGG_PERCEPTUAL.WEIGHTS", "local file"),
-        ({"LOSS": {"VGG_PERCEPTUAL": {"WEIGHT": 0.1, "WEIGHTS": "/no/vgg.pth"}}},
-         "LOSS.VGG_PERCEPTUAL.WEIGHTS", "not found"),
+        (
+            {"LOSS": {"VGG_PERCEPTUAL": {"WEIGHT": 0.1}}},
+            "LOSS.VGG_PERCEPTUAL.WEIGHTS",
+            "local file",
+        ),
+        (
+            {"LOSS": {"VGG_PERCEPTUAL": {"WEIGHT": 0.1, "WEIGHTS": "/no/vgg.pth"}}},
+            "LOSS.VGG_PERCEPTUAL.WEIGHTS",
+            "not found",
+        ),
         ({"LOSS": {"VGG_PERCEPTUAL": {"LAYER": "relu3_9"}}}, "LOSS.VGG_PERCEPTUAL.LAYER", "relu3_"),
         ({"MODEL": {"SPIKE": {"BINZ": 3}}}, "MODEL.SPIKE.BINZ", "BINS"),
         ({"TRAIN": {"SCHED": {"MIN_LR": 1.0}}}, "TRAIN.SCHED.MIN_LR", "above"),
@@ -102,8 +112,10 @@ def test_bad_values_name_the_key(raw, key, text):
 
 
 def test_overrides():
-    raw = apply_overrides({"TRAIN": {"BATCH_SIZE": 1}}, ["TRAIN.BATCH_SIZE=3", "TRAIN.OPTIM.LR=1e-3",
-                                                         "MODEL.USE_SPIKE=false"])
+    raw = apply_overrides(
+        {"TRAIN": {"BATCH_SIZE": 1}},
+        ["TRAIN.BATCH_SIZE=3", "TRAIN.OPTIM.LR=1e-3", "MODEL.USE_SPIKE=false"],
+    )
     cfg = from_raw(raw)
     assert cfg.TRAIN.BATCH_SIZE == 3 and pytest.approx(1e-3) == cfg.TRAIN.OPTIM.LR
     assert cfg.MODEL.USE_SPIKE is False
@@ -114,8 +126,13 @@ def test_overrides():
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize(
@@ -146,7 +163,10 @@ def test_process_exit_status_is_2(tmp_path):
     cfg.write_text("TRIAN: {}\n")
     r = _cli("train", "--cfg", str(cfg))
     assert r.returncode == 2, r.stderr
-    assert r.stderr.strip() == f"trainer train: error: {cfg}: TRIAN: unknown section; did you mean TRAIN?"
+    assert (
+        r.stderr.strip()
+        == f"trainer train: error: {cfg}: TRIAN: unknown section; did you mean TRAIN?"
+    )
 
 
 @pytest.mark.parametrize(
@@ -154,10 +174,19 @@ def test_process_exit_status_is_2(tmp_path):
     [
         ("TRAIN.OPTIM.LR=-1", "--set TRAIN.OPTIM.LR=-1: TRAIN.OPTIM.LR: must be >= 0.0"),
         ("TRAIN.NOPE=1", "--set TRAIN.NOPE=1: TRAIN.NOPE: unknown key"),
-        ("TRAIN.OPTIM.LRR=1", "--set TRAIN.OPTIM.LRR=1: TRAIN.OPTIM.LRR: unknown key; did you mean LR?"),
-        ("MODEL.VRT.DEPTH=[1]", "--set MODEL.VRT.DEPTH=[1]: MODEL.VRT.DEPTH: unknown key; did you mean DEPTHS?"),
+        (
+            "TRAIN.OPTIM.LRR=1",
+            "--set TRAIN.OPTIM.LRR=1: TRAIN.OPTIM.LRR: unknown key; did you mean LR?",
+        ),
+        (
+            "MODEL.VRT.DEPTH=[1]",
+            "--set MODEL.VRT.DEPTH=[1]: MODEL.VRT.DEPTH: unknown key; did you mean DEPTHS?",
+        ),
         ("TRAIN.BATCH_SIZE.X=1", "TRAIN.BATCH_SIZE: is not a section"),
-        ("TRAIN.OPTIM.LR=nan", "--set TRAIN.OPTIM.LR=nan: TRAIN.OPTIM.LR: expected a finite number"),
+        (
+            "TRAIN.OPTIM.LR=nan",
+            "--set TRAIN.OPTIM.LR=nan: TRAIN.OPTIM.LR: expected a finite number",
+        ),
         ("TRAIN.OPTIM.LR=.inf", "TRAIN.OPTIM.LR: expected a finite number, got inf"),
         ("TRAIN.OPTIM.LR=1e999", "TRAIN.OPTIM.LR: expected a finite number"),
         ("TRAIN.MAX_GRAD_NORM=-.inf", "TRAIN.MAX_GRAD_NORM: expected a finite number"),
@@ -180,7 +209,9 @@ def test_set_value_errors_found_later_still_name_set(tmp_path):
     cfg.write_text("{}\n")
     with pytest.raises(ConfigError) as ei:
         load_config(str(cfg), ["DATA.TYPE=gopro_spike", "DATA.ROOT=/no/such/dir"])
-    assert str(ei.value) == "--set DATA.ROOT=/no/such/dir: DATA.ROOT: folder not found: /no/such/dir"
+    assert (
+        str(ei.value) == "--set DATA.ROOT=/no/such/dir: DATA.ROOT: folder not found: /no/such/dir"
+    )
     with pytest.raises(ConfigError) as ei:  # a model check after parsing
         load_config(str(cfg), ["MODEL.SPIKE.BINS=0"])
     assert str(ei.value).startswith("--set MODEL.SPIKE.BINS=0: MODEL.SPIKE.BINS: must be >= 1")
@@ -189,25 +220,33 @@ def test_set_value_errors_found_later_still_name_set(tmp_path):
 def test_set_errors_come_before_torch_is_imported(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("{}\n")
-    code = ("import sys\nfrom trainer.cli import main\n"
-            f"rc = main(['train', '--cfg', {str(cfg)!r}, '--set', 'TRAIN.OPTIM.LR=nan'])\n"
-            f"rc2 = main(['train', '--cfg', {str(cfg)!r}, '--set', 'MODEL.SPIKE.BINZ=2'])\n"
-            "assert rc == rc2 == 2, (rc, rc2)\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    code = (
+        "import sys\nfrom trainer.cli import main\n"
+        f"rc = main(['train', '--cfg', {str(cfg)!r}, '--set', 'TRAIN.OPTIM.LR=nan'])\n"
+        f"rc2 = main(['train', '--cfg', {str(cfg)!r}, '--set', 'MODEL.SPIKE.BINZ=2'])\n"
+        "assert rc == rc2 == 2, (rc, rc2)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert "MODEL.SPIKE.BINZ: unknown key; did you mean BINS?" in r.stderr
 
 
 def test_a_whole_config_parses_without_torch_and_the_model_package_still_works(tmp_path):
-    code = ("import sys\nfrom trainer.config import load_config\n"
-            f"cfg = load_config({str(ROOT / 'configs/deblur/vrt_spike_tiny.yaml')!r})\n"
-            "assert 'torch' not in sys.modules\n"
-            "import trainer.models as m\n"
-            "from trainer.models.config import ModelConfig\n"
-            "assert isinstance(cfg.MODEL, ModelConfig) and m.ModelConfig is ModelConfig\n"
-            "assert cfg.TRAIN.THREADS == 1\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    code = (
+        "import sys\nfrom trainer.config import load_config\n"
+        f"cfg = load_config({str(ROOT / 'configs/deblur/vrt_spike_tiny.yaml')!r})\n"
+        "assert 'torch' not in sys.modules\n"
+        "import trainer.models as m\n"
+        "from trainer.models.config import ModelConfig\n"
+        "assert isinstance(cfg.MODEL, ModelConfig) and m.ModelConfig is ModelConfig\n"
+        "assert cfg.TRAIN.THREADS == 1\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -229,20 +268,28 @@ def test_log_dir_that_cannot_be_a_folder_is_a_usage_error(tmp_path, capsys, kind
     assert "LOG.LOG_DIR" in capsys.readouterr().err
 
 
-def test_errors_found_while_training_starts_name_the_option_that_set_the_key(tmp_path, capsys, monkeypatch):
+def test_errors_found_while_training_starts_name_the_option_that_set_the_key(
+    tmp_path, capsys, monkeypatch
+):
     import trainer.train as T
     from trainer.cli import main
 
     def train(cfg, log_dir=None):  # type: ignore[no-untyped-def]
-        raise ConfigError("TRAIN.BATCH_SIZE", "100000 is more than the 64 training clip(s)", cfg.file)
+        raise ConfigError(
+            "TRAIN.BATCH_SIZE", "100000 is more than the 64 training clip(s)", cfg.file
+        )
 
     monkeypatch.setattr(T, "train", train)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("{}\n")
     logs = str(tmp_path / "logs")
-    assert main(["train", "--cfg", str(cfg), "--log-dir", logs, "--set", "TRAIN.BATCH_SIZE=100000"]) == 2
+    assert (
+        main(["train", "--cfg", str(cfg), "--log-dir", logs, "--set", "TRAIN.BATCH_SIZE=100000"])
+        == 2
+    )
     assert capsys.readouterr().err.startswith(
-        "trainer train: error: --set TRAIN.BATCH_SIZE=100000: TRAIN.BATCH_SIZE: 100000 is more")
+        "trainer train: error: --set TRAIN.BATCH_SIZE=100000: TRAIN.BATCH_SIZE: 100000 is more"
+    )
     assert main(["train", "--cfg", str(cfg), "--log-dir", logs]) == 2  # from the file: names it
     assert f"{cfg}: TRAIN.BATCH_SIZE" in capsys.readouterr().err
     assert main(["train", "--cfg", str(cfg), "--resume", str(tmp_path / "nope.pt")]) == 2
@@ -253,11 +300,14 @@ def test_errors_found_while_training_starts_name_the_option_that_set_the_key(tmp
 def test_tiny_config_trains_with_one_torch_thread_unless_told(sets, threads):
     import os
 
-    code = ("import sys\nfrom trainer.config import apply_thread_default, load_config\n"
-            f"cfg = load_config({str(ROOT / 'configs/deblur/vrt_spike_tiny.yaml')!r}, {sets!r})\n"
-            "apply_thread_default(cfg)\nimport torch\nprint(torch.get_num_threads())\n")
+    code = (
+        "import sys\nfrom trainer.config import apply_thread_default, load_config\n"
+        f"cfg = load_config({str(ROOT / 'configs/deblur/vrt_spike_tiny.yaml')!r}, {sets!r})\n"
+        "apply_thread_default(cfg)\nimport torch\nprint(torch.get_num_threads())\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                       timeout=120, env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[-1] == str(threads)

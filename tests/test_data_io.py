@@ -77,8 +77,12 @@ def test_png_decoder_handles_all_filters():
     def chunk(k, d):
         return struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d))
 
-    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+        + chunk(b"IEND", b"")
+    )
     assert np.array_equal(decode_png(data), img)
     with pytest.raises(PngError):
         decode_png(b"not a png")

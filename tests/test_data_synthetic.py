@@ -71,13 +71,40 @@ def test_dataset_items_and_determinism():
 
 def test_synth_command_feeds_the_folder_loader(tmp_path):
     out = tmp_path / "ds"
-    r = subprocess.run([sys.executable, "-m", "trainer", "synth", "--out", str(out),
-                        "--sequences", "2", "--val-sequences", "1", "--frames", "4",
-                        "--set", "DATA.SYNTHETIC.HEIGHT=24", "--set", "DATA.SYNTHETIC.WIDTH=32",
-                        "--set", "DATA.SYNTHETIC.TICKS_PER_FRAME=8", "--set", "DATA.CROP_SIZE=16",
-                        "--set", "DATA.SYNTHETIC.MAX_SPEED=3.0", "--set", "DATA.SYNTHETIC.SEED=5",
-                        "--cfg", TINY],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "synth",
+            "--out",
+            str(out),
+            "--sequences",
+            "2",
+            "--val-sequences",
+            "1",
+            "--frames",
+            "4",
+            "--set",
+            "DATA.SYNTHETIC.HEIGHT=24",
+            "--set",
+            "DATA.SYNTHETIC.WIDTH=32",
+            "--set",
+            "DATA.SYNTHETIC.TICKS_PER_FRAME=8",
+            "--set",
+            "DATA.CROP_SIZE=16",
+            "--set",
+            "DATA.SYNTHETIC.MAX_SPEED=3.0",
+            "--set",
+            "DATA.SYNTHETIC.SEED=5",
+            "--cfg",
+            TINY,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (out / "train").iterdir()) == ["seq0000", "seq0001"]
     spec = ClipSpec(clip_len=2, bins=4, crop=0, train=False)
@@ -87,9 +114,17 @@ def test_synth_command_feeds_the_folder_loader(tmp_path):
     from trainer.config import load_config
     from trainer.data import synth_params
 
-    cfg = load_config(TINY, [
-        "DATA.SYNTHETIC.HEIGHT=24", "DATA.SYNTHETIC.WIDTH=32", "DATA.SYNTHETIC.TICKS_PER_FRAME=8",
-        "DATA.CROP_SIZE=16", "DATA.SYNTHETIC.MAX_SPEED=3.0", "DATA.SYNTHETIC.SEED=5"])
+    cfg = load_config(
+        TINY,
+        [
+            "DATA.SYNTHETIC.HEIGHT=24",
+            "DATA.SYNTHETIC.WIDTH=32",
+            "DATA.SYNTHETIC.TICKS_PER_FRAME=8",
+            "DATA.CROP_SIZE=16",
+            "DATA.SYNTHETIC.MAX_SPEED=3.0",
+            "DATA.SYNTHETIC.SEED=5",
+        ],
+    )
     params = synth_params(cfg.DATA)
     ref = SceneClip(params, "train", 0, 4).render()
     # PNG + .dat round trip gives exactly the in-memory clip
@@ -100,8 +135,13 @@ def test_synth_command_feeds_the_folder_loader(tmp_path):
     assert np.allclose(item["spikes"][0].numpy(), voxelize(ref.spikes[2], 4))
     # the val split is there too, and a second run refuses to overwrite
     assert len(GoProSpikeDataset(str(out), "val", spec)) == 2
-    r2 = subprocess.run([sys.executable, "-m", "trainer", "synth", "--out", str(out)],
-                        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    r2 = subprocess.run(
+        [sys.executable, "-m", "trainer", "synth", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert r2.returncode == 2 and "not empty" in r2.stderr
 
 

@@ -105,13 +105,18 @@ def test_bad_arguments(tmp_path: Path) -> None:
         demo.run(_args(tmp_path, steps=0))
     with pytest.raises(UsageError, match="config not found"):
         demo.run(_args(tmp_path, cfg=str(tmp_path / "nope.yaml")))
-    r = subprocess.run([sys.executable, "-m", "trainer", "demo", "--steps", "0"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "trainer", "demo", "--steps", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1
 
 
-def test_a_training_that_ends_between_two_looks_is_still_found(tmp_path: Path, fake, monkeypatch,
-                                                                 capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_training_that_ends_between_two_looks_is_still_found(
+    tmp_path: Path, fake, monkeypatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
     # the race of a loaded machine: the 5 fast steps are done before the first look sees
     # the run; the demo must still find it and print the summary
     started: list[subprocess.Popen[bytes]] = []
@@ -127,8 +132,13 @@ def test_a_training_that_ends_between_two_looks_is_still_found(tmp_path: Path, f
             started[-1].wait(60)  # the training ends while the demo sleeps
 
     monkeypatch.setattr(demo, "_start", start)
-    monkeypatch.setattr(demo, "_runs", lambda root, real=demo._runs: real(root) if started and started[-1].poll() is not None
-                        else set())
+    monkeypatch.setattr(
+        demo,
+        "_runs",
+        lambda root, real=demo._runs: (
+            real(root) if started and started[-1].poll() is not None else set()
+        ),
+    )
     monkeypatch.setattr(demo, "time", types.SimpleNamespace(sleep=sleep, monotonic=time.monotonic))
     assert demo.run(_args(tmp_path)) == 0
     out, err = capsys.readouterr()
@@ -136,8 +146,9 @@ def test_a_training_that_ends_between_two_looks_is_still_found(tmp_path: Path, f
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_ctrl_c_or_sigterm_in_the_demo_stops_the_training_interrupted(tmp_path: Path, fake, monkeypatch,
-                                                                       capsys, how) -> None:  # type: ignore[no-untyped-def]
+def test_ctrl_c_or_sigterm_in_the_demo_stops_the_training_interrupted(
+    tmp_path: Path, fake, monkeypatch, capsys, how
+) -> None:  # type: ignore[no-untyped-def]
     def follow(proc: subprocess.Popen[bytes], log_file: Path) -> None:
         while "step 2/" not in (log_file.read_text() if log_file.exists() else ""):
             time.sleep(0.05)
@@ -166,5 +177,9 @@ def test_hints_work_in_a_fresh_shell(monkeypatch: pytest.MonkeyPatch) -> None:
         assert cmd != "tui" and os.path.samefile(cmd, script)
     else:
         assert cmd == "tui"
-    assert demo.train_command("c.yaml", Path("r"), 3)[-4:] == ["--set", "TRAIN.THREADS=1",
-                                                                 "--set", "TRAIN.MAX_STEPS=3"]
+    assert demo.train_command("c.yaml", Path("r"), 3)[-4:] == [
+        "--set",
+        "TRAIN.THREADS=1",
+        "--set",
+        "TRAIN.MAX_STEPS=3",
+    ]

@@ -30,17 +30,37 @@ from tui.summary import open_run
 MiB = 1024**2
 
 # The user's step (BRIEF): forward ~1855 ms, backward ~4500 ms with checkpoint recompute.
-USER_STEP = {"data": 0.1, "h2d": 2.0, "forward": 1800.0, "forward/vrt": 1750.0, "loss": 50.0,
-             "backward": 4500.0, "allreduce": 150.0, "optimizer": 75.0}
+USER_STEP = {
+    "data": 0.1,
+    "h2d": 2.0,
+    "forward": 1800.0,
+    "forward/vrt": 1750.0,
+    "loss": 50.0,
+    "backward": 4500.0,
+    "allreduce": 150.0,
+    "optimizer": 75.0,
+}
 
 
-def cfg(*, ckpt: bool = True, optim: str = "adamw", batch: int = 1, workers: int = 2, pin: bool = True,
-        accum: int = 1, params: int | None = None) -> dict[str, Any]:
+def cfg(
+    *,
+    ckpt: bool = True,
+    optim: str = "adamw",
+    batch: int = 1,
+    workers: int = 2,
+    pin: bool = True,
+    accum: int = 1,
+    params: int | None = None,
+) -> dict[str, Any]:
     c: dict[str, Any] = {
         "DATA": {"TYPE": "synthetic", "SYNTHETIC": {"CACHE": False}},
         "MODEL": {"VRT": {"USE_CHECKPOINT_ATTN": ckpt, "USE_CHECKPOINT_FFN": ckpt}},
         "DATALOADER": {"NUM_WORKERS": workers, "PIN_MEMORY": pin},
-        "TRAIN": {"BATCH_SIZE": batch, "GRADIENT_ACCUMULATION_STEPS": accum, "OPTIM": {"TYPE": optim}},
+        "TRAIN": {
+            "BATCH_SIZE": batch,
+            "GRADIENT_ACCUMULATION_STEPS": accum,
+            "OPTIM": {"TYPE": optim},
+        },
     }
     if params is not None:
         c["num_params"] = params
@@ -66,24 +86,52 @@ def write_run(
     run.mkdir(parents=True)
     regions = regions or USER_STEP
     if memory is None:
+
         def memory(step: int, rank: int) -> dict[str, int]:
             return {"allocated": 6 * GiB, "reserved": 22 * GiB, "peak": 20 * GiB}
+
     rng = random.Random(seed)
     for r in range(ranks):
         t = 1_764_160_000.0
-        lines = [encode(RunStart(run_id=name, rank=r, world_size=ranks, time=t, host=f"node{r}", pid=1,
-                                 device=f"{device}:{r}" if device == "cuda" else device,
-                                 gpu_name="NVIDIA H200" if device == "cuda" else None,
-                                 config=config if config is not None else cfg(),
-                                 total_steps=steps, samples_per_step=1,
-                                 device_memory_total=mem_total))]
+        lines = [
+            encode(
+                RunStart(
+                    run_id=name,
+                    rank=r,
+                    world_size=ranks,
+                    time=t,
+                    host=f"node{r}",
+                    pid=1,
+                    device=f"{device}:{r}" if device == "cuda" else device,
+                    gpu_name="NVIDIA H200" if device == "cuda" else None,
+                    config=config if config is not None else cfg(),
+                    total_steps=steps,
+                    samples_per_step=1,
+                    device_memory_total=mem_total,
+                )
+            )
+        ]
         factor = (slow or {}).get(r, 1.0)
         for s in range(1, steps + 1):
-            regs = {k: (round(v * factor * (1 + rng.uniform(-0.02, 0.02)), 4), 1) for k, v in regions.items()}
+            regs = {
+                k: (round(v * factor * (1 + rng.uniform(-0.02, 0.02)), 4), 1)
+                for k, v in regions.items()
+            }
             wall = sum(v for k, (v, _) in regs.items() if "/" not in k) * 1.02
             t += wall / 1000
-            lines.append(encode(Step(step=s, time=t, wall_ms=wall, regions=regs, samples=1,
-                                     memory=memory(s, r), scalars={"loss": 0.1})))
+            lines.append(
+                encode(
+                    Step(
+                        step=s,
+                        time=t,
+                        wall_ms=wall,
+                        regions=regs,
+                        samples=1,
+                        memory=memory(s, r),
+                        scalars={"loss": 0.1},
+                    )
+                )
+            )
         lines.append(encode(RunEnd(time=t + 1, status="completed", steps=steps)))
         (run / rank_file_name(r)).write_text("".join(lines))
     return run
@@ -103,7 +151,9 @@ def test_checkpointing_off_triggers_on_the_users_step(tmp_path: Path) -> None:
     assert a.evidence["ratio"] == pytest.approx(4500 / 1800, rel=0.03)
     assert a.evidence["expected_saving_ms"] == pytest.approx(4500 - 2 * 1800, rel=0.1)
     assert a.evidence["headroom"] == pytest.approx(28 / 48, rel=0.01)
-    assert "MODEL.VRT.USE_CHECKPOINT_ATTN=false" in a.action and "USE_CHECKPOINT_FFN=false" in a.action
+    assert (
+        "MODEL.VRT.USE_CHECKPOINT_ATTN=false" in a.action and "USE_CHECKPOINT_FFN=false" in a.action
+    )
 
 
 @pytest.mark.parametrize(
@@ -112,8 +162,10 @@ def test_checkpointing_off_triggers_on_the_users_step(tmp_path: Path) -> None:
         ("checkpointing already off", {"config": cfg(ckpt=False)}),
         ("backward only 2x forward", {"regions": {**USER_STEP, "backward": 3600.0}}),
         ("no memory headroom", {"memory": lambda s, r: {"allocated": 30 * GiB, "peak": 44 * GiB}}),
-        ("device total unknown (CPU)", {"mem_total": None, "device": "cpu",
-                                        "memory": lambda s, r: {"rss": 3 * GiB}}),
+        (
+            "device total unknown (CPU)",
+            {"mem_total": None, "device": "cpu", "memory": lambda s, r: {"rss": 3 * GiB}},
+        ),
         ("config does not say", {"config": {}}),
     ],
 )
@@ -142,8 +194,11 @@ def test_adamw8bit_from_memory_figures(tmp_path: Path) -> None:
 
 
 def test_adamw8bit_from_parameter_count(tmp_path: Path) -> None:
-    run = write_run(tmp_path, config=cfg(params=500_000_000),
-                    memory=lambda s, r: {"allocated": 9 * GiB, "peak": 12 * GiB})
+    run = write_run(
+        tmp_path,
+        config=cfg(params=500_000_000),
+        memory=lambda s, r: {"allocated": 9 * GiB, "peak": 12 * GiB},
+    )
     a = rules_of(run)["adamw_8bit"]
     assert a.evidence["state_bytes"] == 8 * 500_000_000
     assert "parameter count" in a.evidence["estimated_from"]
@@ -152,10 +207,18 @@ def test_adamw8bit_from_parameter_count(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "why, kwargs",
     [
-        ("already 8-bit", {"config": cfg(optim="adamw8bit"), "memory": lambda s, r: {"allocated": 12 * GiB, "peak": 24 * GiB}}),
+        (
+            "already 8-bit",
+            {
+                "config": cfg(optim="adamw8bit"),
+                "memory": lambda s, r: {"allocated": 12 * GiB, "peak": 24 * GiB},
+            },
+        ),
         ("state is small", {"memory": lambda s, r: {"allocated": 1 * GiB, "peak": 30 * GiB}}),
-        ("host memory only, no parameter count", {"mem_total": None, "device": "cpu",
-                                                  "memory": lambda s, r: {"rss": 8 * GiB}}),
+        (
+            "host memory only, no parameter count",
+            {"mem_total": None, "device": "cpu", "memory": lambda s, r: {"rss": 8 * GiB}},
+        ),
     ],
 )
 def test_adamw8bit_stays_quiet(tmp_path: Path, why: str, kwargs: dict[str, Any]) -> None:
@@ -178,7 +241,10 @@ def test_larger_batch_with_headroom(tmp_path: Path) -> None:
     [
         ("batch already 2", {"config": cfg(batch=2)}),
         ("little headroom", {"memory": lambda s, r: {"allocated": 6 * GiB, "peak": 40 * GiB}}),
-        ("one more sample would not fit", {"memory": lambda s, r: {"allocated": 1 * GiB, "peak": 31 * GiB}}),
+        (
+            "one more sample would not fit",
+            {"memory": lambda s, r: {"allocated": 1 * GiB, "peak": 31 * GiB}},
+        ),
         ("CPU run", {"mem_total": None, "device": "cpu", "memory": lambda s, r: {"rss": GiB}}),
     ],
 )
@@ -190,7 +256,9 @@ def test_larger_batch_stays_quiet(tmp_path: Path, why: str, kwargs: dict[str, An
 
 
 def test_data_wait(tmp_path: Path) -> None:
-    run = write_run(tmp_path, config=cfg(workers=0, pin=False), regions={**USER_STEP, "data": 1500.0})
+    run = write_run(
+        tmp_path, config=cfg(workers=0, pin=False), regions={**USER_STEP, "data": 1500.0}
+    )
     a = rules_of(run)["data_wait"]
     assert 0.15 < a.evidence["share"] < 0.22
     assert "NUM_WORKERS" in a.action and "PIN_MEMORY=true" in a.action
@@ -210,7 +278,9 @@ def test_exposed_allreduce(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("ranks, ms", [(3, 150.0), (1, 1200.0)])
 def test_allreduce_quiet(tmp_path: Path, ranks: int, ms: float) -> None:
-    assert "allreduce" not in rules_of(write_run(tmp_path, ranks=ranks, regions={**USER_STEP, "allreduce": ms}))
+    assert "allreduce" not in rules_of(
+        write_run(tmp_path, ranks=ranks, regions={**USER_STEP, "allreduce": ms})
+    )
 
 
 # --------------------------------------------------------------------------- straggler
@@ -241,7 +311,9 @@ def test_memory_near_limit(tmp_path: Path) -> None:
 
 def test_memory_near_limit_quiet(tmp_path: Path) -> None:
     assert "memory_near_limit" not in rules_of(write_run(tmp_path))
-    cpu = write_run(tmp_path, "cpu", mem_total=None, device="cpu", memory=lambda s, r: {"rss": 60 * GiB})
+    cpu = write_run(
+        tmp_path, "cpu", mem_total=None, device="cpu", memory=lambda s, r: {"rss": 60 * GiB}
+    )
     assert "memory_near_limit" not in rules_of(cpu)
 
 
@@ -259,13 +331,21 @@ def test_memory_creep(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "why, memory",
     [
-        ("flat with noise", lambda s, r: {"allocated": 10 * GiB + (s * 7919 % 13) * MiB, "peak": 20 * GiB}),
-        ("warm-up jump then flat", lambda s, r: {"allocated": (2 if s < 3 else 10) * GiB, "peak": 20 * GiB}),
+        (
+            "flat with noise",
+            lambda s, r: {"allocated": 10 * GiB + (s * 7919 % 13) * MiB, "peak": 20 * GiB},
+        ),
+        (
+            "warm-up jump then flat",
+            lambda s, r: {"allocated": (2 if s < 3 else 10) * GiB, "peak": 20 * GiB},
+        ),
         ("tiny growth", lambda s, r: {"allocated": 10 * GiB + s * 64 * 1024, "peak": 20 * GiB}),
         ("falling", lambda s, r: {"allocated": 10 * GiB - s * 20 * MiB, "peak": 20 * GiB}),
     ],
 )
-def test_memory_creep_quiet(tmp_path: Path, why: str, memory: Callable[[int, int], dict[str, int]]) -> None:
+def test_memory_creep_quiet(
+    tmp_path: Path, why: str, memory: Callable[[int, int], dict[str, int]]
+) -> None:
     assert "memory_creep" not in rules_of(write_run(tmp_path, steps=200, memory=memory)), why
 
 
@@ -300,8 +380,12 @@ def test_memtrend_bounded_and_exact() -> None:
 
 
 def test_dominant_and_sorting(tmp_path: Path) -> None:
-    run = write_run(tmp_path, ranks=2, slow={1: 1.3},
-                    memory=lambda s, r: {"allocated": 20 * GiB, "peak": 46 * GiB})
+    run = write_run(
+        tmp_path,
+        ranks=2,
+        slow={1: 1.3},
+        memory=lambda s, r: {"allocated": 20 * GiB, "peak": 46 * GiB},
+    )
     advice = advice_for_run(open_run(run))
     sev = [a.severity for a in advice]
     assert sev == sorted(sev, key=["warn", "suggest", "info"].index)
@@ -314,24 +398,43 @@ def test_unaccounted(tmp_path: Path) -> None:
     run = write_run(tmp_path, regions=regions, config={})
     assert "unaccounted" not in rules_of(run)
     # the same step with 40% of the wall outside any region
-    facts = RunFacts(steps=20, step_ms=500.0, region_ms={"forward": 100.0, "backward": 200.0},
-                     region_share={"forward": 0.2, "backward": 0.4}, unaccounted_share=0.4)
+    facts = RunFacts(
+        steps=20,
+        step_ms=500.0,
+        region_ms={"forward": 100.0, "backward": 200.0},
+        region_share={"forward": 0.2, "backward": 0.4},
+        unaccounted_share=0.4,
+    )
     assert "unaccounted" in {a.rule for a in diagnose(facts)}
 
 
 def test_quiet_run_gives_only_information(tmp_path: Path) -> None:
     regions = {"data": 1.0, "forward": 300.0, "loss": 5.0, "backward": 600.0, "optimizer": 20.0}
-    run = write_run(tmp_path, regions=regions, config=cfg(ckpt=False, batch=4, optim="adamw8bit"),
-                    memory=lambda s, r: {"allocated": 30 * GiB, "peak": 40 * GiB})
+    run = write_run(
+        tmp_path,
+        regions=regions,
+        config=cfg(ckpt=False, batch=4, optim="adamw8bit"),
+        memory=lambda s, r: {"allocated": 30 * GiB, "peak": 40 * GiB},
+    )
     assert {a.severity for a in advice_for_run(open_run(run))} <= {"info"}
 
 
 def test_no_steps_no_advice_and_bad_facts_never_raise(tmp_path: Path) -> None:
     run = write_run(tmp_path, steps=0)
     assert [a.rule for a in advice_for_run(open_run(run))] == []
-    weird = RunFacts(steps=10, step_ms=math.nan, region_ms={"forward": 0.0, "backward": math.nan},
-                     region_share={"data": math.nan}, mem_peak=0, mem_total=0, checkpoint_attn=True,
-                     optimizer="adamw", batch_size=1, straggler=3, world_size=4)
+    weird = RunFacts(
+        steps=10,
+        step_ms=math.nan,
+        region_ms={"forward": 0.0, "backward": math.nan},
+        region_share={"data": math.nan},
+        mem_peak=0,
+        mem_total=0,
+        checkpoint_attn=True,
+        optimizer="adamw",
+        batch_size=1,
+        straggler=3,
+        world_size=4,
+    )
     assert diagnose(weird) == []
 
 
@@ -366,8 +469,13 @@ def test_memtrend_batches_equal_single_adds() -> None:
     mems: list[dict[str, int] | None] = []
     for s in steps:
         r = rng.random()
-        mems.append(None if r < 0.1 else {"rss": 10**9 + 3000 * s + rng.randint(0, 10**6)} if r < 0.3
-                    else {"allocated": 5 * 10**9 + 7000 * s, "peak": 1})
+        mems.append(
+            None
+            if r < 0.1
+            else {"rss": 10**9 + 3000 * s + rng.randint(0, 10**6)}
+            if r < 0.3
+            else {"allocated": 5 * 10**9 + 7000 * s, "peak": 1}
+        )
     one = MemTrend(window=7, skip=3)
     for s, m in zip(steps, mems, strict=True):
         if m:
@@ -380,7 +488,9 @@ def test_memtrend_batches_equal_single_adds() -> None:
     a, b = one.facts(), many.facts()
     assert a is not None and b is not None
     assert (a.samples, a.first_step, a.last_step) == (b.samples, b.first_step, b.last_step)
-    assert b.early_mean == pytest.approx(a.early_mean) and b.recent_mean == pytest.approx(a.recent_mean)
+    assert b.early_mean == pytest.approx(a.early_mean) and b.recent_mean == pytest.approx(
+        a.recent_mean
+    )
     assert b.slope == pytest.approx(a.slope, rel=1e-9)
 
 
@@ -389,6 +499,7 @@ def test_memtrend_batches_equal_single_adds() -> None:
 
 def test_monitor_carries_trend_and_config(tmp_path: Path) -> None:
     """The aggregation keeps the memory trend and config: no second pass over the files."""
+
     def leak(s: int, r: int) -> dict[str, int]:
         return {"allocated": 10 * GiB + s * 20 * MiB, "peak": 20 * GiB}
 
@@ -408,7 +519,12 @@ def test_summary_text_and_json_show_advice(tmp_path: Path) -> None:
     rules = [a["rule"] for a in d["advice"]]
     assert rules[0] == "straggler" and "checkpointing_off" in rules
     first = d["advice"][0]
-    assert first["severity"] == "warn" and first["evidence"]["rank"] == 2 and first["title"] and first["action"]
+    assert (
+        first["severity"] == "warn"
+        and first["evidence"]["rank"] == 2
+        and first["title"]
+        and first["action"]
+    )
     text = summary_text(snap).plain
     assert "advice — whole run (40 steps):" in text and "rank 2 on node2 is a straggler" in text
     # --red moves what "dominates" means

@@ -33,8 +33,10 @@ def check_nesting(events: list[dict[str, Any]]) -> None:
     xs = sorted((e for e in events if e["ph"] == "X"), key=lambda e: (e["ts"], -e["dur"]))
     stack: list[dict[str, Any]] = []
     for e in xs:
-        while stack and e["ts"] >= stack[-1]["ts"] + stack[-1]["dur"] - eps and not (
-            e["dur"] == 0 and e["ts"] <= stack[-1]["ts"] + stack[-1]["dur"]
+        while (
+            stack
+            and e["ts"] >= stack[-1]["ts"] + stack[-1]["dur"] - eps
+            and not (e["dur"] == 0 and e["ts"] <= stack[-1]["ts"] + stack[-1]["dur"])
         ):
             stack.pop()
         if stack:
@@ -47,9 +49,14 @@ def test_chrome_trace_processes_steps_and_nesting(tmp_path: Path) -> None:
     run = write_run(tmp_path, "r", steps=12, ranks=3, straggler=2, eval_every=5)
     d = trace_of(run)
     ev = d["traceEvents"]
-    names = {e["pid"]: e["args"]["name"] for e in ev if e["ph"] == "M" and e["name"] == "process_name"}
-    assert names == {0: "rank 0 (node1 cuda:0 NVIDIA H200)", 1: "rank 1 (node1 cuda:1 NVIDIA H200)",
-                     2: "rank 2 (node1 cuda:2 NVIDIA H200)"}
+    names = {
+        e["pid"]: e["args"]["name"] for e in ev if e["ph"] == "M" and e["name"] == "process_name"
+    }
+    assert names == {
+        0: "rank 0 (node1 cuda:0 NVIDIA H200)",
+        1: "rank 1 (node1 cuda:1 NVIDIA H200)",
+        2: "rank 2 (node1 cuda:2 NVIDIA H200)",
+    }
     for rank in range(3):
         mine = [e for e in ev if e["pid"] == rank]
         steps = [e for e in mine if e.get("cat") == "step"]
@@ -62,7 +69,11 @@ def test_chrome_trace_processes_steps_and_nesting(tmp_path: Path) -> None:
         # every region lies inside its step and inside its parent region of the same step
         by_step: dict[int, list[dict[str, Any]]] = {}
         for s in steps:
-            inside = [r for r in regions if s["ts"] - 0.002 <= r["ts"] and r["ts"] + r["dur"] <= s["ts"] + s["dur"] + 0.002]
+            inside = [
+                r
+                for r in regions
+                if s["ts"] - 0.002 <= r["ts"] and r["ts"] + r["dur"] <= s["ts"] + s["dur"] + 0.002
+            ]
             by_step[int(s["name"].split()[1])] = inside
             assert len(inside) == 13
         for inside in by_step.values():
@@ -70,14 +81,23 @@ def test_chrome_trace_processes_steps_and_nesting(tmp_path: Path) -> None:
             for name, r in spans.items():
                 if "/" in name:
                     p = spans[name.rsplit("/", 1)[0]]
-                    assert p["ts"] - 0.002 <= r["ts"] and r["ts"] + r["dur"] <= p["ts"] + p["dur"] + 0.002
-            assert spans["forward/vrt"]["ts"] == pytest.approx(spans["forward/spike"]["ts"] + spans["forward/spike"]["dur"], abs=0.002)
-            assert spans["backward"]["args"]["ms"] == pytest.approx(spans["backward"]["dur"] / 1000, rel=1e-6)
+                    assert (
+                        p["ts"] - 0.002 <= r["ts"]
+                        and r["ts"] + r["dur"] <= p["ts"] + p["dur"] + 0.002
+                    )
+            assert spans["forward/vrt"]["ts"] == pytest.approx(
+                spans["forward/spike"]["ts"] + spans["forward/spike"]["dur"], abs=0.002
+            )
+            assert spans["backward"]["args"]["ms"] == pytest.approx(
+                spans["backward"]["dur"] / 1000, rel=1e-6
+            )
     assert sum(1 for e in ev if e["ph"] == "i" and e["name"].startswith("eval")) == 3 * 2
     assert sum(1 for e in ev if e["ph"] == "C") == 3 * 12
     assert min(e["ts"] for e in ev if e["ph"] == "X") == pytest.approx(0.0, abs=1.0)  # µs
     # the straggler's steps are longer in the trace too
-    avg = {r: sum(e["dur"] for e in ev if e["pid"] == r and e.get("cat") == "step") for r in range(3)}
+    avg = {
+        r: sum(e["dur"] for e in ev if e["pid"] == r and e.get("cat") == "step") for r in range(3)
+    }
     assert avg[2] > 1.2 * avg[0]
 
 
@@ -97,13 +117,24 @@ def test_layout_clamps_children_and_adopts_orphans() -> None:
 def test_trace_and_csv_skip_bad_lines(tmp_path: Path) -> None:
     run = tmp_path / "bad"
     run.mkdir()
-    lines = [encode(RunStart(run_id="bad", rank=0, world_size=1, time=100.0)),
-             encode(Step(step=1, time=101.0, wall_ms=1000.0, regions={"forward": (400.0, 1)})),
-             "{not json\n",
-             '{"v":"1.0","kind":"step","step":2,"time":102,"wall_ms":-5,"regions":{}}\n',
-             encode(Step(step=3, time=103.0, wall_ms=1000.0, regions={"forward": (300.0, 1), "loss": (10.0, 1)})),
-             encode(RunEnd(time=104.0, status="failed", steps=3, error_type="ValueError", error_message="x")),
-             '{"v":"1.0","kind":"step","step":4,"tim']  # a partial last line
+    lines = [
+        encode(RunStart(run_id="bad", rank=0, world_size=1, time=100.0)),
+        encode(Step(step=1, time=101.0, wall_ms=1000.0, regions={"forward": (400.0, 1)})),
+        "{not json\n",
+        '{"v":"1.0","kind":"step","step":2,"time":102,"wall_ms":-5,"regions":{}}\n',
+        encode(
+            Step(
+                step=3,
+                time=103.0,
+                wall_ms=1000.0,
+                regions={"forward": (300.0, 1), "loss": (10.0, 1)},
+            )
+        ),
+        encode(
+            RunEnd(time=104.0, status="failed", steps=3, error_type="ValueError", error_message="x")
+        ),
+        '{"v":"1.0","kind":"step","step":4,"tim',
+    ]  # a partial last line
     (run / "rank0.jsonl").write_text("".join(lines))
     buf = io.StringIO()
     stats = write_chrome(run, buf)
@@ -125,7 +156,9 @@ def test_csv_one_row_per_step_and_rank(tmp_path: Path) -> None:
     buf = io.StringIO()
     write_csv(run, buf)
     rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
-    assert [(int(r["step"]), int(r["rank"])) for r in rows] == [(s, k) for s in range(1, 8) for k in (0, 1)]
+    assert [(int(r["step"]), int(r["rank"])) for r in rows] == [
+        (s, k) for s in range(1, 8) for k in (0, 1)
+    ]
     header = buf.getvalue().splitlines()[0].split(",")
     assert header[:6] == ["step", "rank", "epoch", "time", "wall_ms", "samples"]
     assert "forward/vrt/stage8" in header and "unaccounted_ms" in header and "mem_peak" in header
@@ -141,8 +174,13 @@ def test_cli(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def tui(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "tui", "export", *args], capture_output=True, text=True,
-                              env=env, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "tui", "export", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
 
     r = tui(str(run))
     assert r.returncode == 0 and "trace.json" in r.stderr
@@ -159,7 +197,11 @@ def test_cli(tmp_path: Path) -> None:
 def test_step_range(tmp_path: Path) -> None:
     from tui.export import parse_steps
 
-    assert parse_steps("3:5") == (3, 5) and parse_steps("3:") == (3, None) and parse_steps(":4") == (None, 4)
+    assert (
+        parse_steps("3:5") == (3, 5)
+        and parse_steps("3:") == (3, None)
+        and parse_steps(":4") == (None, 4)
+    )
     assert parse_steps("7") == (7, 7)
     with pytest.raises(ValueError):
         parse_steps("5:3")
@@ -167,12 +209,23 @@ def test_step_range(tmp_path: Path) -> None:
     buf = io.StringIO()
     write_chrome(run, buf, (4, 6))
     ev = json.loads(buf.getvalue())["traceEvents"]
-    assert sorted({e["name"] for e in ev if e.get("cat") == "step"}) == ["step 4", "step 5", "step 6"]
+    assert sorted({e["name"] for e in ev if e.get("cat") == "step"}) == [
+        "step 4",
+        "step 5",
+        "step 6",
+    ]
     assert min(e["ts"] for e in ev if e["ph"] == "X") == pytest.approx(0.0, abs=1.0)
-    assert [e["name"] for e in ev if e["ph"] == "i" and e["name"].startswith("eval")] == ["eval step 5"] * 2
+    assert [e["name"] for e in ev if e["ph"] == "i" and e["name"].startswith("eval")] == [
+        "eval step 5"
+    ] * 2
     buf = io.StringIO()
     write_csv(run, buf, (None, 2))
     assert [r["step"] for r in csv.DictReader(io.StringIO(buf.getvalue()))] == ["1", "1", "2", "2"]
-    r = subprocess.run([sys.executable, "-m", "tui", "export", str(run), "--steps", "x"], capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "tui", "export", str(run), "--steps", "x"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
     assert r.returncode == 2 and "--steps" in r.stderr

@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("fault_campaign", ROOT / "benchmarks" / "fault_campaign.py")
+    spec = importlib.util.spec_from_file_location(
+        "fault_campaign", ROOT / "benchmarks" / "fault_campaign.py"
+    )
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules["fault_campaign"] = mod  # dataclasses look their module up
@@ -33,7 +35,11 @@ def test_tiny_campaign_finds_nothing_and_writes_its_figures(tmp_path: Path) -> N
     assert parts["reader fuzz"]["tried"] >= 60 and parts["reader fuzz"]["records_expected"] > 0
     assert parts["tailing faults"]["survived"] == len(fc.TAILING)
     assert parts["writer faults"]["survived"] == len(fc.WRITER_FAULTS)
-    assert parts["kill -9 and resume"]["records_read"] == parts["kill -9 and resume"]["records_expected"] > 0
+    assert (
+        parts["kill -9 and resume"]["records_read"]
+        == parts["kill -9 and resume"]["records_expected"]
+        > 0
+    )
     assert data["records_lost"] == 0 and data["crashes"] == 0
 
 
@@ -47,7 +53,9 @@ def test_the_campaign_counts_a_crash_and_a_lost_record(tmp_path: Path, monkeypat
         part = fc.reader_fuzz(tmp_path / "a", 20, 1, 5.0)
     assert part.crashes >= 1 and "reader bug" in part.failures[0]
     with monkeypatch.context() as m:
-        m.setattr(fc, "_sentinel", lambda n: f'{{"kind":"step","step":{n}}}')  # not a valid record: not kept
+        m.setattr(
+            fc, "_sentinel", lambda n: f'{{"kind":"step","step":{n}}}'
+        )  # not a valid record: not kept
         part = fc.reader_fuzz(tmp_path / "c", 20, 1, 5.0)
     assert part.lost > 0 and "valid lines kept" in part.failures[0]
 

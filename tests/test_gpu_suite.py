@@ -32,8 +32,10 @@ def members(archive: Path) -> dict[str, bytes]:
 def test_smoke_dry_run_checks_everything_and_packs_one_archive(tmp_path: Path) -> None:
     mod = load()
     assert mod.main(["smoke", "--dry-run", "--out", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_suite_smoke.json",
-                                                          "gpu_suite_smoke.tar.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "gpu_suite_smoke.json",
+        "gpu_suite_smoke.tar.gz",
+    ]
     files = members(tmp_path / "gpu_suite_smoke.tar.gz")
     smoke = json.loads(files["gpu_suite_smoke/summary.json"])["smoke"]
     assert smoke["critical"] == [] and smoke["dry_run"]
@@ -70,12 +72,16 @@ def test_archive_rewritten_after_every_step_and_timeouts_are_results(tmp_path: P
         f"t = tarfile.open({str(out / 'gpu_suite_figures.tar.gz')!r})\n"
         "names = [m.name for m in t.getmembers()]\n"
         f"open({str(tmp_path / 'seen.json')!r}, 'w').write(json.dumps(names))\n"
-        "time.sleep(60)\n")
-    steps = [mod.Step("first", (str(ok), "{work}"), 30, "a figure"),
-             mod.Step("stuck", (str(hang),), 3, "a hang"),
-             mod.Step("late", (str(ok), "{work}"), 30, "after the budget")]
-    rc = mod.main(["figures", "--dry-run", "--out", str(out), "--budget-s", "25"],
-                  steps=lambda dry: steps)
+        "time.sleep(60)\n"
+    )
+    steps = [
+        mod.Step("first", (str(ok), "{work}"), 30, "a figure"),
+        mod.Step("stuck", (str(hang),), 3, "a hang"),
+        mod.Step("late", (str(ok), "{work}"), 30, "after the budget"),
+    ]
+    rc = mod.main(
+        ["figures", "--dry-run", "--out", str(out), "--budget-s", "25"], steps=lambda dry: steps
+    )
     assert rc == 0
     seen = json.loads((tmp_path / "seen.json").read_text())
     assert "gpu_suite_figures/first/r.md" in seen  # packed before the next step began

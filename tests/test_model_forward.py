@@ -48,12 +48,18 @@ def perturb(model: torch.nn.Module, seed: int = 0) -> None:
 MODEL_MD = {
     "vrt/flow": 1_440_300,
     "vrt/stage1": 2_027_712,
-    "vrt/stage2": 2_065_248, "vrt/stage3": 2_065_248, "vrt/stage4": 2_065_248,
-    "vrt/stage5": 2_029_968, "vrt/stage6": 2_029_968, "vrt/stage7": 2_029_968,
+    "vrt/stage2": 2_065_248,
+    "vrt/stage3": 2_065_248,
+    "vrt/stage4": 2_065_248,
+    "vrt/stage5": 2_029_968,
+    "vrt/stage6": 2_029_968,
+    "vrt/stage7": 2_029_968,
     "vrt/stage8": 2_528_472,
     "spike_encoder": 4_742_688,
-    "spike_tsa/scale0": 74_784, "spike_tsa/scale3": 74_784,
-    "vrt/fusion1": 74_976, "vrt/fusion4": 74_976,
+    "spike_tsa/scale0": 74_784,
+    "spike_tsa/scale3": 74_784,
+    "vrt/fusion1": 74_976,
+    "vrt/fusion4": 74_976,
 }
 
 
@@ -111,7 +117,7 @@ def test_batch_of_two_matches_two_single_samples() -> None:
     rgb, spikes = inputs(cfg, 2, 2, 16, 24)
     with torch.no_grad():
         both = model(rgb, spikes)
-        one = torch.cat([model(rgb[i:i + 1], spikes[i:i + 1]) for i in range(2)])
+        one = torch.cat([model(rgb[i : i + 1], spikes[i : i + 1]) for i in range(2)])
     torch.testing.assert_close(both, one, atol=2e-5, rtol=1e-4)
 
 
@@ -129,8 +135,12 @@ def test_untrained_model_starts_near_identity() -> None:
 
 @pytest.mark.parametrize(
     ("t", "h", "w", "k", "message"),
-    [(1, 32, 32, 5, "at least 2 frames"), (2, 30, 32, 5, "multiples of 8"),
-     (2, 32, 32, 4, "MODEL.SPIKE.BINS")])
+    [
+        (1, 32, 32, 5, "at least 2 frames"),
+        (2, 30, 32, 5, "multiples of 8"),
+        (2, 32, 32, 4, "MODEL.SPIKE.BINS"),
+    ],
+)
 def test_bad_input_shapes_are_named(t: int, h: int, w: int, k: int, message: str) -> None:
     model = build_model(tiny_cfg())
     with pytest.raises(ValueError, match=message):
@@ -165,8 +175,9 @@ def test_gradients_reach_every_parameter() -> None:
     perturb(model)
     rgb, spikes = inputs(cfg, 1, 3, 16, 16)
     model(rgb, spikes).square().mean().backward()
-    missing = [n for n, p in model.named_parameters()
-               if p.grad is None or torch.count_nonzero(p.grad) == 0]
+    missing = [
+        n for n, p in model.named_parameters() if p.grad is None or torch.count_nonzero(p.grad) == 0
+    ]
     assert missing == []
 
 

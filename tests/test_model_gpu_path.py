@@ -31,8 +31,7 @@ def _grads(out, tensors):
 def test_padded_heads_equal_the_unpadded_math_path(monkeypatch) -> None:
     """d = 20 zero-padded to 24 with scale 20**-0.5: forward and every gradient (bias too)."""
     torch.manual_seed(0)
-    q, k, v = (torch.randn(6, 3, 40, 20, dtype=torch.float64, requires_grad=True)
-               for _ in range(3))
+    q, k, v = (torch.randn(6, 3, 40, 20, dtype=torch.float64, requires_grad=True) for _ in range(3))
     bias = (0.5 * torch.randn(1, 3, 40, 40, dtype=torch.float64)).requires_grad_()
     seen: list[tuple[int, float | None]] = []
     real = F.scaled_dot_product_attention
@@ -44,7 +43,7 @@ def test_padded_heads_equal_the_unpadded_math_path(monkeypatch) -> None:
     monkeypatch.setattr(V.F, "scaled_dot_product_attention", spy)
     monkeypatch.setattr(V, "PAD_HEADS", True)
     got = V._attend(q, k, v, bias)
-    assert seen == [(24, 20 ** -0.5)] and got.shape == (6, 3, 40, 20)
+    assert seen == [(24, 20**-0.5)] and got.shape == (6, 3, 40, 20)
     ref = _softmax_attn(q, k, v, bias)
     torch.testing.assert_close(got, ref, atol=1e-10, rtol=1e-10)
     for a, b in zip(_grads(got, (q, k, v, bias)), _grads(ref, (q, k, v, bias)), strict=True):
@@ -159,8 +158,7 @@ def _tiny(**vrt: object):
 def test_alignment_checkpoint_keeps_outputs_and_gradients() -> None:
     results = []
     for on in (False, True):
-        cfg = _tiny(USE_CHECKPOINT_ALIGN=on, USE_CHECKPOINT_ATTN=False,
-                    USE_CHECKPOINT_FFN=False)
+        cfg = _tiny(USE_CHECKPOINT_ALIGN=on, USE_CHECKPOINT_ATTN=False, USE_CHECKPOINT_FFN=False)
         torch.manual_seed(0)
         model = build_model(cfg)
         rgb, spikes = example_inputs(cfg, 1, 3, 16, 16)
@@ -235,8 +233,7 @@ def test_checkpoints_do_not_stash_rng_state(monkeypatch) -> None:
     model = build_model(cfg)
     rgb, spikes = example_inputs(cfg, 1, 2, 16, 16)
     model(rgb, spikes).mean().backward()
-    assert seen and all(kw == {"use_reentrant": False, "preserve_rng_state": False}
-                        for kw in seen)
+    assert seen and all(kw == {"use_reentrant": False, "preserve_rng_state": False} for kw in seen)
 
 
 # ------------------------------------------------------------------ regional compile
@@ -265,8 +262,9 @@ def test_compile_config_key_builds_a_compiled_model_with_timing_outside() -> Non
     cfg.COMPILE, cfg.COMPILE_BACKEND = True, "eager"
     model = build_model(cfg)
     blocks = [m for m in model.modules() if isinstance(m, V.TMSA)]
-    assert blocks and all(b._attn_compiled is not None and b._ffn_compiled is not None
-                          for b in blocks)
+    assert blocks and all(
+        b._attn_compiled is not None and b._ffn_compiled is not None for b in blocks
+    )
     # a forward + backward with stage 8 compiled (the cheap part to trace on CPU): the
     # timing regions are the same as without compile
     cfg.COMPILE = False

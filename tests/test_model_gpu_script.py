@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def load():
     spec = importlib.util.spec_from_file_location(
-        "gpu_model_check", ROOT / "benchmarks" / "gpu_model_check.py")
+        "gpu_model_check", ROOT / "benchmarks" / "gpu_model_check.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     sys.modules["gpu_model_check"] = mod
     spec.loader.exec_module(mod)
@@ -27,11 +28,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.mark.parametrize(
     ("argv", "text"),
-    [(["--dry-run", "--clip", "1", "16", "16"], "T >= 2"),
-     (["--dry-run", "--clip", "2", "20", "16"], "multiples of 8"),
-     (["--dry-run", "--batches", "0"], "--batches"),
-     (["--dry-run", "--steps", "0"], "--steps"),
-     (["--dry-run", "--peak-tflops", "-1"], "--peak-tflops")])
+    [
+        (["--dry-run", "--clip", "1", "16", "16"], "T >= 2"),
+        (["--dry-run", "--clip", "2", "20", "16"], "multiples of 8"),
+        (["--dry-run", "--batches", "0"], "--batches"),
+        (["--dry-run", "--steps", "0"], "--steps"),
+        (["--dry-run", "--peak-tflops", "-1"], "--peak-tflops"),
+    ],
+)
 def test_bad_arguments_exit_2(tmp_path: Path, capsys, argv: list[str], text: str) -> None:
     mod = load()
     with pytest.raises(SystemExit) as e:
@@ -60,8 +64,7 @@ def test_defaults_are_the_issue_settings(tmp_path: Path) -> None:
 def test_dry_run_writes_json_and_markdown(tmp_path: Path) -> None:
     mod = load()
     out = tmp_path / "out"
-    assert mod.main([str(out), "--dry-run", "--batches", "1", "--warmup", "0",
-                     "--ckpt", "on"]) == 0
+    assert mod.main([str(out), "--dry-run", "--batches", "1", "--warmup", "0", "--ckpt", "on"]) == 0
     report = json.loads((out / "gpu_model_check.json").read_text())
     assert report["dry_run"] and report["clip"] == [2, 16, 16]
     assert [(s["batch"], s["checkpointing"]) for s in report["settings"]] == [(1, True)]

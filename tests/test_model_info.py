@@ -44,12 +44,14 @@ def test_json_with_data_section(tmp_path: Path, capsys: pytest.CaptureFixture[st
     mcfg = ModelConfig.from_dict(cfg["MODEL"])
     assert info["regions"] == region_names(mcfg, checkpointing=True)
     assert info["params"]["total"] == sum(
-        v for k, v in info["params"]["modules"].items() if "/" not in k)
+        v for k, v in info["params"]["modules"].items() if "/" not in k
+    )
     assert info["params"]["spike_branch"] + info["params"]["vrt"] == info["params"]["total"]
 
 
-def test_whole_frame_crop_shows_default_shape(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_whole_frame_crop_shows_default_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "whole.yaml"
     path.write_text("MODEL: {}\nDATA:\n  CROP_SIZE: 0\n  CLIP_LEN: 3\n")
     rc, out, _ = run(capsys, "--cfg", str(path), "--json")
@@ -58,8 +60,10 @@ def test_whole_frame_crop_shows_default_shape(tmp_path: Path,
 
 def test_plain_vrt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "plain.yaml"
-    path.write_text("MODEL:\n  USE_SPIKE: false\n  VRT:\n    USE_CHECKPOINT_ATTN: false\n"
-                    "    USE_CHECKPOINT_FFN: false\n")
+    path.write_text(
+        "MODEL:\n  USE_SPIKE: false\n  VRT:\n    USE_CHECKPOINT_ATTN: false\n"
+        "    USE_CHECKPOINT_FFN: false\n"
+    )
     rc, out, _ = run(capsys, "--cfg", str(path), "--json")
     info = json.loads(out)
     assert rc == 0 and info["params"]["total"] == 18_320_007
@@ -69,18 +73,27 @@ def test_plain_vrt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expect"),
-    [(None, "no such file"),
-     ("MODEL: [\n", "line 2"),
-     ("DATA: {}\n", "MODEL: section missing"),
-     ("MODEL:\n  VRT:\n    DEPHTS: [2]\n", "MODEL.VRT.DEPHTS: unknown key; did you mean DEPTHS?"),
-     ("MODEL:\n  USE_SPIKE: 3\n", "MODEL.USE_SPIKE: expected true or false"),
-     ("MODEL:\n  VRT:\n    NUM_HEADS: [5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6]\n",
-      "MODEL.VRT.NUM_HEADS[0]: 5 heads do not divide"),
-     ("MODEL: {}\nDATA:\n  CROP_SIZE: 100\n", "DATA.CROP_SIZE"),
-     ("MODEL: {}\nDATA:\n  CLIP_LEN: 1\n", "DATA.CLIP_LEN"),
-     ("- 1\n", "must hold a mapping")])
-def test_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                    text: str | None, expect: str) -> None:
+    [
+        (None, "no such file"),
+        ("MODEL: [\n", "line 2"),
+        ("DATA: {}\n", "MODEL: section missing"),
+        (
+            "MODEL:\n  VRT:\n    DEPHTS: [2]\n",
+            "MODEL.VRT.DEPHTS: unknown key; did you mean DEPTHS?",
+        ),
+        ("MODEL:\n  USE_SPIKE: 3\n", "MODEL.USE_SPIKE: expected true or false"),
+        (
+            "MODEL:\n  VRT:\n    NUM_HEADS: [5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6]\n",
+            "MODEL.VRT.NUM_HEADS[0]: 5 heads do not divide",
+        ),
+        ("MODEL: {}\nDATA:\n  CROP_SIZE: 100\n", "DATA.CROP_SIZE"),
+        ("MODEL: {}\nDATA:\n  CLIP_LEN: 1\n", "DATA.CLIP_LEN"),
+        ("- 1\n", "must hold a mapping"),
+    ],
+)
+def test_errors_are_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | None, expect: str
+) -> None:
     path = tmp_path / "cfg.yaml"
     if text is not None:
         path.write_text(text)

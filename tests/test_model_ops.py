@@ -40,11 +40,15 @@ def _reference_deform(x, offset, mask, weight, bias, groups):
                             dy = offset[bi, 2 * (g * kh * kw + k), hi, wi].item()
                             dx = offset[bi, 2 * (g * kh * kw + k) + 1, hi, wi].item()
                             m = mask[bi, g * kh * kw + k, hi, wi].item()
-                            v = _bilinear(x[bi, g * cg:(g + 1) * cg], hi - kh // 2 + i + dy,
-                                          wi - kw // 2 + j + dx)
-                            cols[g * cg:(g + 1) * cg, k] = m * v
-                out[bi, :, hi, wi] = (weight.double().reshape(o, c * kh * kw)
-                                      @ cols.reshape(-1)) + bias.double()
+                            v = _bilinear(
+                                x[bi, g * cg : (g + 1) * cg],
+                                hi - kh // 2 + i + dy,
+                                wi - kw // 2 + j + dx,
+                            )
+                            cols[g * cg : (g + 1) * cg, k] = m * v
+                out[bi, :, hi, wi] = (
+                    weight.double().reshape(o, c * kh * kw) @ cols.reshape(-1)
+                ) + bias.double()
     return out
 
 
@@ -69,17 +73,20 @@ def test_deform_conv_zero_offset_full_mask_is_plain_conv() -> None:
     x = torch.randn(1, 8, 7, 9, generator=g)
     weight = torch.randn(5, 8, 3, 3, generator=g)
     bias = torch.randn(5, generator=g)
-    got = deform_conv2d(x, torch.zeros(1, 2 * 4 * 9, 7, 9), torch.ones(1, 4 * 9, 7, 9),
-                        weight, bias, 4)
-    torch.testing.assert_close(got, torch.nn.functional.conv2d(x, weight, bias, padding=1),
-                               atol=1e-5, rtol=1e-5)
+    got = deform_conv2d(
+        x, torch.zeros(1, 2 * 4 * 9, 7, 9), torch.ones(1, 4 * 9, 7, 9), weight, bias, 4
+    )
+    torch.testing.assert_close(
+        got, torch.nn.functional.conv2d(x, weight, bias, padding=1), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_deform_conv_stays_fp32_under_autocast() -> None:
     x = torch.randn(1, 4, 6, 6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = deform_conv2d(x, torch.zeros(1, 18, 6, 6), torch.ones(1, 9, 6, 6),
-                            torch.randn(2, 4, 3, 3), None, 1)
+        out = deform_conv2d(
+            x, torch.zeros(1, 18, 6, 6), torch.ones(1, 9, 6, 6), torch.randn(2, 4, 3, 3), None, 1
+        )
     assert out.dtype == torch.float32
 
 
@@ -113,6 +120,6 @@ def test_nearest4_takes_the_four_integer_neighbours() -> None:
     # (ceil x, ceil y)
     expect = [x[0, :, h, w + 1], x[0, :, h + 1, w + 1], x[0, :, h, w + 2], x[0, :, h + 1, w + 2]]
     for i, e in enumerate(expect):
-        torch.testing.assert_close(out[0, 3 * i:3 * i + 3, h, w], e)
+        torch.testing.assert_close(out[0, 3 * i : 3 * i + 3, h, w], e)
     assert torch.all(out[0, 6:12, :, 5] == 0)  # ceil(x) = 7 is outside the image
     assert torch.all(out[0, 0:6, :5, 5] != 0)  # floor(x) = 6 is inside

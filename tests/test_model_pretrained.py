@@ -17,24 +17,37 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: (ours, official), written out by hand from the reference's module names
 EXAMPLES = [
-    ("vrt.flow.spynet.basic_module.5.basic_module.8.bias", "spynet.basic_module.5.basic_module.8.bias"),
+    (
+        "vrt.flow.spynet.basic_module.5.basic_module.8.bias",
+        "spynet.basic_module.5.basic_module.8.bias",
+    ),
     ("vrt.prealign.conv_first.weight", "conv_first.weight"),
     ("vrt.stages.0.reshape_norm.weight", "stage1.reshape.1.weight"),
     ("vrt.stages.1.reshape_norm.bias", "stage2.reshape.1.bias"),
     ("vrt.stages.4.reshape_proj.weight", "stage5.reshape.2.weight"),
-    ("vrt.stages.0.groups.0.blocks.5.attn.qkv_mut.weight",
-     "stage1.residual_group1.blocks.5.attn.qkv_mut.weight"),
-    ("vrt.stages.6.groups.0.blocks.0.attn.relative_position_bias_table",
-     "stage7.residual_group1.blocks.0.attn.relative_position_bias_table"),
+    (
+        "vrt.stages.0.groups.0.blocks.5.attn.qkv_mut.weight",
+        "stage1.residual_group1.blocks.5.attn.qkv_mut.weight",
+    ),
+    (
+        "vrt.stages.6.groups.0.blocks.0.attn.relative_position_bias_table",
+        "stage7.residual_group1.blocks.0.attn.relative_position_bias_table",
+    ),
     ("vrt.stages.2.groups.0.linear.weight", "stage3.linear1.weight"),
-    ("vrt.stages.3.groups.1.blocks.1.mlp.fc12.bias", "stage4.residual_group2.blocks.1.mlp.fc12.bias"),
+    (
+        "vrt.stages.3.groups.1.blocks.1.mlp.fc12.bias",
+        "stage4.residual_group2.blocks.1.mlp.fc12.bias",
+    ),
     ("vrt.stages.5.groups.1.linear.bias", "stage6.linear2.bias"),
     ("vrt.stages.1.pa_deform.conv_offset.6.weight", "stage2.pa_deform.conv_offset.6.weight"),
     ("vrt.stages.1.pa_deform.weight", "stage2.pa_deform.weight"),
     ("vrt.stages.6.pa_fuse.fc2.weight", "stage7.pa_fuse.fc2.weight"),
     ("vrt.stages.7.reshape_norm.weight", "stage8.0.1.weight"),
     ("vrt.stages.7.reshape_proj.bias", "stage8.0.2.bias"),
-    ("vrt.stages.7.groups.0.blocks.3.norm2.weight", "stage8.1.residual_group.blocks.3.norm2.weight"),
+    (
+        "vrt.stages.7.groups.0.blocks.3.norm2.weight",
+        "stage8.1.residual_group.blocks.3.norm2.weight",
+    ),
     ("vrt.stages.7.groups.3.linear.weight", "stage8.4.linear.weight"),
     ("vrt.stages.7.groups.11.linear.weight", "stage8.12.linear.weight"),
     ("vrt.head.norm.bias", "norm.bias"),
@@ -49,26 +62,43 @@ def test_key_map_both_ways(ours: str, official: str) -> None:
     assert from_official(official) == ours
 
 
-@pytest.mark.parametrize("key", ["vrt.fusions.0.q.weight", "spike_encoder.scales.0.0.weight",
-                                 "vrt.stages.8.reshape_norm.weight", "vrt.head.extra.weight"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "vrt.fusions.0.q.weight",
+        "spike_encoder.scales.0.0.weight",
+        "vrt.stages.8.reshape_norm.weight",
+        "vrt.head.extra.weight",
+    ],
+)
 def test_keys_outside_the_map(key: str) -> None:
     assert to_official(key) is None
 
 
-@pytest.mark.parametrize("key", ["stage0.linear1.weight", "stage9.pa_fuse.fc2.weight",
-                                 "stage8.0.3.weight", "conv_before_upsample.0.weight"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "stage0.linear1.weight",
+        "stage9.pa_fuse.fc2.weight",
+        "stage8.0.3.weight",
+        "conv_before_upsample.0.weight",
+    ],
+)
 def test_unknown_official_keys(key: str) -> None:
     assert from_official(key) is None
 
 
 def test_standalone_spynet_names_load_as_spynet() -> None:
-    assert from_official("basic_module.0.basic_module.0.weight") == \
-        "vrt.flow.spynet.basic_module.0.basic_module.0.weight"
+    assert (
+        from_official("basic_module.0.basic_module.0.weight")
+        == "vrt.flow.spynet.basic_module.0.basic_module.0.weight"
+    )
 
 
 def _vrt_keys(model: torch.nn.Module) -> list[str]:
-    return [k for k in model.state_dict() if k.startswith("vrt.")
-            and not k.startswith("vrt.fusions.")]
+    return [
+        k for k in model.state_dict() if k.startswith("vrt.") and not k.startswith("vrt.fusions.")
+    ]
 
 
 def _meta(cfg_path: Path) -> torch.nn.Module:
@@ -99,8 +129,14 @@ def test_full_config_official_layout_loads_strictly() -> None:
     assert shapes["stage1.residual_group2.blocks.0.attn.relative_position_index"] == (384, 384)
     assert shapes["stage8.3.residual_group.blocks.0.attn.relative_position_index"] == (64, 64)
     assert shapes["stage1.pa_deform.conv_offset.6.weight"] == (27 * 16, 96, 3, 3)
-    assert sum(v.numel() for k, v in src.items() if not k.endswith(
-        ("relative_position_index", "position_bias", "mean", "std"))) == 18_320_007
+    assert (
+        sum(
+            v.numel()
+            for k, v in src.items()
+            if not k.endswith(("relative_position_index", "position_bias", "mean", "std"))
+        )
+        == 18_320_007
+    )
     report = load_pretrained_vrt(_meta(FULL), {"params": src}, strict=True)
     assert report.ok and len(report.loaded) == 1410 and report.renamed == 1410
     assert len(report.recomputed) == 116
@@ -168,15 +204,19 @@ def test_strict_errors_name_the_first_problem(tiny_pair) -> None:
     assert msg.startswith("MODEL.PRETRAINED: state dict: no entry stage3.linear1.weight")
     assert "\n" not in msg
     shaped = dict(official, **{"norm.weight": torch.zeros(7)})
-    with pytest.raises(ConfigError, match=r"norm\.weight has shape \[7\], the model's "
-                                          r"vrt\.head\.norm\.weight has \[24\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"norm\.weight has shape \[7\], the model's "
+        r"vrt\.head\.norm\.weight has \[24\]",
+    ):
         load_pretrained_vrt(model, shaped)
     extra = dict(official, **{"conv_before_upsample.0.weight": torch.zeros(1)})
     with pytest.raises(ConfigError, match=r"conv_before_upsample\.0\.weight is no part"):
         load_pretrained_vrt(model, extra)
     before = model.vrt.head.norm.weight.clone()
-    report = load_pretrained_vrt(model, dict(extra, **{"norm.weight": torch.zeros(7)}),
-                                 strict=False)
+    report = load_pretrained_vrt(
+        model, dict(extra, **{"norm.weight": torch.zeros(7)}), strict=False
+    )
     assert report.mismatched[0][:2] == ("norm.weight", "vrt.head.norm.weight")
     assert report.unexpected == ["conv_before_upsample.0.weight"]
     assert torch.equal(model.vrt.head.norm.weight, before)  # mismatched: not touched
@@ -187,12 +227,14 @@ def test_strict_errors_name_the_first_problem(tiny_pair) -> None:
 
 def test_spynet_file_loads_the_same_way(tiny_pair) -> None:
     _, official = tiny_pair
-    spy = {k[len("spynet."):]: v for k, v in official.items() if k.startswith("spynet.")}
+    spy = {k[len("spynet.") :]: v for k, v in official.items() if k.startswith("spynet.")}
     model = build_model(load_model_config(TINY))
     report = load_pretrained_vrt(model, {"params": spy}, strict=False)
     assert len(report.loaded) == 6 * 5 * 2 and not report.unexpected
-    assert torch.equal(model.vrt.flow.spynet.basic_module[5].basic_module[8].weight,
-                       official["spynet.basic_module.5.basic_module.8.weight"])
+    assert torch.equal(
+        model.vrt.flow.spynet.basic_module[5].basic_module[8].weight,
+        official["spynet.basic_module.5.basic_module.8.weight"],
+    )
 
 
 def test_unreadable_sources(tmp_path: Path) -> None:
@@ -231,12 +273,15 @@ def test_config_keys_load_at_build(tiny_pair, tmp_path: Path) -> None:
         assert build_model(ModelConfig.from_dict(section)).pretrained_report is None
 
 
-@pytest.mark.parametrize(("section", "text"), [
-    ({"PRETRAINED": 5}, "MODEL.PRETRAINED: expected a file path or null, got an integer"),
-    ({"PRETRAINED": "/no/such/vrt.pth"}, "MODEL.PRETRAINED: no such file: /no/such/vrt.pth"),
-    ({"PRETRAINED_STRICT": "yes"}, "MODEL.PRETRAINED_STRICT: expected true or false"),
-    ({"PRETRAINED_STRIC": True}, "did you mean PRETRAINED_STRICT"),
-])
+@pytest.mark.parametrize(
+    ("section", "text"),
+    [
+        ({"PRETRAINED": 5}, "MODEL.PRETRAINED: expected a file path or null, got an integer"),
+        ({"PRETRAINED": "/no/such/vrt.pth"}, "MODEL.PRETRAINED: no such file: /no/such/vrt.pth"),
+        ({"PRETRAINED_STRICT": "yes"}, "MODEL.PRETRAINED_STRICT: expected true or false"),
+        ({"PRETRAINED_STRIC": True}, "did you mean PRETRAINED_STRICT"),
+    ],
+)
 def test_config_errors(section: dict, text: str) -> None:
     with pytest.raises(ConfigError) as ei:
         ModelConfig.from_dict(section, "m.yaml")
@@ -251,14 +296,16 @@ def _info(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str
     return rc, out, err
 
 
-def test_info_pretrained_report_and_export(tiny_pair, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_info_pretrained_report_and_export(
+    tiny_pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src, official = tiny_pair
     ckpt = tmp_path / "step.pt"
     torch.save({"model": src.state_dict(), "step": 3}, ckpt)
     out_path = tmp_path / "exported.pth"
-    rc, out, err = _info(capsys, "--cfg", str(TINY), "--checkpoint", str(ckpt),
-                         "--export-official", str(out_path))
+    rc, out, err = _info(
+        capsys, "--cfg", str(TINY), "--checkpoint", str(ckpt), "--export-official", str(out_path)
+    )
     assert rc == 0 and "entries in the official VRT layout" in out, err
     exported = torch.load(out_path, weights_only=True)["params"]
     assert exported.keys() == official.keys()
@@ -280,8 +327,9 @@ def test_info_export_needs_weights(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 2 and out == "" and err.count("\n") == 1 and "--checkpoint" in err
 
 
-def test_training_starts_from_pretrained(tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_training_starts_from_pretrained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from _trainer_helpers import MICRO
     from _trainer_helpers import TINY as TRAIN_TINY
 

@@ -29,7 +29,8 @@ def test_border_padding_repeats_the_edge_pixel() -> None:
 
 
 def test_spynet_warps_its_support_image_with_border_padding(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import trainer.models.spynet as spynet_mod
 
     modes: list[str] = []
@@ -54,7 +55,7 @@ def test_mutual_output_placement() -> None:
     with torch.no_grad():
         att.qkv_mut.weight.zero_()
         att.qkv_mut.bias.zero_()
-        att.qkv_mut.weight[2 * c:] = torch.eye(c)  # v = x + pe, q = k = 0
+        att.qkv_mut.weight[2 * c :] = torch.eye(c)  # v = x + pe, q = k = 0
         att.proj.weight.zero_()
         att.proj.bias.zero_()
         att.proj.weight[:, :c] = torch.eye(c)  # output = the mutual half only
@@ -78,17 +79,31 @@ def test_sine_encoding_interleaves_sin_and_cos_per_frequency() -> None:
     freq = [1.0, 10000.0 ** (2 / 4)]  # dim/2 = 4 channels per axis: two frequencies
     for col in range(2):
         x = (col + 1) / (2 + eps) * 2 * math.pi
-        expect = [math.sin(y / freq[0]), math.cos(y / freq[0]),
-                  math.sin(y / freq[1]), math.cos(y / freq[1]),
-                  math.sin(x / freq[0]), math.cos(x / freq[0]),
-                  math.sin(x / freq[1]), math.cos(x / freq[1])]
+        expect = [
+            math.sin(y / freq[0]),
+            math.cos(y / freq[0]),
+            math.sin(y / freq[1]),
+            math.cos(y / freq[1]),
+            math.sin(x / freq[0]),
+            math.cos(x / freq[0]),
+            math.sin(x / freq[1]),
+            math.cos(x / freq[1]),
+        ]
         torch.testing.assert_close(pe[col], torch.tensor(expect), atol=1e-6, rtol=0)
 
 
 def _bare_reshape(kind: str, c: int) -> AlignStage:
-    cfg = ModelConfig.from_dict({"VRT": {"EMBED_DIMS": [c] * 7 + [c] * 4,
-                                         "DEPTHS": [2] * 11, "NUM_HEADS": [1] * 11,
-                                         "WINDOW_SIZE": [2, 2, 2], "DEFORMABLE_GROUPS": 1}})
+    cfg = ModelConfig.from_dict(
+        {
+            "VRT": {
+                "EMBED_DIMS": [c] * 7 + [c] * 4,
+                "DEPTHS": [2] * 11,
+                "NUM_HEADS": [1] * 11,
+                "WINDOW_SIZE": [2, 2, 2],
+                "DEFORMABLE_GROUPS": 1,
+            }
+        }
+    )
     st = AlignStage(c, 2, 1, kind, 1.0, cfg.VRT, [0.0, 0.0])
     st.reshape_norm, st.reshape_proj = nn.Identity(), nn.Identity()  # type: ignore[assignment]
     return st
@@ -124,8 +139,8 @@ def test_drop_path_rates_per_block() -> None:
     stages = model.vrt.stages
     for i in range(7):
         g1, g2 = _rates(stages[i])
-        assert g1 == pytest.approx(r[8 * i: 8 * i + 6])
-        assert g2 == pytest.approx(r[8 * i: 8 * i + 2])
+        assert g1 == pytest.approx(r[8 * i : 8 * i + 6])
+        assert g2 == pytest.approx(r[8 * i : 8 * i + 2])
     assert [p for g in _rates(stages[7]) for p in g] == pytest.approx(r[56:])
     assert all(isinstance(blk.drop_path, DropPath) for g in stages[0].groups for blk in g.blocks)
 
@@ -133,5 +148,6 @@ def test_drop_path_rates_per_block() -> None:
 def test_tiny_config_drop_path_is_zero() -> None:
     with torch.device("meta"):
         model = build_model(load_model_config(TINY))
-    assert {blk.drop_path.p for st in model.vrt.stages for g in st.groups
-            for blk in g.blocks} == {0.0}
+    assert {blk.drop_path.p for st in model.vrt.stages for g in st.groups for blk in g.blocks} == {
+        0.0
+    }

@@ -55,8 +55,10 @@ def test_region_tree_complete_for_one_step(ckpt: bool) -> None:
         for i, st in enumerate(model.vrt.stages, 1):
             blocks = sum(len(g.blocks) for g in st.groups)
             assert summary[f"backward/vrt/stage{i}/recompute"]["calls"] == 2 * blocks
-            assert (summary[f"backward/vrt/stage{i}/recompute"]["total"]
-                    <= summary[f"backward/vrt/stage{i}"]["total"])
+            assert (
+                summary[f"backward/vrt/stage{i}/recompute"]["total"]
+                <= summary[f"backward/vrt/stage{i}"]["total"]
+            )
     else:
         assert recompute == set()
     # every forward region was entered once (TSA chunks aside), nothing during backward
@@ -75,8 +77,9 @@ def test_jsonl_record_holds_the_tree(tmp_path: Path) -> None:
     cfg = tiny(True, use_spike=False)
     model = build_model(cfg)
     rgb, _ = example_inputs(cfg, 1, 2, 16, 16)
-    log = TimingLogger(log_dir=str(tmp_path), enable_console=False, enable_file=False,
-                       run_name="model")
+    log = TimingLogger(
+        log_dir=str(tmp_path), enable_console=False, enable_file=False, run_name="model"
+    )
     set_global_timing_logger(log)
     train_step(model, rgb, None, log)
     log.close()

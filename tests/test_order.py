@@ -10,7 +10,11 @@ from tui.order import hysteresis_order, tree_sort
 
 
 def sorted_within(order: list[str], share: dict[str, float], margin: float) -> bool:
-    return all(share[order[j]] <= share[order[i]] + margin for i in range(len(order)) for j in range(i + 1, len(order)))
+    return all(
+        share[order[j]] <= share[order[i]] + margin
+        for i in range(len(order))
+        for j in range(i + 1, len(order))
+    )
 
 
 def test_first_order_is_by_share() -> None:
@@ -58,18 +62,49 @@ class Row:
 
 
 def test_tree_sort_keeps_parents_before_children() -> None:
-    rows = [Row(n, s) for n, s in [("data", 0.01), ("forward", 0.3), ("forward/vrt", 0.28), ("forward/spike", 0.02),
-                                    ("backward", 0.6), ("backward/x", 0.1), ("backward/y", 0.4), ("optimizer", 0.05)]]
+    rows = [
+        Row(n, s)
+        for n, s in [
+            ("data", 0.01),
+            ("forward", 0.3),
+            ("forward/vrt", 0.28),
+            ("forward/spike", 0.02),
+            ("backward", 0.6),
+            ("backward/x", 0.1),
+            ("backward/y", 0.4),
+            ("optimizer", 0.05),
+        ]
+    ]
     out = [r.name for r in tree_sort(rows, lambda r: r.name, lambda r: r.share)]
-    assert out == ["backward", "backward/y", "backward/x", "forward", "forward/vrt", "forward/spike", "optimizer", "data"]
+    assert out == [
+        "backward",
+        "backward/y",
+        "backward/x",
+        "forward",
+        "forward/vrt",
+        "forward/spike",
+        "optimizer",
+        "data",
+    ]
     by_name = [r.name for r in tree_sort(rows, lambda r: r.name, lambda r: r.share, by="name")]
-    assert by_name == ["backward", "backward/x", "backward/y", "data", "forward", "forward/spike", "forward/vrt", "optimizer"]
+    assert by_name == [
+        "backward",
+        "backward/x",
+        "backward/y",
+        "data",
+        "forward",
+        "forward/spike",
+        "forward/vrt",
+        "optimizer",
+    ]
     with pytest.raises(ValueError):
         tree_sort(rows, lambda r: r.name, lambda r: r.share, by="size")
 
 
 def test_tree_sort_deep_tree_and_orphans() -> None:
-    deep = [Row("/".join(["x"] * i), 0.5) for i in range(1, 3000)]  # deeper than Python's recursion limit
+    deep = [
+        Row("/".join(["x"] * i), 0.5) for i in range(1, 3000)
+    ]  # deeper than Python's recursion limit
     assert len(tree_sort(deep, lambda r: r.name, lambda r: r.share)) == 2999
     rows = [Row("a/b/c", 0.2), Row("z", 0.5)]  # a and a/b missing
     assert [r.name for r in tree_sort(rows, lambda r: r.name, lambda r: r.share)] == ["z", "a/b/c"]

@@ -39,36 +39,59 @@ def tiny_plans() -> dict[bool, object]:
 # ------------------------------------------------------------------ SDPA kernel choice
 
 
-@pytest.mark.parametrize(("kw", "sm90", "sm80"), [
-    # stage 8 of the full model: head size 20, bf16, a learned bias (needs grad)
-    ({"dtype": BF16, "head_dim": 20, "has_mask": True, "mask_requires_grad": True}, "math", "math"),
-    # the same padded to 24 (what the model does on CUDA once padded): memory-efficient
-    ({"dtype": BF16, "head_dim": 24, "has_mask": True, "mask_requires_grad": True},
-     "efficient", "efficient"),
-    # fp32 takes the memory-efficient kernel at head size 20 (alignment 4)
-    ({"dtype": FP32, "head_dim": 20, "has_mask": True, "mask_requires_grad": True},
-     "efficient", "efficient"),
-    ({"dtype": FP32, "head_dim": 18, "has_mask": False}, "math", "math"),
-    # stages 1-7 self attention: d 16 with a grad-requiring bias
-    ({"dtype": BF16, "head_dim": 16, "has_mask": True, "mask_requires_grad": True},
-     "efficient", "efficient"),
-    # mutual attention with a constant mask: cuDNN on sm90 only
-    ({"dtype": BF16, "head_dim": 16, "has_mask": True, "mask_requires_grad": False},
-     "cudnn", "efficient"),
-    # spike TSA / fusion: no mask
-    ({"dtype": BF16, "head_dim": 24, "has_mask": False}, "cudnn", "flash"),
-    # head size above cuDNN's limit, no mask: flash
-    ({"dtype": BF16, "head_dim": 160, "has_mask": False}, "flash", "flash"),
-    ({"dtype": BF16, "head_dim": 20, "has_mask": False}, "flash", "flash"),
-])
+@pytest.mark.parametrize(
+    ("kw", "sm90", "sm80"),
+    [
+        # stage 8 of the full model: head size 20, bf16, a learned bias (needs grad)
+        (
+            {"dtype": BF16, "head_dim": 20, "has_mask": True, "mask_requires_grad": True},
+            "math",
+            "math",
+        ),
+        # the same padded to 24 (what the model does on CUDA once padded): memory-efficient
+        (
+            {"dtype": BF16, "head_dim": 24, "has_mask": True, "mask_requires_grad": True},
+            "efficient",
+            "efficient",
+        ),
+        # fp32 takes the memory-efficient kernel at head size 20 (alignment 4)
+        (
+            {"dtype": FP32, "head_dim": 20, "has_mask": True, "mask_requires_grad": True},
+            "efficient",
+            "efficient",
+        ),
+        ({"dtype": FP32, "head_dim": 18, "has_mask": False}, "math", "math"),
+        # stages 1-7 self attention: d 16 with a grad-requiring bias
+        (
+            {"dtype": BF16, "head_dim": 16, "has_mask": True, "mask_requires_grad": True},
+            "efficient",
+            "efficient",
+        ),
+        # mutual attention with a constant mask: cuDNN on sm90 only
+        (
+            {"dtype": BF16, "head_dim": 16, "has_mask": True, "mask_requires_grad": False},
+            "cudnn",
+            "efficient",
+        ),
+        # spike TSA / fusion: no mask
+        ({"dtype": BF16, "head_dim": 24, "has_mask": False}, "cudnn", "flash"),
+        # head size above cuDNN's limit, no mask: flash
+        ({"dtype": BF16, "head_dim": 160, "has_mask": False}, "flash", "flash"),
+        ({"dtype": BF16, "head_dim": 20, "has_mask": False}, "flash", "flash"),
+    ],
+)
 def test_sdpa_kernel_choice(kw: dict, sm90: str, sm80: str) -> None:
     assert choose_sdpa_kernel(arch="sm90", **kw) == sm90
     assert choose_sdpa_kernel(arch="sm80", **kw) == sm80
 
 
 def test_sdpa_kernel_choice_cpu() -> None:
-    assert choose_sdpa_kernel(dtype=FP32, head_dim=8, has_mask=True, mask_requires_grad=True,
-                              arch="cpu") == "math"
+    assert (
+        choose_sdpa_kernel(
+            dtype=FP32, head_dim=8, has_mask=True, mask_requires_grad=True, arch="cpu"
+        )
+        == "math"
+    )
     assert choose_sdpa_kernel(dtype=FP32, head_dim=8, has_mask=True, arch="cpu") == "flash_cpu"
     assert choose_sdpa_kernel(dtype=FP32, head_dim=8, arch="cpu") == "flash_cpu"
 
@@ -117,15 +140,23 @@ def test_conv3d_flops_are_analytic() -> None:
     assert f["backward"] == f["forward"]  # weight gradient only: the input needs none
 
 
-@pytest.mark.parametrize(("amp", "d", "kernel_fwd_matmuls"), [(BF16, 16, 2), (BF16, 20, 2),
-                                                               (None, 20, 2)])
-def test_attention_flops_are_analytic(amp: torch.dtype | None, d: int,
-                                      kernel_fwd_matmuls: int) -> None:
+@pytest.mark.parametrize(
+    ("amp", "d", "kernel_fwd_matmuls"), [(BF16, 16, 2), (BF16, 20, 2), (None, 20, 2)]
+)
+def test_attention_flops_are_analytic(
+    amp: torch.dtype | None, d: int, kernel_fwd_matmuls: int
+) -> None:
     b, h, n = 3, 2, 32
     q, k, v = (_meta(b, h, n, d) for _ in range(3))
     bias = _meta(1, h, n, n)
-    f = count_flops(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
-                    q, k, v, bias, amp=amp)
+    f = count_flops(
+        lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
+        q,
+        k,
+        v,
+        bias,
+        amp=amp,
+    )
     assert f["forward"] == kernel_fwd_matmuls * 2 * b * h * n * n * d
     # backward: dV, dP, dQ, dK (+ the recomputed scores in the fused kernels)
     assert f["backward"] >= 4 * 2 * b * h * n * n * d
@@ -185,8 +216,13 @@ def test_predicted_cpu_peak_within_15_percent_of_measured() -> None:
     resident set (allocations ≥ 64 KiB mmapped, so freed memory leaves it) against the
     plan's peak minus what exists before the step (benchmarks/plan_cpu_peak.py)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
-    sets = ["DATA.CROP_SIZE=64", "DATA.SYNTHETIC.HEIGHT=64", "DATA.SYNTHETIC.WIDTH=64",
-            "DATA.CLIP_LEN=2", "TRAIN.BATCH_SIZE=2"]
+    sets = [
+        "DATA.CROP_SIZE=64",
+        "DATA.SYNTHETIC.HEIGHT=64",
+        "DATA.SYNTHETIC.WIDTH=64",
+        "DATA.CLIP_LEN=2",
+        "TRAIN.BATCH_SIZE=2",
+    ]
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "plan_cpu_peak.py"), "--cfg", TINY]
     for s in sets:
         cmd += ["--set", s]
@@ -240,8 +276,15 @@ def test_plan_cli_json_and_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert trainer_main(["plan", "--cfg", TINY, "--json", "--set", "TRAIN.BATCH_SIZE=1"]) == 0
     d = json.loads(capsys.readouterr().out)
     names = [r["name"] for r in d["regions"]]
-    for want in ("spike_encoder", "spike_tsa", "vrt/flow", "vrt/stage1", "vrt/stage8",
-                 "vrt/fusion1", "vrt/head"):
+    for want in (
+        "spike_encoder",
+        "spike_tsa",
+        "vrt/flow",
+        "vrt/stage1",
+        "vrt/stage8",
+        "vrt/fusion1",
+        "vrt/head",
+    ):
         assert want in names
     assert d["shape"]["batch"] == 1 and d["precision"] == "bf16"
     assert d["memory"]["peak"] > d["memory"]["parameters"] > 0
@@ -252,12 +295,15 @@ def test_plan_cli_json_and_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "predicted peak" in out and "vrt/stage8" in out and "fp32 on cpu" in out
 
 
-@pytest.mark.parametrize("argv", [
-    ["--cfg", "no/such.yaml"],
-    ["--cfg", TINY, "--set", "TRAIN.AMP=fp8"],
-    ["--cfg", TINY, "--set", "MODEL.VRT.EMBED_DIMS=7"],
-    ["--cfg", TINY, "--gpu", "Voodoo2"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--cfg", "no/such.yaml"],
+        ["--cfg", TINY, "--set", "TRAIN.AMP=fp8"],
+        ["--cfg", TINY, "--set", "MODEL.VRT.EMBED_DIMS=7"],
+        ["--cfg", TINY, "--gpu", "Voodoo2"],
+    ],
+)
 def test_plan_cli_bad_input_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert trainer_main(["plan", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -290,10 +336,10 @@ def test_run_start_carries_flops_per_region(tmp_path) -> None:
     from trainer.train import train
 
     torch.set_num_threads(1)
-    cfg = load_config(TINY, [*MICRO, "TRAIN.MAX_STEPS=1", "TRAIN.EPOCHS=1",
-                             "TRAIN.GRADIENT_ACCUMULATION_STEPS=2"])
-    r = train(cfg, log_dir=str(tmp_path / "logs"), write_checkpoints=False,
-              validate_at_end=False)
+    cfg = load_config(
+        TINY, [*MICRO, "TRAIN.MAX_STEPS=1", "TRAIN.EPOCHS=1", "TRAIN.GRADIENT_ACCUMULATION_STEPS=2"]
+    )
+    r = train(cfg, log_dir=str(tmp_path / "logs"), write_checkpoints=False, validate_at_end=False)
     recs = records(os.path.join(r.run_dir, "rank0.jsonl"))
     fl = recs[0]["config"]["FLOPS"]
     assert fl["MICRO_BATCHES"] == 2 and fl["PRECISION"] == "fp32" and fl["FLOW_FROZEN"]
@@ -316,10 +362,16 @@ def test_full_size_flops_survive_the_record_format(tmp_path) -> None:
 
     run = tmp_path / "20261201-000000-big-0001"
     run.mkdir()
-    cfg = {"FLOPS": {"PRECISION": "bf16", "STEP": 1.77e14,
-                     "REGIONS": {"forward": float(176_631_000_000_000)}}}
-    (run / "rank0.jsonl").write_text(encode(RunStart(run_id=run.name, rank=0, world_size=1,
-                                                     time=1.0, config=cfg)))
+    cfg = {
+        "FLOPS": {
+            "PRECISION": "bf16",
+            "STEP": 1.77e14,
+            "REGIONS": {"forward": float(176_631_000_000_000)},
+        }
+    }
+    (run / "rank0.jsonl").write_text(
+        encode(RunStart(run_id=run.name, rank=0, world_size=1, time=1.0, config=cfg))
+    )
     snap = open_run(run)
     assert snap.config["FLOPS"]["REGIONS"]["forward"] == 176_631_000_000_000
 
@@ -341,17 +393,26 @@ def test_bench_predicts_and_skips_rows_that_do_not_fit(tmp_path, monkeypatch) ->
 
     sets = [*MICRO, "TRAIN.BATCH_SIZE=1"]
     monkeypatch.setattr(bench, "_device_and_capacity", lambda cfg: ("cpu", 1000))
-    rep = bench.run_bench(TINY, [()], log_dir=str(tmp_path / "logs"), command=command,
-                          extra=sets, echo=lambda s: None)
+    rep = bench.run_bench(
+        TINY, [()], log_dir=str(tmp_path / "logs"), command=command, extra=sets, echo=lambda s: None
+    )
     r = rep.results[0]
     assert not ran and r.status == bench.SKIPPED and r.mem_predicted > 1000
     assert r.outcome.startswith("not run: predicted peak") and "--force" in r.outcome
     md = bench.markdown(rep)
     assert bench.fmt_bytes(r.mem_predicted) in md and "not run" in md
-    rep = bench.run_bench(TINY, [()], log_dir=str(tmp_path / "logs"), command=command,
-                          extra=sets, echo=lambda s: None, force=True)
+    rep = bench.run_bench(
+        TINY,
+        [()],
+        log_dir=str(tmp_path / "logs"),
+        command=command,
+        extra=sets,
+        echo=lambda s: None,
+        force=True,
+    )
     assert len(ran) == 1 and rep.results[0].status == bench.FAILED
     monkeypatch.setattr(bench, "_device_and_capacity", lambda cfg: ("cpu", 10**15))
-    rep = bench.run_bench(TINY, [()], log_dir=str(tmp_path / "logs"), command=command,
-                          extra=sets, echo=lambda s: None)
+    rep = bench.run_bench(
+        TINY, [()], log_dir=str(tmp_path / "logs"), command=command, extra=sets, echo=lambda s: None
+    )
     assert len(ran) == 2 and rep.results[0].mem_predicted == r.mem_predicted

@@ -18,19 +18,45 @@ from trainer.timing.logger import log_timing
 from tui.diagnosis import Thresholds, advice_for_run, judge_stragglers
 from tui.summary import open_run, summary_dict, summary_text
 
-STEP = {"data": 2.0, "h2d": 5.0, "forward": 400.0, "loss": 20.0, "backward": 800.0, "optimizer": 30.0}
+STEP = {
+    "data": 2.0,
+    "h2d": 5.0,
+    "forward": 400.0,
+    "loss": 20.0,
+    "backward": 800.0,
+    "optimizer": 30.0,
+}
 COMM = 15.0  # the all-reduce's own exposed communication, ms
 
 
-def ddp_run(root: Path, monkeypatch: pytest.MonkeyPatch, *, slow_forward: float = 1.0, jitter: float = 0.01,
-            steps: int = 30, seed: int = 0) -> Path:
+def ddp_run(
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    slow_forward: float = 1.0,
+    jitter: float = 0.01,
+    steps: int = 30,
+    seed: int = 0,
+) -> Path:
     """Two ranks written by two TimingLoggers into one run folder, with DDP's timing: both
     ranks reach step() together (the clock is shared), the faster one waits in ``allreduce``."""
     now = [1000.0]
     monkeypatch.setattr(L, "_perf", lambda: now[0])
-    loggers = [TimingLogger(root, enable_console=False, enable_file=False, run_id="ddp", rank=r, world_size=2,
-                            total_steps=steps, samples_per_step=1, handle_sigterm=False, collect_memory=False)
-               for r in (0, 1)]
+    loggers = [
+        TimingLogger(
+            root,
+            enable_console=False,
+            enable_file=False,
+            run_id="ddp",
+            rank=r,
+            world_size=2,
+            total_steps=steps,
+            samples_per_step=1,
+            handle_sigterm=False,
+            collect_memory=False,
+        )
+        for r in (0, 1)
+    ]
     rng = random.Random(seed)
     for lg in loggers:
         lg.mark_step_start()
@@ -60,7 +86,9 @@ def ddp_run(root: Path, monkeypatch: pytest.MonkeyPatch, *, slow_forward: float 
     return root / "ddp"
 
 
-def test_slow_forward_on_rank1_is_the_straggler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_slow_forward_on_rank1_is_the_straggler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = ddp_run(tmp_path, monkeypatch, slow_forward=1.25)
     snap = open_run(run)
     walls = {ri.rank: ri.wall.avg for ri in snap.rank_info}
@@ -82,7 +110,9 @@ def test_slow_forward_on_rank1_is_the_straggler(tmp_path: Path, monkeypatch: pyt
     text = summary_text(snap).plain
     assert "straggler: rank 1" in text and "waiting for rank 1" in text
     # the thresholds given to the advice are the ones the verdict uses
-    assert "straggler" not in {a.rule for a in advice_for_run(snap, thresholds=Thresholds(straggler_excess=0.2))}
+    assert "straggler" not in {
+        a.rule for a in advice_for_run(snap, thresholds=Thresholds(straggler_excess=0.2))
+    }
     d = summary_dict(snap)
     assert d["straggler"]["rank"] == 1 and d["straggler"]["verdict"]["ranks"][1]["rank"] == 1
 
@@ -97,7 +127,9 @@ def test_noise_only_is_no_straggler(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "no straggler" in summary_text(snap).plain
 
 
-def rows(compute: list[float], wait: float = 0.0, start: int = 1) -> list[tuple[int, float, float, float]]:
+def rows(
+    compute: list[float], wait: float = 0.0, start: int = 1
+) -> list[tuple[int, float, float, float]]:
     return [(start + i, c + wait, wait, 0.0) for i, c in enumerate(compute)]
 
 
@@ -133,10 +165,18 @@ def test_needs_enough_common_steps_and_two_ranks() -> None:
 @pytest.mark.parametrize("ranks", [2, 3, 4, 7])
 def test_excess_is_over_the_median_of_the_other_ranks(ranks: int) -> None:
     rng = random.Random(ranks)
-    comp = {r: [1000.0 + rng.uniform(-20, 20) + (150.0 if r == 1 else 0.0) for _ in range(25)] for r in range(ranks)}
+    comp = {
+        r: [1000.0 + rng.uniform(-20, 20) + (150.0 if r == 1 else 0.0) for _ in range(25)]
+        for r in range(ranks)
+    }
     waits = {r: [rng.uniform(0, 30) for _ in range(25)] for r in range(ranks)}
-    per = {r: [(s + 1, c + w + 2.0, w, 2.0) for s, (c, w) in enumerate(zip(comp[r], waits[r], strict=True))]
-           for r in range(ranks)}
+    per = {
+        r: [
+            (s + 1, c + w + 2.0, w, 2.0)
+            for s, (c, w) in enumerate(zip(comp[r], waits[r], strict=True))
+        ]
+        for r in range(ranks)
+    }
     v = judge_stragglers(per)
     assert v is not None and v.straggler == 1 and v.compared_steps == 25
 
@@ -146,6 +186,8 @@ def test_excess_is_over_the_median_of_the_other_ranks(ranks: int) -> None:
         return x[n // 2] if n % 2 else (x[n // 2 - 1] + x[n // 2]) / 2
 
     for r in range(ranks):  # brute force: per step, compute minus the median of the others
-        want = med([comp[r][i] - med([comp[o][i] for o in range(ranks) if o != r]) for i in range(25)])
+        want = med(
+            [comp[r][i] - med([comp[o][i] for o in range(ranks) if o != r]) for i in range(25)]
+        )
         assert v.rank(r).excess_ms == pytest.approx(want, abs=1e-6)  # type: ignore[union-attr]
         assert v.rank(r).compute_ms == pytest.approx(med(comp[r]), abs=1e-6)  # type: ignore[union-attr]

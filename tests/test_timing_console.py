@@ -19,7 +19,6 @@ class FakeTTY(io.StringIO):
         return True
 
 
-
 def fake_steps(lg: TimingLogger, clock: list[float], n: int) -> None:
     for _ in range(n):
         log_timing("forward", 280.0)
@@ -141,8 +140,17 @@ def test_panel_fits_narrow_terminals_and_sanitizes_names():
 
 def test_throughput_under_ddp_is_labelled_global_and_per_rank(tmp_path, clock):
     out = io.StringIO()
-    lg = TimingLogger(tmp_path, console_update_interval=2, console_stream=out, enable_file=False,
-                      handle_sigterm=False, collect_memory=False, rank=0, world_size=4, run_id="ddp")
+    lg = TimingLogger(
+        tmp_path,
+        console_update_interval=2,
+        console_stream=out,
+        enable_file=False,
+        handle_sigterm=False,
+        collect_memory=False,
+        rank=0,
+        world_size=4,
+        run_id="ddp",
+    )
     set_global_timing_logger(lg)
     fake_steps(lg, clock, 2)
     lg.close()

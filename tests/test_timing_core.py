@@ -41,7 +41,6 @@ class FakeClock:
         self.t += ms / 1000.0
 
 
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     c = FakeClock()

@@ -60,7 +60,6 @@ class FakeEvent:
         return end.t - self.t
 
 
-
 def make(tmp_path: Path, gpu: FakeGPU, **kw) -> TimingLogger:
     lg = TimingLogger(
         tmp_path,

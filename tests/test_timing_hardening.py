@@ -110,8 +110,9 @@ def test_appending_after_a_partial_line_starts_a_new_line(tmp_path):
     run = tmp_path / "resumed"
     run.mkdir()
     partial = '{"v":"1.0","kind":"step","step":56,"epo'
-    (run / "rank0.jsonl").write_text(R.encode(R.RunStart(run_id="resumed", rank=0, world_size=1,
-                                                         time=1.0)) + partial)
+    (run / "rank0.jsonl").write_text(
+        R.encode(R.RunStart(run_id="resumed", rank=0, world_size=1, time=1.0)) + partial
+    )
     lg = make(tmp_path, run_id="resumed", start_step=50)
     lg.step()
     lg.close()
@@ -126,13 +127,20 @@ def test_appending_after_a_partial_line_starts_a_new_line(tmp_path):
 
 
 def test_hostile_values_never_raise_and_each_warns(tmp_path):
-    cfg = {"lr": math.nan, "big": math.inf, 3: "int key", ("a", 1): "tuple key",
-           "deep": {"x": 10**400}, "ok": 1.5}
+    cfg = {
+        "lr": math.nan,
+        "big": math.inf,
+        3: "int key",
+        ("a", 1): "tuple key",
+        "deep": {"x": 10**400},
+        "ok": 1.5,
+    }
     msgs = caught(lambda: make(tmp_path, run_id="bad", config=cfg, total_steps=10**400))
     assert any("config" in m for m in msgs) and any("total_steps" in m for m in msgs)
     lg = make(tmp_path, run_id="bad2")
     set_global_timing_logger(lg)
     try:
+
         def hostile() -> None:
             with timed(None):  # type: ignore[arg-type]
                 pass
@@ -143,8 +151,12 @@ def test_hostile_values_never_raise_and_each_warns(tmp_path):
             lg.end(lg.begin(None))  # type: ignore[arg-type]
             lg.log(b"bytes", 1.0)  # type: ignore[arg-type]
             lg.log("huge", 1e12)  # as long as 31 years: refused like NaN
-            lg.step(scalars={"x": 10**400, "y": 1e305, 7: 1.0, "loss": 0.5, "nan": math.nan},
-                    memory={"rss": 10**30, "ok": 5}, samples="many", epoch=math.inf)
+            lg.step(
+                scalars={"x": 10**400, "y": 1e305, 7: 1.0, "loss": 0.5, "nan": math.nan},
+                memory={"rss": 10**30, "ok": 5},
+                samples="many",
+                epoch=math.inf,
+            )
             lg.log_eval("last", {"psnr": 10**400, "ssim": 0.9})
             lg.log_eval(10**40, {"psnr": 1.0})
 
@@ -156,8 +168,14 @@ def test_hostile_values_never_raise_and_each_warns(tmp_path):
     assert any("region name must be a string" in m for m in msgs)
     start = records(make(tmp_path, run_id="bad"))[0]
     assert isinstance(start, R.RunStart)
-    assert start.config == {"lr": None, "big": None, "3": "int key", "('a', 1)": "tuple key",
-                            "deep": {"x": None}, "ok": 1.5}
+    assert start.config == {
+        "lr": None,
+        "big": None,
+        "3": "int key",
+        "('a', 1)": "tuple key",
+        "deep": {"x": None},
+        "ok": 1.5,
+    }
     assert start.total_steps is None
     recs = records(lg)
     step = next(r for r in recs if isinstance(r, R.Step))
@@ -184,7 +202,11 @@ def test_every_value_the_writer_accepts_the_reader_accepts(tmp_path):
 
 
 def test_huge_config_is_left_out_but_the_run_is_recorded(tmp_path):
-    msgs = caught(lambda: make(tmp_path, run_id="huge", config={"blob": "x" * (R.MAX_LINE_BYTES + 10)}).close())
+    msgs = caught(
+        lambda: make(
+            tmp_path, run_id="huge", config={"blob": "x" * (R.MAX_LINE_BYTES + 10)}
+        ).close()
+    )
     lines = (tmp_path / "huge" / "rank0.jsonl").read_text().splitlines()
     assert all(len(x) <= R.MAX_LINE_BYTES for x in lines)
     start = R.decode(lines[0])
@@ -199,6 +221,7 @@ def test_region_open_across_step_is_closed_there_once(tmp_path):
     lg = make(tmp_path)
     set_global_timing_logger(lg)
     try:
+
         def body() -> None:
             outer = timed("epoch")
             outer.__enter__()  # never closed before step(): a leak or a region around steps
@@ -227,8 +250,10 @@ def test_region_open_across_step_is_closed_there_once(tmp_path):
 
 
 def test_system_exit_in_a_with_block_ends_interrupted(tmp_path):
-    with pytest.raises(SystemExit), TimingLogger(tmp_path, run_id="exit", enable_console=False,
-                                                 handle_sigterm=False) as lg:
+    with (
+        pytest.raises(SystemExit),
+        TimingLogger(tmp_path, run_id="exit", enable_console=False, handle_sigterm=False) as lg,
+    ):
         lg.step()
         sys.exit(0)
     end = R.decode((tmp_path / "exit" / "rank0.jsonl").read_text().splitlines()[-1])
@@ -249,8 +274,13 @@ def test_own_sigterm_handler_calling_sys_exit_ends_interrupted(tmp_path):
             lg.step()
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)

@@ -23,7 +23,6 @@ from trainer.timing.jsonl import LineFile
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
 def run_steps(lg: TimingLogger, n: int) -> None:
     for _ in range(n):
         with lg.region("forward"):

@@ -25,9 +25,11 @@ def test_tiny_config_learns_to_deblur(tmp_path):
     first = statistics.fmean(r.losses[:5])
     last = statistics.fmean(r.losses[-10:])
     final = r.evals[-1]
-    print(f"\nloss {first:.4f} -> {last:.4f}; val PSNR by step: "
-          + ", ".join(f"{e['step']}: {e['psnr']:.2f}" for e in r.evals)
-          + f"; blurry input {final['psnr_blurry']:.2f} dB")
+    print(
+        f"\nloss {first:.4f} -> {last:.4f}; val PSNR by step: "
+        + ", ".join(f"{e['step']}: {e['psnr']:.2f}" for e in r.evals)
+        + f"; blurry input {final['psnr_blurry']:.2f} dB"
+    )
     assert r.steps == cfg.TRAIN.MAX_STEPS
     assert last < 0.4 * first
     assert final["psnr"] > final["psnr_blurry"], final

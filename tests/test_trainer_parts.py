@@ -38,8 +38,9 @@ class Tiny(nn.Module):
 def test_warmup_cosine_schedule_and_flow_freeze():
     m = Tiny()
     opt = build_optimizer(m, TrainConfig())
-    s = WarmupCosine(opt, 1e-3, total_steps=100, warmup=10, min_lr=1e-5,
-                     freeze_flow_steps=20, flow_lr_mult=0.125)
+    s = WarmupCosine(
+        opt, 1e-3, total_steps=100, warmup=10, min_lr=1e-5, freeze_flow_steps=20, flow_lr_mult=0.125
+    )
     assert s.lr_at(0) == pytest.approx(1e-4)  # first step of warm-up
     assert s.lr_at(9) == pytest.approx(1e-3)
     assert s.lr_at(10) == pytest.approx(1e-3)
@@ -217,7 +218,9 @@ def test_a_batch_larger_than_the_clips_names_batch_size():
     with pytest.raises(ConfigError) as ei:
         plan_steps(cfg, 0, 64)
     msg = str(ei.value)
-    assert msg.startswith("c.yaml: TRAIN.BATCH_SIZE: 100000 is more than the 64 training clip(s)"), msg
+    assert msg.startswith(
+        "c.yaml: TRAIN.BATCH_SIZE: 100000 is more than the 64 training clip(s)"
+    ), msg
     cfg = from_raw({"TRAIN": {"BATCH_SIZE": 2, "GRADIENT_ACCUMULATION_STEPS": 8}}, "c.yaml")
     with pytest.raises(UsageError, match="GRADIENT_ACCUMULATION_STEPS"):
         plan_steps(cfg, 4, 8)

@@ -50,8 +50,9 @@ def test_run_records_checkpoint_and_resume(tmp_path):
     assert [s for s, _ in ckpts] == [3]
 
     # resume from the run folder for 2 more steps: same run id, same file, steps 4 and 5
-    cfg2 = load_config(TINY, [*MICRO, "TRAIN.MAX_STEPS=5", "TRAIN.EPOCHS=5",
-                              "TRAIN.CHECKPOINT.KEEP_LAST=1"])
+    cfg2 = load_config(
+        TINY, [*MICRO, "TRAIN.MAX_STEPS=5", "TRAIN.EPOCHS=5", "TRAIN.CHECKPOINT.KEEP_LAST=1"]
+    )
     r2 = train(cfg2, log_dir=logs, resume=r1.run_dir)
     assert r2.run_id == r1.run_id and r2.steps == 5
     recs = _rank0(r1.run_dir)
@@ -73,8 +74,9 @@ def test_resume_restores_exact_state(tmp_path):
     straight = train(load_config(TINY, [*over, "TRAIN.MAX_STEPS=4"]), log_dir=logs)
     first = train(load_config(TINY, [*over, "TRAIN.MAX_STEPS=2"]), log_dir=logs)
     # same plan (total steps) as the straight run, so the schedule matches too
-    second = train(load_config(TINY, [*over, "TRAIN.MAX_STEPS=4"]), log_dir=logs,
-                   resume=first.checkpoint)
+    second = train(
+        load_config(TINY, [*over, "TRAIN.MAX_STEPS=4"]), log_dir=logs, resume=first.checkpoint
+    )
     assert first.losses == pytest.approx(straight.losses[:2], rel=1e-5)
     assert second.losses == pytest.approx(straight.losses[2:], rel=1e-4)
 
@@ -102,8 +104,16 @@ def test_failed_run_ends_with_error_record(tmp_path, monkeypatch):
 
 
 def test_gradient_accumulation_and_8bit_adamw(tmp_path):
-    cfg = load_config(TINY, [*MICRO, "TRAIN.MAX_STEPS=2", "TRAIN.GRADIENT_ACCUMULATION_STEPS=2",
-                             "TRAIN.OPTIM.TYPE=adamw8bit", "TRAIN.FREEZE_FLOW_STEPS=1"])
+    cfg = load_config(
+        TINY,
+        [
+            *MICRO,
+            "TRAIN.MAX_STEPS=2",
+            "TRAIN.GRADIENT_ACCUMULATION_STEPS=2",
+            "TRAIN.OPTIM.TYPE=adamw8bit",
+            "TRAIN.FREEZE_FLOW_STEPS=1",
+        ],
+    )
     r = train(cfg, log_dir=str(tmp_path))
     steps = [x for x in _rank0(r.run_dir) if x["kind"] == "step"]
     assert [s["regions"]["forward"][1] for s in steps] == [2, 2]  # two micro-batches each
@@ -121,8 +131,9 @@ def test_training_on_a_gopro_spike_folder(tmp_path):
     base = load_config(TINY, MICRO)
     root = tmp_path / "ds"
     write_dataset(str(root), synth_params(base.DATA), sequences=2, val_sequences=1, frames=4)
-    cfg = load_config(TINY, [*MICRO, "DATA.TYPE=gopro_spike", f"DATA.ROOT={root}",
-                             "TRAIN.MAX_STEPS=2"])
+    cfg = load_config(
+        TINY, [*MICRO, "DATA.TYPE=gopro_spike", f"DATA.ROOT={root}", "TRAIN.MAX_STEPS=2"]
+    )
     r = train(cfg, log_dir=str(tmp_path / "logs"))
     assert r.status == "completed" and r.steps == 2
     assert r.evals and r.evals[-1]["psnr_blurry"] > 0

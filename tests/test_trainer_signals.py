@@ -21,10 +21,25 @@ def _sets(items: list[str]) -> list[str]:
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_finishes_step_checkpoints_and_ends_interrupted(tmp_path, sig, code):
     logs = tmp_path / "logs"
-    cmd = [sys.executable, "-m", "trainer", "train", "--cfg", TINY, "--log-dir", str(logs),
-           *_sets([*MICRO, "TRAIN.MAX_STEPS=10000", "TRAIN.EPOCHS=10000"])]
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env_for_subprocess(), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "train",
+        "--cfg",
+        TINY,
+        "--log-dir",
+        str(logs),
+        *_sets([*MICRO, "TRAIN.MAX_STEPS=10000", "TRAIN.EPOCHS=10000"]),
+    ]
+    p = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env_for_subprocess(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         rank0 = None

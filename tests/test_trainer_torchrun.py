@@ -21,15 +21,37 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_torchrun_two_gloo_ranks(tmp_path):
     logs = tmp_path / "logs"
-    sets = [a for item in [*MICRO, "TRAIN.MAX_STEPS=3", "DATA.SYNTHETIC.TRAIN_CLIPS=8",
-                           "TRAIN.VAL.EVERY=2", "DATA.SYNTHETIC.VAL_CLIPS=3",
-                           "TRAIN.FREEZE_FLOW_STEPS=2"]
-            for a in ("--set", item)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           "-m", "trainer", "train", "--cfg", TINY, "--log-dir", str(logs), *sets]
-    r = subprocess.run(cmd, cwd=ROOT, env=env_for_subprocess(), capture_output=True, text=True,
-                       timeout=300)
+    sets = [
+        a
+        for item in [
+            *MICRO,
+            "TRAIN.MAX_STEPS=3",
+            "DATA.SYNTHETIC.TRAIN_CLIPS=8",
+            "TRAIN.VAL.EVERY=2",
+            "DATA.SYNTHETIC.VAL_CLIPS=3",
+            "TRAIN.FREEZE_FLOW_STEPS=2",
+        ]
+        for a in ("--set", item)
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "trainer",
+        "train",
+        "--cfg",
+        TINY,
+        "--log-dir",
+        str(logs),
+        *sets,
+    ]
+    r = subprocess.run(
+        cmd, cwd=ROOT, env=env_for_subprocess(), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     (run,) = list(logs.iterdir())  # both ranks share one run folder
     per_rank = {k: records(run / f"rank{k}.jsonl") for k in (0, 1)}

@@ -17,7 +17,9 @@ from tui.textlog import TextLogParser, parse_text
 
 
 def _row(step: int, wall: float, regions: dict[str, tuple[float, int]], samples: int = 2):
-    return row_from_step(Step(step=step, time=float(step), wall_ms=wall, regions=regions, samples=samples))
+    return row_from_step(
+        Step(step=step, time=float(step), wall_ms=wall, regions=regions, samples=samples)
+    )
 
 
 def test_whole_run_and_window_stats_by_hand() -> None:
@@ -26,7 +28,15 @@ def test_whole_run_and_window_stats_by_hand() -> None:
     fwd = [10.0, 20.0, 30.0, 40.0, 50.0]
     walls = [100.0, 100.0, 100.0, 200.0, 100.0]
     rows = [
-        _row(i + 1, walls[i], {"fwd": (fwd[i], 1), "fwd/a": (fwd[i] / 2, 2), **({"opt": (5.0, 1)} if i % 2 == 0 else {})})
+        _row(
+            i + 1,
+            walls[i],
+            {
+                "fwd": (fwd[i], 1),
+                "fwd/a": (fwd[i] / 2, 2),
+                **({"opt": (5.0, 1)} if i % 2 == 0 else {}),
+            },
+        )
         for i in range(5)
     ]
     agg.add_steps(0, rows[:2])  # batches of any size give the same result
@@ -116,9 +126,10 @@ def test_no_straggler_when_slowest_rank_varies() -> None:
     assert agg.snapshot().straggler is None
 
 
-TEXT = (
-    text_log_block(1, [("Forward total", 280.0, []), ("VRT", 150.0, [("Stage1", 25.0), ("Stage8", 80.0)])], 620.0)
-    + text_log_block(2, [("Forward total", 300.0, []), ("VRT", 170.0, [("Stage1", 35.0), ("Stage1", 5.0)])], 640.0)
+TEXT = text_log_block(
+    1, [("Forward total", 280.0, []), ("VRT", 150.0, [("Stage1", 25.0), ("Stage8", 80.0)])], 620.0
+) + text_log_block(
+    2, [("Forward total", 300.0, []), ("VRT", 170.0, [("Stage1", 35.0), ("Stage1", 5.0)])], 640.0
 )
 
 
@@ -138,7 +149,10 @@ def test_text_log_parsed_into_steps_with_children_nested() -> None:
 
 def test_text_log_block_without_total_and_junk_lines() -> None:
     p = TextLogParser()
-    out = [p.feed(x) for x in ["Step 3", "A : 10.00ms (10.0%) [avg: 10.00ms]", "garbage here", "  - orphan"]]
+    out = [
+        p.feed(x)
+        for x in ["Step 3", "A : 10.00ms (10.0%) [avg: 10.00ms]", "garbage here", "  - orphan"]
+    ]
     assert out == [None, None, None, None]
     assert p.malformed == 2
     s = p.feed("Step 4")  # ends block 3 without a Total line: wall = sum of top level
@@ -168,8 +182,12 @@ def test_text_log_of_stagewatch_writer_round_trips() -> None:
         "backward/block": (30.0, 3),  # parent never timed itself
         "optimizer": (20.0, 1),
     }
-    text = format_step(7, 400.0, regions, avg_of=lambda n: 1.0) + format_step(8, 380.0, {"forward": (200.0, 1)})
-    text += format_summary({"forward": {"avg": 1, "min": 1, "max": 1, "total": 2, "count": 2}}, 2, 780.0, 10.0)
+    text = format_step(7, 400.0, regions, avg_of=lambda n: 1.0) + format_step(
+        8, 380.0, {"forward": (200.0, 1)}
+    )
+    text += format_summary(
+        {"forward": {"avg": 1, "min": 1, "max": 1, "total": 2, "count": 2}}, 2, 780.0, 10.0
+    )
     steps, bad = parse_text(text)
     assert bad == 0
     assert [s.step for s in steps] == [7, 8]

@@ -69,7 +69,10 @@ async def test_watch_updates_in_place_pause_filter_and_runs(tmp_path: Path) -> N
     async with app.run_test(size=(160, 48)) as pilot:
         await wait_for(pilot, lambda: _step_of(app) == 5)
         assert app.world is not None
-        assert [r.run_id for r in app.world.runs] == ["20261126-150000-live-0001", "20261126-100000-old-0001"]
+        assert [r.run_id for r in app.world.runs] == [
+            "20261126-150000-live-0001",
+            "20261126-100000-old-0001",
+        ]
         tree = app.query_one(StageTree)
         rebuilds = tree.rebuilds
         node_ids = {n: id(node) for n, node in tree.nodes_by_name.items()}
@@ -92,7 +95,12 @@ async def test_watch_updates_in_place_pause_filter_and_runs(tmp_path: Path) -> N
         await pilot.press(*"stage8")
         await pilot.press("enter")
         await pilot.pause()
-        assert set(tree.nodes_by_name) == {"forward", "forward/vrt", "forward/vrt/stage8", "(unaccounted)"}
+        assert set(tree.nodes_by_name) == {
+            "forward",
+            "forward/vrt",
+            "forward/vrt/stage8",
+            "(unaccounted)",
+        }
         await pilot.press("escape")
         await pilot.pause()
         assert "backward" in tree.nodes_by_name
@@ -123,7 +131,9 @@ async def test_watch_updates_in_place_pause_filter_and_runs(tmp_path: Path) -> N
         write_run(root, "20261126-160000-new-0003", steps=2, status=None, t0=2_100_000_000.0)
         # listed first (newest) once its run_start is read: the folder may be seen before it
         new_first = "20261126-160000-new-0003"
-        await wait_for(pilot, lambda: len(app.world.runs) == 3 and app.world.runs[0].run_id == new_first)
+        await wait_for(
+            pilot, lambda: len(app.world.runs) == 3 and app.world.runs[0].run_id == new_first
+        )
 
         # the rank view follows the tree cursor
         tree.move_cursor(tree.nodes_by_name["backward"])
@@ -143,7 +153,14 @@ async def test_help_screen_lists_every_key(tmp_path: Path) -> None:
         console = Console(width=120, file=io.StringIO(), record=True)
         console.print(app.screen.table)
         text = console.export_text()
-        for d in ["Quit", "Pause/resume", "Filter regions", "Expand all", "Next run", "Recent window"]:
+        for d in [
+            "Quit",
+            "Pause/resume",
+            "Filter regions",
+            "Expand all",
+            "Next run",
+            "Recent window",
+        ]:
             assert d in text
         assert "Play/pause the replay" not in text  # watch mode lists watch keys
         await pilot.press("escape")
@@ -184,7 +201,9 @@ async def test_replay_keys_step_seek_and_speed(tmp_path: Path) -> None:
         sel = app.world.selected
         assert sel.region("backward").whole.steps == 4  # 2 steps x 2 ranks, exactly as live
         await pilot.press("end")
-        await wait_for(pilot, lambda: _step_of(app) == 30 and app.world.selected.state == "finished")
+        await wait_for(
+            pilot, lambda: _step_of(app) == 30 and app.world.selected.state == "finished"
+        )
         await pilot.press("home")
         await wait_for(pilot, lambda: _step_of(app) == 1)
         assert app.world.selected.state == "running"
@@ -215,13 +234,18 @@ async def test_markup_names_render_literally_in_tree(tmp_path: Path) -> None:
     run = tmp_path / "r"
     run.mkdir()
     regions = {"[bold]x": (10.0, 1), "[link=http:": (5.0, 1), "[red]oops[/red]": (1.0, 1)}
-    (run / "rank0.jsonl").write_text(start_line("[b]run") + encode(Step(step=1, time=1.0, wall_ms=100.0, regions=regions)))
+    (run / "rank0.jsonl").write_text(
+        start_line("[b]run") + encode(Step(step=1, time=1.0, wall_ms=100.0, regions=regions))
+    )
     app = MonitorApp(ReplaySource(run, playing=False))
     async with app.run_test(size=(160, 40)) as pilot:
         app.source.command(app.source.jump_end)
         await wait_for(pilot, lambda: _step_of(app) == 1)
         tree = app.query_one(StageTree)
-        labels = [tree.nodes_by_name[n].label.plain for n in ("[bold]x", "[link=http:", "[red]oops[", "[red]oops[/red]")]
+        labels = [
+            tree.nodes_by_name[n].label.plain
+            for n in ("[bold]x", "[link=http:", "[red]oops[", "[red]oops[/red]")
+        ]
         assert labels[0].startswith("[bold]x ") and labels[1].startswith("[link=http: ")
         assert labels[2].startswith("[red]oops[ ") and labels[3].startswith("red] ")  # "/" nests
         tree.move_cursor(tree.nodes_by_name["[bold]x"])
@@ -241,7 +265,9 @@ async def test_watch_waits_for_a_log_folder_that_appears_later(tmp_path: Path) -
         await wait_for(pilot, lambda: app.world is not None)
         assert app.world.selected is None
         assert app.world.runs == ()
-        assert app.query_one("#header").content.plain.startswith("stagewatch  waiting for runs under ")
+        assert app.query_one("#header").content.plain.startswith(
+            "stagewatch  waiting for runs under "
+        )
         write_run(root, "20261126-100000-late-0001", steps=3)
         await wait_for(pilot, lambda: _step_of(app) == 3)
         assert app.world.selected.state == "finished"
@@ -251,7 +277,9 @@ def test_replay_of_a_text_log_ends_finished(tmp_path: Path) -> None:
     from tui.testing import text_log_block
 
     log = tmp_path / "timing_old.log"
-    log.write_text("".join(text_log_block(i, [("VRT", 150.0, [("Stage1", 25.0)])], 200.0) for i in range(1, 6)))
+    log.write_text(
+        "".join(text_log_block(i, [("VRT", 150.0, [("Stage1", 25.0)])], 200.0) for i in range(1, 6))
+    )
     src = ReplaySource(log, playing=False)
     src.forward(2)
     assert src.build().selected.state == "running"
@@ -267,8 +295,16 @@ def test_replay_of_a_text_log_ends_finished(tmp_path: Path) -> None:
 def _logger(root: Path, run_id: str):  # type: ignore[no-untyped-def]
     from trainer.timing import TimingLogger
 
-    return TimingLogger(root, run_id=run_id, enable_console=False, enable_file=False, collect_memory=False,
-                        handle_sigterm=False, file_flush_interval=1, total_steps=10)
+    return TimingLogger(
+        root,
+        run_id=run_id,
+        enable_console=False,
+        enable_file=False,
+        collect_memory=False,
+        handle_sigterm=False,
+        file_flush_interval=1,
+        total_steps=10,
+    )
 
 
 def _steps(lg, n: int) -> None:  # type: ignore[no-untyped-def]
@@ -360,8 +396,16 @@ def _region_steps(run: Path, first: int, n: int, regions: dict[str, float]) -> N
     with open(run / "rank0.jsonl", "a") as f:
         for s in range(first, first + n):
             wall = sum(v for k, v in regions.items() if "/" not in k) * 1.01
-            f.write(encode(Step(step=s, time=2_000_000_000.0 + s, wall_ms=wall,
-                                regions={k: (v, 1) for k, v in regions.items()})))
+            f.write(
+                encode(
+                    Step(
+                        step=s,
+                        time=2_000_000_000.0 + s,
+                        wall_ms=wall,
+                        regions={k: (v, 1) for k, v in regions.items()},
+                    )
+                )
+            )
 
 
 def _top_order(tree: StageTree) -> list[str]:
@@ -381,12 +425,18 @@ async def test_tree_resorts_as_shares_change_live_and_on_reopening(tmp_path: Pat
         tree = app.query_one(StageTree)
         assert _top_order(tree) == ["forward", "backward", "data", "optimizer"]
         # the data loader stalls: its whole-run share overtakes the forward pass
-        _region_steps(run, 6, 30, {"data": 400.0, "forward": 50.0, "backward": 30.0, "optimizer": 5.0})
+        _region_steps(
+            run, 6, 30, {"data": 400.0, "forward": 50.0, "backward": 30.0, "optimizer": 5.0}
+        )
         await wait_for(pilot, lambda: _step_of(app) == 35)
         await pilot.pause()
         sel = app.world.selected
         by_share = sorted((r for r in sel.regions if r.depth == 0), key=lambda r: -r.whole.share)
-        assert _top_order(tree) == [r.name for r in by_share] == ["data", "forward", "backward", "optimizer"]
+        assert (
+            _top_order(tree)
+            == [r.name for r in by_share]
+            == ["data", "forward", "backward", "optimizer"]
+        )
     # reopening the run (now finished) shows it sorted too
     with open(run / "rank0.jsonl", "a") as f:
         f.write(encode(RunEnd(time=2_000_000_100.0, status="completed", steps=35)))
@@ -429,8 +479,9 @@ async def test_ctrl_c_quits_even_from_the_filter_and_f1_opens_help(tmp_path: Pat
 def test_key_names_read_as_typed() -> None:
     from tui.keys import KEYS, key_name
 
-    assert [key_name(k) for k in ("ctrl+c", "f1", "space", "question_mark", "N", "shift+up", "escape")] == [
-        "Ctrl+C", "F1", "Space", "?", "N", "Shift+↑", "Esc"]
+    assert [
+        key_name(k) for k in ("ctrl+c", "f1", "space", "question_mark", "N", "shift+up", "escape")
+    ] == ["Ctrl+C", "F1", "Space", "?", "N", "Shift+↑", "Esc"]
     assert all(k.display and "_" not in k.display for k in KEYS)
 
 
@@ -453,7 +504,10 @@ async def test_paused_screen_ages_last_write_from_the_newest_data(tmp_path: Path
     root = tmp_path / "logs"
     run = _live_run(root)
     now = [1000.0]
-    app = MonitorApp(LiveSource(root, poll=True, interval=0.05, min_gap=0.0, stale_after=1e9), clock=lambda: now[0])
+    app = MonitorApp(
+        LiveSource(root, poll=True, interval=0.05, min_gap=0.0, stale_after=1e9),
+        clock=lambda: now[0],
+    )
     async with app.run_test(size=(160, 48)) as pilot:
         await wait_for(pilot, lambda: _step_of(app) == 5)
         await pilot.press("p")
@@ -469,8 +523,15 @@ async def test_paused_screen_ages_last_write_from_the_newest_data(tmp_path: Path
 
 @sync
 async def test_header_keeps_the_key_figures_at_80_columns(tmp_path: Path) -> None:
-    write_run(tmp_path, "20261126-100000-a_rather_long_run_name_for_a_header-0001", steps=30, ranks=3,
-              straggler=1, status=None, total_steps=26550)
+    write_run(
+        tmp_path,
+        "20261126-100000-a_rather_long_run_name_for_a_header-0001",
+        steps=30,
+        ranks=3,
+        straggler=1,
+        status=None,
+        total_steps=26550,
+    )
     app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05, stale_after=1e9))
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: _step_of(app) == 30)
@@ -478,7 +539,14 @@ async def test_header_keeps_the_key_figures_at_80_columns(tmp_path: Path) -> Non
         head = app.query_one("#header").content.plain
         lines = head.splitlines()
         assert len(lines) == 3 and all(len(x) <= 78 for x in lines)
-        for part in ("step 30/26550", "samples/s global", "ETA ", "peak mem", "straggler rank 1", "whole run"):
+        for part in (
+            "step 30/26550",
+            "samples/s global",
+            "ETA ",
+            "peak mem",
+            "straggler rank 1",
+            "whole run",
+        ):
             assert part in head, part
 
 
@@ -488,17 +556,47 @@ def _hostile_run(root: Path) -> Path:
     run.mkdir(parents=True)
     from trainer.timing.records import Eval, RunStart
 
-    start = RunStart(run_id=run.name, rank=0, world_size=1, time=2_000_000_000.0, host=f"h{esc}",
-                     pid=1, device="cuda:0\x1b[31m", gpu_name="GPU\x07", torch_version="2", config={},
-                     total_steps=10, samples_per_step=1, device_memory_total=2**30)
+    start = RunStart(
+        run_id=run.name,
+        rank=0,
+        world_size=1,
+        time=2_000_000_000.0,
+        host=f"h{esc}",
+        pid=1,
+        device="cuda:0\x1b[31m",
+        gpu_name="GPU\x07",
+        torch_version="2",
+        config={},
+        total_steps=10,
+        samples_per_step=1,
+        device_memory_total=2**30,
+    )
     regions = {f"fwd{esc}": (50.0, 1), f"fwd{esc}/in\x1b[2Jner": (20.0, 1), "bwd\r\x08": (30.0, 1)}
     lines = [encode(start)]
     for s in (1, 2):
-        lines.append(encode(Step(step=s, time=2_000_000_000.0 + s, wall_ms=100.0, regions=regions,
-                                 scalars={"loss": 0.5, "l\x1b[2Jr": 1.0})))
+        lines.append(
+            encode(
+                Step(
+                    step=s,
+                    time=2_000_000_000.0 + s,
+                    wall_ms=100.0,
+                    regions=regions,
+                    scalars={"loss": 0.5, "l\x1b[2Jr": 1.0},
+                )
+            )
+        )
     lines.append(encode(Eval(step=2, time=2_000_000_003.0, metrics={"ps\x1b]0;x\x07nr": 28.0})))
-    lines.append(encode(RunEnd(time=2_000_000_004.0, status="failed", steps=2, error_type="E\x1b[2J",
-                               error_message=f"boom{esc}")))
+    lines.append(
+        encode(
+            RunEnd(
+                time=2_000_000_004.0,
+                status="failed",
+                steps=2,
+                error_type="E\x1b[2J",
+                error_message=f"boom{esc}",
+            )
+        )
+    )
     (run / "rank0.jsonl").write_text("".join(lines) + "{bad \x1b[2J line\n")
     return run
 
@@ -532,7 +630,9 @@ async def test_no_control_character_reaches_the_screen(tmp_path: Path) -> None:
         await pilot.press("slash", *"in", "enter")
         await pilot.pause()
         assert _screen_controls(app) == set()
-        write_run(root, "20261126-110000-n\x1b[2Jext-0002", steps=1, status=None, t0=2_100_000_000.0)
+        write_run(
+            root, "20261126-110000-n\x1b[2Jext-0002", steps=1, status=None, t0=2_100_000_000.0
+        )
         await wait_for(pilot, lambda: len(app.world.runs) == 2)
         await pilot.pause(0.3)
         assert _screen_controls(app) == set()
@@ -549,7 +649,9 @@ async def test_tree_of_deep_and_wide_names_is_bounded(tmp_path: Path) -> None:
     deep = "/".join(["d"] * 1001)
     wide = {"/".join([f"w{i}"] + ["x"] * 20): (1.0, 1) for i in range(150)}
     regions = {deep: (5.0, 1), **wide}
-    (run / "rank0.jsonl").write_text(start_line("deep") + encode(Step(step=1, time=1.0, wall_ms=200.0, regions=regions)))
+    (run / "rank0.jsonl").write_text(
+        start_line("deep") + encode(Step(step=1, time=1.0, wall_ms=200.0, regions=regions))
+    )
     app = MonitorApp(ReplaySource(run, playing=False))
     async with app.run_test(size=(120, 40)) as pilot:
         app.source.command(app.source.jump_end)
@@ -577,7 +679,9 @@ async def test_filter_as_you_type_and_no_match_line(tmp_path: Path) -> None:
         assert "forward/vrt/stage8" in tree.nodes_by_name and "backward" not in tree.nodes_by_name
         await pilot.press("z")
         await pilot.pause()
-        assert [str(n.label) for n in tree.root.children if n.data is None] == ["no region matches “stage8z”"]
+        assert [str(n.label) for n in tree.root.children if n.data is None] == [
+            "no region matches “stage8z”"
+        ]
 
 
 @sync
@@ -629,7 +733,9 @@ def test_run_list_shows_start_time_and_name() -> None:
     os.environ["TZ"] = "UTC"
     time.tzset()
     try:
-        item = RunItem("20261126-120000-vrt_spike_baseline-3f2a", "/x", "running", 180, 26550, 1_764_158_400.0)
+        item = RunItem(
+            "20261126-120000-vrt_spike_baseline-3f2a", "/x", "running", 180, 26550, 1_764_158_400.0
+        )
         text = RunList.prompt(item, 20).plain.splitlines()
         assert text == ["● vrt_spike_baseline", "  11-26 12:00  180"]
         assert RunList.prompt(item, 22).plain.splitlines()[1] == "11-26 12:00  180/26550"
@@ -655,7 +761,9 @@ async def test_a_deleted_log_root_takes_its_runs_off_the_screen(tmp_path: Path) 
         shutil.rmtree(root)
         await wait_for(pilot, lambda: app.world.runs == () and app.world.selected is None)
         await pilot.pause()
-        assert app.query_one("#header").content.plain.startswith("stagewatch  waiting for runs under ")
+        assert app.query_one("#header").content.plain.startswith(
+            "stagewatch  waiting for runs under "
+        )
         assert app.query_one(StageTree).nodes_by_name == {}
 
 
@@ -664,9 +772,13 @@ def test_a_region_that_did_not_run_in_the_last_step_shows_a_dash(tmp_path: Path)
 
     run = tmp_path / "r"
     run.mkdir()
-    (run / "rank0.jsonl").write_text(start_line("r") + encode(
-        Step(step=1, time=1.0, wall_ms=100.0, regions={"eval": (40.0, 1), "fwd": (50.0, 1)})) + encode(
-        Step(step=2, time=2.0, wall_ms=60.0, regions={"fwd": (50.0, 1)})))
+    (run / "rank0.jsonl").write_text(
+        start_line("r")
+        + encode(
+            Step(step=1, time=1.0, wall_ms=100.0, regions={"eval": (40.0, 1), "fwd": (50.0, 1)})
+        )
+        + encode(Step(step=2, time=2.0, wall_ms=60.0, regions={"fwd": (50.0, 1)}))
+    )
     src = LiveSource(run, poll=True)
     snap = src.step().selected
     cols = Columns(20, compact=True)
@@ -691,10 +803,14 @@ def test_removed_or_unreadable_rank_files_are_marked(tmp_path: Path) -> None:
     f0, f1 = snap.files
     # the reader's flags (FileInfo.state / .problem)
     gone = replace(f1, state="missing", problem="removed")
-    bad = replace(f0, state="unreadable", problem="PermissionError: [Errno 13] Permission denied\x1b[2J")
+    bad = replace(
+        f0, state="unreadable", problem="PermissionError: [Errno 13] Permission denied\x1b[2J"
+    )
     snap = replace(snap, files=(bad, gone))
     assert [why for _, why in file_problems(snap)] == [
-        "✖ unreadable: PermissionError: [Errno 13] Permission denied\\x1b[2J", "✖ removed"]
+        "✖ unreadable: PermissionError: [Errno 13] Permission denied\\x1b[2J",
+        "✖ removed",
+    ]
     _, table = rank_text(snap, None, False, 0.4, 0.1)
     rows = table.plain.splitlines()
     assert rows[1].endswith("✖ unreadable: PermissionError: [Errno 13] Permission denied\\x1b[2J")
@@ -708,13 +824,17 @@ def test_header_and_ranks_show_the_straggler_verdict(tmp_path: Path) -> None:
 
     snap = LiveSource(write_run(tmp_path, steps=3, ranks=2, status=None), poll=True).step().selected
     # the diagnosis' verdict (brief / who_waits), as the snapshot will carry it
-    verdict = SimpleNamespace(brief=lambda: "straggler rank 1 +98.7ms compute",
-                              who_waits=lambda: "rank 0 waits 250 ms per step for rank 1 at the all-reduce")
+    verdict = SimpleNamespace(
+        brief=lambda: "straggler rank 1 +98.7ms compute",
+        who_waits=lambda: "rank 0 waits 250 ms per step for rank 1 at the all-reduce",
+    )
     snap = replace(snap, straggler=1, straggler_excess=98.7, stragglers=verdict)
     head = header_text(snap, window=False, paused=False, behind_step=None, root="", width=80).plain
     assert "straggler rank 1 +98.7ms compute" in head
     _, table = rank_text(snap, None, False, 0.4, 0.1)
-    assert table.plain.splitlines()[-1] == "rank 0 waits 250 ms per step for rank 1 at the all-reduce"
+    assert (
+        table.plain.splitlines()[-1] == "rank 0 waits 250 ms per step for rank 1 at the all-reduce"
+    )
 
 
 @sync
@@ -754,11 +874,23 @@ def test_header_survives_out_of_range_values(tmp_path: Path) -> None:
     from tui.widgets.panels import header_text
 
     snap = LiveSource(write_run(tmp_path, steps=3, status=None), poll=True).step().selected
-    for field, value in [("eta_s", math.inf), ("mem_peak", 10**400), ("mem_total", 10**400),
-                         ("total_steps", 10**400), ("samples_per_s", math.inf),
-                         ("evals", (("psnr", math.inf),)), ("scalars", (("loss", math.inf),))]:
-        text = header_text(replace(snap, **{field: value}), window=False, paused=False, behind_step=None,
-                           root="", width=80)
+    for field, value in [
+        ("eta_s", math.inf),
+        ("mem_peak", 10**400),
+        ("mem_total", 10**400),
+        ("total_steps", 10**400),
+        ("samples_per_s", math.inf),
+        ("evals", (("psnr", math.inf),)),
+        ("scalars", (("loss", math.inf),)),
+    ]:
+        text = header_text(
+            replace(snap, **{field: value}),
+            window=False,
+            paused=False,
+            behind_step=None,
+            root="",
+            width=80,
+        )
         assert len(text.plain.splitlines()) == 3, field
 
 
@@ -773,8 +905,16 @@ async def test_the_readers_cut_rows_show_as_a_dim_row(tmp_path: Path) -> None:
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: _step_of(app) == 3)
         snap = app.world.selected
-        cut = SimpleNamespace(name="forward/…", leaf="…", depth=1, parent="forward", whole=EMPTY,
-                              window=EMPTY, ranks=(), cut=True)
+        cut = SimpleNamespace(
+            name="forward/…",
+            leaf="…",
+            depth=1,
+            parent="forward",
+            whole=EMPTY,
+            window=EMPTY,
+            ranks=(),
+            cut=True,
+        )
         tree = app.query_one(StageTree)
         tree.show(replace(snap, regions=(*snap.regions, cut)))
         await pilot.pause()
@@ -800,7 +940,9 @@ def test_watch_exits_non_zero_when_the_screen_crashes(tmp_path: Path, monkeypatc
 
 
 @sync
-async def test_one_run_failing_to_be_read_is_shown_while_the_other_stays_live(tmp_path: Path) -> None:
+async def test_one_run_failing_to_be_read_is_shown_while_the_other_stays_live(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "logs"
     bad = write_run(root, "20261126-100000-bad-0001", steps=3, status=None, t0=1_000_000_000.0)
     live = _live_run(root, "20261126-150000-live-0002")

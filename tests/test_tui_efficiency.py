@@ -13,10 +13,21 @@ from tui.efficiency import efficiency, region_line
 from tui.summary import open_run, summary_text
 from tui.widgets.panels import rank_text
 
-FLOPS = {"PRECISION": "bf16", "MICRO_BATCHES": 1, "BATCH": 1, "FLOW_FROZEN": False,
-         "STEP": 3e13,  # floats, as the trainer writes them (beyond the format's int limit)
-         "REGIONS": {"forward": 1e13, "forward/vrt": 1e13, "forward/vrt/stage8": 4e12,
-                     "backward": 2e13, "backward/vrt/stage8": 3e11, "not/measured": 5.0}}
+FLOPS = {
+    "PRECISION": "bf16",
+    "MICRO_BATCHES": 1,
+    "BATCH": 1,
+    "FLOW_FROZEN": False,
+    "STEP": 3e13,  # floats, as the trainer writes them (beyond the format's int limit)
+    "REGIONS": {
+        "forward": 1e13,
+        "forward/vrt": 1e13,
+        "forward/vrt/stage8": 4e12,
+        "backward": 2e13,
+        "backward/vrt/stage8": 3e11,
+        "not/measured": 5.0,
+    },
+}
 
 
 def _run(tmp_path: Path, flops: object = FLOPS, gpu: str | None = "NVIDIA H200") -> Path:
@@ -25,12 +36,39 @@ def _run(tmp_path: Path, flops: object = FLOPS, gpu: str | None = "NVIDIA H200")
     cfg = {"PARAMS": {"TOTAL": 1, "TRAINABLE": 1}}
     if flops is not None:
         cfg["FLOPS"] = flops
-    lines = [encode(RunStart(run_id=run.name, rank=0, world_size=1, time=1.0, device="cuda:0",
-                             gpu_name=gpu, config=cfg, total_steps=10, samples_per_step=1))]
+    lines = [
+        encode(
+            RunStart(
+                run_id=run.name,
+                rank=0,
+                world_size=1,
+                time=1.0,
+                device="cuda:0",
+                gpu_name=gpu,
+                config=cfg,
+                total_steps=10,
+                samples_per_step=1,
+            )
+        )
+    ]
     for i in (1, 2):
-        lines.append(encode(Step(step=i, time=float(i), wall_ms=1000.0, samples=1, regions={
-            "forward": (400.0, 1), "forward/vrt": (400.0, 1), "forward/vrt/stage8": (100.0, 1),
-            "backward": (500.0, 1), "backward/vrt/stage8": (300.0, 1)})))
+        lines.append(
+            encode(
+                Step(
+                    step=i,
+                    time=float(i),
+                    wall_ms=1000.0,
+                    samples=1,
+                    regions={
+                        "forward": (400.0, 1),
+                        "forward/vrt": (400.0, 1),
+                        "forward/vrt/stage8": (100.0, 1),
+                        "backward": (500.0, 1),
+                        "backward/vrt/stage8": (300.0, 1),
+                    },
+                )
+            )
+        )
     (run / "rank0.jsonl").write_text("".join(lines))
     return run
 
@@ -66,8 +104,9 @@ def test_no_flops_or_unknown_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert eff is not None and eff.mfu is None and eff.step_tflops == pytest.approx(30.0)
 
 
-def test_summary_json_and_text_have_tflops(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_summary_json_and_text_have_tflops(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("STAGEWATCH_PEAK_TFLOPS", raising=False)
     run = _run(tmp_path)
     assert main(["summary", str(run), "--json"]) == 0

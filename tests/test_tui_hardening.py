@@ -21,8 +21,16 @@ from tui.testing import start_line, step_records, write_run
 
 
 def _step(n: int, **kw: object) -> str:
-    d = {"v": "1.0", "kind": "step", "step": n, "epoch": 0, "time": 1.0 + n, "wall_ms": 10.0, "samples": 1,
-         "regions": {"a": [4.0, 1], "a/b": [2.0, 1]}}
+    d = {
+        "v": "1.0",
+        "kind": "step",
+        "step": n,
+        "epoch": 0,
+        "time": 1.0 + n,
+        "wall_ms": 10.0,
+        "samples": 1,
+        "regions": {"a": [4.0, 1], "a/b": [2.0, 1]},
+    }
     d.update(kw)
     return json.dumps(d, separators=(",", ":")) + "\n"
 
@@ -85,7 +93,9 @@ def test_out_of_range_values_are_malformed_lines(tmp_path: Path, line: str) -> N
     _dumpable(src)
 
 
-@pytest.mark.parametrize("field", ["total_steps", "device_memory_total", "world_size", "start_step"])
+@pytest.mark.parametrize(
+    "field", ["total_steps", "device_memory_total", "world_size", "start_step"]
+)
 def test_huge_run_start_numbers_are_refused(tmp_path: Path, field: str) -> None:
     d = json.loads(start_line("x"))
     d[field] = 10**400
@@ -100,7 +110,14 @@ def test_huge_run_start_numbers_are_refused(tmp_path: Path, field: str) -> None:
 
 def test_deep_config_is_refused_without_recursion(tmp_path: Path) -> None:
     d = json.loads(start_line("x"))
-    line = json.dumps(d).replace('"config": {', '"config": {"deep": ' + "[" * (LIMITS.MAX_JSON_DEPTH + 5) + "]" * (LIMITS.MAX_JSON_DEPTH + 5) + ",", 1)
+    line = json.dumps(d).replace(
+        '"config": {',
+        '"config": {"deep": '
+        + "[" * (LIMITS.MAX_JSON_DEPTH + 5)
+        + "]" * (LIMITS.MAX_JSON_DEPTH + 5)
+        + ",",
+        1,
+    )
     run = tmp_path / "r"
     run.mkdir()
     (run / "rank0.jsonl").write_text(line + "\n" + _step(1))
@@ -158,7 +175,9 @@ def test_symlink_loop_is_reported_as_such(tmp_path: Path) -> None:
         check_run(run / "rank0.jsonl")
 
 
-def test_removed_and_unreadable_files_are_flagged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_removed_and_unreadable_files_are_flagged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = write_run(tmp_path, steps=5, ranks=2, status=None)
     src = RunSource(run, use_index=False)
     src.poll()
@@ -203,7 +222,11 @@ def test_resume_after_kill_keeps_one_record_per_step(tmp_path: Path) -> None:
         f.write(start_line("r", total_steps=100))
         for rec in step_records(56, n_regions=4, seed=1):  # checkpoint at 50, killed at 56
             f.write(encode(rec))
-        f.write(encode(RunStart(run_id="r", rank=0, world_size=1, time=2e9, total_steps=100, start_step=50)))
+        f.write(
+            encode(
+                RunStart(run_id="r", rank=0, world_size=1, time=2e9, total_steps=100, start_step=50)
+            )
+        )
         later = list(step_records(50, n_regions=4, seed=2, start_step=51))
         for rec in later:
             f.write(encode(rec))
@@ -212,7 +235,9 @@ def test_resume_after_kill_keeps_one_record_per_step(tmp_path: Path) -> None:
     assert snap.wall.steps == 100 and snap.step == 100
     assert src.files()[0].duplicates == 6
     # the later segment wins: steps 51..56 have its values
-    expect = sum(r.wall_ms for r in step_records(50, n_regions=4, seed=1)) + sum(r.wall_ms for r in later)
+    expect = sum(r.wall_ms for r in step_records(50, n_regions=4, seed=1)) + sum(
+        r.wall_ms for r in later
+    )
     assert snap.wall.avg * 100 == pytest.approx(expect)
     # the same read live, line by line, and through worker processes
     live = RunSource(run, use_index=False)
@@ -258,7 +283,9 @@ def test_deep_and_wide_region_names_are_bounded(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- failures
 
 
-def test_reader_failure_is_carried_and_other_runs_stay_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reader_failure_is_carried_and_other_runs_stay_live(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import tui.reader as reader
 
     bad = write_run(tmp_path, "20261126-110000-bad-0001", steps=3)
@@ -279,7 +306,9 @@ def test_reader_failure_is_carried_and_other_runs_stay_live(tmp_path: Path, monk
     assert runs[good.name].snapshot().wall.steps == 4
 
 
-def test_live_source_reports_a_failing_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_live_source_reports_a_failing_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tui.live import LiveSource
 
     write_run(tmp_path, steps=2)
@@ -314,8 +343,25 @@ _base = [
     '{"v":"1.0","kind":"eval","step":1,"time":1.0,"metrics":{"psnr":28.0}}',
     '{"v":"1.0","kind":"run_end","time":2.0,"status":"completed","steps":1}',
 ]
-_huge = st.sampled_from(["1" + "0" * 400, "1e400", "-1e400", "18446744073709551616", "NaN", "Infinity", "true",
-                         "null", '"1"', "[]", "{}", "[[[[[[[[[[1]]]]]]]]]]", "-0", "1e-400", '"\\u00b2"'])
+_huge = st.sampled_from(
+    [
+        "1" + "0" * 400,
+        "1e400",
+        "-1e400",
+        "18446744073709551616",
+        "NaN",
+        "Infinity",
+        "true",
+        "null",
+        '"1"',
+        "[]",
+        "{}",
+        "[[[[[[[[[[1]]]]]]]]]]",
+        "-0",
+        "1e-400",
+        '"\\u00b2"',
+    ]
+)
 
 
 @st.composite
@@ -328,7 +374,9 @@ def _mutant(draw: st.DrawFn) -> str:
     key = draw(st.sampled_from(sorted(d)))
     text = json.dumps(d, separators=(",", ":"))
     if how == "retype":
-        return text.replace(f'"{key}":{json.dumps(d[key], separators=(",", ":"))}', f'"{key}":{draw(_huge)}', 1)
+        return text.replace(
+            f'"{key}":{json.dumps(d[key], separators=(",", ":"))}', f'"{key}":{draw(_huge)}', 1
+        )
     if how == "duplicate":
         return text[:-1] + f',"{key}" :{draw(_huge)}' + "}"
     if how == "huge":
@@ -336,7 +384,9 @@ def _mutant(draw: st.DrawFn) -> str:
     return text
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(_mutant(), min_size=1, max_size=12))
 def test_fuzz_reader_never_crashes_and_counts_every_line(tmp_path_factory, lines) -> None:  # type: ignore[no-untyped-def]
     run = tmp_path_factory.mktemp("fz")

@@ -40,8 +40,15 @@ def test_index_reopen_and_appends_equal_a_full_read(tmp_path: Path, seed: int) -
     rng = random.Random(seed)
     ranks = rng.randint(1, 3)
     steps = rng.randint(1, 60)
-    run = write_run(tmp_path, steps=steps, ranks=ranks, n_regions=rng.randint(1, 12), seed=seed,
-                    status=rng.choice(["completed", "failed", None]), eval_every=rng.choice([0, 7]))
+    run = write_run(
+        tmp_path,
+        steps=steps,
+        ranks=ranks,
+        n_regions=rng.randint(1, 12),
+        seed=seed,
+        status=rng.choice(["completed", "failed", None]),
+        eval_every=rng.choice([0, 7]),
+    )
     if rng.random() < 0.5:  # a partial last line, a malformed line, a resumed repeat
         with open(run / "rank0.jsonl", "a") as f:
             f.write('{"v":"1.0","kind":"step","step":oops}\n')
@@ -162,7 +169,9 @@ def test_resumed_segments_survive_the_index(tmp_path: Path) -> None:
     assert again.from_index and again.snapshot().wall.steps == 18
 
 
-def test_replay_learns_the_end_from_the_index_or_reads_it_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replay_learns_the_end_from_the_index_or_reads_it_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import threading
 
     import tui.replay as replay

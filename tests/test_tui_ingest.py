@@ -64,7 +64,9 @@ def test_long_reads_fold_in_sub_batches(tmp_path: Path) -> None:
     lines = [start_line("r")]
     for s in range(1, n + 1):
         regions = {"a": (float(s), 1)} if s % 2 else {"a": (float(s), 2), "b": (1.0, 1)}
-        lines.append(encode(Step(step=s, time=float(s), wall_ms=2.0 * s, regions=regions, samples=1)))
+        lines.append(
+            encode(Step(step=s, time=float(s), wall_ms=2.0 * s, regions=regions, samples=1))
+        )
     (run / "rank0.jsonl").write_text("".join(lines))
     agg = RunSource(run).load().agg.ranks[0]
     col_a, col_b = agg.cols["a"], agg.cols["b"]
@@ -79,7 +81,11 @@ def test_ingest_same_as_row_by_row() -> None:
     regs = [{"a": [1.0, 1], "b": [2.0, 3]}, {"b": [4.0, 1]}, {"a": [5.0, 2], "c": [0.5, 1]}, {}]
     rows = []
     for i, r in enumerate(regs * 5, 1):
-        line = encode(Step(step=i, time=float(i), wall_ms=10.0 + i, regions={k: tuple(v) for k, v in r.items()}))
+        line = encode(
+            Step(
+                step=i, time=float(i), wall_ms=10.0 + i, regions={k: tuple(v) for k, v in r.items()}
+            )
+        )
         row = parse_line(line.rstrip("\n").encode())
         assert row is not None
         rows.append(row)
@@ -105,8 +111,10 @@ def test_tree_repaints_changed_values_without_rebuilding(tmp_path: Path) -> None
 
     run = tmp_path / "r"
     run.mkdir()
-    steps = [Step(step=i, time=float(i), wall_ms=100.0, regions={"alpha": (ms, 1)})
-             for i, ms in ((1, 11.25), (2, 77.5))]
+    steps = [
+        Step(step=i, time=float(i), wall_ms=100.0, regions={"alpha": (ms, 1)})
+        for i, ms in ((1, 11.25), (2, 77.5))
+    ]
     (run / "rank0.jsonl").write_text(start_line("r") + "".join(encode(s) for s in steps))
 
     def screen_text(tree: StageTree) -> str:

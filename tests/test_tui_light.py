@@ -56,7 +56,9 @@ def _append(paths: list[Path], start: int, n: int = 1) -> None:
                 f.write(encode(rec))
 
 
-def test_a_light_snapshot_holds_every_figure_of_the_full_one_but_the_regions(tmp_path: Path) -> None:
+def test_a_light_snapshot_holds_every_figure_of_the_full_one_but_the_regions(
+    tmp_path: Path,
+) -> None:
     paths = _live_run(tmp_path, ranks=3)
     src = LiveSource(tmp_path, poll=True, stale_after=1e9, clock=lambda: 1000.0)
     assert src.step() is not None
@@ -79,11 +81,15 @@ def test_a_light_snapshot_holds_every_figure_of_the_full_one_but_the_regions(tmp
         assert a.plain == b.plain and a.spans == b.spans
 
 
-def test_the_reader_posts_light_snapshots_between_full_ones_and_a_full_one_at_the_end(tmp_path: Path) -> None:
+def test_the_reader_posts_light_snapshots_between_full_ones_and_a_full_one_at_the_end(
+    tmp_path: Path,
+) -> None:
     """A busy spell: a full snapshot per gap, light ones between, and once the writes stop a
     full one with the last step (the panels catch up) although nothing changed since."""
     paths = _live_run(tmp_path)
-    src = LiveSource(tmp_path, poll=True, interval=0.02, min_gap=0.02, full_gap=0.3, stale_after=1e9)
+    src = LiveSource(
+        tmp_path, poll=True, interval=0.02, min_gap=0.02, full_gap=0.3, stale_after=1e9
+    )
     got: list[WorldSnapshot] = []
     src.start(got.append)
     try:
@@ -125,7 +131,9 @@ def test_want_full_gets_a_full_snapshot_at_once(tmp_path: Path) -> None:
         _until(lambda: len(got) > n, t_end)
     finally:
         src.stop()
-    assert len(got) > n and not got[n].light and got[n].selected.step == 6 and got[n].selected.regions
+    assert (
+        len(got) > n and not got[n].light and got[n].selected.step == 6 and got[n].selected.regions
+    )
 
 
 def _pairs(root: Path, n: int) -> list[tuple[WorldSnapshot, WorldSnapshot]]:
@@ -224,6 +232,7 @@ def test_inotify_wakes_on_writes_and_new_runs_not_on_reads(tmp_path: Path) -> No
     ino = inotify.start(str(tmp_path), wake)
     assert ino is not None
     try:
+
         def woke() -> bool:
             ok = wake.wait(2.0)
             wake.clear()
@@ -298,7 +307,9 @@ def test_tree_labels_are_made_when_their_lines_are_drawn(tmp_path: Path) -> None
     asyncio.run(go())
 
 
-def test_without_inotify_watchdog_wakes_the_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_inotify_watchdog_wakes_the_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tui import inotify
 
     monkeypatch.setattr(inotify, "start", lambda root, wake: None)  # another OS, no libc...

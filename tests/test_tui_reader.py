@@ -132,7 +132,18 @@ def test_finished_run_is_closed_and_stale_run_detected(tmp_path: Path) -> None:
     reader.tick()
     assert {i.run_id: i.state for i in reader.items()}["20261126-100000-live-0002"] == "stale"
     with open(live / "rank0.jsonl", "a") as fh:
-        fh.write(_step(2) + encode(RunEnd(time=3.0, status="failed", steps=2, error_type="RuntimeError", error_message="boom")))
+        fh.write(
+            _step(2)
+            + encode(
+                RunEnd(
+                    time=3.0,
+                    status="failed",
+                    steps=2,
+                    error_type="RuntimeError",
+                    error_message="boom",
+                )
+            )
+        )
     reader.tick()
     assert {i.run_id: i.state for i in reader.items()}["20261126-100000-live-0002"] == "failed"
 
@@ -192,7 +203,9 @@ _bad_text = st.sampled_from(
 )
 _unknown = st.builds(
     lambda k: json.dumps({"v": "1.0", "kind": k, "x": 1}),
-    st.text(min_size=1, max_size=10).filter(lambda k: k not in ("step", "run_start", "eval", "run_end")),
+    st.text(min_size=1, max_size=10).filter(
+        lambda k: k not in ("step", "run_start", "eval", "run_end")
+    ),
 )
 
 
@@ -213,7 +226,9 @@ def _corpus(draw: st.DrawFn) -> tuple[list[bytes], int, int, int]:
             lines.append(draw(_unknown).encode())
             unknown += 1
         elif which == 3:  # bad UTF-8, or random bytes without a newline
-            raw = draw(st.binary(min_size=1, max_size=40).filter(lambda b: b"\n" not in b and b.strip()))
+            raw = draw(
+                st.binary(min_size=1, max_size=40).filter(lambda b: b"\n" not in b and b.strip())
+            )
             lines.append(b"\xff" + raw)
             bad += 1
         else:  # a good line damaged: cut short
@@ -223,7 +238,9 @@ def _corpus(draw: st.DrawFn) -> tuple[list[bytes], int, int, int]:
     return lines, good, bad, unknown
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(_corpus())
 def test_malformed_corpus_never_crashes_and_is_counted(tmp_path_factory, corpus) -> None:  # type: ignore[no-untyped-def]
     lines, good, bad, unknown = corpus
@@ -266,8 +283,18 @@ def test_decoder_accepts_only_what_the_reference_checks_accept(regions, wall, co
     from trainer.timing.records import RecordError, decode
     from tui.parse import StepRow, parse_line
 
-    d = {"v": "1.0", "kind": "step", "step": 3, "epoch": 0, "time": 1.5, "wall_ms": wall,
-         "samples": 1, "regions": regions, "memory": {"peak": 5}, "scalars": {"loss": 0.5}}
+    d = {
+        "v": "1.0",
+        "kind": "step",
+        "step": 3,
+        "epoch": 0,
+        "time": 1.5,
+        "wall_ms": wall,
+        "samples": 1,
+        "regions": regions,
+        "memory": {"peak": 5},
+        "scalars": {"loss": 0.5},
+    }
     line = json.dumps(d, separators=(",", ":") if compact else (", ", ": ")).encode()
     try:
         ref = decode(line)
@@ -281,7 +308,9 @@ def test_decoder_accepts_only_what_the_reference_checks_accept(regions, wall, co
         assert ref is not None and type(row) is StepRow
         assert row.wall == ref.wall_ms and row.regions == ref.regions
     elif ref is not None:  # refused: only for a value out of the shared limits
-        assert ref.wall_ms >= 1e12 or any(ms >= 1e12 or n >= 10**12 for ms, n in ref.regions.values())
+        assert ref.wall_ms >= 1e12 or any(
+            ms >= 1e12 or n >= 10**12 for ms, n in ref.regions.values()
+        )
 
 
 def test_decoder_takes_the_timing_cores_lines() -> None:

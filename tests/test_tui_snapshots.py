@@ -48,8 +48,18 @@ async def _settle(pilot) -> None:  # type: ignore[no-untyped-def]
 
 
 def _runs(root: Path) -> None:
-    write_run(root, "20261126-100000-baseline-0001", steps=60, ranks=3, straggler=1, eval_every=20, t0=1_764_150_000.0)
-    failed = write_run(root, "20261126-090000-crashed-0002", steps=10, ranks=1, status=None, t0=1_764_140_000.0)
+    write_run(
+        root,
+        "20261126-100000-baseline-0001",
+        steps=60,
+        ranks=3,
+        straggler=1,
+        eval_every=20,
+        t0=1_764_150_000.0,
+    )
+    failed = write_run(
+        root, "20261126-090000-crashed-0002", steps=10, ranks=1, status=None, t0=1_764_140_000.0
+    )
     with open(failed / "rank0.jsonl", "a") as f:
         f.write("{not json\n")
         f.write(encode_end_failed())
@@ -58,7 +68,15 @@ def _runs(root: Path) -> None:
 def encode_end_failed() -> str:
     from trainer.timing.records import RunEnd
 
-    return encode(RunEnd(time=1_764_140_100.0, status="failed", steps=10, error_type="RuntimeError", error_message="CUDA out of memory [bold]"))
+    return encode(
+        RunEnd(
+            time=1_764_140_100.0,
+            status="failed",
+            steps=10,
+            error_type="RuntimeError",
+            error_message="CUDA out of memory [bold]",
+        )
+    )
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -73,7 +91,9 @@ def test_replay_screen(snap_compare, tmp_path: Path, size: tuple[int, int]) -> N
     _runs(tmp_path)
     src = ReplaySource(tmp_path / "20261126-100000-baseline-0001", playing=False, window=20)
     src.seek(45)
-    assert snap_compare(MonitorApp(src, red=0.5, yellow=0.2), terminal_size=size, run_before=_settle)
+    assert snap_compare(
+        MonitorApp(src, red=0.5, yellow=0.2), terminal_size=size, run_before=_settle
+    )
 
 
 def test_failed_run_and_help_screen(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -92,8 +112,10 @@ def test_failed_run_and_help_screen(snap_compare, tmp_path: Path) -> None:  # ty
 def test_new_run_notice_on_a_narrow_screen(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     live = tmp_path / "20261126-100000-live-0001"
     live.mkdir()
-    (live / "rank0.jsonl").write_text(start_line(live.name, t0=1_764_150_000.0) + "".join(
-        encode(r) for r in step_records(5, t0=1_764_150_000.0)))
+    (live / "rank0.jsonl").write_text(
+        start_line(live.name, t0=1_764_150_000.0)
+        + "".join(encode(r) for r in step_records(5, t0=1_764_150_000.0))
+    )
     src = LiveSource(tmp_path, poll=True, interval=0.05, clock=lambda: 1000.0, stale_after=1e9)
 
     async def before(pilot) -> None:  # type: ignore[no-untyped-def]

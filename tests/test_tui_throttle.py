@@ -45,7 +45,9 @@ def _snapshots(root: Path, n: int) -> list[WorldSnapshot]:
     return out
 
 
-def test_rapid_snapshots_repaint_the_tree_once_a_gap_while_the_header_follows(tmp_path: Path) -> None:
+def test_rapid_snapshots_repaint_the_tree_once_a_gap_while_the_header_follows(
+    tmp_path: Path,
+) -> None:
     snaps = _snapshots(tmp_path, 12)
 
     async def go() -> None:

@@ -84,7 +84,9 @@ def parse_sweep(text: str) -> Sweep:
     key = key.strip()
     values = tuple(v.strip() for v in vals.split(","))
     if not sep or not key or any(not p for p in key.split(".")) or not any(values) or "" in values:
-        raise UsageError(f"--sweep {text!r}: expected KEY.PATH=v1,v2,... (e.g. TRAIN.BATCH_SIZE=1,2,3)")
+        raise UsageError(
+            f"--sweep {text!r}: expected KEY.PATH=v1,v2,... (e.g. TRAIN.BATCH_SIZE=1,2,3)"
+        )
     return Sweep(key, values)
 
 
@@ -99,12 +101,19 @@ def parse_case(text: str) -> tuple[Assignment, ...]:
     return tuple(out)
 
 
-def combinations(sweeps: Sequence[Sweep], cases: Sequence[tuple[Assignment, ...]] = ()) -> list[tuple[Assignment, ...]]:
+def combinations(
+    sweeps: Sequence[Sweep], cases: Sequence[tuple[Assignment, ...]] = ()
+) -> list[tuple[Assignment, ...]]:
     """Every case × every combination of sweep values, in order (first = baseline)."""
     keys = [s.key for s in sweeps]
     if len(set(keys)) != len(keys):
-        raise UsageError("a key is swept twice: " + ", ".join(sorted({k for k in keys if keys.count(k) > 1})))
-    grid = [tuple(zip(keys, vals, strict=True)) for vals in itertools.product(*(s.values for s in sweeps))]
+        raise UsageError(
+            "a key is swept twice: " + ", ".join(sorted({k for k in keys if keys.count(k) > 1}))
+        )
+    grid = [
+        tuple(zip(keys, vals, strict=True))
+        for vals in itertools.product(*(s.values for s in sweeps))
+    ]
     if not cases:
         return grid
     return [tuple(case) + g for case in cases for g in grid]
@@ -137,8 +146,13 @@ class Plan:
         return self.batch_size * self.grad_accum
 
 
-def make_plan(cfg_path: str, overrides: Sequence[str], world_size: int = 1,
-              epoch_samples: int | None = None, epochs: int | None = None) -> Plan:
+def make_plan(
+    cfg_path: str,
+    overrides: Sequence[str],
+    world_size: int = 1,
+    epoch_samples: int | None = None,
+    epochs: int | None = None,
+) -> Plan:
     """Load the combination's config (ConfigError names a bad key) and size its epochs."""
     from trainer.config import load_config
 
@@ -151,8 +165,14 @@ def make_plan(cfg_path: str, overrides: Sequence[str], world_size: int = 1,
         from trainer.data import build_datasets
 
         n, src = len(build_datasets(cfg.DATA, cfg.MODEL.SPIKE.BINS)[0]), f"clips in {cfg.DATA.ROOT}"
-    return Plan(n, src, epochs or cfg.TRAIN.EPOCHS, cfg.TRAIN.BATCH_SIZE,
-                cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS, world_size)
+    return Plan(
+        n,
+        src,
+        epochs or cfg.TRAIN.EPOCHS,
+        cfg.TRAIN.BATCH_SIZE,
+        cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS,
+        world_size,
+    )
 
 
 # --------------------------------------------------------------------------- results
@@ -209,7 +229,9 @@ def is_oom(error_type: str | None, message: str | None) -> bool:
 
 def analyse_run(run_dir: str | os.PathLike[str], warmup: int) -> dict[str, Any]:
     """Figures of one bench run (rank 0's file): see the module docstring."""
-    files = sorted((int(m.group(1)), n) for n in os.listdir(run_dir) if (m := RANK_FILE_RE.match(n)))
+    files = sorted(
+        (int(m.group(1)), n) for n in os.listdir(run_dir) if (m := RANK_FILE_RE.match(n))
+    )
     if not files:
         return {"status": FAILED, "message": f"no rank files in {run_dir}"}
     walls: list[float] = []
@@ -238,23 +260,40 @@ def analyse_run(run_dir: str | os.PathLike[str], warmup: int) -> dict[str, Any]:
                     excl = sum(rec.regions[r][0] for r in EXCLUDED_REGIONS if r in rec.regions)
                     walls.append(max(0.0, rec.wall_ms - excl))
                     samples.append(rec.samples)
-    out: dict[str, Any] = {"mem_peak": peak, "mem_reserved": reserved, "steps_measured": len(walls),
-                           "device": start.device if start else None, "gpu_name": start.gpu_name if start else None}
+    out: dict[str, Any] = {
+        "mem_peak": peak,
+        "mem_reserved": reserved,
+        "steps_measured": len(walls),
+        "device": start.device if start else None,
+        "gpu_name": start.gpu_name if start else None,
+    }
     if end is not None and end.status == "failed":
         if is_oom(end.error_type, end.error_message):
-            out.update(status=OOM, message=f"{end.error_type}: {(end.error_message or '').splitlines()[0] if end.error_message else ''}")
+            out.update(
+                status=OOM,
+                message=f"{end.error_type}: {(end.error_message or '').splitlines()[0] if end.error_message else ''}",
+            )
         else:
             msg = (end.error_message or "").strip().splitlines()
-            out.update(status=FAILED, message=f"{end.error_type or 'error'}: {msg[0] if msg else ''}".strip())
+            out.update(
+                status=FAILED,
+                message=f"{end.error_type or 'error'}: {msg[0] if msg else ''}".strip(),
+            )
         return out
     if end is not None and end.status == "interrupted":
         out.update(status=FAILED, message="interrupted")
         return out
     if not walls:
-        out.update(status=FAILED, message=f"no step after the {warmup} warm-up step(s) was recorded")
+        out.update(
+            status=FAILED, message=f"no step after the {warmup} warm-up step(s) was recorded"
+        )
         return out
-    out.update(status=OK, step_ms=statistics.median(walls), step_ms_mean=statistics.fmean(walls),
-               samples_per_step=int(statistics.median(samples)))
+    out.update(
+        status=OK,
+        step_ms=statistics.median(walls),
+        step_ms_mean=statistics.fmean(walls),
+        samples_per_step=int(statistics.median(samples)),
+    )
     return out
 
 
@@ -405,26 +444,40 @@ def run_bench(
         res = Result(i, tuple(combo), name, log_file=str(logs / f"{name}.log"))
         report.results.append(res)
         ckpt = tempfile.mkdtemp(prefix="stagewatch-bench-ckpt-")
-        sets = [*BENCH_SETTINGS, f"TRAIN.CHECKPOINT.DIR={ckpt}", *user, f"TRAIN.MAX_STEPS={total}",
-                f"LOG.RUN_NAME={name}"]
+        sets = [
+            *BENCH_SETTINGS,
+            f"TRAIN.CHECKPOINT.DIR={ckpt}",
+            *user,
+            f"TRAIN.MAX_STEPS={total}",
+            f"LOG.RUN_NAME={name}",
+        ]
         if plan.steps_per_epoch * plan.epochs < total:  # the run itself needs enough epochs
             sets.append(f"TRAIN.EPOCHS={math.ceil(total / max(1, plan.steps_per_epoch))}")
         echo(f"[{i + 1}/{len(combos)}] {res.label} ...")
         if predict:
             res.mem_predicted, res.mem_capacity, res.predict_message = predict_peak(
-                cfg, [*BENCH_SETTINGS, *user])
-            if (res.mem_predicted is not None and res.mem_capacity is not None
-                    and res.mem_predicted > res.mem_capacity and not force):
+                cfg, [*BENCH_SETTINGS, *user]
+            )
+            if (
+                res.mem_predicted is not None
+                and res.mem_capacity is not None
+                and res.mem_predicted > res.mem_capacity
+                and not force
+            ):
                 res.status = SKIPPED
-                res.message = (f"predicted peak {fmt_bytes(res.mem_predicted)} > "
-                               f"{fmt_bytes(res.mem_capacity)} usable (--force runs it)")
+                res.message = (
+                    f"predicted peak {fmt_bytes(res.mem_predicted)} > "
+                    f"{fmt_bytes(res.mem_capacity)} usable (--force runs it)"
+                )
                 echo(f"      {res.outcome}")
                 continue
         t0 = time.monotonic()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             with open(res.log_file, "wb") as logf:
-                proc = subprocess.Popen(command(cfg, sets, log_dir), stdout=logf, stderr=subprocess.STDOUT, env=env)
+                proc = subprocess.Popen(
+                    command(cfg, sets, log_dir), stdout=logf, stderr=subprocess.STDOUT, env=env
+                )
                 try:
                     rc = proc.wait(timeout)
                 except subprocess.TimeoutExpired:
@@ -450,7 +503,9 @@ def run_bench(
         elif not res.run_dir:
             why = _last_line(res.log_file)
             if rc is not None and rc < 0:
-                why = f"killed by {signal.Signals(-rc).name}" + (" (out of host memory?)" if rc == -9 else "")
+                why = f"killed by {signal.Signals(-rc).name}" + (
+                    " (out of host memory?)" if rc == -9 else ""
+                )
             res.status, res.message = FAILED, why or f"exit status {rc}, no run written"
         if res.status == OK and res.step_ms:
             res.samples_per_step = res.samples_per_step or plan.samples_per_step
@@ -458,9 +513,15 @@ def run_bench(
             res.steps_per_epoch, res.epochs = plan.steps_per_epoch, plan.epochs
             res.epoch_s = plan.steps_per_epoch * res.step_ms / 1000.0
             res.total_s = res.epoch_s * plan.epochs
-        echo(f"      {res.outcome}" + (f": step {res.step_ms:.1f} ms, {res.samples_per_s:.3g} samples/s"
-                                      if res.status == OK and res.step_ms and res.samples_per_s else "")
-             + f" ({res.wall_s:.0f} s)")
+        echo(
+            f"      {res.outcome}"
+            + (
+                f": step {res.step_ms:.1f} ms, {res.samples_per_s:.3g} samples/s"
+                if res.status == OK and res.step_ms and res.samples_per_s
+                else ""
+            )
+            + f" ({res.wall_s:.0f} s)"
+        )
         if report.interrupted:
             break
     base_res = report.results[0] if report.results else None
@@ -510,7 +571,11 @@ def markdown(report: BenchReport) -> str:
         f"warm-up step(s) per row, each row its own process on {dev}. Step = median step wall time "
         f"(validation/checkpoint excluded); samples/s = samples per step / step; epoch and total "
         f"times project the step time over the configured dataset ({report.plan_source}"
-        + (f", {report.world_size} ranks assumed to scale linearly" if report.world_size > 1 else "")
+        + (
+            f", {report.world_size} ranks assumed to scale linearly"
+            if report.world_size > 1
+            else ""
+        )
         + "). Ratios are vs the first row. Predicted = `trainer plan`'s simulated peak of the "
         "row's step (on CPU tensors only; the measured CPU figure is the process's resident set).",
         "",
@@ -520,17 +585,27 @@ def markdown(report: BenchReport) -> str:
     ]
     for r in report.results:
         if r.status == OK:
-            vs = (f"{r.step_ratio:.2f}× time, {r.throughput_ratio:.2f}× throughput"
-                  if r.step_ratio is not None and r.throughput_ratio is not None else "—")
-            cells = [fmt_bytes(r.mem_peak), fmt_step(r.step_ms),
-                     f"{r.samples_per_s:.3g}" if r.samples_per_s else "—", fmt_seconds(r.epoch_s),
-                     fmt_seconds(r.total_s), vs]
+            vs = (
+                f"{r.step_ratio:.2f}× time, {r.throughput_ratio:.2f}× throughput"
+                if r.step_ratio is not None and r.throughput_ratio is not None
+                else "—"
+            )
+            cells = [
+                fmt_bytes(r.mem_peak),
+                fmt_step(r.step_ms),
+                f"{r.samples_per_s:.3g}" if r.samples_per_s else "—",
+                fmt_seconds(r.epoch_s),
+                fmt_seconds(r.total_s),
+                vs,
+            ]
         else:
             out = r.outcome.replace("|", "\\|")
             cells = [fmt_bytes(r.mem_peak) if r.status == OOM else "—", out, "—", "—", "—", "—"]
         cells.insert(1, fmt_bytes(r.mem_predicted))
         cfg_cell = r.label.replace("|", "\\|")
-        lines.append(f"| {r.index + 1} | {cfg_cell} | " + " | ".join(cells) + f" | {r.run_id or '—'} |")
+        lines.append(
+            f"| {r.index + 1} | {cfg_cell} | " + " | ".join(cells) + f" | {r.run_id or '—'} |"
+        )
     if report.interrupted:
         lines += ["", "Interrupted: rows after the last one were not run."]
     return "\n".join(lines) + "\n"
@@ -544,9 +619,18 @@ def report_dict(report: BenchReport) -> dict[str, Any]:
         d["label"] = r.label
         d["outcome"] = r.outcome
         rows.append(d)
-    return {"schema": 1, "cfg": report.cfg, "steps": report.steps, "warmup": report.warmup,
-            "world_size": report.world_size, "log_dir": report.log_dir, "samples_source": report.plan_source,
-            "started": report.started, "interrupted": report.interrupted, "rows": rows}
+    return {
+        "schema": 1,
+        "cfg": report.cfg,
+        "steps": report.steps,
+        "warmup": report.warmup,
+        "world_size": report.world_size,
+        "log_dir": report.log_dir,
+        "samples_source": report.plan_source,
+        "started": report.started,
+        "interrupted": report.interrupted,
+        "rows": rows,
+    }
 
 
 def write_outputs(report: BenchReport) -> tuple[str, str] | None:

@@ -120,7 +120,9 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return state
 
 
-def resolve_resume(spec: str | None, log_dir: str, run_name: str, ckpt_dir: str | None) -> str | None:
+def resolve_resume(
+    spec: str | None, log_dir: str, run_name: str, ckpt_dir: str | None
+) -> str | None:
     """Which checkpoint to resume from.
 
     ``spec`` is a checkpoint file, a folder of checkpoints, a run folder (its
@@ -150,8 +152,11 @@ def resolve_resume(spec: str | None, log_dir: str, run_name: str, ckpt_dir: str 
 
 def rng_state() -> dict[str, Any]:
     """RNG states of this process (python, numpy, torch CPU and CUDA)."""
-    st: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                          "torch": torch.get_rng_state()}
+    st: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st

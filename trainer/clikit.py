@@ -25,7 +25,10 @@ def printable(s: object) -> str:
 
 
 def run_cli(
-    prog: str, description: str, commands: dict[str, tuple[str, str]], argv: list[str] | None,
+    prog: str,
+    description: str,
+    commands: dict[str, tuple[str, str]],
+    argv: list[str] | None,
     version: str | None = None,
 ) -> int:
     """Parse ``argv``, import the chosen sub-command's module and run it. ``version``: the

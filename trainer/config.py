@@ -53,7 +53,9 @@ class DataConfig:
     VAL_SPLIT: str = "val"
     CLIP_LEN: int = setting(5, min=1, doc="frames per training clip (T)")
     CROP_SIZE: int = setting(256, min=0, doc="square training crop; 0 = whole frame")
-    VAL_CROP_SIZE: int | None = setting(None, min=0, doc="centre crop for validation; null = CROP_SIZE")
+    VAL_CROP_SIZE: int | None = setting(
+        None, min=0, doc="centre crop for validation; null = CROP_SIZE"
+    )
     FLIP: bool = True
     ROTATE: bool = True
     SYNTHETIC: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -87,7 +89,9 @@ class SchedConfig:
 @dataclass
 class CheckpointConfig:
     DIR: str | None = setting(None, doc="null: <log dir>/<run id>/checkpoints")
-    EVERY: int = setting(1000, min=0, doc="optimizer steps between checkpoints; 0 = only at the end")
+    EVERY: int = setting(
+        1000, min=0, doc="optimizer steps between checkpoints; 0 = only at the end"
+    )
     KEEP_LAST: int = setting(3, min=1)
 
 
@@ -103,18 +107,27 @@ class TrainConfig:
     SEED: int = 0
     DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
     AMP: Literal["auto", "bf16", "none"] = setting("auto", doc="auto = bf16 on CUDA, none on CPU")
-    TF32: bool = setting(True, doc="CUDA: fp32 matmuls and convs on TF32 tensor cores; false = "
-                         "PyTorch's default (exact fp32 matmuls)")
+    TF32: bool = setting(
+        True,
+        doc="CUDA: fp32 matmuls and convs on TF32 tensor cores; false = "
+        "PyTorch's default (exact fp32 matmuls)",
+    )
     BATCH_SIZE: int = setting(1, min=1, doc="clips per GPU per micro-step")
     GRADIENT_ACCUMULATION_STEPS: int = setting(1, min=1)
     MAX_GRAD_NORM: float = setting(1.0, min=0.0, doc="0 = no clipping")
     EPOCHS: int = setting(50, min=1)
     MAX_STEPS: int | None = setting(None, min=1, doc="cap on optimizer steps")
-    FREEZE_FLOW_STEPS: int = setting(0, min=0, doc="flow and deformable parameters frozen this long")
+    FREEZE_FLOW_STEPS: int = setting(
+        0, min=0, doc="flow and deformable parameters frozen this long"
+    )
     FLOW_LR_MULT: float = setting(1.0, min=0.0, doc="their lr multiplier after the freeze")
     RESUME: str | None = setting(None, doc="checkpoint file, checkpoint folder or 'auto'")
-    THREADS: int | None = setting(None, min=1, doc="torch CPU threads per process; null: torch's "
-                                  "default (OMP_NUM_THREADS, else one per core)")
+    THREADS: int | None = setting(
+        None,
+        min=1,
+        doc="torch CPU threads per process; null: torch's "
+        "default (OMP_NUM_THREADS, else one per core)",
+    )
     OPTIM: OptimConfig = field(default_factory=OptimConfig)
     SCHED: SchedConfig = field(default_factory=SchedConfig)
     CHECKPOINT: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -231,9 +244,13 @@ def _check(cfg: Config) -> None:
                 file,
             )
     if t.OPTIM.BETAS[0] >= 1 or t.OPTIM.BETAS[1] >= 1 or min(t.OPTIM.BETAS) < 0:
-        raise ConfigError("TRAIN.OPTIM.BETAS", f"each beta must be in [0, 1), got {list(t.OPTIM.BETAS)}", file)
+        raise ConfigError(
+            "TRAIN.OPTIM.BETAS", f"each beta must be in [0, 1), got {list(t.OPTIM.BETAS)}", file
+        )
     if t.SCHED.MIN_LR > t.OPTIM.LR:
-        raise ConfigError("TRAIN.SCHED.MIN_LR", f"{t.SCHED.MIN_LR} is above TRAIN.OPTIM.LR ({t.OPTIM.LR})", file)
+        raise ConfigError(
+            "TRAIN.SCHED.MIN_LR", f"{t.SCHED.MIN_LR} is above TRAIN.OPTIM.LR ({t.OPTIM.LR})", file
+        )
     if loss.CHARBONNIER.WEIGHT == 0 and loss.VGG_PERCEPTUAL.WEIGHT == 0:
         raise ConfigError("LOSS", "every loss weight is 0: nothing to train", file)
     p = loss.VGG_PERCEPTUAL
@@ -268,7 +285,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(key, f"value is not valid YAML: {value!r} ({_first_line(e)})", "--set") from None
+        raise ConfigError(
+            key, f"value is not valid YAML: {value!r} ({_first_line(e)})", "--set"
+        ) from None
     return key.split("."), parsed
 
 
@@ -289,7 +308,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if nxt is None:
                 nxt = node[p] = {}
             if not isinstance(nxt, dict):
-                raise ConfigError(".".join(parts[: i + 1]), "is not a section: cannot set a key below it", "--set")
+                raise ConfigError(
+                    ".".join(parts[: i + 1]), "is not a section: cannot set a key below it", "--set"
+                )
             node = nxt
         node[parts[-1]] = value
     return out
@@ -303,7 +324,9 @@ def from_raw(raw: Any, file: str | None = None) -> Config:
         raise ConfigError("<top>", f"expected a mapping of sections, got {type_name(raw)}", file)
     for key in raw:
         if key not in _SECTIONS:
-            raise ConfigError(str(key), "unknown section" + suggest(str(key), list(_SECTIONS)), file)
+            raise ConfigError(
+                str(key), "unknown section" + suggest(str(key), list(_SECTIONS)), file
+            )
     kwargs: dict[str, Any] = {}
     hints = typing.get_type_hints(Config)
     for key in _SECTIONS:
@@ -400,7 +423,9 @@ def check_log_dir(path: str, source: str) -> None:
     a file, lies below a file, or its nearest existing folder is not writable."""
     p = os.path.abspath(path)
     if os.path.exists(p) and not os.path.isdir(p):
-        raise ConfigError(source, f"{path} is a file, not a folder (the log root holds one folder per run)")
+        raise ConfigError(
+            source, f"{path} is a file, not a folder (the log root holds one folder per run)"
+        )
     probe = p
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)

@@ -82,8 +82,10 @@ def parse_gpu(text: str) -> GpuSpec:
     try:
         gib = float(text.strip().upper().removesuffix("GIB").removesuffix("GB"))
     except ValueError:
-        raise ValueError(f"unknown GPU {text!r}: expected one of {', '.join(GPUS)} or a memory "
-                         "size in GiB such as 80") from None
+        raise ValueError(
+            f"unknown GPU {text!r}: expected one of {', '.join(GPUS)} or a memory "
+            "size in GiB such as 80"
+        ) from None
     if not 0 < gib < 100000:
         raise ValueError(f"GPU memory must be a positive number of GiB, got {text!r}")
     h = GPUS["H100"]

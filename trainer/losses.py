@@ -81,13 +81,21 @@ class VGGFeatures(nn.Module):
 class PerceptualLoss(nn.Module):
     """L1 between VGG features of output and target, for ``[B, T, 3, H, W]`` clips."""
 
-    def __init__(self, network: str = "vgg16", layer: str = "relu3_3",
-                 weights: str | None = None, *, allow_random: bool = False) -> None:
+    def __init__(
+        self,
+        network: str = "vgg16",
+        layer: str = "relu3_3",
+        weights: str | None = None,
+        *,
+        allow_random: bool = False,
+    ) -> None:
         super().__init__()
         self.vgg = VGGFeatures(network, layer)
         if weights:
             if not os.path.isfile(weights):
-                raise UsageError(f"{weights}: VGG weights file not found (LOSS.VGG_PERCEPTUAL.WEIGHTS)")
+                raise UsageError(
+                    f"{weights}: VGG weights file not found (LOSS.VGG_PERCEPTUAL.WEIGHTS)"
+                )
             self.vgg.load_file(weights)
         elif not allow_random:
             raise UsageError(
@@ -110,6 +118,9 @@ def build_perceptual(cfg, *, warn: bool = True) -> PerceptualLoss | None:
     if not cfg.WEIGHTS and cfg.ALLOW_RANDOM_WEIGHTS and warn:
         warnings.warn(
             "LOSS.VGG_PERCEPTUAL uses RANDOM VGG weights (ALLOW_RANDOM_WEIGHTS): fine for "
-            "timing, meaningless for training", stacklevel=2,
+            "timing, meaningless for training",
+            stacklevel=2,
         )
-    return PerceptualLoss(cfg.NETWORK, cfg.LAYER, cfg.WEIGHTS, allow_random=cfg.ALLOW_RANDOM_WEIGHTS)
+    return PerceptualLoss(
+        cfg.NETWORK, cfg.LAYER, cfg.WEIGHTS, allow_random=cfg.ALLOW_RANDOM_WEIGHTS
+    )

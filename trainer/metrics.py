@@ -20,8 +20,13 @@ def _gauss(size: int, sigma: float, device: torch.device) -> torch.Tensor:
     return g / g.sum()
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor, max_val: float = 1.0,
-         window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def ssim(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    max_val: float = 1.0,
+    window: int = 11,
+    sigma: float = 1.5,
+) -> torch.Tensor:
     """SSIM of each image (Gaussian window, valid region, averaged over channels)."""
     shape = pred.shape[:-3]
     c, h, w = pred.shape[-3:]

@@ -29,13 +29,17 @@ def import_bnb() -> Any:
     quiet.setLevel(logging.ERROR)
     out, err = io.StringIO(), io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(out), \
-                contextlib.redirect_stderr(err):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
             warnings.simplefilter("ignore")
             import bitsandbytes as bnb
     except Exception as e:
-        raise ImportError(f"bitsandbytes cannot be imported ({type(e).__name__}: {e})"
-                          + _diagnostics(out, err)) from e
+        raise ImportError(
+            f"bitsandbytes cannot be imported ({type(e).__name__}: {e})" + _diagnostics(out, err)
+        ) from e
     finally:
         quiet.setLevel(old)
     return bnb
@@ -46,8 +50,9 @@ def _diagnostics(*streams: io.StringIO) -> str:
     return f"\nbitsandbytes said:\n{text}" if text else ""
 
 
-def adamw8bit_or_none(groups: list[dict[str, Any]], device: torch.device,
-                      **kw: Any) -> tuple[torch.optim.Optimizer | None, str | None]:
+def adamw8bit_or_none(
+    groups: list[dict[str, Any]], device: torch.device, **kw: Any
+) -> tuple[torch.optim.Optimizer | None, str | None]:
     """(bitsandbytes AdamW8bit, None), or (None, why) when bitsandbytes cannot run on
     ``device``: it is imported and one 8-bit step is tried on a throwaway tensor there
     (a wrong binary otherwise shows only at the first real ``step()``)."""
@@ -66,8 +71,10 @@ def adamw8bit_or_none(groups: list[dict[str, Any]], device: torch.device,
                 torch.cuda.synchronize(device)
         return bnb.optim.AdamW8bit(groups, **kw), None
     except Exception as e:
-        return None, (f"an 8-bit AdamW step fails on {device} ({type(e).__name__}: "
-                      f"{str(e).strip()[:500]})" + _diagnostics(out, err))
+        return None, (
+            f"an 8-bit AdamW step fails on {device} ({type(e).__name__}: "
+            f"{str(e).strip()[:500]})" + _diagnostics(out, err)
+        )
 
 
 def _flow_ids(model: nn.Module) -> set[int]:
@@ -105,12 +112,17 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if o.TYPE == "adamw8bit":
         params = [p for g in groups for p in g["params"]]
         device = params[0].device if params else torch.device("cpu")
-        opt, why = adamw8bit_or_none(groups, device, lr=o.LR, betas=o.BETAS, eps=o.EPS,
-                                     weight_decay=o.WEIGHT_DECAY)
+        opt, why = adamw8bit_or_none(
+            groups, device, lr=o.LR, betas=o.BETAS, eps=o.EPS, weight_decay=o.WEIGHT_DECAY
+        )
         if opt is not None:
             return opt
-        warnings.warn(f"TRAIN.OPTIM.TYPE adamw8bit: {why}\nFalling back to torch AdamW "
-                      "(32-bit state, same hyper-parameters).", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"TRAIN.OPTIM.TYPE adamw8bit: {why}\nFalling back to torch AdamW "
+            "(32-bit state, same hyper-parameters).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return torch.optim.AdamW(groups, lr=o.LR, betas=o.BETAS, eps=o.EPS, weight_decay=o.WEIGHT_DECAY)
 
 
@@ -133,9 +145,17 @@ class WarmupCosine:
     optimizer step; :meth:`lr_at` is the schedule as a pure function.
     """
 
-    def __init__(self, opt: torch.optim.Optimizer, lr: float, total_steps: int, warmup: int = 0,
-                 min_lr: float = 0.0, kind: str = "cosine", freeze_flow_steps: int = 0,
-                 flow_lr_mult: float = 1.0) -> None:
+    def __init__(
+        self,
+        opt: torch.optim.Optimizer,
+        lr: float,
+        total_steps: int,
+        warmup: int = 0,
+        min_lr: float = 0.0,
+        kind: str = "cosine",
+        freeze_flow_steps: int = 0,
+        flow_lr_mult: float = 1.0,
+    ) -> None:
         self.opt, self.lr, self.total, self.warmup = opt, lr, max(1, total_steps), warmup
         self.min_lr, self.kind = min_lr, kind
         self.freeze, self.flow_mult = freeze_flow_steps, flow_lr_mult
@@ -175,5 +195,13 @@ class WarmupCosine:
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> WarmupCosine:
     s = cfg.SCHED
-    return WarmupCosine(opt, cfg.OPTIM.LR, total_steps, s.WARMUP_STEPS, s.MIN_LR, s.TYPE,
-                        cfg.FREEZE_FLOW_STEPS, cfg.FLOW_LR_MULT)
+    return WarmupCosine(
+        opt,
+        cfg.OPTIM.LR,
+        total_steps,
+        s.WARMUP_STEPS,
+        s.MIN_LR,
+        s.TYPE,
+        cfg.FREEZE_FLOW_STEPS,
+        cfg.FLOW_LR_MULT,
+    )

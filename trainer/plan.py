@@ -63,9 +63,16 @@ KERNELS = ("cudnn", "flash", "efficient", "math", "flash_cpu")
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def choose_sdpa_kernel(*, dtype: torch.dtype, head_dim: int, head_dim_v: int | None = None,
-                       has_mask: bool = False, mask_requires_grad: bool = False,
-                       dropout: float = 0.0, arch: str = "sm90") -> str:
+def choose_sdpa_kernel(
+    *,
+    dtype: torch.dtype,
+    head_dim: int,
+    head_dim_v: int | None = None,
+    has_mask: bool = False,
+    mask_requires_grad: bool = False,
+    dropout: float = 0.0,
+    arch: str = "sm90",
+) -> str:
     """The kernel ``F.scaled_dot_product_attention`` takes for these inputs.
 
     Rules of PyTorch's ``sdp_utils.cpp`` as read in design/GPU-NOTES.md §1: ``sm90`` tries
@@ -88,8 +95,13 @@ def choose_sdpa_kernel(*, dtype: torch.dtype, head_dim: int, head_dim_v: int | N
         return half and not has_mask and head_dim == dv and head_dim <= 256
 
     def cudnn() -> bool:
-        return (half and head_dim == dv and head_dim % 8 == 0 and head_dim <= 128
-                and not mask_requires_grad)
+        return (
+            half
+            and head_dim == dv
+            and head_dim % 8 == 0
+            and head_dim <= 128
+            and not mask_requires_grad
+        )
 
     def efficient() -> bool:
         align = 8 if half else 4
@@ -108,25 +120,36 @@ def _pad_last(t: Tensor, mult: int) -> Tensor:
     return t if d % mult == 0 else F.pad(t, (0, mult - d % mult))
 
 
-def run_sdpa_kernel(kernel: str, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
-                    dropout: float, causal: bool, scale: float | None) -> Tensor:
+def run_sdpa_kernel(
+    kernel: str,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    dropout: float,
+    causal: bool,
+    scale: float | None,
+) -> Tensor:
     """Call the aten op of ``kernel`` the way SDPA's dispatcher does (mask padded to a
     multiple of 16 and expanded for the memory-efficient kernel, head size padded to 8 for
     flash), so that its backward allocates and saves what the GPU's does."""
     aten = torch.ops.aten
     need_lse = q.requires_grad or k.requires_grad or v.requires_grad
     if kernel == "math":
-        return aten._scaled_dot_product_attention_math(q, k, v, mask, dropout, causal, None,
-                                                       scale=scale)[0]
+        return aten._scaled_dot_product_attention_math(
+            q, k, v, mask, dropout, causal, None, scale=scale
+        )[0]
     if kernel == "flash_cpu":
         return aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, dropout, causal, attn_mask=mask, scale=scale)[0]
+            q, k, v, dropout, causal, attn_mask=mask, scale=scale
+        )[0]
     if kernel == "flash":
         d = q.shape[-1]
-        sc = d ** -0.5 if scale is None else scale
+        sc = d**-0.5 if scale is None else scale
         qp, kp, vp = (_pad_last(t, 8) for t in (q, k, v))
-        out = aten._scaled_dot_product_flash_attention(qp, kp, vp, dropout, causal, False,
-                                                       scale=sc)[0]
+        out = aten._scaled_dot_product_flash_attention(
+            qp, kp, vp, dropout, causal, False, scale=sc
+        )[0]
         return out[..., :d] if out.shape[-1] != d else out
     b, h, nq, _ = q.shape
     nk = k.shape[-2]
@@ -137,31 +160,91 @@ def run_sdpa_kernel(kernel: str, q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
             bias = F.pad(bias, (0, 16 - nk % 16))[..., :nk]
         bias = bias.expand(b, h, nq, nk)
     if kernel == "efficient":
-        return aten._scaled_dot_product_efficient_attention(q, k, v, bias, need_lse, dropout,
-                                                            causal, scale=scale)[0]
+        return aten._scaled_dot_product_efficient_attention(
+            q, k, v, bias, need_lse, dropout, causal, scale=scale
+        )[0]
     if kernel == "cudnn":
-        return aten._scaled_dot_product_cudnn_attention(q, k, v, bias, need_lse, dropout,
-                                                        causal, False, scale=scale)[0]
+        return aten._scaled_dot_product_cudnn_attention(
+            q, k, v, bias, need_lse, dropout, causal, False, scale=scale
+        )[0]
     raise ValueError(f"unknown SDPA kernel {kernel!r}")
 
 
 # --------------------------------------------------------------------------- autocast
 
 #: CUDA autocast's lower-precision list (the ops the model uses, by function name)
-_LOW_OPS = frozenset({
-    "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-    "conv_transpose3d", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "addmm",
-    "addbmm", "baddbmm", "addmv", "addr", "mv", "einsum", "prelu", "chain_matmul",
-})
+_LOW_OPS = frozenset(
+    {
+        "linear",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "conv_transpose3d",
+        "matmul",
+        "__matmul__",
+        "__rmatmul__",
+        "mm",
+        "bmm",
+        "addmm",
+        "addbmm",
+        "baddbmm",
+        "addmv",
+        "addr",
+        "mv",
+        "einsum",
+        "prelu",
+        "chain_matmul",
+    }
+)
 #: CUDA autocast's fp32 list (and the fp32-output reductions)
-_FP32_OPS = frozenset({
-    "layer_norm", "group_norm", "softmax", "log_softmax", "exp", "expm1", "log", "log10",
-    "log2", "log1p", "reciprocal", "rsqrt", "pow", "__pow__", "__rpow__", "softplus",
-    "cosine_similarity", "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "sum",
-    "cumsum", "cumprod", "prod", "logsumexp", "interpolate", "upsample", "erfinv", "acos",
-    "asin", "cosh", "sinh", "tan", "norm", "dist", "cdist", "renorm",
-    "binary_cross_entropy_with_logits", "kl_div", "nll_loss", "cross_entropy",
-})
+_FP32_OPS = frozenset(
+    {
+        "layer_norm",
+        "group_norm",
+        "softmax",
+        "log_softmax",
+        "exp",
+        "expm1",
+        "log",
+        "log10",
+        "log2",
+        "log1p",
+        "reciprocal",
+        "rsqrt",
+        "pow",
+        "__pow__",
+        "__rpow__",
+        "softplus",
+        "cosine_similarity",
+        "l1_loss",
+        "mse_loss",
+        "smooth_l1_loss",
+        "huber_loss",
+        "sum",
+        "cumsum",
+        "cumprod",
+        "prod",
+        "logsumexp",
+        "interpolate",
+        "upsample",
+        "erfinv",
+        "acos",
+        "asin",
+        "cosh",
+        "sinh",
+        "tan",
+        "norm",
+        "dist",
+        "cdist",
+        "renorm",
+        "binary_cross_entropy_with_logits",
+        "kl_div",
+        "nll_loss",
+        "cross_entropy",
+    }
+)
 
 
 @dataclass
@@ -205,8 +288,13 @@ class _AutocastSdpa(TorchFunctionMode):
             self.cache[id(x)] = y
         return y
 
-    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         active = self.dtype is not None and not self.off
@@ -216,26 +304,48 @@ class _AutocastSdpa(TorchFunctionMode):
             if name in _LOW_OPS:
                 args, kwargs = tree_map(lambda x: self._cast(x, self.dtype, True), (args, kwargs))
             elif name in _FP32_OPS or name.startswith("upsample"):
-                args, kwargs = tree_map(lambda x: self._cast(x, torch.float32, False),
-                                        (args, kwargs))
+                args, kwargs = tree_map(
+                    lambda x: self._cast(x, torch.float32, False), (args, kwargs)
+                )
         return func(*args, **kwargs)
 
-    def _sdpa(self, active: bool, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None,
-              dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-              enable_gqa: bool = False) -> Tensor:
+    def _sdpa(
+        self,
+        active: bool,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        attn_mask: Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+    ) -> Tensor:
         if active:
             q, k, v = (self._cast(t, self.dtype, True) for t in (q, k, v))
             if attn_mask is not None and attn_mask.is_floating_point():
                 attn_mask = self._cast(attn_mask, self.dtype, True)
         if attn_mask is not None and attn_mask.dtype == torch.bool:
             attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
-                attn_mask.logical_not(), float("-inf"))
+                attn_mask.logical_not(), float("-inf")
+            )
         mrg = attn_mask is not None and attn_mask.requires_grad
-        kernel = choose_sdpa_kernel(dtype=q.dtype, head_dim=q.shape[-1], head_dim_v=v.shape[-1],
-                                    has_mask=attn_mask is not None, mask_requires_grad=mrg,
-                                    dropout=dropout_p, arch=self.arch)
-        key = (kernel, tuple(q.shape), str(q.dtype).removeprefix("torch."),
-               None if attn_mask is None else tuple(attn_mask.shape), mrg)
+        kernel = choose_sdpa_kernel(
+            dtype=q.dtype,
+            head_dim=q.shape[-1],
+            head_dim_v=v.shape[-1],
+            has_mask=attn_mask is not None,
+            mask_requires_grad=mrg,
+            dropout=dropout_p,
+            arch=self.arch,
+        )
+        key = (
+            kernel,
+            tuple(q.shape),
+            str(q.dtype).removeprefix("torch."),
+            None if attn_mask is None else tuple(attn_mask.shape),
+            mrg,
+        )
         call = self.sdpa_calls.get(key)
         if call is None:
             call = self.sdpa_calls[key] = SdpaCall(*key)
@@ -336,8 +446,13 @@ class _Counter(TorchDispatchMode):
         self.ops = 0
         self.last_full = 0
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         self.ops += 1
@@ -395,8 +510,9 @@ class _Counter(TorchDispatchMode):
 _EXPIRED = torch.UntypedStorage._expired
 
 
-def count_flops(fn: Callable[..., Tensor], *args: Tensor, amp: torch.dtype | None = None,
-                arch: str = "sm90") -> dict[str, int]:
+def count_flops(
+    fn: Callable[..., Tensor], *args: Tensor, amp: torch.dtype | None = None, arch: str = "sm90"
+) -> dict[str, int]:
     """FLOPs of ``fn(*args)`` (meta tensors) and of the backward of its sum, under the same
     autocast emulation and SDPA kernel choice as :func:`simulate`:
     ``{"forward": n, "backward": m}``."""
@@ -408,8 +524,10 @@ def count_flops(fn: Callable[..., Tensor], *args: Tensor, amp: torch.dtype | Non
         regions.phase = "backward"
         if out.requires_grad:
             out.float().sum().backward()
-    return {"forward": counter.flops.get("forward", 0),
-            "backward": counter.flops.get("backward", 0)}
+    return {
+        "forward": counter.flops.get("forward", 0),
+        "backward": counter.flops.get("backward", 0),
+    }
 
 
 # --------------------------------------------------------------------------- results
@@ -462,18 +580,29 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         d = {
-            "config": self.config, "precision": self.precision, "device": self.device,
+            "config": self.config,
+            "precision": self.precision,
+            "device": self.device,
             "arch": self.arch,
-            "shape": {"batch": self.batch, "clip": self.clip, "height": self.height,
-                      "width": self.width},
-            "micro_batches": self.micro_batches, "checkpointing": self.checkpointing,
-            "optimizer": self.optimizer, "params": self.params, "trainable": self.trainable,
+            "shape": {
+                "batch": self.batch,
+                "clip": self.clip,
+                "height": self.height,
+                "width": self.width,
+            },
+            "micro_batches": self.micro_batches,
+            "checkpointing": self.checkpointing,
+            "optimizer": self.optimizer,
+            "params": self.params,
+            "trainable": self.trainable,
             "regions": [r.__dict__ for r in self.regions],
             "totals": self.totals(),
             "flops_by_region": self.flops,
-            "memory": self.memory, "peak_region": self.peak_region,
+            "memory": self.memory,
+            "peak_region": self.peak_region,
             "sdpa": [c.__dict__ for c in self.sdpa],
-            "ops": self.ops, "seconds": round(self.seconds, 2),
+            "ops": self.ops,
+            "seconds": round(self.seconds, 2),
         }
         if self.fits is not None:
             d["gpu"] = self.fits
@@ -484,8 +613,12 @@ class Plan:
         fwd = f.get("forward", 0) + f.get("loss", 0)
         rec = sum(v for k, v in f.items() if k.endswith("/recompute"))
         bwd = f.get("backward", 0) - rec
-        return {"forward_flops": fwd, "backward_flops": bwd, "recompute_flops": rec,
-                "step_flops": (fwd + bwd + rec) * self.micro_batches}
+        return {
+            "forward_flops": fwd,
+            "backward_flops": bwd,
+            "recompute_flops": rec,
+            "step_flops": (fwd + bwd + rec) * self.micro_batches,
+        }
 
 
 def _inclusive(excl: dict[str, int]) -> dict[str, int]:
@@ -608,8 +741,12 @@ def config_shape(cfg: Config) -> Shape:
         else:
             from trainer.errors import ConfigError
 
-            raise ConfigError("DATA.CROP_SIZE", "0 (whole frames) has no size to plan for: set "
-                              "a crop, e.g. --set DATA.CROP_SIZE=256", cfg.file)
+            raise ConfigError(
+                "DATA.CROP_SIZE",
+                "0 (whole frames) has no size to plan for: set "
+                "a crop, e.g. --set DATA.CROP_SIZE=256",
+                cfg.file,
+            )
     else:
         h = w = crop
     return Shape(cfg.TRAIN.BATCH_SIZE, d.CLIP_LEN, h, w)
@@ -620,9 +757,16 @@ def precision_of(cfg: Config, device: str) -> str:
     return "bf16" if amp == "bf16" or (amp == "auto" and device == "cuda") else "fp32"
 
 
-def simulate(cfg: Config, *, device: str = "cuda", arch: str = "sm90",
-             batch: int | None = None, checkpointing: bool | None = None,
-             count_saved: bool = True, flow_frozen: bool = False) -> Plan:
+def simulate(
+    cfg: Config,
+    *,
+    device: str = "cuda",
+    arch: str = "sm90",
+    batch: int | None = None,
+    checkpointing: bool | None = None,
+    count_saved: bool = True,
+    flow_frozen: bool = False,
+) -> Plan:
     """One training micro-batch of ``cfg`` on the meta device: FLOPs and memory.
 
     ``device`` is whose rules apply (``cuda``: autocast per TRAIN.AMP, ``auto`` = bf16, and
@@ -640,8 +784,12 @@ def simulate(cfg: Config, *, device: str = "cuda", arch: str = "sm90",
     _clear_device_caches()
     mcfg = cfg.MODEL
     if checkpointing is not None:
-        mcfg = dataclasses.replace(mcfg, VRT=dataclasses.replace(
-            mcfg.VRT, USE_CHECKPOINT_ATTN=checkpointing, USE_CHECKPOINT_FFN=checkpointing))
+        mcfg = dataclasses.replace(
+            mcfg,
+            VRT=dataclasses.replace(
+                mcfg.VRT, USE_CHECKPOINT_ATTN=checkpointing, USE_CHECKPOINT_FFN=checkpointing
+            ),
+        )
     shape = config_shape(cfg)
     if batch is not None:
         shape.batch = batch
@@ -666,8 +814,7 @@ def simulate(cfg: Config, *, device: str = "cuda", arch: str = "sm90",
     b, t, h, w = shape.batch, shape.clip, shape.height, shape.width
     rgb = torch.empty(b, t, 3, h, w, device="meta")
     sharp = torch.empty(b, t, 3, h, w, device="meta")
-    spikes = (torch.empty(b, t, mcfg.SPIKE.BINS, h, w, device="meta") if mcfg.USE_SPIKE
-              else None)
+    spikes = torch.empty(b, t, mcfg.SPIKE.BINS, h, w, device="meta") if mcfg.USE_SPIKE else None
     inputs = [x for x in (rgb, sharp, spikes) if x is not None]
     frozen = {_storage_key(p) for p in params} | {_storage_key(x) for x in inputs}
     if vgg is not None:
@@ -724,8 +871,9 @@ def simulate(cfg: Config, *, device: str = "cuda", arch: str = "sm90",
                 lw = cfg.LOSS
                 loss = out.new_zeros((), dtype=torch.float32)
                 if lw.CHARBONNIER.WEIGHT > 0:
-                    loss = loss + lw.CHARBONNIER.WEIGHT * charbonnier(out, sharp,
-                                                                      lw.CHARBONNIER.EPS)
+                    loss = loss + lw.CHARBONNIER.WEIGHT * charbonnier(
+                        out, sharp, lw.CHARBONNIER.EPS
+                    )
                 if vgg is not None:
                     loss = loss + lw.VGG_PERCEPTUAL.WEIGHT * F.l1_loss(vgg(out), vgg(sharp))
                 loss = loss / accum
@@ -749,8 +897,11 @@ def simulate(cfg: Config, *, device: str = "cuda", arch: str = "sm90",
     for r in _region_list(model.region_tree()):
         bwd = incl.get(f"backward/{r}", 0)
         rec = incl.get(f"backward/{r}/recompute", 0)
-        rows.append(RegionPlan(r, incl.get(f"forward/{r}", 0), bwd - rec, rec,
-                               saved_incl.get(f"forward/{r}", 0)))
+        rows.append(
+            RegionPlan(
+                r, incl.get(f"forward/{r}", 0), bwd - rec, rec, saved_incl.get(f"forward/{r}", 0)
+            )
+        )
     loss_f = incl.get("loss", 0)
     rows.append(RegionPlan("loss", loss_f, 0, 0, saved_incl.get("loss", 0)))
     kind = tcfg.OPTIM.TYPE
@@ -778,21 +929,36 @@ def simulate(cfg: Config, *, device: str = "cuda", arch: str = "sm90",
         "peak": peak,
     }
     return Plan(
-        config=cfg.file or "", precision=precision, device=device, arch=arch,
-        batch=b, clip=t, height=h, width=w, micro_batches=accum,
-        checkpointing={"attention": mcfg.VRT.USE_CHECKPOINT_ATTN,
-                       "ffn": mcfg.VRT.USE_CHECKPOINT_FFN,
-                       "align": bool(getattr(mcfg.VRT, "USE_CHECKPOINT_ALIGN", False))},
-        optimizer=kind, params=sum(p.numel() for p in params),
-        trainable=sum(p.numel() for p in trainable), regions=rows,
-        flops={k: v for k, v in sorted(incl.items())}, memory=memory,
-        peak_region=counter.peak_at, sdpa=list(ac.sdpa_calls.values()), ops=counter.ops,
+        config=cfg.file or "",
+        precision=precision,
+        device=device,
+        arch=arch,
+        batch=b,
+        clip=t,
+        height=h,
+        width=w,
+        micro_batches=accum,
+        checkpointing={
+            "attention": mcfg.VRT.USE_CHECKPOINT_ATTN,
+            "ffn": mcfg.VRT.USE_CHECKPOINT_FFN,
+            "align": bool(getattr(mcfg.VRT, "USE_CHECKPOINT_ALIGN", False)),
+        },
+        optimizer=kind,
+        params=sum(p.numel() for p in params),
+        trainable=sum(p.numel() for p in trainable),
+        regions=rows,
+        flops={k: v for k, v in sorted(incl.items())},
+        memory=memory,
+        peak_region=counter.peak_at,
+        sdpa=list(ac.sdpa_calls.values()),
+        ops=counter.ops,
         seconds=time.perf_counter() - t0,
     )
 
 
-def region_flops_for_run_start(cfg: Config, device: str, flow_frozen: bool = False
-                               ) -> dict[str, Any]:
+def region_flops_for_run_start(
+    cfg: Config, device: str, flow_frozen: bool = False
+) -> dict[str, Any]:
     """The ``config.FLOPS`` entry of ``run_start``: FLOPs per optimizer step by region name
     (inclusive, as the step records' times are), counted once on the meta device, for the
     state the run starts in (``flow_frozen``: TRAIN.FREEZE_FLOW_STEPS not yet over)."""
@@ -809,23 +975,40 @@ def region_flops_for_run_start(cfg: Config, device: str, flow_frozen: bool = Fal
     set_global_timing_logger(None)  # the meta model must not time itself into the run's log
     try:
         with torch.random.fork_rng(devices=[]):  # leave the run's random stream alone
-            p = simulate(cfg, device="cpu" if device == "cpu" else "cuda", arch=arch,
-                         count_saved=False, flow_frozen=flow_frozen)
+            p = simulate(
+                cfg,
+                device="cpu" if device == "cpu" else "cuda",
+                arch=arch,
+                count_saved=False,
+                flow_frozen=flow_frozen,
+            )
     finally:
         set_global_timing_logger(prev)
-    tf32 = (device == "cuda" and p.precision == "fp32"
-            and bool(torch.backends.cuda.matmul.allow_tf32))
+    tf32 = (
+        device == "cuda" and p.precision == "fp32" and bool(torch.backends.cuda.matmul.allow_tf32)
+    )
     # floats: a step's count passes the record format's integer limit (1e12) at full size
-    return {"PRECISION": p.precision, "TF32": tf32, "MICRO_BATCHES": p.micro_batches, "BATCH": p.batch,
-            "FLOW_FROZEN": flow_frozen, "STEP": float(p.totals()["step_flops"]),
-            "REGIONS": {k: float(v) for k, v in p.step_flops().items()}}
+    return {
+        "PRECISION": p.precision,
+        "TF32": tf32,
+        "MICRO_BATCHES": p.micro_batches,
+        "BATCH": p.batch,
+        "FLOW_FROZEN": flow_frozen,
+        "STEP": float(p.totals()["step_flops"]),
+        "REGIONS": {k: float(v) for k, v in p.step_flops().items()},
+    }
 
 
 # --------------------------------------------------------------------------- fitting
 
 
-def fit(cfg: Config, gpu: GpuSpec, plan: Plan, device: str = "cuda",
-        settings: tuple[bool, ...] = (False, True)) -> dict[str, Any]:
+def fit(
+    cfg: Config,
+    gpu: GpuSpec,
+    plan: Plan,
+    device: str = "cuda",
+    settings: tuple[bool, ...] = (False, True),
+) -> dict[str, Any]:
     """Does ``plan`` fit ``gpu``; the largest batch per checkpointing setting.
 
     "Checkpointing" here is the TMSA attention and FFN paths together; the alignment's
@@ -844,12 +1027,14 @@ def fit(cfg: Config, gpu: GpuSpec, plan: Plan, device: str = "cuda",
 
         def peak_at(bs: int, ck: bool = ck, cache: dict[int, int] = cache) -> int:
             if bs not in cache:
-                cache[bs] = simulate(cfg, device=device, arch=gpu.arch, batch=bs,
-                                     checkpointing=ck, count_saved=False).peak
+                cache[bs] = simulate(
+                    cfg, device=device, arch=gpu.arch, batch=bs, checkpointing=ck, count_saved=False
+                ).peak
             return cache[bs]
 
-        fixed = (plan.memory["parameters"] + plan.memory["optimizer_state"]
-                 + plan.memory["gradients"])
+        fixed = (
+            plan.memory["parameters"] + plan.memory["optimizer_state"] + plan.memory["gradients"]
+        )
         p1 = peak_at(1)
         slope = float(max(p1 - fixed, 1))
         best, notes, capped = 0, [], False
@@ -872,14 +1057,26 @@ def fit(cfg: Config, gpu: GpuSpec, plan: Plan, device: str = "cuda",
             best = max(b for b, q in cache.items() if q <= cap)
             if best + 1 not in cache and best < MAX_SEARCH_BATCH:
                 notes.append(f"batch {best + 1} extrapolated, not simulated")
-        rows.append({"checkpointing": ck, "max_batch": best,
-                     "at_least": capped and best == MAX_SEARCH_BATCH, "peak_batch1": p1,
-                     "per_sample": int(slope),
-                     "peak_at_max": cache.get(best), "simulated": sorted(cache),
-                     "notes": notes})
+        rows.append(
+            {
+                "checkpointing": ck,
+                "max_batch": best,
+                "at_least": capped and best == MAX_SEARCH_BATCH,
+                "peak_batch1": p1,
+                "per_sample": int(slope),
+                "peak_at_max": cache.get(best),
+                "simulated": sorted(cache),
+                "notes": notes,
+            }
+        )
     return {
-        "gpu": gpu.name, "memory": gpu.memory, "reserve": RESERVE_BYTES, "usable": cap,
-        "fits": plan.peak <= cap, "headroom": cap - plan.peak, "max_batch": rows,
+        "gpu": gpu.name,
+        "memory": gpu.memory,
+        "reserve": RESERVE_BYTES,
+        "usable": cap,
+        "fits": plan.peak <= cap,
+        "headroom": cap - plan.peak,
+        "max_batch": rows,
     }
 
 
@@ -909,26 +1106,38 @@ def format_plan(plan: Plan) -> str:
         f"{'region':<22}{'fwd TF':>10}{'bwd TF':>10}{'recomp TF':>11}{'saved GiB':>10}",
     ]
     for r in plan.regions:
-        lines.append(f"{r.name:<22}{_tf(r.forward_flops):>10}{_tf(r.backward_flops):>10}"
-                     f"{_tf(r.recompute_flops):>11}{_gb(r.saved_bytes):>10}")
+        lines.append(
+            f"{r.name:<22}{_tf(r.forward_flops):>10}{_tf(r.backward_flops):>10}"
+            f"{_tf(r.recompute_flops):>11}{_gb(r.saved_bytes):>10}"
+        )
     tot = plan.totals()
-    lines.append(f"{'total (micro-batch)':<22}{_tf(tot['forward_flops']):>10}"
-                 f"{_tf(tot['backward_flops']):>10}{_tf(tot['recompute_flops']):>11}"
-                 f"{_gb(plan.memory['saved_activations']):>10}")
+    lines.append(
+        f"{'total (micro-batch)':<22}{_tf(tot['forward_flops']):>10}"
+        f"{_tf(tot['backward_flops']):>10}{_tf(tot['recompute_flops']):>11}"
+        f"{_gb(plan.memory['saved_activations']):>10}"
+    )
     lines.append(f"FLOPs per optimizer step: {tot['step_flops'] / 1e12:.3f} TF")
     m = plan.memory
     lines += ["", "memory of one training step (GiB)"]
-    for label, key in (("parameters", "parameters"), ("gradients", "gradients"),
-                       ("optimizer state", "optimizer_state"), ("input batch", "inputs"),
-                       ("activations at end of forward", "activations_end_forward"),
-                       ("  of which saved for backward", "saved_activations"),
-                       ("largest transient (backward)", "transient")):
+    for label, key in (
+        ("parameters", "parameters"),
+        ("gradients", "gradients"),
+        ("optimizer state", "optimizer_state"),
+        ("input batch", "inputs"),
+        ("activations at end of forward", "activations_end_forward"),
+        ("  of which saved for backward", "saved_activations"),
+        ("largest transient (backward)", "transient"),
+    ):
         lines.append(f"  {label:<32}{_gb(m[key]):>9}")
     if m["grads_from_earlier_micro_batches"]:
-        lines.append(f"  {'grads held across micro-batches':<32}"
-                     f"{_gb(m['grads_from_earlier_micro_batches']):>9}")
-    lines.append(f"  {'predicted peak':<32}{_gb(m['peak']):>9}   (at {plan.peak_region}; "
-                 f"optimizer step {_gb(m['peak_optimizer'])})")
+        lines.append(
+            f"  {'grads held across micro-batches':<32}"
+            f"{_gb(m['grads_from_earlier_micro_batches']):>9}"
+        )
+    lines.append(
+        f"  {'predicted peak':<32}{_gb(m['peak']):>9}   (at {plan.peak_region}; "
+        f"optimizer step {_gb(m['peak_optimizer'])})"
+    )
     kinds: dict[str, int] = {}
     for c in plan.sdpa:
         kinds[c.kernel] = kinds.get(c.kernel, 0) + c.count
@@ -937,15 +1146,20 @@ def format_plan(plan: Plan) -> str:
     if plan.fits is not None:
         f = plan.fits
         verdict = "fits" if f["fits"] else "does NOT fit"
-        lines += ["", f"{f['gpu']}: {_gb(f['memory'])} GiB, {_gb(f['usable'])} GiB usable "
-                  f"(keeping {_gb(f['reserve'])} GiB for context and fragmentation): {verdict}, "
-                  f"headroom {_gb(f['headroom'])} GiB"]
+        lines += [
+            "",
+            f"{f['gpu']}: {_gb(f['memory'])} GiB, {_gb(f['usable'])} GiB usable "
+            f"(keeping {_gb(f['reserve'])} GiB for context and fragmentation): {verdict}, "
+            f"headroom {_gb(f['headroom'])} GiB",
+        ]
         for r in f["max_batch"]:
             note = f" ({', '.join(r['notes'])})" if r["notes"] else ""
             at = "" if r["peak_at_max"] is None else f", peak there {_gb(r['peak_at_max'])} GiB"
-            lines.append(f"  checkpointing {'on ' if r['checkpointing'] else 'off'}: largest "
-                         f"batch {'≥ ' if r['at_least'] else ''}{r['max_batch']}{note} (batch 1 {_gb(r['peak_batch1'])} GiB, "
-                         f"+{_gb(r['per_sample'])} GiB per sample{at}; simulated batches "
-                         f"{', '.join(map(str, r['simulated']))})")
+            lines.append(
+                f"  checkpointing {'on ' if r['checkpointing'] else 'off'}: largest "
+                f"batch {'≥ ' if r['at_least'] else ''}{r['max_batch']}{note} (batch 1 {_gb(r['peak_batch1'])} GiB, "
+                f"+{_gb(r['per_sample'])} GiB per sample{at}; simulated batches "
+                f"{', '.join(map(str, r['simulated']))})"
+            )
     lines.append(f"(simulated {plan.ops} ops in {plan.seconds:.1f} s)")
     return "\n".join(lines)

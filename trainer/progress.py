@@ -31,9 +31,17 @@ def _fmt_eta(seconds: float) -> str:
 class Progress:
     """Progress reporting for rank 0 (other ranks pass ``enabled=False``)."""
 
-    def __init__(self, total: int, start: int = 0, interval: int = 10, enabled: bool = True,
-                 stream: Any = None, tty: bool | None = None, window: int = 20,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self,
+        total: int,
+        start: int = 0,
+        interval: int = 10,
+        enabled: bool = True,
+        stream: Any = None,
+        tty: bool | None = None,
+        window: int = 20,
+        world_size: int = 1,
+    ) -> None:
         self.total, self.interval, self.enabled = total, interval, enabled
         self.world_size = max(1, world_size)
         self._stream = stream
@@ -62,8 +70,10 @@ class Progress:
         per_step = (t1 - t0) / (k1 - k0) if k1 > k0 else float("nan")
         eta = per_step * (self.total - step)
         width = len(str(self.total))
-        return (f"step {step:>{width}}/{self.total} | {samples_rate_label(self.rate(), self.world_size)} | "
-                f"ETA {_fmt_eta(eta)} | loss {loss:.4f} | lr {lr:.2e}")
+        return (
+            f"step {step:>{width}}/{self.total} | {samples_rate_label(self.rate(), self.world_size)} | "
+            f"ETA {_fmt_eta(eta)} | loss {loss:.4f} | lr {lr:.2e}"
+        )
 
     def update(self, step: int, samples: int, loss: float, lr: float) -> None:
         self._samples += samples

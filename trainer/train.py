@@ -86,8 +86,12 @@ class StopFlag:
             self.restore()
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step, then checkpoint and stop "
-              "(again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(signum).name}: finishing this step, then checkpoint and stop "
+            "(again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def restore(self) -> None:
         for s, old in self._old.items():
@@ -133,7 +137,9 @@ class StepContext:
 class BatchStream:
     """Micro-batches across epoch boundaries, remembering the data position for resume."""
 
-    def __init__(self, loader: DataLoader, sampler: ResumableSampler, epoch: int, consumed: int) -> None:
+    def __init__(
+        self, loader: DataLoader, sampler: ResumableSampler, epoch: int, consumed: int
+    ) -> None:
         self.loader, self.sampler = loader, sampler
         self.epoch, self.consumed = epoch, consumed  # consumed: batches of this epoch
         self.batch_size = loader.batch_size or 1
@@ -179,8 +185,11 @@ def train_step(ctx: StepContext) -> tuple[torch.Tensor, float | None]:
     """
     tcfg = ctx.cfg.TRAIN
     accum = tcfg.GRADIENT_ACCUMULATION_STEPS
-    amp = torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype or torch.float32,
-                         enabled=ctx.autocast_dtype is not None)
+    amp = torch.autocast(
+        ctx.device.type,
+        dtype=ctx.autocast_dtype or torch.float32,
+        enabled=ctx.autocast_dtype is not None,
+    )
     total = torch.zeros((), device=ctx.device)
     for micro in range(accum):
         with timed("data"):
@@ -191,7 +200,11 @@ def train_step(ctx: StepContext) -> tuple[torch.Tensor, float | None]:
             spikes = batch["spikes"].to(ctx.device, non_blocking=True) if ctx.use_spike else None
         # DDP: only the last micro-batch synchronises gradients
         last = micro == accum - 1
-        no_sync = ctx.model.no_sync() if isinstance(ctx.model, DDP) and not last else contextlib.nullcontext()
+        no_sync = (
+            ctx.model.no_sync()
+            if isinstance(ctx.model, DDP) and not last
+            else contextlib.nullcontext()
+        )
         with no_sync:
             with timed("forward"), amp:
                 out = ctx.model(blurry, spikes)
@@ -215,14 +228,22 @@ def train_step(ctx: StepContext) -> tuple[torch.Tensor, float | None]:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: DataLoader, device: torch.device,
-             autocast_dtype: torch.dtype | None, use_spike: bool, info: DistInfo) -> dict[str, float]:
+def validate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    use_spike: bool,
+    info: DistInfo,
+) -> dict[str, float]:
     """PSNR/SSIM of the model output and of the blurry input, over this rank's share,
     summed across ranks (each clip counted once)."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64, device=device)
-    amp = torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None)
+    amp = torch.autocast(
+        device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+    )
     for batch in loader:
         blurry = batch["blurry"].to(device)
         sharp = batch["sharp"].to(device)
@@ -231,17 +252,26 @@ def validate(model: nn.Module, loader: DataLoader, device: torch.device,
             out = model(blurry, spikes)
         out = out.float().clamp(0, 1)
         n = blurry.shape[0] * blurry.shape[1]  # frames
-        sums += torch.stack([
-            psnr(out, sharp).sum(), ssim(out, sharp).sum(),
-            psnr(blurry, sharp).sum(), ssim(blurry, sharp).sum(),
-            torch.tensor(float(n), device=device),
-        ]).double()
+        sums += torch.stack(
+            [
+                psnr(out, sharp).sum(),
+                ssim(out, sharp).sum(),
+                psnr(blurry, sharp).sum(),
+                ssim(blurry, sharp).sum(),
+                torch.tensor(float(n), device=device),
+            ]
+        ).double()
     all_reduce_sum(sums, info)
     model.train(was_training)
     n = max(sums[4].item(), 1.0)
     m = (sums[:4] / n).tolist()
-    return {"psnr": m[0], "ssim": m[1], "psnr_blurry": m[2], "ssim_blurry": m[3],
-            "psnr_gain": m[0] - m[2]}
+    return {
+        "psnr": m[0],
+        "ssim": m[1],
+        "psnr_blurry": m[2],
+        "ssim_blurry": m[3],
+        "psnr_gain": m[0] - m[2],
+    }
 
 
 # ----------------------------------------------------------------------------- setup
@@ -250,8 +280,10 @@ def validate(model: nn.Module, loader: DataLoader, device: torch.device,
 def _param_counts(model: nn.Module) -> dict[str, int]:
     """Parameter counts for the run_start record (the advice estimates optimizer state)."""
     params = list(model.parameters())
-    return {"TOTAL": sum(p.numel() for p in params),
-            "TRAINABLE": sum(p.numel() for p in params if p.requires_grad)}
+    return {
+        "TOTAL": sum(p.numel() for p in params),
+        "TRAINABLE": sum(p.numel() for p in params if p.requires_grad),
+    }
 
 
 def _flops_entry(cfg: Config, device: torch.device, start_step: int) -> dict[str, Any]:
@@ -266,8 +298,7 @@ def _flops_entry(cfg: Config, device: torch.device, start_step: int) -> dict[str
         frozen = start_step < cfg.TRAIN.FREEZE_FLOW_STEPS
         return {"FLOPS": region_flops_for_run_start(cfg, device.type, flow_frozen=frozen)}
     except Exception as e:  # a planning gap must not stop training
-        print(f"warning: FLOPs per region not counted ({type(e).__name__}: {e})",
-              file=sys.stderr)
+        print(f"warning: FLOPs per region not counted ({type(e).__name__}: {e})", file=sys.stderr)
         return {}
 
 
@@ -296,14 +327,19 @@ def _autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 def _loader_kwargs(cfg: Config, device: torch.device) -> dict[str, Any]:
     d = cfg.DATALOADER
-    kw: dict[str, Any] = {"num_workers": d.NUM_WORKERS, "pin_memory": d.PIN_MEMORY and device.type == "cuda"}
+    kw: dict[str, Any] = {
+        "num_workers": d.NUM_WORKERS,
+        "pin_memory": d.PIN_MEMORY and device.type == "cuda",
+    }
     if d.NUM_WORKERS > 0:
         kw["persistent_workers"] = d.PERSISTENT_WORKERS
         kw["prefetch_factor"] = d.PREFETCH_FACTOR
     return kw
 
 
-def plan_steps(cfg: Config, batches_per_epoch: int, clips_per_rank: int | None = None) -> tuple[int, int]:
+def plan_steps(
+    cfg: Config, batches_per_epoch: int, clips_per_rank: int | None = None
+) -> tuple[int, int]:
     """(optimizer steps per epoch, total optimizer steps of the run).
 
     ``clips_per_rank``: training clips one rank gets per epoch (names the right key when
@@ -311,7 +347,11 @@ def plan_steps(cfg: Config, batches_per_epoch: int, clips_per_rank: int | None =
     t = cfg.TRAIN
     per_epoch = batches_per_epoch // t.GRADIENT_ACCUMULATION_STEPS
     if batches_per_epoch < 1:
-        clips = f"the {clips_per_rank} training clip(s)" if clips_per_rank is not None else "the training clips"
+        clips = (
+            f"the {clips_per_rank} training clip(s)"
+            if clips_per_rank is not None
+            else "the training clips"
+        )
         raise ConfigError(
             "TRAIN.BATCH_SIZE",
             f"{t.BATCH_SIZE} is more than {clips} each rank gets per epoch: not one batch fits "
@@ -338,9 +378,15 @@ def _write_config(cfg: Config, run_dir: str) -> None:
     os.replace(tmp, os.path.join(run_dir, "config.yaml"))
 
 
-def train(cfg: Config, *, log_dir: str | None = None, resume: str | None = None,
-          write_checkpoints: bool = True, validate_at_end: bool = True,
-          console: bool | None = None) -> TrainResult:
+def train(
+    cfg: Config,
+    *,
+    log_dir: str | None = None,
+    resume: str | None = None,
+    write_checkpoints: bool = True,
+    validate_at_end: bool = True,
+    console: bool | None = None,
+) -> TrainResult:
     """Train as configured. ``resume`` overrides ``TRAIN.RESUME``; ``log_dir`` ``LOG.LOG_DIR``.
 
     On SIGINT/SIGTERM the current step finishes, a checkpoint is written and the run ends
@@ -348,7 +394,9 @@ def train(cfg: Config, *, log_dir: str | None = None, resume: str | None = None,
     """
     tcfg = cfg.TRAIN
     # a log root that is a file (or below one) would end in a traceback at the first write
-    check_log_dir(log_dir or cfg.LOG.LOG_DIR, "--log-dir" if log_dir else f"{cfg.file}: LOG.LOG_DIR")
+    check_log_dir(
+        log_dir or cfg.LOG.LOG_DIR, "--log-dir" if log_dir else f"{cfg.file}: LOG.LOG_DIR"
+    )
     log_dir = log_dir or cfg.LOG.LOG_DIR
     stop = StopFlag()
     stop.install()  # before the timing logger, which then defers SIGTERM to us
@@ -361,8 +409,16 @@ def train(cfg: Config, *, log_dir: str | None = None, resume: str | None = None,
         cleanup()
 
 
-def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: StopFlag,
-         write_checkpoints: bool, validate_at_end: bool, console: bool | None) -> TrainResult:
+def _run(
+    cfg: Config,
+    info: DistInfo,
+    log_dir: str,
+    resume: str | None,
+    stop: StopFlag,
+    write_checkpoints: bool,
+    validate_at_end: bool,
+    console: bool | None,
+) -> TrainResult:
     tcfg, device = cfg.TRAIN, info.device
     if tcfg.THREADS is not None:
         torch.set_num_threads(tcfg.THREADS)
@@ -370,19 +426,30 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
 
     # --- data
     train_ds, val_ds = build_datasets(cfg.DATA, cfg.MODEL.SPIKE.BINS)
-    sampler = ResumableSampler(train_ds, num_replicas=info.world_size, rank=info.rank,
-                               shuffle=cfg.DATALOADER.SHUFFLE, seed=tcfg.SEED, drop_last=True)
+    sampler = ResumableSampler(
+        train_ds,
+        num_replicas=info.world_size,
+        rank=info.rank,
+        shuffle=cfg.DATALOADER.SHUFFLE,
+        seed=tcfg.SEED,
+        drop_last=True,
+    )
     lkw = _loader_kwargs(cfg, device)
     gen = torch.Generator().manual_seed(tcfg.SEED * 1009 + info.rank)
-    loader = DataLoader(train_ds, batch_size=tcfg.BATCH_SIZE, sampler=sampler, drop_last=True,
-                        generator=gen, **lkw)
+    loader = DataLoader(
+        train_ds, batch_size=tcfg.BATCH_SIZE, sampler=sampler, drop_last=True, generator=gen, **lkw
+    )
     val_idx = list(range(len(val_ds)))
     if tcfg.VAL.MAX_CLIPS is not None:
         val_idx = val_idx[: tcfg.VAL.MAX_CLIPS]
-    val_loader = DataLoader(Subset(val_ds, val_idx[info.rank :: info.world_size]),
-                            batch_size=tcfg.VAL.BATCH_SIZE, shuffle=False,
-                            num_workers=min(cfg.DATALOADER.NUM_WORKERS, 2), pin_memory=lkw["pin_memory"],
-                            generator=torch.Generator())  # leaves the global RNG alone
+    val_loader = DataLoader(
+        Subset(val_ds, val_idx[info.rank :: info.world_size]),
+        batch_size=tcfg.VAL.BATCH_SIZE,
+        shuffle=False,
+        num_workers=min(cfg.DATALOADER.NUM_WORKERS, 2),
+        pin_memory=lkw["pin_memory"],
+        generator=torch.Generator(),
+    )  # leaves the global RNG alone
     batches_per_epoch = len(sampler) // tcfg.BATCH_SIZE
     _, total_steps = plan_steps(cfg, batches_per_epoch, len(sampler))
 
@@ -411,8 +478,10 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
         if len(rngs) == info.world_size:
             ckpt.set_rng_state(rngs[info.rank])
         if step >= total_steps:
-            raise UsageError(f"{path}: already at step {step} of {total_steps}; nothing to resume "
-                             "(raise TRAIN.MAX_STEPS or TRAIN.EPOCHS)")
+            raise UsageError(
+                f"{path}: already at step {step} of {total_steps}; nothing to resume "
+                "(raise TRAIN.MAX_STEPS or TRAIN.EPOCHS)"
+            )
     else:
         _seed_all(tcfg.SEED * 1009 + info.rank)  # ranks differ in augmentation from here
     if run_id is None:
@@ -426,18 +495,34 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
     if console is not None:
         log_kwargs["enable_console"] = console
     log = TimingLogger.from_config(
-        cfg.raw.get("LOG") or {}, config_file=cfg.file, log_dir=log_dir, run_id=run_id,
-        run_name=cfg.name, rank=info.rank, world_size=info.world_size,
+        cfg.raw.get("LOG") or {},
+        config_file=cfg.file,
+        log_dir=log_dir,
+        run_id=run_id,
+        run_name=cfg.name,
+        rank=info.rank,
+        world_size=info.world_size,
         # FLOPs counted on rank 0 only (the monitor reads rank 0's run_start): seconds of CPU
         # per rank for the full model, the same figures on every rank
-        config={**cfg.raw, "PARAMS": _param_counts(model),
-                **(_flops_entry(cfg, device, step) if info.is_main else {})},
-        total_steps=total_steps, samples_per_step=samples_per_step, device=device,
-        start_step=step, **log_kwargs,
+        config={
+            **cfg.raw,
+            "PARAMS": _param_counts(model),
+            **(_flops_entry(cfg, device, step) if info.is_main else {}),
+        },
+        total_steps=total_steps,
+        samples_per_step=samples_per_step,
+        device=device,
+        start_step=step,
+        **log_kwargs,
     )
     set_global_timing_logger(log)
-    progress = Progress(total_steps, step, cfg.LOG.PROGRESS_INTERVAL, enabled=info.is_main,
-                        world_size=info.world_size)
+    progress = Progress(
+        total_steps,
+        step,
+        cfg.LOG.PROGRESS_INTERVAL,
+        enabled=info.is_main,
+        world_size=info.world_size,
+    )
     try:  # from here on, any exception ends the run with a run_end record
         if info.is_main:
             _write_config(cfg, run_dir)
@@ -458,28 +543,48 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
         if flow_frozen:
             set_flow_and_deform_trainable(model, False)
         ddp_model = wrap()
-        ctx = StepContext(ddp_model, optimizer, scheduler, cfg, device, _autocast_dtype(cfg, device),
-                          perceptual, grad_sync, BatchStream(loader, sampler, epoch, consumed),
-                          cfg.MODEL.USE_SPIKE)
+        ctx = StepContext(
+            ddp_model,
+            optimizer,
+            scheduler,
+            cfg,
+            device,
+            _autocast_dtype(cfg, device),
+            perceptual,
+            grad_sync,
+            BatchStream(loader, sampler, epoch, consumed),
+            cfg.MODEL.USE_SPIKE,
+        )
 
         result = TrainResult("completed", step, run_id, run_dir, [], [])
 
         def save(at: int) -> None:
             rngs = gather_objects(ckpt.rng_state(), info)
             if info.is_main and write_checkpoints:
-                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "step": at, "run_id": run_id,
-                         "data": ctx.batches.position(), "rng": rngs, "config": cfg.raw,
-                         "world_size": info.world_size}
-                result.checkpoint = ckpt.save_checkpoint(ckpt_dir, at, state, tcfg.CHECKPOINT.KEEP_LAST)
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": at,
+                    "run_id": run_id,
+                    "data": ctx.batches.position(),
+                    "rng": rngs,
+                    "config": cfg.raw,
+                    "world_size": info.world_size,
+                }
+                result.checkpoint = ckpt.save_checkpoint(
+                    ckpt_dir, at, state, tcfg.CHECKPOINT.KEEP_LAST
+                )
 
         def run_validation(at: int) -> None:
             metrics = validate(model, val_loader, device, ctx.autocast_dtype, ctx.use_spike, info)
             result.evals.append({"step": at, **metrics})
             if info.is_main:
                 log.log_eval(at, metrics)
-                progress.message(f"eval step {at}: PSNR {metrics['psnr']:.2f} dB (blurry input "
-                                 f"{metrics['psnr_blurry']:.2f}), SSIM {metrics['ssim']:.4f}")
+                progress.message(
+                    f"eval step {at}: PSNR {metrics['psnr']:.2f} dB (blurry input "
+                    f"{metrics['psnr_blurry']:.2f}), SSIM {metrics['ssim']:.4f}"
+                )
 
         model.train()
         log.mark_step_start()
@@ -487,7 +592,9 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
             loss, grad_norm = train_step(ctx)
             step += 1
             # one small collective per step: mean loss over ranks and the stop request
-            flags = torch.stack([loss.float(), torch.tensor(float(stop.signum is not None), device=device)])
+            flags = torch.stack(
+                [loss.float(), torch.tensor(float(stop.signum is not None), device=device)]
+            )
             all_reduce_sum(flags, info)
             loss_v, stopping = flags[0].item() / info.world_size, flags[1].item() > 0
             result.losses.append(loss_v)
@@ -498,7 +605,9 @@ def _run(cfg: Config, info: DistInfo, log_dir: str, resume: str | None, stop: St
             if (v_every and step % v_every == 0) or (step == total_steps and validate_at_end):
                 with timed("validation"):
                     run_validation(step)
-            if write_checkpoints and (stopping or step == total_steps or (c_every and step % c_every == 0)):
+            if write_checkpoints and (
+                stopping or step == total_steps or (c_every and step % c_every == 0)
+            ):
                 with timed("checkpoint"):
                     save(step)
             scalars = {"loss": loss_v, "lr": scheduler.lr_at(step - 1)}

@@ -26,13 +26,25 @@ __all__ = ["convert", "convert_field", "from_dict", "setting", "suggest", "type_
 
 T = TypeVar("T")
 
-_TYPE_NAMES: dict[type, str] = {bool: "a boolean", int: "an integer", float: "a number",
-                                str: "a string", list: "a list", dict: "a mapping"}
+_TYPE_NAMES: dict[type, str] = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a mapping",
+}
 _PLURALS: dict[Any, str] = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
 
 
-def setting(default: Any, *, min: float | None = None, max: float | None = None,
-            doc: str = "", expect: str | None = None) -> Any:
+def setting(
+    default: Any,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    doc: str = "",
+    expect: str | None = None,
+) -> Any:
     """A config field with optional inclusive bounds, a description, and a custom type error.
 
     ``expect`` replaces the type's own wording in "expected ..., got ..." errors
@@ -80,8 +92,9 @@ def from_dict(cls: type[T], data: Any, path: str, file: str | None = None) -> T:
     return cls(**kwargs)
 
 
-def convert_field(f: dataclasses.Field[Any], tp: Any, value: Any, path: str,
-                  file: str | None = None) -> Any:
+def convert_field(
+    f: dataclasses.Field[Any], tp: Any, value: Any, path: str, file: str | None = None
+) -> Any:
     """``value`` checked against the field ``f`` (annotation ``tp``): type, then bounds."""
     v = convert(value, tp, path, file, f.metadata.get("expect"))
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
@@ -93,8 +106,9 @@ def convert_field(f: dataclasses.Field[Any], tp: Any, value: Any, path: str,
     return v
 
 
-def convert(value: Any, tp: Any, path: str, file: str | None = None,
-            expect: str | None = None) -> Any:
+def convert(
+    value: Any, tp: Any, path: str, file: str | None = None, expect: str | None = None
+) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it converted.
 
     Raises ConfigError naming ``path``; ``expect`` overrides the "expected ..." wording.
@@ -122,8 +136,10 @@ def convert(value: Any, tp: Any, path: str, file: str | None = None,
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             what = _PLURALS.get(args[0], "values") if len(set(args)) == 1 else "values"
             raise ConfigError(path, f"expected a list of {len(args)} {what}, got {value!r}", file)
-        return tuple(convert(v, a, f"{path}[{i}]", file)
-                     for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        return tuple(
+            convert(v, a, f"{path}[{i}]", file)
+            for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if origin is list:
         if not isinstance(value, list):
             what = _PLURALS.get(args[0], "values")
@@ -133,7 +149,9 @@ def convert(value: Any, tp: Any, path: str, file: str | None = None,
         return from_dict(tp, value, path, file)  # type: ignore[arg-type]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(path, f"expected true or false, got {type_name(value)} {value!r}", file)
+            raise ConfigError(
+                path, f"expected true or false, got {type_name(value)} {value!r}", file
+            )
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -162,4 +180,3 @@ def convert(value: Any, tp: Any, path: str, file: str | None = None,
             raise ConfigError(path, f"expected a string, got {type_name(value)} {value!r}", file)
         return value
     raise TypeError(f"unsupported config type {tp!r} at {path}")  # programming error
-

@@ -50,7 +50,9 @@ _chain = chain.from_iterable
 _step_wall = itemgetter(0, 2)  # StepRow (step, time, wall, ...) -> (step, wall)
 CUT = "…"  # the name of a row standing for tree rows not shown
 # a light snapshot's unaccounted row: no figures (the header does not show it)
-_BLANK_UNACCOUNTED = RegionRow(name=UNACCOUNTED, leaf=UNACCOUNTED, depth=0, parent=None, whole=EMPTY, window=EMPTY)
+_BLANK_UNACCOUNTED = RegionRow(
+    name=UNACCOUNTED, leaf=UNACCOUNTED, depth=0, parent=None, whole=EMPTY, window=EMPTY
+)
 
 
 def hist_index(values: np.ndarray) -> np.ndarray:
@@ -96,10 +98,14 @@ def hist_quantile(hist: np.ndarray, q: float, lo: float, hi: float) -> float:
 
 def _is_prefix(cols: np.ndarray) -> bool:
     """``cols`` is 0, 1, ..., len - 1 (a schema whose names took the first columns in order)."""
-    return bool(len(cols) and cols[0] == 0 and cols[-1] == len(cols) - 1 and (np.diff(cols) == 1).all())
+    return bool(
+        len(cols) and cols[0] == 0 and cols[-1] == len(cols) - 1 and (np.diff(cols) == 1).all()
+    )
 
 
-def _put(m: np.ndarray, c: np.ndarray, rows: Any, cols: np.ndarray, ms: np.ndarray, calls: np.ndarray) -> None:
+def _put(
+    m: np.ndarray, c: np.ndarray, rows: Any, cols: np.ndarray, ms: np.ndarray, calls: np.ndarray
+) -> None:
     """Values of a schema's columns into the batch's (rows, columns) matrices; names not
     tracked (column -1) are left out."""
     if cols.min() < 0:
@@ -215,7 +221,9 @@ class RankAgg:
         if b == 0:
             return
         # one pass of C code turns the rows into columns (steps, times, walls, ...)
-        steps_t, times_t, walls_t, samples_t, _ep, keys_t, regs_t, mems_t, scs_t = zip(*rows, strict=True)
+        steps_t, times_t, walls_t, samples_t, _ep, keys_t, regs_t, mems_t, scs_t = zip(
+            *rows, strict=True
+        )
         k0 = keys_t[0]
         if keys_t.count(k0) == b:  # the usual case: every step has the same regions
             groups: dict[tuple[str, ...], list[int]] | None = None
@@ -267,13 +275,28 @@ class RankAgg:
             if len(cols):
                 _put(m, c, slice(None), cols, ms, calls)
         self._fold(
-            b, m, c, [x.step for x in msgs], [x.time for x in msgs], [x.wall_ms for x in msgs],
-            [x.samples for x in msgs], [x.memory for x in msgs], [x.scalars for x in msgs],
+            b,
+            m,
+            c,
+            [x.step for x in msgs],
+            [x.time for x in msgs],
+            [x.wall_ms for x in msgs],
+            [x.samples for x in msgs],
+            [x.memory for x in msgs],
+            [x.scalars for x in msgs],
         )
 
     def _fold(
-        self, b: int, m: np.ndarray, c: np.ndarray, steps_t: Sequence[int], times_t: Sequence[float],
-        walls_t: Sequence[float], samples_t: Sequence[int], mems_t: Sequence[Any], scs_t: Sequence[Any],
+        self,
+        b: int,
+        m: np.ndarray,
+        c: np.ndarray,
+        steps_t: Sequence[int],
+        times_t: Sequence[float],
+        walls_t: Sequence[float],
+        samples_t: Sequence[int],
+        mems_t: Sequence[Any],
+        scs_t: Sequence[Any],
     ) -> None:
         """The batch statistics: ``m``/``c`` are the (rows, columns) ms and calls (NaN: absent)."""
         cap = m.shape[1]
@@ -300,7 +323,9 @@ class RankAgg:
         walls = np.array(walls_t, dtype=np.float64)
         samples = np.array(samples_t, dtype=np.float64)
         self.steps += b
-        self.wall_sum = float(np.cumsum(np.concatenate(([self.wall_sum], walls)))[-1])  # sequential too
+        self.wall_sum = float(
+            np.cumsum(np.concatenate(([self.wall_sum], walls)))[-1]
+        )  # sequential too
         self.wall_min = min(self.wall_min, float(walls.min()))
         self.wall_max = max(self.wall_max, float(walls.max()))
         self.wall_last = float(walls[-1])
@@ -310,7 +335,9 @@ class RankAgg:
         self.last_time = float(times_t[-1])
         peaks = [mem.get("peak") for mem in mems_t if mem]
         if not all(peaks):  # a step without a (non-zero) peak: the full rule
-            peaks = [mem.get("peak") or mem.get("allocated") or mem.get("rss") for mem in mems_t if mem]
+            peaks = [
+                mem.get("peak") or mem.get("allocated") or mem.get("rss") for mem in mems_t if mem
+            ]
             peaks = [p for p in peaks if p is not None]
         self.mem_trend.add_batch(steps_t, mems_t)
         if peaks:
@@ -328,7 +355,9 @@ class RankAgg:
         self.ring_wall[at] = walls[b - k :]
         self.ring_samples[at] = samples[b - k :]
         self.ring_step[at] = steps[b - k :]
-        self.ring_loss[at] = np.array([sc.get("loss") if sc else None for sc in scs_t[b - k :]], dtype=np.float64)
+        self.ring_loss[at] = np.array(
+            [sc.get("loss") if sc else None for sc in scs_t[b - k :]], dtype=np.float64
+        )
         self.pos = (self.pos + b) % w
         self.filled = min(w, self.filled + k)
         for mem in reversed(mems_t):
@@ -360,8 +389,16 @@ class RankAgg:
         mins, maxs = self.min[:k], self.max[:k]
         c = np.cumsum(self.hist[:k], axis=1)
         tot = c[:, -1]
-        p50 = np.clip(_BUCKET_VALUES[(c < np.maximum(1, np.ceil(0.50 * tot))[:, None]).sum(axis=1)], mins, maxs)
-        p95 = np.clip(_BUCKET_VALUES[(c < np.maximum(1, np.ceil(0.95 * tot))[:, None]).sum(axis=1)], mins, maxs)
+        p50 = np.clip(
+            _BUCKET_VALUES[(c < np.maximum(1, np.ceil(0.50 * tot))[:, None]).sum(axis=1)],
+            mins,
+            maxs,
+        )
+        p95 = np.clip(
+            _BUCKET_VALUES[(c < np.maximum(1, np.ceil(0.95 * tot))[:, None]).sum(axis=1)],
+            mins,
+            maxs,
+        )
         last = np.where(self.last_seen[:k] == self.last_step, self.last[:k], 0.0)
         ring = self.ring[: self.filled, :k]
         valid = ~np.isnan(ring)
@@ -376,20 +413,55 @@ class RankAgg:
         wwall = float(self.ring_wall[: self.filled].sum())
         out: list[tuple[Stats, Stats]] = []
         cols = zip(
-            n.tolist(), self.sum[:k].tolist(), mins.tolist(), maxs.tolist(), p50.tolist(), p95.tolist(),
-            self.calls[:k].tolist(), last.tolist(), wn.tolist(), wsum.tolist(), wp50.tolist(), wp95.tolist(),
-            wmin.tolist(), wmax.tolist(), wcalls.tolist(), strict=True,
+            n.tolist(),
+            self.sum[:k].tolist(),
+            mins.tolist(),
+            maxs.tolist(),
+            p50.tolist(),
+            p95.tolist(),
+            self.calls[:k].tolist(),
+            last.tolist(),
+            wn.tolist(),
+            wsum.tolist(),
+            wp50.tolist(),
+            wp95.tolist(),
+            wmin.tolist(),
+            wmax.tolist(),
+            wcalls.tolist(),
+            strict=True,
         )
         for cn, cs, lo, hi, q50, q95, calls, la, wcount, ws, w50, w95, wlo, whi, wc in cols:
             if cn == 0:
                 out.append((EMPTY, EMPTY))
                 continue
             last_share = la / wall_last if wall_last > 0 else NAN
-            whole = Stats(la, cs / cn, lo, hi, q50, q95, cn, calls, cs / wall_sum if wall_sum > 0 else NAN, last_share)
+            whole = Stats(
+                la,
+                cs / cn,
+                lo,
+                hi,
+                q50,
+                q95,
+                cn,
+                calls,
+                cs / wall_sum if wall_sum > 0 else NAN,
+                last_share,
+            )
             if wcount == 0:
                 window = Stats(last=la, steps=0, calls=0, share=0.0, last_share=last_share)
             else:
-                window = Stats(la, ws / wcount, wlo, whi, w50, w95, wcount, int(wc), ws / wwall if wwall > 0 else NAN, last_share)
+                window = Stats(
+                    la,
+                    ws / wcount,
+                    wlo,
+                    whi,
+                    w50,
+                    w95,
+                    wcount,
+                    int(wc),
+                    ws / wwall if wwall > 0 else NAN,
+                    last_share,
+                )
             out.append((whole, window))
         return out
 
@@ -443,16 +515,38 @@ class RankAgg:
         p50 = float(_col_percentile(vals[:, None], cnt, 0.50)[0])
         p95 = float(_col_percentile(vals[:, None], cnt, 0.95)[0])
         # exact whole-run min/max would need per-step data: the window's stand in for them
-        whole = Stats(last, whole_ms / self.steps, lo, hi, NAN, NAN, self.steps, 0,
-                      whole_ms / self.wall_sum if self.wall_sum > 0 else NAN, last_share)
-        window = Stats(last, float(vals.mean()) if f else NAN, lo, hi, p50, p95, f, 0,
-                       float(vals.sum()) / wsum if wsum > 0 else NAN, last_share)
+        whole = Stats(
+            last,
+            whole_ms / self.steps,
+            lo,
+            hi,
+            NAN,
+            NAN,
+            self.steps,
+            0,
+            whole_ms / self.wall_sum if self.wall_sum > 0 else NAN,
+            last_share,
+        )
+        window = Stats(
+            last,
+            float(vals.mean()) if f else NAN,
+            lo,
+            hi,
+            p50,
+            p95,
+            f,
+            0,
+            float(vals.sum()) / wsum if wsum > 0 else NAN,
+            last_share,
+        )
         return whole, window
 
     def samples_per_s(self) -> tuple[float, float]:
         whole = self.samples_total / (self.wall_sum / 1000.0) if self.wall_sum > 0 else NAN
         wsum = float(self.ring_wall[: self.filled].sum())
-        window = float(self.ring_samples[: self.filled].sum()) / (wsum / 1000.0) if wsum > 0 else NAN
+        window = (
+            float(self.ring_samples[: self.filled].sum()) / (wsum / 1000.0) if wsum > 0 else NAN
+        )
         return whole, window
 
     def recent_work(self) -> tuple[tuple[int, float, float, float], ...]:
@@ -462,8 +556,15 @@ class RankAgg:
         for name in WAIT_REGIONS:
             c = self.cols.get(name)
             waits.append(np.nan_to_num(self.ring[o, c]) if c is not None else np.zeros(len(o)))
-        return tuple(zip(self.ring_step[o].tolist(), self.ring_wall[o].tolist(),
-                         waits[0].tolist(), waits[1].tolist(), strict=True))
+        return tuple(
+            zip(
+                self.ring_step[o].tolist(),
+                self.ring_wall[o].tolist(),
+                waits[0].tolist(),
+                waits[1].tolist(),
+                strict=True,
+            )
+        )
 
     def recent_walls(self) -> tuple[np.ndarray, np.ndarray]:
         """(steps, wall ms) of the window, oldest first."""
@@ -582,7 +683,9 @@ class RunAgg:
             if r not in other.ends:
                 self.ends.pop(r, None)
         self.ends.update(other.ends)
-        if other.eval_step is not None and (self.eval_step is None or other.eval_step >= self.eval_step):
+        if other.eval_step is not None and (
+            self.eval_step is None or other.eval_step >= self.eval_step
+        ):
             self.eval_step = other.eval_step
             self.evals = dict(other.evals)
         self.tails.update(other.tails)
@@ -637,7 +740,9 @@ class RunAgg:
         vals = [s.total_steps for s in self.starts.values() if s.total_steps]
         return max(vals) if vals else None
 
-    def _regions(self, aggs: list[RankAgg], with_ranks: bool) -> tuple[tuple[RegionRow, ...], RegionRow]:
+    def _regions(
+        self, aggs: list[RankAgg], with_ranks: bool
+    ) -> tuple[tuple[RegionRow, ...], RegionRow]:
         """The tree's rows (each region's ranks merged) and the unaccounted row: the bulk of
         a snapshot's cost (regions × ranks)."""
         names: dict[str, None] = {}
@@ -649,8 +754,17 @@ class RunAgg:
         for name, cut in tree_rows(names):
             i = name.rfind("/")
             if cut:
-                regions.append(RegionRow(name=name, leaf=CUT, depth=name.count("/"), parent=name[:i] if i > 0 else None,
-                                         whole=EMPTY, window=EMPTY, cut=True))
+                regions.append(
+                    RegionRow(
+                        name=name,
+                        leaf=CUT,
+                        depth=name.count("/"),
+                        parent=name[:i] if i > 0 else None,
+                        whole=EMPTY,
+                        window=EMPTY,
+                        cut=True,
+                    )
+                )
                 continue
             per = []
             for a, st in zip(aggs, all_stats, strict=True):
@@ -698,7 +812,9 @@ class RunAgg:
         is what the full snapshot would hold.
         """
         aggs = [self.ranks[r] for r in sorted(self.ranks)]
-        regions, unaccounted = self._regions(aggs, with_ranks) if not light else ((), _BLANK_UNACCOUNTED)
+        regions, unaccounted = (
+            self._regions(aggs, with_ranks) if not light else ((), _BLANK_UNACCOUNTED)
+        )
         walls = [a.wall_stats() for a in aggs]
         sps = [a.samples_per_s() for a in aggs]
         sps_whole = sum(s[0] for s in sps if not math.isnan(s[0])) if sps else NAN
@@ -749,7 +865,9 @@ class RunAgg:
                     if v is not None and k not in scalars:
                         scalars[k] = float(v)
         losses = np.concatenate([a.ring_loss[: a.filled] for a in aggs]) if aggs else np.array([])
-        loss_window = float(np.nanmean(losses)) if len(losses) and not np.isnan(losses).all() else NAN
+        loss_window = (
+            float(np.nanmean(losses)) if len(losses) and not np.isnan(losses).all() else NAN
+        )
         err = None
         for e in self.ends.values():
             if e.error_type or e.error_message:
@@ -775,7 +893,10 @@ class RunAgg:
         # under DDP every rank's step is equally long: judge ranks by compute instead
         verdict = judge_stragglers({ri.rank: ri.recent for ri in rank_info}, window=self.window)
         if verdict is not None:
-            straggler, excess = verdict.straggler, verdict.excess_ms if verdict.straggler is not None else NAN
+            straggler, excess = (
+                verdict.straggler,
+                verdict.excess_ms if verdict.straggler is not None else NAN,
+            )
         return RunSnapshot(
             run_id=self.run_id,
             path=self.path,
@@ -821,7 +942,9 @@ class RunAgg:
 
 
 def tree_rows(
-    names: Iterable[str], max_depth: int = LIMITS.MAX_NAME_DEPTH, max_rows: int = LIMITS.MAX_TREE_ROWS
+    names: Iterable[str],
+    max_depth: int = LIMITS.MAX_NAME_DEPTH,
+    max_rows: int = LIMITS.MAX_TREE_ROWS,
 ) -> list[tuple[str, bool]]:
     """``(name, cut)`` in first-seen order, each parent before its children, missing parents
     added; iterative and bounded: names deeper than ``max_depth`` levels become one cut row

@@ -161,7 +161,10 @@ class MonitorApp(App[int]):
                         advice.border_title = "advice"
                         yield advice
         yield FilesLine(id="files")
-        yield Input(placeholder="filter regions by name as you type (Enter keeps it, Esc clears)", id="filter")
+        yield Input(
+            placeholder="filter regions by name as you type (Enter keeps it, Esc clears)",
+            id="filter",
+        )
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -284,7 +287,11 @@ class MonitorApp(App[int]):
         a, b = old.selected, new.selected
         if a is None or b is None:
             return a is not b
-        return a.run_id != b.run_id or a.state != b.state or _replay_mode(a.replay) != _replay_mode(b.replay)
+        return (
+            a.run_id != b.run_id
+            or a.state != b.state
+            or _replay_mode(a.replay) != _replay_mode(b.replay)
+        )
 
     def _flush_panels(self) -> None:
         """The end of a gap: the panels show the newest snapshot (the header already does)."""
@@ -351,7 +358,9 @@ class MonitorApp(App[int]):
         t: Text | None = None
         if self.reader_error:
             line = (str(self.reader_error).splitlines() or [""])[0][:300]
-            t = Text("⚠ " if line.startswith("reader failed") else "⚠ reader failed: ", style="bold red")
+            t = Text(
+                "⚠ " if line.startswith("reader failed") else "⚠ reader failed: ", style="bold red"
+            )
             t.append_text(literal(line))
             t.stylize("bold red", 0, len(t))
             t.append(" · figures as last read · tui watch exits 1", style="dim")
@@ -372,16 +381,32 @@ class MonitorApp(App[int]):
         age = max(0.0, self.clock() - w.made_at) if w is not None and w.made_at else 0.0
         idle = None
         new = self.latest
-        if self.paused and run is not None and new is not None and new.selected is not None \
-                and new.selected.run_id == run.run_id:
+        if (
+            self.paused
+            and run is not None
+            and new is not None
+            and new.selected is not None
+            and new.selected.run_id == run.run_id
+        ):
             # the files kept growing while the screen holds: age from the newest snapshot
-            idle = new.selected.idle_s + (max(0.0, self.clock() - new.made_at) if new.made_at else 0.0)
+            idle = new.selected.idle_s + (
+                max(0.0, self.clock() - new.made_at) if new.made_at else 0.0
+            )
         bar = self.query_one(HeaderBar)
         width = bar.content_size.width or max(0, self.size.width - 2)
         show_text(
             bar,
-            header_text(run, window=self.window, paused=self.paused, behind_step=behind, root=str(root),
-                        age=age, width=width, idle_s=idle, span=self._span(run) if run is not None else None),
+            header_text(
+                run,
+                window=self.window,
+                paused=self.paused,
+                behind_step=behind,
+                root=str(root),
+                age=age,
+                width=width,
+                idle_s=idle,
+                span=self._span(run) if run is not None else None,
+            ),
         )
 
     def _render_world(self, force_tree: bool = False) -> None:
@@ -589,5 +614,11 @@ class MonitorApp(App[int]):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for k in KEYS:
-            if self.mode in k.modes and k.action and k.action not in ("quit", "quit_now", "clear_filter"):
-                yield SystemCommand(k.description, f"key: {k.display}", getattr(self, f"action_{k.action}"))
+            if (
+                self.mode in k.modes
+                and k.action
+                and k.action not in ("quit", "quit_now", "clear_filter")
+            ):
+                yield SystemCommand(
+                    k.description, f"key: {k.display}", getattr(self, f"action_{k.action}")
+                )

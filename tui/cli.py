@@ -16,4 +16,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def main(argv: list[str] | None = None) -> int:
     from tui import __version__
 
-    return run_cli("tui", __doc__.splitlines()[0], COMMANDS, argv, version=f"tui (stagewatch) {__version__}")
+    return run_cli(
+        "tui", __doc__.splitlines()[0], COMMANDS, argv, version=f"tui (stagewatch) {__version__}"
+    )

@@ -86,10 +86,24 @@ def compare_snapshots(snaps: Sequence[RunSnapshot], stat: str = "avg") -> Compar
     if stat not in STATS:
         raise ValueError(f"stat must be one of {STATS}")
     cols = tuple(
-        RunColumn(label(i), s.run_id, s.path, s.state, s.step, _value(s.wall, stat), s.samples_per_s, s.mem_peak)
+        RunColumn(
+            label(i),
+            s.run_id,
+            s.path,
+            s.state,
+            s.step,
+            _value(s.wall, stat),
+            s.samples_per_s,
+            s.mem_peak,
+        )
         for i, s in enumerate(snaps)
     )
-    step = Row("step", 0, tuple(c.step_ms for c in cols), tuple(1.0 if ok(c.step_ms) else NAN for c in cols))
+    step = Row(
+        "step",
+        0,
+        tuple(c.step_ms for c in cols),
+        tuple(1.0 if ok(c.step_ms) else NAN for c in cols),
+    )
     names = tree_order([r.name for s in snaps for r in s.regions])
     rows = []
     for name in [*names, UNACCOUNTED]:
@@ -99,11 +113,15 @@ def compare_snapshots(snaps: Sequence[RunSnapshot], stat: str = "avg") -> Compar
             v = _value(r.whole if r else None, stat)
             ms.append(v)
             share.append(v / c.step_ms if ok(v) and ok(c.step_ms) and c.step_ms > 0 else NAN)
-        rows.append(Row(name, 0 if name == UNACCOUNTED else name.count("/"), tuple(ms), tuple(share)))
+        rows.append(
+            Row(name, 0 if name == UNACCOUNTED else name.count("/"), tuple(ms), tuple(share))
+        )
     return Comparison(cols, stat, step, tuple(rows))
 
 
-def compare_paths(paths: Sequence[str | os.PathLike[str]], stat: str = "avg", window: int | None = None) -> Comparison:
+def compare_paths(
+    paths: Sequence[str | os.PathLike[str]], stat: str = "avg", window: int | None = None
+) -> Comparison:
     """Read each run to the end and compare them (UsageError for a missing or empty run)."""
     from tui.aggregate import DEFAULT_WINDOW
     from tui.summary import open_run
@@ -136,8 +154,16 @@ def comparison_dict(c: Comparison) -> dict[str, Any]:
         "stat": c.stat,
         "baseline": c.runs[0].run_id if c.runs else None,
         "runs": [
-            {"label": r.label, "run_id": r.run_id, "path": r.path, "state": r.state, "steps": r.steps,
-             "step_ms": _num(r.step_ms), "samples_per_s": _num(r.samples_per_s), "mem_peak_bytes": r.mem_peak}
+            {
+                "label": r.label,
+                "run_id": r.run_id,
+                "path": r.path,
+                "state": r.state,
+                "steps": r.steps,
+                "step_ms": _num(r.step_ms),
+                "samples_per_s": _num(r.samples_per_s),
+                "mem_peak_bytes": r.mem_peak,
+            }
             for r in c.runs
         ],
         "step": _row_dict(c.step),
@@ -182,7 +208,10 @@ def comparison_text(c: Comparison, name_w: int = 32) -> Text:
             head += f" {'Δ vs ' + c.runs[0].label:>9} {'×':>6}"
     t.append(head + "\n", style="bold")
     for row in (c.step, *c.regions):
-        name = literal("  " * row.depth + (row.name.rsplit("/", 1)[-1] if row.name != UNACCOUNTED else UNACCOUNTED))
+        name = literal(
+            "  " * row.depth
+            + (row.name.rsplit("/", 1)[-1] if row.name != UNACCOUNTED else UNACCOUNTED)
+        )
         name.truncate(name_w, overflow="ellipsis")
         name.pad_right(name_w - name.cell_len)
         if row is c.step:
@@ -211,8 +240,13 @@ class Gate:
     lines: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"what": self.what, "max_regression_pct": self.max_pct, "failed": self.failed,
-                "changes_pct": {k: _num(v) for k, v in self.changes}, "lines": list(self.lines)}
+        return {
+            "what": self.what,
+            "max_regression_pct": self.max_pct,
+            "failed": self.failed,
+            "changes_pct": {k: _num(v) for k, v in self.changes},
+            "lines": list(self.lines),
+        }
 
 
 def regression_check(c: Comparison, max_pct: float, region: str | None = None) -> Gate:
@@ -227,8 +261,10 @@ def regression_check(c: Comparison, max_pct: float, region: str | None = None) -
         row = next((r for r in c.regions if r.name == region), None)
         if row is None or not any(ok(m) for m in row.ms):
             names = [r.name for r in c.regions if r.name != UNACCOUNTED][:8]
-            raise UsageError(f"--region: no region {clean(region)!r} in these runs (regions: "
-                             f"{', '.join(clean(n) for n in names)}{', ...' if len(c.regions) > 9 else ''})")
+            raise UsageError(
+                f"--region: no region {clean(region)!r} in these runs (regions: "
+                f"{', '.join(clean(n) for n in names)}{', ...' if len(c.regions) > 9 else ''})"
+            )
         what = region
     base = row.ms[0]
     lines, changes, failed = [], [], False
@@ -238,7 +274,9 @@ def regression_check(c: Comparison, max_pct: float, region: str | None = None) -
         if finite(m) is None or finite(base) is None or base <= 0:
             changes.append((col.label, NAN))
             failed = True
-            lines.append(f"FAIL {label}: {name} has no {c.stat} figure to compare with the baseline")
+            lines.append(
+                f"FAIL {label}: {name} has no {c.stat} figure to compare with the baseline"
+            )
             continue
         pct = (m / base - 1.0) * 100.0
         changes.append((col.label, pct))
@@ -246,6 +284,8 @@ def regression_check(c: Comparison, max_pct: float, region: str | None = None) -
         failed |= bad
         verdict = "FAIL" if bad else "ok"
         sign = "+" if pct >= 0 else "−"
-        lines.append(f"{verdict} {label}: {name} {fmt_ms(m)} vs baseline {fmt_ms(base)} = {sign}{abs(pct):.1f}% "
-                     f"({'over' if bad else 'within'} the {max_pct:g}% limit)")
+        lines.append(
+            f"{verdict} {label}: {name} {fmt_ms(m)} vs baseline {fmt_ms(base)} = {sign}{abs(pct):.1f}% "
+            f"({'over' if bad else 'within'} the {max_pct:g}% limit)"
+        )
     return Gate(what, max_pct, tuple(changes), failed, tuple(lines))

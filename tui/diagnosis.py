@@ -125,7 +125,20 @@ class MemTrend:
     stable) gives bytes per step over everything after the warm-up.
     """
 
-    __slots__ = ("_cxy", "_early", "_first", "_last", "_mx", "_my", "_n", "_ring", "_skipped", "_sxx", "skip", "window")
+    __slots__ = (
+        "_cxy",
+        "_early",
+        "_first",
+        "_last",
+        "_mx",
+        "_my",
+        "_n",
+        "_ring",
+        "_skipped",
+        "_sxx",
+        "skip",
+        "window",
+    )
 
     def __init__(self, window: int = 20, skip: int = 3) -> None:
         self.window = max(2, int(window))
@@ -343,8 +356,12 @@ def judge_stragglers(
     import numpy as np  # lazily: the rules themselves need no numpy
 
     # (steps, ranks, 3): wall, allreduce, data; the work is vectorised over steps and ranks
-    x = np.nan_to_num(np.array([[by_rank[r][st] for r in ranks] for st in steps], dtype=np.float64),
-                      nan=0.0, posinf=0.0, neginf=0.0)
+    x = np.nan_to_num(
+        np.array([[by_rank[r][st] for r in ranks] for st in steps], dtype=np.float64),
+        nan=0.0,
+        posinf=0.0,
+        neginf=0.0,
+    )
     comp = x[:, :, 0] - x[:, :, 1] - x[:, :, 2]
     n, k = comp.shape
     order = np.argsort(comp, axis=1, kind="stable")  # per step, ranks from fastest to slowest
@@ -365,8 +382,15 @@ def judge_stragglers(
     cmed = np.median(comp, axis=0)
     emed = np.median(excess, axis=0)
     rows = [
-        RankCompute(rank=r, wall_ms=float(med[i, 0]), compute_ms=float(cmed[i]), allreduce_ms=float(med[i, 1]),
-                    data_ms=float(med[i, 2]), excess_ms=float(emed[i]), slowest=int(slow_counts[i]))
+        RankCompute(
+            rank=r,
+            wall_ms=float(med[i, 0]),
+            compute_ms=float(cmed[i]),
+            allreduce_ms=float(med[i, 1]),
+            data_ms=float(med[i, 2]),
+            excess_ms=float(emed[i]),
+            slowest=int(slow_counts[i]),
+        )
         for i, r in enumerate(ranks)
     ]
     step_ms = _median([x.wall_ms for x in rows])
@@ -381,21 +405,37 @@ def judge_stragglers(
     if n < need:
         reason = f"no straggler yet: {n} steps compared by every rank (need {need})"
     elif worst.excess_ms < floor:
-        reason = (f"no straggler: ranks within {_ms(max(0.0, worst.excess_ms))} of each other in compute "
-                  f"({_pct(max(0.0, share))} of the step, below the {_pct(t.straggler_excess)} floor)")
+        reason = (
+            f"no straggler: ranks within {_ms(max(0.0, worst.excess_ms))} of each other in compute "
+            f"({_pct(max(0.0, share))} of the step, below the {_pct(t.straggler_excess)} floor)"
+        )
     elif worst.excess_ms < t.straggler_noise * noise:
-        reason = (f"no straggler: rank {worst.rank}'s +{_ms(worst.excess_ms)} compute is within the run's "
-                  f"step-to-step noise (±{_ms(noise)})")
+        reason = (
+            f"no straggler: rank {worst.rank}'s +{_ms(worst.excess_ms)} compute is within the run's "
+            f"step-to-step noise (±{_ms(noise)})"
+        )
     elif rec < t.straggler_recurrence:
-        reason = (f"no straggler: rank {worst.rank} is behind on average (+{_ms(worst.excess_ms)}) but the "
-                  f"slowest in only {worst.slowest} of {n} steps")
+        reason = (
+            f"no straggler: rank {worst.rank} is behind on average (+{_ms(worst.excess_ms)}) but the "
+            f"slowest in only {worst.slowest} of {n} steps"
+        )
     else:
         named = worst.rank
-        reason = (f"rank {worst.rank}'s compute is +{_ms(worst.excess_ms)} ({_pct(share)} of the step) over the "
-                  f"other ranks, slowest in {worst.slowest} of {n} steps (noise ±{_ms(noise)})")
+        reason = (
+            f"rank {worst.rank}'s compute is +{_ms(worst.excess_ms)} ({_pct(share)} of the step) over the "
+            f"other ranks, slowest in {worst.slowest} of {n} steps (noise ±{_ms(noise)})"
+        )
     return StragglerVerdict(
-        ranks=tuple(rows), compared_steps=n, first_step=steps[0], last_step=steps[-1], step_ms=step_ms,
-        noise_ms=noise, floor_ms=floor, straggler=named, excess_ms=worst.excess_ms, recurrence=rec,
+        ranks=tuple(rows),
+        compared_steps=n,
+        first_step=steps[0],
+        last_step=steps[-1],
+        step_ms=step_ms,
+        noise_ms=noise,
+        floor_ms=floor,
+        straggler=named,
+        excess_ms=worst.excess_ms,
+        recurrence=rec,
         reason=reason,
     )
 
@@ -418,6 +458,7 @@ def straggler_region(snap: Any, rank: int) -> tuple[str, float, str, float] | No
     """Where ``rank`` loses time over the other ranks (recent window means, ms):
     (top-level region, its excess, the deepest region under it explaining most of it, excess).
     Wait regions are left out: they are the symptom, not the cause."""
+
     def excess(row: Any) -> float:
         mine, others = math.nan, []
         for r, _whole, win in row.ranks:
@@ -439,7 +480,11 @@ def straggler_region(snap: Any, rank: int) -> tuple[str, float, str, float] | No
         return None
     deep, de = name, e
     while True:
-        kids = [(n, x) for n, x in ex.items() if n.startswith(deep + "/") and "/" not in n[len(deep) + 1 :]]
+        kids = [
+            (n, x)
+            for n, x in ex.items()
+            if n.startswith(deep + "/") and "/" not in n[len(deep) + 1 :]
+        ]
         if not kids:
             break
         k, x = max(kids, key=lambda kv: kv[1])
@@ -540,7 +585,14 @@ def _int(v: Any) -> int | None:
 
 
 #: where a parameter count may be recorded in the run_start config (first found wins)
-PARAM_KEYS = ("PARAMS.TRAINABLE", "PARAMS.TOTAL", "params.trainable", "params.total", "num_params", "NUM_PARAMS")
+PARAM_KEYS = (
+    "PARAMS.TRAINABLE",
+    "PARAMS.TOTAL",
+    "params.trainable",
+    "params.total",
+    "num_params",
+    "NUM_PARAMS",
+)
 
 
 def config_facts(config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -560,7 +612,9 @@ def config_facts(config: Mapping[str, Any] | None) -> dict[str, Any]:
         "grad_accum": _int(cfg_get(c, "TRAIN.GRADIENT_ACCUMULATION_STEPS")),
         "num_workers": _int(cfg_get(c, "DATALOADER.NUM_WORKERS")),
         "pin_memory": _bool(cfg_get(c, "DATALOADER.PIN_MEMORY")),
-        "data_cache": _bool(cfg_get(c, "DATA.SYNTHETIC.CACHE")) if cfg_get(c, "DATA.TYPE") in (None, "synthetic") else None,
+        "data_cache": _bool(cfg_get(c, "DATA.SYNTHETIC.CACHE"))
+        if cfg_get(c, "DATA.TYPE") in (None, "synthetic")
+        else None,
         "param_count": params,
     }
 
@@ -611,8 +665,12 @@ def facts_from_snapshot(
     if snap.device.startswith("cuda") and snap.mem_last is not None:
         alloc = int(snap.mem_last)  # the monitor's mem_last is "allocated" when there is one
     ranks = tuple(
-        RankFacts(rank=ri.rank, host=ri.host, step_ms=(ri.wall_window if window else ri.wall).avg,
-                  slowest_steps=ri.slowest_steps)
+        RankFacts(
+            rank=ri.rank,
+            host=ri.host,
+            step_ms=(ri.wall_window if window else ri.wall).avg,
+            slowest_steps=ri.slowest_steps,
+        )
         for ri in snap.rank_info
     )
     verdict = verdict_of(snap, thresholds if thresholds not in (None, DEFAULT_THRESHOLDS) else None)
@@ -620,8 +678,12 @@ def facts_from_snapshot(
     if verdict is not None and verdict.straggler is not None:
         loc = straggler_region(snap, verdict.straggler)
         if loc is not None:
-            where = {"straggler_region": loc[0], "straggler_region_ms": loc[1],
-                     "straggler_leaf": loc[2], "straggler_leaf_ms": loc[3]}
+            where = {
+                "straggler_region": loc[0],
+                "straggler_region_ms": loc[1],
+                "straggler_leaf": loc[2],
+                "straggler_leaf_ms": loc[3],
+            }
     return RunFacts(
         run_id=snap.run_id,
         steps=snap.step,
@@ -638,7 +700,9 @@ def facts_from_snapshot(
         ranks=ranks,
         straggler=verdict.straggler if verdict is not None else snap.straggler,
         straggler_excess_ms=verdict.excess_ms if verdict is not None else snap.straggler_excess,
-        compared_steps=verdict.compared_steps if verdict is not None else sum(r.slowest_steps for r in ranks),
+        compared_steps=verdict.compared_steps
+        if verdict is not None
+        else sum(r.slowest_steps for r in ranks),
         stragglers=verdict,
         span=span_label(snap, window),
         **where,
@@ -717,7 +781,8 @@ def rule_dominant(f: RunFacts, t: Thresholds) -> Advice | None:
     if not _ok(share) or share < t.dominant_share:
         return None
     return Advice(
-        "dominant", INFO,
+        "dominant",
+        INFO,
         f"{name} dominates the step ({_pct(share)})",
         f"speed-ups elsewhere are capped at {_pct(1 - share)} of the step; start with {name}",
         {"region": name, "share": share, "region_ms": f.ms(name), "step_ms": f.step_ms},
@@ -741,17 +806,32 @@ def rule_checkpointing(f: RunFacts, t: Thresholds) -> Advice | None:
     if headroom < t.checkpoint_headroom:
         return None
     saving = max(0.0, bwd - 2.0 * fwd)  # backward without recompute ≈ 2× forward
-    keys = [k for k, on in (("MODEL.VRT.USE_CHECKPOINT_ATTN", f.checkpoint_attn),
-                            ("MODEL.VRT.USE_CHECKPOINT_FFN", f.checkpoint_ffn)) if on]
+    keys = [
+        k
+        for k, on in (
+            ("MODEL.VRT.USE_CHECKPOINT_ATTN", f.checkpoint_attn),
+            ("MODEL.VRT.USE_CHECKPOINT_FFN", f.checkpoint_ffn),
+        )
+        if on
+    ]
     sets = " and ".join(f"{k}=false" for k in keys)
     return Advice(
-        "checkpointing_off", SUGGEST,
+        "checkpointing_off",
+        SUGGEST,
         f"backward is {ratio:.1f}× forward: checkpoint recompute is expensive",
         f"turn checkpointing off ({sets}; one at a time if memory is tight) and measure with "
         f"`trainer bench --sweep {keys[0]}=true,false`; expect up to ~{_ms(saving)} less per step",
-        {"forward_ms": fwd, "backward_ms": bwd, "ratio": ratio, "expected_saving_ms": saving,
-         "mem_peak": f.mem_peak, "mem_total": f.mem_total, "headroom": headroom,
-         "checkpoint_attn": f.checkpoint_attn, "checkpoint_ffn": f.checkpoint_ffn},
+        {
+            "forward_ms": fwd,
+            "backward_ms": bwd,
+            "ratio": ratio,
+            "expected_saving_ms": saving,
+            "mem_peak": f.mem_peak,
+            "mem_total": f.mem_total,
+            "headroom": headroom,
+            "checkpoint_attn": f.checkpoint_attn,
+            "checkpoint_ffn": f.checkpoint_ffn,
+        },
         f"forward {_ms(fwd)}, backward {_ms(bwd)}; peak {_gb(f.mem_peak)} of {_gb(f.mem_total)}, "
         f"{_pct(headroom)} free",
     )
@@ -768,7 +848,10 @@ def optimizer_state_estimate(f: RunFacts) -> tuple[float, str] | None:
     if f.param_count:
         return 8.0 * f.param_count, f"parameter count ({f.param_count:,} × 8 bytes)"
     if f.device_memory and f.mem_allocated:
-        return f.mem_allocated * 8.0 / 12.0, "2/3 of the memory allocated at step end (weights + 2 moments)"
+        return (
+            f.mem_allocated * 8.0 / 12.0,
+            "2/3 of the memory allocated at step end (weights + 2 moments)",
+        )
     return None
 
 
@@ -785,12 +868,18 @@ def rule_adamw8bit(f: RunFacts, t: Thresholds) -> Advice | None:
         return None
     saved = state * 0.75  # 8-bit keeps 2 bytes per parameter instead of 8
     return Advice(
-        "adamw_8bit", SUGGEST,
+        "adamw_8bit",
+        SUGGEST,
         f"fp32 AdamW state is ~{_pct(share)} of peak memory",
         f"use 8-bit AdamW (TRAIN.OPTIM.TYPE=adamw8bit) to free ~{_gb(saved)}, room for a larger "
         "batch or for turning checkpointing off (it saves memory, not step time)",
-        {"state_bytes": state, "mem_peak": f.mem_peak, "share": share, "saved_bytes": saved,
-         "estimated_from": source},
+        {
+            "state_bytes": state,
+            "mem_peak": f.mem_peak,
+            "share": share,
+            "saved_bytes": saved,
+            "estimated_from": source,
+        },
         f"state ~{_gb(state)} of a {_gb(f.mem_peak)} peak, estimated from {source}",
     )
 
@@ -804,7 +893,12 @@ def rule_larger_batch(f: RunFacts, t: Thresholds) -> Advice | None:
     headroom = free / f.mem_total
     if headroom < t.batch_headroom:
         return None
-    ev: dict[str, Any] = {"batch_size": 1, "mem_peak": f.mem_peak, "mem_total": f.mem_total, "headroom": headroom}
+    ev: dict[str, Any] = {
+        "batch_size": 1,
+        "mem_peak": f.mem_peak,
+        "mem_total": f.mem_total,
+        "headroom": headroom,
+    }
     fit, most = "", None
     if f.mem_allocated and f.mem_peak > f.mem_allocated:
         per_sample = f.mem_peak - f.mem_allocated  # activations of one sample, roughly
@@ -815,10 +909,15 @@ def rule_larger_batch(f: RunFacts, t: Thresholds) -> Advice | None:
         fit = f"; activations ~{_gb(per_sample)} per sample suggest up to batch {most}"
     sizes = "2" if most == 2 else "2 or 3"
     accum = f.grad_accum or 1
-    keep = (f"and divide TRAIN.GRADIENT_ACCUMULATION_STEPS (now {accum}) by the same factor to keep "
-            "the effective batch" if accum > 1 else "adjust the learning rate")
+    keep = (
+        f"and divide TRAIN.GRADIENT_ACCUMULATION_STEPS (now {accum}) by the same factor to keep "
+        "the effective batch"
+        if accum > 1
+        else "adjust the learning rate"
+    )
     return Advice(
-        "larger_batch", SUGGEST,
+        "larger_batch",
+        SUGGEST,
         f"batch 1 leaves {_pct(headroom)} of device memory unused",
         f"try TRAIN.BATCH_SIZE={sizes} ({keep}) and measure with "
         f"`trainer bench --sweep TRAIN.BATCH_SIZE=1,{sizes.replace(' or ', ',')}`",
@@ -844,11 +943,17 @@ def rule_data_wait(f: RunFacts, t: Thresholds) -> Advice | None:
         tries.append("DATALOADER.PIN_MEMORY=true")
     tries.append("caching decoded clips or faster storage")
     return Advice(
-        "data_wait", SUGGEST,
+        "data_wait",
+        SUGGEST,
         f"the step waits for data {_pct(share)} of the time",
         "try " + ", ".join(tries),
-        {"data_ms": f.ms("data"), "share": share, "h2d_ms": f.ms("h2d"),
-         "num_workers": f.num_workers, "pin_memory": f.pin_memory},
+        {
+            "data_ms": f.ms("data"),
+            "share": share,
+            "h2d_ms": f.ms("h2d"),
+            "num_workers": f.num_workers,
+            "pin_memory": f.pin_memory,
+        },
         f"data {_ms(f.ms('data'))} per step" + (f"; now {', '.join(now)}" if now else ""),
     )
 
@@ -867,13 +972,13 @@ def rule_allreduce(f: RunFacts, t: Thresholds) -> Advice | None:
         return None
     accum = f.grad_accum or 1
     return Advice(
-        "allreduce", SUGGEST,
+        "allreduce",
+        SUGGEST,
         f"gradient all-reduce left exposed takes {_pct(share)} of the step",
         f"accumulate gradients over more micro-batches (TRAIN.GRADIENT_ACCUMULATION_STEPS, now "
         f"{accum}: one all-reduce per optimizer step) or tune DDP buckets (bucket_cap_mb) so "
         "communication overlaps the backward pass; check the interconnect",
-        {"allreduce_ms": ms, "share": share, "world_size": f.world_size,
-         "grad_accum": accum},
+        {"allreduce_ms": ms, "share": share, "world_size": f.world_size, "grad_accum": accum},
         f"allreduce {_ms(ms)} per step on {f.world_size} ranks"
         + (f" (rank {me.rank}'s own wait, the straggler's)" if me is not None else ""),
     )
@@ -901,15 +1006,29 @@ def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
     else:
         look = f"look at rank {v.straggler}'s"
     return Advice(
-        "straggler", WARN,
+        "straggler",
+        WARN,
         f"rank {v.straggler}{on} is a straggler: the other ranks wait for it at the all-reduce",
         f"{look} device (clocks, temperature, other processes), host and inputs (uneven clip sizes); "
         "not the interconnect: the all-reduce wait is the others waiting for this rank",
-        {"rank": v.straggler, "host": host, "excess_ms": v.excess_ms, "excess_share": share,
-         "compute_excess_ratio": rel, "region": f.straggler_region, "region_excess_ms": f.straggler_region_ms,
-         "leaf": f.straggler_leaf, "leaf_excess_ms": f.straggler_leaf_ms, "slowest_steps": me.slowest,
-         "compared_steps": v.compared_steps, "noise_ms": v.noise_ms, "rank_compute_ms": me.compute_ms,
-         "step_ms": v.step_ms, "waits": {str(r): ms for r, ms in v.waits()}, "span": v.span},
+        {
+            "rank": v.straggler,
+            "host": host,
+            "excess_ms": v.excess_ms,
+            "excess_share": share,
+            "compute_excess_ratio": rel,
+            "region": f.straggler_region,
+            "region_excess_ms": f.straggler_region_ms,
+            "leaf": f.straggler_leaf,
+            "leaf_excess_ms": f.straggler_leaf_ms,
+            "slowest_steps": me.slowest,
+            "compared_steps": v.compared_steps,
+            "noise_ms": v.noise_ms,
+            "rank_compute_ms": me.compute_ms,
+            "step_ms": v.step_ms,
+            "waits": {str(r): ms for r, ms in v.waits()},
+            "span": v.span,
+        },
         f"compute +{_ms(v.excess_ms)} per step over the other ranks ({_pct(share)} of the step), slowest in "
         f"{me.slowest} of {v.compared_steps} steps, {v.span}; {v.who_waits()}",
     )
@@ -924,7 +1043,8 @@ def rule_memory_near_limit(f: RunFacts, t: Thresholds) -> Advice | None:
     if frac < t.memory_near_limit:
         return None
     return Advice(
-        "memory_near_limit", WARN,
+        "memory_near_limit",
+        WARN,
         f"peak memory is {_pct(frac)} of the device",
         "an out-of-memory error is close (longer clips, a larger batch or fragmentation will "
         "tip it): keep checkpointing on, consider 8-bit AdamW, or set "
@@ -943,9 +1063,15 @@ def rule_memory_creep(f: RunFacts, t: Thresholds) -> Advice | None:
     rel = growth / tr.early_mean
     if growth < t.memory_creep_min_bytes or rel < t.memory_creep or tr.slope <= 0:
         return None
-    ev: dict[str, Any] = {"early_mean": tr.early_mean, "recent_mean": tr.recent_mean, "growth": growth,
-                          "growth_share": rel, "bytes_per_step": tr.slope, "first_step": tr.first_step,
-                          "last_step": tr.last_step}
+    ev: dict[str, Any] = {
+        "early_mean": tr.early_mean,
+        "recent_mean": tr.recent_mean,
+        "growth": growth,
+        "growth_share": rel,
+        "bytes_per_step": tr.slope,
+        "first_step": tr.first_step,
+        "last_step": tr.last_step,
+    }
     eta = ""
     if f.device_memory and f.mem_peak:
         assert f.mem_total is not None
@@ -955,7 +1081,8 @@ def rule_memory_creep(f: RunFacts, t: Thresholds) -> Advice | None:
             ev["steps_until_full"] = steps_left
             eta = f"; at this rate the device is full in ~{steps_left:,.0f} steps"
     return Advice(
-        "memory_creep", WARN,
+        "memory_creep",
+        WARN,
         f"memory grows over the run (+{_gb(growth)}, {_pct(rel)})",
         "look for tensors kept across steps (losses or outputs stored without .item()/.detach(), "
         "growing lists, caches keyed by shape)",
@@ -971,7 +1098,8 @@ def rule_unaccounted(f: RunFacts, t: Thresholds) -> Advice | None:
     if f.steps < t.min_steps or not _ok(s) or s < t.unaccounted_share:
         return None
     return Advice(
-        "unaccounted", INFO,
+        "unaccounted",
+        INFO,
         f"{_pct(s)} of the step is outside the timed regions",
         "time the rest (logging, metrics, validation or checkpoint steps, Python between "
         "regions) with `timed(...)` to see where it goes",
@@ -1032,12 +1160,18 @@ def read_run_config(path: str | os.PathLike[str]) -> dict[str, Any] | None:
             d = json.loads(first)
         except (OSError, ValueError):
             continue
-        if isinstance(d, dict) and d.get("kind") == "run_start" and isinstance(d.get("config"), dict):
+        if (
+            isinstance(d, dict)
+            and d.get("kind") == "run_start"
+            and isinstance(d.get("config"), dict)
+        ):
             return d["config"]
     return None
 
 
-def scan_memory_trend(path: str | os.PathLike[str], window: int = 20, skip: int = 3) -> TrendFacts | None:
+def scan_memory_trend(
+    path: str | os.PathLike[str], window: int = 20, skip: int = 3
+) -> TrendFacts | None:
     """The worst rank's memory trend of a run read from its files (bounded memory, one pass).
 
     Uses ``memory.allocated`` (device) or ``memory.rss`` (host) at the end of each step.
@@ -1054,7 +1188,9 @@ def scan_memory_trend(path: str | os.PathLike[str], window: int = 20, skip: int 
                         d = json.loads(line)
                     except ValueError:
                         continue
-                    mem = d.get("memory") if isinstance(d, dict) and d.get("kind") == "step" else None
+                    mem = (
+                        d.get("memory") if isinstance(d, dict) and d.get("kind") == "step" else None
+                    )
                     if isinstance(mem, dict) and isinstance(d.get("step"), int):
                         v = mem.get("allocated", mem.get("rss"))
                         if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -1081,9 +1217,14 @@ def cached_run_config(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return c
 
 
-def advice_for_run(snap: Any, path: str | os.PathLike[str] | None = None,
-                   thresholds: Thresholds = DEFAULT_THRESHOLDS, *, scan: bool = True,
-                   window: bool = False) -> list[Advice]:
+def advice_for_run(
+    snap: Any,
+    path: str | os.PathLike[str] | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    *,
+    scan: bool = True,
+    window: bool = False,
+) -> list[Advice]:
     """Advice for a run snapshot: its facts plus the run_start config and the memory trend.
 
     Both come from the snapshot when the monitor provides them (``config`` / ``mem_trend``
@@ -1099,4 +1240,6 @@ def advice_for_run(snap: Any, path: str | os.PathLike[str] | None = None,
     trend = getattr(snap, "mem_trend", None)
     if trend is None and scan and where and not hasattr(snap, "mem_trend"):
         trend = scan_memory_trend(where)
-    return diagnose(facts_from_snapshot(snap, config, trend, window=window, thresholds=thresholds), thresholds)
+    return diagnose(
+        facts_from_snapshot(snap, config, trend, window=window, thresholds=thresholds), thresholds
+    )

@@ -58,8 +58,9 @@ def _int(x: Any) -> int | None:
     return int(x)
 
 
-def resolve_peak(snap: RunSnapshot, precision: str, override: float | None = None
-                 ) -> tuple[float | None, str | None]:
+def resolve_peak(
+    snap: RunSnapshot, precision: str, override: float | None = None
+) -> tuple[float | None, str | None]:
     """(peak TFLOP/s, where it came from): the override, ``STAGEWATCH_PEAK_TFLOPS``, or
     the table of known GPUs by the run's GPU name; None on CPU or an unknown GPU."""
     if override is not None and override > 0:
@@ -73,8 +74,9 @@ def resolve_peak(snap: RunSnapshot, precision: str, override: float | None = Non
     return spec.peak(precision), f"{spec.name} {precision}"
 
 
-def efficiency(snap: RunSnapshot, *, window: bool = False, peak_tflops: float | None = None
-               ) -> Efficiency | None:
+def efficiency(
+    snap: RunSnapshot, *, window: bool = False, peak_tflops: float | None = None
+) -> Efficiency | None:
     """Achieved TFLOP/s and MFU of ``snap`` (whole run, or its window); None without
     ``config.FLOPS`` in the run's ``run_start`` or without a measured step."""
     cfg = snap.config if isinstance(snap.config, dict) else None
@@ -102,10 +104,17 @@ def efficiency(snap: RunSnapshot, *, window: bool = False, peak_tflops: float | 
         tf = n / (s.avg / 1000.0) / 1e12
         share = s.share if math.isfinite(s.share) else 0.0
         low = tf < LOW_RATIO * step_tf and share >= LOW_MIN_SHARE
-        rows.append(RegionEfficiency(r.name, n, s.avg, tf, tf / peak if peak else None, share,
-                                     low))
-    return Efficiency(precision, peak, source, step_flops, wall.avg, step_tf,
-                      step_tf / peak if peak else None, tuple(rows))
+        rows.append(RegionEfficiency(r.name, n, s.avg, tf, tf / peak if peak else None, share, low))
+    return Efficiency(
+        precision,
+        peak,
+        source,
+        step_flops,
+        wall.avg,
+        step_tf,
+        step_tf / peak if peak else None,
+        tuple(rows),
+    )
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
@@ -123,8 +132,10 @@ def efficiency_dict(eff: Efficiency | None) -> dict[str, Any] | None:
         "step_flops": eff.step_flops,
         "step_tflops": _r(eff.step_tflops),
         "mfu": _r(eff.mfu, 6),
-        "regions": {r.name: {"flops": r.flops, "tflops": _r(r.tflops), "mfu": _r(r.mfu, 6),
-                             "low": r.low} for r in eff.regions},
+        "regions": {
+            r.name: {"flops": r.flops, "tflops": _r(r.tflops), "mfu": _r(r.mfu, 6), "low": r.low}
+            for r in eff.regions
+        },
     }
 
 
@@ -138,7 +149,9 @@ def efficiency_lines(eff: Efficiency | None) -> list[tuple[str, str]]:
     """(text, style) lines for ``tui summary``: the step's figures, then each region."""
     if eff is None:
         return []
-    head = f"efficiency: step {fmt_tflops(eff.step_tflops)} TFLOP/s ({eff.step_flops / 1e12:.4g} TFLOP"
+    head = (
+        f"efficiency: step {fmt_tflops(eff.step_tflops)} TFLOP/s ({eff.step_flops / 1e12:.4g} TFLOP"
+    )
     head += " per step, matmul/conv/attention only)"
     if eff.mfu is not None:
         head += f", MFU {eff.mfu:.2%} of {eff.peak_tflops:g} TFLOP/s ({eff.peak_source})"
@@ -148,8 +161,12 @@ def efficiency_lines(eff: Efficiency | None) -> list[tuple[str, str]]:
     for r in eff.regions:
         mfu = f"  MFU {r.mfu:.2%}" if r.mfu is not None else ""
         mark = "  far below the step's average" if r.low else ""
-        lines.append((f"  {r.name:<40} {fmt_tflops(r.tflops):>8} TFLOP/s{mfu}{mark}",
-                      "yellow" if r.low else ""))
+        lines.append(
+            (
+                f"  {r.name:<40} {fmt_tflops(r.tflops):>8} TFLOP/s{mfu}{mark}",
+                "yellow" if r.low else "",
+            )
+        )
     return lines
 
 

@@ -91,7 +91,9 @@ def rank_files(path: str | os.PathLike[str]) -> list[tuple[int, Path]]:
             raise UsageError(f"not a run: {p} is not a regular file")
         m = RANK_FILE_RE.match(p.name)
         if m is None and not _starts_with_record(p):
-            raise UsageError(f"not a run: {p} (expected a run folder or a rank<R>.jsonl file of stagewatch records)")
+            raise UsageError(
+                f"not a run: {p} (expected a run folder or a rank<R>.jsonl file of stagewatch records)"
+            )
         return [(int(m.group(1)) if m else 0, p)]
     try:
         names = os.listdir(p)
@@ -205,7 +207,9 @@ def parse_steps(text: str) -> StepRange:
     return first, last
 
 
-def write_chrome(run: str | os.PathLike[str], out: IO[str], steps: StepRange | None = None) -> ExportStats:
+def write_chrome(
+    run: str | os.PathLike[str], out: IO[str], steps: StepRange | None = None
+) -> ExportStats:
     """Write the Chrome trace JSON of ``run`` to ``out`` (streamed, one event per line)."""
     files = rank_files(run)
     stats = ExportStats(ranks=len(files))
@@ -222,8 +226,16 @@ def write_chrome(run: str | os.PathLike[str], out: IO[str], steps: StepRange | N
         t0 = 0.0
     run_name = Path(run).name if Path(run).is_dir() else Path(run).parent.name
     out.write('{"displayTimeUnit":"ms","otherData":')
-    out.write(json.dumps({"run": run_name, "origin_unix_s": t0, "generator": "stagewatch tui export",
-                          "layout": "regions laid back to back inside their parent (start times approximate)"}))
+    out.write(
+        json.dumps(
+            {
+                "run": run_name,
+                "origin_unix_s": t0,
+                "generator": "stagewatch tui export",
+                "layout": "regions laid back to back inside their parent (start times approximate)",
+            }
+        )
+    )
     out.write(',"traceEvents":[\n')
     first = True
 
@@ -247,11 +259,36 @@ def write_chrome(run: str | os.PathLike[str], out: IO[str], steps: StepRange | N
                 if isinstance(rec, RunStart):
                     if not named:
                         label = f"rank {rank}"
-                        detail = " ".join(x for x in (rec.host, rec.device, rec.gpu_name or "") if x)
-                        buf.append({"ph": "M", "name": "process_name", "pid": rank, "tid": 0,
-                              "args": {"name": f"{label} ({detail})" if detail else label}})
-                        buf.append({"ph": "M", "name": "process_sort_index", "pid": rank, "tid": 0, "args": {"sort_index": rank}})
-                        buf.append({"ph": "M", "name": "thread_name", "pid": rank, "tid": 0, "args": {"name": "training steps"}})
+                        detail = " ".join(
+                            x for x in (rec.host, rec.device, rec.gpu_name or "") if x
+                        )
+                        buf.append(
+                            {
+                                "ph": "M",
+                                "name": "process_name",
+                                "pid": rank,
+                                "tid": 0,
+                                "args": {"name": f"{label} ({detail})" if detail else label},
+                            }
+                        )
+                        buf.append(
+                            {
+                                "ph": "M",
+                                "name": "process_sort_index",
+                                "pid": rank,
+                                "tid": 0,
+                                "args": {"sort_index": rank},
+                            }
+                        )
+                        buf.append(
+                            {
+                                "ph": "M",
+                                "name": "thread_name",
+                                "pid": rank,
+                                "tid": 0,
+                                "args": {"name": "training steps"},
+                            }
+                        )
                         named = True
                 elif isinstance(rec, Step):
                     if not in_range(rec.step, steps):
@@ -264,40 +301,111 @@ def write_chrome(run: str | os.PathLike[str], out: IO[str], steps: StepRange | N
                     start = max(_r((rec.time - t0) * 1e6 - rec.wall_ms * 1000.0), prev_end)
                     end = start + dur
                     prev_end = _r(end)
-                    args: dict[str, Any] = {"wall_ms": rec.wall_ms, "samples": rec.samples, "epoch": rec.epoch,
-                                            "unaccounted_ms": round(unaccounted_ms(rec.wall_ms, rec.regions), 4)}
+                    args: dict[str, Any] = {
+                        "wall_ms": rec.wall_ms,
+                        "samples": rec.samples,
+                        "epoch": rec.epoch,
+                        "unaccounted_ms": round(unaccounted_ms(rec.wall_ms, rec.regions), 4),
+                    }
                     if rec.scalars:
                         args.update({k: v for k, v in rec.scalars.items() if v is not None})
-                    buf.append({"ph": "X", "name": f"step {rec.step}", "cat": "step", "pid": rank, "tid": 0,
-                          "ts": start, "dur": dur, "args": args})
+                    buf.append(
+                        {
+                            "ph": "X",
+                            "name": f"step {rec.step}",
+                            "cat": "step",
+                            "pid": rank,
+                            "tid": 0,
+                            "ts": start,
+                            "dur": dur,
+                            "args": args,
+                        }
+                    )
                     for name, s, d in layout_regions(rec.regions, start, end):
                         ms, count = rec.regions[name]
-                        buf.append({"ph": "X", "name": name.rsplit("/", 1)[-1], "cat": "region", "pid": rank, "tid": 0,
-                              "ts": _r(s), "dur": _r(d),
-                              "args": {"region": name, "ms": ms, "count": count,
-                                       "share": round(ms / rec.wall_ms, 4) if rec.wall_ms > 0 else None}})
+                        buf.append(
+                            {
+                                "ph": "X",
+                                "name": name.rsplit("/", 1)[-1],
+                                "cat": "region",
+                                "pid": rank,
+                                "tid": 0,
+                                "ts": _r(s),
+                                "dur": _r(d),
+                                "args": {
+                                    "region": name,
+                                    "ms": ms,
+                                    "count": count,
+                                    "share": round(ms / rec.wall_ms, 4)
+                                    if rec.wall_ms > 0
+                                    else None,
+                                },
+                            }
+                        )
                     if rec.memory:
-                        buf.append({"ph": "C", "name": "memory (MiB)", "pid": rank, "tid": 0, "ts": _r(end),
-                              "args": {k: round(v / MiB, 2) for k, v in rec.memory.items()}})
+                        buf.append(
+                            {
+                                "ph": "C",
+                                "name": "memory (MiB)",
+                                "pid": rank,
+                                "tid": 0,
+                                "ts": _r(end),
+                                "args": {k: round(v / MiB, 2) for k, v in rec.memory.items()},
+                            }
+                        )
                 elif isinstance(rec, Eval):
                     if not in_range(rec.step, steps):
                         continue
-                    buf.append({"ph": "i", "s": "p", "name": f"eval step {rec.step}", "pid": rank, "tid": 0,
-                          "ts": _r((rec.time - t0) * 1e6), "args": dict(rec.metrics)})
+                    buf.append(
+                        {
+                            "ph": "i",
+                            "s": "p",
+                            "name": f"eval step {rec.step}",
+                            "pid": rank,
+                            "tid": 0,
+                            "ts": _r((rec.time - t0) * 1e6),
+                            "args": dict(rec.metrics),
+                        }
+                    )
                 elif isinstance(rec, RunEnd):
                     args = {"status": rec.status, "steps": rec.steps}
                     if rec.error_type or rec.error_message:
                         args["error"] = f"{rec.error_type or 'error'}: {rec.error_message or ''}"
-                    buf.append({"ph": "i", "s": "p", "name": f"run end ({rec.status})", "pid": rank, "tid": 0,
-                          "ts": _r((rec.time - t0) * 1e6), "args": args})
+                    buf.append(
+                        {
+                            "ph": "i",
+                            "s": "p",
+                            "name": f"run end ({rec.status})",
+                            "pid": rank,
+                            "tid": 0,
+                            "ts": _r((rec.time - t0) * 1e6),
+                            "args": args,
+                        }
+                    )
                 texts = [json.dumps(ev, separators=(",", ":"), allow_nan=False) for ev in buf]
-            except (ArithmeticError, ValueError, TypeError) as e:  # an absurd figure: skip the record
-                stats.bad(p, 0, f"a {type(rec).__name__.lower()} record could not be exported ({type(e).__name__})")
+            except (
+                ArithmeticError,
+                ValueError,
+                TypeError,
+            ) as e:  # an absurd figure: skip the record
+                stats.bad(
+                    p,
+                    0,
+                    f"a {type(rec).__name__.lower()} record could not be exported ({type(e).__name__})",
+                )
                 continue
             for text in texts:
                 write_event(text)
         if not named:  # a file without run_start (written by another tool)
-            emit({"ph": "M", "name": "process_name", "pid": rank, "tid": 0, "args": {"name": f"rank {rank}"}})
+            emit(
+                {
+                    "ph": "M",
+                    "name": "process_name",
+                    "pid": rank,
+                    "tid": 0,
+                    "args": {"name": f"rank {rank}"},
+                }
+            )
     out.write("\n]}\n")
     return stats
 
@@ -305,13 +413,17 @@ def write_chrome(run: str | os.PathLike[str], out: IO[str], steps: StepRange | N
 # --------------------------------------------------------------------------- csv
 
 
-def _steps(rank: int, p: Path, stats: ExportStats, steps: StepRange | None = None) -> Iterator[tuple[int, int, Step]]:
+def _steps(
+    rank: int, p: Path, stats: ExportStats, steps: StepRange | None = None
+) -> Iterator[tuple[int, int, Step]]:
     for rec in records(p, stats):
         if isinstance(rec, Step) and in_range(rec.step, steps):
             yield rec.step, rank, rec
 
 
-def write_csv(run: str | os.PathLike[str], out: IO[str], steps: StepRange | None = None) -> ExportStats:
+def write_csv(
+    run: str | os.PathLike[str], out: IO[str], steps: StepRange | None = None
+) -> ExportStats:
     """Write one CSV row per step and rank (two streaming passes: column names, then rows)."""
     files = rank_files(run)
     stats = ExportStats(ranks=len(files))
@@ -329,11 +441,23 @@ def write_csv(run: str | os.PathLike[str], out: IO[str], steps: StepRange | None
     stats.malformed, stats.errors = 0, []
     reg = sorted(regions)  # alphabetical: parents sit right before their children
     # names escaped (tui.fmt.clean): the table may go to a terminal, and a name is the only text
-    header = ["step", "rank", "epoch", "time", "wall_ms", "samples", *map(printable, reg), "unaccounted_ms",
-              *(f"mem_{printable(k)}" for k in mem), *map(printable, scalars)]
+    header = [
+        "step",
+        "rank",
+        "epoch",
+        "time",
+        "wall_ms",
+        "samples",
+        *map(printable, reg),
+        "unaccounted_ms",
+        *(f"mem_{printable(k)}" for k in mem),
+        *map(printable, scalars),
+    ]
     w = csv.writer(out, lineterminator="\n")
     w.writerow(header)
-    merged = heapq.merge(*(_steps(r, p, stats, steps) for r, p in files), key=lambda t: (t[0], t[1]))
+    merged = heapq.merge(
+        *(_steps(r, p, stats, steps) for r, p in files), key=lambda t: (t[0], t[1])
+    )
     for step, rank, s in merged:
         try:
             row: list[Any] = [step, rank, s.epoch, f"{s.time:.3f}", f"{s.wall_ms:.4f}", s.samples]
@@ -344,8 +468,11 @@ def write_csv(run: str | os.PathLike[str], out: IO[str], steps: StepRange | None
             sc = s.scalars or {}
             row += ["" if sc.get(k) is None else repr(float(sc[k])) for k in scalars]
         except (ArithmeticError, ValueError, TypeError) as e:  # an absurd figure: skip the row
-            stats.bad(files[rank][1] if rank < len(files) else Path(run), 0,
-                      f"step {step} of rank {rank} could not be exported ({type(e).__name__})")
+            stats.bad(
+                files[rank][1] if rank < len(files) else Path(run),
+                0,
+                f"step {step} of rank {rank} could not be exported ({type(e).__name__})",
+            )
             continue
         stats.steps += 1
         w.writerow(row)

@@ -112,7 +112,9 @@ def fmt_duration(s: float | None) -> str:
     ``∞`` for an infinite or absurd duration, ``—`` for unknown or negative."""
     v = finite(s)
     if v is None:
-        return "∞" if s is not None and not isinstance(s, bool) and ok(s) and _positive_inf(s) else "—"
+        return (
+            "∞" if s is not None and not isinstance(s, bool) and ok(s) and _positive_inf(s) else "—"
+        )
     if v < 0:
         return "—"
     if v >= 1e9:  # ~31 years: an ETA from a rate near zero

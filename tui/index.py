@@ -124,7 +124,10 @@ def _rank_state(a: RankAgg) -> dict[str, Any]:
         if isinstance(v, np.ndarray):
             out[k] = _nd(v)
         elif isinstance(v, MemTrend):
-            out[k] = {s: (list(getattr(v, s)) if s == "_ring" else getattr(v, s)) for s in MemTrend.__slots__}
+            out[k] = {
+                s: (list(getattr(v, s)) if s == "_ring" else getattr(v, s))
+                for s in MemTrend.__slots__
+            }
         else:
             out[k] = v
     return out
@@ -155,7 +158,11 @@ def _rank_from(d: dict[str, Any], window: int) -> RankAgg:
             for s in MemTrend.__slots__:
                 setattr(mt, s, deque(v[s], maxlen=mt.window) if s == "_ring" else v[s])
             v = mt
-        elif like is not None and type(like) is not type(v) and not (isinstance(like, float) and type(v) is int):
+        elif (
+            like is not None
+            and type(like) is not type(v)
+            and not (isinstance(like, float) and type(v) is int)
+        ):
             raise UnusableIndex(f"field {k} of another type")
         setattr(a, k, v)
     a._schemas = {}
@@ -192,7 +199,10 @@ def agg_from(d: dict[str, Any], run_id: str, path: str, window: int) -> RunAgg:
     agg.ends = {int(r): _rec(RunEnd, e) for r, e in d["ends"].items()}
     agg.evals = {str(k): float(v) for k, v in d["evals"].items()}
     agg.eval_step = d["eval_step"]
-    agg.tails = {int(r): deque(((int(s), float(w)) for s, w in t), maxlen=agg.pending_limit) for r, t in d["tails"].items()}
+    agg.tails = {
+        int(r): deque(((int(s), float(w)) for s, w in t), maxlen=agg.pending_limit)
+        for r, t in d["tails"].items()
+    }
     _ = Eval  # records of other kinds are not kept by the aggregate
     return agg
 
@@ -214,22 +224,35 @@ def save(src: RunSource) -> bool:
 
 def _save(src: RunSource) -> bool:
     feeds = list(src.feeds.values())
-    if not feeds or any(f.kind != "jsonl" or f.tail.state != "ok" or f.tail.ident is None for f in feeds):
+    if not feeds or any(
+        f.kind != "jsonl" or f.tail.state != "ok" or f.tail.ident is None for f in feeds
+    ):
         return False
     files = []
     for f in feeds:
         end = f.tail.offset - len(f.tail.partial)
         key = _key_of(f.tail.path, end)
-        files.append({
-            "name": os.path.basename(f.tail.path), "rank": f.rank, "end": end, **key,
-            "feed": {k: getattr(f, k) for k in _FEED_FIELDS},
-            "tail": {k: getattr(f.tail, k) for k in _TAIL_FIELDS},
-            "cuts": [list(c) for c in f.cuts],
-        })
-    payload = msgspec.msgpack.encode({
-        "format": FORMAT, "version": VERSION, "run_id": src.run_id, "window": src.window,
-        "files": files, "agg": agg_state(src.agg),
-    })
+        files.append(
+            {
+                "name": os.path.basename(f.tail.path),
+                "rank": f.rank,
+                "end": end,
+                **key,
+                "feed": {k: getattr(f, k) for k in _FEED_FIELDS},
+                "tail": {k: getattr(f.tail, k) for k in _TAIL_FIELDS},
+                "cuts": [list(c) for c in f.cuts],
+            }
+        )
+    payload = msgspec.msgpack.encode(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "run_id": src.run_id,
+            "window": src.window,
+            "files": files,
+            "agg": agg_state(src.agg),
+        }
+    )
     body = zlib.compress(payload, 1)
     if len(body) > MAX_INDEX_BYTES:
         return False
@@ -273,13 +296,20 @@ def _load(src: RunSource) -> bool:
         return False
     feeds = {os.path.basename(f.tail.path): f for f in src.feeds.values()}
     files = d["files"]
-    if sorted(x["name"] for x in files) != sorted(feeds) or any(f.kind != "jsonl" for f in feeds.values()):
+    if sorted(x["name"] for x in files) != sorted(feeds) or any(
+        f.kind != "jsonl" for f in feeds.values()
+    ):
         return False  # a rank file appeared or went
     for x in files:
         f = feeds[x["name"]]
         end = x["end"]
         now = _key_of(f.tail.path, end)
-        if now["size"] < x["size"] or now["head_hash"] != x["head_hash"] or now["tail_hash"] != x["tail_hash"] or f.rank != x["rank"]:
+        if (
+            now["size"] < x["size"]
+            or now["head_hash"] != x["head_hash"]
+            or now["tail_hash"] != x["tail_hash"]
+            or f.rank != x["rank"]
+        ):
             return False  # shrank, replaced or rewritten since
     for x in files:
         if set(x["feed"]) != set(_FEED_FIELDS) or set(x["tail"]) != set(_TAIL_FIELDS):

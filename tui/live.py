@@ -32,7 +32,9 @@ from tui.snapshot import WorldSnapshot
 
 Post = Callable[[WorldSnapshot], None]
 MAX_POSTS_PER_S = 8.0  # snapshots (so redraws) a second at most, at the source
-FULL_GAP_S = 1.0  # seconds between full snapshots while light ones stream (the app sets its panel gap)
+FULL_GAP_S = (
+    1.0  # seconds between full snapshots while light ones stream (the app sets its panel gap)
+)
 
 
 class LiveSource:
@@ -54,7 +56,9 @@ class LiveSource:
         full_gap: float = FULL_GAP_S,
     ) -> None:
         self.root = os.fspath(root)
-        self.reader = RootReader(root, window=window, stale_after=stale_after, clock=clock, use_index=use_index)
+        self.reader = RootReader(
+            root, window=window, stale_after=stale_after, clock=clock, use_index=use_index
+        )
         self.poll = poll
         self.interval = interval if interval is not None else (0.25 if poll else 1.0)
         self.clock = clock
@@ -89,7 +93,9 @@ class LiveSource:
     def start(self, post: Post) -> None:
         if not self.poll:
             self._start_watching()
-        self._thread = threading.Thread(target=self._loop, args=(post,), name="stagewatch-reader", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, args=(post,), name="stagewatch-reader", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -133,8 +139,16 @@ class LiveSource:
             # only the kinds of event that can mean new data: the kernel then never reports
             # the opens and closes of the reader's own reads (every file, every tick), which
             # cost the watching threads as much as the writer's appends
-            kinds = [ev.FileModifiedEvent, ev.FileCreatedEvent, ev.FileDeletedEvent, ev.FileMovedEvent,
-                     ev.FileClosedEvent, ev.DirCreatedEvent, ev.DirDeletedEvent, ev.DirMovedEvent]
+            kinds = [
+                ev.FileModifiedEvent,
+                ev.FileCreatedEvent,
+                ev.FileDeletedEvent,
+                ev.FileMovedEvent,
+                ev.FileClosedEvent,
+                ev.DirCreatedEvent,
+                ev.DirDeletedEvent,
+                ev.DirMovedEvent,
+            ]
             obs.schedule(_Handler(), watch_dir, recursive=True, event_filter=kinds)
             obs.daemon = True
             obs.start()
@@ -198,8 +212,13 @@ class LiveSource:
             # woken by a write before a post is allowed: let the lines of the gap arrive and
             # read them in one tick (a writer flushing 60 times a second costs 8 reads, not 60)
             early = self.min_gap - (time.monotonic() - last_post)
-            if early > 0 and not first and not self.reader.behind and self._want_select is None \
-                    and not self._want_full:
+            if (
+                early > 0
+                and not first
+                and not self.reader.behind
+                and self._want_select is None
+                and not self._want_full
+            ):
                 self._stop.wait(early)
             try:
                 with self._lock:
@@ -212,7 +231,11 @@ class LiveSource:
                 full_due = now - last_full >= self.full_gap
                 # no rebuild for time passing: the state changing (running -> stale) is a
                 # change tick() reports, and the screen ages "last write" on its own
-                if (pending or (behind_panels and (full_due or self._want_full))) and now - last_post >= self.min_gap and not self.busy():
+                if (
+                    (pending or (behind_panels and (full_due or self._want_full)))
+                    and now - last_post >= self.min_gap
+                    and not self.busy()
+                ):
                     want, self._want_full = self._want_full, False
                     snap = self.build(full=full_due or want or first or sel is not None)
                     first = False
@@ -225,7 +248,9 @@ class LiveSource:
                     else:
                         self.full_posts += 1
                         last_full, behind_panels = now, False
-            except Exception as e:  # keep reading; the screen shows the error and the last good figures
+            except (
+                Exception
+            ) as e:  # keep reading; the screen shows the error and the last good figures
                 self.last_error = f"reader failed: {type(e).__name__}: {e}"[:300]
                 self.failures += 1
                 try:
@@ -242,7 +267,10 @@ class LiveSource:
             now = time.monotonic()
             timeout = self.interval if not pending else max(0.01, self.min_gap - (now - last_post))
             if behind_panels:  # the full snapshot due at the gap's end
-                timeout = min(timeout, max(0.01, last_full + self.full_gap - now, self.min_gap - (now - last_post)))
+                timeout = min(
+                    timeout,
+                    max(0.01, last_full + self.full_gap - now, self.min_gap - (now - last_post)),
+                )
             self._wake.wait(timeout)
             self._wake.clear()
 

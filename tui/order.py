@@ -27,12 +27,15 @@ def _parent(name: str) -> str | None:
 
 
 def hysteresis_order(
-    names: Iterable[str], share: Callable[[str], float], prev: Sequence[str] | None = None,
+    names: Iterable[str],
+    share: Callable[[str], float],
+    prev: Sequence[str] | None = None,
     margin: float = DEFAULT_MARGIN,
 ) -> list[str]:
     """``names`` by decreasing ``share``, moving a name from its ``prev`` position only when it
     beats a name ahead of it by more than ``margin``. Names not in ``prev`` come after the
     known ones, by share. Unknown (NaN) shares count as 0."""
+
     def sh(n: str) -> float:
         v = share(n)
         return v if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
@@ -57,8 +60,13 @@ def hysteresis_order(
 
 
 def tree_sort(
-    rows: Sequence[T], name: Callable[[T], str], share: Callable[[T], float], *, by: str = "time",
-    prev: Sequence[str] | None = None, margin: float = DEFAULT_MARGIN,
+    rows: Sequence[T],
+    name: Callable[[T], str],
+    share: Callable[[T], float],
+    *,
+    by: str = "time",
+    prev: Sequence[str] | None = None,
+    margin: float = DEFAULT_MARGIN,
 ) -> list[T]:
     """``rows`` (a tree in any order where parents may be missing) with each parent's children
     sorted: ``by="time"`` by share with hysteresis against ``prev`` (the names in the order

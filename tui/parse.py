@@ -39,7 +39,9 @@ class LIMITS:
 
     MAX_LINE_BYTES = records.MAX_LINE_BYTES  # a longer line is one malformed line
     MAX_MS = records.MAX_MS  # 0 <= region ms, wall_ms < MAX_MS
-    MAX_INT = records.MAX_INT  # |step|, epoch, samples, call counts, start/total steps, pid... < MAX_INT
+    MAX_INT = (
+        records.MAX_INT
+    )  # |step|, epoch, samples, call counts, start/total steps, pid... < MAX_INT
     MAX_CALLS = records.MAX_INT
     MAX_VALUE = records.MAX_ABS_NUMBER  # |scalar|, |metric| < MAX_VALUE
     MAX_BYTES = records.MAX_BYTES_VALUE  # 0 <= memory bytes < MAX_BYTES
@@ -63,7 +65,10 @@ Ms = Annotated[float, _M(ge=0, lt=LIMITS.MAX_MS)]
 Calls = Annotated[int, _M(ge=0, lt=LIMITS.MAX_CALLS)]
 Time = Annotated[float, _M(ge=-LIMITS.MAX_TIME, le=LIMITS.MAX_TIME)]
 Value = Annotated[float, _M(gt=-LIMITS.MAX_VALUE, lt=LIMITS.MAX_VALUE)]
-Bytes = Union[Annotated[int, _M(ge=0, le=LIMITS.MAX_BYTES - 1)], Annotated[float, _M(ge=0, lt=LIMITS.MAX_BYTES)]]  # noqa: UP007
+Bytes = Union[  # noqa: UP007
+    Annotated[int, _M(ge=0, le=LIMITS.MAX_BYTES - 1)],
+    Annotated[float, _M(ge=0, lt=LIMITS.MAX_BYTES)],
+]
 Name = Annotated[str, _M(max_length=LIMITS.MAX_NAME_CHARS)]
 
 
@@ -253,23 +258,41 @@ def _convert(m: Any) -> StepRow | Record:
     t = type(m)
     if t is _StepMsg:
         r = m.regions
-        return _new_row(StepRow, (m.step, m.time, m.wall_ms, m.samples, m.epoch, tuple(r), r, m.memory, m.scalars))
+        return _new_row(
+            StepRow,
+            (m.step, m.time, m.wall_ms, m.samples, m.epoch, tuple(r), r, m.memory, m.scalars),
+        )
     if t is _StartMsg:
         cfg = m.config or {}
         _check_config(cfg)
         return RunStart(
-            run_id=m.run_id or "", rank=m.rank, world_size=m.world_size, time=m.time, host=m.host or "",
-            pid=m.pid, device=m.device or "cpu", gpu_name=m.gpu_name, torch_version=m.torch_version,
-            config=cfg, total_steps=m.total_steps, samples_per_step=m.samples_per_step,
-            device_memory_total=m.device_memory_total, start_step=m.start_step, version=m.v,
+            run_id=m.run_id or "",
+            rank=m.rank,
+            world_size=m.world_size,
+            time=m.time,
+            host=m.host or "",
+            pid=m.pid,
+            device=m.device or "cpu",
+            gpu_name=m.gpu_name,
+            torch_version=m.torch_version,
+            config=cfg,
+            total_steps=m.total_steps,
+            samples_per_step=m.samples_per_step,
+            device_memory_total=m.device_memory_total,
+            start_step=m.start_step,
+            version=m.v,
         )
     if t is _EvalMsg:
         metrics = {k: v for k, v in (m.metrics or {}).items() if v is not None}
         return Eval(step=m.step, time=m.time, metrics=metrics, version=m.v)
     err = m.error
     return RunEnd(
-        time=m.time, status=m.status, steps=m.steps, error_type=err.type if err else None,
-        error_message=err.message if err else None, version=m.v,
+        time=m.time,
+        status=m.status,
+        steps=m.steps,
+        error_type=err.type if err else None,
+        error_message=err.message if err else None,
+        version=m.v,
     )
 
 
@@ -322,4 +345,14 @@ def parse_fast(line: bytes) -> StepRow | None:
 
 def row_from_step(s: Step) -> StepRow:
     """StepRow of a Step record (text logs, tests)."""
-    return StepRow(s.step, s.time, s.wall_ms, s.samples, s.epoch, tuple(s.regions), s.regions, s.memory, s.scalars)
+    return StepRow(
+        s.step,
+        s.time,
+        s.wall_ms,
+        s.samples,
+        s.epoch,
+        tuple(s.regions),
+        s.regions,
+        s.memory,
+        s.scalars,
+    )

@@ -120,7 +120,9 @@ class TailFile:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):  # swapped between the stat and the open
-                return self._trouble(FILE_NOT_REGULAR, f"not a regular file ({_file_type(st.st_mode)})")
+                return self._trouble(
+                    FILE_NOT_REGULAR, f"not a regular file ({_file_type(st.st_mode)})"
+                )
             self.state, self.problem = FILE_OK, ""
             ident = (st.st_dev, st.st_ino)
             reset = False
@@ -244,12 +246,24 @@ class Feed:
         malformed = self.malformed + self.tail.overlong
         if self.text is not None:
             malformed += self.text.malformed
-        last = self.text.last_error if self.text is not None and self.text.last_error else self.last_error
+        last = (
+            self.text.last_error
+            if self.text is not None and self.text.last_error
+            else self.last_error
+        )
         if self.tail.overlong and not last:
             last = f"line longer than {MAX_LINE} bytes"
         return FileInfo(
-            self.tail.path, self.rank, self.lines, malformed, self.skipped, last, self.kind,
-            state=self.tail.state, problem=self.tail.problem, duplicates=self.duplicates,
+            self.tail.path,
+            self.rank,
+            self.lines,
+            malformed,
+            self.skipped,
+            last,
+            self.kind,
+            state=self.tail.state,
+            problem=self.tail.problem,
+            duplicates=self.duplicates,
         )
 
     def _step_kept(self, step: int, n: int) -> bool:
@@ -342,14 +356,33 @@ class Feed:
                                     continue
                             if opened is not None:
                                 append(opened)
-                                block, bkeys, bms, bcalls, bmsgs = opened, opened.bkeys, opened.ms, opened.calls, opened.msgs
+                                block, bkeys, bms, bcalls, bmsgs = (
+                                    opened,
+                                    opened.bkeys,
+                                    opened.ms,
+                                    opened.calls,
+                                    opened.msgs,
+                                )
                             bmsgs.append(m)
                             continue
                     m = None  # a new schema, or values the fast path left to the typed decoder
                 elif type(m) is StepMsg and m.v in OK_VERSIONS:
                     r = m.regions
                     st = m.step
-                    row = _new_tuple(StepRow, (st, m.time, m.wall_ms, m.samples, m.epoch, tuple(r), r, m.memory, m.scalars))
+                    row = _new_tuple(
+                        StepRow,
+                        (
+                            st,
+                            m.time,
+                            m.wall_ms,
+                            m.samples,
+                            m.epoch,
+                            tuple(r),
+                            r,
+                            m.memory,
+                            m.scalars,
+                        ),
+                    )
                     block = None
                     if plain and (prev is None or st > prev):
                         prev = st
@@ -519,7 +552,9 @@ def check_run(path: str | os.PathLike[str]) -> None:
             return
         if feed.last_error:
             more = "" if tail.offset >= tail.size else " in its first bytes"
-            errors.append(f"{f.name}: {feed.malformed} malformed lines{more}; last: {feed.last_error}")
+            errors.append(
+                f"{f.name}: {feed.malformed} malformed lines{more}; last: {feed.last_error}"
+            )
     detail = f" ({'; '.join(errors[:2])})" if errors else ""
     raise UsageError(f"no stagewatch records in {p}{detail}")
 
@@ -575,7 +610,9 @@ class RunSource:
                 else:
                     r = _TEXT_RANK_RE.search(self.path.name)
                     kind = "jsonl" if self.path.suffix == ".jsonl" else "text"
-                    self.feeds[str(self.path)] = Feed(str(self.path), int(r.group(1)) if r else 0, kind)
+                    self.feeds[str(self.path)] = Feed(
+                        str(self.path), int(r.group(1)) if r else 0, kind
+                    )
                 return True
             return False
         try:
@@ -640,7 +677,12 @@ class RunSource:
             return False
         self._index_tried = True
         self.discover()
-        if not self.feeds or self.agg.ranks or self.agg.starts or any(f.lines or f.tail.offset for f in self.feeds.values()):
+        if (
+            not self.feeds
+            or self.agg.ranks
+            or self.agg.starts
+            or any(f.lines or f.tail.offset for f in self.feeds.values())
+        ):
             return False
         if index.load(self):
             self.from_index = True
@@ -798,8 +840,11 @@ class RunSource:
 
     def state(self) -> str:
         st = self.agg.state(self.idle_s(), self.stale_after)
-        if st in ("stale", "running") and self.feeds and all(f.kind == "text" for f in self.feeds.values()) and (
-            st == "stale" or self.read_to_end
+        if (
+            st in ("stale", "running")
+            and self.feeds
+            and all(f.kind == "text" for f in self.feeds.values())
+            and (st == "stale" or self.read_to_end)
         ):
             return FINISHED  # a classic text log has no end record
         return st
@@ -810,7 +855,11 @@ class RunSource:
     def snapshot(self, replay: str | None = None, light: bool = False) -> RunSnapshot:
         """The run now; ``light``: without per-region figures (see :meth:`RunAgg.snapshot`)."""
         snap = self.agg.snapshot(
-            idle_s=self.idle_s(), stale_after=self.stale_after, files=self.files(), replay=replay, light=light
+            idle_s=self.idle_s(),
+            stale_after=self.stale_after,
+            files=self.files(),
+            replay=replay,
+            light=light,
         )
         st = self.state()
         if st != snap.state:
@@ -826,7 +875,14 @@ class RunSource:
     def item(self) -> RunItem:
         a = self.agg
         start = a.starts.get(0) or next(iter(a.starts.values()), None)
-        return RunItem(self.run_id, str(self.dir), self.state(), a.last_step, a.total_steps, start.time if start else None)
+        return RunItem(
+            self.run_id,
+            str(self.dir),
+            self.state(),
+            a.last_step,
+            a.total_steps,
+            start.time if start else None,
+        )
 
 
 def _replace_state(snap: RunSnapshot, state: str) -> RunSnapshot:
@@ -873,7 +929,11 @@ class RootReader:
         key = str(path)
         if key not in self.runs:
             self.runs[key] = RunSource(
-                path, window=self.window, stale_after=self.stale_after, clock=self.clock, use_index=self.use_index
+                path,
+                window=self.window,
+                stale_after=self.stale_after,
+                clock=self.clock,
+                use_index=self.use_index,
             )
 
     def scan(self) -> bool:

@@ -315,7 +315,11 @@ class ReplaySource:
             return f"⏹ replay at the end (step {self.position}) · {self.speed:g} steps/s"
         state = "▶" if self.playing else "⏸"
         end = self.known_end or self._tail_end()
-        of = f" · step {self.position} of {max(end, self.position)}" if end else f" · step {self.position}"
+        of = (
+            f" · step {self.position} of {max(end, self.position)}"
+            if end
+            else f" · step {self.position}"
+        )
         return f"{state} replay {self.speed:g} steps/s{of}"
 
     def _tail_end(self) -> int | None:
@@ -329,14 +333,20 @@ class ReplaySource:
                 sizes.append(-1)
         if getattr(self, "_tail_key", None) != sizes:
             self._tail_key = sizes
-            self._tail = max((e for c in self.cursors if (e := _last_step_in(c.feed)) is not None), default=None)
+            self._tail = max(
+                (e for c in self.cursors if (e := _last_step_in(c.feed)) is not None), default=None
+            )
         return self._tail
 
     @property
     def at_end(self) -> bool:
         """Nothing left to show (a file still being written may add more)."""
         try:
-            return self.position > 0 and not self._next_steps() and all(not c.queue for c in self.cursors)
+            return (
+                self.position > 0
+                and not self._next_steps()
+                and all(not c.queue for c in self.cursors)
+            )
         except (_Reset, _Resegment):
             return False
 
@@ -383,7 +393,9 @@ class ReplaySource:
         """Start the low-priority whole-run read (it writes the index) for a big run."""
         from tui import index
 
-        if self.known_end is not None or not (index.enabled() if self.use_index is None else self.use_index):
+        if self.known_end is not None or not (
+            index.enabled() if self.use_index is None else self.use_index
+        ):
             return
         try:
             size = sum(os.path.getsize(f.tail.path) for f in self.src.feeds.values())
@@ -395,11 +407,17 @@ class ReplaySource:
         import sys
 
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        )
         try:
             self._behind = subprocess.Popen(
                 [sys.executable, "-c", _BEHIND, self.path, str(self.window)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
             )
         except OSError:
             self._behind = None
@@ -419,7 +437,9 @@ class ReplaySource:
 
     def start(self, post: Post) -> None:
         self._read_behind()
-        self._thread = threading.Thread(target=self._loop, args=(post,), name="stagewatch-replay", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, args=(post,), name="stagewatch-replay", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

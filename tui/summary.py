@@ -73,7 +73,9 @@ def _stats(s: Stats) -> dict[str, Any]:
 
 def _region(r: RegionRow, red: float, yellow: float, window: bool = False) -> dict[str, Any]:
     d: dict[str, Any] = {"name": r.name, "depth": r.depth, "parent": r.parent}
-    d["class"] = class_of(r.window if window else r.whole, red, yellow) if r.name != UNACCOUNTED else None
+    d["class"] = (
+        class_of(r.window if window else r.whole, red, yellow) if r.name != UNACCOUNTED else None
+    )
     d.update(_stats(r.whole))
     d["window"] = _stats(r.window)
     d["ranks"] = {str(rank): _stats(w) for rank, w, _ in r.ranks}
@@ -85,15 +87,24 @@ def sorted_regions(snap: RunSnapshot, sort: str = "time", window: bool = False) 
     (``name``) or as first run (``run``, the order the records list them)."""
     if sort == "run":
         return list(snap.regions)
-    return tree_sort(snap.regions, lambda r: r.name, lambda r: (r.window if window else r.whole).share, by=sort)
+    return tree_sort(
+        snap.regions, lambda r: r.name, lambda r: (r.window if window else r.whole).share, by=sort
+    )
 
 
 def _advice(snap: RunSnapshot, red: float, window: bool) -> list[Advice]:
     return advice_for_run(snap, thresholds=Thresholds(dominant_share=red), window=window)
 
 
-def summary_dict(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10, *, sort: str = "time",
-                 window: bool = False, peak_tflops: float | None = None) -> dict[str, Any]:
+def summary_dict(
+    snap: RunSnapshot,
+    red: float = 0.40,
+    yellow: float = 0.10,
+    *,
+    sort: str = "time",
+    window: bool = False,
+    peak_tflops: float | None = None,
+) -> dict[str, Any]:
     """The JSON document of ``tui summary --json`` (see docs/monitor.md).
 
     ``window``: classes and advice of the recent window instead of the whole run (both sets
@@ -109,8 +120,9 @@ def summary_dict(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10, *, 
     return d
 
 
-def _summary_dict(snap: RunSnapshot, red: float, yellow: float, *, sort: str,
-                  window: bool) -> dict[str, Any]:
+def _summary_dict(
+    snap: RunSnapshot, red: float, yellow: float, *, sort: str, window: bool
+) -> dict[str, Any]:
     verdict = verdict_of(snap)
     return {
         "schema": SCHEMA_VERSION,
@@ -133,13 +145,24 @@ def _summary_dict(snap: RunSnapshot, red: float, yellow: float, *, sort: str,
         "mem_peak_bytes": snap.mem_peak,
         "scalars": {k: _num(v) for k, v in snap.scalars},
         "eval": {"step": snap.eval_step, "metrics": {k: _num(v) for k, v in snap.evals}},
-        "straggler": {"rank": snap.straggler, "excess_ms": _num(snap.straggler_excess), "spread_ms": _num(snap.spread_window),
-                      "verdict": verdict.as_dict() if verdict is not None else None},
+        "straggler": {
+            "rank": snap.straggler,
+            "excess_ms": _num(snap.straggler_excess),
+            "spread_ms": _num(snap.spread_window),
+            "verdict": verdict.as_dict() if verdict is not None else None,
+        },
         "regions": [_region(r, red, yellow, window) for r in sorted_regions(snap, sort, window)],
         "unaccounted": _region(snap.unaccounted, red, yellow, window),
         "files": [
-            {"path": f.path, "rank": f.rank, "kind": f.kind, "lines": f.lines, "malformed": f.malformed,
-             "skipped": f.skipped, "last_error": f.last_error or None}
+            {
+                "path": f.path,
+                "rank": f.rank,
+                "kind": f.kind,
+                "lines": f.lines,
+                "malformed": f.malformed,
+                "skipped": f.skipped,
+                "last_error": f.last_error or None,
+            }
             for f in snap.files
         ],
         "error": snap.error,
@@ -154,12 +177,17 @@ def straggler_text(snap: RunSnapshot) -> Text:
     v = verdict_of(snap)
     if v is None:
         return t
-    t.append(f"ranks by compute (step − all-reduce wait − data wait; medians per step), {v.span}:\n", style="bold")
+    t.append(
+        f"ranks by compute (step − all-reduce wait − data wait; medians per step), {v.span}:\n",
+        style="bold",
+    )
     for x in v.ranks:
         mark = "  ← straggler" if x.rank == v.straggler else ""
-        t.append(f"  rank {x.rank:<3} compute {fmt_ms(x.compute_ms):>8}  all-reduce wait {fmt_ms(x.allreduce_ms):>8}"
-                 f"  data {fmt_ms(x.data_ms):>8}  slowest in {x.slowest}/{v.compared_steps}{mark}\n",
-                 style="red" if mark else "")
+        t.append(
+            f"  rank {x.rank:<3} compute {fmt_ms(x.compute_ms):>8}  all-reduce wait {fmt_ms(x.allreduce_ms):>8}"
+            f"  data {fmt_ms(x.data_ms):>8}  slowest in {x.slowest}/{v.compared_steps}{mark}\n",
+            style="red" if mark else "",
+        )
     if v.straggler is not None:
         t.append("straggler: ", style="bold red")
         t.append(f"{v.reason}; {v.who_waits()}\n", style="red")
@@ -168,8 +196,16 @@ def straggler_text(snap: RunSnapshot) -> Text:
     return t
 
 
-def summary_text(snap: RunSnapshot, red: float = 0.40, yellow: float = 0.10, name_w: int = 36, *,
-                 sort: str = "time", window: bool = False, peak_tflops: float | None = None) -> Text:
+def summary_text(
+    snap: RunSnapshot,
+    red: float = 0.40,
+    yellow: float = 0.10,
+    name_w: int = 36,
+    *,
+    sort: str = "time",
+    window: bool = False,
+    peak_tflops: float | None = None,
+) -> Text:
     """The stage tree as text (styles become ANSI colours on a terminal only), ending with the
     advice. ``window``: figures of the recent window instead of the whole run."""
     span = span_label(snap, window)

@@ -79,7 +79,11 @@ def step_records(
             wall_ms=wall,
             regions=regions,
             samples=samples,
-            memory={"allocated": 20_000_000_000 + s, "reserved": 30_000_000_000, "peak": 32_000_000_000 + rank},
+            memory={
+                "allocated": 20_000_000_000 + s,
+                "reserved": 30_000_000_000,
+                "peak": 32_000_000_000 + rank,
+            },
             scalars={"loss": 1.0 / (1.0 + s * 0.01), "lr": 1e-4},
         )
 
@@ -116,9 +120,19 @@ def write_run(
                 f.write(encode(rec))
                 last = rec
                 if eval_every and rec.step % eval_every == 0:
-                    f.write(encode(Eval(step=rec.step, time=rec.time, metrics={"psnr": 28.0 + rec.step * 0.001})))
+                    f.write(
+                        encode(
+                            Eval(
+                                step=rec.step,
+                                time=rec.time,
+                                metrics={"psnr": 28.0 + rec.step * 0.001},
+                            )
+                        )
+                    )
             if status is not None:
-                f.write(encode(RunEnd(time=(last.time if last else t0) + 1, status=status, steps=steps)))
+                f.write(
+                    encode(RunEnd(time=(last.time if last else t0) + 1, status=status, steps=steps))
+                )
     return run
 
 
@@ -151,7 +165,9 @@ def start_line(
     )
 
 
-def text_log_block(step: int, regions: list[tuple[str, float, list[tuple[str, float]]]], total: float) -> str:
+def text_log_block(
+    step: int, regions: list[tuple[str, float, list[tuple[str, float]]]], total: float
+) -> str:
     """One step block of the original system's text log (BRIEF format)."""
     lines = ["=" * 80, f"Step {step}", "=" * 80]
     for name, ms, subs in regions:

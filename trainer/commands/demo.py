@@ -42,21 +42,48 @@ STAGES = ("stage1", "stage2", "stage3", "stage8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cfg", default=str(DEFAULT_CFG), metavar="FILE",
-                        help="training config (default: the tiny CPU config)")
-    parser.add_argument("--log-dir", default=DEFAULT_ROOT, metavar="DIR",
-                        help=f"log root the run is written to and watched (default {DEFAULT_ROOT})")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="optimizer steps (default: the config's TRAIN.MAX_STEPS on a terminal, 5 without)")
-    parser.add_argument("--no-monitor", action="store_true",
-                        help="train in the foreground and print the summary (the default without a terminal)")
-    parser.add_argument("--threads", type=int, default=1, metavar="N",
-                        help="torch CPU threads of the training (TRAIN.THREADS; default 1)")
+    parser.add_argument(
+        "--cfg",
+        default=str(DEFAULT_CFG),
+        metavar="FILE",
+        help="training config (default: the tiny CPU config)",
+    )
+    parser.add_argument(
+        "--log-dir",
+        default=DEFAULT_ROOT,
+        metavar="DIR",
+        help=f"log root the run is written to and watched (default {DEFAULT_ROOT})",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimizer steps (default: the config's TRAIN.MAX_STEPS on a terminal, 5 without)",
+    )
+    parser.add_argument(
+        "--no-monitor",
+        action="store_true",
+        help="train in the foreground and print the summary (the default without a terminal)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch CPU threads of the training (TRAIN.THREADS; default 1)",
+    )
     synth = parser.add_argument_group("torch-free synthetic workload (no model)")
-    synth.add_argument("--synthetic", action="store_true",
-                       help="time a CPU loop shaped like a training step instead of the model (no torch)")
-    synth.add_argument("--size", type=int, default=None,
-                       help="matrix size of the synthetic work (default 24; implies --synthetic)")
+    synth.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="time a CPU loop shaped like a training step instead of the model (no torch)",
+    )
+    synth.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="matrix size of the synthetic work (default 24; implies --synthetic)",
+    )
     synth.add_argument("--run-name", default="demo", help="name part of the synthetic run's id")
     synth.add_argument("--no-console", action="store_true", help="no live panel/lines (synthetic)")
     synth.add_argument("--seed", type=int, default=0)
@@ -72,8 +99,20 @@ def _die_with_parent() -> None:
 
 def train_command(cfg: str, root: Path, steps: int | None, threads: int = 1) -> list[str]:
     """The background training (the console panel off: its output goes to a file)."""
-    cmd = [sys.executable, "-m", "trainer", "train", "--cfg", cfg, "--log-dir", str(root),
-           "--set", "LOG.TIMING_CONSOLE=false", "--set", f"TRAIN.THREADS={threads}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "train",
+        "--cfg",
+        cfg,
+        "--log-dir",
+        str(root),
+        "--set",
+        "LOG.TIMING_CONSOLE=false",
+        "--set",
+        f"TRAIN.THREADS={threads}",
+    ]
     if steps is not None:
         cmd += ["--set", f"TRAIN.MAX_STEPS={steps}"]
     return cmd
@@ -92,15 +131,22 @@ def tui_command() -> str:
     return str(script)
 
 
-def _start(cfg: str, root: Path, steps: int | None, log_file: Path,
-           threads: int = 1) -> subprocess.Popen[bytes]:
+def _start(
+    cfg: str, root: Path, steps: int | None, log_file: Path, threads: int = 1
+) -> subprocess.Popen[bytes]:
     cmd = train_command(cfg, root, steps, threads)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "wb") as out:
         # its own session: keys typed in the monitor never reach it as signals; we send them
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=_die_with_parent if os.name == "posix" else None,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if os.name == "posix" else None,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
 
 def _runs(root: Path) -> set[str]:
@@ -118,7 +164,9 @@ def _tail(path: Path, n: int = 15) -> str:
     return "\n".join(lines[-n:])
 
 
-def _wait_for_run(proc: subprocess.Popen[bytes], root: Path, before: set[str], log_file: Path) -> Path | None:
+def _wait_for_run(
+    proc: subprocess.Popen[bytes], root: Path, before: set[str], log_file: Path
+) -> Path | None:
     """The new run folder once its first record is written; None if the training died first."""
     t0 = time.monotonic()
     spin = "|/-\\"
@@ -136,8 +184,10 @@ def _wait_for_run(proc: subprocess.Popen[bytes], root: Path, before: set[str], l
         if done:
             break
         if sys.stderr.isatty():
-            sys.stderr.write(f"\r{spin[i % 4]} starting the tiny training ({time.monotonic() - t0:.0f} s: "
-                             f"importing torch, building the model and the synthetic clips)")
+            sys.stderr.write(
+                f"\r{spin[i % 4]} starting the tiny training ({time.monotonic() - t0:.0f} s: "
+                f"importing torch, building the model and the synthetic clips)"
+            )
             sys.stderr.flush()
         i += 1
         time.sleep(0.25)
@@ -180,8 +230,12 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = GRACE_S) -> None:
     A Ctrl-C (or SIGTERM) while waiting skips to the second SIGINT: stop now, still cleanly."""
     if proc.poll() is not None:
         return
-    print("demo: stopping the training: it finishes its current step and writes a checkpoint "
-          "(Ctrl-C again: stop now) ...", file=sys.stderr, flush=True)
+    print(
+        "demo: stopping the training: it finishes its current step and writes a checkpoint "
+        "(Ctrl-C again: stop now) ...",
+        file=sys.stderr,
+        flush=True,
+    )
     proc.send_signal(signal.SIGINT)
     try:
         if _exited(proc, grace):
@@ -190,7 +244,9 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = GRACE_S) -> None:
     except KeyboardInterrupt:
         print("demo: stopping it now", file=sys.stderr, flush=True)
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)  # asked twice: the trainer stops at once (run_end interrupted)
+        proc.send_signal(
+            signal.SIGINT
+        )  # asked twice: the trainer stops at once (run_end interrupted)
     try:
         if _exited(proc, 15):
             return
@@ -230,8 +286,10 @@ def run(args: argparse.Namespace) -> int:
             args.size = 24
         return run_synthetic(args)
     if not os.path.isfile(args.cfg):
-        raise UsageError(f"config not found: {args.cfg} (run the demo from a clone of the repository, "
-                         "or give --cfg)")
+        raise UsageError(
+            f"config not found: {args.cfg} (run the demo from a clone of the repository, "
+            "or give --cfg)"
+        )
     tty = sys.stdin.isatty() and sys.stdout.isatty() and not args.no_monitor
     steps = args.steps if args.steps is not None or tty else 5
     root = Path(args.log_dir)
@@ -239,8 +297,12 @@ def run(args: argparse.Namespace) -> int:
     log_file = root.parent / f"{root.name}-train.log"
     before = _runs(root)
     proc = _start(args.cfg, root, steps, log_file, args.threads)
-    print(f"demo: training {Path(args.cfg).name} on CPU in the background (pid {proc.pid}); its output "
-          f"goes to {log_file}", file=sys.stderr, flush=True)
+    print(
+        f"demo: training {Path(args.cfg).name} on CPU in the background (pid {proc.pid}); its output "
+        f"goes to {log_file}",
+        file=sys.stderr,
+        flush=True,
+    )
     # SIGINT too: Python's default raises KeyboardInterrupt only if nobody replaced it
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
@@ -253,16 +315,23 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_dir = _wait_for_run(proc, root, before, log_file)
         if run_dir is None:
-            print(f"demo: the training stopped before writing a run (exit status {proc.returncode}):\n"
-                  f"{_tail(log_file)}", file=sys.stderr)
+            print(
+                f"demo: the training stopped before writing a run (exit status {proc.returncode}):\n"
+                f"{_tail(log_file)}",
+                file=sys.stderr,
+            )
             return proc.returncode or 1
         if tty:
             from tui.cli import main as tui_main
 
             tui_main(["watch", str(root)])
         else:
-            print(f"demo: run {run_dir.name}: training {steps} steps (no terminal: printing the "
-                  "summary at the end; run it in a terminal for the live monitor)", file=sys.stderr, flush=True)
+            print(
+                f"demo: run {run_dir.name}: training {steps} steps (no terminal: printing the "
+                "summary at the end; run it in a terminal for the live monitor)",
+                file=sys.stderr,
+                flush=True,
+            )
             _follow(proc, log_file)
     except KeyboardInterrupt:
         pass
@@ -278,8 +347,11 @@ def run(args: argparse.Namespace) -> int:
     if not tty:
         _print_summary(run_dir)
     tui = tui_command()
-    print(f"\ndemo: run {status}. See it again with `{tui} replay {run_dir}` or `{tui} summary {run_dir}`; "
-          f"training output in {log_file}", file=sys.stderr)
+    print(
+        f"\ndemo: run {status}. See it again with `{tui} replay {run_dir}` or `{tui} summary {run_dir}`; "
+        f"training output in {log_file}",
+        file=sys.stderr,
+    )
     return 0 if status in ("completed", "interrupted") else 1
 
 

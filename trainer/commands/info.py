@@ -26,15 +26,28 @@ DEFAULT_BATCH = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cfg", required=True, metavar="FILE",
-                        help="YAML with a MODEL section (a full training config or model-only)")
+    parser.add_argument(
+        "--cfg",
+        required=True,
+        metavar="FILE",
+        help="YAML with a MODEL section (a full training config or model-only)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--pretrained", metavar="FILE",
-                        help="load this official VRT checkpoint and print the load report")
-    parser.add_argument("--checkpoint", metavar="CKPT",
-                        help="a training checkpoint whose weights --export-official writes")
-    parser.add_argument("--export-official", metavar="OUT",
-                        help="write the VRT weights in the official layout to OUT")
+    parser.add_argument(
+        "--pretrained",
+        metavar="FILE",
+        help="load this official VRT checkpoint and print the load report",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="CKPT",
+        help="a training checkpoint whose weights --export-official writes",
+    )
+    parser.add_argument(
+        "--export-official",
+        metavar="OUT",
+        help="write the VRT weights in the official layout to OUT",
+    )
 
 
 def _data_shape(data: dict[str, Any], file: str) -> tuple[int, int, int, int]:
@@ -52,10 +65,12 @@ def _data_shape(data: dict[str, Any], file: str) -> tuple[int, int, int, int]:
     if crop == 0:  # whole frames: their size is the data's; show the default crop
         crop = DEFAULT_CROP
     hw = crop if isinstance(crop, list) else [crop, crop]
-    if (len(hw) != 2 or any(not isinstance(x, int) or isinstance(x, bool) or x < 8 or x % 8
-                            for x in hw)):
-        raise ConfigError("DATA.CROP_SIZE", f"expected a multiple of 8 (or [h, w]), "
-                          f"got {crop!r}", file)
+    if len(hw) != 2 or any(
+        not isinstance(x, int) or isinstance(x, bool) or x < 8 or x % 8 for x in hw
+    ):
+        raise ConfigError(
+            "DATA.CROP_SIZE", f"expected a multiple of 8 (or [h, w]), got {crop!r}", file
+        )
     b = tsec.get("BATCH_SIZE", DEFAULT_BATCH)
     if not isinstance(b, int) or isinstance(b, bool) or b < 1:
         raise ConfigError("TRAIN.BATCH_SIZE", f"expected an integer >= 1, got {b!r}", file)
@@ -84,8 +99,9 @@ def describe(path: str) -> dict[str, Any]:
     v = cfg.VRT
     c, cr = v.EMBED_DIMS[0], v.EMBED_DIMS[NUM_ALIGN_STAGES]
     scale = [1, 2, 4, 8, 4, 2, 1, 1]
-    features = {f"vrt/stage{i + 1}": [b, t, h // s, w // s, c if i < 7 else cr]
-                for i, s in enumerate(scale)}
+    features = {
+        f"vrt/stage{i + 1}": [b, t, h // s, w // s, c if i < 7 else cr] for i, s in enumerate(scale)
+    }
     if cfg.USE_SPIKE:
         for i in range(4):
             features[f"spike_encoder/scale{i}"] = [b, cfg.SPIKE.WIDTH, t, h >> i, w >> i]
@@ -127,15 +143,18 @@ def _fmt_tree(names: list[str]) -> list[str]:
 def format_text(info: dict[str, Any]) -> str:
     p = info["params"]
     ck = info["checkpointing"]
-    out = [f"config: {info['config']}",
-           f"model: {'VRT + spike branch' if info['use_spike'] else 'plain VRT (USE_SPIKE false)'}"
-           f", {p['total']:,} parameters (VRT {p['vrt']:,}, spike branch {p['spike_branch']:,})",
-           f"flow weights: {info['flow_weights'] or 'none (zero-flow initialisation)'}",
-           f"pretrained VRT: {info['pretrained'] or 'none'}",
-           f"checkpointing: attention {'on' if ck['attention'] else 'off'}, "
-           f"feed-forward {'on' if ck['ffn'] else 'off'}",
-           "inputs: " + "  ".join(f"{k} {v}" for k, v in info["inputs"].items()),
-           "", f"{'parameters':<28}{'count':>14}{'share':>8}"]
+    out = [
+        f"config: {info['config']}",
+        f"model: {'VRT + spike branch' if info['use_spike'] else 'plain VRT (USE_SPIKE false)'}"
+        f", {p['total']:,} parameters (VRT {p['vrt']:,}, spike branch {p['spike_branch']:,})",
+        f"flow weights: {info['flow_weights'] or 'none (zero-flow initialisation)'}",
+        f"pretrained VRT: {info['pretrained'] or 'none'}",
+        f"checkpointing: attention {'on' if ck['attention'] else 'off'}, "
+        f"feed-forward {'on' if ck['ffn'] else 'off'}",
+        "inputs: " + "  ".join(f"{k} {v}" for k, v in info["inputs"].items()),
+        "",
+        f"{'parameters':<28}{'count':>14}{'share':>8}",
+    ]
     for name, n in p["modules"].items():
         depth = name.count("/")
         label = "  " * depth + name.rsplit("/", 1)[-1]
@@ -156,20 +175,25 @@ def weights(args: argparse.Namespace) -> int:
     from trainer.models.presets import load_model_config
 
     if args.export_official and not (args.checkpoint or args.pretrained):
-        raise ConfigError("--export-official", "needs the weights: --checkpoint CKPT "
-                          "(a training checkpoint) or --pretrained FILE")
+        raise ConfigError(
+            "--export-official",
+            "needs the weights: --checkpoint CKPT (a training checkpoint) or --pretrained FILE",
+        )
     cfg = load_model_config(args.cfg)
     model = build_model(cfg, load_pretrained=False)
     result: dict[str, Any] = {"config": args.cfg}
     if args.checkpoint:
-        state = {k.removeprefix("module.").removeprefix("_orig_mod."): v
-                 for k, v in load_checkpoint(args.checkpoint)["model"].items()}
+        state = {
+            k.removeprefix("module.").removeprefix("_orig_mod."): v
+            for k, v in load_checkpoint(args.checkpoint)["model"].items()
+        }
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
             first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
-            raise ConfigError("--checkpoint", f"{args.checkpoint} does not fit {args.cfg}: "
-                              f"{first}") from None
+            raise ConfigError(
+                "--checkpoint", f"{args.checkpoint} does not fit {args.cfg}: {first}"
+            ) from None
         result["checkpoint"] = args.checkpoint
     if args.pretrained:
         report = load_pretrained_vrt(model, args.pretrained, strict=False, key="--pretrained")
@@ -179,8 +203,11 @@ def weights(args: argparse.Namespace) -> int:
         else:
             print(report.format())
         if cfg.PRETRAINED_STRICT and not report.ok:
-            raise ConfigError("--pretrained", f"{args.pretrained}: {report.first_problem()} "
-                              "(MODEL.PRETRAINED_STRICT: false loads the rest)")
+            raise ConfigError(
+                "--pretrained",
+                f"{args.pretrained}: {report.first_problem()} "
+                "(MODEL.PRETRAINED_STRICT: false loads the rest)",
+            )
     if args.export_official:
         try:
             n = save_official(model, args.export_official)
@@ -190,8 +217,10 @@ def weights(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result, indent=2))
         else:
-            print(f"wrote {args.export_official}: {n} entries in the official VRT layout "
-                  "(under 'params')")
+            print(
+                f"wrote {args.export_official}: {n} entries in the official VRT layout "
+                "(under 'params')"
+            )
     return 0
 
 

@@ -14,16 +14,29 @@ from trainer.clikit import UsageError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", required=True, metavar="FILE", help="training config (YAML)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        dest="overrides", help="override a setting (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        dest="overrides",
+        help="override a setting (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--gpu", metavar="NAME_OR_GIB", default=None,
-                        help="say whether the step fits this GPU (H200, H100, A100, A100-40, "
-                        "L40S, RTX4090, or a memory size in GiB such as 80) and the largest "
-                        "batch per checkpointing setting")
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                        help="whose kernels and autocast rules to simulate (default cuda; cpu "
-                        "predicts a CPU run)")
+    parser.add_argument(
+        "--gpu",
+        metavar="NAME_OR_GIB",
+        default=None,
+        help="say whether the step fits this GPU (H200, H100, A100, A100-40, "
+        "L40S, RTX4090, or a memory size in GiB such as 80) and the largest "
+        "batch per checkpointing setting",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="whose kernels and autocast rules to simulate (default cuda; cpu predicts a CPU run)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

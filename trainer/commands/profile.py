@@ -26,9 +26,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise UsageError("--steps must be at least 1")
-    cfg = load_config(args.cfg, [*args.overrides, f"TRAIN.MAX_STEPS={args.steps}",
-                                 "TRAIN.RESUME=null", "LOG.TIMING_CONSOLE=false",
-                                 "LOG.ENABLE_TIMING_LOG=true"])
+    cfg = load_config(
+        args.cfg,
+        [
+            *args.overrides,
+            f"TRAIN.MAX_STEPS={args.steps}",
+            "TRAIN.RESUME=null",
+            "LOG.TIMING_CONSOLE=false",
+            "LOG.ENABLE_TIMING_LOG=true",
+        ],
+    )
     import torch
 
     from trainer.data import build_datasets
@@ -44,20 +51,28 @@ def run(args: argparse.Namespace) -> int:
         train_ds, _ = build_datasets(cfg.DATA, cfg.MODEL.SPIKE.BINS)
         item = train_ds[0]
         rgb = item["blurry"][None].repeat(cfg.TRAIN.BATCH_SIZE, 1, 1, 1, 1).to(info.device)
-        spikes = (item["spikes"][None].repeat(cfg.TRAIN.BATCH_SIZE, 1, 1, 1, 1).to(info.device)
-                  if cfg.MODEL.USE_SPIKE else None)
+        spikes = (
+            item["spikes"][None].repeat(cfg.TRAIN.BATCH_SIZE, 1, 1, 1, 1).to(info.device)
+            if cfg.MODEL.USE_SPIKE
+            else None
+        )
         debug_forward(model, rgb, spikes)  # warm-up: first-call allocations and kernels
         rows = debug_forward(model, rgb, spikes)
-        print(f"Model debug forward ({cfg.file}, input {list(rgb.shape)}, one pass, "
-              "synchronised per region, no gradients):")
+        print(
+            f"Model debug forward ({cfg.file}, input {list(rgb.shape)}, one pass, "
+            "synchronised per region, no gradients):"
+        )
         print(format_debug(rows))
         print()
         del model
-    result = train(cfg, log_dir=args.log_dir, write_checkpoints=False, validate_at_end=False,
-                   console=False)
+    result = train(
+        cfg, log_dir=args.log_dir, write_checkpoints=False, validate_at_end=False, console=False
+    )
     if info.is_main:
-        print(f"\nTraining step breakdown over {result.steps} step(s), "
-              f"rank 0 (shares of the measured step wall time):")
+        print(
+            f"\nTraining step breakdown over {result.steps} step(s), "
+            f"rank 0 (shares of the measured step wall time):"
+        )
         print(result.summary, end="")
         print(f"\nrecords: {result.run_dir}  (tui replay {result.run_dir})")
     return result.exit_code

@@ -13,18 +13,31 @@ import os
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--cfg", metavar="FILE", default=None,
-                        help="take DATA.SYNTHETIC settings (size, ticks, motion, seed) from this config")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        dest="overrides", help="override a config value (with --cfg)")
+    parser.add_argument(
+        "--cfg",
+        metavar="FILE",
+        default=None,
+        help="take DATA.SYNTHETIC settings (size, ticks, motion, seed) from this config",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        dest="overrides",
+        help="override a config value (with --cfg)",
+    )
     parser.add_argument("--sequences", type=int, default=4, help="training sequences (default 4)")
-    parser.add_argument("--val-sequences", type=int, default=1, help="validation sequences (default 1)")
+    parser.add_argument(
+        "--val-sequences", type=int, default=1, help="validation sequences (default 1)"
+    )
     parser.add_argument("--frames", type=int, default=12, help="frames per sequence (default 12)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty folder")
 
 
-def write_dataset(out: str, params: object, sequences: int, val_sequences: int, frames: int,
-                  echo: bool = False) -> int:
+def write_dataset(
+    out: str, params: object, sequences: int, val_sequences: int, frames: int, echo: bool = False
+) -> int:
     """Render and write the dataset; returns the number of frames written."""
     from trainer.data.dat import write_dat
     from trainer.data.png import write_png
@@ -65,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.out}: folder is not empty (use --force to write into it)")
     p = synth_params(cfg.DATA)
     n = write_dataset(args.out, p, args.sequences, args.val_sequences, args.frames, echo=True)
-    print(f"wrote {n} frames ({p.height}x{p.width}, {p.ticks_per_frame} spike ticks per frame) "
-          f"to {args.out}; train on it with --set DATA.TYPE=gopro_spike --set DATA.ROOT={args.out}")
+    print(
+        f"wrote {n} frames ({p.height}x{p.width}, {p.ticks_per_frame} spike ticks per frame) "
+        f"to {args.out}; train on it with --set DATA.TYPE=gopro_spike --set DATA.ROOT={args.out}"
+    )
     return 0

@@ -9,18 +9,31 @@ import os
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--cfg``, ``--set`` and ``--log-dir``, shared by train, profile and the benchmarks."""
     parser.add_argument("--cfg", required=True, metavar="FILE", help="YAML config file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        dest="overrides", help="override a config value (repeatable), "
-                        "e.g. --set TRAIN.BATCH_SIZE=3")
-    parser.add_argument("--log-dir", metavar="DIR", default=None,
-                        help="log root for the timing files (default: LOG.LOG_DIR, runs/logs)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        dest="overrides",
+        help="override a config value (repeatable), e.g. --set TRAIN.BATCH_SIZE=3",
+    )
+    parser.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        default=None,
+        help="log root for the timing files (default: LOG.LOG_DIR, runs/logs)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--resume", metavar="CKPT", default=None,
-                        help="checkpoint file, checkpoint or run folder, or 'auto' (the newest "
-                        "checkpoint of this config's newest run); overrides TRAIN.RESUME")
+    parser.add_argument(
+        "--resume",
+        metavar="CKPT",
+        default=None,
+        help="checkpoint file, checkpoint or run folder, or 'auto' (the newest "
+        "checkpoint of this config's newest run); overrides TRAIN.RESUME",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise named(e) from None
     if result.exit_code == 0 and result.evals and os.environ.get("RANK", "0") == "0":
         last = result.evals[-1]
-        print(f"done: {result.steps} steps, PSNR {last['psnr']:.2f} dB "
-              f"(blurry input {last['psnr_blurry']:.2f}); logs in {result.run_dir}")
+        print(
+            f"done: {result.steps} steps, PSNR {last['psnr']:.2f} dB "
+            f"(blurry input {last['psnr_blurry']:.2f}); logs in {result.run_dir}"
+        )
     return result.exit_code

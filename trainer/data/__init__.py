@@ -16,9 +16,16 @@ def synth_params(cfg: DataConfig) -> SynthParams:
 
     s = cfg.SYNTHETIC
     return SynthParams(
-        height=s.HEIGHT, width=s.WIDTH, ticks_per_frame=s.TICKS_PER_FRAME, exposure=s.EXPOSURE,
-        max_speed=s.MAX_SPEED, objects=s.OBJECTS, texture_scale=s.TEXTURE_SCALE,
-        threshold=s.THRESHOLD, gain=s.GAIN, seed=s.SEED,
+        height=s.HEIGHT,
+        width=s.WIDTH,
+        ticks_per_frame=s.TICKS_PER_FRAME,
+        exposure=s.EXPOSURE,
+        max_speed=s.MAX_SPEED,
+        objects=s.OBJECTS,
+        texture_scale=s.TEXTURE_SCALE,
+        threshold=s.THRESHOLD,
+        gain=s.GAIN,
+        seed=s.SEED,
     )
 
 
@@ -31,8 +38,12 @@ def build_datasets(cfg: DataConfig, bins: int) -> tuple[Dataset, Dataset]:
     val = ClipSpec(cfg.CLIP_LEN, bins, vcrop, False)
     if cfg.TYPE == "synthetic":
         p, s = synth_params(cfg), cfg.SYNTHETIC
-        return (SyntheticSpikeDataset(p, "train", s.TRAIN_CLIPS, train, s.CACHE),
-                SyntheticSpikeDataset(p, "val", s.VAL_CLIPS, val, s.CACHE))
+        return (
+            SyntheticSpikeDataset(p, "train", s.TRAIN_CLIPS, train, s.CACHE),
+            SyntheticSpikeDataset(p, "val", s.VAL_CLIPS, val, s.CACHE),
+        )
     assert cfg.ROOT is not None  # checked by the config
-    return (GoProSpikeDataset(cfg.ROOT, cfg.TRAIN_SPLIT, train),
-            GoProSpikeDataset(cfg.ROOT, cfg.VAL_SPLIT, val))
+    return (
+        GoProSpikeDataset(cfg.ROOT, cfg.TRAIN_SPLIT, train),
+        GoProSpikeDataset(cfg.ROOT, cfg.VAL_SPLIT, val),
+    )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def crop_window(h: int, w: int, size: int, rng: np.random.Generator | None) -> tuple[int, int, int, int]:
+def crop_window(
+    h: int, w: int, size: int, rng: np.random.Generator | None
+) -> tuple[int, int, int, int]:
     """A ``size`` square window ``(y0, x0, h, w)``: random with ``rng``, else centred.
 
     ``size`` 0 (or larger than the frame) keeps the whole frame.
@@ -18,7 +20,9 @@ def crop_window(h: int, w: int, size: int, rng: np.random.Generator | None) -> t
     return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
 
 
-def flip_rotate(arrays: list[np.ndarray], rng: np.random.Generator, flip: bool, rotate: bool) -> list[np.ndarray]:
+def flip_rotate(
+    arrays: list[np.ndarray], rng: np.random.Generator, flip: bool, rotate: bool
+) -> list[np.ndarray]:
     """The same random flips / 90-degree rotation applied to every array (last two axes)."""
     if flip and rng.random() < 0.5:
         arrays = [a[..., ::-1] for a in arrays]

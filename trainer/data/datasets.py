@@ -46,8 +46,13 @@ def _item_rng() -> np.random.Generator:
     return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
 
 
-def _to_item(blurry: np.ndarray, sharp: np.ndarray, spikes: np.ndarray, spec: ClipSpec,
-             rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
+def _to_item(
+    blurry: np.ndarray,
+    sharp: np.ndarray,
+    spikes: np.ndarray,
+    spec: ClipSpec,
+    rng: np.random.Generator | None,
+) -> dict[str, torch.Tensor]:
     """``[T, H, W, 3]`` x2 + ``[T, K, H, W]`` -> tensors ``[T, C, H, W]``, augmented."""
     arrays = [blurry.transpose(0, 3, 1, 2), sharp.transpose(0, 3, 1, 2), spikes]
     if spec.train and rng is not None:
@@ -59,15 +64,18 @@ def _to_item(blurry: np.ndarray, sharp: np.ndarray, spikes: np.ndarray, spec: Cl
 class SyntheticSpikeDataset(Dataset):
     """``n_clips`` synthetic clips of one split; each renders only its crop window."""
 
-    def __init__(self, params: SynthParams, split: str, n_clips: int, spec: ClipSpec,
-                 cache: bool = False) -> None:
+    def __init__(
+        self, params: SynthParams, split: str, n_clips: int, spec: ClipSpec, cache: bool = False
+    ) -> None:
         if params.ticks_per_frame < spec.bins:
             raise DataError(
                 f"DATA.SYNTHETIC.TICKS_PER_FRAME ({params.ticks_per_frame}) must be at least "
                 f"the spike bins per frame MODEL.SPIKE.BINS ({spec.bins})"
             )
         self.params, self.split, self.n, self.spec = params, split, n_clips, spec
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = {} if cache else None
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = (
+            {} if cache else None
+        )
 
     def __len__(self) -> int:
         return self.n
@@ -87,7 +95,9 @@ class SyntheticSpikeDataset(Dataset):
                 self._cache[index] = (a.blurry, a.sharp, self._voxels(a.spikes))
             b, s, v = self._cache[index]
             win = (slice(y0, y0 + h), slice(x0, x0 + w))
-            return _to_item(b[:, win[0], win[1]], s[:, win[0], win[1]], v[..., win[0], win[1]], spec, rng)
+            return _to_item(
+                b[:, win[0], win[1]], s[:, win[0], win[1]], v[..., win[0], win[1]], spec, rng
+            )
         a = SceneClip(p, self.split, index, spec.clip_len).render(y0, x0, h, w)
         return _to_item(a.blurry, a.sharp, self._voxels(a.spikes), spec, rng)
 
@@ -118,12 +128,18 @@ class GoProSpikeDataset(Dataset):
             spike = set(_sorted_files(os.path.join(d, "spike"), ".dat"))
             for f in frames:
                 if f not in sharp:
-                    raise DataError(f"{os.path.join(d, 'sharp', f + '.png')}: missing (blur/{f}.png has no sharp twin)")
+                    raise DataError(
+                        f"{os.path.join(d, 'sharp', f + '.png')}: missing (blur/{f}.png has no sharp twin)"
+                    )
                 if f not in spike:
-                    raise DataError(f"{os.path.join(d, 'spike', f + '.dat')}: missing (blur/{f}.png has no spike stream)")
+                    raise DataError(
+                        f"{os.path.join(d, 'spike', f + '.dat')}: missing (blur/{f}.png has no spike stream)"
+                    )
             extra = sharp.difference(frames)
             if extra:
-                raise DataError(f"{os.path.join(d, 'sharp', min(extra) + '.png')}: no matching blur frame")
+                raise DataError(
+                    f"{os.path.join(d, 'sharp', min(extra) + '.png')}: no matching blur frame"
+                )
             for i in range(0, len(frames) - spec.clip_len + 1, spec.clip_len):
                 self.clips.append((d, frames[i : i + spec.clip_len]))
         if not self.clips:
@@ -133,8 +149,11 @@ class GoProSpikeDataset(Dataset):
         return len(self.clips)
 
     def _read(self, d: str, frame: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        bp, sp, kp = (os.path.join(d, "blur", frame + ".png"), os.path.join(d, "sharp", frame + ".png"),
-                      os.path.join(d, "spike", frame + ".dat"))
+        bp, sp, kp = (
+            os.path.join(d, "blur", frame + ".png"),
+            os.path.join(d, "sharp", frame + ".png"),
+            os.path.join(d, "spike", frame + ".dat"),
+        )
         try:
             blur, sharp = read_png(bp), read_png(sp)
         except (PngError, OSError) as e:
@@ -143,13 +162,17 @@ class GoProSpikeDataset(Dataset):
             if img.shape[2] != 3:
                 raise DataError(f"{path}: expected an RGB image, got {img.shape[2]} channels")
         if blur.shape != sharp.shape:
-            raise DataError(f"{sp}: size {sharp.shape[:2]} differs from its blur frame {blur.shape[:2]}")
+            raise DataError(
+                f"{sp}: size {sharp.shape[:2]} differs from its blur frame {blur.shape[:2]}"
+            )
         try:
             spikes = read_dat(kp, blur.shape[0], blur.shape[1])
         except (DatError, OSError) as e:
             raise DataError(str(e)) from None
         if spikes.shape[0] < self.spec.bins:
-            raise DataError(f"{kp}: {spikes.shape[0]} spike frames, fewer than MODEL.SPIKE.BINS ({self.spec.bins})")
+            raise DataError(
+                f"{kp}: {spikes.shape[0]} spike frames, fewer than MODEL.SPIKE.BINS ({self.spec.bins})"
+            )
         return blur, sharp, voxelize(spikes, self.spec.bins)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

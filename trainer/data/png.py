@@ -39,7 +39,12 @@ def encode_png(img: np.ndarray, level: int = 6) -> bytes:
     raw = np.concatenate([filt, up], axis=1).tobytes()
     color = 0 if img.ndim == 2 else 2
     ihdr = struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0)
-    return _SIG + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw, level)) + _chunk(b"IEND", b"")
+    return (
+        _SIG
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(raw, level))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def write_png(path: str | os.PathLike[str], img: np.ndarray) -> None:

@@ -93,7 +93,9 @@ class SceneClip:
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         for _ in range(2):  # oriented gratings: straight edges at every angle
             th, f = rng.uniform(0, math.pi), rng.uniform(0.05, 0.2) / s
-            wave = np.sin(2 * math.pi * f * (xx * math.cos(th) + yy * math.sin(th)) + rng.uniform(0, 6.3))
+            wave = np.sin(
+                2 * math.pi * f * (xx * math.cos(th) + yy * math.sin(th)) + rng.uniform(0, 6.3)
+            )
             img += 0.4 * wave[..., None] * rng.uniform(-1, 1, 3).astype(np.float32)
         for _ in range(int(12 * h * w / (96 * 96 * s * s)) + 4):  # hard-edged patches
             ph, pw = (rng.uniform(4, 20, 2) * s).astype(int) + 1
@@ -131,7 +133,12 @@ class SceneClip:
         for o in self.objects:
             c = o["c"] + o["v"] * tc
             r = o["r"]
-            if c[0] + r + 2 < y0 or c[0] - r - 2 > y0 + h or c[1] + r + 2 < x0 or c[1] - r - 2 > x0 + w:
+            if (
+                c[0] + r + 2 < y0
+                or c[0] - r - 2 > y0 + h
+                or c[1] + r + 2 < x0
+                or c[1] - r - 2 > x0 + w
+            ):
                 continue
             dy, dx = yy - np.float32(c[0]), xx - np.float32(c[1])
             cs, sn = math.cos(o["rot"]), math.sin(o["rot"])
@@ -143,7 +150,9 @@ class SceneClip:
             img = img * (1 - alpha) + col * alpha
         return img
 
-    def render(self, y0: int = 0, x0: int = 0, h: int | None = None, w: int | None = None) -> ClipArrays:
+    def render(
+        self, y0: int = 0, x0: int = 0, h: int | None = None, w: int | None = None
+    ) -> ClipArrays:
         """Render the window (default: the whole frame) for every frame and tick."""
         p = self.p
         h = p.height if h is None else h

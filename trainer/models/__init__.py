@@ -45,8 +45,9 @@ def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> VRTWithSpike:
     """
     model = VRTWithSpike(cfg)
     if load_pretrained and cfg.PRETRAINED and not next(model.parameters()).is_meta:
-        model.pretrained_report = load_pretrained_vrt(model, cfg.PRETRAINED,
-                                                      strict=cfg.PRETRAINED_STRICT)
+        model.pretrained_report = load_pretrained_vrt(
+            model, cfg.PRETRAINED, strict=cfg.PRETRAINED_STRICT
+        )
     if cfg.COMPILE:
         compile_regions(model, backend=cfg.COMPILE_BACKEND)
     return model
@@ -70,8 +71,12 @@ def compile_regions(model: nn.Module, **kwargs: Any) -> int:
     return len(blocks)
 
 
-def region_names(cfg: ModelConfig, checkpointing: bool | None = None,
-                 train_flow: bool = True, spike_chunks: bool = True) -> list[str]:
+def region_names(
+    cfg: ModelConfig,
+    checkpointing: bool | None = None,
+    train_flow: bool = True,
+    spike_chunks: bool = True,
+) -> list[str]:
     """Every region name one forward + backward of the model produces, forward first.
 
     ``checkpointing`` (default: from the config) adds ``backward/vrt/stageN/recompute``;
@@ -125,15 +130,25 @@ def set_flow_and_deform_trainable(model: nn.Module, trainable: bool) -> None:
         p.requires_grad_(trainable)
 
 
-def param_groups(model: nn.Module, lr: float, flow_lr_mult: float = 0.125,
-                 weight_decay: float = 0.0) -> list[dict[str, object]]:
+def param_groups(
+    model: nn.Module, lr: float, flow_lr_mult: float = 0.125, weight_decay: float = 0.0
+) -> list[dict[str, object]]:
     """Optimizer groups: flow + deformable parameters at ``lr × flow_lr_mult``, the rest at
     ``lr`` (the VRT recipe). Each group has an ``initial_lr`` and a ``name``."""
+
     def group(name: str, params: Iterable[nn.Parameter], glr: float) -> dict[str, object]:
-        return {"name": name, "params": list(params), "lr": glr, "initial_lr": glr,
-                "weight_decay": weight_decay}
-    return [group("main", other_parameters(model), lr),
-            group("flow_deform", flow_and_deform_parameters(model), lr * flow_lr_mult)]
+        return {
+            "name": name,
+            "params": list(params),
+            "lr": glr,
+            "initial_lr": glr,
+            "weight_decay": weight_decay,
+        }
+
+    return [
+        group("main", other_parameters(model), lr),
+        group("flow_deform", flow_and_deform_parameters(model), lr * flow_lr_mult),
+    ]
 
 
 def _unwrap(model: nn.Module) -> VRTWithSpike:
@@ -146,4 +161,3 @@ def _unwrap(model: nn.Module) -> VRTWithSpike:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-

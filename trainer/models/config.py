@@ -110,55 +110,86 @@ class ModelConfig:
         p = "MODEL.VRT."
         n = len(v.DEPTHS)
         if n < NUM_ALIGN_STAGES + 1:
-            raise ConfigError(p + "DEPTHS", f"needs at least {NUM_ALIGN_STAGES + 1} entries "
-                              f"(7 alignment stages + reconstruction groups), got {n}", file)
+            raise ConfigError(
+                p + "DEPTHS",
+                f"needs at least {NUM_ALIGN_STAGES + 1} entries "
+                f"(7 alignment stages + reconstruction groups), got {n}",
+                file,
+            )
         for key in ("EMBED_DIMS", "NUM_HEADS"):
             if len(getattr(v, key)) != n:
-                raise ConfigError(p + key, f"needs {n} entries (one per DEPTHS entry), "
-                                  f"got {len(getattr(v, key))}", file)
+                raise ConfigError(
+                    p + key,
+                    f"needs {n} entries (one per DEPTHS entry), got {len(getattr(v, key))}",
+                    file,
+                )
         for key in ("EMBED_DIMS", "DEPTHS", "NUM_HEADS"):
             for i, x in enumerate(getattr(v, key)):
                 if x < 1:
                     raise ConfigError(f"{p}{key}[{i}]", f"must be >= 1, got {x}", file)
         if len(set(v.EMBED_DIMS[:NUM_ALIGN_STAGES])) != 1:
-            raise ConfigError(p + "EMBED_DIMS", "the first 7 entries must be equal "
-                              "(stages 1-7 add skip connections)", file)
+            raise ConfigError(
+                p + "EMBED_DIMS",
+                "the first 7 entries must be equal (stages 1-7 add skip connections)",
+                file,
+            )
         if len(set(v.EMBED_DIMS[NUM_ALIGN_STAGES:])) != 1:
-            raise ConfigError(p + "EMBED_DIMS", "the reconstruction entries (8th on) must be "
-                              "equal", file)
+            raise ConfigError(
+                p + "EMBED_DIMS", "the reconstruction entries (8th on) must be equal", file
+            )
         for i, (d, h) in enumerate(zip(v.EMBED_DIMS, v.NUM_HEADS, strict=True)):
             if d % h:
-                raise ConfigError(f"{p}NUM_HEADS[{i}]", f"{h} heads do not divide "
-                                  f"EMBED_DIMS[{i}] = {d}", file)
+                raise ConfigError(
+                    f"{p}NUM_HEADS[{i}]", f"{h} heads do not divide EMBED_DIMS[{i}] = {d}", file
+                )
         if v.EMBED_DIMS[0] % 4:
-            raise ConfigError(p + "EMBED_DIMS", "stage width must be a multiple of 4 "
-                              "(pixel-shuffle up-sampling)", file)
+            raise ConfigError(
+                p + "EMBED_DIMS",
+                "stage width must be a multiple of 4 (pixel-shuffle up-sampling)",
+                file,
+            )
         if len(v.WINDOW_SIZE) != 3 or any(w < 1 for w in v.WINDOW_SIZE):
-            raise ConfigError(p + "WINDOW_SIZE", "expected [frames, height, width], "
-                              f"positive, got {v.WINDOW_SIZE}", file)
+            raise ConfigError(
+                p + "WINDOW_SIZE",
+                f"expected [frames, height, width], positive, got {v.WINDOW_SIZE}",
+                file,
+            )
         if v.WINDOW_SIZE[0] < 2:
-            raise ConfigError(p + "WINDOW_SIZE", "the temporal window must be >= 2 "
-                              "(mutual attention works on frame pairs)", file)
+            raise ConfigError(
+                p + "WINDOW_SIZE",
+                "the temporal window must be >= 2 (mutual attention works on frame pairs)",
+                file,
+            )
         for i, g in enumerate(v.INDEP_RECONSTS):
             if not NUM_ALIGN_STAGES <= g < n:
-                raise ConfigError(f"{p}INDEP_RECONSTS[{i}]", f"must index a reconstruction "
-                                  f"group ({NUM_ALIGN_STAGES}..{n - 1}), got {g}", file)
+                raise ConfigError(
+                    f"{p}INDEP_RECONSTS[{i}]",
+                    f"must index a reconstruction group ({NUM_ALIGN_STAGES}..{n - 1}), got {g}",
+                    file,
+                )
         if v.MLP_RATIO <= 0:
             raise ConfigError(p + "MLP_RATIO", f"must be > 0, got {v.MLP_RATIO}", file)
         if v.DEFORMABLE_GROUPS < 1 or v.EMBED_DIMS[0] % v.DEFORMABLE_GROUPS:
-            raise ConfigError(p + "DEFORMABLE_GROUPS", f"must be >= 1 and divide the stage "
-                              f"width {v.EMBED_DIMS[0]}, got {v.DEFORMABLE_GROUPS}", file)
+            raise ConfigError(
+                p + "DEFORMABLE_GROUPS",
+                f"must be >= 1 and divide the stage "
+                f"width {v.EMBED_DIMS[0]}, got {v.DEFORMABLE_GROUPS}",
+                file,
+            )
         if v.MAX_RESIDUE_MAGNITUDE <= 0:
             raise ConfigError(p + "MAX_RESIDUE_MAGNITUDE", "must be > 0", file)
         if v.PA_FRAMES != 2:
-            raise ConfigError(p + "PA_FRAMES", f"only 2 (neighbouring frames) is implemented, "
-                              f"got {v.PA_FRAMES}", file)
+            raise ConfigError(
+                p + "PA_FRAMES",
+                f"only 2 (neighbouring frames) is implemented, got {v.PA_FRAMES}",
+                file,
+            )
         if not 0.0 <= v.MUTUAL_RATIO <= 1.0:
-            raise ConfigError(p + "MUTUAL_RATIO", f"must be in [0, 1], got {v.MUTUAL_RATIO}",
-                              file)
+            raise ConfigError(p + "MUTUAL_RATIO", f"must be in [0, 1], got {v.MUTUAL_RATIO}", file)
         if not 0.0 <= v.DROP_PATH_RATE < 1.0:
-            raise ConfigError(p + "DROP_PATH_RATE", f"must be in [0, 1), got "
-                              f"{v.DROP_PATH_RATE}", file)
+            raise ConfigError(
+                p + "DROP_PATH_RATE", f"must be in [0, 1), got {v.DROP_PATH_RATE}", file
+            )
         p = "MODEL.SPIKE."
         for key in ("BINS", "WIDTH", "TSA_HEADS", "FUSION_HEADS"):
             if getattr(s, key) < 1:
@@ -166,11 +197,15 @@ class ModelConfig:
         if s.RES_BLOCKS < 0:
             raise ConfigError(p + "RES_BLOCKS", f"must be >= 0, got {s.RES_BLOCKS}", file)
         if s.WIDTH % s.TSA_HEADS:
-            raise ConfigError(p + "TSA_HEADS", f"{s.TSA_HEADS} heads do not divide WIDTH = "
-                              f"{s.WIDTH}", file)
+            raise ConfigError(
+                p + "TSA_HEADS", f"{s.TSA_HEADS} heads do not divide WIDTH = {s.WIDTH}", file
+            )
         if v.EMBED_DIMS[0] % s.FUSION_HEADS:
-            raise ConfigError(p + "FUSION_HEADS", f"{s.FUSION_HEADS} heads do not divide "
-                              f"the VRT stage width {v.EMBED_DIMS[0]}", file)
+            raise ConfigError(
+                p + "FUSION_HEADS",
+                f"{s.FUSION_HEADS} heads do not divide the VRT stage width {v.EMBED_DIMS[0]}",
+                file,
+            )
         if s.TSA_CHUNK_TOKENS < 1:
             raise ConfigError(p + "TSA_CHUNK_TOKENS", "must be >= 1", file)
         for key in ("TSA_MLP_RATIO", "FUSION_MLP_RATIO"):

@@ -32,8 +32,13 @@ class DebugRow:
         return self.ms / self.blocks if self.blocks else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ms": self.ms, "shape": self.shape, "blocks": self.blocks,
-                "per_block_ms": self.per_block_ms}
+        return {
+            "name": self.name,
+            "ms": self.ms,
+            "shape": self.shape,
+            "blocks": self.blocks,
+            "per_block_ms": self.per_block_ms,
+        }
 
 
 def _shape(out: Any) -> str:
@@ -47,8 +52,9 @@ def _shape(out: Any) -> str:
     return type(out).__name__
 
 
-def debug_forward(model: nn.Module, rgb: Tensor, spikes: Tensor | None = None,
-                  *, grad: bool = False) -> list[DebugRow]:
+def debug_forward(
+    model: nn.Module, rgb: Tensor, spikes: Tensor | None = None, *, grad: bool = False
+) -> list[DebugRow]:
     """Run one forward pass of ``model`` and return a row per region, in execution order,
     with a final ``total`` row. Without ``grad`` the pass runs under ``torch.no_grad``."""
     m = _unwrap(model)
@@ -62,6 +68,7 @@ def debug_forward(model: nn.Module, rgb: Tensor, spikes: Tensor | None = None,
     rows: list[DebugRow] = []
     handles = []
     for name, mod in m.region_modules().items():
+
         def pre(module: nn.Module, args: Any, name: str = name) -> None:
             sync()
             starts[name] = time.perf_counter()
@@ -94,8 +101,10 @@ def debug_forward(model: nn.Module, rgb: Tensor, spikes: Tensor | None = None,
 def format_debug(rows: list[DebugRow]) -> str:
     """The rows as an indented table (children under their parents)."""
     total = next((r.ms for r in rows if r.name == "total"), None)
-    lines = [f"{'region':<28}{'ms':>10}{'share':>8}{'blocks':>8}{'ms/block':>10}  output shape",
-             "-" * 96]
+    lines = [
+        f"{'region':<28}{'ms':>10}{'share':>8}{'blocks':>8}{'ms/block':>10}  output shape",
+        "-" * 96,
+    ]
     for r in rows:
         depth = r.name.count("/")
         label = ("  " * depth + r.name.rsplit("/", 1)[-1])[:28]

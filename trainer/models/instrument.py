@@ -50,8 +50,11 @@ class _BackwardProbe:
         if want != self.hooked:
             self._remove_param_hooks()
             if want:
-                self.param_hooks = [p.register_post_accumulate_grad_hook(self._accumulated)
-                                    for p, on in zip(self.params, want, strict=True) if on]
+                self.param_hooks = [
+                    p.register_post_accumulate_grad_hook(self._accumulated)
+                    for p, on in zip(self.params, want, strict=True)
+                    if on
+                ]
             self.hooked = want
 
     def _backward_pre(self, module: nn.Module, grad_output: Any) -> None:
@@ -100,15 +103,19 @@ def _quiet_no_input_grad_warning() -> None:
     # gradients, and torch warns about it at every backward. The probe knows and ignores
     # that call (it closes on the parameters' gradients instead), so the warning is noise.
     warnings.filterwarnings(
-        "ignore", message="Full backward hook is firing when gradients are computed with "
-        "respect to module outputs", category=UserWarning)
+        "ignore",
+        message="Full backward hook is firing when gradients are computed with "
+        "respect to module outputs",
+        category=UserWarning,
+    )
 
 
 class Instrumentation:
     """Hooks of one model bound to one logger; :meth:`remove` takes them all away."""
 
-    def __init__(self, regions: dict[str, nn.Module], recompute: dict[str, list[nn.Module]],
-                 log: Any) -> None:
+    def __init__(
+        self, regions: dict[str, nn.Module], recompute: dict[str, list[nn.Module]], log: Any
+    ) -> None:
         _quiet_no_input_grad_warning()
         self.log = log
         self.probes = [_BackwardProbe(m, f"backward/{name}", log) for name, m in regions.items()]
@@ -133,8 +140,12 @@ def hook_count(model: nn.Module) -> int:
     """Number of module and parameter hooks on ``model`` (for tests: 0 with timing off)."""
     n = 0
     for m in model.modules():
-        for attr in ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks",
-                     "_backward_pre_hooks"):
+        for attr in (
+            "_forward_pre_hooks",
+            "_forward_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+        ):
             n += len(getattr(m, attr, {}))
     for p in model.parameters():
         n += len(getattr(p, "_post_accumulate_grad_hooks", None) or {})

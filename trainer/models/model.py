@@ -32,8 +32,11 @@ class VRTWithSpike(nn.Module):
             self.spike_encoder = SpikeEncoder3D(s)
             self.spike_tsa = SpikeTSA(s)
             fusions = nn.ModuleList(
-                TemporalFusion(v.EMBED_DIMS[0], s.WIDTH, s.FUSION_HEADS, s.FUSION_MLP_RATIO,
-                               s.TSA_CHUNK_TOKENS) for _ in range(NUM_SCALES))
+                TemporalFusion(
+                    v.EMBED_DIMS[0], s.WIDTH, s.FUSION_HEADS, s.FUSION_MLP_RATIO, s.TSA_CHUNK_TOKENS
+                )
+                for _ in range(NUM_SCALES)
+            )
         self.vrt = VRT(cfg, fusions)
         #: what build_model loaded from MODEL.PRETRAINED (None: nothing)
         self.pretrained_report: PretrainedReport | None = None
@@ -69,8 +72,10 @@ class VRTWithSpike(nn.Module):
         if spikes is None:
             raise ValueError("MODEL.USE_SPIKE is true: spikes [B,T,K,H,W] are required")
         if tuple(spikes.shape) != (b, t, k, h, w):
-            raise ValueError(f"spikes must be {(b, t, k, h, w)} (K = MODEL.SPIKE.BINS), "
-                             f"got {tuple(spikes.shape)}")
+            raise ValueError(
+                f"spikes must be {(b, t, k, h, w)} (K = MODEL.SPIKE.BINS), "
+                f"got {tuple(spikes.shape)}"
+            )
 
     # ------------------------------------------------------------------ regions
 
@@ -98,8 +103,11 @@ class VRTWithSpike(nn.Module):
         """The region names one training step of this model produces (see region_names)."""
         from trainer.models import region_names
 
-        return region_names(self.cfg, checkpointing=checkpointing,
-                            train_flow=any(p.requires_grad for p in self.vrt.flow.parameters()))
+        return region_names(
+            self.cfg,
+            checkpointing=checkpointing,
+            train_flow=any(p.requires_grad for p in self.vrt.flow.parameters()),
+        )
 
     # ------------------------------------------------------------------ instrumentation
 
@@ -128,8 +136,10 @@ class VRTWithSpike(nn.Module):
 
     def param_counts(self) -> dict[str, int]:
         """Parameters per region module (top-level modules and VRT stages)."""
+
         def n(m: nn.Module) -> int:
             return sum(p.numel() for p in m.parameters())
+
         return {name: n(m) for name, m in self.region_modules().items()}
 
     def flow_and_deform_parameters(self) -> list[nn.Parameter]:

@@ -44,8 +44,13 @@ def flow_warp(x: Tensor, flow: Tensor, padding_mode: str = "zeros") -> Tensor:
     Computed in fp32 whatever the autocast state; returns x's dtype.
     """
     with fp32_region(x):
-        out = F.grid_sample(x.float(), _grid(flow.float()), mode="bilinear",
-                            padding_mode=padding_mode, align_corners=False)
+        out = F.grid_sample(
+            x.float(),
+            _grid(flow.float()),
+            mode="bilinear",
+            padding_mode=padding_mode,
+            align_corners=False,
+        )
     return out.to(x.dtype)
 
 
@@ -66,14 +71,18 @@ def flow_warp_nearest4(x: Tensor, flow: Tensor) -> Tensor:
             for fy in (torch.floor, torch.ceil):
                 gx, gy = fx(px), fy(py)
                 grid = torch.stack(((2 * gx + 1) / w - 1, (2 * gy + 1) / h - 1), dim=-1)
-                outs.append(F.grid_sample(xf, grid, mode="nearest", padding_mode="zeros",
-                                          align_corners=False))
+                outs.append(
+                    F.grid_sample(
+                        xf, grid, mode="nearest", padding_mode="zeros", align_corners=False
+                    )
+                )
         out = torch.cat(outs, dim=1)
     return out.to(x.dtype)
 
 
-def deform_conv2d(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor,
-                  bias: Tensor | None, groups: int) -> Tensor:
+def deform_conv2d(
+    x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor | None, groups: int
+) -> Tensor:
     """Modulated deformable convolution (stride 1, 'same' padding, dilation 1).
 
     x [B,C,H,W]; weight [O,C,kh,kw]; offset [B, 2·G·kh·kw, H, W] laid out as
@@ -101,8 +110,13 @@ def deform_conv2d(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor,
         px = xs + kx + off[:, :, :, 1]
         grid = torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), dim=-1)
         grid = grid.view(b * g, k * h, w, 2)
-        samp = F.grid_sample(x.reshape(b * g, c // g, h, w), grid, mode="bilinear",
-                             padding_mode="zeros", align_corners=False)
+        samp = F.grid_sample(
+            x.reshape(b * g, c // g, h, w),
+            grid,
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
+        )
         samp = samp.view(b, g, c // g, k, h, w) * mask.view(b, g, 1, k, h, w)
         out = torch.matmul(weight.reshape(o, c * k), samp.reshape(b, c * k, h * w))
         out = out.view(b, o, h, w)

@@ -51,15 +51,21 @@ def load_model_config(path: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(data["MODEL"], str(path))
 
 
-def example_inputs(cfg: ModelConfig, b: int, t: int, h: int, w: int, seed: int = 0,
-                   device: str | torch.device = "cpu") -> tuple[Tensor, Tensor | None]:
+def example_inputs(
+    cfg: ModelConfig,
+    b: int,
+    t: int,
+    h: int,
+    w: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[Tensor, Tensor | None]:
     """Random RGB [B,T,3,H,W] in [0,1] and spike bins [B,T,K,H,W] (None without spikes)."""
     g = torch.Generator().manual_seed(seed)
     rgb = torch.rand(b, t, 3, h, w, generator=g)
     spikes = None
     if cfg.USE_SPIKE:
-        counts = torch.poisson(torch.rand(b, t, cfg.SPIKE.BINS, h, w, generator=g) * 4,
-                               generator=g)
+        counts = torch.poisson(torch.rand(b, t, cfg.SPIKE.BINS, h, w, generator=g) * 4, generator=g)
         spikes = torch.log1p(counts) / torch.log1p(torch.tensor(8.0))
         spikes = spikes.to(device)
     return rgb.to(device), spikes

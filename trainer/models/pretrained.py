@@ -68,8 +68,10 @@ _IMPORT_ALIASES: tuple[tuple[str, str], ...] = (
 
 #: buffers the reference saves and we recompute (ImageNet statistics, bias-table indices,
 #: the mutual attention's sine encoding)
-RECOMPUTED = re.compile(r"(^|\.)(spynet\.(mean|std)|attn\.relative_position_index|"
-                        r"attn\.position_bias)$|^(mean|std)$")
+RECOMPUTED = re.compile(
+    r"(^|\.)(spynet\.(mean|std)|attn\.relative_position_index|"
+    r"attn\.position_bias)$|^(mean|std)$"
+)
 
 _FIELDS = {"s": ("[0-6]", "[1-7]"), "g": (r"\d+", r"[1-9]\d*"), "rest": (".+", ".+")}
 
@@ -77,13 +79,15 @@ _FIELDS = {"s": ("[0-6]", "[1-7]"), "g": (r"\d+", r"[1-9]\d*"), "rest": (".+", "
 def _compile(template: str, side: int) -> re.Pattern[str]:
     out, pos = "", 0
     for m in re.finditer(r"\{(\w+)\}", template):
-        out += re.escape(template[pos:m.start()])
+        out += re.escape(template[pos : m.start()])
         out += f"(?P<{m.group(1)}>{_FIELDS[m.group(1)][side]})"
         pos = m.end()
     return re.compile(out + re.escape(template[pos:]) + "$")
 
 
-def _rules(pairs: tuple[tuple[str, str], ...]) -> list[tuple[re.Pattern[str], str, re.Pattern[str], str]]:
+def _rules(
+    pairs: tuple[tuple[str, str], ...],
+) -> list[tuple[re.Pattern[str], str, re.Pattern[str], str]]:
     return [(_compile(a, 0), a, _compile(b, 1), b) for a, b in pairs]
 
 
@@ -131,7 +135,8 @@ class PretrainedReport:
     unexpected: list[str] = field(default_factory=list)
     #: (source name, our name, source shape, our shape)
     mismatched: list[tuple[str, str, tuple[int, ...], tuple[int, ...]]] = field(
-        default_factory=list)
+        default_factory=list
+    )
     #: source buffers that the model recomputes (skipped)
     recomputed: list[str] = field(default_factory=list)
     #: model entries outside VRT (the spike branch), left as initialised
@@ -155,32 +160,43 @@ class PretrainedReport:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "loaded": len(self.loaded), "renamed": self.renamed,
-                "missing": self.missing, "unexpected": self.unexpected,
-                "shape_mismatches": [{"source": s, "model": o, "source_shape": list(a),
-                                      "model_shape": list(b)}
-                                     for s, o, a, b in self.mismatched],
-                "recomputed_buffers": len(self.recomputed), "kept_outside_vrt": self.kept,
-                "skipped_outside_vrt": len(self.outside_vrt)}
+        return {
+            "source": self.source,
+            "loaded": len(self.loaded),
+            "renamed": self.renamed,
+            "missing": self.missing,
+            "unexpected": self.unexpected,
+            "shape_mismatches": [
+                {"source": s, "model": o, "source_shape": list(a), "model_shape": list(b)}
+                for s, o, a, b in self.mismatched
+            ],
+            "recomputed_buffers": len(self.recomputed),
+            "kept_outside_vrt": self.kept,
+            "skipped_outside_vrt": len(self.outside_vrt),
+        }
 
     def format(self, limit: int = 5) -> str:
         """A few lines for a terminal or a log."""
-        lines = [f"pretrained: {self.source}",
-                 f"  loaded {len(self.loaded)} tensors ({self.renamed} renamed from the official layout); "
-                 f"{len(self.recomputed)} buffers skipped (recomputed); "
-                 f"{self.kept} spike-branch tensors keep their initialisation"
-                 + (f" ({len(self.outside_vrt)} in the source skipped)" if self.outside_vrt
-                    else "")]
+        lines = [
+            f"pretrained: {self.source}",
+            f"  loaded {len(self.loaded)} tensors ({self.renamed} renamed from the official layout); "
+            f"{len(self.recomputed)} buffers skipped (recomputed); "
+            f"{self.kept} spike-branch tensors keep their initialisation"
+            + (f" ({len(self.outside_vrt)} in the source skipped)" if self.outside_vrt else ""),
+        ]
 
         def some(title: str, items: list[str]) -> None:
             lines.append(f"  {title}: {len(items)}")
             lines.extend(f"    {x}" for x in items[:limit])
             if len(items) > limit:
                 lines.append(f"    ... {len(items) - limit} more")
+
         some("missing", self.missing)
         some("unexpected", self.unexpected)
-        some("shape mismatches", [f"{s} {list(a)} -> {o} {list(b)}"
-                                  for s, o, a, b in self.mismatched])
+        some(
+            "shape mismatches",
+            [f"{s} {list(a)} -> {o} {list(b)}" for s, o, a, b in self.mismatched],
+        )
         return "\n".join(lines)
 
 
@@ -189,8 +205,9 @@ def _unwrap_model(model: nn.Module) -> nn.Module:
     return getattr(m, "_orig_mod", m)  # torch.compile
 
 
-def read_state_dict(source: str | os.PathLike[str] | dict[str, Any],
-                    key: str = "MODEL.PRETRAINED") -> tuple[dict[str, Tensor], str]:
+def read_state_dict(
+    source: str | os.PathLike[str] | dict[str, Any], key: str = "MODEL.PRETRAINED"
+) -> tuple[dict[str, Tensor], str]:
     """(flat state dict, description) from a file or a dict: unwraps ``params`` (the
     official files), ``params_ema``, ``state_dict`` or ``model`` and a ``module.`` prefix.
     Raises ConfigError naming ``key``."""
@@ -217,7 +234,7 @@ def read_state_dict(source: str | os.PathLike[str] | dict[str, Any],
         k = str(k)
         for prefix in ("module.", "_orig_mod."):
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     return out, where
 
@@ -226,8 +243,12 @@ def _is_vrt(key: str) -> bool:
     return key.startswith("vrt.") and not key.startswith("vrt.fusions.")
 
 
-def load_pretrained_vrt(model: nn.Module, source: str | os.PathLike[str] | dict[str, Any],
-                        strict: bool = True, key: str = "MODEL.PRETRAINED") -> PretrainedReport:
+def load_pretrained_vrt(
+    model: nn.Module,
+    source: str | os.PathLike[str] | dict[str, Any],
+    strict: bool = True,
+    key: str = "MODEL.PRETRAINED",
+) -> PretrainedReport:
     """Load the VRT part of ``model`` from an official-layout checkpoint (path or state dict,
     under ``params`` or bare; our own layout, e.g. a trainer checkpoint's ``model``, loads
     too). The spike branch keeps its initialisation; SpyNet loads from the ``spynet.*``
@@ -260,8 +281,11 @@ def load_pretrained_vrt(model: nn.Module, source: str | os.PathLike[str] | dict[
     report.missing = [k for k in own if _is_vrt(k) and k not in seen]
     if strict and not report.ok:
         n = len(report.missing) + len(report.unexpected) + len(report.mismatched)
-        more = f" (and {n - 1} more problems; MODEL.PRETRAINED_STRICT: false loads the rest)" \
-            if n > 1 else ""
+        more = (
+            f" (and {n - 1} more problems; MODEL.PRETRAINED_STRICT: false loads the rest)"
+            if n > 1
+            else ""
+        )
         raise ConfigError(key, f"{where}: {report.first_problem()}{more}")
     m.load_state_dict(take, strict=False)
     report.loaded = list(take)
@@ -275,9 +299,11 @@ def _check_layout(m: nn.Module) -> None:
     for i, st in enumerate(m.vrt.stages[:NUM_ALIGN_STAGES]):
         kinds = [g.blocks[0].attn.mutual for g in st.groups]
         if kinds != [True, False]:
-            raise ValueError(f"stage {i + 1} has {len(kinds)} attention group(s); the official "
-                             "layout needs a mutual and a self group in each of stages 1-7 "
-                             "(MODEL.VRT.DEPTHS × MUTUAL_RATIO)")
+            raise ValueError(
+                f"stage {i + 1} has {len(kinds)} attention group(s); the official "
+                "layout needs a mutual and a self group in each of stages 1-7 "
+                "(MODEL.VRT.DEPTHS × MUTUAL_RATIO)"
+            )
 
 
 def export_official(model: nn.Module) -> dict[str, Tensor]:

@@ -32,10 +32,10 @@ class SpikeEncoder3D(nn.Module):
         w = scfg.WIDTH
         scales = []
         for i in range(NUM_SCALES):
-            conv = (nn.Conv3d(scfg.BINS, w, 3, 1, 1) if i == 0
-                    else nn.Conv3d(w, w, 3, (1, 2, 2), 1))
-            scales.append(nn.Sequential(conv, nn.ReLU(),
-                                        *(_Res3D(w) for _ in range(scfg.RES_BLOCKS))))
+            conv = nn.Conv3d(scfg.BINS, w, 3, 1, 1) if i == 0 else nn.Conv3d(w, w, 3, (1, 2, 2), 1)
+            scales.append(
+                nn.Sequential(conv, nn.ReLU(), *(_Res3D(w) for _ in range(scfg.RES_BLOCKS)))
+            )
         self.scales = nn.ModuleList(scales)
 
     def forward(self, spikes: Tensor) -> tuple[Tensor, ...]:
@@ -119,7 +119,8 @@ class SpikeTSA(nn.Module):
         super().__init__()
         self.scales = nn.ModuleList(
             SpikeTemporalSA(scfg.WIDTH, scfg.TSA_HEADS, scfg.TSA_MLP_RATIO, scfg.TSA_CHUNK_TOKENS)
-            for _ in range(NUM_SCALES))
+            for _ in range(NUM_SCALES)
+        )
 
     def forward(self, *feats: Tensor) -> tuple[Tensor, ...]:
         out = []
@@ -133,8 +134,9 @@ class TemporalFusion(nn.Module):
     """Temporal cross attention: RGB features query the spike features of the same pixel
     along T; X = RGB + attn; X += FFN(LN X)."""
 
-    def __init__(self, dim: int, spike_dim: int, heads: int, mlp_ratio: float,
-                 chunk_tokens: int) -> None:
+    def __init__(
+        self, dim: int, spike_dim: int, heads: int, mlp_ratio: float, chunk_tokens: int
+    ) -> None:
         super().__init__()
         self.chunk_tokens = chunk_tokens
         self.norm_q = nn.LayerNorm(dim)
@@ -151,11 +153,11 @@ class TemporalFusion(nn.Module):
         """x [B,T,h,w,C] (RGB features), spike [B,Cs,T,h,w] -> [B,T,h,w,C]."""
         b, t, h, w, c = x.shape
         if spike.shape[2:] != (t, h, w):
-            raise ValueError(f"spike features {tuple(spike.shape)} do not match RGB "
-                             f"features {tuple(x.shape)}")
+            raise ValueError(
+                f"spike features {tuple(spike.shape)} do not match RGB features {tuple(x.shape)}"
+            )
         q = x.permute(0, 2, 3, 1, 4).reshape(b * h * w, t, c)
         kv = spike.permute(0, 3, 4, 2, 1).reshape(b * h * w, t, spike.shape[1])
-        parts = [self._block(q[a:z], kv[a:z]) for a, z in _chunks(q.shape[0], t,
-                                                                   self.chunk_tokens)]
+        parts = [self._block(q[a:z], kv[a:z]) for a, z in _chunks(q.shape[0], t, self.chunk_tokens)]
         out = torch.cat(parts) if len(parts) > 1 else parts[0]
         return out.view(b, h, w, t, c).permute(0, 3, 1, 2, 4)

@@ -71,7 +71,7 @@ class SpyNet(nn.Module):
         own = self.state_dict()
         state: dict[str, Tensor] = {}
         for k, v in obj.items():
-            k2 = k[len("spynet."):] if k.startswith("spynet.") else k
+            k2 = k[len("spynet.") :] if k.startswith("spynet.") else k
             if k2 in own:
                 state[k2] = v
         missing = [k for k in own if k not in state]
@@ -79,8 +79,9 @@ class SpyNet(nn.Module):
             raise ConfigError(key, f"{path} lacks SpyNet weights, e.g. {missing[0]!r}")
         for k, v in state.items():
             if tuple(v.shape) != tuple(own[k].shape):
-                raise ConfigError(key, f"{path}: {k} has shape {tuple(v.shape)}, "
-                                  f"expected {tuple(own[k].shape)}")
+                raise ConfigError(
+                    key, f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}"
+                )
         self.load_state_dict(state, strict=True)
 
     def forward(self, ref: Tensor, supp: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -96,8 +97,9 @@ class SpyNet(nn.Module):
         levels: list[Tensor] = []
         for i, level in enumerate(self.basic_module):
             if i > 0:
-                flow = F.interpolate(flow, scale_factor=2, mode="bilinear",
-                                     align_corners=True) * 2.0
+                flow = (
+                    F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=True) * 2.0
+                )
             warped = flow_warp(supps[i], flow, "border")  # the reference pads with the edge
             inp = torch.cat((refs[i], warped, flow.to(refs[i].dtype)), 1)
             flow = flow + level(inp).float()

@@ -65,8 +65,10 @@ def _shift_mask(size: Window, win: Window, shift: Window, device: str) -> Tensor
     dev = torch.device(device)
     labels = torch.zeros(size, device=dev)
     cnt = 0
-    spans = [((0, -wi), (-wi, -si), (-si, None)) if si else ((0, None),)
-             for wi, si in zip(win, shift, strict=True)]
+    spans = [
+        ((0, -wi), (-wi, -si), (-si, None)) if si else ((0, None),)
+        for wi, si in zip(win, shift, strict=True)
+    ]
     for d0, d1 in spans[0]:
         for h0, h1 in spans[1]:
             for w0, w1 in spans[2]:
@@ -115,8 +117,9 @@ class ShiftMask:
 
 
 @functools.lru_cache(maxsize=64)
-def _window_groups(size: Window, win: Window, shift: Window, batch: int,
-                   device: str) -> tuple[tuple[int, ...], Tensor, Tensor]:
+def _window_groups(
+    size: Window, win: Window, shift: Window, batch: int, device: str
+) -> tuple[tuple[int, ...], Tensor, Tensor]:
     """(windows per pattern group, perm, inverse) of :class:`ShiftMask` (built on CPU)."""
     cpu = torch.device("cpu")
     dims = [i for i, s in enumerate(shift) if s]
@@ -133,8 +136,14 @@ def _window_groups(size: Window, win: Window, shift: Window, batch: int,
     return counts, perm.to(dev), inverse.to(dev)
 
 
-def _masked_sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, sm: ShiftMask | None,
-                 half: slice | None = None) -> Tensor:
+def _masked_sdpa(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor | None,
+    sm: ShiftMask | None,
+    half: slice | None = None,
+) -> Tensor:
     """Window attention with an optional [heads, Nq, Nk] bias and shift mask; ``half``
     selects the within-frame quadrant of the mask (mutual attention). With a shift mask,
     q/k/v are ``[1, B·nW, ...]`` in the grouped window order of ``sm``."""
@@ -197,7 +206,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     if _pad_heads(q):
         p = (-d) % _HEAD_ALIGN
         q, k, v = (F.pad(t, (0, p)) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d ** -0.5)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d**-0.5)
         return out[..., :d]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -208,8 +217,12 @@ def _attend_chunked(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Ten
         per = mask[0].numel() * mask.element_size()
         step = max(1, BIAS_GRAD_CHUNK_BYTES // per)
         if q.shape[0] > step:
-            return torch.cat([_attend(q[i:i + step], k[i:i + step], v[i:i + step], mask)
-                              for i in range(0, q.shape[0], step)])
+            return torch.cat(
+                [
+                    _attend(q[i : i + step], k[i : i + step], v[i : i + step], mask)
+                    for i in range(0, q.shape[0], step)
+                ]
+            )
     return _attend(q, k, v, mask)
 
 
@@ -223,8 +236,10 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     if mask is not None:
         mask = mask.to(q.dtype)
     if mask is None or mask.shape[0] == 1 or b == 1:
+
         def flat(t: Tensor) -> Tensor:
             return t.reshape(b * nw, *t.shape[2:])
+
         out = _attend_chunked(flat(q), flat(k), flat(v), mask)
         return out.view(b, nw, *out.shape[1:])
     return torch.stack([_attend(q[i], k[i], v[i], mask) for i in range(b)])
@@ -237,26 +252,24 @@ class WindowAttention(nn.Module):
     """Window self attention with a 3-D relative position bias; optionally mutual attention
     between the two frames of a 2-frame window (concatenated, projected 2C -> C)."""
 
-    def __init__(self, dim: int, window: Window, heads: int, qkv_bias: bool,
-                 mutual: bool) -> None:
+    def __init__(self, dim: int, window: Window, heads: int, qkv_bias: bool, mutual: bool) -> None:
         super().__init__()
         self.dim, self.heads, self.window, self.mutual = dim, heads, window, mutual
         wd, wh, ww = window
         self.relative_position_bias_table = nn.Parameter(
-            torch.zeros((2 * wd - 1) * (2 * wh - 1) * (2 * ww - 1), heads))
+            torch.zeros((2 * wd - 1) * (2 * wh - 1) * (2 * ww - 1), heads)
+        )
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.qkv_self = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(2 * dim if mutual else dim, dim)
         if mutual:
             self.qkv_mut = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         # built at construction (a buffer moves with the model; compiled code reads it)
-        self.register_buffer("rel_index", _rel_index_tensor(window, window, None),
-                             persistent=False)
+        self.register_buffer("rel_index", _rel_index_tensor(window, window, None), persistent=False)
 
     def rel_index_for(self, win: Window, device: torch.device) -> Tensor:
         """Bias-table rows of a ``win`` window (the buffer, unless the clip is smaller)."""
-        return self.rel_index if win == self.window else _rel_index(win, self.window,
-                                                                     str(device))
+        return self.rel_index if win == self.window else _rel_index(win, self.window, str(device))
 
     def _qkv(self, lin: nn.Linear, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, nw, n, c = x.shape
@@ -264,8 +277,9 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.unbind(0)  # one backward stack instead of three select fills
         return q, k, v
 
-    def forward(self, x: Tensor, win: Window, mask: ShiftMask | None,
-                rel_index: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, win: Window, mask: ShiftMask | None, rel_index: Tensor | None = None
+    ) -> Tensor:
         """x [B, nW, N, C] (N = tokens of window ``win``); mask for shifted windows;
         ``rel_index`` the bias rows of ``win`` (default: looked up)."""
         b, nw, n, c = x.shape
@@ -302,9 +316,19 @@ class TMSA(nn.Module):
     region that the re-run forward work of a checkpoint is charged to.
     """
 
-    def __init__(self, dim: int, heads: int, window: Window, shift: Window, mutual: bool,
-                 mlp_ratio: float, qkv_bias: bool, drop_path: float, ckpt_attn: bool,
-                 ckpt_ffn: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        window: Window,
+        shift: Window,
+        mutual: bool,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop_path: float,
+        ckpt_attn: bool,
+        ckpt_ffn: bool,
+    ) -> None:
         super().__init__()
         self.window, self.shift = window, shift
         self.ckpt_attn, self.ckpt_ffn = ckpt_attn, ckpt_ffn
@@ -316,8 +340,11 @@ class TMSA(nn.Module):
         self.recompute_region: str | None = None
         self.timing_logger: Any = None
         # shift masks of the configured window, built once (a smaller clip builds its own)
-        self.register_buffer("shift_masks", _pattern_masks(window, shift, None) if any(shift)
-                             else None, persistent=False)
+        self.register_buffer(
+            "shift_masks",
+            _pattern_masks(window, shift, None) if any(shift) else None,
+            persistent=False,
+        )
         self._attn_compiled: Callable[..., Tensor] | None = None
         self._ffn_compiled: Callable[[Tensor], Tensor] | None = None
 
@@ -332,14 +359,12 @@ class TMSA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(self._run(self._attn_path, x, self.ckpt_attn))
-        return x + self.drop_path(self._run(self._ffn_compiled or self._ffn_path, x,
-                                            self.ckpt_ffn))
+        return x + self.drop_path(self._run(self._ffn_compiled or self._ffn_path, x, self.ckpt_ffn))
 
     def _run(self, fn: Callable[[Tensor], Tensor], x: Tensor, ckpt: bool) -> Tensor:
         if ckpt and torch.is_grad_enabled():
             # no RNG runs inside (DropPath is outside): nothing to stash and restore
-            return checkpoint(self._charged, fn, x, use_reentrant=False,
-                              preserve_rng_state=False)
+            return checkpoint(self._charged, fn, x, use_reentrant=False, preserve_rng_state=False)
         return fn(x)
 
     def _charged(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -354,20 +379,26 @@ class TMSA(nn.Module):
     def _attn_path(self, x: Tensor) -> Tensor:
         b, d, h, w, _c = x.shape
         win = tuple(min(wi, si) for wi, si in zip(self.window, (d, h, w), strict=True))
-        shift = tuple(0 if si <= wi else sh for wi, si, sh in zip(self.window, (d, h, w),
-                                                                  self.shift, strict=True))
+        shift = tuple(
+            0 if si <= wi else sh
+            for wi, si, sh in zip(self.window, (d, h, w), self.shift, strict=True)
+        )
         mask = None
         if any(shift):
             size = tuple(s + (-s) % wi for s, wi in zip((d, h, w), win, strict=True))
             counts, perm, inverse = _window_groups(size, win, shift, b, str(x.device))
-            masks = (self.shift_masks if win == self.window and shift == self.shift
-                     else _pattern_masks(win, shift, x.device))
+            masks = (
+                self.shift_masks
+                if win == self.window and shift == self.shift
+                else _pattern_masks(win, shift, x.device)
+            )
             mask = ShiftMask(masks, counts, perm, inverse)
         idx = self.attn.rel_index_for(win, x.device)  # looked up outside compiled code
         return (self._attn_compiled or self._attn_windows)(x, win, shift, mask, idx)
 
-    def _attn_windows(self, x: Tensor, win: Window, shift: Window, mask: ShiftMask | None,
-                      idx: Tensor) -> Tensor:
+    def _attn_windows(
+        self, x: Tensor, win: Window, shift: Window, mask: ShiftMask | None, idx: Tensor
+    ) -> Tensor:
         b, d, h, w, c = x.shape
         y = self.norm1(x)
         pd, ph, pw = ((-s) % wi for s, wi in zip((d, h, w), win, strict=True))
@@ -396,15 +427,33 @@ class TMSAGroup(nn.Module):
     """Blocks of one window size (odd blocks shifted by half a window), then Linear and a
     residual add around the whole group."""
 
-    def __init__(self, dim: int, depth: int, heads: int, window: Window, mutual: bool,
-                 vcfg: VRTConfig, drop_paths: list[float]) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        window: Window,
+        mutual: bool,
+        vcfg: VRTConfig,
+        drop_paths: list[float],
+    ) -> None:
         super().__init__()
         shift = tuple(wi // 2 for wi in window)
         self.blocks = nn.ModuleList(
-            TMSA(dim, heads, window, (0, 0, 0) if i % 2 == 0 else shift, mutual,
-                 vcfg.MLP_RATIO, vcfg.QKV_BIAS, drop_paths[i], vcfg.USE_CHECKPOINT_ATTN,
-                 vcfg.USE_CHECKPOINT_FFN)
-            for i in range(depth))
+            TMSA(
+                dim,
+                heads,
+                window,
+                (0, 0, 0) if i % 2 == 0 else shift,
+                mutual,
+                vcfg.MLP_RATIO,
+                vcfg.QKV_BIAS,
+                drop_paths[i],
+                vcfg.USE_CHECKPOINT_ATTN,
+                vcfg.USE_CHECKPOINT_FFN,
+            )
+            for i in range(depth)
+        )
         self.linear = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -425,10 +474,14 @@ class DeformAlign(nn.Module):
         self.groups, self.max_offset = groups, max_offset
         k = 9
         self.conv_offset = nn.Sequential(
-            nn.Conv2d(2 * dim + 2, dim, 3, 1, 1), nn.LeakyReLU(0.1),
-            nn.Conv2d(dim, dim, 3, 1, 1), nn.LeakyReLU(0.1),
-            nn.Conv2d(dim, dim, 3, 1, 1), nn.LeakyReLU(0.1),
-            nn.Conv2d(dim, 3 * k * groups, 3, 1, 1))
+            nn.Conv2d(2 * dim + 2, dim, 3, 1, 1),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(dim, dim, 3, 1, 1),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(dim, dim, 3, 1, 1),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(dim, 3 * k * groups, 3, 1, 1),
+        )
         nn.init.zeros_(self.conv_offset[-1].weight)
         nn.init.zeros_(self.conv_offset[-1].bias)
         self.weight = nn.Parameter(torch.empty(dim, dim, 3, 3))
@@ -444,7 +497,7 @@ class DeformAlign(nn.Module):
             n = out.shape[1] // 3
             offset = self.max_offset * torch.tanh(out[:, : 2 * n])
             offset = offset + flow.float().flip(1).repeat(1, n, 1, 1)
-            mask = torch.sigmoid(out[:, 2 * n:])
+            mask = torch.sigmoid(out[:, 2 * n :])
             return deform_conv2d(nbr, offset, mask, self.weight, self.bias, self.groups)
 
 
@@ -454,8 +507,16 @@ class DeformAlign(nn.Module):
 class AlignStage(nn.Module):
     """Stages 1-7: reshape, mutual group, self group, parallel warping."""
 
-    def __init__(self, dim: int, depth: int, heads: int, reshape: str, max_offset: float,
-                 vcfg: VRTConfig, drop_paths: list[float]) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        reshape: str,
+        max_offset: float,
+        vcfg: VRTConfig,
+        drop_paths: list[float],
+    ) -> None:
         super().__init__()
         self.reshape = reshape
         if reshape == "none":
@@ -470,12 +531,20 @@ class AlignStage(nn.Module):
         n1 = int(depth * vcfg.MUTUAL_RATIO)
         self.groups = nn.ModuleList()
         if n1:
-            self.groups.append(TMSAGroup(dim, n1, heads, (2, wh, ww), True, vcfg,
-                                         drop_paths[:n1]))
+            self.groups.append(TMSAGroup(dim, n1, heads, (2, wh, ww), True, vcfg, drop_paths[:n1]))
         if depth - n1:
             # the reference hands group 2 the stage's rates from the start, not the rest
-            self.groups.append(TMSAGroup(dim, depth - n1, heads, tuple(vcfg.WINDOW_SIZE),
-                                         False, vcfg, drop_paths[: depth - n1]))
+            self.groups.append(
+                TMSAGroup(
+                    dim,
+                    depth - n1,
+                    heads,
+                    tuple(vcfg.WINDOW_SIZE),
+                    False,
+                    vcfg,
+                    drop_paths[: depth - n1],
+                )
+            )
         self.pa_deform = DeformAlign(dim, vcfg.DEFORMABLE_GROUPS, max_offset)
         self.pa_fuse = GEGLU(3 * dim, 3 * dim, dim)
         self.ckpt_align = vcfg.USE_CHECKPOINT_ALIGN
@@ -500,8 +569,9 @@ class AlignStage(nn.Module):
             x = g(x)
         if self.ckpt_align and torch.is_grad_enabled():
             # the deformable alignment saves ~9x its input in fp32: recompute it instead
-            return checkpoint(self._charged_warp, x, flow_b, flow_f, use_reentrant=False,
-                              preserve_rng_state=False)
+            return checkpoint(
+                self._charged_warp, x, flow_b, flow_f, use_reentrant=False, preserve_rng_state=False
+            )
         return self._parallel_warp(x, flow_b, flow_f)
 
     def _charged_warp(self, x: Tensor, flow_b: Tensor, flow_f: Tensor) -> Tensor:
@@ -542,8 +612,11 @@ class ReconStage(nn.Module):
         off = 0
         for j in range(NUM_ALIGN_STAGES, len(depths)):
             win = (1, wh, ww) if j in vcfg.INDEP_RECONSTS else tuple(vcfg.WINDOW_SIZE)
-            self.groups.append(TMSAGroup(dim, depths[j], heads[j], win, False, vcfg,
-                                         drop_paths[off: off + depths[j]]))
+            self.groups.append(
+                TMSAGroup(
+                    dim, depths[j], heads[j], win, False, vcfg, drop_paths[off : off + depths[j]]
+                )
+            )
             off += depths[j]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -632,9 +705,17 @@ class VRT(nn.Module):
         self.stages = nn.ModuleList()
         off = 0
         for i in range(NUM_ALIGN_STAGES):
-            self.stages.append(AlignStage(dim, v.DEPTHS[i], v.NUM_HEADS[i], reshapes[i],
-                                          v.MAX_RESIDUE_MAGNITUDE / scales[i], v,
-                                          dpr[off: off + v.DEPTHS[i]]))
+            self.stages.append(
+                AlignStage(
+                    dim,
+                    v.DEPTHS[i],
+                    v.NUM_HEADS[i],
+                    reshapes[i],
+                    v.MAX_RESIDUE_MAGNITUDE / scales[i],
+                    v,
+                    dpr[off : off + v.DEPTHS[i]],
+                )
+            )
             off += v.DEPTHS[i]
         self.stages.append(ReconStage(dim, v, dpr[off:]))
         self.fusions = fusions if fusions is not None else nn.ModuleList()

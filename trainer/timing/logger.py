@@ -389,8 +389,14 @@ class TimingLogger:
         self.run_dir: str | None = None
         self.rank, self.world_size = 0, 1
         self.device = "cpu"
-        if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step < R.MAX_INT:
-            warn(f"start_step={start_step!r} is not a step number (0 <= n < {R.MAX_INT:.0e}); using 0")
+        if (
+            isinstance(start_step, bool)
+            or not isinstance(start_step, int)
+            or not 0 <= start_step < R.MAX_INT
+        ):
+            warn(
+                f"start_step={start_step!r} is not a step number (0 <= n < {R.MAX_INT:.0e}); using 0"
+            )
             start_step = 0
         self.step_count = start_step  # number of the last step() call
         self.steps_written = start_step  # number of the last step record emitted
@@ -503,13 +509,18 @@ class TimingLogger:
             last = last_step_in(self._jsonl.path)
             if last is not None and last > start_step:
                 # e.g. a checkpoint at 50, killed at 56: steps 51-56 are run again
-                warn(f"resuming at step {start_step}: steps {start_step + 1}-{last} already in "
-                     f"{self._jsonl.path} are run again; readers keep the new records")
+                warn(
+                    f"resuming at step {start_step}: steps {start_step + 1}-{last} already in "
+                    f"{self._jsonl.path} are run again; readers keep the new records"
+                )
         if self._jsonl is not None:
             line = R.encode_bytes(start)
             if len(line) > R.MAX_LINE_BYTES:
-                self._warn_once("config", f"config= is too large to record "
-                                f"({len(line)} bytes as JSON); the run is recorded without it")
+                self._warn_once(
+                    "config",
+                    f"config= is too large to record "
+                    f"({len(line)} bytes as JSON); the run is recorded without it",
+                )
                 line = R.encode_bytes(dataclasses.replace(start, config={}))
             self._write(self._jsonl, line)
             self._jsonl.flush()  # the run appears to a watching monitor right away
@@ -577,8 +588,11 @@ class TimingLogger:
         return self._region_cls(self, name)
 
     def _bad_name(self, name: Any) -> _Noop:
-        self._warn_once("name", f"a region name must be a string, got {type(name).__name__} "
-                        f"{_short(name)}; that region is not timed")
+        self._warn_once(
+            "name",
+            f"a region name must be a string, got {type(name).__name__} "
+            f"{_short(name)}; that region is not timed",
+        )
         return NOOP
 
     def begin(self, name: str) -> Any:
@@ -626,7 +640,9 @@ class TimingLogger:
             try:
                 ms = float(ms)
             except (TypeError, ValueError, OverflowError):
-                self._warn_once("log", f"log_timing({name!r}): {_short(ms)} is not a number; ignored")
+                self._warn_once(
+                    "log", f"log_timing({name!r}): {_short(ms)} is not a number; ignored"
+                )
                 return
         if not 0.0 <= ms < R.MAX_MS:  # also false for NaN
             self._warn_once("log", f"log_timing({name!r}): {ms!r} is not a duration; ignored")
@@ -837,8 +853,11 @@ class TimingLogger:
         if self._jsonl is not None:
             line = R.encode_bytes(rec)
             if len(line) > R.MAX_LINE_BYTES:
-                self._warn_once("line", f"step {rec.step}: its record would be {len(line)} bytes "
-                                f"(limit {R.MAX_LINE_BYTES}); scalars and regions are left out of it")
+                self._warn_once(
+                    "line",
+                    f"step {rec.step}: its record would be {len(line)} bytes "
+                    f"(limit {R.MAX_LINE_BYTES}); scalars and regions are left out of it",
+                )
                 line = R.encode_bytes(dataclasses.replace(rec, regions={}, scalars=None))
             self._write(self._jsonl, line)
         if self._text is not None:
@@ -855,21 +874,30 @@ class TimingLogger:
         """``rec`` with what the reader would refuse left out (one warning per kind)."""
         regions = rec.regions
         bad = [
-            k for k, (ms, n) in regions.items()
+            k
+            for k, (ms, n) in regions.items()
             if not (0.0 <= ms < R.MAX_MS and 0 <= n < R.MAX_INT and len(k) <= R.MAX_NAME_CHARS)
         ]
         if bad:
-            self._warn_once("limits", f"step {rec.step}: region {_short(bad[0])} has a value or "
-                            f"name beyond the record limits (docs/record-format.md); left out")
+            self._warn_once(
+                "limits",
+                f"step {rec.step}: region {_short(bad[0])} has a value or "
+                f"name beyond the record limits (docs/record-format.md); left out",
+            )
             regions = {k: v for k, v in regions.items() if k not in bad}
         if regions and not sum(ms + n for ms, n in regions.values()) < R.MAX_MS:
-            self._warn_once("limits-sum", f"step {rec.step}: its regions sum to more than "
-                            f"{R.MAX_MS:.0e} ms; left out")
+            self._warn_once(
+                "limits-sum",
+                f"step {rec.step}: its regions sum to more than {R.MAX_MS:.0e} ms; left out",
+            )
             regions = {}
         wall = rec.wall_ms
         if not 0.0 <= wall < R.MAX_MS:
-            self._warn_once("wall", f"step {rec.step}: wall time {wall!r} ms is out of range; "
-                            "recorded as the sum of its top-level regions")
+            self._warn_once(
+                "wall",
+                f"step {rec.step}: wall time {wall!r} ms is out of range; "
+                "recorded as the sum of its top-level regions",
+            )
             wall = sum(ms for k, (ms, _) in regions.items() if "/" not in k)
         if regions is rec.regions and wall == rec.wall_ms:
             return rec
@@ -931,8 +959,10 @@ class TimingLogger:
                 return
             n = self._int_arg(step, "log_eval(step=)", self.steps_written)
             if not 0 <= n < R.MAX_INT:
-                self._warn_once("eval-step", f"log_eval(step={n}) is out of range; using step "
-                                f"{self.steps_written}")
+                self._warn_once(
+                    "eval-step",
+                    f"log_eval(step={n}) is out of range; using step {self.steps_written}",
+                )
                 n = self.steps_written
             m = self._clean_scalars(metrics, "metrics")
             rec = R.Eval(step=n, time=time.time(), metrics=m)
@@ -1098,8 +1128,9 @@ class TimingLogger:
             if isinstance(value, bool) or not -R.MAX_INT < n < R.MAX_INT:
                 raise ValueError
         except Exception:
-            self._warn_once(f"int:{what}", f"{what}={_short(value)} is not an integer in range; "
-                            f"using {default}")
+            self._warn_once(
+                f"int:{what}", f"{what}={_short(value)} is not an integer in range; using {default}"
+            )
             return default
         return n
 
@@ -1118,21 +1149,30 @@ class TimingLogger:
         try:
             items = list(values.items())
         except Exception:
-            self._warn_once(f"map:{what}", f"{what}= must be a mapping, got {type(values).__name__}; ignored")
+            self._warn_once(
+                f"map:{what}", f"{what}= must be a mapping, got {type(values).__name__}; ignored"
+            )
             return out
         for k, v in items:
             if type(k) is not str or len(k) > R.MAX_NAME_CHARS:
-                self._warn_once(f"key:{what}", f"{what}: name {_short(k)} is not a string of at most "
-                                f"{R.MAX_NAME_CHARS} characters; that value is dropped")
+                self._warn_once(
+                    f"key:{what}",
+                    f"{what}: name {_short(k)} is not a string of at most "
+                    f"{R.MAX_NAME_CHARS} characters; that value is dropped",
+                )
                 continue
             try:
                 x = float(v)
             except Exception:
-                self._warn_once(f"val:{what}", f"{what}[{k!r}] = {_short(v)} is not a number; dropped")
+                self._warn_once(
+                    f"val:{what}", f"{what}[{k!r}] = {_short(v)} is not a number; dropped"
+                )
                 continue
             if math.isfinite(x) and not -R.MAX_ABS_NUMBER < x < R.MAX_ABS_NUMBER:
-                self._warn_once(f"val:{what}", f"{what}[{k!r}] = {_short(v)} is beyond "
-                                f"{R.MAX_ABS_NUMBER:.0e}; dropped")
+                self._warn_once(
+                    f"val:{what}",
+                    f"{what}[{k!r}] = {_short(v)} is beyond {R.MAX_ABS_NUMBER:.0e}; dropped",
+                )
                 continue
             out[k] = x
         return out
@@ -1150,8 +1190,9 @@ class TimingLogger:
                 if type(k) is not str or isinstance(v, bool) or not 0 <= n < R.MAX_BYTES_VALUE:
                     raise ValueError
             except Exception:
-                self._warn_once("memory-val", f"memory[{_short(k)}] = {_short(v)} is not a byte "
-                                "count; dropped")
+                self._warn_once(
+                    "memory-val", f"memory[{_short(k)}] = {_short(v)} is not a byte count; dropped"
+                )
                 continue
             out[k] = n
         return out or None
@@ -1177,8 +1218,10 @@ class TimingLogger:
                         return None
                     for k, v in items:
                         if type(k) is not str:
-                            problems.append(f"key {_short(k)} in {path or 'config'} is not a string "
-                                            "(written as its str())")
+                            problems.append(
+                                f"key {_short(k)} in {path or 'config'} is not a string "
+                                "(written as its str())"
+                            )
                             k = str(k)
                         out[k] = clean(v, f"{path}.{k}" if path else k, depth + 1)
                     return out

@@ -23,7 +23,9 @@ def percent(text: str) -> float:
     try:
         v = float(s[:-1] if pct else s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage like 40 or 40%, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a percentage like 40 or 40%, got {text!r}"
+        ) from None
     if v != v or v in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"expected a percentage like 40 or 40%, got {text!r}")
     if not pct and 0 < v <= 1:
@@ -37,22 +39,41 @@ def percent(text: str) -> float:
 
 
 def add_thresholds(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--red", type=percent, default=0.40, metavar="PCT",
-                        help="share of step wall time from which a region is red, in percent as printed "
-                        "(40 or 40%%; default 40)")
-    parser.add_argument("--yellow", type=percent, default=0.10, metavar="PCT",
-                        help="share from which a region is yellow, in percent (default 10)")
+    parser.add_argument(
+        "--red",
+        type=percent,
+        default=0.40,
+        metavar="PCT",
+        help="share of step wall time from which a region is red, in percent as printed "
+        "(40 or 40%%; default 40)",
+    )
+    parser.add_argument(
+        "--yellow",
+        type=percent,
+        default=0.10,
+        metavar="PCT",
+        help="share from which a region is yellow, in percent (default 10)",
+    )
 
 
 def add_window(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, metavar="STEPS",
-                        help=f"steps in the recent window statistics (default {DEFAULT_WINDOW})")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        metavar="STEPS",
+        help=f"steps in the recent window statistics (default {DEFAULT_WINDOW})",
+    )
 
 
 def add_span(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--span", choices=("whole", "recent"), default="whole",
-                        help="which steps the table, classes and advice are of: the whole run (default) or "
-                        "the last --window steps; the output names it")
+    parser.add_argument(
+        "--span",
+        choices=("whole", "recent"),
+        default="whole",
+        help="which steps the table, classes and advice are of: the whole run (default) or "
+        "the last --window steps; the output names it",
+    )
 
 
 def thresholds(args: argparse.Namespace) -> tuple[float, float]:
@@ -76,8 +97,11 @@ def quiet_pipe() -> Iterator[None]:
 
 
 def add_index(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-index", action="store_true",
-                        help="neither use nor write the run index (<run>/.stagewatch-index): read every file in full")
+    parser.add_argument(
+        "--no-index",
+        action="store_true",
+        help="neither use nor write the run index (<run>/.stagewatch-index): read every file in full",
+    )
 
 
 def apply_index(args: argparse.Namespace) -> None:

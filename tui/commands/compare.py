@@ -19,26 +19,45 @@ def _pct(text: str) -> float:
     try:
         v = float(text.strip().rstrip("%"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage like 5 or 5%, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a percentage like 5 or 5%, got {text!r}"
+        ) from None
     if not math.isfinite(v) or v < 0:
         raise argparse.ArgumentTypeError(f"expected a percentage >= 0, got {text!r}")
     return v
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", metavar="RUN", nargs="+",
-                        help="run folders (or rank<R>.jsonl files); the first is the baseline")
-    parser.add_argument("--stat", choices=("avg", "p50"), default="avg",
-                        help="whole-run statistic per region: avg (default) or p50 (median, ignores a slow first step)")
+    parser.add_argument(
+        "runs",
+        metavar="RUN",
+        nargs="+",
+        help="run folders (or rank<R>.jsonl files); the first is the baseline",
+    )
+    parser.add_argument(
+        "--stat",
+        choices=("avg", "p50"),
+        default="avg",
+        help="whole-run statistic per region: avg (default) or p50 (median, ignores a slow first step)",
+    )
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON")
     out.add_argument("--text", action="store_true", help="print a text table even on a terminal")
-    parser.add_argument("--max-regression-pct", type=_pct, default=None, metavar="PCT",
-                        help="CI gate: exit 1 when a run's step time (or --region) is more than PCT%% slower "
-                        "than the baseline's; prints one verdict line per run (on stderr with --json)")
-    parser.add_argument("--region", metavar="NAME", default=None,
-                        help="with --max-regression-pct: gate on this region (full name, e.g. forward/vrt) "
-                        "instead of the step time")
+    parser.add_argument(
+        "--max-regression-pct",
+        type=_pct,
+        default=None,
+        metavar="PCT",
+        help="CI gate: exit 1 when a run's step time (or --region) is more than PCT%% slower "
+        "than the baseline's; prints one verdict line per run (on stderr with --json)",
+    )
+    parser.add_argument(
+        "--region",
+        metavar="NAME",
+        default=None,
+        help="with --max-regression-pct: gate on this region (full name, e.g. forward/vrt) "
+        "instead of the step time",
+    )
     add_window(parser)
     add_index(parser)
 
@@ -54,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     c = compare_paths(args.runs, args.stat, args.window)
     gate = None
     if args.max_regression_pct is not None:
-        gate = regression_check(c, args.max_regression_pct, args.region)  # UsageError for an unknown region
+        gate = regression_check(
+            c, args.max_regression_pct, args.region
+        )  # UsageError for an unknown region
     gated = gate is not None
     with quiet_pipe():
         if args.json:
@@ -71,9 +92,14 @@ def run(args: argparse.Namespace) -> int:
             from rich.console import Console
 
             tty = sys.stdout.isatty()
-            console = Console(file=sys.stdout, highlight=False, soft_wrap=True,
-                              force_terminal=None if tty else False, no_color=not tty or None,
-                              width=None if tty else 200)
+            console = Console(
+                file=sys.stdout,
+                highlight=False,
+                soft_wrap=True,
+                force_terminal=None if tty else False,
+                no_color=not tty or None,
+                width=None if tty else 200,
+            )
             console.print(comparison_text(c), end="")
         sys.stdout.flush()
     if gate is None:

@@ -13,15 +13,28 @@ from tui.commands._common import quiet_pipe
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="a run folder or one rank<R>.jsonl file")
-    parser.add_argument("--format", choices=("chrome", "csv"), default="chrome",
-                        help="chrome: trace JSON for ui.perfetto.dev / chrome://tracing, one process "
-                        "per rank, regions as nested spans (default); csv: one row per step and rank")
-    parser.add_argument("--steps", metavar="FIRST:LAST", default=None,
-                        help="only these steps (inclusive; '100:200', '100:', ':50'); a long run's full "
-                        "trace can be too big for the trace viewer")
-    parser.add_argument("-o", "--output", metavar="FILE", default=None,
-                        help="output file (default: <run>/trace.json or <run>/steps.csv; '-' for stdout); "
-                        "never one of the run's own files")
+    parser.add_argument(
+        "--format",
+        choices=("chrome", "csv"),
+        default="chrome",
+        help="chrome: trace JSON for ui.perfetto.dev / chrome://tracing, one process "
+        "per rank, regions as nested spans (default); csv: one row per step and rank",
+    )
+    parser.add_argument(
+        "--steps",
+        metavar="FIRST:LAST",
+        default=None,
+        help="only these steps (inclusive; '100:200', '100:', ':50'); a long run's full "
+        "trace can be too big for the trace viewer",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        default=None,
+        help="output file (default: <run>/trace.json or <run>/steps.csv; '-' for stdout); "
+        "never one of the run's own files",
+    )
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
 
 
@@ -54,8 +67,10 @@ def check_output(out: Path, inputs: list[Path], force: bool) -> None:
     real = Path(os.path.realpath(out))
     for p in inputs:
         if real == Path(os.path.realpath(p)) or _same(out, p):
-            raise UsageError(f"refusing to write {clean(out)}: it is one of the run's own files "
-                             "(its records would be lost); choose another -o")
+            raise UsageError(
+                f"refusing to write {clean(out)}: it is one of the run's own files "
+                "(its records would be lost); choose another -o"
+            )
     if real.exists() and real.is_dir():
         raise UsageError(f"cannot write {clean(out)}: it is a folder")
     if (out.exists() or out.is_symlink()) and not force:
@@ -73,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             steps = parse_steps(args.steps)
         except ValueError:
-            raise UsageError(f"--steps: expected FIRST:LAST (e.g. 100:200), got {args.steps!r}") from None
+            raise UsageError(
+                f"--steps: expected FIRST:LAST (e.g. 100:200), got {args.steps!r}"
+            ) from None
     files = rank_files(args.run)  # one-line error for a missing, empty or foreign run first
     run_path = Path(args.run)
     if args.output is None:
@@ -98,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
             with open(tmp, "x", encoding="utf-8", newline="") as f:
                 stats = write(args.run, f, steps)
             if out_path.exists() and not args.force:  # appeared while we wrote
-                raise UsageError(f"{clean(out_path)} exists: add --force to replace it, or choose another -o")
+                raise UsageError(
+                    f"{clean(out_path)} exists: add --force to replace it, or choose another -o"
+                )
             os.replace(tmp, real)
         except OSError as e:
             raise UsageError(f"cannot write {clean(out_path)}: {e.strerror}") from None
@@ -109,5 +128,8 @@ def run(args: argparse.Namespace) -> int:
     what = f"{stats.events} events" if args.format == "chrome" else f"{stats.steps} rows"
     print(f"wrote {where}: {what} from {stats.ranks} rank(s), {stats.steps} steps", file=sys.stderr)
     if stats.malformed:
-        print(f"skipped {stats.malformed} malformed line(s); first: {clean(stats.errors[0])}", file=sys.stderr)
+        print(
+            f"skipped {stats.malformed} malformed line(s); first: {clean(stats.errors[0])}",
+            file=sys.stderr,
+        )
     return 0

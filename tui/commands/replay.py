@@ -8,9 +8,16 @@ from tui.commands._common import add_index, add_thresholds, add_window, apply_in
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN", help="a run folder, a rank<R>.jsonl file or a timing_*.log")
-    parser.add_argument("--speed", type=float, default=10.0, metavar="STEPS_PER_S",
-                        help="steps shown per second (default 10; + and - double and halve it)")
+    parser.add_argument(
+        "run", metavar="RUN", help="a run folder, a rank<R>.jsonl file or a timing_*.log"
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=10.0,
+        metavar="STEPS_PER_S",
+        help="steps shown per second (default 10; + and - double and halve it)",
+    )
     parser.add_argument("--paused", action="store_true", help="start paused at the first step")
     add_thresholds(parser)
     add_window(parser)
@@ -30,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     if not (sys.stdout.isatty() and sys.stdin.isatty()):
-        raise UsageError("the replay screen needs a terminal; without one use `tui summary RUN` "
-                         "(text or --json)")
+        raise UsageError(
+            "the replay screen needs a terminal; without one use `tui summary RUN` (text or --json)"
+        )
     from tui.app import MonitorApp
     from tui.replay import ReplaySource
 

@@ -20,18 +20,31 @@ from tui.summary import open_run, summary_dict, summary_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN", help="a run folder, a rank<R>.jsonl file or a timing_*.log")
-    parser.add_argument("--json", action="store_true", help="print JSON (schema in docs/monitor.md)")
-    parser.add_argument("--sort", choices=("time", "name", "run"), default="time",
-                        help="order of sibling regions: time (share of the step, largest first; default), "
-                        "name, or run (the order they first ran in)")
+    parser.add_argument(
+        "run", metavar="RUN", help="a run folder, a rank<R>.jsonl file or a timing_*.log"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON (schema in docs/monitor.md)"
+    )
+    parser.add_argument(
+        "--sort",
+        choices=("time", "name", "run"),
+        default="time",
+        help="order of sibling regions: time (share of the step, largest first; default), "
+        "name, or run (the order they first ran in)",
+    )
     add_span(parser)
     add_thresholds(parser)
     add_window(parser)
     add_index(parser)
-    parser.add_argument("--peak-tflops", type=float, default=None, metavar="TF",
-                        help="the device's dense peak for the MFU (default: the known-GPU table, "
-                        "or STAGEWATCH_PEAK_TFLOPS)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        metavar="TF",
+        help="the device's dense peak for the MFU (default: the known-GPU table, "
+        "or STAGEWATCH_PEAK_TFLOPS)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,18 +57,28 @@ def run(args: argparse.Namespace) -> int:
     window = args.span == "recent"
     with quiet_pipe():
         if args.json:
-            json.dump(summary_dict(snap, red, yellow, sort=args.sort, window=window, peak_tflops=peak), sys.stdout, indent=2,
-                      allow_nan=False)
+            json.dump(
+                summary_dict(snap, red, yellow, sort=args.sort, window=window, peak_tflops=peak),
+                sys.stdout,
+                indent=2,
+                allow_nan=False,
+            )
             sys.stdout.write("\n")
         else:
             from rich.console import Console
 
             tty = sys.stdout.isatty()
-            console = Console(file=sys.stdout, highlight=False, soft_wrap=True,
-                              force_terminal=None if tty else False, no_color=not tty or None,
-                              width=None if tty else 200)
-            console.print(summary_text(snap, red, yellow, sort=args.sort, window=window, peak_tflops=peak), end="")
+            console = Console(
+                file=sys.stdout,
+                highlight=False,
+                soft_wrap=True,
+                force_terminal=None if tty else False,
+                no_color=not tty or None,
+                width=None if tty else 200,
+            )
+            console.print(
+                summary_text(snap, red, yellow, sort=args.sort, window=window, peak_tflops=peak),
+                end="",
+            )
         sys.stdout.flush()
     return 0
-
-

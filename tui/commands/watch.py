@@ -13,15 +13,33 @@ from tui.commands._common import add_index, add_thresholds, add_window, apply_in
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("root", metavar="ROOT", nargs="?", default=DEFAULT_LOG_ROOT,
-                        help=f"log folder holding run folders, or one run folder (default {DEFAULT_LOG_ROOT}); "
-                        "a folder holding log folders is searched one level down")
-    parser.add_argument("--poll", action="store_true",
-                        help="poll the files only (no filesystem events; for network filesystems)")
-    parser.add_argument("--interval", type=float, default=None, metavar="SECONDS",
-                        help="seconds between scans (default 1.0, or 0.25 with --poll)")
-    parser.add_argument("--stale", type=float, default=60.0, metavar="SECONDS",
-                        help="a running run whose files stop growing this long is shown as stale (default 60)")
+    parser.add_argument(
+        "root",
+        metavar="ROOT",
+        nargs="?",
+        default=DEFAULT_LOG_ROOT,
+        help=f"log folder holding run folders, or one run folder (default {DEFAULT_LOG_ROOT}); "
+        "a folder holding log folders is searched one level down",
+    )
+    parser.add_argument(
+        "--poll",
+        action="store_true",
+        help="poll the files only (no filesystem events; for network filesystems)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between scans (default 1.0, or 0.25 with --poll)",
+    )
+    parser.add_argument(
+        "--stale",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a running run whose files stop growing this long is shown as stale (default 60)",
+    )
     add_thresholds(parser)
     add_window(parser)
     add_index(parser)
@@ -44,8 +62,10 @@ def resolve_root(root: str) -> str:
 
     p = Path(root)
     if p.is_file() or (p.exists() and not p.is_dir()):
-        raise UsageError(f"{clean(root)} is a file: tui watch takes a log folder (or one run folder); "
-                         "for one file use `tui summary FILE` or `tui replay FILE`")
+        raise UsageError(
+            f"{clean(root)} is a file: tui watch takes a log folder (or one run folder); "
+            "for one file use `tui summary FILE` or `tui replay FILE`"
+        )
     if not p.exists():
         if not p.absolute().parent.is_dir():
             raise UsageError(f"no such folder: {clean(root)}")
@@ -59,8 +79,10 @@ def resolve_root(root: str) -> str:
         return root  # a log folder (possibly still empty)
     roots = [s for s in subs if any(is_run_dir(r) for r in _subdirs(s))]
     if len(roots) == 1:
-        print(f"tui watch: no runs in {clean(root)}; watching the log folder below it: {clean(roots[0])}",
-              file=sys.stderr)
+        print(
+            f"tui watch: no runs in {clean(root)}; watching the log folder below it: {clean(roots[0])}",
+            file=sys.stderr,
+        )
         return str(roots[0])
     if roots:
         names = ", ".join(clean(r) for r in roots[:6]) + (", ..." if len(roots) > 6 else "")
@@ -75,12 +97,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--interval must be > 0")
     root = resolve_root(args.root)
     if not (sys.stdout.isatty() and sys.stdin.isatty()):
-        raise UsageError("the live monitor needs a terminal; without one use `tui summary RUN` "
-                         "(text or --json)")
+        raise UsageError(
+            "the live monitor needs a terminal; without one use `tui summary RUN` (text or --json)"
+        )
     from tui.app import MonitorApp
     from tui.live import LiveSource
 
-    src = LiveSource(root, poll=args.poll, interval=args.interval, window=args.window, stale_after=args.stale)
+    src = LiveSource(
+        root, poll=args.poll, interval=args.interval, window=args.window, stale_after=args.stale
+    )
     app = MonitorApp(src, red=red, yellow=yellow)
     app.run()
     if app.return_code:  # the screen itself crashed (Textual printed the traceback)

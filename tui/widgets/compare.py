@@ -76,12 +76,16 @@ class CompareScreen(Screen[None]):
             if row is c.step:
                 name.stylize("bold")
             cells: list[Text | str] = [name]
-            for i, (m, s, d, q) in enumerate(zip(row.ms, row.share, row.diff, row.ratio, strict=True)):
+            for i, (m, s, d, q) in enumerate(
+                zip(row.ms, row.share, row.diff, row.ratio, strict=True)
+            ):
                 cells += [Text(fmt_ms(m), justify="right"), Text(fmt_share(s), justify="right")]
                 if i:
                     style = "red" if ok(q) and q > 1.05 else "green" if ok(q) and q < 0.95 else ""
-                    cells += [Text(fmt_diff(d), style=style, justify="right"),
-                              Text(fmt_ratio(q), style=style, justify="right")]
+                    cells += [
+                        Text(fmt_diff(d), style=style, justify="right"),
+                        Text(fmt_ratio(q), style=style, justify="right"),
+                    ]
             table.add_row(*cells, key=row.name)
         table.focus()
 

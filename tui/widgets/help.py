@@ -23,7 +23,11 @@ def help_table(keys: tuple[Key, ...], red: float, yellow: float) -> Table:
         for k in keys:
             if k.group == g:
                 table.add_row(Text(k.display), Text(k.description), Text(k.group))
-    table.add_row(Text(key_name("ctrl+p")), Text("Command palette (every action above, by name)"), Text("General"))
+    table.add_row(
+        Text(key_name("ctrl+p")),
+        Text("Command palette (every action above, by name)"),
+        Text("General"),
+    )
     table.add_row(Text(""), Text(""), Text(""))
     legend = Text()
     legend.append("red", style="bold red")

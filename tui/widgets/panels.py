@@ -64,7 +64,11 @@ def fit_line(parts: list[Part], width: int, sep: str = "  ", flex: int | None = 
     shorter form take it; part ``flex`` (a name) is then cut from the end with "…" to use
     the room left (at least 12 cells).
     """
-    items = [[p[0], p[1], p[2] if len(p) > 2 else None, i == flex] for i, p in enumerate(parts) if p[0].cell_len]
+    items = [
+        [p[0], p[1], p[2] if len(p) > 2 else None, i == flex]
+        for i, p in enumerate(parts)
+        if p[0].cell_len
+    ]
     if width > 0:
         floor = 12 if flex is not None else 0
 
@@ -140,7 +144,14 @@ def header_text(
     if replay:
         line1.append((_seg(replay, "bold cyan"), KEEP))
     else:
-        line1.append((_seg(f"{STATE_ICON.get(run.state, '')} {run.state}", STATE_STYLE.get(run.state, "")), KEEP))
+        line1.append(
+            (
+                _seg(
+                    f"{STATE_ICON.get(run.state, '')} {run.state}", STATE_STYLE.get(run.state, "")
+                ),
+                KEEP,
+            )
+        )
     if not replay:
         step = Text("step ")
         step.append(f"{run.step}", style="bold")
@@ -158,7 +169,12 @@ def header_text(
     elif ok(run.steps_per_s_window):
         line1.append((_seg(f"{fmt_rate(run.steps_per_s_window)} steps/s"), KEEP))
     if not replay and run.state not in ENDED:
-        line1.append((_seg(f"ETA {_safe(fmt_duration, run.eta_s)}" if run.eta_s is not None else "ETA —"), KEEP))
+        line1.append(
+            (
+                _seg(f"ETA {_safe(fmt_duration, run.eta_s)}" if run.eta_s is not None else "ETA —"),
+                KEEP,
+            )
+        )
     if paused:
         p = _seg("⏸ PAUSED", "bold reverse yellow")
         if behind_step is not None and behind_step != run.step:
@@ -171,7 +187,9 @@ def header_text(
     if run.straggler is not None:
         long = brief or f"straggler rank {run.straggler} +{fmt_ms(run.straggler_excess)}"
         short = f"straggler rank {run.straggler} +{fmt_ms(run.straggler_excess)}"
-        line2.append((_seg(long, "bold red"), KEEP, _seg(short, "bold red") if short != long else None))
+        line2.append(
+            (_seg(long, "bold red"), KEEP, _seg(short, "bold red") if short != long else None)
+        )
     elif run.world_size > 1 and brief != "":
         line2.append((_seg(brief or "no straggler", "green"), 4))
     if run.mem_peak is not None:
@@ -186,7 +204,9 @@ def header_text(
     line2.append((_seg(f"last {fmt_ms(w.last)}"), 3))
     span = span or (f"last {run.window_size} steps" if window else "whole run")
     plain_span = span.split(" (")[0]  # "whole run (40 steps)" -> "whole run" when short of room
-    line2.append((_seg(span, "cyan"), KEEP, _seg(plain_span, "cyan") if span != plain_span else None))
+    line2.append(
+        (_seg(span, "cyan"), KEEP, _seg(plain_span, "cyan") if span != plain_span else None)
+    )
     line2.append((_seg(f"ranks {len(run.ranks_seen)}/{run.world_size}"), 1))
 
     line3: list[Part] = []
@@ -211,7 +231,15 @@ def header_text(
         line3.append((et, 5))
     if run.state in ("running", "stale") and not replay:
         idle = idle_s if idle_s is not None else run.idle_s + age
-        line3.append((_seg(f"last write {_safe(fmt_duration, idle)} ago", "magenta" if run.state == "stale" else "dim"), 7))
+        line3.append(
+            (
+                _seg(
+                    f"last write {_safe(fmt_duration, idle)} ago",
+                    "magenta" if run.state == "stale" else "dim",
+                ),
+                7,
+            )
+        )
     if not run.error:
         where = " · ".join(x for x in (run.host, run.device, run.gpu_name or "") if x)
         if where:
@@ -220,7 +248,9 @@ def header_text(
     line3.append((_seg(hint, "dim"), 0))
 
     if width and fit_line(line1, 0).cell_len > width:  # the id does not fit: its name
-        name, _ = run_label(RunItem(run.run_id, run.path, run.state, run.step, run.total_steps, run.started))
+        name, _ = run_label(
+            RunItem(run.run_id, run.path, run.state, run.step, run.total_steps, run.started)
+        )
         line1[0] = (literal(name), KEEP)
     t = fit_line(line1, width, flex=0)
     t.append("\n")
@@ -280,7 +310,12 @@ class RunList(OptionList):
         first.truncate(max(4, width - 2), overflow="ellipsis")
         t.append_text(first)
         of = f"{item.step}" + (f"/{item.total_steps}" if item.total_steps else "")
-        tries = (f"  {when}  {of}", f"{when}  {of}", f"  {when}  {item.step}", f"{when} {item.step}")
+        tries = (
+            f"  {when}  {of}",
+            f"{when}  {of}",
+            f"  {when}  {item.step}",
+            f"{when} {item.step}",
+        )
         second = next((x for x in tries if len(x) <= width), tries[-1])
         t.append("\n" + second[:width], style="dim")
         return t
@@ -298,7 +333,9 @@ class RunList(OptionList):
         ids = [r.run_id for r in runs]
         if ids != self.ids:
             self.clear_options()
-            self.add_options([Option(self.prompt(r, width), id=f"run-{i}") for i, r in enumerate(runs)])
+            self.add_options(
+                [Option(self.prompt(r, width), id=f"run-{i}") for i, r in enumerate(runs)]
+            )
             self.ids = ids
         else:
             for i, r in enumerate(runs):
@@ -312,7 +349,11 @@ RANK_W = {"last": 7, "avg": 7, "p95": 7, "max": 7, "share": 6, "diff": 7, "slow"
 
 def rank_columns(width: int, *, multi: bool, region: bool) -> list[str]:
     """The rank table's columns that fit ``width`` cells, the least useful dropped first."""
-    cols = ["last", "avg", "p95", "max"] + (["share"] if region else []) + (["diff", "slow"] if multi else [])
+    cols = (
+        ["last", "avg", "p95", "max"]
+        + (["share"] if region else [])
+        + (["diff", "slow"] if multi else [])
+    )
     for drop in ("max", "p95", "slow", "last"):
         if width <= 0 or 4 + sum(RANK_W[c] + 1 for c in cols) <= width:
             break
@@ -322,7 +363,12 @@ def rank_columns(width: int, *, multi: bool, region: bool) -> list[str]:
 
 
 def rank_text(
-    run: RunSnapshot | None, region: str | None, window: bool, red: float, yellow: float, width: int = 0
+    run: RunSnapshot | None,
+    region: str | None,
+    window: bool,
+    red: float,
+    yellow: float,
+    width: int = 0,
 ) -> tuple[str, Text]:
     """(title, table) of the per-rank figures of ``region`` (or of the step wall time),
     with the columns that fit ``width`` cells (0: all)."""
@@ -336,9 +382,19 @@ def rank_text(
         title = "ranks · unaccounted" if row.name == UNACCOUNTED else f"ranks · {row.name}"
         per = list(row.ranks)
     cols = rank_columns(width, multi=len(per) > 1, region=row is not None)
-    heads = {"last": "last", "avg": "avg", "p95": "p95", "max": "max", "share": "share", "diff": "Δ mean", "slow": "slow"}
+    heads = {
+        "last": "last",
+        "avg": "avg",
+        "p95": "p95",
+        "max": "max",
+        "share": "share",
+        "diff": "Δ mean",
+        "slow": "slow",
+    }
     t = Text(no_wrap=True, overflow="ellipsis")
-    t.append(f"{'rank':>4}" + "".join(f" {heads[c]:>{RANK_W[c]}}" for c in cols) + "\n", style="bold")
+    t.append(
+        f"{'rank':>4}" + "".join(f" {heads[c]:>{RANK_W[c]}}" for c in cols) + "\n", style="bold"
+    )
     chosen = [(r, win if window else whole) for r, whole, win in per]
     avgs = [s.avg for _, s in chosen if ok(s.avg)]
     mean = sum(avgs) / len(avgs) if avgs else math.nan
@@ -357,7 +413,10 @@ def rank_text(
             elif c == "share":
                 t.append(f" {fmt_pct(s.share):>{w}}", style=CLASS_STYLE[cls])
             elif c == "diff":
-                t.append(f" {f'{diff:+.1%}' if ok(diff) else '—':>{w}}", style="red" if ok(diff) and diff > 0.05 else "")
+                t.append(
+                    f" {f'{diff:+.1%}' if ok(diff) else '—':>{w}}",
+                    style="red" if ok(diff) and diff > 0.05 else "",
+                )
             else:
                 t.append(f" {slow.get(rank, 0):>{w}}")
         if rank in bad:
@@ -371,7 +430,13 @@ def rank_text(
         who = verdict.who_waits()
         if who:  # wrapped by hand: the table lines are never wrapped
             start = len(t)
-            t.append("\n".join(textwrap.wrap(clean(who), width, break_on_hyphens=False) if width > 8 else [clean(who)]))
+            t.append(
+                "\n".join(
+                    textwrap.wrap(clean(who), width, break_on_hyphens=False)
+                    if width > 8
+                    else [clean(who)]
+                )
+            )
             t.stylize("bold red" if run.straggler is not None else "dim", start)
     return title, t
 
@@ -381,7 +446,9 @@ class RankView(Static):
 
     _args: tuple | None = None
 
-    def show(self, run: RunSnapshot | None, region: str | None, window: bool, red: float, yellow: float) -> None:
+    def show(
+        self, run: RunSnapshot | None, region: str | None, window: bool, red: float, yellow: float
+    ) -> None:
         self._args = (run, region, window, red, yellow)
         title, text = rank_text(run, region, window, red, yellow, self.content_size.width)
         set_title(self, title)
@@ -406,7 +473,13 @@ class StepSpark(Vertical):
             spark.data = data
         label = self.query_one("#spark-label", Static)
         if data:
-            show_text(label, Text(f"step time, last {len(data)}: {fmt_ms(min(data))} – {fmt_ms(max(data))}", style="dim"))
+            show_text(
+                label,
+                Text(
+                    f"step time, last {len(data)}: {fmt_ms(min(data))} – {fmt_ms(max(data))}",
+                    style="dim",
+                ),
+            )
         else:
             show_text(label, Text("step time: no steps yet", style="dim"))
 

@@ -23,6 +23,8 @@ ICON = 2
 BAR_W = 12
 MAX_DEPTH = 16  # levels shown; deeper regions are counted in a "…" row
 MAX_ROWS = 2000  # rows shown; the rest are counted in a "…" row
+
+
 class Columns:
     """Column layout shared by the labels and the header line above the tree.
 
@@ -50,7 +52,9 @@ class Columns:
         return t
 
 
-def region_label(row: RegionRow, depth: int, window: bool, red: float, yellow: float, cols: Columns) -> Text:
+def region_label(
+    row: RegionRow, depth: int, window: bool, red: float, yellow: float, cols: Columns
+) -> Text:
     """One node's label: name, share bar, share %, times and calls, in its class colour.
 
     Built as one string with style spans (cheap: every label is rebuilt on each snapshot).
@@ -111,7 +115,9 @@ class StageTree(Tree[str]):
         self._stale: dict[str, RegionRow] = {}  # nodes whose label is made when next drawn
 
     def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
-        if getattr(self, "_stale", None) and node.data is not None:  # (unset while Tree's __init__ runs)
+        if (
+            getattr(self, "_stale", None) and node.data is not None
+        ):  # (unset while Tree's __init__ runs)
             self._make_label(node.data, node)
         text = super().render_label(node, base_style, style)
         if not node.allow_expand:
@@ -202,8 +208,16 @@ class StageTree(Tree[str]):
 
     def _key(self, row: RegionRow) -> tuple[object, ...]:
         """Everything a node's label is made from."""
-        return (row.leaf, row.depth, row.window if self.window else row.whole, self.window, self.red,
-                self.yellow, self.cols.name_w, self.cols.compact)
+        return (
+            row.leaf,
+            row.depth,
+            row.window if self.window else row.whole,
+            self.window,
+            self.red,
+            self.yellow,
+            self.cols.name_w,
+            self.cols.compact,
+        )
 
     def label_of(self, name: str) -> Text | None:
         """The label of a node as it reads now (made if its line was not drawn since)."""
@@ -250,7 +264,9 @@ class StageTree(Tree[str]):
     def _label(self, row: RegionRow) -> Text:
         return region_label(row, row.depth, self.window, self.red, self.yellow, self.cols)
 
-    def _rebuild(self, ordered: list[RegionRow], run: RunSnapshot, cut_depth: int = 0, cut_rows: int = 0) -> None:
+    def _rebuild(
+        self, ordered: list[RegionRow], run: RunSnapshot, cut_depth: int = 0, cut_rows: int = 0
+    ) -> None:
         self.rebuilds += 1
         expanded = {n: node.is_expanded for n, node in self.nodes_by_name.items()}
         cursor = self.cursor_node.data if self.cursor_node is not None else None
@@ -274,15 +290,23 @@ class StageTree(Tree[str]):
                 node = parent.add_leaf(label, data=r.name)
             self.nodes_by_name[r.name] = node
         if self.filter and not ordered:
-            self.root.add_leaf(Text(f"no region matches “{clean(self.filter)}”", style="italic yellow"), data=None)
+            self.root.add_leaf(
+                Text(f"no region matches “{clean(self.filter)}”", style="italic yellow"), data=None
+            )
         if cut_depth:
             self.root.add_leaf(
-                Text(f"… {cut_depth} regions nested deeper than {MAX_DEPTH} levels not shown", style="italic dim"),
+                Text(
+                    f"… {cut_depth} regions nested deeper than {MAX_DEPTH} levels not shown",
+                    style="italic dim",
+                ),
                 data=None,
             )
         if cut_rows:
             self.root.add_leaf(
-                Text(f"… {cut_rows} more regions not shown (first {MAX_ROWS}; / filters by name)", style="italic dim"),
+                Text(
+                    f"… {cut_rows} more regions not shown (first {MAX_ROWS}; / filters by name)",
+                    style="italic dim",
+                ),
                 data=None,
             )
         u = run.unaccounted
