@@ -93,13 +93,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _records(run_dir: str) -> list[dict[str, Any]]:
-    from trainer.timing.records import loads
+    """rank0's complete records, as dicts of their JSON fields."""
+    import msgspec
+
+    from trainer.timing.records import decode
 
     out = []
-    with open(Path(run_dir) / "rank0.jsonl", encoding="utf-8") as f:
+    with open(Path(run_dir) / "rank0.jsonl", "rb") as f:
         for line in f:
-            if line.endswith("\n"):
-                out.append(loads(line))
+            rec = decode(line) if line.endswith(b"\n") else None
+            if rec is not None:
+                out.append(msgspec.to_builtins(rec))
     return out
 
 

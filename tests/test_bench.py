@@ -25,7 +25,7 @@ from trainer.bench import (
     write_outputs,
 )
 from trainer.clikit import UsageError
-from trainer.timing.records import RunEnd, RunStart, Step, encode
+from trainer.timing.records import RunEnd, RunError, RunStart, Step, encode
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "deblur" / "vrt_spike_tiny.yaml")
@@ -148,8 +148,9 @@ def test_analyse_run_ok_oom_failed(tmp_path: Path) -> None:
             time=3.0,
             status="failed",
             steps=2,
-            error_type="OutOfMemoryError",
-            error_message="CUDA out of memory. Tried to allocate 20.00 MiB\nmore",
+            error=RunError(
+                "OutOfMemoryError", "CUDA out of memory. Tried to allocate 20.00 MiB\nmore"
+            ),
         )
     )
     oom = analyse_run(_write(tmp_path / "oom", [start, *steps[:2], oom_end]), 1)
@@ -159,15 +160,12 @@ def test_analyse_run_ok_oom_failed(tmp_path: Path) -> None:
             time=3.0,
             status="failed",
             steps=1,
-            error_type="RuntimeError",
-            error_message="CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate",
+            error=RunError("RuntimeError", "CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"),
         )
     )
     assert analyse_run(_write(tmp_path / "oom2", [start, rt]), 1)["status"] == "oom"
     bad = encode(
-        RunEnd(
-            time=3.0, status="failed", steps=1, error_type="ValueError", error_message="bad shape"
-        )
+        RunEnd(time=3.0, status="failed", steps=1, error=RunError("ValueError", "bad shape"))
     )
     failed = analyse_run(_write(tmp_path / "failed", [start, steps[0], bad]), 1)
     assert failed["status"] == "failed" and failed["message"] == "ValueError: bad shape"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from trainer.timing.records import RunEnd, RunStart, Step, encode
+from trainer.timing.records import RunEnd, RunError, RunStart, Step, encode
 from tui.export import layout_regions, write_chrome, write_csv
 from tui.testing import write_run
 
@@ -130,9 +130,7 @@ def test_trace_and_csv_skip_bad_lines(tmp_path: Path) -> None:
                 regions={"forward": (300.0, 1), "loss": (10.0, 1)},
             )
         ),
-        encode(
-            RunEnd(time=104.0, status="failed", steps=3, error_type="ValueError", error_message="x")
-        ),
+        encode(RunEnd(time=104.0, status="failed", steps=3, error=RunError("ValueError", "x"))),
         '{"v":"1.0","kind":"step","step":4,"tim',
     ]  # a partial last line
     (run / "rank0.jsonl").write_text("".join(lines))

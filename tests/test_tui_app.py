@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from textual.command import CommandPalette
 
-from trainer.timing.records import RunEnd, Step, encode
+from trainer.timing.records import RunEnd, RunError, Step, encode
 from tui.app import MonitorApp
 from tui.live import LiveSource
 from tui.replay import ReplaySource
@@ -592,8 +592,7 @@ def _hostile_run(root: Path) -> Path:
                 time=2_000_000_004.0,
                 status="failed",
                 steps=2,
-                error_type="E\x1b[2J",
-                error_message=f"boom{esc}",
+                error=RunError("E\x1b[2J", f"boom{esc}"),
             )
         )
     )

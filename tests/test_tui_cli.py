@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.timing.records import RunEnd, Step, encode
+from trainer.timing.records import RunEnd, RunError, Step, encode
 from tui.cli import main
 from tui.testing import start_line, write_run
 
@@ -420,8 +420,7 @@ def test_no_control_character_reaches_cli_output(
                 time=9.0,
                 status="failed",
                 steps=8,
-                error_type=f"E{HOSTILE}",
-                error_message=f"boom{HOSTILE}",
+                error=RunError(f"E{HOSTILE}", f"boom{HOSTILE}"),
             )
         )
     )

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tui.reader
-from trainer.timing.records import Step, encode
+from trainer.timing.records import Region, Step, encode
 from tui import parse
 from tui.reader import RunSource
 from tui.testing import write_run
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
     reason="tui._regions not built (no C compiler at install): the reader runs its pure-Python path",
 )
 
-_typed = msgspec.json.Decoder(dict[str, parse.Region]).decode
+_typed = msgspec.json.Decoder(dict[str, Region]).decode
 MAX_MS, MAX_CALLS = float(parse.LIMITS.MAX_MS), int(parse.LIMITS.MAX_CALLS)
 
 

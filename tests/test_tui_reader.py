@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trainer.timing.records import RunEnd, Step, encode
+from trainer.timing.records import RunEnd, RunError, Step, encode
 from tui.reader import RootReader, RunSource, TailFile
 from tui.testing import start_line, step_records, write_run
 
@@ -139,8 +139,7 @@ def test_finished_run_is_closed_and_stale_run_detected(tmp_path: Path) -> None:
                     time=3.0,
                     status="failed",
                     steps=2,
-                    error_type="RuntimeError",
-                    error_message="boom",
+                    error=RunError("RuntimeError", "boom"),
                 )
             )
         )

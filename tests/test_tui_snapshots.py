@@ -66,15 +66,14 @@ def _runs(root: Path) -> None:
 
 
 def encode_end_failed() -> str:
-    from trainer.timing.records import RunEnd
+    from trainer.timing.records import RunEnd, RunError
 
     return encode(
         RunEnd(
             time=1_764_140_100.0,
             status="failed",
             steps=10,
-            error_type="RuntimeError",
-            error_message="CUDA out of memory [bold]",
+            error=RunError("RuntimeError", "CUDA out of memory [bold]"),
         )
     )
 

@@ -18,7 +18,6 @@ plain values and raw numpy buffers, compressed, with a checksum; nothing in it i
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import stat
@@ -38,7 +37,9 @@ if TYPE_CHECKING:
 
 INDEX_NAME = ".stagewatch-index"
 FORMAT = "stagewatch-run-index"
-VERSION = 2  # 2: a ring slot is the row number mod the window (1 followed the batches)
+VERSION = (
+    3  # 3: records as the format's own structs; 2: a ring slot is the row number mod the window
+)
 MAGIC = b"SWIDX\x01\n"
 KEY_BYTES = 4096
 IDLE_S = 300.0  # a run whose files have not grown for this long is indexed, ended or not
@@ -172,18 +173,18 @@ def _rank_from(d: dict[str, Any], window: int) -> RankAgg:
 
 
 def _rec(cls: type, d: dict[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    if set(d) != names:
-        raise UnusableIndex(f"{cls.__name__} fields differ")
-    return cls(**d)
+    try:
+        return msgspec.convert(d, cls)
+    except msgspec.ValidationError as e:
+        raise UnusableIndex(f"{cls.__name__}: {e}") from None
 
 
 def agg_state(agg: RunAgg) -> dict[str, Any]:
     return {
         "window": agg.window,
         "ranks": {r: _rank_state(a) for r, a in agg.ranks.items()},
-        "starts": {r: dataclasses.asdict(s) for r, s in agg.starts.items()},
-        "ends": {r: dataclasses.asdict(e) for r, e in agg.ends.items()},
+        "starts": {r: msgspec.to_builtins(s) for r, s in agg.starts.items()},
+        "ends": {r: msgspec.to_builtins(e) for r, e in agg.ends.items()},
         "evals": agg.evals,
         "eval_step": agg.eval_step,
         "tails": {r: [list(x) for x in t] for r, t in agg.tails.items()},

@@ -336,7 +336,7 @@ class Feed:
                 raw = None
                 if fast and type(m) is raw_type:
                     raw = m.regions
-                    if sch is not None and m.v in ok_versions:
+                    if sch is not None and m.version in ok_versions:
                         if block is not None and bkeys is sch[0]:
                             opened = None
                             ok = scan(raw, bkeys, bms, bcalls, len(bmsgs), _MAX_MS, _MAX_CALLS)
@@ -366,7 +366,7 @@ class Feed:
                             bmsgs.append(m)
                             continue
                     m = None  # a new schema, or values the fast path left to the typed decoder
-                elif type(m) is StepMsg and m.v in OK_VERSIONS:
+                elif type(m) is StepMsg and m.version in OK_VERSIONS:
                     r = m.regions
                     st = m.step
                     row = _new_tuple(

@@ -17,7 +17,6 @@ without an index is read behind the replay by a low-priority process that writes
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import threading
@@ -26,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from trainer.timing.jsonl import last_step_in
 from tui.aggregate import DEFAULT_WINDOW, RunAgg
 from tui.live import Post
 from tui.parse import StepRow
@@ -101,25 +101,7 @@ class _Cursor:
 def _last_step_in(feed: Feed, tail: int = 64 * 1024) -> int | None:
     """The number of the last complete step record in the last ``tail`` bytes of a JSONL rank
     file (None for a text log, or when there is none)."""
-    if feed.kind != "jsonl":
-        return None
-    try:
-        with open(feed.tail.path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - tail))
-            data = f.read(tail)
-    except OSError:
-        return None
-    for line in reversed(data.split(b"\n")):
-        if b'"step"' not in line:
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("kind") == "step" and type(rec.get("step")) is int:
-            return rec["step"]
-    return None
+    return last_step_in(feed.tail.path, tail) if feed.kind == "jsonl" else None
 
 
 class _Reset(Exception):

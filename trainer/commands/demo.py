@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import random
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from trainer.clikit import UsageError
 from trainer.timing import TimingLogger, log_timing, set_global_timing_logger, timed
+from trainer.timing.records import RecordError, RunEnd, decode
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CFG = REPO / "configs" / "deblur" / "vrt_spike_tiny.yaml"
@@ -260,11 +260,10 @@ def _end_status(run: Path) -> str | None:
     try:
         with open(run / "rank0.jsonl", "rb") as f:
             f.seek(max(0, os.path.getsize(run / "rank0.jsonl") - 4096))
-            last = f.read().splitlines()[-1]
-        d = json.loads(last)
-    except (OSError, ValueError, IndexError):
+            rec = decode(f.read().splitlines()[-1])
+    except (OSError, RecordError, IndexError):
         return None
-    return d.get("status") if d.get("kind") == "run_end" else None
+    return rec.status if type(rec) is RunEnd else None
 
 
 def _print_summary(run: Path) -> None:

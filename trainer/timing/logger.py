@@ -9,7 +9,6 @@ do not grow with the number of steps.
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import functools
 import math
 import os
@@ -521,7 +520,7 @@ class TimingLogger:
                     f"config= is too large to record "
                     f"({len(line)} bytes as JSON); the run is recorded without it",
                 )
-                line = R.encode_bytes(dataclasses.replace(start, config={}))
+                line = R.encode_bytes(R.replace(start, config={}))
             self._write(self._jsonl, line)
             self._jsonl.flush()  # the run appears to a watching monitor right away
 
@@ -858,7 +857,7 @@ class TimingLogger:
                     f"step {rec.step}: its record would be {len(line)} bytes "
                     f"(limit {R.MAX_LINE_BYTES}); scalars and regions are left out of it",
                 )
-                line = R.encode_bytes(dataclasses.replace(rec, regions={}, scalars=None))
+                line = R.encode_bytes(R.replace(rec, regions={}, scalars=None))
             self._write(self._jsonl, line)
         if self._text is not None:
             try:
@@ -901,7 +900,7 @@ class TimingLogger:
             wall = sum(ms for k, (ms, _) in regions.items() if "/" not in k)
         if regions is rec.regions and wall == rec.wall_ms:
             return rec
-        return dataclasses.replace(rec, regions=regions, wall_ms=wall)
+        return R.replace(rec, regions=regions, wall_ms=wall)
 
     def _emit_other(self, rec: R.Record) -> None:
         if self._jsonl is not None:
@@ -1041,8 +1040,9 @@ class TimingLogger:
             time=time.time(),
             status=status,
             steps=self.steps_written,
-            error_type=type(error).__name__ if error is not None else None,
-            error_message=str(error)[:2000] if error is not None else None,
+            error=R.RunError(type(error).__name__, str(error)[:2000])
+            if error is not None
+            else None,
         )
         self._emit_other(end)
         for sink in (self._jsonl, self._text):
