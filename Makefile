@@ -19,7 +19,7 @@ $(BIN)/python:
 $(VENV)/.stamp: $(BIN)/python pyproject.toml setup.py tui/_regions.c
 	@# torch first, so the open "torch>=2.4" in pyproject.toml never pulls another build
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[train,dev]"
 	touch $@
 
 setup: $(VENV)/.stamp
@@ -29,11 +29,12 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check . || true
+	$(BIN)/ruff format --check .
 
 bench: setup
 	$(BIN)/python benchmarks/bench_timing.py

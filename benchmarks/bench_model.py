@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from benchmarks._report import machine, today, write_section
+from stagewatch.timing import TimingLogger, set_global_timing_logger, timed
 from trainer.models import build_model
 from trainer.models.presets import TINY, example_inputs, load_model_config
-from trainer.timing import TimingLogger, set_global_timing_logger, timed
 
 ROWS = [
     "spike_encoder",

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _report import machine, today, write_section
 
-import trainer.timing.logger as L
-from trainer.timing import (
+import stagewatch.timing.logger as L
+from stagewatch.timing import (
     TimingLogger,
     log_timing,
     set_global_timing_logger,

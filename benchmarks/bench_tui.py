@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import machine, today, write_section  # noqa: E402
-from trainer.timing.records import Step, encode  # noqa: E402
+from stagewatch.records import Step, encode  # noqa: E402
 from tui.testing import region_names, start_line  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "stagewatch-bench-tui"
@@ -226,7 +226,7 @@ def bench_read(steps: int, ranks: int, regions: int, repeats: int = 3) -> dict:
 
 _CHILD_WRITER = """
 import json, sys, time
-from trainer.timing.records import encode
+from stagewatch.records import encode
 from tui.testing import step_records
 run, rate, n, ranks, delay = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 files = [open(f"{run}/rank{r}.jsonl", "a") for r in range(ranks)]
@@ -466,7 +466,7 @@ The run: {rep["steps"]:,} steps x {rep["ranks"]} ranks x {rep["regions"]} region
 | the timing core's `step()` ({wr["regions"]} regions, JSONL written) | {writer} | |
 
 How: every line is decoded by `msgspec` into a typed struct (the types and ranges of
-`tui.parse.LIMITS`, on the shared limits in `trainer.timing.records`) with its `regions` object
+`tui.parse.LIMITS`, on the shared limits in `stagewatch.records`) with its `regions` object
 kept raw; a small C extension (`tui/_regions.c`) checks that raw object against the rank's
 last region schema (names byte-equal, strict JSON numbers converted exactly, the typed
 decoder's ranges) and writes its `[ms, calls]` pairs straight into the slice's arrays, so no

@@ -42,9 +42,9 @@ from rich.console import Console  # noqa: E402
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _report import machine  # noqa: E402
 
-from trainer.timing import TimingLogger, TimingWarning, set_global_timing_logger, timed  # noqa: E402
-from trainer.timing import records as R  # noqa: E402
-from trainer.timing.jsonl import LineFile  # noqa: E402
+from stagewatch import records as R  # noqa: E402
+from stagewatch.timing import TimingLogger, TimingWarning, set_global_timing_logger, timed  # noqa: E402
+from stagewatch.timing.jsonl import LineFile  # noqa: E402
 from tui.reader import RootReader, RunSource  # noqa: E402
 from tui.snapshot import FINISHED  # noqa: E402
 from tui.summary import open_run, summary_dict, summary_text  # noqa: E402
@@ -943,7 +943,7 @@ def writer_faults(tmp: Path) -> Part:
 VICTIM = textwrap.dedent(
     """
     import sys, time
-    from trainer.timing import TimingLogger
+    from stagewatch.timing import TimingLogger
     root, start, end, flush = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     lg = TimingLogger(root, run_id="victim", enable_console=False, enable_file=False, collect_memory=False,
                       file_flush_interval=flush, start_step=start, total_steps=end)

@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
+from stagewatch.timing import TimingLogger, set_global_timing_logger, timed
 from trainer.models import build_model
 from trainer.models.config import ModelConfig
 from trainer.models.presets import FULL, TINY, example_inputs, load_model_config
-from trainer.timing import TimingLogger, set_global_timing_logger, timed
 
 #: dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, by GPU name substring (first match)
 BF16_PEAK_TFLOPS = [

@@ -556,10 +556,10 @@ def smoke_checks(work: Path, dry: bool) -> dict[str, Any]:
     """Every smoke check; each one's failure is a result. ``critical`` lists the fatal."""
     import torch
 
+    from stagewatch.timing import TimingLogger, set_global_timing_logger, timed
     from trainer.models import build_model
     from trainer.models.presets import FULL, TINY, example_inputs, load_model_config
     from trainer.optim import adamw8bit_or_none
-    from trainer.timing import TimingLogger, set_global_timing_logger, timed
     from trainer.train import apply_tf32
 
     res: dict[str, Any] = {"dry_run": dry, "critical": [], "warnings": [], "env": _env_info()}

@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - needs 
     args = parse_args(argv)
     import torch
 
-    from trainer.timing import TimingLogger, set_global_timing_logger, timed
+    from stagewatch.timing import TimingLogger, set_global_timing_logger, timed
 
     dry = args.cpu_dry_run
     if not dry and not torch.cuda.is_available():

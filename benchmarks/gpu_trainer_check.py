@@ -96,7 +96,7 @@ def _records(run_dir: str) -> list[dict[str, Any]]:
     """rank0's complete records, as dicts of their JSON fields."""
     import msgspec
 
-    from trainer.timing.records import decode
+    from stagewatch.records import decode
 
     out = []
     with open(Path(run_dir) / "rank0.jsonl", "rb") as f:

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    from stagewatch.gpus import GIB, parse_gpu
     from trainer.config import load_config
-    from trainer.gpus import GIB, parse_gpu
     from trainer.plan import RESERVE_BYTES, fit, simulate
 
     rows, common = _rows()

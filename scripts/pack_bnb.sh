@@ -6,7 +6,7 @@
 # - bitsandbytes: its .py files plus libbitsandbytes_cuda130.so (torch there is 2.11+cu130)
 #   and libbitsandbytes_cpu.so, copied from the installed package (~5.5 MB of its 125 MB);
 #   BNB_CUDA=cuda128 (say) picks another library for another CUDA build of torch.
-# - msgspec, if trainer/ or benchmarks/ import it: a cp312 manylinux wheel (Python 3.12 there),
+# - msgspec, if stagewatch/, trainer/ or benchmarks/ import it: a cp312 manylinux wheel (Python 3.12 there),
 #   fetched with pip and unpacked.
 # .gpu_deps/ is git-ignored: name it in the device tool's `carry` (see docs/benchmarks.md).
 set -euo pipefail
@@ -30,7 +30,7 @@ ver="$("$PY" -c 'import importlib.metadata as m; print(m.version("bitsandbytes")
 rm -rf "$OUT"/bitsandbytes-*.dist-info
 mkdir -p "$OUT/bitsandbytes-$ver.dist-info"
 printf 'Metadata-Version: 2.1\nName: bitsandbytes\nVersion: %s\n' "$ver" > "$OUT/bitsandbytes-$ver.dist-info/METADATA"
-if grep -rqE '^\s*(import|from) msgspec' trainer benchmarks 2>/dev/null; then
+if grep -rqE '^\s*(import|from) msgspec' stagewatch trainer benchmarks 2>/dev/null; then
   mver="$("$PY" -c 'import importlib.metadata as m; print(m.version("msgspec"))')"
   tmp="$(mktemp -d)"
   "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \

@@ -35,7 +35,7 @@ MICRO = [
 
 
 def records(path: str | os.PathLike[str]) -> list[dict]:
-    from trainer.timing.records import decode, encode
+    from stagewatch.records import decode, encode
 
     out = []
     with open(path, encoding="utf-8") as f:

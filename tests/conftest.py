@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from trainer.timing import logger as _timing_logger
-from trainer.timing import set_global_timing_logger
+from stagewatch.timing import logger as _timing_logger
+from stagewatch.timing import set_global_timing_logger
 
 
 @pytest.fixture(autouse=True)

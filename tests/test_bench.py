@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from stagewatch.errors import UsageError
+from stagewatch.records import RunEnd, RunError, RunStart, Step, encode
 from trainer.bench import (
     BENCH_SETTINGS,
     analyse_run,
@@ -24,8 +26,6 @@ from trainer.bench import (
     run_bench,
     write_outputs,
 )
-from trainer.clikit import UsageError
-from trainer.timing.records import RunEnd, RunError, RunStart, Step, encode
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "deblur" / "vrt_spike_tiny.yaml")
@@ -35,7 +35,7 @@ TINY = str(ROOT / "configs" / "deblur" / "vrt_spike_tiny.yaml")
 FAKE_TRAINER = textwrap.dedent(
     """
     import sys, time
-    from trainer.timing import TimingLogger, set_global_timing_logger, timed
+    from stagewatch.timing import TimingLogger, set_global_timing_logger, timed
     args = sys.argv[1:]
     sets = dict(a.split("=", 1) for a in args[args.index("--cfg") + 2:] if "=" in a)
     log_dir = args[args.index("--log-dir") + 1]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from stagewatch.errors import ConfigError
 from trainer.config import Config, apply_overrides, from_raw, load_config
-from trainer.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs" / "deblur").glob("*.yaml"))

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from trainer.clikit import UsageError
+from stagewatch.errors import UsageError
 from trainer.commands import demo
 
 FAKE = textwrap.dedent(
     """
     import signal, sys, time
-    from trainer.timing import TimingLogger, set_global_timing_logger, timed
+    from stagewatch.timing import TimingLogger, set_global_timing_logger, timed
     root, steps, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     if mode == "crash":
         print("ConfigError: DATA.CROP_SIZE: bad", flush=True)
@@ -73,9 +73,9 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-un
     return mode
 
 
-def test_no_terminal_trains_then_prints_the_summary(tmp_path: Path, fake, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_no_terminal_trains_then_prints_the_summary(tmp_path: Path, fake, capfd) -> None:  # type: ignore[no-untyped-def]
     assert demo.run(_args(tmp_path)) == 0
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()  # the summary comes from the `tui` command's own process
     assert "finished  step 5/5" in out and "backward" in out  # `tui summary` of the run
     assert "step 5/5" in err and "run completed" in err  # the training's own output, followed
     assert (tmp_path / "runs" / "demo-train.log").read_text().count("step ") == 5
@@ -115,7 +115,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
 
 
 def test_a_training_that_ends_between_two_looks_is_still_found(
-    tmp_path: Path, fake, monkeypatch, capsys
+    tmp_path: Path, fake, monkeypatch, capfd
 ) -> None:  # type: ignore[no-untyped-def]
     # the race of a loaded machine: the 5 fast steps are done before the first look sees
     # the run; the demo must still find it and print the summary
@@ -141,7 +141,7 @@ def test_a_training_that_ends_between_two_looks_is_still_found(
     )
     monkeypatch.setattr(demo, "time", types.SimpleNamespace(sleep=sleep, monotonic=time.monotonic))
     assert demo.run(_args(tmp_path)) == 0
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     assert "finished  step 5/5" in out and "stopped before writing a run" not in err
 
 

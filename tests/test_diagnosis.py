@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from trainer.timing.records import RunEnd, RunStart, Step, encode, rank_file_name
+from stagewatch.records import RunEnd, RunStart, Step, encode, rank_file_name
 from tui.diagnosis import (
     DEFAULT_THRESHOLDS,
     GiB,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from trainer.timing.records import RunEnd, RunError, RunStart, Step, encode
+from stagewatch.records import RunEnd, RunError, RunStart, Step, encode
 from tui.export import layout_regions, write_chrome, write_csv
 from tui.testing import write_run
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.errors import ConfigError
+from stagewatch.errors import ConfigError
 from trainer.models import ModelConfig
 from trainer.models.presets import TINY, load_model_config
 

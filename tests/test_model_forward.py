@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.errors import ConfigError
+from stagewatch.errors import ConfigError
 from trainer.models import (
     ModelConfig,
     build_model,

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from _attention_ref import softmax_attn as _softmax_attn
 
+from stagewatch.timing import TimingLogger, set_global_timing_logger, timed
 from trainer.models import build_model, compile_regions, region_names
 from trainer.models import vrt as V
 from trainer.models.config import VRTConfig
 from trainer.models.presets import TINY, example_inputs, load_model_config
-from trainer.timing import TimingLogger, set_global_timing_logger, timed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

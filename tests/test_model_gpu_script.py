@@ -89,7 +89,7 @@ def test_dry_run_writes_json_and_markdown(tmp_path: Path) -> None:
 def test_peak_memory_is_the_largest_step_peak_not_the_counter_after_reset() -> None:
     """A fake allocator behind the timing core's per-step reset (GPU-NOTES #3): 50.4 GB at
     the peak of a step, 0.4 GB allocated once it ends."""
-    from trainer.timing import TimingLogger
+    from stagewatch.timing import TimingLogger
 
     mod = load()
     state = {"peak": 0, "now": 0}

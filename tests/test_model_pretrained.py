@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.errors import ConfigError
+from stagewatch.errors import ConfigError
 from trainer.models import ModelConfig, build_model, export_official, load_pretrained_vrt
 from trainer.models.presets import FULL, TINY, USER, load_model_config
 from trainer.models.pretrained import KEY_MAP, from_official, save_official, to_official

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from stagewatch.timing import TimingLogger, set_global_timing_logger, timed
 from trainer.models import ModelConfig, build_model, region_names, set_flow_and_deform_trainable
 from trainer.models.debug import debug_forward, format_debug
 from trainer.models.instrument import hook_count
 from trainer.models.presets import TINY, example_inputs, load_model_config
-from trainer.timing import TimingLogger, set_global_timing_logger, timed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

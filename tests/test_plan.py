@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stagewatch.gpus import GIB, GpuSpec, lookup, parse_gpu, peak_override
 from trainer.cli import main as trainer_main
 from trainer.config import load_config
-from trainer.gpus import GIB, GpuSpec, lookup, parse_gpu, peak_override
 from trainer.plan import (
     RESERVE_BYTES,
     choose_sdpa_kernel,
@@ -357,7 +357,7 @@ def test_run_start_carries_flops_per_region(tmp_path) -> None:
 def test_full_size_flops_survive_the_record_format(tmp_path) -> None:
     """A full-size count (~1.8e14 per step) is past the format's integer limit: the
     run_start the trainer writes must still be read back, FLOPs included."""
-    from trainer.timing.records import RunStart, encode
+    from stagewatch.records import RunStart, encode
     from tui.summary import open_run
 
     run = tmp_path / "20261201-000000-big-0001"

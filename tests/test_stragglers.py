@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.timing import TimingLogger, set_global_timing_logger
-from trainer.timing import logger as L
-from trainer.timing.logger import log_timing
+from stagewatch.timing import TimingLogger, set_global_timing_logger
+from stagewatch.timing import logger as L
+from stagewatch.timing.logger import log_timing
 from tui.diagnosis import Thresholds, advice_for_run, judge_stragglers
 from tui.summary import open_run, summary_dict, summary_text
 

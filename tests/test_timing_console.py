@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-import trainer.timing.logger as L
-from trainer.timing import TimingLogger, log_timing, set_global_timing_logger
-from trainer.timing.console import Console, panel_lines, summary_line
+import stagewatch.timing.logger as L
+from stagewatch.timing import TimingLogger, log_timing, set_global_timing_logger
+from stagewatch.timing.console import Console, panel_lines, summary_line
 
 UP = "\x1b["  # start of a cursor movement
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-import trainer.timing.logger as L
-from trainer.errors import ConfigError
-from trainer.timing import (
+import stagewatch.timing.logger as L
+from stagewatch import records as R
+from stagewatch.errors import ConfigError
+from stagewatch.timing import (
     NOOP,
     TimingLogger,
     get_global_timing_logger,
@@ -23,7 +24,6 @@ from trainer.timing import (
     set_global_timing_logger,
     timed,
 )
-from trainer.timing import records as R
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -308,7 +308,7 @@ log_timing("Module", ms); log_timing("Module/Sub", ms)
 logger.step()            # end of every training step
 logger.print_summary(); logger.close()
 """
-    code = "from trainer.timing import TimingLogger, set_global_timing_logger, log_timing\n"
+    code = "from stagewatch.timing import TimingLogger, set_global_timing_logger, log_timing\n"
     env = {"LOG_DIR": str(tmp_path), "ms": 12.5}
     exec(code + snippet, env)
     logger = env["logger"]
@@ -411,7 +411,7 @@ def test_env_switch_disables_timing(tmp_path, monkeypatch):
 
 def test_env_switch_at_import_returns_plain_functions(tmp_path):
     code = (
-        "from trainer.timing import timed\n"
+        "from stagewatch.timing import timed\n"
         "def f(): return 1\n"
         "g = timed('data')(f)\n"
         "assert g is f, 'decorator must return the function itself'\n"
@@ -426,12 +426,12 @@ def test_env_switch_at_import_returns_plain_functions(tmp_path):
 def test_import_and_cpu_run_never_import_torch(tmp_path):
     code = (
         "import sys\n"
-        "from trainer.timing import TimingLogger, timed, set_global_timing_logger\n"
+        "from stagewatch.timing import TimingLogger, timed, set_global_timing_logger\n"
         f"lg = TimingLogger({str(tmp_path)!r}, enable_console=False)\n"
         "set_global_timing_logger(lg)\n"
         "with timed('a'): pass\n"
         "lg.step(); lg.close()\n"
-        "import trainer.timing.records\n"
+        "import stagewatch.records\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'textual' not in sys.modules\n"
         "print(open(lg.run_dir + '/rank0.jsonl').readline())\n"

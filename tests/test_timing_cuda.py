@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.timing import TimingLogger, log_timing, set_global_timing_logger, timed
-from trainer.timing import records as R
+from stagewatch import records as R
+from stagewatch.timing import TimingLogger, log_timing, set_global_timing_logger, timed
 
 
 class FakeGPU:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.timing import TimingLogger, set_global_timing_logger, timed
-from trainer.timing import records as R
-from trainer.timing.jsonl import TimingWarning
+from stagewatch import records as R
+from stagewatch.timing import TimingLogger, set_global_timing_logger, timed
+from stagewatch.timing.jsonl import TimingWarning
 from tui.parse import parse_line
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,7 +264,7 @@ def test_own_sigterm_handler_calling_sys_exit_ends_interrupted(tmp_path):
     code = textwrap.dedent(
         f"""
         import signal, sys, time
-        from trainer.timing import TimingLogger
+        from stagewatch.timing import TimingLogger
         signal.signal(signal.SIGTERM, lambda s, f: sys.exit(0))  # the user's own handler
         lg = TimingLogger({str(tmp_path)!r}, enable_console=False, run_id="own")
         print("ready", flush=True)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-import trainer.timing.logger as L
-from trainer.timing import TimingLogger, TimingWarning, set_global_timing_logger, timed
-from trainer.timing import records as R
-from trainer.timing.jsonl import LineFile
+import stagewatch.timing.logger as L
+from stagewatch import records as R
+from stagewatch.timing import TimingLogger, TimingWarning, set_global_timing_logger, timed
+from stagewatch.timing.jsonl import LineFile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,7 +102,7 @@ def test_disk_full_warns_once():
 WRITER = textwrap.dedent(
     """
     import sys, time
-    from trainer.timing import TimingLogger, set_global_timing_logger, timed, log_timing
+    from stagewatch.timing import TimingLogger, set_global_timing_logger, timed, log_timing
     lg = TimingLogger(sys.argv[1], enable_console=False, file_flush_interval=int(sys.argv[2]),
                       run_id="victim")
     set_global_timing_logger(lg)
@@ -170,7 +170,7 @@ def test_sigterm_chains_a_previous_handler(tmp_path):
     code = textwrap.dedent(
         f"""
         import signal, sys, time
-        from trainer.timing import TimingLogger
+        from stagewatch.timing import TimingLogger
         stop = []
         signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))  # the trainer's own
         lg = TimingLogger({str(tmp_path)!r}, enable_console=False, file_flush_interval=1000,
@@ -213,7 +213,7 @@ def test_sigterm_chains_a_previous_handler(tmp_path):
 )
 def test_interpreter_exit_flushes_and_ends_the_run(tmp_path, tail, status, error):
     code = (
-        "from trainer.timing import TimingLogger\n"
+        "from stagewatch.timing import TimingLogger\n"
         f"lg = TimingLogger({str(tmp_path)!r}, enable_console=False, file_flush_interval=1000,"
         " run_id='atexit')\n"
         "for _ in range(7):\n"

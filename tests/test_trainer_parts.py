@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from stagewatch.errors import UsageError
 from trainer.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
-from trainer.clikit import UsageError
 from trainer.config import TrainConfig, from_raw
 from trainer.distributed import GradSyncTimer
 from trainer.losses import PerceptualLoss, VGGFeatures, build_perceptual, charbonnier
@@ -211,7 +211,7 @@ def test_stale_checkpoint_temp_files_are_removed_at_the_next_save(tmp_path):
 
 
 def test_a_batch_larger_than_the_clips_names_batch_size():
-    from trainer.errors import ConfigError
+    from stagewatch.errors import ConfigError
     from trainer.train import plan_steps
 
     cfg = from_raw({"TRAIN": {"BATCH_SIZE": 100000}}, "c.yaml")
@@ -227,7 +227,7 @@ def test_a_batch_larger_than_the_clips_names_batch_size():
 
 
 def test_throughput_says_per_rank_or_global():
-    from trainer.timing.console import samples_rate_label
+    from stagewatch.timing.console import samples_rate_label
 
     assert samples_rate_label(12.5) == "12.50 samples/s"
     assert samples_rate_label(12.5, 4) == "50.00 samples/s global (12.50/rank × 4)"

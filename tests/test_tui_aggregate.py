@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.timing.records import RunStart, Step
+from stagewatch.records import RunStart, Step
 from tui.aggregate import RankAgg, RunAgg, hist_index, hist_quantile
 from tui.parse import row_from_step
 from tui.reader import RunSource
@@ -173,7 +173,7 @@ def test_text_log_run_replays_into_statistics(tmp_path) -> None:
 
 
 def test_text_log_of_stagewatch_writer_round_trips() -> None:
-    from trainer.timing.text_log import format_step, format_summary
+    from stagewatch.timing.text_log import format_step, format_summary
 
     regions = {
         "forward": (280.0, 1),

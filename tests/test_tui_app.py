@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from textual.command import CommandPalette
 
-from trainer.timing.records import RunEnd, RunError, Step, encode
+from stagewatch.records import RunEnd, RunError, Step, encode
 from tui.app import MonitorApp
 from tui.live import LiveSource
 from tui.replay import ReplaySource
@@ -293,7 +293,7 @@ def test_replay_of_a_text_log_ends_finished(tmp_path: Path) -> None:
 
 
 def _logger(root: Path, run_id: str):  # type: ignore[no-untyped-def]
-    from trainer.timing import TimingLogger
+    from stagewatch.timing import TimingLogger
 
     return TimingLogger(
         root,
@@ -308,7 +308,7 @@ def _logger(root: Path, run_id: str):  # type: ignore[no-untyped-def]
 
 
 def _steps(lg, n: int) -> None:  # type: ignore[no-untyped-def]
-    from trainer.timing import timed
+    from stagewatch.timing import timed
 
     for _ in range(n):
         with lg.region("forward"):
@@ -554,7 +554,7 @@ def _hostile_run(root: Path) -> Path:
     esc = "\x1b]0;pwned\x07"
     run = root / "20261126-100000-ev\x1b[2Jil-0001"
     run.mkdir(parents=True)
-    from trainer.timing.records import Eval, RunStart
+    from stagewatch.records import Eval, RunStart
 
     start = RunStart(
         run_id=run.name,

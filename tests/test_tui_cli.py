@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.timing.records import RunEnd, RunError, Step, encode
+from stagewatch.records import RunEnd, RunError, Step, encode
 from tui.cli import main
 from tui.testing import start_line, write_run
 
@@ -274,7 +274,7 @@ def test_watch_one_level_above_the_log_folder(
     assert resolve_root(str(top)) == str(top / "logs")
     assert "watching the log folder below it" in capsys.readouterr().err
     hand_run(top / "demo")
-    from trainer.clikit import UsageError
+    from stagewatch.errors import UsageError
 
     with pytest.raises(UsageError, match=r"holds log folders, not runs: watch one of .*demo.*logs"):
         resolve_root(str(top))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.timing.records import RunStart, Step, encode
+from stagewatch.records import RunStart, Step, encode
 from tui.cli import main
 from tui.efficiency import efficiency, region_line
 from tui.summary import open_run, summary_text

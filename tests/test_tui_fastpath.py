@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tui.reader
-from trainer.timing.records import Region, Step, encode
+from stagewatch.records import Region, Step, encode
 from tui import parse
 from tui.reader import RunSource
 from tui.testing import write_run

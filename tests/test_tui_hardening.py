@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trainer.clikit import UsageError
-from trainer.timing.records import RunStart, encode
+from stagewatch.errors import UsageError
+from stagewatch.records import RunStart, encode
 from tui.aggregate import CUT
 from tui.parse import LIMITS
 from tui.reader import RootReader, RunSource, check_run

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.timing.records import RunEnd, encode
+from stagewatch.records import RunEnd, encode
 from tui import index
 from tui.reader import RunSource
 from tui.testing import step_records, write_run

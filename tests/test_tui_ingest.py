@@ -6,7 +6,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from trainer.timing.records import Step, encode
+from stagewatch.records import Step, encode
 from tui.aggregate import RunAgg
 from tui.parse import parse_line
 from tui.reader import FOLD_LINES, RunSource

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from _fed_source import Fed
 
-from trainer.timing.records import encode
+from stagewatch.records import encode
 from tui.app import MonitorApp, SnapshotReady
 from tui.live import LiveSource
 from tui.snapshot import UNACCOUNTED, WorldSnapshot

@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trainer.timing.records import RunEnd, RunError, Step, encode
+from stagewatch.records import RunEnd, RunError, Step, encode
 from tui.reader import RootReader, RunSource, TailFile
 from tui.testing import start_line, step_records, write_run
 
@@ -279,7 +279,7 @@ _region_value = st.one_of(
     st.booleans(),
 )
 def test_decoder_accepts_only_what_the_reference_checks_accept(regions, wall, compact) -> None:  # type: ignore[no-untyped-def]
-    from trainer.timing.records import RecordError, decode
+    from stagewatch.records import RecordError, decode
     from tui.parse import StepRow, parse_line
 
     d = {
@@ -313,7 +313,7 @@ def test_decoder_accepts_only_what_the_reference_checks_accept(regions, wall, co
 
 
 def test_decoder_takes_the_timing_cores_lines() -> None:
-    from trainer.timing.records import decode
+    from stagewatch.records import decode
     from tui.parse import parse_line
 
     for rec in step_records(20, n_regions=40):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.timing.records import encode
+from stagewatch.records import encode
 from tui.app import MonitorApp
 from tui.live import LiveSource
 from tui.replay import ReplaySource
@@ -66,7 +66,7 @@ def _runs(root: Path) -> None:
 
 
 def encode_end_failed() -> str:
-    from trainer.timing.records import RunEnd, RunError
+    from stagewatch.records import RunEnd, RunError
 
     return encode(
         RunEnd(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.timing.records import Step, encode
+from stagewatch.records import Step, encode
 from tui.cli import main
 from tui.summary import open_run, summary_dict, summary_text
 from tui.testing import start_line, text_log_block, write_run

@@ -11,7 +11,7 @@ from typing import Any
 
 from _fed_source import Fed
 
-from trainer.timing.records import encode
+from stagewatch.records import encode
 from tui.app import MonitorApp, SnapshotReady
 from tui.live import LiveSource
 from tui.snapshot import WorldSnapshot

@@ -1,6 +1,7 @@
-"""stagewatch trainer: timing core (``trainer.timing``), VRT+spike model, training loop.
+"""The bundled VRT + spike deblurring trainer, timed with :mod:`stagewatch`.
 
-Importing this package must not import torch: the monitor and other loops use the timing core.
+Needs the ``[train]`` extra (torch, bitsandbytes, pyyaml). Importing this package itself
+does not import torch (``trainer --help`` stays fast).
 """
 
 __version__ = "0.1.0"

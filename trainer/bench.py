@@ -8,7 +8,7 @@ Each combination of the sweeps (their cartesian product, optionally crossed with
 
 so its memory figures are its own, an out-of-memory error is a result rather than a crash of
 the benchmark, and every combination is a normal run the monitor can open. The results are
-read back from each run's JSONL (``trainer.timing.records.decode``):
+read back from each run's JSONL (``stagewatch.records.decode``):
 
 - step time: median step wall time of the steps after the warm-up, minus any
   ``validation``/``checkpoint`` region in them (the end-of-run validation and checkpoint land
@@ -49,9 +49,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.clikit import UsageError
-from trainer.errors import ConfigError
-from trainer.timing.records import RANK_FILE_RE, RecordError, RunEnd, RunStart, Step, decode
+from stagewatch.errors import ConfigError, UsageError
+from stagewatch.records import RecordError, RunEnd, RunStart, Step, decode
+from stagewatch.runs import rank_files
 
 OK, OOM, FAILED, SKIPPED = "ok", "oom", "failed", "skipped"
 #: settings every bench run gets (before the sweep's, which may override them): no mid-run
@@ -229,9 +229,7 @@ def is_oom(error_type: str | None, message: str | None) -> bool:
 
 def analyse_run(run_dir: str | os.PathLike[str], warmup: int) -> dict[str, Any]:
     """Figures of one bench run (rank 0's file): see the module docstring."""
-    files = sorted(
-        (int(m.group(1)), n) for n in os.listdir(run_dir) if (m := RANK_FILE_RE.match(n))
-    )
+    files = rank_files(run_dir)
     if not files:
         return {"status": FAILED, "message": f"no rank files in {run_dir}"}
     walls: list[float] = []
@@ -239,7 +237,7 @@ def analyse_run(run_dir: str | os.PathLike[str], warmup: int) -> dict[str, Any]:
     peak = reserved = None
     start: RunStart | None = None
     end: RunEnd | None = None
-    with open(Path(run_dir) / files[0][1], "rb") as f:
+    with open(files[0][1], "rb") as f:
         for line in f:
             try:
                 rec = decode(line)
@@ -356,7 +354,7 @@ def predict_peak(cfg_path: str, overrides: Sequence[str]) -> tuple[int | None, i
         if device == "cuda":
             import torch
 
-            from trainer.gpus import lookup
+            from stagewatch.gpus import lookup
 
             spec = lookup(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
             arch = spec.arch if spec is not None else arch

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.clikit import UsageError
+from stagewatch.errors import UsageError
 
 CKPT_RE = re.compile(r"^ckpt_step(\d+)\.pt$")
 TMP_RE = re.compile(r"^\.ckpt_step(\d+)\.pt\.tmp(\d+)$")  # a save in progress, or left by a kill

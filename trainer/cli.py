@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainer.clikit import run_cli
+from stagewatch.cli import run_cli
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trainer.commands.train", "train a model (also under torchrun)"),
@@ -16,4 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli("trainer", __doc__.splitlines()[0], COMMANDS, argv)
+    return run_cli(
+        "trainer",
+        __doc__.splitlines()[0],
+        COMMANDS,
+        argv,
+        install_hint="install the trainer's extra: pip install 'stagewatch[train]'",
+    )

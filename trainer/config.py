@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from trainer.errors import ConfigError
+from stagewatch.errors import ConfigError
 from trainer.typed_config import convert, convert_field, setting, suggest, type_name
 
 # --------------------------------------------------------------------------- sections

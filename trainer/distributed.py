@@ -38,7 +38,7 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
-        from trainer.errors import ConfigError
+        from stagewatch.errors import ConfigError
 
         raise ConfigError("TRAIN.DEVICE", "cuda requested but no CUDA device is available")
     if use_cuda:

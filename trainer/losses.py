@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.clikit import UsageError
+from stagewatch.errors import UsageError
 from trainer.vgg_layers import VGG_CFG as _VGG_CFG
 from trainer.vgg_layers import VGG_LAYERS
 

@@ -40,8 +40,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import flop_registry
 
+from stagewatch.gpus import GIB, GpuSpec
 from trainer.config import Config
-from trainer.gpus import GIB, GpuSpec
 
 #: device memory the plan keeps free for the CUDA context, cuBLAS/cuDNN workspaces and
 #: allocator fragmentation when it says whether a step fits
@@ -739,7 +739,7 @@ def config_shape(cfg: Config) -> Shape:
         if d.TYPE == "synthetic":
             h, w = d.SYNTHETIC.HEIGHT, d.SYNTHETIC.WIDTH
         else:
-            from trainer.errors import ConfigError
+            from stagewatch.errors import ConfigError
 
             raise ConfigError(
                 "DATA.CROP_SIZE",
@@ -965,11 +965,11 @@ def region_flops_for_run_start(
     arch = "cpu" if device == "cpu" else "sm90"
     if device == "cuda":
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
-        from trainer.gpus import lookup
+        from stagewatch.gpus import lookup
 
         spec = lookup(name)
         arch = spec.arch if spec is not None else arch
-    from trainer.timing import get_global_timing_logger, set_global_timing_logger
+    from stagewatch.timing import get_global_timing_logger, set_global_timing_logger
 
     prev = get_global_timing_logger()
     set_global_timing_logger(None)  # the meta model must not time itself into the run's log

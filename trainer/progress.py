@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import Any
 
-from trainer.timing.console import raw_stream, samples_rate_label, stream_is_tty
+from stagewatch.timing.console import raw_stream, samples_rate_label, stream_is_tty
 
 
 def _fmt_eta(seconds: float) -> str:

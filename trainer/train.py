@@ -26,8 +26,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from stagewatch.errors import ConfigError, UsageError
+from stagewatch.records import make_run_id
+from stagewatch.timing import TimingLogger, set_global_timing_logger, timed
 from trainer import checkpoint as ckpt
-from trainer.clikit import UsageError
 from trainer.config import Config, check_log_dir
 from trainer.data import build_datasets
 from trainer.distributed import (
@@ -39,14 +41,11 @@ from trainer.distributed import (
     gather_objects,
     init_distributed,
 )
-from trainer.errors import ConfigError
 from trainer.losses import build_perceptual, charbonnier
 from trainer.metrics import psnr, ssim
 from trainer.models import build_model, set_flow_and_deform_trainable
 from trainer.optim import build_optimizer, build_scheduler, optimizer_state_bytes
 from trainer.progress import Progress
-from trainer.timing import TimingLogger, set_global_timing_logger, timed
-from trainer.timing.records import make_run_id
 
 
 class ResumableSampler(DistributedSampler):

@@ -20,7 +20,7 @@ import types
 import typing
 from typing import Any, Literal, TypeVar
 
-from trainer.errors import ConfigError
+from stagewatch.errors import ConfigError
 
 __all__ = ["convert", "convert_field", "from_dict", "setting", "suggest", "type_name"]
 

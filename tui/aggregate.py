@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.timing.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, RunStart
+from stagewatch.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, RunStart
 from tui.diagnosis import WAIT_REGIONS, MemTrend, judge_stragglers, worst_trend
 from tui.parse import LIMITS, StepBlock, StepRow
 from tui.snapshot import (

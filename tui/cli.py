@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainer.clikit import run_cli
+from stagewatch.cli import run_cli
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "watch": ("tui.commands.watch", "live monitor of every run under a log folder"),

@@ -253,7 +253,7 @@ def regression_check(c: Comparison, max_pct: float, region: str | None = None) -
     """Is any run slower than the baseline by more than ``max_pct`` percent (step time, or
     ``region``'s time)? A run without the figure fails the gate (it cannot be shown to pass).
     UsageError for a region no run has."""
-    from trainer.clikit import UsageError
+    from stagewatch.errors import UsageError
 
     if region is None:
         row, what = c.step, "step"

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.timing.records import RANK_FILE_RE
+from stagewatch.runs import rank_files
 
 WARN = "warn"  # something is wrong or about to go wrong
 SUGGEST = "suggest"  # a change that should make training faster
@@ -1144,11 +1144,9 @@ def _rank_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     try:
-        names = os.listdir(path)
+        return [p for _, p in rank_files(path)]
     except OSError:
         return []
-    ranked = sorted((int(m.group(1)), n) for n in names if (m := RANK_FILE_RE.match(n)))
-    return [path / n for _, n in ranked]
 
 
 def read_run_config(path: str | os.PathLike[str]) -> dict[str, Any] | None:

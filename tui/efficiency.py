@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.gpus import ENV_PEAK, lookup, peak_override
+from stagewatch.gpus import ENV_PEAK, lookup, peak_override
 from tui.snapshot import RunSnapshot, Stats
 
 #: a region is "low" below this fraction of the step's average TFLOP/s ...

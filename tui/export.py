@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from trainer.clikit import UsageError, printable
-from trainer.timing.records import (
-    RANK_FILE_RE,
+from stagewatch import runs
+from stagewatch.cli import printable
+from stagewatch.errors import UsageError
+from stagewatch.records import (
     Eval,
     RecordError,
     RunEnd,
@@ -48,6 +49,7 @@ from trainer.timing.records import (
     Step,
     decode,
     parent_of,
+    rank_of_file,
     unaccounted_ms,
 )
 
@@ -89,17 +91,16 @@ def rank_files(path: str | os.PathLike[str]) -> list[tuple[int, Path]]:
     if not p.is_dir():
         if not _regular(p):
             raise UsageError(f"not a run: {p} is not a regular file")
-        m = RANK_FILE_RE.match(p.name)
-        if m is None and not _starts_with_record(p):
+        rank = rank_of_file(p.name)
+        if rank is None and not _starts_with_record(p):
             raise UsageError(
                 f"not a run: {p} (expected a run folder or a rank<R>.jsonl file of stagewatch records)"
             )
-        return [(int(m.group(1)) if m else 0, p)]
+        return [(rank or 0, p)]
     try:
-        names = os.listdir(p)
+        files = runs.rank_files(p)
     except OSError as e:
         raise UsageError(f"cannot read run folder {p}: {e.strerror}") from None
-    files = sorted((int(m.group(1)), p / n) for n in names if (m := RANK_FILE_RE.match(n)))
     odd = [f for _, f in files if not _regular(f)]
     files = [(r, f) for r, f in files if _regular(f)]
     if not files:

@@ -7,8 +7,8 @@ import math
 
 from rich.text import Text
 
-from trainer.clikit import printable
-from trainer.timing.records import classify
+from stagewatch.cli import printable
+from stagewatch.records import classify
 from tui.snapshot import Stats
 
 CLASS_STYLE = {"red": "bold red", "yellow": "yellow", "green": "green", "none": "dim"}

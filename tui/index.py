@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
-from trainer.timing.records import Eval, RunEnd, RunStart
+from stagewatch.records import Eval, RunEnd, RunStart
 from tui.aggregate import RankAgg, RunAgg
 from tui.diagnosis import MemTrend
 

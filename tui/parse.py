@@ -1,7 +1,7 @@
 """Line parsing for the monitor, on the record format's own decoder.
 
 A line is decoded and validated in one ``msgspec`` pass into the record structs of
-:mod:`trainer.timing.records` (the same definitions the timing core writes with): every
+:mod:`stagewatch.records` (the same definitions the timing core writes with): every
 field the monitor uses has its type and range checked by the decoder, so a line is valid
 only if what the decoder keeps is valid (a duplicate key keeps its last value, and that
 value is the one checked). Steps become :class:`StepRow` tuples for the fold. The optional
@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 
-from trainer.timing import records
-from trainer.timing.records import (
+from stagewatch import records
+from stagewatch.records import (
     KNOWN_VERSIONS,
     Record,
     RecordError,
@@ -31,7 +31,7 @@ from trainer.timing.records import (
 
 
 class LIMITS:
-    """What the monitor accepts: the record format's limits (``trainer.timing.records``:
+    """What the monitor accepts: the record format's limits (``stagewatch.records``:
     every line the timing core writes is read back) plus the screen's display bounds."""
 
     MAX_LINE_BYTES = records.MAX_LINE_BYTES  # a longer line is one malformed line

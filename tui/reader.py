@@ -20,7 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.timing.records import RANK_FILE_RE, TEXT_LOG_RE, RecordError
+from stagewatch.records import RecordError, rank_of_file
+from stagewatch.runs import (
+    is_rank_file,
+    is_run_dir,
+    is_text_log,
+    rank_files,
+    run_files,
+    text_log_rank,
+    text_logs,
+)
 from tui import index
 from tui.aggregate import DEFAULT_WINDOW, RunAgg
 from tui.parse import (
@@ -52,7 +61,6 @@ FOLD_LINES = 512
 _FOLD_LINES_PURE = 128  # the same, the fast path off (tests switch it per reader)
 PARALLEL_MIN_BYTES = 32 * 2**20  # a whole run at least this big is read by several processes
 _HEAD = 512  # first bytes (the run_start line: time, pid) compared to notice a rewrite in place
-_TEXT_RANK_RE = re.compile(r"rank(\d+)")
 ENDED = (FINISHED, FAILED, INTERRUPTED)
 _new_tuple = tuple.__new__
 _MAX_MS = float(LIMITS.MAX_MS)
@@ -509,7 +517,7 @@ def check_run(path: str | os.PathLike[str]) -> None:
     symlink loop, unreadable, no rank file, or no valid record in the first
     :data:`CHECK_BYTES` of any file. Reads only those first bytes (``tui replay`` shows its
     first screen without reading the run)."""
-    from trainer.clikit import UsageError
+    from stagewatch.errors import UsageError
 
     p = Path(path)
     try:
@@ -522,10 +530,9 @@ def check_run(path: str | os.PathLike[str]) -> None:
         raise UsageError(f"cannot read {p}: {e.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
         try:
-            names = sorted(os.listdir(p))
+            files = run_files(p)
         except OSError as e:
             raise UsageError(f"cannot read run folder {p}: {e.strerror}") from None
-        files = [p / n for n in names if RANK_FILE_RE.match(n) or TEXT_LOG_RE.match(n)]
         if not files:
             raise UsageError(f"not a run folder (no rank<R>.jsonl or timing_*.log in it): {p}")
     else:
@@ -543,7 +550,7 @@ def check_run(path: str | os.PathLike[str]) -> None:
                 raise UsageError(f"cannot read {f}: {tail.problem}")
             errors.append(f"{f.name}: {tail.problem}")
             continue
-        if TEXT_LOG_RE.match(f.name) or (not RANK_FILE_RE.match(f.name) and f.suffix != ".jsonl"):
+        if is_text_log(f.name) or (not is_rank_file(f.name) and f.suffix != ".jsonl"):
             if lines or tail.partial:
                 return  # a classic text log: its blocks are checked as they are shown
             continue
@@ -557,13 +564,6 @@ def check_run(path: str | os.PathLike[str]) -> None:
             )
     detail = f" ({'; '.join(errors[:2])})" if errors else ""
     raise UsageError(f"no stagewatch records in {p}{detail}")
-
-
-def is_run_dir(path: Path) -> bool:
-    try:
-        return any(RANK_FILE_RE.match(n) or TEXT_LOG_RE.match(n) for n in os.listdir(path))
-    except OSError:
-        return False
 
 
 class RunSource:
@@ -587,7 +587,7 @@ class RunSource:
         self.single = p.is_file()
         self.path = p
         self.dir = p.parent if self.single else p
-        generic = RANK_FILE_RE.match(p.name) or re.fullmatch(r"timing_rank\d+\.log", p.name)
+        generic = is_rank_file(p.name) or re.fullmatch(r"timing_rank\d+\.log", p.name)
         self.run_id = self.dir.name if not self.single or generic else p.stem
         self.window = window
         self.stale_after = stale_after
@@ -604,30 +604,24 @@ class RunSource:
         """Add rank files that appeared. Text logs are used for ranks without a JSONL file."""
         if self.single:
             if not self.feeds:
-                m = RANK_FILE_RE.match(self.path.name)
-                if m:
-                    self.feeds[str(self.path)] = Feed(str(self.path), int(m.group(1)), "jsonl")
+                rank = rank_of_file(self.path.name)
+                if rank is not None:
+                    self.feeds[str(self.path)] = Feed(str(self.path), rank, "jsonl")
                 else:
-                    r = _TEXT_RANK_RE.search(self.path.name)
                     kind = "jsonl" if self.path.suffix == ".jsonl" else "text"
                     self.feeds[str(self.path)] = Feed(
-                        str(self.path), int(r.group(1)) if r else 0, kind
+                        str(self.path), text_log_rank(self.path.name), kind
                     )
                 return True
             return False
         try:
-            names = sorted(os.listdir(self.dir))
+            jsonl = dict(rank_files(self.dir))
+            texts = text_logs(self.dir)
         except OSError:
             return False
-        jsonl = {int(m.group(1)): n for n in names if (m := RANK_FILE_RE.match(n))}
-        texts: dict[int, str] = {}
-        for n in names:
-            if TEXT_LOG_RE.match(n):
-                r = _TEXT_RANK_RE.search(n)
-                texts.setdefault(int(r.group(1)) if r else 0, n)
         added = False
-        for rank, n in jsonl.items():
-            path = str(self.dir / n)
+        for rank, f in jsonl.items():
+            path = str(f)
             if path not in self.feeds:
                 # a JSONL file replaces the text log of its rank
                 for k in [k for k, f in self.feeds.items() if f.rank == rank and f.kind == "text"]:
@@ -635,8 +629,8 @@ class RunSource:
                     self._rebuild_needed = True
                 self.feeds[path] = Feed(path, rank, "jsonl")
                 added = True
-        for rank, n in texts.items():
-            path = str(self.dir / n)
+        for rank, f in texts.items():
+            path = str(f)
             if rank not in jsonl and path not in self.feeds:
                 self.feeds[path] = Feed(path, rank, "text")
                 added = True

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from trainer.timing.jsonl import last_step_in
+from stagewatch.runs import last_step_in
 from tui.aggregate import DEFAULT_WINDOW, RunAgg
 from tui.live import Post
 from tui.parse import StepRow

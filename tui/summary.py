@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.text import Text
 
-from trainer.clikit import UsageError
+from stagewatch.errors import UsageError
 from tui.aggregate import DEFAULT_WINDOW
 from tui.diagnosis import WARN, Advice, Thresholds, advice_for_run, span_label, verdict_of
 from tui.efficiency import efficiency, efficiency_dict, efficiency_lines

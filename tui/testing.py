@@ -1,6 +1,6 @@
 """Deterministic generators of stagewatch runs for tests, benchmarks and demos (torch-free).
 
-Records are written with :func:`trainer.timing.records.encode`, so they are exactly what the
+Records are written with :func:`stagewatch.records.encode`, so they are exactly what the
 timing core writes. Values come from a seeded RNG: the same arguments give the same bytes.
 """
 
@@ -11,7 +11,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from trainer.timing.records import (
+from stagewatch.records import (
     Eval,
     RunEnd,
     RunStart,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 
-from trainer.timing.records import Step
+from stagewatch.records import Step
 
 _STEP_RE = re.compile(r"^\s*Step\s+(\d+)\s*$")
 _TOTAL_RE = re.compile(r"^\s*Total[\s-]*:\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b")

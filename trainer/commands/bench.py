@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from trainer.clikit import UsageError
+from stagewatch.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

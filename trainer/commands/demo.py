@@ -30,9 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.clikit import UsageError
-from trainer.timing import TimingLogger, log_timing, set_global_timing_logger, timed
-from trainer.timing.records import RecordError, RunEnd, decode
+from stagewatch.errors import UsageError
+from stagewatch.records import RecordError, RunEnd, decode
+from stagewatch.timing import TimingLogger, log_timing, set_global_timing_logger, timed
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CFG = REPO / "configs" / "deblur" / "vrt_spike_tiny.yaml"
@@ -266,11 +266,20 @@ def _end_status(run: Path) -> str | None:
     return rec.status if type(rec) is RunEnd else None
 
 
-def _print_summary(run: Path) -> None:
-    from tui.cli import main as tui_main
+def _monitor(*args: str) -> int:
+    """Run the monitor's console command (``tui``) in the foreground; its exit status.
 
+    A separate program, not an import: the trainer and the monitor are installed apart."""
+    script = Path(sys.executable).parent / "tui"
+    cmd = str(script) if script.exists() else shutil.which("tui")
+    if cmd is None:
+        print(
+            "demo: the monitor (`tui`) is not installed here: pip install stagewatch",
+            file=sys.stderr,
+        )
+        return 2
     sys.stdout.flush()
-    tui_main(["summary", str(run)])
+    return subprocess.call([cmd, *args])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -321,9 +330,7 @@ def run(args: argparse.Namespace) -> int:
             )
             return proc.returncode or 1
         if tty:
-            from tui.cli import main as tui_main
-
-            tui_main(["watch", str(root)])
+            _monitor("watch", str(root))
         else:
             print(
                 f"demo: run {run_dir.name}: training {steps} steps (no terminal: printing the "
@@ -344,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
     if proc.returncode not in (0, None) and status == "failed":
         print(f"demo: the training failed:\n{_tail(log_file)}", file=sys.stderr)
     if not tty:
-        _print_summary(run_dir)
+        _monitor("summary", str(run_dir))
     tui = tui_command()
     print(
         f"\ndemo: run {status}. See it again with `{tui} replay {run_dir}` or `{tui} summary {run_dir}`; "

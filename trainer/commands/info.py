@@ -18,7 +18,7 @@ import argparse
 import json
 from typing import Any
 
-from trainer.errors import ConfigError
+from stagewatch.errors import ConfigError
 
 DEFAULT_CLIP_LEN = 5
 DEFAULT_CROP = 256

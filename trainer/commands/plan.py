@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from trainer.clikit import UsageError
+from stagewatch.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stagewatch.gpus import GPUS, parse_gpu
     from trainer.config import load_config
-    from trainer.gpus import GPUS, parse_gpu
 
     gpu = None
     if args.gpu is not None:

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.clikit import UsageError
+    from stagewatch.errors import UsageError
     from trainer.config import load_config
 
     if args.steps < 1:

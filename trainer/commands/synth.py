@@ -62,7 +62,7 @@ def write_dataset(
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.clikit import UsageError
+    from stagewatch.errors import UsageError
     from trainer.config import Config, load_config
     from trainer.data import synth_params
 

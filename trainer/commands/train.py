@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stagewatch.errors import ConfigError
     from trainer.config import apply_thread_default, check_log_dir, load_config, override_for
-    from trainer.errors import ConfigError
 
     overrides = list(args.overrides)
     resume_item = f"TRAIN.RESUME={args.resume}" if args.resume else None

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from trainer.clikit import UsageError
+from stagewatch.errors import UsageError
 from trainer.data.augment import crop_window, flip_rotate
 from trainer.data.dat import DatError, read_dat
 from trainer.data.png import PngError, read_png

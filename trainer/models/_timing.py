@@ -1,4 +1,4 @@
-"""Thin bridge between the model and the timing core (``trainer.timing``).
+"""Thin bridge between the model and the timing core (``stagewatch.timing``).
 
 Forward regions use the core's nesting-aware ``timed(name)`` with relative names, so the
 trainer's ``timed("forward")`` makes them ``forward/vrt/stage1`` and so on. Backward regions
@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 try:  # the timing core may be absent in a stripped-down install; the model still runs
-    from trainer.timing import get_global_timing_logger as _get_logger
-    from trainer.timing import timed as _timed
-except ImportError:  # pragma: no cover - exercised only without trainer.timing
+    from stagewatch.timing import get_global_timing_logger as _get_logger
+    from stagewatch.timing import timed as _timed
+except ImportError:  # pragma: no cover - exercised only without stagewatch.timing
     _get_logger = None
     _timed = None
 

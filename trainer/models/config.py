@@ -1,7 +1,7 @@
 """Typed model configuration: the YAML ``MODEL:`` section, validated with key paths.
 
 Defaults are the full video-deblurring size of VRT (MODEL.md) with a 96-wide spike branch.
-Every bad value raises :class:`trainer.errors.ConfigError` naming the key path, e.g.
+Every bad value raises :class:`stagewatch.errors.ConfigError` naming the key path, e.g.
 ``MODEL.VRT.DEPTHS``, and misspelt keys get a "did you mean" suggestion.
 """
 
@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.errors import ConfigError
+from stagewatch.errors import ConfigError
 from trainer.typed_config import from_dict, setting
 
 __all__ = ["ModelConfig", "SpikeConfig", "VRTConfig"]

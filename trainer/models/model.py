@@ -10,6 +10,7 @@ from trainer.models import _timing
 from trainer.models.config import ModelConfig
 from trainer.models.instrument import Instrumentation
 from trainer.models.pretrained import PretrainedReport
+from trainer.models.regions import region_names
 from trainer.models.spike import NUM_SCALES, SpikeEncoder3D, SpikeTSA, TemporalFusion
 from trainer.models.vrt import VRT, DeformAlign
 
@@ -101,8 +102,6 @@ class VRTWithSpike(nn.Module):
 
     def region_tree(self, checkpointing: bool | None = None) -> list[str]:
         """The region names one training step of this model produces (see region_names)."""
-        from trainer.models import region_names
-
         return region_names(
             self.cfg,
             checkpointing=checkpointing,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trainer.errors import ConfigError
+from stagewatch.errors import ConfigError
 from trainer.models.config import ModelConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainer.errors import ConfigError
+from stagewatch.errors import ConfigError
 from trainer.models.config import NUM_ALIGN_STAGES
 from trainer.models.ops import sine_position_encoding
 from trainer.models.spynet import _MEAN, _STD

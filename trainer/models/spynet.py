@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.errors import ConfigError
+from stagewatch.errors import ConfigError
 from trainer.models.ops import flow_warp
 
 LEVELS = 6

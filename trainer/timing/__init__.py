@@ -1,30 +1,28 @@
-"""The stagewatch timing core: named regions per training step, without stalling the GPU.
+"""Deprecated: the timing core moved to :mod:`stagewatch`; import it from there.
 
-Imports neither torch nor Textual (torch only when a logger is created for a CUDA device)::
-
-    from trainer.timing import TimingLogger, set_global_timing_logger, log_timing, timed
-
-    log = TimingLogger("runs/logs", device="cuda")
-    set_global_timing_logger(log)
-    for batch in loader:
-        with timed("forward"):
-            ...
-        log.step(samples=len(batch), scalars={"loss": loss_value})
-    log.close()
-
-See docs/timing.md.
+``from trainer.timing import TimingLogger, timed, ...`` keeps working for this release
+(with a DeprecationWarning) and will be removed in the next one.
 """
 
-from trainer.timing.jsonl import TimingWarning
-from trainer.timing.logger import (
+import warnings
+
+from stagewatch.timing import (
     ENV_SWITCH,
     NOOP,
     TimingLogger,
+    TimingWarning,
     env_disabled,
     get_global_timing_logger,
     log_timing,
     set_global_timing_logger,
     timed,
+)
+
+warnings.warn(
+    "trainer.timing moved to stagewatch: use `from stagewatch import TimingLogger, timed, ...`;"
+    " trainer.timing will be removed in the next release",
+    DeprecationWarning,
+    stacklevel=2,
 )
 
 __all__ = [

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from trainer.clikit import UsageError
+from stagewatch.errors import UsageError
 from tui.aggregate import DEFAULT_WINDOW
 
 

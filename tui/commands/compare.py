@@ -11,7 +11,7 @@ import json
 import math
 import sys
 
-from trainer.clikit import UsageError
+from stagewatch.errors import UsageError
 from tui.commands._common import add_index, add_window, apply_index, quiet_pipe
 
 

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.clikit import UsageError
+from stagewatch import runs
+from stagewatch.errors import UsageError
 from tui.commands._common import quiet_pipe
 
 
@@ -48,12 +49,10 @@ def _same(a: Path, b: Path) -> bool:
 def run_files(inputs: list[Path]) -> list[Path]:
     """The inputs and every other record or text-log file of their run folders (all are the
     run's data, whichever of them this export reads)."""
-    from trainer.timing.records import RANK_FILE_RE, TEXT_LOG_RE
-
     out = list(inputs)
     for d in {p.parent for p in inputs}:
         try:
-            out += [d / n for n in os.listdir(d) if RANK_FILE_RE.match(n) or TEXT_LOG_RE.match(n)]
+            out += runs.run_files(d)
         except OSError:
             pass
     return out

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.clikit import UsageError
+    from stagewatch.errors import UsageError
 
     red, yellow = thresholds(args)
     apply_index(args)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from trainer.clikit import UsageError
+from stagewatch.errors import UsageError
 from tui.commands._common import (
     add_index,
     add_span,

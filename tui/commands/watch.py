@@ -7,8 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.clikit import UsageError
-from trainer.timing.records import DEFAULT_LOG_ROOT
+from stagewatch.errors import UsageError
+from stagewatch.records import DEFAULT_LOG_ROOT
 from tui.commands._common import add_index, add_thresholds, add_window, apply_index, thresholds
 
 
@@ -57,8 +57,8 @@ def resolve_root(root: str) -> str:
     in it) or not there yet; the one log folder below it when ``root`` holds log folders
     rather than runs (``runs/`` holding ``logs/``). UsageError for a file, or for a folder
     holding several log folders (naming them)."""
+    from stagewatch.runs import is_run_dir
     from tui.fmt import clean
-    from tui.reader import is_run_dir
 
     p = Path(root)
     if p.is_file() or (p.exists() and not p.is_dir()):

@@ -10,14 +10,14 @@ import argparse
 import importlib
 import sys
 
+from stagewatch.errors import UsageError
 
-class UsageError(Exception):
-    """Bad input from the user: reported as one line on stderr, exit status 2."""
+__all__ = ["UsageError", "printable", "run_cli"]
 
 
 def printable(s: object) -> str:
     """``s`` with every non-printable character (ESC, BEL, CR, ...) written as an escape, so
-    an error naming a hostile file or path cannot drive the terminal (same as ``tui.fmt.clean``)."""
+    an error naming a hostile file or path cannot drive the terminal (the monitor's ``clean`` does the same)."""
     s = str(s)
     if s.isprintable():
         return s
@@ -30,9 +30,11 @@ def run_cli(
     commands: dict[str, tuple[str, str]],
     argv: list[str] | None,
     version: str | None = None,
+    install_hint: str = "",
 ) -> int:
     """Parse ``argv``, import the chosen sub-command's module and run it. ``version``: the
-    text ``--version`` prints."""
+    text ``--version`` prints; ``install_hint``: how to get what a command needs when it
+    imports a package that is not installed (e.g. an extra)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog=prog, description=description)
     if version is not None:
@@ -48,7 +50,9 @@ def run_cli(
             if e.name and e.name == commands[name][0]:
                 print(f"{prog}: command {name!r} is not available in this build", file=sys.stderr)
                 return 2
-            raise
+            if not _missing(prog, name, e, install_hint):
+                raise
+            return 2
         module.add_arguments(subs[name])
     args = parser.parse_args(argv)
     if module is None:
@@ -59,5 +63,19 @@ def run_cli(
     except UsageError as e:
         print(f"{prog} {name}: error: {printable(e)}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # a command importing what it needs when it runs
+        if not _missing(prog, name, e, install_hint):
+            raise
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _missing(prog: str, command: str, e: ModuleNotFoundError, hint: str) -> bool:
+    """Say which package a command needs and how to install it (True when said): for a
+    package that is not ours, when the CLI has a hint."""
+    top = (e.name or "").partition(".")[0]
+    if not hint or not top or top in ("stagewatch", "trainer", "tui"):
+        return False
+    print(f"{prog} {command}: needs {top}, which is not installed; {hint}", file=sys.stderr)
+    return True

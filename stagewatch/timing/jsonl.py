@@ -16,7 +16,7 @@ import re
 import sys
 import warnings
 
-from trainer.timing.records import RecordError, Step, decode, make_run_id
+from stagewatch.records import make_run_id
 
 RUN_ID_ENV = "STAGEWATCH_RUN_ID"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -220,25 +220,3 @@ def resolve_run_id(run_id: str | None, run_name: str, world_size: int) -> str:
                 "logger after init_process_group, or set the variable for all ranks"
             )
     return rid
-
-
-def last_step_in(path: str, window: int = 1 << 20) -> int | None:
-    """The step number of the last valid ``step`` record in the last ``window`` bytes of
-    ``path`` (None: no file, or none found). Never raises."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - window))
-            lines = f.read(window).split(b"\n")
-    except OSError:
-        return None
-    for line in reversed(lines):
-        if b'"step"' not in line:
-            continue
-        try:
-            rec = decode(line)
-        except RecordError:
-            continue
-        if type(rec) is Step:
-            return rec.step
-    return None

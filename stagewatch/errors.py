@@ -1,8 +1,10 @@
-"""Errors shown to users as one line (exit status 2), shared by trainer and monitor."""
+"""Errors shown to users as one line (exit status 2), shared by the trainer and the monitor."""
 
 from __future__ import annotations
 
-from trainer.clikit import UsageError
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line on stderr, exit status 2."""
 
 
 class ConfigError(UsageError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from trainer.timing.records import unaccounted_ms
+from stagewatch.records import unaccounted_ms
 
 RULE = "=" * 80
 LABEL_WIDTH = 40

@@ -22,9 +22,10 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from trainer.timing import records as R
-from trainer.timing.console import TOP_N, Console, samples_rate_label
-from trainer.timing.cuda import (
+from stagewatch import records as R
+from stagewatch.runs import last_step_in
+from stagewatch.timing.console import TOP_N, Console, samples_rate_label
+from stagewatch.timing.cuda import (
     EventFactory,
     EventPool,
     MemoryReader,
@@ -34,9 +35,9 @@ from trainer.timing.cuda import (
     cuda_memory_reader,
     torch_event_factory,
 )
-from trainer.timing.jsonl import LineFile, last_step_in, rank_and_world, resolve_run_id, warn
-from trainer.timing.stats import RegionStats, RunningStats
-from trainer.timing.text_log import format_step, format_summary
+from stagewatch.timing.jsonl import LineFile, rank_and_world, resolve_run_id, warn
+from stagewatch.timing.stats import RegionStats, RunningStats
+from stagewatch.timing.text_log import format_step, format_summary
 
 ENV_SWITCH = "STAGEWATCH_TIMING"
 FLUSH_SECONDS = 2.0  # also flush when this long has passed, so a live monitor stays current
@@ -547,9 +548,9 @@ class TimingLogger:
         Keys: ``ENABLE_TIMING_LOG``, ``TIMING_CONSOLE``, ``TIMING_FILE``, ``TIMING_JSONL``
         (booleans), ``TIMING_CONSOLE_INTERVAL`` (default 10), ``TIMING_FILE_INTERVAL``
         (default 50). Other keys of the section are ignored. A bad value raises
-        :class:`trainer.errors.ConfigError` naming ``LOG.<KEY>``.
+        :class:`stagewatch.errors.ConfigError` naming ``LOG.<KEY>``.
         """
-        from trainer.errors import ConfigError
+        from stagewatch.errors import ConfigError
 
         section = log_section or {}
         if not isinstance(section, Mapping):

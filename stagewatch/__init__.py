@@ -1,0 +1,46 @@
+"""stagewatch: where every training step's time goes.
+
+The library both the bundled trainer and the monitor stand on: the timing core any
+PyTorch loop can call, the JSONL record format (:mod:`stagewatch.records`), the run-folder
+conventions (:mod:`stagewatch.runs`), the command-line kit and the GPU table. It never
+imports Textual, and imports torch only lazily, for CUDA timing::
+
+    from stagewatch import TimingLogger, set_global_timing_logger, timed
+
+    log = TimingLogger("runs/logs", device="cuda", run_name="mine")
+    set_global_timing_logger(log)
+    for batch in loader:
+        with timed("forward"):
+            loss = model(batch)
+        log.step(samples=len(batch), scalars={"loss": loss.item()})
+    log.close()
+
+See docs/timing.md.
+"""
+
+from stagewatch.timing import (
+    ENV_SWITCH,
+    NOOP,
+    TimingLogger,
+    TimingWarning,
+    env_disabled,
+    get_global_timing_logger,
+    log_timing,
+    set_global_timing_logger,
+    timed,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ENV_SWITCH",
+    "NOOP",
+    "TimingLogger",
+    "TimingWarning",
+    "__version__",
+    "env_disabled",
+    "get_global_timing_logger",
+    "log_timing",
+    "set_global_timing_logger",
+    "timed",
+]

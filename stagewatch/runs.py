@@ -1,0 +1,88 @@
+"""Run folders and the files in them: which files hold a run's records, and where runs are.
+
+The names themselves (``rank<R>.jsonl``, ``timing_rank<R>.log``, run ids) are part of the
+record format (:mod:`stagewatch.records`); this module finds them on disk. Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from stagewatch.records import RANK_FILE_RE, TEXT_LOG_RE, RecordError, Step, decode
+
+_TEXT_RANK_RE = re.compile(r"rank(\d+)")
+
+
+def is_rank_file(name: str) -> bool:
+    """``rank<R>.jsonl``: one rank's records."""
+    return RANK_FILE_RE.match(name) is not None
+
+
+def is_text_log(name: str) -> bool:
+    """``timing_*.log``: a classic text log (ours or the original logger's)."""
+    return TEXT_LOG_RE.match(name) is not None
+
+
+def is_run_file(name: str) -> bool:
+    """A file a run's figures are read from: a rank file or a text log."""
+    return RANK_FILE_RE.match(name) is not None or TEXT_LOG_RE.match(name) is not None
+
+
+def text_log_rank(name: str) -> int:
+    """The rank a text log's name gives (``timing_rank2.log``: 2), else 0."""
+    m = _TEXT_RANK_RE.search(name)
+    return int(m.group(1)) if m else 0
+
+
+def rank_files(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """``(rank, path)`` of the rank files in ``folder``, by rank. Raises OSError."""
+    p = Path(folder)
+    return sorted((int(m.group(1)), p / n) for n in os.listdir(p) if (m := RANK_FILE_RE.match(n)))
+
+
+def text_logs(folder: str | os.PathLike[str]) -> dict[int, Path]:
+    """The text log of each rank in ``folder`` (the first by name). Raises OSError."""
+    p = Path(folder)
+    out: dict[int, Path] = {}
+    for n in sorted(os.listdir(p)):
+        if TEXT_LOG_RE.match(n):
+            out.setdefault(text_log_rank(n), p / n)
+    return out
+
+
+def run_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every rank file and text log in ``folder``, by name. Raises OSError."""
+    p = Path(folder)
+    return [p / n for n in sorted(os.listdir(p)) if is_run_file(n)]
+
+
+def is_run_dir(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a folder holding a rank file or a text log."""
+    try:
+        return any(is_run_file(n) for n in os.listdir(path))
+    except OSError:
+        return False
+
+
+def last_step_in(path: str | os.PathLike[str], window: int = 1 << 20) -> int | None:
+    """The step number of the last valid ``step`` record in the last ``window`` bytes of
+    ``path`` (None: no file, or none found). Never raises."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - window))
+            lines = f.read(window).split(b"\n")
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if b'"step"' not in line:
+            continue
+        try:
+            rec = decode(line)
+        except RecordError:
+            continue
+        if type(rec) is Step:
+            return rec.step
+    return None
