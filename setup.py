@@ -1,4 +1,4 @@
-"""Build hook for the one optional C extension (the reader's fast path, tui/_regions.c).
+"""Build hook for the one optional C extension (the reader's fast path, tui/source/_regions.c).
 
 Everything else is in pyproject.toml. ``optional=True``: without a C compiler the install
 still succeeds and the reader uses its pure-Python path (same results, more CPU).
@@ -6,4 +6,4 @@ still succeeds and the reader uses its pure-Python path (same results, more CPU)
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("tui._regions", ["tui/_regions.c"], optional=True)])
+setup(ext_modules=[Extension("tui.source._regions", ["tui/source/_regions.c"], optional=True)])

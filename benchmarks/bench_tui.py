@@ -95,9 +95,9 @@ print(json.dumps({"s": dt, "cpu": cpu, "lines": n, "rss_kb": resource.getrusage(
 _CHILD_READ = """
 import json, resource, sys, time
 t_proc = time.perf_counter()
-from tui import index
-from tui.parse import scan_regions
-from tui.reader import RunSource
+from tui.source import index
+from tui.source.decode import scan_regions
+from tui.source.reader import RunSource
 mode = sys.argv[3]
 index.set_enabled(mode in ("reopen", "save"))
 c0 = time.process_time()
@@ -120,11 +120,11 @@ print(json.dumps({"s": dt, "cpu": cpu + ch.ru_utime + ch.ru_stime, "regions": le
 _CHILD_FIRST_SCREEN = """
 import json, sys, time
 t_launch = float(sys.argv[2])
-from tui import index
+from tui.source import index
 index.set_enabled(sys.argv[3] == "index")
-from tui.app import MonitorApp
-from tui.reader import check_run
-from tui.replay import ReplaySource
+from tui.view.app import MonitorApp
+from tui.source.reader import check_run
+from tui.source.replay import ReplaySource
 
 class Probe(MonitorApp):
     done = False
@@ -170,7 +170,7 @@ def bench_read(steps: int, ranks: int, regions: int, repeats: int = 3) -> dict:
     for _ in range(repeats):
         loads.append(_child(_CHILD_LOADS, *files))
         serial.append(_child(_CHILD_READ, str(run), str(steps), "serial"))
-        # the reader without its C fast path (as where tui._regions could not be built)
+        # the reader without its C fast path (as where tui.source._regions could not be built)
         pure.append(
             _child(_CHILD_READ, str(run), str(steps), "serial", env={"STAGEWATCH_PURE_PYTHON": "1"})
         )
@@ -250,8 +250,8 @@ def bench_latency(
     """``tui watch`` of a run a writer process appends to: CPU of this (the monitor) process
     while it writes, and latency from a step written to it rendered (CLOCK_MONOTONIC is one
     clock for both processes)."""
-    from tui.app import MonitorApp
-    from tui.live import LiveSource
+    from tui.source.live import LiveSource
+    from tui.view.app import MonitorApp
 
     root = Path(tempfile.mkdtemp(prefix="sw-lat-"))
     run = root / "20261126-120000-latency-0001"
@@ -389,8 +389,8 @@ def bench_writer(far: int = 3000, window: int = 2000) -> dict:
 
 _CHILD_IDLE = """
 import sys
-from tui.app import MonitorApp
-from tui.live import LiveSource
+from tui.view.app import MonitorApp
+from tui.source.live import LiveSource
 MonitorApp(LiveSource(sys.argv[1])).run(headless=True, size=(160, 48))
 """
 
@@ -453,7 +453,7 @@ The run: {rep["steps"]:,} steps x {rep["ranks"]} ranks x {rep["regions"]} region
 |---|---|---|
 | bare `json.loads` of every line, one process | {rep["loads_s"]:.2f} s wall, {rep["loads_cpu"]:.2f} s CPU | |
 | whole-run read (`RunSource.load`, no index{"" if rep.get("fast_path", True) else "; **C fast path not built**"}), one process: CPU ÷ `json.loads` CPU | **{rep["cpu_ratio"]:.2f}** ({rep["serial_cpu"]:.2f} s CPU, {rep["serial_s"]:.2f} s wall, peak RSS {rep["rss_mb"]:.0f} MB) | ≤ 0.5: {mark(rep["cpu_ratio"] <= 0.5)} |
-| the same without the C fast path (`STAGEWATCH_PURE_PYTHON=1`: as where `tui._regions` could not be built) | {rep["pure_ratio"]:.2f} ({rep["pure_cpu"]:.2f} s CPU) | |
+| the same without the C fast path (`STAGEWATCH_PURE_PYTHON=1`: as where `tui.source._regions` could not be built) | {rep["pure_ratio"]:.2f} ({rep["pure_cpu"]:.2f} s CPU) | |
 | the same, ranks in parallel processes (as `tui summary` reads a big run) | {rep["parallel_s"]:.2f} s wall ({rep["parallel_ratio"]:.2f}× `json.loads` wall), {rep["parallel_cpu"]:.2f} s CPU in all | |
 | reopen through the run index ({rep["index_kb"]:.0f} KiB): CPU ÷ `json.loads` CPU | **{rep["reopen_ratio"]:.4f}** ({rep["reopen_cpu"] * 1000:.0f} ms CPU, {rep["reopen_s"] * 1000:.0f} ms wall; the whole process with its imports {rep["reopen_process_s"]:.2f} s) | ≤ 0.02: {mark(rep["reopen_ratio"] <= 0.02)} |
 | `tui replay` launch → first screen rendered, index present | **{rep["first_screen_s"]:.2f} s** | ≤ 1 s: {mark(rep["first_screen_s"] <= 1.0)} |
@@ -466,8 +466,8 @@ The run: {rep["steps"]:,} steps x {rep["ranks"]} ranks x {rep["regions"]} region
 | the timing core's `step()` ({wr["regions"]} regions, JSONL written) | {writer} | |
 
 How: every line is decoded by `msgspec` into a typed struct (the types and ranges of
-`tui.parse.LIMITS`, on the shared limits in `stagewatch.records`) with its `regions` object
-kept raw; a small C extension (`tui/_regions.c`) checks that raw object against the rank's
+`tui.source.decode.LIMITS`, on the shared limits in `stagewatch.records`) with its `regions` object
+kept raw; a small C extension (`tui/source/_regions.c`) checks that raw object against the rank's
 last region schema (names byte-equal, strict JSON numbers converted exactly, the typed
 decoder's ranges) and writes its `[ms, calls]` pairs straight into the slice's arrays, so no
 Python object is made per value. A line it refuses (a new schema, an escaped name, a number it

@@ -45,9 +45,9 @@ from _report import machine  # noqa: E402
 from stagewatch import records as R  # noqa: E402
 from stagewatch.timing import TimingLogger, TimingWarning, set_global_timing_logger, timed  # noqa: E402
 from stagewatch.timing.jsonl import LineFile  # noqa: E402
-from tui.reader import RootReader, RunSource  # noqa: E402
-from tui.snapshot import FINISHED  # noqa: E402
-from tui.summary import open_run, summary_dict, summary_text  # noqa: E402
+from tui.model.snapshot import FINISHED  # noqa: E402
+from tui.report.summary import open_run, summary_dict, summary_text  # noqa: E402
+from tui.source.reader import RootReader, RunSource  # noqa: E402
 from tui.testing import start_line  # noqa: E402
 
 

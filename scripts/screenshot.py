@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tui.app import MonitorApp  # noqa: E402
-from tui.live import LiveSource  # noqa: E402
+from tui.source.live import LiveSource  # noqa: E402
 from tui.testing import write_run  # noqa: E402
+from tui.view.app import MonitorApp  # noqa: E402
 
 
 def generated_root(tmp: Path) -> Path:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable
 
-from tui.compare import compare_paths, comparison_dict, comparison_text, label
+from tui.report.compare import compare_paths, comparison_dict, comparison_text, label
 from tui.testing import write_run
-from tui.widgets.compare import CompareApp
+from tui.view.widgets.compare import CompareApp
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from stagewatch.records import RunEnd, RunStart, Step, encode, rank_file_name
-from tui.diagnosis import (
+from tui.diagnosis.rules import (
     DEFAULT_THRESHOLDS,
     GiB,
     MemTrend,
@@ -25,7 +25,7 @@ from tui.diagnosis import (
     read_run_config,
     scan_memory_trend,
 )
-from tui.summary import open_run
+from tui.report.summary import open_run
 
 MiB = 1024**2
 
@@ -511,7 +511,7 @@ def test_monitor_carries_trend_and_config(tmp_path: Path) -> None:
 
 
 def test_summary_text_and_json_show_advice(tmp_path: Path) -> None:
-    from tui.summary import summary_dict, summary_text
+    from tui.report.summary import summary_dict, summary_text
 
     run = write_run(tmp_path, ranks=3, slow={2: 1.25})
     snap = open_run(run)
@@ -534,9 +534,9 @@ def test_summary_text_and_json_show_advice(tmp_path: Path) -> None:
 def test_screen_shows_advice(tmp_path: Path) -> None:
     import asyncio
 
-    from tui.app import MonitorApp
-    from tui.live import LiveSource
-    from tui.widgets.panels import AdviceBox
+    from tui.source.live import LiveSource
+    from tui.view.app import MonitorApp
+    from tui.view.widgets.panels import AdviceBox
 
     write_run(tmp_path, ranks=3, slow={2: 1.25})
     app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05, min_gap=0.0))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from stagewatch.records import RunEnd, RunError, RunStart, Step, encode
-from tui.export import layout_regions, write_chrome, write_csv
+from tui.report.export import layout_regions, write_chrome, write_csv
 from tui.testing import write_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,7 +193,7 @@ def test_cli(tmp_path: Path) -> None:
 
 
 def test_step_range(tmp_path: Path) -> None:
-    from tui.export import parse_steps
+    from tui.report.export import parse_steps
 
     assert (
         parse_steps("3:5") == (3, 5)

@@ -1,4 +1,4 @@
-"""Sorting the stage tree by share of time with hysteresis, or by name (tui.order)."""
+"""Sorting the stage tree by share of time with hysteresis, or by name (tui.model.order)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tui.order import hysteresis_order, tree_sort
+from tui.model.order import hysteresis_order, tree_sort
 
 
 def sorted_within(order: list[str], share: dict[str, float], margin: float) -> bool:

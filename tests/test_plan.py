@@ -358,7 +358,7 @@ def test_full_size_flops_survive_the_record_format(tmp_path) -> None:
     """A full-size count (~1.8e14 per step) is past the format's integer limit: the
     run_start the trainer writes must still be read back, FLOPs included."""
     from stagewatch.records import RunStart, encode
-    from tui.summary import open_run
+    from tui.report.summary import open_run
 
     run = tmp_path / "20261201-000000-big-0001"
     run.mkdir()

@@ -15,8 +15,8 @@ import pytest
 from stagewatch.timing import TimingLogger, set_global_timing_logger
 from stagewatch.timing import logger as L
 from stagewatch.timing.logger import log_timing
-from tui.diagnosis import Thresholds, advice_for_run, judge_stragglers
-from tui.summary import open_run, summary_dict, summary_text
+from tui.diagnosis.rules import Thresholds, advice_for_run, judge_stragglers
+from tui.report.summary import open_run, summary_dict, summary_text
 
 STEP = {
     "data": 2.0,

@@ -21,7 +21,7 @@ import pytest
 from stagewatch import records as R
 from stagewatch.timing import TimingLogger, set_global_timing_logger, timed
 from stagewatch.timing.jsonl import TimingWarning
-from tui.parse import parse_line
+from tui.source.decode import parse_line
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from stagewatch.records import RunStart, Step
-from tui.aggregate import RankAgg, RunAgg, hist_index, hist_quantile
-from tui.parse import row_from_step
-from tui.reader import RunSource
-from tui.snapshot import UNACCOUNTED
+from tui.model.aggregate import RankAgg, RunAgg, hist_index, hist_quantile
+from tui.model.snapshot import UNACCOUNTED
+from tui.source.decode import row_from_step
+from tui.source.reader import RunSource
+from tui.source.textlog import TextLogParser, parse_text
 from tui.testing import text_log_block
-from tui.textlog import TextLogParser, parse_text
 
 
 def _row(step: int, wall: float, regions: dict[str, tuple[float, int]], samples: int = 2):
@@ -197,7 +197,7 @@ def test_text_log_of_stagewatch_writer_round_trips() -> None:
 
 
 def test_region_names_are_bounded(monkeypatch) -> None:
-    import tui.aggregate as ag
+    import tui.model.aggregate as ag
 
     monkeypatch.setattr(ag, "MAX_REGIONS", 5)
     agg = RankAgg(0, window=4)

@@ -14,12 +14,12 @@ from rich.console import Console
 from textual.command import CommandPalette
 
 from stagewatch.records import RunEnd, RunError, Step, encode
-from tui.app import MonitorApp
-from tui.live import LiveSource
-from tui.replay import ReplaySource
+from tui.source.live import LiveSource
+from tui.source.replay import ReplaySource
 from tui.testing import start_line, step_records, write_run
-from tui.widgets.help import HelpScreen
-from tui.widgets.tree import StageTree
+from tui.view.app import MonitorApp
+from tui.view.widgets.help import HelpScreen
+from tui.view.widgets.tree import StageTree
 
 
 def sync(fn):  # type: ignore[no-untyped-def]
@@ -377,7 +377,7 @@ async def test_a_new_run_beside_a_live_one_is_announced_and_n_switches(tmp_path:
 
 
 def test_order_with_hysteresis_keeps_close_rows_and_follows_real_changes() -> None:
-    from tui.order import hysteresis_order
+    from tui.model.order import hysteresis_order
 
     def order_with_hysteresis(prev: list[str], share: dict[str, float]) -> list[str]:
         return hysteresis_order(list(share), share.__getitem__, prev)  # as the tree calls it
@@ -477,7 +477,7 @@ async def test_ctrl_c_quits_even_from_the_filter_and_f1_opens_help(tmp_path: Pat
 
 
 def test_key_names_read_as_typed() -> None:
-    from tui.keys import KEYS, key_name
+    from tui.view.keys import KEYS, key_name
 
     assert [
         key_name(k) for k in ("ctrl+c", "f1", "space", "question_mark", "N", "shift+up", "escape")
@@ -641,7 +641,7 @@ async def test_no_control_character_reaches_the_screen(tmp_path: Path) -> None:
 
 @sync
 async def test_tree_of_deep_and_wide_names_is_bounded(tmp_path: Path) -> None:
-    from tui.widgets.tree import MAX_DEPTH, MAX_ROWS
+    from tui.view.widgets.tree import MAX_DEPTH, MAX_ROWS
 
     run = tmp_path / "r"
     run.mkdir()
@@ -685,7 +685,7 @@ async def test_filter_as_you_type_and_no_match_line(tmp_path: Path) -> None:
 
 @sync
 async def test_advice_box_says_how_many_items_are_hidden(tmp_path: Path) -> None:
-    from tui.widgets.panels import AdviceBox
+    from tui.view.widgets.panels import AdviceBox
 
     write_run(tmp_path, steps=3)
     app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05))
@@ -725,8 +725,8 @@ async def test_a_reader_failure_is_shown_and_makes_watch_exit_1(tmp_path: Path) 
 def test_run_list_shows_start_time_and_name() -> None:
     import os
 
-    from tui.snapshot import RunItem
-    from tui.widgets.panels import RunList
+    from tui.model.snapshot import RunItem
+    from tui.view.widgets.panels import RunList
 
     old = os.environ.get("TZ")
     os.environ["TZ"] = "UTC"
@@ -767,7 +767,7 @@ async def test_a_deleted_log_root_takes_its_runs_off_the_screen(tmp_path: Path) 
 
 
 def test_a_region_that_did_not_run_in_the_last_step_shows_a_dash(tmp_path: Path) -> None:
-    from tui.widgets.tree import Columns, region_label
+    from tui.view.widgets.tree import Columns, region_label
 
     run = tmp_path / "r"
     run.mkdir()
@@ -787,7 +787,7 @@ def test_a_region_that_did_not_run_in_the_last_step_shows_a_dash(tmp_path: Path)
     fwd = region_label(snap.region("fwd"), 0, False, 0.4, 0.1, cols).plain.split()
     assert ev[3] == "—" and ev[4] == "40.0ms"  # last, avg
     assert fwd[3] == "50.0ms"
-    from tui.widgets.panels import rank_text
+    from tui.view.widgets.panels import rank_text
 
     _, table = rank_text(snap, "eval", False, 0.4, 0.1)
     assert table.plain.splitlines()[1].split()[:3] == ["0", "—", "40.0ms"]  # rank, last, avg
@@ -795,7 +795,7 @@ def test_a_region_that_did_not_run_in_the_last_step_shows_a_dash(tmp_path: Path)
 
 def test_removed_or_unreadable_rank_files_are_marked(tmp_path: Path) -> None:
 
-    from tui.widgets.panels import file_problems, rank_text
+    from tui.view.widgets.panels import file_problems, rank_text
 
     run = write_run(tmp_path, steps=3, ranks=2)
     snap = LiveSource(run, poll=True).step().selected
@@ -819,7 +819,7 @@ def test_removed_or_unreadable_rank_files_are_marked(tmp_path: Path) -> None:
 def test_header_and_ranks_show_the_straggler_verdict(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from tui.widgets.panels import header_text, rank_text
+    from tui.view.widgets.panels import header_text, rank_text
 
     snap = LiveSource(write_run(tmp_path, steps=3, ranks=2, status=None), poll=True).step().selected
     # the diagnosis' verdict (brief / who_waits), as the snapshot will carry it
@@ -870,7 +870,7 @@ async def test_an_unchanged_snapshot_repaints_nothing(tmp_path: Path) -> None:
 def test_header_survives_out_of_range_values(tmp_path: Path) -> None:
     import math
 
-    from tui.widgets.panels import header_text
+    from tui.view.widgets.panels import header_text
 
     snap = LiveSource(write_run(tmp_path, steps=3, status=None), poll=True).step().selected
     for field, value in [
@@ -897,7 +897,7 @@ def test_header_survives_out_of_range_values(tmp_path: Path) -> None:
 async def test_the_readers_cut_rows_show_as_a_dim_row(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from tui.snapshot import EMPTY
+    from tui.model.snapshot import EMPTY
 
     write_run(tmp_path, steps=3)
     app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05, stale_after=1e9))

@@ -1,4 +1,4 @@
-"""The reader's C fast path for step regions (tui/_regions.c, issue 13).
+"""The reader's C fast path for step regions (tui/source/_regions.c, issue 13).
 
 It may refuse anything (the typed decoder then decides), but what it accepts must be what
 msgspec's typed decoder accepts, with bit-identical values; a run read with it and without
@@ -20,31 +20,31 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tui.reader
+import tui.source.reader
 from stagewatch.records import Region, Step, encode
-from tui import parse
-from tui.reader import RunSource
+from tui.source import decode
+from tui.source.reader import RunSource
 from tui.testing import write_run
 
 pytestmark = pytest.mark.skipif(
-    parse.scan_regions is None and not os.environ.get("CI"),
-    reason="tui._regions not built (no C compiler at install): the reader runs its pure-Python path",
+    decode.scan_regions is None and not os.environ.get("CI"),
+    reason="tui.source._regions not built (no C compiler at install): the reader runs its pure-Python path",
 )
 
 _typed = msgspec.json.Decoder(dict[str, Region]).decode
-MAX_MS, MAX_CALLS = float(parse.LIMITS.MAX_MS), int(parse.LIMITS.MAX_CALLS)
+MAX_MS, MAX_CALLS = float(decode.LIMITS.MAX_MS), int(decode.LIMITS.MAX_CALLS)
 
 
 def test_the_extension_is_built() -> None:
-    assert parse.scan_regions is not None, (
-        "tui._regions was not built: `pip install -e .` needs a C compiler"
+    assert decode.scan_regions is not None, (
+        "tui.source._regions was not built: `pip install -e .` needs a C compiler"
     )
 
 
 def _scan(raw: bytes, keys: tuple[bytes, ...]) -> tuple[bool, np.ndarray, np.ndarray]:
     ms = np.full((2, len(keys)), -7.0)
     calls = np.full((2, len(keys)), -7.0)
-    ok = parse.scan_regions(raw, keys, ms, calls, 1, MAX_MS, MAX_CALLS)
+    ok = decode.scan_regions(raw, keys, ms, calls, 1, MAX_MS, MAX_CALLS)
     return ok, ms[1], calls[1]
 
 
@@ -139,9 +139,9 @@ def test_scan_accepts_a_subset_of_the_typed_decoder_with_identical_values(items,
 def test_scan_takes_what_the_writer_writes(vals) -> None:  # type: ignore[no-untyped-def]
     regs = {f"r{i:02d}/x": (ms, c) for i, (ms, c) in enumerate(vals)}
     line = encode(Step(step=1, time=1.0, wall_ms=1.0, regions=regs)).encode()
-    raw = parse.decode_raw(line).regions
+    raw = decode.decode_raw(line).regions
     keys = tuple(k.encode() for k in regs)
-    assert parse.region_keys(raw) == keys
+    assert decode.region_keys(raw) == keys
     assert _check_agrees(bytes(raw), keys)
 
 
@@ -203,7 +203,7 @@ def _mutate(line: str, rng: random.Random) -> str:
 def _read(run: Path, monkeypatch: pytest.MonkeyPatch, fast: bool):  # type: ignore[no-untyped-def]
     with monkeypatch.context() as m:
         if not fast:
-            m.setattr(tui.reader, "scan_regions", None)
+            m.setattr(tui.source.reader, "scan_regions", None)
         src = RunSource(run, window=16, use_index=False).load(parallel=False)
         feeds = sorted(
             (f.tail.path, f.lines, f.malformed, f.skipped, f.duplicates, f.last_error)
@@ -263,7 +263,7 @@ def test_pure_python_is_selected_by_the_environment() -> None:
     import subprocess
     import sys
 
-    code = "import tui.parse as p; print(p.scan_regions is None)"
+    code = "import tui.source.decode as p; print(p.scan_regions is None)"
     env = {**os.environ, "STAGEWATCH_PURE_PYTHON": "1"}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from stagewatch.errors import UsageError
 from stagewatch.records import RunStart, encode
-from tui.aggregate import CUT
-from tui.parse import LIMITS
-from tui.reader import RootReader, RunSource, check_run
-from tui.summary import summary_dict
+from tui.model.aggregate import CUT
+from tui.report.summary import summary_dict
+from tui.source.decode import LIMITS
+from tui.source.reader import RootReader, RunSource, check_run
 from tui.testing import start_line, step_records, write_run
 
 
@@ -249,7 +249,7 @@ def test_resume_after_kill_keeps_one_record_per_step(tmp_path: Path) -> None:
 
 
 def test_replay_of_a_resumed_run_shows_each_step_once(tmp_path: Path) -> None:
-    from tui.replay import ReplaySource
+    from tui.source.replay import ReplaySource
 
     run = write_run(tmp_path, steps=30, n_regions=3, status=None)
     with open(run / "rank0.jsonl", "a") as f:
@@ -286,7 +286,7 @@ def test_deep_and_wide_region_names_are_bounded(tmp_path: Path) -> None:
 def test_reader_failure_is_carried_and_other_runs_stay_live(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tui.reader as reader
+    import tui.source.reader as reader
 
     bad = write_run(tmp_path, "20261126-110000-bad-0001", steps=3)
     good = write_run(tmp_path, "20261126-120000-good-0002", steps=4)
@@ -309,7 +309,7 @@ def test_reader_failure_is_carried_and_other_runs_stay_live(
 def test_live_source_reports_a_failing_reader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tui.live import LiveSource
+    from tui.source.live import LiveSource
 
     write_run(tmp_path, steps=2)
     src = LiveSource(tmp_path, poll=True, interval=0.05, use_index=False)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from stagewatch.records import RunEnd, encode
-from tui import index
-from tui.reader import RunSource
+from tui.source import index
+from tui.source.reader import RunSource
 from tui.testing import step_records, write_run
 
 
@@ -174,7 +174,7 @@ def test_replay_learns_the_end_from_the_index_or_reads_it_behind(
 ) -> None:
     import threading
 
-    import tui.replay as replay
+    import tui.source.replay as replay
 
     run = write_run(tmp_path, steps=40, ranks=2, n_regions=4, status=None)
     src = replay.ReplaySource(run, playing=False)

@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 from stagewatch.records import Step, encode
-from tui.aggregate import RunAgg
-from tui.parse import parse_line
-from tui.reader import FOLD_LINES, RunSource
+from tui.model.aggregate import RunAgg
+from tui.source.decode import parse_line
+from tui.source.reader import FOLD_LINES, RunSource
 from tui.testing import start_line, write_run
 
 
@@ -105,9 +105,9 @@ def test_tree_repaints_changed_values_without_rebuilding(tmp_path: Path) -> None
     import asyncio
     import time
 
-    from tui.app import MonitorApp
-    from tui.replay import ReplaySource
-    from tui.widgets.tree import StageTree
+    from tui.source.replay import ReplaySource
+    from tui.view.app import MonitorApp
+    from tui.view.widgets.tree import StageTree
 
     run = tmp_path / "r"
     run.mkdir()
@@ -148,7 +148,7 @@ def test_tree_repaints_changed_values_without_rebuilding(tmp_path: Path) -> None
 def test_replay_posts_after_a_command_whose_wakeup_was_lost(tmp_path: Path) -> None:
     import threading
 
-    from tui.replay import ReplaySource
+    from tui.source.replay import ReplaySource
 
     write_run(tmp_path, "r", steps=5, ranks=1)
     src = ReplaySource(tmp_path / "r", playing=False, tick_s=0.01)

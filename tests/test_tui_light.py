@@ -18,12 +18,12 @@ import pytest
 from _fed_source import Fed
 
 from stagewatch.records import encode
-from tui.app import MonitorApp, SnapshotReady
-from tui.live import LiveSource
-from tui.snapshot import UNACCOUNTED, WorldSnapshot
+from tui.model.snapshot import UNACCOUNTED, WorldSnapshot
+from tui.source.live import LiveSource
 from tui.testing import start_line, step_records, write_run
-from tui.widgets.panels import header_text
-from tui.widgets.tree import StageTree
+from tui.view.app import MonitorApp, SnapshotReady
+from tui.view.widgets.panels import header_text
+from tui.view.widgets.tree import StageTree
 
 RUN = "20261126-150000-live-0001"
 T0 = 2_000_000_000.0
@@ -225,7 +225,7 @@ def test_a_light_snapshot_never_hides_a_full_one_waiting_for_the_screen(tmp_path
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
 def test_inotify_wakes_on_writes_and_new_runs_not_on_reads(tmp_path: Path) -> None:
-    from tui import inotify
+    from tui.source import inotify
 
     run = write_run(tmp_path, "20261126-100000-a-0001", steps=3, status=None)
     wake = threading.Event()
@@ -310,7 +310,7 @@ def test_tree_labels_are_made_when_their_lines_are_drawn(tmp_path: Path) -> None
 def test_without_inotify_watchdog_wakes_the_reader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tui import inotify
+    from tui.source import inotify
 
     monkeypatch.setattr(inotify, "start", lambda root, wake: None)  # another OS, no libc...
     paths = _live_run(tmp_path)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stagewatch.records import RunEnd, RunError, Step, encode
-from tui.reader import RootReader, RunSource, TailFile
+from tui.source.reader import RootReader, RunSource, TailFile
 from tui.testing import start_line, step_records, write_run
 
 
@@ -280,7 +280,7 @@ _region_value = st.one_of(
 )
 def test_decoder_accepts_only_what_the_reference_checks_accept(regions, wall, compact) -> None:  # type: ignore[no-untyped-def]
     from stagewatch.records import RecordError, decode
-    from tui.parse import StepRow, parse_line
+    from tui.source.decode import StepRow, parse_line
 
     d = {
         "v": "1.0",
@@ -314,7 +314,7 @@ def test_decoder_accepts_only_what_the_reference_checks_accept(regions, wall, co
 
 def test_decoder_takes_the_timing_cores_lines() -> None:
     from stagewatch.records import decode
-    from tui.parse import parse_line
+    from tui.source.decode import parse_line
 
     for rec in step_records(20, n_regions=40):
         line = encode(rec).rstrip("\n").encode()

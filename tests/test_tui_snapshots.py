@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from stagewatch.records import encode
-from tui.app import MonitorApp
-from tui.live import LiveSource
-from tui.replay import ReplaySource
+from tui.source.live import LiveSource
+from tui.source.replay import ReplaySource
 from tui.testing import start_line, step_records, write_run
+from tui.view.app import MonitorApp
 
 SIZES = [(80, 24), (120, 40), (200, 60)]
 

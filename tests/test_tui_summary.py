@@ -12,7 +12,7 @@ import pytest
 
 from stagewatch.records import Step, encode
 from tui.cli import main
-from tui.summary import open_run, summary_dict, summary_text
+from tui.report.summary import open_run, summary_dict, summary_text
 from tui.testing import start_line, text_log_block, write_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,8 +170,8 @@ def test_markup_in_region_names_is_literal(tmp_path: Path) -> None:
 def test_tui_never_imports_torch() -> None:
     code = (
         "import sys\n"
-        "import tui, tui.cli, tui.reader, tui.aggregate, tui.parse, tui.textlog, tui.snapshot, tui.live\n"
-        "import tui.replay, tui.summary, tui.app, tui.keys, tui.advice, tui.fmt, tui.testing\n"
+        "import tui, tui.cli, tui.source.reader, tui.model.aggregate, tui.source.decode, tui.source.textlog, tui.model.snapshot, tui.source.live\n"
+        "import tui.source.replay, tui.report.summary, tui.view.app, tui.view.keys, tui.diagnosis.advice, tui.fmt, tui.testing\n"
         "import tui.commands.watch, tui.commands.replay, tui.commands.summary\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )

@@ -12,11 +12,11 @@ from typing import Any
 from _fed_source import Fed
 
 from stagewatch.records import encode
-from tui.app import MonitorApp, SnapshotReady
-from tui.live import LiveSource
-from tui.snapshot import WorldSnapshot
+from tui.model.snapshot import WorldSnapshot
+from tui.source.live import LiveSource
 from tui.testing import start_line, step_records, write_run
-from tui.widgets.tree import StageTree
+from tui.view.app import MonitorApp, SnapshotReady
+from tui.view.widgets.tree import StageTree
 
 RUN = "20261126-150000-live-0001"
 
@@ -115,7 +115,7 @@ def test_a_key_or_another_run_is_shown_whole_at_once(tmp_path: Path) -> None:
 
 
 def test_a_replay_playing_is_throttled_but_pausing_it_is_shown_at_once() -> None:
-    from tui.app import _replay_mode
+    from tui.view.app import _replay_mode
 
     playing = "▶ replay 10 steps/s · step 5 of 100"
     assert _replay_mode(playing) == _replay_mode("▶ replay 10 steps/s · step 6 of 100")

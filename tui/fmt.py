@@ -9,7 +9,7 @@ from rich.text import Text
 
 from stagewatch.cli import printable
 from stagewatch.records import classify
-from tui.snapshot import Stats
+from tui.model.snapshot import Stats
 
 CLASS_STYLE = {"red": "bold red", "yellow": "yellow", "green": "green", "none": "dim"}
 STATE_STYLE = {

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 
 from stagewatch.errors import UsageError
-from tui.aggregate import DEFAULT_WINDOW
+from tui.model.aggregate import DEFAULT_WINDOW
 
 
 def percent(text: str) -> float:
@@ -105,6 +105,6 @@ def add_index(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_index(args: argparse.Namespace) -> None:
-    from tui import index
+    from tui.source import index
 
     index.set_enabled(not getattr(args, "no_index", False))

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.region is not None and args.max_regression_pct is None:
         raise UsageError("--region only applies with --max-regression-pct")
     apply_index(args)
-    from tui.compare import compare_paths, comparison_dict, comparison_text, regression_check
+    from tui.report.compare import compare_paths, comparison_dict, comparison_text, regression_check
 
     c = compare_paths(args.runs, args.stat, args.window)
     gate = None
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             json.dump(d, sys.stdout, indent=2, allow_nan=False)
             sys.stdout.write("\n")
         elif sys.stdout.isatty() and not args.text and not gated:
-            from tui.widgets.compare import CompareApp
+            from tui.view.widgets.compare import CompareApp
 
             CompareApp(c).run()
         else:

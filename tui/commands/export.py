@@ -79,8 +79,8 @@ def check_output(out: Path, inputs: list[Path], force: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tui.export import parse_steps, rank_files, write_chrome, write_csv
     from tui.fmt import clean
+    from tui.report.export import parse_steps, rank_files, write_chrome, write_csv
 
     steps = None
     if args.steps:

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     apply_index(args)
     if args.speed <= 0:
         raise UsageError("--speed must be > 0")
-    from tui.reader import check_run
+    from tui.source.reader import check_run
 
     check_run(args.run)  # one-line error for a missing or empty run, from the first bytes only
     import sys
@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             "the replay screen needs a terminal; without one use `tui summary RUN` (text or --json)"
         )
-    from tui.app import MonitorApp
-    from tui.replay import ReplaySource
+    from tui.source.replay import ReplaySource
+    from tui.view.app import MonitorApp
 
     src = ReplaySource(args.run, speed=args.speed, window=args.window, playing=not args.paused)
     if args.paused:

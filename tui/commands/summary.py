@@ -16,7 +16,7 @@ from tui.commands._common import (
     quiet_pipe,
     thresholds,
 )
-from tui.summary import open_run, summary_dict, summary_text
+from tui.report.summary import open_run, summary_dict, summary_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -100,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             "the live monitor needs a terminal; without one use `tui summary RUN` (text or --json)"
         )
-    from tui.app import MonitorApp
-    from tui.live import LiveSource
+    from tui.source.live import LiveSource
+    from tui.view.app import MonitorApp
 
     src = LiveSource(
         root, poll=args.poll, interval=args.interval, window=args.window, stale_after=args.stale

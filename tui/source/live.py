@@ -1,6 +1,6 @@
 """The live source of ``tui watch``: a reader thread over a :class:`RootReader`.
 
-File events wake the thread at once (inotify on Linux, :mod:`tui.inotify`; watchdog
+File events wake the thread at once (inotify on Linux, :mod:`tui.source.inotify`; watchdog
 elsewhere); a periodic scan is the ground truth (events are missed on network
 filesystems), and ``poll=True`` uses the scan alone. Each tick that
 changes something builds one immutable :class:`WorldSnapshot` and hands it to ``post``, at
@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tui.aggregate import DEFAULT_WINDOW
-from tui.reader import RootReader
-from tui.snapshot import WorldSnapshot
+from tui.model.aggregate import DEFAULT_WINDOW
+from tui.model.snapshot import WorldSnapshot
+from tui.source.reader import RootReader
 
 Post = Callable[[WorldSnapshot], None]
 MAX_POSTS_PER_S = 8.0  # snapshots (so redraws) a second at most, at the source
@@ -70,7 +70,7 @@ class LiveSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._observer: Any = None
-        self._inotify: Any = None  # tui.inotify.Inotify, where available (else watchdog)
+        self._inotify: Any = None  # tui.source.inotify.Inotify, where available (else watchdog)
         self._seq = 0
         self._want_select: str | None = None
         self._lock = threading.Lock()
@@ -116,7 +116,7 @@ class LiveSource:
     def _start_watching(self) -> None:
         watch_dir = self.root if os.path.isdir(self.root) else os.path.dirname(self.root) or "."
         try:
-            from tui import inotify
+            from tui.source import inotify
 
             self._inotify = inotify.start(watch_dir, self._wake)
         except Exception:

@@ -1,14 +1,14 @@
 """Advice about a run (what to change to train faster). Torch-free.
 
-The rules, thresholds and evidence are in :mod:`tui.diagnosis` (see docs/advice.md); the
+The rules, thresholds and evidence are in :mod:`tui.diagnosis.rules` (see docs/advice.md); the
 screen calls :func:`advice_for` on every snapshot and shows what it returns, with
 :func:`advice_span` as the heading so that it says which steps the advice is of.
 """
 
 from __future__ import annotations
 
-from tui.diagnosis import WARN, advice_for_run, span_label
-from tui.snapshot import RunSnapshot
+from tui.diagnosis.rules import WARN, advice_for_run, span_label
+from tui.model.snapshot import RunSnapshot
 
 
 def advice_for(run: RunSnapshot, window: bool = False) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stagewatch.gpus import ENV_PEAK, lookup, peak_override
-from tui.snapshot import RunSnapshot, Stats
+from tui.model.snapshot import RunSnapshot, Stats
 
 #: a region is "low" below this fraction of the step's average TFLOP/s ...
 LOW_RATIO = 0.5

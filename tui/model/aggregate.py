@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from stagewatch.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, RunStart
-from tui.diagnosis import WAIT_REGIONS, MemTrend, judge_stragglers, worst_trend
-from tui.parse import LIMITS, StepBlock, StepRow
-from tui.snapshot import (
+from tui.diagnosis.rules import WAIT_REGIONS, MemTrend, judge_stragglers, worst_trend
+from tui.model.snapshot import (
     EMPTY,
     FAILED,
     FINISHED,
@@ -38,6 +37,7 @@ from tui.snapshot import (
     RunSnapshot,
     Stats,
 )
+from tui.source.decode import LIMITS, StepBlock, StepRow
 
 PER_DECADE = 32
 LO_EXP = -3  # 0.001 ms

@@ -1,5 +1,5 @@
 """Several runs side by side: each region's time and share, with differences and ratios vs the
-first run (the baseline). Torch-free and Textual-free; the screen is ``tui.widgets.compare``.
+first run (the baseline). Torch-free and Textual-free; the screen is ``tui.view.widgets.compare``.
 
 Statistics are whole-run figures from the monitor's aggregation (``avg`` by default, or the
 median ``p50``, which ignores a slow first step), so a comparison reads the same numbers as
@@ -16,9 +16,9 @@ from typing import Any
 
 from rich.text import Text
 
-from tui.aggregate import tree_order
 from tui.fmt import clean, finite, fmt_bytes, fmt_ms, fmt_rate, literal, ok, sig
-from tui.snapshot import UNACCOUNTED, RunSnapshot, Stats
+from tui.model.aggregate import tree_order
+from tui.model.snapshot import UNACCOUNTED, RunSnapshot, Stats
 
 STATS = ("avg", "p50")
 SCHEMA_VERSION = 1
@@ -123,8 +123,8 @@ def compare_paths(
     paths: Sequence[str | os.PathLike[str]], stat: str = "avg", window: int | None = None
 ) -> Comparison:
     """Read each run to the end and compare them (UsageError for a missing or empty run)."""
-    from tui.aggregate import DEFAULT_WINDOW
-    from tui.summary import open_run
+    from tui.model.aggregate import DEFAULT_WINDOW
+    from tui.report.summary import open_run
 
     return compare_snapshots([open_run(p, window=window or DEFAULT_WINDOW) for p in paths], stat)
 

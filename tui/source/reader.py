@@ -30,9 +30,10 @@ from stagewatch.runs import (
     text_log_rank,
     text_logs,
 )
-from tui import index
-from tui.aggregate import DEFAULT_WINDOW, RunAgg
-from tui.parse import (
+from tui.model.aggregate import DEFAULT_WINDOW, RunAgg
+from tui.model.snapshot import FAILED, FINISHED, INTERRUPTED, STALE, FileInfo, RunItem, RunSnapshot
+from tui.source import index
+from tui.source.decode import (
     LIMITS,
     MAX_LINE,
     OK_VERSIONS,
@@ -48,8 +49,7 @@ from tui.parse import (
     scan_regions,
     schema_of,
 )
-from tui.snapshot import FAILED, FINISHED, INTERRUPTED, STALE, FileInfo, RunItem, RunSnapshot
-from tui.textlog import TextLogParser
+from tui.source.textlog import TextLogParser
 
 CHUNK = 256 * 1024  # bytes read from one file per round (ranks are read interleaved)
 BULK_CHUNK = 1024 * 1024  # the same when reading a whole run at once

@@ -7,7 +7,7 @@ taken every ``interval`` steps; at most 64 kept, thinned as the run grows) and p
 forward from it. A file still being written keeps growing the end of the replay.
 
 The first screen reads only the first steps, whatever the run's size. A saved run index
-(:mod:`tui.index`) tells the end step at once and where a resumed run repeats steps; a
+(:mod:`tui.source.index`) tells the end step at once and where a resumed run repeats steps; a
 repeat found while playing (no index) starts the replay again knowing it, at the same
 step, so each step is shown once (the later segment wins, as in ``watch``). A big run
 without an index is read behind the replay by a low-priority process that writes the index
@@ -26,11 +26,11 @@ from collections.abc import Callable
 from typing import Any
 
 from stagewatch.runs import last_step_in
-from tui.aggregate import DEFAULT_WINDOW, RunAgg
-from tui.live import Post
-from tui.parse import StepRow
-from tui.reader import Feed, RunSource
-from tui.snapshot import WorldSnapshot
+from tui.model.aggregate import DEFAULT_WINDOW, RunAgg
+from tui.model.snapshot import WorldSnapshot
+from tui.source.decode import StepRow
+from tui.source.live import Post
+from tui.source.reader import Feed, RunSource
 
 MAX_CHECKPOINTS = 64
 BEHIND_MIN_BYTES = 32 * 2**20  # a run at least this big, without an index, is read behind
@@ -40,7 +40,7 @@ try:
     os.nice(10)
 except OSError:
     pass
-from tui.reader import RunSource
+from tui.source.reader import RunSource
 RunSource(sys.argv[1], window=int(sys.argv[2]), use_index=True).load().save_index(force=True)
 """
 BATCH = 1024  # parsed items folded in at a time
@@ -77,7 +77,7 @@ class _Cursor:
                 if self.feed.text is not None and self.eof:
                     s = self.feed.text.flush()
                     if s is not None:
-                        from tui.parse import row_from_step
+                        from tui.source.decode import row_from_step
 
                         self.queue.append(row_from_step(s))
                         continue
@@ -161,7 +161,7 @@ class ReplaySource:
 
     def _from_index(self) -> None:
         """The end step and the resume cuts from the run's index, if it has a valid one."""
-        from tui import index
+        from tui.source import index
 
         if not (index.enabled() if self.use_index is None else self.use_index):
             return
@@ -373,7 +373,7 @@ class ReplaySource:
 
     def _read_behind(self) -> None:
         """Start the low-priority whole-run read (it writes the index) for a big run."""
-        from tui import index
+        from tui.source import index
 
         if self.known_end is not None or not (
             index.enabled() if self.use_index is None else self.use_index

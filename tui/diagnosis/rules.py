@@ -1,7 +1,7 @@
 """Diagnosis: what dominates a run's steps and what to try, each with its evidence (torch-free).
 
 The rule set reads a small :class:`RunFacts` object, built from the monitor's
-:class:`~tui.snapshot.RunSnapshot` plus the ``run_start`` config (:func:`facts_from_snapshot`),
+:class:`~tui.model.snapshot.RunSnapshot` plus the ``run_start`` config (:func:`facts_from_snapshot`),
 so that every rule can be tested on hand-made facts and on synthetic runs written as real
 JSONL. Every threshold lives in :class:`Thresholds`; ``docs/advice.md`` is the prose twin of
 this module (rules, thresholds, evidence, what each estimate assumes).
@@ -643,7 +643,7 @@ def facts_from_snapshot(
     window: bool = False,
     thresholds: Thresholds | None = None,
 ) -> RunFacts:
-    """RunFacts of a :class:`~tui.snapshot.RunSnapshot`: whole-run statistics, or those of the
+    """RunFacts of a :class:`~tui.model.snapshot.RunSnapshot`: whole-run statistics, or those of the
     recent window with ``window=True`` (the span the screen or ``tui summary`` shows).
 
     ``config`` is the ``run_start`` config; ``trend`` the memory trend. Each falls back to a

@@ -301,8 +301,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "tui._regions",
-    "The reader's fast path for the regions object of a step record (see tui/parse.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "tui.source._regions",
+    "The reader's fast path for the regions object of a step record (see tui/source/decode.py).", -1, methods,
 };
 
 PyMODINIT_FUNC

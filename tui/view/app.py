@@ -1,8 +1,8 @@
 """The monitor's Textual app: one screen for ``watch`` and ``replay``.
 
-A source (:class:`tui.live.LiveSource` or :class:`tui.replay.ReplaySource`) reads in its own
+A source (:class:`tui.source.live.LiveSource` or :class:`tui.source.replay.ReplaySource`) reads in its own
 thread and posts one :class:`WorldSnapshot` per tick; the app hands it to the widgets,
-which only render. Key bindings come from :mod:`tui.keys`.
+which only render. Key bindings come from :mod:`tui.view.keys`.
 
 Redraws cost what a person can follow: the header (step, ETA, state) follows every
 snapshot, while the panels (tree, ranks, sparkline, advice, run list, files line) are
@@ -34,12 +34,12 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, OptionList, Tree
 
-from tui.advice import advice_for
+from tui.diagnosis.advice import advice_for
 from tui.fmt import clean, literal
-from tui.keys import KEYS, REPLAY, bound_keys
-from tui.snapshot import WorldSnapshot
-from tui.widgets.help import HelpScreen
-from tui.widgets.panels import (
+from tui.model.snapshot import WorldSnapshot
+from tui.view.keys import KEYS, REPLAY, bound_keys
+from tui.view.widgets.help import HelpScreen
+from tui.view.widgets.panels import (
     AdviceBox,
     FilesLine,
     HeaderBar,
@@ -51,7 +51,7 @@ from tui.widgets.panels import (
     set_title,
     show_text,
 )
-from tui.widgets.tree import Columns, StageTree, TreeHeader
+from tui.view.widgets.tree import Columns, StageTree, TreeHeader
 
 WIDE = 140  # columns from which the tree shows min/max/p95 and the run list is wide
 NARROW = 110  # below this the run list is hidden (n / N still switch runs)
@@ -64,7 +64,7 @@ PANELS_PER_S = 2.0  # panel redraws a second at most while snapshots stream in (
 WATCH_PANELS_PER_S = 1.0
 _ADVICE_TAKES_WINDOW = "window" in inspect.signature(advice_for).parameters
 try:  # the diagnosis names spans the same way for the screen, the summary and the advice
-    from tui.diagnosis import span_label as _span_label  # type: ignore[attr-defined]
+    from tui.diagnosis.rules import span_label as _span_label  # type: ignore[attr-defined]
 except ImportError:
     _span_label = None
 

@@ -5,7 +5,7 @@ A line is decoded and validated in one ``msgspec`` pass into the record structs 
 field the monitor uses has its type and range checked by the decoder, so a line is valid
 only if what the decoder keeps is valid (a duplicate key keeps its last value, and that
 value is the one checked). Steps become :class:`StepRow` tuples for the fold. The optional
-C fast path (``tui/_regions.c``) reads a step's region values straight into arrays.
+C fast path (``tui/source/_regions.c``) reads a step's region values straight into arrays.
 """
 
 from __future__ import annotations
@@ -119,13 +119,13 @@ def convert(m: Any) -> StepRow | Record:
     return m
 
 
-# The C fast path for a regions object (tui/_regions.c): None when the extension was not
+# The C fast path for a regions object (tui/source/_regions.c): None when the extension was not
 # built (no compiler at install) or STAGEWATCH_PURE_PYTHON is set; the reader then folds
 # StepRows only (same results, more CPU).
 try:
     if os.environ.get("STAGEWATCH_PURE_PYTHON"):
         raise ImportError("STAGEWATCH_PURE_PYTHON is set")
-    from tui import _regions
+    from tui.source import _regions
 except ImportError:
     _regions = None
 scan_regions = _regions.scan if _regions is not None else None

@@ -1,4 +1,4 @@
-"""The comparison screen: runs side by side (a :class:`tui.compare.Comparison`).
+"""The comparison screen: runs side by side (a :class:`tui.report.compare.Comparison`).
 
 ``CompareScreen`` can be pushed by any app (the monitor, or :class:`CompareApp`, which
 ``tui compare`` opens on a terminal). Rows are the step and the stage tree; for each run its
@@ -14,9 +14,9 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from tui.compare import Comparison, fmt_diff, fmt_ratio, fmt_share
 from tui.fmt import fmt_bytes, fmt_ms, fmt_rate, literal, ok
-from tui.snapshot import UNACCOUNTED
+from tui.model.snapshot import UNACCOUNTED
+from tui.report.compare import Comparison, fmt_diff, fmt_ratio, fmt_share
 
 
 def legend(c: Comparison) -> Text:

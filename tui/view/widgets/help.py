@@ -1,4 +1,4 @@
-"""The help screen, generated from the key bindings data (:data:`tui.keys.KEYS`)."""
+"""The help screen, generated from the key bindings data (:data:`tui.view.keys.KEYS`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from tui.keys import Key, key_name, keys_for
+from tui.view.keys import Key, key_name, keys_for
 
 
 def help_table(keys: tuple[Key, ...], red: float, yellow: float) -> Table:

@@ -17,7 +17,6 @@ from textual.widget import Widget
 from textual.widgets import OptionList, Sparkline, Static
 from textual.widgets.option_list import Option
 
-from tui.efficiency import efficiency, region_line
 from tui.fmt import (
     CLASS_STYLE,
     STATE_ICON,
@@ -32,7 +31,8 @@ from tui.fmt import (
     literal,
     ok,
 )
-from tui.snapshot import UNACCOUNTED, FileInfo, RunItem, RunSnapshot, WorldSnapshot
+from tui.model.efficiency import efficiency, region_line
+from tui.model.snapshot import UNACCOUNTED, FileInfo, RunItem, RunSnapshot, WorldSnapshot
 
 
 def show_text(widget: Static, text: Text) -> None:
@@ -485,7 +485,7 @@ class StepSpark(Vertical):
 
 
 class AdviceBox(Static):
-    """What to change: lines from :func:`tui.advice.advice_for`, as many as fit, then a line
+    """What to change: lines from :func:`tui.diagnosis.advice.advice_for`, as many as fit, then a line
     saying how many more there are (``tui summary`` lists them all)."""
 
     def __init__(self, **kw: object) -> None:

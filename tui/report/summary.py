@@ -9,9 +9,7 @@ from typing import Any
 from rich.text import Text
 
 from stagewatch.errors import UsageError
-from tui.aggregate import DEFAULT_WINDOW
-from tui.diagnosis import WARN, Advice, Thresholds, advice_for_run, span_label, verdict_of
-from tui.efficiency import efficiency, efficiency_dict, efficiency_lines
+from tui.diagnosis.rules import WARN, Advice, Thresholds, advice_for_run, span_label, verdict_of
 from tui.fmt import (
     CLASS_STYLE,
     STATE_STYLE,
@@ -26,9 +24,11 @@ from tui.fmt import (
     ok,
     sig,
 )
-from tui.order import tree_sort
-from tui.reader import RunSource, check_run
-from tui.snapshot import UNACCOUNTED, RegionRow, RunSnapshot, Stats
+from tui.model.aggregate import DEFAULT_WINDOW
+from tui.model.efficiency import efficiency, efficiency_dict, efficiency_lines
+from tui.model.order import tree_sort
+from tui.model.snapshot import UNACCOUNTED, RegionRow, RunSnapshot, Stats
+from tui.source.reader import RunSource, check_run
 
 SCHEMA_VERSION = 1
 

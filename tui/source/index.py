@@ -1,7 +1,7 @@
 """The run index: a run's folded state saved beside it, so reopening it reads no old bytes.
 
 After a run was read to the end and has ended (or stayed idle :data:`IDLE_S`), the reader
-saves the statistics (:class:`~tui.aggregate.RunAgg`) and each rank file's position and
+saves the statistics (:class:`~tui.model.aggregate.RunAgg`) and each rank file's position and
 counters in ``<run>/.stagewatch-index`` (``.<file>.stagewatch-index`` for a single rank
 file given alone). Each file is keyed by its size, modification time and a hash of its
 first and last :data:`KEY_BYTES` bytes before the position read to; a later open whose
@@ -29,11 +29,11 @@ import msgspec
 import numpy as np
 
 from stagewatch.records import Eval, RunEnd, RunStart
-from tui.aggregate import RankAgg, RunAgg
-from tui.diagnosis import MemTrend
+from tui.diagnosis.rules import MemTrend
+from tui.model.aggregate import RankAgg, RunAgg
 
 if TYPE_CHECKING:
-    from tui.reader import RunSource
+    from tui.source.reader import RunSource
 
 INDEX_NAME = ".stagewatch-index"
 FORMAT = "stagewatch-run-index"

@@ -1,0 +1,1 @@
+"""The monitor's text outputs, no screen needed: ``summary``, ``compare`` and ``export``."""

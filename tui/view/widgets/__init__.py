@@ -1,0 +1,1 @@
+"""The widgets of the monitor's screens: each renders a part of one snapshot."""
