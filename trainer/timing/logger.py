@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import functools
-import math
 import os
 import signal
 import socket
@@ -23,7 +22,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from trainer.timing import clean
 from trainer.timing import records as R
+from trainer.timing.clean import WarnOnce, short
 from trainer.timing.console import TOP_N, Console, samples_rate_label
 from trainer.timing.cuda import (
     EventFactory,
@@ -334,12 +335,6 @@ _CONFIG_INT = {
 }
 
 
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return value
-
-
 class TimingLogger:
     """Per-step region timing for one rank of one run.
 
@@ -379,25 +374,17 @@ class TimingLogger:
         max_pending_steps: int = 8,
         max_region_names: int = 4096,
     ) -> None:
-        self.console_update_interval = _positive_int(
+        self.console_update_interval = clean.positive_int(
             console_update_interval, "console_update_interval"
         )
-        self.file_flush_interval = _positive_int(file_flush_interval, "file_flush_interval")
+        self.file_flush_interval = clean.positive_int(file_flush_interval, "file_flush_interval")
         self.enabled = bool(enabled) and not env_disabled()
         self.log_dir = os.fspath(log_dir)
         self.run_id: str | None = None
         self.run_dir: str | None = None
         self.rank, self.world_size = 0, 1
         self.device = "cpu"
-        if (
-            isinstance(start_step, bool)
-            or not isinstance(start_step, int)
-            or not 0 <= start_step < R.MAX_INT
-        ):
-            warn(
-                f"start_step={start_step!r} is not a step number (0 <= n < {R.MAX_INT:.0e}); using 0"
-            )
-            start_step = 0
+        start_step = clean.start_step(start_step)
         self.step_count = start_step  # number of the last step() call
         self.steps_written = start_step  # number of the last step record emitted
         self._closed = not self.enabled
@@ -423,7 +410,7 @@ class TimingLogger:
         self._jsonl: LineFile | None = None
         self._text: LineFile | None = None
         self._console: Console | None = None
-        self._warned: set[str] = set()
+        self._warn_once = WarnOnce()
         self._sig_installed = False
         self._pid = os.getpid()
         if not self.enabled:
@@ -486,8 +473,8 @@ class TimingLogger:
             gpu_name, mem_total = cuda_device_info(dev)
         torch_mod = sys.modules.get("torch")  # reported only if the program imported it
         torch_version = getattr(torch_mod, "__version__", None) if torch_mod else None
-        total_steps = self._opt_count(total_steps, "total_steps")
-        samples_per_step = self._opt_count(samples_per_step, "samples_per_step")
+        total_steps = clean.opt_count(total_steps, "total_steps")
+        samples_per_step = clean.opt_count(samples_per_step, "samples_per_step")
         self._samples_per_step = samples_per_step
         start = R.RunStart(
             run_id=self.run_id,
@@ -499,7 +486,7 @@ class TimingLogger:
             device=dev,
             gpu_name=gpu_name,
             torch_version=str(torch_version) if torch_version else None,
-            config=self._clean_config(config),
+            config=clean.config(config),
             total_steps=total_steps,
             samples_per_step=samples_per_step,
             device_memory_total=mem_total,
@@ -591,7 +578,7 @@ class TimingLogger:
         self._warn_once(
             "name",
             f"a region name must be a string, got {type(name).__name__} "
-            f"{_short(name)}; that region is not timed",
+            f"{short(name)}; that region is not timed",
         )
         return NOOP
 
@@ -617,7 +604,7 @@ class TimingLogger:
         try:
             name, start = handle
         except (TypeError, ValueError):
-            self._warn_once("handle", f"end({_short(handle)}): not a handle from begin(); ignored")
+            self._warn_once("handle", f"end({short(handle)}): not a handle from begin(); ignored")
             return
         if self._cuda:
             ev = self._pool.get()  # type: ignore[union-attr]
@@ -641,7 +628,7 @@ class TimingLogger:
                 ms = float(ms)
             except (TypeError, ValueError, OverflowError):
                 self._warn_once(
-                    "log", f"log_timing({name!r}): {_short(ms)} is not a number; ignored"
+                    "log", f"log_timing({name!r}): {short(ms)} is not a number; ignored"
                 )
                 return
         if not 0.0 <= ms < R.MAX_MS:  # also false for NaN
@@ -714,17 +701,17 @@ class TimingLogger:
         self._t_last = now
         self.step_count += 1
         if epoch is not None:
-            self._epoch = self._int_arg(epoch, "epoch", self._epoch)
+            self._epoch = clean.int_arg(epoch, "epoch", self._epoch, self._warn_once)
         if samples is not None:
-            n_samples = self._int_arg(samples, "samples", 0)
+            n_samples = clean.int_arg(samples, "samples", 0, self._warn_once)
         else:
             n_samples = self._samples_per_step or 0
-        sc = self._clean_scalars(scalars, "scalars") if scalars else None
+        sc = clean.scalars(scalars, "scalars", self._warn_once) if scalars else None
         if memory is not None:
-            mem: dict[str, int] | None = self._clean_memory(memory)
+            mem: dict[str, int] | None = clean.memory(memory, self._warn_once)
         elif self._memory is not None:
             try:
-                mem = self._clean_memory(self._memory())
+                mem = clean.memory(self._memory(), self._warn_once)
             except Exception as e:
                 self._memory = None
                 mem = None
@@ -881,7 +868,7 @@ class TimingLogger:
         if bad:
             self._warn_once(
                 "limits",
-                f"step {rec.step}: region {_short(bad[0])} has a value or "
+                f"step {rec.step}: region {short(bad[0])} has a value or "
                 f"name beyond the record limits (docs/record-format.md); left out",
             )
             regions = {k: v for k, v in regions.items() if k not in bad}
@@ -957,14 +944,14 @@ class TimingLogger:
         with self._io:
             if self._closed:
                 return
-            n = self._int_arg(step, "log_eval(step=)", self.steps_written)
+            n = clean.int_arg(step, "log_eval(step=)", self.steps_written, self._warn_once)
             if not 0 <= n < R.MAX_INT:
                 self._warn_once(
                     "eval-step",
                     f"log_eval(step={n}) is out of range; using step {self.steps_written}",
                 )
                 n = self.steps_written
-            m = self._clean_scalars(metrics, "metrics")
+            m = clean.scalars(metrics, "metrics", self._warn_once)
             rec = R.Eval(step=n, time=time.time(), metrics=m)
             if self._cuda and self._pending:
                 self._pending[-1].after.append(rec)
@@ -1116,145 +1103,7 @@ class TimingLogger:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 
-    # ------------------------------------------------------------------ user values
-    # Each drops what the record format cannot hold (docs/record-format.md "Limits") with
-    # one warning per kind of problem, and never raises.
-
-    def _int_arg(self, value: Any, what: str, default: int) -> int:
-        if type(value) is int and -R.MAX_INT < value < R.MAX_INT:
-            return value
-        try:
-            n = int(value)
-            if isinstance(value, bool) or not -R.MAX_INT < n < R.MAX_INT:
-                raise ValueError
-        except Exception:
-            self._warn_once(
-                f"int:{what}", f"{what}={_short(value)} is not an integer in range; using {default}"
-            )
-            return default
-        return n
-
-    def _opt_count(self, value: Any, what: str) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < R.MAX_INT:
-            warn(f"{what}={_short(value)} is not a count (0 <= n < {R.MAX_INT:.0e}); not recorded")
-            return None
-        return int(value)
-
-    def _clean_scalars(self, values: Any, what: str) -> dict[str, float]:
-        """Names to numbers. NaN/inf are kept (written as null); other values that are not
-        numbers in range, and names that are not short strings, are dropped."""
-        out: dict[str, float] = {}
-        try:
-            items = list(values.items())
-        except Exception:
-            self._warn_once(
-                f"map:{what}", f"{what}= must be a mapping, got {type(values).__name__}; ignored"
-            )
-            return out
-        for k, v in items:
-            if type(k) is not str or len(k) > R.MAX_NAME_CHARS:
-                self._warn_once(
-                    f"key:{what}",
-                    f"{what}: name {_short(k)} is not a string of at most "
-                    f"{R.MAX_NAME_CHARS} characters; that value is dropped",
-                )
-                continue
-            try:
-                x = float(v)
-            except Exception:
-                self._warn_once(
-                    f"val:{what}", f"{what}[{k!r}] = {_short(v)} is not a number; dropped"
-                )
-                continue
-            if math.isfinite(x) and not -R.MAX_ABS_NUMBER < x < R.MAX_ABS_NUMBER:
-                self._warn_once(
-                    f"val:{what}",
-                    f"{what}[{k!r}] = {_short(v)} is beyond {R.MAX_ABS_NUMBER:.0e}; dropped",
-                )
-                continue
-            out[k] = x
-        return out
-
-    def _clean_memory(self, values: Any) -> dict[str, int] | None:
-        out: dict[str, int] = {}
-        try:
-            items = list(values.items())
-        except Exception:
-            self._warn_once("memory-map", "memory= must be a mapping; ignored")
-            return None
-        for k, v in items:
-            try:
-                n = int(v)
-                if type(k) is not str or isinstance(v, bool) or not 0 <= n < R.MAX_BYTES_VALUE:
-                    raise ValueError
-            except Exception:
-                self._warn_once(
-                    "memory-val", f"memory[{_short(k)}] = {_short(v)} is not a byte count; dropped"
-                )
-                continue
-            out[k] = n
-        return out or None
-
-    def _clean_config(self, config: Any) -> dict[str, Any]:
-        """A JSON-safe copy of ``config=``: string keys, no NaN/inf or out-of-range numbers,
-        bounded depth; anything else becomes its ``str()`` when written."""
-        if not config:
-            return {}
-        problems: list[str] = []
-
-        def clean(x: Any, path: str, depth: int) -> Any:
-            if isinstance(x, (Mapping, list, tuple, set, frozenset)):
-                if depth >= R.MAX_DEPTH - 2:
-                    problems.append(f"{path or 'config'} is nested too deeply (dropped)")
-                    return None
-                if isinstance(x, Mapping):
-                    out: dict[str, Any] = {}
-                    try:
-                        items = list(x.items())
-                    except Exception:
-                        problems.append(f"{path or 'config'} cannot be read (dropped)")
-                        return None
-                    for k, v in items:
-                        if type(k) is not str:
-                            problems.append(
-                                f"key {_short(k)} in {path or 'config'} is not a string "
-                                "(written as its str())"
-                            )
-                            k = str(k)
-                        out[k] = clean(v, f"{path}.{k}" if path else k, depth + 1)
-                    return out
-                return [clean(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(x)]
-            if isinstance(x, bool) or x is None or isinstance(x, str):
-                return x
-            if isinstance(x, int):
-                if -R.MAX_INT < x < R.MAX_INT:
-                    return x
-                problems.append(f"{path} is an integer out of range (dropped)")
-                return None
-            if isinstance(x, float):
-                if math.isfinite(x) and -R.MAX_ABS_NUMBER < x < R.MAX_ABS_NUMBER:
-                    return x
-                problems.append(f"{path} = {x!r} is not a finite number in range (dropped)")
-                return None
-            return x  # other objects: their str() (records.encode)
-
-        cfg = clean(config, "", 0)
-        if not isinstance(cfg, dict):
-            problems.append(f"config= must be a mapping, got {type(config).__name__}")
-            cfg = {}
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            warn(f"config: {problems[0]}{more}")
-        return cfg
-
     # ------------------------------------------------------------------ misc
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warn(message)
 
     def __repr__(self) -> str:
         state = "disabled" if not self.enabled else ("closed" if self._closed else "open")
@@ -1268,12 +1117,3 @@ def _current_cuda_device() -> str:
         return f"cuda:{torch.cuda.current_device()}"
     except Exception:
         return "cuda"
-
-
-def _short(value: Any, n: int = 60) -> str:
-    """``repr`` of a user's value, cut (a hostile value must not flood the warning)."""
-    try:
-        r = repr(value)
-    except Exception:
-        r = f"<{type(value).__name__}>"
-    return r if len(r) <= n else r[: n - 3] + "..."
