@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import trainer.timing.logger as L
+import trainer.timing.regions as regions
 from trainer.errors import ConfigError
 from trainer.timing import (
     NOOP,
@@ -44,7 +44,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     c = FakeClock()
-    monkeypatch.setattr(L, "_perf", c)
+    monkeypatch.setattr(regions, "_perf", c)
     return c
 
 

@@ -16,10 +16,10 @@ See docs/timing.md.
 """
 
 from trainer.timing.jsonl import TimingWarning
-from trainer.timing.logger import (
+from trainer.timing.logger import TimingLogger
+from trainer.timing.regions import (
     ENV_SWITCH,
     NOOP,
-    TimingLogger,
     env_disabled,
     get_global_timing_logger,
     log_timing,

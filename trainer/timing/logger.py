@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import functools
 import os
 import signal
 import socket
@@ -19,10 +18,10 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
-from trainer.timing import clean
+from trainer.timing import clean, regions
 from trainer.timing import records as R
 from trainer.timing.clean import WarnOnce, short
 from trainer.timing.console import TOP_N, Console, samples_rate_label
@@ -37,260 +36,21 @@ from trainer.timing.cuda import (
     torch_event_factory,
 )
 from trainer.timing.jsonl import LineFile, last_step_in, rank_and_world, resolve_run_id, warn
+from trainer.timing.regions import (
+    NOOP,
+    CpuRegion,
+    CudaRegion,
+    GlobalCpuRegion,
+    GlobalCudaRegion,
+    env_disabled,
+    noop_for,
+)
 from trainer.timing.stats import RegionStats, RunningStats
 from trainer.timing.text_log import format_step, format_summary
 
-ENV_SWITCH = "STAGEWATCH_TIMING"
 FLUSH_SECONDS = 2.0  # also flush when this long has passed, so a live monitor stays current
 
-F = TypeVar("F", bound=Callable[..., Any])
-_perf = time.perf_counter
-_INF = float("inf")
-
-
-def env_disabled() -> bool:
-    """True when env ``STAGEWATCH_TIMING`` is ``0``/``false``/``off``/``no``."""
-    v = os.environ.get(ENV_SWITCH)
-    return v is not None and v.strip().lower() in ("0", "false", "off", "no")
-
-
-_ENV_OFF = env_disabled()  # read once at import: decorators applied now stay plain functions
-
-
-# --------------------------------------------------------------------------- no-op path
-
-
-class _Noop:
-    """Shared do-nothing region (context manager and decorator)."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str = "") -> None:
-        self.name = name
-
-    def __enter__(self) -> _Noop:
-        return self
-
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
-        return None
-
-    def __call__(self, fn: F) -> F:
-        return _decorate(fn, self.name, None)
-
-
-NOOP = _Noop()
-_noops: dict[str, _Noop] = {}
-
-
-def _noop_for(name: Any) -> _Noop:
-    if type(name) is not str:
-        return NOOP
-    r = _noops.get(name)
-    if r is None:
-        r = _Noop(name)
-        if len(_noops) < 1024:  # bounded even if names are generated
-            _noops[name] = r
-    return r
-
-
-def _decorate(fn: F, name: str, logger: TimingLogger | None) -> F:
-    """Wrap ``fn`` in a region; ``logger=None`` means the global logger at call time."""
-    if _ENV_OFF:
-        return fn
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        lg = _active if logger is None else logger
-        if lg is None or not lg.enabled:
-            return fn(*args, **kwargs)
-        with lg.region(name):
-            return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------- regions
-
-
-def _unlink(stack: list[Any], region: Any) -> bool:
-    """Remove ``region`` from a stack it is not on top of (generators, coroutines and
-    threads can interleave regions); later regions keep their correct parents. False when
-    it is not on the stack: ``step()`` already closed it."""
-    for i in range(len(stack) - 1, -1, -1):
-        if stack[i] is region:
-            del stack[i]
-            return True
-    return False
-
-
-class _CpuRegion:
-    """A region timed by ``perf_counter``; nesting-aware through a per-thread stack.
-
-    The stack holds the open region objects themselves, so the parent of a new region is
-    ``stack[-1]._full``; each object keeps its own name and start time.
-    """
-
-    __slots__ = ("_full", "_lg", "_name", "_stack", "_t0")
-    _bound = True  # decorator uses this logger (False: the global one at call time)
-
-    def __init__(self, lg: TimingLogger, name: str) -> None:
-        self._lg = lg
-        self._name = name
-
-    def _push(self) -> None:
-        tls = self._lg._tls
-        try:
-            stack = tls.stack
-        except AttributeError:
-            stack = tls.stack = []
-        name = self._name
-        if name[:1] == "/":
-            self._full = name[1:]
-        elif stack:
-            self._full = stack[-1]._full + "/" + name
-        else:
-            self._full = name
-        self._stack = stack
-        stack.append(self)
-
-    def __enter__(self) -> _CpuRegion:
-        # _push() inlined: this is the CPU hot path, where a method call is measurable
-        tls = self._lg._tls
-        try:
-            stack = tls.stack
-        except AttributeError:
-            stack = tls.stack = []
-        name = self._name
-        if name[:1] == "/":
-            self._full = name[1:]
-        elif stack:
-            self._full = stack[-1]._full + "/" + name
-        else:
-            self._full = name
-        self._stack = stack
-        stack.append(self)
-        self._t0 = _perf()
-        return self
-
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
-        ms = (_perf() - self._t0) * 1000.0
-        stack = self._stack
-        if stack and stack[-1] is self:
-            stack.pop()
-        elif not _unlink(stack, self):
-            return  # closed by step() (open across it) and charged there
-        lg = self._lg
-        full = self._full
-        lock = lg._lock
-        lock.acquire()  # explicit acquire/release: ~100 ns cheaper than "with lock"
-        try:
-            acc = lg._cur.get(full)
-            if acc is None:
-                lg._cur[full] = [ms, 1]
-            else:
-                acc[0] += ms
-                acc[1] += 1
-        finally:
-            lock.release()
-
-    def __call__(self, fn: F) -> F:
-        return _decorate(fn, self._name, self._lg if self._bound else None)
-
-    def _cut(self, now: float) -> None:
-        """Close at ``step()`` (called with the logger's lock held): charge its time so far."""
-        ms = (now - self._t0) * 1000.0
-        acc = self._lg._cur.get(self._full)
-        if acc is None:
-            self._lg._cur[self._full] = [ms, 1]
-        else:
-            acc[0] += ms
-            acc[1] += 1
-
-
-class _CudaRegion(_CpuRegion):
-    """A region timed by a pair of CUDA events from the logger's pool."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> _CudaRegion:
-        self._push()
-        ev = self._lg._pool.get()  # type: ignore[union-attr]
-        ev.record()
-        self._t0 = ev
-        return self
-
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
-        lg = self._lg
-        stack = self._stack
-        if stack and stack[-1] is self:
-            stack.pop()
-        elif not _unlink(stack, self):
-            return  # closed by step() (open across it) and charged there
-        end = lg._pool.get()  # type: ignore[union-attr]
-        end.record()
-        lock = lg._lock
-        lock.acquire()
-        try:
-            lg._cur_ev.append((self._full, self._t0, end))
-        finally:
-            lock.release()
-
-    def _cut(self, now: float) -> None:
-        end = self._lg._pool.get()  # type: ignore[union-attr]
-        end.record()
-        self._lg._cur_ev.append((self._full, self._t0, end))
-
-
-class _GlobalCpuRegion(_CpuRegion):
-    __slots__ = ()
-    _bound = False
-
-
-class _GlobalCudaRegion(_CudaRegion):
-    __slots__ = ()
-    _bound = False
-
-
-# --------------------------------------------------------------------------- globals
-
-_global: TimingLogger | None = None  # what get_global_timing_logger() returns
-_active: TimingLogger | None = None  # the global logger if it is enabled and open, else None
 _open_loggers: weakref.WeakSet[TimingLogger] = weakref.WeakSet()
-
-
-def set_global_timing_logger(logger: TimingLogger | None) -> None:
-    """Make ``logger`` the target of :func:`timed` and :func:`log_timing` (None: none)."""
-    global _global, _active
-    _global = logger
-    _active = logger if logger is not None and not logger._closed else None
-
-
-def get_global_timing_logger() -> TimingLogger | None:
-    return _global
-
-
-def timed(name: str) -> Any:
-    """Time a region of the global logger: ``with timed("forward"):`` or ``@timed("data")``.
-
-    Nested regions get path names (``forward/vrt``) unless the name starts with ``/``.
-    A no-op when there is no global logger or timing is off. Use one ``with`` per object.
-    """
-    lg = _active
-    if lg is None:
-        try:
-            return _noops[name]  # indexing is ~20 ns cheaper than .get() on this path
-        except (KeyError, TypeError):  # TypeError: an unhashable name
-            return _noop_for(name)
-    if type(name) is not str:
-        return lg._bad_name(name)
-    return lg._gregion_cls(lg, name)
-
-
-def log_timing(name: str, ms: float) -> None:
-    """Add ``ms`` milliseconds (measured by you) to region ``name`` of the current step."""
-    lg = _active
-    if lg is not None:
-        lg.log(name, ms)
 
 
 def _fresh_locks_in_child() -> None:
@@ -414,8 +174,8 @@ class TimingLogger:
         self._sig_installed = False
         self._pid = os.getpid()
         if not self.enabled:
-            self._region_cls: type[_CpuRegion] = _CpuRegion
-            self._gregion_cls: type[_CpuRegion] = _GlobalCpuRegion
+            self._region_cls: type[CpuRegion] = CpuRegion
+            self._gregion_cls: type[CpuRegion] = GlobalCpuRegion
             return
 
         self.rank, self.world_size = rank_and_world(rank, world_size)
@@ -438,8 +198,8 @@ class TimingLogger:
                 if dev == "cuda" and event_factory is None:
                     dev = _current_cuda_device()
         self.device = dev
-        self._region_cls = _CudaRegion if self._cuda else _CpuRegion
-        self._gregion_cls = _GlobalCudaRegion if self._cuda else _GlobalCpuRegion
+        self._region_cls = CudaRegion if self._cuda else CpuRegion
+        self._gregion_cls = GlobalCudaRegion if self._cuda else GlobalCpuRegion
 
         self._memory: MemoryReader | None = None
         if collect_memory:
@@ -466,7 +226,7 @@ class TimingLogger:
         self._con_n = 0
         self._con_samples = 0
         self._since_flush = 0
-        self._last_flush = _perf()
+        self._last_flush = regions._perf()
 
         gpu_name = mem_total = None
         if self._cuda and event_factory is None:
@@ -512,7 +272,7 @@ class TimingLogger:
             self._write(self._jsonl, line)
             self._jsonl.flush()  # the run appears to a watching monitor right away
 
-        self._t_last = _perf()
+        self._t_last = regions._perf()
         self._marker: Any = None
         if self._cuda:
             assert self._pool is not None
@@ -569,12 +329,12 @@ class TimingLogger:
     def region(self, name: str) -> Any:
         """Like :func:`timed`, on this logger (context manager or decorator)."""
         if self._closed:
-            return _noop_for(name)
+            return noop_for(name)
         if type(name) is not str:
             return self._bad_name(name)
         return self._region_cls(self, name)
 
-    def _bad_name(self, name: Any) -> _Noop:
+    def _bad_name(self, name: Any) -> Any:
         self._warn_once(
             "name",
             f"a region name must be a string, got {type(name).__name__} "
@@ -595,7 +355,7 @@ class TimingLogger:
             ev = self._pool.get()  # type: ignore[union-attr]
             ev.record()
             return (name, ev)
-        return (name, _perf())
+        return (name, regions._perf())
 
     def end(self, handle: Any) -> None:
         """End a region started by :meth:`begin` (possibly on another thread)."""
@@ -612,7 +372,7 @@ class TimingLogger:
             with self._lock:
                 self._cur_ev.append((name, start, ev))
             return
-        self._add(name, (_perf() - start) * 1000.0)
+        self._add(name, (regions._perf() - start) * 1000.0)
 
     def log(self, name: str, ms: float) -> None:
         """Add a measured value (ms) to region ``name`` (absolute) of the current step."""
@@ -660,7 +420,7 @@ class TimingLogger:
             with self._lock:
                 self._cur = {}
                 self._cur_ev = []
-            self._t_last = _perf()
+            self._t_last = regions._perf()
             if self._cuda:
                 m = self._pool.get()  # type: ignore[union-attr]
                 m.record()
@@ -696,7 +456,7 @@ class TimingLogger:
         memory: Mapping[str, int] | None,
     ) -> None:
         stack = getattr(self._tls, "stack", None)
-        now = _perf()
+        now = regions._perf()
         wall_ms = (now - self._t_last) * 1000.0
         self._t_last = now
         self.step_count += 1
@@ -749,13 +509,13 @@ class TimingLogger:
                     self._cut_open(stack, now)
                 values = self._cur
                 self._cur = {}
-            regions = {k: (v[0], int(v[1])) for k, v in values.items()}
+            by_name = {k: (v[0], int(v[1])) for k, v in values.items()}
             self._emit(
                 R.Step(
                     step=self.step_count,
                     time=time.time(),
                     wall_ms=wall_ms,
-                    regions=regions,
+                    regions=by_name,
                     epoch=self._epoch,
                     samples=n_samples,
                     memory=mem,
@@ -796,7 +556,7 @@ class TimingLogger:
                     return
             pending.popleft()
             try:
-                wall, regions, failures = p.resolve()
+                wall, by_name, failures = p.resolve()
             except Exception as e:
                 self._warn_once("resolve", f"step {p.step}: GPU timing failed: {e}")
                 continue
@@ -809,7 +569,7 @@ class TimingLogger:
                     step=p.step,
                     time=p.time,
                     wall_ms=wall,
-                    regions=regions,
+                    regions=by_name,
                     epoch=p.epoch,
                     samples=p.samples,
                     memory=p.memory,
@@ -964,7 +724,7 @@ class TimingLogger:
             return
         with self._io:
             self._since_flush = 0
-            self._last_flush = _perf()
+            self._last_flush = regions._perf()
             for sink in (self._jsonl, self._text):
                 if sink is not None:
                     sink.flush()
@@ -1011,9 +771,7 @@ class TimingLogger:
 
     def _finish_locked(self, status: str, error: BaseException | None, block: bool) -> None:
         self._closed = True
-        global _active
-        if _active is self:
-            _active = None
+        regions.deactivate(self)
         if status not in R.END_STATUSES:
             self._warn_once(
                 "status", f"close(status={status!r}) is not a known status; using 'failed'"
