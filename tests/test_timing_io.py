@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import trainer.timing.logger as L
-from trainer.timing import TimingLogger, TimingWarning, set_global_timing_logger, timed
+from trainer.timing import TimingLogger, TimingWarning, lifecycle, set_global_timing_logger, timed
 from trainer.timing import records as R
 from trainer.timing.jsonl import LineFile
 
@@ -237,8 +237,8 @@ def test_forked_children_never_write_to_the_parents_run(tmp_path):
         try:
             run_steps(lg, 2)
             lg.flush()
-            L._close_all_at_exit()
-            lg._on_sigterm(signal.SIGTERM, None)
+            lifecycle._close_all_at_exit()
+            lg._sigterm(signal.SIGTERM, None)
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)

@@ -8,15 +8,12 @@ do not grow with the number of steps.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import os
-import signal
 import socket
 import sys
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +33,7 @@ from trainer.timing.cuda import (
     torch_event_factory,
 )
 from trainer.timing.jsonl import LineFile, last_step_in, rank_and_world, resolve_run_id, warn
+from trainer.timing.lifecycle import SigtermHook, track, untrack
 from trainer.timing.regions import (
     NOOP,
     CpuRegion,
@@ -49,37 +47,6 @@ from trainer.timing.stats import RegionStats, RunningStats
 from trainer.timing.text_log import format_step, format_summary
 
 FLUSH_SECONDS = 2.0  # also flush when this long has passed, so a live monitor stays current
-
-_open_loggers: weakref.WeakSet[TimingLogger] = weakref.WeakSet()
-
-
-def _fresh_locks_in_child() -> None:
-    # a fork (DataLoader workers) copies a lock held by another thread as held forever: a
-    # region timed in the child would hang. The child's loggers get new locks.
-    for lg in list(_open_loggers):
-        lg._lock = threading.Lock()
-        lg._io = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fresh_locks_in_child)
-
-
-@atexit.register
-def _close_all_at_exit() -> None:
-    # sys.last_value is set when the program ends by an uncaught exception
-    exc = getattr(sys, "last_value", None)
-    pid = os.getpid()
-    for lg in list(_open_loggers):
-        if lg._pid != pid:
-            continue  # a forked child exiting: the run belongs to the parent
-        if lg._signalled or isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            lg.close(R.STATUS_INTERRUPTED)
-        elif isinstance(exc, BaseException):
-            lg.close(R.STATUS_FAILED, exc)
-        else:
-            lg.close(R.STATUS_COMPLETED)
-
 
 # --------------------------------------------------------------------------- logger
 
@@ -171,7 +138,7 @@ class TimingLogger:
         self._text: LineFile | None = None
         self._console: Console | None = None
         self._warn_once = WarnOnce()
-        self._sig_installed = False
+        self._sigterm: SigtermHook | None = None  # installed as the SIGTERM handler
         self._pid = os.getpid()
         if not self.enabled:
             self._region_cls: type[CpuRegion] = CpuRegion
@@ -279,10 +246,9 @@ class TimingLogger:
             self._marker = self._pool.get()
             self._marker.record()
 
-        self._prev_sigterm: Any = None
         if handle_sigterm:
-            self._install_sigterm()
-        _open_loggers.add(self)
+            self._sigterm = SigtermHook.install(self)
+        track(self)
 
     # ------------------------------------------------------------------ construction
 
@@ -795,8 +761,10 @@ class TimingLogger:
                 sink.close()
         if self._console is not None:
             self._console.close()
-        self._uninstall_sigterm()
-        _open_loggers.discard(self)
+        if self._sigterm is not None:
+            self._sigterm.uninstall()
+            self._sigterm = None
+        untrack(self)
 
     def __enter__(self) -> TimingLogger:
         return self
@@ -808,58 +776,6 @@ class TimingLogger:
             self.close(R.STATUS_INTERRUPTED)
         else:
             self.close(R.STATUS_FAILED, ev)
-
-    # ------------------------------------------------------------------ SIGTERM
-
-    def _install_sigterm(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        try:
-            prev = signal.getsignal(signal.SIGTERM)
-            if prev is signal.SIG_IGN or prev is None:
-                return  # ignored, or owned by non-Python code: leave it alone
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-        except (ValueError, OSError, AttributeError):
-            return
-        self._prev_sigterm = prev
-        self._sig_installed = True
-
-    def _uninstall_sigterm(self) -> None:
-        if not self._sig_installed:
-            return
-        self._sig_installed = False
-        try:
-            if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
-                signal.signal(signal.SIGTERM, self._prev_sigterm)
-        except (ValueError, OSError):
-            pass
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        prev = self._prev_sigterm
-        if os.getpid() != self._pid:  # inherited by a forked child: not our run to end
-            if callable(prev):
-                prev(signum, frame)
-                return
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        if callable(prev):
-            # someone else (e.g. the trainer) decides what SIGTERM does: keep our data safe
-            # and let them call close("interrupted") when they stop. If their handler raises
-            # (sys.exit, KeyboardInterrupt), the run ends here: interrupted, also at exit.
-            self.flush()
-            try:
-                prev(signum, frame)
-            except BaseException:
-                self._signalled = True
-                raise
-            return
-        # default action: finish the log without waiting for the GPU, then die as before
-        try:
-            self._finish(R.STATUS_INTERRUPTED, None, block=False)
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
 
     # ------------------------------------------------------------------ misc
 
