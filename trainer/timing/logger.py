@@ -8,7 +8,6 @@ do not grow with the number of steps.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import sys
@@ -21,7 +20,6 @@ from typing import Any
 from trainer.timing import clean, regions
 from trainer.timing import records as R
 from trainer.timing.clean import WarnOnce, short
-from trainer.timing.console import TOP_N, Console, samples_rate_label
 from trainer.timing.cuda import (
     EventFactory,
     EventPool,
@@ -32,7 +30,7 @@ from trainer.timing.cuda import (
     cuda_memory_reader,
     torch_event_factory,
 )
-from trainer.timing.jsonl import LineFile, last_step_in, rank_and_world, resolve_run_id, warn
+from trainer.timing.jsonl import rank_and_world, resolve_run_id, warn
 from trainer.timing.lifecycle import SigtermHook, track, untrack
 from trainer.timing.regions import (
     NOOP,
@@ -43,8 +41,9 @@ from trainer.timing.regions import (
     env_disabled,
     noop_for,
 )
+from trainer.timing.sinks import ConsoleSink, JsonlSink, Sink, TextSink, within_limits
 from trainer.timing.stats import RegionStats, RunningStats
-from trainer.timing.text_log import format_step, format_summary
+from trainer.timing.text_log import format_summary
 
 FLUSH_SECONDS = 2.0  # also flush when this long has passed, so a live monitor stays current
 
@@ -134,9 +133,7 @@ class TimingLogger:
         self._cuda = False
         self._pool: EventPool | None = None
         self._pending: deque[PendingStep] = deque()
-        self._jsonl: LineFile | None = None
-        self._text: LineFile | None = None
-        self._console: Console | None = None
+        self._sinks: tuple[Sink, ...] = ()
         self._warn_once = WarnOnce()
         self._sigterm: SigtermHook | None = None  # installed as the SIGTERM handler
         self._pid = os.getpid()
@@ -176,22 +173,17 @@ class TimingLogger:
                 warn(f"memory is not recorded: {e}")
 
         # outputs
-        self._jsonl = (
-            LineFile(os.path.join(self.run_dir, R.rank_file_name(self.rank)))
-            if enable_jsonl
-            else None
-        )
-        self._text = (
-            LineFile(os.path.join(self.run_dir, R.text_log_name(self.rank)))
-            if enable_file
-            else None
-        )
-        self._console = Console(console_stream) if enable_console and self.rank == 0 else None
-        self._con_acc: dict[str, float] = {}
-        self._con_wall = 0.0
-        self._con_unacc = 0.0
-        self._con_n = 0
-        self._con_samples = 0
+        sinks: list[Sink] = []
+        if enable_jsonl:
+            path = os.path.join(self.run_dir, R.rank_file_name(self.rank))
+            sinks.append(JsonlSink(path, self._warn_once))
+        if enable_file:
+            path = os.path.join(self.run_dir, R.text_log_name(self.rank))
+            sinks.append(TextSink(path, self._stats, self._warn_once))
+        if enable_console and self.rank == 0:
+            interval = self.console_update_interval
+            sinks.append(ConsoleSink(console_stream, interval, self.world_size, self._warn_once))
+        self._sinks = tuple(sinks)
         self._since_flush = 0
         self._last_flush = regions._perf()
 
@@ -219,25 +211,8 @@ class TimingLogger:
             device_memory_total=mem_total,
             start_step=start_step,
         )
-        if self._jsonl is not None and start_step > 0:
-            last = last_step_in(self._jsonl.path)
-            if last is not None and last > start_step:
-                # e.g. a checkpoint at 50, killed at 56: steps 51-56 are run again
-                warn(
-                    f"resuming at step {start_step}: steps {start_step + 1}-{last} already in "
-                    f"{self._jsonl.path} are run again; readers keep the new records"
-                )
-        if self._jsonl is not None:
-            line = R.encode_bytes(start)
-            if len(line) > R.MAX_LINE_BYTES:
-                self._warn_once(
-                    "config",
-                    f"config= is too large to record "
-                    f"({len(line)} bytes as JSON); the run is recorded without it",
-                )
-                line = R.encode_bytes(dataclasses.replace(start, config={}))
-            self._write(self._jsonl, line)
-            self._jsonl.flush()  # the run appears to a watching monitor right away
+        for sink in self._sinks:
+            sink.start(start)
 
         self._t_last = regions._perf()
         self._marker: Any = None
@@ -552,7 +527,7 @@ class TimingLogger:
     # ------------------------------------------------------------------ outputs
 
     def _emit(self, rec: R.Step) -> None:
-        rec = self._within_limits(rec)
+        rec = within_limits(rec, self._warn_once)
         self.steps_written = rec.step
         self._stats.add_step(rec.regions)
         self._wall.add(rec.wall_ms)
@@ -563,102 +538,12 @@ class TimingLogger:
             for k, v in rec.memory.items():
                 if v > peak.get(k, -1):
                     peak[k] = v
-        if self._jsonl is not None:
-            line = R.encode_bytes(rec)
-            if len(line) > R.MAX_LINE_BYTES:
-                self._warn_once(
-                    "line",
-                    f"step {rec.step}: its record would be {len(line)} bytes "
-                    f"(limit {R.MAX_LINE_BYTES}); scalars and regions are left out of it",
-                )
-                line = R.encode_bytes(dataclasses.replace(rec, regions={}, scalars=None))
-            self._write(self._jsonl, line)
-        if self._text is not None:
-            try:
-                block = format_step(rec.step, rec.wall_ms, rec.regions, self._avg_of)
-            except Exception as e:  # a formatting bug must not stop training
-                self._warn_once("text", f"text log: {e}")
-            else:
-                self._write(self._text, block)
-        if self._console is not None:
-            self._console_step(rec, un)
-
-    def _within_limits(self, rec: R.Step) -> R.Step:
-        """``rec`` with what the reader would refuse left out (one warning per kind)."""
-        regions = rec.regions
-        bad = [
-            k
-            for k, (ms, n) in regions.items()
-            if not (0.0 <= ms < R.MAX_MS and 0 <= n < R.MAX_INT and len(k) <= R.MAX_NAME_CHARS)
-        ]
-        if bad:
-            self._warn_once(
-                "limits",
-                f"step {rec.step}: region {short(bad[0])} has a value or "
-                f"name beyond the record limits (docs/record-format.md); left out",
-            )
-            regions = {k: v for k, v in regions.items() if k not in bad}
-        if regions and not sum(ms + n for ms, n in regions.values()) < R.MAX_MS:
-            self._warn_once(
-                "limits-sum",
-                f"step {rec.step}: its regions sum to more than {R.MAX_MS:.0e} ms; left out",
-            )
-            regions = {}
-        wall = rec.wall_ms
-        if not 0.0 <= wall < R.MAX_MS:
-            self._warn_once(
-                "wall",
-                f"step {rec.step}: wall time {wall!r} ms is out of range; "
-                "recorded as the sum of its top-level regions",
-            )
-            wall = sum(ms for k, (ms, _) in regions.items() if "/" not in k)
-        if regions is rec.regions and wall == rec.wall_ms:
-            return rec
-        return dataclasses.replace(rec, regions=regions, wall_ms=wall)
+        for sink in self._sinks:
+            sink.step(rec, un)
 
     def _emit_other(self, rec: R.Record) -> None:
-        if self._jsonl is not None:
-            self._write(self._jsonl, R.encode_bytes(rec))
-
-    def _write(self, sink: LineFile, line: str | bytes) -> None:
-        try:
-            sink.write(line)
-        except Exception as e:
-            self._warn_once("write", f"writing {sink.path}: {e}")
-
-    def _avg_of(self, name: str) -> float | None:
-        s = self._stats.get(name)
-        return s.avg if s is not None else None
-
-    def _console_step(self, rec: R.Step, un: float) -> None:
-        acc = self._con_acc
-        for name, (ms, _) in rec.regions.items():
-            acc[name] = acc.get(name, 0.0) + ms
-        self._con_wall += rec.wall_ms
-        self._con_unacc += un
-        self._con_n += 1
-        self._con_samples += rec.samples
-        if self._con_n < self.console_update_interval:
-            return
-        n = self._con_n
-        wall = self._con_wall / n
-        top = sorted(((k, v / n) for k, v in acc.items()), key=lambda kv: -kv[1])[:TOP_N]
-        rate = ""
-        if wall > 0:
-            rate = f"{1000.0 / wall:.2f} steps/s"
-            if self._con_samples:
-                rate += ", " + samples_rate_label(
-                    self._con_samples / (self._con_wall / 1000.0), self.world_size
-                )
-        try:
-            assert self._console is not None
-            self._console.update(rec.step, wall, top, self._con_unacc / n, rate)
-        except Exception as e:
-            self._warn_once("console", f"console panel: {e}")
-            self._console = None
-        acc.clear()
-        self._con_wall = self._con_unacc = 0.0
-        self._con_n = self._con_samples = 0
+        for sink in self._sinks:
+            sink.record(rec)
 
     def log_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Write an eval record (after the step records still waiting for the GPU).
@@ -691,9 +576,8 @@ class TimingLogger:
         with self._io:
             self._since_flush = 0
             self._last_flush = regions._perf()
-            for sink in (self._jsonl, self._text):
-                if sink is not None:
-                    sink.flush()
+            for sink in self._sinks:
+                sink.flush()
 
     # ------------------------------------------------------------------ results
 
@@ -756,11 +640,8 @@ class TimingLogger:
             error_message=str(error)[:2000] if error is not None else None,
         )
         self._emit_other(end)
-        for sink in (self._jsonl, self._text):
-            if sink is not None:
-                sink.close()
-        if self._console is not None:
-            self._console.close()
+        for sink in self._sinks:
+            sink.close()
         if self._sigterm is not None:
             self._sigterm.uninstall()
             self._sigterm = None
