@@ -47,8 +47,6 @@ from trainer.timing.text_log import format_summary
 
 FLUSH_SECONDS = 2.0  # also flush when this long has passed, so a live monitor stays current
 
-# --------------------------------------------------------------------------- logger
-
 _CONFIG_BOOL = {
     "ENABLE_TIMING_LOG": "enabled",
     "TIMING_CONSOLE": "enable_console",
@@ -106,11 +104,28 @@ class TimingLogger:
         self.file_flush_interval = clean.positive_int(file_flush_interval, "file_flush_interval")
         self.enabled = bool(enabled) and not env_disabled()
         self.log_dir = os.fspath(log_dir)
+        start_step = clean.start_step(start_step)
+        self._init_state(start_step, max_region_names)
+        if not self.enabled:
+            return
+        self.rank, self.world_size = rank_and_world(rank, world_size)
+        self.run_id = resolve_run_id(run_id, run_name, self.world_size)
+        self.run_dir = R.run_dir(self.log_dir, self.run_id)
+        self._open_clock(device, event_factory, max_pending_steps)
+        self._open_memory(collect_memory)
+        self._open_sinks(enable_jsonl, enable_file, enable_console, console_stream)
+        self._write_run_start(config, total_steps, samples_per_step, start_step, event_factory)
+        self._start_clock()
+        if handle_sigterm:
+            self._sigterm = SigtermHook.install(self)
+        track(self)
+
+    def _init_state(self, start_step: int, max_region_names: int) -> None:
+        """Everything a logger holds, as for a disabled one (no run, no outputs, CPU clock)."""
         self.run_id: str | None = None
         self.run_dir: str | None = None
         self.rank, self.world_size = 0, 1
         self.device = "cpu"
-        start_step = clean.start_step(start_step)
         self.step_count = start_step  # number of the last step() call
         self.steps_written = start_step  # number of the last step record emitted
         self._closed = not self.enabled
@@ -129,25 +144,27 @@ class TimingLogger:
         self._unaccounted = RunningStats()
         self.peak_memory: dict[str, int] = {}
         self._epoch = 0
-        self._samples_per_step = samples_per_step
+        self._samples_per_step: int | None = None
         self._cuda = False
         self._pool: EventPool | None = None
         self._pending: deque[PendingStep] = deque()
+        self._max_pending = 1
+        self._marker: Any = None  # CUDA: the event that ends the previous step
+        self._region_cls: type[CpuRegion] = CpuRegion
+        self._gregion_cls: type[CpuRegion] = GlobalCpuRegion
+        self._memory: MemoryReader | None = None
         self._sinks: tuple[Sink, ...] = ()
+        self._since_flush = 0
+        self._last_flush = self._t_last = 0.0
         self._warn_once = WarnOnce()
         self._sigterm: SigtermHook | None = None  # installed as the SIGTERM handler
         self._pid = os.getpid()
-        if not self.enabled:
-            self._region_cls: type[CpuRegion] = CpuRegion
-            self._gregion_cls: type[CpuRegion] = GlobalCpuRegion
-            return
 
-        self.rank, self.world_size = rank_and_world(rank, world_size)
-        self.run_id = resolve_run_id(run_id, run_name, self.world_size)
-        self.run_dir = R.run_dir(self.log_dir, self.run_id)
-
-        # clock: CUDA events or perf_counter
-        self._max_pending = max(1, int(max_pending_steps))
+    def _open_clock(
+        self, device: Any, event_factory: EventFactory | None, max_pending: int
+    ) -> None:
+        """CUDA events for a CUDA ``device`` (when events can be made), else ``perf_counter``."""
+        self._max_pending = max(1, int(max_pending))
         dev = "cpu" if device is None else str(device)
         if dev.startswith("cuda"):
             factory = event_factory
@@ -165,14 +182,18 @@ class TimingLogger:
         self._region_cls = CudaRegion if self._cuda else CpuRegion
         self._gregion_cls = GlobalCudaRegion if self._cuda else GlobalCpuRegion
 
-        self._memory: MemoryReader | None = None
-        if collect_memory:
-            try:
-                self._memory = cuda_memory_reader(dev) if self._cuda else cpu_memory_reader()
-            except Exception as e:
-                warn(f"memory is not recorded: {e}")
+    def _open_memory(self, collect_memory: bool) -> None:
+        if not collect_memory:
+            return
+        try:
+            self._memory = cuda_memory_reader(self.device) if self._cuda else cpu_memory_reader()
+        except Exception as e:
+            warn(f"memory is not recorded: {e}")
 
-        # outputs
+    def _open_sinks(
+        self, enable_jsonl: bool, enable_file: bool, enable_console: bool, console_stream: Any
+    ) -> None:
+        assert self.run_dir is not None
         sinks: list[Sink] = []
         if enable_jsonl:
             path = os.path.join(self.run_dir, R.rank_file_name(self.rank))
@@ -184,17 +205,24 @@ class TimingLogger:
             interval = self.console_update_interval
             sinks.append(ConsoleSink(console_stream, interval, self.world_size, self._warn_once))
         self._sinks = tuple(sinks)
-        self._since_flush = 0
         self._last_flush = regions._perf()
 
+    def _write_run_start(
+        self,
+        config: Mapping[str, Any] | None,
+        total_steps: int | None,
+        samples_per_step: int | None,
+        start_step: int,
+        event_factory: EventFactory | None,
+    ) -> None:
+        assert self.run_id is not None
         gpu_name = mem_total = None
         if self._cuda and event_factory is None:
-            gpu_name, mem_total = cuda_device_info(dev)
+            gpu_name, mem_total = cuda_device_info(self.device)
         torch_mod = sys.modules.get("torch")  # reported only if the program imported it
         torch_version = getattr(torch_mod, "__version__", None) if torch_mod else None
         total_steps = clean.opt_count(total_steps, "total_steps")
-        samples_per_step = clean.opt_count(samples_per_step, "samples_per_step")
-        self._samples_per_step = samples_per_step
+        self._samples_per_step = clean.opt_count(samples_per_step, "samples_per_step")
         start = R.RunStart(
             run_id=self.run_id,
             rank=self.rank,
@@ -202,28 +230,25 @@ class TimingLogger:
             time=time.time(),
             host=socket.gethostname(),
             pid=os.getpid(),
-            device=dev,
+            device=self.device,
             gpu_name=gpu_name,
             torch_version=str(torch_version) if torch_version else None,
             config=clean.config(config),
             total_steps=total_steps,
-            samples_per_step=samples_per_step,
+            samples_per_step=self._samples_per_step,
             device_memory_total=mem_total,
             start_step=start_step,
         )
         for sink in self._sinks:
             sink.start(start)
 
+    def _start_clock(self) -> None:
+        """The first step starts now (on CUDA: at an event recorded now)."""
         self._t_last = regions._perf()
-        self._marker: Any = None
         if self._cuda:
             assert self._pool is not None
             self._marker = self._pool.get()
             self._marker.record()
-
-        if handle_sigterm:
-            self._sigterm = SigtermHook.install(self)
-        track(self)
 
     # ------------------------------------------------------------------ construction
 
@@ -408,42 +433,9 @@ class TimingLogger:
         else:
             n_samples = self._samples_per_step or 0
         sc = clean.scalars(scalars, "scalars", self._warn_once) if scalars else None
-        if memory is not None:
-            mem: dict[str, int] | None = clean.memory(memory, self._warn_once)
-        elif self._memory is not None:
-            try:
-                mem = clean.memory(self._memory(), self._warn_once)
-            except Exception as e:
-                self._memory = None
-                mem = None
-                self._warn_once("memory", f"memory is no longer recorded: {e}")
-        else:
-            mem = None
-
+        mem = self._step_memory(memory)
         if self._cuda:
-            with self._lock:
-                if stack:
-                    self._cut_open(stack, now)
-                events, values = self._cur_ev, self._cur
-                self._cur_ev, self._cur = [], {}
-            marker = self._pool.get()  # type: ignore[union-attr]
-            marker.record()
-            self._pending.append(
-                PendingStep(
-                    self.step_count,
-                    self._marker,
-                    marker,
-                    events,
-                    values,
-                    time.time(),
-                    self._epoch,
-                    n_samples,
-                    sc,
-                    mem,
-                )
-            )
-            self._marker = marker
-            self._drain(block=False)
+            self._queue_gpu_step(stack, now, n_samples, sc, mem)
         else:
             with self._lock:
                 if stack:
@@ -466,6 +458,52 @@ class TimingLogger:
         self._since_flush += 1
         if self._since_flush >= self.file_flush_interval or now - self._last_flush >= FLUSH_SECONDS:
             self.flush()
+
+    def _step_memory(self, memory: Mapping[str, int] | None) -> dict[str, int] | None:
+        """The memory of this step: given, else measured (if a reader is on)."""
+        if memory is not None:
+            return clean.memory(memory, self._warn_once)
+        if self._memory is None:
+            return None
+        try:
+            return clean.memory(self._memory(), self._warn_once)
+        except Exception as e:
+            self._memory = None
+            self._warn_once("memory", f"memory is no longer recorded: {e}")
+            return None
+
+    def _queue_gpu_step(
+        self,
+        stack: list[Any] | None,
+        now: float,
+        samples: int,
+        scalars: dict[str, float] | None,
+        memory: dict[str, int] | None,
+    ) -> None:
+        """End a CUDA step at a new marker event; it is emitted once its events complete."""
+        with self._lock:
+            if stack:
+                self._cut_open(stack, now)
+            events, values = self._cur_ev, self._cur
+            self._cur_ev, self._cur = [], {}
+        marker = self._pool.get()  # type: ignore[union-attr]
+        marker.record()
+        self._pending.append(
+            PendingStep(
+                self.step_count,
+                self._marker,
+                marker,
+                events,
+                values,
+                time.time(),
+                self._epoch,
+                samples,
+                scalars,
+                memory,
+            )
+        )
+        self._marker = marker
+        self._drain(block=False)
 
     def _cut_open(self, stack: list[Any], now: float) -> None:
         """Close the regions still open on this thread at ``step()`` (lock held)."""
