@@ -1,8 +1,10 @@
-"""Cleaning of user values: what the record format cannot hold is dropped, never raised.
+"""Checks of user values: what the record format cannot hold is dropped, never raised.
 
-Each function drops what the record format cannot hold (docs/record-format.md "Limits")
-with one warning per kind of problem (through the logger's :class:`WarnOnce`), and never
-raises; :func:`positive_int` is the exception, for constructor arguments.
+The per-step and per-record checks drop what the record format cannot hold
+(docs/record-format.md "Limits") with one warning per kind of problem, through the
+logger's :class:`WarnOnce`, and never raise. The checks of constructor arguments
+(:func:`positive_int`) and of the config's ``LOG:`` section (:func:`log_section`) do
+raise: they run before training starts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,17 @@ from typing import Any
 
 from trainer.timing import records as R
 from trainer.timing.jsonl import warn
+
+_LOG_BOOL = {
+    "ENABLE_TIMING_LOG": "enabled",
+    "TIMING_CONSOLE": "enable_console",
+    "TIMING_FILE": "enable_file",
+    "TIMING_JSONL": "enable_jsonl",
+}
+_LOG_INT = {
+    "TIMING_CONSOLE_INTERVAL": "console_update_interval",
+    "TIMING_FILE_INTERVAL": "file_flush_interval",
+}
 
 
 class WarnOnce:
@@ -187,3 +200,29 @@ def _config_mapping(
             k = str(k)
         out[k] = _config_value(v, f"{path}.{k}" if path else k, depth + 1, problems)
     return out
+
+
+def log_section(section: Any, config_file: str | None) -> dict[str, Any]:
+    """The logger's keyword arguments from the ``LOG:`` section of a config (see
+    ``TimingLogger.from_config``); ConfigError naming ``LOG.<KEY>`` for a bad value."""
+    from trainer.errors import ConfigError
+
+    section = section or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError("LOG", f"expected a mapping, got {type(section).__name__}", config_file)
+    args: dict[str, Any] = {}
+    for key, arg in _LOG_BOOL.items():
+        if key in section:
+            v = section[key]
+            if not isinstance(v, bool):
+                raise ConfigError(f"LOG.{key}", f"expected true or false, got {v!r}", config_file)
+            args[arg] = v
+    for key, arg in _LOG_INT.items():
+        if key in section:
+            v = section[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(
+                    f"LOG.{key}", f"expected a positive integer (steps), got {v!r}", config_file
+                )
+            args[arg] = v
+    return args

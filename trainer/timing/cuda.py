@@ -255,3 +255,13 @@ def cuda_device_info(device: Any) -> tuple[str | None, int | None]:
         return str(props.name), int(props.total_memory)
     except Exception:
         return None, None
+
+
+def current_cuda_device() -> str:
+    """``cuda:N`` of torch's current device (``cuda`` if unknown)."""
+    try:
+        import torch
+
+        return f"cuda:{torch.cuda.current_device()}"
+    except Exception:
+        return "cuda"

@@ -4,6 +4,11 @@ Hot-path rules: a region costs about a microsecond on CPU (``perf_counter``), a 
 region costs two event records and never a synchronize; a disabled logger (or no
 logger) makes every call a no-op of a few tens of nanoseconds; per-step work and memory
 do not grow with the number of steps.
+
+The logger owns the run: it opens the clock and the outputs, collects each step's region
+values, resolves CUDA steps, keeps the statistics and closes the run. The regions
+themselves are in ``regions.py``, the outputs in ``sinks.py``, the checks of user values
+in ``clean.py`` and what happens at exit, fork and SIGTERM in ``lifecycle.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from trainer.timing.cuda import (
     cpu_memory_reader,
     cuda_device_info,
     cuda_memory_reader,
+    current_cuda_device,
     torch_event_factory,
 )
 from trainer.timing.jsonl import rank_and_world, resolve_run_id, warn
@@ -38,6 +44,7 @@ from trainer.timing.regions import (
     CudaRegion,
     GlobalCpuRegion,
     GlobalCudaRegion,
+    cut_open,
     env_disabled,
     noop_for,
 )
@@ -46,17 +53,6 @@ from trainer.timing.stats import RegionStats, RunningStats
 from trainer.timing.text_log import format_summary
 
 FLUSH_SECONDS = 2.0  # also flush when this long has passed, so a live monitor stays current
-
-_CONFIG_BOOL = {
-    "ENABLE_TIMING_LOG": "enabled",
-    "TIMING_CONSOLE": "enable_console",
-    "TIMING_FILE": "enable_file",
-    "TIMING_JSONL": "enable_jsonl",
-}
-_CONFIG_INT = {
-    "TIMING_CONSOLE_INTERVAL": "console_update_interval",
-    "TIMING_FILE_INTERVAL": "file_flush_interval",
-}
 
 
 class TimingLogger:
@@ -120,6 +116,23 @@ class TimingLogger:
             self._sigterm = SigtermHook.install(self)
         track(self)
 
+    @classmethod
+    def from_config(
+        cls, log_section: Mapping[str, Any] | None, *, config_file: str | None = None, **kwargs: Any
+    ) -> TimingLogger:
+        """A logger from the ``LOG:`` section of a config; ``kwargs`` win over it.
+
+        Keys: ``ENABLE_TIMING_LOG``, ``TIMING_CONSOLE``, ``TIMING_FILE``, ``TIMING_JSONL``
+        (booleans), ``TIMING_CONSOLE_INTERVAL`` (default 10), ``TIMING_FILE_INTERVAL``
+        (default 50). Other keys of the section are ignored. A bad value raises
+        :class:`trainer.errors.ConfigError` naming ``LOG.<KEY>``.
+        """
+        args = clean.log_section(log_section, config_file)
+        args.update(kwargs)
+        return cls(**args)
+
+    # ------------------------------------------------------------------ opening
+
     def _init_state(self, start_step: int, max_region_names: int) -> None:
         """Everything a logger holds, as for a disabled one (no run, no outputs, CPU clock)."""
         self.run_id: str | None = None
@@ -177,7 +190,7 @@ class TimingLogger:
                 self._cuda = True
                 self._pool = EventPool(factory)
                 if dev == "cuda" and event_factory is None:
-                    dev = _current_cuda_device()
+                    dev = current_cuda_device()
         self.device = dev
         self._region_cls = CudaRegion if self._cuda else CpuRegion
         self._gregion_cls = GlobalCudaRegion if self._cuda else GlobalCpuRegion
@@ -249,46 +262,6 @@ class TimingLogger:
             assert self._pool is not None
             self._marker = self._pool.get()
             self._marker.record()
-
-    # ------------------------------------------------------------------ construction
-
-    @classmethod
-    def from_config(
-        cls, log_section: Mapping[str, Any] | None, *, config_file: str | None = None, **kwargs: Any
-    ) -> TimingLogger:
-        """A logger from the ``LOG:`` section of a config; ``kwargs`` win over it.
-
-        Keys: ``ENABLE_TIMING_LOG``, ``TIMING_CONSOLE``, ``TIMING_FILE``, ``TIMING_JSONL``
-        (booleans), ``TIMING_CONSOLE_INTERVAL`` (default 10), ``TIMING_FILE_INTERVAL``
-        (default 50). Other keys of the section are ignored. A bad value raises
-        :class:`trainer.errors.ConfigError` naming ``LOG.<KEY>``.
-        """
-        from trainer.errors import ConfigError
-
-        section = log_section or {}
-        if not isinstance(section, Mapping):
-            raise ConfigError(
-                "LOG", f"expected a mapping, got {type(section).__name__}", config_file
-            )
-        args: dict[str, Any] = {}
-        for key, arg in _CONFIG_BOOL.items():
-            if key in section:
-                v = section[key]
-                if not isinstance(v, bool):
-                    raise ConfigError(
-                        f"LOG.{key}", f"expected true or false, got {v!r}", config_file
-                    )
-                args[arg] = v
-        for key, arg in _CONFIG_INT.items():
-            if key in section:
-                v = section[key]
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise ConfigError(
-                        f"LOG.{key}", f"expected a positive integer (steps), got {v!r}", config_file
-                    )
-                args[arg] = v
-        args.update(kwargs)
-        return cls(**args)
 
     # ------------------------------------------------------------------ regions
 
@@ -439,7 +412,7 @@ class TimingLogger:
         else:
             with self._lock:
                 if stack:
-                    self._cut_open(stack, now)
+                    cut_open(stack, now, self._warn_once)
                 values = self._cur
                 self._cur = {}
             by_name = {k: (v[0], int(v[1])) for k, v in values.items()}
@@ -483,7 +456,7 @@ class TimingLogger:
         """End a CUDA step at a new marker event; it is emitted once its events complete."""
         with self._lock:
             if stack:
-                self._cut_open(stack, now)
+                cut_open(stack, now, self._warn_once)
             events, values = self._cur_ev, self._cur
             self._cur_ev, self._cur = [], {}
         marker = self._pool.get()  # type: ignore[union-attr]
@@ -504,18 +477,6 @@ class TimingLogger:
         )
         self._marker = marker
         self._drain(block=False)
-
-    def _cut_open(self, stack: list[Any], now: float) -> None:
-        """Close the regions still open on this thread at ``step()`` (lock held)."""
-        names = ", ".join(repr(r._full) for r in stack[:3]) + (", ..." if len(stack) > 3 else "")
-        self._warn_once(
-            "open",
-            f"step() with region(s) {names} still open: closed at this step() and charged to "
-            "it (a region must end before step(); later regions are not nested under it)",
-        )
-        for r in reversed(stack):
-            r._cut(now)
-        stack.clear()
 
     def _drain(self, block: bool) -> None:
         """Emit pending CUDA steps whose events completed (all of them when ``block``)."""
@@ -633,6 +594,7 @@ class TimingLogger:
             return {"wall": self._wall.as_dict(), "unaccounted": self._unaccounted.as_dict()}
 
     def format_summary(self) -> str:
+        """The run summary that :meth:`print_summary` prints."""
         with self._io:
             return format_summary(
                 self.get_summary(), self._wall.count, self._wall.total, self._unaccounted.total
@@ -701,12 +663,3 @@ class TimingLogger:
     def __repr__(self) -> str:
         state = "disabled" if not self.enabled else ("closed" if self._closed else "open")
         return f"TimingLogger(run_id={self.run_id!r}, rank={self.rank}, device={self.device!r}, {state})"
-
-
-def _current_cuda_device() -> str:
-    try:
-        import torch
-
-        return f"cuda:{torch.cuda.current_device()}"
-    except Exception:
-        return "cuda"

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from trainer.timing.clean import WarnOnce
+
 if TYPE_CHECKING:
     from trainer.timing.logger import TimingLogger
 
@@ -185,6 +187,20 @@ class CpuRegion:
         else:
             acc[0] += ms
             acc[1] += 1
+
+
+def cut_open(stack: list[CpuRegion], now: float, warn_once: WarnOnce) -> None:
+    """Close the regions still open on this thread at ``step()`` (the logger's lock held):
+    their time so far counts in this step, their own exit later does nothing."""
+    names = ", ".join(repr(r._full) for r in stack[:3]) + (", ..." if len(stack) > 3 else "")
+    warn_once(
+        "open",
+        f"step() with region(s) {names} still open: closed at this step() and charged to "
+        "it (a region must end before step(); later regions are not nested under it)",
+    )
+    for r in reversed(stack):
+        r._cut(now)
+    stack.clear()
 
 
 class CudaRegion(CpuRegion):
