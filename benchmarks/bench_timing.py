@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _report import machine, today, write_section
 
-import stagewatch.timing.logger as L
 from stagewatch.timing import (
+    ENV_SWITCH,
     TimingLogger,
     log_timing,
     set_global_timing_logger,
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         (n, repeats), (far, window) = (2_000, 20), (5_000, 500)
     else:
         (n, repeats), (far, window) = (5_000, 200), (100_000, 1_000)
-    os.environ.pop(L.ENV_SWITCH, None)
+    os.environ.pop(ENV_SWITCH, None)
     with tempfile.TemporaryDirectory(prefix="bench_timing_") as root:
         c = call_costs(n, repeats, root)
         steps = {

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from stagewatch.timing import logger as _timing_logger
-from stagewatch.timing import set_global_timing_logger
+from stagewatch.timing import lifecycle, set_global_timing_logger
 
 
 @pytest.fixture(autouse=True)
@@ -15,7 +14,7 @@ def _no_leftover_timing_logger() -> Iterator[None]:
     """No test leaves a global or open timing logger behind for the next one."""
     yield
     set_global_timing_logger(None)
-    for lg in list(_timing_logger._open_loggers):
+    for lg in list(lifecycle._open_loggers):
         lg.close()
 
 

@@ -57,3 +57,15 @@ def test_importing_the_library_imports_neither_torch_nor_textual() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_warning_points_at_the_users_line_wherever_the_library_found_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        log = stagewatch.TimingLogger(tmp_path, start_step=-5, enable_console=False)
+        log.log("x", "abc")
+        log.step(scalars={"a": "b"})
+        log.close()
+    found = [w for w in caught if issubclass(w.category, stagewatch.TimingWarning)]
+    assert len(found) == 3
+    assert {w.filename for w in found} == {__file__}

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stagewatch.timing import TimingLogger, set_global_timing_logger
-from stagewatch.timing import logger as L
-from stagewatch.timing.logger import log_timing
+from stagewatch.timing import TimingLogger, log_timing, regions, set_global_timing_logger
 from tui.diagnosis.rules import Thresholds, advice_for_run, judge_stragglers
 from tui.report.summary import open_run, summary_dict, summary_text
 
@@ -41,7 +39,7 @@ def ddp_run(
     """Two ranks written by two TimingLoggers into one run folder, with DDP's timing: both
     ranks reach step() together (the clock is shared), the faster one waits in ``allreduce``."""
     now = [1000.0]
-    monkeypatch.setattr(L, "_perf", lambda: now[0])
+    monkeypatch.setattr(regions, "_perf", lambda: now[0])
     loggers = [
         TimingLogger(
             root,

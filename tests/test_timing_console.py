@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import stagewatch.timing.logger as L
+import stagewatch.timing.regions as regions
 from stagewatch.timing import TimingLogger, log_timing, set_global_timing_logger
 from stagewatch.timing.console import Console, panel_lines, summary_line
 
@@ -32,7 +32,7 @@ def fake_steps(lg: TimingLogger, clock: list[float], n: int) -> None:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     c = [100.0]
-    monkeypatch.setattr(L, "_perf", lambda: c[0])
+    monkeypatch.setattr(regions, "_perf", lambda: c[0])
     return c
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import stagewatch.timing.logger as L
+import stagewatch.timing.regions as regions
 from stagewatch import records as R
 from stagewatch.errors import ConfigError
 from stagewatch.timing import (
@@ -24,6 +24,7 @@ from stagewatch.timing import (
     set_global_timing_logger,
     timed,
 )
+from stagewatch.timing.sinks import ConsoleSink, JsonlSink
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,7 +45,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     c = FakeClock()
-    monkeypatch.setattr(L, "_perf", c)
+    monkeypatch.setattr(regions, "_perf", c)
     return c
 
 
@@ -338,7 +339,7 @@ def test_from_config_maps_log_keys(tmp_path):
         handle_sigterm=False,
     )
     assert lg.enabled and lg.console_update_interval == 3 and lg.file_flush_interval == 7
-    assert lg._console is None and lg._text is None and lg._jsonl is not None
+    assert [type(s) for s in lg._sinks] == [JsonlSink]  # no console panel, no text log
     lg.close()
     off = TimingLogger.from_config({"ENABLE_TIMING_LOG": False}, log_dir=tmp_path)
     assert not off.enabled and off.run_dir is None
@@ -451,7 +452,7 @@ def test_run_id_sources(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     lg = make(tmp_path)
     assert (lg.run_id, lg.rank, lg.world_size) == ("shared-123", 2, 3)
-    assert lg._console is None  # the panel is rank 0's only
+    assert not any(isinstance(s, ConsoleSink) for s in lg._sinks)  # the panel is rank 0's only
     lg.close()
     start = read_records(lg)[0]
     assert isinstance(start, R.RunStart) and (start.rank, start.world_size) == (2, 3)

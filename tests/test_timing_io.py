@@ -17,7 +17,13 @@ import pytest
 
 import stagewatch.timing.logger as L
 from stagewatch import records as R
-from stagewatch.timing import TimingLogger, TimingWarning, set_global_timing_logger, timed
+from stagewatch.timing import (
+    TimingLogger,
+    TimingWarning,
+    lifecycle,
+    set_global_timing_logger,
+    timed,
+)
 from stagewatch.timing.jsonl import LineFile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,8 +243,8 @@ def test_forked_children_never_write_to_the_parents_run(tmp_path):
         try:
             run_steps(lg, 2)
             lg.flush()
-            L._close_all_at_exit()
-            lg._on_sigterm(signal.SIGTERM, None)
+            lifecycle._close_all_at_exit()
+            lg._sigterm(signal.SIGTERM, None)
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)

@@ -18,15 +18,11 @@ See docs/timing.md.
 
 from stagewatch.timing.jsonl import TimingWarning
 from stagewatch.timing.logger import (
-    ENV_SWITCH,
-    NOOP,
     TimingLogger,
-    env_disabled,
     get_global_timing_logger,
-    log_timing,
     set_global_timing_logger,
-    timed,
 )
+from stagewatch.timing.regions import ENV_SWITCH, NOOP, env_disabled, log_timing, timed
 
 __all__ = [
     "ENV_SWITCH",

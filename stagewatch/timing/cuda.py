@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
+
+from stagewatch.timing.jsonl import warn
 
 
 class Event(Protocol):
@@ -171,6 +174,74 @@ class PendingStep:
         return wall, {k: (v[0], int(v[1])) for k, v in regions.items()}, failures
 
 
+class GpuSteps:
+    """A logger's CUDA clock: its event pool, the marker event that ends the previous step,
+    and the steps waiting for their events. A step is emitted once its events completed,
+    usually one step behind; nothing here ever synchronizes, but to apply back-pressure
+    (more than ``max_pending`` steps waiting) and at close."""
+
+    __slots__ = ("marker", "max_pending", "pending", "pool")
+
+    def __init__(self, factory: EventFactory, max_pending: int) -> None:
+        self.pool = EventPool(factory)
+        self.pending: deque[PendingStep] = deque()
+        self.max_pending = max(1, int(max_pending))
+        self.marker: Event | None = None
+
+    def start(self) -> None:
+        """The coming step starts at an event recorded now (the old marker may still end a
+        pending step: it is not pooled)."""
+        m = self.pool.get()
+        m.record()
+        self.marker = m
+
+    def end_step(self, step: int, events: list[tuple[str, Event, Event]], **meta: Any) -> None:
+        """End step ``step`` at a new marker; ``meta``: PendingStep's other fields."""
+        marker = self.pool.get()
+        marker.record()
+        assert self.marker is not None
+        self.pending.append(PendingStep(step, self.marker, marker, events, **meta))
+        self.marker = marker
+
+    def defer(self, rec: Any) -> bool:
+        """Write ``rec`` right after the last pending step (True), if one is pending."""
+        if not self.pending:
+            return False
+        self.pending[-1].after.append(rec)
+        return True
+
+    def completed(
+        self, block: bool, warn_once: Callable[[str, str], None]
+    ) -> Iterator[tuple[PendingStep, float, dict[str, tuple[float, int]]]]:
+        """``(step, wall_ms, regions)`` of each pending step whose events completed, in
+        order (all of them when ``block``); their events go back to the pool."""
+        pending, pool = self.pending, self.pool
+        while pending:
+            p = pending[0]
+            if not p.ready():
+                if not block and len(pending) <= self.max_pending:
+                    return
+                try:  # back-pressure when the CPU runs far ahead, or close(): wait
+                    p.wait()
+                except Exception as e:
+                    warn_once("wait", f"could not wait for GPU events: {e}")
+                    pending.clear()
+                    return
+            pending.popleft()
+            try:
+                wall, by_name, failures = p.resolve()
+            except Exception as e:
+                warn_once("resolve", f"step {p.step}: GPU timing failed: {e}")
+                continue
+            if failures:
+                warn_once("elapsed", f"step {p.step}: {failures} region(s) could not be timed")
+            pool.put(p.start)
+            for _, s, e in p.events:
+                pool.put(s)
+                pool.put(e)
+            yield p, wall, by_name
+
+
 # --------------------------------------------------------------------------- memory
 
 MemoryReader = Callable[[], "dict[str, int] | None"]
@@ -255,3 +326,44 @@ def cuda_device_info(device: Any) -> tuple[str | None, int | None]:
         return str(props.name), int(props.total_memory)
     except Exception:
         return None, None
+
+
+def current_cuda_device() -> str:
+    """``cuda:N`` of torch's current device (``cuda`` if unknown)."""
+    try:
+        import torch
+
+        return f"cuda:{torch.cuda.current_device()}"
+    except Exception:
+        return "cuda"
+
+
+def open_clock(
+    device: Any, event_factory: EventFactory | None, max_pending: int
+) -> tuple[str, GpuSteps | None]:
+    """``(device name, CUDA clock)``: a clock of CUDA events for a CUDA ``device`` when events
+    can be made (``event_factory``: instead of ``torch.cuda.Event``, tests), else None
+    (regions are timed by ``perf_counter``), with one warning saying why."""
+    dev = "cpu" if device is None else str(device)
+    if not dev.startswith("cuda"):
+        return dev, None
+    factory = event_factory
+    if factory is None:
+        try:
+            factory = torch_event_factory(dev)
+        except Exception as e:
+            warn(f"device {dev!r}: {e}; timing regions by CPU clock instead")
+            return dev, None
+        if dev == "cuda":
+            dev = current_cuda_device()
+    return dev, GpuSteps(factory, max_pending)
+
+
+def memory_reader(device: str, cuda: bool) -> MemoryReader | None:
+    """What measures each step's memory: the CUDA allocator's figures, else the process RSS
+    (None, with one warning, where neither can be read)."""
+    try:
+        return cuda_memory_reader(device) if cuda else cpu_memory_reader()
+    except Exception as e:
+        warn(f"memory is not recorded: {e}")
+        return None

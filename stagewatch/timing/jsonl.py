@@ -1,4 +1,4 @@
-"""Append-only line files that never raise into training, and the run identity of a rank.
+"""Append-only line files that never raise into training, and the timing core's warnings.
 
 A :class:`LineFile` buffers whole lines and appends them with ``os.write`` on an
 ``O_APPEND`` descriptor, so a process killed at any moment leaves at most one partial last
@@ -12,22 +12,24 @@ A LineFile is not thread-safe: its owner serialises calls (the logger holds a lo
 from __future__ import annotations
 
 import os
-import re
 import sys
 import warnings
-
-from stagewatch.records import make_run_id
-
-RUN_ID_ENV = "STAGEWATCH_RUN_ID"
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 class TimingWarning(RuntimeWarning):
     """Something went wrong in the timing core; training continues without it."""
 
 
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # stagewatch/
+
+
 def warn(message: str) -> None:
-    warnings.warn(f"stagewatch: {message}", TimingWarning, stacklevel=3)
+    """Warn (a :class:`TimingWarning`) at the first line outside stagewatch that led here: the
+    user's call, wherever inside the library the problem was found."""
+    level, f = 2, sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(_PACKAGE):
+        f, level = f.f_back, level + 1
+    warnings.warn(f"stagewatch: {message}", TimingWarning, stacklevel=level)
 
 
 class LineFile:
@@ -144,79 +146,3 @@ class LineFile:
             self._fd = None
         reason = e.strerror or str(e)
         warn(f"cannot write {self.path}: {reason}; this log is off for the rest of the run")
-
-
-# --------------------------------------------------------------------------- identity
-
-
-def _initialized_dist() -> object | None:
-    """``torch.distributed`` if it is already imported and initialised (never imports it)."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None:
-        return None
-    try:
-        if dist.is_available() and dist.is_initialized():  # type: ignore[attr-defined]
-            return dist
-    except Exception:
-        return None
-    return None
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
-def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """Explicit values, else torch.distributed (if initialised), else ``RANK``/``WORLD_SIZE``."""
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    dist = _initialized_dist()
-    if dist is not None:
-        try:
-            r, w = dist.get_rank(), dist.get_world_size()  # type: ignore[attr-defined]
-        except Exception:
-            r, w = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
-    else:
-        r, w = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
-    return (r if rank is None else rank), (w if world_size is None else world_size)
-
-
-def safe_run_id(run_id: str) -> str:
-    """A run id usable as one folder name (no separators, no ``..``)."""
-    s = _UNSAFE.sub("_", run_id).strip("._") or "run"
-    return s[:120]
-
-
-def resolve_run_id(run_id: str | None, run_name: str, world_size: int) -> str:
-    """The run id all ranks share.
-
-    Order: ``run_id`` given; else env ``STAGEWATCH_RUN_ID``; else, when torch.distributed
-    is initialised, rank 0's new id broadcast to every rank (a collective: every rank must
-    create its logger at the same point); else a new id (with a warning when several ranks
-    exist but cannot agree, since each would then start its own folder).
-    """
-    if run_id:
-        return safe_run_id(run_id)
-    env = os.environ.get(RUN_ID_ENV)
-    if env:
-        return safe_run_id(env)
-    rid = make_run_id(run_name)
-    if world_size > 1:
-        dist = _initialized_dist()
-        if dist is not None:
-            try:
-                box = [rid]
-                dist.broadcast_object_list(box, src=0)  # type: ignore[attr-defined]
-                return safe_run_id(str(box[0]))
-            except Exception as e:
-                warn(f"could not share the run id between ranks ({e}); each rank uses its own")
-        else:
-            warn(
-                f"{world_size} ranks but torch.distributed is not initialised and "
-                f"{RUN_ID_ENV} is not set: ranks will write separate run folders. Create the "
-                "logger after init_process_group, or set the variable for all ranks"
-            )
-    return rid

@@ -4,340 +4,62 @@ Hot-path rules: a region costs about a microsecond on CPU (``perf_counter``), a 
 region costs two event records and never a synchronize; a disabled logger (or no
 logger) makes every call a no-op of a few tens of nanoseconds; per-step work and memory
 do not grow with the number of steps.
+
+The logger owns the run: it opens the clock and the outputs, collects each step's region
+values, resolves CUDA steps, keeps the statistics and closes the run. The regions
+themselves are in ``regions.py``, the outputs in ``sinks.py``, the checks of user values
+in ``clean.py`` and what happens at exit, fork and SIGTERM in ``lifecycle.py``.
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
-import math
 import os
-import signal
-import socket
 import sys
 import threading
 import time
-import weakref
-from collections import deque
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 from stagewatch import records as R
-from stagewatch.runs import last_step_in
-from stagewatch.timing.console import TOP_N, Console, samples_rate_label
+from stagewatch.timing import clean, regions
+from stagewatch.timing.clean import WarnOnce, short
 from stagewatch.timing.cuda import (
     EventFactory,
     EventPool,
+    GpuSteps,
     MemoryReader,
-    PendingStep,
-    cpu_memory_reader,
     cuda_device_info,
-    cuda_memory_reader,
-    torch_event_factory,
+    memory_reader,
+    open_clock,
 )
-from stagewatch.timing.jsonl import LineFile, rank_and_world, resolve_run_id, warn
+from stagewatch.timing.identity import rank_and_world, resolve_run_id, run_start
+from stagewatch.timing.lifecycle import SigtermHook, track, untrack
+from stagewatch.timing.regions import (
+    NOOP,
+    CpuRegion,
+    CudaRegion,
+    GlobalCpuRegion,
+    GlobalCudaRegion,
+    cut_open,
+    env_disabled,
+    noop_for,
+)
+from stagewatch.timing.sinks import ConsoleSink, JsonlSink, Sink, TextSink, within_limits
 from stagewatch.timing.stats import RegionStats, RunningStats
-from stagewatch.timing.text_log import format_step, format_summary
+from stagewatch.timing.text_log import format_summary
 
-ENV_SWITCH = "STAGEWATCH_TIMING"
 FLUSH_SECONDS = 2.0  # also flush when this long has passed, so a live monitor stays current
-
-F = TypeVar("F", bound=Callable[..., Any])
-_perf = time.perf_counter
-_INF = float("inf")
-
-
-def env_disabled() -> bool:
-    """True when env ``STAGEWATCH_TIMING`` is ``0``/``false``/``off``/``no``."""
-    v = os.environ.get(ENV_SWITCH)
-    return v is not None and v.strip().lower() in ("0", "false", "off", "no")
-
-
-_ENV_OFF = env_disabled()  # read once at import: decorators applied now stay plain functions
-
-
-# --------------------------------------------------------------------------- no-op path
-
-
-class _Noop:
-    """Shared do-nothing region (context manager and decorator)."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str = "") -> None:
-        self.name = name
-
-    def __enter__(self) -> _Noop:
-        return self
-
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
-        return None
-
-    def __call__(self, fn: F) -> F:
-        return _decorate(fn, self.name, None)
-
-
-NOOP = _Noop()
-_noops: dict[str, _Noop] = {}
-
-
-def _noop_for(name: Any) -> _Noop:
-    if type(name) is not str:
-        return NOOP
-    r = _noops.get(name)
-    if r is None:
-        r = _Noop(name)
-        if len(_noops) < 1024:  # bounded even if names are generated
-            _noops[name] = r
-    return r
-
-
-def _decorate(fn: F, name: str, logger: TimingLogger | None) -> F:
-    """Wrap ``fn`` in a region; ``logger=None`` means the global logger at call time."""
-    if _ENV_OFF:
-        return fn
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        lg = _active if logger is None else logger
-        if lg is None or not lg.enabled:
-            return fn(*args, **kwargs)
-        with lg.region(name):
-            return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------- regions
-
-
-def _unlink(stack: list[Any], region: Any) -> bool:
-    """Remove ``region`` from a stack it is not on top of (generators, coroutines and
-    threads can interleave regions); later regions keep their correct parents. False when
-    it is not on the stack: ``step()`` already closed it."""
-    for i in range(len(stack) - 1, -1, -1):
-        if stack[i] is region:
-            del stack[i]
-            return True
-    return False
-
-
-class _CpuRegion:
-    """A region timed by ``perf_counter``; nesting-aware through a per-thread stack.
-
-    The stack holds the open region objects themselves, so the parent of a new region is
-    ``stack[-1]._full``; each object keeps its own name and start time.
-    """
-
-    __slots__ = ("_full", "_lg", "_name", "_stack", "_t0")
-    _bound = True  # decorator uses this logger (False: the global one at call time)
-
-    def __init__(self, lg: TimingLogger, name: str) -> None:
-        self._lg = lg
-        self._name = name
-
-    def _push(self) -> None:
-        tls = self._lg._tls
-        try:
-            stack = tls.stack
-        except AttributeError:
-            stack = tls.stack = []
-        name = self._name
-        if name[:1] == "/":
-            self._full = name[1:]
-        elif stack:
-            self._full = stack[-1]._full + "/" + name
-        else:
-            self._full = name
-        self._stack = stack
-        stack.append(self)
-
-    def __enter__(self) -> _CpuRegion:
-        # _push() inlined: this is the CPU hot path, where a method call is measurable
-        tls = self._lg._tls
-        try:
-            stack = tls.stack
-        except AttributeError:
-            stack = tls.stack = []
-        name = self._name
-        if name[:1] == "/":
-            self._full = name[1:]
-        elif stack:
-            self._full = stack[-1]._full + "/" + name
-        else:
-            self._full = name
-        self._stack = stack
-        stack.append(self)
-        self._t0 = _perf()
-        return self
-
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
-        ms = (_perf() - self._t0) * 1000.0
-        stack = self._stack
-        if stack and stack[-1] is self:
-            stack.pop()
-        elif not _unlink(stack, self):
-            return  # closed by step() (open across it) and charged there
-        lg = self._lg
-        full = self._full
-        lock = lg._lock
-        lock.acquire()  # explicit acquire/release: ~100 ns cheaper than "with lock"
-        try:
-            acc = lg._cur.get(full)
-            if acc is None:
-                lg._cur[full] = [ms, 1]
-            else:
-                acc[0] += ms
-                acc[1] += 1
-        finally:
-            lock.release()
-
-    def __call__(self, fn: F) -> F:
-        return _decorate(fn, self._name, self._lg if self._bound else None)
-
-    def _cut(self, now: float) -> None:
-        """Close at ``step()`` (called with the logger's lock held): charge its time so far."""
-        ms = (now - self._t0) * 1000.0
-        acc = self._lg._cur.get(self._full)
-        if acc is None:
-            self._lg._cur[self._full] = [ms, 1]
-        else:
-            acc[0] += ms
-            acc[1] += 1
-
-
-class _CudaRegion(_CpuRegion):
-    """A region timed by a pair of CUDA events from the logger's pool."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> _CudaRegion:
-        self._push()
-        ev = self._lg._pool.get()  # type: ignore[union-attr]
-        ev.record()
-        self._t0 = ev
-        return self
-
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
-        lg = self._lg
-        stack = self._stack
-        if stack and stack[-1] is self:
-            stack.pop()
-        elif not _unlink(stack, self):
-            return  # closed by step() (open across it) and charged there
-        end = lg._pool.get()  # type: ignore[union-attr]
-        end.record()
-        lock = lg._lock
-        lock.acquire()
-        try:
-            lg._cur_ev.append((self._full, self._t0, end))
-        finally:
-            lock.release()
-
-    def _cut(self, now: float) -> None:
-        end = self._lg._pool.get()  # type: ignore[union-attr]
-        end.record()
-        self._lg._cur_ev.append((self._full, self._t0, end))
-
-
-class _GlobalCpuRegion(_CpuRegion):
-    __slots__ = ()
-    _bound = False
-
-
-class _GlobalCudaRegion(_CudaRegion):
-    __slots__ = ()
-    _bound = False
-
-
-# --------------------------------------------------------------------------- globals
-
-_global: TimingLogger | None = None  # what get_global_timing_logger() returns
-_active: TimingLogger | None = None  # the global logger if it is enabled and open, else None
-_open_loggers: weakref.WeakSet[TimingLogger] = weakref.WeakSet()
 
 
 def set_global_timing_logger(logger: TimingLogger | None) -> None:
     """Make ``logger`` the target of :func:`timed` and :func:`log_timing` (None: none)."""
-    global _global, _active
-    _global = logger
-    _active = logger if logger is not None and not logger._closed else None
+    regions._global = logger
+    regions._active = logger if logger is not None and not logger._closed else None
 
 
 def get_global_timing_logger() -> TimingLogger | None:
-    return _global
-
-
-def timed(name: str) -> Any:
-    """Time a region of the global logger: ``with timed("forward"):`` or ``@timed("data")``.
-
-    Nested regions get path names (``forward/vrt``) unless the name starts with ``/``.
-    A no-op when there is no global logger or timing is off. Use one ``with`` per object.
-    """
-    lg = _active
-    if lg is None:
-        try:
-            return _noops[name]  # indexing is ~20 ns cheaper than .get() on this path
-        except (KeyError, TypeError):  # TypeError: an unhashable name
-            return _noop_for(name)
-    if type(name) is not str:
-        return lg._bad_name(name)
-    return lg._gregion_cls(lg, name)
-
-
-def log_timing(name: str, ms: float) -> None:
-    """Add ``ms`` milliseconds (measured by you) to region ``name`` of the current step."""
-    lg = _active
-    if lg is not None:
-        lg.log(name, ms)
-
-
-def _fresh_locks_in_child() -> None:
-    # a fork (DataLoader workers) copies a lock held by another thread as held forever: a
-    # region timed in the child would hang. The child's loggers get new locks.
-    for lg in list(_open_loggers):
-        lg._lock = threading.Lock()
-        lg._io = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fresh_locks_in_child)
-
-
-@atexit.register
-def _close_all_at_exit() -> None:
-    # sys.last_value is set when the program ends by an uncaught exception
-    exc = getattr(sys, "last_value", None)
-    pid = os.getpid()
-    for lg in list(_open_loggers):
-        if lg._pid != pid:
-            continue  # a forked child exiting: the run belongs to the parent
-        if lg._signalled or isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            lg.close(R.STATUS_INTERRUPTED)
-        elif isinstance(exc, BaseException):
-            lg.close(R.STATUS_FAILED, exc)
-        else:
-            lg.close(R.STATUS_COMPLETED)
-
-
-# --------------------------------------------------------------------------- logger
-
-_CONFIG_BOOL = {
-    "ENABLE_TIMING_LOG": "enabled",
-    "TIMING_CONSOLE": "enable_console",
-    "TIMING_FILE": "enable_file",
-    "TIMING_JSONL": "enable_jsonl",
-}
-_CONFIG_INT = {
-    "TIMING_CONSOLE_INTERVAL": "console_update_interval",
-    "TIMING_FILE_INTERVAL": "file_flush_interval",
-}
-
-
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return value
+    """The logger set by :func:`set_global_timing_logger` (None: none)."""
+    return regions._global
 
 
 class TimingLogger:
@@ -379,25 +101,51 @@ class TimingLogger:
         max_pending_steps: int = 8,
         max_region_names: int = 4096,
     ) -> None:
-        self.console_update_interval = _positive_int(
+        self.console_update_interval = clean.positive_int(
             console_update_interval, "console_update_interval"
         )
-        self.file_flush_interval = _positive_int(file_flush_interval, "file_flush_interval")
+        self.file_flush_interval = clean.positive_int(file_flush_interval, "file_flush_interval")
         self.enabled = bool(enabled) and not env_disabled()
         self.log_dir = os.fspath(log_dir)
+        start_step = clean.start_step(start_step)
+        self._init_state(start_step, max_region_names)
+        if not self.enabled:
+            return
+        self.rank, self.world_size = rank_and_world(rank, world_size)
+        self.run_id = resolve_run_id(run_id, run_name, self.world_size)
+        self.run_dir = R.run_dir(self.log_dir, self.run_id)
+        self._open_clock(device, event_factory, max_pending_steps)
+        self._open_memory(collect_memory)
+        self._open_sinks(enable_jsonl, enable_file, enable_console, console_stream)
+        self._write_run_start(config, total_steps, samples_per_step, start_step, event_factory)
+        self._start_clock()
+        if handle_sigterm:
+            self._sigterm = SigtermHook.install(self)
+        track(self)
+
+    @classmethod
+    def from_config(
+        cls, log_section: Mapping[str, Any] | None, *, config_file: str | None = None, **kwargs: Any
+    ) -> TimingLogger:
+        """A logger from the ``LOG:`` section of a config; ``kwargs`` win over it.
+
+        Keys: ``ENABLE_TIMING_LOG``, ``TIMING_CONSOLE``, ``TIMING_FILE``, ``TIMING_JSONL``
+        (booleans), ``TIMING_CONSOLE_INTERVAL`` (default 10), ``TIMING_FILE_INTERVAL``
+        (default 50). Other keys of the section are ignored. A bad value raises
+        :class:`stagewatch.errors.ConfigError` naming ``LOG.<KEY>``.
+        """
+        args = clean.log_section(log_section, config_file)
+        args.update(kwargs)
+        return cls(**args)
+
+    # ------------------------------------------------------------------ opening
+
+    def _init_state(self, start_step: int, max_region_names: int) -> None:
+        """Everything a logger holds, as for a disabled one (no run, no outputs, CPU clock)."""
         self.run_id: str | None = None
         self.run_dir: str | None = None
         self.rank, self.world_size = 0, 1
         self.device = "cpu"
-        if (
-            isinstance(start_step, bool)
-            or not isinstance(start_step, int)
-            or not 0 <= start_step < R.MAX_INT
-        ):
-            warn(
-                f"start_step={start_step!r} is not a step number (0 <= n < {R.MAX_INT:.0e}); using 0"
-            )
-            start_step = 0
         self.step_count = start_step  # number of the last step() call
         self.steps_written = start_step  # number of the last step record emitted
         self._closed = not self.enabled
@@ -416,183 +164,93 @@ class TimingLogger:
         self._unaccounted = RunningStats()
         self.peak_memory: dict[str, int] = {}
         self._epoch = 0
-        self._samples_per_step = samples_per_step
+        self._samples_per_step: int | None = None
         self._cuda = False
-        self._pool: EventPool | None = None
-        self._pending: deque[PendingStep] = deque()
-        self._jsonl: LineFile | None = None
-        self._text: LineFile | None = None
-        self._console: Console | None = None
-        self._warned: set[str] = set()
-        self._sig_installed = False
-        self._pid = os.getpid()
-        if not self.enabled:
-            self._region_cls: type[_CpuRegion] = _CpuRegion
-            self._gregion_cls: type[_CpuRegion] = _GlobalCpuRegion
-            return
-
-        self.rank, self.world_size = rank_and_world(rank, world_size)
-        self.run_id = resolve_run_id(run_id, run_name, self.world_size)
-        self.run_dir = R.run_dir(self.log_dir, self.run_id)
-
-        # clock: CUDA events or perf_counter
-        self._max_pending = max(1, int(max_pending_steps))
-        dev = "cpu" if device is None else str(device)
-        if dev.startswith("cuda"):
-            factory = event_factory
-            if factory is None:
-                try:
-                    factory = torch_event_factory(dev)
-                except Exception as e:
-                    warn(f"device {dev!r}: {e}; timing regions by CPU clock instead")
-            if factory is not None:
-                self._cuda = True
-                self._pool = EventPool(factory)
-                if dev == "cuda" and event_factory is None:
-                    dev = _current_cuda_device()
-        self.device = dev
-        self._region_cls = _CudaRegion if self._cuda else _CpuRegion
-        self._gregion_cls = _GlobalCudaRegion if self._cuda else _GlobalCpuRegion
-
+        self._gpu: GpuSteps | None = None  # the CUDA clock
+        self._pool: EventPool | None = None  # its event pool (CUDA regions take events here)
+        self._region_cls: type[CpuRegion] = CpuRegion
+        self._gregion_cls: type[CpuRegion] = GlobalCpuRegion
         self._memory: MemoryReader | None = None
-        if collect_memory:
-            try:
-                self._memory = cuda_memory_reader(dev) if self._cuda else cpu_memory_reader()
-            except Exception as e:
-                warn(f"memory is not recorded: {e}")
-
-        # outputs
-        self._jsonl = (
-            LineFile(os.path.join(self.run_dir, R.rank_file_name(self.rank)))
-            if enable_jsonl
-            else None
-        )
-        self._text = (
-            LineFile(os.path.join(self.run_dir, R.text_log_name(self.rank)))
-            if enable_file
-            else None
-        )
-        self._console = Console(console_stream) if enable_console and self.rank == 0 else None
-        self._con_acc: dict[str, float] = {}
-        self._con_wall = 0.0
-        self._con_unacc = 0.0
-        self._con_n = 0
-        self._con_samples = 0
+        self._sinks: tuple[Sink, ...] = ()
         self._since_flush = 0
-        self._last_flush = _perf()
+        self._last_flush = self._t_last = 0.0
+        self._warn_once = WarnOnce()
+        self._sigterm: SigtermHook | None = None  # installed as the SIGTERM handler
+        self._pid = os.getpid()
 
-        gpu_name = mem_total = None
-        if self._cuda and event_factory is None:
-            gpu_name, mem_total = cuda_device_info(dev)
-        torch_mod = sys.modules.get("torch")  # reported only if the program imported it
-        torch_version = getattr(torch_mod, "__version__", None) if torch_mod else None
-        total_steps = self._opt_count(total_steps, "total_steps")
-        samples_per_step = self._opt_count(samples_per_step, "samples_per_step")
-        self._samples_per_step = samples_per_step
-        start = R.RunStart(
-            run_id=self.run_id,
-            rank=self.rank,
-            world_size=self.world_size,
-            time=time.time(),
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            device=dev,
-            gpu_name=gpu_name,
-            torch_version=str(torch_version) if torch_version else None,
-            config=self._clean_config(config),
-            total_steps=total_steps,
-            samples_per_step=samples_per_step,
-            device_memory_total=mem_total,
+    def _open_clock(
+        self, device: Any, event_factory: EventFactory | None, max_pending: int
+    ) -> None:
+        """CUDA events for a CUDA ``device`` (when events can be made), else ``perf_counter``."""
+        self.device, self._gpu = open_clock(device, event_factory, max_pending)
+        self._cuda = self._gpu is not None
+        self._pool = self._gpu.pool if self._gpu is not None else None
+        self._region_cls = CudaRegion if self._cuda else CpuRegion
+        self._gregion_cls = GlobalCudaRegion if self._cuda else GlobalCpuRegion
+
+    def _open_memory(self, collect_memory: bool) -> None:
+        if collect_memory:
+            self._memory = memory_reader(self.device, self._cuda)
+
+    def _open_sinks(
+        self, enable_jsonl: bool, enable_file: bool, enable_console: bool, console_stream: Any
+    ) -> None:
+        assert self.run_dir is not None
+        sinks: list[Sink] = []
+        if enable_jsonl:
+            path = os.path.join(self.run_dir, R.rank_file_name(self.rank))
+            sinks.append(JsonlSink(path, self._warn_once))
+        if enable_file:
+            path = os.path.join(self.run_dir, R.text_log_name(self.rank))
+            sinks.append(TextSink(path, self._stats, self._warn_once))
+        if enable_console and self.rank == 0:
+            interval = self.console_update_interval
+            sinks.append(ConsoleSink(console_stream, interval, self.world_size, self._warn_once))
+        self._sinks = tuple(sinks)
+        self._last_flush = regions._perf()
+
+    def _write_run_start(
+        self,
+        config: Mapping[str, Any] | None,
+        total_steps: int | None,
+        samples_per_step: int | None,
+        start_step: int,
+        event_factory: EventFactory | None,
+    ) -> None:
+        assert self.run_id is not None
+        self._samples_per_step = clean.opt_count(samples_per_step, "samples_per_step")
+        start = run_start(
+            self.run_id,
+            self.rank,
+            self.world_size,
+            self.device,
+            config=config,
+            total_steps=clean.opt_count(total_steps, "total_steps"),
+            samples_per_step=self._samples_per_step,
             start_step=start_step,
+            gpu=cuda_device_info(self.device) if self._cuda and event_factory is None else None,
         )
-        if self._jsonl is not None and start_step > 0:
-            last = last_step_in(self._jsonl.path)
-            if last is not None and last > start_step:
-                # e.g. a checkpoint at 50, killed at 56: steps 51-56 are run again
-                warn(
-                    f"resuming at step {start_step}: steps {start_step + 1}-{last} already in "
-                    f"{self._jsonl.path} are run again; readers keep the new records"
-                )
-        if self._jsonl is not None:
-            line = R.encode_bytes(start)
-            if len(line) > R.MAX_LINE_BYTES:
-                self._warn_once(
-                    "config",
-                    f"config= is too large to record "
-                    f"({len(line)} bytes as JSON); the run is recorded without it",
-                )
-                line = R.encode_bytes(R.replace(start, config={}))
-            self._write(self._jsonl, line)
-            self._jsonl.flush()  # the run appears to a watching monitor right away
+        for sink in self._sinks:
+            sink.start(start)
 
-        self._t_last = _perf()
-        self._marker: Any = None
-        if self._cuda:
-            assert self._pool is not None
-            self._marker = self._pool.get()
-            self._marker.record()
-
-        self._prev_sigterm: Any = None
-        if handle_sigterm:
-            self._install_sigterm()
-        _open_loggers.add(self)
-
-    # ------------------------------------------------------------------ construction
-
-    @classmethod
-    def from_config(
-        cls, log_section: Mapping[str, Any] | None, *, config_file: str | None = None, **kwargs: Any
-    ) -> TimingLogger:
-        """A logger from the ``LOG:`` section of a config; ``kwargs`` win over it.
-
-        Keys: ``ENABLE_TIMING_LOG``, ``TIMING_CONSOLE``, ``TIMING_FILE``, ``TIMING_JSONL``
-        (booleans), ``TIMING_CONSOLE_INTERVAL`` (default 10), ``TIMING_FILE_INTERVAL``
-        (default 50). Other keys of the section are ignored. A bad value raises
-        :class:`stagewatch.errors.ConfigError` naming ``LOG.<KEY>``.
-        """
-        from stagewatch.errors import ConfigError
-
-        section = log_section or {}
-        if not isinstance(section, Mapping):
-            raise ConfigError(
-                "LOG", f"expected a mapping, got {type(section).__name__}", config_file
-            )
-        args: dict[str, Any] = {}
-        for key, arg in _CONFIG_BOOL.items():
-            if key in section:
-                v = section[key]
-                if not isinstance(v, bool):
-                    raise ConfigError(
-                        f"LOG.{key}", f"expected true or false, got {v!r}", config_file
-                    )
-                args[arg] = v
-        for key, arg in _CONFIG_INT.items():
-            if key in section:
-                v = section[key]
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise ConfigError(
-                        f"LOG.{key}", f"expected a positive integer (steps), got {v!r}", config_file
-                    )
-                args[arg] = v
-        args.update(kwargs)
-        return cls(**args)
+    def _start_clock(self) -> None:
+        """The first step starts now (on CUDA: at an event recorded now)."""
+        self._t_last = regions._perf()
+        if self._gpu is not None:
+            self._gpu.start()
 
     # ------------------------------------------------------------------ regions
 
     def region(self, name: str) -> Any:
         """Like :func:`timed`, on this logger (context manager or decorator)."""
         if self._closed:
-            return _noop_for(name)
+            return noop_for(name)
         if type(name) is not str:
             return self._bad_name(name)
         return self._region_cls(self, name)
 
-    def _bad_name(self, name: Any) -> _Noop:
-        self._warn_once(
-            "name",
-            f"a region name must be a string, got {type(name).__name__} "
-            f"{_short(name)}; that region is not timed",
-        )
+    def _bad_name(self, name: Any) -> Any:
+        clean.bad_name(name, self._warn_once)
         return NOOP
 
     def begin(self, name: str) -> Any:
@@ -608,7 +266,7 @@ class TimingLogger:
             ev = self._pool.get()  # type: ignore[union-attr]
             ev.record()
             return (name, ev)
-        return (name, _perf())
+        return (name, regions._perf())
 
     def end(self, handle: Any) -> None:
         """End a region started by :meth:`begin` (possibly on another thread)."""
@@ -617,7 +275,7 @@ class TimingLogger:
         try:
             name, start = handle
         except (TypeError, ValueError):
-            self._warn_once("handle", f"end({_short(handle)}): not a handle from begin(); ignored")
+            self._warn_once("handle", f"end({short(handle)}): not a handle from begin(); ignored")
             return
         if self._cuda:
             ev = self._pool.get()  # type: ignore[union-attr]
@@ -625,7 +283,7 @@ class TimingLogger:
             with self._lock:
                 self._cur_ev.append((name, start, ev))
             return
-        self._add(name, (_perf() - start) * 1000.0)
+        self._add(name, (regions._perf() - start) * 1000.0)
 
     def log(self, name: str, ms: float) -> None:
         """Add a measured value (ms) to region ``name`` (absolute) of the current step."""
@@ -636,17 +294,10 @@ class TimingLogger:
             return
         if name[:1] == "/":
             name = name[1:]
-        if type(ms) is not float:
-            try:
-                ms = float(ms)
-            except (TypeError, ValueError, OverflowError):
-                self._warn_once(
-                    "log", f"log_timing({name!r}): {_short(ms)} is not a number; ignored"
-                )
+        if type(ms) is not float or not 0.0 <= ms < R.MAX_MS:  # (NaN too) checked out of line
+            ms = clean.duration(name, ms, self._warn_once)
+            if ms is None:
                 return
-        if not 0.0 <= ms < R.MAX_MS:  # also false for NaN
-            self._warn_once("log", f"log_timing({name!r}): {ms!r} is not a duration; ignored")
-            return
         self._add(name, ms)
 
     def _add(self, name: str, ms: float) -> None:
@@ -673,11 +324,9 @@ class TimingLogger:
             with self._lock:
                 self._cur = {}
                 self._cur_ev = []
-            self._t_last = _perf()
-            if self._cuda:
-                m = self._pool.get()  # type: ignore[union-attr]
-                m.record()
-                self._marker = m  # the old marker may still end a pending step: not pooled
+            self._t_last = regions._perf()
+            if self._gpu is not None:
+                self._gpu.start()
 
     def step(
         self,
@@ -709,66 +358,33 @@ class TimingLogger:
         memory: Mapping[str, int] | None,
     ) -> None:
         stack = getattr(self._tls, "stack", None)
-        now = _perf()
+        now = regions._perf()
         wall_ms = (now - self._t_last) * 1000.0
         self._t_last = now
         self.step_count += 1
         if epoch is not None:
-            self._epoch = self._int_arg(epoch, "epoch", self._epoch)
+            self._epoch = clean.int_arg(epoch, "epoch", self._epoch, self._warn_once)
         if samples is not None:
-            n_samples = self._int_arg(samples, "samples", 0)
+            n_samples = clean.int_arg(samples, "samples", 0, self._warn_once)
         else:
             n_samples = self._samples_per_step or 0
-        sc = self._clean_scalars(scalars, "scalars") if scalars else None
-        if memory is not None:
-            mem: dict[str, int] | None = self._clean_memory(memory)
-        elif self._memory is not None:
-            try:
-                mem = self._clean_memory(self._memory())
-            except Exception as e:
-                self._memory = None
-                mem = None
-                self._warn_once("memory", f"memory is no longer recorded: {e}")
-        else:
-            mem = None
-
+        sc = clean.scalars(scalars, "scalars", self._warn_once) if scalars else None
+        mem = self._step_memory(memory)
         if self._cuda:
-            with self._lock:
-                if stack:
-                    self._cut_open(stack, now)
-                events, values = self._cur_ev, self._cur
-                self._cur_ev, self._cur = [], {}
-            marker = self._pool.get()  # type: ignore[union-attr]
-            marker.record()
-            self._pending.append(
-                PendingStep(
-                    self.step_count,
-                    self._marker,
-                    marker,
-                    events,
-                    values,
-                    time.time(),
-                    self._epoch,
-                    n_samples,
-                    sc,
-                    mem,
-                )
-            )
-            self._marker = marker
-            self._drain(block=False)
+            self._queue_gpu_step(stack, now, n_samples, sc, mem)
         else:
             with self._lock:
                 if stack:
-                    self._cut_open(stack, now)
+                    cut_open(stack, now, self._warn_once)
                 values = self._cur
                 self._cur = {}
-            regions = {k: (v[0], int(v[1])) for k, v in values.items()}
+            by_name = {k: (v[0], int(v[1])) for k, v in values.items()}
             self._emit(
                 R.Step(
                     step=self.step_count,
                     time=time.time(),
                     wall_ms=wall_ms,
-                    regions=regions,
+                    regions=by_name,
                     epoch=self._epoch,
                     samples=n_samples,
                     memory=mem,
@@ -779,50 +395,56 @@ class TimingLogger:
         if self._since_flush >= self.file_flush_interval or now - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
-    def _cut_open(self, stack: list[Any], now: float) -> None:
-        """Close the regions still open on this thread at ``step()`` (lock held)."""
-        names = ", ".join(repr(r._full) for r in stack[:3]) + (", ..." if len(stack) > 3 else "")
-        self._warn_once(
-            "open",
-            f"step() with region(s) {names} still open: closed at this step() and charged to "
-            "it (a region must end before step(); later regions are not nested under it)",
+    def _step_memory(self, memory: Mapping[str, int] | None) -> dict[str, int] | None:
+        """The memory of this step: given, else measured (if a reader is on)."""
+        if memory is not None:
+            return clean.memory(memory, self._warn_once)
+        if self._memory is None:
+            return None
+        try:
+            return clean.memory(self._memory(), self._warn_once)
+        except Exception as e:
+            self._memory = None
+            self._warn_once("memory", f"memory is no longer recorded: {e}")
+            return None
+
+    def _queue_gpu_step(
+        self,
+        stack: list[Any] | None,
+        now: float,
+        samples: int,
+        scalars: dict[str, float] | None,
+        memory: dict[str, int] | None,
+    ) -> None:
+        """End a CUDA step at a new marker event; it is emitted once its events complete."""
+        with self._lock:
+            if stack:
+                cut_open(stack, now, self._warn_once)
+            events, values = self._cur_ev, self._cur
+            self._cur_ev, self._cur = [], {}
+        assert self._gpu is not None
+        self._gpu.end_step(
+            self.step_count,
+            events,
+            cpu_values=values,
+            time=time.time(),
+            epoch=self._epoch,
+            samples=samples,
+            scalars=scalars,
+            memory=memory,
         )
-        for r in reversed(stack):
-            r._cut(now)
-        stack.clear()
+        self._drain(block=False)
 
     def _drain(self, block: bool) -> None:
         """Emit pending CUDA steps whose events completed (all of them when ``block``)."""
-        pending = self._pending
-        pool = self._pool
-        assert pool is not None
-        while pending:
-            p = pending[0]
-            if not p.ready():
-                if not block and len(pending) <= self._max_pending:
-                    return
-                try:  # back-pressure when the CPU runs far ahead, or close(): wait
-                    p.wait()
-                except Exception as e:
-                    self._warn_once("wait", f"could not wait for GPU events: {e}")
-                    pending.clear()
-                    return
-            pending.popleft()
-            try:
-                wall, regions, failures = p.resolve()
-            except Exception as e:
-                self._warn_once("resolve", f"step {p.step}: GPU timing failed: {e}")
-                continue
-            if failures:
-                self._warn_once(
-                    "elapsed", f"step {p.step}: {failures} region(s) could not be timed"
-                )
+        assert self._gpu is not None
+        for p, wall, by_name in self._gpu.completed(block, self._warn_once):
             self._emit(
                 R.Step(
                     step=p.step,
                     time=p.time,
                     wall_ms=wall,
-                    regions=regions,
+                    regions=by_name,
                     epoch=p.epoch,
                     samples=p.samples,
                     memory=p.memory,
@@ -831,15 +453,11 @@ class TimingLogger:
             )
             for rec in p.after:
                 self._emit_other(rec)
-            pool.put(p.start)
-            for _, s, e in p.events:
-                pool.put(s)
-                pool.put(e)
 
     # ------------------------------------------------------------------ outputs
 
     def _emit(self, rec: R.Step) -> None:
-        rec = self._within_limits(rec)
+        rec = within_limits(rec, self._warn_once)
         self.steps_written = rec.step
         self._stats.add_step(rec.regions)
         self._wall.add(rec.wall_ms)
@@ -850,102 +468,12 @@ class TimingLogger:
             for k, v in rec.memory.items():
                 if v > peak.get(k, -1):
                     peak[k] = v
-        if self._jsonl is not None:
-            line = R.encode_bytes(rec)
-            if len(line) > R.MAX_LINE_BYTES:
-                self._warn_once(
-                    "line",
-                    f"step {rec.step}: its record would be {len(line)} bytes "
-                    f"(limit {R.MAX_LINE_BYTES}); scalars and regions are left out of it",
-                )
-                line = R.encode_bytes(R.replace(rec, regions={}, scalars=None))
-            self._write(self._jsonl, line)
-        if self._text is not None:
-            try:
-                block = format_step(rec.step, rec.wall_ms, rec.regions, self._avg_of)
-            except Exception as e:  # a formatting bug must not stop training
-                self._warn_once("text", f"text log: {e}")
-            else:
-                self._write(self._text, block)
-        if self._console is not None:
-            self._console_step(rec, un)
-
-    def _within_limits(self, rec: R.Step) -> R.Step:
-        """``rec`` with what the reader would refuse left out (one warning per kind)."""
-        regions = rec.regions
-        bad = [
-            k
-            for k, (ms, n) in regions.items()
-            if not (0.0 <= ms < R.MAX_MS and 0 <= n < R.MAX_INT and len(k) <= R.MAX_NAME_CHARS)
-        ]
-        if bad:
-            self._warn_once(
-                "limits",
-                f"step {rec.step}: region {_short(bad[0])} has a value or "
-                f"name beyond the record limits (docs/record-format.md); left out",
-            )
-            regions = {k: v for k, v in regions.items() if k not in bad}
-        if regions and not sum(ms + n for ms, n in regions.values()) < R.MAX_MS:
-            self._warn_once(
-                "limits-sum",
-                f"step {rec.step}: its regions sum to more than {R.MAX_MS:.0e} ms; left out",
-            )
-            regions = {}
-        wall = rec.wall_ms
-        if not 0.0 <= wall < R.MAX_MS:
-            self._warn_once(
-                "wall",
-                f"step {rec.step}: wall time {wall!r} ms is out of range; "
-                "recorded as the sum of its top-level regions",
-            )
-            wall = sum(ms for k, (ms, _) in regions.items() if "/" not in k)
-        if regions is rec.regions and wall == rec.wall_ms:
-            return rec
-        return R.replace(rec, regions=regions, wall_ms=wall)
+        for sink in self._sinks:
+            sink.step(rec, un)
 
     def _emit_other(self, rec: R.Record) -> None:
-        if self._jsonl is not None:
-            self._write(self._jsonl, R.encode_bytes(rec))
-
-    def _write(self, sink: LineFile, line: str | bytes) -> None:
-        try:
-            sink.write(line)
-        except Exception as e:
-            self._warn_once("write", f"writing {sink.path}: {e}")
-
-    def _avg_of(self, name: str) -> float | None:
-        s = self._stats.get(name)
-        return s.avg if s is not None else None
-
-    def _console_step(self, rec: R.Step, un: float) -> None:
-        acc = self._con_acc
-        for name, (ms, _) in rec.regions.items():
-            acc[name] = acc.get(name, 0.0) + ms
-        self._con_wall += rec.wall_ms
-        self._con_unacc += un
-        self._con_n += 1
-        self._con_samples += rec.samples
-        if self._con_n < self.console_update_interval:
-            return
-        n = self._con_n
-        wall = self._con_wall / n
-        top = sorted(((k, v / n) for k, v in acc.items()), key=lambda kv: -kv[1])[:TOP_N]
-        rate = ""
-        if wall > 0:
-            rate = f"{1000.0 / wall:.2f} steps/s"
-            if self._con_samples:
-                rate += ", " + samples_rate_label(
-                    self._con_samples / (self._con_wall / 1000.0), self.world_size
-                )
-        try:
-            assert self._console is not None
-            self._console.update(rec.step, wall, top, self._con_unacc / n, rate)
-        except Exception as e:
-            self._warn_once("console", f"console panel: {e}")
-            self._console = None
-        acc.clear()
-        self._con_wall = self._con_unacc = 0.0
-        self._con_n = self._con_samples = 0
+        for sink in self._sinks:
+            sink.record(rec)
 
     def log_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Write an eval record (after the step records still waiting for the GPU).
@@ -957,18 +485,16 @@ class TimingLogger:
         with self._io:
             if self._closed:
                 return
-            n = self._int_arg(step, "log_eval(step=)", self.steps_written)
+            n = clean.int_arg(step, "log_eval(step=)", self.steps_written, self._warn_once)
             if not 0 <= n < R.MAX_INT:
                 self._warn_once(
                     "eval-step",
                     f"log_eval(step={n}) is out of range; using step {self.steps_written}",
                 )
                 n = self.steps_written
-            m = self._clean_scalars(metrics, "metrics")
+            m = clean.scalars(metrics, "metrics", self._warn_once)
             rec = R.Eval(step=n, time=time.time(), metrics=m)
-            if self._cuda and self._pending:
-                self._pending[-1].after.append(rec)
-            else:
+            if self._gpu is None or not self._gpu.defer(rec):
                 self._emit_other(rec)
 
     def flush(self) -> None:
@@ -977,10 +503,9 @@ class TimingLogger:
             return
         with self._io:
             self._since_flush = 0
-            self._last_flush = _perf()
-            for sink in (self._jsonl, self._text):
-                if sink is not None:
-                    sink.flush()
+            self._last_flush = regions._perf()
+            for sink in self._sinks:
+                sink.flush()
 
     # ------------------------------------------------------------------ results
 
@@ -998,6 +523,7 @@ class TimingLogger:
             return {"wall": self._wall.as_dict(), "unaccounted": self._unaccounted.as_dict()}
 
     def format_summary(self) -> str:
+        """The run summary that :meth:`print_summary` prints."""
         with self._io:
             return format_summary(
                 self.get_summary(), self._wall.count, self._wall.total, self._unaccounted.total
@@ -1024,9 +550,7 @@ class TimingLogger:
 
     def _finish_locked(self, status: str, error: BaseException | None, block: bool) -> None:
         self._closed = True
-        global _active
-        if _active is self:
-            _active = None
+        regions.deactivate(self)
         if status not in R.END_STATUSES:
             self._warn_once(
                 "status", f"close(status={status!r}) is not a known status; using 'failed'"
@@ -1046,13 +570,12 @@ class TimingLogger:
             else None,
         )
         self._emit_other(end)
-        for sink in (self._jsonl, self._text):
-            if sink is not None:
-                sink.close()
-        if self._console is not None:
-            self._console.close()
-        self._uninstall_sigterm()
-        _open_loggers.discard(self)
+        for sink in self._sinks:
+            sink.close()
+        if self._sigterm is not None:
+            self._sigterm.uninstall()
+            self._sigterm = None
+        untrack(self)
 
     def __enter__(self) -> TimingLogger:
         return self
@@ -1065,216 +588,8 @@ class TimingLogger:
         else:
             self.close(R.STATUS_FAILED, ev)
 
-    # ------------------------------------------------------------------ SIGTERM
-
-    def _install_sigterm(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        try:
-            prev = signal.getsignal(signal.SIGTERM)
-            if prev is signal.SIG_IGN or prev is None:
-                return  # ignored, or owned by non-Python code: leave it alone
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-        except (ValueError, OSError, AttributeError):
-            return
-        self._prev_sigterm = prev
-        self._sig_installed = True
-
-    def _uninstall_sigterm(self) -> None:
-        if not self._sig_installed:
-            return
-        self._sig_installed = False
-        try:
-            if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
-                signal.signal(signal.SIGTERM, self._prev_sigterm)
-        except (ValueError, OSError):
-            pass
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        prev = self._prev_sigterm
-        if os.getpid() != self._pid:  # inherited by a forked child: not our run to end
-            if callable(prev):
-                prev(signum, frame)
-                return
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        if callable(prev):
-            # someone else (e.g. the trainer) decides what SIGTERM does: keep our data safe
-            # and let them call close("interrupted") when they stop. If their handler raises
-            # (sys.exit, KeyboardInterrupt), the run ends here: interrupted, also at exit.
-            self.flush()
-            try:
-                prev(signum, frame)
-            except BaseException:
-                self._signalled = True
-                raise
-            return
-        # default action: finish the log without waiting for the GPU, then die as before
-        try:
-            self._finish(R.STATUS_INTERRUPTED, None, block=False)
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    # ------------------------------------------------------------------ user values
-    # Each drops what the record format cannot hold (docs/record-format.md "Limits") with
-    # one warning per kind of problem, and never raises.
-
-    def _int_arg(self, value: Any, what: str, default: int) -> int:
-        if type(value) is int and -R.MAX_INT < value < R.MAX_INT:
-            return value
-        try:
-            n = int(value)
-            if isinstance(value, bool) or not -R.MAX_INT < n < R.MAX_INT:
-                raise ValueError
-        except Exception:
-            self._warn_once(
-                f"int:{what}", f"{what}={_short(value)} is not an integer in range; using {default}"
-            )
-            return default
-        return n
-
-    def _opt_count(self, value: Any, what: str) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < R.MAX_INT:
-            warn(f"{what}={_short(value)} is not a count (0 <= n < {R.MAX_INT:.0e}); not recorded")
-            return None
-        return int(value)
-
-    def _clean_scalars(self, values: Any, what: str) -> dict[str, float]:
-        """Names to numbers. NaN/inf are kept (written as null); other values that are not
-        numbers in range, and names that are not short strings, are dropped."""
-        out: dict[str, float] = {}
-        try:
-            items = list(values.items())
-        except Exception:
-            self._warn_once(
-                f"map:{what}", f"{what}= must be a mapping, got {type(values).__name__}; ignored"
-            )
-            return out
-        for k, v in items:
-            if type(k) is not str or len(k) > R.MAX_NAME_CHARS:
-                self._warn_once(
-                    f"key:{what}",
-                    f"{what}: name {_short(k)} is not a string of at most "
-                    f"{R.MAX_NAME_CHARS} characters; that value is dropped",
-                )
-                continue
-            try:
-                x = float(v)
-            except Exception:
-                self._warn_once(
-                    f"val:{what}", f"{what}[{k!r}] = {_short(v)} is not a number; dropped"
-                )
-                continue
-            if math.isfinite(x) and not -R.MAX_ABS_NUMBER < x < R.MAX_ABS_NUMBER:
-                self._warn_once(
-                    f"val:{what}",
-                    f"{what}[{k!r}] = {_short(v)} is beyond {R.MAX_ABS_NUMBER:.0e}; dropped",
-                )
-                continue
-            out[k] = x
-        return out
-
-    def _clean_memory(self, values: Any) -> dict[str, int] | None:
-        out: dict[str, int] = {}
-        try:
-            items = list(values.items())
-        except Exception:
-            self._warn_once("memory-map", "memory= must be a mapping; ignored")
-            return None
-        for k, v in items:
-            try:
-                n = int(v)
-                if type(k) is not str or isinstance(v, bool) or not 0 <= n < R.MAX_BYTES_VALUE:
-                    raise ValueError
-            except Exception:
-                self._warn_once(
-                    "memory-val", f"memory[{_short(k)}] = {_short(v)} is not a byte count; dropped"
-                )
-                continue
-            out[k] = n
-        return out or None
-
-    def _clean_config(self, config: Any) -> dict[str, Any]:
-        """A JSON-safe copy of ``config=``: string keys, no NaN/inf or out-of-range numbers,
-        bounded depth; anything else becomes its ``str()`` when written."""
-        if not config:
-            return {}
-        problems: list[str] = []
-
-        def clean(x: Any, path: str, depth: int) -> Any:
-            if isinstance(x, (Mapping, list, tuple, set, frozenset)):
-                if depth >= R.MAX_DEPTH - 2:
-                    problems.append(f"{path or 'config'} is nested too deeply (dropped)")
-                    return None
-                if isinstance(x, Mapping):
-                    out: dict[str, Any] = {}
-                    try:
-                        items = list(x.items())
-                    except Exception:
-                        problems.append(f"{path or 'config'} cannot be read (dropped)")
-                        return None
-                    for k, v in items:
-                        if type(k) is not str:
-                            problems.append(
-                                f"key {_short(k)} in {path or 'config'} is not a string "
-                                "(written as its str())"
-                            )
-                            k = str(k)
-                        out[k] = clean(v, f"{path}.{k}" if path else k, depth + 1)
-                    return out
-                return [clean(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(x)]
-            if isinstance(x, bool) or x is None or isinstance(x, str):
-                return x
-            if isinstance(x, int):
-                if -R.MAX_INT < x < R.MAX_INT:
-                    return x
-                problems.append(f"{path} is an integer out of range (dropped)")
-                return None
-            if isinstance(x, float):
-                if math.isfinite(x) and -R.MAX_ABS_NUMBER < x < R.MAX_ABS_NUMBER:
-                    return x
-                problems.append(f"{path} = {x!r} is not a finite number in range (dropped)")
-                return None
-            return x  # other objects: their str() (records.encode)
-
-        cfg = clean(config, "", 0)
-        if not isinstance(cfg, dict):
-            problems.append(f"config= must be a mapping, got {type(config).__name__}")
-            cfg = {}
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            warn(f"config: {problems[0]}{more}")
-        return cfg
-
     # ------------------------------------------------------------------ misc
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warn(message)
 
     def __repr__(self) -> str:
         state = "disabled" if not self.enabled else ("closed" if self._closed else "open")
         return f"TimingLogger(run_id={self.run_id!r}, rank={self.rank}, device={self.device!r}, {state})"
-
-
-def _current_cuda_device() -> str:
-    try:
-        import torch
-
-        return f"cuda:{torch.cuda.current_device()}"
-    except Exception:
-        return "cuda"
-
-
-def _short(value: Any, n: int = 60) -> str:
-    """``repr`` of a user's value, cut (a hostile value must not flood the warning)."""
-    try:
-        r = repr(value)
-    except Exception:
-        r = f"<{type(value).__name__}>"
-    return r if len(r) <= n else r[: n - 3] + "..."

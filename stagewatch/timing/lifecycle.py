@@ -1,0 +1,138 @@
+"""How a logger's run ends when the program does: at exit, in a forked child, on SIGTERM.
+
+Open loggers are tracked here (weakly): at interpreter exit each is closed with the status
+the program ended with, and a forked child gets fresh locks in each (see
+:func:`_fresh_locks_in_child`). :class:`SigtermHook` ends or flushes a run on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+import weakref
+from typing import Any, Protocol
+
+from stagewatch import records as R
+
+
+class Run(Protocol):
+    """What ending a run uses of its logger (:class:`~stagewatch.timing.logger.TimingLogger`)."""
+
+    _lock: Any
+    _io: Any
+    _pid: int
+    _signalled: bool
+
+    def close(self, status: str = ..., error: BaseException | None = ...) -> None: ...
+    def flush(self) -> None: ...
+    def _finish(self, status: str, error: BaseException | None, block: bool) -> None: ...
+
+
+_open_loggers: weakref.WeakSet[Run] = weakref.WeakSet()
+
+
+def track(logger: Run) -> None:
+    """Close ``logger`` at exit and renew its locks in a forked child, until :func:`untrack`."""
+    _open_loggers.add(logger)
+
+
+def untrack(logger: Run) -> None:
+    _open_loggers.discard(logger)
+
+
+def _fresh_locks_in_child() -> None:
+    # a fork (DataLoader workers) copies a lock held by another thread as held forever: a
+    # region timed in the child would hang. The child's loggers get new locks.
+    for lg in list(_open_loggers):
+        lg._lock = threading.Lock()
+        lg._io = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks_in_child)
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    # sys.last_value is set when the program ends by an uncaught exception
+    exc = getattr(sys, "last_value", None)
+    pid = os.getpid()
+    for lg in list(_open_loggers):
+        if lg._pid != pid:
+            continue  # a forked child exiting: the run belongs to the parent
+        if lg._signalled or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            lg.close(R.STATUS_INTERRUPTED)
+        elif isinstance(exc, BaseException):
+            lg.close(R.STATUS_FAILED, exc)
+        else:
+            lg.close(R.STATUS_COMPLETED)
+
+
+class SigtermHook:
+    """A logger's SIGTERM handler (docs/timing.md "Robustness").
+
+    With Python's default action, SIGTERM ends the run ``interrupted`` (without waiting for
+    the GPU), then the process dies by SIGTERM as before. With a handler installed earlier
+    (e.g. the trainer's graceful stop), the logger flushes and calls it.
+    """
+
+    __slots__ = ("_lg", "_prev")
+
+    def __init__(self, logger: Run, prev: Any = None) -> None:
+        self._lg = logger
+        self._prev = prev
+
+    @classmethod
+    def install(cls, logger: Run) -> SigtermHook | None:
+        """Make a hook of ``logger`` the SIGTERM handler; None where it is not (not the main
+        thread, SIGTERM ignored or owned by non-Python code)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            prev = signal.getsignal(signal.SIGTERM)
+            if prev is signal.SIG_IGN or prev is None:
+                return None  # ignored, or owned by non-Python code: leave it alone
+            hook = cls(logger, prev)
+            signal.signal(signal.SIGTERM, hook)
+        except (ValueError, OSError, AttributeError):
+            return None
+        return hook
+
+    def uninstall(self) -> None:
+        """Put the earlier handler back, if this hook is still the handler."""
+        try:
+            if signal.getsignal(signal.SIGTERM) is self:
+                signal.signal(signal.SIGTERM, self._prev)
+        except (ValueError, OSError):
+            pass
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        lg = self._lg
+        prev = self._prev
+        if os.getpid() != lg._pid:  # inherited by a forked child: not our run to end
+            if callable(prev):
+                prev(signum, frame)
+                return
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if callable(prev):
+            # someone else (e.g. the trainer) decides what SIGTERM does: keep our data safe
+            # and let them call close("interrupted") when they stop. If their handler raises
+            # (sys.exit, KeyboardInterrupt), the run ends here: interrupted, also at exit.
+            lg.flush()
+            try:
+                prev(signum, frame)
+            except BaseException:
+                lg._signalled = True
+                raise
+            return
+        # default action: finish the log without waiting for the GPU, then die as before
+        try:
+            lg._finish(R.STATUS_INTERRUPTED, None, block=False)
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
