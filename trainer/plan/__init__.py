@@ -42,6 +42,36 @@ from torch.utils.flop_counter import flop_registry
 
 from trainer.config import Config
 from trainer.gpus import GIB, GpuSpec
+from trainer.plan.sdpa import (
+    HALF,
+    KERNELS,
+    SdpaCall,
+    choose_sdpa_kernel,
+    run_sdpa_kernel,
+)
+
+__all__ = [
+    "BNB_BLOCKSIZE",
+    "BNB_MIN_8BIT_SIZE",
+    "KERNELS",
+    "MAX_SEARCH_BATCH",
+    "RESERVE_BYTES",
+    "Plan",
+    "RegionPlan",
+    "SdpaCall",
+    "Shape",
+    "choose_sdpa_kernel",
+    "config_shape",
+    "count_flops",
+    "fit",
+    "format_plan",
+    "optimizer_state_bytes",
+    "optimizer_transient_bytes",
+    "precision_of",
+    "region_flops_for_run_start",
+    "run_sdpa_kernel",
+    "simulate",
+]
 
 #: device memory the plan keeps free for the CUDA context, cuBLAS/cuDNN workspaces and
 #: allocator fragmentation when it says whether a step fits
@@ -56,119 +86,6 @@ MAX_SEARCH_BATCH = 64
 BNB_MIN_8BIT_SIZE = 4096
 #: elements per absmax block of bitsandbytes' blockwise 8-bit states
 BNB_BLOCKSIZE = 256
-
-# --------------------------------------------------------------------------- SDPA kernels
-
-KERNELS = ("cudnn", "flash", "efficient", "math", "flash_cpu")
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def choose_sdpa_kernel(
-    *,
-    dtype: torch.dtype,
-    head_dim: int,
-    head_dim_v: int | None = None,
-    has_mask: bool = False,
-    mask_requires_grad: bool = False,
-    dropout: float = 0.0,
-    arch: str = "sm90",
-) -> str:
-    """The kernel ``F.scaled_dot_product_attention`` takes for these inputs.
-
-    Rules of PyTorch's ``sdp_utils.cpp`` as read in design/GPU-NOTES.md §1: ``sm90`` tries
-    cuDNN, flash, memory-efficient, math in that order; ``sm80`` flash, memory-efficient,
-    math (cuDNN comes after math there, so never). Flash takes no mask and only fp16/bf16,
-    head size ≤ 256 (padded to a multiple of 8). cuDNN takes fp16/bf16, head size a
-    multiple of 8 and ≤ 128, and refuses a mask that requires grad. The memory-efficient
-    kernel takes fp32 too, needs head sizes that are multiples of 8 (fp16/bf16) or 4
-    (fp32), and takes any float mask. ``cpu`` is the CPU build: its flash kernel unless
-    the mask requires grad (or dropout), else math.
-    """
-    dv = head_dim if head_dim_v is None else head_dim_v
-    if arch == "cpu":
-        if mask_requires_grad or dropout > 0 or dv != head_dim:
-            return "math"
-        return "flash_cpu"
-    half = dtype in _HALF
-
-    def flash() -> bool:
-        return half and not has_mask and head_dim == dv and head_dim <= 256
-
-    def cudnn() -> bool:
-        return (
-            half
-            and head_dim == dv
-            and head_dim % 8 == 0
-            and head_dim <= 128
-            and not mask_requires_grad
-        )
-
-    def efficient() -> bool:
-        align = 8 if half else 4
-        return (half or dtype == torch.float32) and head_dim % align == 0 and dv % align == 0
-
-    order = [cudnn, flash, efficient] if arch == "sm90" else [flash, efficient]
-    names = {cudnn: "cudnn", flash: "flash", efficient: "efficient"}
-    for check in order:
-        if check():
-            return names[check]
-    return "math"
-
-
-def _pad_last(t: Tensor, mult: int) -> Tensor:
-    d = t.shape[-1]
-    return t if d % mult == 0 else F.pad(t, (0, mult - d % mult))
-
-
-def run_sdpa_kernel(
-    kernel: str,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor | None,
-    dropout: float,
-    causal: bool,
-    scale: float | None,
-) -> Tensor:
-    """Call the aten op of ``kernel`` the way SDPA's dispatcher does (mask padded to a
-    multiple of 16 and expanded for the memory-efficient kernel, head size padded to 8 for
-    flash), so that its backward allocates and saves what the GPU's does."""
-    aten = torch.ops.aten
-    need_lse = q.requires_grad or k.requires_grad or v.requires_grad
-    if kernel == "math":
-        return aten._scaled_dot_product_attention_math(
-            q, k, v, mask, dropout, causal, None, scale=scale
-        )[0]
-    if kernel == "flash_cpu":
-        return aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, dropout, causal, attn_mask=mask, scale=scale
-        )[0]
-    if kernel == "flash":
-        d = q.shape[-1]
-        sc = d**-0.5 if scale is None else scale
-        qp, kp, vp = (_pad_last(t, 8) for t in (q, k, v))
-        out = aten._scaled_dot_product_flash_attention(
-            qp, kp, vp, dropout, causal, False, scale=sc
-        )[0]
-        return out[..., :d] if out.shape[-1] != d else out
-    b, h, nq, _ = q.shape
-    nk = k.shape[-2]
-    bias = None
-    if mask is not None:
-        bias = mask
-        if kernel == "efficient" and nk % 16:
-            bias = F.pad(bias, (0, 16 - nk % 16))[..., :nk]
-        bias = bias.expand(b, h, nq, nk)
-    if kernel == "efficient":
-        return aten._scaled_dot_product_efficient_attention(
-            q, k, v, bias, need_lse, dropout, causal, scale=scale
-        )[0]
-    if kernel == "cudnn":
-        return aten._scaled_dot_product_cudnn_attention(
-            q, k, v, bias, need_lse, dropout, causal, False, scale=scale
-        )[0]
-    raise ValueError(f"unknown SDPA kernel {kernel!r}")
-
 
 # --------------------------------------------------------------------------- autocast
 
@@ -247,18 +164,6 @@ _FP32_OPS = frozenset(
 )
 
 
-@dataclass
-class SdpaCall:
-    """One distinct SDPA call shape and the kernel chosen for it."""
-
-    kernel: str
-    q: tuple[int, ...]
-    dtype: str
-    mask: tuple[int, ...] | None
-    mask_requires_grad: bool
-    count: int = 0
-
-
 def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
@@ -276,7 +181,7 @@ class _AutocastSdpa(TorchFunctionMode):
     def _cast(self, x: Any, to: torch.dtype, low: bool) -> Any:
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dtype == to:
             return x
-        if x.dtype == torch.float64 or (not low and x.dtype not in _HALF):
+        if x.dtype == torch.float64 or (not low and x.dtype not in HALF):
             return x
         cacheable = low and x.is_leaf and x.requires_grad and not _in_backward()
         if cacheable:
@@ -722,7 +627,7 @@ def _as_on_cuda(device: str) -> Iterator[None]:
         forced = getattr(vrt, "PAD_HEADS", None)
         if q.shape[-1] % align == 0:
             return False
-        return forced if forced is not None else q.dtype in _HALF
+        return forced if forced is not None else q.dtype in HALF
 
     vrt._pad_heads = pad_heads
     try:
