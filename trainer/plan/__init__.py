@@ -42,6 +42,7 @@ from torch.utils.flop_counter import flop_registry
 
 from trainer.config import Config
 from trainer.gpus import GIB, GpuSpec
+from trainer.plan.regions import Regions, in_backward, inclusive, region_rows
 from trainer.plan.sdpa import (
     HALF,
     KERNELS,
@@ -164,10 +165,6 @@ _FP32_OPS = frozenset(
 )
 
 
-def _in_backward() -> bool:
-    return torch._C._current_graph_task_id() != -1
-
-
 class _AutocastSdpa(TorchFunctionMode):
     """CUDA autocast emulated on the meta device, plus SDPA kernel selection."""
 
@@ -183,7 +180,7 @@ class _AutocastSdpa(TorchFunctionMode):
             return x
         if x.dtype == torch.float64 or (not low and x.dtype not in HALF):
             return x
-        cacheable = low and x.is_leaf and x.requires_grad and not _in_backward()
+        cacheable = low and x.is_leaf and x.requires_grad and not in_backward()
         if cacheable:
             hit = self.cache.get(id(x))
             if hit is not None:
@@ -283,46 +280,6 @@ def _fp32_regions(mode: _AutocastSdpa) -> Iterator[None]:
 # --------------------------------------------------------------------------- accounting
 
 
-class _Regions:
-    """The open regions (innermost last), fed by forward hooks and by the model's backward
-    instrumentation, which calls :meth:`begin`/:meth:`end` like a timing logger."""
-
-    enabled = True
-    _closed = False
-
-    def __init__(self) -> None:
-        self.open: list[str] = []
-        self.phase = "forward"
-        # the autograd engine runs a checkpoint's recompute without the Python function
-        # modes of the caller: the autocast emulation is re-entered around it
-        self.recompute_mode: TorchFunctionMode | None = None
-        self._entered: list[TorchFunctionMode] = []
-
-    def begin(self, name: str) -> str:
-        self.open.append(name)
-        if name.endswith("/recompute") and self.recompute_mode is not None:
-            if torch._C._len_torch_function_stack() == 0:
-                self.recompute_mode.__enter__()
-                self._entered.append(self.recompute_mode)
-            else:
-                self._entered.append(None)  # type: ignore[arg-type]
-        return name
-
-    def end(self, handle: Any) -> None:
-        if isinstance(handle, str) and handle.endswith("/recompute") and self._entered:
-            mode = self._entered.pop()
-            if mode is not None:
-                mode.__exit__(None, None, None)
-        for i in range(len(self.open) - 1, -1, -1):
-            if self.open[i] == handle:
-                del self.open[i]
-                return
-
-    @property
-    def current(self) -> str:
-        return self.open[-1] if self.open else self.phase
-
-
 def _storage_key(t: Tensor) -> int:
     return t.untyped_storage()._cdata
 
@@ -339,7 +296,7 @@ class _Counter(TorchDispatchMode):
     YOUNG_OPS = 32
     MIN_FULL_GAP = 16
 
-    def __init__(self, regions: _Regions) -> None:
+    def __init__(self, regions: Regions) -> None:
         super().__init__()
         self.regions = regions
         self.flops: dict[str, int] = {}
@@ -421,7 +378,7 @@ def count_flops(
     """FLOPs of ``fn(*args)`` (meta tensors) and of the backward of its sum, under the same
     autocast emulation and SDPA kernel choice as :func:`simulate`:
     ``{"forward": n, "backward": m}``."""
-    regions = _Regions()
+    regions = Regions()
     counter = _Counter(regions)
     ac = _AutocastSdpa(amp, arch)
     with _fp32_regions(ac), ac, counter:
@@ -524,27 +481,6 @@ class Plan:
             "recompute_flops": rec,
             "step_flops": (fwd + bwd + rec) * self.micro_batches,
         }
-
-
-def _inclusive(excl: dict[str, int]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for name, v in excl.items():
-        parts = name.split("/")
-        for i in range(1, len(parts) + 1):
-            key = "/".join(parts[:i])
-            out[key] = out.get(key, 0) + v
-    return out
-
-
-def _region_list(names: list[str]) -> list[str]:
-    """The plan's rows: each module region below the trainer's forward/backward."""
-    rows = []
-    for n in names:
-        if n.startswith("forward/") and not n.endswith("/chunk"):
-            r = n.removeprefix("forward/")
-            if r != "vrt" and r.count("/") <= 1:
-                rows.append(r)
-    return rows
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -725,7 +661,7 @@ def simulate(
     if vgg is not None:
         frozen |= {_storage_key(p) for p in vgg.parameters()}
 
-    regions = _Regions()
+    regions = Regions()
     from trainer.models.instrument import Instrumentation
 
     recompute = {}  # as the model's own instrumentation charges checkpoint re-runs
@@ -740,11 +676,11 @@ def simulate(
         full = f"forward/{name}"
 
         def pre(_m: nn.Module, _a: Any, full: str = full) -> None:
-            if not _in_backward():
+            if not in_backward():
                 regions.begin(full)
 
         def post(_m: nn.Module, _a: Any, _o: Any, full: str = full) -> None:
-            if not _in_backward():
+            if not in_backward():
                 regions.end(full)
 
         fwd_hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
@@ -796,10 +732,10 @@ def simulate(
             hk.remove()
         instr.remove()
 
-    incl = _inclusive(counter.flops)
-    saved_incl = _inclusive(saved)
+    incl = inclusive(counter.flops)
+    saved_incl = inclusive(saved)
     rows = []
-    for r in _region_list(model.region_tree()):
+    for r in region_rows(model.region_tree()):
         bwd = incl.get(f"backward/{r}", 0)
         rec = incl.get(f"backward/{r}/recompute", 0)
         rows.append(
