@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
 from trainer.config import Config
 from trainer.gpus import GIB, GpuSpec
+from trainer.plan.autocast import AutocastSdpa, fp32_regions
 from trainer.plan.regions import Regions, in_backward, inclusive, region_rows
 from trainer.plan.sdpa import (
     HALF,
@@ -87,195 +87,6 @@ MAX_SEARCH_BATCH = 64
 BNB_MIN_8BIT_SIZE = 4096
 #: elements per absmax block of bitsandbytes' blockwise 8-bit states
 BNB_BLOCKSIZE = 256
-
-# --------------------------------------------------------------------------- autocast
-
-#: CUDA autocast's lower-precision list (the ops the model uses, by function name)
-_LOW_OPS = frozenset(
-    {
-        "linear",
-        "conv1d",
-        "conv2d",
-        "conv3d",
-        "conv_transpose1d",
-        "conv_transpose2d",
-        "conv_transpose3d",
-        "matmul",
-        "__matmul__",
-        "__rmatmul__",
-        "mm",
-        "bmm",
-        "addmm",
-        "addbmm",
-        "baddbmm",
-        "addmv",
-        "addr",
-        "mv",
-        "einsum",
-        "prelu",
-        "chain_matmul",
-    }
-)
-#: CUDA autocast's fp32 list (and the fp32-output reductions)
-_FP32_OPS = frozenset(
-    {
-        "layer_norm",
-        "group_norm",
-        "softmax",
-        "log_softmax",
-        "exp",
-        "expm1",
-        "log",
-        "log10",
-        "log2",
-        "log1p",
-        "reciprocal",
-        "rsqrt",
-        "pow",
-        "__pow__",
-        "__rpow__",
-        "softplus",
-        "cosine_similarity",
-        "l1_loss",
-        "mse_loss",
-        "smooth_l1_loss",
-        "huber_loss",
-        "sum",
-        "cumsum",
-        "cumprod",
-        "prod",
-        "logsumexp",
-        "interpolate",
-        "upsample",
-        "erfinv",
-        "acos",
-        "asin",
-        "cosh",
-        "sinh",
-        "tan",
-        "norm",
-        "dist",
-        "cdist",
-        "renorm",
-        "binary_cross_entropy_with_logits",
-        "kl_div",
-        "nll_loss",
-        "cross_entropy",
-    }
-)
-
-
-class _AutocastSdpa(TorchFunctionMode):
-    """CUDA autocast emulated on the meta device, plus SDPA kernel selection."""
-
-    def __init__(self, dtype: torch.dtype | None, arch: str) -> None:
-        super().__init__()
-        self.dtype, self.arch = dtype, arch
-        self.off = 0  # > 0 inside fp32_region
-        self.cache: dict[int, Tensor] = {}  # autocast's weight-cast cache (forward only)
-        self.sdpa_calls: dict[tuple[Any, ...], SdpaCall] = {}
-
-    def _cast(self, x: Any, to: torch.dtype, low: bool) -> Any:
-        if not isinstance(x, Tensor) or not x.is_floating_point() or x.dtype == to:
-            return x
-        if x.dtype == torch.float64 or (not low and x.dtype not in HALF):
-            return x
-        cacheable = low and x.is_leaf and x.requires_grad and not in_backward()
-        if cacheable:
-            hit = self.cache.get(id(x))
-            if hit is not None:
-                return hit
-        y = x.to(to)
-        if cacheable:
-            self.cache[id(x)] = y
-        return y
-
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        active = self.dtype is not None and not self.off
-        if name == "scaled_dot_product_attention":
-            return self._sdpa(active, *args, **kwargs)
-        if active:
-            if name in _LOW_OPS:
-                args, kwargs = tree_map(lambda x: self._cast(x, self.dtype, True), (args, kwargs))
-            elif name in _FP32_OPS or name.startswith("upsample"):
-                args, kwargs = tree_map(
-                    lambda x: self._cast(x, torch.float32, False), (args, kwargs)
-                )
-        return func(*args, **kwargs)
-
-    def _sdpa(
-        self,
-        active: bool,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        attn_mask: Tensor | None = None,
-        dropout_p: float = 0.0,
-        is_causal: bool = False,
-        scale: float | None = None,
-        enable_gqa: bool = False,
-    ) -> Tensor:
-        if active:
-            q, k, v = (self._cast(t, self.dtype, True) for t in (q, k, v))
-            if attn_mask is not None and attn_mask.is_floating_point():
-                attn_mask = self._cast(attn_mask, self.dtype, True)
-        if attn_mask is not None and attn_mask.dtype == torch.bool:
-            attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
-                attn_mask.logical_not(), float("-inf")
-            )
-        mrg = attn_mask is not None and attn_mask.requires_grad
-        kernel = choose_sdpa_kernel(
-            dtype=q.dtype,
-            head_dim=q.shape[-1],
-            head_dim_v=v.shape[-1],
-            has_mask=attn_mask is not None,
-            mask_requires_grad=mrg,
-            dropout=dropout_p,
-            arch=self.arch,
-        )
-        key = (
-            kernel,
-            tuple(q.shape),
-            str(q.dtype).removeprefix("torch."),
-            None if attn_mask is None else tuple(attn_mask.shape),
-            mrg,
-        )
-        call = self.sdpa_calls.get(key)
-        if call is None:
-            call = self.sdpa_calls[key] = SdpaCall(*key)
-        call.count += 1
-        return run_sdpa_kernel(kernel, q, k, v, attn_mask, dropout_p, is_causal, scale)
-
-
-@contextlib.contextmanager
-def _fp32_regions(mode: _AutocastSdpa) -> Iterator[None]:
-    """Make the model's ``fp32_region`` switch the emulated autocast off (on meta it is a
-    no-op otherwise)."""
-    from trainer.models import ops, vrt
-
-    @contextlib.contextmanager
-    def region(_t: Tensor) -> Iterator[None]:
-        mode.off += 1
-        try:
-            yield
-        finally:
-            mode.off -= 1
-
-    saved = ops.fp32_region, vrt.fp32_region
-    ops.fp32_region = vrt.fp32_region = region  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        ops.fp32_region, vrt.fp32_region = saved
-
 
 # --------------------------------------------------------------------------- accounting
 
@@ -380,8 +191,8 @@ def count_flops(
     ``{"forward": n, "backward": m}``."""
     regions = Regions()
     counter = _Counter(regions)
-    ac = _AutocastSdpa(amp, arch)
-    with _fp32_regions(ac), ac, counter:
+    ac = AutocastSdpa(amp, arch)
+    with fp32_regions(ac), ac, counter:
         out = fn(*args)
         regions.phase = "backward"
         if out.requires_grad:
@@ -698,13 +509,13 @@ def simulate(
         return x
 
     counter = _Counter(regions)
-    ac = _AutocastSdpa(amp, arch)
+    ac = AutocastSdpa(amp, arch)
     regions.recompute_mode = ac
     grads_before = 4 * sum(p.numel() for p in trainable) if accum > 1 else 0
     end_forward = 0
     try:
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x)
-        with _fp32_regions(ac), _as_on_cuda(device), ac, counter:
+        with fp32_regions(ac), _as_on_cuda(device), ac, counter:
             with hooks if count_saved else contextlib.nullcontext():
                 regions.phase = "forward"
                 out = model(rgb, spikes)
