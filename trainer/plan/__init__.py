@@ -27,21 +27,18 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import flop_registry
 
 from trainer.config import Config
 from trainer.gpus import GIB, GpuSpec
 from trainer.plan.autocast import AutocastSdpa, fp32_regions
+from trainer.plan.counting import OpCounter, count_flops, storage_key
 from trainer.plan.regions import Regions, in_backward, inclusive, region_rows
 from trainer.plan.sdpa import (
     HALF,
@@ -87,121 +84,6 @@ MAX_SEARCH_BATCH = 64
 BNB_MIN_8BIT_SIZE = 4096
 #: elements per absmax block of bitsandbytes' blockwise 8-bit states
 BNB_BLOCKSIZE = 256
-
-# --------------------------------------------------------------------------- accounting
-
-
-def _storage_key(t: Tensor) -> int:
-    return t.untyped_storage()._cdata
-
-
-class _Counter(TorchDispatchMode):
-    """FLOPs per region and the live bytes of every storage created on the meta device.
-
-    Liveness is polled (a storage's weak reference expires when it is freed): storages
-    born in the last ``YOUNG_OPS`` ops at every op, all of them every few ops and before
-    a new peak is recorded (at most every ``MIN_FULL_GAP`` ops), so that a peak is not
-    inflated by temporaries that are already gone.
-    """
-
-    YOUNG_OPS = 32
-    MIN_FULL_GAP = 16
-
-    def __init__(self, regions: Regions) -> None:
-        super().__init__()
-        self.regions = regions
-        self.flops: dict[str, int] = {}
-        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
-        self.young: list[tuple[int, int]] = []  # (birth op, key)
-        self.live_bytes = 0
-        self.peak = 0
-        self.peak_at = ""
-        self.ops = 0
-        self.last_full = 0
-
-    def __torch_dispatch__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        self.ops += 1
-        fn = flop_registry.get(func._overloadpacket)
-        if fn is not None:
-            n = int(fn(*args, **kwargs, out_val=out))
-            if n:
-                r = self.regions.current
-                self.flops[r] = self.flops.get(r, 0) + n
-        grew = False
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, Tensor) and t.device.type == "meta":
-                st = t.untyped_storage()
-                key = st._cdata
-                if key not in self.live:
-                    nb = st.nbytes()
-                    self.live[key] = (StorageWeakRef(st), nb)
-                    self.young.append((self.ops, key))
-                    self.live_bytes += nb
-                    grew = True
-        self._sweep_young()
-        gap = self.ops - self.last_full
-        if gap >= max(self.MIN_FULL_GAP, len(self.live) // 16):
-            self.sweep()
-        if grew and self.live_bytes > self.peak:
-            if gap >= self.MIN_FULL_GAP:
-                self.sweep()
-            if self.live_bytes > self.peak:
-                self.peak, self.peak_at = self.live_bytes, self.regions.current
-        return out
-
-    def _sweep_young(self) -> None:
-        expired = _EXPIRED
-        keep = []
-        old = self.ops - self.YOUNG_OPS
-        for born, key in self.young:
-            ent = self.live.get(key)
-            if ent is None:
-                continue
-            if expired(ent[0].cdata):
-                del self.live[key]
-                self.live_bytes -= ent[1]
-            elif born > old:
-                keep.append((born, key))
-        self.young = keep
-
-    def sweep(self) -> None:
-        expired = _EXPIRED
-        dead = [k for k, (ref, _nb) in self.live.items() if expired(ref.cdata)]
-        for k in dead:
-            self.live_bytes -= self.live.pop(k)[1]
-        self.last_full = self.ops
-
-
-_EXPIRED = torch.UntypedStorage._expired
-
-
-def count_flops(
-    fn: Callable[..., Tensor], *args: Tensor, amp: torch.dtype | None = None, arch: str = "sm90"
-) -> dict[str, int]:
-    """FLOPs of ``fn(*args)`` (meta tensors) and of the backward of its sum, under the same
-    autocast emulation and SDPA kernel choice as :func:`simulate`:
-    ``{"forward": n, "backward": m}``."""
-    regions = Regions()
-    counter = _Counter(regions)
-    ac = AutocastSdpa(amp, arch)
-    with fp32_regions(ac), ac, counter:
-        out = fn(*args)
-        regions.phase = "backward"
-        if out.requires_grad:
-            out.float().sum().backward()
-    return {
-        "forward": counter.flops.get("forward", 0),
-        "backward": counter.flops.get("backward", 0),
-    }
-
 
 # --------------------------------------------------------------------------- results
 
@@ -468,9 +350,9 @@ def simulate(
     sharp = torch.empty(b, t, 3, h, w, device="meta")
     spikes = torch.empty(b, t, mcfg.SPIKE.BINS, h, w, device="meta") if mcfg.USE_SPIKE else None
     inputs = [x for x in (rgb, sharp, spikes) if x is not None]
-    frozen = {_storage_key(p) for p in params} | {_storage_key(x) for x in inputs}
+    frozen = {storage_key(p) for p in params} | {storage_key(x) for x in inputs}
     if vgg is not None:
-        frozen |= {_storage_key(p) for p in vgg.parameters()}
+        frozen |= {storage_key(p) for p in vgg.parameters()}
 
     regions = Regions()
     from trainer.models.instrument import Instrumentation
@@ -501,14 +383,14 @@ def simulate(
 
     def pack(x: Tensor) -> Tensor:
         if x.device.type == "meta":
-            key = _storage_key(x)
+            key = storage_key(x)
             if key not in seen_saved and key not in frozen:
                 seen_saved.add(key)
                 r = regions.current
                 saved[r] = saved.get(r, 0) + x.untyped_storage().nbytes()
         return x
 
-    counter = _Counter(regions)
+    counter = OpCounter(regions)
     ac = AutocastSdpa(amp, arch)
     regions.recompute_mode = ac
     grads_before = 4 * sum(p.numel() for p in trainable) if accum > 1 else 0
