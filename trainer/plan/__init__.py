@@ -87,8 +87,6 @@ MAX_SEARCH_BATCH = 64
 
 # --------------------------------------------------------------------------- results
 
-REGION_ORDER_TOP = ("spike_encoder", "spike_tsa", "vrt/flow", "vrt/prealign")
-
 
 @dataclass
 class RegionPlan:
