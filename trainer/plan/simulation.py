@@ -154,15 +154,6 @@ def _model_config(mcfg: Any, checkpointing: bool | None) -> Any:
     return dataclasses.replace(mcfg, VRT=vrt)
 
 
-def _checkpointing(mcfg: Any) -> dict[str, bool]:
-    vrt = mcfg.VRT
-    return {
-        "attention": vrt.USE_CHECKPOINT_ATTN,
-        "ffn": vrt.USE_CHECKPOINT_FFN,
-        "align": bool(getattr(vrt, "USE_CHECKPOINT_ALIGN", False)),
-    }
-
-
 @dataclass
 class _MetaStep:
     """The model (and the perceptual loss's VGG) on the meta device, and one micro-batch."""
@@ -343,6 +334,15 @@ def _loss(cfg: Config, out: Tensor, sharp: Tensor, vgg: nn.Module | None) -> Ten
     if vgg is not None:
         loss = loss + lw.VGG_PERCEPTUAL.WEIGHT * F.l1_loss(vgg(out), vgg(sharp))
     return loss / cfg.TRAIN.GRADIENT_ACCUMULATION_STEPS
+
+
+def _checkpointing(mcfg: Any) -> dict[str, bool]:
+    vrt = mcfg.VRT
+    return {
+        "attention": vrt.USE_CHECKPOINT_ATTN,
+        "ffn": vrt.USE_CHECKPOINT_FFN,
+        "align": bool(getattr(vrt, "USE_CHECKPOINT_ALIGN", False)),
+    }
 
 
 def _region_plans(
