@@ -100,7 +100,7 @@ def test_cuda_only_head_padding_applies_in_the_gpu_simulation(monkeypatch) -> No
     """The model pads head sizes no fused kernel takes only for CUDA tensors (q.is_cuda):
     simulating a GPU on meta tensors must take that path too, a CPU plan must not."""
     from trainer.models import vrt
-    from trainer.plan import _as_on_cuda
+    from trainer.plan.simulation import _as_on_cuda
 
     orig = lambda q: q.is_cuda  # noqa: E731 - stands in for vrt._pad_heads
     monkeypatch.setattr(vrt, "_pad_heads", orig, raising=False)
