@@ -1,9 +1,9 @@
 """Does the spike branch help? ``MODEL.USE_SPIKE`` true vs false at equal steps.
 
 Both settings train the same config (default: the tiny CPU config) on the same synthetic
-clips for the same number of optimizer steps, for several training seeds, then report validation PSNR/SSIM
-on held-out clips next to the blurry input's. Writes the "spike_ablation" section of
-docs/benchmarks.md. Usage::
+clips for the same number of optimizer steps, for several training seeds, then report
+validation PSNR/SSIM on held-out clips next to the blurry input's. Writes the
+"spike_ablation" section of docs/benchmarks.md. Usage::
 
     python benchmarks/bench_spike_ablation.py                     # tiny config, 150 steps, 3 seeds
     python benchmarks/bench_spike_ablation.py --steps 40 --seeds 1 --no-write --json out.json
@@ -98,7 +98,8 @@ def markdown(results: list[dict[str, Any]], cfg_path: str, overrides: list[str])
         lines.append(
             f"| {str(r['use_spike']).lower()} | {r.get('seed', 0)} | {r['params']:,} | "
             f"{r['loss_first']:.4f} → {r['loss_last10pct']:.4f} | {r['psnr']:.2f} dB | "
-            f"{r['ssim']:.4f} | {r['psnr_blurry']:.2f} dB | {r['psnr'] - r['psnr_blurry']:+.2f} dB | "
+            f"{r['ssim']:.4f} | {r['psnr_blurry']:.2f} dB | "
+            f"{r['psnr'] - r['psnr_blurry']:+.2f} dB | "
             f"{r['seconds']:.0f} s |"
         )
     gains = {

@@ -279,7 +279,8 @@ def report(
         "|---|---|---|",
         f'| `with timed("forward"): pass` (enter + exit, CPU clock) | {region_us:.2f} µs | '
         f"≤ {TARGET_REGION_US:.0f} µs: {'met' if region_us <= TARGET_REGION_US else 'NOT met'} |",
-        f"| two nested regions (`forward`, `forward/vrt`) | {ns['nested_pair_ns'] / 1000:.2f} µs | |",
+        f"| two nested regions (`forward`, `forward/vrt`) | "
+        f"{ns['nested_pair_ns'] / 1000:.2f} µs | |",
         f"| `log_timing(name, ms)` | {ns['log_timing_ns'] / 1000:.2f} µs | |",
         f"| `end(begin(name))` (hook API) | {ns['begin_end_ns'] / 1000:.2f} µs | |",
         f"| off, no logger: `with timed(...)` | {ns['off_no_logger_region_ns']:.0f} ns | "
@@ -300,7 +301,8 @@ def report(
         f"Per-step cost of `step()` ({PER_STEP_REGIONS} regions per step, JSONL written, flushed"
         " every 50 steps), early in a run and late in a long run:",
         "",
-        "| outputs | steps 101.. of a new run | steps after step N of a long run | ratio (median) |",
+        "| outputs | steps 101.. of a new run | steps after step N of a long run "
+        "| ratio (median) |",
         "|---|---|---|---|",
     ]
     for label, res in steps.items():

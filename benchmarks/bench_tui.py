@@ -16,7 +16,8 @@ spell of the shared machine hits every kind):
 4. CPU of an idle ``watch`` (finished runs and a silent running one).
 5. The timing core's ``step()`` cost (the writer), as ``bench_timing.per_step_costs``.
 
-Usage: python benchmarks/bench_tui.py [--steps 100000] [--ranks 3] [--regions 40] [--repeats 3] [--no-write]
+Usage: python benchmarks/bench_tui.py [--steps 100000] [--ranks 3] [--regions 40] [--repeats 3]
+                                     [--no-write]
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ for p in sys.argv[1:]:
             json.loads(line); n += 1
 dt = time.perf_counter() - t0
 cpu = time.process_time() - c0
-print(json.dumps({"s": dt, "cpu": cpu, "lines": n, "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"s": dt, "cpu": cpu, "lines": n,
+                  "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 
 _CHILD_READ = """
@@ -113,8 +115,10 @@ assert snap.step == int(sys.argv[2]), snap.step
 assert src.from_index == (mode == "reopen"), (mode, src.from_index)
 print(json.dumps({"s": dt, "cpu": cpu + ch.ru_utime + ch.ru_stime, "regions": len(snap.regions),
                   "process_s": time.perf_counter() - t_proc,
-                  "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "child_rss_kb": ch.ru_maxrss,
-                  "malformed": snap.malformed, "steps": snap.wall.steps, "fast_path": scan_regions is not None}))
+                  "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "child_rss_kb": ch.ru_maxrss,
+                  "malformed": snap.malformed, "steps": snap.wall.steps,
+                  "fast_path": scan_regions is not None}))
 """
 
 _CHILD_FIRST_SCREEN = """
@@ -228,7 +232,9 @@ _CHILD_WRITER = """
 import json, sys, time
 from stagewatch.records import encode
 from tui.testing import step_records
-run, rate, n, ranks, delay = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+run, rate, n, ranks, delay = (
+    sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+)
 files = [open(f"{run}/rank{r}.jsonl", "a") for r in range(ranks)]
 gens = [step_records(n, rank=r, n_regions=40) for r in range(ranks)]
 time.sleep(delay)
@@ -446,23 +452,49 @@ def render(rep: dict, lat: dict, idle: dict, wr: dict, before: dict | None = Non
     return f"""## tui (monitor)
 
 Machine: {machine()}. Date: {today()}. `python benchmarks/bench_tui.py`: one run, child
-processes of each kind interleaved, best of {rep["repeats"]}; load average {rep["load"]:.1f} at the end of the reads.
-The run: {rep["steps"]:,} steps x {rep["ranks"]} ranks x {rep["regions"]} regions ({rep["lines"]:,} lines, {rep["mb"]:.0f} MiB, in the page cache).
+processes of each kind interleaved, best of {rep["repeats"]}; \
+load average {rep["load"]:.1f} at the end of the reads.
+The run: {rep["steps"]:,} steps x {rep["ranks"]} ranks x {rep["regions"]} \
+regions ({rep["lines"]:,} lines, {rep["mb"]:.0f} MiB, in the page cache).
 
 | measure | result | target |
 |---|---|---|
-| bare `json.loads` of every line, one process | {rep["loads_s"]:.2f} s wall, {rep["loads_cpu"]:.2f} s CPU | |
-| whole-run read (`RunSource.load`, no index{"" if rep.get("fast_path", True) else "; **C fast path not built**"}), one process: CPU ÷ `json.loads` CPU | **{rep["cpu_ratio"]:.2f}** ({rep["serial_cpu"]:.2f} s CPU, {rep["serial_s"]:.2f} s wall, peak RSS {rep["rss_mb"]:.0f} MB) | ≤ 0.5: {mark(rep["cpu_ratio"] <= 0.5)} |
-| the same without the C fast path (`STAGEWATCH_PURE_PYTHON=1`: as where `tui.source._regions` could not be built) | {rep["pure_ratio"]:.2f} ({rep["pure_cpu"]:.2f} s CPU) | |
-| the same, ranks in parallel processes (as `tui summary` reads a big run) | {rep["parallel_s"]:.2f} s wall ({rep["parallel_ratio"]:.2f}× `json.loads` wall), {rep["parallel_cpu"]:.2f} s CPU in all | |
-| reopen through the run index ({rep["index_kb"]:.0f} KiB): CPU ÷ `json.loads` CPU | **{rep["reopen_ratio"]:.4f}** ({rep["reopen_cpu"] * 1000:.0f} ms CPU, {rep["reopen_s"] * 1000:.0f} ms wall; the whole process with its imports {rep["reopen_process_s"]:.2f} s) | ≤ 0.02: {mark(rep["reopen_ratio"] <= 0.02)} |
-| `tui replay` launch → first screen rendered, index present | **{rep["first_screen_s"]:.2f} s** | ≤ 1 s: {mark(rep["first_screen_s"] <= 1.0)} |
-| the same without an index (`--no-index`; the very first open: {rep["first_screen_noindex_cold_s"]:.2f} s) | {rep["first_screen_noindex_s"]:.2f} s | ≤ 1 s: {mark(rep["first_screen_noindex_s"] <= 1.0)} |
-| `tui watch`, a writer process appending {lat["ranks"]} ranks × {lat["rate"]:g} steps/s: CPU of the monitor process | **{lat["cpu_pct"]:.1f}% of a core** (reader thread {lat["reader_pct"]:.1f}%, screen {lat.get("screen_pct", math.nan):.1f}%; {lat["posts_per_s"]:.1f} snapshots/s, {lat.get("full_per_s", math.nan):.1f} of them full; panels redrawn {lat.get("panels_per_s", math.nan):.1f}/s) | ≤ 10%: {mark(lat["cpu_pct"] <= 10)} |
-| latency, line written → its step shown (the header) | p50 {lat["p50"]:.0f} ms, p95 {lat["p95"]:.0f} ms, max {lat["max"]:.0f} ms ({lat["samples"]} steps) | p95 ≤ 150 ms: {mark(lat["p95"] <= 150)} |
-| latency, line written → snapshot built | p50 {lat["snap_p50"]:.0f} ms, p95 {lat["snap_p95"]:.0f} ms | |
-| latency, line written → tree and other panels redrawn with it | p50 {lat.get("panels_p50", math.nan):.0f} ms, p95 {lat.get("panels_p95", math.nan):.0f} ms | |
-| CPU of an idle `watch` ({idle["runs"]} runs, one running but silent), over {idle["seconds"]:.0f} s | {idle["cpu_pct"]:.2f}% of a core | ≤ 2%: {mark(idle["cpu_pct"] <= 2)} |
+| bare `json.loads` of every line, one process | \
+{rep["loads_s"]:.2f} s wall, {rep["loads_cpu"]:.2f} s CPU | |
+| whole-run read (`RunSource.load`, no \
+index{"" if rep.get("fast_path", True) else "; **C fast path not built**"}), \
+one process: CPU ÷ `json.loads` CPU | \
+**{rep["cpu_ratio"]:.2f}** ({rep["serial_cpu"]:.2f} s CPU, \
+{rep["serial_s"]:.2f} s wall, peak RSS {rep["rss_mb"]:.0f} MB) | \
+≤ 0.5: {mark(rep["cpu_ratio"] <= 0.5)} |
+| the same without the C fast path (`STAGEWATCH_PURE_PYTHON=1`: as where `tui.source._regions` \
+could not be built) | {rep["pure_ratio"]:.2f} ({rep["pure_cpu"]:.2f} s CPU) | |
+| the same, ranks in parallel processes (as `tui summary` reads a big run) | \
+{rep["parallel_s"]:.2f} s wall ({rep["parallel_ratio"]:.2f}× \
+`json.loads` wall), {rep["parallel_cpu"]:.2f} s CPU in all | |
+| reopen through the run index ({rep["index_kb"]:.0f} KiB): CPU ÷ `json.loads` CPU | \
+**{rep["reopen_ratio"]:.4f}** ({rep["reopen_cpu"] * 1000:.0f} ms CPU, \
+{rep["reopen_s"] * 1000:.0f} ms wall; the whole process with its imports \
+{rep["reopen_process_s"]:.2f} s) | ≤ 0.02: {mark(rep["reopen_ratio"] <= 0.02)} |
+| `tui replay` launch → first screen rendered, index present | \
+**{rep["first_screen_s"]:.2f} s** | ≤ 1 s: {mark(rep["first_screen_s"] <= 1.0)} |
+| the same without an index (`--no-index`; the very first open: \
+{rep["first_screen_noindex_cold_s"]:.2f} s) | {rep["first_screen_noindex_s"]:.2f} s | \
+≤ 1 s: {mark(rep["first_screen_noindex_s"] <= 1.0)} |
+| `tui watch`, a writer process appending {lat["ranks"]} ranks × {lat["rate"]:g} \
+steps/s: CPU of the monitor process | **{lat["cpu_pct"]:.1f}% of a core** (reader \
+thread {lat["reader_pct"]:.1f}%, screen {lat.get("screen_pct", math.nan):.1f}%; \
+{lat["posts_per_s"]:.1f} snapshots/s, {lat.get("full_per_s", math.nan):.1f} of them full; \
+panels redrawn {lat.get("panels_per_s", math.nan):.1f}/s) | ≤ 10%: {mark(lat["cpu_pct"] <= 10)} |
+| latency, line written → its step shown (the header) | \
+p50 {lat["p50"]:.0f} ms, p95 {lat["p95"]:.0f} ms, \
+max {lat["max"]:.0f} ms ({lat["samples"]} steps) | p95 ≤ 150 ms: {mark(lat["p95"] <= 150)} |
+| latency, line written → snapshot built | \
+p50 {lat["snap_p50"]:.0f} ms, p95 {lat["snap_p95"]:.0f} ms | |
+| latency, line written → tree and other panels redrawn with it | \
+p50 {lat.get("panels_p50", math.nan):.0f} ms, p95 {lat.get("panels_p95", math.nan):.0f} ms | |
+| CPU of an idle `watch` ({idle["runs"]} runs, one running but silent), over \
+{idle["seconds"]:.0f} s | {idle["cpu_pct"]:.2f}% of a core | ≤ 2%: {mark(idle["cpu_pct"] <= 2)} |
 | the timing core's `step()` ({wr["regions"]} regions, JSONL written) | {writer} | |
 
 How: every line is decoded by `msgspec` into a typed struct (the types and ranges of
@@ -474,7 +506,8 @@ Python object is made per value. A line it refuses (a new schema, an escaped nam
 cannot convert exactly, anything malformed) goes to the full typed decoder, which decides:
 the same results either way (tested with hypothesis against `msgspec` and on mutated runs).
 Steps are folded into the statistics 512 lines at a time with numpy (region columns assigned
-once per schema, sums accumulated in file order, bounded histograms for percentiles). The run index is saved beside a run once it has ended
+once per schema, sums accumulated in file order, bounded histograms \
+for percentiles). The run index is saved beside a run once it has ended
 (or stayed idle 5 minutes): the folded state and each file's position, keyed by size, mtime
 and hashes of the first and last 4 KiB read; a reopen checks the keys, restores the state
 and reads only what was appended since. `tui replay` reads only the first bytes of each
@@ -483,18 +516,23 @@ a quiet spell at once); the header (step, ETA) shows every one, the tree and the
 are redrawn at most once a second (a replay playing: twice), from full snapshots only (the
 last step of a busy spell at the gap's end; a key, another run or a state change at once);
 the snapshots between are light (no per-region figures). The watch figures are measured with the app
-driven by a bare event-loop sleep (not Pilot, whose every pause repaints the screen). The machine is shared with other jobs (2 cores, ~8 sessions): load
-average {lat["load"]:.1f} during the watch run, {idle["load"]:.1f} during the idle run; CPU shares are of one core.
+driven by a bare event-loop sleep (not Pilot, whose every pause repaints the \
+screen). The machine is shared with other jobs (2 cores, ~8 sessions): load
+average {lat["load"]:.1f} during the watch run, \
+{idle["load"]:.1f} during the idle run; CPU shares are of one core.
 
-*Read CPU*: {rep["cpu_ratio"]:.2f}× `json.loads` with the C fast path, {rep["pure_ratio"]:.2f}× without
+*Read CPU*: {rep["cpu_ratio"]:.2f}× `json.loads` \
+with the C fast path, {rep["pure_ratio"]:.2f}× without
 (2.3-2.7× before issue 13). Measured apart on a 20,000-line slice (one process, GC paused as
 the reader pauses it), per 40-region line: the raw-regions decode ~2 µs, the C check and
 conversion ~0.8 µs, the Python loop around them ~1.5 µs, the fold ~2 µs, reading and splitting
 the file ~1 µs. Without the extension every region value becomes a Python object (tuple,
 float) and is flattened into numpy: about twice the CPU. The ratio moves by about ±0.1 between runs
 of this script with the machine's load.
-*Watch CPU*: the screen (the event loop's thread) uses {lat.get("screen_pct", math.nan):.1f}% of a core, the
-reader thread {lat["reader_pct"]:.1f}%, other threads (file watching) {lat["cpu_pct"] - lat["reader_pct"] - lat.get("screen_pct", math.nan):.1f}%. Between panel
+*Watch CPU*: the screen (the event loop's thread) uses \
+{lat.get("screen_pct", math.nan):.1f}% of a core, the
+reader thread {lat["reader_pct"]:.1f}%, other threads (file watching) \
+{lat["cpu_pct"] - lat["reader_pct"] - lat.get("screen_pct", math.nan):.1f}%. Between panel
 redraws the reader builds light snapshots (the header's fields, each as the full snapshot
 has it, without the per-region merge: ~1.4 ms instead of ~3.8 ms); file events come from one
 inotify thread asking only for writes, creations, removals and renames (watchdog's three
@@ -526,7 +564,8 @@ def main() -> None:
         "--writer-before",
         metavar="OUT",
         default=None,
-        help="output of an earlier run (on the previous encoder): its writer figure is shown as 'before'",
+        help="output of an earlier run (on the previous encoder): its writer figure is shown as "
+        "'before'",
     )
     ap.add_argument(
         "--from",

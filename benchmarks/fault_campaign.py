@@ -1,4 +1,5 @@
-"""Fault campaign (issue 12): hostile inputs, tailing and writer faults, kill -9s, bad configs, DDP rank kills, counted.
+"""Fault campaign (issue 12): hostile inputs, tailing and writer faults, kill -9s, bad configs, \
+DDP rank kills, counted.
 
 Not part of the test suite (tests/test_fault_campaign.py runs it with tiny counts). Every part
 is bounded in count and in time; the defaults take a few minutes on 2 cores::
@@ -590,7 +591,8 @@ TAILING: list[tuple[str, Callable[[Path], bool]]] = [
 
 
 def _bounded(fn: Callable[[], bool], timeout_s: float) -> tuple[bool | None, str]:
-    """Run ``fn`` in a thread: (result, error); None when it did not end in ``timeout_s`` (a hang)."""
+    """Run ``fn`` in a thread: (result, error); None when it did not end in ``timeout_s``
+    (a hang)."""
     out: dict[str, Any] = {}
 
     def go() -> None:
@@ -638,7 +640,8 @@ def _logger(root: Path, **kw: Any) -> TimingLogger:
 
 
 def _read_back(lg: TimingLogger) -> tuple[int, int, int]:
-    """(steps, distinct step numbers, eval records) the reader and the decoder see in ``lg``'s file."""
+    """(steps, distinct step numbers, eval records) the reader and the decoder see in ``lg``'s
+    file."""
     assert lg.run_dir is not None
     path = Path(lg.run_dir) / R.rank_file_name(lg.rank)
     snap = RunSource(Path(lg.run_dir), use_index=False).load(parallel=False).snapshot()
@@ -945,8 +948,9 @@ VICTIM = textwrap.dedent(
     import sys, time
     from stagewatch.timing import TimingLogger
     root, start, end, flush = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    lg = TimingLogger(root, run_id="victim", enable_console=False, enable_file=False, collect_memory=False,
-                      file_flush_interval=flush, start_step=start, total_steps=end)
+    lg = TimingLogger(root, run_id="victim", enable_console=False, enable_file=False,
+                      collect_memory=False, file_flush_interval=flush, start_step=start,
+                      total_steps=end)
     names = [f"forward/block{k:02d}/with_a_long_name_to_make_lines_long" for k in range(40)]
     for i in range(start, end):
         with lg.region("forward"):
@@ -978,7 +982,8 @@ def _last_step(path: Path) -> int:
 
 
 def kill9(tmp: Path, kills: int, seed: int, budget_s: float, final_steps: int = 200) -> Part:
-    """Kill a writer with SIGKILL at random moments, resume from a checkpoint a few steps back, read."""
+    """Kill a writer with SIGKILL at random moments, resume from a checkpoint a few steps back,
+    read."""
     part = Part("kill -9 and resume")
     t0 = time.monotonic()
     rng = random.Random(seed)
@@ -1091,7 +1096,8 @@ def kill9(tmp: Path, kills: int, seed: int, budget_s: float, final_steps: int = 
     elif not ok:
         part.fail(
             f"steps {snap.wall.steps} (live {live_steps}), last {snap.step}, expected {end}; "
-            f"malformed {info.malformed} of {bad_lines} partial lines; duplicates {info.duplicates} of {repeats}"
+            f"malformed {info.malformed} of {bad_lines} partial lines; "
+            f"duplicates {info.duplicates} of {repeats}"
         )
     else:
         part.survived = part.tried
@@ -1179,7 +1185,8 @@ def trainer_configs(tmp: Path, n: int) -> Part:
 
 
 def ddp_rank_kill(tmp: Path, victims: list[int], timeout_s: float = 180.0) -> Part:
-    """Two gloo ranks through torchrun; SIGKILL one mid-run: the survivor must end, recorded, no hang."""
+    """Two gloo ranks through torchrun; SIGKILL one mid-run: the survivor must end, recorded,
+    no hang."""
     import socket
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -1291,7 +1298,10 @@ def ddp_rank_kill(tmp: Path, victims: list[int], timeout_s: float = 180.0) -> Pa
 
 
 def table(parts: list[Part]) -> str:
-    head = f"{'part':<22} {'tried':>7} {'survived':>9} {'crashes':>8} {'expected':>9} {'read':>8} {'lost':>5} {'s':>6}"
+    head = (
+        f"{'part':<22} {'tried':>7} {'survived':>9} {'crashes':>8} {'expected':>9} "
+        f"{'read':>8} {'lost':>5} {'s':>6}"
+    )
     rows = [head, "-" * len(head)]
     for p in parts:
         rows.append(

@@ -431,7 +431,8 @@ def report_md(work: Path, summary: dict[str, Any]) -> str:
                     "",
                     f"## {st['name']}",
                     "",
-                    f"overhead {100 * r['step']['overhead']:+.3f}% (off {r['step']['off_ms']:.3f} ms, "
+                    f"overhead {100 * r['step']['overhead']:+.3f}% "
+                    f"(off {r['step']['off_ms']:.3f} ms, "
                     f"on {r['step']['on_ms']:.3f} ms); regions vs profiler: max |error| "
                     f"{100 * max(errs) if errs else float('nan'):.2f}%; verdict {r['verdict']}",
                 ]

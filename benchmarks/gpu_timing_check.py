@@ -137,7 +137,8 @@ def format_summary(result: Mapping[str, Any]) -> str:
         f"step time: off {st['off_ms']:.3f} ms, on {st['on_ms']:.3f} ms, overhead "
         f"{st['overhead'] * 100:+.3f}% (target ≤ {TARGET_OVERHEAD * 100:.1f}%: "
         f"{'met' if v['overhead_ok'] else 'NOT met'})",
-        f"regions vs profiler kernels: max |error| {max(errs) * 100 if errs else float('nan'):.2f}%, "
+        f"regions vs profiler kernels: max |error| "
+        f"{max(errs) * 100 if errs else float('nan'):.2f}%, "
         f"median {statistics.median(errs) * 100 if errs else float('nan'):.2f}% "
         f"(target ≤ {TARGET_REGION_ERROR * 100:.0f}%: {'met' if v['regions_ok'] else 'NOT met'})",
     ]

@@ -230,10 +230,12 @@ def markdown(report: dict[str, Any]) -> str:
         else:
             m = f"{r['status']} | – | {r.get('peak_memory_bytes', 0) / gb:.1f} GB at failure | –"
         lines.append(
-            f"| {r['config']} | {r['batch']} | {r['optimizer']} | "
-            f"{'on' if r['checkpointing'] else 'off'} | {m} | {step} s | {sps} | {mem} GB |".replace(
-                "– s", "–"
-            ).replace("– GB", "–")
+            (
+                f"| {r['config']} | {r['batch']} | {r['optimizer']} | "
+                f"{'on' if r['checkpointing'] else 'off'} | {m} | {step} s | {sps} | {mem} GB |"
+            )
+            .replace("– s", "–")
+            .replace("– GB", "–")
         )
     lines += ["", "Shares of the measured step (median step):", ""]
     for r in report["results"]:

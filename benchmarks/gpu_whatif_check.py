@@ -125,8 +125,9 @@ def select_rows(rows: Sequence[int] | None) -> list[tuple[tuple[str, str], ...]]
 def side_by_side(report: BenchReport, rows: Sequence[int] | None = None) -> str:
     """Predicted vs measured, one line per row."""
     lines = [
-        "| config | memory predicted | peak measured (alloc / reserved) | step predicted | step measured "
-        "| samples/s predicted (3 GPUs) | samples/s measured ×3 | 50 epochs predicted | 50 epochs measured |",
+        "| config | memory predicted | peak measured (alloc / reserved) | step predicted "
+        "| step measured | samples/s predicted (3 GPUs) | samples/s measured ×3 "
+        "| 50 epochs predicted | 50 epochs measured |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     idx = [r - 1 for r in rows] if rows else list(range(len(ROWS)))
@@ -228,14 +229,15 @@ def main(
     write_outputs(report)
     dev = next((r.gpu_name or r.device for r in report.results if r.device), "?")
     text = (
-        f"## The user's what-if table, measured ({'DRY RUN, tiny model on CPU' if dry else 'full model'})\n\n"
-        f"{today()}, {dev}; host {machine()}. `benchmarks/gpu_whatif_check.py`: each row adds to the one "
-        f"above; each is its own `trainer bench` process on `{cfg}` with synthetic data, one micro-batch per "
-        f"step, {report.warmup} warm-up + {report.steps} measured steps. Measured samples/s and 50-epoch "
-        f"times assume {WORLD} GPUs that each keep the measured single-GPU speed, and {EPOCH_SAMPLES:,} "
-        "samples per epoch (what the user's own figures imply). Predicted figures are the user's, never "
-        "measured (their GB are probably what nvidia-smi showed, closer to our *reserved* than to peak "
-        "*allocated*; ours are GiB).\n\n"
+        f"## The user's what-if table, measured "
+        f"({'DRY RUN, tiny model on CPU' if dry else 'full model'})\n\n"
+        f"{today()}, {dev}; host {machine()}. `benchmarks/gpu_whatif_check.py`: each row adds to "
+        f"the one above; each is its own `trainer bench` process on `{cfg}` with synthetic data, "
+        f"one micro-batch per step, {report.warmup} warm-up + {report.steps} measured steps. "
+        f"Measured samples/s and 50-epoch times assume {WORLD} GPUs that each keep the measured "
+        f"single-GPU speed, and {EPOCH_SAMPLES:,} samples per epoch (what the user's own figures "
+        "imply). Predicted figures are the user's, never measured (their GB are probably what "
+        "nvidia-smi showed, closer to our *reserved* than to peak *allocated*; ours are GiB).\n\n"
         + side_by_side(report, args.rows)
         + "\nThe bench table itself:\n\n"
         + markdown(report)

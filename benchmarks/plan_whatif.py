@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     gpus = [parse_gpu("80"), parse_gpu("139")]
     gb = GIB
     out = [
-        f"precision {'bf16 autocast' if args.amp == 'bf16' else 'fp32' if args.amp else 'as configured'}"
+        f"precision "
+        f"{'bf16 autocast' if args.amp == 'bf16' else 'fp32' if args.amp else 'as configured'}"
         f"; usable = memory − "
         f"{RESERVE_BYTES / gb:.2f} GiB reserve",
         "",

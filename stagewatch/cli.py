@@ -17,7 +17,8 @@ __all__ = ["UsageError", "printable", "run_cli"]
 
 def printable(s: object) -> str:
     """``s`` with every non-printable character (ESC, BEL, CR, ...) written as an escape, so
-    an error naming a hostile file or path cannot drive the terminal (the monitor's ``clean`` does the same)."""
+    an error naming a hostile file or path cannot drive the terminal (the monitor's ``clean``
+    does the same)."""
     s = str(s)
     if s.isprintable():
         return s

@@ -47,8 +47,9 @@ FAKE_TRAINER = textwrap.dedent(
         sys.exit(3)
     class OutOfMemoryError(RuntimeError):
         pass
-    log = TimingLogger(log_dir, enable_console=False, enable_file=False, run_name=sets["LOG.RUN_NAME"],
-                       config={"TRAIN": {"BATCH_SIZE": batch}}, total_steps=steps, samples_per_step=batch)
+    log = TimingLogger(log_dir, enable_console=False, enable_file=False,
+                       run_name=sets["LOG.RUN_NAME"], config={"TRAIN": {"BATCH_SIZE": batch}},
+                       total_steps=steps, samples_per_step=batch)
     set_global_timing_logger(log)
     log.mark_step_start()
     try:

@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/fault_campaign.py with tiny counts (the full run is in docs/reliability.md)."""
+"""Smoke test of benchmarks/fault_campaign.py with tiny counts (the full run is in
+docs/reliability.md)."""
 
 from __future__ import annotations
 

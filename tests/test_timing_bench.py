@@ -28,7 +28,8 @@ def test_gpu_script_compiles_and_imports_without_torch():
     py_compile.compile(str(BENCH / "gpu_timing_check.py"), doraise=True)
     code = (
         "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('g', {str(BENCH / 'gpu_timing_check.py')!r})\n"
+        "spec = importlib.util.spec_from_file_location("
+        f"'g', {str(BENCH / 'gpu_timing_check.py')!r})\n"
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
         "assert 'torch' not in sys.modules\n"
     )

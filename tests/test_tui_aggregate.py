@@ -106,7 +106,8 @@ def test_ranks_compared_per_step_find_the_straggler() -> None:
             agg.add_steps(r, [_row(s, wall, {"fwd": (wall / 2, 1)})])
     snap = agg.snapshot()
     assert snap.straggler == 2
-    # judged by compute (no wait region here: compute = wall), over the other ranks' median (100.5 ms)
+    # judged by compute (no wait region here: compute = wall), over the other ranks' median
+    # (100.5 ms)
     assert snap.straggler_excess == pytest.approx(29.5)
     assert snap.stragglers is not None and snap.stragglers.straggler == 2
     assert snap.spread_window == pytest.approx(30.0)

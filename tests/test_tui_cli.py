@@ -189,7 +189,10 @@ def test_summary_json_keeps_significant_figures(
 )
 def test_closed_pipe_is_quiet(tmp_path: Path, argv: list[str]) -> None:
     run = write_run(tmp_path, steps=300, n_regions=120)
-    cmd = f"{sys.executable} -m tui {' '.join(argv[:1])} {run} {' '.join(argv[1:])} | head -c 100 >/dev/null"
+    cmd = (
+        f"{sys.executable} -m tui {' '.join(argv[:1])} {run} {' '.join(argv[1:])} "
+        "| head -c 100 >/dev/null"
+    )
     out = subprocess.run(
         ["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, cwd=ROOT, timeout=120
     )

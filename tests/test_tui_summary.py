@@ -170,8 +170,10 @@ def test_markup_in_region_names_is_literal(tmp_path: Path) -> None:
 def test_tui_never_imports_torch() -> None:
     code = (
         "import sys\n"
-        "import tui, tui.cli, tui.source.reader, tui.model.aggregate, tui.source.decode, tui.source.textlog, tui.model.snapshot, tui.source.live\n"
-        "import tui.source.replay, tui.report.summary, tui.view.app, tui.view.keys, tui.diagnosis.advice, tui.fmt, tui.testing\n"
+        "import tui, tui.cli, tui.source.reader, tui.model.aggregate, tui.source.decode\n"
+        "import tui.source.textlog, tui.model.snapshot, tui.source.live\n"
+        "import tui.source.replay, tui.report.summary, tui.view.app, tui.view.keys\n"
+        "import tui.diagnosis.advice, tui.fmt, tui.testing\n"
         "import tui.commands.watch, tui.commands.replay, tui.commands.summary\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )

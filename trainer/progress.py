@@ -71,7 +71,8 @@ class Progress:
         eta = per_step * (self.total - step)
         width = len(str(self.total))
         return (
-            f"step {step:>{width}}/{self.total} | {samples_rate_label(self.rate(), self.world_size)} | "
+            f"step {step:>{width}}/{self.total} | "
+            f"{samples_rate_label(self.rate(), self.world_size)} | "
             f"ETA {_fmt_eta(eta)} | loss {loss:.4f} | lr {lr:.2e}"
         )
 

@@ -592,4 +592,7 @@ class TimingLogger:
 
     def __repr__(self) -> str:
         state = "disabled" if not self.enabled else ("closed" if self._closed else "open")
-        return f"TimingLogger(run_id={self.run_id!r}, rank={self.rank}, device={self.device!r}, {state})"
+        return (
+            f"TimingLogger(run_id={self.run_id!r}, rank={self.rank}, "
+            f"device={self.device!r}, {state})"
+        )

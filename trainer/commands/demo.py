@@ -306,8 +306,8 @@ def run(args: argparse.Namespace) -> int:
     before = _runs(root)
     proc = _start(args.cfg, root, steps, log_file, args.threads)
     print(
-        f"demo: training {Path(args.cfg).name} on CPU in the background (pid {proc.pid}); its output "
-        f"goes to {log_file}",
+        f"demo: training {Path(args.cfg).name} on CPU in the background (pid {proc.pid}); "
+        f"its output goes to {log_file}",
         file=sys.stderr,
         flush=True,
     )
@@ -324,7 +324,8 @@ def run(args: argparse.Namespace) -> int:
         run_dir = _wait_for_run(proc, root, before, log_file)
         if run_dir is None:
             print(
-                f"demo: the training stopped before writing a run (exit status {proc.returncode}):\n"
+                "demo: the training stopped before writing a run "
+                f"(exit status {proc.returncode}):\n"
                 f"{_tail(log_file)}",
                 file=sys.stderr,
             )
@@ -354,8 +355,8 @@ def run(args: argparse.Namespace) -> int:
         _monitor("summary", str(run_dir))
     tui = tui_command()
     print(
-        f"\ndemo: run {status}. See it again with `{tui} replay {run_dir}` or `{tui} summary {run_dir}`; "
-        f"training output in {log_file}",
+        f"\ndemo: run {status}. See it again with `{tui} replay {run_dir}` or "
+        f"`{tui} summary {run_dir}`; training output in {log_file}",
         file=sys.stderr,
     )
     return 0 if status in ("completed", "interrupted") else 1

@@ -129,11 +129,13 @@ class GoProSpikeDataset(Dataset):
             for f in frames:
                 if f not in sharp:
                     raise DataError(
-                        f"{os.path.join(d, 'sharp', f + '.png')}: missing (blur/{f}.png has no sharp twin)"
+                        f"{os.path.join(d, 'sharp', f + '.png')}: missing "
+                        f"(blur/{f}.png has no sharp twin)"
                     )
                 if f not in spike:
                     raise DataError(
-                        f"{os.path.join(d, 'spike', f + '.dat')}: missing (blur/{f}.png has no spike stream)"
+                        f"{os.path.join(d, 'spike', f + '.dat')}: missing "
+                        f"(blur/{f}.png has no spike stream)"
                     )
             extra = sharp.difference(frames)
             if extra:
@@ -171,7 +173,8 @@ class GoProSpikeDataset(Dataset):
             raise DataError(str(e)) from None
         if spikes.shape[0] < self.spec.bins:
             raise DataError(
-                f"{kp}: {spikes.shape[0]} spike frames, fewer than MODEL.SPIKE.BINS ({self.spec.bins})"
+                f"{kp}: {spikes.shape[0]} spike frames, "
+                f"fewer than MODEL.SPIKE.BINS ({self.spec.bins})"
             )
         return blur, sharp, voxelize(spikes, self.spec.bins)
 

@@ -179,7 +179,8 @@ class PretrainedReport:
         """A few lines for a terminal or a log."""
         lines = [
             f"pretrained: {self.source}",
-            f"  loaded {len(self.loaded)} tensors ({self.renamed} renamed from the official layout); "
+            f"  loaded {len(self.loaded)} tensors "
+            f"({self.renamed} renamed from the official layout); "
             f"{len(self.recomputed)} buffers skipped (recomputed); "
             f"{self.kept} spike-branch tensors keep their initialisation"
             + (f" ({len(self.outside_vrt)} in the source skipped)" if self.outside_vrt else ""),
