@@ -147,6 +147,11 @@ def convert(
         return [convert(v, args[0], f"{path}[{i}]", file) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path, file)  # type: ignore[arg-type]
+    return _convert_scalar(value, tp, path, file)
+
+
+def _convert_scalar(value: Any, tp: Any, path: str, file: str | None) -> Any:
+    """``value`` checked as a bool, int, float or str (``tp``)."""
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(

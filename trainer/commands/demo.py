@@ -298,6 +298,12 @@ def run(args: argparse.Namespace) -> int:
             f"config not found: {args.cfg} (run the demo from a clone of the repository, "
             "or give --cfg)"
         )
+    return run_training(args)
+
+
+def run_training(args: argparse.Namespace) -> int:
+    """The tiny config trained in the background, the monitor on it (or, without a
+    terminal, its output followed and the summary printed at the end)."""
     tty = sys.stdin.isatty() and sys.stdout.isatty() and not args.no_monitor
     steps = args.steps if args.steps is not None or tty else 5
     root = Path(args.log_dir)

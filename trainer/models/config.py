@@ -106,7 +106,13 @@ class ModelConfig:
 
     def validate(self, file: str | None = None) -> None:
         """Check cross-field constraints; raises ConfigError with the offending key path."""
-        v, s = self.VRT, self.SPIKE
+        self._validate_vrt_widths(file)
+        self._validate_vrt_blocks(file)
+        self._validate_spike(file)
+
+    def _validate_vrt_widths(self, file: str | None) -> None:
+        """Stage depths, widths and heads: their counts and how they divide."""
+        v = self.VRT
         p = "MODEL.VRT."
         n = len(v.DEPTHS)
         if n < NUM_ALIGN_STAGES + 1:
@@ -148,6 +154,12 @@ class ModelConfig:
                 "stage width must be a multiple of 4 (pixel-shuffle up-sampling)",
                 file,
             )
+
+    def _validate_vrt_blocks(self, file: str | None) -> None:
+        """Windows, groups and the other per-block settings of the VRT."""
+        v = self.VRT
+        p = "MODEL.VRT."
+        n = len(v.DEPTHS)
         if len(v.WINDOW_SIZE) != 3 or any(w < 1 for w in v.WINDOW_SIZE):
             raise ConfigError(
                 p + "WINDOW_SIZE",
@@ -190,6 +202,10 @@ class ModelConfig:
             raise ConfigError(
                 p + "DROP_PATH_RATE", f"must be in [0, 1), got {v.DROP_PATH_RATE}", file
             )
+
+    def _validate_spike(self, file: str | None) -> None:
+        """The spike branch, and the weight files named by the config."""
+        v, s = self.VRT, self.SPIKE
         p = "MODEL.SPIKE."
         for key in ("BINS", "WIDTH", "TSA_HEADS", "FUSION_HEADS"):
             if getattr(s, key) < 1:
