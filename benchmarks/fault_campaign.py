@@ -981,6 +981,46 @@ def _last_step(path: Path) -> int:
     return last
 
 
+def _start_and_kill(
+    rng: random.Random, args: list[str], path: Path, env: dict[str, str], flush: int
+) -> subprocess.Popen[bytes]:
+    """Start the victim writer (``args``: script, root, start step) and SIGKILL it once it
+    has written a random amount (or at once); the process, ended."""
+    proc = subprocess.Popen(
+        [sys.executable, *args, str(10**9), str(flush)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    size0 = path.stat().st_size if path.exists() else 0
+    # wait until it has written something (or not: some kills land before the first record)
+    grow = rng.choice([0, 1, 5_000, 50_000, 200_000])
+    wait_until = time.monotonic() + 15
+    while grow and time.monotonic() < wait_until:
+        if path.exists() and path.stat().st_size >= size0 + grow:
+            break
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0, 0.05))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    return proc
+
+
+def _cut_last_write(rng: random.Random, path: Path) -> int:
+    """Sometimes (1 if done) cut the file inside its last few lines.
+
+    A SIGKILL always lands between two write() calls (Linux finishes a write to the page
+    cache); a cut write (power loss, disk full, another filesystem) leaves part of a line:
+    cut the file as such a write would."""
+    if not path.exists() or rng.random() >= 0.4:
+        return 0
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.truncate(max(0, size - rng.randrange(1, 4000)))
+    return 1
+
+
 def kill9(tmp: Path, kills: int, seed: int, budget_s: float, final_steps: int = 200) -> Part:
     """Kill a writer with SIGKILL at random moments, resume from a checkpoint a few steps back,
     read."""
@@ -1005,37 +1045,13 @@ def kill9(tmp: Path, kills: int, seed: int, budget_s: float, final_steps: int = 
         # flushes of 1 step (one short write) to 512 steps (1.5 MB writes, which a SIGKILL can cut)
         flush = rng.choice([1, 1, 64, 512])
         flushes[flush] = flushes.get(flush, 0) + 1
-        proc = subprocess.Popen(
-            [sys.executable, str(script), str(root), str(start), str(10**9), str(flush)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        size0 = path.stat().st_size if path.exists() else 0
-        # wait until it has written something (or not: some kills land before the first record)
-        grow = rng.choice([0, 1, 5_000, 50_000, 200_000])
-        wait_until = time.monotonic() + 15
-        while grow and time.monotonic() < wait_until:
-            if path.exists() and path.stat().st_size >= size0 + grow:
-                break
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.05))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc = _start_and_kill(rng, [str(script), str(root), str(start)], path, env, flush)
         part.tried += 1
         if proc.returncode != -signal.SIGKILL:
             part.fail(
                 f"victim ended {proc.returncode} before the kill: {proc.stderr.read()[-300:]!r}"
             )  # type: ignore[union-attr]
-        if path.exists() and rng.random() < 0.4:
-            # a SIGKILL here always lands between two write() calls (Linux finishes a write to the
-            # page cache); a cut write (power loss, disk full, another filesystem) leaves part of a
-            # line: cut the file inside its last few lines, as such a write would
-            size = path.stat().st_size
-            with open(path, "r+b") as fh:
-                fh.truncate(max(0, size - rng.randrange(1, 4000)))
-            cuts += 1
+        cuts += _cut_last_write(rng, path)
         if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
             partial_tails += 1
         last = _last_step(path)

@@ -553,6 +553,16 @@ class KernelSpy:
         F.scaled_dot_product_attention = self._real
 
 
+def _sync_sites(caught: list[warnings.WarningMessage]) -> dict[str, int]:
+    """``file:line`` -> count of the host synchronizations CUDA's sync debug mode warned of."""
+    syncs: dict[str, int] = {}
+    for w in caught:
+        if "synchroniz" in str(w.message).lower():
+            site = f"{os.path.relpath(w.filename, ROOT)}:{w.lineno}"
+            syncs[site] = syncs.get(site, 0) + 1
+    return syncs
+
+
 def smoke_checks(work: Path, dry: bool) -> dict[str, Any]:
     """Every smoke check; each one's failure is a result. ``critical`` lists the fatal."""
     import torch
@@ -605,12 +615,7 @@ def smoke_checks(work: Path, dry: bool) -> dict[str, Any]:
                 if cuda:
                     torch.cuda.set_sync_debug_mode("default")
         res["kernels"] = sorted(spy.rows.values(), key=lambda r: (r["q"][-1], r["q"][-2]))
-        syncs: dict[str, int] = {}
-        for w in caught:
-            if "synchroniz" in str(w.message).lower():
-                site = f"{os.path.relpath(w.filename, ROOT)}:{w.lineno}"
-                syncs[site] = syncs.get(site, 0) + 1
-        res["sync_sites"] = syncs
+        res["sync_sites"] = _sync_sites(caught)
         res["loss"] = loss
         if not math.isfinite(loss):
             res["critical"].append(f"non-finite loss {loss}")
