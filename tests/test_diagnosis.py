@@ -15,8 +15,6 @@ import pytest
 from stagewatch.records import RunEnd, RunStart, Step, encode, rank_file_name
 from tui.diagnosis.rules import (
     DEFAULT_THRESHOLDS,
-    GiB,
-    MemTrend,
     RunFacts,
     Thresholds,
     advice_for_run,
@@ -25,6 +23,8 @@ from tui.diagnosis.rules import (
     read_run_config,
     scan_memory_trend,
 )
+from tui.model.rankstats import MemTrend
+from tui.model.units import GiB
 from tui.report.summary import open_run
 
 MiB = 1024**2

@@ -10,8 +10,8 @@ Each rule returns an :class:`Advice` (rule id, severity, a plain-words title, wh
 the figures it is based on) or nothing. :func:`diagnose` runs them all and sorts the result
 by severity (``warn`` before ``suggest`` before ``info``).
 
-Memory growth over a run is tracked by :class:`MemTrend`: constant memory and constant work
-per step (an early window, a ring of recent values and a running least-squares slope).
+The rank statistics it judges (memory trend, straggler verdict) are the model's
+(:mod:`tui.model.rankstats`).
 """
 
 from __future__ import annotations
@@ -19,34 +19,45 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from stagewatch.runs import rank_files
+from tui.model.rankstats import (
+    WAIT_REGIONS,
+    MemTrend,
+    StragglerLimits,
+    StragglerVerdict,
+    TrendFacts,
+    judge_stragglers,
+    worst_trend,
+)
+from tui.model.units import MiB
+from tui.model.units import gb as _gb
+from tui.model.units import json_num as _json_num
+from tui.model.units import median as _median
+from tui.model.units import ms as _ms
+from tui.model.units import ok as _ok
+from tui.model.units import pct as _pct
 
 WARN = "warn"  # something is wrong or about to go wrong
 SUGGEST = "suggest"  # a change that should make training faster
 INFO = "info"  # what dominates; no action needed by itself
 SEVERITIES = (WARN, SUGGEST, INFO)
 
-MiB = 1024**2
-GiB = 1024**3
-
 
 # --------------------------------------------------------------------------- thresholds
 
 
 @dataclass(frozen=True, slots=True)
-class Thresholds:
+class Thresholds(StragglerLimits):
     """Every number the rules compare against, in one place (documented in docs/advice.md).
 
     Shares are fractions of the step wall time (0..1); memory fractions are of the device's
-    total memory.
+    total memory. The ``straggler_*`` fields are :class:`StragglerLimits`' (the model's
+    verdict uses them too).
     """
 
     #: steps a run needs before timing rules speak (the first step is a warm-up)
@@ -68,15 +79,6 @@ class Thresholds:
     data_share: float = 0.10
     #: exposed gradient all-reduce (region ``allreduce``) at or above this share
     allreduce_share: float = 0.10
-    #: a straggler's compute (step wall minus all-reduce and data wait) must exceed the median
-    #: of the other ranks' by at least this share of a step
-    straggler_excess: float = 0.05
-    #: ... and by this many times the run's step-to-step noise (robust σ of a rank's compute)
-    straggler_noise: float = 2.0
-    #: ... being the slowest rank in at least this share of the compared steps
-    straggler_recurrence: float = 0.6
-    #: ... over at least this many steps compared across ranks (or the whole window if shorter)
-    straggler_min_steps: int = 10
     #: peak memory at or above this fraction of the device total: warn
     memory_near_limit: float = 0.90
     #: memory growth (recent window mean over early window mean) at or above this: warn
@@ -88,360 +90,6 @@ class Thresholds:
 
 
 DEFAULT_THRESHOLDS = Thresholds()
-
-
-# --------------------------------------------------------------------------- memory trend
-
-
-@dataclass(frozen=True, slots=True)
-class TrendFacts:
-    """What :class:`MemTrend` concluded: means of an early and a recent window, and a slope."""
-
-    samples: int  # values seen after the skipped warm-up ones
-    first_step: int
-    last_step: int
-    early_mean: float  # bytes
-    recent_mean: float  # bytes
-    slope: float  # bytes per step (least squares over every value after warm-up)
-    window: int
-
-    @property
-    def growth(self) -> float:
-        """Recent mean minus early mean, bytes."""
-        return self.recent_mean - self.early_mean
-
-    @property
-    def ready(self) -> bool:
-        """True once the early and the recent window no longer overlap."""
-        return self.samples >= 2 * self.window
-
-
-class MemTrend:
-    """Memory over a run with bounded cost: ``add(step, bytes)`` once per step.
-
-    The first ``skip`` values are ignored (optimizer state and allocator pools appear during
-    the first steps). The next ``window`` values form the early window; a ring keeps the last
-    ``window`` values; a running least-squares fit (Welford-style co-moments, numerically
-    stable) gives bytes per step over everything after the warm-up.
-    """
-
-    __slots__ = (
-        "_cxy",
-        "_early",
-        "_first",
-        "_last",
-        "_mx",
-        "_my",
-        "_n",
-        "_ring",
-        "_skipped",
-        "_sxx",
-        "skip",
-        "window",
-    )
-
-    def __init__(self, window: int = 20, skip: int = 3) -> None:
-        self.window = max(2, int(window))
-        self.skip = max(0, int(skip))
-        self._skipped = 0
-        self._early: list[float] = []
-        self._ring: deque[float] = deque(maxlen=self.window)
-        self._n = 0
-        self._mx = 0.0
-        self._my = 0.0
-        self._sxx = 0.0
-        self._cxy = 0.0
-        self._first = 0
-        self._last = 0
-
-    def add(self, step: int, value: float | None) -> None:
-        if value is None:
-            return
-        v = float(value)
-        if not math.isfinite(v):
-            return
-        if self._skipped < self.skip:
-            self._skipped += 1
-            return
-        if self._n == 0:
-            self._first = step
-        self._last = step
-        if len(self._early) < self.window:
-            self._early.append(v)
-        self._ring.append(v)
-        self._n += 1
-        x = float(step)
-        dx = x - self._mx
-        self._mx += dx / self._n
-        self._my += (v - self._my) / self._n
-        self._sxx += dx * (x - self._mx)
-        self._cxy += dx * (v - self._my)
-
-    def add_batch(self, steps: Sequence[int], memories: Sequence[Mapping[str, Any] | None]) -> None:
-        """Many steps at once (the monitor folds records in batches): ``memory`` dicts of step
-        records, using ``allocated`` (device) or else ``rss`` (host). Same result as ``add``
-        (to rounding: the batch's moments are merged in, with numpy)."""
-        vals = [m.get("allocated") if m else None for m in memories]
-        if None in vals:  # host memory, or steps without: the full rule
-            vals = [m.get("allocated", m.get("rss")) if m else None for m in memories]
-        v = np.array(vals, dtype=np.float64)  # None -> NaN
-        x = np.array(steps, dtype=np.int64)
-        ok = np.isfinite(v)
-        if not ok.all():
-            v, x = v[ok], x[ok]
-        if self._skipped < self.skip:
-            k = min(len(v), self.skip - self._skipped)
-            self._skipped += k
-            v, x = v[k:], x[k:]
-        nb = len(v)
-        if not nb:
-            return
-        if self._n == 0:
-            self._first = int(x[0])
-        self._last = int(x[-1])
-        room = self.window - len(self._early)
-        if room > 0:
-            self._early.extend(v[:room].tolist())
-        self._ring.extend(v[-self.window :].tolist())
-        # merge the batch's mean and co-moments into the running ones (Chan et al.)
-        xf = x.astype(np.float64)
-        mxb = float(xf.mean())
-        myb = float(v.mean())
-        dxb = xf - mxb
-        sxxb = float(np.dot(dxb, dxb))
-        cxyb = float(np.dot(dxb, v - myb))
-        na, n = self._n, self._n + nb
-        dx, dy = mxb - self._mx, myb - self._my
-        self._mx += dx * nb / n
-        self._my += dy * nb / n
-        self._sxx += sxxb + dx * dx * na * nb / n
-        self._cxy += cxyb + dx * dy * na * nb / n
-        self._n = n
-
-    def facts(self) -> TrendFacts | None:
-        if self._n == 0:
-            return None
-        return TrendFacts(
-            samples=self._n,
-            first_step=self._first,
-            last_step=self._last,
-            early_mean=sum(self._early) / len(self._early),
-            recent_mean=sum(self._ring) / len(self._ring),
-            slope=self._cxy / self._sxx if self._sxx > 0 else 0.0,
-            window=self.window,
-        )
-
-
-def worst_trend(trends: Iterable[TrendFacts | None]) -> TrendFacts | None:
-    """The rank whose memory grew most (ready trends first)."""
-    live = [t for t in trends if t is not None]
-    if not live:
-        return None
-    return max(live, key=lambda t: (t.ready, t.growth))
-
-
-# --------------------------------------------------------------------------- stragglers
-
-#: the regions in which a rank waits rather than computes (the trainer's names, see
-#: trainer/train.py and trainer/distributed.py): exposed gradient all-reduce and data loading
-WAIT_REGIONS = ("allreduce", "data")
-
-
-@dataclass(frozen=True, slots=True)
-class RankCompute:
-    """One rank over the compared steps (medians per step, ms)."""
-
-    rank: int
-    wall_ms: float
-    compute_ms: float  # step wall minus exposed all-reduce wait and data wait
-    allreduce_ms: float  # exposed all-reduce wait (what this rank spends waiting for the others)
-    data_ms: float
-    excess_ms: float  # median over steps of compute minus the median of the other ranks' compute
-    slowest: int  # compared steps in which this rank's compute was the longest
-
-
-@dataclass(frozen=True, slots=True)
-class StragglerVerdict:
-    """Which rank, if any, the others wait for: judged by compute, not by step time.
-
-    DDP's all-reduce makes every rank's step equally long, so the slow rank is the one that
-    *waits least*. A rank is named only when its compute excess over the other ranks is at
-    least ``floor_ms`` (a share of the step), above ``noise_mult`` × the run's step-to-step
-    noise, and it is the slowest rank in most compared steps (``recurrence``).
-    """
-
-    ranks: tuple[RankCompute, ...]
-    compared_steps: int
-    first_step: int
-    last_step: int
-    step_ms: float  # median step wall over ranks and compared steps
-    noise_ms: float  # robust standard deviation of a rank's compute from step to step
-    floor_ms: float
-    straggler: int | None
-    excess_ms: float  # of the straggler, or of the rank furthest behind when none is named
-    recurrence: float  # share of compared steps in which that rank was the slowest
-    reason: str  # one line: why a rank is (or is not) named
-
-    def rank(self, r: int) -> RankCompute | None:
-        return next((x for x in self.ranks if x.rank == r), None)
-
-    @property
-    def span(self) -> str:
-        return f"last {self.compared_steps} steps ({self.first_step}–{self.last_step})"
-
-    def waits(self) -> list[tuple[int, float]]:
-        """(rank, ms per step it waits at the all-reduce) of every other rank, when named."""
-        if self.straggler is None:
-            return []
-        return [(x.rank, x.allreduce_ms) for x in self.ranks if x.rank != self.straggler]
-
-    def who_waits(self) -> str:
-        """'rank 0 waits 250 ms per step for rank 1 at the all-reduce', or the reason for none."""
-        if self.straggler is None:
-            return self.reason
-        w = self.waits()
-        if len(w) <= 3:
-            who = ", ".join(f"rank {r} {_ms(ms)}" for r, ms in w)
-        else:
-            avg = sum(ms for _, ms in w) / len(w)
-            who = f"{len(w)} ranks ~{_ms(avg)} each"
-        return f"waiting for rank {self.straggler} at the all-reduce, per step: {who}"
-
-    def brief(self) -> str:
-        """A few words for a header: ``straggler rank 1 +98.7 ms compute`` or ``no straggler``."""
-        if self.straggler is None:
-            return "no straggler" if self.compared_steps >= 2 else ""
-        return f"straggler rank {self.straggler} +{_ms(self.excess_ms)} compute"
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return _json_tree(d)
-
-
-def _json_tree(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _json_tree(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_tree(x) for x in v]
-    return _json_num(v)
-
-
-def _median(vals: Sequence[float]) -> float:
-    s = sorted(vals)
-    n = len(s)
-    if n == 0:
-        return math.nan
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
-
-
-def judge_stragglers(
-    per_rank: Mapping[int, Sequence[tuple[int, float, float, float]]],
-    thresholds: Thresholds | None = None,
-    window: int | None = None,
-) -> StragglerVerdict | None:
-    """The straggler verdict from each rank's recent steps ``(step, wall, allreduce, data)`` ms.
-
-    Only steps every rank has are compared (cost: ranks × steps, bounded by the window).
-    None with fewer than two ranks or no common step.
-    """
-    t = thresholds or DEFAULT_THRESHOLDS
-    ranks = sorted(r for r, rows in per_rank.items() if rows)
-    if len(ranks) < 2:
-        return None
-    by_rank = {r: {int(s): (w, a, d) for s, w, a, d in per_rank[r] if _ok(w)} for r in ranks}
-    common = set.intersection(*(set(m) for m in by_rank.values()))
-    steps = sorted(common)[-window:] if window else sorted(common)
-    if not steps:
-        return None
-    import numpy as np  # lazily: the rules themselves need no numpy
-
-    # (steps, ranks, 3): wall, allreduce, data; the work is vectorised over steps and ranks
-    x = np.nan_to_num(
-        np.array([[by_rank[r][st] for r in ranks] for st in steps], dtype=np.float64),
-        nan=0.0,
-        posinf=0.0,
-        neginf=0.0,
-    )
-    comp = x[:, :, 0] - x[:, :, 1] - x[:, :, 2]
-    n, k = comp.shape
-    order = np.argsort(comp, axis=1, kind="stable")  # per step, ranks from fastest to slowest
-    srt = np.take_along_axis(comp, order, axis=1)
-    # the median of the other ranks for the rank at sorted position p: drop p, take the middle
-    pos = np.arange(k)
-    m = k - 1
-
-    def at(j: int) -> np.ndarray:  # element j of each row with position p removed
-        return np.where(j < pos, srt[:, j][:, None], srt[:, min(j + 1, k - 1)][:, None])
-
-    med_others = at(m // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2
-    ex_sorted = srt - med_others
-    excess = np.empty_like(ex_sorted)
-    np.put_along_axis(excess, order, ex_sorted, axis=1)
-    slow_counts = np.bincount(order[:, -1], minlength=k)
-    med = np.median(x, axis=0)  # (ranks, 3)
-    cmed = np.median(comp, axis=0)
-    emed = np.median(excess, axis=0)
-    rows = [
-        RankCompute(
-            rank=r,
-            wall_ms=float(med[i, 0]),
-            compute_ms=float(cmed[i]),
-            allreduce_ms=float(med[i, 1]),
-            data_ms=float(med[i, 2]),
-            excess_ms=float(emed[i]),
-            slowest=int(slow_counts[i]),
-        )
-        for i, r in enumerate(ranks)
-    ]
-    step_ms = _median([x.wall_ms for x in rows])
-    # noise: step-to-step variation of each rank's compute (1.4826 × MAD ≈ σ), median over ranks
-    noise = float(np.median(1.4826 * np.median(np.abs(comp - cmed), axis=0)))
-    floor = t.straggler_excess * step_ms if _ok(step_ms) else math.inf
-    worst = max(rows, key=lambda x: (x.excess_ms, -x.rank))
-    rec = worst.slowest / n
-    share = worst.excess_ms / step_ms if _ok(step_ms) and step_ms > 0 else math.nan
-    named: int | None = None
-    need = min(t.straggler_min_steps, window) if window else t.straggler_min_steps
-    if n < need:
-        reason = f"no straggler yet: {n} steps compared by every rank (need {need})"
-    elif worst.excess_ms < floor:
-        reason = (
-            f"no straggler: ranks within {_ms(max(0.0, worst.excess_ms))} of each other in compute "
-            f"({_pct(max(0.0, share))} of the step, below the {_pct(t.straggler_excess)} floor)"
-        )
-    elif worst.excess_ms < t.straggler_noise * noise:
-        reason = (
-            f"no straggler: rank {worst.rank}'s +{_ms(worst.excess_ms)} compute is within the run's "
-            f"step-to-step noise (±{_ms(noise)})"
-        )
-    elif rec < t.straggler_recurrence:
-        reason = (
-            f"no straggler: rank {worst.rank} is behind on average (+{_ms(worst.excess_ms)}) but the "
-            f"slowest in only {worst.slowest} of {n} steps"
-        )
-    else:
-        named = worst.rank
-        reason = (
-            f"rank {worst.rank}'s compute is +{_ms(worst.excess_ms)} ({_pct(share)} of the step) over the "
-            f"other ranks, slowest in {worst.slowest} of {n} steps (noise ±{_ms(noise)})"
-        )
-    return StragglerVerdict(
-        ranks=tuple(rows),
-        compared_steps=n,
-        first_step=steps[0],
-        last_step=steps[-1],
-        step_ms=step_ms,
-        noise_ms=noise,
-        floor_ms=floor,
-        straggler=named,
-        excess_ms=worst.excess_ms,
-        recurrence=rec,
-        reason=reason,
-    )
-
-
-def _z(x: float) -> float:
-    return x if _ok(x) else 0.0
 
 
 def verdict_of(snap: Any, thresholds: Thresholds | None = None) -> StragglerVerdict | None:
@@ -732,42 +380,6 @@ class Advice:
         d = asdict(self)
         d["evidence"] = {k: _json_num(v) for k, v in self.evidence.items()}
         return d
-
-
-def _json_num(v: Any) -> Any:
-    """Floats to 6 significant figures (never rounded to 0.0), non-finite ones to None."""
-    if isinstance(v, float):
-        return float(f"{v:.6g}") if math.isfinite(v) else None
-    return v
-
-
-def _ok(x: float | None) -> bool:
-    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def _pct(x: float) -> str:
-    if not _ok(x):
-        return "?%"
-    return f"{x * 100:.0f}%" if round(x * 100, 1) >= 9.95 else f"{x * 100:.1f}%"
-
-
-def _ms(x: float) -> str:
-    """ms with a space before the unit, rounded before the unit is chosen (never "1000 ms")."""
-    if not _ok(x):
-        return "?"
-    from tui.fmt import fmt_ms  # lazily: tui.fmt imports rich
-
-    s = fmt_ms(x)
-    for unit in ("ms", "s"):
-        if s.endswith(unit) and s[: -len(unit)][-1:].isdigit():
-            return s[: -len(unit)] + " " + unit
-    return s
-
-
-def _gb(n: float) -> str:
-    if abs(n) >= GiB:
-        return f"{n / GiB:.1f} GiB"
-    return f"{n / MiB:.0f} MiB"
 
 
 Rule = Callable[[RunFacts, Thresholds], "Advice | None"]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from stagewatch.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, RunStart
-from tui.diagnosis.rules import WAIT_REGIONS, MemTrend, judge_stragglers, worst_trend
+from tui.model.rankstats import WAIT_REGIONS, MemTrend, compare_walls, judge_stragglers, worst_trend
 from tui.model.snapshot import (
     EMPTY,
     FAILED,
@@ -697,23 +697,7 @@ class RunAgg:
         """Per step that every rank has among its last :attr:`pending_limit` steps (the last
         ``window`` such steps, oldest first): slowest rank, spread (max - min wall ms) and
         excess of the slowest over the median."""
-        ws = self.world_size
-        tails = self.tails
-        if ws < 2 or len(tails) < ws or len(tails) < 2:
-            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
-        ranks = sorted(tails)
-        maps = [dict(tails[r]) for r in ranks]  # a repeated step: the later one wins
-        common = set(maps[0]).intersection(*maps[1:])
-        steps = sorted(common)[-self.window :]
-        if not steps:
-            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
-        walls = np.array([[m[s] for m in maps] for s in steps])  # steps x ranks
-        order = np.argsort(walls, axis=1, kind="stable")
-        srt = np.take_along_axis(walls, order, axis=1)
-        slow = np.asarray(ranks, dtype=np.int64)[order[:, -1]]
-        k = srt.shape[1]
-        med = srt[:, k // 2] if k % 2 else (srt[:, k // 2 - 1] + srt[:, k // 2]) / 2
-        return slow, srt[:, -1] - srt[:, 0], srt[:, -1] - med
+        return compare_walls(self.tails, self.world_size, self.window)
 
     # ----------------------------------------------------------------- state
     def state(self, idle_s: float, stale_after: float) -> str:

@@ -86,7 +86,7 @@ class RankInfo:
     slowest_steps: int  # steps in the window where this rank was the slowest
     mem_peak: int | None
     # the window's steps, oldest first: (step, wall ms, exposed allreduce ms, data ms), for
-    # judging stragglers by compute (tui.diagnosis.rules.judge_stragglers); 0 for an untimed region
+    # judging stragglers by compute (tui.model.rankstats.judge_stragglers); 0 if untimed
     recent: tuple[tuple[int, float, float, float], ...] = field(default=(), compare=False)
 
 
@@ -130,12 +130,12 @@ class RunSnapshot:
     started: float | None
     idle_s: float  # seconds since the run's files last grew
     replay: str | None = None  # "▶ 2x" status line when replaying
-    # for the advice (tui.diagnosis.rules): the memory trend of the rank whose memory grew most
-    # (TrendFacts) and rank 0's run_start config
+    # for the advice (tui.diagnosis): the memory trend of the rank whose memory grew most
+    # (tui.model.rankstats.TrendFacts) and rank 0's run_start config
     mem_trend: Any = field(default=None, compare=False)
     config: dict[str, Any] | None = field(default=None, compare=False)
-    # the straggler verdict (tui.diagnosis.rules.StragglerVerdict): compute per rank, who waits for
-    # whom; ``straggler``/``straggler_excess`` above are its rank and excess
+    # the straggler verdict (tui.model.rankstats.StragglerVerdict): compute per rank, who
+    # waits for whom; ``straggler``/``straggler_excess`` above are its rank and excess
     stragglers: Any = field(default=None, compare=False)
     # the monitor failing to read the run (a bug, not bad data): one line naming the file
     reader_error: str | None = None
