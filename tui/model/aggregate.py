@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from stagewatch.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, RunStart
+from tui.model.order import CUT, tree_rows
 from tui.model.rankstats import WAIT_REGIONS, MemTrend, compare_walls, judge_stragglers, worst_trend
 from tui.model.snapshot import (
     EMPTY,
@@ -48,7 +49,6 @@ DEFAULT_WINDOW = 100
 MAX_REGIONS = 1024  # distinct region names tracked per rank
 _chain = chain.from_iterable
 _step_wall = itemgetter(0, 2)  # StepRow (step, time, wall, ...) -> (step, wall)
-CUT = "…"  # the name of a row standing for tree rows not shown
 # a light snapshot's unaccounted row: no figures (the header does not show it)
 _BLANK_UNACCOUNTED = RegionRow(
     name=UNACCOUNTED, leaf=UNACCOUNTED, depth=0, parent=None, whole=EMPTY, window=EMPTY
@@ -923,49 +923,3 @@ class RunAgg:
             stragglers=verdict,
             light=light,
         )
-
-
-def tree_rows(
-    names: Iterable[str],
-    max_depth: int = LIMITS.MAX_NAME_DEPTH,
-    max_rows: int = LIMITS.MAX_TREE_ROWS,
-) -> list[tuple[str, bool]]:
-    """``(name, cut)`` in first-seen order, each parent before its children, missing parents
-    added; iterative and bounded: names deeper than ``max_depth`` levels become one cut row
-    ``<ancestor>/…`` under their ancestor, and past ``max_rows`` rows one cut row ``…`` ends
-    the list. A cut row stands for rows not shown."""
-    full: dict[str, bool] = {}
-    for n in names:
-        parts = n.split("/", max_depth)
-        deep = len(parts) > max_depth
-        if deep:
-            parts = parts[:max_depth]
-        for i in range(1, len(parts) + 1):
-            full.setdefault("/".join(parts[:i]), False)
-        if deep:
-            full["/".join(parts) + "/" + CUT] = True
-        if len(full) > 4 * max_rows:
-            break  # enough to fill the rows; the rest is cut below
-    children: dict[str | None, list[str]] = {}
-    for n in full:
-        i = n.rfind("/")
-        children.setdefault(n[:i] if i > 0 else None, []).append(n)
-    out: list[tuple[str, bool]] = []
-    stack = list(reversed(children.get(None, [])))
-    while stack:
-        n = stack.pop()
-        if len(out) >= max_rows:
-            out.append((CUT, True))
-            break
-        out.append((n, full[n]))
-        stack.extend(reversed(children.get(n, [])))
-    else:
-        if len(full) > 4 * max_rows:
-            out.append((CUT, True))
-    return out
-
-
-def tree_order(names: Iterable[str]) -> list[str]:
-    """Names in first-seen order, each parent before its children; missing parents added
-    (bounded as :func:`tree_rows`, without its cut rows)."""
-    return [n for n, cut in tree_rows(names) if not cut]

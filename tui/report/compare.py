@@ -17,7 +17,7 @@ from typing import Any
 from rich.text import Text
 
 from tui.fmt import clean, finite, fmt_bytes, fmt_ms, fmt_rate, literal, ok, sig
-from tui.model.aggregate import tree_order
+from tui.model.order import tree_order
 from tui.model.snapshot import UNACCOUNTED, RunSnapshot, Stats
 
 STATS = ("avg", "p50")
