@@ -13,16 +13,10 @@ from typing import Any
 import pytest
 
 from stagewatch.records import RunEnd, RunStart, Step, encode, rank_file_name
-from tui.diagnosis.rules import (
-    DEFAULT_THRESHOLDS,
-    RunFacts,
-    Thresholds,
-    advice_for_run,
-    diagnose,
-    facts_from_snapshot,
-    read_run_config,
-    scan_memory_trend,
-)
+from tui.diagnosis.advice import advice_for_run
+from tui.diagnosis.facts import RunFacts, facts_from_snapshot
+from tui.diagnosis.rules import diagnose
+from tui.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from tui.model.rankstats import MemTrend
 from tui.model.units import GiB
 from tui.report.summary import open_run
@@ -447,8 +441,8 @@ def test_thresholds_are_honoured(tmp_path: Path) -> None:
 def test_facts_and_json(tmp_path: Path) -> None:
     run = write_run(tmp_path, config=cfg(workers=3))
     snap = open_run(run)
-    assert read_run_config(run)["DATALOADER"]["NUM_WORKERS"] == 3  # type: ignore[index]
-    f = facts_from_snapshot(snap, read_run_config(run), scan_memory_trend(run))
+    assert snap.config is not None and snap.config["DATALOADER"]["NUM_WORKERS"] == 3
+    f = facts_from_snapshot(snap)
     assert f.num_workers == 3 and f.checkpointing and f.optimizer == "adamw" and f.batch_size == 1
     assert f.mem_allocated == 6 * GiB and f.mem_total == 48 * GiB
     assert f.region_ms["backward"] == pytest.approx(4500, rel=0.02)
@@ -507,7 +501,7 @@ def test_monitor_carries_trend_and_config(tmp_path: Path) -> None:
     snap = open_run(run)
     assert snap.config == cfg()
     assert snap.mem_trend is not None and snap.mem_trend.slope == pytest.approx(20 * MiB)
-    assert "memory_creep" in {a.rule for a in advice_for_run(snap, scan=False)}
+    assert "memory_creep" in {a.rule for a in advice_for_run(snap)}
 
 
 def test_summary_text_and_json_show_advice(tmp_path: Path) -> None:

@@ -1,364 +1,28 @@
-"""Diagnosis: what dominates a run's steps and what to try, each with its evidence (torch-free).
+"""The rules: what dominates a run's steps and what to try, each with its evidence.
 
-The rule set reads a small :class:`RunFacts` object, built from the monitor's
-:class:`~tui.model.snapshot.RunSnapshot` plus the ``run_start`` config (:func:`facts_from_snapshot`),
-so that every rule can be tested on hand-made facts and on synthetic runs written as real
-JSONL. Every threshold lives in :class:`Thresholds`; ``docs/advice.md`` is the prose twin of
-this module (rules, thresholds, evidence, what each estimate assumes).
-
-Each rule returns an :class:`Advice` (rule id, severity, a plain-words title, what to try, and
-the figures it is based on) or nothing. :func:`diagnose` runs them all and sorts the result
-by severity (``warn`` before ``suggest`` before ``info``).
-
-The rank statistics it judges (memory trend, straggler verdict) are the model's
-(:mod:`tui.model.rankstats`).
+Each rule reads :class:`~tui.diagnosis.facts.RunFacts` and the
+:class:`~tui.diagnosis.thresholds.Thresholds` and returns an :class:`Advice` (rule id,
+severity, a plain-words title, what to try, and the figures it is based on) or nothing.
+:func:`diagnose` runs them all and sorts the result by severity (``warn`` before ``suggest``
+before ``info``). ``docs/advice.md`` is the prose twin of this module (rules, thresholds,
+evidence, what each estimate assumes).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from stagewatch.runs import rank_files
-from tui.model.rankstats import (
-    WAIT_REGIONS,
-    MemTrend,
-    StragglerLimits,
-    StragglerVerdict,
-    TrendFacts,
-    judge_stragglers,
-    worst_trend,
-)
-from tui.model.units import MiB
+from tui.diagnosis.facts import RunFacts
+from tui.diagnosis.thresholds import DEFAULT_THRESHOLDS, INFO, SEVERITIES, SUGGEST, WARN, Thresholds
 from tui.model.units import gb as _gb
 from tui.model.units import json_num as _json_num
 from tui.model.units import median as _median
 from tui.model.units import ms as _ms
 from tui.model.units import ok as _ok
 from tui.model.units import pct as _pct
-
-WARN = "warn"  # something is wrong or about to go wrong
-SUGGEST = "suggest"  # a change that should make training faster
-INFO = "info"  # what dominates; no action needed by itself
-SEVERITIES = (WARN, SUGGEST, INFO)
-
-
-# --------------------------------------------------------------------------- thresholds
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds(StragglerLimits):
-    """Every number the rules compare against, in one place (documented in docs/advice.md).
-
-    Shares are fractions of the step wall time (0..1); memory fractions are of the device's
-    total memory. The ``straggler_*`` fields are :class:`StragglerLimits`' (the model's
-    verdict uses them too).
-    """
-
-    #: steps a run needs before timing rules speak (the first step is a warm-up)
-    min_steps: int = 5
-    #: a top-level region at or above this share "dominates" the step (the monitor's red)
-    dominant_share: float = 0.40
-    #: backward / forward above this with checkpointing on: recompute is expensive. Without
-    #: checkpointing backward costs ~2× forward; checkpointing adds about one more forward
-    checkpoint_ratio: float = 2.3
-    #: device memory free at the peak needed before suggesting checkpointing off
-    checkpoint_headroom: float = 0.25
-    #: estimated fp32 Adam state / peak memory at or above which 8-bit AdamW is suggested
-    optimizer_state_share: float = 0.20
-    #: device memory free at the peak needed before suggesting a larger batch
-    batch_headroom: float = 0.30
-    #: fraction of the free memory a suggested larger batch may use
-    batch_fill: float = 0.90
-    #: waiting for data (region ``data``) at or above this share
-    data_share: float = 0.10
-    #: exposed gradient all-reduce (region ``allreduce``) at or above this share
-    allreduce_share: float = 0.10
-    #: peak memory at or above this fraction of the device total: warn
-    memory_near_limit: float = 0.90
-    #: memory growth (recent window mean over early window mean) at or above this: warn
-    memory_creep: float = 0.05
-    #: ... and at least this many bytes
-    memory_creep_min_bytes: int = 64 * MiB
-    #: time outside every timed region at or above this share: say so
-    unaccounted_share: float = 0.15
-
-
-DEFAULT_THRESHOLDS = Thresholds()
-
-
-def verdict_of(snap: Any, thresholds: Thresholds | None = None) -> StragglerVerdict | None:
-    """The snapshot's straggler verdict: the one the monitor computed, else from its ranks'
-    recent steps (``RankInfo.recent``)."""
-    v = getattr(snap, "stragglers", None)
-    if v is not None and thresholds is None:
-        return v
-    per = {ri.rank: getattr(ri, "recent", ()) for ri in getattr(snap, "rank_info", ())}
-    return judge_stragglers(per, thresholds, getattr(snap, "window_size", None))
-
-
-def straggler_region(snap: Any, rank: int) -> tuple[str, float, str, float] | None:
-    """Where ``rank`` loses time over the other ranks (recent window means, ms):
-    (top-level region, its excess, the deepest region under it explaining most of it, excess).
-    Wait regions are left out: they are the symptom, not the cause."""
-
-    def excess(row: Any) -> float:
-        mine, others = math.nan, []
-        for r, _whole, win in row.ranks:
-            if not win.steps:
-                continue
-            if r == rank:
-                mine = win.avg
-            else:
-                others.append(win.avg)
-        return mine - _median(others) if others and _ok(mine) else math.nan
-
-    rows = [r for r in getattr(snap, "regions", ()) if r.name.split("/", 1)[0] not in WAIT_REGIONS]
-    ex = {r.name: e for r in rows if _ok(e := excess(r))}
-    top = [(n, e) for n, e in ex.items() if "/" not in n]
-    if not top:
-        return None
-    name, e = max(top, key=lambda kv: kv[1])
-    if e <= 0:
-        return None
-    deep, de = name, e
-    while True:
-        kids = [
-            (n, x)
-            for n, x in ex.items()
-            if n.startswith(deep + "/") and "/" not in n[len(deep) + 1 :]
-        ]
-        if not kids:
-            break
-        k, x = max(kids, key=lambda kv: kv[1])
-        if x < 0.5 * de:
-            break
-        deep, de = k, x
-    return name, e, deep, de
-
-
-# --------------------------------------------------------------------------- facts
-
-
-@dataclass(frozen=True, slots=True)
-class RankFacts:
-    rank: int
-    host: str
-    step_ms: float  # mean step wall time in the window
-    slowest_steps: int  # compared steps in the window where this rank was the slowest
-
-
-@dataclass(frozen=True, slots=True)
-class RunFacts:
-    """What the rules read. Times in ms (window means), shares 0..1, memory in bytes.
-
-    Unknown values are ``None`` (or ``nan`` for times); a rule that needs one says nothing.
-    """
-
-    run_id: str = ""
-    steps: int = 0
-    world_size: int = 1
-    device: str = ""
-    step_ms: float = math.nan
-    region_ms: Mapping[str, float] = field(default_factory=dict)  # top-level regions
-    region_share: Mapping[str, float] = field(default_factory=dict)
-    unaccounted_share: float = math.nan
-    # memory
-    mem_peak: int | None = None  # max over ranks of memory.peak (else allocated, else rss)
-    mem_total: int | None = None  # device total (None on CPU)
-    mem_allocated: int | None = None  # allocated at the end of the last step (device runs)
-    mem_trend: TrendFacts | None = None
-    # ranks
-    ranks: tuple[RankFacts, ...] = ()
-    straggler: int | None = None
-    straggler_excess_ms: float = math.nan
-    compared_steps: int = 0
-    stragglers: StragglerVerdict | None = None  # the verdict (compute per rank, who waits)
-    # where the straggler loses its time: top-level region and the deepest one explaining it
-    straggler_region: str | None = None
-    straggler_region_ms: float = math.nan
-    straggler_leaf: str | None = None
-    straggler_leaf_ms: float = math.nan
-    span: str = "whole run"  # which steps the times and shares are of
-    # configuration (run_start config), None when the run does not say
-    checkpoint_attn: bool | None = None
-    checkpoint_ffn: bool | None = None
-    optimizer: str | None = None
-    batch_size: int | None = None
-    grad_accum: int | None = None
-    num_workers: int | None = None
-    pin_memory: bool | None = None
-    data_cache: bool | None = None
-    param_count: int | None = None  # trainable parameters, when the run records it
-
-    @property
-    def checkpointing(self) -> bool | None:
-        if self.checkpoint_attn is None and self.checkpoint_ffn is None:
-            return None
-        return bool(self.checkpoint_attn) or bool(self.checkpoint_ffn)
-
-    @property
-    def device_memory(self) -> bool:
-        """Memory figures are of an accelerator (so headroom means something)."""
-        return self.mem_total is not None and self.mem_total > 0
-
-    def ms(self, name: str) -> float:
-        return float(self.region_ms.get(name, math.nan))
-
-    def share(self, name: str) -> float:
-        return float(self.region_share.get(name, math.nan))
-
-
-def cfg_get(config: Mapping[str, Any] | None, path: str) -> Any:
-    """``config["A"]["B"]`` for ``"A.B"``; None when any part is missing."""
-    node: Any = config
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _bool(v: Any) -> bool | None:
-    return v if isinstance(v, bool) else None
-
-
-def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-#: where a parameter count may be recorded in the run_start config (first found wins)
-PARAM_KEYS = (
-    "PARAMS.TRAINABLE",
-    "PARAMS.TOTAL",
-    "params.trainable",
-    "params.total",
-    "num_params",
-    "NUM_PARAMS",
-)
-
-
-def config_facts(config: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The RunFacts fields that come from the trainer's configuration (YAML keys)."""
-    c = config or {}
-    params = None
-    for k in PARAM_KEYS:
-        params = _int(cfg_get(c, k))
-        if params:
-            break
-    opt = cfg_get(c, "TRAIN.OPTIM.TYPE")
-    return {
-        "checkpoint_attn": _bool(cfg_get(c, "MODEL.VRT.USE_CHECKPOINT_ATTN")),
-        "checkpoint_ffn": _bool(cfg_get(c, "MODEL.VRT.USE_CHECKPOINT_FFN")),
-        "optimizer": str(opt).lower() if isinstance(opt, str) else None,
-        "batch_size": _int(cfg_get(c, "TRAIN.BATCH_SIZE")),
-        "grad_accum": _int(cfg_get(c, "TRAIN.GRADIENT_ACCUMULATION_STEPS")),
-        "num_workers": _int(cfg_get(c, "DATALOADER.NUM_WORKERS")),
-        "pin_memory": _bool(cfg_get(c, "DATALOADER.PIN_MEMORY")),
-        "data_cache": _bool(cfg_get(c, "DATA.SYNTHETIC.CACHE"))
-        if cfg_get(c, "DATA.TYPE") in (None, "synthetic")
-        else None,
-        "param_count": params,
-    }
-
-
-def span_label(snap: Any, window: bool) -> str:
-    """Which steps a figure is of: ``whole run (40 steps)`` or ``last 100 steps (61–160)``.
-
-    The screen, ``tui summary`` and the advice print it next to the figures they show.
-    """
-    infos = getattr(snap, "rank_info", ())
-    last = int(getattr(snap, "step", 0) or 0)
-    if not window:
-        n = max((ri.wall.steps for ri in infos), default=0) or last
-        return f"whole run ({n} step{'s' if n != 1 else ''})"
-    n = max((ri.wall_window.steps for ri in infos), default=0)
-    if not n:
-        return f"last {getattr(snap, 'window_size', 0)} steps"
-    return f"last {n} step{'s' if n != 1 else ''} ({max(1, last - n + 1)}–{last})"
-
-
-def facts_from_snapshot(
-    snap: Any,
-    config: Mapping[str, Any] | None = None,
-    trend: TrendFacts | None = None,
-    *,
-    window: bool = False,
-    thresholds: Thresholds | None = None,
-) -> RunFacts:
-    """RunFacts of a :class:`~tui.model.snapshot.RunSnapshot`: whole-run statistics, or those of the
-    recent window with ``window=True`` (the span the screen or ``tui summary`` shows).
-
-    ``config`` is the ``run_start`` config; ``trend`` the memory trend. Each falls back to a
-    ``config`` / ``mem_trend`` attribute of the snapshot when the monitor provides one. The
-    straggler verdict is always of the recent steps (it compares ranks step by step).
-    """
-    if config is None:
-        config = getattr(snap, "config", None)
-    if trend is None:
-        trend = getattr(snap, "mem_trend", None)
-    ms: dict[str, float] = {}
-    share: dict[str, float] = {}
-    for r in snap.regions:
-        st = r.window if window else r.whole
-        if r.depth == 0 and st.steps:
-            ms[r.name] = st.avg
-            share[r.name] = st.share
-    alloc = None
-    if snap.device.startswith("cuda") and snap.mem_last is not None:
-        alloc = int(snap.mem_last)  # the monitor's mem_last is "allocated" when there is one
-    ranks = tuple(
-        RankFacts(
-            rank=ri.rank,
-            host=ri.host,
-            step_ms=(ri.wall_window if window else ri.wall).avg,
-            slowest_steps=ri.slowest_steps,
-        )
-        for ri in snap.rank_info
-    )
-    verdict = verdict_of(snap, thresholds if thresholds not in (None, DEFAULT_THRESHOLDS) else None)
-    where: dict[str, Any] = {}
-    if verdict is not None and verdict.straggler is not None:
-        loc = straggler_region(snap, verdict.straggler)
-        if loc is not None:
-            where = {
-                "straggler_region": loc[0],
-                "straggler_region_ms": loc[1],
-                "straggler_leaf": loc[2],
-                "straggler_leaf_ms": loc[3],
-            }
-    return RunFacts(
-        run_id=snap.run_id,
-        steps=snap.step,
-        world_size=snap.world_size,
-        device=snap.device,
-        step_ms=(snap.wall_window if window else snap.wall).avg,
-        region_ms=ms,
-        region_share=share,
-        unaccounted_share=(snap.unaccounted.window if window else snap.unaccounted.whole).share,
-        mem_peak=snap.mem_peak,
-        mem_total=snap.mem_total,
-        mem_allocated=alloc,
-        mem_trend=trend,
-        ranks=ranks,
-        straggler=verdict.straggler if verdict is not None else snap.straggler,
-        straggler_excess_ms=verdict.excess_ms if verdict is not None else snap.straggler_excess,
-        compared_steps=verdict.compared_steps
-        if verdict is not None
-        else sum(r.slowest_steps for r in ranks),
-        stragglers=verdict,
-        span=span_label(snap, window),
-        **where,
-        **config_facts(config),
-    )
-
-
-# --------------------------------------------------------------------------- advice
 
 
 @dataclass(frozen=True, slots=True)
@@ -611,7 +275,10 @@ def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
     others = [x for x in v.ranks if x.rank != v.straggler]
     rel = v.excess_ms / _median([x.compute_ms for x in others]) if others else math.nan
     if f.straggler_region:
-        where = f"rank {v.straggler}'s {f.straggler_region} first (+{_ms(f.straggler_region_ms)} per step"
+        where = (
+            f"rank {v.straggler}'s {f.straggler_region} first "
+            f"(+{_ms(f.straggler_region_ms)} per step"
+        )
         if f.straggler_leaf and f.straggler_leaf != f.straggler_region:
             where += f", most of it in {f.straggler_leaf} +{_ms(f.straggler_leaf_ms)}"
         look = f"look at {where}), then at that rank's"
@@ -621,8 +288,9 @@ def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
         "straggler",
         WARN,
         f"rank {v.straggler}{on} is a straggler: the other ranks wait for it at the all-reduce",
-        f"{look} device (clocks, temperature, other processes), host and inputs (uneven clip sizes); "
-        "not the interconnect: the all-reduce wait is the others waiting for this rank",
+        f"{look} device (clocks, temperature, other processes), host and inputs "
+        "(uneven clip sizes); not the interconnect: the all-reduce wait is the others waiting "
+        "for this rank",
         {
             "rank": v.straggler,
             "host": host,
@@ -641,8 +309,8 @@ def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
             "waits": {str(r): ms for r, ms in v.waits()},
             "span": v.span,
         },
-        f"compute +{_ms(v.excess_ms)} per step over the other ranks ({_pct(share)} of the step), slowest in "
-        f"{me.slowest} of {v.compared_steps} steps, {v.span}; {v.who_waits()}",
+        f"compute +{_ms(v.excess_ms)} per step over the other ranks ({_pct(share)} of the "
+        f"step), slowest in {me.slowest} of {v.compared_steps} steps, {v.span}; {v.who_waits()}",
     )
 
 
@@ -716,7 +384,8 @@ def rule_unaccounted(f: RunFacts, t: Thresholds) -> Advice | None:
         "time the rest (logging, metrics, validation or checkpoint steps, Python between "
         "regions) with `timed(...)` to see where it goes",
         {"share": s, "step_ms": f.step_ms},
-        f"{_ms(s * f.step_ms) if _ok(f.step_ms) else '?'} of a {_ms(f.step_ms) if _ok(f.step_ms) else '?'} step",
+        f"{_ms(s * f.step_ms) if _ok(f.step_ms) else '?'} of a "
+        f"{_ms(f.step_ms) if _ok(f.step_ms) else '?'} step",
     )
 
 
@@ -747,109 +416,3 @@ def diagnose(facts: RunFacts, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> li
     order = {s: i for i, s in enumerate(SEVERITIES)}
     out.sort(key=lambda a: order.get(a.severity, len(order)))  # stable: rule order within
     return out
-
-
-# --------------------------------------------------------------------------- reading runs
-
-
-def _rank_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    try:
-        return [p for _, p in rank_files(path)]
-    except OSError:
-        return []
-
-
-def read_run_config(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The ``config`` of the lowest rank's first ``run_start`` line (one line read)."""
-    for p in _rank_files(Path(path)):
-        try:
-            with open(p, "rb") as f:
-                first = f.readline(4 * 1024 * 1024)
-            d = json.loads(first)
-        except (OSError, ValueError):
-            continue
-        if (
-            isinstance(d, dict)
-            and d.get("kind") == "run_start"
-            and isinstance(d.get("config"), dict)
-        ):
-            return d["config"]
-    return None
-
-
-def scan_memory_trend(
-    path: str | os.PathLike[str], window: int = 20, skip: int = 3
-) -> TrendFacts | None:
-    """The worst rank's memory trend of a run read from its files (bounded memory, one pass).
-
-    Uses ``memory.allocated`` (device) or ``memory.rss`` (host) at the end of each step.
-    """
-    trends = []
-    for p in _rank_files(Path(path)):
-        tr = MemTrend(window, skip)
-        try:
-            with open(p, "rb") as f:
-                for line in f:
-                    if b'"memory"' not in line:
-                        continue
-                    try:
-                        d = json.loads(line)
-                    except ValueError:
-                        continue
-                    mem = (
-                        d.get("memory") if isinstance(d, dict) and d.get("kind") == "step" else None
-                    )
-                    if isinstance(mem, dict) and isinstance(d.get("step"), int):
-                        v = mem.get("allocated", mem.get("rss"))
-                        if isinstance(v, (int, float)) and not isinstance(v, bool):
-                            tr.add(d["step"], v)
-        except OSError:
-            continue
-        trends.append(tr.facts())
-    return worst_trend(trends)
-
-
-_CONFIGS: dict[str, dict[str, Any]] = {}  # run folder -> run_start config (bounded below)
-
-
-def cached_run_config(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """:func:`read_run_config`, remembered per folder (the screen asks on every snapshot)."""
-    key = os.fspath(path)
-    c = _CONFIGS.get(key)
-    if c is None:
-        c = read_run_config(key)
-        if c is not None:
-            if len(_CONFIGS) >= 64:
-                del _CONFIGS[next(iter(_CONFIGS))]
-            _CONFIGS[key] = c
-    return c
-
-
-def advice_for_run(
-    snap: Any,
-    path: str | os.PathLike[str] | None = None,
-    thresholds: Thresholds = DEFAULT_THRESHOLDS,
-    *,
-    scan: bool = True,
-    window: bool = False,
-) -> list[Advice]:
-    """Advice for a run snapshot: its facts plus the run_start config and the memory trend.
-
-    Both come from the snapshot when the monitor provides them (``config`` / ``mem_trend``
-    fields); else the config is read from the run's first line (cached) and, when ``scan``,
-    the trend from one pass over its files (``tui summary``; never on the screen's thread).
-    ``window``: judge the recent window's statistics instead of the whole run's (use the span
-    the figures next to the advice are of; :func:`span_label` names it).
-    """
-    where = path if path is not None else getattr(snap, "path", None)
-    config = getattr(snap, "config", None)
-    if config is None and where:
-        config = cached_run_config(where)
-    trend = getattr(snap, "mem_trend", None)
-    if trend is None and scan and where and not hasattr(snap, "mem_trend"):
-        trend = scan_memory_trend(where)
-    return diagnose(
-        facts_from_snapshot(snap, config, trend, window=window, thresholds=thresholds), thresholds
-    )

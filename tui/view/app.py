@@ -64,7 +64,7 @@ PANELS_PER_S = 2.0  # panel redraws a second at most while snapshots stream in (
 WATCH_PANELS_PER_S = 1.0
 _ADVICE_TAKES_WINDOW = "window" in inspect.signature(advice_for).parameters
 try:  # the diagnosis names spans the same way for the screen, the summary and the advice
-    from tui.diagnosis.rules import span_label as _span_label  # type: ignore[attr-defined]
+    from tui.diagnosis.advice import span_label as _span_label
 except ImportError:
     _span_label = None
 
