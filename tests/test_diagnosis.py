@@ -502,6 +502,31 @@ def test_monitor_carries_trend_and_config(tmp_path: Path) -> None:
     assert snap.config == cfg()
     assert snap.mem_trend is not None and snap.mem_trend.slope == pytest.approx(20 * MiB)
     assert "memory_creep" in {a.rule for a in advice_for_run(snap)}
+    assert any(line.startswith("⚠ memory grows") for line in snap.advice)  # as the screen shows
+
+
+def test_full_snapshots_carry_the_advice_of_both_spans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source judges the run (off the screen's thread); a failing rule set leaves the
+    snapshot whole, without advice."""
+    import tui.diagnosis.advice as advice
+    from tui.source.reader import RunSource
+
+    run = write_run(tmp_path, ranks=2, slow={1: 1.3}, regions={**USER_STEP, "data": 900.0})
+    src = RunSource(run, window=10, use_index=False).load()
+    snap = src.snapshot()
+    assert snap.advice == tuple(advice.advice_for(snap))
+    assert snap.advice_window == tuple(advice.advice_for(snap, window=True))
+    assert snap.advice and snap.advice[0].startswith("⚠ rank 1")
+    assert src.snapshot(light=True).advice == ()  # light snapshots are not judged
+
+    def broken(*a: Any, **k: Any) -> Any:
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(advice, "advice_for_run", broken)
+    bare = src.snapshot()
+    assert bare.advice == bare.advice_window == () and bare.regions == snap.regions
 
 
 def test_summary_text_and_json_show_advice(tmp_path: Path) -> None:

@@ -140,10 +140,15 @@ class RunSnapshot:
     # the monitor failing to read the run (a bug, not bad data): one line naming the file
     reader_error: str | None = None
     from_index: bool = field(default=False, compare=False)  # started from a saved run index
-    # a light snapshot (``tui watch`` between panel redraws): ``regions`` is empty and
-    # ``unaccounted`` blank, every other field as in the full snapshot of the same moment.
-    # What the header shows; the panels are only ever drawn from full ones.
+    # a light snapshot (``tui watch`` between panel redraws): ``regions`` is empty,
+    # ``unaccounted`` blank and no advice, every other field as in the full snapshot of the
+    # same moment. What the header shows; the panels are only ever drawn from full ones.
     light: bool = False
+    # the advice lines (warnings marked "⚠ ") of the whole run and of the recent window,
+    # attached to full snapshots by the source (tui.diagnosis.advice.with_advice): the
+    # screen shows them without judging anything on its own thread
+    advice: tuple[str, ...] = field(default=(), compare=False)
+    advice_window: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def file_problems(self) -> tuple[FileInfo, ...]:
