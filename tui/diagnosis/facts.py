@@ -21,6 +21,8 @@ from tui.model.units import median, ok
 
 @dataclass(frozen=True, slots=True)
 class RankFacts:
+    """One rank as the rules see it."""
+
     rank: int
     host: str
     step_ms: float  # mean step wall time in the window

@@ -41,6 +41,7 @@ class Advice:
         return f"{self.title}: {self.action} ({self.because})"
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (evidence floats to 6 significant figures, non-finite ones to None)."""
         d = asdict(self)
         d["evidence"] = {k: _json_num(v) for k, v in self.evidence.items()}
         return d

@@ -64,10 +64,12 @@ class RunAgg:
 
     @property
     def world_size(self) -> int:
+        """Ranks of the run: as its run_start records say, at least those seen."""
         ws = max((s.world_size for s in self.starts.values()), default=0)
         return max(ws, len(self.ranks), 1)
 
     def rank(self, r: int) -> RankAgg:
+        """The statistics of rank ``r`` (made on first use)."""
         agg = self.ranks.get(r)
         if agg is None:
             agg = self.ranks[r] = RankAgg(r, self.window)
@@ -140,6 +142,8 @@ class RunAgg:
 
     # ----------------------------------------------------------------- state
     def state(self, idle_s: float, stale_after: float) -> str:
+        """WAITING, FAILED, INTERRUPTED, FINISHED, STALE (no growth for ``stale_after`` s)
+        or RUNNING."""
         if not self.ranks and not self.starts:
             return WAITING
         ends = self.ends.values()
@@ -156,10 +160,12 @@ class RunAgg:
 
     @property
     def last_step(self) -> int:
+        """The furthest step any rank reached."""
         return max((a.last_step for a in self.ranks.values()), default=0)
 
     @property
     def total_steps(self) -> int | None:
+        """The steps the run is to make, when a run_start says."""
         vals = [s.total_steps for s in self.starts.values() if s.total_steps]
         return max(vals) if vals else None
 
