@@ -13,18 +13,12 @@ from typing import Any
 import pytest
 
 from stagewatch.records import RunEnd, RunStart, Step, encode, rank_file_name
-from tui.diagnosis.rules import (
-    DEFAULT_THRESHOLDS,
-    GiB,
-    MemTrend,
-    RunFacts,
-    Thresholds,
-    advice_for_run,
-    diagnose,
-    facts_from_snapshot,
-    read_run_config,
-    scan_memory_trend,
-)
+from tui.diagnosis.advice import advice_for_run
+from tui.diagnosis.facts import RunFacts, facts_from_snapshot
+from tui.diagnosis.rules import diagnose
+from tui.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from tui.model.rankstats import MemTrend
+from tui.model.units import GiB
 from tui.report.summary import open_run
 
 MiB = 1024**2
@@ -447,8 +441,8 @@ def test_thresholds_are_honoured(tmp_path: Path) -> None:
 def test_facts_and_json(tmp_path: Path) -> None:
     run = write_run(tmp_path, config=cfg(workers=3))
     snap = open_run(run)
-    assert read_run_config(run)["DATALOADER"]["NUM_WORKERS"] == 3  # type: ignore[index]
-    f = facts_from_snapshot(snap, read_run_config(run), scan_memory_trend(run))
+    assert snap.config is not None and snap.config["DATALOADER"]["NUM_WORKERS"] == 3
+    f = facts_from_snapshot(snap)
     assert f.num_workers == 3 and f.checkpointing and f.optimizer == "adamw" and f.batch_size == 1
     assert f.mem_allocated == 6 * GiB and f.mem_total == 48 * GiB
     assert f.region_ms["backward"] == pytest.approx(4500, rel=0.02)
@@ -507,7 +501,32 @@ def test_monitor_carries_trend_and_config(tmp_path: Path) -> None:
     snap = open_run(run)
     assert snap.config == cfg()
     assert snap.mem_trend is not None and snap.mem_trend.slope == pytest.approx(20 * MiB)
-    assert "memory_creep" in {a.rule for a in advice_for_run(snap, scan=False)}
+    assert "memory_creep" in {a.rule for a in advice_for_run(snap)}
+    assert any(line.startswith("⚠ memory grows") for line in snap.advice)  # as the screen shows
+
+
+def test_full_snapshots_carry_the_advice_of_both_spans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source judges the run (off the screen's thread); a failing rule set leaves the
+    snapshot whole, without advice."""
+    import tui.diagnosis.advice as advice
+    from tui.source.reader import RunSource
+
+    run = write_run(tmp_path, ranks=2, slow={1: 1.3}, regions={**USER_STEP, "data": 900.0})
+    src = RunSource(run, window=10, use_index=False).load()
+    snap = src.snapshot()
+    assert snap.advice == tuple(advice.advice_for(snap))
+    assert snap.advice_window == tuple(advice.advice_for(snap, window=True))
+    assert snap.advice and snap.advice[0].startswith("⚠ rank 1")
+    assert src.snapshot(light=True).advice == ()  # light snapshots are not judged
+
+    def broken(*a: Any, **k: Any) -> Any:
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(advice, "advice_for_run", broken)
+    bare = src.snapshot()
+    assert bare.advice == bare.advice_window == () and bare.regions == snap.regions
 
 
 def test_summary_text_and_json_show_advice(tmp_path: Path) -> None:

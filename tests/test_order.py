@@ -1,4 +1,5 @@
-"""Sorting the stage tree by share of time with hysteresis, or by name (tui.model.order)."""
+"""The stage tree's row order (tui.model.order): first-seen with cut rows, by share of time
+with hysteresis, or by name."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import random
 
 import pytest
 
-from tui.model.order import hysteresis_order, tree_sort
+from tui.model.order import CUT, hysteresis_order, tree_order, tree_rows, tree_sort
 
 
 def sorted_within(order: list[str], share: dict[str, float], margin: float) -> bool:
@@ -108,3 +109,42 @@ def test_tree_sort_deep_tree_and_orphans() -> None:
     assert len(tree_sort(deep, lambda r: r.name, lambda r: r.share)) == 2999
     rows = [Row("a/b/c", 0.2), Row("z", 0.5)]  # a and a/b missing
     assert [r.name for r in tree_sort(rows, lambda r: r.name, lambda r: r.share)] == ["z", "a/b/c"]
+
+
+def test_tree_rows_first_seen_with_missing_parents_and_cut_rows() -> None:
+    names = ["b/x", "a", "b", "a/y/z", "c"]  # "a/y" never seen itself
+    assert tree_rows(names) == [
+        ("b", False),
+        ("b/x", False),
+        ("a", False),
+        ("a/y", False),
+        ("a/y/z", False),
+        ("c", False),
+    ]
+    assert tree_order(names) == [n for n, _ in tree_rows(names)]
+    # too deep: one cut row under the ancestor at the limit; too many: one cut row at the end
+    assert tree_rows(["a/b/c/d"], max_depth=2) == [
+        ("a", False),
+        ("a/b", False),
+        ("a/b/" + CUT, True),
+    ]
+    many = [f"r{i}" for i in range(50)]
+    rows = tree_rows(many, max_rows=10)
+    assert rows[:10] == [(n, False) for n in many[:10]] and rows[10:] == [(CUT, True)]
+
+
+def test_the_sorted_orders_keep_the_first_seen_tree() -> None:
+    """tree_sort of a snapshot's rows (first-seen order) only reorders siblings."""
+    rng = random.Random(3)
+    names = tree_order(
+        "/".join(f"n{rng.randrange(4)}" for _ in range(rng.randrange(1, 5))) for _ in range(200)
+    )
+    rows = [Row(n, rng.random()) for n in names]
+    for by in ("time", "name"):
+        out = [r.name for r in tree_sort(rows, lambda r: r.name, lambda r: r.share, by=by)]
+        assert sorted(out) == sorted(names)
+        for i, n in enumerate(out):  # each row's parent comes before it, its subtree after it
+            if "/" in n:
+                parent = n.rsplit("/", 1)[0]
+                assert out.index(parent) < i
+                assert all(m.startswith(parent + "/") for m in out[out.index(parent) + 1 : i])

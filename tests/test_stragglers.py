@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from stagewatch.timing import TimingLogger, log_timing, regions, set_global_timing_logger
-from tui.diagnosis.rules import Thresholds, advice_for_run, judge_stragglers
+from tui.diagnosis.advice import advice_for_run
+from tui.diagnosis.thresholds import Thresholds
+from tui.model.rankstats import judge_stragglers
 from tui.report.summary import open_run, summary_dict, summary_text
 
 STEP = {

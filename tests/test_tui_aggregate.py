@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from stagewatch.records import RunStart, Step
-from tui.model.aggregate import RankAgg, RunAgg, hist_index, hist_quantile
+from tui.model.aggregate import RunAgg
+from tui.model.histogram import hist_index, hist_quantile
+from tui.model.ranks import RankAgg
 from tui.model.snapshot import UNACCOUNTED
 from tui.source.decode import row_from_step
 from tui.source.reader import RunSource
@@ -198,9 +200,9 @@ def test_text_log_of_stagewatch_writer_round_trips() -> None:
 
 
 def test_region_names_are_bounded(monkeypatch) -> None:
-    import tui.model.aggregate as ag
+    import tui.model.ranks as ranks
 
-    monkeypatch.setattr(ag, "MAX_REGIONS", 5)
+    monkeypatch.setattr(ranks, "MAX_REGIONS", 5)
     agg = RankAgg(0, window=4)
     for s in range(1, 4):  # a buggy writer inventing names every step
         agg.ingest([_row(s, 10.0, {f"r{s}_{i}": (1.0, 1) for i in range(4)} | {"keep": (2.0, 1)})])

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from stagewatch.errors import UsageError
 from stagewatch.records import RunStart, encode
-from tui.model.aggregate import CUT
+from tui.model.order import CUT
 from tui.report.summary import summary_dict
 from tui.source.decode import LIMITS
 from tui.source.reader import RootReader, RunSource, check_run

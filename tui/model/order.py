@@ -1,8 +1,10 @@
-"""Row order of the stage tree: by share of time (with hysteresis) or by name. Torch- and
-Textual-free, shared by the screen and ``tui summary``.
+"""Row order of the stage tree, defined once: first-seen (:func:`tree_rows`, the order of a
+snapshot's regions), by share of time with hysteresis or by name (:func:`tree_sort`, the
+screen and ``tui summary``). Torch- and Textual-free.
 
-Siblings are ordered under their parent (the tree keeps its shape); a parent always comes
-right before its subtree. Sorting by time uses hysteresis: starting from the previous order,
+In every order a parent comes right before its subtree (depth-first, iterative: a deep tree
+cannot overflow the stack) and siblings are ordered under their parent (the tree keeps its
+shape). Sorting by time uses hysteresis: starting from the previous order,
 a row moves ahead of another only when its share is larger by more than ``margin`` (a
 fraction of the step, default half a percentage point), so rows whose shares are about equal
 do not swap back and forth as the figures move. The result always satisfies: no row's share
@@ -12,18 +14,73 @@ exceeds that of any row before it among its siblings by more than ``margin``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
+
+from tui.source.decode import LIMITS
 
 T = TypeVar("T")
 
 SORTS = ("time", "name")
 DEFAULT_MARGIN = 0.005
+CUT = "…"  # the name of a row standing for tree rows not shown
 
 
 def _parent(name: str) -> str | None:
     i = name.rfind("/")
     return name[:i] if i > 0 else None
+
+
+def _depth_first(children: Callable[[str | None], Sequence[str]]) -> Iterator[str]:
+    """Names from the root down, each parent right before its subtree, siblings in the order
+    ``children(parent)`` gives them (``None``: the top level)."""
+    stack = list(reversed(children(None)))
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(reversed(children(n)))
+
+
+def tree_rows(
+    names: Iterable[str],
+    max_depth: int = LIMITS.MAX_NAME_DEPTH,
+    max_rows: int = LIMITS.MAX_TREE_ROWS,
+) -> list[tuple[str, bool]]:
+    """``(name, cut)`` in first-seen order, each parent before its children, missing parents
+    added; iterative and bounded: names deeper than ``max_depth`` levels become one cut row
+    ``<ancestor>/…`` under their ancestor, and past ``max_rows`` rows one cut row ``…`` ends
+    the list. A cut row stands for rows not shown."""
+    full: dict[str, bool] = {}
+    for n in names:
+        parts = n.split("/", max_depth)
+        deep = len(parts) > max_depth
+        if deep:
+            parts = parts[:max_depth]
+        for i in range(1, len(parts) + 1):
+            full.setdefault("/".join(parts[:i]), False)
+        if deep:
+            full["/".join(parts) + "/" + CUT] = True
+        if len(full) > 4 * max_rows:
+            break  # enough to fill the rows; the rest is cut below
+    kids: dict[str | None, list[str]] = {}
+    for n in full:
+        kids.setdefault(_parent(n), []).append(n)
+    out: list[tuple[str, bool]] = []
+    for n in _depth_first(lambda p: kids.get(p, [])):
+        if len(out) >= max_rows:
+            out.append((CUT, True))
+            break
+        out.append((n, full[n]))
+    else:
+        if len(full) > 4 * max_rows:
+            out.append((CUT, True))
+    return out
+
+
+def tree_order(names: Iterable[str]) -> list[str]:
+    """Names in first-seen order, each parent before its children; missing parents added
+    (bounded as :func:`tree_rows`, without its cut rows)."""
+    return [n for n, cut in tree_rows(names) if not cut]
 
 
 def hysteresis_order(
@@ -81,8 +138,6 @@ def tree_sort(
             p = _parent(p)
         kids.setdefault(p, []).append(n)
     pos = {n: i for i, n in enumerate(prev or ())}
-    out: list[T] = []
-    stack: list[str] = []
 
     def children(p: str | None) -> list[str]:
         ks = kids.get(p, [])
@@ -91,9 +146,4 @@ def tree_sort(
         before = sorted((k for k in ks if k in pos), key=pos.__getitem__)
         return hysteresis_order(ks, lambda k: share(by_name[k]), before, margin)
 
-    stack.extend(reversed(children(None)))
-    while stack:  # iterative: a deep tree cannot overflow the stack
-        n = stack.pop()
-        out.append(by_name[n])
-        stack.extend(reversed(children(n)))
-    return out
+    return [by_name[n] for n in _depth_first(children)]

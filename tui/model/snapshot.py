@@ -86,7 +86,7 @@ class RankInfo:
     slowest_steps: int  # steps in the window where this rank was the slowest
     mem_peak: int | None
     # the window's steps, oldest first: (step, wall ms, exposed allreduce ms, data ms), for
-    # judging stragglers by compute (tui.diagnosis.rules.judge_stragglers); 0 for an untimed region
+    # judging stragglers by compute (tui.model.rankstats.judge_stragglers); 0 if untimed
     recent: tuple[tuple[int, float, float, float], ...] = field(default=(), compare=False)
 
 
@@ -130,20 +130,25 @@ class RunSnapshot:
     started: float | None
     idle_s: float  # seconds since the run's files last grew
     replay: str | None = None  # "▶ 2x" status line when replaying
-    # for the advice (tui.diagnosis.rules): the memory trend of the rank whose memory grew most
-    # (TrendFacts) and rank 0's run_start config
+    # for the advice (tui.diagnosis): the memory trend of the rank whose memory grew most
+    # (tui.model.rankstats.TrendFacts) and rank 0's run_start config
     mem_trend: Any = field(default=None, compare=False)
     config: dict[str, Any] | None = field(default=None, compare=False)
-    # the straggler verdict (tui.diagnosis.rules.StragglerVerdict): compute per rank, who waits for
-    # whom; ``straggler``/``straggler_excess`` above are its rank and excess
+    # the straggler verdict (tui.model.rankstats.StragglerVerdict): compute per rank, who
+    # waits for whom; ``straggler``/``straggler_excess`` above are its rank and excess
     stragglers: Any = field(default=None, compare=False)
     # the monitor failing to read the run (a bug, not bad data): one line naming the file
     reader_error: str | None = None
     from_index: bool = field(default=False, compare=False)  # started from a saved run index
-    # a light snapshot (``tui watch`` between panel redraws): ``regions`` is empty and
-    # ``unaccounted`` blank, every other field as in the full snapshot of the same moment.
-    # What the header shows; the panels are only ever drawn from full ones.
+    # a light snapshot (``tui watch`` between panel redraws): ``regions`` is empty,
+    # ``unaccounted`` blank and no advice, every other field as in the full snapshot of the
+    # same moment. What the header shows; the panels are only ever drawn from full ones.
     light: bool = False
+    # the advice lines (warnings marked "⚠ ") of the whole run and of the recent window,
+    # attached to full snapshots by the source (tui.diagnosis.advice.with_advice): the
+    # screen shows them without judging anything on its own thread
+    advice: tuple[str, ...] = field(default=(), compare=False)
+    advice_window: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def file_problems(self) -> tuple[FileInfo, ...]:

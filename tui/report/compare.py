@@ -17,7 +17,7 @@ from typing import Any
 from rich.text import Text
 
 from tui.fmt import clean, finite, fmt_bytes, fmt_ms, fmt_rate, literal, ok, sig
-from tui.model.aggregate import tree_order
+from tui.model.order import tree_order
 from tui.model.snapshot import UNACCOUNTED, RunSnapshot, Stats
 
 STATS = ("avg", "p50")
@@ -123,7 +123,7 @@ def compare_paths(
     paths: Sequence[str | os.PathLike[str]], stat: str = "avg", window: int | None = None
 ) -> Comparison:
     """Read each run to the end and compare them (UsageError for a missing or empty run)."""
-    from tui.model.aggregate import DEFAULT_WINDOW
+    from tui.model.ranks import DEFAULT_WINDOW
     from tui.report.summary import open_run
 
     return compare_snapshots([open_run(p, window=window or DEFAULT_WINDOW) for p in paths], stat)

@@ -9,7 +9,10 @@ from typing import Any
 from rich.text import Text
 
 from stagewatch.errors import UsageError
-from tui.diagnosis.rules import WARN, Advice, Thresholds, advice_for_run, span_label, verdict_of
+from tui.diagnosis.advice import advice_for_run
+from tui.diagnosis.facts import span_label, verdict_of
+from tui.diagnosis.rules import Advice
+from tui.diagnosis.thresholds import WARN, Thresholds
 from tui.fmt import (
     CLASS_STYLE,
     STATE_STYLE,
@@ -24,9 +27,9 @@ from tui.fmt import (
     ok,
     sig,
 )
-from tui.model.aggregate import DEFAULT_WINDOW
 from tui.model.efficiency import efficiency, efficiency_dict, efficiency_lines
 from tui.model.order import tree_sort
+from tui.model.ranks import DEFAULT_WINDOW
 from tui.model.snapshot import UNACCOUNTED, RegionRow, RunSnapshot, Stats
 from tui.source.reader import RunSource, check_run
 

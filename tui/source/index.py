@@ -29,8 +29,8 @@ import msgspec
 import numpy as np
 
 from stagewatch.records import Eval, RunEnd, RunStart
-from tui.diagnosis.rules import MemTrend
 from tui.model.aggregate import RankAgg, RunAgg
+from tui.model.rankstats import MemTrend
 
 if TYPE_CHECKING:
     from tui.source.reader import RunSource

@@ -30,6 +30,7 @@ from stagewatch.runs import (
     text_log_rank,
     text_logs,
 )
+from tui.diagnosis.advice import with_advice
 from tui.model.aggregate import DEFAULT_WINDOW, RunAgg
 from tui.model.snapshot import FAILED, FINISHED, INTERRUPTED, STALE, FileInfo, RunItem, RunSnapshot
 from tui.source import index
@@ -862,7 +863,7 @@ class RunSource:
             from dataclasses import replace
 
             snap = replace(snap, reader_error=self.error, from_index=self.from_index)
-        return snap
+        return with_advice(snap)  # its advice lines (not a light one's)
 
     from_index = False  # the folded state came from a saved run index
 

@@ -18,7 +18,6 @@ the panels will draw (every panel gap, or when asked); those between are light
 from __future__ import annotations
 
 import gc
-import inspect
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -34,7 +33,6 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, OptionList, Tree
 
-from tui.diagnosis.advice import advice_for
 from tui.fmt import clean, literal
 from tui.model.snapshot import WorldSnapshot
 from tui.view.keys import KEYS, REPLAY, bound_keys
@@ -62,9 +60,8 @@ PANELS_PER_S = 2.0  # panel redraws a second at most while snapshots stream in (
 # lines: the tree ~14 ms), so 2 a second alone would be half the 10% budget of a watch; the
 # panels' figures are statistics over many steps, the header (step, ETA, last step) stays live
 WATCH_PANELS_PER_S = 1.0
-_ADVICE_TAKES_WINDOW = "window" in inspect.signature(advice_for).parameters
 try:  # the diagnosis names spans the same way for the screen, the summary and the advice
-    from tui.diagnosis.rules import span_label as _span_label  # type: ignore[attr-defined]
+    from tui.diagnosis.advice import span_label as _span_label
 except ImportError:
     _span_label = None
 
@@ -433,12 +430,9 @@ class MonitorApp(App[int]):
         if run is None:
             advice.show([])
             set_title(advice, "advice")
-        elif _ADVICE_TAKES_WINDOW:
-            advice.show(advice_for(run, window=self.window))  # type: ignore[call-arg]
+        else:  # judged by the source (tui.diagnosis.advice.with_advice), of both spans
+            advice.show(list(run.advice_window if self.window else run.advice))
             set_title(advice, f"advice · {self._span(run)}")
-        else:  # the diagnosis judges the recent window
-            advice.show(advice_for(run))
-            set_title(advice, f"advice · last {run.window_size} steps")
         if w is not None:
             self.query_one(FilesLine).show(run, w)
         self.applied += 1

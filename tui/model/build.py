@@ -1,0 +1,260 @@
+"""The steps that turn the ranks' statistics into the figures of a
+:class:`~tui.model.snapshot.RunSnapshot` (:meth:`tui.model.aggregate.RunAgg.snapshot` calls
+them in turn): the region rows, the ranks compared, throughput, memory, scalars.
+
+Each step reads :class:`~tui.model.ranks.RankAgg` objects (ranks in order) and returns plain
+values; none changes them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stagewatch.records import RunEnd, RunStart
+from tui.model.order import CUT, tree_rows
+from tui.model.ranks import RankAgg
+from tui.model.rankstats import StragglerVerdict, judge_stragglers
+from tui.model.snapshot import EMPTY, NAN, UNACCOUNTED, RankInfo, RegionRow, Stats
+
+Recent = tuple[tuple[int, float, float, float], ...]  # RankInfo.recent
+
+# a light snapshot's unaccounted row: no figures (the header does not show it)
+BLANK_UNACCOUNTED = RegionRow(
+    name=UNACCOUNTED, leaf=UNACCOUNTED, depth=0, parent=None, whole=EMPTY, window=EMPTY
+)
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def _mean(vals: list[float]) -> float:
+    vals = [v for v in vals if v == v]  # drop NaN
+    return sum(vals) / len(vals) if vals else NAN
+
+
+def merge(stats: Sequence[Stats]) -> Stats:
+    """Several ranks' statistics of one region as one (weighted by steps seen)."""
+    if len(stats) == 1:
+        return stats[0]
+    live = [s for s in stats if s.steps > 0]
+    if not live:
+        last = _mean([s.last for s in stats])
+        return Stats(last=last) if last == last else EMPTY
+    n = sum(s.steps for s in live)
+    return Stats(
+        last=_mean([s.last for s in stats]),
+        avg=sum(s.avg * s.steps for s in live) / n,
+        min=min(s.min for s in live),
+        max=max(s.max for s in live),
+        p50=_mean([s.p50 for s in live]),  # mean of the ranks' medians: ranks run the same code
+        p95=max(s.p95 for s in live),
+        steps=n,
+        calls=sum(s.calls for s in live),
+        share=_mean([s.share for s in stats]),
+        last_share=_mean([s.last_share for s in stats]),
+    )
+
+
+def _cut_row(name: str) -> RegionRow:
+    i = name.rfind("/")
+    return RegionRow(
+        name=name,
+        leaf=CUT,
+        depth=name.count("/"),
+        parent=name[:i] if i > 0 else None,
+        whole=EMPTY,
+        window=EMPTY,
+        cut=True,
+    )
+
+
+def region_rows(
+    aggs: Sequence[RankAgg], with_ranks: bool
+) -> tuple[tuple[RegionRow, ...], RegionRow]:
+    """The tree's rows (each region's ranks merged) and the unaccounted row: the bulk of
+    a snapshot's cost (regions × ranks)."""
+    names: dict[str, None] = {}
+    for a in aggs:
+        for n in a.names:
+            names.setdefault(n, None)
+    regions = []
+    all_stats = [a.all_stats() for a in aggs]
+    for name, cut in tree_rows(names):
+        if cut:
+            regions.append(_cut_row(name))
+            continue
+        per = []
+        for a, st in zip(aggs, all_stats, strict=True):
+            c = a.cols.get(name)
+            w, win = st[c] if c is not None else (EMPTY, EMPTY)
+            per.append((a.rank, w, win))
+        i = name.rfind("/")
+        regions.append(
+            RegionRow(
+                name=name,
+                leaf=name[i + 1 :] if i >= 0 else name,
+                depth=name.count("/"),
+                parent=name[:i] if i > 0 else None,
+                whole=merge([p[1] for p in per]),
+                window=merge([p[2] for p in per]),
+                ranks=tuple(per) if with_ranks else (),
+            )
+        )
+    un = [(a.rank, *a.unaccounted()) for a in aggs]
+    unaccounted = RegionRow(
+        name=UNACCOUNTED,
+        leaf=UNACCOUNTED,
+        depth=0,
+        parent=None,
+        whole=merge([u[1] for u in un]),
+        window=merge([u[2] for u in un]),
+        ranks=tuple(un) if with_ranks else (),
+    )
+    return tuple(regions), unaccounted
+
+
+# --------------------------------------------------------------------------- ranks
+
+
+@dataclass(frozen=True, slots=True)
+class RankComparison:
+    """The ranks compared step by step (see :func:`compare_ranks`)."""
+
+    slowest: dict[int, int] = field(default_factory=dict)  # rank -> steps slowest by wall
+    spread: float = NAN  # mean (max - min) step wall ms across ranks
+    straggler: int | None = None
+    excess: float = NAN  # ms the straggler is behind
+    verdict: StragglerVerdict | None = None
+
+
+def compare_ranks(
+    walls: tuple[np.ndarray, np.ndarray, np.ndarray],
+    recent: Mapping[int, Recent],
+    window: int,
+) -> RankComparison:
+    """Who is slowest: ``walls`` is :func:`~tui.model.rankstats.compare_walls` (per step:
+    slowest rank, spread, excess over the median), ``recent`` each rank's recent work (one
+    entry per rank).
+
+    The straggler is the verdict's (by compute: under DDP every rank's step is equally long)
+    whenever one is made, that is whenever the ranks' windows share a step; else the rank
+    slowest by wall time in most compared steps.
+    """
+    slow, spreads, ex = walls
+    straggler, excess, spread = None, NAN, NAN
+    slowest: dict[int, int] = {}
+    if len(slow):
+        spread = float(np.mean(spreads))
+        for r in np.unique(slow):
+            slowest[int(r)] = int((slow == r).sum())
+        top = max(slowest, key=slowest.__getitem__)
+        # a straggler is slowest in most compared steps, not just by chance
+        if len(recent) > 1 and slowest[top] >= 0.5 * len(slow):
+            straggler = top
+            excess = float(np.mean(ex[slow == top]))
+    verdict = judge_stragglers(recent, window=window)
+    if verdict is not None:
+        straggler = verdict.straggler
+        excess = verdict.excess_ms if verdict.straggler is not None else NAN
+    return RankComparison(slowest, spread, straggler, excess, verdict)
+
+
+def recent_work(aggs: Sequence[RankAgg]) -> dict[int, Recent]:
+    """Each rank's window of (step, wall, allreduce, data) ms; none with a single rank."""
+    return {a.rank: a.recent_work() if len(aggs) > 1 else () for a in aggs}
+
+
+def rank_infos(
+    aggs: Sequence[RankAgg],
+    walls: Sequence[tuple[Stats, Stats]],
+    sps: Sequence[tuple[float, float]],
+    starts: Mapping[int, RunStart],
+    slowest: Mapping[int, int],
+    recent: Mapping[int, Recent],
+) -> tuple[RankInfo, ...]:
+    """One :class:`~tui.model.snapshot.RankInfo` per rank."""
+    out = []
+    for a, (ww, wwin), (_, s_win) in zip(aggs, walls, sps, strict=True):
+        rs = starts.get(a.rank)
+        out.append(
+            RankInfo(
+                rank=a.rank,
+                step=a.last_step,
+                wall=ww,
+                wall_window=wwin,
+                samples_per_s=s_win,
+                host=rs.host if rs else "",
+                device=rs.device if rs else "",
+                slowest_steps=slowest.get(a.rank, 0),
+                mem_peak=a.mem_peak,
+                recent=recent[a.rank],
+            )
+        )
+    return tuple(out)
+
+
+def step_times(aggs: Sequence[RankAgg], window: int) -> tuple[float, ...]:
+    """The sparkline: the slowest rank's wall ms per step, over the window, oldest first."""
+    recent: dict[int, float] = {}
+    for a in aggs:
+        s_arr, w_arr = a.recent_walls()
+        for s, w in zip(s_arr.tolist(), w_arr.tolist(), strict=False):
+            if w > recent.get(s, -1.0):
+                recent[s] = w
+    return tuple(recent[s] for s in sorted(recent)[-window:])
+
+
+# --------------------------------------------------------------------------- run figures
+
+
+def throughput(
+    sps: Sequence[tuple[float, float]], walls: Sequence[tuple[Stats, Stats]]
+) -> tuple[float, float, float]:
+    """Samples per second (whole run, window; summed over the ranks' ``sps``) and steps per
+    second (of the slowest rank over the window)."""
+    sps_whole = sum(s[0] for s in sps if not math.isnan(s[0])) if sps else NAN
+    sps_win = sum(s[1] for s in sps if not math.isnan(s[1])) if sps else NAN
+    slowest_avg = max((w[1].avg for w in walls if w[1].steps), default=NAN)
+    steps_per_s = 1000.0 / slowest_avg if slowest_avg and slowest_avg > 0 else NAN
+    return sps_whole, sps_win, steps_per_s
+
+
+def memory_figures(aggs: Sequence[RankAgg]) -> tuple[int | None, int | None]:
+    """(peak, last) bytes over ranks: last is ``allocated`` (else ``rss``) of the last step."""
+    peaks = [a.mem_peak for a in aggs if a.mem_peak is not None]
+    mems = [a.memory for a in aggs if a.memory]
+    last = None
+    if mems:
+        vals = [m.get("allocated") or m.get("rss") for m in mems]
+        ints = [int(v) for v in vals if v is not None]
+        last = max(ints) if ints else None
+    return (max(peaks) if peaks else None), last
+
+
+def last_scalars(aggs: Sequence[RankAgg]) -> tuple[tuple[str, float], ...]:
+    """The last step's scalars, the lowest rank's first."""
+    out: dict[str, float] = {}
+    for a in aggs:
+        if a.scalars:
+            for k, v in a.scalars.items():
+                if v is not None and k not in out:
+                    out[k] = float(v)
+    return tuple(out.items())
+
+
+def loss_window(aggs: Sequence[RankAgg]) -> float:
+    """Mean loss over the ranks' windows (NaN when none is known)."""
+    losses = np.concatenate([a.ring_loss[: a.filled] for a in aggs]) if aggs else np.array([])
+    return float(np.nanmean(losses)) if len(losses) and not np.isnan(losses).all() else NAN
+
+
+def run_error(ends: Mapping[int, RunEnd]) -> str | None:
+    """The first error a rank's ``run_end`` reports, in one line."""
+    for e in ends.values():
+        if e.error_type or e.error_message:
+            return f"{e.error_type or 'error'}: {e.error_message or ''}".strip()
+    return None

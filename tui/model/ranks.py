@@ -1,0 +1,324 @@
+"""One rank's statistics with constant cost per record and bounded memory.
+
+Per region: last, sum, min, max, steps seen, calls, and a fixed-bucket log histogram
+(:mod:`tui.model.histogram`) over the whole run; plus a ring buffer of the last ``window``
+steps for the same figures over a recent window. Records arrive in batches (one line live,
+thousands in a replay) and are folded in with numpy, so a long file costs little more than
+parsing it. The read-outs (:class:`~tui.model.snapshot.Stats`) are
+:class:`~tui.model.readout.RankReadout`'s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from itertools import chain
+from typing import Any
+
+import numpy as np
+
+from tui.model.histogram import NBUCKETS, hist_index
+from tui.model.rankstats import MemTrend
+from tui.model.readout import RankReadout
+from tui.model.snapshot import NAN
+from tui.source.decode import LIMITS, StepBlock, StepRow
+
+DEFAULT_WINDOW = 100
+MAX_REGIONS = 1024  # distinct region names tracked per rank
+_chain = chain.from_iterable
+
+
+def _is_prefix(cols: np.ndarray) -> bool:
+    """``cols`` is 0, 1, ..., len - 1 (a schema whose names took the first columns in order)."""
+    return bool(
+        len(cols) and cols[0] == 0 and cols[-1] == len(cols) - 1 and (np.diff(cols) == 1).all()
+    )
+
+
+def _put(
+    m: np.ndarray, c: np.ndarray, rows: Any, cols: np.ndarray, ms: np.ndarray, calls: np.ndarray
+) -> None:
+    """Values of a schema's columns into the batch's (rows, columns) matrices; names not
+    tracked (column -1) are left out."""
+    if cols.min() < 0:
+        keep = cols >= 0
+        cols, ms, calls = cols[keep], ms[:, keep], calls[:, keep]
+    m[rows, cols] = ms
+    c[rows, cols] = calls
+
+
+class RankAgg(RankReadout):
+    """Statistics of one rank file."""
+
+    def __init__(self, rank: int, window: int = DEFAULT_WINDOW) -> None:
+        self.rank = rank
+        self.window = max(2, int(window))
+        self.cols: dict[str, int] = {}
+        self.names: list[str] = []
+        self._schemas: dict[tuple[str, ...], np.ndarray] = {}
+        self.cap = 0
+        self._alloc(16)
+        w = self.window
+        self.ring_wall = np.full(w, NAN)
+        self.ring_samples = np.zeros(w)
+        self.ring_step = np.full(w, -1, dtype=np.int64)
+        self.ring_loss = np.full(w, NAN)
+        self.pos = 0
+        self.filled = 0
+        self.steps = 0
+        self.last_step = 0
+        self.wall_sum = 0.0
+        self.wall_min = math.inf
+        self.wall_max = -math.inf
+        self.wall_last = NAN
+        self.wall_hist = np.zeros(NBUCKETS, dtype=np.int64)
+        self.samples_total = 0
+        self.last_time = 0.0
+        self.memory: dict[str, Any] | None = None
+        self.mem_peak: int | None = None
+        self.mem_trend = MemTrend()  # memory over the run for the advice (bounded)
+        self.scalars: dict[str, Any] | None = None
+        self.dropped_names = 0
+
+    # ----------------------------------------------------------------- storage
+    def _alloc(self, cap: int) -> None:
+        old = self.cap
+        w = self.window
+
+        def grow(a: np.ndarray, fill: float, dtype: Any = np.float64) -> np.ndarray:
+            new = np.full(cap, fill, dtype=dtype)
+            new[:old] = a
+            return new
+
+        if old == 0:
+            self.last = np.full(cap, NAN)
+            self.last_calls = np.zeros(cap, dtype=np.int64)
+            self.last_seen = np.full(cap, -1, dtype=np.int64)
+            self.sum = np.zeros(cap)
+            self.min = np.full(cap, math.inf)
+            self.max = np.full(cap, -math.inf)
+            self.n = np.zeros(cap, dtype=np.int64)
+            self.calls = np.zeros(cap, dtype=np.int64)
+            self.hist = np.zeros((cap, NBUCKETS), dtype=np.int64)
+            self.ring = np.full((w, cap), NAN)
+            self.ring_calls = np.zeros((w, cap))
+        else:
+            self.last = grow(self.last, NAN)
+            self.last_calls = grow(self.last_calls, 0, np.int64)
+            self.last_seen = grow(self.last_seen, -1, np.int64)
+            self.sum = grow(self.sum, 0.0)
+            self.min = grow(self.min, math.inf)
+            self.max = grow(self.max, -math.inf)
+            self.n = grow(self.n, 0, np.int64)
+            self.calls = grow(self.calls, 0, np.int64)
+            hist = np.zeros((cap, NBUCKETS), dtype=np.int64)
+            hist[:old] = self.hist
+            self.hist = hist
+            ring = np.full((w, cap), NAN)
+            ring[:, :old] = self.ring
+            self.ring = ring
+            rc = np.zeros((w, cap))
+            rc[:, :old] = self.ring_calls
+            self.ring_calls = rc
+        self.cap = cap
+
+    def _cols_for(self, keys: tuple[str, ...]) -> np.ndarray:
+        cols = self._schemas.get(keys)
+        if cols is None:
+            idx = []
+            for k in keys:
+                c = self.cols.get(k)
+                if c is None:
+                    # bounded memory: names beyond the cap (or longer than the writer ever
+                    # writes; checked here once per schema, not per line) are not tracked
+                    if len(self.names) >= MAX_REGIONS or len(k) > LIMITS.MAX_NAME_CHARS:
+                        self.dropped_names += 1
+                        idx.append(-1)
+                        continue
+                    c = len(self.names)
+                    self.cols[k] = c
+                    self.names.append(k)
+                idx.append(c)
+            if len(self.names) > self.cap:
+                self._alloc(max(self.cap * 2, len(self.names)))
+            cols = np.asarray(idx, dtype=np.int64)
+            if len(self._schemas) < 4096:
+                self._schemas[keys] = cols
+        return cols
+
+    # ----------------------------------------------------------------- ingest
+    def ingest(self, rows: Sequence[StepRow]) -> None:
+        """Fold a batch of validated steps (in file order) into the statistics."""
+        b = len(rows)
+        if b == 0:
+            return
+        # one pass of C code turns the rows into columns (steps, times, walls, ...)
+        steps_t, times_t, walls_t, samples_t, _ep, keys_t, regs_t, mems_t, scs_t = zip(
+            *rows, strict=True
+        )
+        k0 = keys_t[0]
+        if keys_t.count(k0) == b:  # the usual case: every step has the same regions
+            groups: dict[tuple[str, ...], list[int]] | None = None
+            colmap = {k0: self._cols_for(k0)}
+        else:
+            groups = {}
+            for i, k in enumerate(keys_t):
+                g = groups.get(k)
+                if g is None:
+                    groups[k] = [i]
+                else:
+                    g.append(i)
+            colmap = {k: self._cols_for(k) for k in groups}
+        cap = self.cap
+        m = np.full((b, cap), NAN)
+        c = np.zeros((b, cap))
+        for k, cols in colmap.items():
+            if not len(cols):
+                continue
+            if groups is None:
+                sel = regs_t
+                ii: Any = slice(None)
+            else:
+                idx = groups[k]
+                sel = [regs_t[i] for i in idx]
+                ii = np.asarray(idx)[:, None]
+            cells = len(sel) * len(cols)
+            # (ms, calls) pairs, flattened in one pass of C code
+            vals = np.fromiter(_chain(_chain(map(dict.values, sel))), np.float64, count=2 * cells)
+            vals = vals.reshape(len(sel), -1)
+            _put(m, c, ii, cols, vals[:, 0::2], vals[:, 1::2])
+        self._fold(b, m, c, steps_t, times_t, walls_t, samples_t, mems_t, scs_t)
+
+    def ingest_block(self, blk: StepBlock) -> None:
+        """Fold a :class:`StepBlock` (steps of one schema, values in arrays): the same
+        statistics as :meth:`ingest` of the same steps as rows."""
+        msgs = blk.msgs
+        b = len(msgs)
+        if b == 0:
+            return
+        cols = self._cols_for(blk.keys)
+        cap = self.cap
+        ms, calls = blk.ms[:b], blk.calls[:b]
+        if len(cols) == cap and _is_prefix(cols):
+            m, c = ms, calls  # the block's columns are the rank's, in order (the usual run)
+        else:
+            m = np.full((b, cap), NAN)
+            c = np.zeros((b, cap))
+            if len(cols):
+                _put(m, c, slice(None), cols, ms, calls)
+        self._fold(
+            b,
+            m,
+            c,
+            [x.step for x in msgs],
+            [x.time for x in msgs],
+            [x.wall_ms for x in msgs],
+            [x.samples for x in msgs],
+            [x.memory for x in msgs],
+            [x.scalars for x in msgs],
+        )
+
+    def _fold(
+        self,
+        b: int,
+        m: np.ndarray,
+        c: np.ndarray,
+        steps_t: Sequence[int],
+        times_t: Sequence[float],
+        walls_t: Sequence[float],
+        samples_t: Sequence[int],
+        mems_t: Sequence[Any],
+        scs_t: Sequence[Any],
+    ) -> None:
+        """The batch statistics: ``m``/``c`` are the (rows, columns) ms and calls (NaN: absent)."""
+        steps = np.array(steps_t, dtype=np.int64)
+        walls = np.array(walls_t, dtype=np.float64)
+        self._fold_regions(b, m, c, steps)
+        self._fold_walls(b, walls)
+        self.samples_total += int(sum(samples_t))
+        self.last_step = int(steps[-1])
+        self.last_time = float(times_t[-1])
+        self._fold_memory(steps_t, mems_t)
+        self._fold_ring(b, m, c, steps, walls, np.array(samples_t, dtype=np.float64), scs_t)
+        for sc in reversed(scs_t):
+            if sc:
+                self.scalars = sc
+                break
+
+    def _fold_regions(self, b: int, m: np.ndarray, c: np.ndarray, steps: np.ndarray) -> None:
+        """Whole-run figures of each region column."""
+        cap = m.shape[1]
+        present = ~np.isnan(m)
+        anyp = present.any(axis=0)
+        self.n += present.sum(axis=0)
+        # sums in file order, row after row (a reduction along axis 0 is sequential): the
+        # same figures whatever the batches were (a run index resumed mid-file included)
+        self.sum = np.add.reduce(np.vstack([self.sum[None, :], np.where(present, m, 0.0)]), axis=0)
+        self.calls += c.sum(axis=0).astype(np.int64)
+        self.min = np.fmin(self.min, np.fmin.reduce(m, axis=0))
+        self.max = np.fmax(self.max, np.fmax.reduce(m, axis=0))
+        pc = np.nonzero(anyp)[0]
+        if len(pc):
+            lastrow = (b - 1) - present[::-1].argmax(axis=0)[pc]
+            self.last[pc] = m[lastrow, pc]
+            self.last_calls[pc] = c[lastrow, pc].astype(np.int64)
+            self.last_seen[pc] = steps[lastrow]
+        rr, cc = np.nonzero(present)
+        if len(rr):
+            flat_idx = cc * NBUCKETS + hist_index(m[rr, cc])
+            self.hist += np.bincount(flat_idx, minlength=cap * NBUCKETS).reshape(cap, NBUCKETS)
+
+    def _fold_walls(self, b: int, walls: np.ndarray) -> None:
+        """Whole-run figures of the step wall time."""
+        self.steps += b
+        # sequential too
+        self.wall_sum = float(np.cumsum(np.concatenate(([self.wall_sum], walls)))[-1])
+        self.wall_min = min(self.wall_min, float(walls.min()))
+        self.wall_max = max(self.wall_max, float(walls.max()))
+        self.wall_last = float(walls[-1])
+        self.wall_hist += np.bincount(hist_index(walls), minlength=NBUCKETS)
+
+    def _fold_memory(self, steps_t: Sequence[int], mems_t: Sequence[Any]) -> None:
+        """Peak, trend and last ``memory`` of the steps."""
+        peaks = [mem.get("peak") for mem in mems_t if mem]
+        if not all(peaks):  # a step without a (non-zero) peak: the full rule
+            peaks = [
+                mem.get("peak") or mem.get("allocated") or mem.get("rss") for mem in mems_t if mem
+            ]
+            peaks = [p for p in peaks if p is not None]
+        self.mem_trend.add_batch(steps_t, mems_t)
+        if peaks:
+            p = max(peaks)
+            if self.mem_peak is None or p > self.mem_peak:
+                self.mem_peak = int(p)
+        for mem in reversed(mems_t):
+            if mem:
+                self.memory = mem
+                break
+
+    def _fold_ring(
+        self,
+        b: int,
+        m: np.ndarray,
+        c: np.ndarray,
+        steps: np.ndarray,
+        walls: np.ndarray,
+        samples: np.ndarray,
+        scs_t: Sequence[Any],
+    ) -> None:
+        """The last ``window`` rows of the batch into the ring buffer. Row number i of the
+        file is always in slot i % window, whatever the batches were (reductions over the
+        ring then see the same order, to the last bit)."""
+        w = self.window
+        k = min(b, w)
+        at = (self.pos + (b - k) + np.arange(k)) % w
+        self.ring[at] = m[b - k :]
+        self.ring_calls[at] = c[b - k :]
+        self.ring_wall[at] = walls[b - k :]
+        self.ring_samples[at] = samples[b - k :]
+        self.ring_step[at] = steps[b - k :]
+        self.ring_loss[at] = np.array(
+            [sc.get("loss") if sc else None for sc in scs_t[b - k :]], dtype=np.float64
+        )
+        self.pos = (self.pos + b) % w
+        self.filled = min(w, self.filled + k)

@@ -1,0 +1,447 @@
+"""Statistics across steps and ranks that the snapshot carries: memory trend, stragglers.
+
+Memory growth over a run is tracked by :class:`MemTrend`: constant memory and constant work
+per step (an early window, a ring of recent values and a running least-squares slope).
+
+Ranks are compared step by step over the steps every rank has: by step wall time
+(:func:`compare_walls`: the slowest rank and the spread) and by compute
+(:func:`judge_stragglers`, the :class:`StragglerVerdict`: under DDP every rank's step is
+equally long, so the slow rank is the one that waits least). The limits a straggler must
+pass are :class:`StragglerLimits`; the diagnosis' thresholds extend them (docs/advice.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from tui.model.units import json_tree, median, ok, pct
+from tui.model.units import ms as _ms
+
+T = TypeVar("T")
+
+#: the regions in which a rank waits rather than computes (the trainer's names, see
+#: trainer/train.py and trainer/distributed.py): exposed gradient all-reduce and data loading
+WAIT_REGIONS = ("allreduce", "data")
+
+
+# --------------------------------------------------------------------------- memory trend
+
+
+@dataclass(frozen=True, slots=True)
+class TrendFacts:
+    """What :class:`MemTrend` concluded: means of an early and a recent window, and a slope."""
+
+    samples: int  # values seen after the skipped warm-up ones
+    first_step: int
+    last_step: int
+    early_mean: float  # bytes
+    recent_mean: float  # bytes
+    slope: float  # bytes per step (least squares over every value after warm-up)
+    window: int
+
+    @property
+    def growth(self) -> float:
+        """Recent mean minus early mean, bytes."""
+        return self.recent_mean - self.early_mean
+
+    @property
+    def ready(self) -> bool:
+        """True once the early and the recent window no longer overlap."""
+        return self.samples >= 2 * self.window
+
+
+class MemTrend:
+    """Memory over a run with bounded cost: ``add(step, bytes)`` once per step.
+
+    The first ``skip`` values are ignored (optimizer state and allocator pools appear during
+    the first steps). The next ``window`` values form the early window; a ring keeps the last
+    ``window`` values; a running least-squares fit (Welford-style co-moments, numerically
+    stable) gives bytes per step over everything after the warm-up.
+    """
+
+    __slots__ = (
+        "_cxy",
+        "_early",
+        "_first",
+        "_last",
+        "_mx",
+        "_my",
+        "_n",
+        "_ring",
+        "_skipped",
+        "_sxx",
+        "skip",
+        "window",
+    )
+
+    def __init__(self, window: int = 20, skip: int = 3) -> None:
+        self.window = max(2, int(window))
+        self.skip = max(0, int(skip))
+        self._skipped = 0
+        self._early: list[float] = []
+        self._ring: deque[float] = deque(maxlen=self.window)
+        self._n = 0
+        self._mx = 0.0
+        self._my = 0.0
+        self._sxx = 0.0
+        self._cxy = 0.0
+        self._first = 0
+        self._last = 0
+
+    def add(self, step: int, value: float | None) -> None:
+        """One step's memory (bytes); None or a non-finite value is ignored."""
+        if value is None:
+            return
+        v = float(value)
+        if not math.isfinite(v):
+            return
+        if self._skipped < self.skip:
+            self._skipped += 1
+            return
+        if self._n == 0:
+            self._first = step
+        self._last = step
+        if len(self._early) < self.window:
+            self._early.append(v)
+        self._ring.append(v)
+        self._n += 1
+        x = float(step)
+        dx = x - self._mx
+        self._mx += dx / self._n
+        self._my += (v - self._my) / self._n
+        self._sxx += dx * (x - self._mx)
+        self._cxy += dx * (v - self._my)
+
+    def add_batch(self, steps: Sequence[int], memories: Sequence[Mapping[str, Any] | None]) -> None:
+        """Many steps at once (the monitor folds records in batches): ``memory`` dicts of step
+        records, using ``allocated`` (device) or else ``rss`` (host). Same result as ``add``
+        (to rounding: the batch's moments are merged in, with numpy)."""
+        vals = [m.get("allocated") if m else None for m in memories]
+        if None in vals:  # host memory, or steps without: the full rule
+            vals = [m.get("allocated", m.get("rss")) if m else None for m in memories]
+        v = np.array(vals, dtype=np.float64)  # None -> NaN
+        x = np.array(steps, dtype=np.int64)
+        finite = np.isfinite(v)
+        if not finite.all():
+            v, x = v[finite], x[finite]
+        if self._skipped < self.skip:
+            k = min(len(v), self.skip - self._skipped)
+            self._skipped += k
+            v, x = v[k:], x[k:]
+        if not len(v):
+            return
+        if self._n == 0:
+            self._first = int(x[0])
+        self._last = int(x[-1])
+        room = self.window - len(self._early)
+        if room > 0:
+            self._early.extend(v[:room].tolist())
+        self._ring.extend(v[-self.window :].tolist())
+        self._merge_moments(x.astype(np.float64), v)
+
+    def _merge_moments(self, xf: np.ndarray, v: np.ndarray) -> None:
+        """Merge a batch's mean and co-moments into the running ones (Chan et al.)."""
+        nb = len(v)
+        mxb = float(xf.mean())
+        myb = float(v.mean())
+        dxb = xf - mxb
+        sxxb = float(np.dot(dxb, dxb))
+        cxyb = float(np.dot(dxb, v - myb))
+        na, n = self._n, self._n + nb
+        dx, dy = mxb - self._mx, myb - self._my
+        self._mx += dx * nb / n
+        self._my += dy * nb / n
+        self._sxx += sxxb + dx * dx * na * nb / n
+        self._cxy += cxyb + dx * dy * na * nb / n
+        self._n = n
+
+    def facts(self) -> TrendFacts | None:
+        """The trend so far; None before the first value after the warm-up."""
+        if self._n == 0:
+            return None
+        return TrendFacts(
+            samples=self._n,
+            first_step=self._first,
+            last_step=self._last,
+            early_mean=sum(self._early) / len(self._early),
+            recent_mean=sum(self._ring) / len(self._ring),
+            slope=self._cxy / self._sxx if self._sxx > 0 else 0.0,
+            window=self.window,
+        )
+
+
+def worst_trend(trends: Iterable[TrendFacts | None]) -> TrendFacts | None:
+    """The rank whose memory grew most (ready trends first)."""
+    live = [t for t in trends if t is not None]
+    if not live:
+        return None
+    return max(live, key=lambda t: (t.ready, t.growth))
+
+
+# --------------------------------------------------------------------------- ranks by step
+
+
+def common_steps(maps: Sequence[Mapping[int, Any]], window: int | None = None) -> list[int]:
+    """The steps every map (one per rank, keyed by step) has, ascending; the last ``window``
+    of them when given."""
+    if not maps:
+        return []
+    steps = sorted(set(maps[0]).intersection(*maps[1:]))
+    return steps[-window:] if window else steps
+
+
+def compare_walls(
+    tails: Mapping[int, Iterable[tuple[int, float]]], world_size: int, window: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per step that every rank has among its ``(step, wall ms)`` ``tails`` (the last
+    ``window`` such steps, oldest first): slowest rank, spread (max - min wall ms) and excess
+    of the slowest over the median. Empty until all ``world_size`` ranks have steps."""
+    none = np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+    if world_size < 2 or len(tails) < world_size or len(tails) < 2:
+        return none
+    ranks = sorted(tails)
+    maps = [dict(tails[r]) for r in ranks]  # a repeated step: the later one wins
+    steps = common_steps(maps, window)
+    if not steps:
+        return none
+    walls = np.array([[m[s] for m in maps] for s in steps])  # steps x ranks
+    order = np.argsort(walls, axis=1, kind="stable")
+    srt = np.take_along_axis(walls, order, axis=1)
+    slow = np.asarray(ranks, dtype=np.int64)[order[:, -1]]
+    k = srt.shape[1]
+    med = srt[:, k // 2] if k % 2 else (srt[:, k // 2 - 1] + srt[:, k // 2]) / 2
+    return slow, srt[:, -1] - srt[:, 0], srt[:, -1] - med
+
+
+# --------------------------------------------------------------------------- stragglers
+
+
+@dataclass(frozen=True, slots=True)
+class StragglerLimits:
+    """What a rank must pass to be named a straggler (shares are of the step wall time)."""
+
+    #: a straggler's compute (step wall minus all-reduce and data wait) must exceed the median
+    #: of the other ranks' by at least this share of a step
+    straggler_excess: float = 0.05
+    #: ... and by this many times the run's step-to-step noise (robust σ of a rank's compute)
+    straggler_noise: float = 2.0
+    #: ... being the slowest rank in at least this share of the compared steps
+    straggler_recurrence: float = 0.6
+    #: ... over at least this many steps compared across ranks (or the whole window if shorter)
+    straggler_min_steps: int = 10
+
+
+DEFAULT_LIMITS = StragglerLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class RankCompute:
+    """One rank over the compared steps (medians per step, ms)."""
+
+    rank: int
+    wall_ms: float
+    compute_ms: float  # step wall minus exposed all-reduce wait and data wait
+    allreduce_ms: float  # exposed all-reduce wait (what this rank spends waiting for the others)
+    data_ms: float
+    excess_ms: float  # median over steps of compute minus the median of the other ranks' compute
+    slowest: int  # compared steps in which this rank's compute was the longest
+
+
+@dataclass(frozen=True, slots=True)
+class StragglerVerdict:
+    """Which rank, if any, the others wait for: judged by compute, not by step time.
+
+    DDP's all-reduce makes every rank's step equally long, so the slow rank is the one that
+    *waits least*. A rank is named only when its compute excess over the other ranks is at
+    least ``floor_ms`` (a share of the step), above ``noise_mult`` × the run's step-to-step
+    noise, and it is the slowest rank in most compared steps (``recurrence``).
+    """
+
+    ranks: tuple[RankCompute, ...]
+    compared_steps: int
+    first_step: int
+    last_step: int
+    step_ms: float  # median step wall over ranks and compared steps
+    noise_ms: float  # robust standard deviation of a rank's compute from step to step
+    floor_ms: float
+    straggler: int | None
+    excess_ms: float  # of the straggler, or of the rank furthest behind when none is named
+    recurrence: float  # share of compared steps in which that rank was the slowest
+    reason: str  # one line: why a rank is (or is not) named
+
+    def rank(self, r: int) -> RankCompute | None:
+        """The figures of rank ``r``; None when it was not compared."""
+        return next((x for x in self.ranks if x.rank == r), None)
+
+    @property
+    def span(self) -> str:
+        """The steps compared: ``last 100 steps (61–160)``."""
+        return f"last {self.compared_steps} steps ({self.first_step}–{self.last_step})"
+
+    def waits(self) -> list[tuple[int, float]]:
+        """(rank, ms per step it waits at the all-reduce) of every other rank, when named."""
+        if self.straggler is None:
+            return []
+        return [(x.rank, x.allreduce_ms) for x in self.ranks if x.rank != self.straggler]
+
+    def who_waits(self) -> str:
+        """'rank 0 waits 250 ms per step for rank 1 at the all-reduce', or the reason for none."""
+        if self.straggler is None:
+            return self.reason
+        w = self.waits()
+        if len(w) <= 3:
+            who = ", ".join(f"rank {r} {_ms(ms)}" for r, ms in w)
+        else:
+            avg = sum(ms for _, ms in w) / len(w)
+            who = f"{len(w)} ranks ~{_ms(avg)} each"
+        return f"waiting for rank {self.straggler} at the all-reduce, per step: {who}"
+
+    def brief(self) -> str:
+        """A few words for a header: ``straggler rank 1 +98.7 ms compute`` or ``no straggler``."""
+        if self.straggler is None:
+            return "no straggler" if self.compared_steps >= 2 else ""
+        return f"straggler rank {self.straggler} +{_ms(self.excess_ms)} compute"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (floats to 6 significant figures, non-finite ones to None)."""
+        return json_tree(asdict(self))  # type: ignore[no-any-return]
+
+
+def _per_step(
+    per_rank: Mapping[int, Sequence[tuple[int, float, float, float]]], window: int | None
+) -> tuple[list[int], list[int], np.ndarray] | None:
+    """(ranks, steps, (steps, ranks, 3) array of wall, allreduce, data ms) over the steps every
+    rank has; None with fewer than two ranks or no common step."""
+    ranks = sorted(r for r, rows in per_rank.items() if rows)
+    if len(ranks) < 2:
+        return None
+    by_rank = {r: {int(s): (w, a, d) for s, w, a, d in per_rank[r] if ok(w)} for r in ranks}
+    steps = common_steps([by_rank[r] for r in ranks], window)
+    if not steps:
+        return None
+    x = np.nan_to_num(
+        np.array([[by_rank[r][st] for r in ranks] for st in steps], dtype=np.float64),
+        nan=0.0,
+        posinf=0.0,
+        neginf=0.0,
+    )
+    return ranks, steps, x
+
+
+def _excess_over_others(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per step and rank, compute minus the median of the other ranks' compute; and per step
+    the ranks from fastest to slowest (argsort)."""
+    k = comp.shape[1]
+    order = np.argsort(comp, axis=1, kind="stable")  # per step, ranks from fastest to slowest
+    srt = np.take_along_axis(comp, order, axis=1)
+    # the median of the other ranks for the rank at sorted position p: drop p, take the middle
+    pos = np.arange(k)
+    m = k - 1
+
+    def at(j: int) -> np.ndarray:  # element j of each row with position p removed
+        return np.where(j < pos, srt[:, j][:, None], srt[:, min(j + 1, k - 1)][:, None])
+
+    med_others = at(m // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2
+    ex_sorted = srt - med_others
+    excess = np.empty_like(ex_sorted)
+    np.put_along_axis(excess, order, ex_sorted, axis=1)
+    return excess, order
+
+
+def _why(
+    worst: RankCompute,
+    n: int,
+    need: int,
+    floor: float,
+    noise: float,
+    share: float,
+    t: StragglerLimits,
+) -> tuple[int | None, str]:
+    """The rank named (or None) and the reason, one line."""
+    rec = worst.slowest / n
+    ex = worst.excess_ms
+    if n < need:
+        return None, f"no straggler yet: {n} steps compared by every rank (need {need})"
+    if ex < floor:
+        return None, (
+            f"no straggler: ranks within {_ms(max(0.0, ex))} of each other in compute "
+            f"({pct(max(0.0, share))} of the step, below the {pct(t.straggler_excess)} floor)"
+        )
+    if ex < t.straggler_noise * noise:
+        return None, (
+            f"no straggler: rank {worst.rank}'s +{_ms(ex)} compute is within the run's "
+            f"step-to-step noise (±{_ms(noise)})"
+        )
+    if rec < t.straggler_recurrence:
+        return None, (
+            f"no straggler: rank {worst.rank} is behind on average (+{_ms(ex)}) but the "
+            f"slowest in only {worst.slowest} of {n} steps"
+        )
+    return worst.rank, (
+        f"rank {worst.rank}'s compute is +{_ms(ex)} ({pct(share)} of the step) over the "
+        f"other ranks, slowest in {worst.slowest} of {n} steps (noise ±{_ms(noise)})"
+    )
+
+
+def judge_stragglers(
+    per_rank: Mapping[int, Sequence[tuple[int, float, float, float]]],
+    thresholds: StragglerLimits | None = None,
+    window: int | None = None,
+) -> StragglerVerdict | None:
+    """The straggler verdict from each rank's recent steps ``(step, wall, allreduce, data)`` ms.
+
+    Only steps every rank has are compared (cost: ranks × steps, bounded by the window).
+    None with fewer than two ranks or no common step.
+    """
+    t = thresholds or DEFAULT_LIMITS
+    table = _per_step(per_rank, window)
+    if table is None:
+        return None
+    ranks, steps, x = table
+    # the work is vectorised over steps and ranks
+    comp = x[:, :, 0] - x[:, :, 1] - x[:, :, 2]
+    n, k = comp.shape
+    excess, order = _excess_over_others(comp)
+    slow_counts = np.bincount(order[:, -1], minlength=k)
+    med = np.median(x, axis=0)  # (ranks, 3)
+    cmed = np.median(comp, axis=0)
+    emed = np.median(excess, axis=0)
+    rows = [
+        RankCompute(
+            rank=r,
+            wall_ms=float(med[i, 0]),
+            compute_ms=float(cmed[i]),
+            allreduce_ms=float(med[i, 1]),
+            data_ms=float(med[i, 2]),
+            excess_ms=float(emed[i]),
+            slowest=int(slow_counts[i]),
+        )
+        for i, r in enumerate(ranks)
+    ]
+    step_ms = median([x.wall_ms for x in rows])
+    # noise: step-to-step variation of each rank's compute (1.4826 × MAD ≈ σ), median over ranks
+    noise = float(np.median(1.4826 * np.median(np.abs(comp - cmed), axis=0)))
+    floor = t.straggler_excess * step_ms if ok(step_ms) else math.inf
+    worst = max(rows, key=lambda x: (x.excess_ms, -x.rank))
+    share = worst.excess_ms / step_ms if ok(step_ms) and step_ms > 0 else math.nan
+    need = min(t.straggler_min_steps, window) if window else t.straggler_min_steps
+    named, reason = _why(worst, n, need, floor, noise, share, t)
+    return StragglerVerdict(
+        ranks=tuple(rows),
+        compared_steps=n,
+        first_step=steps[0],
+        last_step=steps[-1],
+        step_ms=step_ms,
+        noise_ms=noise,
+        floor_ms=floor,
+        straggler=named,
+        excess_ms=worst.excess_ms,
+        recurrence=worst.slowest / n,
+        reason=reason,
+    )

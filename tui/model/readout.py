@@ -1,0 +1,237 @@
+"""What one rank's folded arrays say: :class:`~tui.model.snapshot.Stats` of each region, of
+the step wall time and of the unaccounted time, over the whole run and the recent window.
+
+:class:`RankReadout` is the read-only half of :class:`~tui.model.ranks.RankAgg` (which folds
+steps into the arrays it declares); every figure is computed column-wise with numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tui.model.histogram import col_percentile, hist_quantile, hist_quantiles
+from tui.model.rankstats import WAIT_REGIONS
+from tui.model.snapshot import EMPTY, NAN, Stats
+
+StatsPair = tuple[Stats, Stats]  # (whole run, window)
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else NAN
+
+
+def _window_stats(
+    last: float,
+    last_share: float,
+    wall: float,
+    count: int,
+    total: float,
+    p50: float,
+    p95: float,
+    lo: float,
+    hi: float,
+    calls: float,
+) -> Stats:
+    """A region's window Stats from its ring column figures (``wall``: the ring's wall ms)."""
+    if count == 0:
+        return Stats(last=last, steps=0, calls=0, share=0.0, last_share=last_share)
+    share = _share(total, wall)
+    return Stats(last, total / count, lo, hi, p50, p95, count, int(calls), share, last_share)
+
+
+class RankReadout:
+    """Read-outs of one rank's statistics (the arrays are :class:`~tui.model.ranks.RankAgg`'s).
+
+    Per region column: ``n`` steps seen, ``sum``, ``min``, ``max``, ``calls``, ``hist`` (log
+    buckets), ``last`` / ``last_calls`` / ``last_seen`` (the step it was last seen in); per
+    step: the ring of the last ``window`` steps (``ring``, ``ring_calls``, ``ring_wall``,
+    ``ring_samples``, ``ring_step``, ``ring_loss``; row ``i`` of the file in slot ``i %
+    window``) and the step wall time's running figures.
+    """
+
+    window: int
+    cols: dict[str, int]
+    names: list[str]
+    last: np.ndarray
+    last_calls: np.ndarray
+    last_seen: np.ndarray
+    sum: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    n: np.ndarray
+    calls: np.ndarray
+    hist: np.ndarray
+    ring: np.ndarray
+    ring_calls: np.ndarray
+    ring_wall: np.ndarray
+    ring_samples: np.ndarray
+    ring_step: np.ndarray
+    pos: int
+    filled: int
+    steps: int
+    last_step: int
+    wall_sum: float
+    wall_min: float
+    wall_max: float
+    wall_last: float
+    wall_hist: np.ndarray
+    samples_total: int
+
+    def _order(self) -> np.ndarray:
+        """Ring rows oldest first."""
+        if self.filled < self.window:
+            return np.arange(self.filled)
+        return (self.pos + np.arange(self.window)) % self.window
+
+    def region_stats(self, col: int) -> StatsPair:
+        """(whole run, window) statistics of one region column."""
+        return self.all_stats()[col]
+
+    def all_stats(self) -> list[StatsPair]:
+        """(whole run, window) statistics of every region column, computed column-wise."""
+        k = len(self.names)
+        if k == 0:
+            return []
+        mins, maxs = self.min[:k], self.max[:k]
+        p50, p95 = hist_quantiles(self.hist[:k], (0.50, 0.95), mins, maxs)
+        last = np.where(self.last_seen[:k] == self.last_step, self.last[:k], 0.0)
+        whole_cols = zip(
+            self.n[:k].tolist(),
+            self.sum[:k].tolist(),
+            mins.tolist(),
+            maxs.tolist(),
+            p50.tolist(),
+            p95.tolist(),
+            self.calls[:k].tolist(),
+            last.tolist(),
+            strict=True,
+        )
+        window_cols = self._window_columns(k)
+        wwall = float(self.ring_wall[: self.filled].sum())
+        out: list[StatsPair] = []
+        for (cn, cs, lo, hi, q50, q95, calls, la), win in zip(whole_cols, window_cols, strict=True):
+            if cn == 0:
+                out.append((EMPTY, EMPTY))
+                continue
+            last_share = la / self.wall_last if self.wall_last > 0 else NAN
+            share = _share(cs, self.wall_sum)
+            whole = Stats(la, cs / cn, lo, hi, q50, q95, cn, calls, share, last_share)
+            out.append((whole, _window_stats(la, last_share, wwall, *win)))
+        return out
+
+    def _window_columns(self, k: int) -> list[tuple[int, float, float, float, float, float, float]]:
+        """Per region column over the ring: (steps, sum, p50, p95, min, max, calls)."""
+        ring = self.ring[: self.filled, :k]
+        valid = ~np.isnan(ring)
+        wn = valid.sum(axis=0)
+        wsum = np.where(valid, ring, 0.0).sum(axis=0)
+        srt = np.sort(ring, axis=0)  # NaN sorts last
+        wp50, wp95 = col_percentile(srt, wn, 0.50), col_percentile(srt, wn, 0.95)
+        wmin = srt[0]
+        wmax = srt[np.maximum(wn - 1, 0), np.arange(k)] if self.filled else np.full(k, NAN)
+        wcalls = self.ring_calls[: self.filled, :k].sum(axis=0)
+        return list(
+            zip(
+                wn.tolist(),
+                wsum.tolist(),
+                wp50.tolist(),
+                wp95.tolist(),
+                wmin.tolist(),
+                wmax.tolist(),
+                wcalls.tolist(),
+                strict=True,
+            )
+        )
+
+    def wall_stats(self) -> StatsPair:
+        """(whole run, window) statistics of the step wall time."""
+        if self.steps == 0:
+            return EMPTY, EMPTY
+        whole = Stats(
+            last=self.wall_last,
+            avg=self.wall_sum / self.steps,
+            min=self.wall_min,
+            max=self.wall_max,
+            p50=hist_quantile(self.wall_hist, 0.5, self.wall_min, self.wall_max),
+            p95=hist_quantile(self.wall_hist, 0.95, self.wall_min, self.wall_max),
+            steps=self.steps,
+            calls=self.steps,
+            share=1.0,
+            last_share=1.0,
+        )
+        vals = self.ring_wall[: self.filled]
+        p50, p95 = np.percentile(vals, [50, 95])
+        window = Stats(
+            last=self.wall_last,
+            avg=float(vals.mean()),
+            min=float(vals.min()),
+            max=float(vals.max()),
+            p50=float(p50),
+            p95=float(p95),
+            steps=len(vals),
+            calls=len(vals),
+            share=1.0,
+            last_share=1.0,
+        )
+        return whole, window
+
+    def unaccounted(self) -> StatsPair:
+        """Wall time not covered by top-level regions, per step (never negative)."""
+        if self.steps == 0:
+            return EMPTY, EMPTY
+        top = np.fromiter((c for n, c in self.cols.items() if "/" not in n), dtype=np.int64)
+        f = self.filled
+        covered_sum = float(self.sum[top].sum())
+        whole_ms = max(0.0, self.wall_sum - covered_sum)
+        ring_cov = np.nansum(self.ring[:f][:, top], axis=1) if len(top) else np.zeros(f)
+        vals = np.sort(np.maximum(0.0, self.ring_wall[:f] - ring_cov))
+        seen = top[self.last_seen[top] == self.last_step]
+        last = max(0.0, self.wall_last - float(self.last[seen].sum()))
+        last_share = _share(last, self.wall_last)
+        wsum = float(self.ring_wall[:f].sum())
+        lo, hi = (float(vals[0]), float(vals[-1])) if f else (NAN, NAN)
+        cnt = np.array([f])
+        p50 = float(col_percentile(vals[:, None], cnt, 0.50)[0])
+        p95 = float(col_percentile(vals[:, None], cnt, 0.95)[0])
+        # exact whole-run min/max would need per-step data: the window's stand in for them
+        share = _share(whole_ms, self.wall_sum)
+        whole = Stats(
+            last, whole_ms / self.steps, lo, hi, NAN, NAN, self.steps, 0, share, last_share
+        )
+        avg = float(vals.mean()) if f else NAN
+        window = Stats(
+            last, avg, lo, hi, p50, p95, f, 0, _share(float(vals.sum()), wsum), last_share
+        )
+        return whole, window
+
+    def samples_per_s(self) -> tuple[float, float]:
+        """Samples per second (whole run, window) of this rank."""
+        whole = self.samples_total / (self.wall_sum / 1000.0) if self.wall_sum > 0 else NAN
+        wsum = float(self.ring_wall[: self.filled].sum())
+        window = (
+            float(self.ring_samples[: self.filled].sum()) / (wsum / 1000.0) if wsum > 0 else NAN
+        )
+        return whole, window
+
+    def recent_work(self) -> tuple[tuple[int, float, float, float], ...]:
+        """(step, wall, allreduce, data) ms of the window's steps, oldest first (0 when
+        untimed)."""
+        o = self._order()
+        waits = []
+        for name in WAIT_REGIONS:
+            c = self.cols.get(name)
+            waits.append(np.nan_to_num(self.ring[o, c]) if c is not None else np.zeros(len(o)))
+        return tuple(
+            zip(
+                self.ring_step[o].tolist(),
+                self.ring_wall[o].tolist(),
+                waits[0].tolist(),
+                waits[1].tolist(),
+                strict=True,
+            )
+        )
+
+    def recent_walls(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, wall ms) of the window, oldest first."""
+        o = self._order()
+        return self.ring_step[o], self.ring_wall[o]
