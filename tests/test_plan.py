@@ -99,19 +99,19 @@ def test_sdpa_kernel_choice_cpu() -> None:
 def test_cuda_only_head_padding_applies_in_the_gpu_simulation(monkeypatch) -> None:
     """The model pads head sizes no fused kernel takes only for CUDA tensors (q.is_cuda):
     simulating a GPU on meta tensors must take that path too, a CPU plan must not."""
-    from trainer.models import vrt
+    from trainer.models import attention
     from trainer.plan import _as_on_cuda
 
-    orig = lambda q: q.is_cuda  # noqa: E731 - stands in for vrt._pad_heads
-    monkeypatch.setattr(vrt, "_pad_heads", orig, raising=False)
+    orig = lambda q: q.is_cuda  # noqa: E731 - stands in for attention._pad_heads
+    monkeypatch.setattr(attention, "_pad_heads", orig, raising=False)
     q20 = torch.empty(2, 1, 4, 20, device="meta", dtype=BF16)
     with _as_on_cuda("cuda"):
-        assert vrt._pad_heads(q20)
-        assert not vrt._pad_heads(torch.empty(2, 1, 4, 24, device="meta", dtype=BF16))
-        assert not vrt._pad_heads(torch.empty(2, 1, 4, 20, device="meta"))  # fp32: no
-    assert vrt._pad_heads is orig
+        assert attention._pad_heads(q20)
+        assert not attention._pad_heads(torch.empty(2, 1, 4, 24, device="meta", dtype=BF16))
+        assert not attention._pad_heads(torch.empty(2, 1, 4, 20, device="meta"))  # fp32: no
+    assert attention._pad_heads is orig
     with _as_on_cuda("cpu"):
-        assert vrt._pad_heads is orig
+        assert attention._pad_heads is orig
 
 
 # ------------------------------------------------------------------ FLOPs
