@@ -15,17 +15,10 @@ import pytest
 
 from stagewatch.errors import UsageError
 from stagewatch.records import RunEnd, RunError, RunStart, Step, encode
-from trainer.bench import (
-    BENCH_SETTINGS,
-    analyse_run,
-    combinations,
-    markdown,
-    parse_case,
-    parse_sweep,
-    report_dict,
-    run_bench,
-    write_outputs,
-)
+from trainer.bench import BENCH_SETTINGS, run_bench
+from trainer.bench_report import markdown, report_dict, write_outputs
+from trainer.bench_results import analyse_run
+from trainer.bench_sweeps import combinations, parse_case, parse_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "deblur" / "vrt_spike_tiny.yaml")

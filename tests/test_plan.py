@@ -381,6 +381,8 @@ def test_full_size_flops_survive_the_record_format(tmp_path) -> None:
 
 def test_bench_predicts_and_skips_rows_that_do_not_fit(tmp_path, monkeypatch) -> None:
     from trainer import bench
+    from trainer.bench_report import fmt_bytes, markdown
+    from trainer.bench_results import FAILED, SKIPPED
 
     torch.set_num_threads(1)
     ran: list[list[str]] = []
@@ -397,10 +399,10 @@ def test_bench_predicts_and_skips_rows_that_do_not_fit(tmp_path, monkeypatch) ->
         TINY, [()], log_dir=str(tmp_path / "logs"), command=command, extra=sets, echo=lambda s: None
     )
     r = rep.results[0]
-    assert not ran and r.status == bench.SKIPPED and r.mem_predicted > 1000
+    assert not ran and r.status == SKIPPED and r.mem_predicted > 1000
     assert r.outcome.startswith("not run: predicted peak") and "--force" in r.outcome
-    md = bench.markdown(rep)
-    assert bench.fmt_bytes(r.mem_predicted) in md and "not run" in md
+    md = markdown(rep)
+    assert fmt_bytes(r.mem_predicted) in md and "not run" in md
     rep = bench.run_bench(
         TINY,
         [()],
@@ -410,7 +412,7 @@ def test_bench_predicts_and_skips_rows_that_do_not_fit(tmp_path, monkeypatch) ->
         echo=lambda s: None,
         force=True,
     )
-    assert len(ran) == 1 and rep.results[0].status == bench.FAILED
+    assert len(ran) == 1 and rep.results[0].status == FAILED
     monkeypatch.setattr(bench, "_device_and_capacity", lambda cfg: ("cpu", 10**15))
     rep = bench.run_bench(
         TINY, [()], log_dir=str(tmp_path / "logs"), command=command, extra=sets, echo=lambda s: None
