@@ -244,12 +244,12 @@ def run_bench(
         name = f"{base}-bench{tag}-{i + 1}"
         res = Result(i, tuple(combo), name, log_file=str(logs / f"{name}.log"))
         report.results.append(res)
-        ckpt = tempfile.mkdtemp(prefix="stagewatch-bench-ckpt-")
-        sets = _row_settings(user, plan, total, name, ckpt)
         echo(f"[{i + 1}/{len(combos)}] {res.label} ...")
         if predict and _predicted_not_to_fit(res, cfg, user, force):
             echo(f"      {res.outcome}")
             continue
+        ckpt = tempfile.mkdtemp(prefix="stagewatch-bench-ckpt-")
+        sets = _row_settings(user, plan, total, name, ckpt)
         t0 = time.monotonic()
         try:
             rc = _run_process(command(cfg, sets, log_dir), res.log_file, timeout, report)
