@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     device = torch.device("cpu" if args.dry_run else "cuda")
-    from trainer.train import apply_tf32
+    from trainer.train_setup import apply_tf32
 
     apply_tf32(True, device)  # the fp32 parts (deformable conv, warps) on TF32, as the trainer
     cfg = load_model_config(args.cfg)

@@ -571,7 +571,7 @@ def smoke_checks(work: Path, dry: bool) -> dict[str, Any]:
     from trainer.models import build_model
     from trainer.models.presets import FULL, TINY, example_inputs, load_model_config
     from trainer.optim import adamw8bit_or_none
-    from trainer.train import apply_tf32
+    from trainer.train_setup import apply_tf32
 
     res: dict[str, Any] = {"dry_run": dry, "critical": [], "warnings": [], "env": _env_info()}
     cuda = torch.cuda.is_available() and not dry

@@ -27,17 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import machine, today, write_section  # noqa: E402
-from trainer.bench import (  # noqa: E402
-    OK,
-    BenchReport,
+from trainer.bench import run_bench, train_command  # noqa: E402
+from trainer.bench_report import (  # noqa: E402
     fmt_bytes,
     fmt_seconds,
     fmt_step,
     markdown,
-    run_bench,
-    train_command,
     write_outputs,
 )
+from trainer.bench_results import OK, BenchReport  # noqa: E402
 
 #: (row name, settings added by this row), cumulative
 ROWS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (

@@ -15,17 +15,10 @@ import pytest
 
 from stagewatch.errors import UsageError
 from stagewatch.records import RunEnd, RunError, RunStart, Step, encode
-from trainer.bench import (
-    BENCH_SETTINGS,
-    analyse_run,
-    combinations,
-    markdown,
-    parse_case,
-    parse_sweep,
-    report_dict,
-    run_bench,
-    write_outputs,
-)
+from trainer.bench import BENCH_SETTINGS, run_bench
+from trainer.bench_report import markdown, report_dict, write_outputs
+from trainer.bench_results import analyse_run
+from trainer.bench_sweeps import combinations, parse_case, parse_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "deblur" / "vrt_spike_tiny.yaml")
@@ -229,6 +222,23 @@ def test_bad_sweep_key_fails_before_running(tmp_path: Path, fake) -> None:  # ty
             echo=lambda s: None,
         )
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_row_predicted_not_to_fit_leaves_no_checkpoint_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from trainer import bench
+
+    def never(*a: object) -> list[str]:
+        raise AssertionError("a row predicted not to fit was started")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(bench, "predict_peak", lambda cfg, sets: (2, 1, ""))
+    rep = run_bench(TINY, [()], log_dir=str(tmp_path / "logs"), command=never, echo=lambda s: None)
+    assert rep.results[0].status == "skipped"
+    assert not list(tmp_path.glob("stagewatch-bench-ckpt-*"))
 
 
 def test_cli_errors() -> None:

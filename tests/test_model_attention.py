@@ -6,8 +6,9 @@ import pytest
 import torch
 from _attention_ref import softmax_attn as _softmax_attn
 
+from trainer.models.attention import WindowAttention, _partition, _rel_index, _shift_mask
 from trainer.models.ops import sine_position_encoding
-from trainer.models.vrt import TMSA, WindowAttention, _partition, _rel_index, _shift_mask
+from trainer.models.tmsa import TMSA
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -88,7 +89,7 @@ def test_shifted_block_equals_unshifted_on_rolled_input_inside_a_window() -> Non
 
 
 def test_partition_round_trip() -> None:
-    from trainer.models.vrt import _unpartition
+    from trainer.models.attention import _unpartition
 
     x = torch.randn(2, 4, 8, 12, 3)
     w = _partition(x, (2, 4, 4))
@@ -101,7 +102,7 @@ def test_partition_round_trip() -> None:
 def test_grouped_shift_masks_equal_dense_mask(b: int, quadrant: bool) -> None:
     """Windows grouped by mask pattern (interior: bias only; each boundary pattern: bias +
     one broadcast mask), then put back in order == one dense per-window mask."""
-    from trainer.models.vrt import ShiftMask, _masked_sdpa, _pattern_masks, _window_groups
+    from trainer.models.attention import ShiftMask, _masked_sdpa, _pattern_masks, _window_groups
 
     torch.manual_seed(0)
     size, win, shift = (4, 8, 12), (2, 4, 4), (1, 2, 2)

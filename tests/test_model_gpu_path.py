@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from _attention_ref import softmax_attn as _softmax_attn
 
 from stagewatch.timing import TimingLogger, set_global_timing_logger, timed
-from trainer.models import build_model, compile_regions, region_names
-from trainer.models import vrt as V
+from trainer.models import attention as A
+from trainer.models import build_model, compile_regions, region_names, tmsa, vrt
 from trainer.models.config import VRTConfig
 from trainer.models.presets import TINY, example_inputs, load_model_config
 
@@ -40,29 +40,29 @@ def test_padded_heads_equal_the_unpadded_math_path(monkeypatch) -> None:
         seen.append((q_.shape[-1], scale))
         return real(q_, k_, v_, attn_mask=attn_mask, scale=scale, **kw)
 
-    monkeypatch.setattr(V.F, "scaled_dot_product_attention", spy)
-    monkeypatch.setattr(V, "PAD_HEADS", True)
-    got = V._attend(q, k, v, bias)
+    monkeypatch.setattr(A.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(A, "PAD_HEADS", True)
+    got = A._attend(q, k, v, bias)
     assert seen == [(24, 20**-0.5)] and got.shape == (6, 3, 40, 20)
     ref = _softmax_attn(q, k, v, bias)
     torch.testing.assert_close(got, ref, atol=1e-10, rtol=1e-10)
     for a, b in zip(_grads(got, (q, k, v, bias)), _grads(ref, (q, k, v, bias)), strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
     # automatic choice: only CUDA 16-bit tensors with a head size off the multiple of 8
-    monkeypatch.setattr(V, "PAD_HEADS", None)
-    assert not V._pad_heads(q) and not V._pad_heads(q.float().bfloat16())
-    assert not V._pad_heads(torch.zeros(1, 1, 4, 24))
+    monkeypatch.setattr(A, "PAD_HEADS", None)
+    assert not A._pad_heads(q) and not A._pad_heads(q.float().bfloat16())
+    assert not A._pad_heads(torch.zeros(1, 1, 4, 24))
 
 
 def test_stage8_block_with_padded_heads_equals_unpadded(monkeypatch) -> None:
     """A whole shifted TMSA block at head size 20, fp32: padded == unpadded (fwd + grads)."""
     torch.manual_seed(0)
-    blk = V.TMSA(40, 2, (2, 4, 4), (1, 2, 2), False, 2.0, True, 0.0, False, False)
+    blk = tmsa.TMSA(40, 2, (2, 4, 4), (1, 2, 2), False, 2.0, True, 0.0, False, False)
     x = torch.randn(1, 4, 8, 8, 40, requires_grad=True)
     params = [x, *blk.parameters()]
 
     def run(pad: bool):
-        monkeypatch.setattr(V, "PAD_HEADS", pad)
+        monkeypatch.setattr(A, "PAD_HEADS", pad)
         out = blk(x)
         return out, _grads(out, params)
 
@@ -81,50 +81,50 @@ def test_bias_gradient_chunks_equal_one_call(monkeypatch) -> None:
     q, k, v = (torch.randn(1, 10, 2, 16, 4, requires_grad=True) for _ in range(3))
     bias = torch.randn(1, 2, 16, 16, requires_grad=True)
     calls: list[int] = []
-    real = V._attend
+    real = A._attend
 
     def count(q_, *a):
         calls.append(q_.shape[0])
         return real(q_, *a)
 
-    monkeypatch.setattr(V, "_attend", count)
-    full = V._sdpa(q, k, v, bias)
+    monkeypatch.setattr(A, "_attend", count)
+    full = A._sdpa(q, k, v, bias)
     g_full = _grads(full, (q, k, v, bias))
     assert calls == [10]
     calls.clear()
-    monkeypatch.setattr(V, "BIAS_GRAD_CHUNK_BYTES", 3 * 2 * 16 * 16 * 4)  # 3 windows
-    part = V._sdpa(q, k, v, bias)
+    monkeypatch.setattr(A, "BIAS_GRAD_CHUNK_BYTES", 3 * 2 * 16 * 16 * 4)  # 3 windows
+    part = A._sdpa(q, k, v, bias)
     assert calls == [3, 3, 3, 1]
     torch.testing.assert_close(part, full)
     for a, b in zip(_grads(part, (q, k, v, bias)), g_full, strict=True):
         torch.testing.assert_close(a, b)
     calls.clear()
-    V._sdpa(q, k, v, bias.detach())  # a bias without a gradient is never chunked
+    A._sdpa(q, k, v, bias.detach())  # a bias without a gradient is never chunked
     assert calls == [10]
 
 
 # ------------------------------------------------------------------ #7 grouped shift masks
 
 
-def _dense_attn_path(blk: V.TMSA, x: torch.Tensor) -> torch.Tensor:
+def _dense_attn_path(blk: tmsa.TMSA, x: torch.Tensor) -> torch.Tensor:
     """The block's shifted attention path written with one dense per-window mask."""
     b, d, h, w, c = x.shape
     win, shift, att = blk.window, blk.shift, blk.attn
     y = torch.roll(blk.norm1(x), shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-    yw = V._partition(y, win)
+    yw = A._partition(y, win)
     nw, n = yw.shape[1:3]
     q, k, v = att._qkv(att.qkv_self, yw)
     bias = att.relative_position_bias_table[att.rel_index].view(n, n, -1).permute(2, 0, 1)
-    mask = V._shift_mask((d, h, w), win, shift, "cpu")
+    mask = A._shift_mask((d, h, w), win, shift, "cpu")
     out = _softmax_attn(q, k, v, (bias[None] + mask[:, None])[None])
     out = att.proj(out.transpose(2, 3).reshape(b, nw, n, c))
-    return torch.roll(V._unpartition(out, win, (d, h, w)), shifts=shift, dims=(1, 2, 3))
+    return torch.roll(A._unpartition(out, win, (d, h, w)), shifts=shift, dims=(1, 2, 3))
 
 
 @pytest.mark.parametrize("b", [1, 2])
 def test_grouped_shifted_block_equals_dense_mask_maths(b: int) -> None:
     torch.manual_seed(0)
-    blk = V.TMSA(8, 2, (2, 4, 4), (1, 2, 2), False, 2.0, True, 0.0, False, False)
+    blk = tmsa.TMSA(8, 2, (2, 4, 4), (1, 2, 2), False, 2.0, True, 0.0, False, False)
     x = torch.randn(b, 4, 8, 12, 8, requires_grad=True)
     params = [x, *blk.norm1.parameters(), *blk.attn.parameters()]
     got = blk._attn_path(x)
@@ -135,14 +135,14 @@ def test_grouped_shifted_block_equals_dense_mask_maths(b: int) -> None:
 
 
 def test_masks_and_relative_index_are_built_at_construction() -> None:
-    blk = V.TMSA(8, 2, (2, 4, 4), (1, 2, 2), True, 2.0, True, 0.0, False, False)
+    blk = tmsa.TMSA(8, 2, (2, 4, 4), (1, 2, 2), True, 2.0, True, 0.0, False, False)
     assert blk.shift_masks.shape == (7, 32, 32)
-    assert torch.equal(blk.attn.rel_index, V._rel_index((2, 4, 4), (2, 4, 4), "cpu"))
+    assert torch.equal(blk.attn.rel_index, A._rel_index((2, 4, 4), (2, 4, 4), "cpu"))
     assert "shift_masks" not in blk.state_dict() and "attn.rel_index" not in blk.state_dict()
     with torch.device("meta"):  # built on the construction device, never cached there
-        meta = V.TMSA(8, 2, (2, 4, 4), (1, 2, 2), True, 2.0, True, 0.0, False, False)
+        meta = tmsa.TMSA(8, 2, (2, 4, 4), (1, 2, 2), True, 2.0, True, 0.0, False, False)
     assert meta.shift_masks.is_meta and meta.attn.rel_index.is_meta
-    assert not V._rel_index((2, 4, 4), (2, 4, 4), "cpu").is_meta
+    assert not A._rel_index((2, 4, 4), (2, 4, 4), "cpu").is_meta
 
 
 # ------------------------------------------------------------------ #8 alignment checkpointing
@@ -221,19 +221,25 @@ def test_spynet_scales_flows_without_a_tensor_from_a_list(monkeypatch) -> None:
 
 
 def test_checkpoints_do_not_stash_rng_state(monkeypatch) -> None:
-    seen: list[dict[str, object]] = []
-    real = V.checkpoint
+    seen: list[tuple[str, dict[str, object]]] = []
 
-    def spy(fn, *args, **kw):
-        seen.append(kw)
-        return real(fn, *args, **kw)
+    def spying(mod):
+        real = mod.checkpoint
 
-    monkeypatch.setattr(V, "checkpoint", spy)
+        def spy(fn, *args, **kw):
+            seen.append((mod.__name__, kw))
+            return real(fn, *args, **kw)
+
+        return spy
+
+    for mod in (tmsa, vrt):  # the TMSA paths' checkpoints, and the alignment's
+        monkeypatch.setattr(mod, "checkpoint", spying(mod))
     cfg = _tiny(USE_CHECKPOINT_ALIGN=True, USE_CHECKPOINT_ATTN=True, USE_CHECKPOINT_FFN=True)
     model = build_model(cfg)
     rgb, spikes = example_inputs(cfg, 1, 2, 16, 16)
     model(rgb, spikes).mean().backward()
-    assert seen and all(kw == {"use_reentrant": False, "preserve_rng_state": False} for kw in seen)
+    assert {name for name, _ in seen} == {tmsa.__name__, vrt.__name__}
+    assert all(kw == {"use_reentrant": False, "preserve_rng_state": False} for _, kw in seen)
 
 
 # ------------------------------------------------------------------ regional compile
@@ -242,7 +248,7 @@ def test_checkpoints_do_not_stash_rng_state(monkeypatch) -> None:
 def test_regional_compile_runs_and_matches() -> None:
     torch._dynamo.reset()
     torch.manual_seed(0)
-    blk = V.TMSA(8, 2, (2, 4, 4), (1, 2, 2), True, 2.0, True, 0.0, True, True)
+    blk = tmsa.TMSA(8, 2, (2, 4, 4), (1, 2, 2), True, 2.0, True, 0.0, True, True)
     ref_blk = copy.deepcopy(blk)
     compile_regions(blk, backend="aot_eager", dynamic=False)
     assert blk._attn_compiled is not None and blk._ffn_compiled is not None
@@ -261,7 +267,7 @@ def test_compile_config_key_builds_a_compiled_model_with_timing_outside() -> Non
     cfg = _tiny()
     cfg.COMPILE, cfg.COMPILE_BACKEND = True, "eager"
     model = build_model(cfg)
-    blocks = [m for m in model.modules() if isinstance(m, V.TMSA)]
+    blocks = [m for m in model.modules() if isinstance(m, tmsa.TMSA)]
     assert blocks and all(
         b._attn_compiled is not None and b._ffn_compiled is not None for b in blocks
     )

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from trainer.models import ModelConfig, build_model
+from trainer.models.attention import WindowAttention
 from trainer.models.ops import DropPath, flow_warp, sine_position_encoding
 from trainer.models.presets import FULL, TINY, load_model_config
 from trainer.models.spynet import SpyNet
-from trainer.models.vrt import AlignStage, WindowAttention
+from trainer.models.vrt import AlignStage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

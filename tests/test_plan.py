@@ -99,19 +99,19 @@ def test_sdpa_kernel_choice_cpu() -> None:
 def test_cuda_only_head_padding_applies_in_the_gpu_simulation(monkeypatch) -> None:
     """The model pads head sizes no fused kernel takes only for CUDA tensors (q.is_cuda):
     simulating a GPU on meta tensors must take that path too, a CPU plan must not."""
-    from trainer.models import vrt
+    from trainer.models import attention
     from trainer.plan.simulation import _as_on_cuda
 
-    orig = lambda q: q.is_cuda  # noqa: E731 - stands in for vrt._pad_heads
-    monkeypatch.setattr(vrt, "_pad_heads", orig, raising=False)
+    orig = lambda q: q.is_cuda  # noqa: E731 - stands in for attention._pad_heads
+    monkeypatch.setattr(attention, "_pad_heads", orig, raising=False)
     q20 = torch.empty(2, 1, 4, 20, device="meta", dtype=BF16)
     with _as_on_cuda("cuda"):
-        assert vrt._pad_heads(q20)
-        assert not vrt._pad_heads(torch.empty(2, 1, 4, 24, device="meta", dtype=BF16))
-        assert not vrt._pad_heads(torch.empty(2, 1, 4, 20, device="meta"))  # fp32: no
-    assert vrt._pad_heads is orig
+        assert attention._pad_heads(q20)
+        assert not attention._pad_heads(torch.empty(2, 1, 4, 24, device="meta", dtype=BF16))
+        assert not attention._pad_heads(torch.empty(2, 1, 4, 20, device="meta"))  # fp32: no
+    assert attention._pad_heads is orig
     with _as_on_cuda("cpu"):
-        assert vrt._pad_heads is orig
+        assert attention._pad_heads is orig
 
 
 # ------------------------------------------------------------------ FLOPs
@@ -381,6 +381,8 @@ def test_full_size_flops_survive_the_record_format(tmp_path) -> None:
 
 def test_bench_predicts_and_skips_rows_that_do_not_fit(tmp_path, monkeypatch) -> None:
     from trainer import bench
+    from trainer.bench_report import fmt_bytes, markdown
+    from trainer.bench_results import FAILED, SKIPPED
 
     torch.set_num_threads(1)
     ran: list[list[str]] = []
@@ -397,10 +399,10 @@ def test_bench_predicts_and_skips_rows_that_do_not_fit(tmp_path, monkeypatch) ->
         TINY, [()], log_dir=str(tmp_path / "logs"), command=command, extra=sets, echo=lambda s: None
     )
     r = rep.results[0]
-    assert not ran and r.status == bench.SKIPPED and r.mem_predicted > 1000
+    assert not ran and r.status == SKIPPED and r.mem_predicted > 1000
     assert r.outcome.startswith("not run: predicted peak") and "--force" in r.outcome
-    md = bench.markdown(rep)
-    assert bench.fmt_bytes(r.mem_predicted) in md and "not run" in md
+    md = markdown(rep)
+    assert fmt_bytes(r.mem_predicted) in md and "not run" in md
     rep = bench.run_bench(
         TINY,
         [()],
@@ -410,7 +412,7 @@ def test_bench_predicts_and_skips_rows_that_do_not_fit(tmp_path, monkeypatch) ->
         echo=lambda s: None,
         force=True,
     )
-    assert len(ran) == 1 and rep.results[0].status == bench.FAILED
+    assert len(ran) == 1 and rep.results[0].status == FAILED
     monkeypatch.setattr(bench, "_device_and_capacity", lambda cfg: ("cpu", 10**15))
     rep = bench.run_bench(
         TINY, [()], log_dir=str(tmp_path / "logs"), command=command, extra=sets, echo=lambda s: None

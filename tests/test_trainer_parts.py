@@ -212,7 +212,7 @@ def test_stale_checkpoint_temp_files_are_removed_at_the_next_save(tmp_path):
 
 def test_a_batch_larger_than_the_clips_names_batch_size():
     from stagewatch.errors import ConfigError
-    from trainer.train import plan_steps
+    from trainer.train_setup import plan_steps
 
     cfg = from_raw({"TRAIN": {"BATCH_SIZE": 100000}}, "c.yaml")
     with pytest.raises(ConfigError) as ei:
@@ -277,7 +277,7 @@ def test_import_bnb_failure_keeps_its_diagnostics(monkeypatch):
 
 
 def test_tf32_key_sets_the_cuda_backends_only_on_cuda(monkeypatch):
-    from trainer.train import apply_tf32
+    from trainer.train_setup import apply_tf32
 
     assert TrainConfig().TF32 is True
     assert from_raw({"TRAIN": {"TF32": False}}).TRAIN.TF32 is False

@@ -7,7 +7,7 @@ import os
 import pytest
 from _trainer_helpers import MICRO, TINY, records
 
-from trainer import train as train_mod
+from trainer import train_step as step_mod
 from trainer.checkpoint import list_checkpoints
 from trainer.config import load_config
 from trainer.train import train
@@ -83,7 +83,7 @@ def test_resume_restores_exact_state(tmp_path):
 
 def test_failed_run_ends_with_error_record(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = train_mod.compute_loss
+    real = step_mod.compute_loss
 
     def boom(ctx, out, sharp):
         calls["n"] += 1
@@ -91,7 +91,7 @@ def test_failed_run_ends_with_error_record(tmp_path, monkeypatch):
             raise RuntimeError("synthetic failure in the loss")
         return real(ctx, out, sharp)
 
-    monkeypatch.setattr(train_mod, "compute_loss", boom)
+    monkeypatch.setattr(step_mod, "compute_loss", boom)
     cfg = load_config(TINY, [*MICRO, "TRAIN.MAX_STEPS=4"])
     with pytest.raises(RuntimeError, match="synthetic failure"):
         train(cfg, log_dir=str(tmp_path))

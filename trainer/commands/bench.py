@@ -99,15 +99,9 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from trainer.bench import (
-        combinations,
-        markdown,
-        parse_case,
-        parse_sweep,
-        report_dict,
-        run_bench,
-        write_outputs,
-    )
+    from trainer.bench import run_bench
+    from trainer.bench_report import markdown, report_dict, write_outputs
+    from trainer.bench_sweeps import combinations, parse_case, parse_sweep
 
     if not os.path.isfile(args.cfg):
         raise UsageError(f"--cfg: config file not found: {args.cfg}")

@@ -58,7 +58,7 @@ def compile_regions(model: nn.Module, **kwargs: Any) -> int:
     paths; timing regions, hooks and checkpoints stay outside. Returns the block count."""
     import torch._dynamo
 
-    from trainer.models.vrt import TMSA
+    from trainer.models.tmsa import TMSA
 
     blocks = [m for m in model.modules() if isinstance(m, TMSA)]
     # all blocks share two code objects; each distinct (shape, window, shift, mutual) is one

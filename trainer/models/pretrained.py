@@ -310,7 +310,7 @@ def _check_layout(m: nn.Module) -> None:
 def export_official(model: nn.Module) -> dict[str, Tensor]:
     """The VRT part of ``model`` as an official-layout state dict (CPU tensors), with the
     buffers the reference stores, so that its ``load_state_dict`` accepts it strictly."""
-    from trainer.models.vrt import _rel_index
+    from trainer.models.attention import _rel_index
 
     m = _unwrap_model(model)
     _check_layout(m)

@@ -136,10 +136,10 @@ def simulate(
 def _clear_device_caches() -> None:
     """Forget the model's per-device cached masks and indices, so that each simulation
     counts them (on a GPU they are made at the first step and then stay)."""
-    from trainer.models import vrt
+    from trainer.models import attention
 
-    for name in dir(vrt):
-        fn = getattr(vrt, name)
+    for name in dir(attention):
+        fn = getattr(attention, name)
         if callable(getattr(fn, "cache_clear", None)) and name != "_shift_mask":
             fn.cache_clear()  # _shift_mask: the CPU-side dense mask, not a device tensor
 
@@ -271,11 +271,11 @@ def _forward_region_hooks(mod: nn.Module, region: str, regions: Regions) -> list
 @contextlib.contextmanager
 def _as_on_cuda(device: str) -> Iterator[None]:
     """Let the model take its CUDA-only code paths on meta tensors when simulating a GPU:
-    today the zero-padding of head sizes that no fused kernel takes (``vrt._pad_heads``,
+    today the zero-padding of head sizes that no fused kernel takes (``attention._pad_heads``,
     which asks ``q.is_cuda``)."""
-    from trainer.models import vrt
+    from trainer.models import attention
 
-    orig = getattr(vrt, "_pad_heads", None)
+    orig = getattr(attention, "_pad_heads", None)
     if device != "cuda" or orig is None:
         yield
         return
@@ -283,17 +283,17 @@ def _as_on_cuda(device: str) -> Iterator[None]:
     def pad_heads(q: Tensor) -> bool:
         if not q.is_meta:
             return orig(q)
-        align = getattr(vrt, "_HEAD_ALIGN", 8)
-        forced = getattr(vrt, "PAD_HEADS", None)
+        align = getattr(attention, "_HEAD_ALIGN", 8)
+        forced = getattr(attention, "PAD_HEADS", None)
         if q.shape[-1] % align == 0:
             return False
         return forced if forced is not None else q.dtype in HALF
 
-    vrt._pad_heads = pad_heads
+    attention._pad_heads = pad_heads
     try:
         yield
     finally:
-        vrt._pad_heads = orig
+        attention._pad_heads = orig
 
 
 def _forward_backward(
