@@ -26,7 +26,7 @@ from tui.model.units import ms as _ms
 T = TypeVar("T")
 
 #: the regions in which a rank waits rather than computes (the trainer's names, see
-#: trainer/train.py and trainer/distributed.py): exposed gradient all-reduce and data loading
+#: trainer/train_step.py and trainer/distributed.py): exposed gradient all-reduce and data loading
 WAIT_REGIONS = ("allreduce", "data")
 
 
