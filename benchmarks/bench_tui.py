@@ -123,7 +123,7 @@ t_launch = float(sys.argv[2])
 from tui.source import index
 index.set_enabled(sys.argv[3] == "index")
 from tui.view.app import MonitorApp
-from tui.source.reader import check_run
+from tui.source.check import check_run
 from tui.source.replay import ReplaySource
 
 class Probe(MonitorApp):

@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stagewatch.records import RunEnd, RunError, Step, encode
-from tui.source.reader import RootReader, RunSource, TailFile
+from tui.source.reader import RunSource
+from tui.source.root import RootReader
+from tui.source.tail import TailFile
 from tui.testing import start_line, step_records, write_run
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from tui.model.aggregate import DEFAULT_WINDOW
 from tui.model.snapshot import WorldSnapshot
-from tui.source.reader import RootReader
+from tui.source.root import RootReader
 
 Post = Callable[[WorldSnapshot], None]
 MAX_POSTS_PER_S = 8.0  # snapshots (so redraws) a second at most, at the source

@@ -29,8 +29,9 @@ from stagewatch.runs import last_step_in
 from tui.model.aggregate import DEFAULT_WINDOW, RunAgg
 from tui.model.snapshot import WorldSnapshot
 from tui.source.decode import StepRow
+from tui.source.feed import Feed
 from tui.source.live import Post
-from tui.source.reader import Feed, RunSource
+from tui.source.reader import RunSource
 
 MAX_CHECKPOINTS = 64
 BEHIND_MIN_BYTES = 32 * 2**20  # a run at least this big, without an index, is read behind
