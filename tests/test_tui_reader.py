@@ -323,3 +323,16 @@ def test_decoder_takes_the_timing_cores_lines() -> None:
         row = parse_line(line)
         ref = decode(line)
         assert row is not None and row.regions == ref.regions and row.step == ref.step
+
+
+def test_a_file_named_by_its_rank_alone_takes_its_folders_run_id(tmp_path: Path) -> None:
+    run = tmp_path / "20261126-100000-a-0001"
+    run.mkdir()
+    for name, run_id in [
+        ("rank3.jsonl", run.name),
+        ("timing_rank12.log", run.name),
+        ("timing_fold2.log", "timing_fold2"),
+        ("other.jsonl", "other"),
+    ]:
+        (run / name).write_text("")
+        assert RunSource(run / name, use_index=False).run_id == run_id

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from stagewatch.records import rank_of_file
+from stagewatch.records import rank_of_file, text_log_name
 from stagewatch.runs import is_rank_file, rank_files, text_log_rank, text_logs
 from tui.model.aggregate import DEFAULT_WINDOW, RunAgg
 from tui.model.snapshot import FAILED, FINISHED, INTERRUPTED, FileInfo, RunItem, RunSnapshot
@@ -50,7 +49,8 @@ class RunSource:
         self.single = p.is_file()
         self.path = p
         self.dir = p.parent if self.single else p
-        generic = is_rank_file(p.name) or re.fullmatch(r"timing_rank\d+\.log", p.name)
+        # a file named by its rank alone takes the run id of its folder
+        generic = is_rank_file(p.name) or p.name == text_log_name(text_log_rank(p.name))
         self.run_id = self.dir.name if not self.single or generic else p.stem
         self.window = window
         self.stale_after = stale_after
