@@ -20,7 +20,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tui.source.feed
 from stagewatch.records import Region, Step, encode
 from tui.source import decode
 from tui.source.reader import RunSource
@@ -203,7 +202,7 @@ def _mutate(line: str, rng: random.Random) -> str:
 def _read(run: Path, monkeypatch: pytest.MonkeyPatch, fast: bool):  # type: ignore[no-untyped-def]
     with monkeypatch.context() as m:
         if not fast:
-            m.setattr(tui.source.feed, "scan_regions", None)
+            m.setattr(decode, "scan_regions", None)
         src = RunSource(run, window=16, use_index=False).load(parallel=False)
         feeds = sorted(
             (f.tail.path, f.lines, f.malformed, f.skipped, f.duplicates, f.last_error)

@@ -4,26 +4,21 @@ records folded into the run's aggregate in file order."""
 from __future__ import annotations
 
 import math
+from itertools import islice
+from operator import lt
 from typing import Any
 
-from stagewatch.records import RecordError
 from tui.model.aggregate import RunAgg
 from tui.model.snapshot import FileInfo
 from tui.source.decode import (
-    LIMITS,
     MAX_LINE,
-    OK_VERSIONS,
+    Batch,
+    Schema,
     StepBlock,
-    StepMsg,
-    StepRawMsg,
     StepRow,
-    convert,
-    decode,
-    decode_raw,
-    parse_line,
+    decode_batch,
+    fast_path,
     row_from_step,
-    scan_regions,
-    schema_of,
 )
 from tui.source.tail import TailFile
 from tui.source.textlog import TextLogParser
@@ -35,9 +30,6 @@ from tui.source.textlog import TextLogParser
 FOLD_LINES = 512
 _FOLD_LINES_PURE = 128  # the same, the fast path off (tests switch it per reader)
 MAX_CUTS = 4096  # resumed segments remembered per file
-_new_tuple = tuple.__new__
-_MAX_MS = float(LIMITS.MAX_MS)
-_MAX_CALLS = int(LIMITS.MAX_CALLS)
 
 
 def _suffix_min(xs: list[int]) -> list[float]:
@@ -72,9 +64,9 @@ class Feed:
         self.cuts: list[tuple[int, int]] = []  # (line number, first step) of later segments
         self.resegment = False
         self.duplicates = 0  # step records dropped for a later segment's
-        # (names as raw bytes, names) of the last step decoded in full: the C fast path
-        # checks the next lines against it
-        self._schema: tuple[tuple[bytes, ...], tuple[str, ...]] | None = None
+        # the region names of the last step decoded in full: the C fast path checks the
+        # next lines against it
+        self._schema: Schema | None = None
         self._rewind()
 
     def _rewind(self) -> None:
@@ -145,142 +137,73 @@ class Feed:
         ``blocks``: steps whose regions the C fast path took come as StepBlocks
         (the bulk path of :meth:`process`); otherwise every step is a StepRow.
         """
-        out: list[Any] = []
-        append = out.append
-        n = self.lines
-        text = self.text
-        # the usual case inline: no known cut and step numbers increasing (else _step_kept)
+        if self.text is not None:
+            return self._parse_text(lines)
+        b = decode_batch(lines, self.lines, self._schema, blocks)
+        self.lines = b.lines
+        self._schema = b.schema
+        if b.malformed:
+            self.malformed += b.malformed
+            self.last_error = b.last_error
+        self.skipped += b.skipped
+        steps = b.steps
+        if not steps:
+            return b.items
         prev = self._prev_step
-        plain = not self.cuts
-        fast = blocks and text is None and scan_regions is not None
-        dec = decode_raw if fast else decode
-        # the block steps are added to (out[-1] while open), its keys, arrays and messages
-        block: StepBlock | None = None
-        bkeys: Any = None
-        bms = bcalls = None
-        bmsgs: list[Any] = []
-        cap = len(lines)
-        sch = self._schema
-        scan, raw_type, ok_versions = scan_regions, StepRawMsg, OK_VERSIONS
-        try:
-            for line in lines:
-                if not line or line.isspace():
-                    continue
-                n += 1
-                if text is not None:
-                    self.lines = n
-                    try:
-                        s = text.feed(line.decode("utf-8").rstrip("\r"))
-                    except UnicodeDecodeError:
-                        text.malformed += 1
-                        text.last_error = f"line {n}: not UTF-8"
-                        continue
-                    if s is not None:
-                        self._prev_step = prev
-                        if self._step_kept(s.step, n):
-                            append(row_from_step(s))
-                        prev = self._prev_step
-                    continue
-                # the usual line inline (a step of a known version); anything else, or any
-                # error, goes through parse_line for its reason
-                m = None
-                if len(line) <= MAX_LINE:
-                    try:
-                        m = dec(line)
-                    except Exception:
-                        m = None
-                raw = None
-                if fast and type(m) is raw_type:
-                    raw = m.regions
-                    if sch is not None and m.version in ok_versions:
-                        if block is not None and bkeys is sch[0]:
-                            opened = None
-                            ok = scan(raw, bkeys, bms, bcalls, len(bmsgs), _MAX_MS, _MAX_CALLS)
-                        else:
-                            opened = StepBlock(sch[1], sch[0], cap)
-                            ok = scan(raw, sch[0], opened.ms, opened.calls, 0, _MAX_MS, _MAX_CALLS)
-                        if ok:
-                            st = m.step
-                            if plain and (prev is None or st > prev):
-                                prev = st
-                            else:
-                                self._prev_step = prev
-                                kept = self._step_kept(st, n)
-                                prev = self._prev_step
-                                plain = not self.cuts
-                                if not kept:
-                                    continue
-                            if opened is not None:
-                                append(opened)
-                                block, bkeys, bms, bcalls, bmsgs = (
-                                    opened,
-                                    opened.bkeys,
-                                    opened.ms,
-                                    opened.calls,
-                                    opened.msgs,
-                                )
-                            bmsgs.append(m)
-                            continue
-                    m = None  # a new schema, or values the fast path left to the typed decoder
-                elif type(m) is StepMsg and m.version in OK_VERSIONS:
-                    r = m.regions
-                    st = m.step
-                    row = _new_tuple(
-                        StepRow,
-                        (
-                            st,
-                            m.time,
-                            m.wall_ms,
-                            m.samples,
-                            m.epoch,
-                            tuple(r),
-                            r,
-                            m.memory,
-                            m.scalars,
-                        ),
-                    )
-                    block = None
-                    if plain and (prev is None or st > prev):
-                        prev = st
-                        append(row)
-                        continue
-                    self._prev_step = prev
-                    if self._step_kept(st, n):
-                        append(row)
-                    prev = self._prev_step
-                    plain = not self.cuts
-                    continue
-                try:
-                    rec = parse_line(line) if m is None else convert(m)
-                except RecordError as e:
-                    self.malformed += 1
-                    self.last_error = f"line {n}: {e}"[:200]
-                    continue
-                except Exception as e:  # never let one line stop the monitor
-                    self.malformed += 1
-                    self.last_error = f"line {n}: {type(e).__name__}: {e}"[:200]
-                    continue
-                block = None
-                if rec is None:
-                    self.skipped += 1
-                elif type(rec) is StepRow:
-                    if raw is not None:  # the next lines of this schema take the fast path
-                        sch = self._schema = schema_of(raw, rec) or sch
-                    st = rec.step
-                    if plain and (prev is None or st > prev):
-                        prev = st
-                        append(rec)
-                        continue
-                    self._prev_step = prev
-                    if self._step_kept(st, n):
-                        append(rec)
-                    prev = self._prev_step
-                    plain = not self.cuts
-                else:
-                    append(rec)
-        finally:
+        # the usual batch: no known cut, step numbers increasing (no _step_kept per step)
+        if (
+            not self.cuts
+            and (prev is None or steps[0] > prev)
+            and all(map(lt, steps, islice(steps, 1, None)))
+        ):
+            self._prev_step = steps[-1]
+            return b.items
+        return self._drop_repeats(b)
+
+    def _drop_repeats(self, b: Batch) -> list[Any]:
+        """The batch's items without the steps a later segment supersedes."""
+        keep = [self._step_kept(s, n) for s, n in zip(b.steps, b.line_nos, strict=True)]
+        if all(keep):
+            return b.items
+        out: list[Any] = []
+        i = 0
+        for it in b.items:
+            t = type(it)
+            if t is StepRow:
+                if keep[i]:
+                    out.append(it)
+                i += 1
+            elif t is StepBlock:
+                k = len(it.msgs)
+                mask = keep[i : i + k]
+                i += k
+                if not all(mask):
+                    it.keep_rows(mask)
+                if it.msgs:
+                    out.append(it)
+            else:
+                out.append(it)
+        return out
+
+    def _parse_text(self, lines: list[bytes]) -> list[Any]:
+        """A classic text log's lines -> StepRows of the blocks they complete."""
+        text = self.text
+        assert text is not None
+        out: list[Any] = []
+        n = self.lines
+        for line in lines:
+            if not line or line.isspace():
+                continue
+            n += 1
             self.lines = n
-            self._prev_step = prev
+            try:
+                s = text.feed(line.decode("utf-8").rstrip("\r"))
+            except UnicodeDecodeError:
+                text.malformed += 1
+                text.last_error = f"line {n}: not UTF-8"
+                continue
+            if s is not None and self._step_kept(s.step, n):
+                out.append(row_from_step(s))
         return out
 
     def fold(self, items: list[Any], agg: RunAgg) -> None:
@@ -304,7 +227,7 @@ class Feed:
 
     def process(self, lines: list[bytes], agg: RunAgg) -> None:
         """Parse lines and fold them into ``agg`` in file order."""
-        k = FOLD_LINES if scan_regions is not None else _FOLD_LINES_PURE
+        k = FOLD_LINES if fast_path() else _FOLD_LINES_PURE
         if len(lines) <= k:
             self.fold(self.parse(lines, blocks=True), agg)
             return
