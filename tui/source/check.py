@@ -31,8 +31,8 @@ def check_run(path: str | os.PathLike[str]) -> None:
             lines, _, more = tail.read()
         if not more and tail.partial:
             lines.append(tail.partial)  # a file without its last newline: judge what is there
-        if tail.state != FILE_OK:
-            if tail.state in (FILE_LOOP, FILE_UNREADABLE) and len(files) == 1:
+        if tail.status != FILE_OK:
+            if tail.status in (FILE_LOOP, FILE_UNREADABLE) and len(files) == 1:
                 raise UsageError(f"cannot read {f}: {tail.problem}")
             errors.append(f"{f.name}: {tail.problem}")
             continue

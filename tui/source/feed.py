@@ -8,6 +8,8 @@ from itertools import islice
 from operator import lt
 from typing import Any
 
+import msgspec
+
 from tui.model.aggregate import RunAgg
 from tui.model.snapshot import FileInfo
 from tui.source.decode import (
@@ -20,7 +22,7 @@ from tui.source.decode import (
     fast_path,
     row_from_step,
 )
-from tui.source.tail import TailFile
+from tui.source.tail import TailFile, TailState
 from tui.source.textlog import TextLogParser
 
 # lines parsed, then folded in, at a time. With the C fast path a line decodes to a few
@@ -39,6 +41,19 @@ def _suffix_min(xs: list[int]) -> list[float]:
         m = min(m, xs[i])
         out[i] = m
     return out
+
+
+class FeedState(msgspec.Struct, frozen=True):
+    """A JSONL feed's counters, resume cuts and file position (the run index saves it)."""
+
+    lines: int
+    malformed: int
+    skipped: int
+    last_error: str
+    duplicates: int
+    prev_step: int | None
+    cuts: list[tuple[int, int]]
+    tail: TailState
 
 
 class Feed:
@@ -90,6 +105,29 @@ class Feed:
         if self.text is not None:
             self.text.reset()
 
+    def state(self) -> FeedState:
+        """Counters, cuts and position of a JSONL feed (a text log's parser is not kept)."""
+        return FeedState(
+            lines=self.lines,
+            malformed=self.malformed,
+            skipped=self.skipped,
+            last_error=self.last_error,
+            duplicates=self.duplicates,
+            prev_step=self._prev_step,
+            cuts=list(self.cuts),
+            tail=self.tail.state(),
+        )
+
+    def restore(self, state: FeedState, ident: tuple[int, int]) -> None:
+        """Go on from ``state``; ``ident``: the file's (device, inode) now."""
+        self.reset()
+        self.lines, self.malformed, self.skipped = state.lines, state.malformed, state.skipped
+        self.last_error, self.duplicates = state.last_error, state.duplicates
+        self.cuts = [(int(a), int(b)) for a, b in state.cuts]
+        self.restore_cuts()
+        self._prev_step = state.prev_step
+        self.tail.restore(state.tail, ident)
+
     def info(self) -> FileInfo:
         malformed = self.malformed + self.tail.overlong
         if self.text is not None:
@@ -109,7 +147,7 @@ class Feed:
             self.skipped,
             last,
             self.kind,
-            state=self.tail.state,
+            state=self.tail.status,
             problem=self.tail.problem,
             duplicates=self.duplicates,
         )

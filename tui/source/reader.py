@@ -52,6 +52,7 @@ class RunSource:
         # a file named by its rank alone takes the run id of its folder
         generic = is_rank_file(p.name) or p.name == text_log_name(text_log_rank(p.name))
         self.run_id = self.dir.name if not self.single or generic else p.stem
+        self.index_path = index.index_path(self.dir, p.name if self.single else None)
         self.window = window
         self.stale_after = stale_after
         self.clock = clock
@@ -128,8 +129,9 @@ class RunSource:
             if was_enabled:
                 gc.enable()
 
-    def _try_index(self) -> bool:
-        """Start from the run's saved index, once, before anything is read."""
+    def open_index(self) -> bool:
+        """Start from the run's saved index, once, before anything is read. True when the
+        state was restored from it."""
         if self._index_tried:
             return False
         self._index_tried = True
@@ -141,7 +143,11 @@ class RunSource:
             or any(f.lines or f.tail.offset for f in self.feeds.values())
         ):
             return False
-        if index.load(self):
+        agg = index.load(
+            self.index_path, self.run_id, str(self.dir), self.window, list(self.feeds.values())
+        )
+        if agg is not None:
+            self.agg = agg
             self.from_index = True
             self._index_key = self._offsets()
             newest = max((f.tail.mtime for f in self.feeds.values()), default=0.0)
@@ -163,13 +169,15 @@ class RunSource:
             return False
         if not force and self.state() not in ENDED and self.idle_s() < index.IDLE_S:
             return False
-        ok = index.save(self)
+        ok = index.save(
+            self.index_path, self.run_id, self.window, list(self.feeds.values()), self.agg
+        )
         self._index_key = key  # tried: not again until more is read
         return ok
 
     def _poll(self, budget_s: float | None) -> bool:
         t0 = time.perf_counter()
-        changed = self._try_index()
+        changed = self.open_index()
         changed |= self.discover()
         if self._rebuild_needed:
             self._rebuild()
@@ -178,9 +186,9 @@ class RunSource:
             more_any = False
             batches = []
             for f in list(self.feeds.values()):
-                before = f.tail.state
+                before = f.tail.status
                 lines, reset, more = f.tail.read()
-                if f.tail.state != before:
+                if f.tail.status != before:
                     changed = True
                 if reset:
                     self._rebuild(fresh=f)  # derived from this file: start the whole run again
@@ -218,7 +226,7 @@ class RunSource:
         A big run of several JSONL ranks, not read before, is read by up to one process per
         core plus one (``parallel``: None decides by size, True/False forces it).
         """
-        self._try_index()
+        self.open_index()
         if parallel is None:
             self.discover()
             parallel = bulk.parallel_worth(list(self.feeds.values()))

@@ -167,7 +167,7 @@ class ReplaySource:
         if not (index.enabled() if self.use_index is None else self.use_index):
             return
         side = RunSource(self.path, window=self.window, stale_after=math.inf, use_index=True)
-        if index.load(side):
+        if side.open_index():
             self.known_end = side.agg.last_step or None
             self._cuts = {f.tail.path: list(f.cuts) for f in side.feeds.values() if f.cuts}
 

@@ -2,7 +2,7 @@
 
 A file that shrinks, is replaced (new inode) or whose first bytes change is read again from
 the start (the caller rebuilds what it derived from it). Only regular files are opened; a
-missing, unreadable or odd file is reported in :attr:`TailFile.state`, never raised.
+missing, unreadable or odd file is reported in :attr:`TailFile.status`, never raised.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+
+import msgspec
 
 from stagewatch.records import MAX_LINE_BYTES as MAX_LINE
 
@@ -22,6 +24,18 @@ FILE_MISSING = "missing"
 FILE_UNREADABLE = "unreadable"
 FILE_NOT_REGULAR = "not-regular"
 FILE_LOOP = "symlink-loop"
+
+
+class TailState(msgspec.Struct, frozen=True):
+    """Where a :class:`TailFile` stands (the run index saves it)."""
+
+    offset: int
+    partial: bytes
+    skipping: bool
+    head: bytes
+    overlong: int
+    size: int
+    mtime: float
 
 
 class TailFile:
@@ -38,7 +52,7 @@ class TailFile:
         self.size = 0
         self.overlong = 0  # lines dropped for being longer than MAX_LINE
         self.mtime = 0.0
-        self.state = FILE_OK  # or missing / unreadable / not a regular file / symlink loop
+        self.status = FILE_OK  # or missing / unreadable / not a regular file / symlink loop
         self.problem = ""  # one line saying what is wrong with the file, "" when fine
 
     def reset(self) -> None:
@@ -50,15 +64,36 @@ class TailFile:
         self.size = 0
         self.overlong = 0
 
-    def _trouble(self, state: str, problem: str) -> tuple[list[bytes], bool, bool]:
-        self.state, self.problem = state, problem
+    def state(self) -> TailState:
+        """Position, partial line and counters, to :meth:`restore` later."""
+        return TailState(
+            self.offset,
+            self.partial,
+            self.skipping,
+            self.head,
+            self.overlong,
+            self.size,
+            self.mtime,
+        )
+
+    def restore(self, state: TailState, ident: tuple[int, int]) -> None:
+        """Go on from ``state``, the file being ``ident`` (device, inode) now: a file
+        replaced after this is noticed by the next :meth:`read`."""
+        self.reset()
+        self.ident = ident
+        self.offset, self.partial, self.skipping = state.offset, state.partial, state.skipping
+        self.head, self.overlong = state.head, state.overlong
+        self.size, self.mtime = state.size, state.mtime
+
+    def _trouble(self, status: str, problem: str) -> tuple[list[bytes], bool, bool]:
+        self.status, self.problem = status, problem
         return [], False, False  # keep what was read: the screen flags the file instead
 
     def read(self) -> tuple[list[bytes], bool, bool]:
         """(complete new lines, reset happened, more data waiting).
 
         Only regular files are opened (stat first, then a non-blocking open checked again):
-        a FIFO or a folder under a rank file's name is reported in :attr:`state`, never read.
+        a FIFO or a folder under a rank file's name is reported in :attr:`status`, never read.
         """
         try:
             st = os.stat(self.path)
@@ -76,7 +111,7 @@ class TailFile:
                 return self._trouble(
                     FILE_NOT_REGULAR, f"not a regular file ({_file_type(st.st_mode)})"
                 )
-            self.state, self.problem = FILE_OK, ""
+            self.status, self.problem = FILE_OK, ""
             ident = (st.st_dev, st.st_ino)
             reset = False
             if self.ident is not None and (
@@ -116,7 +151,7 @@ class TailFile:
 
 
 def _os_trouble(e: OSError) -> tuple[str, str]:
-    """(file state, one-line reason) of an error opening or reading a file."""
+    """(file status, one-line reason) of an error opening or reading a file."""
     if e.errno == errno.ENOENT:
         return FILE_MISSING, "removed (figures are from what was read before)"
     if e.errno == errno.ELOOP:
