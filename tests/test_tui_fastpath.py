@@ -27,7 +27,8 @@ from tui.testing import write_run
 
 pytestmark = pytest.mark.skipif(
     decode.scan_regions is None and not os.environ.get("CI"),
-    reason="tui.source._regions not built (no C compiler at install): the reader runs its pure-Python path",
+    reason="tui.source._regions not built (no C compiler at install): "
+    "the reader runs its pure-Python path",
 )
 
 _typed = msgspec.json.Decoder(dict[str, Region]).decode

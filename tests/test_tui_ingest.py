@@ -1,4 +1,5 @@
-"""Whole-run ingestion (processes, batches, mixed rows), the tree repaint per snapshot, replay wake-ups."""
+"""Whole-run ingestion (processes, batches, mixed rows), the tree repaint per snapshot, replay
+wake-ups."""
 
 from __future__ import annotations
 

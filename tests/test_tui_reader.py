@@ -257,7 +257,7 @@ def test_malformed_corpus_never_crashes_and_is_counted(tmp_path_factory, corpus)
     assert snap.malformed == bad
 
 
-# --------------------------------------------------------------------------- typed decoder = reference checks
+# ------------------------------------------------------------ typed decoder = reference checks
 
 _value = st.one_of(
     st.floats(min_value=0, max_value=1e13, allow_nan=False),
