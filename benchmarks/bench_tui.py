@@ -127,7 +127,7 @@ t_launch = float(sys.argv[2])
 from tui.source import index
 index.set_enabled(sys.argv[3] == "index")
 from tui.view.app import MonitorApp
-from tui.source.reader import check_run
+from tui.source.check import check_run
 from tui.source.replay import ReplaySource
 
 class Probe(MonitorApp):
@@ -534,10 +534,10 @@ of this script with the machine's load.
 reader thread {lat["reader_pct"]:.1f}%, other threads (file watching) \
 {lat["cpu_pct"] - lat["reader_pct"] - lat.get("screen_pct", math.nan):.1f}%. Between panel
 redraws the reader builds light snapshots (the header's fields, each as the full snapshot
-has it, without the per-region merge: ~1.4 ms instead of ~3.8 ms); file events come from one
-inotify thread asking only for writes, creations, removals and renames (watchdog's three
-threads also carried the opens and closes of the reader's own reads: ~1.9% of a core); the
-start-up's objects are frozen out of the cyclic collector. A panel redraw costs ~25 ms of the
+has it, without the per-region merge: ~1.4 ms instead of ~3.8 ms); file events come from
+watchdog's observer asking only for writes, creations, removals and renames (without that
+filter its threads also carried the opens and closes of the reader's own reads: ~1.9% of a
+core); the start-up's objects are frozen out of the cyclic collector. A panel redraw costs ~25 ms of the
 screen thread (Textual composing ~40 changed lines, the tree ~14 ms of it), hence once a
 second; the header's ~8 redraws a second ~3 points in all (~2 ms of each Textual composing
 the frame). The latency target needs a snapshot every ~125 ms. Headless: in a terminal,

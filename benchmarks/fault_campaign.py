@@ -48,7 +48,8 @@ from stagewatch.timing import TimingLogger, TimingWarning, set_global_timing_log
 from stagewatch.timing.jsonl import LineFile  # noqa: E402
 from tui.model.snapshot import FINISHED  # noqa: E402
 from tui.report.summary import open_run, summary_dict, summary_text  # noqa: E402
-from tui.source.reader import RootReader, RunSource  # noqa: E402
+from tui.source.reader import RunSource  # noqa: E402
+from tui.source.root import RootReader  # noqa: E402
 from tui.testing import start_line  # noqa: E402
 
 

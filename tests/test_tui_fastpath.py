@@ -20,7 +20,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tui.source.reader
 from stagewatch.records import Region, Step, encode
 from tui.source import decode
 from tui.source.reader import RunSource
@@ -28,10 +27,8 @@ from tui.testing import write_run
 
 pytestmark = pytest.mark.skipif(
     decode.scan_regions is None and not os.environ.get("CI"),
-    reason=(
-        "tui.source._regions not built (no C compiler at install): "
-        "the reader runs its pure-Python path"
-    ),
+    reason="tui.source._regions not built (no C compiler at install): "
+    "the reader runs its pure-Python path",
 )
 
 _typed = msgspec.json.Decoder(dict[str, Region]).decode
@@ -206,7 +203,7 @@ def _mutate(line: str, rng: random.Random) -> str:
 def _read(run: Path, monkeypatch: pytest.MonkeyPatch, fast: bool):  # type: ignore[no-untyped-def]
     with monkeypatch.context() as m:
         if not fast:
-            m.setattr(tui.source.reader, "scan_regions", None)
+            m.setattr(decode, "scan_regions", None)
         src = RunSource(run, window=16, use_index=False).load(parallel=False)
         feeds = sorted(
             (f.tail.path, f.lines, f.malformed, f.skipped, f.duplicates, f.last_error)

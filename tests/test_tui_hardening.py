@@ -15,8 +15,10 @@ from stagewatch.errors import UsageError
 from stagewatch.records import RunStart, encode
 from tui.model.order import CUT
 from tui.report.summary import summary_dict
+from tui.source.check import check_run
 from tui.source.decode import LIMITS
-from tui.source.reader import RootReader, RunSource, check_run
+from tui.source.reader import RunSource
+from tui.source.root import RootReader
 from tui.testing import start_line, step_records, write_run
 
 
@@ -286,18 +288,18 @@ def test_deep_and_wide_region_names_are_bounded(tmp_path: Path) -> None:
 def test_reader_failure_is_carried_and_other_runs_stay_live(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tui.source.reader as reader
+    import tui.source.feed as feed
 
     bad = write_run(tmp_path, "20261126-110000-bad-0001", steps=3)
     good = write_run(tmp_path, "20261126-120000-good-0002", steps=4)
-    real = reader.Feed.process
+    real = feed.Feed.process
 
     def boom(self, lines, agg):  # type: ignore[no-untyped-def]
         if "bad" in self.tail.path:
             raise RuntimeError("bug in the fold")
         return real(self, lines, agg)
 
-    monkeypatch.setattr(reader.Feed, "process", boom)
+    monkeypatch.setattr(feed.Feed, "process", boom)
     r = RootReader(tmp_path, use_index=False)
     r.tick()
     runs = {x.run_id: x for x in r.runs.values()}

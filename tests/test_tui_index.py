@@ -53,7 +53,7 @@ def test_index_reopen_and_appends_equal_a_full_read(tmp_path: Path, seed: int) -
         with open(run / "rank0.jsonl", "a") as f:
             f.write('{"v":"1.0","kind":"step","step":oops}\n')
     first = _indexed(run)
-    assert first.save_index(force=True) or os.path.exists(index.index_path(first))
+    assert first.save_index(force=True) or os.path.exists(first.index_path)
     again = _indexed(run)
     assert again.from_index
     _same(again.snapshot(), _full(run))
@@ -102,11 +102,13 @@ def test_index_ignored_after_truncation_rotation_and_new_rank(tmp_path: Path) ->
     _same(src.snapshot(), _full(run))
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage", "version", "window", "dir"])
+@pytest.mark.parametrize(
+    "damage", ["flip", "truncate", "garbage", "version", "type", "window", "dir"]
+)
 def test_corrupt_foreign_or_unwritable_index_is_ignored(tmp_path: Path, damage: str) -> None:
     run = write_run(tmp_path, steps=25, ranks=2, n_regions=6)
     src = _indexed(run)  # an ended run: indexed after its first full read
-    ip = Path(index.index_path(src))
+    ip = Path(src.index_path)
     assert ip.is_file() and not src.save_index(force=True)  # nothing new to save
     raw = ip.read_bytes()
     if damage == "flip":
@@ -125,6 +127,15 @@ def test_corrupt_foreign_or_unwritable_index_is_ignored(tmp_path: Path, damage: 
         body = zlib.decompress(raw[len(index.MAGIC) + 16 :])
         d = msgspec.msgpack.decode(body)
         d["version"] = 999
+        nb = zlib.compress(msgspec.msgpack.encode(d))
+        ip.write_bytes(index.MAGIC + index._hash(nb) + nb)
+    elif damage == "type":  # a value of another type, under a valid checksum
+        import zlib
+
+        import msgspec
+
+        d = msgspec.msgpack.decode(zlib.decompress(raw[len(index.MAGIC) + 16 :]))
+        d["files"][0]["feed"]["lines"] = "many"
         nb = zlib.compress(msgspec.msgpack.encode(d))
         ip.write_bytes(index.MAGIC + index._hash(nb) + nb)
     elif damage == "window":
@@ -150,7 +161,7 @@ def test_no_index_bypasses_it(tmp_path: Path) -> None:
     try:
         src = RunSource(run).load()
         assert not src.save_index(force=True)
-        assert not os.path.exists(index.index_path(src))
+        assert not os.path.exists(src.index_path)
     finally:
         index.set_enabled(True)
     RunSource(run).load()  # an ended run is indexed after its first full read
@@ -190,6 +201,44 @@ def test_replay_learns_the_end_from_the_index_or_reads_it_behind(
         assert "of 40" in (src.build().selected.replay or "")
     finally:
         src.stop()
-    assert Path(index.index_path(RunSource(run))).is_file()  # written by the read behind
+    assert Path(RunSource(run).index_path).is_file()  # written by the read behind
     again = replay.ReplaySource(run, playing=False)
     assert again.known_end == 40 and again.position == 0
+
+
+def test_states_round_trip_through_msgpack_and_refuse_a_mismatch(tmp_path: Path) -> None:
+    import msgspec
+
+    from tui.model.state import RunAggState, StateMismatch, agg_from_state, state_of
+    from tui.source.feed import Feed, FeedState
+
+    run = write_run(tmp_path, steps=30, ranks=2, n_regions=20, status=None)
+    src = RunSource(run, window=16, use_index=False).load(parallel=False)
+    raw = msgspec.msgpack.encode(state_of(src.agg))
+    state = msgspec.msgpack.Decoder(RunAggState).decode(raw)
+    again = agg_from_state(state, src.run_id, str(src.dir), 16)
+    assert again.snapshot() == src.agg.snapshot()
+    with pytest.raises(StateMismatch, match="window"):
+        agg_from_state(state, src.run_id, str(src.dir), 17)
+    ranks = dict(state.ranks)
+    ranks[0] = msgspec.structs.replace(ranks[0], cap=ranks[0].cap * 2)  # arrays of another size
+    with pytest.raises(StateMismatch):
+        agg_from_state(msgspec.structs.replace(state, ranks=ranks), src.run_id, "", 16)
+    # a feed stopped mid-line goes on from its state as if never stopped
+    path = str(run / "rank0.jsonl")
+    whole = Feed(path, 0, "jsonl")
+    whole.tail.chunk = 10**9
+    whole.parse(whole.tail.read()[0])
+    half = Feed(path, 0, "jsonl")
+    half.tail.chunk = 3000
+    half.parse(half.tail.read()[0])
+    assert half.tail.partial
+    saved = msgspec.msgpack.Decoder(FeedState).decode(msgspec.msgpack.encode(half.state()))
+    resumed = Feed(path, 0, "jsonl")
+    st = os.stat(path)
+    resumed.restore(saved, (st.st_dev, st.st_ino))
+    resumed.tail.chunk = 10**9
+    lines, reset, _ = resumed.tail.read()
+    assert not reset
+    resumed.parse(lines)
+    assert resumed.state() == whole.state()

@@ -1,5 +1,5 @@
-"""Whole-run ingestion (processes, batches, mixed rows), the tree repaint per snapshot,
-replay wake-ups."""
+"""Whole-run ingestion (processes, batches, mixed rows), the tree repaint per snapshot, replay
+wake-ups."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 
 from stagewatch.records import Step, encode
 from tui.model.aggregate import RunAgg
+from tui.source.bulk import parallel_worth
 from tui.source.decode import parse_line
-from tui.source.reader import FOLD_LINES, RunSource
+from tui.source.feed import FOLD_LINES
+from tui.source.reader import RunSource
 from tui.testing import start_line, write_run
 
 
@@ -54,7 +56,7 @@ def test_parallel_load_matches_serial(tmp_path: Path) -> None:
 def test_load_decides_by_size(tmp_path: Path) -> None:
     write_run(tmp_path, "r", steps=5, ranks=2)
     src = RunSource(tmp_path / "r")
-    assert not src._parallel_worth()  # small: one process
+    assert not parallel_worth(list(src.feeds.values()))  # small: one process
     assert src.load().agg.ranks[1].steps == 5
 
 

@@ -1,7 +1,8 @@
 """`tui watch` at a small CPU cost: light snapshots (no per-region figures) between the panel
 redraws carry the header's figures exactly; the panels are only drawn from full ones (one
 per panel gap, at the end of a busy spell, on a view change or a key); file events wake the
-reader without watchdog's threads, and the reader's own reads do not."""
+reader, the reader's own reads do not, and where file events cannot be had the scan alone
+reads on."""
 
 from __future__ import annotations
 
@@ -223,18 +224,21 @@ def test_a_light_snapshot_never_hides_a_full_one_waiting_for_the_screen(tmp_path
     asyncio.run(go())
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
-def test_inotify_wakes_on_writes_and_new_runs_not_on_reads(tmp_path: Path) -> None:
-    from tui.source import inotify
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the kernel's event filter is inotify's"
+)
+def test_the_watcher_wakes_on_writes_new_files_and_new_runs_not_on_reads(tmp_path: Path) -> None:
+    from tui.source import watcher
 
     run = write_run(tmp_path, "20261126-100000-a-0001", steps=3, status=None)
     wake = threading.Event()
-    ino = inotify.start(str(tmp_path), wake)
-    assert ino is not None
+    w = watcher.start(str(tmp_path), wake.set)
+    assert w is not None and w.alive
     try:
 
         def woke() -> bool:
             ok = wake.wait(2.0)
+            time.sleep(0.1)  # the rest of the write's events
             wake.clear()
             return ok
 
@@ -243,15 +247,21 @@ def test_inotify_wakes_on_writes_and_new_runs_not_on_reads(tmp_path: Path) -> No
         assert woke()
         (run / "rank0.jsonl").read_bytes()  # a read (open, read, close): no wake-up
         assert not wake.wait(0.3)
+        (run / "rank1.jsonl").write_text("z\n")  # a new rank file
+        assert woke()
         new = tmp_path / "20261126-110000-b-0002"
         new.mkdir()
         assert woke()
-        time.sleep(0.1)  # the watch on the new folder is added by the thread
+        time.sleep(0.1)  # the watch on the new folder is added by the observer's thread
         (new / "rank0.jsonl").write_text("y\n")
         assert woke()
+        with open(new / "rank0.jsonl", "a") as f:
+            f.write("y\n")
+        assert woke()
     finally:
-        ino.stop()
-    assert ino._thread is not None and not ino._thread.is_alive()
+        w.stop()
+    assert not w.alive
+    w.stop()  # twice: nothing more
 
 
 def test_a_live_source_is_woken_by_an_append_without_waiting_for_its_scan(tmp_path: Path) -> None:
@@ -307,18 +317,25 @@ def test_tree_labels_are_made_when_their_lines_are_drawn(tmp_path: Path) -> None
     asyncio.run(go())
 
 
-def test_without_inotify_watchdog_wakes_the_reader(
+def test_where_the_watcher_cannot_start_the_scan_reads_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tui.source import inotify
+    import watchdog.observers
 
-    monkeypatch.setattr(inotify, "start", lambda root, wake: None)  # another OS, no libc...
+    from tui.source import watcher
+
+    class NoWatches(watchdog.observers.Observer):  # type: ignore[misc,valid-type]
+        def start(self) -> None:
+            raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr(watchdog.observers, "Observer", NoWatches)
+    assert watcher.start(str(tmp_path), lambda: None) is None
     paths = _live_run(tmp_path)
-    src = LiveSource(tmp_path, interval=30.0, min_gap=0.0, stale_after=1e9)
+    src = LiveSource(tmp_path, interval=0.1, min_gap=0.0, stale_after=1e9)
     got: list[WorldSnapshot] = []
     src.start(got.append)
     try:
-        assert src.watching and src._inotify is None and src._observer is not None
+        assert not src.watching and src._watcher is None
         t_end = time.monotonic() + 5
         _until(lambda: got, t_end)
         _append(paths, 6)
@@ -328,7 +345,6 @@ def test_without_inotify_watchdog_wakes_the_reader(
         src.stop()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
 def test_watching_one_run_folder_or_one_file(tmp_path: Path) -> None:
     paths = _live_run(tmp_path)
     for root in (paths[0].parent, paths[0]):  # `tui watch RUN` and `tui watch RUN/rank0.jsonl`
@@ -336,7 +352,7 @@ def test_watching_one_run_folder_or_one_file(tmp_path: Path) -> None:
         got: list[WorldSnapshot] = []
         src.start(got.append)
         try:
-            assert src._inotify is not None
+            assert src.watching and src._watcher is not None
             t_end = time.monotonic() + 5
             _until(lambda g=got: g, t_end)
             step = got[-1].selected.step + 1

@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stagewatch.records import RunEnd, RunError, Step, encode
-from tui.source.reader import RootReader, RunSource, TailFile
+from tui.source.reader import RunSource
+from tui.source.root import RootReader
+from tui.source.tail import TailFile
 from tui.testing import start_line, step_records, write_run
 
 
@@ -255,7 +257,7 @@ def test_malformed_corpus_never_crashes_and_is_counted(tmp_path_factory, corpus)
     assert snap.malformed == bad
 
 
-# ----------------------------------------------------------------- typed decoder = reference checks
+# ------------------------------------------------------------ typed decoder = reference checks
 
 _value = st.one_of(
     st.floats(min_value=0, max_value=1e13, allow_nan=False),
@@ -321,3 +323,16 @@ def test_decoder_takes_the_timing_cores_lines() -> None:
         row = parse_line(line)
         ref = decode(line)
         assert row is not None and row.regions == ref.regions and row.step == ref.step
+
+
+def test_a_file_named_by_its_rank_alone_takes_its_folders_run_id(tmp_path: Path) -> None:
+    run = tmp_path / "20261126-100000-a-0001"
+    run.mkdir()
+    for name, run_id in [
+        ("rank3.jsonl", run.name),
+        ("timing_rank12.log", run.name),
+        ("timing_fold2.log", "timing_fold2"),
+        ("other.jsonl", "other"),
+    ]:
+        (run / name).write_text("")
+        assert RunSource(run / name, use_index=False).run_id == run_id

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     apply_index(args)
     if args.speed <= 0:
         raise UsageError("--speed must be > 0")
-    from tui.source.reader import check_run
+    from tui.source.check import check_run
 
     check_run(args.run)  # one-line error for a missing or empty run, from the first bytes only
     import sys

@@ -31,7 +31,8 @@ from tui.model.efficiency import efficiency, efficiency_dict, efficiency_lines
 from tui.model.order import tree_sort
 from tui.model.ranks import DEFAULT_WINDOW
 from tui.model.snapshot import UNACCOUNTED, RegionRow, RunSnapshot, Stats
-from tui.source.reader import RunSource, check_run
+from tui.source.check import check_run
+from tui.source.reader import RunSource
 
 SCHEMA_VERSION = 1
 

@@ -1,8 +1,8 @@
 """The live source of ``tui watch``: a reader thread over a :class:`RootReader`.
 
-File events wake the thread at once (inotify on Linux, :mod:`tui.source.inotify`; watchdog
-elsewhere); a periodic scan is the ground truth (events are missed on network
-filesystems), and ``poll=True`` uses the scan alone. Each tick that
+File events wake the thread at once (:mod:`tui.source.watcher`); a periodic scan is the
+ground truth (events are missed on network filesystems, and where the watcher cannot start
+the scan alone finds new data), and ``poll=True`` uses the scan alone. Each tick that
 changes something builds one immutable :class:`WorldSnapshot` and hands it to ``post``, at
 most :data:`MAX_POSTS_PER_S` a second: a run appending 20 steps a second (or 60 ranks...)
 costs the screen what a person can follow, not one redraw per line. A change after a quiet
@@ -28,7 +28,8 @@ from typing import Any
 
 from tui.model.aggregate import DEFAULT_WINDOW
 from tui.model.snapshot import WorldSnapshot
-from tui.source.reader import RootReader
+from tui.source import watcher
+from tui.source.root import RootReader
 
 Post = Callable[[WorldSnapshot], None]
 MAX_POSTS_PER_S = 8.0  # snapshots (so redraws) a second at most, at the source
@@ -69,12 +70,11 @@ class LiveSource:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._observer: Any = None
-        self._inotify: Any = None  # tui.source.inotify.Inotify, where available (else watchdog)
+        self._watcher: watcher.Watcher | None = None
         self._seq = 0
         self._want_select: str | None = None
         self._lock = threading.Lock()
-        self.watching = False  # True when file events (inotify or watchdog) are being used
+        self.watching = False  # True when file events wake the reader (else: the scan alone)
 
     # ------------------------------------------------------------------ control
     def select(self, run_id: str) -> None:
@@ -101,62 +101,16 @@ class LiveSource:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._inotify is not None:
-            self._inotify.stop()
-            self._inotify = None
-        if self._observer is not None:
-            try:
-                self._observer.stop()
-                self._observer.join(timeout=2)
-            except Exception:
-                pass
+        w, self._watcher = self._watcher, None
+        if w is not None:
+            w.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2)
 
     def _start_watching(self) -> None:
-        watch_dir = self.root if os.path.isdir(self.root) else os.path.dirname(self.root) or "."
-        try:
-            from tui.source import inotify
-
-            self._inotify = inotify.start(watch_dir, self._wake)
-        except Exception:
-            self._inotify = None
-        if self._inotify is not None:  # Linux: one thread, no event objects
-            self.watching = True
-            return
-        try:
-            from watchdog import events as ev
-            from watchdog.observers import Observer
-
-            wake = self._wake
-
-            class _Handler(ev.FileSystemEventHandler):
-                def on_any_event(self, event: Any) -> None:
-                    if event.event_type != "opened" and event.event_type != "closed_no_write":
-                        wake.set()
-
-            obs = Observer()
-            # only the kinds of event that can mean new data: the kernel then never reports
-            # the opens and closes of the reader's own reads (every file, every tick), which
-            # cost the watching threads as much as the writer's appends
-            kinds = [
-                ev.FileModifiedEvent,
-                ev.FileCreatedEvent,
-                ev.FileDeletedEvent,
-                ev.FileMovedEvent,
-                ev.FileClosedEvent,
-                ev.DirCreatedEvent,
-                ev.DirDeletedEvent,
-                ev.DirMovedEvent,
-            ]
-            obs.schedule(_Handler(), watch_dir, recursive=True, event_filter=kinds)
-            obs.daemon = True
-            obs.start()
-            self._observer = obs
-            self.watching = True
-        except Exception:  # no inotify (limits, odd filesystems): the scan still works
-            self._observer = None
-            self.watching = False
+        folder = self.root if os.path.isdir(self.root) else os.path.dirname(self.root) or "."
+        self._watcher = watcher.start(folder, self._wake.set)
+        self.watching = self._watcher is not None
 
     # ------------------------------------------------------------------ reading
     def build(self, changed: bool = True, full: bool | None = True) -> WorldSnapshot:

@@ -29,8 +29,9 @@ from stagewatch.runs import last_step_in
 from tui.model.aggregate import DEFAULT_WINDOW, RunAgg
 from tui.model.snapshot import WorldSnapshot
 from tui.source.decode import StepRow
+from tui.source.feed import Feed
 from tui.source.live import Post
-from tui.source.reader import Feed, RunSource
+from tui.source.reader import RunSource
 
 MAX_CHECKPOINTS = 64
 BEHIND_MIN_BYTES = 32 * 2**20  # a run at least this big, without an index, is read behind
@@ -166,7 +167,7 @@ class ReplaySource:
         if not (index.enabled() if self.use_index is None else self.use_index):
             return
         side = RunSource(self.path, window=self.window, stale_after=math.inf, use_index=True)
-        if index.load(side):
+        if side.open_index():
             self.known_end = side.agg.last_step or None
             self._cuts = {f.tail.path: list(f.cuts) for f in side.feeds.values() if f.cuts}
 

@@ -29,7 +29,8 @@ _STEP_RE = re.compile(r"^\s*Step\s+(\d+)\s*$")
 _TOTAL_RE = re.compile(r"^\s*Total[\s-]*:\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b")
 _ENTRY_RE = re.compile(
     r"^(?P<indent> *)(?P<dash>-\s+)?(?P<name>\S(?:.*?\S)?)\s*:\s*"
-    r"(?:(?P<ms>[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b(?P<rest>.*)|-\s*\(not timed itself\))\s*$"
+    r"(?:(?P<ms>[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b(?P<rest>.*)"
+    r"|-\s*\(not timed itself\))\s*$"
 )
 _CALLS_RE = re.compile(r"\bx(\d+)\s*$")
 _SUMMARY_RE = re.compile(r"^\s*Timing summary\b")
