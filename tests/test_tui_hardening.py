@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from stagewatch.errors import UsageError
 from stagewatch.records import RunStart, encode
 from tui.model.order import CUT
+from tui.model.rows import LIMITS
 from tui.report.summary import summary_dict
 from tui.source.check import check_run
-from tui.source.decode import LIMITS
 from tui.source.reader import RunSource
 from tui.source.root import RootReader
 from tui.testing import start_line, step_records, write_run

@@ -1,15 +1,16 @@
-"""Formatting shared by the screen and ``tui summary``. Log strings become rich ``Text``
-(never markup), so a region named ``[bold]x`` shows exactly that."""
+"""Formatting shared by the screen, ``tui summary`` and the model's reasons. Log strings
+become rich ``Text`` (never markup), so a region named ``[bold]x`` shows exactly that.
+A leaf: it imports nothing of the monitor."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from rich.text import Text
 
 from stagewatch.cli import printable
 from stagewatch.records import classify
-from tui.model.snapshot import Stats
 
 CLASS_STYLE = {"red": "bold red", "yellow": "yellow", "green": "green", "none": "dim"}
 STATE_STYLE = {
@@ -156,7 +157,9 @@ def sig(x: float | int | None, digits: int = 6) -> float | None:
     return float(f"{v:.{digits}g}")
 
 
-def class_of(stats: Stats, red: float, yellow: float) -> str:
+def class_of(stats: Any, red: float, yellow: float) -> str:
+    """The class of a region's statistics (anything with a ``share``: ``Stats``), ``none``
+    when its share is unknown."""
     return classify(stats.share, red, yellow) if ok(stats.share) else "none"
 
 

@@ -21,6 +21,7 @@ from stagewatch.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, 
 from tui.model import build
 from tui.model.ranks import DEFAULT_WINDOW, RankAgg
 from tui.model.rankstats import compare_walls, worst_trend
+from tui.model.rows import StepBlock, StepRow
 from tui.model.snapshot import (
     FAILED,
     FINISHED,
@@ -31,7 +32,6 @@ from tui.model.snapshot import (
     FileInfo,
     RunSnapshot,
 )
-from tui.source.decode import StepBlock, StepRow
 
 # DEFAULT_WINDOW and RankAgg are part of what callers import from here
 __all__ = ["DEFAULT_WINDOW", "RankAgg", "RunAgg"]

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
-from tui.source.decode import LIMITS
+from tui.model.rows import LIMITS
 
 T = TypeVar("T")
 

@@ -20,8 +20,8 @@ import numpy as np
 from tui.model.histogram import NBUCKETS, hist_index
 from tui.model.rankstats import MemTrend
 from tui.model.readout import RankReadout
+from tui.model.rows import LIMITS, StepBlock, StepRow
 from tui.model.snapshot import NAN
-from tui.source.decode import LIMITS, StepBlock, StepRow
 
 DEFAULT_WINDOW = 100
 MAX_REGIONS = 1024  # distinct region names tracked per rank

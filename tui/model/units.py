@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from tui.fmt import fmt_ms
+
 MiB = 1024**2
 GiB = 1024**3
 
@@ -39,8 +41,6 @@ def ms(x: float) -> str:
     """ms with a space before the unit, rounded before the unit is chosen (never "1000 ms")."""
     if not ok(x):
         return "?"
-    from tui.fmt import fmt_ms  # lazily: tui.fmt imports rich
-
     s = fmt_ms(x)
     for unit in ("ms", "s"):
         if s.endswith(unit) and s[: -len(unit)][-1:].isdigit():

@@ -11,13 +11,12 @@ from typing import Any
 import msgspec
 
 from tui.model.aggregate import RunAgg
+from tui.model.rows import StepBlock, StepRow
 from tui.model.snapshot import FileInfo
 from tui.source.decode import (
     MAX_LINE,
     Batch,
     Schema,
-    StepBlock,
-    StepRow,
     decode_batch,
     fast_path,
     row_from_step,

@@ -27,8 +27,8 @@ from typing import Any
 
 from stagewatch.runs import last_step_in
 from tui.model.aggregate import DEFAULT_WINDOW, RunAgg
+from tui.model.rows import StepRow
 from tui.model.snapshot import WorldSnapshot
-from tui.source.decode import StepRow
 from tui.source.feed import Feed
 from tui.source.live import Post
 from tui.source.reader import RunSource
