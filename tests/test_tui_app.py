@@ -685,7 +685,7 @@ async def test_filter_as_you_type_and_no_match_line(tmp_path: Path) -> None:
 
 @sync
 async def test_advice_box_says_how_many_items_are_hidden(tmp_path: Path) -> None:
-    from tui.view.widgets.panels import AdviceBox
+    from tui.view.widgets.advice import AdviceBox
 
     write_run(tmp_path, steps=3)
     app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05))
@@ -726,7 +726,7 @@ def test_run_list_shows_start_time_and_name() -> None:
     import os
 
     from tui.model.snapshot import RunItem
-    from tui.view.widgets.panels import RunList
+    from tui.view.widgets.runlist import RunList
 
     old = os.environ.get("TZ")
     os.environ["TZ"] = "UTC"
@@ -787,7 +787,7 @@ def test_a_region_that_did_not_run_in_the_last_step_shows_a_dash(tmp_path: Path)
     fwd = region_label(snap.region("fwd"), 0, False, 0.4, 0.1, cols).plain.split()
     assert ev[3] == "—" and ev[4] == "40.0ms"  # last, avg
     assert fwd[3] == "50.0ms"
-    from tui.view.widgets.panels import rank_text
+    from tui.view.widgets.ranks import rank_text
 
     _, table = rank_text(snap, "eval", False, 0.4, 0.1)
     assert table.plain.splitlines()[1].split()[:3] == ["0", "—", "40.0ms"]  # rank, last, avg
@@ -795,7 +795,8 @@ def test_a_region_that_did_not_run_in_the_last_step_shows_a_dash(tmp_path: Path)
 
 def test_removed_or_unreadable_rank_files_are_marked(tmp_path: Path) -> None:
 
-    from tui.view.widgets.panels import file_problems, rank_text
+    from tui.view.widgets.files import file_problems
+    from tui.view.widgets.ranks import rank_text
 
     run = write_run(tmp_path, steps=3, ranks=2)
     snap = LiveSource(run, poll=True).step().selected
@@ -819,7 +820,8 @@ def test_removed_or_unreadable_rank_files_are_marked(tmp_path: Path) -> None:
 def test_header_and_ranks_show_the_straggler_verdict(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from tui.view.widgets.panels import header_text, rank_text
+    from tui.view.widgets.header import header_text
+    from tui.view.widgets.ranks import rank_text
 
     snap = LiveSource(write_run(tmp_path, steps=3, ranks=2, status=None), poll=True).step().selected
     # the diagnosis' verdict (brief / who_waits), as the snapshot will carry it
@@ -870,7 +872,7 @@ async def test_an_unchanged_snapshot_repaints_nothing(tmp_path: Path) -> None:
 def test_header_survives_out_of_range_values(tmp_path: Path) -> None:
     import math
 
-    from tui.view.widgets.panels import header_text
+    from tui.view.widgets.header import header_text
 
     snap = LiveSource(write_run(tmp_path, steps=3, status=None), poll=True).step().selected
     for field, value in [

@@ -22,7 +22,7 @@ from tui.model.snapshot import UNACCOUNTED, WorldSnapshot
 from tui.source.live import LiveSource
 from tui.testing import start_line, step_records, write_run
 from tui.view.app import MonitorApp, SnapshotReady
-from tui.view.widgets.panels import header_text
+from tui.view.widgets.header import header_text
 from tui.view.widgets.tree import StageTree
 
 RUN = "20261126-150000-live-0001"

@@ -38,19 +38,14 @@ from tui.diagnosis.advice import advice_for
 from tui.fmt import clean, literal
 from tui.model.snapshot import WorldSnapshot
 from tui.view.keys import KEYS, REPLAY, bound_keys
+from tui.view.widgets.advice import AdviceBox
+from tui.view.widgets.base import set_title, show_text
+from tui.view.widgets.files import FilesLine
+from tui.view.widgets.header import HeaderBar, NoticeBar, header_text
 from tui.view.widgets.help import HelpScreen
-from tui.view.widgets.panels import (
-    AdviceBox,
-    FilesLine,
-    HeaderBar,
-    NoticeBar,
-    RankView,
-    RunList,
-    StepSpark,
-    header_text,
-    set_title,
-    show_text,
-)
+from tui.view.widgets.ranks import RankView
+from tui.view.widgets.runlist import RunList
+from tui.view.widgets.spark import StepSpark
 from tui.view.widgets.tree import Columns, StageTree, TreeHeader
 
 WIDE = 140  # columns from which the tree shows min/max/p95 and the run list is wide
