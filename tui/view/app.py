@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from rich.text import Text
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -35,13 +34,13 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, OptionList, Tree
 
 from tui.diagnosis.advice import advice_for
-from tui.fmt import clean, literal
+from tui.fmt import clean
 from tui.model.snapshot import WorldSnapshot
 from tui.view.keys import KEYS, REPLAY, bound_keys
 from tui.view.widgets.advice import AdviceBox
-from tui.view.widgets.base import set_title, show_text
+from tui.view.widgets.base import set_title
 from tui.view.widgets.files import FilesLine
-from tui.view.widgets.header import HeaderBar, NoticeBar, header_text
+from tui.view.widgets.header import HeaderBar, NoticeBar
 from tui.view.widgets.help import HelpScreen
 from tui.view.widgets.ranks import RankView
 from tui.view.widgets.runlist import RunList
@@ -350,20 +349,7 @@ class MonitorApp(App[int]):
             self._render_notice()
 
     def _render_notice(self) -> None:
-        t: Text | None = None
-        if self.reader_error:
-            line = (str(self.reader_error).splitlines() or [""])[0][:300]
-            t = Text(
-                "⚠ " if line.startswith("reader failed") else "⚠ reader failed: ", style="bold red"
-            )
-            t.append_text(literal(line))
-            t.stylize("bold red", 0, len(t))
-            t.append(" · figures as last read · tui watch exits 1", style="dim")
-        elif self.new_run is not None:
-            t = Text("● new run ", style="bold green")
-            t.append_text(literal(self.new_run))
-            t.append(" — n to switch", style="bold")
-        self.query_one(NoticeBar).show(t)
+        self.query_one(NoticeBar).show(self.reader_error, self.new_run)
 
     def _render_header(self) -> None:
         # live: the newest snapshot (the panels may be up to one gap behind); paused: the
@@ -387,21 +373,15 @@ class MonitorApp(App[int]):
             idle = new.selected.idle_s + (
                 max(0.0, self.clock() - new.made_at) if new.made_at else 0.0
             )
-        bar = self.query_one(HeaderBar)
-        width = bar.content_size.width or max(0, self.size.width - 2)
-        show_text(
-            bar,
-            header_text(
-                run,
-                window=self.window,
-                paused=self.paused,
-                behind_step=behind,
-                root=str(root),
-                age=age,
-                width=width,
-                idle_s=idle,
-                span=self._span(run) if run is not None else None,
-            ),
+        self.query_one(HeaderBar).show(
+            run,
+            window=self.window,
+            paused=self.paused,
+            behind_step=behind,
+            root=str(root),
+            age=age,
+            idle_s=idle,
+            span=self._span(run) if run is not None else None,
         )
 
     def _render_world(self, force_tree: bool = False) -> None:
@@ -609,11 +589,7 @@ class MonitorApp(App[int]):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for k in KEYS:
-            if (
-                self.mode in k.modes
-                and k.action
-                and k.action not in ("quit", "quit_now", "clear_filter")
-            ):
+            if self.mode in k.modes and k.action and k.palette:
                 yield SystemCommand(
                     k.description, f"key: {k.display}", getattr(self, f"action_{k.action}")
                 )

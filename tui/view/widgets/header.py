@@ -19,6 +19,7 @@ from tui.fmt import (
     ok,
 )
 from tui.model.snapshot import RunItem, RunSnapshot
+from tui.view.keys import HINT, REPLAY, WATCH
 from tui.view.widgets.base import show_text
 from tui.view.widgets.runlist import run_label
 
@@ -223,18 +224,42 @@ def _line3(run: RunSnapshot, age: float, idle_s: float | None) -> list[Part]:
         where = " · ".join(x for x in (run.host, run.device, run.gpu_name or "") if x)
         if where:
             line3.append((literal(where), 2))
-    hint = "space play · ←/→ step · Home/End · +/- speed · ? help" if run.replay else "? help"
-    line3.append((_seg(hint, "dim"), 0))
+    line3.append((_seg(HINT[REPLAY if run.replay else WATCH], "dim"), 0))
     return line3
 
 
 class HeaderBar(Static):
-    pass
+    """The run's figures in three lines (:func:`header_text`), fitted to the bar's width."""
+
+    def show(self, run: RunSnapshot | None, **fields: Any) -> None:
+        """``fields``: :func:`header_text`'s, but the width."""
+        width = self.content_size.width or max(0, self.app.size.width - 2)
+        show_text(self, header_text(run, width=width, **fields))
+
+
+def notice_text(reader_error: str | None, new_run: str | None) -> Text | None:
+    """The notice: the reader's failure first, else a new run to switch to (None: nothing)."""
+    if reader_error:
+        line = (str(reader_error).splitlines() or [""])[0][:300]
+        t = Text(
+            "⚠ " if line.startswith("reader failed") else "⚠ reader failed: ", style="bold red"
+        )
+        t.append_text(literal(line))
+        t.stylize("bold red", 0, len(t))
+        t.append(" · figures as last read · tui watch exits 1", style="dim")
+        return t
+    if new_run is not None:
+        t = Text("● new run ", style="bold green")
+        t.append_text(literal(new_run))
+        t.append(" — n to switch", style="bold")
+        return t
+    return None
 
 
 class NoticeBar(Static):
     """One line that only shows when there is something to say (a new run, a reader error)."""
 
-    def show(self, text: Text | None) -> None:
+    def show(self, reader_error: str | None, new_run: str | None) -> None:
+        text = notice_text(reader_error, new_run)
         self.set_class(text is not None, "shown")
         show_text(self, text if text is not None else Text(""))
