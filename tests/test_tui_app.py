@@ -514,7 +514,7 @@ async def test_paused_screen_ages_last_write_from_the_newest_data(tmp_path: Path
         now[0] += 600.0  # ten minutes on a paused screen ...
         _append(run, 6, 2)  # ... while the run keeps writing
         await wait_for(pilot, lambda: app.latest.selected.step == 7)
-        app.latest = replace(app.latest, made_at=now[0])  # that data just arrived
+        app.pacer.latest = replace(app.latest, made_at=now[0])  # that data just arrived
         app._render_header()
         head = app.query_one("#header").content.plain
         assert "last write 10m00s ago" not in head
