@@ -476,6 +476,42 @@ async def test_ctrl_c_quits_even_from_the_filter_and_f1_opens_help(tmp_path: Pat
     assert app.return_code == 0
 
 
+@sync
+async def test_quitting_ends_the_read_loop_and_its_threads(tmp_path: Path) -> None:
+    """The source reads in a Textual worker thread: q and Ctrl+C end its loop and its file
+    watching before the app returns, so no reader thread is left behind."""
+    import threading
+
+    run = write_run(tmp_path, steps=3, status=None)
+    for key in ("q", "ctrl+c"):
+        for src in (LiveSource(tmp_path, stale_after=1e9), ReplaySource(run, speed=1000.0)):
+            app = MonitorApp(src)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await wait_for(pilot, lambda s=src, a=app: s.running and a.world is not None)
+                await pilot.press(key)
+            assert app.return_code == 0 and not src.running
+            left = [t.name for t in threading.enumerate() if t.name.startswith("stagewatch")]
+            assert not left
+
+
+@sync
+async def test_a_read_loop_that_dies_is_shown_and_makes_watch_exit_1(tmp_path: Path) -> None:
+    class Dying(LiveSource):
+        def run(self, post):  # type: ignore[no-untyped-def]
+            post(self.step())  # one snapshot, then the loop breaks
+            raise RuntimeError("the loop broke")
+
+    write_run(tmp_path, steps=3)
+    app = MonitorApp(Dying(tmp_path, poll=True))
+    async with app.run_test(size=(120, 40)) as pilot:
+        notice = app.query_one("#notice")
+        await wait_for(pilot, lambda: notice.has_class("shown"))
+        assert notice.content.plain.startswith("⚠ reader failed: RuntimeError: the loop broke")
+        assert _step_of(app) == 3  # the figures as last read stay
+        await pilot.press("q")
+    assert app.return_code == 1
+
+
 def test_key_names_read_as_typed() -> None:
     from tui.view.keys import KEYS, key_name
 

@@ -1,7 +1,7 @@
 """The monitor's Textual app: one screen for ``watch`` and ``replay``; the layout and the wiring.
 
 A source (:class:`tui.source.live.LiveSource` or :class:`tui.source.replay.ReplaySource`)
-reads in its own thread and posts one :class:`WorldSnapshot` per tick; the app hands
+reads in a Textual worker thread and posts one :class:`WorldSnapshot` per tick; the app hands
 it to the widgets, which only render. Which snapshot is drawn when: :mod:`tui.view.pacing`;
 following new runs and showing reader errors: :mod:`tui.view.notices`; what the keys do:
 :mod:`tui.view.actions` (the bindings: :mod:`tui.view.keys`).
@@ -13,6 +13,7 @@ import gc
 import inspect
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.widgets import Footer, Input, OptionList, Tree
+from textual.worker import Worker, WorkerState
 
 from tui.diagnosis.advice import advice_for
 from tui.fmt import clean
@@ -87,6 +89,7 @@ class MonitorApp(KeyActions, App[int]):
         self.compact = False
         self.reader_error: str | None = None  # the reader's failure, shown until it clears
         self.failed = False  # a reader error was seen: `tui watch` exits 1
+        self._worker_error: str | None = None  # the read loop itself died
         self._gc_frozen = False  # the start-up's objects moved out of the collector's sight
 
     @property
@@ -147,7 +150,13 @@ class MonitorApp(KeyActions, App[int]):
         self.source.busy = lambda: self.slot.pending  # type: ignore[attr-defined]
         if hasattr(self.source, "full_gap"):  # full snapshots as often as the panels draw them
             self.source.full_gap = self.pacer.gap  # type: ignore[attr-defined]
-        self.source.start(self._post)
+        self.run_worker(
+            partial(self.source.run, self._post),
+            name="reader",
+            group="source",
+            thread=True,
+            exit_on_error=False,  # a failing reader is shown (the notice), not a crash
+        )
         self.set_interval(1.0, self._age_header)
 
     def on_unmount(self) -> None:
@@ -157,7 +166,7 @@ class MonitorApp(KeyActions, App[int]):
         if self._panels_timer is not None:
             self._panels_timer.stop()
             self._panels_timer = None
-        self.source.stop()
+        self.source.stop()  # the worker's thread returns from source.run()
 
     def on_resize(self, event: Any) -> None:
         self._layout_for(event.size.width)
@@ -221,6 +230,13 @@ class MonitorApp(KeyActions, App[int]):
         except NoMatches:  # the timer fired while the screen was being torn down
             pass
 
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.group == "source" and event.state == WorkerState.ERROR:
+            err = worker.error
+            self._worker_error = f"reader failed: {type(err).__name__}: {err}"[:300]
+            self._check_reader(self.latest)
+
     # ------------------------------------------------------------------ new runs, errors
     def _follow_new_runs(self, snap: WorldSnapshot) -> None:
         if self.mode == REPLAY:
@@ -232,7 +248,7 @@ class MonitorApp(KeyActions, App[int]):
         self._render_notice()
 
     def _check_reader(self, snap: WorldSnapshot | None) -> None:
-        err = reader_error(snap, getattr(self.source, "last_error", None))
+        err = self._worker_error or reader_error(snap, getattr(self.source, "last_error", None))
         if err or getattr(self.source, "failed", False) is True:
             self.failed = True
         if err != self.reader_error:

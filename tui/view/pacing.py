@@ -37,12 +37,12 @@ Post = Callable[[WorldSnapshot], None]
 
 
 class Source(Protocol):
-    """Where the snapshots come from (:mod:`tui.source`): :meth:`start` reads and posts them
-    from a thread of its own until :meth:`stop`."""
+    """Where the snapshots come from (:mod:`tui.source`): :meth:`run` reads and posts them,
+    blocking, until :meth:`stop`; the app runs it in a worker thread."""
 
     mode: str
 
-    def start(self, post: Post) -> None: ...
+    def run(self, post: Post) -> None: ...
     def stop(self) -> None: ...
     def select(self, run_id: str) -> None: ...
 
