@@ -17,7 +17,7 @@ class Fed:
         self.full_asked = 0  # want_full() calls (a key asked for the panels' figures)
         self.full_gap = 0.0  # set by the app to its panel gap
 
-    def start(self, post: Any) -> None:
+    def run(self, post: Any) -> None:
         pass
 
     def stop(self) -> None:

@@ -555,7 +555,7 @@ def test_screen_shows_advice(tmp_path: Path) -> None:
 
     from tui.source.live import LiveSource
     from tui.view.app import MonitorApp
-    from tui.view.widgets.panels import AdviceBox
+    from tui.view.widgets.advice import AdviceBox
 
     write_run(tmp_path, ranks=3, slow={2: 1.25})
     app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05, min_gap=0.0))

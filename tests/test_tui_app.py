@@ -476,6 +476,42 @@ async def test_ctrl_c_quits_even_from_the_filter_and_f1_opens_help(tmp_path: Pat
     assert app.return_code == 0
 
 
+@sync
+async def test_quitting_ends_the_read_loop_and_its_threads(tmp_path: Path) -> None:
+    """The source reads in a Textual worker thread: q and Ctrl+C end its loop and its file
+    watching before the app returns, so no reader thread is left behind."""
+    import threading
+
+    run = write_run(tmp_path, steps=3, status=None)
+    for key in ("q", "ctrl+c"):
+        for src in (LiveSource(tmp_path, stale_after=1e9), ReplaySource(run, speed=1000.0)):
+            app = MonitorApp(src)
+            async with app.run_test(size=(120, 40)) as pilot:
+                await wait_for(pilot, lambda s=src, a=app: s.running and a.world is not None)
+                await pilot.press(key)
+            assert app.return_code == 0 and not src.running
+            left = [t.name for t in threading.enumerate() if t.name.startswith("stagewatch")]
+            assert not left
+
+
+@sync
+async def test_a_read_loop_that_dies_is_shown_and_makes_watch_exit_1(tmp_path: Path) -> None:
+    class Dying(LiveSource):
+        def run(self, post):  # type: ignore[no-untyped-def]
+            post(self.step())  # one snapshot, then the loop breaks
+            raise RuntimeError("the loop broke")
+
+    write_run(tmp_path, steps=3)
+    app = MonitorApp(Dying(tmp_path, poll=True))
+    async with app.run_test(size=(120, 40)) as pilot:
+        notice = app.query_one("#notice")
+        await wait_for(pilot, lambda: notice.has_class("shown"))
+        assert notice.content.plain.startswith("⚠ reader failed: RuntimeError: the loop broke")
+        assert _step_of(app) == 3  # the figures as last read stay
+        await pilot.press("q")
+    assert app.return_code == 1
+
+
 def test_key_names_read_as_typed() -> None:
     from tui.view.keys import KEYS, key_name
 
@@ -514,7 +550,7 @@ async def test_paused_screen_ages_last_write_from_the_newest_data(tmp_path: Path
         now[0] += 600.0  # ten minutes on a paused screen ...
         _append(run, 6, 2)  # ... while the run keeps writing
         await wait_for(pilot, lambda: app.latest.selected.step == 7)
-        app.latest = replace(app.latest, made_at=now[0])  # that data just arrived
+        app.pacer.latest = replace(app.latest, made_at=now[0])  # that data just arrived
         app._render_header()
         head = app.query_one("#header").content.plain
         assert "last write 10m00s ago" not in head
@@ -685,7 +721,7 @@ async def test_filter_as_you_type_and_no_match_line(tmp_path: Path) -> None:
 
 @sync
 async def test_advice_box_says_how_many_items_are_hidden(tmp_path: Path) -> None:
-    from tui.view.widgets.panels import AdviceBox
+    from tui.view.widgets.advice import AdviceBox
 
     write_run(tmp_path, steps=3)
     app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05))
@@ -726,7 +762,7 @@ def test_run_list_shows_start_time_and_name() -> None:
     import os
 
     from tui.model.snapshot import RunItem
-    from tui.view.widgets.panels import RunList
+    from tui.view.widgets.runlist import RunList
 
     old = os.environ.get("TZ")
     os.environ["TZ"] = "UTC"
@@ -787,7 +823,7 @@ def test_a_region_that_did_not_run_in_the_last_step_shows_a_dash(tmp_path: Path)
     fwd = region_label(snap.region("fwd"), 0, False, 0.4, 0.1, cols).plain.split()
     assert ev[3] == "—" and ev[4] == "40.0ms"  # last, avg
     assert fwd[3] == "50.0ms"
-    from tui.view.widgets.panels import rank_text
+    from tui.view.widgets.ranks import rank_text
 
     _, table = rank_text(snap, "eval", False, 0.4, 0.1)
     assert table.plain.splitlines()[1].split()[:3] == ["0", "—", "40.0ms"]  # rank, last, avg
@@ -795,7 +831,8 @@ def test_a_region_that_did_not_run_in_the_last_step_shows_a_dash(tmp_path: Path)
 
 def test_removed_or_unreadable_rank_files_are_marked(tmp_path: Path) -> None:
 
-    from tui.view.widgets.panels import file_problems, rank_text
+    from tui.view.widgets.files import file_problems
+    from tui.view.widgets.ranks import rank_text
 
     run = write_run(tmp_path, steps=3, ranks=2)
     snap = LiveSource(run, poll=True).step().selected
@@ -819,7 +856,8 @@ def test_removed_or_unreadable_rank_files_are_marked(tmp_path: Path) -> None:
 def test_header_and_ranks_show_the_straggler_verdict(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from tui.view.widgets.panels import header_text, rank_text
+    from tui.view.widgets.header import header_text
+    from tui.view.widgets.ranks import rank_text
 
     snap = LiveSource(write_run(tmp_path, steps=3, ranks=2, status=None), poll=True).step().selected
     # the diagnosis' verdict (brief / who_waits), as the snapshot will carry it
@@ -870,7 +908,7 @@ async def test_an_unchanged_snapshot_repaints_nothing(tmp_path: Path) -> None:
 def test_header_survives_out_of_range_values(tmp_path: Path) -> None:
     import math
 
-    from tui.view.widgets.panels import header_text
+    from tui.view.widgets.header import header_text
 
     snap = LiveSource(write_run(tmp_path, steps=3, status=None), poll=True).step().selected
     for field, value in [

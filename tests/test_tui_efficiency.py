@@ -11,7 +11,7 @@ from stagewatch.records import RunStart, Step, encode
 from tui.cli import main
 from tui.model.efficiency import efficiency, region_line
 from tui.report.summary import open_run, summary_text
-from tui.view.widgets.panels import rank_text
+from tui.view.widgets.ranks import rank_text
 
 FLOPS = {
     "PRECISION": "bf16",

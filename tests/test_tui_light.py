@@ -23,7 +23,7 @@ from tui.model.snapshot import UNACCOUNTED, WorldSnapshot
 from tui.source.live import LiveSource
 from tui.testing import start_line, step_records, write_run
 from tui.view.app import MonitorApp, SnapshotReady
-from tui.view.widgets.panels import header_text
+from tui.view.widgets.header import header_text
 from tui.view.widgets.tree import StageTree
 
 RUN = "20261126-150000-live-0001"
@@ -188,11 +188,11 @@ def test_the_panels_draw_only_full_snapshots_and_a_key_asks_for_one(tmp_path: Pa
             app.post_message(SnapshotReady(pairs[2][0]))
             await pilot.pause()
             await pilot.press("w")
-            assert src.full_asked == 1 and app._urgent
+            assert src.full_asked == 1 and app.pacer.urgent
             full2 = pairs[2][1]
             app.post_message(SnapshotReady(full2))
             await pilot.pause()
-            assert app.world is full2 and not app._urgent
+            assert app.world is full2 and not app.pacer.urgent
             await pilot.press("w")  # nothing newer than the panels: nothing to ask
             assert src.full_asked == 1
             full3 = pairs[3][1]
@@ -213,10 +213,10 @@ def test_a_light_snapshot_never_hides_a_full_one_waiting_for_the_screen(tmp_path
     async def go() -> None:
         app = MonitorApp(Fed(tmp_path), panel_gap=0.0)
         async with app.run_test(size=(160, 48)) as pilot:
-            app._slot_pending = True  # the screen is busy: both wait in the slot
+            app.slot.pending = True  # the screen is busy: both wait in the slot
             app._post(pairs[0][1])
             app._post(pairs[1][0])
-            app._slot_pending = False
+            app.slot.pending = False
             app.post_message(SnapshotReady(pairs[1][0]))
             await pilot.pause()
             assert app.latest is pairs[1][0] and app.world is pairs[0][1]

@@ -115,10 +115,28 @@ def test_a_key_or_another_run_is_shown_whole_at_once(tmp_path: Path) -> None:
 
 
 def test_a_replay_playing_is_throttled_but_pausing_it_is_shown_at_once() -> None:
-    from tui.view.app import _replay_mode
+    from tui.view.pacing import replay_mode
 
     playing = "▶ replay 10 steps/s · step 5 of 100"
-    assert _replay_mode(playing) == _replay_mode("▶ replay 10 steps/s · step 6 of 100")
-    assert _replay_mode(playing) != _replay_mode("⏸ replay 10 steps/s · step 6 of 100")
-    assert _replay_mode(playing) != _replay_mode("▶ replay 20 steps/s · step 6 of 100")
-    assert _replay_mode(None) is None
+    assert replay_mode(playing) == replay_mode("▶ replay 10 steps/s · step 6 of 100")
+    assert replay_mode(playing) != replay_mode("⏸ replay 10 steps/s · step 6 of 100")
+    assert replay_mode(playing) != replay_mode("▶ replay 20 steps/s · step 6 of 100")
+    assert replay_mode(None) is None
+
+
+def test_the_panels_timer_never_gets_a_delay_below_zero(tmp_path: Path) -> None:
+    """The gap can end between the decision and the timer (a slow redraw of the header): the
+    delay stays positive (a Textual timer with a negative delay spins, holding the screen)."""
+    import time
+
+    from tui.view.pacing import Pacer, Redraw
+
+    snaps = _snapshots(tmp_path, 1)
+    pacer = Pacer(gap=0.05)
+    pacer.receive(snaps[0], snaps[0])
+    assert pacer.decide(snaps[0], snaps[0]) is Redraw.PANELS
+    pacer.drawn()
+    pacer.receive(snaps[1], snaps[1])
+    assert pacer.decide(snaps[1], snaps[1]) is Redraw.LATER
+    time.sleep(0.06)  # the header took longer than what was left of the gap
+    assert 0 < pacer.due_in() <= 0.001

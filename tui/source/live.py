@@ -69,7 +69,9 @@ class LiveSource:
         self._view: tuple[Any, ...] | None = None  # what the last snapshot built showed
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop_ident: int | None = None  # the thread running run() (None: not running)
+        self._ended = threading.Event()  # run() returned
+        self._watch_begun = False
         self._watcher: watcher.Watcher | None = None
         self._seq = 0
         self._want_select: str | None = None
@@ -91,21 +93,52 @@ class LiveSource:
         self._wake.set()
 
     def start(self, post: Post) -> None:
-        if not self.poll:
-            self._start_watching()
-        self._thread = threading.Thread(
-            target=self._loop, args=(post,), name="stagewatch-reader", daemon=True
-        )
-        self._thread.start()
+        """:meth:`run` in a daemon thread, for callers without Textual (tests, benchmarks);
+        file watching is on when this returns."""
+        self._watch()
+        threading.Thread(
+            target=self.run, args=(post,), name="stagewatch-reader", daemon=True
+        ).start()
+
+    def run(self, post: Post) -> None:
+        """Read and post snapshots until :meth:`stop`: the read loop, in the caller's thread."""
+        self._loop_ident = threading.get_ident()
+        try:
+            if self._stop.is_set():  # stopped before it ran: start nothing
+                return
+            self._watch()
+            self._loop(post)
+        finally:
+            self._stop_watching()
+            self._loop_ident = None
+            self._ended.set()
+
+    @property
+    def running(self) -> bool:
+        """True while :meth:`run` runs (in whichever thread)."""
+        return self._loop_ident is not None
 
     def stop(self) -> None:
+        """End :meth:`run`, waiting up to 2 s for it (unless called from its own thread)."""
         self._stop.set()
         self._wake.set()
-        w, self._watcher = self._watcher, None
+        ident = self._loop_ident
+        if ident is None:  # not running: the watching start() began, if any
+            self._stop_watching()
+        elif ident != threading.get_ident():
+            self._ended.wait(timeout=2)
+
+    def _watch(self) -> None:
+        """Start file watching, once (no events with ``poll``: the scan alone)."""
+        if not self.poll and not self._watch_begun:
+            self._watch_begun = True
+            self._start_watching()
+
+    def _stop_watching(self) -> None:
+        with self._lock:  # stop() and the end of run() may both get here
+            w, self._watcher = self._watcher, None
         if w is not None:
             w.stop()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2)
 
     def _start_watching(self) -> None:
         folder = self.root if os.path.isdir(self.root) else os.path.dirname(self.root) or "."

@@ -139,7 +139,9 @@ class ReplaySource:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop_ident: int | None = None  # the thread running run() (None: not running)
+        self._ended = threading.Event()  # run() returned
+        self._control = threading.Lock()  # a command and run() starting: one at a time
         self._seq = 0
         self._credit = 0.0
         self._commands: deque[Callable[[], Any]] = deque()
@@ -419,17 +421,38 @@ class ReplaySource:
         return True
 
     def start(self, post: Post) -> None:
-        self._read_behind()
-        self._thread = threading.Thread(
-            target=self._loop, args=(post,), name="stagewatch-replay", daemon=True
-        )
-        self._thread.start()
+        """:meth:`run` in a daemon thread, for callers without Textual (tests, benchmarks)."""
+        threading.Thread(
+            target=self.run, args=(post,), name="stagewatch-replay", daemon=True
+        ).start()
+
+    def run(self, post: Post) -> None:
+        """Play and post snapshots until :meth:`stop`: the loop, in the caller's thread (the
+        controls :meth:`command` queues run there)."""
+        with self._control:
+            self._loop_ident = threading.get_ident()
+        try:
+            if not self._stop.is_set():  # stopped before it ran: start nothing
+                self._read_behind()
+                self._loop(post)
+        finally:
+            with self._control:
+                self._loop_ident = None
+            self._ended.set()
+
+    @property
+    def running(self) -> bool:
+        """True while :meth:`run` runs (in whichever thread)."""
+        return self._loop_ident is not None
 
     def stop(self) -> None:
+        """End :meth:`run` (waiting up to 2 s for it, unless called from its own thread) and
+        the read behind."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2)
+        ident = self._loop_ident
+        if ident is not None and ident != threading.get_ident():
+            self._ended.wait(timeout=2)
         proc, self._behind = self._behind, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -439,11 +462,13 @@ class ReplaySource:
                 proc.kill()
 
     def command(self, fn: Callable[[], Any]) -> None:
-        """Queue a control from the UI thread; the replay thread runs it and posts a snapshot."""
-        if self._thread is None:
-            fn()
-        else:
-            self._commands.append(fn)
+        """Run a control from the UI thread: queued for :meth:`run`'s thread while it runs
+        (it then posts a snapshot), else at once (none runs once stopped)."""
+        with self._control:
+            if not self.running and not self._stop.is_set():
+                fn()
+            else:
+                self._commands.append(fn)
         self._wake.set()
 
     def _loop(self, post: Post) -> None:

@@ -62,6 +62,7 @@ class Key:
     priority: bool = False  # before the focused widget's own keys (space, arrows)
     footer: str = ""  # short footer label (default: the description up to " (")
     in_input: bool = False  # also while typing in the filter box (Ctrl+C)
+    palette: bool = True  # in the command palette
 
     @property
     def display(self) -> str:
@@ -74,7 +75,7 @@ class Key:
 
 
 KEYS: tuple[Key, ...] = (
-    Key("q", "quit", "Quit", "General"),
+    Key("q", "quit", "Quit", "General", palette=False),
     Key(
         "ctrl+c",
         "quit_now",
@@ -83,6 +84,7 @@ KEYS: tuple[Key, ...] = (
         show=False,
         priority=True,
         in_input=True,
+        palette=False,
     ),
     Key("question_mark,f1", "help", "Help: every key", "General", footer="Help"),
     Key(
@@ -94,7 +96,7 @@ KEYS: tuple[Key, ...] = (
         footer="Pause",
     ),
     Key("slash", "filter", "Filter regions by name (as you type)", "Tree", footer="Filter"),
-    Key("escape", "clear_filter", "Clear the filter", "Tree", show=False),
+    Key("escape", "clear_filter", "Clear the filter", "Tree", show=False, palette=False),
     Key("e", "expand_all", "Expand all", "Tree", show=False),
     Key("c", "collapse_all", "Collapse all", "Tree", show=False),
     Key("s", "toggle_sort", "Sort by time / by name", "Tree", footer="Sort"),
@@ -148,6 +150,13 @@ KEYS: tuple[Key, ...] = (
     Key("plus,equals_sign", "replay_faster", "Faster (x2)", "Replay", (REPLAY,), footer="Faster"),
     Key("minus", "replay_slower", "Slower (/2)", "Replay", (REPLAY,), footer="Slower"),
 )
+
+
+# the header's last field: the keys to know first (the footer and help list them all)
+HINT = {
+    WATCH: "? help",
+    REPLAY: "space play · ←/→ step · Home/End · +/- speed · ? help",
+}
 
 
 def keys_for(mode: str) -> tuple[Key, ...]:

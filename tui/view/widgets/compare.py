@@ -7,6 +7,8 @@ time and share, and for runs after the first the difference and ratio vs the fir
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -40,11 +42,7 @@ def legend(c: Comparison) -> Text:
 class CompareScreen(Screen[None]):
     """Regions of several runs side by side."""
 
-    DEFAULT_CSS = """
-    CompareScreen { layout: vertical; }
-    CompareScreen #compare-legend { height: auto; padding: 0 1; background: $boost; }
-    CompareScreen #compare-table { height: 1fr; }
-    """
+    CSS_PATH = str(Path(__file__).with_name("compare.tcss"))  # absolute: any app pushes it
     BINDINGS = [  # noqa: RUF012
         Binding("escape,q", "close", "Close"),
     ]

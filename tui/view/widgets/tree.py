@@ -16,7 +16,7 @@ from textual.widgets.tree import TreeNode
 from tui.fmt import CLASS_STYLE, bar, class_of, clean, fmt_ms, fmt_pct, literal
 from tui.model.order import hysteresis_order
 from tui.model.snapshot import UNACCOUNTED, RegionRow, RunSnapshot
-from tui.view.widgets.panels import show_text
+from tui.view.widgets.base import show_text
 
 GUIDE = 3
 ICON = 2
@@ -167,7 +167,8 @@ class StageTree(Tree[str]):
             if self.sort_by_time:
                 by_name = {r.name: r for r in kids}
                 share = {r.name: self._share(r) for r in kids}
-                # with hysteresis (tui.model.order, shared with `tui summary`): close shares do not swap
+                # with hysteresis (tui.model.order, shared with `tui summary`): close shares
+                # do not swap
                 names_ = hysteresis_order(list(share), share.__getitem__, prev.get(parent, []))
                 order[parent] = names_
                 return [by_name[n] for n in names_]

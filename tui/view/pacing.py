@@ -1,0 +1,183 @@
+"""Snapshot intake and redraw pacing: which snapshot the screen shows, and when.
+
+Redraws cost what a person can follow: the header (step, ETA, state) follows every
+snapshot, while the panels (tree, ranks, sparkline, advice, run list, files line) are
+redrawn from one snapshot at most :data:`PANELS_PER_S` times a second (``tui watch``:
+:data:`WATCH_PANELS_PER_S`), the last snapshot of a busy spell always shown at the end of
+its gap. A snapshot after a quiet spell, one that answers a key (another run, a replay
+seek), a new run or a run changing state is shown whole at once. ``tui watch``'s source
+builds the per-region figures only for the snapshots the panels will draw (every panel gap,
+or when asked); those between are light (:attr:`WorldSnapshot.light`) and reach the header
+only.
+
+Nothing here draws: :class:`Slot` hands snapshots from the reader's thread to the screen's,
+:class:`Pacer` says what to redraw; the app does it.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from textual.message import Message
+
+from tui.model.snapshot import WorldSnapshot
+
+PANELS_PER_S = 2.0  # panel redraws a second at most while snapshots stream in (a replay playing)
+# ``tui watch``: one panel redraw costs ~25 ms of a core here (Textual composing ~40 changed
+# lines: the tree ~14 ms), so 2 a second alone would be half the 10% budget of a watch; the
+# panels' figures are statistics over many steps, the header (step, ETA, last step) stays live
+WATCH_PANELS_PER_S = 1.0
+
+
+Post = Callable[[WorldSnapshot], None]
+
+
+class Source(Protocol):
+    """Where the snapshots come from (:mod:`tui.source`): :meth:`run` reads and posts them,
+    blocking, until :meth:`stop`; the app runs it in a worker thread."""
+
+    mode: str
+
+    def run(self, post: Post) -> None: ...
+    def stop(self) -> None: ...
+    def select(self, run_id: str) -> None: ...
+
+
+def default_gap(replay: bool) -> float:
+    """Seconds between panel redraws from streamed snapshots."""
+    return 1.0 / (PANELS_PER_S if replay else WATCH_PANELS_PER_S)
+
+
+class SnapshotReady(Message):
+    """A new snapshot from the reader thread."""
+
+    def __init__(self, snapshot: WorldSnapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
+class Slot:
+    """The hand-over from the reader's thread: one message in flight at most. The screen takes
+    the newest snapshot, so a slow screen skips stale snapshots instead of falling behind."""
+
+    def __init__(self) -> None:
+        self.snapshot: WorldSnapshot | None = None
+        self.full: WorldSnapshot | None = None  # the newest full snapshot not yet taken
+        self.pending = False  # a message is in flight (the source builds nothing meanwhile)
+        self._lock = threading.Lock()
+
+    def put(self, snap: WorldSnapshot) -> bool:
+        """Reader thread: keep ``snap``; True when a message must tell the screen."""
+        with self._lock:
+            self.snapshot = snap
+            if not snap.light:  # a light one after it must not hide it from the panels
+                self.full = snap
+            if self.pending:
+                return False
+            self.pending = True
+            return True
+
+    def take(self, sent: WorldSnapshot) -> tuple[WorldSnapshot, WorldSnapshot | None]:
+        """Screen thread: (the newest snapshot, the newest full one or None), ``sent`` being
+        the one the message carried."""
+        with self._lock:
+            snap = self.snapshot or sent
+            full, self.full = self.full, None
+            self.pending = False
+        if full is None and not snap.light:
+            full = snap
+        return snap, full
+
+
+def replay_mode(status: str | None) -> str | None:
+    """A replay's status without its position ("▶ replay 10 steps/s"): playing, pausing or
+    a new speed is a change of view, the position moving is not."""
+    return status.split(" · step ")[0] if status else status
+
+
+def changes_view(old: WorldSnapshot | None, new: WorldSnapshot) -> bool:
+    """True when ``new`` is not just newer figures of what is on screen: another run (or
+    a first one), a run added or gone, or the run's state changing (finished, stale...)."""
+    if old is None or len(old.runs) != len(new.runs):
+        return True
+    a, b = old.selected, new.selected
+    if a is None or b is None:
+        return a is not b
+    return (
+        a.run_id != b.run_id or a.state != b.state or replay_mode(a.replay) != replay_mode(b.replay)
+    )
+
+
+class Redraw(enum.Enum):
+    """What a snapshot taken from the slot redraws."""
+
+    HEADER = "header"  # the header only
+    ASK_FULL = "ask_full"  # the header, and the source is asked for a full snapshot
+    PANELS = "panels"  # everything, from :attr:`Pacer.world`, now
+    LATER = "later"  # the header now, the panels at the end of the gap
+
+
+class Pacer:
+    """Which snapshots the header and the panels show; the app draws what it says."""
+
+    def __init__(self, gap: float) -> None:
+        self.gap = gap  # seconds between panel redraws from streamed snapshots
+        self.world: WorldSnapshot | None = None  # shown by the panels
+        self.latest: WorldSnapshot | None = None  # received (the header shows it, unless paused)
+        self.latest_full: WorldSnapshot | None = None  # the newest full one (what panels draw)
+        self.urgent = False  # a key asked for the next snapshot (another run, a seek)
+        self._drawn_at = -1e9  # time.monotonic() of the last panel redraw
+
+    def receive(self, snap: WorldSnapshot, full: WorldSnapshot | None) -> None:
+        """Note what :meth:`Slot.take` gave."""
+        self.latest = snap
+        if full is not None:
+            self.latest_full = full
+
+    def decide(self, snap: WorldSnapshot, full: WorldSnapshot | None) -> Redraw:
+        """What to redraw for a snapshot received (not paused); :attr:`world` is set to the
+        full one when it is :attr:`Redraw.PANELS`."""
+        if full is None:  # light: the header's figures only
+            # (the source makes those that change the view full)
+            return Redraw.ASK_FULL if changes_view(self.world, snap) else Redraw.HEADER
+        if self._left() <= 0 or self.urgent or changes_view(self.world, full):
+            self.urgent = False
+            self.world = full
+            return Redraw.PANELS
+        return Redraw.LATER
+
+    def drawn(self) -> None:
+        """The panels were redrawn (from :attr:`world`): a gap starts."""
+        self._drawn_at = time.monotonic()
+
+    def due_in(self) -> float:
+        """Seconds until the panels may be redrawn from a streamed snapshot, for a timer: at
+        least 1 ms, as the gap may have ended since :meth:`decide` (Textual's timers spin on
+        a negative delay)."""
+        return max(0.001, self._left())
+
+    def _left(self) -> float:
+        return self.gap - (time.monotonic() - self._drawn_at)
+
+    def flush(self) -> bool:
+        """The end of a gap: True when the panels have a newer full snapshot to draw (then
+        :attr:`world`)."""
+        if self.latest_full is None or self.latest_full is self.world:
+            return False
+        self.world = self.latest_full
+        return True
+
+    def resume(self) -> bool:
+        """A key redraws the panels: from the newest full snapshot (False: none yet)."""
+        if self.latest_full is None:
+            return False
+        self.world = self.latest_full
+        return True
+
+    def wants_full(self) -> bool:
+        """The header is ahead of the panels (light snapshots came since the last full one)."""
+        return self.latest is not None and self.latest.light
