@@ -184,3 +184,21 @@ def test_replay_posts_after_a_command_whose_wakeup_was_lost(tmp_path: Path) -> N
     assert done.wait(10)
     t.join(10)
     assert posted[0] == 0 and 1 in posted  # the step the command showed was posted
+
+
+def test_a_replay_jump_stops_at_the_next_batch_once_the_source_is_stopped(
+    tmp_path: Path,
+) -> None:
+    # the worker that runs the loop is joined at exit: a jump to the end of a long run
+    # must not keep a quitting monitor alive until it has folded the whole run
+    from tui.source import replay
+    from tui.source.replay import ReplaySource
+
+    write_run(tmp_path, "r", steps=3 * replay.BATCH, ranks=2, n_regions=4)
+    src = ReplaySource(tmp_path / "r", playing=False)
+    src._stop.set()
+    src.jump_end()
+    assert 0 < src.position < 3 * replay.BATCH
+    done = ReplaySource(tmp_path / "r", playing=False)
+    done.jump_end()
+    assert done.position == 3 * replay.BATCH

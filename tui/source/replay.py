@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from stagewatch.runs import last_step_in
@@ -232,6 +233,8 @@ class ReplaySource:
                 if len(items) >= BATCH:
                     nxt.append(c)
             active = nxt
+            if self._stop.is_set():  # quitting during a long jump: the rest is not shown
+                break
             if active:
                 self._checkpoint()  # along a long jump too, so stepping back later is quick
         return moved
@@ -391,7 +394,7 @@ class ReplaySource:
         import subprocess
         import sys
 
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding the tui package
         env = dict(
             os.environ,
             PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
@@ -403,6 +406,7 @@ class ReplaySource:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 env=env,
+                start_new_session=True,  # its group is ended with it (its worker processes)
             )
         except OSError:
             self._behind = None
@@ -455,11 +459,7 @@ class ReplaySource:
             self._ended.wait(timeout=2)
         proc, self._behind = self._behind, None
         if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=2)
-            except Exception:
-                proc.kill()
+            _end_group(proc)
 
     def command(self, fn: Callable[[], Any]) -> None:
         """Run a control from the UI thread: queued for :meth:`run`'s thread while it runs
@@ -494,3 +494,19 @@ class ReplaySource:
             last = now
             if moved or woke:
                 post(self.build())
+
+
+def _end_group(proc: Any) -> None:
+    """End the read behind and the worker processes it started (its process group)."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except Exception:
+            continue
