@@ -537,10 +537,10 @@ redraws the reader builds light snapshots (the header's fields, each as the full
 has it, without the per-region merge: ~1.4 ms instead of ~3.8 ms); file events come from
 watchdog's observer asking only for writes, creations, removals and renames (without that
 filter its threads also carried the opens and closes of the reader's own reads: ~1.9% of a
-core); the start-up's objects are frozen out of the cyclic collector. A panel redraw costs ~25 ms of the
-screen thread (Textual composing ~40 changed lines, the tree ~14 ms of it), hence once a
-second; the header's ~8 redraws a second ~3 points in all (~2 ms of each Textual composing
-the frame). The latency target needs a snapshot every ~125 ms. Headless: in a terminal,
+core); the start-up's objects are frozen out of the cyclic collector. A panel redraw costs \
+~25 ms of the screen thread (Textual composing ~40 changed lines, the tree ~14 ms of it), \
+hence once a second; the header's ~8 redraws a second ~3 points in all (~2 ms of each Textual
+composing the frame). The latency target needs a snapshot every ~125 ms. Headless: in a terminal,
 writing the frames out adds to the screen's share.
 """
 

@@ -42,8 +42,9 @@ def markdown(report: BenchReport) -> str:
     dev = (first.gpu_name or first.device) if first else "?"
     epochs = next((r.epochs for r in report.results if r.epochs), None)
     lines = [
-        f"`trainer bench --cfg {report.cfg}`: {report.steps} measured step(s) after {report.warmup} "
-        f"warm-up step(s) per row, each row its own process on {dev}. Step = median step wall time "
+        f"`trainer bench --cfg {report.cfg}`: {report.steps} measured step(s) after "
+        f"{report.warmup} warm-up step(s) per row, each row its own process on {dev}. "
+        "Step = median step wall time "
         f"(validation/checkpoint excluded); samples/s = samples per step / step; epoch and total "
         f"times project the step time over the configured dataset ({report.plan_source}"
         + (
@@ -54,8 +55,8 @@ def markdown(report: BenchReport) -> str:
         + "). Ratios are vs the first row. Predicted = `trainer plan`'s simulated peak of the "
         "row's step (on CPU tensors only; the measured CPU figure is the process's resident set).",
         "",
-        f"| # | config | peak memory | predicted | step | samples/s | epoch | {epochs or 'all'} epochs "
-        "| vs baseline | run |",
+        "| # | config | peak memory | predicted | step | samples/s | epoch | "
+        f"{epochs or 'all'} epochs | vs baseline | run |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report.results:

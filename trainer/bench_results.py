@@ -111,7 +111,7 @@ def analyse_run(run_dir: str | os.PathLike[str], warmup: int) -> dict[str, Any]:
         if is_oom(end.error_type, end.error_message):
             out.update(
                 status=OOM,
-                message=f"{end.error_type}: {(end.error_message or '').splitlines()[0] if end.error_message else ''}",
+                message=f"{end.error_type}: {_first_line(end.error_message)}",
             )
         else:
             msg = (end.error_message or "").strip().splitlines()
@@ -149,3 +149,7 @@ class BenchReport:
     plan_source: str = ""
     started: float = field(default_factory=time.time)
     interrupted: bool = False
+
+
+def _first_line(message: str | None) -> str:
+    return message.splitlines()[0] if message else ""

@@ -30,8 +30,8 @@ def percent(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a percentage like 40 or 40%, got {text!r}")
     if not pct and 0 < v <= 1:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is ambiguous: give a percentage as printed, e.g. {v * 100:g} (or {v * 100:g}%) for "
-            f"{v * 100:g}% of the step, or {text}% for {v:g}%"
+            f"{text!r} is ambiguous: give a percentage as printed, e.g. {v * 100:g} "
+            f"(or {v * 100:g}%) for {v * 100:g}% of the step, or {text}% for {v:g}%"
         )
     if not 0 < v <= 100:
         raise argparse.ArgumentTypeError(f"a percentage must be in (0, 100], got {text!r}")
@@ -100,7 +100,8 @@ def add_index(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-index",
         action="store_true",
-        help="neither use nor write the run index (<run>/.stagewatch-index): read every file in full",
+        help="neither use nor write the run index (<run>/.stagewatch-index): "
+        "read every file in full",
     )
 
 

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stat",
         choices=("avg", "p50"),
         default="avg",
-        help="whole-run statistic per region: avg (default) or p50 (median, ignores a slow first step)",
+        help="whole-run statistic per region: avg (default) or p50 (median, ignores a slow "
+        "first step)",
     )
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON")

@@ -80,7 +80,8 @@ def resolve_root(root: str) -> str:
     roots = [s for s in subs if any(is_run_dir(r) for r in _subdirs(s))]
     if len(roots) == 1:
         print(
-            f"tui watch: no runs in {clean(root)}; watching the log folder below it: {clean(roots[0])}",
+            f"tui watch: no runs in {clean(root)}; "
+            f"watching the log folder below it: {clean(roots[0])}",
             file=sys.stderr,
         )
         return str(roots[0])

@@ -285,7 +285,7 @@ def regression_check(c: Comparison, max_pct: float, region: str | None = None) -
         verdict = "FAIL" if bad else "ok"
         sign = "+" if pct >= 0 else "−"
         lines.append(
-            f"{verdict} {label}: {name} {fmt_ms(m)} vs baseline {fmt_ms(base)} = {sign}{abs(pct):.1f}% "
-            f"({'over' if bad else 'within'} the {max_pct:g}% limit)"
+            f"{verdict} {label}: {name} {fmt_ms(m)} vs baseline {fmt_ms(base)} = "
+            f"{sign}{abs(pct):.1f}% ({'over' if bad else 'within'} the {max_pct:g}% limit)"
         )
     return Gate(what, max_pct, tuple(changes), failed, tuple(lines))

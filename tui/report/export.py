@@ -94,7 +94,8 @@ def rank_files(path: str | os.PathLike[str]) -> list[tuple[int, Path]]:
         rank = rank_of_file(p.name)
         if rank is None and not _starts_with_record(p):
             raise UsageError(
-                f"not a run: {p} (expected a run folder or a rank<R>.jsonl file of stagewatch records)"
+                f"not a run: {p} "
+                "(expected a run folder or a rank<R>.jsonl file of stagewatch records)"
             )
         return [(rank or 0, p)]
     try:
@@ -214,17 +215,7 @@ def write_chrome(
     """Write the Chrome trace JSON of ``run`` to ``out`` (streamed, one event per line)."""
     files = rank_files(run)
     stats = ExportStats(ranks=len(files))
-    # pass 1 over the first step of each rank: the trace's time origin
-    t0 = None
-    for _, p in files:
-        for rec in records(p, stats):
-            if isinstance(rec, Step) and in_range(rec.step, steps):
-                s = rec.time - rec.wall_ms / 1000.0
-                t0 = s if t0 is None else min(t0, s)
-                break
-    stats.malformed, stats.errors = 0, []
-    if t0 is None:
-        t0 = 0.0
+    t0 = _origin(files, stats, steps)
     run_name = Path(run).name if Path(run).is_dir() else Path(run).parent.name
     out.write('{"displayTimeUnit":"ms","otherData":')
     out.write(
@@ -248,167 +239,140 @@ def write_chrome(
         first = False
         stats.events += 1
 
-    def emit(ev: dict[str, Any]) -> None:
-        write_event(json.dumps(ev, separators=(",", ":"), allow_nan=False))
-
     for rank, p in files:
         named = False
         prev_end = -math.inf
         for rec in records(p, stats):
-            buf: list[dict[str, Any]] = []  # a record's events, written only if all of them encode
             try:
                 if isinstance(rec, RunStart):
-                    if not named:
-                        label = f"rank {rank}"
-                        detail = " ".join(
-                            x for x in (rec.host, rec.device, rec.gpu_name or "") if x
-                        )
-                        buf.append(
-                            {
-                                "ph": "M",
-                                "name": "process_name",
-                                "pid": rank,
-                                "tid": 0,
-                                "args": {"name": f"{label} ({detail})" if detail else label},
-                            }
-                        )
-                        buf.append(
-                            {
-                                "ph": "M",
-                                "name": "process_sort_index",
-                                "pid": rank,
-                                "tid": 0,
-                                "args": {"sort_index": rank},
-                            }
-                        )
-                        buf.append(
-                            {
-                                "ph": "M",
-                                "name": "thread_name",
-                                "pid": rank,
-                                "tid": 0,
-                                "args": {"name": "training steps"},
-                            }
-                        )
-                        named = True
+                    buf = [] if named else _process_events(rank, rec)
+                    named = True
                 elif isinstance(rec, Step):
                     if not in_range(rec.step, steps):
                         continue
                     stats.steps += 1
-                    # steps of a process follow each other (wall_ms is the time between step()
-                    # calls); time.time() and the step clock may disagree by a few µs, so a step
-                    # never starts before the previous one ended (proper nesting on the track)
+                    # steps of a process follow each other (wall_ms is the time between
+                    # step() calls); time.time() and the step clock may disagree by a few
+                    # µs, so a step never starts before the previous one ended (proper
+                    # nesting on the track)
                     dur = _r(rec.wall_ms * 1000.0)
                     start = max(_r((rec.time - t0) * 1e6 - rec.wall_ms * 1000.0), prev_end)
-                    end = start + dur
-                    prev_end = _r(end)
-                    args: dict[str, Any] = {
-                        "wall_ms": rec.wall_ms,
-                        "samples": rec.samples,
-                        "epoch": rec.epoch,
-                        "unaccounted_ms": round(unaccounted_ms(rec.wall_ms, rec.regions), 4),
-                    }
-                    if rec.scalars:
-                        args.update({k: v for k, v in rec.scalars.items() if v is not None})
-                    buf.append(
-                        {
-                            "ph": "X",
-                            "name": f"step {rec.step}",
-                            "cat": "step",
-                            "pid": rank,
-                            "tid": 0,
-                            "ts": start,
-                            "dur": dur,
-                            "args": args,
-                        }
-                    )
-                    for name, s, d in layout_regions(rec.regions, start, end):
-                        ms, count = rec.regions[name]
-                        buf.append(
-                            {
-                                "ph": "X",
-                                "name": name.rsplit("/", 1)[-1],
-                                "cat": "region",
-                                "pid": rank,
-                                "tid": 0,
-                                "ts": _r(s),
-                                "dur": _r(d),
-                                "args": {
-                                    "region": name,
-                                    "ms": ms,
-                                    "count": count,
-                                    "share": round(ms / rec.wall_ms, 4)
-                                    if rec.wall_ms > 0
-                                    else None,
-                                },
-                            }
-                        )
-                    if rec.memory:
-                        buf.append(
-                            {
-                                "ph": "C",
-                                "name": "memory (MiB)",
-                                "pid": rank,
-                                "tid": 0,
-                                "ts": _r(end),
-                                "args": {k: round(v / MiB, 2) for k, v in rec.memory.items()},
-                            }
-                        )
+                    prev_end = _r(start + dur)
+                    buf = _step_events(rank, rec, start, dur)
                 elif isinstance(rec, Eval):
                     if not in_range(rec.step, steps):
                         continue
-                    buf.append(
-                        {
-                            "ph": "i",
-                            "s": "p",
-                            "name": f"eval step {rec.step}",
-                            "pid": rank,
-                            "tid": 0,
-                            "ts": _r((rec.time - t0) * 1e6),
-                            "args": dict(rec.metrics),
-                        }
-                    )
+                    buf = [_eval_event(rank, rec, t0)]
                 elif isinstance(rec, RunEnd):
-                    args = {"status": rec.status, "steps": rec.steps}
-                    if rec.error_type or rec.error_message:
-                        args["error"] = f"{rec.error_type or 'error'}: {rec.error_message or ''}"
-                    buf.append(
-                        {
-                            "ph": "i",
-                            "s": "p",
-                            "name": f"run end ({rec.status})",
-                            "pid": rank,
-                            "tid": 0,
-                            "ts": _r((rec.time - t0) * 1e6),
-                            "args": args,
-                        }
-                    )
+                    buf = [_end_event(rank, rec, t0)]
+                else:
+                    buf = []
+                # a record's events are written only if all of them encode
                 texts = [json.dumps(ev, separators=(",", ":"), allow_nan=False) for ev in buf]
-            except (
-                ArithmeticError,
-                ValueError,
-                TypeError,
-            ) as e:  # an absurd figure: skip the record
+            except (ArithmeticError, ValueError, TypeError) as e:  # an absurd figure: skipped
                 stats.bad(
                     p,
                     0,
-                    f"a {type(rec).__name__.lower()} record could not be exported ({type(e).__name__})",
+                    f"a {type(rec).__name__.lower()} record could not be exported "
+                    f"({type(e).__name__})",
                 )
                 continue
             for text in texts:
                 write_event(text)
         if not named:  # a file without run_start (written by another tool)
-            emit(
-                {
-                    "ph": "M",
-                    "name": "process_name",
-                    "pid": rank,
-                    "tid": 0,
-                    "args": {"name": f"rank {rank}"},
-                }
+            name = {"name": f"rank {rank}"}
+            write_event(
+                json.dumps(
+                    {"ph": "M", "name": "process_name", "pid": rank, "tid": 0, "args": name},
+                    separators=(",", ":"),
+                    allow_nan=False,
+                )
             )
     out.write("\n]}\n")
     return stats
+
+
+def _origin(files: list[tuple[int, Path]], stats: ExportStats, steps: StepRange | None) -> float:
+    """The trace's time origin: the earliest start of the first step (in range) of any rank.
+    (A first pass over each rank's first steps; its malformed lines are counted again later.)"""
+    t0 = None
+    for _, p in files:
+        for rec in records(p, stats):
+            if isinstance(rec, Step) and in_range(rec.step, steps):
+                s = rec.time - rec.wall_ms / 1000.0
+                t0 = s if t0 is None else min(t0, s)
+                break
+    stats.malformed, stats.errors = 0, []
+    return 0.0 if t0 is None else t0
+
+
+def _meta(rank: int, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"ph": "M", "name": name, "pid": rank, "tid": 0, "args": args}
+
+
+def _process_events(rank: int, rec: RunStart) -> list[dict[str, Any]]:
+    """The rank's track: its name (with host and device), order, and thread name."""
+    label = f"rank {rank}"
+    detail = " ".join(x for x in (rec.host, rec.device, rec.gpu_name or "") if x)
+    return [
+        _meta(rank, "process_name", {"name": f"{label} ({detail})" if detail else label}),
+        _meta(rank, "process_sort_index", {"sort_index": rank}),
+        _meta(rank, "thread_name", {"name": "training steps"}),
+    ]
+
+
+def _step_events(rank: int, rec: Step, start: float, dur: float) -> list[dict[str, Any]]:
+    """A step's span (from ``start``, µs, for ``dur``), its regions laid inside it and its
+    memory counter."""
+    end = start + dur
+    args: dict[str, Any] = {
+        "wall_ms": rec.wall_ms,
+        "samples": rec.samples,
+        "epoch": rec.epoch,
+        "unaccounted_ms": round(unaccounted_ms(rec.wall_ms, rec.regions), 4),
+    }
+    if rec.scalars:
+        args.update({k: v for k, v in rec.scalars.items() if v is not None})
+    span = {"ph": "X", "name": f"step {rec.step}", "cat": "step", "pid": rank, "tid": 0}
+    buf = [{**span, "ts": start, "dur": dur, "args": args}]
+    for name, s, d in layout_regions(rec.regions, start, end):
+        ms, count = rec.regions[name]
+        share = round(ms / rec.wall_ms, 4) if rec.wall_ms > 0 else None
+        buf.append(
+            {
+                "ph": "X",
+                "name": name.rsplit("/", 1)[-1],
+                "cat": "region",
+                "pid": rank,
+                "tid": 0,
+                "ts": _r(s),
+                "dur": _r(d),
+                "args": {"region": name, "ms": ms, "count": count, "share": share},
+            }
+        )
+    if rec.memory:
+        mib = {k: round(v / MiB, 2) for k, v in rec.memory.items()}
+        buf.append(
+            {"ph": "C", "name": "memory (MiB)", "pid": rank, "tid": 0, "ts": _r(end), "args": mib}
+        )
+    return buf
+
+
+def _instant(rank: int, name: str, t: float, t0: float, args: dict[str, Any]) -> dict[str, Any]:
+    return {"ph": "i", "s": "p", "name": name, "pid": rank, "tid": 0, "ts": _r((t - t0) * 1e6)} | {
+        "args": args
+    }
+
+
+def _eval_event(rank: int, rec: Eval, t0: float) -> dict[str, Any]:
+    return _instant(rank, f"eval step {rec.step}", rec.time, t0, dict(rec.metrics))
+
+
+def _end_event(rank: int, rec: RunEnd, t0: float) -> dict[str, Any]:
+    args: dict[str, Any] = {"status": rec.status, "steps": rec.steps}
+    if rec.error_type or rec.error_message:
+        args["error"] = f"{rec.error_type or 'error'}: {rec.error_message or ''}"
+    return _instant(rank, f"run end ({rec.status})", rec.time, t0, args)
 
 
 # --------------------------------------------------------------------------- csv

@@ -188,7 +188,8 @@ def straggler_text(snap: RunSnapshot) -> Text:
     for x in v.ranks:
         mark = "  ← straggler" if x.rank == v.straggler else ""
         t.append(
-            f"  rank {x.rank:<3} compute {fmt_ms(x.compute_ms):>8}  all-reduce wait {fmt_ms(x.allreduce_ms):>8}"
+            f"  rank {x.rank:<3} compute {fmt_ms(x.compute_ms):>8}"
+            f"  all-reduce wait {fmt_ms(x.allreduce_ms):>8}"
             f"  data {fmt_ms(x.data_ms):>8}  slowest in {x.slowest}/{v.compared_steps}{mark}\n",
             style="red" if mark else "",
         )
@@ -236,7 +237,8 @@ def summary_text(
         e.stylize("bold red")
         t.append_text(e)
         t.append("\n")
-    head = f"{'region':<{name_w}} {'class':<6} {'share':>6} {'':<10} {'last':>8} {'avg':>8} {'min':>8} {'max':>8} {'p95':>8} {'calls':>8}\n"
+    figures = "".join(f" {c:>8}" for c in ("last", "avg", "min", "max", "p95", "calls"))
+    head = f"{'region':<{name_w}} {'class':<6} {'share':>6} {'':<10}{figures}\n"
     t.append(head, style="bold")
     for r in [*sorted_regions(snap, sort, window), snap.unaccounted]:
         s = r.window if window else r.whole
