@@ -89,7 +89,9 @@ async def test_watch_updates_in_place_pause_filter_and_runs(tmp_path: Path) -> N
         await wait_for(pilot, lambda: app.latest is not None and app.latest.selected.step == 13)
         assert _step_of(app) == 10
         await pilot.press("p")
-        assert _step_of(app) == 13
+        # the panels show the newest full snapshot at once, and ask for a full one when the
+        # header is ahead of it (light snapshots came while paused): step 13 within the gap
+        await wait_for(pilot, lambda: _step_of(app) == 13, timeout=3.0)
 
         await pilot.press("slash")
         await pilot.press(*"stage8")
