@@ -352,9 +352,10 @@ def explain(line: bytes | str, err: Exception) -> RecordError | None:
     return RecordError(f"{kind}: {err}")
 
 
-def decode(line: bytes | str) -> Record | None:
-    """Parse and validate one line: its record, or None for a kind this version does not
-    know. Raises :class:`RecordError` (one line saying why) for anything else wrong."""
+def parse(line: bytes | str) -> Record | None:
+    """Parse and validate one line: its record as written (a non-finite value stays the
+    ``None`` it was written as), or None for a kind this version does not know. Raises
+    :class:`RecordError` (one line saying why) for anything else wrong."""
     if len(line) > MAX_LINE_BYTES:
         raise RecordError(f"line longer than {MAX_LINE_BYTES} bytes")
     try:
@@ -367,8 +368,13 @@ def decode(line: bytes | str) -> Record | None:
     except RecursionError:
         raise RecordError(f"nested deeper than {MAX_DEPTH} levels") from None
     check_major(rec.version)
+    return rec
+
+
+def decode(line: bytes | str) -> Record | None:
+    """:func:`parse`, with a value written as null (a non-finite scalar) read as absent."""
+    rec = parse(line)
     if type(rec) is Step and (rec.scalars or rec.memory):
-        # a value written as null (a non-finite scalar) is read as absent
         if rec.scalars and None in rec.scalars.values():
             rec.scalars = {k: v for k, v in rec.scalars.items() if v is not None} or None
         if rec.memory and None in rec.memory.values():

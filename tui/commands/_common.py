@@ -7,9 +7,13 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from stagewatch.errors import UsageError
 from tui.model.aggregate import DEFAULT_WINDOW
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def percent(text: str) -> float:
@@ -109,3 +113,19 @@ def apply_index(args: argparse.Namespace) -> None:
     from tui.source import index
 
     index.set_enabled(not getattr(args, "no_index", False))
+
+
+def stdout_console() -> Console:
+    """A Rich console on stdout for a command's text: colours on a terminal, plain and 200
+    columns wide when piped (scripts, CI logs)."""
+    from rich.console import Console
+
+    tty = sys.stdout.isatty()
+    return Console(
+        file=sys.stdout,
+        highlight=False,
+        soft_wrap=True,
+        force_terminal=None if tty else False,
+        no_color=not tty or None,
+        width=None if tty else 200,
+    )

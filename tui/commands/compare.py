@@ -12,7 +12,13 @@ import math
 import sys
 
 from stagewatch.errors import UsageError
-from tui.commands._common import add_index, add_window, apply_index, quiet_pipe
+from tui.commands._common import (
+    add_index,
+    add_window,
+    apply_index,
+    quiet_pipe,
+    stdout_console,
+)
 
 
 def _pct(text: str) -> float:
@@ -90,17 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
             CompareApp(c).run()
         else:
-            from rich.console import Console
-
-            tty = sys.stdout.isatty()
-            console = Console(
-                file=sys.stdout,
-                highlight=False,
-                soft_wrap=True,
-                force_terminal=None if tty else False,
-                no_color=not tty or None,
-                width=None if tty else 200,
-            )
+            console = stdout_console()
             console.print(comparison_text(c), end="")
         sys.stdout.flush()
     if gate is None:

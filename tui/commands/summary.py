@@ -14,6 +14,7 @@ from tui.commands._common import (
     add_window,
     apply_index,
     quiet_pipe,
+    stdout_console,
     thresholds,
 )
 from tui.report.summary import open_run, summary_dict, summary_text
@@ -65,17 +66,7 @@ def run(args: argparse.Namespace) -> int:
             )
             sys.stdout.write("\n")
         else:
-            from rich.console import Console
-
-            tty = sys.stdout.isatty()
-            console = Console(
-                file=sys.stdout,
-                highlight=False,
-                soft_wrap=True,
-                force_terminal=None if tty else False,
-                no_color=not tty or None,
-                width=None if tty else 200,
-            )
+            console = stdout_console()
             console.print(
                 summary_text(snap, red, yellow, sort=args.sort, window=window, peak_tflops=peak),
                 end="",

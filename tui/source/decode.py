@@ -26,7 +26,6 @@ from stagewatch.records import (
     Step,
     StepRaw,
     check_major,
-    explain,
 )
 from tui.model.rows import LIMITS, StepBlock, StepRow
 
@@ -43,19 +42,10 @@ _new_row = tuple.__new__
 
 
 def parse_line(line: bytes | str) -> StepRow | Record | None:
-    """One line -> StepRow, another record, or None for an unknown kind. Raises RecordError."""
-    if len(line) > MAX_LINE:
-        raise RecordError(f"line longer than {MAX_LINE} bytes")
-    try:
-        m = decode(line)
-    except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        why = explain(line, e)
-        if why is None:
-            return None
-        raise why from None
-    except RecursionError:
-        raise RecordError(f"nested deeper than {LIMITS.MAX_JSON_DEPTH} levels") from None
-    return convert(m)
+    """One line -> StepRow, another record, or None for an unknown kind. Raises RecordError.
+    (The slow path of :func:`decode_batch`: any line the inline decoding did not take.)"""
+    rec = records.parse(line)
+    return None if rec is None else convert(rec)
 
 
 def convert(m: Any) -> StepRow | Record:
