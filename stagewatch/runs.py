@@ -58,6 +58,24 @@ def run_files(folder: str | os.PathLike[str]) -> list[Path]:
     return [p / n for n in sorted(os.listdir(p)) if is_run_file(n)]
 
 
+def run_folders(root: str | os.PathLike[str]) -> list[Path]:
+    """The folders directly under a log root, by name: each is a run, or may become one (its
+    files appear after the folder). Hidden folders are not runs. [] when ``root`` cannot be
+    read."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []
+    return sorted(Path(e.path) for e in entries if not e.name.startswith(".") and _is_dir(e))
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()  # a symlink to a folder counts; a symlink loop does not
+    except OSError:
+        return False
+
+
 def is_run_dir(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a folder holding a rank file or a text log."""
     try:

@@ -361,3 +361,42 @@ def test_watching_one_run_folder_or_one_file(tmp_path: Path) -> None:
             assert got[-1].selected.step == step
         finally:
             src.stop()
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the kernel's event filter is inotify's"
+)
+def test_in_a_hot_spell_the_watcher_ticks_instead_then_watches_again(tmp_path: Path) -> None:
+    from tui.source import watcher
+
+    run = write_run(tmp_path, "20261126-100000-a-0001", steps=3, status=None)
+    wakes: list[float] = []
+    w = watcher.start(str(tmp_path), lambda: wakes.append(time.monotonic()), tick_s=0.05)
+    assert w is not None
+    try:
+        with open(run / "rank0.jsonl", "a") as f:  # a hot spell: many writes at once
+            for _ in range(3 * watcher.HOT_EVENTS):
+                f.write("x\n")
+                f.flush()
+                time.sleep(0.002)
+        t_end = time.monotonic() + 5
+        while not w.holds and time.monotonic() < t_end:
+            time.sleep(0.01)
+        assert w.holds == 1
+        held_at = time.monotonic()
+        time.sleep(watcher.HOLD_S / 2)  # events are off: the reader is woken on its tick alone
+        ticks = [t for t in wakes if held_at < t]
+        assert len(ticks) >= 4  # ~10 a second at tick_s=0.05, with no write at all
+        time.sleep(watcher.HOLD_S)  # the hold is over: events are on again, and wake at once
+        n = len(wakes)
+        time.sleep(0.3)
+        assert len(wakes) == n  # quiet: no tick any more
+        with open(run / "rank0.jsonl", "a") as f:
+            f.write("y\n")
+        t_end = time.monotonic() + 2
+        while len(wakes) == n and time.monotonic() < t_end:
+            time.sleep(0.01)
+        assert len(wakes) > n and w.holds == 1
+    finally:
+        w.stop()
+    assert not w.alive

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from stagewatch.errors import UsageError
 from stagewatch.records import RecordError, RunEnd, decode
+from stagewatch.runs import run_folders
 from stagewatch.timing import TimingLogger, log_timing, set_global_timing_logger, timed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,10 +151,7 @@ def _start(
 
 
 def _runs(root: Path) -> set[str]:
-    try:
-        return {e.name for e in os.scandir(root) if e.is_dir()}
-    except OSError:
-        return set()
+    return {p.name for p in run_folders(root)}
 
 
 def _tail(path: Path, n: int = 15) -> str:

@@ -45,19 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_index(parser)
 
 
-def _subdirs(p: Path) -> list[Path]:
-    try:
-        return sorted(e for e in p.iterdir() if e.is_dir() and not e.name.startswith("."))
-    except OSError:
-        return []
-
-
 def resolve_root(root: str) -> str:
     """The folder to watch: ``root`` itself when it is a run folder, a log folder (run folders
     in it) or not there yet; the one log folder below it when ``root`` holds log folders
     rather than runs (``runs/`` holding ``logs/``). UsageError for a file, or for a folder
     holding several log folders (naming them)."""
-    from stagewatch.runs import is_run_dir
+    from stagewatch.runs import is_run_dir, run_folders
     from tui.fmt import clean
 
     p = Path(root)
@@ -74,10 +67,10 @@ def resolve_root(root: str) -> str:
         raise UsageError(f"cannot read folder {clean(root)}: permission denied")
     if is_run_dir(p):
         return root
-    subs = _subdirs(p)
+    subs = run_folders(p)
     if not subs or any(is_run_dir(s) for s in subs):
         return root  # a log folder (possibly still empty)
-    roots = [s for s in subs if any(is_run_dir(r) for r in _subdirs(s))]
+    roots = [s for s in subs if any(is_run_dir(r) for r in run_folders(s))]
     if len(roots) == 1:
         print(
             f"tui watch: no runs in {clean(root)}; "

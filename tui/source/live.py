@@ -142,7 +142,7 @@ class LiveSource:
 
     def _start_watching(self) -> None:
         folder = self.root if os.path.isdir(self.root) else os.path.dirname(self.root) or "."
-        self._watcher = watcher.start(folder, self._wake.set)
+        self._watcher = watcher.start(folder, self._wake.set, tick_s=self.min_gap)
         self.watching = self._watcher is not None
 
     # ------------------------------------------------------------------ reading

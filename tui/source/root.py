@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stagewatch.runs import is_run_dir
+from stagewatch.runs import is_run_dir, run_folders
 from tui.model.aggregate import DEFAULT_WINDOW
 from tui.model.snapshot import STALE, RunItem
 from tui.source.reader import ENDED, RunSource
@@ -77,13 +77,8 @@ class RootReader:
             return False
         self._root_mtime = mtime
         n = len(self.runs)
-        try:
-            entries = list(os.scandir(root))
-        except OSError:
-            return False
-        for e in entries:
-            if e.is_dir(follow_symlinks=False):
-                self._add(Path(e.path))
+        for folder in run_folders(root):
+            self._add(folder)
         gone = [k for k in self.runs if not os.path.isdir(k) and not os.path.isfile(k)]
         for k in gone:
             del self.runs[k]
