@@ -148,3 +148,17 @@ def test_the_sorted_orders_keep_the_first_seen_tree() -> None:
                 parent = n.rsplit("/", 1)[0]
                 assert out.index(parent) < i
                 assert all(m.startswith(parent + "/") for m in out[out.index(parent) + 1 : i])
+
+
+def test_the_screens_order_is_the_shared_rule_bounded() -> None:
+    from tui.model.order import screen_order
+
+    rows = [("b", None, 0.30), ("a", None, 0.302), ("a/x", "a", 0.1), ("a/y", "a", 0.2)]
+    rows.append(("z/orphan", "z", 0.5))  # its parent is not a row: at the top level
+    name, parent, share = (lambda r: r[0]), (lambda r: r[1]), (lambda r: r[2])
+    out, order = screen_order(rows, name, parent, share, {None: ["b", "a"]}, max_rows=100)
+    # "a" is ahead of "b" by less than the margin: the previous order holds
+    assert [r[0] for r in out] == ["z/orphan", "b", "a", "a/y", "a/x"]
+    assert order == {None: ["z/orphan", "b", "a"], "a": ["a/y", "a/x"]}
+    by_name, _ = screen_order(rows, name, parent, None, {}, max_rows=3)
+    assert [r[0] for r in by_name] == ["a", "a/x", "a/y"]  # by name, cut at 3 rows

@@ -1,6 +1,6 @@
 """Row order of the stage tree, defined once: first-seen (:func:`tree_rows`, the order of a
-snapshot's regions), by share of time with hysteresis or by name (:func:`tree_sort`, the
-screen and ``tui summary``). Torch- and Textual-free.
+snapshot's regions), by share of time with hysteresis or by name (:func:`tree_sort`,
+``tui summary``; :func:`screen_order`, the screen's rows, bounded). Torch- and Textual-free.
 
 In every order a parent comes right before its subtree (depth-first, iterative: a deep tree
 cannot overflow the stack) and siblings are ordered under their parent (the tree keeps its
@@ -147,3 +147,40 @@ def tree_sort(
         return hysteresis_order(ks, lambda k: share(by_name[k]), before, margin)
 
     return [by_name[n] for n in _depth_first(children)]
+
+
+def screen_order(
+    rows: Sequence[T],
+    name: Callable[[T], str],
+    parent: Callable[[T], str | None],
+    share: Callable[[T], float] | None,
+    prev: dict[str | None, list[str]],
+    max_rows: int,
+) -> tuple[list[T], dict[str | None, list[str]]]:
+    """The stage tree's rows as the screen shows them: depth first, siblings by ``share``
+    with hysteresis against ``prev`` (each parent's last order), or by name when ``share`` is
+    None (case-insensitive); a row whose parent is not among ``rows`` is at the top level; at
+    most ``max_rows`` rows. Returns the rows and each parent's new order (for ``prev``)."""
+    by_name = {name(r): r for r in rows}
+    children: dict[str | None, list[T]] = {}
+    for r in rows:
+        p = parent(r)
+        children.setdefault(p if p in by_name else None, []).append(r)
+    order: dict[str | None, list[str]] = {}
+
+    def kids(p: str | None) -> list[str]:
+        rs = children.get(p)
+        if not rs:
+            return []
+        if share is None:
+            return [name(r) for r in sorted(rs, key=lambda r: (name(r).lower(), name(r)))]
+        shares = {name(r): share(r) for r in rs}
+        order[p] = hysteresis_order(list(shares), shares.__getitem__, prev.get(p, []))
+        return order[p]
+
+    out: list[T] = []
+    for n in _depth_first(kids):
+        if len(out) >= max_rows:
+            break
+        out.append(by_name[n])
+    return out, order

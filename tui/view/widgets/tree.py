@@ -14,7 +14,7 @@ from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
 
 from tui.fmt import CLASS_STYLE, bar, class_of, clean, fmt_ms, fmt_pct, literal
-from tui.model.order import hysteresis_order
+from tui.model.order import screen_order
 from tui.model.snapshot import UNACCOUNTED, RegionRow, RunSnapshot
 from tui.view.widgets.base import show_text
 
@@ -149,41 +149,16 @@ class StageTree(Tree[str]):
         return s.share if s.share == s.share else -1.0
 
     def _ordered(self, rows: list[RegionRow]) -> tuple[list[RegionRow], int, int]:
-        """Rows in tree order (iterative depth-first), at most MAX_DEPTH levels and MAX_ROWS
-        rows: (rows, regions cut for depth, regions cut for rows)."""
+        """Rows in tree order (:func:`tui.model.order.screen_order`, shared rules with `tui
+        summary`: close shares do not swap), at most MAX_DEPTH levels and MAX_ROWS rows:
+        (rows, regions cut for depth, regions cut for rows)."""
         deep = len(rows)
         rows = [r for r in rows if r.depth < MAX_DEPTH]  # first: the cost is then bounded too
         cut_depth = deep - len(rows)
-        children: dict[str | None, list[RegionRow]] = {}
-        names = {r.name for r in rows}
-        for r in rows:
-            parent = r.parent if r.parent in names else None
-            children.setdefault(parent, []).append(r)
-        prev = self._order_prev
-        order: dict[str | None, list[str]] = {}
-
-        def sorted_children(parent: str | None) -> list[RegionRow]:
-            kids = children.get(parent, [])
-            if self.sort_by_time:
-                by_name = {r.name: r for r in kids}
-                share = {r.name: self._share(r) for r in kids}
-                # with hysteresis (tui.model.order, shared with `tui summary`): close shares
-                # do not swap
-                names_ = hysteresis_order(list(share), share.__getitem__, prev.get(parent, []))
-                order[parent] = names_
-                return [by_name[n] for n in names_]
-            return sorted(kids, key=lambda r: (r.name.lower(), r.name))
-
-        out: list[RegionRow] = []
-        stack: list[RegionRow] = list(reversed(sorted_children(None)))
-        while stack and len(out) < MAX_ROWS:
-            r = stack.pop()
-            out.append(r)
-            if r.name in children:
-                stack.extend(reversed(sorted_children(r.name)))
-        cut_rows = len(rows) - len(out)  # left out for rows, below what was cut too
+        share = self._share if self.sort_by_time else None
+        out, order = screen_order(rows, _name, _parent, share, self._order_prev, max_rows=MAX_ROWS)
         self._order_prev = order
-        return out, cut_depth, cut_rows
+        return out, cut_depth, len(rows) - len(out)
 
     def show(self, run: RunSnapshot | None, force: bool = False) -> None:
         """Show ``run``: rebuild on a new shape or order, else update labels in place."""
@@ -332,3 +307,11 @@ class TreeHeader(Static):
 
     def show(self, cols: Columns, window: bool, window_size: int) -> None:
         show_text(self, cols.header())
+
+
+def _name(r: RegionRow) -> str:
+    return r.name
+
+
+def _parent(r: RegionRow) -> str | None:
+    return r.parent
