@@ -6,17 +6,8 @@
 
 import warnings
 
-from stagewatch.timing import (
-    ENV_SWITCH,
-    NOOP,
-    TimingLogger,
-    TimingWarning,
-    env_disabled,
-    get_global_timing_logger,
-    log_timing,
-    set_global_timing_logger,
-    timed,
-)
+from stagewatch.timing import *  # noqa: F403  (the same names, from where they live now)
+from stagewatch.timing import __all__  # noqa: F401
 
 warnings.warn(
     "trainer.timing moved to stagewatch: use `from stagewatch import TimingLogger, timed, ...`;"
@@ -24,15 +15,3 @@ warnings.warn(
     DeprecationWarning,
     stacklevel=2,
 )
-
-__all__ = [
-    "ENV_SWITCH",
-    "NOOP",
-    "TimingLogger",
-    "TimingWarning",
-    "env_disabled",
-    "get_global_timing_logger",
-    "log_timing",
-    "set_global_timing_logger",
-    "timed",
-]
