@@ -29,19 +29,20 @@ from typing import Any
 from tui.model.aggregate import DEFAULT_WINDOW
 from tui.model.snapshot import WorldSnapshot
 from tui.source import watcher
+from tui.source.loop import Post, ReadLoop
 from tui.source.root import RootReader
 
-Post = Callable[[WorldSnapshot], None]
 MAX_POSTS_PER_S = 8.0  # snapshots (so redraws) a second at most, at the source
 FULL_GAP_S = (
     1.0  # seconds between full snapshots while light ones stream (the app sets its panel gap)
 )
 
 
-class LiveSource:
+class LiveSource(ReadLoop):
     """Reads a log root in a thread and posts snapshots."""
 
     mode = "watch"
+    thread_name = "stagewatch-reader"
 
     def __init__(
         self,
@@ -67,10 +68,7 @@ class LiveSource:
         self.full_gap = full_gap  # seconds between full snapshots (0: every snapshot is full)
         self._want_full = False
         self._view: tuple[Any, ...] | None = None  # what the last snapshot built showed
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._loop_ident: int | None = None  # the thread running run() (None: not running)
-        self._ended = threading.Event()  # run() returned
+        self._init_loop()
         self._watch_begun = False
         self._watcher: watcher.Watcher | None = None
         self._seq = 0
@@ -93,40 +91,20 @@ class LiveSource:
         self._wake.set()
 
     def start(self, post: Post) -> None:
-        """:meth:`run` in a daemon thread, for callers without Textual (tests, benchmarks);
-        file watching is on when this returns."""
+        """:meth:`run` in a daemon thread; file watching is on when this returns."""
         self._watch()
-        threading.Thread(
-            target=self.run, args=(post,), name="stagewatch-reader", daemon=True
-        ).start()
-
-    def run(self, post: Post) -> None:
-        """Read and post snapshots until :meth:`stop`: the read loop, in the caller's thread."""
-        self._loop_ident = threading.get_ident()
-        try:
-            if self._stop.is_set():  # stopped before it ran: start nothing
-                return
-            self._watch()
-            self._loop(post)
-        finally:
-            self._stop_watching()
-            self._loop_ident = None
-            self._ended.set()
-
-    @property
-    def running(self) -> bool:
-        """True while :meth:`run` runs (in whichever thread)."""
-        return self._loop_ident is not None
+        super().start(post)
 
     def stop(self) -> None:
         """End :meth:`run`, waiting up to 2 s for it (unless called from its own thread)."""
-        self._stop.set()
-        self._wake.set()
-        ident = self._loop_ident
-        if ident is None:  # not running: the watching start() began, if any
+        if not self.stop_loop():  # not running: the watching start() began, if any
             self._stop_watching()
-        elif ident != threading.get_ident():
-            self._ended.wait(timeout=2)
+
+    def _begin(self) -> None:
+        self._watch()
+
+    def _end(self) -> None:
+        self._stop_watching()
 
     def _watch(self) -> None:
         """Start file watching, once (no events with ``poll``: the scan alone)."""

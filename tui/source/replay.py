@@ -31,7 +31,7 @@ from tui.model.aggregate import DEFAULT_WINDOW, RunAgg
 from tui.model.rows import StepRow
 from tui.model.snapshot import WorldSnapshot
 from tui.source.feed import Feed
-from tui.source.live import Post
+from tui.source.loop import Post, ReadLoop
 from tui.source.reader import RunSource
 
 MAX_CHECKPOINTS = 64
@@ -114,10 +114,11 @@ class _Resegment(Exception):
     """A resumed segment repeats steps: start over knowing where, at the same step."""
 
 
-class ReplaySource:
+class ReplaySource(ReadLoop):
     """Plays a run (folder, rank file or text log) with pause, step, seek and speed."""
 
     mode = "replay"
+    thread_name = "stagewatch-replay"
 
     def __init__(
         self,
@@ -138,11 +139,7 @@ class ReplaySource:
         self.playing = playing
         self.tick_s = tick_s
         self._lock = threading.RLock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._loop_ident: int | None = None  # the thread running run() (None: not running)
-        self._ended = threading.Event()  # run() returned
-        self._control = threading.Lock()  # a command and run() starting: one at a time
+        self._init_loop()
         self._seq = 0
         self._credit = 0.0
         self._commands: deque[Callable[[], Any]] = deque()
@@ -424,39 +421,13 @@ class ReplaySource:
                 self._cuts = cuts | self._cuts
         return True
 
-    def start(self, post: Post) -> None:
-        """:meth:`run` in a daemon thread, for callers without Textual (tests, benchmarks)."""
-        threading.Thread(
-            target=self.run, args=(post,), name="stagewatch-replay", daemon=True
-        ).start()
-
-    def run(self, post: Post) -> None:
-        """Play and post snapshots until :meth:`stop`: the loop, in the caller's thread (the
-        controls :meth:`command` queues run there)."""
-        with self._control:
-            self._loop_ident = threading.get_ident()
-        try:
-            if not self._stop.is_set():  # stopped before it ran: start nothing
-                self._read_behind()
-                self._loop(post)
-        finally:
-            with self._control:
-                self._loop_ident = None
-            self._ended.set()
-
-    @property
-    def running(self) -> bool:
-        """True while :meth:`run` runs (in whichever thread)."""
-        return self._loop_ident is not None
+    def _begin(self) -> None:
+        self._read_behind()
 
     def stop(self) -> None:
-        """End :meth:`run` (waiting up to 2 s for it, unless called from its own thread) and
-        the read behind."""
-        self._stop.set()
-        self._wake.set()
-        ident = self._loop_ident
-        if ident is not None and ident != threading.get_ident():
-            self._ended.wait(timeout=2)
+        """End :meth:`run` (waiting up to 2 s for it, unless called from its own thread; the
+        controls :meth:`command` queued run there) and the read behind."""
+        self.stop_loop()
         proc, self._behind = self._behind, None
         if proc is not None and proc.poll() is None:
             _end_group(proc)
