@@ -171,6 +171,8 @@ class Step(msgspec.Struct, tag_field="kind", tag=KIND_STEP, kw_only=True, gc=Fal
     regions: dict[str, Region] = {}
     memory: dict[str, Bytes | None] | Unset | None = None  # allocated, reserved, peak, rss
     scalars: dict[Name, Value | None] | Unset | None = None  # loss, lr, ...
+    # records the writer dropped (its queue full) since the last one written; absent: none
+    dropped: Count | Unset = msgspec.UNSET
 
 
 class StepRaw(Step, kw_only=True, gc=False):
@@ -216,6 +218,7 @@ class RunEnd(msgspec.Struct, tag_field="kind", tag=KIND_RUN_END, kw_only=True):
     status: Status
     steps: Int = 0
     error: RunError | Unset | None = msgspec.UNSET
+    dropped: Count | Unset = msgspec.UNSET  # as in Step: records dropped just before this one
 
     @property
     def error_type(self) -> str | None:

@@ -25,6 +25,7 @@ class Run(Protocol):
     _io: Any
     _pid: int
     _signalled: bool
+    _writer: Any  # its RecordWriter (None: disabled)
 
     def close(self, status: str = ..., error: BaseException | None = ...) -> None: ...
     def flush(self) -> None: ...
@@ -43,16 +44,31 @@ def untrack(logger: Run) -> None:
     _open_loggers.discard(logger)
 
 
+def _flush_before_fork() -> None:
+    # what the writer holds is written by the parent before the fork, not copied into
+    # the child (which never writes the parent's files)
+    for lg in list(_open_loggers):
+        w = lg._writer
+        if w is not None and lg._pid == os.getpid():
+            try:
+                w.flush_before_fork()
+            except Exception:  # never break a fork
+                pass
+
+
 def _fresh_locks_in_child() -> None:
     # a fork (DataLoader workers) copies a lock held by another thread as held forever: a
-    # region timed in the child would hang. The child's loggers get new locks.
+    # region timed in the child would hang. The child's loggers get new locks, and (threads
+    # do not survive a fork) a writer that processes on the caller's thread.
     for lg in list(_open_loggers):
         lg._lock = threading.Lock()
         lg._io = threading.RLock()
+        if lg._writer is not None:
+            lg._writer.after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fresh_locks_in_child)
+    os.register_at_fork(before=_flush_before_fork, after_in_child=_fresh_locks_in_child)
 
 
 @atexit.register

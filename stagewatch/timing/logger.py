@@ -44,11 +44,13 @@ from stagewatch.timing.regions import (
     env_disabled,
     noop_for,
 )
-from stagewatch.timing.sinks import ConsoleSink, JsonlSink, Sink, TextSink, within_limits
+from stagewatch.timing.sinks import ConsoleSink, JsonlSink, Sink, TextSink
 from stagewatch.timing.stats import RegionStats, RunningStats
 from stagewatch.timing.text_log import format_summary
+from stagewatch.timing.writer import QUEUE_RECORDS, RecordWriter
 
 FLUSH_SECONDS = 2.0  # also flush when this long has passed, so a live monitor stays current
+WAKE_STEPS = 64  # the writer processes the queue at least every this many steps
 
 
 def set_global_timing_logger(logger: TimingLogger | None) -> None:
@@ -100,6 +102,8 @@ class TimingLogger:
         handle_sigterm: bool = True,
         max_pending_steps: int = 8,
         max_region_names: int = 4096,
+        background_writer: bool = False,
+        writer_queue: int = QUEUE_RECORDS,
     ) -> None:
         self.console_update_interval = clean.positive_int(
             console_update_interval, "console_update_interval"
@@ -118,6 +122,7 @@ class TimingLogger:
         self._open_memory(collect_memory)
         self._open_sinks(enable_jsonl, enable_file, enable_console, console_stream)
         self._write_run_start(config, total_steps, samples_per_step, start_step, event_factory)
+        self._open_writer(background_writer, writer_queue)
         self._start_clock()
         if handle_sigterm:
             self._sigterm = SigtermHook.install(self)
@@ -172,6 +177,8 @@ class TimingLogger:
         self._gregion_cls: type[CpuRegion] = GlobalCpuRegion
         self._memory: MemoryReader | None = None
         self._sinks: tuple[Sink, ...] = ()
+        self._writer: RecordWriter | None = None  # statistics and sinks, fed by a queue
+        self._kick_every = WAKE_STEPS
         self._since_flush = 0
         self._last_flush = self._t_last = 0.0
         self._warn_once = WarnOnce()
@@ -208,6 +215,20 @@ class TimingLogger:
             sinks.append(ConsoleSink(console_stream, interval, self.world_size, self._warn_once))
         self._sinks = tuple(sinks)
         self._last_flush = regions._perf()
+        if enable_console and self.rank == 0:  # the panel is drawn every interval steps
+            self._kick_every = min(WAKE_STEPS, self.console_update_interval)
+
+    def _open_writer(self, background: bool, max_queue: int) -> None:
+        self._writer = RecordWriter(
+            self._sinks,
+            self._stats,
+            self._wall,
+            self._unaccounted,
+            self.peak_memory,
+            self._warn_once,
+            max_queue=clean.positive_int(max_queue, "writer_queue"),
+            background=background,
+        )
 
     def _write_run_start(
         self,
@@ -378,13 +399,12 @@ class TimingLogger:
                     cut_open(stack, now, self._warn_once)
                 values = self._cur
                 self._cur = {}
-            by_name = {k: (v[0], int(v[1])) for k, v in values.items()}
             self._emit(
                 R.Step(
                     step=self.step_count,
                     time=time.time(),
                     wall_ms=wall_ms,
-                    regions=by_name,
+                    regions=values,  # type: ignore[arg-type]  # [ms, calls] lists: same JSON
                     epoch=self._epoch,
                     samples=n_samples,
                     memory=mem,
@@ -393,7 +413,12 @@ class TimingLogger:
             )
         self._since_flush += 1
         if self._since_flush >= self.file_flush_interval or now - self._last_flush >= FLUSH_SECONDS:
-            self.flush()
+            # the writer formats and writes the queued records; this thread does not wait
+            self._since_flush = 0
+            self._last_flush = now
+            self._writer.kick(True)  # type: ignore[union-attr]
+        elif self._since_flush % self._kick_every == 0:
+            self._writer.kick(False)  # type: ignore[union-attr]
 
     def _step_memory(self, memory: Mapping[str, int] | None) -> dict[str, int] | None:
         """The memory of this step: given, else measured (if a reader is on)."""
@@ -457,23 +482,17 @@ class TimingLogger:
     # ------------------------------------------------------------------ outputs
 
     def _emit(self, rec: R.Step) -> None:
-        rec = within_limits(rec, self._warn_once)
+        """Queue a step record for the writer (limits, statistics and outputs are its work)."""
         self.steps_written = rec.step
-        self._stats.add_step(rec.regions)
-        self._wall.add(rec.wall_ms)
-        un = R.unaccounted_ms(rec.wall_ms, rec.regions)
-        self._unaccounted.add(un)
-        if rec.memory:
-            peak = self.peak_memory
-            for k, v in rec.memory.items():
-                if v > peak.get(k, -1):
-                    peak[k] = v
-        for sink in self._sinks:
-            sink.step(rec, un)
+        self._writer.put(rec)  # type: ignore[union-attr]
 
     def _emit_other(self, rec: R.Record) -> None:
-        for sink in self._sinks:
-            sink.record(rec)
+        self._writer.put(rec)  # type: ignore[union-attr]
+
+    def _sync(self) -> None:
+        """Process the queued records now (statistics up to date), without writing files."""
+        if self._writer is not None:
+            self._writer.drain(False)
 
     def log_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Write an eval record (after the step records still waiting for the GPU).
@@ -504,8 +523,8 @@ class TimingLogger:
         with self._io:
             self._since_flush = 0
             self._last_flush = regions._perf()
-            for sink in self._sinks:
-                sink.flush()
+            if self._writer is not None:
+                self._writer.drain(True)
 
     # ------------------------------------------------------------------ results
 
@@ -515,11 +534,13 @@ class TimingLogger:
         with self._io:
             if self._cuda and not self._closed:
                 self._drain(block=False)
+            self._sync()
             return self._stats.summary()
 
     def get_step_summary(self) -> dict[str, dict[str, float]]:
         """Running stats of the step wall time and of the unaccounted time (ms)."""
         with self._io:
+            self._sync()
             return {"wall": self._wall.as_dict(), "unaccounted": self._unaccounted.as_dict()}
 
     def format_summary(self) -> str:
@@ -570,8 +591,8 @@ class TimingLogger:
             else None,
         )
         self._emit_other(end)
-        for sink in self._sinks:
-            sink.close()
+        if self._writer is not None:
+            self._writer.close()  # stops the thread, writes everything queued, closes files
         if self._sigterm is not None:
             self._sigterm.uninstall()
             self._sigterm = None

@@ -1,0 +1,206 @@
+"""The writer: turns queued records into statistics and output lines, off the step.
+
+``step()`` on the training thread only measures, builds its record and puts it on a bounded
+queue (:meth:`RecordWriter.put`, a deque append). Everything else a record costs (checking
+the limits, the running statistics, JSON encoding, the classic text log's block, the console
+panel, the file writes) happens here, in batches: on a background thread that the logger
+wakes every few steps (:meth:`RecordWriter.kick`), or on the caller's thread at an explicit
+:meth:`RecordWriter.drain` (``flush()``, ``close()``, ``get_summary()``, a signal, a fork).
+
+The queue never blocks the loop: when it is full (the writer starved or stuck) the record is
+dropped, counted, and the count is written in the next record that gets through
+(``dropped``), with one warning. Where no thread runs (``background=False``, a forked child,
+a thread that could not start) the batch is processed on the caller's thread at each kick.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from stagewatch import records as R
+from stagewatch.timing.clean import WarnOnce
+from stagewatch.timing.sinks import Sink, within_limits
+from stagewatch.timing.stats import RegionStats, RunningStats
+
+QUEUE_RECORDS = 4096  # records waiting for the writer at most (about 3 kB each)
+IDLE_SECONDS = 1.0  # the thread looks at the queue at least this often
+
+
+class RecordWriter:
+    """Statistics and sinks of one logger, fed through a bounded queue.
+
+    ``put`` is safe from any thread and never blocks; processing is serialised by a
+    re-entrant lock (a signal handler may drain while the main thread is draining).
+    """
+
+    def __init__(
+        self,
+        sinks: tuple[Sink, ...],
+        stats: RegionStats,
+        wall: RunningStats,
+        unaccounted: RunningStats,
+        peak_memory: dict[str, int],
+        warn_once: WarnOnce,
+        max_queue: int = QUEUE_RECORDS,
+        background: bool = True,
+    ) -> None:
+        self.sinks = sinks
+        self._stats = stats
+        self._wall = wall
+        self._unaccounted = unaccounted
+        self.peak_memory = peak_memory
+        self._warn_once = warn_once
+        self.max_queue = max(1, int(max_queue))
+        self._q: collections.deque[R.Record] = collections.deque()
+        self.dropped = 0  # records dropped since the last one queued
+        self.dropped_total = 0
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._flush_wanted = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        if background:
+            self._start_thread()
+
+    # ------------------------------------------------------------------ the thread
+
+    def _start_thread(self) -> None:
+        t = threading.Thread(target=self._run, name="stagewatch-writer", daemon=True)
+        try:
+            t.start()
+        except RuntimeError:  # e.g. at interpreter shutdown: process on the caller's thread
+            return
+        self._thread = t
+
+    def _run(self) -> None:
+        wake = self._wake
+        while not self._stop:
+            wake.wait(IDLE_SECONDS)
+            wake.clear()
+            if self._stop:
+                break
+            flush, self._flush_wanted = self._flush_wanted, False
+            try:
+                self.drain(flush)
+            except Exception as e:  # never dies silently with records queued
+                self._warn_once("writer", f"writer thread: {e}")
+
+    @property
+    def background(self) -> bool:
+        """True while a writer thread processes the queue."""
+        return self._thread is not None
+
+    def stop(self) -> None:
+        """End the thread (after its current batch); what is queued stays for :meth:`drain`."""
+        t = self._thread
+        self._thread = None
+        if t is None:
+            return
+        self._stop = True
+        self._wake.set()
+        if t is not threading.current_thread():
+            t.join(timeout=5.0)
+
+    def after_fork_in_child(self) -> None:
+        """A forked child has no writer thread and fresh locks; it processes inline."""
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._thread = None
+
+    # ------------------------------------------------------------------ the loop's side
+
+    def put(self, rec: R.Record) -> None:
+        """Queue one record; never blocks. When the queue is full a thread-less writer
+        processes it at once; a background one drops a step record and counts it (the
+        rare other records, ``eval`` and ``run_end``, are always kept)."""
+        q = self._q
+        if len(q) >= self.max_queue:
+            if self._thread is None:
+                self.drain(False)
+            elif type(rec) is R.Step:
+                self._drop()
+                return
+        if self.dropped and type(rec) in (R.Step, R.RunEnd):
+            rec.dropped = self.dropped  # type: ignore[union-attr]
+            self.dropped = 0
+        q.append(rec)
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self.dropped_total += 1
+        self._warn_once(
+            "dropped",
+            f"the record writer fell {self.max_queue} records behind; records are dropped "
+            "(counted in the next record's 'dropped') until it catches up",
+        )
+        self._wake.set()
+
+    def kick(self, flush: bool) -> None:
+        """Process what is queued soon (``flush``: and write it to the files)."""
+        if self._thread is None:
+            self.drain(flush)
+            return
+        if flush:
+            self._flush_wanted = True
+        self._wake.set()
+
+    # ------------------------------------------------------------------ processing
+
+    def drain(self, flush: bool) -> None:
+        """Process every queued record now, on this thread (``flush``: write the files)."""
+        with self._lock:
+            q = self._q
+            while q:
+                try:
+                    rec = q.popleft()
+                except IndexError:  # another drain took it
+                    break
+                if type(rec) is R.Step:
+                    self._step(rec)
+                else:
+                    for sink in self.sinks:
+                        sink.record(rec)
+            if flush:
+                for sink in self.sinks:
+                    sink.flush()
+
+    def _step(self, rec: R.Step) -> None:
+        rec = within_limits(rec, self._warn_once)
+        regions = rec.regions
+        self._stats.add_step(regions)
+        self._wall.add(rec.wall_ms)
+        un = R.unaccounted_ms(rec.wall_ms, regions)
+        self._unaccounted.add(un)
+        if rec.memory:
+            peak = self.peak_memory
+            for k, v in rec.memory.items():
+                if v > peak.get(k, -1):
+                    peak[k] = v
+        for sink in self.sinks:
+            sink.step(rec, un)
+
+    def close(self) -> None:
+        """Stop the thread, process and flush everything queued, close the sinks."""
+        self.stop()
+        with self._lock:
+            self.drain(True)
+            for sink in self.sinks:
+                sink.close()
+
+    def flush_before_fork(self, timeout: float = 1.0) -> None:
+        """Write what is queued before a fork (a child must not inherit it half-written);
+        skipped if the lock is not free within ``timeout`` (it never hangs a fork)."""
+        if not self._lock.acquire(timeout=timeout):
+            return
+        try:
+            self.drain(True)
+        finally:
+            self._lock.release()
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def __repr__(self) -> str:
+        mode = "thread" if self._thread is not None else "inline"
+        return f"RecordWriter({mode}, queued={len(self._q)}, dropped={self.dropped_total})"
+
