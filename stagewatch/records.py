@@ -274,6 +274,16 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
+def _rounded_regions(regions: dict[str, tuple[float, int]]) -> dict[str, tuple[float, int]]:
+    """``{name: (round(ms, 4), calls)}``. This runs for every step: ``round(x * 1e4) / 1e4``
+    gives the same values at half the cost of ``round(x, 4)`` (a correctly rounded division
+    of an integer), save ties, which no timer hits."""
+    try:
+        return {k: (round(ms * 10000.0) / 10000.0, n) for k, (ms, n) in regions.items()}
+    except (ValueError, OverflowError):  # NaN or infinity: the general rounding
+        return {k: (round(ms, 4), n) for k, (ms, n) in regions.items()}
+
+
 def _rounded(rec: Record) -> Record:
     """``rec`` as written: times rounded (µs, 0.1 µs for durations), empty optional
     objects left out."""
@@ -282,7 +292,7 @@ def _rounded(rec: Record) -> Record:
             rec,
             time=round(rec.time, 6),
             wall_ms=round(rec.wall_ms, 4),
-            regions={k: (round(ms, 4), n) for k, (ms, n) in rec.regions.items()},
+            regions=_rounded_regions(rec.regions),
             memory=rec.memory or msgspec.UNSET,
             scalars=rec.scalars or msgspec.UNSET,
         )

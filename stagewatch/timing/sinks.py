@@ -16,7 +16,7 @@ from stagewatch.timing.clean import WarnOnce, short
 from stagewatch.timing.console import TOP_N, Console, samples_rate_label
 from stagewatch.timing.jsonl import LineFile, warn
 from stagewatch.timing.stats import RegionStats
-from stagewatch.timing.text_log import format_step
+from stagewatch.timing.text_log import StepFormatter
 
 
 def within_limits(rec: R.Step, warn_once: WarnOnce) -> R.Step:
@@ -140,19 +140,15 @@ class TextSink(_FileSink):
     """The classic text log, ``<run_dir>/timing_rank<R>.log``: one block per step, with the
     running average of each region from ``stats``."""
 
-    __slots__ = ("_stats",)
+    __slots__ = ("_fmt",)
 
     def __init__(self, path: str, stats: RegionStats, warn_once: WarnOnce) -> None:
         super().__init__(path, warn_once)
-        self._stats = stats
-
-    def _avg_of(self, name: str) -> float | None:
-        s = self._stats.get(name)
-        return s.avg if s is not None else None
+        self._fmt = StepFormatter(stats)
 
     def step(self, rec: R.Step, unaccounted_ms: float) -> None:
         try:
-            block = format_step(rec.step, rec.wall_ms, rec.regions, self._avg_of)
+            block = self._fmt.format(rec.step, rec.wall_ms, rec.regions, unaccounted_ms)
         except Exception as e:  # a formatting bug must not stop training
             self._warn_once("text", f"text log: {e}")
         else:

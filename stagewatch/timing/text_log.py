@@ -7,7 +7,10 @@ top-level region is its own ``Unaccounted`` line, and ``Total`` is the step wall
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from stagewatch.records import unaccounted_ms
 
@@ -88,6 +91,113 @@ def format_step(
         )
     lines.append(f"{'Total':-<{LABEL_WIDTH + 1}}: {wall_ms:9.2f}ms")
     return "\n".join(lines) + "\n"
+
+
+REORDER_STEPS = 100  # a cached order follows the running averages at most this many steps late
+
+
+class _Cached:
+    """One region set's block: its template, its names in display order and their stats."""
+
+    __slots__ = ("built", "entries", "get", "no_suffix", "stats", "template", "vals")
+
+    def __init__(self, template: str, entries: list[tuple[str, Any]], built: int) -> None:
+        self.template = template
+        self.entries = entries
+        self.built = built
+        names = [n for n, _ in entries]
+        # the values of the names in display order, as a tuple, in one C call
+        self.get = operator.itemgetter(*names) if len(names) > 1 else _one_getter(names)
+        self.stats = [s for _, s in entries]
+        self.no_suffix = [""] * len(names)
+        self.vals: list[Any] = [None] * (3 + 4 * len(names))  # step, 4 per name, unaccounted
+
+
+def _one_getter(names: list[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    if not names:
+        return lambda d: ()
+    name = names[0]
+    return lambda d: (d[name],)
+
+
+class StepFormatter:
+    """:func:`format_step` for a run's stream of steps, at a fraction of its cost.
+
+    The tree order and a ``%`` template of the block are built once per region set (the
+    names of a step, in the order they were recorded) and reused, so a step costs one
+    ``%`` format. Siblings are ordered by their running average (``stats``), refreshed
+    every :data:`REORDER_STEPS` steps, rather than by this step's values: the block keeps
+    its shape from step to step. ``stats.get(name)`` gives an object with ``total`` and
+    ``count`` (a :class:`~stagewatch.timing.stats.RunningStats`) or None.
+    """
+
+    __slots__ = ("_cache", "_n", "_stats")
+
+    def __init__(self, stats: Any) -> None:
+        self._stats = stats
+        self._cache: dict[tuple[str, ...], _Cached | None] = {}
+        self._n = 0
+
+    def _build(self, key: tuple[str, ...], regions: Mapping[str, tuple[float, int]]) -> _Cached:
+        get = self._stats.get
+        found = {name: get(name) for name in key}
+        avgs = {n: (s.total / s.count if s.count else 0.0) for n, s in found.items() if s}
+        parts = [RULE, "Step %d", RULE]
+        entries: list[tuple[str, Any]] = []
+        for name, depth, present in tree_order(avgs):
+            label = f"{_label(name, depth):<{LABEL_WIDTH}}".replace("%", "%%")
+            if not present:
+                parts.append(f"{label} :          - (not timed itself)")
+                continue
+            parts.append(label + " : %9.2fms (%5.1f%%) [avg: %9.2fms]%s")
+            entries.append((name, found[name]))
+        parts.append(f"{'Unaccounted':<{LABEL_WIDTH}} : %9.2fms (%5.1f%%)\n")
+        return _Cached("\n".join(parts), entries, self._n)
+
+    def format(
+        self,
+        step: int,
+        wall_ms: float,
+        regions: Mapping[str, tuple[float, int]],
+        unaccounted: float,
+    ) -> str:
+        """One step's block (as :func:`format_step`); ``unaccounted``: its unaccounted ms
+        (:func:`~stagewatch.records.unaccounted_ms`), already computed by the caller."""
+        self._n += 1
+        key = tuple(regions)
+        c = self._cache.get(key)
+        if c is None or self._n - c.built >= REORDER_STEPS:
+            if len(self._cache) >= 64:  # e.g. names built from a counter: stay bounded
+                self._cache.clear()
+            c = self._cache[key] = self._build(key, regions)
+        if len(c.entries) != len(key):  # a name without statistics (folded): the long way
+            return format_step(step, wall_ms, regions, self._avg_of)
+        w = wall_ms if wall_ms > 0 else math.inf
+        pairs = c.get(regions)
+        ms = [p[0] for p in pairs]
+        ns = [p[1] for p in pairs]
+        # the template's values, interleaved by slice assignment (in C) rather than per name
+        vals = c.vals
+        vals[0] = step
+        vals[1:-2:4] = ms
+        vals[2:-2:4] = [100.0 * m / w for m in ms]
+        vals[3:-2:4] = [s.total / s.count for s in c.stats]
+        vals[4:-2:4] = [f" x{n}" if n > 1 else "" for n in ns] if ns and max(ns) > 1 else c.no_suffix
+        vals[-2] = unaccounted
+        vals[-1] = 100.0 * unaccounted / w
+        block = c.template % tuple(vals)
+        if not unaccounted:
+            covered = sum(v[0] for name, v in regions.items() if "/" not in name)
+            if covered > wall_ms * 1.001 + 0.01:
+                block += (
+                    f"{'Overlap':<{LABEL_WIDTH}} : {covered - wall_ms:9.2f}ms "
+                    "(top-level regions overlap, e.g. from other threads)\n"
+                )
+        return block + f"{'Total':-<{LABEL_WIDTH + 1}}: {wall_ms:9.2f}ms\n"
+
+    def _avg_of(self, name: str) -> float | None:
+        s = self._stats.get(name)
+        return s.total / s.count if s is not None and s.count else None
 
 
 def format_summary(

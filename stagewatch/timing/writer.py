@@ -168,8 +168,12 @@ class RecordWriter:
         rec = within_limits(rec, self._warn_once)
         regions = rec.regions
         self._stats.add_step(regions)
-        self._wall.add(rec.wall_ms)
-        un = R.unaccounted_ms(rec.wall_ms, regions)
+        wall = rec.wall_ms
+        self._wall.add(wall)
+        # as R.unaccounted_ms
+        un = wall - sum([v[0] for k, v in regions.items() if "/" not in k])
+        if un < 0.0:
+            un = 0.0
         self._unaccounted.add(un)
         if rec.memory:
             peak = self.peak_memory
