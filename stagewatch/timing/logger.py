@@ -179,6 +179,7 @@ class TimingLogger:
         self._sinks: tuple[Sink, ...] = ()
         self._writer: RecordWriter | None = None  # statistics and sinks, fed by a queue
         self._kick_every = WAKE_STEPS
+        self._since_kick = 0
         self._since_flush = 0
         self._last_flush = self._t_last = 0.0
         self._warn_once = WarnOnce()
@@ -412,12 +413,17 @@ class TimingLogger:
                 )
             )
         self._since_flush += 1
+        self._since_kick += 1
+        wake = self._since_kick >= self._kick_every  # in step with the console's interval
+        if wake:
+            self._since_kick = 0
         if self._since_flush >= self.file_flush_interval or now - self._last_flush >= FLUSH_SECONDS:
-            # the writer formats and writes the queued records; this thread does not wait
+            # the writer formats and writes the queued records (with a thread, this one
+            # does not wait for it)
             self._since_flush = 0
             self._last_flush = now
             self._writer.kick(True)  # type: ignore[union-attr]
-        elif self._since_flush % self._kick_every == 0:
+        elif wake:
             self._writer.kick(False)  # type: ignore[union-attr]
 
     def _step_memory(self, memory: Mapping[str, int] | None) -> dict[str, int] | None:
