@@ -182,7 +182,10 @@ class StepFormatter:
         vals[1:-2:4] = ms
         vals[2:-2:4] = [100.0 * m / w for m in ms]
         vals[3:-2:4] = [s.total / s.count for s in c.stats]
-        vals[4:-2:4] = [f" x{n}" if n > 1 else "" for n in ns] if ns and max(ns) > 1 else c.no_suffix
+        if ns and max(ns) > 1:
+            vals[4:-2:4] = [f" x{n}" if n > 1 else "" for n in ns]
+        else:
+            vals[4:-2:4] = c.no_suffix
         vals[-2] = unaccounted
         vals[-1] = 100.0 * unaccounted / w
         block = c.template % tuple(vals)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import threading
+
 from stagewatch import records as R
 from stagewatch.timing.clean import WarnOnce
 from stagewatch.timing.sinks import Sink, within_limits
@@ -207,4 +208,3 @@ class RecordWriter:
     def __repr__(self) -> str:
         mode = "thread" if self._thread is not None else "inline"
         return f"RecordWriter({mode}, queued={len(self._q)}, dropped={self.dropped_total})"
-

@@ -72,6 +72,7 @@ class FileInfo:
     state: str = "ok"
     problem: str = ""
     duplicates: int = 0  # step records dropped because a resumed segment repeated them
+    dropped: int = 0  # records the writer dropped (its queue full): the records' "dropped"
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,6 +165,7 @@ def _summary_dict(
                 "lines": f.lines,
                 "malformed": f.malformed,
                 "skipped": f.skipped,
+                "dropped": f.dropped,
                 "last_error": f.last_error or None,
             }
             for f in snap.files
@@ -263,6 +264,12 @@ def summary_text(
             seg.stylize(style)
         t.append_text(seg)
         t.append("\n")
+    for f in snap.files:
+        if f.dropped:
+            m = literal(f"records the writer dropped in {f.path}: {f.dropped} (its queue was full)")
+            m.stylize("yellow")
+            t.append_text(m)
+            t.append("\n")
     bad = [f for f in snap.files if f.malformed]
     for f in bad:
         m = literal(f"malformed lines in {f.path}: {f.malformed}")

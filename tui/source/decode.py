@@ -120,6 +120,7 @@ class Batch:
     """What :func:`decode_batch` made of a file's lines."""
 
     __slots__ = (
+        "dropped",
         "items",
         "last_error",
         "line_nos",
@@ -137,6 +138,7 @@ class Batch:
         self.lines = lines  # lines counted (blank ones are not), these included
         self.malformed = 0  # lines that are not valid records
         self.skipped = 0  # records of a kind this version does not know
+        self.dropped = 0  # records the writer dropped, as its records say (their "dropped")
         self.last_error = ""  # "line N: why" of the last malformed line
         self.schema = schema  # the region names of the last step decoded in full
 
@@ -157,6 +159,8 @@ class Batch:
         if rec is None:
             self.skipped += 1
             return True
+        if m is not None and getattr(m, "dropped", None):
+            self.dropped += m.dropped
         self.items.append(rec)
         if type(rec) is StepRow:
             self.steps.append(rec.step)
@@ -199,6 +203,8 @@ def _decode_typed(lines: list[bytes], b: Batch) -> Batch:
         if type(m) is step_type and m.version in ok_versions:
             r = m.regions
             st = m.step
+            if m.dropped:
+                b.dropped += m.dropped
             append(
                 _new_row(
                     row,
@@ -241,6 +247,8 @@ def _decode_fast(lines: list[bytes], b: Batch) -> Batch:
         raw = None
         if type(m) is raw_type:
             raw = m.regions
+            if m.dropped:  # counted here: other() below gets this line without m
+                b.dropped += m.dropped
             if sch is not None and m.version in ok_versions:
                 if bkeys is not sch[0]:
                     block = StepBlock(sch[1], sch[0], cap)

@@ -53,6 +53,7 @@ class FeedState(msgspec.Struct, frozen=True):
     prev_step: int | None
     cuts: list[tuple[int, int]]
     tail: TailState
+    dropped: int = 0
 
 
 class Feed:
@@ -78,6 +79,7 @@ class Feed:
         self.cuts: list[tuple[int, int]] = []  # (line number, first step) of later segments
         self.resegment = False
         self.duplicates = 0  # step records dropped for a later segment's
+        self.dropped = 0  # records the writer dropped (its queue full), as the file says
         # the region names of the last step decoded in full: the C fast path checks the
         # next lines against it
         self._schema: Schema | None = None
@@ -95,7 +97,7 @@ class Feed:
     def reset(self, keep_cuts: bool = False) -> None:
         """Forget what was read (``keep_cuts``: the file is the same, read it again)."""
         self.tail.reset()
-        self.lines = self.malformed = self.skipped = self.duplicates = 0
+        self.lines = self.malformed = self.skipped = self.duplicates = self.dropped = 0
         self.last_error = ""
         self.resegment = False
         if not keep_cuts:
@@ -115,6 +117,7 @@ class Feed:
             prev_step=self._prev_step,
             cuts=list(self.cuts),
             tail=self.tail.state(),
+            dropped=self.dropped,
         )
 
     def restore(self, state: FeedState, ident: tuple[int, int]) -> None:
@@ -122,6 +125,7 @@ class Feed:
         self.reset()
         self.lines, self.malformed, self.skipped = state.lines, state.malformed, state.skipped
         self.last_error, self.duplicates = state.last_error, state.duplicates
+        self.dropped = state.dropped
         self.cuts = [(int(a), int(b)) for a, b in state.cuts]
         self.restore_cuts()
         self._prev_step = state.prev_step
@@ -149,6 +153,7 @@ class Feed:
             state=self.tail.status,
             problem=self.tail.problem,
             duplicates=self.duplicates,
+            dropped=self.dropped,
         )
 
     def _step_kept(self, step: int, n: int) -> bool:
@@ -183,6 +188,7 @@ class Feed:
             self.malformed += b.malformed
             self.last_error = b.last_error
         self.skipped += b.skipped
+        self.dropped += b.dropped
         steps = b.steps
         if not steps:
             return b.items
