@@ -8,9 +8,10 @@ import math
 class RunningStats:
     """Count, total, mean, min and max of a stream of numbers (no history kept)."""
 
-    __slots__ = ("count", "max", "min", "total")
+    __slots__ = ("calls", "count", "max", "min", "total")
 
     def __init__(self) -> None:
+        self.calls = 0  # RegionStats: the times the region was timed (count: steps)
         self.count = 0
         self.total = 0.0
         self.min = math.inf
@@ -52,16 +53,15 @@ class RegionStats:
 
     OTHER = "(other)"
 
-    __slots__ = ("_calls", "_stats", "max_names", "overflowed")
+    __slots__ = ("_stats", "max_names", "overflowed")
 
     def __init__(self, max_names: int = 4096) -> None:
         self._stats: dict[str, RunningStats] = {}
-        self._calls: dict[str, int] = {}
         self.max_names = max_names
         self.overflowed = False
 
     def add_step(self, regions: dict[str, tuple[float, int]]) -> None:
-        stats, calls = self._stats, self._calls
+        stats = self._stats
         for name, (ms, n) in regions.items():
             s = stats.get(name)
             if s is None:
@@ -71,7 +71,6 @@ class RegionStats:
                     s = stats.get(name)
                 if s is None:
                     s = stats[name] = RunningStats()
-                    calls[name] = 0
             # RunningStats.add, inlined: this runs for every region of every step
             s.count += 1
             s.total += ms
@@ -79,7 +78,7 @@ class RegionStats:
                 s.min = ms
             if ms > s.max:
                 s.max = ms
-            calls[name] += n
+            s.calls += n
 
     def get(self, name: str) -> RunningStats | None:
         return self._stats.get(name)
@@ -92,7 +91,7 @@ class RegionStats:
         out: dict[str, dict[str, float]] = {}
         for name, s in self._stats.items():
             d = s.as_dict()
-            d["calls"] = self._calls[name]
+            d["calls"] = s.calls
             out[name] = d
         return out
 

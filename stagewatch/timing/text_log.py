@@ -97,20 +97,35 @@ REORDER_STEPS = 100  # a cached order follows the running averages at most this 
 
 
 class _Cached:
-    """One region set's block: its template, its names in display order and their stats."""
+    """One region set's block: its lines, its names in display order and their stats, and
+    the template for one pattern of call counts (``x3``), baked in: a ``%`` conversion
+    costs about as much as a float's, so the counts are not converted every step."""
 
-    __slots__ = ("built", "entries", "get", "no_suffix", "stats", "template", "vals")
+    __slots__ = ("built", "entries", "get", "lines", "ns", "stats", "template", "vals")
 
-    def __init__(self, template: str, entries: list[tuple[str, Any]], built: int) -> None:
-        self.template = template
+    def __init__(self, lines: list[str], entries: list[tuple[str, Any]], built: int) -> None:
+        self.lines = lines  # entry lines (their " x<n>" left off), then the others
         self.entries = entries
         self.built = built
         names = [n for n, _ in entries]
         # the values of the names in display order, as a tuple, in one C call
         self.get = operator.itemgetter(*names) if len(names) > 1 else _one_getter(names)
         self.stats = [s for _, s in entries]
-        self.no_suffix = [""] * len(names)
-        self.vals: list[Any] = [None] * (3 + 4 * len(names))  # step, 4 per name, unaccounted
+        self.vals: list[Any] = [None] * (3 + 3 * len(names))  # step, 3 per name, unaccounted
+        self.ns: list[int] | None = None  # the counts baked in (None: none yet)
+        self.template = ""
+
+    def bake(self, ns: list[int]) -> None:
+        """The template for the call counts ``ns`` (of the names in display order)."""
+        lines = list(self.lines)
+        k = 0
+        for i, line in enumerate(lines):
+            if line.endswith("[avg: %9.2fms]"):
+                if ns[k] > 1:
+                    lines[i] = f"{line} x{ns[k]}"
+                k += 1
+        self.template = "\n".join(lines)
+        self.ns = ns
 
 
 def _one_getter(names: list[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
@@ -149,10 +164,10 @@ class StepFormatter:
             if not present:
                 parts.append(f"{label} :          - (not timed itself)")
                 continue
-            parts.append(label + " : %9.2fms (%5.1f%%) [avg: %9.2fms]%s")
+            parts.append(label + " : %9.2fms (%5.1f%%) [avg: %9.2fms]")
             entries.append((name, found[name]))
         parts.append(f"{'Unaccounted':<{LABEL_WIDTH}} : %9.2fms (%5.1f%%)\n")
-        return _Cached("\n".join(parts), entries, self._n)
+        return _Cached(parts, entries, self._n)
 
     def format(
         self,
@@ -177,15 +192,13 @@ class StepFormatter:
         ms = [p[0] for p in pairs]
         ns = [p[1] for p in pairs]
         # the template's values, interleaved by slice assignment (in C) rather than per name
+        if ns != c.ns:
+            c.bake(ns)
         vals = c.vals
         vals[0] = step
-        vals[1:-2:4] = ms
-        vals[2:-2:4] = [100.0 * m / w for m in ms]
-        vals[3:-2:4] = [s.total / s.count for s in c.stats]
-        if ns and max(ns) > 1:
-            vals[4:-2:4] = [f" x{n}" if n > 1 else "" for n in ns]
-        else:
-            vals[4:-2:4] = c.no_suffix
+        vals[1:-2:3] = ms
+        vals[2:-2:3] = [100.0 * m / w for m in ms]
+        vals[3:-2:3] = [s.total / s.count for s in c.stats]
         vals[-2] = unaccounted
         vals[-1] = 100.0 * unaccounted / w
         block = c.template % tuple(vals)

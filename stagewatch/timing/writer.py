@@ -55,6 +55,7 @@ class RecordWriter:
         self._q: collections.deque[R.Record] = collections.deque()
         self.dropped = 0  # records dropped since the last one queued
         self.dropped_total = 0
+        self._good_names: set[str] = set()  # region names known to be within the limits
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._flush_wanted = False
@@ -166,7 +167,8 @@ class RecordWriter:
                     sink.flush()
 
     def _step(self, rec: R.Step) -> None:
-        rec = within_limits(rec, self._warn_once)
+        if not self._plainly_within_limits(rec):
+            rec = within_limits(rec, self._warn_once)
         regions = rec.regions
         self._stats.add_step(regions)
         wall = rec.wall_ms
@@ -183,6 +185,27 @@ class RecordWriter:
                     peak[k] = v
         for sink in self.sinks:
             sink.step(rec, un)
+
+    def _plainly_within_limits(self, rec: R.Step) -> bool:
+        """True when :func:`within_limits` would keep ``rec`` as it is (False: let it
+        decide), by passes in C and a set of the names already checked."""
+        regions = rec.regions
+        if not 0.0 <= rec.wall_ms < R.MAX_MS:
+            return False
+        if not regions:
+            return True
+        good = self._good_names
+        if not good.issuperset(regions):
+            if any(len(k) > R.MAX_NAME_CHARS for k in regions):
+                return False
+            if len(good) < 65536:
+                good.update(regions)
+        ms = [v[0] for v in regions.values()]
+        ns = [v[1] for v in regions.values()]
+        # a NaN or inf makes the sum fail its comparison
+        return (
+            sum(ms) + sum(ns) < R.MAX_MS and min(ms) >= 0.0 and min(ns) >= 0 and max(ns) < R.MAX_INT
+        )
 
     def close(self) -> None:
         """Stop the thread, process and flush everything queued, close the sinks."""
