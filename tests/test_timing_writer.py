@@ -16,6 +16,7 @@ import pytest
 
 from stagewatch import records as R
 from stagewatch.timing import TimingLogger, TimingWarning
+from stagewatch.timing.sinks import Sink
 from stagewatch.timing.stats import RegionStats
 from stagewatch.timing.text_log import StepFormatter, format_step
 from tui.report.summary import open_run, summary_dict, summary_text
@@ -186,3 +187,35 @@ def test_sigterm_writes_the_background_writers_queue(tmp_path):
     recs = [R.decode(x) for x in (tmp_path / "term" / "rank0.jsonl").read_text().splitlines()]
     assert [r.step for r in recs if isinstance(r, R.Step)] == list(range(1, 26))
     assert isinstance(recs[-1], R.RunEnd) and recs[-1].status == "interrupted"
+
+
+def test_a_signal_during_a_batch_waits_for_the_batch(tmp_path):
+    calls: list[int] = []
+    prev = signal.signal(signal.SIGTERM, lambda s, f: calls.append(len(lg._writer)))
+    try:
+        lg = TimingLogger(
+            tmp_path,
+            enable_console=False,
+            enable_file=False,
+            collect_memory=False,
+            file_flush_interval=1000,
+            run_id="sig",
+        )
+        hook = lg._sigterm
+        assert hook is not None
+
+        class Interrupting(Sink):
+            def step(self, rec: R.Step, unaccounted_ms: float) -> None:
+                if rec.step == 3:  # SIGTERM lands in the middle of the batch
+                    hook(signal.SIGTERM, None)
+                    assert calls == []  # not yet: the batch goes on first
+
+        w = lg._writer
+        w.sinks = (*w.sinks, Interrupting())
+        steps(lg, 6)
+        lg.flush()
+        assert calls == [0]  # the trainer's handler ran once, after the batch
+        lg.close()
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+    assert [r.step for r in jsonl(lg) if isinstance(r, R.Step)] == [1, 2, 3, 4, 5, 6]

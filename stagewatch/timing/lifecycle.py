@@ -135,6 +135,12 @@ class SigtermHook:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
+        w = lg._writer
+        if w is not None and w.busy_here():
+            # this thread was writing a batch: finish it first, or records would land out
+            # of order (the handler runs as soon as the batch is done, still in this call)
+            w.defer(lambda: self(signum, frame))
+            return
         if callable(prev):
             # someone else (e.g. the trainer) decides what SIGTERM does: keep our data safe
             # and let them call close("interrupted") when they stop. If their handler raises

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 
 from stagewatch import records as R
 from stagewatch.timing.clean import WarnOnce
@@ -57,6 +58,8 @@ class RecordWriter:
         self.dropped_total = 0
         self._good_names: set[str] = set()  # region names known to be within the limits
         self._lock = threading.RLock()
+        self._owner: int | None = None  # the thread processing records now
+        self._deferred: Callable[[], None] | None = None
         self._wake = threading.Event()
         self._flush_wanted = False
         self._stop = False
@@ -106,6 +109,7 @@ class RecordWriter:
     def after_fork_in_child(self) -> None:
         """A forked child has no writer thread and fresh locks; it processes inline."""
         self._lock = threading.RLock()
+        self._owner = None
         self._wake = threading.Event()
         self._thread = None
 
@@ -149,22 +153,52 @@ class RecordWriter:
     # ------------------------------------------------------------------ processing
 
     def drain(self, flush: bool) -> None:
-        """Process every queued record now, on this thread (``flush``: write the files)."""
-        with self._lock:
-            q = self._q
-            while q:
-                try:
-                    rec = q.popleft()
-                except IndexError:  # another drain took it
-                    break
-                if type(rec) is R.Step:
-                    self._step(rec)
-                else:
-                    for sink in self.sinks:
-                        sink.record(rec)
+        """Process every queued record now, on this thread (``flush``: write the files).
+
+        Called again by this thread while it drains (a signal handler's ``flush()``), it
+        only writes the lines already made: processing the next records before the one
+        under way would put them out of order in the file.
+        """
+        me = threading.get_ident()
+        if self._owner == me:
             if flush:
                 for sink in self.sinks:
                     sink.flush()
+            return
+        with self._lock:
+            self._owner = me
+            try:
+                self._process(flush)
+            finally:
+                self._owner = None
+        if self._deferred is not None:  # a signal that came during the batch: now
+            fn, self._deferred = self._deferred, None
+            fn()
+
+    def _process(self, flush: bool) -> None:
+        q = self._q
+        while q:
+            try:
+                rec = q.popleft()
+            except IndexError:  # another drain took it
+                break
+            if type(rec) is R.Step:
+                self._step(rec)
+            else:
+                for sink in self.sinks:
+                    sink.record(rec)
+        if flush:
+            for sink in self.sinks:
+                sink.flush()
+
+    def busy_here(self) -> bool:
+        """True while this thread is processing records (e.g. in a signal handler that
+        interrupted a batch)."""
+        return self._owner == threading.get_ident()
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the batch under way on this thread is done."""
+        self._deferred = fn
 
     def _step(self, rec: R.Step) -> None:
         if not self._plainly_within_limits(rec):
