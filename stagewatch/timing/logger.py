@@ -44,10 +44,10 @@ from stagewatch.timing.regions import (
     env_disabled,
     noop_for,
 )
-from stagewatch.timing.sinks import ConsoleSink, JsonlSink, Sink, TextSink
+from stagewatch.timing.sinks import Sink
 from stagewatch.timing.stats import RegionStats, RunningStats
 from stagewatch.timing.text_log import format_summary
-from stagewatch.timing.writer import QUEUE_RECORDS, RecordWriter
+from stagewatch.timing.writer import QUEUE_RECORDS, RecordWriter, open_sinks
 
 FLUSH_SECONDS = 2.0  # also flush when this long has passed, so a live monitor stays current
 WAKE_STEPS = 64  # the writer processes the queue at least every this many steps
@@ -122,7 +122,7 @@ class TimingLogger:
         self._open_memory(collect_memory)
         self._open_sinks(enable_jsonl, enable_file, enable_console, console_stream)
         self._write_run_start(config, total_steps, samples_per_step, start_step, event_factory)
-        self._open_writer(background_writer, writer_queue)
+        self._writer = RecordWriter.of(self, writer_queue, background_writer)
         self._start_clock()
         if handle_sigterm:
             self._sigterm = SigtermHook.install(self)
@@ -204,32 +204,13 @@ class TimingLogger:
         self, enable_jsonl: bool, enable_file: bool, enable_console: bool, console_stream: Any
     ) -> None:
         assert self.run_dir is not None
-        sinks: list[Sink] = []
-        if enable_jsonl:
-            path = os.path.join(self.run_dir, R.rank_file_name(self.rank))
-            sinks.append(JsonlSink(path, self._warn_once))
-        if enable_file:
-            path = os.path.join(self.run_dir, R.text_log_name(self.rank))
-            sinks.append(TextSink(path, self._stats, self._warn_once))
-        if enable_console and self.rank == 0:
-            interval = self.console_update_interval
-            sinks.append(ConsoleSink(console_stream, interval, self.world_size, self._warn_once))
-        self._sinks = tuple(sinks)
-        self._last_flush = regions._perf()
-        if enable_console and self.rank == 0:  # the panel is drawn every interval steps
-            self._kick_every = min(WAKE_STEPS, self.console_update_interval)
-
-    def _open_writer(self, background: bool, max_queue: int) -> None:
-        self._writer = RecordWriter(
-            self._sinks,
-            self._stats,
-            self._wall,
-            self._unaccounted,
-            self.peak_memory,
-            self._warn_once,
-            max_queue=clean.positive_int(max_queue, "writer_queue"),
-            background=background,
+        console = enable_console and self.rank == 0  # the panel is rank 0's
+        self._sinks = open_sinks(
+            self.run_dir, self.rank, enable_jsonl, enable_file, console, console_stream, self
         )
+        self._last_flush = regions._perf()
+        if console:  # the writer draws the panel every interval steps
+            self._kick_every = min(WAKE_STEPS, self.console_update_interval)
 
     def _write_run_start(
         self,
@@ -413,17 +394,12 @@ class TimingLogger:
                 )
             )
         self._since_flush += 1
-        self._since_kick += 1
-        wake = self._since_kick >= self._kick_every  # in step with the console's interval
-        if wake:
-            self._since_kick = 0
+        self._since_kick = (self._since_kick + 1) % self._kick_every  # the console's interval
         if self._since_flush >= self.file_flush_interval or now - self._last_flush >= FLUSH_SECONDS:
-            # the writer formats and writes the queued records (with a thread, this one
-            # does not wait for it)
-            self._since_flush = 0
+            self._since_flush = 0  # the writer processes the queue and writes the files
             self._last_flush = now
             self._writer.kick(True)  # type: ignore[union-attr]
-        elif wake:
+        elif not self._since_kick:
             self._writer.kick(False)  # type: ignore[union-attr]
 
     def _step_memory(self, memory: Mapping[str, int] | None) -> dict[str, int] | None:
@@ -495,8 +471,7 @@ class TimingLogger:
     def _emit_other(self, rec: R.Record) -> None:
         self._writer.put(rec)  # type: ignore[union-attr]
 
-    def _sync(self) -> None:
-        """Process the queued records now (statistics up to date), without writing files."""
+    def _sync(self) -> None:  # the queued records processed: statistics up to date
         if self._writer is not None:
             self._writer.drain(False)
 

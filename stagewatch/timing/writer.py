@@ -16,12 +16,14 @@ a thread that could not start) the batch is processed on the caller's thread at 
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from stagewatch import records as R
-from stagewatch.timing.clean import WarnOnce
-from stagewatch.timing.sinks import Sink, within_limits
+from stagewatch.timing.clean import WarnOnce, positive_int
+from stagewatch.timing.sinks import ConsoleSink, JsonlSink, Sink, TextSink, within_limits
 from stagewatch.timing.stats import RegionStats, RunningStats
 
 QUEUE_RECORDS = 4096  # records waiting for the writer at most (about 3 kB each)
@@ -66,6 +68,20 @@ class RecordWriter:
         self._thread: threading.Thread | None = None
         if background:
             self._start_thread()
+
+    @classmethod
+    def of(cls, lg: Any, max_queue: Any, background: bool) -> RecordWriter:
+        """The writer of a logger (its sinks, statistics and warnings)."""
+        return cls(
+            lg._sinks,
+            lg._stats,
+            lg._wall,
+            lg._unaccounted,
+            lg.peak_memory,
+            lg._warn_once,
+            max_queue=positive_int(max_queue, "writer_queue"),
+            background=background,
+        )
 
     # ------------------------------------------------------------------ the thread
 
@@ -265,3 +281,25 @@ class RecordWriter:
     def __repr__(self) -> str:
         mode = "thread" if self._thread is not None else "inline"
         return f"RecordWriter({mode}, queued={len(self._q)}, dropped={self.dropped_total})"
+
+
+def open_sinks(
+    run_dir: str,
+    rank: int,
+    jsonl: bool,
+    text: bool,
+    console: bool,
+    console_stream: Any,
+    lg: Any,
+) -> tuple[Sink, ...]:
+    """A logger's outputs: the rank's JSONL file, its text log, the console panel."""
+    sinks: list[Sink] = []
+    if jsonl:
+        sinks.append(JsonlSink(os.path.join(run_dir, R.rank_file_name(rank)), lg._warn_once))
+    if text:
+        path = os.path.join(run_dir, R.text_log_name(rank))
+        sinks.append(TextSink(path, lg._stats, lg._warn_once))
+    if console:
+        interval = lg.console_update_interval
+        sinks.append(ConsoleSink(console_stream, interval, lg.world_size, lg._warn_once))
+    return tuple(sinks)
