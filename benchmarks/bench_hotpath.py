@@ -44,9 +44,7 @@ def child(text: bool, steps: int, background: bool) -> dict[str, Any]:
     kw: dict[str, Any] = {"background_writer": True} if background else {}
     names = [f"forward/stage{i}" for i in range(REGIONS - 2)]
     with tempfile.TemporaryDirectory(prefix="bench_hotpath_") as root:
-        lg = TimingLogger(
-            root, enable_console=False, enable_file=text, handle_sigterm=False, **kw
-        )
+        lg = TimingLogger(root, enable_console=False, enable_file=text, handle_sigterm=False, **kw)
         region, log, step = lg.region, lg.log, lg.step
         perf, cpu = time.perf_counter, time.process_time
 
