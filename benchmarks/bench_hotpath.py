@@ -86,11 +86,63 @@ def child(text: bool, steps: int, background: bool) -> dict[str, Any]:
     }
 
 
-def _run(tree: Path, text: bool, steps: int, background: bool) -> dict[str, Any]:
+def breakdown(steps: int) -> dict[str, float]:
+    """This tree's CPU per record in the writer's parts (µs): the queued records processed
+    with no sink, with the JSONL sink, with the text log, with both; and ``step()``'s own."""
+    from stagewatch.timing import TimingLogger
+
+    names = [f"forward/stage{i}" for i in range(REGIONS - 2)]
+    out: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_hotpath_") as root:
+        lg = TimingLogger(
+            root,
+            enable_console=False,
+            handle_sigterm=False,
+            file_flush_interval=10**9,
+            writer_queue=10**9,
+        )
+        lg._kick_every = 10**9  # the queue is processed only where measured
+        w = lg._writer
+        assert w is not None
+        jsonl, text = w.sinks
+        cpu = time.process_time
+
+        def regions() -> None:
+            with lg.region("forward"):
+                for name in names:
+                    with lg.region(name):
+                        pass
+            lg.log("data", 0.25)
+
+        for _ in range(3):
+            for label, sinks in (("core", ()), ("jsonl", (jsonl,)), ("text", (text,))):
+                w.sinks = sinks
+                c0 = cpu()
+                for i in range(steps):
+                    regions()
+                    lg.step(samples=1, scalars={"loss": 1.0 / (i + 1)})
+                c1 = cpu()
+                for _ in range(steps):
+                    regions()
+                    lg._cur = {}
+                c2 = cpu()
+                w.drain(True)
+                c3 = cpu()
+                out.setdefault("step", []).append(((c1 - c0) - (c2 - c1)) / steps * 1e6)
+                out.setdefault(label, []).append((c3 - c2) / steps * 1e6)
+        w.sinks = (jsonl, text)
+        lg.close()
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def _run(
+    tree: Path, text: bool, steps: int, background: bool, breakdown_only: bool = False
+) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "STAGEWATCH_TIMING")}
     env["PYTHONPATH"] = str(tree)
     args = [sys.executable, str(Path(__file__).resolve()), "--child", "--steps", str(steps)]
     args += ["--text"] if text else []
+    args += ["--breakdown"] if breakdown_only else []
     args += ["--background"] if background else []
     out = subprocess.run(args, cwd=tree, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -109,6 +161,9 @@ def measure(base: Path, rounds: int, steps: int) -> dict[str, dict[str, list[dic
             for side in SIDES:
                 tree = base if side == "before" else ROOT
                 res[out][side].append(_run(tree, text, steps, side.endswith("writer")))
+        res.setdefault("parts", {}).setdefault("after", []).append(  # type: ignore[arg-type]
+            _run(ROOT, True, steps, False, breakdown_only=True)
+        )
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
     return res
 
@@ -120,6 +175,7 @@ def _med(xs: list[dict[str, Any]], key: str) -> float:
 def report(res: dict[str, Any], label: str, rounds: int, steps: int, load: float) -> str:
     from benchmarks._report import machine, today
 
+    parts = {k: _med(res["parts"]["after"], k) for k in ("step", "core", "jsonl", "text")}
     lines = [
         "## `step()` hot path (issue 21): before and after, interleaved",
         "",
@@ -141,14 +197,15 @@ def report(res: dict[str, Any], label: str, rounds: int, steps: int, load: float
         for side in SIDES:
             xs = res[out][side]
             med, cpu = _med(xs, "median_us"), _med(xs, "cpu_us")
-            ok = ""
+            ok_step = ok_cpu = ""
             if side != "before":
-                ok = " ✓" if med <= TARGET_STEP_US and cpu <= TARGET_CPU_US else " ✗"
+                ok_step = " (met)" if med <= TARGET_STEP_US else " (NOT met)"
+                ok_cpu = " (met)" if cpu <= TARGET_CPU_US else " (NOT met)"
             drops = sum(x["dropped"] for x in xs)
             note = f" ({drops} records dropped)" if drops else ""
             lines.append(
-                f"| {out} | {side}{note} | {med:.1f} µs{ok} | {_med(xs, 'p90_us'):.1f} µs "
-                f"| {_med(xs, 'p99_us'):.0f} µs | {cpu:.1f} µs |"
+                f"| {out} | {side}{note} | {med:.1f} µs{ok_step} | {_med(xs, 'p90_us'):.1f} µs "
+                f"| {_med(xs, 'p99_us'):.0f} µs | {cpu:.1f} µs{ok_cpu} |"
             )
     lines += [
         "",
@@ -162,6 +219,18 @@ def report(res: dict[str, Any], label: str, rounds: int, steps: int, load: float
         "the loop, so it costs as much CPU and the training thread waits for the GIL instead "
         "(it pays off where the loop spends its time in code that releases the GIL, e.g. "
         "CUDA launches and kernels).",
+        "",
+        f"Where the CPU per step goes after (the writer's parts timed apart, {steps:,} "
+        "queued records processed at once, median over the rounds): "
+        f"`step()` itself {parts['step']:.1f} µs (clock, memory reading, scalars, the "
+        f"record, the queue); limits and statistics {parts['core']:.1f} µs; "
+        f"+ the JSONL file {parts['jsonl'] - parts['core']:.1f} µs; + the text log "
+        f"{parts['text'] - parts['core']:.1f} µs, most of it formatting its 63 numbers "
+        "(one `%` template per block; a `%9.2f` costs ~170 ns in CPython on this machine). "
+        "The CUDA path queues the same records once their events "
+        "complete (resolution one step behind, unchanged); its `step()` cost on a GPU is "
+        "measured by the GPU suite's `timing` step (`gpu_timing_check.py`), owed to a lent "
+        "device.",
     ]
     return "\n".join(lines)
 
@@ -177,9 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--text", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--breakdown", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.text, args.steps, args.background)))
+        if args.breakdown:
+            print(json.dumps(breakdown(args.steps)))
+        else:
+            print(json.dumps(child(args.text, args.steps, args.background)))
         return 0
     if not args.base:
         p.error("--base is required (a checkout of the commit to compare with)")

@@ -219,3 +219,23 @@ def test_a_signal_during_a_batch_waits_for_the_batch(tmp_path):
     finally:
         signal.signal(signal.SIGTERM, prev)
     assert [r.step for r in jsonl(lg) if isinstance(r, R.Step)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_hotpath_benchmark_child_measures(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_hotpath", ROOT / "benchmarks" / "bench_hotpath.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.child(text=True, steps=60, background=False)
+    assert res["median_us"] > 0 and res["p99_us"] >= res["p90_us"] >= 0
+    assert res["cpu_us"] == res["cpu_us"] and res["dropped"] == 0
+    parts = mod.breakdown(40)
+    assert set(parts) == {"step", "core", "jsonl", "text"} and parts["text"] > 0
+    res_all: dict = {o: {s: [res] for s in mod.SIDES} for o, _ in mod.OUTPUTS}
+    res_all["parts"] = {"after": [parts]}
+    md = mod.report(res_all, "base", 1, 60, 0.0)
+    assert md.count("| JSONL") == 6 and "the text log" in md
