@@ -234,7 +234,7 @@ def test_hotpath_benchmark_child_measures(tmp_path):
     assert res["median_us"] > 0 and res["p99_us"] >= res["p90_us"] >= 0
     assert res["cpu_us"] == res["cpu_us"] and res["dropped"] == 0
     parts = mod.breakdown(40)
-    assert set(parts) == {"step", "core", "jsonl", "text"} and parts["text"] > 0
+    assert set(parts) == {"step", "core", "jsonl", "text", "float_ns"} and parts["text"] > 0
     res_all: dict = {o: {s: [res] for s in mod.SIDES} for o, _ in mod.OUTPUTS}
     res_all["parts"] = {"after": [parts]}
     md = mod.report(res_all, "base", 1, 60, 0.0)
