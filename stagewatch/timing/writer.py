@@ -1,16 +1,18 @@
 """The writer: turns queued records into statistics and output lines, off the step.
 
-``step()`` on the training thread only measures, builds its record and puts it on a bounded
-queue (:meth:`RecordWriter.put`, a deque append). Everything else a record costs (checking
-the limits, the running statistics, JSON encoding, the classic text log's block, the console
-panel, the file writes) happens here, in batches: on a background thread that the logger
-wakes every few steps (:meth:`RecordWriter.kick`), or on the caller's thread at an explicit
-:meth:`RecordWriter.drain` (``flush()``, ``close()``, ``get_summary()``, a signal, a fork).
+``step()`` only measures, builds its record and puts it on a bounded queue
+(:meth:`RecordWriter.put`, a deque append). Everything else a record costs (checking the
+limits, the running statistics, JSON encoding, the classic text log's block, the console
+panel, the file writes) happens here, for all the queued records at once: by default on the
+thread that calls ``step()``, at the flush points the logger picks (:meth:`RecordWriter.kick`);
+with ``background=True`` on a thread that the logger wakes there. ``flush()``, ``close()``,
+``get_summary()``, a signal and a fork process the queue on the caller's thread
+(:meth:`RecordWriter.drain`).
 
-The queue never blocks the loop: when it is full (the writer starved or stuck) the record is
-dropped, counted, and the count is written in the next record that gets through
-(``dropped``), with one warning. Where no thread runs (``background=False``, a forked child,
-a thread that could not start) the batch is processed on the caller's thread at each kick.
+A background writer's queue never blocks the loop: when it is full (the writer starved or
+stuck) a step record is dropped, counted, and the count is written in the next record that
+gets through (``dropped``), with one warning. Where no thread runs (the default, a forked
+child, a thread that could not start), a full queue is processed at once instead.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class RecordWriter:
         peak_memory: dict[str, int],
         warn_once: WarnOnce,
         max_queue: int = QUEUE_RECORDS,
-        background: bool = True,
+        background: bool = False,
     ) -> None:
         self.sinks = sinks
         self._stats = stats
