@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from stagewatch import records as R
-from stagewatch.timing import clean, regions
+from stagewatch.timing import capture as cap
+from stagewatch.timing import clean, clocks, regions
 from stagewatch.timing.clean import WarnOnce, short
 from stagewatch.timing.cuda import (
     EventFactory,
@@ -73,6 +74,14 @@ class TimingLogger:
     (resolved one step later); anything else uses ``perf_counter``. ``event_factory``
     replaces ``torch.cuda.Event`` (tests). The step wall time is CPU time between
     ``step()`` calls, or on CUDA the GPU time between the end-of-step markers.
+
+    Slow-step capture (``capture``, on by default; needs torch imported by the program): a
+    step of at least ``capture_k`` × the running median step time (once ``capture_warm``
+    steps were seen), a request from ``tui watch`` or ``SIGUSR2`` runs the next
+    ``capture_steps`` steps under ``torch.profiler``; at most ``capture_max`` traces per run,
+    written to ``traces/step<N>.rank<R>.json.gz`` in the run folder (docs/timing.md
+    "Slow-step capture"). ``sync_clocks``: with several ranks, measure this rank's clock
+    offset to rank 0 at start (a collective, like the shared run id).
     """
 
     def __init__(
@@ -100,6 +109,12 @@ class TimingLogger:
         handle_sigterm: bool = True,
         max_pending_steps: int = 8,
         max_region_names: int = 4096,
+        capture: bool = True,
+        capture_k: float = 3.0,
+        capture_steps: int = 1,
+        capture_max: int = 5,
+        capture_warm: int = 20,
+        sync_clocks: bool = True,
     ) -> None:
         self.console_update_interval = clean.positive_int(
             console_update_interval, "console_update_interval"
@@ -108,6 +123,7 @@ class TimingLogger:
         self.enabled = bool(enabled) and not env_disabled()
         self.log_dir = os.fspath(log_dir)
         start_step = clean.start_step(start_step)
+        cap.check_options(capture_k, capture_steps, capture_max, capture_warm)
         self._init_state(start_step, max_region_names)
         if not self.enabled:
             return
@@ -117,8 +133,13 @@ class TimingLogger:
         self._open_clock(device, event_factory, max_pending_steps)
         self._open_memory(collect_memory)
         self._open_sinks(enable_jsonl, enable_file, enable_console, console_stream)
-        self._write_run_start(config, total_steps, samples_per_step, start_step, event_factory)
+        clock = self._measure_clock() if sync_clocks and not clocks.env_off() else None
+        self._write_run_start(
+            config, total_steps, samples_per_step, start_step, event_factory, clock
+        )
         self._start_clock()
+        if capture and capture_max > 0 and not cap.env_off():
+            self._open_capture(capture_k, capture_steps, capture_max, capture_warm)
         if handle_sigterm:
             self._sigterm = SigtermHook.install(self)
         track(self)
@@ -177,6 +198,12 @@ class TimingLogger:
         self._warn_once = WarnOnce()
         self._sigterm: SigtermHook | None = None  # installed as the SIGTERM handler
         self._pid = os.getpid()
+        # slow-step capture (capture.py): step() calls it when its wall time reaches _cap_at
+        # or its number reaches _cap_due; infinite: never
+        self._capture: cap.Capture | None = None
+        self._cap_at: float = cap.INF
+        self._cap_due: float = cap.INF
+        self._cap_marks: dict[int, str] = {}  # step -> its trace, until its record is written
 
     def _open_clock(
         self, device: Any, event_factory: EventFactory | None, max_pending: int
@@ -216,6 +243,7 @@ class TimingLogger:
         samples_per_step: int | None,
         start_step: int,
         event_factory: EventFactory | None,
+        clock: tuple[float, float] | None = None,
     ) -> None:
         assert self.run_id is not None
         self._samples_per_step = clean.opt_count(samples_per_step, "samples_per_step")
@@ -229,9 +257,39 @@ class TimingLogger:
             samples_per_step=self._samples_per_step,
             start_step=start_step,
             gpu=cuda_device_info(self.device) if self._cuda and event_factory is None else None,
+            clock_ms=clock,
         )
         for sink in self._sinks:
             sink.start(start)
+
+    def _measure_clock(self) -> tuple[float, float] | None:
+        """This rank's clock offset to rank 0 (a collective; see clocks.py)."""
+        try:
+            return clocks.measure(self.rank, self.world_size)
+        except Exception as e:
+            self._warn_once("clock", f"could not measure the clock offset to rank 0: {e}")
+            return None
+
+    def _open_capture(self, k: float, steps: int, max_traces: int, warm: int) -> None:
+        assert self.run_dir is not None
+        c = cap.Capture(
+            self.run_dir,
+            self.rank,
+            self._warn_once,
+            k=k,
+            steps=steps,
+            max_traces=max_traces,
+            warm=warm,
+        )
+        self._capture, self._cap_marks = c, c.marks
+        self._cap_at, self._cap_due = cap.INF, self.step_count + 1
+        c._sig = cap.SignalHook.install(self)
+
+    def _restart_clock(self) -> None:
+        """The coming step starts now (time spent by the logger itself is left out)."""
+        self._t_last = regions._perf()
+        if self._gpu is not None:
+            self._gpu.start()
 
     def _start_clock(self) -> None:
         """The first step starts now (on CUDA: at an event recorded now)."""
@@ -394,6 +452,8 @@ class TimingLogger:
         self._since_flush += 1
         if self._since_flush >= self.file_flush_interval or now - self._last_flush >= FLUSH_SECONDS:
             self.flush()
+        if wall_ms >= self._cap_at or self.step_count >= self._cap_due:
+            self._capture.on_step(self, self.step_count, wall_ms)  # type: ignore[union-attr]
 
     def _step_memory(self, memory: Mapping[str, int] | None) -> dict[str, int] | None:
         """The memory of this step: given, else measured (if a reader is on)."""
@@ -458,6 +518,8 @@ class TimingLogger:
 
     def _emit(self, rec: R.Step) -> None:
         rec = within_limits(rec, self._warn_once)
+        if self._cap_marks and rec.step in self._cap_marks:
+            rec = R.replace(rec, trace=self._cap_marks.pop(rec.step))
         self.steps_written = rec.step
         self._stats.add_step(rec.regions)
         self._wall.add(rec.wall_ms)
@@ -551,6 +613,9 @@ class TimingLogger:
     def _finish_locked(self, status: str, error: BaseException | None, block: bool) -> None:
         self._closed = True
         regions.deactivate(self)
+        if self._capture is not None:
+            self._capture.close(self, write=block)
+            self._cap_at = self._cap_due = cap.INF
         if status not in R.END_STATUSES:
             self._warn_once(
                 "status", f"close(status={status!r}) is not a known status; using 'failed'"

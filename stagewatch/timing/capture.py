@@ -1,0 +1,345 @@
+"""Slow-step capture: the next steps after a slow one (or on demand) under ``torch.profiler``.
+
+A logger with capture on calls :meth:`Capture.on_step` only when a step's wall time reaches
+the trigger (``logger._cap_at``) or its number reaches the next check (``logger._cap_due``):
+two float comparisons per step, nothing else, while nothing is being captured.
+
+Triggers:
+
+- **slow**: a step of at least ``k`` × the running median step time, once ``warm`` steps
+  were seen. The median is of a ring of the last 64 sampled step times (every step while
+  warming up, then every few steps, so that a check comes about every 0.25 s): bounded
+  memory, a sort of 64 floats per sample.
+- **request**: the run folder's request file (:data:`stagewatch.traces.REQUEST_FILE`, written
+  by ``tui watch``'s ``c`` key) has a new modification time; checked with one ``stat`` at most
+  every ``poll_s`` seconds, on the sampling steps.
+- **signal**: the process got ``SIGUSR2`` (handler installed in the main thread only,
+  chaining any earlier Python handler; it only sets a flag).
+
+What it records: the next ``steps`` steps, from the end of the ``step()`` call that saw the
+trigger to the end of the ``step()`` call of the last captured step, under
+``torch.profiler`` with CPU activity (and CUDA where ``torch.cuda.is_available()``), no
+shapes, stacks, memory or FLOPs. The trace goes to ``traces/step<N>.rank<R>.json.gz`` beside
+the run (N: the first step captured), at most ``max_traces`` per run; the step records of
+the captured steps carry ``trace`` (that path, relative to the run folder). Starting,
+stopping and writing a trace take time in the ``step()`` call: that time is left out of the
+next step's wall time (on CUDA the GPU clock restarts as well).
+
+Torch is used only if the program imported it; any failure is one warning and capture is
+then off for the rest of the run. Nothing here raises into the training loop.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from stagewatch import traces
+from stagewatch.timing.clean import WarnOnce
+
+CAPTURE_ENV = "STAGEWATCH_CAPTURE"  # "0"/"off"/"false"/"no": capture off
+INF = math.inf
+RING = 64  # step times kept for the running median
+CHECK_MS = 250.0  # sample (and maybe poll) about this often once warm
+MAX_EVERY = 8  # ... but at least every this many steps
+
+
+def env_off() -> bool:
+    v = os.environ.get(CAPTURE_ENV)
+    return v is not None and v.strip().lower() in ("0", "false", "off", "no")
+
+
+def check_options(k: Any, steps: Any, max_traces: Any, warm: Any) -> None:
+    """ValueError naming the bad constructor argument."""
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 1.0 < k < 1e6:
+        raise ValueError(f"capture_k must be a number above 1, got {k!r}")
+    for name, v, lo in (("capture_steps", steps, 1), ("capture_max", max_traces, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 10_000:
+            raise ValueError(f"{name} must be an integer from {lo} to 10000, got {v!r}")
+    if isinstance(warm, bool) or not isinstance(warm, int) or warm < 1:
+        raise ValueError(f"capture_warm must be a positive integer, got {warm!r}")
+
+
+class Capture:
+    """The slow-step capture of one logger (see the module docstring)."""
+
+    def __init__(
+        self,
+        run_dir: str,
+        rank: int,
+        warn_once: WarnOnce,
+        *,
+        k: float = 3.0,
+        steps: int = 1,
+        max_traces: int = 5,
+        warm: int = 20,
+        poll_s: float = 1.0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.run_dir = run_dir
+        self.rank = rank
+        self.k = float(k)
+        self.steps = steps
+        self.max_traces = max_traces
+        self.warm = warm
+        self.poll_s = poll_s
+        self._clock = clock
+        self._warn = warn_once
+        self.taken = 0  # traces written (or being written)
+        self.seen = 0  # step times sampled
+        self._ring = [0.0] * RING
+        self.median = INF
+        self.every = 1
+        self._last_poll = clock()
+        self._request_key: tuple[int, int, int] | None = self._request_stat()  # one before us
+        self.signalled = False
+        self._prof: Any = None
+        self._stop_at = 0
+        self._first = 0
+        self._trigger = ""
+        self._anchors: list[tuple[int, int]] = []
+        self.marks: dict[int, str] = {}  # step -> trace path (relative), until its record
+        self._sig: SignalHook | None = None
+
+    # ------------------------------------------------------------------ per step
+
+    def on_step(self, lg: Any, step: int, wall_ms: float) -> None:
+        """Called by the logger at the end of ``step()`` when ``wall_ms >= lg._cap_at`` or
+        ``step >= lg._cap_due``; sets both for the next step. Never raises."""
+        try:
+            if self._prof is not None:
+                if step >= self._stop_at:
+                    self._stop(lg)
+            else:
+                self._check(lg, step, wall_ms)
+        except Exception as e:  # a bug here must not stop training
+            self._off(f"slow-step capture failed ({type(e).__name__}: {e}); capture is off")
+        self._arm(lg, step)
+
+    def _check(self, lg: Any, step: int, wall_ms: float) -> None:
+        trigger = ""
+        if wall_ms >= lg._cap_at:
+            trigger = "slow"
+        if self.signalled:
+            self.signalled = False
+            trigger = trigger or "signal"
+        n = self.steps
+        if step >= lg._cap_due:
+            self._sample(wall_ms)
+            now = self._clock()
+            if now - self._last_poll >= self.poll_s:
+                self._last_poll = now
+                key = self._request_stat()
+                if key is not None and key != self._request_key:
+                    self._request_key = key
+                    trigger = trigger or "request"
+                    n = traces.read_request_steps(traces.request_path(self.run_dir), n)
+        if trigger and self.taken < self.max_traces:
+            self._start(lg, step, n, trigger)
+
+    def _arm(self, lg: Any, step: int) -> None:
+        """The next trigger and check for the logger (infinite: none)."""
+        if self._prof is not None:
+            lg._cap_at, lg._cap_due = INF, self._stop_at
+        elif self.taken >= self.max_traces:
+            lg._cap_at, lg._cap_due = INF, INF  # done: two comparisons per step, never true
+        else:
+            warm = self.seen >= self.warm
+            lg._cap_at = self.k * self.median if warm else INF
+            lg._cap_due = step + (self.every if warm else 1)
+
+    def _sample(self, wall_ms: float) -> None:
+        if not 0.0 <= wall_ms < 1e12:
+            return
+        self._ring[self.seen % RING] = wall_ms
+        self.seen += 1
+        n = min(self.seen, RING)
+        vals = sorted(self._ring[:n])
+        med = vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2.0
+        self.median = med
+        self.every = max(1, min(MAX_EVERY, int(CHECK_MS / med) if med > 0 else MAX_EVERY))
+
+    def _request_stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(traces.request_path(self.run_dir))
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+    # ------------------------------------------------------------------ profiler
+
+    def _start(self, lg: Any, step: int, n: int, trigger: str) -> None:
+        torch = sys.modules.get("torch")
+        tp = getattr(torch, "profiler", None)  # never imported here
+        if tp is None:  # not a torch program: nothing to profile (said only when asked)
+            if trigger != "slow":
+                self._warn(
+                    "capture", "a capture was asked for, but the program has not imported torch"
+                )
+            self.taken = self.max_traces
+            return
+        acts = [tp.ProfilerActivity.CPU]
+        try:
+            if torch.cuda.is_available():  # type: ignore[union-attr]
+                acts.append(tp.ProfilerActivity.CUDA)
+        except Exception:
+            pass
+        os.makedirs(os.path.join(self.run_dir, traces.TRACES_DIR), exist_ok=True)
+        prof = tp.profile(
+            activities=acts,
+            record_shapes=False,
+            with_stack=False,
+            profile_memory=False,
+            with_flops=False,
+            with_modules=False,
+        )
+        prof.start()
+        self._prof = prof
+        self.taken += 1
+        self._first, self._stop_at, self._trigger = step + 1, step + n, trigger
+        self._anchors = []
+        for _ in range(3):  # the first one is slow (lazy set-up); the tightest is used
+            t0 = time.time_ns()
+            with tp.record_function(traces.ANCHOR):
+                pass
+            self._anchors.append((t0, time.time_ns()))
+        rel = f"{traces.TRACES_DIR}/{traces.trace_name(step + 1, self.rank)}"
+        for s in range(step + 1, step + n + 1):
+            self.marks[s] = rel
+        lg._restart_clock()
+
+    def _stop(self, lg: Any) -> None:
+        prof, self._prof = self._prof, None
+        path = traces.trace_path(self.run_dir, self._first, self.rank)
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            prof.stop()
+            prof.export_chrome_trace(tmp)
+            meta = {
+                "rank": self.rank,
+                "step": self._first,
+                "steps": self._stop_at - self._first + 1,
+                "trigger": self._trigger,
+                "anchors": self._anchors,
+                "median_ms": None if self.median == INF else round(self.median, 4),
+            }
+            _gzip_with_meta(tmp, path, meta)
+        except Exception:
+            for s in range(self._first, self._stop_at + 1):
+                self.marks.pop(s, None)
+            raise
+        finally:
+            for p in (tmp, path + ".part"):
+                if os.path.exists(p):
+                    os.unlink(p)
+            lg._restart_clock()
+
+    def _off(self, message: str) -> None:
+        self._warn("capture", message)
+        self.taken = self.max_traces
+        prof, self._prof = self._prof, None
+        if prof is not None:
+            try:
+                prof.stop()
+            except Exception:
+                pass
+
+    def request_by_signal(self, lg: Any) -> None:
+        """From the SIGUSR2 handler: capture the next steps (checked at the next step())."""
+        if self.taken < self.max_traces and self._prof is None:
+            self.signalled = True
+            lg._cap_due = 0
+
+    def close(self, lg: Any, write: bool) -> None:
+        """Stop a capture in progress (writing its trace when ``write``, else dropping it and
+        its marks) and the signal handler. Never raises."""
+        if self._sig is not None:
+            self._sig.uninstall()
+            self._sig = None
+        if self._prof is None:
+            return
+        if write:
+            try:
+                self._stop(lg)
+            except Exception as e:
+                self._warn("capture", f"the last capture could not be written ({e})")
+            return
+        prof, self._prof = self._prof, None
+        for s in range(self._first, self._stop_at + 1):
+            self.marks.pop(s, None)
+        try:
+            prof.stop()
+        except Exception:
+            pass
+
+
+def _gzip_with_meta(src: str, dst: str, meta: dict[str, Any]) -> None:
+    """``src`` (a JSON object) gzip'd to ``dst`` with ``meta`` as its first key, streamed."""
+    part = dst + ".part"
+    head = ('{"' + traces.META_KEY + '":' + json.dumps(meta) + ",").encode()
+    with open(src, "rb") as f, gzip.open(part, "wb", compresslevel=3) as g:
+        first = f.read(1 << 16)
+        i = first.find(b"{")
+        if i < 0:
+            raise ValueError("the profiler's trace is not a JSON object")
+        rest = first[i + 1 :]
+        g.write(head if rest.lstrip()[:1] != b"}" else head[:-1])
+        g.write(rest)
+        shutil.copyfileobj(f, g, 1 << 20)
+    os.replace(part, dst)
+
+
+class SignalHook:
+    """SIGUSR2: ask the logger's capture for the next steps. Chains an earlier handler."""
+
+    __slots__ = ("_lg", "_pid", "_prev")
+
+    def __init__(self, lg: Any, prev: Any) -> None:
+        self._lg = weakref.ref(lg)
+        self._prev = prev
+        self._pid = os.getpid()
+
+    @classmethod
+    def install(cls, lg: Any) -> SignalHook | None:
+        """The hook as SIGUSR2 handler; None where it cannot be (no SIGUSR2, not the main
+        thread, the signal ignored or owned by non-Python code)."""
+        sig = getattr(signal, "SIGUSR2", None)
+        if sig is None or threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            prev = signal.getsignal(sig)
+            if prev is signal.SIG_IGN or prev is None:
+                return None
+            hook = cls(lg, prev)
+            signal.signal(sig, hook)
+        except (ValueError, OSError, AttributeError):
+            return None
+        return hook
+
+    def uninstall(self) -> None:
+        try:
+            if signal.getsignal(signal.SIGUSR2) is self:
+                signal.signal(signal.SIGUSR2, self._prev)
+        except (ValueError, OSError, AttributeError):
+            pass
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        try:
+            lg = self._lg()
+            cap = getattr(lg, "_capture", None) if lg is not None else None
+            if cap is not None and os.getpid() == self._pid and not lg._closed:
+                cap.request_by_signal(lg)
+        except Exception:
+            pass
+        if callable(self._prev):
+            self._prev(signum, frame)
