@@ -14,9 +14,14 @@ import pytest
 from stagewatch import records as R
 from stagewatch import traces
 from stagewatch.timing import TimingLogger, regions
-from stagewatch.timing.capture import Capture
+from stagewatch.timing.capture import Capture, CaptureOptions
 
 torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(autouse=True)
+def _capture_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STAGEWATCH_CAPTURE", raising=False)  # off for the rest of the suite
 
 
 class FakeClock:
@@ -81,7 +86,7 @@ def test_a_slow_step_captures_the_next_one(tmp_path: Path, clock: FakeClock) -> 
 def test_no_capture_below_k_times_the_median_or_while_warming_up(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    lg = _logger(tmp_path, capture_k=3.0)
+    lg = _logger(tmp_path, capture=CaptureOptions(k=3.0))
     # a slow first step (warm-up) and steps of 2.9x the median later: nothing captured
     _steps(lg, clock, [80.0] + [10.0] * 24 + [29.0, 10.0, 29.0, 10.0])
     lg.close()
@@ -90,7 +95,7 @@ def test_no_capture_below_k_times_the_median_or_while_warming_up(
 
 
 def test_at_most_max_traces_and_n_steps_each(tmp_path: Path, clock: FakeClock) -> None:
-    lg = _logger(tmp_path, capture_max=2, capture_steps=2)
+    lg = _logger(tmp_path, capture=CaptureOptions(max_traces=2, steps=2))
     walls = [10.0] * 25
     for _ in range(4):
         walls += [60.0] + [10.0] * 10
@@ -201,11 +206,24 @@ def test_capture_off(tmp_path: Path, clock: FakeClock, monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize(
-    "kw", [{"capture_k": 1.0}, {"capture_steps": 0}, {"capture_max": -1}, {"capture_k": "3"}]
+    ("kw", "bad"),
+    [
+        ({"k": 1.0}, "k"),
+        ({"steps": 0}, "steps"),
+        ({"max_traces": -1}, "max_traces"),
+        ({"k": "3"}, "k"),
+        ({"poll_s": -1}, "poll_s"),
+    ],
 )
-def test_bad_options_are_refused(tmp_path: Path, kw: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match=next(iter(kw))):
-        _logger(tmp_path, **kw)
+def test_bad_options_are_refused(kw: dict[str, Any], bad: str) -> None:
+    with pytest.raises(ValueError, match=f"CaptureOptions.{bad}"):
+        CaptureOptions(**kw)
+
+
+def test_capture_must_be_a_bool_or_options(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="capture must be"):
+        _logger(tmp_path, capture={"k": 3})
+    assert not (tmp_path / "cap").exists()  # refused before anything was written
 
 
 def test_a_failing_profiler_turns_capture_off_without_raising(

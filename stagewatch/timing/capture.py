@@ -42,9 +42,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from stagewatch import traces
+from stagewatch.timing import regions
 from stagewatch.timing.clean import WarnOnce
 
 CAPTURE_ENV = "STAGEWATCH_CAPTURE"  # "0"/"off"/"false"/"no": capture off
@@ -59,15 +61,67 @@ def env_off() -> bool:
     return v is not None and v.strip().lower() in ("0", "false", "off", "no")
 
 
-def check_options(k: Any, steps: Any, max_traces: Any, warm: Any) -> None:
-    """ValueError naming the bad constructor argument."""
-    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 1.0 < k < 1e6:
-        raise ValueError(f"capture_k must be a number above 1, got {k!r}")
-    for name, v, lo in (("capture_steps", steps, 1), ("capture_max", max_traces, 0)):
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 10_000:
-            raise ValueError(f"{name} must be an integer from {lo} to 10000, got {v!r}")
-    if isinstance(warm, bool) or not isinstance(warm, int) or warm < 1:
-        raise ValueError(f"capture_warm must be a positive integer, got {warm!r}")
+NO_MARKS: dict[int, str] = {}  # a logger without capture (never written to)
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    """``TimingLogger(capture=CaptureOptions(...))``; ``capture=True`` is the defaults."""
+
+    k: float = 3.0  # a step of at least k x the running median step time triggers
+    steps: int = 1  # steps recorded per capture
+    max_traces: int = 5  # traces per run (and rank), whatever triggered them
+    warm: int = 20  # steps seen before a slow step can trigger
+    poll_s: float = 1.0  # the request file is looked at no more often than this
+
+    def __post_init__(self) -> None:
+        k = self.k
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not 1.0 < k < 1e6:
+            raise ValueError(f"CaptureOptions.k must be a number above 1, got {k!r}")
+        for name, lo in (("steps", 1), ("max_traces", 0), ("warm", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 100_000:
+                raise ValueError(f"CaptureOptions.{name} must be an integer >= {lo}, got {v!r}")
+        p = self.poll_s
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1e6:
+            raise ValueError(f"CaptureOptions.poll_s must be seconds >= 0, got {p!r}")
+
+
+def options(capture: Any) -> CaptureOptions | None:
+    """The options of ``TimingLogger(capture=...)``: None when off (False, env
+    ``STAGEWATCH_CAPTURE=0``, ``max_traces=0``). ValueError for anything else."""
+    if capture is True:
+        capture = CaptureOptions()
+    elif capture is False or capture is None:
+        return None
+    if not isinstance(capture, CaptureOptions):
+        raise ValueError(f"capture must be True, False or a CaptureOptions, got {capture!r}")
+    return None if env_off() or capture.max_traces == 0 else capture
+
+
+def attach(lg: Any, opts: CaptureOptions | None) -> None:
+    """Arm ``lg``'s capture (after its run_start; it checks from its next step on)."""
+    if opts is None or lg.run_dir is None:
+        return
+    c = Capture(lg.run_dir, lg.rank, lg._warn_once, opts)
+    lg._capture, lg._cap_marks = c, c.marks
+    lg._cap_at, lg._cap_due = INF, lg.step_count + 1
+    c._sig = SignalHook.install(lg)
+
+
+def detach(lg: Any, write: bool) -> None:
+    """At close: end a capture in progress (its trace written when ``write``) and the
+    signal handler; the logger then checks nothing more."""
+    if lg._capture is not None:
+        lg._capture.close(lg, write)
+    lg._cap_at = lg._cap_due = INF
+
+
+def restart_clock(lg: Any) -> None:
+    """The logger's next step starts now: the capture's own time is left out of it."""
+    lg._t_last = regions._perf()
+    if lg._gpu is not None:
+        lg._gpu.start()
 
 
 class Capture:
@@ -78,21 +132,17 @@ class Capture:
         run_dir: str,
         rank: int,
         warn_once: WarnOnce,
-        *,
-        k: float = 3.0,
-        steps: int = 1,
-        max_traces: int = 5,
-        warm: int = 20,
-        poll_s: float = 1.0,
+        opts: CaptureOptions | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        o = opts or CaptureOptions()
         self.run_dir = run_dir
         self.rank = rank
-        self.k = float(k)
-        self.steps = steps
-        self.max_traces = max_traces
-        self.warm = warm
-        self.poll_s = poll_s
+        self.k = float(o.k)
+        self.steps = o.steps
+        self.max_traces = o.max_traces
+        self.warm = o.warm
+        self.poll_s = o.poll_s
         self._clock = clock
         self._warn = warn_once
         self.taken = 0  # traces written (or being written)
@@ -216,7 +266,7 @@ class Capture:
         rel = f"{traces.TRACES_DIR}/{traces.trace_name(step + 1, self.rank)}"
         for s in range(step + 1, step + n + 1):
             self.marks[s] = rel
-        lg._restart_clock()
+        restart_clock(lg)
 
     def _stop(self, lg: Any) -> None:
         prof, self._prof = self._prof, None
@@ -242,7 +292,7 @@ class Capture:
             for p in (tmp, path + ".part"):
                 if os.path.exists(p):
                     os.unlink(p)
-            lg._restart_clock()
+            restart_clock(lg)
 
     def _off(self, message: str) -> None:
         self._warn("capture", message)

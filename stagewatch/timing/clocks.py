@@ -15,7 +15,7 @@ group: CPU tensors, timestamps taken right at send and receive)::
 Of the rounds, the one with the shortest round trip is kept (the minimum-round-trip
 estimate): whatever the path's asymmetry, the true offset lies within ``offset ± error``.
 It is a collective (every rank must create its logger at the same point, as for the shared
-run id); ``STAGEWATCH_CLOCK_SYNC=0`` or ``TimingLogger(sync_clocks=False)`` turns it off.
+run id); ``STAGEWATCH_CLOCK_SYNC=0`` turns it off.
 
 Test only: ``STAGEWATCH_TEST_CLOCK_SKEW_MS`` adds that many ms to this process's clock as
 this measurement sees it (a fake offset, for testing on one host). Never set it otherwise.
@@ -45,6 +45,18 @@ def _skew_ns() -> int:
         return int(float(os.environ.get(SKEW_ENV, "0")) * 1e6)
     except ValueError:
         return 0
+
+
+def for_logger(lg: Any) -> tuple[float, float] | None:
+    """:func:`measure` for a logger opening its run (None when off or failed, with one
+    warning for a failure)."""
+    if env_off():
+        return None
+    try:
+        return measure(lg.rank, lg.world_size)
+    except Exception as e:
+        lg._warn_once("clock", f"could not measure the clock offset to rank 0: {e}")
+        return None
 
 
 def estimate(samples: list[tuple[int, int, int, int]]) -> tuple[float, float]:

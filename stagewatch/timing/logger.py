@@ -34,7 +34,7 @@ from stagewatch.timing.cuda import (
     open_clock,
 )
 from stagewatch.timing.identity import rank_and_world, resolve_run_id, run_start
-from stagewatch.timing.lifecycle import SigtermHook, track, untrack
+from stagewatch.timing.lifecycle import ClosesOnExit, SigtermHook, track, untrack
 from stagewatch.timing.regions import (
     NOOP,
     CpuRegion,
@@ -63,7 +63,7 @@ def get_global_timing_logger() -> TimingLogger | None:
     return regions._global
 
 
-class TimingLogger:
+class TimingLogger(ClosesOnExit):
     """Per-step region timing for one rank of one run.
 
     Drop-in for the original ``TimingLogger(log_dir, enable_console, enable_file,
@@ -74,14 +74,7 @@ class TimingLogger:
     (resolved one step later); anything else uses ``perf_counter``. ``event_factory``
     replaces ``torch.cuda.Event`` (tests). The step wall time is CPU time between
     ``step()`` calls, or on CUDA the GPU time between the end-of-step markers.
-
-    Slow-step capture (``capture``, on by default; needs torch imported by the program): a
-    step of at least ``capture_k`` × the running median step time (once ``capture_warm``
-    steps were seen), a request from ``tui watch`` or ``SIGUSR2`` runs the next
-    ``capture_steps`` steps under ``torch.profiler``; at most ``capture_max`` traces per run,
-    written to ``traces/step<N>.rank<R>.json.gz`` in the run folder (docs/timing.md
-    "Slow-step capture"). ``sync_clocks``: with several ranks, measure this rank's clock
-    offset to rank 0 at start (a collective, like the shared run id).
+    ``capture``: True, False or a ``CaptureOptions`` (slow-step capture, docs/timing.md).
     """
 
     def __init__(
@@ -109,12 +102,7 @@ class TimingLogger:
         handle_sigterm: bool = True,
         max_pending_steps: int = 8,
         max_region_names: int = 4096,
-        capture: bool = True,
-        capture_k: float = 3.0,
-        capture_steps: int = 1,
-        capture_max: int = 5,
-        capture_warm: int = 20,
-        sync_clocks: bool = True,
+        capture: bool | cap.CaptureOptions = True,
     ) -> None:
         self.console_update_interval = clean.positive_int(
             console_update_interval, "console_update_interval"
@@ -123,7 +111,7 @@ class TimingLogger:
         self.enabled = bool(enabled) and not env_disabled()
         self.log_dir = os.fspath(log_dir)
         start_step = clean.start_step(start_step)
-        cap.check_options(capture_k, capture_steps, capture_max, capture_warm)
+        cap_options = cap.options(capture)
         self._init_state(start_step, max_region_names)
         if not self.enabled:
             return
@@ -133,13 +121,9 @@ class TimingLogger:
         self._open_clock(device, event_factory, max_pending_steps)
         self._open_memory(collect_memory)
         self._open_sinks(enable_jsonl, enable_file, enable_console, console_stream)
-        clock = self._measure_clock() if sync_clocks and not clocks.env_off() else None
-        self._write_run_start(
-            config, total_steps, samples_per_step, start_step, event_factory, clock
-        )
+        self._write_run_start(config, total_steps, samples_per_step, start_step, event_factory)
         self._start_clock()
-        if capture and capture_max > 0 and not cap.env_off():
-            self._open_capture(capture_k, capture_steps, capture_max, capture_warm)
+        cap.attach(self, cap_options)
         if handle_sigterm:
             self._sigterm = SigtermHook.install(self)
         track(self)
@@ -198,12 +182,9 @@ class TimingLogger:
         self._warn_once = WarnOnce()
         self._sigterm: SigtermHook | None = None  # installed as the SIGTERM handler
         self._pid = os.getpid()
-        # slow-step capture (capture.py): step() calls it when its wall time reaches _cap_at
-        # or its number reaches _cap_due; infinite: never
+        # slow-step capture (capture.py): step() calls it at wall >= _cap_at or step >= _cap_due
         self._capture: cap.Capture | None = None
-        self._cap_at: float = cap.INF
-        self._cap_due: float = cap.INF
-        self._cap_marks: dict[int, str] = {}  # step -> its trace, until its record is written
+        self._cap_at, self._cap_due, self._cap_marks = cap.INF, cap.INF, cap.NO_MARKS
 
     def _open_clock(
         self, device: Any, event_factory: EventFactory | None, max_pending: int
@@ -243,7 +224,6 @@ class TimingLogger:
         samples_per_step: int | None,
         start_step: int,
         event_factory: EventFactory | None,
-        clock: tuple[float, float] | None = None,
     ) -> None:
         assert self.run_id is not None
         self._samples_per_step = clean.opt_count(samples_per_step, "samples_per_step")
@@ -257,39 +237,10 @@ class TimingLogger:
             samples_per_step=self._samples_per_step,
             start_step=start_step,
             gpu=cuda_device_info(self.device) if self._cuda and event_factory is None else None,
-            clock_ms=clock,
+            clock_ms=clocks.for_logger(self),  # a collective, like the run id (clocks.py)
         )
         for sink in self._sinks:
             sink.start(start)
-
-    def _measure_clock(self) -> tuple[float, float] | None:
-        """This rank's clock offset to rank 0 (a collective; see clocks.py)."""
-        try:
-            return clocks.measure(self.rank, self.world_size)
-        except Exception as e:
-            self._warn_once("clock", f"could not measure the clock offset to rank 0: {e}")
-            return None
-
-    def _open_capture(self, k: float, steps: int, max_traces: int, warm: int) -> None:
-        assert self.run_dir is not None
-        c = cap.Capture(
-            self.run_dir,
-            self.rank,
-            self._warn_once,
-            k=k,
-            steps=steps,
-            max_traces=max_traces,
-            warm=warm,
-        )
-        self._capture, self._cap_marks = c, c.marks
-        self._cap_at, self._cap_due = cap.INF, self.step_count + 1
-        c._sig = cap.SignalHook.install(self)
-
-    def _restart_clock(self) -> None:
-        """The coming step starts now (time spent by the logger itself is left out)."""
-        self._t_last = regions._perf()
-        if self._gpu is not None:
-            self._gpu.start()
 
     def _start_clock(self) -> None:
         """The first step starts now (on CUDA: at an event recorded now)."""
@@ -517,9 +468,9 @@ class TimingLogger:
     # ------------------------------------------------------------------ outputs
 
     def _emit(self, rec: R.Step) -> None:
-        rec = within_limits(rec, self._warn_once)
-        if self._cap_marks and rec.step in self._cap_marks:
+        if self._cap_marks and rec.step in self._cap_marks:  # a captured step (capture.py)
             rec = R.replace(rec, trace=self._cap_marks.pop(rec.step))
+        rec = within_limits(rec, self._warn_once)
         self.steps_written = rec.step
         self._stats.add_step(rec.regions)
         self._wall.add(rec.wall_ms)
@@ -613,9 +564,7 @@ class TimingLogger:
     def _finish_locked(self, status: str, error: BaseException | None, block: bool) -> None:
         self._closed = True
         regions.deactivate(self)
-        if self._capture is not None:
-            self._capture.close(self, write=block)
-            self._cap_at = self._cap_due = cap.INF
+        cap.detach(self, write=block)
         if status not in R.END_STATUSES:
             self._warn_once(
                 "status", f"close(status={status!r}) is not a known status; using 'failed'"
@@ -641,19 +590,6 @@ class TimingLogger:
             self._sigterm.uninstall()
             self._sigterm = None
         untrack(self)
-
-    def __enter__(self) -> TimingLogger:
-        return self
-
-    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> None:
-        if ev is None:
-            self.close(R.STATUS_COMPLETED)
-        elif isinstance(ev, (KeyboardInterrupt, SystemExit)):
-            self.close(R.STATUS_INTERRUPTED)
-        else:
-            self.close(R.STATUS_FAILED, ev)
-
-    # ------------------------------------------------------------------ misc
 
     def __repr__(self) -> str:
         state = "disabled" if not self.enabled else ("closed" if self._closed else "open")
