@@ -98,14 +98,14 @@ def test_at_most_max_traces_and_n_steps_each(tmp_path: Path, clock: FakeClock) -
     lg = _logger(tmp_path, capture=CaptureOptions(max_traces=2, steps=2))
     walls = [10.0] * 25
     for _ in range(4):
-        walls += [60.0] + [10.0] * 10
+        walls += [60.0] + [10.0] * 24  # slow steps 26, 51, 76, 101
     _steps(lg, clock, walls)
     lg.close()
     files = traces.list_traces(tmp_path / "cap")
-    assert [t.step for t in files] == [27, 38]
+    assert [t.step for t in files] == [27, 52]
     assert _trace(files[0].path)[traces.META_KEY]["steps"] == 2
     marked = [r.step for r in _records(tmp_path) if isinstance(r, R.Step) and r.trace]
-    assert marked == [27, 28, 38, 39]
+    assert marked == [27, 28, 52, 53]
     assert lg._cap_at == lg._cap_due == float("inf")  # spent: nothing is checked any more
 
 
@@ -248,3 +248,22 @@ def test_capture_state_is_bounded() -> None:
     for i in range(10_000):
         c._sample(float(i % 7 + 1))
     assert len(c._ring) == 64 and c.seen == 10_000
+
+
+def test_microsecond_steps_never_trigger(tmp_path: Path, clock: FakeClock) -> None:
+    """k x the median of 10 µs steps is noise: a step must also last min_ms (1 ms)."""
+    lg = _logger(tmp_path)
+    _steps(lg, clock, [0.01] * 25 + [0.5, 0.01, 0.9, 0.01])
+    assert lg._capture is not None and lg._capture.taken == 0
+    _steps(lg, clock, [1.5, 0.01])  # 150x the median and over 1 ms: taken
+    lg.close()
+    assert [t.step for t in traces.list_traces(tmp_path / "cap")] == [31]
+
+
+def test_a_lasting_change_of_pace_costs_one_capture_not_all(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    lg = _logger(tmp_path)
+    _steps(lg, clock, [10.0] * 25 + [50.0] * 80)  # the pace changes for good at step 26
+    lg.close()
+    assert len(traces.list_traces(tmp_path / "cap")) <= 2

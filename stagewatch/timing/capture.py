@@ -6,10 +6,12 @@ two float comparisons per step, nothing else, while nothing is being captured.
 
 Triggers:
 
-- **slow**: a step of at least ``k`` × the running median step time, once ``warm`` steps
-  were seen. The median is of a ring of the last 64 sampled step times (every step while
-  warming up, then every few steps, so that a check comes about every 0.25 s): bounded
-  memory, a sort of 64 floats per sample.
+- **slow**: a step of at least ``k`` × the running median step time (and at least
+  ``min_ms``), once ``warm`` steps were seen. The median is of a ring of the last 64
+  sampled step times (every step while warming up, then every few steps, so that a check
+  comes about every 0.25 s): bounded memory, a sort of 64 floats per sample. After a capture,
+  ``warm`` steps are sampled before the next slow trigger (a lasting change of pace costs
+  one or two captures, not all of them).
 - **request**: the run folder's request file (:data:`stagewatch.traces.REQUEST_FILE`, written
   by ``tui watch``'s ``c`` key) has a new modification time; checked with one ``stat`` at most
   every ``poll_s`` seconds, on the sampling steps.
@@ -69,6 +71,7 @@ class CaptureOptions:
     """``TimingLogger(capture=CaptureOptions(...))``; ``capture=True`` is the defaults."""
 
     k: float = 3.0  # a step of at least k x the running median step time triggers
+    min_ms: float = 1.0  # ... and of at least this long (microsecond steps are all noise)
     steps: int = 1  # steps recorded per capture
     max_traces: int = 5  # traces per run (and rank), whatever triggered them
     warm: int = 20  # steps seen before a slow step can trigger
@@ -82,6 +85,9 @@ class CaptureOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 100_000:
                 raise ValueError(f"CaptureOptions.{name} must be an integer >= {lo}, got {v!r}")
+        m = self.min_ms
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 1e9:
+            raise ValueError(f"CaptureOptions.min_ms must be ms >= 0, got {m!r}")
         p = self.poll_s
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1e6:
             raise ValueError(f"CaptureOptions.poll_s must be seconds >= 0, got {p!r}")
@@ -139,6 +145,7 @@ class Capture:
         self.run_dir = run_dir
         self.rank = rank
         self.k = float(o.k)
+        self.min_ms = float(o.min_ms)
         self.steps = o.steps
         self.max_traces = o.max_traces
         self.warm = o.warm
@@ -157,6 +164,7 @@ class Capture:
         self._stop_at = 0
         self._first = 0
         self._trigger = ""
+        self._cool_until = 0  # after a capture: no slow trigger, a sample every step
         self._anchors: list[tuple[int, int]] = []
         self.marks: dict[int, str] = {}  # step -> trace path (relative), until its record
         self._sig: SignalHook | None = None
@@ -184,7 +192,7 @@ class Capture:
             self.signalled = False
             trigger = trigger or "signal"
         n = self.steps
-        if step >= lg._cap_due:
+        if step >= lg._cap_due or trigger == "slow":
             self._sample(wall_ms)
             now = self._clock()
             if now - self._last_poll >= self.poll_s:
@@ -194,6 +202,8 @@ class Capture:
                     self._request_key = key
                     trigger = trigger or "request"
                     n = traces.read_request_steps(traces.request_path(self.run_dir), n)
+        if trigger == "slow" and step < self._cool_until:
+            trigger = ""
         if trigger and self.taken < self.max_traces:
             self._start(lg, step, n, trigger)
 
@@ -203,9 +213,11 @@ class Capture:
             lg._cap_at, lg._cap_due = INF, self._stop_at
         elif self.taken >= self.max_traces:
             lg._cap_at, lg._cap_due = INF, INF  # done: two comparisons per step, never true
+        elif step < self._cool_until:  # the median catches up with a new pace first
+            lg._cap_at, lg._cap_due = INF, step + 1
         else:
             warm = self.seen >= self.warm
-            lg._cap_at = self.k * self.median if warm else INF
+            lg._cap_at = max(self.k * self.median, self.min_ms) if warm else INF
             lg._cap_due = step + (self.every if warm else 1)
 
     def _sample(self, wall_ms: float) -> None:
@@ -289,6 +301,7 @@ class Capture:
                 self.marks.pop(s, None)
             raise
         finally:
+            self._cool_until = self._stop_at + self.warm
             for p in (tmp, path + ".part"):
                 if os.path.exists(p):
                     os.unlink(p)
