@@ -120,6 +120,11 @@ def captured_run(args: argparse.Namespace, device: str, out: Path) -> dict[str, 
 def cost(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Mean µs per ``step()`` call (an empty step, CPU clock) armed vs off, interleaved."""
     from stagewatch import TimingLogger
+    from stagewatch.timing.capture import CaptureOptions
+
+    # armed but never triggered (a hiccup of an empty step would start the profiler): the
+    # per-step cost of capture while nothing is captured
+    armed_opts = CaptureOptions(min_ms=1e8)
 
     def block(capture: bool, i: int) -> float:
         lg = TimingLogger(
@@ -128,7 +133,7 @@ def cost(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             enable_console=False,
             enable_file=False,
             collect_memory=False,
-            capture=capture,
+            capture=armed_opts if capture else False,
         )
         for _ in range(30):  # warm (and past capture's warm-up)
             lg.step()

@@ -55,7 +55,7 @@ CAPTURE_ENV = "STAGEWATCH_CAPTURE"  # "0"/"off"/"false"/"no": capture off
 INF = math.inf
 RING = 64  # step times kept for the running median
 CHECK_MS = 250.0  # sample (and maybe poll) about this often once warm
-MAX_EVERY = 8  # ... but at least every this many steps
+MAX_EVERY = 64  # ... but at least every this many steps
 
 
 def env_off() -> bool:
