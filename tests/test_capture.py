@@ -267,3 +267,16 @@ def test_a_lasting_change_of_pace_costs_one_capture_not_all(
     _steps(lg, clock, [10.0] * 25 + [50.0] * 80)  # the pace changes for good at step 26
     lg.close()
     assert len(traces.list_traces(tmp_path / "cap")) <= 2
+
+
+def test_a_resumed_run_counts_its_earlier_traces(tmp_path: Path, clock: FakeClock) -> None:
+    folder = tmp_path / "cap" / "traces"
+    folder.mkdir(parents=True)
+    for s in (3, 9):
+        (folder / traces.trace_name(s, 0)).write_bytes(b"")
+    (folder / traces.trace_name(4, 1)).write_bytes(b"")  # another rank's: not counted
+    lg = _logger(tmp_path, capture=CaptureOptions(max_traces=3))
+    _steps(lg, clock, [10.0] * 25 + [60.0] + [10.0] * 25 + [60.0] + [10.0] * 3)
+    lg.close()
+    mine = [t.step for t in traces.list_traces(tmp_path / "cap") if t.rank == 0]
+    assert mine == [3, 9, 27]  # one more, then the run's 3 are spent

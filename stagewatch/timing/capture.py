@@ -152,7 +152,8 @@ class Capture:
         self.poll_s = o.poll_s
         self._clock = clock
         self._warn = warn_once
-        self.taken = 0  # traces written (or being written)
+        # traces of this run and rank (or being written): a resumed run counts the earlier ones
+        self.taken = sum(1 for t in traces.list_traces(run_dir) if t.rank == rank)
         self.seen = 0  # step times sampled
         self._ring = [0.0] * RING
         self.median = INF
