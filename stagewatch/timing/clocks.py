@@ -77,6 +77,17 @@ def measure(rank: int, world_size: int, rounds: int = ROUNDS) -> tuple[float, fl
         return None
 
     group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    try:
+        return _exchange(dist, torch, group, rank, world_size, rounds)
+    finally:
+        if group is not None:
+            dist.destroy_process_group(group)
+
+
+def _exchange(
+    dist: Any, torch: Any, group: Any, rank: int, world_size: int, rounds: int
+) -> tuple[float, float]:
+    """The ping-pongs (rank 0 answers each other rank in turn)."""
     skew = _skew_ns()
 
     def now() -> int:
