@@ -122,3 +122,79 @@ def test_without_an_offset_ranks_keep_their_own_clock(tmp_path: Path) -> None:
     d, _ = _export(_two_ranks(tmp_path, None))
     ts = _step_ts(d)
     assert ts[(1, "step 3")] - ts[(0, "step 3")] == pytest.approx(250_000.0, abs=0.01)
+
+
+TWO_RANKS = """
+import sys, time
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+if rank == 1:  # a clock 250 ms ahead for this whole process (records, anchors, the exchange)
+    _t, _tn = time.time, time.time_ns
+    time.time = lambda: _t() + 0.25
+    time.time_ns = lambda: _tn() + 250_000_000
+from stagewatch import CaptureOptions, TimingLogger
+lg = TimingLogger(sys.argv[1], enable_console=False, enable_file=False, run_name="cap2",
+                  capture=CaptureOptions(warm=5))
+x = torch.ones(32, 32)
+for s in range(1, 13):
+    time.sleep(0.3 if (s == 8 and rank == 0) else 0.02)  # rank 1 waits for it at the all-reduce
+    y = x @ x
+    t = torch.ones(4)
+    dist.all_reduce(t)
+    lg.step()
+lg.close()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_with_skewed_clocks_capture_the_same_step_and_line_up(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from _trainer_helpers import ROOT, env_for_subprocess
+
+    script = tmp_path / "two.py"
+    script.write_text(TWO_RANKS)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = env_for_subprocess()
+    env.pop("STAGEWATCH_CAPTURE", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        str(script),
+        str(tmp_path / "logs"),
+    ]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    (run,) = list((tmp_path / "logs").iterdir())
+    assert [(t.step, t.rank) for t in traces.list_traces(run)] == [(9, 0), (9, 1)]
+    d, stats = _export(run)
+    assert stats.traces == 2 and d["otherData"]["clock_offsets_ms"]["1"] == pytest.approx(
+        250.0, abs=5.0
+    )
+    ev = d["traceEvents"]
+    ends = {
+        e["pid"]: e["ts"] + e["dur"] for e in ev if e.get("cat") == "step" and e["name"] == "step 9"
+    }
+    assert abs(ends[0] - ends[1]) < 20_000  # µs: the all-reduce ends both (250 ms apart raw)
+    spans = {e["pid"]: e for e in ev if e.get("cat") == "step" and e["name"] == "step 9"}
+    for rank in (0, 1):
+        base = TORCH_PID + 100 * rank
+        mm = [
+            e
+            for e in ev
+            if e.get("name") == "aten::mm" and base <= e["pid"] < base + 100 and e["ph"] == "X"
+        ]
+        span = spans[rank]
+        assert mm and all(
+            span["ts"] - 2_000 <= e["ts"] <= span["ts"] + span["dur"] + 2_000 for e in mm
+        )
