@@ -16,6 +16,8 @@ under its own timeout, in this order (out-of-memory-prone settings last):
 
 1. ``timing``: ``gpu_timing_check.py``: timing overhead on vs off, regions vs torch.profiler
    (issue 2);
+1b. ``capture``: ``gpu_capture_check.py``: a slow step on CUDA captured under torch.profiler
+   and merged into the Chrome export; capture's cost while idle (issue 22);
 2. ``model_b1``: ``gpu_model_check.py``: batch 1, checkpointing on/off: per-stage forward /
    backward shares, peak memory, FLOPs, MFU (issues 3, 4);
 3. ``trainer``: ``gpu_trainer_check.py``: the user's baseline vs the fast config, 20 steps
@@ -97,6 +99,12 @@ def figure_steps(dry: bool) -> list[Step]:
                 "timing overhead and accuracy (dry)",
             ),
             Step(
+                "capture",
+                ("gpu_capture_check.py", "{work}", "--dry-run"),
+                60,
+                "slow-step capture and its merge (dry, CPU)",
+            ),
+            Step(
                 "model_b1",
                 (
                     "gpu_model_check.py",
@@ -169,6 +177,12 @@ def figure_steps(dry: bool) -> list[Step]:
             ),
             50,
             "issue 2: timing overhead on vs off (<= 0.5 %), regions vs torch.profiler (5 %)",
+        ),
+        Step(
+            "capture",
+            ("gpu_capture_check.py", "{work}", "--steps", "60"),
+            60,
+            "issue 22: a slow step on CUDA captured (torch.profiler) and merged; idle cost",
         ),
         Step(
             "model_b1",

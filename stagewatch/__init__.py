@@ -21,6 +21,7 @@ See docs/timing.md.
 from stagewatch.timing import (
     ENV_SWITCH,
     NOOP,
+    CaptureOptions,
     TimingLogger,
     TimingWarning,
     env_disabled,
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ENV_SWITCH",
     "NOOP",
+    "CaptureOptions",
     "TimingLogger",
     "TimingWarning",
     "__version__",

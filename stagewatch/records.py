@@ -142,6 +142,10 @@ class RunStart(msgspec.Struct, tag_field="kind", tag=KIND_RUN_START, kw_only=Tru
     samples_per_step: Count | None = None
     device_memory_total: Count | None = None  # bytes
     start_step: Count = 0  # >0 when a resumed run continues an earlier one
+    # this rank's clock minus rank 0's (ms) and the bound on that estimate's error (ms),
+    # measured at run start (stagewatch.timing.clocks); absent: not measured
+    clock_offset_ms: Value | Unset | None = msgspec.UNSET
+    clock_error_ms: Ms | Unset | None = msgspec.UNSET
 
     def __post_init__(self) -> None:
         # null is read as the field's default; the config's depth and integers are checked
@@ -173,6 +177,9 @@ class Step(msgspec.Struct, tag_field="kind", tag=KIND_STEP, kw_only=True, gc=Fal
     scalars: dict[Name, Value | None] | Unset | None = None  # loss, lr, ...
     # records the writer dropped (its queue full) since the last one written; absent: none
     dropped: Count | Unset = msgspec.UNSET
+    # the profiler trace that covers this step (path relative to the run folder); absent:
+    # not captured (stagewatch.timing.capture)
+    trace: Name | Unset = msgspec.UNSET
 
 
 class StepRaw(Step, kw_only=True, gc=False):
@@ -246,6 +253,17 @@ def _check_config(cfg: Any) -> None:
             stack.extend((v, depth + 1) for v in x)
         elif t is int and not -MAX_INT < x < MAX_INT:
             raise ValueError("config holds an integer out of range")
+
+
+def clock_offset(start: RunStart | None) -> tuple[float, float] | None:
+    """(offset, error) ms of a rank's clock to rank 0's from its ``run_start``; None when
+    not measured. A time of that rank minus ``offset / 1000`` is on rank 0's clock."""
+    if start is None:
+        return None
+    off, err = start.clock_offset_ms, start.clock_error_ms
+    if type(off) is not float and type(off) is not int:
+        return None
+    return float(off), float(err) if type(err) in (float, int) else 0.0
 
 
 def replace(rec: Any, **changes: Any) -> Any:

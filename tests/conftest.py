@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from stagewatch.timing import lifecycle, set_global_timing_logger
+
+# Slow-step capture is on by default; a machine hiccup in a test would start torch.profiler at
+# random. Off for the suite (and its subprocesses); tests/test_capture.py turns it on.
+os.environ.setdefault("STAGEWATCH_CAPTURE", "0")
 
 
 @pytest.fixture(autouse=True)

@@ -89,3 +89,13 @@ def test_archive_rewritten_after_every_step_and_timeouts_are_results(tmp_path: P
     status = {s["name"]: s["status"] for s in summary["steps"]}
     assert status["first"] == "ok" and status["stuck"] == "timeout"
     assert status["late"] in ("ok", "skipped (budget)") and summary["finished"]
+
+
+def test_capture_step_dry_run(tmp_path: Path) -> None:
+    """The capture step (issue 22) on the CPU: a slow step captured, merged, nothing idle."""
+    mod = load()
+    assert mod.main(["figures", "--dry-run", "--out", str(tmp_path), "--only", "capture"]) == 0
+    files = members(tmp_path / "gpu_suite_figures.tar.gz")
+    res = json.loads(files["gpu_suite_figures/capture/gpu_capture_check.json"])
+    assert res["ok"] and res["trigger"] == "slow" and res["merged_traces"] == 1
+    assert res["cost"]["captures_during_cost_blocks"] == 0

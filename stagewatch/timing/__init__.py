@@ -16,6 +16,7 @@ Its public names are re-exported by :mod:`stagewatch`::
 See docs/timing.md.
 """
 
+from stagewatch.timing.capture import CaptureOptions
 from stagewatch.timing.jsonl import TimingWarning
 from stagewatch.timing.logger import (
     TimingLogger,
@@ -27,6 +28,7 @@ from stagewatch.timing.regions import ENV_SWITCH, NOOP, env_disabled, log_timing
 __all__ = [
     "ENV_SWITCH",
     "NOOP",
+    "CaptureOptions",
     "TimingLogger",
     "TimingWarning",
     "env_disabled",

@@ -10,6 +10,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from stagewatch import records as R
 from stagewatch.records import make_run_id
 from stagewatch.timing import clean
@@ -103,6 +105,7 @@ def run_start(
     samples_per_step: int | None,
     start_step: int,
     gpu: tuple[str | None, int | None] | None = None,
+    clock_ms: tuple[float, float] | None = None,
 ) -> R.RunStart:
     """The ``run_start`` record of this process (``gpu``: its name and memory, when known);
     user values are cleaned to the record limits first."""
@@ -124,4 +127,6 @@ def run_start(
         samples_per_step=samples_per_step,
         device_memory_total=memory_total,
         start_step=start_step,
+        clock_offset_ms=clock_ms[0] if clock_ms else msgspec.UNSET,
+        clock_error_ms=clock_ms[1] if clock_ms else msgspec.UNSET,
     )

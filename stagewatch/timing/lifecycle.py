@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import weakref
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from stagewatch import records as R
 
@@ -85,6 +85,25 @@ def _close_all_at_exit() -> None:
             lg.close(R.STATUS_FAILED, exc)
         else:
             lg.close(R.STATUS_COMPLETED)
+
+
+class ClosesOnExit:
+    """``with logger:`` closes the run: completed, interrupted (Ctrl-C, ``sys.exit``) or
+    failed with the exception."""
+
+    def close(self, status: str = R.STATUS_COMPLETED, error: BaseException | None = None) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> None:
+        if ev is None:
+            self.close(R.STATUS_COMPLETED)
+        elif isinstance(ev, (KeyboardInterrupt, SystemExit)):
+            self.close(R.STATUS_INTERRUPTED)
+        else:
+            self.close(R.STATUS_FAILED, ev)
 
 
 class SigtermHook:

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from stagewatch import records as R
-from stagewatch.timing import clean, regions
+from stagewatch.timing import capture as cap
+from stagewatch.timing import clean, clocks, regions
 from stagewatch.timing.clean import WarnOnce, short
 from stagewatch.timing.cuda import (
     EventFactory,
@@ -33,7 +34,7 @@ from stagewatch.timing.cuda import (
     open_clock,
 )
 from stagewatch.timing.identity import rank_and_world, resolve_run_id, run_start
-from stagewatch.timing.lifecycle import SigtermHook, track, untrack
+from stagewatch.timing.lifecycle import ClosesOnExit, SigtermHook, track, untrack
 from stagewatch.timing.regions import (
     NOOP,
     CpuRegion,
@@ -64,7 +65,7 @@ def get_global_timing_logger() -> TimingLogger | None:
     return regions._global
 
 
-class TimingLogger:
+class TimingLogger(ClosesOnExit):
     """Per-step region timing for one rank of one run.
 
     Drop-in for the original ``TimingLogger(log_dir, enable_console, enable_file,
@@ -75,6 +76,7 @@ class TimingLogger:
     (resolved one step later); anything else uses ``perf_counter``. ``event_factory``
     replaces ``torch.cuda.Event`` (tests). The step wall time is CPU time between
     ``step()`` calls, or on CUDA the GPU time between the end-of-step markers.
+    ``capture``: True, False or a ``CaptureOptions`` (slow-step capture, docs/timing.md).
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class TimingLogger:
         max_region_names: int = 4096,
         background_writer: bool = False,
         writer_queue: int = QUEUE_RECORDS,
+        capture: bool | cap.CaptureOptions = True,
     ) -> None:
         self.console_update_interval = clean.positive_int(
             console_update_interval, "console_update_interval"
@@ -112,6 +115,7 @@ class TimingLogger:
         self.enabled = bool(enabled) and not env_disabled()
         self.log_dir = os.fspath(log_dir)
         start_step = clean.start_step(start_step)
+        cap_options = cap.options(capture)
         self._init_state(start_step, max_region_names)
         if not self.enabled:
             return
@@ -124,6 +128,7 @@ class TimingLogger:
         self._write_run_start(config, total_steps, samples_per_step, start_step, event_factory)
         self._writer = RecordWriter.of(self, writer_queue, background_writer)
         self._start_clock()
+        cap.attach(self, cap_options)
         if handle_sigterm:
             self._sigterm = SigtermHook.install(self)
         track(self)
@@ -185,6 +190,8 @@ class TimingLogger:
         self._warn_once = WarnOnce()
         self._sigterm: SigtermHook | None = None  # installed as the SIGTERM handler
         self._pid = os.getpid()
+        self._capture: cap.Capture | None = None  # called at wall >= _cap_at or step >= _cap_due
+        self._cap_at, self._cap_due, self._cap_marks = cap.INF, cap.INF, cap.NO_MARKS
 
     def _open_clock(
         self, device: Any, event_factory: EventFactory | None, max_pending: int
@@ -232,6 +239,7 @@ class TimingLogger:
             samples_per_step=self._samples_per_step,
             start_step=start_step,
             gpu=cuda_device_info(self.device) if self._cuda and event_factory is None else None,
+            clock_ms=clocks.for_logger(self),  # a collective, like the run id (clocks.py)
         )
         for sink in self._sinks:
             sink.start(start)
@@ -401,6 +409,8 @@ class TimingLogger:
             self._writer.kick(True)  # type: ignore[union-attr]
         elif not self._since_kick:
             self._writer.kick(False)  # type: ignore[union-attr]
+        if wall_ms >= self._cap_at or self.step_count >= self._cap_due:
+            self._capture.on_step(self, self.step_count, wall_ms)  # type: ignore[union-attr]
 
     def _step_memory(self, memory: Mapping[str, int] | None) -> dict[str, int] | None:
         """The memory of this step: given, else measured (if a reader is on)."""
@@ -465,6 +475,8 @@ class TimingLogger:
 
     def _emit(self, rec: R.Step) -> None:
         """Queue a step record for the writer (limits, statistics and outputs are its work)."""
+        if self._cap_marks and rec.step in self._cap_marks:  # a captured step (capture.py)
+            rec = R.replace(rec, trace=self._cap_marks.pop(rec.step))
         self.steps_written = rec.step
         self._writer.put(rec)  # type: ignore[union-attr]
 
@@ -553,6 +565,7 @@ class TimingLogger:
     def _finish_locked(self, status: str, error: BaseException | None, block: bool) -> None:
         self._closed = True
         regions.deactivate(self)
+        cap.detach(self, write=block)
         if status not in R.END_STATUSES:
             self._warn_once(
                 "status", f"close(status={status!r}) is not a known status; using 'failed'"
@@ -578,19 +591,6 @@ class TimingLogger:
             self._sigterm.uninstall()
             self._sigterm = None
         untrack(self)
-
-    def __enter__(self) -> TimingLogger:
-        return self
-
-    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> None:
-        if ev is None:
-            self.close(R.STATUS_COMPLETED)
-        elif isinstance(ev, (KeyboardInterrupt, SystemExit)):
-            self.close(R.STATUS_INTERRUPTED)
-        else:
-            self.close(R.STATUS_FAILED, ev)
-
-    # ------------------------------------------------------------------ misc
 
     def __repr__(self) -> str:
         state = "disabled" if not self.enabled else ("closed" if self._closed else "open")

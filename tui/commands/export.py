@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("chrome", "csv"),
         default="chrome",
         help="chrome: trace JSON for ui.perfetto.dev / chrome://tracing, one process "
-        "per rank, regions as nested spans (default); csv: one row per step and rank",
+        "per rank, regions as nested spans, captured profiler traces (traces/) merged on "
+        "rank 0's clock (default); csv: one row per step and rank",
     )
     parser.add_argument(
         "--steps",
@@ -125,7 +126,13 @@ def run(args: argparse.Namespace) -> int:
                 os.unlink(tmp)
     where = clean(out_path) if out_path is not None else "stdout"
     what = f"{stats.events} events" if args.format == "chrome" else f"{stats.steps} rows"
-    print(f"wrote {where}: {what} from {stats.ranks} rank(s), {stats.steps} steps", file=sys.stderr)
+    merged = f", {stats.traces} profiler trace(s)" if stats.traces else ""
+    print(
+        f"wrote {where}: {what} from {stats.ranks} rank(s), {stats.steps} steps{merged}",
+        file=sys.stderr,
+    )
+    for why in stats.trace_errors:
+        print(f"skipped a profiler trace: {clean(why)}", file=sys.stderr)
     if stats.malformed:
         print(
             f"skipped {stats.malformed} malformed line(s); first: {clean(stats.errors[0])}",

@@ -150,6 +150,9 @@ class RunSnapshot:
     # screen shows them without judging anything on its own thread
     advice: tuple[str, ...] = field(default=(), compare=False)
     advice_window: tuple[str, ...] = field(default=(), compare=False)
+    # the run's captured profiler traces, (first step, rank), oldest first (at most 64 of
+    # the latest; stagewatch.traces), read from its traces/ folder by the source
+    captures: tuple[tuple[int, int], ...] = field(default=(), compare=False)
 
     @property
     def file_problems(self) -> tuple[FileInfo, ...]:

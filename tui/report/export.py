@@ -47,11 +47,14 @@ from stagewatch.records import (
     RunEnd,
     RunStart,
     Step,
+    clock_offset,
     decode,
     parent_of,
     rank_of_file,
     unaccounted_ms,
 )
+from stagewatch.traces import META_KEY, list_traces
+from tui.report import chrome_traces as CT
 
 MiB = 1024.0**2
 
@@ -65,6 +68,8 @@ class ExportStats:
     events: int = 0
     malformed: int = 0
     errors: list[str] = field(default_factory=list)  # first few bad lines, "file:line: why"
+    traces: int = 0  # captured profiler traces merged (chrome)
+    trace_errors: list[str] = field(default_factory=list)  # "file: why" of traces skipped
 
     def bad(self, path: Path, lineno: int, why: str) -> None:
         self.malformed += 1
@@ -215,7 +220,7 @@ def write_chrome(
     """Write the Chrome trace JSON of ``run`` to ``out`` (streamed, one event per line)."""
     files = rank_files(run)
     stats = ExportStats(ranks=len(files))
-    t0 = _origin(files, stats, steps)
+    t0, offsets = _origin(files, stats, steps)
     run_name = Path(run).name if Path(run).is_dir() else Path(run).parent.name
     out.write('{"displayTimeUnit":"ms","otherData":')
     out.write(
@@ -225,6 +230,9 @@ def write_chrome(
                 "origin_unix_s": t0,
                 "generator": "stagewatch tui export",
                 "layout": "regions laid back to back inside their parent (start times approximate)",
+                "clock": "rank 0's; other ranks shifted by their run_start clock_offset_ms "
+                "(where measured)",
+                "clock_offsets_ms": {str(r): round(o * 1000.0, 6) for r, o in offsets.items()},
             }
         )
     )
@@ -242,6 +250,7 @@ def write_chrome(
     for rank, p in files:
         named = False
         prev_end = -math.inf
+        t0r = t0 + offsets.get(rank, 0.0)  # this rank's times on rank 0's clock
         for rec in records(p, stats):
             try:
                 if isinstance(rec, RunStart):
@@ -256,15 +265,15 @@ def write_chrome(
                     # µs, so a step never starts before the previous one ended (proper
                     # nesting on the track)
                     dur = _r(rec.wall_ms * 1000.0)
-                    start = max(_r((rec.time - t0) * 1e6 - rec.wall_ms * 1000.0), prev_end)
+                    start = max(_r((rec.time - t0r) * 1e6 - rec.wall_ms * 1000.0), prev_end)
                     prev_end = _r(start + dur)
                     buf = _step_events(rank, rec, start, dur)
                 elif isinstance(rec, Eval):
                     if not in_range(rec.step, steps):
                         continue
-                    buf = [_eval_event(rank, rec, t0)]
+                    buf = [_eval_event(rank, rec, t0r)]
                 elif isinstance(rec, RunEnd):
-                    buf = [_end_event(rank, rec, t0)]
+                    buf = [_end_event(rank, rec, t0r)]
                 else:
                     buf = []
                 # a record's events are written only if all of them encode
@@ -288,22 +297,72 @@ def write_chrome(
                     allow_nan=False,
                 )
             )
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    ranks = {r for r, _ in files}
+    _merge_traces(folder, ranks, steps, offsets, t0, write_event, stats)
     out.write("\n]}\n")
     return stats
 
 
-def _origin(files: list[tuple[int, Path]], stats: ExportStats, steps: StepRange | None) -> float:
-    """The trace's time origin: the earliest start of the first step (in range) of any rank.
-    (A first pass over each rank's first steps; its malformed lines are counted again later.)"""
+def _origin(
+    files: list[tuple[int, Path]], stats: ExportStats, steps: StepRange | None
+) -> tuple[float, dict[int, float]]:
+    """The trace's time origin: the earliest start of the first step (in range) of any rank,
+    on rank 0's clock; and each rank's clock offset to rank 0 (s) from its first
+    ``run_start``, where measured. (A first pass over each rank's first steps; its malformed
+    lines are counted again later.)"""
     t0 = None
-    for _, p in files:
+    offsets: dict[int, float] = {}
+    for rank, p in files:
         for rec in records(p, stats):
+            if isinstance(rec, RunStart) and rank not in offsets:
+                clk = clock_offset(rec)
+                if clk is not None and math.isfinite(clk[0]):
+                    offsets[rank] = clk[0] / 1000.0
             if isinstance(rec, Step) and in_range(rec.step, steps):
-                s = rec.time - rec.wall_ms / 1000.0
+                s = rec.time - rec.wall_ms / 1000.0 - offsets.get(rank, 0.0)
                 t0 = s if t0 is None else min(t0, s)
                 break
     stats.malformed, stats.errors = 0, []
-    return 0.0 if t0 is None else t0
+    return (0.0 if t0 is None else t0), offsets
+
+
+def _merge_traces(
+    folder: Path,
+    ranks: set[int],
+    steps: StepRange | None,
+    offsets: dict[int, float],
+    t0: float,
+    write_event: Any,
+    stats: ExportStats,
+) -> None:
+    """The run's captured profiler traces (of its ranks, first step in range), on the
+    export's timeline (tui/report/chrome_traces.py), one trace in memory at a time."""
+    pids: dict[int, CT.RankPids] = {}
+    for t in list_traces(folder):
+        if t.rank not in ranks or not in_range(t.step, steps):
+            continue
+        try:
+            d = CT.load(t.path)
+            off_us, err_us = CT.unix_offset_us(d)
+        except CT.TraceError as e:
+            if len(stats.trace_errors) < 5:
+                stats.trace_errors.append(f"{t.path}: {e}")
+            continue
+        shift = off_us - (offsets.get(t.rank, 0.0) + t0) * 1e6
+        rp = pids.setdefault(t.rank, CT.RankPids(t.rank))
+        first = None
+        for ev in CT.events(d, rp, t.step, shift):
+            try:
+                text = json.dumps(ev, separators=(",", ":"), allow_nan=False)
+            except (ValueError, TypeError):
+                continue
+            if ev.get("ph") != "M":
+                first = ev["ts"] if first is None else min(first, ev["ts"])
+            write_event(text)
+        marker = CT.capture_marker(t.rank, d.get(META_KEY), first, t.step, err_us)
+        write_event(json.dumps(marker, separators=(",", ":"), allow_nan=False))
+        stats.traces += 1
 
 
 def _meta(rank: int, name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -333,6 +392,8 @@ def _step_events(rank: int, rec: Step, start: float, dur: float) -> list[dict[st
     }
     if rec.scalars:
         args.update({k: v for k, v in rec.scalars.items() if v is not None})
+    if rec.trace:
+        args["trace"] = rec.trace
     span = {"ph": "X", "name": f"step {rec.step}", "cat": "step", "pid": rank, "tid": 0}
     buf = [{**span, "ts": start, "dur": dur, "args": args}]
     for name, s, d in layout_regions(rec.regions, start, end):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from stagewatch.records import rank_of_file, text_log_name
 from stagewatch.runs import is_rank_file, rank_files, text_log_rank, text_logs
+from stagewatch.traces import list_traces
 from tui.diagnosis.advice import with_advice
 from tui.model.aggregate import DEFAULT_WINDOW, RunAgg
 from tui.model.snapshot import FAILED, FINISHED, INTERRUPTED, FileInfo, RunItem, RunSnapshot
@@ -27,6 +28,7 @@ from tui.source.feed import Feed
 from tui.source.tail import CHUNK
 
 ENDED = (FINISHED, FAILED, INTERRUPTED)
+TRACES_EVERY_S = 1.0  # the run's traces/ folder is listed at most this often
 
 
 class RunSource:
@@ -63,6 +65,8 @@ class RunSource:
         self.version = 0  # bumped whenever new data was folded in
         self.closed = False
         self.last_check = -1e9  # when RootReader last polled it
+        self.captures: tuple[tuple[int, int], ...] = ()  # its profiler traces (step, rank)
+        self._traces_at = -1e9
         self.discover()
 
     def discover(self) -> bool:
@@ -176,10 +180,23 @@ class RunSource:
         self._index_key = key  # tried: not again until more is read
         return ok
 
+    def _scan_traces(self) -> bool:
+        """List the run's captured traces (at most once a second); True if they changed."""
+        now = self.clock()
+        if now - self._traces_at < TRACES_EVERY_S:
+            return False
+        self._traces_at = now
+        found = tuple((t.step, t.rank) for t in list_traces(self.dir, limit=64))
+        if found == self.captures:
+            return False
+        self.captures = found
+        return True
+
     def _poll(self, budget_s: float | None) -> bool:
         t0 = time.perf_counter()
         changed = self.open_index()
         changed |= self.discover()
+        changed |= self._scan_traces()
         if self._rebuild_needed:
             self._rebuild()
             changed = True
@@ -293,6 +310,8 @@ class RunSource:
             snap = _replace_state(snap, st)
         if self.error is not None or self.from_index:
             snap = replace(snap, reader_error=self.error, from_index=self.from_index)
+        if self.captures:
+            snap = replace(snap, captures=self.captures)
         return with_advice(snap)  # its advice lines (not a light one's)
 
     from_index = False  # the folded state came from a saved run index

@@ -163,6 +163,37 @@ class KeyActions(_Base):
     def action_prev_run(self) -> None:
         self._move_run(-1)
 
+    def action_capture(self) -> None:
+        """Ask every rank of the run on screen for a profiler trace of its next step."""
+        from stagewatch.traces import write_request
+        from tui.fmt import clean
+
+        w = self.pacer.world
+        run = w.selected if w else None
+        if run is None:
+            self.notify("no run to trace", severity="warning", timeout=4)
+            return
+        if run.state not in ("running", "stale"):
+            self.notify(
+                f"{clean(run.run_id)} is {run.state}: no step left to trace",
+                severity="warning",
+                timeout=5,
+                markup=False,
+            )
+            return
+        try:
+            write_request(run.path)
+        except OSError as e:
+            msg = f"cannot ask for a trace: {clean(run.path)}: {e.strerror}"
+            self.notify(msg, severity="error", timeout=6, markup=False)
+            return
+        self.notify(
+            "asked every rank for a profiler trace of its next step (needs slow-step "
+            "capture on in the logger; the trace shows here when written)",
+            timeout=6,
+            markup=False,
+        )
+
     # ------------------------------------------------------------------ replay
     def _replay(self, name: str) -> None:
         src = self.source

@@ -28,7 +28,7 @@ from tui.fmt import clean
 from tui.model.snapshot import RunSnapshot, WorldSnapshot
 from tui.view.actions import KeyActions
 from tui.view.keys import REPLAY, bound_keys
-from tui.view.notices import NewRuns, reader_error
+from tui.view.notices import Captures, NewRuns, reader_error
 from tui.view.pacing import Pacer, Redraw, Slot, SnapshotReady, Source, default_gap
 from tui.view.widgets.advice import AdviceBox
 from tui.view.widgets.base import set_title
@@ -73,6 +73,7 @@ class MonitorApp(KeyActions, App[int]):
         self.slot = Slot()  # from the reader's thread
         self.pacer = Pacer(default_gap(self.mode == REPLAY) if panel_gap is None else panel_gap)
         self.new_runs = NewRuns()
+        self.captures = Captures()  # new profiler traces of the run on screen: a notice each
         self.panel_renders = 0  # panel redraws (a test counts them)
         self.header_world: WorldSnapshot | None = None  # the snapshot the header last showed
         self._panels_timer: Any = None  # the redraw due at the end of the gap
@@ -199,6 +200,7 @@ class MonitorApp(KeyActions, App[int]):
         self.pacer.receive(snap, full)
         self._check_reader(snap)
         self._follow_new_runs(snap)
+        self._note_captures(snap)
         if self.paused:
             self._render_header()  # shows how far reading went while paused
             return
@@ -240,6 +242,11 @@ class MonitorApp(KeyActions, App[int]):
             self.source.select(rid)
             self.notify(f"now showing the new run {clean(rid)}", timeout=5, markup=False)
         self._render_notice()
+
+    def _note_captures(self, snap: WorldSnapshot) -> None:
+        msg = self.captures.see(snap.selected)
+        if msg is not None:
+            self.notify(msg, timeout=8, markup=False)
 
     def _check_reader(self, snap: WorldSnapshot | None) -> None:
         err = self._worker_error or reader_error(snap, getattr(self.source, "last_error", None))

@@ -125,6 +125,14 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("N", "prev_run", "Previous run", "Runs", (WATCH,), show=False),
     Key(
+        "t",
+        "capture",
+        "Trace the next step of every rank (torch.profiler, into the run's traces/)",
+        "Runs",
+        (WATCH,),
+        show=False,
+    ),
+    Key(
         "space",
         "replay_play",
         "Play/pause the replay",

@@ -5,7 +5,8 @@ Plain decisions on snapshots; the app switches runs, notifies and draws the noti
 
 from __future__ import annotations
 
-from tui.model.snapshot import WorldSnapshot
+from stagewatch.traces import trace_name
+from tui.model.snapshot import RunSnapshot, WorldSnapshot
 
 ENDED = ("finished", "failed", "interrupted", "stale")  # a new run is followed from these
 
@@ -48,6 +49,32 @@ class NewRuns:
         """The run the notice names, switched to (the notice then says nothing)."""
         rid, self.waiting = self.waiting, None
         return rid
+
+
+class Captures:
+    """New profiler traces of the run on screen: one notice per trace, none for those there
+    when the run was first shown (bounded: the snapshot holds at most 64)."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.seen: frozenset[tuple[int, int]] = frozenset()
+
+    def see(self, run: RunSnapshot | None) -> str | None:
+        """The notice for traces new since the last snapshot of the same run, if any."""
+        if run is None:
+            return None
+        now = frozenset(getattr(run, "captures", ()) or ())
+        first = run.run_id != self.run_id
+        new = sorted(now - self.seen)
+        self.run_id, self.seen = run.run_id, now
+        if first or not new:
+            return None
+        step, rank = new[-1]
+        more = f" (+{len(new) - 1} more)" if len(new) > 1 else ""
+        return (
+            f"⏺ profiler trace of step {step}, rank {rank}{more}: "
+            f"traces/{trace_name(step, rank)}; tui export --format chrome merges it"
+        )
 
 
 def reader_error(snap: WorldSnapshot | None, source_error: str | None) -> str | None:

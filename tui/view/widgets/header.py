@@ -191,6 +191,11 @@ def _line2(run: RunSnapshot, window: bool, span: str | None) -> list[Part]:
         (_seg(span, "cyan"), KEEP, _seg(plain_span, "cyan") if span != plain_span else None)
     )
     line2.append((_seg(f"ranks {len(run.ranks_seen)}/{run.world_size}"), 1))
+    caps = getattr(run, "captures", ())
+    if caps:
+        step, rank = caps[-1]
+        n = f"⏺ {len(caps)} trace{'s' if len(caps) > 1 else ''}"
+        line2.append((_seg(f"{n} (last step {step} r{rank})", "magenta"), 4, _seg(n, "magenta")))
     return line2
 
 
