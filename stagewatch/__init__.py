@@ -29,6 +29,7 @@ from stagewatch.timing import (
     set_global_timing_logger,
     timed,
 )
+from stagewatch.ddp import watch_ddp
 
 __version__ = "0.1.0"
 
@@ -43,4 +44,5 @@ __all__ = [
     "log_timing",
     "set_global_timing_logger",
     "timed",
+    "watch_ddp",
 ]
