@@ -18,6 +18,7 @@ imports Textual, and imports torch only lazily, for CUDA timing::
 See docs/timing.md.
 """
 
+from stagewatch.ddp import watch_ddp
 from stagewatch.timing import (
     ENV_SWITCH,
     NOOP,
@@ -29,7 +30,6 @@ from stagewatch.timing import (
     set_global_timing_logger,
     timed,
 )
-from stagewatch.ddp import watch_ddp
 
 __version__ = "0.1.0"
 
