@@ -179,9 +179,11 @@ class CommWatch:
         lg.log(LAUNCH, self._launch * 1000.0)
         if self.cuda:
             last = next((s for s in spans if s[0] is ready), spans[-1])
-            add = getattr(lg, "log_events", None)
-            if add is not None and last[1] is not None:
-                add(EXPOSED, ready, last[1])  # NCCL: the last-launched bucket ends last
+            if getattr(lg, "_cuda", False) and last[1] is not None:
+                # resolved with the step, as a CUDA region is (regions.py writes the same
+                # per-step state); NCCL: the last-launched bucket ends last
+                with lg._lock:
+                    lg._cur_ev.append((EXPOSED, ready, last[1]))
             return
         done = max(s[1] for s in spans)
         lg.log(EXPOSED, max(0.0, (done - ready) * 1000.0))

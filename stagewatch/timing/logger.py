@@ -300,14 +300,6 @@ class TimingLogger:
                 return
         self._add(name, ms)
 
-    def log_events(self, name: str, start: Any, end: Any) -> None:
-        """Add the time between two recorded CUDA events to region ``name`` of the current
-        step, resolved with the step (never a synchronize). Ignored on a CPU-timed logger."""
-        if self._closed or not self._cuda or type(name) is not str:
-            return
-        with self._lock:
-            self._cur_ev.append((name, start, end))
-
     def _add(self, name: str, ms: float) -> None:
         lock = self._lock
         lock.acquire()
