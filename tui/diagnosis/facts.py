@@ -26,6 +26,7 @@ from tui.model.rankstats import (
     judge_stragglers,
 )
 from tui.model.units import median, ok
+from tui.model.units import ms as _ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,14 +250,14 @@ def cause_line(verdict: StragglerVerdict | None, loc: tuple[str, float, str, flo
     if verdict is None or verdict.straggler is None:
         return ""
     if verdict.cause is None:
-        parts = ", ".join(f"{k} {'+' if ms >= 0 else ''}{ms:.1f} ms" for k, ms in verdict.parts)
+        parts = ", ".join(f"{k} {'+' if ms >= 0 else '-'}{_ms(abs(ms))}" for k, ms in verdict.parts)
         return (
-            f"rank {verdict.straggler}: own time +{verdict.excess_ms:.1f} ms per step, "
+            f"rank {verdict.straggler}: own time +{_ms(verdict.excess_ms)} per step, "
             f"no single class explains it ({parts})"
         )
     line = verdict.cause_text()
     if verdict.cause == "compute" and loc is not None:
-        line += f", mostly `{loc[2]}` +{loc[3]:.1f} ms"
+        line += f", mostly `{loc[2]}` +{_ms(loc[3])}"
     return line
 
 
@@ -276,6 +277,23 @@ def straggler_cause(snap: Any, verdict: StragglerVerdict | None = None) -> str:
     if v is None or v.straggler is None:
         return ""
     return cause_line(v, straggler_region(snap, v.straggler, v))
+
+
+def comm_line(verdict: StragglerVerdict | None, most: int = 8) -> str:
+    """``exposed comm per step: rank 0 51.4 ms, rank 1 0.89 ms`` (min/median/max beyond
+    ``most`` ranks); empty when not measured."""
+    if verdict is None:
+        return ""
+    vals = [(x.rank, x.exposed_ms) for x in verdict.ranks if ok(x.exposed_ms)]
+    if not vals:
+        return ""
+    if len(vals) <= most:
+        return "exposed comm per step: " + ", ".join(f"rank {r} {_ms(v)}" for r, v in vals)
+    srt = sorted(v for _, v in vals)
+    return (
+        f"exposed comm per step over {len(srt)} ranks: min {_ms(srt[0])}, "
+        f"median {_ms(median(srt))}, max {_ms(srt[-1])}"
+    )
 
 
 def _straggler_facts(snap: Any, verdict: StragglerVerdict | None) -> dict[str, Any]:
