@@ -111,6 +111,7 @@ class CommWatch:
                 dev = p.device.type if p is not None else "cpu"
             self.cuda = dev == "cuda"
         ddp_model.register_comm_hook(None, self._hook)
+        ddp_model._stagewatch_comm = self  # watch_ddp on the same model returns this one
         return self
 
     def _now(self) -> Any:
@@ -230,29 +231,41 @@ def watch_ddp(
     *,
     hook: Callable[[Any, Any], Any] | None = None,
     state: Any = None,
+    quiet: bool = False,
 ) -> CommWatch | None:
     """Time ``ddp_model``'s gradient all-reduce: ``comm/exposed``, ``comm/launch`` and
     ``comm/total`` in each step (module docstring). ``logger``: None for the global logger
     at each backward. ``hook``/``state``: your own comm hook, wrapped (DDP takes one hook
     per model, so pass it here rather than registering it yourself).
 
-    Returns the :class:`CommWatch`, or None (with a warning, never an exception) when the
-    model is not DDP or a hook could not be registered (e.g. one is registered already).
+    Returns the :class:`CommWatch` (the same one when the model is already watched), or
+    None, never an exception, when the model is not DDP (a warning unless ``quiet``) or a
+    hook could not be registered (a warning: e.g. one is registered already).
     """
     import warnings
 
+    done = getattr(ddp_model, "_stagewatch_comm", None)
+    if isinstance(done, CommWatch):
+        return done
     try:
         from torch.nn.parallel import DistributedDataParallel
     except Exception:  # torch without distributed
         return None
     if not isinstance(ddp_model, DistributedDataParallel):
-        warnings.warn(
-            "stagewatch.watch_ddp: not a DistributedDataParallel model; nothing timed",
-            stacklevel=2,
-        )
+        if not quiet:
+            warnings.warn(
+                "stagewatch.watch_ddp: not a DistributedDataParallel model; nothing timed",
+                stacklevel=2,
+            )
         return None
     try:
         return CommWatch(logger, hook=hook, state=state).attach(ddp_model)
     except Exception as e:
         warnings.warn(f"stagewatch.watch_ddp: communication not timed: {e}", stacklevel=2)
         return None
+
+
+def watch_if_ddp(model: Any, logger: Any = None) -> CommWatch | None:
+    """:func:`watch_ddp` for code that instruments any model (``instrument``, the
+    callbacks): silent when ``model`` is not DDP, and a no-op when it is already watched."""
+    return watch_ddp(model, logger, quiet=True)

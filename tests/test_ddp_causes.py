@@ -176,3 +176,37 @@ def test_watch_ddp_on_a_plain_model_warns_and_returns_none() -> None:
 def test_merged_intervals() -> None:
     assert _merged_ms([]) == 0.0
     assert _merged_ms([(0.0, 0.010), (0.005, 0.020), (0.030, 0.035)]) == pytest.approx(25.0)
+
+
+def test_watch_ddp_in_one_process_records_bounded_exposed_comm(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    import torch.distributed as dist
+
+    from stagewatch import TimingLogger, set_global_timing_logger, timed
+    from stagewatch.ddp import watch_if_ddp
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 8))
+        w = watch_if_ddp(model)
+        assert w is not None and watch_if_ddp(model) is w  # once per model
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert watch_if_ddp(torch.nn.Linear(2, 2)) is None  # silent for a plain model
+        log = TimingLogger(tmp_path, enable_console=False, run_id="one", handle_sigterm=False)
+        set_global_timing_logger(log)
+        for _ in range(3):
+            with timed("backward"):
+                model(torch.randn(4, 8)).sum().backward()
+            log.step()
+        set_global_timing_logger(None)
+        log.close()
+    finally:
+        dist.destroy_process_group()
+    steps = [x for x in records(tmp_path / "one" / "rank0.jsonl") if x["kind"] == "step"]
+    assert len(steps) == 3 and w.backwards == 3
+    for s in steps:
+        regs = s["regions"]
+        assert 0.0 <= regs["comm/exposed"][0] <= regs["backward"][0] <= s["wall_ms"]
+        assert regs["comm/launch"][1] == 1
