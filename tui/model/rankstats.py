@@ -376,6 +376,23 @@ class StragglerVerdict:
 _NCOL = len(RECENT_COLUMNS)
 
 
+def _rank_table(rows: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """One rank's rows as (sorted unique steps, (steps, RECENT_COLUMNS) values): rows with
+    a finite wall only, a repeated step's later row winning, missing columns NaN."""
+    width = 1 + _NCOL
+    try:
+        a = np.array(rows, dtype=np.float64)
+    except ValueError:  # rows of different lengths
+        a = np.zeros((0, 0))
+    if a.ndim != 2 or a.shape[1] != width:
+        pad = (math.nan,) * _NCOL
+        a = np.array([(tuple(row) + pad)[:width] for row in rows], dtype=np.float64)
+    a = a[np.isfinite(a[:, 1])]
+    steps = a[:, 0].astype(np.int64)
+    uniq, first_rev = np.unique(steps[::-1], return_index=True)
+    return uniq, a[len(a) - 1 - first_rev, 1:]
+
+
 def _per_step(
     per_rank: Mapping[int, Sequence[Sequence[float]]], window: int | None
 ) -> tuple[list[int], list[int], np.ndarray] | None:
@@ -384,17 +401,17 @@ def _per_step(
     ranks = sorted(r for r, rows in per_rank.items() if rows)
     if len(ranks) < 2:
         return None
-    pad = (math.nan,) * _NCOL
-    by_rank = {
-        r: {int(row[0]): (tuple(row[1:]) + pad)[:_NCOL] for row in per_rank[r] if ok(row[1])}
-        for r in ranks
-    }
-    steps = common_steps([by_rank[r] for r in ranks], window)
-    if not steps:
+    tables = [_rank_table(per_rank[r]) for r in ranks]
+    common = tables[0][0]
+    for st, _ in tables[1:]:
+        common = np.intersect1d(common, st, assume_unique=True)
+    if window:
+        common = common[-window:]
+    if not len(common):
         return None
-    x = np.array([[by_rank[r][st] for r in ranks] for st in steps], dtype=np.float64)
+    x = np.stack([v[np.searchsorted(st, common)] for st, v in tables], axis=1)
     x[np.isinf(x)] = np.nan
-    return ranks, steps, x
+    return ranks, common.tolist(), x
 
 
 def _excess_over_others(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -485,9 +502,8 @@ def _cause(
     ranks (median over steps): (cause, its excess, the rank's median, the others' median,
     every class's excess). None when no class exceeds ``floor``."""
     ex: dict[str, float] = {}
-    for name, p in parts.items():
-        e, _ = _excess_over_others(p)
-        ex[name] = float(np.median(e[:, i]))
+    for name, p in parts.items():  # per step: the rank's minus the median of the others'
+        ex[name] = float(np.median(p[:, i] - np.median(np.delete(p, i, axis=1), axis=1)))
     best = max(CAUSES, key=lambda c: ex[c])
     table = tuple((c, ex[c]) for c in CAUSES)
     if not ex[best] > floor:
