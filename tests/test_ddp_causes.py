@@ -210,3 +210,23 @@ def test_watch_ddp_in_one_process_records_bounded_exposed_comm(tmp_path: Path) -
         regs = s["regions"]
         assert 0.0 <= regs["comm/exposed"][0] <= regs["backward"][0] <= s["wall_ms"]
         assert regs["comm/launch"][1] == 1
+
+
+@pytest.mark.parametrize("ranks", [3, 4, 8])
+def test_the_estimate_holds_for_more_ranks(ranks: int) -> None:
+    # rank 2's h2d copy is 40 ms slower; every other rank waits for it inside backward
+    per = {
+        r: _rows(
+            20,
+            wall=300.0,
+            data=2.0,
+            h2d=41.0 if r == 2 else 1.0,
+            launch=0.0,
+            sync=100.0 if r == 2 else 140.0,
+        )
+        for r in range(ranks)
+    }
+    v = judge_stragglers(per)
+    assert v is not None and v.straggler == 2 and v.cause == "h2d"
+    assert v.cause_ms == pytest.approx(40.0) and v.wait_source == WAIT_ESTIMATED
+    assert all(ms == pytest.approx(40.0) for _, ms in v.waits())
