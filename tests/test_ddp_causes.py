@@ -230,3 +230,48 @@ def test_the_estimate_holds_for_more_ranks(ranks: int) -> None:
     assert v is not None and v.straggler == 2 and v.cause == "h2d"
     assert v.cause_ms == pytest.approx(40.0) and v.wait_source == WAIT_ESTIMATED
     assert all(ms == pytest.approx(40.0) for _, ms in v.waits())
+
+
+def test_library_names_of_the_input_phases_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # timed_loader's / the callbacks' "data/wait" and "data/h2d", no all-reduce measured:
+    # rank 1's copy is 40 ms slower; rank 0 waits for it inside its backward
+    from stagewatch.timing import TimingLogger, log_timing, regions, set_global_timing_logger
+
+    now = [100.0]
+    monkeypatch.setattr(regions, "_perf", lambda: now[0])
+    logs = [
+        TimingLogger(
+            tmp_path,
+            enable_console=False,
+            enable_file=False,
+            run_id="lib",
+            rank=r,
+            world_size=2,
+            handle_sigterm=False,
+            collect_memory=False,
+        )
+        for r in (0, 1)
+    ]
+    for lg in logs:
+        lg.mark_step_start()
+    for _ in range(20):
+        for r, lg in enumerate(logs):
+            set_global_timing_logger(lg)
+            log_timing("data/wait", 3.0)
+            log_timing("data/h2d", 41.0 if r == 1 else 1.0)
+            log_timing("forward", 50.0)
+            log_timing("backward", 100.0 if r == 1 else 140.0)
+            log_timing("optimizer", 5.0)
+        now[0] += 0.2
+        for lg in logs:
+            lg.step()
+    set_global_timing_logger(None)
+    for lg in logs:
+        lg.close()
+    snap = open_run(tmp_path / "lib")
+    v = snap.stragglers
+    assert v is not None and v.straggler == 1 and v.cause == "h2d", v and v.reason
+    assert v.wait_source == WAIT_ESTIMATED and v.cause_ms == pytest.approx(40.0)
+    assert v.rank(0).data_ms == pytest.approx(3.0)  # type: ignore[union-attr]

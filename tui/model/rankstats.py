@@ -35,9 +35,11 @@ EXPOSED_REGIONS = ("comm/exposed", "allreduce")
 LAUNCH_REGION = "comm/launch"
 #: the region a DDP loop calls ``loss.backward()`` in: where an unmeasured wait hides
 SYNC_REGION = "backward"
-#: a rank's own time by class (top-level region names); compute is the rest of its own time
-INPUT_REGIONS = ("data",)
-H2D_REGIONS = ("h2d",)
+#: a rank's own time by class; compute is the rest of its own time. Input: the trainer's
+#: ``data`` or the library's ``data/wait`` (stagewatch's timed_loader and callbacks); a
+#: ``data/h2d`` under ``data`` is the copy, not input. Copy: ``h2d`` or ``data/h2d``.
+INPUT_REGIONS = ("data/wait", "data")
+H2D_REGIONS = ("h2d", "data/h2d")
 #: RankInfo.recent columns after the step number (judge_stragglers reads 3 or more)
 RECENT_COLUMNS = ("wall", "wait", "data", "h2d", "launch", "sync", "exposed")
 

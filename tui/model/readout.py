@@ -256,6 +256,9 @@ class RankReadout:
             sync = np.maximum(0.0, sync)
         data = self._first_col(o, INPUT_REGIONS)
         h2d = self._first_col(o, H2D_REGIONS)
+        nested = self._ring_col(o, "data/h2d")
+        if data is not None and nested is not None and "data/wait" not in self.cols:
+            data = np.maximum(0.0, data - nested)  # "data" holds its copy: input is the rest
         return tuple(
             zip(
                 self.ring_step[o].tolist(),
