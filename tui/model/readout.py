@@ -232,6 +232,18 @@ class RankReadout:
                 return v
         return None
 
+    def _sync_kids(self) -> np.ndarray:
+        """Columns of the direct children of ``backward`` (cached: names only grow)."""
+        cache = getattr(self, "_kids_cache", None)
+        if cache is None or cache[0] != len(self.names):
+            pre = SYNC_REGION + "/"
+            kids = [
+                c for n, c in self.cols.items() if n.startswith(pre) and "/" not in n[len(pre) :]
+            ]
+            cache = (len(self.names), np.asarray(kids, dtype=np.int64))
+            self._kids_cache = cache
+        return cache[1]
+
     def recent_work(self) -> tuple[tuple[float, ...], ...]:
         """Per window step, oldest first: (step, wall, wait, data, h2d, launch, sync,
         exposed) ms (:data:`~tui.model.rankstats.RECENT_COLUMNS`). ``exposed``: the measured
@@ -249,10 +261,9 @@ class RankReadout:
         wait = nan if exposed is None else np.maximum(0.0, exposed - launch)
         sync = self._ring_col(o, SYNC_REGION)
         if sync is not None:
-            pre = SYNC_REGION + "/"
-            for name in self.names:
-                if name.startswith(pre) and "/" not in name[len(pre) :]:
-                    sync = sync - self._ring_col(o, name)  # type: ignore[operator]
+            kids = self._sync_kids()
+            if len(kids):
+                sync = sync - np.nansum(self.ring[o][:, kids], axis=1)
             sync = np.maximum(0.0, sync)
         data = self._first_col(o, INPUT_REGIONS)
         h2d = self._first_col(o, H2D_REGIONS)
