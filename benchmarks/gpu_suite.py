@@ -23,6 +23,7 @@ under its own timeout, in this order (out-of-memory-prone settings last):
 3. ``trainer``: ``gpu_trainer_check.py``: the user's baseline vs the fast config, 20 steps
    (issue 6);
 4. ``whatif_a``: ``gpu_whatif_check.py --rows 1 2 3`` (issue 6);
+4b. ``comm``: ``gpu_comm_check.py``: exposed DDP communication on CUDA (issue 22);
 5. ``model_b3``: batch 3, checkpointing on/off (off: out of memory expected);
 6. ``whatif_b``: rows 4 and 5 (5: out of memory expected).
 
@@ -158,6 +159,12 @@ def figure_steps(dry: bool) -> list[Step]:
                 120,
                 "model check b2 (dry)",
             ),
+            Step(
+                "comm",
+                ("gpu_comm_check.py", "{work}", "--dry-run", "--steps", "5"),
+                60,
+                "exposed DDP communication, gloo on CPU (dry)",
+            ),
         ]
     return [
         Step(
@@ -231,6 +238,12 @@ def figure_steps(dry: bool) -> list[Step]:
             ),
             150,
             "issue 6: what-if rows 1-3",
+        ),
+        Step(
+            "comm",
+            ("gpu_comm_check.py", "{work}", "--steps", "30"),
+            60,
+            "issue 22: exposed DDP communication (comm/exposed) on CUDA: NCCL 1 rank, gloo 2",
         ),
         Step(
             "model_b3",

@@ -18,6 +18,7 @@ imports Textual, and imports torch only lazily, for CUDA timing::
 See docs/timing.md.
 """
 
+from stagewatch.ddp import watch_ddp
 from stagewatch.timing import (
     ENV_SWITCH,
     NOOP,
@@ -45,4 +46,5 @@ __all__ = [
     "log_timing",
     "set_global_timing_logger",
     "timed",
+    "watch_ddp",
 ]

@@ -7,12 +7,13 @@ as a single process. NCCL is used on CUDA, gloo on CPU.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from stagewatch.ddp import CommWatch
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,9 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-class GradSyncTimer:
-    """Times ``backward`` and DDP's gradient allreduce without counting their overlap twice.
-
-    DDP launches each gradient bucket's allreduce from a communication hook while backward
-    is still computing earlier layers, then waits for all of them before ``backward()``
-    returns. This hook splits that call in two regions:
+class GradSyncTimer(CommWatch):
+    """Times ``backward`` and DDP's gradient allreduce without counting their overlap twice
+    (the library's :class:`stagewatch.ddp.CommWatch` in its split form):
 
     * ``backward``: from the call until the *last* bucket's gradients are ready (the end of
       gradient computation; communication overlapped with it is hidden inside);
@@ -114,72 +112,4 @@ class GradSyncTimer:
     """
 
     def __init__(self, log: Any, world_size: int, cuda: bool) -> None:
-        self.log = log if log is not None and getattr(log, "enabled", False) else None
-        self.world_size, self.cuda = world_size, cuda
-        self._bwd: Any = None
-        self._ar: Any = None
-        self._spans: list[tuple[Any, Any]] = []
-        self.comm_ms = 0.0
-
-    def attach(self, ddp_model: torch.nn.parallel.DistributedDataParallel) -> None:
-        ddp_model.register_comm_hook(None, self._hook)
-
-    def _now(self) -> Any:
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            return ev
-        return time.perf_counter()
-
-    # no annotations: DDP compares them with the real classes, and this module's are strings
-    def _hook(self, _state, bucket):  # type: ignore[no-untyped-def]
-        if bucket.is_last() and self.log is not None and self._bwd is not None:
-            self.log.end(self._bwd)  # gradient computation is over: the rest is exposed comm
-            self._bwd = None
-            self._ar = self.log.begin("allreduce")
-        span = [self._now(), None]
-        self._spans.append(span)  # type: ignore[arg-type]
-        buf = bucket.buffer().div_(self.world_size)
-        fut = dist.all_reduce(buf, async_op=True).get_future()
-
-        def done(f: torch.futures.Future[list[torch.Tensor]]) -> torch.Tensor:
-            span[1] = self._now()
-            return f.value()[0]
-
-        return fut.then(done)
-
-    def begin(self) -> None:
-        """Call right before ``loss.backward()``."""
-        if self.log is not None:
-            self._bwd = self.log.begin("backward")
-
-    def end(self) -> None:
-        """Call right after ``loss.backward()`` returns."""
-        if self.log is not None:
-            if self._bwd is not None:
-                self.log.end(self._bwd)
-            if self._ar is not None:
-                self.log.end(self._ar)
-        self._bwd = self._ar = None
-
-    def collect(self) -> float:
-        """Total communication milliseconds since the last call (CUDA: call after a sync)."""
-        spans = [(a, b) for a, b in self._spans if b is not None]
-        self._spans = []
-        if not spans:
-            self.comm_ms = 0.0
-            return 0.0
-        if self.cuda:
-            ref = spans[0][0]
-            iv = sorted((ref.elapsed_time(a), ref.elapsed_time(b)) for a, b in spans)
-        else:
-            iv = sorted((a * 1e3, b * 1e3) for a, b in spans)
-        total, cur_s, cur_e = 0.0, iv[0][0], iv[0][1]
-        for s, e in iv[1:]:
-            if s > cur_e:
-                total += cur_e - cur_s
-                cur_s, cur_e = s, e
-            else:
-                cur_e = max(cur_e, e)
-        self.comm_ms = total + (cur_e - cur_s)
-        return self.comm_ms
+        super().__init__(log, world_size, cuda, split=True)

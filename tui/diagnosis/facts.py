@@ -15,8 +15,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tui.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
-from tui.model.rankstats import WAIT_REGIONS, StragglerVerdict, TrendFacts, judge_stragglers
+from tui.model.rankstats import (
+    H2D_REGIONS,
+    INPUT_REGIONS,
+    SYNC_REGION,
+    WAIT_ESTIMATED,
+    WAIT_REGIONS,
+    StragglerVerdict,
+    TrendFacts,
+    judge_stragglers,
+)
 from tui.model.units import median, ok
+from tui.model.units import ms as _ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +70,14 @@ class RunFacts:
     straggler_region_ms: float = math.nan
     straggler_leaf: str | None = None
     straggler_leaf_ms: float = math.nan
+    # why: the class of its own time (input, h2d, compute, communication) and one line
+    # with the figures (and, for compute, the region explaining most of it)
+    straggler_cause: str | None = None
+    straggler_cause_line: str = ""
+    # exposed gradient all-reduce (ms per step): the least any rank shows (what is left
+    # when nobody waits for a straggler), and whether it was measured (comm/exposed or the
+    # trainer's allreduce region)
+    exposed_ms: float = math.nan
     span: str = "whole run"  # which steps the times and shares are of
     # configuration (run_start config), None when the run does not say
     checkpoint_attn: bool | None = None
@@ -174,12 +192,36 @@ def _excess_of(row: Any, rank: int) -> float:
     return mine - median(others) if others and ok(mine) else math.nan
 
 
-def straggler_region(snap: Any, rank: int) -> tuple[str, float, str, float] | None:
-    """Where ``rank`` loses time over the other ranks (recent window means, ms):
-    (top-level region, its excess, the deepest region under it explaining most of it, excess).
-    Wait regions are left out: they are the symptom, not the cause."""
-    rows = [r for r in getattr(snap, "regions", ()) if r.name.split("/", 1)[0] not in WAIT_REGIONS]
+def _wait_in_backward(snap: Any, v: StragglerVerdict | None, rank: int) -> float:
+    """ms by which ``rank``'s ``backward`` region holds less waiting than the other ranks'
+    (median): their wait at the all-reduce is inside ``backward`` when it is estimated from
+    there, or measured by ``comm/exposed`` (no separate ``allreduce`` region). 0 otherwise."""
+    if v is None or (not v.measured and v.wait_source != WAIT_ESTIMATED):
+        return 0.0
+    if v.measured and any(r.name == "allreduce" for r in getattr(snap, "regions", ())):
+        return 0.0
+    me = v.rank(rank)
+    others = [x for x in v.ranks if x.rank != rank]
+    if me is None or not others:
+        return 0.0
+    key = "exposed_ms" if v.measured else "allreduce_ms"
+    d = median([getattr(x, key) for x in others]) - getattr(me, key)
+    return d if ok(d) else 0.0
+
+
+def straggler_region(
+    snap: Any, rank: int, verdict: StragglerVerdict | None = None
+) -> tuple[str, float, str, float] | None:
+    """Where ``rank`` spends compute time the other ranks do not (recent window means,
+    ms): (top-level region, its excess, the deepest region under it explaining most of it,
+    excess). Wait regions (the symptom, not the cause) and the input and copy regions (their
+    own classes) are left out; the wait the other ranks spend inside ``backward`` is taken
+    out of its excess."""
+    skip = WAIT_REGIONS + INPUT_REGIONS + H2D_REGIONS
+    rows = [r for r in getattr(snap, "regions", ()) if r.name.split("/", 1)[0] not in skip]
     ex = {r.name: e for r in rows if ok(e := _excess_of(r, rank))}
+    if SYNC_REGION in ex:
+        ex[SYNC_REGION] += _wait_in_backward(snap, verdict, rank)
     top = [(n, e) for n, e in ex.items() if "/" not in n]
     if not top:
         return None
@@ -202,19 +244,75 @@ def straggler_region(snap: Any, rank: int) -> tuple[str, float, str, float] | No
     return name, e, deep, de
 
 
-def _straggler_facts(snap: Any, verdict: StragglerVerdict | None) -> dict[str, Any]:
-    """The RunFacts fields saying where the named straggler loses its time."""
+def cause_line(verdict: StragglerVerdict | None, loc: tuple[str, float, str, float] | None) -> str:
+    """``rank 1: compute +50.4 ms per step (94% of the step; …), mostly `backward/block2`
+    +50.1 ms``; empty when no rank is named."""
     if verdict is None or verdict.straggler is None:
-        return {}
-    loc = straggler_region(snap, verdict.straggler)
+        return ""
+    if verdict.cause is None:
+        parts = ", ".join(f"{k} {'+' if ms >= 0 else '-'}{_ms(abs(ms))}" for k, ms in verdict.parts)
+        return (
+            f"rank {verdict.straggler}: own time +{_ms(verdict.excess_ms)} per step, "
+            f"no single class explains it ({parts})"
+        )
+    line = verdict.cause_text()
+    if verdict.cause == "compute" and loc is not None:
+        line += f", mostly `{loc[2]}` +{_ms(loc[3])}"
+    return line
+
+
+def exposed_of(verdict: StragglerVerdict | None) -> float:
+    """The exposed all-reduce no straggler explains: the least any rank measured (NaN when
+    not measured)."""
+    if verdict is None:
+        return math.nan
+    vals = [x.exposed_ms for x in verdict.ranks if ok(x.exposed_ms)]
+    return min(vals) if vals else math.nan
+
+
+def straggler_cause(snap: Any, verdict: StragglerVerdict | None = None) -> str:
+    """The one line naming why the snapshot's straggler is slow (:func:`cause_line`); empty
+    when no rank is named."""
+    v = verdict if verdict is not None else verdict_of(snap)
+    if v is None or v.straggler is None:
+        return ""
+    return cause_line(v, straggler_region(snap, v.straggler, v))
+
+
+def comm_line(verdict: StragglerVerdict | None, most: int = 8) -> str:
+    """``exposed comm per step: rank 0 51.4 ms, rank 1 0.89 ms`` (min/median/max beyond
+    ``most`` ranks); empty when not measured."""
+    if verdict is None:
+        return ""
+    vals = [(x.rank, x.exposed_ms) for x in verdict.ranks if ok(x.exposed_ms)]
+    if not vals:
+        return ""
+    if len(vals) <= most:
+        return "exposed comm per step: " + ", ".join(f"rank {r} {_ms(v)}" for r, v in vals)
+    srt = sorted(v for _, v in vals)
+    return (
+        f"exposed comm per step over {len(srt)} ranks: min {_ms(srt[0])}, "
+        f"median {_ms(median(srt))}, max {_ms(srt[-1])}"
+    )
+
+
+def _straggler_facts(snap: Any, verdict: StragglerVerdict | None) -> dict[str, Any]:
+    """The RunFacts fields saying why the named straggler is slow and where it loses time."""
+    out: dict[str, Any] = {"exposed_ms": exposed_of(verdict)}
+    if verdict is None or verdict.straggler is None:
+        return out
+    loc = straggler_region(snap, verdict.straggler, verdict)
+    out["straggler_cause"] = verdict.cause
+    out["straggler_cause_line"] = cause_line(verdict, loc)
     if loc is None:
-        return {}
-    return {
-        "straggler_region": loc[0],
-        "straggler_region_ms": loc[1],
-        "straggler_leaf": loc[2],
-        "straggler_leaf_ms": loc[3],
-    }
+        return out
+    out.update(
+        straggler_region=loc[0],
+        straggler_region_ms=loc[1],
+        straggler_leaf=loc[2],
+        straggler_leaf_ms=loc[3],
+    )
+    return out
 
 
 # --------------------------------------------------------------------------- snapshot

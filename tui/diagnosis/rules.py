@@ -235,16 +235,27 @@ def rule_data_wait(f: RunFacts, t: Thresholds) -> Advice | None:
     )
 
 
-def rule_allreduce(f: RunFacts, t: Thresholds) -> Advice | None:
-    """Exposed gradient all-reduce above ~10% of the step."""
-    share, ms = f.share("allreduce"), f.ms("allreduce")
+def _exposed(f: RunFacts) -> tuple[float, str]:
+    """Exposed all-reduce ms per step no straggler explains, and where it was measured."""
     v = f.stragglers
     me = v.rank(v.straggler) if v is not None and v.straggler is not None else None
-    if me is not None and _ok(v.step_ms) and v.step_ms > 0:  # type: ignore[union-attr]
-        # the others' wait is the straggler's compute (rule_straggler); what the straggler
+    if _ok(f.exposed_ms):
+        return f.exposed_ms, "the least any rank shows, comm/exposed"
+    if me is not None:
+        # the others' wait is the straggler's own time (rule_straggler); what the straggler
         # itself waits is the communication really left exposed
-        ms = me.allreduce_ms
-        share = ms / v.step_ms  # type: ignore[union-attr]
+        return me.allreduce_ms, f"rank {me.rank}'s own wait, the straggler's"
+    return f.ms("allreduce"), ""
+
+
+def rule_allreduce(f: RunFacts, t: Thresholds) -> Advice | None:
+    """Exposed gradient all-reduce above ~10% of the step."""
+    if f.straggler_cause == "communication":
+        return None  # one rank's own comm hook: rule_straggler says so
+    ms, where = _exposed(f)
+    v = f.stragglers
+    step = v.step_ms if v is not None and _ok(v.step_ms) and v.step_ms > 0 else f.step_ms
+    share = ms / step if _ok(ms) and _ok(step) and step > 0 else math.nan
     if f.steps < t.min_steps or f.world_size < 2 or not _ok(share) or share < t.allreduce_share:
         return None
     accum = f.grad_accum or 1
@@ -253,16 +264,39 @@ def rule_allreduce(f: RunFacts, t: Thresholds) -> Advice | None:
         SUGGEST,
         f"gradient all-reduce left exposed takes {_pct(share)} of the step",
         f"accumulate gradients over more micro-batches (TRAIN.GRADIENT_ACCUMULATION_STEPS, now "
-        f"{accum}: one all-reduce per optimizer step) or tune DDP buckets (bucket_cap_mb) so "
-        "communication overlaps the backward pass; check the interconnect",
+        f"{accum}: one all-reduce per optimizer step); tune DDP's buckets: a smaller "
+        "bucket_cap_mb (default 25) starts communication earlier in backward and leaves a "
+        "smaller last bucket exposed; gradient_as_bucket_view=True saves the copy of each "
+        "gradient into its bucket; static_graph=True when the graph and the used parameters "
+        "are the same every step; then check the interconnect",
         {"allreduce_ms": ms, "share": share, "world_size": f.world_size, "grad_accum": accum},
-        f"allreduce {_ms(ms)} per step on {f.world_size} ranks"
-        + (f" (rank {me.rank}'s own wait, the straggler's)" if me is not None else ""),
+        f"exposed all-reduce {_ms(ms)} per step on {f.world_size} ranks"
+        + (f" ({where})" if where else ""),
     )
 
 
+#: what to look at for each cause class of a straggler
+_LOOK = {
+    "input": (
+        "speed up rank {r}'s input: its DataLoader workers, storage and decoding on its host "
+        "(more workers, caching, uneven clip sizes)"
+    ),
+    "h2d": (
+        "speed up rank {r}'s host-to-device copy: pinned memory (PIN_MEMORY=true) and "
+        "non_blocking copies, the PCIe/NUMA placement of its device"
+    ),
+    "compute": (
+        "{where} device (clocks, temperature, other processes), host and inputs (uneven clip sizes)"
+    ),
+    "communication": (
+        "look at rank {r}'s own communication: its comm hook's work before the collective "
+        "(compression, copies), its network interface"
+    ),
+}
+
+
 def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
-    """One rank's compute consistently longer than the others': they wait for it."""
+    """One rank's own time consistently longer than the others': they wait for it."""
     v = f.stragglers
     if v is None or v.straggler is None or f.world_size < 2:
         return None
@@ -274,7 +308,7 @@ def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
     on = f" on {host}" if host else ""
     share = v.excess_ms / v.step_ms if _ok(v.step_ms) and v.step_ms > 0 else math.nan
     others = [x for x in v.ranks if x.rank != v.straggler]
-    rel = v.excess_ms / _median([x.compute_ms for x in others]) if others else math.nan
+    rel = v.excess_ms / _median([x.own_ms for x in others]) if others else math.nan
     if f.straggler_region:
         where = (
             f"rank {v.straggler}'s {f.straggler_region} first "
@@ -285,16 +319,21 @@ def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
         look = f"look at {where}), then at that rank's"
     else:
         look = f"look at rank {v.straggler}'s"
+    action = _LOOK.get(f.straggler_cause or "compute", _LOOK["compute"])
+    action = action.format(r=v.straggler, where=look)
+    if f.straggler_cause != "communication":
+        action += "; not the interconnect: the all-reduce wait is the others waiting for this rank"
+    cause = f"{f.straggler_cause_line}; " if f.straggler_cause_line else ""
     return Advice(
         "straggler",
         WARN,
         f"rank {v.straggler}{on} is a straggler: the other ranks wait for it at the all-reduce",
-        f"{look} device (clocks, temperature, other processes), host and inputs "
-        "(uneven clip sizes); not the interconnect: the all-reduce wait is the others waiting "
-        "for this rank",
+        action,
         {
             "rank": v.straggler,
             "host": host,
+            "cause": f.straggler_cause,
+            "cause_ms": v.cause_ms,
             "excess_ms": v.excess_ms,
             "excess_share": share,
             "compute_excess_ratio": rel,
@@ -307,11 +346,13 @@ def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
             "noise_ms": v.noise_ms,
             "rank_compute_ms": me.compute_ms,
             "step_ms": v.step_ms,
+            "wait_source": v.wait_source,
             "waits": {str(r): ms for r, ms in v.waits()},
             "span": v.span,
         },
-        f"compute +{_ms(v.excess_ms)} per step over the other ranks ({_pct(share)} of the "
-        f"step), slowest in {me.slowest} of {v.compared_steps} steps, {v.span}; {v.who_waits()}",
+        f"{cause}own time +{_ms(v.excess_ms)} per step over the other ranks ({_pct(share)} "
+        f"of the step), slowest in {me.slowest} of {v.compared_steps} steps, {v.span}; "
+        f"{v.who_waits()}",
     )
 
 

@@ -20,7 +20,7 @@ from tui.model.ranks import RankAgg
 from tui.model.rankstats import StragglerVerdict, judge_stragglers
 from tui.model.snapshot import EMPTY, NAN, UNACCOUNTED, RankInfo, RegionRow, Stats
 
-Recent = tuple[tuple[int, float, float, float], ...]  # RankInfo.recent
+Recent = tuple[tuple[float, ...], ...]  # RankInfo.recent: (step, *RECENT_COLUMNS)
 
 # a light snapshot's unaccounted row: no figures (the header does not show it)
 BLANK_UNACCOUNTED = RegionRow(
@@ -164,7 +164,7 @@ def compare_ranks(
 
 
 def recent_work(aggs: Sequence[RankAgg]) -> dict[int, Recent]:
-    """Each rank's window of (step, wall, allreduce, data) ms; none with a single rank."""
+    """Each rank's window of (step, *RECENT_COLUMNS) ms; none with a single rank."""
     return {a.rank: a.recent_work() if len(aggs) > 1 else () for a in aggs}
 
 

@@ -25,9 +25,23 @@ from tui.model.units import ms as _ms
 
 T = TypeVar("T")
 
-#: the regions in which a rank waits rather than computes (the trainer's names, see
-#: trainer/train_step.py and trainer/distributed.py): exposed gradient all-reduce and data loading
-WAIT_REGIONS = ("allreduce", "data")
+#: the regions in which a rank waits for the other ranks (or holds the exposed all-reduce):
+#: the trainer's ``allreduce`` (trainer/distributed.py) and the library's ``comm/...``
+#: (stagewatch/ddp.py); never the cause of a rank's slowness, only its symptom
+WAIT_REGIONS = ("allreduce", "comm")
+#: measured exposed all-reduce, first found wins: the library's hook, the trainer's region
+EXPOSED_REGIONS = ("comm/exposed", "allreduce")
+#: time a rank spent in its own comm hook before handing the collective off (stagewatch/ddp.py)
+LAUNCH_REGION = "comm/launch"
+#: the region a DDP loop calls ``loss.backward()`` in: where an unmeasured wait hides
+SYNC_REGION = "backward"
+#: a rank's own time by class; compute is the rest of its own time. Input: the trainer's
+#: ``data`` or the library's ``data/wait`` (stagewatch's timed_loader and callbacks); a
+#: ``data/h2d`` under ``data`` is the copy, not input. Copy: ``h2d`` or ``data/h2d``.
+INPUT_REGIONS = ("data/wait", "data")
+H2D_REGIONS = ("h2d", "data/h2d")
+#: RankInfo.recent columns after the step number (judge_stragglers reads 3 or more)
+RECENT_COLUMNS = ("wall", "wait", "data", "h2d", "launch", "sync", "exposed")
 
 
 # --------------------------------------------------------------------------- memory trend
@@ -240,27 +254,47 @@ class StragglerLimits:
 DEFAULT_LIMITS = StragglerLimits()
 
 
+#: the classes of a rank's own time, in the order they are reported
+CAUSES = ("input", "h2d", "compute", "communication")
+CAUSE_WORDS = {
+    "input": "input wait",
+    "h2d": "host-to-device copy",
+    "compute": "compute",
+    "communication": "communication (its own comm hook)",
+}
+#: how the wait at the all-reduce was known
+WAIT_MEASURED = "measured"  # comm/exposed (stagewatch.watch_ddp) or the trainer's allreduce
+WAIT_ESTIMATED = "backward"  # estimated from the backward region's self time across ranks
+WAIT_UNKNOWN = "none"
+
+
 @dataclass(frozen=True, slots=True)
 class RankCompute:
     """One rank over the compared steps (medians per step, ms)."""
 
     rank: int
     wall_ms: float
-    compute_ms: float  # step wall minus exposed all-reduce wait and data wait
-    allreduce_ms: float  # exposed all-reduce wait (what this rank spends waiting for the others)
+    compute_ms: float  # own time minus input, h2d and its own comm-hook time
+    allreduce_ms: float  # wait at the all-reduce for the other ranks (measured or estimated)
     data_ms: float
-    excess_ms: float  # median over steps of compute minus the median of the other ranks' compute
-    slowest: int  # compared steps in which this rank's compute was the longest
+    excess_ms: float  # median over steps of own time minus the median of the other ranks'
+    slowest: int  # compared steps in which this rank's own time was the longest
+    h2d_ms: float = 0.0
+    launch_ms: float = 0.0  # time in its own comm hook before handing the collective off
+    exposed_ms: float = math.nan  # measured exposed all-reduce (NaN: not measured)
+    own_ms: float = math.nan  # step wall minus the wait: the time this rank itself needed
 
 
 @dataclass(frozen=True, slots=True)
 class StragglerVerdict:
-    """Which rank, if any, the others wait for: judged by compute, not by step time.
+    """Which rank, if any, the others wait for, and why: judged by each rank's own time
+    (step wall minus its wait at the all-reduce), not by step time.
 
     DDP's all-reduce makes every rank's step equally long, so the slow rank is the one that
-    *waits least*. A rank is named only when its compute excess over the other ranks is at
-    least ``floor_ms`` (a share of the step), above ``noise_mult`` × the run's step-to-step
-    noise, and it is the slowest rank in most compared steps (``recurrence``).
+    *waits least*. A rank is named only when its excess over the other ranks is at least
+    ``floor_ms`` (a share of the step), above ``noise_mult`` × the run's step-to-step noise,
+    and it is the slowest rank in most compared steps (``recurrence``). The cause is the
+    class of its own time (input, h2d, compute, communication) whose excess is largest.
     """
 
     ranks: tuple[RankCompute, ...]
@@ -268,12 +302,18 @@ class StragglerVerdict:
     first_step: int
     last_step: int
     step_ms: float  # median step wall over ranks and compared steps
-    noise_ms: float  # robust standard deviation of a rank's compute from step to step
+    noise_ms: float  # robust standard deviation of a rank's own time from step to step
     floor_ms: float
     straggler: int | None
     excess_ms: float  # of the straggler, or of the rank furthest behind when none is named
     recurrence: float  # share of compared steps in which that rank was the slowest
     reason: str  # one line: why a rank is (or is not) named
+    wait_source: str = WAIT_MEASURED  # WAIT_MEASURED, WAIT_ESTIMATED or WAIT_UNKNOWN
+    cause: str | None = None  # one of CAUSES, for the named straggler
+    cause_ms: float = math.nan  # the straggler's excess in that class, ms per step
+    cause_rank_ms: float = math.nan  # its time in that class
+    cause_others_ms: float = math.nan  # the other ranks' (median of their medians)
+    parts: tuple[tuple[str, float], ...] = ()  # excess of every class, CAUSES order
 
     def rank(self, r: int) -> RankCompute | None:
         """The figures of rank ``r``; None when it was not compared."""
@@ -283,6 +323,11 @@ class StragglerVerdict:
     def span(self) -> str:
         """The steps compared: ``last 100 steps (61–160)``."""
         return f"last {self.compared_steps} steps ({self.first_step}–{self.last_step})"
+
+    @property
+    def measured(self) -> bool:
+        """The wait at the all-reduce was measured (not estimated, not unknown)."""
+        return self.wait_source == WAIT_MEASURED
 
     def waits(self) -> list[tuple[int, float]]:
         """(rank, ms per step it waits at the all-reduce) of every other rank, when named."""
@@ -300,38 +345,75 @@ class StragglerVerdict:
         else:
             avg = sum(ms for _, ms in w) / len(w)
             who = f"{len(w)} ranks ~{_ms(avg)} each"
-        return f"waiting for rank {self.straggler} at the all-reduce, per step: {who}"
+        how = "" if self.measured else " (estimated from backward)"
+        return f"waiting for rank {self.straggler} at the all-reduce, per step{how}: {who}"
+
+    def cause_text(self) -> str:
+        """``rank 1: input wait +60.2 ms per step (49% of the step; 62.1 ms vs 1.9 ms)``;
+        empty when no rank is named."""
+        if self.straggler is None or self.cause is None:
+            return ""
+        share = self.cause_ms / self.step_ms if ok(self.step_ms) and self.step_ms > 0 else math.nan
+        pc = f"{pct(share)} of the step; " if ok(share) else ""
+        return (
+            f"rank {self.straggler}: {CAUSE_WORDS[self.cause]} +{_ms(self.cause_ms)} per step "
+            f"({pc}{_ms(self.cause_rank_ms)} vs {_ms(self.cause_others_ms)} on the others)"
+        )
 
     def brief(self) -> str:
-        """A few words for a header: ``straggler rank 1 +98.7 ms compute`` or ``no straggler``."""
+        """A few words for a header: ``straggler rank 1 +98.7 ms input`` or ``no straggler``."""
         if self.straggler is None:
             return "no straggler" if self.compared_steps >= 2 else ""
-        return f"straggler rank {self.straggler} +{_ms(self.excess_ms)} compute"
+        return f"straggler rank {self.straggler} +{_ms(self.excess_ms)} {self.cause or 'compute'}"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (floats to 6 significant figures, non-finite ones to None)."""
-        return json_tree(asdict(self))  # type: ignore[no-any-return]
+        d = asdict(self)
+        d["cause_text"] = self.cause_text()
+        d["parts"] = {k: v for k, v in self.parts}
+        return json_tree(d)  # type: ignore[no-any-return]
+
+
+#: columns of the per-step table (after the step number): RECENT_COLUMNS
+_NCOL = len(RECENT_COLUMNS)
+
+
+def _rank_table(rows: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """One rank's rows as (sorted unique steps, (steps, RECENT_COLUMNS) values): rows with
+    a finite wall only, a repeated step's later row winning, missing columns NaN."""
+    width = 1 + _NCOL
+    try:
+        a = np.array(rows, dtype=np.float64)
+    except ValueError:  # rows of different lengths
+        a = np.zeros((0, 0))
+    if a.ndim != 2 or a.shape[1] != width:
+        pad = (math.nan,) * _NCOL
+        a = np.array([(tuple(row) + pad)[:width] for row in rows], dtype=np.float64)
+    a = a[np.isfinite(a[:, 1])]
+    steps = a[:, 0].astype(np.int64)
+    uniq, first_rev = np.unique(steps[::-1], return_index=True)
+    return uniq, a[len(a) - 1 - first_rev, 1:]
 
 
 def _per_step(
-    per_rank: Mapping[int, Sequence[tuple[int, float, float, float]]], window: int | None
+    per_rank: Mapping[int, Sequence[Sequence[float]]], window: int | None
 ) -> tuple[list[int], list[int], np.ndarray] | None:
-    """(ranks, steps, (steps, ranks, 3) array of wall, allreduce, data ms) over the steps every
-    rank has; None with fewer than two ranks or no common step."""
+    """(ranks, steps, (steps, ranks, columns) array of RECENT_COLUMNS, NaN where missing)
+    over the steps every rank has; None with fewer than two ranks or no common step."""
     ranks = sorted(r for r, rows in per_rank.items() if rows)
     if len(ranks) < 2:
         return None
-    by_rank = {r: {int(s): (w, a, d) for s, w, a, d in per_rank[r] if ok(w)} for r in ranks}
-    steps = common_steps([by_rank[r] for r in ranks], window)
-    if not steps:
+    tables = [_rank_table(per_rank[r]) for r in ranks]
+    common = tables[0][0]
+    for st, _ in tables[1:]:
+        common = np.intersect1d(common, st, assume_unique=True)
+    if window:
+        common = common[-window:]
+    if not len(common):
         return None
-    x = np.nan_to_num(
-        np.array([[by_rank[r][st] for r in ranks] for st in steps], dtype=np.float64),
-        nan=0.0,
-        posinf=0.0,
-        neginf=0.0,
-    )
-    return ranks, steps, x
+    x = np.stack([v[np.searchsorted(st, common)] for st, v in tables], axis=1)
+    x[np.isinf(x)] = np.nan
+    return ranks, common.tolist(), x
 
 
 def _excess_over_others(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -370,12 +452,12 @@ def _why(
         return None, f"no straggler yet: {n} steps compared by every rank (need {need})"
     if ex < floor:
         return None, (
-            f"no straggler: ranks within {_ms(max(0.0, ex))} of each other in compute "
+            f"no straggler: ranks within {_ms(max(0.0, ex))} of each other in their own time "
             f"({pct(max(0.0, share))} of the step, below the {pct(t.straggler_excess)} floor)"
         )
     if ex < t.straggler_noise * noise:
         return None, (
-            f"no straggler: rank {worst.rank}'s +{_ms(ex)} compute is within the run's "
+            f"no straggler: rank {worst.rank}'s +{_ms(ex)} is within the run's "
             f"step-to-step noise (±{_ms(noise)})"
         )
     if rec < t.straggler_recurrence:
@@ -384,17 +466,62 @@ def _why(
             f"slowest in only {worst.slowest} of {n} steps"
         )
     return worst.rank, (
-        f"rank {worst.rank}'s compute is +{_ms(ex)} ({pct(share)} of the step) over the "
+        f"rank {worst.rank}'s own time is +{_ms(ex)} ({pct(share)} of the step) over the "
         f"other ranks, slowest in {worst.slowest} of {n} steps (noise ±{_ms(noise)})"
     )
 
 
+_CAVEAT = {
+    WAIT_ESTIMATED: (
+        "; the all-reduce wait is not measured but estimated from `backward`, so a rank slow "
+        "inside backward itself cannot be told from one waiting there "
+        "(stagewatch.watch_ddp(model) measures it)"
+    ),
+    WAIT_UNKNOWN: (
+        "; the all-reduce wait is not measured and there is no `backward` region, so under "
+        "DDP a slow rank cannot be told from one waiting for it "
+        "(stagewatch.watch_ddp(model) measures it)"
+    ),
+}
+
+
+def _waits(x: np.ndarray) -> tuple[np.ndarray, str]:
+    """Per step and rank, the wait at the all-reduce, and how it is known: measured by every
+    rank; else each rank's ``backward`` self time over the fastest rank's (under DDP the
+    waiting ranks show the wait there); else unknown (zero)."""
+    wait, sync = x[:, :, 1], x[:, :, 5]
+    if not np.isnan(wait).any():
+        return wait, WAIT_MEASURED
+    if not np.isnan(sync).any():
+        return sync - sync.min(axis=1, keepdims=True), WAIT_ESTIMATED
+    return np.zeros_like(wait), WAIT_UNKNOWN
+
+
+def _cause(
+    parts: dict[str, np.ndarray], i: int, floor: float
+) -> tuple[str | None, float, float, float, tuple[tuple[str, float], ...]]:
+    """The class of rank index ``i``'s own time with the largest excess over the other
+    ranks (median over steps): (cause, its excess, the rank's median, the others' median,
+    every class's excess). None when no class exceeds ``floor``."""
+    ex: dict[str, float] = {}
+    for name, p in parts.items():  # per step: the rank's minus the median of the others'
+        ex[name] = float(np.median(p[:, i] - np.median(np.delete(p, i, axis=1), axis=1)))
+    best = max(CAUSES, key=lambda c: ex[c])
+    table = tuple((c, ex[c]) for c in CAUSES)
+    if not ex[best] > floor:
+        return None, math.nan, math.nan, math.nan, table
+    med = np.median(parts[best], axis=0)
+    others = float(np.median(np.delete(med, i)))
+    return best, ex[best], float(med[i]), others, table
+
+
 def judge_stragglers(
-    per_rank: Mapping[int, Sequence[tuple[int, float, float, float]]],
+    per_rank: Mapping[int, Sequence[Sequence[float]]],
     thresholds: StragglerLimits | None = None,
     window: int | None = None,
 ) -> StragglerVerdict | None:
-    """The straggler verdict from each rank's recent steps ``(step, wall, allreduce, data)`` ms.
+    """The straggler verdict from each rank's recent steps ``(step, *RECENT_COLUMNS)`` ms
+    (the first three columns at least: wall, wait, data; a missing one is unknown).
 
     Only steps every rank has are compared (cost: ranks × steps, bounded by the window).
     None with fewer than two ranks or no common step.
@@ -404,34 +531,47 @@ def judge_stragglers(
     if table is None:
         return None
     ranks, steps, x = table
-    # the work is vectorised over steps and ranks
-    comp = x[:, :, 0] - x[:, :, 1] - x[:, :, 2]
-    n, k = comp.shape
-    excess, order = _excess_over_others(comp)
+    wait, source = _waits(x)
+    z = np.nan_to_num(x)
+    wall, data, h2d, launch = z[:, :, 0], z[:, :, 2], z[:, :, 3], z[:, :, 4]
+    own = wall - wait
+    comp = own - data - h2d - launch
+    n, k = own.shape
+    excess, order = _excess_over_others(own)
     slow_counts = np.bincount(order[:, -1], minlength=k)
-    med = np.median(x, axis=0)  # (ranks, 3)
-    cmed = np.median(comp, axis=0)
+    med = np.median(z, axis=0)  # (ranks, columns)
     emed = np.median(excess, axis=0)
+    cmed, omed, wmed = np.median(comp, axis=0), np.median(own, axis=0), np.median(wait, axis=0)
+    exposed = np.median(x[:, :, 6], axis=0)  # NaN when not measured
     rows = [
         RankCompute(
             rank=r,
             wall_ms=float(med[i, 0]),
             compute_ms=float(cmed[i]),
-            allreduce_ms=float(med[i, 1]),
+            allreduce_ms=float(wmed[i]),
             data_ms=float(med[i, 2]),
             excess_ms=float(emed[i]),
             slowest=int(slow_counts[i]),
+            h2d_ms=float(med[i, 3]),
+            launch_ms=float(med[i, 4]),
+            exposed_ms=float(exposed[i]),
+            own_ms=float(omed[i]),
         )
         for i, r in enumerate(ranks)
     ]
     step_ms = median([x.wall_ms for x in rows])
-    # noise: step-to-step variation of each rank's compute (1.4826 × MAD ≈ σ), median over ranks
-    noise = float(np.median(1.4826 * np.median(np.abs(comp - cmed), axis=0)))
+    # noise: step-to-step variation of each rank's own time (1.4826 × MAD ≈ σ), median of ranks
+    noise = float(np.median(1.4826 * np.median(np.abs(own - omed), axis=0)))
     floor = t.straggler_excess * step_ms if ok(step_ms) else math.inf
-    worst = max(rows, key=lambda x: (x.excess_ms, -x.rank))
+    wi = max(range(k), key=lambda i: (rows[i].excess_ms, -rows[i].rank))
+    worst = rows[wi]
     share = worst.excess_ms / step_ms if ok(step_ms) and step_ms > 0 else math.nan
     need = min(t.straggler_min_steps, window) if window else t.straggler_min_steps
     named, reason = _why(worst, n, need, floor, noise, share, t)
+    if named is None and source in _CAVEAT and n >= need:
+        reason += _CAVEAT[source]
+    parts = {"input": data, "h2d": h2d, "compute": comp, "communication": launch}
+    cause, cms, crank, cothers, table_ = _cause(parts, wi, 0.5 * worst.excess_ms)
     return StragglerVerdict(
         ranks=tuple(rows),
         compared_steps=n,
@@ -444,4 +584,10 @@ def judge_stragglers(
         excess_ms=worst.excess_ms,
         recurrence=worst.slowest / n,
         reason=reason,
+        wait_source=source,
+        cause=cause if named is not None else None,
+        cause_ms=cms if named is not None else math.nan,
+        cause_rank_ms=crank if named is not None else math.nan,
+        cause_others_ms=cothers if named is not None else math.nan,
+        parts=table_ if named is not None else (),
     )

@@ -10,7 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from tui.model.histogram import col_percentile, hist_quantile, hist_quantiles
-from tui.model.rankstats import WAIT_REGIONS
+from tui.model.rankstats import (
+    EXPOSED_REGIONS,
+    H2D_REGIONS,
+    INPUT_REGIONS,
+    LAUNCH_REGION,
+    SYNC_REGION,
+)
 from tui.model.snapshot import EMPTY, NAN, Stats
 
 StatsPair = tuple[Stats, Stats]  # (whole run, window)
@@ -213,20 +219,67 @@ class RankReadout:
         )
         return whole, window
 
-    def recent_work(self) -> tuple[tuple[int, float, float, float], ...]:
-        """(step, wall, allreduce, data) ms of the window's steps, oldest first (0 when
-        untimed)."""
+    def _ring_col(self, o: np.ndarray, name: str) -> np.ndarray | None:
+        """Region ``name`` over the window rows ``o`` (0 where a step lacks it); None when
+        the rank never timed it."""
+        c = self.cols.get(name)
+        return np.nan_to_num(self.ring[o, c]) if c is not None else None
+
+    def _first_col(self, o: np.ndarray, names: tuple[str, ...]) -> np.ndarray | None:
+        for n in names:
+            v = self._ring_col(o, n)
+            if v is not None:
+                return v
+        return None
+
+    def _sync_kids(self) -> np.ndarray:
+        """Columns of the direct children of ``backward`` (cached: names only grow)."""
+        cache = getattr(self, "_kids_cache", None)
+        if cache is None or cache[0] != len(self.names):
+            pre = SYNC_REGION + "/"
+            kids = [
+                c for n, c in self.cols.items() if n.startswith(pre) and "/" not in n[len(pre) :]
+            ]
+            cache = (len(self.names), np.asarray(kids, dtype=np.int64))
+            self._kids_cache = cache
+        return cache[1]
+
+    def recent_work(self) -> tuple[tuple[float, ...], ...]:
+        """Per window step, oldest first: (step, wall, wait, data, h2d, launch, sync,
+        exposed) ms (:data:`~tui.model.rankstats.RECENT_COLUMNS`). ``exposed``: the measured
+        exposed all-reduce, ``wait`` the part of it that is waiting (minus this rank's own
+        hook time), both NaN when not measured; ``sync``: the self time of the ``backward``
+        region (minus its direct children), where an unmeasured wait hides (NaN without
+        one); data, h2d, launch 0 when untimed."""
         o = self._order()
-        waits = []
-        for name in WAIT_REGIONS:
-            c = self.cols.get(name)
-            waits.append(np.nan_to_num(self.ring[o, c]) if c is not None else np.zeros(len(o)))
+        n = len(o)
+        nan = np.full(n, NAN)
+        zero = np.zeros(n)
+        exposed = self._first_col(o, EXPOSED_REGIONS)
+        launch = self._ring_col(o, LAUNCH_REGION)
+        launch = zero if launch is None else launch
+        wait = nan if exposed is None else np.maximum(0.0, exposed - launch)
+        sync = self._ring_col(o, SYNC_REGION)
+        if sync is not None:
+            kids = self._sync_kids()
+            if len(kids):
+                sync = sync - np.nansum(self.ring[o][:, kids], axis=1)
+            sync = np.maximum(0.0, sync)
+        data = self._first_col(o, INPUT_REGIONS)
+        h2d = self._first_col(o, H2D_REGIONS)
+        nested = self._ring_col(o, "data/h2d")
+        if data is not None and nested is not None and "data/wait" not in self.cols:
+            data = np.maximum(0.0, data - nested)  # "data" holds its copy: input is the rest
         return tuple(
             zip(
                 self.ring_step[o].tolist(),
                 self.ring_wall[o].tolist(),
-                waits[0].tolist(),
-                waits[1].tolist(),
+                wait.tolist(),
+                (zero if data is None else data).tolist(),
+                (zero if h2d is None else h2d).tolist(),
+                launch.tolist(),
+                (nan if sync is None else sync).tolist(),
+                (nan if exposed is None else exposed).tolist(),
                 strict=True,
             )
         )

@@ -86,9 +86,10 @@ class RankInfo:
     device: str
     slowest_steps: int  # steps in the window where this rank was the slowest
     mem_peak: int | None
-    # the window's steps, oldest first: (step, wall ms, exposed allreduce ms, data ms), for
-    # judging stragglers by compute (tui.model.rankstats.judge_stragglers); 0 if untimed
-    recent: tuple[tuple[int, float, float, float], ...] = field(default=(), compare=False)
+    # the window's steps, oldest first: (step, wall, wait, data, h2d, launch, sync, exposed)
+    # ms (tui.model.rankstats.RECENT_COLUMNS), for judging stragglers by their own time
+    # (tui.model.rankstats.judge_stragglers); NaN where not measured
+    recent: tuple[tuple[float, ...], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)

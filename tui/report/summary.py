@@ -10,7 +10,7 @@ from rich.text import Text
 
 from stagewatch.errors import UsageError
 from tui.diagnosis.advice import advice_for_run
-from tui.diagnosis.facts import span_label, verdict_of
+from tui.diagnosis.facts import span_label, straggler_cause, verdict_of
 from tui.diagnosis.rules import Advice
 from tui.diagnosis.thresholds import WARN, Thresholds
 from tui.fmt import (
@@ -154,7 +154,10 @@ def _summary_dict(
             "excess_ms": _num(snap.straggler_excess),
             "spread_ms": _num(snap.spread_window),
             "verdict": verdict.as_dict() if verdict is not None else None,
+            "cause": verdict.cause if verdict is not None else None,
+            "cause_line": straggler_cause(snap, verdict) or None,
         },
+        "comm": _comm_dict(verdict),
         "regions": [_region(r, red, yellow, window) for r in sorted_regions(snap, sort, window)],
         "unaccounted": _region(snap.unaccounted, red, yellow, window),
         "files": [
@@ -175,30 +178,65 @@ def _summary_dict(
     }
 
 
+def _comm_dict(verdict: Any) -> dict[str, Any] | None:
+    """Exposed communication per rank (ms per step, medians over the compared steps): the
+    all-reduce time backward did not hide, its waiting part and the rank's own hook time."""
+    if verdict is None:
+        return None
+    return {
+        "wait_source": verdict.wait_source,
+        "ranks": [
+            {
+                "rank": x.rank,
+                "exposed_ms": _num(x.exposed_ms),
+                "wait_ms": _num(x.allreduce_ms),
+                "launch_ms": _num(x.launch_ms),
+            }
+            for x in verdict.ranks
+        ],
+    }
+
+
+_WAIT_HOW = {
+    "measured": "measured",
+    "backward": "estimated from backward: not measured",
+    "none": "not measured",
+}
+
+
 def straggler_text(snap: RunSnapshot) -> Text:
-    """Ranks compared by compute (multi-rank runs): each rank's compute and wait, who waits
-    for whom, and the verdict; empty for one rank."""
+    """Ranks compared by their own time (multi-rank runs): each rank's own time by class,
+    its wait and exposed communication, who waits for whom, why; empty for one rank."""
     t = Text()
     v = verdict_of(snap)
     if v is None:
         return t
     t.append(
-        f"ranks by compute (step − all-reduce wait − data wait; medians per step), {v.span}:\n",
+        f"ranks by own time (step − wait at the all-reduce, {_WAIT_HOW.get(v.wait_source, '')}; "
+        f"medians per step), {v.span}:\n",
         style="bold",
     )
     for x in v.ranks:
         mark = "  ← straggler" if x.rank == v.straggler else ""
         t.append(
-            f"  rank {x.rank:<3} compute {fmt_ms(x.compute_ms):>8}"
-            f"  all-reduce wait {fmt_ms(x.allreduce_ms):>8}"
-            f"  data {fmt_ms(x.data_ms):>8}  slowest in {x.slowest}/{v.compared_steps}{mark}\n",
+            f"  rank {x.rank:<3} own {fmt_ms(x.own_ms):>8}  input {fmt_ms(x.data_ms):>8}"
+            f"  h2d {fmt_ms(x.h2d_ms):>8}  compute {fmt_ms(x.compute_ms):>8}"
+            f"  comm hook {fmt_ms(x.launch_ms):>8}  wait {fmt_ms(x.allreduce_ms):>8}"
+            f"  exposed comm {fmt_ms(x.exposed_ms) if ok(x.exposed_ms) else '—':>8}"
+            f"  slowest in {x.slowest}/{v.compared_steps}{mark}\n",
             style="red" if mark else "",
         )
     if v.straggler is not None:
         t.append("straggler: ", style="bold red")
         t.append(f"{v.reason}; {v.who_waits()}\n", style="red")
+        cause = straggler_cause(snap, v)
+        if cause:
+            t.append("cause: ", style="bold red")
+            t.append_text(literal(cause))
+            t.append("\n")
     else:
-        t.append(v.reason + "\n")
+        t.append_text(literal(v.reason))
+        t.append("\n")
     return t
 
 

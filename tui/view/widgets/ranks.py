@@ -8,8 +8,10 @@ import textwrap
 from rich.text import Text
 from textual.widgets import Static
 
+from tui.diagnosis.facts import comm_line, straggler_cause
 from tui.fmt import CLASS_STYLE, class_of, clean, fmt_ms, fmt_pct, ok
 from tui.model.efficiency import efficiency, region_line
+from tui.model.rankstats import StragglerVerdict
 from tui.model.snapshot import UNACCOUNTED, RunSnapshot
 from tui.view.widgets.base import set_title, show_text
 from tui.view.widgets.files import file_problems
@@ -108,6 +110,12 @@ def rank_text(
                 )
             )
             t.stylize("bold red" if run.straggler is not None else "dim", start)
+        real = isinstance(verdict, StragglerVerdict)
+        why = ((straggler_cause(run, verdict), "red"), (comm_line(verdict), "cyan")) if real else ()
+        for line, style in why:  # why the straggler is slow; exposed comm per rank
+            if line:
+                lines = textwrap.wrap(clean(line), width) if width > 8 else [clean(line)]
+                t.append("\n" + "\n".join(lines), style=style)
     return title, t
 
 
