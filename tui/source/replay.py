@@ -77,11 +77,9 @@ class _Cursor:
                     return it.step
             if not self.fill():
                 if self.feed.text is not None and self.eof:
-                    s = self.feed.text.flush()
-                    if s is not None:
-                        from tui.source.decode import row_from_step
-
-                        self.queue.append(row_from_step(s))
+                    row = self.feed.flush_text()
+                    if row is not None:
+                        self.queue.append(row)
                         continue
                 return None
 
@@ -132,7 +130,7 @@ class ReplaySource(ReadLoop):
     ) -> None:
         self.path = os.fspath(path)
         self.use_index = use_index
-        self._cuts: dict[str, list[tuple[int, int]]] = {}
+        self._cuts: dict[str, list[tuple[int, int, int]]] = {}
         self.known_end: int | None = None  # the last step, from the run index (None: unknown)
         self.window = window
         self.speed = float(speed)
@@ -258,19 +256,25 @@ class ReplaySource(ReadLoop):
     def seek(self, step: float) -> None:
         """Show the run as it was right after ``step`` (0: the start, inf: the end)."""
         with self._lock:
-            try:
-                if step < self.position:
-                    best = max((c for c in self.checkpoints if c[0] <= step), key=lambda c: c[0])
-                    self.position = best[0]
-                    self._restore(best[1])
-                if step > self.position:
-                    self._advance_to(step)
-                    self._checkpoint()
-            except _Reset:
-                self._cuts = {}
-                self._open()
-            except _Resegment:
-                self._resegment()
+            for _ in range(64):  # a repeat found on the way: open again knowing it, go on
+                try:
+                    self._seek(step)
+                    return
+                except _Reset:
+                    self._cuts = {}
+                    self._open()
+                    return
+                except _Resegment:
+                    self._resegment()
+
+    def _seek(self, step: float) -> None:
+        if step < self.position:
+            best = max((c for c in self.checkpoints if c[0] <= step), key=lambda c: c[0])
+            self.position = best[0]
+            self._restore(best[1])
+        if step > self.position:
+            self._advance_to(step)
+            self._checkpoint()
 
     def back(self, n: int = 1) -> None:
         self.seek(max(0, self.position - n))

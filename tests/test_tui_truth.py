@@ -1,0 +1,241 @@
+"""Issue 20: no valid step thrown away by one bad line (one record per step number, the
+newest; only a resume supersedes earlier steps), and log text never reaching the screen raw."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stagewatch.records import MAX_INT, RunEnd, RunStart, Step, encode
+from tui.report.summary import summary_dict, summary_text
+from tui.source import decode
+from tui.source.feed import StepSet
+from tui.source.reader import RunSource
+from tui.source.replay import ReplaySource
+
+RUN = "20261126-120000-truth-0001"
+
+
+def _step(n: int, wall: float = 10.0, **kw: object) -> str:
+    d = {
+        "v": "1.0",
+        "kind": "step",
+        "step": n,
+        "time": 1.0,
+        "wall_ms": wall,
+        "samples": 1,
+        "regions": {"a": [4.0, 1], "a/b": [2.0, 1]},
+    }
+    d.update(kw)
+    return json.dumps(d, separators=(",", ":"))
+
+
+def _start(start_step: int = 0, **kw: object) -> str:
+    rec = RunStart(run_id=RUN, rank=0, world_size=1, time=1.0, start_step=start_step)
+    d = json.loads(encode(rec))
+    d.update(kw)
+    return json.dumps(d, separators=(",", ":"))
+
+
+def _write(tmp_path: Path, lines: list[str], name: str = RUN) -> Path:
+    run = tmp_path / name
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "rank0.jsonl").write_text("\n".join(lines) + "\n")
+    return run
+
+
+def _steps_read(run: Path, monkeypatch: pytest.MonkeyPatch, fast: bool) -> tuple[int, int]:
+    """(steps folded, lines malformed) of a whole read, with or without the C fast path."""
+    monkeypatch.setattr(decode, "scan_regions", decode.scan_regions if fast else None)
+    src = RunSource(run, use_index=False).load(parallel=False)
+    snap = src.snapshot()
+    return snap.wall.steps, snap.files[0].malformed
+
+
+def _all_paths(run: Path, monkeypatch: pytest.MonkeyPatch) -> set[tuple[int, int]]:
+    """What every read path makes of a run: fast and pure whole reads, a live read a few
+    bytes at a time, a read through the index, a replay to the end."""
+    got = {_steps_read(run, monkeypatch, True), _steps_read(run, monkeypatch, False)}
+    live = RunSource(run, use_index=False)
+    for f in live.feeds.values():
+        f.tail.chunk = 97
+    for _ in range(10_000):
+        live.poll(budget_s=None)
+        if not live.behind:
+            break
+    s = live.snapshot()
+    got.add((s.wall.steps, s.files[0].malformed))
+    indexed = RunSource(run, use_index=True).load(parallel=False)
+    indexed.save_index(force=True)
+    again = RunSource(run, use_index=True).load(parallel=False)
+    assert again.from_index
+    s = again.snapshot()
+    got.add((s.wall.steps, s.files[0].malformed))
+    rp = ReplaySource(run, playing=False, use_index=False)
+    rp.seek(math.inf)
+    s2 = rp.build().selected
+    assert s2 is not None
+    got.add((s2.wall.steps, s2.files[0].malformed))
+    return got
+
+
+# --------------------------------------------------------------------------- item 4
+
+
+def test_a_negative_step_line_is_refused_and_the_rest_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = [_start(), *(_step(i) for i in range(1, 6)), _step(-1), _step(6), _step(7)]
+    assert _all_paths(_write(tmp_path, lines), monkeypatch) == {(7, 1)}
+
+
+def test_a_duplicate_step_key_keeping_a_bad_value_is_one_bad_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dup = _step(4).replace('"step":4', '"step":4,"step":-4')
+    lines = [_start(), *(_step(i) for i in range(1, 6)), dup, _step(6), _step(7)]
+    assert _all_paths(_write(tmp_path, lines), monkeypatch) == {(7, 1)}
+
+
+def test_steps_going_back_keep_each_number_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 2, 1, 0, -5 after 1..4: 0 and -5 refused; 2 and 1 are newer records of kept numbers
+    lines = [_start(), *(_step(i) for i in range(1, 5)), _step(2), _step(1), _step(0), _step(-5)]
+    lines += [_step(5)]
+    run = _write(tmp_path, lines)
+    assert _all_paths(run, monkeypatch) == {(5, 2)}
+    src = RunSource(run, use_index=False).load()
+    assert src.files()[0].duplicates == 2
+
+
+def test_newest_record_of_a_step_number_wins(tmp_path: Path) -> None:
+    lines = [_start(), _step(1, 10.0), _step(2, 10.0), _step(3, 10.0), _step(2, 40.0)]
+    snap = RunSource(_write(tmp_path, lines), use_index=False).load().snapshot()
+    assert snap.wall.steps == 3 and snap.wall.max == 40.0 and snap.wall.avg == 20.0
+
+
+def test_a_step_far_ahead_is_kept_and_supersedes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    far = 10**11
+    lines = [_start(), _step(1), _step(2), _step(3), _step(far), _step(4), _step(5)]
+    assert _all_paths(_write(tmp_path, lines), monkeypatch) == {(6, 0)}
+
+
+def test_a_resume_supersedes_earlier_steps_above_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # checkpoint at 5, killed at 8; the resumed process reaches only 7: 6..8 of the first
+    # segment are superseded (8 too, although nothing later is numbered 8)
+    lines = [_start(), *(_step(i, 10.0) for i in range(1, 9)), _start(5)]
+    lines += [_step(6, 30.0), _step(7, 30.0)]
+    run = _write(tmp_path, lines)
+    assert _all_paths(run, monkeypatch) == {(7, 0)}
+    snap = RunSource(run, use_index=False).load().snapshot()
+    assert snap.wall.max == 30.0 and snap.wall.avg == pytest.approx((5 * 10 + 2 * 30) / 7)
+
+
+def test_text_log_steps_below_one_are_refused(tmp_path: Path) -> None:
+    from tui.testing import text_log_block
+
+    body = "".join(text_log_block(s, [("Forward", 5.0, [])], 5.0) for s in (1, 2, 0, 3))
+    body += "Step 1" + "0" * 40 + "\n"  # a number past the limits: a line not understood
+    p = tmp_path / "timing_rank0.log"
+    p.write_text(body)
+    snap = RunSource(p, use_index=False).load().snapshot()
+    assert snap.wall.steps == 3
+    assert snap.files[0].malformed == 2
+
+
+def test_step_set_runs() -> None:
+    s = StepSet()
+    s.add_increasing(list(range(1, 101)))
+    s.add_increasing(list(range(110, 200, 10)))
+    s.add(10**11)
+    s.add(105)
+    assert len(s.runs) == 4
+    assert all(x in s for x in (1, 50, 100, 110, 190, 10**11, 105))
+    assert not any(x in s for x in (0, 101, 111, 200, 10**11 - 1))
+    s.drop_above(150)
+    assert 140 in s and 150 in s and 160 not in s and 10**11 not in s and s.high == 150
+
+
+# --------------------------------------------------------------------------- fuzz
+
+_CTRL = "\x00\x07\x1b[31m\x08\r\x7f\u009b\u202e"
+_text = st.text(alphabet=st.sampled_from(list("ab/ é") + list(_CTRL)), min_size=1, max_size=8)
+_step_no = st.one_of(
+    st.integers(-3, 12),  # small numbers: non-positive ones, repeats, steps going back
+    st.sampled_from([10**11, MAX_INT - 1, MAX_INT, -(10**11)]),  # far ahead, at the limits
+)
+
+
+@st.composite
+def _events(draw: st.DrawFn) -> list[tuple[str, int, str]]:
+    out = []
+    for _ in range(draw(st.integers(1, 24))):
+        kind = draw(st.sampled_from(["step"] * 6 + ["start", "eval", "bad"]))
+        out.append((kind, draw(_step_no), draw(_text)))
+    return out
+
+
+def _expected(events: list[tuple[str, int, str]]) -> int:
+    """The steps a reader keeps: numbers 1 <= n < MAX_INT, each the newest record of its
+    number, not followed by a run_start resuming below it."""
+    kept = 0
+    for i, (kind, n, _) in enumerate(events):
+        if kind != "step" or not 1 <= n < MAX_INT:
+            continue
+        later = events[i + 1 :]
+        if any(k == "step" and m == n for k, m, _ in later):
+            continue
+        if any(k == "start" and max(m, 0) < n for k, m, _ in later):
+            continue
+        kept += 1
+    return kept
+
+
+def _line(kind: str, n: int, s: str) -> str:
+    if kind == "step":
+        return _step(n, regions={s: [4.0, 1], f"{s}/{s}": [1.0, 1]}, scalars={s: 1.0})
+    if kind == "start":
+        return _start(max(n, 0), host=s, device=s, gpu_name=s, run_id=s, config={s: s})
+    if kind == "eval":
+        return json.dumps({"v": "1.0", "kind": "eval", "step": max(n, 1), "metrics": {s: 1.0}})
+    return "{" + s  # a bad line holding control characters
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(_events())
+def test_fuzz_step_numbers_and_control_characters(tmp_path_factory, events) -> None:  # type: ignore[no-untyped-def]
+    run = tmp_path_factory.mktemp("truth")
+    lines = [_start(host="h\x1b[2J")] + [_line(*e) for e in events]
+    lines.append(encode(RunEnd(status="failed", error={"type": "E\x07", "message": "m\x00\x1b"})))
+    (run / "rank0.jsonl").write_text("\n".join(x.rstrip("\n") for x in lines) + "\n")
+    want = _expected(events)
+    mp = pytest.MonkeyPatch()
+    try:
+        steps = {s for s, _ in _all_paths(run, mp)}
+    finally:
+        mp.undo()
+    assert steps == {want}
+    snap = RunSource(run, use_index=False).load().snapshot()
+    text = summary_text(snap).plain
+    assert not any(c in text for c in "\x00\x07\x1b\x08\r\x7f\u009b")
+    json.dumps(summary_dict(snap), allow_nan=False)
+
+
+def test_step_record_type_refuses_non_positive_numbers() -> None:
+    from stagewatch.records import RecordError, parse
+
+    with pytest.raises(RecordError, match="step"):
+        parse(_step(0))
+    assert isinstance(parse(_step(MAX_INT - 1)), Step)
