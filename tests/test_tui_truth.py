@@ -239,3 +239,60 @@ def test_step_record_type_refuses_non_positive_numbers() -> None:
     with pytest.raises(RecordError, match="step"):
         parse(_step(0))
     assert isinstance(parse(_step(MAX_INT - 1)), Step)
+
+
+# --------------------------------------------------------------------------- item 3
+
+
+def _replay_app(run: Path):  # type: ignore[no-untyped-def]
+    from tui.view.app import MonitorApp
+
+    src = ReplaySource(run, playing=False, speed=10.0, use_index=False)
+    return src, MonitorApp(src)
+
+
+def test_keys_do_not_pass_through_the_help_screen_into_the_replay(tmp_path: Path) -> None:
+    import asyncio
+
+    from tui.testing import write_run
+    from tui.view.widgets.help import HelpScreen
+
+    run = write_run(tmp_path, steps=30, status=None)
+    src, app = _replay_app(run)
+
+    async def go() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            for _ in range(100):
+                await pilot.pause()
+                if app.world is not None:
+                    break
+            await pilot.press("right", "right")
+            for _ in range(100):
+                await pilot.pause()
+                if src.position == 2:
+                    break
+            await pilot.press("question_mark")
+            await pilot.pause()
+            assert isinstance(app.screen, HelpScreen)
+            await pilot.press("right", "left", "space", "end", "home", "plus")
+            for _ in range(10):
+                await pilot.pause()
+            assert src.position == 2 and not src.playing and src.speed == 10.0
+            await pilot.press("escape")
+            await pilot.pause()
+            assert not isinstance(app.screen, HelpScreen)
+            await pilot.press("right")
+            for _ in range(100):
+                await pilot.pause()
+                if src.position == 3:
+                    break
+            assert src.position == 3
+            await asyncio.sleep(0.7)  # past the panels' gap: they show the newest snapshot
+            for _ in range(5):
+                await pilot.pause()
+            head = app.query_one("#header").content.plain
+            title = str(app.query_one("#tree-box").border_title)
+            assert "step 3 " in head and "whole run (3 steps)" in head, head
+            assert "whole run (3 steps)" in title, title
+
+    asyncio.run(go())
