@@ -296,3 +296,81 @@ def test_keys_do_not_pass_through_the_help_screen_into_the_replay(tmp_path: Path
             assert "whole run (3 steps)" in title, title
 
     asyncio.run(go())
+
+
+# --------------------------------------------------------------------------- item 2
+
+
+def _run_with_validation(root: Path, name: str, ranks: int = 1, steps: int = 40) -> Path:
+    from tui.testing import start_line, step_records
+
+    run = root / name
+    run.mkdir(parents=True)
+    for r in range(ranks):
+        with open(run / f"rank{r}.jsonl", "w") as f:
+            f.write(start_line(name, rank=r, world_size=ranks))
+            for rec in step_records(steps, rank=r, n_regions=6):
+                if rec.step % 10 == 0:  # validation and a checkpoint every 10th step
+                    rec.regions["validation"] = (3000.0, 1)
+                    rec.regions["checkpoint"] = (800.0, 1)
+                    rec.wall_ms += 3800.0
+                f.write(encode(rec))
+    return run
+
+
+def test_compare_figures_are_the_summarys(tmp_path: Path) -> None:
+    from tui.report.compare import compare_paths, comparison_dict
+    from tui.report.summary import open_run
+
+    a = _run_with_validation(tmp_path, "a")
+    b = _run_with_validation(tmp_path, "b")
+    c = compare_paths([a, b])
+    assert c.warnings == ()
+    d = summary_dict(open_run(a))
+    by_name = {r["name"]: r for r in [*d["regions"], d["unaccounted"]]}
+    rows = comparison_dict(c)["regions"]
+    assert {r["name"] for r in rows} == set(by_name)
+    for r in rows:
+        s = by_name[r["name"]]
+        assert r["runs"][0]["ms"] == s["avg_ms"] and r["runs"][0]["share"] == s["share"], r
+    val = next(r for r in rows if r["name"] == "validation")["runs"][0]
+    assert val["share"] < 0.2 and val["ms"] == 3000.0  # not 3000 ms over one step's time
+    assert comparison_dict(c)["step"]["runs"][0]["ms"] == d["step_ms"]["avg_ms"]
+
+
+def test_compare_warns_when_runs_differ_in_shape(tmp_path: Path) -> None:
+    from tui.report.compare import compare_paths, comparison_text
+
+    a = _run_with_validation(tmp_path, "a", ranks=1, steps=40)
+    b = _run_with_validation(tmp_path, "b", ranks=2, steps=30)
+    c = compare_paths([a, b])
+    text = comparison_text(c).plain
+    assert any("world size: A 1, B 2" in w for w in c.warnings), c.warnings
+    assert any("steps: A 40, B 30" in w for w in c.warnings), c.warnings
+    assert "warning: the runs differ in world size" in text
+    assert "samples/s (2 ranks)" in text
+
+
+def test_compare_screen_has_help(tmp_path: Path) -> None:
+    import asyncio
+
+    from tui.report.compare import compare_paths
+    from tui.view.widgets.compare import CompareApp, CompareScreen
+    from tui.view.widgets.help import HelpScreen
+
+    c = compare_paths([_run_with_validation(tmp_path, "a"), _run_with_validation(tmp_path, "b")])
+    app = CompareApp(c)
+
+    async def go() -> None:
+        async with app.run_test(size=(120, 30)) as pilot:
+            await pilot.pause()
+            for key in ("question_mark", "f1"):
+                await pilot.press(key)
+                await pilot.pause()
+                assert isinstance(app.screen, HelpScreen)
+                assert "Close the comparison" in str(app.screen.table.columns[1]._cells)
+                await pilot.press("escape")
+                await pilot.pause()
+                assert isinstance(app.screen, CompareScreen)
+
+    asyncio.run(go())
