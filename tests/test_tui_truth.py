@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -374,3 +375,106 @@ def test_compare_screen_has_help(tmp_path: Path) -> None:
                 assert isinstance(app.screen, CompareScreen)
 
     asyncio.run(go())
+
+
+# --------------------------------------------------------------------------- item 5
+
+_HOSTILE = "x\x00\x07\x1b[31mR\x08\x7f\u009b[2J"
+_RAW = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_IN_PATH = "\x07\x1b[31m\u009b"  # what a folder name can hold (no NUL, no /)
+
+
+def _hostile_run(root: Path, name: str) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    body = [_start(host=_HOSTILE, device=_HOSTILE, gpu_name=_HOSTILE, config={_HOSTILE: _HOSTILE})]
+    for i in range(1, 6):
+        body.append(
+            _step(
+                i,
+                regions={_HOSTILE: [4.0, 1], f"{_HOSTILE}/{_HOSTILE}": [2.0, 1]},
+                scalars={_HOSTILE: 1.0},
+                memory={_HOSTILE: 5},
+            )
+        )
+    body.append("{" + _HOSTILE)
+    body.append(json.dumps({"v": "1.0", "kind": "eval", "step": 5, "metrics": {_HOSTILE: 1.0}}))
+    end = {"v": "1.0", "kind": "run_end", "status": "failed"}
+    end["error"] = {"type": _HOSTILE, "message": _HOSTILE}  # type: ignore[assignment]
+    body.append(json.dumps(end))
+    (run / "rank0.jsonl").write_text("\n".join(body) + "\n")
+    return run
+
+
+def test_control_characters_never_reach_the_screen_raw(tmp_path: Path) -> None:
+    import asyncio
+
+    from tui.source.live import LiveSource
+    from tui.view.app import MonitorApp
+    from tui.view.widgets.tree import StageTree
+
+    root = tmp_path / "logs"
+    _hostile_run(root, f"20261126-120000-a{_IN_PATH}")
+    app = MonitorApp(LiveSource(root, poll=True, interval=0.05, stale_after=1e9))
+
+    def raw_on_screen() -> set[str]:
+        return set(_RAW.findall(app.export_screenshot()))
+
+    async def go() -> None:
+        async with app.run_test(size=(160, 45)) as pilot:
+            for _ in range(200):
+                await pilot.pause(0.02)
+                if app.world is not None and app.world.selected is not None:
+                    break
+            await asyncio.sleep(1.1)
+            await pilot.pause()
+            tree = app.query_one(StageTree)
+            tree.move_cursor(tree.nodes_by_name[_HOSTILE])
+            await pilot.pause()
+            title = app.query_one("#ranks").border_title
+            assert title is not None and "\\x1b" in str(title) and not _RAW.search(str(title))
+            assert raw_on_screen() == set()
+            # a new run whose folder name holds them: the notice names it escaped
+            _hostile_run(root, f"20261126-130000-b{_IN_PATH}")
+            for _ in range(200):
+                await pilot.pause(0.02)
+                if app._notifications:
+                    break
+            notes = [n.message for n in app._notifications]
+            assert notes and all(not _RAW.search(str(m)) for m in notes), notes
+            assert raw_on_screen() == set()
+            await pilot.press("ctrl+p")
+            await pilot.pause()
+            await pilot.press(*"run")
+            await pilot.pause()
+            assert raw_on_screen() == set()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["summary", "{run}"],
+        ["summary", "--json", "{run}"],
+        ["summary", "{root}"],
+        ["compare", "--text", "{run}", "{run}"],
+        ["export", "--format", "csv", "{run}"],
+        ["export", "--format", "chrome", "{run}"],
+        ["summary", "{root}/no\x07such"],
+    ],
+)
+def test_control_characters_never_reach_cli_lines_raw(
+    tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tui.cli import main
+
+    root = tmp_path / "logs"
+    run = _hostile_run(root, f"20261126-120000-a{_IN_PATH}")
+    try:
+        main([a.format(run=run, root=root) for a in argv])
+    except SystemExit:
+        pass
+    out, err = capsys.readouterr()
+    assert out or err
+    assert not _RAW.search(out.replace("\n", "")) and not _RAW.search(err.replace("\n", ""))
