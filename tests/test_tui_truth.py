@@ -478,3 +478,62 @@ def test_control_characters_never_reach_cli_lines_raw(
     out, err = capsys.readouterr()
     assert out or err
     assert not _RAW.search(out.replace("\n", "")) and not _RAW.search(err.replace("\n", ""))
+
+
+# --------------------------------------------------------------------------- item 8
+
+
+def test_summary_of_a_log_root_is_its_newest_run_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tui.cli import main
+    from tui.testing import write_run
+
+    root = tmp_path / "logs"
+    write_run(root, "20261126-120000-new-0001", steps=7, t0=2_000_000_000.0)
+    write_run(root, "20261126-130000-old-0001", steps=3, t0=1_000_000_000.0)  # started first
+    assert main(["summary", str(root)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("20261126-120000-new-0001") and "step 7/" in out
+    assert "its newest run" in err and "20261126-120000-new-0001" in err
+    assert main(["summary", "--json", str(root)]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == "20261126-120000-new-0001"
+
+
+def test_summary_depth_and_top(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tui.cli import main
+    from tui.testing import write_run
+
+    run = write_run(tmp_path, steps=5, n_regions=30)
+    assert main(["summary", "--json", str(run)]) == 0
+    every = json.loads(capsys.readouterr().out)["regions"]
+    assert main(["summary", "--json", "--depth", "1", str(run)]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in d["regions"]} == {r["name"] for r in every if r["depth"] == 0}
+    assert d["regions_left_out"] == len(every) - len(d["regions"]) > 0
+    assert main(["summary", "--json", "--top", "3", str(run)]) == 0
+    top = json.loads(capsys.readouterr().out)["regions"]
+    names = {r["name"] for r in top}
+    biggest = sorted(every, key=lambda r: r["share"], reverse=True)[:3]
+    assert {r["name"] for r in biggest} <= names
+    assert all(r["parent"] is None or r["parent"] in names for r in top)  # the tree reads
+    assert main(["summary", "--depth", "2", "--top", "4", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert "more regions not shown" in text and "block" not in text
+    with pytest.raises(SystemExit) as e:
+        main(["summary", "--top", "0", str(run)])
+    assert e.value.code == 2 and "--top: expected a whole number >= 1" in capsys.readouterr().err
+
+
+def test_export_message_counts_steps_not_rank_steps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tui.cli import main
+    from tui.testing import write_run
+
+    run = write_run(tmp_path, steps=80, ranks=2, n_regions=3)
+    assert main(["export", "--format", "csv", str(run), "-o", str(tmp_path / "x.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "160 rows from 2 rank(s), 80 steps" in err, err
+    assert main(["export", str(run), "-o", str(tmp_path / "x.json")]) == 0
+    assert "from 2 rank(s), 80 steps" in capsys.readouterr().err

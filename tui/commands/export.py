@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     where = clean(out_path) if out_path is not None else "stdout"
-    what = f"{stats.events} events" if args.format == "chrome" else f"{stats.steps} rows"
+    what = f"{stats.events} events" if args.format == "chrome" else f"{stats.rows} rows"
     print(f"wrote {where}: {what} from {stats.ranks} rank(s), {stats.steps} steps", file=sys.stderr)
     if stats.malformed:
         print(

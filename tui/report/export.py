@@ -52,6 +52,7 @@ from stagewatch.records import (
     rank_of_file,
     unaccounted_ms,
 )
+from tui.source.feed import StepSet
 
 MiB = 1024.0**2
 
@@ -61,10 +62,20 @@ class ExportStats:
     """What an export read and wrote."""
 
     ranks: int = 0
-    steps: int = 0
+    steps: int = 0  # step numbers (an 80-step run of 2 ranks: 80)
+    rows: int = 0  # steps of each rank (of that run: 160)
     events: int = 0
     malformed: int = 0
     errors: list[str] = field(default_factory=list)  # first few bad lines, "file:line: why"
+
+    seen: StepSet = field(default_factory=StepSet, repr=False)
+
+    def step(self, n: int) -> None:
+        """A step of one rank written."""
+        self.rows += 1
+        if n not in self.seen:
+            self.seen.add(n)
+            self.steps += 1
 
     def bad(self, path: Path, lineno: int, why: str) -> None:
         self.malformed += 1
@@ -250,7 +261,7 @@ def write_chrome(
                 elif isinstance(rec, Step):
                     if not in_range(rec.step, steps):
                         continue
-                    stats.steps += 1
+                    stats.step(rec.step)
                     # steps of a process follow each other (wall_ms is the time between
                     # step() calls); time.time() and the step clock may disagree by a few
                     # µs, so a step never starts before the previous one ended (proper
@@ -439,6 +450,6 @@ def write_csv(
                 f"step {step} of rank {rank} could not be exported ({type(e).__name__})",
             )
             continue
-        stats.steps += 1
+        stats.step(step)
         w.writerow(row)
     return stats
