@@ -537,3 +537,22 @@ def test_export_message_counts_steps_not_rank_steps(
     assert "160 rows from 2 rank(s), 80 steps" in err, err
     assert main(["export", str(run), "-o", str(tmp_path / "x.json")]) == 0
     assert "from 2 rank(s), 80 steps" in capsys.readouterr().err
+
+
+def test_export_keeps_the_steps_the_reader_keeps(tmp_path: Path) -> None:
+    import csv
+    import io
+
+    from tui.report.export import write_chrome, write_csv
+
+    lines = [_start(), *(_step(i, 10.0) for i in range(1, 9)), _step(-1), _start(5)]
+    lines += [_step(6, 30.0), _step(7, 30.0), _step(3, 50.0), _step(10**11)]
+    run = _write(tmp_path, lines)
+    snap = RunSource(run, use_index=False).load().snapshot()
+    buf = io.StringIO()
+    stats = write_csv(run, buf)
+    rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    assert sorted(int(r["step"]) for r in rows) == [1, 2, 3, 4, 5, 6, 7, 10**11]
+    assert stats.steps == snap.wall.steps == 8
+    assert {r["step"]: float(r["wall_ms"]) for r in rows}["3"] == 50.0  # the newest record
+    assert write_chrome(run, io.StringIO()).steps == 8

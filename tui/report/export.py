@@ -52,7 +52,7 @@ from stagewatch.records import (
     rank_of_file,
     unaccounted_ms,
 )
-from tui.source.feed import StepSet
+from tui.source.feed import Feed, StepSet, read_cuts
 
 MiB = 1024.0**2
 
@@ -69,6 +69,7 @@ class ExportStats:
     errors: list[str] = field(default_factory=list)  # first few bad lines, "file:line: why"
 
     seen: StepSet = field(default_factory=StepSet, repr=False)
+    cuts: dict[Path, Feed] = field(default_factory=dict, repr=False)  # read once per file
 
     def step(self, n: int) -> None:
         """A step of one rank written."""
@@ -139,15 +140,22 @@ def _starts_with_record(p: Path) -> bool:
 
 
 def records(path: Path, stats: ExportStats) -> Iterator[Any]:
-    """Valid records of one rank file, in order (bad lines counted in ``stats``)."""
+    """Valid records of one rank file, in order (bad lines counted in ``stats``). Steps are
+    those the monitor keeps: one record per step number, the newest; a resume supersedes
+    the earlier segment's steps above its start (:class:`tui.source.feed.Feed`)."""
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed by the with below, after the error check
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    cuts = stats.cuts.get(path)
+    if cuts is None:
+        cuts = stats.cuts[path] = read_cuts(str(path))
+    n = 0  # non-blank lines, as the reader numbers them
     with f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            n += 1
             if not line.endswith(b"\n"):
                 break  # a partial last line of a run still being written
             try:
@@ -158,8 +166,11 @@ def records(path: Path, stats: ExportStats) -> Iterator[Any]:
             except (ValueError, OverflowError, RecursionError, UnicodeError) as e:
                 stats.bad(path, i, f"not a valid record ({type(e).__name__})")
                 continue
-            if rec is not None:
-                yield rec
+            if rec is None:
+                continue
+            if type(rec) is Step and cuts.cuts and cuts.superseded(rec.step, n):
+                continue
+            yield rec
 
 
 # --------------------------------------------------------------------------- chrome

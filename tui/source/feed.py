@@ -3,6 +3,7 @@ records folded into the run's aggregate in file order."""
 
 from __future__ import annotations
 
+import bisect
 import math
 from itertools import islice
 from operator import lt
@@ -270,6 +271,14 @@ class Feed:
             self._known.add(cut)
             self.resegment = True
 
+    def superseded(self, step: int, n: int) -> bool:
+        """Whether the step record numbered ``step`` on (non-blank) line ``n`` is superseded,
+        by the cuts known (all of them once the file was read to its end)."""
+        i = bisect.bisect_right(self._resumes, (n, MAX_INT, MAX_INT))  # the resumes after n
+        if i < len(self._limits) and step >= self._limits[i]:
+            return True
+        return self._newest.get(step, 0) > n
+
     def parse(self, lines: list[bytes], blocks: bool = False) -> list[Any]:
         """Lines -> StepRows and other records, in file order; bad lines are counted.
 
@@ -408,3 +417,24 @@ class Feed:
         row = self.flush_text()
         if row is not None:
             agg.add_steps(self.rank, [row])
+
+
+def read_cuts(path: str) -> Feed:
+    """A JSONL file read to its end for its cuts only (nothing folded): its
+    :meth:`Feed.superseded` then tells which step records count (``tui export``)."""
+    feed = Feed(path, 0, "jsonl")
+    feed.tail.chunk = 1 << 20
+    for _ in range(MAX_CUTS + 1):
+        while True:
+            lines, reset, more = feed.tail.read()
+            if reset:
+                feed.reset()
+                continue
+            if lines:
+                feed.parse(lines, blocks=True)
+            if not more:
+                break
+        if not feed.resegment:
+            break
+        feed.reset(keep_cuts=True)
+    return feed
