@@ -556,3 +556,28 @@ def test_export_keeps_the_steps_the_reader_keeps(tmp_path: Path) -> None:
     assert stats.steps == snap.wall.steps == 8
     assert {r["step"]: float(r["wall_ms"]) for r in rows}["3"] == 50.0  # the newest record
     assert write_chrome(run, io.StringIO()).steps == 8
+
+
+def test_steps_after_a_far_jump_stay_one_run_each(tmp_path: Path) -> None:
+    s = StepSet()
+    s.add_increasing([1, 2, 3])
+    s.add(10**11)
+    for n in range(4, 5000):
+        assert n not in s
+        s.add(n)
+    assert len(s.runs) == 3 and 4999 in s and 5000 not in s
+
+
+def test_a_text_logs_last_block_repeating_a_step_is_kept_once(tmp_path: Path) -> None:
+    from tui.testing import text_log_block
+
+    body = "".join(text_log_block(s, [("Forward", 5.0, [])], 5.0) for s in (1, 2, 3))
+    body += "Step 2\nForward : 9.00ms\n"  # the last block, no Total line: a newer step 2
+    p = tmp_path / "timing_rank0.log"
+    p.write_text(body)
+    snap = RunSource(p, use_index=False).load().snapshot()
+    assert snap.wall.steps == 3 and snap.wall.max == 9.0
+    rp = ReplaySource(p, playing=False, use_index=False)
+    rp.seek(math.inf)
+    s2 = rp.build().selected
+    assert s2 is not None and s2.wall.steps == 3 and s2.wall.max == 9.0

@@ -48,52 +48,54 @@ def _suffix_min(xs: list[int]) -> list[float]:
 class StepSet:
     """The step numbers of a file kept so far, as arithmetic runs ``[first, last, stride]``
     (stride 0: one number): a run's steps 1, 2, 3, ... or every 10th are one run, a jump or
-    a stray record one more. Bounded by :data:`MAX_RUNS`; past it a number is not added (a
-    later repeat of it is then not found, and both records count)."""
+    a stray record one more; the numbers after a jump (far ahead or back) extend the run
+    they continue. Bounded by :data:`MAX_RUNS`; past it a number is not added (a later
+    repeat of it is then not found, and both records count)."""
 
-    __slots__ = ("high", "runs")
+    __slots__ = ("_cur", "high", "runs")
 
     def __init__(self, runs: list[list[int]] | None = None) -> None:
         self.runs: list[list[int]] = [list(r) for r in runs] if runs else []
         self.high = max((r[1] for r in self.runs), default=0)  # the highest number held
+        self._cur: list[int] | None = self.runs[-1] if self.runs else None  # last added to
 
     def __contains__(self, s: int) -> bool:
         if s > self.high:
             return False
-        for first, last, d in self.runs:
+        for first, last, d in reversed(self.runs):
             if first <= s <= last and (s == first if d == 0 else (s - first) % d == 0):
                 return True
         return False
 
     def add(self, s: int) -> None:
         """Add ``s`` (not held yet)."""
-        runs = self.runs
-        if runs and s > self.high:
-            r = runs[-1]
-            if r[1] == self.high and (r[2] == 0 or s - r[1] == r[2]):
-                r[2] = s - r[0] if r[2] == 0 else r[2]
-                r[1] = s
-                self.high = s
-                return
-        if len(runs) < MAX_RUNS:
-            runs.append([s, s, 0])
-            self.high = max(self.high, s)
+        r = self._cur
+        if r is not None and s > r[1] and (r[2] == 0 or s - r[1] == r[2]):
+            if r[2] == 0:
+                r[2] = s - r[0]
+            r[1] = s
+        elif len(self.runs) < MAX_RUNS:
+            r = [s, s, 0]
+            self.runs.append(r)
+        else:
+            return
+        self._cur = r
+        if s > self.high:
+            self.high = s
 
     def add_increasing(self, steps: list[int]) -> None:
         """Add increasing numbers, all above :attr:`high` (the usual batch: no Python loop
         when they continue the last run)."""
-        runs = self.runs
         d = steps[1] - steps[0] if len(steps) > 1 else 0
         if d and steps == list(range(steps[0], steps[-1] + 1, d)):
-            r = runs[-1] if runs else None
-            if r is not None and r[1] == self.high:
-                gap = steps[0] - r[1]
-                if (r[2] == 0 and gap == d) or (r[2] == d and gap == d):
-                    r[1], r[2] = steps[-1], d
-                    self.high = steps[-1]
-                    return
-            if len(runs) < MAX_RUNS:
-                runs.append([steps[0], steps[-1], d])
+            r = self._cur
+            if r is not None and steps[0] - r[1] == d and r[2] in (0, d):
+                r[1], r[2] = steps[-1], d
+                self.high = steps[-1]
+                return
+            if len(self.runs) < MAX_RUNS:
+                self._cur = [steps[0], steps[-1], d]
+                self.runs.append(self._cur)
                 self.high = steps[-1]
                 return
         for s in steps:
@@ -112,6 +114,7 @@ class StepSet:
             keep.append([first, last, d if last > first else 0])
         self.runs = keep
         self.high = max((r[1] for r in keep), default=0)
+        self._cur = keep[-1] if keep else None
 
 
 class FeedState(msgspec.Struct, frozen=True):
