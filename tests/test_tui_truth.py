@@ -181,7 +181,7 @@ _step_no = st.one_of(
 def _events(draw: st.DrawFn) -> list[tuple[str, int, str]]:
     out = []
     for _ in range(draw(st.integers(1, 24))):
-        kind = draw(st.sampled_from(["step"] * 6 + ["start", "eval", "bad"]))
+        kind = draw(st.sampled_from(["step"] * 6 + ["start", "eval", "end", "version", "bad"]))
         out.append((kind, draw(_step_no), draw(_text)))
     return out
 
@@ -204,16 +204,24 @@ def _expected(events: list[tuple[str, int, str]]) -> int:
 
 def _line(kind: str, n: int, s: str) -> str:
     if kind == "step":
-        return _step(n, regions={s: [4.0, 1], f"{s}/{s}": [1.0, 1]}, scalars={s: 1.0})
+        return _step(
+            n, regions={s: [4.0, 1], f"{s}/{s}": [1.0, 1]}, scalars={s: 1.0}, memory={s: 1}
+        )
+    if kind == "version":  # a step whose version string holds them: one malformed line
+        return _step(n, v=f"x{s}.0")
     if kind == "start":
         return _start(max(n, 0), host=s, device=s, gpu_name=s, run_id=s, config={s: s})
     if kind == "eval":
         return json.dumps({"v": "1.0", "kind": "eval", "step": max(n, 1), "metrics": {s: 1.0}})
+    if kind == "end":
+        return json.dumps(
+            {"v": "1.0", "kind": "run_end", "status": "failed", "error": {"type": s, "message": s}}
+        )
     return "{" + s  # a bad line holding control characters
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(_events())
 def test_fuzz_step_numbers_and_control_characters(tmp_path_factory, events) -> None:  # type: ignore[no-untyped-def]
