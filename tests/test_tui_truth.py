@@ -589,3 +589,18 @@ def test_a_text_logs_last_block_repeating_a_step_is_kept_once(tmp_path: Path) ->
     rp.seek(math.inf)
     s2 = rp.build().selected
     assert s2 is not None and s2.wall.steps == 3 and s2.wall.max == 9.0
+
+
+def test_compare_tells_samples_per_step_of_runs_without_a_config(tmp_path: Path) -> None:
+    from tui.report.compare import compare_paths
+    from tui.testing import write_run
+
+    a = write_run(tmp_path / "a", ranks=2, straggler=1)  # a slow rank: not another batch size
+    b = write_run(tmp_path / "b", ranks=2)
+    for run in (a, b):
+        p = run / "rank0.jsonl"
+        p.write_text(p.read_text().replace('"config":{"TRAIN":{"BATCH_SIZE":1}},', ""))
+        assert "BATCH_SIZE" not in p.read_text()
+    c = compare_paths([a, b])
+    assert c.warnings == ()
+    assert [r.batch for r in c.runs] == [1.0, 1.0] and c.warnings == ()

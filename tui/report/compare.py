@@ -96,10 +96,13 @@ def _batch(s: RunSnapshot) -> float | None:
     b = train.get("BATCH_SIZE") if isinstance(train, dict) else None
     if isinstance(b, int | float) and not isinstance(b, bool) and b > 0:
         return float(b)
-    sps, ms = s.samples_per_s, s.wall.avg
-    if ok(sps) and sps > 0 and ok(ms) and ms > 0:
-        return sig(sps * ms / 1000.0 / max(1, s.world_size), 3)
-    return None
+    # each rank's samples per step: its samples/s times its mean step time
+    per = [
+        ri.samples_per_s * ri.wall.avg / 1000.0
+        for ri in s.rank_info
+        if ok(ri.samples_per_s) and ri.samples_per_s > 0 and ok(ri.wall.avg)
+    ]
+    return sig(sum(per) / len(per), 3) if per else None
 
 
 def _steps_read(s: RunSnapshot) -> int:
