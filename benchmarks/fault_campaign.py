@@ -535,9 +535,8 @@ def _t_resumed(d: Path) -> bool:
     run = d / "r"
     run.mkdir()
     body = start_line("r", total_steps=100) + _steps(1, 56)
-    body += start_line("r", total_steps=100).replace(
-        '"kind":"run_start"', '"kind":"run_start","start_step":50', 1
-    )
+    # (one start_step key: with two, the last one, 0, would be the one read)
+    body += start_line("r", total_steps=100).replace('"start_step":0', '"start_step":50', 1)
     body += _steps(51, 100, 6.0)
     (run / "rank0.jsonl").write_text(body)
     src = RunSource(run, use_index=False)

@@ -105,6 +105,7 @@ Version = Annotated[
 ]
 Int = Annotated[int, _M(gt=-MAX_INT, lt=MAX_INT)]
 Count = Annotated[int, _M(ge=0, lt=MAX_INT)]
+StepNo = Annotated[int, _M(ge=1, lt=MAX_INT)]  # step numbers start at 1
 Ms = Annotated[float, _M(ge=0, lt=MAX_MS)]
 Time = Annotated[float, _M(ge=-MAX_TIME, le=MAX_TIME)]
 Value = Annotated[float, _M(gt=-MAX_ABS_NUMBER, lt=MAX_ABS_NUMBER)]
@@ -166,7 +167,7 @@ class Step(msgspec.Struct, tag_field="kind", tag=KIND_STEP, kw_only=True, gc=Fal
     """One training step of one rank. ``regions`` maps name -> (inclusive ms, calls)."""
 
     version: Version = msgspec.field(default=FORMAT_VERSION, name="v")
-    step: Int
+    step: StepNo
     epoch: Int = 0
     time: Time = 0.0
     wall_ms: Ms

@@ -24,6 +24,7 @@ from stagewatch.timing import (
     set_global_timing_logger,
     timed,
 )
+from stagewatch.timing.jsonl import TimingWarning
 from stagewatch.timing.sinks import ConsoleSink, JsonlSink
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,10 +167,11 @@ def test_decorator_binds_at_call_time(tmp_path, clock):
 def test_steps_split_regions_and_numbering(tmp_path, clock):
     lg = make(tmp_path, start_step=100, samples_per_step=4)
     set_global_timing_logger(lg)
-    for i in range(3):
-        with timed("forward"):
-            clock.advance_ms(10 + i)
-        lg.step(epoch=2, scalars={"loss": 0.5 - i * 0.1, "bad": "x"})
+    with pytest.warns(TimingWarning, match="not a number"):
+        for i in range(3):
+            with timed("forward"):
+                clock.advance_ms(10 + i)
+            lg.step(epoch=2, scalars={"loss": 0.5 - i * 0.1, "bad": "x"})
     lg.log_eval(103, {"psnr": 28.0, "nan": float("nan")})
     lg.close()
     recs = read_records(lg)
@@ -496,7 +498,8 @@ def test_several_ranks_without_a_shared_id_warn(tmp_path, monkeypatch):
 def test_memory_recorded_and_override(tmp_path):
     lg = TimingLogger(tmp_path, enable_console=False, handle_sigterm=False)
     lg.step()
-    lg.step(memory={"allocated": 5, "reserved": 7.0, "bad": "x"})
+    with pytest.warns(TimingWarning, match="not a byte count"):
+        lg.step(memory={"allocated": 5, "reserved": 7.0, "bad": "x"})
     lg.close()
     s1, s2 = steps_of(lg)
     if os.path.exists("/proc/self/statm"):

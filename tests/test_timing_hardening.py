@@ -190,10 +190,12 @@ def test_every_value_the_writer_accepts_the_reader_accepts(tmp_path):
     big = R.MAX_MS * 0.99
     lg.log("near_limit", big)  # accepted: must be read back
     lg.log("a" * (R.MAX_NAME_CHARS + 1), 1.0)  # name too long: dropped by the writer
-    lg.step(scalars={"s": R.MAX_ABS_NUMBER * 0.5, "t": -1e299})
+    with pytest.warns(TimingWarning, match="beyond the record limits"):
+        lg.step(scalars={"s": R.MAX_ABS_NUMBER * 0.5, "t": -1e299})
     lg.log("x", big)
     lg.log("y", big)  # together beyond the per-step limit: left out by the writer
-    lg.step(memory={"peak": R.MAX_BYTES_VALUE - 1})
+    with pytest.warns(TimingWarning, match="sum to more than"):
+        lg.step(memory={"peak": R.MAX_BYTES_VALUE - 1})
     lg.log_eval(2, {"m": 1e299})
     lg.close()
     rows = [parse_line(x) for x in lines_of(lg)]  # the monitor's parser: raises if it refuses

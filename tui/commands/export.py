@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     where = clean(out_path) if out_path is not None else "stdout"
-    what = f"{stats.events} events" if args.format == "chrome" else f"{stats.steps} rows"
+    what = f"{stats.events} events" if args.format == "chrome" else f"{stats.rows} rows"
     merged = f", {stats.traces} profiler trace(s)" if stats.traces else ""
     print(
         f"wrote {where}: {what} from {stats.ranks} rank(s), {stats.steps} steps{merged}",

@@ -11,6 +11,7 @@ marked: that is where the time goes without matrix work to show for it. Torch-fr
 from __future__ import annotations
 
 import math
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,8 +146,11 @@ def fmt_tflops(x: float) -> str:
     return f"{x:.3g}" if x < 1000 else f"{x:.0f}"
 
 
-def efficiency_lines(eff: Efficiency | None) -> list[tuple[str, str]]:
-    """(text, style) lines for ``tui summary``: the step's figures, then each region."""
+def efficiency_lines(
+    eff: Efficiency | None, only: Container[str] | None = None
+) -> list[tuple[str, str]]:
+    """(text, style) lines for ``tui summary``: the step's figures, then each region (of
+    ``only``, when given: the regions the summary shows)."""
     if eff is None:
         return []
     head = (
@@ -159,6 +163,8 @@ def efficiency_lines(eff: Efficiency | None) -> list[tuple[str, str]]:
         head += f", MFU unknown (no peak for this device: set {ENV_PEAK} or --peak-tflops)"
     lines = [(head, "bold")]
     for r in eff.regions:
+        if only is not None and r.name not in only:
+            continue
         mfu = f"  MFU {r.mfu:.2%}" if r.mfu is not None else ""
         mark = "  far below the step's average" if r.low else ""
         lines.append(

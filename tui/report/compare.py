@@ -2,8 +2,11 @@
 first run (the baseline). Torch-free and Textual-free; the screen is ``tui.view.widgets.compare``.
 
 Statistics are whole-run figures from the monitor's aggregation (``avg`` by default, or the
-median ``p50``, which ignores a slow first step), so a comparison reads the same numbers as
-``tui summary`` of each run.
+median ``p50``, which ignores a slow first step), and each share is the region's share of the
+step wall time as ``tui summary`` computes it (a region that does not run every step, like
+validation, has its total over the run's total, not its time per call over a step), so a
+comparison reads the same numbers as ``tui summary`` of each run. Runs of different shapes
+(world size, samples per step per rank, steps) are compared with a warning saying so.
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ class RunColumn:
     state: str
     steps: int
     step_ms: float
-    samples_per_s: float
+    samples_per_s: float  # summed over the ranks, as tui summary
     mem_peak: int | None
+    world_size: int = 1
+    batch: float | None = None  # samples per step per rank (None: unknown)
+    steps_read: int = 0  # steps the figures are of (as tui summary's span names them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,7 @@ class Comparison:
     stat: str
     step: Row
     regions: tuple[Row, ...]  # tree order, then the unaccounted time
+    warnings: tuple[str, ...] = ()  # the runs differ in shape: figures not like for like
 
 
 def label(i: int) -> str:
@@ -81,8 +88,54 @@ def _value(s: Stats | None, stat: str) -> float:
     return float(getattr(s, stat))
 
 
+def _batch(s: RunSnapshot) -> float | None:
+    """Samples per step per rank: the config's ``TRAIN.BATCH_SIZE`` (the trainer's), else
+    from the run's throughput and step time (None when it cannot be told)."""
+    cfg = s.config or {}
+    train = cfg.get("TRAIN") if isinstance(cfg, dict) else None
+    b = train.get("BATCH_SIZE") if isinstance(train, dict) else None
+    if isinstance(b, int | float) and not isinstance(b, bool) and b > 0:
+        return float(b)
+    # each rank's samples per step: its samples/s times its mean step time
+    per = [
+        ri.samples_per_s * ri.wall.avg / 1000.0
+        for ri in s.rank_info
+        if ok(ri.samples_per_s) and ri.samples_per_s > 0 and ok(ri.wall.avg)
+    ]
+    return sig(sum(per) / len(per), 3) if per else None
+
+
+def _steps_read(s: RunSnapshot) -> int:
+    return max((ri.wall.steps for ri in s.rank_info), default=0) or s.step
+
+
+def shape_warnings(cols: Sequence[RunColumn]) -> tuple[str, ...]:
+    """One line per way the runs differ in shape, naming each run's value."""
+    out = []
+    for what, get in (
+        ("world size", lambda c: c.world_size),
+        ("samples per step per rank", lambda c: c.batch),
+        ("steps", lambda c: c.steps_read),
+    ):
+        vals = [get(c) for c in cols]
+        known = [v for v in vals if v is not None]
+        if len(set(known)) > 1:
+            each = ", ".join(
+                f"{c.label} {v:g}" if v is not None else f"{c.label} ?"
+                for c, v in zip(cols, vals, strict=True)
+            )
+            note = ""
+            if what == "world size":
+                note = " (samples/s are of all ranks: compare per rank)"
+            elif what == "steps":
+                note = " (averages over different spans)"
+            out.append(f"the runs differ in {what}: {each}{note}")
+    return tuple(out)
+
+
 def compare_snapshots(snaps: Sequence[RunSnapshot], stat: str = "avg") -> Comparison:
-    """Compare run snapshots (whole-run statistics); the first one is the baseline."""
+    """Compare run snapshots (whole-run statistics); the first one is the baseline. Each
+    figure is the one ``tui summary`` shows of that run (its ``stat`` and its share)."""
     if stat not in STATS:
         raise ValueError(f"stat must be one of {STATS}")
     cols = tuple(
@@ -95,6 +148,9 @@ def compare_snapshots(snaps: Sequence[RunSnapshot], stat: str = "avg") -> Compar
             _value(s.wall, stat),
             s.samples_per_s,
             s.mem_peak,
+            s.world_size,
+            _batch(s),
+            _steps_read(s),
         )
         for i, s in enumerate(snaps)
     )
@@ -108,15 +164,15 @@ def compare_snapshots(snaps: Sequence[RunSnapshot], stat: str = "avg") -> Compar
     rows = []
     for name in [*names, UNACCOUNTED]:
         ms, share = [], []
-        for s, c in zip(snaps, cols, strict=True):
-            r = s.region(name)
-            v = _value(r.whole if r else None, stat)
-            ms.append(v)
-            share.append(v / c.step_ms if ok(v) and ok(c.step_ms) and c.step_ms > 0 else NAN)
+        for s in snaps:
+            r = s.unaccounted if name == UNACCOUNTED else s.region(name)
+            w = r.whole if r else None
+            ms.append(_value(w, stat))
+            share.append(float(w.share) if w is not None and w.steps and ok(w.share) else NAN)
         rows.append(
             Row(name, 0 if name == UNACCOUNTED else name.count("/"), tuple(ms), tuple(share))
         )
-    return Comparison(cols, stat, step, tuple(rows))
+    return Comparison(cols, stat, step, tuple(rows), shape_warnings(cols))
 
 
 def compare_paths(
@@ -163,11 +219,15 @@ def comparison_dict(c: Comparison) -> dict[str, Any]:
                 "step_ms": _num(r.step_ms),
                 "samples_per_s": _num(r.samples_per_s),
                 "mem_peak_bytes": r.mem_peak,
+                "world_size": r.world_size,
+                "samples_per_step_per_rank": _num(r.batch),
+                "steps_read": r.steps_read,
             }
             for r in c.runs
         ],
         "step": _row_dict(c.step),
         "regions": [_row_dict(r) for r in c.regions],
+        "warnings": [clean(w) for w in c.warnings],
     }
 
 
@@ -198,9 +258,14 @@ def comparison_text(c: Comparison, name_w: int = 32) -> Text:
         t.append(f"  {r.state}, {r.steps} steps, step {c.stat} {fmt_ms(r.step_ms)}")
         if ok(r.samples_per_s) and r.samples_per_s > 0:
             t.append(f", {fmt_rate(r.samples_per_s)} samples/s")
+            t.append(f" ({r.world_size} ranks)" if r.world_size > 1 else "")
         if r.mem_peak is not None:
             t.append(f", peak mem {fmt_bytes(r.mem_peak)}")
         t.append("  (baseline)\n" if r is c.runs[0] else "\n")
+    for w in c.warnings:
+        t.append("warning: ", style="bold yellow")
+        t.append_text(literal(w))
+        t.append("\n")
     head = f"{'region (' + c.stat + ')':<{name_w}}"
     for i, r in enumerate(c.runs):
         head += f" {r.label + ' ms':>9} {'share':>6}"

@@ -55,6 +55,7 @@ from stagewatch.records import (
 )
 from stagewatch.traces import META_KEY, list_traces
 from tui.report import chrome_traces as CT
+from tui.source.feed import Feed, StepSet, read_cuts
 
 MiB = 1024.0**2
 
@@ -64,12 +65,23 @@ class ExportStats:
     """What an export read and wrote."""
 
     ranks: int = 0
-    steps: int = 0
+    steps: int = 0  # step numbers (an 80-step run of 2 ranks: 80)
+    rows: int = 0  # steps of each rank (of that run: 160)
     events: int = 0
     malformed: int = 0
     errors: list[str] = field(default_factory=list)  # first few bad lines, "file:line: why"
     traces: int = 0  # captured profiler traces merged (chrome)
     trace_errors: list[str] = field(default_factory=list)  # "file: why" of traces skipped
+
+    seen: StepSet = field(default_factory=StepSet, repr=False)
+    cuts: dict[Path, Feed] = field(default_factory=dict, repr=False)  # read once per file
+
+    def step(self, n: int) -> None:
+        """A step of one rank written."""
+        self.rows += 1
+        if n not in self.seen:
+            self.seen.add(n)
+            self.steps += 1
 
     def bad(self, path: Path, lineno: int, why: str) -> None:
         self.malformed += 1
@@ -133,15 +145,22 @@ def _starts_with_record(p: Path) -> bool:
 
 
 def records(path: Path, stats: ExportStats) -> Iterator[Any]:
-    """Valid records of one rank file, in order (bad lines counted in ``stats``)."""
+    """Valid records of one rank file, in order (bad lines counted in ``stats``). Steps are
+    those the monitor keeps: one record per step number, the newest; a resume supersedes
+    the earlier segment's steps above its start (:class:`tui.source.feed.Feed`)."""
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed by the with below, after the error check
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    cuts = stats.cuts.get(path)
+    if cuts is None:
+        cuts = stats.cuts[path] = read_cuts(str(path))
+    n = 0  # non-blank lines, as the reader numbers them
     with f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            n += 1
             if not line.endswith(b"\n"):
                 break  # a partial last line of a run still being written
             try:
@@ -152,8 +171,11 @@ def records(path: Path, stats: ExportStats) -> Iterator[Any]:
             except (ValueError, OverflowError, RecursionError, UnicodeError) as e:
                 stats.bad(path, i, f"not a valid record ({type(e).__name__})")
                 continue
-            if rec is not None:
-                yield rec
+            if rec is None:
+                continue
+            if type(rec) is Step and cuts.cuts and cuts.superseded(rec.step, n):
+                continue
+            yield rec
 
 
 # --------------------------------------------------------------------------- chrome
@@ -259,7 +281,7 @@ def write_chrome(
                 elif isinstance(rec, Step):
                     if not in_range(rec.step, steps):
                         continue
-                    stats.steps += 1
+                    stats.step(rec.step)
                     # steps of a process follow each other (wall_ms is the time between
                     # step() calls); time.time() and the step clock may disagree by a few
                     # µs, so a step never starts before the previous one ended (proper
@@ -500,6 +522,6 @@ def write_csv(
                 f"step {step} of rank {rank} could not be exported ({type(e).__name__})",
             )
             continue
-        stats.steps += 1
+        stats.step(step)
         w.writerow(row)
     return stats

@@ -96,6 +96,29 @@ def sorted_regions(snap: RunSnapshot, sort: str = "time", window: bool = False) 
     )
 
 
+def pick_regions(
+    rows: list[RegionRow], window: bool, depth: int | None = None, top: int | None = None
+) -> list[RegionRow]:
+    """The rows ``--depth``/``--top`` keep, in their order: regions at most ``depth`` levels
+    deep (1: top level only), and of those the ``top`` largest by share with their parents
+    (so the tree still reads)."""
+    out = [r for r in rows if depth is None or r.depth < depth]
+    if top is None or len(out) <= top:
+        return out
+
+    def share(r: RegionRow) -> float:
+        v = (r.window if window else r.whole).share
+        return v if ok(v) else -1.0
+
+    keep = {r.name for r in sorted(out, key=share, reverse=True)[:top]}
+    for name in list(keep):
+        p = name
+        while "/" in p:
+            p = p.rsplit("/", 1)[0]
+            keep.add(p)
+    return [r for r in out if r.name in keep]
+
+
 def _advice(snap: RunSnapshot, red: float, window: bool) -> list[Advice]:
     return advice_for_run(snap, thresholds=Thresholds(dominant_share=red), window=window)
 
@@ -108,14 +131,17 @@ def summary_dict(
     sort: str = "time",
     window: bool = False,
     peak_tflops: float | None = None,
+    depth: int | None = None,
+    top: int | None = None,
 ) -> dict[str, Any]:
     """The JSON document of ``tui summary --json`` (see docs/monitor.md).
 
     ``window``: classes and advice of the recent window instead of the whole run (both sets
     of statistics are always present); ``span`` says which. ``peak_tflops`` overrides the
-    device peak of the MFU (``efficiency``; each region's ``tflops``).
+    device peak of the MFU (``efficiency``; each region's ``tflops``). ``depth``/``top``:
+    only the regions :func:`pick_regions` keeps (``regions_left_out`` counts the others).
     """
-    d = _summary_dict(snap, red, yellow, sort=sort, window=window)
+    d = _summary_dict(snap, red, yellow, sort=sort, window=window, depth=depth, top=top)
     eff = efficiency(snap, window=window, peak_tflops=peak_tflops)
     d["efficiency"] = efficiency_dict(eff)
     for r in d["regions"]:
@@ -125,9 +151,18 @@ def summary_dict(
 
 
 def _summary_dict(
-    snap: RunSnapshot, red: float, yellow: float, *, sort: str, window: bool
+    snap: RunSnapshot,
+    red: float,
+    yellow: float,
+    *,
+    sort: str,
+    window: bool,
+    depth: int | None = None,
+    top: int | None = None,
 ) -> dict[str, Any]:
     verdict = verdict_of(snap)
+    every = sorted_regions(snap, sort, window)
+    shown = pick_regions(every, window, depth, top)
     return {
         "schema": SCHEMA_VERSION,
         "run_id": snap.run_id,
@@ -158,7 +193,8 @@ def _summary_dict(
             "cause_line": straggler_cause(snap, verdict) or None,
         },
         "comm": _comm_dict(verdict),
-        "regions": [_region(r, red, yellow, window) for r in sorted_regions(snap, sort, window)],
+        "regions": [_region(r, red, yellow, window) for r in shown],
+        "regions_left_out": len(every) - len(shown),
         "unaccounted": _region(snap.unaccounted, red, yellow, window),
         "files": [
             {
@@ -249,9 +285,12 @@ def summary_text(
     sort: str = "time",
     window: bool = False,
     peak_tflops: float | None = None,
+    depth: int | None = None,
+    top: int | None = None,
 ) -> Text:
     """The stage tree as text (styles become ANSI colours on a terminal only), ending with the
-    advice. ``window``: figures of the recent window instead of the whole run."""
+    advice. ``window``: figures of the recent window instead of the whole run; ``depth`` /
+    ``top``: only the regions :func:`pick_regions` keeps (a line counts the others)."""
     span = span_label(snap, window)
     wall = snap.wall_window if window else snap.wall
     sps = snap.samples_per_s_window if window else snap.samples_per_s
@@ -279,7 +318,9 @@ def summary_text(
     figures = "".join(f" {c:>8}" for c in ("last", "avg", "min", "max", "p95", "calls"))
     head = f"{'region':<{name_w}} {'class':<6} {'share':>6} {'':<10}{figures}\n"
     t.append(head, style="bold")
-    for r in [*sorted_regions(snap, sort, window), snap.unaccounted]:
+    every = sorted_regions(snap, sort, window)
+    shown = pick_regions(every, window, depth, top)
+    for r in [*shown, snap.unaccounted]:
         s = r.window if window else r.whole
         cls = class_of(s, red, yellow) if r.name != UNACCOUNTED else "none"
         style = CLASS_STYLE[cls]
@@ -295,8 +336,14 @@ def summary_text(
         for v in (s.last, s.avg, s.min, s.max, s.p95):
             t.append(f" {fmt_ms(v):>8}")
         t.append(f" {s.calls if s.calls else '—':>8}\n")
+    if len(shown) < len(every):
+        t.append(
+            f"({len(every) - len(shown)} more regions not shown: --depth/--top)\n", style="dim"
+        )
     t.append_text(straggler_text(snap))
-    for line, style in efficiency_lines(efficiency(snap, window=window, peak_tflops=peak_tflops)):
+    names = {r.name for r in shown} if len(shown) < len(every) else None
+    eff = efficiency(snap, window=window, peak_tflops=peak_tflops)
+    for line, style in efficiency_lines(eff, names):
         seg = literal(line)
         if style:
             seg.stylize(style)

@@ -8,7 +8,8 @@ import stat
 from pathlib import Path
 
 from stagewatch.errors import UsageError
-from stagewatch.runs import is_rank_file, is_text_log, run_files
+from stagewatch.records import RecordError, RunStart, parse
+from stagewatch.runs import is_rank_file, is_run_dir, is_text_log, run_files, run_folders
 from tui.source.decode import MAX_LINE
 from tui.source.feed import Feed
 from tui.source.tail import FILE_LOOP, FILE_OK, FILE_UNREADABLE, TailFile
@@ -71,3 +72,30 @@ def _files_of(p: Path) -> list[Path]:
     if not files:
         raise UsageError(f"not a run folder (no rank<R>.jsonl or timing_*.log in it): {p}")
     return files
+
+
+def newest_run(path: str | os.PathLike[str]) -> Path | None:
+    """The newest run of a log folder, as ``tui watch`` orders them (run_start time, then
+    run id; run ids sort by start time); None when ``path`` is not a log folder holding
+    runs (a run folder, a file, or nothing there)."""
+    p = Path(path)
+    if not p.is_dir() or is_run_dir(p):
+        return None
+    runs = [r for r in run_folders(p) if is_run_dir(r)]
+    if not runs:
+        return None
+    return max(runs, key=lambda r: (_started(r), r.name))
+
+
+def _started(run: Path) -> float:
+    """The time of the run's first run_start (its first rank file's first line), else 0."""
+    try:
+        first = run_files(run)[0]
+        if not is_rank_file(first.name):
+            return 0.0
+        with open(first, "rb") as f:
+            line = f.readline(MAX_LINE)
+        rec = parse(line)
+    except (OSError, IndexError, RecordError, ValueError):
+        return 0.0
+    return rec.time if isinstance(rec, RunStart) else 0.0

@@ -128,6 +128,7 @@ class Batch:
         "malformed",
         "schema",
         "skipped",
+        "starts",
         "steps",
     )
 
@@ -135,6 +136,7 @@ class Batch:
         self.items: list[Any] = []  # StepRows, StepBlocks and other records, in file order
         self.steps: list[int] = []  # each step's number (a StepBlock's: each row's), in order
         self.line_nos: list[int] = []  # the line number of each of steps
+        self.starts: list[tuple[int, int]] = []  # (line number, start_step) of run_starts
         self.lines = lines  # lines counted (blank ones are not), these included
         self.malformed = 0  # lines that are not valid records
         self.skipped = 0  # records of a kind this version does not know
@@ -162,7 +164,9 @@ class Batch:
         if m is not None and getattr(m, "dropped", None):
             self.dropped += m.dropped
         self.items.append(rec)
-        if type(rec) is StepRow:
+        if type(rec) is RunStart:
+            self.starts.append((n, rec.start_step))
+        elif type(rec) is StepRow:
             self.steps.append(rec.step)
             self.line_nos.append(n)
             if raw is not None:  # the next lines of this schema take the fast path

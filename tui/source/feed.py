@@ -3,6 +3,7 @@ records folded into the run's aggregate in file order."""
 
 from __future__ import annotations
 
+import bisect
 import math
 from itertools import islice
 from operator import lt
@@ -10,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from stagewatch.records import MAX_INT
 from tui.model.aggregate import RunAgg
 from tui.model.rows import StepBlock, StepRow
 from tui.model.snapshot import FileInfo
@@ -30,7 +32,8 @@ from tui.source.textlog import TextLogParser
 # 512 ~1.7x the CPU (measured on 40-region lines).
 FOLD_LINES = 512
 _FOLD_LINES_PURE = 128  # the same, the fast path off (tests switch it per reader)
-MAX_CUTS = 4096  # resumed segments remembered per file
+MAX_CUTS = 4096  # resumes and repeated step numbers remembered per file
+MAX_RUNS = 4096  # runs of step numbers a StepSet holds (beyond: repeats of others not found)
 
 
 def _suffix_min(xs: list[int]) -> list[float]:
@@ -42,6 +45,78 @@ def _suffix_min(xs: list[int]) -> list[float]:
     return out
 
 
+class StepSet:
+    """The step numbers of a file kept so far, as arithmetic runs ``[first, last, stride]``
+    (stride 0: one number): a run's steps 1, 2, 3, ... or every 10th are one run, a jump or
+    a stray record one more; the numbers after a jump (far ahead or back) extend the run
+    they continue. Bounded by :data:`MAX_RUNS`; past it a number is not added (a later
+    repeat of it is then not found, and both records count)."""
+
+    __slots__ = ("_cur", "high", "runs")
+
+    def __init__(self, runs: list[list[int]] | None = None) -> None:
+        self.runs: list[list[int]] = [list(r) for r in runs] if runs else []
+        self.high = max((r[1] for r in self.runs), default=0)  # the highest number held
+        self._cur: list[int] | None = self.runs[-1] if self.runs else None  # last added to
+
+    def __contains__(self, s: int) -> bool:
+        if s > self.high:
+            return False
+        for first, last, d in reversed(self.runs):
+            if first <= s <= last and (s == first if d == 0 else (s - first) % d == 0):
+                return True
+        return False
+
+    def add(self, s: int) -> None:
+        """Add ``s`` (not held yet)."""
+        r = self._cur
+        if r is not None and s > r[1] and (r[2] == 0 or s - r[1] == r[2]):
+            if r[2] == 0:
+                r[2] = s - r[0]
+            r[1] = s
+        elif len(self.runs) < MAX_RUNS:
+            r = [s, s, 0]
+            self.runs.append(r)
+        else:
+            return
+        self._cur = r
+        if s > self.high:
+            self.high = s
+
+    def add_increasing(self, steps: list[int]) -> None:
+        """Add increasing numbers, all above :attr:`high` (the usual batch: no Python loop
+        when they continue the last run)."""
+        d = steps[1] - steps[0] if len(steps) > 1 else 0
+        if d and steps == list(range(steps[0], steps[-1] + 1, d)):
+            r = self._cur
+            if r is not None and steps[0] - r[1] == d and r[2] in (0, d):
+                r[1], r[2] = steps[-1], d
+                self.high = steps[-1]
+                return
+            if len(self.runs) < MAX_RUNS:
+                self._cur = [steps[0], steps[-1], d]
+                self.runs.append(self._cur)
+                self.high = steps[-1]
+                return
+        for s in steps:
+            self.add(s)
+
+    def drop_above(self, s: int) -> None:
+        """Forget the numbers above ``s`` (a resume at ``s`` supersedes them)."""
+        if self.high <= s:
+            return
+        keep = []
+        for first, last, d in self.runs:
+            if first > s:
+                continue
+            if last > s:
+                last = first + ((s - first) // d) * d if d else first
+            keep.append([first, last, d if last > first else 0])
+        self.runs = keep
+        self.high = max((r[1] for r in keep), default=0)
+        self._cur = keep[-1] if keep else None
+
+
 class FeedState(msgspec.Struct, frozen=True):
     """A JSONL feed's counters, resume cuts and file position (the run index saves it)."""
 
@@ -51,20 +126,23 @@ class FeedState(msgspec.Struct, frozen=True):
     last_error: str
     duplicates: int
     prev_step: int | None
-    cuts: list[tuple[int, int]]
+    cuts: list[tuple[int, int, int]]
     tail: TailState
     dropped: int = 0
+    seen: list[tuple[int, int, int]] = []
 
 
 class Feed:
     """A rank's file (JSONL or classic text log) and its counters.
 
-    Steps are kept once each: when a step number repeats (a run resumed from a checkpoint
-    older than its last written step, after kill -9), the line where it happens starts a
-    new segment and the earlier segment's steps from that number on are dropped (the later
-    segment wins). Such a repeat found for the first time sets :attr:`resegment`: the
-    caller reads the file again from the start (the statistics cannot be un-added), now
-    knowing the cut.
+    Steps are kept once each, the newest record of a number winning. A ``run_start`` whose
+    ``start_step`` is below steps already read (a run resumed from a checkpoint older than
+    its last written step, after kill -9) supersedes them all: the earlier segment's steps
+    above ``start_step`` are dropped. A stray record supersedes only the earlier record of
+    its own number, never other steps (steps going back, or far ahead, are all kept). A
+    repeat or resume found for the first time sets :attr:`resegment`: the caller reads the
+    file again from the start (the statistics cannot be un-added), now knowing the cut.
+    Step numbers below 1 never get here (the decoder refuses them as malformed).
     """
 
     def __init__(self, path: str, rank: int, kind: str) -> None:
@@ -76,7 +154,9 @@ class Feed:
         self.skipped = 0
         self.last_error = ""
         self.text = TextLogParser() if kind == "text" else None
-        self.cuts: list[tuple[int, int]] = []  # (line number, first step) of later segments
+        # (line n, lo, hi): the step records before line n numbered lo..hi are superseded (a
+        # resume at line n: lo = start_step + 1, hi = MAX_INT; a repeat of step s: s, s)
+        self.cuts: list[tuple[int, int, int]] = []
         self.resegment = False
         self.duplicates = 0  # step records dropped for a later segment's
         self.dropped = 0  # records the writer dropped (its queue full), as the file says
@@ -87,12 +167,21 @@ class Feed:
 
     def _rewind(self) -> None:
         self._prev_step: int | None = None
+        self._seen = StepSet()
         self.restore_cuts()
 
     def restore_cuts(self) -> None:
         """Position in :attr:`cuts` for the line count reached (a run index restored)."""
-        self._cut_i = sum(1 for c in self.cuts if c[0] <= self.lines)
-        self._limits = _suffix_min([c[1] for c in self.cuts])
+        self.cuts.sort()
+        resumes = [c for c in self.cuts if c[2] >= MAX_INT]
+        self._resumes = resumes
+        self._cut_i = sum(1 for c in resumes if c[0] <= self.lines)
+        self._limits = _suffix_min([c[1] for c in resumes])
+        self._newest: dict[int, int] = {}  # step -> line of its newest record, when repeated
+        for n, lo, hi in self.cuts:
+            if hi < MAX_INT and n > self._newest.get(lo, 0):
+                self._newest[lo] = n
+        self._known = set(self.cuts)
 
     def reset(self, keep_cuts: bool = False) -> None:
         """Forget what was read (``keep_cuts``: the file is the same, read it again)."""
@@ -118,6 +207,7 @@ class Feed:
             cuts=list(self.cuts),
             tail=self.tail.state(),
             dropped=self.dropped,
+            seen=[(a, b, c) for a, b, c in self._seen.runs],
         )
 
     def restore(self, state: FeedState, ident: tuple[int, int]) -> None:
@@ -126,9 +216,10 @@ class Feed:
         self.lines, self.malformed, self.skipped = state.lines, state.malformed, state.skipped
         self.last_error, self.duplicates = state.last_error, state.duplicates
         self.dropped = state.dropped
-        self.cuts = [(int(a), int(b)) for a, b in state.cuts]
+        self.cuts = [(int(a), int(b), int(c)) for a, b, c in state.cuts]
         self.restore_cuts()
         self._prev_step = state.prev_step
+        self._seen = StepSet([list(r) for r in state.seen])
         self.tail.restore(state.tail, ident)
 
     def info(self) -> FileInfo:
@@ -157,21 +248,44 @@ class Feed:
         )
 
     def _step_kept(self, step: int, n: int) -> bool:
-        """Whether the step record on line ``n`` counts (not superseded by a later segment)."""
-        cuts = self.cuts
-        while self._cut_i < len(cuts) and cuts[self._cut_i][0] <= n:
+        """Whether the step record on line ``n`` counts (not superseded by a resume or by a
+        newer record of its number)."""
+        res = self._resumes
+        while self._cut_i < len(res) and res[self._cut_i][0] <= n:
             self._cut_i += 1
-        prev = self._prev_step
-        self._prev_step = step
-        known = self._cut_i > 0 and cuts[self._cut_i - 1][0] == n
-        if prev is not None and step <= prev and not known and len(cuts) < MAX_CUTS:
-            cuts.append((n, step))
-            self.resegment = True  # a repeat not known yet: read the file again
         limit = self._limits[self._cut_i] if self._cut_i < len(self._limits) else math.inf
-        if step >= limit:
+        if step >= limit or self._newest.get(step, 0) > n:
             self.duplicates += 1
             return False
+        self._prev_step = step
+        seen = self._seen
+        if step in seen:  # an earlier record of this number: this newer one wins
+            self._learn((n, step, step))
+            return True
+        seen.add(step)
         return True
+
+    def _resume(self, start: int, n: int) -> None:
+        """A run_start on line ``n`` resuming after step ``start``: the steps above it read so
+        far are superseded."""
+        if self._seen.high > start:
+            self._learn((n, start + 1, MAX_INT))
+            self._seen.drop_above(start)
+
+    def _learn(self, cut: tuple[int, int, int]) -> None:
+        """A cut not known yet: read the file again knowing it (bounded by MAX_CUTS)."""
+        if cut not in self._known and len(self.cuts) < MAX_CUTS:
+            self.cuts.append(cut)
+            self._known.add(cut)
+            self.resegment = True
+
+    def superseded(self, step: int, n: int) -> bool:
+        """Whether the step record numbered ``step`` on (non-blank) line ``n`` is superseded,
+        by the cuts known (all of them once the file was read to its end)."""
+        i = bisect.bisect_right(self._resumes, (n, MAX_INT, MAX_INT))  # the resumes after n
+        if i < len(self._limits) and step >= self._limits[i]:
+            return True
+        return self._newest.get(step, 0) > n
 
     def parse(self, lines: list[bytes], blocks: bool = False) -> list[Any]:
         """Lines -> StepRows and other records, in file order; bad lines are counted.
@@ -190,22 +304,33 @@ class Feed:
         self.skipped += b.skipped
         self.dropped += b.dropped
         steps = b.steps
+        if b.starts:
+            return self._drop_repeats(b)
         if not steps:
             return b.items
-        prev = self._prev_step
         # the usual batch: no known cut, step numbers increasing (no _step_kept per step)
         if (
             not self.cuts
-            and (prev is None or steps[0] > prev)
+            and steps[0] > self._seen.high
             and all(map(lt, steps, islice(steps, 1, None)))
         ):
             self._prev_step = steps[-1]
+            self._seen.add_increasing(steps)
             return b.items
         return self._drop_repeats(b)
 
     def _drop_repeats(self, b: Batch) -> list[Any]:
-        """The batch's items without the steps a later segment supersedes."""
-        keep = [self._step_kept(s, n) for s, n in zip(b.steps, b.line_nos, strict=True)]
+        """The batch's items without the steps superseded by a resume or a newer record."""
+        keep = []
+        starts = b.starts
+        j = 0
+        for s, n in zip(b.steps, b.line_nos, strict=True):
+            while j < len(starts) and starts[j][0] < n:
+                self._resume(starts[j][1], starts[j][0])
+                j += 1
+            keep.append(self._step_kept(s, n))
+        for n, start in starts[j:]:
+            self._resume(start, n)
         if all(keep):
             return b.items
         out: list[Any] = []
@@ -245,9 +370,27 @@ class Feed:
                 text.malformed += 1
                 text.last_error = f"line {n}: not UTF-8"
                 continue
-            if s is not None and self._step_kept(s.step, n):
+            if s is not None and self._text_step_ok(s.step, n):
                 out.append(row_from_step(s))
         return out
+
+    def _text_step_ok(self, step: int, n: int) -> bool:
+        """A text log's step: refused (counted) below 1, else as :meth:`_step_kept`."""
+        if step < 1:
+            assert self.text is not None
+            self.text.malformed += 1
+            self.text.last_error = f"line {n}: step {step}: step numbers start at 1"
+            return False
+        return self._step_kept(step, n)
+
+    def flush_text(self) -> StepRow | None:
+        """A finished text log's last block (even without a Total line), if it counts."""
+        if self.text is None:
+            return None
+        s = self.text.flush()
+        if s is None or not self._text_step_ok(s.step, self.lines):
+            return None
+        return row_from_step(s)
 
     def fold(self, items: list[Any], agg: RunAgg) -> None:
         """Parsed items into ``agg``: steps in batches, other records in order between them."""
@@ -280,7 +423,27 @@ class Feed:
 
     def finish_text(self, agg: RunAgg) -> None:
         """A finished text log: its last block, even without a Total line."""
-        if self.text is not None:
-            s = self.text.flush()
-            if s is not None:
-                agg.add_steps(self.rank, [row_from_step(s)])
+        row = self.flush_text()
+        if row is not None:
+            agg.add_steps(self.rank, [row])
+
+
+def read_cuts(path: str) -> Feed:
+    """A JSONL file read to its end for its cuts only (nothing folded): its
+    :meth:`Feed.superseded` then tells which step records count (``tui export``)."""
+    feed = Feed(path, 0, "jsonl")
+    feed.tail.chunk = 1 << 20
+    for _ in range(MAX_CUTS + 1):
+        while True:
+            lines, reset, more = feed.tail.read()
+            if reset:
+                feed.reset()
+                continue
+            if lines:
+                feed.parse(lines, blocks=True)
+            if not more:
+                break
+        if not feed.resegment:
+            break
+        feed.reset(keep_cuts=True)
+    return feed

@@ -254,8 +254,13 @@ class RunSource:
             self.poll(budget_s=None)
             for f in self.feeds.values():
                 f.tail.chunk = CHUNK
-        for f in self.feeds.values():
-            f.finish_text(self.agg)
+        for _ in range(8):
+            for f in self.feeds.values():
+                f.finish_text(self.agg)
+            if not any(f.resegment for f in self.feeds.values()):
+                break
+            self._rebuild()  # a text log's last block repeats an earlier step: read again
+            self.poll(budget_s=None)
         self.read_to_end = True
         self.save_index()
         return self

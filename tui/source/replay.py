@@ -59,15 +59,23 @@ class _Cursor:
         self.eof = False
 
     def fill(self) -> bool:
+        """Read more into the queue (at the end of a text log: its last block). False when
+        nothing came."""
         lines, reset, more = self.feed.tail.read()
         if reset:
             raise _Reset
+        got = bool(lines)
         if lines:
             self.queue.extend(self.feed.parse(lines))
-            if self.feed.resegment:
-                raise _Resegment
         self.eof = not lines and not more
-        return bool(lines)
+        if self.eof and self.feed.text is not None:
+            row = self.feed.flush_text()
+            if row is not None:
+                self.queue.append(row)
+                got = True
+        if self.feed.resegment:
+            raise _Resegment
+        return got
 
     def head_step(self) -> int | None:
         """Step of the next step row (reading more if needed), None at the end."""
@@ -76,13 +84,6 @@ class _Cursor:
                 if type(it) is StepRow:
                     return it.step
             if not self.fill():
-                if self.feed.text is not None and self.eof:
-                    s = self.feed.text.flush()
-                    if s is not None:
-                        from tui.source.decode import row_from_step
-
-                        self.queue.append(row_from_step(s))
-                        continue
                 return None
 
     def take_upto(self, step: float, limit: int = BATCH) -> list[Any]:
@@ -132,7 +133,7 @@ class ReplaySource(ReadLoop):
     ) -> None:
         self.path = os.fspath(path)
         self.use_index = use_index
-        self._cuts: dict[str, list[tuple[int, int]]] = {}
+        self._cuts: dict[str, list[tuple[int, int, int]]] = {}
         self.known_end: int | None = None  # the last step, from the run index (None: unknown)
         self.window = window
         self.speed = float(speed)
@@ -236,10 +237,16 @@ class ReplaySource(ReadLoop):
                 self._checkpoint()  # along a long jump too, so stepping back later is quick
         return moved
 
+    def _resegment_due(self) -> None:
+        """A repeat found where it could not be acted on (the end-of-run check): now."""
+        if any(c.feed.resegment for c in self.cursors):
+            raise _Resegment
+
     def forward(self, n: int = 1) -> bool:
         """Show the next ``n`` steps (steps numbered as in the files)."""
         with self._lock:
             try:
+                self._resegment_due()
                 heads = self._next_steps()
                 if not heads:
                     return self._advance_to(math.inf)  # trailing records (run_end)
@@ -258,19 +265,26 @@ class ReplaySource(ReadLoop):
     def seek(self, step: float) -> None:
         """Show the run as it was right after ``step`` (0: the start, inf: the end)."""
         with self._lock:
-            try:
-                if step < self.position:
-                    best = max((c for c in self.checkpoints if c[0] <= step), key=lambda c: c[0])
-                    self.position = best[0]
-                    self._restore(best[1])
-                if step > self.position:
-                    self._advance_to(step)
-                    self._checkpoint()
-            except _Reset:
-                self._cuts = {}
-                self._open()
-            except _Resegment:
-                self._resegment()
+            for _ in range(64):  # a repeat found on the way: open again knowing it, go on
+                try:
+                    self._seek(step)
+                    return
+                except _Reset:
+                    self._cuts = {}
+                    self._open()
+                    return
+                except _Resegment:
+                    self._resegment()
+
+    def _seek(self, step: float) -> None:
+        self._resegment_due()
+        if step < self.position:
+            best = max((c for c in self.checkpoints if c[0] <= step), key=lambda c: c[0])
+            self.position = best[0]
+            self._restore(best[1])
+        if step > self.position:
+            self._advance_to(step)
+            self._checkpoint()
 
     def back(self, n: int = 1) -> None:
         self.seek(max(0, self.position - n))
@@ -337,8 +351,12 @@ class ReplaySource(ReadLoop):
 
     def build(self) -> WorldSnapshot:
         with self._lock:
+            at_end = self.at_end
+            if any(c.feed.resegment for c in self.cursors):
+                self._resegment()  # found by the end check: show this step again, knowing it
+                at_end = self.at_end
             self.src.agg = self.agg
-            self.src.read_to_end = self.at_end  # a text log shown to its end is finished
+            self.src.read_to_end = at_end  # a text log shown to its end is finished
             snap = self.src.snapshot(replay=self.status())
             item = self.src.item()
             self._seq += 1

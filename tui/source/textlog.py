@@ -25,7 +25,7 @@ import re
 
 from stagewatch.records import Step
 
-_STEP_RE = re.compile(r"^\s*Step\s+(\d+)\s*$")
+_STEP_RE = re.compile(r"^\s*Step\s+(\d{1,12})\s*$")  # < MAX_INT; longer: not understood
 _TOTAL_RE = re.compile(r"^\s*Total[\s-]*:\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b")
 _ENTRY_RE = re.compile(
     r"^(?P<indent> *)(?P<dash>-\s+)?(?P<name>\S(?:.*?\S)?)\s*:\s*"

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from textual.app import SystemCommand
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Input
 
 from tui.view.keys import KEYS
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     _Base = App[int]
 else:
     _Base = object
+
+
+# the monitor's key actions that still run while a modal screen (help) is open
+_OVER_MODAL = frozenset({"quit", "quit_now", "help"})
 
 
 class KeyActions(_Base):
@@ -49,6 +53,8 @@ class KeyActions(_Base):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         for k in KEYS:
             if k.action == action:
+                if isinstance(self.screen, ModalScreen) and action not in _OVER_MODAL:
+                    return False  # the help screen's keys stay there (no stepping the replay)
                 if k.priority and not k.in_input and isinstance(self.focused, Input):
                     return False  # let the filter box have its keys
                 return self.mode in k.modes

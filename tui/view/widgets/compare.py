@@ -19,6 +19,29 @@ from textual.widgets import DataTable, Footer, Static
 from tui.fmt import fmt_bytes, fmt_ms, fmt_rate, literal, ok
 from tui.model.snapshot import UNACCOUNTED
 from tui.report.compare import Comparison, fmt_diff, fmt_ratio, fmt_share
+from tui.view.keys import Key
+from tui.view.widgets.help import HelpScreen
+
+COMPARE = "compare"
+# the comparison screen's keys, for its help (the table's own keys are listed, not bound)
+COMPARE_KEYS: tuple[Key, ...] = (
+    Key("escape,q", "close", "Close the comparison", "General", (COMPARE,)),
+    Key("question_mark,f1", "help", "Help: every key", "General", (COMPARE,)),
+    Key("up,down", "", "Move through the regions", "Table", (COMPARE,)),
+    Key("pageup,pagedown", "", "A page up/down", "Table", (COMPARE,)),
+    Key("home,end", "", "First/last row", "Table", (COMPARE,)),
+    Key("left,right", "", "Scroll the columns (many runs)", "Table", (COMPARE,)),
+)
+
+
+def compare_legend() -> Text:
+    """What the colours of the comparison mean."""
+    t = Text()
+    t.append("red", style="red")
+    t.append(" > 5% slower than the baseline (A) · ")
+    t.append("green", style="green")
+    t.append(" > 5% faster")
+    return t
 
 
 def legend(c: Comparison) -> Text:
@@ -31,11 +54,17 @@ def legend(c: Comparison) -> Text:
         t.append_text(literal(r.run_id))
         t.append(f"  {r.state} · {r.steps} steps · step {c.stat} {fmt_ms(r.step_ms)}", style="dim")
         if ok(r.samples_per_s) and r.samples_per_s > 0:
-            t.append(f" · {fmt_rate(r.samples_per_s)} samples/s", style="dim")
+            ranks = f" ({r.world_size} ranks)" if r.world_size > 1 else ""
+            t.append(f" · {fmt_rate(r.samples_per_s)} samples/s{ranks}", style="dim")
         if r.mem_peak is not None:
             t.append(f" · peak {fmt_bytes(r.mem_peak)}", style="dim")
         if i == 0:
             t.append("  baseline", style="italic")
+    for w in c.warnings:
+        t.append("\n⚠ ", style="bold yellow")
+        seg = literal(w)
+        seg.stylize("yellow")
+        t.append_text(seg)
     return t
 
 
@@ -45,6 +74,7 @@ class CompareScreen(Screen[None]):
     CSS_PATH = str(Path(__file__).with_name("compare.tcss"))  # absolute: any app pushes it
     BINDINGS = [  # noqa: RUF012
         Binding("escape,q", "close", "Close"),
+        Binding("question_mark,f1", "help", "Help"),
     ]
 
     def __init__(self, comparison: Comparison) -> None:
@@ -86,6 +116,9 @@ class CompareScreen(Screen[None]):
                     ]
             table.add_row(*cells, key=row.name)
         table.focus()
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen(COMPARE, 0.0, 0.0, COMPARE_KEYS, compare_legend()))
 
     def action_close(self) -> None:
         if len(self.app.screen_stack) > 2:

@@ -13,7 +13,9 @@ from textual.widgets import Static
 from tui.view.keys import Key, key_name, keys_for
 
 
-def help_table(keys: tuple[Key, ...], red: float, yellow: float) -> Table:
+def help_table(
+    keys: tuple[Key, ...], red: float, yellow: float, legend: Text | None = None
+) -> Table:
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False, expand=False)
     table.add_column("key", style="bold cyan", no_wrap=True)
     table.add_column("does")
@@ -29,13 +31,14 @@ def help_table(keys: tuple[Key, ...], red: float, yellow: float) -> Table:
         Text("General"),
     )
     table.add_row(Text(""), Text(""), Text(""))
-    legend = Text()
-    legend.append("red", style="bold red")
-    legend.append(f" ≥ {red:.0%} of step wall time · ")
-    legend.append("yellow", style="yellow")
-    legend.append(f" ≥ {yellow:.0%} · ")
-    legend.append("green", style="green")
-    legend.append(" below")
+    if legend is None:
+        legend = Text()
+        legend.append("red", style="bold red")
+        legend.append(f" ≥ {red:.0%} of step wall time · ")
+        legend.append("yellow", style="yellow")
+        legend.append(f" ≥ {yellow:.0%} · ")
+        legend.append("green", style="green")
+        legend.append(" below")
     table.add_row(Text("colours"), legend, Text(""))
     return table
 
@@ -47,15 +50,24 @@ class HelpScreen(ModalScreen[None]):
         Binding("escape,q,question_mark,f1", "app.pop_screen", "Close help"),
     ]
 
-    def __init__(self, mode: str, red: float, yellow: float) -> None:
+    def __init__(
+        self,
+        mode: str,
+        red: float,
+        yellow: float,
+        keys: tuple[Key, ...] | None = None,
+        legend: Text | None = None,
+    ) -> None:
         super().__init__()
         self.mode = mode
         self.red = red
         self.yellow = yellow
+        self.keys = keys_for(mode) if keys is None else keys  # another screen's keys
+        self.legend = legend
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-box") as box:
             box.border_title = f"stagewatch {self.mode} · keys"
             box.border_subtitle = "Esc to close"
-            self.table = help_table(keys_for(self.mode), self.red, self.yellow)
+            self.table = help_table(self.keys, self.red, self.yellow, self.legend)
             yield Static(self.table, id="help-table")

@@ -92,11 +92,11 @@ def rank_text(
             else:
                 t.append(f" {slow.get(rank, 0):>{w}}")
         if rank in bad:
-            t.append(f" {bad[rank]}", style="bold red")
+            t.append(f" {clean(bad[rank])}", style="bold red")
         t.append("\n")
     eff = region_line(efficiency(run, window=window), row.name if row is not None else None)
     if eff is not None:  # achieved TFLOP/s of the selected region (or the step) and MFU
-        t.append(eff[0] + "\n", style=eff[1] or "cyan")
+        t.append(clean(eff[0]) + "\n", style=eff[1] or "cyan")
     verdict = getattr(run, "stragglers", None)
     if row is None and hasattr(verdict, "who_waits") and len(per) > 1:
         who = verdict.who_waits()
