@@ -604,3 +604,37 @@ def test_compare_tells_samples_per_step_of_runs_without_a_config(tmp_path: Path)
     c = compare_paths([a, b])
     assert c.warnings == ()
     assert [r.batch for r in c.runs] == [1.0, 1.0] and c.warnings == ()
+
+
+def test_replay_header_names_the_span_the_panels_show_while_playing(tmp_path: Path) -> None:
+    """The header moves with every snapshot while the panels redraw at most twice a second:
+    its span label must still name the steps the tree's figures are of (issue: the header
+    said "whole run (26 steps)" over a tree titled 25 steps)."""
+    import asyncio
+    import re
+
+    from tui.testing import write_run
+
+    run = write_run(tmp_path, steps=200, status=None)
+    _src, app = _replay_app(run)
+    span = re.compile(r"whole run \((\d+) steps?\)")
+
+    async def go() -> None:
+        async with app.run_test(size=(160, 45)) as pilot:
+            for _ in range(100):
+                await pilot.pause()
+                if app.world is not None:
+                    break
+            await pilot.press("space")  # play, 10 steps/s: the header runs ahead of the panels
+            seen = 0
+            for _ in range(30):
+                await asyncio.sleep(0.05)
+                await pilot.pause()
+                head = span.search(app.query_one("#header").content.plain)
+                title = span.search(str(app.query_one("#tree-box").border_title))
+                if head and title:
+                    seen += 1
+                    assert head.group(1) == title.group(1), (head.group(0), title.group(0))
+            assert seen
+
+    asyncio.run(go())

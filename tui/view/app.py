@@ -293,8 +293,14 @@ class MonitorApp(KeyActions, App[int]):
             root=str(w.root if w else getattr(self.source, "root", "")),
             age=age,
             idle_s=idle,
-            span=self._span(run) if run is not None else None,
+            span=self._span(self._panel_run(run)) if run is not None else None,
         )
+
+    def _panel_run(self, run: RunSnapshot) -> RunSnapshot:
+        """The run as the panels show it, when they show the same run: the header names the
+        span the panels' figures are of (a light or newer snapshot would count other steps)."""
+        shown = self.world.selected if self.world else None
+        return shown if shown is not None and shown.run_id == run.run_id else run
 
     def _render_world(self, force_tree: bool = False) -> None:
         w = self.world
