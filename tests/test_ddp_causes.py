@@ -113,7 +113,7 @@ def test_noise_is_not_named(runs: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("case", ["none", "comm", "compute"])
+@pytest.mark.parametrize("case", ["none", "input", "h2d", "compute", "comm"])
 def test_exposed_communication_bounds(runs: Path, case: str) -> None:
     for rank in (0, 1):
         steps = [x for x in records(runs / case / f"rank{rank}.jsonl") if x["kind"] == "step"]
