@@ -90,6 +90,7 @@ class CommWatch:
         self._closed = True  # the last bucket of this backward was launched
         self.comm_ms = 0.0  # split form: total communication ms of the last collect()
         self.backwards = 0  # backwards whose communication was recorded
+        self._warned = False
 
     # ------------------------------------------------------------------ setup
 
@@ -185,6 +186,15 @@ class CommWatch:
                 # per-step state); NCCL: the last-launched bucket ends last
                 with lg._lock:
                     lg._cur_ev.append((EXPOSED, ready, last[1]))
+            elif not self._warned:
+                self._warned = True
+                import warnings
+
+                warnings.warn(
+                    "stagewatch.watch_ddp: a CUDA model needs a CUDA-timed logger "
+                    "(TimingLogger(device='cuda')) for comm/exposed; not recorded",
+                    stacklevel=1,
+                )
             return
         done = max(s[1] for s in spans)
         lg.log(EXPOSED, max(0.0, (done - ready) * 1000.0))

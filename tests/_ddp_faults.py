@@ -34,7 +34,7 @@ RANK = int(os.environ["RANK"])
 SLOW_RANK = int(os.environ.get("DDP_FAULT_RANK", "1"))
 DELAY = float(os.environ.get("DDP_FAULT_MS", "50")) / 1000.0
 STEPS = int(os.environ.get("DDP_FAULT_STEPS", "20"))
-BASE = 0.005
+BASE = 0.010
 
 
 def _sleep_if(fault: str, case: str) -> None:

@@ -113,7 +113,7 @@ def test_noise_is_not_named(runs: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("case", ["none", "comm", "compute"])
+@pytest.mark.parametrize("case", ["none", "input", "h2d", "compute", "comm"])
 def test_exposed_communication_bounds(runs: Path, case: str) -> None:
     for rank in (0, 1):
         steps = [x for x in records(runs / case / f"rank{rank}.jsonl") if x["kind"] == "step"]
@@ -275,3 +275,36 @@ def test_library_names_of_the_input_phases_are_read(
     assert v is not None and v.straggler == 1 and v.cause == "h2d", v and v.reason
     assert v.wait_source == WAIT_ESTIMATED and v.cause_ms == pytest.approx(40.0)
     assert v.rank(0).data_ms == pytest.approx(3.0)  # type: ignore[union-attr]
+
+
+def test_compute_outside_every_region_is_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rank 1 loses 40 ms per step in code no region times; rank 0 waits inside backward
+    from stagewatch.timing import TimingLogger, log_timing, regions, set_global_timing_logger
+
+    now = [100.0]
+    monkeypatch.setattr(regions, "_perf", lambda: now[0])
+    opts = dict(enable_console=False, enable_file=False, run_id="un", world_size=2)
+    logs = [
+        TimingLogger(tmp_path, rank=r, handle_sigterm=False, collect_memory=False, **opts)
+        for r in (0, 1)
+    ]
+    for lg in logs:
+        lg.mark_step_start()
+    for _ in range(20):
+        for r, lg in enumerate(logs):
+            set_global_timing_logger(lg)
+            log_timing("data", 3.0)
+            log_timing("forward", 50.0)
+            log_timing("backward", 100.0 if r == 1 else 140.0)
+        now[0] += 0.2
+        for lg in logs:
+            lg.step()
+    set_global_timing_logger(None)
+    for lg in logs:
+        lg.close()
+    snap = open_run(tmp_path / "un")
+    f = facts_from_snapshot(snap, window=True)
+    assert f.straggler == 1 and f.straggler_cause == "compute"
+    assert "outside every timed region (unaccounted +40.0 ms)" in f.straggler_cause_line

@@ -25,6 +25,7 @@ from tui.model.rankstats import (
     TrendFacts,
     judge_stragglers,
 )
+from tui.model.snapshot import UNACCOUNTED
 from tui.model.units import median, ok
 from tui.model.units import ms as _ms
 
@@ -219,6 +220,9 @@ def straggler_region(
     out of its excess."""
     skip = WAIT_REGIONS + INPUT_REGIONS + H2D_REGIONS
     rows = [r for r in getattr(snap, "regions", ()) if r.name.split("/", 1)[0] not in skip]
+    un = getattr(snap, "unaccounted", None)
+    if un is not None and getattr(un, "ranks", ()):
+        rows.append(un)  # time outside every region is a candidate too
     ex = {r.name: e for r in rows if ok(e := _excess_of(r, rank))}
     if SYNC_REGION in ex:
         ex[SYNC_REGION] += _wait_in_backward(snap, verdict, rank)
@@ -257,7 +261,10 @@ def cause_line(verdict: StragglerVerdict | None, loc: tuple[str, float, str, flo
         )
     line = verdict.cause_text()
     if verdict.cause == "compute" and loc is not None:
-        line += f", mostly `{loc[2]}` +{_ms(loc[3])}"
+        if loc[2] == UNACCOUNTED:
+            line += f", mostly outside every timed region (unaccounted +{_ms(loc[3])})"
+        else:
+            line += f", mostly `{loc[2]}` +{_ms(loc[3])}"
     return line
 
 
