@@ -93,7 +93,7 @@ def format_step(
     return "\n".join(lines) + "\n"
 
 
-REORDER_STEPS = 100  # a cached order follows the running averages at most this many steps late
+REORDER_STEPS = 1000  # a cached order follows the running averages at most this many steps late
 
 
 class _Cached:
