@@ -199,7 +199,7 @@ def report(res: dict[str, Any], label: str, rounds: int, steps: int, load: float
         "regions without `step()`. Targets: step() ≤ "
         f"{TARGET_STEP_US:.0f} µs median, CPU ≤ {TARGET_CPU_US:.0f} µs per step.",
         "",
-        "| outputs | side | step() median | p90 | p99 | CPU per step (all threads) |",
+        "| outputs | side | step() median | p90 | p99 | CPU per step, all threads (range) |",
         "|---|---|---|---|---|---|",
     ]
     for out, _ in OUTPUTS:
@@ -214,7 +214,8 @@ def report(res: dict[str, Any], label: str, rounds: int, steps: int, load: float
             note = f" ({drops} records dropped)" if drops else ""
             lines.append(
                 f"| {out} | {side}{note} | {med:.1f} µs{ok_step} | {_med(xs, 'p90_us'):.1f} µs "
-                f"| {_med(xs, 'p99_us'):.0f} µs | {cpu:.1f} µs{ok_cpu} |"
+                f"| {_med(xs, 'p99_us'):.0f} µs | {cpu:.1f} µs{ok_cpu} "
+                f"({min(x['cpu_us'] for x in xs):.1f}–{max(x['cpu_us'] for x in xs):.1f}) |"
             )
     lines += [
         "",

@@ -239,3 +239,20 @@ def test_hotpath_benchmark_child_measures(tmp_path):
     res_all["parts"] = {"after": [parts]}
     md = mod.report(res_all, "base", 1, 60, 0.0)
     assert md.count("| JSONL") == 6 and "the text log" in md
+
+
+def test_cached_order_follows_the_running_averages(monkeypatch):
+    import stagewatch.timing.text_log as T
+
+    monkeypatch.setattr(T, "REORDER_STEPS", 3)
+    stats = RegionStats()
+    fmt = StepFormatter(stats)
+
+    def first_line(regions: dict) -> str:
+        stats.add_step(regions)
+        return fmt.format(1, 100.0, regions, 0.0).splitlines()[3]
+
+    assert first_line({"a": (10.0, 1), "b": (1.0, 1)}).startswith("a ")
+    for _ in range(2):  # b is now larger, but the order is kept for a few steps
+        assert first_line({"a": (1.0, 1), "b": (90.0, 1)}).startswith("a ")
+    assert first_line({"a": (1.0, 1), "b": (90.0, 1)}).startswith("b ")  # b's average leads

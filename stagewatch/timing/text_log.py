@@ -93,7 +93,8 @@ def format_step(
     return "\n".join(lines) + "\n"
 
 
-REORDER_STEPS = 100  # a cached order follows the running averages at most this many steps late
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)
+REORDER_STEPS = 1000  # a cached order follows the running averages at most this many steps late
 
 
 class _Cached:
@@ -189,8 +190,8 @@ class StepFormatter:
             return format_step(step, wall_ms, regions, self._avg_of)
         w = wall_ms if wall_ms > 0 else math.inf
         pairs = c.get(regions)
-        ms = [p[0] for p in pairs]
-        ns = [p[1] for p in pairs]
+        ms = list(map(_first, pairs))
+        ns = list(map(_second, pairs))
         # the template's values, interleaved by slice assignment (in C) rather than per name
         if ns != c.ns:
             c.bake(ns)
