@@ -256,6 +256,8 @@ class RunSource:
                 f.tail.chunk = CHUNK
         for f in self.feeds.values():
             f.finish_text(self.agg)
+        self._traces_at = -1e9
+        self._scan_traces()  # (a parallel read does not poll)
         self.read_to_end = True
         self.save_index()
         return self
