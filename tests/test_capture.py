@@ -280,3 +280,31 @@ def test_a_resumed_run_counts_its_earlier_traces(tmp_path: Path, clock: FakeCloc
     lg.close()
     mine = [t.step for t in traces.list_traces(tmp_path / "cap") if t.rank == 0]
     assert mine == [3, 9, 27]  # one more, then the run's 3 are spent
+
+
+def test_cuda_steps_resolved_later_still_carry_their_trace(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """On CUDA a step record is written once its events complete (after the capture ended):
+    its mark waits for it; the GPU clock restarts after the capture's own time."""
+    from test_timing_cuda import FakeGPU
+
+    gpu = FakeGPU()
+    lg = _logger(tmp_path, device="cuda:0", event_factory=gpu.factory)
+    assert lg._capture is not None
+    lg._capture.poll_s = 0.0
+    for i in range(1, 7):
+        if i == 3:
+            traces.write_request(tmp_path / "cap")
+        with lg.region("forward"):
+            gpu.run(4.0)
+        clock.t += 0.004
+        lg.step()  # the GPU is left behind: records wait for finish()
+    gpu.finish()
+    lg.close()
+    recs = {r.step: r for r in _records(tmp_path) if isinstance(r, R.Step)}
+    # asked during step 3, seen at its end: step 4 is captured
+    assert [s for s, r in sorted(recs.items()) if r.trace] == [4]
+    assert recs[4].trace == "traces/step4.rank0.json.gz"
+    assert all(r.wall_ms == pytest.approx(4.0) for r in recs.values())  # GPU time per step
+    assert [t.step for t in traces.list_traces(tmp_path / "cap")] == [4]

@@ -198,3 +198,25 @@ def test_two_ranks_with_skewed_clocks_capture_the_same_step_and_line_up(tmp_path
         assert mm and all(
             span["ts"] - 2_000 <= e["ts"] <= span["ts"] + span["dur"] + 2_000 for e in mm
         )
+
+
+def test_flows_of_two_traces_never_join(tmp_path: Path) -> None:
+    run = tmp_path / "f"
+    run.mkdir()
+    (run / "rank0.jsonl").write_text(
+        encode(RunStart(rank=0, run_id="f")) + encode(Step(step=1, time=10.0, wall_ms=5.0))
+    )
+    (run / "traces").mkdir()
+    for s in (1, 2):
+        ev = [
+            {"ph": "X", "name": traces.ANCHOR, "pid": 7, "tid": 7, "ts": 100.0, "dur": 1.0},
+            {"ph": "s", "name": "flow", "id": 5, "pid": 7, "tid": 7, "ts": 101.0},
+            {"ph": "f", "name": "flow", "id": 5, "pid": 7, "tid": 7, "ts": 102.0, "bp": "e"},
+        ]
+        meta = {"anchors": [[10_000_000_000 - 1000, 10_000_000_000 + 1000]]}
+        with gzip.open(run / "traces" / traces.trace_name(s, 0), "wt") as f:
+            json.dump({traces.META_KEY: meta, "traceEvents": ev}, f)
+    d, stats = _export(run)
+    assert stats.traces == 2
+    ids = [e["id"] for e in d["traceEvents"] if e.get("ph") in ("s", "f")]
+    assert ids == [1, 1, 2, 2]

@@ -80,3 +80,9 @@ async def test_the_t_key_asks_the_running_run_for_a_trace(tmp_path: Path) -> Non
         await pilot.pause(0.1)
         notes = [str(n.message) for n in app._notifications]
         assert any("profiler trace of step 6" in n for n in notes), notes
+
+
+def test_a_parallel_read_lists_the_traces_too(tmp_path: Path) -> None:
+    run = write_run(tmp_path, "r4", steps=20, ranks=2)
+    _trace(run, 7, 1)
+    assert RunSource(run).load(parallel=True).snapshot().captures == ((7, 1),)

@@ -14,7 +14,8 @@ GPU events are already on the profiler's CPU timebase (Kineto correlates them).
 
 Each rank's profiler processes (its CPU threads, each GPU stream) become processes of their
 own, ``rank R torch: <name>`` (pid ``TORCH_PID + 100 R + i``), listed after the ranks' stage
-tracks; flow ids are prefixed with the rank and step so that two traces never join.
+tracks; flow ids are renumbered (integers, unique across the export) so that two traces'
+flows never join.
 """
 
 from __future__ import annotations
@@ -68,6 +69,25 @@ def unix_offset_us(d: dict[str, Any]) -> tuple[float, float]:
     raise TraceError("no clock anchor and no baseTimeNanoseconds: cannot place it in time")
 
 
+class FlowIds:
+    """New integer flow ids, unique across the export: one table per trace."""
+
+    def __init__(self) -> None:
+        self.next = 1
+        self.table: dict[Any, int] = {}
+
+    def new_trace(self) -> None:
+        self.table = {}
+
+    def get(self, old: Any) -> int:
+        key = old if isinstance(old, (int, str)) else repr(old)
+        new = self.table.get(key)
+        if new is None:
+            new = self.table[key] = self.next
+            self.next += 1
+        return new
+
+
 class RankPids:
     """The export pids of one rank's profiler processes (stable across its traces)."""
 
@@ -90,11 +110,13 @@ class RankPids:
 
 
 def events(
-    d: dict[str, Any], pids: RankPids, step: int, shift_us: float
+    d: dict[str, Any], pids: RankPids, flows: FlowIds, shift_us: float
 ) -> Iterator[dict[str, Any]]:
     """The trace's events for the export: ``ts + shift_us``, pids of ``pids``, metadata once
-    per process/thread, flow ids made unique. Events that are not objects are skipped."""
+    per process/thread, flow ids renumbered by ``flows``. Events that are not objects are
+    skipped."""
     rank = pids.rank
+    flows.new_trace()
     for e in d["traceEvents"]:
         if not isinstance(e, dict):
             continue
@@ -112,7 +134,7 @@ def events(
             continue
         out["ts"] = round(float(ts) + shift_us, 3)
         if "id" in e and ph in ("s", "t", "f"):
-            out["id"] = f"r{rank}.s{step}.{e['id']}"
+            out["id"] = flows.get(e["id"])
         yield out
 
 

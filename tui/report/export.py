@@ -361,6 +361,7 @@ def _merge_traces(
     """The run's captured profiler traces (of its ranks, first step in range), on the
     export's timeline (tui/report/chrome_traces.py), one trace in memory at a time."""
     pids: dict[int, CT.RankPids] = {}
+    flows = CT.FlowIds()
     for t in list_traces(folder):
         if t.rank not in ranks or not in_range(t.step, steps):
             continue
@@ -374,7 +375,7 @@ def _merge_traces(
         shift = off_us - (offsets.get(t.rank, 0.0) + t0) * 1e6
         rp = pids.setdefault(t.rank, CT.RankPids(t.rank))
         first = None
-        for ev in CT.events(d, rp, t.step, shift):
+        for ev in CT.events(d, rp, flows, shift):
             try:
                 text = json.dumps(ev, separators=(",", ":"), allow_nan=False)
             except (ValueError, TypeError):

@@ -261,6 +261,8 @@ class RunSource:
                 break
             self._rebuild()  # a text log's last block repeats an earlier step: read again
             self.poll(budget_s=None)
+        self._traces_at = -1e9
+        self._scan_traces()  # (a parallel read does not poll)
         self.read_to_end = True
         self.save_index()
         return self
