@@ -72,6 +72,8 @@ class FileInfo:
     state: str = "ok"
     problem: str = ""
     duplicates: int = 0  # step records dropped because a resumed segment repeated them
+    # a classic text log's nesting and what it holds (tui.model.nesting.NestNote)
+    nesting: Any = None
 
 
 @dataclass(frozen=True, slots=True)

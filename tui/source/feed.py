@@ -21,6 +21,7 @@ from tui.source.decode import (
     fast_path,
     row_from_step,
 )
+from tui.source.nesting import Nester, NestPolicy
 from tui.source.tail import TailFile, TailState
 from tui.source.textlog import TextLogParser
 
@@ -66,7 +67,7 @@ class Feed:
     knowing the cut.
     """
 
-    def __init__(self, path: str, rank: int, kind: str) -> None:
+    def __init__(self, path: str, rank: int, kind: str, nest: NestPolicy | None = None) -> None:
         self.tail = TailFile(path)
         self.rank = rank
         self.kind = kind
@@ -75,6 +76,8 @@ class Feed:
         self.skipped = 0
         self.last_error = ""
         self.text = TextLogParser() if kind == "text" else None
+        # a text log's top-level names nested in each other (inferred, --nest, --no-nest)
+        self.nest = Nester(nest or NestPolicy(), path) if kind == "text" else None
         self.cuts: list[tuple[int, int]] = []  # (line number, first step) of later segments
         self.resegment = False
         self.duplicates = 0  # step records dropped for a later segment's
@@ -103,6 +106,8 @@ class Feed:
         self._rewind()
         if self.text is not None:
             self.text.reset()
+        if self.nest is not None:
+            self.nest.restart()
 
     def state(self) -> FeedState:
         """Counters, cuts and position of a JSONL feed (a text log's parser is not kept)."""
@@ -149,6 +154,7 @@ class Feed:
             state=self.tail.status,
             problem=self.tail.problem,
             duplicates=self.duplicates,
+            nesting=self.nest.note() if self.nest is not None else None,
         )
 
     def _step_kept(self, step: int, n: int) -> bool:
@@ -239,9 +245,27 @@ class Feed:
                 text.malformed += 1
                 text.last_error = f"line {n}: not UTF-8"
                 continue
-            if s is not None and self._step_kept(s.step, n):
-                out.append(row_from_step(s))
+            if s is None:
+                continue
+            nest = self.nest
+            assert nest is not None
+            for at, x in nest.push(s, text.native, n):
+                if self._step_kept(x.step, at):
+                    out.append(row_from_step(x))
+            if nest.failed:
+                self.resegment = True  # a nesting rule later steps broke: read again without
         return out
+
+    def flush_text(self, last_block: bool = True) -> list[StepRow]:
+        """A text log's steps held back: the steps the nesting decision waits for (the file
+        ended, or idles) and (``last_block``: the file ended) its last block, even without a
+        Total line."""
+        if self.text is None or self.nest is None:
+            return []
+        s = self.text.flush() if last_block else None
+        held = self.nest.push(s, self.text.native, self.lines) if s is not None else []
+        pairs = [*held, *self.nest.flush()]
+        return [row_from_step(x) for at, x in pairs if self._step_kept(x.step, at)]
 
     def fold(self, items: list[Any], agg: RunAgg) -> None:
         """Parsed items into ``agg``: steps in batches, other records in order between them."""
@@ -274,7 +298,6 @@ class Feed:
 
     def finish_text(self, agg: RunAgg) -> None:
         """A finished text log: its last block, even without a Total line."""
-        if self.text is not None:
-            s = self.text.flush()
-            if s is not None:
-                agg.add_steps(self.rank, [row_from_step(s)])
+        rows = self.flush_text()
+        if rows:
+            agg.add_steps(self.rank, rows)

@@ -32,6 +32,7 @@ from tui.model.rows import StepRow
 from tui.model.snapshot import WorldSnapshot
 from tui.source.feed import Feed
 from tui.source.loop import Post, ReadLoop
+from tui.source.nesting import NestPolicy
 from tui.source.reader import RunSource
 
 MAX_CHECKPOINTS = 64
@@ -77,11 +78,11 @@ class _Cursor:
                     return it.step
             if not self.fill():
                 if self.feed.text is not None and self.eof:
-                    s = self.feed.text.flush()
-                    if s is not None:
-                        from tui.source.decode import row_from_step
-
-                        self.queue.append(row_from_step(s))
+                    rows = self.feed.flush_text()  # the last block, the steps held back
+                    if self.feed.resegment:
+                        raise _Resegment
+                    if rows:
+                        self.queue.extend(rows)
                         continue
                 return None
 
@@ -129,8 +130,10 @@ class ReplaySource(ReadLoop):
         playing: bool = True,
         tick_s: float = 0.1,
         use_index: bool | None = None,
+        nest: NestPolicy | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        self.nest = nest or NestPolicy()
         self.use_index = use_index
         self._cuts: dict[str, list[tuple[int, int]]] = {}
         self.known_end: int | None = None  # the last step, from the run index (None: unknown)
@@ -146,7 +149,9 @@ class ReplaySource(ReadLoop):
         self._open()
 
     def _open(self) -> None:
-        self.src = RunSource(self.path, window=self.window, stale_after=math.inf, use_index=False)
+        self.src = RunSource(
+            self.path, window=self.window, stale_after=math.inf, use_index=False, nest=self.nest
+        )
         self.run_id = self.src.run_id
         if not self._cuts:
             self._from_index()
