@@ -30,7 +30,7 @@ FIT_SHARE = 0.95  # of steps in which the relation must hold
 SUM_FLOOR = 0.90  # the children's sum, as a share of the parent, at least
 TOL_REL = 0.002  # the children's sum may exceed the parent by this (separate clocks) ...
 TOL_ABS = 0.02  # ... plus this many ms (the log's two-decimal rounding)
-VAR_RATIO = 1.5  # var(P - sum C) above this times var(P): C adds to P, not inside it
+VAR_RATIO = 1.2  # var(P - sum C) above this times var(P): C adds to P, not inside it
 MAX_BANS = 8  # rules dropped per file before inference is given up for it
 HOLD_S = 5.0  # a live text log idle this long with fewer steps: decide on those
 

@@ -18,6 +18,7 @@ from tui.fmt import (
     literal,
     ok,
 )
+from tui.model.nesting import nest_lines, timed_only
 from tui.model.snapshot import RunItem, RunSnapshot
 from tui.view.keys import HINT, REPLAY, WATCH
 from tui.view.widgets.base import show_text
@@ -182,7 +183,16 @@ def _line2(run: RunSnapshot, window: bool, span: str | None) -> list[Part]:
         else:
             line2.append((_seg(m), KEEP))
     w = run.wall_window if window else run.wall
-    line2.append((_seg(f"step {fmt_ms(w.avg)} avg", "bold"), KEEP - 1))
+    if timed_only(run.files):  # the original logger's log: no step wall time in it
+        line2.append(
+            (
+                _seg(f"timed total {fmt_ms(w.avg)} avg (no step time)", "bold"),
+                KEEP - 1,
+                _seg(f"timed {fmt_ms(w.avg)} avg", "bold"),
+            )
+        )
+    else:
+        line2.append((_seg(f"step {fmt_ms(w.avg)} avg", "bold"), KEEP - 1))
     line2.append((_seg(f"p95 {fmt_ms(w.p95)}"), 2))
     line2.append((_seg(f"last {fmt_ms(w.last)}"), 3))
     span = span or (f"last {run.window_size} steps" if window else "whole run")
@@ -220,6 +230,8 @@ def _line3(run: RunSnapshot, age: float, idle_s: float | None) -> list[Part]:
         idle = idle_s if idle_s is not None else run.idle_s + age
         style = "magenta" if run.state == "stale" else "dim"
         line3.append((_seg(f"last write {_safe(fmt_duration, idle)} ago", style), 7))
+    for line in nest_lines(run.files):  # a text log's nesting, inferred or given
+        line3.append((literal(line), 4, literal(line.split(":")[0])))
     if not run.error:
         where = " · ".join(x for x in (run.host, run.device, run.gpu_name or "") if x)
         if where:
