@@ -295,3 +295,44 @@ def test_export_csv_of_a_text_log_is_nested(tmp_path: Path) -> None:
     buf = io.StringIO()
     write_csv(p, buf, nest=NestPolicy("off"))
     assert "VRT/Stage8" in next(csv.DictReader(io.StringIO(buf.getvalue())))
+
+
+def test_replay_reads_the_nesting_as_summary_does(tmp_path: Path) -> None:
+    from tui.source.replay import ReplaySource
+
+    p = _write(tmp_path, _log(issue_blocks()))
+    src = ReplaySource(p, playing=False)
+    src.seek(10)
+    mid = src.build().selected
+    assert mid.step == 10 and mid.region("Forward total/VRT/Stage8") is not None
+    src.seek(40)
+    end = src.build().selected
+    whole = open_run(p)
+    assert end.step == 40 and end.wall == whole.wall
+    assert [r.name for r in end.regions] == [r.name for r in whole.regions]
+    off = ReplaySource(p, playing=False, nest=NestPolicy("off"))
+    off.seek(40)
+    assert off.build().selected.region("VRT") is not None
+
+
+def test_replay_of_a_rule_broken_later_does_not_loop(tmp_path: Path) -> None:
+    from tui.source.replay import ReplaySource
+
+    rng = random.Random(4)
+    bad: list[Block] = [
+        [("Forward total", 500 * rng.uniform(0.9, 1.1), []), *b[1:]] for b in issue_blocks(40, 8)
+    ]
+    p = _write(tmp_path, _log(issue_blocks(INFER_STEPS) + bad))
+    src = ReplaySource(p, playing=False)
+    src.seek(INFER_STEPS + 40)  # finds the rule broken: reopens without it, where it was
+    src.seek(INFER_STEPS + 40)
+    snap = src.build().selected
+    assert snap.step == INFER_STEPS + 40 and snap.region("VRT") is not None
+
+
+def test_compare_reads_text_logs_nested(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _write(tmp_path, _log(issue_blocks(40, 1)))
+    b = _write(tmp_path, _log(issue_blocks(40, 2)), "timing_rank1.log")
+    assert main(["compare", str(a), str(b), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert "Forward total/VRT/Stage8" in json.dumps(d)
