@@ -109,6 +109,9 @@ def test_the_issue_log_comes_out_right(tmp_path: Path) -> None:
     assert "timed total avg 2.2" in text and "step avg" not in text
     assert "nesting inferred from the numbers: Forward total ⊃ VRT" in text
     assert "no step wall time" in text
+    assert "dominates the step" not in text  # the timed total is not "the step"
+    dis = summary_text(open_run(_write(tmp_path, _log(disjoint_blocks(40, 0)), "timing_x.log")))
+    assert "backward dominates the timed total" in dis.plain
 
 
 def test_the_screen_header_names_timed_totals_and_the_inference(tmp_path: Path) -> None:
