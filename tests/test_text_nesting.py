@@ -121,6 +121,11 @@ def test_the_screen_header_names_timed_totals_and_the_inference(tmp_path: Path) 
     assert "nesting inferred" in head.plain
     narrow = header_text(snap, window=False, paused=False, behind_step=None, root="", width=80)
     assert "timed" in narrow.plain
+    assert "nesting inferred: Forward total ⊃ VRT +2 (40/40 steps)" in narrow.plain
+    assert "steps/s" not in head.plain  # a rate of forward passes is no step rate
+    from tui.view.widgets.ranks import rank_text
+
+    assert rank_text(snap, None, False, 0.4, 0.1)[0] == "ranks · timed total"
 
 
 @pytest.mark.parametrize("seed", range(8))

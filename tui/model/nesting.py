@@ -65,6 +65,20 @@ class NestNote:
             head = f"nesting {how}: {rules}; the timed total is the outermost times"
         return f"{head} ({self.detail})" if self.detail else head
 
+    def brief(self) -> str:
+        """A short form for the screen's header: the parents and their evidence."""
+        if self.how == OFF:
+            return "nesting off (--no-nest)"
+        if not self.rules:
+            return "no nesting found in the text log"
+        how = "inferred" if self.how == INFERRED else "given"
+        parts = []
+        for r in self.rules:
+            kids = r.children[0] + (f" +{len(r.children) - 1}" if len(r.children) > 1 else "")
+            fit = f" ({r.fit}/{r.steps} steps)" if r.steps else ""
+            parts.append(f"{r.parent} ⊃ {kids}{fit}")
+        return f"nesting {how}: " + "; ".join(parts)
+
     def as_dict(self) -> dict[str, object]:
         return {
             "how": self.how,
@@ -105,3 +119,9 @@ def nest_lines(files: tuple[Any, ...]) -> list[str]:
     if len(lines) <= 1:
         return list(lines)
     return [f"rank {r}: {line}" for line, r in lines.items()]
+
+
+def nest_briefs(files: tuple[Any, ...]) -> list[str]:
+    """:meth:`NestNote.brief` of each distinct nesting of the run's files."""
+    notes = [n for f in files if (n := getattr(f, "nesting", None)) is not None]
+    return list(dict.fromkeys(n.brief() for n in notes))
