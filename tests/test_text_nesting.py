@@ -344,3 +344,16 @@ def test_compare_reads_text_logs_nested(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["compare", str(a), str(b), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert "Forward total/VRT/Stage8" in json.dumps(d)
+
+
+def test_a_rare_top_level_name_does_not_slip_into_a_parent(tmp_path: Path) -> None:
+    # validation every 20 steps: within the forward total's time, but not inside it (the
+    # children's sum overflows in exactly the steps it ran)
+    blocks = issue_blocks(40)
+    for i in (19, 39):
+        blocks[i].append(("validation", 120.0, []))
+    snap = open_run(_write(tmp_path, _log(blocks)))
+    rule = snap.files[0].nesting.rules[0]
+    assert rule.parent == "Forward total" and "validation" not in rule.children
+    assert snap.region("validation") is not None
+    assert snap.region("Forward total/VRT/Stage8") is not None

@@ -210,7 +210,11 @@ def _choose(samples: list[dict[str, float]], p: str, cands: list[str]) -> list[s
         members = [p, *chosen, c]
         rel = [i for i, s in enumerate(samples) if any(m in s for m in members)]
         ok = sum(1 for i in rel if p in samples[i] and _within(new[i], samples[i][p]))
-        if ok >= FIT_SHARE * len(rel):
+        # and in the steps ``c`` itself ran in (a rare name, validation every 50 steps, must
+        # not slip in on the 5% the whole set may miss)
+        own = [i for i, s in enumerate(samples) if c in s]
+        own_ok = sum(1 for i in own if p in samples[i] and _within(new[i], samples[i][p]))
+        if ok >= FIT_SHARE * len(rel) and own_ok >= FIT_SHARE * len(own):
             chosen.append(c)
             sums = new
     return chosen
