@@ -357,3 +357,18 @@ def test_a_rare_top_level_name_does_not_slip_into_a_parent(tmp_path: Path) -> No
     assert rule.parent == "Forward total" and "validation" not in rule.children
     assert snap.region("validation") is not None
     assert snap.region("Forward total/VRT/Stage8") is not None
+
+
+def test_watch_passes_the_nesting_to_every_run_it_opens(tmp_path: Path) -> None:
+    from tui.source.root import RootReader
+
+    run = tmp_path / "logs" / "old-run"
+    run.mkdir(parents=True)
+    _write(run, _log(issue_blocks(40)))
+    reader = RootReader(tmp_path / "logs")
+    reader.nest = NestPolicy("off")
+    reader.scan()
+    (src,) = reader.runs.values()
+    assert src.nest.mode == "off"
+    snap = src.load().snapshot()
+    assert snap.region("VRT") is not None and snap.files[0].nesting.how == "off"
