@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from stagewatch.records import Step
 from tui.cli import main
 from tui.model.nesting import INFERRED, NONE
 from tui.report.export import write_csv
@@ -372,3 +373,18 @@ def test_watch_passes_the_nesting_to_every_run_it_opens(tmp_path: Path) -> None:
     assert src.nest.mode == "off"
     snap = src.load().snapshot()
     assert snap.region("VRT") is not None and snap.files[0].nesting.how == "off"
+
+
+def test_a_name_the_log_already_nests_is_not_nested_again() -> None:
+    from tui.source.nesting import _log_kids
+
+    rng = random.Random(11)
+    rows, held = [], []
+    for i in range(40):
+        s8 = 900 * rng.uniform(0.97, 1.03)
+        vrt = s8 + 60 * rng.uniform(0.9, 1.1)
+        rows.append({"VRT": vrt, "Stage8": s8})  # Stage8 at top level too ...
+        regions = {"VRT": (vrt, 1), "VRT/Stage8": (s8, 1), "Stage8": (s8, 1)}
+        held.append((i, Step(step=i + 1, time=0.0, wall_ms=vrt + s8, regions=regions)))
+    assert infer(rows) == [("VRT", ("Stage8",))]  # the numbers alone would nest it
+    assert infer(rows, (), _log_kids(held)) == []  # ... but the log has VRT/Stage8 already

@@ -105,6 +105,17 @@ def _top(step: Step) -> dict[str, float]:
     return {k: v[0] for k, v in step.regions.items() if "/" not in k}
 
 
+def _log_kids(held: list[tuple[int, Step]]) -> dict[str, set[str]]:
+    """The children the log itself gives each top-level name (``A/B`` keys)."""
+    out: dict[str, set[str]] = {}
+    for _, s in held:
+        for k in s.regions:
+            root, sep, rest = k.partition("/")
+            if sep and "/" not in rest and len(out) < MAX_NAMES:
+                out.setdefault(root, set()).add(rest)
+    return out
+
+
 def _within(kids: float, parent: float) -> bool:
     return kids <= parent * (1.0 + TOL_REL) + TOL_ABS
 
@@ -161,14 +172,19 @@ class _Evidence:
 
 
 def infer(
-    samples: list[dict[str, float]], banned: Collection[str] = ()
+    samples: list[dict[str, float]],
+    banned: Collection[str] = (),
+    log_kids: dict[str, set[str]] | None = None,
 ) -> list[tuple[str, tuple[str, ...]]]:
     """Rules (parent, children) for the top-level times of ``samples`` (one dict a step).
 
     Parents are tried from the smallest up, so inner rules (VRT ⊃ Stage8) are decided before
     outer ones (forward ⊃ VRT) and chains become a tree; each parent takes, largest first,
-    the unplaced names within it whose sum still fits in 95% of the steps.
+    the unplaced names within it whose sum still fits in 95% of the steps. ``log_kids``:
+    the children each name has in the log itself (a top-level ``Stage8`` never goes under a
+    ``VRT`` that the log already gives a ``  - Stage8``).
     """
+    log_kids = log_kids or {}
     count: dict[str, int] = {}
     total: dict[str, float] = {}
     for s in samples:
@@ -185,7 +201,11 @@ def infer(
         cands = [
             c
             for c in names
-            if c != p and c not in placed and mean[c] < mean[p] and _inside(samples, c, p)
+            if c != p
+            and c not in placed
+            and c not in log_kids.get(p, ())
+            and mean[c] < mean[p]
+            and _inside(samples, c, p)
         ]
         kids = _choose(samples, p, sorted(cands, key=lambda c: -mean[c]))
         if kids and _accept(samples, p, kids):
@@ -284,7 +304,7 @@ class Nester:
                 rules = []
                 self._detail = "given up: later steps broke every rule inferred"
             else:
-                rules = infer([_top(s) for _, s in self.held], banned)
+                rules = infer([_top(s) for _, s in self.held], banned, _log_kids(self.held))
             if banned:
                 self._detail = self._detail or (
                     "dropped after later steps broke it: " + ", ".join(sorted(banned))
