@@ -205,7 +205,7 @@ def test_on_a_terminal_the_demo_trains_for_minutes_not_150_steps(
     cmd = TRAIN_COMMAND("c.yaml", tmp_path, None, 1, 3.0)
     sets = [cmd[i + 1] for i, x in enumerate(cmd) if x == "--set"]
     assert "TRAIN.MAX_MINUTES=3" in sets
-    assert f"TRAIN.MAX_STEPS={demo.UNBOUNDED}" in sets  # the clock ends it, not the config's 150
+    assert f"TRAIN.MAX_STEPS={demo.DEMO_STEPS}" in sets  # the clock ends it, not the config's 150
     # --steps given: those steps, no time limit; no terminal: 5 steps, no time limit
     assert "TRAIN.MAX_MINUTES" not in " ".join(TRAIN_COMMAND("c", tmp_path, 7, 1, None))
     with pytest.raises(UsageError, match="--minutes"):
