@@ -165,6 +165,7 @@ def _run(
         cfg.LOG.PROGRESS_INTERVAL,
         enabled=info.is_main,
         world_size=info.world_size,
+        max_minutes=tcfg.MAX_MINUTES,
     )
     try:  # from here on, any exception ends the run with a run_end record
         if info.is_main:
