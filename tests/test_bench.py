@@ -373,3 +373,23 @@ def test_gpu_whatif_script_dry_run(tmp_path: Path, fake, capsys) -> None:  # typ
         "| 32 GB |" in table[0] and "| 88.5 h |" in table[0] and "OOM" in table[3]
     )  # fake: batch 3 OOMs
     assert json.loads((tmp_path / "out" / "bench.json").read_text())["world_size"] == 3
+
+
+def test_a_typo_in_a_sweep_is_named_once_by_its_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 20: the error read "TRAIN.BATCH_SIZ=1: --set TRAIN.BATCH_SIZ=1: ..." (a --set the
+    # user never typed, inside a row prefix repeated per combination)
+    from trainer.cli import main
+
+    argv = ["bench", "--cfg", TINY, "--log-dir", str(tmp_path), "--no-predict"]
+    sweeps = ["--sweep", "TRAIN.BATCH_SIZ=1,2", "--sweep", "TRAIN.OPTIM.TYPE=adamw,adamw8bit"]
+    assert main([*argv, *sweeps]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--sweep TRAIN.BATCH_SIZ=1,2: TRAIN.BATCH_SIZ: unknown key" in err
+    assert err.count("--sweep") == 1 and "--set" not in err and "BATCH_SIZE" in err
+    assert main([*argv, "--case", "TRAIN.BATCH_SIZE=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--case 'TRAIN.BATCH_SIZE=0': TRAIN.BATCH_SIZE:" in err and "--set" not in err
+    assert not any(tmp_path.iterdir())  # nothing ran

@@ -22,6 +22,8 @@ import pytest
 from stagewatch.errors import UsageError
 from trainer.commands import demo
 
+TRAIN_COMMAND = demo.train_command  # the real one (the fixture below replaces it)
+
 FAKE = textwrap.dedent(
     """
     import signal, sys, time
@@ -64,9 +66,12 @@ def _args(tmp: Path, **kw: object) -> argparse.Namespace:
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE)
-    mode = {"m": "ok"}
+    mode: dict[str, object] = {"m": "ok"}
 
-    def command(cfg: str, root: Path, steps: int | None, threads: int = 1) -> list[str]:
+    def command(
+        cfg: str, root: Path, steps: int | None, threads: int = 1, minutes: float | None = None
+    ) -> list[str]:
+        mode["minutes"] = minutes
         return [sys.executable, str(script), str(root), str(steps or 50), mode["m"]]
 
     monkeypatch.setattr(demo, "train_command", command)
@@ -183,3 +188,37 @@ def test_hints_work_in_a_fresh_shell(monkeypatch: pytest.MonkeyPatch) -> None:
         "--set",
         "TRAIN.MAX_STEPS=3",
     ]
+
+
+def test_on_a_terminal_the_demo_trains_for_minutes_not_150_steps(
+    tmp_path: Path, fake, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    # issue 20: the tiny demo's 150 steps ended in ~15 s, before anyone looked; on a terminal
+    # it now trains about 3 minutes (or until q), validating and checkpointing on the way
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    seen: list[tuple[str, ...]] = []
+    monkeypatch.setattr(demo, "_monitor", lambda *a: seen.append(a) or 0)  # q at once
+    a = _args(tmp_path, no_monitor=False)
+    assert demo.run(a) == 0
+    assert fake["minutes"] == demo.DEMO_MINUTES == 3.0 and seen[0][0] == "watch"
+    cmd = TRAIN_COMMAND("c.yaml", tmp_path, None, 1, 3.0)
+    sets = [cmd[i + 1] for i, x in enumerate(cmd) if x == "--set"]
+    assert "TRAIN.MAX_MINUTES=3" in sets
+    assert f"TRAIN.MAX_STEPS={demo.DEMO_STEPS}" in sets  # the clock ends it, not the config's 150
+    # --steps given: those steps, no time limit; no terminal: 5 steps, no time limit
+    assert "TRAIN.MAX_MINUTES" not in " ".join(TRAIN_COMMAND("c", tmp_path, 7, 1, None))
+    with pytest.raises(UsageError, match="--minutes"):
+        demo.run(_args(tmp_path, minutes=0.0))
+
+
+@pytest.mark.parametrize("width", [20, 40, 80, 200])
+def test_the_startup_spinner_fits_the_terminal_so_it_redraws_in_place(width: int) -> None:
+    # at 80 columns the old line (~100 cells) wrapped and every redraw printed a new copy
+    line = demo.spinner_line("|", 12.3, width)
+    assert line.startswith("\r\x1b[K") and "\n" not in line
+    visible = line[len("\r\x1b[K") :]
+    assert len(visible) <= width - 1
+    assert visible.startswith("| starting the tiny training (12 s"[: width - 2])
+    if width >= 200:
+        assert visible.endswith("synthetic clips)")

@@ -291,3 +291,36 @@ def test_new_config_keys_default_off() -> None:
     assert VRTConfig().USE_CHECKPOINT_ALIGN is False
     cfg = load_model_config(TINY)
     assert cfg.COMPILE is False and cfg.COMPILE_BACKEND == "inductor"
+
+
+def test_regional_compile_never_traces_the_position_encoding_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # issue 20: Dynamo warned of "potential silent incorrectness" at the lru_cache of
+    # _sine_cached under regional compile; the full window's encoding is now a buffer built
+    # at construction, a smaller window's is computed in the traced code
+    warned: list[str] = []
+    monkeypatch.setattr(torch._dynamo.utils, "warn_once", lambda msg, *a, **k: warned.append(msg))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    blk = tmsa.TMSA(8, 2, (2, 4, 4), (1, 2, 2), True, 2.0, True, 0.0, False, False)
+    ref_blk = copy.deepcopy(blk)
+    compile_regions(blk, backend="eager", dynamic=False)
+    for shape in ((1, 2, 8, 8, 8), (1, 2, 2, 2, 8)):  # a full window, then a smaller clip
+        x = torch.randn(*shape)
+        torch.testing.assert_close(blk(x), ref_blk(x), atol=1e-6, rtol=1e-6)
+    assert not [m for m in warned if "lru_cache" in m], warned
+
+
+def test_the_position_encoding_buffer_keeps_the_numerics() -> None:
+    torch.manual_seed(0)
+    att = A.WindowAttention(8, (2, 4, 4), 2, True, True)
+    assert torch.equal(att.pe, A._sine_cached(4, 4, 8, "cpu"))  # the same values as before
+    assert "pe" not in att.state_dict()  # not a weight: old checkpoints load unchanged
+    x = torch.randn(1, 3, 32, 8)
+    got = att(x, (2, 4, 4), None)
+    old = copy.deepcopy(att)
+    old.pe = None  # the cached path the model used before
+    assert torch.equal(got, old(x, (2, 4, 4), None))
+    with torch.device("meta"):
+        assert A.WindowAttention(8, (2, 4, 4), 2, True, True).pe.is_meta

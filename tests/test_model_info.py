@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_text_full_config(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, err = run(capsys, "--cfg", str(FULL))
     assert rc == 0 and err == ""
-    assert "VRT 18,320,007" in out
+    assert "vrt 18,619,911 = plain VRT 18,320,007 + spike fusion 299,904" in out
     assert "rgb [1, 5, 3, 256, 256]" in out and "spikes [1, 5, 5, 256, 256]" in out
     assert any(line.split()[:2] == ["stage8", "2,528,472"] for line in out.splitlines())
     assert any(line.split()[:2] == ["spike_encoder", "4,742,688"] for line in out.splitlines())
@@ -102,3 +103,33 @@ def test_errors_are_one_line_exit_2(
     assert err.count("\n") == 1 and expect in err, err
     if text is not None:
         assert str(path) in err
+
+
+def test_header_and_table_group_parameters_the_same_way(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # issue 20: the header said VRT 18,320,007 (fusions moved to the spike branch) while the
+    # table's vrt row, which holds the fusions, said 18,619,911
+    rc, out, _ = run(capsys, "--cfg", str(TINY))
+    assert rc == 0
+    rows = {}
+    for line in out.splitlines():
+        m = re.match(r"^(\S+)\s+([\d,]+)\s+[\d.]+%$", line)
+        if m:
+            rows[m.group(1)] = int(m.group(2).replace(",", ""))
+    head = out.splitlines()[1]
+    m = re.search(
+        r"\(vrt ([\d,]+) = plain VRT [\d,]+ \+ spike fusion ([\d,]+); "
+        r"spike_encoder \+ spike_tsa ([\d,]+)\)",
+        head,
+    )
+    assert m, head
+    vrt, fusion, spike = (int(g.replace(",", "")) for g in m.groups())
+    assert vrt == rows["vrt"]
+    assert spike == rows["spike_encoder"] + rows["spike_tsa"]
+    fusions = [
+        int(x.split()[1].replace(",", ""))
+        for x in out.splitlines()
+        if re.match(r"^\s+fusion\d\s+[\d,]+", x)
+    ]
+    assert fusion == sum(fusions) > 0

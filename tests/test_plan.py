@@ -418,3 +418,30 @@ def test_bench_predicts_and_skips_rows_that_do_not_fit(tmp_path, monkeypatch) ->
         TINY, [()], log_dir=str(tmp_path / "logs"), command=command, extra=sets, echo=lambda s: None
     )
     assert len(ran) == 2 and rep.results[0].mem_predicted == r.mem_predicted
+
+
+def test_fit_rows_say_does_not_fit_and_name_alignment_checkpointing(
+    tiny_plans: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 20: "largest batch 0" for a step that does not fit at all; the rows named only
+    # "checkpointing on/off" though alignment checkpointing stays as configured
+    from trainer.plan import fitting
+    from trainer.plan.report import _fit_lines
+
+    gib = 2**30
+
+    def at(self: fitting._Peaks, b: int) -> int:  # linear in the batch, no simulation
+        return self.known.setdefault(b, (10 + 5 * b) * gib)
+
+    monkeypatch.setattr(fitting._Peaks, "at", at)
+    cfg = load_config(TINY)
+    plan = tiny_plans[False]
+    g = fit(cfg, GpuSpec("small", RESERVE_BYTES + 12 * gib, 1.0, 1.0, "sm90"), plan, (False,))
+    row = _fit_lines(g)[1]
+    assert "does not fit, even at batch 1" in row and "largest batch 0" not in row
+    align = "on" if plan.checkpointing["align"] else "off"
+    assert f"attention+FFN off, alignment {align} (as configured)" in row
+    assert g["max_batch"][0]["align"] == plan.checkpointing["align"]
+    big = fit(cfg, GpuSpec("big", RESERVE_BYTES + 31 * gib, 1.0, 1.0, "sm90"), plan, (False,))
+    row = _fit_lines(big)[1]
+    assert "largest batch " in row and "does not fit" not in row and f"alignment {align}" in row

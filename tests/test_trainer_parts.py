@@ -289,3 +289,19 @@ def test_tf32_key_sets_the_cuda_backends_only_on_cuda(monkeypatch):
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     apply_tf32(False, torch.device("cuda"))
     assert not torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+
+
+def test_progress_eta_of_a_time_limited_run_is_its_time_left(monkeypatch):
+    # TRAIN.MAX_MINUTES (the demo's 3 minutes): the run ends then, not after its 3000 steps
+    import trainer.progress as prog
+
+    now = [1000.0]
+    monkeypatch.setattr(prog.time, "perf_counter", lambda: now[0])
+    p = Progress(total=3000, interval=1, stream=io.StringIO(), tty=False, max_minutes=3.0)
+    for i in range(1, 11):
+        now[0] += 1.0  # 1 s a step: 2990 s by the steps, 170 s by the clock
+        p.update(i, 1, 0.1, 1e-3)
+    assert "ETA 02:50" in p.line(10, 0.1, 1e-3)
+    q = Progress(total=3000, interval=1, stream=io.StringIO(), tty=False)
+    q._times.append((now[0] + 10.0, 10, 10))
+    assert "ETA 49:50" in q.line(10, 0.1, 1e-3)

@@ -153,3 +153,18 @@ def test_profile_prints_debug_pass_and_step_breakdown(tmp_path, capsys):
     recs = _rank0(tmp_path / run)
     assert [r["step"] for r in recs if r["kind"] == "step"] == [1, 2]
     assert not os.path.exists(tmp_path / run / "checkpoints")  # profiling writes none
+
+
+def test_a_time_limited_run_ends_completed_with_validation_and_checkpoint(tmp_path):
+    # TRAIN.MAX_MINUTES (the demo's ~3 minutes): the step in progress finishes, then the end's
+    # validation and checkpoint; the run is complete, and promises no step count it won't reach
+    cfg = load_config(TINY, [*MICRO, "TRAIN.MAX_STEPS=50", "TRAIN.MAX_MINUTES=0"])
+    r = train(cfg, log_dir=str(tmp_path / "logs"))
+    assert r.status == "completed" and r.steps == 1
+    recs = _rank0(r.run_dir)
+    assert recs[0]["total_steps"] is None
+    steps = [x for x in recs if x["kind"] == "step"]
+    assert [s["step"] for s in steps] == [1]
+    assert "validation" in steps[0]["regions"] and "checkpoint" in steps[0]["regions"]
+    assert [e["step"] for e in recs if e["kind"] == "eval"] == [1]
+    assert recs[-1]["kind"] == "run_end" and recs[-1]["status"] == "completed"

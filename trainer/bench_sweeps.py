@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stagewatch.errors import UsageError
+from stagewatch.errors import ConfigError, UsageError
 
 Assignment = tuple[str, str]  # ("TRAIN.BATCH_SIZE", "2")
 
@@ -61,3 +61,27 @@ def combinations(
 
 def label(assignments: Sequence[Assignment]) -> str:
     return " ".join(f"{k}={v}" for k, v in assignments) or "(base config)"
+
+
+def check_keys(
+    sweeps: Sequence[Sweep], cases: Sequence[tuple[str, tuple[Assignment, ...]]]
+) -> None:
+    """Each swept and case key and value against the config schema, before any row is built:
+    a typo is named once, by the option that gave it (``--sweep KEY=v1,v2: ...``), not as a
+    ``--set`` inside every row's prefix. ``cases``: (the --case text, its assignments)."""
+    from trainer.config import check_override_keys
+
+    for s in sweeps:
+        for v in s.values:
+            try:
+                check_override_keys([f"{s.key}={v}"])
+            except ConfigError as e:
+                raise UsageError(
+                    f"--sweep {s.key}={','.join(s.values)}: {e.key}: {e.detail}"
+                ) from None
+    for text, case in cases:
+        for k, v in case:
+            try:
+                check_override_keys([f"{k}={v}"])
+            except ConfigError as e:
+                raise UsageError(f"--case {text!r}: {e.key}: {e.detail}") from None

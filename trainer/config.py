@@ -117,6 +117,12 @@ class TrainConfig:
     MAX_GRAD_NORM: float = setting(1.0, min=0.0, doc="0 = no clipping")
     EPOCHS: int = setting(50, min=1)
     MAX_STEPS: int | None = setting(None, min=1, doc="cap on optimizer steps")
+    MAX_MINUTES: float | None = setting(
+        None,
+        min=0.0,
+        doc="stop after this many minutes of training, completed: the step in progress "
+        "finishes, then the end's validation and checkpoint (null: no time limit)",
+    )
     FREEZE_FLOW_STEPS: int = setting(
         0, min=0, doc="flow and deformable parameters frozen this long"
     )

@@ -41,8 +41,11 @@ class Progress:
         tty: bool | None = None,
         window: int = 20,
         world_size: int = 1,
+        max_minutes: float | None = None,
     ) -> None:
         self.total, self.interval, self.enabled = total, interval, enabled
+        # TRAIN.MAX_MINUTES: the run ends then, whatever its steps say
+        self._deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
         self.world_size = max(1, world_size)
         self._stream = stream
         self._tty = tty
@@ -69,6 +72,8 @@ class Progress:
         (t0, k0, _), (t1, k1, _) = self._times[0], self._times[-1]
         per_step = (t1 - t0) / (k1 - k0) if k1 > k0 else float("nan")
         eta = per_step * (self.total - step)
+        if self._deadline is not None:
+            eta = min(eta, max(0.0, self._deadline - time.perf_counter()))
         width = len(str(self.total))
         return (
             f"step {step:>{width}}/{self.total} | "

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +165,7 @@ def _run(
         cfg.LOG.PROGRESS_INTERVAL,
         enabled=info.is_main,
         world_size=info.world_size,
+        max_minutes=tcfg.MAX_MINUTES,
     )
     try:  # from here on, any exception ends the run with a run_end record
         if info.is_main:
@@ -236,22 +238,24 @@ class _Loop:
         """Steps after ``step`` up to ``total_steps``, fewer when stopped; the last one done."""
         tcfg = self.ctx.cfg.TRAIN
         v_every, c_every = tcfg.VAL.EVERY, tcfg.CHECKPOINT.EVERY
+        minutes = tcfg.MAX_MINUTES
+        deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
         self.model.train()
         self.log.mark_step_start()
         while step < total_steps:
             loss, grad_norm = train_step(self.ctx)
             step += 1
-            loss_v, stopping = self._mean_loss_and_stop(loss)
+            time_up = deadline is not None and time.monotonic() >= deadline
+            loss_v, stopping, time_up = self._mean_loss_and_stop(loss, time_up)
             self.result.losses.append(loss_v)
             if len(self.result.losses) > LOSS_HISTORY:
                 del self.result.losses[0]
             comm_ms = self.ctx.grad_sync.collect()
-            if (v_every and step % v_every == 0) or (step == total_steps and validate_at_end):
+            last = step == total_steps or (time_up and not stopping)  # TRAIN.MAX_MINUTES
+            if (v_every and step % v_every == 0) or (last and validate_at_end):
                 with timed("validation"):
                     self._validate(step)
-            if write_checkpoints and (
-                stopping or step == total_steps or (c_every and step % c_every == 0)
-            ):
+            if write_checkpoints and (stopping or last or (c_every and step % c_every == 0)):
                 with timed("checkpoint"):
                     self._save(step)
             self._record(step, loss_v, grad_norm, comm_ms)
@@ -266,14 +270,20 @@ class _Loop:
                 sig = self.stop.signum or signal.SIGTERM
                 self.result.exit_code = 128 + int(sig)
                 break
+            if last:
+                break  # the time limit: the run is complete (its planned steps not all done)
         return step
 
-    def _mean_loss_and_stop(self, loss: torch.Tensor) -> tuple[float, bool]:
-        # one small collective per step: mean loss over ranks and the stop request
-        stopping = torch.tensor(float(self.stop.signum is not None), device=self.info.device)
-        flags = torch.stack([loss.float(), stopping])
+    def _mean_loss_and_stop(
+        self, loss: torch.Tensor, time_up: bool = False
+    ) -> tuple[float, bool, bool]:
+        # one small collective per step: mean loss over ranks, the stop request and the time
+        # limit (any rank's clock ends it for all, so no rank waits in a collective alone)
+        dev = self.info.device
+        stopping = torch.tensor(float(self.stop.signum is not None), device=dev)
+        flags = torch.stack([loss.float(), stopping, torch.tensor(float(time_up), device=dev)])
         all_reduce_sum(flags, self.info)
-        return flags[0].item() / self.info.world_size, flags[1].item() > 0
+        return flags[0].item() / self.info.world_size, flags[1].item() > 0, flags[2].item() > 0
 
     def _validate(self, at: int) -> None:
         ctx, info = self.ctx, self.info

@@ -223,7 +223,9 @@ def open_timing_log(
             "PARAMS": _param_counts(model),
             **(_flops_entry(cfg, info.device, start_step) if info.is_main else {}),
         },
-        total_steps=total_steps,
+        # a time-limited run (TRAIN.MAX_MINUTES) ends before its planned steps: no step count
+        # to promise (the monitor would show a wrong ETA)
+        total_steps=None if tcfg.MAX_MINUTES is not None else total_steps,
         samples_per_step=tcfg.BATCH_SIZE * tcfg.GRADIENT_ACCUMULATION_STEPS,
         device=info.device,
         start_step=start_step,

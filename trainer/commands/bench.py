@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     from trainer.bench import run_bench
     from trainer.bench_report import markdown, report_dict, write_outputs
-    from trainer.bench_sweeps import combinations, parse_case, parse_sweep
+    from trainer.bench_sweeps import check_keys, combinations, parse_case, parse_sweep
 
     if not os.path.isfile(args.cfg):
         raise UsageError(f"--cfg: config file not found: {args.cfg}")
@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     sweeps = [parse_sweep(s) for s in args.sweep]
     cases = [parse_case(c) for c in args.case]
+    check_keys(sweeps, list(zip(args.case, cases, strict=True)))
     combos = combinations(sweeps, cases)
     log_dir = args.log_dir
     if log_dir is None:

@@ -2,7 +2,9 @@
 
 On a terminal: starts ``trainer train --cfg configs/deblur/vrt_spike_tiny.yaml`` (synthetic
 data, CPU) in the background with its output in a log file, waits for its run folder, then
-opens ``tui watch`` on the log root. Quitting the monitor (``q``, Ctrl-C), Ctrl-C or SIGTERM
+opens ``tui watch`` on the log root. It trains for ``--minutes`` (default 3, a time limit:
+``TRAIN.MAX_MINUTES``), validating and checkpointing every 50 steps on the way, unless
+``--steps`` is given. Quitting the monitor (``q``, Ctrl-C), Ctrl-C or SIGTERM
 to the demo, stops the training cleanly: SIGINT, so it finishes the current step, writes a
 checkpoint and ends its run ``interrupted``; a second SIGINT (after a grace period, or at
 once on a second Ctrl-C) stops it at once, still ``interrupted``; SIGKILL last. The training
@@ -38,6 +40,10 @@ from stagewatch.timing import TimingLogger, log_timing, set_global_timing_logger
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CFG = REPO / "configs" / "deblur" / "vrt_spike_tiny.yaml"
 DEFAULT_ROOT = "runs/demo"
+DEMO_MINUTES = 3.0  # on a terminal the demo trains this long, unless `q` comes first
+# steps of a time-limited demo: more than 3 minutes take here (~0.1 s a step on 2 cores), so
+# the clock ends it, while the learning rate's cosine still decays over a sane length
+DEMO_STEPS = 3000
 GRACE_S = 120.0  # a tiny step takes seconds; under heavy load tens of seconds
 STAGES = ("stage1", "stage2", "stage3", "stage8")
 
@@ -60,6 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="optimizer steps (default: the config's TRAIN.MAX_STEPS on a terminal, 5 without)",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help=f"train this long (TRAIN.MAX_MINUTES; default {DEMO_MINUTES:g} on a terminal "
+        "when --steps is not given, so validations and checkpoints happen on screen; q stops "
+        "it sooner)",
     )
     parser.add_argument(
         "--no-monitor",
@@ -98,8 +112,11 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
-def train_command(cfg: str, root: Path, steps: int | None, threads: int = 1) -> list[str]:
-    """The background training (the console panel off: its output goes to a file)."""
+def train_command(
+    cfg: str, root: Path, steps: int | None, threads: int = 1, minutes: float | None = None
+) -> list[str]:
+    """The background training (the console panel off: its output goes to a file);
+    ``minutes``: a time limit (TRAIN.MAX_MINUTES), the steps unbounded unless given."""
     cmd = [
         sys.executable,
         "-m",
@@ -114,6 +131,10 @@ def train_command(cfg: str, root: Path, steps: int | None, threads: int = 1) -> 
         "--set",
         f"TRAIN.THREADS={threads}",
     ]
+    if minutes is not None:
+        cmd += ["--set", f"TRAIN.MAX_MINUTES={minutes:g}"]
+        if steps is None:  # the clock ends it: validations and checkpoints go on till then
+            cmd += ["--set", f"TRAIN.MAX_STEPS={DEMO_STEPS}", "--set", f"TRAIN.EPOCHS={DEMO_STEPS}"]
     if steps is not None:
         cmd += ["--set", f"TRAIN.MAX_STEPS={steps}"]
     return cmd
@@ -133,9 +154,14 @@ def tui_command() -> str:
 
 
 def _start(
-    cfg: str, root: Path, steps: int | None, log_file: Path, threads: int = 1
+    cfg: str,
+    root: Path,
+    steps: int | None,
+    log_file: Path,
+    threads: int = 1,
+    minutes: float | None = None,
 ) -> subprocess.Popen[bytes]:
-    cmd = train_command(cfg, root, steps, threads)
+    cmd = train_command(cfg, root, steps, threads, minutes)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "wb") as out:
         # its own session: keys typed in the monitor never reach it as signals; we send them
@@ -162,6 +188,23 @@ def _tail(path: Path, n: int = 15) -> str:
     return "\n".join(lines[-n:])
 
 
+def _width() -> int:
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def spinner_line(mark: str, elapsed: float, width: int) -> str:
+    """The start-up line, redrawn in place: cut to the terminal's width (a line that wraps
+    cannot be redrawn by ``\r``: each redraw would print another copy)."""
+    text = (
+        f"{mark} starting the tiny training ({elapsed:.0f} s: importing torch, building the "
+        "model and the synthetic clips)"
+    )
+    room = max(1, width - 1)  # the last column would wrap on some terminals
+    if len(text) > room:
+        text = text[: max(0, room - 1)] + "…"
+    return f"\r\x1b[K{text}"
+
+
 def _wait_for_run(
     proc: subprocess.Popen[bytes], root: Path, before: set[str], log_file: Path
 ) -> Path | None:
@@ -182,10 +225,7 @@ def _wait_for_run(
         if done:
             break
         if sys.stderr.isatty():
-            sys.stderr.write(
-                f"\r{spin[i % 4]} starting the tiny training ({time.monotonic() - t0:.0f} s: "
-                f"importing torch, building the model and the synthetic clips)"
-            )
+            sys.stderr.write(spinner_line(spin[i % 4], time.monotonic() - t0, _width()))
             sys.stderr.flush()
         i += 1
         time.sleep(0.25)
@@ -285,6 +325,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     if args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    if args.minutes is not None and not 0 < args.minutes <= 10_000:
+        raise UsageError(f"--minutes must be above 0 (and at most 10000), got {args.minutes:g}")
     if args.synthetic or args.size is not None:
         if args.steps is None:
             args.steps = 60
@@ -304,14 +346,18 @@ def run_training(args: argparse.Namespace) -> int:
     terminal, its output followed and the summary printed at the end)."""
     tty = sys.stdin.isatty() and sys.stdout.isatty() and not args.no_monitor
     steps = args.steps if args.steps is not None or tty else 5
+    minutes = args.minutes
+    if minutes is None and tty and args.steps is None:
+        minutes = DEMO_MINUTES
     root = Path(args.log_dir)
     root.mkdir(parents=True, exist_ok=True)
     log_file = root.parent / f"{root.name}-train.log"
     before = _runs(root)
-    proc = _start(args.cfg, root, steps, log_file, args.threads)
+    proc = _start(args.cfg, root, steps, log_file, args.threads, minutes)
+    how_long = f" for {minutes:g} min (q stops it sooner)" if minutes is not None else ""
     print(
-        f"demo: training {Path(args.cfg).name} on CPU in the background (pid {proc.pid}); "
-        f"its output goes to {log_file}",
+        f"demo: training {Path(args.cfg).name} on CPU in the background{how_long} "
+        f"(pid {proc.pid}); its output goes to {log_file}",
         file=sys.stderr,
         flush=True,
     )

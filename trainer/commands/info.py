@@ -118,8 +118,10 @@ def describe(path: str) -> dict[str, Any]:
         "features": features,
         "params": {
             "total": total,
-            "vrt": counts["vrt"] - fusion,
-            "spike_branch": total - (counts["vrt"] - fusion),
+            # grouped as the table (by module): the VRT module holds the spike fusions
+            "vrt": counts["vrt"],
+            "spike_fusion": fusion,
+            "spike_branch": total - counts["vrt"],  # spike encoder + its self-attention
             "flow_and_deform": sum(p.numel() for p in flow_and_deform_parameters(model)),
             "modules": counts,
         },
@@ -140,13 +142,25 @@ def _fmt_tree(names: list[str]) -> list[str]:
     return lines
 
 
+def _groups(p: dict[str, Any]) -> str:
+    """The header's split, grouped as the table's rows: the vrt module (its spike fusions
+    inside it, as the table shows them) and the spike modules outside it."""
+    vrt = f"vrt {p['vrt']:,}"
+    if p.get("spike_fusion"):
+        plain = p["vrt"] - p["spike_fusion"]
+        vrt += f" = plain VRT {plain:,} + spike fusion {p['spike_fusion']:,}"
+    if not p["spike_branch"]:
+        return vrt
+    return f"{vrt}; spike_encoder + spike_tsa {p['spike_branch']:,}"
+
+
 def format_text(info: dict[str, Any]) -> str:
     p = info["params"]
     ck = info["checkpointing"]
     out = [
         f"config: {info['config']}",
         f"model: {'VRT + spike branch' if info['use_spike'] else 'plain VRT (USE_SPIKE false)'}"
-        f", {p['total']:,} parameters (VRT {p['vrt']:,}, spike branch {p['spike_branch']:,})",
+        f", {p['total']:,} parameters ({_groups(p)})",
         f"flow weights: {info['flow_weights'] or 'none (zero-flow initialisation)'}",
         f"pretrained VRT: {info['pretrained'] or 'none'}",
         f"checkpointing: attention {'on' if ck['attention'] else 'off'}, "

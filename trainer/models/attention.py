@@ -256,10 +256,24 @@ class WindowAttention(nn.Module):
             self.qkv_mut = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         # built at construction (a buffer moves with the model; compiled code reads it)
         self.register_buffer("rel_index", _rel_index_tensor(window, window, None), persistent=False)
+        # the mutual attention's position encoding of a full window, likewise: regionally
+        # compiled code must not call the lru_cache of _sine_cached (Dynamo traces through
+        # the cache and warns of "potential silent incorrectness")
+        pe = sine_position_encoding(wh, ww, dim, None) if mutual else None
+        self.register_buffer("pe", pe, persistent=False)
 
     def rel_index_for(self, win: Window, device: torch.device) -> Tensor:
         """Bias-table rows of a ``win`` window (the buffer, unless the clip is smaller)."""
         return self.rel_index if win == self.window else _rel_index(win, self.window, str(device))
+
+    def pe_for(self, win: Window, device: torch.device) -> Tensor:
+        """The mutual attention's position encoding of a ``win`` window: the buffer, unless
+        the clip is smaller (then computed; cached outside compiled code)."""
+        if self.pe is not None and (win[1], win[2]) == (self.window[1], self.window[2]):
+            return self.pe
+        if torch.compiler.is_compiling():
+            return sine_position_encoding(win[1], win[2], self.dim, device)
+        return _sine_cached(win[1], win[2], self.dim, str(device))
 
     def _qkv(self, lin: nn.Linear, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, nw, n, c = x.shape
@@ -281,7 +295,7 @@ class WindowAttention(nn.Module):
         if not self.mutual:
             return self.proj(out)
         half = n // 2
-        pe = _sine_cached(win[1], win[2], c, str(x.device)).to(x.dtype)
+        pe = self.pe_for(win, x.device).to(x.dtype)
         q, k, v = self._qkv(self.qkv_mut, x + pe.repeat(2, 1))
         # within-frame (spatial) part of the shift mask: the same for both frames
         f1, f2 = slice(0, half), slice(half, None)

@@ -156,7 +156,7 @@ class GEGLU(nn.Module):
         return self.fc2(F.gelu(self.fc11(x)) * self.fc12(x))
 
 
-def sine_position_encoding(h: int, w: int, dim: int, device: torch.device) -> Tensor:
+def sine_position_encoding(h: int, w: int, dim: int, device: torch.device | None) -> Tensor:
     """Fixed 2-D sine/cosine encoding [h·w, dim] of normalised positions: dim/2 channels for
     y then dim/2 for x, each interleaved per frequency (sin f0, cos f0, sin f1, cos f1, ...)
     as in the reference. Frequency j of an axis with n channels is 10000^(2j/n)."""

@@ -92,6 +92,7 @@ def _largest_batch(
             notes.append(f"batch {best + 1} extrapolated, not simulated")
     return {
         "checkpointing": ck,
+        "align": bool(plan.checkpointing.get("align", False)),  # as configured, in every row
         "max_batch": best,
         "at_least": capped and best == MAX_SEARCH_BATCH,
         "peak_batch1": p1,

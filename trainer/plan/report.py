@@ -208,13 +208,21 @@ def _fit_lines(f: dict[str, Any]) -> list[str]:
 
 
 def _largest_batch_line(r: dict[str, Any]) -> str:
+    """One checkpointing setting's row: the attention + FFN checkpointing it tries, the
+    alignment's as configured (USE_CHECKPOINT_ALIGN), and the largest batch that fits."""
     setting = "on " if r["checkpointing"] else "off"
+    align = "on" if r.get("align") else "off"
     at_least = "≥ " if r["at_least"] else ""
     note = f" ({', '.join(r['notes'])})" if r["notes"] else ""
     at = "" if r["peak_at_max"] is None else f", peak there {_gb(r['peak_at_max'])} GiB"
     simulated = ", ".join(map(str, r["simulated"]))
+    verdict = (
+        f"largest batch {at_least}{r['max_batch']}{note}"
+        if r["max_batch"] > 0
+        else "does not fit, even at batch 1"
+    )
     return (
-        f"  checkpointing {setting}: largest batch {at_least}{r['max_batch']}{note} "
+        f"  checkpointing attention+FFN {setting}, alignment {align} (as configured): {verdict} "
         f"(batch 1 {_gb(r['peak_batch1'])} GiB, +{_gb(r['per_sample'])} GiB per sample{at}; "
         f"simulated batches {simulated})"
     )

@@ -15,6 +15,8 @@ from tui.model.aggregate import DEFAULT_WINDOW
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from tui.source.nesting import NestPolicy
+
 
 def percent(text: str) -> float:
     """A share given the way the monitor prints it, as a percentage: ``40`` or ``40%`` -> 0.40.
@@ -129,3 +131,29 @@ def stdout_console() -> Console:
         no_color=not tty or None,
         width=None if tty else 200,
     )
+
+
+def add_nest(parser: argparse.ArgumentParser) -> None:
+    """``--nest`` / ``--no-nest``: how a classic text log's top-level names nest."""
+    parser.add_argument(
+        "--nest",
+        action="append",
+        metavar="PARENT=CHILD[,CHILD...]",
+        help="classic text logs: nest these top-level names under PARENT instead of "
+        "inferring it from the numbers (repeatable; e.g. 'Forward total=VRT,Spike encoder')",
+    )
+    parser.add_argument(
+        "--no-nest",
+        action="store_true",
+        help="classic text logs: read top-level names as written (no nesting inferred)",
+    )
+
+
+def nest_policy(args: argparse.Namespace) -> NestPolicy:
+    """The text-log nesting the options ask for (UsageError, exit 2, for a bad value)."""
+    from tui.source.nesting import NestPolicy
+
+    try:
+        return NestPolicy.from_args(getattr(args, "nest", None), getattr(args, "no_nest", False))
+    except ValueError as e:
+        raise UsageError(str(e)) from None

@@ -14,8 +14,10 @@ import sys
 from stagewatch.errors import UsageError
 from tui.commands._common import (
     add_index,
+    add_nest,
     add_window,
     apply_index,
+    nest_policy,
     quiet_pipe,
     stdout_console,
 )
@@ -67,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_window(parser)
     add_index(parser)
+    add_nest(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     apply_index(args)
     from tui.report.compare import compare_paths, comparison_dict, comparison_text, regression_check
 
-    c = compare_paths(args.runs, args.stat, args.window)
+    c = compare_paths(args.runs, args.stat, args.window, nest_policy(args))
     gate = None
     if args.max_regression_pct is not None:
         gate = regression_check(

@@ -9,11 +9,13 @@ from pathlib import Path
 
 from stagewatch import runs
 from stagewatch.errors import UsageError
-from tui.commands._common import quiet_pipe
+from tui.commands._common import add_nest, nest_policy, quiet_pipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN", help="a run folder or one rank<R>.jsonl file")
+    parser.add_argument(
+        "run", metavar="RUN", help="a run folder, one rank<R>.jsonl file or a timing_*.log"
+    )
     parser.add_argument(
         "--format",
         choices=("chrome", "csv"),
@@ -38,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "never one of the run's own files",
     )
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    add_nest(parser)
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from tui.fmt import clean
     from tui.report.export import parse_steps, rank_files, write_chrome, write_csv
 
+    nest = nest_policy(args)
     steps = None
     if args.steps:
         try:
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if out_path is None:
         stats = None
         with quiet_pipe():
-            stats = write(args.run, sys.stdout, steps)
+            stats = write(args.run, sys.stdout, steps, nest)
             sys.stdout.flush()
         if stats is None:  # the reader closed the pipe (`| head`): it has what it wanted
             return 0
@@ -113,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         tmp = real.with_name(f".{real.name}.tmp{os.getpid()}")
         try:
             with open(tmp, "x", encoding="utf-8", newline="") as f:
-                stats = write(args.run, f, steps)
+                stats = write(args.run, f, steps, nest)
             if out_path.exists() and not args.force:  # appeared while we wrote
                 raise UsageError(
                     f"{clean(out_path)} exists: add --force to replace it, or choose another -o"

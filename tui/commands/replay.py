@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from tui.commands._common import add_index, add_thresholds, add_window, apply_index, thresholds
+from tui.commands._common import (
+    add_index,
+    add_nest,
+    add_thresholds,
+    add_window,
+    apply_index,
+    nest_policy,
+    thresholds,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_thresholds(parser)
     add_window(parser)
     add_index(parser)
+    add_nest(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     red, yellow = thresholds(args)
     apply_index(args)
+    nest = nest_policy(args)
     if args.speed <= 0:
         raise UsageError("--speed must be > 0")
     from tui.source.check import check_run
@@ -43,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from tui.source.replay import ReplaySource
     from tui.view.app import MonitorApp
 
-    src = ReplaySource(args.run, speed=args.speed, window=args.window, playing=not args.paused)
+    src = ReplaySource(
+        args.run, speed=args.speed, window=args.window, playing=not args.paused, nest=nest
+    )
     if args.paused:
         src.forward(1)
     MonitorApp(src, red=red, yellow=yellow).run()

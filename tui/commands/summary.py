@@ -9,10 +9,12 @@ import sys
 from stagewatch.errors import UsageError
 from tui.commands._common import (
     add_index,
+    add_nest,
     add_span,
     add_thresholds,
     add_window,
     apply_index,
+    nest_policy,
     quiet_pipe,
     stdout_console,
     thresholds,
@@ -43,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_window(parser)
     add_index(parser)
     _add_limits(parser)
+    add_nest(parser)
     parser.add_argument(
         "--peak-tflops",
         type=float,
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     peak = args.peak_tflops
     if peak is not None and not peak > 0:
         raise UsageError(f"--peak-tflops must be a positive number, got {peak}")
-    snap = open_run(_pick_run(args.run), window=args.window)
+    snap = open_run(_pick_run(args.run), window=args.window, nest=nest_policy(args))
     window = args.span == "recent"
     kw = {"sort": args.sort, "window": window, "peak_tflops": peak}
     kw |= {"depth": args.depth, "top": args.top}

@@ -9,7 +9,15 @@ from pathlib import Path
 
 from stagewatch.errors import UsageError
 from stagewatch.records import DEFAULT_LOG_ROOT
-from tui.commands._common import add_index, add_thresholds, add_window, apply_index, thresholds
+from tui.commands._common import (
+    add_index,
+    add_nest,
+    add_thresholds,
+    add_window,
+    apply_index,
+    nest_policy,
+    thresholds,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_thresholds(parser)
     add_window(parser)
     add_index(parser)
+    add_nest(parser)
 
 
 def resolve_root(root: str) -> str:
@@ -87,6 +96,7 @@ def resolve_root(root: str) -> str:
 def run(args: argparse.Namespace) -> int:
     red, yellow = thresholds(args)
     apply_index(args)
+    nest = nest_policy(args)
     if args.interval is not None and args.interval <= 0:
         raise UsageError("--interval must be > 0")
     root = resolve_root(args.root)
@@ -100,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     src = LiveSource(
         root, poll=args.poll, interval=args.interval, window=args.window, stale_after=args.stale
     )
+    src.reader.nest = nest
     app = MonitorApp(src, red=red, yellow=yellow)
     app.run()
     if app.return_code:  # the screen itself crashed (Textual printed the traceback)

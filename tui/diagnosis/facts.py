@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tui.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from tui.model.nesting import timed_only
 from tui.model.rankstats import (
     H2D_REGIONS,
     INPUT_REGIONS,
@@ -80,6 +81,9 @@ class RunFacts:
     # trainer's allreduce region)
     exposed_ms: float = math.nan
     span: str = "whole run"  # which steps the times and shares are of
+    # a classic text log: step_ms is the timed total (the original logger timed the forward
+    # pass), not a step wall time
+    timed_only: bool = False
     # configuration (run_start config), None when the run does not say
     checkpoint_attn: bool | None = None
     checkpoint_ffn: bool | None = None
@@ -401,6 +405,7 @@ def facts_from_snapshot(
         compared_steps=compared,
         stragglers=verdict,
         span=span_label(snap, window),
+        timed_only=timed_only(getattr(snap, "files", ())),
         **_straggler_facts(snap, verdict),
         **config_facts(getattr(snap, "config", None)),
     )

@@ -57,13 +57,16 @@ def rule_dominant(f: RunFacts, t: Thresholds) -> Advice | None:
     name, share = max(f.region_share.items(), key=lambda kv: kv[1] if _ok(kv[1]) else -1.0)
     if not _ok(share) or share < t.dominant_share:
         return None
+    if f.timed_only and len(f.region_share) == 1:
+        return None  # a text log's one outermost time is its whole timed total: nothing learnt
+    step = "timed total" if f.timed_only else "step"  # a text log holds no step wall time
     return Advice(
         "dominant",
         INFO,
-        f"{name} dominates the step ({_pct(share)})",
-        f"speed-ups elsewhere are capped at {_pct(1 - share)} of the step; start with {name}",
+        f"{name} dominates the {step} ({_pct(share)})",
+        f"speed-ups elsewhere are capped at {_pct(1 - share)} of the {step}; start with {name}",
         {"region": name, "share": share, "region_ms": f.ms(name), "step_ms": f.step_ms},
-        f"{name} {_ms(f.ms(name))} of a {_ms(f.step_ms)} step",
+        f"{name} {_ms(f.ms(name))} of a {_ms(f.step_ms)} {step}",
     )
 
 

@@ -73,6 +73,8 @@ class FileInfo:
     problem: str = ""
     duplicates: int = 0  # step records dropped because a resumed segment repeated them
     dropped: int = 0  # records the writer dropped (its queue full): the records' "dropped"
+    # a classic text log's nesting and what it holds (tui.model.nesting.NestNote)
+    nesting: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,13 +176,17 @@ def compare_snapshots(snaps: Sequence[RunSnapshot], stat: str = "avg") -> Compar
 
 
 def compare_paths(
-    paths: Sequence[str | os.PathLike[str]], stat: str = "avg", window: int | None = None
+    paths: Sequence[str | os.PathLike[str]],
+    stat: str = "avg",
+    window: int | None = None,
+    nest: Any = None,
 ) -> Comparison:
     """Read each run to the end and compare them (UsageError for a missing or empty run)."""
     from tui.model.ranks import DEFAULT_WINDOW
     from tui.report.summary import open_run
 
-    return compare_snapshots([open_run(p, window=window or DEFAULT_WINDOW) for p in paths], stat)
+    w = window or DEFAULT_WINDOW
+    return compare_snapshots([open_run(p, window=w, nest=nest) for p in paths], stat)
 
 
 # --------------------------------------------------------------------------- output

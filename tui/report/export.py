@@ -27,6 +27,7 @@ counted.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import heapq
 import json
@@ -37,6 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+import msgspec
 
 from stagewatch import runs
 from stagewatch.cli import printable
@@ -83,6 +86,8 @@ class ExportStats:
             self.seen.add(n)
             self.steps += 1
 
+    nest: Any = None  # a classic text log's nesting (tui.source.nesting.NestPolicy; None: infer)
+
     def bad(self, path: Path, lineno: int, why: str) -> None:
         self.malformed += 1
         if len(self.errors) < 5:
@@ -109,6 +114,8 @@ def rank_files(path: str | os.PathLike[str]) -> list[tuple[int, Path]]:
         if not _regular(p):
             raise UsageError(f"not a run: {p} is not a regular file")
         rank = rank_of_file(p.name)
+        if rank is None and _is_text_log(p):
+            return [(runs.text_log_rank(p.name), p)]
         if rank is None and not _starts_with_record(p):
             raise UsageError(
                 f"not a run: {p} "
@@ -119,6 +126,9 @@ def rank_files(path: str | os.PathLike[str]) -> list[tuple[int, Path]]:
         files = runs.rank_files(p)
     except OSError as e:
         raise UsageError(f"cannot read run folder {p}: {e.strerror}") from None
+    if not files:
+        with contextlib.suppress(OSError):  # a run of classic text logs only
+            files = sorted(runs.text_logs(p).items())
     odd = [f for _, f in files if not _regular(f)]
     files = [(r, f) for r, f in files if _regular(f)]
     if not files:
@@ -144,10 +154,46 @@ def _starts_with_record(p: Path) -> bool:
     return False
 
 
+def _is_text_log(p: Path) -> bool:
+    return runs.TEXT_LOG_RE.match(p.name) is not None
+
+
+def _text_records(path: Path, stats: ExportStats) -> Iterator[Step]:
+    """A classic text log's steps, nested as the monitor reads them; its steps have no
+    clock time, so each is placed at the sum of the timed totals before it."""
+    from tui.source.nesting import Nester, NestPolicy
+    from tui.source.textlog import TextLogParser
+
+    parser, nester = TextLogParser(), Nester(stats.nest or NestPolicy(), str(path))
+    clock = 0.0
+    try:
+        f = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        for i, line in enumerate(f, 1):
+            s = parser.feed(line.rstrip("\r\n"))
+            if parser.malformed:
+                stats.bad(path, i, parser.last_error)
+                parser.malformed = 0
+            pairs = nester.push(s, parser.native, i) if s is not None else []
+            for _, x in pairs:
+                clock += x.wall_ms / 1000.0
+                yield msgspec.structs.replace(x, time=clock)
+    last = parser.flush()
+    pairs = [*(nester.push(last, parser.native) if last is not None else []), *nester.flush()]
+    for _, x in pairs:
+        clock += x.wall_ms / 1000.0
+        yield msgspec.structs.replace(x, time=clock)
+
+
 def records(path: Path, stats: ExportStats) -> Iterator[Any]:
     """Valid records of one rank file, in order (bad lines counted in ``stats``). Steps are
     those the monitor keeps: one record per step number, the newest; a resume supersedes
     the earlier segment's steps above its start (:class:`tui.source.feed.Feed`)."""
+    if _is_text_log(path):
+        yield from _text_records(path, stats)
+        return
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed by the with below, after the error check
     except OSError as e:
@@ -237,11 +283,11 @@ def parse_steps(text: str) -> StepRange:
 
 
 def write_chrome(
-    run: str | os.PathLike[str], out: IO[str], steps: StepRange | None = None
+    run: str | os.PathLike[str], out: IO[str], steps: StepRange | None = None, nest: Any = None
 ) -> ExportStats:
     """Write the Chrome trace JSON of ``run`` to ``out`` (streamed, one event per line)."""
     files = rank_files(run)
-    stats = ExportStats(ranks=len(files))
+    stats = ExportStats(ranks=len(files), nest=nest)
     t0, offsets = _origin(files, stats, steps)
     run_name = Path(run).name if Path(run).is_dir() else Path(run).parent.name
     out.write('{"displayTimeUnit":"ms","otherData":')
@@ -471,11 +517,11 @@ def _steps(
 
 
 def write_csv(
-    run: str | os.PathLike[str], out: IO[str], steps: StepRange | None = None
+    run: str | os.PathLike[str], out: IO[str], steps: StepRange | None = None, nest: Any = None
 ) -> ExportStats:
     """Write one CSV row per step and rank (two streaming passes: column names, then rows)."""
     files = rank_files(run)
-    stats = ExportStats(ranks=len(files))
+    stats = ExportStats(ranks=len(files), nest=nest)
     regions: dict[str, None] = {}
     mem: dict[str, None] = {}
     scalars: dict[str, None] = {}

@@ -28,23 +28,27 @@ from tui.fmt import (
     sig,
 )
 from tui.model.efficiency import efficiency, efficiency_dict, efficiency_lines
+from tui.model.nesting import TIMED_ONLY, nest_lines, timed_only
 from tui.model.order import tree_sort
 from tui.model.ranks import DEFAULT_WINDOW
 from tui.model.snapshot import UNACCOUNTED, RegionRow, RunSnapshot, Stats
 from tui.source.check import check_run
+from tui.source.nesting import NestPolicy
 from tui.source.reader import RunSource
 
 SCHEMA_VERSION = 1
 
 
-def open_run(path: str | os.PathLike[str], window: int = DEFAULT_WINDOW) -> RunSnapshot:
+def open_run(
+    path: str | os.PathLike[str], window: int = DEFAULT_WINDOW, nest: NestPolicy | None = None
+) -> RunSnapshot:
     """Read a run folder, rank ``.jsonl`` file or ``timing_*.log`` to the end.
 
     Raises UsageError (one line, exit 2) for a missing, unreadable or empty run.
     """
     p = Path(path)
     check_run(p)  # missing, symlink loop, unreadable, not a run: one line each, read nothing
-    src = RunSource(p, window=window).load()
+    src = RunSource(p, window=window, nest=nest).load()
     snap = src.snapshot()
     if snap.step == 0 and not snap.regions and not src.agg.starts:
         bad = sum(f.malformed for f in snap.files)
@@ -177,6 +181,8 @@ def _summary_dict(
         "samples_per_s": _num(snap.samples_per_s),
         "samples_per_s_window": _num(snap.samples_per_s_window),
         "eta_s": _num(snap.eta_s),
+        # step_ms of a classic text log is its timed total (nesting inferred or --nest)
+        "timed_only": timed_only(snap.files),
         "step_ms": _stats(snap.wall),
         "step_ms_window": _stats(snap.wall_window),
         "thresholds": {"red": red, "yellow": yellow},
@@ -206,6 +212,7 @@ def _summary_dict(
                 "skipped": f.skipped,
                 "dropped": f.dropped,
                 "last_error": f.last_error or None,
+                "nesting": f.nesting.as_dict() if f.nesting is not None else None,
             }
             for f in snap.files
         ],
@@ -292,29 +299,7 @@ def summary_text(
     advice. ``window``: figures of the recent window instead of the whole run; ``depth`` /
     ``top``: only the regions :func:`pick_regions` keeps (a line counts the others)."""
     span = span_label(snap, window)
-    wall = snap.wall_window if window else snap.wall
-    sps = snap.samples_per_s_window if window else snap.samples_per_s
-    t = Text()
-    t.append_text(literal(snap.run_id))
-    t.append("  ")
-    t.append(snap.state, style=STATE_STYLE.get(snap.state, ""))
-    t.append(f"  step {snap.step}" + (f"/{snap.total_steps}" if snap.total_steps else ""))
-    if ok(sps) and sps > 0:
-        t.append(f"  {fmt_rate(sps)} samples/s" + (" (all ranks)" if snap.world_size > 1 else ""))
-    t.append(f"  step avg {fmt_ms(wall.avg)} (p95 {fmt_ms(wall.p95)})")
-    t.append(f"  ranks {len(snap.ranks_seen)}/{snap.world_size}")
-    if snap.mem_peak is not None:
-        t.append(f"  peak mem {fmt_bytes(snap.mem_peak)}")
-    if snap.eta_s is not None:
-        t.append(f"  ETA {fmt_duration(snap.eta_s)}")
-    t.append("\n")
-    t.append(f"span: {span}", style="cyan")
-    t.append(f" · sorted by {'share of time' if sort == 'time' else sort}\n", style="dim")
-    if snap.error:
-        e = literal(snap.error)
-        e.stylize("bold red")
-        t.append_text(e)
-        t.append("\n")
+    t = _summary_head(snap, span, sort, window)
     figures = "".join(f" {c:>8}" for c in ("last", "avg", "min", "max", "p95", "calls"))
     head = f"{'region':<{name_w}} {'class':<6} {'share':>6} {'':<10}{figures}\n"
     t.append(head, style="bold")
@@ -366,6 +351,42 @@ def summary_text(
             t.append(")")
         t.append("\n")
     t.append_text(advice_text(_advice(snap, red, window), span))
+    return t
+
+
+def _summary_head(snap: RunSnapshot, span: str, sort: str, window: bool) -> Text:
+    """The summary's first lines: the run, its figures, the span, what a text log holds."""
+    wall = snap.wall_window if window else snap.wall
+    sps = snap.samples_per_s_window if window else snap.samples_per_s
+    t = Text()
+    t.append_text(literal(snap.run_id))
+    t.append("  ")
+    t.append(snap.state, style=STATE_STYLE.get(snap.state, ""))
+    t.append(f"  step {snap.step}" + (f"/{snap.total_steps}" if snap.total_steps else ""))
+    if ok(sps) and sps > 0:
+        t.append(f"  {fmt_rate(sps)} samples/s" + (" (all ranks)" if snap.world_size > 1 else ""))
+    timed = timed_only(snap.files)
+    t.append(
+        f"  {'timed total' if timed else 'step'} avg {fmt_ms(wall.avg)} (p95 {fmt_ms(wall.p95)})"
+    )
+    t.append(f"  ranks {len(snap.ranks_seen)}/{snap.world_size}")
+    if snap.mem_peak is not None:
+        t.append(f"  peak mem {fmt_bytes(snap.mem_peak)}")
+    if snap.eta_s is not None:
+        t.append(f"  ETA {fmt_duration(snap.eta_s)}")
+    t.append("\n")
+    t.append(f"span: {span}", style="cyan")
+    t.append(f" · sorted by {'share of time' if sort == 'time' else sort}\n", style="dim")
+    if timed:
+        t.append(TIMED_ONLY + "; shares are of the timed total\n", style="yellow")
+    for line in nest_lines(snap.files):
+        t.append_text(literal(line))
+        t.append("\n")
+    if snap.error:
+        e = literal(snap.error)
+        e.stylize("bold red")
+        t.append_text(e)
+        t.append("\n")
     return t
 
 

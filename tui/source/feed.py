@@ -23,6 +23,7 @@ from tui.source.decode import (
     fast_path,
     row_from_step,
 )
+from tui.source.nesting import Nester, NestPolicy
 from tui.source.tail import TailFile, TailState
 from tui.source.textlog import TextLogParser
 
@@ -145,7 +146,7 @@ class Feed:
     Step numbers below 1 never get here (the decoder refuses them as malformed).
     """
 
-    def __init__(self, path: str, rank: int, kind: str) -> None:
+    def __init__(self, path: str, rank: int, kind: str, nest: NestPolicy | None = None) -> None:
         self.tail = TailFile(path)
         self.rank = rank
         self.kind = kind
@@ -157,6 +158,8 @@ class Feed:
         # (line n, lo, hi): the step records before line n numbered lo..hi are superseded (a
         # resume at line n: lo = start_step + 1, hi = MAX_INT; a repeat of step s: s, s)
         self.cuts: list[tuple[int, int, int]] = []
+        # a text log's top-level names nested in each other (inferred, --nest, --no-nest)
+        self.nest = Nester(nest or NestPolicy(), path) if kind == "text" else None
         self.resegment = False
         self.duplicates = 0  # step records dropped for a later segment's
         self.dropped = 0  # records the writer dropped (its queue full), as the file says
@@ -194,6 +197,8 @@ class Feed:
         self._rewind()
         if self.text is not None:
             self.text.reset()
+        if self.nest is not None:
+            self.nest.restart()
 
     def state(self) -> FeedState:
         """Counters, cuts and position of a JSONL feed (a text log's parser is not kept)."""
@@ -245,6 +250,7 @@ class Feed:
             problem=self.tail.problem,
             duplicates=self.duplicates,
             dropped=self.dropped,
+            nesting=self.nest.note() if self.nest is not None else None,
         )
 
     def _step_kept(self, step: int, n: int) -> bool:
@@ -370,8 +376,15 @@ class Feed:
                 text.malformed += 1
                 text.last_error = f"line {n}: not UTF-8"
                 continue
-            if s is not None and self._text_step_ok(s.step, n):
-                out.append(row_from_step(s))
+            if s is None:
+                continue
+            nest = self.nest
+            assert nest is not None
+            for at, x in nest.push(s, text.native, n):
+                if self._text_step_ok(x.step, at):
+                    out.append(row_from_step(x))
+            if nest.failed:
+                self.resegment = True  # a nesting rule later steps broke: read again without
         return out
 
     def _text_step_ok(self, step: int, n: int) -> bool:
@@ -383,14 +396,16 @@ class Feed:
             return False
         return self._step_kept(step, n)
 
-    def flush_text(self) -> StepRow | None:
-        """A finished text log's last block (even without a Total line), if it counts."""
-        if self.text is None:
-            return None
-        s = self.text.flush()
-        if s is None or not self._text_step_ok(s.step, self.lines):
-            return None
-        return row_from_step(s)
+    def flush_text(self, last_block: bool = True) -> list[StepRow]:
+        """A text log's steps held back: the steps the nesting decision waits for (the file
+        ended, or idles) and (``last_block``: the file ended) its last block, even without a
+        Total line."""
+        if self.text is None or self.nest is None:
+            return []
+        s = self.text.flush() if last_block else None
+        held = self.nest.push(s, self.text.native, self.lines) if s is not None else []
+        pairs = [*held, *self.nest.flush()]
+        return [row_from_step(x) for at, x in pairs if self._text_step_ok(x.step, at)]
 
     def fold(self, items: list[Any], agg: RunAgg) -> None:
         """Parsed items into ``agg``: steps in batches, other records in order between them."""
@@ -423,9 +438,9 @@ class Feed:
 
     def finish_text(self, agg: RunAgg) -> None:
         """A finished text log: its last block, even without a Total line."""
-        row = self.flush_text()
-        if row is not None:
-            agg.add_steps(self.rank, [row])
+        rows = self.flush_text()
+        if rows:
+            agg.add_steps(self.rank, rows)
 
 
 def read_cuts(path: str) -> Feed:

@@ -25,6 +25,7 @@ from tui.model.aggregate import DEFAULT_WINDOW, RunAgg
 from tui.model.snapshot import FAILED, FINISHED, INTERRUPTED, FileInfo, RunItem, RunSnapshot
 from tui.source import bulk, index
 from tui.source.feed import Feed
+from tui.source.nesting import HOLD_S, MAX_BANS, NestPolicy
 from tui.source.tail import CHUNK
 
 ENDED = (FINISHED, FAILED, INTERRUPTED)
@@ -43,8 +44,10 @@ class RunSource:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         use_index: bool | None = None,
+        nest: NestPolicy | None = None,
     ) -> None:
         p = Path(path)
+        self.nest = nest or NestPolicy()  # how text logs' top-level names nest
         self.use_index = index.enabled() if use_index is None else use_index
         self._index_tried = not self.use_index
         self._index_key: tuple[int, ...] | None = None  # offsets the index on disk holds
@@ -79,7 +82,7 @@ class RunSource:
                 else:
                     kind = "jsonl" if self.path.suffix == ".jsonl" else "text"
                     self.feeds[str(self.path)] = Feed(
-                        str(self.path), text_log_rank(self.path.name), kind
+                        str(self.path), text_log_rank(self.path.name), kind, self.nest
                     )
                 return True
             return False
@@ -101,7 +104,7 @@ class RunSource:
         for rank, f in texts.items():
             path = str(f)
             if rank not in jsonl and path not in self.feeds:
-                self.feeds[path] = Feed(path, rank, "text")
+                self.feeds[path] = Feed(path, rank, "text", self.nest)
                 added = True
         if added:
             self.closed = False
@@ -230,6 +233,8 @@ class RunSource:
             self.behind = more_any
             if not more_any or (budget_s is not None and time.perf_counter() - t0 > budget_s):
                 break
+        if not self.behind and self.idle_s() >= HOLD_S:
+            changed |= self._settle_text()
         if changed:
             # an old file read for the first time is as idle as its modification time says
             newest = max((f.tail.mtime for f in self.feeds.values()), default=0.0)
@@ -237,6 +242,17 @@ class RunSource:
             self.last_growth = self.clock() - age
             self.version += 1
         return changed
+
+    def _settle_text(self) -> bool:
+        """Text logs idle with steps held for the nesting decision: decide on those."""
+        done = False
+        for f in self.feeds.values():
+            if f.nest is not None and f.nest.held:
+                rows = f.flush_text(last_block=False)
+                if rows:
+                    self.agg.add_steps(f.rank, rows)
+                    done = True
+        return done
 
     def load(self, parallel: bool | None = None) -> RunSource:
         """Read everything there is now (replay, summary), ending text logs' last blocks.
@@ -254,7 +270,7 @@ class RunSource:
             self.poll(budget_s=None)
             for f in self.feeds.values():
                 f.tail.chunk = CHUNK
-        for _ in range(8):
+        for _ in range(MAX_BANS + 2):  # a text log's nesting broken by its last steps: again
             for f in self.feeds.values():
                 f.finish_text(self.agg)
             if not any(f.resegment for f in self.feeds.values()):

@@ -32,6 +32,7 @@ from tui.model.rows import StepRow
 from tui.model.snapshot import WorldSnapshot
 from tui.source.feed import Feed
 from tui.source.loop import Post, ReadLoop
+from tui.source.nesting import NestPolicy
 from tui.source.reader import RunSource
 
 MAX_CHECKPOINTS = 64
@@ -69,9 +70,9 @@ class _Cursor:
             self.queue.extend(self.feed.parse(lines))
         self.eof = not lines and not more
         if self.eof and self.feed.text is not None:
-            row = self.feed.flush_text()
-            if row is not None:
-                self.queue.append(row)
+            rows = self.feed.flush_text()  # the last block, the steps the nesting held back
+            if rows:
+                self.queue.extend(rows)
                 got = True
         if self.feed.resegment:
             raise _Resegment
@@ -130,8 +131,10 @@ class ReplaySource(ReadLoop):
         playing: bool = True,
         tick_s: float = 0.1,
         use_index: bool | None = None,
+        nest: NestPolicy | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        self.nest = nest or NestPolicy()
         self.use_index = use_index
         self._cuts: dict[str, list[tuple[int, int, int]]] = {}
         self.known_end: int | None = None  # the last step, from the run index (None: unknown)
@@ -147,7 +150,9 @@ class ReplaySource(ReadLoop):
         self._open()
 
     def _open(self) -> None:
-        self.src = RunSource(self.path, window=self.window, stale_after=math.inf, use_index=False)
+        self.src = RunSource(
+            self.path, window=self.window, stale_after=math.inf, use_index=False, nest=self.nest
+        )
         self.run_id = self.src.run_id
         if not self._cuts:
             self._from_index()

@@ -11,6 +11,7 @@ from pathlib import Path
 from stagewatch.runs import is_run_dir, run_folders
 from tui.model.aggregate import DEFAULT_WINDOW
 from tui.model.snapshot import STALE, RunItem
+from tui.source.nesting import NestPolicy
 from tui.source.reader import ENDED, RunSource
 
 
@@ -48,6 +49,8 @@ class RootReader:
         self._root_mtime: float | None = None
         self._states: dict[str, str] = {}
 
+    nest: NestPolicy | None = None  # how text logs nest (--nest / --no-nest of tui watch)
+
     def _add(self, path: Path) -> None:
         key = str(path)
         if key not in self.runs:
@@ -57,6 +60,7 @@ class RootReader:
                 stale_after=self.stale_after,
                 clock=self.clock,
                 use_index=self.use_index,
+                nest=self.nest,
             )
 
     def scan(self) -> bool:

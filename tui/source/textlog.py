@@ -13,10 +13,12 @@ The format, one block per step::
 A ``  - Sub`` line is a child of the line before it one level up (``VRT/Stage1``); deeper
 levels indent by two more spaces (``    - stage8``), as stagewatch's own text log writes them.
 The Total line becomes the step's ``wall_ms``: the original logger wrote the sum of its
-top-level names there, the only step time such a log holds. A block ends at its Total line,
-or at the next ``Step`` header when a Total line is missing. Lines stagewatch's writer adds
-are understood too: ``(not timed itself)`` parents, ``xN`` call counts, and the derived
-``Unaccounted`` / ``Overlap`` lines and ``Timing summary`` block, which are skipped.
+top-level names there, the only step time such a log holds (:mod:`tui.source.nesting`
+then infers which top-level names nest in which, and the timed total replaces it). A
+block ends at its Total line, or at the next ``Step`` header when a Total line is missing.
+Lines stagewatch's writer adds are understood too: ``(not timed itself)`` parents, ``xN``
+call counts, and the derived ``Unaccounted`` / ``Overlap`` lines and ``Timing summary``
+block, which are skipped.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class TextLogParser:
         self._regions: dict[str, tuple[float, int]] = {}
         self._stack: list[str] = []  # full names of the last line at each depth
         self._in_summary = False
+        self.native = False  # stagewatch's own writer: its Total is the step wall time
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -78,6 +81,7 @@ class TextLogParser:
             name = m.group("name")
             depth = (len(m.group("indent")) + 1) // 2 if m.group("dash") else 0
             if depth == 0 and name in _DERIVED:
+                self.native = True
                 return None
             if depth > len(self._stack):
                 self._bad(f"nested line without a parent: {line[:80]!r}")

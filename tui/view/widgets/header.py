@@ -18,6 +18,7 @@ from tui.fmt import (
     literal,
     ok,
 )
+from tui.model.nesting import nest_briefs, timed_only
 from tui.model.snapshot import RunItem, RunSnapshot
 from tui.view.keys import HINT, REPLAY, WATCH
 from tui.view.widgets.base import show_text
@@ -149,7 +150,7 @@ def _line1(run: RunSnapshot, window: bool, paused: bool, behind_step: int | None
     if ok(sps) and sps > 0:
         label = " samples/s global" if run.world_size > 1 else " samples/s"
         line1.append((_seg(f"{fmt_rate(sps)}{label}"), KEEP))
-    elif ok(run.steps_per_s_window):
+    elif ok(run.steps_per_s_window) and not timed_only(run.files):  # no step time: no rate
         line1.append((_seg(f"{fmt_rate(run.steps_per_s_window)} steps/s"), KEEP))
     if not replay and run.state not in ENDED:
         eta = f"ETA {_safe(fmt_duration, run.eta_s)}" if run.eta_s is not None else "ETA —"
@@ -182,7 +183,16 @@ def _line2(run: RunSnapshot, window: bool, span: str | None) -> list[Part]:
         else:
             line2.append((_seg(m), KEEP))
     w = run.wall_window if window else run.wall
-    line2.append((_seg(f"step {fmt_ms(w.avg)} avg", "bold"), KEEP - 1))
+    if timed_only(run.files):  # the original logger's log: no step wall time in it
+        line2.append(
+            (
+                _seg(f"timed total {fmt_ms(w.avg)} avg (no step time)", "bold"),
+                KEEP - 1,
+                _seg(f"timed {fmt_ms(w.avg)} avg", "bold"),
+            )
+        )
+    else:
+        line2.append((_seg(f"step {fmt_ms(w.avg)} avg", "bold"), KEEP - 1))
     line2.append((_seg(f"p95 {fmt_ms(w.p95)}"), 2))
     line2.append((_seg(f"last {fmt_ms(w.last)}"), 3))
     span = span or (f"last {run.window_size} steps" if window else "whole run")
@@ -225,6 +235,8 @@ def _line3(run: RunSnapshot, age: float, idle_s: float | None) -> list[Part]:
         idle = idle_s if idle_s is not None else run.idle_s + age
         style = "magenta" if run.state == "stale" else "dim"
         line3.append((_seg(f"last write {_safe(fmt_duration, idle)} ago", style), 7))
+    for brief in nest_briefs(run.files):  # a text log's nesting, inferred or given
+        line3.append((literal(brief), 4, literal(brief.split(":")[0])))
     if not run.error:
         where = " · ".join(x for x in (run.host, run.device, run.gpu_name or "") if x)
         if where:

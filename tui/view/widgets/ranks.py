@@ -11,6 +11,7 @@ from textual.widgets import Static
 from tui.diagnosis.facts import comm_line, straggler_cause
 from tui.fmt import CLASS_STYLE, class_of, clean, fmt_ms, fmt_pct, ok
 from tui.model.efficiency import efficiency, region_line
+from tui.model.nesting import timed_only
 from tui.model.rankstats import StragglerVerdict
 from tui.model.snapshot import UNACCOUNTED, RunSnapshot
 from tui.view.widgets.base import set_title, show_text
@@ -48,7 +49,8 @@ def rank_text(
         return "ranks", Text("")
     row = run.region(region) if region else None
     if row is None:
-        title = "ranks · step wall time"
+        # a classic text log holds timed totals, no step wall time
+        title = "ranks · timed total" if timed_only(run.files) else "ranks · step wall time"
         per = [(ri.rank, ri.wall, ri.wall_window) for ri in run.rank_info]
     else:
         title = "ranks · unaccounted" if row.name == UNACCOUNTED else f"ranks · {row.name}"

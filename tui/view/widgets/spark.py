@@ -8,6 +8,7 @@ from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
 from tui.fmt import fmt_ms
+from tui.model.nesting import timed_only
 from tui.model.snapshot import RunSnapshot
 from tui.view.widgets.base import show_text
 
@@ -25,13 +26,14 @@ class StepSpark(Vertical):
         if spark.data != data:
             spark.data = data
         label = self.query_one("#spark-label", Static)
+        what = "timed total" if run is not None and timed_only(run.files) else "step time"
         if data:
             show_text(
                 label,
                 Text(
-                    f"step time, last {len(data)}: {fmt_ms(min(data))} – {fmt_ms(max(data))}",
+                    f"{what}, last {len(data)}: {fmt_ms(min(data))} – {fmt_ms(max(data))}",
                     style="dim",
                 ),
             )
         else:
-            show_text(label, Text("step time: no steps yet", style="dim"))
+            show_text(label, Text(f"{what}: no steps yet", style="dim"))
