@@ -107,7 +107,7 @@ def _swap_inputs(
                 if swapped is None:
                     swapped = {}
                 swapped[k] = v
-        elif isinstance(a, (tuple, list, Mapping)):
+        elif isinstance(a, (tuple, list, dict)):  # concrete types: an ABC check is slow
             nested += _nested_grad_tensors(a, tensor)
     return swapped
 
@@ -238,8 +238,7 @@ class _Probe:
         inst = self.inst
         if inst is None:  # a copy's hooks (see _InertProbe)
             return None
-        torch = inst.torch
-        if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
+        if inst.compiling() or inst.graph_task() != -1:
             return  # inside compiled code; or a recompute (charged by the global hook)
         lg = inst.log
         if lg._closed:
@@ -262,8 +261,8 @@ class _Probe:
         region = lg.region("/" + base + "/" + self.path)
         call = None
         replaced = None
-        if torch.is_grad_enabled():
-            call, replaced = self._new_call(args, kwargs, torch)
+        if inst.grad_enabled():
+            call, replaced = self._new_call(args, kwargs, inst.torch)
         stack.append(_Frame(self, region, base, call))
         region.__enter__()
         return replaced
@@ -272,8 +271,7 @@ class _Probe:
         inst = self.inst
         if inst is None:
             return
-        torch = inst.torch
-        if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
+        if inst.compiling() or inst.graph_task() != -1:
             return
         stack = inst._tls.frames
         frame = None
@@ -292,7 +290,7 @@ class _Probe:
                 if v._version != version:  # modified in place: its first hook is gone
                     v.register_hook(functools.partial(call.input_grad, i))
             call.views = []  # hold no activation past the forward
-        nodes = _output_nodes(out, torch)
+        nodes = _output_nodes(out, inst.torch)
         if not nodes:  # nothing to differentiate through this call
             call.dead = True
             call.drop_hooks()
@@ -451,6 +449,10 @@ class InstrumentHandle:
         import torch
 
         self.torch = torch
+        # looked up once: these run twice per module call
+        self.compiling = torch.compiler.is_compiling
+        self.graph_task = torch._C._current_graph_task_id
+        self.grad_enabled = torch._C.is_grad_enabled
         taken = [p for p, m in timed.items() if m in _timed_now]
         if taken:
             warn(
@@ -496,7 +498,7 @@ class InstrumentHandle:
             self.armed = False
 
     def _rec_pre(self, module: Any, args: Any) -> None:
-        if self.torch._C._current_graph_task_id() == -1:
+        if self.graph_task() == -1:
             return
         owner = self._owner.get(id(module))
         if owner is None:
@@ -507,7 +509,7 @@ class InstrumentHandle:
         rec.depth += 1
 
     def _rec_post(self, module: Any, args: Any, out: Any) -> None:
-        if self.torch._C._current_graph_task_id() == -1 or id(module) not in self._owner:
+        if self.graph_task() == -1 or id(module) not in self._owner:
             return
         rec = _rec
         if rec.depth > 0:
