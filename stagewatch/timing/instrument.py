@@ -224,6 +224,7 @@ class _Probe:
         self.param_hooks: list[Any] = []
         self.hooked: tuple[bool, ...] = ()
         self.trainable = 0  # parameters that need a gradient (while hooked)
+        self.names: dict[str, str] = {}  # the caller's region -> this module's region name
         self.hooks = [
             module.register_forward_pre_hook(self.pre, with_kwargs=True),
             # always_call: a forward that raises still leaves its region
@@ -258,7 +259,12 @@ class _Probe:
         else:
             open_ = getattr(lg._tls, "stack", None)
             base = open_[-1]._full if open_ else "forward"
-        region = lg.region("/" + base + "/" + self.path)
+        name = self.names.get(base)
+        if name is None:
+            name = "/" + base + "/" + self.path
+            if len(self.names) < 64:  # bounded even if the caller's regions vary without end
+                self.names[base] = name
+        region = lg.region(name)
         call = None
         replaced = None
         if inst.grad_enabled():
@@ -357,6 +363,15 @@ class _Probe:
             old = pending.popleft()
             self._abandon(old)
         pending.append(call)
+
+    def unfinished(self, call: _Call) -> None:
+        warn_once(
+            "unfinished:" + self.path,
+            f"instrument(): the backward of {self.path!r} ended without the gradients of all "
+            "its inputs or parameters (an input it does not use, or a pruned graph); its "
+            "region ends with the backward pass",
+        )
+        call.finish()
 
     def _abandon(self, call: _Call) -> None:
         if call.state == 1:
@@ -482,6 +497,8 @@ class InstrumentHandle:
         with self._lock:
             if self.armed or not self._probes:
                 return
+            # at the end of this backward: close what it left open, take the hooks away
+            self.torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
             mod = self.torch.nn.modules.module
             self._global = [
                 mod.register_module_forward_pre_hook(self._rec_pre),
@@ -489,6 +506,16 @@ class InstrumentHandle:
                 mod.register_module_forward_hook(self._rec_post, always_call=True),
             ]
             self.armed = True
+
+    def _backward_done(self) -> None:
+        """The backward pass ended: a call still open did not get all its inputs' (or
+        parameters') gradients in it (a part of the graph pruned, an input the module does
+        not use): its region ends here, with one warning."""
+        for probe in self._probes:
+            for call in probe.pending:
+                if call.state == 1:
+                    probe.unfinished(call)
+        self.disarm_recompute()
 
     def disarm_recompute(self) -> None:
         with self._lock:
