@@ -7,6 +7,9 @@ round runs a block of steps of each mode, in a rotating order, so that the load 
 processes on a shared machine falls on all modes alike:
 
 - ``none``: no timing at all;
+- ``hooks2``: no timing, but a do-nothing forward pre-hook and forward hook on each module
+  ``instrument(depth=2)`` times: the floor any hook-based timing pays (torch's own hook
+  dispatch);
 - ``core``: the timing core only (``forward``/``backward``/``optimizer`` regions, ``step()``,
   JSONL and text log on);
 - ``instrument2`` / ``instrument3``: the core plus ``instrument(model, depth=2)`` (7
@@ -42,9 +45,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _report import machine, today, write_section
 
 import stagewatch
+from stagewatch.timing.modules import select_modules
 
 TARGET_PCT = 3.0
-MODES = ("none", "core", "instrument2", "instrument3", "profiler")
+MODES = ("none", "hooks2", "core", "instrument2", "instrument3", "profiler")
+
+
+def _nothing(*_: Any) -> None:
+    return None
 
 
 class Layer(nn.Module):
@@ -119,6 +127,19 @@ class Bench:
         """The step function of ``name`` with its timing set up around the block."""
         if name == "none":
             yield self.plain_step
+            return
+        if name == "hooks2":
+            handles = []
+            for m in select_modules(self.model, 2, (), ()).values():
+                handles.append(m.register_forward_pre_hook(_nothing, with_kwargs=True))
+                handles.append(
+                    m.register_forward_hook(_nothing, with_kwargs=True, always_call=True)
+                )
+            try:
+                yield self.plain_step
+            finally:
+                for h in handles:
+                    h.remove()
             return
         if name == "profiler":
             from torch.profiler import ProfilerActivity, profile
@@ -226,6 +247,7 @@ def report(res: dict[str, Any]) -> str:
     med, ov = res["median_ms"], res["overhead_pct"]
     names = {
         "none": "no timing",
+        "hooks2": "no timing; two do-nothing hooks on each of those 7 modules",
         "core": "timing core only (3 regions + `step()`, JSONL + text log)",
         "instrument2": "core + `instrument(model, depth=2)`",
         "instrument3": "core + `instrument(model, depth=3)`",
