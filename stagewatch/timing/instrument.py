@@ -247,8 +247,8 @@ class _Probe:
             return
         if call.views:
             for i, v, version in call.views:
-                if v._version != version:  # modified in place: its first hook is gone
-                    v.register_hook(functools.partial(call.input_grad, i))
+                if v._version != version:
+                    self._modified_in_place(call, i, v)
             call.views = []  # hold no activation past the forward
         nodes = output_nodes(out, inst.torch)
         if not nodes:  # nothing to differentiate through this call
@@ -298,6 +298,19 @@ class _Probe:
         if new_kwargs is not None:
             kwargs = {**kwargs, **new_kwargs}
         return call, (args, kwargs)
+
+    @staticmethod
+    def _modified_in_place(call: _Call, i: int, v: Any) -> None:
+        """The module changed its input view in place (``ReLU(inplace=True)``): autograd
+        rewrote the input's history, so the view's own node no longer runs. The input (the
+        view's base) now ends in the node of that in-place op: its gradient passes that
+        node last, so a post-hook there ends the module's backward."""
+        base = v._base
+        node = base.grad_fn if base is not None else None
+        if node is not None:
+            node.register_hook(functools.partial(call.input_grad, i))
+        else:
+            v.register_hook(functools.partial(call.input_grad, i))
 
     def _stale(self) -> None:
         """A new forward: a backward of this module still open did not complete."""
