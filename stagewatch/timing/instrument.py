@@ -1,0 +1,588 @@
+"""Per-module forward and backward regions for any PyTorch model: :func:`instrument`.
+
+How each region is measured (all through the logger's own ``region``/``begin``/``end``, so
+a CUDA logger times them with pooled CUDA events and never synchronizes):
+
+- ``forward/<path>``: a forward pre-hook enters a region, the forward hook leaves it. The
+  region goes on the thread's region stack, so regions the module's code opens itself nest
+  under it. Its parent is the innermost instrumented module's region, else the region the
+  caller has open (``forward``, ``eval``...), else ``forward``.
+- ``backward/<path>``: autograd graph hooks, never module backward hooks (which wrap the
+  module's outputs in a custom Function and break in-place ops on them, and which graph-
+  break ``torch.compile``). The region opens in a pre-hook on the autograd node that made
+  an output (autograd has the output's gradient: the module's backward starts) and closes
+  when the gradients of the module's inputs are complete (tensor hooks on its inputs). A
+  module whose inputs need no gradient closes when its trainable parameters have their
+  gradients (post-accumulate hooks, kept only while such calls happen). Each call has its
+  own start and end hooks, so repeated, shared and re-entered modules pair correctly.
+- ``backward/<path>/recompute``: while a backward runs, a module-global forward hook is
+  armed; a forward under the autograd engine (activation checkpointing re-running it) is
+  charged to the nearest instrumented module at or above the module re-run.
+
+Nothing is installed while timing is off, and a handle whose logger closes takes its hooks
+away at the next call. torch is imported only inside functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import weakref
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from stagewatch.timing import regions
+from stagewatch.timing.modules import (
+    check_direct_forward,
+    drop_compiled,
+    given_modules,
+    is_compiled,
+    output_nodes,
+    owners,
+    patterns,
+    select_modules,
+    swap_inputs,
+    unwrap,
+    warn,
+    warn_once,
+)
+
+_MAX_PENDING = 64  # backward calls a probe remembers (bounded even if backward never runs)
+
+
+class _Rec(threading.local):
+    """Per thread: how deep this thread is in a recomputation already charged."""
+
+    depth = 0
+    handles: list[Any]
+
+    def __init__(self) -> None:
+        self.handles = []
+
+
+_rec = _Rec()
+
+
+class recompute_region:
+    """Charge the code inside to ``name`` on ``log`` as a recompute (absolute name).
+
+    For code that charges its own activation recomputation: while it is open, modules re-run
+    inside it are not charged again by :func:`instrument`."""
+
+    __slots__ = ("_h", "_log", "_name")
+
+    def __init__(self, log: Any, name: str) -> None:
+        self._log, self._name = log, name
+
+    def __enter__(self) -> None:
+        _rec.depth += 1
+        self._h = self._log.begin(self._name) if self._log is not None else None
+
+    def __exit__(self, *exc: Any) -> None:
+        _rec.depth -= 1
+        if self._h is not None:
+            self._log.end(self._h)
+
+
+# --------------------------------------------------------------------------- one call
+
+
+class _Call:
+    """One forward call of a timed module, waiting for (or in) its backward."""
+
+    __slots__ = (
+        "dead",
+        "done",
+        "handle",
+        "leaf_hooks",
+        "params",
+        "probe",
+        "remaining",
+        "state",
+        "views",
+    )
+
+    def __init__(self, probe: _Probe) -> None:
+        self.probe = probe
+        self.state = 0  # 0: backward not started, 1: open, 2: done
+        self.handle: Any = None
+        self.remaining = 0  # input gradients (or parameters) still to come
+        self.params = False  # closes on parameter gradients (no input needs a gradient)
+        self.leaf_hooks: list[Any] = []
+        self.dead = False
+        self.done = 0  # bit i: input i has its gradient
+        self.views: list[tuple[int, Any, int]] = []  # (input, view, version) during forward
+
+    def start(self, *_: Any) -> None:
+        if self.state == 0 and not self.dead:
+            probe = self.probe
+            inst = probe.inst
+            if inst.log._closed:
+                return
+            self.state = 1
+            self.handle = inst.log.begin(probe.bwd_name)
+            inst.arm_recompute()
+            if self.params:
+                self.remaining = probe.trainable
+                if self.remaining == 0:
+                    self.finish()
+
+    def input_grad(self, i: int, *_: Any) -> None:
+        bit = 1 << i
+        if self.done & bit:
+            return
+        self.done |= bit
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.finish()
+
+    def param_grad(self) -> None:
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.state == 1:
+            h, self.handle = self.handle, None
+            self.probe.inst.log.end(h)
+        self.state = 2
+        self.drop_hooks()
+
+    def drop_hooks(self) -> None:
+        for h in self.leaf_hooks:
+            h.remove()
+        self.leaf_hooks = []
+
+
+# --------------------------------------------------------------------------- one module
+
+
+class _Frame:
+    __slots__ = ("base", "call", "probe", "region")
+
+    def __init__(self, probe: _Probe, region: Any, base: str, call: _Call | None) -> None:
+        self.probe, self.region, self.base, self.call = probe, region, base, call
+
+
+class _Probe:
+    """The hooks of one timed module."""
+
+    def __init__(self, inst: InstrumentHandle, module: Any, path: str) -> None:
+        self.inst = inst
+        self.module = module
+        self.path = path
+        self.bwd_name = "backward/" + path
+        self.params = [p for p in module.parameters()]
+        self.pending: deque[_Call] = deque()
+        self.param_hooks: list[Any] = []
+        self.hooked: tuple[bool, ...] = ()
+        self.trainable = 0  # parameters that need a gradient (while hooked)
+        self.names: dict[str, str] = {}  # the caller's region -> this module's region name
+        self.hooks = [
+            module.register_forward_pre_hook(self.pre, with_kwargs=True),
+            # always_call: a forward that raises still leaves its region
+            module.register_forward_hook(self.post, with_kwargs=True, always_call=True),
+        ]
+
+    # pickling or copying a model with hooks gives hooks that do nothing
+    def __reduce__(self) -> Any:
+        return (_inert_probe, ())
+
+    def pre(self, module: Any, args: Any, kwargs: Any) -> Any:
+        inst = self.inst
+        if inst is None:  # a copy's hooks (see _InertProbe)
+            return None
+        if inst.compiling() or inst.graph_task() != -1:
+            return  # inside compiled code; or a recompute (charged by the global hook)
+        lg = inst.log
+        if lg._closed:
+            inst.remove()
+            return
+        if inst.armed:
+            inst.disarm_recompute()
+        if self.pending and self.pending[0].state != 0:
+            self._stale()
+        stack = inst._tls.frames
+        for f in stack:
+            if f.probe is self:  # re-entered: the outer call's regions cover this one
+                stack.append(_Frame(self, None, f.base, None))
+                return None
+        if stack:
+            base = stack[-1].base
+        else:
+            open_ = getattr(lg._tls, "stack", None)
+            base = open_[-1]._full if open_ else "forward"
+        name = self.names.get(base)
+        if name is None:
+            name = "/" + base + "/" + self.path
+            if len(self.names) < 64:  # bounded even if the caller's regions vary without end
+                self.names[base] = name
+        region = lg.region(name)
+        call = None
+        replaced = None
+        if inst.grad_enabled():
+            call, replaced = self._new_call(args, kwargs, inst.torch)
+        stack.append(_Frame(self, region, base, call))
+        region.__enter__()
+        return replaced
+
+    def post(self, module: Any, args: Any, kwargs: Any, out: Any) -> None:
+        inst = self.inst
+        if inst is None:
+            return
+        if inst.compiling() or inst.graph_task() != -1:
+            return
+        stack = inst._tls.frames
+        frame = None
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i].probe is self:
+                frame = stack.pop(i)
+                break
+        if frame is None or frame.region is None:
+            return
+        frame.region.__exit__(None, None, None)
+        call = frame.call
+        if call is None:
+            return
+        if call.views:
+            for i, v, version in call.views:
+                if v._version != version:
+                    self._modified_in_place(call, i, v)
+            call.views = []  # hold no activation past the forward
+        nodes = output_nodes(out, inst.torch)
+        if not nodes:  # nothing to differentiate through this call
+            call.dead = True
+            call.drop_hooks()
+            return
+        seen: set[int] = set()
+        for n in nodes:
+            if id(n) not in seen:
+                seen.add(id(n))
+                n.register_prehook(call.start)
+        self._remember(call)
+
+    def _new_call(self, args: Any, kwargs: Any, torch: Any) -> tuple[_Call, Any]:
+        """A call record, and the arguments to run with: each tensor argument that needs a
+        gradient is replaced by a view of itself, which only this module consumes, so the
+        view's gradient is complete exactly when this module's backward is (a skip
+        connection around the module does not count). The same tensor passed twice gets
+        the same view (``attn(h, h, h)`` keeps its ``query is key`` fast path)."""
+        call = _Call(self)
+        tensor = torch.Tensor
+        views: dict[int, Any] = {}
+        nested: list[Any] = []
+        new_args = swap_inputs(enumerate(args), views, nested, tensor)
+        new_kwargs = swap_inputs(kwargs.items(), views, nested, tensor) if kwargs else None
+        if not views and not nested:
+            call.params = True
+            self._hook_params()
+            return call, None
+        call.remaining = len(views) + len(nested)
+        partial = functools.partial
+        i = 0
+        for v in views.values():
+            # a pre-hook on the view's own node: it runs once the view's gradient is complete
+            v.grad_fn.register_prehook(partial(call.input_grad, i))
+            call.views.append((i, v, v._version))
+            i += 1
+        for t in nested:
+            h = t.register_hook(partial(call.input_grad, i))
+            if t.grad_fn is None:  # a leaf keeps its hooks: take them away when done
+                call.leaf_hooks.append(h)
+            i += 1
+        if new_args is None and new_kwargs is None:
+            return call, None
+        if new_args is not None:
+            args = tuple(new_args.get(j, a) for j, a in enumerate(args))
+        if new_kwargs is not None:
+            kwargs = {**kwargs, **new_kwargs}
+        return call, (args, kwargs)
+
+    @staticmethod
+    def _modified_in_place(call: _Call, i: int, v: Any) -> None:
+        """The module changed its input view in place (``ReLU(inplace=True)``): autograd
+        rewrote the input's history, so the view's own node no longer runs. The input (the
+        view's base) now ends in the node of that in-place op: its gradient passes that
+        node last, so a post-hook there ends the module's backward."""
+        base = v._base
+        node = base.grad_fn if base is not None else None
+        if node is not None:
+            node.register_hook(functools.partial(call.input_grad, i))
+        else:
+            v.register_hook(functools.partial(call.input_grad, i))
+
+    def _stale(self) -> None:
+        """A new forward: a backward of this module still open did not complete."""
+        keep: deque[_Call] = deque()
+        for call in self.pending:
+            if call.state == 1:
+                self._abandon(call)
+            elif call.state == 0:
+                keep.append(call)
+        self.pending = keep
+
+    def _remember(self, call: _Call) -> None:
+        pending = self.pending
+        while pending and pending[0].state == 2:
+            pending.popleft()
+        if len(pending) >= _MAX_PENDING:
+            old = pending.popleft()
+            self._abandon(old)
+        pending.append(call)
+
+    def unfinished(self, call: _Call) -> None:
+        warn_once(
+            "unfinished:" + self.path,
+            f"instrument(): the backward of {self.path!r} ended without the gradients of all "
+            "its inputs or parameters (an input it does not use, or a pruned graph); its "
+            "region ends with the backward pass",
+        )
+        call.finish()
+
+    def _abandon(self, call: _Call) -> None:
+        if call.state == 1:
+            warn_once(
+                "incomplete:" + self.path,
+                f"instrument(): the backward of {self.path!r} did not complete (some of "
+                "its inputs or parameters got no gradient); its region is closed late",
+            )
+            call.finish()
+        call.dead = True
+        call.drop_hooks()
+
+    def _hook_params(self) -> None:
+        """Post-accumulate hooks on the trainable parameters (re-made when parameters are
+        frozen or unfrozen: a hook cannot go on a tensor that needs no gradient)."""
+        want = tuple(p.requires_grad for p in self.params)
+        if want == self.hooked:
+            return
+        self.trainable = sum(want)
+        for h in self.param_hooks:
+            h.remove()
+        self.param_hooks = [
+            p.register_post_accumulate_grad_hook(self._accumulated)
+            for p, on in zip(self.params, want, strict=True)
+            if on
+        ]
+        self.hooked = want
+
+    def _accumulated(self, p: Any) -> None:
+        if not p.requires_grad:
+            return
+        for call in self.pending:
+            if call.state == 1 and call.params:
+                call.param_grad()
+
+    def remove(self) -> None:
+        for h in self.hooks + self.param_hooks:
+            h.remove()
+        self.hooks, self.param_hooks, self.hooked = [], [], ()
+        for call in self.pending:
+            call.dead = True
+            call.drop_hooks()
+            if call.state == 1:
+                call.finish()
+        self.pending.clear()
+
+
+class _InertProbe:
+    """What a pickled or deep-copied model's hooks become (deepcopy binds the probe's own
+    methods to it: ``inst`` None makes them return at once)."""
+
+    inst = None
+
+    def pre(self, *_: Any) -> None:
+        return None
+
+    post = pre
+
+
+def _inert_probe() -> _InertProbe:
+    return _InertProbe()
+
+
+# --------------------------------------------------------------------------- the handle
+
+
+_timed_now: weakref.WeakSet[Any] = weakref.WeakSet()  # modules some handle times now
+
+
+class _Stack(threading.local):
+    def __init__(self) -> None:
+        self.frames: list[_Frame] = []
+
+
+class InstrumentHandle:
+    """The hooks :func:`instrument` installed. :meth:`remove` takes them all away; usable
+    as a context manager. ``regions`` lists the module paths timed (empty when inert)."""
+
+    def __init__(self, log: Any = None, model: Any = None, timed: dict[str, Any] | None = None):
+        self.log = log
+        self.regions: list[str] = list(timed or ())
+        self._probes: list[_Probe] = []
+        self._tls = _Stack()
+        self._owner: dict[int, str] = {}
+        self._global: list[Any] = []
+        self._lock = threading.Lock()
+        self.armed = False
+        if log is None or not timed:
+            return
+        import torch
+
+        self.torch = torch
+        # looked up once: these run twice per module call
+        self.compiling = torch.compiler.is_compiling
+        self.graph_task = torch._C._current_graph_task_id
+        self.grad_enabled = torch._C.is_grad_enabled
+        taken = [p for p, m in timed.items() if m in _timed_now]
+        if taken:
+            warn(
+                f"instrument(): {taken[0]!r} (and {len(taken) - 1} more) already timed by "
+                "another handle; not timed twice (remove() the other handle first)",
+            )
+            timed = {p: m for p, m in timed.items() if m not in _timed_now}
+            self.regions = list(timed)
+        check_direct_forward(model, timed)
+        self._owner = owners(model, timed)
+        self._probes = [_Probe(self, m, p) for p, m in timed.items()]
+        for m in timed.values():
+            _timed_now.add(m)
+
+    @property
+    def active(self) -> bool:
+        """True while hooks are installed."""
+        return bool(self._probes)
+
+    def stack(self) -> list[_Frame]:
+        return self._tls.frames
+
+    # recompute: a module-global forward hook, armed only while a backward runs
+    def arm_recompute(self) -> None:
+        if self.armed:
+            return
+        with self._lock:
+            if self.armed or not self._probes:
+                return
+            # at the end of this backward: close what it left open, take the hooks away
+            self.torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
+            mod = self.torch.nn.modules.module
+            self._global = [
+                mod.register_module_forward_pre_hook(self._rec_pre),
+                # always_call: checkpoint's early stop ends a recompute by raising
+                mod.register_module_forward_hook(self._rec_post, always_call=True),
+            ]
+            self.armed = True
+
+    def _backward_done(self) -> None:
+        """The backward pass ended: a call still open did not get all its inputs' (or
+        parameters') gradients in it (a part of the graph pruned, an input the module does
+        not use): its region ends here, with one warning."""
+        for probe in self._probes:
+            for call in probe.pending:
+                if call.state == 1:
+                    probe.unfinished(call)
+        self.disarm_recompute()
+
+    def disarm_recompute(self) -> None:
+        with self._lock:
+            for h in self._global:
+                h.remove()
+            self._global = []
+            self.armed = False
+
+    def _rec_pre(self, module: Any, args: Any) -> None:
+        if self.graph_task() == -1:
+            return
+        owner = self._owner.get(id(module))
+        if owner is None:
+            return
+        rec = _rec
+        if rec.depth == 0:
+            rec.handles.append((module, self.log.begin("backward/" + owner + "/recompute")))
+        rec.depth += 1
+
+    def _rec_post(self, module: Any, args: Any, out: Any) -> None:
+        if self.graph_task() == -1 or id(module) not in self._owner:
+            return
+        rec = _rec
+        if rec.depth > 0:
+            rec.depth -= 1
+            if rec.depth == 0 and rec.handles:
+                _, h = rec.handles.pop()
+                self.log.end(h)
+
+    def remove(self) -> None:
+        """Take away every hook (idempotent); regions still open are closed."""
+        probes, self._probes = self._probes, []
+        for p in probes:
+            p.remove()
+            _timed_now.discard(p.module)
+        if self.armed:
+            self.disarm_recompute()
+
+    def __enter__(self) -> InstrumentHandle:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = f"{len(self.regions)} modules" if self.active else "inert"
+        return f"InstrumentHandle({state})"
+
+
+def _resolve_logger(logger: Any) -> Any:
+    lg = logger if logger is not None else regions._global
+    if lg is None or not getattr(lg, "enabled", False) or getattr(lg, "_closed", True):
+        return None
+    return lg
+
+
+def instrument(
+    model: Any,
+    depth: int | None = 2,
+    *,
+    modules: Mapping[str, Any] | None = None,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    logger: Any = None,
+) -> InstrumentHandle:
+    """Time every module of ``model`` down to ``depth`` as ``forward/<path>`` and
+    ``backward/<path>`` regions (``backward/<path>/recompute`` for checkpointed re-runs).
+
+    ``path`` is the module's name from ``named_modules`` with ``.`` -> ``/`` (DDP, FSDP and
+    torch.compile wrappers unwrapped). ``modules={name: module}`` times exactly those,
+    under those names. ``include``/``exclude``: glob patterns on paths (a pattern also
+    covers the module's descendants); ``depth=None``: no depth limit. ``logger``: default
+    the global timing logger; with none, or timing off, nothing is installed and the
+    handle is inert. Returns a handle: ``.remove()``, or use it as a context manager.
+    """
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+        raise ValueError(f"instrument(depth=): expected an integer >= 1 or None, got {depth!r}")
+    inc, exc = patterns(include, "include"), patterns(exclude, "exclude")
+    lg = _resolve_logger(logger)
+    if lg is None:
+        return InstrumentHandle()
+    import torch
+
+    if modules is None and not isinstance(model, torch.nn.Module):
+        raise TypeError(f"instrument(): expected a torch.nn.Module, got {type(model).__name__}")
+    if modules is not None:
+        timed = given_modules(modules, inc, exc, torch)
+        root = model if isinstance(model, torch.nn.Module) else None
+    else:
+        if is_compiled(model):
+            warn(
+                "instrument(): the model is compiled by torch.compile, which ignores hooks "
+                "added after it; no module regions (instrument before compiling, or not at all)",
+            )
+            return InstrumentHandle()
+        root = unwrap(model)
+        timed = select_modules(root, depth, inc, exc)
+    timed = drop_compiled(timed)
+    if root is None:
+        root = torch.nn.Module()
+        for i, m in enumerate(timed.values()):
+            root.add_module(f"m{i}", m)
+    return InstrumentHandle(lg, root, timed)
