@@ -479,6 +479,7 @@ def test_run_id_broadcast_by_torch_distributed(tmp_path, monkeypatch):
     fake.broadcast_object_list = broadcast_object_list
     monkeypatch.setitem(sys.modules, "torch.distributed", fake)
     monkeypatch.delenv("STAGEWATCH_RUN_ID", raising=False)
+    monkeypatch.setenv("STAGEWATCH_CLOCK_SYNC", "0")  # the fake has no collectives to time
     lg = make(tmp_path)
     assert (lg.rank, lg.world_size, lg.run_id) == (1, 3, "20261126-000000-from_rank0-abcd")
     assert len(calls) == 1 and calls[0][1] == 0
