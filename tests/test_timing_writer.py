@@ -136,7 +136,7 @@ def test_full_queue_drops_counts_in_the_next_record_and_warns_once(tmp_path):
 
 def test_drops_just_before_the_end_are_counted_in_run_end(tmp_path):
     lg = make(tmp_path, background_writer=True, writer_queue=2, enable_file=False)
-    with lg._writer._lock:
+    with pytest.warns(TimingWarning, match="records are dropped"), lg._writer._lock:
         steps(lg, 5)
     lg.close()
     end = jsonl(lg)[-1]
