@@ -18,6 +18,7 @@ from stagewatch.records import RunEnd, RunStart
 from tui.model.order import CUT, tree_rows
 from tui.model.ranks import RankAgg
 from tui.model.rankstats import StragglerVerdict, judge_stragglers
+from tui.model.series import SeriesSet, series_set
 from tui.model.snapshot import EMPTY, NAN, UNACCOUNTED, RankInfo, RegionRow, Stats
 
 Recent = tuple[tuple[int, float, float, float], ...]  # RankInfo.recent
@@ -115,6 +116,16 @@ def region_rows(
         ranks=tuple(un) if with_ranks else (),
     )
     return tuple(regions), unaccounted
+
+
+def region_series(aggs: Sequence[RankAgg], regions: Sequence[RegionRow]) -> SeriesSet:
+    """The chart's data: every rank's downsampled series of the tree's regions."""
+    return series_set(
+        [a.rank for a in aggs],
+        [a.series for a in aggs],
+        [a.cols for a in aggs],
+        [r.name for r in regions if not r.cut],
+    )
 
 
 # --------------------------------------------------------------------------- ranks

@@ -21,6 +21,7 @@ from tui.model.histogram import NBUCKETS, hist_index
 from tui.model.rankstats import MemTrend
 from tui.model.readout import RankReadout
 from tui.model.rows import LIMITS, StepBlock, StepRow
+from tui.model.series import RegionSeries
 from tui.model.snapshot import NAN
 
 DEFAULT_WINDOW = 100
@@ -57,6 +58,7 @@ class RankAgg(RankReadout):
         self.names: list[str] = []
         self._schemas: dict[tuple[str, ...], np.ndarray] = {}
         self.cap = 0
+        self.series = RegionSeries()  # each region over the whole run, downsampled (the chart)
         self._alloc(16)
         w = self.window
         self.ring_wall = np.full(w, NAN)
@@ -120,6 +122,7 @@ class RankAgg(RankReadout):
             rc = np.zeros((w, cap))
             rc[:, :old] = self.ring_calls
             self.ring_calls = rc
+        self.series.grow(cap)
         self.cap = cap
 
     def _cols_for(self, keys: tuple[str, ...]) -> np.ndarray:
@@ -235,6 +238,7 @@ class RankAgg(RankReadout):
         walls = np.array(walls_t, dtype=np.float64)
         self._fold_regions(b, m, c, steps)
         self._fold_walls(b, walls)
+        self.series.add(steps, m, walls)
         self.samples_total += int(sum(samples_t))
         self.last_step = int(steps[-1])
         self.last_time = float(times_t[-1])

@@ -149,6 +149,9 @@ class RunSnapshot:
     # screen shows them without judging anything on its own thread
     advice: tuple[str, ...] = field(default=(), compare=False)
     advice_window: tuple[str, ...] = field(default=(), compare=False)
+    # each region's and the step's time over the whole run, per rank, downsampled
+    # (tui.model.series.SeriesSet): the chart. Full snapshots only.
+    series: Any = field(default=None, compare=False)
 
     @property
     def file_problems(self) -> tuple[FileInfo, ...]:

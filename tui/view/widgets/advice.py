@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui.fmt import literal
-from tui.view.widgets.base import show_text
+from tui.view.widgets.base import note_need, show_text
 
 
 class AdviceBox(Static):
@@ -21,9 +21,21 @@ class AdviceBox(Static):
     def show(self, lines: list[str]) -> None:
         self.lines = list(lines)
         self._fit()
+        note_need(self, self.need())
 
     def on_resize(self) -> None:
         self._fit()
+        note_need(self, self.need())
+
+    def need(self) -> int:
+        """Rows (borders included) to show every advice line at the current width."""
+        if not self.lines:
+            return 3
+        width = self.content_size.width
+        if width <= 2:
+            return 2 + len(self.lines)
+        items = [Text.assemble("• ", literal(x)) for x in self.lines]
+        return 2 + sum(len(item.wrap(self.app.console, width)) for item in items)
 
     def _fit(self) -> None:
         lines = self.lines

@@ -45,6 +45,7 @@ class CompareScreen(Screen[None]):
     CSS_PATH = str(Path(__file__).with_name("compare.tcss"))  # absolute: any app pushes it
     BINDINGS = [  # noqa: RUF012
         Binding("escape,q", "close", "Close"),
+        Binding("f10", "app.quit", "Quit", show=False),  # htop's habit
     ]
 
     def __init__(self, comparison: Comparison) -> None:

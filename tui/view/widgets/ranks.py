@@ -11,7 +11,7 @@ from textual.widgets import Static
 from tui.fmt import CLASS_STYLE, class_of, clean, fmt_ms, fmt_pct, ok
 from tui.model.efficiency import efficiency, region_line
 from tui.model.snapshot import UNACCOUNTED, RunSnapshot
-from tui.view.widgets.base import set_title, show_text
+from tui.view.widgets.base import note_need, set_title, show_text
 from tui.view.widgets.files import file_problems
 
 RANK_W = {"last": 7, "avg": 7, "p95": 7, "max": 7, "share": 6, "diff": 7, "slow": 5}
@@ -121,8 +121,14 @@ class RankView(Static):
     ) -> None:
         self._args = (run, region, window, red, yellow)
         title, text = rank_text(run, region, window, red, yellow, self.content_size.width)
+        self._lines = text.plain.rstrip("\n").count("\n") + 1
         set_title(self, title)
         show_text(self, text)
+        note_need(self, self.need())
+
+    def need(self) -> int:
+        """Rows (borders included) to show every line."""
+        return getattr(self, "_lines", 1) + 2
 
     def on_resize(self) -> None:
         if self._args is not None:
