@@ -224,3 +224,80 @@ async def test_g_toggles_the_chart(tmp_path: Path) -> None:
         assert "per rank" in str(chart.border_title)
         await pilot.press("g")
         assert chart.mode == BANDS
+
+
+# ----------------------------------------------------------------------------- many ranks
+
+
+@pytest.fixture(scope="module")
+def big_run(tmp_path_factory: pytest.TempPathFactory) -> object:
+    root = tmp_path_factory.mktemp("big")
+    run = write_run(root, "20261126-100000-big-0001", steps=40, ranks=64, straggler=5)
+    return RunSource(run).load().snapshot()
+
+
+def _style_at(text: object, line: int, col: int) -> str:
+    """The style of one cell of a Text (its spans)."""
+    plain = text.plain  # type: ignore[attr-defined]
+    off = sum(len(x) + 1 for x in plain.split("\n")[:line]) + col
+    styles = [str(s.style) for s in text.spans if s.start <= off < s.end]  # type: ignore[attr-defined]
+    return styles[-1] if styles else ""
+
+
+def test_64_ranks_fit_slowest_first_with_heat_strips(big_run: object) -> None:
+    from tui.view.widgets.ranks import rank_lines, rank_text
+
+    snap = big_run
+    title, text = rank_text(snap, None, False, 0.4, 0.1, width=60, height=12)  # type: ignore[arg-type]
+    lines = text.plain.rstrip("\n").split("\n")
+    assert len(lines) <= 12 and all(len(x) <= 60 for x in lines)
+    assert "64 ranks, slowest first" in title
+    assert lines[0].startswith("waiting for rank 5")  # the verdict first
+    head = next(i for i, x in enumerate(lines) if x.lstrip().startswith("rank "))
+    first = lines[head + 1].split()
+    assert first[0] == "5"  # the straggler heads the list
+    strip_at = lines[head + 1].index(first[1][0])
+    assert _style_at(text, head + 1, strip_at) in ("bold red", "dark_orange")  # it runs hot
+    assert "green" in _style_at(text, head + 2, strip_at)  # the next rank's does not
+    assert lines[-1].startswith("… ") and "more ranks" in lines[-1]
+    shown = len(lines) - head - 2
+    assert lines[-1].split()[1] == str(64 - shown)
+    assert rank_lines(snap, None, False, 60) == head + 1 + 64  # type: ignore[arg-type]
+    # a region: sorted by its mean, the straggler's stage first too
+    _, text = rank_text(snap, "forward/vrt/stage8", False, 0.4, 0.1, width=60, height=10)  # type: ignore[arg-type]
+    rows = [x for x in text.plain.split("\n") if x[:4].strip().isdigit()]
+    assert rows[0].split()[0] == "5"
+
+
+def test_the_verdicts_cause_comes_first(big_run: object) -> None:
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from tui.view.widgets.ranks import rank_text
+
+    verdict = SimpleNamespace(
+        cause="rank 5: compute +29%, mostly backward +1.3 s",
+        who_waits=lambda: "waiting for rank 5 at the all-reduce",
+        ranks=(),
+    )
+    snap = replace(big_run, stragglers=verdict)  # type: ignore[type-var]
+    _, text = rank_text(snap, None, False, 0.4, 0.1, width=80, height=12)
+    lines = text.plain.split("\n")
+    assert lines[0] == "rank 5: compute +29%, mostly backward +1.3 s"
+    assert lines[1] == "waiting for rank 5 at the all-reduce"
+    assert _style_at(text, 0, 0) == "bold red"
+
+
+def test_512_ranks_draw_only_what_fits(tmp_path: Path) -> None:
+    import time
+
+    from tui.view.widgets.ranks import rank_text
+
+    run = write_run(tmp_path, "20261126-100000-huge-0001", steps=6, ranks=512, n_regions=4)
+    snap = RunSource(run).load().snapshot()
+    assert snap.series.recent.shape[0] == 512
+    t0 = time.perf_counter()
+    _, text = rank_text(snap, None, False, 0.4, 0.1, width=70, height=15)
+    assert time.perf_counter() - t0 < 5  # a generous bound: the work is the shown rows
+    lines = text.plain.rstrip("\n").split("\n")
+    assert len(lines) <= 15 and "more ranks" in lines[-1]

@@ -17,8 +17,8 @@ import numpy as np
 from stagewatch.records import RunEnd, RunStart
 from tui.model.order import CUT, tree_rows
 from tui.model.ranks import RankAgg
-from tui.model.rankstats import StragglerVerdict, judge_stragglers
-from tui.model.series import SeriesSet, series_set
+from tui.model.rankstats import WAIT_REGIONS, StragglerVerdict, judge_stragglers
+from tui.model.series import RECENT, SeriesSet, series_set
 from tui.model.snapshot import EMPTY, NAN, UNACCOUNTED, RankInfo, RegionRow, Stats
 
 Recent = tuple[tuple[int, float, float, float], ...]  # RankInfo.recent
@@ -119,12 +119,19 @@ def region_rows(
 
 
 def region_series(aggs: Sequence[RankAgg], regions: Sequence[RegionRow]) -> SeriesSet:
-    """The chart's data: every rank's downsampled series of the tree's regions."""
+    """The chart's data and the heat strips': every rank's downsampled series of the tree's
+    regions, and its last steps."""
+    rings = []
+    for a in aggs:
+        o = a._order()[-RECENT:]
+        rings.append((a.ring_step[o], a.ring_wall[o], a.ring[o]))
     return series_set(
         [a.rank for a in aggs],
         [a.series for a in aggs],
         [a.cols for a in aggs],
         [r.name for r in regions if not r.cut],
+        rings,
+        WAIT_REGIONS,
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NBUCKETS = 128  # buckets per rank: the chart's resolution over the run
+RECENT = 48  # steps of each rank's heat strip (at most the aggregate's window)
 MAX_WIDTH = 1 << 40  # steps per bucket at most (a step number is below 2**63)
 
 
@@ -101,6 +102,19 @@ class SeriesSet:
     ranks: tuple[int, ...]
     names: dict[str, int] = field(default_factory=dict, compare=False)  # region -> plane
     means: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 1)), compare=False)
+    # the ranks' last RECENT steps, aligned by step number (column 0 is step
+    # ``recent_first``; NaN where a rank has no such step or the region did not run): ranks ×
+    # steps × planes, plane 0 the compute (step wall minus all-reduce and data waits), then
+    # the regions as in ``names``. The ranks panel's heat strips.
+    recent: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 1)), compare=False)
+    recent_first: int = 0
+
+    def recent_of(self, name: str | None) -> np.ndarray | None:
+        """Ranks × recent steps of region ``name`` (None: the compute)."""
+        j = 0 if name is None else self.names.get(name)
+        if j is None or not self.recent.size:
+            return None
+        return self.recent[:, :, j]
 
     def of(self, name: str | None) -> np.ndarray | None:
         """The ranks × buckets means of region ``name`` (None: the step wall time)."""
@@ -130,24 +144,94 @@ class SeriesSet:
         return bucket * self.width + 1
 
 
+def _gather(cmap: dict[str, int], names: Sequence[str], ncols: int) -> np.ndarray:
+    """For each of ``names``, its column in a rank (``cmap``), or ``ncols`` (a NaN column
+    appended) when the rank has none."""
+    get = cmap.get
+    return np.fromiter((get(n, ncols) for n in names), np.int64, count=len(names))
+
+
+def _groups(keys: Sequence[object]) -> dict[object, list[int]]:
+    """Indices by key: ranks of one layout are handled in one numpy pass (at 512 ranks the
+    per-rank calls would cost more than the arithmetic)."""
+    out: dict[object, list[int]] = {}
+    for i, k in enumerate(keys):
+        out.setdefault(k, []).append(i)
+    return out
+
+
+def recent_planes(
+    rings: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    cols: Sequence[dict[str, int]],
+    names: Sequence[str],
+    waits: Sequence[str],
+) -> tuple[np.ndarray, int]:
+    """The ranks' last :data:`RECENT` steps aligned by step number (see
+    :attr:`SeriesSet.recent`): ``rings`` are each rank's (steps, walls, ms rows × columns)
+    of its window, oldest first, ``waits`` the regions subtracted from the wall for the
+    compute."""
+    last = max((int(st[-1]) for st, _, _ in rings if len(st)), default=0)
+    first = last - RECENT + 1  # the newest step in the last column (columns before step 1: NaN)
+    out = np.full((len(rings), RECENT, 1 + len(names)), np.nan, dtype=np.float32)
+    keys = [
+        (len(st), ring.shape[1], tuple(cmap))
+        for (st, _, ring), cmap in zip(rings, cols, strict=True)
+    ]
+    for (k, ncols, _), idx in _groups(keys).items():
+        if k == 0:
+            continue
+        cmap = cols[idx[0]]
+        st = np.stack([rings[i][0] for i in idx])  # g × k
+        walls = np.stack([rings[i][1] for i in idx])
+        ring = np.stack([rings[i][2] for i in idx])  # g × k × columns
+        ring = np.concatenate([ring, np.full((len(idx), k, 1), np.nan)], axis=2)
+        compute = walls.copy()
+        for w in waits:
+            c = cmap.get(w)
+            if c is not None:
+                compute -= np.nan_to_num(ring[:, :, c])
+        keep = (st >= first) & (st <= last)
+        g, j = np.nonzero(keep)
+        rows, at = np.asarray(idx)[g], st[g, j] - first
+        out[rows, at, 0] = compute[g, j]
+        out[rows, at, 1:] = ring[g, j][:, _gather(cmap, names, ncols)]
+    return out, first
+
+
 def series_set(
     ranks: Sequence[int],
     series: Sequence[RegionSeries],
     cols: Sequence[dict[str, int]],
     names: Sequence[str],
+    rings: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] = (),
+    waits: Sequence[str] = (),
 ) -> SeriesSet:
     """Every rank's series of ``names`` and of the step wall time, on the widest rank's width
-    (float32: a chart's precision)."""
+    (float32: a chart's precision), and (given each rank's ``rings``) its recent steps."""
     width = max((s.width for s in series), default=1)
     planes = {n: j + 1 for j, n in enumerate(names)}
     out = np.full((len(series), NBUCKETS, 1 + len(names)), np.nan, dtype=np.float32)
-    for i, (s, cmap) in enumerate(zip(series, cols, strict=True)):
-        m = s.means_at(width)
-        # plane j of the output <- column 1 + col of the rank's means (0: the wall time)
-        dst = [0] + [planes[n] for n in cmap if n in planes]
-        src = [0] + [1 + c for n, c in cmap.items() if n in planes]
-        out[i][:, dst] = m[:, src]
+    keys = [(s.width, s.sum.shape[1], tuple(cmap)) for s, cmap in zip(series, cols, strict=True)]
+    for (w, ncols, _), idx in _groups(keys).items():
+        sm = np.stack(
+            [np.concatenate([series[i].wall_sum[:, None], series[i].sum], 1) for i in idx]
+        )
+        cn = np.stack(
+            [np.concatenate([series[i].wall_cnt[:, None], series[i].cnt], 1) for i in idx]
+        )
+        f = width // w
+        if f > 1:  # merged to the common width
+            n = NBUCKETS // f
+            pad = np.zeros((len(idx), NBUCKETS - n, sm.shape[2]))
+            sm = np.concatenate([sm.reshape(len(idx), n, f, -1).sum(axis=2), pad], axis=1)
+            cn = np.concatenate([cn.reshape(len(idx), n, f, -1).sum(axis=2), pad], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m = np.where(cn > 0, sm / np.maximum(cn, 1), np.nan)
+        m = np.concatenate([m, np.full((len(idx), NBUCKETS, 1), np.nan)], axis=2)
+        gather = np.concatenate([[0], 1 + _gather(cols[idx[0]], names, ncols)])
+        out[idx] = m[:, :, gather]
     walls = out[:, :, 0]
     filled = np.flatnonzero(~np.isnan(walls).all(axis=0)) if len(series) else np.zeros(0, int)
     used = int(filled[-1]) + 1 if len(filled) else 0
-    return SeriesSet(width, used, tuple(ranks), planes, out[:, :used])
+    recent, first = recent_planes(rings, cols, names, waits) if rings else (out[:, :0], 0)
+    return SeriesSet(width, used, tuple(ranks), planes, out[:, :used], recent, first)
