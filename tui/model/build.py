@@ -217,13 +217,18 @@ def rank_infos(
 
 def step_times(aggs: Sequence[RankAgg], window: int) -> tuple[float, ...]:
     """The sparkline: the slowest rank's wall ms per step, over the window, oldest first."""
-    recent: dict[int, float] = {}
-    for a in aggs:
-        s_arr, w_arr = a.recent_walls()
-        for s, w in zip(s_arr.tolist(), w_arr.tolist(), strict=False):
-            if w > recent.get(s, -1.0):
-                recent[s] = w
-    return tuple(recent[s] for s in sorted(recent)[-window:])
+    if not aggs:
+        return ()
+    parts = [a.recent_walls() for a in aggs]
+    steps = np.concatenate([p[0] for p in parts])
+    if not len(steps):
+        return ()
+    walls = np.concatenate([p[1] for p in parts])
+    uniq, inv = np.unique(steps, return_inverse=True)
+    top = np.full(len(uniq), -np.inf)
+    np.fmax.at(top, inv, walls)  # a NaN wall is no wall
+    top = top[top > -np.inf]
+    return tuple(top[-window:].tolist())
 
 
 # --------------------------------------------------------------------------- run figures

@@ -234,6 +234,7 @@ class RankAgg(RankReadout):
         scs_t: Sequence[Any],
     ) -> None:
         """The batch statistics: ``m``/``c`` are the (rows, columns) ms and calls (NaN: absent)."""
+        self._memo = {}  # the read-outs change
         steps = np.array(steps_t, dtype=np.int64)
         walls = np.array(walls_t, dtype=np.float64)
         self._fold_regions(b, m, c, steps)

@@ -7,6 +7,10 @@ steps into the arrays it declares); every figure is computed column-wise with nu
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import numpy as np
 
 from tui.model.histogram import col_percentile, hist_quantile, hist_quantiles
@@ -14,6 +18,25 @@ from tui.model.rankstats import WAIT_REGIONS
 from tui.model.snapshot import EMPTY, NAN, Stats
 
 StatsPair = tuple[Stats, Stats]  # (whole run, window)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def memo(fn: F) -> F:
+    """A read-out kept until the rank folds its next steps (``RankAgg._fold`` clears
+    ``_memo``): a snapshot re-reads only the ranks that changed since the last one."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def read(self: Any) -> Any:
+        m = self.__dict__.get("_memo")
+        if m is None:
+            m = self._memo = {}
+        v = m.get(name, m)
+        if v is m:
+            v = m[name] = fn(self)
+        return v
+
+    return read  # type: ignore[return-value]
 
 
 def _share(part: float, whole: float) -> float:
@@ -87,6 +110,7 @@ class RankReadout:
         """(whole run, window) statistics of one region column."""
         return self.all_stats()[col]
 
+    @memo
     def all_stats(self) -> list[StatsPair]:
         """(whole run, window) statistics of every region column, computed column-wise."""
         k = len(self.names)
@@ -143,6 +167,7 @@ class RankReadout:
             )
         )
 
+    @memo
     def wall_stats(self) -> StatsPair:
         """(whole run, window) statistics of the step wall time."""
         if self.steps == 0:
@@ -175,6 +200,7 @@ class RankReadout:
         )
         return whole, window
 
+    @memo
     def unaccounted(self) -> StatsPair:
         """Wall time not covered by top-level regions, per step (never negative)."""
         if self.steps == 0:
@@ -204,6 +230,7 @@ class RankReadout:
         )
         return whole, window
 
+    @memo
     def samples_per_s(self) -> tuple[float, float]:
         """Samples per second (whole run, window) of this rank."""
         whole = self.samples_total / (self.wall_sum / 1000.0) if self.wall_sum > 0 else NAN
@@ -213,6 +240,7 @@ class RankReadout:
         )
         return whole, window
 
+    @memo
     def recent_work(self) -> tuple[tuple[int, float, float, float], ...]:
         """(step, wall, allreduce, data) ms of the window's steps, oldest first (0 when
         untimed)."""
@@ -231,6 +259,7 @@ class RankReadout:
             )
         )
 
+    @memo
     def recent_walls(self) -> tuple[np.ndarray, np.ndarray]:
         """(steps, wall ms) of the window, oldest first."""
         o = self._order()

@@ -149,9 +149,9 @@ _SHAPES: dict[str, tuple[str | int, ...]] = {
     "ring_loss": ("window",),
     "wall_hist": (NBUCKETS,),
 }
-_RANK_CACHES = {"_schemas"}  # rebuilt as regions are folded in
+_RANK_CACHES = {"_schemas", "_memo"}  # rebuilt as regions are folded in / read out
 _RANK_FIELDS = set(RankAggState.__struct_fields__)
-_RUN_GIVEN = {"run_id", "path", "compared_steps", "compare_ranks"}
+_RUN_GIVEN = {"run_id", "path", "compared_steps", "compare_ranks", "_compared"}
 _RUN_FIELDS = set(RunAggState.__struct_fields__)
 _TREND_FIELDS = set(MemTrendState.__struct_fields__)
 
