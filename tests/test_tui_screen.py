@@ -301,3 +301,41 @@ def test_512_ranks_draw_only_what_fits(tmp_path: Path) -> None:
     assert time.perf_counter() - t0 < 5  # a generous bound: the work is the shown rows
     lines = text.plain.rstrip("\n").split("\n")
     assert len(lines) <= 15 and "more ranks" in lines[-1]
+
+
+# ----------------------------------------------------------------------------- the fast paths
+
+
+def test_window_percentiles_match_numpy_to_the_bit() -> None:
+    from tui.model.readout import _percentiles
+
+    rng = np.random.default_rng(1)
+    for n in [*range(1, 60), 100, 1000]:
+        v = rng.lognormal(3, 1, n)
+        assert _percentiles(v, 0.5, 0.95) == list(np.percentile(v, [50, 95]))
+
+
+def test_one_step_folds_give_the_batch_figures_to_the_bit() -> None:
+    from tui.model.ranks import RankAgg
+
+    def rows(k: int) -> list[tuple]:  # type: ignore[type-arg]
+        out = []
+        for x in step_records(k, n_regions=20, seed=3):
+            regs = dict(x.regions)
+            if x.step % 3 == 0:
+                regs.pop("forward/loss")  # a region that does not run every step
+            out.append((x.step, x.time, x.wall_ms, x.samples, None, tuple(regs), regs,
+                        x.memory, x.scalars))  # fmt: skip
+        return out
+
+    batch, single = RankAgg(0, window=16), RankAgg(0, window=16)
+    data = rows(70)
+    batch.ingest(data)
+    for r in data:
+        single.ingest([r])
+    for k, v in vars(batch).items():
+        if isinstance(v, np.ndarray):
+            assert np.array_equal(v, getattr(single, k), equal_nan=True), k
+    assert np.array_equal(batch.series.sum, single.series.sum)
+    assert np.array_equal(batch.series.cnt, single.series.cnt)
+    assert batch.all_stats() == single.all_stats()

@@ -39,6 +39,24 @@ def memo(fn: F) -> F:
     return read  # type: ignore[return-value]
 
 
+def _percentiles(vals: np.ndarray, *qs: float) -> list[float]:
+    """``np.percentile(vals, 100 * q)`` for each q (its default linear method, to the last
+    bit), on one sort: numpy's general path costs ~60 µs a call, which at 64 ranks and 8
+    snapshots a second was the largest part of a light snapshot."""
+    s = np.sort(vals)
+    n = len(s)
+    out = []
+    for q in qs:
+        x = q * (n - 1)
+        i = min(int(x), n - 1)
+        t = x - i
+        a = float(s[i])
+        b = float(s[min(i + 1, n - 1)])
+        d = b - a
+        out.append(b - d * (1.0 - t) if t >= 0.5 else a + d * t)  # numpy's _lerp
+    return out
+
+
 def _share(part: float, whole: float) -> float:
     return part / whole if whole > 0 else NAN
 
@@ -185,7 +203,7 @@ class RankReadout:
             last_share=1.0,
         )
         vals = self.ring_wall[: self.filled]
-        p50, p95 = np.percentile(vals, [50, 95])
+        p50, p95 = _percentiles(vals, 0.50, 0.95)
         window = Stats(
             last=self.wall_last,
             avg=float(vals.mean()),
