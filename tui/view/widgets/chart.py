@@ -72,11 +72,17 @@ class Canvas:
             prev = y
 
     def rows_text(self) -> list[Text]:
+        """One Text per row, a span per run of one colour (not per cell: Textual converts
+        every span's style, which at a span per cell cost more than the drawing)."""
         out = []
         for bits, styles in zip(self.bits, self.style, strict=True):
             t = Text(no_wrap=True)
-            for b, s in zip(bits, styles, strict=True):
-                t.append(chr(0x2800 + b) if b else " ", style=s or None)
+            chars = "".join(chr(0x2800 + b) if b else " " for b in bits)
+            start = 0
+            for i in range(1, len(styles) + 1):
+                if i == len(styles) or styles[i] != styles[start]:
+                    t.append(chars[start:i], style=styles[start] or None)
+                    start = i
             out.append(t)
         return out
 

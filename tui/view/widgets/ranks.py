@@ -151,6 +151,16 @@ def _strips(
     return {r: heat_cells(vals[pos[r]], med) for r in ranks if r in pos}
 
 
+def _append_runs(t: Text, cells: list[tuple[str, str]]) -> None:
+    """Cells appended a run of one style at a time (a span per cell costs Textual a style
+    conversion each)."""
+    start = 0
+    for i in range(1, len(cells) + 1):
+        if i == len(cells) or cells[i][1] != cells[start][1]:
+            t.append("".join(ch for ch, _ in cells[start:i]), style=cells[start][1])
+            start = i
+
+
 def _cells(
     t: Text, cols: list[str], s: Any, region: bool, cls: str, diff: float, slow: int
 ) -> None:
@@ -241,8 +251,7 @@ def rank_text(
         if strip_w:
             cells = strips.get(rank, [])
             t.append(" " + " " * (strip_w - len(cells)))
-            for ch, sty in cells:
-                t.append(ch, style=sty)
+            _append_runs(t, cells)
         cls = class_of(st, red, yellow) if row is not None and row.name != UNACCOUNTED else "none"
         _cells(t, cols, st, row is not None, cls, diff, slow.get(rank, 0))
         if rank in bad:
