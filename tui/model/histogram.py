@@ -24,7 +24,8 @@ def hist_index(values: np.ndarray) -> np.ndarray:
     """Bucket of each value (ms) in the log histogram."""
     v = np.maximum(values, _LO * 0.5)
     idx = np.floor((np.log10(v) - LO_EXP) * PER_DECADE).astype(np.int64) + 1
-    return np.clip(idx, 0, NBUCKETS - 1)
+    # not np.clip: its checks cost more than the arithmetic on the one-step fold of a live run
+    return np.minimum(np.maximum(idx, 0), NBUCKETS - 1)
 
 
 def bucket_value(i: int) -> float:
