@@ -141,14 +141,14 @@ def test_64_ranks_on_one_screen(snap_compare, tmp_path: Path) -> None:  # type: 
 
 
 def test_the_chart_per_rank_of_a_selected_stage(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """The chart of forward/vrt (selected in the tree), per rank (g)."""
+    """The chart of a region selected in the tree (forward), per rank (g)."""
     _runs(tmp_path)
     src = ReplaySource(tmp_path / "20261126-100000-baseline-0001", playing=False)
     src.seek(math.inf)
 
     async def before(pilot) -> None:  # type: ignore[no-untyped-def]
         await _settle(pilot)
-        for key in ("down", "down", "g"):  # backward, forward, forward/vrt
+        for key in ("down", "down", "g"):  # the cursor to forward; per rank
             await pilot.press(key)
         await pilot.pause()
 

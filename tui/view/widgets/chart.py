@@ -170,7 +170,7 @@ def chart_text(
     end = f"{last}"
     pad = max(1, width - GUTTER - len(axis) - len(end))
     out.append(" " * GUTTER + axis + " " * pad + end, style="dim")
-    key = " ".join(f"[{s}]{t}[/]" for t, s in legend)
+    key = ", ".join(f"[{s}]{t}[/]" for t, s in legend)
     per = f"{series.width} steps/point" if series.width > 1 else "1 step/point"
     return out, (key + " · " if key else "") + per
 

@@ -83,7 +83,7 @@ def heat_cells(vals: np.ndarray, med: np.ndarray) -> list[tuple[str, str]]:
             continue
         r = v / m - 1.0
         style = next((st for lim, st in HEAT if r > lim), COLD)
-        out.append(("█" if r > 0.05 or r < -0.05 else "▆", style))
+        out.append(("█", style))  # one glyph: the colour says it (fonts draw ▁-▇ unevenly)
     return out
 
 
@@ -95,9 +95,9 @@ def _cause(verdict: Any) -> str:
     return c if isinstance(c, str) else ""
 
 
-def verdict_lines(run: RunSnapshot, width: int) -> tuple[list[str], str]:
+def verdict_lines(run: RunSnapshot, width: int, most: int = CAUSE_LINES) -> tuple[list[str], str]:
     """The straggler's cause and who waits for it (or why no rank is named), wrapped to
-    ``width``, at most :data:`CAUSE_LINES`; and their style."""
+    ``width``, at most ``most``; and their style."""
     verdict = getattr(run, "stragglers", None)
     if verdict is None or len(run.rank_info) < 2:
         return [], ""
@@ -111,8 +111,8 @@ def verdict_lines(run: RunSnapshot, width: int) -> tuple[list[str], str]:
     lines: list[str] = []
     for p in parts:
         lines += textwrap.wrap(clean(p), width, break_on_hyphens=False) if width > 8 else [clean(p)]
-    if len(lines) > CAUSE_LINES:
-        lines = lines[:CAUSE_LINES]
+    if len(lines) > most:
+        lines = lines[:most]
         lines[-1] = lines[-1][: max(1, (width or len(lines[-1])) - 1)] + "…"
     return lines, "bold red" if run.straggler is not None else "dim"
 
@@ -220,7 +220,8 @@ def rank_text(
     strip_ok = getattr(run, "series", None) is not None and (row is None or row.name != UNACCOUNTED)
     cols, strip_w = _layout(width, multi=multi, region=row is not None, strip=strip_ok)
     t = Text(no_wrap=True, overflow="ellipsis")
-    vlines, vstyle = verdict_lines(run, width)
+    # a short panel: the verdict leaves room for ranks (a third of the lines at most)
+    vlines, vstyle = verdict_lines(run, width, max(1, min(CAUSE_LINES, height // 3 or 99)))
     for line in vlines:
         t.append(line + "\n", style=vstyle)
     chosen = [(r, win if window else whole) for r, whole, win in per]
