@@ -11,8 +11,10 @@ import numpy as np
 from rich.text import Text
 from textual.widgets import Static
 
+from tui.diagnosis import facts as _facts
 from tui.fmt import CLASS_STYLE, class_of, clean, fmt_ms, fmt_pct, ok
 from tui.model.efficiency import efficiency, region_line
+from tui.model.rankstats import StragglerVerdict
 from tui.model.series import RECENT
 from tui.model.snapshot import UNACCOUNTED, RunSnapshot
 from tui.view.widgets.base import note_need, set_title, show_text
@@ -29,7 +31,7 @@ HEADS = {
     "slow": "slow",
 }
 STRIP_MIN, STRIP_MAX = 8, RECENT  # the heat strip's cells (one per recent step)
-CAUSE_LINES = 3  # the verdict's lines at most, above the table (2 in a short panel)
+CAUSE_LINES = 4  # the verdict's lines at most, above the table (a third of a short panel)
 # the heat strip: a step's value over the median rank's at that step -> colour
 HEAT = ((0.30, "bold red"), (0.15, "dark_orange"), (0.05, "yellow"), (-0.05, "green"))
 COLD = "blue"  # more than 5% below the median
@@ -87,12 +89,26 @@ def heat_cells(vals: np.ndarray, med: np.ndarray) -> list[tuple[str, str]]:
     return out
 
 
-def _cause(verdict: Any) -> str:
-    """The verdict's cause of the straggler (a ``cause`` text, when the verdict has one)."""
-    c = getattr(verdict, "cause", None)
+def _cause(run: RunSnapshot, verdict: Any) -> str:
+    """Why the straggler is slow, as the diagnosis says it (issue 22's cause line, with its
+    region, where the diagnosis has one; else the verdict's own cause text)."""
+    line = getattr(_facts, "straggler_cause", None)
+    if line is not None and isinstance(verdict, StragglerVerdict):
+        return str(line(run, verdict) or "")
+    c = getattr(verdict, "cause_text", None)
+    if not callable(c):
+        c = getattr(verdict, "cause", None)
     if callable(c):
         c = c()
     return c if isinstance(c, str) else ""
+
+
+def _comm(verdict: Any) -> str:
+    """Exposed communication per rank, where the diagnosis measures it."""
+    line = getattr(_facts, "comm_line", None)
+    if line is None or not isinstance(verdict, StragglerVerdict):
+        return ""
+    return str(line(verdict) or "")
 
 
 def verdict_lines(run: RunSnapshot, width: int, most: int = CAUSE_LINES) -> tuple[list[str], str]:
@@ -101,13 +117,8 @@ def verdict_lines(run: RunSnapshot, width: int, most: int = CAUSE_LINES) -> tupl
     verdict = getattr(run, "stragglers", None)
     if verdict is None or len(run.rank_info) < 2:
         return [], ""
-    parts = []
-    cause = _cause(verdict)
-    if cause:
-        parts.append(cause)
     who = verdict.who_waits() if hasattr(verdict, "who_waits") else ""
-    if who:
-        parts.append(who)
+    parts = [p for p in (_cause(run, verdict), who, _comm(verdict)) if p]
     lines: list[str] = []
     for p in parts:
         lines += textwrap.wrap(clean(p), width, break_on_hyphens=False) if width > 8 else [clean(p)]
