@@ -299,10 +299,13 @@ class MonitorApp(KeyActions, App[int]):
     def _age_header(self) -> None:
         """Once a second: only the header of a live run changes as time passes (and a
         reader that fails between snapshots is noticed)."""
-        self._check_reader(self.latest)
-        run = self.world.selected if self.world else None
-        if run is not None and run.state in ("running", "stale") and not run.replay:
-            self._render_header()
+        try:
+            self._check_reader(self.latest)
+            run = self.world.selected if self.world else None
+            if run is not None and run.state in ("running", "stale") and not run.replay:
+                self._render_header()
+        except NoMatches:  # the timer fired while the screen was being torn down
+            pass
 
     def _render_header(self) -> None:
         # live: the newest snapshot (the panels may be up to one gap behind); paused: the
