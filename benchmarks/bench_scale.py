@@ -104,12 +104,19 @@ drawn. Added by issue 22 and paid for above: the chart's series (a one-step fold
 numpy adds; a full snapshot gathers every rank's 128 buckets, ~3 ms at 64 ranks), the heat
 strips' last 48 steps per rank.
 
-Not met here: the machine is 2 cores shared by ~9 sessions (load 5-9 during the runs), where
-importing Textual alone takes 1.4-1.6 s, so the 1 s first screen cannot be met by any code
-change on this machine, and every CPU share carries the other sessions' contention. What is
-left in the reader at 64 x 10 steps/s: ~640 one-step folds a second (~70-100 µs each under
-this load) and the per-rank read-outs of each snapshot; folding several ranks' steps in one
-numpy pass (ranks as a third axis) is the next step."""
+Net effect: CPU a little lower than main's at both rates, though the chart and the heat
+strips are new work; header latency worse (its p95 1.31x at 2 steps/s, 1.13x at 10: a full
+snapshot, now gathering the series and the strips' steps, holds the reader longer before the
+next light one) and first screen about the same.
+No target is met here. The machine is 2 cores shared by ~9 sessions (load average ~9 during
+this run; main itself measures 11.6% and 17.8% here against the issue's 8.2% and 15.2%), and
+importing Textual alone takes 1.4-1.6 s, so the 1 s first screen cannot be met by code on
+this machine. What is left, by profile: a full snapshot's per-rank region read-outs
+(`build.region_rows`: every rank's `all_stats`, 2 × ranks × regions `Stats` objects; about
+half of a full snapshot at 64 ranks, as on main), the straggler verdict on every rank change
+(issue 22's cause work rewrites it in numpy), and ~640 one-step folds a second at 64 x 10
+(~70-100 µs each under this load). Next: the regions' read-outs and the fold with ranks as
+a third numpy axis, so 64 ranks cost one pass, not 64."""
 
 
 def finished_run(steps: int = 1000) -> Path:
