@@ -222,23 +222,27 @@ def series_set(
     out = np.full((len(series), NBUCKETS, 1 + len(names)), np.nan, dtype=np.float32)
     keys = [(s.width, s.sum.shape[1], tuple(cmap)) for s, cmap in zip(series, cols, strict=True)]
     for (w, ncols, _), idx in _groups(keys).items():
-        sm = np.stack(
-            [np.concatenate([series[i].wall_sum[:, None], series[i].sum], 1) for i in idx]
-        )
-        cn = np.stack(
-            [np.concatenate([series[i].wall_cnt[:, None], series[i].cnt], 1) for i in idx]
-        )
+        # the planes wanted, as columns of [wall | regions | an empty column]
+        gather = np.concatenate([[0], 1 + _gather(cols[idx[0]], names, ncols)])
+        have = gather <= ncols
+        g, pick = len(idx), gather[have]
+        sm = np.empty((g, NBUCKETS, len(pick)))
+        cn = np.empty((g, NBUCKETS, len(pick)))
+        for j, i in enumerate(idx):
+            s = series[i]
+            sm[j] = np.concatenate([s.wall_sum[:, None], s.sum], axis=1)[:, pick]
+            cn[j] = np.concatenate([s.wall_cnt[:, None], s.cnt], axis=1)[:, pick]
         f = width // w
         if f > 1:  # merged to the common width
             n = NBUCKETS // f
-            pad = np.zeros((len(idx), NBUCKETS - n, sm.shape[2]))
-            sm = np.concatenate([sm.reshape(len(idx), n, f, -1).sum(axis=2), pad], axis=1)
-            cn = np.concatenate([cn.reshape(len(idx), n, f, -1).sum(axis=2), pad], axis=1)
+            pad = np.zeros((g, NBUCKETS - n, len(pick)))
+            sm = np.concatenate([sm.reshape(g, n, f, -1).sum(axis=2), pad], axis=1)
+            cn = np.concatenate([cn.reshape(g, n, f, -1).sum(axis=2), pad], axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             m = np.where(cn > 0, sm / np.maximum(cn, 1), np.nan)
-        m = np.concatenate([m, np.full((len(idx), NBUCKETS, 1), np.nan)], axis=2)
-        gather = np.concatenate([[0], 1 + _gather(cols[idx[0]], names, ncols)])
-        out[idx] = m[:, :, gather]
+        block = np.full((g, NBUCKETS, len(gather)), np.nan, dtype=np.float32)
+        block[:, :, have] = m
+        out[idx] = block
     walls = out[:, :, 0]
     filled = np.flatnonzero(~np.isnan(walls).all(axis=0)) if len(series) else np.zeros(0, int)
     used = int(filled[-1]) + 1 if len(filled) else 0
