@@ -9,6 +9,7 @@ steps, whatever the run's length.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from rich.text import Text
@@ -115,8 +116,9 @@ def slowest_ranks(series: SeriesSet, name: str | None, k: int) -> list[int]:
     m = series.of(name)
     if m is None or not m.size:
         return []
-    with np.errstate(all="ignore"):
-        means = np.nanmean(np.where(np.isnan(m), np.nan, m), axis=1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a rank that never ran it
+        means = np.nanmean(m.astype(np.float64), axis=1)
     order = sorted(range(len(means)), key=lambda i: -means[i] if means[i] == means[i] else 0)
     return order[:k]
 
