@@ -104,10 +104,11 @@ drawn. Added by issue 22 and paid for above: the chart's series (a one-step fold
 numpy adds; a full snapshot gathers every rank's 128 buckets, ~3 ms at 64 ranks), the heat
 strips' last 48 steps per rank.
 
-Net effect: CPU a little lower than main's at both rates, though the chart and the heat
-strips are new work; header latency worse (its p95 1.31x at 2 steps/s, 1.13x at 10: a full
-snapshot, now gathering the series and the strips' steps, holds the reader longer before the
-next light one) and first screen about the same.
+Net effect: CPU a little lower than main's at both rates (the reader's share 0.83-0.93x of
+main's; the screen's 1.1x, for the chart and the heat strips), though the chart and the strips
+are new work. Header latency and first screen move within the run-to-run spread: an earlier
+full run the same hour gave latency p95 ratios of 1.31 and 1.13 and CPU ratios of 0.98 and
+0.91, this one 0.76 and 1.09; each figure's range over the rounds is wider than the change.
 No target is met here. The machine is 2 cores shared by ~9 sessions (load average ~9 during
 this run; main itself measures 11.6% and 17.8% here against the issue's 8.2% and 15.2%), and
 importing Textual alone takes 1.4-1.6 s, so the 1 s first screen cannot be met by code on
