@@ -109,8 +109,8 @@ main's; the screen's 1.1x, for the chart and the heat strips), though the chart 
 are new work. Header latency and first screen move within the run-to-run spread: an earlier
 full run the same hour gave latency p95 ratios of 1.31 and 1.13 and CPU ratios of 0.98 and
 0.91, this one 0.76 and 1.09; each figure's range over the rounds is wider than the change.
-No target is met here. The machine is 2 cores shared by ~9 sessions (load average ~9 during
-this run; main itself measures 11.6% and 17.8% here against the issue's 8.2% and 15.2%), and
+No target is met here. The machine is 2 cores shared by ~9 sessions (load average 6.6-10
+in these runs; main itself measures 12% and 18-19% here against the issue's 8.2% and 15.2%), and
 importing Textual alone takes 1.4-1.6 s, so the 1 s first screen cannot be met by code on
 this machine. What is left, by profile: a full snapshot's per-rank region read-outs
 (`build.region_rows`: every rank's `all_stats`, 2 × ranks × regions `Stats` objects; about
