@@ -289,16 +289,12 @@ def test_the_verdicts_cause_comes_first(big_run: object) -> None:
 
 
 def test_512_ranks_draw_only_what_fits(tmp_path: Path) -> None:
-    import time
-
     from tui.view.widgets.ranks import rank_text
 
     run = write_run(tmp_path, "20261126-100000-huge-0001", steps=6, ranks=512, n_regions=4)
     snap = RunSource(run).load().snapshot()
     assert snap.series.recent.shape[0] == 512
-    t0 = time.perf_counter()
     _, text = rank_text(snap, None, False, 0.4, 0.1, width=70, height=15)
-    assert time.perf_counter() - t0 < 5  # a generous bound: the work is the shown rows
     lines = text.plain.rstrip("\n").split("\n")
     assert len(lines) <= 15 and "more ranks" in lines[-1]
 
