@@ -113,8 +113,9 @@ class SeriesSet:
     means: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 1)), compare=False)
     # the ranks' last RECENT steps, aligned by step number (column 0 is step
     # ``recent_first``; NaN where a rank has no such step or the region did not run): ranks ×
-    # steps × planes, plane 0 the compute (step wall minus all-reduce and data waits), then
-    # the regions as in ``names``. The ranks panel's heat strips.
+    # steps × planes, plane 0 the compute (step wall minus the waits the straggler verdict
+    # takes out, tui.model.rankstats.WAIT_REGIONS), then the regions as in ``names``. The
+    # ranks panel's heat strips.
     recent: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 1)), compare=False)
     recent_first: int = 0
 
