@@ -335,17 +335,3 @@ def test_one_step_folds_give_the_batch_figures_to_the_bit() -> None:
     assert np.array_equal(batch.series.sum, single.series.sum)
     assert np.array_equal(batch.series.cnt, single.series.cnt)
     assert batch.all_stats() == single.all_stats()
-
-
-def test_wall_quantiles_on_one_cumulative_sum_match_one_at_a_time() -> None:
-    from tui.model.histogram import NBUCKETS, hist_quantile, hist_quantile_list
-
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        h = np.zeros(NBUCKETS, dtype=np.int64)
-        idx = rng.integers(0, NBUCKETS, rng.integers(0, 30))
-        np.add.at(h, idx, rng.integers(1, 5, len(idx)))
-        lo, hi = rng.uniform(0, 1), rng.uniform(1, 1e5)
-        got = hist_quantile_list(h, (0.5, 0.95), lo, hi)
-        want = [hist_quantile(h, q, lo, hi) for q in (0.5, 0.95)]
-        assert np.array_equal(got, want, equal_nan=True)

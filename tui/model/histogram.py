@@ -50,18 +50,6 @@ def hist_quantile(hist: np.ndarray, q: float, lo: float, hi: float) -> float:
     return float(min(max(bucket_value(k), lo), hi))
 
 
-def hist_quantile_list(
-    hist: np.ndarray, qs: tuple[float, ...], lo: float, hi: float
-) -> list[float]:
-    """:func:`hist_quantile` at each of ``qs``, on one cumulative sum."""
-    c = np.cumsum(hist)
-    total = int(c[-1]) if len(c) else 0
-    if total == 0:
-        return [NAN] * len(qs)
-    ks = np.searchsorted(c, [max(1.0, math.ceil(q * total)) for q in qs]).tolist()
-    return [float(min(max(bucket_value(k), lo), hi)) for k in ks]
-
-
 def hist_quantiles(
     hist: np.ndarray, qs: tuple[float, ...], lo: np.ndarray, hi: np.ndarray
 ) -> list[np.ndarray]:

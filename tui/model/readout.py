@@ -13,11 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from tui.model.histogram import (
-    col_percentile,
-    hist_quantile_list,
-    hist_quantiles,
-)
+from tui.model.histogram import col_percentile, hist_quantile, hist_quantiles
 from tui.model.rankstats import WAIT_REGIONS
 from tui.model.snapshot import EMPTY, NAN, Stats
 
@@ -194,14 +190,13 @@ class RankReadout:
         """(whole run, window) statistics of the step wall time."""
         if self.steps == 0:
             return EMPTY, EMPTY
-        q50, q95 = hist_quantile_list(self.wall_hist, (0.5, 0.95), self.wall_min, self.wall_max)
         whole = Stats(
             last=self.wall_last,
             avg=self.wall_sum / self.steps,
             min=self.wall_min,
             max=self.wall_max,
-            p50=q50,
-            p95=q95,
+            p50=hist_quantile(self.wall_hist, 0.5, self.wall_min, self.wall_max),
+            p95=hist_quantile(self.wall_hist, 0.95, self.wall_min, self.wall_max),
             steps=self.steps,
             calls=self.steps,
             share=1.0,
@@ -263,7 +258,6 @@ class RankReadout:
         )
         return whole, window
 
-    @memo
     def recent_work(self) -> tuple[tuple[int, float, float, float], ...]:
         """(step, wall, allreduce, data) ms of the window's steps, oldest first (0 when
         untimed)."""

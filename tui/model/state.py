@@ -149,7 +149,8 @@ _SHAPES: dict[str, tuple[str | int, ...]] = {
     "ring_loss": ("window",),
     "wall_hist": (NBUCKETS,),
 }
-_RANK_CACHES = {"_schemas", "_memo"}  # rebuilt as regions are folded in / read out
+# rebuilt as regions are folded in / read out ("_kids_cache": issue 22's recent_work)
+_RANK_CACHES = {"_schemas", "_memo", "_kids_cache"}
 _RANK_FIELDS = set(RankAggState.__struct_fields__)
 _RUN_GIVEN = {"run_id", "path", "compared_steps", "compare_ranks", "_compared"}
 _RUN_FIELDS = set(RunAggState.__struct_fields__)

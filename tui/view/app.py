@@ -26,9 +26,9 @@ from textual.worker import Worker, WorkerState
 from tui.diagnosis.advice import span_label
 from tui.fmt import clean
 from tui.model.snapshot import RunSnapshot, WorldSnapshot
+from tui.view import layout
 from tui.view.actions import KeyActions
 from tui.view.keys import REPLAY, bound_keys
-from tui.view.layout import share_heights
 from tui.view.notices import NewRuns, reader_error
 from tui.view.pacing import Pacer, Redraw, Slot, SnapshotReady, Source, default_gap
 from tui.view.widgets.advice import AdviceBox
@@ -192,7 +192,7 @@ class MonitorApp(KeyActions, App[int]):
             return
         if body <= 0:
             return
-        h = share_heights(
+        h = layout.share_heights(
             body,
             tree.last_line + 1 + 3,  # rows, column header, borders
             ranks.need(),
