@@ -336,3 +336,17 @@ def test_one_step_folds_give_the_batch_figures_to_the_bit() -> None:
     assert np.array_equal(batch.series.sum, single.series.sum)
     assert np.array_equal(batch.series.cnt, single.series.cnt)
     assert batch.all_stats() == single.all_stats()
+
+
+def test_column_percentiles_in_one_pass_match_one_at_a_time() -> None:
+    from tui.model.histogram import col_percentile, col_percentiles
+
+    rng = np.random.default_rng(2)
+    for rows in (0, 1, 2, 7, 100):
+        m = rng.lognormal(2, 1, (rows, 9))
+        m[rng.random((rows, 9)) < 0.3] = np.nan
+        n = (~np.isnan(m)).sum(axis=0)
+        srt = np.sort(m, axis=0)
+        got = col_percentiles(srt, n, (0.5, 0.95))
+        for q, g in zip((0.5, 0.95), got, strict=True):
+            assert np.array_equal(g, col_percentile(srt, n, q), equal_nan=True)

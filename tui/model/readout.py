@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from tui.model.histogram import col_percentile, hist_quantile, hist_quantiles
+from tui.model.histogram import col_percentiles, hist_quantile, hist_quantiles
 from tui.model.rankstats import WAIT_REGIONS
 from tui.model.snapshot import EMPTY, NAN, Stats
 
@@ -168,7 +168,7 @@ class RankReadout:
         wn = valid.sum(axis=0)
         wsum = np.where(valid, ring, 0.0).sum(axis=0)
         srt = np.sort(ring, axis=0)  # NaN sorts last
-        wp50, wp95 = col_percentile(srt, wn, 0.50), col_percentile(srt, wn, 0.95)
+        wp50, wp95 = col_percentiles(srt, wn, (0.50, 0.95))
         wmin = srt[0]
         wmax = srt[np.maximum(wn - 1, 0), np.arange(k)] if self.filled else np.full(k, NAN)
         wcalls = self.ring_calls[: self.filled, :k].sum(axis=0)
@@ -235,8 +235,7 @@ class RankReadout:
         wsum = float(self.ring_wall[:f].sum())
         lo, hi = (float(vals[0]), float(vals[-1])) if f else (NAN, NAN)
         cnt = np.array([f])
-        p50 = float(col_percentile(vals[:, None], cnt, 0.50)[0])
-        p95 = float(col_percentile(vals[:, None], cnt, 0.95)[0])
+        p50, p95 = (float(x[0]) for x in col_percentiles(vals[:, None], cnt, (0.50, 0.95)))
         # exact whole-run min/max would need per-step data: the window's stand in for them
         share = _share(whole_ms, self.wall_sum)
         whole = Stats(
