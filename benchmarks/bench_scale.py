@@ -104,15 +104,17 @@ drawn. Added by issue 22 and paid for above: the chart's series (a one-step fold
 numpy adds; a full snapshot gathers every rank's 128 buckets, ~3 ms at 64 ranks), the heat
 strips' last 48 steps per rank.
 
-Net effect: CPU a little lower than main's at both rates (the reader's share 0.83-0.93x of
-main's; the screen's 1.1x, for the chart and the heat strips), though the chart and the strips
-are new work. Header latency and first screen move within the run-to-run spread: an earlier
-full run the same hour gave latency p95 ratios of 1.31 and 1.13 and CPU ratios of 0.98 and
-0.91, this one 0.76 and 1.09; each figure's range over the rounds is wider than the change.
-No target is met here. The machine is 2 cores shared by ~9 sessions (load average 6.6-10
-in these runs; main itself measures 12% and 18-19% here against the issue's 8.2% and 15.2%), and
-importing Textual alone takes 1.4-1.6 s, so the 1 s first screen cannot be met by code on
-this machine. What is left, by profile: a full snapshot's per-rank region read-outs
+Net effect, in this run (load 2.1-3.8, the quietest of the day): CPU 0.91x and 0.84x of
+main's (the reader 0.85x and 0.79x; the screen 1.1x, for the chart and the heat strips, which
+are new work), header latency p95 0.92x and 0.68x, first screens about the same. Met here:
+header p95 at 2 steps/s (144 ms) and both first screens (0.46 s replay, 0.76 s watch; at
+load ~9 earlier the same day they took 1.4-3 s on both sides, Textual's import alone 1.4-1.6
+s). Not met: CPU at 2 steps/s (11.4%, target 5%) and at 10 steps/s (20.5%, target 12%),
+header p95 at 10 steps/s (172 ms). Main measures 12-24% here against the issue's 8.2% and
+15.2% (2 cores shared by ~9 sessions). Two earlier full runs at load 6.6-10 gave CPU ratios
+0.94-0.98 / 0.91-0.92 and latency ratios between 0.76 and 1.31: the rounds' ranges are
+wider than most changes.
+What is left, by profile: a full snapshot's per-rank region read-outs
 (`build.region_rows`: every rank's `all_stats`, 2 × ranks × regions `Stats` objects; about
 half of a full snapshot at 64 ranks, as on main), the straggler verdict on every rank change
 (issue 22's cause work rewrites it in numpy), and ~640 one-step folds a second at 64 x 10
