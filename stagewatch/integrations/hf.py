@@ -1,0 +1,238 @@
+"""``StagewatchCallback`` for the Hugging Face ``Trainer``: phases, module regions and one
+record per optimizer step, with no change to the training code.
+
+    from stagewatch.integrations.hf import StagewatchCallback
+    trainer = Trainer(model=model, args=args, train_dataset=ds,
+                      callbacks=[StagewatchCallback("runs/logs", run_name="mine")])
+
+What the Trainer lets a callback see, and so what each phase holds (docs/own-model.md):
+
+- ``data/wait``: from the end of the previous step (after its logging, evaluation and
+  checkpoint, each seen through its callback event) to ``on_step_begin``: the Trainer
+  fetching the step's batches. With accelerate's prepared loader (the default) the copy
+  to the device happens inside that fetch, so it is in ``data/wait``; so is the Trainer's
+  count of label tokens, which under DDP gathers across ranks (a wait for other ranks).
+- ``data/h2d``: from ``on_step_begin`` (or the previous micro-batch) to the model's
+  forward: the Trainer's own ``_prepare_inputs`` copy (near zero when accelerate already
+  placed the batch).
+- ``forward``: the model's forward (hooks on the top module); ``backward``: from the end
+  of the forward (loss post-processing included) to the end of autograd's backward pass,
+  seen by a gradient hook on the model's outputs; ``optimizer``: ``on_pre_optimizer_step``
+  to ``on_step_end`` (the update, the scheduler step and ``zero_grad``). Gradient clipping
+  runs between backward and ``on_pre_optimizer_step`` and is in no phase.
+
+The loss is the model output's ``loss`` (mean over the step's micro-batches); a custom
+``compute_loss`` that does not use it records no loss. Needs ``pip install
+'stagewatch[hf]'``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from stagewatch.integrations._common import (
+    BACKWARD,
+    DATA_H2D,
+    DATA_WAIT,
+    FORWARD,
+    OPTIMIZER,
+    CallbackBase,
+    batch_size,
+    first_lr,
+    require,
+    safe,
+)
+from stagewatch.timing.logger import TimingLogger
+
+_transformers = require("transformers", "hf", "stagewatch.integrations.hf")
+
+__all__ = ["StagewatchCallback"]
+
+_MAX_OUTPUTS = 8  # output tensors watched for the start of backward
+
+
+def _grad_tensors(out: Any) -> list[Any]:
+    """The model outputs that require grad (a ModelOutput, dict, tuple or tensor)."""
+    if hasattr(out, "requires_grad"):
+        return [out] if out.requires_grad else []
+    if isinstance(out, dict):  # ModelOutput is an OrderedDict
+        items: Any = out.values()
+    elif isinstance(out, (list, tuple)):
+        items = out
+    else:
+        return []
+    found = [t for t in items if getattr(t, "requires_grad", False)]
+    return found[:_MAX_OUTPUTS]
+
+
+def _output_loss(out: Any) -> Any:
+    loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
+    return loss if hasattr(loss, "detach") else None
+
+
+class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,name-defined]
+    """Times a Hugging Face ``Trainer`` run: phases, module regions, one record per step.
+
+    ``log_dir``/``run_name`` and ``logger_kwargs`` make a :class:`stagewatch.TimingLogger`
+    on every process at ``on_train_begin`` (rank and world size from the
+    ``TrainingArguments``; all ranks share one run folder), closed at ``on_train_end``;
+    ``logger=`` uses yours instead (then you close it). ``depth``/``include``/``exclude``
+    go to :func:`stagewatch.instrument` on the model (``depth=0``: no module regions).
+    ``log_loss``: record the step's loss (on a GPU, converting it waits for it once per
+    step). Hooks never raise into training: a failure warns once.
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike[str] = "runs/logs",
+        run_name: str = "hf",
+        *,
+        depth: int = 2,
+        include: Any = None,
+        exclude: Any = None,
+        logger: TimingLogger | None = None,
+        log_loss: bool = True,
+        **logger_kwargs: Any,
+    ) -> None:
+        self._sw = CallbackBase(
+            log_dir, run_name, depth, logger, include, exclude, log_loss, logger_kwargs
+        )
+        self._hooks: list[Any] = []
+        self._in_step = False
+
+    @property
+    def logger(self) -> TimingLogger | None:
+        """The logger in use (None before training and after it)."""
+        return self._sw.logger
+
+    def _warn(self, key: str, message: str) -> None:
+        self._sw._warn(key, message)
+
+    # ------------------------------------------------------------------ model hooks
+
+    def _hook_model(self, model: Any) -> None:
+        self._hooks = [
+            model.register_forward_pre_hook(self._forward_begins, with_kwargs=True),
+            model.register_forward_hook(self._forward_ends),
+        ]
+
+    def _active(self, module: Any) -> bool:
+        import torch
+
+        return self._in_step and module.training and torch.is_grad_enabled()
+
+    def _forward_begins(self, module: Any, args: Any, kwargs: Any) -> None:
+        try:
+            if not self._active(module):
+                return
+            self._sw._switch(FORWARD)
+            self._sw._tally.samples += batch_size(kwargs) or batch_size(args) or 0
+        except Exception as e:
+            self._warn("forward", f"stagewatch: forward pre-hook failed ({e}); ignored")
+
+    def _forward_ends(self, module: Any, args: Any, out: Any) -> None:
+        try:
+            if not self._active(module):
+                return
+            self._sw._switch(BACKWARD)
+            if self._sw.log_loss:
+                self._sw._tally.add_loss(_output_loss(out))
+            tensors = _grad_tensors(out)
+            if tensors:
+                import torch
+
+                torch.autograd.graph.register_multi_grad_hook(
+                    tensors, self._backward_begins, mode="any"
+                )
+        except Exception as e:
+            self._warn("forward_end", f"stagewatch: forward hook failed ({e}); ignored")
+
+    def _backward_begins(self, grad: Any) -> None:
+        # on autograd's thread, at the first gradient of a model output: have the engine
+        # call back when this whole backward pass is done
+        try:
+            from torch.autograd import Variable
+
+            Variable._execution_engine.queue_callback(self._backward_done)
+        except Exception as e:
+            self._warn("backward", f"stagewatch: backward hook failed ({e}); ignored")
+
+    def _backward_done(self) -> None:
+        try:
+            if self._sw._phases is not None:
+                self._sw._phases.end(BACKWARD)
+        except Exception as e:
+            self._warn("backward_done", f"stagewatch: backward hook failed ({e}); ignored")
+
+    # ------------------------------------------------------------------ Trainer events
+
+    @safe
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        model = kwargs.get("model")
+        grad_accum = max(int(getattr(args, "gradient_accumulation_steps", 1) or 1), 1)
+        per_device = getattr(args, "per_device_train_batch_size", None)
+        self._sw._open(
+            model,
+            rank=int(getattr(args, "process_index", 0)),
+            world_size=int(getattr(args, "world_size", 1)),
+            device=getattr(args, "device", None),
+            total_steps=state.max_steps if getattr(state, "max_steps", 0) > 0 else None,
+            samples_per_step=per_device * grad_accum if isinstance(per_device, int) else None,
+        )
+        if model is not None:
+            self._hook_model(model)
+        if self._sw.logger is not None:
+            self._sw.logger.mark_step_start()
+        self._sw._switch(DATA_WAIT)
+
+    @safe
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._in_step = True
+        self._sw._switch(DATA_H2D)
+
+    @safe
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._sw._switch(DATA_H2D)  # the next micro-batch's inputs are prepared next
+
+    @safe
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._sw._switch(OPTIMIZER)
+        self._sw._tally.lr = first_lr(kwargs.get("optimizer"))
+
+    @safe
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._in_step = False
+        epoch = getattr(state, "epoch", None)
+        self._sw._step(int(epoch) if epoch is not None else None, mean_loss=True)
+        self._sw._switch(DATA_WAIT)
+
+    @safe
+    def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._restart_wait()
+
+    @safe
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._restart_wait()
+
+    @safe
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._restart_wait()
+
+    @safe
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._restart_wait()
+
+    def _restart_wait(self) -> None:
+        """Logging, evaluation and saving ran since the wait began: they are not the wait."""
+        if self._in_step or self._sw._phases is None:
+            return
+        self._sw._phases.restart(DATA_WAIT)
+
+    @safe
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._in_step = False
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self._sw._close("completed", None)
