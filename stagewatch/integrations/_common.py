@@ -91,19 +91,21 @@ class StepTally:
     ``scalars()`` converts once per step (``float()``: on a GPU that waits for the loss).
     """
 
-    __slots__ = ("loss", "losses", "lr", "samples")
+    __slots__ = ("loss", "losses", "lr", "samples", "summed")
 
     def __init__(self) -> None:
         self.samples = 0
         self.loss: Any = None
         self.losses = 0
         self.lr: float | None = None
+        self.summed = False  # each micro-batch's loss is already a share of the step's
 
     def add_loss(self, loss: Any) -> None:
         if loss is None:
             return
         detach = getattr(loss, "detach", None)
-        value = detach() if detach is not None else loss
+        # a copy: the framework may scale its loss in place after this hook (HF does)
+        value = detach().clone() if detach is not None else loss
         self.loss = value if self.loss is None else self.loss + value
         self.losses += 1
 
@@ -112,7 +114,8 @@ class StepTally:
         out: dict[str, float] = {}
         if self.loss is not None:
             loss = float(self.loss)
-            out["loss"] = loss / self.losses if mean and self.losses else loss
+            mean = mean and not self.summed and self.losses > 1
+            out["loss"] = loss / self.losses if mean else loss
         if self.lr is not None:
             out["lr"] = self.lr
         return out

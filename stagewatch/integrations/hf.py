@@ -21,9 +21,11 @@ What the Trainer lets a callback see, and so what each phase holds (docs/own-mod
   to ``on_step_end`` (the update, the scheduler step and ``zero_grad``). Gradient clipping
   runs between backward and ``on_pre_optimizer_step`` and is in no phase.
 
-The loss is the model output's ``loss`` (mean over the step's micro-batches); a custom
-``compute_loss`` that does not use it records no loss. Needs ``pip install
-'stagewatch[hf]'``.
+The loss is the model output's ``loss`` combined over the step's micro-batches as the
+Trainer does (their sum when the Trainer passes ``num_items_in_batch``, else their mean),
+and scaled as the Trainer scales it under DDP: each rank records the loss the Trainer
+computed on it (the Trainer logs their mean over ranks). A custom ``compute_loss`` that
+does not use the output's loss records none. Needs ``pip install 'stagewatch[hf]'``.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
         )
         self._hooks: list[Any] = []
         self._in_step = False
+        self._loss_scale = 1
 
     @property
     def logger(self) -> TimingLogger | None:
@@ -127,7 +130,10 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
             if not self._active(module):
                 return
             self._sw._switch(FORWARD)
-            self._sw._tally.samples += batch_size(kwargs) or batch_size(args) or 0
+            tally = self._sw._tally
+            tally.samples += batch_size(kwargs) or batch_size(args) or 0
+            if kwargs.get("num_items_in_batch") is not None:
+                tally.summed = True  # the model divides by the whole step's token count
         except Exception as e:
             self._warn("forward", f"stagewatch: forward pre-hook failed ({e}); ignored")
 
@@ -180,6 +186,11 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
             total_steps=state.max_steps if getattr(state, "max_steps", 0) > 0 else None,
             samples_per_step=per_device * grad_accum if isinstance(per_device, int) else None,
         )
+        world = int(getattr(args, "world_size", 1))
+        # with num_items_in_batch counted over all ranks, the Trainer scales each rank's
+        # loss by the number of processes (Trainer.compute_loss); so does this record
+        across = getattr(args, "average_tokens_across_devices", False) and world > 1
+        self._loss_scale = world if across else 1
         if model is not None:
             self._hook_model(model)
         if self._sw.logger is not None:
@@ -203,6 +214,9 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
     @safe
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._in_step = False
+        tally = self._sw._tally
+        if tally.summed and tally.loss is not None and self._loss_scale != 1:
+            tally.loss = tally.loss * self._loss_scale
         epoch = getattr(state, "epoch", None)
         self._sw._step(int(epoch) if epoch is not None else None, mean_loss=True)
         self._sw._switch(DATA_WAIT)

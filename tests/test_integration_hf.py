@@ -1,0 +1,127 @@
+"""StagewatchCallback on the real Hugging Face Trainer with a tiny random GPT-2: phases,
+steps, loss and lr as the Trainer logs them, checkpointing, module regions, DDP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+from _hf_job import BATCH, train
+from _integration_helpers import run_end, run_records, steps
+from _trainer_helpers import ROOT, env_for_subprocess
+
+from stagewatch.integrations.hf import StagewatchCallback
+
+PHASES = ("data/wait", "data/h2d", "forward", "backward", "optimizer")
+
+
+def _losses_logged(history: list[dict]) -> dict[int, float]:
+    return {h["step"]: h["loss"] for h in history if "loss" in h and "train_loss" not in h}
+
+
+def test_phases_loss_and_lr_as_the_trainer_logs_them(tmp_path, one_torch_thread):
+    # 2 micro-batches per step; evaluation every 2 steps is in no phase
+    trainer = train(
+        str(tmp_path / "logs"), str(tmp_path / "out"), max_steps=3, accumulate=2, eval_every=2
+    )
+    recs = run_records(tmp_path / "logs")
+    got = steps(recs[0])
+    assert [s.step for s in got] == [1, 2, 3] == list(range(1, trainer.state.global_step + 1))
+    logged = _losses_logged(trainer.state.log_history)
+    lrs = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
+    for s in got:
+        assert s.samples == 2 * BATCH
+        counts = {name: s.regions[name][1] for name in PHASES}
+        # forward twice (the micro-batches); the evaluation's forwards are not counted
+        assert counts == {
+            "data/wait": 1,
+            "data/h2d": 2,
+            "forward": 2,
+            "backward": 2,
+            "optimizer": 1,
+        }
+        top = sum(ms for name, (ms, _) in s.regions.items() if "/" not in name)
+        top += s.regions["data/wait"][0] + s.regions["data/h2d"][0]
+        assert top <= s.wall_ms * 1.001
+        assert s.scalars["loss"] == pytest.approx(logged[s.step], rel=1e-3)
+        assert s.scalars["lr"] == pytest.approx(lrs[s.step], rel=1e-6)
+    end = run_end(recs[0])
+    assert end.status == "completed" and end.steps == 3
+
+
+def test_checkpointing_and_module_regions(tmp_path, one_torch_thread):
+    train(
+        str(tmp_path / "logs"), str(tmp_path / "out"), max_steps=2, accumulate=2, checkpointing=True
+    )
+    for s in steps(run_records(tmp_path / "logs")[0]):
+        names = set(s.regions)
+        assert {"forward/transformer/h", "backward/transformer/h"} <= names, sorted(names)
+        # each micro-batch runs every module once: two calls per step
+        assert s.regions["forward/transformer/h"][1] == 2
+        recompute = [n for n in names if n.startswith("backward/") and n.endswith("/recompute")]
+        assert recompute, sorted(names)
+
+
+def test_depth_0_records_only_the_phases(tmp_path, one_torch_thread):
+    cb = StagewatchCallback(str(tmp_path / "logs"), depth=0, enable_console=False)
+    train(str(tmp_path / "logs"), str(tmp_path / "out"), max_steps=2, callback=cb)
+    for s in steps(run_records(tmp_path / "logs")[0]):
+        assert set(s.regions) == set(PHASES)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_under_torchrun(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(ROOT / "tests" / "_hf_job.py"),
+        str(tmp_path / "logs"),
+        str(tmp_path / "out"),
+    ]
+    r = subprocess.run(
+        cmd, cwd=tmp_path, env=env_for_subprocess(), capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    recs = run_records(tmp_path / "logs")  # both ranks in one run folder
+    assert sorted(recs) == [0, 1]
+    history = json.loads((tmp_path / "out" / "log_history.json").read_text())
+    logged = _losses_logged(history)
+    per_rank = {rank: steps(rank_recs) for rank, rank_recs in recs.items()}
+    for rank, got in per_rank.items():
+        assert recs[rank][0].rank == rank and recs[rank][0].world_size == 2
+        assert [s.step for s in got] == [1, 2, 3]
+        for s in got:
+            assert s.samples == 2 * BATCH
+            assert s.regions["forward"][1] == 2 and s.regions["optimizer"][1] == 1
+        assert run_end(recs[rank]).status == "completed"
+    for i in range(3):  # the Trainer logs the mean of the ranks' losses
+        mean = (per_rank[0][i].scalars["loss"] + per_rank[1][i].scalars["loss"]) / 2
+        assert mean == pytest.approx(logged[i + 1], rel=1e-3)
+
+
+def test_import_without_transformers_names_the_extra():
+    code = (
+        "import sys; sys.modules['transformers'] = None\n"
+        "try:\n"
+        "    import stagewatch.integrations.hf\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    msg = out.stdout.strip()
+    assert "\n" not in msg and "pip install 'stagewatch[hf]'" in msg, out
