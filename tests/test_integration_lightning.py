@@ -145,3 +145,30 @@ def test_importing_stagewatch_imports_no_framework():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert out.stdout.strip() == "[]", out
+
+
+def test_timed_regions_in_user_code_land_in_the_callbacks_logger(tmp_path, one_torch_thread):
+    import torch
+    from _lightning_job import TinyModule, loader
+
+    from stagewatch import get_global_timing_logger, timed
+
+    class Timed(TinyModule):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            out = self(x)
+            with timed("/forward/loss"):
+                return torch.nn.functional.mse_loss(out, y)
+
+    cb = StagewatchCallback(str(tmp_path), depth=0, enable_console=False)
+    import lightning as L
+
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],
+    )  # fmt: skip
+    trainer.fit(Timed(), loader())
+    for s in steps(run_records(tmp_path)[0]):
+        assert s.regions["forward/loss"][1] == 1
+        assert s.regions["forward/loss"][0] <= s.regions["forward"][0]
+    assert get_global_timing_logger() is None  # given back at the end of the fit

@@ -10,7 +10,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from stagewatch.timing.clean import WarnOnce
-from stagewatch.timing.logger import TimingLogger
+from stagewatch.timing.logger import (
+    TimingLogger,
+    get_global_timing_logger,
+    set_global_timing_logger,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -182,6 +186,7 @@ class CallbackBase:
         self.logger: TimingLogger | None = logger
         self._owns_logger = logger is None
         self._instrumented: Any = None
+        self._set_global = False
         self._phases: Phases | None = None
         self._tally = StepTally()
         self._warn_once = WarnOnce()
@@ -211,6 +216,10 @@ class CallbackBase:
             kwargs.update(self.logger_kwargs)
             self.logger = TimingLogger(self.log_dir, **kwargs)
             self._owns_logger = True
+        if get_global_timing_logger() is None:
+            # timed() regions in the user's own code (training_step, forward) land here too
+            set_global_timing_logger(self.logger)
+            self._set_global = True
         self._phases = Phases(self.logger)
         self._tally = StepTally()
         if self.depth > 0 and self.logger.enabled:
@@ -255,6 +264,10 @@ class CallbackBase:
             handle.remove()
         self._switch(None)
         self._phases = None
+        if self._set_global:
+            self._set_global = False
+            if get_global_timing_logger() is self.logger:
+                set_global_timing_logger(None)
         if self.logger is not None and self._owns_logger:
             self.logger.close(status, error)
             self.logger = None
