@@ -48,6 +48,8 @@ def test_phases_loss_and_lr_as_the_trainer_logs_them(tmp_path, one_torch_thread)
         assert top <= s.wall_ms * 1.001
         assert s.scalars["loss"] == pytest.approx(logged[s.step], rel=1e-3)
         assert s.scalars["lr"] == pytest.approx(lrs[s.step], rel=1e-6)
+    # the evaluation after step 2 is the region "eval" of the step it ran in
+    assert [("eval" in s.regions) for s in got] == [False, False, True]
     end = run_end(recs[0])
     assert end.status == "completed" and end.steps == 3
 

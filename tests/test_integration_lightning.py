@@ -40,6 +40,8 @@ def test_phases_and_one_record_per_optimizer_step(tmp_path, one_torch_thread):
         assert top <= s.wall_ms * 1.001
         assert s.scalars is not None and s.scalars["lr"] == LR
         assert math.isfinite(s.scalars["loss"]) and s.scalars["loss"] > 0
+    # the evaluation after step 2 is the region "eval" of the step it ran in
+    assert [("eval" in s.regions) for s in got] == [False, False, True]
     assert run_end(recs[0]).status == "completed" and run_end(recs[0]).steps == 3
 
 

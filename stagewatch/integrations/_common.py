@@ -24,6 +24,7 @@ DATA_H2D = "data/h2d"
 FORWARD = "forward"
 BACKWARD = "backward"
 OPTIMIZER = "optimizer"
+EVAL = "eval"  # evaluation inside the fit: its module regions nest under it, not "forward"
 
 
 def require(module: str, extra: str, integration: str) -> Any:
@@ -76,10 +77,14 @@ class Phases:
         if name is not None:
             self._handle = self.log.begin(name)
 
-    def restart(self, name: str) -> None:
-        """Start ``name`` again from now, dropping the open phase's time unrecorded."""
+    def drop(self) -> None:
+        """Close the open phase without recording its time (it was not that phase)."""
         self._handle = None
         self.current = None
+
+    def restart(self, name: str) -> None:
+        """Start ``name`` again from now, dropping the open phase's time unrecorded."""
+        self.drop()
         self.switch(name)
 
     def end(self, name: str) -> None:
@@ -187,6 +192,7 @@ class CallbackBase:
         self._owns_logger = logger is None
         self._instrumented: Any = None
         self._set_global = False
+        self._eval: Any = None
         self._phases: Phases | None = None
         self._tally = StepTally()
         self._warn_once = WarnOnce()
@@ -222,7 +228,7 @@ class CallbackBase:
             self._set_global = True
         self._phases = Phases(self.logger)
         self._tally = StepTally()
-        if self.depth > 0 and self.logger.enabled:
+        if (self.depth is None or self.depth > 0) and self.logger.enabled:
             self._instrument(model)
 
     def _instrument(self, model: Any) -> None:
@@ -239,6 +245,22 @@ class CallbackBase:
             exclude=self.exclude,
             logger=self.logger,
         )
+
+    def _eval_begin(self) -> None:
+        """Open ``eval`` on this thread's region stack (instrument nests module regions
+        under the region open there), once."""
+        if self._eval is None and self.logger is not None:
+            if self._phases is not None:
+                if self._phases.current == DATA_WAIT:  # the wait was the evaluation's set-up
+                    self._phases.drop()
+                self._phases.switch(None)
+            self._eval = self.logger.region(EVAL)
+            self._eval.__enter__()
+
+    def _eval_end(self) -> None:
+        region, self._eval = self._eval, None
+        if region is not None:
+            region.__exit__(None, None, None)
 
     def _switch(self, name: str | None) -> None:
         if self._phases is not None:
@@ -259,6 +281,7 @@ class CallbackBase:
 
     def _close(self, status: str = "completed", error: BaseException | None = None) -> None:
         """Remove the module hooks and close the logger if this callback made it."""
+        self._eval_end()
         handle, self._instrumented = self._instrumented, None
         if handle is not None:
             handle.remove()

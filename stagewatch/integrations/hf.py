@@ -7,6 +7,8 @@ record per optimizer step, with no change to the training code.
 
 What the Trainer lets a callback see, and so what each phase holds (docs/own-model.md):
 
+- ``eval``: an evaluation between steps, from its first forward to ``on_evaluate``
+  (module regions nest under it).
 - ``data/wait``: from the end of the previous step (after its logging, evaluation and
   checkpoint, each seen through its callback event) to ``on_step_begin``: the Trainer
   fetching the step's batches. With accelerate's prepared loader (the default) the copy
@@ -127,6 +129,9 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
 
     def _forward_begins(self, module: Any, args: Any, kwargs: Any) -> None:
         try:
+            if not self._in_step and not module.training:
+                self._sw._eval_begin()  # an evaluation between steps: until on_evaluate
+                return
             if not self._active(module):
                 return
             self._sw._switch(FORWARD)
@@ -199,6 +204,7 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
 
     @safe
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._sw._eval_end()
         self._in_step = True
         self._sw._switch(DATA_H2D)
 
@@ -227,6 +233,7 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
 
     @safe
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._sw._eval_end()
         self._restart_wait()
 
     @safe

@@ -16,8 +16,9 @@ Phases (docs/own-model.md):
 
 The loop's own timing points are seen through the trainer's profiler, whose ``start`` and
 ``stop`` this callback wraps for the fit (whatever profiler is configured keeps working).
-Validation, checkpoint writes and logging fall in no phase (the step's *unaccounted*
-time). ``step()`` runs at the end of every batch that stepped the optimizer, so with
+Validation inside the fit is the region ``eval`` (module regions nest under it);
+checkpoint writes and logging fall in no phase (the step's *unaccounted* time).
+``step()`` runs at the end of every batch that stepped the optimizer, so with
 ``accumulate_grad_batches=N`` one record covers N batches. Needs ``pip install
 'stagewatch[lightning]'``.
 """
@@ -200,7 +201,11 @@ class StagewatchCallback(_pl.Callback):  # type: ignore[misc,name-defined]
 
     @safe
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        self._sw._switch(None)
+        self._sw._eval_begin()
+
+    @safe
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self._sw._eval_end()
 
     @safe
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
