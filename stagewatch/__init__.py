@@ -15,7 +15,8 @@ imports Textual, and imports torch only lazily, for CUDA timing::
         log.step(samples=len(batch), scalars={"loss": loss.item()})
     log.close()
 
-See docs/timing.md.
+Any model, per module, and the input pipeline: ``stagewatch.instrument(model, depth=2)``
+and ``stagewatch.timed_loader(loader, device)`` (docs/own-model.md). See docs/timing.md.
 """
 
 from stagewatch.timing import (
@@ -29,18 +30,23 @@ from stagewatch.timing import (
     set_global_timing_logger,
     timed,
 )
+from stagewatch.timing.instrument import InstrumentHandle, instrument
+from stagewatch.timing.loader import timed_loader
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ENV_SWITCH",
     "NOOP",
+    "InstrumentHandle",
     "TimingLogger",
     "TimingWarning",
     "__version__",
     "env_disabled",
     "get_global_timing_logger",
+    "instrument",
     "log_timing",
     "set_global_timing_logger",
     "timed",
+    "timed_loader",
 ]

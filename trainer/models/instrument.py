@@ -1,4 +1,8 @@
-"""Backward timing per region through autograd hooks (installed only while timing is on).
+"""The VRT model's recompute charges, and the hook-based backward timing the step planner uses.
+
+The live model is timed by :func:`stagewatch.instrument` (see ``VRTWithSpike``); its
+checkpointed blocks charge their re-run through :class:`RecomputeCharges`. The planner
+(``trainer.plan.simulation``) times a meta-device step with :class:`Instrumentation`:
 
 For a module named ``vrt/stage8`` the region ``backward/vrt/stage8`` opens when autograd
 has computed the gradient of the module's output (full backward pre-hook) and closes when
@@ -108,6 +112,25 @@ def _quiet_no_input_grad_warning() -> None:
         "respect to module outputs",
         category=UserWarning,
     )
+
+
+class RecomputeCharges:
+    """Per stage, the checkpointed modules whose re-run is charged to
+    ``backward/<stage>/recompute`` on ``log`` (attributes the blocks read while timing)."""
+
+    def __init__(self, recompute: dict[str, list[nn.Module]], log: Any) -> None:
+        self.blocks: list[nn.Module] = []
+        for stage, blocks in recompute.items():
+            for b in blocks:
+                b.recompute_region = f"backward/{stage}/recompute"
+                b.timing_logger = log
+                self.blocks.append(b)
+
+    def remove(self) -> None:
+        for b in self.blocks:
+            b.recompute_region = None
+            b.timing_logger = None
+        self.blocks.clear()
 
 
 class Instrumentation:

@@ -6,9 +6,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from stagewatch.timing.instrument import instrument
 from trainer.models import _timing
 from trainer.models.config import ModelConfig
-from trainer.models.instrument import Instrumentation
+from trainer.models.instrument import RecomputeCharges
 from trainer.models.pretrained import PretrainedReport
 from trainer.models.regions import region_names
 from trainer.models.spike import NUM_SCALES, SpikeEncoder3D, SpikeTSA, TemporalFusion
@@ -21,7 +22,9 @@ class VRTWithSpike(nn.Module):
     H and W must be multiples of 8, T >= 2. Forward regions (relative to the caller's):
     ``spike_encoder/scale0..3``, ``spike_tsa/scale0..3[/chunk]``, ``vrt/flow``,
     ``vrt/prealign``, ``vrt/stage1..8``, ``vrt/fusion1..4``, ``vrt/head``. While a timing
-    logger is enabled the matching ``backward/...`` regions are measured by hooks.
+    logger is enabled, :func:`stagewatch.instrument` times these modules (``forward/...``
+    and ``backward/...``) and the checkpointed blocks charge their re-run to
+    ``backward/vrt/stageN/recompute``.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -41,7 +44,8 @@ class VRTWithSpike(nn.Module):
         self.vrt = VRT(cfg, fusions)
         #: what build_model loaded from MODEL.PRETRAINED (None: nothing)
         self.pretrained_report: PretrainedReport | None = None
-        self._instr: Instrumentation | None = None
+        self._instr: Any = None  # a stagewatch.InstrumentHandle while timing is on
+        self._charges: RecomputeCharges | None = None
         self._instr_log: Any = None
 
     # ------------------------------------------------------------------ forward
@@ -52,12 +56,9 @@ class VRTWithSpike(nn.Module):
         feats: tuple[Tensor, ...] = ()
         if self.cfg.USE_SPIKE:
             assert spikes is not None
-            with _timing.region("spike_encoder"):
-                feats = self.spike_encoder(spikes.to(rgb.dtype))
-            with _timing.region("spike_tsa"):
-                feats = self.spike_tsa(*feats)
-        with _timing.region("vrt"):
-            return self.vrt(rgb, *feats)
+            feats = self.spike_encoder(spikes.to(rgb.dtype))
+            feats = self.spike_tsa(*feats)
+        return self.vrt(rgb, *feats)
 
     def _check(self, rgb: Tensor, spikes: Tensor | None) -> None:
         if rgb.dim() != 5 or rgb.shape[2] != 3:
@@ -122,14 +123,17 @@ class VRTWithSpike(nn.Module):
                 if getattr(st, "ckpt_align", False):
                     blocks.append(st)  # its checkpointed alignment recomputes too
                 recompute[f"vrt/stage{i + 1}"] = blocks
-            self._instr = Instrumentation(self.region_modules(), recompute, log)
+            self._instr = instrument(self, modules=self.region_modules(), logger=log)
+            self._charges = RecomputeCharges(recompute, log)
             self._instr_log = log
 
     def remove_instrumentation(self) -> None:
         """Take away all timing hooks (they come back at the next forward if timing is on)."""
         if self._instr is not None:
             self._instr.remove()
-        self._instr, self._instr_log = None, None
+        if self._charges is not None:
+            self._charges.remove()
+        self._instr, self._charges, self._instr_log = None, None, None
 
     # ------------------------------------------------------------------ parameters
 

@@ -41,9 +41,8 @@ class SpikeEncoder3D(nn.Module):
     def forward(self, spikes: Tensor) -> tuple[Tensor, ...]:
         x = spikes.permute(0, 2, 1, 3, 4)  # [B,K,T,H,W]
         out = []
-        for i, s in enumerate(self.scales):
-            with _timing.region(f"scale{i}"):
-                x = s(x)
+        for s in self.scales:
+            x = s(x)
             out.append(x)
         return tuple(out)
 
@@ -124,9 +123,8 @@ class SpikeTSA(nn.Module):
 
     def forward(self, *feats: Tensor) -> tuple[Tensor, ...]:
         out = []
-        for i, (m, f) in enumerate(zip(self.scales, feats, strict=True)):
-            with _timing.region(f"scale{i}"):
-                out.append(m(f))
+        for m, f in zip(self.scales, feats, strict=True):
+            out.append(m(f))
         return tuple(out)
 
 

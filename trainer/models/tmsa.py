@@ -90,7 +90,7 @@ class TMSA(nn.Module):
 
     def _charged(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         if self.recompute_region is not None and _timing.in_backward():
-            with _timing.absolute(self.timing_logger, self.recompute_region):
+            with _timing.recompute(self.timing_logger, self.recompute_region):
                 return fn(x)
         return fn(x)
 

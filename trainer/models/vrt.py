@@ -134,7 +134,7 @@ class AlignStage(nn.Module):
 
     def _charged_warp(self, x: Tensor, flow_b: Tensor, flow_f: Tensor) -> Tensor:
         if self.recompute_region is not None and _timing.in_backward():
-            with _timing.absolute(self.timing_logger, self.recompute_region):
+            with _timing.recompute(self.timing_logger, self.recompute_region):
                 return self._parallel_warp(x, flow_b, flow_f)
         return self._parallel_warp(x, flow_b, flow_f)
 
@@ -281,12 +281,11 @@ class VRT(nn.Module):
         self._flow_scale = [0, 1, 2, 3, 2, 1, 0]
 
     def forward(self, rgb: Tensor, *spike_feats: Tensor) -> Tensor:
-        region = _timing.region
-        with region("flow"):
-            flows = self.flow(rgb)
+        # each module's forward region (vrt/flow, vrt/stage1...) comes from the model's
+        # instrumentation (stagewatch.instrument), not from regions written here
+        flows = self.flow(rgb)
         fb, ff = flows[:4], flows[4:]
-        with region("prealign"):
-            first = self.prealign(rgb, fb[0], ff[0])
+        first = self.prealign(rgb, fb[0], ff[0])
         x = first
         skips: list[Tensor] = []
         for i, stage in enumerate(self.stages[:NUM_ALIGN_STAGES]):
@@ -295,15 +294,11 @@ class VRT(nn.Module):
                 x = x + skips[2]
             elif i == 6:
                 x = x + skips[1]
-            with region(f"stage{i + 1}"):
-                x = stage(x, fb[s], ff[s])
+            x = stage(x, fb[s], ff[s])
             if i < 4:
                 if len(self.fusions):
-                    with region(f"fusion{i + 1}"):
-                        x = self.fusions[i](x, spike_feats[i])
+                    x = self.fusions[i](x, spike_feats[i])
                 skips.append(x)
         x = x + skips[0]
-        with region("stage8"):
-            x = self.stages[NUM_ALIGN_STAGES](x)
-        with region("head"):
-            return self.head(x, first, rgb)
+        x = self.stages[NUM_ALIGN_STAGES](x)
+        return self.head(x, first, rgb)

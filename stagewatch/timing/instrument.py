@@ -1,0 +1,752 @@
+"""Per-module forward and backward regions for any PyTorch model: :func:`instrument`.
+
+How each region is measured (all through the logger's own ``region``/``begin``/``end``, so
+a CUDA logger times them with pooled CUDA events and never synchronizes):
+
+- ``forward/<path>``: a forward pre-hook enters a region, the forward hook leaves it. The
+  region goes on the thread's region stack, so regions the module's code opens itself nest
+  under it. Its parent is the innermost instrumented module's region, else the region the
+  caller has open (``forward``, ``eval``...), else ``forward``.
+- ``backward/<path>``: autograd graph hooks, never module backward hooks (which wrap the
+  module's outputs in a custom Function and break in-place ops on them, and which graph-
+  break ``torch.compile``). The region opens in a pre-hook on the autograd node that made
+  an output (autograd has the output's gradient: the module's backward starts) and closes
+  when the gradients of the module's inputs are complete (tensor hooks on its inputs). A
+  module whose inputs need no gradient closes when its trainable parameters have their
+  gradients (post-accumulate hooks, kept only while such calls happen). Each call has its
+  own start and end hooks, so repeated, shared and re-entered modules pair correctly.
+- ``backward/<path>/recompute``: while a backward runs, a module-global forward hook is
+  armed; a forward under the autograd engine (activation checkpointing re-running it) is
+  charged to the nearest instrumented module at or above the module re-run.
+
+Nothing is installed while timing is off, and a handle whose logger closes takes its hooks
+away at the next call. torch is imported only inside functions.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import inspect
+import re
+import threading
+import warnings
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from stagewatch.timing import regions
+from stagewatch.timing.jsonl import TimingWarning
+
+# path components added by wrappers, dropped from region paths
+_WRAPPER_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
+_MAX_PENDING = 64  # backward calls a probe remembers (bounded even if backward never runs)
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, TimingWarning, stacklevel=3)
+
+
+class _Rec(threading.local):
+    """Per thread: how deep this thread is in a recomputation already charged."""
+
+    depth = 0
+    handles: list[Any]
+
+    def __init__(self) -> None:
+        self.handles = []
+
+
+_rec = _Rec()
+
+
+class recompute_region:
+    """Charge the code inside to ``name`` on ``log`` as a recompute (absolute name).
+
+    For code that charges its own activation recomputation: while it is open, modules re-run
+    inside it are not charged again by :func:`instrument`."""
+
+    __slots__ = ("_h", "_log", "_name")
+
+    def __init__(self, log: Any, name: str) -> None:
+        self._log, self._name = log, name
+
+    def __enter__(self) -> None:
+        _rec.depth += 1
+        self._h = self._log.begin(self._name) if self._log is not None else None
+
+    def __exit__(self, *exc: Any) -> None:
+        _rec.depth -= 1
+        if self._h is not None:
+            self._log.end(self._h)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _nested_grad_tensors(a: Any, tensor: type) -> list[Any]:
+    """Tensors that need a gradient one level inside a tuple, list or dict argument."""
+    items = a.values() if isinstance(a, Mapping) else a
+    return [x for x in items if isinstance(x, tensor) and x.requires_grad]
+
+
+def _output_nodes(out: Any, torch: Any, depth: int = 0) -> list[Any]:
+    """The autograd nodes that made the output tensors that need a gradient."""
+    if isinstance(out, torch.Tensor):
+        fn = out.grad_fn
+        return [fn] if fn is not None else []
+    if depth > 2:
+        return []
+    if isinstance(out, Mapping):  # dicts, Hugging Face ModelOutput
+        items: Iterable[Any] = out.values()
+    elif isinstance(out, (tuple, list)):
+        items = out
+    else:
+        return []
+    nodes = []
+    for o in items:
+        nodes.extend(_output_nodes(o, torch, depth + 1))
+    return nodes
+
+
+def _norm_path(name: str) -> str:
+    parts = [p for p in name.replace(".", "/").split("/") if p and p not in _WRAPPER_PARTS]
+    return "/".join(parts)
+
+
+def _matches(path: str, patterns: tuple[str, ...]) -> bool:
+    """A pattern matches the module's path or one of its ancestors' (``encoder`` covers
+    ``encoder/layers/0``)."""
+    for pat in patterns:
+        if fnmatch.fnmatchcase(path, pat) or fnmatch.fnmatchcase(path, pat.rstrip("/") + "/*"):
+            return True
+    return False
+
+
+def _patterns(value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    try:
+        pats = tuple(value)
+    except TypeError:
+        raise TypeError(f"instrument({what}=): expected a pattern or a list of patterns") from None
+    if not all(isinstance(p, str) for p in pats):
+        raise TypeError(f"instrument({what}=): patterns must be strings, got {pats!r}")
+    return tuple(_norm_path(p) if "*" not in p else p.replace(".", "/") for p in pats)
+
+
+def unwrap(model: Any) -> Any:
+    """The user's module inside DDP, DataParallel, FSDP (1) and torch.compile wrappers."""
+    for _ in range(8):
+        inner = None
+        for attr in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"):
+            inner = model.__dict__.get("_modules", {}).get(attr)
+            if inner is not None:
+                break
+        if inner is None and type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
+            inner = getattr(model, "module", None)
+        if inner is None:
+            return model
+        model = inner
+    return model
+
+
+def _is_wrapper(m: Any) -> bool:
+    mods = m.__dict__.get("_modules", {})
+    return any(a in mods for a in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module"))
+
+
+def _is_compiled(m: Any) -> bool:
+    return "_orig_mod" in m.__dict__.get("_modules", {}) or (
+        m.__dict__.get("_compiled_call_impl") is not None
+    )
+
+
+def select_modules(
+    model: Any, depth: int | None, include: tuple[str, ...], exclude: tuple[str, ...]
+) -> dict[str, Any]:
+    """Path -> module for every module of ``model`` (unwrapped) that ``instrument`` times.
+
+    Containers without a forward (ModuleList, ModuleDict) and wrappers are skipped; a module
+    reachable under several names is timed under the first."""
+    import torch
+
+    skip = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.ParameterList)
+    out: dict[str, Any] = {}
+    seen: set[int] = set()
+    for name, m in model.named_modules():
+        path = _norm_path(name)
+        if not path or id(m) in seen or isinstance(m, skip) or _is_wrapper(m):
+            continue
+        if depth is not None and path.count("/") + 1 > depth:
+            continue
+        if include and not _matches(path, include):
+            continue
+        if exclude and _matches(path, exclude):
+            continue
+        if path in out:
+            continue
+        seen.add(id(m))
+        out[path] = m
+    return out
+
+
+def _owners(model: Any, timed: dict[str, Any]) -> dict[int, str]:
+    """id(module) -> path of the nearest timed module at or above it (for recompute)."""
+    by_id = {id(m): p for p, m in timed.items()}
+    out: dict[int, str] = {}
+
+    def walk(m: Any, owner: str | None, seen: set[int]) -> None:
+        if id(m) in seen:
+            return
+        seen.add(id(m))
+        own = by_id.get(id(m), owner)
+        if own is not None:
+            out[id(m)] = own
+        for child in m._modules.values():
+            if child is not None:
+                walk(child, own, seen)
+
+    walk(model, None, set())
+    return out
+
+
+_SELF_FORWARD = re.compile(r"\bself\.([A-Za-z_]\w*)\.forward\(")
+_sources: dict[type, str] = {}
+
+
+def _forward_source(cls: type) -> str:
+    src = _sources.get(cls)
+    if src is None:
+        try:
+            src = inspect.getsource(cls.forward)  # type: ignore[attr-defined]
+        except (OSError, TypeError, AttributeError):
+            src = ""
+        src = re.sub(r"super\([^)]*\)\.forward\(", "", src)
+        if len(_sources) < 4096:
+            _sources[cls] = src
+    return src
+
+
+def check_direct_forward(model: Any, timed: dict[str, Any]) -> None:
+    """Warn (once per class) where a forward calls ``.forward()`` of a module directly:
+    module hooks do not run there, so that module gets no regions in that call."""
+    path_of = {id(m): p for p, m in timed.items()}
+    seen: set[type] = set()
+    for m in model.modules():
+        cls = type(m)
+        if cls in seen or cls.__module__.startswith("torch."):
+            continue
+        seen.add(cls)
+        src = _forward_source(cls)
+        if ".forward(" not in src:
+            continue
+        attrs = _SELF_FORWARD.findall(src)
+        for attr in attrs:
+            path = path_of.get(id(m._modules.get(attr)))
+            if path is not None:
+                _warn_once(
+                    f"direct:{cls.__qualname__}.{attr}",
+                    f"instrument(): {cls.__qualname__}.forward calls self.{attr}.forward() "
+                    f"directly, which bypasses module hooks: {path!r} gets no regions there "
+                    f"(its time counts in its caller's); call self.{attr}(...) instead",
+                )
+        if len(attrs) < src.count(".forward(") and any(
+            id(c) in path_of for c in m.modules() if c is not m
+        ):
+            _warn_once(
+                f"direct:{cls.__qualname__}",
+                f"instrument(): {cls.__qualname__}.forward calls a module's .forward() "
+                "directly, which bypasses module hooks: such a module gets no regions there "
+                "(call the module itself instead)",
+            )
+
+
+# --------------------------------------------------------------------------- one call
+
+
+class _Call:
+    """One forward call of a timed module, waiting for (or in) its backward."""
+
+    __slots__ = (
+        "dead",
+        "done",
+        "handle",
+        "leaf_hooks",
+        "params",
+        "probe",
+        "remaining",
+        "state",
+        "views",
+    )
+
+    def __init__(self, probe: _Probe) -> None:
+        self.probe = probe
+        self.state = 0  # 0: backward not started, 1: open, 2: done
+        self.handle: Any = None
+        self.remaining = 0  # input gradients (or parameters) still to come
+        self.params = False  # closes on parameter gradients (no input needs a gradient)
+        self.leaf_hooks: list[Any] = []
+        self.dead = False
+        self.done = 0  # bit i: input i has its gradient
+        self.views: list[tuple[int, Any, int]] = []  # (input, view, version) during forward
+
+    def start(self, *_: Any) -> None:
+        if self.state == 0 and not self.dead:
+            probe = self.probe
+            inst = probe.inst
+            if inst.log._closed:
+                return
+            self.state = 1
+            self.handle = inst.log.begin(probe.bwd_name)
+            inst.arm_recompute()
+            if self.params:
+                self.remaining = sum(1 for p in probe.params if p.requires_grad)
+                if self.remaining == 0:
+                    self.finish()
+
+    def input_grad(self, i: int, *_: Any) -> None:
+        bit = 1 << i
+        if self.done & bit:
+            return
+        self.done |= bit
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.finish()
+
+    def param_grad(self) -> None:
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.state == 1:
+            h, self.handle = self.handle, None
+            self.probe.inst.log.end(h)
+        self.state = 2
+        self.drop_hooks()
+
+    def drop_hooks(self) -> None:
+        for h in self.leaf_hooks:
+            h.remove()
+        self.leaf_hooks = []
+
+
+# --------------------------------------------------------------------------- one module
+
+
+class _Frame:
+    __slots__ = ("base", "call", "probe", "region")
+
+    def __init__(self, probe: _Probe, region: Any, base: str, call: _Call | None) -> None:
+        self.probe, self.region, self.base, self.call = probe, region, base, call
+
+
+class _Probe:
+    """The hooks of one timed module."""
+
+    def __init__(self, inst: InstrumentHandle, module: Any, path: str) -> None:
+        self.inst = inst
+        self.path = path
+        self.bwd_name = "backward/" + path
+        self.params = [p for p in module.parameters()]
+        self.pending: deque[_Call] = deque()
+        self.param_hooks: list[Any] = []
+        self.hooked: tuple[bool, ...] = ()
+        self.hooks = [
+            module.register_forward_pre_hook(self.pre, with_kwargs=True),
+            # always_call: a forward that raises still leaves its region
+            module.register_forward_hook(self.post, with_kwargs=True, always_call=True),
+        ]
+
+    # pickling or copying a model with hooks gives hooks that do nothing
+    def __reduce__(self) -> Any:
+        return (_inert_probe, ())
+
+    def pre(self, module: Any, args: Any, kwargs: Any) -> Any:
+        inst = self.inst
+        if inst is None:  # a copy's hooks (see _InertProbe)
+            return None
+        torch = inst.torch
+        if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
+            return  # inside compiled code; or a recompute (charged by the global hook)
+        lg = inst.log
+        if lg._closed:
+            inst.remove()
+            return
+        if inst.armed:
+            inst.disarm_recompute()
+        if self.pending and self.pending[0].state != 0:
+            self._stale()
+        stack = inst.stack()
+        for f in stack:
+            if f.probe is self:  # re-entered: the outer call's regions cover this one
+                stack.append(_Frame(self, None, f.base, None))
+                return None
+        if stack:
+            base = stack[-1].base
+        else:
+            open_ = getattr(lg._tls, "stack", None)
+            base = open_[-1]._full if open_ else "forward"
+        region = lg.region("/" + base + "/" + self.path)
+        call = None
+        replaced = None
+        if torch.is_grad_enabled():
+            call, replaced = self._new_call(args, kwargs, torch)
+        stack.append(_Frame(self, region, base, call))
+        region.__enter__()
+        return replaced
+
+    def post(self, module: Any, args: Any, kwargs: Any, out: Any) -> None:
+        inst = self.inst
+        if inst is None:
+            return
+        torch = inst.torch
+        if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
+            return
+        stack = inst.stack()
+        frame = None
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i].probe is self:
+                frame = stack.pop(i)
+                break
+        if frame is None or frame.region is None:
+            return
+        frame.region.__exit__(None, None, None)
+        call = frame.call
+        if call is None:
+            return
+        if call.views:
+            for i, v, version in call.views:
+                if v._version != version:  # modified in place: its first hook is gone
+                    v.register_hook(functools.partial(call.input_grad, i))
+            call.views = []  # hold no activation past the forward
+        nodes = _output_nodes(out, torch)
+        if not nodes:  # nothing to differentiate through this call
+            call.dead = True
+            call.drop_hooks()
+            return
+        seen: set[int] = set()
+        for n in nodes:
+            if id(n) not in seen:
+                seen.add(id(n))
+                n.register_prehook(call.start)
+        self._remember(call)
+
+    def _new_call(self, args: Any, kwargs: Any, torch: Any) -> tuple[_Call, Any]:
+        """A call record, and the arguments to run with: each tensor argument that needs a
+        gradient is replaced by a view of itself, which only this module consumes, so the
+        view's gradient is complete exactly when this module's backward is (a skip
+        connection around the module does not count)."""
+        call = _Call(self)
+        tensor = torch.Tensor
+        new_args: list[Any] | None = None
+        new_kwargs: dict[str, Any] | None = None
+        hooked: list[Any] = []
+        for j, a in enumerate(args):
+            if isinstance(a, tensor):
+                if a.requires_grad:
+                    if new_args is None:
+                        new_args = list(args)
+                    new_args[j] = v = a.view_as(a)
+                    call.views.append((len(hooked), v, v._version))
+                    hooked.append(v)
+            elif isinstance(a, (tuple, list, Mapping)):
+                hooked += _nested_grad_tensors(a, tensor)
+        for k, a in kwargs.items():
+            if isinstance(a, tensor):
+                if a.requires_grad:
+                    if new_kwargs is None:
+                        new_kwargs = dict(kwargs)
+                    new_kwargs[k] = v = a.view_as(a)
+                    call.views.append((len(hooked), v, v._version))
+                    hooked.append(v)
+            elif isinstance(a, (tuple, list, Mapping)):
+                hooked += _nested_grad_tensors(a, tensor)
+        if not hooked:
+            call.params = True
+            self._hook_params()
+            return call, None
+        call.remaining = len(hooked)
+        partial = functools.partial
+        for i, t in enumerate(hooked):
+            h = t.register_hook(partial(call.input_grad, i))
+            if t.grad_fn is None:  # a leaf keeps its hooks: take them away when done
+                call.leaf_hooks.append(h)
+        if new_args is None and new_kwargs is None:
+            return call, None
+        return call, (
+            tuple(new_args) if new_args is not None else args,
+            new_kwargs if new_kwargs is not None else kwargs,
+        )
+
+    def _stale(self) -> None:
+        """A new forward: a backward of this module still open did not complete."""
+        keep: deque[_Call] = deque()
+        for call in self.pending:
+            if call.state == 1:
+                self._abandon(call)
+            elif call.state == 0:
+                keep.append(call)
+        self.pending = keep
+
+    def _remember(self, call: _Call) -> None:
+        pending = self.pending
+        while pending and pending[0].state == 2:
+            pending.popleft()
+        if len(pending) >= _MAX_PENDING:
+            old = pending.popleft()
+            self._abandon(old)
+        pending.append(call)
+
+    def _abandon(self, call: _Call) -> None:
+        if call.state == 1:
+            _warn_once(
+                "incomplete:" + self.path,
+                f"instrument(): the backward of {self.path!r} did not complete (some of "
+                "its inputs or parameters got no gradient); its region is closed late",
+            )
+            call.finish()
+        call.dead = True
+        call.drop_hooks()
+
+    def _hook_params(self) -> None:
+        """Post-accumulate hooks on the trainable parameters (re-made when parameters are
+        frozen or unfrozen: a hook cannot go on a tensor that needs no gradient)."""
+        want = tuple(p.requires_grad for p in self.params)
+        if want == self.hooked:
+            return
+        for h in self.param_hooks:
+            h.remove()
+        self.param_hooks = [
+            p.register_post_accumulate_grad_hook(self._accumulated)
+            for p, on in zip(self.params, want, strict=True)
+            if on
+        ]
+        self.hooked = want
+
+    def _accumulated(self, p: Any) -> None:
+        if not p.requires_grad:
+            return
+        for call in self.pending:
+            if call.state == 1 and call.params:
+                call.param_grad()
+
+    def remove(self) -> None:
+        for h in self.hooks + self.param_hooks:
+            h.remove()
+        self.hooks, self.param_hooks, self.hooked = [], [], ()
+        for call in self.pending:
+            call.dead = True
+            call.drop_hooks()
+            if call.state == 1:
+                call.finish()
+        self.pending.clear()
+
+
+class _InertProbe:
+    """What a pickled or deep-copied model's hooks become (deepcopy binds the probe's own
+    methods to it: ``inst`` None makes them return at once)."""
+
+    inst = None
+
+    def pre(self, *_: Any) -> None:
+        return None
+
+    post = pre
+
+
+def _inert_probe() -> _InertProbe:
+    return _InertProbe()
+
+
+# --------------------------------------------------------------------------- the handle
+
+
+class _Stack(threading.local):
+    def __init__(self) -> None:
+        self.frames: list[_Frame] = []
+
+
+class InstrumentHandle:
+    """The hooks :func:`instrument` installed. :meth:`remove` takes them all away; usable
+    as a context manager. ``regions`` lists the module paths timed (empty when inert)."""
+
+    def __init__(self, log: Any = None, model: Any = None, timed: dict[str, Any] | None = None):
+        self.log = log
+        self.regions: list[str] = list(timed or ())
+        self._probes: list[_Probe] = []
+        self._tls = _Stack()
+        self._owner: dict[int, str] = {}
+        self._global: list[Any] = []
+        self._lock = threading.Lock()
+        self.armed = False
+        if log is None or not timed:
+            return
+        import torch
+
+        self.torch = torch
+        check_direct_forward(model, timed)
+        self._owner = _owners(model, timed)
+        self._probes = [_Probe(self, m, p) for p, m in timed.items()]
+
+    @property
+    def active(self) -> bool:
+        """True while hooks are installed."""
+        return bool(self._probes)
+
+    def stack(self) -> list[_Frame]:
+        return self._tls.frames
+
+    # recompute: a module-global forward hook, armed only while a backward runs
+    def arm_recompute(self) -> None:
+        if self.armed:
+            return
+        with self._lock:
+            if self.armed or not self._probes:
+                return
+            mod = self.torch.nn.modules.module
+            self._global = [
+                mod.register_module_forward_pre_hook(self._rec_pre),
+                # always_call: checkpoint's early stop ends a recompute by raising
+                mod.register_module_forward_hook(self._rec_post, always_call=True),
+            ]
+            self.armed = True
+
+    def disarm_recompute(self) -> None:
+        with self._lock:
+            for h in self._global:
+                h.remove()
+            self._global = []
+            self.armed = False
+
+    def _rec_pre(self, module: Any, args: Any) -> None:
+        if self.torch._C._current_graph_task_id() == -1:
+            return
+        owner = self._owner.get(id(module))
+        if owner is None:
+            return
+        rec = _rec
+        if rec.depth == 0:
+            rec.handles.append((module, self.log.begin("backward/" + owner + "/recompute")))
+        rec.depth += 1
+
+    def _rec_post(self, module: Any, args: Any, out: Any) -> None:
+        if self.torch._C._current_graph_task_id() == -1 or id(module) not in self._owner:
+            return
+        rec = _rec
+        if rec.depth > 0:
+            rec.depth -= 1
+            if rec.depth == 0 and rec.handles:
+                _, h = rec.handles.pop()
+                self.log.end(h)
+
+    def remove(self) -> None:
+        """Take away every hook (idempotent); regions still open are closed."""
+        probes, self._probes = self._probes, []
+        for p in probes:
+            p.remove()
+        if self.armed:
+            self.disarm_recompute()
+
+    def __enter__(self) -> InstrumentHandle:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = f"{len(self.regions)} modules" if self.active else "inert"
+        return f"InstrumentHandle({state})"
+
+
+def _resolve_logger(logger: Any) -> Any:
+    lg = logger if logger is not None else regions._global
+    if lg is None or not getattr(lg, "enabled", False) or getattr(lg, "_closed", True):
+        return None
+    return lg
+
+
+def instrument(
+    model: Any,
+    depth: int | None = 2,
+    *,
+    modules: Mapping[str, Any] | None = None,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    logger: Any = None,
+) -> InstrumentHandle:
+    """Time every module of ``model`` down to ``depth`` as ``forward/<path>`` and
+    ``backward/<path>`` regions (``backward/<path>/recompute`` for checkpointed re-runs).
+
+    ``path`` is the module's name from ``named_modules`` with ``.`` -> ``/`` (DDP, FSDP and
+    torch.compile wrappers unwrapped). ``modules={name: module}`` times exactly those,
+    under those names. ``include``/``exclude``: glob patterns on paths (a pattern also
+    covers the module's descendants); ``depth=None``: no depth limit. ``logger``: default
+    the global timing logger; with none, or timing off, nothing is installed and the
+    handle is inert. Returns a handle: ``.remove()``, or use it as a context manager.
+    """
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+        raise ValueError(f"instrument(depth=): expected an integer >= 1 or None, got {depth!r}")
+    inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
+    lg = _resolve_logger(logger)
+    if lg is None:
+        return InstrumentHandle()
+    import torch
+
+    if modules is None and not isinstance(model, torch.nn.Module):
+        raise TypeError(f"instrument(): expected a torch.nn.Module, got {type(model).__name__}")
+    if modules is not None:
+        timed = _given_modules(modules, inc, exc, torch)
+        root = model if isinstance(model, torch.nn.Module) else None
+    else:
+        if _is_compiled(model):
+            _warn_once(
+                "compiled",
+                "instrument(): the model is compiled by torch.compile, which ignores hooks "
+                "added after it; no module regions (instrument before compiling, or not at all)",
+            )
+            return InstrumentHandle()
+        root = unwrap(model)
+        timed = select_modules(root, depth, inc, exc)
+    timed = _drop_compiled(timed)
+    if root is None:
+        root = torch.nn.Module()
+        for i, m in enumerate(timed.values()):
+            root.add_module(f"m{i}", m)
+    return InstrumentHandle(lg, root, timed)
+
+
+def _given_modules(
+    modules: Mapping[str, Any], inc: tuple[str, ...], exc: tuple[str, ...], torch: Any
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, m in modules.items():
+        if not isinstance(m, torch.nn.Module):
+            raise TypeError(f"instrument(modules=): {name!r} is not a torch.nn.Module")
+        path = _norm_path(str(name))
+        if not path:
+            raise ValueError(f"instrument(modules=): {name!r} is not a region name")
+        if (inc and not _matches(path, inc)) or (exc and _matches(path, exc)):
+            continue
+        out[path] = unwrap(m)
+    return out
+
+
+def _drop_compiled(timed: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for path, m in timed.items():
+        if _is_compiled(m):
+            _warn_once(
+                "compiled:" + path,
+                f"instrument(): {path!r} is compiled by torch.compile, which ignores hooks "
+                "added after it; not timed",
+            )
+            continue
+        out[path] = m
+    return out
