@@ -83,7 +83,8 @@ def train(
     )
     model = tiny_gpt2()
     if checkpointing:  # torch.utils.checkpoint around each block
-        model.gradient_checkpointing_enable()
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
     trainer = Trainer(
         model=model,
         args=args,

@@ -38,10 +38,13 @@ def test_phases_and_one_record_per_optimizer_step(tmp_path, one_torch_thread):
         top = sum(ms for name, (ms, _) in s.regions.items() if "/" not in name)
         top += s.regions["data/wait"][0] + s.regions["data/h2d"][0]
         assert top <= s.wall_ms * 1.001
+        # block runs twice per training_step: 4 calls; the validation's calls are not here
+        assert s.regions["forward/block"][1] == 4
         assert s.scalars is not None and s.scalars["lr"] == LR
         assert math.isfinite(s.scalars["loss"]) and s.scalars["loss"] > 0
     # the evaluation after step 2 is the region "eval" of the step it ran in
     assert [("eval" in s.regions) for s in got] == [False, False, True]
+    assert got[2].regions["eval/block"][1] == 2 * 2 * 2  # 2 val batches, twice per forward
     assert run_end(recs[0]).status == "completed" and run_end(recs[0]).steps == 3
 
 
