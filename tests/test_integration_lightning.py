@@ -44,7 +44,7 @@ def test_phases_and_one_record_per_optimizer_step(tmp_path, one_torch_thread):
         assert math.isfinite(s.scalars["loss"]) and s.scalars["loss"] > 0
     # the evaluation after step 2 is the region "eval" of the step it ran in
     assert [("eval" in s.regions) for s in got] == [False, False, True]
-    assert got[2].regions["eval/block"][1] == 2 * 2 * 2  # 2 val batches, twice per forward
+    assert got[2].regions["eval/block"][1] == 2 * 2  # 2 val batches, block twice in each
     assert run_end(recs[0]).status == "completed" and run_end(recs[0]).steps == 3
 
 
