@@ -62,6 +62,7 @@ def train(
     checkpointing: bool = False,
     eval_every: int | None = None,
     callback: StagewatchCallback | None = None,
+    use_cpu: bool = True,
     **args_kwargs: Any,
 ) -> Trainer:
     cb = callback or StagewatchCallback(log_root, run_name="gpt2", enable_console=False)
@@ -76,7 +77,7 @@ def train(
         eval_steps=eval_every,
         save_strategy="no",
         report_to=[],
-        use_cpu=True,
+        use_cpu=use_cpu,
         disable_tqdm=True,
         dataloader_num_workers=0,
         **args_kwargs,

@@ -57,12 +57,13 @@ def fit(
     accumulate: int = 1,
     val_every: int | None = None,
     callback: StagewatchCallback | None = None,
+    accelerator: str = "cpu",
     **trainer_kwargs: Any,
 ) -> L.Trainer:
     cb = callback or StagewatchCallback(log_root, run_name="tiny", enable_console=False)
     trainer = L.Trainer(
         max_steps=max_steps,
-        accelerator="cpu",
+        accelerator=accelerator,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
