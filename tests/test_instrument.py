@@ -326,6 +326,18 @@ def test_compiled_model_is_refused_with_one_warning() -> None:
     assert not h.active
 
 
+def test_instrument_then_compile_does_not_break_the_graph() -> None:
+    """Hooks do nothing inside code torch.compile traces: fullgraph compiles, and runs."""
+    log = memory_logger()
+    set_global_timing_logger(log)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    with instrument(model):
+        compiled = torch.compile(model, backend="eager", fullgraph=True)
+        compiled(torch.randn(2, 8)).sum().backward()
+    log.step()
+    assert not any("/" in n for n in log.get_summary())  # nothing timed inside the graph
+
+
 def test_direct_forward_call_is_reported() -> None:
     class Direct(nn.Module):
         def __init__(self) -> None:

@@ -25,29 +25,26 @@ away at the next call. torch is imported only inside functions.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
-import inspect
-import re
 import threading
-import warnings
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stagewatch.timing import regions
-from stagewatch.timing.jsonl import TimingWarning
+from stagewatch.timing.modules import (
+    check_direct_forward,
+    drop_compiled,
+    given_modules,
+    is_compiled,
+    owners,
+    patterns,
+    select_modules,
+    unwrap,
+    warn_once,
+)
 
-# path components added by wrappers, dropped from region paths
-_WRAPPER_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
 _MAX_PENDING = 64  # backward calls a probe remembers (bounded even if backward never runs)
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, TimingWarning, stacklevel=3)
 
 
 class _Rec(threading.local):
@@ -110,161 +107,6 @@ def _output_nodes(out: Any, torch: Any, depth: int = 0) -> list[Any]:
     for o in items:
         nodes.extend(_output_nodes(o, torch, depth + 1))
     return nodes
-
-
-def _norm_path(name: str) -> str:
-    parts = [p for p in name.replace(".", "/").split("/") if p and p not in _WRAPPER_PARTS]
-    return "/".join(parts)
-
-
-def _matches(path: str, patterns: tuple[str, ...]) -> bool:
-    """A pattern matches the module's path or one of its ancestors' (``encoder`` covers
-    ``encoder/layers/0``)."""
-    for pat in patterns:
-        if fnmatch.fnmatchcase(path, pat) or fnmatch.fnmatchcase(path, pat.rstrip("/") + "/*"):
-            return True
-    return False
-
-
-def _patterns(value: Any, what: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    try:
-        pats = tuple(value)
-    except TypeError:
-        raise TypeError(f"instrument({what}=): expected a pattern or a list of patterns") from None
-    if not all(isinstance(p, str) for p in pats):
-        raise TypeError(f"instrument({what}=): patterns must be strings, got {pats!r}")
-    return tuple(_norm_path(p) if "*" not in p else p.replace(".", "/") for p in pats)
-
-
-def unwrap(model: Any) -> Any:
-    """The user's module inside DDP, DataParallel, FSDP (1) and torch.compile wrappers."""
-    for _ in range(8):
-        inner = None
-        for attr in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"):
-            inner = model.__dict__.get("_modules", {}).get(attr)
-            if inner is not None:
-                break
-        if inner is None and type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
-            inner = getattr(model, "module", None)
-        if inner is None:
-            return model
-        model = inner
-    return model
-
-
-def _is_wrapper(m: Any) -> bool:
-    mods = m.__dict__.get("_modules", {})
-    return any(a in mods for a in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module"))
-
-
-def _is_compiled(m: Any) -> bool:
-    return "_orig_mod" in m.__dict__.get("_modules", {}) or (
-        m.__dict__.get("_compiled_call_impl") is not None
-    )
-
-
-def select_modules(
-    model: Any, depth: int | None, include: tuple[str, ...], exclude: tuple[str, ...]
-) -> dict[str, Any]:
-    """Path -> module for every module of ``model`` (unwrapped) that ``instrument`` times.
-
-    Containers without a forward (ModuleList, ModuleDict) and wrappers are skipped; a module
-    reachable under several names is timed under the first."""
-    import torch
-
-    skip = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.ParameterList)
-    out: dict[str, Any] = {}
-    seen: set[int] = set()
-    for name, m in model.named_modules():
-        path = _norm_path(name)
-        if not path or id(m) in seen or isinstance(m, skip) or _is_wrapper(m):
-            continue
-        if depth is not None and path.count("/") + 1 > depth:
-            continue
-        if include and not _matches(path, include):
-            continue
-        if exclude and _matches(path, exclude):
-            continue
-        if path in out:
-            continue
-        seen.add(id(m))
-        out[path] = m
-    return out
-
-
-def _owners(model: Any, timed: dict[str, Any]) -> dict[int, str]:
-    """id(module) -> path of the nearest timed module at or above it (for recompute)."""
-    by_id = {id(m): p for p, m in timed.items()}
-    out: dict[int, str] = {}
-
-    def walk(m: Any, owner: str | None, seen: set[int]) -> None:
-        if id(m) in seen:
-            return
-        seen.add(id(m))
-        own = by_id.get(id(m), owner)
-        if own is not None:
-            out[id(m)] = own
-        for child in m._modules.values():
-            if child is not None:
-                walk(child, own, seen)
-
-    walk(model, None, set())
-    return out
-
-
-_SELF_FORWARD = re.compile(r"\bself\.([A-Za-z_]\w*)\.forward\(")
-_sources: dict[type, str] = {}
-
-
-def _forward_source(cls: type) -> str:
-    src = _sources.get(cls)
-    if src is None:
-        try:
-            src = inspect.getsource(cls.forward)  # type: ignore[attr-defined]
-        except (OSError, TypeError, AttributeError):
-            src = ""
-        src = re.sub(r"super\([^)]*\)\.forward\(", "", src)
-        if len(_sources) < 4096:
-            _sources[cls] = src
-    return src
-
-
-def check_direct_forward(model: Any, timed: dict[str, Any]) -> None:
-    """Warn (once per class) where a forward calls ``.forward()`` of a module directly:
-    module hooks do not run there, so that module gets no regions in that call."""
-    path_of = {id(m): p for p, m in timed.items()}
-    seen: set[type] = set()
-    for m in model.modules():
-        cls = type(m)
-        if cls in seen or cls.__module__.startswith("torch."):
-            continue
-        seen.add(cls)
-        src = _forward_source(cls)
-        if ".forward(" not in src:
-            continue
-        attrs = _SELF_FORWARD.findall(src)
-        for attr in attrs:
-            path = path_of.get(id(m._modules.get(attr)))
-            if path is not None:
-                _warn_once(
-                    f"direct:{cls.__qualname__}.{attr}",
-                    f"instrument(): {cls.__qualname__}.forward calls self.{attr}.forward() "
-                    f"directly, which bypasses module hooks: {path!r} gets no regions there "
-                    f"(its time counts in its caller's); call self.{attr}(...) instead",
-                )
-        if len(attrs) < src.count(".forward(") and any(
-            id(c) in path_of for c in m.modules() if c is not m
-        ):
-            _warn_once(
-                f"direct:{cls.__qualname__}",
-                f"instrument(): {cls.__qualname__}.forward calls a module's .forward() "
-                "directly, which bypasses module hooks: such a module gets no regions there "
-                "(call the module itself instead)",
-            )
 
 
 # --------------------------------------------------------------------------- one call
@@ -506,7 +348,7 @@ class _Probe:
 
     def _abandon(self, call: _Call) -> None:
         if call.state == 1:
-            _warn_once(
+            warn_once(
                 "incomplete:" + self.path,
                 f"instrument(): the backward of {self.path!r} did not complete (some of "
                 "its inputs or parameters got no gradient); its region is closed late",
@@ -592,7 +434,7 @@ class InstrumentHandle:
 
         self.torch = torch
         check_direct_forward(model, timed)
-        self._owner = _owners(model, timed)
+        self._owner = owners(model, timed)
         self._probes = [_Probe(self, m, p) for p, m in timed.items()]
 
     @property
@@ -693,7 +535,7 @@ def instrument(
     """
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
         raise ValueError(f"instrument(depth=): expected an integer >= 1 or None, got {depth!r}")
-    inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
+    inc, exc = patterns(include, "include"), patterns(exclude, "exclude")
     lg = _resolve_logger(logger)
     if lg is None:
         return InstrumentHandle()
@@ -702,11 +544,11 @@ def instrument(
     if modules is None and not isinstance(model, torch.nn.Module):
         raise TypeError(f"instrument(): expected a torch.nn.Module, got {type(model).__name__}")
     if modules is not None:
-        timed = _given_modules(modules, inc, exc, torch)
+        timed = given_modules(modules, inc, exc, torch)
         root = model if isinstance(model, torch.nn.Module) else None
     else:
-        if _is_compiled(model):
-            _warn_once(
+        if is_compiled(model):
+            warn_once(
                 "compiled",
                 "instrument(): the model is compiled by torch.compile, which ignores hooks "
                 "added after it; no module regions (instrument before compiling, or not at all)",
@@ -714,39 +556,9 @@ def instrument(
             return InstrumentHandle()
         root = unwrap(model)
         timed = select_modules(root, depth, inc, exc)
-    timed = _drop_compiled(timed)
+    timed = drop_compiled(timed)
     if root is None:
         root = torch.nn.Module()
         for i, m in enumerate(timed.values()):
             root.add_module(f"m{i}", m)
     return InstrumentHandle(lg, root, timed)
-
-
-def _given_modules(
-    modules: Mapping[str, Any], inc: tuple[str, ...], exc: tuple[str, ...], torch: Any
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, m in modules.items():
-        if not isinstance(m, torch.nn.Module):
-            raise TypeError(f"instrument(modules=): {name!r} is not a torch.nn.Module")
-        path = _norm_path(str(name))
-        if not path:
-            raise ValueError(f"instrument(modules=): {name!r} is not a region name")
-        if (inc and not _matches(path, inc)) or (exc and _matches(path, exc)):
-            continue
-        out[path] = unwrap(m)
-    return out
-
-
-def _drop_compiled(timed: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for path, m in timed.items():
-        if _is_compiled(m):
-            _warn_once(
-                "compiled:" + path,
-                f"instrument(): {path!r} is compiled by torch.compile, which ignores hooks "
-                "added after it; not timed",
-            )
-            continue
-        out[path] = m
-    return out

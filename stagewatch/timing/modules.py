@@ -1,0 +1,215 @@
+"""Which modules :func:`~stagewatch.timing.instrument.instrument` times, under which paths.
+
+Paths come from ``named_modules`` with ``.`` -> ``/``, wrapper components dropped (DDP's
+``module`` by unwrapping the root, FSDP's ``_fsdp_wrapped_module``, ``checkpoint_wrapper``'s
+``_checkpoint_wrapped_module``, torch.compile's ``_orig_mod``; FSDP2's ``fully_shard`` keeps
+the names). Also the static checks made once at instrumentation: compiled modules, and
+forwards that call ``.forward()`` of a module directly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import re
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from stagewatch.timing.jsonl import TimingWarning
+
+# path components added by wrappers, dropped from region paths
+_WRAPPER_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """A :class:`TimingWarning` the first time ``key`` is seen in this process."""
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, TimingWarning, stacklevel=3)
+
+
+def norm_path(name: str) -> str:
+    parts = [p for p in name.replace(".", "/").split("/") if p and p not in _WRAPPER_PARTS]
+    return "/".join(parts)
+
+
+def matches(path: str, patterns: tuple[str, ...]) -> bool:
+    """A pattern matches the module's path or one of its ancestors' (``encoder`` covers
+    ``encoder/layers/0``)."""
+    for pat in patterns:
+        if fnmatch.fnmatchcase(path, pat) or fnmatch.fnmatchcase(path, pat.rstrip("/") + "/*"):
+            return True
+    return False
+
+
+def patterns(value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    try:
+        pats = tuple(value)
+    except TypeError:
+        raise TypeError(f"instrument({what}=): expected a pattern or a list of patterns") from None
+    if not all(isinstance(p, str) for p in pats):
+        raise TypeError(f"instrument({what}=): patterns must be strings, got {pats!r}")
+    return tuple(norm_path(p) if "*" not in p else p.replace(".", "/") for p in pats)
+
+
+def unwrap(model: Any) -> Any:
+    """The user's module inside DDP, DataParallel, FSDP (1) and torch.compile wrappers."""
+    for _ in range(8):
+        inner = None
+        for attr in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"):
+            inner = model.__dict__.get("_modules", {}).get(attr)
+            if inner is not None:
+                break
+        if inner is None and type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
+            inner = getattr(model, "module", None)
+        if inner is None:
+            return model
+        model = inner
+    return model
+
+
+def _is_wrapper(m: Any) -> bool:
+    mods = m.__dict__.get("_modules", {})
+    return any(a in mods for a in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module"))
+
+
+def is_compiled(m: Any) -> bool:
+    return "_orig_mod" in m.__dict__.get("_modules", {}) or (
+        m.__dict__.get("_compiled_call_impl") is not None
+    )
+
+
+def select_modules(
+    model: Any, depth: int | None, include: tuple[str, ...], exclude: tuple[str, ...]
+) -> dict[str, Any]:
+    """Path -> module for every module of ``model`` (unwrapped) that ``instrument`` times.
+
+    Containers without a forward (ModuleList, ModuleDict) and wrappers are skipped; a module
+    reachable under several names is timed under the first."""
+    import torch
+
+    skip = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.ParameterList)
+    out: dict[str, Any] = {}
+    seen: set[int] = set()
+    for name, m in model.named_modules():
+        path = norm_path(name)
+        if not path or id(m) in seen or isinstance(m, skip) or _is_wrapper(m):
+            continue
+        if depth is not None and path.count("/") + 1 > depth:
+            continue
+        if include and not matches(path, include):
+            continue
+        if exclude and matches(path, exclude):
+            continue
+        if path in out:
+            continue
+        seen.add(id(m))
+        out[path] = m
+    return out
+
+
+def owners(model: Any, timed: dict[str, Any]) -> dict[int, str]:
+    """id(module) -> path of the nearest timed module at or above it (for recompute)."""
+    by_id = {id(m): p for p, m in timed.items()}
+    out: dict[int, str] = {}
+
+    def walk(m: Any, owner: str | None, seen: set[int]) -> None:
+        if id(m) in seen:
+            return
+        seen.add(id(m))
+        own = by_id.get(id(m), owner)
+        if own is not None:
+            out[id(m)] = own
+        for child in m._modules.values():
+            if child is not None:
+                walk(child, own, seen)
+
+    walk(model, None, set())
+    return out
+
+
+_SELF_FORWARD = re.compile(r"\bself\.([A-Za-z_]\w*)\.forward\(")
+_sources: dict[type, str] = {}
+
+
+def _forward_source(cls: type) -> str:
+    src = _sources.get(cls)
+    if src is None:
+        try:
+            src = inspect.getsource(cls.forward)  # type: ignore[attr-defined]
+        except (OSError, TypeError, AttributeError):
+            src = ""
+        src = re.sub(r"super\([^)]*\)\.forward\(", "", src)
+        if len(_sources) < 4096:
+            _sources[cls] = src
+    return src
+
+
+def check_direct_forward(model: Any, timed: dict[str, Any]) -> None:
+    """Warn (once per class) where a forward calls ``.forward()`` of a module directly:
+    module hooks do not run there, so that module gets no regions in that call."""
+    path_of = {id(m): p for p, m in timed.items()}
+    seen: set[type] = set()
+    for m in model.modules():
+        cls = type(m)
+        if cls in seen or cls.__module__.startswith("torch."):
+            continue
+        seen.add(cls)
+        src = _forward_source(cls)
+        if ".forward(" not in src:
+            continue
+        attrs = _SELF_FORWARD.findall(src)
+        for attr in attrs:
+            path = path_of.get(id(m._modules.get(attr)))
+            if path is not None:
+                warn_once(
+                    f"direct:{cls.__qualname__}.{attr}",
+                    f"instrument(): {cls.__qualname__}.forward calls self.{attr}.forward() "
+                    f"directly, which bypasses module hooks: {path!r} gets no regions there "
+                    f"(its time counts in its caller's); call self.{attr}(...) instead",
+                )
+        if len(attrs) < src.count(".forward(") and any(
+            id(c) in path_of for c in m.modules() if c is not m
+        ):
+            warn_once(
+                f"direct:{cls.__qualname__}",
+                f"instrument(): {cls.__qualname__}.forward calls a module's .forward() "
+                "directly, which bypasses module hooks: such a module gets no regions there "
+                "(call the module itself instead)",
+            )
+
+
+def given_modules(
+    modules: Mapping[str, Any], inc: tuple[str, ...], exc: tuple[str, ...], torch: Any
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, m in modules.items():
+        if not isinstance(m, torch.nn.Module):
+            raise TypeError(f"instrument(modules=): {name!r} is not a torch.nn.Module")
+        path = norm_path(str(name))
+        if not path:
+            raise ValueError(f"instrument(modules=): {name!r} is not a region name")
+        if (inc and not matches(path, inc)) or (exc and matches(path, exc)):
+            continue
+        out[path] = unwrap(m)
+    return out
+
+
+def drop_compiled(timed: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for path, m in timed.items():
+        if is_compiled(m):
+            warn_once(
+                "compiled:" + path,
+                f"instrument(): {path!r} is compiled by torch.compile, which ignores hooks "
+                "added after it; not timed",
+            )
+            continue
+        out[path] = m
+    return out

@@ -1,0 +1,88 @@
+"""Two gloo processes (torch.multiprocessing): instrument a DDP model and an FSDP2 model.
+
+Run as ``python tests/_instrument_ddp_worker.py LOG_DIR PORT``; each rank writes its own
+rank file under LOG_DIR (runs "ddp" and "fsdp"). Used by tests/test_instrument_ddp.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 16))
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+def _steps(model: nn.Module, log: object, rank: int) -> None:
+    import stagewatch
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with stagewatch.instrument(model, depth=2, logger=log):
+        for _ in range(3):
+            x = torch.randn(4, 8, generator=torch.Generator().manual_seed(rank))
+            with log.region("forward"):
+                loss = model(x).square().mean()
+            with log.region("backward"):
+                loss.backward()
+            opt.step()
+            opt.zero_grad()
+            log.step(samples=4)
+
+
+def worker(rank: int, world: int, log_dir: str, port: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import stagewatch
+
+    torch.manual_seed(0)
+    for run, wrap in (("ddp", _ddp), ("fsdp", _fsdp)):
+        log = stagewatch.TimingLogger(
+            log_dir,
+            enable_console=False,
+            enable_file=False,
+            run_id=run,
+            rank=rank,
+            world_size=world,
+        )
+        try:
+            model = wrap(Net(), DDP)
+        except Exception as e:  # FSDP2 on CPU may be missing in this torch build
+            print(f"rank{rank}: {run} skipped: {e}", file=sys.stderr)
+            log.close()
+            continue
+        _steps(model, log, rank)
+        log.close()
+    dist.destroy_process_group()
+
+
+def _ddp(net: nn.Module, ddp: type) -> nn.Module:
+    return ddp(net)
+
+
+def _fsdp(net: nn.Module, ddp: type) -> nn.Module:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    fully_shard(net.encoder, mesh=mesh)
+    fully_shard(net, mesh=mesh)
+    return net
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(2, sys.argv[1], sys.argv[2]), nprocs=2, join=True)

@@ -1,0 +1,44 @@
+"""instrument under real DDP and FSDP2 (fully_shard): two gloo processes on CPU."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKER = Path(__file__).with_name("_instrument_ddp_worker.py")
+EXPECTED = {
+    f"{phase}/{m}"
+    for phase in ("forward", "backward")
+    for m in ("encoder", "encoder/0", "encoder/1", "encoder/2", "head")
+} | {"forward", "backward"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_and_fsdp2_models_are_unwrapped_on_every_rank(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, str(WORKER), str(tmp_path), str(_free_port())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    runs = ["ddp"] + (["fsdp"] if "fsdp skipped" not in r.stderr else [])
+    for run in runs:
+        for rank in (0, 1):
+            lines = (tmp_path / run / f"rank{rank}.jsonl").read_text().splitlines()
+            steps = [rec for rec in map(json.loads, lines) if rec["kind"] == "step"]
+            assert len(steps) == 3, (run, rank)
+            for s in steps:
+                assert set(s["regions"]) == EXPECTED, (run, rank, sorted(s["regions"]))
+                assert s["regions"]["backward/head"][1] == 1
