@@ -114,6 +114,9 @@ def test_two_process_ddp_under_torchrun(tmp_path):
         for s in got:
             assert s.samples == 2 * BATCH
             assert s.regions["forward"][1] == 2 and s.regions["optimizer"][1] == 1
+            # module regions and checkpoint recompute under the Trainer's DDP (depth 2)
+            assert s.regions["forward/transformer"][1] == 2
+            assert s.regions["backward/transformer/recompute"][1] >= 2
         assert run_end(recs[rank]).status == "completed"
     for i in range(3):  # the Trainer logs the mean of the ranks' losses
         mean = (per_rank[0][i].scalars["loss"] + per_rank[1][i].scalars["loss"]) / 2

@@ -120,6 +120,7 @@ def test_two_process_ddp_on_gloo(tmp_path):
             assert {n: c for n, (_, c) in s.regions.items() if n in PHASES} == dict.fromkeys(
                 PHASES, 1
             )
+            assert s.regions["forward/block"][1] == 2 and s.regions["backward/block"][1] == 2
         assert run_end(rank_recs).status == "completed"
 
 
