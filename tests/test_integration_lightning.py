@@ -178,3 +178,11 @@ def test_timed_regions_in_user_code_land_in_the_callbacks_logger(tmp_path, one_t
         assert s.regions["forward/loss"][1] == 1
         assert s.regions["forward/loss"][0] <= s.regions["forward"][0]
     assert get_global_timing_logger() is None  # given back at the end of the fit
+
+
+def test_a_bad_instrument_argument_warns_and_the_phases_remain(tmp_path, one_torch_thread):
+    cb = StagewatchCallback(str(tmp_path), depth=1.5, enable_console=False)
+    with pytest.warns(TimingWarning, match=r"instrument failed .*depth"):
+        fit(str(tmp_path), max_steps=2, callback=cb)
+    for s in steps(run_records(tmp_path)[0]):
+        assert set(s.regions) == set(PHASES)

@@ -229,7 +229,10 @@ class CallbackBase:
         self._phases = Phases(self.logger)
         self._tally = StepTally()
         if (self.depth is None or self.depth > 0) and self.logger.enabled:
-            self._instrument(model)
+            try:
+                self._instrument(model)
+            except Exception as e:  # the phases still work without module regions
+                self._warn("instrument", f"stagewatch.instrument failed ({e}): no module regions")
 
     def _instrument(self, model: Any) -> None:
         import stagewatch

@@ -136,9 +136,11 @@ class StagewatchCallback(_pl.Callback):  # type: ignore[misc,name-defined]
                 return
             if starting:
                 self._sw._switch(phase)
-            elif self._sw._phases is not None:
+            elif phase == FORWARD:
                 # training_step's end also ends a manual-optimization step's last phase
-                self._sw._switch(None) if phase == FORWARD else self._sw._phases.end(phase)
+                self._sw._switch(None)
+            elif self._sw._phases is not None:
+                self._sw._phases.end(phase)
         except Exception as e:
             self._warn("action", f"stagewatch: timing {action!r} failed ({e}); ignored")
 
