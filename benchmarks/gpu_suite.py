@@ -16,13 +16,15 @@ under its own timeout, in this order (out-of-memory-prone settings last):
 
 1. ``timing``: ``gpu_timing_check.py``: timing overhead on vs off, regions vs torch.profiler
    (issue 2);
-2. ``model_b1``: ``gpu_model_check.py``: batch 1, checkpointing on/off: per-stage forward /
+2. ``instrument``: ``gpu_instrument_check.py``: CUDA events from ``stagewatch.instrument``'s
+   hooks (complete, sane, no host sync) and its overhead on a GPU step (issue 21);
+3. ``model_b1``: ``gpu_model_check.py``: batch 1, checkpointing on/off: per-stage forward /
    backward shares, peak memory, FLOPs, MFU (issues 3, 4);
-3. ``trainer``: ``gpu_trainer_check.py``: the user's baseline vs the fast config, 20 steps
+4. ``trainer``: ``gpu_trainer_check.py``: the user's baseline vs the fast config, 20 steps
    (issue 6);
-4. ``whatif_a``: ``gpu_whatif_check.py --rows 1 2 3`` (issue 6);
-5. ``model_b3``: batch 3, checkpointing on/off (off: out of memory expected);
-6. ``whatif_b``: rows 4 and 5 (5: out of memory expected).
+5. ``whatif_a``: ``gpu_whatif_check.py --rows 1 2 3`` (issue 6);
+6. ``model_b3``: batch 3, checkpointing on/off (off: out of memory expected);
+7. ``whatif_b``: rows 4 and 5 (5: out of memory expected).
 
 A step that is not started within ``--budget-s`` is recorded as skipped; ``--only`` runs a
 subset (e.g. what a first run had to skip). Results go into ONE archive,
@@ -97,6 +99,12 @@ def figure_steps(dry: bool) -> list[Step]:
                 "timing overhead and accuracy (dry)",
             ),
             Step(
+                "instrument",
+                ("gpu_instrument_check.py", "--out", "{work}", "--dry-run"),
+                60,
+                "instrument: CUDA events from hooks, overhead (dry)",
+            ),
+            Step(
                 "model_b1",
                 (
                     "gpu_model_check.py",
@@ -169,6 +177,12 @@ def figure_steps(dry: bool) -> list[Step]:
             ),
             50,
             "issue 2: timing overhead on vs off (<= 0.5 %), regions vs torch.profiler (5 %)",
+        ),
+        Step(
+            "instrument",
+            ("gpu_instrument_check.py", "--out", "{work}", "--rounds", "6", "--block", "10"),
+            60,
+            "issue 21: CUDA events from instrument's hooks, its overhead on a GPU step",
         ),
         Step(
             "model_b1",

@@ -263,6 +263,19 @@ def test_data_wait_quiet_below_threshold(tmp_path: Path) -> None:
     assert "data_wait" not in rules_of(write_run(tmp_path, regions={**USER_STEP, "data": 300.0}))
 
 
+def test_exposed_h2d_copy_names_pinned_memory_and_non_blocking(tmp_path: Path) -> None:
+    regions = {**USER_STEP, "data/wait": 100.0, "data/h2d": 700.0}
+    a = rules_of(write_run(tmp_path, regions=regions))["h2d_copy"]
+    assert a.evidence["region"] == "data/h2d" and 0.07 < a.evidence["share"] < 0.11
+    assert "pin_memory=True" in a.action and "non_blocking=True" in a.action
+    assert "data_wait" not in rules_of(write_run(tmp_path / "q", regions=regions))
+
+
+def test_h2d_copy_quiet_below_threshold(tmp_path: Path) -> None:
+    regions = {**USER_STEP, "data/wait": 100.0, "data/h2d": 100.0}
+    assert "h2d_copy" not in rules_of(write_run(tmp_path, regions=regions))
+
+
 def test_exposed_allreduce(tmp_path: Path) -> None:
     run = write_run(tmp_path, ranks=3, regions={**USER_STEP, "allreduce": 1200.0})
     a = rules_of(run)["allreduce"]

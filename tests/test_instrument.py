@@ -371,6 +371,20 @@ def test_pickled_or_copied_model_keeps_no_live_hooks() -> None:
     assert not any("/" in n for n in log.get_summary())
 
 
+def test_a_module_is_never_timed_twice() -> None:
+    log = memory_logger()
+    set_global_timing_logger(log)
+    model = Net()
+    with instrument(model, depth=1) as first:
+        with pytest.warns(stagewatch.TimingWarning, match="already timed"):
+            second = instrument(model, depth=2)
+        assert set(second.regions) == {"blocks/0", "blocks/1"}
+        run_step(model, log)
+        second.remove()
+    assert all(v["calls"] == 1 for v in log.get_summary().values())
+    assert not first.active and hook_count(model) == 0
+
+
 def test_bad_arguments_raise_clear_errors() -> None:
     set_global_timing_logger(memory_logger())
     with pytest.raises(ValueError, match="depth"):

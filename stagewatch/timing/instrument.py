@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -41,6 +42,7 @@ from stagewatch.timing.modules import (
     patterns,
     select_modules,
     unwrap,
+    warn,
     warn_once,
 )
 
@@ -88,6 +90,26 @@ def _nested_grad_tensors(a: Any, tensor: type) -> list[Any]:
     """Tensors that need a gradient one level inside a tuple, list or dict argument."""
     items = a.values() if isinstance(a, Mapping) else a
     return [x for x in items if isinstance(x, tensor) and x.requires_grad]
+
+
+def _swap_inputs(
+    items: Iterable[tuple[Any, Any]], views: dict[int, Any], nested: list[Any], tensor: type
+) -> dict[Any, Any] | None:
+    """Position or name -> a view of each tensor argument that needs a gradient (one view
+    per distinct tensor, kept in ``views``); tensors inside containers go to ``nested``."""
+    swapped: dict[Any, Any] | None = None
+    for k, a in items:
+        if isinstance(a, tensor):
+            if a.requires_grad:
+                v = views.get(id(a))
+                if v is None:
+                    v = views[id(a)] = a.view_as(a)
+                if swapped is None:
+                    swapped = {}
+                swapped[k] = v
+        elif isinstance(a, (tuple, list, Mapping)):
+            nested += _nested_grad_tensors(a, tensor)
+    return swapped
 
 
 def _output_nodes(out: Any, torch: Any, depth: int = 0) -> list[Any]:
@@ -148,7 +170,7 @@ class _Call:
             self.handle = inst.log.begin(probe.bwd_name)
             inst.arm_recompute()
             if self.params:
-                self.remaining = sum(1 for p in probe.params if p.requires_grad)
+                self.remaining = probe.trainable
                 if self.remaining == 0:
                     self.finish()
 
@@ -194,12 +216,14 @@ class _Probe:
 
     def __init__(self, inst: InstrumentHandle, module: Any, path: str) -> None:
         self.inst = inst
+        self.module = module
         self.path = path
         self.bwd_name = "backward/" + path
         self.params = [p for p in module.parameters()]
         self.pending: deque[_Call] = deque()
         self.param_hooks: list[Any] = []
         self.hooked: tuple[bool, ...] = ()
+        self.trainable = 0  # parameters that need a gradient (while hooked)
         self.hooks = [
             module.register_forward_pre_hook(self.pre, with_kwargs=True),
             # always_call: a forward that raises still leaves its region
@@ -225,7 +249,7 @@ class _Probe:
             inst.disarm_recompute()
         if self.pending and self.pending[0].state != 0:
             self._stale()
-        stack = inst.stack()
+        stack = inst._tls.frames
         for f in stack:
             if f.probe is self:  # re-entered: the outer call's regions cover this one
                 stack.append(_Frame(self, None, f.base, None))
@@ -251,7 +275,7 @@ class _Probe:
         torch = inst.torch
         if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
             return
-        stack = inst.stack()
+        stack = inst._tls.frames
         frame = None
         for i in range(len(stack) - 1, -1, -1):
             if stack[i].probe is self:
@@ -284,48 +308,38 @@ class _Probe:
         """A call record, and the arguments to run with: each tensor argument that needs a
         gradient is replaced by a view of itself, which only this module consumes, so the
         view's gradient is complete exactly when this module's backward is (a skip
-        connection around the module does not count)."""
+        connection around the module does not count). The same tensor passed twice gets
+        the same view (``attn(h, h, h)`` keeps its ``query is key`` fast path)."""
         call = _Call(self)
         tensor = torch.Tensor
-        new_args: list[Any] | None = None
-        new_kwargs: dict[str, Any] | None = None
-        hooked: list[Any] = []
-        for j, a in enumerate(args):
-            if isinstance(a, tensor):
-                if a.requires_grad:
-                    if new_args is None:
-                        new_args = list(args)
-                    new_args[j] = v = a.view_as(a)
-                    call.views.append((len(hooked), v, v._version))
-                    hooked.append(v)
-            elif isinstance(a, (tuple, list, Mapping)):
-                hooked += _nested_grad_tensors(a, tensor)
-        for k, a in kwargs.items():
-            if isinstance(a, tensor):
-                if a.requires_grad:
-                    if new_kwargs is None:
-                        new_kwargs = dict(kwargs)
-                    new_kwargs[k] = v = a.view_as(a)
-                    call.views.append((len(hooked), v, v._version))
-                    hooked.append(v)
-            elif isinstance(a, (tuple, list, Mapping)):
-                hooked += _nested_grad_tensors(a, tensor)
-        if not hooked:
+        views: dict[int, Any] = {}
+        nested: list[Any] = []
+        new_args = _swap_inputs(enumerate(args), views, nested, tensor)
+        new_kwargs = _swap_inputs(kwargs.items(), views, nested, tensor) if kwargs else None
+        if not views and not nested:
             call.params = True
             self._hook_params()
             return call, None
-        call.remaining = len(hooked)
+        call.remaining = len(views) + len(nested)
         partial = functools.partial
-        for i, t in enumerate(hooked):
+        i = 0
+        for v in views.values():
+            # a pre-hook on the view's own node: it runs once the view's gradient is complete
+            v.grad_fn.register_prehook(partial(call.input_grad, i))
+            call.views.append((i, v, v._version))
+            i += 1
+        for t in nested:
             h = t.register_hook(partial(call.input_grad, i))
             if t.grad_fn is None:  # a leaf keeps its hooks: take them away when done
                 call.leaf_hooks.append(h)
+            i += 1
         if new_args is None and new_kwargs is None:
             return call, None
-        return call, (
-            tuple(new_args) if new_args is not None else args,
-            new_kwargs if new_kwargs is not None else kwargs,
-        )
+        if new_args is not None:
+            args = tuple(new_args.get(j, a) for j, a in enumerate(args))
+        if new_kwargs is not None:
+            kwargs = {**kwargs, **new_kwargs}
+        return call, (args, kwargs)
 
     def _stale(self) -> None:
         """A new forward: a backward of this module still open did not complete."""
@@ -363,6 +377,7 @@ class _Probe:
         want = tuple(p.requires_grad for p in self.params)
         if want == self.hooked:
             return
+        self.trainable = sum(want)
         for h in self.param_hooks:
             h.remove()
         self.param_hooks = [
@@ -410,6 +425,9 @@ def _inert_probe() -> _InertProbe:
 # --------------------------------------------------------------------------- the handle
 
 
+_timed_now: weakref.WeakSet[Any] = weakref.WeakSet()  # modules some handle times now
+
+
 class _Stack(threading.local):
     def __init__(self) -> None:
         self.frames: list[_Frame] = []
@@ -433,9 +451,19 @@ class InstrumentHandle:
         import torch
 
         self.torch = torch
+        taken = [p for p, m in timed.items() if m in _timed_now]
+        if taken:
+            warn(
+                f"instrument(): {taken[0]!r} (and {len(taken) - 1} more) already timed by "
+                "another handle; not timed twice (remove() the other handle first)",
+            )
+            timed = {p: m for p, m in timed.items() if m not in _timed_now}
+            self.regions = list(timed)
         check_direct_forward(model, timed)
         self._owner = owners(model, timed)
         self._probes = [_Probe(self, m, p) for p, m in timed.items()]
+        for m in timed.values():
+            _timed_now.add(m)
 
     @property
     def active(self) -> bool:
@@ -493,6 +521,7 @@ class InstrumentHandle:
         probes, self._probes = self._probes, []
         for p in probes:
             p.remove()
+            _timed_now.discard(p.module)
         if self.armed:
             self.disarm_recompute()
 
@@ -548,8 +577,7 @@ def instrument(
         root = model if isinstance(model, torch.nn.Module) else None
     else:
         if is_compiled(model):
-            warn_once(
-                "compiled",
+            warn(
                 "instrument(): the model is compiled by torch.compile, which ignores hooks "
                 "added after it; no module regions (instrument before compiling, or not at all)",
             )

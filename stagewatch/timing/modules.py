@@ -24,10 +24,16 @@ _warned: set[str] = set()
 
 
 def warn_once(key: str, message: str) -> None:
-    """A :class:`TimingWarning` the first time ``key`` is seen in this process."""
+    """A :class:`TimingWarning` the first time ``key`` is seen in this process (for what
+    hooks find while the loop runs)."""
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, TimingWarning, stacklevel=3)
+        warn(message)
+
+
+def warn(message: str) -> None:
+    """A :class:`TimingWarning` (for what ``instrument()`` finds when it is called)."""
+    warnings.warn(message, TimingWarning, stacklevel=4)
 
 
 def norm_path(name: str) -> str:
@@ -168,8 +174,7 @@ def check_direct_forward(model: Any, timed: dict[str, Any]) -> None:
         for attr in attrs:
             path = path_of.get(id(m._modules.get(attr)))
             if path is not None:
-                warn_once(
-                    f"direct:{cls.__qualname__}.{attr}",
+                warn(
                     f"instrument(): {cls.__qualname__}.forward calls self.{attr}.forward() "
                     f"directly, which bypasses module hooks: {path!r} gets no regions there "
                     f"(its time counts in its caller's); call self.{attr}(...) instead",
@@ -177,8 +182,7 @@ def check_direct_forward(model: Any, timed: dict[str, Any]) -> None:
         if len(attrs) < src.count(".forward(") and any(
             id(c) in path_of for c in m.modules() if c is not m
         ):
-            warn_once(
-                f"direct:{cls.__qualname__}",
+            warn(
                 f"instrument(): {cls.__qualname__}.forward calls a module's .forward() "
                 "directly, which bypasses module hooks: such a module gets no regions there "
                 "(call the module itself instead)",
@@ -205,8 +209,7 @@ def drop_compiled(timed: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for path, m in timed.items():
         if is_compiled(m):
-            warn_once(
-                "compiled:" + path,
+            warn(
                 f"instrument(): {path!r} is compiled by torch.compile, which ignores hooks "
                 "added after it; not timed",
             )

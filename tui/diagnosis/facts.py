@@ -236,13 +236,17 @@ def span_label(snap: Any, window: bool) -> str:
     return f"last {n} step{'s' if n != 1 else ''} ({max(1, last - n + 1)}–{last})"
 
 
+#: regions below the top level that rules read: the input pipeline of stagewatch.timed_loader
+SUB_REGIONS = frozenset({"data/wait", "data/h2d"})
+
+
 def _region_facts(snap: Any, window: bool) -> tuple[dict[str, float], dict[str, float]]:
-    """(mean ms, share) of each top-level region seen in the span."""
+    """(mean ms, share) of each top-level region (and of :data:`SUB_REGIONS`) in the span."""
     ms: dict[str, float] = {}
     share: dict[str, float] = {}
     for r in snap.regions:
         st = r.window if window else r.whole
-        if r.depth == 0 and st.steps:
+        if (r.depth == 0 or r.name in SUB_REGIONS) and st.steps:
             ms[r.name] = st.avg
             share[r.name] = st.share
     return ms, share

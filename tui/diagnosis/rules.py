@@ -235,6 +235,25 @@ def rule_data_wait(f: RunFacts, t: Thresholds) -> Advice | None:
     )
 
 
+def rule_h2d(f: RunFacts, t: Thresholds) -> Advice | None:
+    """The host-to-device copy of the batch exposed above ~5% of the step."""
+    name = "data/h2d" if _ok(f.share("data/h2d")) else "h2d"
+    share = f.share(name)
+    if f.steps < t.min_steps or not _ok(share) or share < t.h2d_share:
+        return None
+    return Advice(
+        "h2d_copy",
+        SUGGEST,
+        f"copying each batch to the device takes {_pct(share)} of the step",
+        "put batches in pinned memory (DataLoader(pin_memory=True)) and copy them with "
+        "non_blocking=True (stagewatch.timed_loader does for pinned tensors), so the copy "
+        "overlaps compute; or move less (smaller dtypes, build masks on the device)",
+        {"h2d_ms": f.ms(name), "share": share, "region": name, "pin_memory": f.pin_memory},
+        f"{name} {_ms(f.ms(name))} per step"
+        + (f"; now PIN_MEMORY={str(f.pin_memory).lower()}" if f.pin_memory is not None else ""),
+    )
+
+
 def rule_allreduce(f: RunFacts, t: Thresholds) -> Advice | None:
     """Exposed gradient all-reduce above ~10% of the step."""
     share, ms = f.share("allreduce"), f.ms("allreduce")
@@ -398,6 +417,7 @@ RULES: tuple[Rule, ...] = (
     rule_adamw8bit,
     rule_larger_batch,
     rule_data_wait,
+    rule_h2d,
     rule_allreduce,
     rule_dominant,
     rule_unaccounted,

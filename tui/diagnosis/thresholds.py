@@ -43,6 +43,9 @@ class Thresholds(StragglerLimits):
     batch_fill: float = 0.90
     #: waiting for data (region ``data``) at or above this share
     data_share: float = 0.10
+    #: host-to-device copy of the batch (``data/h2d`` of timed_loader, or ``h2d``) at or
+    #: above this share: name pinned memory and non_blocking
+    h2d_share: float = 0.05
     #: exposed gradient all-reduce (region ``allreduce``) at or above this share
     allreduce_share: float = 0.10
     #: peak memory at or above this fraction of the device total: warn

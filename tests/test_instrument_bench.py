@@ -1,0 +1,38 @@
+"""benchmarks/gpu_instrument_check.py (the GPU suite's instrument step) as a CPU dry run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_gpu_instrument_check_dry_run(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        path = ROOT / "benchmarks" / "gpu_instrument_check.py"
+        spec = importlib.util.spec_from_file_location("gpu_instrument_check", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        assert mod.main(["--out", str(tmp_path), "--dry-run"]) == 0
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    res = json.loads((tmp_path / "gpu_instrument_check.json").read_text())
+    ev = res["events"]
+    assert ev["ok"] and ev["modules"] == 23 and ev["missing"] == [] and ev["bad"] == []
+    assert "backward/layers/0/attn" in ev["last_step_ms"]
+    assert set(res["overhead"]["median_ms"]) == {
+        "none",
+        "core",
+        "instrument2",
+        "instrument3",
+        "profiler",
+    }
+    assert "| instrument2 |" in (tmp_path / "gpu_instrument_check.md").read_text()
