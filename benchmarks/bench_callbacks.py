@@ -11,7 +11,8 @@ random GPT-2), each round fits every variant once, in rotating order:
 Every variant carries the same tiny clock callback that reads ``perf_counter`` at each
 optimizer step's end; a step's time is the difference between two of those, the first
 ``--skip`` steps of each fit left out. Reported: the median step per variant over all
-rounds, and its ratio to ``none``. The records go to JSONL and the text log, as by default.
+rounds, and its ratio to ``none``. The records go to JSONL and the classic text log, as
+by default (``--no-text-log``: JSONL only).
 
     python benchmarks/bench_callbacks.py [--rounds 5 --steps 40 --threads 1]
 """
@@ -35,6 +36,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 VARIANTS = ("none", "phases", "modules")
+LOGGER_KWARGS: dict[str, Any] = {"enable_console": False}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -44,6 +46,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip", type=int, default=3, help="first steps of each fit left out")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", choices=("lightning", "hf"), default=None)
+    p.add_argument(
+        "--no-text-log", action="store_true", help="JSONL records only (enable_file=False)"
+    )
     return p.parse_args(argv)
 
 
@@ -61,7 +66,7 @@ def _lightning_fit(variant: str, steps: int, root: str) -> list[float]:
     cbs: list[Any] = [Clock()]
     if variant != "none":
         depth = 0 if variant == "phases" else 2
-        cbs.insert(0, StagewatchCallback(root, depth=depth, enable_console=False))
+        cbs.insert(0, StagewatchCallback(root, depth=depth, **LOGGER_KWARGS))
     _fit_with(cbs, steps)
     return marks
 
@@ -99,7 +104,7 @@ def _hf_fit(variant: str, steps: int, root: str) -> list[float]:
     cbs: list[Any] = [Clock()]
     if variant != "none":
         depth = 0 if variant == "phases" else 3
-        cbs.insert(0, StagewatchCallback(root, depth=depth, enable_console=False))
+        cbs.insert(0, StagewatchCallback(root, depth=depth, **LOGGER_KWARGS))
     args = TrainingArguments(
         output_dir=os.path.join(root, "out"),
         max_steps=steps,
@@ -153,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    LOGGER_KWARGS["enable_file"] = not args.no_text_log
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

@@ -53,6 +53,9 @@ except ImportError:  # the older package name: a Callback must subclass the one 
 
 __all__ = ["StagewatchCallback"]
 
+_UNSEEN = object()  # an action name not looked at yet
+_MAX_ACTIONS = 4096  # action names remembered (they are a fixed set; bounded anyway)
+
 
 def _phase_of(action: str) -> str | None:
     """The phase a Lightning profiler action starts (None: not one of ours)."""
@@ -95,6 +98,7 @@ class StagewatchCallback(_pl.Callback):  # type: ignore[misc,name-defined]
             log_dir, run_name, depth, logger, include, exclude, log_loss, logger_kwargs
         )
         self._profiler: Any = None
+        self._action_phase: dict[str, str | None] = {}
         self._trainer: Any = None
         self._stepped = False
 
@@ -111,14 +115,21 @@ class StagewatchCallback(_pl.Callback):  # type: ignore[misc,name-defined]
     def _wrap_profiler(self, trainer: Any) -> None:
         profiler = trainer.profiler
         start, stop = profiler.start, profiler.stop
+        # Lightning profiles ~60 actions a step (every hook of every callback): one dict
+        # lookup each, the action's phase worked out once
+        phases = self._action_phase
 
         def timed_start(action_name: str) -> None:
-            self._on_action(action_name, True)
+            phase = phases.get(action_name, _UNSEEN)
+            if phase is not None:
+                self._on_action(action_name, phase, True)
             start(action_name)
 
         def timed_stop(action_name: str) -> None:
             stop(action_name)
-            self._on_action(action_name, False)
+            phase = phases.get(action_name, _UNSEEN)
+            if phase is not None:
+                self._on_action(action_name, phase, False)
 
         profiler.start, profiler.stop = timed_start, timed_stop
         self._profiler = profiler
@@ -129,10 +140,15 @@ class StagewatchCallback(_pl.Callback):  # type: ignore[misc,name-defined]
             for name in ("start", "stop"):
                 profiler.__dict__.pop(name, None)
 
-    def _on_action(self, action: str, starting: bool) -> None:
+    def _on_action(self, action: str, phase: Any, starting: bool) -> None:
         try:
-            phase = _phase_of(action)
-            if phase is None or self._trainer is None or not self._trainer.training:
+            if phase is _UNSEEN:
+                phase = _phase_of(action)
+                if len(self._action_phase) < _MAX_ACTIONS:
+                    self._action_phase[action] = phase
+                if phase is None:
+                    return
+            if self._trainer is None or not self._trainer.training:
                 return
             if starting:
                 self._sw._switch(phase)
