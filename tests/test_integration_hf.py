@@ -56,7 +56,14 @@ def test_phases_loss_and_lr_as_the_trainer_logs_them(tmp_path, one_torch_thread)
 
 def test_checkpointing_and_module_regions(tmp_path, one_torch_thread):
     # depth 3 reaches the blocks transformer/h/0 (transformer/h is a ModuleList, not timed)
-    cb = StagewatchCallback(str(tmp_path / "logs"), depth=3, enable_console=False)
+    ends: list[str | None] = []
+
+    class Spy(StagewatchCallback):
+        def _backward_done(self):
+            ends.append(self._sw._phases.current)  # the phase open when autograd finished
+            super()._backward_done()
+
+    cb = Spy(str(tmp_path / "logs"), depth=3, enable_console=False)
     train(str(tmp_path / "logs"), str(tmp_path / "out"), max_steps=2, accumulate=2,
           checkpointing=True, callback=cb)  # fmt: skip
     for s in steps(run_records(tmp_path / "logs")[0]):
@@ -71,6 +78,8 @@ def test_checkpointing_and_module_regions(tmp_path, one_torch_thread):
             assert s.regions[f"backward/{block}/recompute"][0] <= s.regions[f"backward/{block}"][0]
         assert s.regions["forward/transformer"][0] <= s.regions["forward"][0]
         assert s.regions["backward/transformer"][0] <= s.regions["backward"][0] * 1.001
+    # the backward ends when autograd is done with each micro-batch, not at the next event
+    assert ends == ["backward"] * 4
 
 
 def test_depth_0_records_only_the_phases(tmp_path, one_torch_thread):

@@ -19,9 +19,10 @@ What the Trainer lets a callback see, and so what each phase holds (docs/own-mod
   placed the batch).
 - ``forward``: the model's forward (hooks on the top module); ``backward``: from the end
   of the forward (loss post-processing included) to the end of autograd's backward pass,
-  seen by a gradient hook on the model's outputs; ``optimizer``: ``on_pre_optimizer_step``
-  to ``on_step_end`` (the update, the scheduler step and ``zero_grad``). Gradient clipping
-  runs between backward and ``on_pre_optimizer_step`` and is in no phase.
+  seen by a gradient hook on the output's loss (else its first output needing a gradient);
+  ``optimizer``: ``on_pre_optimizer_step`` to ``on_step_end`` (the update, the scheduler
+  step and ``zero_grad``). Gradient clipping runs between backward and
+  ``on_pre_optimizer_step`` and is in no phase.
 
 The loss is the model output's ``loss`` combined over the step's micro-batches as the
 Trainer does (their sum when the Trainer passes ``num_items_in_batch``, else their mean),
@@ -53,21 +54,18 @@ _transformers = require("transformers", "hf", "stagewatch.integrations.hf")
 
 __all__ = ["StagewatchCallback"]
 
-_MAX_OUTPUTS = 8  # output tensors watched for the start of backward
 
-
-def _grad_tensors(out: Any) -> list[Any]:
-    """The model outputs that require grad (a ModelOutput, dict, tuple or tensor)."""
+def _first_grad_tensor(out: Any) -> Any:
+    """The first model output that requires grad (a ModelOutput, dict, tuple or tensor)."""
     if hasattr(out, "requires_grad"):
-        return [out] if out.requires_grad else []
+        return out if out.requires_grad else None
     if isinstance(out, dict):  # ModelOutput is an OrderedDict
         items: Any = out.values()
     elif isinstance(out, (list, tuple)):
         items = out
     else:
-        return []
-    found = [t for t in items if getattr(t, "requires_grad", False)]
-    return found[:_MAX_OUTPUTS]
+        return None
+    return next((t for t in items if getattr(t, "requires_grad", False)), None)
 
 
 def _output_loss(out: Any) -> Any:
@@ -147,21 +145,20 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
             if not self._active(module):
                 return
             self._sw._switch(BACKWARD)
+            loss = _output_loss(out)
             if self._sw.log_loss:
-                self._sw._tally.add_loss(_output_loss(out))
-            tensors = _grad_tensors(out)
-            if tensors:
-                import torch
-
-                torch.autograd.graph.register_multi_grad_hook(
-                    tensors, self._backward_begins, mode="any"
-                )
+                self._sw._tally.add_loss(loss)
+            # the backward starts at the loss's gradient (a custom loss: the first output's
+            # that needs one); a plain tensor hook costs far less than a multi-grad hook
+            first = loss if loss is not None and loss.requires_grad else _first_grad_tensor(out)
+            if first is not None:
+                first.register_hook(self._backward_begins)
         except Exception as e:
             self._warn("forward_end", f"stagewatch: forward hook failed ({e}); ignored")
 
     def _backward_begins(self, grad: Any) -> None:
-        # on autograd's thread, at the first gradient of a model output: have the engine
-        # call back when this whole backward pass is done
+        # on autograd's thread, at the gradient of the loss: have the engine call back
+        # when this whole backward pass is done
         try:
             from torch.autograd import Variable
 
