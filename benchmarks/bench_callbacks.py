@@ -4,17 +4,19 @@ For Lightning (the tests' tiny LightningModule) and the Hugging Face Trainer (th
 random GPT-2), each round fits every variant once, in rotating order:
 
 - ``none``: no stagewatch callback;
+- ``empty``: a callback that does nothing (what the framework itself costs per callback);
 - ``phases``: ``StagewatchCallback(depth=0)``: the phases and one record per step;
 - ``modules``: ``StagewatchCallback(depth=2)`` (HF: ``depth=3``, GPT-2's blocks): phases
   and ``instrument``'s module regions.
 
-Every variant carries the same tiny clock callback that reads ``perf_counter`` at each
-optimizer step's end; a step's time is the difference between two of those, the first
-``--skip`` steps of each fit left out. Reported: the median step per variant over all
+Every variant carries the same tiny clock callback that reads the clock (``--clock wall``:
+``perf_counter``; ``cpu``: the training thread's CPU time) at each optimizer step's end;
+a step's time is the difference between two of those, the first ``--skip`` steps of each
+fit left out. Reported: the median step per variant over all
 rounds, and its ratio to ``none``. The records go to JSONL and the classic text log, as
 by default (``--no-text-log``: JSONL only).
 
-    python benchmarks/bench_callbacks.py [--rounds 5 --steps 40 --threads 1]
+    python benchmarks/bench_callbacks.py [--rounds 5 --steps 40 --threads 1 --clock cpu]
 """
 
 from __future__ import annotations
@@ -35,7 +37,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-VARIANTS = ("none", "phases", "modules")
+VARIANTS = ("none", "empty", "phases", "modules")
+CLOCK = {"name": "wall"}
+
+
+def _clock() -> float:
+    """The step clock: wall time, or the training thread's CPU time (``--clock cpu``: what
+    the step costs the loop's thread, not the waits for a busy machine's cores)."""
+    return time.perf_counter() if CLOCK["name"] == "wall" else time.thread_time()
+
+
 LOGGER_KWARGS: dict[str, Any] = {"enable_console": False}
 
 
@@ -46,6 +57,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip", type=int, default=3, help="first steps of each fit left out")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", choices=("lightning", "hf"), default=None)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     p.add_argument(
         "--no-text-log", action="store_true", help="JSONL records only (enable_file=False)"
     )
@@ -61,10 +73,12 @@ def _lightning_fit(variant: str, steps: int, root: str) -> list[float]:
 
     class Clock(L.Callback):
         def on_train_batch_end(self, *a: Any) -> None:
-            marks.append(time.perf_counter())
+            marks.append(_clock())
 
     cbs: list[Any] = [Clock()]
-    if variant != "none":
+    if variant == "empty":
+        cbs.insert(0, L.Callback())
+    elif variant != "none":
         depth = 0 if variant == "phases" else 2
         cbs.insert(0, StagewatchCallback(root, depth=depth, **LOGGER_KWARGS))
     _fit_with(cbs, steps)
@@ -99,10 +113,12 @@ def _hf_fit(variant: str, steps: int, root: str) -> list[float]:
 
     class Clock(TrainerCallback):
         def on_step_end(self, *a: Any, **k: Any) -> None:
-            marks.append(time.perf_counter())
+            marks.append(_clock())
 
     cbs: list[Any] = [Clock()]
-    if variant != "none":
+    if variant == "empty":
+        cbs.insert(0, TrainerCallback())
+    elif variant != "none":
         depth = 0 if variant == "phases" else 3
         cbs.insert(0, StagewatchCallback(root, depth=depth, **LOGGER_KWARGS))
     args = TrainingArguments(
@@ -129,7 +145,8 @@ def measure(
     out: dict[str, list[float]] = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
-            order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]
+            k = r % len(VARIANTS)
+            order = VARIANTS[k:] + VARIANTS[:k]
             for v in order:
                 marks = fit(v, steps, os.path.join(tmp, f"{v}{r}"))
                 d = [(b - a) * 1000.0 for a, b in itertools.pairwise(marks)]
@@ -140,7 +157,7 @@ def measure(
 def table(name: str, per_step: dict[str, list[float]]) -> str:
     base = statistics.median(per_step["none"])
     rows = [
-        f"| {name} | median step (ms) | vs none | added (µs/step) | steps |",
+        f"| {name} ({CLOCK['name']}) | median step (ms) | vs none | added (µs/step) | steps |",
         "|---|---|---|---|---|",
     ]
     for v in VARIANTS:
@@ -159,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     LOGGER_KWARGS["enable_file"] = not args.no_text_log
+    CLOCK["name"] = args.clock
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -166,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"# bench_callbacks {time.strftime('%Y-%m-%d')} {cpu}, "
         f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{args.threads} torch threads, load {os.getloadavg()[0]:.1f}"
+        f"{args.threads} torch threads, load {os.getloadavg()[0]:.1f}, clock {args.clock}, "
+        f"text log {'off' if args.no_text_log else 'on'}"
     )
     for name, fit in (("lightning", _lightning_fit), ("hf", _hf_fit)):
         if args.only and name != args.only:
