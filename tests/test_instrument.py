@@ -307,6 +307,39 @@ def test_inputs_that_need_no_gradient_close_on_parameter_gradients() -> None:
     assert "backward/0" not in got and "backward/1" in got
 
 
+def test_a_module_ignoring_its_input_closes_with_the_backward() -> None:
+    class Pos(nn.Module):  # takes x for its length only: x's gradient never comes through it
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Parameter(torch.randn(16, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.table[: x.shape[1]]
+
+    class WithPos(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp = nn.Linear(8, 8)
+            self.pos = Pos()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.inp(x)
+            return h + self.pos(h)
+
+    log = memory_logger()
+    set_global_timing_logger(log)
+    model = WithPos()
+    with (
+        instrument(model),
+        pytest.warns(stagewatch.TimingWarning, match="'pos' ended without"),
+    ):
+        for _ in range(2):
+            run_step(model, log, torch.randn(2, 5, 8))
+    got = log.get_summary()
+    assert got["backward/pos"]["calls"] == 2 and got["backward/inp"]["calls"] == 2
+    assert got["backward/pos"]["total"] <= got["backward"]["total"]
+
+
 def test_no_grad_forward_times_forward_only() -> None:
     log = memory_logger()
     set_global_timing_logger(log)

@@ -107,7 +107,7 @@ def _swap_inputs(
                 if swapped is None:
                     swapped = {}
                 swapped[k] = v
-        elif isinstance(a, (tuple, list, Mapping)):
+        elif isinstance(a, (tuple, list, dict)):  # concrete types: an ABC check is slow
             nested += _nested_grad_tensors(a, tensor)
     return swapped
 
@@ -224,6 +224,7 @@ class _Probe:
         self.param_hooks: list[Any] = []
         self.hooked: tuple[bool, ...] = ()
         self.trainable = 0  # parameters that need a gradient (while hooked)
+        self.names: dict[str, str] = {}  # the caller's region -> this module's region name
         self.hooks = [
             module.register_forward_pre_hook(self.pre, with_kwargs=True),
             # always_call: a forward that raises still leaves its region
@@ -238,8 +239,7 @@ class _Probe:
         inst = self.inst
         if inst is None:  # a copy's hooks (see _InertProbe)
             return None
-        torch = inst.torch
-        if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
+        if inst.compiling() or inst.graph_task() != -1:
             return  # inside compiled code; or a recompute (charged by the global hook)
         lg = inst.log
         if lg._closed:
@@ -259,11 +259,16 @@ class _Probe:
         else:
             open_ = getattr(lg._tls, "stack", None)
             base = open_[-1]._full if open_ else "forward"
-        region = lg.region("/" + base + "/" + self.path)
+        name = self.names.get(base)
+        if name is None:
+            name = "/" + base + "/" + self.path
+            if len(self.names) < 64:  # bounded even if the caller's regions vary without end
+                self.names[base] = name
+        region = lg.region(name)
         call = None
         replaced = None
-        if torch.is_grad_enabled():
-            call, replaced = self._new_call(args, kwargs, torch)
+        if inst.grad_enabled():
+            call, replaced = self._new_call(args, kwargs, inst.torch)
         stack.append(_Frame(self, region, base, call))
         region.__enter__()
         return replaced
@@ -272,8 +277,7 @@ class _Probe:
         inst = self.inst
         if inst is None:
             return
-        torch = inst.torch
-        if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
+        if inst.compiling() or inst.graph_task() != -1:
             return
         stack = inst._tls.frames
         frame = None
@@ -292,7 +296,7 @@ class _Probe:
                 if v._version != version:  # modified in place: its first hook is gone
                     v.register_hook(functools.partial(call.input_grad, i))
             call.views = []  # hold no activation past the forward
-        nodes = _output_nodes(out, torch)
+        nodes = _output_nodes(out, inst.torch)
         if not nodes:  # nothing to differentiate through this call
             call.dead = True
             call.drop_hooks()
@@ -359,6 +363,15 @@ class _Probe:
             old = pending.popleft()
             self._abandon(old)
         pending.append(call)
+
+    def unfinished(self, call: _Call) -> None:
+        warn_once(
+            "unfinished:" + self.path,
+            f"instrument(): the backward of {self.path!r} ended without the gradients of all "
+            "its inputs or parameters (an input it does not use, or a pruned graph); its "
+            "region ends with the backward pass",
+        )
+        call.finish()
 
     def _abandon(self, call: _Call) -> None:
         if call.state == 1:
@@ -451,6 +464,10 @@ class InstrumentHandle:
         import torch
 
         self.torch = torch
+        # looked up once: these run twice per module call
+        self.compiling = torch.compiler.is_compiling
+        self.graph_task = torch._C._current_graph_task_id
+        self.grad_enabled = torch._C.is_grad_enabled
         taken = [p for p, m in timed.items() if m in _timed_now]
         if taken:
             warn(
@@ -480,6 +497,8 @@ class InstrumentHandle:
         with self._lock:
             if self.armed or not self._probes:
                 return
+            # at the end of this backward: close what it left open, take the hooks away
+            self.torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
             mod = self.torch.nn.modules.module
             self._global = [
                 mod.register_module_forward_pre_hook(self._rec_pre),
@@ -487,6 +506,16 @@ class InstrumentHandle:
                 mod.register_module_forward_hook(self._rec_post, always_call=True),
             ]
             self.armed = True
+
+    def _backward_done(self) -> None:
+        """The backward pass ended: a call still open did not get all its inputs' (or
+        parameters') gradients in it (a part of the graph pruned, an input the module does
+        not use): its region ends here, with one warning."""
+        for probe in self._probes:
+            for call in probe.pending:
+                if call.state == 1:
+                    probe.unfinished(call)
+        self.disarm_recompute()
 
     def disarm_recompute(self) -> None:
         with self._lock:
@@ -496,7 +525,7 @@ class InstrumentHandle:
             self.armed = False
 
     def _rec_pre(self, module: Any, args: Any) -> None:
-        if self.torch._C._current_graph_task_id() == -1:
+        if self.graph_task() == -1:
             return
         owner = self._owner.get(id(module))
         if owner is None:
@@ -507,7 +536,7 @@ class InstrumentHandle:
         rec.depth += 1
 
     def _rec_post(self, module: Any, args: Any, out: Any) -> None:
-        if self.torch._C._current_graph_task_id() == -1 or id(module) not in self._owner:
+        if self.graph_task() == -1 or id(module) not in self._owner:
             return
         rec = _rec
         if rec.depth > 0:
