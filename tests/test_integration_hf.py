@@ -145,3 +145,17 @@ def test_import_without_transformers_names_the_extra():
     )
     msg = out.stdout.strip()
     assert "\n" not in msg and "pip install 'stagewatch[hf]'" in msg, out
+
+
+def test_a_failing_hook_warns_once_and_training_goes_on(tmp_path, one_torch_thread, monkeypatch):
+    from stagewatch import TimingWarning
+    from stagewatch.timing.logger import TimingLogger
+
+    def broken(self, *a, **k):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(TimingLogger, "step", broken)
+    with pytest.warns(TimingWarning, match=r"on_step_end failed \(OSError: disk on fire\)") as rec:
+        trainer = train(str(tmp_path / "logs"), str(tmp_path / "out"), max_steps=3)
+    assert trainer.state.global_step == 3
+    assert sum("disk on fire" in str(w.message) for w in rec) == 1
