@@ -159,3 +159,18 @@ def test_a_failing_hook_warns_once_and_training_goes_on(tmp_path, one_torch_thre
         trainer = train(str(tmp_path / "logs"), str(tmp_path / "out"), max_steps=3)
     assert trainer.state.global_step == 3
     assert sum("disk on fire" in str(w.message) for w in rec) == 1
+
+
+def test_the_loss_is_found_where_the_trainer_finds_it():
+    import torch
+    from transformers.modeling_outputs import CausalLMOutput
+
+    from stagewatch.integrations.hf import _output_loss
+
+    loss, logits = torch.tensor(2.5), torch.zeros(2, 3)
+    assert _output_loss(CausalLMOutput(loss=loss, logits=logits)) is loss
+    assert _output_loss({"loss": loss}) is loss
+    assert _output_loss((loss, logits)) is loss  # return_dict=False
+    assert _output_loss((logits,)) is None  # no labels: no loss first
+    assert _output_loss(CausalLMOutput(logits=logits)) is None
+    assert _output_loss(logits) is None

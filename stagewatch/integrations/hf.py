@@ -69,7 +69,14 @@ def _first_grad_tensor(out: Any) -> Any:
 
 
 def _output_loss(out: Any) -> Any:
-    loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
+    """The loss in a model's output as the Trainer finds it: ``out["loss"]`` of a dict
+    (ModelOutput), else a tuple's first item (``return_dict=False``) when it is a scalar."""
+    if isinstance(out, dict):
+        loss = out.get("loss")
+    elif isinstance(out, (tuple, list)) and out:
+        loss = out[0] if getattr(out[0], "ndim", None) == 0 else None
+    else:
+        loss = getattr(out, "loss", None)
     return loss if hasattr(loss, "detach") else None
 
 
