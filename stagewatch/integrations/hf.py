@@ -9,11 +9,13 @@ What the Trainer lets a callback see, and so what each phase holds (docs/own-mod
 
 - ``eval``: an evaluation between steps, from its first forward to ``on_evaluate``
   (module regions nest under it).
-- ``data/wait``: from the end of the previous step (after its logging, evaluation and
-  checkpoint, each seen through its callback event) to ``on_step_begin``: the Trainer
-  fetching the step's batches. With accelerate's prepared loader (the default) the copy
-  to the device happens inside that fetch, so it is in ``data/wait``; so is the Trainer's
-  count of label tokens, which under DDP gathers across ranks (a wait for other ranks).
+- ``data/wait``: each wait for a batch inside the training loader (accelerate's prepared
+  loader, the Trainer's default: its ``base_dataloader.__iter__`` is timed for the run).
+  accelerate's copy of the batch to the device and the Trainer's count of label tokens
+  (under DDP a gather across ranks) fall between these waits and are in no phase. With
+  another loader (or the rest of a resumed epoch) it is the window from the end of the
+  previous step (after its logging, evaluation and saving, each seen through its callback
+  event) to ``on_step_begin``, which holds those too.
 - ``data/h2d``: from ``on_step_begin`` (or the previous micro-batch) to the model's
   forward: the Trainer's own ``_prepare_inputs`` copy (near zero when accelerate already
   placed the batch).
@@ -110,6 +112,7 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
         self._hooks: list[Any] = []
         self._in_step = False
         self._loss_scale = 1
+        self._loader: Any = None
 
     @property
     def logger(self) -> TimingLogger | None:
@@ -202,9 +205,54 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
         self._loss_scale = world if across else 1
         if model is not None:
             self._hook_model(model)
+        self._time_loader(kwargs.get("train_dataloader"))
         if self._sw.logger is not None:
             self._sw.logger.mark_step_start()
         self._sw._switch(DATA_WAIT)
+
+    def _time_loader(self, loader: Any) -> None:
+        """Time each wait for a batch of the loader the Trainer iterates: accelerate's
+        loaders call ``self.base_dataloader.__iter__()``, which an instance attribute
+        overrides for this run (restored at the end). Other loaders keep the window."""
+        base = getattr(loader, "base_dataloader", None)
+        if base is None or self._sw.logger is None or not self._sw.logger.enabled:
+            return
+        original = type(base).__iter__
+        wait = self._loader_wait
+
+        def timed_iter() -> Any:
+            it = original(base)
+            while True:
+                wait(True)
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                finally:
+                    wait(False)
+                yield batch
+
+        base.__iter__ = timed_iter
+        self._loader = base
+
+    def _untime_loader(self) -> None:
+        base, self._loader = self._loader, None
+        if base is not None:
+            base.__dict__.pop("__iter__", None)
+
+    def _loader_wait(self, starting: bool) -> None:
+        try:
+            phases = self._sw._phases
+            if phases is None:
+                return
+            if not starting:
+                phases.end(DATA_WAIT)
+                return
+            if phases.current == DATA_WAIT:
+                phases.drop()  # the window since the last step: the loader's own wait is exact
+            phases.switch(DATA_WAIT)
+        except Exception as e:
+            self._warn("loader", f"stagewatch: timing the loader failed ({e}); ignored")
 
     @safe
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -260,4 +308,5 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        self._untime_loader()
         self._sw._close("completed", None)
