@@ -174,7 +174,7 @@ class CallbackBase:
         self,
         log_dir: str | os.PathLike[str],
         run_name: str,
-        depth: int,
+        depth: int | None,
         logger: TimingLogger | None,
         include: Any,
         exclude: Any,

@@ -89,9 +89,9 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
     on every process at ``on_train_begin`` (rank and world size from the
     ``TrainingArguments``; all ranks share one run folder), closed at ``on_train_end``;
     ``logger=`` uses yours instead (then you close it). ``depth``/``include``/``exclude``
-    go to :func:`stagewatch.instrument` on the model (``depth=0``: no module regions).
-    ``log_loss``: record the step's loss (on a GPU, converting it waits for it once per
-    step). Hooks never raise into training: a failure warns once.
+    go to :func:`stagewatch.instrument` on the model (``depth=0``: no module regions;
+    ``None``: the whole tree). ``log_loss``: record the step's loss (on a GPU, converting
+    it waits for it once per step). Hooks never raise into training: a failure warns once.
     """
 
     def __init__(
@@ -99,7 +99,7 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
         log_dir: str | os.PathLike[str] = "runs/logs",
         run_name: str = "hf",
         *,
-        depth: int = 2,
+        depth: int | None = 2,
         include: Any = None,
         exclude: Any = None,
         logger: TimingLogger | None = None,

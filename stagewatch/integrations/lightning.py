@@ -77,8 +77,9 @@ class StagewatchCallback(_pl.Callback):  # type: ignore[misc,name-defined]
     the trainer; all ranks share one run folder), closed at the end of the fit;
     ``logger=`` uses yours instead (then you close it). ``depth``/``include``/``exclude``
     go to :func:`stagewatch.instrument` on the LightningModule (``depth=0``: no module
-    regions). ``log_loss``: record the step's loss (on a GPU, converting it waits for it
-    once per step). Hooks never raise into training: a failure warns once.
+    regions; ``None``: the whole tree). ``log_loss``: record the step's loss (on a GPU,
+    converting it waits for it once per step). Hooks never raise into training: a failure
+    warns once.
     """
 
     def __init__(
@@ -86,7 +87,7 @@ class StagewatchCallback(_pl.Callback):  # type: ignore[misc,name-defined]
         log_dir: str | os.PathLike[str] = "runs/logs",
         run_name: str = "lightning",
         *,
-        depth: int = 2,
+        depth: int | None = 2,
         include: Any = None,
         exclude: Any = None,
         logger: TimingLogger | None = None,
