@@ -3,7 +3,7 @@
 A small transformer language model (not the bundled VRT model) on random tokens; the run
 is what ``docs/own-model.svg`` shows::
 
-    python scripts/own_model_example.py --log-dir /tmp/own --steps 200
+    python scripts/own_model_example.py --log-dir /tmp/own --steps 60 --batch 4 --threads 1
     python scripts/screenshot.py --run /tmp/own --out docs/own-model.svg
 """
 
@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = args.device
     tokens = torch.randint(0, 1000, (args.steps * args.batch, 65))

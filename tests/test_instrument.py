@@ -295,6 +295,47 @@ def test_in_place_ops_on_outputs_and_inputs_do_not_break() -> None:
     assert "backward/lin" in summary and "backward/out" in summary
 
 
+class BasicBlock(nn.Module):
+    """torchvision's ResNet block: one in-place ReLU module called twice, ``out +=`` on the
+    output of a timed BatchNorm."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x
+        return self.relu(out)
+
+
+def test_resnet_block_with_in_place_relu_keeps_gradients_and_regions() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), BasicBlock(4), BasicBlock(4))
+    x = torch.randn(2, 3, 8, 8)
+    model(x).square().mean().backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    log = memory_logger()
+    set_global_timing_logger(log)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with instrument(model, depth=None):
+            run_step(model, log, x)
+    for p, r in zip(model.parameters(), ref, strict=True):
+        assert torch.allclose(p.grad, r, atol=1e-6)
+    got = log.get_summary()
+    assert got["forward/1/relu"]["calls"] == 2 and got["backward/1/relu"]["calls"] == 2
+    for m in ("1", "1/bn2", "2/conv1", "0"):
+        assert got[f"backward/{m}"]["calls"] == 1, m
+    assert got["backward/1/bn2"]["total"] <= got["backward/1"]["total"]
+
+
 def test_inputs_that_need_no_gradient_close_on_parameter_gradients() -> None:
     model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
     x = torch.randn(2, 8)

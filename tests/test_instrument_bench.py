@@ -30,6 +30,7 @@ def test_gpu_instrument_check_dry_run(tmp_path: Path) -> None:
     assert "backward/layers/0/attn" in ev["last_step_ms"]
     assert set(res["overhead"]["median_ms"]) == {
         "none",
+        "hooks2",
         "core",
         "instrument2",
         "instrument3",

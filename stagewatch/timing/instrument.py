@@ -38,9 +38,11 @@ from stagewatch.timing.modules import (
     drop_compiled,
     given_modules,
     is_compiled,
+    output_nodes,
     owners,
     patterns,
     select_modules,
+    swap_inputs,
     unwrap,
     warn,
     warn_once,
@@ -81,54 +83,6 @@ class recompute_region:
         _rec.depth -= 1
         if self._h is not None:
             self._log.end(self._h)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _nested_grad_tensors(a: Any, tensor: type) -> list[Any]:
-    """Tensors that need a gradient one level inside a tuple, list or dict argument."""
-    items = a.values() if isinstance(a, Mapping) else a
-    return [x for x in items if isinstance(x, tensor) and x.requires_grad]
-
-
-def _swap_inputs(
-    items: Iterable[tuple[Any, Any]], views: dict[int, Any], nested: list[Any], tensor: type
-) -> dict[Any, Any] | None:
-    """Position or name -> a view of each tensor argument that needs a gradient (one view
-    per distinct tensor, kept in ``views``); tensors inside containers go to ``nested``."""
-    swapped: dict[Any, Any] | None = None
-    for k, a in items:
-        if isinstance(a, tensor):
-            if a.requires_grad:
-                v = views.get(id(a))
-                if v is None:
-                    v = views[id(a)] = a.view_as(a)
-                if swapped is None:
-                    swapped = {}
-                swapped[k] = v
-        elif isinstance(a, (tuple, list, dict)):  # concrete types: an ABC check is slow
-            nested += _nested_grad_tensors(a, tensor)
-    return swapped
-
-
-def _output_nodes(out: Any, torch: Any, depth: int = 0) -> list[Any]:
-    """The autograd nodes that made the output tensors that need a gradient."""
-    if isinstance(out, torch.Tensor):
-        fn = out.grad_fn
-        return [fn] if fn is not None else []
-    if depth > 2:
-        return []
-    if isinstance(out, Mapping):  # dicts, Hugging Face ModelOutput
-        items: Iterable[Any] = out.values()
-    elif isinstance(out, (tuple, list)):
-        items = out
-    else:
-        return []
-    nodes = []
-    for o in items:
-        nodes.extend(_output_nodes(o, torch, depth + 1))
-    return nodes
 
 
 # --------------------------------------------------------------------------- one call
@@ -293,10 +247,10 @@ class _Probe:
             return
         if call.views:
             for i, v, version in call.views:
-                if v._version != version:  # modified in place: its first hook is gone
-                    v.register_hook(functools.partial(call.input_grad, i))
+                if v._version != version:
+                    self._modified_in_place(call, i, v)
             call.views = []  # hold no activation past the forward
-        nodes = _output_nodes(out, inst.torch)
+        nodes = output_nodes(out, inst.torch)
         if not nodes:  # nothing to differentiate through this call
             call.dead = True
             call.drop_hooks()
@@ -318,8 +272,8 @@ class _Probe:
         tensor = torch.Tensor
         views: dict[int, Any] = {}
         nested: list[Any] = []
-        new_args = _swap_inputs(enumerate(args), views, nested, tensor)
-        new_kwargs = _swap_inputs(kwargs.items(), views, nested, tensor) if kwargs else None
+        new_args = swap_inputs(enumerate(args), views, nested, tensor)
+        new_kwargs = swap_inputs(kwargs.items(), views, nested, tensor) if kwargs else None
         if not views and not nested:
             call.params = True
             self._hook_params()
@@ -344,6 +298,19 @@ class _Probe:
         if new_kwargs is not None:
             kwargs = {**kwargs, **new_kwargs}
         return call, (args, kwargs)
+
+    @staticmethod
+    def _modified_in_place(call: _Call, i: int, v: Any) -> None:
+        """The module changed its input view in place (``ReLU(inplace=True)``): autograd
+        rewrote the input's history, so the view's own node no longer runs. The input (the
+        view's base) now ends in the node of that in-place op: its gradient passes that
+        node last, so a post-hook there ends the module's backward."""
+        base = v._base
+        node = base.grad_fn if base is not None else None
+        if node is not None:
+            node.register_hook(functools.partial(call.input_grad, i))
+        else:
+            v.register_hook(functools.partial(call.input_grad, i))
 
     def _stale(self) -> None:
         """A new forward: a backward of this module still open did not complete."""

@@ -3,8 +3,8 @@
 Paths come from ``named_modules`` with ``.`` -> ``/``, wrapper components dropped (DDP's
 ``module`` by unwrapping the root, FSDP's ``_fsdp_wrapped_module``, ``checkpoint_wrapper``'s
 ``_checkpoint_wrapped_module``, torch.compile's ``_orig_mod``; FSDP2's ``fully_shard`` keeps
-the names). Also the static checks made once at instrumentation: compiled modules, and
-forwards that call ``.forward()`` of a module directly.
+the names). Also the static checks made once at instrumentation (compiled modules, forwards
+that call ``.forward()`` of a module directly), and the tensors of a call the hooks use.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import fnmatch
 import inspect
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stagewatch.timing.jsonl import TimingWarning
@@ -216,3 +216,51 @@ def drop_compiled(timed: dict[str, Any]) -> dict[str, Any]:
             continue
         out[path] = m
     return out
+
+
+# --------------------------------------------------------------------------- a call's tensors
+
+
+def nested_grad_tensors(a: Any, tensor: type) -> list[Any]:
+    """Tensors that need a gradient one level inside a tuple, list or dict argument."""
+    items = a.values() if isinstance(a, Mapping) else a
+    return [x for x in items if isinstance(x, tensor) and x.requires_grad]
+
+
+def swap_inputs(
+    items: Iterable[tuple[Any, Any]], views: dict[int, Any], nested: list[Any], tensor: type
+) -> dict[Any, Any] | None:
+    """Position or name -> a view of each tensor argument that needs a gradient (one view
+    per distinct tensor, kept in ``views``); tensors inside containers go to ``nested``."""
+    swapped: dict[Any, Any] | None = None
+    for k, a in items:
+        if isinstance(a, tensor):
+            if a.requires_grad:
+                v = views.get(id(a))
+                if v is None:
+                    v = views[id(a)] = a.view_as(a)
+                if swapped is None:
+                    swapped = {}
+                swapped[k] = v
+        elif isinstance(a, (tuple, list, dict)):  # concrete types: an ABC check is slow
+            nested += nested_grad_tensors(a, tensor)
+    return swapped
+
+
+def output_nodes(out: Any, torch: Any, depth: int = 0) -> list[Any]:
+    """The autograd nodes that made the output tensors that need a gradient."""
+    if isinstance(out, torch.Tensor):
+        fn = out.grad_fn
+        return [fn] if fn is not None else []
+    if depth > 2:
+        return []
+    if isinstance(out, Mapping):  # dicts, Hugging Face ModelOutput
+        items: Iterable[Any] = out.values()
+    elif isinstance(out, (tuple, list)):
+        items = out
+    else:
+        return []
+    nodes = []
+    for o in items:
+        nodes.extend(output_nodes(o, torch, depth + 1))
+    return nodes
