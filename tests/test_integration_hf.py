@@ -178,3 +178,19 @@ def test_the_loss_is_found_where_the_trainer_finds_it():
     assert _output_loss((logits,)) is None  # no labels: no loss first
     assert _output_loss(CausalLMOutput(logits=logits)) is None
     assert _output_loss(logits) is None
+
+
+def test_torch_compile_is_said_to_leave_no_module_regions(tmp_path):
+    from types import SimpleNamespace
+
+    from _hf_job import tiny_gpt2
+
+    from stagewatch import TimingWarning
+
+    args = SimpleNamespace(torch_compile=True, process_index=0, world_size=1, device="cpu")
+    state = SimpleNamespace(max_steps=1)
+    cb = StagewatchCallback(str(tmp_path), enable_console=False)
+    with pytest.warns(TimingWarning, match=r"torch_compile=True.*module regions not"):
+        cb.on_train_begin(args, state, None, model=tiny_gpt2())
+    cb.on_train_end(args, state, None)
+    assert cb.logger is None  # closed

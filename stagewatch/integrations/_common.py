@@ -47,7 +47,7 @@ def safe(fn: F) -> F:
         except Exception as e:
             self._warn(
                 f"hook:{fn.__name__}",
-                f"stagewatch {type(self).__name__}.{fn.__name__} failed "
+                f"{type(self).__name__}.{fn.__name__} failed "
                 f"({type(e).__name__}: {e}); timing goes on without it",
             )
             return None

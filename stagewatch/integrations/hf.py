@@ -148,7 +148,7 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
             if kwargs.get("num_items_in_batch") is not None:
                 tally.summed = True  # the model divides by the whole step's token count
         except Exception as e:
-            self._warn("forward", f"stagewatch: forward pre-hook failed ({e}); ignored")
+            self._warn("forward", f"the forward pre-hook failed ({e}); ignored")
 
     def _forward_ends(self, module: Any, args: Any, out: Any) -> None:
         try:
@@ -164,7 +164,7 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
             if first is not None:
                 first.register_hook(self._backward_begins)
         except Exception as e:
-            self._warn("forward_end", f"stagewatch: forward hook failed ({e}); ignored")
+            self._warn("forward_end", f"the forward hook failed ({e}); ignored")
 
     def _backward_begins(self, grad: Any) -> None:
         # on autograd's thread, at the gradient of the loss: have the engine call back
@@ -174,14 +174,14 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
 
             Variable._execution_engine.queue_callback(self._backward_done)
         except Exception as e:
-            self._warn("backward", f"stagewatch: backward hook failed ({e}); ignored")
+            self._warn("backward", f"the backward hook failed ({e}); ignored")
 
     def _backward_done(self) -> None:
         try:
             if self._sw._phases is not None:
                 self._sw._phases.end(BACKWARD)
         except Exception as e:
-            self._warn("backward_done", f"stagewatch: backward hook failed ({e}); ignored")
+            self._warn("backward_done", f"the backward hook failed ({e}); ignored")
 
     # ------------------------------------------------------------------ Trainer events
 
@@ -205,6 +205,12 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
         self._loss_scale = world if across else 1
         if model is not None:
             self._hook_model(model)
+        if getattr(args, "torch_compile", False) and self._sw.depth != 0:
+            self._warn(
+                "compile",
+                "TrainingArguments(torch_compile=True) runs the model compiled, "
+                "where module hooks do nothing: the phases are recorded, module regions not",
+            )
         self._time_loader(kwargs.get("train_dataloader"))
         if self._sw.logger is not None:
             self._sw.logger.mark_step_start()
@@ -252,7 +258,7 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
                 phases.drop()  # the window since the last step: the loader's own wait is exact
             phases.switch(DATA_WAIT)
         except Exception as e:
-            self._warn("loader", f"stagewatch: timing the loader failed ({e}); ignored")
+            self._warn("loader", f"timing the loader failed ({e}); ignored")
 
     @safe
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -159,7 +159,7 @@ class StagewatchCallback(_pl.Callback):  # type: ignore[misc,name-defined]
             elif self._sw._phases is not None:
                 self._sw._phases.end(phase)
         except Exception as e:
-            self._warn("action", f"stagewatch: timing {action!r} failed ({e}); ignored")
+            self._warn("action", f"timing {action!r} failed ({e}); ignored")
 
     # ------------------------------------------------------------------ fit lifecycle
 
