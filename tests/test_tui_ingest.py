@@ -7,6 +7,8 @@ import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
+
 from stagewatch.records import Step, encode
 from tui.model.aggregate import RunAgg
 from tui.source.bulk import parallel_worth
@@ -29,6 +31,8 @@ def _close(a: object, b: object) -> bool:
         return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):  # the chart's series
+        return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-6, equal_nan=True))
     return a == b
 
 

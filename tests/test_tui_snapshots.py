@@ -1,4 +1,5 @@
-"""Screen snapshots (pytest-textual-snapshot) of watch and replay at 80x24, 120x40 and 200x60.
+"""Screen snapshots (pytest-textual-snapshot) of watch and replay at 80x24, 120x40, 160x45 and
+200x60, of a 64-rank run and of the chart.
 
 Data are fixed (seeded generator, fixed times), the reader's clock is frozen and times are
 shown in UTC, so the pictures are deterministic. Update with ``pytest --snapshot-update``
@@ -21,7 +22,7 @@ from tui.source.replay import ReplaySource
 from tui.testing import start_line, step_records, write_run
 from tui.view.app import MonitorApp
 
-SIZES = [(80, 24), (120, 40), (200, 60)]
+SIZES = [(80, 24), (120, 40), (160, 45), (200, 60)]
 
 
 @pytest.fixture(autouse=True)
@@ -128,3 +129,27 @@ def test_new_run_notice_on_a_narrow_screen(snap_compare, tmp_path: Path) -> None
         await pilot.pause()
 
     assert snap_compare(MonitorApp(src), terminal_size=(80, 24), run_before=before)
+
+
+def test_64_ranks_on_one_screen(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The ranks panel at 64 ranks: the verdict first, slowest first, heat strips."""
+    write_run(
+        tmp_path, "20261126-100000-wide-0001", steps=40, ranks=64, straggler=5, t0=1_764_150_000.0
+    )
+    src = LiveSource(tmp_path, poll=True, interval=0.05, clock=lambda: 1000.0)
+    assert snap_compare(MonitorApp(src), terminal_size=(160, 45), run_before=_settle)
+
+
+def test_the_chart_per_rank_of_a_selected_stage(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The chart of a region selected in the tree (forward), per rank (g)."""
+    _runs(tmp_path)
+    src = ReplaySource(tmp_path / "20261126-100000-baseline-0001", playing=False)
+    src.seek(math.inf)
+
+    async def before(pilot) -> None:  # type: ignore[no-untyped-def]
+        await _settle(pilot)
+        for key in ("down", "down", "g"):  # the cursor to forward; per rank
+            await pilot.press(key)
+        await pilot.pause()
+
+    assert snap_compare(MonitorApp(src), terminal_size=(160, 45), run_before=before)

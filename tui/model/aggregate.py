@@ -10,6 +10,7 @@ a cost bounded by regions × ranks × window.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Sequence
 from operator import itemgetter
@@ -36,6 +37,7 @@ from tui.model.snapshot import (
 # DEFAULT_WINDOW and RankAgg are part of what callers import from here
 __all__ = ["DEFAULT_WINDOW", "RankAgg", "RunAgg"]
 
+COMPARE_EVERY = 1.0  # seconds a light snapshot may reuse the ranks' comparison
 _step_wall = itemgetter(0, 2)  # StepRow (step, time, wall, ...) -> (step, wall)
 
 
@@ -56,6 +58,8 @@ class RunAgg:
         self.tails: dict[int, deque[tuple[int, float]]] = {}
         self.compared_steps = 0
         self.compare_ranks = True  # kept for callers; the comparison is always made
+        # the ranks compared (and the straggler verdict) until a rank folds new steps
+        self._compared: tuple[Any, float, tuple[Any, ...]] | None = None
 
     @property
     def pending_limit(self) -> int:
@@ -140,6 +144,28 @@ class RunAgg:
         excess of the slowest over the median."""
         return compare_walls(self.tails, self.world_size, self.window)
 
+    def _compare_ranks(self, aggs: list[RankAgg], exact: bool) -> tuple[Any, build.RankComparison]:
+        """Each rank's recent work and the ranks compared (the verdict included), made again
+        only when a rank folded steps since the last snapshot (or ranks came or went).
+
+        ``exact=False`` (a light snapshot, for the header): the last comparison of the same
+        ranks is kept while it is under :data:`COMPARE_EVERY` seconds old, though steps came
+        since. At 64 ranks a comparison costs more than the rest of a light snapshot, which
+        ``tui watch`` makes up to 8 times a second; full snapshots are always exact."""
+        ranks = tuple((a.rank, id(a)) for a in aggs)
+        key = (self.world_size, ranks, tuple(a.steps for a in aggs))
+        now = time.monotonic()
+        c = self._compared
+        if c is None or c[0] != key:
+            if not exact and c is not None and c[0][:2] == key[:2] and now - c[1] < COMPARE_EVERY:
+                return c[2][1], c[2][2]
+            compared = self.compare()
+            recent = build.recent_work(aggs)
+            cmp = build.compare_ranks(compared, recent, self.window)
+            c = self._compared = (key, now, (len(compared[0]), recent, cmp))
+        self.compared_steps = c[2][0]
+        return c[2][1], c[2][2]
+
     # ----------------------------------------------------------------- state
     def state(self, idle_s: float, stale_after: float) -> str:
         """WAITING, FAILED, INTERRUPTED, FINISHED, STALE (no growth for ``stale_after`` s)
@@ -197,10 +223,7 @@ class RunAgg:
         eta = None
         if total and step < total and st == RUNNING and not math.isnan(steps_per_s):
             eta = (total - step) / steps_per_s
-        compared = self.compare()
-        self.compared_steps = len(compared[0])
-        recent = build.recent_work(aggs)
-        cmp = build.compare_ranks(compared, recent, self.window)
+        recent, cmp = self._compare_ranks(aggs, exact=not light)
         mem_peak, mem_last = build.memory_figures(aggs)
         start0 = self.starts.get(0) or next(iter(self.starts.values()), None)
         return RunSnapshot(
@@ -244,4 +267,5 @@ class RunAgg:
             config=start0.config if start0 else None,
             stragglers=cmp.verdict,
             light=light,
+            series=None if light else build.region_series(aggs, regions),
         )

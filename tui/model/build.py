@@ -17,7 +17,8 @@ import numpy as np
 from stagewatch.records import RunEnd, RunStart
 from tui.model.order import CUT, tree_rows
 from tui.model.ranks import RankAgg
-from tui.model.rankstats import StragglerVerdict, judge_stragglers
+from tui.model.rankstats import WAIT_REGIONS, StragglerVerdict, judge_stragglers
+from tui.model.series import RECENT, SeriesSet, series_set
 from tui.model.snapshot import EMPTY, NAN, UNACCOUNTED, RankInfo, RegionRow, Stats
 
 Recent = tuple[tuple[float, ...], ...]  # RankInfo.recent: (step, *RECENT_COLUMNS)
@@ -117,6 +118,23 @@ def region_rows(
     return tuple(regions), unaccounted
 
 
+def region_series(aggs: Sequence[RankAgg], regions: Sequence[RegionRow]) -> SeriesSet:
+    """The chart's data and the heat strips': every rank's downsampled series of the tree's
+    regions, and its last steps."""
+    rings = []
+    for a in aggs:
+        o = a._order()[-RECENT:]
+        rings.append((a.ring_step[o], a.ring_wall[o], a.ring[o]))
+    return series_set(
+        [a.rank for a in aggs],
+        [a.series for a in aggs],
+        [a.cols for a in aggs],
+        [r.name for r in regions if not r.cut],
+        rings,
+        WAIT_REGIONS,
+    )
+
+
 # --------------------------------------------------------------------------- ranks
 
 
@@ -199,13 +217,18 @@ def rank_infos(
 
 def step_times(aggs: Sequence[RankAgg], window: int) -> tuple[float, ...]:
     """The sparkline: the slowest rank's wall ms per step, over the window, oldest first."""
-    recent: dict[int, float] = {}
-    for a in aggs:
-        s_arr, w_arr = a.recent_walls()
-        for s, w in zip(s_arr.tolist(), w_arr.tolist(), strict=False):
-            if w > recent.get(s, -1.0):
-                recent[s] = w
-    return tuple(recent[s] for s in sorted(recent)[-window:])
+    if not aggs:
+        return ()
+    parts = [a.recent_walls() for a in aggs]
+    steps = np.concatenate([p[0] for p in parts])
+    if not len(steps):
+        return ()
+    walls = np.concatenate([p[1] for p in parts])
+    uniq, inv = np.unique(steps, return_inverse=True)
+    top = np.full(len(uniq), -np.inf)
+    np.fmax.at(top, inv, walls)  # a NaN wall is no wall
+    top = top[top > -np.inf]
+    return tuple(top[-window:].tolist())
 
 
 # --------------------------------------------------------------------------- run figures

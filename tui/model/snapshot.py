@@ -141,6 +141,9 @@ class RunSnapshot:
     # the straggler verdict (tui.model.rankstats.StragglerVerdict): compute per rank, who
     # waits for whom; ``straggler``/``straggler_excess`` above are its rank and excess
     stragglers: Any = field(default=None, compare=False)
+    # each region's and the step's time over the whole run, per rank, downsampled
+    # (tui.model.series.SeriesSet): the chart. Full snapshots only.
+    series: Any = field(default=None, compare=False)
     # the monitor failing to read the run (a bug, not bad data): one line naming the file
     reader_error: str | None = None
     from_index: bool = field(default=False, compare=False)  # started from a saved run index

@@ -19,6 +19,8 @@ from tui.model.aggregate import RunAgg
 from tui.model.histogram import NBUCKETS
 from tui.model.ranks import RankAgg
 from tui.model.rankstats import MemTrend
+from tui.model.series import NBUCKETS as SERIES_BUCKETS
+from tui.model.series import RegionSeries
 
 
 class StateMismatch(ValueError):
@@ -63,6 +65,16 @@ class MemTrendState(msgspec.Struct, frozen=True):
     last: int
 
 
+class SeriesState(msgspec.Struct, frozen=True):
+    """:class:`RegionSeries`'s fields."""
+
+    width: int
+    sum: Array
+    cnt: Array
+    wall_sum: Array
+    wall_cnt: Array
+
+
 class RankAggState(msgspec.Struct, frozen=True):
     """:class:`RankAgg`'s fields (its cache of region schemas left out)."""
 
@@ -102,6 +114,7 @@ class RankAggState(msgspec.Struct, frozen=True):
     mem_trend: MemTrendState
     scalars: dict[str, int | float | None] | None
     dropped_names: int
+    series: SeriesState
 
 
 class RunAggState(msgspec.Struct, frozen=True):
@@ -136,9 +149,10 @@ _SHAPES: dict[str, tuple[str | int, ...]] = {
     "ring_loss": ("window",),
     "wall_hist": (NBUCKETS,),
 }
-_RANK_CACHES = {"_schemas"}  # rebuilt as regions are folded in
+# rebuilt as regions are folded in / read out ("_kids_cache": issue 22's recent_work)
+_RANK_CACHES = {"_schemas", "_memo", "_kids_cache"}
 _RANK_FIELDS = set(RankAggState.__struct_fields__)
-_RUN_GIVEN = {"run_id", "path", "compared_steps", "compare_ranks"}
+_RUN_GIVEN = {"run_id", "path", "compared_steps", "compare_ranks", "_compared"}
 _RUN_FIELDS = set(RunAggState.__struct_fields__)
 _TREND_FIELDS = set(MemTrendState.__struct_fields__)
 
@@ -181,6 +195,24 @@ def _trend_from(s: MemTrendState) -> MemTrend:
     return t
 
 
+def _series_state(s: RegionSeries) -> SeriesState:
+    return SeriesState(
+        s.width, Array.of(s.sum), Array.of(s.cnt), Array.of(s.wall_sum), Array.of(s.wall_cnt)
+    )
+
+
+def _series_from(st: SeriesState, cap: int) -> RegionSeries:
+    s = RegionSeries(cap)
+    if st.width < 1 or st.width & (st.width - 1):
+        raise StateMismatch("series: width not a power of two")
+    s.width = st.width
+    s.sum = st.sum.array(s.sum.dtype, (SERIES_BUCKETS, cap), "series.sum")
+    s.cnt = st.cnt.array(s.cnt.dtype, (SERIES_BUCKETS, cap), "series.cnt")
+    s.wall_sum = st.wall_sum.array(s.wall_sum.dtype, (SERIES_BUCKETS,), "series.wall_sum")
+    s.wall_cnt = st.wall_cnt.array(s.wall_cnt.dtype, (SERIES_BUCKETS,), "series.wall_cnt")
+    return s
+
+
 def _rank_state(a: RankAgg) -> RankAggState:
     _check_rank(a)
     d: dict[str, Any] = {}
@@ -190,6 +222,8 @@ def _rank_state(a: RankAgg) -> RankAggState:
             v = Array.of(v)
         elif k == "mem_trend":
             v = _trend_state(v)
+        elif k == "series":
+            v = _series_state(v)
         d[k] = _copy(v)
     return RankAggState(**d)
 
@@ -207,6 +241,8 @@ def _rank_from(s: RankAggState, window: int) -> RankAgg:
             v = v.array(getattr(a, k).dtype, _shape(k, s.cap, a.window), k)
         elif k == "mem_trend":
             v = _trend_from(v)
+        elif k == "series":
+            v = _series_from(v, s.cap)
         setattr(a, k, _copy(v))
     return a
 

@@ -35,10 +35,10 @@ from tui.source.tail import FILE_OK
 
 INDEX_NAME = ".stagewatch-index"
 FORMAT = "stagewatch-run-index"
-# 5: the feeds' step sets, cuts of resumes and of repeated steps;
-# 4: typed states of the feeds and the aggregate; 3: records as the format's own structs;
-# 2: a ring slot is the row number mod the window
-VERSION = 5
+# 6: each rank's downsampled region series (the chart); 5: the feeds' step sets, cuts of
+# resumes and of repeated steps; 4: typed states of the feeds and the aggregate; 3: records
+# as the format's own structs; 2: a ring slot is the row number mod the window
+VERSION = 6
 MAGIC = b"SWIDX\x01\n"
 KEY_BYTES = 4096
 IDLE_S = 300.0  # a run whose files have not grown for this long is indexed, ended or not

@@ -16,6 +16,7 @@ from textual.widgets import Input
 from tui.view.keys import KEYS
 from tui.view.notices import NewRuns
 from tui.view.pacing import Pacer, Source
+from tui.view.widgets.chart import RegionChart
 from tui.view.widgets.help import HelpScreen
 from tui.view.widgets.tree import StageTree
 
@@ -146,6 +147,10 @@ class KeyActions(_Base):
     def action_toggle_window(self) -> None:
         self.window = not self.window
         self._redraw_for_key(force_tree=self.query_one(StageTree).sort_by_time)
+
+    def action_toggle_chart(self) -> None:
+        """The chart: per rank <-> min/median/max across ranks."""
+        self.query_one(RegionChart).toggle()
 
     # ------------------------------------------------------------------ runs
     def _move_run(self, d: int) -> None:

@@ -26,12 +26,14 @@ from textual.worker import Worker, WorkerState
 from tui.diagnosis.advice import span_label
 from tui.fmt import clean
 from tui.model.snapshot import RunSnapshot, WorldSnapshot
+from tui.view import layout
 from tui.view.actions import KeyActions
 from tui.view.keys import REPLAY, bound_keys
 from tui.view.notices import Captures, NewRuns, reader_error
 from tui.view.pacing import Pacer, Redraw, Slot, SnapshotReady, Source, default_gap
 from tui.view.widgets.advice import AdviceBox
-from tui.view.widgets.base import set_title
+from tui.view.widgets.base import NeedChanged, set_title
+from tui.view.widgets.chart import RegionChart
 from tui.view.widgets.files import FilesLine
 from tui.view.widgets.header import HeaderBar, NoticeBar
 from tui.view.widgets.ranks import RankView
@@ -43,7 +45,7 @@ __all__ = ["MonitorApp", "SnapshotReady", "Source"]
 
 WIDE = 140  # columns from which the tree shows min/max/p95 and the run list is wide
 NARROW = 110  # below this the run list is hidden (n / N still switch runs)
-SHORT = 30  # below this many rows the step-time sparkline gives its room to the advice
+SHORT = 30  # below this many rows the sparkline and the chart give their room to the rest
 
 
 class MonitorApp(KeyActions, App[int]):
@@ -120,7 +122,9 @@ class MonitorApp(KeyActions, App[int]):
                     yield TreeHeader(id="tree-header")
                     yield StageTree(id="tree")
                 with Horizontal(id="lower"):
-                    yield RankView(id="ranks")
+                    with Vertical(id="left"):
+                        yield RankView(id="ranks")
+                        yield RegionChart(id="chart")
                     with Vertical(id="side"):
                         yield StepSpark(id="spark-box")
                         advice = AdviceBox(id="advice")
@@ -139,7 +143,7 @@ class MonitorApp(KeyActions, App[int]):
         if self.mode == REPLAY:
             self.query_one(RunList).add_class("hidden")
         self._layout_for(self.size.width)
-        self.query_one(StepSpark).set_class(self.size.height < SHORT, "hidden")
+        self._short(self.size.height)
         self._render_world()
         tree.focus()
         self.source.busy = lambda: self.slot.pending  # type: ignore[attr-defined]
@@ -165,9 +169,44 @@ class MonitorApp(KeyActions, App[int]):
 
     def on_resize(self, event: Any) -> None:
         self._layout_for(event.size.width)
-        # short terminals: the advice matters more than the sparkline
-        self.query_one(StepSpark).set_class(event.size.height < SHORT, "hidden")
+        self._short(event.size.height)
         self.call_after_refresh(self._render_header)  # the header fits its fields to the width
+        self.call_after_refresh(self._fit_heights)
+
+    def _short(self, height: int) -> None:
+        """Short terminals: the tree, the ranks and the advice matter more than the sparkline
+        and the chart."""
+        self.query_one(StepSpark).set_class(height < SHORT, "hidden")
+        self.query_one(RegionChart).set_class(height < SHORT, "hidden")
+
+    def _fit_heights(self) -> None:
+        """The panels under the tree take the rows their content needs, the tree the rest
+        (:func:`tui.view.layout.share_heights`)."""
+        try:
+            body = self.query_one("#main").size.height
+            tree = self.query_one(StageTree)
+            ranks = self.query_one(RankView)
+            advice = self.query_one(AdviceBox)
+            chart = not self.query_one(RegionChart).has_class("hidden")
+            spark = not self.query_one(StepSpark).has_class("hidden")
+        except NoMatches:  # torn down
+            return
+        if body <= 0:
+            return
+        h = layout.share_heights(
+            body,
+            tree.last_line + 1 + 3,  # rows, column header, borders
+            ranks.need(),
+            advice.need(),
+            chart=chart,
+            spark=spark,
+        )
+        lower = self.query_one("#lower")
+        if lower.styles.height is None or lower.styles.height.value != h.lower:
+            lower.styles.height = h.lower
+        want = h.ranks if chart else "1fr"
+        if str(ranks.styles.height) != str(want):
+            ranks.styles.height = want
 
     def _layout_for(self, width: int) -> None:
         compact = width < WIDE
@@ -267,10 +306,13 @@ class MonitorApp(KeyActions, App[int]):
     def _age_header(self) -> None:
         """Once a second: only the header of a live run changes as time passes (and a
         reader that fails between snapshots is noticed)."""
-        self._check_reader(self.latest)
-        run = self.world.selected if self.world else None
-        if run is not None and run.state in ("running", "stale") and not run.replay:
-            self._render_header()
+        try:
+            self._check_reader(self.latest)
+            run = self.world.selected if self.world else None
+            if run is not None and run.state in ("running", "stale") and not run.replay:
+                self._render_header()
+        except NoMatches:  # the timer fired while the screen was being torn down
+            pass
 
     def _render_header(self) -> None:
         # live: the newest snapshot (the panels may be up to one gap behind); paused: the
@@ -323,6 +365,7 @@ class MonitorApp(KeyActions, App[int]):
         self._render_ranks()
         self.query_one(StepSpark).show(run)
         self._render_advice(run)
+        self.call_after_refresh(self._fit_heights)
         if w is not None:
             self.query_one(FilesLine).show(run, w)
         self.applied += 1
@@ -351,6 +394,7 @@ class MonitorApp(KeyActions, App[int]):
     def _render_ranks(self) -> None:
         run = self.world.selected if self.world else None
         self.query_one(RankView).show(run, self.selected_region, self.window, self.red, self.yellow)
+        self.query_one(RegionChart).show(run, self.selected_region)
 
     def _freeze_gc(self) -> None:
         """Once the first run is on screen: the objects made so far (Textual's widgets and
@@ -365,6 +409,12 @@ class MonitorApp(KeyActions, App[int]):
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
         self.selected_region = event.node.data
         self._render_ranks()
+
+    def on_stage_tree_lines_changed(self, event: StageTree.LinesChanged) -> None:
+        self.call_after_refresh(self._fit_heights)
+
+    def on_need_changed(self, event: NeedChanged) -> None:
+        self.call_after_refresh(self._fit_heights)
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self._select_index(event.option_index)

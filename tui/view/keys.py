@@ -75,7 +75,7 @@ class Key:
 
 
 KEYS: tuple[Key, ...] = (
-    Key("q", "quit", "Quit", "General", palette=False),
+    Key("q,f10", "quit", "Quit", "General", palette=False),
     Key(
         "ctrl+c",
         "quit_now",
@@ -101,7 +101,20 @@ KEYS: tuple[Key, ...] = (
     Key("c", "collapse_all", "Collapse all", "Tree", show=False),
     Key("s", "toggle_sort", "Sort by time / by name", "Tree", footer="Sort"),
     Key("w", "toggle_window", "Recent window / whole-run statistics", "Tree", footer="Span"),
-    Key("up,down", "", "Move the cursor (the rank panel follows it)", "Tree", show=False),
+    Key(
+        "g",
+        "toggle_chart",
+        "Chart of the region over the run: per rank / min, median, max across ranks",
+        "Tree",
+        footer="Chart",
+    ),
+    Key(
+        "up,down",
+        "",
+        "Move the cursor (the rank panel and the chart follow it)",
+        "Tree",
+        show=False,
+    ),
     Key("enter", "", "Expand/collapse the region under the cursor", "Tree", show=False),
     Key("space", "", "Expand/collapse the region under the cursor", "Tree", (WATCH,), show=False),
     Key("shift+space", "", "Expand/collapse it and everything below", "Tree", show=False),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.text import Text
 from textual.widgets import Static
 
 from tui.fmt import literal
-from tui.view.widgets.base import show_text
+from tui.view.widgets.base import note_need, show_text
 
 
 class AdviceBox(Static):
@@ -21,9 +23,30 @@ class AdviceBox(Static):
     def show(self, lines: list[str]) -> None:
         self.lines = list(lines)
         self._fit()
+        note_need(self, self.need())
 
     def on_resize(self) -> None:
         self._fit()
+        note_need(self, self.need())
+
+    def need(self) -> int:
+        """Rows (borders included) to show every advice line at the current width."""
+        if not self.lines:
+            return 3
+        width = self.content_size.width
+        if width <= 2:
+            return 2 + len(self.lines)
+        return 2 + sum(len(w) for w in self._wrapped(width))
+
+    def _wrapped(self, width: int) -> list[Any]:
+        """Each advice item wrapped to ``width`` (kept while the lines and width stay: the
+        box and the screen's height sharing both ask)."""
+        key = (tuple(self.lines), width)
+        if getattr(self, "_wrap_key", None) != key:
+            items = [Text.assemble("• ", literal(x)) for x in self.lines]
+            self._wrap_key = key
+            self._wrap = [item.wrap(self.app.console, width) for item in items]
+        return self._wrap
 
     def _fit(self) -> None:
         lines = self.lines
@@ -37,7 +60,7 @@ class AdviceBox(Static):
             self.hidden = 0
             show_text(self, Text("\n").join(items))
             return
-        wrapped = [item.wrap(self.app.console, width) for item in items]
+        wrapped = self._wrapped(width)
         keep, used = len(items), 0
         if sum(len(w) for w in wrapped) > height:
             keep = 0

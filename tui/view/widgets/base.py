@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
@@ -22,3 +23,14 @@ def set_title(widget: Widget, title: str) -> None:
     if getattr(widget, "_sw_title", None) != title:
         widget._sw_title = title  # type: ignore[attr-defined]
         widget.border_title = literal(title)
+
+
+class NeedChanged(Message):
+    """A panel now needs another number of rows (the screen shares its height anew)."""
+
+
+def note_need(widget: Widget, need: int) -> None:
+    """Post :class:`NeedChanged` when ``widget``'s row need differs from the last one noted."""
+    if getattr(widget, "_sw_need", None) != need:
+        widget._sw_need = need  # type: ignore[attr-defined]
+        widget.post_message(NeedChanged())

@@ -75,6 +75,7 @@ class CompareScreen(Screen[None]):
     BINDINGS = [  # noqa: RUF012
         Binding("escape,q", "close", "Close"),
         Binding("question_mark,f1", "help", "Help"),
+        Binding("f10", "app.quit", "Quit", show=False),  # htop's habit
     ]
 
     def __init__(self, comparison: Comparison) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from rich.cells import cell_len, set_cell_size
 from rich.style import Style
 from rich.text import Span, Text
+from textual.geometry import Size
+from textual.message import Message
 from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
 
@@ -95,6 +97,9 @@ def region_label(
 class StageTree(Tree[str]):
     """Collapsible region tree of the selected run."""
 
+    class LinesChanged(Message):
+        """The tree shows another number of lines (the screen shares its height anew)."""
+
     def __init__(self, **kw: object) -> None:
         super().__init__("regions", **kw)  # type: ignore[arg-type]
         self.show_root = False
@@ -113,6 +118,10 @@ class StageTree(Tree[str]):
         self._order_run: object = None
         self._label_keys: dict[str, tuple[object, ...]] = {}  # what each node's label was made from
         self._stale: dict[str, RegionRow] = {}  # nodes whose label is made when next drawn
+
+    def watch_virtual_size(self, old: Size, new: Size) -> None:
+        if old.height != new.height:
+            self.post_message(self.LinesChanged())
 
     def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
         if (
