@@ -187,10 +187,12 @@ def infer(
     log_kids = log_kids or {}
     count: dict[str, int] = {}
     total: dict[str, float] = {}
+    peak: dict[str, float] = {}
     for s in samples:
         for k, v in s.items():
             count[k] = count.get(k, 0) + 1
             total[k] = total.get(k, 0.0) + v
+            peak[k] = max(peak.get(k, 0.0), v)
     names = sorted(count, key=lambda k: -count[k])[:MAX_NAMES]
     mean = {k: total[k] / count[k] for k in names}
     placed: set[str] = set()
@@ -204,6 +206,7 @@ def infer(
             if c != p
             and c not in placed
             and c not in log_kids.get(p, ())
+            and peak[c] > TOL_ABS  # a name always ~0 fits anywhere: no evidence of nesting
             and mean[c] < mean[p]
             and _inside(samples, c, p)
         ]

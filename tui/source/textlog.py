@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 
-from stagewatch.records import Step
+from stagewatch.records import MAX_INT, MAX_MS, MAX_NAME_CHARS, Step
 
 _STEP_RE = re.compile(r"^\s*Step\s+(\d{1,12})\s*$")  # < MAX_INT; longer: not understood
 _TOTAL_RE = re.compile(r"^\s*Total[\s-]*:\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b")
@@ -38,6 +38,8 @@ _CALLS_RE = re.compile(r"\bx(\d+)\s*$")
 _SUMMARY_RE = re.compile(r"^\s*Timing summary\b")
 _DERIVED = ("Unaccounted", "Overlap")
 _RULE_RE = re.compile(r"^\s*[=\-─]{5,}\s*$")
+# an entry whose time is not a number of ms a record may hold (nan, inf, negative)
+_BAD_MS_RE = re.compile(r"^ *(?:-\s+)?\S.*?:\s*(?:[-+]\S*|nan|inf)\s*ms\b", re.IGNORECASE)
 
 
 class TextLogParser:
@@ -69,7 +71,8 @@ class TextLogParser:
             return done
         m = _TOTAL_RE.match(line)
         if m and not self._in_summary:
-            return self._finish(float(m.group(1)))
+            total = float(m.group(1))
+            return self._finish(total if total < MAX_MS else None)
         if _SUMMARY_RE.match(line):
             done = self._finish(None)
             self._in_summary = True
@@ -78,26 +81,40 @@ class TextLogParser:
             return None
         m = _ENTRY_RE.match(line)
         if m and self._step is not None:
-            name = m.group("name")
-            depth = (len(m.group("indent")) + 1) // 2 if m.group("dash") else 0
-            if depth == 0 and name in _DERIVED:
-                self.native = True
-                return None
-            if depth > len(self._stack):
-                self._bad(f"nested line without a parent: {line[:80]!r}")
-                return None
-            del self._stack[depth:]
-            full = f"{self._stack[-1]}/{name}" if depth else name
-            self._stack.append(full)
-            if m.group("ms") is None:
-                return None  # a parent that was not timed itself
-            ms = float(m.group("ms"))
-            c = _CALLS_RE.search(m.group("rest") or "")
-            n = int(c.group(1)) if c else 1
-            old = self._regions.get(full)
-            self._regions[full] = (old[0] + ms, old[1] + n) if old else (ms, n)
+            return self._entry(m, line)
+        if self._step is not None and _BAD_MS_RE.match(line):
+            self._bad(f"not a time (0 <= ms < {MAX_MS:.0e}): {line[:80]!r}")
             return None
         self._bad(f"unrecognised line: {line[:80]!r}")
+        return None
+
+    def _entry(self, m: re.Match[str], line: str) -> None:
+        """A region line of the block being read."""
+        name = m.group("name")
+        depth = (len(m.group("indent")) + 1) // 2 if m.group("dash") else 0
+        if depth == 0 and name in _DERIVED:
+            self.native = True
+            return None
+        if depth > len(self._stack):
+            self._bad(f"nested line without a parent: {line[:80]!r}")
+            return None
+        full = f"{self._stack[depth - 1]}/{name}" if depth else name
+        if len(full) > MAX_NAME_CHARS:
+            self._bad(f"region name longer than {MAX_NAME_CHARS} characters: {line[:80]!r}")
+            return None
+        del self._stack[depth:]
+        self._stack.append(full)
+        if m.group("ms") is None:
+            return None  # a parent that was not timed itself
+        ms = float(m.group("ms"))
+        c = _CALLS_RE.search(m.group("rest") or "")
+        n = int(c.group(1)) if c and len(c.group(1)) < 14 else 1 if c is None else MAX_INT
+        old = self._regions.get(full)
+        new = (old[0] + ms, old[1] + n) if old else (ms, n)
+        if new[0] >= MAX_MS or new[1] >= MAX_INT:  # the record format's limits
+            self._bad(f"not a time (0 <= ms < {MAX_MS:.0e}): {line[:80]!r}")
+            return None
+        self._regions[full] = new
         return None
 
     def flush(self) -> Step | None:
@@ -116,6 +133,10 @@ class TextLogParser:
         regions = self._regions
         if total is None:
             total = sum(ms for k, (ms, _) in regions.items() if "/" not in k)
+        if total >= MAX_MS:  # a record's limit on the step's times: the block is refused
+            self._bad(f"step {self._step}: times sum to {total:.3g} ms, over the limit")
+            self._step = None
+            return None
         rec = Step(step=self._step, time=0.0, wall_ms=total, regions=regions, samples=0)
         self._step = None
         self._regions = {}
