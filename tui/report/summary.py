@@ -211,6 +211,8 @@ def _summary_dict(
                 "malformed": f.malformed,
                 "skipped": f.skipped,
                 "dropped": f.dropped,
+                "superseded": f.duplicates,
+                "restarts": f.restarts,
                 "last_error": f.last_error or None,
                 "nesting": f.nesting.as_dict() if f.nesting is not None else None,
             }
@@ -335,6 +337,22 @@ def summary_text(
         t.append_text(seg)
         t.append("\n")
     for f in snap.files:
+        if f.duplicates:  # a resume (or a text log's restart) repeated their step numbers
+            m = literal(
+                f"step records superseded in {f.path}: {f.duplicates} "
+                "(a resume or restart repeated their step numbers; the newest are kept)"
+            )
+            m.stylize("yellow")
+            t.append_text(m)
+            t.append("\n")
+        if f.restarts:
+            m = literal(
+                f"the logger restarted in {f.path} {f.restarts}× (its Step count began "
+                "again): blocks from there are numbered on after the last, every step kept"
+            )
+            m.stylize("yellow")
+            t.append_text(m)
+            t.append("\n")
         if f.dropped:
             m = literal(f"records the writer dropped in {f.path}: {f.dropped} (its queue was full)")
             m.stylize("yellow")

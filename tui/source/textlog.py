@@ -16,6 +16,9 @@ The Total line becomes the step's ``wall_ms``: the original logger wrote the sum
 top-level names there, the only step time such a log holds (:mod:`tui.source.nesting`
 then infers which top-level names nest in which, and the timed total replaces it). A
 block ends at its Total line, or at the next ``Step`` header when a Total line is missing.
+A ``Step`` count that begins again (the logger restarted, appending to the file) is numbered
+on after the last block, so both processes' steps count. Values outside the record format's
+limits (``nan``, ``inf``, negative, 1e12 ms and more) are refused as lines not understood.
 Lines stagewatch's writer adds are understood too: ``(not timed itself)`` parents, ``xN``
 call counts, and the derived ``Unaccounted`` / ``Overlap`` lines and ``Timing summary``
 block, which are skipped.
@@ -53,6 +56,15 @@ class TextLogParser:
         self._stack: list[str] = []  # full names of the last line at each depth
         self._in_summary = False
         self.native = False  # stagewatch's own writer: its Total is the step wall time
+        # the logger restarted: its count began again at the file's first number (the
+        # original counts from 1 in every process) after higher ones. Blocks from there are
+        # numbered on after the last one, so no step is superseded by the new process's.
+        # Any other number going back is a stray block: the newest of a number wins.
+        self.restarts = 0
+        self._first: int | None = None  # the number of the file's first block
+        self._last_raw = 0  # the number the last block had in the file
+        self._last = 0  # the number it was given
+        self._offset = 0
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -137,7 +149,20 @@ class TextLogParser:
             self._bad(f"step {self._step}: times sum to {total:.3g} ms, over the limit")
             self._step = None
             return None
-        rec = Step(step=self._step, time=0.0, wall_ms=total, regions=regions, samples=0)
+        raw = number = self._step
+        if raw >= 1:  # (a block numbered below 1 is refused by the caller, as in JSONL)
+            if self._first is None:
+                self._first = raw
+            elif raw == self._first and raw <= self._last_raw:  # the count began again
+                self.restarts += 1
+                self._offset = self._last
+            number = raw + self._offset
+            if number >= MAX_INT:
+                self._bad(f"step {raw}: numbered on after a restart, {number} is over the limit")
+                self._step = None
+                return None
+            self._last_raw, self._last = raw, number
+        rec = Step(step=number, time=0.0, wall_ms=total, regions=regions, samples=0)
         self._step = None
         self._regions = {}
         self._stack = []
