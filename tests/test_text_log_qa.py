@@ -170,3 +170,18 @@ def test_non_ascii_and_control_characters_in_names(tmp_path: Path) -> None:
     snap = RunSource(run, use_index=False).load().snapshot()
     assert snap.wall.steps == 40
     assert {r.name for r in snap.regions} == {"Zeit für Ä-Stufe 𝛼", "bell\x07esc\x1b[31m"}
+
+
+def test_a_nest_the_log_lacks_or_the_numbers_belie_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = str(_write(tmp_path, original_log(40)))
+    capsys.readouterr()
+    assert main(["summary", run, "--nest", "Foo=Bar"]) == 0
+    assert "Foo ⊃ Bar (none of them is in the log)" in capsys.readouterr().out
+    assert main(["summary", run, "--nest", "Loss=VRT"]) == 0
+    out = capsys.readouterr().out
+    assert "Loss ⊃ VRT (sum within it in 0/40 steps" in out
+    assert "the numbers do not bear it out" in out
+    rule = _summary(capsys, run, "--nest", "Loss=VRT")["files"][0]["nesting"]["rules"][0]
+    assert rule["share_min"] > 10 and rule["share_max"] >= rule["share_avg"] >= rule["share_min"]

@@ -19,6 +19,7 @@ crossing times, and stagewatch's own text log (its ``Total`` is the step wall ti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Sequence
 
 from stagewatch.records import Step
@@ -134,12 +135,21 @@ def _var(xs: list[float]) -> float:
 class _Evidence:
     """A rule's running evidence: steps it concerned, steps it fit, the children's share."""
 
-    __slots__ = ("children", "fit", "parent", "share_min", "share_sum", "shares", "steps")
+    __slots__ = (
+        "children",
+        "fit",
+        "parent",
+        "share_max",
+        "share_min",
+        "share_sum",
+        "shares",
+        "steps",
+    )
 
     def __init__(self, parent: str, children: tuple[str, ...]) -> None:
         self.parent, self.children = parent, children
         self.steps = self.fit = self.shares = 0
-        self.share_min, self.share_sum = 1.0, 0.0
+        self.share_min, self.share_sum, self.share_max = math.inf, 0.0, 0.0
 
     def see(self, top: dict[str, float]) -> None:
         p = top.get(self.parent)
@@ -151,10 +161,11 @@ class _Evidence:
         if _fits(s, p):
             self.fit += 1
         if p is not None and p > 0:
-            share = min(s / p, 1.0)
+            share = s / p
             self.shares += 1
             self.share_sum += share
             self.share_min = min(self.share_min, share)
+            self.share_max = max(self.share_max, share)  # a --nest the numbers belie: > 100%
 
     def holds(self) -> bool:
         return self.fit >= FIT_SHARE * self.steps
@@ -168,6 +179,7 @@ class _Evidence:
             self.fit,
             self.share_min if self.shares else 0,
             avg,
+            self.share_max,
         )
 
 
