@@ -185,3 +185,32 @@ def test_a_nest_the_log_lacks_or_the_numbers_belie_is_said(
     assert "the numbers do not bear it out" in out
     rule = _summary(capsys, run, "--nest", "Loss=VRT")["files"][0]["nesting"]["rules"][0]
     assert rule["share_min"] > 10 and rule["share_max"] >= rule["share_avg"] >= rule["share_min"]
+
+
+def test_watch_counts_an_idle_logs_open_last_block_as_summary_does(tmp_path: Path) -> None:
+    import os
+
+    run = tmp_path / "run"
+    run.mkdir()
+    p = run / "timing_rank0.log"
+    p.write_text(original_log(40, truncate=True))  # its last block has no Total line
+    now = [0.0]
+    t0 = 1.7e9
+    os.utime(p, (t0, t0))
+    src = RunSource(run, clock=lambda: now[0], wall=lambda: t0 + now[0], use_index=False)
+    src.poll(None)
+    assert src.snapshot().wall.steps == 39  # live: the open block may still grow
+    now[0] += 120.0  # idle past stale_after: the run reads as finished ...
+    src.poll(None)
+    snap = src.snapshot()
+    assert snap.state == "finished"
+    full = RunSource(run, use_index=False).load().snapshot()
+    assert snap.wall.steps == full.wall.steps == 40  # ... with the step summary counts
+    assert snap.wall.avg == pytest.approx(full.wall.avg)
+    with open(p, "a") as f:  # the block goes on after all: read again, whole
+        f.write("ms [avg: 1.00ms]\n" + original_log(2, seed=7))
+    now[0] += 1.0
+    os.utime(p, (t0 + now[0], t0 + now[0]))
+    src.poll(None)
+    snap = src.snapshot()
+    assert snap.wall.steps == 42 and snap.files[0].malformed == 0

@@ -129,6 +129,10 @@ class TextLogParser:
         self._regions[full] = new
         return None
 
+    def pending(self) -> bool:
+        """Whether a block is open (its Total line not read yet)."""
+        return self._step is not None
+
     def flush(self) -> Step | None:
         """The pending block, if any (end of a finished file without a Total line)."""
         return self._finish(None)
