@@ -214,3 +214,32 @@ def test_watch_counts_an_idle_logs_open_last_block_as_summary_does(tmp_path: Pat
     src.poll(None)
     snap = src.snapshot()
     assert snap.wall.steps == 42 and snap.files[0].malformed == 0
+
+
+def test_progress_bars_and_the_console_panel_in_the_file_are_not_regions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stdout logged into the same file: tqdm's carriage returns before a line, and the
+    original's console panel (its ``└─ Total:  620.0ms`` footer looks like an entry)."""
+    panel = [
+        "┌─ Timing Profile (Step 42) ─────────────────────",
+        "│ Forward total       █████████████░░░░░░░░░░░░░░░░░  280.0ms 45.2%",
+        "└─ Total:  620.0ms ──────────────────────────────",
+    ]
+    out = []
+    for line in original_log(40, seed=11).splitlines():
+        if line.startswith("Loss"):
+            out += panel
+        if line.startswith(("Step ", "Spike self")):
+            line = " 46%|████▌     | 46/100 [00:12<00:15, 3.5it/s]\r" + line
+        out.append(line)
+    run = _write(tmp_path, "\n".join(out) + "\n")
+    d = _summary(capsys, str(run))
+    assert d["step_ms"]["steps"] == 40
+    plain = _summary(capsys, str(_write(tmp_path / "p", original_log(40, seed=11))))
+    assert [r["name"] for r in d["regions"]] == [r["name"] for r in plain["regions"]]
+    assert d["step_ms"]["avg_ms"] == pytest.approx(plain["step_ms"]["avg_ms"])
+    assert d["files"][0]["malformed"] == 40 * len(panel)
+    csv_path = tmp_path / "out.csv"
+    assert main(["export", str(run), "--format", "csv", "-o", str(csv_path)]) == 0
+    assert len(csv_path.read_text().splitlines()) == 1 + 40

@@ -40,6 +40,7 @@ _ENTRY_RE = re.compile(
 _CALLS_RE = re.compile(r"\bx(\d+)\s*$")
 _SUMMARY_RE = re.compile(r"^\s*Timing summary\b")
 _DERIVED = ("Unaccounted", "Overlap")
+_PANEL = ("│", "┌", "└", "├", "┐", "┘")  # the original's console panel, if stdout was logged too
 _RULE_RE = re.compile(r"^\s*[=\-─]{5,}\s*$")
 # an entry whose time is not a number of ms a record may hold (nan, inf, negative)
 _BAD_MS_RE = re.compile(r"^ *(?:-\s+)?\S.*?:\s*(?:[-+]\S*|nan|inf)\s*ms\b", re.IGNORECASE)
@@ -71,7 +72,12 @@ class TextLogParser:
 
     def feed(self, line: str) -> Step | None:
         """One line (without its newline). Returns a Step when the line completes a block."""
+        if "\r" in line:  # a progress bar's carriage returns: the last part, as a terminal
+            line = line.rstrip("\r").rsplit("\r", 1)[-1]
         if not line.strip() or _RULE_RE.match(line):
+            return None
+        if line.lstrip()[:1] in _PANEL:
+            self._bad(f"the console panel, not a block line: {line[:80]!r}")
             return None
         m = _STEP_RE.match(line)
         if m:
