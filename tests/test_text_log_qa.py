@@ -243,3 +243,21 @@ def test_progress_bars_and_the_console_panel_in_the_file_are_not_regions(
     csv_path = tmp_path / "out.csv"
     assert main(["export", str(run), "--format", "csv", "-o", str(csv_path)]) == 0
     assert len(csv_path.read_text().splitlines()) == 1 + 40
+
+
+def test_a_long_nesting_brief_keeps_its_short_form_in_the_header(tmp_path: Path) -> None:
+    from tui.view.widgets.header import header_text
+
+    body = ""
+    long = "x" * 300
+    for s in range(1, 41):
+        body += f"{RULE}\nStep {s}\n{RULE}\n"
+        body += f"{'Forward total':<41}:   {100 + s % 5:.2f}ms ( 50.0%) [avg: 100.00ms]\n"
+        body += f"{long:<41}:   {95 + s % 5:.2f}ms ( 50.0%) [avg: 95.00ms]\n"
+        body += f"{'Total':-<40}: 999.00ms\n"
+    snap = RunSource(_write(tmp_path, body), use_index=False).load().snapshot()
+    assert snap.files[0].nesting.rules  # Forward total ⊃ xxx…
+    text = header_text(
+        snap, width=118, window=False, paused=False, behind_step=None, root=str(tmp_path)
+    ).plain
+    assert text.splitlines()[2].startswith("nesting inferred")  # not dropped for its length
