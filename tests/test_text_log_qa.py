@@ -261,3 +261,19 @@ def test_a_long_nesting_brief_keeps_its_short_form_in_the_header(tmp_path: Path)
         snap, width=118, window=False, paused=False, behind_step=None, root=str(tmp_path)
     ).plain
     assert text.splitlines()[2].startswith("nesting inferred")  # not dropped for its length
+
+
+def test_a_second_text_log_of_a_rank_is_named_not_silently_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _write(tmp_path, original_log(30), "timing_20261207_101500.log")
+    (run / "timing_20261207_141500.log").write_text(original_log(50, seed=2))
+    d = _summary(capsys, str(run))
+    assert d["step_ms"]["steps"] == 30
+    assert d["files_not_read"] == ["timing_20261207_141500.log"]
+    assert main(["summary", str(run)]) == 0
+    assert "not read: timing_20261207_141500.log" in capsys.readouterr().out
+    # stagewatch's own text log beside the rank's JSONL file is replaced by it, not "unread"
+    jrun = write_run(tmp_path / "logs", "j", steps=5)
+    (jrun / "timing_rank0.log").write_text(original_log(5))
+    assert _summary(capsys, str(jrun))["files_not_read"] == []

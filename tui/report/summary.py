@@ -9,6 +9,7 @@ from typing import Any
 from rich.text import Text
 
 from stagewatch.errors import UsageError
+from stagewatch.runs import is_text_log
 from tui.diagnosis.advice import advice_for_run
 from tui.diagnosis.facts import span_label, straggler_cause, verdict_of
 from tui.diagnosis.rules import Advice
@@ -127,6 +128,21 @@ def _advice(snap: RunSnapshot, red: float, window: bool) -> list[Advice]:
     return advice_for_run(snap, thresholds=Thresholds(dominant_share=red), window=window)
 
 
+def unread_text_logs(snap: RunSnapshot) -> list[str]:
+    """Text logs in the run's folder that were not read: one text log is read per rank (a
+    rank's JSONL file replaces it), so a second one (the original logger's next launch, in
+    a file of its own) is left out; the summary names it rather than staying silent."""
+    folder = Path(snap.path)
+    if not folder.is_dir():
+        return []
+    read = {os.path.abspath(f.path) for f in snap.files}
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    return [n for n in names if is_text_log(n) and os.path.abspath(folder / n) not in read]
+
+
 def summary_dict(
     snap: RunSnapshot,
     red: float = 0.40,
@@ -202,6 +218,7 @@ def _summary_dict(
         "regions": [_region(r, red, yellow, window) for r in shown],
         "regions_left_out": len(every) - len(shown),
         "unaccounted": _region(snap.unaccounted, red, yellow, window),
+        "files_not_read": unread_text_logs(snap),
         "files": [
             {
                 "path": f.path,
@@ -399,6 +416,15 @@ def _summary_head(snap: RunSnapshot, span: str, sort: str, window: bool) -> Text
         t.append(TIMED_ONLY + "; shares are of the timed total\n", style="yellow")
     for line in nest_lines(snap.files):
         t.append_text(literal(line))
+        t.append("\n")
+    unread = unread_text_logs(snap)
+    if unread:
+        m = literal(
+            f"not read: {', '.join(unread)} (one text log per rank is read; give a file's "
+            "path to read another)"
+        )
+        m.stylize("yellow")
+        t.append_text(m)
         t.append("\n")
     if snap.error:
         e = literal(snap.error)
