@@ -9,7 +9,7 @@ from typing import Any
 from rich.text import Text
 
 from stagewatch.errors import UsageError
-from stagewatch.runs import is_text_log
+from stagewatch.runs import is_text_log, text_log_rank
 from tui.diagnosis.advice import advice_for_run
 from tui.diagnosis.facts import span_label, straggler_cause, verdict_of
 from tui.diagnosis.rules import Advice
@@ -140,7 +140,14 @@ def unread_text_logs(snap: RunSnapshot) -> list[str]:
         names = sorted(os.listdir(folder))
     except OSError:
         return []
-    return [n for n in names if is_text_log(n) and os.path.abspath(folder / n) not in read]
+    jsonl = {f.rank for f in snap.files if f.kind == "jsonl"}  # their text logs: replaced
+    return [
+        n
+        for n in names
+        if is_text_log(n)
+        and text_log_rank(n) not in jsonl
+        and os.path.abspath(folder / n) not in read
+    ]
 
 
 def summary_dict(
