@@ -277,3 +277,15 @@ def test_a_second_text_log_of_a_rank_is_named_not_silently_left_out(
     jrun = write_run(tmp_path / "logs", "j", steps=5)
     (jrun / "timing_rank0.log").write_text(original_log(5))
     assert _summary(capsys, str(jrun))["files_not_read"] == []
+
+
+def test_a_latin1_name_and_a_byte_order_mark_lose_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = original_log(40).replace("Loss", "Zeit für Verlust")
+    run = _write(tmp_path, "")
+    (run / "timing_20261207_101500.log").write_bytes(b"\xef\xbb\xbf" + text.encode("latin-1"))
+    d = _summary(capsys, str(run))
+    assert d["files"][0]["malformed"] == 0 and d["step_ms"]["steps"] == 40
+    assert "Forward total/Zeit f\ufffdr Verlust" in {r["name"] for r in d["regions"]}
+    assert d["step_ms"]["avg_ms"] == pytest.approx(_means(text)["Forward total"], rel=1e-3)

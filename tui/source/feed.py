@@ -375,12 +375,8 @@ class Feed:
                 continue
             n += 1
             self.lines = n
-            try:
-                s = text.feed(line.decode("utf-8").rstrip("\r"))
-            except UnicodeDecodeError:
-                text.malformed += 1
-                text.last_error = f"line {n}: not UTF-8"
-                continue
+            # not UTF-8 (a Latin-1 name): its bytes replaced, the line kept (as tui export)
+            s = text.feed(line.decode("utf-8", errors="replace").rstrip("\r"))
             if s is None:
                 continue
             nest = self.nest

@@ -74,6 +74,7 @@ class TextLogParser:
         """One line (without its newline). Returns a Step when the line completes a block."""
         if "\r" in line:  # a progress bar's carriage returns: the last part, as a terminal
             line = line.rstrip("\r").rsplit("\r", 1)[-1]
+        line = line.lstrip("\ufeff")  # a byte-order mark (a file saved on Windows)
         if not line.strip() or _RULE_RE.match(line):
             return None
         if line.lstrip()[:1] in _PANEL:
