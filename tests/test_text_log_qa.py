@@ -289,3 +289,20 @@ def test_a_latin1_name_and_a_byte_order_mark_lose_nothing(
     assert d["files"][0]["malformed"] == 0 and d["step_ms"]["steps"] == 40
     assert "Forward total/Zeit f\ufffdr Verlust" in {r["name"] for r in d["regions"]}
     assert d["step_ms"]["avg_ms"] == pytest.approx(_means(text)["Forward total"], rel=1e-3)
+
+
+def test_header_total_and_summary_variants(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = original_log(40, truncate=True)
+    text = re.sub(r"^Step (\d+)$", r"Step \1/1000 (epoch 0)", text, flags=re.M)
+    text = text.replace("Total----", "TOTAL----")
+    # print_summary() written into the file after a last block cut short (no Total line)
+    text += "\n" + RULE + "\nTiming Summary (40 steps)\n" + RULE + "\n"
+    text += f"{'Forward total':<41}: 1916.99ms [min: 1800.00ms, max: 2050.00ms]\n"
+    d = _summary(capsys, str(_write(tmp_path, text)))
+    assert d["step_ms"]["steps"] == 40
+    assert d["files"][0]["malformed"] == 1  # the line cut short, and nothing else
+    assert "TOTAL" not in {r["name"] for r in d["regions"]}
+    # the cut block's Forward total is its own, not summed with the summary's line
+    assert d["step_ms"]["max_ms"] < 2100

@@ -30,15 +30,21 @@ import re
 
 from stagewatch.records import MAX_INT, MAX_MS, MAX_NAME_CHARS, Step
 
-_STEP_RE = re.compile(r"^\s*Step\s+(\d{1,12})\s*$")  # < MAX_INT; longer: not understood
-_TOTAL_RE = re.compile(r"^\s*Total[\s-]*:\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b")
+# "Step 12", and the variants a user's logger may print: "STEP 12", "Step: 12",
+# "Step 12/1000", "Step 12 (epoch 3)". Up to 12 digits (< MAX_INT); longer: not understood
+_STEP_RE = re.compile(
+    r"^\s*Step\s*:?\s+(\d{1,12})\s*(?:/\s*\d+\s*)?(?:\([^()]*\)\s*)?$", re.IGNORECASE
+)
+_TOTAL_RE = re.compile(
+    r"^\s*Total[\s-]*:\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b", re.IGNORECASE
+)
 _ENTRY_RE = re.compile(
     r"^(?P<indent> *)(?P<dash>-\s+)?(?P<name>\S(?:.*?\S)?)\s*:\s*"
     r"(?:(?P<ms>[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b(?P<rest>.*)"
     r"|-\s*\(not timed itself\))\s*$"
 )
 _CALLS_RE = re.compile(r"\bx(\d+)\s*$")
-_SUMMARY_RE = re.compile(r"^\s*Timing summary\b")
+_SUMMARY_RE = re.compile(r"^\s*Timing summary\b", re.IGNORECASE)
 _DERIVED = ("Unaccounted", "Overlap")
 _PANEL = ("│", "┌", "└", "├", "┐", "┘")  # the original's console panel, if stdout was logged too
 _RULE_RE = re.compile(r"^\s*[=\-─]{5,}\s*$")
