@@ -306,3 +306,39 @@ def test_header_total_and_summary_variants(
     assert "TOTAL" not in {r["name"] for r in d["regions"]}
     # the cut block's Forward total is its own, not summed with the summary's line
     assert d["step_ms"]["max_ms"] < 2100
+
+
+def test_a_tiny_disjoint_phase_is_not_nested_on_the_clocks_tolerance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The brief's step: forward = VRT + spike + loss (its parts add up to it), data
+    loading 0.1 ms, backward, allreduce and optimizer at top level. Data loading fits in
+    the forward's 0.2% clock tolerance (3.7 ms), not in any time of the forward's own."""
+    import random
+
+    from _orig_log import OrigLogger
+
+    rng = random.Random(5)
+    log = OrigLogger()
+    body = ""
+    for step in range(1, 61):
+        stages = [(f"Stage{i}", v * rng.uniform(0.95, 1.05)) for i, v in [(2, 269), (8, 965)]]
+        vrt = round(sum(v for _, v in stages) + 566 * rng.uniform(0.95, 1.05), 2)
+        spike = round(5 * rng.uniform(0.8, 1.2), 2)
+        loss = round(50 * rng.uniform(0.9, 1.1), 2)
+        top = [
+            ("Forward total", vrt + spike + loss, []),
+            ("VRT", vrt, stages),
+            ("Spike modules", spike, []),
+            ("Loss", loss, []),
+            ("Data loading", 0.1 * rng.uniform(0.5, 1.5), []),
+            ("Backward", 4500 * rng.uniform(0.9, 1.1), []),
+            ("DDP allreduce", 150 * rng.uniform(0.7, 1.3), []),
+            ("Optimizer step", 75 * rng.uniform(0.7, 1.3), []),
+        ]
+        body += log.block(step, top)
+    d = _summary(capsys, str(_write(tmp_path, body)))
+    rules = {r["parent"]: set(r["children"]) for r in d["files"][0]["nesting"]["rules"]}
+    assert rules == {"Forward total": {"VRT", "Spike modules", "Loss"}}
+    top_level = {r["name"] for r in d["regions"] if r["depth"] == 0}
+    assert {"Data loading", "Backward", "DDP allreduce", "Optimizer step"} <= top_level
