@@ -342,3 +342,14 @@ def test_a_tiny_disjoint_phase_is_not_nested_on_the_clocks_tolerance(
     assert rules == {"Forward total": {"VRT", "Spike modules", "Loss"}}
     top_level = {r["name"] for r in d["regions"] if r["depth"] == 0}
     assert {"Data loading", "Backward", "DDP allreduce", "Optimizer step"} <= top_level
+
+
+def test_the_ci_gate_on_text_logs_names_the_timed_total(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = _write(tmp_path / "a", original_log(40, seed=1))
+    b = _write(tmp_path / "b", original_log(40, seed=2))
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--max-regression-pct", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "ok timed total: B (run)" in out and "step time" not in out

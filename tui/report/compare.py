@@ -364,7 +364,9 @@ def regression_check(c: Comparison, max_pct: float, region: str | None = None) -
         what = region
     base = row.ms[0]
     lines, changes, failed = [], [], False
-    label = "step time" if region is None else f"region {clean(region)}"
+    step_word = step_label(c)  # a text log's is its timed total, not a step time
+    label = ("step time" if step_word == "step" else step_word) if region is None else None
+    label = label or f"region {clean(region or '')}"
     for col, m in zip(c.runs[1:], row.ms[1:], strict=True):
         name = f"{col.label} ({clean(col.run_id)})"
         if finite(m) is None or finite(base) is None or base <= 0:
