@@ -353,3 +353,10 @@ def test_the_ci_gate_on_text_logs_names_the_timed_total(
     assert main(["compare", str(a), str(b), "--max-regression-pct", "50"]) == 0
     out = capsys.readouterr().out
     assert "ok timed total: B (run)" in out and "step time" not in out
+
+
+def test_minus_zero_is_zero_and_a_negative_time_is_refused() -> None:
+    from tui.source.textlog import parse_text
+
+    steps, bad = parse_text("Step 1\nA : -0.00ms\nB : -0.01ms\nD : 5.00ms\nTotal: 5.00ms\n")
+    assert bad == 1 and steps[0].regions == {"A": (0.0, 1), "D": (5.0, 1)}

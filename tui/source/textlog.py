@@ -40,7 +40,8 @@ _TOTAL_RE = re.compile(
 )
 _ENTRY_RE = re.compile(
     r"^(?P<indent> *)(?P<dash>-\s+)?(?P<name>\S(?:.*?\S)?)\s*:\s*"
-    r"(?:(?P<ms>[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b(?P<rest>.*)"
+    r"(?:(?P<ms>(?:-0(?:\.0*)?(?=\s*ms)|[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?))\s*ms\b"
+    r"(?P<rest>.*)"
     r"|-\s*\(not timed itself\))\s*$"
 )
 _CALLS_RE = re.compile(r"\bx(\d+)\s*$")
@@ -131,7 +132,7 @@ class TextLogParser:
         self._stack.append(full)
         if m.group("ms") is None:
             return None  # a parent that was not timed itself
-        ms = float(m.group("ms"))
+        ms = abs(float(m.group("ms")))  # ("-0.00": a timer's jitter rounded, zero)
         c = _CALLS_RE.search(m.group("rest") or "")
         n = int(c.group(1)) if c and len(c.group(1)) < 14 else 1 if c is None else MAX_INT
         old = self._regions.get(full)
