@@ -360,3 +360,13 @@ def test_minus_zero_is_zero_and_a_negative_time_is_refused() -> None:
 
     steps, bad = parse_text("Step 1\nA : -0.00ms\nB : -0.01ms\nD : 5.00ms\nTotal: 5.00ms\n")
     assert bad == 1 and steps[0].regions == {"A": (0.0, 1), "D": (5.0, 1)}
+
+
+def test_the_summary_does_not_claim_nothing_is_unaccounted_in_a_text_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _write(tmp_path, original_log(40))
+    capsys.readouterr()
+    assert main(["summary", str(run)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("(unaccounted)"))
+    assert "not measured" in line and "0.0%" not in line

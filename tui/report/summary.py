@@ -331,7 +331,15 @@ def summary_text(
     t.append(head, style="bold")
     every = sorted_regions(snap, sort, window)
     shown = pick_regions(every, window, depth, top)
+    timed = timed_only(snap.files)  # no step wall time: nothing to be unaccounted against
     for r in [*shown, snap.unaccounted]:
+        if timed and r.name == UNACCOUNTED:
+            t.append(
+                f"{UNACCOUNTED:<{name_w}} not measured: a text log holds no step wall time, "
+                "so time outside its timed names is unknown\n",
+                style="dim",
+            )
+            continue
         s = r.window if window else r.whole
         cls = class_of(s, red, yellow) if r.name != UNACCOUNTED else "none"
         style = CLASS_STYLE[cls]
