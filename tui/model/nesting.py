@@ -31,15 +31,20 @@ class NestRule:
     fit: int
     share_min: float
     share_avg: float
+    share_max: float = 1.0  # above 1 (beyond rounding): the sum exceeds the parent (--nest)
 
     def line(self) -> str:
         kids = ", ".join(self.children)
         if not self.steps:
-            return f"{self.parent} ⊃ {kids}"
-        return (
+            return f"{self.parent} ⊃ {kids} (none of them is in the log)"
+        top = max(1.0, self.share_max)
+        line = (
             f"{self.parent} ⊃ {kids} (sum within it in {self.fit}/{self.steps} steps, "
-            f"{self.share_min:.0%}–100% of it, avg {self.share_avg:.0%})"
+            f"{self.share_min:.0%}–{top:.0%} of it, avg {self.share_avg:.0%})"
         )
+        if self.fit < 0.95 * self.steps:  # only a --nest can be this (inference needs 95%)
+            line += " — the numbers do not bear it out"
+        return line
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,7 @@ class NestNote:
                     "fit_steps": r.fit,
                     "share_min": round(r.share_min, 4),
                     "share_avg": round(r.share_avg, 4),
+                    "share_max": round(r.share_max, 4),
                 }
                 for r in self.rules
             ],

@@ -75,6 +75,7 @@ class FileInfo:
     dropped: int = 0  # records the writer dropped (its queue full): the records' "dropped"
     # a classic text log's nesting and what it holds (tui.model.nesting.NestNote)
     nesting: Any = None
+    restarts: int = 0  # a classic text log's logger restarts (its blocks numbered on)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from typing import Any
 from rich.text import Text
 
 from tui.fmt import clean, finite, fmt_bytes, fmt_ms, fmt_rate, literal, ok, sig
+from tui.model.nesting import nest_lines, timed_only
 from tui.model.order import tree_order
 from tui.model.snapshot import UNACCOUNTED, RunSnapshot, Stats
 
@@ -41,6 +42,13 @@ class RunColumn:
     world_size: int = 1
     batch: float | None = None  # samples per step per rank (None: unknown)
     steps_read: int = 0  # steps the figures are of (as tui summary's span names them)
+    timed_only: bool = False  # a classic text log: timed totals, no step wall time
+    nesting: tuple[str, ...] = ()  # a text log's nesting, inferred or given, as summary says
+
+    @property
+    def step_word(self) -> str:
+        """What its step row holds: the step wall time, or a text log's timed total."""
+        return "timed total" if self.timed_only else "step"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +78,12 @@ class Comparison:
     step: Row
     regions: tuple[Row, ...]  # tree order, then the unaccounted time
     warnings: tuple[str, ...] = ()  # the runs differ in shape: figures not like for like
+
+
+def step_label(c: Comparison) -> str:
+    """The step row's name: ``step``, ``timed total`` (text logs), or both when mixed."""
+    words = list(dict.fromkeys(r.step_word for r in c.runs)) or ["step"]
+    return " | ".join(words)
 
 
 def label(i: int) -> str:
@@ -130,6 +144,12 @@ def shape_warnings(cols: Sequence[RunColumn]) -> tuple[str, ...]:
             elif what == "steps":
                 note = " (averages over different spans)"
             out.append(f"the runs differ in {what}: {each}{note}")
+    timed = [c.label for c in cols if c.timed_only]
+    if timed and len(timed) < len(cols):
+        out.append(
+            f"{', '.join(timed)}: classic text log, timed totals only, no step wall time; "
+            "its step row and shares are of the timed total, not the step: unlike the others'"
+        )
     return tuple(out)
 
 
@@ -151,6 +171,8 @@ def compare_snapshots(snaps: Sequence[RunSnapshot], stat: str = "avg") -> Compar
             s.world_size,
             _batch(s),
             _steps_read(s),
+            timed_only(s.files),
+            tuple(nest_lines(s.files)),
         )
         for i, s in enumerate(snaps)
     )
@@ -226,6 +248,8 @@ def comparison_dict(c: Comparison) -> dict[str, Any]:
                 "world_size": r.world_size,
                 "samples_per_step_per_rank": _num(r.batch),
                 "steps_read": r.steps_read,
+                "timed_only": r.timed_only,
+                "nesting": [clean(x) for x in r.nesting],
             }
             for r in c.runs
         ],
@@ -259,7 +283,7 @@ def comparison_text(c: Comparison, name_w: int = 32) -> Text:
         t.append(f"{r.label}", style="bold")
         t.append(" = ")
         t.append_text(literal(r.run_id))
-        t.append(f"  {r.state}, {r.steps} steps, step {c.stat} {fmt_ms(r.step_ms)}")
+        t.append(f"  {r.state}, {r.steps} steps, {r.step_word} {c.stat} {fmt_ms(r.step_ms)}")
         if ok(r.samples_per_s) and r.samples_per_s > 0:
             t.append(f", {fmt_rate(r.samples_per_s)} samples/s")
             t.append(f" ({r.world_size} ranks)" if r.world_size > 1 else "")
@@ -270,6 +294,11 @@ def comparison_text(c: Comparison, name_w: int = 32) -> Text:
         t.append("warning: ", style="bold yellow")
         t.append_text(literal(w))
         t.append("\n")
+    for r in c.runs:
+        for line in r.nesting:
+            t.append(f"{r.label}: ", style="bold")
+            t.append_text(literal(line))
+            t.append("\n")
     head = f"{'region (' + c.stat + ')':<{name_w}}"
     for i, r in enumerate(c.runs):
         head += f" {r.label + ' ms':>9} {'share':>6}"
@@ -277,10 +306,8 @@ def comparison_text(c: Comparison, name_w: int = 32) -> Text:
             head += f" {'Δ vs ' + c.runs[0].label:>9} {'×':>6}"
     t.append(head + "\n", style="bold")
     for row in (c.step, *c.regions):
-        name = literal(
-            "  " * row.depth
-            + (row.name.rsplit("/", 1)[-1] if row.name != UNACCOUNTED else UNACCOUNTED)
-        )
+        leaf = row.name.rsplit("/", 1)[-1] if row.name != UNACCOUNTED else UNACCOUNTED
+        name = literal("  " * row.depth + (step_label(c) if row is c.step else leaf))
         name.truncate(name_w, overflow="ellipsis")
         name.pad_right(name_w - name.cell_len)
         if row is c.step:
@@ -337,7 +364,9 @@ def regression_check(c: Comparison, max_pct: float, region: str | None = None) -
         what = region
     base = row.ms[0]
     lines, changes, failed = [], [], False
-    label = "step time" if region is None else f"region {clean(region)}"
+    step_word = step_label(c)  # a text log's is its timed total, not a step time
+    label = ("step time" if step_word == "step" else step_word) if region is None else None
+    label = label or f"region {clean(region or '')}"
     for col, m in zip(c.runs[1:], row.ms[1:], strict=True):
         name = f"{col.label} ({clean(col.run_id)})"
         if finite(m) is None or finite(base) is None or base <= 0:

@@ -9,6 +9,7 @@ from typing import Any
 from rich.text import Text
 
 from stagewatch.errors import UsageError
+from stagewatch.runs import is_text_log, text_log_rank
 from tui.diagnosis.advice import advice_for_run
 from tui.diagnosis.facts import span_label, straggler_cause, verdict_of
 from tui.diagnosis.rules import Advice
@@ -127,6 +128,28 @@ def _advice(snap: RunSnapshot, red: float, window: bool) -> list[Advice]:
     return advice_for_run(snap, thresholds=Thresholds(dominant_share=red), window=window)
 
 
+def unread_text_logs(snap: RunSnapshot) -> list[str]:
+    """Text logs in the run's folder that were not read: one text log is read per rank (a
+    rank's JSONL file replaces it), so a second one (the original logger's next launch, in
+    a file of its own) is left out; the summary names it rather than staying silent."""
+    folder = Path(snap.path)
+    if not folder.is_dir():
+        return []
+    read = {os.path.abspath(f.path) for f in snap.files}
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    jsonl = {f.rank for f in snap.files if f.kind == "jsonl"}  # their text logs: replaced
+    return [
+        n
+        for n in names
+        if is_text_log(n)
+        and text_log_rank(n) not in jsonl
+        and os.path.abspath(folder / n) not in read
+    ]
+
+
 def summary_dict(
     snap: RunSnapshot,
     red: float = 0.40,
@@ -202,6 +225,7 @@ def _summary_dict(
         "regions": [_region(r, red, yellow, window) for r in shown],
         "regions_left_out": len(every) - len(shown),
         "unaccounted": _region(snap.unaccounted, red, yellow, window),
+        "files_not_read": unread_text_logs(snap),
         "files": [
             {
                 "path": f.path,
@@ -211,6 +235,8 @@ def _summary_dict(
                 "malformed": f.malformed,
                 "skipped": f.skipped,
                 "dropped": f.dropped,
+                "superseded": f.duplicates,
+                "restarts": f.restarts,
                 "last_error": f.last_error or None,
                 "nesting": f.nesting.as_dict() if f.nesting is not None else None,
             }
@@ -305,7 +331,15 @@ def summary_text(
     t.append(head, style="bold")
     every = sorted_regions(snap, sort, window)
     shown = pick_regions(every, window, depth, top)
+    timed = timed_only(snap.files)  # no step wall time: nothing to be unaccounted against
     for r in [*shown, snap.unaccounted]:
+        if timed and r.name == UNACCOUNTED:
+            t.append(
+                f"{UNACCOUNTED:<{name_w}} not measured: a text log holds no step wall time, "
+                "so time outside its timed names is unknown\n",
+                style="dim",
+            )
+            continue
         s = r.window if window else r.whole
         cls = class_of(s, red, yellow) if r.name != UNACCOUNTED else "none"
         style = CLASS_STYLE[cls]
@@ -335,6 +369,22 @@ def summary_text(
         t.append_text(seg)
         t.append("\n")
     for f in snap.files:
+        if f.duplicates:  # a resume (or a text log's restart) repeated their step numbers
+            m = literal(
+                f"step records superseded in {f.path}: {f.duplicates} "
+                "(a resume or restart repeated their step numbers; the newest are kept)"
+            )
+            m.stylize("yellow")
+            t.append_text(m)
+            t.append("\n")
+        if f.restarts:
+            m = literal(
+                f"the logger restarted in {f.path} {f.restarts}× (its Step count began "
+                "again): blocks from there are numbered on after the last, every step kept"
+            )
+            m.stylize("yellow")
+            t.append_text(m)
+            t.append("\n")
         if f.dropped:
             m = literal(f"records the writer dropped in {f.path}: {f.dropped} (its queue was full)")
             m.stylize("yellow")
@@ -381,6 +431,15 @@ def _summary_head(snap: RunSnapshot, span: str, sort: str, window: bool) -> Text
         t.append(TIMED_ONLY + "; shares are of the timed total\n", style="yellow")
     for line in nest_lines(snap.files):
         t.append_text(literal(line))
+        t.append("\n")
+    unread = unread_text_logs(snap)
+    if unread:
+        m = literal(
+            f"not read: {', '.join(unread)} (one text log per rank is read; give a file's "
+            "path to read another)"
+        )
+        m.stylize("yellow")
+        t.append_text(m)
         t.append("\n")
     if snap.error:
         e = literal(snap.error)

@@ -161,6 +161,8 @@ class Feed:
         # a text log's top-level names nested in each other (inferred, --nest, --no-nest)
         self.nest = Nester(nest or NestPolicy(), path) if kind == "text" else None
         self.resegment = False
+        # a text log's open last block taken as final (the file idled): growth reads it again
+        self.ended_early = False
         self.duplicates = 0  # step records dropped for a later segment's
         self.dropped = 0  # records the writer dropped (its queue full), as the file says
         # the region names of the last step decoded in full: the C fast path checks the
@@ -191,7 +193,7 @@ class Feed:
         self.tail.reset()
         self.lines = self.malformed = self.skipped = self.duplicates = self.dropped = 0
         self.last_error = ""
-        self.resegment = False
+        self.resegment = self.ended_early = False
         if not keep_cuts:
             self.cuts = []
         self._rewind()
@@ -251,6 +253,7 @@ class Feed:
             duplicates=self.duplicates,
             dropped=self.dropped,
             nesting=self.nest.note() if self.nest is not None else None,
+            restarts=self.text.restarts if self.text is not None else 0,
         )
 
     def _step_kept(self, step: int, n: int) -> bool:
@@ -363,6 +366,8 @@ class Feed:
         """A classic text log's lines -> StepRows of the blocks they complete."""
         text = self.text
         assert text is not None
+        if self.ended_early and any(x and not x.isspace() for x in lines):
+            self.resegment = True  # the block taken as final goes on: read the file again
         out: list[Any] = []
         n = self.lines
         for line in lines:
@@ -370,12 +375,8 @@ class Feed:
                 continue
             n += 1
             self.lines = n
-            try:
-                s = text.feed(line.decode("utf-8").rstrip("\r"))
-            except UnicodeDecodeError:
-                text.malformed += 1
-                text.last_error = f"line {n}: not UTF-8"
-                continue
+            # not UTF-8 (a Latin-1 name): its bytes replaced, the line kept (as tui export)
+            s = text.feed(line.decode("utf-8", errors="replace").rstrip("\r"))
             if s is None:
                 continue
             nest = self.nest

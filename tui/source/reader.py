@@ -235,6 +235,8 @@ class RunSource:
                 break
         if not self.behind and self.idle_s() >= HOLD_S:
             changed |= self._settle_text()
+        if not self.behind and self.idle_s() >= self.stale_after:
+            changed |= self._end_text_blocks()
         if changed:
             # an old file read for the first time is as idle as its modification time says
             newest = max((f.tail.mtime for f in self.feeds.values()), default=0.0)
@@ -249,6 +251,20 @@ class RunSource:
         for f in self.feeds.values():
             if f.nest is not None and f.nest.held:
                 rows = f.flush_text(last_block=False)
+                if rows:
+                    self.agg.add_steps(f.rank, rows)
+                    done = True
+        return done
+
+    def _end_text_blocks(self) -> bool:
+        """Text logs idle past ``stale_after`` (the run reads as finished): their last block,
+        even without a Total line, counts, as ``tui summary`` counts it. Should the file
+        grow again, it is read again from the start (the block was not complete)."""
+        done = False
+        for f in self.feeds.values():
+            if f.text is not None and f.text.pending():
+                rows = f.flush_text()
+                f.ended_early = True
                 if rows:
                     self.agg.add_steps(f.rank, rows)
                     done = True

@@ -16,6 +16,9 @@ The Total line becomes the step's ``wall_ms``: the original logger wrote the sum
 top-level names there, the only step time such a log holds (:mod:`tui.source.nesting`
 then infers which top-level names nest in which, and the timed total replaces it). A
 block ends at its Total line, or at the next ``Step`` header when a Total line is missing.
+A ``Step`` count that begins again (the logger restarted, appending to the file) is numbered
+on after the last block, so both processes' steps count. Values outside the record format's
+limits (``nan``, ``inf``, negative, 1e12 ms and more) are refused as lines not understood.
 Lines stagewatch's writer adds are understood too: ``(not timed itself)`` parents, ``xN``
 call counts, and the derived ``Unaccounted`` / ``Overlap`` lines and ``Timing summary``
 block, which are skipped.
@@ -25,19 +28,29 @@ from __future__ import annotations
 
 import re
 
-from stagewatch.records import Step
+from stagewatch.records import MAX_INT, MAX_MS, MAX_NAME_CHARS, Step
 
-_STEP_RE = re.compile(r"^\s*Step\s+(\d{1,12})\s*$")  # < MAX_INT; longer: not understood
-_TOTAL_RE = re.compile(r"^\s*Total[\s-]*:\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b")
+# "Step 12", and the variants a user's logger may print: "STEP 12", "Step: 12",
+# "Step 12/1000", "Step 12 (epoch 3)". Up to 12 digits (< MAX_INT); longer: not understood
+_STEP_RE = re.compile(
+    r"^\s*Step\s*:?\s+(\d{1,12})\s*(?:/\s*\d+\s*)?(?:\([^()]*\)\s*)?$", re.IGNORECASE
+)
+_TOTAL_RE = re.compile(
+    r"^\s*Total[\s-]*:\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b", re.IGNORECASE
+)
 _ENTRY_RE = re.compile(
     r"^(?P<indent> *)(?P<dash>-\s+)?(?P<name>\S(?:.*?\S)?)\s*:\s*"
-    r"(?:(?P<ms>[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b(?P<rest>.*)"
+    r"(?:(?P<ms>(?:-0(?:\.0*)?(?=\s*ms)|[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?))\s*ms\b"
+    r"(?P<rest>.*)"
     r"|-\s*\(not timed itself\))\s*$"
 )
 _CALLS_RE = re.compile(r"\bx(\d+)\s*$")
-_SUMMARY_RE = re.compile(r"^\s*Timing summary\b")
+_SUMMARY_RE = re.compile(r"^\s*Timing summary\b", re.IGNORECASE)
 _DERIVED = ("Unaccounted", "Overlap")
+_PANEL = ("│", "┌", "└", "├", "┐", "┘")  # the original's console panel, if stdout was logged too
 _RULE_RE = re.compile(r"^\s*[=\-─]{5,}\s*$")
+# an entry whose time is not a number of ms a record may hold (nan, inf, negative)
+_BAD_MS_RE = re.compile(r"^ *(?:-\s+)?\S.*?:\s*(?:[-+]\S*|nan|inf)\s*ms\b", re.IGNORECASE)
 
 
 class TextLogParser:
@@ -51,13 +64,28 @@ class TextLogParser:
         self._stack: list[str] = []  # full names of the last line at each depth
         self._in_summary = False
         self.native = False  # stagewatch's own writer: its Total is the step wall time
+        # the logger restarted: its count began again at the file's first number (the
+        # original counts from 1 in every process) after higher ones. Blocks from there are
+        # numbered on after the last one, so no step is superseded by the new process's.
+        # Any other number going back is a stray block: the newest of a number wins.
+        self.restarts = 0
+        self._first: int | None = None  # the number of the file's first block
+        self._last_raw = 0  # the number the last block had in the file
+        self._last = 0  # the number it was given
+        self._offset = 0
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
 
     def feed(self, line: str) -> Step | None:
         """One line (without its newline). Returns a Step when the line completes a block."""
+        if "\r" in line:  # a progress bar's carriage returns: the last part, as a terminal
+            line = line.rstrip("\r").rsplit("\r", 1)[-1]
+        line = line.lstrip("\ufeff")  # a byte-order mark (a file saved on Windows)
         if not line.strip() or _RULE_RE.match(line):
+            return None
+        if line.lstrip()[:1] in _PANEL:
+            self._bad(f"the console panel, not a block line: {line[:80]!r}")
             return None
         m = _STEP_RE.match(line)
         if m:
@@ -69,7 +97,8 @@ class TextLogParser:
             return done
         m = _TOTAL_RE.match(line)
         if m and not self._in_summary:
-            return self._finish(float(m.group(1)))
+            total = float(m.group(1))
+            return self._finish(total if total < MAX_MS else None)
         if _SUMMARY_RE.match(line):
             done = self._finish(None)
             self._in_summary = True
@@ -78,27 +107,45 @@ class TextLogParser:
             return None
         m = _ENTRY_RE.match(line)
         if m and self._step is not None:
-            name = m.group("name")
-            depth = (len(m.group("indent")) + 1) // 2 if m.group("dash") else 0
-            if depth == 0 and name in _DERIVED:
-                self.native = True
-                return None
-            if depth > len(self._stack):
-                self._bad(f"nested line without a parent: {line[:80]!r}")
-                return None
-            del self._stack[depth:]
-            full = f"{self._stack[-1]}/{name}" if depth else name
-            self._stack.append(full)
-            if m.group("ms") is None:
-                return None  # a parent that was not timed itself
-            ms = float(m.group("ms"))
-            c = _CALLS_RE.search(m.group("rest") or "")
-            n = int(c.group(1)) if c else 1
-            old = self._regions.get(full)
-            self._regions[full] = (old[0] + ms, old[1] + n) if old else (ms, n)
+            return self._entry(m, line)
+        if self._step is not None and _BAD_MS_RE.match(line):
+            self._bad(f"not a time (0 <= ms < {MAX_MS:.0e}): {line[:80]!r}")
             return None
         self._bad(f"unrecognised line: {line[:80]!r}")
         return None
+
+    def _entry(self, m: re.Match[str], line: str) -> None:
+        """A region line of the block being read."""
+        name = m.group("name")
+        depth = (len(m.group("indent")) + 1) // 2 if m.group("dash") else 0
+        if depth == 0 and name in _DERIVED:
+            self.native = True
+            return None
+        if depth > len(self._stack):
+            self._bad(f"nested line without a parent: {line[:80]!r}")
+            return None
+        full = f"{self._stack[depth - 1]}/{name}" if depth else name
+        if len(full) > MAX_NAME_CHARS:
+            self._bad(f"region name longer than {MAX_NAME_CHARS} characters: {line[:80]!r}")
+            return None
+        del self._stack[depth:]
+        self._stack.append(full)
+        if m.group("ms") is None:
+            return None  # a parent that was not timed itself
+        ms = abs(float(m.group("ms")))  # ("-0.00": a timer's jitter rounded, zero)
+        c = _CALLS_RE.search(m.group("rest") or "")
+        n = int(c.group(1)) if c and len(c.group(1)) < 14 else 1 if c is None else MAX_INT
+        old = self._regions.get(full)
+        new = (old[0] + ms, old[1] + n) if old else (ms, n)
+        if new[0] >= MAX_MS or new[1] >= MAX_INT:  # the record format's limits
+            self._bad(f"not a time (0 <= ms < {MAX_MS:.0e}): {line[:80]!r}")
+            return None
+        self._regions[full] = new
+        return None
+
+    def pending(self) -> bool:
+        """Whether a block is open (its Total line not read yet)."""
+        return self._step is not None
 
     def flush(self) -> Step | None:
         """The pending block, if any (end of a finished file without a Total line)."""
@@ -116,7 +163,24 @@ class TextLogParser:
         regions = self._regions
         if total is None:
             total = sum(ms for k, (ms, _) in regions.items() if "/" not in k)
-        rec = Step(step=self._step, time=0.0, wall_ms=total, regions=regions, samples=0)
+        if total >= MAX_MS:  # a record's limit on the step's times: the block is refused
+            self._bad(f"step {self._step}: times sum to {total:.3g} ms, over the limit")
+            self._step = None
+            return None
+        raw = number = self._step
+        if raw >= 1:  # (a block numbered below 1 is refused by the caller, as in JSONL)
+            if self._first is None:
+                self._first = raw
+            elif raw == self._first and raw <= self._last_raw:  # the count began again
+                self.restarts += 1
+                self._offset = self._last
+            number = raw + self._offset
+            if number >= MAX_INT:
+                self._bad(f"step {raw}: numbered on after a restart, {number} is over the limit")
+                self._step = None
+                return None
+            self._last_raw, self._last = raw, number
+        rec = Step(step=number, time=0.0, wall_ms=total, regions=regions, samples=0)
         self._step = None
         self._regions = {}
         self._stack = []

@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from tui.fmt import fmt_bytes, fmt_ms, fmt_rate, literal, ok
 from tui.model.snapshot import UNACCOUNTED
-from tui.report.compare import Comparison, fmt_diff, fmt_ratio, fmt_share
+from tui.report.compare import Comparison, fmt_diff, fmt_ratio, fmt_share, step_label
 from tui.view.keys import Key
 from tui.view.widgets.help import HelpScreen
 
@@ -52,7 +52,10 @@ def legend(c: Comparison) -> Text:
         t.append(r.label, style="bold")
         t.append(" ")
         t.append_text(literal(r.run_id))
-        t.append(f"  {r.state} · {r.steps} steps · step {c.stat} {fmt_ms(r.step_ms)}", style="dim")
+        t.append(
+            f"  {r.state} · {r.steps} steps · {r.step_word} {c.stat} {fmt_ms(r.step_ms)}",
+            style="dim",
+        )
         if ok(r.samples_per_s) and r.samples_per_s > 0:
             ranks = f" ({r.world_size} ranks)" if r.world_size > 1 else ""
             t.append(f" · {fmt_rate(r.samples_per_s)} samples/s{ranks}", style="dim")
@@ -100,7 +103,8 @@ class CompareScreen(Screen[None]):
                 table.add_column(f"Δ vs {base}", key=f"diff{i}")
                 table.add_column(f"× vs {base}", key=f"ratio{i}")
         for row in (c.step, *c.regions):
-            leaf = row.name if row.name in (UNACCOUNTED, "step") else row.name.rsplit("/", 1)[-1]
+            leaf = row.name if row.name == UNACCOUNTED else row.name.rsplit("/", 1)[-1]
+            leaf = step_label(c) if row is c.step else leaf
             name = literal("  " * row.depth + leaf)
             if row is c.step:
                 name.stylize("bold")

@@ -54,7 +54,11 @@ def fit_line(parts: list[Part], width: int, sep: str = "  ", flex: int | None = 
             droppable = [it for it in items if it[1] < KEEP and not it[3]]
             if not droppable:
                 break
-            items.remove(min(droppable, key=lambda it: it[1]))
+            low = min(droppable, key=lambda it: it[1])
+            if low[2] is not None:  # its short form before nothing (a long nesting brief)
+                low[0], low[2] = low[2], None
+                continue
+            items.remove(low)
         for it in sorted(items, key=lambda it: it[1]):
             if need() <= width:
                 break
