@@ -98,6 +98,7 @@ class Bench:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.ids = torch.randint(0, 512, (batch, seq), device=device)
         self.log_dir = log_dir
+        self.loggers: dict[str, stagewatch.TimingLogger] = {}
 
     def sync(self) -> None:
         """Wait for the GPU (the benchmark's own clock only; timing never does this)."""
@@ -152,13 +153,15 @@ class Bench:
             ):
                 yield self.plain_step
             return
-        log = stagewatch.TimingLogger(
-            self.log_dir,
-            enable_console=False,
-            run_name=name,
-            handle_sigterm=False,
-            device=self.device,
-        )
+        log = self.loggers.get(name)
+        if log is None:  # one logger per mode for the whole run, as in a training run
+            log = self.loggers[name] = stagewatch.TimingLogger(
+                self.log_dir,
+                enable_console=False,
+                run_name=name,
+                handle_sigterm=False,
+                device=self.device,
+            )
         depth = {"core": 0, "instrument2": 2, "instrument3": 3}[name]
         handle = stagewatch.instrument(self.model, depth, logger=log) if depth else None
         try:
@@ -166,7 +169,11 @@ class Bench:
         finally:
             if handle is not None:
                 handle.remove()
+
+    def close(self) -> None:
+        for log in self.loggers.values():
             log.close()
+        self.loggers = {}
 
 
 def measure(
@@ -185,7 +192,7 @@ def measure(
             order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
             for m in order:
                 with b.mode(m) as step:
-                    step()  # the first step of a block (new logger, new hooks) not counted
+                    step()  # the first step of a block (new hooks) not counted
                     b.sync()
                     for _ in range(block):
                         c0, t0 = time.thread_time(), time.perf_counter()
@@ -194,6 +201,7 @@ def measure(
                         t1, c1 = time.perf_counter(), time.thread_time()
                         times[m].append((t1 - t0) * 1000.0)
                         cpu[m].append((c1 - c0) * 1000.0)
+        b.close()
         regions = _regions_of(b, tmp)
     per_call = per_module_cost(max(4, rounds // 2)) if device == "cpu" else None
     # CPU: the training thread's CPU time (what the timing adds on a CPU step; on a shared
@@ -343,10 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="few rounds (a check, not a figure)")
     ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--json", type=Path, help="write the figures here too")
+    ap.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=48)
     args = ap.parse_args(argv)
-    rounds, block = (2, 3) if args.quick else (30, 10)
+    rounds, block = (2, 3) if args.quick else (args.rounds, 10)
     res = measure(rounds, block, args.batch, args.seq)
     text = report(res)
     print(text)
