@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -181,6 +182,7 @@ def measure(
 ) -> dict[str, Any]:
     if device == "cpu":
         torch.set_num_threads(1)
+    load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         b = Bench(batch, seq, tmp, device, width)
         for _ in range(5):  # warm up allocator and kernels
@@ -227,6 +229,7 @@ def measure(
         "device": device,
         "rounds": rounds,
         "block": block,
+        "load": (load0, os.getloadavg()[0]),  # 1-minute load average at the start and end
     }
 
 
@@ -322,8 +325,11 @@ def report(res: dict[str, Any]) -> str:
             f"rounds × {res['block']} steps each, rotating order; medians over "
             f"{res['steps']['none']} steps per mode. The verdict is on the training "
             "thread's CPU time per step (`time.thread_time`): on this shared machine the "
-            "wall time also holds the waits for a free core (load average about 5 on 2 "
-            "cores during the run), shown for reference.",
+            "wall time also holds the waits for a free core (1-minute load average "
+            f"{res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at the end, on "
+            f"{os.cpu_count()} cores), shown for reference. One logger per mode for the "
+            "whole run, as in a training run; hooks installed at the start of each block "
+            "(its first step not counted).",
             "",
             *rows,
             "",
@@ -336,12 +342,10 @@ def report(res: dict[str, Any]) -> str:
             f"residual modules, timed alone) instrument adds "
             f"{res['per_module_call_us']:.0f} µs of CPU per module call, forward and "
             f"backward: {7 * res['per_module_call_us'] / med['none'] / 10:.1f} % of this "
-            "step for its 7 modules; inside the training step the same hooks cost several "
-            "times that (other processes' load keeps evicting the caches between module "
-            "calls here). The machine is shared: differences "
-            "under about 1 % are within the noise of this run. Part of the gap to the core "
-            "alone is `step()` handling 17 regions instead of 3 (issue 21's hot-path work "
-            "lowers it).",
+            "step for its 7 modules. Inside the training step the overhead measured is "
+            "larger than that and varies from run to run by several percent on this shared "
+            "machine: read one run's figures with that noise in mind (the section on the "
+            "hooks' cost, below, compares repeated runs).",
         ]
     )
 
