@@ -1,7 +1,8 @@
 """Per-module forward and backward regions for any PyTorch model: :func:`instrument`.
 
-How each region is measured (all through the logger's own ``region``/``begin``/``end``, so
-a CUDA logger times them with pooled CUDA events and never synchronizes):
+How each region is measured (a CUDA logger: through its own ``region``/``begin``/``end``,
+pooled CUDA events, never a synchronize; a CPU logger: the same ``perf_counter`` regions,
+entered inline in the hooks, which run for every module call):
 
 - ``forward/<path>``: a forward pre-hook enters a region, the forward hook leaves it. The
   region goes on the thread's region stack, so regions the module's code opens itself nest
