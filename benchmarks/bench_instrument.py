@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -98,6 +99,7 @@ class Bench:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.ids = torch.randint(0, 512, (batch, seq), device=device)
         self.log_dir = log_dir
+        self.loggers: dict[str, stagewatch.TimingLogger] = {}
 
     def sync(self) -> None:
         """Wait for the GPU (the benchmark's own clock only; timing never does this)."""
@@ -152,13 +154,15 @@ class Bench:
             ):
                 yield self.plain_step
             return
-        log = stagewatch.TimingLogger(
-            self.log_dir,
-            enable_console=False,
-            run_name=name,
-            handle_sigterm=False,
-            device=self.device,
-        )
+        log = self.loggers.get(name)
+        if log is None:  # one logger per mode for the whole run, as in a training run
+            log = self.loggers[name] = stagewatch.TimingLogger(
+                self.log_dir,
+                enable_console=False,
+                run_name=name,
+                handle_sigterm=False,
+                device=self.device,
+            )
         depth = {"core": 0, "instrument2": 2, "instrument3": 3}[name]
         handle = stagewatch.instrument(self.model, depth, logger=log) if depth else None
         try:
@@ -166,7 +170,11 @@ class Bench:
         finally:
             if handle is not None:
                 handle.remove()
+
+    def close(self) -> None:
+        for log in self.loggers.values():
             log.close()
+        self.loggers = {}
 
 
 def measure(
@@ -174,6 +182,7 @@ def measure(
 ) -> dict[str, Any]:
     if device == "cpu":
         torch.set_num_threads(1)
+    load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         b = Bench(batch, seq, tmp, device, width)
         for _ in range(5):  # warm up allocator and kernels
@@ -185,7 +194,7 @@ def measure(
             order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
             for m in order:
                 with b.mode(m) as step:
-                    step()  # the first step of a block (new logger, new hooks) not counted
+                    step()  # the first step of a block (new hooks) not counted
                     b.sync()
                     for _ in range(block):
                         c0, t0 = time.thread_time(), time.perf_counter()
@@ -194,6 +203,7 @@ def measure(
                         t1, c1 = time.perf_counter(), time.thread_time()
                         times[m].append((t1 - t0) * 1000.0)
                         cpu[m].append((c1 - c0) * 1000.0)
+        b.close()
         regions = _regions_of(b, tmp)
     per_call = per_module_cost(max(4, rounds // 2)) if device == "cpu" else None
     # CPU: the training thread's CPU time (what the timing adds on a CPU step; on a shared
@@ -219,6 +229,7 @@ def measure(
         "device": device,
         "rounds": rounds,
         "block": block,
+        "load": (load0, os.getloadavg()[0]),  # 1-minute load average at the start and end
     }
 
 
@@ -314,8 +325,11 @@ def report(res: dict[str, Any]) -> str:
             f"rounds × {res['block']} steps each, rotating order; medians over "
             f"{res['steps']['none']} steps per mode. The verdict is on the training "
             "thread's CPU time per step (`time.thread_time`): on this shared machine the "
-            "wall time also holds the waits for a free core (load average about 5 on 2 "
-            "cores during the run), shown for reference.",
+            "wall time also holds the waits for a free core (1-minute load average "
+            f"{res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at the end, on "
+            f"{os.cpu_count()} cores), shown for reference. One logger per mode for the "
+            "whole run, as in a training run; hooks installed at the start of each block "
+            "(its first step not counted).",
             "",
             *rows,
             "",
@@ -328,12 +342,10 @@ def report(res: dict[str, Any]) -> str:
             f"residual modules, timed alone) instrument adds "
             f"{res['per_module_call_us']:.0f} µs of CPU per module call, forward and "
             f"backward: {7 * res['per_module_call_us'] / med['none'] / 10:.1f} % of this "
-            "step for its 7 modules; inside the training step the same hooks cost several "
-            "times that (other processes' load keeps evicting the caches between module "
-            "calls here). The machine is shared: differences "
-            "under about 1 % are within the noise of this run. Part of the gap to the core "
-            "alone is `step()` handling 17 regions instead of 3 (issue 21's hot-path work "
-            "lowers it).",
+            "step for its 7 modules. Inside the training step the overhead measured is "
+            "larger than that and varies from run to run by several percent on this shared "
+            "machine: read one run's figures with that noise in mind (the section on the "
+            "hooks' cost, below, compares repeated runs).",
         ]
     )
 
@@ -343,10 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="few rounds (a check, not a figure)")
     ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--json", type=Path, help="write the figures here too")
+    ap.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=48)
     args = ap.parse_args(argv)
-    rounds, block = (2, 3) if args.quick else (30, 10)
+    rounds, block = (2, 3) if args.quick else (args.rounds, 10)
     res = measure(rounds, block, args.batch, args.seq)
     text = report(res)
     print(text)

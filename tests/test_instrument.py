@@ -496,3 +496,30 @@ def test_timed_loader_without_device_or_timing() -> None:
         log.step()
     got = log.get_summary()
     assert "data/wait" in got and "data/h2d" not in got
+
+
+def test_cuda_event_path_times_every_region_with_events_and_no_synchronize(tmp_path) -> None:
+    """A CUDA logger (fake events on a CPU): forward and backward regions from pooled events,
+    nested as on a CPU logger, and no synchronize before the logger closes."""
+    from test_timing_cuda import FakeGPU
+
+    gpu = FakeGPU()
+    log = TimingLogger(
+        tmp_path,
+        enable_console=False,
+        device="cuda:0",
+        event_factory=gpu.factory,
+        collect_memory=False,
+        handle_sigterm=False,
+    )
+    set_global_timing_logger(log)
+    model = Net()
+    with instrument(model, depth=3):
+        for _ in range(2):
+            run_step(model, log)
+    assert gpu.syncs == 0 and gpu.created > 0
+    log.close()
+    got = log.get_summary()
+    for name in ("forward/embed", "forward/blocks/1/norm", "backward/blocks/0", "backward/head"):
+        assert name in got, sorted(got)
+    assert got["forward/blocks/0"]["calls"] == 2

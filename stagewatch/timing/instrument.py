@@ -1,7 +1,8 @@
 """Per-module forward and backward regions for any PyTorch model: :func:`instrument`.
 
-How each region is measured (all through the logger's own ``region``/``begin``/``end``, so
-a CUDA logger times them with pooled CUDA events and never synchronizes):
+How each region is measured (a CUDA logger: through its own ``region``/``begin``/``end``,
+pooled CUDA events, never a synchronize; a CPU logger: the same ``perf_counter`` regions,
+entered inline in the hooks, which run for every module call):
 
 - ``forward/<path>``: a forward pre-hook enters a region, the forward hook leaves it. The
   region goes on the thread's region stack, so regions the module's code opens itself nest
@@ -33,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stagewatch.timing import regions
+from stagewatch.timing.calls import NO_HOOKS, Call
 from stagewatch.timing.modules import (
     check_direct_forward,
     drop_compiled,
@@ -47,6 +49,7 @@ from stagewatch.timing.modules import (
     warn,
     warn_once,
 )
+from stagewatch.timing.regions import CpuRegion
 
 _MAX_PENDING = 64  # backward calls a probe remembers (bounded even if backward never runs)
 
@@ -85,84 +88,17 @@ class recompute_region:
             self._log.end(self._h)
 
 
-# --------------------------------------------------------------------------- one call
-
-
-class _Call:
-    """One forward call of a timed module, waiting for (or in) its backward."""
-
-    __slots__ = (
-        "dead",
-        "done",
-        "handle",
-        "leaf_hooks",
-        "params",
-        "probe",
-        "remaining",
-        "state",
-        "views",
-    )
-
-    def __init__(self, probe: _Probe) -> None:
-        self.probe = probe
-        self.state = 0  # 0: backward not started, 1: open, 2: done
-        self.handle: Any = None
-        self.remaining = 0  # input gradients (or parameters) still to come
-        self.params = False  # closes on parameter gradients (no input needs a gradient)
-        self.leaf_hooks: list[Any] = []
-        self.dead = False
-        self.done = 0  # bit i: input i has its gradient
-        self.views: list[tuple[int, Any, int]] = []  # (input, view, version) during forward
-
-    def start(self, *_: Any) -> None:
-        if self.state == 0 and not self.dead:
-            probe = self.probe
-            inst = probe.inst
-            if inst.log._closed:
-                return
-            self.state = 1
-            self.handle = inst.log.begin(probe.bwd_name)
-            inst.arm_recompute()
-            if self.params:
-                self.remaining = probe.trainable
-                if self.remaining == 0:
-                    self.finish()
-
-    def input_grad(self, i: int, *_: Any) -> None:
-        bit = 1 << i
-        if self.done & bit:
-            return
-        self.done |= bit
-        self.remaining -= 1
-        if self.remaining <= 0:
-            self.finish()
-
-    def param_grad(self) -> None:
-        self.remaining -= 1
-        if self.remaining <= 0:
-            self.finish()
-
-    def finish(self) -> None:
-        if self.state == 1:
-            h, self.handle = self.handle, None
-            self.probe.inst.log.end(h)
-        self.state = 2
-        self.drop_hooks()
-
-    def drop_hooks(self) -> None:
-        for h in self.leaf_hooks:
-            h.remove()
-        self.leaf_hooks = []
-
-
 # --------------------------------------------------------------------------- one module
 
 
-class _Frame:
+class _Frame(CpuRegion):
+    """One forward call on the hooks' stack; on a CPU logger also its own ``forward/``
+    region (a :class:`CpuRegion` entered inline: no region object and method calls)."""
+
     __slots__ = ("base", "call", "probe", "region")
 
-    def __init__(self, probe: _Probe, region: Any, base: str, call: _Call | None) -> None:
-        self.probe, self.region, self.base, self.call = probe, region, base, call
+
+_new_frame = object.__new__
 
 
 class _Probe:
@@ -174,7 +110,7 @@ class _Probe:
         self.path = path
         self.bwd_name = "backward/" + path
         self.params = [p for p in module.parameters()]
-        self.pending: deque[_Call] = deque()
+        self.pending: deque[Call] = deque()
         self.param_hooks: list[Any] = []
         self.hooked: tuple[bool, ...] = ()
         self.trainable = 0  # parameters that need a gradient (while hooked)
@@ -194,37 +130,55 @@ class _Probe:
         if inst is None:  # a copy's hooks (see _InertProbe)
             return None
         if inst.compiling() or inst.graph_task() != -1:
-            return  # inside compiled code; or a recompute (charged by the global hook)
+            return None  # inside compiled code; or a recompute (charged by the global hook)
         lg = inst.log
         if lg._closed:
             inst.remove()
-            return
+            return None
         if inst.armed:
             inst.disarm_recompute()
-        if self.pending and self.pending[0].state != 0:
-            self._stale()
+        pending = self.pending
+        if pending and pending[0].state:
+            if len(pending) == 1 and pending[0].state == 2:  # the last call's backward done
+                pending.clear()
+            else:
+                self._stale()
         stack = inst._tls.frames
+        frame = _new_frame(_Frame)
+        frame.probe = self
         for f in stack:
             if f.probe is self:  # re-entered: the outer call's regions cover this one
-                stack.append(_Frame(self, None, f.base, None))
+                frame.base, frame.call, frame.region = f.base, None, None
+                stack.append(frame)
                 return None
-        if stack:
-            base = stack[-1].base
-        else:
-            open_ = getattr(lg._tls, "stack", None)
-            base = open_[-1]._full if open_ else "forward"
-        name = self.names.get(base)
-        if name is None:
-            name = "/" + base + "/" + self.path
+        tls = lg._tls
+        try:
+            open_ = tls.stack
+        except AttributeError:
+            open_ = tls.stack = []
+        base = stack[-1].base if stack else (open_[-1]._full if open_ else "forward")
+        full = self.names.get(base)
+        if full is None:
+            full = base + "/" + self.path
             if len(self.names) < 64:  # bounded even if the caller's regions vary without end
-                self.names[base] = name
-        region = lg.region(name)
-        call = None
+                self.names[base] = full
+        frame.base = base
         replaced = None
         if inst.grad_enabled():
-            call, replaced = self._new_call(args, kwargs, inst.torch)
-        stack.append(_Frame(self, region, base, call))
-        region.__enter__()
+            frame.call, replaced = self._new_call(args, kwargs, inst.tensor)
+        else:
+            frame.call = None
+        stack.append(frame)
+        if inst.cpu:  # CpuRegion.__enter__ inlined, on the frame itself
+            frame.region = frame
+            frame._lg = lg
+            frame._full = full
+            frame._stack = open_
+            open_.append(frame)
+            frame._t0 = regions._perf()
+        else:
+            frame.region = region = lg._region_cls(lg, "/" + full)
+            region.__enter__()
         return replaced
 
     def post(self, module: Any, args: Any, kwargs: Any, out: Any) -> None:
@@ -234,26 +188,46 @@ class _Probe:
         if inst.compiling() or inst.graph_task() != -1:
             return
         stack = inst._tls.frames
-        frame = None
-        for i in range(len(stack) - 1, -1, -1):
-            if stack[i].probe is self:
-                frame = stack.pop(i)
-                break
-        if frame is None or frame.region is None:
+        if stack and stack[-1].probe is self:
+            frame = stack.pop()
+        else:
+            frame = None
+            for i in range(len(stack) - 2, -1, -1):
+                if stack[i].probe is self:
+                    frame = stack.pop(i)
+                    break
+            if frame is None:
+                return
+        region = frame.region
+        if region is None:
             return
-        frame.region.__exit__(None, None, None)
+        region.__exit__(None, None, None)
         call = frame.call
         if call is None:
             return
-        if call.views:
-            for i, v, version in call.views:
+        views = call.views
+        if views:
+            for i, v, version in views:
                 if v._version != version:
                     self._modified_in_place(call, i, v)
-            call.views = []  # hold no activation past the forward
-        nodes = output_nodes(out, inst.torch)
+            call.views = NO_HOOKS  # hold no activation past the forward
+        if type(out) is inst.tensor:  # the common case, without output_nodes()
+            node = out.grad_fn
+            if node is not None:
+                node.register_prehook(call.start)
+                if self.pending:
+                    self._remember(call)
+                else:
+                    self.pending.append(call)
+                return
+        self._hook_outputs(call, output_nodes(out, inst.torch))
+
+    def _hook_outputs(self, call: Call, nodes: list[Any]) -> None:
+        """The backward of ``call`` starts at the first of the nodes that made its outputs."""
         if not nodes:  # nothing to differentiate through this call
             call.dead = True
-            call.drop_hooks()
+            if call.leaf_hooks:
+                call.drop_hooks()
             return
         seen: set[int] = set()
         for n in nodes:
@@ -262,14 +236,22 @@ class _Probe:
                 n.register_prehook(call.start)
         self._remember(call)
 
-    def _new_call(self, args: Any, kwargs: Any, torch: Any) -> tuple[_Call, Any]:
+    def _new_call(self, args: Any, kwargs: Any, tensor: Any) -> tuple[Call, Any]:
         """A call record, and the arguments to run with: each tensor argument that needs a
         gradient is replaced by a view of itself, which only this module consumes, so the
         view's gradient is complete exactly when this module's backward is (a skip
         connection around the module does not count). The same tensor passed twice gets
         the same view (``attn(h, h, h)`` keeps its ``query is key`` fast path)."""
-        call = _Call(self)
-        tensor = torch.Tensor
+        call = Call(self)
+        if not kwargs and len(args) == 1 and type(args[0]) is tensor:  # the common case
+            a = args[0]
+            if a.requires_grad:
+                v = a.view_as(a)
+                call.remaining = 1
+                # a pre-hook on the view's own node: it runs once its gradient is complete
+                v.grad_fn.register_prehook(call.first_input)
+                call.views = [(0, v, v._version)]
+                return call, ((v,), kwargs)
         views: dict[int, Any] = {}
         nested: list[Any] = []
         new_args = swap_inputs(enumerate(args), views, nested, tensor)
@@ -281,14 +263,16 @@ class _Probe:
         call.remaining = len(views) + len(nested)
         partial = functools.partial
         i = 0
+        call.views = []
         for v in views.values():
-            # a pre-hook on the view's own node: it runs once the view's gradient is complete
-            v.grad_fn.register_prehook(partial(call.input_grad, i))
+            v.grad_fn.register_prehook(call.first_input if i == 0 else partial(call.input_grad, i))
             call.views.append((i, v, v._version))
             i += 1
         for t in nested:
-            h = t.register_hook(partial(call.input_grad, i))
+            h = t.register_hook(call.first_input if i == 0 else partial(call.input_grad, i))
             if t.grad_fn is None:  # a leaf keeps its hooks: take them away when done
+                if not call.leaf_hooks:
+                    call.leaf_hooks = []
                 call.leaf_hooks.append(h)
             i += 1
         if new_args is None and new_kwargs is None:
@@ -300,7 +284,7 @@ class _Probe:
         return call, (args, kwargs)
 
     @staticmethod
-    def _modified_in_place(call: _Call, i: int, v: Any) -> None:
+    def _modified_in_place(call: Call, i: int, v: Any) -> None:
         """The module changed its input view in place (``ReLU(inplace=True)``): autograd
         rewrote the input's history, so the view's own node no longer runs. The input (the
         view's base) now ends in the node of that in-place op: its gradient passes that
@@ -314,7 +298,7 @@ class _Probe:
 
     def _stale(self) -> None:
         """A new forward: a backward of this module still open did not complete."""
-        keep: deque[_Call] = deque()
+        keep: deque[Call] = deque()
         for call in self.pending:
             if call.state == 1:
                 self._abandon(call)
@@ -322,7 +306,7 @@ class _Probe:
                 keep.append(call)
         self.pending = keep
 
-    def _remember(self, call: _Call) -> None:
+    def _remember(self, call: Call) -> None:
         pending = self.pending
         while pending and pending[0].state == 2:
             pending.popleft()
@@ -331,7 +315,7 @@ class _Probe:
             self._abandon(old)
         pending.append(call)
 
-    def unfinished(self, call: _Call) -> None:
+    def unfinished(self, call: Call) -> None:
         warn_once(
             "unfinished:" + self.path,
             f"instrument(): the backward of {self.path!r} ended without the gradients of all "
@@ -340,7 +324,7 @@ class _Probe:
         )
         call.finish()
 
-    def _abandon(self, call: _Call) -> None:
+    def _abandon(self, call: Call) -> None:
         if call.state == 1:
             warn_once(
                 "incomplete:" + self.path,
@@ -435,6 +419,8 @@ class InstrumentHandle:
         self.compiling = torch.compiler.is_compiling
         self.graph_task = torch._C._current_graph_task_id
         self.grad_enabled = torch._C.is_grad_enabled
+        self.tensor = torch.Tensor
+        self.cpu = not log._cuda  # CPU: regions timed inline by perf_counter
         taken = [p for p, m in timed.items() if m in _timed_now]
         if taken:
             warn(

@@ -1,0 +1,107 @@
+"""One forward call of a module :func:`~stagewatch.timing.instrument.instrument` times: the
+state that pairs it with its backward, and the autograd hooks' callbacks.
+
+These run for every module call, forward and backward: plain attribute work, no method
+calls that can be inlined (on a CPU logger the backward region is timed here by
+``perf_counter`` directly, not through ``begin``/``end``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stagewatch.timing import regions
+
+
+class Call:
+    """One forward call of a timed module, waiting for (or in) its backward."""
+
+    __slots__ = (
+        "dead",
+        "done",
+        "handle",
+        "leaf_hooks",
+        "params",
+        "probe",
+        "remaining",
+        "state",
+        "t0",
+        "views",
+    )
+
+    def __init__(self, probe: Any) -> None:
+        self.probe = probe
+        self.state = 0  # 0: backward not started, 1: open, 2: done
+        self.handle: Any = None  # CUDA: the logger's begin() handle
+        self.t0 = 0.0  # CPU: the clock at the start of the backward
+        self.remaining = 0  # input gradients (or parameters) still to come
+        self.params = False  # closes on parameter gradients (no input needs a gradient)
+        self.leaf_hooks: list[Any] = NO_HOOKS
+        self.dead = False
+        self.done = 0  # bit i: input i has its gradient
+        self.views: list[tuple[int, Any, int]] = NO_HOOKS  # (input, view, version): forward
+
+    def start(self, *_: Any) -> None:
+        if self.state or self.dead:
+            return
+        probe = self.probe
+        inst = probe.inst
+        lg = inst.log
+        if lg._closed:
+            return
+        self.state = 1
+        if inst.cpu:  # the logger's begin()/end() inlined: this runs for every call
+            self.t0 = regions._perf()
+        else:
+            self.handle = lg.begin(probe.bwd_name)
+        if not inst.armed:
+            inst.arm_recompute()
+        if self.params:
+            self.remaining = probe.trainable
+            if self.remaining == 0:
+                self.finish()
+
+    def input_grad(self, i: int, *_: Any) -> None:
+        bit = 1 << i
+        if self.done & bit:
+            return
+        self.done |= bit
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.finish()
+
+    def first_input(self, *_: Any) -> None:
+        """:meth:`input_grad` of input 0, without a partial (the one-tensor fast path)."""
+        if self.done & 1:
+            return
+        self.done |= 1
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.finish()
+
+    def param_grad(self) -> None:
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.state == 1:
+            inst = self.probe.inst
+            lg = inst.log
+            if inst.cpu:
+                if not lg._closed:
+                    lg._add(self.probe.bwd_name, (regions._perf() - self.t0) * 1000.0)
+            else:
+                h, self.handle = self.handle, None
+                lg.end(h)
+        self.state = 2
+        if self.leaf_hooks:
+            self.drop_hooks()
+
+    def drop_hooks(self) -> None:
+        for h in self.leaf_hooks:
+            h.remove()
+        self.leaf_hooks = NO_HOOKS
+
+
+NO_HOOKS: list[Any] = []  # shared empty default (never appended to: replaced by a new list)
