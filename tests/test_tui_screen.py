@@ -163,9 +163,21 @@ def test_160x45_one_rank_tree_fits_and_panels_are_not_padded() -> None:
     # the case: 25 tree rows, 1 rank, a few advice lines
     h = share_heights(40, 25 + 3, 5, 8, chart=True, spark=True)
     assert 40 - h.lower >= 25 + 3 - 2  # at most 2 tree rows scroll
-    assert h.ranks == 5  # the ranks panel is as tall as its one rank
+    assert not h.chart  # the chart gave its rows to the tree
+    assert h.lower <= max(5, SPARK_ROWS + 8)  # no panel padded beyond its need
     h = share_heights(40, 10 + 3, 5, 8, chart=True, spark=True)
     assert h.lower == max(5 + CHART_ROWS, SPARK_ROWS + 8)  # no empty rows below the panels
+    assert h.chart and h.ranks == 5  # the ranks panel is as tall as its one rank
+
+
+def test_120x40_the_chart_gives_way_before_a_tree_row_scrolls() -> None:
+    # the demo's tree at 120x40 (24 rows with borders), one rank, four advice lines: the
+    # chart's 9 rows would hide data/h2d and (unaccounted); the tree shows whole instead
+    h = share_heights(36, 24, 5, 7, chart=True, spark=True)
+    assert 36 - h.lower >= 24 and not h.chart
+    # room for both: the chart stays
+    h = share_heights(56, 24, 5, 7, chart=True, spark=True)
+    assert h.chart and 56 - h.lower >= 24
 
 
 @sync

@@ -187,7 +187,7 @@ class MonitorApp(KeyActions, App[int]):
             tree = self.query_one(StageTree)
             ranks = self.query_one(RankView)
             advice = self.query_one(AdviceBox)
-            chart = not self.query_one(RegionChart).has_class("hidden")
+            chart_box = self.query_one(RegionChart)
             spark = not self.query_one(StepSpark).has_class("hidden")
         except NoMatches:  # torn down
             return
@@ -198,9 +198,12 @@ class MonitorApp(KeyActions, App[int]):
             tree.last_line + 1 + 3,  # rows, column header, borders
             ranks.need(),
             advice.need(),
-            chart=chart,
+            chart=self.size.height >= SHORT,
             spark=spark,
         )
+        chart = h.chart
+        if chart_box.has_class("hidden") == chart:
+            chart_box.set_class(not chart, "hidden")
         lower = self.query_one("#lower")
         if lower.styles.height is None or lower.styles.height.value != h.lower:
             lower.styles.height = h.lower
