@@ -370,3 +370,28 @@ def test_the_summary_does_not_claim_nothing_is_unaccounted_in_a_text_log(
     assert main(["summary", str(run)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("(unaccounted)"))
     assert "not measured" in line and "0.0%" not in line
+
+
+def test_the_screen_does_not_claim_nothing_is_unaccounted_in_a_text_log(tmp_path: Path) -> None:
+    import asyncio
+
+    from tui.source.replay import ReplaySource
+    from tui.view.app import MonitorApp
+    from tui.view.widgets.tree import StageTree
+
+    run = _write(tmp_path, original_log(40))
+    app = MonitorApp(ReplaySource(run, playing=False, use_index=False))
+
+    async def go() -> None:
+        async with app.run_test(size=(160, 45)) as pilot:
+            await pilot.press("end")
+            for _ in range(200):
+                await pilot.pause(0.02)
+                tree = app.query_one(StageTree)
+                node = tree.nodes_by_name.get("(unaccounted)")
+                if node is not None and app.world is not None and app.world.selected.step == 40:
+                    break
+            label = str(app.query_one(StageTree).nodes_by_name["(unaccounted)"].label)
+            assert "0.0%" not in label and "—" in label, label
+
+    asyncio.run(go())

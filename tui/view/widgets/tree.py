@@ -16,6 +16,7 @@ from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
 
 from tui.fmt import CLASS_STYLE, bar, class_of, clean, fmt_ms, fmt_pct, literal
+from tui.model.nesting import timed_only
 from tui.model.order import screen_order
 from tui.model.snapshot import UNACCOUNTED, RegionRow, RunSnapshot
 from tui.view.widgets.base import show_text
@@ -55,9 +56,17 @@ class Columns:
 
 
 def region_label(
-    row: RegionRow, depth: int, window: bool, red: float, yellow: float, cols: Columns
+    row: RegionRow,
+    depth: int,
+    window: bool,
+    red: float,
+    yellow: float,
+    cols: Columns,
+    unmeasured: bool = False,
 ) -> Text:
     """One node's label: name, share bar, share %, times and calls, in its class colour.
+    ``unmeasured``: the run has no step wall time (a classic text log), so the unaccounted
+    time is unknown, not zero: its figures are dashes.
 
     Built as one string with style spans (cheap: every label is rebuilt on each snapshot).
     """
@@ -80,7 +89,9 @@ def region_label(
         "p95": fmt_ms(s.p95),
         "calls": str(s.calls) if s.calls else "—",
     }
-    bar_text = bar(s.share, BAR_W)
+    if unacc and unmeasured:
+        vals = dict.fromkeys(vals, "—")
+    bar_text = bar(s.share if not (unacc and unmeasured) else 0.0, BAR_W)
     fields = cols.fields()
     share_w = fields[0][1]
     rest = "".join(f" {vals[key]:>{w}}" for key, w in fields[1:])
@@ -108,6 +119,7 @@ class StageTree(Tree[str]):
         self.rows: dict[str, RegionRow] = {}
         self._shape: object = None
         self.sort_by_time = True
+        self.unmeasured = False  # the unaccounted time is unknown (region_label)
         self.filter = ""
         self.window = False
         self.red = 0.40
@@ -181,6 +193,7 @@ class StageTree(Tree[str]):
         if self._order_run != (run.run_id, self.sort_by_time, self.window):
             self._order_run = (run.run_id, self.sort_by_time, self.window)
             self._order_prev = {}
+        self.unmeasured = timed_only(run.files)  # a text log: no step wall time
         rows = self._visible(run)
         ordered, cut_depth, cut_rows = self._ordered(rows)
         self.rows = {r.name: r for r in (*ordered, run.unaccounted)}
@@ -198,6 +211,7 @@ class StageTree(Tree[str]):
             row.depth,
             row.window if self.window else row.whole,
             self.window,
+            self.unmeasured,
             self.red,
             self.yellow,
             self.cols.name_w,
@@ -247,7 +261,9 @@ class StageTree(Tree[str]):
             self.refresh()
 
     def _label(self, row: RegionRow) -> Text:
-        return region_label(row, row.depth, self.window, self.red, self.yellow, self.cols)
+        return region_label(
+            row, row.depth, self.window, self.red, self.yellow, self.cols, self.unmeasured
+        )
 
     def _rebuild(
         self, ordered: list[RegionRow], run: RunSnapshot, cut_depth: int = 0, cut_rows: int = 0
