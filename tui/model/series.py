@@ -18,7 +18,6 @@ import numpy as np
 NBUCKETS = 128  # buckets per rank: the chart's resolution over the run
 RECENT = 48  # steps of each rank's heat strip (at most the aggregate's window)
 MAX_WIDTH = 1 << 40  # steps per bucket at most (a step number is below 2**63)
-SEQUENTIAL_BUCKETS = 4  # a batch over at most this many buckets is added step by step (live)
 
 
 class RegionSeries:
@@ -60,6 +59,12 @@ class RegionSeries:
             return
         top = int(steps.max()) - 1
         while top // self.width >= NBUCKETS and self.width < MAX_WIDTH:
+            # the steps before the first one past the buckets are added before they are
+            # halved, as one step at a time would (the same sums whatever the batches)
+            k = int(np.argmax(steps - 1 >= NBUCKETS * self.width))
+            if k > 0:
+                self.add(steps[:k], m[:k], walls[:k])
+                steps, m, walls = steps[k:], m[k:], walls[k:]
             self._halve()
         if len(steps) == 1:  # the live case: one step at a time, the fewest numpy calls
             i = min(max(0, (int(steps[0]) - 1) // self.width), NBUCKETS - 1)
@@ -76,12 +81,8 @@ class RegionSeries:
         if bool((idx[:-1] <= idx[1:]).all()):  # in order: one pass per bucket
             starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
             at = idx[starts]
-            if len(starts) <= SEQUENTIAL_BUCKETS:
-                self._add_sequential(idx, at, starts, vals, present, walls)
-                return
-            self.sum[at] += np.add.reduceat(vals, starts, axis=0)
+            self._add_in_order(at, starts, vals, walls)
             self.cnt[at] += np.add.reduceat(present, starts, axis=0, dtype=np.int32)
-            self.wall_sum[at] += np.add.reduceat(walls, starts)
             self.wall_cnt[at] += np.diff(np.r_[starts, len(idx)]).astype(np.int32)
         else:  # steps out of order (a resumed run): scattered adds
             np.add.at(self.sum, idx, vals)
@@ -89,24 +90,33 @@ class RegionSeries:
             np.add.at(self.wall_sum, idx, walls)
             np.add.at(self.wall_cnt, idx, 1)
 
-    def _add_sequential(
-        self,
-        idx: np.ndarray,
-        at: np.ndarray,
-        starts: np.ndarray,
-        vals: np.ndarray,
-        present: np.ndarray,
-        walls: np.ndarray,
+    def _add_in_order(
+        self, at: np.ndarray, starts: np.ndarray, vals: np.ndarray, walls: np.ndarray
     ) -> None:
-        """An in-order batch over a few buckets, added step after step into each bucket's
-        sums (a reduction along axis 0, and a cumulative sum, are sequential): the same
-        figures to the bit as the steps added one at a time."""
-        ends = np.r_[starts[1:], len(idx)]
-        for i, a, e in zip(at.tolist(), starts.tolist(), ends.tolist(), strict=True):
-            self.sum[i] = np.add.reduce(np.vstack([self.sum[i][None, :], vals[a:e]]), axis=0)
-            self.cnt[i] += present[a:e].sum(axis=0, dtype=np.int32)
-            self.wall_sum[i] = np.cumsum(np.r_[self.wall_sum[i], walls[a:e]])[-1]
-            self.wall_cnt[i] += e - a
+        """The sums of an in-order batch's buckets (``at``, each from ``starts``), the steps
+        added one after another to what the bucket holds: the same bits as one step at a
+        time (``np.add.reduceat`` is not sequential; a reduction along a middle axis is). The
+        buckets' steps go into a zero-padded (buckets, 1 + steps, columns) block (adding 0.0
+        changes no sum)."""
+        n = len(walls)
+        lens = np.diff(np.r_[starts, n])
+        size = int(lens.max()) + 1
+        if len(at) * size > 4 * n + 1024:  # very uneven buckets: one at a time
+            for i, a, ln in zip(at.tolist(), starts.tolist(), lens.tolist(), strict=True):
+                self._add_in_order(
+                    np.array([i]), np.array([0]), vals[a : a + ln], walls[a : a + ln]
+                )
+            return
+        seg = np.repeat(np.arange(len(at)), lens)
+        pos = 1 + np.arange(n) - starts[seg]
+        block = np.zeros((len(at), size, vals.shape[1]))
+        block[:, 0] = self.sum[at]
+        block[seg, pos] = vals
+        self.sum[at] = np.add.reduce(block, axis=1)
+        wblock = np.zeros((len(at), size, 1))
+        wblock[:, 0, 0] = self.wall_sum[at]
+        wblock[seg, pos, 0] = walls
+        self.wall_sum[at] = np.add.reduce(wblock, axis=1)[:, 0]
 
     def means_at(self, width: int) -> np.ndarray:
         """Bucket means (NaN: no step) of the step wall time (column 0) and of every region
