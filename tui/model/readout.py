@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from tui.model.histogram import col_percentiles, hist_quantile, hist_quantiles
+from tui.model.histogram import col_percentiles, hist_quantile_pair, hist_quantiles
 from tui.model.rankstats import (
     EXPOSED_REGIONS,
     H2D_REGIONS,
@@ -196,13 +196,14 @@ class RankReadout:
         """(whole run, window) statistics of the step wall time."""
         if self.steps == 0:
             return EMPTY, EMPTY
+        q50, q95 = hist_quantile_pair(self.wall_hist, 0.5, 0.95, self.wall_min, self.wall_max)
         whole = Stats(
             last=self.wall_last,
             avg=self.wall_sum / self.steps,
             min=self.wall_min,
             max=self.wall_max,
-            p50=hist_quantile(self.wall_hist, 0.5, self.wall_min, self.wall_max),
-            p95=hist_quantile(self.wall_hist, 0.95, self.wall_min, self.wall_max),
+            p50=q50,
+            p95=q95,
             steps=self.steps,
             calls=self.steps,
             share=1.0,

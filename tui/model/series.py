@@ -260,12 +260,14 @@ def series_set(
         gather = np.concatenate([[0], 1 + _gather(cols[idx[0]], names, ncols)])
         have = gather <= ncols
         g, pick = len(idx), gather[have]
-        sm = np.empty((g, NBUCKETS, len(pick)))
-        cn = np.empty((g, NBUCKETS, len(pick)))
-        for j, i in enumerate(idx):
-            s = series[i]
-            sm[j] = np.concatenate([s.wall_sum[:, None], s.sum], axis=1)[:, pick]
-            cn[j] = np.concatenate([s.wall_cnt[:, None], s.cnt], axis=1)[:, pick]
+        ss = [series[i] for i in idx]
+        # the group's ranks stacked: [wall | regions] of each, then the planes picked
+        sm = np.concatenate(
+            [np.stack([s.wall_sum for s in ss])[:, :, None], np.stack([s.sum for s in ss])], axis=2
+        )[:, :, pick].astype(np.float64)
+        cn = np.concatenate(
+            [np.stack([s.wall_cnt for s in ss])[:, :, None], np.stack([s.cnt for s in ss])], axis=2
+        )[:, :, pick].astype(np.float64)
         f = width // w
         if f > 1:  # merged to the common width
             n = NBUCKETS // f
