@@ -273,3 +273,28 @@ def test_deferred_region_folds_are_the_same_figures_to_the_bit() -> None:
     whole.ingest(rows)
     _same_bits(eager, lazy)
     _same_bits(eager, whole, trend=False)  # one batch of all the steps: the same bits too
+
+
+def test_ranks_read_together_give_each_rank_its_own_figures() -> None:
+    """A full snapshot reads the ranks' region figures side by side in one pass: the same
+    Stats, to the bit, as each rank read alone (ranks of other regions, orders and windows
+    filled to other depths included)."""
+    from tui.model.readout import read_all_stats
+
+    rng = np.random.default_rng(3)
+
+    def rank(r: int, steps: int) -> RankAgg:
+        a = RankAgg(r, window=20)
+        names = [f"s{j}" for j in rng.permutation(12)[: int(rng.integers(4, 12))]]
+        rows = []
+        for i in range(1, steps + 1):
+            regs = {n: (float(rng.lognormal(1, 1)), 1) for n in names if rng.random() < 0.8}
+            step = Step(step=i, time=float(i), wall_ms=float(rng.lognormal(4, 0.2)), regions=regs)
+            rows.append(row_from_step(step))
+        a.ingest(rows)
+        return a
+
+    together = [rank(r, s) for r, s in enumerate([30, 30, 7, 30, 7, 1, 50])]
+    rng = np.random.default_rng(3)  # the same ranks again
+    alone = [rank(r, s) for r, s in enumerate([30, 30, 7, 30, 7, 1, 50])]
+    assert repr(read_all_stats(together)) == repr([a.all_stats() for a in alone])

@@ -19,6 +19,7 @@ from stagewatch.records import RunEnd, RunStart
 from tui.model.order import CUT, tree_rows
 from tui.model.ranks import RankAgg
 from tui.model.rankstats import WAIT_REGIONS, StragglerVerdict, judge_stragglers
+from tui.model.readout import read_all_stats
 from tui.model.series import RECENT, SeriesSet, series_set
 from tui.model.snapshot import EMPTY, NAN, UNACCOUNTED, RankInfo, RegionRow, Stats
 
@@ -90,7 +91,7 @@ def region_rows(
         for n in a.names:
             names.setdefault(n, None)
     regions = []
-    all_stats = [a.all_stats() for a in aggs]
+    all_stats = read_all_stats(aggs)
     for name, cut in tree_rows(names):
         if cut:
             regions.append(_cut_row(name))

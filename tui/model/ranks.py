@@ -27,6 +27,7 @@ from tui.model.snapshot import NAN
 DEFAULT_WINDOW = 100
 MAX_REGIONS = 1024  # distinct region names tracked per rank
 MAX_PENDING = 64  # batches whose region values wait to be folded, at most
+DEFER_ROWS = 8  # a batch of more steps is folded at once (the live case is a step or two)
 _chain = chain.from_iterable
 
 
@@ -73,8 +74,8 @@ class _Deferred:
 class RankAgg(RankReadout):
     """Statistics of one rank file.
 
-    A batch's region values (the whole-run region figures, the chart's series, the ring's
-    region columns) are folded when something first reads them, not when the batch comes:
+    A small batch's region values (the whole-run region figures, the chart's series, the
+    ring's region columns) are folded when something first reads them, not when it comes:
     ``tui watch`` reads a live rank a step or two at a time, 8 times a second, but reads
     the region figures only for a full snapshot (once a second), so at 64 ranks it folds
     64 batches of several steps a second instead of hundreds of single steps. The figures
@@ -284,7 +285,9 @@ class RankAgg(RankReadout):
         steps = np.array(steps_t, dtype=np.int64)
         walls = np.array(walls_t, dtype=np.float64)
         self._pending.append((self.pos, m, c, steps, walls))
-        if len(self._pending) >= MAX_PENDING:  # bounded memory when nothing reads regions
+        # a big batch (a replay, a first read) gains nothing by waiting; and bounded memory
+        # when nothing reads the regions
+        if b > DEFER_ROWS or len(self._pending) >= MAX_PENDING:
             self._flush()
         self._fold_walls(b, walls)
         self.samples_total += int(sum(samples_t))
@@ -301,6 +304,14 @@ class RankAgg(RankReadout):
         """Fold the pending batches' region values (as one batch: the same figures)."""
         d = self.__dict__
         p, d["_pending"] = d["_pending"], []
+        if len(p) <= 2 and all(len(x[3]) == 1 for x in p):
+            # a step or two (a slow live run): the one-step folds take fewer numpy calls
+            for pos, m, c, steps, walls in p:
+                self._fold_region_row(m[0], c[0], int(steps[0]))
+                self.series.add(steps, m, walls)
+                self.ring[pos] = m[0]
+                self.ring_calls[pos] = c[0]
+            return
         if len(p) == 1:
             pos, m, c, steps, walls = p[0]
         else:
