@@ -162,31 +162,18 @@ class MemTrend:
     def _merge_moments(self, xf: np.ndarray, v: np.ndarray) -> None:
         """Merge a batch's mean and co-moments into the running ones (Chan et al.)."""
         nb = len(v)
-        if nb == 1:  # one step (the live case): the same arithmetic in plain floats
-            self._merge_one(float(xf[0]), float(v[0]))
-            return
-        mxb = float(xf.mean())
-        myb = float(v.mean())
-        dxb = xf - mxb
-        sxxb = float(np.dot(dxb, dxb))
-        cxyb = float(np.dot(dxb, v - myb))
+        if nb == 1:  # one step (the live case): the same arithmetic, without numpy calls
+            mxb, myb, sxxb, cxyb = float(xf[0]), float(v[0]), 0.0, 0.0
+        else:
+            mxb, myb = float(xf.mean()), float(v.mean())
+            dxb = xf - mxb
+            sxxb, cxyb = float(np.dot(dxb, dxb)), float(np.dot(dxb, v - myb))
         na, n = self._n, self._n + nb
         dx, dy = mxb - self._mx, myb - self._my
         self._mx += dx * nb / n
         self._my += dy * nb / n
         self._sxx += sxxb + dx * dx * na * nb / n
         self._cxy += cxyb + dx * dy * na * nb / n
-        self._n = n
-
-    def _merge_one(self, x: float, y: float) -> None:
-        """:meth:`_merge_moments` of one value (its own co-moments are 0)."""
-        na = self._n
-        n = na + 1
-        dx, dy = x - self._mx, y - self._my
-        self._mx += dx * 1 / n
-        self._my += dy * 1 / n
-        self._sxx += 0.0 + dx * dx * na * 1 / n
-        self._cxy += 0.0 + dx * dy * na * 1 / n
         self._n = n
 
     def facts(self) -> TrendFacts | None:
