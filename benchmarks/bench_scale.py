@@ -89,37 +89,50 @@ FIGURES = (
     ("the same: `tui watch`", "watchfirst", "first_screen_s", "s", 1.0),
 )
 KINDS = ("watch2", "watch10", "replay", "watchfirst")
-NOTES = """What was changed, from profiles of `tui watch` at 64 ranks x 10 steps/s (py-spy, all
-threads): the reader thread spent its time in snapshots (per rank: the window's percentiles
-through `np.percentile`, ~60 µs a call; the ranks' comparison and straggler verdict on every
-light snapshot) and in folding one step of one rank at a time (~30 numpy calls a step).
-Now: the window's percentiles on one sort (numpy's linear method, to the bit); every rank's
-read-outs kept until it folds new steps; the ranks' comparison kept until a rank changes, and
-a light snapshot (the header's, up to 8 a second) reuses one under 1 s old (full snapshots
-are always exact); a one-step fold in fewer numpy calls (the same figures to the bit,
-tested); the histogram index without `np.clip`; the sparkline's per-step maximum in numpy.
-The screen: the ranks panel and the chart append a span per run of one colour (a span per
-cell cost more in Textual's style conversion than the drawing); only the ranks that fit are
-drawn. Added by issue 22 and paid for above: the chart's series (a one-step fold adds four
-numpy adds; a full snapshot gathers every rank's 128 buckets, ~3 ms at 64 ranks), the heat
-strips' last 48 steps per rank.
+NOTES = """Before this run: the earlier work of this section (measured against main, adec4d3, the
+same day: CPU 0.91x / 0.84x of main's) put the window's percentiles on one sort, kept each
+rank's read-outs until it folds new steps, let a light snapshot reuse a ranks' comparison
+under 1 s old, folded one step in fewer numpy calls, and drew the ranks panel and the chart
+a span per run of one colour. "Before" above is the merged state after it (76df170).
 
-Net effect, in this run (load 2.1-3.8, the quietest of the day): CPU 0.91x and 0.84x of
-main's (the reader 0.85x and 0.79x; the screen 1.1x, for the chart and the heat strips, which
-are new work), header latency p95 0.92x and 0.68x, first screens about the same. Met here:
-header p95 at 2 steps/s (144 ms) and both first screens (0.46 s replay, 0.76 s watch; at
-load ~9 earlier the same day they took 1.4-3 s on both sides, Textual's import alone 1.4-1.6
-s). Not met: CPU at 2 steps/s (11.4%, target 5%) and at 10 steps/s (20.5%, target 12%),
-header p95 at 10 steps/s (172 ms). Main measures 12-24% here against the issue's 8.2% and
-15.2% (2 cores shared by ~9 sessions). Two earlier full runs at load 6.6-10 gave CPU ratios
-0.94-0.98 / 0.91-0.92 and latency ratios between 0.76 and 1.31: the rounds' ranges are
-wider than most changes.
-What is left, by profile: a full snapshot's per-rank region read-outs
-(`build.region_rows`: every rank's `all_stats`, 2 × ranks × regions `Stats` objects; about
-half of a full snapshot at 64 ranks, as on main), the straggler verdict on every rank change
-(issue 22's cause work rewrites it in numpy), and ~640 one-step folds a second at 64 x 10
-(~70-100 µs each under this load). Next: the regions' read-outs and the fold with ranks as
-a third numpy axis, so 64 ranks cost one pass, not 64."""
+Where the reader's time went, by a scripted `LiveSource` loop
+(`benchmarks/profile_scale.py`: 64 rank files appended in step, `tick()` and a light
+snapshot 8 times a simulated second, a full one every 8th; thread CPU per phase; cProfile):
+at 10 steps/s the reader spent ~45% in the tick (~640 one-step folds a second, ~30 numpy
+calls each), ~40% in full snapshots (every rank's region read-outs and `Stats`, the chart's
+series), the rest in light snapshots. Changed, all with the same figures to the bit (tested
+against folds of one step at a time and one whole batch):
+
+- a small batch's region values (whole-run figures, the chart's series, the ring's region
+  columns) wait in the rank until something reads them: a full snapshot, once a second,
+  folds each rank's 1-20 pending steps in one batch (`RankAgg._flush`); the header's
+  figures (step wall time, samples, memory, scalars) are still folded at once. The tick's
+  share at 10 steps/s halved in the scripted loop (8.7% -> 4.3% of a core).
+- the chart's series sums the same whatever the batches: steps before a halving are added
+  before it, and buckets are summed step after step (`np.add.reduceat` is not sequential).
+- a full snapshot reads all ranks' region columns side by side in one pass of numpy calls
+  per group of equally filled windows (`readout.read_all_stats`); the step wall time's two
+  quantiles come from one cumulative sum; ranks' `Stats` merge through `attrgetter` maps;
+  the series of a group of ranks are stacked at once; the one-step wall-time and
+  memory-trend folds run in plain floats.
+
+Net effect, in this run (load 1.1-2.9): CPU 0.92x at 2 steps/s and 0.88x at 10 steps/s
+(the reader 0.92x and 0.87x; the screen unchanged), header latency p95 at 10 steps/s 0.77x
+(201 -> 155 ms; it ranged 153-191 ms), at 2 steps/s the same (136 -> 140 ms, both under
+150); first screens unchanged (0.53 s replay, 0.88 s watch). An earlier run of this branch
+(before the batched read-outs; load 3.7-4.4) gave 0.97x / 0.91x CPU and 0.87x / 0.78x
+latency. Not met: CPU at 2 steps/s (12.1%, target 5%) and at 10 steps/s (19.5%, target
+12%), header p95 at 10 steps/s (155 ms, target 150). Main measured 12-25% here against the
+issue's 8.2% and 15.2% (2 cores shared by ~9 sessions).
+What is left, by the scripted loop at 64 x 2 steps/s (~9% of a core for the reader): a full
+snapshot is ~60 ms of CPU once a second, and it is element work now, not numpy call
+overhead: the region read-outs (~40%: the whole-run histograms' quantiles scan 64 x 40 x 322
+buckets, 3-8 ms; the ring sorts; 5,120 per-rank `Stats` objects built in Python), the chart's
+series (~20%: (64, 128, 41) arrays gathered and divided each time, though only the current
+bucket changed), the ranks' comparison and verdict (~15%). The screen is ~4-5% of a core by
+itself. Reaching 5% needs full snapshots that redo only what changed (the series' current
+bucket, per-rank `Stats` of the regions that changed, quantiles from a running bucket
+index), or rarer full snapshots at this scale; neither is done."""
 
 
 def finished_run(steps: int = 1000) -> Path:

@@ -209,3 +209,92 @@ def test_region_names_are_bounded(monkeypatch) -> None:
     assert len(agg.names) == 5 and agg.dropped_names > 0
     assert agg.dropped_names == 8
     assert agg.all_stats()[agg.cols["keep"]][0].steps == 3  # known names still counted
+
+
+_RANK_ARRAYS = [
+    "last",
+    "last_calls",
+    "last_seen",
+    "sum",
+    "min",
+    "max",
+    "n",
+    "calls",
+    "hist",
+    "ring",
+    "ring_calls",
+    "ring_wall",
+    "ring_samples",
+    "ring_step",
+    "ring_loss",
+    "wall_hist",
+]
+
+
+def _same_bits(a: RankAgg, b: RankAgg, trend: bool = True) -> None:
+    for k in _RANK_ARRAYS:
+        x, y = getattr(a, k), getattr(b, k)
+        assert x.shape == y.shape and x.tobytes() == y.tobytes(), k
+    for k in ("sum", "cnt", "wall_sum", "wall_cnt"):
+        assert getattr(a.series, k).tobytes() == getattr(b.series, k).tobytes(), k
+    assert a.series.width == b.series.width
+    for k in ("wall_sum", "wall_min", "wall_max", "wall_last", "steps", "pos", "filled"):
+        assert getattr(a, k) == getattr(b, k), k
+    if trend:  # a batch's moments are merged in: the same to rounding only
+        assert a.mem_trend.facts() == b.mem_trend.facts()
+    assert a.all_stats() == b.all_stats() and a.unaccounted() == b.unaccounted()
+
+
+def test_deferred_region_folds_are_the_same_figures_to_the_bit() -> None:
+    """A live rank folds its region values when they are first read (a full snapshot), in
+    one batch: the same bits as folding each step at once, whatever the reads between, new
+    region names (the arrays grow) and the pending cap included."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(1, 400):
+        regs = {f"r{j}": (float(rng.lognormal(2, 1)), 1) for j in range(int(rng.integers(3, 9)))}
+        if i > 200:
+            regs.update({f"late{j}/x": (float(rng.random()), 2) for j in range(24)})
+        mem = {"allocated": int(rng.integers(1, 10**9)), "peak": int(rng.integers(1, 10**9))}
+        wall = float(rng.lognormal(4, 0.3))
+        step = Step(step=i, time=float(i), wall_ms=wall, regions=regs, memory=mem)
+        rows.append(row_from_step(step))
+    eager, lazy, whole = RankAgg(0, window=50), RankAgg(0, window=50), RankAgg(0, window=50)
+    for i, r in enumerate(rows):
+        eager.ingest([r])
+        eager._flush()  # every step folded at once (as before deferral)
+        lazy.ingest([r])
+        if rng.random() < 0.05:
+            lazy.all_stats()  # a full snapshot reads the regions now and then
+        if rng.random() < 0.3:
+            lazy.wall_stats()  # the header, without folding the regions
+        if i == 150:
+            _same_bits(eager, lazy)
+    whole.ingest(rows)
+    _same_bits(eager, lazy)
+    _same_bits(eager, whole, trend=False)  # one batch of all the steps: the same bits too
+
+
+def test_ranks_read_together_give_each_rank_its_own_figures() -> None:
+    """A full snapshot reads the ranks' region figures side by side in one pass: the same
+    Stats, to the bit, as each rank read alone (ranks of other regions, orders and windows
+    filled to other depths included)."""
+    from tui.model.readout import read_all_stats
+
+    rng = np.random.default_rng(3)
+
+    def rank(r: int, steps: int) -> RankAgg:
+        a = RankAgg(r, window=20)
+        names = [f"s{j}" for j in rng.permutation(12)[: int(rng.integers(4, 12))]]
+        rows = []
+        for i in range(1, steps + 1):
+            regs = {n: (float(rng.lognormal(1, 1)), 1) for n in names if rng.random() < 0.8}
+            step = Step(step=i, time=float(i), wall_ms=float(rng.lognormal(4, 0.2)), regions=regs)
+            rows.append(row_from_step(step))
+        a.ingest(rows)
+        return a
+
+    together = [rank(r, s) for r, s in enumerate([30, 30, 7, 30, 7, 1, 50])]
+    rng = np.random.default_rng(3)  # the same ranks again
+    alone = [rank(r, s) for r, s in enumerate([30, 30, 7, 30, 7, 1, 50])]
+    assert repr(read_all_stats(together)) == repr([a.all_stats() for a in alone])

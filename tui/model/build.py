@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter, mul
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from stagewatch.records import RunEnd, RunStart
 from tui.model.order import CUT, tree_rows
 from tui.model.ranks import RankAgg
 from tui.model.rankstats import WAIT_REGIONS, StragglerVerdict, judge_stragglers
+from tui.model.readout import read_all_stats
 from tui.model.series import RECENT, SeriesSet, series_set
 from tui.model.snapshot import EMPTY, NAN, UNACCOUNTED, RankInfo, RegionRow, Stats
 
@@ -37,26 +39,32 @@ def _mean(vals: list[float]) -> float:
     return sum(vals) / len(vals) if vals else NAN
 
 
+_LAST, _AVG, _MIN, _MAX, _P50, _P95, _STEPS, _CALLS, _SHARE, _LAST_SHARE = (
+    attrgetter(f) for f in Stats.__slots__
+)
+
+
 def merge(stats: Sequence[Stats]) -> Stats:
     """Several ranks' statistics of one region as one (weighted by steps seen)."""
     if len(stats) == 1:
         return stats[0]
     live = [s for s in stats if s.steps > 0]
     if not live:
-        last = _mean([s.last for s in stats])
+        last = _mean(list(map(_LAST, stats)))
         return Stats(last=last) if last == last else EMPTY
-    n = sum(s.steps for s in live)
+    steps = list(map(_STEPS, live))
+    n = sum(steps)
     return Stats(
-        last=_mean([s.last for s in stats]),
-        avg=sum(s.avg * s.steps for s in live) / n,
-        min=min(s.min for s in live),
-        max=max(s.max for s in live),
-        p50=_mean([s.p50 for s in live]),  # mean of the ranks' medians: ranks run the same code
-        p95=max(s.p95 for s in live),
+        last=_mean(list(map(_LAST, stats))),
+        avg=sum(map(mul, map(_AVG, live), steps)) / n,
+        min=min(map(_MIN, live)),
+        max=max(map(_MAX, live)),
+        p50=_mean(list(map(_P50, live))),  # mean of the ranks' medians: ranks run the same code
+        p95=max(map(_P95, live)),
         steps=n,
-        calls=sum(s.calls for s in live),
-        share=_mean([s.share for s in stats]),
-        last_share=_mean([s.last_share for s in stats]),
+        calls=sum(map(_CALLS, live)),
+        share=_mean(list(map(_SHARE, stats))),
+        last_share=_mean(list(map(_LAST_SHARE, stats))),
     )
 
 
@@ -83,7 +91,7 @@ def region_rows(
         for n in a.names:
             names.setdefault(n, None)
     regions = []
-    all_stats = [a.all_stats() for a in aggs]
+    all_stats = read_all_stats(aggs)
     for name, cut in tree_rows(names):
         if cut:
             regions.append(_cut_row(name))

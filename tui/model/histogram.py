@@ -50,6 +50,22 @@ def hist_quantile(hist: np.ndarray, q: float, lo: float, hi: float) -> float:
     return float(min(max(bucket_value(k), lo), hi))
 
 
+def hist_quantile_pair(
+    hist: np.ndarray, q1: float, q2: float, lo: float, hi: float
+) -> tuple[float, float]:
+    """:func:`hist_quantile` at ``q1`` and ``q2`` on one cumulative sum (a live rank's
+    step wall time, read by every snapshot)."""
+    c = np.cumsum(hist)
+    total = int(c[-1]) if len(c) else 0
+    if total == 0:
+        return NAN, NAN
+    k1, k2 = np.searchsorted(c, [max(1.0, math.ceil(q1 * total)), max(1.0, math.ceil(q2 * total))])
+    return (
+        float(min(max(bucket_value(int(k1)), lo), hi)),
+        float(min(max(bucket_value(int(k2)), lo), hi)),
+    )
+
+
 def hist_quantiles(
     hist: np.ndarray, qs: tuple[float, ...], lo: np.ndarray, hi: np.ndarray
 ) -> list[np.ndarray]:

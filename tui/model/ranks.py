@@ -26,6 +26,8 @@ from tui.model.snapshot import NAN
 
 DEFAULT_WINDOW = 100
 MAX_REGIONS = 1024  # distinct region names tracked per rank
+MAX_PENDING = 64  # batches whose region values wait to be folded, at most
+DEFER_ROWS = 8  # a batch of more steps is folded at once (the live case is a step or two)
 _chain = chain.from_iterable
 
 
@@ -48,10 +50,55 @@ def _put(
     c[rows, cols] = calls
 
 
+class _Deferred:
+    """A region array of :class:`RankAgg` (stored in the instance's ``__dict__`` under its
+    own name): reading it first folds the steps whose region part is still pending."""
+
+    __slots__ = ("name",)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        d = obj.__dict__
+        if d["_pending"]:
+            obj._flush()
+        return d[self.name]
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+
 class RankAgg(RankReadout):
-    """Statistics of one rank file."""
+    """Statistics of one rank file.
+
+    A small batch's region values (the whole-run region figures, the chart's series, the
+    ring's region columns) are folded when something first reads them, not when it comes:
+    ``tui watch`` reads a live rank a step or two at a time, 8 times a second, but reads
+    the region figures only for a full snapshot (once a second), so at 64 ranks it folds
+    64 batches of several steps a second instead of hundreds of single steps. The figures
+    are the same to the bit (the batch fold is sequential, as the one-step fold). The step
+    wall times, samples, memory and scalars (the header's) are folded at once.
+    """
+
+    last = _Deferred()
+    last_calls = _Deferred()
+    last_seen = _Deferred()
+    sum = _Deferred()
+    min = _Deferred()
+    max = _Deferred()
+    n = _Deferred()
+    calls = _Deferred()
+    hist = _Deferred()
+    ring = _Deferred()
+    ring_calls = _Deferred()
+    series = _Deferred()
 
     def __init__(self, rank: int, window: int = DEFAULT_WINDOW) -> None:
+        # batches whose region part is not folded yet: (ring pos, m, c, steps, walls)
+        self._pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self.rank = rank
         self.window = max(2, int(window))
         self.cols: dict[str, int] = {}
@@ -237,18 +284,50 @@ class RankAgg(RankReadout):
         self._memo = {}  # the read-outs change
         steps = np.array(steps_t, dtype=np.int64)
         walls = np.array(walls_t, dtype=np.float64)
-        self._fold_regions(b, m, c, steps)
+        self._pending.append((self.pos, m, c, steps, walls))
+        # a big batch (a replay, a first read) gains nothing by waiting; and bounded memory
+        # when nothing reads the regions
+        if b > DEFER_ROWS or len(self._pending) >= MAX_PENDING:
+            self._flush()
         self._fold_walls(b, walls)
-        self.series.add(steps, m, walls)
         self.samples_total += int(sum(samples_t))
         self.last_step = int(steps[-1])
         self.last_time = float(times_t[-1])
         self._fold_memory(steps_t, mems_t)
-        self._fold_ring(b, m, c, steps, walls, np.array(samples_t, dtype=np.float64), scs_t)
+        self._fold_ring(b, steps, walls, np.array(samples_t, dtype=np.float64), scs_t)
         for sc in reversed(scs_t):
             if sc:
                 self.scalars = sc
                 break
+
+    def _flush(self) -> None:
+        """Fold the pending batches' region values (as one batch: the same figures)."""
+        d = self.__dict__
+        p, d["_pending"] = d["_pending"], []
+        if len(p) <= 2 and all(len(x[3]) == 1 for x in p):
+            # a step or two (a slow live run): the one-step folds take fewer numpy calls
+            for pos, m, c, steps, walls in p:
+                self._fold_region_row(m[0], c[0], int(steps[0]))
+                self.series.add(steps, m, walls)
+                self.ring[pos] = m[0]
+                self.ring_calls[pos] = c[0]
+            return
+        if len(p) == 1:
+            pos, m, c, steps, walls = p[0]
+        else:
+            pos = p[0][0]
+            m = np.concatenate([x[1] for x in p])
+            c = np.concatenate([x[2] for x in p])
+            steps = np.concatenate([x[3] for x in p])
+            walls = np.concatenate([x[4] for x in p])
+        b = len(steps)
+        self._fold_regions(b, m, c, steps)
+        self.series.add(steps, m, walls)
+        w = self.window
+        k = min(b, w)
+        at = (pos + (b - k) + np.arange(k)) % w
+        self.ring[at] = m[b - k :]
+        self.ring_calls[at] = c[b - k :]
 
     def _fold_regions(self, b: int, m: np.ndarray, c: np.ndarray, steps: np.ndarray) -> None:
         """Whole-run figures of each region column."""
@@ -296,6 +375,14 @@ class RankAgg(RankReadout):
     def _fold_walls(self, b: int, walls: np.ndarray) -> None:
         """Whole-run figures of the step wall time."""
         self.steps += b
+        if b == 1:  # the live case, in plain floats: the same figures
+            w = float(walls[0])
+            self.wall_sum += w
+            self.wall_min = min(self.wall_min, w)
+            self.wall_max = max(self.wall_max, w)
+            self.wall_last = w
+            self.wall_hist[hist_index(walls)[0]] += 1
+            return
         # sequential too
         self.wall_sum = float(np.cumsum(np.concatenate(([self.wall_sum], walls)))[-1])
         self.wall_min = min(self.wall_min, float(walls.min()))
@@ -324,21 +411,17 @@ class RankAgg(RankReadout):
     def _fold_ring(
         self,
         b: int,
-        m: np.ndarray,
-        c: np.ndarray,
         steps: np.ndarray,
         walls: np.ndarray,
         samples: np.ndarray,
         scs_t: Sequence[Any],
     ) -> None:
-        """The last ``window`` rows of the batch into the ring buffer. Row number i of the
-        file is always in slot i % window, whatever the batches were (reductions over the
-        ring then see the same order, to the last bit)."""
+        """The last ``window`` steps of the batch into the ring buffer (their region columns:
+        :meth:`_flush`). Row number i of the file is always in slot i % window, whatever the
+        batches were (reductions over the ring then see the same order, to the last bit)."""
         w = self.window
         k = min(b, w)
         at = (self.pos + (b - k) + np.arange(k)) % w
-        self.ring[at] = m[b - k :]
-        self.ring_calls[at] = c[b - k :]
         self.ring_wall[at] = walls[b - k :]
         self.ring_samples[at] = samples[b - k :]
         self.ring_step[at] = steps[b - k :]

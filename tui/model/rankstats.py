@@ -162,11 +162,12 @@ class MemTrend:
     def _merge_moments(self, xf: np.ndarray, v: np.ndarray) -> None:
         """Merge a batch's mean and co-moments into the running ones (Chan et al.)."""
         nb = len(v)
-        mxb = float(xf.mean())
-        myb = float(v.mean())
-        dxb = xf - mxb
-        sxxb = float(np.dot(dxb, dxb))
-        cxyb = float(np.dot(dxb, v - myb))
+        if nb == 1:  # one step (the live case): the same arithmetic, without numpy calls
+            mxb, myb, sxxb, cxyb = float(xf[0]), float(v[0]), 0.0, 0.0
+        else:
+            mxb, myb = float(xf.mean()), float(v.mean())
+            dxb = xf - mxb
+            sxxb, cxyb = float(np.dot(dxb, dxb)), float(np.dot(dxb, v - myb))
         na, n = self._n, self._n + nb
         dx, dy = mxb - self._mx, myb - self._my
         self._mx += dx * nb / n

@@ -8,12 +8,12 @@ steps into the arrays it declares); every figure is computed column-wise with nu
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
-from tui.model.histogram import col_percentiles, hist_quantile, hist_quantiles
+from tui.model.histogram import col_percentiles, hist_quantile_pair, hist_quantiles
 from tui.model.rankstats import (
     EXPOSED_REGIONS,
     H2D_REGIONS,
@@ -86,6 +86,58 @@ def _window_stats(
     return Stats(last, total / count, lo, hi, p50, p95, count, int(calls), share, last_share)
 
 
+def _region_columns(
+    hist: np.ndarray,
+    n: np.ndarray,
+    sums: np.ndarray,
+    mins: np.ndarray,
+    maxs: np.ndarray,
+    calls: np.ndarray,
+    last: np.ndarray,
+    ring: np.ndarray,
+    ring_calls: np.ndarray,
+) -> list[list[Any]]:
+    """Per region column, as lists: the whole run's (steps, sum, min, max, p50, p95, calls,
+    last) and the window's (steps, sum, p50, p95, min, max, calls). Every figure is computed
+    column by column (quantiles per histogram row, sums along the ring's steps in order), so
+    several ranks' columns side by side give each rank's own figures, to the bit."""
+    p50, p95 = hist_quantiles(hist, (0.50, 0.95), mins, maxs)
+    f, kk = ring.shape
+    valid = ~np.isnan(ring)
+    wn = valid.sum(axis=0)
+    wsum = np.where(valid, ring, 0.0).sum(axis=0)
+    srt = np.sort(ring, axis=0)  # NaN sorts last
+    wp50, wp95 = col_percentiles(srt, wn, (0.50, 0.95))
+    wmin = srt[0]
+    wmax = srt[np.maximum(wn - 1, 0), np.arange(kk)] if f else np.full(kk, NAN)
+    wcalls = ring_calls.sum(axis=0)
+    cols = (n, sums, mins, maxs, p50, p95, calls, last, wn, wsum, wp50, wp95, wmin, wmax, wcalls)
+    return [c.tolist() for c in cols]
+
+
+def read_all_stats(ranks: Sequence[RankReadout]) -> list[list[StatsPair]]:
+    """``[a.all_stats() for a in ranks]``, the ranks whose read-outs changed read in one pass
+    of numpy calls per group of equally filled windows, not one pass per rank (at 64 ranks
+    a full snapshot's largest part): the same figures."""
+    groups: dict[int, list[RankReadout]] = {}
+    for a in ranks:
+        m = a.__dict__.get("_memo")
+        if len(a.names) and (m is None or "all_stats" not in m):
+            groups.setdefault(a.filled, []).append(a)
+    for g in groups.values():
+        if len(g) < 2:
+            continue
+        inputs = [a._region_inputs(len(a.names)) for a in g]
+        joined = [np.concatenate([x[i] for x in inputs], axis=1 if i >= 7 else 0) for i in range(9)]
+        cols = _region_columns(*joined)
+        off = 0
+        for a in g:
+            k = len(a.names)
+            a.__dict__.setdefault("_memo", {})["all_stats"] = a._stats_of(cols, off, k)
+            off += k
+    return [a.all_stats() for a in ranks]
+
+
 class RankReadout:
     """Read-outs of one rank's statistics (the arrays are :class:`~tui.model.ranks.RankAgg`'s).
 
@@ -140,21 +192,28 @@ class RankReadout:
         k = len(self.names)
         if k == 0:
             return []
-        mins, maxs = self.min[:k], self.max[:k]
-        p50, p95 = hist_quantiles(self.hist[:k], (0.50, 0.95), mins, maxs)
+        return self._stats_of(_region_columns(*self._region_inputs(k)), 0, k)
+
+    def _region_inputs(self, k: int) -> tuple[np.ndarray, ...]:
+        """What :func:`_region_columns` reads of the first ``k`` region columns."""
         last = np.where(self.last_seen[:k] == self.last_step, self.last[:k], 0.0)
-        whole_cols = zip(
-            self.n[:k].tolist(),
-            self.sum[:k].tolist(),
-            mins.tolist(),
-            maxs.tolist(),
-            p50.tolist(),
-            p95.tolist(),
-            self.calls[:k].tolist(),
-            last.tolist(),
-            strict=True,
+        return (
+            self.hist[:k],
+            self.n[:k],
+            self.sum[:k],
+            self.min[:k],
+            self.max[:k],
+            self.calls[:k],
+            last,
+            self.ring[: self.filled, :k],
+            self.ring_calls[: self.filled, :k],
         )
-        window_cols = self._window_columns(k)
+
+    def _stats_of(self, cols: list[list[Any]], off: int, k: int) -> list[StatsPair]:
+        """The Stats of columns ``off`` to ``off + k`` of :func:`_region_columns`' lists."""
+        end = off + k
+        whole_cols = zip(*(c[off:end] for c in cols[:8]), strict=True)
+        window_cols = zip(*(c[off:end] for c in cols[8:]), strict=True)
         wwall = float(self.ring_wall[: self.filled].sum())
         out: list[StatsPair] = []
         for (cn, cs, lo, hi, q50, q95, calls, la), win in zip(whole_cols, window_cols, strict=True):
@@ -167,42 +226,19 @@ class RankReadout:
             out.append((whole, _window_stats(la, last_share, wwall, *win)))
         return out
 
-    def _window_columns(self, k: int) -> list[tuple[int, float, float, float, float, float, float]]:
-        """Per region column over the ring: (steps, sum, p50, p95, min, max, calls)."""
-        ring = self.ring[: self.filled, :k]
-        valid = ~np.isnan(ring)
-        wn = valid.sum(axis=0)
-        wsum = np.where(valid, ring, 0.0).sum(axis=0)
-        srt = np.sort(ring, axis=0)  # NaN sorts last
-        wp50, wp95 = col_percentiles(srt, wn, (0.50, 0.95))
-        wmin = srt[0]
-        wmax = srt[np.maximum(wn - 1, 0), np.arange(k)] if self.filled else np.full(k, NAN)
-        wcalls = self.ring_calls[: self.filled, :k].sum(axis=0)
-        return list(
-            zip(
-                wn.tolist(),
-                wsum.tolist(),
-                wp50.tolist(),
-                wp95.tolist(),
-                wmin.tolist(),
-                wmax.tolist(),
-                wcalls.tolist(),
-                strict=True,
-            )
-        )
-
     @memo
     def wall_stats(self) -> StatsPair:
         """(whole run, window) statistics of the step wall time."""
         if self.steps == 0:
             return EMPTY, EMPTY
+        q50, q95 = hist_quantile_pair(self.wall_hist, 0.5, 0.95, self.wall_min, self.wall_max)
         whole = Stats(
             last=self.wall_last,
             avg=self.wall_sum / self.steps,
             min=self.wall_min,
             max=self.wall_max,
-            p50=hist_quantile(self.wall_hist, 0.5, self.wall_min, self.wall_max),
-            p95=hist_quantile(self.wall_hist, 0.95, self.wall_min, self.wall_max),
+            p50=q50,
+            p95=q95,
             steps=self.steps,
             calls=self.steps,
             share=1.0,

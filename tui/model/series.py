@@ -59,6 +59,12 @@ class RegionSeries:
             return
         top = int(steps.max()) - 1
         while top // self.width >= NBUCKETS and self.width < MAX_WIDTH:
+            # the steps before the first one past the buckets are added before they are
+            # halved, as one step at a time would (the same sums whatever the batches)
+            k = int(np.argmax(steps - 1 >= NBUCKETS * self.width))
+            if k > 0:
+                self.add(steps[:k], m[:k], walls[:k])
+                steps, m, walls = steps[k:], m[k:], walls[k:]
             self._halve()
         if len(steps) == 1:  # the live case: one step at a time, the fewest numpy calls
             i = min(max(0, (int(steps[0]) - 1) // self.width), NBUCKETS - 1)
@@ -75,15 +81,42 @@ class RegionSeries:
         if bool((idx[:-1] <= idx[1:]).all()):  # in order: one pass per bucket
             starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
             at = idx[starts]
-            self.sum[at] += np.add.reduceat(vals, starts, axis=0)
+            self._add_in_order(at, starts, vals, walls)
             self.cnt[at] += np.add.reduceat(present, starts, axis=0, dtype=np.int32)
-            self.wall_sum[at] += np.add.reduceat(walls, starts)
             self.wall_cnt[at] += np.diff(np.r_[starts, len(idx)]).astype(np.int32)
         else:  # steps out of order (a resumed run): scattered adds
             np.add.at(self.sum, idx, vals)
             np.add.at(self.cnt, idx, present.astype(np.int32))
             np.add.at(self.wall_sum, idx, walls)
             np.add.at(self.wall_cnt, idx, 1)
+
+    def _add_in_order(
+        self, at: np.ndarray, starts: np.ndarray, vals: np.ndarray, walls: np.ndarray
+    ) -> None:
+        """The sums of an in-order batch's buckets (``at``, each from ``starts``), the steps
+        added one after another to what the bucket holds: the same bits as one step at a
+        time (``np.add.reduceat`` is not sequential; a reduction along a middle axis is). The
+        buckets' steps go into a zero-padded (buckets, 1 + steps, columns) block (adding 0.0
+        changes no sum)."""
+        n = len(walls)
+        lens = np.diff(np.r_[starts, n])
+        size = int(lens.max()) + 1
+        if len(at) * size > 4 * n + 1024:  # very uneven buckets: one at a time
+            for i, a, ln in zip(at.tolist(), starts.tolist(), lens.tolist(), strict=True):
+                self._add_in_order(
+                    np.array([i]), np.array([0]), vals[a : a + ln], walls[a : a + ln]
+                )
+            return
+        seg = np.repeat(np.arange(len(at)), lens)
+        pos = 1 + np.arange(n) - starts[seg]
+        block = np.zeros((len(at), size, vals.shape[1]))
+        block[:, 0] = self.sum[at]
+        block[seg, pos] = vals
+        self.sum[at] = np.add.reduce(block, axis=1)
+        wblock = np.zeros((len(at), size, 1))
+        wblock[:, 0, 0] = self.wall_sum[at]
+        wblock[seg, pos, 0] = walls
+        self.wall_sum[at] = np.add.reduce(wblock, axis=1)[:, 0]
 
     def means_at(self, width: int) -> np.ndarray:
         """Bucket means (NaN: no step) of the step wall time (column 0) and of every region
@@ -227,12 +260,14 @@ def series_set(
         gather = np.concatenate([[0], 1 + _gather(cols[idx[0]], names, ncols)])
         have = gather <= ncols
         g, pick = len(idx), gather[have]
-        sm = np.empty((g, NBUCKETS, len(pick)))
-        cn = np.empty((g, NBUCKETS, len(pick)))
-        for j, i in enumerate(idx):
-            s = series[i]
-            sm[j] = np.concatenate([s.wall_sum[:, None], s.sum], axis=1)[:, pick]
-            cn[j] = np.concatenate([s.wall_cnt[:, None], s.cnt], axis=1)[:, pick]
+        ss = [series[i] for i in idx]
+        # the group's ranks stacked: [wall | regions] of each, then the planes picked
+        sm = np.concatenate(
+            [np.stack([s.wall_sum for s in ss])[:, :, None], np.stack([s.sum for s in ss])], axis=2
+        )[:, :, pick].astype(np.float64)
+        cn = np.concatenate(
+            [np.stack([s.wall_cnt for s in ss])[:, :, None], np.stack([s.cnt for s in ss])], axis=2
+        )[:, :, pick].astype(np.float64)
         f = width // w
         if f > 1:  # merged to the common width
             n = NBUCKETS // f
