@@ -186,16 +186,20 @@ async def test_screen_heights_follow_the_content(tmp_path: Path) -> None:
     app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05))
     async with app.run_test(size=(160, 45)) as pilot:
         await wait_for(pilot, lambda: app.world is not None and app.world.selected is not None)
-        await pilot.pause(0.3)
         tree = app.query_one(StageTree)
-        lower = app.query_one("#lower").outer_size.height
-        box = app.query_one("#tree-box").outer_size.height
-        assert box >= tree.last_line + 1 + 3  # every tree row shows
-        ranks = app.query_one("#ranks").outer_size.height
-        assert ranks == 1 + 1 + 2  # header, one rank, borders: no empty rows
+
+        def box() -> int:
+            return app.query_one("#tree-box").outer_size.height
+
+        def ranks() -> int:
+            return app.query_one("#ranks").outer_size.height
+
+        # the heights are shared after a refresh: wait for them rather than for a fixed time
+        await wait_for(pilot, lambda: box() >= tree.last_line + 1 + 3 and ranks() == 1 + 1 + 2)
+        lower = app.query_one("#lower").outer_size.height  # every tree row shows, and the
+        # ranks panel is its header, one rank and borders: no empty rows
         await pilot.press("e")  # expand all: the tree wants more, the panels give it
-        await pilot.pause(0.3)
-        assert app.query_one("#tree-box").outer_size.height >= tree.last_line + 1 + 3
+        await wait_for(pilot, lambda: box() >= tree.last_line + 1 + 3)
         assert app.query_one("#lower").outer_size.height <= lower
 
 

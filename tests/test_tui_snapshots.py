@@ -46,6 +46,27 @@ async def _settle(pilot) -> None:  # type: ignore[no-untyped-def]
             raise AssertionError("no snapshot arrived")
         await pilot.pause(0.02)
     await pilot.pause()
+    await _steady(pilot)
+
+
+async def _steady(pilot) -> None:  # type: ignore[no-untyped-def]
+    """Until the panels' heights stop changing: the screen shares its height after a
+    refresh (call_after_refresh), so a loaded machine could catch it half-way."""
+
+    def shape() -> tuple[object, ...]:
+        try:
+            app = pilot.app
+            heights = [str(app.query_one(q).styles.height) for q in ("#lower", "#ranks")]
+            return (*heights, app.query_one("#tree-box").outer_size)
+        except Exception:
+            return ()
+
+    last, same, t0 = shape(), 0, time.monotonic()
+    while same < 3 and time.monotonic() - t0 < 3:
+        await pilot.pause(0.05)
+        now = shape()
+        same = same + 1 if now == last else 0
+        last = now
 
 
 def _runs(root: Path) -> None:
@@ -127,6 +148,7 @@ def test_new_run_notice_on_a_narrow_screen(snap_compare, tmp_path: Path) -> None
                 raise AssertionError("no notice")
             await pilot.pause(0.02)
         await pilot.pause()
+        await _steady(pilot)
 
     assert snap_compare(MonitorApp(src), terminal_size=(80, 24), run_before=before)
 
