@@ -23,6 +23,7 @@ from tui.model.rankstats import (
     WAIT_REGIONS,
     StragglerVerdict,
     TrendFacts,
+    find_phase,
     judge_stragglers,
 )
 from tui.model.snapshot import UNACCOUNTED
@@ -210,6 +211,17 @@ def _wait_in_backward(snap: Any, v: StragglerVerdict | None, rank: int) -> float
     return d if ok(d) else 0.0
 
 
+def _under(name: str, region: str) -> bool:
+    """``name`` is ``region`` or a region inside it."""
+    return name == region or name.startswith(region + "/")
+
+
+def _path(name: str) -> list[str]:
+    """``name`` and every region above it: ``a/b/c`` -> ``a``, ``a/b``, ``a/b/c``."""
+    segs = name.split("/")
+    return ["/".join(segs[: i + 1]) for i in range(len(segs))]
+
+
 def straggler_region(
     snap: Any, rank: int, verdict: StragglerVerdict | None = None
 ) -> tuple[str, float, str, float] | None:
@@ -218,19 +230,29 @@ def straggler_region(
     excess). Wait regions (the symptom, not the cause) and the input and copy regions (their
     own classes) are left out; the wait the other ranks spend inside ``backward`` is taken
     out of its excess."""
-    skip = WAIT_REGIONS + INPUT_REGIONS + H2D_REGIONS
-    rows = [r for r in getattr(snap, "regions", ()) if r.name.split("/", 1)[0] not in skip]
+    rows = list(getattr(snap, "regions", ()))
+    names = {r.name for r in rows}
+    # the input and copy phases (their own classes), as named or nested in the loop's region
+    phases = [p for w in (INPUT_REGIONS, H2D_REGIONS) if (p := find_phase(names, w))]
+    rows = [r for r in rows if r.name.split("/", 1)[0] not in WAIT_REGIONS]
+    rows = [r for r in rows if not any(_under(r.name, p) for p in phases)]
     un = getattr(snap, "unaccounted", None)
     if un is not None and getattr(un, "ranks", ()):
         rows.append(un)  # time outside every region is a candidate too
     ex = {r.name: e for r in rows if ok(e := _excess_of(r, rank))}
-    if SYNC_REGION in ex:
-        ex[SYNC_REGION] += _wait_in_backward(snap, verdict, rank)
+    sync = find_phase(names, (SYNC_REGION,))
+    if sync is not None:  # the others wait inside it, and so inside every region above it
+        fix = _wait_in_backward(snap, verdict, rank)
+        for n in _path(sync):
+            if n in ex:
+                ex[n] += fix
     top = [(n, e) for n, e in ex.items() if "/" not in n]
     if not top:
         return None
     name, e = max(top, key=lambda kv: kv[1])
-    if e <= 0:
+    # a region is named only when it explains most of the compute excess, never a sliver
+    least = 0.5 * verdict.cause_ms if verdict is not None and ok(verdict.cause_ms) else 0.0
+    if e <= 0 or e < least:
         return None
     deep, de = name, e
     while True:
@@ -260,7 +282,9 @@ def cause_line(verdict: StragglerVerdict | None, loc: tuple[str, float, str, flo
             f"no single class explains it ({parts})"
         )
     line = verdict.cause_text()
-    if verdict.cause == "compute" and loc is not None:
+    if verdict.cause == "compute" and loc is None:
+        line += "; no single timed region explains most of it"
+    elif verdict.cause == "compute" and loc is not None:
         if loc[2] == UNACCOUNTED:
             line += f", mostly outside every timed region (unaccounted +{_ms(loc[3])})"
         else:

@@ -42,6 +42,30 @@ INPUT_REGIONS = ("data/wait", "data")
 H2D_REGIONS = ("h2d", "data/h2d")
 #: RankInfo.recent columns after the step number (judge_stragglers reads 3 or more)
 RECENT_COLUMNS = ("wall", "wait", "data", "h2d", "launch", "sync", "exposed")
+#: path segments under which a phase name is a part of that phase, not the phase itself
+#: (a model block called ``data`` inside ``forward`` is compute)
+_PHASES = frozenset(("forward", "backward", "optimizer", "data", "h2d", *WAIT_REGIONS))
+
+
+def find_phase(names: Iterable[str], wanted: Sequence[str]) -> str | None:
+    """The region of ``names`` that holds a phase known by ``wanted`` (e.g. INPUT_REGIONS):
+    the first of ``wanted`` present as is; else, for a loop that nests its phases under a
+    region of its own (``train/data``, ``train/backward``), the shallowest region whose path
+    ends with one of them (in ``wanted``'s order) and has no phase above it. None: absent."""
+    have = names if isinstance(names, (set, frozenset, dict)) else set(names)
+    for w in wanted:
+        if w in have:
+            return w
+    for w in wanted:
+        tail = "/" + w
+        hits = [
+            n
+            for n in have
+            if n.endswith(tail) and not _PHASES.intersection(n[: -len(tail)].split("/"))
+        ]
+        if hits:
+            return min(hits, key=lambda n: (n.count("/"), n))
+    return None
 
 
 # --------------------------------------------------------------------------- memory trend
