@@ -17,7 +17,8 @@ the library) trains a tiny model for ``DDP_SCN_STEPS`` steps into run folder
 
 Flags: ``plain`` (no ``stagewatch.watch_ddp``: the wait is not measured), ``nodata`` (the
 loop times only forward/backward/optimizer), ``accum`` (2 micro-batches per step, the first
-under ``no_sync``), ``tree`` (every region nested under one ``train`` region).
+under ``no_sync``), ``tree`` (every region nested under one ``train`` region), ``bn`` (a
+BatchNorm: buffers DDP broadcasts from rank 0 at the start of each forward).
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ class Net(nn.Module):
     def __init__(self, case: Case) -> None:
         super().__init__()
         self.case = case
-        self.encoder = nn.Sequential(nn.Linear(32, 64), nn.ReLU())
+        enc: list[nn.Module] = [nn.Linear(32, 64), nn.ReLU()]
+        if "bn" in case.flags:  # buffers: DDP broadcasts them at each forward
+            enc.insert(1, nn.BatchNorm1d(64))
+        self.encoder = nn.Sequential(*enc)
         self.head = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,8 @@ WAIT_REGIONS = ("allreduce", "comm")
 EXPOSED_REGIONS = ("comm/exposed", "allreduce")
 #: time a rank spent in its own comm hook before handing the collective off (stagewatch/ddp.py)
 LAUNCH_REGION = "comm/launch"
+#: DDP's buffer broadcast at the start of forward (stagewatch/ddp.py): waiting, like exposed
+BUFFERS_REGION = "comm/buffers"
 #: the region a DDP loop calls ``loss.backward()`` in: where an unmeasured wait hides
 SYNC_REGION = "backward"
 #: a rank's own time by class; compute is the rest of its own time. Input: the trainer's

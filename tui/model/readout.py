@@ -11,6 +11,7 @@ import numpy as np
 
 from tui.model.histogram import col_percentile, hist_quantile, hist_quantiles
 from tui.model.rankstats import (
+    BUFFERS_REGION,
     EXPOSED_REGIONS,
     H2D_REGIONS,
     INPUT_REGIONS,
@@ -256,9 +257,10 @@ class RankReadout:
         """Per window step, oldest first: (step, wall, wait, data, h2d, launch, sync,
         exposed) ms (:data:`~tui.model.rankstats.RECENT_COLUMNS`). ``exposed``: the measured
         exposed all-reduce, ``wait`` the part of it that is waiting (minus this rank's own
-        hook time), both NaN when not measured; ``sync``: the self time of the ``backward``
-        region (minus its direct children), where an unmeasured wait hides (NaN without
-        one); data, h2d, launch 0 when untimed."""
+        hook time, plus DDP's buffer broadcast ``comm/buffers``), both NaN when not
+        measured; ``sync``: the self time of the ``backward`` region (minus its direct
+        children), where an unmeasured wait hides (NaN without one); data, h2d, launch 0
+        when untimed. The phases may be nested under the loop's own region (``find_phase``)."""
         o = self._order()
         n = len(o)
         nan = np.full(n, NAN)
@@ -268,6 +270,9 @@ class RankReadout:
         launch = self._ring_col(o, LAUNCH_REGION)
         launch = zero if launch is None else launch
         wait = nan if exposed is None else np.maximum(0.0, exposed - launch)
+        buffers = self._ring_col(o, BUFFERS_REGION)
+        if exposed is not None and buffers is not None:
+            wait = wait + buffers  # the buffer broadcast of forward is waited in too
         sync = self._col_of(o, ph["sync"])
         if sync is not None:
             if len(kids):
