@@ -230,22 +230,22 @@ def straggler_region(
     excess). Wait regions (the symptom, not the cause) and the input and copy regions (their
     own classes) are left out; the wait the other ranks spend inside ``backward`` is taken
     out of its excess."""
-    rows = list(getattr(snap, "regions", ()))
-    names = {r.name for r in rows}
-    # the input and copy phases (their own classes), as named or nested in the loop's region
-    phases = [p for w in (INPUT_REGIONS, H2D_REGIONS) if (p := find_phase(names, w))]
-    rows = [r for r in rows if r.name.split("/", 1)[0] not in WAIT_REGIONS]
-    rows = [r for r in rows if not any(_under(r.name, p) for p in phases)]
+    rows = [r for r in getattr(snap, "regions", ()) if r.name.split("/", 1)[0] not in WAIT_REGIONS]
     un = getattr(snap, "unaccounted", None)
     if un is not None and getattr(un, "ranks", ()):
         rows.append(un)  # time outside every region is a candidate too
     ex = {r.name: e for r in rows if ok(e := _excess_of(r, rank))}
-    sync = find_phase(names, (SYNC_REGION,))
-    if sync is not None:  # the others wait inside it, and so inside every region above it
-        fix = _wait_in_backward(snap, verdict, rank)
-        for n in _path(sync):
+    # a correction of a region holds for every region above it too
+    sync = find_phase(ex, (SYNC_REGION,))
+    fixes = [(sync, _wait_in_backward(snap, verdict, rank))] if sync is not None else []
+    # the input and copy phases are their own classes, as named or nested in the loop's region
+    phases = [p for w in (INPUT_REGIONS, H2D_REGIONS) if (p := find_phase(ex, w))]
+    fixes += [(p, -ex[p]) for p in phases if not any(p != q and _under(p, q) for q in phases)]
+    for where, fix in fixes:
+        for n in _path(where):
             if n in ex:
                 ex[n] += fix
+    ex = {n: e for n, e in ex.items() if not any(_under(n, p) for p in phases)}
     top = [(n, e) for n, e in ex.items() if "/" not in n]
     if not top:
         return None
