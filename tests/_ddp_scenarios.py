@@ -8,6 +8,7 @@ the library) trains a tiny model for ``DDP_SCN_STEPS`` steps into run folder
 
 * ``fwd``: the top-level ``forward`` region (no nested region);
 * ``enc``: the nested ``forward/encoder`` region;
+* ``bwd``: inside the top-level ``backward`` region (a gradient hook), in no nested region;
 * ``opt``: the ``optimizer`` region (after the all-reduce: the others wait a step later);
 * ``data`` / ``h2d``: inside ``timed("data")`` / ``timed("h2d")``;
 * ``untimed``: between the regions, in no region at all;
@@ -84,7 +85,13 @@ class Net(nn.Module):
         with timed("encoder"):  # nested in the loop's forward: forward/encoder
             self.case.slow("enc")
             h = self.encoder(x)
+        if h.requires_grad:
+            h.register_hook(self._grad_hook)
         return self.head(h)
+
+    def _grad_hook(self, g: torch.Tensor) -> torch.Tensor:
+        self.case.slow("bwd")  # inside backward, in no region of its own
+        return g
 
 
 def _region(case: Case, name: str) -> object:
