@@ -14,6 +14,8 @@ the library) trains a tiny model for ``DDP_SCN_STEPS`` steps into run folder
 * ``untimed``: between the regions, in no region at all;
 * ``every3``: ``forward/encoder``, every third step only;
 * ``jitter``: every rank sleeps a random 0..``DDP_SCN_MS``/2 in ``forward`` (no culprit);
+* ``noisy``: ``jitter``, and rank ``<rank>`` slowed in ``forward/encoder`` too;
+* ``pair``: ranks ``<rank>`` and ``<rank>+1`` both slowed in ``data``;
 * ``move``: rank ``<rank>`` for the first half of the steps, rank ``<rank>+1`` after.
 
 Flags: ``plain`` (no ``stagewatch.watch_ddp``: the wait is not measured), ``nodata`` (the
@@ -58,10 +60,14 @@ class Case:
     def slow(self, place: str) -> None:
         """Sleep when this rank is slowed in ``place`` at this step."""
         p, r, s = self.place, self.rank, self.step
-        if p == "jitter" and place == "fwd":
+        if p in ("jitter", "noisy") and place == "fwd":
             time.sleep(self.rng.uniform(0.0, DELAY / 2))
             return
-        if p == "every3":
+        if p == "noisy":
+            hit = place == "enc" and r == RANK
+        elif p == "pair":
+            hit = place == "data" and RANK in (r, r + 1)
+        elif p == "every3":
             hit = place == "enc" and s % 3 == 0 and r == RANK
         elif p == "move":
             hit = place == "enc" and (r if s < STEPS // 2 else r + 1) == RANK

@@ -464,12 +464,14 @@ def _excess_over_others(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _why(
     worst: RankCompute,
+    runner: RankCompute | None,
     n: int,
     need: int,
     floor: float,
     noise: float,
     share: float,
     t: StragglerLimits,
+    measured: bool = True,
 ) -> tuple[int | None, str]:
     """The rank named (or None) and the reason, one line."""
     rec = worst.slowest / n
@@ -485,6 +487,19 @@ def _why(
         return None, (
             f"no straggler: rank {worst.rank}'s +{_ms(ex)} is within the run's "
             f"step-to-step noise (±{_ms(noise)})"
+        )
+    if runner is not None and worst.own_ms - runner.own_ms < floor:
+        # two ranks alike: both slow, or (wait unmeasured) one of them waits somewhere the
+        # estimate does not look, e.g. DDP's buffer broadcast in forward
+        alike = (
+            f"rank {worst.rank} +{_ms(ex)} and rank {runner.rank} +{_ms(runner.excess_ms)} "
+            "in their own time over the others"
+        )
+        if measured:
+            return None, f"no straggler: no single rank stands out: {alike}"
+        return None, (
+            f"no straggler: no single rank stands out ({alike}), and one of them may be "
+            "waiting outside `backward`, e.g. in DDP's buffer broadcast at the start of forward"
         )
     if rec < t.straggler_recurrence:
         return None, (
@@ -593,7 +608,12 @@ def judge_stragglers(
     worst = rows[wi]
     share = worst.excess_ms / step_ms if ok(step_ms) and step_ms > 0 else math.nan
     need = min(t.straggler_min_steps, window) if window else t.straggler_min_steps
-    named, reason = _why(worst, n, need, floor, noise, share, t)
+    runner = max((x for x in rows if x is not worst), key=lambda x: x.own_ms, default=None)
+    if k == 2:
+        runner = None  # with two ranks the excess is the margin already
+    named, reason = _why(
+        worst, runner, n, need, floor, noise, share, t, measured=source == WAIT_MEASURED
+    )
     if named is None and source in _CAVEAT and n >= need:
         reason += _CAVEAT[source]
     parts = {"input": data, "h2d": h2d, "compute": comp, "communication": launch}
