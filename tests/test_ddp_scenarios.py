@@ -143,6 +143,28 @@ def test_the_buffer_broadcast_is_waited_in(tmp_path: Path) -> None:
     assert v.rank(1).allreduce_ms == pytest.approx(42.0, rel=0.05)  # type: ignore[union-attr]
 
 
+def test_the_buffer_broadcast_wait_is_taken_out_of_forward(tmp_path: Path) -> None:
+    # rank 0 is 40 ms slower in forward before it calls the model; the others wait in the
+    # broadcast inside their forward, so every forward is equally long (was: "no single timed
+    # region explains most of it")
+    def make(r: int) -> Regions:
+        late = r == 0
+        return {
+            "__wall__": 100.0,
+            "data": 1.0,
+            "forward": 60.0,
+            "forward/encoder": 10.0,
+            "backward": 30.0,
+            "comm/exposed": 2.0,
+            "comm/launch": 0.1,
+            "comm/buffers": 0.1 if late else 40.1,
+        }
+
+    f = facts_from_snapshot(_write(tmp_path, "bnfwd", 3, 30, make), window=True)
+    assert f.straggler == 0 and f.straggler_cause == "compute"
+    assert f.straggler_region == "forward" and f.straggler_leaf == "forward"
+
+
 def test_a_rank_waiting_outside_backward_is_not_blamed(tmp_path: Path) -> None:
     # no watch_ddp, a BatchNorm model: rank 3's input is 40 ms late; rank 1 waits for it in
     # DDP's buffer broadcast inside forward, ranks 0 and 2 in backward. Rank 1 then looks as

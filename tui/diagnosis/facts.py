@@ -16,6 +16,7 @@ from typing import Any
 
 from tui.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from tui.model.rankstats import (
+    BUFFERS_REGION,
     H2D_REGIONS,
     INPUT_REGIONS,
     SYNC_REGION,
@@ -238,6 +239,11 @@ def straggler_region(
     # a correction of a region holds for every region above it too
     sync = find_phase(ex, (SYNC_REGION,))
     fixes = [(sync, _wait_in_backward(snap, verdict, rank))] if sync is not None else []
+    # the others' wait in DDP's buffer broadcast is inside their forward (the model's call)
+    fwd = find_phase(ex, ("forward",))
+    buf = next((r for r in getattr(snap, "regions", ()) if r.name == BUFFERS_REGION), None)
+    if fwd is not None and buf is not None and ok(b := _excess_of(buf, rank)):
+        fixes.append((fwd, -b))
     # the input and copy phases are their own classes, as named or nested in the loop's region
     phases = [p for w in (INPUT_REGIONS, H2D_REGIONS) if (p := find_phase(ex, w))]
     fixes += [(p, -ex[p]) for p in phases if not any(p != q and _under(p, q) for q in phases)]
