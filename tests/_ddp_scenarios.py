@@ -20,7 +20,8 @@ the library) trains a tiny model for ``DDP_SCN_STEPS`` steps into run folder
 
 Flags: ``plain`` (no ``stagewatch.watch_ddp``: the wait is not measured), ``nodata`` (the
 loop times only forward/backward/optimizer), ``accum`` (2 micro-batches per step, the first
-under ``no_sync``), ``tree`` (every region nested under one ``train`` region), ``bn`` (a
+under ``no_sync``), ``tree`` (every region nested under one ``train`` region), ``bare`` (no
+region but the model's ``encoder``), ``bn`` (a
 BatchNorm: buffers DDP broadcasts from rank 0 at the start of each forward).
 """
 
@@ -101,7 +102,7 @@ class Net(nn.Module):
 
 
 def _region(case: Case, name: str) -> object:
-    if "nodata" in case.flags and name in ("data", "h2d"):
+    if ("nodata" in case.flags and name in ("data", "h2d")) or "bare" in case.flags:
         return nullcontext()
     return timed(name)
 

@@ -202,6 +202,23 @@ def test_two_ranks_equally_slow_are_not_one_straggler(tmp_path: Path) -> None:
     assert v.reason.startswith("no straggler: no single rank stands out: rank ")
 
 
+def test_a_wait_outside_every_region_is_taken_out_of_unaccounted(tmp_path: Path) -> None:
+    # a loop that times only its model's encoder; loss.backward() in no region: the others'
+    # wait for rank 0 (slow in untimed input) is in their unaccounted time, as its slowness
+    def make(r: int) -> Regions:
+        late = r == 0
+        return {
+            "__wall__": 100.0,
+            "encoder": 10.0,
+            "comm/exposed": 2.0 if late else 42.0,
+            "comm/launch": 0.1,
+        }
+
+    f = facts_from_snapshot(_write(tmp_path, "bare", 3, 30, make), window=True)
+    assert f.straggler == 0 and f.straggler_cause == "compute"
+    assert "mostly outside every timed region (unaccounted +40" in f.straggler_cause_line
+
+
 def test_find_phase() -> None:
     names = {"train", "train/data", "train/data/h2d", "forward", "forward/data", "backward"}
     assert find_phase(names, ("data/wait", "data")) == "train/data"
@@ -258,6 +275,7 @@ CASES = (
     ("every3-r1", (None, 1), None, None),
     ("pair-r1", (None, 1, 2), None, None),
     ("data-r2-bn-plain", (None, 2), "input", None),
+    ("data-r0-bare", (0,), "compute", "(unaccounted)"),
     ("move-r1", (None, 1, 2), None, None),
 )
 

@@ -223,6 +223,15 @@ def _path(name: str) -> list[str]:
     return ["/".join(segs[: i + 1]) for i in range(len(segs))]
 
 
+def _wait_unaccounted(un: Any, fix: float, rank: int) -> list[tuple[str, float]]:
+    """The wait correction for the unaccounted time, when ``loss.backward()`` ran in no
+    region: only when the other ranks' unaccounted time can hold their wait."""
+    others = [win.avg for r, _whole, win in getattr(un, "ranks", ()) if r != rank and win.steps]
+    if fix > 0 and others and median(others) >= fix:
+        return [(un.name, fix)]
+    return []
+
+
 def straggler_region(
     snap: Any, rank: int, verdict: StragglerVerdict | None = None
 ) -> tuple[str, float, str, float] | None:
@@ -239,6 +248,8 @@ def straggler_region(
     # a correction of a region holds for every region above it too
     sync = find_phase(ex, (SYNC_REGION,))
     fixes = [(sync, _wait_in_backward(snap, verdict, rank))] if sync is not None else []
+    if sync is None and un is not None:  # backward in no region: the wait may be unaccounted
+        fixes += _wait_unaccounted(un, _wait_in_backward(snap, verdict, rank), rank)
     # the others' wait in DDP's buffer broadcast is inside their forward (the model's call)
     fwd = find_phase(ex, ("forward",))
     buf = next((r for r in getattr(snap, "regions", ()) if r.name == BUFFERS_REGION), None)
