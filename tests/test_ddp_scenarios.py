@@ -23,7 +23,8 @@ from _trainer_helpers import ROOT, env_for_subprocess, records
 
 from stagewatch.records import Step, encode, rank_file_name
 from tui.diagnosis.facts import facts_from_snapshot
-from tui.model.rankstats import WAIT_ESTIMATED, WAIT_MEASURED, find_phase
+from tui.model.phases import UNMEASURED_CAVEAT, find_phase
+from tui.model.rankstats import WAIT_ESTIMATED, WAIT_MEASURED, WAIT_UNKNOWN
 from tui.report.summary import open_run
 from tui.testing import start_line
 
@@ -227,6 +228,7 @@ def test_find_phase() -> None:
     # a model block called "data" inside forward is compute, not input
     assert find_phase({"forward", "forward/data"}, ("data",)) is None
     assert find_phase({"a/backward", "a/b/backward"}, ("backward",)) == "a/backward"
+    assert set(UNMEASURED_CAVEAT) == {WAIT_ESTIMATED, WAIT_UNKNOWN}
 
 
 def test_watch_ddp_times_the_buffer_broadcast(tmp_path: Path) -> None:

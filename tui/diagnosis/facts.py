@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tui.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from tui.model.phases import BUFFERS_REGION, find_phase
 from tui.model.rankstats import (
-    BUFFERS_REGION,
     H2D_REGIONS,
     INPUT_REGIONS,
     SYNC_REGION,
@@ -24,7 +24,6 @@ from tui.model.rankstats import (
     WAIT_REGIONS,
     StragglerVerdict,
     TrendFacts,
-    find_phase,
     judge_stragglers,
 )
 from tui.model.snapshot import UNACCOUNTED

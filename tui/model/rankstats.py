@@ -20,55 +20,22 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+# the phases live in tui/model/phases.py; re-exported here, where they were first defined
+from tui.model.phases import (  # noqa: F401
+    EXPOSED_REGIONS,
+    H2D_REGIONS,
+    INPUT_REGIONS,
+    LAUNCH_REGION,
+    RECENT_COLUMNS,
+    SYNC_REGION,
+    WAIT_REGIONS,
+)
+from tui.model.phases import OUTSIDE_BACKWARD as _OUTSIDE
+from tui.model.phases import UNMEASURED_CAVEAT as _CAVEAT
 from tui.model.units import json_tree, median, ok, pct
 from tui.model.units import ms as _ms
 
 T = TypeVar("T")
-
-#: the regions in which a rank waits for the other ranks (or holds the exposed all-reduce):
-#: the trainer's ``allreduce`` (trainer/distributed.py) and the library's ``comm/...``
-#: (stagewatch/ddp.py); never the cause of a rank's slowness, only its symptom
-WAIT_REGIONS = ("allreduce", "comm")
-#: measured exposed all-reduce, first found wins: the library's hook, the trainer's region
-EXPOSED_REGIONS = ("comm/exposed", "allreduce")
-#: time a rank spent in its own comm hook before handing the collective off (stagewatch/ddp.py)
-LAUNCH_REGION = "comm/launch"
-#: DDP's buffer broadcast at the start of forward (stagewatch/ddp.py): waiting, like exposed
-BUFFERS_REGION = "comm/buffers"
-#: the region a DDP loop calls ``loss.backward()`` in: where an unmeasured wait hides
-SYNC_REGION = "backward"
-#: a rank's own time by class; compute is the rest of its own time. Input: the trainer's
-#: ``data`` or the library's ``data/wait`` (stagewatch's timed_loader and callbacks); a
-#: ``data/h2d`` under ``data`` is the copy, not input. Copy: ``h2d`` or ``data/h2d``.
-INPUT_REGIONS = ("data/wait", "data")
-H2D_REGIONS = ("h2d", "data/h2d")
-#: RankInfo.recent columns after the step number (judge_stragglers reads 3 or more)
-RECENT_COLUMNS = ("wall", "wait", "data", "h2d", "launch", "sync", "exposed")
-#: path segments under which a phase name is a part of that phase, not the phase itself
-#: (a model block called ``data`` inside ``forward`` is compute)
-_PHASES = frozenset(("forward", "backward", "optimizer", "data", "h2d", *WAIT_REGIONS))
-
-
-def find_phase(names: Iterable[str], wanted: Sequence[str]) -> str | None:
-    """The region of ``names`` that holds a phase known by ``wanted`` (e.g. INPUT_REGIONS):
-    the first of ``wanted`` present as is; else, for a loop that nests its phases under a
-    region of its own (``train/data``, ``train/backward``), the shallowest region whose path
-    ends with one of them (in ``wanted``'s order) and has no phase above it. None: absent."""
-    have = names if isinstance(names, (set, frozenset, dict)) else set(names)
-    for w in wanted:
-        if w in have:
-            return w
-    for w in wanted:
-        tail = "/" + w
-        hits = [
-            n
-            for n in have
-            if n.endswith(tail) and not _PHASES.intersection(n[: -len(tail)].split("/"))
-        ]
-        if hits:
-            return min(hits, key=lambda n: (n.count("/"), n))
-    return None
-
 
 # --------------------------------------------------------------------------- memory trend
 
@@ -491,16 +458,11 @@ def _why(
     if runner is not None and worst.own_ms - runner.own_ms < floor:
         # two ranks alike: both slow, or (wait unmeasured) one of them waits somewhere the
         # estimate does not look, e.g. DDP's buffer broadcast in forward
-        alike = (
-            f"rank {worst.rank} +{_ms(ex)} and rank {runner.rank} +{_ms(runner.excess_ms)} "
-            "in their own time over the others"
+        why = (
+            f"no straggler: no single rank stands out: rank {worst.rank} +{_ms(ex)} and rank "
+            f"{runner.rank} +{_ms(runner.excess_ms)} in their own time over the others"
         )
-        if measured:
-            return None, f"no straggler: no single rank stands out: {alike}"
-        return None, (
-            f"no straggler: no single rank stands out ({alike}), and one of them may be "
-            "waiting outside `backward`, e.g. in DDP's buffer broadcast at the start of forward"
-        )
+        return None, why + ("" if measured else _OUTSIDE)
     if rec < t.straggler_recurrence:
         return None, (
             f"no straggler: rank {worst.rank} is behind on average (+{_ms(ex)}) but the "
@@ -510,20 +472,6 @@ def _why(
         f"rank {worst.rank}'s own time is +{_ms(ex)} ({pct(share)} of the step) over the "
         f"other ranks, slowest in {worst.slowest} of {n} steps (noise ±{_ms(noise)})"
     )
-
-
-_CAVEAT = {
-    WAIT_ESTIMATED: (
-        "; the all-reduce wait is not measured but estimated from `backward`, so a rank slow "
-        "inside backward itself cannot be told from one waiting there "
-        "(stagewatch.watch_ddp(model) measures it)"
-    ),
-    WAIT_UNKNOWN: (
-        "; the all-reduce wait is not measured and there is no `backward` region, so under "
-        "DDP a slow rank cannot be told from one waiting for it "
-        "(stagewatch.watch_ddp(model) measures it)"
-    ),
-}
 
 
 def _waits(x: np.ndarray) -> tuple[np.ndarray, str]:
@@ -608,9 +556,9 @@ def judge_stragglers(
     worst = rows[wi]
     share = worst.excess_ms / step_ms if ok(step_ms) and step_ms > 0 else math.nan
     need = min(t.straggler_min_steps, window) if window else t.straggler_min_steps
-    runner = max((x for x in rows if x is not worst), key=lambda x: x.own_ms, default=None)
-    if k == 2:
-        runner = None  # with two ranks the excess is the margin already
+    # the runner-up; with two ranks the excess is the margin already
+    others = [x for x in rows if x is not worst and k > 2]
+    runner = max(others, key=lambda x: x.own_ms, default=None)
     named, reason = _why(
         worst, runner, n, need, floor, noise, share, t, measured=source == WAIT_MEASURED
     )

@@ -10,14 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from tui.model.histogram import col_percentile, hist_quantile, hist_quantiles
+from tui.model.phases import BUFFERS_REGION, find_phase
 from tui.model.rankstats import (
-    BUFFERS_REGION,
     EXPOSED_REGIONS,
     H2D_REGIONS,
     INPUT_REGIONS,
     LAUNCH_REGION,
     SYNC_REGION,
-    find_phase,
 )
 from tui.model.snapshot import EMPTY, NAN, Stats
 
@@ -231,7 +230,7 @@ class RankReadout:
         return None if name is None else self._ring_col(o, name)
 
     def _phases(self) -> tuple[dict[str, str | None], np.ndarray]:
-        """The regions holding each phase (:func:`~tui.model.rankstats.find_phase`: as
+        """The regions holding each phase (:func:`~tui.model.phases.find_phase`: as
         named, or nested under a loop's own region) and the columns of the direct children
         of the ``backward`` one (cached: names only grow)."""
         cache = getattr(self, "_phase_cache", None)
