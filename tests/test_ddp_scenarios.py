@@ -227,6 +227,7 @@ def test_find_phase() -> None:
     assert find_phase(names, ("backward",)) == "backward"
     # a model block called "data" inside forward is compute, not input
     assert find_phase({"forward", "forward/data"}, ("data",)) is None
+    assert find_phase({"eval", "eval/backward"}, ("backward",)) is None
     assert find_phase({"a/backward", "a/b/backward"}, ("backward",)) == "a/backward"
     assert set(UNMEASURED_CAVEAT) == {WAIT_ESTIMATED, WAIT_UNKNOWN}
 

@@ -26,8 +26,8 @@ H2D_REGIONS = ("h2d", "data/h2d")
 #: RankInfo.recent columns after the step number (judge_stragglers reads 3 or more)
 RECENT_COLUMNS = ("wall", "wait", "data", "h2d", "launch", "sync", "exposed")
 #: path segments under which a phase name is a part of that phase, not the phase itself
-#: (a model block called ``data`` inside ``forward`` is compute)
-_PHASES = frozenset(("forward", "backward", "optimizer", "data", "h2d", *WAIT_REGIONS))
+#: (a model block called ``data`` inside ``forward`` is compute; ``eval/…`` is evaluation)
+_PHASES = frozenset(("forward", "backward", "optimizer", "data", "h2d", "eval", *WAIT_REGIONS))
 
 
 def find_phase(names: Iterable[str], wanted: Sequence[str]) -> str | None:
