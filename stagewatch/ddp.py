@@ -16,7 +16,10 @@ top-level regions, so the step's own regions are not counted twice):
 * ``comm/launch``: time this rank spent inside the hook before the collective was handed
   off (compression, a wrapped hook's own work): its own communication work, not a wait;
 * ``comm/total`` (CPU clock only): the union of the buckets' communication intervals,
-  overlapped with compute or not.
+  overlapped with compute or not;
+* ``comm/buffers`` (CPU models only): DDP's broadcast of the module's buffers (e.g.
+  BatchNorm statistics) from rank 0 at the start of a forward, a collective the other ranks
+  wait in when rank 0 is late: from DDP's forward pre-hook to the wrapped module's.
 
 The bundled trainer uses the ``split`` form (:class:`CommWatch` with ``split=True`` and
 :meth:`CommWatch.begin`/:meth:`CommWatch.end` around ``loss.backward()``): its
@@ -39,6 +42,7 @@ from stagewatch.timing import regions as _regions
 EXPOSED = "comm/exposed"
 LAUNCH = "comm/launch"
 TOTAL = "comm/total"
+BUFFERS = "comm/buffers"
 
 
 def _merged_ms(spans: list[tuple[float, float]]) -> float:
@@ -91,6 +95,8 @@ class CommWatch:
         self.comm_ms = 0.0  # split form: total communication ms of the last collect()
         self.backwards = 0  # backwards whose communication was recorded
         self._warned = False
+        self._ddp: Any = None
+        self._fwd_t0: float | None = None  # DDP's forward began; the module's has not
 
     # ------------------------------------------------------------------ setup
 
@@ -112,8 +118,25 @@ class CommWatch:
                 dev = p.device.type if p is not None else "cpu"
             self.cuda = dev == "cuda"
         ddp_model.register_comm_hook(None, self._hook)
+        if not self.cuda:  # on CUDA the broadcast is asynchronous: CPU time would say nothing
+            self._ddp = ddp_model
+            ddp_model.register_forward_pre_hook(self._fwd_begin)
+            ddp_model.module.register_forward_pre_hook(self._fwd_ready)
         ddp_model._stagewatch_comm = self  # watch_ddp on the same model returns this one
         return self
+
+    def _fwd_begin(self, _module: Any, _args: Any) -> None:
+        will = getattr(self._ddp, "_check_sync_bufs_pre_fwd", None)  # private: may go away
+        try:
+            sync = will() if will is not None else True
+        except Exception:
+            sync = True
+        self._fwd_t0 = time.perf_counter() if sync else None
+
+    def _fwd_ready(self, _module: Any, _args: Any) -> None:
+        t0, self._fwd_t0 = self._fwd_t0, None
+        if t0 is not None and (lg := self.log()) is not None:
+            lg.log(BUFFERS, (time.perf_counter() - t0) * 1000.0)
 
     def _now(self) -> Any:
         if self.cuda:

@@ -16,6 +16,7 @@ from typing import Any
 
 from tui.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from tui.model.nesting import timed_only
+from tui.model.phases import BUFFERS_REGION, find_phase
 from tui.model.rankstats import (
     H2D_REGIONS,
     INPUT_REGIONS,
@@ -214,6 +215,26 @@ def _wait_in_backward(snap: Any, v: StragglerVerdict | None, rank: int) -> float
     return d if ok(d) else 0.0
 
 
+def _under(name: str, region: str) -> bool:
+    """``name`` is ``region`` or a region inside it."""
+    return name == region or name.startswith(region + "/")
+
+
+def _path(name: str) -> list[str]:
+    """``name`` and every region above it: ``a/b/c`` -> ``a``, ``a/b``, ``a/b/c``."""
+    segs = name.split("/")
+    return ["/".join(segs[: i + 1]) for i in range(len(segs))]
+
+
+def _wait_unaccounted(un: Any, fix: float, rank: int) -> list[tuple[str, float]]:
+    """The wait correction for the unaccounted time, when ``loss.backward()`` ran in no
+    region: only when the other ranks' unaccounted time can hold their wait."""
+    others = [win.avg for r, _whole, win in getattr(un, "ranks", ()) if r != rank and win.steps]
+    if fix > 0 and others and median(others) >= fix:
+        return [(un.name, fix)]
+    return []
+
+
 def straggler_region(
     snap: Any, rank: int, verdict: StragglerVerdict | None = None
 ) -> tuple[str, float, str, float] | None:
@@ -222,19 +243,36 @@ def straggler_region(
     excess). Wait regions (the symptom, not the cause) and the input and copy regions (their
     own classes) are left out; the wait the other ranks spend inside ``backward`` is taken
     out of its excess."""
-    skip = WAIT_REGIONS + INPUT_REGIONS + H2D_REGIONS
-    rows = [r for r in getattr(snap, "regions", ()) if r.name.split("/", 1)[0] not in skip]
+    rows = [r for r in getattr(snap, "regions", ()) if r.name.split("/", 1)[0] not in WAIT_REGIONS]
     un = getattr(snap, "unaccounted", None)
     if un is not None and getattr(un, "ranks", ()):
         rows.append(un)  # time outside every region is a candidate too
     ex = {r.name: e for r in rows if ok(e := _excess_of(r, rank))}
-    if SYNC_REGION in ex:
-        ex[SYNC_REGION] += _wait_in_backward(snap, verdict, rank)
+    # a correction of a region holds for every region above it too
+    sync = find_phase(ex, (SYNC_REGION,))
+    fixes = [(sync, _wait_in_backward(snap, verdict, rank))] if sync is not None else []
+    if sync is None and un is not None:  # backward in no region: the wait may be unaccounted
+        fixes += _wait_unaccounted(un, _wait_in_backward(snap, verdict, rank), rank)
+    # the others' wait in DDP's buffer broadcast is inside their forward (the model's call)
+    fwd = find_phase(ex, ("forward",))
+    buf = next((r for r in getattr(snap, "regions", ()) if r.name == BUFFERS_REGION), None)
+    if fwd is not None and buf is not None and ok(b := _excess_of(buf, rank)):
+        fixes.append((fwd, -b))
+    # the input and copy phases are their own classes, as named or nested in the loop's region
+    phases = [p for w in (INPUT_REGIONS, H2D_REGIONS) if (p := find_phase(ex, w))]
+    fixes += [(p, -ex[p]) for p in phases if not any(p != q and _under(p, q) for q in phases)]
+    for where, fix in fixes:
+        for n in _path(where):
+            if n in ex:
+                ex[n] += fix
+    ex = {n: e for n, e in ex.items() if not any(_under(n, p) for p in phases)}
     top = [(n, e) for n, e in ex.items() if "/" not in n]
     if not top:
         return None
     name, e = max(top, key=lambda kv: kv[1])
-    if e <= 0:
+    # a region is named only when it explains most of the compute excess, never a sliver
+    least = 0.5 * verdict.cause_ms if verdict is not None and ok(verdict.cause_ms) else 0.0
+    if e <= 0 or e < least:
         return None
     deep, de = name, e
     while True:
@@ -264,7 +302,9 @@ def cause_line(verdict: StragglerVerdict | None, loc: tuple[str, float, str, flo
             f"no single class explains it ({parts})"
         )
     line = verdict.cause_text()
-    if verdict.cause == "compute" and loc is not None:
+    if verdict.cause == "compute" and loc is None:
+        line += "; no single timed region explains most of it"
+    elif verdict.cause == "compute" and loc is not None:
         if loc[2] == UNACCOUNTED:
             line += f", mostly outside every timed region (unaccounted +{_ms(loc[3])})"
         else:

@@ -20,29 +20,22 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+# the phases live in tui/model/phases.py; re-exported here, where they were first defined
+from tui.model.phases import (  # noqa: F401
+    EXPOSED_REGIONS,
+    H2D_REGIONS,
+    INPUT_REGIONS,
+    LAUNCH_REGION,
+    RECENT_COLUMNS,
+    SYNC_REGION,
+    WAIT_REGIONS,
+)
+from tui.model.phases import OUTSIDE_BACKWARD as _OUTSIDE
+from tui.model.phases import UNMEASURED_CAVEAT as _CAVEAT
 from tui.model.units import json_tree, median, ok, pct
 from tui.model.units import ms as _ms
 
 T = TypeVar("T")
-
-#: the regions in which a rank waits for the other ranks (or holds the exposed all-reduce):
-#: the trainer's ``allreduce`` (trainer/distributed.py) and the library's ``comm/...``
-#: (stagewatch/ddp.py); never the cause of a rank's slowness, only its symptom
-WAIT_REGIONS = ("allreduce", "comm")
-#: measured exposed all-reduce, first found wins: the library's hook, the trainer's region
-EXPOSED_REGIONS = ("comm/exposed", "allreduce")
-#: time a rank spent in its own comm hook before handing the collective off (stagewatch/ddp.py)
-LAUNCH_REGION = "comm/launch"
-#: the region a DDP loop calls ``loss.backward()`` in: where an unmeasured wait hides
-SYNC_REGION = "backward"
-#: a rank's own time by class; compute is the rest of its own time. Input: the trainer's
-#: ``data`` or the library's ``data/wait`` (stagewatch's timed_loader and callbacks); a
-#: ``data/h2d`` under ``data`` is the copy, not input. Copy: ``h2d`` or ``data/h2d``.
-INPUT_REGIONS = ("data/wait", "data")
-H2D_REGIONS = ("h2d", "data/h2d")
-#: RankInfo.recent columns after the step number (judge_stragglers reads 3 or more)
-RECENT_COLUMNS = ("wall", "wait", "data", "h2d", "launch", "sync", "exposed")
-
 
 # --------------------------------------------------------------------------- memory trend
 
@@ -439,12 +432,14 @@ def _excess_over_others(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _why(
     worst: RankCompute,
+    runner: RankCompute | None,
     n: int,
     need: int,
     floor: float,
     noise: float,
     share: float,
     t: StragglerLimits,
+    measured: bool = True,
 ) -> tuple[int | None, str]:
     """The rank named (or None) and the reason, one line."""
     rec = worst.slowest / n
@@ -461,6 +456,14 @@ def _why(
             f"no straggler: rank {worst.rank}'s +{_ms(ex)} is within the run's "
             f"step-to-step noise (±{_ms(noise)})"
         )
+    if runner is not None and worst.own_ms - runner.own_ms < floor:
+        # two ranks alike: both slow, or (wait unmeasured) one of them waits somewhere the
+        # estimate does not look, e.g. DDP's buffer broadcast in forward
+        why = (
+            f"no straggler: no single rank stands out: rank {worst.rank} +{_ms(ex)} and rank "
+            f"{runner.rank} +{_ms(runner.excess_ms)} in their own time over the others"
+        )
+        return None, why + ("" if measured else _OUTSIDE)
     if rec < t.straggler_recurrence:
         return None, (
             f"no straggler: rank {worst.rank} is behind on average (+{_ms(ex)}) but the "
@@ -470,20 +473,6 @@ def _why(
         f"rank {worst.rank}'s own time is +{_ms(ex)} ({pct(share)} of the step) over the "
         f"other ranks, slowest in {worst.slowest} of {n} steps (noise ±{_ms(noise)})"
     )
-
-
-_CAVEAT = {
-    WAIT_ESTIMATED: (
-        "; the all-reduce wait is not measured but estimated from `backward`, so a rank slow "
-        "inside backward itself cannot be told from one waiting there "
-        "(stagewatch.watch_ddp(model) measures it)"
-    ),
-    WAIT_UNKNOWN: (
-        "; the all-reduce wait is not measured and there is no `backward` region, so under "
-        "DDP a slow rank cannot be told from one waiting for it "
-        "(stagewatch.watch_ddp(model) measures it)"
-    ),
-}
 
 
 def _waits(x: np.ndarray) -> tuple[np.ndarray, str]:
@@ -568,7 +557,12 @@ def judge_stragglers(
     worst = rows[wi]
     share = worst.excess_ms / step_ms if ok(step_ms) and step_ms > 0 else math.nan
     need = min(t.straggler_min_steps, window) if window else t.straggler_min_steps
-    named, reason = _why(worst, n, need, floor, noise, share, t)
+    # the runner-up; with two ranks the excess is the margin already
+    others = [x for x in rows if x is not worst and k > 2]
+    runner = max(others, key=lambda x: x.own_ms, default=None)
+    named, reason = _why(
+        worst, runner, n, need, floor, noise, share, t, measured=source == WAIT_MEASURED
+    )
     if named is None and source in _CAVEAT and n >= need:
         reason += _CAVEAT[source]
     parts = {"input": data, "h2d": h2d, "compute": comp, "communication": launch}

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from tui.model.histogram import col_percentiles, hist_quantile_pair, hist_quantiles
+from tui.model.phases import BUFFERS_REGION, find_phase
 from tui.model.rankstats import (
     EXPOSED_REGIONS,
     H2D_REGIONS,
@@ -305,51 +306,63 @@ class RankReadout:
         c = self.cols.get(name)
         return np.nan_to_num(self.ring[o, c]) if c is not None else None
 
-    def _first_col(self, o: np.ndarray, names: tuple[str, ...]) -> np.ndarray | None:
-        for n in names:
-            v = self._ring_col(o, n)
-            if v is not None:
-                return v
-        return None
+    def _col_of(self, o: np.ndarray, name: str | None) -> np.ndarray | None:
+        return None if name is None else self._ring_col(o, name)
 
-    def _sync_kids(self) -> np.ndarray:
-        """Columns of the direct children of ``backward`` (cached: names only grow)."""
-        cache = getattr(self, "_kids_cache", None)
+    def _phases(self) -> tuple[dict[str, str | None], np.ndarray]:
+        """The regions holding each phase (:func:`~tui.model.phases.find_phase`: as
+        named, or nested under a loop's own region) and the columns of the direct children
+        of the ``backward`` one (cached: names only grow)."""
+        cache = getattr(self, "_phase_cache", None)
         if cache is None or cache[0] != len(self.names):
-            pre = SYNC_REGION + "/"
-            kids = [
-                c for n, c in self.cols.items() if n.startswith(pre) and "/" not in n[len(pre) :]
-            ]
-            cache = (len(self.names), np.asarray(kids, dtype=np.int64))
-            self._kids_cache = cache
-        return cache[1]
+            names = self.cols
+            ph = {
+                "exposed": find_phase(names, EXPOSED_REGIONS),
+                "sync": find_phase(names, (SYNC_REGION,)),
+                "data": find_phase(names, INPUT_REGIONS),
+                "h2d": find_phase(names, H2D_REGIONS),
+            }
+            kids: list[int] = []
+            if ph["sync"] is not None:
+                pre = ph["sync"] + "/"
+                kids = [
+                    c for n, c in names.items() if n.startswith(pre) and "/" not in n[len(pre) :]
+                ]
+            cache = (len(self.names), ph, np.asarray(kids, dtype=np.int64))
+            self._phase_cache = cache
+        return cache[1], cache[2]
 
     def recent_work(self) -> tuple[tuple[float, ...], ...]:
         """Per window step, oldest first: (step, wall, wait, data, h2d, launch, sync,
         exposed) ms (:data:`~tui.model.rankstats.RECENT_COLUMNS`). ``exposed``: the measured
         exposed all-reduce, ``wait`` the part of it that is waiting (minus this rank's own
-        hook time), both NaN when not measured; ``sync``: the self time of the ``backward``
-        region (minus its direct children), where an unmeasured wait hides (NaN without
-        one); data, h2d, launch 0 when untimed."""
+        hook time, plus DDP's buffer broadcast ``comm/buffers``), both NaN when not
+        measured; ``sync``: the self time of the ``backward`` region (minus its direct
+        children), where an unmeasured wait hides (NaN without one); data, h2d, launch 0
+        when untimed. The phases may be nested under the loop's own region (``find_phase``)."""
         o = self._order()
         n = len(o)
         nan = np.full(n, NAN)
         zero = np.zeros(n)
-        exposed = self._first_col(o, EXPOSED_REGIONS)
+        ph, kids = self._phases()
+        exposed = self._col_of(o, ph["exposed"])
         launch = self._ring_col(o, LAUNCH_REGION)
         launch = zero if launch is None else launch
         wait = nan if exposed is None else np.maximum(0.0, exposed - launch)
-        sync = self._ring_col(o, SYNC_REGION)
+        buffers = self._ring_col(o, BUFFERS_REGION)
+        if exposed is not None and buffers is not None:
+            wait = wait + buffers  # the buffer broadcast of forward is waited in too
+        sync = self._col_of(o, ph["sync"])
         if sync is not None:
-            kids = self._sync_kids()
             if len(kids):
                 sync = sync - np.nansum(self.ring[o][:, kids], axis=1)
             sync = np.maximum(0.0, sync)
-        data = self._first_col(o, INPUT_REGIONS)
-        h2d = self._first_col(o, H2D_REGIONS)
-        nested = self._ring_col(o, "data/h2d")
-        if data is not None and nested is not None and "data/wait" not in self.cols:
-            data = np.maximum(0.0, data - nested)  # "data" holds its copy: input is the rest
+        data = self._col_of(o, ph["data"])
+        h2d = self._col_of(o, ph["h2d"])
+        if data is not None and ph["data"] is not None and not ph["data"].endswith("/wait"):
+            nested = self._ring_col(o, ph["data"] + "/h2d")
+            if nested is not None:  # "data" holds its copy: input is the rest
+                data = np.maximum(0.0, data - nested)
         return tuple(
             zip(
                 self.ring_step[o].tolist(),
