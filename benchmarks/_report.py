@@ -6,6 +6,7 @@ Each benchmark owns the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:N
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 from pathlib import Path
@@ -45,3 +46,14 @@ def write_section(name: str, markdown: str, doc: Path = DOC) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
+
+
+def load_printed(path: Path) -> dict[str, dict[str, list[dict]]]:
+    """An interleaved before/after run's results re-read from the JSON lines it printed
+    (``{"side": "base"|"new", "kind": ..., ...}``), to re-render without measuring."""
+    res: dict[str, dict[str, list[dict]]] = {"base": {}, "new": {}}
+    for line in path.read_text().splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            res[r["side"]].setdefault(r["kind"], []).append(r)
+    return res

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import machine, today, write_section  # noqa: E402
+from benchmarks._report import load_printed, machine, today, write_section  # noqa: E402
 
 RANKS = 64
 CACHE = Path(tempfile.gettempdir()) / "stagewatch-bench-scale"
@@ -233,11 +233,7 @@ def main() -> None:
     ap.add_argument("--from", dest="from_file", type=Path, help="re-render from printed JSON")
     args = ap.parse_args()
     if args.from_file:
-        res: dict[str, dict[str, list[dict]]] = {"base": {}, "new": {}}
-        for line in args.from_file.read_text().splitlines():
-            if line.startswith("{"):
-                r = json.loads(line)
-                res[r["side"]].setdefault(r["kind"], []).append(r)
+        res = load_printed(args.from_file)
         args.rounds = len(res["base"].get("watch2", [])) or args.rounds
     else:
         res = run_rounds(args.base.resolve(), args.rounds, args.seconds)
