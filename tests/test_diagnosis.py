@@ -276,6 +276,23 @@ def test_h2d_copy_quiet_below_threshold(tmp_path: Path) -> None:
     assert "h2d_copy" not in rules_of(write_run(tmp_path, regions=regions))
 
 
+def test_input_rules_find_phases_a_loop_nests_under_its_own_region(tmp_path: Path) -> None:
+    # a loop timing everything under ``train`` (train/data/wait, train/data/h2d): the rules
+    # read the nested phases and name the regions as they are in the log
+    nested = {f"train/{k}": v for k, v in USER_STEP.items() if "/" not in k and k != "data"}
+    nested.update({"train": 9000.0, "train/data": 2300.0})
+    wait = {**nested, "train/data/wait": 1500.0, "train/data/h2d": 800.0}
+    got = rules_of(write_run(tmp_path, config=cfg(workers=0, pin=False), regions=wait))
+    d, h = got["data_wait"], got["h2d_copy"]
+    assert d.evidence["region"] == "train/data/wait" and 0.15 < d.evidence["share"] < 0.2
+    assert d.because.startswith("train/data/wait ")
+    assert h.evidence["region"] == "train/data/h2d" and "pin_memory=True" in h.action
+    # the copy is not input: without a wait of its own the data phase's copy says only h2d
+    copy = {**nested, "train/data": 850.0, "train/data/wait": 50.0, "train/data/h2d": 800.0}
+    got = rules_of(write_run(tmp_path / "c", regions=copy))
+    assert "h2d_copy" in got and "data_wait" not in got
+
+
 def test_exposed_allreduce(tmp_path: Path) -> None:
     run = write_run(tmp_path, ranks=3, regions={**USER_STEP, "allreduce": 1200.0})
     a = rules_of(run)["allreduce"]

@@ -56,6 +56,10 @@ class RunFacts:
     step_ms: float = math.nan
     region_ms: Mapping[str, float] = field(default_factory=dict)  # top-level regions
     region_share: Mapping[str, float] = field(default_factory=dict)
+    # a phase the rules read (``data``, ``data/h2d``, ...) that a loop nests under a region of
+    # its own (``train/data``): phase name -> the region holding it, whose figures are in
+    # region_ms and region_share too
+    phases: Mapping[str, str] = field(default_factory=dict)
     unaccounted_share: float = math.nan
     # memory
     mem_peak: int | None = None  # max over ranks of memory.peak (else allocated, else rss)
@@ -108,13 +112,17 @@ class RunFacts:
         """Memory figures are of an accelerator (so headroom means something)."""
         return self.mem_total is not None and self.mem_total > 0
 
+    def region(self, name: str) -> str:
+        """The region that holds phase ``name``: itself, or where the loop nests it."""
+        return self.phases.get(name, name)
+
     def ms(self, name: str) -> float:
-        """Mean ms of a top-level region (NaN when not timed)."""
-        return float(self.region_ms.get(name, math.nan))
+        """Mean ms of a top-level region or phase (NaN when not timed)."""
+        return float(self.region_ms.get(self.region(name), math.nan))
 
     def share(self, name: str) -> float:
-        """Share of the step of a top-level region (NaN when not timed)."""
-        return float(self.region_share.get(name, math.nan))
+        """Share of the step of a top-level region or phase (NaN when not timed)."""
+        return float(self.region_share.get(self.region(name), math.nan))
 
 
 # --------------------------------------------------------------------------- configuration
@@ -387,18 +395,30 @@ def span_label(snap: Any, window: bool) -> str:
 
 #: regions below the top level that rules read: the input pipeline of stagewatch.timed_loader
 SUB_REGIONS = frozenset({"data/wait", "data/h2d"})
+#: the phases rules read by name; a loop may nest them under its own region (``train/data``)
+RULE_PHASES = ("data", "h2d", "data/wait", "data/h2d", "forward", "backward", "allreduce")
 
 
-def _region_facts(snap: Any, window: bool) -> tuple[dict[str, float], dict[str, float]]:
-    """(mean ms, share) of each top-level region (and of :data:`SUB_REGIONS`) in the span."""
+def _region_facts(
+    snap: Any, window: bool
+) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+    """(mean ms, share) of each top-level region, of :data:`SUB_REGIONS` and of the
+    :data:`RULE_PHASES` a loop nests under its own region, in the span; and where those
+    nested phases are (phase -> region)."""
     ms: dict[str, float] = {}
     share: dict[str, float] = {}
-    for r in snap.regions:
-        st = r.window if window else r.whole
-        if (r.depth == 0 or r.name in SUB_REGIONS) and st.steps:
-            ms[r.name] = st.avg
-            share[r.name] = st.share
-    return ms, share
+    timed = {r.name: r for r in snap.regions if (r.window if window else r.whole).steps}
+    phases = {}
+    for p in RULE_PHASES:
+        if p not in timed and (where := find_phase(timed, (p,))) is not None:
+            phases[p] = where
+    keep = SUB_REGIONS.union(phases.values())
+    for name, r in timed.items():
+        if r.depth == 0 or name in keep:
+            st = r.window if window else r.whole
+            ms[name] = st.avg
+            share[name] = st.share
+    return ms, share, phases
 
 
 def facts_from_snapshot(
@@ -411,7 +431,7 @@ def facts_from_snapshot(
     ``mem_trend``. The straggler verdict is always of the recent steps (it compares ranks
     step by step); with ``thresholds`` other than the defaults it is judged again by them.
     """
-    ms, share = _region_facts(snap, window)
+    ms, share, phases = _region_facts(snap, window)
     alloc = None
     if snap.device.startswith("cuda") and snap.mem_last is not None:
         alloc = int(snap.mem_last)  # the monitor's mem_last is "allocated" when there is one
@@ -438,6 +458,7 @@ def facts_from_snapshot(
         step_ms=(snap.wall_window if window else snap.wall).avg,
         region_ms=ms,
         region_share=share,
+        phases=phases,
         unaccounted_share=(snap.unaccounted.window if window else snap.unaccounted.whole).share,
         mem_peak=snap.mem_peak,
         mem_total=snap.mem_total,

@@ -207,8 +207,10 @@ def rule_larger_batch(f: RunFacts, t: Thresholds) -> Advice | None:
 
 
 def rule_data_wait(f: RunFacts, t: Thresholds) -> Advice | None:
-    """Waiting for data above ~10% of the step."""
-    share = f.share("data")
+    """Waiting for data above ~10% of the step (``data/wait`` when the copy is timed apart)."""
+    phase = "data/wait" if _ok(f.share("data/wait")) else "data"
+    share = f.share(phase)
+    region = f.region(phase)
     if f.steps < t.min_steps or not _ok(share) or share < t.data_share:
         return None
     now = []
@@ -228,20 +230,22 @@ def rule_data_wait(f: RunFacts, t: Thresholds) -> Advice | None:
         f"the step waits for data {_pct(share)} of the time",
         "try " + ", ".join(tries),
         {
-            "data_ms": f.ms("data"),
+            "data_ms": f.ms(phase),
             "share": share,
-            "h2d_ms": f.ms("h2d"),
+            "region": region,
+            "h2d_ms": f.ms("data/h2d") if _ok(f.ms("data/h2d")) else f.ms("h2d"),
             "num_workers": f.num_workers,
             "pin_memory": f.pin_memory,
         },
-        f"data {_ms(f.ms('data'))} per step" + (f"; now {', '.join(now)}" if now else ""),
+        f"{region} {_ms(f.ms(phase))} per step" + (f"; now {', '.join(now)}" if now else ""),
     )
 
 
 def rule_h2d(f: RunFacts, t: Thresholds) -> Advice | None:
     """The host-to-device copy of the batch exposed above ~5% of the step."""
-    name = "data/h2d" if _ok(f.share("data/h2d")) else "h2d"
-    share = f.share(name)
+    phase = "data/h2d" if _ok(f.share("data/h2d")) else "h2d"
+    share = f.share(phase)
+    name = f.region(phase)
     if f.steps < t.min_steps or not _ok(share) or share < t.h2d_share:
         return None
     return Advice(
@@ -251,8 +255,8 @@ def rule_h2d(f: RunFacts, t: Thresholds) -> Advice | None:
         "put batches in pinned memory (DataLoader(pin_memory=True)) and copy them with "
         "non_blocking=True (stagewatch.timed_loader does for pinned tensors), so the copy "
         "overlaps compute; or move less (smaller dtypes, build masks on the device)",
-        {"h2d_ms": f.ms(name), "share": share, "region": name, "pin_memory": f.pin_memory},
-        f"{name} {_ms(f.ms(name))} per step"
+        {"h2d_ms": f.ms(phase), "share": share, "region": name, "pin_memory": f.pin_memory},
+        f"{name} {_ms(f.ms(phase))} per step"
         + (f"; now PIN_MEMORY={str(f.pin_memory).lower()}" if f.pin_memory is not None else ""),
     )
 
