@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from tui.model.causes import CAUSE_WORDS, CAUSES, cause_of, slow_now_and_then  # noqa: F401
+
 # the phases live in tui/model/phases.py; re-exported here, where they were first defined
 from tui.model.phases import (  # noqa: F401
     EXPOSED_REGIONS,
@@ -243,19 +245,18 @@ class StragglerLimits:
     straggler_recurrence: float = 0.6
     #: ... over at least this many steps compared across ranks (or the whole window if shorter)
     straggler_min_steps: int = 10
+    #: no steady straggler, but one rank slow now and then: a step counts when its slowest
+    #: rank's excess is above the floor and this many times the noise; named when one rank
+    #: is the slowest in at least ``intermittent_share`` of at least ``intermittent_min``
+    #: such steps (and in at least 10% of the compared steps)
+    intermittent_noise: float = 3.0
+    intermittent_share: float = 0.8
+    intermittent_min: int = 3
 
 
 DEFAULT_LIMITS = StragglerLimits()
 
 
-#: the classes of a rank's own time, in the order they are reported
-CAUSES = ("input", "h2d", "compute", "communication")
-CAUSE_WORDS = {
-    "input": "input wait",
-    "h2d": "host-to-device copy",
-    "compute": "compute",
-    "communication": "communication (its own comm hook)",
-}
 #: how the wait at the all-reduce was known
 WAIT_MEASURED = "measured"  # comm/exposed (stagewatch.watch_ddp) or the trainer's allreduce
 WAIT_ESTIMATED = "backward"  # estimated from the backward region's self time across ranks
@@ -308,6 +309,9 @@ class StragglerVerdict:
     cause_rank_ms: float = math.nan  # its time in that class
     cause_others_ms: float = math.nan  # the other ranks' (median of their medians)
     parts: tuple[tuple[str, float], ...] = ()  # excess of every class, CAUSES order
+    # no steady straggler, but this rank is slow now and then (the reason says how often,
+    # by how much and why, in the steps it is slow); None otherwise
+    intermittent: int | None = None
 
     def rank(self, r: int) -> RankCompute | None:
         """The figures of rank ``r``; None when it was not compared."""
@@ -357,6 +361,8 @@ class StragglerVerdict:
     def brief(self) -> str:
         """A few words for a header: ``straggler rank 1 +98.7 ms input`` or ``no straggler``."""
         if self.straggler is None:
+            if self.intermittent is not None:
+                return f"rank {self.intermittent} slow now and then"
             return "no straggler" if self.compared_steps >= 2 else ""
         return f"straggler rank {self.straggler} +{_ms(self.excess_ms)} {self.cause or 'compute'}"
 
@@ -487,24 +493,6 @@ def _waits(x: np.ndarray) -> tuple[np.ndarray, str]:
     return np.zeros_like(wait), WAIT_UNKNOWN
 
 
-def _cause(
-    parts: dict[str, np.ndarray], i: int, floor: float
-) -> tuple[str | None, float, float, float, tuple[tuple[str, float], ...]]:
-    """The class of rank index ``i``'s own time with the largest excess over the other
-    ranks (median over steps): (cause, its excess, the rank's median, the others' median,
-    every class's excess). None when no class exceeds ``floor``."""
-    ex: dict[str, float] = {}
-    for name, p in parts.items():  # per step: the rank's minus the median of the others'
-        ex[name] = float(np.median(p[:, i] - np.median(np.delete(p, i, axis=1), axis=1)))
-    best = max(CAUSES, key=lambda c: ex[c])
-    table = tuple((c, ex[c]) for c in CAUSES)
-    if not ex[best] > floor:
-        return None, math.nan, math.nan, math.nan, table
-    med = np.median(parts[best], axis=0)
-    others = float(np.median(np.delete(med, i)))
-    return best, ex[best], float(med[i]), others, table
-
-
 def judge_stragglers(
     per_rank: Mapping[int, Sequence[Sequence[float]]],
     thresholds: StragglerLimits | None = None,
@@ -566,7 +554,14 @@ def judge_stragglers(
     if named is None and source in _CAVEAT and n >= need:
         reason += _CAVEAT[source]
     parts = {"input": data, "h2d": h2d, "compute": comp, "communication": launch}
-    cause, cms, crank, cothers, table_ = _cause(parts, wi, 0.5 * worst.excess_ms)
+    cause, cms, crank, cothers, table_ = cause_of(parts, wi, 0.5 * worst.excess_ms)
+    now_and_then = None
+    if named is None and n >= need:
+        spikes = slow_now_and_then(
+            own, excess, order, parts, floor, max(noise * t.intermittent_noise, 0.0), ranks, t
+        )
+        if spikes is not None:
+            now_and_then, reason = spikes[0], spikes[1] + (_CAVEAT.get(source, ""))
     return StragglerVerdict(
         ranks=tuple(rows),
         compared_steps=n,
@@ -585,4 +580,5 @@ def judge_stragglers(
         cause_rank_ms=crank if named is not None else math.nan,
         cause_others_ms=cothers if named is not None else math.nan,
         parts=table_ if named is not None else (),
+        intermittent=None if now_and_then is None else ranks[now_and_then],
     )

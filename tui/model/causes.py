@@ -1,0 +1,82 @@
+"""Why a rank is slow: the class of its own time (input, host-to-device copy, compute, its
+own communication) with the largest excess over the other ranks, and a rank that is slow
+now and then rather than steadily (:func:`slow_now_and_then`). Used by
+:func:`tui.model.rankstats.judge_stragglers`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from tui.model.units import ms as _ms
+
+#: the classes of a rank's own time, in the order they are reported
+CAUSES = ("input", "h2d", "compute", "communication")
+CAUSE_WORDS = {
+    "input": "input wait",
+    "h2d": "host-to-device copy",
+    "compute": "compute",
+    "communication": "communication (its own comm hook)",
+}
+
+
+def cause_of(
+    parts: dict[str, np.ndarray], i: int, floor: float
+) -> tuple[str | None, float, float, float, tuple[tuple[str, float], ...]]:
+    """The class of rank index ``i``'s own time with the largest excess over the other
+    ranks (median over steps): (cause, its excess, the rank's median, the others' median,
+    every class's excess). None when no class exceeds ``floor``."""
+    ex: dict[str, float] = {}
+    for name, p in parts.items():  # per step: the rank's minus the median of the others'
+        ex[name] = float(np.median(p[:, i] - np.median(np.delete(p, i, axis=1), axis=1)))
+    best = max(CAUSES, key=lambda c: ex[c])
+    table = tuple((c, ex[c]) for c in CAUSES)
+    if not ex[best] > floor:
+        return None, math.nan, math.nan, math.nan, table
+    med = np.median(parts[best], axis=0)
+    others = float(np.median(np.delete(med, i)))
+    return best, ex[best], float(med[i]), others, table
+
+
+def slow_now_and_then(
+    own: np.ndarray,
+    excess: np.ndarray,
+    order: np.ndarray,
+    parts: dict[str, np.ndarray],
+    floor: float,
+    above: float,
+    ranks: Sequence[int],
+    t: Any,
+) -> tuple[int, str] | None:
+    """(rank index, reason) when no rank is slow steadily but one is slow now and then: in
+    the steps where the slowest rank's own time stands out (above ``floor`` and ``above``, a
+    multiple of the run's noise) and is ahead of the runner-up's by ``floor``, the same rank
+    nearly every time. ``own``, ``excess`` and ``order`` are judge_stragglers' (per step and
+    rank); ``t`` its StragglerLimits. None otherwise."""
+    n = len(order)
+    slowest = order[:, -1]
+    top = excess[np.arange(n), slowest]
+    hit = top >= max(floor, above)
+    if own.shape[1] > 2:  # and ahead of the runner-up (two ranks alike: neither is the one)
+        srt = np.take_along_axis(own, order, axis=1)
+        hit &= srt[:, -1] - srt[:, -2] >= floor
+    count = int(hit.sum())
+    if count < max(t.intermittent_min, 0.1 * n):
+        return None
+    by = np.bincount(slowest[hit], minlength=excess.shape[1])
+    i = int(by.argmax())
+    if by[i] < t.intermittent_share * count:
+        return None
+    rows = hit & (slowest == i)
+    ex = float(np.median(top[rows]))
+    sub = {name: p[rows] for name, p in parts.items()}
+    cause, cms, _, _, _ = cause_of(sub, i, 0.5 * ex)
+    why = f", mostly {CAUSE_WORDS[cause]} +{_ms(cms)}" if cause is not None else ""
+    return i, (
+        f"no steady straggler; rank {ranks[i]} is slow now and then: its own time +{_ms(ex)} "
+        f"over the other ranks in {int(by[i])} of {n} steps{why} (the others wait for it in "
+        "those steps)"
+    )
