@@ -302,3 +302,63 @@ def watch_if_ddp(model: Any, logger: Any = None) -> CommWatch | None:
     """:func:`watch_ddp` for code that instruments any model (``instrument``, the
     callbacks): silent when ``model`` is not DDP, and a no-op when it is already watched."""
     return watch_ddp(model, logger, quiet=True)
+
+
+#: forwards of the inner module, under an initialized process group, to look for its DDP
+_LOOKS = 8
+#: caller frames searched for the DDP wrapper (DDP's forward calls the module a few down)
+_FRAMES = 64
+
+
+def _ddp_caller(module: Any, ddp_type: type) -> Any:
+    """The DistributedDataParallel whose forward is calling ``module`` now, or None."""
+    import sys
+
+    f = sys._getframe(2)
+    for _ in range(_FRAMES):
+        if f is None:
+            return None
+        if "self" in f.f_code.co_varnames:
+            s = f.f_locals.get("self")
+            if isinstance(s, ddp_type):
+                inner = s.module
+                if inner is module or any(m is module for m in inner.modules()):
+                    return s
+        f = f.f_back
+    return None
+
+
+def watch_ddp_around(module: Any, logger: Any = None) -> Any:
+    """:func:`watch_ddp` for the DDP model that wraps ``module``, whichever it is and
+    whenever it is made: ``instrument(net)`` before ``DistributedDataParallel(net)``, and the
+    callbacks, which are handed the inner model. A forward pre-hook on ``module`` looks in
+    its callers for the DDP forward calling it, watches that model and takes itself away (as
+    it does at once without a process group, or after a few forwards that find none).
+    Returns the hook's handle, or None when there is nothing to look for."""
+    try:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+    except Exception:  # torch without distributed
+        return None
+    if not dist.is_available() or not hasattr(module, "register_forward_pre_hook"):
+        return None
+    handle: list[Any] = []
+    looks = [0]
+
+    def look(mod: Any, _args: Any) -> None:
+        try:
+            done = not dist.is_initialized()  # no process group now: no DDP calls this
+            if not done:
+                ddp = _ddp_caller(mod, DistributedDataParallel)
+                looks[0] += 1
+                done = looks[0] >= _LOOKS
+                if ddp is not None:
+                    watch_if_ddp(ddp, logger)
+                    done = True
+        except Exception:  # never into the training loop
+            done = True
+        if done and handle:
+            handle.pop().remove()
+
+    handle.append(module.register_forward_pre_hook(look))
+    return handle[0] if handle else None

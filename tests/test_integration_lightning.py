@@ -121,6 +121,9 @@ def test_two_process_ddp_on_gloo(tmp_path):
                 PHASES, 1
             )
             assert s.regions["forward/block"][1] == 2 and s.regions["backward/block"][1] == 2
+            # the strategy's DDP all-reduce, watched by the callback (issue 22)
+            exposed, calls = s.regions["comm/exposed"]
+            assert calls == 1 and 0.0 <= exposed <= s.regions["backward"][0]
         assert run_end(rank_recs).status == "completed"
 
 

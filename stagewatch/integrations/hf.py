@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from stagewatch.ddp import watch_ddp_around
 from stagewatch.integrations._common import (
     BACKWARD,
     DATA_H2D,
@@ -205,6 +206,12 @@ class StagewatchCallback(_transformers.TrainerCallback):  # type: ignore[misc,na
         self._loss_scale = world if across else 1
         if model is not None:
             self._hook_model(model)
+            if self._sw.logger is not None:
+                # the Trainer hands callbacks the inner model; its DDP wrapper (accelerate's)
+                # is found at the first forward: DDP's all-reduce as comm/exposed
+                look = watch_ddp_around(model, self._sw.logger)
+                if look is not None:
+                    self._hooks.append(look)
         if getattr(args, "torch_compile", False) and self._sw.depth != 0:
             self._warn(
                 "compile",

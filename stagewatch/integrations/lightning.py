@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from stagewatch.ddp import watch_if_ddp
 from stagewatch.integrations._common import (
     BACKWARD,
     DATA_H2D,
@@ -181,6 +182,8 @@ class StagewatchCallback(_pl.Callback):  # type: ignore[misc,name-defined]
     @safe
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self._sw.logger is not None:
+            # the strategy has wrapped the module by now: DDP's all-reduce as comm/exposed
+            watch_if_ddp(getattr(trainer.strategy, "model", None), self._sw.logger)
             self._sw.logger.mark_step_start()  # keep the set-up out of step 1
 
     @safe
