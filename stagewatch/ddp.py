@@ -294,7 +294,13 @@ def watch_ddp(
     try:
         return CommWatch(logger, hook=hook, state=state).attach(ddp_model)
     except Exception as e:
-        warnings.warn(f"stagewatch.watch_ddp: communication not timed: {e}", stacklevel=2)
+        why = str(e).strip()
+        if "only be called once" in why:  # DDP keeps one comm hook per model
+            why = (
+                "the model has a comm hook already (DDP takes one: pass yours as "
+                "stagewatch.watch_ddp(model, hook=..., state=...) instead)"
+            )
+        warnings.warn(f"stagewatch.watch_ddp: communication not timed: {why}", stacklevel=2)
         return None
 
 
@@ -328,6 +334,47 @@ def _ddp_caller(module: Any, ddp_type: type) -> Any:
     return None
 
 
+class _Quiet:
+    """What a pickled or copied model's look-out hook becomes: nothing."""
+
+    def __call__(self, *_: Any) -> None:
+        return None
+
+
+def _quiet() -> _Quiet:
+    return _Quiet()
+
+
+class _Look:
+    """The forward pre-hook of :func:`watch_ddp_around` (a class, so models pickle)."""
+
+    def __init__(self, logger: Any, dist: Any, ddp_type: type, compiling: Any) -> None:
+        self.logger, self.dist, self.ddp_type, self.compiling = logger, dist, ddp_type, compiling
+        self.looks = 0
+        self.handle: Any = None
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _quiet, ()
+
+    def __call__(self, mod: Any, _args: Any) -> None:
+        if self.compiling():  # traced by torch.compile: nothing to look at, no graph break
+            return
+        try:
+            done = not self.dist.is_initialized()  # no process group now: no DDP calls this
+            if not done:
+                ddp = _ddp_caller(mod, self.ddp_type)
+                self.looks += 1
+                done = self.looks >= _LOOKS
+                if ddp is not None:
+                    watch_if_ddp(ddp, self.logger)
+                    done = True
+        except Exception:  # never into the training loop
+            done = True
+        if done and self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
 def watch_ddp_around(module: Any, logger: Any = None) -> Any:
     """:func:`watch_ddp` for the DDP model that wraps ``module``, whichever it is and
     whenever it is made: ``instrument(net)`` before ``DistributedDataParallel(net)``, and the
@@ -336,29 +383,27 @@ def watch_ddp_around(module: Any, logger: Any = None) -> Any:
     it does at once without a process group, or after a few forwards that find none).
     Returns the hook's handle, or None when there is nothing to look for."""
     try:
+        import torch
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel
     except Exception:  # torch without distributed
         return None
     if not dist.is_available() or not hasattr(module, "register_forward_pre_hook"):
         return None
-    handle: list[Any] = []
-    looks = [0]
+    look = _Look(logger, dist, DistributedDataParallel, torch.compiler.is_compiling)
+    look.handle = module.register_forward_pre_hook(look)
+    return look.handle
 
-    def look(mod: Any, _args: Any) -> None:
-        try:
-            done = not dist.is_initialized()  # no process group now: no DDP calls this
-            if not done:
-                ddp = _ddp_caller(mod, DistributedDataParallel)
-                looks[0] += 1
-                done = looks[0] >= _LOOKS
-                if ddp is not None:
-                    watch_if_ddp(ddp, logger)
-                    done = True
-        except Exception:  # never into the training loop
-            done = True
-        if done and handle:
-            handle.pop().remove()
 
-    handle.append(module.register_forward_pre_hook(look))
-    return handle[0] if handle else None
+def watch_model_ddp(model: Any, logger: Any = None) -> Any:
+    """What ``instrument`` applies: :func:`watch_if_ddp` when ``model`` is a DDP model, else
+    :func:`watch_ddp_around` for the DDP model that may wrap it later. Returns the look-out
+    hook's handle, or None."""
+    try:
+        from torch.nn.parallel import DistributedDataParallel
+    except Exception:  # torch without distributed
+        return None
+    if isinstance(model, DistributedDataParallel):
+        watch_if_ddp(model, logger)
+        return None
+    return watch_ddp_around(model, logger)

@@ -1,4 +1,5 @@
-"""Two gloo processes (torch.multiprocessing): instrument a DDP model and an FSDP2 model.
+"""Two gloo processes (torch.multiprocessing): instrument a DDP model (wrapped before, or
+after ``instrument``; with the user's own comm hook) and an FSDP2 model.
 
 Run as ``python tests/_instrument_ddp_worker.py LOG_DIR PORT``; each rank writes its own
 rank file under LOG_DIR (runs "ddp" and "fsdp"). Used by tests/test_instrument_ddp.py.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,11 +28,14 @@ class Net(nn.Module):
         return self.head(self.encoder(x))
 
 
-def _steps(model: nn.Module, log: object, rank: int) -> None:
+def _steps(model: Any, log: object, rank: int) -> None:
     import stagewatch
 
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with stagewatch.instrument(model, depth=2, logger=log):
+    later = model if isinstance(model, _Later) else None
+    with stagewatch.instrument(later.net if later else model, depth=2, logger=log):
+        if later is not None:
+            model = later.ddp(later.net)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
         for _ in range(3):
             x = torch.randn(4, 8, generator=torch.Generator().manual_seed(rank))
             with log.region("forward"):
@@ -50,7 +56,7 @@ def worker(rank: int, world: int, log_dir: str, port: str) -> None:
     import stagewatch
 
     torch.manual_seed(0)
-    for run, wrap in (("ddp", _ddp), ("fsdp", _fsdp)):
+    for run, wrap in (("ddp", _ddp), ("inner", _inner), ("ownhook", _own_hook), ("fsdp", _fsdp)):
         log = stagewatch.TimingLogger(
             log_dir,
             enable_console=False,
@@ -65,13 +71,36 @@ def worker(rank: int, world: int, log_dir: str, port: str) -> None:
             print(f"rank{rank}: {run} skipped: {e}", file=sys.stderr)
             log.close()
             continue
-        _steps(model, log, rank)
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            _steps(model, log, rank)
+        for w in got:
+            print(f"rank{rank}: {run} warning: {w.message}", file=sys.stderr)
         log.close()
     dist.destroy_process_group()
 
 
 def _ddp(net: nn.Module, ddp: type) -> nn.Module:
     return ddp(net)
+
+
+class _Later:
+    """``instrument(net)`` first, ``DistributedDataParallel(net)`` after (see _steps)."""
+
+    def __init__(self, net: nn.Module, ddp: type) -> None:
+        self.net, self.ddp = net, ddp
+
+
+def _inner(net: nn.Module, ddp: type) -> _Later:
+    return _Later(net, ddp)
+
+
+def _own_hook(net: nn.Module, ddp: type) -> nn.Module:
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    model = ddp(net)
+    model.register_comm_hook(None, default_hooks.allreduce_hook)  # the user's own hook
+    return model
 
 
 def _fsdp(net: nn.Module, ddp: type) -> nn.Module:

@@ -16,6 +16,8 @@ EXPECTED = {
     for phase in ("forward", "backward")
     for m in ("encoder", "encoder/0", "encoder/1", "encoder/2", "head")
 } | {"forward", "backward"}
+#: what watch_ddp adds on a CPU model (comm/buffers only for a model with buffers)
+COMM = {"comm/exposed", "comm/launch", "comm/total"}
 
 
 def _free_port() -> int:
@@ -33,12 +35,22 @@ def test_ddp_and_fsdp2_models_are_unwrapped_on_every_rank(tmp_path: Path) -> Non
         timeout=300,
     )
     assert r.returncode == 0, r.stderr[-4000:]
-    runs = ["ddp"] + (["fsdp"] if "fsdp skipped" not in r.stderr else [])
+    runs = ["ddp", "inner", "ownhook"] + (["fsdp"] if "fsdp skipped" not in r.stderr else [])
     for run in runs:
+        # DDP's all-reduce is timed whether the model was wrapped before instrument or after
+        # it (found at its first forward); DDP takes one comm hook, so the user's own wins
+        comm = COMM if run in ("ddp", "inner") else set()
         for rank in (0, 1):
             lines = (tmp_path / run / f"rank{rank}.jsonl").read_text().splitlines()
             steps = [rec for rec in map(json.loads, lines) if rec["kind"] == "step"]
             assert len(steps) == 3, (run, rank)
             for s in steps:
-                assert set(s["regions"]) == EXPECTED, (run, rank, sorted(s["regions"]))
+                assert set(s["regions"]) == EXPECTED | comm, (run, rank, sorted(s["regions"]))
                 assert s["regions"]["backward/head"][1] == 1
+                if comm:
+                    exposed, calls = s["regions"]["comm/exposed"]
+                    assert calls == 1 and 0.0 <= exposed <= s["regions"]["backward"][0]
+    for rank in (0, 1):  # the two processes' lines may interleave
+        said = f"rank{rank}: ownhook warning: stagewatch.watch_ddp: communication not timed: "
+        assert r.stderr.count(said + "the model has a comm hook already") == 1, r.stderr[-2000:]
+    assert "ddp warning" not in r.stderr and "inner warning" not in r.stderr

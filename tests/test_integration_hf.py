@@ -131,9 +131,11 @@ def test_two_process_ddp_under_torchrun(tmp_path):
             assert s.regions["forward/transformer"][1] == 2
             assert s.regions["backward/transformer/recompute"][1] >= 2
             # accelerate's DDP all-reduce, found at the first forward (issue 22): one per
-            # optimizer step (the first micro-batch runs under no_sync)
+            # optimizer step (the first micro-batch runs under no_sync). DDP waits for it in
+            # an autograd callback queued after the one that ends `backward` here, so the
+            # exposed part lies after that region, within the step
             exposed, calls = s.regions["comm/exposed"]
-            assert calls == 1 and 0.0 <= exposed <= s.regions["backward"][0]
+            assert calls == 1 and 0.0 <= exposed <= s.wall_ms
         assert run_end(recs[rank]).status == "completed"
     for i in range(3):  # the Trainer logs the mean of the ranks' losses
         mean = (per_rank[0][i].scalars["loss"] + per_rank[1][i].scalars["loss"]) / 2

@@ -86,6 +86,22 @@ def test_ranks_slow_by_turns_name_no_one(tmp_path: Path) -> None:
     assert "now and then" not in v.reason
 
 
+def test_a_few_hiccups_on_one_of_two_ranks_are_chance(tmp_path: Path) -> None:
+    # 3 slow steps of 20, all on rank 1: one of two ranks gets all three a quarter of the
+    # time by chance (a loaded host), so nothing is said; 10 of 40 is no chance
+    def make(few: set[int]) -> Callable[[int, int], Regions]:
+        def steps(r: int, s: int) -> Regions:
+            spike = s in few
+            return _step(spike and r == 1, 40.0 if spike and r != 1 else 0.0, "forward")
+
+        return steps
+
+    v = _run(tmp_path / "few", 2, 20, make({4, 11, 17}))
+    assert v is not None and v.intermittent is None, v.reason
+    v = _run(tmp_path / "many", 2, 40, make(set(range(2, 41, 4))))
+    assert v is not None and v.intermittent == 1, v.reason
+
+
 def test_jitter_on_every_rank_names_no_one(tmp_path: Path) -> None:
     for k in range(8):
         rng = random.Random(k)

@@ -506,6 +506,9 @@ class InstrumentHandle:
             _timed_now.discard(p.module)
         if self.armed:
             self.disarm_recompute()
+        look, self._ddp_look = getattr(self, "_ddp_look", None), None
+        if look is not None:
+            look.remove()
 
     def __enter__(self) -> InstrumentHandle:
         return self
@@ -571,4 +574,10 @@ def instrument(
         root = torch.nn.Module()
         for i, m in enumerate(timed.values()):
             root.add_module(f"m{i}", m)
-    return InstrumentHandle(lg, root, timed)
+    handle = InstrumentHandle(lg, root, timed)
+    if isinstance(model, torch.nn.Module):
+        from stagewatch.ddp import watch_model_ddp
+
+        # DDP's all-reduce as comm/exposed (issue 22), the model wrapped now or later
+        handle._ddp_look = watch_model_ddp(model, lg)
+    return handle

@@ -54,7 +54,7 @@ def slow_now_and_then(
     """(rank index, reason) when no rank is slow steadily but one is slow now and then: in
     the steps where the slowest rank's own time stands out (above ``floor`` and ``above``, a
     multiple of the run's noise) and is ahead of the runner-up's by ``floor``, the same rank
-    nearly every time. ``own``, ``excess`` and ``order`` are judge_stragglers' (per step and
+    nearly every time, more often than chance would make it. ``own``, ``excess`` and ``order`` are judge_stragglers' (per step and
     rank); ``t`` its StragglerLimits. None otherwise."""
     n = len(order)
     slowest = order[:, -1]
@@ -66,9 +66,10 @@ def slow_now_and_then(
     count = int(hit.sum())
     if count < max(t.intermittent_min, 0.1 * n):
         return None
-    by = np.bincount(slowest[hit], minlength=excess.shape[1])
+    k = excess.shape[1]
+    by = np.bincount(slowest[hit], minlength=k)
     i = int(by.argmax())
-    if by[i] < t.intermittent_share * count:
+    if by[i] < t.intermittent_share * count or _by_chance(int(by[i]), count, k) > 0.01:
         return None
     rows = hit & (slowest == i)
     ex = float(np.median(top[rows]))
@@ -80,3 +81,12 @@ def slow_now_and_then(
         f"over the other ranks in {int(by[i])} of {n} steps{why} (the others wait for it in "
         "those steps)"
     )
+
+
+def _by_chance(m: int, count: int, k: int) -> float:
+    """How likely some one of ``k`` ranks is the slowest in ``m`` or more of ``count`` steps
+    if each step's slowest were any rank alike (a binomial tail, times ``k``): hiccups of a
+    loaded host fall on ranks at random, a slow rank's do not."""
+    p = 1.0 / k
+    tail = sum(math.comb(count, j) * p**j * (1.0 - p) ** (count - j) for j in range(m, count + 1))
+    return min(1.0, k * tail)
