@@ -68,26 +68,7 @@ def _share(part: float, whole: float) -> float:
     return part / whole if whole > 0 else NAN
 
 
-def _window_stats(
-    last: float,
-    last_share: float,
-    wall: float,
-    count: int,
-    total: float,
-    p50: float,
-    p95: float,
-    lo: float,
-    hi: float,
-    calls: float,
-) -> Stats:
-    """A region's window Stats from its ring column figures (``wall``: the ring's wall ms)."""
-    if count == 0:
-        return Stats(last=last, steps=0, calls=0, share=0.0, last_share=last_share)
-    share = _share(total, wall)
-    return Stats(last, total / count, lo, hi, p50, p95, count, int(calls), share, last_share)
-
-
-def _region_columns(
+def _region_arrays(
     hist: np.ndarray,
     n: np.ndarray,
     sums: np.ndarray,
@@ -97,45 +78,143 @@ def _region_columns(
     last: np.ndarray,
     ring: np.ndarray,
     ring_calls: np.ndarray,
-) -> list[list[Any]]:
-    """Per region column, as lists: the whole run's (steps, sum, min, max, p50, p95, calls,
-    last) and the window's (steps, sum, p50, p95, min, max, calls). Every figure is computed
-    column by column (quantiles per histogram row, sums along the ring's steps in order), so
-    several ranks' columns side by side give each rank's own figures, to the bit."""
+) -> tuple[np.ndarray, ...]:
+    """Per region column: the whole run's (steps, sum, min, max, p50, p95, calls, last) and
+    the window's (steps, sum, p50, p95, min, max, calls). Every figure is computed column by
+    column (quantiles per histogram row, sums along the ring's steps in order), so several
+    ranks' columns side by side give each rank's own figures, to the bit."""
     p50, p95 = hist_quantiles(hist, (0.50, 0.95), mins, maxs)
     f, kk = ring.shape
     valid = ~np.isnan(ring)
     wn = valid.sum(axis=0)
-    wsum = np.where(valid, ring, 0.0).sum(axis=0)
+    vals = np.where(valid, ring, 0.0)
+    if kk == 1:  # one column is summed pairwise, several in step order: always in order
+        vals = np.concatenate([vals, vals], axis=1)
+    wsum = vals.sum(axis=0)[:kk]
     srt = np.sort(ring, axis=0)  # NaN sorts last
     wp50, wp95 = col_percentiles(srt, wn, (0.50, 0.95))
     wmin = srt[0]
     wmax = srt[np.maximum(wn - 1, 0), np.arange(kk)] if f else np.full(kk, NAN)
     wcalls = ring_calls.sum(axis=0)
-    cols = (n, sums, mins, maxs, p50, p95, calls, last, wn, wsum, wp50, wp95, wmin, wmax, wcalls)
-    return [c.tolist() for c in cols]
+    return (n, sums, mins, maxs, p50, p95, calls, last, wn, wsum, wp50, wp95, wmin, wmax, wcalls)
 
 
-def read_all_stats(ranks: Sequence[RankReadout]) -> list[list[StatsPair]]:
-    """``[a.all_stats() for a in ranks]``, the ranks whose read-outs changed read in one pass
+def _region_columns(*inputs: np.ndarray) -> list[list[Any]]:
+    """:func:`_region_arrays` as lists."""
+    return [c.tolist() for c in _region_arrays(*inputs)]
+
+
+NF = 10  # the fields of a Stats, in order (a field matrix's rows: whole run, then window)
+
+
+def _fields(cols: tuple[np.ndarray, ...], wall_last: Any, wall_sum: Any, wwall: Any) -> np.ndarray:
+    """The Stats fields of each region column, as a (2 * NF, columns) matrix
+    (rows 0-9 the whole run's Stats, 10-19 the window's; counts as floats): the same values,
+    element by element, without a Python object per figure. ``wall_last``, ``wall_sum`` and
+    ``wwall`` (the window's wall ms) are the rank's, or per column (ranks side by side)."""
+    n, sums, mins, maxs, p50, p95, calls, last, wn, wsum, wp50, wp95, wmin, wmax, wcalls = cols
+    out = np.full((2 * NF, len(n)), NAN)
+    live = n > 0
+    win = live & (wn > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        last_share = np.where(wall_last > 0, last / wall_last, NAN)
+        whole = (
+            last,
+            sums / n,
+            mins,
+            maxs,
+            p50,
+            p95,
+            n,
+            calls,
+            np.where(wall_sum > 0, sums / wall_sum, NAN),
+            last_share,
+        )
+        window = (
+            last,
+            wsum / wn,
+            wmin,
+            wmax,
+            wp50,
+            wp95,
+            wn,
+            np.trunc(wcalls),
+            np.where(wwall > 0, wsum / wwall, NAN),
+            last_share,
+        )
+    for i, v in enumerate(whole):
+        out[i] = np.where(live, v, NAN)
+        out[NF + i] = np.where(win, window[i], NAN)
+    # not seen: EMPTY (no steps, no calls); seen but not in the window: its last figures
+    for i in (6, 7):
+        out[i] = np.where(live, out[i], 0.0)
+        out[NF + i] = np.where(win, out[NF + i], 0.0)
+    idle = live & ~win
+    out[NF] = np.where(idle, last, out[NF])
+    out[NF + 8] = np.where(idle, 0.0, out[NF + 8])
+    out[NF + 9] = np.where(idle, last_share, out[NF + 9])
+    return out
+
+
+def _nan(x: float) -> float:
+    return x if x == x else NAN
+
+
+def stats_of(v: Sequence[float]) -> Stats:
+    """The Stats of one column of a field matrix (``v``: its NF values): :data:`EMPTY`
+    itself where it is empty, NaN as :data:`NAN` (Stats compare equal as the eager ones)."""
+    if v[6] == 0 and v[8] != v[8]:
+        return EMPTY
+    return Stats(
+        _nan(v[0]),
+        _nan(v[1]),
+        _nan(v[2]),
+        _nan(v[3]),
+        _nan(v[4]),
+        _nan(v[5]),
+        int(v[6]),
+        int(v[7]),
+        _nan(v[8]),
+        _nan(v[9]),
+    )
+
+
+def read_all_fields(ranks: Sequence[RankReadout]) -> list[np.ndarray]:
+    """``[a.fields() for a in ranks]``, the ranks whose read-outs changed read in one pass
     of numpy calls per group of equally filled windows, not one pass per rank (at 64 ranks
     a full snapshot's largest part): the same figures."""
     groups: dict[int, list[RankReadout]] = {}
     for a in ranks:
         m = a.__dict__.get("_memo")
-        if len(a.names) and (m is None or "all_stats" not in m):
+        if len(a.names) and (m is None or "fields" not in m):
             groups.setdefault(a.filled, []).append(a)
     for g in groups.values():
         if len(g) < 2:
             continue
         inputs = [a._region_inputs(len(a.names)) for a in g]
         joined = [np.concatenate([x[i] for x in inputs], axis=1 if i >= 7 else 0) for i in range(9)]
-        cols = _region_columns(*joined)
+        ks = [len(a.names) for a in g]
+        per = [(a.wall_last, a.wall_sum, a._wwall()) for a in g]
+        scal = [np.repeat(np.array(x, dtype=np.float64), ks) for x in zip(*per, strict=True)]
+        fm = _fields(_region_arrays(*joined), *scal)
         off = 0
-        for a in g:
-            k = len(a.names)
-            a.__dict__.setdefault("_memo", {})["all_stats"] = a._stats_of(cols, off, k)
+        for a, k in zip(g, ks, strict=True):
+            a.__dict__.setdefault("_memo", {})["fields"] = _with_absent(fm[:, off : off + k])
             off += k
+    return [a.fields() for a in ranks]
+
+
+_ABSENT = np.array([NAN] * 6 + [0.0, 0.0, NAN, NAN] + [NAN] * 6 + [0.0, 0.0, NAN, NAN])
+
+
+def _with_absent(fm: np.ndarray) -> np.ndarray:
+    """A field matrix with one more column: a region the rank never ran (EMPTY, EMPTY)."""
+    return np.concatenate([fm, _ABSENT[:, None]], axis=1)
+
+
+def read_all_stats(ranks: Sequence[RankReadout]) -> list[list[StatsPair]]:
+    """``[a.all_stats() for a in ranks]`` (:func:`read_all_fields`' grouped read)."""
+    read_all_fields(ranks)
     return [a.all_stats() for a in ranks]
 
 
@@ -188,15 +267,29 @@ class RankReadout:
         return self.all_stats()[col]
 
     @memo
-    def all_stats(self) -> list[StatsPair]:
-        """(whole run, window) statistics of every region column, computed column-wise."""
+    def fields(self) -> np.ndarray:
+        """The Stats fields of every region column (:func:`_fields`), plus a last column for
+        a region this rank never ran: a (2 * NF, columns + 1) matrix."""
         k = len(self.names)
         if k == 0:
+            return _ABSENT[:, None].copy()
+        cols = _region_arrays(*self._region_inputs(k))
+        return _with_absent(_fields(cols, self.wall_last, self.wall_sum, self._wwall()))
+
+    def _wwall(self) -> float:
+        """The window's wall ms."""
+        return float(self.ring_wall[: self.filled].sum())
+
+    @memo
+    def all_stats(self) -> list[StatsPair]:
+        """(whole run, window) statistics of every region column, computed column-wise."""
+        if not self.names:
             return []
-        return self._stats_of(_region_columns(*self._region_inputs(k)), 0, k)
+        vals = self.fields()[:, :-1].T.tolist()
+        return [(stats_of(v[:NF]), stats_of(v[NF:])) for v in vals]
 
     def _region_inputs(self, k: int) -> tuple[np.ndarray, ...]:
-        """What :func:`_region_columns` reads of the first ``k`` region columns."""
+        """What :func:`_region_arrays` reads of the first ``k`` region columns."""
         last = np.where(self.last_seen[:k] == self.last_step, self.last[:k], 0.0)
         return (
             self.hist[:k],
@@ -209,23 +302,6 @@ class RankReadout:
             self.ring[: self.filled, :k],
             self.ring_calls[: self.filled, :k],
         )
-
-    def _stats_of(self, cols: list[list[Any]], off: int, k: int) -> list[StatsPair]:
-        """The Stats of columns ``off`` to ``off + k`` of :func:`_region_columns`' lists."""
-        end = off + k
-        whole_cols = zip(*(c[off:end] for c in cols[:8]), strict=True)
-        window_cols = zip(*(c[off:end] for c in cols[8:]), strict=True)
-        wwall = float(self.ring_wall[: self.filled].sum())
-        out: list[StatsPair] = []
-        for (cn, cs, lo, hi, q50, q95, calls, la), win in zip(whole_cols, window_cols, strict=True):
-            if cn == 0:
-                out.append((EMPTY, EMPTY))
-                continue
-            last_share = la / self.wall_last if self.wall_last > 0 else NAN
-            share = _share(cs, self.wall_sum)
-            whole = Stats(la, cs / cn, lo, hi, q50, q95, cn, calls, share, last_share)
-            out.append((whole, _window_stats(la, last_share, wwall, *win)))
-        return out
 
     @memo
     def wall_stats(self) -> StatsPair:

@@ -1,0 +1,137 @@
+"""The full snapshot's incremental and column-wise figures against a from-scratch computation
+(the eager code they replaced, kept here as the reference): the same values, to the bit,
+over random runs (ranks of other regions and windows, regions missing from steps, batches
+of any size)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stagewatch.records import Step
+from tui.model import build
+from tui.model.aggregate import RunAgg
+from tui.model.readout import _region_columns
+from tui.model.snapshot import EMPTY, NAN, RegionRow, Stats
+from tui.source.decode import row_from_step
+
+
+# --------------------------------------------------------------------------- the reference
+def _ref_share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else NAN
+
+
+def _ref_window(last, last_share, wall, count, total, p50, p95, lo, hi, calls) -> Stats:  # noqa: ANN001
+    if count == 0:
+        return Stats(last=last, steps=0, calls=0, share=0.0, last_share=last_share)
+    share = _ref_share(total, wall)
+    return Stats(last, total / count, lo, hi, p50, p95, count, int(calls), share, last_share)
+
+
+def _ref_all_stats(a: Any) -> list[tuple[Stats, Stats]]:
+    """A rank's (whole, window) Stats per region column, one Stats at a time."""
+    k = len(a.names)
+    if k == 0:
+        return []
+    cols = _region_columns(*a._region_inputs(k))
+    wwall = float(a.ring_wall[: a.filled].sum())
+    out: list[tuple[Stats, Stats]] = []
+    for (cn, cs, lo, hi, q50, q95, calls, la), win in zip(
+        zip(*cols[:8], strict=True), zip(*cols[8:], strict=True), strict=True
+    ):
+        if cn == 0:
+            out.append((EMPTY, EMPTY))
+            continue
+        last_share = la / a.wall_last if a.wall_last > 0 else NAN
+        share = _ref_share(cs, a.wall_sum)
+        whole = Stats(la, cs / cn, lo, hi, q50, q95, cn, calls, share, last_share)
+        out.append((whole, _ref_window(la, last_share, wwall, *win)))
+    return out
+
+
+def _ref_region_rows(aggs: list[Any]) -> tuple[RegionRow, ...]:
+    names: dict[str, None] = {}
+    for a in aggs:
+        for n in a.names:
+            names.setdefault(n, None)
+    per_rank = [_ref_all_stats(a) for a in aggs]
+    rows = []
+    for name, cut in build.tree_rows(names):
+        if cut:
+            rows.append(build._cut_row(name))
+            continue
+        per = []
+        for a, sts in zip(aggs, per_rank, strict=True):
+            c = a.cols.get(name)
+            w, win = sts[c] if c is not None else (EMPTY, EMPTY)
+            per.append((a.rank, w, win))
+        i = name.rfind("/")
+        rows.append(
+            RegionRow(
+                name=name,
+                leaf=name[i + 1 :] if i >= 0 else name,
+                depth=name.count("/"),
+                parent=name[:i] if i > 0 else None,
+                whole=build.merge([p[1] for p in per]),
+                window=build.merge([p[2] for p in per]),
+                ranks=tuple(per),
+            )
+        )
+    return tuple(rows)
+
+
+def _bits(x: Any) -> str:
+    """repr, with every float's 17 digits (NaN as nan): equal strings are equal bits."""
+    return repr(x)
+
+
+# --------------------------------------------------------------------------- random runs
+def _run(seed: int, n_ranks: int, window: int, batches: int) -> RunAgg:
+    rng = np.random.default_rng(seed)
+    agg = RunAgg("r", window=window)
+    pool = [f"s{j}" for j in range(6)] + ["s0/a", "s0/b", "s1/x/y", "late"]
+    for r in range(n_ranks):
+        names = [str(n) for n in rng.choice(pool, size=int(rng.integers(0, len(pool))))]
+        steps = int(rng.integers(0, 3 * window + 3))
+        rows = []
+        for i in range(1, steps + 1):
+            keep = [n for n in names if rng.random() < 0.8 and (n != "late" or i > steps - 2)]
+            if rng.random() < 0.15 and i < steps - window:  # a region seen only long ago
+                keep.append("old")
+            regs = {n: (float(rng.choice([0.0, rng.lognormal(1, 2)])), 1) for n in keep}
+            wall = float(rng.lognormal(4, 0.5))
+            rows.append(row_from_step(Step(step=i, time=float(i), wall_ms=wall, regions=regs)))
+        cuts = sorted(rng.integers(0, max(1, steps), size=batches).tolist())
+        for a, b in zip([0, *cuts], [*cuts, steps], strict=True):
+            if b > a:
+                agg.add_steps(r, rows[a:b])
+        if steps == 0 and rng.random() < 0.5:
+            agg.rank(r)  # a rank seen (its run_start) with no step yet
+    return agg
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_ranks=st.integers(1, 12),
+    window=st.integers(2, 12),
+    batches=st.integers(0, 6),
+)
+def test_region_rows_are_the_eager_figures(
+    seed: int, n_ranks: int, window: int, batches: int
+) -> None:
+    """Column-wise read-outs, merged column-wise, per-rank Stats made on first read: the
+    same rows as every rank's Stats made one by one and merged by ``build.merge``."""
+    agg = _run(seed, n_ranks, window, batches)
+    aggs = [agg.ranks[r] for r in sorted(agg.ranks)]
+    want = _ref_region_rows(aggs)
+    got, _ = build.region_rows(aggs, with_ranks=True)
+    assert _bits(got) == _bits(want)
+    for g, w in zip(got, want, strict=True):  # reading the ranks gives what was merged
+        assert _bits(tuple(g.ranks)) == _bits(w.ranks)
+        assert g == w or g.whole.p50 != g.whole.p50 or g.window.avg != g.window.avg
+    for a in aggs:  # a rank's own read-out too
+        assert _bits(a.all_stats()) == _bits(_ref_all_stats(a))
