@@ -24,7 +24,8 @@ def _ref_share(part: float, whole: float) -> float:
     return part / whole if whole > 0 else NAN
 
 
-def _ref_window(last, last_share, wall, count, total, p50, p95, lo, hi, calls) -> Stats:  # noqa: ANN001
+def _ref_window(*a: Any) -> Stats:
+    last, last_share, wall, count, total, p50, p95, lo, hi, calls = a
     if count == 0:
         return Stats(last=last, steps=0, calls=0, share=0.0, last_share=last_share)
     share = _ref_share(total, wall)
