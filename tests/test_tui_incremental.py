@@ -136,3 +136,60 @@ def test_region_rows_are_the_eager_figures(
         assert g == w or g.whole.p50 != g.whole.p50 or g.window.avg != g.window.avg
     for a in aggs:  # a rank's own read-out too
         assert _bits(a.all_stats()) == _bits(_ref_all_stats(a))
+
+
+def _ref_series_means(aggs: list[Any], names: list[str]) -> np.ndarray:
+    """The chart's means divided from scratch (every bucket, every snapshot)."""
+    from tui.model.series import NBUCKETS
+
+    series = [a.series for a in aggs]
+    width = max((s.width for s in series), default=1)
+    out = np.full((len(series), NBUCKETS, 1 + len(names)), np.nan, dtype=np.float32)
+    for i, (s, a) in enumerate(zip(series, aggs, strict=True)):
+        ncols = s.sum.shape[1]
+        gather = np.array([0] + [1 + a.cols.get(n, ncols) for n in names])
+        have = gather <= ncols
+        sm = np.concatenate([s.wall_sum[:, None], s.sum], axis=1)[:, gather[have]]
+        cn = np.concatenate([s.wall_cnt[:, None], s.cnt], axis=1)[:, gather[have]]
+        sm, cn = sm.astype(np.float64), cn.astype(np.float64)
+        f = width // s.width
+        if f > 1:
+            n = NBUCKETS // f
+            pad = np.zeros((NBUCKETS - n, sm.shape[1]))
+            sm = np.concatenate([sm.reshape(n, f, -1).sum(axis=1), pad])
+            cn = np.concatenate([cn.reshape(n, f, -1).sum(axis=1), pad])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[i][:, have] = np.where(cn > 0, sm / np.maximum(cn, 1), np.nan)
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_ranks=st.integers(1, 5))
+def test_chart_series_kept_between_snapshots_are_divided_from_scratch(
+    seed: int, n_ranks: int
+) -> None:
+    """The chart's bucket means, redone only where steps went since the last full snapshot:
+    the same bits as every bucket divided again, through halvings (runs past 128 steps,
+    ranks at other widths), new regions and steps out of order (a resumed run)."""
+    rng = np.random.default_rng(seed)
+    agg = RunAgg("r", window=8)
+    nxt = [1] * n_ranks
+    for _ in range(int(rng.integers(3, 25))):
+        r = int(rng.integers(0, n_ranks))
+        k = int(rng.choice([1, 1, 2, 5, 40, 150]))
+        if rng.random() < 0.1:  # back to an earlier step (a resume)
+            nxt[r] = max(1, nxt[r] - int(rng.integers(1, 30)))
+        names = ["a", "b/c"] + (["late"] if rng.random() < 0.3 else [])
+        rows = []
+        for s in range(nxt[r], nxt[r] + k):
+            regs = {n: (float(rng.lognormal(1, 1)), 1) for n in names if rng.random() < 0.9}
+            wall = float(rng.lognormal(3, 0.3))
+            rows.append(row_from_step(Step(step=s, time=float(s), wall_ms=wall, regions=regs)))
+        nxt[r] += k
+        agg.add_steps(r, rows)
+        if rng.random() < 0.6:
+            snap = agg.snapshot()
+            aggs = [agg.ranks[x] for x in sorted(agg.ranks)]
+            names_ = [x.name for x in snap.regions if not x.cut]
+            want = _ref_series_means(aggs, names_)[:, : snap.series.used]
+            assert snap.series.means.tobytes() == want.tobytes()
