@@ -193,3 +193,32 @@ def test_chart_series_kept_between_snapshots_are_divided_from_scratch(
             names_ = [x.name for x in snap.regions if not x.cut]
             want = _ref_series_means(aggs, names_)[:, : snap.series.used]
             assert snap.series.means.tobytes() == want.tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), window=st.integers(2, 30))
+def test_recent_work_kept_between_reads_is_made_from_scratch(seed: int, window: int) -> None:
+    """A rank's recent rows (the straggler verdict's input), made only for the steps that
+    came since the last read: the same rows, to the bit, as the whole window made again,
+    through ring wrap-arounds, new region names and reads after any number of steps."""
+    from tui.model.ranks import RankAgg
+
+    rng = np.random.default_rng(seed)
+    phases = ["comm/exposed", "comm/launch", "comm/buffers", "data", "data/h2d", "backward"]
+    phases += [f"backward/k{j}" for j in range(10)] + ["forward"]
+    a = RankAgg(0, window=window)
+    step = 1
+    for _ in range(int(rng.integers(2, 30))):
+        names = [n for n in phases if rng.random() < 0.85]
+        rows = []
+        for _ in range(int(rng.choice([1, 1, 2, 3, window - 1, window, 2 * window]))):
+            regs = {n: (float(rng.lognormal(1, 2)), 1) for n in names if rng.random() < 0.9}
+            wall = float(rng.lognormal(4, 0.5))
+            rows.append(
+                row_from_step(Step(step=step, time=float(step), wall_ms=wall, regions=regs))
+            )
+            step += 1
+        a.ingest(rows)
+        if rng.random() < 0.7:
+            got = a.recent_work()
+            assert _bits(got) == _bits(a._recent_rows(a._order()))
