@@ -222,3 +222,37 @@ def test_recent_work_kept_between_reads_is_made_from_scratch(seed: int, window: 
         if rng.random() < 0.7:
             got = a.recent_work()
             assert _bits(got) == _bits(a._recent_rows(a._order()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), skip=st.integers(0, 4), window=st.integers(1, 9))
+def test_memory_trend_one_step_fold_is_the_batch_fold(seed: int, skip: int, window: int) -> None:
+    """The live one-step fold of the memory trend in plain floats: the same bits as the
+    numpy batch fold of one step (the moments, means and counts the advice reads)."""
+    from tui.model.rankstats import MemTrend
+
+    rng = np.random.default_rng(seed)
+    fast, ref = MemTrend(window=window, skip=skip), MemTrend(window=window, skip=skip)
+    for s in range(1, int(rng.integers(1, 80))):
+        r = rng.random()
+        m: dict[str, Any] | None = (
+            None
+            if r < 0.1
+            else {"rss": int(rng.integers(0, 2**62))}
+            if r < 0.3
+            else {"allocated": None, "rss": 5}
+            if r < 0.35
+            else {"allocated": int(rng.integers(0, 2**40)) + 7000 * s, "peak": 1}
+        )
+        fast.add_batch([s], [m])
+        ref._add_many([s], [m])
+        assert _bits(vars_of(fast)) == _bits(vars_of(ref))
+
+
+def vars_of(t: Any) -> dict[str, Any]:
+    return {k: getattr(t, k) for k in ("_n", "_mx", "_my", "_sxx", "_cxy", "_first", "_last")} | {
+        "early": list(t._early),
+        "ring": list(t._ring),
+        "skipped": t._skipped,
+        "facts": t.facts(),
+    }

@@ -104,6 +104,7 @@ class RankAgg(RankReadout):
         self.cols: dict[str, int] = {}
         self.names: list[str] = []
         self._schemas: dict[tuple[str, ...], np.ndarray] = {}
+        self._prefix: dict[tuple[str, ...], bool] = {}  # schema -> _is_prefix of its columns
         self.cap = 0
         self.series = RegionSeries()  # each region over the whole run, downsampled (the chart)
         self._alloc(16)
@@ -249,7 +250,12 @@ class RankAgg(RankReadout):
         cols = self._cols_for(blk.keys)
         cap = self.cap
         ms, calls = blk.ms[:b], blk.calls[:b]
-        if len(cols) == cap and _is_prefix(cols):
+        prefix = self._prefix.get(blk.keys)
+        if prefix is None:  # a schema's columns never change: checked once per schema
+            prefix = _is_prefix(cols)
+            if len(self._prefix) < 4096:
+                self._prefix[blk.keys] = prefix
+        if len(cols) == cap and prefix:
             m, c = ms, calls  # the block's columns are the rank's, in order (the usual run)
         else:
             m = np.full((b, cap), NAN)
@@ -294,7 +300,7 @@ class RankAgg(RankReadout):
         self.last_step = int(steps[-1])
         self.last_time = float(times_t[-1])
         self._fold_memory(steps_t, mems_t)
-        self._fold_ring(b, steps, walls, np.array(samples_t, dtype=np.float64), scs_t)
+        self._fold_ring(b, steps, walls, samples_t, scs_t)
         for sc in reversed(scs_t):
             if sc:
                 self.scalars = sc
@@ -413,13 +419,25 @@ class RankAgg(RankReadout):
         b: int,
         steps: np.ndarray,
         walls: np.ndarray,
-        samples: np.ndarray,
+        samples_t: Sequence[int],
         scs_t: Sequence[Any],
     ) -> None:
         """The last ``window`` steps of the batch into the ring buffer (their region columns:
         :meth:`_flush`). Row number i of the file is always in slot i % window, whatever the
         batches were (reductions over the ring then see the same order, to the last bit)."""
         w = self.window
+        if b == 1:  # the live case: the same values, without building arrays
+            p = self.pos
+            self.ring_wall[p] = walls[0]
+            self.ring_samples[p] = samples_t[0]
+            self.ring_step[p] = steps[0]
+            sc = scs_t[0]
+            loss = sc.get("loss") if sc else None
+            self.ring_loss[p] = NAN if loss is None else loss
+            self.pos = (p + 1) % w
+            self.filled = min(w, self.filled + 1)
+            return
+        samples = np.array(samples_t, dtype=np.float64)
         k = min(b, w)
         at = (self.pos + (b - k) + np.arange(k)) % w
         self.ring_wall[at] = walls[b - k :]

@@ -424,8 +424,9 @@ class RankReadout:
         o = self._order()
         if new < len(o):
             # a step's row never changes while it is in the window: only the new steps'
-            # rows are made (each row is computed on its own: the same values)
-            rows = (c[2] + self._recent_rows(o[len(o) - new :]))[-len(o) :]
+            # rows are made, two at least (one row alone is summed in another order)
+            more = self._recent_rows(o[len(o) - max(new, 2) :])[-new:]
+            rows = (c[2] + more)[-len(o) :]
         else:
             rows = self._recent_rows(o)
         self.__dict__["_recent"] = (k, self.steps, rows)

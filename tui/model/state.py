@@ -149,9 +149,18 @@ _SHAPES: dict[str, tuple[str | int, ...]] = {
     "ring_loss": ("window",),
     "wall_hist": (NBUCKETS,),
 }
-# rebuilt as regions are folded in / read out ("_kids_cache": issue 22's recent_work;
-# "_pending": batches not folded yet, folded by the first read of a region array)
-_RANK_CACHES = {"_schemas", "_memo", "_kids_cache", "_pending"}
+# rebuilt as regions are folded in / read out ("_kids_cache", "_phase_cache", "_recent":
+# issue 22's recent_work; "_pending": batches not folded yet, folded by the first read of
+# a region array; "_prefix": which schemas fill the columns in order)
+_RANK_CACHES = {
+    "_schemas",
+    "_memo",
+    "_kids_cache",
+    "_phase_cache",
+    "_recent",
+    "_pending",
+    "_prefix",
+}
 _RANK_FIELDS = set(RankAggState.__struct_fields__)
 _RUN_GIVEN = {"run_id", "path", "compared_steps", "compare_ranks", "_compared"}
 _RUN_FIELDS = set(RunAggState.__struct_fields__)
