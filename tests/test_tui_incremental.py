@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from stagewatch.records import Step
 from tui.model import build
 from tui.model.aggregate import RunAgg
+from tui.model.histogram import hist_quantiles
 from tui.model.readout import _region_columns
 from tui.model.snapshot import EMPTY, NAN, RegionRow, Stats
 from tui.source.decode import row_from_step
@@ -38,6 +39,9 @@ def _ref_all_stats(a: Any) -> list[tuple[Stats, Stats]]:
     if k == 0:
         return []
     cols = _region_columns(*a._region_inputs(k))
+    # the whole run's quantiles from a cumulative sum of every bucket
+    p50, p95 = hist_quantiles(a.hist[:k], (0.50, 0.95), a.min[:k], a.max[:k])
+    cols[4], cols[5] = p50.tolist(), p95.tolist()
     wwall = float(a.ring_wall[: a.filled].sum())
     out: list[tuple[Stats, Stats]] = []
     for (cn, cs, lo, hi, q50, q95, calls, la), win in zip(
@@ -109,6 +113,8 @@ def _run(seed: int, n_ranks: int, window: int, batches: int) -> RunAgg:
         for a, b in zip([0, *cuts], [*cuts, steps], strict=True):
             if b > a:
                 agg.add_steps(r, rows[a:b])
+                if rng.random() < 0.5:  # read between batches: the quantiles move from here
+                    agg.ranks[r].all_stats()
         if steps == 0 and rng.random() < 0.5:
             agg.rank(r)  # a rank seen (its run_start) with no step yet
     return agg
@@ -124,8 +130,9 @@ def _run(seed: int, n_ranks: int, window: int, batches: int) -> RunAgg:
 def test_region_rows_are_the_eager_figures(
     seed: int, n_ranks: int, window: int, batches: int
 ) -> None:
-    """Column-wise read-outs, merged column-wise, per-rank Stats made on first read: the
-    same rows as every rank's Stats made one by one and merged by ``build.merge``."""
+    """Column-wise read-outs, merged column-wise, per-rank Stats made on first read, the
+    whole run's quantiles moved from the last read's buckets: the same rows as every rank's
+    Stats made one by one from scratch and merged by ``build.merge``."""
     agg = _run(seed, n_ranks, window, batches)
     aggs = [agg.ranks[r] for r in sorted(agg.ranks)]
     want = _ref_region_rows(aggs)
@@ -256,3 +263,32 @@ def vars_of(t: Any) -> dict[str, Any]:
         "skipped": t._skipped,
         "facts": t.facts(),
     }
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_running_quantile_buckets_are_the_cumulative_sums(seed: int) -> None:
+    """The whole run's p50/p95, moved from the last read's buckets as steps come one or a
+    few at a time (values drifting up and down, new regions, a big batch now and then): the
+    buckets a cumulative sum of every bucket finds, at every read."""
+    from tui.model.ranks import RankAgg
+
+    rng = np.random.default_rng(seed)
+    a = RankAgg(0, window=10)
+    level, step = 1.0, 1
+    for _ in range(int(rng.integers(5, 60))):
+        level *= float(rng.choice([0.5, 0.9, 1.0, 1.1, 2.0]))
+        names = ["a", "b"] + [f"n{j}" for j in range(int(rng.integers(0, 20)))]
+        rows = []
+        for _ in range(int(rng.choice([1, 1, 1, 2, 3, 9, 50]))):
+            regs = {n: (float(level * rng.lognormal(0, 0.3)), 1) for n in names}
+            rows.append(row_from_step(Step(step=step, time=float(step), wall_ms=9.0, regions=regs)))
+            step += 1
+        a.ingest(rows)
+        if rng.random() < 0.8:
+            k = len(a.names)
+            got = a._quantile_idx(k)
+            c = np.cumsum(a.hist[:k], axis=1)
+            for j, q in enumerate((0.50, 0.95)):
+                want = (c < np.maximum(1, np.ceil(q * c[:, -1]))[:, None]).sum(axis=1)
+                assert got[j].tolist() == want.tolist()

@@ -171,6 +171,12 @@ class RankAgg(RankReadout):
             rc[:, :old] = self.ring_calls
             self.ring_calls = rc
         self.series.grow(cap)
+        qk = self.__dict__.get("_qk")
+        if qk is not None:  # new columns: no value, bucket 0
+            for name in ("_qk", "_qc"):
+                q = np.zeros((2, cap), dtype=np.int64)
+                q[:, :old] = self.__dict__[name]
+                self.__dict__[name] = q
         self.cap = cap
 
     def _cols_for(self, keys: tuple[str, ...]) -> np.ndarray:
@@ -358,8 +364,14 @@ class RankAgg(RankReadout):
             self.last_seen[pc] = steps[lastrow]
         rr, cc = np.nonzero(present)
         if len(rr):
-            flat_idx = cc * NBUCKETS + hist_index(m[rr, cc])
-            self.hist += np.bincount(flat_idx, minlength=cap * NBUCKETS).reshape(cap, NBUCKETS)
+            b = hist_index(m[rr, cc])
+            self.hist += np.bincount(cc * NBUCKETS + b, minlength=cap * NBUCKETS).reshape(
+                cap, NBUCKETS
+            )
+            qk = self.__dict__.get("_qk")
+            if qk is not None:  # the counts at or below each quantile's bucket
+                for j in range(2):
+                    self._qc[j] += np.bincount(cc[b <= qk[j, cc]], minlength=cap)
 
     def _fold_region_row(self, row: np.ndarray, crow: np.ndarray, step: int) -> None:
         """:meth:`_fold_regions` of one step (the live case), in fewer numpy calls: the same
@@ -376,7 +388,11 @@ class RankAgg(RankReadout):
             self.last[pc] = vals
             self.last_calls[pc] = crow[pc].astype(np.int64)
             self.last_seen[pc] = step
-            self.hist[pc, hist_index(vals)] += 1
+            b = hist_index(vals)
+            self.hist[pc, b] += 1
+            qk = self.__dict__.get("_qk")
+            if qk is not None:  # the counts at or below each quantile's bucket
+                self._qc[:, pc] += b <= qk[:, pc]
 
     def _fold_walls(self, b: int, walls: np.ndarray) -> None:
         """Whole-run figures of the step wall time."""

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from tui.model.histogram import col_percentiles, hist_quantile_pair, hist_quantiles
+from tui.model.histogram import BUCKET_VALUES, NBUCKETS, col_percentiles, hist_quantile_pair
 from tui.model.phases import BUFFERS_REGION, find_phase
 from tui.model.rankstats import (
     EXPOSED_REGIONS,
@@ -64,12 +64,19 @@ def _percentiles(vals: np.ndarray, *qs: float) -> list[float]:
     return out
 
 
+def _nan_to_num(x: np.ndarray) -> np.ndarray:
+    """``np.nan_to_num(x)`` of a float array, in two ufunc calls when it holds no infinity
+    (numpy's own costs ~15 µs a call: a live snapshot makes hundreds)."""
+    y = np.where(x != x, 0.0, x)
+    return y if np.isfinite(y).all() else np.nan_to_num(x)
+
+
 def _share(part: float, whole: float) -> float:
     return part / whole if whole > 0 else NAN
 
 
 def _region_arrays(
-    hist: np.ndarray,
+    qidx: np.ndarray,
     n: np.ndarray,
     sums: np.ndarray,
     mins: np.ndarray,
@@ -81,9 +88,10 @@ def _region_arrays(
 ) -> tuple[np.ndarray, ...]:
     """Per region column: the whole run's (steps, sum, min, max, p50, p95, calls, last) and
     the window's (steps, sum, p50, p95, min, max, calls). Every figure is computed column by
-    column (quantiles per histogram row, sums along the ring's steps in order), so several
-    ranks' columns side by side give each rank's own figures, to the bit."""
-    p50, p95 = hist_quantiles(hist, (0.50, 0.95), mins, maxs)
+    column (``qidx``: the histogram buckets of p50 and p95, :meth:`RankReadout._quantile_idx`;
+    sums along the ring's steps in order), so several ranks' columns side by side give each
+    rank's own figures, to the bit."""
+    p50, p95 = (np.clip(BUCKET_VALUES[q], mins, maxs) for q in qidx)
     f, kk = ring.shape
     valid = ~np.isnan(ring)
     wn = valid.sum(axis=0)
@@ -103,6 +111,9 @@ def _region_columns(*inputs: np.ndarray) -> list[list[Any]]:
     """:func:`_region_arrays` as lists."""
     return [c.tolist() for c in _region_arrays(*inputs)]
 
+
+_QS = np.array([[0.50], [0.95]])  # the whole run's quantiles: p50, p95
+_QUANTILE_STEPS = 24  # buckets a quantile may move between reads before a full recount
 
 NF = 10  # the fields of a Stats, in order (a field matrix's rows: whole run, then window)
 
@@ -192,7 +203,10 @@ def read_all_fields(ranks: Sequence[RankReadout]) -> list[np.ndarray]:
         if len(g) < 2:
             continue
         inputs = [a._region_inputs(len(a.names)) for a in g]
-        joined = [np.concatenate([x[i] for x in inputs], axis=1 if i >= 7 else 0) for i in range(9)]
+        joined = [
+            np.concatenate([x[i] for x in inputs], axis=1 if i >= 7 or i == 0 else 0)
+            for i in range(9)
+        ]
         ks = [len(a.names) for a in g]
         per = [(a.wall_last, a.wall_sum, a._wwall()) for a in g]
         scal = [np.repeat(np.array(x, dtype=np.float64), ks) for x in zip(*per, strict=True)]
@@ -276,6 +290,47 @@ class RankReadout:
         cols = _region_arrays(*self._region_inputs(k))
         return _with_absent(_fields(cols, self.wall_last, self.wall_sum, self._wwall()))
 
+    def _quantile_idx(self, k: int) -> np.ndarray:
+        """The histogram bucket of p50 and of p95 of the first ``k`` region columns (2, k):
+        what :func:`~tui.model.histogram.hist_quantiles` finds by a cumulative sum of every
+        bucket, found from the last read's buckets (``_qk``) and the counts at or below them
+        (``_qc``, kept as values are folded: ``RankAgg``) by a few steps up or down. A
+        column with no value keeps a meaningless index (its figures are not shown)."""
+        hist = self.hist  # folds the pending steps (which keep _qc)
+        n = self.n[:k]
+        t = np.maximum(1.0, np.ceil(_QS * n))  # (2, k): the rank each quantile needs
+        qk, qc = self.__dict__.get("_qk"), self.__dict__.get("_qc")
+        if qk is None or qc is None:
+            return self._quantile_reset(k, t)
+        kk, cc = qk[:, :k], qc[:, :k]
+        live = n > 0
+        rows = np.arange(k)
+        h = hist[:k]
+        for _ in range(_QUANTILE_STEPS):
+            hk = h[rows, kk]
+            up = (cc < t) & live
+            down = (cc - hk >= t) & (kk > 0)
+            if not (up.any() or down.any()):
+                return kk.copy()
+            cc -= np.where(down, hk, 0)
+            kk -= down
+            nxt = np.minimum(kk + up, NBUCKETS - 1)
+            cc += np.where(up, h[rows, nxt], 0)
+            kk[...] = np.where(up, nxt, kk)
+        return self._quantile_reset(k, t)  # moved far (a big batch): from the start
+
+    def _quantile_reset(self, k: int, t: np.ndarray) -> np.ndarray:
+        """:meth:`_quantile_idx` from a cumulative sum of every bucket (the first read)."""
+        cap = self.cap
+        c = np.cumsum(self.hist[:k], axis=1)
+        qk = np.zeros((2, cap), dtype=np.int64)
+        qc = np.zeros((2, cap), dtype=np.int64)
+        for j in range(2):
+            qk[j, :k] = np.minimum((c < t[j][:, None]).sum(axis=1), NBUCKETS - 1)
+            qc[j, :k] = c[np.arange(k), qk[j, :k]] if k else 0
+        self.__dict__["_qk"], self.__dict__["_qc"] = qk, qc
+        return qk[:, :k].copy()
+
     def _wwall(self) -> float:
         """The window's wall ms."""
         return float(self.ring_wall[: self.filled].sum())
@@ -292,7 +347,7 @@ class RankReadout:
         """What :func:`_region_arrays` reads of the first ``k`` region columns."""
         last = np.where(self.last_seen[:k] == self.last_step, self.last[:k], 0.0)
         return (
-            self.hist[:k],
+            self._quantile_idx(k),
             self.n[:k],
             self.sum[:k],
             self.min[:k],
@@ -380,7 +435,7 @@ class RankReadout:
         """Region ``name`` over the window rows ``o`` (0 where a step lacks it); None when
         the rank never timed it."""
         c = self.cols.get(name)
-        return np.nan_to_num(self.ring[o, c]) if c is not None else None
+        return _nan_to_num(self.ring[o, c]) if c is not None else None
 
     def _col_of(self, o: np.ndarray, name: str | None) -> np.ndarray | None:
         return None if name is None else self._ring_col(o, name)
