@@ -292,3 +292,34 @@ def test_running_quantile_buckets_are_the_cumulative_sums(seed: int) -> None:
             for j, q in enumerate((0.50, 0.95)):
                 want = (c < np.maximum(1, np.ceil(q * c[:, -1]))[:, None]).sum(axis=1)
                 assert got[j].tolist() == want.tolist()
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_step_wall_stats_are_the_numpy_figures(seed: int) -> None:
+    """The step wall time's Stats (the header's, every snapshot): the whole run's quantiles
+    moved from the last read's buckets, the window's from one sort: the same bits as the
+    histogram's cumulative sum and numpy's percentile, mean, min and max."""
+    from tui.model.histogram import hist_quantile_pair
+    from tui.model.ranks import RankAgg
+
+    rng = np.random.default_rng(seed)
+    a = RankAgg(0, window=int(rng.integers(2, 40)))
+    level, step = 50.0, 1
+    for _ in range(int(rng.integers(5, 80))):
+        level *= float(rng.choice([0.5, 0.9, 1.0, 1.1, 2.0]))
+        rows = []
+        for _ in range(int(rng.choice([1, 1, 1, 2, 3, 9, 80]))):
+            wall = float(level * rng.lognormal(0, 0.3))
+            rows.append(row_from_step(Step(step=step, time=float(step), wall_ms=wall, regions={})))
+            step += 1
+        a.ingest(rows)
+        if rng.random() < 0.8:
+            whole, window = a.wall_stats()
+            want = hist_quantile_pair(a.wall_hist, 0.5, 0.95, a.wall_min, a.wall_max)
+            assert _bits((whole.p50, whole.p95)) == _bits(want)
+            vals = a.ring_wall[: a.filled]
+            w50, w95 = np.percentile(vals, [50, 95])
+            ref = (float(vals.mean()), float(vals.min()), float(vals.max()), w50, w95)
+            got = (window.avg, window.min, window.max, window.p50, window.p95)
+            assert _bits(got) == _bits(tuple(float(x) for x in ref))

@@ -403,14 +403,25 @@ class RankAgg(RankReadout):
             self.wall_min = min(self.wall_min, w)
             self.wall_max = max(self.wall_max, w)
             self.wall_last = w
-            self.wall_hist[hist_index(walls)[0]] += 1
+            i = int(hist_index(walls)[0])
+            self.wall_hist[i] += 1
+            qk = self.__dict__.get("_wqk")
+            if qk is not None:  # the counts at or below each wall quantile's bucket
+                qc = self._wqc
+                qc[0] += i <= qk[0]
+                qc[1] += i <= qk[1]
             return
         # sequential too
         self.wall_sum = float(np.cumsum(np.concatenate(([self.wall_sum], walls)))[-1])
         self.wall_min = min(self.wall_min, float(walls.min()))
         self.wall_max = max(self.wall_max, float(walls.max()))
         self.wall_last = float(walls[-1])
-        self.wall_hist += np.bincount(hist_index(walls), minlength=NBUCKETS)
+        b = hist_index(walls)
+        self.wall_hist += np.bincount(b, minlength=NBUCKETS)
+        qk = self.__dict__.get("_wqk")
+        if qk is not None:
+            self._wqc[0] += int((b <= qk[0]).sum())
+            self._wqc[1] += int((b <= qk[1]).sum())
 
     def _fold_memory(self, steps_t: Sequence[int], mems_t: Sequence[Any]) -> None:
         """Peak, trend and last ``memory`` of the steps."""

@@ -8,12 +8,19 @@ steps into the arrays it declares); every figure is computed column-wise with nu
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
-from tui.model.histogram import BUCKET_VALUES, NBUCKETS, col_percentiles, hist_quantile_pair
+from tui.model.histogram import (
+    BUCKET_VALUES,
+    NBUCKETS,
+    bucket_value,
+    col_percentiles,
+    hist_quantile_pair,
+)
 from tui.model.phases import BUFFERS_REGION, find_phase
 from tui.model.rankstats import (
     EXPOSED_REGIONS,
@@ -50,7 +57,11 @@ def _percentiles(vals: np.ndarray, *qs: float) -> list[float]:
     """``np.percentile(vals, 100 * q)`` for each q (its default linear method, to the last
     bit), on one sort: numpy's general path costs ~60 µs a call, which at 64 ranks and 8
     snapshots a second was the largest part of a light snapshot."""
-    s = np.sort(vals)
+    return _lerp_percentiles(np.sort(vals), *qs)
+
+
+def _lerp_percentiles(s: np.ndarray, *qs: float) -> list[float]:
+    """:func:`_percentiles` of values sorted already."""
     n = len(s)
     out = []
     for q in qs:
@@ -363,7 +374,7 @@ class RankReadout:
         """(whole run, window) statistics of the step wall time."""
         if self.steps == 0:
             return EMPTY, EMPTY
-        q50, q95 = hist_quantile_pair(self.wall_hist, 0.5, 0.95, self.wall_min, self.wall_max)
+        q50, q95 = self._wall_quantiles()
         whole = Stats(
             last=self.wall_last,
             avg=self.wall_sum / self.steps,
@@ -377,12 +388,15 @@ class RankReadout:
             last_share=1.0,
         )
         vals = self.ring_wall[: self.filled]
-        p50, p95 = _percentiles(vals, 0.50, 0.95)
+        srt = np.sort(vals)
+        p50, p95 = _lerp_percentiles(srt, 0.50, 0.95)
+        # np.min and np.max: NaN if any (sorted last), else the ends of the sorted values
+        lo, hi = (float(srt[0]), float(srt[-1])) if srt[-1] == srt[-1] else (NAN, NAN)
         window = Stats(
             last=self.wall_last,
-            avg=float(vals.mean()),
-            min=float(vals.min()),
-            max=float(vals.max()),
+            avg=float(vals.sum()) / len(vals),  # np.mean's arithmetic
+            min=lo,
+            max=hi,
             p50=float(p50),
             p95=float(p95),
             steps=len(vals),
@@ -391,6 +405,43 @@ class RankReadout:
             last_share=1.0,
         )
         return whole, window
+
+    def _wall_quantiles(self) -> tuple[float, float]:
+        """``hist_quantile_pair`` of the step wall time's histogram at 0.5 and 0.95, from
+        the buckets of the last read (``_wqk``) and the counts at or below them (``_wqc``,
+        kept as walls are folded: ``RankAgg._fold_walls``), moved a few buckets: the same
+        figures without a cumulative sum of every bucket for every rank in every snapshot."""
+        d = self.__dict__
+        qk, qc = d.get("_wqk"), d.get("_wqc")
+        lo, hi = self.wall_min, self.wall_max
+        if qk is None or qc is None:
+            q50, q95 = hist_quantile_pair(self.wall_hist, 0.5, 0.95, lo, hi)
+            c = np.cumsum(self.wall_hist)
+            total = int(c[-1])
+            ks = [int(np.searchsorted(c, max(1.0, math.ceil(q * total)))) for q in (0.5, 0.95)]
+            d["_wqk"], d["_wqc"] = ks, [int(c[k]) for k in ks]
+            return q50, q95
+        h = self.wall_hist
+        total = self.steps  # every folded wall is in one bucket
+        out = []
+        for j, q in enumerate((0.5, 0.95)):
+            t = max(1.0, math.ceil(q * total))
+            k, c = qk[j], qc[j]
+            for _ in range(64):
+                if c < t:
+                    k += 1
+                    c += int(h[k])
+                elif k > 0 and c - int(h[k]) >= t:
+                    c -= int(h[k])
+                    k -= 1
+                else:
+                    break
+            else:
+                d.pop("_wqk")  # moved far (a big batch): counted again
+                return self._wall_quantiles()
+            qk[j], qc[j] = k, c
+            out.append(float(min(max(bucket_value(k), lo), hi)))
+        return out[0], out[1]
 
     @memo
     def unaccounted(self) -> StatsPair:
