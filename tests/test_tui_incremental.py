@@ -323,3 +323,31 @@ def test_step_wall_stats_are_the_numpy_figures(seed: int) -> None:
             ref = (float(vals.mean()), float(vals.min()), float(vals.max()), w50, w95)
             got = (window.avg, window.min, window.max, window.p50, window.p95)
             assert _bits(got) == _bits(tuple(float(x) for x in ref))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_few_step_wall_folds_are_the_batch_fold(seed: int) -> None:
+    """A live tick's few steps fold their walls in plain floats: the same bits as the whole
+    run folded in one numpy batch (sum in order, min, max, histogram), reads between."""
+    from tui.model.ranks import RankAgg
+
+    rng = np.random.default_rng(seed)
+    walls = (rng.lognormal(3, 2, int(rng.integers(2, 200)))).tolist()
+    rows = [
+        row_from_step(Step(step=i + 1, time=float(i), wall_ms=w, regions={"a": (1.0, 1)}))
+        for i, w in enumerate(walls)
+    ]
+    live, whole = RankAgg(0, window=16), RankAgg(0, window=16)
+    i = 0
+    while i < len(rows):
+        k = int(rng.integers(1, 20))
+        live.ingest(rows[i : i + k])
+        i += k
+        if rng.random() < 0.5:
+            live.wall_stats()
+    whole.ingest(rows)
+    for name in ("wall_sum", "wall_min", "wall_max", "wall_last", "steps"):
+        assert _bits(getattr(live, name)) == _bits(getattr(whole, name)), name
+    assert live.wall_hist.tobytes() == whole.wall_hist.tobytes()
+    assert _bits(live.wall_stats()) == _bits(whole.wall_stats())

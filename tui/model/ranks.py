@@ -411,6 +411,10 @@ class RankAgg(RankReadout):
                 qc[0] += i <= qk[0]
                 qc[1] += i <= qk[1]
             return
+        ws = walls.tolist()
+        if b <= 16 and all(w == w for w in ws):  # a live tick's few steps: plain floats
+            self._fold_few_walls(ws, hist_index(walls).tolist())
+            return
         # sequential too
         self.wall_sum = float(np.cumsum(np.concatenate(([self.wall_sum], walls)))[-1])
         self.wall_min = min(self.wall_min, float(walls.min()))
@@ -422,6 +426,26 @@ class RankAgg(RankReadout):
         if qk is not None:
             self._wqc[0] += int((b <= qk[0]).sum())
             self._wqc[1] += int((b <= qk[1]).sum())
+
+    def _fold_few_walls(self, ws: list[float], idx: list[int]) -> None:
+        """:meth:`_fold_walls` of a few walls (none NaN; ``idx``: their buckets): the same
+        figures (the sum in order, as the cumulative sum; min and max of numbers)."""
+        s = self.wall_sum
+        for w in ws:
+            s += w
+        self.wall_sum = s
+        self.wall_min = min(self.wall_min, min(ws))
+        self.wall_max = max(self.wall_max, max(ws))
+        self.wall_last = ws[-1]
+        h = self.wall_hist
+        for i in idx:
+            h[i] += 1
+        qk = self.__dict__.get("_wqk")
+        if qk is not None:
+            qc = self._wqc
+            for i in idx:
+                qc[0] += i <= qk[0]
+                qc[1] += i <= qk[1]
 
     def _fold_memory(self, steps_t: Sequence[int], mems_t: Sequence[Any]) -> None:
         """Peak, trend and last ``memory`` of the steps."""

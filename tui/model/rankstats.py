@@ -183,7 +183,8 @@ class MemTrend:
         if nb == 1:  # one step (the live case): the same arithmetic, without numpy calls
             mxb, myb, sxxb, cxyb = float(xf[0]), float(v[0]), 0.0, 0.0
         else:
-            mxb, myb = float(xf.mean()), float(v.mean())
+            # np.mean's arithmetic (its sum over the count) without its Python layer
+            mxb, myb = float(np.add.reduce(xf)) / nb, float(np.add.reduce(v)) / nb
             dxb = xf - mxb
             sxxb, cxyb = float(np.dot(dxb, dxb)), float(np.dot(dxb, v - myb))
         self._merge(mxb, myb, sxxb, cxyb, nb)
