@@ -236,6 +236,7 @@ def test_recent_work_kept_between_reads_is_made_from_scratch(seed: int, window: 
 def test_memory_trend_one_step_fold_is_the_batch_fold(seed: int, skip: int, window: int) -> None:
     """The live one-step fold of the memory trend in plain floats: the same bits as the
     numpy batch fold of one step (the moments, means and counts the advice reads)."""
+    from tui.model.ranks import _mem_value
     from tui.model.rankstats import MemTrend
 
     rng = np.random.default_rng(seed)
@@ -251,8 +252,8 @@ def test_memory_trend_one_step_fold_is_the_batch_fold(seed: int, skip: int, wind
             if r < 0.35
             else {"allocated": int(rng.integers(0, 2**40)) + 7000 * s, "peak": 1}
         )
-        fast.add_batch([s], [m])
-        ref._add_many([s], [m])
+        fast.add(s, _mem_value(m), merged=True)  # RankAgg's one-step fold
+        ref.add_batch([s], [m])
         assert _bits(vars_of(fast)) == _bits(vars_of(ref))
 
 

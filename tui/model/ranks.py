@@ -50,6 +50,13 @@ def _put(
     c[rows, cols] = calls
 
 
+def _mem_value(m: Any) -> Any:
+    """What :meth:`MemTrend.add_batch` takes of one step's ``memory``: ``allocated``, else
+    ``rss``."""
+    val = m.get("allocated") if m else None
+    return m.get("allocated", m.get("rss")) if m and val is None else val
+
+
 class _Deferred:
     """A region array of :class:`RankAgg` (stored in the instance's ``__dict__`` under its
     own name): reading it first folds the steps whose region part is still pending."""
@@ -455,7 +462,10 @@ class RankAgg(RankReadout):
                 mem.get("peak") or mem.get("allocated") or mem.get("rss") for mem in mems_t if mem
             ]
             peaks = [p for p in peaks if p is not None]
-        self.mem_trend.add_batch(steps_t, mems_t)
+        if len(mems_t) == 1:  # one step (the live case): add_batch's figures, no numpy
+            self.mem_trend.add(int(steps_t[0]), _mem_value(mems_t[0]), merged=True)
+        else:
+            self.mem_trend.add_batch(steps_t, mems_t)
         if peaks:
             p = max(peaks)
             if self.mem_peak is None or p > self.mem_peak:

@@ -101,8 +101,9 @@ class MemTrend:
         self._first = 0
         self._last = 0
 
-    def add(self, step: int, value: float | None) -> None:
-        """One step's memory (bytes); None or a non-finite value is ignored."""
+    def add(self, step: int, value: float | None, merged: bool = False) -> None:
+        """One step's memory (bytes); None or a non-finite value is ignored. ``merged``: its
+        moments as :meth:`add_batch` merges a batch of one (the same bits, no numpy)."""
         if value is None:
             return
         v = float(value)
@@ -117,6 +118,8 @@ class MemTrend:
         if len(self._early) < self.window:
             self._early.append(v)
         self._ring.append(v)
+        if merged:
+            return self._merge(float(step), v, 0.0, 0.0, 1)
         self._n += 1
         x = float(step)
         dx = x - self._mx
@@ -129,12 +132,6 @@ class MemTrend:
         """Many steps at once (the monitor folds records in batches): ``memory`` dicts of step
         records, using ``allocated`` (device) or else ``rss`` (host). Same result as ``add``
         (to rounding: the batch's moments are merged in, with numpy)."""
-        if len(memories) == 1:  # one step (the live case): the same, without numpy calls
-            self._add_one(int(steps[0]), memories[0])
-        else:
-            self._add_many(steps, memories)
-
-    def _add_many(self, steps: Sequence[int], memories: Sequence[Mapping[str, Any] | None]) -> None:
         vals = [m.get("allocated") if m else None for m in memories]
         if None in vals:  # host memory, or steps without: the full rule
             vals = [m.get("allocated", m.get("rss")) if m else None for m in memories]
@@ -157,25 +154,6 @@ class MemTrend:
             self._early.extend(v[:room].tolist())
         self._ring.extend(v[-self.window :].tolist())
         self._merge_moments(x.astype(np.float64), v)
-
-    def _add_one(self, step: int, m: Mapping[str, Any] | None) -> None:
-        """:meth:`add_batch` of one step, in plain floats: the same figures to the bit."""
-        val = m.get("allocated") if m else None
-        if val is None:
-            val = m.get("allocated", m.get("rss")) if m else None
-        v = math.nan if val is None else float(val)
-        if not math.isfinite(v):
-            return
-        if self._skipped < self.skip:
-            self._skipped += 1
-            return
-        if self._n == 0:
-            self._first = step
-        self._last = step
-        if len(self._early) < self.window:
-            self._early.append(v)
-        self._ring.append(v)
-        self._merge(float(step), v, 0.0, 0.0, 1)
 
     def _merge_moments(self, xf: np.ndarray, v: np.ndarray) -> None:
         """Merge a batch's mean and co-moments into the running ones (Chan et al.)."""
