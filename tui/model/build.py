@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from operator import attrgetter, mul
 
 import numpy as np
@@ -19,9 +20,18 @@ from stagewatch.records import RunEnd, RunStart
 from tui.model.order import CUT, tree_rows
 from tui.model.ranks import RankAgg
 from tui.model.rankstats import WAIT_REGIONS, StragglerVerdict, judge_stragglers
-from tui.model.readout import read_all_stats
+from tui.model.readout import NF, read_all_fields, stats_of
 from tui.model.series import RECENT, SeriesSet, series_set
-from tui.model.snapshot import EMPTY, NAN, UNACCOUNTED, RankInfo, RegionRow, Stats
+from tui.model.snapshot import (
+    EMPTY,
+    NAN,
+    UNACCOUNTED,
+    LazyRanks,
+    RankInfo,
+    RankStats,
+    RegionRow,
+    Stats,
+)
 
 Recent = tuple[tuple[float, ...], ...]  # RankInfo.recent: (step, *RECENT_COLUMNS)
 
@@ -81,26 +91,111 @@ def _cut_row(name: str) -> RegionRow:
     )
 
 
+def _seqsum(x: np.ndarray) -> np.ndarray:
+    """Column sums of a (ranks, columns) array added in rank order, as Python's ``sum`` of
+    floats adds (starting from 0): the same bits as :func:`merge`."""
+    return np.add.accumulate(x, axis=0)[-1] + 0.0
+
+
+def _mean_cols(x: np.ndarray, keep: np.ndarray | bool) -> np.ndarray:
+    """:func:`_mean` of each column's kept values."""
+    ok = (x == x) & keep
+    cnt = ok.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, _seqsum(np.where(ok, x, 0.0)) / cnt, NAN)
+
+
+def merge_columns(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`merge` of every column of ``f`` (ranks, NF fields, columns: each rank's Stats
+    of one span as :func:`~tui.model.readout.stats_of` reads them) at once, ranks >= 2: the
+    merged fields (NF, columns) and what each column is (0: EMPTY, 1: a ``last`` only, 2:
+    all fields), the same values to the bit."""
+    last, avg, lo, hi, p50, p95, steps, calls, share, lshare = (f[:, i] for i in range(NF))
+    live = steps > 0
+    n = np.where(live, steps, 0.0).sum(axis=0)  # whole numbers: exact in any order
+    out = np.empty((NF, f.shape[2]))
+    out[0] = _mean_cols(last, True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[1] = _seqsum(np.where(live, avg * steps, 0.0)) / n
+    # live values are never NaN: min and max in any order are Python's
+    out[2] = np.where(live, lo, np.inf).min(axis=0)
+    out[3] = np.where(live, hi, -np.inf).max(axis=0)
+    out[4] = _mean_cols(p50, live)
+    out[5] = np.where(live, p95, -np.inf).max(axis=0)
+    out[6] = n
+    out[7] = np.where(live, calls, 0.0).sum(axis=0)
+    out[8] = _mean_cols(share, True)
+    out[9] = _mean_cols(lshare, True)
+    kind = np.where(live.any(axis=0), 2, np.where(out[0] == out[0], 1, 0))
+    return out, kind
+
+
+def _merged_stats(v: list[float], kind: int) -> Stats:
+    if kind == 2:
+        return stats_of(v)
+    return Stats(last=v[0]) if kind == 1 else EMPTY
+
+
+def _rank_column(ranks: tuple[int, ...], table: np.ndarray, j: int) -> tuple[RankStats, ...]:
+    """Each rank's (rank, whole, window) of region column ``j`` of ``table``."""
+    return tuple(
+        (r, stats_of(v[:NF]), stats_of(v[NF:]))
+        for r, v in zip(ranks, table[:, :, j].tolist(), strict=True)
+    )
+
+
+def region_table(aggs: Sequence[RankAgg], names: Sequence[str]) -> np.ndarray:
+    """Every rank's Stats fields of ``names`` (ranks, 2 * NF, names): whole run then window,
+    an absent region as (EMPTY, EMPTY)."""
+    fields = read_all_fields(aggs)
+    out = np.empty((len(aggs), 2 * NF, len(names)))
+    layouts: dict[tuple[str, ...], list[int]] = {}
+    for i, a in enumerate(aggs):
+        layouts.setdefault(tuple(a.names), []).append(i)
+    for key, idx in layouts.items():
+        cmap = aggs[idx[0]].cols
+        k = len(key)
+        gather = np.fromiter((cmap.get(n, k) for n in names), np.int64, count=len(names))
+        out[idx] = np.stack([fields[i] for i in idx])[:, :, gather]
+    return out
+
+
 def region_rows(
     aggs: Sequence[RankAgg], with_ranks: bool
 ) -> tuple[tuple[RegionRow, ...], RegionRow]:
     """The tree's rows (each region's ranks merged) and the unaccounted row: the bulk of
-    a snapshot's cost (regions × ranks)."""
+    a snapshot's cost (regions × ranks). Every rank's figures are read as arrays and merged
+    column-wise; a row's per-rank Stats are made when something reads them (the ranks panel
+    of the selected region, the advice), not for every region."""
     names: dict[str, None] = {}
     for a in aggs:
         for n in a.names:
             names.setdefault(n, None)
+    order = tree_rows(names)
+    wanted = [n for n, cut in order if not cut]
+    table = region_table(aggs, wanted)
+    ranks = tuple(a.rank for a in aggs)
+    if not wanted:
+        merged = []
+    elif len(aggs) == 1:
+        vals = table[0].T.tolist()
+        merged = [(stats_of(v[:NF]), stats_of(v[NF:])) for v in vals]
+    else:
+        w, wk = merge_columns(table[:, :NF])
+        x, xk = merge_columns(table[:, NF:])
+        merged = [
+            (_merged_stats(a, ka), _merged_stats(b, kb))
+            for a, ka, b, kb in zip(
+                w.T.tolist(), wk.tolist(), x.T.tolist(), xk.tolist(), strict=True
+            )
+        ]
     regions = []
-    all_stats = read_all_stats(aggs)
-    for name, cut in tree_rows(names):
+    j = 0
+    for name, cut in order:
         if cut:
             regions.append(_cut_row(name))
             continue
-        per = []
-        for a, st in zip(aggs, all_stats, strict=True):
-            c = a.cols.get(name)
-            w, win = st[c] if c is not None else (EMPTY, EMPTY)
-            per.append((a.rank, w, win))
+        whole, window = merged[j]
         i = name.rfind("/")
         regions.append(
             RegionRow(
@@ -108,11 +203,12 @@ def region_rows(
                 leaf=name[i + 1 :] if i >= 0 else name,
                 depth=name.count("/"),
                 parent=name[:i] if i > 0 else None,
-                whole=merge([p[1] for p in per]),
-                window=merge([p[2] for p in per]),
-                ranks=tuple(per) if with_ranks else (),
+                whole=whole,
+                window=window,
+                ranks=LazyRanks(partial(_rank_column, ranks, table, j)) if with_ranks else (),
             )
         )
+        j += 1
     un = [(a.rank, *a.unaccounted()) for a in aggs]
     unaccounted = RegionRow(
         name=UNACCOUNTED,

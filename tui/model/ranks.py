@@ -50,6 +50,13 @@ def _put(
     c[rows, cols] = calls
 
 
+def _mem_value(m: Any) -> Any:
+    """What :meth:`MemTrend.add_batch` takes of one step's ``memory``: ``allocated``, else
+    ``rss``."""
+    val = m.get("allocated") if m else None
+    return m.get("allocated", m.get("rss")) if m and val is None else val
+
+
 class _Deferred:
     """A region array of :class:`RankAgg` (stored in the instance's ``__dict__`` under its
     own name): reading it first folds the steps whose region part is still pending."""
@@ -104,6 +111,7 @@ class RankAgg(RankReadout):
         self.cols: dict[str, int] = {}
         self.names: list[str] = []
         self._schemas: dict[tuple[str, ...], np.ndarray] = {}
+        self._prefix: dict[tuple[str, ...], bool] = {}  # schema -> _is_prefix of its columns
         self.cap = 0
         self.series = RegionSeries()  # each region over the whole run, downsampled (the chart)
         self._alloc(16)
@@ -170,6 +178,12 @@ class RankAgg(RankReadout):
             rc[:, :old] = self.ring_calls
             self.ring_calls = rc
         self.series.grow(cap)
+        qk = self.__dict__.get("_qk")
+        if qk is not None:  # new columns: no value, bucket 0
+            for name in ("_qk", "_qc"):
+                q = np.zeros((2, cap), dtype=np.int64)
+                q[:, :old] = self.__dict__[name]
+                self.__dict__[name] = q
         self.cap = cap
 
     def _cols_for(self, keys: tuple[str, ...]) -> np.ndarray:
@@ -249,7 +263,12 @@ class RankAgg(RankReadout):
         cols = self._cols_for(blk.keys)
         cap = self.cap
         ms, calls = blk.ms[:b], blk.calls[:b]
-        if len(cols) == cap and _is_prefix(cols):
+        prefix = self._prefix.get(blk.keys)
+        if prefix is None:  # a schema's columns never change: checked once per schema
+            prefix = _is_prefix(cols)
+            if len(self._prefix) < 4096:
+                self._prefix[blk.keys] = prefix
+        if len(cols) == cap and prefix:
             m, c = ms, calls  # the block's columns are the rank's, in order (the usual run)
         else:
             m = np.full((b, cap), NAN)
@@ -294,7 +313,7 @@ class RankAgg(RankReadout):
         self.last_step = int(steps[-1])
         self.last_time = float(times_t[-1])
         self._fold_memory(steps_t, mems_t)
-        self._fold_ring(b, steps, walls, np.array(samples_t, dtype=np.float64), scs_t)
+        self._fold_ring(b, steps, walls, samples_t, scs_t)
         for sc in reversed(scs_t):
             if sc:
                 self.scalars = sc
@@ -352,8 +371,14 @@ class RankAgg(RankReadout):
             self.last_seen[pc] = steps[lastrow]
         rr, cc = np.nonzero(present)
         if len(rr):
-            flat_idx = cc * NBUCKETS + hist_index(m[rr, cc])
-            self.hist += np.bincount(flat_idx, minlength=cap * NBUCKETS).reshape(cap, NBUCKETS)
+            b = hist_index(m[rr, cc])
+            self.hist += np.bincount(cc * NBUCKETS + b, minlength=cap * NBUCKETS).reshape(
+                cap, NBUCKETS
+            )
+            qk = self.__dict__.get("_qk")
+            if qk is not None:  # the counts at or below each quantile's bucket
+                for j in range(2):
+                    self._qc[j] += np.bincount(cc[b <= qk[j, cc]], minlength=cap)
 
     def _fold_region_row(self, row: np.ndarray, crow: np.ndarray, step: int) -> None:
         """:meth:`_fold_regions` of one step (the live case), in fewer numpy calls: the same
@@ -370,7 +395,11 @@ class RankAgg(RankReadout):
             self.last[pc] = vals
             self.last_calls[pc] = crow[pc].astype(np.int64)
             self.last_seen[pc] = step
-            self.hist[pc, hist_index(vals)] += 1
+            b = hist_index(vals)
+            self.hist[pc, b] += 1
+            qk = self.__dict__.get("_qk")
+            if qk is not None:  # the counts at or below each quantile's bucket
+                self._qc[:, pc] += b <= qk[:, pc]
 
     def _fold_walls(self, b: int, walls: np.ndarray) -> None:
         """Whole-run figures of the step wall time."""
@@ -381,14 +410,49 @@ class RankAgg(RankReadout):
             self.wall_min = min(self.wall_min, w)
             self.wall_max = max(self.wall_max, w)
             self.wall_last = w
-            self.wall_hist[hist_index(walls)[0]] += 1
+            i = int(hist_index(walls)[0])
+            self.wall_hist[i] += 1
+            qk = self.__dict__.get("_wqk")
+            if qk is not None:  # the counts at or below each wall quantile's bucket
+                qc = self._wqc
+                qc[0] += i <= qk[0]
+                qc[1] += i <= qk[1]
+            return
+        ws = walls.tolist()
+        if b <= 16 and all(w == w for w in ws):  # a live tick's few steps: plain floats
+            self._fold_few_walls(ws, hist_index(walls).tolist())
             return
         # sequential too
         self.wall_sum = float(np.cumsum(np.concatenate(([self.wall_sum], walls)))[-1])
         self.wall_min = min(self.wall_min, float(walls.min()))
         self.wall_max = max(self.wall_max, float(walls.max()))
         self.wall_last = float(walls[-1])
-        self.wall_hist += np.bincount(hist_index(walls), minlength=NBUCKETS)
+        b = hist_index(walls)
+        self.wall_hist += np.bincount(b, minlength=NBUCKETS)
+        qk = self.__dict__.get("_wqk")
+        if qk is not None:
+            self._wqc[0] += int((b <= qk[0]).sum())
+            self._wqc[1] += int((b <= qk[1]).sum())
+
+    def _fold_few_walls(self, ws: list[float], idx: list[int]) -> None:
+        """:meth:`_fold_walls` of a few walls (none NaN; ``idx``: their buckets): the same
+        figures (the sum in order, as the cumulative sum; min and max of numbers)."""
+        s = self.wall_sum
+        for w in ws:
+            s += w
+        self.wall_sum = s
+        self.wall_min = min(self.wall_min, min(ws))
+        self.wall_max = max(self.wall_max, max(ws))
+        self.wall_last = ws[-1]
+        h = self.wall_hist
+        for i in idx:
+            h[i] += 1
+        qk = self.__dict__.get("_wqk")
+        if qk is not None:
+            qc = self._wqc
+            for i in idx:
+                qc[0] += i <= qk[0]
+                qc[1] += i <= qk[1]
 
     def _fold_memory(self, steps_t: Sequence[int], mems_t: Sequence[Any]) -> None:
         """Peak, trend and last ``memory`` of the steps."""
@@ -398,7 +462,10 @@ class RankAgg(RankReadout):
                 mem.get("peak") or mem.get("allocated") or mem.get("rss") for mem in mems_t if mem
             ]
             peaks = [p for p in peaks if p is not None]
-        self.mem_trend.add_batch(steps_t, mems_t)
+        if len(mems_t) == 1:  # one step (the live case): add_batch's figures, no numpy
+            self.mem_trend.add(int(steps_t[0]), _mem_value(mems_t[0]), merged=True)
+        else:
+            self.mem_trend.add_batch(steps_t, mems_t)
         if peaks:
             p = max(peaks)
             if self.mem_peak is None or p > self.mem_peak:
@@ -413,13 +480,25 @@ class RankAgg(RankReadout):
         b: int,
         steps: np.ndarray,
         walls: np.ndarray,
-        samples: np.ndarray,
+        samples_t: Sequence[int],
         scs_t: Sequence[Any],
     ) -> None:
         """The last ``window`` steps of the batch into the ring buffer (their region columns:
         :meth:`_flush`). Row number i of the file is always in slot i % window, whatever the
         batches were (reductions over the ring then see the same order, to the last bit)."""
         w = self.window
+        if b == 1:  # the live case: the same values, without building arrays
+            p = self.pos
+            self.ring_wall[p] = walls[0]
+            self.ring_samples[p] = samples_t[0]
+            self.ring_step[p] = steps[0]
+            sc = scs_t[0]
+            loss = sc.get("loss") if sc else None
+            self.ring_loss[p] = NAN if loss is None else loss
+            self.pos = (p + 1) % w
+            self.filled = min(w, self.filled + 1)
+            return
+        samples = np.array(samples_t, dtype=np.float64)
         k = min(b, w)
         at = (self.pos + (b - k) + np.arange(k)) % w
         self.ring_wall[at] = walls[b - k :]

@@ -103,8 +103,9 @@ class MemTrend:
         self._first = 0
         self._last = 0
 
-    def add(self, step: int, value: float | None) -> None:
-        """One step's memory (bytes); None or a non-finite value is ignored."""
+    def add(self, step: int, value: float | None, merged: bool = False) -> None:
+        """One step's memory (bytes); None or a non-finite value is ignored. ``merged``: its
+        moments as :meth:`add_batch` merges a batch of one (the same bits, no numpy)."""
         if value is None:
             return
         v = float(value)
@@ -119,6 +120,8 @@ class MemTrend:
         if len(self._early) < self.window:
             self._early.append(v)
         self._ring.append(v)
+        if merged:
+            return self._merge(float(step), v, 0.0, 0.0, 1)
         self._n += 1
         x = float(step)
         dx = x - self._mx
@@ -160,9 +163,13 @@ class MemTrend:
         if nb == 1:  # one step (the live case): the same arithmetic, without numpy calls
             mxb, myb, sxxb, cxyb = float(xf[0]), float(v[0]), 0.0, 0.0
         else:
-            mxb, myb = float(xf.mean()), float(v.mean())
+            # np.mean's arithmetic (its sum over the count) without its Python layer
+            mxb, myb = float(np.add.reduce(xf)) / nb, float(np.add.reduce(v)) / nb
             dxb = xf - mxb
             sxxb, cxyb = float(np.dot(dxb, dxb)), float(np.dot(dxb, v - myb))
+        self._merge(mxb, myb, sxxb, cxyb, nb)
+
+    def _merge(self, mxb: float, myb: float, sxxb: float, cxyb: float, nb: int) -> None:
         na, n = self._n, self._n + nb
         dx, dy = mxb - self._mx, myb - self._my
         self._mx += dx * nb / n

@@ -23,7 +23,7 @@ MAX_WIDTH = 1 << 40  # steps per bucket at most (a step number is below 2**63)
 class RegionSeries:
     """One rank's downsampled series of every region column and of the step wall time."""
 
-    __slots__ = ("cnt", "sum", "wall_cnt", "wall_sum", "width")
+    __slots__ = ("_dirty", "_planes", "cnt", "sum", "wall_cnt", "wall_sum", "width")
 
     def __init__(self, cap: int = 0) -> None:
         self.width = 1
@@ -31,6 +31,47 @@ class RegionSeries:
         self.cnt = np.zeros((NBUCKETS, cap), dtype=np.int32)
         self.wall_sum = np.zeros(NBUCKETS)
         self.wall_cnt = np.zeros(NBUCKETS, dtype=np.int32)
+        # the means last read by :meth:`planes` (its gather, the float32 means) and the
+        # buckets changed since (lowest, highest): a full snapshot redoes only those
+        self._planes: tuple[bytes, np.ndarray] | None = None
+        self._dirty = (NBUCKETS, -1)
+
+    def _touch(self, lo: int, hi: int) -> None:
+        d = self._dirty
+        self._dirty = (min(d[0], lo), max(d[1], hi))
+
+    def _means_rows(self, lo: int, hi: int, gather: np.ndarray) -> np.ndarray:
+        """Bucket means of rows ``lo`` to ``hi`` of the planes ``gather`` picks among
+        [wall | region columns | an empty column], float32 (NaN: no step), each element as
+        :func:`series_set` divides it."""
+        s = np.concatenate([self.wall_sum[lo:hi, None], self.sum[lo:hi]], axis=1)
+        c = np.concatenate([self.wall_cnt[lo:hi, None], self.cnt[lo:hi]], axis=1)
+        ncols = s.shape[1]
+        have = gather < ncols
+        pick = gather[have]
+        sm = s[:, pick].astype(np.float64)
+        cn = c[:, pick].astype(np.float64)
+        out = np.full((hi - lo, len(gather)), np.nan, dtype=np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, have] = np.where(cn > 0, sm / np.maximum(cn, 1), np.nan)
+        return out
+
+    def planes(self, gather: np.ndarray) -> np.ndarray:
+        """:meth:`_means_rows` of every bucket, kept between reads: only the buckets
+        steps went into since the last read are divided again (at 64 ranks the chart's
+        series of a full snapshot were its second largest part). Read-only."""
+        key = gather.tobytes()
+        cached = self._planes
+        lo, hi = self._dirty
+        if cached is None or cached[0] != key:
+            m = self._means_rows(0, NBUCKETS, gather)
+            self._planes = (key, m)
+        else:
+            m = cached[1]
+            if hi >= lo:
+                m[lo : hi + 1] = self._means_rows(lo, hi + 1, gather)
+        self._dirty = (NBUCKETS, -1)
+        return m
 
     def grow(self, cap: int) -> None:
         """Room for ``cap`` region columns (new ones empty)."""
@@ -42,6 +83,7 @@ class RegionSeries:
         s[:, :old] = self.sum
         c[:, :old] = self.cnt
         self.sum, self.cnt = s, c
+        self._planes = None
 
     def _halve(self) -> None:
         """Merge neighbouring buckets in pairs: twice as many steps per bucket."""
@@ -52,6 +94,7 @@ class RegionSeries:
             merged[:h] = a[0::2] + a[1::2]
             setattr(self, name, merged)
         self.width *= 2
+        self._planes = None
 
     def add(self, steps: np.ndarray, m: np.ndarray, walls: np.ndarray) -> None:
         """A batch of steps (``m``: rows × columns ms, NaN where a region did not run)."""
@@ -68,6 +111,7 @@ class RegionSeries:
             self._halve()
         if len(steps) == 1:  # the live case: one step at a time, the fewest numpy calls
             i = min(max(0, (int(steps[0]) - 1) // self.width), NBUCKETS - 1)
+            self._touch(i, i)
             row = m[0]
             present = row == row
             self.sum[i] += np.where(present, row, 0.0)
@@ -76,6 +120,7 @@ class RegionSeries:
             self.wall_cnt[i] += 1
             return
         idx = np.clip((steps - 1) // self.width, 0, NBUCKETS - 1)
+        self._touch(int(idx.min()), int(idx.max()))
         present = ~np.isnan(m)
         vals = np.where(present, m, 0.0)
         if bool((idx[:-1] <= idx[1:]).all()):  # in order: one pass per bucket
@@ -258,9 +303,12 @@ def series_set(
     for (w, ncols, _), idx in _groups(keys).items():
         # the planes wanted, as columns of [wall | regions | an empty column]
         gather = np.concatenate([[0], 1 + _gather(cols[idx[0]], names, ncols)])
+        ss = [series[i] for i in idx]
+        if w == width:  # the usual case: each rank's means as it keeps them
+            out[idx] = np.stack([s.planes(gather) for s in ss])
+            continue
         have = gather <= ncols
         g, pick = len(idx), gather[have]
-        ss = [series[i] for i in idx]
         # the group's ranks stacked: [wall | regions] of each, then the planes picked
         sm = np.concatenate(
             [np.stack([s.wall_sum for s in ss])[:, :, None], np.stack([s.sum for s in ss])], axis=2

@@ -6,8 +6,9 @@ All values are plain floats/ints/strings; times in milliseconds, ``nan`` when un
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 NAN = math.nan
 
@@ -41,6 +42,51 @@ class Stats:
 
 EMPTY = Stats()
 
+RankStats = tuple[int, Stats, Stats]  # (rank, whole, window)
+
+
+class LazyRanks(Sequence[RankStats]):
+    """A region's per-rank figures, made on first read from values a snapshot froze: at 64
+    ranks × 40 regions a full snapshot would otherwise build 5,120 Stats for the one region
+    a panel shows. Reads like a tuple (equal to one with the same items); ``make`` must only
+    read values nothing changes after the snapshot is made."""
+
+    __slots__ = ("_items", "_make")
+
+    def __init__(self, make: Callable[[], tuple[RankStats, ...]]) -> None:
+        self._make = make
+        self._items: tuple[RankStats, ...] | None = None
+
+    def _get(self) -> tuple[RankStats, ...]:
+        items = self._items
+        if items is None:  # two threads may both make it (the same items): no lock needed
+            items = self._items = self._make()
+        return items
+
+    @overload
+    def __getitem__(self, i: int) -> RankStats: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[RankStats, ...]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        return self._get()[i]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __iter__(self) -> Iterator[RankStats]:
+        return iter(self._get())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, LazyRanks):
+            other = other._get()
+        return self._get() == other if isinstance(other, tuple) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._get())
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
 
 @dataclass(frozen=True, slots=True)
 class RegionRow:
@@ -52,7 +98,8 @@ class RegionRow:
     parent: str | None
     whole: Stats
     window: Stats
-    ranks: tuple[tuple[int, Stats, Stats], ...] = ()  # (rank, whole, window)
+    # (rank, whole, window) per rank: a tuple, or (a full snapshot's) LazyRanks
+    ranks: Sequence[RankStats] = ()
     # True for a "…" row standing for rows cut from the tree (too deep, too many): no figures
     cut: bool = False
 

@@ -149,9 +149,23 @@ _SHAPES: dict[str, tuple[str | int, ...]] = {
     "ring_loss": ("window",),
     "wall_hist": (NBUCKETS,),
 }
-# rebuilt as regions are folded in / read out ("_kids_cache": issue 22's recent_work;
-# "_pending": batches not folded yet, folded by the first read of a region array)
-_RANK_CACHES = {"_schemas", "_memo", "_kids_cache", "_pending"}
+# rebuilt as regions are folded in / read out ("_kids_cache", "_phase_cache", "_recent":
+# issue 22's recent_work; "_pending": batches not folded yet, folded by the first read of
+# a region array; "_prefix": which schemas fill the columns in order; "_qk", "_qc",
+# "_wqk", "_wqc": the quantiles' buckets, found again from the histograms when absent)
+_RANK_CACHES = {
+    "_schemas",
+    "_memo",
+    "_kids_cache",
+    "_phase_cache",
+    "_recent",
+    "_pending",
+    "_prefix",
+    "_qk",
+    "_qc",
+    "_wqk",
+    "_wqc",
+}
 _RANK_FIELDS = set(RankAggState.__struct_fields__)
 _RUN_GIVEN = {"run_id", "path", "compared_steps", "compare_ranks", "_compared"}
 _RUN_FIELDS = set(RunAggState.__struct_fields__)
@@ -171,7 +185,7 @@ def _same_fields(kind: str, have: set[str], known: set[str]) -> None:
 def _check_rank(a: RankAgg) -> None:
     """``a`` has the fields, arrays and shapes this module knows."""
     _same_fields("RankAgg", set(vars(a)) - _RANK_CACHES, _RANK_FIELDS)
-    arrays = {k for k, v in vars(a).items() if isinstance(v, np.ndarray)}
+    arrays = {k for k, v in vars(a).items() if isinstance(v, np.ndarray) and k not in _RANK_CACHES}
     _same_fields("RankAgg's arrays", arrays, set(_SHAPES))
     for k in arrays:
         if getattr(a, k).shape != _shape(k, a.cap, a.window):

@@ -87,10 +87,14 @@ class RunSource:
                 return True
             return False
         try:
+            listing = os.listdir(self.dir)
+            if listing == self._listing:
+                return False  # the same names: nothing to add (at 64 ranks, 8 times a second)
             jsonl = dict(rank_files(self.dir))
             texts = text_logs(self.dir)
         except OSError:
             return False
+        self._listing = listing
         added = False
         for rank, f in jsonl.items():
             path = str(f)
@@ -110,6 +114,7 @@ class RunSource:
             self.closed = False
         return added
 
+    _listing: list[str] | None = None  # the folder's names when discover() last looked
     _rebuild_needed = False
     behind = False  # data left unread after the last poll's time budget
 
