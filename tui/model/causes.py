@@ -54,8 +54,9 @@ def slow_now_and_then(
     """(rank index, reason) when no rank is slow steadily but one is slow now and then: in
     the steps where the slowest rank's own time stands out (above ``floor`` and ``above``, a
     multiple of the run's noise) and is ahead of the runner-up's by ``floor``, the same rank
-    nearly every time, more often than chance would make it. ``own``, ``excess`` and ``order`` are judge_stragglers' (per step and
-    rank); ``t`` its StragglerLimits. None otherwise."""
+    nearly every time, more often than chance would make it. ``own``, ``excess`` and
+    ``order`` are judge_stragglers' (per step and rank); ``t`` its StragglerLimits. None
+    otherwise."""
     n = len(order)
     slowest = order[:, -1]
     top = excess[np.arange(n), slowest]
