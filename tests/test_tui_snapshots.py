@@ -49,6 +49,12 @@ async def _settle(pilot) -> None:  # type: ignore[no-untyped-def]
     await _steady(pilot)
 
 
+def still() -> float:
+    """The screen's clock for "last write … ago" between snapshots: the sources' clocks are
+    frozen, and this keeps a slow render from adding a second (0s / 1s ago, now and then)."""
+    return 0.0
+
+
 async def _steady(pilot) -> None:  # type: ignore[no-untyped-def]
     """Until the panels' heights stop changing: the screen shares its height after a
     refresh (call_after_refresh), so a loaded machine could catch it half-way."""
@@ -104,7 +110,7 @@ def encode_end_failed() -> str:
 def test_watch_screen(snap_compare, tmp_path: Path, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
     _runs(tmp_path)
     src = LiveSource(tmp_path, poll=True, interval=0.05, clock=lambda: 1000.0)
-    assert snap_compare(MonitorApp(src), terminal_size=size, run_before=_settle)
+    assert snap_compare(MonitorApp(src, clock=still), terminal_size=size, run_before=_settle)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -113,7 +119,7 @@ def test_replay_screen(snap_compare, tmp_path: Path, size: tuple[int, int]) -> N
     src = ReplaySource(tmp_path / "20261126-100000-baseline-0001", playing=False, window=20)
     src.seek(45)
     assert snap_compare(
-        MonitorApp(src, red=0.5, yellow=0.2), terminal_size=size, run_before=_settle
+        MonitorApp(src, red=0.5, yellow=0.2, clock=still), terminal_size=size, run_before=_settle
     )
 
 
@@ -127,7 +133,7 @@ def test_failed_run_and_help_screen(snap_compare, tmp_path: Path) -> None:  # ty
         await pilot.press("question_mark")
         await pilot.pause()
 
-    assert snap_compare(MonitorApp(src), terminal_size=(120, 40), run_before=before)
+    assert snap_compare(MonitorApp(src, clock=still), terminal_size=(120, 40), run_before=before)
 
 
 def test_new_run_notice_on_a_narrow_screen(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -150,7 +156,7 @@ def test_new_run_notice_on_a_narrow_screen(snap_compare, tmp_path: Path) -> None
         await pilot.pause()
         await _steady(pilot)
 
-    assert snap_compare(MonitorApp(src), terminal_size=(80, 24), run_before=before)
+    assert snap_compare(MonitorApp(src, clock=still), terminal_size=(80, 24), run_before=before)
 
 
 def test_64_ranks_on_one_screen(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -159,7 +165,7 @@ def test_64_ranks_on_one_screen(snap_compare, tmp_path: Path) -> None:  # type: 
         tmp_path, "20261126-100000-wide-0001", steps=40, ranks=64, straggler=5, t0=1_764_150_000.0
     )
     src = LiveSource(tmp_path, poll=True, interval=0.05, clock=lambda: 1000.0)
-    assert snap_compare(MonitorApp(src), terminal_size=(160, 45), run_before=_settle)
+    assert snap_compare(MonitorApp(src, clock=still), terminal_size=(160, 45), run_before=_settle)
 
 
 def test_the_chart_per_rank_of_a_selected_stage(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -174,4 +180,4 @@ def test_the_chart_per_rank_of_a_selected_stage(snap_compare, tmp_path: Path) ->
             await pilot.press(key)
         await pilot.pause()
 
-    assert snap_compare(MonitorApp(src), terminal_size=(160, 45), run_before=before)
+    assert snap_compare(MonitorApp(src, clock=still), terminal_size=(160, 45), run_before=before)
