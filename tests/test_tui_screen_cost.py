@@ -139,3 +139,23 @@ async def test_a_hidden_chart_is_drawn_when_shown_again(tmp_path: Path) -> None:
         chart.set_class(False, "hidden")  # shown again: a Resize draws it
         await wait_for(pilot, lambda: chart._sw_shown is not None)
         assert chart._sw_shown == drawn
+
+
+def test_heat_strip_medians_are_numpys_to_the_bit() -> None:
+    import warnings
+
+    import numpy as np
+
+    from tui.view.widgets.ranks import nanmedian_cols
+
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        for _ in range(500):
+            r, c = int(rng.integers(0, 70)), int(rng.integers(0, 45))
+            a = rng.normal(10, 3, (r, c)) * rng.choice([1.0, 1e-3, 1e6])
+            a[rng.random((r, c)) < rng.random()] = np.nan
+            if c and rng.random() < 0.2:
+                a[:, 0] = np.nan
+            want = np.nanmedian(a, axis=0) if c else np.zeros(0)
+            assert np.array_equal(nanmedian_cols(a), want, equal_nan=True)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from rich.cells import cell_len, set_cell_size
 from rich.style import Style
 from rich.text import Span, Text
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
+from textual.strip import Strip
 from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
 
@@ -135,6 +136,22 @@ class StageTree(Tree[str]):
     def watch_virtual_size(self, old: Size, new: Size) -> None:
         if old.height != new.height:
             self.post_message(self.LinesChanged())
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # the widget's style, walked up its ancestors by Textual for every line (uncached),
+        # is taken once per repaint: it cannot change while the lines are drawn
+        self._frame_style = self.rich_style
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._frame_style = None
+
+    def render_line(self, y: int) -> Strip:
+        style = getattr(self, "_frame_style", None)
+        if style is None or not hasattr(self, "_render_line"):
+            return super().render_line(y)
+        scroll_x, scroll_y = self.scroll_offset  # as Tree.render_line, with the style taken once
+        return self._render_line(y + scroll_y, scroll_x, scroll_x + self.size.width, style)
 
     def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
         if (
