@@ -159,3 +159,41 @@ def test_heat_strip_medians_are_numpys_to_the_bit() -> None:
                 a[:, 0] = np.nan
             want = np.nanmedian(a, axis=0) if c else np.zeros(0)
             assert np.array_equal(nanmedian_cols(a), want, equal_nan=True)
+
+
+def test_costly_panel_redraws_come_less_often_within_bounds() -> None:
+    from tui.view.pacing import MAX_GAP, PANEL_BUDGET, Pacer
+
+    fixed = Pacer(1.0)
+    fixed.note_cost(1.0)
+    assert fixed.gap == 1.0  # a gap the caller chose stays
+    p = Pacer(1.0, adaptive=True)
+    p.note_cost(0.02)  # a small run: ~25 ms of drawing
+    assert p.gap == 1.0
+    for _ in range(3):
+        p.note_cost(0.09)  # 64 ranks: drawing and a costly full snapshot
+    assert p.gap == 0.09 / PANEL_BUDGET
+    p.note_cost(5.0)  # one redraw with a layout or a collection in it: the median holds
+    assert p.gap == 0.09 / PANEL_BUDGET
+    for _ in range(5):
+        p.note_cost(5.0)
+    assert p.gap == MAX_GAP
+    for _ in range(5):
+        p.note_cost(0.001)
+    assert p.gap == 1.0
+
+
+@sync
+async def test_the_reader_builds_full_snapshots_as_often_as_the_panels_come(
+    tmp_path: Path,
+) -> None:
+    write_run(tmp_path, "20261126-100000-three-0001", steps=30, ranks=3, straggler=1)
+    src = LiveSource(tmp_path, poll=True, interval=0.05)
+    app = MonitorApp(src)
+    async with app.run_test(size=(160, 45)) as pilot:
+        await wait_for(pilot, lambda: _step(app) == 30 and len(app.pacer.costs) > 0)
+        assert src.full_cost_s > 0.0  # measured by the reader
+        app.pacer.costs = [0.2] * 5  # as if redraws cost 200 ms
+        app._render_world()
+        await wait_for(pilot, lambda: src.full_gap > 1.0)
+        assert src.full_gap == app.pacer.gap > 1.0
