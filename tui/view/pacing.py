@@ -5,11 +5,11 @@ snapshot, while the panels (tree, ranks, sparkline, advice, run list, files line
 redrawn from one snapshot at most :data:`PANELS_PER_S` times a second (``tui watch``:
 :data:`WATCH_PANELS_PER_S`, and less often when a redraw costs more than
 :data:`PANEL_BUDGET` of a core at that rate, as at 64 ranks), the last snapshot of a busy
-spell always shown at the end of its gap. A snapshot after a quiet spell, one that answers a key (another run, a replay
-seek), a new run or a run changing state is shown whole at once. ``tui watch``'s source
-builds the per-region figures only for the snapshots the panels will draw (every panel gap,
-or when asked); those between are light (:attr:`WorldSnapshot.light`) and reach the header
-only.
+spell always shown at the end of its gap. A snapshot after a quiet spell, one that answers a
+key (another run, a replay seek), a new run or a run changing state is shown whole at once.
+``tui watch``'s source builds the per-region figures only for the snapshots the panels will
+draw (every panel gap, or when asked); those between are light
+(:attr:`WorldSnapshot.light`) and reach the header only.
 
 Nothing here draws: :class:`Slot` hands snapshots from the reader's thread to the screen's,
 :class:`Pacer` says what to redraw; the app does it.
