@@ -375,6 +375,7 @@ class MonitorApp(KeyActions, App[int]):
         self._render_ranks()
         self.query_one(StepSpark).show(run)
         self._render_advice(run)
+        self._fit_heights()  # new heights laid out with this redraw, not in a layout after it
         self.call_after_refresh(self._fit_heights)
         if w is not None:
             self.query_one(FilesLine).show(run, w)
