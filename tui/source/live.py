@@ -202,7 +202,10 @@ class LiveSource(ReadLoop):
                     and not self.busy()
                 ):
                     want, self._want_full = self._want_full, False
+                    t_build = time.thread_time()
                     snap = self.build(full=full_due or want or first or sel is not None)
+                    if not snap.light:  # the screen paces its panel redraws by this cost
+                        self.full_cost_s = time.thread_time() - t_build
                     first = False
                     post(snap)
                     self.posts += 1
@@ -239,6 +242,7 @@ class LiveSource(ReadLoop):
             self._wake.wait(timeout)
             self._wake.clear()
 
+    full_cost_s = 0.0  # thread CPU seconds of the last full snapshot built
     last_error: str | None = None  # the reader thread's last failure (one line)
     failures = 0  # how many times it failed: `tui watch` exits non-zero when > 0
 

@@ -73,7 +73,11 @@ class MonitorApp(KeyActions, App[int]):
         self.red = red
         self.yellow = yellow
         self.slot = Slot()  # from the reader's thread
-        self.pacer = Pacer(default_gap(self.mode == REPLAY) if panel_gap is None else panel_gap)
+        self.pacer = Pacer(
+            default_gap(self.mode == REPLAY) if panel_gap is None else panel_gap,
+            adaptive=panel_gap is None and self.mode != REPLAY,  # costly redraws come less often
+        )
+        self._panels_cpu: float | None = None  # thread CPU when the last panel redraw began
         self.new_runs = NewRuns()
         self.captures = Captures()  # new profiler traces of the run on screen: a notice each
         self.panel_renders = 0  # panel redraws (a test counts them)
@@ -351,6 +355,9 @@ class MonitorApp(KeyActions, App[int]):
         w = self.world
         run = w.selected if w else None
         self.pacer.drawn()
+        if self._panels_cpu is None:
+            self._panels_cpu = time.thread_time()
+            self.call_after_refresh(self._panels_cost)
         self.panel_renders += 1
         self._render_header()
         if w is not None:
@@ -368,12 +375,25 @@ class MonitorApp(KeyActions, App[int]):
         self._render_ranks()
         self.query_one(StepSpark).show(run)
         self._render_advice(run)
+        self._fit_heights()  # new heights laid out with this redraw, not in a layout after it
         self.call_after_refresh(self._fit_heights)
         if w is not None:
             self.query_one(FilesLine).show(run, w)
         self.applied += 1
         if run is not None and not self._gc_frozen:
             self.call_after_refresh(self._freeze_gc)  # after the first screen is drawn
+
+    def _panels_cost(self) -> None:
+        """After a panel redraw is on screen: its CPU (this thread's, and the reader's for
+        the full snapshot it drew) sets the gap to the next one (:meth:`Pacer.note_cost`)."""
+        if self._panels_cpu is None:
+            return
+        cost = time.thread_time() - self._panels_cpu
+        self._panels_cpu = None
+        full = getattr(self.source, "full_cost_s", 0.0)
+        self.pacer.note_cost(cost + (full if isinstance(full, float) else 0.0))
+        if hasattr(self.source, "full_gap"):  # full snapshots as often as the panels draw them
+            self.source.full_gap = self.pacer.gap  # type: ignore[attr-defined]
 
     def _render_advice(self, run: RunSnapshot | None) -> None:
         advice = self.query_one(AdviceBox)

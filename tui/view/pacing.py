@@ -3,12 +3,13 @@
 Redraws cost what a person can follow: the header (step, ETA, state) follows every
 snapshot, while the panels (tree, ranks, sparkline, advice, run list, files line) are
 redrawn from one snapshot at most :data:`PANELS_PER_S` times a second (``tui watch``:
-:data:`WATCH_PANELS_PER_S`), the last snapshot of a busy spell always shown at the end of
-its gap. A snapshot after a quiet spell, one that answers a key (another run, a replay
-seek), a new run or a run changing state is shown whole at once. ``tui watch``'s source
-builds the per-region figures only for the snapshots the panels will draw (every panel gap,
-or when asked); those between are light (:attr:`WorldSnapshot.light`) and reach the header
-only.
+:data:`WATCH_PANELS_PER_S`, and less often when a redraw costs more than
+:data:`PANEL_BUDGET` of a core at that rate, as at 64 ranks), the last snapshot of a busy
+spell always shown at the end of its gap. A snapshot after a quiet spell, one that answers a
+key (another run, a replay seek), a new run or a run changing state is shown whole at once.
+``tui watch``'s source builds the per-region figures only for the snapshots the panels will
+draw (every panel gap, or when asked); those between are light
+(:attr:`WorldSnapshot.light`) and reach the header only.
 
 Nothing here draws: :class:`Slot` hands snapshots from the reader's thread to the screen's,
 :class:`Pacer` says what to redraw; the app does it.
@@ -31,6 +32,14 @@ PANELS_PER_S = 2.0  # panel redraws a second at most while snapshots stream in (
 # lines: the tree ~14 ms), so 2 a second alone would be half the 10% budget of a watch; the
 # panels' figures are statistics over many steps, the header (step, ETA, last step) stays live
 WATCH_PANELS_PER_S = 1.0
+# ``tui watch``: the share of a core the panels' redraws may take, the screen's drawing and the
+# reader's full snapshot they draw together; a costlier redraw comes less often than once a
+# second. Small runs stay at once a second (~25 ms of drawing + a few ms of snapshot); at 64
+# ranks a full snapshot costs the reader ~60 ms, and the panels come every ~2 s.
+PANEL_BUDGET = 0.04
+MAX_GAP = 3.0  # seconds between panel redraws at most, whatever they cost
+COSTS_KEPT = 5  # the gap follows the median of the last few redraws' costs (a layout or a
+#                 collection in one does not stretch it)
 
 
 Post = Callable[[WorldSnapshot], None]
@@ -124,8 +133,11 @@ class Redraw(enum.Enum):
 class Pacer:
     """Which snapshots the header and the panels show; the app draws what it says."""
 
-    def __init__(self, gap: float) -> None:
+    def __init__(self, gap: float, adaptive: bool = False) -> None:
         self.gap = gap  # seconds between panel redraws from streamed snapshots
+        self.base_gap = gap  # ... at the least
+        self.adaptive = adaptive  # the gap grows with the redraws' cost (note_cost)
+        self.costs: list[float] = []  # the last redraws' CPU seconds
         self.world: WorldSnapshot | None = None  # shown by the panels
         self.latest: WorldSnapshot | None = None  # received (the header shows it, unless paused)
         self.latest_full: WorldSnapshot | None = None  # the newest full one (what panels draw)
@@ -149,6 +161,15 @@ class Pacer:
             self.world = full
             return Redraw.PANELS
         return Redraw.LATER
+
+    def note_cost(self, seconds: float) -> None:
+        """A panel redraw's CPU seconds (the screen's drawing and the reader's full snapshot
+        it drew): with ``adaptive``, the gap is what keeps redraws within
+        :data:`PANEL_BUDGET` of a core, from :attr:`base_gap` to :data:`MAX_GAP`."""
+        self.costs = [*self.costs[-(COSTS_KEPT - 1) :], max(0.0, seconds)]
+        if self.adaptive:
+            cost = sorted(self.costs)[len(self.costs) // 2]
+            self.gap = min(max(self.base_gap, MAX_GAP), max(self.base_gap, cost / PANEL_BUDGET))
 
     def drawn(self) -> None:
         """The panels were redrawn (from :attr:`world`): a gap starts."""

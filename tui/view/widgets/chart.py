@@ -197,6 +197,8 @@ class RegionChart(Static):
             else f" · {self.mode}" + (f" of {ranks} ranks" if self.mode == BANDS else "")
         )
         set_title(self, f"over the run · {what}{how}")
+        if self.has_class("hidden"):  # drawn when shown again (a Resize comes with it)
+            return
         text, legend = chart_text(
             series,
             name,

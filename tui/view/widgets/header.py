@@ -38,17 +38,20 @@ def fit_line(parts: list[Part], width: int, sep: str = "  ", flex: int | None = 
     shorter form take it; part ``flex`` (a name) is then cut from the end with "…" to use
     the room left (at least 12 cells).
     """
+    # [text, priority, short form, flex, cells]: the cells kept beside each text (the loops
+    # below measure the line after every change; the header is fitted on every snapshot)
     items = [
-        [p[0], p[1], p[2] if len(p) > 2 else None, i == flex]
+        [p[0], p[1], p[2] if len(p) > 2 else None, i == flex, n]
         for i, p in enumerate(parts)
-        if p[0].cell_len
+        if (n := p[0].cell_len)
     ]
     if width > 0:
         floor = 12 if flex is not None else 0
+        gaps = len(sep)
 
         def need() -> int:
-            n = sum(t.cell_len for t, *_ in items) + len(sep) * max(0, len(items) - 1)
-            return n - sum(max(0, it[0].cell_len - floor) for it in items if it[3])
+            n = sum(it[4] for it in items) + gaps * max(0, len(items) - 1)
+            return n - sum(max(0, it[4] - floor) for it in items if it[3])
 
         while need() > width:
             droppable = [it for it in items if it[1] < KEEP and not it[3]]
@@ -56,19 +59,19 @@ def fit_line(parts: list[Part], width: int, sep: str = "  ", flex: int | None = 
                 break
             low = min(droppable, key=lambda it: it[1])
             if low[2] is not None:  # its short form before nothing (a long nesting brief)
-                low[0], low[2] = low[2], None
+                low[0], low[2], low[4] = low[2], None, low[2].cell_len
                 continue
             items.remove(low)
         for it in sorted(items, key=lambda it: it[1]):
             if need() <= width:
                 break
             if it[2] is not None:
-                it[0], it[2] = it[2], None
-        over = sum(t.cell_len for t, *_ in items) + len(sep) * max(0, len(items) - 1) - width
+                it[0], it[2], it[4] = it[2], None, it[2].cell_len
+        over = sum(it[4] for it in items) + gaps * max(0, len(items) - 1) - width
         for it in items:
             if it[3] and over > 0:
                 cut = it[0].copy()
-                cut.truncate(max(floor, it[0].cell_len - over), overflow="ellipsis")
+                cut.truncate(max(floor, it[4] - over), overflow="ellipsis")
                 it[0] = cut
     out = Text(no_wrap=True, overflow="ellipsis")
     for i, it in enumerate(items):
@@ -76,6 +79,12 @@ def fit_line(parts: list[Part], width: int, sep: str = "  ", flex: int | None = 
             out.append(sep)
         out.append_text(it[0])
     return out
+
+
+def _joined_cells(parts: list[Part], sep: str) -> int:
+    """The cells of ``fit_line(parts, 0, sep)`` (every part kept), without making it."""
+    cells = [n for p in parts if (n := p[0].cell_len)]
+    return sum(cells) + len(sep) * max(0, len(cells) - 1)
 
 
 def _safe(fmt: Any, x: Any) -> str:
@@ -118,7 +127,7 @@ def header_text(
         t.append_text(literal(root))
         return t
     line1 = _line1(run, window, paused, behind_step)
-    if width and fit_line(line1, 0).cell_len > width:  # the id does not fit: its name
+    if width and _joined_cells(line1, "  ") > width:  # the id does not fit: its name
         name, _ = run_label(
             RunItem(run.run_id, run.path, run.state, run.step, run.total_steps, run.started)
         )

@@ -115,6 +115,13 @@ def _comm(verdict: Any) -> str:
 def verdict_lines(run: RunSnapshot, width: int, most: int = CAUSE_LINES) -> tuple[list[str], str]:
     """The straggler's cause and who waits for it (or why no rank is named), wrapped to
     ``width``, at most ``most``; and their style."""
+    lines, style = _verdict_all(run, width)
+    return _cut(lines, width, most), style
+
+
+def _verdict_all(run: RunSnapshot, width: int) -> tuple[list[str], str]:
+    """:func:`verdict_lines` before the cut to ``most`` (the panel's row need counts them and
+    its text cuts them: one diagnosis for both)."""
     verdict = getattr(run, "stragglers", None)
     if verdict is None or len(run.rank_info) < 2:
         return [], ""
@@ -123,10 +130,15 @@ def verdict_lines(run: RunSnapshot, width: int, most: int = CAUSE_LINES) -> tupl
     lines: list[str] = []
     for p in parts:
         lines += textwrap.wrap(clean(p), width, break_on_hyphens=False) if width > 8 else [clean(p)]
-    if len(lines) > most:
-        lines = lines[:most]
-        lines[-1] = lines[-1][: max(1, (width or len(lines[-1])) - 1)] + "…"
     return lines, "bold red" if run.straggler is not None else "dim"
+
+
+def _cut(lines: list[str], width: int, most: int) -> list[str]:
+    if len(lines) <= most:
+        return lines
+    lines = lines[:most]
+    lines[-1] = lines[-1][: max(1, (width or len(lines[-1])) - 1)] + "…"
+    return lines
 
 
 def _slowness(run: RunSnapshot, row: Any, chosen: list[tuple[int, Any]]) -> dict[int, float]:
@@ -156,11 +168,25 @@ def _strips(
     vals = vals[:, seen[0] :] if len(seen) else vals[:, :0]  # steps before the run's first: none
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a step no rank has yet
-        med = np.nanmedian(vals, axis=0)
+        med = nanmedian_cols(vals)
         if len(series.ranks) == 1:  # one rank: against its own recent median
             med = np.full(vals.shape[1], np.nanmedian(vals))
     pos = {r: i for i, r in enumerate(series.ranks)}
     return {r: heat_cells(vals[pos[r]], med) for r in ranks if r in pos}
+
+
+def nanmedian_cols(a: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(a, axis=0)`` to the bit (NaN where a column has no value), in one sort:
+    numpy takes a masked-array path for small arrays, ~1 ms for 64 ranks x 40 steps."""
+    if not a.size:
+        return np.full(a.shape[1], np.nan)
+    n = a.shape[0] - np.isnan(a).sum(axis=0)
+    s = np.sort(a, axis=0)  # NaN sort last
+    cols = np.arange(a.shape[1])
+    lo, hi = s[np.maximum(n - 1, 0) // 2, cols], s[n // 2, cols]
+    with np.errstate(all="ignore"):
+        med = np.where(n % 2 == 1, lo, (lo + hi) / 2)
+    return np.where(n > 0, med, np.nan)
 
 
 def _append_runs(t: Text, cells: list[tuple[str, str]]) -> None:
@@ -217,8 +243,23 @@ def rank_text(
     straggler's cause and who waits for it first, then one line per rank, slowest first,
     with a heat strip over its recent steps and the columns that fit ``width`` cells (0:
     all), as many ranks as fit ``height`` lines (0: all)."""
+    title, text, _ = rank_view(run, region, window, red, yellow, width, height)
+    return title, text
+
+
+def rank_view(
+    run: RunSnapshot | None,
+    region: str | None,
+    window: bool,
+    red: float,
+    yellow: float,
+    width: int = 0,
+    height: int = 0,
+) -> tuple[str, Text, int]:
+    """:func:`rank_text`'s (title, text), and the lines it makes when every rank is shown
+    (:func:`rank_lines`), from one diagnosis of the run."""
     if run is None:
-        return "ranks", Text("")
+        return "ranks", Text(""), 1
     row = run.region(region) if region else None
     if row is None:
         # a classic text log holds timed totals, no step wall time
@@ -234,7 +275,8 @@ def rank_text(
     cols, strip_w = _layout(width, multi=multi, region=row is not None, strip=strip_ok)
     t = Text(no_wrap=True, overflow="ellipsis")
     # a short panel: the verdict leaves room for ranks (a third of the lines at most)
-    vlines, vstyle = verdict_lines(run, width, max(1, min(CAUSE_LINES, height // 3 or 99)))
+    vall, vstyle = _verdict_all(run, width)
+    vlines = _cut(vall, width, max(1, min(CAUSE_LINES, height // 3 or 99)))
     for line in vlines:
         t.append(line + "\n", style=vstyle)
     chosen = [(r, win if window else whole) for r, whole, win in per]
@@ -280,7 +322,8 @@ def rank_text(
         )
     if eff is not None:  # achieved TFLOP/s of the selected region (or the step) and MFU
         t.append(clean(eff[0]) + "\n", style=eff[1] or "cyan")
-    return title, t
+    need = len(_cut(vall, width, CAUSE_LINES)) + 1 + len(per) + (eff is not None)
+    return title, t, need
 
 
 class RankView(Static):
@@ -293,8 +336,9 @@ class RankView(Static):
     ) -> None:
         self._args = (run, region, window, red, yellow)
         size = self.content_size
-        self._lines = rank_lines(run, region, window, size.width)
-        title, text = rank_text(run, region, window, red, yellow, size.width, size.height)
+        title, text, self._lines = rank_view(
+            run, region, window, red, yellow, size.width, size.height
+        )
         set_title(self, title)
         show_text(self, text)
         note_need(self, self.need())

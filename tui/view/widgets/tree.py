@@ -10,8 +10,9 @@ from __future__ import annotations
 from rich.cells import cell_len, set_cell_size
 from rich.style import Style
 from rich.text import Span, Text
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
+from textual.strip import Strip
 from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
 
@@ -130,10 +131,27 @@ class StageTree(Tree[str]):
         self._order_run: object = None
         self._label_keys: dict[str, tuple[object, ...]] = {}  # what each node's label was made from
         self._stale: dict[str, RegionRow] = {}  # nodes whose label is made when next drawn
+        self._parents: dict[str, str | None] = {}  # each shown region's parent, as built
 
     def watch_virtual_size(self, old: Size, new: Size) -> None:
         if old.height != new.height:
             self.post_message(self.LinesChanged())
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # the widget's style, walked up its ancestors by Textual for every line (uncached),
+        # is taken once per repaint: it cannot change while the lines are drawn
+        self._frame_style = self.rich_style
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._frame_style = None
+
+    def render_line(self, y: int) -> Strip:
+        style = getattr(self, "_frame_style", None)
+        if style is None or not hasattr(self, "_render_line"):
+            return super().render_line(y)
+        scroll_x, scroll_y = self.scroll_offset  # as Tree.render_line, with the style taken once
+        return self._render_line(y + scroll_y, scroll_x, scroll_x + self.size.width, style)
 
     def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
         if (
@@ -199,10 +217,35 @@ class StageTree(Tree[str]):
         self.rows = {r.name: r for r in (*ordered, run.unaccounted)}
         shape = (run.run_id, tuple(r.name for r in ordered), self.filter, cut_depth, cut_rows)
         if force or shape != self._shape:
-            self._rebuild(ordered, run, cut_depth, cut_rows)
+            if force or not self._reorder(shape, ordered):
+                self._rebuild(ordered, run, cut_depth, cut_rows)
             self._shape = shape
-        else:
+        if not force:
             self.refresh_labels()
+
+    def _reorder(self, shape: tuple, ordered: list[RegionRow]) -> bool:
+        """The same regions in another order (shares crossed): move the nodes instead of
+        rebuilding the tree (a rebuild adds every node anew and lays the whole screen out
+        again, ~20 ms here). False when the regions differ (then a rebuild)."""
+        old = self._shape
+        if not isinstance(old, tuple) or old[0] != shape[0] or old[2:] != shape[2:]:
+            return False
+        parents = {r.name: r.parent for r in ordered}
+        if parents != self._parents or any(getattr(r, "cut", False) for r in ordered):
+            return False
+        if not hasattr(self, "_clear_line_cache") or not hasattr(self.root, "_children"):
+            return False  # a Textual without these internals: rebuild
+        pos = {r.name: i for i, r in enumerate(ordered)}
+        last = len(pos)  # the notes and the unaccounted row stay after the regions, in order
+        for node in (self.root, *self.nodes_by_name.values()):
+            if len(node._children) > 1:
+                node._children.sort(key=lambda n: pos.get(n.data, last))  # type: ignore[arg-type]
+        # the lines are built again when next drawn; the cursor stays on its node (Tree._build
+        # moves the cursor line to it); as many lines as before: no layout
+        self._clear_line_cache()
+        self._updates += 1
+        self.refresh()
+        return True
 
     def _key(self, row: RegionRow) -> tuple[object, ...]:
         """Everything a node's label is made from."""
@@ -275,6 +318,7 @@ class StageTree(Tree[str]):
         self.nodes_by_name = {}
         self._stale = {}
         self._label_keys = {}
+        self._parents = {r.name: r.parent for r in ordered}
         has_children = {r.parent for r in ordered if r.parent}
         for r in ordered:
             parent = self.nodes_by_name.get(r.parent) if r.parent else None
