@@ -190,8 +190,8 @@ class TimingLogger(ClosesOnExit):
         self._warn_once = WarnOnce()
         self._sigterm: SigtermHook | None = None  # installed as the SIGTERM handler
         self._pid = os.getpid()
-        self._capture: cap.Capture | None = None  # called at wall >= _cap_at or step >= _cap_due
-        self._cap_at, self._cap_due, self._cap_marks = cap.INF, cap.INF, cap.NO_MARKS
+        self._capture: cap.Capture | None = None  # called at wall_ms >= _cap_at (capture.py)
+        self._cap_at, self._cap_marks = cap.INF, cap.NO_MARKS
 
     def _open_clock(
         self, device: Any, event_factory: EventFactory | None, max_pending: int
@@ -407,9 +407,11 @@ class TimingLogger(ClosesOnExit):
             self._since_flush = 0  # the writer processes the queue and writes the files
             self._last_flush = now
             self._writer.kick(True)  # type: ignore[union-attr]
+            if self._capture is not None:  # its periodic part (sampling, the request file)
+                self._capture.tick(self, self.step_count, wall_ms)
         elif not self._since_kick:
             self._writer.kick(False)  # type: ignore[union-attr]
-        if wall_ms >= self._cap_at or self.step_count >= self._cap_due:
+        if wall_ms >= self._cap_at:  # capture: the one comparison while nothing is captured
             self._capture.on_step(self, self.step_count, wall_ms)  # type: ignore[union-attr]
 
     def _step_memory(self, memory: Mapping[str, int] | None) -> dict[str, int] | None:
@@ -475,10 +477,18 @@ class TimingLogger(ClosesOnExit):
 
     def _emit(self, rec: R.Step) -> None:
         """Queue a step record for the writer (limits, statistics and outputs are its work)."""
-        if self._cap_marks and rec.step in self._cap_marks:  # a captured step (capture.py)
-            rec = R.replace(rec, trace=self._cap_marks.pop(rec.step))
         self.steps_written = rec.step
         self._writer.put(rec)  # type: ignore[union-attr]
+
+    def _emit_marked(self, rec: R.Step) -> None:
+        """:meth:`_emit` while captured steps wait for their records: a capture puts it in
+        place of ``_emit`` (capture.py), so that no other step looks at the marks."""
+        marks = self._cap_marks
+        if rec.step in marks:
+            rec = R.replace(rec, trace=marks.pop(rec.step))
+        if not marks:
+            self.__dict__.pop("_emit", None)  # the plain one again
+        TimingLogger._emit(self, rec)
 
     def _emit_other(self, rec: R.Record) -> None:
         self._writer.put(rec)  # type: ignore[union-attr]
