@@ -14,6 +14,11 @@ from typing import Any
 
 from stagewatch.records import unaccounted_ms
 
+try:  # ``template % values`` with fast fixed-point floats; the same text (_fmt.c)
+    from stagewatch.timing._fmt import render
+except ImportError:  # not built (no C compiler at install): Python's own ``%``
+    render = str.__mod__
+
 RULE = "=" * 80
 LABEL_WIDTH = 40
 
@@ -202,7 +207,7 @@ class StepFormatter:
         vals[3:-2:3] = [s.total / s.count for s in c.stats]
         vals[-2] = unaccounted
         vals[-1] = 100.0 * unaccounted / w
-        block = c.template % tuple(vals)
+        block = render(c.template, tuple(vals))
         if not unaccounted:
             covered = sum(v[0] for name, v in regions.items() if "/" not in name)
             if covered > wall_ms * 1.001 + 0.01:
