@@ -181,6 +181,7 @@ class TimingLogger(ClosesOnExit):
         self._region_cls: type[CpuRegion] = CpuRegion
         self._gregion_cls: type[CpuRegion] = GlobalCpuRegion
         self._memory: MemoryReader | None = None
+        self._memory_plain: MemoryReader | None = None  # a reader whose figures need no check
         self._sinks: tuple[Sink, ...] = ()
         self._writer: RecordWriter | None = None  # statistics and sinks, fed by a queue
         self._kick_every = WAKE_STEPS
@@ -206,6 +207,8 @@ class TimingLogger(ClosesOnExit):
     def _open_memory(self, collect_memory: bool) -> None:
         if collect_memory:
             self._memory = memory_reader(self.device, self._cuda)
+            if not self._cuda:  # the process RSS: one int in range, by construction
+                self._memory_plain = self._memory
 
     def _open_sinks(
         self, enable_jsonl: bool, enable_file: bool, enable_console: bool, console_stream: Any
@@ -418,10 +421,13 @@ class TimingLogger(ClosesOnExit):
         """The memory of this step: given, else measured (if a reader is on)."""
         if memory is not None:
             return clean.memory(memory, self._warn_once)
-        if self._memory is None:
+        reader = self._memory
+        if reader is None:
             return None
         try:
-            return clean.memory(self._memory(), self._warn_once)
+            if reader is self._memory_plain:
+                return reader()
+            return clean.memory(reader(), self._warn_once)
         except Exception as e:
             self._memory = None
             self._warn_once("memory", f"memory is no longer recorded: {e}")

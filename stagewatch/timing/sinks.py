@@ -140,15 +140,19 @@ class TextSink(_FileSink):
     """The classic text log, ``<run_dir>/timing_rank<R>.log``: one block per step, with the
     running average of each region from ``stats``."""
 
-    __slots__ = ("_fmt",)
+    __slots__ = ("_fmt", "_stats")
 
     def __init__(self, path: str, stats: RegionStats, warn_once: WarnOnce) -> None:
         super().__init__(path, warn_once)
         self._fmt = StepFormatter(stats)
+        self._stats = stats
 
     def step(self, rec: R.Step, unaccounted_ms: float) -> None:
+        last = self._stats.last  # the writer's lists of this record's values, if at hand
+        regions = rec.regions
+        parts = last[1:] if last is not None and last[0] is regions else None
         try:
-            block = self._fmt.format(rec.step, rec.wall_ms, rec.regions, unaccounted_ms)
+            block = self._fmt.format(rec.step, rec.wall_ms, regions, unaccounted_ms, parts)
         except Exception as e:  # a formatting bug must not stop training
             self._warn_once("text", f"text log: {e}")
         else:

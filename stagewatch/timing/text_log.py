@@ -107,21 +107,26 @@ class _Cached:
     the template for one pattern of call counts (``x3``), baked in: a ``%`` conversion
     costs about as much as a float's, so the counts are not converted every step."""
 
-    __slots__ = ("built", "entries", "get", "lines", "ns", "stats", "template", "vals")
+    __slots__ = ("built", "entries", "get", "lines", "ns", "pick", "stats", "template", "vals")
 
-    def __init__(self, lines: list[str], entries: list[tuple[str, Any]], built: int) -> None:
+    def __init__(
+        self, lines: list[str], entries: list[tuple[str, Any]], built: int, key: tuple[str, ...]
+    ) -> None:
         self.lines = lines  # entry lines (their " x<n>" left off), then the others
         self.entries = entries
         self.built = built
         names = [n for n, _ in entries]
         # the values of the names in display order, as a tuple, in one C call
         self.get = operator.itemgetter(*names) if len(names) > 1 else _one_getter(names)
+        # ... from lists in the record's order (``key``: its names)
+        where = {n: i for i, n in enumerate(key)}
+        self.pick = _getter([where[n] for n in names])
         self.stats = [s for _, s in entries]
         self.vals: list[Any] = [None] * (3 + 3 * len(names))  # step, 3 per name, unaccounted
-        self.ns: list[int] | None = None  # the counts baked in (None: none yet)
+        self.ns: tuple[int, ...] | None = None  # the counts baked in (None: none yet)
         self.template = ""
 
-    def bake(self, ns: list[int]) -> None:
+    def bake(self, ns: tuple[int, ...]) -> None:
         """The template for the call counts ``ns`` (of the names in display order)."""
         lines = list(self.lines)
         k = 0
@@ -139,6 +144,13 @@ def _one_getter(names: list[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ..
         return lambda d: ()
     name = names[0]
     return lambda d: (d[name],)
+
+
+def _getter(keys: list[Any]) -> Callable[[Any], tuple[Any, ...]]:
+    """``itemgetter(*keys)``, always giving a tuple."""
+    if len(keys) > 1:
+        return operator.itemgetter(*keys)
+    return _one_getter(keys)
 
 
 class StepFormatter:
@@ -173,7 +185,7 @@ class StepFormatter:
             parts.append(label + " : %9.2fms (%5.1f%%) [avg: %9.2fms]")
             entries.append((name, found[name]))
         parts.append(f"{'Unaccounted':<{LABEL_WIDTH}} : %9.2fms (%5.1f%%)\n")
-        return _Cached(parts, entries, self._n)
+        return _Cached(parts, entries, self._n, key)
 
     def format(
         self,
@@ -181,11 +193,13 @@ class StepFormatter:
         wall_ms: float,
         regions: Mapping[str, tuple[float, int]],
         unaccounted: float,
+        parts: tuple[tuple[str, ...], list[float], list[int]] | None = None,
     ) -> str:
         """One step's block (as :func:`format_step`); ``unaccounted``: its unaccounted ms
-        (:func:`~stagewatch.records.unaccounted_ms`), already computed by the caller."""
+        (:func:`~stagewatch.records.unaccounted_ms`), already computed by the caller;
+        ``parts``: ``(tuple(regions), ms, calls)`` in the order of ``regions``, if at hand."""
         self._n += 1
-        key = tuple(regions)
+        key = tuple(regions) if parts is None else parts[0]
         c = self._cache.get(key)
         if c is None or self._n - c.built >= REORDER_STEPS:
             if len(self._cache) >= 64:  # e.g. names built from a counter: stay bounded
@@ -194,9 +208,13 @@ class StepFormatter:
         if len(c.entries) != len(key):  # a name without statistics (folded): the long way
             return format_step(step, wall_ms, regions, self._avg_of)
         w = wall_ms if wall_ms > 0 else math.inf
-        pairs = c.get(regions)
-        ms = list(map(_first, pairs))
-        ns = list(map(_second, pairs))
+        if parts is not None:
+            ms = c.pick(parts[1])
+            ns = c.pick(parts[2])
+        else:
+            pairs = c.get(regions)
+            ms = tuple(map(_first, pairs))
+            ns = tuple(map(_second, pairs))
         # the template's values, interleaved by slice assignment (in C) rather than per name
         if ns != c.ns:
             c.bake(ns)
