@@ -100,6 +100,7 @@ def format_step(
 
 _first, _second = operator.itemgetter(0), operator.itemgetter(1)
 REORDER_STEPS = 1000  # a cached order follows the running averages at most this many steps late
+TOTAL = f"{'Total':-<{LABEL_WIDTH + 1}}: %9.2fms\n"  # the last line, as format_step writes it
 
 
 class _Cached:
@@ -107,7 +108,19 @@ class _Cached:
     the template for one pattern of call counts (``x3``), baked in: a ``%`` conversion
     costs about as much as a float's, so the counts are not converted every step."""
 
-    __slots__ = ("built", "entries", "get", "lines", "ns", "pick", "stats", "template", "vals")
+    __slots__ = (
+        "built",
+        "cols",
+        "entries",
+        "get",
+        "lines",
+        "ns",
+        "pick",
+        "stats",
+        "template",
+        "total",
+        "vals",
+    )
 
     def __init__(
         self, lines: list[str], entries: list[tuple[str, Any]], built: int, key: tuple[str, ...]
@@ -122,9 +135,13 @@ class _Cached:
         where = {n: i for i, n in enumerate(key)}
         self.pick = _getter([where[n] for n in names])
         self.stats = [s for _, s in entries]
-        self.vals: list[Any] = [None] * (3 + 3 * len(names))  # step, 3 per name, unaccounted
+        k = len(names)
+        # step, 3 per name, unaccounted (ms, %), the wall time (the Total line)
+        self.vals: list[Any] = [None] * (4 + 3 * k)
+        self.cols = slice(1, 3 * k + 1, 3), slice(2, 3 * k + 2, 3), slice(3, 3 * k + 3, 3)
         self.ns: tuple[int, ...] | None = None  # the counts baked in (None: none yet)
-        self.template = ""
+        self.template = ""  # the block up to its Unaccounted line
+        self.total = ""  # ... and its Total line
 
     def bake(self, ns: tuple[int, ...]) -> None:
         """The template for the call counts ``ns`` (of the names in display order)."""
@@ -136,6 +153,7 @@ class _Cached:
                     lines[i] = f"{line} x{ns[k]}"
                 k += 1
         self.template = "\n".join(lines)
+        self.total = self.template + TOTAL
         self.ns = ns
 
 
@@ -219,20 +237,23 @@ class StepFormatter:
         if ns != c.ns:
             c.bake(ns)
         vals = c.vals
+        col_ms, col_pct, col_avg = c.cols
         vals[0] = step
-        vals[1:-2:3] = ms
-        vals[2:-2:3] = [100.0 * m / w for m in ms]
-        vals[3:-2:3] = [s.total / s.count for s in c.stats]
-        vals[-2] = unaccounted
-        vals[-1] = 100.0 * unaccounted / w
-        block = render(c.template, tuple(vals))
-        if not unaccounted:
-            covered = sum(v[0] for name, v in regions.items() if "/" not in name)
-            if covered > wall_ms * 1.001 + 0.01:
-                block += (
-                    f"{'Overlap':<{LABEL_WIDTH}} : {covered - wall_ms:9.2f}ms "
-                    "(top-level regions overlap, e.g. from other threads)\n"
-                )
+        vals[col_ms] = ms
+        vals[col_pct] = [100.0 * m / w for m in ms]
+        vals[col_avg] = [s.total / s.count for s in c.stats]
+        vals[-3] = unaccounted
+        vals[-2] = 100.0 * unaccounted / w
+        vals[-1] = wall_ms
+        if unaccounted:  # no Overlap line: the Total line is in the template
+            return render(c.total, tuple(vals))
+        block = render(c.template, tuple(vals[:-1]))
+        covered = sum(v[0] for name, v in regions.items() if "/" not in name)
+        if covered > wall_ms * 1.001 + 0.01:
+            block += (
+                f"{'Overlap':<{LABEL_WIDTH}} : {covered - wall_ms:9.2f}ms "
+                "(top-level regions overlap, e.g. from other threads)\n"
+            )
         return block + f"{'Total':-<{LABEL_WIDTH + 1}}: {wall_ms:9.2f}ms\n"
 
     def _avg_of(self, name: str) -> float | None:

@@ -43,11 +43,11 @@ class _RegionSet:
 
     __slots__ = ("names", "plain", "stats", "top")
 
-    def __init__(self, names: tuple[str, ...], stats: list[RunningStats]) -> None:
+    def __init__(self, names: tuple[str, ...]) -> None:
         self.names = names
         self.plain = all(len(k) <= R.MAX_NAME_CHARS for k in names)
         self.top = [("/" not in k) for k in names]
-        self.stats = stats
+        self.stats: list[RunningStats] | None = None  # found at its first record in limits
 
 
 class RecordWriter:
@@ -79,7 +79,7 @@ class RecordWriter:
         self.dropped = 0  # records dropped since the last one queued
         self.dropped_total = 0
         self._sets: dict[tuple[str, ...], _RegionSet] = {}  # per region set, bounded
-        self._set = _RegionSet((), [])  # the last one used
+        self._set = _RegionSet(())  # the last one used
         self._lock = threading.RLock()
         self._owner: int | None = None  # the thread processing records now
         self._deferred: Callable[[], None] | None = None
@@ -264,7 +264,10 @@ class RecordWriter:
         ):
             self._step_checked(within_limits(rec, self._warn_once))
             return
-        self._stats.add_values(rs.stats, ms, ns)
+        found = rs.stats
+        if found is None:  # (created as add_step creates them, at the same record)
+            found = rs.stats = self._stats.resolve(key)
+        self._stats.add_values(found, ms, ns)
         self._stats.last = (regions, key, ms, ns)
         un = wall - sum(compress(ms, rs.top))  # as R.unaccounted_ms
         if un < 0.0:
@@ -300,7 +303,7 @@ class RecordWriter:
         if rs is None:
             if len(self._sets) >= MAX_SETS:  # e.g. names built from a counter: stay bounded
                 self._sets.clear()
-            rs = self._sets[names] = _RegionSet(names, self._stats.resolve(names))
+            rs = self._sets[names] = _RegionSet(names)
         self._set = rs
         return rs
 
