@@ -303,14 +303,29 @@ def _rounded_regions(regions: dict[str, tuple[float, int]]) -> dict[str, tuple[f
         return {k: (round(ms, 4), n) for k, (ms, n) in regions.items()}
 
 
+def _round(x: float, scale: float, digits: int) -> float:
+    """``round(x, digits)`` (``scale``: ``10.0 ** digits``) at half its cost for the usual
+    values: ``x * scale`` rounded to an integer is the exactly rounded ``x * 10^digits``
+    unless the product is within half a unit of a tie (then ``round`` decides), and an
+    integer below 2^53 divided by ``scale`` is the double nearest to the decimal. Zero (its
+    sign) and values beyond 4e15 / scale go to ``round`` too."""
+    y = x * scale
+    if -4e15 < y < 4e15:
+        k = round(y)
+        d = y - k
+        if k and d != 0.5 and d != -0.5:
+            return k / scale
+    return round(x, digits)
+
+
 def _rounded(rec: Record) -> Record:
     """``rec`` as written: times rounded (µs, 0.1 µs for durations), empty optional
     objects left out."""
     if type(rec) is Step:
         return msgspec.structs.replace(
             rec,
-            time=round(rec.time, 6),
-            wall_ms=round(rec.wall_ms, 4),
+            time=_round(rec.time, 1e6, 6),
+            wall_ms=_round(rec.wall_ms, 1e4, 4),
             regions=_rounded_regions(rec.regions),
             memory=rec.memory or msgspec.UNSET,
             scalars=rec.scalars or msgspec.UNSET,

@@ -32,6 +32,7 @@ from stagewatch.timing.stats import RegionStats, RunningStats
 
 QUEUE_RECORDS = 4096  # records waiting for the writer at most (about 3 kB each)
 IDLE_SECONDS = 1.0  # the thread looks at the queue at least this often
+assert R.MAX_MS <= R.MAX_INT  # the limits check below counts on it
 MAX_SETS = 64  # region sets (the names of a step, in order) whose facts are cached
 _first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
@@ -254,12 +255,8 @@ class RecordWriter:
             and 0.0 <= wall < R.MAX_MS
             and (
                 not ms
-                or (
-                    sum(ms) + sum(ns) < R.MAX_MS
-                    and min(ms) >= 0.0
-                    and min(ns) >= 0
-                    and max(ns) < R.MAX_INT
-                )
+                # (each count is then below MAX_MS <= MAX_INT too)
+                or (sum(ms) + sum(ns) < R.MAX_MS and min(ms) >= 0.0 and min(ns) >= 0)
             )
         ):
             self._step_checked(within_limits(rec, self._warn_once))
