@@ -105,7 +105,8 @@ def breakdown(steps: int) -> dict[str, float]:
         lg._kick_every = 10**9  # the queue is processed only where measured
         w = lg._writer
         assert w is not None
-        jsonl, text = w.sinks
+        (jsonl,) = [s for s in w.sinks if type(s).__name__ == "JsonlSink"]
+        (text,) = [s for s in w.sinks if type(s).__name__ == "TextSink"]
         cpu = time.process_time
 
         def regions() -> None:
@@ -132,7 +133,7 @@ def breakdown(steps: int) -> dict[str, float]:
                 c3 = cpu()
                 out.setdefault("step", []).append(((c1 - c0) - (c2 - c1)) / steps * 1e6)
                 out.setdefault(label, []).append((c3 - c2) / steps * 1e6)
-        w.sinks = (jsonl, text)
+        w.sinks = (text, jsonl)  # the JSONL sink last (it rounds the values in place)
         lg.close()
     xs = [0.00134 * (i + 1) for i in range(60)]
     spec = "%9.2f"  # the text log's conversion (its template is built at run time)

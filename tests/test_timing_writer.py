@@ -75,6 +75,29 @@ def test_cached_formatter_writes_what_format_step_writes(regions):
         assert fmt.format(step, wall, regions, un, parts) == want
 
 
+def test_the_jsonl_sink_rounds_in_place_after_every_other_output(tmp_path, monkeypatch):
+    """The JSONL sink rounds a record's values where they are: it is handed each record
+    last, so the text log, the panel and the statistics see the values as measured."""
+    import io
+
+    from stagewatch.timing.sinks import JsonlSink
+
+    lg = make(tmp_path, enable_console=True, console_stream=io.StringIO(), run_id="r")
+    sinks = lg._writer.sinks
+    assert isinstance(sinks[-1], JsonlSink) and len(sinks) == 3
+    x = 0.12504999  # 0.1250 written: "0.12" from it, "0.13" from x
+    for _ in range(3):
+        lg.log("a", x)
+        lg.step()
+    lg.close()
+    step = next(r for r in jsonl(lg) if isinstance(r, R.Step))
+    assert step.regions["a"][0] == 0.125
+    text = (Path(lg.run_dir) / R.text_log_name(0)).read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("a ")]
+    assert len(lines) == 3 and all(ln.split(":")[1].startswith("      0.13ms") for ln in lines)
+    assert lg.get_summary()["a"]["total"] == 3 * x
+
+
 def test_the_writer_fast_path_keeps_what_the_general_path_keeps(tmp_path, monkeypatch):
     """Statistics and unaccounted time are the same whether a record takes the cached
     region-set path or the general one (a name beyond the limits, left out)."""

@@ -69,7 +69,7 @@ class RecordWriter:
         max_queue: int = QUEUE_RECORDS,
         background: bool = False,
     ) -> None:
-        self.sinks = sinks
+        self.sinks = tuple(sorted(sinks, key=lambda k: k.LAST))  # (stable) see Sink.LAST
         self._stats = stats
         self._wall = wall
         self._unaccounted = unaccounted
