@@ -130,3 +130,15 @@ def test_the_text_log_is_the_same_without_the_extension(
     fast = run("fast")
     monkeypatch.setattr(text_log, "render", str.__mod__)
     assert run("slow") == fast
+
+
+def test_stagewatch_pure_python_selects_percent() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "from stagewatch.timing import text_log; print(text_log.render is str.__mod__)"
+    env = {**os.environ, "STAGEWATCH_PURE_PYTHON": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "True"
+    assert text_log.render is render  # this process: the extension

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from stagewatch.records import unaccounted_ms
 
-try:  # ``template % values`` with fast fixed-point floats; the same text (_fmt.c)
-    from stagewatch.timing._fmt import render
-except ImportError:  # not built (no C compiler at install): Python's own ``%``
-    render = str.__mod__
+# ``template % values`` with fast fixed-point floats, the same text (_fmt.c); Python's own
+# ``%`` where the extension was not built (no C compiler at install) or
+# STAGEWATCH_PURE_PYTHON is set
+render: Callable[[str, tuple[Any, ...]], str] = str.__mod__
+if not os.environ.get("STAGEWATCH_PURE_PYTHON"):
+    try:
+        from stagewatch.timing._fmt import render
+    except ImportError:
+        pass
 
 RULE = "=" * 80
 LABEL_WIDTH = 40
