@@ -494,7 +494,7 @@ class TimingLogger(ClosesOnExit):
             rec = R.replace(rec, trace=marks.pop(rec.step))
         if not marks:
             self.__dict__.pop("_emit", None)  # the plain one again
-        TimingLogger._emit(self, rec)
+        type(self)._emit(self, rec)
 
     def _emit_other(self, rec: R.Record) -> None:
         self._writer.put(rec)  # type: ignore[union-attr]
