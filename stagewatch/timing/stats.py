@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -61,7 +62,7 @@ class RegionStats:
         self.max_names = max_names
         self.overflowed = False
         # the step just added by add_values: (regions, names, ms, calls), for the text log
-        self.last: tuple[Any, tuple[str, ...], list[float], list[int]] | None = None
+        self.last: tuple[Any, tuple[str, ...], Sequence[float], Sequence[int]] | None = None
 
     def resolve(self, names: tuple[str, ...]) -> list[RunningStats]:
         """The stats of ``names`` in order, created (or folded) as :meth:`add_step` would
@@ -81,7 +82,7 @@ class RegionStats:
         return out
 
     @staticmethod
-    def add_values(found: list[RunningStats], ms: list[float], ns: list[int]) -> None:
+    def add_values(found: list[RunningStats], ms: Sequence[float], ns: Sequence[int]) -> None:
         """:meth:`add_step` for a step whose names resolved to ``found`` (:meth:`resolve`),
         with their values and call counts in the same order."""
         for s, x, n in zip(found, ms, ns, strict=True):

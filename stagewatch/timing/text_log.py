@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import operator
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from stagewatch.records import unaccounted_ms
@@ -217,7 +217,7 @@ class StepFormatter:
         wall_ms: float,
         regions: Mapping[str, tuple[float, int]],
         unaccounted: float,
-        parts: tuple[tuple[str, ...], list[float], list[int]] | None = None,
+        parts: tuple[tuple[str, ...], Sequence[float], Sequence[int]] | None = None,
     ) -> str:
         """One step's block (as :func:`format_step`); ``unaccounted``: its unaccounted ms
         (:func:`~stagewatch.records.unaccounted_ms`), already computed by the caller;

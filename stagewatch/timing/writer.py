@@ -18,7 +18,6 @@ child, a thread that could not start), a full queue is processed at once instead
 from __future__ import annotations
 
 import collections
-import operator
 import os
 import threading
 from collections.abc import Callable
@@ -34,7 +33,6 @@ QUEUE_RECORDS = 4096  # records waiting for the writer at most (about 3 kB each)
 IDLE_SECONDS = 1.0  # the thread looks at the queue at least this often
 assert R.MAX_MS <= R.MAX_INT  # the limits check below counts on it
 MAX_SETS = 64  # region sets (the names of a step, in order) whose facts are cached
-_first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
 class _RegionSet:
@@ -244,9 +242,8 @@ class RecordWriter:
         rs = self._set
         if key != rs.names:
             rs = self._set_of(key)
-        pairs = list(regions.values())
-        ms = list(map(_first, pairs))
-        ns = list(map(_second, pairs))
+        # the values and the call counts, as two tuples in one C call ([ms, calls] pairs)
+        ms, ns = zip(*regions.values(), strict=True) if regions else ((), ())
         wall = rec.wall_ms
         # what within_limits would keep as it is (a NaN or inf fails a comparison); else the
         # general path
