@@ -14,9 +14,16 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+#define EXACT_DOUBLES 1
+#else
+#define EXACT_DOUBLES 0 /* excess precision: y and e are not the double product and its error */
+#endif
 
 static const double SCALE[5] = {1.0, 10.0, 100.0, 1000.0, 10000.0};
 static const uint64_t ISCALE[5] = {1, 10, 100, 1000, 10000};
@@ -102,7 +109,7 @@ put_float(Out *o, PyObject *v, int width, int prec)
     if (!PyFloat_CheckExact(v))
         return 1;
     double x = PyFloat_AS_DOUBLE(v);
-    if (fabs(x) * SCALE[prec] < 4e15) { /* finite, and y exact as an integer (< 2^52) */
+    if (EXACT_DOUBLES && fabs(x) * SCALE[prec] < 4e15) { /* finite, y below 2^52 */
         len = fixed(x, prec, num);
     }
     else {
@@ -203,7 +210,7 @@ render_into(Out *o, const char *t, Py_ssize_t n, PyObject *vals)
 }
 
 static PyObject *
-render(PyObject *self, PyObject *args)
+render(PyObject *Py_UNUSED(self), PyObject *args)
 {
     PyObject *tmpl, *vals;
     if (!PyArg_ParseTuple(args, "UO!:render", &tmpl, &PyTuple_Type, &vals))
