@@ -52,7 +52,10 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import MethodType
 from typing import Any
+
+import msgspec
 
 from stagewatch import traces
 from stagewatch.timing import regions
@@ -126,6 +129,17 @@ def detach(lg: Any, write: bool) -> None:
     if lg._capture is not None:
         lg._capture.close(lg, write)
     lg._cap_at = INF
+
+
+def emit_marked(lg: Any, rec: Any) -> None:
+    """The logger's ``_emit`` while captured steps wait for their records (installed by a
+    capture in its place, so that no other step looks at the marks)."""
+    marks = lg._cap_marks
+    if rec.step in marks:
+        rec = msgspec.structs.replace(rec, trace=marks.pop(rec.step))
+    if not marks:
+        lg.__dict__.pop("_emit", None)  # the plain one again
+    type(lg)._emit(lg, rec)
 
 
 def restart_clock(lg: Any) -> None:
@@ -297,7 +311,7 @@ class Capture:
         rel = f"{traces.TRACES_DIR}/{traces.trace_name(step + 1, self.rank)}"
         for s in range(step + 1, step + n + 1):
             self.marks[s] = rel
-        lg._emit = lg._emit_marked  # the records of these steps get their mark
+        lg._emit = MethodType(emit_marked, lg)  # the records of these steps get their mark
         restart_clock(lg)
 
     def _stop(self, lg: Any) -> None:

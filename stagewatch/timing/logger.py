@@ -123,7 +123,9 @@ class TimingLogger(ClosesOnExit):
         self.run_id = resolve_run_id(run_id, run_name, self.world_size)
         self.run_dir = R.run_dir(self.log_dir, self.run_id)
         self._open_clock(device, event_factory, max_pending_steps)
-        self._open_memory(collect_memory)
+        if collect_memory:
+            self._memory = memory_reader(self.device, self._cuda)
+            self._memory_plain = None if self._cuda else self._memory  # RSS: needs no check
         self._open_sinks(enable_jsonl, enable_file, enable_console, console_stream)
         self._write_run_start(config, total_steps, samples_per_step, start_step, event_factory)
         self._writer = RecordWriter.of(self, writer_queue, background_writer)
@@ -203,12 +205,6 @@ class TimingLogger(ClosesOnExit):
         self._pool = self._gpu.pool if self._gpu is not None else None
         self._region_cls = CudaRegion if self._cuda else CpuRegion
         self._gregion_cls = GlobalCudaRegion if self._cuda else GlobalCpuRegion
-
-    def _open_memory(self, collect_memory: bool) -> None:
-        if collect_memory:
-            self._memory = memory_reader(self.device, self._cuda)
-            if not self._cuda:  # the process RSS: one int in range, by construction
-                self._memory_plain = self._memory
 
     def _open_sinks(
         self, enable_jsonl: bool, enable_file: bool, enable_console: bool, console_stream: Any
@@ -425,9 +421,8 @@ class TimingLogger(ClosesOnExit):
         if reader is None:
             return None
         try:
-            if reader is self._memory_plain:
-                return reader()
-            return clean.memory(reader(), self._warn_once)
+            m = reader()
+            return m if reader is self._memory_plain else clean.memory(m, self._warn_once)
         except Exception as e:
             self._memory = None
             self._warn_once("memory", f"memory is no longer recorded: {e}")
@@ -486,16 +481,6 @@ class TimingLogger(ClosesOnExit):
         self.steps_written = rec.step
         self._writer.put(rec)  # type: ignore[union-attr]
 
-    def _emit_marked(self, rec: R.Step) -> None:
-        """:meth:`_emit` while captured steps wait for their records: a capture puts it in
-        place of ``_emit`` (capture.py), so that no other step looks at the marks."""
-        marks = self._cap_marks
-        if rec.step in marks:
-            rec = R.replace(rec, trace=marks.pop(rec.step))
-        if not marks:
-            self.__dict__.pop("_emit", None)  # the plain one again
-        type(self)._emit(self, rec)
-
     def _emit_other(self, rec: R.Record) -> None:
         self._writer.put(rec)  # type: ignore[union-attr]
 
@@ -530,8 +515,7 @@ class TimingLogger(ClosesOnExit):
         if not self.enabled:
             return
         with self._io:
-            self._since_flush = 0
-            self._last_flush = regions._perf()
+            self._since_flush, self._last_flush = 0, regions._perf()
             if self._writer is not None:
                 self._writer.drain(True)
 
