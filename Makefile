@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.stamp: $(BIN)/python pyproject.toml setup.py tui/source/_regions.c
+$(VENV)/.stamp: $(BIN)/python pyproject.toml setup.py tui/source/_regions.c stagewatch/timing/_fmt.c
 	@# torch first, so the open "torch>=2.4" in pyproject.toml never pulls another build
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e ".[train,dev,lightning,hf]"

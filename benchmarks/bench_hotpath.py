@@ -105,7 +105,8 @@ def breakdown(steps: int) -> dict[str, float]:
         lg._kick_every = 10**9  # the queue is processed only where measured
         w = lg._writer
         assert w is not None
-        jsonl, text = w.sinks
+        (jsonl,) = [s for s in w.sinks if type(s).__name__ == "JsonlSink"]
+        (text,) = [s for s in w.sinks if type(s).__name__ == "TextSink"]
         cpu = time.process_time
 
         def regions() -> None:
@@ -132,7 +133,7 @@ def breakdown(steps: int) -> dict[str, float]:
                 c3 = cpu()
                 out.setdefault("step", []).append(((c1 - c0) - (c2 - c1)) / steps * 1e6)
                 out.setdefault(label, []).append((c3 - c2) / steps * 1e6)
-        w.sinks = (jsonl, text)
+        w.sinks = (text, jsonl)  # the JSONL sink last (it rounds the values in place)
         lg.close()
     xs = [0.00134 * (i + 1) for i in range(60)]
     spec = "%9.2f"  # the text log's conversion (its template is built at run time)
@@ -224,7 +225,15 @@ def report(res: dict[str, Any], label: str, rounds: int, steps: int, load: float
         "rest for the queued records at each flush point (every `file_flush_interval` steps, "
         "2 s, a console interval, `flush()`, `close()`), so one step in 50 carries the batch "
         "(the p99 column): the CPU is the same work, done once per record, with the text "
-        "log's tree order and template cached per region set. With `background_writer=True` "
+        "log's tree order and template cached per region set. Then (after 57a850b) the "
+        "block's numbers are formatted in C (`stagewatch/timing/_fmt.c`, the same bytes as "
+        "`%`, tested against it with hypothesis; without a compiler or with "
+        "`STAGEWATCH_PURE_PYTHON=1`, Python's `%`), the writer caches per region set what a "
+        "record's processing needs and lists its values once for the statistics and the text "
+        "log, the JSONL sink rounds the values in place (it is handed each record last) and "
+        "the times' rounding costs half; `benchmarks/hotpath_same_bytes.py --base <checkout>` "
+        "checks that the JSONL and the text log are the same bytes. "
+        "With `background_writer=True` "
         "the batch runs on a thread; in this pure-Python loop it competes for the GIL with "
         "the loop, so it costs as much CPU and the training thread waits for the GIL instead "
         "(it pays off where the loop spends its time in code that releases the GIL, e.g. "
@@ -235,9 +244,10 @@ def report(res: dict[str, Any], label: str, rounds: int, steps: int, load: float
         f"`step()` itself {parts['step']:.1f} µs (clock, memory reading, scalars, the "
         f"record, the queue); limits and statistics {parts['core']:.1f} µs; "
         f"+ the JSONL file {parts['jsonl'] - parts['core']:.1f} µs; + the text log "
-        f"{parts['text'] - parts['core']:.1f} µs, most of it formatting its 63 numbers "
-        f"(one `%` template per block; a `%9.2f` costs {parts['float_ns']:.0f} ns in CPython "
-        "on this machine). "
+        f"{parts['text'] - parts['core']:.1f} µs (one template of 63 numbers per block, "
+        "formatted by `_fmt.c`, where CPython's `%9.2f` costs "
+        f"{parts['float_ns']:.0f} ns each on this machine; the values listed, the file "
+        "written). "
         "The CUDA path queues the same records once their events "
         "complete (resolution one step behind, unchanged); its `step()` cost on a GPU is "
         "measured by the GPU suite's `timing` step (`gpu_timing_check.py`), owed to a lent "

@@ -10,7 +10,7 @@ pace); one step does ``--slow-factor`` times the work. Checks and reports:
    step's span (on CUDA a step spans the GPU time between end-of-step markers, so kernels
    may start up to the CPU's lead before it; reported, not judged);
 3. the cost of capture while nothing is captured: ``step()`` time with capture armed
-   against ``capture=False``, alternating blocks (two float comparisons per step: expect
+   against ``capture=False``, alternating blocks (one float comparison per step: expect
    within noise).
 
 Usage::

@@ -106,32 +106,98 @@ def test_at_most_max_traces_and_n_steps_each(tmp_path: Path, clock: FakeClock) -
     assert _trace(files[0].path)[traces.META_KEY]["steps"] == 2
     marked = [r.step for r in _records(tmp_path) if isinstance(r, R.Step) and r.trace]
     assert marked == [27, 28, 52, 53]
-    assert lg._cap_at == lg._cap_due == float("inf")  # spent: nothing is checked any more
+    assert lg._cap_at == float("inf")  # spent: the comparison is never true any more
 
 
-def test_nothing_checked_between_samples(tmp_path: Path, clock: FakeClock) -> None:
-    """While nothing is captured a step costs two comparisons: on_step runs only on the
-    sampling steps (every 25th at 10 ms steps) once warm."""
-    lg = _logger(tmp_path)
-    calls: list[int] = []
+def test_nothing_checked_between_flush_points(tmp_path: Path, clock: FakeClock) -> None:
+    """Once warm, on_step runs only for a slow step; the sampling runs at the flush points."""
+    lg = _logger(tmp_path, file_flush_interval=25)
     cap = lg._capture
     assert cap is not None
-    orig = cap.on_step
+    calls: list[int] = []
+    ticks: list[int] = []
+    orig, orig_tick = cap.on_step, cap.tick
 
     def counting(lg_: Any, step: int, wall_ms: float) -> None:
         calls.append(step)
         orig(lg_, step, wall_ms)
 
+    def counting_tick(lg_: Any, step: int, wall_ms: float) -> None:
+        ticks.append(step)
+        orig_tick(lg_, step, wall_ms)
+
     cap.on_step = counting  # type: ignore[method-assign]
+    cap.tick = counting_tick  # type: ignore[method-assign]
     _steps(lg, clock, [10.0] * 100)
     lg.close()
-    assert calls[:20] == list(range(1, 21))  # every step while warming up
-    late = [s for s in calls if s > 20]
-    assert late == [45, 70, 95]  # then every 25th (a check about every 250 ms)
+    assert calls == list(range(1, 21))  # every step while warming up, then none
+    assert ticks == [25, 50, 75, 100]  # the flush points
+    assert cap.seen == 20 + 4 and cap.median == pytest.approx(10.0)
+
+
+class _CountingThreshold:
+    """A stand-in for ``_cap_at`` that counts the comparisons made with it (never true)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __le__(self, other: float) -> bool:  # ``wall_ms >= self`` lands here
+        self.n += 1
+        return False
+
+    __ge__ = __lt__ = __gt__ = __le__
+
+
+def test_one_comparison_per_step_while_nothing_is_captured(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The structure issue 22 asks for: a warm logger with nothing to capture makes one
+    comparison with ``_cap_at`` per step and reads no other capture state."""
+    reads: list[str] = []
+
+    class Spy(TimingLogger):
+        def __getattribute__(self, name: str) -> Any:
+            if name.startswith("_cap"):
+                reads.append(name)
+            return super().__getattribute__(name)
+
+    lg = Spy(
+        tmp_path,
+        enable_console=False,
+        enable_file=False,
+        run_id="cap",
+        collect_memory=False,
+        file_flush_interval=10**6,
+    )
+    _steps(lg, clock, [10.0] * 25)  # warm: the slow trigger armed
+    assert lg._capture is not None and lg._cap_at == pytest.approx(30.0)
+    counter = _CountingThreshold()
+    lg._cap_at = counter  # type: ignore[assignment]
+    reads.clear()
+    _steps(lg, clock, [10.0] * 40)
+    assert counter.n == 40
+    assert reads == ["_cap_at"] * 40
+    lg._cap_at = 30.0
+    lg.close()
+
+
+def test_a_request_is_seen_at_the_next_flush_point(tmp_path: Path, clock: FakeClock) -> None:
+    """A request written mid-run is seen at the first flush point (here every 2 s: 16 steps
+    of 125 ms) and captures the step after it; the steps between look at nothing."""
+    lg = _logger(tmp_path, file_flush_interval=10**6)  # flush points: every 2 s only
+    assert lg._capture is not None
+    lg._capture.poll_s = 0.0
+    _steps(lg, clock, [125.0] * 20)  # a flush point at step 16
+    traces.write_request(tmp_path / "cap")
+    _steps(lg, clock, [125.0] * 11)  # steps 21-31: none is a flush point
+    assert lg._capture.taken == 0 and lg._capture.requested == 0
+    _steps(lg, clock, [125.0] * 3)  # step 32 (2 s after 16) sees it: step 33 is captured
+    lg.close()
+    assert [t.step for t in traces.list_traces(tmp_path / "cap")] == [33]
 
 
 def test_request_file_captures_on_every_rank_once(tmp_path: Path, clock: FakeClock) -> None:
-    lg = _logger(tmp_path)
+    lg = _logger(tmp_path, file_flush_interval=1)  # a flush point (and a look) every step
     assert lg._capture is not None
     lg._capture.poll_s = 0.0
     _steps(lg, clock, [10.0] * 3)
@@ -147,7 +213,7 @@ def test_request_file_captures_on_every_rank_once(tmp_path: Path, clock: FakeClo
 def test_a_request_older_than_the_run_is_not_taken(tmp_path: Path, clock: FakeClock) -> None:
     (tmp_path / "cap").mkdir()
     traces.write_request(tmp_path / "cap")
-    lg = _logger(tmp_path)
+    lg = _logger(tmp_path, file_flush_interval=1)
     assert lg._capture is not None
     lg._capture.poll_s = 0.0
     _steps(lg, clock, [10.0] * 5)
@@ -181,7 +247,7 @@ def test_sigusr2_captures_and_chains_the_earlier_handler(tmp_path: Path, clock: 
 def test_the_trace_is_on_the_unix_clock_within_its_anchor(tmp_path: Path, clock: FakeClock) -> None:
     import time
 
-    lg = _logger(tmp_path)
+    lg = _logger(tmp_path, file_flush_interval=1)
     lg._capture.poll_s = 0.0  # type: ignore[union-attr]
     traces.write_request(tmp_path / "cap")
     before = time.time() * 1e6
@@ -197,7 +263,7 @@ def test_the_trace_is_on_the_unix_clock_within_its_anchor(tmp_path: Path, clock:
 
 def test_capture_off(tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
     lg = _logger(tmp_path, capture=False)
-    assert lg._capture is None and lg._cap_at == lg._cap_due == float("inf")
+    assert lg._capture is None and lg._cap_at == float("inf")
     lg.close()
     monkeypatch.setenv("STAGEWATCH_CAPTURE", "0")
     lg = _logger(tmp_path, run_id="cap2")
@@ -290,7 +356,7 @@ def test_cuda_steps_resolved_later_still_carry_their_trace(
     from test_timing_cuda import FakeGPU
 
     gpu = FakeGPU()
-    lg = _logger(tmp_path, device="cuda:0", event_factory=gpu.factory)
+    lg = _logger(tmp_path, device="cuda:0", event_factory=gpu.factory, file_flush_interval=1)
     assert lg._capture is not None
     lg._capture.poll_s = 0.0
     for i in range(1, 7):

@@ -33,7 +33,9 @@ def captured_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A real run of 6 steps (~5 ms each) whose steps 4 and 5 were captured on request."""
     torch = pytest.importorskip("torch")
     monkeypatch.delenv("STAGEWATCH_CAPTURE", raising=False)
-    lg = TimingLogger(tmp_path, enable_console=False, enable_file=False, run_id="run")
+    lg = TimingLogger(
+        tmp_path, enable_console=False, enable_file=False, run_id="run", file_flush_interval=1
+    )  # a flush point every step: the request is looked at at each
     assert lg._capture is not None
     lg._capture.poll_s = 0.0
     x = torch.ones(16, 16)

@@ -32,6 +32,12 @@ def _modules() -> dict[str, Path]:
 
 
 MODULES = _modules()
+# C extensions (the module beside its .c source): leaves, they import nothing of ours
+C_EXTENSIONS = {
+    ".".join(f.relative_to(ROOT).with_suffix("").parts)
+    for pkg in PACKAGES
+    for f in (ROOT / pkg).rglob("*.c")
+}
 
 
 def _imports(name: str, path: Path) -> Iterator[str]:
@@ -62,6 +68,8 @@ def _graph() -> dict[str, set[str]]:
     for name, path in MODULES.items():
         deps = set()
         for mod in _imports(name, path):
+            if mod in C_EXTENSIONS:
+                continue
             # the most specific module of ours that the name resolves to
             while mod and mod not in MODULES:
                 mod = mod.rpartition(".")[0]

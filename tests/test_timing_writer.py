@@ -68,7 +68,66 @@ def test_cached_formatter_writes_what_format_step_writes(regions):
             return s.avg if s is not None else None
 
         # the same values every step: the running order is this step's order
-        assert fmt.format(step, wall, regions, un) == format_step(step, wall, regions, avg)
+        want = format_step(step, wall, regions, avg)
+        assert fmt.format(step, wall, regions, un) == want
+        # ... and from the writer's lists of the values (in the record's order)
+        parts = (tuple(regions), [v[0] for v in regions.values()], [v[1] for v in regions.values()])
+        assert fmt.format(step, wall, regions, un, parts) == want
+
+
+def test_the_jsonl_sink_rounds_in_place_after_every_other_output(tmp_path, monkeypatch):
+    """The JSONL sink rounds a record's values where they are: it is handed each record
+    last, so the text log, the panel and the statistics see the values as measured."""
+    import io
+
+    from stagewatch.timing.sinks import JsonlSink
+
+    lg = make(tmp_path, enable_console=True, console_stream=io.StringIO(), run_id="r")
+    sinks = lg._writer.sinks
+    assert isinstance(sinks[-1], JsonlSink) and len(sinks) == 3
+    x = 0.12504999  # 0.1250 written: "0.12" from it, "0.13" from x
+    for _ in range(3):
+        lg.log("a", x)
+        lg.step()
+    lg.close()
+    step = next(r for r in jsonl(lg) if isinstance(r, R.Step))
+    assert step.regions["a"][0] == 0.125
+    text = (Path(lg.run_dir) / R.text_log_name(0)).read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("a ")]
+    assert len(lines) == 3 and all(ln.split(":")[1].startswith("      0.13ms") for ln in lines)
+    assert lg.get_summary()["a"]["total"] == 3 * x
+
+
+def test_the_writer_fast_path_keeps_what_the_general_path_keeps(tmp_path, monkeypatch):
+    """Statistics and unaccounted time are the same whether a record takes the cached
+    region-set path or the general one (a name beyond the limits, left out)."""
+    import itertools
+    import random
+
+    from stagewatch.timing import regions as regions_mod
+
+    rnd = random.Random(3)
+    sets = [("a", "a/b", "c"), ("c", "a"), ("a", "a/b", "c", "d/e")]
+    out = {}
+    for name, bad_every in (("fast", 0), ("mixed", 3)):
+        ticks = itertools.count()
+        monkeypatch.setattr(regions_mod, "_perf", lambda t=ticks: next(t) * 0.00731)
+        lg = make(tmp_path, run_id=name, file_flush_interval=5)
+        lg._writer._warn_once = lambda *a: None
+        for i in range(40):
+            for r in sets[i % 3]:
+                lg.log(r, rnd.uniform(0.0, 9.0) if r != "c" else 1.5)
+            if bad_every and i % bad_every == 0:
+                lg._cur["z" * (R.MAX_NAME_CHARS + 1)] = [1.0, 1]  # beyond the limits: left out
+            if bad_every and i % bad_every == 1:
+                lg._cur[f"nan{i}"] = [float("nan"), 1]  # a value beyond them: left out
+            lg.step()
+        out[name] = (lg.get_summary(), lg.get_step_summary())
+        lg.close()
+        rnd = random.Random(3)
+    for k in set(out["fast"][0]) | set(out["mixed"][0]):
+        assert out["fast"][0].get(k) == out["mixed"][0].get(k), k
+    assert out["fast"][1] == out["mixed"][1]
 
 
 def test_cached_formatter_names_without_statistics_take_the_long_way():

@@ -1,22 +1,29 @@
 """Slow-step capture: the next steps after a slow one (or on demand) under ``torch.profiler``.
 
 A logger with capture on calls :meth:`Capture.on_step` only when a step's wall time reaches
-the trigger (``logger._cap_at``) or its number reaches the next check (``logger._cap_due``):
-two float comparisons per step, nothing else, while nothing is being captured.
+``logger._cap_at``: one float comparison per step, nothing else, while nothing is being
+captured. ``_cap_at`` is the slow trigger once warm, -inf while something is to be done at
+the next step (warming up, a request or signal seen, a capture under way) and +inf when the
+run's traces are spent. The periodic work (sampling the step time for the median, looking
+at the request file) is :meth:`Capture.tick`, which the logger calls at its flush points
+(every ``file_flush_interval`` steps, at least every 2 s), where it already does a batch of
+work.
 
 Triggers:
 
 - **slow**: a step of at least ``k`` × the running median step time (and at least
   ``min_ms``), once ``warm`` steps were seen. The median is of a ring of the last 64
-  sampled step times (every step while warming up, then every few steps, so that a check
-  comes about every 0.25 s): bounded memory, a sort of 64 floats per sample. After a capture,
-  ``warm`` steps are sampled before the next slow trigger (a lasting change of pace costs
-  one or two captures, not all of them).
+  sampled step times (every step while warming up, then the step at each flush point):
+  bounded memory, a sort of 64 floats per sample. After a capture, ``warm`` steps are
+  sampled before the next slow trigger (a lasting change of pace costs one or two captures,
+  not all of them).
 - **request**: the run folder's request file (:data:`stagewatch.traces.REQUEST_FILE`, written
-  by ``tui watch``'s ``c`` key) has a new modification time; checked with one ``stat`` at most
-  every ``poll_s`` seconds, on the sampling steps.
+  by ``tui watch``'s ``t`` key) has a new modification time; checked with one ``stat`` at
+  the flush points, at most every ``poll_s`` seconds. The step that sees it starts the
+  capture at its end.
 - **signal**: the process got ``SIGUSR2`` (handler installed in the main thread only,
-  chaining any earlier Python handler; it only sets a flag).
+  chaining any earlier Python handler; it sets a flag and ``_cap_at`` to -inf, so the next
+  ``step()`` starts the capture).
 
 What it records: the next ``steps`` steps, from the end of the ``step()`` call that saw the
 trigger to the end of the ``step()`` call of the last captured step, under
@@ -45,7 +52,10 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import MethodType
 from typing import Any
+
+import msgspec
 
 from stagewatch import traces
 from stagewatch.timing import regions
@@ -54,8 +64,6 @@ from stagewatch.timing.clean import WarnOnce
 CAPTURE_ENV = "STAGEWATCH_CAPTURE"  # "0"/"off"/"false"/"no": capture off
 INF = math.inf
 RING = 64  # step times kept for the running median
-CHECK_MS = 250.0  # sample (and maybe poll) about this often once warm
-MAX_EVERY = 64  # ... but at least every this many steps
 
 
 def env_off() -> bool:
@@ -111,7 +119,7 @@ def attach(lg: Any, opts: CaptureOptions | None) -> None:
         return
     c = Capture(lg.run_dir, lg.rank, lg._warn_once, opts)
     lg._capture, lg._cap_marks = c, c.marks
-    lg._cap_at, lg._cap_due = INF, lg.step_count + 1
+    lg._cap_at = -INF  # warming up: every step is sampled
     c._sig = SignalHook.install(lg)
 
 
@@ -120,7 +128,18 @@ def detach(lg: Any, write: bool) -> None:
     signal handler; the logger then checks nothing more."""
     if lg._capture is not None:
         lg._capture.close(lg, write)
-    lg._cap_at = lg._cap_due = INF
+    lg._cap_at = INF
+
+
+def emit_marked(lg: Any, rec: Any) -> None:
+    """The logger's ``_emit`` while captured steps wait for their records (installed by a
+    capture in its place, so that no other step looks at the marks)."""
+    marks = lg._cap_marks
+    if rec.step in marks:
+        rec = msgspec.structs.replace(rec, trace=marks.pop(rec.step))
+    if not marks:
+        lg.__dict__.pop("_emit", None)  # the plain one again
+    type(lg)._emit(lg, rec)
 
 
 def restart_clock(lg: Any) -> None:
@@ -157,7 +176,8 @@ class Capture:
         self.seen = 0  # step times sampled
         self._ring = [0.0] * RING
         self.median = INF
-        self.every = 1
+        self.threshold = INF  # the slow trigger (ms) once warm
+        self.requested = 0  # steps asked for by the request file, until started
         self._last_poll = clock()
         self._request_key: tuple[int, int, int] | None = self._request_stat()  # one before us
         self.signalled = False
@@ -173,8 +193,8 @@ class Capture:
     # ------------------------------------------------------------------ per step
 
     def on_step(self, lg: Any, step: int, wall_ms: float) -> None:
-        """Called by the logger at the end of ``step()`` when ``wall_ms >= lg._cap_at`` or
-        ``step >= lg._cap_due``; sets both for the next step. Never raises."""
+        """Called by the logger at the end of ``step()`` when ``wall_ms >= lg._cap_at``;
+        sets ``_cap_at`` for the next step. Never raises."""
         try:
             if self._prof is not None:
                 if step >= self._stop_at:
@@ -185,41 +205,53 @@ class Capture:
             self._off(f"slow-step capture failed ({type(e).__name__}: {e}); capture is off")
         self._arm(lg, step)
 
-    def _check(self, lg: Any, step: int, wall_ms: float) -> None:
-        trigger = ""
-        if wall_ms >= lg._cap_at:
-            trigger = "slow"
-        if self.signalled:
-            self.signalled = False
-            trigger = trigger or "signal"
-        n = self.steps
-        if step >= lg._cap_due or trigger == "slow":
-            self._sample(wall_ms)
+    def tick(self, lg: Any, step: int, wall_ms: float) -> None:
+        """The periodic part, called by the logger at its flush points (before it compares
+        ``wall_ms`` with ``_cap_at``): sample this step's time once warm, and look at the
+        request file (at most every ``poll_s``). Never raises."""
+        if self._prof is not None or self.taken >= self.max_traces:
+            return
+        try:
+            if self.seen >= self.warm and step >= self._cool_until and wall_ms < self.threshold:
+                self._sample(wall_ms)  # (a slow step is sampled by on_step)
             now = self._clock()
             if now - self._last_poll >= self.poll_s:
                 self._last_poll = now
                 key = self._request_stat()
                 if key is not None and key != self._request_key:
                     self._request_key = key
-                    trigger = trigger or "request"
-                    n = traces.read_request_steps(traces.request_path(self.run_dir), n)
-        if trigger == "slow" and step < self._cool_until:
-            trigger = ""
+                    path = traces.request_path(self.run_dir)
+                    self.requested = traces.read_request_steps(path, self.steps)
+        except Exception as e:
+            self._off(f"slow-step capture failed ({type(e).__name__}: {e}); capture is off")
+        self._arm(lg, step)
+
+    def _check(self, lg: Any, step: int, wall_ms: float) -> None:
+        trigger = ""
+        if wall_ms >= self.threshold and step >= self._cool_until:
+            trigger = "slow"
+        if self.signalled:
+            self.signalled = False
+            trigger = trigger or "signal"
+        n = self.steps
+        if self.requested:
+            n, self.requested = self.requested, 0
+            trigger = trigger or "request"
+        if trigger == "slow" or self.seen < self.warm or step < self._cool_until:
+            self._sample(wall_ms)
         if trigger and self.taken < self.max_traces:
             self._start(lg, step, n, trigger)
 
     def _arm(self, lg: Any, step: int) -> None:
-        """The next trigger and check for the logger (infinite: none)."""
+        """``lg._cap_at`` for the next step: -inf where the next ``step()`` has work here."""
         if self._prof is not None:
-            lg._cap_at, lg._cap_due = INF, self._stop_at
+            lg._cap_at = -INF  # until the capture's last step
         elif self.taken >= self.max_traces:
-            lg._cap_at, lg._cap_due = INF, INF  # done: two comparisons per step, never true
-        elif step < self._cool_until:  # the median catches up with a new pace first
-            lg._cap_at, lg._cap_due = INF, step + 1
+            lg._cap_at = INF  # done: the comparison is never true
+        elif self.signalled or self.requested or self.seen < self.warm or step < self._cool_until:
+            lg._cap_at = -INF
         else:
-            warm = self.seen >= self.warm
-            lg._cap_at = max(self.k * self.median, self.min_ms) if warm else INF
-            lg._cap_due = step + (self.every if warm else 1)
+            lg._cap_at = self.threshold
 
     def _sample(self, wall_ms: float) -> None:
         if not 0.0 <= wall_ms < 1e12:
@@ -230,7 +262,7 @@ class Capture:
         vals = sorted(self._ring[:n])
         med = vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2.0
         self.median = med
-        self.every = max(1, min(MAX_EVERY, int(CHECK_MS / med) if med > 0 else MAX_EVERY))
+        self.threshold = max(self.k * med, self.min_ms) if self.seen >= self.warm else INF
 
     def _request_stat(self) -> tuple[int, int, int] | None:
         try:
@@ -279,6 +311,7 @@ class Capture:
         rel = f"{traces.TRACES_DIR}/{traces.trace_name(step + 1, self.rank)}"
         for s in range(step + 1, step + n + 1):
             self.marks[s] = rel
+        lg._emit = MethodType(emit_marked, lg)  # the records of these steps get their mark
         restart_clock(lg)
 
     def _stop(self, lg: Any) -> None:
@@ -322,7 +355,7 @@ class Capture:
         """From the SIGUSR2 handler: capture the next steps (checked at the next step())."""
         if self.taken < self.max_traces and self._prof is None:
             self.signalled = True
-            lg._cap_due = 0
+            lg._cap_at = -INF  # the next step() sees it
 
     def close(self, lg: Any, write: bool) -> None:
         """Stop a capture in progress (writing its trace when ``write``, else dropping it and

@@ -123,7 +123,9 @@ class TimingLogger(ClosesOnExit):
         self.run_id = resolve_run_id(run_id, run_name, self.world_size)
         self.run_dir = R.run_dir(self.log_dir, self.run_id)
         self._open_clock(device, event_factory, max_pending_steps)
-        self._open_memory(collect_memory)
+        if collect_memory:
+            self._memory = memory_reader(self.device, self._cuda)
+            self._memory_plain = None if self._cuda else self._memory  # RSS: needs no check
         self._open_sinks(enable_jsonl, enable_file, enable_console, console_stream)
         self._write_run_start(config, total_steps, samples_per_step, start_step, event_factory)
         self._writer = RecordWriter.of(self, writer_queue, background_writer)
@@ -181,6 +183,7 @@ class TimingLogger(ClosesOnExit):
         self._region_cls: type[CpuRegion] = CpuRegion
         self._gregion_cls: type[CpuRegion] = GlobalCpuRegion
         self._memory: MemoryReader | None = None
+        self._memory_plain: MemoryReader | None = None  # a reader whose figures need no check
         self._sinks: tuple[Sink, ...] = ()
         self._writer: RecordWriter | None = None  # statistics and sinks, fed by a queue
         self._kick_every = WAKE_STEPS
@@ -190,8 +193,8 @@ class TimingLogger(ClosesOnExit):
         self._warn_once = WarnOnce()
         self._sigterm: SigtermHook | None = None  # installed as the SIGTERM handler
         self._pid = os.getpid()
-        self._capture: cap.Capture | None = None  # called at wall >= _cap_at or step >= _cap_due
-        self._cap_at, self._cap_due, self._cap_marks = cap.INF, cap.INF, cap.NO_MARKS
+        self._capture: cap.Capture | None = None  # called at wall_ms >= _cap_at (capture.py)
+        self._cap_at, self._cap_marks = cap.INF, cap.NO_MARKS
 
     def _open_clock(
         self, device: Any, event_factory: EventFactory | None, max_pending: int
@@ -202,10 +205,6 @@ class TimingLogger(ClosesOnExit):
         self._pool = self._gpu.pool if self._gpu is not None else None
         self._region_cls = CudaRegion if self._cuda else CpuRegion
         self._gregion_cls = GlobalCudaRegion if self._cuda else GlobalCpuRegion
-
-    def _open_memory(self, collect_memory: bool) -> None:
-        if collect_memory:
-            self._memory = memory_reader(self.device, self._cuda)
 
     def _open_sinks(
         self, enable_jsonl: bool, enable_file: bool, enable_console: bool, console_stream: Any
@@ -407,19 +406,23 @@ class TimingLogger(ClosesOnExit):
             self._since_flush = 0  # the writer processes the queue and writes the files
             self._last_flush = now
             self._writer.kick(True)  # type: ignore[union-attr]
+            if self._capture is not None:  # its periodic part (sampling, the request file)
+                self._capture.tick(self, self.step_count, wall_ms)
         elif not self._since_kick:
             self._writer.kick(False)  # type: ignore[union-attr]
-        if wall_ms >= self._cap_at or self.step_count >= self._cap_due:
+        if wall_ms >= self._cap_at:  # capture: the one comparison while nothing is captured
             self._capture.on_step(self, self.step_count, wall_ms)  # type: ignore[union-attr]
 
     def _step_memory(self, memory: Mapping[str, int] | None) -> dict[str, int] | None:
         """The memory of this step: given, else measured (if a reader is on)."""
         if memory is not None:
             return clean.memory(memory, self._warn_once)
-        if self._memory is None:
+        reader = self._memory
+        if reader is None:
             return None
         try:
-            return clean.memory(self._memory(), self._warn_once)
+            m = reader()
+            return m if reader is self._memory_plain else clean.memory(m, self._warn_once)
         except Exception as e:
             self._memory = None
             self._warn_once("memory", f"memory is no longer recorded: {e}")
@@ -475,8 +478,6 @@ class TimingLogger(ClosesOnExit):
 
     def _emit(self, rec: R.Step) -> None:
         """Queue a step record for the writer (limits, statistics and outputs are its work)."""
-        if self._cap_marks and rec.step in self._cap_marks:  # a captured step (capture.py)
-            rec = R.replace(rec, trace=self._cap_marks.pop(rec.step))
         self.steps_written = rec.step
         self._writer.put(rec)  # type: ignore[union-attr]
 
@@ -514,8 +515,7 @@ class TimingLogger(ClosesOnExit):
         if not self.enabled:
             return
         with self._io:
-            self._since_flush = 0
-            self._last_flush = regions._perf()
+            self._since_flush, self._last_flush = 0, regions._perf()
             if self._writer is not None:
                 self._writer.drain(True)
 

@@ -58,6 +58,7 @@ class Sink:
     """One output; every method does nothing unless overridden."""
 
     __slots__ = ()
+    LAST = False  # True: changes a step record it is given (the writer calls it last)
 
     def start(self, rec: R.RunStart) -> None:
         """The run's first record (written at once)."""
@@ -96,9 +97,13 @@ class _FileSink(Sink):
 
 
 class JsonlSink(_FileSink):
-    """The rank's record file, ``<run_dir>/rank<R>.jsonl``: one line per record."""
+    """The rank's record file, ``<run_dir>/rank<R>.jsonl``: one line per record.
+
+    It rounds a step record's region values in place (``LAST``): the writer hands each
+    record to it after every other sink."""
 
     __slots__ = ()
+    LAST = True
 
     def start(self, rec: R.RunStart) -> None:
         path = self.file.path
@@ -122,7 +127,9 @@ class JsonlSink(_FileSink):
         self.file.flush()  # the run appears to a watching monitor right away
 
     def step(self, rec: R.Step, unaccounted_ms: float) -> None:
-        line = R.encode_bytes(rec)
+        # the writer's record, seen last by this sink (the writer puts it last): its values
+        # are rounded where they are rather than copied
+        line = R.encode_bytes(rec, R.round_regions_in_place(rec.regions))
         if len(line) > R.MAX_LINE_BYTES:
             self._warn_once(
                 "line",
@@ -140,15 +147,19 @@ class TextSink(_FileSink):
     """The classic text log, ``<run_dir>/timing_rank<R>.log``: one block per step, with the
     running average of each region from ``stats``."""
 
-    __slots__ = ("_fmt",)
+    __slots__ = ("_fmt", "_stats")
 
     def __init__(self, path: str, stats: RegionStats, warn_once: WarnOnce) -> None:
         super().__init__(path, warn_once)
         self._fmt = StepFormatter(stats)
+        self._stats = stats
 
     def step(self, rec: R.Step, unaccounted_ms: float) -> None:
+        last = self._stats.last  # the writer's lists of this record's values, if at hand
+        regions = rec.regions
+        parts = last[1:] if last is not None and last[0] is regions else None
         try:
-            block = self._fmt.format(rec.step, rec.wall_ms, rec.regions, unaccounted_ms)
+            block = self._fmt.format(rec.step, rec.wall_ms, regions, unaccounted_ms, parts)
         except Exception as e:  # a formatting bug must not stop training
             self._warn_once("text", f"text log: {e}")
         else:

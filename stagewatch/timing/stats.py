@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 
 class RunningStats:
@@ -53,12 +55,44 @@ class RegionStats:
 
     OTHER = "(other)"
 
-    __slots__ = ("_stats", "max_names", "overflowed")
+    __slots__ = ("_stats", "last", "max_names", "overflowed")
 
     def __init__(self, max_names: int = 4096) -> None:
         self._stats: dict[str, RunningStats] = {}
         self.max_names = max_names
         self.overflowed = False
+        # the step just added by add_values: (regions, names, ms, calls), for the text log
+        self.last: tuple[Any, tuple[str, ...], Sequence[float], Sequence[int]] | None = None
+
+    def resolve(self, names: tuple[str, ...]) -> list[RunningStats]:
+        """The stats of ``names`` in order, created (or folded) as :meth:`add_step` would
+        when it first sees them."""
+        stats = self._stats
+        out: list[RunningStats] = []
+        for name in names:
+            s = stats.get(name)
+            if s is None:
+                if len(stats) >= self.max_names:
+                    self.overflowed = True
+                    name = self.OTHER
+                    s = stats.get(name)
+                if s is None:
+                    s = stats[name] = RunningStats()
+            out.append(s)
+        return out
+
+    @staticmethod
+    def add_values(found: list[RunningStats], ms: Sequence[float], ns: Sequence[int]) -> None:
+        """:meth:`add_step` for a step whose names resolved to ``found`` (:meth:`resolve`),
+        with their values and call counts in the same order."""
+        for s, x, n in zip(found, ms, ns, strict=True):
+            s.count += 1
+            s.total += x
+            if x < s.min:
+                s.min = x
+            if x > s.max:
+                s.max = x
+            s.calls += n
 
     def add_step(self, regions: dict[str, tuple[float, int]]) -> None:
         stats = self._stats

@@ -9,10 +9,21 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from stagewatch.records import unaccounted_ms
+
+# ``template % values`` with fast fixed-point floats, the same text (_fmt.c); Python's own
+# ``%`` where the extension was not built (no C compiler at install) or
+# STAGEWATCH_PURE_PYTHON is set
+render: Callable[[str, tuple[Any, ...]], str] = str.__mod__
+if not os.environ.get("STAGEWATCH_PURE_PYTHON"):
+    try:
+        from stagewatch.timing._fmt import render
+    except ImportError:
+        pass
 
 RULE = "=" * 80
 LABEL_WIDTH = 40
@@ -95,6 +106,7 @@ def format_step(
 
 _first, _second = operator.itemgetter(0), operator.itemgetter(1)
 REORDER_STEPS = 1000  # a cached order follows the running averages at most this many steps late
+TOTAL = f"{'Total':-<{LABEL_WIDTH + 1}}: %9.2fms\n"  # the last line, as format_step writes it
 
 
 class _Cached:
@@ -102,21 +114,42 @@ class _Cached:
     the template for one pattern of call counts (``x3``), baked in: a ``%`` conversion
     costs about as much as a float's, so the counts are not converted every step."""
 
-    __slots__ = ("built", "entries", "get", "lines", "ns", "stats", "template", "vals")
+    __slots__ = (
+        "built",
+        "cols",
+        "entries",
+        "get",
+        "lines",
+        "ns",
+        "pick",
+        "stats",
+        "template",
+        "total",
+        "vals",
+    )
 
-    def __init__(self, lines: list[str], entries: list[tuple[str, Any]], built: int) -> None:
+    def __init__(
+        self, lines: list[str], entries: list[tuple[str, Any]], built: int, key: tuple[str, ...]
+    ) -> None:
         self.lines = lines  # entry lines (their " x<n>" left off), then the others
         self.entries = entries
         self.built = built
         names = [n for n, _ in entries]
         # the values of the names in display order, as a tuple, in one C call
         self.get = operator.itemgetter(*names) if len(names) > 1 else _one_getter(names)
+        # ... from lists in the record's order (``key``: its names)
+        where = {n: i for i, n in enumerate(key)}
+        self.pick = _getter([where[n] for n in names])
         self.stats = [s for _, s in entries]
-        self.vals: list[Any] = [None] * (3 + 3 * len(names))  # step, 3 per name, unaccounted
-        self.ns: list[int] | None = None  # the counts baked in (None: none yet)
-        self.template = ""
+        k = len(names)
+        # step, 3 per name, unaccounted (ms, %), the wall time (the Total line)
+        self.vals: list[Any] = [None] * (4 + 3 * k)
+        self.cols = slice(1, 3 * k + 1, 3), slice(2, 3 * k + 2, 3), slice(3, 3 * k + 3, 3)
+        self.ns: tuple[int, ...] | None = None  # the counts baked in (None: none yet)
+        self.template = ""  # the block up to its Unaccounted line
+        self.total = ""  # ... and its Total line
 
-    def bake(self, ns: list[int]) -> None:
+    def bake(self, ns: tuple[int, ...]) -> None:
         """The template for the call counts ``ns`` (of the names in display order)."""
         lines = list(self.lines)
         k = 0
@@ -126,6 +159,7 @@ class _Cached:
                     lines[i] = f"{line} x{ns[k]}"
                 k += 1
         self.template = "\n".join(lines)
+        self.total = self.template + TOTAL
         self.ns = ns
 
 
@@ -134,6 +168,13 @@ def _one_getter(names: list[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ..
         return lambda d: ()
     name = names[0]
     return lambda d: (d[name],)
+
+
+def _getter(keys: list[Any]) -> Callable[[Any], tuple[Any, ...]]:
+    """``itemgetter(*keys)``, always giving a tuple."""
+    if len(keys) > 1:
+        return operator.itemgetter(*keys)
+    return _one_getter(keys)
 
 
 class StepFormatter:
@@ -168,7 +209,7 @@ class StepFormatter:
             parts.append(label + " : %9.2fms (%5.1f%%) [avg: %9.2fms]")
             entries.append((name, found[name]))
         parts.append(f"{'Unaccounted':<{LABEL_WIDTH}} : %9.2fms (%5.1f%%)\n")
-        return _Cached(parts, entries, self._n)
+        return _Cached(parts, entries, self._n, key)
 
     def format(
         self,
@@ -176,11 +217,13 @@ class StepFormatter:
         wall_ms: float,
         regions: Mapping[str, tuple[float, int]],
         unaccounted: float,
+        parts: tuple[tuple[str, ...], Sequence[float], Sequence[int]] | None = None,
     ) -> str:
         """One step's block (as :func:`format_step`); ``unaccounted``: its unaccounted ms
-        (:func:`~stagewatch.records.unaccounted_ms`), already computed by the caller."""
+        (:func:`~stagewatch.records.unaccounted_ms`), already computed by the caller;
+        ``parts``: ``(tuple(regions), ms, calls)`` in the order of ``regions``, if at hand."""
         self._n += 1
-        key = tuple(regions)
+        key = tuple(regions) if parts is None else parts[0]
         c = self._cache.get(key)
         if c is None or self._n - c.built >= REORDER_STEPS:
             if len(self._cache) >= 64:  # e.g. names built from a counter: stay bounded
@@ -189,27 +232,34 @@ class StepFormatter:
         if len(c.entries) != len(key):  # a name without statistics (folded): the long way
             return format_step(step, wall_ms, regions, self._avg_of)
         w = wall_ms if wall_ms > 0 else math.inf
-        pairs = c.get(regions)
-        ms = list(map(_first, pairs))
-        ns = list(map(_second, pairs))
+        if parts is not None:
+            ms = c.pick(parts[1])
+            ns = c.pick(parts[2])
+        else:
+            pairs = c.get(regions)
+            ms = tuple(map(_first, pairs))
+            ns = tuple(map(_second, pairs))
         # the template's values, interleaved by slice assignment (in C) rather than per name
         if ns != c.ns:
             c.bake(ns)
         vals = c.vals
+        col_ms, col_pct, col_avg = c.cols
         vals[0] = step
-        vals[1:-2:3] = ms
-        vals[2:-2:3] = [100.0 * m / w for m in ms]
-        vals[3:-2:3] = [s.total / s.count for s in c.stats]
-        vals[-2] = unaccounted
-        vals[-1] = 100.0 * unaccounted / w
-        block = c.template % tuple(vals)
-        if not unaccounted:
-            covered = sum(v[0] for name, v in regions.items() if "/" not in name)
-            if covered > wall_ms * 1.001 + 0.01:
-                block += (
-                    f"{'Overlap':<{LABEL_WIDTH}} : {covered - wall_ms:9.2f}ms "
-                    "(top-level regions overlap, e.g. from other threads)\n"
-                )
+        vals[col_ms] = ms
+        vals[col_pct] = [100.0 * m / w for m in ms]
+        vals[col_avg] = [s.total / s.count for s in c.stats]
+        vals[-3] = unaccounted
+        vals[-2] = 100.0 * unaccounted / w
+        vals[-1] = wall_ms
+        if unaccounted:  # no Overlap line: the Total line is in the template
+            return render(c.total, tuple(vals))
+        block = render(c.template, tuple(vals[:-1]))
+        covered = sum(v[0] for name, v in regions.items() if "/" not in name)
+        if covered > wall_ms * 1.001 + 0.01:
+            block += (
+                f"{'Overlap':<{LABEL_WIDTH}} : {covered - wall_ms:9.2f}ms "
+                "(top-level regions overlap, e.g. from other threads)\n"
+            )
         return block + f"{'Total':-<{LABEL_WIDTH + 1}}: {wall_ms:9.2f}ms\n"
 
     def _avg_of(self, name: str) -> float | None:

@@ -21,6 +21,7 @@ import collections
 import os
 import threading
 from collections.abc import Callable
+from itertools import compress
 from typing import Any
 
 from stagewatch import records as R
@@ -30,6 +31,22 @@ from stagewatch.timing.stats import RegionStats, RunningStats
 
 QUEUE_RECORDS = 4096  # records waiting for the writer at most (about 3 kB each)
 IDLE_SECONDS = 1.0  # the thread looks at the queue at least this often
+assert R.MAX_MS <= R.MAX_INT  # the limits check below counts on it
+MAX_SETS = 64  # region sets (the names of a step, in order) whose facts are cached
+
+
+class _RegionSet:
+    """What a step's processing needs to know about its names, found once per set: whether
+    they are within the name limits, which are top-level (for the unaccounted time), and
+    their running statistics in order."""
+
+    __slots__ = ("names", "plain", "stats", "top")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.plain = all(len(k) <= R.MAX_NAME_CHARS for k in names)
+        self.top = [("/" not in k) for k in names]
+        self.stats: list[RunningStats] | None = None  # found at its first record in limits
 
 
 class RecordWriter:
@@ -50,7 +67,7 @@ class RecordWriter:
         max_queue: int = QUEUE_RECORDS,
         background: bool = False,
     ) -> None:
-        self.sinks = sinks
+        self.sinks = tuple(sorted(sinks, key=lambda k: k.LAST))  # (stable) see Sink.LAST
         self._stats = stats
         self._wall = wall
         self._unaccounted = unaccounted
@@ -60,7 +77,8 @@ class RecordWriter:
         self._q: collections.deque[R.Record] = collections.deque()
         self.dropped = 0  # records dropped since the last one queued
         self.dropped_total = 0
-        self._good_names: set[str] = set()  # region names known to be within the limits
+        self._sets: dict[tuple[str, ...], _RegionSet] = {}  # per region set, bounded
+        self._set = _RegionSet(())  # the last one used
         self._lock = threading.RLock()
         self._owner: int | None = None  # the thread processing records now
         self._deferred: Callable[[], None] | None = None
@@ -219,16 +237,51 @@ class RecordWriter:
         self._deferred = fn
 
     def _step(self, rec: R.Step) -> None:
-        if not self._plainly_within_limits(rec):
-            rec = within_limits(rec, self._warn_once)
+        regions = rec.regions
+        key = tuple(regions)
+        rs = self._set
+        if key != rs.names:
+            rs = self._set_of(key)
+        # the values and the call counts, as two tuples in one C call ([ms, calls] pairs)
+        ms, ns = zip(*regions.values(), strict=True) if regions else ((), ())
+        wall = rec.wall_ms
+        # what within_limits would keep as it is (a NaN or inf fails a comparison); else the
+        # general path
+        if not (
+            rs.plain
+            and 0.0 <= wall < R.MAX_MS
+            and (
+                not ms
+                # (each count is then below MAX_MS <= MAX_INT too)
+                or (sum(ms) + sum(ns) < R.MAX_MS and min(ms) >= 0.0 and min(ns) >= 0)
+            )
+        ):
+            self._step_checked(within_limits(rec, self._warn_once))
+            return
+        found = rs.stats
+        if found is None:  # (created as add_step creates them, at the same record)
+            found = rs.stats = self._stats.resolve(key)
+        self._stats.add_values(found, ms, ns)
+        self._stats.last = (regions, key, ms, ns)
+        un = wall - sum(compress(ms, rs.top))  # as R.unaccounted_ms
+        if un < 0.0:
+            un = 0.0
+        self._after_stats(rec, wall, un)
+
+    def _step_checked(self, rec: R.Step) -> None:
+        """A step record :func:`within_limits` has seen, the general way."""
         regions = rec.regions
         self._stats.add_step(regions)
+        self._stats.last = None
         wall = rec.wall_ms
-        self._wall.add(wall)
         # as R.unaccounted_ms
         un = wall - sum([v[0] for k, v in regions.items() if "/" not in k])
         if un < 0.0:
             un = 0.0
+        self._after_stats(rec, wall, un)
+
+    def _after_stats(self, rec: R.Step, wall: float, un: float) -> None:
+        self._wall.add(wall)
         self._unaccounted.add(un)
         if rec.memory:
             peak = self.peak_memory
@@ -238,26 +291,15 @@ class RecordWriter:
         for sink in self.sinks:
             sink.step(rec, un)
 
-    def _plainly_within_limits(self, rec: R.Step) -> bool:
-        """True when :func:`within_limits` would keep ``rec`` as it is (False: let it
-        decide), by passes in C and a set of the names already checked."""
-        regions = rec.regions
-        if not 0.0 <= rec.wall_ms < R.MAX_MS:
-            return False
-        if not regions:
-            return True
-        good = self._good_names
-        if not good.issuperset(regions):
-            if any(len(k) > R.MAX_NAME_CHARS for k in regions):
-                return False
-            if len(good) < 65536:
-                good.update(regions)
-        ms = [v[0] for v in regions.values()]
-        ns = [v[1] for v in regions.values()]
-        # a NaN or inf makes the sum fail its comparison
-        return (
-            sum(ms) + sum(ns) < R.MAX_MS and min(ms) >= 0.0 and min(ns) >= 0 and max(ns) < R.MAX_INT
-        )
+    def _set_of(self, names: tuple[str, ...]) -> _RegionSet:
+        """The cached facts of a region set (the names of a step, in their order)."""
+        rs = self._sets.get(names)
+        if rs is None:
+            if len(self._sets) >= MAX_SETS:  # e.g. names built from a counter: stay bounded
+                self._sets.clear()
+            rs = self._sets[names] = _RegionSet(names)
+        self._set = rs
+        return rs
 
     def close(self) -> None:
         """Stop the thread, process and flush everything queued, close the sinks."""
