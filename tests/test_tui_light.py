@@ -116,6 +116,34 @@ def test_the_reader_posts_light_snapshots_between_full_ones_and_a_full_one_at_th
     assert src.full_posts == len(fulls)
 
 
+def test_a_line_that_moves_nothing_in_the_header_posts_no_light_snapshot(tmp_path: Path) -> None:
+    """At 64 ranks most lines are another rank's copy of a step already shown: a light
+    snapshot (and a header redraw) only when the oldest or newest rank's step moves."""
+    paths = _live_run(tmp_path, ranks=3)
+    src = LiveSource(
+        tmp_path, poll=True, interval=0.02, min_gap=0.02, full_gap=1e9, stale_after=1e9
+    )
+    got: list[WorldSnapshot] = []
+    src.start(got.append)
+
+    def one(rank: int, step: int) -> None:
+        with open(paths[rank], "a") as f:
+            f.write(encode(next(iter(step_records(1, rank=rank, start_step=step, t0=T0)))))
+        time.sleep(0.25)  # every line read and judged on its own
+
+    try:
+        _until(lambda: got, time.monotonic() + 5)
+        first = len(got)
+        one(0, 6)  # the newest step moves: posted
+        one(1, 6)  # rank 2 still at 5: the header's steps are the same, nothing posted
+        one(2, 6)  # every rank at 6: posted
+    finally:
+        src.stop()
+    steps = [(min(r.step for r in s.selected.rank_info), s.selected.step) for s in got[first:]]
+    assert steps == [(5, 6), (6, 6)], steps
+    assert all(s.light for s in got[first:])
+
+
 def test_want_full_gets_a_full_snapshot_at_once(tmp_path: Path) -> None:
     paths = _live_run(tmp_path)
     src = LiveSource(tmp_path, poll=True, interval=0.02, min_gap=0.0, full_gap=1e6, stale_after=1e9)

@@ -152,6 +152,32 @@ class LiveSource(ReadLoop):
             error=self.last_error,
         )
 
+    _shown_key: tuple[object, ...] | None = None  # _header_key() of the last snapshot posted
+    _last_light = False  # the last snapshot posted was light
+
+    def _post(self, full: bool, post: Post) -> None:
+        t_build = time.thread_time()
+        snap = self.build(full=full)
+        if not snap.light:  # the screen paces its panel redraws by this cost
+            self.full_cost_s = time.thread_time() - t_build
+            self.full_posts += 1
+        self._last_light = snap.light
+        post(snap)
+        self.posts += 1
+
+    def _header_key(self) -> tuple[object, ...]:
+        """What a light snapshot could change on screen: the runs listed and their states,
+        the run shown, its state, its oldest and newest rank's step and how many ranks it has,
+        the reader's error. Equal keys: a light snapshot would draw the same header."""
+        runs = self.reader.items()
+        listed = tuple((r.run_id, r.state, r.started) for r in runs)
+        run = self.reader.selected_run()
+        if run is None:
+            return (listed, None, self.last_error)
+        steps = [a.last_step for a in run.agg.ranks.values()]
+        low, high = (min(steps), max(steps)) if steps else (0, 0)
+        return (listed, run.run_id, run.state(), low, high, len(steps), self.last_error)
+
     def step(self) -> WorldSnapshot | None:
         """One synchronous tick: read, and return a snapshot if anything changed."""
         with self._lock:
@@ -202,20 +228,21 @@ class LiveSource(ReadLoop):
                     and not self.busy()
                 ):
                     want, self._want_full = self._want_full, False
-                    t_build = time.thread_time()
-                    snap = self.build(full=full_due or want or first or sel is not None)
-                    if not snap.light:  # the screen paces its panel redraws by this cost
-                        self.full_cost_s = time.thread_time() - t_build
-                    first = False
-                    post(snap)
-                    self.posts += 1
-                    last_post = now
-                    pending = False
-                    if snap.light:
-                        behind_panels = True
+                    full = full_due or want or first or sel is not None
+                    key = self._header_key()
+                    if not full and key == self._shown_key:
+                        # nothing the header shows moved (another rank's line of a step
+                        # already shown): the panels' next full snapshot takes these lines
+                        pending, behind_panels = False, True
                     else:
-                        self.full_posts += 1
-                        last_full, behind_panels = now, False
+                        self._shown_key = key
+                        self._post(full, post)
+                        last_post, pending = now, False
+                        if self._last_light:
+                            behind_panels = True
+                        else:
+                            last_full, behind_panels = now, False
+                        first = False
             except (
                 Exception
             ) as e:  # keep reading; the screen shows the error and the last good figures
