@@ -14,6 +14,7 @@ import inspect
 import re
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 from stagewatch.timing.jsonl import TimingWarning
@@ -258,6 +259,8 @@ def output_nodes(out: Any, torch: Any, depth: int = 0) -> list[Any]:
         items: Iterable[Any] = out.values()
     elif isinstance(out, (tuple, list)):
         items = out
+    elif is_dataclass(out) and not isinstance(out, type):  # a model's own output class
+        items = [getattr(out, f.name, None) for f in fields(out)]
     else:
         return []
     nodes = []
