@@ -262,15 +262,28 @@ class _Probe:
         gradient is replaced by a view of itself, which only this module consumes, so the
         view's gradient is complete exactly when this module's backward is (a skip
         connection around the module does not count). The same tensor passed twice gets
-        the same view (``attn(h, h, h)`` keeps its ``query is key`` fast path)."""
+        the same view (``attn(h, h, h)`` keeps its ``query is key`` fast path).
+
+        No view where none is needed (the common case: one tensor argument, made by the
+        last autograd node created on this thread, ``x = layer(x)``): nothing has consumed
+        it yet, so the node that made it runs right after this module's backward, as the
+        view's node would (the CPU engine runs the ready node of highest sequence number
+        first, and no node lies between the two). A view costs an autograd node, a reshape
+        and an out-of-place gradient sum per call: in a training step, about half of the
+        hooks' backward cost."""
         call = Call(self)
         if not kwargs and len(args) == 1 and type(args[0]) is tensor:  # the common case
             a = args[0]
             if a.requires_grad:
-                v = a.view_as(a)
                 call.remaining = 1
+                node = a.grad_fn
+                if node is not None and node._sequence_nr() + 1 == self.inst.next_seq():
+                    proxy._backward_hooks = {0: call.only_input}  # on_node() inlined
+                    node._register_hook_dict(proxy)
+                    return call, None
+                v = a.view_as(a)
                 # a hook on the view's own node: it runs once its gradient is complete
-                proxy._backward_hooks = {0: call.first_input}  # on_node() inlined
+                proxy._backward_hooks = {0: call.only_input}  # on_node() inlined
                 v.grad_fn._register_hook_dict(proxy)
                 call.views = [(0, v, v._version)]
                 return call, ((v,), kwargs)
@@ -414,6 +427,15 @@ def _inert_probe() -> _InertProbe:
 _timed_now: weakref.WeakSet[Any] = weakref.WeakSet()  # modules some handle times now
 
 
+class _GlobalKey:
+    """A key of :class:`InstrumentHandle` in torch's global module hook dicts."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<stagewatch.instrument recompute hook>"
+
+
 class _Stack(threading.local):
     def __init__(self) -> None:
         self.frames: list[_Frame] = []
@@ -431,7 +453,9 @@ class InstrumentHandle:
         self._probes: list[_Probe] = []
         self._tls = _Stack()
         self._owner: dict[int, str] = {}
-        self._global: list[Any] = []
+        # this handle's key in torch's global module hook dicts (an object: never one of the
+        # int ids of torch's RemovableHandles)
+        self._key = _GlobalKey()
         self._lock = threading.Lock()
         self.armed = False
         if log is None or not timed:
@@ -445,6 +469,11 @@ class InstrumentHandle:
         self.graph_task = torch._C._current_graph_task_id
         self.grad_enabled = torch._C.is_grad_enabled
         self.tensor = torch.Tensor
+        self._globals = torch.nn.modules.module
+        # the sequence number the next autograd node created on this thread gets (-1: never
+        # equal, every input gets a view, where a torch lacks it)
+        self.next_seq = getattr(torch._C._autograd, "_get_sequence_nr", lambda: -1)
+        self._queue_callback = torch.autograd.Variable._execution_engine.queue_callback
         self.cpu = not log._cuda  # CPU: regions timed inline by perf_counter
         taken = [p for p, m in timed.items() if m in _timed_now]
         if taken:
@@ -476,13 +505,14 @@ class InstrumentHandle:
             if self.armed or not self._probes:
                 return
             # at the end of this backward: close what it left open, take the hooks away
-            self.torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
-            mod = self.torch.nn.modules.module
-            self._global = [
-                mod.register_module_forward_pre_hook(self._rec_pre),
-                # always_call: checkpoint's early stop ends a recompute by raising
-                mod.register_module_forward_hook(self._rec_post, always_call=True),
-            ]
+            self._queue_callback(self._backward_done)
+            # what register_module_forward_(pre_)hook do, without their RemovableHandles:
+            # this runs once per backward, the first Python code after the loss's backward
+            key, g = self._key, self._globals
+            g._global_forward_pre_hooks[key] = self._rec_pre
+            g._global_forward_hooks[key] = self._rec_post
+            # always_call: checkpoint's early stop ends a recompute by raising
+            g._global_forward_hooks_always_called[key] = True
             self.armed = True
 
     def _backward_done(self) -> None:
@@ -497,9 +527,11 @@ class InstrumentHandle:
 
     def disarm_recompute(self) -> None:
         with self._lock:
-            for h in self._global:
-                h.remove()
-            self._global = []
+            if self.armed:
+                key, g = self._key, self._globals
+                g._global_forward_pre_hooks.pop(key, None)
+                g._global_forward_hooks.pop(key, None)
+                g._global_forward_hooks_always_called.pop(key, None)
             self.armed = False
 
     def _rec_pre(self, module: Any, args: Any) -> None:
