@@ -147,7 +147,7 @@ class _Probe:
         inst = self.inst
         if inst is None:  # a copy's hooks (see _InertProbe)
             return None
-        if inst.compiling() or inst.graph_task() != -1:
+        if inst.dynamo() or inst.compiler._is_compiling_flag or inst.graph_task() != -1:
             return None  # inside compiled code; or a recompute (charged by the global hook)
         lg = inst.log
         if lg._closed:
@@ -184,7 +184,7 @@ class _Probe:
         frame.base = base
         replaced = None
         if inst.grad_enabled():
-            frame.call, replaced = self._new_call(args, kwargs, inst.tensor, tls_.proxy)
+            frame.call, replaced = self._new_call(args, kwargs, inst.tensor, tls_)
         else:
             frame.call = None
         stack.append(frame)
@@ -204,44 +204,70 @@ class _Probe:
         inst = self.inst
         if inst is None:
             return
-        if inst.compiling() or inst.graph_task() != -1:
+        if inst.dynamo() or inst.compiler._is_compiling_flag or inst.graph_task() != -1:
             return
         stack = inst._tls.frames
         if stack and stack[-1].probe is self:
             frame = stack.pop()
         else:
-            frame = None
-            for i in range(len(stack) - 2, -1, -1):
-                if stack[i].probe is self:
-                    frame = stack.pop(i)
-                    break
+            frame = self._pop_inner(stack)
             if frame is None:
                 return
         region = frame.region
         if region is None:
             return
-        region.__exit__(None, None, None)
+        open_ = frame._stack if region is frame else None
+        if open_ and open_[-1] is frame:  # CPU: CpuRegion.__exit__ inlined
+            ms = (regions._perf() - frame._t0) * 1000.0
+            open_.pop()
+            lg = frame._lg
+            full = frame._full
+            lock = lg._lock
+            lock.acquire()
+            try:
+                acc = lg._cur.get(full)
+                if acc is None:
+                    lg._cur[full] = [ms, 1]
+                else:
+                    acc[0] += ms
+                    acc[1] += 1
+            finally:
+                lock.release()
+        else:
+            region.__exit__(None, None, None)
         call = frame.call
         if call is None:
             return
-        views = call.views
-        if views:
-            for i, v, version in views:
-                if v._version != version:
-                    self._modified_in_place(call, i, v)
-            call.views = NO_HOOKS  # hold no activation past the forward
+        if call.views:
+            self._check_views(call)
         if type(out) is inst.tensor:  # the common case, without output_nodes()
             node = out.grad_fn
             if node is not None:
-                proxy = inst._tls.proxy  # on_node() inlined
-                proxy._backward_hooks = {0: call.start}
+                tls = inst._tls
+                proxy = tls.proxy  # on_node() inlined
+                tls.last_hooks = proxy._backward_hooks = {0: call.start}
                 node._register_hook_dict(proxy)
+                tls.last_seq = node._sequence_nr()  # the next module may share these hooks
                 if self.pending:
                     self._remember(call)
                 else:
                     self.pending.append(call)
                 return
         self._hook_outputs(call, output_nodes(out, inst.torch), inst._tls.proxy)
+
+    def _pop_inner(self, stack: list[_Frame]) -> _Frame | None:
+        """This module's frame below the top of the stack (a frame above it was left open by
+        a forward that raised), taken off; None if it is not there."""
+        for i in range(len(stack) - 2, -1, -1):
+            if stack[i].probe is self:
+                return stack.pop(i)
+        return None
+
+    def _check_views(self, call: Call) -> None:
+        for i, v, version in call.views:
+            if v._version != version:
+                self._modified_in_place(call, i, v)
+        call.views = NO_HOOKS  # hold no activation past the forward
 
     def _hook_outputs(self, call: Call, nodes: list[Any], proxy: Any) -> None:
         """The backward of ``call`` starts at the first of the nodes that made its outputs."""
@@ -257,7 +283,7 @@ class _Probe:
                 on_node(proxy, n, call.start)
         self._remember(call)
 
-    def _new_call(self, args: Any, kwargs: Any, tensor: Any, proxy: Any) -> tuple[Call, Any]:
+    def _new_call(self, args: Any, kwargs: Any, tensor: Any, tls: _Stack) -> tuple[Call, Any]:
         """A call record, and the arguments to run with: each tensor argument that needs a
         gradient is replaced by a view of itself, which only this module consumes, so the
         view's gradient is complete exactly when this module's backward is (a skip
@@ -270,17 +296,26 @@ class _Probe:
         view's node would (the CPU engine runs the ready node of highest sequence number
         first, and no node lies between the two). A view costs an autograd node, a reshape
         and an out-of-place gradient sum per call: in a training step, about half of the
-        hooks' backward cost."""
+        hooks' backward cost. When that node is the one the previous module's output hooked
+        (its backward start: ``x = layer(x)`` again), this module's end joins that hook's
+        dict: one hook run from autograd for both (sequence numbers are unique per thread,
+        so the same number is the same node, without holding it)."""
         call = Call(self)
+        proxy = tls.proxy
         if not kwargs and len(args) == 1 and type(args[0]) is tensor:  # the common case
             a = args[0]
             if a.requires_grad:
                 call.remaining = 1
                 node = a.grad_fn
-                if node is not None and node._sequence_nr() + 1 == self.inst.next_seq():
-                    proxy._backward_hooks = {0: call.only_input}  # on_node() inlined
-                    node._register_hook_dict(proxy)
-                    return call, None
+                if node is not None:
+                    seq = node._sequence_nr()
+                    if seq + 1 == self.inst.next_seq():
+                        if seq == tls.last_seq:
+                            tls.last_hooks[call] = call.only_input
+                        else:
+                            proxy._backward_hooks = {0: call.only_input}  # on_node() inlined
+                            node._register_hook_dict(proxy)
+                        return call, None
                 v = a.view_as(a)
                 # a hook on the view's own node: it runs once its gradient is complete
                 proxy._backward_hooks = {0: call.only_input}  # on_node() inlined
@@ -441,6 +476,9 @@ class _Stack(threading.local):
         self.frames: list[_Frame] = []
         torch = sys.modules.get("torch")  # per thread: on_node()'s proxy tensor
         self.proxy = torch.empty(0) if torch is not None else None
+        # the last module output hooked (its node's sequence number) and its hooks' dict
+        self.last_seq = -1
+        self.last_hooks: dict[Any, Any] = {}
 
 
 class InstrumentHandle:
@@ -465,7 +503,11 @@ class InstrumentHandle:
         self.torch = torch
         self._tls = _Stack()  # again, now with torch: its proxy tensor
         # looked up once: these run twice per module call
-        self.compiling = torch.compiler.is_compiling
+        # torch.compiler.is_compiling() without its two Python calls: dynamo traces
+        # is_dynamo_compiling() as True (the hooks then do nothing in the graph); the flag is
+        # what is_compiling() returns outside dynamo (torch.export)
+        self.dynamo = torch.compiler.is_dynamo_compiling
+        self.compiler = torch.compiler
         self.graph_task = torch._C._current_graph_task_id
         self.grad_enabled = torch._C.is_grad_enabled
         self.tensor = torch.Tensor
