@@ -10,9 +10,12 @@ entered inline in the hooks, which run for every module call):
   caller has open (``forward``, ``eval``...), else ``forward``.
 - ``backward/<path>``: autograd graph hooks, never module backward hooks (which wrap the
   module's outputs in a custom Function and break in-place ops on them, and which graph-
-  break ``torch.compile``). The region opens in a pre-hook on the autograd node that made
-  an output (autograd has the output's gradient: the module's backward starts) and closes
-  when the gradients of the module's inputs are complete (tensor hooks on its inputs). A
+  break ``torch.compile``). The region opens in a hook on the autograd node that made an
+  output (autograd has the output's gradient: the module's backward starts) and closes
+  when the gradients of the module's inputs are complete: a hook on the node that made a
+  fresh input (made by the last node created, so nothing else consumed it yet), else on
+  the node of a view of the input that only this module consumes. Hooks go on nodes
+  through ``_register_hook_dict`` (:func:`on_node`), without ``RemovableHandle`` objects. A
   module whose inputs need no gradient closes when its trainable parameters have their
   gradients (post-accumulate hooks, kept only while such calls happen). Each call has its
   own start and end hooks, so repeated, shared and re-entered modules pair correctly.
