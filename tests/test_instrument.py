@@ -365,7 +365,8 @@ def test_a_module_ignoring_its_input_closes_with_the_backward() -> None:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             h = self.inp(x)
-            return h + self.pos(h)
+            # h + ... consumes h before pos does: pos's input gets a view, which pos ignores
+            return h + h.mean(-1, keepdim=True) + self.pos(h)
 
     log = memory_logger()
     set_global_timing_logger(log)
@@ -379,6 +380,41 @@ def test_a_module_ignoring_its_input_closes_with_the_backward() -> None:
     got = log.get_summary()
     assert got["backward/pos"]["calls"] == 2 and got["backward/inp"]["calls"] == 2
     assert got["backward/pos"]["total"] <= got["backward"]["total"]
+
+
+def test_a_fresh_input_is_hooked_without_a_view() -> None:
+    """A module's one input made by the last autograd node (``x = layer(x)``) is passed as
+    it is: its backward ends when that node runs; an input consumed before gets a view."""
+    seen: list[bool] = []
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x._base is None)  # no view of the caller's tensor
+            return x * 2
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp = nn.Linear(8, 8)
+            self.a = Probe()
+            self.b = Probe()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.inp(x)
+            return self.a(h) + self.b(h)  # b's input was consumed by a first
+
+    log = memory_logger()
+    set_global_timing_logger(log)
+    model = Twice()
+    with instrument(model), warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left unfinished
+        for _ in range(2):
+            run_step(model, log, torch.randn(2, 8))
+    assert seen == [True, False, True, False]  # a: the caller's tensor; b: a view
+    got = log.get_summary()
+    for name in ("inp", "a", "b"):
+        assert got[f"backward/{name}"]["calls"] == 2
+    assert got["backward/a"]["total"] <= got["backward"]["total"]
 
 
 def test_no_grad_forward_times_forward_only() -> None:

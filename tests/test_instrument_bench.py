@@ -37,3 +37,21 @@ def test_gpu_instrument_check_dry_run(tmp_path: Path) -> None:
         "profiler",
     }
     assert "| instrument2 |" in (tmp_path / "gpu_instrument_check.md").read_text()
+
+
+def test_instrument_ab_runs_against_a_checkout(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/bench_instrument_ab.py (paired before/after), here against this tree."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        path = ROOT / "benchmarks" / "bench_instrument_ab.py"
+        spec = importlib.util.spec_from_file_location("bench_instrument_ab", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        args = ["--base", str(ROOT), "--pairs", "2", "--width", "32", "--batch", "1", "--seq", "4"]
+        assert mod.main(args) == 0
+        with pytest.raises(SystemExit, match="no such file"):
+            mod.main(["--base", str(ROOT / "nowhere")])
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    out = capsys.readouterr().out
+    assert "| this |" in out and "| base |" in out and "this - base, paired" in out

@@ -79,6 +79,41 @@ class Call:
         if self.remaining <= 0:
             self.finish()
 
+    def only_input(self, *_: Any) -> None:
+        """:meth:`first_input` and :meth:`finish` in one, for a call with one tensor input (the
+        fast path): on a CPU logger the region is added here, without the two method calls.
+        This hook is the first Python code to run after the module's backward computed, when
+        the interpreter's caches are cold: every line here costs several times its warm
+        price."""
+        if self.done & 1:
+            return
+        self.done |= 1
+        probe = self.probe
+        inst = probe.inst
+        if self.state != 1 or not inst.cpu or self.remaining != 1:
+            self.remaining -= 1
+            if self.remaining <= 0:
+                self.finish()
+            return
+        self.remaining = 0
+        self.state = 2
+        lg = inst.log
+        if lg._closed:
+            return
+        ms = (regions._perf() - self.t0) * 1000.0
+        name = probe.bwd_name
+        lock = lg._lock
+        lock.acquire()
+        try:
+            acc = lg._cur.get(name)
+            if acc is None:
+                lg._cur[name] = [ms, 1]
+            else:
+                acc[0] += ms
+                acc[1] += 1
+        finally:
+            lock.release()
+
     def param_grad(self) -> None:
         self.remaining -= 1
         if self.remaining <= 0:

@@ -10,9 +10,12 @@ entered inline in the hooks, which run for every module call):
   caller has open (``forward``, ``eval``...), else ``forward``.
 - ``backward/<path>``: autograd graph hooks, never module backward hooks (which wrap the
   module's outputs in a custom Function and break in-place ops on them, and which graph-
-  break ``torch.compile``). The region opens in a pre-hook on the autograd node that made
-  an output (autograd has the output's gradient: the module's backward starts) and closes
-  when the gradients of the module's inputs are complete (tensor hooks on its inputs). A
+  break ``torch.compile``). The region opens in a hook on the autograd node that made an
+  output (autograd has the output's gradient: the module's backward starts) and closes
+  when the gradients of the module's inputs are complete: a hook on the node that made a
+  fresh input (made by the last node created, so nothing else consumed it yet), else on
+  the node of a view of the input that only this module consumes. Hooks go on nodes
+  through ``_register_hook_dict`` (:func:`on_node`), without ``RemovableHandle`` objects. A
   module whose inputs need no gradient closes when its trainable parameters have their
   gradients (post-accumulate hooks, kept only while such calls happen). Each call has its
   own start and end hooks, so repeated, shared and re-entered modules pair correctly.
@@ -27,6 +30,7 @@ away at the next call. torch is imported only inside functions.
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import weakref
 from collections import deque
@@ -91,6 +95,23 @@ class recompute_region:
 # --------------------------------------------------------------------------- one module
 
 
+def on_node(proxy: Any, node: Any, fn: Any) -> None:
+    """Call ``fn`` when autograd runs ``node`` (backward), without a removable handle.
+
+    ``node.register_prehook(fn)`` goes through Python (``Function._register_hook``, a
+    ``RemovableHandle`` with a weak reference and a global id): in a training step, where
+    the caches are cold between two module calls, that measured ~30 µs per call against
+    ~5 µs warm. This is the same C++ hook ``Tensor.register_hook`` puts on a node
+    (``_register_hook_dict``), given a dict of hooks through ``proxy``, a tensor of ours
+    that autograd never sees: its ``_backward_hooks`` is read once here, and its output
+    number (0) picks which gradient of ``node`` the hook gets (any: only the moment is
+    used). The user's tensors and their ``_backward_hooks`` are left alone. Nothing can
+    take the hook away: it goes with the graph, and ``Call`` ignores a call it no longer
+    wants."""
+    proxy._backward_hooks = {0: fn}
+    node._register_hook_dict(proxy)
+
+
 class _Frame(CpuRegion):
     """One forward call on the hooks' stack; on a CPU logger also its own ``forward/``
     region (a :class:`CpuRegion` entered inline: no region object and method calls)."""
@@ -129,7 +150,7 @@ class _Probe:
         inst = self.inst
         if inst is None:  # a copy's hooks (see _InertProbe)
             return None
-        if inst.compiling() or inst.graph_task() != -1:
+        if inst.dynamo() or inst.compiler._is_compiling_flag or inst.graph_task() != -1:
             return None  # inside compiled code; or a recompute (charged by the global hook)
         lg = inst.log
         if lg._closed:
@@ -143,7 +164,8 @@ class _Probe:
                 pending.clear()
             else:
                 self._stale()
-        stack = inst._tls.frames
+        tls_ = inst._tls
+        stack = tls_.frames
         frame = _new_frame(_Frame)
         frame.probe = self
         for f in stack:
@@ -165,7 +187,7 @@ class _Probe:
         frame.base = base
         replaced = None
         if inst.grad_enabled():
-            frame.call, replaced = self._new_call(args, kwargs, inst.tensor)
+            frame.call, replaced = self._new_call(args, kwargs, inst.tensor, tls_)
         else:
             frame.call = None
         stack.append(frame)
@@ -185,44 +207,72 @@ class _Probe:
         inst = self.inst
         if inst is None:
             return
-        if inst.compiling() or inst.graph_task() != -1:
+        if inst.dynamo() or inst.compiler._is_compiling_flag or inst.graph_task() != -1:
             return
         stack = inst._tls.frames
         if stack and stack[-1].probe is self:
             frame = stack.pop()
         else:
-            frame = None
-            for i in range(len(stack) - 2, -1, -1):
-                if stack[i].probe is self:
-                    frame = stack.pop(i)
-                    break
+            frame = self._pop_inner(stack)
             if frame is None:
                 return
         region = frame.region
         if region is None:
             return
-        region.__exit__(None, None, None)
+        open_ = frame._stack if region is frame else None
+        if open_ and open_[-1] is frame:  # CPU: CpuRegion.__exit__ inlined
+            ms = (regions._perf() - frame._t0) * 1000.0
+            open_.pop()
+            lg = frame._lg
+            full = frame._full
+            lock = lg._lock
+            lock.acquire()
+            try:
+                acc = lg._cur.get(full)
+                if acc is None:
+                    lg._cur[full] = [ms, 1]
+                else:
+                    acc[0] += ms
+                    acc[1] += 1
+            finally:
+                lock.release()
+        else:
+            region.__exit__(None, None, None)
         call = frame.call
         if call is None:
             return
-        views = call.views
-        if views:
-            for i, v, version in views:
-                if v._version != version:
-                    self._modified_in_place(call, i, v)
-            call.views = NO_HOOKS  # hold no activation past the forward
+        if call.views:
+            self._check_views(call)
         if type(out) is inst.tensor:  # the common case, without output_nodes()
             node = out.grad_fn
             if node is not None:
-                node.register_prehook(call.start)
+                tls = inst._tls
+                proxy = tls.proxy  # on_node() inlined
+                tls.last_hooks = proxy._backward_hooks = {0: call.start}
+                node._register_hook_dict(proxy)
+                tls.last_seq = node._sequence_nr()  # the next module may share these hooks
                 if self.pending:
                     self._remember(call)
                 else:
                     self.pending.append(call)
                 return
-        self._hook_outputs(call, output_nodes(out, inst.torch))
+        self._hook_outputs(call, output_nodes(out, inst.torch), inst._tls.proxy)
 
-    def _hook_outputs(self, call: Call, nodes: list[Any]) -> None:
+    def _pop_inner(self, stack: list[_Frame]) -> _Frame | None:
+        """This module's frame below the top of the stack (a frame above it was left open by
+        a forward that raised), taken off; None if it is not there."""
+        for i in range(len(stack) - 2, -1, -1):
+            if stack[i].probe is self:
+                return stack.pop(i)
+        return None
+
+    def _check_views(self, call: Call) -> None:
+        for i, v, version in call.views:
+            if v._version != version:
+                self._modified_in_place(call, i, v)
+        call.views = NO_HOOKS  # hold no activation past the forward
+
+    def _hook_outputs(self, call: Call, nodes: list[Any], proxy: Any) -> None:
         """The backward of ``call`` starts at the first of the nodes that made its outputs."""
         if not nodes:  # nothing to differentiate through this call
             call.dead = True
@@ -233,23 +283,46 @@ class _Probe:
         for n in nodes:
             if id(n) not in seen:
                 seen.add(id(n))
-                n.register_prehook(call.start)
+                on_node(proxy, n, call.start)
         self._remember(call)
 
-    def _new_call(self, args: Any, kwargs: Any, tensor: Any) -> tuple[Call, Any]:
+    def _new_call(self, args: Any, kwargs: Any, tensor: Any, tls: _Stack) -> tuple[Call, Any]:
         """A call record, and the arguments to run with: each tensor argument that needs a
         gradient is replaced by a view of itself, which only this module consumes, so the
         view's gradient is complete exactly when this module's backward is (a skip
         connection around the module does not count). The same tensor passed twice gets
-        the same view (``attn(h, h, h)`` keeps its ``query is key`` fast path)."""
+        the same view (``attn(h, h, h)`` keeps its ``query is key`` fast path).
+
+        No view where none is needed (the common case: one tensor argument, made by the
+        last autograd node created on this thread, ``x = layer(x)``): nothing has consumed
+        it yet, so the node that made it runs right after this module's backward, as the
+        view's node would (the CPU engine runs the ready node of highest sequence number
+        first, and no node lies between the two). A view costs an autograd node, a reshape
+        and an out-of-place gradient sum per call: in a training step, about half of the
+        hooks' backward cost. When that node is the one the previous module's output hooked
+        (its backward start: ``x = layer(x)`` again), this module's end joins that hook's
+        dict: one hook run from autograd for both (sequence numbers are unique per thread,
+        so the same number is the same node, without holding it)."""
         call = Call(self)
+        proxy = tls.proxy
         if not kwargs and len(args) == 1 and type(args[0]) is tensor:  # the common case
             a = args[0]
             if a.requires_grad:
-                v = a.view_as(a)
                 call.remaining = 1
-                # a pre-hook on the view's own node: it runs once its gradient is complete
-                v.grad_fn.register_prehook(call.first_input)
+                node = a.grad_fn
+                if node is not None:
+                    seq = node._sequence_nr()
+                    if seq + 1 == self.inst.next_seq():
+                        if seq == tls.last_seq:
+                            tls.last_hooks[call] = call.only_input
+                        else:
+                            proxy._backward_hooks = {0: call.only_input}  # on_node() inlined
+                            node._register_hook_dict(proxy)
+                        return call, None
+                v = a.view_as(a)
+                # a hook on the view's own node: it runs once its gradient is complete
+                proxy._backward_hooks = {0: call.only_input}  # on_node() inlined
+                v.grad_fn._register_hook_dict(proxy)
                 call.views = [(0, v, v._version)]
                 return call, ((v,), kwargs)
         views: dict[int, Any] = {}
@@ -265,7 +338,7 @@ class _Probe:
         i = 0
         call.views = []
         for v in views.values():
-            v.grad_fn.register_prehook(call.first_input if i == 0 else partial(call.input_grad, i))
+            on_node(proxy, v.grad_fn, call.first_input if i == 0 else partial(call.input_grad, i))
             call.views.append((i, v, v._version))
             i += 1
         for t in nested:
@@ -392,9 +465,23 @@ def _inert_probe() -> _InertProbe:
 _timed_now: weakref.WeakSet[Any] = weakref.WeakSet()  # modules some handle times now
 
 
+class _GlobalKey:
+    """A key of :class:`InstrumentHandle` in torch's global module hook dicts."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<stagewatch.instrument recompute hook>"
+
+
 class _Stack(threading.local):
     def __init__(self) -> None:
         self.frames: list[_Frame] = []
+        torch = sys.modules.get("torch")  # per thread: on_node()'s proxy tensor
+        self.proxy = torch.empty(0) if torch is not None else None
+        # the last module output hooked (its node's sequence number) and its hooks' dict
+        self.last_seq = -1
+        self.last_hooks: dict[Any, Any] = {}
 
 
 class InstrumentHandle:
@@ -407,7 +494,9 @@ class InstrumentHandle:
         self._probes: list[_Probe] = []
         self._tls = _Stack()
         self._owner: dict[int, str] = {}
-        self._global: list[Any] = []
+        # this handle's key in torch's global module hook dicts (an object: never one of the
+        # int ids of torch's RemovableHandles)
+        self._key = _GlobalKey()
         self._lock = threading.Lock()
         self.armed = False
         if log is None or not timed:
@@ -415,11 +504,21 @@ class InstrumentHandle:
         import torch
 
         self.torch = torch
+        self._tls = _Stack()  # again, now with torch: its proxy tensor
         # looked up once: these run twice per module call
-        self.compiling = torch.compiler.is_compiling
+        # torch.compiler.is_compiling() without its two Python calls: dynamo traces
+        # is_dynamo_compiling() as True (the hooks then do nothing in the graph); the flag is
+        # what is_compiling() returns outside dynamo (torch.export)
+        self.dynamo = torch.compiler.is_dynamo_compiling
+        self.compiler = torch.compiler
         self.graph_task = torch._C._current_graph_task_id
         self.grad_enabled = torch._C.is_grad_enabled
         self.tensor = torch.Tensor
+        self._globals = torch.nn.modules.module
+        # the sequence number the next autograd node created on this thread gets (-1: never
+        # equal, every input gets a view, where a torch lacks it)
+        self.next_seq = getattr(torch._C._autograd, "_get_sequence_nr", lambda: -1)
+        self._queue_callback = torch.autograd.Variable._execution_engine.queue_callback
         self.cpu = not log._cuda  # CPU: regions timed inline by perf_counter
         taken = [p for p, m in timed.items() if m in _timed_now]
         if taken:
@@ -451,13 +550,14 @@ class InstrumentHandle:
             if self.armed or not self._probes:
                 return
             # at the end of this backward: close what it left open, take the hooks away
-            self.torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
-            mod = self.torch.nn.modules.module
-            self._global = [
-                mod.register_module_forward_pre_hook(self._rec_pre),
-                # always_call: checkpoint's early stop ends a recompute by raising
-                mod.register_module_forward_hook(self._rec_post, always_call=True),
-            ]
+            self._queue_callback(self._backward_done)
+            # what register_module_forward_(pre_)hook do, without their RemovableHandles:
+            # this runs once per backward, the first Python code after the loss's backward
+            key, g = self._key, self._globals
+            g._global_forward_pre_hooks[key] = self._rec_pre
+            g._global_forward_hooks[key] = self._rec_post
+            # always_call: checkpoint's early stop ends a recompute by raising
+            g._global_forward_hooks_always_called[key] = True
             self.armed = True
 
     def _backward_done(self) -> None:
@@ -472,9 +572,11 @@ class InstrumentHandle:
 
     def disarm_recompute(self) -> None:
         with self._lock:
-            for h in self._global:
-                h.remove()
-            self._global = []
+            if self.armed:
+                key, g = self._key, self._globals
+                g._global_forward_pre_hooks.pop(key, None)
+                g._global_forward_hooks.pop(key, None)
+                g._global_forward_hooks_always_called.pop(key, None)
             self.armed = False
 
     def _rec_pre(self, module: Any, args: Any) -> None:

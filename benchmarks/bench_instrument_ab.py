@@ -1,0 +1,131 @@
+"""Paired before/after of ``stagewatch.instrument`` in one process, one step at a time.
+
+``instrument.py`` of another checkout (``--base``, e.g. a ``git worktree`` of an older
+commit) is loaded beside this tree's, with this tree's helpers (``calls``, ``modules``,
+``regions``); the training step of ``bench_instrument.py``'s small transformer then runs in
+four modes, alternating every step (ABCD DCBA ...): no timing, the timing core only
+(``forward``/``backward``/``optimizer`` regions and ``step()``, one logger), core + the
+base's ``instrument(depth)``, core + this tree's. Hooks are installed before each step and
+removed after it (outside the measured time). Figures: medians of the per-step differences
+of the training thread's CPU time (``time.thread_time``) between neighbouring steps, which
+cancels the slow drift of a shared machine's load better than blocks of steps do.
+
+    python benchmarks/bench_instrument_ab.py --base /work/wt/base-instr --pairs 300
+    python benchmarks/bench_instrument_ab.py --base ../old --width 32 --batch 1 --seq 8
+
+Slow-step capture is off (``capture=False``): a captured step runs under
+``torch.profiler``. Prints a table; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from bench_instrument import Bench
+
+import stagewatch
+import stagewatch.timing.instrument as this_tree
+
+MODES = ("none", "core", "base", "this")
+
+
+def load_base(checkout: Path) -> Any:
+    path = checkout / "stagewatch" / "timing" / "instrument.py"
+    if not path.is_file():
+        raise SystemExit(f"bench_instrument_ab: {path}: no such file (--base is a checkout)")
+    spec = importlib.util.spec_from_file_location("stagewatch.timing._instrument_base", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def measure(base: Any, pairs: int, depth: int, batch: int, seq: int, width: int) -> dict:
+    torch.set_num_threads(1)
+    load0 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        b = Bench(batch, seq, tmp, width=width)
+        for _ in range(5):
+            b.plain_step()
+        log = stagewatch.TimingLogger(
+            tmp, enable_console=False, run_name="ab", handle_sigterm=False, capture=False
+        )
+        impl = {"base": base, "this": this_tree}
+
+        def run(mode: str) -> float:
+            h = None
+            if mode == "none":
+                step = b.plain_step
+            else:
+                if mode in impl:
+                    h = impl[mode].instrument(b.model, depth, logger=log)
+                step = lambda: b.timed_step(log)  # noqa: E731
+            c0 = time.thread_time()
+            step()
+            c1 = time.thread_time()
+            if h is not None:
+                h.remove()
+            return c1 - c0
+
+        for m in MODES:
+            run(m)
+        cpu: dict[str, list[float]] = {m: [] for m in MODES}
+        for i in range(pairs):
+            for m in MODES if i % 2 == 0 else MODES[::-1]:
+                cpu[m].append(run(m))
+        log.close()
+    ref = statistics.median(cpu["none"])
+
+    def diff(a: str, b: str) -> float:
+        return statistics.median(x - y for x, y in zip(cpu[a], cpu[b], strict=True)) * 1e3
+
+    return {
+        "none_ms": ref * 1e3,
+        "vs_none_ms": {m: diff(m, "none") for m in MODES},
+        "vs_core_ms": {m: diff(m, "core") for m in MODES},
+        "this_minus_base_ms": diff("this", "base"),
+        "load": (load0, os.getloadavg()[0]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", type=Path, required=True, help="checkout to compare against")
+    ap.add_argument("--pairs", type=int, default=300, help="steps per mode (default 300)")
+    ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=48)
+    ap.add_argument("--width", type=int, default=128)
+    args = ap.parse_args(argv)
+    base = load_base(args.base)
+    r = measure(base, args.pairs, args.depth, args.batch, args.seq, args.width)
+    print(
+        f"width {args.width}, batch {args.batch} x {args.seq}, depth {args.depth}, "
+        f"{args.pairs} steps per mode; no timing {r['none_ms']:.2f} ms thread CPU; "
+        f"load {r['load'][0]:.1f} -> {r['load'][1]:.1f}"
+    )
+    print("| mode | vs no timing (ms) | % | vs core (ms) |")
+    print("|---|---:|---:|---:|")
+    for m in MODES:
+        v = r["vs_none_ms"][m]
+        print(f"| {m} | {v:+.3f} | {100 * v / r['none_ms']:+.1f} % | {r['vs_core_ms'][m]:+.3f} |")
+    d = r["this_minus_base_ms"]
+    print(f"this - base, paired: {d:+.3f} ms per step ({100 * d / r['none_ms']:+.1f} %)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
