@@ -1,0 +1,382 @@
+"""One instrumented module: :class:`Probe`, its forward hooks and the autograd hooks of each
+call (how, see :mod:`stagewatch.timing.instrument`), and :func:`on_node`."""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from typing import Any
+
+from stagewatch.timing import regions
+from stagewatch.timing.calls import NO_HOOKS, Call
+from stagewatch.timing.modules import output_nodes, swap_inputs, warn_once
+from stagewatch.timing.regions import CpuRegion
+
+MAX_PENDING = 64  # backward calls a probe remembers (bounded even if backward never runs)
+
+
+# --------------------------------------------------------------------------- one module
+
+
+def on_node(proxy: Any, node: Any, fn: Any) -> None:
+    """Call ``fn`` when autograd runs ``node`` (backward), without a removable handle.
+
+    ``node.register_prehook(fn)`` goes through Python (``Function._register_hook``, a
+    ``RemovableHandle`` with a weak reference and a global id): in a training step, where
+    the caches are cold between two module calls, that measured ~30 µs per call against
+    ~5 µs warm. This is the same C++ hook ``Tensor.register_hook`` puts on a node
+    (``_register_hook_dict``), given a dict of hooks through ``proxy``, a tensor of ours
+    that autograd never sees: its ``_backward_hooks`` is read once here, and its output
+    number (0) picks which gradient of ``node`` the hook gets (any: only the moment is
+    used). The user's tensors and their ``_backward_hooks`` are left alone. Nothing can
+    take the hook away: it goes with the graph, and ``Call`` ignores a call it no longer
+    wants."""
+    proxy._backward_hooks = {0: fn}
+    node._register_hook_dict(proxy)
+
+
+class Frame(CpuRegion):
+    """One forward call on the hooks' stack; on a CPU logger also its own ``forward/``
+    region (a :class:`CpuRegion` entered inline: no region object and method calls)."""
+
+    __slots__ = ("base", "call", "probe", "region")
+
+
+new_frame = object.__new__
+
+
+class Probe:
+    """The hooks of one timed module."""
+
+    def __init__(self, inst: Any, module: Any, path: str) -> None:
+        self.inst = inst
+        self.module = module
+        self.path = path
+        self.bwd_name = "backward/" + path
+        self.params = [p for p in module.parameters()]
+        self.pending: deque[Call] = deque()
+        self.param_hooks: list[Any] = []
+        self.hooked: tuple[bool, ...] = ()
+        self.trainable = 0  # parameters that need a gradient (while hooked)
+        self.names: dict[str, str] = {}  # the caller's region -> this module's region name
+        self.hooks = [
+            module.register_forward_pre_hook(self.pre, with_kwargs=True),
+            # always_call: a forward that raises still leaves its region
+            module.register_forward_hook(self.post, with_kwargs=True, always_call=True),
+        ]
+
+    # pickling or copying a model with hooks gives hooks that do nothing
+    def __reduce__(self) -> Any:
+        return (inert_probe, ())
+
+    def pre(self, module: Any, args: Any, kwargs: Any) -> Any:
+        inst = self.inst
+        if inst is None:  # a copy's hooks (see InertProbe)
+            return None
+        if inst.dynamo() or inst.compiler._is_compiling_flag or inst.graph_task() != -1:
+            return None  # inside compiled code; or a recompute (charged by the global hook)
+        lg = inst.log
+        if lg._closed:
+            inst.remove()
+            return None
+        if inst.armed:
+            inst.disarm_recompute()
+        pending = self.pending
+        if pending and pending[0].state:
+            if len(pending) == 1 and pending[0].state == 2:  # the last call's backward done
+                pending.clear()
+            else:
+                self._stale()
+        tls_ = inst._tls
+        stack = tls_.frames
+        frame = new_frame(Frame)
+        frame.probe = self
+        for f in stack:
+            if f.probe is self:  # re-entered: the outer call's regions cover this one
+                frame.base, frame.call, frame.region = f.base, None, None
+                stack.append(frame)
+                return None
+        tls = lg._tls
+        try:
+            open_ = tls.stack
+        except AttributeError:
+            open_ = tls.stack = []
+        base = stack[-1].base if stack else (open_[-1]._full if open_ else "forward")
+        full = self.names.get(base)
+        if full is None:
+            full = base + "/" + self.path
+            if len(self.names) < 64:  # bounded even if the caller's regions vary without end
+                self.names[base] = full
+        frame.base = base
+        replaced = None
+        if inst.grad_enabled():
+            frame.call, replaced = self._new_call(args, kwargs, inst.tensor, tls_)
+        else:
+            frame.call = None
+        stack.append(frame)
+        if inst.cpu:  # CpuRegion.__enter__ inlined, on the frame itself
+            frame.region = frame
+            frame._lg = lg
+            frame._full = full
+            frame._stack = open_
+            open_.append(frame)
+            frame._t0 = regions._perf()
+        else:
+            frame.region = region = lg._region_cls(lg, "/" + full)
+            region.__enter__()
+        return replaced
+
+    def post(self, module: Any, args: Any, kwargs: Any, out: Any) -> None:
+        inst = self.inst
+        if inst is None:
+            return
+        if inst.dynamo() or inst.compiler._is_compiling_flag or inst.graph_task() != -1:
+            return
+        stack = inst._tls.frames
+        if stack and stack[-1].probe is self:
+            frame = stack.pop()
+        else:
+            frame = self._pop_inner(stack)
+            if frame is None:
+                return
+        region = frame.region
+        if region is None:
+            return
+        open_ = frame._stack if region is frame else None
+        if open_ and open_[-1] is frame:  # CPU: CpuRegion.__exit__ inlined
+            ms = (regions._perf() - frame._t0) * 1000.0
+            open_.pop()
+            lg = frame._lg
+            full = frame._full
+            lock = lg._lock
+            lock.acquire()
+            try:
+                acc = lg._cur.get(full)
+                if acc is None:
+                    lg._cur[full] = [ms, 1]
+                else:
+                    acc[0] += ms
+                    acc[1] += 1
+            finally:
+                lock.release()
+        else:
+            region.__exit__(None, None, None)
+        call = frame.call
+        if call is None:
+            return
+        if call.views:
+            self._check_views(call)
+        if type(out) is inst.tensor:  # the common case, without output_nodes()
+            node = out.grad_fn
+            if node is not None:
+                tls = inst._tls
+                proxy = tls.proxy  # on_node() inlined
+                tls.last_hooks = proxy._backward_hooks = {0: call.start}
+                node._register_hook_dict(proxy)
+                tls.last_seq = node._sequence_nr()  # the next module may share these hooks
+                if self.pending:
+                    self._remember(call)
+                else:
+                    self.pending.append(call)
+                return
+        self._hook_outputs(call, output_nodes(out, inst.torch), inst._tls.proxy)
+
+    def _pop_inner(self, stack: list[Frame]) -> Frame | None:
+        """This module's frame below the top of the stack (a frame above it was left open by
+        a forward that raised), taken off; None if it is not there."""
+        for i in range(len(stack) - 2, -1, -1):
+            if stack[i].probe is self:
+                return stack.pop(i)
+        return None
+
+    def _check_views(self, call: Call) -> None:
+        for i, v, version in call.views:
+            if v._version != version:
+                self._modified_in_place(call, i, v)
+        call.views = NO_HOOKS  # hold no activation past the forward
+
+    def _hook_outputs(self, call: Call, nodes: list[Any], proxy: Any) -> None:
+        """The backward of ``call`` starts at the first of the nodes that made its outputs."""
+        if not nodes:  # nothing to differentiate through this call
+            call.dead = True
+            if call.leaf_hooks:
+                call.drop_hooks()
+            return
+        seen: set[int] = set()
+        for n in nodes:
+            if id(n) not in seen:
+                seen.add(id(n))
+                on_node(proxy, n, call.start)
+        self._remember(call)
+
+    def _new_call(self, args: Any, kwargs: Any, tensor: Any, tls: Any) -> tuple[Call, Any]:
+        """A call record, and the arguments to run with: each tensor argument that needs a
+        gradient is replaced by a view of itself, which only this module consumes, so the
+        view's gradient is complete exactly when this module's backward is (a skip
+        connection around the module does not count). The same tensor passed twice gets
+        the same view (``attn(h, h, h)`` keeps its ``query is key`` fast path).
+
+        No view where none is needed (the common case: one tensor argument, made by the
+        last autograd node created on this thread, ``x = layer(x)``): nothing has consumed
+        it yet, so the node that made it runs right after this module's backward, as the
+        view's node would (the CPU engine runs the ready node of highest sequence number
+        first, and no node lies between the two). A view costs an autograd node, a reshape
+        and an out-of-place gradient sum per call: in a training step, about half of the
+        hooks' backward cost. When that node is the one the previous module's output hooked
+        (its backward start: ``x = layer(x)`` again), this module's end joins that hook's
+        dict: one hook run from autograd for both (sequence numbers are unique per thread,
+        so the same number is the same node, without holding it)."""
+        call = Call(self)
+        proxy = tls.proxy
+        if not kwargs and len(args) == 1 and type(args[0]) is tensor:  # the common case
+            a = args[0]
+            if a.requires_grad:
+                call.remaining = 1
+                node = a.grad_fn
+                if node is not None:
+                    seq = node._sequence_nr()
+                    if seq + 1 == self.inst.next_seq():
+                        if seq == tls.last_seq:
+                            tls.last_hooks[call] = call.only_input
+                        else:
+                            proxy._backward_hooks = {0: call.only_input}  # on_node() inlined
+                            node._register_hook_dict(proxy)
+                        return call, None
+                v = a.view_as(a)
+                # a hook on the view's own node: it runs once its gradient is complete
+                proxy._backward_hooks = {0: call.only_input}  # on_node() inlined
+                v.grad_fn._register_hook_dict(proxy)
+                call.views = [(0, v, v._version)]
+                return call, ((v,), kwargs)
+        views: dict[int, Any] = {}
+        nested: list[Any] = []
+        new_args = swap_inputs(enumerate(args), views, nested, tensor)
+        new_kwargs = swap_inputs(kwargs.items(), views, nested, tensor) if kwargs else None
+        if not views and not nested:
+            call.params = True
+            self._hook_params()
+            return call, None
+        call.remaining = len(views) + len(nested)
+        partial = functools.partial
+        i = 0
+        call.views = []
+        for v in views.values():
+            on_node(proxy, v.grad_fn, call.first_input if i == 0 else partial(call.input_grad, i))
+            call.views.append((i, v, v._version))
+            i += 1
+        for t in nested:
+            h = t.register_hook(call.first_input if i == 0 else partial(call.input_grad, i))
+            if t.grad_fn is None:  # a leaf keeps its hooks: take them away when done
+                if not call.leaf_hooks:
+                    call.leaf_hooks = []
+                call.leaf_hooks.append(h)
+            i += 1
+        if new_args is None and new_kwargs is None:
+            return call, None
+        if new_args is not None:
+            args = tuple(new_args.get(j, a) for j, a in enumerate(args))
+        if new_kwargs is not None:
+            kwargs = {**kwargs, **new_kwargs}
+        return call, (args, kwargs)
+
+    @staticmethod
+    def _modified_in_place(call: Call, i: int, v: Any) -> None:
+        """The module changed its input view in place (``ReLU(inplace=True)``): autograd
+        rewrote the input's history, so the view's own node no longer runs. The input (the
+        view's base) now ends in the node of that in-place op: its gradient passes that
+        node last, so a post-hook there ends the module's backward."""
+        base = v._base
+        node = base.grad_fn if base is not None else None
+        if node is not None:
+            node.register_hook(functools.partial(call.input_grad, i))
+        else:
+            v.register_hook(functools.partial(call.input_grad, i))
+
+    def _stale(self) -> None:
+        """A new forward: a backward of this module still open did not complete."""
+        keep: deque[Call] = deque()
+        for call in self.pending:
+            if call.state == 1:
+                self._abandon(call)
+            elif call.state == 0:
+                keep.append(call)
+        self.pending = keep
+
+    def _remember(self, call: Call) -> None:
+        pending = self.pending
+        while pending and pending[0].state == 2:
+            pending.popleft()
+        if len(pending) >= MAX_PENDING:
+            old = pending.popleft()
+            self._abandon(old)
+        pending.append(call)
+
+    def unfinished(self, call: Call) -> None:
+        warn_once(
+            "unfinished:" + self.path,
+            f"instrument(): the backward of {self.path!r} ended without the gradients of all "
+            "its inputs or parameters (an input it does not use, or a pruned graph); its "
+            "region ends with the backward pass",
+        )
+        call.finish()
+
+    def _abandon(self, call: Call) -> None:
+        if call.state == 1:
+            warn_once(
+                "incomplete:" + self.path,
+                f"instrument(): the backward of {self.path!r} did not complete (some of "
+                "its inputs or parameters got no gradient); its region is closed late",
+            )
+            call.finish()
+        call.dead = True
+        call.drop_hooks()
+
+    def _hook_params(self) -> None:
+        """Post-accumulate hooks on the trainable parameters (re-made when parameters are
+        frozen or unfrozen: a hook cannot go on a tensor that needs no gradient)."""
+        want = tuple(p.requires_grad for p in self.params)
+        if want == self.hooked:
+            return
+        self.trainable = sum(want)
+        for h in self.param_hooks:
+            h.remove()
+        self.param_hooks = [
+            p.register_post_accumulate_grad_hook(self._accumulated)
+            for p, on in zip(self.params, want, strict=True)
+            if on
+        ]
+        self.hooked = want
+
+    def _accumulated(self, p: Any) -> None:
+        if not p.requires_grad:
+            return
+        for call in self.pending:
+            if call.state == 1 and call.params:
+                call.param_grad()
+
+    def remove(self) -> None:
+        for h in self.hooks + self.param_hooks:
+            h.remove()
+        self.hooks, self.param_hooks, self.hooked = [], [], ()
+        for call in self.pending:
+            call.dead = True
+            call.drop_hooks()
+            if call.state == 1:
+                call.finish()
+        self.pending.clear()
+
+
+class InertProbe:
+    """What a pickled or deep-copied model's hooks become (deepcopy binds the probe's own
+    methods to it: ``inst`` None makes them return at once)."""
+
+    inst = None
+
+    def pre(self, *_: Any) -> None:
+        return None
+
+    post = pre
+
+
+def inert_probe() -> InertProbe:
+    return InertProbe()
