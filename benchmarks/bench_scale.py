@@ -89,50 +89,42 @@ FIGURES = (
     ("the same: `tui watch`", "watchfirst", "first_screen_s", "s", 1.0),
 )
 KINDS = ("watch2", "watch10", "replay", "watchfirst")
-NOTES = """Before this run: the earlier work of this section (measured against main, adec4d3, the
-same day: CPU 0.91x / 0.84x of main's) put the window's percentiles on one sort, kept each
-rank's read-outs until it folds new steps, let a light snapshot reuse a ranks' comparison
-under 1 s old, folded one step in fewer numpy calls, and drew the ranks panel and the chart
-a span per run of one colour. "Before" above is the merged state after it (76df170).
+NOTES = """"Before" is the state at the start of this round of work (57a850b); "after" adds,
+all with the same figures to the bit where the code is deterministic
+(tests/test_tui_incremental.py compares each against a from-scratch computation with
+hypothesis; the SVG snapshots are unchanged):
 
-Where the reader's time went, by a scripted `LiveSource` loop
-(`benchmarks/profile_scale.py`: 64 rank files appended in step, `tick()` and a light
-snapshot 8 times a simulated second, a full one every 8th; thread CPU per phase; cProfile):
-at 10 steps/s the reader spent ~45% in the tick (~640 one-step folds a second, ~30 numpy
-calls each), ~40% in full snapshots (every rank's region read-outs and `Stats`, the chart's
-series), the rest in light snapshots. Changed, all with the same figures to the bit (tested
-against folds of one step at a time and one whole batch):
+- reader: each rank's region figures are read as arrays and merged across ranks column-wise
+  (no 5,120 per-rank `Stats` objects per full snapshot; a row's per-rank figures are made
+  when something reads them: the ranks panel of the selected region, the advice); the
+  chart's series keep their bucket means and redo only the buckets new steps went into;
+  whole-run p50/p95 come from a running bucket index; the straggler input rows are made
+  only for the steps since the last read; one-step folds run in plain floats; the run
+  folder is not re-parsed when its listing did not change;
+- a light snapshot (and a header redraw) only when what the header shows moved (a rank's
+  newest step, the oldest rank's step, the run's state, the run list): at 64 ranks most
+  lines are another rank's copy of a step already shown;
+- screen: titles repaint their own row, a re-sort moves tree nodes instead of rebuilding
+  the tree, a hidden chart is not drawn, one diagnosis per ranks-panel redraw, cheaper
+  header fitting; and the panels are paced by their cost: their redraw (the full snapshot
+  and the drawing) may take 4% of a core (`tui.view.pacing.PANEL_BUDGET`), so at 64 ranks
+  they come every ~1.6 s instead of every second (never less than every 3 s); small runs
+  keep once a second, the header stays live at every step.
 
-- a small batch's region values (whole-run figures, the chart's series, the ring's region
-  columns) wait in the rank until something reads them: a full snapshot, once a second,
-  folds each rank's 1-20 pending steps in one batch (`RankAgg._flush`); the header's
-  figures (step wall time, samples, memory, scalars) are still folded at once. The tick's
-  share at 10 steps/s halved in the scripted loop (8.7% -> 4.3% of a core).
-- the chart's series sums the same whatever the batches: steps before a halving are added
-  before it, and buckets are summed step after step (`np.add.reduceat` is not sequential).
-- a full snapshot reads all ranks' region columns side by side in one pass of numpy calls
-  per group of equally filled windows (`readout.read_all_stats`); the step wall time's two
-  quantiles come from one cumulative sum; ranks' `Stats` merge through `attrgetter` maps;
-  the series of a group of ranks are stacked at once; the one-step wall-time and
-  memory-trend folds run in plain floats.
-
-Net effect, in this run (load 1.1-2.9): CPU 0.92x at 2 steps/s and 0.88x at 10 steps/s
-(the reader 0.92x and 0.87x; the screen unchanged), header latency p95 at 10 steps/s 0.77x
-(201 -> 155 ms; it ranged 153-191 ms), at 2 steps/s the same (136 -> 140 ms, both under
-150); first screens unchanged (0.53 s replay, 0.88 s watch). An earlier run of this branch
-(before the batched read-outs; load 3.7-4.4) gave 0.97x / 0.91x CPU and 0.87x / 0.78x
-latency. Not met: CPU at 2 steps/s (12.1%, target 5%) and at 10 steps/s (19.5%, target
-12%), header p95 at 10 steps/s (155 ms, target 150). Main measured 12-25% here against the
-issue's 8.2% and 15.2% (2 cores shared by ~9 sessions).
-What is left, by the scripted loop at 64 x 2 steps/s (~9% of a core for the reader): a full
-snapshot is ~60 ms of CPU once a second, and it is element work now, not numpy call
-overhead: the region read-outs (~40%: the whole-run histograms' quantiles scan 64 x 40 x 322
-buckets, 3-8 ms; the ring sorts; 5,120 per-rank `Stats` objects built in Python), the chart's
-series (~20%: (64, 128, 41) arrays gathered and divided each time, though only the current
-bucket changed), the ranks' comparison and verdict (~15%). The screen is ~4-5% of a core by
-itself. Reaching 5% needs full snapshots that redo only what changed (the series' current
-bucket, per-rank `Stats` of the regions that changed, quantiles from a running bucket
-index), or rarer full snapshots at this scale; neither is done."""
+Net: CPU 0.71x at 2 steps/s and 0.73x at 10 steps/s (reader 0.66x / 0.72x, screen 0.80x);
+header p95 at 10 steps/s 162 -> 146 ms (met); at 2 steps/s it rose from 33 to 90 ms in
+this run (under 150; the earlier round measured 152 -> 132 ms: not established which side
+of the change moved it); first screens unchanged. **Not met: 10.2% at 2 steps/s (target
+5%) and 16.4% at 10 steps/s (target 12%).** Absolute shares on this VM move more between runs than the ratios: an
+earlier interleaved round the same hour (load 1.3-1.6) measured 12.0 -> 6.9% and
+19.1 -> 13.3%; this run's base read 14.4% and 22.6%. Lowering the panels' budget to 2.5%
+(panels every ~2.6 s) gave 0.92x / 0.90x more in an A/B (2 rounds) and was not kept.
+What is left (scripted loop, `benchmarks/profile_scale.py`, 64 x 2 steps/s): the reader's
+tick ~1% of a core (~60-100 us of fixed numpy work per rank per step), a full snapshot
+~40 ms (region table ~30%, ranks comparison and straggler verdict ~35%, chart series ~15%:
+each a per-rank Python loop over small arrays, 64 times), the screen's header and panel
+redraws ~2.5-3.5%. Reaching 5% needs the ranks' data in shared arrays (one numpy call
+across all ranks instead of one per rank), not done."""
 
 
 def finished_run(steps: int = 1000) -> Path:
