@@ -115,10 +115,11 @@ Net: CPU 0.71x at 2 steps/s and 0.73x at 10 steps/s (reader 0.66x / 0.72x, scree
 header p95 at 10 steps/s 162 -> 146 ms (met); at 2 steps/s it rose from 33 to 90 ms in
 this run (under 150; the earlier round measured 152 -> 132 ms: not established which side
 of the change moved it); first screens unchanged. **Not met: 10.2% at 2 steps/s (target
-5%) and 16.4% at 10 steps/s (target 12%).** Absolute shares on this VM move more between runs than the ratios: an
-earlier interleaved round the same hour (load 1.3-1.6) measured 12.0 -> 6.9% and
-19.1 -> 13.3%; this run's base read 14.4% and 22.6%. Lowering the panels' budget to 2.5%
-(panels every ~2.6 s) gave 0.92x / 0.90x more in an A/B (2 rounds) and was not kept.
+5%) and 16.4% at 10 steps/s (target 12%).** Absolute shares on this VM move more between
+runs than the ratios: an earlier interleaved round the same hour (load 1.3-1.6) measured
+12.0 -> 6.9% and 19.1 -> 13.3%; this run's base read 14.4% and 22.6%. Lowering the
+panels' budget to 2.5% (panels every ~2.6 s) gave 0.92x / 0.90x more in an A/B (2 rounds)
+and was not kept.
 What is left (scripted loop, `benchmarks/profile_scale.py`, 64 x 2 steps/s): the reader's
 tick ~1% of a core (~60-100 us of fixed numpy work per rank per step), a full snapshot
 ~40 ms (region table ~30%, ranks comparison and straggler verdict ~35%, chart series ~15%:
