@@ -71,15 +71,21 @@ class RegionStats:
         out: list[RunningStats] = []
         for name in names:
             s = stats.get(name)
-            if s is None:
-                if len(stats) >= self.max_names:
-                    self.overflowed = True
-                    name = self.OTHER
-                    s = stats.get(name)
-                if s is None:
-                    s = stats[name] = RunningStats()
-            out.append(s)
+            out.append(s if s is not None else self._missing(name))
         return out
+
+    def _missing(self, name: str) -> RunningStats:
+        """The stats a name not seen yet adds to: its own, or :attr:`OTHER`'s once
+        ``max_names`` are kept."""
+        stats = self._stats
+        if len(stats) >= self.max_names:
+            self.overflowed = True
+            name = self.OTHER
+            s = stats.get(name)
+            if s is not None:
+                return s
+        s = stats[name] = RunningStats()
+        return s
 
     @staticmethod
     def add_values(found: list[RunningStats], ms: Sequence[float], ns: Sequence[int]) -> None:
@@ -99,12 +105,7 @@ class RegionStats:
         for name, (ms, n) in regions.items():
             s = stats.get(name)
             if s is None:
-                if len(stats) >= self.max_names:
-                    self.overflowed = True
-                    name = self.OTHER
-                    s = stats.get(name)
-                if s is None:
-                    s = stats[name] = RunningStats()
+                s = self._missing(name)
             # RunningStats.add, inlined: this runs for every region of every step
             s.count += 1
             s.total += ms
