@@ -102,3 +102,8 @@ if __name__ == "__main__":
     if done.is_world_process_zero():
         with open(os.path.join(sys.argv[2], "log_history.json"), "w", encoding="utf-8") as f:
             json.dump(done.state.log_history, f)
+    # the Trainer leaves its gloo group up; torn down at interpreter exit instead, it can
+    # abort the process ("terminate called without an active exception", seen once in CI)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
