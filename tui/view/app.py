@@ -48,6 +48,16 @@ NARROW = 110  # below this the run list is hidden (n / N still switch runs)
 SHORT = 30  # below this many rows the sparkline and the chart give their room to the rest
 
 
+class Body(Vertical):
+    """The panels' area. When its height changes (a notice bar comes or goes, the terminal
+    resizes), the panels share its rows again, once that layout is known."""
+
+    def on_resize(self, _event: Any) -> None:
+        fit = getattr(self.app, "_fit_heights", None)
+        if fit is not None:
+            self.call_after_refresh(fit)
+
+
 class MonitorApp(KeyActions, App[int]):
     """``tui watch`` / ``tui replay``."""
 
@@ -121,7 +131,7 @@ class MonitorApp(KeyActions, App[int]):
             runs = RunList(id="runs")
             runs.border_title = "runs"
             yield runs
-            with Vertical(id="main"):
+            with Body(id="main"):
                 with Vertical(id="tree-box"):
                     yield TreeHeader(id="tree-header")
                     yield StageTree(id="tree")
