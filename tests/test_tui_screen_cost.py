@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
 from pathlib import Path
 
+from test_tui_app import _region_steps, wait_for
 from textual.geometry import Region
 
-from stagewatch.records import Step, encode
 from tui.fmt import literal
 from tui.source.live import LiveSource
 from tui.testing import start_line, write_run
@@ -28,27 +27,7 @@ def sync(fn):  # type: ignore[no-untyped-def]
     return run
 
 
-async def wait_for(pilot, cond: Callable[[], bool], timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    end = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < end, "timed out"
-        await pilot.pause(0.05)
-
-
-def _steps(run: Path, first: int, n: int, regions: dict[str, float]) -> None:
-    with open(run / "rank0.jsonl", "a") as f:
-        for s in range(first, first + n):
-            wall = sum(v for k, v in regions.items() if "/" not in k) * 1.01
-            f.write(
-                encode(
-                    Step(
-                        step=s,
-                        time=2_000_000_000.0 + s,
-                        wall_ms=wall,
-                        regions={k: (v, 1) for k, v in regions.items()},
-                    )
-                )
-            )
+_steps = _region_steps  # appends steps of these regions to the run's rank 0
 
 
 def _step(app: MonitorApp) -> int:
