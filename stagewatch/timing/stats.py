@@ -101,19 +101,10 @@ class RegionStats:
             s.calls += n
 
     def add_step(self, regions: dict[str, tuple[float, int]]) -> None:
-        stats = self._stats
-        for name, (ms, n) in regions.items():
-            s = stats.get(name)
-            if s is None:
-                s = self._missing(name)
-            # RunningStats.add, inlined: this runs for every region of every step
-            s.count += 1
-            s.total += ms
-            if ms < s.min:
-                s.min = ms
-            if ms > s.max:
-                s.max = ms
-            s.calls += n
+        """Fold one step's ``{name: (ms, calls)}`` (the general path; the writer's usual one
+        is :meth:`resolve` once per region set, then :meth:`add_values`)."""
+        vals = regions.values()
+        self.add_values(self.resolve(tuple(regions)), [v[0] for v in vals], [v[1] for v in vals])
 
     def get(self, name: str) -> RunningStats | None:
         return self._stats.get(name)
