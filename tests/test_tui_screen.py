@@ -203,6 +203,22 @@ async def test_screen_heights_follow_the_content(tmp_path: Path) -> None:
         assert app.query_one("#lower").outer_size.height <= lower
 
 
+@sync
+async def test_the_chart_comes_back_drawn_when_the_terminal_grows(tmp_path: Path) -> None:
+    write_run(tmp_path, "20261126-100000-grow-0001", steps=30, ranks=2)
+    app = MonitorApp(LiveSource(tmp_path, poll=True, interval=0.05))
+    async with app.run_test(size=(160, 24)) as pilot:  # short: the chart gives its room
+        await wait_for(pilot, lambda: app.world is not None and app.world.selected is not None)
+        chart = app.query_one(RegionChart)
+        await wait_for(pilot, lambda: chart.has_class("hidden"))
+        for _ in range(2):  # and again: shown, hidden, shown
+            await pilot.resize_terminal(160, 48)
+            await wait_for(pilot, lambda: not chart.has_class("hidden"))
+            await wait_for(pilot, lambda: chart.size.height > 3 and "│" in chart.content.plain)
+            await pilot.resize_terminal(160, 24)
+            await wait_for(pilot, lambda: chart.has_class("hidden"))
+
+
 # ----------------------------------------------------------------------------- keys
 
 
