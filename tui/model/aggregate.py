@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from stagewatch.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, RunStart
-from tui.model import build
+from tui.model import build, crossrank
 from tui.model.ranks import DEFAULT_WINDOW, RankAgg
 from tui.model.rankstats import compare_walls, worst_trend
 from tui.model.rows import StepBlock, StepRow
@@ -60,6 +60,8 @@ class RunAgg:
         self.compare_ranks = True  # kept for callers; the comparison is always made
         # the ranks compared (and the straggler verdict) until a rank folds new steps
         self._compared: tuple[Any, float, tuple[Any, ...]] | None = None
+        # the ranks' region arrays as rows of shared ones: folded and read in one pass
+        self._rows = crossrank.RankRows()
 
     @property
     def pending_limit(self) -> int:
@@ -160,6 +162,8 @@ class RunAgg:
             if not exact and c is not None and c[0][:2] == key[:2] and now - c[1] < COMPARE_EVERY:
                 return c[2][1], c[2][2]
             compared = self.compare()
+            if len(aggs) > 1:
+                crossrank.flush(self._rows, aggs)
             recent = build.recent_work(aggs)
             cmp = build.compare_ranks(compared, recent, self.window)
             c = self._compared = (key, now, (len(compared[0]), recent, cmp))
@@ -213,7 +217,9 @@ class RunAgg:
         """
         aggs = [self.ranks[r] for r in sorted(self.ranks)]
         regions, unaccounted = (
-            build.region_rows(aggs, with_ranks) if not light else ((), build.BLANK_UNACCOUNTED)
+            build.region_rows(aggs, with_ranks, self._rows)
+            if not light
+            else ((), build.BLANK_UNACCOUNTED)
         )
         walls = [a.wall_stats() for a in aggs]
         sps = [a.samples_per_s() for a in aggs]

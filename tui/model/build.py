@@ -17,6 +17,7 @@ from operator import attrgetter, mul
 import numpy as np
 
 from stagewatch.records import RunEnd, RunStart
+from tui.model import crossrank
 from tui.model.order import CUT, tree_rows
 from tui.model.ranks import RankAgg
 from tui.model.rankstats import WAIT_REGIONS, StragglerVerdict, judge_stragglers
@@ -161,12 +162,17 @@ def region_table(aggs: Sequence[RankAgg], names: Sequence[str]) -> np.ndarray:
 
 
 def region_rows(
-    aggs: Sequence[RankAgg], with_ranks: bool
+    aggs: Sequence[RankAgg], with_ranks: bool, rows: crossrank.RankRows | None = None
 ) -> tuple[tuple[RegionRow, ...], RegionRow]:
     """The tree's rows (each region's ranks merged) and the unaccounted row: the bulk of
     a snapshot's cost (regions × ranks). Every rank's figures are read as arrays and merged
     column-wise; a row's per-rank Stats are made when something reads them (the ranks panel
-    of the selected region, the advice), not for every region."""
+    of the selected region, the advice), not for every region. ``rows``: the ranks' arrays
+    side by side (:mod:`tui.model.crossrank`), where the read-outs are made in one pass."""
+    if rows is not None and len(aggs) > 1:
+        crossrank.flush(rows, aggs)
+        crossrank.read_fields(rows, aggs)
+        crossrank.read_unaccounted(rows, aggs)
     names: dict[str, None] = {}
     for a in aggs:
         for n in a.names:

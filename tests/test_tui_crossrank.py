@@ -1,0 +1,144 @@
+"""The ranks folded and read side by side (tui.model.crossrank) against each rank folded and
+read on its own, and against the from-scratch reference: the same figures, to the bit, over
+random live runs (ranks with other column orders, ranks joining late, a rank with more
+regions, names beyond the cap, steps a few at a time between snapshots)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stagewatch.records import Step
+from tests.test_tui_incremental import _bits, _ref_all_stats, _ref_region_rows, _ref_series_means
+from tui.model import build, crossrank, ranks
+from tui.model.aggregate import RunAgg
+from tui.source.decode import row_from_step
+
+_ARRAYS = ("n", "sum", "calls", "min", "max", "last", "last_calls", "last_seen", "hist")
+_ARRAYS += ("ring", "ring_calls", "ring_wall", "ring_step")
+
+
+def _rows_of(rng: np.random.Generator, names: list[str], first: int, k: int) -> list[Any]:
+    out = []
+    for s in range(first, first + k):
+        regs = {n: (float(rng.choice([0.0, rng.lognormal(1, 2)])), 1) for n in names}
+        if s > 1:  # the first step has every region (as a real run's): its column order
+            regs = {n: v for n, v in regs.items() if rng.random() < 0.85}
+        wall = float(rng.lognormal(4, 0.5))
+        out.append(row_from_step(Step(step=s, time=float(s), wall_ms=wall, regions=regs)))
+    return out
+
+
+def _live(seed: int, n_ranks: int, window: int, ticks: int) -> tuple[RunAgg, RunAgg]:
+    """The same random live run into two aggregates: ``a`` snapshots as ``tui watch`` does
+    (the cross-rank path), ``b`` only reads its ranks one by one."""
+    rng = np.random.default_rng(seed)
+    pool = [f"s{j}" for j in range(9)] + ["s0/a", "s0/b", "s1/x/y", "comm/exposed", "data"]
+    layouts = []
+    for r in range(n_ranks):
+        names = list(pool)
+        if rng.random() < 0.4:
+            rng.shuffle(names)  # another column order
+        if r == n_ranks - 1 and rng.random() < 0.5:
+            names += [f"extra{j}" for j in range(int(rng.integers(1, 30)))]  # more regions
+        layouts.append(names)
+    start = [int(rng.integers(0, ticks)) if rng.random() < 0.3 else 0 for _ in range(n_ranks)]
+    a, b = RunAgg("r", window=window), RunAgg("r", window=window)
+    nxt = [1] * n_ranks
+    for t in range(ticks):
+        for r in range(n_ranks):
+            if t < start[r] or rng.random() < 0.2:
+                continue
+            k = int(rng.choice([1, 1, 1, 2, 3, 9, 20]))
+            names = list(layouts[r])
+            if rng.random() < 0.1:
+                names.append(f"late{int(rng.integers(0, 3))}")
+            rows = _rows_of(rng, names, nxt[r], k)
+            nxt[r] += k
+            a.add_steps(r, rows)
+            b.add_steps(r, rows)
+        if rng.random() < 0.5:
+            a.snapshot(light=rng.random() < 0.5)
+        if rng.random() < 0.3:
+            for x in b.ranks.values():
+                x.all_stats()
+    return a, b
+
+
+def _check(a: RunAgg, b: RunAgg) -> None:
+    snap = a.snapshot()
+    aggs = [a.ranks[r] for r in sorted(a.ranks)]
+    baggs = [b.ranks[r] for r in sorted(b.ranks)]
+    assert _bits(snap.regions) == _bits(_ref_region_rows(aggs))
+    for x, y in zip(aggs, baggs, strict=True):
+        for name in _ARRAYS:
+            assert getattr(x, name).tobytes() == getattr(y, name).tobytes(), name
+        sx, sy = x.series, y.series
+        assert sx.width == sy.width
+        for name in ("sum", "cnt", "wall_sum", "wall_cnt"):
+            assert getattr(sx, name).tobytes() == getattr(sy, name).tobytes(), name
+        assert _bits(x.all_stats()) == _bits(_ref_all_stats(x)) == _bits(y.all_stats())
+        assert _bits(x.unaccounted()) == _bits(y.unaccounted())
+    _, bun = build.region_rows(baggs, with_ranks=True)
+    assert _bits(snap.unaccounted) == _bits(bun)
+    names = [x.name for x in snap.regions if not x.cut]
+    want = _ref_series_means(aggs, names)[:, : snap.series.used]
+    assert snap.series.means.tobytes() == want.tobytes()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_ranks=st.integers(2, 9),
+    window=st.integers(2, 12),
+    ticks=st.integers(1, 25),
+)
+def test_ranks_side_by_side_are_each_rank_alone(
+    seed: int, n_ranks: int, window: int, ticks: int
+) -> None:
+    a, b = _live(seed, n_ranks, window, ticks)
+    _check(a, b)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_names_beyond_the_cap(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """A rank past ``MAX_REGIONS`` names drops the rest, side by side as alone."""
+    monkeypatch.setattr(ranks, "MAX_REGIONS", 6)
+    a, b = _live(seed, 4, 5, 12)
+    assert any(x.dropped_names for x in a.ranks.values())
+    _check(a, b)
+
+
+def test_shared_rows_are_the_ranks_arrays() -> None:
+    """The ranks' arrays are views of one array per name while no rank replaces its own;
+    one that does is stacked again."""
+    a, _ = _live(7, 4, 6, 6)
+    a.snapshot()
+    aggs = [a.ranks[r] for r in sorted(a.ranks)]
+    grp = crossrank.groups_by_cap(aggs)[aggs[0].cap]
+    base = a._rows.get(grp, "sum")
+    assert all(x.__dict__["sum"].base is base for x in grp)
+    grp[0].__dict__["sum"] = grp[0].__dict__["sum"].copy()
+    again = a._rows.get(grp, "sum")
+    assert again is not base and all(x.__dict__["sum"].base is again for x in grp)
+
+
+def test_the_side_by_side_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs above go through the cross-rank fold and read-outs (not only the per-rank
+    fallbacks)."""
+    seen: dict[str, int] = {}
+    for name in ("_flush_group", "_fields_of", "_unaccounted_of", "_quantiles_of"):
+        fn = getattr(crossrank, name)
+
+        def wrap(*args: Any, _fn: Any = fn, _name: str = name) -> Any:
+            seen[_name] = seen.get(_name, 0) + 1
+            return _fn(*args)
+
+        monkeypatch.setattr(crossrank, name, wrap)
+    a, b = _live(3, 6, 8, 20)
+    _check(a, b)
+    assert set(seen) == {"_flush_group", "_fields_of", "_unaccounted_of", "_quantiles_of"}
