@@ -33,17 +33,22 @@ def _rows_of(rng: np.random.Generator, names: list[str], first: int, k: int) -> 
     return out
 
 
-def _live(seed: int, n_ranks: int, window: int, ticks: int) -> tuple[RunAgg, RunAgg]:
+def _live(
+    seed: int, n_ranks: int, window: int, ticks: int, steady: bool = False
+) -> tuple[RunAgg, RunAgg]:
     """The same random live run into two aggregates: ``a`` snapshots as ``tui watch`` does
-    (the cross-rank path), ``b`` only reads its ranks one by one."""
+    (the cross-rank path), ``b`` only reads its ranks one by one. ``steady``: one step of
+    every rank a tick, one layout (the usual live run)."""
     rng = np.random.default_rng(seed)
     pool = [f"s{j}" for j in range(9)] + ["s0/a", "s0/b", "s1/x/y", "comm/exposed", "data"]
+    pool += ["comm/launch", "comm/buffers", "data/h2d", "backward"]
+    pool += [f"backward/k{j}" for j in range(int(rng.integers(0, 12)))]
     layouts = []
     for r in range(n_ranks):
         names = list(pool)
-        if rng.random() < 0.4:
+        if rng.random() < 0.4 and not steady:
             rng.shuffle(names)  # another column order
-        if r == n_ranks - 1 and rng.random() < 0.5:
+        if r == n_ranks - 1 and rng.random() < 0.5 and not steady:
             names += [f"extra{j}" for j in range(int(rng.integers(1, 30)))]  # more regions
         layouts.append(names)
     start = [int(rng.integers(0, ticks)) if rng.random() < 0.3 else 0 for _ in range(n_ranks)]
@@ -51,11 +56,11 @@ def _live(seed: int, n_ranks: int, window: int, ticks: int) -> tuple[RunAgg, Run
     nxt = [1] * n_ranks
     for t in range(ticks):
         for r in range(n_ranks):
-            if t < start[r] or rng.random() < 0.2:
+            if not steady and (t < start[r] or rng.random() < 0.2):
                 continue
-            k = int(rng.choice([1, 1, 1, 2, 3, 9, 20]))
+            k = 1 if steady else int(rng.choice([1, 1, 1, 2, 3, 9, 20]))
             names = list(layouts[r])
-            if rng.random() < 0.1:
+            if rng.random() < 0.1 and not steady:
                 names.append(f"late{int(rng.integers(0, 3))}")
             rows = _rows_of(rng, names, nxt[r], k)
             nxt[r] += k
@@ -83,6 +88,8 @@ def _check(a: RunAgg, b: RunAgg) -> None:
             assert getattr(sx, name).tobytes() == getattr(sy, name).tobytes(), name
         assert _bits(x.all_stats()) == _bits(_ref_all_stats(x)) == _bits(y.all_stats())
         assert _bits(x.unaccounted()) == _bits(y.unaccounted())
+        assert _bits(x.recent_work()) == _bits(y.recent_work())
+        assert _bits(x.recent_work()) == _bits(x._recent_rows(x._order()))
     _, bun = build.region_rows(baggs, with_ranks=True)
     assert _bits(snap.unaccounted) == _bits(bun)
     names = [x.name for x in snap.regions if not x.cut]
@@ -96,11 +103,12 @@ def _check(a: RunAgg, b: RunAgg) -> None:
     n_ranks=st.integers(2, 9),
     window=st.integers(2, 12),
     ticks=st.integers(1, 25),
+    steady=st.booleans(),
 )
 def test_ranks_side_by_side_are_each_rank_alone(
-    seed: int, n_ranks: int, window: int, ticks: int
+    seed: int, n_ranks: int, window: int, ticks: int, steady: bool
 ) -> None:
-    a, b = _live(seed, n_ranks, window, ticks)
+    a, b = _live(seed, n_ranks, window, ticks, steady)
     _check(a, b)
 
 
@@ -127,11 +135,14 @@ def test_shared_rows_are_the_ranks_arrays() -> None:
     assert again is not base and all(x.__dict__["sum"].base is again for x in grp)
 
 
+_PATHS = ("_flush_group", "_fields_of", "_unaccounted_of", "_quantiles_of", "_recent_of")
+
+
 def test_the_side_by_side_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     """The runs above go through the cross-rank fold and read-outs (not only the per-rank
     fallbacks)."""
     seen: dict[str, int] = {}
-    for name in ("_flush_group", "_fields_of", "_unaccounted_of", "_quantiles_of"):
+    for name in _PATHS:
         fn = getattr(crossrank, name)
 
         def wrap(*args: Any, _fn: Any = fn, _name: str = name) -> Any:
@@ -141,4 +152,6 @@ def test_the_side_by_side_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.setattr(crossrank, name, wrap)
     a, b = _live(3, 6, 8, 20)
     _check(a, b)
-    assert set(seen) == {"_flush_group", "_fields_of", "_unaccounted_of", "_quantiles_of"}
+    a, b = _live(4, 6, 8, 20, steady=True)
+    _check(a, b)
+    assert set(seen) == set(_PATHS)

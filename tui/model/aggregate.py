@@ -164,6 +164,7 @@ class RunAgg:
             compared = self.compare()
             if len(aggs) > 1:
                 crossrank.flush(self._rows, aggs)
+                crossrank.read_recent(self._rows, aggs)
             recent = build.recent_work(aggs)
             cmp = build.compare_ranks(compared, recent, self.window)
             c = self._compared = (key, now, (len(compared[0]), recent, cmp))

@@ -23,7 +23,9 @@ import numpy as np
 
 from tui.model.histogram import NBUCKETS as HBUCKETS
 from tui.model.histogram import col_percentiles, hist_index
+from tui.model.phases import BUFFERS_REGION
 from tui.model.ranks import RankAgg
+from tui.model.rankstats import LAUNCH_REGION
 from tui.model.readout import _QS, _QUANTILE_STEPS, _fields, _region_arrays, _with_absent
 from tui.model.series import MAX_WIDTH
 from tui.model.series import NBUCKETS as SBUCKETS
@@ -73,6 +75,13 @@ class RankRows:
                 setattr(o, name, v)
         self._bases[key] = (rows, base)
         return base
+
+
+def _take(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Rows ``s`` of ``x``: ``x`` itself (no copy) when ``s`` is every row in order."""
+    if len(s) == len(x) and s[0] == 0 and s[-1] == len(s) - 1:
+        return x  # s is sorted and distinct
+    return x[s]
 
 
 def groups_by_cap(aggs: Sequence[RankAgg]) -> dict[int, list[RankAgg]]:
@@ -222,15 +231,15 @@ def _fold_round(
 
 # --------------------------------------------------------------------------- read-outs
 def _quantile_idx(
-    hist: np.ndarray, n: np.ndarray, qk: np.ndarray, qc: np.ndarray
+    hist: np.ndarray, s: np.ndarray, n: np.ndarray, qk: np.ndarray, qc: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``RankReadout._quantile_idx`` of several ranks side by side (hist: g × cap ×
-    buckets; n: g × cap; qk, qc: g × 2 × cap, moved in place): the buckets (g × 2 × cap)
-    and which ranks did not settle in the steps allowed (their buckets: counted again)."""
+    """``RankReadout._quantile_idx`` of the ranks at rows ``s`` of ``hist`` (ranks × cap ×
+    buckets) side by side (n: g × cap; qk, qc: g × 2 × cap, moved in place): the buckets
+    (g × 2 × cap) and which ranks did not settle in the steps allowed (to count again)."""
     t = np.maximum(1.0, np.ceil(_QS[None] * n[:, None, :]))  # g × 2 × cap
     live = (n > 0)[:, None, :]
     g, _, cap = qk.shape
-    gi = np.arange(g)[:, None, None]
+    gi = s[:, None, None]
     ci = np.arange(cap)[None, None, :]
     for _ in range(_QUANTILE_STEPS):
         hk = hist[gi, ci, qk]
@@ -255,7 +264,7 @@ def _quantiles_of(rows: RankRows, grp: list[RankAgg], sel: list[int]) -> np.ndar
     qk, qc = rows.get(grp, "_qk"), rows.get(grp, "_qc")
     s = np.asarray(sel)
     k, c = qk[s], qc[s]
-    got, moving = _quantile_idx(hist[s], n[s], k, c)
+    got, moving = _quantile_idx(hist, s, _take(n, s), k, c)
     qk[s], qc[s] = k, c
     for i in np.flatnonzero(moving).tolist():  # moved far: counted again
         a = grp[sel[i]]
@@ -296,21 +305,21 @@ def _fields_of(rows: RankRows, grp: list[RankAgg], sel: list[int], qidx: np.ndar
     g, cap, f = len(sel), grp[0].cap, grp[sel[0]].filled
     R = {name: rows.get(grp, name) for name in _RANK_ARRAYS}
     laststep = np.array([grp[i].last_step for i in sel], dtype=np.int64)
-    last = np.where(R["last_seen"][s] == laststep[:, None], R["last"][s], 0.0)
+    last = np.where(_take(R["last_seen"], s) == laststep[:, None], _take(R["last"], s), 0.0)
 
     def flat(x: np.ndarray) -> np.ndarray:  # g × f × cap -> f × (g · cap)
         return np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(x.shape[1], g * cap)
 
     inputs = (
         flat(qidx),
-        R["n"][s].reshape(-1),
-        R["sum"][s].reshape(-1),
-        R["min"][s].reshape(-1),
-        R["max"][s].reshape(-1),
-        R["calls"][s].reshape(-1),
+        _take(R["n"], s).reshape(-1),
+        _take(R["sum"], s).reshape(-1),
+        _take(R["min"], s).reshape(-1),
+        _take(R["max"], s).reshape(-1),
+        _take(R["calls"], s).reshape(-1),
         last.reshape(-1),
-        flat(R["ring"][s, :f]),
-        flat(R["ring_calls"][s, :f]),
+        flat(_take(R["ring"], s)[:, :f]),
+        flat(_take(R["ring_calls"], s)[:, :f]),
     )
     per = [(grp[i].wall_last, grp[i].wall_sum, grp[i]._wwall()) for i in sel]
     scal = [np.repeat(np.array(x, dtype=np.float64), cap) for x in zip(*per, strict=True)]
@@ -354,9 +363,9 @@ def _unaccounted_of(rows: RankRows, grp: list[RankAgg], sel: list[int], top: np.
     """:func:`read_unaccounted` of ranks of one window fill and one top-level layout."""
     s = np.asarray(sel)
     f = grp[sel[0]].filled
-    ring = rows.get(grp, "ring")[s, :f][:, :, top]  # g × f × tops
-    rwall = rows.get(grp, "ring_wall")[s, :f]
-    covered = _rowsums(rows.get(grp, "sum")[s][:, top])
+    ring = _take(rows.get(grp, "ring"), s)[:, :f][:, :, top]  # g × f × tops
+    rwall = _take(rows.get(grp, "ring_wall"), s)[:, :f]
+    covered = _rowsums(_take(rows.get(grp, "sum"), s)[:, top])
     cov = np.stack([np.nansum(x, axis=1) for x in ring])  # as each rank's (f, tops) array
     vals = np.sort(np.maximum(0.0, rwall - cov), axis=1)
     wsum = _rowsums(rwall)
@@ -365,8 +374,8 @@ def _unaccounted_of(rows: RankRows, grp: list[RankAgg], sel: list[int], top: np.
     vsum = _rowsums(vals)
     lo, hi = vals[:, 0].tolist(), vals[:, -1].tolist()
     laststep = np.array([grp[i].last_step for i in sel])
-    seen = rows.get(grp, "last_seen")[s][:, top] == laststep[:, None]
-    last_top = rows.get(grp, "last")[s][:, top]
+    seen = _take(rows.get(grp, "last_seen"), s)[:, top] == laststep[:, None]
+    last_top = _take(rows.get(grp, "last"), s)[:, top]
     for j, i in enumerate(sel):
         a = grp[i]
         ls = float(last_top[j][seen[j]].sum())
@@ -402,3 +411,83 @@ def _unaccounted_of(rows: RankRows, grp: list[RankAgg], sel: list[int], top: np.
 
 def _share(part: float, whole: float) -> float:
     return part / whole if whole > 0 else NAN
+
+
+# --------------------------------------------------------------------------- recent work
+def _recent_key(a: RankAgg, m: int) -> tuple[Any, ...]:
+    """The columns :meth:`RankReadout._recent_rows` reads (-1: none): ranks alike are made
+    together, whatever their layouts."""
+    ph, kids = a._phases()
+    get = a.cols.get
+    data = ph["data"]
+    nested = None if data is None or data.endswith("/wait") else get(data + "/h2d")
+    cols = (ph["exposed"], LAUNCH_REGION, BUFFERS_REGION, ph["sync"], data, ph["h2d"])
+    return (m, *(-1 if n is None else get(n, -1) for n in cols), nested, kids.tobytes())
+
+
+def read_recent(rows: RankRows, aggs: Sequence[RankAgg]) -> None:
+    """Every rank's ``recent_work()`` made for the steps it folded since the last read
+    (``RankReadout.recent_work``'s rows, to the bit), ranks alike side by side."""
+    for grp in groups_by_cap(aggs).values():
+        by: dict[tuple[Any, ...], list[tuple[int, np.ndarray]]] = {}
+        for i, a in enumerate(grp):
+            c = a.__dict__.get("_recent")
+            if c is None or c[0] != len(a.names):
+                continue  # a first read: the rank's own (the whole window)
+            new = a.steps - c[1]
+            o = a._order()
+            if new == 0 or new >= len(o):
+                continue
+            m = max(new, 2)
+            by.setdefault(_recent_key(a, m), []).append((i, o[len(o) - m :]))
+        for key, sel in by.items():
+            if len(sel) >= 2:
+                _recent_of(rows, grp, sel, key)
+
+
+def _recent_of(
+    rows: RankRows, grp: list[RankAgg], sel: list[tuple[int, np.ndarray]], key: tuple[Any, ...]
+) -> None:
+    """:func:`read_recent` of ranks whose rows read the same columns."""
+    s = np.array([i for i, _ in sel])[:, None]
+    o = np.stack([x for _, x in sel])  # g × m ring rows
+    ring = rows.get(grp, "ring")[s, o]  # g × m × columns
+    step = rows.get(grp, "ring_step")[s, o]
+    wall = rows.get(grp, "ring_wall")[s, o]
+    _, exposed_c, launch_c, buffers_c, sync_c, data_c, h2d_c, nested_c, kids_b = key
+    kids = np.frombuffer(kids_b, dtype=np.int64)
+
+    def col(c: int | None) -> np.ndarray | None:
+        return None if c is None or c < 0 else np.nan_to_num(ring[:, :, c])
+
+    nan, zero = np.full(o.shape, NAN), np.zeros(o.shape)
+    exposed, launch, buffers = col(exposed_c), col(launch_c), col(buffers_c)
+    launch = zero if launch is None else launch
+    wait = nan if exposed is None else np.maximum(0.0, exposed - launch)
+    if exposed is not None and buffers is not None:
+        wait = wait + buffers
+    sync = col(sync_c)
+    if sync is not None:
+        if len(kids):
+            sync = sync - np.stack([np.nansum(x[:, kids], axis=1) for x in ring])
+        sync = np.maximum(0.0, sync)
+    data, h2d, nested = col(data_c), col(h2d_c), col(nested_c)
+    if data is not None and nested is not None:
+        data = np.maximum(0.0, data - nested)
+    parts = [
+        step,
+        wall,
+        wait,
+        zero if data is None else data,
+        zero if h2d is None else h2d,
+        launch,
+        nan if sync is None else sync,
+        nan if exposed is None else exposed,
+    ]
+    lists = [p.tolist() for p in parts]
+    for j, (i, _) in enumerate(sel):
+        a = grp[i]
+        c = a.__dict__["_recent"]
+        new = a.steps - c[1]
+        more = tuple(zip(*(x[j] for x in lists), strict=True))[-new:]
+        a.__dict__["_recent"] = (len(a.names), a.steps, (c[2] + more)[-a.filled :])
