@@ -135,7 +135,7 @@ def test_shared_rows_are_the_ranks_arrays() -> None:
     assert again is not base and all(x.__dict__["sum"].base is again for x in grp)
 
 
-_PATHS = ("_flush_group", "_fields_of", "_unaccounted_of", "_quantiles_of", "_recent_of")
+_PATHS = ("_flush_group", "_fields_of", "_unaccounted_of", "_quantiles_of", "_recent_of", "_means")
 
 
 def test_the_side_by_side_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -274,5 +274,5 @@ class RunAgg:
             config=start0.config if start0 else None,
             stragglers=cmp.verdict,
             light=light,
-            series=None if light else build.region_series(aggs, regions),
+            series=None if light else build.region_series(aggs, regions, self._rows),
         )

@@ -228,9 +228,13 @@ def region_rows(
     return tuple(regions), unaccounted
 
 
-def region_series(aggs: Sequence[RankAgg], regions: Sequence[RegionRow]) -> SeriesSet:
+def region_series(
+    aggs: Sequence[RankAgg],
+    regions: Sequence[RegionRow],
+    rows: crossrank.RankRows | None = None,
+) -> SeriesSet:
     """The chart's data and the heat strips': every rank's downsampled series of the tree's
-    regions, and its last steps."""
+    regions, and its last steps (``rows``: the ranks' means made side by side)."""
     rings = []
     for a in aggs:
         o = a._order()[-RECENT:]
@@ -242,6 +246,7 @@ def region_series(aggs: Sequence[RankAgg], regions: Sequence[RegionRow]) -> Seri
         [r.name for r in regions if not r.cut],
         rings,
         WAIT_REGIONS,
+        crossrank.planes_of(rows, aggs) if rows is not None and len(aggs) > 1 else None,
     )
 
 

@@ -27,7 +27,7 @@ from tui.model.phases import BUFFERS_REGION
 from tui.model.ranks import RankAgg
 from tui.model.rankstats import LAUNCH_REGION
 from tui.model.readout import _QS, _QUANTILE_STEPS, _fields, _region_arrays, _with_absent
-from tui.model.series import MAX_WIDTH
+from tui.model.series import MAX_WIDTH, RegionSeries
 from tui.model.series import NBUCKETS as SBUCKETS
 from tui.model.snapshot import NAN, Stats
 
@@ -52,6 +52,8 @@ class RankRows:
 
     def __init__(self) -> None:
         self._bases: dict[tuple[str, int], tuple[list[np.ndarray], np.ndarray]] = {}
+        # the chart's means of a group of ranks: (their series arrays, g × buckets × planes)
+        self.planes: dict[tuple[Any, ...], tuple[list[np.ndarray], np.ndarray]] = {}
 
     def get(
         self, aggs: Sequence[RankAgg], name: str, owner: Callable[[RankAgg], Any] = _vars
@@ -491,3 +493,57 @@ def _recent_of(
         new = a.steps - c[1]
         more = tuple(zip(*(x[j] for x in lists), strict=True))[-new:]
         a.__dict__["_recent"] = (len(a.names), a.steps, (c[2] + more)[-a.filled :])
+
+
+# --------------------------------------------------------------------------- the chart
+MAX_PLANE_GROUPS = 16  # groups of ranks whose chart means are kept
+
+
+def _means(bases: list[np.ndarray], s: np.ndarray, lo: int, hi: int, gather: np.ndarray) -> Any:
+    """``RegionSeries._means_rows`` of the ranks at rows ``s`` of the shared series arrays
+    (sum, cnt, wall_sum, wall_cnt), side by side: g × (hi - lo) × planes, element by element
+    the same."""
+    ssum, scnt, wsum, wcnt = bases
+    sm_all = np.concatenate([_take(wsum, s)[:, lo:hi, None], _take(ssum, s)[:, lo:hi]], axis=2)
+    cn_all = np.concatenate([_take(wcnt, s)[:, lo:hi, None], _take(scnt, s)[:, lo:hi]], axis=2)
+    have = gather < sm_all.shape[2]
+    pick = gather[have]
+    sm = sm_all[:, :, pick].astype(np.float64)
+    cn = cn_all[:, :, pick].astype(np.float64)
+    out = np.full((len(s), hi - lo, len(gather)), np.nan, dtype=np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[:, :, have] = np.where(cn > 0, sm / np.maximum(cn, 1), np.nan)
+    return out
+
+
+def planes_of(rows: RankRows, aggs: Sequence[RankAgg]) -> Callable[[list[int], np.ndarray], Any]:
+    """``series_set``'s ``planes_of`` for ``aggs``: a group's means kept between full
+    snapshots, only the buckets steps went into since (any rank's) made again."""
+    caps = groups_by_cap(aggs)
+    slot = {id(a): i for grp in caps.values() for i, a in enumerate(grp)}
+
+    def planes(idx: list[int], gather: np.ndarray) -> Any:
+        mine = [aggs[i] for i in idx]
+        grp = caps[mine[0].cap]
+        s = np.array([slot[id(a)] for a in mine])
+        bases = [rows.get(grp, n, _series) for n in _SERIES_ARRAYS]
+        series: list[RegionSeries] = [_series(a) for a in mine]
+        lo = min(x._dirty[0] for x in series)
+        hi = max(x._dirty[1] for x in series)
+        key = (gather.tobytes(), s.tobytes(), mine[0].cap)
+        c = rows.planes.get(key)
+        if c is None or not all(map(operator.is_, c[0], bases)):
+            m = _means(bases, s, 0, SBUCKETS, gather)
+        else:
+            m = c[1]
+            if hi >= lo:
+                m[:, lo : hi + 1] = _means(bases, s, lo, hi + 1, gather)
+        if key not in rows.planes and len(rows.planes) >= MAX_PLANE_GROUPS:
+            rows.planes.clear()
+        rows.planes[key] = (bases, m)
+        for x in series:  # read here: a rank's own cache is made again if ever read alone
+            x._dirty = (SBUCKETS, -1)
+            x._planes = None
+        return m
+
+    return planes
