@@ -92,6 +92,11 @@ def _check(a: RunAgg, b: RunAgg) -> None:
         assert _bits(x.recent_work()) == _bits(x._recent_rows(x._order()))
     _, bun = build.region_rows(baggs, with_ranks=True)
     assert _bits(snap.unaccounted) == _bits(bun)
+    recent = build.recent_work(aggs)
+    tables = crossrank.recent_tables(aggs, recent)
+    assert _bits(build.compare_ranks(a.compare(), recent, a.window, tables)) == _bits(
+        build.compare_ranks(a.compare(), build.recent_work(baggs), a.window)
+    )
     names = [x.name for x in snap.regions if not x.cut]
     want = _ref_series_means(aggs, names)[:, : snap.series.used]
     assert snap.series.means.tobytes() == want.tobytes()
@@ -135,7 +140,8 @@ def test_shared_rows_are_the_ranks_arrays() -> None:
     assert again is not base and all(x.__dict__["sum"].base is again for x in grp)
 
 
-_PATHS = ("_flush_group", "_fields_of", "_unaccounted_of", "_quantiles_of", "_recent_of", "_means")
+_PATHS = ("_flush_group", "_fields_of", "_unaccounted_of", "_quantiles_of", "_recent_of")
+_PATHS += ("_means", "recent_tables")
 
 
 def test_the_side_by_side_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,4 +160,66 @@ def test_the_side_by_side_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> No
     _check(a, b)
     a, b = _live(4, 6, 8, 20, steady=True)
     _check(a, b)
+    aggs = [a.ranks[r] for r in sorted(a.ranks)]
+    assert len(crossrank.recent_tables(aggs, build.recent_work(aggs))) == len(aggs)
     assert set(seen) == set(_PATHS)
+
+
+def _ref_per_step(per_rank: dict[int, Any], window: int | None) -> Any:
+    """The per-step table rank by rank (the general path)."""
+    from tui.model.perstep import _rank_table
+
+    ranks_ = sorted(r for r, rows in per_rank.items() if len(rows))
+    if len(ranks_) < 2:
+        return None
+    tables = [_rank_table(per_rank[r]) for r in ranks_]
+    common = tables[0][0]
+    for s, _ in tables[1:]:
+        common = np.intersect1d(common, s, assume_unique=True)
+    if window:
+        common = common[-window:]
+    if not len(common):
+        return None
+    x = np.stack([v[np.searchsorted(s, common)] for s, v in tables], axis=1)
+    x[np.isinf(x)] = np.nan
+    return ranks_, common.tolist(), x
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_ranks=st.integers(2, 6), window=st.integers(0, 12))
+def test_per_step_table_of_aligned_ranks_is_the_general_one(
+    seed: int, n_ranks: int, window: int
+) -> None:
+    """The one-pass table (ranks of the same steps, as arrays or rows) is the rank-by-rank
+    one, to the bit; ranks of other steps, repeats, infinite or NaN walls take the general
+    path."""
+    from tui.model.perstep import _per_step
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 10))
+    steps = np.cumsum(rng.integers(1, 3, size=n)) + int(rng.integers(0, 50))
+    per_rank = {}
+    for r in range(n_ranks):
+        st_ = steps.copy()
+        if rng.random() < 0.15:
+            st_ = st_[int(rng.integers(0, n)) :]  # a rank with fewer steps
+        if rng.random() < 0.1 and len(st_) > 1:
+            st_[-1] = st_[-2]  # a repeated step
+        vals = rng.lognormal(2, 1, size=(len(st_), 7))
+        if rng.random() < 0.1:
+            vals[0, 0] = rng.choice([np.nan, np.inf])
+        if rng.random() < 0.2:
+            vals[-1, 3] = np.inf
+        per_rank[r] = tuple(
+            (int(s), *map(float, v)) for s, v in zip(st_.tolist(), vals, strict=True)
+        )
+    w = window or None
+    want = _ref_per_step(per_rank, w)
+    arrays = {r: np.array(rows, dtype=np.float64) for r, rows in per_rank.items() if rows}
+    for got in (_per_step(per_rank, w), _per_step(per_rank, w, arrays)):
+        if want is None:
+            assert got is None
+            continue
+        assert got is not None
+        assert got[0] == want[0] and got[1] == want[1]
+        assert got[2].tobytes() == want[2].tobytes()

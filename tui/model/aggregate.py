@@ -166,7 +166,8 @@ class RunAgg:
                 crossrank.flush(self._rows, aggs)
                 crossrank.read_recent(self._rows, aggs)
             recent = build.recent_work(aggs)
-            cmp = build.compare_ranks(compared, recent, self.window)
+            tables = crossrank.recent_tables(aggs, recent) if len(aggs) > 1 else None
+            cmp = build.compare_ranks(compared, recent, self.window, tables)
             c = self._compared = (key, now, (len(compared[0]), recent, cmp))
         self.compared_steps = c[2][0]
         return c[2][1], c[2][2]

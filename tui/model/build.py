@@ -268,10 +268,11 @@ def compare_ranks(
     walls: tuple[np.ndarray, np.ndarray, np.ndarray],
     recent: Mapping[int, Recent],
     window: int,
+    tables: Mapping[int, np.ndarray] | None = None,
 ) -> RankComparison:
     """Who is slowest: ``walls`` is :func:`~tui.model.rankstats.compare_walls` (per step:
     slowest rank, spread, excess over the median), ``recent`` each rank's recent work (one
-    entry per rank).
+    entry per rank; ``tables``: some of them as arrays already).
 
     The straggler is the verdict's (by compute: under DDP every rank's step is equally long)
     whenever one is made, that is whenever the ranks' windows share a step; else the rank
@@ -289,7 +290,7 @@ def compare_ranks(
         if len(recent) > 1 and slowest[top] >= 0.5 * len(slow):
             straggler = top
             excess = float(np.mean(ex[slow == top]))
-    verdict = judge_stragglers(recent, window=window)
+    verdict = judge_stragglers(recent, window=window, tables=tables)
     if verdict is not None:
         straggler = verdict.straggler
         excess = verdict.excess_ms if verdict.straggler is not None else NAN

@@ -487,12 +487,31 @@ def _recent_of(
         nan if exposed is None else exposed,
     ]
     lists = [p.tolist() for p in parts]
+    table = np.stack(parts, axis=-1).astype(np.float64)  # the rows as np.array makes them
     for j, (i, _) in enumerate(sel):
         a = grp[i]
-        c = a.__dict__["_recent"]
+        d = a.__dict__
+        c = d["_recent"]
         new = a.steps - c[1]
         more = tuple(zip(*(x[j] for x in lists), strict=True))[-new:]
-        a.__dict__["_recent"] = (len(a.names), a.steps, (c[2] + more)[-a.filled :])
+        rows = (c[2] + more)[-a.filled :]
+        d["_recent"] = (len(a.names), a.steps, rows)
+        arr = d.get("_recent_arr")
+        if arr is not None and arr[0] is c[2]:
+            d["_recent_arr"] = (rows, np.concatenate([arr[1], table[j, -new:]])[-a.filled :])
+        else:
+            d["_recent_arr"] = (rows, np.array(rows, dtype=np.float64))
+
+
+def recent_tables(aggs: Sequence[RankAgg], recent: Any) -> dict[int, np.ndarray]:
+    """Each rank's recent rows (``recent``: rank -> rows) as the array :func:`read_recent`
+    keeps of them, where it is of these very rows."""
+    out = {}
+    for a in aggs:
+        arr = a.__dict__.get("_recent_arr")
+        if arr is not None and arr[0] is recent.get(a.rank):
+            out[a.rank] = arr[1]
+    return out
 
 
 # --------------------------------------------------------------------------- the chart

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from tui.model.causes import CAUSE_WORDS, CAUSES, cause_of, slow_now_and_then  # noqa: F401
+from tui.model.perstep import _per_step, _rank_table  # noqa: F401
 
 # the phases live in tui/model/phases.py; re-exported here, where they were first defined
 from tui.model.phases import (  # noqa: F401
@@ -381,48 +382,6 @@ class StragglerVerdict:
         return json_tree(d)  # type: ignore[no-any-return]
 
 
-#: columns of the per-step table (after the step number): RECENT_COLUMNS
-_NCOL = len(RECENT_COLUMNS)
-
-
-def _rank_table(rows: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
-    """One rank's rows as (sorted unique steps, (steps, RECENT_COLUMNS) values): rows with
-    a finite wall only, a repeated step's later row winning, missing columns NaN."""
-    width = 1 + _NCOL
-    try:
-        a = np.array(rows, dtype=np.float64)
-    except ValueError:  # rows of different lengths
-        a = np.zeros((0, 0))
-    if a.ndim != 2 or a.shape[1] != width:
-        pad = (math.nan,) * _NCOL
-        a = np.array([(tuple(row) + pad)[:width] for row in rows], dtype=np.float64)
-    a = a[np.isfinite(a[:, 1])]
-    steps = a[:, 0].astype(np.int64)
-    uniq, first_rev = np.unique(steps[::-1], return_index=True)
-    return uniq, a[len(a) - 1 - first_rev, 1:]
-
-
-def _per_step(
-    per_rank: Mapping[int, Sequence[Sequence[float]]], window: int | None
-) -> tuple[list[int], list[int], np.ndarray] | None:
-    """(ranks, steps, (steps, ranks, columns) array of RECENT_COLUMNS, NaN where missing)
-    over the steps every rank has; None with fewer than two ranks or no common step."""
-    ranks = sorted(r for r, rows in per_rank.items() if rows)
-    if len(ranks) < 2:
-        return None
-    tables = [_rank_table(per_rank[r]) for r in ranks]
-    common = tables[0][0]
-    for st, _ in tables[1:]:
-        common = np.intersect1d(common, st, assume_unique=True)
-    if window:
-        common = common[-window:]
-    if not len(common):
-        return None
-    x = np.stack([v[np.searchsorted(st, common)] for st, v in tables], axis=1)
-    x[np.isinf(x)] = np.nan
-    return ranks, common.tolist(), x
-
-
 def _excess_over_others(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per step and rank, compute minus the median of the other ranks' compute; and per step
     the ranks from fastest to slowest (argsort)."""
@@ -504,15 +463,17 @@ def judge_stragglers(
     per_rank: Mapping[int, Sequence[Sequence[float]]],
     thresholds: StragglerLimits | None = None,
     window: int | None = None,
+    tables: Mapping[int, np.ndarray] | None = None,
 ) -> StragglerVerdict | None:
     """The straggler verdict from each rank's recent steps ``(step, *RECENT_COLUMNS)`` ms
     (the first three columns at least: wall, wait, data; a missing one is unknown).
 
     Only steps every rank has are compared (cost: ranks × steps, bounded by the window).
-    None with fewer than two ranks or no common step.
+    None with fewer than two ranks or no common step. ``tables``: a rank's rows already as
+    an array (``np.array(rows)``), where known.
     """
     t = thresholds or DEFAULT_LIMITS
-    table = _per_step(per_rank, window)
+    table = _per_step(per_rank, window, tables)
     if table is None:
         return None
     ranks, steps, x = table

@@ -159,6 +159,7 @@ _RANK_CACHES = {
     "_kids_cache",
     "_phase_cache",
     "_recent",
+    "_recent_arr",
     "_pending",
     "_prefix",
     "_qk",
