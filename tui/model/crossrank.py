@@ -99,11 +99,15 @@ def _own_fold(a: RankAgg) -> bool:
     """The rank's pending steps are folded by its own code: many of them, or a step that
     needs the chart's buckets merged."""
     p = a.__dict__["_pending"]
-    if sum(len(x[3]) for x in p) > MAX_ROUNDS:
+    n = top = 0
+    for x in p:
+        st = x[3]
+        n += len(st)
+        top = max(top, int(st[0]) if len(st) == 1 else int(st.max()))
+    if n > MAX_ROUNDS:
         return True
     s = _series(a)
-    top = max(int(x[3].max()) for x in p) - 1
-    return top // s.width >= SBUCKETS and s.width < MAX_WIDTH
+    return (top - 1) // s.width >= SBUCKETS and s.width < MAX_WIDTH
 
 
 def flush(rows: RankRows, aggs: Sequence[RankAgg]) -> None:
@@ -179,15 +183,17 @@ def _flush_group(rows: RankRows, grp: list[RankAgg], slots: list[int], mine: lis
     for k in range(len(cuts) - 1):
         sel = order[cuts[k] : cuts[k + 1]]
         if len(sel):
-            si, bi = slot[sel], bucket[sel]
-            _fold_round(R, qk, qc, qslot, si, m[sel], c[sel], steps[sel])
-            present = m[sel] == m[sel]
-            S["sum"][si, bi] += np.where(present, m[sel], 0.0)
+            si, bi, ms, cs = slot[sel], bucket[sel], m[sel], c[sel]
+            # every rank a step (the usual round; slots in order): slices, not gathers
+            ix: Any = slice(None) if len(si) == len(grp) else si
+            present = ms == ms
+            _fold_round(R, qk, qc, qslot, si, ix, ms, cs, steps[sel], present)
+            S["sum"][si, bi] += np.where(present, ms, 0.0)
             S["cnt"][si, bi] += present
             S["wall_sum"][si, bi] += walls[sel]
             S["wall_cnt"][si, bi] += 1
-            R["ring"][si, ringpos[sel]] = m[sel]
-            R["ring_calls"][si, ringpos[sel]] = c[sel]
+            R["ring"][si, ringpos[sel]] = ms
+            R["ring_calls"][si, ringpos[sel]] = cs
     lo = np.full(len(grp), SBUCKETS)
     hi = np.full(len(grp), -1)
     np.minimum.at(lo, slot, bucket)
@@ -202,22 +208,23 @@ def _fold_round(
     qc: np.ndarray | None,
     qslot: np.ndarray,
     si: np.ndarray,
+    ix: Any,
     m: np.ndarray,
     c: np.ndarray,
     steps: np.ndarray,
+    present: np.ndarray,
 ) -> None:
-    """One step of each rank at ``si`` (distinct): ``RankAgg._fold_region_row``, element
-    by element."""
-    present = m == m
-    R["n"][si] += present
-    R["sum"][si] = R["sum"][si] + np.where(present, m, 0.0)
+    """One step of each rank at ``si`` (distinct and increasing; ``ix``: the same rows as an
+    index, a slice when they are all): ``RankAgg._fold_region_row``, element by element."""
+    R["n"][ix] += present
+    R["sum"][ix] = R["sum"][ix] + np.where(present, m, 0.0)
     ci = c.astype(np.int64)
-    R["calls"][si] += ci
-    R["min"][si] = np.fmin(R["min"][si], m)
-    R["max"][si] = np.fmax(R["max"][si], m)
-    R["last"][si] = np.where(present, m, R["last"][si])
-    R["last_calls"][si] = np.where(present, ci, R["last_calls"][si])
-    R["last_seen"][si] = np.where(present, steps[:, None], R["last_seen"][si])
+    R["calls"][ix] += ci
+    R["min"][ix] = np.fmin(R["min"][ix], m)
+    R["max"][ix] = np.fmax(R["max"][ix], m)
+    R["last"][ix] = np.where(present, m, R["last"][ix])
+    R["last_calls"][ix] = np.where(present, ci, R["last_calls"][ix])
+    R["last_seen"][ix] = np.where(present, steps[:, None], R["last_seen"][ix])
     rr, cc = np.nonzero(present)
     if len(rr):
         b = hist_index(m[rr, cc])
