@@ -223,3 +223,39 @@ def test_per_step_table_of_aligned_ranks_is_the_general_one(
         assert got is not None
         assert got[0] == want[0] and got[1] == want[1]
         assert got[2].tobytes() == want[2].tobytes()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_ranks=st.integers(2, 6),
+    window=st.integers(1, 40),
+    resume=st.booleans(),
+)
+def test_rising_tails_compared_from_their_ends_are_compared_whole(
+    seed: int, n_ranks: int, window: int, resume: bool
+) -> None:
+    """Ranks compared from the last entries of their (step, wall) tails, when steps rise: the
+    same figures as the whole tails compared (long tails, ranks ahead or behind, gaps);
+    a resumed run (a step again) is compared whole."""
+    from tui.model.rankstats import compare_walls
+
+    rng = np.random.default_rng(seed)
+    agg = RunAgg("r", window=window)
+    top = int(rng.integers(1, 400))
+    for r in range(n_ranks):
+        last = top - int(rng.integers(0, 3 * window + 2)) if rng.random() < 0.3 else top
+        steps = [s for s in range(1, max(2, last)) if rng.random() < 0.97]
+        if resume and r == 0 and len(steps) > 5:
+            steps = steps + steps[-3:]
+        for i in range(0, len(steps), 50):
+            rows = [
+                row_from_step(Step(step=s, time=float(s), wall_ms=float(rng.lognormal(3, 0.2))))
+                for s in steps[i : i + 50]
+            ]
+            agg.add_steps(r, rows)
+    want = compare_walls(agg.tails, agg.world_size, agg.window)
+    got = agg.compare()
+    assert agg._all_rising() == (not (resume and len(agg.tails[0]) > 5))
+    for g, w in zip(got, want, strict=True):
+        assert g.tobytes() == w.tobytes()

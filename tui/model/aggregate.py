@@ -10,9 +10,10 @@ a cost bounded by regions × ranks × window.
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -41,6 +42,12 @@ COMPARE_EVERY = 1.0  # seconds a light snapshot may reuse the ranks' comparison
 _step_wall = itemgetter(0, 2)  # StepRow (step, time, wall, ...) -> (step, wall)
 
 
+def _rises(t: Iterable[tuple[int, float]]) -> bool:
+    """The steps of ``(step, wall)`` pairs rise strictly."""
+    steps = [x[0] for x in t]
+    return all(map(operator.lt, steps, steps[1:]))
+
+
 class RunAgg:
     """All ranks of one run: records in, :class:`RunSnapshot` out."""
 
@@ -56,6 +63,8 @@ class RunAgg:
         # rank -> its last (step, wall ms): ranks are compared per step over these when a
         # snapshot is made, so the comparison does not depend on the order ranks were read
         self.tails: dict[int, deque[tuple[int, float]]] = {}
+        # rank -> whether its tail's steps rise (compare_walls reads only their last entries)
+        self._rising: dict[int, bool] = {}
         self.compared_steps = 0
         self.compare_ranks = True  # kept for callers; the comparison is always made
         # the ranks compared (and the straggler verdict) until a rank folds new steps
@@ -101,6 +110,7 @@ class RunAgg:
         t = self.tails.get(rank)
         if t is None:
             t = self.tails[rank] = deque(maxlen=self.pending_limit)
+        self._track(rank, t, [r[0] for r in rows])
         t.extend(map(_step_wall, rows))  # (step, wall ms) of each row, in C
 
     def add_block(self, rank: int, blk: StepBlock) -> None:
@@ -112,7 +122,28 @@ class RunAgg:
         if t is None:
             t = self.tails[rank] = deque(maxlen=self.pending_limit)
         msgs = blk.msgs
-        t.extend(zip([x.step for x in msgs], [x.wall_ms for x in msgs], strict=True))
+        steps = [x.step for x in msgs]
+        self._track(rank, t, steps)
+        t.extend(zip(steps, [x.wall_ms for x in msgs], strict=True))
+
+    def _track(self, rank: int, t: deque[tuple[int, float]], steps: list[int]) -> None:
+        """Keep whether ``rank``'s tail ``t`` rises with ``steps`` appended."""
+        ok = self._rising.get(rank)
+        if ok is None:
+            ok = _rises(t)
+        if ok and steps:
+            ok = (not t or steps[0] > t[-1][0]) and all(map(operator.lt, steps, steps[1:]))
+        self._rising[rank] = ok
+
+    def _all_rising(self) -> bool:
+        """Every tail's steps rise (found once for tails set from outside: an index, absorb)."""
+        for r, t in self.tails.items():
+            ok = self._rising.get(r)
+            if ok is None:
+                ok = self._rising[r] = _rises(t)
+            if not ok:
+                return False
+        return True
 
     def drop_rank(self, rank: int) -> None:
         """Forget everything read of one rank (its file is read again)."""
@@ -120,6 +151,7 @@ class RunAgg:
         self.starts.pop(rank, None)
         self.ends.pop(rank, None)
         self.tails.pop(rank, None)
+        self._rising.pop(rank, None)
 
     def absorb(self, other: RunAgg) -> None:
         """Take the ranks another aggregate read (in another process) of the same run."""
@@ -136,6 +168,8 @@ class RunAgg:
             self.eval_step = other.eval_step
             self.evals = dict(other.evals)
         self.tails.update(other.tails)
+        for r in other.tails:
+            self._rising.pop(r, None)
 
     def compare_absorbed(self) -> None:
         """Nothing left to do (ranks are compared when a snapshot is made); kept for callers."""
@@ -144,7 +178,7 @@ class RunAgg:
         """Per step that every rank has among its last :attr:`pending_limit` steps (the last
         ``window`` such steps, oldest first): slowest rank, spread (max - min wall ms) and
         excess of the slowest over the median."""
-        return compare_walls(self.tails, self.world_size, self.window)
+        return compare_walls(self.tails, self.world_size, self.window, self._all_rising())
 
     def _compare_ranks(self, aggs: list[RankAgg], exact: bool) -> tuple[Any, build.RankComparison]:
         """Each rank's recent work and the ranks compared (the verdict included), made again

@@ -16,6 +16,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from itertools import islice
 from typing import Any, TypeVar
 
 import numpy as np
@@ -214,18 +215,47 @@ def common_steps(maps: Sequence[Mapping[int, Any]], window: int | None = None) -
     return steps[-window:] if window else steps
 
 
+_SLACK = 64  # entries past the window a rising tail is read back for the common steps
+
+
+def _recent_common(
+    tails: Mapping[int, Any], ranks: list[int], window: int
+) -> tuple[list[dict[int, float]], list[int]] | None:
+    """:func:`compare_walls`' maps and steps from the last ``window + _SLACK`` entries of
+    each tail, when every tail's steps rise (a live run's): a common step at or after the
+    oldest entry read of every rank is in what was read, so the last ``window`` such steps
+    are the whole tails' when there are that many (else None: the whole tails are read)."""
+    n = window + _SLACK
+    parts = [list(islice(reversed(tails[r]), n)) for r in ranks]  # newest first
+    if not all(parts) or all(len(p) < n for p in parts):
+        return None  # short tails: read whole
+    oldest = max(p[-1][0] for p in parts)
+    maps = [dict(reversed(p)) for p in parts]
+    common = [s for s in sorted(set(maps[0]).intersection(*maps[1:])) if s >= oldest]
+    return (maps, common[-window:]) if len(common) >= window else None
+
+
 def compare_walls(
-    tails: Mapping[int, Iterable[tuple[int, float]]], world_size: int, window: int
+    tails: Mapping[int, Iterable[tuple[int, float]]],
+    world_size: int,
+    window: int,
+    rising: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per step that every rank has among its ``(step, wall ms)`` ``tails`` (the last
     ``window`` such steps, oldest first): slowest rank, spread (max - min wall ms) and excess
-    of the slowest over the median. Empty until all ``world_size`` ranks have steps."""
+    of the slowest over the median. Empty until all ``world_size`` ranks have steps.
+    ``rising``: every tail's steps rise (deques; the same figures from their last entries:
+    a long live run's tails hold thousands, which cost ~17 ms a comparison at 64 ranks)."""
     none = np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
     if world_size < 2 or len(tails) < world_size or len(tails) < 2:
         return none
     ranks = sorted(tails)
-    maps = [dict(tails[r]) for r in ranks]  # a repeated step: the later one wins
-    steps = common_steps(maps, window)
+    got = _recent_common(tails, ranks, window) if rising and window > 0 else None
+    if got is not None:
+        maps, steps = got
+    else:
+        maps = [dict(tails[r]) for r in ranks]  # a repeated step: the later one wins
+        steps = common_steps(maps, window)
     if not steps:
         return none
     walls = np.array([[m[s] for m in maps] for s in steps])  # steps x ranks
