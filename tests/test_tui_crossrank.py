@@ -48,6 +48,8 @@ def _live(
         names = list(pool)
         if rng.random() < 0.4 and not steady:
             rng.shuffle(names)  # another column order
+        if rng.random() < 0.1 and not steady:
+            names = names[: int(rng.integers(0, 3))]  # no regions, or a few: another cap
         if r == n_ranks - 1 and rng.random() < 0.5 and not steady:
             names += [f"extra{j}" for j in range(int(rng.integers(1, 30)))]  # more regions
         layouts.append(names)
@@ -259,3 +261,19 @@ def test_rising_tails_compared_from_their_ends_are_compared_whole(
     assert agg._all_rising() == (not (resume and len(agg.tails[0]) > 5))
     for g, w in zip(got, want, strict=True):
         assert g.tobytes() == w.tobytes()
+
+
+def test_a_rank_without_regions_beside_ranks_with_them() -> None:
+    """A rank that timed no region shares its column count with ranks that did (they are
+    stacked together): read side by side as alone."""
+    rng = np.random.default_rng(5)
+    a, b = RunAgg("r", window=6), RunAgg("r", window=6)
+    for t in range(1, 12):
+        for r in range(4):
+            names = [] if r == 2 else ["x", "y", "x/z"]
+            rows = _rows_of(rng, names, t, 1)
+            a.add_steps(r, rows)
+            b.add_steps(r, rows)
+        a.snapshot(light=t % 3 == 0)
+    assert len({x.cap for x in a.ranks.values()}) == 1
+    _check(a, b)

@@ -270,11 +270,14 @@ def _quantiles_of(rows: RankRows, grp: list[RankAgg], sel: list[int]) -> np.ndar
     """The p50 and p95 buckets (len(sel) × 2 × cap) of the ranks ``grp[sel]`` (all with
     ``_qk``), their running buckets moved as :meth:`RankReadout._quantile_idx` moves them."""
     hist, n = rows.get(grp, "hist"), rows.get(grp, "n")
-    qk, qc = rows.get(grp, "_qk"), rows.get(grp, "_qc")
+    withq = [a for a in grp if "_qk" in a.__dict__]  # as the fold takes them: one stack
+    qk, qc = rows.get(withq, "_qk"), rows.get(withq, "_qc")
+    at = {id(a): j for j, a in enumerate(withq)}
     s = np.asarray(sel)
-    k, c = qk[s], qc[s]
+    q = np.array([at[id(grp[i])] for i in sel])
+    k, c = qk[q], qc[q]
     got, moving = _quantile_idx(hist, s, _take(n, s), k, c)
-    qk[s], qc[s] = k, c
+    qk[q], qc[q] = k, c
     for i in np.flatnonzero(moving).tolist():  # moved far: counted again
         a = grp[sel[i]]
         got[i] = 0
