@@ -277,3 +277,20 @@ def test_a_rank_without_regions_beside_ranks_with_them() -> None:
         a.snapshot(light=t % 3 == 0)
     assert len({x.cap for x in a.ranks.values()}) == 1
     _check(a, b)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 48])
+@pytest.mark.parametrize("cols", [1, 2, 7, 9, 40])
+def test_nan_sums_side_by_side_are_each_ranks(rows: int, cols: int) -> None:
+    """``np.nansum`` of a rank's fancy-indexed (rows, columns) block adds in an order of its
+    own (column-major; one row in pairs): the stacked sums are the same bits."""
+    rng = np.random.default_rng(rows * 100 + cols)
+    rings = rng.lognormal(1, 2, size=(5, 60, 48))
+    rings[rng.random(rings.shape) < 0.15] = np.nan
+    top = rng.choice(48, size=cols, replace=False)
+    o = rng.choice(60, size=rows, replace=False)
+    want = np.stack([np.nansum(r[:rows][:, top], axis=1) for r in rings])
+    assert crossrank._nansum_last(rings[:, :rows][:, :, top]).tobytes() == want.tobytes()
+    want = np.stack([np.nansum(r[o][:, top], axis=1) for r in rings])
+    got = crossrank._nansum_last(rings[np.arange(5)[:, None], o[None, :]][:, :, top])
+    assert got.tobytes() == want.tobytes()

@@ -365,6 +365,17 @@ def read_unaccounted(rows: RankRows, aggs: Sequence[RankAgg]) -> None:
                 _unaccounted_of(rows, grp, sel, tops[key])
 
 
+def _nansum_last(x: np.ndarray) -> np.ndarray:
+    """``np.nansum(a, axis=1)`` of each rank's (rows, columns) block ``a`` of ``x``, as the
+    rank's own code makes ``a`` (a fancy index of its columns: column-major), stacked. That
+    sum adds the columns one after another; a single row is summed as a 1-D array (in
+    pairs): the same bits here."""
+    y = np.where(x == x, x, 0.0)
+    if x.shape[1] == 1:
+        return np.array(_rowsums(y[:, 0, :]))[:, None]
+    return np.ascontiguousarray(np.moveaxis(y, 2, 0)).sum(axis=0)  # type: ignore[no-any-return]
+
+
 def _rowsums(x: np.ndarray) -> list[float]:
     """Each row's sum as the rank's own code sums its 1-D array (pairwise; a reduction along
     the last axis of a 2-D array adds in another order)."""
@@ -378,7 +389,7 @@ def _unaccounted_of(rows: RankRows, grp: list[RankAgg], sel: list[int], top: np.
     ring = _take(rows.get(grp, "ring"), s)[:, :f][:, :, top]  # g × f × tops
     rwall = _take(rows.get(grp, "ring_wall"), s)[:, :f]
     covered = _rowsums(_take(rows.get(grp, "sum"), s)[:, top])
-    cov = np.stack([np.nansum(x, axis=1) for x in ring])  # as each rank's (f, tops) array
+    cov = _nansum_last(ring)
     vals = np.sort(np.maximum(0.0, rwall - cov), axis=1)
     wsum = _rowsums(rwall)
     cnt = np.full(len(sel), f)
@@ -481,7 +492,7 @@ def _recent_of(
     sync = col(sync_c)
     if sync is not None:
         if len(kids):
-            sync = sync - np.stack([np.nansum(x[:, kids], axis=1) for x in ring])
+            sync = sync - _nansum_last(ring[:, :, kids])
         sync = np.maximum(0.0, sync)
     data, h2d, nested = col(data_c), col(h2d_c), col(nested_c)
     if data is not None and nested is not None:
