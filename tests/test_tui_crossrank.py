@@ -90,6 +90,7 @@ def _check(a: RunAgg, b: RunAgg) -> None:
             assert getattr(sx, name).tobytes() == getattr(sy, name).tobytes(), name
         assert _bits(x.all_stats()) == _bits(_ref_all_stats(x)) == _bits(y.all_stats())
         assert _bits(x.unaccounted()) == _bits(y.unaccounted())
+        assert _bits(x.wall_stats()) == _bits(y.wall_stats())
         assert _bits(x.recent_work()) == _bits(y.recent_work())
         assert _bits(x.recent_work()) == _bits(x._recent_rows(x._order()))
     _, bun = build.region_rows(baggs, with_ranks=True)
@@ -143,7 +144,7 @@ def test_shared_rows_are_the_ranks_arrays() -> None:
 
 
 _PATHS = ("_flush_group", "_fields_of", "_unaccounted_of", "_quantiles_of", "_recent_of")
-_PATHS += ("_means", "recent_tables")
+_PATHS += ("_means", "recent_tables", "_walls_of")
 
 
 def test_the_side_by_side_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -257,6 +257,8 @@ class RunAgg:
             if not light
             else ((), build.BLANK_UNACCOUNTED)
         )
+        if len(aggs) > 1:
+            crossrank.read_walls(self._rows, aggs)
         walls = [a.wall_stats() for a in aggs]
         sps = [a.samples_per_s() for a in aggs]
         sps_whole, sps_win, steps_per_s = build.throughput(sps, walls)

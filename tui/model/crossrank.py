@@ -587,3 +587,68 @@ def planes_of(rows: RankRows, aggs: Sequence[RankAgg]) -> Callable[[list[int], n
         return m
 
     return planes
+
+
+# --------------------------------------------------------------------------- step walls
+def read_walls(rows: RankRows, aggs: Sequence[RankAgg]) -> None:
+    """Every rank's ``wall_stats()`` read-out whose memo is gone, the windows of ranks
+    equally filled sorted and read side by side (the same figures)."""
+    for cap_grp in groups_by_cap(aggs).values():
+        by: dict[int, list[int]] = {}
+        for i, a in enumerate(cap_grp):
+            m = a.__dict__.get("_memo")
+            if a.steps and (m is None or "wall_stats" not in m):
+                by.setdefault(a.filled, []).append(i)
+        for f, sel in by.items():
+            if len(sel) >= 2:
+                vals = rows.get(cap_grp, "ring_wall")[np.array(sel), :f]
+                _walls_of([cap_grp[i] for i in sel], vals, f)
+
+
+def _walls_of(grp: list[RankAgg], vals: np.ndarray, f: int) -> None:
+    """:func:`read_walls` of ranks whose windows hold ``f`` steps (``vals``: their walls)."""
+    srt = np.sort(vals, axis=1)
+    p50, p95 = (_lerp(srt, q).tolist() for q in (0.50, 0.95))
+    sums = _rowsums(vals)
+    lo, hi = srt[:, 0].tolist(), srt[:, -1].tolist()
+    for j, a in enumerate(grp):
+        q50, q95 = a._wall_quantiles()
+        whole = Stats(
+            last=a.wall_last,
+            avg=a.wall_sum / a.steps,
+            min=a.wall_min,
+            max=a.wall_max,
+            p50=q50,
+            p95=q95,
+            steps=a.steps,
+            calls=a.steps,
+            share=1.0,
+            last_share=1.0,
+        )
+        ok = hi[j] == hi[j]  # np.min and np.max: NaN if any (sorted last)
+        window = Stats(
+            last=a.wall_last,
+            avg=sums[j] / f,
+            min=lo[j] if ok else NAN,
+            max=hi[j] if ok else NAN,
+            p50=p50[j],
+            p95=p95[j],
+            steps=f,
+            calls=f,
+            share=1.0,
+            last_share=1.0,
+        )
+        a.__dict__.setdefault("_memo", {})["wall_stats"] = (whole, window)
+
+
+def _lerp(srt: np.ndarray, q: float) -> np.ndarray:
+    """``readout._lerp_percentiles`` of each row of ``srt`` (rows sorted, all as long), in
+    the same arithmetic."""
+    n = srt.shape[1]
+    x = q * (n - 1)
+    i = min(int(x), n - 1)
+    t = x - i
+    a = srt[:, i]
+    b = srt[:, min(i + 1, n - 1)]
+    d = b - a
+    return b - d * (1.0 - t) if t >= 0.5 else a + d * t  # type: ignore[no-any-return]
