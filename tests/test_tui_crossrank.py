@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from stagewatch.records import Step
 from tests.test_tui_incremental import _bits, _ref_all_stats, _ref_region_rows, _ref_series_means
-from tui.model import build, crossrank, ranks
+from tui.model import build, crossrank, crossread, ranks
 from tui.model.aggregate import RunAgg
 from tui.source.decode import row_from_step
 
@@ -96,7 +96,7 @@ def _check(a: RunAgg, b: RunAgg) -> None:
     _, bun = build.region_rows(baggs, with_ranks=True)
     assert _bits(snap.unaccounted) == _bits(bun)
     recent = build.recent_work(aggs)
-    tables = crossrank.recent_tables(aggs, recent)
+    tables = crossread.recent_tables(aggs, recent)
     assert _bits(build.compare_ranks(a.compare(), recent, a.window, tables)) == _bits(
         build.compare_ranks(a.compare(), build.recent_work(baggs), a.window)
     )
@@ -152,19 +152,20 @@ def test_the_side_by_side_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> No
     fallbacks)."""
     seen: dict[str, int] = {}
     for name in _PATHS:
-        fn = getattr(crossrank, name)
+        mod = crossrank if hasattr(crossrank, name) else crossread
+        fn = getattr(mod, name)
 
         def wrap(*args: Any, _fn: Any = fn, _name: str = name) -> Any:
             seen[_name] = seen.get(_name, 0) + 1
             return _fn(*args)
 
-        monkeypatch.setattr(crossrank, name, wrap)
+        monkeypatch.setattr(mod, name, wrap)
     a, b = _live(3, 6, 8, 20)
     _check(a, b)
     a, b = _live(4, 6, 8, 20, steady=True)
     _check(a, b)
     aggs = [a.ranks[r] for r in sorted(a.ranks)]
-    assert len(crossrank.recent_tables(aggs, build.recent_work(aggs))) == len(aggs)
+    assert len(crossread.recent_tables(aggs, build.recent_work(aggs))) == len(aggs)
     assert set(seen) == set(_PATHS)
 
 

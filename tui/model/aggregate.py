@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from stagewatch.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, RunStart
-from tui.model import build, crossrank
+from tui.model import build, crossrank, crossread
 from tui.model.ranks import DEFAULT_WINDOW, RankAgg
 from tui.model.rankstats import compare_walls, worst_trend
 from tui.model.rows import StepBlock, StepRow
@@ -198,9 +198,9 @@ class RunAgg:
             compared = self.compare()
             if len(aggs) > 1:
                 crossrank.flush(self._rows, aggs)
-                crossrank.read_recent(self._rows, aggs)
+                crossread.read_recent(self._rows, aggs)
             recent = build.recent_work(aggs)
-            tables = crossrank.recent_tables(aggs, recent) if len(aggs) > 1 else None
+            tables = crossread.recent_tables(aggs, recent) if len(aggs) > 1 else None
             cmp = build.compare_ranks(compared, recent, self.window, tables)
             c = self._compared = (key, now, (len(compared[0]), recent, cmp))
         self.compared_steps = c[2][0]
@@ -258,7 +258,7 @@ class RunAgg:
             else ((), build.BLANK_UNACCOUNTED)
         )
         if len(aggs) > 1:
-            crossrank.read_walls(self._rows, aggs)
+            crossread.read_walls(self._rows, aggs)
         walls = [a.wall_stats() for a in aggs]
         sps = [a.samples_per_s() for a in aggs]
         sps_whole, sps_win, steps_per_s = build.throughput(sps, walls)

@@ -17,7 +17,7 @@ from operator import attrgetter, mul
 import numpy as np
 
 from stagewatch.records import RunEnd, RunStart
-from tui.model import crossrank
+from tui.model import crossrank, crossread
 from tui.model.order import CUT, tree_rows
 from tui.model.ranks import RankAgg
 from tui.model.rankstats import WAIT_REGIONS, StragglerVerdict, judge_stragglers
@@ -246,7 +246,7 @@ def region_series(
         [r.name for r in regions if not r.cut],
         rings,
         WAIT_REGIONS,
-        crossrank.planes_of(rows, aggs) if rows is not None and len(aggs) > 1 else None,
+        crossread.planes_of(rows, aggs) if rows is not None and len(aggs) > 1 else None,
     )
 
 
