@@ -296,3 +296,22 @@ def test_nan_sums_side_by_side_are_each_ranks(rows: int, cols: int) -> None:
     want = np.stack([np.nansum(r[o][:, top], axis=1) for r in rings])
     got = crossrank._nansum_last(rings[np.arange(5)[:, None], o[None, :]][:, :, top])
     assert got.tobytes() == want.tobytes()
+
+
+def test_recent_rows_of_a_first_single_step_are_made_again() -> None:
+    """A rank's recent rows read when its window held one step (its backward children summed
+    as a 1-D array, in pairs) are made again with the next read: the same bits as the whole
+    window made from scratch (nine children: pairwise and in-order sums differ)."""
+    from tui.model.ranks import RankAgg
+
+    kids = [f"backward/k{j}" for j in range(9)]
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        a = RankAgg(0, window=8)
+        for s in (1, 2, 3):
+            regs = {n: (float(rng.lognormal(1, 2)), 1) for n in kids}
+            regs["backward"] = (sum(v for v, _ in regs.values()) + 50.0, 1)  # its own time
+            step = Step(step=s, time=float(s), wall_ms=500.0, regions=regs)
+            a.ingest([row_from_step(step)])
+            a.recent_work()
+        assert _bits(a.recent_work()) == _bits(a._recent_rows(a._order()))

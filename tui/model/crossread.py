@@ -21,6 +21,8 @@ from tui.model.crossrank import (
     _take,
     groups_by_cap,
 )
+from tui.model.histogram import BUCKET_VALUES
+from tui.model.histogram import NBUCKETS as HBUCKETS
 from tui.model.phases import BUFFERS_REGION
 from tui.model.ranks import RankAgg
 from tui.model.rankstats import LAUNCH_REGION
@@ -48,8 +50,8 @@ def read_recent(rows: RankRows, aggs: Sequence[RankAgg]) -> None:
         by: dict[tuple[Any, ...], list[tuple[int, np.ndarray]]] = {}
         for i, a in enumerate(grp):
             c = a.__dict__.get("_recent")
-            if c is None or c[0] != len(a.names):
-                continue  # a first read: the rank's own (the whole window)
+            if c is None or c[0] != len(a.names) or len(c[2]) < 2:
+                continue  # a first read (or of one step): the rank's own, the whole window
             new = a.steps - c[1]
             o = a._order()
             if new == 0 or new >= len(o):
@@ -194,18 +196,60 @@ def read_walls(rows: RankRows, aggs: Sequence[RankAgg]) -> None:
                 by.setdefault(a.filled, []).append(i)
         for f, sel in by.items():
             if len(sel) >= 2:
-                vals = rows.get(cap_grp, "ring_wall")[np.array(sel), :f]
-                _walls_of([cap_grp[i] for i in sel], vals, f)
+                s = np.array(sel)
+                vals = rows.get(cap_grp, "ring_wall")[s, :f]
+                qs = _wall_quantiles(rows.get(cap_grp, "wall_hist"), s, cap_grp)
+                _walls_of([cap_grp[i] for i in sel], vals, f, qs)
 
 
-def _walls_of(grp: list[RankAgg], vals: np.ndarray, f: int) -> None:
-    """:func:`read_walls` of ranks whose windows hold ``f`` steps (``vals``: their walls)."""
+def _wall_quantiles(
+    hist: np.ndarray, s: np.ndarray, grp: list[RankAgg]
+) -> list[tuple[float, float]]:
+    """``RankReadout._wall_quantiles`` of the ranks ``grp[s]`` (``hist``: the group's wall
+    histograms), their running buckets moved side by side: the same buckets and figures."""
+    mine = [grp[i] for i in s.tolist()]
+    have = [j for j, a in enumerate(mine) if a.__dict__.get("_wqk") is not None]
+    out: dict[int, tuple[float, float]] = {}
+    if have:
+        h = hist[s[have]]
+        g = np.arange(len(have))[:, None]
+        k = np.array([mine[j].__dict__["_wqk"] for j in have], dtype=np.int64)
+        c = np.array([mine[j].__dict__["_wqc"] for j in have], dtype=np.int64)
+        total = np.array([mine[j].steps for j in have], dtype=np.float64)[:, None]
+        t = np.maximum(1.0, np.ceil(np.array([[0.5, 0.95]]) * total))
+        settled = False
+        for _ in range(64):
+            hk = h[g, k]
+            up = c < t
+            down = ~up & (k > 0) & (c - hk >= t)
+            if not (up.any() or down.any()):
+                settled = True
+                break
+            c = c + np.where(up, h[g, np.minimum(k + 1, HBUCKETS - 1)], 0) - np.where(down, hk, 0)
+            k = k + up - down
+        if settled:  # else moved far: counted again, rank by rank
+            for j, kk, cc in zip(have, k.tolist(), c.tolist(), strict=True):
+                a = mine[j]
+                a.__dict__["_wqk"], a.__dict__["_wqc"] = kk, cc
+                lo, hi = a.wall_min, a.wall_max
+                b50, b95 = (float(min(max(BUCKET_VALUES[x], lo), hi)) for x in kk)
+                out[j] = (b50, b95)
+    for j, a in enumerate(mine):
+        if j not in out:
+            a.__dict__.pop("_wqk", None)
+            out[j] = a._wall_quantiles()
+    return [out[j] for j in range(len(mine))]
+
+
+def _walls_of(grp: list[RankAgg], vals: np.ndarray, f: int, qs: list[tuple[float, float]]) -> None:
+    """:func:`read_walls` of ranks whose windows hold ``f`` steps (``vals``: their walls;
+    ``qs``: their whole-run p50 and p95)."""
     srt = np.sort(vals, axis=1)
     p50, p95 = (_lerp(srt, q).tolist() for q in (0.50, 0.95))
     sums = _rowsums(vals)
     lo, hi = srt[:, 0].tolist(), srt[:, -1].tolist()
     for j, a in enumerate(grp):
-        q50, q95 = a._wall_quantiles()
+        q50, q95 = qs[j]
         whole = Stats(
             last=a.wall_last,
             avg=a.wall_sum / a.steps,

@@ -524,7 +524,10 @@ class RankReadout:
         when untimed. The phases may be nested under the loop's own region (``find_phase``)."""
         c = self.__dict__.get("_recent")
         k = len(self.names)
-        new = self.steps - c[1] if c is not None and c[0] == k else self.window + 1
+        # rows made of a single step were summed as 1-D (in pairs): made again with the next
+        new = (
+            self.steps - c[1] if c is not None and c[0] == k and len(c[2]) > 1 else self.window + 1
+        )
         if new == 0:
             return c[2]
         o = self._order()
