@@ -11,6 +11,8 @@ code makes, element by element, to the bit: the fold adds the pending steps one 
 another column count are another group. Column layouts may differ between ranks (each rank
 maps names to columns in the order it saw them): the fold and these read-outs work on each
 rank's own columns, and the merge across ranks (:mod:`tui.model.build`) gathers by name.
+The other read-outs side by side (recent rows, step walls, the chart's means) are
+:mod:`tui.model.crossread`'s.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class RankRows:
         get = owner is _vars
         objs = [owner(a) for a in aggs]
         views = [o[name] for o in objs] if get else [getattr(o, name) for o in objs]
-        key = (name if get else "series." + name, views[0].shape[-1] if views[0].ndim else 0)
+        key = (name if get else "series." + name, aggs[0].cap)  # ranks are grouped by cap
         c = self._bases.get(key)
         if c is not None and len(c[0]) == len(views) and all(map(operator.is_, c[0], views)):
             return c[1]
@@ -75,6 +77,14 @@ class RankRows:
                 setattr(o, name, v)
         self._bases[key] = (rows, base)
         return base
+
+    def keep(self, caps: set[int]) -> None:
+        """Forget the stacks of column counts no rank has now (bounded memory: a run whose
+        ranks grew their columns would keep each size's copy)."""
+        for key in [k for k in self._bases if k[1] not in caps]:
+            del self._bases[key]
+        for key in [k for k in self.planes if k[2] not in caps]:
+            del self.planes[key]
 
 
 def _take(x: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -110,6 +120,7 @@ def _own_fold(a: RankAgg) -> bool:
 
 def flush(rows: RankRows, aggs: Sequence[RankAgg]) -> None:
     """Fold every rank's pending region values (``RankAgg._flush``'s figures, to the bit)."""
+    rows.keep({a.cap for a in aggs})
     todo = []
     for a in aggs:
         if a.__dict__["_pending"]:
@@ -296,9 +307,8 @@ def read_fields(rows: RankRows, aggs: Sequence[RankAgg]) -> None:
             m = a.__dict__.get("_memo")
             if len(a.names) and (m is None or "fields" not in m):
                 if "_qk" not in a.__dict__:
-                    a.fields()  # its first read: its own pass (counts the buckets)
-                else:
-                    want.append(i)
+                    a._quantile_idx(len(a.names))  # its first read: the buckets counted
+                want.append(i)
         if len(want) < 2:
             continue
         qidx = _quantiles_of(rows, grp, want)
