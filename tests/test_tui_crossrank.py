@@ -315,3 +315,21 @@ def test_recent_rows_of_a_first_single_step_are_made_again() -> None:
             a.ingest([row_from_step(step)])
             a.recent_work()
         assert _bits(a.recent_work()) == _bits(a._recent_rows(a._order()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    v=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.floats(min_value=0.0, max_value=1e8),
+        st.integers(-100, 400).map(lambda k: 10.0 ** (-3 + k / 32)),  # bucket edges
+    ),
+    nudge=st.integers(-2, 2),
+)
+def test_one_value_bucket_is_numpys(v: float, nudge: int) -> None:
+    """A live step's wall bucket in plain floats is ``hist_index``'s, edges included."""
+    from tui.model.histogram import bucket_of, hist_index
+
+    for _ in range(abs(nudge)):
+        v = float(np.nextafter(v, np.inf if nudge > 0 else -np.inf))
+    assert bucket_of(v) == int(hist_index(np.array([v]))[0])
