@@ -132,7 +132,9 @@ class RunAgg:
         if ok is None:
             ok = _rises(t)
         if ok and steps:
-            ok = (not t or steps[0] > t[-1][0]) and all(map(operator.lt, steps, steps[1:]))
+            ok = (not t or steps[0] > t[-1][0]) and (
+                len(steps) == 1 or all(map(operator.lt, steps, steps[1:]))
+            )
         self._rising[rank] = ok
 
     def _all_rising(self) -> bool:
