@@ -309,7 +309,7 @@ class RunAgg:
             started=start0.time if start0 else None,
             idle_s=idle_s,
             replay=replay,
-            mem_trend=worst_trend(a.mem_trend.facts() for a in aggs),
+            mem_trend=worst_trend(a.mem_facts() for a in aggs),
             config=start0.config if start0 else None,
             stragglers=cmp.verdict,
             light=light,

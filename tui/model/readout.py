@@ -280,6 +280,7 @@ class RankReadout:
     wall_last: float
     wall_hist: np.ndarray
     samples_total: int
+    mem_trend: Any
 
     def _order(self) -> np.ndarray:
         """Ring rows oldest first."""
@@ -578,6 +579,12 @@ class RankReadout:
                 strict=True,
             )
         )
+
+    @memo
+    def mem_facts(self) -> Any:
+        """The memory trend's facts (``MemTrend.facts``), kept until the next fold: a light
+        snapshot reads every rank's, several times a second."""
+        return self.mem_trend.facts()
 
     @memo
     def recent_walls(self) -> tuple[np.ndarray, np.ndarray]:
