@@ -10,16 +10,17 @@ a cost bounded by regions × ranks × window.
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
 from stagewatch.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, RunStart
-from tui.model import build
+from tui.model import build, crossrank, crossread
 from tui.model.ranks import DEFAULT_WINDOW, RankAgg
 from tui.model.rankstats import compare_walls, worst_trend
 from tui.model.rows import StepBlock, StepRow
@@ -41,6 +42,12 @@ COMPARE_EVERY = 1.0  # seconds a light snapshot may reuse the ranks' comparison
 _step_wall = itemgetter(0, 2)  # StepRow (step, time, wall, ...) -> (step, wall)
 
 
+def _rises(t: Iterable[tuple[int, float]]) -> bool:
+    """The steps of ``(step, wall)`` pairs rise strictly."""
+    steps = [x[0] for x in t]
+    return all(map(operator.lt, steps, steps[1:]))
+
+
 class RunAgg:
     """All ranks of one run: records in, :class:`RunSnapshot` out."""
 
@@ -56,10 +63,14 @@ class RunAgg:
         # rank -> its last (step, wall ms): ranks are compared per step over these when a
         # snapshot is made, so the comparison does not depend on the order ranks were read
         self.tails: dict[int, deque[tuple[int, float]]] = {}
+        # rank -> whether its tail's steps rise (compare_walls reads only their last entries)
+        self._rising: dict[int, bool] = {}
         self.compared_steps = 0
         self.compare_ranks = True  # kept for callers; the comparison is always made
         # the ranks compared (and the straggler verdict) until a rank folds new steps
         self._compared: tuple[Any, float, tuple[Any, ...]] | None = None
+        # the ranks' region arrays as rows of shared ones: folded and read in one pass
+        self._rows = crossrank.RankRows()
 
     @property
     def pending_limit(self) -> int:
@@ -99,6 +110,7 @@ class RunAgg:
         t = self.tails.get(rank)
         if t is None:
             t = self.tails[rank] = deque(maxlen=self.pending_limit)
+        self._track(rank, t, [r[0] for r in rows])
         t.extend(map(_step_wall, rows))  # (step, wall ms) of each row, in C
 
     def add_block(self, rank: int, blk: StepBlock) -> None:
@@ -110,7 +122,30 @@ class RunAgg:
         if t is None:
             t = self.tails[rank] = deque(maxlen=self.pending_limit)
         msgs = blk.msgs
-        t.extend(zip([x.step for x in msgs], [x.wall_ms for x in msgs], strict=True))
+        steps = [x.step for x in msgs]
+        self._track(rank, t, steps)
+        t.extend(zip(steps, [x.wall_ms for x in msgs], strict=True))
+
+    def _track(self, rank: int, t: deque[tuple[int, float]], steps: list[int]) -> None:
+        """Keep whether ``rank``'s tail ``t`` rises with ``steps`` appended."""
+        ok = self._rising.get(rank)
+        if ok is None:
+            ok = _rises(t)
+        if ok and steps:
+            ok = (not t or steps[0] > t[-1][0]) and (
+                len(steps) == 1 or all(map(operator.lt, steps, steps[1:]))
+            )
+        self._rising[rank] = ok
+
+    def _all_rising(self) -> bool:
+        """Every tail's steps rise (found once for tails set from outside: an index, absorb)."""
+        for r, t in self.tails.items():
+            ok = self._rising.get(r)
+            if ok is None:
+                ok = self._rising[r] = _rises(t)
+            if not ok:
+                return False
+        return True
 
     def drop_rank(self, rank: int) -> None:
         """Forget everything read of one rank (its file is read again)."""
@@ -118,6 +153,7 @@ class RunAgg:
         self.starts.pop(rank, None)
         self.ends.pop(rank, None)
         self.tails.pop(rank, None)
+        self._rising.pop(rank, None)
 
     def absorb(self, other: RunAgg) -> None:
         """Take the ranks another aggregate read (in another process) of the same run."""
@@ -134,6 +170,8 @@ class RunAgg:
             self.eval_step = other.eval_step
             self.evals = dict(other.evals)
         self.tails.update(other.tails)
+        for r in other.tails:
+            self._rising.pop(r, None)
 
     def compare_absorbed(self) -> None:
         """Nothing left to do (ranks are compared when a snapshot is made); kept for callers."""
@@ -142,7 +180,7 @@ class RunAgg:
         """Per step that every rank has among its last :attr:`pending_limit` steps (the last
         ``window`` such steps, oldest first): slowest rank, spread (max - min wall ms) and
         excess of the slowest over the median."""
-        return compare_walls(self.tails, self.world_size, self.window)
+        return compare_walls(self.tails, self.world_size, self.window, self._all_rising())
 
     def _compare_ranks(self, aggs: list[RankAgg], exact: bool) -> tuple[Any, build.RankComparison]:
         """Each rank's recent work and the ranks compared (the verdict included), made again
@@ -160,8 +198,12 @@ class RunAgg:
             if not exact and c is not None and c[0][:2] == key[:2] and now - c[1] < COMPARE_EVERY:
                 return c[2][1], c[2][2]
             compared = self.compare()
+            if len(aggs) > 1:
+                crossrank.flush(self._rows, aggs)
+                crossread.read_recent(self._rows, aggs)
             recent = build.recent_work(aggs)
-            cmp = build.compare_ranks(compared, recent, self.window)
+            tables = crossread.recent_tables(aggs, recent) if len(aggs) > 1 else None
+            cmp = build.compare_ranks(compared, recent, self.window, tables)
             c = self._compared = (key, now, (len(compared[0]), recent, cmp))
         self.compared_steps = c[2][0]
         return c[2][1], c[2][2]
@@ -213,8 +255,12 @@ class RunAgg:
         """
         aggs = [self.ranks[r] for r in sorted(self.ranks)]
         regions, unaccounted = (
-            build.region_rows(aggs, with_ranks) if not light else ((), build.BLANK_UNACCOUNTED)
+            build.region_rows(aggs, with_ranks, self._rows)
+            if not light
+            else ((), build.BLANK_UNACCOUNTED)
         )
+        if len(aggs) > 1:
+            crossread.read_walls(self._rows, aggs)
         walls = [a.wall_stats() for a in aggs]
         sps = [a.samples_per_s() for a in aggs]
         sps_whole, sps_win, steps_per_s = build.throughput(sps, walls)
@@ -263,9 +309,9 @@ class RunAgg:
             started=start0.time if start0 else None,
             idle_s=idle_s,
             replay=replay,
-            mem_trend=worst_trend(a.mem_trend.facts() for a in aggs),
+            mem_trend=worst_trend(a.mem_facts() for a in aggs),
             config=start0.config if start0 else None,
             stragglers=cmp.verdict,
             light=light,
-            series=None if light else build.region_series(aggs, regions),
+            series=None if light else build.region_series(aggs, regions, self._rows),
         )

@@ -17,6 +17,7 @@ from operator import attrgetter, mul
 import numpy as np
 
 from stagewatch.records import RunEnd, RunStart
+from tui.model import crossrank, crossread
 from tui.model.order import CUT, tree_rows
 from tui.model.ranks import RankAgg
 from tui.model.rankstats import WAIT_REGIONS, StragglerVerdict, judge_stragglers
@@ -161,12 +162,17 @@ def region_table(aggs: Sequence[RankAgg], names: Sequence[str]) -> np.ndarray:
 
 
 def region_rows(
-    aggs: Sequence[RankAgg], with_ranks: bool
+    aggs: Sequence[RankAgg], with_ranks: bool, rows: crossrank.RankRows | None = None
 ) -> tuple[tuple[RegionRow, ...], RegionRow]:
     """The tree's rows (each region's ranks merged) and the unaccounted row: the bulk of
     a snapshot's cost (regions × ranks). Every rank's figures are read as arrays and merged
     column-wise; a row's per-rank Stats are made when something reads them (the ranks panel
-    of the selected region, the advice), not for every region."""
+    of the selected region, the advice), not for every region. ``rows``: the ranks' arrays
+    side by side (:mod:`tui.model.crossrank`), where the read-outs are made in one pass."""
+    if rows is not None and len(aggs) > 1:
+        crossrank.flush(rows, aggs)
+        crossrank.read_fields(rows, aggs)
+        crossrank.read_unaccounted(rows, aggs)
     names: dict[str, None] = {}
     for a in aggs:
         for n in a.names:
@@ -222,9 +228,13 @@ def region_rows(
     return tuple(regions), unaccounted
 
 
-def region_series(aggs: Sequence[RankAgg], regions: Sequence[RegionRow]) -> SeriesSet:
+def region_series(
+    aggs: Sequence[RankAgg],
+    regions: Sequence[RegionRow],
+    rows: crossrank.RankRows | None = None,
+) -> SeriesSet:
     """The chart's data and the heat strips': every rank's downsampled series of the tree's
-    regions, and its last steps."""
+    regions, and its last steps (``rows``: the ranks' means made side by side)."""
     rings = []
     for a in aggs:
         o = a._order()[-RECENT:]
@@ -236,6 +246,7 @@ def region_series(aggs: Sequence[RankAgg], regions: Sequence[RegionRow]) -> Seri
         [r.name for r in regions if not r.cut],
         rings,
         WAIT_REGIONS,
+        crossread.planes_of(rows, aggs) if rows is not None and len(aggs) > 1 else None,
     )
 
 
@@ -257,10 +268,11 @@ def compare_ranks(
     walls: tuple[np.ndarray, np.ndarray, np.ndarray],
     recent: Mapping[int, Recent],
     window: int,
+    tables: Mapping[int, np.ndarray] | None = None,
 ) -> RankComparison:
     """Who is slowest: ``walls`` is :func:`~tui.model.rankstats.compare_walls` (per step:
     slowest rank, spread, excess over the median), ``recent`` each rank's recent work (one
-    entry per rank).
+    entry per rank; ``tables``: some of them as arrays already).
 
     The straggler is the verdict's (by compute: under DDP every rank's step is equally long)
     whenever one is made, that is whenever the ranks' windows share a step; else the rank
@@ -278,7 +290,7 @@ def compare_ranks(
         if len(recent) > 1 and slowest[top] >= 0.5 * len(slow):
             straggler = top
             excess = float(np.mean(ex[slow == top]))
-    verdict = judge_stragglers(recent, window=window)
+    verdict = judge_stragglers(recent, window=window, tables=tables)
     if verdict is not None:
         straggler = verdict.straggler
         excess = verdict.excess_ms if verdict.straggler is not None else NAN

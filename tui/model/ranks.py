@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tui.model.histogram import NBUCKETS, hist_index
+from tui.model.histogram import NBUCKETS, bucket_of, hist_index
 from tui.model.rankstats import MemTrend
 from tui.model.readout import RankReadout
 from tui.model.rows import LIMITS, StepBlock, StepRow
@@ -410,7 +410,7 @@ class RankAgg(RankReadout):
             self.wall_min = min(self.wall_min, w)
             self.wall_max = max(self.wall_max, w)
             self.wall_last = w
-            i = int(hist_index(walls)[0])
+            i = bucket_of(w)
             self.wall_hist[i] += 1
             qk = self.__dict__.get("_wqk")
             if qk is not None:  # the counts at or below each wall quantile's bucket
@@ -420,7 +420,7 @@ class RankAgg(RankReadout):
             return
         ws = walls.tolist()
         if b <= 16 and all(w == w for w in ws):  # a live tick's few steps: plain floats
-            self._fold_few_walls(ws, hist_index(walls).tolist())
+            self._fold_few_walls(ws, [bucket_of(w) for w in ws])
             return
         # sequential too
         self.wall_sum = float(np.cumsum(np.concatenate(([self.wall_sum], walls)))[-1])

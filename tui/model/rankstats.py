@@ -16,11 +16,13 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from itertools import islice
 from typing import Any, TypeVar
 
 import numpy as np
 
 from tui.model.causes import CAUSE_WORDS, CAUSES, cause_of, slow_now_and_then  # noqa: F401
+from tui.model.perstep import _per_step, _rank_table  # noqa: F401
 
 # the phases live in tui/model/phases.py; re-exported here, where they were first defined
 from tui.model.phases import (  # noqa: F401
@@ -213,18 +215,47 @@ def common_steps(maps: Sequence[Mapping[int, Any]], window: int | None = None) -
     return steps[-window:] if window else steps
 
 
+_SLACK = 64  # entries past the window a rising tail is read back for the common steps
+
+
+def _recent_common(
+    tails: Mapping[int, Any], ranks: list[int], window: int
+) -> tuple[list[dict[int, float]], list[int]] | None:
+    """:func:`compare_walls`' maps and steps from the last ``window + _SLACK`` entries of
+    each tail, when every tail's steps rise (a live run's): a common step at or after the
+    oldest entry read of every rank is in what was read, so the last ``window`` such steps
+    are the whole tails' when there are that many (else None: the whole tails are read)."""
+    n = window + _SLACK
+    parts = [list(islice(reversed(tails[r]), n)) for r in ranks]  # newest first
+    if not all(parts) or all(len(p) < n for p in parts):
+        return None  # short tails: read whole
+    oldest = max(p[-1][0] for p in parts)
+    maps = [dict(reversed(p)) for p in parts]
+    common = [s for s in sorted(set(maps[0]).intersection(*maps[1:])) if s >= oldest]
+    return (maps, common[-window:]) if len(common) >= window else None
+
+
 def compare_walls(
-    tails: Mapping[int, Iterable[tuple[int, float]]], world_size: int, window: int
+    tails: Mapping[int, Iterable[tuple[int, float]]],
+    world_size: int,
+    window: int,
+    rising: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per step that every rank has among its ``(step, wall ms)`` ``tails`` (the last
     ``window`` such steps, oldest first): slowest rank, spread (max - min wall ms) and excess
-    of the slowest over the median. Empty until all ``world_size`` ranks have steps."""
+    of the slowest over the median. Empty until all ``world_size`` ranks have steps.
+    ``rising``: every tail's steps rise (deques; the same figures from their last entries:
+    a long live run's tails hold thousands, which cost ~17 ms a comparison at 64 ranks)."""
     none = np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
     if world_size < 2 or len(tails) < world_size or len(tails) < 2:
         return none
     ranks = sorted(tails)
-    maps = [dict(tails[r]) for r in ranks]  # a repeated step: the later one wins
-    steps = common_steps(maps, window)
+    got = _recent_common(tails, ranks, window) if rising and window > 0 else None
+    if got is not None:
+        maps, steps = got
+    else:
+        maps = [dict(tails[r]) for r in ranks]  # a repeated step: the later one wins
+        steps = common_steps(maps, window)
     if not steps:
         return none
     walls = np.array([[m[s] for m in maps] for s in steps])  # steps x ranks
@@ -381,48 +412,6 @@ class StragglerVerdict:
         return json_tree(d)  # type: ignore[no-any-return]
 
 
-#: columns of the per-step table (after the step number): RECENT_COLUMNS
-_NCOL = len(RECENT_COLUMNS)
-
-
-def _rank_table(rows: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
-    """One rank's rows as (sorted unique steps, (steps, RECENT_COLUMNS) values): rows with
-    a finite wall only, a repeated step's later row winning, missing columns NaN."""
-    width = 1 + _NCOL
-    try:
-        a = np.array(rows, dtype=np.float64)
-    except ValueError:  # rows of different lengths
-        a = np.zeros((0, 0))
-    if a.ndim != 2 or a.shape[1] != width:
-        pad = (math.nan,) * _NCOL
-        a = np.array([(tuple(row) + pad)[:width] for row in rows], dtype=np.float64)
-    a = a[np.isfinite(a[:, 1])]
-    steps = a[:, 0].astype(np.int64)
-    uniq, first_rev = np.unique(steps[::-1], return_index=True)
-    return uniq, a[len(a) - 1 - first_rev, 1:]
-
-
-def _per_step(
-    per_rank: Mapping[int, Sequence[Sequence[float]]], window: int | None
-) -> tuple[list[int], list[int], np.ndarray] | None:
-    """(ranks, steps, (steps, ranks, columns) array of RECENT_COLUMNS, NaN where missing)
-    over the steps every rank has; None with fewer than two ranks or no common step."""
-    ranks = sorted(r for r, rows in per_rank.items() if rows)
-    if len(ranks) < 2:
-        return None
-    tables = [_rank_table(per_rank[r]) for r in ranks]
-    common = tables[0][0]
-    for st, _ in tables[1:]:
-        common = np.intersect1d(common, st, assume_unique=True)
-    if window:
-        common = common[-window:]
-    if not len(common):
-        return None
-    x = np.stack([v[np.searchsorted(st, common)] for st, v in tables], axis=1)
-    x[np.isinf(x)] = np.nan
-    return ranks, common.tolist(), x
-
-
 def _excess_over_others(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per step and rank, compute minus the median of the other ranks' compute; and per step
     the ranks from fastest to slowest (argsort)."""
@@ -504,15 +493,17 @@ def judge_stragglers(
     per_rank: Mapping[int, Sequence[Sequence[float]]],
     thresholds: StragglerLimits | None = None,
     window: int | None = None,
+    tables: Mapping[int, np.ndarray] | None = None,
 ) -> StragglerVerdict | None:
     """The straggler verdict from each rank's recent steps ``(step, *RECENT_COLUMNS)`` ms
     (the first three columns at least: wall, wait, data; a missing one is unknown).
 
     Only steps every rank has are compared (cost: ranks × steps, bounded by the window).
-    None with fewer than two ranks or no common step.
+    None with fewer than two ranks or no common step. ``tables``: a rank's rows already as
+    an array (``np.array(rows)``), where known.
     """
     t = thresholds or DEFAULT_LIMITS
-    table = _per_step(per_rank, window)
+    table = _per_step(per_rank, window, tables)
     if table is None:
         return None
     ranks, steps, x = table

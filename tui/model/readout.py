@@ -280,6 +280,7 @@ class RankReadout:
     wall_last: float
     wall_hist: np.ndarray
     samples_total: int
+    mem_trend: Any
 
     def _order(self) -> np.ndarray:
         """Ring rows oldest first."""
@@ -524,7 +525,10 @@ class RankReadout:
         when untimed. The phases may be nested under the loop's own region (``find_phase``)."""
         c = self.__dict__.get("_recent")
         k = len(self.names)
-        new = self.steps - c[1] if c is not None and c[0] == k else self.window + 1
+        # rows made of a single step were summed as 1-D (in pairs): made again with the next
+        new = (
+            self.steps - c[1] if c is not None and c[0] == k and len(c[2]) > 1 else self.window + 1
+        )
         if new == 0:
             return c[2]
         o = self._order()
@@ -575,6 +579,12 @@ class RankReadout:
                 strict=True,
             )
         )
+
+    @memo
+    def mem_facts(self) -> Any:
+        """The memory trend's facts (``MemTrend.facts``), kept until the next fold: a light
+        snapshot reads every rank's, several times a second."""
+        return self.mem_trend.facts()
 
     @memo
     def recent_walls(self) -> tuple[np.ndarray, np.ndarray]:

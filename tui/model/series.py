@@ -10,7 +10,7 @@ draws them: per rank, or the minimum, median and maximum across ranks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -293,9 +293,12 @@ def series_set(
     names: Sequence[str],
     rings: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] = (),
     waits: Sequence[str] = (),
+    planes_of: Callable[[list[int], np.ndarray], np.ndarray] | None = None,
 ) -> SeriesSet:
     """Every rank's series of ``names`` and of the step wall time, on the widest rank's width
-    (float32: a chart's precision), and (given each rank's ``rings``) its recent steps."""
+    (float32: a chart's precision), and (given each rank's ``rings``) its recent steps.
+    ``planes_of(ranks, gather)``: the ranks' :meth:`RegionSeries.planes` (of one layout, at
+    the widest width) stacked, made side by side (:mod:`tui.model.crossrank`)."""
     width = max((s.width for s in series), default=1)
     planes = {n: j + 1 for j, n in enumerate(names)}
     out = np.full((len(series), NBUCKETS, 1 + len(names)), np.nan, dtype=np.float32)
@@ -305,7 +308,10 @@ def series_set(
         gather = np.concatenate([[0], 1 + _gather(cols[idx[0]], names, ncols)])
         ss = [series[i] for i in idx]
         if w == width:  # the usual case: each rank's means as it keeps them
-            out[idx] = np.stack([s.planes(gather) for s in ss])
+            if planes_of is not None and len(idx) > 1:
+                out[idx] = planes_of(idx, gather)
+            else:
+                out[idx] = np.stack([s.planes(gather) for s in ss])
             continue
         have = gather <= ncols
         g, pick = len(idx), gather[have]

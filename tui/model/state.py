@@ -159,6 +159,7 @@ _RANK_CACHES = {
     "_kids_cache",
     "_phase_cache",
     "_recent",
+    "_recent_arr",
     "_pending",
     "_prefix",
     "_qk",
@@ -167,7 +168,7 @@ _RANK_CACHES = {
     "_wqc",
 }
 _RANK_FIELDS = set(RankAggState.__struct_fields__)
-_RUN_GIVEN = {"run_id", "path", "compared_steps", "compare_ranks", "_compared"}
+_RUN_GIVEN = {"run_id", "path", "compared_steps", "compare_ranks", "_compared", "_rows", "_rising"}
 _RUN_FIELDS = set(RunAggState.__struct_fields__)
 _TREND_FIELDS = set(MemTrendState.__struct_fields__)
 
