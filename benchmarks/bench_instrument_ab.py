@@ -1,12 +1,13 @@
 """Paired before/after of ``stagewatch.instrument`` in one process, one step at a time.
 
 ``instrument.py`` of another checkout (``--base``, e.g. a ``git worktree`` of an older
-commit) is loaded beside this tree's, with this tree's helpers (``calls``, ``modules``,
-``regions``); the training step of ``bench_instrument.py``'s small transformer then runs in
-four modes, alternating every step (ABCD DCBA ...): no timing, the timing core only
-(``forward``/``backward``/``optimizer`` regions and ``step()``, one logger), core + the
-base's ``instrument(depth)``, core + this tree's. Hooks are installed before each step and
-removed after it (outside the measured time). Figures: medians of the per-step differences
+commit) is loaded beside this tree's, with the base's own hook modules (``modules``,
+``calls``, ``probe``) and this tree's timing core (``regions``, the logger); the training
+step of ``bench_instrument.py``'s small transformer then runs in four modes, alternating
+every step (ABCD DCBA ...): no timing, the timing core only (``forward``/``backward``/
+``optimizer`` regions and ``step()``, one logger), core + the base's ``instrument(depth)``,
+core + this tree's. Hooks are installed before each step and removed after it (outside the
+measured time). Figures: medians of the per-step differences
 of the training thread's CPU time (``time.thread_time``) between neighbouring steps, which
 cancels the slow drift of a shared machine's load better than blocks of steps do.
 
@@ -41,15 +42,38 @@ import stagewatch.timing.instrument as this_tree
 MODES = ("none", "core", "base", "this")
 
 
+# the modules of instrument's hooks, loaded from the base in import order
+HOOK_MODULES = ("modules", "calls", "probe", "instrument")
+
+
 def load_base(checkout: Path) -> Any:
-    path = checkout / "stagewatch" / "timing" / "instrument.py"
-    if not path.is_file():
-        raise SystemExit(f"bench_instrument_ab: {path}: no such file (--base is a checkout)")
-    spec = importlib.util.spec_from_file_location("stagewatch.timing._instrument_base", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    """The base checkout's ``instrument`` with the base's own hook modules (``calls``,
+    ``modules``, ``probe`` where it has them), loaded beside this tree's: each is put in
+    ``sys.modules`` under its real name while the next one imports it, then this tree's
+    modules are put back. The timing core (``regions``, the logger) is this tree's."""
+    timing = checkout / "stagewatch" / "timing"
+    if not (timing / "instrument.py").is_file():
+        raise SystemExit(
+            f"bench_instrument_ab: {timing}/instrument.py: no such file (--base is a checkout)"
+        )
+    saved = {n: sys.modules.get(f"stagewatch.timing.{n}") for n in HOOK_MODULES}
+    mod = None
+    try:
+        for n in HOOK_MODULES:
+            path = timing / f"{n}.py"
+            if not path.is_file():
+                continue
+            name = f"stagewatch.timing.{n}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec is not None and spec.loader is not None
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+            sys.modules[f"stagewatch.timing._base_{n}"] = mod
+    finally:
+        for n, m in saved.items():
+            if m is not None:
+                sys.modules[f"stagewatch.timing.{n}"] = m
     return mod
 
 

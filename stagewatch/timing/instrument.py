@@ -103,6 +103,7 @@ class _GlobalKey:
 class _Stack(threading.local):
     def __init__(self) -> None:
         self.frames: list[Frame] = []
+        self.open: list[Any] | None = None  # the logger's region stack on this thread
         torch = sys.modules.get("torch")  # per thread: on_node()'s proxy tensor
         self.proxy = torch.empty(0) if torch is not None else None
         # the last module output hooked (its node's sequence number) and its hooks' dict

@@ -37,12 +37,31 @@ def on_node(proxy: Any, node: Any, fn: Any) -> None:
 
 class Frame(CpuRegion):
     """One forward call on the hooks' stack; on a CPU logger also its own ``forward/``
-    region (a :class:`CpuRegion` entered inline: no region object and method calls)."""
+    region (a :class:`CpuRegion` entered inline: no region object and method calls).
+    ``region``: None (a re-entered call: no region), :data:`INLINE` (the frame is its own
+    region) or the logger's region object."""
 
     __slots__ = ("base", "call", "probe", "region")
 
 
+# A frame that is its own region says so with this, not with a reference to itself: that
+# was a reference cycle per module call, freed only by the garbage collector (two objects
+# per timed module per step, a gen-0 collection every ~20 steps of the benchmark's model)
+INLINE = True
+
+
 new_frame = object.__new__
+
+
+def thread_stack(lg: Any) -> list[Any]:
+    """The region stack of ``lg`` on this thread (made if none): one list per thread for
+    the logger's life, so the hooks keep it in their own per-thread state."""
+    tls = lg._tls
+    try:
+        return tls.stack
+    except AttributeError:
+        tls.stack = []
+        return tls.stack
 
 
 class Probe:
@@ -96,11 +115,9 @@ class Probe:
                 frame.base, frame.call, frame.region = f.base, None, None
                 stack.append(frame)
                 return None
-        tls = lg._tls
-        try:
-            open_ = tls.stack
-        except AttributeError:
-            open_ = tls.stack = []
+        open_ = tls_.open  # the logger's region stack of this thread, looked up once
+        if open_ is None:
+            open_ = tls_.open = thread_stack(lg)
         base = stack[-1].base if stack else (open_[-1]._full if open_ else "forward")
         full = self.names.get(base)
         if full is None:
@@ -115,7 +132,7 @@ class Probe:
             frame.call = None
         stack.append(frame)
         if inst.cpu:  # CpuRegion.__enter__ inlined, on the frame itself
-            frame.region = frame
+            frame.region = INLINE
             frame._lg = lg
             frame._full = full
             frame._stack = open_
@@ -132,7 +149,8 @@ class Probe:
             return
         if inst.dynamo() or inst.compiler._is_compiling_flag or inst.graph_task() != -1:
             return
-        stack = inst._tls.frames
+        tls = inst._tls
+        stack = tls.frames
         if stack and stack[-1].probe is self:
             frame = stack.pop()
         else:
@@ -142,7 +160,7 @@ class Probe:
         region = frame.region
         if region is None:
             return
-        open_ = frame._stack if region is frame else None
+        open_ = frame._stack if region is INLINE else None
         if open_ and open_[-1] is frame:  # CPU: CpuRegion.__exit__ inlined
             ms = (regions._perf() - frame._t0) * 1000.0
             open_.pop()
@@ -159,6 +177,8 @@ class Probe:
                     acc[1] += 1
             finally:
                 lock.release()
+        elif region is INLINE:
+            CpuRegion.__exit__(frame, None, None, None)
         else:
             region.__exit__(None, None, None)
         call = frame.call
@@ -169,7 +189,6 @@ class Probe:
         if type(out) is inst.tensor:  # the common case, without output_nodes()
             node = out.grad_fn
             if node is not None:
-                tls = inst._tls
                 proxy = tls.proxy  # on_node() inlined
                 tls.last_hooks = proxy._backward_hooks = {0: call.start}
                 node._register_hook_dict(proxy)
@@ -179,7 +198,7 @@ class Probe:
                 else:
                     self.pending.append(call)
                 return
-        self._hook_outputs(call, output_nodes(out, inst.torch), inst._tls.proxy)
+        self._hook_outputs(call, output_nodes(out, inst.torch), tls.proxy)
 
     def _pop_inner(self, stack: list[Frame]) -> Frame | None:
         """This module's frame below the top of the stack (a frame above it was left open by
@@ -334,9 +353,14 @@ class Probe:
     def _hook_params(self) -> None:
         """Post-accumulate hooks on the trainable parameters (re-made when parameters are
         frozen or unfrozen: a hook cannot go on a tensor that needs no gradient)."""
+        hooked = self.hooked
+        if len(hooked) == len(self.params):  # unchanged (the common case): no tuple made
+            for p, on in zip(self.params, hooked, strict=True):
+                if p.requires_grad is not on:
+                    break
+            else:
+                return
         want = tuple(p.requires_grad for p in self.params)
-        if want == self.hooked:
-            return
         self.trainable = sum(want)
         for h in self.param_hooks:
             h.remove()
