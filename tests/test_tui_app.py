@@ -76,12 +76,12 @@ async def test_watch_updates_in_place_pause_filter_and_runs(tmp_path: Path) -> N
         tree = app.query_one(StageTree)
         rebuilds = tree.rebuilds
         node_ids = {n: id(node) for n, node in tree.nodes_by_name.items()}
-        label_before = str(tree.nodes_by_name["backward"].label)
+        label_before = str(tree.label_of("backward"))  # labels are made when drawn
         _append(run, 6, 5)
         await wait_for(pilot, lambda: _step_of(app) == 10)
         assert tree.rebuilds == rebuilds  # values changed, shape did not: labels updated in place
         assert {n: id(node) for n, node in tree.nodes_by_name.items()} == node_ids
-        assert str(tree.nodes_by_name["backward"].label) != label_before
+        assert str(tree.label_of("backward")) != label_before
 
         await pilot.press("p")  # pause: the screen holds, reading goes on
         assert app.paused
