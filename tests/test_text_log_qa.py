@@ -391,7 +391,7 @@ def test_the_screen_does_not_claim_nothing_is_unaccounted_in_a_text_log(tmp_path
                 node = tree.nodes_by_name.get("(unaccounted)")
                 if node is not None and app.world is not None and app.world.selected.step == 40:
                     break
-            label = str(app.query_one(StageTree).nodes_by_name["(unaccounted)"].label)
+            label = str(app.query_one(StageTree).label_of("(unaccounted)"))
             assert "0.0%" not in label and "—" in label, label
 
     asyncio.run(go())

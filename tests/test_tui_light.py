@@ -192,7 +192,7 @@ def test_the_panels_draw_only_full_snapshots_and_a_key_asks_for_one(tmp_path: Pa
             app.post_message(SnapshotReady(full0))
             await pilot.pause()
             assert app.world is full0 and app.latest_full is full0
-            label0 = str(tree.nodes_by_name["backward"].label)
+            label0 = str(tree.label_of("backward"))
             renders = app.panel_renders
             light1 = pairs[1][0]
             assert light1.light
@@ -202,7 +202,7 @@ def test_the_panels_draw_only_full_snapshots_and_a_key_asks_for_one(tmp_path: Pa
             assert "step 7/100" in header.content.plain
             app._flush_panels()  # the gap ends: there is no newer full one to draw
             await pilot.pause()
-            assert app.world is full0 and str(tree.nodes_by_name["backward"].label) == label0
+            assert app.world is full0 and str(tree.label_of("backward")) == label0
             full1 = pairs[1][1]
             app.post_message(SnapshotReady(full1))  # a full one within the gap: at its end
             await pilot.pause()
@@ -210,7 +210,7 @@ def test_the_panels_draw_only_full_snapshots_and_a_key_asks_for_one(tmp_path: Pa
             app._flush_panels()
             await pilot.pause()
             assert app.world is full1 and app.panel_renders == renders + 1
-            assert str(tree.nodes_by_name["backward"].label) != label0
+            assert str(tree.label_of("backward")) != label0
             # a key that redraws the panels while the header is ahead asks for a full one,
             # and the full one answering it is drawn at once
             app.post_message(SnapshotReady(pairs[2][0]))
