@@ -89,43 +89,35 @@ FIGURES = (
     ("the same: `tui watch`", "watchfirst", "first_screen_s", "s", 1.0),
 )
 KINDS = ("watch2", "watch10", "replay", "watchfirst")
-NOTES = """"Before" is the state at the start of this round of work (57a850b); "after" adds,
-all with the same figures to the bit where the code is deterministic
-(tests/test_tui_incremental.py compares each against a from-scratch computation with
-hypothesis; the SVG snapshots are unchanged):
+NOTES = """"Before" is the state at the start of this round (8840455); "after" adds the
+ranks side by side (`tui/model/crossrank.py`, `crossread.py`, `perstep.py`: the ranks'
+region arrays are rows of shared arrays, the pending steps of all ranks fold together and
+the region table, quantile buckets, unaccounted row, step walls, straggler rows and chart
+means are each made in one pass for all ranks; same figures to the bit,
+tests/test_tui_crossrank.py), `compare_walls` reading only the ends of rising step tails
+(17 -> 1.4 ms a comparison after ~7 minutes at 10 steps/s), a live step's wall bucket in
+plain floats. The scripted reader (`benchmarks/profile_scale.py`, deterministic work, no
+screen) measures the gain: a full snapshot at 64 ranks x 40 regions ~31-33 -> ~15 ms, the
+reader 0.63x at 2 steps/s and 0.67x at 10 (section "the ranks side by side" below).
 
-- reader: each rank's region figures are read as arrays and merged across ranks column-wise
-  (no 5,120 per-rank `Stats` objects per full snapshot; a row's per-rank figures are made
-  when something reads them: the ranks panel of the selected region, the advice); the
-  chart's series keep their bucket means and redo only the buckets new steps went into;
-  whole-run p50/p95 come from a running bucket index; the straggler input rows are made
-  only for the steps since the last read; one-step folds run in plain floats; the run
-  folder is not re-parsed when its listing did not change;
-- a light snapshot (and a header redraw) only when what the header shows moved (a rank's
-  newest step, the oldest rank's step, the run's state, the run list): at 64 ranks most
-  lines are another rank's copy of a step already shown;
-- screen: titles repaint their own row, a re-sort moves tree nodes instead of rebuilding
-  the tree, a hidden chart is not drawn, one diagnosis per ranks-panel redraw, cheaper
-  header fitting; and the panels are paced by their cost: their redraw (the full snapshot
-  and the drawing) may take 4% of a core (`tui.view.pacing.PANEL_BUDGET`), so at 64 ranks
-  they come every ~1.6 s instead of every second (never less than every 3 s); small runs
-  keep once a second, the header stays live at every step.
-
-Net: CPU 0.71x at 2 steps/s and 0.73x at 10 steps/s (reader 0.66x / 0.72x, screen 0.80x);
-header p95 at 10 steps/s 162 -> 146 ms (met); at 2 steps/s it rose from 33 to 90 ms in
-this run (under 150; the earlier round measured 152 -> 132 ms: not established which side
-of the change moved it); first screens unchanged. **Not met: 10.2% at 2 steps/s (target
-5%) and 16.4% at 10 steps/s (target 12%).** Absolute shares on this VM move more between
-runs than the ratios: an earlier interleaved round the same hour (load 1.3-1.6) measured
-12.0 -> 6.9% and 19.1 -> 13.3%; this run's base read 14.4% and 22.6%. Lowering the
-panels' budget to 2.5% (panels every ~2.6 s) gave 0.92x / 0.90x more in an A/B (2 rounds)
-and was not kept.
-What is left (scripted loop, `benchmarks/profile_scale.py`, 64 x 2 steps/s): the reader's
-tick ~1% of a core (~60-100 us of fixed numpy work per rank per step), a full snapshot
-~40 ms (region table ~30%, ranks comparison and straggler verdict ~35%, chart series ~15%:
-each a per-rank Python loop over small arrays, 64 times), the screen's header and panel
-redraws ~2.5-3.5%. Reaching 5% needs the ranks' data in shared arrays (one numpy call
-across all ranks instead of one per rank), not done."""
+**The whole monitor did not get measurably cheaper: not met, 8.4% at 2 steps/s (target 5%)
+and 14.8% at 10 steps/s (target 12%).** Rounds of the same side differ by up to 1.8x on
+this VM (round 0 read 12.9 and 12.6% at 2 steps/s, rounds 1-2 6.8-8.4%), more than the
+change. The screen's share rose (2.9 -> 3.9%, 3.8 -> 4.8%) because the panels are paced by
+their cost (`tui.view.pacing.PANEL_BUDGET`, 4% of a core): the cheaper full snapshot buys
+panel redraws ~0.85-0.95 a second instead of ~0.5-0.85. An A/B of the budget in the same
+hour (4% vs 2.5%, 3 rounds each, the same tree) halved the panel redraws (0.84-0.95 -> 0.42-0.63
+a second) and did not move the whole monitor beyond the noise either (2 steps/s medians 8.0
+vs 8.9%, 10 steps/s 13.4 vs 14.5%): at 64 ranks the cost is the work of every step, not
+the panels. Where it goes (real `tui watch`, 64 x 2 steps/s, thread CPU, load 0.3): the
+reader's tick ~2.5% (~7 ticks a second: in a hot spell the watcher wakes it every 1/8 s;
+one rank's line costs ~40 us scripted, about twice that beside the screen's thread), the
+snapshots it posts ~3.7% (a full one ~35 ms beside the screen's thread, ~15 ms scripted; a
+light one ~3 ms), the screen ~4% (Textual composing the header 2-3 times a second and the
+panels once, ~1.5-2 ms and ~15 ms a frame). Skipping the open/read of files whose stat did
+not change was tried (one syscall instead of five per unchanged file) and measured nothing
+(the ticks mostly find new lines): not kept. Header latency p95 and the first screens met.
+The previous round's figures (57a850b -> 8840455: 0.71x / 0.73x) are in git history."""
 
 
 def finished_run(steps: int = 1000) -> Path:

@@ -35,7 +35,7 @@ WATCH_PANELS_PER_S = 1.0
 # ``tui watch``: the share of a core the panels' redraws may take, the screen's drawing and the
 # reader's full snapshot they draw together; a costlier redraw comes less often than once a
 # second. Small runs stay at once a second (~25 ms of drawing + a few ms of snapshot); at 64
-# ranks a full snapshot costs the reader ~60 ms, and the panels come every ~2 s.
+# ranks a full snapshot costs the reader ~15-35 ms, and the panels come every ~1-1.5 s.
 PANEL_BUDGET = 0.04
 MAX_GAP = 3.0  # seconds between panel redraws at most, whatever they cost
 COSTS_KEPT = 5  # the gap follows the median of the last few redraws' costs (a layout or a
