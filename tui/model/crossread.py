@@ -249,19 +249,7 @@ def _walls_of(grp: list[RankAgg], vals: np.ndarray, f: int, qs: list[tuple[float
     sums = _rowsums(vals)
     lo, hi = srt[:, 0].tolist(), srt[:, -1].tolist()
     for j, a in enumerate(grp):
-        q50, q95 = qs[j]
-        whole = Stats(
-            last=a.wall_last,
-            avg=a.wall_sum / a.steps,
-            min=a.wall_min,
-            max=a.wall_max,
-            p50=q50,
-            p95=q95,
-            steps=a.steps,
-            calls=a.steps,
-            share=1.0,
-            last_share=1.0,
-        )
+        whole = a.wall_whole(*qs[j])
         ok = hi[j] == hi[j]  # np.min and np.max: NaN if any (sorted last)
         window = Stats(
             last=a.wall_last,

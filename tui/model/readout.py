@@ -370,24 +370,27 @@ class RankReadout:
             self.ring_calls[: self.filled, :k],
         )
 
-    @memo
-    def wall_stats(self) -> StatsPair:
-        """(whole run, window) statistics of the step wall time."""
-        if self.steps == 0:
-            return EMPTY, EMPTY
-        q50, q95 = self._wall_quantiles()
-        whole = Stats(
+    def wall_whole(self, p50: float, p95: float) -> Stats:
+        """The whole run's step wall time statistics, given its quantiles (steps > 0)."""
+        return Stats(
             last=self.wall_last,
             avg=self.wall_sum / self.steps,
             min=self.wall_min,
             max=self.wall_max,
-            p50=q50,
-            p95=q95,
+            p50=p50,
+            p95=p95,
             steps=self.steps,
             calls=self.steps,
             share=1.0,
             last_share=1.0,
         )
+
+    @memo
+    def wall_stats(self) -> StatsPair:
+        """(whole run, window) statistics of the step wall time."""
+        if self.steps == 0:
+            return EMPTY, EMPTY
+        whole = self.wall_whole(*self._wall_quantiles())
         vals = self.ring_wall[: self.filled]
         srt = np.sort(vals)
         p50, p95 = _lerp_percentiles(srt, 0.50, 0.95)
