@@ -177,6 +177,44 @@ class Bench:
         self.loggers = {}
 
 
+def paired_setup(
+    batch: int, seq: int, tmp: str, width: int, run_name: str
+) -> tuple[Bench, stagewatch.TimingLogger]:
+    """The paired benchmarks' model, warmed up (one torch thread), and their one logger
+    (capture off: a captured step runs under ``torch.profiler``)."""
+    torch.set_num_threads(1)
+    b = Bench(batch, seq, tmp, width=width)
+    for _ in range(5):
+        b.plain_step()
+    log = stagewatch.TimingLogger(
+        tmp, enable_console=False, run_name=run_name, handle_sigterm=False, capture=False
+    )
+    return b, log
+
+
+def median_diff_ms(a: list[float], b: list[float]) -> float:
+    """Median of the paired differences ``a - b`` (seconds), in ms."""
+    return statistics.median(x - y for x, y in zip(a, b, strict=True)) * 1e3
+
+
+def paired_args(ap: argparse.ArgumentParser, pairs: int) -> None:
+    """The paired benchmarks' shared options."""
+    ap.add_argument("--pairs", type=int, default=pairs, help=f"steps per mode (default {pairs})")
+    ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=48)
+    ap.add_argument("--width", type=int, default=128)
+
+
+def paired_header(args: argparse.Namespace, r: dict[str, Any]) -> str:
+    """The first line of a paired benchmark's output."""
+    return (
+        f"width {args.width}, batch {args.batch} x {args.seq}, depth {args.depth}, "
+        f"{args.pairs} steps per mode; no timing {r['none_ms']:.2f} ms thread CPU; "
+        f"load {r['load'][0]:.1f} -> {r['load'][1]:.1f}"
+    )
+
+
 def measure(
     rounds: int, block: int, batch: int, seq: int, device: str = "cpu", width: int = 128
 ) -> dict[str, Any]:

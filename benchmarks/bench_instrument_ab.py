@@ -33,10 +33,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch
-from bench_instrument import Bench
+from bench_instrument import median_diff_ms, paired_args, paired_header, paired_setup
 
-import stagewatch
 import stagewatch.timing.instrument as this_tree
 
 MODES = ("none", "core", "base", "this")
@@ -78,15 +76,9 @@ def load_base(checkout: Path) -> Any:
 
 
 def measure(base: Any, pairs: int, depth: int, batch: int, seq: int, width: int) -> dict:
-    torch.set_num_threads(1)
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        b = Bench(batch, seq, tmp, width=width)
-        for _ in range(5):
-            b.plain_step()
-        log = stagewatch.TimingLogger(
-            tmp, enable_console=False, run_name="ab", handle_sigterm=False, capture=False
-        )
+        b, log = paired_setup(batch, seq, tmp, width, "ab")
         impl = {"base": base, "this": this_tree}
 
         def run(mode: str) -> float:
@@ -114,7 +106,7 @@ def measure(base: Any, pairs: int, depth: int, batch: int, seq: int, width: int)
     ref = statistics.median(cpu["none"])
 
     def diff(a: str, b: str) -> float:
-        return statistics.median(x - y for x, y in zip(cpu[a], cpu[b], strict=True)) * 1e3
+        return median_diff_ms(cpu[a], cpu[b])
 
     return {
         "none_ms": ref * 1e3,
@@ -128,19 +120,11 @@ def measure(base: Any, pairs: int, depth: int, batch: int, seq: int, width: int)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", type=Path, required=True, help="checkout to compare against")
-    ap.add_argument("--pairs", type=int, default=300, help="steps per mode (default 300)")
-    ap.add_argument("--depth", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=48)
-    ap.add_argument("--width", type=int, default=128)
+    paired_args(ap, 300)
     args = ap.parse_args(argv)
     base = load_base(args.base)
     r = measure(base, args.pairs, args.depth, args.batch, args.seq, args.width)
-    print(
-        f"width {args.width}, batch {args.batch} x {args.seq}, depth {args.depth}, "
-        f"{args.pairs} steps per mode; no timing {r['none_ms']:.2f} ms thread CPU; "
-        f"load {r['load'][0]:.1f} -> {r['load'][1]:.1f}"
-    )
+    print(paired_header(args, r))
     print("| mode | vs no timing (ms) | % | vs core (ms) |")
     print("|---|---:|---:|---:|")
     for m in MODES:

@@ -43,7 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-from bench_instrument import Bench, _nothing
+from bench_instrument import (
+    Bench,
+    _nothing,
+    median_diff_ms,
+    paired_args,
+    paired_header,
+    paired_setup,
+)
 
 import stagewatch
 from stagewatch.timing import calls, probe
@@ -121,15 +128,9 @@ def _collections() -> int:
 
 
 def measure(pairs: int, depth: int, batch: int, seq: int, width: int) -> dict[str, Any]:
-    torch.set_num_threads(1)
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        b = Bench(batch, seq, tmp, width=width)
-        for _ in range(5):
-            b.plain_step()
-        log = stagewatch.TimingLogger(
-            tmp, enable_console=False, run_name="ablation", handle_sigterm=False, capture=False
-        )
+        b, log = paired_setup(batch, seq, tmp, width, "ablation")
         cpu: dict[str, list[float]] = {m: [] for m in MODES}
         gcs = dict.fromkeys(MODES, 0)
         for i in range(pairs + 1):
@@ -148,10 +149,7 @@ def measure(pairs: int, depth: int, batch: int, seq: int, width: int) -> dict[st
     ref = cpu["none"]
     return {
         "none_ms": statistics.median(ref) * 1e3,
-        "vs_none_ms": {
-            m: statistics.median(x - y for x, y in zip(cpu[m], ref, strict=True)) * 1e3
-            for m in MODES
-        },
+        "vs_none_ms": {m: median_diff_ms(cpu[m], ref) for m in MODES},
         "gc": gcs,
         "load": (load0, os.getloadavg()[0]),
     }
@@ -159,18 +157,10 @@ def measure(pairs: int, depth: int, batch: int, seq: int, width: int) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=400, help="steps per mode (default 400)")
-    ap.add_argument("--depth", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=48)
-    ap.add_argument("--width", type=int, default=128)
+    paired_args(ap, 400)
     args = ap.parse_args(argv)
     r = measure(args.pairs, args.depth, args.batch, args.seq, args.width)
-    print(
-        f"width {args.width}, batch {args.batch} x {args.seq}, depth {args.depth}, "
-        f"{args.pairs} steps per mode; no timing {r['none_ms']:.2f} ms thread CPU; "
-        f"load {r['load'][0]:.1f} -> {r['load'][1]:.1f}"
-    )
+    print(paired_header(args, r))
     print("| mode | vs no timing (ms) | % | gc runs |")
     print("|---|---:|---:|---:|")
     for m in MODES:
