@@ -100,19 +100,7 @@ class Call:
         lg = inst.log
         if lg._closed:
             return
-        ms = (regions._perf() - self.t0) * 1000.0
-        name = probe.bwd_name
-        lock = lg._lock
-        lock.acquire()
-        try:
-            acc = lg._cur.get(name)
-            if acc is None:
-                lg._cur[name] = [ms, 1]
-            else:
-                acc[0] += ms
-                acc[1] += 1
-        finally:
-            lock.release()
+        lg._add(probe.bwd_name, (regions._perf() - self.t0) * 1000.0)
 
     def param_grad(self) -> None:
         self.remaining -= 1

@@ -164,19 +164,7 @@ class Probe:
         if open_ and open_[-1] is frame:  # CPU: CpuRegion.__exit__ inlined
             ms = (regions._perf() - frame._t0) * 1000.0
             open_.pop()
-            lg = frame._lg
-            full = frame._full
-            lock = lg._lock
-            lock.acquire()
-            try:
-                acc = lg._cur.get(full)
-                if acc is None:
-                    lg._cur[full] = [ms, 1]
-                else:
-                    acc[0] += ms
-                    acc[1] += 1
-            finally:
-                lock.release()
+            frame._lg._add(frame._full, ms)
         elif region is INLINE:
             CpuRegion.__exit__(frame, None, None, None)
         else:
