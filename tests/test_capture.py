@@ -298,13 +298,51 @@ def test_a_failing_profiler_turns_capture_off_without_raising(
     def boom(*a: Any, **k: Any) -> None:
         raise RuntimeError("no profiler here")
 
-    monkeypatch.setattr(torch.profiler, "profile", boom)
+    monkeypatch.setattr(torch.autograd.profiler, "profile", boom)
     lg = _logger(tmp_path)
     with pytest.warns(Warning, match="capture"):
         _steps(lg, clock, [10.0] * 25 + [50.0] + [10.0] * 3)
     lg.close()
     assert traces.list_traces(tmp_path / "cap") == []
     assert all(not r.trace for r in _records(tmp_path) if isinstance(r, R.Step))
+
+
+ALONE = """
+import os, sys, time, torch
+from stagewatch import CaptureOptions, TimingLogger
+lg = TimingLogger(sys.argv[1], enable_console=False, enable_file=False, run_id="alone",
+                  collect_memory=False, capture=CaptureOptions(warm=3))
+for s in range(8):
+    time.sleep(0.1 if s == 5 else 0.005)
+    lg.step()
+lg.close()
+n = len(os.listdir(os.path.join(sys.argv[1], "alone", "traces")))
+print(n, "torch._inductor" in sys.modules)
+"""
+
+
+def test_a_capture_does_not_import_inductor(tmp_path: Path) -> None:
+    # torch.profiler.profile's front end imports torch._inductor: 1-2 s in the step, and the
+    # import pins the default process group, so a gloo job could abort at exit afterwards.
+    import subprocess
+    import sys
+
+    from _trainer_helpers import ROOT, env_for_subprocess
+
+    script = tmp_path / "alone.py"
+    script.write_text(ALONE)
+    env = env_for_subprocess()
+    env.pop("STAGEWATCH_CAPTURE", None)
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-2:] == ["1", "False"]
 
 
 def test_capture_state_is_bounded() -> None:

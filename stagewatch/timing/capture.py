@@ -275,7 +275,7 @@ class Capture:
 
     def _start(self, lg: Any, step: int, n: int, trigger: str) -> None:
         torch = sys.modules.get("torch")
-        tp = getattr(torch, "profiler", None)  # never imported here
+        tp = getattr(getattr(torch, "autograd", None), "profiler", None)  # never imported here
         if tp is None:  # not a torch program: nothing to profile (said only when asked)
             if trigger != "slow":
                 self._warn(
@@ -283,22 +283,28 @@ class Capture:
                 )
             self.taken = self.max_traces
             return
-        acts = [tp.ProfilerActivity.CPU]
+        device = None
         try:
             if torch.cuda.is_available():  # type: ignore[union-attr]
-                acts.append(tp.ProfilerActivity.CUDA)
+                device = "cuda"
         except Exception:
             pass
         os.makedirs(os.path.join(self.run_dir, traces.TRACES_DIR), exist_ok=True)
+        # torch.profiler.profile's own front end imports torch._inductor (1-2 s), and that
+        # import pins the default process group: destroy_process_group then leaves gloo's
+        # threads running into interpreter exit, where they abort the process (SIGABRT, ~1 in
+        # 10 runs). Its back end, the same Kineto profiler and trace format, imports nothing.
         prof = tp.profile(
-            activities=acts,
+            use_cpu=True,
+            use_device=device,
             record_shapes=False,
             with_stack=False,
             profile_memory=False,
             with_flops=False,
             with_modules=False,
+            use_kineto=True,
         )
-        prof.start()
+        prof.__enter__()
         self._prof = prof
         self.taken += 1
         self._first, self._stop_at, self._trigger = step + 1, step + n, trigger
@@ -319,7 +325,7 @@ class Capture:
         path = traces.trace_path(self.run_dir, self._first, self.rank)
         tmp = f"{path}.tmp{os.getpid()}"
         try:
-            prof.stop()
+            prof.__exit__(None, None, None)
             prof.export_chrome_trace(tmp)
             meta = {
                 "rank": self.rank,
@@ -347,7 +353,7 @@ class Capture:
         prof, self._prof = self._prof, None
         if prof is not None:
             try:
-                prof.stop()
+                prof.__exit__(None, None, None)
             except Exception:
                 pass
 
@@ -375,7 +381,7 @@ class Capture:
         for s in range(self._first, self._stop_at + 1):
             self.marks.pop(s, None)
         try:
-            prof.stop()
+            prof.__exit__(None, None, None)
         except Exception:
             pass
 
