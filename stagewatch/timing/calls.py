@@ -31,7 +31,9 @@ class Call:
 
     def __init__(self, probe: Any) -> None:
         self.probe = probe
-        self.state = 0  # 0: backward not started, 1: open, 2: done
+        # 0: backward not started, 1: open, 2: done, 3: the inputs' gradients came before
+        # the backward started (a module returning its input: both hooks on one node)
+        self.state = 0
         self.handle: Any = None  # CUDA: the logger's begin() handle
         self.t0 = 0.0  # CPU: the clock at the start of the backward
         self.remaining = 0  # input gradients (or parameters) still to come
@@ -43,6 +45,8 @@ class Call:
 
     def start(self, *_: Any) -> None:
         if self.state or self.dead:
+            if self.state == 3 and not self.dead:
+                self._empty()
             return
         probe = self.probe
         inst = probe.inst
@@ -117,9 +121,23 @@ class Call:
             else:
                 h, self.handle = self.handle, None
                 lg.end(h)
-        self.state = 2
+        self.state = 2 if self.state else 3
         if self.leaf_hooks:
             self.drop_hooks()
+
+    def _empty(self) -> None:
+        """The backward of a module that returned its input (``nn.Identity``,
+        ``Dropout(p=0)``): its end hook ran just before its start hook on the same node, so it
+        is a backward of no time, counted like any other."""
+        self.state = 2
+        inst = self.probe.inst
+        lg = inst.log
+        if lg._closed:
+            return
+        if inst.cpu:
+            lg._add(self.probe.bwd_name, 0.0)
+        else:
+            lg.end(lg.begin(self.probe.bwd_name))
 
     def drop_hooks(self) -> None:
         for h in self.leaf_hooks:

@@ -102,7 +102,7 @@ class Probe:
             inst.disarm_recompute()
         pending = self.pending
         if pending and pending[0].state:
-            if len(pending) == 1 and pending[0].state == 2:  # the last call's backward done
+            if len(pending) == 1 and pending[0].state >= 2:  # the last call's backward done
                 pending.clear()
             else:
                 self._stale()
@@ -311,7 +311,7 @@ class Probe:
 
     def _remember(self, call: Call) -> None:
         pending = self.pending
-        while pending and pending[0].state == 2:
+        while pending and pending[0].state >= 2:
             pending.popleft()
         if len(pending) >= MAX_PENDING:
             old = pending.popleft()

@@ -1,0 +1,55 @@
+"""stagewatch.instrument on model shapes the other tests do not build: modules that return
+their input, re-entrant activation checkpointing, ..."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from stagewatch import TimingLogger, instrument, set_global_timing_logger, timed
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def memory_logger() -> TimingLogger:
+    return TimingLogger(enable_console=False, enable_file=False, enable_jsonl=False)
+
+
+def summary(model: nn.Module, x: torch.Tensor, steps: int = 2, **kw: Any) -> dict[str, Any]:
+    log = memory_logger()
+    set_global_timing_logger(log)
+    with instrument(model, **kw), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: nothing left open, nothing refused
+        for _ in range(steps):
+            with timed("forward"):
+                out = model(x)
+            with timed("backward"):
+                out.square().mean().backward()
+            log.step()
+    return log.get_summary()
+
+
+class Block(nn.Module):
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.drop = nn.Dropout(p)  # p=0: returns its input as it is
+        self.skip = nn.Identity()
+        self.b = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.drop(self.a(x))
+        return self.skip(x) + self.drop(self.b(h))
+
+
+def test_a_module_returning_its_input_gets_its_backward_regions() -> None:
+    """nn.Identity, Dropout(p=0): start and end hooks on one node, the end's first."""
+    got = summary(nn.Sequential(nn.Linear(8, 8), Block()), torch.randn(2, 8), depth=3)
+    assert got["forward/1/drop"]["calls"] == got["backward/1/drop"]["calls"] == 4
+    assert got["forward/1/skip"]["calls"] == got["backward/1/skip"]["calls"] == 2
+    assert got["backward/1/drop"]["total"] >= 0.0
+    assert got["backward/1/a"]["calls"] == got["backward/1/b"]["calls"] == 2
