@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from stagewatch import TimingLogger, instrument, set_global_timing_logger, timed
 
@@ -53,3 +54,36 @@ def test_a_module_returning_its_input_gets_its_backward_regions() -> None:
     assert got["forward/1/skip"]["calls"] == got["backward/1/skip"]["calls"] == 2
     assert got["backward/1/drop"]["total"] >= 0.0
     assert got["backward/1/a"]["calls"] == got["backward/1/b"]["calls"] == 2
+
+
+class Checkpointed(nn.Module):
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.reentrant = reentrant
+        self.inp = nn.Linear(8, 8)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)) for _ in range(2)
+        )
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        for b in self.blocks:
+            x = x + checkpoint(b, x, use_reentrant=self.reentrant)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_checkpointed_modules_get_backward_regions_either_way(reentrant: bool) -> None:
+    """A re-entrant checkpoint runs its forward without gradients and backwards through the
+    re-run: the re-run's calls carry the backward regions."""
+    got = summary(Checkpointed(reentrant), torch.randn(2, 8), steps=3, depth=3)
+    for b in ("blocks/0", "blocks/1"):
+        assert got[f"forward/{b}"]["calls"] == got[f"backward/{b}"]["calls"] == 3
+        for i in range(3):
+            assert got[f"backward/{b}/{i}"]["calls"] == 3
+            assert got[f"backward/{b}/{i}"]["total"] <= got[f"backward/{b}"]["total"]
+        rec = got[f"backward/{b}/recompute"]
+        assert rec["calls"] == 3 and rec["total"] <= got[f"backward/{b}"]["total"]
+        assert got[f"backward/{b}"]["total"] <= got["backward"]["total"]
+    assert not any(n.startswith("forward") and "recompute" in n for n in got)

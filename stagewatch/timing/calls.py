@@ -21,6 +21,7 @@ class Call:
         "done",
         "handle",
         "leaf_hooks",
+        "mark",
         "params",
         "probe",
         "remaining",
@@ -64,6 +65,26 @@ class Call:
             self.remaining = probe.trainable
             if self.remaining == 0:
                 self.finish()
+
+    def rerun_start(self, *_: Any) -> None:
+        """:meth:`start` of a call made in a re-entrant checkpoint's re-run: from the re-run's
+        start when it opened the recompute region and no other re-run began since (its
+        ``t0``/``handle`` are set), else from now."""
+        if self.state or self.dead:
+            if self.state == 3 and not self.dead:
+                self._empty()
+            return
+        from stagewatch.timing.instrument import _rec
+
+        if self.mark < 0 or self.mark != _rec.opened:
+            self.start()
+            return
+        t0, handle = self.t0, self.handle
+        self.start()
+        if self.state:  # from the re-run's start, not now
+            self.t0 = t0
+            if handle is not None:
+                self.handle = handle
 
     def input_grad(self, i: int, *_: Any) -> None:
         bit = 1 << i

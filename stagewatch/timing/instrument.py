@@ -55,6 +55,7 @@ class _Rec(threading.local):
     """Per thread: how deep this thread is in a recomputation already charged."""
 
     depth = 0
+    opened = 0  # recompute regions opened on this thread (re-runs told apart)
     handles: list[Any]
 
     def __init__(self) -> None:
@@ -109,6 +110,8 @@ class _Stack(threading.local):
         # the last module output hooked (its node's sequence number) and its hooks' dict
         self.last_seq = -1
         self.last_hooks: dict[Any, Any] = {}
+        # (probe, call or None) of each module re-run by a re-entrant checkpoint, open now
+        self.reruns: list[tuple[Any, Any]] = []
 
 
 class InstrumentHandle:
@@ -140,6 +143,11 @@ class InstrumentHandle:
         self.compiler = torch.compiler
         self.graph_task = torch._C._current_graph_task_id
         self.grad_enabled = torch._C.is_grad_enabled
+        # the saved-tensor hooks in force: non-reentrant checkpointing re-runs a forward
+        # under its own; a re-entrant one re-runs it bare, then backwards through the re-run
+        self.saved_hooks = getattr(
+            torch._C._autograd, "_top_saved_tensors_default_hooks", lambda _: True
+        )
         self.tensor = torch.Tensor
         self._globals = torch.nn.modules.module
         # the sequence number the next autograd node created on this thread gets (-1: never
@@ -215,6 +223,7 @@ class InstrumentHandle:
         rec = _rec
         if rec.depth == 0:
             rec.handles.append((module, self.log.begin("backward/" + owner + "/recompute")))
+            rec.opened += 1
         rec.depth += 1
 
     def _rec_post(self, module: Any, args: Any, out: Any) -> None:

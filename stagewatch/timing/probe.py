@@ -12,6 +12,13 @@ from stagewatch.timing.calls import NO_HOOKS, Call
 from stagewatch.timing.modules import output_nodes, swap_inputs, warn_once
 from stagewatch.timing.regions import CpuRegion
 
+
+def _rec_state() -> Any:
+    from stagewatch.timing.instrument import _rec
+
+    return _rec
+
+
 MAX_PENDING = 64  # backward calls a probe remembers (bounded even if backward never runs)
 
 
@@ -92,8 +99,10 @@ class Probe:
         inst = self.inst
         if inst is None:  # a copy's hooks (see InertProbe)
             return None
-        if inst.dynamo() or inst.compiler._is_compiling_flag or inst.graph_task() != -1:
-            return None  # inside compiled code; or a recompute (charged by the global hook)
+        if inst.dynamo() or inst.compiler._is_compiling_flag:
+            return None  # inside compiled code
+        if inst.graph_task() != -1:  # a recompute (charged by the global hook)
+            return self._rerun_pre(module, args, kwargs)
         lg = inst.log
         if lg._closed:
             inst.remove()
@@ -147,7 +156,10 @@ class Probe:
         inst = self.inst
         if inst is None:
             return
-        if inst.dynamo() or inst.compiler._is_compiling_flag or inst.graph_task() != -1:
+        if inst.dynamo() or inst.compiler._is_compiling_flag:
+            return
+        if inst.graph_task() != -1:
+            self._rerun_post(out)
             return
         tls = inst._tls
         stack = tls.frames
@@ -187,6 +199,61 @@ class Probe:
                     self.pending.append(call)
                 return
         self._hook_outputs(call, output_nodes(out, inst.torch), tls.proxy)
+
+    # re-entrant activation checkpointing: the forward under checkpoint ran without
+    # gradients (no backward hooks then); during the backward it re-runs with them and
+    # autograd backwards through the re-run at once, so the re-run's calls get the hooks
+    def _rerun_pre(self, module: Any, args: Any, kwargs: Any) -> Any:
+        inst = self.inst
+        tls = inst._tls
+        reruns = tls.reruns
+        if any(p is self for p, _ in reruns) or not inst.grad_enabled():
+            reruns.append((self, None))  # re-entered: the outer call covers it
+            return None
+        if inst.saved_hooks(False) is not None:  # non-reentrant: no backward of the re-run
+            reruns.append((self, None))
+            return None
+        call, replaced = self._new_call(args, kwargs, inst.tensor, tls)
+        rec = _rec_state()
+        # the module whose call opened this recompute region: its backward region starts
+        # with the re-run (as in non-reentrant checkpointing), unless another re-run
+        # starts before its gradients do (Call.rerun_start)
+        call.mark = -1
+        if rec.depth == 1 and rec.handles and rec.handles[-1][0] is module:
+            call.mark = rec.opened
+            if inst.cpu:
+                call.t0 = regions._perf()
+            else:
+                call.handle = inst.log.begin(self.bwd_name)
+        reruns.append((self, call))
+        return replaced
+
+    def _rerun_post(self, out: Any) -> None:
+        inst = self.inst
+        tls = inst._tls
+        reruns = tls.reruns
+        for i in range(len(reruns) - 1, -1, -1):
+            if reruns[i][0] is self:
+                call = reruns.pop(i)[1]
+                break
+        else:
+            return
+        if call is None:
+            return
+        if call.views:
+            self._check_views(call)
+        nodes = output_nodes(out, inst.torch)
+        if not nodes:
+            call.dead = True
+            if call.leaf_hooks:
+                call.drop_hooks()
+            return
+        seen: set[int] = set()
+        for n in nodes:
+            if id(n) not in seen:
+                seen.add(id(n))
+                on_node(tls.proxy, n, call.rerun_start)
+        self._remember(call)
 
     def _pop_inner(self, stack: list[Frame]) -> Frame | None:
         """This module's frame below the top of the stack (a frame above it was left open by
