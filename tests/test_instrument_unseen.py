@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from stagewatch import TimingLogger, instrument, set_global_timing_logger, timed
+from stagewatch import TimingLogger, TimingWarning, instrument, set_global_timing_logger, timed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -87,3 +87,61 @@ def test_checkpointed_modules_get_backward_regions_either_way(reentrant: bool) -
         assert rec["calls"] == 3 and rec["total"] <= got[f"backward/{b}"]["total"]
         assert got[f"backward/{b}"]["total"] <= got["backward"]["total"]
     assert not any(n.startswith("forward") and "recompute" in n for n in got)
+
+
+def test_torchscript_modules_are_refused_with_a_warning_not_a_crash() -> None:
+    class WithScript(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.js = torch.jit.script(nn.Sequential(nn.Linear(8, 8), nn.ReLU()))
+            self.b = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.js(self.a(x)))
+
+    log = memory_logger()
+    set_global_timing_logger(log)
+    model = WithScript()
+    with pytest.warns(TimingWarning, match="'js' .*TorchScript") as got:
+        h = instrument(model, depth=2)
+    assert len(got) == 1 and h.regions == ["a", "b"]
+    with h:
+        model(torch.randn(2, 8)).sum().backward()
+        log.step()
+    assert {"forward/a", "backward/a", "forward/b", "backward/b"} <= set(log.get_summary())
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(8, 8)))
+    with pytest.warns(TimingWarning, match="the model is a TorchScript module"):
+        h = instrument(scripted)
+    assert not h.active
+    with pytest.warns(TimingWarning, match="'js' is a TorchScript"):
+        h = instrument(nn.Module(), modules={"js": scripted, "lin": nn.Linear(8, 8)})
+    assert h.regions == ["lin"]
+    h.remove()
+
+
+def test_a_module_called_inside_the_backward_region_is_a_forward() -> None:
+    """A loss module of the model called inside ``timed("backward")``: its forward is not
+    merged into its own backward region."""
+
+    class WithLoss(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.crit = nn.MSELoss()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x)
+
+    log = memory_logger()
+    set_global_timing_logger(log)
+    model = WithLoss()
+    with instrument(model):
+        for _ in range(2):
+            with timed("forward"):
+                out = model(torch.randn(2, 8))
+            with timed("backward"):
+                model.crit(out, torch.zeros(2, 8)).backward()
+            log.step()
+    got = log.get_summary()
+    assert got["forward/crit"]["calls"] == got["backward/crit"]["calls"] == 2

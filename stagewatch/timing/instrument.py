@@ -42,6 +42,7 @@ from stagewatch.timing.modules import (
     drop_compiled,
     given_modules,
     is_compiled,
+    is_script,
     owners,
     patterns,
     select_modules,
@@ -305,6 +306,12 @@ def instrument(
                 "added after it; no module regions (instrument before compiling, or not at all)",
             )
             return InstrumentHandle()
+        if is_script(model):
+            warn(
+                "instrument(): the model is a TorchScript module, which takes no Python hooks; "
+                "no module regions (instrument the model before scripting it, or not at all)",
+            )
+            return InstrumentHandle()
         root = unwrap(model)
         timed = select_modules(root, depth, inc, exc)
     timed = drop_compiled(timed)
@@ -313,7 +320,7 @@ def instrument(
         for i, m in enumerate(timed.values()):
             root.add_module(f"m{i}", m)
     handle = InstrumentHandle(lg, root, timed)
-    if isinstance(model, torch.nn.Module):
+    if isinstance(model, torch.nn.Module) and not is_script(model):
         from stagewatch.ddp import watch_model_ddp
 
         # DDP's all-reduce as comm/exposed (issue 22), the model wrapped now or later

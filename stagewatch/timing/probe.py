@@ -42,6 +42,15 @@ def on_node(proxy: Any, node: Any, fn: Any) -> None:
     node._register_hook_dict(proxy)
 
 
+def forward_name(base: str, path: str) -> str:
+    """The region of a forward of module ``path`` called inside region ``base``: under it,
+    except inside a backward region (a loss module called in ``timed("backward")``), whose
+    names are the modules' backward regions: ``forward/<path>`` there."""
+    if base == "backward" or base.startswith("backward/"):
+        base = "forward"
+    return base + "/" + path
+
+
 class Frame(CpuRegion):
     """One forward call on the hooks' stack; on a CPU logger also its own ``forward/``
     region (a :class:`CpuRegion` entered inline: no region object and method calls).
@@ -130,7 +139,7 @@ class Probe:
         base = stack[-1].base if stack else (open_[-1]._full if open_ else "forward")
         full = self.names.get(base)
         if full is None:
-            full = base + "/" + self.path
+            full = forward_name(base, self.path)
             if len(self.names) < 64:  # bounded even if the caller's regions vary without end
                 self.names[base] = full
         frame.base = base
