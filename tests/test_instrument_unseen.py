@@ -145,3 +145,70 @@ def test_a_module_called_inside_the_backward_region_is_a_forward() -> None:
             log.step()
     got = log.get_summary()
     assert got["forward/crit"]["calls"] == got["backward/crit"]["calls"] == 2
+
+
+class Layer(nn.Module):
+    """As Hugging Face's layers: the layer's ``forward`` is checkpointed, not its call, so
+    its own hooks stay outside and its children re-run one after another."""
+
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.reentrant = reentrant
+        self.norm = nn.LayerNorm(8)
+        self.attn = nn.Linear(8, 8)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + self.attn(self.norm(x))
+        return h + self.mlp(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint(self._forward, x, use_reentrant=self.reentrant)
+
+
+def layers(reentrant: bool, out: int = 2) -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 8), Layer(reentrant), Layer(reentrant), nn.Linear(8, out))
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_a_layer_whose_children_re_run_has_one_recompute_per_re_run(reentrant: bool) -> None:
+    got = summary(layers(reentrant), torch.randn(2, 8), steps=3, depth=1)
+    for i in (1, 2):
+        rec = got[f"backward/{i}/recompute"]
+        assert rec["calls"] == got[f"backward/{i}"]["calls"] == 3  # not one per child
+        assert rec["total"] <= got[f"backward/{i}"]["total"]
+    deeper = summary(layers(reentrant), torch.randn(2, 8), steps=2, depth=2)
+    for child in ("norm", "attn", "mlp"):
+        assert deeper[f"backward/1/{child}"]["calls"] == 2
+        assert deeper[f"backward/1/{child}/recompute"]["calls"] == 2
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_checkpoint_regions_on_a_cuda_logger(reentrant: bool, tmp_path: Any) -> None:
+    from test_timing_cuda import FakeGPU
+
+    gpu = FakeGPU()
+    log = TimingLogger(
+        tmp_path,
+        enable_console=False,
+        device="cuda:0",
+        event_factory=gpu.factory,
+        collect_memory=False,
+        handle_sigterm=False,
+    )
+    set_global_timing_logger(log)
+    model = nn.Sequential(layers(reentrant, 8), Checkpointed(reentrant))
+    with instrument(model, depth=3), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            with timed("forward"):
+                out = model(torch.randn(2, 8))
+            with timed("backward"):
+                out.square().mean().backward()
+            log.step()
+    assert gpu.syncs == 0
+    log.close()
+    got = log.get_summary()
+    for name in ("0/1/attn", "0/2/mlp", "1/blocks/0", "1/blocks/1"):
+        assert got[f"backward/{name}"]["calls"] == 2, sorted(got)
+        assert got[f"backward/{name}/recompute"]["calls"] == 2
