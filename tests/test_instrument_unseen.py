@@ -212,3 +212,41 @@ def test_checkpoint_regions_on_a_cuda_logger(reentrant: bool, tmp_path: Any) -> 
     for name in ("0/1/attn", "0/2/mlp", "1/blocks/0", "1/blocks/1"):
         assert got[f"backward/{name}"]["calls"] == 2, sorted(got)
         assert got[f"backward/{name}/recompute"]["calls"] == 2
+
+
+class LearnedPositions(nn.Embedding):
+    """As BART's encoder: called with the embeddings' last channel, for the shape only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(torch.arange(x.shape[1]))
+
+
+class Gate(nn.Module):
+    """Takes two inputs that need gradients and uses only the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, ignored: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * ignored.shape[-1]
+
+
+class Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 8)
+        self.pos = LearnedPositions(16, 8)
+        self.gate = Gate()
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        h = h + self.pos(h[:, :, -1])
+        return self.head(self.gate(h, h * 2))
+
+
+def test_an_input_read_for_its_shape_only_neither_warns_nor_stretches_the_region() -> None:
+    got = summary(Encoder(), torch.randn(2, 5, 8), steps=3)  # a warning would raise
+    for name in ("embed", "pos", "gate", "head"):
+        assert got[f"forward/{name}"]["calls"] == got[f"backward/{name}"]["calls"] == 3

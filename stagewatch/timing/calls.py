@@ -27,6 +27,7 @@ class Call:
         "remaining",
         "state",
         "t0",
+        "targets",
         "views",
     )
 

@@ -20,6 +20,39 @@ def _rec_state() -> Any:
 
 
 MAX_PENDING = 64  # backward calls a probe remembers (bounded even if backward never runs)
+CHECKED_CALLS = 2  # a module's first calls with gradients: do their outputs use the inputs?
+MAX_NODES = 4096  # autograd nodes that check walks at most (past it: inputs taken as used)
+
+
+def _reached(nodes: Any, targets: list[Any]) -> set[int] | None:
+    """Which of ``targets`` (input number, its node, its view, the view's version) the
+    autograd graph from ``nodes`` reaches, walking only the nodes the module's call made
+    (sequence numbers from the first target's on); None: not known (too many nodes)."""
+    first = min(n._sequence_nr() + (1 if v is None else 0) for _, n, v, _ in targets)
+    want = {}
+    used: set[int] = set()
+    for i, n, v, version in targets:
+        if v is not None and v._version != version:  # changed in place: taken as used
+            used.add(i)
+        else:
+            want[id(n)] = i
+    todo = list(nodes)
+    seen: dict[int, Any] = {}  # the nodes too: an id stays theirs while they are held
+    while todo and want:
+        n = todo.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen[id(n)] = n
+        if len(seen) > MAX_NODES:
+            return None
+        i = want.pop(id(n), None)
+        if i is not None:
+            used.add(i)
+            continue
+        if n._sequence_nr() < first:
+            continue
+        todo.extend(f for f, _ in n.next_functions)
+    return used
 
 
 # --------------------------------------------------------------------------- one module
@@ -94,6 +127,9 @@ class Probe:
         self.hooked: tuple[bool, ...] = ()
         self.trainable = 0  # parameters that need a gradient (while hooked)
         self.names: dict[str, str] = {}  # the caller's region -> this module's region name
+        # calls left whose outputs are checked to depend on their inputs (-1: always, for a
+        # module seen ignoring an input, as a positional embedding taking x for its shape)
+        self.check = CHECKED_CALLS
         self.hooks = [
             module.register_forward_pre_hook(self.pre, with_kwargs=True),
             # always_call: a forward that raises still leaves its region
@@ -198,6 +234,8 @@ class Probe:
         if type(out) is inst.tensor:  # the common case, without output_nodes()
             node = out.grad_fn
             if node is not None:
+                if self.check:
+                    self._check_use(call, (node,))
                 proxy = tls.proxy  # on_node() inlined
                 tls.last_hooks = proxy._backward_hooks = {0: call.start}
                 node._register_hook_dict(proxy)
@@ -257,12 +295,38 @@ class Probe:
             if call.leaf_hooks:
                 call.drop_hooks()
             return
+        if self.check:
+            self._check_use(call, nodes)
         seen: set[int] = set()
         for n in nodes:
             if id(n) not in seen:
                 seen.add(id(n))
                 on_node(tls.proxy, n, call.rerun_start)
         self._remember(call)
+
+    def _check_use(self, call: Call, nodes: Any) -> None:
+        """Inputs of ``call`` that its outputs do not depend on (the module read only their
+        shape): their gradients never come through it, so the call does not wait for them;
+        with none left it ends on its parameters' gradients. Without this its region would
+        stretch to the end of the backward pass, with a warning."""
+        targets = getattr(call, "targets", None)
+        if not targets:
+            return
+        call.targets = None
+        used = _reached(nodes, targets)
+        if used is None or len(used) == len(targets):
+            if self.check > 0:
+                self.check -= 1
+            return
+        self.check = -1
+        for i, _, _, _ in targets:
+            if i not in used and not call.done & (1 << i):
+                call.done |= 1 << i
+                call.remaining -= 1
+        if call.remaining <= 0:
+            call.remaining = 0
+            call.params = True
+            self._hook_params()
 
     def _pop_inner(self, stack: list[Frame]) -> Frame | None:
         """This module's frame below the top of the stack (a frame above it was left open by
@@ -285,6 +349,8 @@ class Probe:
             if call.leaf_hooks:
                 call.drop_hooks()
             return
+        if self.check:
+            self._check_use(call, nodes)
         seen: set[int] = set()
         for n in nodes:
             if id(n) not in seen:
@@ -319,6 +385,8 @@ class Probe:
                 if node is not None:
                     seq = node._sequence_nr()
                     if seq + 1 == self.inst.next_seq():
+                        if self.check:
+                            call.targets = [(0, node, None, 0)]
                         if seq == tls.last_seq:
                             tls.last_hooks[call] = call.only_input
                         else:
@@ -330,6 +398,8 @@ class Probe:
                 proxy._backward_hooks = {0: call.only_input}  # on_node() inlined
                 v.grad_fn._register_hook_dict(proxy)
                 call.views = [(0, v, v._version)]
+                if self.check:
+                    call.targets = [(0, v.grad_fn, v, v._version)]
                 return call, ((v,), kwargs)
         views: dict[int, Any] = {}
         nested: list[Any] = []
@@ -339,6 +409,20 @@ class Probe:
             call.params = True
             self._hook_params()
             return call, None
+        self._hook_inputs(call, views, nested, proxy)
+        if new_args is None and new_kwargs is None:
+            return call, None
+        if new_args is not None:
+            args = tuple(new_args.get(j, a) for j, a in enumerate(args))
+        if new_kwargs is not None:
+            kwargs = {**kwargs, **new_kwargs}
+        return call, (args, kwargs)
+
+    def _hook_inputs(
+        self, call: Call, views: dict[int, Any], nested: list[Any], proxy: Any
+    ) -> None:
+        """The end hooks of a call with several inputs: on each view's node, and on each
+        tensor inside a container argument."""
         call.remaining = len(views) + len(nested)
         partial = functools.partial
         i = 0
@@ -347,6 +431,8 @@ class Probe:
             on_node(proxy, v.grad_fn, call.first_input if i == 0 else partial(call.input_grad, i))
             call.views.append((i, v, v._version))
             i += 1
+        if self.check:
+            call.targets = [(j, v.grad_fn, v, version) for j, v, version in call.views]
         for t in nested:
             h = t.register_hook(call.first_input if i == 0 else partial(call.input_grad, i))
             if t.grad_fn is None:  # a leaf keeps its hooks: take them away when done
@@ -354,13 +440,6 @@ class Probe:
                     call.leaf_hooks = []
                 call.leaf_hooks.append(h)
             i += 1
-        if new_args is None and new_kwargs is None:
-            return call, None
-        if new_args is not None:
-            args = tuple(new_args.get(j, a) for j, a in enumerate(args))
-        if new_kwargs is not None:
-            kwargs = {**kwargs, **new_kwargs}
-        return call, (args, kwargs)
 
     @staticmethod
     def _modified_in_place(call: Call, i: int, v: Any) -> None:
