@@ -250,3 +250,29 @@ def test_an_input_read_for_its_shape_only_neither_warns_nor_stretches_the_region
     got = summary(Encoder(), torch.randn(2, 5, 8), steps=3)  # a warning would raise
     for name in ("embed", "pos", "gate", "head"):
         assert got[f"forward/{name}"]["calls"] == got[f"backward/{name}"]["calls"] == 3
+
+
+class LayerDrop(nn.Module):
+    """Token ids in (no input gradient: the module ends on its parameters' gradients), and a
+    layer skipped at random, as wav2vec2's LayerDrop or an expert no token chose."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(16, 8)
+        self.layers = nn.ModuleList(nn.Linear(8, 8) for _ in range(3))
+        self.skip = 0
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        for i, layer in enumerate(self.layers):
+            if i != self.skip:
+                h = layer(h)
+        self.skip = (self.skip + 1) % 3
+        return h
+
+
+def test_parameters_without_gradients_in_a_step_do_not_warn() -> None:
+    model = nn.Sequential(LayerDrop(), nn.Linear(8, 2))
+    got = summary(model, torch.randint(0, 16, (2, 5)), steps=3, depth=1)  # a warning raises
+    assert got["forward/0"]["calls"] == got["backward/0"]["calls"] == 3
+    assert got["backward/0"]["total"] <= got["backward"]["total"]

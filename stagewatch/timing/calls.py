@@ -27,6 +27,7 @@ class Call:
         "remaining",
         "state",
         "t0",
+        "t_last",  # CPU: the clock at the last parameter gradient (unset until one)
         "targets",
         "views",
     )
@@ -127,6 +128,19 @@ class Call:
         if lg._closed:
             return
         lg._add(probe.bwd_name, (regions._perf() - self.t0) * 1000.0)
+
+    def finish_at(self, t_end: float) -> None:
+        """:meth:`finish`, at ``t_end`` (a CPU clock reading) on a CPU logger."""
+        inst = self.probe.inst
+        if self.state == 1 and inst.cpu:
+            self.state = 2
+            lg = inst.log
+            if not lg._closed:
+                lg._add(self.probe.bwd_name, max(t_end - self.t0, 0.0) * 1000.0)
+            if self.leaf_hooks:
+                self.drop_hooks()
+            return
+        self.finish()
 
     def param_grad(self) -> None:
         self.remaining -= 1

@@ -474,6 +474,12 @@ class Probe:
         pending.append(call)
 
     def unfinished(self, call: Call) -> None:
+        if call.params and call.remaining < self.trainable:
+            # some parameters got no gradient in this backward (a layer LayerDrop skipped, a
+            # mixture-of-experts' expert no token chose, a part this call did not use): the
+            # backward ended with the last gradient that came, and there is nothing to say
+            call.finish_at(getattr(call, "t_last", call.t0))
+            return
         warn_once(
             "unfinished:" + self.path,
             f"instrument(): the backward of {self.path!r} ended without the gradients of all "
@@ -517,8 +523,10 @@ class Probe:
     def _accumulated(self, p: Any) -> None:
         if not p.requires_grad:
             return
+        now = regions._perf()
         for call in self.pending:
             if call.state == 1 and call.params:
+                call.t_last = now
                 call.param_grad()
 
     def remove(self) -> None:
