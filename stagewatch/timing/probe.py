@@ -21,14 +21,21 @@ def _rec_state() -> Any:
 
 MAX_PENDING = 64  # backward calls a probe remembers (bounded even if backward never runs)
 CHECKED_CALLS = 2  # a module's first calls with gradients: do their outputs use the inputs?
-MAX_NODES = 4096  # autograd nodes that check walks at most (past it: inputs taken as used)
+MAX_NODES = 256  # autograd nodes that check walks at most (past it: inputs taken as used)
+# a call that made more autograd nodes is not checked (its inputs taken as used): modules
+# that read an input for its shape are small (a positional embedding: a node or two), and
+# the walk from a module's outputs back to the inputs it uses covers all the nodes it made
+MAX_MADE = 16
 
 
-def _reached(nodes: Any, targets: list[Any]) -> set[int] | None:
+def _reached(nodes: Any, targets: list[Any], next_seq: int) -> set[int] | None:
     """Which of ``targets`` (input number, its node, its view, the view's version) the
     autograd graph from ``nodes`` reaches, walking only the nodes the module's call made
-    (sequence numbers from the first target's on); None: not known (too many nodes)."""
+    (sequence numbers from the first target's on, to ``next_seq``); None: not known (too
+    many nodes)."""
     first = min(n._sequence_nr() + (1 if v is None else 0) for _, n, v, _ in targets)
+    if next_seq - first > MAX_MADE:
+        return None
     want = {}
     used: set[int] = set()
     for i, n, v, version in targets:
@@ -313,7 +320,7 @@ class Probe:
         if not targets:
             return
         call.targets = None
-        used = _reached(nodes, targets)
+        used = _reached(nodes, targets, self.inst.next_seq())
         if used is None or len(used) == len(targets):
             if self.check > 0:
                 self.check -= 1
