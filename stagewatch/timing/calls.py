@@ -8,9 +8,24 @@ calls that can be inlined (on a CPU logger the backward region is timed here by
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from stagewatch.timing import regions
+
+
+class _Rec(threading.local):
+    """Per thread: how deep this thread is in a recomputation already charged."""
+
+    depth = 0
+    opened = 0  # recompute regions opened on this thread (re-runs told apart)
+    handles: list[Any]
+
+    def __init__(self) -> None:
+        self.handles = []
+
+
+_rec = _Rec()
 
 
 class Call:
@@ -76,8 +91,6 @@ class Call:
             if self.state == 3 and not self.dead:
                 self._empty()
             return
-        from stagewatch.timing.instrument import _rec
-
         if self.mark < 0 or self.mark != _rec.opened:
             self.start()
             return

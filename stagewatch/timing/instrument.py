@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stagewatch.timing import regions
+from stagewatch.timing.calls import _rec
 from stagewatch.timing.modules import (
     check_direct_forward,
     drop_compiled,
@@ -51,19 +52,6 @@ from stagewatch.timing.modules import (
 )
 from stagewatch.timing.probe import Frame, Probe
 
-
-class _Rec(threading.local):
-    """Per thread: how deep this thread is in a recomputation already charged."""
-
-    depth = 0
-    opened = 0  # recompute regions opened on this thread (re-runs told apart)
-    handles: list[Any]
-
-    def __init__(self) -> None:
-        self.handles = []
-
-
-_rec = _Rec()
 _HELD = object()  # a re-run going on from the recompute region held open
 
 

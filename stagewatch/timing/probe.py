@@ -8,16 +8,9 @@ from collections import deque
 from typing import Any
 
 from stagewatch.timing import regions
-from stagewatch.timing.calls import NO_HOOKS, Call
+from stagewatch.timing.calls import NO_HOOKS, Call, _rec
 from stagewatch.timing.modules import output_nodes, swap_inputs, warn_once
 from stagewatch.timing.regions import CpuRegion
-
-
-def _rec_state() -> Any:
-    from stagewatch.timing.instrument import _rec
-
-    return _rec
-
 
 MAX_PENDING = 64  # backward calls a probe remembers (bounded even if backward never runs)
 CHECKED_CALLS = 2  # a module's first calls with gradients: do their outputs use the inputs?
@@ -268,7 +261,7 @@ class Probe:
             reruns.append((self, None))
             return None
         call, replaced = self._new_call(args, kwargs, inst.tensor, tls)
-        rec = _rec_state()
+        rec = _rec
         # the module whose call opened this recompute region: its backward region starts
         # with the re-run (as in non-reentrant checkpointing), unless another re-run
         # starts before its gradients do (Call.rerun_start)
