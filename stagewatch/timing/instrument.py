@@ -37,11 +37,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stagewatch.timing import regions
+from stagewatch.timing.calls import _rec
 from stagewatch.timing.modules import (
     check_direct_forward,
     drop_compiled,
     given_modules,
     is_compiled,
+    is_script,
     owners,
     patterns,
     select_modules,
@@ -50,18 +52,7 @@ from stagewatch.timing.modules import (
 )
 from stagewatch.timing.probe import Frame, Probe
 
-
-class _Rec(threading.local):
-    """Per thread: how deep this thread is in a recomputation already charged."""
-
-    depth = 0
-    handles: list[Any]
-
-    def __init__(self) -> None:
-        self.handles = []
-
-
-_rec = _Rec()
+_HELD = object()  # a re-run going on from the recompute region held open
 
 
 class recompute_region:
@@ -109,6 +100,8 @@ class _Stack(threading.local):
         # the last module output hooked (its node's sequence number) and its hooks' dict
         self.last_seq = -1
         self.last_hooks: dict[Any, Any] = {}
+        # (probe, call or None) of each module re-run by a re-entrant checkpoint, open now
+        self.reruns: list[tuple[Any, Any]] = []
 
 
 class InstrumentHandle:
@@ -126,6 +119,8 @@ class InstrumentHandle:
         self._key = _GlobalKey()
         self._lock = threading.Lock()
         self.armed = False
+        # a recompute region ended but held open: (name, start, end, autograd node)
+        self._held: tuple[str, Any, Any, Any] | None = None
         if log is None or not timed:
             return
         import torch
@@ -139,7 +134,13 @@ class InstrumentHandle:
         self.dynamo = torch.compiler.is_dynamo_compiling
         self.compiler = torch.compiler
         self.graph_task = torch._C._current_graph_task_id
+        self.current_node = getattr(torch._C, "_current_autograd_node", lambda: None)
         self.grad_enabled = torch._C.is_grad_enabled
+        # the saved-tensor hooks in force: non-reentrant checkpointing re-runs a forward
+        # under its own; a re-entrant one re-runs it bare, then backwards through the re-run
+        self.saved_hooks = getattr(
+            torch._C._autograd, "_top_saved_tensors_default_hooks", lambda _: True
+        )
         self.tensor = torch.Tensor
         self._globals = torch.nn.modules.module
         # the sequence number the next autograd node created on this thread gets (-1: never
@@ -198,6 +199,7 @@ class InstrumentHandle:
         self.disarm_recompute()
 
     def disarm_recompute(self) -> None:
+        self._flush_recompute()
         with self._lock:
             if self.armed:
                 key, g = self._key, self._globals
@@ -206,6 +208,11 @@ class InstrumentHandle:
                 g._global_forward_hooks_always_called.pop(key, None)
             self.armed = False
 
+    # One recompute region per re-run of a module: the module's own call re-run
+    # (``checkpoint(block, x)``), or its forward re-run by a checkpoint inside it (Hugging
+    # Face's layers), where each timed child re-runs in turn. A region charged to the same
+    # module in the same autograd node (the checkpoint's) goes on from the last one, held
+    # open until another region starts or the backward ends.
     def _rec_pre(self, module: Any, args: Any) -> None:
         if self.graph_task() == -1:
             return
@@ -214,7 +221,16 @@ class InstrumentHandle:
             return
         rec = _rec
         if rec.depth == 0:
-            rec.handles.append((module, self.log.begin("backward/" + owner + "/recompute")))
+            name = "backward/" + owner + "/recompute"
+            node = self.current_node()
+            held = self._held
+            if held is not None and held[0] == name and held[3] is node:
+                rec.handles.append((module, _HELD))
+            else:
+                if held is not None:
+                    self._flush_recompute()
+                rec.handles.append((module, self.log.begin(name)))
+            rec.opened += 1
         rec.depth += 1
 
     def _rec_post(self, module: Any, args: Any, out: Any) -> None:
@@ -225,7 +241,42 @@ class InstrumentHandle:
             rec.depth -= 1
             if rec.depth == 0 and rec.handles:
                 _, h = rec.handles.pop()
-                self.log.end(h)
+                self._hold_recompute(h)
+
+    def _hold_recompute(self, h: Any) -> None:
+        """The re-run ended now: its region ends here unless the next one goes on from it."""
+        lg = self.log
+        if lg._closed:
+            self._held = None
+            return
+        now = lg._pool.get() if lg._cuda else regions._perf()
+        if lg._cuda:
+            now.record()
+        held = self._held
+        if h is _HELD:
+            if held is None:
+                return
+            if lg._cuda:
+                lg._pool.put(held[2])
+            self._held = (held[0], held[1], now, held[3])
+        elif h is not None:
+            if held is not None:
+                self._flush_recompute()
+            self._held = (h[0], h[1], now, self.current_node())
+
+    def _flush_recompute(self) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        lg = self.log
+        if lg._closed:
+            return
+        name, start, end, _ = held
+        if lg._cuda:
+            with lg._lock:
+                lg._cur_ev.append((name, start, end))
+        else:
+            lg._add(name, (end - start) * 1000.0)
 
     def remove(self) -> None:
         """Take away every hook (idempotent); regions still open are closed."""
@@ -296,6 +347,12 @@ def instrument(
                 "added after it; no module regions (instrument before compiling, or not at all)",
             )
             return InstrumentHandle()
+        if is_script(model):
+            warn(
+                "instrument(): the model is a TorchScript module, which takes no Python hooks; "
+                "no module regions (instrument the model before scripting it, or not at all)",
+            )
+            return InstrumentHandle()
         root = unwrap(model)
         timed = select_modules(root, depth, inc, exc)
     timed = drop_compiled(timed)
@@ -304,7 +361,7 @@ def instrument(
         for i, m in enumerate(timed.values()):
             root.add_module(f"m{i}", m)
     handle = InstrumentHandle(lg, root, timed)
-    if isinstance(model, torch.nn.Module):
+    if isinstance(model, torch.nn.Module) and not is_script(model):
         from stagewatch.ddp import watch_model_ddp
 
         # DDP's all-reduce as comm/exposed (issue 22), the model wrapped now or later

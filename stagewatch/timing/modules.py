@@ -65,12 +65,18 @@ def patterns(value: Any, what: str) -> tuple[str, ...]:
     return tuple(norm_path(p) if "*" not in p else p.replace(".", "/") for p in pats)
 
 
+def _children(m: Any) -> dict[str, Any]:
+    """A module's own ``_modules`` dict (a TorchScript module's is not a dict: none)."""
+    mods = m.__dict__.get("_modules")
+    return mods if isinstance(mods, dict) else {}
+
+
 def unwrap(model: Any) -> Any:
     """The user's module inside DDP, DataParallel, FSDP (1) and torch.compile wrappers."""
     for _ in range(8):
         inner = None
         for attr in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"):
-            inner = model.__dict__.get("_modules", {}).get(attr)
+            inner = _children(model).get(attr)
             if inner is not None:
                 break
         if inner is None and type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
@@ -82,14 +88,12 @@ def unwrap(model: Any) -> Any:
 
 
 def _is_wrapper(m: Any) -> bool:
-    mods = m.__dict__.get("_modules", {})
+    mods = _children(m)
     return any(a in mods for a in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module"))
 
 
 def is_compiled(m: Any) -> bool:
-    return "_orig_mod" in m.__dict__.get("_modules", {}) or (
-        m.__dict__.get("_compiled_call_impl") is not None
-    )
+    return "_orig_mod" in _children(m) or (m.__dict__.get("_compiled_call_impl") is not None)
 
 
 def select_modules(
@@ -207,8 +211,14 @@ def given_modules(
 
 
 def drop_compiled(timed: dict[str, Any]) -> dict[str, Any]:
+    """Without the modules hooks cannot time: compiled ones, and TorchScript ones (which
+    refuse Python hooks), each kind with one warning."""
     out = {}
+    scripted = []
     for path, m in timed.items():
+        if is_script(m):
+            scripted.append(path)
+            continue
         if is_compiled(m):
             warn(
                 f"instrument(): {path!r} is compiled by torch.compile, which ignores hooks "
@@ -216,7 +226,21 @@ def drop_compiled(timed: dict[str, Any]) -> dict[str, Any]:
             )
             continue
         out[path] = m
+    if scripted:
+        more = f" (and {len(scripted) - 1} more)" if len(scripted) > 1 else ""
+        warn(
+            f"instrument(): {scripted[0]!r}{more} is a TorchScript module, which takes no "
+            "Python hooks; not timed (its time counts in its caller's)",
+        )
     return out
+
+
+def is_script(m: Any) -> bool:
+    import sys
+
+    jit = getattr(sys.modules.get("torch"), "jit", None)
+    script = getattr(jit, "ScriptModule", None)
+    return script is not None and isinstance(m, script)
 
 
 # --------------------------------------------------------------------------- a call's tensors

@@ -8,11 +8,51 @@ from collections import deque
 from typing import Any
 
 from stagewatch.timing import regions
-from stagewatch.timing.calls import NO_HOOKS, Call
+from stagewatch.timing.calls import NO_HOOKS, Call, _rec
 from stagewatch.timing.modules import output_nodes, swap_inputs, warn_once
 from stagewatch.timing.regions import CpuRegion
 
 MAX_PENDING = 64  # backward calls a probe remembers (bounded even if backward never runs)
+CHECKED_CALLS = 2  # a module's first calls with gradients: do their outputs use the inputs?
+MAX_NODES = 256  # autograd nodes that check walks at most (past it: inputs taken as used)
+# a call that made more autograd nodes is not checked (its inputs taken as used): modules
+# that read an input for its shape are small (a positional embedding: a node or two), and
+# the walk from a module's outputs back to the inputs it uses covers all the nodes it made
+MAX_MADE = 16
+
+
+def _reached(nodes: Any, targets: list[Any], next_seq: int) -> set[int] | None:
+    """Which of ``targets`` (input number, its node, its view, the view's version) the
+    autograd graph from ``nodes`` reaches, walking only the nodes the module's call made
+    (sequence numbers from the first target's on, to ``next_seq``); None: not known (too
+    many nodes)."""
+    first = min(n._sequence_nr() + (1 if v is None else 0) for _, n, v, _ in targets)
+    if next_seq - first > MAX_MADE:
+        return None
+    want = {}
+    used: set[int] = set()
+    for i, n, v, version in targets:
+        if v is not None and v._version != version:  # changed in place: taken as used
+            used.add(i)
+        else:
+            want[id(n)] = i
+    todo = list(nodes)
+    seen: dict[int, Any] = {}  # the nodes too: an id stays theirs while they are held
+    while todo and want:
+        n = todo.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen[id(n)] = n
+        if len(seen) > MAX_NODES:
+            return None
+        i = want.pop(id(n), None)
+        if i is not None:
+            used.add(i)
+            continue
+        if n._sequence_nr() < first:
+            continue
+        todo.extend(f for f, _ in n.next_functions)
+    return used
 
 
 # --------------------------------------------------------------------------- one module
@@ -33,6 +73,15 @@ def on_node(proxy: Any, node: Any, fn: Any) -> None:
     wants."""
     proxy._backward_hooks = {0: fn}
     node._register_hook_dict(proxy)
+
+
+def forward_name(base: str, path: str) -> str:
+    """The region of a forward of module ``path`` called inside region ``base``: under it,
+    except inside a backward region (a loss module called in ``timed("backward")``), whose
+    names are the modules' backward regions: ``forward/<path>`` there."""
+    if base == "backward" or base.startswith("backward/"):
+        base = "forward"
+    return base + "/" + path
 
 
 class Frame(CpuRegion):
@@ -78,6 +127,9 @@ class Probe:
         self.hooked: tuple[bool, ...] = ()
         self.trainable = 0  # parameters that need a gradient (while hooked)
         self.names: dict[str, str] = {}  # the caller's region -> this module's region name
+        # calls left whose outputs are checked to depend on their inputs (-1: always, for a
+        # module seen ignoring an input, as a positional embedding taking x for its shape)
+        self.check = CHECKED_CALLS
         self.hooks = [
             module.register_forward_pre_hook(self.pre, with_kwargs=True),
             # always_call: a forward that raises still leaves its region
@@ -92,8 +144,10 @@ class Probe:
         inst = self.inst
         if inst is None:  # a copy's hooks (see InertProbe)
             return None
-        if inst.dynamo() or inst.compiler._is_compiling_flag or inst.graph_task() != -1:
-            return None  # inside compiled code; or a recompute (charged by the global hook)
+        if inst.dynamo() or inst.compiler._is_compiling_flag:
+            return None  # inside compiled code
+        if inst.graph_task() != -1:  # a recompute (charged by the global hook)
+            return self._rerun_pre(module, args, kwargs)
         lg = inst.log
         if lg._closed:
             inst.remove()
@@ -102,7 +156,7 @@ class Probe:
             inst.disarm_recompute()
         pending = self.pending
         if pending and pending[0].state:
-            if len(pending) == 1 and pending[0].state == 2:  # the last call's backward done
+            if len(pending) == 1 and pending[0].state >= 2:  # the last call's backward done
                 pending.clear()
             else:
                 self._stale()
@@ -121,7 +175,7 @@ class Probe:
         base = stack[-1].base if stack else (open_[-1]._full if open_ else "forward")
         full = self.names.get(base)
         if full is None:
-            full = base + "/" + self.path
+            full = forward_name(base, self.path)
             if len(self.names) < 64:  # bounded even if the caller's regions vary without end
                 self.names[base] = full
         frame.base = base
@@ -147,7 +201,10 @@ class Probe:
         inst = self.inst
         if inst is None:
             return
-        if inst.dynamo() or inst.compiler._is_compiling_flag or inst.graph_task() != -1:
+        if inst.dynamo() or inst.compiler._is_compiling_flag:
+            return
+        if inst.graph_task() != -1:
+            self._rerun_post(out)
             return
         tls = inst._tls
         stack = tls.frames
@@ -177,6 +234,8 @@ class Probe:
         if type(out) is inst.tensor:  # the common case, without output_nodes()
             node = out.grad_fn
             if node is not None:
+                if self.check:
+                    self._check_use(call, (node,))
                 proxy = tls.proxy  # on_node() inlined
                 tls.last_hooks = proxy._backward_hooks = {0: call.start}
                 node._register_hook_dict(proxy)
@@ -187,6 +246,87 @@ class Probe:
                     self.pending.append(call)
                 return
         self._hook_outputs(call, output_nodes(out, inst.torch), tls.proxy)
+
+    # re-entrant activation checkpointing: the forward under checkpoint ran without
+    # gradients (no backward hooks then); during the backward it re-runs with them and
+    # autograd backwards through the re-run at once, so the re-run's calls get the hooks
+    def _rerun_pre(self, module: Any, args: Any, kwargs: Any) -> Any:
+        inst = self.inst
+        tls = inst._tls
+        reruns = tls.reruns
+        if any(p is self for p, _ in reruns) or not inst.grad_enabled():
+            reruns.append((self, None))  # re-entered: the outer call covers it
+            return None
+        if inst.saved_hooks(False) is not None:  # non-reentrant: no backward of the re-run
+            reruns.append((self, None))
+            return None
+        call, replaced = self._new_call(args, kwargs, inst.tensor, tls)
+        rec = _rec
+        # the module whose call opened this recompute region: its backward region starts
+        # with the re-run (as in non-reentrant checkpointing), unless another re-run
+        # starts before its gradients do (Call.rerun_start)
+        call.mark = -1
+        if rec.depth == 1 and rec.handles and rec.handles[-1][0] is module:
+            call.mark = rec.opened
+            if inst.cpu:
+                call.t0 = regions._perf()
+            else:
+                call.handle = inst.log.begin(self.bwd_name)
+        reruns.append((self, call))
+        return replaced
+
+    def _rerun_post(self, out: Any) -> None:
+        inst = self.inst
+        tls = inst._tls
+        reruns = tls.reruns
+        for i in range(len(reruns) - 1, -1, -1):
+            if reruns[i][0] is self:
+                call = reruns.pop(i)[1]
+                break
+        else:
+            return
+        if call is None:
+            return
+        if call.views:
+            self._check_views(call)
+        nodes = output_nodes(out, inst.torch)
+        if not nodes:
+            call.dead = True
+            if call.leaf_hooks:
+                call.drop_hooks()
+            return
+        if self.check:
+            self._check_use(call, nodes)
+        seen: set[int] = set()
+        for n in nodes:
+            if id(n) not in seen:
+                seen.add(id(n))
+                on_node(tls.proxy, n, call.rerun_start)
+        self._remember(call)
+
+    def _check_use(self, call: Call, nodes: Any) -> None:
+        """Inputs of ``call`` that its outputs do not depend on (the module read only their
+        shape): their gradients never come through it, so the call does not wait for them;
+        with none left it ends on its parameters' gradients. Without this its region would
+        stretch to the end of the backward pass, with a warning."""
+        targets = getattr(call, "targets", None)
+        if not targets:
+            return
+        call.targets = None
+        used = _reached(nodes, targets, self.inst.next_seq())
+        if used is None or len(used) == len(targets):
+            if self.check > 0:
+                self.check -= 1
+            return
+        self.check = -1
+        for i, _, _, _ in targets:
+            if i not in used and not call.done & (1 << i):
+                call.done |= 1 << i
+                call.remaining -= 1
+        if call.remaining <= 0:
+            call.remaining = 0
+            call.params = True
+            self._hook_params()
 
     def _pop_inner(self, stack: list[Frame]) -> Frame | None:
         """This module's frame below the top of the stack (a frame above it was left open by
@@ -209,6 +349,8 @@ class Probe:
             if call.leaf_hooks:
                 call.drop_hooks()
             return
+        if self.check:
+            self._check_use(call, nodes)
         seen: set[int] = set()
         for n in nodes:
             if id(n) not in seen:
@@ -243,6 +385,8 @@ class Probe:
                 if node is not None:
                     seq = node._sequence_nr()
                     if seq + 1 == self.inst.next_seq():
+                        if self.check:
+                            call.targets = [(0, node, None, 0)]
                         if seq == tls.last_seq:
                             tls.last_hooks[call] = call.only_input
                         else:
@@ -254,6 +398,8 @@ class Probe:
                 proxy._backward_hooks = {0: call.only_input}  # on_node() inlined
                 v.grad_fn._register_hook_dict(proxy)
                 call.views = [(0, v, v._version)]
+                if self.check:
+                    call.targets = [(0, v.grad_fn, v, v._version)]
                 return call, ((v,), kwargs)
         views: dict[int, Any] = {}
         nested: list[Any] = []
@@ -263,6 +409,20 @@ class Probe:
             call.params = True
             self._hook_params()
             return call, None
+        self._hook_inputs(call, views, nested, proxy)
+        if new_args is None and new_kwargs is None:
+            return call, None
+        if new_args is not None:
+            args = tuple(new_args.get(j, a) for j, a in enumerate(args))
+        if new_kwargs is not None:
+            kwargs = {**kwargs, **new_kwargs}
+        return call, (args, kwargs)
+
+    def _hook_inputs(
+        self, call: Call, views: dict[int, Any], nested: list[Any], proxy: Any
+    ) -> None:
+        """The end hooks of a call with several inputs: on each view's node, and on each
+        tensor inside a container argument."""
         call.remaining = len(views) + len(nested)
         partial = functools.partial
         i = 0
@@ -271,6 +431,8 @@ class Probe:
             on_node(proxy, v.grad_fn, call.first_input if i == 0 else partial(call.input_grad, i))
             call.views.append((i, v, v._version))
             i += 1
+        if self.check:
+            call.targets = [(j, v.grad_fn, v, version) for j, v, version in call.views]
         for t in nested:
             h = t.register_hook(call.first_input if i == 0 else partial(call.input_grad, i))
             if t.grad_fn is None:  # a leaf keeps its hooks: take them away when done
@@ -278,13 +440,6 @@ class Probe:
                     call.leaf_hooks = []
                 call.leaf_hooks.append(h)
             i += 1
-        if new_args is None and new_kwargs is None:
-            return call, None
-        if new_args is not None:
-            args = tuple(new_args.get(j, a) for j, a in enumerate(args))
-        if new_kwargs is not None:
-            kwargs = {**kwargs, **new_kwargs}
-        return call, (args, kwargs)
 
     @staticmethod
     def _modified_in_place(call: Call, i: int, v: Any) -> None:
@@ -311,7 +466,7 @@ class Probe:
 
     def _remember(self, call: Call) -> None:
         pending = self.pending
-        while pending and pending[0].state == 2:
+        while pending and pending[0].state >= 2:
             pending.popleft()
         if len(pending) >= MAX_PENDING:
             old = pending.popleft()
@@ -319,6 +474,12 @@ class Probe:
         pending.append(call)
 
     def unfinished(self, call: Call) -> None:
+        if call.params and call.remaining < self.trainable:
+            # some parameters got no gradient in this backward (a layer LayerDrop skipped, a
+            # mixture-of-experts' expert no token chose, a part this call did not use): the
+            # backward ended with the last gradient that came, and there is nothing to say
+            call.finish_at(getattr(call, "t_last", call.t0))
+            return
         warn_once(
             "unfinished:" + self.path,
             f"instrument(): the backward of {self.path!r} ended without the gradients of all "
@@ -362,8 +523,10 @@ class Probe:
     def _accumulated(self, p: Any) -> None:
         if not p.requires_grad:
             return
+        now = regions._perf()
         for call in self.pending:
             if call.state == 1 and call.params:
+                call.t_last = now
                 call.param_grad()
 
     def remove(self) -> None:
