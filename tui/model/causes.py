@@ -50,11 +50,14 @@ def slow_now_and_then(
     above: float,
     ranks: Sequence[int],
     t: Any,
+    steps: Sequence[int] | None = None,
 ) -> tuple[int, str] | None:
     """(rank index, reason) when no rank is slow steadily but one is slow now and then: in
     the steps where the slowest rank's own time stands out (above ``floor`` and ``above``, a
     multiple of the run's noise) and is ahead of the runner-up's by ``floor``, the same rank
-    nearly every time, more often than chance would make it. ``own``, ``excess`` and
+    nearly every time, more often than chance would make it (counting the others' spikes
+    only when alike in size). ``steps``: the compared steps, to say when the slow ones are
+    bunched. ``own``, ``excess`` and
     ``order`` are judge_stragglers' (per step and rank); ``t`` its StragglerLimits. None
     otherwise."""
     n = len(order)
@@ -70,18 +73,34 @@ def slow_now_and_then(
     k = excess.shape[1]
     by = np.bincount(slowest[hit], minlength=k)
     i = int(by.argmax())
+    # a spike of another rank counts against this one only when it is alike in size: a
+    # rank 40 ms behind every fifth step is not made chance by the others' 5 ms hiccups
+    big = hit & (top >= 0.5 * float(np.median(top[hit & (slowest == i)])))
+    count = int(big.sum())
+    by = np.bincount(slowest[big], minlength=k)
     if by[i] < t.intermittent_share * count or _by_chance(int(by[i]), count, k) > 0.01:
         return None
-    rows = hit & (slowest == i)
+    rows = big & (slowest == i)
     ex = float(np.median(top[rows]))
     sub = {name: p[rows] for name, p in parts.items()}
     cause, cms, _, _, _ = cause_of(sub, i, 0.5 * ex)
     why = f", mostly {CAUSE_WORDS[cause]} +{_ms(cms)}" if cause is not None else ""
     return i, (
         f"no steady straggler; rank {ranks[i]} is slow now and then: its own time +{_ms(ex)} "
-        f"over the other ranks in {int(by[i])} of {n} steps{why} (the others wait for it in "
-        "those steps)"
+        f"over the other ranks in {int(by[i])} of {n} steps{_where(rows, steps)}{why} (the "
+        "others wait for it in those steps)"
     )
+
+
+def _where(rows: np.ndarray, steps: Sequence[int] | None) -> str:
+    """`` (all in steps 1–20)`` when the slow steps are bunched in under half of those
+    compared (a rank slow only for a while, e.g. while its cache warms); else empty."""
+    if steps is None or len(steps) != len(rows):
+        return ""
+    at = np.flatnonzero(rows)
+    if not len(at) or at[-1] - at[0] + 1 > len(rows) // 2:
+        return ""
+    return f" (all in steps {steps[at[0]]}–{steps[at[-1]]})"
 
 
 def _by_chance(m: int, count: int, k: int) -> float:

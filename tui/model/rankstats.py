@@ -556,7 +556,15 @@ def judge_stragglers(
     now_and_then = None
     if named is None and n >= need:
         spikes = slow_now_and_then(
-            own, excess, order, parts, floor, max(noise * t.intermittent_noise, 0.0), ranks, t
+            own,
+            excess,
+            order,
+            parts,
+            floor,
+            max(noise * t.intermittent_noise, 0.0),
+            ranks,
+            t,
+            steps,
         )
         if spikes is not None:
             now_and_then, reason = spikes[0], spikes[1] + (_CAVEAT.get(source, ""))
