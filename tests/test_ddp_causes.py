@@ -22,7 +22,13 @@ from _trainer_helpers import ROOT, env_for_subprocess, records
 from stagewatch.ddp import _merged_ms, watch_ddp
 from tui.diagnosis.advice import advice_for_run
 from tui.diagnosis.facts import facts_from_snapshot
-from tui.model.rankstats import WAIT_ESTIMATED, WAIT_MEASURED, WAIT_UNKNOWN, judge_stragglers
+from tui.model.rankstats import (
+    WAIT_ESTIMATED,
+    WAIT_MEASURED,
+    WAIT_REST,
+    WAIT_UNKNOWN,
+    judge_stragglers,
+)
 from tui.report.summary import open_run, summary_dict, summary_text
 
 CASES = ("none", "input", "h2d", "compute", "comm", "input-plain", "compute-plain")
@@ -162,7 +168,35 @@ def test_a_rank_slow_inside_backward_is_not_guessed_when_the_wait_is_unmeasured(
     assert "watch_ddp" in v.reason
     per = {r: _rows(20, wall=200.0, data=2.0) for r in (0, 1)}
     v = judge_stragglers(per)
-    assert v is not None and v.wait_source == WAIT_UNKNOWN and "cannot be told" in v.reason
+    assert v is not None and v.straggler is None and v.wait_source == WAIT_REST
+    assert v.reason.startswith("no straggler found:") and "cannot be told" in v.reason
+
+
+def test_no_region_but_the_loader_still_names_a_slow_input() -> None:
+    # stagewatch.timed_loader and log.step() only: rank 1's input 40 ms slower; rank 0's
+    # wait is in its untimed rest of the step, which is as long as rank 1's input
+    per = {
+        0: _rows(30, wall=55.0, data=0.4, h2d=0.05),
+        1: _rows(30, wall=55.0, data=40.4, h2d=0.05),
+    }
+    v = judge_stragglers(per)
+    assert v is not None and v.straggler == 1 and v.cause == "input", v.reason
+    assert v.wait_source == WAIT_REST and v.cause_ms == pytest.approx(40.0)
+    assert "estimated from the untimed rest" in v.who_waits()
+    # rank 1 slow in untimed compute instead: both ranks' rest alike; nothing is guessed
+    per = {r: _rows(30, wall=55.0, data=0.4, h2d=0.05) for r in (0, 1)}
+    v = judge_stragglers(per)
+    assert v is not None and v.straggler is None and "untimed work" in v.reason
+    assert [x.allreduce_ms for x in v.ranks] == [0.0, 0.0]
+
+
+def test_ranks_not_in_step_leave_the_wait_unknown_and_shown_as_such() -> None:
+    # not DDP: walls differ, so no wait is estimated; the slower rank is named by its wall
+    per = {0: _rows(30, wall=100.0, data=1.0), 1: _rows(30, wall=160.0, data=1.0)}
+    v = judge_stragglers(per)
+    assert v is not None and v.wait_source == WAIT_UNKNOWN and v.straggler == 1
+    assert all(math.isnan(x.allreduce_ms) for x in v.ranks)
+    assert "not measured" in v.who_waits()
 
 
 def test_watch_ddp_on_a_plain_model_warns_and_returns_none() -> None:

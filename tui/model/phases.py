@@ -63,6 +63,12 @@ UNMEASURED_CAVEAT = {
         "inside backward itself cannot be told from one waiting there "
         "(stagewatch.watch_ddp(model) measures it)"
     ),
+    "rest": (
+        "; the all-reduce wait is not measured but estimated from the untimed rest of the "
+        "step (there is no `backward` region), so a rank slow in untimed work (forward, "
+        "backward, optimizer) cannot be told from one waiting for it "
+        "(stagewatch.watch_ddp(model) measures it)"
+    ),
     "none": (
         "; the all-reduce wait is not measured and there is no `backward` region, so under "
         "DDP a slow rank cannot be told from one waiting for it "

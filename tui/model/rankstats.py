@@ -298,6 +298,9 @@ DEFAULT_LIMITS = StragglerLimits()
 #: how the wait at the all-reduce was known
 WAIT_MEASURED = "measured"  # comm/exposed (stagewatch.watch_ddp) or the trainer's allreduce
 WAIT_ESTIMATED = "backward"  # estimated from the backward region's self time across ranks
+#: no backward region: estimated from the untimed rest of the step (wall minus the timed
+#: input, copy and comm hook) across ranks, when every rank's steps are equally long (DDP)
+WAIT_REST = "rest"
 WAIT_UNKNOWN = "none"
 
 
@@ -375,13 +378,15 @@ class StragglerVerdict:
         """'rank 0 waits 250 ms per step for rank 1 at the all-reduce', or the reason for none."""
         if self.straggler is None:
             return self.reason
+        if self.wait_source == WAIT_UNKNOWN:
+            return f"the other ranks' wait for rank {self.straggler} is not measured"
         w = self.waits()
         if len(w) <= 3:
             who = ", ".join(f"rank {r} {_ms(ms)}" for r, ms in w)
         else:
             avg = sum(ms for _, ms in w) / len(w)
             who = f"{len(w)} ranks ~{_ms(avg)} each"
-        how = "" if self.measured else " (estimated from backward)"
+        how = _HOW.get(self.wait_source, "")
         return f"waiting for rank {self.straggler} at the all-reduce, per step{how}: {who}"
 
     def cause_text(self) -> str:
@@ -410,6 +415,13 @@ class StragglerVerdict:
         d["cause_text"] = self.cause_text()
         d["parts"] = {k: v for k, v in self.parts}
         return json_tree(d)  # type: ignore[no-any-return]
+
+
+#: how a wait that was not measured was known, after the figures in ``who_waits``
+_HOW = {
+    WAIT_ESTIMATED: " (estimated from backward)",
+    WAIT_REST: " (estimated from the untimed rest of the step)",
+}
 
 
 def _excess_over_others(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -446,16 +458,18 @@ def _why(
     """The rank named (or None) and the reason, one line."""
     rec = worst.slowest / n
     ex = worst.excess_ms
+    # a wait not measured may hide a slow rank (the caveat says where): none *found*
+    none = "no straggler" if measured else "no straggler found"
     if n < need:
         return None, f"no straggler yet: {n} steps compared by every rank (need {need})"
     if ex < floor:
         return None, (
-            f"no straggler: ranks within {_ms(max(0.0, ex))} of each other in their own time "
+            f"{none}: ranks within {_ms(max(0.0, ex))} of each other in their own time "
             f"({pct(max(0.0, share))} of the step, below the {pct(t.straggler_excess)} floor)"
         )
     if ex < t.straggler_noise * noise:
         return None, (
-            f"no straggler: rank {worst.rank}'s +{_ms(ex)} is within the run's "
+            f"{none}: rank {worst.rank}'s +{_ms(ex)} is within the run's "
             f"step-to-step noise (±{_ms(noise)})"
         )
     if runner is not None and worst.own_ms - runner.own_ms < floor:
@@ -477,15 +491,23 @@ def _why(
     )
 
 
-def _waits(x: np.ndarray) -> tuple[np.ndarray, str]:
+def _waits(x: np.ndarray, alike: float) -> tuple[np.ndarray, str]:
     """Per step and rank, the wait at the all-reduce, and how it is known: measured by every
     rank; else each rank's ``backward`` self time over the fastest rank's (under DDP the
-    waiting ranks show the wait there); else unknown (zero)."""
+    waiting ranks show the wait there); else, when the ranks' median step walls are within
+    ``alike`` (a share) of each other, as under DDP, the rest of the step (all but the timed
+    input, copy and comm hook) over the fastest rank's: the wait is in that rest, so a rank
+    slow in its input is not hidden by its peers' untimed wait; else unknown (zero)."""
     wait, sync = x[:, :, 1], x[:, :, 5]
     if not np.isnan(wait).any():
         return wait, WAIT_MEASURED
     if not np.isnan(sync).any():
         return sync - sync.min(axis=1, keepdims=True), WAIT_ESTIMATED
+    z = np.nan_to_num(x)
+    wm = np.median(z[:, :, 0], axis=0)
+    if wm.max() - wm.min() <= alike * float(np.median(wm)):
+        rest = z[:, :, 0] - z[:, :, 2] - z[:, :, 3] - z[:, :, 4]
+        return rest - rest.min(axis=1, keepdims=True), WAIT_REST
     return np.zeros_like(wait), WAIT_UNKNOWN
 
 
@@ -507,7 +529,7 @@ def judge_stragglers(
     if table is None:
         return None
     ranks, steps, x = table
-    wait, source = _waits(x)
+    wait, source = _waits(x, t.straggler_excess)
     z = np.nan_to_num(x)
     wall, data, h2d, launch = z[:, :, 0], z[:, :, 2], z[:, :, 3], z[:, :, 4]
     own = wall - wait
@@ -524,7 +546,7 @@ def judge_stragglers(
             rank=r,
             wall_ms=float(med[i, 0]),
             compute_ms=float(cmed[i]),
-            allreduce_ms=float(wmed[i]),
+            allreduce_ms=float(wmed[i]) if source != WAIT_UNKNOWN else math.nan,
             data_ms=float(med[i, 2]),
             excess_ms=float(emed[i]),
             slowest=int(slow_counts[i]),
