@@ -110,3 +110,38 @@ def _by_chance(m: int, count: int, k: int) -> float:
     p = 1.0 / k
     tail = sum(math.comb(count, j) * p**j * (1.0 - p) ** (count - j) for j in range(m, count + 1))
     return min(1.0, k * tail)
+
+
+def slow_group(
+    own: np.ndarray, parts: dict[str, np.ndarray], floor: float, need: float, t: Any
+) -> tuple[list[int], float, str | None, float] | None:
+    """Two or more ranks slow alike, none the one (e.g. two of four with a slow disk): the
+    ranks above the largest gap between the ranks' median own times, when that gap is above
+    ``floor`` and ``need`` (a multiple of the noise) and in most steps
+    (``t.straggler_recurrence``) every one of them is slower than every other rank.
+    Returns (their indices, their median excess over the other ranks' median, the class
+    with the largest excess common to them, its excess), or None."""
+    k = own.shape[1]
+    med = np.median(own, axis=0)
+    order = np.argsort(med, kind="stable")
+    gaps = np.diff(med[order])
+    if k < 3 or not len(gaps):
+        return None
+    g = int(gaps.argmax())
+    slow, fast = order[g + 1 :], order[: g + 1]
+    if len(slow) < 2 or not (gaps[g] > floor and gaps[g] >= need):
+        return None
+    if med[slow].max() - med[slow].min() > gaps[g]:  # graded, not alike
+        return None
+    apart = own[:, slow].min(axis=1) > own[:, fast].max(axis=1)
+    if apart.mean() < t.straggler_recurrence:
+        return None
+    base = np.median(own[:, fast], axis=1)
+    excess = float(np.median(np.median(own[:, slow], axis=1) - base))
+    best, best_ms = None, 0.5 * excess
+    for name in CAUSES:  # the class whose excess the slow ranks share (the least of theirs)
+        p = parts[name]
+        ex = float(np.min(np.median(p[:, slow] - np.median(p[:, fast], axis=1)[:, None], axis=0)))
+        if ex > best_ms:
+            best, best_ms = name, ex
+    return sorted(int(i) for i in slow), excess, best, best_ms if best is not None else math.nan

@@ -21,7 +21,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from tui.model.causes import CAUSE_WORDS, CAUSES, cause_of, slow_now_and_then  # noqa: F401
+from tui.model.causes import (  # noqa: F401
+    CAUSE_WORDS,
+    CAUSES,
+    cause_of,
+    slow_group,
+    slow_now_and_then,
+)
 from tui.model.perstep import _per_step, _rank_table  # noqa: F401
 
 # the phases live in tui/model/phases.py; re-exported here, where they were first defined
@@ -353,6 +359,9 @@ class StragglerVerdict:
     # no steady straggler, but this rank is slow now and then (the reason says how often,
     # by how much and why, in the steps it is slow); None otherwise
     intermittent: int | None = None
+    # no single straggler, but these ranks are slow alike (the reason says by how much and
+    # why); empty otherwise
+    group: tuple[int, ...] = ()
 
     def rank(self, r: int) -> RankCompute | None:
         """The figures of rank ``r``; None when it was not compared."""
@@ -404,6 +413,8 @@ class StragglerVerdict:
     def brief(self) -> str:
         """A few words for a header: ``straggler rank 1 +98.7 ms input`` or ``no straggler``."""
         if self.straggler is None:
+            if self.group:
+                return "ranks " + ", ".join(map(str, self.group)) + " slow"
             if self.intermittent is not None:
                 return f"rank {self.intermittent} slow now and then"
             return "no straggler" if self.compared_steps >= 2 else ""
@@ -575,8 +586,13 @@ def judge_stragglers(
         reason += _CAVEAT[source]
     parts = {"input": data, "h2d": h2d, "compute": comp, "communication": launch}
     cause, cms, crank, cothers, table_ = cause_of(parts, wi, 0.5 * worst.excess_ms)
-    now_and_then = None
-    if named is None and n >= need:
+    now_and_then, group = None, None
+    if named is None and n >= need and source == WAIT_MEASURED and k > 2:
+        # two or more ranks alike (the wait measured: none of them is waiting)
+        group = slow_group(own, parts, floor, t.straggler_noise * noise, t)
+        if group is not None:
+            reason = _group_reason(group, ranks, n)
+    if named is None and n >= need and group is None:
         spikes = slow_now_and_then(
             own,
             excess,
@@ -609,4 +625,18 @@ def judge_stragglers(
         cause_others_ms=cothers if named is not None else math.nan,
         parts=table_ if named is not None else (),
         intermittent=None if now_and_then is None else ranks[now_and_then],
+        group=() if group is None else tuple(ranks[i] for i in group[0]),
+    )
+
+
+def _group_reason(
+    group: tuple[list[int], float, str | None, float], ranks: Sequence[int], n: int
+) -> str:
+    """The reason of a verdict whose slow ranks are several, alike (:func:`slow_group`)."""
+    idx, ex, cause, cms = group
+    who = ", ".join(str(ranks[i]) for i in idx)
+    why = f", mostly {CAUSE_WORDS[cause]} +{_ms(cms)}" if cause is not None else ""
+    return (
+        f"no single straggler: ranks {who} are slow alike, their own time +{_ms(ex)} per step "
+        f"over the other ranks'{why} (the others wait for them)"
     )
