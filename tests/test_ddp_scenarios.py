@@ -348,3 +348,31 @@ def test_scenario_verdicts(
     assert v.cause == cause and 25.0 < v.cause_ms < 60.0, v.cause_text()
     f = facts_from_snapshot(snap, window=True)
     assert f.straggler_leaf == leaf, f.straggler_cause_line
+
+
+def test_instrument_alone_names_the_module_not_unaccounted(tmp_path: Path) -> None:
+    # stagewatch.instrument(ddp_model) + timed_loader, no region of the loop's own: no
+    # `forward` or `backward` is timed itself; rank 1's forward/enc/1 is 40 ms slower and
+    # rank 0 waits 40 ms in the exposed all-reduce (measured). Each region with no timed
+    # region above it covers the step, comm/exposed too (no backward region holds it)
+    def make(r: int) -> Regions:
+        late = r == 1
+        return {
+            "__wall__": 60.0,
+            "data/wait": 0.5,
+            "forward/enc": 1.0 + (40.0 if late else 0.0),
+            "forward/enc/1": 0.2 + (40.0 if late else 0.0),
+            "forward/head": 0.5,
+            "backward/enc": 1.0,
+            "backward/head": 0.5,
+            "comm/exposed": 1.0 if late else 41.0,
+            "comm/launch": 0.1,
+            "comm/total": 5.0 if late else 45.0,
+        }
+
+    snap = _write(tmp_path, "instr", 2, 30, make)
+    f = facts_from_snapshot(snap, window=True)
+    assert f.straggler == 1 and f.straggler_cause == "compute"
+    assert "mostly `forward/enc/1` +40" in f.straggler_cause_line, f.straggler_cause_line
+    # 60 - 0.5 - 41 - 1 - 1 - 0.5 - 0.5 of the waiting rank: the wait is not "untimed"
+    assert snap.unaccounted.window.avg == pytest.approx(15.5, abs=1.0)

@@ -352,7 +352,7 @@ def _fields_of(rows: RankRows, grp: list[RankAgg], sel: list[int], qidx: np.ndar
 
 def _top(a: RankAgg) -> np.ndarray:
     """The rank's top-level region columns (as ``unaccounted`` takes them)."""
-    return np.fromiter((c for n, c in a.cols.items() if "/" not in n), dtype=np.int64)
+    return a.top_columns()
 
 
 def read_unaccounted(rows: RankRows, aggs: Sequence[RankAgg]) -> None:
