@@ -342,3 +342,18 @@ def test_compute_outside_every_region_is_said_so(
     f = facts_from_snapshot(snap, window=True)
     assert f.straggler == 1 and f.straggler_cause == "compute"
     assert "outside every timed region (unaccounted +40.0 ms)" in f.straggler_cause_line
+
+
+def test_a_rank_slow_by_uneven_amounts_is_not_excused_as_noise() -> None:
+    # Lightning's sampler gave rank 1 0, 1 or 2 slow samples a batch: its input 40 or 80 ms
+    # late in most steps, 0 in some. Its own spread is its slowness, not the run's noise
+    # (before: "+40.8 ms is within the run's step-to-step noise (±31.0 ms)")
+    late = [40.0, 80.0, 40.0, 0.0, 80.0, 40.0, 40.0, 0.0, 80.0, 40.0] * 5
+    per: dict[int, list[tuple[float, ...]]] = {0: [], 1: []}
+    for s, d in enumerate(late, 1):
+        wall = 15.0 + d + (s % 3) * 0.5
+        per[0].append((s, wall, d + (s % 3) * 0.5, 0.4, 0.1, 0.2, math.nan, d + 1.0))
+        per[1].append((s, wall, 0.5, 0.4 + d, 0.1, 0.2, math.nan, 1.0))
+    v = judge_stragglers(per)
+    assert v is not None and v.straggler == 1 and v.cause == "input", v.reason
+    assert v.noise_ms < 5.0

@@ -569,10 +569,13 @@ def judge_stragglers(
         for i, r in enumerate(ranks)
     ]
     step_ms = median([x.wall_ms for x in rows])
-    # noise: step-to-step variation of each rank's own time (1.4826 × MAD ≈ σ), median of ranks
-    noise = float(np.median(1.4826 * np.median(np.abs(own - omed), axis=0)))
     floor = t.straggler_excess * step_ms if ok(step_ms) else math.inf
     wi = max(range(k), key=lambda i: (rows[i].excess_ms, -rows[i].rank))
+    # noise: step-to-step variation of each rank's own time (1.4826 × MAD ≈ σ), median of
+    # the ranks but the one furthest behind, whose own spread is its slowness when it
+    # straggles by uneven amounts (a slow loader's 40 or 80 ms): not noise to excuse it by
+    mad = 1.4826 * np.median(np.abs(own - omed), axis=0)
+    noise = float(np.median(np.delete(mad, wi)))
     worst = rows[wi]
     share = worst.excess_ms / step_ms if ok(step_ms) and step_ms > 0 else math.nan
     need = min(t.straggler_min_steps, window) if window else t.straggler_min_steps
