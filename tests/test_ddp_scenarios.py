@@ -27,6 +27,7 @@ from tui.model.phases import UNMEASURED_CAVEAT, find_phase
 from tui.model.rankstats import WAIT_ESTIMATED, WAIT_MEASURED, WAIT_REST, WAIT_UNKNOWN
 from tui.report.summary import open_run
 from tui.testing import start_line
+from tui.view.widgets.ranks import verdict_lines
 
 Regions = dict[str, float]
 
@@ -198,8 +199,11 @@ def test_two_ranks_equally_slow_are_not_one_straggler(tmp_path: Path) -> None:
             "comm/launch": 0.1,
         }
 
-    v = _write(tmp_path, "pair", 4, 30, make).stragglers
+    snap = _write(tmp_path, "pair", 4, 30, make)
+    v = snap.stragglers
     assert v is not None and v.straggler is None and v.group == (1, 2), v.reason
+    lines, style = verdict_lines(snap, 200)  # the ranks panel says it as a finding
+    assert style == "bold red" and lines[0].startswith("no single straggler: ranks 1, 2")
     assert v.reason.startswith("no single straggler: ranks 1, 2 are slow alike, ")
     assert "mostly input wait +40" in v.reason and v.as_dict()["group"] == [1, 2]
     assert v.brief() == "ranks 1, 2 slow"

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from tui.model.phases import OUTSIDE_BACKWARD
 from tui.model.units import ms as _ms
+from tui.model.units import pct
 
 #: the classes of a rank's own time, in the order they are reported
 CAUSES = ("input", "h2d", "compute", "communication")
@@ -145,3 +147,64 @@ def slow_group(
         if ex > best_ms:
             best, best_ms = name, ex
     return sorted(int(i) for i in slow), excess, best, best_ms if best is not None else math.nan
+
+
+def why_named(
+    worst: Any,
+    runner: Any,
+    n: int,
+    need: int,
+    floor: float,
+    noise: float,
+    share: float,
+    t: Any,
+    measured: bool = True,
+) -> tuple[int | None, str]:
+    """The rank named (or None) and the reason, one line: ``worst`` and ``runner`` are
+    :class:`~tui.model.rankstats.RankCompute` rows, ``t`` the StragglerLimits."""
+    rec = worst.slowest / n
+    ex = worst.excess_ms
+    # a wait not measured may hide a slow rank (the caveat says where): none *found*
+    none = "no straggler" if measured else "no straggler found"
+    if n < need:
+        return None, f"no straggler yet: {n} steps compared by every rank (need {need})"
+    if ex < floor:
+        return None, (
+            f"{none}: ranks within {_ms(max(0.0, ex))} of each other in their own time "
+            f"({pct(max(0.0, share))} of the step, below the {pct(t.straggler_excess)} floor)"
+        )
+    if ex < t.straggler_noise * noise:
+        return None, (
+            f"{none}: rank {worst.rank}'s +{_ms(ex)} is within the run's "
+            f"step-to-step noise (±{_ms(noise)})"
+        )
+    if runner is not None and worst.own_ms - runner.own_ms < floor:
+        # two ranks alike: both slow, or (wait unmeasured) one of them waits somewhere the
+        # estimate does not look, e.g. DDP's buffer broadcast in forward
+        why = (
+            f"no straggler: no single rank stands out: rank {worst.rank} +{_ms(ex)} and rank "
+            f"{runner.rank} +{_ms(runner.excess_ms)} in their own time over the others"
+        )
+        return None, why + ("" if measured else OUTSIDE_BACKWARD)
+    if rec < t.straggler_recurrence:
+        return None, (
+            f"no straggler: rank {worst.rank} is behind on average (+{_ms(ex)}) but the "
+            f"slowest in only {worst.slowest} of {n} steps"
+        )
+    return worst.rank, (
+        f"rank {worst.rank}'s own time is +{_ms(ex)} ({pct(share)} of the step) over the "
+        f"other ranks, slowest in {worst.slowest} of {n} steps (noise ±{_ms(noise)})"
+    )
+
+
+def group_reason(
+    group: tuple[list[int], float, str | None, float], ranks: Sequence[int], n: int
+) -> str:
+    """The reason of a verdict whose slow ranks are several, alike (:func:`slow_group`)."""
+    idx, ex, cause, cms = group
+    who = ", ".join(str(ranks[i]) for i in idx)
+    why = f", mostly {CAUSE_WORDS[cause]} +{_ms(cms)}" if cause is not None else ""
+    return (
+        f"no single straggler: ranks {who} are slow alike, their own time +{_ms(ex)} per step "
+        f"over the other ranks'{why} (the others wait for them)"
+    )

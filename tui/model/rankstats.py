@@ -25,8 +25,10 @@ from tui.model.causes import (  # noqa: F401
     CAUSE_WORDS,
     CAUSES,
     cause_of,
+    group_reason,
     slow_group,
     slow_now_and_then,
+    why_named,
 )
 from tui.model.perstep import _per_step, _rank_table  # noqa: F401
 
@@ -40,7 +42,6 @@ from tui.model.phases import (  # noqa: F401
     SYNC_REGION,
     WAIT_REGIONS,
 )
-from tui.model.phases import OUTSIDE_BACKWARD as _OUTSIDE
 from tui.model.phases import UNMEASURED_CAVEAT as _CAVEAT
 from tui.model.units import json_tree, median, ok, pct
 from tui.model.units import ms as _ms
@@ -455,53 +456,6 @@ def _excess_over_others(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return excess, order
 
 
-def _why(
-    worst: RankCompute,
-    runner: RankCompute | None,
-    n: int,
-    need: int,
-    floor: float,
-    noise: float,
-    share: float,
-    t: StragglerLimits,
-    measured: bool = True,
-) -> tuple[int | None, str]:
-    """The rank named (or None) and the reason, one line."""
-    rec = worst.slowest / n
-    ex = worst.excess_ms
-    # a wait not measured may hide a slow rank (the caveat says where): none *found*
-    none = "no straggler" if measured else "no straggler found"
-    if n < need:
-        return None, f"no straggler yet: {n} steps compared by every rank (need {need})"
-    if ex < floor:
-        return None, (
-            f"{none}: ranks within {_ms(max(0.0, ex))} of each other in their own time "
-            f"({pct(max(0.0, share))} of the step, below the {pct(t.straggler_excess)} floor)"
-        )
-    if ex < t.straggler_noise * noise:
-        return None, (
-            f"{none}: rank {worst.rank}'s +{_ms(ex)} is within the run's "
-            f"step-to-step noise (±{_ms(noise)})"
-        )
-    if runner is not None and worst.own_ms - runner.own_ms < floor:
-        # two ranks alike: both slow, or (wait unmeasured) one of them waits somewhere the
-        # estimate does not look, e.g. DDP's buffer broadcast in forward
-        why = (
-            f"no straggler: no single rank stands out: rank {worst.rank} +{_ms(ex)} and rank "
-            f"{runner.rank} +{_ms(runner.excess_ms)} in their own time over the others"
-        )
-        return None, why + ("" if measured else _OUTSIDE)
-    if rec < t.straggler_recurrence:
-        return None, (
-            f"no straggler: rank {worst.rank} is behind on average (+{_ms(ex)}) but the "
-            f"slowest in only {worst.slowest} of {n} steps"
-        )
-    return worst.rank, (
-        f"rank {worst.rank}'s own time is +{_ms(ex)} ({pct(share)} of the step) over the "
-        f"other ranks, slowest in {worst.slowest} of {n} steps (noise ±{_ms(noise)})"
-    )
-
-
 def _waits(x: np.ndarray, alike: float) -> tuple[np.ndarray, str]:
     """Per step and rank, the wait at the all-reduce, and how it is known: measured by every
     rank; else each rank's ``backward`` self time over the fastest rank's (under DDP the
@@ -582,7 +536,7 @@ def judge_stragglers(
     # the runner-up; with two ranks the excess is the margin already
     others = [x for x in rows if x is not worst and k > 2]
     runner = max(others, key=lambda x: x.own_ms, default=None)
-    named, reason = _why(
+    named, reason = why_named(
         worst, runner, n, need, floor, noise, share, t, measured=source == WAIT_MEASURED
     )
     if named is None and source in _CAVEAT and n >= need:
@@ -594,7 +548,7 @@ def judge_stragglers(
         # two or more ranks alike (the wait measured: none of them is waiting)
         group = slow_group(own, parts, floor, t.straggler_noise * noise, t)
         if group is not None:
-            reason = _group_reason(group, ranks, n)
+            reason = group_reason(group, ranks, n)
     if named is None and n >= need and group is None:
         spikes = slow_now_and_then(
             own,
@@ -629,17 +583,4 @@ def judge_stragglers(
         parts=table_ if named is not None else (),
         intermittent=None if now_and_then is None else ranks[now_and_then],
         group=() if group is None else tuple(ranks[i] for i in group[0]),
-    )
-
-
-def _group_reason(
-    group: tuple[list[int], float, str | None, float], ranks: Sequence[int], n: int
-) -> str:
-    """The reason of a verdict whose slow ranks are several, alike (:func:`slow_group`)."""
-    idx, ex, cause, cms = group
-    who = ", ".join(str(ranks[i]) for i in idx)
-    why = f", mostly {CAUSE_WORDS[cause]} +{_ms(cms)}" if cause is not None else ""
-    return (
-        f"no single straggler: ranks {who} are slow alike, their own time +{_ms(ex)} per step "
-        f"over the other ranks'{why} (the others wait for them)"
     )

@@ -21,7 +21,7 @@ from tui.model.histogram import (
     col_percentiles,
     hist_quantile_pair,
 )
-from tui.model.phases import BUFFERS_REGION, find_phase
+from tui.model.phases import BUFFERS_REGION, find_phase, top_columns
 from tui.model.rankstats import (
     EXPOSED_REGIONS,
     H2D_REGIONS,
@@ -243,28 +243,6 @@ def read_all_stats(ranks: Sequence[RankReadout]) -> list[list[StatsPair]]:
     return [a.all_stats() for a in ranks]
 
 
-def top_regions(names: Sequence[str] | Any) -> list[str]:
-    """The regions that cover a step side by side: each timed region with no timed region
-    above it (``forward/enc`` when ``forward`` itself is not timed, as under
-    ``instrument`` or ``timed_loader`` alone). Of the library's ``comm/...`` figures
-    (stagewatch/ddp.py), which lie inside ``loss.backward()`` and the model's call, only
-    the exposed all-reduce and the buffer broadcast, and only when no ``backward`` /
-    ``forward`` region holds them."""
-    have = set(names)
-    alone = {
-        EXPOSED_REGIONS[0]: find_phase(have, (SYNC_REGION,)) is None,
-        BUFFERS_REGION: find_phase(have, ("forward",)) is None,
-    }
-    out = []
-    for n in names:
-        if n.startswith("comm/") and not alone.get(n, False):
-            continue
-        segs = n.split("/")
-        if not any("/".join(segs[:i]) in have for i in range(1, len(segs))):
-            out.append(n)
-    return out
-
-
 class RankReadout:
     """Read-outs of one rank's statistics (the arrays are :class:`~tui.model.ranks.RankAgg`'s).
 
@@ -474,7 +452,7 @@ class RankReadout:
         """Wall time not covered by top-level regions, per step (never negative)."""
         if self.steps == 0:
             return EMPTY, EMPTY
-        top = self.top_columns()
+        top = top_columns(self)
         f = self.filled
         covered_sum = float(self.sum[top].sum())
         whole_ms = max(0.0, self.wall_sum - covered_sum)
@@ -516,16 +494,6 @@ class RankReadout:
 
     def _col_of(self, o: np.ndarray, name: str | None) -> np.ndarray | None:
         return None if name is None else self._ring_col(o, name)
-
-    def top_columns(self) -> np.ndarray:
-        """The columns :meth:`unaccounted` takes as covering the step (cached: names only
-        grow): :func:`top_regions` of the rank's names."""
-        c = getattr(self, "_top_cache", None)
-        if c is None or c[0] != len(self.names):
-            cols = self.cols
-            c = (len(self.names), np.fromiter((cols[n] for n in top_regions(cols)), np.int64))
-            self._top_cache = c
-        return c[1]
 
     def _phases(self) -> tuple[dict[str, str | None], np.ndarray]:
         """The regions holding each phase (:func:`~tui.model.phases.find_phase`: as
