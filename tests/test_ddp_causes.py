@@ -10,6 +10,7 @@ without a fault, where noise must not be named.
 from __future__ import annotations
 
 import math
+import random
 import socket
 import subprocess
 import sys
@@ -357,3 +358,28 @@ def test_a_rank_slow_by_uneven_amounts_is_not_excused_as_noise() -> None:
     v = judge_stragglers(per)
     assert v is not None and v.straggler == 1 and v.cause == "input", v.reason
     assert v.noise_ms < 5.0
+
+
+def test_a_wait_in_a_collective_outside_the_all_reduce_names_the_slow_input() -> None:
+    # the HF Trainer under DDP: rank 1's input 40 ms slower; rank 0 waits for it in the
+    # Trainer's gather of label-token counts before forward (no region), not in the
+    # all-reduce (measured, alike on both): before, "no straggler: ranks within 0.07 ms"
+    per: dict[int, list[tuple[float, ...]]] = {0: [], 1: []}
+    for s in range(1, 41):
+        j = (s % 4) * 0.3
+        per[0].append((s, 84.0 + j, 3.2, 0.2, 1.9, 0.2, math.nan, 5.2))
+        per[1].append((s, 84.0 + j, 3.2, 40.9 - j, 0.6, 0.2, math.nan, 5.1))
+    v = judge_stragglers(per)
+    assert v is not None and v.straggler == 1 and v.cause == "input", v.reason
+    assert v.waits_outside and "outside the all-reduce" in v.reason
+    assert v.excess_ms == pytest.approx(39.4, abs=1.0)
+    assert "outside the all-reduce" in v.who_waits() and v.as_dict()["waits_outside"]
+    # inputs that only jitter (either rank late by turns) name no one
+    rng = random.Random(7)
+    for s in range(1, 41):
+        d = [rng.uniform(0.0, 6.0) for _ in range(2)]
+        wall = 84.0 + max(d)
+        per[0][s - 1] = (s, wall, 3.2 + max(d) - d[0], 0.2 + d[0], 1.9, 0.2, math.nan, 5.2)
+        per[1][s - 1] = (s, wall, 3.2 + max(d) - d[1], 0.2 + d[1], 1.9, 0.2, math.nan, 5.2)
+    v = judge_stragglers(per)
+    assert v is not None and v.straggler is None and not v.waits_outside, v.reason

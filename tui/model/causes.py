@@ -77,7 +77,7 @@ def slow_now_and_then(
     i = int(by.argmax())
     # a spike of another rank counts against this one only when it is alike in size: a
     # rank 40 ms behind every fifth step is not made chance by the others' 5 ms hiccups
-    big = hit & (top >= 0.5 * float(np.median(top[hit & (slowest == i)])))
+    big = hit & (top >= 0.25 * float(np.median(top[hit & (slowest == i)])))
     count = int(big.sum())
     by = np.bincount(slowest[big], minlength=k)
     if by[i] < t.intermittent_share * count or _by_chance(int(by[i]), count, k) > 0.01:
@@ -208,3 +208,60 @@ def group_reason(
         f"no single straggler: ranks {who} are slow alike, their own time +{_ms(ex)} per step "
         f"over the other ranks'{why} (the others wait for them)"
     )
+
+
+def input_behind(
+    parts: dict[str, np.ndarray], floor: float, t: Any
+) -> tuple[int, float, int] | None:
+    """The rank the others wait for *outside* the measured all-reduce, seen by its input:
+    its input and copy time (its own for sure) exceed the other ranks' by more than
+    ``floor`` and twice their step-to-step noise, it is the latest with its input in most
+    steps (``t.straggler_recurrence``), and the other ranks show at least half as much
+    more compute (time of no class) than it does, as when they wait for it in another
+    collective before forward (the Hugging Face Trainer's count of label tokens across
+    ranks). (rank index, its input excess, steps it was the latest), or None."""
+    inp = parts["input"] + parts["h2d"]
+    n, k = inp.shape
+    if k < 2 or n == 0:
+        return None
+    med_others = np.stack([np.median(np.delete(inp, i, axis=1), axis=1) for i in range(k)], 1)
+    ex = np.median(inp - med_others, axis=0)
+    i = int(ex.argmax())
+    others = np.delete(inp, i, axis=1)
+    noise = float(np.median(1.4826 * np.median(np.abs(others - np.median(others, 0)), 0)))
+    latest = int((inp.argmax(axis=1) == i).sum())
+    if not (ex[i] > floor and ex[i] >= 2.0 * noise and latest >= t.straggler_recurrence * n):
+        return None
+    comp = parts["compute"]
+    more = float(np.median(np.median(np.delete(comp, i, axis=1), axis=1) - comp[:, i]))
+    return (i, float(ex[i]), latest) if more >= 0.5 * ex[i] else None
+
+
+def behind_reason(i: int, ex: float, latest: int, n: int, ranks: Sequence[int]) -> str:
+    """The reason of a verdict from :func:`input_behind`."""
+    return (
+        f"rank {ranks[i]}'s input is +{_ms(ex)} per step over the other ranks' (the latest in "
+        f"{latest} of {n} steps), and the others spend as much more time outside their own "
+        "classes: they wait for it outside the all-reduce, in a collective not measured "
+        "(e.g. the Hugging Face Trainer's count of label tokens across ranks)"
+    )
+
+
+def excess_over_others(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per step and rank, compute minus the median of the other ranks' compute; and per step
+    the ranks from fastest to slowest (argsort)."""
+    k = comp.shape[1]
+    order = np.argsort(comp, axis=1, kind="stable")  # per step, ranks from fastest to slowest
+    srt = np.take_along_axis(comp, order, axis=1)
+    # the median of the other ranks for the rank at sorted position p: drop p, take the middle
+    pos = np.arange(k)
+    m = k - 1
+
+    def at(j: int) -> np.ndarray:  # element j of each row with position p removed
+        return np.where(j < pos, srt[:, j][:, None], srt[:, min(j + 1, k - 1)][:, None])
+
+    med_others = at(m // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2
+    ex_sorted = srt - med_others
+    excess = np.empty_like(ex_sorted)
+    np.put_along_axis(excess, order, ex_sorted, axis=1)
+    return excess, order

@@ -24,8 +24,11 @@ import numpy as np
 from tui.model.causes import (  # noqa: F401
     CAUSE_WORDS,
     CAUSES,
+    behind_reason,
     cause_of,
+    excess_over_others,
     group_reason,
+    input_behind,
     slow_group,
     slow_now_and_then,
     why_named,
@@ -363,6 +366,9 @@ class StragglerVerdict:
     # no single straggler, but these ranks are slow alike (the reason says by how much and
     # why); empty otherwise
     group: tuple[int, ...] = ()
+    # the straggler was named by its input: the others wait for it in a collective outside
+    # the measured all-reduce (input_behind), so their waits there are not its cost
+    waits_outside: bool = False
 
     def rank(self, r: int) -> RankCompute | None:
         """The figures of rank ``r``; None when it was not compared."""
@@ -388,6 +394,11 @@ class StragglerVerdict:
         """'rank 0 waits 250 ms per step for rank 1 at the all-reduce', or the reason for none."""
         if self.straggler is None:
             return self.reason
+        if self.waits_outside:
+            return (
+                f"the other ranks wait for rank {self.straggler} outside the all-reduce "
+                "(not measured there)"
+            )
         if self.wait_source == WAIT_UNKNOWN:
             return f"the other ranks' wait for rank {self.straggler} is not measured"
         w = self.waits()
@@ -436,26 +447,6 @@ _HOW = {
 }
 
 
-def _excess_over_others(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per step and rank, compute minus the median of the other ranks' compute; and per step
-    the ranks from fastest to slowest (argsort)."""
-    k = comp.shape[1]
-    order = np.argsort(comp, axis=1, kind="stable")  # per step, ranks from fastest to slowest
-    srt = np.take_along_axis(comp, order, axis=1)
-    # the median of the other ranks for the rank at sorted position p: drop p, take the middle
-    pos = np.arange(k)
-    m = k - 1
-
-    def at(j: int) -> np.ndarray:  # element j of each row with position p removed
-        return np.where(j < pos, srt[:, j][:, None], srt[:, min(j + 1, k - 1)][:, None])
-
-    med_others = at(m // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2
-    ex_sorted = srt - med_others
-    excess = np.empty_like(ex_sorted)
-    np.put_along_axis(excess, order, ex_sorted, axis=1)
-    return excess, order
-
-
 def _waits(x: np.ndarray, alike: float) -> tuple[np.ndarray, str]:
     """Per step and rank, the wait at the all-reduce, and how it is known: measured by every
     rank; else each rank's ``backward`` self time over the fastest rank's (under DDP the
@@ -500,7 +491,7 @@ def judge_stragglers(
     own = wall - wait
     comp = own - data - h2d - launch
     n, k = own.shape
-    excess, order = _excess_over_others(own)
+    excess, order = excess_over_others(own)
     slow_counts = np.bincount(order[:, -1], minlength=k)
     med = np.median(z, axis=0)  # (ranks, columns)
     emed = np.median(excess, axis=0)
@@ -549,6 +540,14 @@ def judge_stragglers(
         group = slow_group(own, parts, floor, t.straggler_noise * noise, t)
         if group is not None:
             reason = group_reason(group, ranks, n)
+    excess_ms, rec, outside = worst.excess_ms, worst.slowest / n, False
+    if named is None and n >= need and source == WAIT_MEASURED and group is None:
+        behind = input_behind(parts, floor, t)
+        if behind is not None:  # the others wait for it in a collective not measured
+            wi, excess_ms, latest = behind
+            named, rec, outside = ranks[wi], latest / n, True
+            reason = behind_reason(wi, excess_ms, latest, n, ranks)
+            cause, cms, crank, cothers, table_ = cause_of(parts, wi, 0.5 * excess_ms)
     if named is None and n >= need and group is None:
         spikes = slow_now_and_then(
             own,
@@ -572,8 +571,8 @@ def judge_stragglers(
         noise_ms=noise,
         floor_ms=floor,
         straggler=named,
-        excess_ms=worst.excess_ms,
-        recurrence=worst.slowest / n,
+        excess_ms=excess_ms,
+        recurrence=rec,
         reason=reason,
         wait_source=source,
         cause=cause if named is not None else None,
@@ -583,4 +582,5 @@ def judge_stragglers(
         parts=table_ if named is not None else (),
         intermittent=None if now_and_then is None else ranks[now_and_then],
         group=() if group is None else tuple(ranks[i] for i in group[0]),
+        waits_outside=outside,
     )
