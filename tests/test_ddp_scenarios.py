@@ -303,6 +303,7 @@ CASES = (
     ("pair-r1", (None, 1, 2), None, None),
     ("data-r2-bn-plain", (None, 2), "input", None),
     ("data-r0-bare", (0,), "compute", "(unaccounted)"),
+    ("enc-r1-instr", (1,), "compute", "forward/encoder/0"),
     ("move-r1", (None, 1, 2), None, None),
 )
 
