@@ -171,6 +171,7 @@ def test_a_rank_slow_inside_backward_is_not_guessed_when_the_wait_is_unmeasured(
     v = judge_stragglers(per)
     assert v is not None and v.straggler is None and v.wait_source == WAIT_REST
     assert v.reason.startswith("no straggler found:") and "cannot be told" in v.reason
+    assert v.brief() == "no straggler found"  # the header: not "no straggler"
 
 
 def test_no_region_but_the_loader_still_names_a_slow_input() -> None:

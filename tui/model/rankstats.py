@@ -429,7 +429,9 @@ class StragglerVerdict:
                 return "ranks " + ", ".join(map(str, self.group)) + " slow"
             if self.intermittent is not None:
                 return f"rank {self.intermittent} slow now and then"
-            return "no straggler" if self.compared_steps >= 2 else ""
+            if self.compared_steps < 2:
+                return ""
+            return "no straggler" if self.measured else "no straggler found"  # see the reason
         return f"straggler rank {self.straggler} +{_ms(self.excess_ms)} {self.cause or 'compute'}"
 
     def as_dict(self) -> dict[str, Any]:
