@@ -173,3 +173,23 @@ def test_jitter_with_odd_hiccups_names_no_one_many_seeds(tmp_path: Path) -> None
         assert v is not None and v.straggler is None
         named += v.intermittent is not None
     assert named <= 1, named
+
+
+def test_a_few_big_spikes_among_small_ones_say_how_big(tmp_path: Path) -> None:
+    # rank 0 evaluates every 10th step (+80 ms) and has small hiccups (+8 ms); the median
+    # of its slow steps is a hiccup's, so the reason also gives the largest
+    def make(r: int, s: int) -> Regions:
+        d0 = 80.0 if s % 10 == 0 else 8.0 if s % 7 == 3 else 0.0
+        d1 = 8.0 if s == 25 else 0.0
+        mine, theirs = (d0, d1) if r == 0 else (d1, d0)
+        wait = max(0.0, theirs - mine)
+        regs = _step(False, 0.0, "forward")
+        regs["forward"] += mine
+        regs["backward"] += wait
+        regs["comm/exposed"] += wait
+        regs["__wall__"] = 100.0 + max(d0, d1)
+        return regs
+
+    v = _run(tmp_path, 2, 60, make)
+    assert v is not None and v.intermittent == 0, v.reason
+    assert "(up to +80" in v.reason

@@ -77,7 +77,8 @@ def slow_now_and_then(
     i = int(by.argmax())
     # a spike of another rank counts against this one only when it is alike in size: a
     # rank 40 ms behind every fifth step is not made chance by the others' 5 ms hiccups
-    big = hit & (top >= 0.25 * float(np.median(top[hit & (slowest == i)])))
+    mine = hit & (slowest == i)
+    big = mine | (hit & (top >= 0.25 * float(np.median(top[mine]))))
     count = int(big.sum())
     by = np.bincount(slowest[big], minlength=k)
     if by[i] < t.intermittent_share * count or _by_chance(int(by[i]), count, k) > 0.01:
@@ -87,9 +88,11 @@ def slow_now_and_then(
     sub = {name: p[rows] for name, p in parts.items()}
     cause, cms, _, _, _ = cause_of(sub, i, 0.5 * ex)
     why = f", mostly {CAUSE_WORDS[cause]} +{_ms(cms)}" if cause is not None else ""
+    most = float(top[rows].max())  # a few big ones among small ones (an eval every 10 steps)
+    upto = f" (up to +{_ms(most)})" if most > 2.0 * ex else ""
     return i, (
-        f"no steady straggler; rank {ranks[i]} is slow now and then: its own time +{_ms(ex)} "
-        f"over the other ranks in {int(by[i])} of {n} steps{_where(rows, steps)}{why} (the "
+        f"no steady straggler; rank {ranks[i]} is slow now and then: its own time +{_ms(ex)}"
+        f"{upto} over the other ranks in {int(by[i])} of {n} steps{_where(rows, steps)}{why} (the "
         "others wait for it in those steps)"
     )
 
