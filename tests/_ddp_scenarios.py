@@ -21,7 +21,9 @@ the library) trains a tiny model for ``DDP_SCN_STEPS`` steps into run folder
 Flags: ``plain`` (no ``stagewatch.watch_ddp``: the wait is not measured), ``nodata`` (the
 loop times only forward/backward/optimizer), ``accum`` (2 micro-batches per step, the first
 under ``no_sync``), ``tree`` (every region nested under one ``train`` region), ``bare`` (no
-region but the model's ``encoder``), ``bn`` (a
+region but the model's ``encoder``), ``instr`` (no region of the loop's or the model's:
+``stagewatch.instrument(model, depth=2)`` only, ``enc`` sleeping in the encoder's first
+module, ``forward/encoder/0``), ``bn`` (a
 BatchNorm: buffers DDP broadcasts from rank 0 at the start of each forward).
 """
 
@@ -78,20 +80,37 @@ class Case:
             time.sleep(DELAY)
 
 
+class _Sleep(nn.Module):
+    """The encoder's first module under ``instr``: where ``enc`` sleeps."""
+
+    def __init__(self, case: Case) -> None:
+        super().__init__()
+        self.case = case
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.case.slow("enc")
+        return x
+
+
 class Net(nn.Module):
     def __init__(self, case: Case) -> None:
         super().__init__()
         self.case = case
         enc: list[nn.Module] = [nn.Linear(32, 64), nn.ReLU()]
+        if "instr" in case.flags:
+            enc.insert(0, _Sleep(case))
         if "bn" in case.flags:  # buffers: DDP broadcasts them at each forward
             enc.insert(1, nn.BatchNorm1d(64))
         self.encoder = nn.Sequential(*enc)
         self.head = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with timed("encoder"):  # nested in the loop's forward: forward/encoder
-            self.case.slow("enc")
+        if "instr" in self.case.flags:  # instrument's forward/encoder, the sleep in its 0
             h = self.encoder(x)
+        else:
+            with timed("encoder"):  # nested in the loop's forward: forward/encoder
+                self.case.slow("enc")
+                h = self.encoder(x)
         if h.requires_grad:
             h.register_hook(self._grad_hook)
         return self.head(h)
@@ -102,7 +121,7 @@ class Net(nn.Module):
 
 
 def _region(case: Case, name: str) -> object:
-    if ("nodata" in case.flags and name in ("data", "h2d")) or "bare" in case.flags:
+    if ("nodata" in case.flags and name in ("data", "h2d")) or case.flags & {"bare", "instr"}:
         return nullcontext()
     return timed(name)
 
@@ -156,6 +175,8 @@ def run_case(root: str, name: str) -> None:
         handle_sigterm=False,
     )
     set_global_timing_logger(log)
+    if "instr" in case.flags:
+        stagewatch.instrument(model, depth=2)
     dist.barrier()
     log.mark_step_start()
     for s in range(STEPS):

@@ -123,3 +123,73 @@ def test_a_steady_straggler_is_not_called_intermittent(tmp_path: Path) -> None:
 
     v = _run(tmp_path, 3, 30, make)
     assert v is not None and v.straggler == 2 and v.intermittent is None
+
+
+def test_the_others_small_hiccups_do_not_hide_a_big_spike(tmp_path: Path) -> None:
+    # rank 1 is 40 ms behind every fifth step; rank 0 has two 6 ms hiccups (a loaded host):
+    # they are not alike in size, so they do not make rank 1's ten spikes look like chance
+    def make(r: int, s: int) -> Regions:
+        spike = s % 5 == 1
+        regs = _step(spike and r == 1, 40.0 if spike and r == 0 else 0.0, "forward")
+        if s in (8, 33):
+            regs["forward"] += 6.0 if r == 0 else 0.0
+            regs["comm/exposed"] += 6.0 if r == 1 else 0.0
+            regs["backward"] += 6.0 if r == 1 else 0.0
+        return regs
+
+    v = _run(tmp_path, 2, 50, make)
+    assert v is not None and v.straggler is None and v.intermittent == 1, v.reason
+    assert "in 10 of 50 steps, mostly compute +40" in v.reason
+    assert "all in steps" not in v.reason  # spread over the run
+
+
+def test_a_rank_slow_only_at_the_start_says_when(tmp_path: Path) -> None:
+    def make(r: int, s: int) -> Regions:
+        early = s <= 20
+        return _step(early and r == 1, 40.0 if early and r == 0 else 0.0, "data")
+
+    v = _run(tmp_path, 2, 60, make)
+    assert v is not None and v.straggler is None and v.intermittent == 1, v.reason
+    assert "in 20 of 60 steps (all in steps 1–20), mostly input wait +40" in v.reason
+
+
+def test_jitter_with_odd_hiccups_names_no_one_many_seeds(tmp_path: Path) -> None:
+    # every rank jitters, and now and then one (any) rank has a large hiccup
+    named = 0
+    for k in range(30):
+        rng = random.Random(100 + k)
+        jit = [[rng.uniform(0.0, 8.0) + (rng.random() < 0.05) * 40.0 for _ in range(2)]]
+        jit += [
+            [rng.uniform(0.0, 8.0) + (rng.random() < 0.05) * 40.0 for _ in range(2)]
+            for _ in range(50)
+        ]
+
+        def make(r: int, s: int, jit: list[list[float]] = jit) -> Regions:
+            regs = _step(False, max(jit[s]) - jit[s][r], jitter=jit[s][r])
+            regs["__wall__"] = 100.0 + max(jit[s])
+            return regs
+
+        v = _run(tmp_path / str(k), 2, 50, make)
+        assert v is not None and v.straggler is None
+        named += v.intermittent is not None
+    assert named <= 1, named
+
+
+def test_a_few_big_spikes_among_small_ones_say_how_big(tmp_path: Path) -> None:
+    # rank 0 evaluates every 10th step (+80 ms) and has small hiccups (+8 ms); the median
+    # of its slow steps is a hiccup's, so the reason also gives the largest
+    def make(r: int, s: int) -> Regions:
+        d0 = 80.0 if s % 10 == 0 else 8.0 if s % 7 == 3 else 0.0
+        d1 = 8.0 if s == 25 else 0.0
+        mine, theirs = (d0, d1) if r == 0 else (d1, d0)
+        wait = max(0.0, theirs - mine)
+        regs = _step(False, 0.0, "forward")
+        regs["forward"] += mine
+        regs["backward"] += wait
+        regs["comm/exposed"] += wait
+        regs["__wall__"] = 100.0 + max(d0, d1)
+        return regs
+
+    v = _run(tmp_path, 2, 60, make)
+    assert v is not None and v.intermittent == 0, v.reason
+    assert "(up to +80" in v.reason

@@ -395,3 +395,26 @@ def test_the_screen_does_not_claim_nothing_is_unaccounted_in_a_text_log(tmp_path
             assert "0.0%" not in label and "—" in label, label
 
     asyncio.run(go())
+
+
+def test_one_character_names_keep_their_own_line() -> None:
+    # instrument's nn.Sequential children are "0", "1", "2": a one-character name was read
+    # up to the colon of the line's "[avg:" (one region per distinct figure, 14 calls, 1...)
+    from tui.source.textlog import parse_text
+
+    text = "".join(
+        f"Step {s}\n"
+        "backward                                 :          - (not timed itself)\n"
+        "  - enc                                  :      8.73ms ( 10.6%) [avg:      8.73ms]\n"
+        f"    - 2                                  :      {s}.23ms ( 10.0%) [avg:      8.23ms]\n"
+        "    - a:b                                : 0.45ms\n"
+        "Total: 82.00ms\n"
+        for s in (1, 2)
+    )
+    steps, bad = parse_text(text)
+    assert (
+        bad == 0
+        and [sorted(x.regions) for x in steps]
+        == [["backward/enc", "backward/enc/2", "backward/enc/a:b"]] * 2
+    )
+    assert steps[1].regions["backward/enc/2"][0] == pytest.approx(2.23)

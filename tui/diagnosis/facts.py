@@ -234,15 +234,6 @@ def _path(name: str) -> list[str]:
     return ["/".join(segs[: i + 1]) for i in range(len(segs))]
 
 
-def _wait_unaccounted(un: Any, fix: float, rank: int) -> list[tuple[str, float]]:
-    """The wait correction for the unaccounted time, when ``loss.backward()`` ran in no
-    region: only when the other ranks' unaccounted time can hold their wait."""
-    others = [win.avg for r, _whole, win in getattr(un, "ranks", ()) if r != rank and win.steps]
-    if fix > 0 and others and median(others) >= fix:
-        return [(un.name, fix)]
-    return []
-
-
 def straggler_region(
     snap: Any, rank: int, verdict: StragglerVerdict | None = None
 ) -> tuple[str, float, str, float] | None:
@@ -259,8 +250,8 @@ def straggler_region(
     # a correction of a region holds for every region above it too
     sync = find_phase(ex, (SYNC_REGION,))
     fixes = [(sync, _wait_in_backward(snap, verdict, rank))] if sync is not None else []
-    if sync is None and un is not None:  # backward in no region: the wait may be unaccounted
-        fixes += _wait_unaccounted(un, _wait_in_backward(snap, verdict, rank), rank)
+    # backward in no region: the measured wait (comm/exposed) covers its part of the step
+    # (tui.model.readout.top_regions), so the unaccounted time holds none of it
     # the others' wait in DDP's buffer broadcast is inside their forward (the model's call)
     fwd = find_phase(ex, ("forward",))
     buf = next((r for r in getattr(snap, "regions", ()) if r.name == BUFFERS_REGION), None)
@@ -274,7 +265,8 @@ def straggler_region(
             if n in ex:
                 ex[n] += fix
     ex = {n: e for n, e in ex.items() if not any(_under(n, p) for p in phases)}
-    top = [(n, e) for n, e in ex.items() if "/" not in n]
+    # the shallowest regions timed (``forward/enc`` when ``forward`` is not timed itself)
+    top = [(n, e) for n, e in ex.items() if not any(p in ex for p in _path(n)[:-1])]
     if not top:
         return None
     name, e = max(top, key=lambda kv: kv[1])

@@ -347,13 +347,19 @@ def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
         look = f"look at rank {v.straggler}'s"
     action = _LOOK.get(f.straggler_cause or "compute", _LOOK["compute"])
     action = action.format(r=v.straggler, where=look)
+    # named by its input, the others waiting in a collective outside the all-reduce
+    outside = getattr(v, "waits_outside", False)
+    at = "" if outside else " at the all-reduce"
     if f.straggler_cause != "communication":
-        action += "; not the interconnect: the all-reduce wait is the others waiting for this rank"
+        whose = "the others wait" if outside else "the all-reduce wait is the others waiting"
+        action += f"; not the interconnect: {whose} for this rank"
     cause = f"{f.straggler_cause_line}; " if f.straggler_cause_line else ""
+    what = "input" if outside else "own time"
+    slowest = round(v.recurrence * v.compared_steps) if outside else me.slowest
     return Advice(
         "straggler",
         WARN,
-        f"rank {v.straggler}{on} is a straggler: the other ranks wait for it at the all-reduce",
+        f"rank {v.straggler}{on} is a straggler: the other ranks wait for it{at}",
         action,
         {
             "rank": v.straggler,
@@ -367,7 +373,7 @@ def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
             "region_excess_ms": f.straggler_region_ms,
             "leaf": f.straggler_leaf,
             "leaf_excess_ms": f.straggler_leaf_ms,
-            "slowest_steps": me.slowest,
+            "slowest_steps": slowest,
             "compared_steps": v.compared_steps,
             "noise_ms": v.noise_ms,
             "rank_compute_ms": me.compute_ms,
@@ -376,8 +382,8 @@ def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
             "waits": {str(r): ms for r, ms in v.waits()},
             "span": v.span,
         },
-        f"{cause}own time +{_ms(v.excess_ms)} per step over the other ranks ({_pct(share)} "
-        f"of the step), slowest in {me.slowest} of {v.compared_steps} steps, {v.span}; "
+        f"{cause}{what} +{_ms(v.excess_ms)} per step over the other ranks ({_pct(share)} "
+        f"of the step), slowest in {slowest} of {v.compared_steps} steps, {v.span}; "
         f"{v.who_waits()}",
     )
 

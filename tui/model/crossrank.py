@@ -25,6 +25,7 @@ import numpy as np
 
 from tui.model.histogram import NBUCKETS as HBUCKETS
 from tui.model.histogram import col_percentiles, hist_index
+from tui.model.phases import top_columns
 from tui.model.ranks import RankAgg
 from tui.model.readout import _QS, _QUANTILE_STEPS, _fields, _region_arrays, _with_absent
 from tui.model.series import MAX_WIDTH
@@ -352,7 +353,7 @@ def _fields_of(rows: RankRows, grp: list[RankAgg], sel: list[int], qidx: np.ndar
 
 def _top(a: RankAgg) -> np.ndarray:
     """The rank's top-level region columns (as ``unaccounted`` takes them)."""
-    return np.fromiter((c for n, c in a.cols.items() if "/" not in n), dtype=np.int64)
+    return top_columns(a)
 
 
 def read_unaccounted(rows: RankRows, aggs: Sequence[RankAgg]) -> None:

@@ -4,7 +4,10 @@ which finds them as named or nested under a loop's own region (``train/data``)."
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 #: the regions in which a rank waits for the other ranks (or holds the exposed all-reduce):
 #: the trainer's ``allreduce`` (trainer/distributed.py) and the library's ``comm/...``
@@ -63,9 +66,45 @@ UNMEASURED_CAVEAT = {
         "inside backward itself cannot be told from one waiting there "
         "(stagewatch.watch_ddp(model) measures it)"
     ),
+    "rest": (
+        "; the all-reduce wait is not measured but estimated from the untimed rest of the "
+        "step (there is no `backward` region), so a rank slow in untimed work (forward, "
+        "backward, optimizer) cannot be told from one waiting for it "
+        "(stagewatch.watch_ddp(model) measures it)"
+    ),
     "none": (
         "; the all-reduce wait is not measured and there is no `backward` region, so under "
         "DDP a slow rank cannot be told from one waiting for it "
         "(stagewatch.watch_ddp(model) measures it)"
     ),
 }
+
+
+def top_regions(names: Mapping[str, int]) -> list[int]:
+    """The columns of ``names`` (region -> column) that cover a step side by side: each
+    timed region with no timed region above it (``forward/enc`` when ``forward`` itself is
+    not timed, as under ``instrument`` or ``timed_loader`` alone). Of the library's
+    ``comm/...`` figures (stagewatch/ddp.py), which lie inside ``loss.backward()`` and the
+    model's call, only the exposed all-reduce and the buffer broadcast, and only when no
+    ``backward`` / ``forward`` region holds them."""
+    have = set(names)
+    alone = {
+        EXPOSED_REGIONS[0]: find_phase(have, (SYNC_REGION,)) is None,
+        BUFFERS_REGION: find_phase(have, ("forward",)) is None,
+    }
+    out = []
+    for n in names:
+        if n.startswith("comm/") and not alone.get(n, False):
+            continue
+        segs = n.split("/")
+        if not any("/".join(segs[:i]) in have for i in range(1, len(segs))):
+            out.append(names[n])
+    return out
+
+
+def top_columns(agg: Any) -> np.ndarray:
+    """:func:`top_regions` of a rank's ``cols``, cached on it (names only grow)."""
+    c = getattr(agg, "_top_cache", None)
+    if c is None or c[0] != len(agg.cols):
+        c = agg._top_cache = (len(agg.cols), np.fromiter(top_regions(agg.cols), np.int64))
+    return c[1]  # type: ignore[no-any-return]

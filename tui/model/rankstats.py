@@ -21,7 +21,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from tui.model.causes import CAUSE_WORDS, CAUSES, cause_of, slow_now_and_then  # noqa: F401
+from tui.model.causes import (  # noqa: F401
+    CAUSE_WORDS,
+    CAUSES,
+    behind_reason,
+    cause_of,
+    excess_over_others,
+    group_reason,
+    input_behind,
+    slow_group,
+    slow_now_and_then,
+    why_named,
+)
 from tui.model.perstep import _per_step, _rank_table  # noqa: F401
 
 # the phases live in tui/model/phases.py; re-exported here, where they were first defined
@@ -34,7 +45,6 @@ from tui.model.phases import (  # noqa: F401
     SYNC_REGION,
     WAIT_REGIONS,
 )
-from tui.model.phases import OUTSIDE_BACKWARD as _OUTSIDE
 from tui.model.phases import UNMEASURED_CAVEAT as _CAVEAT
 from tui.model.units import json_tree, median, ok, pct
 from tui.model.units import ms as _ms
@@ -298,6 +308,9 @@ DEFAULT_LIMITS = StragglerLimits()
 #: how the wait at the all-reduce was known
 WAIT_MEASURED = "measured"  # comm/exposed (stagewatch.watch_ddp) or the trainer's allreduce
 WAIT_ESTIMATED = "backward"  # estimated from the backward region's self time across ranks
+#: no backward region: estimated from the untimed rest of the step (wall minus the timed
+#: input, copy and comm hook) across ranks, when every rank's steps are equally long (DDP)
+WAIT_REST = "rest"
 WAIT_UNKNOWN = "none"
 
 
@@ -350,6 +363,12 @@ class StragglerVerdict:
     # no steady straggler, but this rank is slow now and then (the reason says how often,
     # by how much and why, in the steps it is slow); None otherwise
     intermittent: int | None = None
+    # no single straggler, but these ranks are slow alike (the reason says by how much and
+    # why); empty otherwise
+    group: tuple[int, ...] = ()
+    # the straggler was named by its input: the others wait for it in a collective outside
+    # the measured all-reduce (input_behind), so their waits there are not its cost
+    waits_outside: bool = False
 
     def rank(self, r: int) -> RankCompute | None:
         """The figures of rank ``r``; None when it was not compared."""
@@ -375,13 +394,20 @@ class StragglerVerdict:
         """'rank 0 waits 250 ms per step for rank 1 at the all-reduce', or the reason for none."""
         if self.straggler is None:
             return self.reason
+        if self.waits_outside:
+            return (
+                f"the other ranks wait for rank {self.straggler} outside the all-reduce "
+                "(not measured there)"
+            )
+        if self.wait_source == WAIT_UNKNOWN:
+            return f"the other ranks' wait for rank {self.straggler} is not measured"
         w = self.waits()
         if len(w) <= 3:
             who = ", ".join(f"rank {r} {_ms(ms)}" for r, ms in w)
         else:
             avg = sum(ms for _, ms in w) / len(w)
             who = f"{len(w)} ranks ~{_ms(avg)} each"
-        how = "" if self.measured else " (estimated from backward)"
+        how = _HOW.get(self.wait_source, "")
         return f"waiting for rank {self.straggler} at the all-reduce, per step{how}: {who}"
 
     def cause_text(self) -> str:
@@ -399,9 +425,13 @@ class StragglerVerdict:
     def brief(self) -> str:
         """A few words for a header: ``straggler rank 1 +98.7 ms input`` or ``no straggler``."""
         if self.straggler is None:
+            if self.group:
+                return "ranks " + ", ".join(map(str, self.group)) + " slow"
             if self.intermittent is not None:
                 return f"rank {self.intermittent} slow now and then"
-            return "no straggler" if self.compared_steps >= 2 else ""
+            if self.compared_steps < 2:
+                return ""
+            return "no straggler" if self.measured else "no straggler found"  # see the reason
         return f"straggler rank {self.straggler} +{_ms(self.excess_ms)} {self.cause or 'compute'}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -412,80 +442,30 @@ class StragglerVerdict:
         return json_tree(d)  # type: ignore[no-any-return]
 
 
-def _excess_over_others(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per step and rank, compute minus the median of the other ranks' compute; and per step
-    the ranks from fastest to slowest (argsort)."""
-    k = comp.shape[1]
-    order = np.argsort(comp, axis=1, kind="stable")  # per step, ranks from fastest to slowest
-    srt = np.take_along_axis(comp, order, axis=1)
-    # the median of the other ranks for the rank at sorted position p: drop p, take the middle
-    pos = np.arange(k)
-    m = k - 1
-
-    def at(j: int) -> np.ndarray:  # element j of each row with position p removed
-        return np.where(j < pos, srt[:, j][:, None], srt[:, min(j + 1, k - 1)][:, None])
-
-    med_others = at(m // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2
-    ex_sorted = srt - med_others
-    excess = np.empty_like(ex_sorted)
-    np.put_along_axis(excess, order, ex_sorted, axis=1)
-    return excess, order
+#: how a wait that was not measured was known, after the figures in ``who_waits``
+_HOW = {
+    WAIT_ESTIMATED: " (estimated from backward)",
+    WAIT_REST: " (estimated from the untimed rest of the step)",
+}
 
 
-def _why(
-    worst: RankCompute,
-    runner: RankCompute | None,
-    n: int,
-    need: int,
-    floor: float,
-    noise: float,
-    share: float,
-    t: StragglerLimits,
-    measured: bool = True,
-) -> tuple[int | None, str]:
-    """The rank named (or None) and the reason, one line."""
-    rec = worst.slowest / n
-    ex = worst.excess_ms
-    if n < need:
-        return None, f"no straggler yet: {n} steps compared by every rank (need {need})"
-    if ex < floor:
-        return None, (
-            f"no straggler: ranks within {_ms(max(0.0, ex))} of each other in their own time "
-            f"({pct(max(0.0, share))} of the step, below the {pct(t.straggler_excess)} floor)"
-        )
-    if ex < t.straggler_noise * noise:
-        return None, (
-            f"no straggler: rank {worst.rank}'s +{_ms(ex)} is within the run's "
-            f"step-to-step noise (±{_ms(noise)})"
-        )
-    if runner is not None and worst.own_ms - runner.own_ms < floor:
-        # two ranks alike: both slow, or (wait unmeasured) one of them waits somewhere the
-        # estimate does not look, e.g. DDP's buffer broadcast in forward
-        why = (
-            f"no straggler: no single rank stands out: rank {worst.rank} +{_ms(ex)} and rank "
-            f"{runner.rank} +{_ms(runner.excess_ms)} in their own time over the others"
-        )
-        return None, why + ("" if measured else _OUTSIDE)
-    if rec < t.straggler_recurrence:
-        return None, (
-            f"no straggler: rank {worst.rank} is behind on average (+{_ms(ex)}) but the "
-            f"slowest in only {worst.slowest} of {n} steps"
-        )
-    return worst.rank, (
-        f"rank {worst.rank}'s own time is +{_ms(ex)} ({pct(share)} of the step) over the "
-        f"other ranks, slowest in {worst.slowest} of {n} steps (noise ±{_ms(noise)})"
-    )
-
-
-def _waits(x: np.ndarray) -> tuple[np.ndarray, str]:
+def _waits(x: np.ndarray, alike: float) -> tuple[np.ndarray, str]:
     """Per step and rank, the wait at the all-reduce, and how it is known: measured by every
     rank; else each rank's ``backward`` self time over the fastest rank's (under DDP the
-    waiting ranks show the wait there); else unknown (zero)."""
+    waiting ranks show the wait there); else, when the ranks' median step walls are within
+    ``alike`` (a share) of each other, as under DDP, the rest of the step (all but the timed
+    input, copy and comm hook) over the fastest rank's: the wait is in that rest, so a rank
+    slow in its input is not hidden by its peers' untimed wait; else unknown (zero)."""
     wait, sync = x[:, :, 1], x[:, :, 5]
     if not np.isnan(wait).any():
         return wait, WAIT_MEASURED
     if not np.isnan(sync).any():
         return sync - sync.min(axis=1, keepdims=True), WAIT_ESTIMATED
+    z = np.nan_to_num(x)
+    wm = np.median(z[:, :, 0], axis=0)
+    if wm.max() - wm.min() <= alike * float(np.median(wm)):
+        rest = z[:, :, 0] - z[:, :, 2] - z[:, :, 3] - z[:, :, 4]
+        return rest - rest.min(axis=1, keepdims=True), WAIT_REST
     return np.zeros_like(wait), WAIT_UNKNOWN
 
 
@@ -507,13 +487,13 @@ def judge_stragglers(
     if table is None:
         return None
     ranks, steps, x = table
-    wait, source = _waits(x)
+    wait, source = _waits(x, t.straggler_excess)
     z = np.nan_to_num(x)
     wall, data, h2d, launch = z[:, :, 0], z[:, :, 2], z[:, :, 3], z[:, :, 4]
     own = wall - wait
     comp = own - data - h2d - launch
     n, k = own.shape
-    excess, order = _excess_over_others(own)
+    excess, order = excess_over_others(own)
     slow_counts = np.bincount(order[:, -1], minlength=k)
     med = np.median(z, axis=0)  # (ranks, columns)
     emed = np.median(excess, axis=0)
@@ -524,7 +504,7 @@ def judge_stragglers(
             rank=r,
             wall_ms=float(med[i, 0]),
             compute_ms=float(cmed[i]),
-            allreduce_ms=float(wmed[i]),
+            allreduce_ms=float(wmed[i]) if source != WAIT_UNKNOWN else math.nan,
             data_ms=float(med[i, 2]),
             excess_ms=float(emed[i]),
             slowest=int(slow_counts[i]),
@@ -536,27 +516,51 @@ def judge_stragglers(
         for i, r in enumerate(ranks)
     ]
     step_ms = median([x.wall_ms for x in rows])
-    # noise: step-to-step variation of each rank's own time (1.4826 × MAD ≈ σ), median of ranks
-    noise = float(np.median(1.4826 * np.median(np.abs(own - omed), axis=0)))
     floor = t.straggler_excess * step_ms if ok(step_ms) else math.inf
     wi = max(range(k), key=lambda i: (rows[i].excess_ms, -rows[i].rank))
+    # noise: step-to-step variation of each rank's own time (1.4826 × MAD ≈ σ), median of
+    # the ranks but the one furthest behind, whose own spread is its slowness when it
+    # straggles by uneven amounts (a slow loader's 40 or 80 ms): not noise to excuse it by
+    mad = 1.4826 * np.median(np.abs(own - omed), axis=0)
+    noise = float(np.median(np.delete(mad, wi)))
     worst = rows[wi]
     share = worst.excess_ms / step_ms if ok(step_ms) and step_ms > 0 else math.nan
     need = min(t.straggler_min_steps, window) if window else t.straggler_min_steps
     # the runner-up; with two ranks the excess is the margin already
     others = [x for x in rows if x is not worst and k > 2]
     runner = max(others, key=lambda x: x.own_ms, default=None)
-    named, reason = _why(
+    named, reason = why_named(
         worst, runner, n, need, floor, noise, share, t, measured=source == WAIT_MEASURED
     )
     if named is None and source in _CAVEAT and n >= need:
         reason += _CAVEAT[source]
     parts = {"input": data, "h2d": h2d, "compute": comp, "communication": launch}
     cause, cms, crank, cothers, table_ = cause_of(parts, wi, 0.5 * worst.excess_ms)
-    now_and_then = None
-    if named is None and n >= need:
+    now_and_then, group = None, None
+    if named is None and n >= need and source == WAIT_MEASURED and k > 2:
+        # two or more ranks alike (the wait measured: none of them is waiting)
+        group = slow_group(own, parts, floor, t.straggler_noise * noise, t)
+        if group is not None:
+            reason = group_reason(group, ranks, n)
+    excess_ms, rec, outside = worst.excess_ms, worst.slowest / n, False
+    if named is None and n >= need and source == WAIT_MEASURED and group is None:
+        behind = input_behind(parts, floor, t)
+        if behind is not None:  # the others wait for it in a collective not measured
+            wi, excess_ms, latest = behind
+            named, rec, outside = ranks[wi], latest / n, True
+            reason = behind_reason(wi, excess_ms, latest, n, ranks)
+            cause, cms, crank, cothers, table_ = cause_of(parts, wi, 0.5 * excess_ms)
+    if named is None and n >= need and group is None:
         spikes = slow_now_and_then(
-            own, excess, order, parts, floor, max(noise * t.intermittent_noise, 0.0), ranks, t
+            own,
+            excess,
+            order,
+            parts,
+            floor,
+            max(noise * t.intermittent_noise, 0.0),
+            ranks,
+            t,
+            steps,
         )
         if spikes is not None:
             now_and_then, reason = spikes[0], spikes[1] + (_CAVEAT.get(source, ""))
@@ -569,8 +573,8 @@ def judge_stragglers(
         noise_ms=noise,
         floor_ms=floor,
         straggler=named,
-        excess_ms=worst.excess_ms,
-        recurrence=worst.slowest / n,
+        excess_ms=excess_ms,
+        recurrence=rec,
         reason=reason,
         wait_source=source,
         cause=cause if named is not None else None,
@@ -579,4 +583,6 @@ def judge_stragglers(
         cause_others_ms=cothers if named is not None else math.nan,
         parts=table_ if named is not None else (),
         intermittent=None if now_and_then is None else ranks[now_and_then],
+        group=() if group is None else tuple(ranks[i] for i in group[0]),
+        waits_outside=outside,
     )

@@ -21,7 +21,7 @@ from tui.model.histogram import (
     col_percentiles,
     hist_quantile_pair,
 )
-from tui.model.phases import BUFFERS_REGION, find_phase
+from tui.model.phases import BUFFERS_REGION, find_phase, top_columns
 from tui.model.rankstats import (
     EXPOSED_REGIONS,
     H2D_REGIONS,
@@ -452,7 +452,7 @@ class RankReadout:
         """Wall time not covered by top-level regions, per step (never negative)."""
         if self.steps == 0:
             return EMPTY, EMPTY
-        top = np.fromiter((c for n, c in self.cols.items() if "/" not in n), dtype=np.int64)
+        top = top_columns(self)
         f = self.filled
         covered_sum = float(self.sum[top].sum())
         whole_ms = max(0.0, self.wall_sum - covered_sum)

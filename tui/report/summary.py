@@ -269,6 +269,7 @@ def _comm_dict(verdict: Any) -> dict[str, Any] | None:
 _WAIT_HOW = {
     "measured": "measured",
     "backward": "estimated from backward: not measured",
+    "rest": "estimated from the untimed rest of the step: not measured",
     "none": "not measured",
 }
 

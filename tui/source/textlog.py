@@ -39,7 +39,7 @@ _TOTAL_RE = re.compile(
     r"^\s*Total[\s-]*:\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*ms\b", re.IGNORECASE
 )
 _ENTRY_RE = re.compile(
-    r"^(?P<indent> *)(?P<dash>-\s+)?(?P<name>\S(?:.*?\S)?)\s*:\s*"
+    r"^(?P<indent> *)(?P<dash>-\s+)?(?P<name>\S(?:.*?\S)??)\s*:\s*"
     r"(?:(?P<ms>(?:-0(?:\.0*)?(?=\s*ms)|[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?))\s*ms\b"
     r"(?P<rest>.*)"
     r"|-\s*\(not timed itself\))\s*$"

@@ -130,7 +130,8 @@ def _verdict_all(run: RunSnapshot, width: int) -> tuple[list[str], str]:
     lines: list[str] = []
     for p in parts:
         lines += textwrap.wrap(clean(p), width, break_on_hyphens=False) if width > 8 else [clean(p)]
-    return lines, "bold red" if run.straggler is not None else "dim"
+    named = run.straggler is not None or getattr(verdict, "group", ())  # several ranks alike
+    return lines, "bold red" if named else "dim"
 
 
 def _cut(lines: list[str], width: int, most: int) -> list[str]:
