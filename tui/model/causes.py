@@ -227,8 +227,7 @@ def input_behind(
     n, k = inp.shape
     if k < 2 or n == 0:
         return None
-    med_others = np.stack([np.median(np.delete(inp, i, axis=1), axis=1) for i in range(k)], 1)
-    ex = np.median(inp - med_others, axis=0)
+    ex = np.median(excess_over_others(inp)[0], axis=0)  # one sort, not one median a rank
     i = int(ex.argmax())
     others = np.delete(inp, i, axis=1)
     noise = float(np.median(1.4826 * np.median(np.abs(others - np.median(others, 0)), 0)))
