@@ -289,20 +289,7 @@ class Probe:
             return
         if call.views:
             self._check_views(call)
-        nodes = output_nodes(out, inst.torch)
-        if not nodes:
-            call.dead = True
-            if call.leaf_hooks:
-                call.drop_hooks()
-            return
-        if self.check:
-            self._check_use(call, nodes)
-        seen: set[int] = set()
-        for n in nodes:
-            if id(n) not in seen:
-                seen.add(id(n))
-                on_node(tls.proxy, n, call.rerun_start)
-        self._remember(call)
+        self._hook_outputs(call, output_nodes(out, inst.torch), tls.proxy, call.rerun_start)
 
     def _check_use(self, call: Call, nodes: Any) -> None:
         """Inputs of ``call`` that its outputs do not depend on (the module read only their
@@ -342,8 +329,9 @@ class Probe:
                 self._modified_in_place(call, i, v)
         call.views = NO_HOOKS  # hold no activation past the forward
 
-    def _hook_outputs(self, call: Call, nodes: list[Any], proxy: Any) -> None:
-        """The backward of ``call`` starts at the first of the nodes that made its outputs."""
+    def _hook_outputs(self, call: Call, nodes: list[Any], proxy: Any, start: Any = None) -> None:
+        """The backward of ``call`` starts (``start``, else ``call.start``) at the first of the
+        nodes that made its outputs."""
         if not nodes:  # nothing to differentiate through this call
             call.dead = True
             if call.leaf_hooks:
@@ -355,7 +343,7 @@ class Probe:
         for n in nodes:
             if id(n) not in seen:
                 seen.add(id(n))
-                on_node(proxy, n, call.start)
+                on_node(proxy, n, start or call.start)
         self._remember(call)
 
     def _new_call(self, args: Any, kwargs: Any, tensor: Any, tls: Any) -> tuple[Call, Any]:
