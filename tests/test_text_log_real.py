@@ -38,3 +38,36 @@ def test_the_original_loggers_file_names_are_text_logs(
 def test_other_files_are_not_text_logs() -> None:
     for name in ("timings.txt", "notes.txt", "timing_log.txt.bak", "train.log", "timing.csv"):
         assert not is_text_log(name)
+
+
+def _block(step: int, lines: list[tuple[str, float]]) -> str:
+    """One block as the original wrote it: ``{name:<40s} : {ms:8.2f}ms ({pct:5.1f}%) ...``."""
+    total = sum(ms for _, ms in lines)
+    out = ["=" * 80, f"Step {step}", "=" * 80]
+    for name, ms in lines:
+        pct = ms / total * 100 if total else 0.0
+        out.append(f"{name:<40s} : {ms:8.2f}ms ({pct:5.1f}%) [avg: {ms:8.2f}ms]")
+    out.append(f"{'Total':-<40s}: {total:8.2f}ms")
+    return "\n".join(out) + "\n\n"
+
+
+def test_a_name_holding_a_time_keeps_its_own_value(tmp_path: Path) -> None:
+    from tui.source.textlog import parse_text
+
+    text = _block(1, [("ms: 3.00ms", 2.34), ("Loss", 50.0)])
+    steps, bad = parse_text(text)
+    assert bad == 0 and steps[0].regions == {"ms: 3.00ms": (2.34, 1), "Loss": (50.0, 1)}
+
+
+def test_an_unreadable_text_log_names_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "timing_log_x.txt"
+    log.write_text("\nhello\n\nworld\n")  # blank lines count in the line number
+    assert main(["summary", str(log)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "line 4: unrecognised line: 'world'" in err
+    # and a stray line between good blocks: its line number in the file's report
+    log.write_text(_block(1, [("VRT", 5.0)]) + "oops\n" + _block(2, [("VRT", 6.0)]))
+    d = json.loads((main(["summary", "--json", str(log)]), capsys.readouterr().out)[1])
+    assert d["steps"] == 2 and d["files"][0]["last_error"].startswith("line 7: ")

@@ -44,6 +44,14 @@ _ENTRY_RE = re.compile(
     r"(?P<rest>.*)"
     r"|-\s*\(not timed itself\))\s*$"
 )
+# the same line with a tail as the loggers write it (share, running average, call count):
+# tried first, so a name holding ": 3.00ms" itself is not cut there
+_ENTRY_EXACT_RE = re.compile(
+    _ENTRY_RE.pattern.replace(
+        r"(?P<rest>.*)",
+        r"(?P<rest>(?:\s*\(\s*[0-9.]+\s*%\))?(?:\s*\[avg:\s*[0-9.eE+-]+\s*ms\])?(?:\s+x\d+)?)",
+    )
+)
 _CALLS_RE = re.compile(r"\bx(\d+)\s*$")
 _SUMMARY_RE = re.compile(r"^\s*Timing summary\b", re.IGNORECASE)
 _DERIVED = ("Unaccounted", "Overlap")
@@ -105,7 +113,7 @@ class TextLogParser:
             return done
         if self._in_summary:
             return None
-        m = _ENTRY_RE.match(line)
+        m = _ENTRY_EXACT_RE.match(line) or _ENTRY_RE.match(line)
         if m and self._step is not None:
             return self._entry(m, line)
         if self._step is not None and _BAD_MS_RE.match(line):
