@@ -71,3 +71,19 @@ def test_an_unreadable_text_log_names_the_line(
     log.write_text(_block(1, [("VRT", 5.0)]) + "oops\n" + _block(2, [("VRT", 6.0)]))
     d = json.loads((main(["summary", "--json", str(log)]), capsys.readouterr().out)[1])
     assert d["steps"] == 2 and d["files"][0]["last_error"].startswith("line 7: ")
+
+
+def test_one_launchs_processes_each_with_its_own_file_are_its_ranks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The original wrote one file per process, named by its start time, no rank: files
+    started together are one launch's ranks; one started hours later is the next launch."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for i, stamp in enumerate(("20260101_120000", "20260101_120001", "20260101_120003")):
+        (run / f"timing_log_{stamp}.txt").write_text(original_log(30, seed=i + 1))
+    (run / "timing_log_20260101_160000.txt").write_text(original_log(50, seed=9))
+    d = _summary(capsys, str(run))
+    assert d["ranks"] == [0, 1, 2] and sorted(f["rank"] for f in d["files"]) == [0, 1, 2]
+    assert d["steps"] == 30 and d["step_ms"]["steps"] == 90  # 30 steps of each rank
+    assert d["files_not_read"] == ["timing_log_20260101_160000.txt"]
