@@ -11,6 +11,7 @@ from _orig_log import original_log
 
 from stagewatch.runs import is_text_log
 from tui.cli import main
+from tui.source.textlog import parse_text
 
 
 def _summary(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
@@ -52,8 +53,6 @@ def _block(step: int, lines: list[tuple[str, float]]) -> str:
 
 
 def test_a_name_holding_a_time_keeps_its_own_value(tmp_path: Path) -> None:
-    from tui.source.textlog import parse_text
-
     text = _block(1, [("ms: 3.00ms", 2.34), ("Loss", 50.0)])
     steps, bad = parse_text(text)
     assert bad == 0 and steps[0].regions == {"ms: 3.00ms": (2.34, 1), "Loss": (50.0, 1)}
@@ -87,3 +86,22 @@ def test_one_launchs_processes_each_with_its_own_file_are_its_ranks(
     assert d["ranks"] == [0, 1, 2] and sorted(f["rank"] for f in d["files"]) == [0, 1, 2]
     assert d["steps"] == 30 and d["step_ms"]["steps"] == 90  # 30 steps of each rank
     assert d["files_not_read"] == ["timing_log_20260101_160000.txt"]
+
+
+def test_stdout_in_the_same_file_tqdm_bars_and_a_panel_redrawn_in_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tqdm writes "\\r" + bar and no newline, so the file's next line follows the bar; the
+    panel redrawn in place carries cursor moves. Neither may cost a block or add a region."""
+    bar = "\rEpoch 1:  {0}%|█▏        | {0}/40 [00:24<02:56,  2.00s/it, loss=0.31]"
+    panel = "\x1b[3A\x1b[2K┌─ Timing Profile (Step {0}) ───\n\x1b[2K└─ Total:  620.0ms ───\n"
+    text = ""
+    for s in range(1, 41):
+        block = _block(s, [("VRT", 100.0 + s), ("Loss", 5.0)])
+        head, _, rest = block.partition(f"Step {s}\n")
+        text += bar.format(s) + head + bar.format(s) + f"Step {s}\n"
+        text += rest.replace("Loss", panel.format(s) + bar.format(s) + "Loss")
+    steps, bad = parse_text(text)
+    assert len(steps) == 40 and bad == 80  # the two panel lines of each block, counted
+    assert all(set(x.regions) == {"VRT", "Loss"} for x in steps)
+    assert steps[-1].regions["VRT"] == (140.0, 1)

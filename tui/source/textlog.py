@@ -56,6 +56,12 @@ _CALLS_RE = re.compile(r"\bx(\d+)\s*$")
 _SUMMARY_RE = re.compile(r"^\s*Timing summary\b", re.IGNORECASE)
 _DERIVED = ("Unaccounted", "Overlap")
 _PANEL = ("│", "┌", "└", "├", "┐", "┘")  # the original's console panel, if stdout was logged too
+# the panel redrawn in place: cursor moves and erases (not colours), which a terminal obeys
+# and does not show
+_CURSOR_RE = re.compile(r"\x1b\[[0-9;]*[ABCDEFGHJK]")
+# a tqdm bar a line was written after: tqdm writes "\r" + bar and no newline, so the next
+# line of the file follows it ("Epoch 1:  12%|█▏   | 12/100 [00:24<02:56, 2.00s/it]Step 13")
+_TQDM_RE = re.compile(r"^[^|]*?\d+%\|[^|]*\|[^\[\]|]*\[[^\]]*\]")
 _RULE_RE = re.compile(r"^\s*[=\-─]{5,}\s*$")
 # an entry whose time is not a number of ms a record may hold (nan, inf, negative)
 _BAD_MS_RE = re.compile(r"^ *(?:-\s+)?\S.*?:\s*(?:[-+]\S*|nan|inf)\s*ms\b", re.IGNORECASE)
@@ -90,6 +96,10 @@ class TextLogParser:
         if "\r" in line:  # a progress bar's carriage returns: the last part, as a terminal
             line = line.rstrip("\r").rsplit("\r", 1)[-1]
         line = line.lstrip("\ufeff")  # a byte-order mark (a file saved on Windows)
+        if "\x1b[" in line:
+            line = _CURSOR_RE.sub("", line)
+        if "%|" in line and (t := _TQDM_RE.match(line)) is not None and line[t.end() :].strip():
+            line = line[t.end() :]
         if not line.strip() or _RULE_RE.match(line):
             return None
         if line.lstrip()[:1] in _PANEL:
