@@ -45,7 +45,7 @@ _ENTRY_RE = re.compile(
     r"|-\s*\(not timed itself\))\s*$"
 )
 # the same line with a tail as the loggers write it (share, running average, call count):
-# tried first, so a name holding ": 3.00ms" itself is not cut there
+# tried when the tail holds another colon, so a name holding ": 3.00ms" is not cut there
 _ENTRY_EXACT_RE = re.compile(
     _ENTRY_RE.pattern.replace(
         r"(?P<rest>.*)",
@@ -123,7 +123,9 @@ class TextLogParser:
             return done
         if self._in_summary:
             return None
-        m = _ENTRY_EXACT_RE.match(line) or _ENTRY_RE.match(line)
+        m = _ENTRY_RE.match(line)
+        if m and (rest := m.group("rest")) and rest.count(":") > rest.count("[avg:"):
+            m = _ENTRY_EXACT_RE.match(line) or m  # cut at a ": 3.00ms" inside the name?
         if m and self._step is not None:
             return self._entry(m, line)
         if self._step is not None and _BAD_MS_RE.match(line):
