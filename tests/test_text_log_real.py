@@ -105,3 +105,19 @@ def test_stdout_in_the_same_file_tqdm_bars_and_a_panel_redrawn_in_place(
     assert len(steps) == 40 and bad == 80  # the two panel lines of each block, counted
     assert all(set(x.regions) == {"VRT", "Loss"} for x in steps)
     assert steps[-1].regions["VRT"] == (140.0, 1)
+
+
+def test_export_reads_a_text_log_given_by_any_name_as_summary_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "train_timings.txt"
+    log.write_text(original_log(20))
+    assert _summary(capsys, str(log))["steps"] == 20
+    out = tmp_path / "steps.csv"
+    assert main(["export", "--format", "csv", "-o", str(out), str(log)]) == 0
+    assert len(out.read_text().splitlines()) == 21
+    trace = tmp_path / "trace.json"
+    assert main(["export", "-o", str(trace), str(log)]) == 0
+    assert json.loads(trace.read_text())
+    (tmp_path / "notes.jsonl").write_text("not a record\n")  # a .jsonl still must be records
+    assert main(["export", "-o", str(tmp_path / "x.csv"), str(tmp_path / "notes.jsonl")]) == 2

@@ -155,7 +155,16 @@ def _starts_with_record(p: Path) -> bool:
 
 
 def _is_text_log(p: Path) -> bool:
-    return runs.TEXT_LOG_RE.match(p.name) is not None
+    """``timing_*.log``, or a file given by its path that is neither named as a rank file nor
+    starts with a record (``train_timings.txt``: read as a text log, as summary reads it)."""
+    if runs.TEXT_LOG_RE.match(p.name) is not None:
+        return True
+    return (
+        rank_of_file(p.name) is None
+        and p.suffix != ".jsonl"
+        and _regular(p)
+        and not _starts_with_record(p)
+    )
 
 
 def _text_records(path: Path, stats: ExportStats) -> Iterator[Step]:
