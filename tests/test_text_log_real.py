@@ -121,3 +121,25 @@ def test_export_reads_a_text_log_given_by_any_name_as_summary_does(
     assert json.loads(trace.read_text())
     (tmp_path / "notes.jsonl").write_text("not a record\n")  # a .jsonl still must be records
     assert main(["export", "-o", str(tmp_path / "x.csv"), str(tmp_path / "notes.jsonl")]) == 2
+
+
+def test_a_region_the_user_named_total_does_not_end_the_block(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "".join(
+        _block(s, [("Total", 600.0 + s), ("Forward total", 200.0), ("Backward", 390.0)])
+        for s in range(1, 41)
+    )
+    steps, bad = parse_text(text)
+    assert bad == 0 and len(steps) == 40
+    assert set(steps[0].regions) == {"Total", "Forward total", "Backward"}
+    d = _summary(capsys, str(_write_log(tmp_path, text)))
+    # the user's "Total" holds the other two: the timed total is it, not the sum of all
+    assert d["step_ms"]["avg_ms"] == pytest.approx(620.5)
+
+
+def _write_log(tmp_path: Path, text: str) -> Path:
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    (run / "timing_log_20260101_120000.txt").write_text(text)
+    return run

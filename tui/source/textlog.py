@@ -114,6 +114,8 @@ class TextLogParser:
             self._in_summary = False
             return done
         m = _TOTAL_RE.match(line)
+        if m and ("[avg:" in line or "%)" in line):
+            m = None  # a region the user named "Total": the loggers' Total line has no tail
         if m and not self._in_summary:
             total = float(m.group(1))
             return self._finish(total if total < MAX_MS else None)
