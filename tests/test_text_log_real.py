@@ -143,3 +143,22 @@ def _write_log(tmp_path: Path, text: str) -> Path:
     run.mkdir(exist_ok=True)
     (run / "timing_log_20260101_120000.txt").write_text(text)
     return run
+
+
+def test_debug_mode_lines_inside_a_block_are_not_regions() -> None:
+    """The debug mode printed each module's time and output shape for one forward pass, and
+    log messages; with stdout in the file they may land inside a block."""
+    debug = [
+        "[DEBUG] Spike encoder scale0: 1.23ms",
+        "VRT Stage1: 25.00ms, output shape torch.Size([1, 6, 96, 64, 64])",
+        "TSA scale0: 12.00ms (6 blocks, 2.00ms/block)",
+        "Fusion: 3.10ms -> (1, 6, 3, 256, 256)",
+        "INFO: data: 0.10ms",
+    ]
+    text = ""
+    for s in range(1, 11):
+        block = _block(s, [("VRT", 100.0), ("Loss", 5.0)])
+        text += block.replace("Loss", "\n".join(debug) + "\nLoss")
+    steps, bad = parse_text(text)
+    assert len(steps) == 10 and bad == 10 * len(debug)
+    assert all(set(x.regions) == {"VRT", "Loss"} for x in steps)

@@ -53,6 +53,10 @@ _ENTRY_EXACT_RE = re.compile(
     )
 )
 _CALLS_RE = re.compile(r"\bx(\d+)\s*$")
+# stdout in the same file: a log message, and the debug mode's per-module lines
+# ("VRT Stage1: 25.00ms, output shape torch.Size([...])", "TSA scale0: 6 blocks, ...")
+_LEVEL_RE = re.compile(r"(?:\[(?:DEBUG|INFO|WARNING|WARN|ERROR)\]|(?:DEBUG|INFO|WARNING|ERROR):)")
+_DEBUG_RE = re.compile(r"shape|Size\(|->|\bblocks?\b|/block|\boutput\b", re.IGNORECASE)
 _SUMMARY_RE = re.compile(r"^\s*Timing summary\b", re.IGNORECASE)
 _DERIVED = ("Unaccounted", "Overlap")
 _PANEL = ("│", "┌", "└", "├", "┐", "┘")  # the original's console panel, if stdout was logged too
@@ -65,6 +69,18 @@ _TQDM_RE = re.compile(r"^[^|]*?\d+%\|[^|]*\|[^\[\]|]*\[[^\]]*\]")
 _RULE_RE = re.compile(r"^\s*[=\-─]{5,}\s*$")
 # an entry whose time is not a number of ms a record may hold (nan, inf, negative)
 _BAD_MS_RE = re.compile(r"^ *(?:-\s+)?\S.*?:\s*(?:[-+]\S*|nan|inf)\s*ms\b", re.IGNORECASE)
+
+
+def _clean(line: str) -> str:
+    """The line as a terminal shows it: what stdout's progress bars and redraws left."""
+    if "\r" in line:  # a progress bar's carriage returns: the last part, as a terminal
+        line = line.rstrip("\r").rsplit("\r", 1)[-1]
+    line = line.lstrip("\ufeff")  # a byte-order mark (a file saved on Windows)
+    if "\x1b[" in line:
+        line = _CURSOR_RE.sub("", line)
+    if "%|" in line and (t := _TQDM_RE.match(line)) is not None and line[t.end() :].strip():
+        line = line[t.end() :]
+    return line
 
 
 class TextLogParser:
@@ -93,13 +109,7 @@ class TextLogParser:
 
     def feed(self, line: str) -> Step | None:
         """One line (without its newline). Returns a Step when the line completes a block."""
-        if "\r" in line:  # a progress bar's carriage returns: the last part, as a terminal
-            line = line.rstrip("\r").rsplit("\r", 1)[-1]
-        line = line.lstrip("\ufeff")  # a byte-order mark (a file saved on Windows)
-        if "\x1b[" in line:
-            line = _CURSOR_RE.sub("", line)
-        if "%|" in line and (t := _TQDM_RE.match(line)) is not None and line[t.end() :].strip():
-            line = line[t.end() :]
+        line = _clean(line)
         if not line.strip() or _RULE_RE.match(line):
             return None
         if line.lstrip()[:1] in _PANEL:
@@ -126,8 +136,15 @@ class TextLogParser:
         if self._in_summary:
             return None
         m = _ENTRY_RE.match(line)
-        if m and (rest := m.group("rest")) and rest.count(":") > rest.count("[avg:"):
-            m = _ENTRY_EXACT_RE.match(line) or m  # cut at a ": 3.00ms" inside the name?
+        if m:
+            rest = m.group("rest")
+            if rest and rest.count(":") > rest.count("[avg:"):
+                m = _ENTRY_EXACT_RE.match(line) or m  # cut at a ": 3.00ms" inside the name?
+            elif (rest and "[avg:" not in rest and _DEBUG_RE.search(rest)) or (
+                line[:1] in "[DIWE" and _LEVEL_RE.match(line)
+            ):
+                self._bad(f"a log or debug message, not a block line: {line[:80]!r}")
+                return None
         if m and self._step is not None:
             return self._entry(m, line)
         if self._step is not None and _BAD_MS_RE.match(line):
