@@ -162,3 +162,13 @@ def test_debug_mode_lines_inside_a_block_are_not_regions() -> None:
     steps, bad = parse_text(text)
     assert len(steps) == 10 and bad == 10 * len(debug)
     assert all(set(x.regions) == {"VRT", "Loss"} for x in steps)
+
+
+def test_nul_bytes_a_crash_left_before_the_next_block_lose_no_step() -> None:
+    """A machine crash can leave a file's unwritten tail as NULs; the restarted process
+    appends after them, so a Step header may follow NULs on its line."""
+    text = _block(1, [("VRT", 5.0)]) + _block(2, [("VRT", 6.0)])
+    text += "\0" * 100 + _block(1, [("VRT", 7.0)]).lstrip("=\n")  # "\0...\0Step 1"
+    steps, bad = parse_text(text)
+    assert [s.step for s in steps] == [1, 2, 3] and steps[-1].regions == {"VRT": (7.0, 1)}
+    assert bad == 0

@@ -76,6 +76,8 @@ def _clean(line: str) -> str:
     if "\r" in line:  # a progress bar's carriage returns: the last part, as a terminal
         line = line.rstrip("\r").rsplit("\r", 1)[-1]
     line = line.lstrip("\ufeff")  # a byte-order mark (a file saved on Windows)
+    if "\0" in line:  # a crash left the file's tail as NULs (unwritten blocks), then appended
+        line = line.replace("\0", "")
     if "\x1b[" in line:
         line = _CURSOR_RE.sub("", line)
     if "%|" in line and (t := _TQDM_RE.match(line)) is not None and line[t.end() :].strip():
