@@ -172,3 +172,10 @@ def test_nul_bytes_a_crash_left_before_the_next_block_lose_no_step() -> None:
     steps, bad = parse_text(text)
     assert [s.step for s in steps] == [1, 2, 3] and steps[-1].regions == {"VRT": (7.0, 1)}
     assert bad == 0
+
+
+def test_a_coloured_console_panel_inside_a_block_is_not_a_region() -> None:
+    footer = "\x1b[1m\x1b[33m└─ Total:  620.0ms ──────\x1b[0m\n"
+    text = _block(1, [("VRT", 5.0), ("Loss", 1.0)]).replace("Loss", footer + "Loss")
+    steps, bad = parse_text(text)
+    assert steps[0].regions == {"VRT": (5.0, 1), "Loss": (1.0, 1)} and bad == 1

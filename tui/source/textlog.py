@@ -60,6 +60,7 @@ _DEBUG_RE = re.compile(r"shape|Size\(|->|\bblocks?\b|/block|\boutput\b", re.IGNO
 _SUMMARY_RE = re.compile(r"^\s*Timing summary\b", re.IGNORECASE)
 _DERIVED = ("Unaccounted", "Overlap")
 _PANEL = ("│", "┌", "└", "├", "┐", "┘")  # the original's console panel, if stdout was logged too
+_COLOURED_PANEL_RE = re.compile(r"\s*(?:\x1b\[[0-9;]*m\s*)+[│┌└├┐┘]")  # its lines coloured
 # the panel redrawn in place: cursor moves and erases (not colours), which a terminal obeys
 # and does not show
 _CURSOR_RE = re.compile(r"\x1b\[[0-9;]*[ABCDEFGHJK]")
@@ -114,7 +115,8 @@ class TextLogParser:
         line = _clean(line)
         if not line.strip() or _RULE_RE.match(line):
             return None
-        if line.lstrip()[:1] in _PANEL:
+        first = line.lstrip()[:1]
+        if first in _PANEL or (first == "\x1b" and _COLOURED_PANEL_RE.match(line)):
             self._bad(f"the console panel, not a block line: {line[:80]!r}")
             return None
         m = _STEP_RE.match(line)
