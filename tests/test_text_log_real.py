@@ -179,3 +179,25 @@ def test_a_coloured_console_panel_inside_a_block_is_not_a_region() -> None:
     text = _block(1, [("VRT", 5.0), ("Loss", 1.0)]).replace("Loss", footer + "Loss")
     steps, bad = parse_text(text)
     assert steps[0].regions == {"VRT": (5.0, 1), "Loss": (1.0, 1)} and bad == 1
+
+
+def test_processes_appending_to_one_file_lose_no_block(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three processes started in the same second share the file name; each appends its 50
+    blocks at a flush: Step 1-50 three times, then 51-100 three times. The later chunks go
+    on with an earlier count, not a stray repeat: no process's blocks supersede another's."""
+    chunks = []
+    for lo in (1, 51):
+        for rank in range(3):
+            chunks += [
+                _block(s, [("VRT", 100.0 + rank), ("Loss", 5.0)]) for s in range(lo, lo + 50)
+            ]
+    d = _summary(capsys, str(_write_log(tmp_path, "".join(chunks))))
+    f = d["files"][0]
+    assert d["step_ms"]["steps"] == 300 and f["superseded"] == 0
+    assert f["restarts"] == 2 and f["interleaved"] >= 1
+    vrt = next(r for r in d["regions"] if r["name"] == "VRT")
+    assert vrt["avg_ms"] == pytest.approx(101.0) and vrt["steps"] == 300
+    assert main(["summary", str(_write_log(tmp_path, "".join(chunks)))]) == 0
+    assert "several processes wrote into" in capsys.readouterr().out

@@ -256,6 +256,7 @@ class Feed:
             dropped=self.dropped,
             nesting=self.nest.note() if self.nest is not None else None,
             restarts=self.text.restarts if self.text is not None else 0,
+            interleaved=self.text.interleaved if self.text is not None else 0,
         )
 
     def _step_kept(self, step: int, n: int) -> bool:

@@ -17,7 +17,8 @@ top-level names there, the only step time such a log holds (:mod:`tui.source.nes
 then infers which top-level names nest in which, and the timed total replaces it). A
 block ends at its Total line, or at the next ``Step`` header when a Total line is missing.
 A ``Step`` count that begins again (the logger restarted, appending to the file) is numbered
-on after the last block, so both processes' steps count. Values outside the record format's
+on after the last block, so both processes' steps count; so is a block going on with such an
+earlier count (processes appending to one file in turn). Values outside the record format's
 limits (``nan``, ``inf``, negative, 1e12 ms and more) are refused as lines not understood.
 Lines stagewatch's writer adds are understood too: ``(not timed itself)`` parents, ``xN``
 call counts, and the derived ``Unaccounted`` / ``Overlap`` lines and ``Timing summary``
@@ -67,6 +68,7 @@ _CURSOR_RE = re.compile(r"\x1b\[[0-9;]*[ABCDEFGHJK]")
 # a tqdm bar a line was written after: tqdm writes "\r" + bar and no newline, so the next
 # line of the file follows it ("Epoch 1:  12%|█▏   | 12/100 [00:24<02:56, 2.00s/it]Step 13")
 _TQDM_RE = re.compile(r"^[^|]*?\d+%\|[^|]*\|[^\[\]|]*\[[^\]]*\]")
+MAX_COUNTS = 64  # counts a restart left that are remembered
 _RULE_RE = re.compile(r"^\s*[=\-─]{5,}\s*$")
 # an entry whose time is not a number of ms a record may hold (nan, inf, negative)
 _BAD_MS_RE = re.compile(r"^ *(?:-\s+)?\S.*?:\s*(?:[-+]\S*|nan|inf)\s*ms\b", re.IGNORECASE)
@@ -106,6 +108,10 @@ class TextLogParser:
         self._last_raw = 0  # the number the last block had in the file
         self._last = 0  # the number it was given
         self._offset = 0
+        # the last numbers of the counts that a restart left (the blocks of another process
+        # appending to the same file may go on from one of them)
+        self._ended: list[int] = []
+        self.interleaved = 0  # blocks that went on with such a count
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -216,7 +222,16 @@ class TextLogParser:
                 self._first = raw
             elif raw == self._first and raw <= self._last_raw:  # the count began again
                 self.restarts += 1
+                self._ended = [*self._ended[-MAX_COUNTS + 1 :], self._last_raw]
                 self._offset = self._last
+            elif raw != self._last_raw + 1 and raw - 1 in self._ended:
+                # an earlier count goes on: several processes append to one file (the same
+                # name, started in the same second), each 50 blocks at a time. Numbered on,
+                # so that no process's blocks supersede another's
+                self.interleaved += 1
+                self._ended.remove(raw - 1)
+                self._ended.append(self._last_raw)
+                self._offset = self._last + 1 - raw
             number = raw + self._offset
             if number >= MAX_INT:
                 self._bad(f"step {raw}: numbered on after a restart, {number} is over the limit")
@@ -228,6 +243,11 @@ class TextLogParser:
         self._regions = {}
         self._stack = []
         return rec
+
+
+def is_step_header(line: str) -> bool:
+    """Whether ``line`` begins a block (``Step 12``, as the parser reads it)."""
+    return _STEP_RE.match(_clean(line)) is not None
 
 
 def parse_text(text: str) -> tuple[list[Step], int]:
