@@ -201,3 +201,22 @@ def test_processes_appending_to_one_file_lose_no_block(
     assert vrt["avg_ms"] == pytest.approx(101.0) and vrt["steps"] == 300
     assert main(["summary", str(_write_log(tmp_path, "".join(chunks)))]) == 0
     assert "several processes wrote into" in capsys.readouterr().out
+
+
+def test_a_quick_relaunch_is_not_a_second_rank(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A launch that crashed at 12:00:20 and its relaunch at 12:00:40: close in time, but the
+    first file was no longer written when the second began, so it is not a rank."""
+    import os
+    from datetime import datetime
+
+    run = tmp_path / "run"
+    run.mkdir()
+    a = run / "timing_log_20260101_120000.txt"
+    a.write_text(original_log(10))
+    crash = datetime(2026, 1, 1, 12, 0, 20).timestamp()
+    os.utime(a, (crash, crash))
+    (run / "timing_log_20260101_120040.txt").write_text(original_log(30, seed=2))
+    d = _summary(capsys, str(run))
+    assert d["ranks"] == [0] and d["files_not_read"] == ["timing_log_20260101_120040.txt"]
