@@ -37,7 +37,8 @@ END_STATUSES = (STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED)
 
 DEFAULT_LOG_ROOT = "runs/logs"
 RANK_FILE_RE = re.compile(r"^rank(\d+)\.jsonl$")
-TEXT_LOG_RE = re.compile(r"^timing_.*\.log$")
+# the original TimingLogger's files too: ``timing_log_<timestamp>.txt``, ``timing.log``
+TEXT_LOG_RE = re.compile(r"^timing(?:[_.-].*)?\.(?:log|txt)$", re.IGNORECASE)
 _RUN_ID_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 

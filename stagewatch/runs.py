@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 
 from stagewatch.records import RANK_FILE_RE, TEXT_LOG_RE, RecordError, Step, decode
 
 _TEXT_RANK_RE = re.compile(r"rank(\d+)")
+# a date and time in a text log's name: 20260101_120000, 2026-01-01T12:00:00, 20260101-1200 00
+_STAMP_RE = re.compile(r"(20\d\d)-?(\d\d)-?(\d\d)[_T-]?(\d\d)[:-]?(\d\d)[:-]?(\d\d)")
+LAUNCH_GAP_S = 60.0  # text logs started this close together: one launch's processes
 
 
 def is_rank_file(name: str) -> bool:
@@ -42,14 +46,56 @@ def rank_files(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
     return sorted((int(m.group(1)), p / n) for n in os.listdir(p) if (m := RANK_FILE_RE.match(n)))
 
 
+def _stamp(name: str) -> float | None:
+    """The start time a text log's name gives (``timing_log_20260101_120000.txt``), else
+    None. Naive: only differences between names matter."""
+    m = _STAMP_RE.search(name)
+    if m is None:
+        return None
+    try:
+        return datetime(*(int(g) for g in m.groups())).timestamp()  # type: ignore[arg-type]
+    except ValueError:  # not a date after all (month 13)
+        return None
+
+
 def text_logs(folder: str | os.PathLike[str]) -> dict[int, Path]:
-    """The text log of each rank in ``folder`` (the first by name). Raises OSError."""
+    """The text log of each rank in ``folder`` (the first by name). Raises OSError.
+
+    The original logger wrote one file per process with no rank in its name: files whose
+    names' timestamps lie within :data:`LAUNCH_GAP_S` of the first such file, while that file
+    was still written to (its mtime), are the processes of one launch, ranks 0, 1, ... by
+    name; a later one (the next launch) is not a rank."""
     p = Path(folder)
     out: dict[int, Path] = {}
+    plain: list[str] = []
     for n in sorted(os.listdir(p)):
         if TEXT_LOG_RE.match(n):
-            out.setdefault(text_log_rank(n), p / n)
-    return out
+            if _TEXT_RANK_RE.search(n):
+                out.setdefault(text_log_rank(n), p / n)
+            else:
+                plain.append(n)
+    if not plain:
+        return out
+    first = _stamp(plain[0])
+    launch = [plain[0]]
+    if first is not None:
+        try:  # the first process still wrote after the others started (not a relaunch)
+            last_write = os.stat(p / plain[0]).st_mtime
+        except OSError:
+            last_write = first
+        launch += [
+            n
+            for n in plain[1:]
+            if (t := _stamp(n)) is not None
+            and 0 <= t - first <= LAUNCH_GAP_S
+            and last_write >= t - 1.0
+        ]
+    rank = 0
+    for n in launch:
+        while rank in out:
+            rank += 1
+        out[rank] = p / n
+    return dict(sorted(out.items()))
 
 
 def run_files(folder: str | os.PathLike[str]) -> list[Path]:

@@ -123,6 +123,7 @@ class FileInfo:
     # a classic text log's nesting and what it holds (tui.model.nesting.NestNote)
     nesting: Any = None
     restarts: int = 0  # a classic text log's logger restarts (its blocks numbered on)
+    interleaved: int = 0  # its blocks going on with an earlier process's count (one file)
 
 
 @dataclass(frozen=True, slots=True)

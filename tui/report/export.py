@@ -155,7 +155,30 @@ def _starts_with_record(p: Path) -> bool:
 
 
 def _is_text_log(p: Path) -> bool:
-    return runs.TEXT_LOG_RE.match(p.name) is not None
+    """``timing_*.log``, or a file given by its path that is not named as a rank file, does
+    not start with a record and has a ``Step`` block (``train_timings.txt``, as summary reads
+    it)."""
+    if runs.TEXT_LOG_RE.match(p.name) is not None:
+        return True
+    return (
+        rank_of_file(p.name) is None
+        and p.suffix != ".jsonl"
+        and _regular(p)
+        and not _starts_with_record(p)
+        and _has_step_header(p)
+    )
+
+
+def _has_step_header(p: Path) -> bool:
+    """A ``Step N`` line in the file's first 64 KiB: a text log's block begins there."""
+    from tui.source.textlog import is_step_header
+
+    try:
+        with open(p, "rb") as f:
+            head = f.read(64 * 1024).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(is_step_header(x) for x in head.splitlines())
 
 
 def _text_records(path: Path, stats: ExportStats) -> Iterator[Step]:

@@ -237,6 +237,7 @@ def _summary_dict(
                 "dropped": f.dropped,
                 "superseded": f.duplicates,
                 "restarts": f.restarts,
+                "interleaved": f.interleaved,
                 "last_error": f.last_error or None,
                 "nesting": f.nesting.as_dict() if f.nesting is not None else None,
             }
@@ -382,6 +383,15 @@ def summary_text(
             m = literal(
                 f"the logger restarted in {f.path} {f.restarts}× (its Step count began "
                 "again): blocks from there are numbered on after the last, every step kept"
+            )
+            m.stylize("yellow")
+            t.append_text(m)
+            t.append("\n")
+        if f.interleaved:
+            m = literal(
+                f"several processes wrote into {f.path}: {f.interleaved}× a block went on with "
+                "an earlier Step count; every block is kept, numbered on, as one rank (give "
+                "each process its own file to see its ranks)"
             )
             m.stylize("yellow")
             t.append_text(m)

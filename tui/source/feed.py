@@ -151,6 +151,7 @@ class Feed:
         self.rank = rank
         self.kind = kind
         self.lines = 0
+        self.text_line = 0  # a text log's lines read, blank ones too (error line numbers)
         self.malformed = 0
         self.skipped = 0
         self.last_error = ""
@@ -192,6 +193,7 @@ class Feed:
         """Forget what was read (``keep_cuts``: the file is the same, read it again)."""
         self.tail.reset()
         self.lines = self.malformed = self.skipped = self.duplicates = self.dropped = 0
+        self.text_line = 0
         self.last_error = ""
         self.resegment = self.ended_early = False
         if not keep_cuts:
@@ -254,6 +256,7 @@ class Feed:
             dropped=self.dropped,
             nesting=self.nest.note() if self.nest is not None else None,
             restarts=self.text.restarts if self.text is not None else 0,
+            interleaved=self.text.interleaved if self.text is not None else 0,
         )
 
     def _step_kept(self, step: int, n: int) -> bool:
@@ -369,14 +372,17 @@ class Feed:
         if self.ended_early and any(x and not x.isspace() for x in lines):
             self.resegment = True  # the block taken as final goes on: read the file again
         out: list[Any] = []
-        n = self.lines
+        n = self.text_line  # the file's line number, blank lines too (as an editor shows it)
         for line in lines:
+            n += 1
             if not line or line.isspace():
                 continue
-            n += 1
-            self.lines = n
+            self.lines += 1
+            bad = text.malformed
             # not UTF-8 (a Latin-1 name): its bytes replaced, the line kept (as tui export)
             s = text.feed(line.decode("utf-8", errors="replace").rstrip("\r"))
+            if text.malformed != bad:
+                text.last_error = f"line {n}: {text.last_error}"
             if s is None:
                 continue
             nest = self.nest
@@ -386,6 +392,7 @@ class Feed:
                     out.append(row_from_step(x))
             if nest.failed:
                 self.resegment = True  # a nesting rule later steps broke: read again without
+        self.text_line = n
         return out
 
     def _text_step_ok(self, step: int, n: int) -> bool:
@@ -404,7 +411,7 @@ class Feed:
         if self.text is None or self.nest is None:
             return []
         s = self.text.flush() if last_block else None
-        held = self.nest.push(s, self.text.native, self.lines) if s is not None else []
+        held = self.nest.push(s, self.text.native, self.text_line) if s is not None else []
         pairs = [*held, *self.nest.flush()]
         return [row_from_step(x) for at, x in pairs if self._text_step_ok(x.step, at)]
 

@@ -17,7 +17,8 @@ top-level names there, the only step time such a log holds (:mod:`tui.source.nes
 then infers which top-level names nest in which, and the timed total replaces it). A
 block ends at its Total line, or at the next ``Step`` header when a Total line is missing.
 A ``Step`` count that begins again (the logger restarted, appending to the file) is numbered
-on after the last block, so both processes' steps count. Values outside the record format's
+on after the last block, so both processes' steps count; so is a block going on with such an
+earlier count (processes appending to one file in turn). Values outside the record format's
 limits (``nan``, ``inf``, negative, 1e12 ms and more) are refused as lines not understood.
 Lines stagewatch's writer adds are understood too: ``(not timed itself)`` parents, ``xN``
 call counts, and the derived ``Unaccounted`` / ``Overlap`` lines and ``Timing summary``
@@ -44,13 +45,47 @@ _ENTRY_RE = re.compile(
     r"(?P<rest>.*)"
     r"|-\s*\(not timed itself\))\s*$"
 )
+# the same line with a tail as the loggers write it (share, running average, call count):
+# tried when the tail holds another colon, so a name holding ": 3.00ms" is not cut there
+_ENTRY_EXACT_RE = re.compile(
+    _ENTRY_RE.pattern.replace(
+        r"(?P<rest>.*)",
+        r"(?P<rest>(?:\s*\(\s*[0-9.]+\s*%\))?(?:\s*\[avg:\s*[0-9.eE+-]+\s*ms\])?(?:\s+x\d+)?)",
+    )
+)
 _CALLS_RE = re.compile(r"\bx(\d+)\s*$")
+# stdout in the same file: a log message, and the debug mode's per-module lines
+# ("VRT Stage1: 25.00ms, output shape torch.Size([...])", "TSA scale0: 6 blocks, ...")
+_LEVEL_RE = re.compile(r"(?:\[(?:DEBUG|INFO|WARNING|WARN|ERROR)\]|(?:DEBUG|INFO|WARNING|ERROR):)")
+_DEBUG_RE = re.compile(r"shape|Size\(|->|\bblocks?\b|/block|\boutput\b", re.IGNORECASE)
 _SUMMARY_RE = re.compile(r"^\s*Timing summary\b", re.IGNORECASE)
 _DERIVED = ("Unaccounted", "Overlap")
 _PANEL = ("│", "┌", "└", "├", "┐", "┘")  # the original's console panel, if stdout was logged too
+_COLOURED_PANEL_RE = re.compile(r"\s*(?:\x1b\[[0-9;]*m\s*)+[│┌└├┐┘]")  # its lines coloured
+# the panel redrawn in place: cursor moves and erases (not colours), which a terminal obeys
+# and does not show
+_CURSOR_RE = re.compile(r"\x1b\[[0-9;]*[ABCDEFGHJK]")
+# a tqdm bar a line was written after: tqdm writes "\r" + bar and no newline, so the next
+# line of the file follows it ("Epoch 1:  12%|█▏   | 12/100 [00:24<02:56, 2.00s/it]Step 13")
+_TQDM_RE = re.compile(r"^[^|]*?\d+%\|[^|]*\|[^\[\]|]*\[[^\]]*\]")
+MAX_COUNTS = 64  # counts a restart left that are remembered
 _RULE_RE = re.compile(r"^\s*[=\-─]{5,}\s*$")
 # an entry whose time is not a number of ms a record may hold (nan, inf, negative)
 _BAD_MS_RE = re.compile(r"^ *(?:-\s+)?\S.*?:\s*(?:[-+]\S*|nan|inf)\s*ms\b", re.IGNORECASE)
+
+
+def _clean(line: str) -> str:
+    """The line as a terminal shows it: what stdout's progress bars and redraws left."""
+    if "\r" in line:  # a progress bar's carriage returns: the last part, as a terminal
+        line = line.rstrip("\r").rsplit("\r", 1)[-1]
+    line = line.lstrip("\ufeff")  # a byte-order mark (a file saved on Windows)
+    if "\0" in line:  # a crash left the file's tail as NULs (unwritten blocks), then appended
+        line = line.replace("\0", "")
+    if "\x1b[" in line:
+        line = _CURSOR_RE.sub("", line)
+    if "%|" in line and (t := _TQDM_RE.match(line)) is not None and line[t.end() :].strip():
+        line = line[t.end() :]
+    return line
 
 
 class TextLogParser:
@@ -73,18 +108,21 @@ class TextLogParser:
         self._last_raw = 0  # the number the last block had in the file
         self._last = 0  # the number it was given
         self._offset = 0
+        # the last numbers of the counts that a restart left (the blocks of another process
+        # appending to the same file may go on from one of them)
+        self._ended: list[int] = []
+        self.interleaved = 0  # blocks that went on with such a count
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
 
     def feed(self, line: str) -> Step | None:
         """One line (without its newline). Returns a Step when the line completes a block."""
-        if "\r" in line:  # a progress bar's carriage returns: the last part, as a terminal
-            line = line.rstrip("\r").rsplit("\r", 1)[-1]
-        line = line.lstrip("\ufeff")  # a byte-order mark (a file saved on Windows)
+        line = _clean(line)
         if not line.strip() or _RULE_RE.match(line):
             return None
-        if line.lstrip()[:1] in _PANEL:
+        first = line.lstrip()[:1]
+        if first in _PANEL or (first == "\x1b" and _COLOURED_PANEL_RE.match(line)):
             self._bad(f"the console panel, not a block line: {line[:80]!r}")
             return None
         m = _STEP_RE.match(line)
@@ -96,6 +134,8 @@ class TextLogParser:
             self._in_summary = False
             return done
         m = _TOTAL_RE.match(line)
+        if m and ("[avg:" in line or "%)" in line):
+            m = None  # a region the user named "Total": the loggers' Total line has no tail
         if m and not self._in_summary:
             total = float(m.group(1))
             return self._finish(total if total < MAX_MS else None)
@@ -106,6 +146,15 @@ class TextLogParser:
         if self._in_summary:
             return None
         m = _ENTRY_RE.match(line)
+        if m:
+            rest = m.group("rest")
+            if rest and rest.count(":") > rest.count("[avg:"):
+                m = _ENTRY_EXACT_RE.match(line) or m  # cut at a ": 3.00ms" inside the name?
+            elif (rest and "[avg:" not in rest and _DEBUG_RE.search(rest)) or (
+                line[:1] in "[DIWE" and _LEVEL_RE.match(line)
+            ):
+                self._bad(f"a log or debug message, not a block line: {line[:80]!r}")
+                return None
         if m and self._step is not None:
             return self._entry(m, line)
         if self._step is not None and _BAD_MS_RE.match(line):
@@ -173,7 +222,16 @@ class TextLogParser:
                 self._first = raw
             elif raw == self._first and raw <= self._last_raw:  # the count began again
                 self.restarts += 1
+                self._ended = [*self._ended[-MAX_COUNTS + 1 :], self._last_raw]
                 self._offset = self._last
+            elif raw != self._last_raw + 1 and raw - 1 in self._ended:
+                # an earlier count goes on: several processes append to one file (the same
+                # name, started in the same second), each 50 blocks at a time. Numbered on,
+                # so that no process's blocks supersede another's
+                self.interleaved += 1
+                self._ended.remove(raw - 1)
+                self._ended.append(self._last_raw)
+                self._offset = self._last + 1 - raw
             number = raw + self._offset
             if number >= MAX_INT:
                 self._bad(f"step {raw}: numbered on after a restart, {number} is over the limit")
@@ -185,6 +243,11 @@ class TextLogParser:
         self._regions = {}
         self._stack = []
         return rec
+
+
+def is_step_header(line: str) -> bool:
+    """Whether ``line`` begins a block (``Step 12``, as the parser reads it)."""
+    return _STEP_RE.match(_clean(line)) is not None
 
 
 def parse_text(text: str) -> tuple[list[Step], int]:
