@@ -25,7 +25,7 @@ def is_rank_file(name: str) -> bool:
 
 
 def is_text_log(name: str) -> bool:
-    """``timing_*.log``: a classic text log (ours or the original logger's)."""
+    """``timing*.log`` or ``timing*.txt``: a classic text log (ours or the original logger's)."""
     return TEXT_LOG_RE.match(name) is not None
 
 

@@ -14,7 +14,7 @@ from tui.commands._common import add_nest, nest_policy, quiet_pipe
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "run", metavar="RUN", help="a run folder, one rank<R>.jsonl file or a timing_*.log"
+        "run", metavar="RUN", help="a run folder, one rank<R>.jsonl file or a timing*.log/.txt"
     )
     parser.add_argument(
         "--format",

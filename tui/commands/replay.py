@@ -17,7 +17,7 @@ from tui.commands._common import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "run", metavar="RUN", help="a run folder, a rank<R>.jsonl file or a timing_*.log"
+        "run", metavar="RUN", help="a run folder, a rank<R>.jsonl file or a timing*.log/.txt"
     )
     parser.add_argument(
         "--speed",

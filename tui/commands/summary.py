@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "run",
         metavar="RUN",
-        help="a run folder, a rank<R>.jsonl file or a timing_*.log; a log folder: its newest run",
+        help="a run folder, a rank<R>.jsonl or a timing*.log/.txt; a log folder: its newest run",
     )
     parser.add_argument(
         "--json", action="store_true", help="print JSON (schema in docs/monitor.md)"

@@ -70,7 +70,7 @@ def _files_of(p: Path) -> list[Path]:
     except OSError as e:
         raise UsageError(f"cannot read run folder {p}: {e.strerror}") from None
     if not files:
-        raise UsageError(f"not a run folder (no rank<R>.jsonl or timing_*.log in it): {p}")
+        raise UsageError(f"not a run folder (no rank<R>.jsonl or timing*.log/.txt in it): {p}")
     return files
 
 
