@@ -150,9 +150,8 @@ _SHAPES: dict[str, tuple[str | int, ...]] = {
     "wall_hist": (NBUCKETS,),
 }
 # rebuilt as regions are folded in / read out ("_kids_cache", "_phase_cache", "_top_cache",
-# "_recent":
-# issue 22's recent_work; "_pending": batches not folded yet, folded by the first read of
-# a region array; "_prefix": which schemas fill the columns in order; "_qk", "_qc",
+# "_recent": issue 22's recent_work; "_pending": batches not folded yet, folded by the first
+# read of a region array; "_prefix": which schemas fill the columns in order; "_qk", "_qc",
 # "_wqk", "_wqc": the quantiles' buckets, found again from the histograms when absent)
 _RANK_CACHES = {
     "_schemas",
