@@ -537,18 +537,10 @@ def test_timed_loader_without_device_or_timing() -> None:
 def test_cuda_event_path_times_every_region_with_events_and_no_synchronize(tmp_path) -> None:
     """A CUDA logger (fake events on a CPU): forward and backward regions from pooled events,
     nested as on a CPU logger, and no synchronize before the logger closes."""
-    from test_timing_cuda import FakeGPU
+    from test_timing_cuda import FakeGPU, make
 
     gpu = FakeGPU()
-    log = TimingLogger(
-        tmp_path,
-        enable_console=False,
-        device="cuda:0",
-        event_factory=gpu.factory,
-        collect_memory=False,
-        handle_sigterm=False,
-    )
-    set_global_timing_logger(log)
+    log = make(tmp_path, gpu)  # a CUDA logger on fake events, set as the global one
     model = Net()
     with instrument(model, depth=3):
         for _ in range(2):

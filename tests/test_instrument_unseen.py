@@ -185,18 +185,10 @@ def test_a_layer_whose_children_re_run_has_one_recompute_per_re_run(reentrant: b
 
 @pytest.mark.parametrize("reentrant", [True, False])
 def test_checkpoint_regions_on_a_cuda_logger(reentrant: bool, tmp_path: Any) -> None:
-    from test_timing_cuda import FakeGPU
+    from test_timing_cuda import FakeGPU, make
 
     gpu = FakeGPU()
-    log = TimingLogger(
-        tmp_path,
-        enable_console=False,
-        device="cuda:0",
-        event_factory=gpu.factory,
-        collect_memory=False,
-        handle_sigterm=False,
-    )
-    set_global_timing_logger(log)
+    log = make(tmp_path, gpu)  # a CUDA logger on fake events, set as the global one
     model = nn.Sequential(layers(reentrant, 8), Checkpointed(reentrant))
     with instrument(model, depth=3), warnings.catch_warnings():
         warnings.simplefilter("error")
