@@ -38,41 +38,12 @@ from collections.abc import Callable
 from typing import Any
 
 from stagewatch.timing import regions as _regions
+from stagewatch.timing.lifecycle import distributed_at_exit
 
 EXPOSED = "comm/exposed"
 LAUNCH = "comm/launch"
 TOTAL = "comm/total"
 BUFFERS = "comm/buffers"
-
-
-_tidy_registered = False
-
-
-def _tidy_gloo_at_exit() -> None:
-    """Destroy a gloo default group still up at exit, before the interpreter tears down.
-
-    A Python comm hook gives the bucket tensors Python objects; a gloo worker thread still
-    holding the last all-reduce's work when the interpreter finalizes then frees them
-    without an interpreter and aborts the process ("terminate called without an active
-    exception": pytorch/pytorch#190489, #179291), which the HF Trainer's runs, which leave
-    their group up, met. Gloo's destroy is local (no collective); NCCL groups are left to
-    the user."""
-    global _tidy_registered
-    if _tidy_registered:
-        return
-    _tidy_registered = True
-    import atexit
-
-    def tidy() -> None:
-        try:
-            import torch.distributed as dist
-
-            if dist.is_initialized() and dist.get_backend() == "gloo":
-                dist.destroy_process_group()
-        except Exception:  # at exit: nothing to tell anyone
-            pass
-
-    atexit.register(tidy)
 
 
 def _merged_ms(spans: list[tuple[float, float]]) -> float:
@@ -153,7 +124,7 @@ class CommWatch:
             ddp_model.register_forward_pre_hook(self._fwd_begin)
             ddp_model.module.register_forward_pre_hook(self._fwd_ready)
         ddp_model._stagewatch_comm = self  # watch_ddp on the same model returns this one
-        _tidy_gloo_at_exit()
+        distributed_at_exit()  # a Python comm hook gives the bucket tensors Python objects
         return self
 
     def _fwd_begin(self, _module: Any, _args: Any) -> None:

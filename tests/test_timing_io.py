@@ -234,6 +234,32 @@ def test_interpreter_exit_flushes_and_ends_the_run(tmp_path, tail, status, error
     assert isinstance(end, R.RunEnd) and (end.status, end.error_type) == (status, error)
 
 
+@pytest.mark.parametrize("world", [2, 1])
+def test_a_distributed_process_lets_its_threads_take_the_gil_at_exit(tmp_path, world):
+    # A collective's worker thread that asks for the GIL once the interpreter finalizes
+    # aborts the process (pytorch/pytorch#179291). Stand-in: a thread woken by the last
+    # atexit handler before ours, which needs the GIL to record that it ran.
+    code = textwrap.dedent(
+        f"""
+        import atexit, pathlib, threading
+        from stagewatch.timing import TimingLogger, lifecycle
+        lg = TimingLogger({str(tmp_path)!r}, enable_console=False, rank=0, world_size={world})
+        go = threading.Event()
+        def worker():
+            go.wait()
+            pathlib.Path({str(tmp_path / "ran")!r}).write_text("ran")
+        threading.Thread(target=worker, daemon=True).start()
+        atexit.register(go.set)
+        print(lifecycle._distributed)
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().strip() == str(world > 1)
+    if world > 1:
+        assert (tmp_path / "ran").read_text() == "ran"
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_forked_children_never_write_to_the_parents_run(tmp_path):
     lg = TimingLogger(tmp_path, enable_console=False, file_flush_interval=1000, run_id="fork")

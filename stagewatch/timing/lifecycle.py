@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import weakref
 from typing import Any, Protocol, Self
 
@@ -33,11 +34,54 @@ class Run(Protocol):
 
 
 _open_loggers: weakref.WeakSet[Run] = weakref.WeakSet()
+_distributed = False  # a logger or watch_ddp ran in a process group: see _release_comm_threads
+# how long the main thread gives up the GIL at exit: a worker thread waiting for it is
+# served within one switch interval (5 ms); the margin is for a loaded machine
+COMM_THREADS_GRACE_S = 0.1
 
 
 def track(logger: Run) -> None:
     """Close ``logger`` at exit and renew its locks in a forked child, until :func:`untrack`."""
     _open_loggers.add(logger)
+    if getattr(logger, "world_size", 1) > 1:
+        distributed_at_exit()
+
+
+def distributed_at_exit() -> None:
+    """Let this process's collective threads finish before the interpreter tears down."""
+    global _distributed
+    _distributed = True
+
+
+def _release_comm_threads() -> None:
+    """At exit of a distributed process: destroy a gloo default group still up, then give
+    the GIL away for a moment.
+
+    A collective's worker thread (gloo's, NCCL's watchdog) drops its reference to the
+    tensors of a finished collective after the caller has moved on; for a tensor with a
+    Python object that takes the GIL. Taken after the interpreter began finalizing, the
+    thread is ended inside a noexcept destructor and the process aborts ("terminate called
+    without an active exception", pytorch/pytorch#179291): ~1 torchrun job in 8 on a
+    2-core machine. Destroying the group joins gloo's threads, but only where nothing else
+    holds it, and DDP's constructor imports torch._dynamo, which does; so the sleep is what
+    makes the exit safe. Gloo's destroy is local (no collective); NCCL groups are the
+    user's to destroy.
+    """
+    if not _distributed:
+        return
+    try:
+        dist = sys.modules.get("torch.distributed")
+        up = dist is not None and dist.is_available() and dist.is_initialized()
+        if up and dist.get_backend() == "gloo":
+            dist.destroy_process_group()
+    except Exception:  # at exit: nothing to tell anyone
+        pass
+    time.sleep(COMM_THREADS_GRACE_S)
+
+
+# registered before _close_all_at_exit, so it runs after it (atexit runs last-in first-out):
+# closing a run may be a process's last collective
+atexit.register(_release_comm_threads)
 
 
 def untrack(logger: Run) -> None:
