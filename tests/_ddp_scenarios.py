@@ -24,7 +24,10 @@ under ``no_sync``), ``tree`` (every region nested under one ``train`` region), `
 region but the model's ``encoder``), ``instr`` (no region of the loop's or the model's:
 ``stagewatch.instrument(model, depth=2)`` only, ``enc`` sleeping in the encoder's first
 module, ``forward/encoder/0``), ``bn`` (a
-BatchNorm: buffers DDP broadcasts from rank 0 at the start of each forward).
+BatchNorm: buffers DDP broadcasts from rank 0 at the start of each forward), ``lossar`` (the
+loop all-reduces a copy of its loss between forward and backward, in no region, as loops do
+to log the mean loss: the ranks waiting for a slow forward wait there, not in DDP's
+all-reduce).
 """
 
 from __future__ import annotations
@@ -131,6 +134,9 @@ def _micro(case: Case, model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: in
         time.sleep(BASE / n)  # every rank: a step long enough that noise stays small
         case.slow("fwd")
         loss = nn.functional.mse_loss(model(x), y) / n
+    if "lossar" in case.flags:  # the mean loss for logging, outside every region
+        mean = loss.detach().clone()
+        dist.all_reduce(mean)
     with _region(case, "backward"):
         loss.backward()
     return float(loss.detach())

@@ -209,6 +209,70 @@ def test_two_ranks_equally_slow_are_not_one_straggler(tmp_path: Path) -> None:
     assert v.brief() == "ranks 1, 2 slow"
 
 
+@pytest.mark.parametrize("measured", [True, False])
+def test_a_wait_in_the_loops_own_untimed_all_reduce_is_not_work(
+    tmp_path: Path, measured: bool
+) -> None:
+    # the loop all-reduces its loss between forward and backward, in no region; rank 1's
+    # forward is 40 ms slower and the others wait for it there, in their unaccounted time,
+    # so every rank's own time is alike (was: "no straggler", the wait counted as work)
+    def make(r: int) -> Regions:
+        late = r == 1
+        regs = {
+            "__wall__": 100.0,
+            "data": 1.0,
+            "forward": 20.0 + (40.0 if late else 0.0),
+            "forward/encoder": 10.0,
+            "backward": 30.0,
+            "optimizer": 5.0,
+        }
+        if measured:
+            regs.update({"comm/exposed": 1.0, "comm/launch": 0.1})
+        return regs
+
+    snap = _write(tmp_path, "lossar", 3, 30, make)
+    v = snap.stragglers
+    assert v is not None and v.straggler == 1 and v.cause == "compute", v and v.reason
+    assert v.cause_ms == pytest.approx(40.0, rel=0.1) and v.waits_outside
+    assert "outside every timed region" in v.reason and "all-reduce of the loss" in v.reason
+    assert v.brief().startswith("straggler rank 1 +40")
+    f = facts_from_snapshot(snap, window=True)
+    assert f.straggler_region == "forward", f.straggler_cause_line
+    assert "mostly `forward` +40" in f.straggler_cause_line
+
+
+def test_a_rank_alike_in_timed_and_untimed_time_is_not_named(tmp_path: Path) -> None:
+    # every rank's untimed time the same: nobody waits outside the regions, no one is named
+    def make(r: int) -> Regions:
+        return {"__wall__": 100.0, "forward": 20.0, "backward": 30.0, "optimizer": 5.0}
+
+    v = _write(tmp_path, "even", 3, 30, make).stragglers
+    assert v is not None and v.straggler is None, v.reason
+
+
+@pytest.mark.parametrize("place", ["data", "forward"])
+def test_two_slow_ranks_are_a_group_when_the_wait_is_estimated(tmp_path: Path, place: str) -> None:
+    # no watch_ddp: ranks 1 and 2 of 4 are 40 ms slower (input, or forward compute); ranks 0
+    # and 3 wait for them inside backward, where the wait is estimated from (was: "no
+    # straggler: no single rank stands out", the group found only with the wait measured)
+    def make(r: int) -> Regions:
+        late = 40.0 if r in (1, 2) else 0.0
+        return {
+            "__wall__": 100.0,
+            "data": 1.0 + (late if place == "data" else 0.0),
+            "forward": 20.0 + (late if place == "forward" else 0.0),
+            "backward": 30.0 + 40.0 - late,
+            "optimizer": 5.0,
+        }
+
+    snap = _write(tmp_path, "pairest", 4, 30, make)
+    v = snap.stragglers
+    assert v is not None and v.wait_source == WAIT_ESTIMATED
+    assert v.straggler is None and v.group == (1, 2), v.reason
+    cause = "input wait" if place == "data" else "compute"
+    assert f"mostly {cause} +40" in v.reason and "estimated from `backward`" in v.reason
+
+
 def test_ranks_slow_by_degrees_are_not_called_a_group(tmp_path: Path) -> None:
     # 4 ranks, own time 0, 0, +25 and +50 ms over the fast ones; rank 3 alone recurs least
     # in no step: it is named, never "ranks 2, 3 alike"
@@ -305,6 +369,9 @@ CASES = (
     ("data-r0-bare", (0,), "compute", "(unaccounted)"),
     ("enc-r1-instr", (1,), "compute", "forward/encoder/0"),
     ("move-r1", (None, 1, 2), None, None),
+    ("fwd-r1-lossar", (1,), "compute", "forward"),
+    ("fwd-r2-lossar-plain", (2,), "compute", "forward"),
+    ("pair-r1-plain", (None,), None, None),
 )
 
 
@@ -353,6 +420,15 @@ def test_scenario_verdicts(
     assert v.cause == cause and 25.0 < v.cause_ms < 60.0, v.cause_text()
     f = facts_from_snapshot(snap, window=True)
     assert f.straggler_leaf == leaf, f.straggler_cause_line
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_scenario_two_slow_ranks_unmeasured_are_a_group(scenarios: Path) -> None:
+    # ranks 1 and 2 of 3 slowed in input, no watch_ddp: the wait is estimated from backward
+    v = open_run(scenarios / "pair-r1-plain").stragglers
+    assert v is not None and v.wait_source == WAIT_ESTIMATED
+    assert v.group == (1, 2) and "mostly input wait +" in v.reason, v.reason
 
 
 def test_instrument_alone_names_the_module_not_unaccounted(tmp_path: Path) -> None:
