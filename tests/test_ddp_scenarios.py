@@ -351,6 +351,53 @@ def test_watch_ddp_times_the_buffer_broadcast(tmp_path: Path) -> None:
         assert b[1] == 1 and 0.0 <= b[0] <= s["regions"]["forward"][0]
 
 
+@pytest.mark.parametrize("wrap", ["before", "after"])
+def test_instruments_remove_takes_its_ddp_watch_away(tmp_path: Path, wrap: str) -> None:
+    # instrument's remove() left the DDP watch's forward pre-hooks on the model (and its
+    # comm hook timing every backward); a watch the user began stays theirs
+    torch = pytest.importorskip("torch")
+    import torch.distributed as dist
+
+    import stagewatch
+    from stagewatch import TimingLogger, set_global_timing_logger
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    log = TimingLogger(tmp_path, enable_console=False, run_id="rm", handle_sigterm=False)
+    set_global_timing_logger(log)
+    try:
+        net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8))
+        if wrap == "before":
+            model = torch.nn.parallel.DistributedDataParallel(net)
+            h = stagewatch.instrument(model, depth=1)
+        else:  # instrument(net) first: the watch begins at the first forward under DDP
+            h = stagewatch.instrument(net, depth=1)
+            model = torch.nn.parallel.DistributedDataParallel(net)
+
+        def step() -> None:
+            model(torch.randn(4, 8)).sum().backward()
+            log.step()
+
+        step()
+        hooks = (len(model._forward_pre_hooks), len(net._forward_pre_hooks))
+        assert hooks[0] >= 1 and hooks[1] >= 1
+        h.remove()
+        assert len(model._forward_pre_hooks) == 0 and len(net._forward_pre_hooks) == 0
+        step()  # the comm hook still reduces, timing nothing
+        assert stagewatch.watch_ddp(model) is not None  # the user's own: kept by a remove()
+        h2 = stagewatch.instrument(model, depth=1)
+        h2.remove()
+        assert len(model._forward_pre_hooks) >= 1
+        step()
+    finally:
+        set_global_timing_logger(None)
+        log.close()
+        dist.destroy_process_group()
+    steps = [x for x in records(tmp_path / "rm" / "rank0.jsonl") if x["kind"] == "step"]
+    comm = [sorted(k for k in s["regions"] if k.startswith("comm/")) for s in steps]
+    assert comm[0] and not comm[1] and comm[2], comm
+
+
 # --------------------------------------------------------------------------- torchrun
 
 #: (case, the ranks that may be named (None: none), cause, compute region), in the names of
