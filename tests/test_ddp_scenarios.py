@@ -25,7 +25,7 @@ from stagewatch.records import Step, encode, rank_file_name
 from tui.diagnosis.facts import facts_from_snapshot
 from tui.model.phases import UNMEASURED_CAVEAT, find_phase
 from tui.model.rankstats import WAIT_ESTIMATED, WAIT_MEASURED, WAIT_REST, WAIT_UNKNOWN
-from tui.report.summary import open_run
+from tui.report.summary import open_run, summary_dict
 from tui.testing import start_line
 from tui.view.widgets.ranks import verdict_lines
 
@@ -241,6 +241,53 @@ def test_a_wait_in_the_loops_own_untimed_all_reduce_is_not_work(
     assert "mostly `forward` +40" in f.straggler_cause_line
 
 
+@pytest.mark.parametrize(("ranks", "inside"), [(3, "loss"), (3, "forward"), (4, "loss")])
+def test_a_wait_in_the_loops_own_collective_in_a_timed_region(
+    tmp_path: Path, ranks: int, inside: str
+) -> None:
+    # the loop all-reduces its loss inside a timed region (`loss`, or `forward` itself, the
+    # slow work then in forward/encoder): the others wait there for rank 1, every own time
+    # alike and nothing untimed (was: "no straggler"); named from the region figures
+    def make(r: int) -> Regions:
+        late, wait = (40.0, 0.0) if r == 1 else (0.0, 40.0)
+        regs = {
+            "__wall__": 100.0,
+            "forward": 20.0 + late + (wait if inside == "forward" else 0.0),
+            "forward/encoder": 10.0 + late,
+            "loss": 2.0 + (wait if inside == "loss" else 0.0),
+            "backward": 30.0,
+            "comm/exposed": 1.0,
+            "comm/launch": 0.1,
+        }
+        regs["__wall__"] = 100.0 + 40.0 - (0.0 if inside == "loss" else 2.0)
+        return regs
+
+    snap = _write(tmp_path, "inreg", ranks, 30, make)
+    f = facts_from_snapshot(snap, window=True)
+    v = f.stragglers
+    assert v is not None and v.straggler == 1 and v.cause == "compute", v and v.reason
+    assert "a collective that is not measured" in v.reason and v.waits_outside
+    assert v.cause_ms == pytest.approx(40.0, rel=0.1)
+    if inside == "loss":
+        assert "mostly `forward/encoder` +40" in f.straggler_cause_line, f.straggler_cause_line
+    d = summary_dict(snap)
+    assert d["straggler"]["rank"] == 1 and d["straggler"]["verdict"]["straggler"] == 1
+    assert snap.stragglers is not None and snap.stragglers.brief().startswith("straggler rank 1")
+
+
+def test_two_ranks_waiting_in_a_timed_collective_cannot_be_told_apart(tmp_path: Path) -> None:
+    # two ranks: rank 1 +40 ms in forward, rank 0 +40 ms in `loss` (its all-reduce): rank 1
+    # slow and rank 0 waiting, or rank 0 slow in `loss` and rank 1 waiting in forward
+    def make(r: int) -> Regions:
+        late, wait = (40.0, 0.0) if r == 1 else (0.0, 40.0)
+        return {"__wall__": 140.0, "forward": 20.0 + late, "loss": 2.0 + wait, "backward": 30.0}
+
+    snap = _write(tmp_path, "two", 2, 30, make)
+    v = facts_from_snapshot(snap, window=True).stragglers
+    assert v is not None and v.straggler is None
+    assert "not measured" in v.reason and "with two ranks which one waits" in v.reason, v.reason
+
+
 def test_a_rank_alike_in_timed_and_untimed_time_is_not_named(tmp_path: Path) -> None:
     # every rank's untimed time the same: nobody waits outside the regions, no one is named
     def make(r: int) -> Regions:
@@ -419,6 +466,8 @@ CASES = (
     ("fwd-r1-lossar", (1,), "compute", "forward"),
     ("fwd-r2-lossar-plain", (2,), "compute", "forward"),
     ("pair-r1-plain", (None,), None, None),
+    ("fwd-r2-lossreg", (None, 2), None, None),  # named from the region figures (below)
+    ("enc-r1-lossfwd", (None, 1), None, None),
 )
 
 
@@ -476,6 +525,19 @@ def test_scenario_two_slow_ranks_unmeasured_are_a_group(scenarios: Path) -> None
     v = open_run(scenarios / "pair-r1-plain").stragglers
     assert v is not None and v.wait_source == WAIT_ESTIMATED
     assert v.group == (1, 2) and "mostly input wait +" in v.reason, v.reason
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("case", "rank"), [("fwd-r2-lossreg", 2), ("enc-r1-lossfwd", 1)])
+def test_scenario_a_wait_in_a_timed_collective_of_the_loop(
+    scenarios: Path, case: str, rank: int
+) -> None:
+    # the loss all-reduced inside a timed region (`loss`, or `forward` itself)
+    snap = open_run(scenarios / case)
+    v = facts_from_snapshot(snap, window=True).stragglers
+    assert v is not None and v.straggler == rank and v.cause == "compute", v and v.reason
+    assert 25.0 < v.cause_ms < 60.0 and summary_dict(snap)["straggler"]["rank"] == rank
 
 
 def test_instrument_alone_names_the_module_not_unaccounted(tmp_path: Path) -> None:

@@ -215,8 +215,12 @@ def _summary_dict(
         "scalars": {k: _num(v) for k, v in snap.scalars},
         "eval": {"step": snap.eval_step, "metrics": {k: _num(v) for k, v in snap.evals}},
         "straggler": {
-            "rank": snap.straggler,
-            "excess_ms": _num(snap.straggler_excess),
+            "rank": verdict.straggler if verdict is not None else snap.straggler,
+            "excess_ms": _num(
+                (verdict.excess_ms if verdict.straggler is not None else None)
+                if verdict is not None
+                else snap.straggler_excess
+            ),
             "spread_ms": _num(snap.spread_window),
             "verdict": verdict.as_dict() if verdict is not None else None,
             "cause": verdict.cause if verdict is not None else None,
