@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tui.diagnosis.thresholds import DEFAULT_THRESHOLDS, Thresholds
-from tui.model.hidden import hidden_wait
 from tui.model.nesting import timed_only
 from tui.model.phases import BUFFERS_REGION, find_phase
 from tui.model.rankstats import (
@@ -188,10 +187,10 @@ def verdict_of(snap: Any, thresholds: Thresholds | None = None) -> StragglerVerd
     """The snapshot's straggler verdict: the one the monitor computed, else (or with other
     ``thresholds``) from its ranks' recent steps (``RankInfo.recent``)."""
     v = getattr(snap, "stragglers", None)
-    if v is None or thresholds is not None:
-        per = {ri.rank: getattr(ri, "recent", ()) for ri in getattr(snap, "rank_info", ())}
-        v = judge_stragglers(per, thresholds, getattr(snap, "window_size", None))
-    return hidden_wait(snap, v)  # a wait in a timed region of the loop's own collective
+    if v is not None and thresholds is None:
+        return v
+    per = {ri.rank: getattr(ri, "recent", ()) for ri in getattr(snap, "rank_info", ())}
+    return judge_stragglers(per, thresholds, getattr(snap, "window_size", None))
 
 
 def _excess_of(row: Any, rank: int) -> float:

@@ -14,8 +14,8 @@ import operator
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from operator import itemgetter
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -71,7 +71,6 @@ class RunAgg:
         self.compare_ranks = True  # kept for callers; the comparison is always made
         # the ranks compared (and the straggler verdict) until a rank folds new steps
         self._compared: tuple[Any, float, tuple[Any, ...]] | None = None
-        self._hidden: Any = None  # the last full snapshot's verdict of tui.model.hidden
         # the ranks' region arrays as rows of shared ones: folded and read in one pass
         self._rows = crossrank.RankRows()
 
@@ -207,22 +206,18 @@ class RunAgg:
             recent = build.recent_work(aggs)
             tables = crossread.recent_tables(aggs, recent) if len(aggs) > 1 else None
             cmp = build.compare_ranks(compared, recent, self.window, tables)
+            v = hidden_wait(aggs, cmp.verdict)  # a wait in a collective of the loop's own
+            if v is not cmp.verdict and v is not None:
+                named = v.straggler is not None
+                cmp = replace(
+                    cmp,
+                    verdict=v,
+                    straggler=v.straggler,
+                    excess=v.excess_ms if named else cmp.excess,
+                )
             c = self._compared = (key, now, (len(compared[0]), recent, cmp))
         self.compared_steps = c[2][0]
         return c[2][1], c[2][2]
-
-    def _hidden_wait(self, v: Any, regions: Any, unaccounted: Any, light: bool) -> Any:
-        """``v`` with the rank the others wait for in a collective of the loop's own inside a
-        timed region (:func:`~tui.model.hidden.hidden_wait`, from a full snapshot's region
-        figures); a light snapshot keeps the last full one's reading while ``v`` names no
-        one (its header says what the screen's panels say)."""
-        if not light:
-            h = hidden_wait(SimpleNamespace(regions=regions, unaccounted=unaccounted), v)
-            self._hidden = h if h is not v else None
-            return h
-        if self._hidden is not None and v is not None and v.straggler is None:
-            return self._hidden
-        return v
 
     # ----------------------------------------------------------------- state
     def state(self, idle_s: float, stale_after: float) -> str:
@@ -286,8 +281,6 @@ class RunAgg:
         if total and step < total and st == RUNNING and not math.isnan(steps_per_s):
             eta = (total - step) / steps_per_s
         recent, cmp = self._compare_ranks(aggs, exact=not light)
-        verdict = self._hidden_wait(cmp.verdict, regions, unaccounted, light)
-        named = verdict is not cmp.verdict and verdict is not None and verdict.straggler is not None
         mem_peak, mem_last = build.memory_figures(aggs)
         start0 = self.starts.get(0) or next(iter(self.starts.values()), None)
         return RunSnapshot(
@@ -316,8 +309,8 @@ class RunAgg:
             unaccounted=unaccounted,
             step_times=build.step_times(aggs, self.window),
             rank_info=build.rank_infos(aggs, walls, sps, self.starts, cmp.slowest, recent),
-            straggler=verdict.straggler if named else cmp.straggler,  # type: ignore[union-attr]
-            straggler_excess=verdict.excess_ms if named else cmp.excess,  # type: ignore[union-attr]
+            straggler=cmp.straggler,
+            straggler_excess=cmp.excess,
             spread_window=cmp.spread,
             files=files,
             error=build.run_error(self.ends),
@@ -329,7 +322,7 @@ class RunAgg:
             replay=replay,
             mem_trend=worst_trend(a.mem_facts() for a in aggs),
             config=start0.config if start0 else None,
-            stragglers=verdict,
+            stragglers=cmp.verdict,
             light=light,
             series=None if light else build.region_series(aggs, regions, self._rows),
         )

@@ -3,9 +3,10 @@ the loop's own (``dist.all_reduce`` of the loss to log its mean) inside a *timed
 
 Neither the measured all-reduce (``comm/exposed``), nor its estimate from ``backward``, nor
 the untimed rest of the step (:func:`tui.model.causes.untimed_behind`) holds that wait, so
-every rank's own time looks alike. The region figures of a full snapshot still show it: the
-slow rank spends more in one top-level region (its work), every other rank as much more in
-another (their wait). With three ranks or more the one rank that differs is named (that
+every rank's own time looks alike. The ranks' folded windows still show it: the slow rank
+spends more in one part of the step (a top-level region, a timed child of one, or the
+region's own time outside its children; its work), every other rank as much more in another
+(their wait). With three ranks or more the one rank that differs is named (that
 every other rank is slow alike while it waits is the less likely reading); with two the
 two readings are alike, and the verdict says the wait is not measured rather than guess.
 """
@@ -13,13 +14,15 @@ two readings are alike, and the verdict says the wait is not measured rather tha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from tui.model.causes import excess_over_others
-from tui.model.phases import H2D_REGIONS, INPUT_REGIONS, WAIT_REGIONS, find_phase
+from tui.model.phases import H2D_REGIONS, INPUT_REGIONS, WAIT_REGIONS, find_phase, top_regions
 from tui.model.rankstats import StragglerVerdict
 from tui.model.snapshot import UNACCOUNTED
 from tui.model.units import median, ok
@@ -33,42 +36,48 @@ _NOISE = 3.0
 SELF = " (own time)"
 
 
-def _rank_means(row: Any, at: dict[int, int], k: int) -> np.ndarray:
-    out = np.zeros(k)
-    for r, _whole, win in row.ranks:
-        if r in at and win.steps and ok(win.avg):
-            out[at[r]] = win.avg
+@functools.lru_cache(maxsize=64)
+def _layout(names: tuple[str, ...]) -> list[tuple[str, list[int], list[int]]]:
+    """The parts of the step for one rank's region columns (``names`` in column order):
+    (part, columns added, columns taken away): each top-level region, or, when it has timed
+    children, each child and its own time (the region minus them). Waiting regions left out."""
+    cols = {n: i for i, n in enumerate(names)}
+    out = []
+    for c in top_regions(cols):
+        name = names[c]
+        if name.split("/", 1)[0] in WAIT_REGIONS:
+            continue
+        kids = [
+            i
+            for i, n in enumerate(names)
+            if n.startswith(name + "/") and "/" not in n[len(name) + 1 :]
+        ]
+        out += [(names[k], [k], []) for k in kids]
+        out.append((name + SELF if kids else name, [c], kids))
     return out
 
 
-def _means(snap: Any, ranks: list[int]) -> tuple[list[str], np.ndarray]:
-    """Window mean ms per rank (in ``ranks``' order, 0 where a rank lacks it) of the parts
-    of the step: each top-level region, or, when it has timed children, each child and its
-    own time outside them; and the unaccounted time. The waiting regions are left out."""
-    regions = [r for r in getattr(snap, "regions", ()) if not r.cut]
-    regions = [r for r in regions if r.name.split("/", 1)[0] not in WAIT_REGIONS]
-    at = {r: i for i, r in enumerate(ranks)}
-    kids: dict[str, list[Any]] = {}
-    for r in regions:
-        if r.depth == 1 and r.parent is not None:
-            kids.setdefault(r.parent, []).append(r)
-    names, parts = [], []
-    for r in regions:
-        if r.depth != 0:
-            continue
-        mine = _rank_means(r, at, len(ranks))
-        for c in kids.get(r.name, ()):
-            m = _rank_means(c, at, len(ranks))
-            names.append(c.name)
-            parts.append(m)
-            mine = mine - m
-        names.append(r.name + SELF if r.name in kids else r.name)
-        parts.append(np.maximum(mine, 0.0))
-    un = getattr(snap, "unaccounted", None)
-    if un is not None and getattr(un, "ranks", ()):
-        names.append(un.name)
-        parts.append(_rank_means(un, at, len(ranks)))
-    return names, np.array(parts).reshape(len(parts), len(ranks))
+def _means(aggs: Sequence[Any]) -> tuple[list[str], np.ndarray]:
+    """Window mean ms per step of each part of the step (:func:`_layout`, and the
+    unaccounted time) per rank, in ``aggs``' order (0 where a rank lacks it): from the
+    ranks' folded windows, ranks of one layout at once."""
+    k = len(aggs)
+    by: dict[tuple[str, ...], list[int]] = {}
+    for j, a in enumerate(aggs):
+        by.setdefault(tuple(a.names), []).append(j)
+    rows: dict[str, np.ndarray] = {}
+    covered = np.zeros(k)
+    wall = np.array([float(a.ring_wall[: a.filled].mean()) if a.filled else 0.0 for a in aggs])
+    for names, idx in by.items():
+        sums = np.stack([np.nansum(aggs[j].ring[: max(aggs[j].filled, 1)], axis=0) for j in idx])
+        sums /= np.array([max(aggs[j].filled, 1) for j in idx])[:, None]
+        for name, plus, minus in _layout(names):
+            v = sums[:, plus].sum(axis=1) - sums[:, minus].sum(axis=1)
+            rows.setdefault(name, np.zeros(k))[idx] = np.maximum(v, 0.0)
+        top = top_regions({n: i for i, n in enumerate(names)})
+        covered[idx] = sums[:, top].sum(axis=1) if top else 0.0
+    rows[UNACCOUNTED] = np.maximum(wall - covered, 0.0)
+    return list(rows), np.array(list(rows.values()))
 
 
 def _offset(
@@ -107,18 +116,19 @@ def _where(name: str) -> str:
     return "outside every timed region" if name == UNACCOUNTED else f"in `{name}`"
 
 
-def hidden_wait(snap: Any, v: StragglerVerdict | None) -> StragglerVerdict | None:
+def hidden_wait(aggs: Sequence[Any], v: StragglerVerdict | None) -> StragglerVerdict | None:
     """``v`` with the rank the others wait for in a collective inside a timed region, when
-    no rank is named and the snapshot's region figures show it (module docstring); ``v``
-    itself otherwise (a light snapshot has no region figures)."""
+    no rank is named and the ranks' folded windows (``aggs``, RankAgg) show it (module
+    docstring); ``v`` itself otherwise."""
     if v is None or v.straggler is not None or v.group or v.intermittent is not None:
         return v
-    if v.reason.startswith("no straggler yet") or not getattr(snap, "regions", ()):
+    if v.reason.startswith("no straggler yet"):
         return v
     ranks = [x.rank for x in v.ranks]
-    if len(ranks) < 2 or not ok(v.floor_ms):
+    by = {a.rank: a for a in aggs}
+    if len(ranks) < 2 or not ok(v.floor_ms) or any(r not in by for r in ranks):
         return v
-    names, means = _means(snap, ranks)
+    names, means = _means([by[r] for r in ranks])
     got = _offset(names, means, max(v.floor_ms, _NOISE * v.noise_ms))
     if got is None:
         return v

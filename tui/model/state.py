@@ -170,7 +170,6 @@ _RANK_CACHES = {
 }
 _RANK_FIELDS = set(RankAggState.__struct_fields__)
 _RUN_GIVEN = {"run_id", "path", "compared_steps", "compare_ranks", "_compared", "_rows", "_rising"}
-_RUN_GIVEN.add("_hidden")  # tui.model.hidden's last reading: a cache, not saved
 _RUN_FIELDS = set(RunAggState.__struct_fields__)
 _TREND_FIELDS = set(MemTrendState.__struct_fields__)
 
