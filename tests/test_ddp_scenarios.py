@@ -275,6 +275,26 @@ def test_a_wait_in_the_loops_own_collective_in_a_timed_region(
     assert snap.stragglers is not None and snap.stragglers.brief().startswith("straggler rank 1")
 
 
+def test_a_measured_wait_is_not_taken_for_a_hidden_one(tmp_path: Path) -> None:
+    # rank 0 checkpoints in a region of its own; the others' wait is measured (comm/exposed,
+    # in their backward): named by its own time, never as waited for in a collective not
+    # measured
+    def make(r: int) -> Regions:
+        return {
+            "__wall__": 100.0,
+            "forward": 20.0,
+            "backward": 30.0 + (0.0 if r == 0 else 20.0),
+            "ckpt": 20.0 if r == 0 else 0.0,
+            "comm/exposed": 1.0 + (0.0 if r == 0 else 20.0),
+            "comm/launch": 0.1,
+        }
+
+    snap = _write(tmp_path, "ckpt", 3, 30, make)
+    v = snap.stragglers
+    assert v is not None and v.straggler == 0 and not v.waits_outside, v.reason
+    assert "not measured" not in v.reason
+
+
 def test_two_ranks_waiting_in_a_timed_collective_cannot_be_told_apart(tmp_path: Path) -> None:
     # two ranks: rank 1 +40 ms in forward, rank 0 +40 ms in `loss` (its all-reduce): rank 1
     # slow and rank 0 waiting, or rank 0 slow in `loss` and rank 1 waiting in forward
