@@ -60,23 +60,25 @@ def _layout(names: tuple[str, ...]) -> list[tuple[str, list[int], list[int]]]:
 def _means(aggs: Sequence[Any]) -> tuple[list[str], np.ndarray]:
     """Window mean ms per step of each part of the step (:func:`_layout`, and the
     unaccounted time) per rank, in ``aggs``' order (0 where a rank lacks it): from the
-    ranks' folded windows, ranks of one layout at once."""
+    ranks' folded windows, ranks of one layout and window fill at once."""
     k = len(aggs)
-    by: dict[tuple[str, ...], list[int]] = {}
+    by: dict[tuple[tuple[str, ...], int], list[int]] = {}
     for j, a in enumerate(aggs):
-        by.setdefault(tuple(a.names), []).append(j)
+        by.setdefault((tuple(a.names), a.filled), []).append(j)
     rows: dict[str, np.ndarray] = {}
-    covered = np.zeros(k)
-    wall = np.array([float(a.ring_wall[: a.filled].mean()) if a.filled else 0.0 for a in aggs])
-    for names, idx in by.items():
-        sums = np.stack([np.nansum(aggs[j].ring[: max(aggs[j].filled, 1)], axis=0) for j in idx])
-        sums /= np.array([max(aggs[j].filled, 1) for j in idx])[:, None]
+    unaccounted = np.zeros(k)
+    for (names, f), idx in by.items():
+        if not f:
+            continue
+        ring = np.stack([aggs[j].ring[:f, : len(names)] for j in idx])  # g × steps × regions
+        sums = np.add.reduce(np.where(ring == ring, ring, 0.0), axis=1) / f
+        wall = np.add.reduce(np.stack([aggs[j].ring_wall[:f] for j in idx]), axis=1) / f
         for name, plus, minus in _layout(names):
             v = sums[:, plus].sum(axis=1) - sums[:, minus].sum(axis=1)
             rows.setdefault(name, np.zeros(k))[idx] = np.maximum(v, 0.0)
         top = top_regions({n: i for i, n in enumerate(names)})
-        covered[idx] = sums[:, top].sum(axis=1) if top else 0.0
-    rows[UNACCOUNTED] = np.maximum(wall - covered, 0.0)
+        unaccounted[idx] = np.maximum(wall - (sums[:, top].sum(axis=1) if top else 0.0), 0.0)
+    rows[UNACCOUNTED] = unaccounted
     return list(rows), np.array(list(rows.values()))
 
 
