@@ -432,7 +432,8 @@ class StragglerVerdict:
                 return f"rank {self.intermittent} slow now and then"
             if self.compared_steps < 2:
                 return ""
-            return "no straggler" if self.measured else "no straggler found"  # see the reason
+            seen = self.measured and not self.reason.startswith("no straggler found")
+            return "no straggler" if seen else "no straggler found"  # see the reason
         return f"straggler rank {self.straggler} +{_ms(self.excess_ms)} {self.cause or 'compute'}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -539,9 +540,8 @@ def judge_stragglers(
     cause, cms, crank, cothers, table_ = cause_of(parts, wi, 0.5 * worst.excess_ms)
     now_and_then, group = None, None
     if named is None and n >= need and source in (WAIT_MEASURED, WAIT_ESTIMATED) and k > 2:
-        # two or more ranks alike: the wait measured, none of them is waiting; estimated
-        # from backward, only when they share the class of their excess (a rank waiting
-        # outside backward, e.g. in DDP's buffer broadcast, shows it as compute alone)
+        # ranks alike: the wait measured, none is waiting; estimated, only when they share a
+        # class (a rank waiting outside backward, e.g. DDP's buffer broadcast, shows compute)
         group = slow_group(own, parts, floor, t.straggler_noise * noise, t)
         if group is not None and source != WAIT_MEASURED and group[2] is None:
             group = None
