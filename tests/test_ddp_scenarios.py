@@ -316,6 +316,30 @@ def test_two_ranks_waiting_in_a_timed_collective_cannot_be_told_apart(tmp_path: 
     assert v.brief() == "no straggler found"
 
 
+def test_two_ranks_waiting_outside_every_region_cannot_be_told_apart(tmp_path: Path) -> None:
+    # two ranks: rank 1 +40 ms in forward, rank 0 +40 ms untimed: rank 1 slow and rank 0
+    # waiting in an untimed all-reduce of the loss, or rank 0 slow in untimed work (its
+    # loader) and rank 1 waiting in a collective inside forward: neither is blamed
+    def make(r: int) -> Regions:
+        late = 40.0 if r == 1 else 0.0
+        return {"__wall__": 100.0, "forward": 20.0 + late, "backward": 30.0, "comm/exposed": 1.0}
+
+    v = _write(tmp_path, "two", 2, 30, make).stragglers
+    assert v is not None and v.straggler is None and v.brief() == "no straggler found"
+    assert "not measured" in v.reason and "with two ranks which one waits" in v.reason, v.reason
+
+
+def test_one_rank_slow_in_untimed_work_is_not_taken_for_a_waiter(tmp_path: Path) -> None:
+    # 3 ranks: rank 1 slow in untimed work (its loader), ranks 0 and 2 wait for it in a
+    # collective inside `forward`: rank 0 or 2 must never be named for their wait
+    def make(r: int) -> Regions:
+        wait = 0.0 if r == 1 else 40.0
+        return {"__wall__": 100.0, "forward": 20.0 + wait, "backward": 30.0, "comm/exposed": 1.0}
+
+    v = _write(tmp_path, "three", 3, 30, make).stragglers
+    assert v is not None and v.straggler in (None, 1), v.reason
+
+
 def test_a_rank_alike_in_timed_and_untimed_time_is_not_named(tmp_path: Path) -> None:
     # every rank's untimed time the same: nobody waits outside the regions, no one is named
     def make(r: int) -> Regions:

@@ -270,7 +270,8 @@ def untimed_behind(
     slowest = int((order[:, -1] == i).sum())
     if not (ex[i] > floor and ex[i] >= 2.0 * noise and slowest >= t.straggler_recurrence * n):
         return None
-    more = float(np.median(np.median(np.delete(untimed, i, axis=1), axis=1) - untimed[:, i]))
+    # every other rank spends more untimed time (one alone may be slow in untimed work)
+    more = float(np.median(np.delete(untimed, i, axis=1).min(axis=1) - untimed[:, i]))
     return (i, float(ex[i]), slowest) if more >= 0.5 * ex[i] else None
 
 
@@ -304,6 +305,15 @@ def untimed_wait(
         return None, *keep[:2], keep[2], keep[3], None
     i, ex, slowest = got
     n = len(own)
+    if len(ranks) == 2:  # or the other is slow in untimed work and it waits in a timed region
+        why = (
+            f"no straggler found: rank {ranks[i]}'s time in timed regions is +{_ms(ex)} per "
+            f"step over rank {ranks[1 - i]}'s, which spends as much more outside every timed "
+            "region: one of them waits for the other in a collective that is not measured "
+            "(e.g. an all-reduce of the loss), and with two ranks which one waits cannot be "
+            "told from the figures"
+        )
+        return None, *keep[:2], keep[2], why, None
     return ranks[i], slowest / n, True, ex, untimed_reason(i, ex, slowest, n, ranks), untimed
 
 
