@@ -98,11 +98,17 @@ class CommWatch:
         self._warned = False
         self._ddp: Any = None
         self._fwd_t0: float | None = None  # DDP's forward began; the module's has not
+        self._handles: list[Any] = []  # the forward pre-hooks, taken away by detach()
+        self._model: Any = None
+        # detach()ed: the comm hook (DDP keeps it for good) still reduces, timing nothing
+        self.detached = False
 
     # ------------------------------------------------------------------ setup
 
     def log(self) -> Any:
         """The logger to write to now (None: none, or a disabled one)."""
+        if self.detached:
+            return None
         lg = self._logger if self._logger is not None else _regions._global
         return lg if lg is not None and getattr(lg, "enabled", False) else None
 
@@ -119,13 +125,36 @@ class CommWatch:
                 dev = p.device.type if p is not None else "cpu"
             self.cuda = dev == "cuda"
         ddp_model.register_comm_hook(None, self._hook)
-        if not self.cuda:  # on CUDA the broadcast is asynchronous: CPU time would say nothing
-            self._ddp = ddp_model
-            ddp_model.register_forward_pre_hook(self._fwd_begin)
-            ddp_model.module.register_forward_pre_hook(self._fwd_ready)
+        self._model = ddp_model
+        self._hook_forward()
         ddp_model._stagewatch_comm = self  # watch_ddp on the same model returns this one
         distributed_at_exit()  # a Python comm hook gives the bucket tensors Python objects
         return self
+
+    def _hook_forward(self) -> None:
+        m = self._model
+        if not self.cuda:  # on CUDA the broadcast is asynchronous: CPU time would say nothing
+            self._ddp = m
+            self._handles = [
+                m.register_forward_pre_hook(self._fwd_begin),
+                m.module.register_forward_pre_hook(self._fwd_ready),
+            ]
+
+    def detach(self) -> None:
+        """Stop timing: the forward pre-hooks are taken away; the comm hook, which DDP keeps
+        for good, goes on reducing the gradients and records nothing. :func:`watch_ddp`
+        on the model times again."""
+        self.detached = True
+        handles, self._handles = self._handles, []
+        for h in handles:
+            h.remove()
+        self._ddp, self._fwd_t0 = None, None
+
+    def reattach(self) -> None:
+        """Time again after :meth:`detach`."""
+        if self.detached and self._model is not None:
+            self.detached = False
+            self._hook_forward()
 
     def _fwd_begin(self, _module: Any, _args: Any) -> None:
         will = getattr(self._ddp, "_check_sync_bufs_pre_fwd", None)  # private: may go away
@@ -281,6 +310,7 @@ def watch_ddp(
 
     done = getattr(ddp_model, "_stagewatch_comm", None)
     if isinstance(done, CommWatch):
+        done.reattach()
         return done
     try:
         from torch.nn.parallel import DistributedDataParallel
@@ -354,6 +384,7 @@ class _Look:
         self.logger, self.dist, self.ddp_type, self.compiling = logger, dist, ddp_type, compiling
         self.looks = 0
         self.handle: Any = None
+        self.made: CommWatch | None = None  # the watch it began (not one there before)
 
     def __reduce__(self) -> tuple[Any, tuple[()]]:
         return _quiet, ()
@@ -368,7 +399,7 @@ class _Look:
                 self.looks += 1
                 done = self.looks >= _LOOKS
                 if ddp is not None:
-                    watch_if_ddp(ddp, self.logger)
+                    self.made = _watch_new(ddp, self.logger)
                     done = True
         except Exception:  # never into the training loop
             done = True
@@ -394,18 +425,49 @@ def watch_ddp_around(module: Any, logger: Any = None) -> Any:
         return None
     look = _Look(logger, dist, DistributedDataParallel, torch.compiler.is_compiling)
     look.handle = module.register_forward_pre_hook(look)
+    look.handle._stagewatch_look = look  # for watch_model_ddp's undo
     return look.handle
 
 
-def watch_model_ddp(model: Any, logger: Any = None) -> Any:
+def _watch_new(ddp: Any, logger: Any) -> CommWatch | None:
+    """:func:`watch_if_ddp`, returning the watch only when this call began it (a watch
+    there before, the user's own, is theirs to keep)."""
+    before = getattr(ddp, "_stagewatch_comm", None)
+    fresh = not isinstance(before, CommWatch) or before.detached
+    w = watch_if_ddp(ddp, logger)
+    return w if fresh else None
+
+
+class _Undo:
+    """What :func:`watch_model_ddp` returns: ``remove()`` takes the look-out hook away and
+    detaches the DDP watch it began (``instrument``'s handle calls it at ``remove()``)."""
+
+    def __init__(self, handle: Any = None, made: CommWatch | None = None) -> None:
+        self.handle, self.made = handle, made
+
+    def remove(self) -> None:
+        handle, self.handle = self.handle, None
+        look = getattr(handle, "_stagewatch_look", None)
+        if handle is not None:
+            handle.remove()
+        made = self.made or (look.made if look is not None else None)
+        self.made = None
+        if look is not None:
+            look.made = None
+        if made is not None:
+            made.detach()
+
+
+def watch_model_ddp(model: Any, logger: Any = None) -> _Undo | None:
     """What ``instrument`` applies: :func:`watch_if_ddp` when ``model`` is a DDP model, else
-    :func:`watch_ddp_around` for the DDP model that may wrap it later. Returns the look-out
-    hook's handle, or None."""
+    :func:`watch_ddp_around` for the DDP model that may wrap it later. Returns what undoes
+    it (``remove()``: the look-out hook, and the watch when this began it), or None."""
     try:
         from torch.nn.parallel import DistributedDataParallel
     except Exception:  # torch without distributed
         return None
     if isinstance(model, DistributedDataParallel):
-        watch_if_ddp(model, logger)
-        return None
-    return watch_ddp_around(model, logger)
+        made = _watch_new(model, logger)
+        return _Undo(made=made) if made is not None else None
+    handle = watch_ddp_around(model, logger)
+    return _Undo(handle) if handle is not None else None

@@ -24,7 +24,11 @@ under ``no_sync``), ``tree`` (every region nested under one ``train`` region), `
 region but the model's ``encoder``), ``instr`` (no region of the loop's or the model's:
 ``stagewatch.instrument(model, depth=2)`` only, ``enc`` sleeping in the encoder's first
 module, ``forward/encoder/0``), ``bn`` (a
-BatchNorm: buffers DDP broadcasts from rank 0 at the start of each forward).
+BatchNorm: buffers DDP broadcasts from rank 0 at the start of each forward), ``lossar`` (the
+loop all-reduces a copy of its loss between forward and backward, in no region, as loops do
+to log the mean loss: the ranks waiting for a slow forward wait there, not in DDP's
+all-reduce), ``lossreg`` / ``lossfwd`` (the same all-reduce in a ``loss`` region of its own /
+inside the ``forward`` region).
 """
 
 from __future__ import annotations
@@ -126,11 +130,23 @@ def _region(case: Case, name: str) -> object:
     return timed(name)
 
 
+def _mean_loss(loss: torch.Tensor) -> None:
+    mean = loss.detach().clone()
+    dist.all_reduce(mean)
+
+
 def _micro(case: Case, model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int) -> float:
     with _region(case, "forward"):
         time.sleep(BASE / n)  # every rank: a step long enough that noise stays small
         case.slow("fwd")
         loss = nn.functional.mse_loss(model(x), y) / n
+        if "lossfwd" in case.flags:  # ... inside the forward region
+            _mean_loss(loss)
+    if "lossar" in case.flags:  # the mean loss for logging, outside every region
+        _mean_loss(loss)
+    if "lossreg" in case.flags:  # ... in a region of its own
+        with timed("loss"):
+            _mean_loss(loss)
     with _region(case, "backward"):
         loss.backward()
     return float(loss.detach())

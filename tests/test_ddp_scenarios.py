@@ -25,7 +25,7 @@ from stagewatch.records import Step, encode, rank_file_name
 from tui.diagnosis.facts import facts_from_snapshot
 from tui.model.phases import UNMEASURED_CAVEAT, find_phase
 from tui.model.rankstats import WAIT_ESTIMATED, WAIT_MEASURED, WAIT_REST, WAIT_UNKNOWN
-from tui.report.summary import open_run
+from tui.report.summary import open_run, summary_dict
 from tui.testing import start_line
 from tui.view.widgets.ranks import verdict_lines
 
@@ -209,6 +209,169 @@ def test_two_ranks_equally_slow_are_not_one_straggler(tmp_path: Path) -> None:
     assert v.brief() == "ranks 1, 2 slow"
 
 
+@pytest.mark.parametrize("measured", [True, False])
+def test_a_wait_in_the_loops_own_untimed_all_reduce_is_not_work(
+    tmp_path: Path, measured: bool
+) -> None:
+    # the loop all-reduces its loss between forward and backward, in no region; rank 1's
+    # forward is 40 ms slower and the others wait for it there, in their unaccounted time,
+    # so every rank's own time is alike (was: "no straggler", the wait counted as work)
+    def make(r: int) -> Regions:
+        late = r == 1
+        regs = {
+            "__wall__": 100.0,
+            "data": 1.0,
+            "forward": 20.0 + (40.0 if late else 0.0),
+            "forward/encoder": 10.0,
+            "backward": 30.0,
+            "optimizer": 5.0,
+        }
+        if measured:
+            regs.update({"comm/exposed": 1.0, "comm/launch": 0.1})
+        return regs
+
+    snap = _write(tmp_path, "lossar", 3, 30, make)
+    v = snap.stragglers
+    assert v is not None and v.straggler == 1 and v.cause == "compute", v and v.reason
+    assert v.cause_ms == pytest.approx(40.0, rel=0.1) and v.waits_outside
+    assert "outside every timed region" in v.reason and "all-reduce of the loss" in v.reason
+    assert v.brief().startswith("straggler rank 1 +40")
+    f = facts_from_snapshot(snap, window=True)
+    assert f.straggler_region == "forward", f.straggler_cause_line
+    assert "mostly `forward` +40" in f.straggler_cause_line
+
+
+@pytest.mark.parametrize(("ranks", "inside"), [(3, "loss"), (3, "forward"), (4, "loss")])
+def test_a_wait_in_the_loops_own_collective_in_a_timed_region(
+    tmp_path: Path, ranks: int, inside: str
+) -> None:
+    # the loop all-reduces its loss inside a timed region (`loss`, or `forward` itself, the
+    # slow work then in forward/encoder): the others wait there for rank 1, every own time
+    # alike and nothing untimed (was: "no straggler"); named from the region figures
+    def make(r: int) -> Regions:
+        late, wait = (40.0, 0.0) if r == 1 else (0.0, 40.0)
+        regs = {
+            "__wall__": 100.0,
+            "forward": 20.0 + late + (wait if inside == "forward" else 0.0),
+            "forward/encoder": 10.0 + late,
+            "loss": 2.0 + (wait if inside == "loss" else 0.0),
+            "backward": 30.0,
+            "comm/exposed": 1.0,
+            "comm/launch": 0.1,
+        }
+        regs["__wall__"] = 100.0 + 40.0 - (0.0 if inside == "loss" else 2.0)
+        return regs
+
+    snap = _write(tmp_path, "inreg", ranks, 30, make)
+    f = facts_from_snapshot(snap, window=True)
+    v = f.stragglers
+    assert v is not None and v.straggler == 1 and v.cause == "compute", v and v.reason
+    assert "a collective that is not measured" in v.reason and v.waits_outside
+    assert v.cause_ms == pytest.approx(40.0, rel=0.1)
+    if inside == "loss":
+        assert "mostly `forward/encoder` +40" in f.straggler_cause_line, f.straggler_cause_line
+    d = summary_dict(snap)
+    assert d["straggler"]["rank"] == 1 and d["straggler"]["verdict"]["straggler"] == 1
+    assert snap.stragglers is not None and snap.stragglers.brief().startswith("straggler rank 1")
+
+
+def test_a_measured_wait_is_not_taken_for_a_hidden_one(tmp_path: Path) -> None:
+    # rank 0 checkpoints in a region of its own; the others' wait is measured (comm/exposed,
+    # in their backward): named by its own time, never as waited for in a collective not
+    # measured
+    def make(r: int) -> Regions:
+        return {
+            "__wall__": 100.0,
+            "forward": 20.0,
+            "backward": 30.0 + (0.0 if r == 0 else 20.0),
+            "ckpt": 20.0 if r == 0 else 0.0,
+            "comm/exposed": 1.0 + (0.0 if r == 0 else 20.0),
+            "comm/launch": 0.1,
+        }
+
+    snap = _write(tmp_path, "ckpt", 3, 30, make)
+    v = snap.stragglers
+    assert v is not None and v.straggler == 0 and not v.waits_outside, v.reason
+    assert "not measured" not in v.reason
+
+
+def test_two_ranks_waiting_in_a_timed_collective_cannot_be_told_apart(tmp_path: Path) -> None:
+    # two ranks: rank 1 +40 ms in forward, rank 0 +40 ms in `loss` (its all-reduce): rank 1
+    # slow and rank 0 waiting, or rank 0 slow in `loss` and rank 1 waiting in forward
+    def make(r: int) -> Regions:
+        late, wait = (40.0, 0.0) if r == 1 else (0.0, 40.0)
+        return {
+            "__wall__": 140.0,
+            "forward": 20.0 + late,
+            "loss": 2.0 + wait,
+            "backward": 30.0,
+            "comm/exposed": 1.0,  # DDP's all-reduce measured: no wait there
+            "comm/launch": 0.1,
+        }
+
+    snap = _write(tmp_path, "two", 2, 30, make)
+    v = facts_from_snapshot(snap, window=True).stragglers
+    assert v is not None and v.straggler is None and v.measured
+    assert "not measured" in v.reason and "with two ranks which one waits" in v.reason, v.reason
+    assert v.brief() == "no straggler found"
+
+
+def test_two_ranks_waiting_outside_every_region_cannot_be_told_apart(tmp_path: Path) -> None:
+    # two ranks: rank 1 +40 ms in forward, rank 0 +40 ms untimed: rank 1 slow and rank 0
+    # waiting in an untimed all-reduce of the loss, or rank 0 slow in untimed work (its
+    # loader) and rank 1 waiting in a collective inside forward: neither is blamed
+    def make(r: int) -> Regions:
+        late = 40.0 if r == 1 else 0.0
+        return {"__wall__": 100.0, "forward": 20.0 + late, "backward": 30.0, "comm/exposed": 1.0}
+
+    v = _write(tmp_path, "two", 2, 30, make).stragglers
+    assert v is not None and v.straggler is None and v.brief() == "no straggler found"
+    assert "not measured" in v.reason and "with two ranks which one waits" in v.reason, v.reason
+
+
+def test_one_rank_slow_in_untimed_work_is_not_taken_for_a_waiter(tmp_path: Path) -> None:
+    # 3 ranks: rank 1 slow in untimed work (its loader), ranks 0 and 2 wait for it in a
+    # collective inside `forward`: rank 0 or 2 must never be named for their wait
+    def make(r: int) -> Regions:
+        wait = 0.0 if r == 1 else 40.0
+        return {"__wall__": 100.0, "forward": 20.0 + wait, "backward": 30.0, "comm/exposed": 1.0}
+
+    v = _write(tmp_path, "three", 3, 30, make).stragglers
+    assert v is not None and v.straggler in (None, 1), v.reason
+
+
+def test_a_rank_alike_in_timed_and_untimed_time_is_not_named(tmp_path: Path) -> None:
+    # every rank's untimed time the same: nobody waits outside the regions, no one is named
+    def make(r: int) -> Regions:
+        return {"__wall__": 100.0, "forward": 20.0, "backward": 30.0, "optimizer": 5.0}
+
+    v = _write(tmp_path, "even", 3, 30, make).stragglers
+    assert v is not None and v.straggler is None, v.reason
+
+
+@pytest.mark.parametrize("place", ["data", "forward"])
+def test_two_slow_ranks_are_a_group_when_the_wait_is_estimated(tmp_path: Path, place: str) -> None:
+    # no watch_ddp: ranks 1 and 2 of 4 are 40 ms slower (input, or forward compute); ranks 0
+    # and 3 wait for them inside backward, where the wait is estimated from (was: "no
+    # straggler: no single rank stands out", the group found only with the wait measured)
+    def make(r: int) -> Regions:
+        late = 40.0 if r in (1, 2) else 0.0
+        return {
+            "__wall__": 100.0,
+            "data": 1.0 + (late if place == "data" else 0.0),
+            "forward": 20.0 + (late if place == "forward" else 0.0),
+            "backward": 30.0 + 40.0 - late,
+            "optimizer": 5.0,
+        }
+
+    snap = _write(tmp_path, "pairest", 4, 30, make)
+    v = snap.stragglers
+    assert v is not None and v.wait_source == WAIT_ESTIMATED
+    assert v.straggler is None and v.group == (1, 2), v.reason
+    cause = "input wait" if place == "data" else "compute"
+    assert f"mostly {cause} +40" in v.reason and "estimated from `backward`" in v.reason
+
+
 def test_ranks_slow_by_degrees_are_not_called_a_group(tmp_path: Path) -> None:
     # 4 ranks, own time 0, 0, +25 and +50 ms over the fast ones; rank 3 alone recurs least
     # in no step: it is named, never "ranks 2, 3 alike"
@@ -287,6 +450,53 @@ def test_watch_ddp_times_the_buffer_broadcast(tmp_path: Path) -> None:
         assert b[1] == 1 and 0.0 <= b[0] <= s["regions"]["forward"][0]
 
 
+@pytest.mark.parametrize("wrap", ["before", "after"])
+def test_instruments_remove_takes_its_ddp_watch_away(tmp_path: Path, wrap: str) -> None:
+    # instrument's remove() left the DDP watch's forward pre-hooks on the model (and its
+    # comm hook timing every backward); a watch the user began stays theirs
+    torch = pytest.importorskip("torch")
+    import torch.distributed as dist
+
+    import stagewatch
+    from stagewatch import TimingLogger, set_global_timing_logger
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    log = TimingLogger(tmp_path, enable_console=False, run_id="rm", handle_sigterm=False)
+    set_global_timing_logger(log)
+    try:
+        net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8))
+        if wrap == "before":
+            model = torch.nn.parallel.DistributedDataParallel(net)
+            h = stagewatch.instrument(model, depth=1)
+        else:  # instrument(net) first: the watch begins at the first forward under DDP
+            h = stagewatch.instrument(net, depth=1)
+            model = torch.nn.parallel.DistributedDataParallel(net)
+
+        def step() -> None:
+            model(torch.randn(4, 8)).sum().backward()
+            log.step()
+
+        step()
+        hooks = (len(model._forward_pre_hooks), len(net._forward_pre_hooks))
+        assert hooks[0] >= 1 and hooks[1] >= 1
+        h.remove()
+        assert len(model._forward_pre_hooks) == 0 and len(net._forward_pre_hooks) == 0
+        step()  # the comm hook still reduces, timing nothing
+        assert stagewatch.watch_ddp(model) is not None  # the user's own: kept by a remove()
+        h2 = stagewatch.instrument(model, depth=1)
+        h2.remove()
+        assert len(model._forward_pre_hooks) >= 1
+        step()
+    finally:
+        set_global_timing_logger(None)
+        log.close()
+        dist.destroy_process_group()
+    steps = [x for x in records(tmp_path / "rm" / "rank0.jsonl") if x["kind"] == "step"]
+    comm = [sorted(k for k in s["regions"] if k.startswith("comm/")) for s in steps]
+    assert comm[0] and not comm[1] and comm[2], comm
+
+
 # --------------------------------------------------------------------------- torchrun
 
 #: (case, the ranks that may be named (None: none), cause, compute region), in the names of
@@ -305,6 +515,11 @@ CASES = (
     ("data-r0-bare", (0,), "compute", "(unaccounted)"),
     ("enc-r1-instr", (1,), "compute", "forward/encoder/0"),
     ("move-r1", (None, 1, 2), None, None),
+    ("fwd-r1-lossar", (1,), "compute", "forward"),
+    ("fwd-r2-lossar-plain", (2,), "compute", "forward"),
+    ("pair-r1-plain", (None,), None, None),
+    ("fwd-r2-lossreg", (None, 2), None, None),  # named from the region figures (below)
+    ("enc-r1-lossfwd", (None, 1), None, None),
 )
 
 
@@ -353,6 +568,28 @@ def test_scenario_verdicts(
     assert v.cause == cause and 25.0 < v.cause_ms < 60.0, v.cause_text()
     f = facts_from_snapshot(snap, window=True)
     assert f.straggler_leaf == leaf, f.straggler_cause_line
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_scenario_two_slow_ranks_unmeasured_are_a_group(scenarios: Path) -> None:
+    # ranks 1 and 2 of 3 slowed in input, no watch_ddp: the wait is estimated from backward
+    v = open_run(scenarios / "pair-r1-plain").stragglers
+    assert v is not None and v.wait_source == WAIT_ESTIMATED
+    assert v.group == (1, 2) and "mostly input wait +" in v.reason, v.reason
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("case", "rank"), [("fwd-r2-lossreg", 2), ("enc-r1-lossfwd", 1)])
+def test_scenario_a_wait_in_a_timed_collective_of_the_loop(
+    scenarios: Path, case: str, rank: int
+) -> None:
+    # the loss all-reduced inside a timed region (`loss`, or `forward` itself)
+    snap = open_run(scenarios / case)
+    v = facts_from_snapshot(snap, window=True).stragglers
+    assert v is not None and v.straggler == rank and v.cause == "compute", v and v.reason
+    assert 25.0 < v.cause_ms < 60.0 and summary_dict(snap)["straggler"]["rank"] == rank
 
 
 def test_instrument_alone_names_the_module_not_unaccounted(tmp_path: Path) -> None:

@@ -220,3 +220,79 @@ def test_a_quick_relaunch_is_not_a_second_rank(
     (run / "timing_log_20260101_120040.txt").write_text(original_log(30, seed=2))
     d = _summary(capsys, str(run))
     assert d["ranks"] == [0] and d["files_not_read"] == ["timing_log_20260101_120040.txt"]
+
+
+def test_a_blank_step_block_is_not_a_0_ms_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Step header with no region (a crash between the header and its lines, or a flush
+    cut there) was a 0 ms step dragging the step statistics down."""
+    blank = "=" * 80 + "\nStep 3\n" + "=" * 80 + "\n\n"
+    text = _block(1, [("VRT", 100.0)]) + _block(2, [("VRT", 100.0)]) + blank
+    text += _block(4, [("VRT", 100.0)])
+    steps, bad = parse_text(text)
+    assert [s.step for s in steps] == [1, 2, 4] and bad == 0
+    d = _summary(capsys, str(_write_log(tmp_path, text + blank)))  # and one at the end
+    assert d["step_ms"]["steps"] == 3 and d["step_ms"]["min_ms"] == pytest.approx(100.0)
+    assert d["files"][0]["blank_blocks"] == 2
+    assert main(["summary", str(_write_log(tmp_path, text))]) == 0
+    assert "empty Step blocks in " in capsys.readouterr().out
+
+
+def test_a_line_over_the_limit_names_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line over 4 MiB (a tensor printed into the log) is dropped unread; its error said
+    'line longer than ... bytes' with no line number, and later lines' numbers were one off."""
+    from stagewatch.records import MAX_LINE_BYTES
+
+    head = _block(1, [("VRT", 5.0)])  # 5 lines, the 6th blank
+    huge = "x" * (MAX_LINE_BYTES + 10) + "\n"  # line 7
+    run = _write_log(tmp_path, head + huge + _block(2, [("VRT", 6.0)]))
+    d = _summary(capsys, str(run))
+    f = d["files"][0]
+    assert d["steps"] == 2 and f["malformed"] == 1
+    assert f["last_error"].startswith("line 7: longer than "), f["last_error"]
+    # a bad line after it keeps its true number
+    (run / "timing_log_20260101_120000.txt").write_text(head + huge + "oops\n" + head)
+    f = _summary(capsys, str(run))["files"][0]
+    assert f["last_error"].startswith("line 8: unrecognised line"), f["last_error"]
+
+
+def test_a_file_of_several_processes_says_why_it_is_one_rank(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chunks = [
+        _block(s, [("VRT", 100.0 + r)]) for lo in (1, 3) for r in (0, 1) for s in (lo, lo + 1)
+    ]
+    f = _summary(capsys, str(_write_log(tmp_path, "".join(chunks))))["files"][0]
+    assert f["interleaved"] >= 1 and "carry no rank, process id or time" in f["interleaved_why"]
+
+
+@pytest.mark.parametrize("kind", ["text", "jsonl"])
+def test_a_line_the_tail_drops_in_parts_names_its_line(tmp_path: Path, kind: str) -> None:
+    """Read live in chunks, a line over 4 MiB is dropped by the tail as it comes: its error
+    had no line number, and the lines after it were numbered one short."""
+    from stagewatch.records import MAX_LINE_BYTES
+    from tui.source.feed import Feed
+
+    if kind == "text":
+        head, bad = _block(1, [("VRT", 5.0)]), "oops\n"  # 5 lines and a blank one
+    else:
+        head, bad = '{"kind": "nope"}\n' * 6, "{oops\n"
+    path = tmp_path / ("timing.log" if kind == "text" else "rank0.jsonl")
+    path.write_text(head + "x" * (MAX_LINE_BYTES + 300_000) + "\n")  # line 7, read in parts
+    feed = Feed(str(path), 0, kind)
+
+    def read_all() -> str:
+        while True:
+            lines, _, more = feed.tail.read()
+            if lines:
+                feed.parse(lines)
+            if not more:
+                return feed.info().last_error
+
+    assert read_all().startswith("line 7: longer than ")
+    with open(path, "a") as f:
+        f.write(bad)  # line 8
+    assert read_all().startswith("line 8: "), feed.info().last_error

@@ -160,7 +160,7 @@ def test_text_log_block_without_total_and_junk_lines() -> None:
     assert p.malformed == 2
     s = p.feed("Step 4")  # ends block 3 without a Total line: wall = sum of top level
     assert s is not None and s.step == 3 and s.wall_ms == 10.0
-    assert p.flush() is not None  # step 4, empty
+    assert p.flush() is None and p.blank == 1  # step 4, empty: not a 0 ms step
 
 
 def test_text_log_run_replays_into_statistics(tmp_path) -> None:

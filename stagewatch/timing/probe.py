@@ -245,7 +245,7 @@ class Probe:
                 else:
                     self.pending.append(call)
                 return
-        self._hook_outputs(call, output_nodes(out, inst.torch), tls.proxy)
+        self._hook_outputs(call, output_nodes(out, inst.torch), tls.proxy, out=out)
 
     # re-entrant activation checkpointing: the forward under checkpoint ran without
     # gradients (no backward hooks then); during the backward it re-runs with them and
@@ -329,9 +329,17 @@ class Probe:
                 self._modified_in_place(call, i, v)
         call.views = NO_HOOKS  # hold no activation past the forward
 
-    def _hook_outputs(self, call: Call, nodes: list[Any], proxy: Any, start: Any = None) -> None:
+    def _hook_outputs(
+        self, call: Call, nodes: list[Any], proxy: Any, start: Any = None, out: Any = None
+    ) -> None:
         """The backward of ``call`` starts (``start``, else ``call.start``) at the first of the
-        nodes that made its outputs."""
+        nodes that made its outputs; or, when ``out`` is a leaf of the module's own (it
+        returned its parameter), at that leaf's gradient."""
+        if not nodes and call.params and getattr(out, "grad_fn", 0) is None and out.requires_grad:
+            # no node made it: a tensor hook, taken away when the call is done
+            call.leaf_hooks = [*call.leaf_hooks, out.register_hook(start or call.start)]
+            self._remember(call)
+            return
         if not nodes:  # nothing to differentiate through this call
             call.dead = True
             if call.leaf_hooks:

@@ -354,8 +354,10 @@ def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
         whose = "the others wait" if outside else "the all-reduce wait is the others waiting"
         action += f"; not the interconnect: {whose} for this rank"
     cause = f"{f.straggler_cause_line}; " if f.straggler_cause_line else ""
-    what = "input" if outside else "own time"
-    slowest = round(v.recurrence * v.compared_steps) if outside else me.slowest
+    what = (f.straggler_cause or "own time") if outside else "own time"
+    # (named from the window's means, tui.diagnosis.hidden: no per-step count)
+    per_step = not outside or _ok(v.recurrence)
+    slowest = round(v.recurrence * v.compared_steps) if outside and per_step else me.slowest
     return Advice(
         "straggler",
         WARN,
@@ -383,7 +385,9 @@ def rule_straggler(f: RunFacts, t: Thresholds) -> Advice | None:
             "span": v.span,
         },
         f"{cause}{what} +{_ms(v.excess_ms)} per step over the other ranks ({_pct(share)} "
-        f"of the step), slowest in {slowest} of {v.compared_steps} steps, {v.span}; "
+        f"of the step)"
+        + (f", slowest in {slowest} of {v.compared_steps} steps" if per_step else "")
+        + f", {v.span}; "
         f"{v.who_waits()}",
     )
 

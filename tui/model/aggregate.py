@@ -14,6 +14,7 @@ import operator
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from operator import itemgetter
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from stagewatch.records import STATUS_FAILED, STATUS_INTERRUPTED, Eval, RunEnd, RunStart
 from tui.model import build, crossrank, crossread
+from tui.model.hidden import hidden_wait
 from tui.model.ranks import DEFAULT_WINDOW, RankAgg
 from tui.model.rankstats import compare_walls, worst_trend
 from tui.model.rows import StepBlock, StepRow
@@ -204,6 +206,15 @@ class RunAgg:
             recent = build.recent_work(aggs)
             tables = crossread.recent_tables(aggs, recent) if len(aggs) > 1 else None
             cmp = build.compare_ranks(compared, recent, self.window, tables)
+            v = hidden_wait(aggs, cmp.verdict)  # a wait in a collective of the loop's own
+            if v is not cmp.verdict and v is not None:
+                named = v.straggler is not None
+                cmp = replace(
+                    cmp,
+                    verdict=v,
+                    straggler=v.straggler,
+                    excess=v.excess_ms if named else cmp.excess,
+                )
             c = self._compared = (key, now, (len(compared[0]), recent, cmp))
         self.compared_steps = c[2][0]
         return c[2][1], c[2][2]

@@ -201,15 +201,20 @@ def why_named(
 
 
 def group_reason(
-    group: tuple[list[int], float, str | None, float], ranks: Sequence[int], n: int
+    group: tuple[list[int], float, str | None, float],
+    ranks: Sequence[int],
+    n: int,
+    measured: bool = True,
 ) -> str:
-    """The reason of a verdict whose slow ranks are several, alike (:func:`slow_group`)."""
+    """The reason of a verdict whose slow ranks are several, alike (:func:`slow_group`);
+    ``measured``: the others' wait was measured, not estimated from ``backward``."""
     idx, ex, cause, cms = group
     who = ", ".join(str(ranks[i]) for i in idx)
     why = f", mostly {CAUSE_WORDS[cause]} +{_ms(cms)}" if cause is not None else ""
+    how = "" if measured else "; their wait is estimated from `backward`, not measured"
     return (
         f"no single straggler: ranks {who} are slow alike, their own time +{_ms(ex)} per step "
-        f"over the other ranks'{why} (the others wait for them)"
+        f"over the other ranks'{why} (the others wait for them{how})"
     )
 
 
@@ -237,6 +242,79 @@ def input_behind(
     comp = parts["compute"]
     more = float(np.median(np.median(np.delete(comp, i, axis=1), axis=1) - comp[:, i]))
     return (i, float(ex[i]), latest) if more >= 0.5 * ex[i] else None
+
+
+def untimed_behind(
+    own: np.ndarray, untimed: np.ndarray, floor: float, t: Any
+) -> tuple[int, float, int] | None:
+    """The rank the others wait for in a collective *outside every timed region* (a loop's
+    own ``dist.all_reduce`` of its loss between forward and backward), which neither the
+    all-reduce's measure nor its estimate from ``backward`` sees: the ranks' own times are
+    alike, but one rank's time in timed regions exceeds the other ranks' by more than
+    ``floor`` and twice their step-to-step noise, it is the slowest there in most steps
+    (``t.straggler_recurrence``), and the others spend at least half as much more time
+    outside every region (``untimed``, per step and rank) than it does.
+    (rank index, its excess in timed regions, steps it was the slowest there), or None."""
+    n, k = own.shape
+    if k < 2 or n == 0:
+        return None
+    timed = own - untimed
+    mean = timed.mean(axis=0)  # a cheap first look: no rank far ahead, no sort
+    if float(mean.max() - np.median(mean)) <= 0.5 * floor:
+        return None
+    excess, order = excess_over_others(timed)
+    ex = np.median(excess, axis=0)
+    i = int(ex.argmax())
+    others = np.delete(timed, i, axis=1)
+    noise = float(np.median(1.4826 * np.median(np.abs(others - np.median(others, 0)), 0)))
+    slowest = int((order[:, -1] == i).sum())
+    if not (ex[i] > floor and ex[i] >= 2.0 * noise and slowest >= t.straggler_recurrence * n):
+        return None
+    # every other rank spends more untimed time (one alone may be slow in untimed work)
+    more = float(np.median(np.delete(untimed, i, axis=1).min(axis=1) - untimed[:, i]))
+    return (i, float(ex[i]), slowest) if more >= 0.5 * ex[i] else None
+
+
+def untimed_reason(i: int, ex: float, slowest: int, n: int, ranks: Sequence[int]) -> str:
+    """The reason of a verdict from :func:`untimed_behind`."""
+    return (
+        f"rank {ranks[i]}'s time in timed regions is +{_ms(ex)} per step over the other ranks' "
+        f"(the slowest there in {slowest} of {n} steps), and the others spend as much more "
+        "time outside every timed region: they wait for it there, in a collective not "
+        "measured (e.g. an all-reduce of the loss between forward and backward)"
+    )
+
+
+def untimed_wait(
+    own: np.ndarray,
+    x: np.ndarray,
+    ranks: list[int],
+    floor: float,
+    t: Any,
+    keep: tuple[float, bool, float, str],
+) -> tuple[int | None, float, bool, float, str, np.ndarray | None]:
+    """The rank that the others wait for outside every timed region (:func:`untimed_behind`)
+    for ``judge_stragglers``: (named, recurrence, waits outside, excess, reason, the untimed
+    time per step and rank to take out of compute); with None, ``keep``'s recurrence, flag,
+    excess and reason. ``x``: its (steps, ranks, RECENT_COLUMNS) table."""
+    untimed = x[:, :, 7] if x.shape[2] > 7 else None
+    if untimed is None or np.isnan(untimed).any():
+        return None, *keep[:2], keep[2], keep[3], None
+    got = untimed_behind(own, untimed, floor, t)
+    if got is None:
+        return None, *keep[:2], keep[2], keep[3], None
+    i, ex, slowest = got
+    n = len(own)
+    if len(ranks) == 2:  # or the other is slow in untimed work and it waits in a timed region
+        why = (
+            f"no straggler found: rank {ranks[i]}'s time in timed regions is +{_ms(ex)} per "
+            f"step over rank {ranks[1 - i]}'s, which spends as much more outside every timed "
+            "region: one of them waits for the other in a collective that is not measured "
+            "(e.g. an all-reduce of the loss), and with two ranks which one waits cannot be "
+            "told from the figures"
+        )
+        return None, *keep[:2], keep[2], why, None
+    return ranks[i], slowest / n, True, ex, untimed_reason(i, ex, slowest, n, ranks), untimed
 
 
 def behind_reason(i: int, ex: float, latest: int, n: int, ranks: Sequence[int]) -> str:

@@ -23,7 +23,7 @@ from tui.model.crossrank import (
 )
 from tui.model.histogram import BUCKET_VALUES
 from tui.model.histogram import NBUCKETS as HBUCKETS
-from tui.model.phases import BUFFERS_REGION
+from tui.model.phases import BUFFERS_REGION, top_columns
 from tui.model.ranks import RankAgg
 from tui.model.rankstats import LAUNCH_REGION
 from tui.model.series import NBUCKETS as SBUCKETS
@@ -40,7 +40,8 @@ def _recent_key(a: RankAgg, m: int) -> tuple[Any, ...]:
     data = ph["data"]
     nested = None if data is None or data.endswith("/wait") else get(data + "/h2d")
     cols = (ph["exposed"], LAUNCH_REGION, BUFFERS_REGION, ph["sync"], data, ph["h2d"])
-    return (m, *(-1 if n is None else get(n, -1) for n in cols), nested, kids.tobytes())
+    top = top_columns(a).tobytes()  # the untimed column: wall minus the top-level regions
+    return (m, *(-1 if n is None else get(n, -1) for n in cols), nested, kids.tobytes(), top)
 
 
 def read_recent(rows: RankRows, aggs: Sequence[RankAgg]) -> None:
@@ -72,8 +73,9 @@ def _recent_of(
     ring = rows.get(grp, "ring")[s, o]  # g × m × columns
     step = rows.get(grp, "ring_step")[s, o]
     wall = rows.get(grp, "ring_wall")[s, o]
-    _, exposed_c, launch_c, buffers_c, sync_c, data_c, h2d_c, nested_c, kids_b = key
+    _, exposed_c, launch_c, buffers_c, sync_c, data_c, h2d_c, nested_c, kids_b, top_b = key
     kids = np.frombuffer(kids_b, dtype=np.int64)
+    top = np.frombuffer(top_b, dtype=np.int64)
 
     def col(c: int | None) -> np.ndarray | None:
         return None if c is None or c < 0 else np.nan_to_num(ring[:, :, c])
@@ -101,6 +103,7 @@ def _recent_of(
         launch,
         nan if sync is None else sync,
         nan if exposed is None else exposed,
+        np.maximum(0.0, wall - (_nansum_last(ring[:, :, top]) if len(top) else zero)),
     ]
     lists = [p.tolist() for p in parts]
     table = np.stack(parts, axis=-1).astype(np.float64)  # the rows as np.array makes them

@@ -26,8 +26,9 @@ SYNC_REGION = "backward"
 #: ``data/h2d`` under ``data`` is the copy, not input. Copy: ``h2d`` or ``data/h2d``.
 INPUT_REGIONS = ("data/wait", "data")
 H2D_REGIONS = ("h2d", "data/h2d")
-#: RankInfo.recent columns after the step number (judge_stragglers reads 3 or more)
-RECENT_COLUMNS = ("wall", "wait", "data", "h2d", "launch", "sync", "exposed")
+#: RankInfo.recent columns after the step number (judge_stragglers reads 3 or more);
+#: ``untimed``: the step's time outside every top-level region (its unaccounted time)
+RECENT_COLUMNS = ("wall", "wait", "data", "h2d", "launch", "sync", "exposed", "untimed")
 #: path segments under which a phase name is a part of that phase, not the phase itself
 #: (a model block called ``data`` inside ``forward`` is compute; ``eval/…`` is evaluation)
 _PHASES = frozenset(("forward", "backward", "optimizer", "data", "h2d", "eval", *WAIT_REGIONS))

@@ -31,6 +31,7 @@ from tui.model.causes import (  # noqa: F401
     input_behind,
     slow_group,
     slow_now_and_then,
+    untimed_wait,
     why_named,
 )
 from tui.model.perstep import _per_step, _rank_table  # noqa: F401
@@ -431,7 +432,8 @@ class StragglerVerdict:
                 return f"rank {self.intermittent} slow now and then"
             if self.compared_steps < 2:
                 return ""
-            return "no straggler" if self.measured else "no straggler found"  # see the reason
+            seen = self.measured and not self.reason.startswith("no straggler found")
+            return "no straggler" if seen else "no straggler found"  # see the reason
         return f"straggler rank {self.straggler} +{_ms(self.excess_ms)} {self.cause or 'compute'}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -537,11 +539,14 @@ def judge_stragglers(
     parts = {"input": data, "h2d": h2d, "compute": comp, "communication": launch}
     cause, cms, crank, cothers, table_ = cause_of(parts, wi, 0.5 * worst.excess_ms)
     now_and_then, group = None, None
-    if named is None and n >= need and source == WAIT_MEASURED and k > 2:
-        # two or more ranks alike (the wait measured: none of them is waiting)
+    if named is None and n >= need and source in (WAIT_MEASURED, WAIT_ESTIMATED) and k > 2:
+        # ranks alike: the wait measured, none is waiting; estimated, only when they share a
+        # class (a rank waiting outside backward, e.g. DDP's buffer broadcast, shows compute)
         group = slow_group(own, parts, floor, t.straggler_noise * noise, t)
+        if group is not None and source != WAIT_MEASURED and group[2] is None:
+            group = None
         if group is not None:
-            reason = group_reason(group, ranks, n)
+            reason = group_reason(group, ranks, n, measured=source == WAIT_MEASURED)
     excess_ms, rec, outside = worst.excess_ms, worst.slowest / n, False
     if named is None and n >= need and source == WAIT_MEASURED and group is None:
         behind = input_behind(parts, floor, t)
@@ -549,6 +554,13 @@ def judge_stragglers(
             wi, excess_ms, latest = behind
             named, rec, outside = ranks[wi], latest / n, True
             reason = behind_reason(wi, excess_ms, latest, n, ranks)
+            cause, cms, crank, cothers, table_ = cause_of(parts, wi, 0.5 * excess_ms)
+    if named is None and n >= need and group is None:
+        keep = (rec, outside, excess_ms, reason)
+        named, rec, outside, excess_ms, reason, cut = untimed_wait(own, x, ranks, floor, t, keep)
+        if cut is not None:  # the others' untimed wait is not the named rank's compute
+            parts = dict(parts, compute=comp - cut)
+            wi = ranks.index(named)  # type: ignore[arg-type]
             cause, cms, crank, cothers, table_ = cause_of(parts, wi, 0.5 * excess_ms)
     if named is None and n >= need and group is None:
         spikes = slow_now_and_then(

@@ -520,10 +520,10 @@ class RankReadout:
 
     def recent_work(self) -> tuple[tuple[float, ...], ...]:
         """Per window step, oldest first: (step, wall, wait, data, h2d, launch, sync,
-        exposed) ms (:data:`~tui.model.rankstats.RECENT_COLUMNS`). ``exposed``: the measured
-        exposed all-reduce, ``wait`` the part of it that is waiting (minus this rank's own
-        hook time, plus DDP's buffer broadcast ``comm/buffers``), both NaN when not
-        measured; ``sync``: the self time of the ``backward`` region (minus its direct
+        exposed, untimed) ms (:data:`~tui.model.phases.RECENT_COLUMNS`). ``exposed``: the
+        measured exposed all-reduce, ``wait`` the part of it that is waiting (minus this
+        rank's own hook time, plus DDP's buffer broadcast ``comm/buffers``), both NaN when
+        not measured; ``sync``: the self time of the ``backward`` region (minus its direct
         children), where an unmeasured wait hides (NaN without one); data, h2d, launch 0
         when untimed. The phases may be nested under the loop's own region (``find_phase``)."""
         c = self.__dict__.get("_recent")
@@ -569,6 +569,9 @@ class RankReadout:
             nested = self._ring_col(o, ph["data"] + "/h2d")
             if nested is not None:  # "data" holds its copy: input is the rest
                 data = np.maximum(0.0, data - nested)
+        top = top_columns(self)
+        covered = np.nansum(self.ring[o][:, top], axis=1) if len(top) else zero
+        untimed = np.maximum(0.0, self.ring_wall[o] - covered)
         return tuple(
             zip(
                 self.ring_step[o].tolist(),
@@ -579,6 +582,7 @@ class RankReadout:
                 launch.tolist(),
                 (nan if sync is None else sync).tolist(),
                 (nan if exposed is None else exposed).tolist(),
+                untimed.tolist(),
                 strict=True,
             )
         )

@@ -124,6 +124,7 @@ class FileInfo:
     nesting: Any = None
     restarts: int = 0  # a classic text log's logger restarts (its blocks numbered on)
     interleaved: int = 0  # its blocks going on with an earlier process's count (one file)
+    blank: int = 0  # its blocks with no region and no time (headers a crash left): not steps
 
 
 @dataclass(frozen=True, slots=True)

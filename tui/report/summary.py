@@ -36,6 +36,7 @@ from tui.model.snapshot import UNACCOUNTED, RegionRow, RunSnapshot, Stats
 from tui.source.check import check_run
 from tui.source.nesting import NestPolicy
 from tui.source.reader import RunSource
+from tui.source.textlog import INTERLEAVED_WHY
 
 SCHEMA_VERSION = 1
 
@@ -214,8 +215,12 @@ def _summary_dict(
         "scalars": {k: _num(v) for k, v in snap.scalars},
         "eval": {"step": snap.eval_step, "metrics": {k: _num(v) for k, v in snap.evals}},
         "straggler": {
-            "rank": snap.straggler,
-            "excess_ms": _num(snap.straggler_excess),
+            "rank": verdict.straggler if verdict is not None else snap.straggler,
+            "excess_ms": _num(
+                (verdict.excess_ms if verdict.straggler is not None else None)
+                if verdict is not None
+                else snap.straggler_excess
+            ),
             "spread_ms": _num(snap.spread_window),
             "verdict": verdict.as_dict() if verdict is not None else None,
             "cause": verdict.cause if verdict is not None else None,
@@ -238,6 +243,8 @@ def _summary_dict(
                 "superseded": f.duplicates,
                 "restarts": f.restarts,
                 "interleaved": f.interleaved,
+                "interleaved_why": INTERLEAVED_WHY if f.interleaved else None,
+                "blank_blocks": f.blank,
                 "last_error": f.last_error or None,
                 "nesting": f.nesting.as_dict() if f.nesting is not None else None,
             }
@@ -390,8 +397,16 @@ def summary_text(
         if f.interleaved:
             m = literal(
                 f"several processes wrote into {f.path}: {f.interleaved}× a block went on with "
-                "an earlier Step count; every block is kept, numbered on, as one rank (give "
-                "each process its own file to see its ranks)"
+                f"an earlier Step count; every block is kept, numbered on, as one rank: "
+                f"{INTERLEAVED_WHY} (give each process its own file to see its ranks)"
+            )
+            m.stylize("yellow")
+            t.append_text(m)
+            t.append("\n")
+        if f.blank:
+            m = literal(
+                f"empty Step blocks in {f.path}: {f.blank} (a header with no region and no "
+                "time, as a crash or flush leaves): not counted as steps"
             )
             m.stylize("yellow")
             t.append_text(m)

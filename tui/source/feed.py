@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import re
 from itertools import islice
 from operator import lt
 from typing import Any
@@ -152,6 +153,7 @@ class Feed:
         self.kind = kind
         self.lines = 0
         self.text_line = 0  # a text log's lines read, blank ones too (error line numbers)
+        self._long_seen = 0  # the tail's last overlong line counted in the line numbers
         self.malformed = 0
         self.skipped = 0
         self.last_error = ""
@@ -193,7 +195,7 @@ class Feed:
         """Forget what was read (``keep_cuts``: the file is the same, read it again)."""
         self.tail.reset()
         self.lines = self.malformed = self.skipped = self.duplicates = self.dropped = 0
-        self.text_line = 0
+        self.text_line = self._long_seen = 0
         self.last_error = ""
         self.resegment = self.ended_early = False
         if not keep_cuts:
@@ -230,6 +232,7 @@ class Feed:
         self._prev_step = state.prev_step
         self._seen = StepSet([list(r) for r in state.seen])
         self.tail.restore(state.tail, ident)
+        self._long_seen = state.tail.long_at
 
     def info(self) -> FileInfo:
         malformed = self.malformed + self.tail.overlong
@@ -240,8 +243,9 @@ class Feed:
             if self.text is not None and self.text.last_error
             else self.last_error
         )
-        if self.tail.overlong and not last:
-            last = f"line longer than {MAX_LINE} bytes"
+        at = self.tail.long_at
+        if at and (not last or _line_of(last) < at):  # the overlong line came last
+            last = f"line {at}: longer than {MAX_LINE} bytes, not read"
         return FileInfo(
             self.tail.path,
             self.rank,
@@ -257,6 +261,7 @@ class Feed:
             nesting=self.nest.note() if self.nest is not None else None,
             restarts=self.text.restarts if self.text is not None else 0,
             interleaved=self.text.interleaved if self.text is not None else 0,
+            blank=self.text.blank if self.text is not None else 0,
         )
 
     def _step_kept(self, step: int, n: int) -> bool:
@@ -305,6 +310,10 @@ class Feed:
         ``blocks``: steps whose regions the C fast path took come as StepBlocks
         (the bulk path of :meth:`process`); otherwise every step is a StepRow.
         """
+        if self.tail.long_at != self._long_seen:  # a line dropped before these: count it
+            self._long_seen = self.tail.long_at
+            self.lines += self.text is None
+            self.text_line += self.text is not None
         if self.text is not None:
             return self._parse_text(lines)
         b = decode_batch(lines, self.lines, self._schema, blocks)
@@ -378,6 +387,10 @@ class Feed:
             if not line or line.isspace():
                 continue
             self.lines += 1
+            if len(line) > MAX_LINE:  # as the tail drops one it reads in parts
+                text.malformed += 1
+                text.last_error = f"line {n}: longer than {MAX_LINE} bytes, not read"
+                continue
             bad = text.malformed
             # not UTF-8 (a Latin-1 name): its bytes replaced, the line kept (as tui export)
             s = text.feed(line.decode("utf-8", errors="replace").rstrip("\r"))
@@ -449,6 +462,12 @@ class Feed:
         rows = self.flush_text()
         if rows:
             agg.add_steps(self.rank, rows)
+
+
+def _line_of(error: str) -> int:
+    """The line number an error message begins with (``line 12: ...``); 0 without one."""
+    m = re.match(r"line (\d+):", error)
+    return int(m.group(1)) if m else 0
 
 
 def read_cuts(path: str) -> Feed:

@@ -36,6 +36,8 @@ class TailState(msgspec.Struct, frozen=True):
     overlong: int
     size: int
     mtime: float
+    lines: int = 0  # lines returned, blank ones and dropped overlong ones too
+    long_at: int = 0  # the line number of the last overlong line (0: none)
 
 
 class TailFile:
@@ -51,6 +53,8 @@ class TailFile:
         self.head = b""
         self.size = 0
         self.overlong = 0  # lines dropped for being longer than MAX_LINE
+        self.lines = 0  # lines returned, blank ones too, and the overlong ones dropped
+        self.long_at = 0  # the line number (as an editor shows it) of the last overlong one
         self.mtime = 0.0
         self.status = FILE_OK  # or missing / unreadable / not a regular file / symlink loop
         self.problem = ""  # one line saying what is wrong with the file, "" when fine
@@ -63,6 +67,7 @@ class TailFile:
         self.head = b""
         self.size = 0
         self.overlong = 0
+        self.lines = self.long_at = 0
 
     def state(self) -> TailState:
         """Position, partial line and counters, to :meth:`restore` later."""
@@ -74,6 +79,8 @@ class TailFile:
             self.overlong,
             self.size,
             self.mtime,
+            self.lines,
+            self.long_at,
         )
 
     def restore(self, state: TailState, ident: tuple[int, int]) -> None:
@@ -84,6 +91,7 @@ class TailFile:
         self.offset, self.partial, self.skipping = state.offset, state.partial, state.skipping
         self.head, self.overlong = state.head, state.overlong
         self.size, self.mtime = state.size, state.mtime
+        self.lines, self.long_at = state.lines, state.long_at
 
     def _trouble(self, status: str, problem: str) -> tuple[list[bytes], bool, bool]:
         self.status, self.problem = status, problem
@@ -143,10 +151,13 @@ class TailFile:
             self.skipping = False
         lines = (self.partial + data).split(b"\n") if self.partial else data.split(b"\n")
         self.partial = lines.pop()
+        self.lines += len(lines)
         if len(self.partial) > MAX_LINE:
             self.partial = b""
             self.overlong += 1
             self.skipping = True
+            self.lines += 1  # its number, after this read's lines: the next ones count it
+            self.long_at = self.lines
         return lines, reset, more
 
 

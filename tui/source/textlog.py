@@ -18,8 +18,11 @@ then infers which top-level names nest in which, and the timed total replaces it
 block ends at its Total line, or at the next ``Step`` header when a Total line is missing.
 A ``Step`` count that begins again (the logger restarted, appending to the file) is numbered
 on after the last block, so both processes' steps count; so is a block going on with such an
-earlier count (processes appending to one file in turn). Values outside the record format's
-limits (``nan``, ``inf``, negative, 1e12 ms and more) are refused as lines not understood.
+earlier count (processes appending to one file in turn). A block with no region and no
+time (a ``Step`` header a crash or a flush left) is not a step: it is counted
+(:attr:`TextLogParser.blank`), never a 0 ms step in the figures. Values outside the record
+format's limits (``nan``, ``inf``, negative, 1e12 ms and more) are refused as lines not
+understood.
 Lines stagewatch's writer adds are understood too: ``(not timed itself)`` parents, ``xN``
 call counts, and the derived ``Unaccounted`` / ``Overlap`` lines and ``Timing summary``
 block, which are skipped.
@@ -69,6 +72,12 @@ _CURSOR_RE = re.compile(r"\x1b\[[0-9;]*[ABCDEFGHJK]")
 # line of the file follows it ("Epoch 1:  12%|█▏   | 12/100 [00:24<02:56, 2.00s/it]Step 13")
 _TQDM_RE = re.compile(r"^[^|]*?\d+%\|[^|]*\|[^\[\]|]*\[[^\]]*\]")
 MAX_COUNTS = 64  # counts a restart left that are remembered
+#: why a file several processes wrote into is read as one rank, not split into theirs
+INTERLEAVED_WHY = (
+    "the original logger's blocks carry no rank, process id or time, and the processes' "
+    "Step counts run alike, so which process wrote a block is not known (only guessed from "
+    "its running averages, which this version does not do): its figures mix the processes"
+)
 _RULE_RE = re.compile(r"^\s*[=\-─]{5,}\s*$")
 # an entry whose time is not a number of ms a record may hold (nan, inf, negative)
 _BAD_MS_RE = re.compile(r"^ *(?:-\s+)?\S.*?:\s*(?:[-+]\S*|nan|inf)\s*ms\b", re.IGNORECASE)
@@ -112,6 +121,7 @@ class TextLogParser:
         # appending to the same file may go on from one of them)
         self._ended: list[int] = []
         self.interleaved = 0  # blocks that went on with such a count
+        self.blank = 0  # blocks with no region and no time (a header a crash or flush left)
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -238,11 +248,13 @@ class TextLogParser:
                 self._step = None
                 return None
             self._last_raw, self._last = raw, number
-        rec = Step(step=number, time=0.0, wall_ms=total, regions=regions, samples=0)
         self._step = None
         self._regions = {}
         self._stack = []
-        return rec
+        if not regions and not total:  # nothing measured: not a 0 ms step in the figures
+            self.blank += 1
+            return None
+        return Step(step=number, time=0.0, wall_ms=total, regions=regions, samples=0)
 
 
 def is_step_header(line: str) -> bool:

@@ -45,6 +45,18 @@ class FilesLine(Static):
             t.append_text(literal(f.path.rsplit("/", 1)[-1]))
             t.append(f" {why}", style="bold red")
         bad = [f for f in run.files if f.malformed]
+        for f in run.files:
+            if getattr(f, "interleaved", 0):  # one file, several processes: not split
+                t.append(" · ")
+                t.append_text(literal(f.path.rsplit("/", 1)[-1]))
+                t.append(
+                    " mixes several processes' blocks as one rank (not split: the blocks "
+                    "carry no rank, process id or time)",
+                    style="yellow",
+                )
+        blank = sum(getattr(f, "blank", 0) for f in run.files)
+        if blank:
+            t.append(f" · {blank} empty Step blocks not counted")
         skipped = sum(f.skipped for f in run.files)
         if skipped:
             t.append(f" · {skipped} records of unknown kinds skipped")
