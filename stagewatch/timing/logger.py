@@ -170,6 +170,9 @@ class TimingLogger(ClosesOnExit):
         self._io = threading.RLock()
         self._tls = threading.local()
         self._cur: dict[str, list[float]] = {}
+        # (name, ms) of regions timed by instrument()'s hooks, folded into _cur at step(): a
+        # list append in the hooks instead of the lock and a dict update (regions.fold_raw)
+        self._raw: list[tuple[str, float]] = []
         self._cur_ev: list[tuple[str, Any, Any]] = []
         self._stats = RegionStats(max_region_names)
         self._wall = RunningStats()
@@ -334,6 +337,7 @@ class TimingLogger(ClosesOnExit):
             with self._lock:
                 self._cur = {}
                 self._cur_ev = []
+                del self._raw[:]
             self._t_last = regions._perf()
             if self._gpu is not None:
                 self._gpu.start()
@@ -386,6 +390,8 @@ class TimingLogger(ClosesOnExit):
             with self._lock:
                 if stack:
                     cut_open(stack, now, self._warn_once)
+                if self._raw:
+                    regions.fold_raw(self._raw, self._cur)
                 values = self._cur
                 self._cur = {}
             self._emit(

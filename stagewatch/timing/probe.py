@@ -221,7 +221,7 @@ class Probe:
         if open_ and open_[-1] is frame:  # CPU: CpuRegion.__exit__ inlined
             ms = (regions._perf() - frame._t0) * 1000.0
             open_.pop()
-            frame._lg._add(frame._full, ms)
+            frame._lg._raw.append((frame._full, ms))  # folded at step()
         elif region is INLINE:
             CpuRegion.__exit__(frame, None, None, None)
         else:
