@@ -551,3 +551,22 @@ def test_cuda_event_path_times_every_region_with_events_and_no_synchronize(tmp_p
     for name in ("forward/embed", "forward/blocks/1/norm", "backward/blocks/0", "backward/head"):
         assert name in got, sorted(got)
     assert got["forward/blocks/0"]["calls"] == 2
+
+
+def test_a_step_on_another_thread_gets_its_own_state() -> None:
+    """The hooks keep one state per thread (the handle's thread's without a thread-local):
+    a step on a second thread, then one on the handle's thread, are each timed in full."""
+    import threading
+
+    model = Net()
+    log = memory_logger()
+    set_global_timing_logger(log)
+    with instrument(model, depth=2) as h:
+        t = threading.Thread(target=run_step, args=(model, log))
+        t.start()
+        t.join()
+        assert h.stack() == []  # this thread's frames: none opened here
+        run_step(model, log)
+    s = log.get_summary()
+    for name in ("forward/blocks/1", "backward/blocks/1", "backward/embed", "forward/head"):
+        assert s[name]["calls"] == 2, name

@@ -91,7 +91,14 @@ class _GlobalKey:
         return "<stagewatch.instrument recompute hook>"
 
 
-class _Stack(threading.local):
+class _Stack:
+    """The hooks' state on one thread. Not a ``threading.local`` (each attribute read of one
+    goes through a per-thread dict lookup, several per module call): the thread that made
+    the handle has its own in ``InstrumentHandle._tls``, the others get theirs from
+    :meth:`InstrumentHandle.thread_state`."""
+
+    __slots__ = ("frames", "last_hooks", "last_seq", "open", "proxy", "reruns")
+
     def __init__(self) -> None:
         self.frames: list[Frame] = []
         self.open: list[Any] | None = None  # the logger's region stack on this thread
@@ -104,6 +111,10 @@ class _Stack(threading.local):
         self.reruns: list[tuple[Any, Any]] = []
 
 
+class _Local(threading.local):
+    st: _Stack | None = None
+
+
 class InstrumentHandle:
     """The hooks :func:`instrument` installed. :meth:`remove` takes them all away; usable
     as a context manager. ``regions`` lists the module paths timed (empty when inert)."""
@@ -112,7 +123,9 @@ class InstrumentHandle:
         self.log = log
         self.regions: list[str] = list(timed or ())
         self._probes: list[Probe] = []
-        self._tls = _Stack()
+        self._tls = _Stack()  # this thread's; other threads': thread_state()
+        self._tid = threading.get_ident()
+        self._local = _Local()
         self._owner: dict[int, str] = {}
         # this handle's key in torch's global module hook dicts (an object: never one of the
         # int ids of torch's RemovableHandles)
@@ -168,7 +181,16 @@ class InstrumentHandle:
         return bool(self._probes)
 
     def stack(self) -> list[Frame]:
-        return self._tls.frames
+        return self.thread_state().frames
+
+    def thread_state(self) -> _Stack:
+        """The hooks' state of the calling thread (made on its first call)."""
+        if threading.get_ident() == self._tid:
+            return self._tls
+        st = self._local.st
+        if st is None:
+            st = self._local.st = _Stack()
+        return st
 
     # recompute: a module-global forward hook, armed only while a backward runs
     def arm_recompute(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
+from threading import get_ident as _ident
 from typing import Any
 
 from stagewatch.timing import regions
@@ -160,7 +161,7 @@ class Probe:
                 pending.clear()
             else:
                 self._stale()
-        tls_ = inst._tls
+        tls_ = inst._tls if _ident() == inst._tid else inst.thread_state()
         stack = tls_.frames
         frame = new_frame(Frame)
         frame.probe = self
@@ -206,7 +207,7 @@ class Probe:
         if inst.graph_task() != -1:
             self._rerun_post(out)
             return
-        tls = inst._tls
+        tls = inst._tls if _ident() == inst._tid else inst.thread_state()
         stack = tls.frames
         if stack and stack[-1].probe is self:
             frame = stack.pop()
@@ -252,7 +253,7 @@ class Probe:
     # autograd backwards through the re-run at once, so the re-run's calls get the hooks
     def _rerun_pre(self, module: Any, args: Any, kwargs: Any) -> Any:
         inst = self.inst
-        tls = inst._tls
+        tls = inst.thread_state()
         reruns = tls.reruns
         if any(p is self for p, _ in reruns) or not inst.grad_enabled():
             reruns.append((self, None))  # re-entered: the outer call covers it
@@ -277,7 +278,7 @@ class Probe:
 
     def _rerun_post(self, out: Any) -> None:
         inst = self.inst
-        tls = inst._tls
+        tls = inst.thread_state()
         reruns = tls.reruns
         for i in range(len(reruns) - 1, -1, -1):
             if reruns[i][0] is self:
