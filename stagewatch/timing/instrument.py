@@ -97,7 +97,7 @@ class _Stack:
     the handle has its own in ``InstrumentHandle._tls``, the others get theirs from
     :meth:`InstrumentHandle.thread_state`."""
 
-    __slots__ = ("frames", "last_hooks", "last_seq", "open", "proxy", "reruns")
+    __slots__ = ("frames", "last_hooks", "last_node", "last_seq", "open", "proxy", "reruns")
 
     def __init__(self) -> None:
         self.frames: list[Frame] = []
@@ -107,6 +107,11 @@ class _Stack:
         # the last module output hooked (its node's sequence number) and its hooks' dict
         self.last_seq = -1
         self.last_hooks: dict[Any, Any] = {}
+        # that node's Python object, held from the module's forward hook to the next forward
+        # pre-hook on this thread (or the end of the backward): the next module's input.grad_fn
+        # is then this same object, not a new one (~4 us in a training step), and its
+        # sequence number is last_seq
+        self.last_node: Any = None
         # (probe, call or None) of each module re-run by a re-entrant checkpoint, open now
         self.reruns: list[tuple[Any, Any]] = []
 
@@ -214,6 +219,7 @@ class InstrumentHandle:
         """The backward pass ended: a call still open did not get all its inputs' (or
         parameters') gradients in it (a part of the graph pruned, an input the module does
         not use): its region ends here, with one warning."""
+        self._tls.last_node = None
         for probe in self._probes:
             for call in probe.pending:
                 if call.state == 1:
@@ -303,6 +309,7 @@ class InstrumentHandle:
     def remove(self) -> None:
         """Take away every hook (idempotent); regions still open are closed."""
         probes, self._probes = self._probes, []
+        self._tls.last_node = None
         for p in probes:
             p.remove()
             _timed_now.discard(p.module)

@@ -163,6 +163,8 @@ class Probe:
                 self._stale()
         tls_ = inst._tls if _ident() == inst._tid else inst.thread_state()
         stack = tls_.frames
+        last = tls_.last_node  # held by the last forward hook: taken back here
+        tls_.last_node = None
         frame = new_frame(Frame)
         frame.probe = self
         for f in stack:
@@ -182,7 +184,7 @@ class Probe:
         frame.base = base
         replaced = None
         if inst.grad_enabled():
-            frame.call, replaced = self._new_call(args, kwargs, inst.tensor, tls_)
+            frame.call, replaced = self._new_call(args, kwargs, inst.tensor, tls_, last)
         else:
             frame.call = None
         stack.append(frame)
@@ -241,6 +243,7 @@ class Probe:
                 tls.last_hooks = proxy._backward_hooks = {0: call.start}
                 node._register_hook_dict(proxy)
                 tls.last_seq = node._sequence_nr()  # the next module may share these hooks
+                tls.last_node = node
                 if self.pending:
                     self._remember(call)
                 else:
@@ -347,7 +350,9 @@ class Probe:
                 on_node(proxy, n, start or call.start)
         self._remember(call)
 
-    def _new_call(self, args: Any, kwargs: Any, tensor: Any, tls: Any) -> tuple[Call, Any]:
+    def _new_call(
+        self, args: Any, kwargs: Any, tensor: Any, tls: Any, last: Any = None
+    ) -> tuple[Call, Any]:
         """A call record, and the arguments to run with: each tensor argument that needs a
         gradient is replaced by a view of itself, which only this module consumes, so the
         view's gradient is complete exactly when this module's backward is (a skip
@@ -372,7 +377,7 @@ class Probe:
                 call.remaining = 1
                 node = a.grad_fn
                 if node is not None:
-                    seq = node._sequence_nr()
+                    seq = tls.last_seq if node is last else node._sequence_nr()
                     if seq + 1 == self.inst.next_seq():
                         if self.check:
                             call.targets = [(0, node, None, 0)]
