@@ -570,3 +570,17 @@ def test_a_step_on_another_thread_gets_its_own_state() -> None:
     s = log.get_summary()
     for name in ("forward/blocks/1", "backward/blocks/1", "backward/embed", "forward/head"):
         assert s[name]["calls"] == 2, name
+
+
+def test_mark_step_start_discards_module_regions_timed_before_it() -> None:
+    """The hooks' regions wait in a list until step() folds them: mark_step_start() drops
+    them with the rest, and the next step has only its own."""
+    model = Net()
+    log = memory_logger()
+    set_global_timing_logger(log)
+    with instrument(model, depth=1):
+        model(ids()).sum().backward()  # before the loop: discarded
+        log.mark_step_start()
+        run_step(model, log)
+    s = log.get_summary()
+    assert s["forward/head"]["calls"] == 1 and s["backward/head"]["calls"] == 1
