@@ -584,3 +584,20 @@ def test_mark_step_start_discards_module_regions_timed_before_it() -> None:
         run_step(model, log)
     s = log.get_summary()
     assert s["forward/head"]["calls"] == 1 and s["backward/head"]["calls"] == 1
+
+
+def test_regions_waiting_for_step_stay_bounded_without_step() -> None:
+    """Without step(), the hooks' list of regions is folded past a bound, not kept growing;
+    the step that comes counts every call."""
+    from stagewatch.timing.probe import MAX_RAW
+
+    model = nn.Sequential(nn.Linear(2, 2))
+    log = memory_logger()
+    x = torch.randn(1, 2, requires_grad=True)
+    with instrument(model, depth=1, logger=log):
+        for _ in range(MAX_RAW):
+            model(x).sum().backward()
+        assert len(log._raw) <= MAX_RAW + 2
+        log.step()
+    s = log.get_summary()
+    assert s["forward/0"]["calls"] == MAX_RAW and s["backward/0"]["calls"] == MAX_RAW

@@ -20,6 +20,8 @@ MAX_NODES = 256  # autograd nodes that check walks at most (past it: inputs take
 # that read an input for its shape are small (a positional embedding: a node or two), and
 # the walk from a module's outputs back to the inputs it uses covers all the nodes it made
 MAX_MADE = 16
+# regions waiting in the logger's list for step() (folded into the step's dict past this)
+MAX_RAW = 4096
 
 
 def _reached(nodes: Any, targets: list[Any], next_seq: int) -> set[int] | None:
@@ -101,6 +103,22 @@ INLINE = True
 
 
 new_frame = object.__new__
+
+
+def fold_now(lg: Any) -> None:
+    """Fold the regions waiting for ``step()`` into the current step now (a loop that
+    calls ``step()`` seldom or never: the list stays bounded)."""
+    with lg._lock:
+        regions.fold_raw(lg._raw, lg._cur)
+
+
+def _exit_region(frame: Frame, region: Any) -> None:
+    """Close a forward region the general way: a CPU frame not on top of the logger's stack
+    (a region the module left open), or the logger's region object (CUDA)."""
+    if region is INLINE:
+        CpuRegion.__exit__(frame, None, None, None)
+    else:
+        region.__exit__(None, None, None)
 
 
 def thread_stack(lg: Any) -> list[Any]:
@@ -224,11 +242,12 @@ class Probe:
         if open_ and open_[-1] is frame:  # CPU: CpuRegion.__exit__ inlined
             ms = (regions._perf() - frame._t0) * 1000.0
             open_.pop()
-            frame._lg._raw.append((frame._full, ms))  # folded at step()
-        elif region is INLINE:
-            CpuRegion.__exit__(frame, None, None, None)
+            raw = frame._lg._raw
+            raw.append((frame._full, ms))  # folded at step()
+            if len(raw) > MAX_RAW:  # bounded without step() (each call adds 1-2 entries)
+                fold_now(frame._lg)
         else:
-            region.__exit__(None, None, None)
+            _exit_region(frame, region)
         call = frame.call
         if call is None:
             return
