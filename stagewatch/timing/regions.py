@@ -204,10 +204,14 @@ class CpuRegion:
             acc[1] += 1
 
 
-def fold_raw(raw: list[tuple[str, float]], cur: dict[str, list[float]]) -> None:
+def fold_raw(raw: list[tuple[str, float]], cur: dict[str, list[float]]) -> dict[str, list[float]]:
     """Add the ``(name, ms)`` pairs appended to ``raw`` so far into ``cur`` (at ``step()``,
     the logger's lock held) and take them off ``raw``; a pair appended meanwhile by another
-    thread stays for the next step (``del`` of a slice is one step under the GIL)."""
+    thread stays for the next step (``del`` of a slice is one step under the GIL). Returns
+    ``cur``.
+
+    ``raw``: the regions :func:`~stagewatch.timing.instrument.instrument`'s hooks time on a
+    CPU logger, appended there instead of a lock and a dict update per region."""
     n = len(raw)
     for name, ms in raw[:n]:
         acc = cur.get(name)
@@ -217,6 +221,7 @@ def fold_raw(raw: list[tuple[str, float]], cur: dict[str, list[float]]) -> None:
             acc[0] += ms
             acc[1] += 1
     del raw[:n]
+    return cur
 
 
 def cut_open(stack: list[CpuRegion], now: float, warn_once: WarnOnce) -> None:
