@@ -162,6 +162,10 @@ class Bench:
                 run_name=name,
                 handle_sigterm=False,
                 device=self.device,
+                # slow-step capture off: a capture runs torch.profiler from one step() to a
+                # later one of its logger, so across the other modes' blocks; started before
+                # the "profiler" block it nested two profilers (a segfault in Kineto once)
+                capture=False,
             )
         depth = {"core": 0, "instrument2": 2, "instrument3": 3}[name]
         handle = stagewatch.instrument(self.model, depth, logger=log) if depth else None

@@ -75,15 +75,59 @@ def load_base(checkout: Path) -> Any:
     return mod
 
 
-def measure(base: Any, pairs: int, depth: int, batch: int, seq: int, width: int) -> dict:
+# a module's hook dicts, and a parameter's: what --keep switches between the modes
+MODULE_HOOKS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+
+
+def hook_state(model: Any) -> list[tuple[Any, str, Any]]:
+    """The hooks on ``model``'s modules and parameters now, each dict taken away (replaced
+    by an empty one): ``(object, attribute, dict)`` to put back with :func:`set_hooks`."""
+    out: list[tuple[Any, str, Any]] = []
+    for m in model.modules():
+        for a in MODULE_HOOKS:
+            out.append((m, a, getattr(m, a)))
+            setattr(m, a, type(getattr(m, a))())
+    for p in model.parameters():
+        out.append((p, "_post_accumulate_grad_hooks", p._post_accumulate_grad_hooks))
+        p._post_accumulate_grad_hooks = None
+    return out
+
+
+def set_hooks(state: list[tuple[Any, str, Any]] | None, bare: list[tuple[Any, str, Any]]) -> None:
+    for obj, attr, d in state if state is not None else bare:
+        setattr(obj, attr, d)
+
+
+def measure(
+    base: Any, pairs: int, depth: int, batch: int, seq: int, width: int, keep: bool = False
+) -> dict:
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         b, log = paired_setup(batch, seq, tmp, width, "ab")
         impl = {"base": base, "this": this_tree}
+        # --keep: each tree's hooks installed once for the whole run, as in training (their
+        # first calls' checks and the DDP look-out run once), and switched in by mode
+        kept: dict[str, Any] = {}
+        if keep:
+            for m in impl:
+                h = impl[m].instrument(b.model, depth, logger=log)
+                for _ in range(3):
+                    b.timed_step(log)
+                kept[m] = (h, hook_state(b.model))
+            bare = hook_state(b.model)
 
         def run(mode: str) -> float:
             h = None
-            if mode == "none":
+            if keep:
+                set_hooks(kept[mode][1] if mode in kept else None, bare)
+                step = b.plain_step if mode == "none" else lambda: b.timed_step(log)
+            elif mode == "none":
                 step = b.plain_step
             else:
                 if mode in impl:
@@ -102,6 +146,11 @@ def measure(base: Any, pairs: int, depth: int, batch: int, seq: int, width: int)
         for i in range(pairs):
             for m in MODES if i % 2 == 0 else MODES[::-1]:
                 cpu[m].append(run(m))
+        if keep:
+            set_hooks(None, bare)
+            for h, state in kept.values():
+                set_hooks(state, bare)
+                h.remove()
         log.close()
     ref = statistics.median(cpu["none"])
 
@@ -121,9 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", type=Path, required=True, help="checkout to compare against")
     paired_args(ap, 300)
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="install each tree's hooks once and switch them in by mode (as in training), "
+        "not before every step",
+    )
     args = ap.parse_args(argv)
     base = load_base(args.base)
-    r = measure(base, args.pairs, args.depth, args.batch, args.seq, args.width)
+    r = measure(base, args.pairs, args.depth, args.batch, args.seq, args.width, args.keep)
     print(paired_header(args, r))
     print("| mode | vs no timing (ms) | % | vs core (ms) |")
     print("|---|---:|---:|---:|")

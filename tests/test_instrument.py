@@ -551,3 +551,53 @@ def test_cuda_event_path_times_every_region_with_events_and_no_synchronize(tmp_p
     for name in ("forward/embed", "forward/blocks/1/norm", "backward/blocks/0", "backward/head"):
         assert name in got, sorted(got)
     assert got["forward/blocks/0"]["calls"] == 2
+
+
+def test_a_step_on_another_thread_gets_its_own_state() -> None:
+    """The hooks keep one state per thread (the handle's thread's without a thread-local):
+    a step on a second thread, then one on the handle's thread, are each timed in full."""
+    import threading
+
+    model = Net()
+    log = memory_logger()
+    set_global_timing_logger(log)
+    with instrument(model, depth=2) as h:
+        t = threading.Thread(target=run_step, args=(model, log))
+        t.start()
+        t.join()
+        assert h.stack() == []  # this thread's frames: none opened here
+        run_step(model, log)
+    s = log.get_summary()
+    for name in ("forward/blocks/1", "backward/blocks/1", "backward/embed", "forward/head"):
+        assert s[name]["calls"] == 2, name
+
+
+def test_mark_step_start_discards_module_regions_timed_before_it() -> None:
+    """The hooks' regions wait in a list until step() folds them: mark_step_start() drops
+    them with the rest, and the next step has only its own."""
+    model = Net()
+    log = memory_logger()
+    set_global_timing_logger(log)
+    with instrument(model, depth=1):
+        model(ids()).sum().backward()  # before the loop: discarded
+        log.mark_step_start()
+        run_step(model, log)
+    s = log.get_summary()
+    assert s["forward/head"]["calls"] == 1 and s["backward/head"]["calls"] == 1
+
+
+def test_regions_waiting_for_step_stay_bounded_without_step() -> None:
+    """Without step(), the hooks' list of regions is folded past a bound, not kept growing;
+    the step that comes counts every call."""
+    from stagewatch.timing.probe import MAX_RAW
+
+    model = nn.Sequential(nn.Linear(2, 2))
+    log = memory_logger()
+    x = torch.randn(1, 2, requires_grad=True)
+    with instrument(model, depth=1, logger=log):
+        for _ in range(MAX_RAW):
+            model(x).sum().backward()
+        assert len(log._raw) <= MAX_RAW + 2
+        log.step()
+    s = log.get_summary()
+    assert s["forward/0"]["calls"] == MAX_RAW and s["backward/0"]["calls"] == MAX_RAW

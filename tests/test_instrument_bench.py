@@ -49,6 +49,7 @@ def test_instrument_ab_runs_against_a_checkout(capsys: pytest.CaptureFixture[str
         spec.loader.exec_module(mod)
         args = ["--base", str(ROOT), "--pairs", "2", "--width", "32", "--batch", "1", "--seq", "4"]
         assert mod.main(args) == 0
+        assert mod.main([*args, "--keep"]) == 0  # hooks installed once, switched in by mode
         with pytest.raises(SystemExit, match="no such file"):
             mod.main(["--base", str(ROOT / "nowhere")])
     finally:

@@ -140,7 +140,7 @@ class Call:
         lg = inst.log
         if lg._closed:
             return
-        lg._add(probe.bwd_name, (regions._perf() - self.t0) * 1000.0)
+        lg._raw.append((probe.bwd_name, (regions._perf() - self.t0) * 1000.0))
 
     def finish_at(self, t_end: float) -> None:
         """:meth:`finish`, at ``t_end`` (a CPU clock reading) on a CPU logger."""
@@ -166,7 +166,7 @@ class Call:
             lg = inst.log
             if inst.cpu:
                 if not lg._closed:
-                    lg._add(self.probe.bwd_name, (regions._perf() - self.t0) * 1000.0)
+                    lg._raw.append((self.probe.bwd_name, (regions._perf() - self.t0) * 1000.0))
             else:
                 h, self.handle = self.handle, None
                 lg.end(h)

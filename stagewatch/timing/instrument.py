@@ -91,7 +91,14 @@ class _GlobalKey:
         return "<stagewatch.instrument recompute hook>"
 
 
-class _Stack(threading.local):
+class _Stack:
+    """The hooks' state on one thread. Not a ``threading.local`` (each attribute read of one
+    goes through a per-thread dict lookup, several per module call): the thread that made
+    the handle has its own in ``InstrumentHandle._tls``, the others get theirs from
+    :meth:`InstrumentHandle.thread_state`."""
+
+    __slots__ = ("frames", "last_hooks", "last_node", "last_seq", "open", "proxy", "reruns")
+
     def __init__(self) -> None:
         self.frames: list[Frame] = []
         self.open: list[Any] | None = None  # the logger's region stack on this thread
@@ -100,8 +107,17 @@ class _Stack(threading.local):
         # the last module output hooked (its node's sequence number) and its hooks' dict
         self.last_seq = -1
         self.last_hooks: dict[Any, Any] = {}
+        # that node's Python object, held from the module's forward hook to the next forward
+        # pre-hook on this thread (or the end of the backward): the next module's input.grad_fn
+        # is then this same object, not a new one (~4 us in a training step), and its
+        # sequence number is last_seq
+        self.last_node: Any = None
         # (probe, call or None) of each module re-run by a re-entrant checkpoint, open now
         self.reruns: list[tuple[Any, Any]] = []
+
+
+class _Local(threading.local):
+    st: _Stack | None = None
 
 
 class InstrumentHandle:
@@ -112,7 +128,9 @@ class InstrumentHandle:
         self.log = log
         self.regions: list[str] = list(timed or ())
         self._probes: list[Probe] = []
-        self._tls = _Stack()
+        self._tls = _Stack()  # this thread's; other threads': thread_state()
+        self._tid = threading.get_ident()
+        self._local = _Local()
         self._owner: dict[int, str] = {}
         # this handle's key in torch's global module hook dicts (an object: never one of the
         # int ids of torch's RemovableHandles)
@@ -168,7 +186,16 @@ class InstrumentHandle:
         return bool(self._probes)
 
     def stack(self) -> list[Frame]:
-        return self._tls.frames
+        return self.thread_state().frames
+
+    def thread_state(self) -> _Stack:
+        """The hooks' state of the calling thread (made on its first call)."""
+        if threading.get_ident() == self._tid:
+            return self._tls
+        st = self._local.st
+        if st is None:
+            st = self._local.st = _Stack()
+        return st
 
     # recompute: a module-global forward hook, armed only while a backward runs
     def arm_recompute(self) -> None:
@@ -192,6 +219,7 @@ class InstrumentHandle:
         """The backward pass ended: a call still open did not get all its inputs' (or
         parameters') gradients in it (a part of the graph pruned, an input the module does
         not use): its region ends here, with one warning."""
+        self._tls.last_node = None
         for probe in self._probes:
             for call in probe.pending:
                 if call.state == 1:
@@ -281,6 +309,7 @@ class InstrumentHandle:
     def remove(self) -> None:
         """Take away every hook (idempotent); regions still open are closed."""
         probes, self._probes = self._probes, []
+        self._tls.last_node = None
         for p in probes:
             p.remove()
             _timed_now.discard(p.module)

@@ -170,6 +170,7 @@ class TimingLogger(ClosesOnExit):
         self._io = threading.RLock()
         self._tls = threading.local()
         self._cur: dict[str, list[float]] = {}
+        self._raw: list[tuple[str, float]] = []  # instrument()'s (name, ms) until step()
         self._cur_ev: list[tuple[str, Any, Any]] = []
         self._stats = RegionStats(max_region_names)
         self._wall = RunningStats()
@@ -332,8 +333,8 @@ class TimingLogger(ClosesOnExit):
             return
         with self._io:
             with self._lock:
-                self._cur = {}
-                self._cur_ev = []
+                self._cur, self._cur_ev = {}, []
+                del self._raw[:]
             self._t_last = regions._perf()
             if self._gpu is not None:
                 self._gpu.start()
@@ -386,8 +387,7 @@ class TimingLogger(ClosesOnExit):
             with self._lock:
                 if stack:
                     cut_open(stack, now, self._warn_once)
-                values = self._cur
-                self._cur = {}
+                values, self._cur = regions.fold_raw(self._raw, self._cur), {}
             self._emit(
                 R.Step(
                     step=self.step_count,

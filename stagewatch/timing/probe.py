@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
+from threading import get_ident as _ident
 from typing import Any
 
 from stagewatch.timing import regions
@@ -19,6 +20,8 @@ MAX_NODES = 256  # autograd nodes that check walks at most (past it: inputs take
 # that read an input for its shape are small (a positional embedding: a node or two), and
 # the walk from a module's outputs back to the inputs it uses covers all the nodes it made
 MAX_MADE = 16
+# regions waiting in the logger's list for step() (folded into the step's dict past this)
+MAX_RAW = 4096
 
 
 def _reached(nodes: Any, targets: list[Any], next_seq: int) -> set[int] | None:
@@ -102,6 +105,22 @@ INLINE = True
 new_frame = object.__new__
 
 
+def fold_now(lg: Any) -> None:
+    """Fold the regions waiting for ``step()`` into the current step now (a loop that
+    calls ``step()`` seldom or never: the list stays bounded)."""
+    with lg._lock:
+        regions.fold_raw(lg._raw, lg._cur)
+
+
+def _exit_region(frame: Frame, region: Any) -> None:
+    """Close a forward region the general way: a CPU frame not on top of the logger's stack
+    (a region the module left open), or the logger's region object (CUDA)."""
+    if region is INLINE:
+        CpuRegion.__exit__(frame, None, None, None)
+    else:
+        region.__exit__(None, None, None)
+
+
 def thread_stack(lg: Any) -> list[Any]:
     """The region stack of ``lg`` on this thread (made if none): one list per thread for
     the logger's life, so the hooks keep it in their own per-thread state."""
@@ -160,8 +179,10 @@ class Probe:
                 pending.clear()
             else:
                 self._stale()
-        tls_ = inst._tls
+        tls_ = inst._tls if _ident() == inst._tid else inst.thread_state()
         stack = tls_.frames
+        last = tls_.last_node  # held by the last forward hook: taken back here
+        tls_.last_node = None
         frame = new_frame(Frame)
         frame.probe = self
         for f in stack:
@@ -181,7 +202,7 @@ class Probe:
         frame.base = base
         replaced = None
         if inst.grad_enabled():
-            frame.call, replaced = self._new_call(args, kwargs, inst.tensor, tls_)
+            frame.call, replaced = self._new_call(args, kwargs, inst.tensor, tls_, last)
         else:
             frame.call = None
         stack.append(frame)
@@ -206,7 +227,7 @@ class Probe:
         if inst.graph_task() != -1:
             self._rerun_post(out)
             return
-        tls = inst._tls
+        tls = inst._tls if _ident() == inst._tid else inst.thread_state()
         stack = tls.frames
         if stack and stack[-1].probe is self:
             frame = stack.pop()
@@ -221,11 +242,12 @@ class Probe:
         if open_ and open_[-1] is frame:  # CPU: CpuRegion.__exit__ inlined
             ms = (regions._perf() - frame._t0) * 1000.0
             open_.pop()
-            frame._lg._add(frame._full, ms)
-        elif region is INLINE:
-            CpuRegion.__exit__(frame, None, None, None)
+            raw = frame._lg._raw
+            raw.append((frame._full, ms))  # folded at step()
+            if len(raw) > MAX_RAW:  # bounded without step() (each call adds 1-2 entries)
+                fold_now(frame._lg)
         else:
-            region.__exit__(None, None, None)
+            _exit_region(frame, region)
         call = frame.call
         if call is None:
             return
@@ -240,6 +262,7 @@ class Probe:
                 tls.last_hooks = proxy._backward_hooks = {0: call.start}
                 node._register_hook_dict(proxy)
                 tls.last_seq = node._sequence_nr()  # the next module may share these hooks
+                tls.last_node = node
                 if self.pending:
                     self._remember(call)
                 else:
@@ -252,7 +275,7 @@ class Probe:
     # autograd backwards through the re-run at once, so the re-run's calls get the hooks
     def _rerun_pre(self, module: Any, args: Any, kwargs: Any) -> Any:
         inst = self.inst
-        tls = inst._tls
+        tls = inst.thread_state()
         reruns = tls.reruns
         if any(p is self for p, _ in reruns) or not inst.grad_enabled():
             reruns.append((self, None))  # re-entered: the outer call covers it
@@ -277,7 +300,7 @@ class Probe:
 
     def _rerun_post(self, out: Any) -> None:
         inst = self.inst
-        tls = inst._tls
+        tls = inst.thread_state()
         reruns = tls.reruns
         for i in range(len(reruns) - 1, -1, -1):
             if reruns[i][0] is self:
@@ -354,7 +377,9 @@ class Probe:
                 on_node(proxy, n, start or call.start)
         self._remember(call)
 
-    def _new_call(self, args: Any, kwargs: Any, tensor: Any, tls: Any) -> tuple[Call, Any]:
+    def _new_call(
+        self, args: Any, kwargs: Any, tensor: Any, tls: Any, last: Any = None
+    ) -> tuple[Call, Any]:
         """A call record, and the arguments to run with: each tensor argument that needs a
         gradient is replaced by a view of itself, which only this module consumes, so the
         view's gradient is complete exactly when this module's backward is (a skip
@@ -379,7 +404,7 @@ class Probe:
                 call.remaining = 1
                 node = a.grad_fn
                 if node is not None:
-                    seq = node._sequence_nr()
+                    seq = tls.last_seq if node is last else node._sequence_nr()
                     if seq + 1 == self.inst.next_seq():
                         if self.check:
                             call.targets = [(0, node, None, 0)]

@@ -204,6 +204,26 @@ class CpuRegion:
             acc[1] += 1
 
 
+def fold_raw(raw: list[tuple[str, float]], cur: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Add the ``(name, ms)`` pairs appended to ``raw`` so far into ``cur`` (at ``step()``,
+    the logger's lock held) and take them off ``raw``; a pair appended meanwhile by another
+    thread stays for the next step (``del`` of a slice is one step under the GIL). Returns
+    ``cur``.
+
+    ``raw``: the regions :func:`~stagewatch.timing.instrument.instrument`'s hooks time on a
+    CPU logger, appended there instead of a lock and a dict update per region."""
+    n = len(raw)
+    for name, ms in raw[:n]:
+        acc = cur.get(name)
+        if acc is None:
+            cur[name] = [ms, 1]
+        else:
+            acc[0] += ms
+            acc[1] += 1
+    del raw[:n]
+    return cur
+
+
 def cut_open(stack: list[CpuRegion], now: float, warn_once: WarnOnce) -> None:
     """Close the regions still open on this thread at ``step()`` (the logger's lock held):
     their time so far counts in this step, their own exit later does nothing."""
