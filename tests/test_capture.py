@@ -307,6 +307,20 @@ def test_a_failing_profiler_turns_capture_off_without_raising(
     assert all(not r.trace for r in _records(tmp_path) if isinstance(r, R.Step))
 
 
+def test_no_capture_while_the_programs_own_profiler_runs(tmp_path: Path, clock: FakeClock) -> None:
+    # nesting a second Kineto session ends the program's own at its exit (and crashed it)
+    lg = _logger(tmp_path)
+    cpu = [torch.profiler.ProfilerActivity.CPU]
+    busy = pytest.warns(Warning, match="another torch profiler is running")
+    with torch.profiler.profile(activities=cpu) as prof, busy:
+        _steps(lg, clock, [10.0] * 25 + [50.0] + [10.0] * 3)
+    assert any(e.name == "aten::mm" for e in prof.events())  # theirs is whole
+    assert traces.list_traces(tmp_path / "cap") == []
+    _steps(lg, clock, [10.0] * 25 + [50.0, 10.0])  # theirs ended: slow steps captured again
+    lg.close()
+    assert [t.step for t in traces.list_traces(tmp_path / "cap")] == [56]
+
+
 ALONE = """
 import os, sys, time, torch
 from stagewatch import CaptureOptions, TimingLogger

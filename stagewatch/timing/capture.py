@@ -283,6 +283,16 @@ class Capture:
                 )
             self.taken = self.max_traces
             return
+        if _profiler_running(torch):
+            # a second Kineto session nested in the program's own (torch.profiler) ends
+            # both at its exit, and has crashed the profiler: the program's trace wins
+            self._warn(
+                "capture-busy",
+                f"step {step + 1} not captured: another torch profiler is running in this "
+                "process (slow steps met while it runs are not captured either)",
+            )
+            self._cool_until = step + 1 + self.warm
+            return
         device = None
         try:
             if torch.cuda.is_available():  # type: ignore[union-attr]
@@ -384,6 +394,14 @@ class Capture:
             prof.__exit__(None, None, None)
         except Exception:
             pass
+
+
+def _profiler_running(torch: Any) -> bool:
+    """Whether a torch profiler (the program's own) is recording in this process now."""
+    try:
+        return bool(torch._C._autograd._profiler_enabled())
+    except Exception:  # a torch without it: as before
+        return False
 
 
 def _gzip_with_meta(src: str, dst: str, meta: dict[str, Any]) -> None:
