@@ -39,11 +39,11 @@ WATCH_PANELS_PER_S = 1.0
 # ranks a full snapshot costs the reader ~15-35 ms, and the panels come every ~1-1.5 s.
 PANEL_BUDGET = 0.04
 # ... and of it, the reader's full snapshot alone (the part that grows with the ranks: at 64
-# ranks x 40 regions ~15-27 ms, a small run's a few ms) may take this share: at 64 ranks the
-# panels then come every ~2-3 s and the header, which follows every snapshot, keeps the
-# monitor within issue 22's 5% of a core at 2 steps/s (docs/benchmarks.md, "the monitor's
-# cost at 64 ranks"); a small run keeps its redraw a second
-FULL_BUDGET = 0.008
+# ranks x 40 regions ~15-25 ms beside the screen's thread, a small run's a few ms) may take
+# this share. At 64 ranks the header's stream (reading, light snapshots, header frames) takes
+# ~3.5% of a core at 2 steps/s, so within issue 22's 5% the panels come every ~2.5-3 s there
+# (docs/benchmarks.md, "the monitor's cost at 64 ranks"); a small run keeps once a second.
+FULL_BUDGET = 0.006
 MAX_GAP = 3.0  # seconds between panel redraws at most, whatever they cost
 COSTS_KEPT = 5  # the gap follows the median of the last few redraws' costs (a layout or a
 #                 collection in one does not stretch it)
