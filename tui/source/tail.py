@@ -104,15 +104,18 @@ class TailFile:
             return self._trouble(*_os_trouble(e))
         if not stat.S_ISREG(st.st_mode):
             return self._trouble(FILE_NOT_REGULAR, f"not a regular file ({_file_type(st.st_mode)})")
-        if self._unchanged == _key(st) and self.status == FILE_OK:
-            # the same file, read to its end, not written since (size and both times): no
-            # open, fstat, head check and close (64 ranks, 8 ticks a second, most find nothing)
-            return [], False, False
+        unchanged = self._unchanged == _key(st) and self.status == FILE_OK
         self._unchanged = None
         try:
             fd = os.open(self.path, os.O_RDONLY | _O_NONBLOCK)
         except OSError as e:
             return self._trouble(*_os_trouble(e))
+        if unchanged:
+            # the same file, read to its end, not written since (size and both times): still
+            # readable, nothing to read (64 ranks, 8 ticks a second: most find nothing)
+            os.close(fd)
+            self._unchanged = _key(st)
+            return [], False, False
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):  # swapped between the stat and the open
