@@ -178,6 +178,24 @@ class LiveSource(ReadLoop):
         low, high = (min(steps), max(steps)) if steps else (0, 0)
         return (listed, run.run_id, run.state(), low, high, len(steps), self.last_error)
 
+    _held_at: float | None = None  # when a post that moved only the newest step was held
+
+    def _hold(self, key: tuple[object, ...], now: float) -> bool:
+        """True to hold a light snapshot whose only change on screen is the newest rank's
+        step, for up to one ``min_gap``: a step's lines reach the ranks' files within
+        moments of each other but often straddle a tick, and at 64 ranks each post costs a
+        light snapshot and a header frame (~9 ms). Held, the next tick usually moves the
+        oldest rank's step too and one post shows both; a rank left behind (the newest
+        step alone moving) is shown at the hold's end, one ``min_gap`` late."""
+        shown = self._shown_key
+        if shown is None or len(shown) != 7 or len(key) != 7:
+            return False
+        if key[:4] != shown[:4] or key[5:] != shown[5:]:
+            return False  # more than the newest step moved
+        if self._held_at is None:
+            self._held_at = now
+        return now - self._held_at < self.min_gap
+
     def step(self) -> WorldSnapshot | None:
         """One synchronous tick: read, and return a snapshot if anything changed."""
         with self._lock:
@@ -234,8 +252,11 @@ class LiveSource(ReadLoop):
                         # nothing the header shows moved (another rank's line of a step
                         # already shown): the panels' next full snapshot takes these lines
                         pending, behind_panels = False, True
+                        self._held_at = None
+                    elif not full and self._hold(key, now):
+                        pass  # the rest of the step's lines are due: one post for them all
                     else:
-                        self._shown_key = key
+                        self._shown_key, self._held_at = key, None
                         self._post(full, post)
                         last_post, pending = now, False
                         if self._last_light:
@@ -261,6 +282,8 @@ class LiveSource(ReadLoop):
                 continue  # more to read: no waiting
             now = time.monotonic()
             timeout = self.interval if not pending else max(0.01, self.min_gap - (now - last_post))
+            if pending and self._held_at is not None:  # the hold's end, unless lines come first
+                timeout = max(0.01, self._held_at + self.min_gap - now)
             if behind_panels:  # the full snapshot due at the gap's end
                 timeout = min(
                     timeout,
