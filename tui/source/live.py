@@ -38,6 +38,9 @@ FULL_GAP_S = (
 )
 
 
+CATCHUP_QUIET_S = 1.0  # a due full snapshot with no change of its own waits this since a post
+
+
 class LiveSource(ReadLoop):
     """Reads a log root in a thread and posts snapshots."""
 
@@ -238,10 +241,13 @@ class LiveSource(ReadLoop):
                 pending |= changed
                 now = time.monotonic()
                 full_due = now - last_full >= self.full_gap
+                # the panels' catch-up after a light post: while steps keep coming it rides on
+                # the next step's post (made full), not a post (and header frame) of its own
+                quiet = now - last_post >= CATCHUP_QUIET_S
                 # no rebuild for time passing: the state changing (running -> stale) is a
                 # change tick() reports, and the screen ages "last write" on its own
                 if (
-                    (pending or (behind_panels and (full_due or self._want_full)))
+                    (pending or (behind_panels and ((full_due and quiet) or self._want_full)))
                     and now - last_post >= self.min_gap
                     and not self.busy()
                 ):
@@ -287,7 +293,12 @@ class LiveSource(ReadLoop):
             if behind_panels:  # the full snapshot due at the gap's end
                 timeout = min(
                     timeout,
-                    max(0.01, last_full + self.full_gap - now, self.min_gap - (now - last_post)),
+                    max(
+                        0.01,
+                        last_full + self.full_gap - now,
+                        last_post + CATCHUP_QUIET_S - now,
+                        self.min_gap - (now - last_post),
+                    ),
                 )
             self._wake.wait(timeout)
             self._wake.clear()
