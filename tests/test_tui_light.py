@@ -144,6 +144,69 @@ def test_a_line_that_moves_nothing_in_the_header_posts_no_light_snapshot(tmp_pat
     assert all(s.light for s in got[first:])
 
 
+def test_a_step_straddling_a_tick_is_posted_once(tmp_path: Path) -> None:
+    """A step's lines split over two ticks (the newest step moves first, then the oldest):
+    the first is held for up to one ``min_gap`` and one light snapshot shows both. A rank
+    left behind does not hold the newest step back for longer than that."""
+    paths = _live_run(tmp_path, ranks=3)
+    src = LiveSource(tmp_path, poll=True, interval=0.02, min_gap=0.3, full_gap=1e9, stale_after=1e9)
+    got: list[WorldSnapshot] = []
+    src.start(got.append)
+
+    def lines(ranks: range, step: int) -> None:
+        for rank in ranks:
+            with open(paths[rank], "a") as f:
+                f.write(encode(next(iter(step_records(1, rank=rank, start_step=step, t0=T0)))))
+
+    try:
+        t_end = time.monotonic() + 5
+        _until(lambda: got, t_end)
+        time.sleep(0.35)  # past the first post's gap
+        first = len(got)
+        lines(range(1), 6)  # rank 0 alone: the newest step moves, held
+        time.sleep(0.05)
+        lines(range(1, 3), 6)  # the rest of the step, within the hold: one post for both
+        _until(lambda: len(got) > first and got[-1].selected.step == 6, t_end)
+        time.sleep(0.35)
+        lines(range(2), 7)  # rank 2 stays at 6: shown after the hold
+        _until(lambda: got[-1].selected.step == 7, t_end)
+    finally:
+        src.stop()
+    steps = [(min(r.step for r in s.selected.rank_info), s.selected.step) for s in got[first:]]
+    assert steps == [(6, 6), (6, 7)], steps
+    assert all(s.light for s in got[first:])
+
+
+def test_a_due_full_snapshot_rides_on_the_next_step_while_steps_come(tmp_path: Path) -> None:
+    """While steps keep coming, the panels' full snapshot due at the gap's end is the next
+    step's post, not a post of its own (a header frame and a snapshot per gap saved); once
+    the writes stop, it comes on its own with the last step."""
+    paths = _live_run(tmp_path)
+    src = LiveSource(
+        tmp_path, poll=True, interval=0.02, min_gap=0.02, full_gap=0.3, stale_after=1e9
+    )
+    got: list[WorldSnapshot] = []
+    src.start(got.append)
+    try:
+        t_end = time.monotonic() + 8
+        _until(lambda: got, t_end)
+        first = len(got)
+        for i in range(12):  # a step every 0.15 s: never a second without one
+            _append(paths, 6 + i)
+            time.sleep(0.15)
+        last = 6 + 11
+        _until(lambda: got[-1].selected.step == last and not got[-1].light, t_end)
+    finally:
+        src.stop()
+    snaps = got[first:]
+    keys = [(min(r.step for r in s.selected.rank_info), s.selected.step) for s in snaps]
+    fulls = [s for s in snaps[:-1] if not s.light]
+    assert fulls, "full snapshots during the writes"
+    # every post during the writes moved a step: no full one posted for the gap alone
+    assert all(a != b for a, b in itertools.pairwise(keys[:-1])), keys
+    assert not snaps[-1].light and keys[-1] == (last, last)
+
+
 def test_want_full_gets_a_full_snapshot_at_once(tmp_path: Path) -> None:
     paths = _live_run(tmp_path)
     src = LiveSource(tmp_path, poll=True, interval=0.02, min_gap=0.0, full_gap=1e6, stale_after=1e9)

@@ -38,6 +38,9 @@ FULL_GAP_S = (
 )
 
 
+CATCHUP_QUIET_S = 1.0  # a due full snapshot with no change of its own waits this since a post
+
+
 class LiveSource(ReadLoop):
     """Reads a log root in a thread and posts snapshots."""
 
@@ -178,6 +181,24 @@ class LiveSource(ReadLoop):
         low, high = (min(steps), max(steps)) if steps else (0, 0)
         return (listed, run.run_id, run.state(), low, high, len(steps), self.last_error)
 
+    _held_at: float | None = None  # when a post that moved only the newest step was held
+
+    def _hold(self, key: tuple[object, ...], now: float) -> bool:
+        """True to hold a light snapshot whose only change on screen is the newest rank's
+        step, for up to one ``min_gap``: a step's lines reach the ranks' files within
+        moments of each other but often straddle a tick, and at 64 ranks each post costs a
+        light snapshot and a header frame (~9 ms). Held, the next tick usually moves the
+        oldest rank's step too and one post shows both; a rank left behind (the newest
+        step alone moving) is shown at the hold's end, one ``min_gap`` late."""
+        shown = self._shown_key
+        if shown is None or len(shown) != 7 or len(key) != 7:
+            return False
+        if key[:4] != shown[:4] or key[5:] != shown[5:]:
+            return False  # more than the newest step moved
+        if self._held_at is None:
+            self._held_at = now
+        return now - self._held_at < self.min_gap
+
     def step(self) -> WorldSnapshot | None:
         """One synchronous tick: read, and return a snapshot if anything changed."""
         with self._lock:
@@ -220,10 +241,13 @@ class LiveSource(ReadLoop):
                 pending |= changed
                 now = time.monotonic()
                 full_due = now - last_full >= self.full_gap
+                # the panels' catch-up after a light post: while steps keep coming it rides on
+                # the next step's post (made full), not a post (and header frame) of its own
+                quiet = now - last_post >= CATCHUP_QUIET_S
                 # no rebuild for time passing: the state changing (running -> stale) is a
                 # change tick() reports, and the screen ages "last write" on its own
                 if (
-                    (pending or (behind_panels and (full_due or self._want_full)))
+                    (pending or (behind_panels and ((full_due and quiet) or self._want_full)))
                     and now - last_post >= self.min_gap
                     and not self.busy()
                 ):
@@ -234,8 +258,11 @@ class LiveSource(ReadLoop):
                         # nothing the header shows moved (another rank's line of a step
                         # already shown): the panels' next full snapshot takes these lines
                         pending, behind_panels = False, True
+                        self._held_at = None
+                    elif not full and self._hold(key, now):
+                        pass  # the rest of the step's lines are due: one post for them all
                     else:
-                        self._shown_key = key
+                        self._shown_key, self._held_at = key, None
                         self._post(full, post)
                         last_post, pending = now, False
                         if self._last_light:
@@ -261,10 +288,17 @@ class LiveSource(ReadLoop):
                 continue  # more to read: no waiting
             now = time.monotonic()
             timeout = self.interval if not pending else max(0.01, self.min_gap - (now - last_post))
+            if pending and self._held_at is not None:  # the hold's end, unless lines come first
+                timeout = max(0.01, self._held_at + self.min_gap - now)
             if behind_panels:  # the full snapshot due at the gap's end
                 timeout = min(
                     timeout,
-                    max(0.01, last_full + self.full_gap - now, self.min_gap - (now - last_post)),
+                    max(
+                        0.01,
+                        last_full + self.full_gap - now,
+                        last_post + CATCHUP_QUIET_S - now,
+                        self.min_gap - (now - last_post),
+                    ),
                 )
             self._wake.wait(timeout)
             self._wake.clear()

@@ -58,8 +58,11 @@ class TailFile:
         self.mtime = 0.0
         self.status = FILE_OK  # or missing / unreadable / not a regular file / symlink loop
         self.problem = ""  # one line saying what is wrong with the file, "" when fine
+        # (device, inode, size, mtime, ctime) of the file when last read to its end
+        self._unchanged: tuple[int, ...] | None = None
 
     def reset(self) -> None:
+        self._unchanged = None
         self.ident = None
         self.offset = 0
         self.partial = b""
@@ -109,10 +112,18 @@ class TailFile:
             return self._trouble(*_os_trouble(e))
         if not stat.S_ISREG(st.st_mode):
             return self._trouble(FILE_NOT_REGULAR, f"not a regular file ({_file_type(st.st_mode)})")
+        unchanged = self._unchanged == _key(st) and self.status == FILE_OK
+        self._unchanged = None
         try:
             fd = os.open(self.path, os.O_RDONLY | _O_NONBLOCK)
         except OSError as e:
             return self._trouble(*_os_trouble(e))
+        if unchanged:
+            # the same file, read to its end, not written since (size and both times): still
+            # readable, nothing to read (64 ranks, 8 ticks a second: most find nothing)
+            os.close(fd)
+            self._unchanged = _key(st)
+            return [], False, False
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):  # swapped between the stat and the open
@@ -133,6 +144,8 @@ class TailFile:
             self.size = st.st_size
             self.mtime = st.st_mtime
             if st.st_size <= self.offset:
+                if st.st_size == self.offset:
+                    self._unchanged = _key(st)
                 return [], reset, False
             data = os.pread(fd, self.chunk, self.offset)
         except OSError as e:
@@ -143,6 +156,8 @@ class TailFile:
             self.head = (self.head + data[: _HEAD - self.offset])[:_HEAD]
         self.offset += len(data)
         more = self.offset < st.st_size
+        if self.offset == st.st_size:
+            self._unchanged = _key(st)
         if self.skipping:  # inside an overlong line (counted once): drop up to its end
             i = data.find(b"\n")
             if i < 0:
@@ -159,6 +174,10 @@ class TailFile:
             self.lines += 1  # its number, after this read's lines: the next ones count it
             self.long_at = self.lines
         return lines, reset, more
+
+
+def _key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _os_trouble(e: OSError) -> tuple[str, str]:

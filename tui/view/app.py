@@ -401,7 +401,8 @@ class MonitorApp(KeyActions, App[int]):
         cost = time.thread_time() - self._panels_cpu
         self._panels_cpu = None
         full = getattr(self.source, "full_cost_s", 0.0)
-        self.pacer.note_cost(cost + (full if isinstance(full, float) else 0.0))
+        full = full if isinstance(full, float) else 0.0
+        self.pacer.note_cost(cost + full, full)
         if hasattr(self.source, "full_gap"):  # full snapshots as often as the panels draw them
             self.source.full_gap = self.pacer.gap  # type: ignore[attr-defined]
 

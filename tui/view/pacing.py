@@ -4,7 +4,8 @@ Redraws cost what a person can follow: the header (step, ETA, state) follows eve
 snapshot, while the panels (tree, ranks, sparkline, advice, run list, files line) are
 redrawn from one snapshot at most :data:`PANELS_PER_S` times a second (``tui watch``:
 :data:`WATCH_PANELS_PER_S`, and less often when a redraw costs more than
-:data:`PANEL_BUDGET` of a core at that rate, as at 64 ranks), the last snapshot of a busy
+:data:`PANEL_BUDGET` of a core at that rate, or its full snapshot more than
+:data:`FULL_BUDGET`, as at 64 ranks), the last snapshot of a busy
 spell always shown at the end of its gap. A snapshot after a quiet spell, one that answers a
 key (another run, a replay seek), a new run or a run changing state is shown whole at once.
 ``tui watch``'s source builds the per-region figures only for the snapshots the panels will
@@ -37,6 +38,12 @@ WATCH_PANELS_PER_S = 1.0
 # second. Small runs stay at once a second (~25 ms of drawing + a few ms of snapshot); at 64
 # ranks a full snapshot costs the reader ~15-35 ms, and the panels come every ~1-1.5 s.
 PANEL_BUDGET = 0.04
+# ... and of it, the reader's full snapshot alone (the part that grows with the ranks: at 64
+# ranks x 40 regions ~15-25 ms beside the screen's thread, a small run's a few ms) may take
+# this share. At 64 ranks the header's stream (reading, light snapshots, header frames) takes
+# ~3.5% of a core at 2 steps/s, so within issue 22's 5% the panels come every ~2.5-3 s there
+# (docs/benchmarks.md, "the monitor's cost at 64 ranks"); a small run keeps once a second.
+FULL_BUDGET = 0.006
 MAX_GAP = 3.0  # seconds between panel redraws at most, whatever they cost
 COSTS_KEPT = 5  # the gap follows the median of the last few redraws' costs (a layout or a
 #                 collection in one does not stretch it)
@@ -138,6 +145,7 @@ class Pacer:
         self.base_gap = gap  # ... at the least
         self.adaptive = adaptive  # the gap grows with the redraws' cost (note_cost)
         self.costs: list[float] = []  # the last redraws' CPU seconds
+        self.full_costs: list[float] = []  # ... of it, the reader's full snapshots
         self.world: WorldSnapshot | None = None  # shown by the panels
         self.latest: WorldSnapshot | None = None  # received (the header shows it, unless paused)
         self.latest_full: WorldSnapshot | None = None  # the newest full one (what panels draw)
@@ -162,14 +170,18 @@ class Pacer:
             return Redraw.PANELS
         return Redraw.LATER
 
-    def note_cost(self, seconds: float) -> None:
+    def note_cost(self, seconds: float, full: float = 0.0) -> None:
         """A panel redraw's CPU seconds (the screen's drawing and the reader's full snapshot
-        it drew): with ``adaptive``, the gap is what keeps redraws within
-        :data:`PANEL_BUDGET` of a core, from :attr:`base_gap` to :data:`MAX_GAP`."""
+        it drew; ``full``: the snapshot's part of them): with ``adaptive``, the gap is what
+        keeps redraws within :data:`PANEL_BUDGET` of a core, and their full snapshots within
+        :data:`FULL_BUDGET`, from :attr:`base_gap` to :data:`MAX_GAP`."""
         self.costs = [*self.costs[-(COSTS_KEPT - 1) :], max(0.0, seconds)]
+        self.full_costs = [*self.full_costs[-(COSTS_KEPT - 1) :], max(0.0, full)]
         if self.adaptive:
             cost = sorted(self.costs)[len(self.costs) // 2]
-            self.gap = min(max(self.base_gap, MAX_GAP), max(self.base_gap, cost / PANEL_BUDGET))
+            snap = sorted(self.full_costs)[len(self.full_costs) // 2]
+            want = max(self.base_gap, cost / PANEL_BUDGET, snap / FULL_BUDGET)
+            self.gap = min(max(self.base_gap, MAX_GAP), want)
 
     def drawn(self) -> None:
         """The panels were redrawn (from :attr:`world`): a gap starts."""
