@@ -32,7 +32,7 @@ from tui.model.efficiency import efficiency, efficiency_dict, efficiency_lines
 from tui.model.nesting import TIMED_ONLY, nest_lines, timed_only
 from tui.model.order import tree_sort
 from tui.model.ranks import DEFAULT_WINDOW
-from tui.model.snapshot import UNACCOUNTED, RegionRow, RunSnapshot, Stats
+from tui.model.snapshot import UNACCOUNTED, FileInfo, RegionRow, RunSnapshot, Stats
 from tui.source.check import check_run
 from tui.source.nesting import NestPolicy
 from tui.source.reader import RunSource
@@ -378,41 +378,8 @@ def summary_text(
         t.append_text(seg)
         t.append("\n")
     for f in snap.files:
-        if f.duplicates:  # a resume (or a text log's restart) repeated their step numbers
-            m = literal(
-                f"step records superseded in {f.path}: {f.duplicates} "
-                "(a resume or restart repeated their step numbers; the newest are kept)"
-            )
-            m.stylize("yellow")
-            t.append_text(m)
-            t.append("\n")
-        if f.restarts:
-            m = literal(
-                f"the logger restarted in {f.path} {f.restarts}× (its Step count began "
-                "again): blocks from there are numbered on after the last, every step kept"
-            )
-            m.stylize("yellow")
-            t.append_text(m)
-            t.append("\n")
-        if f.interleaved:
-            m = literal(
-                f"several processes wrote into {f.path}: {f.interleaved}× a block went on with "
-                f"an earlier Step count; every block is kept, numbered on, as one rank: "
-                f"{INTERLEAVED_WHY} (give each process its own file to see its ranks)"
-            )
-            m.stylize("yellow")
-            t.append_text(m)
-            t.append("\n")
-        if f.blank:
-            m = literal(
-                f"empty Step blocks in {f.path}: {f.blank} (a header with no region and no "
-                "time, as a crash or flush leaves): not counted as steps"
-            )
-            m.stylize("yellow")
-            t.append_text(m)
-            t.append("\n")
-        if f.dropped:
-            m = literal(f"records the writer dropped in {f.path}: {f.dropped} (its queue was full)")
+        for note in _file_notes(f):
+            m = literal(note)
             m.stylize("yellow")
             t.append_text(m)
             t.append("\n")
@@ -486,3 +453,32 @@ def advice_text(advice: list[Advice], span: str) -> Text:
         t.append_text(literal(a.line()))
         t.append("\n")
     return t
+
+
+def _file_notes(f: FileInfo) -> list[str]:
+    """What a rank file's reading kept or left out, one line each (yellow in the summary)."""
+    notes = []
+    if f.duplicates:  # a resume (or a text log's restart) repeated their step numbers
+        notes.append(
+            f"step records superseded in {f.path}: {f.duplicates} "
+            "(a resume or restart repeated their step numbers; the newest are kept)"
+        )
+    if f.restarts:
+        notes.append(
+            f"the logger restarted in {f.path} {f.restarts}× (its Step count began "
+            "again): blocks from there are numbered on after the last, every step kept"
+        )
+    if f.interleaved:
+        notes.append(
+            f"several processes wrote into {f.path}: {f.interleaved}× a block went on with "
+            f"an earlier Step count; every block is kept, numbered on, as one rank: "
+            f"{INTERLEAVED_WHY} (give each process its own file to see its ranks)"
+        )
+    if f.blank:
+        notes.append(
+            f"empty Step blocks in {f.path}: {f.blank} (a header with no region and no "
+            "time, as a crash or flush leaves): not counted as steps"
+        )
+    if f.dropped:
+        notes.append(f"records the writer dropped in {f.path}: {f.dropped} (its queue was full)")
+    return notes
