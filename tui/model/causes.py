@@ -299,10 +299,10 @@ def untimed_wait(
     excess and reason. ``x``: its (steps, ranks, RECENT_COLUMNS) table."""
     untimed = x[:, :, 7] if x.shape[2] > 7 else None
     if untimed is None or np.isnan(untimed).any():
-        return None, *keep[:2], keep[2], keep[3], None
+        return None, *keep, None
     got = untimed_behind(own, untimed, floor, t)
     if got is None:
-        return None, *keep[:2], keep[2], keep[3], None
+        return None, *keep, None
     i, ex, slowest = got
     n = len(own)
     if len(ranks) == 2:  # or the other is slow in untimed work and it waits in a timed region
@@ -313,7 +313,7 @@ def untimed_wait(
             "(e.g. an all-reduce of the loss), and with two ranks which one waits cannot be "
             "told from the figures"
         )
-        return None, *keep[:2], keep[2], why, None
+        return None, *keep[:3], why, None
     return ranks[i], slowest / n, True, ex, untimed_reason(i, ex, slowest, n, ranks), untimed
 
 
