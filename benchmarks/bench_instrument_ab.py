@@ -85,14 +85,21 @@ MODULE_HOOKS = (
 )
 
 
+# a forward in a module's own __dict__ (instrument's timed forward), or none
+FORWARD = "__dict__['forward']"
+_NONE = object()
+
+
 def hook_state(model: Any) -> list[tuple[Any, str, Any]]:
     """The hooks on ``model``'s modules and parameters now, each dict taken away (replaced
-    by an empty one): ``(object, attribute, dict)`` to put back with :func:`set_hooks`."""
+    by an empty one), and the modules' own ``forward`` (a timed one): ``(object, attribute,
+    value)`` to put back with :func:`set_hooks`."""
     out: list[tuple[Any, str, Any]] = []
     for m in model.modules():
         for a in MODULE_HOOKS:
             out.append((m, a, getattr(m, a)))
             setattr(m, a, type(getattr(m, a))())
+        out.append((m, FORWARD, m.__dict__.pop("forward", _NONE)))
     for p in model.parameters():
         out.append((p, "_post_accumulate_grad_hooks", p._post_accumulate_grad_hooks))
         p._post_accumulate_grad_hooks = None
@@ -101,7 +108,12 @@ def hook_state(model: Any) -> list[tuple[Any, str, Any]]:
 
 def set_hooks(state: list[tuple[Any, str, Any]] | None, bare: list[tuple[Any, str, Any]]) -> None:
     for obj, attr, d in state if state is not None else bare:
-        setattr(obj, attr, d)
+        if attr != FORWARD:
+            setattr(obj, attr, d)
+        elif d is _NONE:
+            obj.__dict__.pop("forward", None)
+        else:
+            obj.__dict__["forward"] = d
 
 
 def measure(

@@ -1,7 +1,7 @@
 """What ``instrument(depth)``'s hook bodies cost inside a training step, and torch's floor.
 
 The training step of ``bench_instrument.py``'s small transformer, with this tree's
-``instrument`` installed once (as in training). Each hook body (``Probe.pre``/``post``, the
+``instrument`` installed once (as in training). Each hook body (``Probe.enter``/``leave``, the
 autograd hooks ``Call.start``/``only_input``/``first_input``/``finish``) is wrapped in a
 ``perf_counter`` reading; printed: per hook, the median over steps of its time summed over
 one step (µs). The wrapper adds ~0.3 µs per call.
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.floor:
             _floor_hooks(b.model, args.depth)
         else:
-            for n in ("pre", "post"):
+            for n in ("enter", "leave"):
                 _wrap(probe.Probe, n)
             for n in ("start", "only_input", "first_input", "finish"):
                 _wrap(calls.Call, n)

@@ -4,10 +4,14 @@ How each region is measured (a CUDA logger: through its own ``region``/``begin``
 pooled CUDA events, never a synchronize; a CPU logger: the same ``perf_counter`` regions,
 entered inline in the hooks, which run for every module call):
 
-- ``forward/<path>``: a forward pre-hook enters a region, the forward hook leaves it. The
-  region goes on the thread's region stack, so regions the module's code opens itself nest
-  under it. Its parent is the innermost instrumented module's region, else the region the
-  caller has open (``forward``, ``eval``...), else ``forward``.
+- ``forward/<path>``: the module's ``forward`` is, while timed, a wrapper in its own
+  ``__dict__`` (:class:`~stagewatch.timing.probe.TimedForward`, not module hooks, which
+  cost the module torch's slow call path) that enters a region, runs the module's forward
+  and leaves it. It runs after the module's forward pre-hooks and before its forward hooks;
+  a direct ``module.forward(...)`` call is timed too. The region goes on the thread's
+  region stack, so regions the module's code opens itself nest under it. Its parent is the
+  innermost instrumented module's region, else the region the caller has open
+  (``forward``, ``eval``...), else ``forward``.
 - ``backward/<path>``: autograd graph hooks, never module backward hooks (which wrap the
   module's outputs in a custom Function and break in-place ops on them, and which graph-
   break ``torch.compile``). The region opens in a hook on the autograd node that made an
@@ -39,7 +43,6 @@ from typing import Any
 from stagewatch.timing import regions
 from stagewatch.timing.calls import _rec
 from stagewatch.timing.modules import (
-    check_direct_forward,
     drop_compiled,
     given_modules,
     is_compiled,
@@ -107,8 +110,8 @@ class _Stack:
         # the last module output hooked (its node's sequence number) and its hooks' dict
         self.last_seq = -1
         self.last_hooks: dict[Any, Any] = {}
-        # that node's Python object, held from the module's forward hook to the next forward
-        # pre-hook on this thread (or the end of the backward): the next module's input.grad_fn
+        # that node's Python object, held from the module's forward end to the next forward
+        # start on this thread (or the end of the backward): the next module's input.grad_fn
         # is then this same object, not a new one (~4 us in a training step), and its
         # sequence number is last_seq
         self.last_node: Any = None
@@ -174,7 +177,6 @@ class InstrumentHandle:
             )
             timed = {p: m for p, m in timed.items() if m not in _timed_now}
             self.regions = list(timed)
-        check_direct_forward(model, timed)
         self._owner = owners(model, timed)
         self._probes = [Probe(self, m, p) for p, m in timed.items()]
         for m in timed.values():

@@ -3,15 +3,13 @@
 Paths come from ``named_modules`` with ``.`` -> ``/``, wrapper components dropped (DDP's
 ``module`` by unwrapping the root, FSDP's ``_fsdp_wrapped_module``, ``checkpoint_wrapper``'s
 ``_checkpoint_wrapped_module``, torch.compile's ``_orig_mod``; FSDP2's ``fully_shard`` keeps
-the names). Also the static checks made once at instrumentation (compiled modules, forwards
-that call ``.forward()`` of a module directly), and the tensors of a call the hooks use.
+the names). Also the static checks made once at instrumentation (compiled modules), and the
+tensors of a call the hooks use.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import inspect
-import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import fields, is_dataclass
@@ -143,55 +141,6 @@ def owners(model: Any, timed: dict[str, Any]) -> dict[int, str]:
 
     walk(model, None, set())
     return out
-
-
-_SELF_FORWARD = re.compile(r"\bself\.([A-Za-z_]\w*)\.forward\(")
-_sources: dict[type, str] = {}
-
-
-def _forward_source(cls: type) -> str:
-    src = _sources.get(cls)
-    if src is None:
-        try:
-            src = inspect.getsource(cls.forward)  # type: ignore[attr-defined]
-        except (OSError, TypeError, AttributeError):
-            src = ""
-        src = re.sub(r"super\([^)]*\)\.forward\(", "", src)
-        if len(_sources) < 4096:
-            _sources[cls] = src
-    return src
-
-
-def check_direct_forward(model: Any, timed: dict[str, Any]) -> None:
-    """Warn (once per class) where a forward calls ``.forward()`` of a module directly:
-    module hooks do not run there, so that module gets no regions in that call."""
-    path_of = {id(m): p for p, m in timed.items()}
-    seen: set[type] = set()
-    for m in model.modules():
-        cls = type(m)
-        if cls in seen or cls.__module__.startswith("torch."):
-            continue
-        seen.add(cls)
-        src = _forward_source(cls)
-        if ".forward(" not in src:
-            continue
-        attrs = _SELF_FORWARD.findall(src)
-        for attr in attrs:
-            path = path_of.get(id(m._modules.get(attr)))
-            if path is not None:
-                warn(
-                    f"instrument(): {cls.__qualname__}.forward calls self.{attr}.forward() "
-                    f"directly, which bypasses module hooks: {path!r} gets no regions there "
-                    f"(its time counts in its caller's); call self.{attr}(...) instead",
-                )
-        if len(attrs) < src.count(".forward(") and any(
-            id(c) in path_of for c in m.modules() if c is not m
-        ):
-            warn(
-                f"instrument(): {cls.__qualname__}.forward calls a module's .forward() "
-                "directly, which bypasses module hooks: such a module gets no regions there "
-                "(call the module itself instead)",
-            )
 
 
 def given_modules(

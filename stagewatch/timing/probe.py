@@ -1,15 +1,16 @@
-"""One instrumented module: :class:`Probe`, its forward hooks and the autograd hooks of each
-call (how, see :mod:`stagewatch.timing.instrument`), and :func:`on_node`."""
+"""One instrumented module: :class:`Probe`, its timed forward (:class:`TimedForward`) and
+the autograd hooks of each call (how, see :mod:`stagewatch.timing.instrument`), and
+:func:`on_node`."""
 
 from __future__ import annotations
 
 import functools
 from collections import deque
-from threading import get_ident as _ident
 from typing import Any
 
 from stagewatch.timing import regions
 from stagewatch.timing.calls import NO_HOOKS, Call, _rec
+from stagewatch.timing.forward import TimedForward
 from stagewatch.timing.modules import output_nodes, swap_inputs, warn_once
 from stagewatch.timing.regions import CpuRegion
 
@@ -149,28 +150,20 @@ class Probe:
         # calls left whose outputs are checked to depend on their inputs (-1: always, for a
         # module seen ignoring an input, as a positional embedding taking x for its shape)
         self.check = CHECKED_CALLS
-        self.hooks = [
-            module.register_forward_pre_hook(self.pre, with_kwargs=True),
-            # always_call: a forward that raises still leaves its region
-            module.register_forward_hook(self.post, with_kwargs=True, always_call=True),
-        ]
+        self.fwd = TimedForward(self, module)
 
-    # pickling or copying a model with hooks gives hooks that do nothing
+    # a copy of something that holds the probe holds an inert one (not a copy of the model)
     def __reduce__(self) -> Any:
         return (inert_probe, ())
 
-    def pre(self, module: Any, args: Any, kwargs: Any) -> Any:
+    def enter(self, args: Any, kwargs: Any, tls: Any) -> tuple[Frame | None, Any]:
+        """A forward call begins (see :meth:`TimedForward.__call__`): its frame (None: not
+        timed) and the arguments to run with (None: the same)."""
         inst = self.inst
-        if inst is None:  # a copy's hooks (see InertProbe)
-            return None
-        if inst.dynamo() or inst.compiler._is_compiling_flag:
-            return None  # inside compiled code
-        if inst.graph_task() != -1:  # a recompute (charged by the global hook)
-            return self._rerun_pre(module, args, kwargs)
         lg = inst.log
         if lg._closed:
             inst.remove()
-            return None
+            return None, None
         if inst.armed:
             inst.disarm_recompute()
         pending = self.pending
@@ -179,20 +172,19 @@ class Probe:
                 pending.clear()
             else:
                 self._stale()
-        tls_ = inst._tls if _ident() == inst._tid else inst.thread_state()
-        stack = tls_.frames
-        last = tls_.last_node  # held by the last forward hook: taken back here
-        tls_.last_node = None
+        stack = tls.frames
+        last = tls.last_node  # held by the last forward's end: taken back here
+        tls.last_node = None
         frame = new_frame(Frame)
         frame.probe = self
         for f in stack:
             if f.probe is self:  # re-entered: the outer call's regions cover this one
                 frame.base, frame.call, frame.region = f.base, None, None
                 stack.append(frame)
-                return None
-        open_ = tls_.open  # the logger's region stack of this thread, looked up once
+                return frame, None
+        open_ = tls.open  # the logger's region stack of this thread, looked up once
         if open_ is None:
-            open_ = tls_.open = thread_stack(lg)
+            open_ = tls.open = thread_stack(lg)
         base = stack[-1].base if stack else (open_[-1]._full if open_ else "forward")
         full = self.names.get(base)
         if full is None:
@@ -202,7 +194,7 @@ class Probe:
         frame.base = base
         replaced = None
         if inst.grad_enabled():
-            frame.call, replaced = self._new_call(args, kwargs, inst.tensor, tls_, last)
+            frame.call, replaced = self._new_call(args, kwargs, inst.tensor, tls, last)
         else:
             frame.call = None
         stack.append(frame)
@@ -216,24 +208,19 @@ class Probe:
         else:
             frame.region = region = lg._region_cls(lg, "/" + full)
             region.__enter__()
-        return replaced
+        return frame, replaced
 
-    def post(self, module: Any, args: Any, kwargs: Any, out: Any) -> None:
-        inst = self.inst
-        if inst is None:
-            return
-        if inst.dynamo() or inst.compiler._is_compiling_flag:
-            return
-        if inst.graph_task() != -1:
-            self._rerun_post(out)
-            return
-        tls = inst._tls if _ident() == inst._tid else inst.thread_state()
+    def leave(self, frame: Frame, out: Any, tls: Any) -> None:
+        """The forward call of ``frame`` returned ``out`` (None: it raised)."""
         stack = tls.frames
-        if stack and stack[-1].probe is self:
-            frame = stack.pop()
-        else:
-            frame = self._pop_inner(stack)
-            if frame is None:
+        if stack and stack[-1] is frame:
+            stack.pop()
+        else:  # a frame above it was left open (a forward that raised), or it is gone
+            for i in range(len(stack) - 2, -1, -1):
+                if stack[i] is frame:
+                    del stack[i]
+                    break
+            else:
                 return
         region = frame.region
         if region is None:
@@ -253,7 +240,7 @@ class Probe:
             return
         if call.views:
             self._check_views(call)
-        if type(out) is inst.tensor:  # the common case, without output_nodes()
+        if type(out) is self.inst.tensor:  # the common case, without output_nodes()
             node = out.grad_fn
             if node is not None:
                 if self.check:
@@ -268,7 +255,20 @@ class Probe:
                 else:
                     self.pending.append(call)
                 return
-        self._hook_outputs(call, output_nodes(out, inst.torch), tls.proxy, out=out)
+        self._hook_outputs(call, output_nodes(out, self.inst.torch), tls.proxy, out=out)
+
+    def rerun(self, fwd: Any, args: Any, kwargs: Any) -> Any:
+        """A forward re-run by a re-entrant checkpoint during the backward."""
+        replaced = self._rerun_pre(self.module, args, kwargs)
+        if replaced is not None:
+            args, kwargs = replaced
+        try:
+            out = fwd(*args, **kwargs)
+        except BaseException:
+            self._rerun_post(None)
+            raise
+        self._rerun_post(out)
+        return out
 
     # re-entrant activation checkpointing: the forward under checkpoint ran without
     # gradients (no backward hooks then); during the backward it re-runs with them and
@@ -337,14 +337,6 @@ class Probe:
             call.remaining = 0
             call.params = True
             self._hook_params()
-
-    def _pop_inner(self, stack: list[Frame]) -> Frame | None:
-        """This module's frame below the top of the stack (a frame above it was left open by
-        a forward that raised), taken off; None if it is not there."""
-        for i in range(len(stack) - 2, -1, -1):
-            if stack[i].probe is self:
-                return stack.pop(i)
-        return None
 
     def _check_views(self, call: Call) -> None:
         for i, v, version in call.views:
@@ -551,9 +543,10 @@ class Probe:
                 call.param_grad()
 
     def remove(self) -> None:
-        for h in self.hooks + self.param_hooks:
+        self.fwd.remove()
+        for h in self.param_hooks:
             h.remove()
-        self.hooks, self.param_hooks, self.hooked = [], [], ()
+        self.param_hooks, self.hooked = [], ()
         for call in self.pending:
             call.dead = True
             call.drop_hooks()
@@ -563,15 +556,10 @@ class Probe:
 
 
 class InertProbe:
-    """What a pickled or deep-copied model's hooks become (deepcopy binds the probe's own
-    methods to it: ``inst`` None makes them return at once)."""
+    """What a probe becomes in a pickle or deep copy of an object holding it (a callback
+    holding the handle): nothing, not a copy of the model it times."""
 
     inst = None
-
-    def pre(self, *_: Any) -> None:
-        return None
-
-    post = pre
 
 
 def inert_probe() -> InertProbe:
