@@ -41,7 +41,7 @@ MODES = ("none", "core", "base", "this")
 
 
 # the modules of instrument's hooks, loaded from the base in import order
-HOOK_MODULES = ("modules", "calls", "probe", "instrument")
+HOOK_MODULES = ("modules", "calls", "forward", "probe", "instrument")
 
 
 def load_base(checkout: Path) -> Any:
