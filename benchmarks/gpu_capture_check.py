@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         # on the CPU the slow step must be slow beyond doubt, whatever the machine
         args.slow_factor = max(args.slow_factor, 60)
         args.cost_blocks, args.cost_steps = 2, 50
+        # one thread: on a loaded machine torch's worker threads wait for cores, and steps
+        # ran 0.2 ms or 150 ms at random, so the 60x step was no outlier (a flaky test)
+        torch.set_num_threads(1)
         device = "cpu"
     elif not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
