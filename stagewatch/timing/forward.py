@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from threading import get_ident as _ident
 from typing import Any
 
@@ -18,17 +19,35 @@ class TimedForward:
     each of the benchmark model's 7 modules cost ~0.11 ms of its training step, an empty
     wrapper ~0.06 ms (benchmarks/bench_instrument_ab.py, docs/benchmarks.md).
     ``inspect.signature`` reads the wrapped forward's (``__wrapped__``: Hugging Face's
-    Trainer reads a model's forward signature). A copy or pickle of the module gets the
-    forward it had before (:func:`untimed_forward`)."""
+    Trainer reads a model's forward signature).
 
-    __slots__ = ("__wrapped__", "module", "prior", "probe")
+    A copy of the module (``copy.copy``, ``copy.deepcopy``, pickle, ``torch.save``) gets the
+    forward it had before, untimed: the module's own ``__getstate__`` is wrapped on the
+    instance too (:func:`state_of`), so the copy's state lacks this wrapper. Without it a
+    shallow copy would share this wrapper, which calls the *original* module's forward (the
+    copy's own attributes ignored), and a deep copy or pickle would keep a bound forward
+    in its ``__dict__`` (a reference cycle; a pickle naming stagewatch). DataParallel's
+    replicas (``_replicate_for_data_parallel``, a copy of ``__dict__``) each get a wrapper
+    of their own forward (:func:`replicate`). Both are instance attributes, read only when
+    a copy is made: nothing per call."""
+
+    __slots__ = ("__wrapped__", "module", "own", "prior", "probe")
 
     def __init__(self, probe: Any, module: Any) -> None:
         self.probe: Any = probe  # its Probe; None once taken away
         self.module = module
         self.prior = module.__dict__.get("forward")  # a forward the instance had (kept)
         self.__wrapped__ = module.forward
-        module.__dict__["forward"] = self
+        d = module.__dict__
+        d["forward"] = self
+        # what a copy of the module reads (instance attributes before the class's methods)
+        self.own = {
+            "__getstate__": functools.partial(state_of, self),
+            "_replicate_for_data_parallel": functools.partial(replicate, self),
+        }
+        for k, v in self.own.items():
+            if k not in d:  # (an instance's own: left as it is)
+                d[k] = v
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         probe = self.probe
@@ -63,11 +82,10 @@ class TimedForward:
         since, this one stays in it and only passes calls through)."""
         self.probe = None
         d = self.module.__dict__
-        if d.get("forward") is self:
-            if self.prior is None:
-                del d["forward"]
-            else:
-                d["forward"] = self.prior
+        _untimed(d, self)
+        for k, v in self.own.items():
+            if d.get(k) is v:
+                del d[k]
 
     def __repr__(self) -> str:
         return f"<timed {self.__wrapped__!r}>"
@@ -76,3 +94,42 @@ class TimedForward:
 def untimed_forward(prior: Any, module: Any) -> Any:
     """The forward of a copy of a timed module: the one the instance had, else its class's."""
     return prior if prior is not None else type(module).forward.__get__(module)
+
+
+def _untimed(d: dict[str, Any], fwd: TimedForward) -> None:
+    """``d`` (a module's ``__dict__`` or a copy of it) with the forward ``fwd`` wrapped."""
+    if d.get("forward") is fwd:
+        if fwd.prior is None:
+            del d["forward"]
+        else:
+            d["forward"] = fwd.prior
+
+
+def state_of(fwd: TimedForward) -> Any:
+    """The timed module's ``__getstate__``: its class's, with the forward it had before this
+    wrapper, and without the wrapper's instance attributes."""
+    m = fwd.module
+    state = type(m).__getstate__(m)
+    if isinstance(state, dict):
+        if state is m.__dict__:
+            state = dict(state)
+        for k, v in fwd.own.items():
+            if state.get(k) is v:
+                del state[k]
+        _untimed(state, fwd)
+    return state
+
+
+def replicate(fwd: TimedForward) -> Any:
+    """The timed module's ``_replicate_for_data_parallel``: a replica (a copy of the
+    module's ``__dict__``) whose forward is its own, timed by the same probe."""
+    m = fwd.module
+    replica = type(m)._replicate_for_data_parallel(m)
+    d = replica.__dict__
+    for k, v in fwd.own.items():
+        if d.get(k) is v:
+            del d[k]
+    _untimed(d, fwd)
+    if fwd.probe is not None:
+        TimedForward(fwd.probe, replica)
+    return replica

@@ -1,0 +1,133 @@
+"""The timed forward (stagewatch/timing/forward.py) where module hooks behaved well for free:
+copies of a timed module, DataParallel's replicas, a ``forward`` the class makes a property."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from stagewatch import TimingLogger, TimingWarning, instrument, set_global_timing_logger, timed
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def memory_logger() -> TimingLogger:
+    log = TimingLogger(enable_console=False, enable_file=False, enable_jsonl=False)
+    set_global_timing_logger(log)
+    return log
+
+
+class Scale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.k = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * self.k
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = Scale()
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x))
+
+
+def forward_regions(log: TimingLogger) -> set[str]:
+    log.step()
+    return {k for k in log.get_summary() if k.startswith("forward/")}
+
+
+def test_a_shallow_copy_runs_its_own_forward_untimed() -> None:
+    log = memory_logger()
+    m = Net()
+    x = torch.randn(3, 4)
+    with instrument(m):
+        c = copy.copy(m.a)
+        c.k = 2.0  # the copy's own attribute: the original's forward would ignore it
+        assert torch.allclose(c(x), m.a.lin(x) * 2.0)
+        assert "forward" not in vars(c) and "__getstate__" not in vars(c)
+        with timed("forward"):
+            m(x)
+        assert forward_regions(log) == {"forward/a", "forward/a/lin", "forward/b"}
+
+
+def test_deep_copies_and_pickles_hold_no_trace_of_the_timed_forward() -> None:
+    memory_logger()
+    m = Net()
+    x = torch.randn(3, 4)
+    with instrument(m):
+        for c in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+            assert not any(k in vars(c.a) for k in ("forward", "__getstate__"))
+            assert torch.allclose(c(x), m(x))
+        assert b"stagewatch" not in pickle.dumps(m)  # loads where stagewatch is not installed
+        assert "forward" in vars(m.a)  # the original is still timed
+    assert not any(k in vars(m.a) for k in ("forward", "__getstate__"))
+
+
+def test_a_forward_the_instance_had_goes_to_the_copy() -> None:
+    memory_logger()
+    m = Net()
+    m.a.forward = lambda x: x + 1.0  # accelerate-style, set on the instance before instrument
+    with instrument(m):
+        c = copy.copy(m.a)
+        assert c.forward is m.a.forward.__wrapped__
+        assert torch.equal(c(torch.zeros(1)), torch.ones(1))
+    assert torch.equal(m.a(torch.zeros(1)), torch.ones(1))
+
+
+def test_data_parallel_replicas_run_and_time_their_own_forward() -> None:
+    log = memory_logger()
+    m = Net()
+    x = torch.randn(3, 4)
+    with instrument(m):
+        r = m.a._replicate_for_data_parallel()  # what nn.parallel.replicate calls per module
+        r.k = 3.0
+        assert r.forward.module is r and r.forward.probe is m.a.forward.probe
+        with timed("forward"):
+            out = r(x)
+        assert torch.allclose(out, m.a.lin(x) * 3.0)
+        assert "forward/a" in forward_regions(log)
+        assert "__getstate__" not in vars(copy.copy(r)) and "forward" not in vars(copy.copy(r))
+
+
+class PropertyForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    @property
+    def forward(self) -> Any:  # type: ignore[override]
+        return self.lin
+
+
+class Holder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = PropertyForward()
+        self.q = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q(self.p(x))
+
+
+def test_a_forward_property_is_refused_with_a_warning_not_left_silently_untimed() -> None:
+    memory_logger()
+    m = Holder()
+    with pytest.warns(TimingWarning, match="'p' has a `forward` its class defines as a prop"):
+        h = instrument(m, depth=1)
+    assert h.regions == ["q"] and "forward" not in vars(m.p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m(torch.randn(2, 4)).sum().backward()
+    h.remove()
