@@ -131,3 +131,25 @@ def test_a_forward_property_is_refused_with_a_warning_not_left_silently_untimed(
         warnings.simplefilter("error")
         m(torch.randn(2, 4)).sum().backward()
     h.remove()
+
+
+def test_parameters_put_in_after_instrument_are_the_ones_waited_for() -> None:
+    # FSDP2 swaps each module's sharded parameters for unsharded ones around its forward
+    # (and ``module.weight = nn.Parameter(...)`` does the same by hand): a module whose inputs
+    # need no gradient ends its backward on the gradients of the parameters it used
+    log = memory_logger()
+    m = Net()
+    x = torch.randn(3, 4)
+    with instrument(m, depth=1), warnings.catch_warnings():
+        warnings.simplefilter("error")  # not "ended without the gradients of ..."
+        for i in range(3):
+            m.a.lin.weight = nn.Parameter(torch.randn(4, 4))
+            if i == 2:
+                m.a.lin.bias = nn.Parameter(torch.zeros(4))
+            with timed("forward"):
+                out = m(x)
+            with timed("backward"):
+                out.sum().backward()
+            log.step()
+    regions = log.get_summary()
+    assert {"backward/a", "backward/b"} <= set(regions)

@@ -133,6 +133,16 @@ def thread_stack(lg: Any) -> list[Any]:
         return tls.stack
 
 
+def _first_param(module: Any) -> tuple[Any, str] | None:
+    """The module that holds ``module``'s first parameter, and its name there (the order of
+    ``module.parameters()``)."""
+    for m in module.modules():
+        for name, p in m._parameters.items():
+            if p is not None:
+                return m, name
+    return None
+
+
 class Probe:
     """The hooks of one timed module."""
 
@@ -142,6 +152,7 @@ class Probe:
         self.path = path
         self.bwd_name = "backward/" + path
         self.params = [p for p in module.parameters()]
+        self.first = _first_param(module)
         self.pending: deque[Call] = deque()
         self.param_hooks: list[Any] = []
         self.hooked: tuple[bool, ...] = ()
@@ -515,6 +526,12 @@ class Probe:
     def _hook_params(self) -> None:
         """Post-accumulate hooks on the trainable parameters (re-made when parameters are
         frozen or unfrozen: a hook cannot go on a tensor that needs no gradient)."""
+        first = self.first
+        if first is not None and first[0]._parameters.get(first[1]) is not self.params[0]:
+            # another module's parameters now (FSDP2 puts the unsharded ones in for the
+            # forward; hooks on the sharded ones never run): hook the ones in use
+            self.params = [p for p in self.module.parameters()]
+            self.hooked = ()
         hooked = self.hooked
         if len(hooked) == len(self.params):  # unchanged (the common case): no tuple made
             for p, on in zip(self.params, hooked, strict=True):
