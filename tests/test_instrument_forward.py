@@ -153,3 +153,26 @@ def test_parameters_put_in_after_instrument_are_the_ones_waited_for() -> None:
             log.step()
     regions = log.get_summary()
     assert {"backward/a", "backward/b"} <= set(regions)
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        return torch.relu(self.lin(x)) * scale
+
+
+def test_the_timed_forward_reads_as_the_function_it_wraps() -> None:
+    memory_logger()
+    m = nn.Sequential(Block(), nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    with instrument(m):
+        fwd = m[0].forward
+        assert (fwd.__name__, fwd.__qualname__) == ("forward", "Block.forward")
+        assert fwd.__code__ is Block.forward.__code__ and fwd.__defaults__ == (1.0,)
+        assert not hasattr(fwd, "__self__")  # not a method: none rebinds past it
+        # non-strict export reads the exported module's forward.__code__
+        exported = torch.export.export(m[0], (x,), strict=False)
+        assert torch.allclose(exported.module()(x), m[0](x))

@@ -31,13 +31,16 @@ class TimedForward:
     of their own forward (:func:`replicate`). Both are instance attributes, read only when
     a copy is made: nothing per call."""
 
-    __slots__ = ("__wrapped__", "module", "own", "prior", "probe")
+    __slots__ = ("__qualname__", "__wrapped__", "module", "own", "prior", "probe")
 
     def __init__(self, probe: Any, module: Any) -> None:
         self.probe: Any = probe  # its Probe; None once taken away
         self.module = module
         self.prior = module.__dict__.get("forward")  # a forward the instance had (kept)
         self.__wrapped__ = module.forward
+        qualname = getattr(self.__wrapped__, "__qualname__", None)
+        if isinstance(qualname, str):
+            self.__qualname__ = qualname
         d = module.__dict__
         d["forward"] = self
         # what a copy of the module reads (instance attributes before the class's methods)
@@ -76,6 +79,18 @@ class TimedForward:
 
     def __reduce__(self) -> Any:
         return (untimed_forward, (self.prior, self.module))
+
+    # A function's attributes, read as the wrapped forward's: ``__code__`` (non-strict
+    # torch.export reads the exported module's forward's), ``__name__``... Properties, not
+    # ``__getattr__`` (dynamo then guards this object's attributes another way, and fails);
+    # not ``__func__``/``__self__``: code that finds them rebinds the function itself
+    # (accelerate's autocast wrapper), leaving the module untimed. (``__qualname__`` is a
+    # slot: a class's own must be a string.)
+    __name__ = property(lambda self: self.__wrapped__.__name__)
+    __code__ = property(lambda self: self.__wrapped__.__code__)
+    __globals__ = property(lambda self: self.__wrapped__.__globals__)
+    __defaults__ = property(lambda self: self.__wrapped__.__defaults__)
+    __kwdefaults__ = property(lambda self: self.__wrapped__.__kwdefaults__)
 
     def remove(self) -> None:
         """Put the module's own forward back (if another wrapper went on top of this one
