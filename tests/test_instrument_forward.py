@@ -176,3 +176,21 @@ def test_the_timed_forward_reads_as_the_function_it_wraps() -> None:
         # non-strict export reads the exported module's forward.__code__
         exported = torch.export.export(m[0], (x,), strict=False)
         assert torch.allclose(exported.module()(x), m[0](x))
+
+
+def test_a_hook_put_on_top_and_taken_off_after_remove_leaves_no_timed_forward() -> None:
+    hooks = pytest.importorskip("accelerate.hooks")
+    log = memory_logger()
+    m = Net()
+    x = torch.randn(3, 4)
+    h = instrument(m)
+    hooks.add_hook_to_module(m.a, hooks.ModelHook())  # keeps ours as m.a._old_forward
+    with timed("forward"):
+        m(x)
+    assert "forward/a" in forward_regions(log)
+    h.remove()
+    hooks.remove_hook_from_module(m.a)  # puts _old_forward back as m.a.forward
+    assert m.a.forward == Scale.forward.__get__(m.a)  # as without instrument: no dead wrapper
+    assert b"stagewatch" not in pickle.dumps(m)
+    with instrument(m):
+        assert m.a.forward.__wrapped__ == Scale.forward.__get__(m.a)  # wrapped once

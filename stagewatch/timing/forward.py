@@ -94,7 +94,8 @@ class TimedForward:
 
     def remove(self) -> None:
         """Put the module's own forward back (if another wrapper went on top of this one
-        since, this one stays in it and only passes calls through)."""
+        since, this one stays in it and only passes calls through; where that wrapper keeps
+        it in the module, as accelerate's ``_old_forward``, the module's own goes there)."""
         self.probe = None
         d = self.module.__dict__
         _untimed(d, self)
@@ -112,12 +113,14 @@ def untimed_forward(prior: Any, module: Any) -> Any:
 
 
 def _untimed(d: dict[str, Any], fwd: TimedForward) -> None:
-    """``d`` (a module's ``__dict__`` or a copy of it) with the forward ``fwd`` wrapped."""
-    if d.get("forward") is fwd:
-        if fwd.prior is None:
-            del d["forward"]
+    """``d`` (a module's ``__dict__`` or a copy of it) without the forward ``fwd``: what it
+    wrapped instead, wherever it is (``forward``; accelerate's ``_old_forward``, kept by a
+    hook put on top of it, which puts it back as ``forward`` when taken away)."""
+    for k in [k for k, v in d.items() if v is fwd]:
+        if k == "forward" and fwd.prior is None:
+            del d[k]
         else:
-            d["forward"] = fwd.prior
+            d[k] = fwd.__wrapped__
 
 
 def state_of(fwd: TimedForward) -> Any:
