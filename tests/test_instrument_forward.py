@@ -194,3 +194,25 @@ def test_a_hook_put_on_top_and_taken_off_after_remove_leaves_no_timed_forward() 
     assert b"stagewatch" not in pickle.dumps(m)
     with instrument(m):
         assert m.a.forward.__wrapped__ == Scale.forward.__get__(m.a)  # wrapped once
+
+
+def test_a_forward_replaced_after_instrument_is_timed_from_the_next_step() -> None:
+    log = memory_logger()
+    m = Net()
+    x = torch.randn(3, 4)
+
+    def doubled(self: Scale, x: torch.Tensor) -> torch.Tensor:  # a kernel patch, say
+        return self.lin(x) * 2.0
+
+    h = instrument(m)
+    m.a.forward = doubled.__get__(m.a)  # replaces the timed forward (module hooks stayed)
+    for _ in range(2):
+        with timed("forward"):
+            out = m(x)
+        with timed("backward"):
+            out.sum().backward()
+        got = forward_regions(log)
+    assert "forward/a" in got and "backward/a" in log.get_summary()
+    assert torch.allclose(out, m.b(m.a.lin(x) * 2.0))
+    h.remove()
+    assert m.a.forward == doubled.__get__(m.a) and "__getstate__" not in vars(m.a)
