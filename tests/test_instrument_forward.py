@@ -216,3 +216,25 @@ def test_a_forward_replaced_after_instrument_is_timed_from_the_next_step() -> No
     assert torch.allclose(out, m.b(m.a.lin(x) * 2.0))
     h.remove()
     assert m.a.forward == doubled.__get__(m.a) and "__getstate__" not in vars(m.a)
+
+
+class Symmetric(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w.triu() + w.triu(1).T
+
+
+def test_a_deep_copy_that_copies_the_dict_as_it_is_gets_working_methods() -> None:
+    # parametrize's modules deep-copy their __dict__ directly (not through __getstate__)
+    from torch.nn.utils import parametrize
+
+    memory_logger()
+    m = Net()
+    parametrize.register_parametrization(m.a.lin, "weight", Symmetric())
+    with instrument(m, depth=2):
+        c = copy.deepcopy(m)
+    r = c.a.lin._replicate_for_data_parallel()
+    assert r.forward.__self__ is r  # its class's method, bound to the replica
+    with pytest.raises(RuntimeError, match="parametrized modules"):  # parametrize's own
+        c.a.lin.__getstate__()
+    x = torch.randn(3, 4)
+    assert torch.allclose(c(x), m(x))

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 from threading import get_ident as _ident
 from typing import Any
 
@@ -34,23 +33,29 @@ class TimedForward:
     __slots__ = ("__qualname__", "__wrapped__", "module", "own", "prior", "probe")
 
     def __init__(self, probe: Any, module: Any) -> None:
-        self.probe: Any = probe  # its Probe; None once taken away
-        self.module = module
-        self.prior = module.__dict__.get("forward")  # a forward the instance had (kept)
-        self.__wrapped__ = module.forward
-        qualname = getattr(self.__wrapped__, "__qualname__", None)
-        if isinstance(qualname, str):
-            self.__qualname__ = qualname
         d = module.__dict__
+        old = d.get("forward")
+        if type(old) is TimedForward and old.probe is None and old.module is module:
+            old.remove()  # one taken away (a copy's, one put back by another wrapper)
+        self._init(probe, module, d.get("forward"), module.forward)
         d["forward"] = self
-        # what a copy of the module reads (instance attributes before the class's methods)
-        self.own = {
-            "__getstate__": functools.partial(state_of, self),
-            "_replicate_for_data_parallel": functools.partial(replicate, self),
-        }
         for k, v in self.own.items():
             if k not in d:  # (an instance's own: left as it is)
                 d[k] = v
+
+    def _init(self, probe: Any, module: Any, prior: Any, wrapped: Any) -> None:
+        self.probe: Any = probe  # its Probe; None once taken away
+        self.module = module
+        self.prior = prior  # a forward the instance had (kept)
+        self.__wrapped__ = wrapped
+        qualname = getattr(wrapped, "__qualname__", None)
+        if isinstance(qualname, str):
+            self.__qualname__ = qualname
+        # what a copy of the module reads (instance attributes before the class's methods)
+        self.own = {
+            "__getstate__": _Own(self, state_of, "__getstate__"),
+            "_replicate_for_data_parallel": _Own(self, replicate, "_replicate_for_data_parallel"),
+        }
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         probe = self.probe
@@ -78,7 +83,7 @@ class TimedForward:
         return out
 
     def __reduce__(self) -> Any:
-        return (untimed_forward, (self.prior, self.module))
+        return (untimed_copy, (self.prior, self.module))
 
     # A function's attributes, read as the wrapped forward's: ``__code__`` (non-strict
     # torch.export reads the exported module's forward's), ``__name__``... Properties, not
@@ -107,9 +112,31 @@ class TimedForward:
         return f"<timed {self.__wrapped__!r}>"
 
 
-def untimed_forward(prior: Any, module: Any) -> Any:
-    """The forward of a copy of a timed module: the one the instance had, else its class's."""
-    return prior if prior is not None else type(module).forward.__get__(module)
+class _Own:
+    """A method of the timed module's, on the instance: ``fn(fwd)``. A copy of it (a class
+    whose ``__deepcopy__`` copies the module's ``__dict__`` as it is: parametrize's,
+    ``GraphModule``'s) is the copy's own method, from its class."""
+
+    __slots__ = ("fn", "fwd", "name")
+
+    def __init__(self, fwd: TimedForward, fn: Any, name: str) -> None:
+        self.fwd, self.fn, self.name = fwd, fn, name
+
+    def __call__(self) -> Any:
+        return self.fn(self.fwd)
+
+    def __reduce__(self) -> Any:
+        return (_Own, (self.fwd, self.fn, self.name))
+
+
+def untimed_copy(prior: Any, module: Any) -> TimedForward:
+    """A copy of a timed forward (where a copy of the module holds it: another wrapper's
+    ``__wrapped__``, a ``__dict__`` copied as it is): taken away, for the copy of the
+    module; it calls the forward the instance had, else its class's."""
+    fwd = object.__new__(TimedForward)
+    wrapped = prior if prior is not None else type(module).forward.__get__(module)
+    fwd._init(None, module, prior, wrapped)
+    return fwd
 
 
 def _untimed(d: dict[str, Any], fwd: TimedForward) -> None:
