@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import typing
 import warnings
 from typing import Any
 
@@ -173,6 +174,8 @@ def test_the_timed_forward_reads_as_the_function_it_wraps() -> None:
         assert (fwd.__name__, fwd.__qualname__) == ("forward", "Block.forward")
         assert fwd.__code__ is Block.forward.__code__ and fwd.__defaults__ == (1.0,)
         assert not hasattr(fwd, "__self__")  # not a method: none rebinds past it
+        hints = typing.get_type_hints(fwd)
+        assert hints == typing.get_type_hints(Block.forward)
         # non-strict export reads the exported module's forward.__code__
         exported = torch.export.export(m[0], (x,), strict=False)
         assert torch.allclose(exported.module()(x), m[0](x))

@@ -96,6 +96,7 @@ class TimedForward:
     __globals__ = property(lambda self: self.__wrapped__.__globals__)
     __defaults__ = property(lambda self: self.__wrapped__.__defaults__)
     __kwdefaults__ = property(lambda self: self.__wrapped__.__kwdefaults__)
+    __annotations__ = property(lambda self: self.__wrapped__.__annotations__)  # get_type_hints
 
     def remove(self) -> None:
         """Put the module's own forward back (if another wrapper went on top of this one
