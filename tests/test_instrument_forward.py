@@ -241,3 +241,26 @@ def test_a_deep_copy_that_copies_the_dict_as_it_is_gets_working_methods() -> Non
         c.a.lin.__getstate__()
     x = torch.randn(3, 4)
     assert torch.allclose(c(x), m(x))
+
+
+def test_a_view_standing_in_for_a_parameter_is_waited_for_not_refused() -> None:
+    # FSDP1 with use_orig_params puts views of its flat parameter in for the forward: they
+    # are not leaves, so a post-accumulate hook cannot go on them (it raised in the loop)
+    log = memory_logger()
+    m = Net()
+    flat = nn.Parameter(torch.randn(16))
+
+    def put_view(mod: nn.Module, _args: Any) -> None:
+        mod._parameters["weight"] = flat.view(4, 4)
+
+    m.a.lin.register_forward_pre_hook(put_view)
+    x = torch.randn(3, 4)
+    with instrument(m, depth=1), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            with timed("forward"):
+                out = m(x)
+            with timed("backward"):
+                out.sum().backward()
+            log.step()
+    assert flat.grad is not None and "backward/a" in log.get_summary()

@@ -211,6 +211,16 @@ def is_script(m: Any) -> bool:
 # --------------------------------------------------------------------------- a call's tensors
 
 
+def first_param(module: Any) -> tuple[Any, str] | None:
+    """The module that holds ``module``'s first parameter, and its name there (the order of
+    ``module.parameters()``): a probe checks that one is still the parameter it hooked."""
+    for m in module.modules():
+        for name, p in m._parameters.items():
+            if p is not None:
+                return m, name
+    return None
+
+
 def nested_grad_tensors(a: Any, tensor: type) -> list[Any]:
     """Tensors that need a gradient one level inside a tuple, list or dict argument."""
     items = a.values() if isinstance(a, Mapping) else a

@@ -11,7 +11,7 @@ from typing import Any
 from stagewatch.timing import regions
 from stagewatch.timing.calls import NO_HOOKS, Call, _rec
 from stagewatch.timing.forward import TimedForward
-from stagewatch.timing.modules import output_nodes, swap_inputs, warn_once
+from stagewatch.timing.modules import first_param, output_nodes, swap_inputs, warn_once
 from stagewatch.timing.regions import CpuRegion
 
 MAX_PENDING = 64  # backward calls a probe remembers (bounded even if backward never runs)
@@ -133,16 +133,6 @@ def thread_stack(lg: Any) -> list[Any]:
         return tls.stack
 
 
-def _first_param(module: Any) -> tuple[Any, str] | None:
-    """The module that holds ``module``'s first parameter, and its name there (the order of
-    ``module.parameters()``)."""
-    for m in module.modules():
-        for name, p in m._parameters.items():
-            if p is not None:
-                return m, name
-    return None
-
-
 class Probe:
     """The hooks of one timed module."""
 
@@ -152,7 +142,7 @@ class Probe:
         self.path = path
         self.bwd_name = "backward/" + path
         self.params = [p for p in module.parameters()]
-        self.first = _first_param(module)
+        self.first = first_param(module)
         self.pending: deque[Call] = deque()
         self.param_hooks: list[Any] = []
         self.hooked: tuple[bool, ...] = ()
@@ -527,7 +517,9 @@ class Probe:
         """Post-accumulate hooks on the trainable parameters (re-made when parameters are
         frozen or unfrozen: a hook cannot go on a tensor that needs no gradient)."""
         first = self.first
-        if first is not None and first[0]._parameters.get(first[1]) is not self.params[0]:
+        if first is not None and first[0]._parameters.get(first[1]) is not (
+            self.params[0] if self.params else None
+        ):
             # another module's parameters now (FSDP2 puts the unsharded ones in for the
             # forward; hooks on the sharded ones never run): hook the ones in use
             self.params = [p for p in self.module.parameters()]
@@ -545,10 +537,16 @@ class Probe:
             h.remove()
         self.param_hooks = [
             p.register_post_accumulate_grad_hook(self._accumulated)
+            if p.grad_fn is None
+            # a view standing in for a parameter (FSDP1 with use_orig_params): its gradient
+            else p.register_hook(functools.partial(self._view_grad, p))
             for p, on in zip(self.params, want, strict=True)
             if on
         ]
         self.hooked = want
+
+    def _view_grad(self, p: Any, _grad: Any) -> None:
+        self._accumulated(p)
 
     def _accumulated(self, p: Any) -> None:
         if not p.requires_grad:
