@@ -264,3 +264,49 @@ def test_a_view_standing_in_for_a_parameter_is_waited_for_not_refused() -> None:
                 out.sum().backward()
             log.step()
     assert flat.grad is not None and "backward/a" in log.get_summary()
+
+
+def test_a_class_swapped_in_after_instrument_runs_its_own_forward() -> None:
+    # FSDP2's fully_shard swaps in a subclass (module hooks always found its forward)
+    log = memory_logger()
+    m = Net()
+    x = torch.randn(3, 4)
+
+    class Tripled(Scale):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) * 3.0
+
+    with instrument(m):
+        m.a.__class__ = Tripled
+        with timed("forward"):
+            out = m.a(x)
+        assert torch.allclose(out, m.a.lin(x) * 3.0)
+        assert "forward/a" in forward_regions(log)
+
+
+def test_hugging_face_checkpointed_layers_still_checkpoint_in_an_fsdp2_subclass() -> None:
+    # transformers wraps each GradientCheckpointingLayer subclass's forward; only the
+    # outermost (type(self).forward) checkpoints: the forward bound at instrument (the
+    # parent class's) ran the layer without checkpointing once fully_shard swapped the class
+    llama = pytest.importorskip("transformers.models.llama.modeling_llama")
+    cfg = llama.LlamaConfig(
+        num_hidden_layers=1,
+        hidden_size=16,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=32,
+        vocab_size=32,
+    )
+    memory_logger()
+    model = llama.LlamaForCausalLM(cfg)
+    model.train()
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    (enable or model.gradient_checkpointing_enable)({"use_reentrant": False})
+    layer = model.model.layers[0]
+    runs = []
+    layer.input_layernorm.register_forward_pre_hook(lambda *_: runs.append(1))
+    ids = torch.randint(0, 32, (1, 6))
+    with instrument(model, depth=3):
+        layer.__class__ = type("FSDPLlamaDecoderLayer", (type(layer),), {})
+        model(input_ids=ids, labels=ids).loss.backward()
+    assert len(runs) == 2  # the forward and its re-run in the backward

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import inspect
 from threading import get_ident as _ident
+from types import FunctionType
 from typing import Any
 
 
@@ -30,7 +32,7 @@ class TimedForward:
     of their own forward (:func:`replicate`). Both are instance attributes, read only when
     a copy is made: nothing per call."""
 
-    __slots__ = ("__qualname__", "__wrapped__", "module", "own", "prior", "probe")
+    __slots__ = ("__qualname__", "__wrapped__", "fixed", "module", "own", "prior", "probe")
 
     def __init__(self, probe: Any, module: Any) -> None:
         d = module.__dict__
@@ -47,7 +49,13 @@ class TimedForward:
         self.probe: Any = probe  # its Probe; None once taken away
         self.module = module
         self.prior = prior  # a forward the instance had (kept)
-        self.__wrapped__ = wrapped
+        self.__wrapped__ = wrapped  # as it was here (inspect.signature reads it)
+        # what a call runs: None, the class's forward looked up at each call, as torch's
+        # module(...) does (a class swapped in later, as FSDP2's fully_shard does, has its
+        # own: Hugging Face's checkpointed layers checkpoint only from the class's own
+        # outermost forward), or the instance's own (or an odd class attribute) as it was
+        plain = isinstance(inspect.getattr_static(type(module), "forward", None), FunctionType)
+        self.fixed = wrapped if prior is not None or not plain else None
         qualname = getattr(wrapped, "__qualname__", None)
         if isinstance(qualname, str):
             self.__qualname__ = qualname
@@ -60,27 +68,45 @@ class TimedForward:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         probe = self.probe
         if probe is None:  # taken away, but another wrapper holds this one
-            return self.__wrapped__(*args, **kwargs)
+            return self._call(args, kwargs)
         inst = probe.inst
         # inside compiled code: dynamo traces is_dynamo_compiling() as True (nothing timed
         # in the graph); the flag is what is_compiling() returns outside dynamo (export)
         if inst.dynamo() or inst.compiler._is_compiling_flag:
-            return self.__wrapped__(*args, **kwargs)
+            return self._call(args, kwargs)
         if inst.graph_task() != -1:  # a re-run under a checkpoint, in the backward
-            return probe.rerun(self.__wrapped__, args, kwargs)
+            return probe.rerun(self.current(), args, kwargs)
         tls = inst._tls if _ident() == inst._tid else inst.thread_state()
         frame, replaced = probe.enter(args, kwargs, tls)
         if frame is None:
-            return self.__wrapped__(*args, **kwargs)
+            return self._call(args, kwargs)
         if replaced is not None:
             args, kwargs = replaced
+        fixed = self.fixed
         try:
-            out = self.__wrapped__(*args, **kwargs)
+            if fixed is None:  # the class's forward, as module(...) finds it now
+                m = self.module
+                out = type(m).forward(m, *args, **kwargs)
+            else:
+                out = fixed(*args, **kwargs)
         except BaseException:
             probe.leave(frame, None, tls)  # the region still ends
             raise
         probe.leave(frame, out, tls)
         return out
+
+    def _call(self, args: Any, kwargs: Any) -> Any:
+        fixed = self.fixed
+        if fixed is not None:
+            return fixed(*args, **kwargs)
+        m = self.module
+        return type(m).forward(m, *args, **kwargs)
+
+    def current(self) -> Any:
+        """The forward this one calls now (bound)."""
+        if self.fixed is not None:
+            return self.fixed
+        return type(self.module).forward.__get__(self.module)
 
     def __reduce__(self) -> Any:
         return (untimed_copy, (self.prior, self.module))
