@@ -32,7 +32,7 @@ class TimedForward:
     of their own forward (:func:`replicate`). Both are instance attributes, read only when
     a copy is made: nothing per call."""
 
-    __slots__ = ("__qualname__", "__wrapped__", "fixed", "module", "own", "prior", "probe")
+    __slots__ = ("__qualname__", "__wrapped__", "cls", "fn", "module", "own", "prior", "probe")
 
     def __init__(self, probe: Any, module: Any) -> None:
         d = module.__dict__
@@ -50,15 +50,15 @@ class TimedForward:
         self.module = module
         self.prior = prior  # a forward the instance had (kept)
         self.__wrapped__ = wrapped  # as it was here (inspect.signature reads it)
-        # what a call runs: None, the class's forward looked up at each call, as torch's
-        # module(...) does (a class swapped in later, as FSDP2's fully_shard does, has its
-        # own: Hugging Face's checkpointed layers checkpoint only from the class's own
-        # outermost forward), or the instance's own (or an odd class attribute) as it was
-        plain = isinstance(inspect.getattr_static(type(module), "forward", None), FunctionType)
-        self.fixed = wrapped if prior is not None or not plain else None
         qualname = getattr(wrapped, "__qualname__", None)
         if isinstance(qualname, str):
             self.__qualname__ = qualname
+        # what a call runs, bound: the class's forward, re-bound when another class is
+        # swapped in (FSDP2's fully_shard does; module(...) finds the new class's, and
+        # Hugging Face's checkpointed layers checkpoint only from their class's own
+        # outermost forward), else the instance's own as it was
+        self.fn = wrapped
+        self.cls = type(module)
         # what a copy of the module reads (instance attributes before the class's methods)
         self.own = {
             "__getstate__": _Own(self, state_of, "__getstate__"),
@@ -82,13 +82,11 @@ class TimedForward:
             return self._call(args, kwargs)
         if replaced is not None:
             args, kwargs = replaced
-        fixed = self.fixed
+        fn = self.fn
+        if type(self.module) is not self.cls:  # a class swapped in since (FSDP2's)
+            fn = self._rebind()
         try:
-            if fixed is None:  # the class's forward, as module(...) finds it now
-                m = self.module
-                out = type(m).forward(m, *args, **kwargs)
-            else:
-                out = fixed(*args, **kwargs)
+            out = fn(*args, **kwargs)
         except BaseException:
             probe.leave(frame, None, tls)  # the region still ends
             raise
@@ -96,17 +94,20 @@ class TimedForward:
         return out
 
     def _call(self, args: Any, kwargs: Any) -> Any:
-        fixed = self.fixed
-        if fixed is not None:
-            return fixed(*args, **kwargs)
-        m = self.module
-        return type(m).forward(m, *args, **kwargs)
+        return self.current()(*args, **kwargs)
 
     def current(self) -> Any:
-        """The forward this one calls now (bound)."""
-        if self.fixed is not None:
-            return self.fixed
-        return type(self.module).forward.__get__(self.module)
+        """The forward this one calls now."""
+        return self.fn if type(self.module) is self.cls else self._rebind()
+
+    def _rebind(self) -> Any:
+        """The module's class changed since the forward was bound: its class's forward
+        (unless the instance has its own, or the class's is not a plain function)."""
+        m = self.module
+        self.cls = type(m)
+        if self.prior is None and _plain(self.cls):
+            self.fn = self.cls.forward.__get__(m)
+        return self.fn
 
     def __reduce__(self) -> Any:
         return (untimed_copy, (self.prior, self.module))
@@ -137,6 +138,11 @@ class TimedForward:
 
     def __repr__(self) -> str:
         return f"<timed {self.__wrapped__!r}>"
+
+
+def _plain(cls: type) -> bool:
+    """Whether ``cls.forward`` is a plain function (not a property, a staticmethod...)."""
+    return isinstance(inspect.getattr_static(cls, "forward", None), FunctionType)
 
 
 class _Own:
