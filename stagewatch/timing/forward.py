@@ -30,7 +30,13 @@ class TimedForward:
     in its ``__dict__`` (a reference cycle; a pickle naming stagewatch). DataParallel's
     replicas (``_replicate_for_data_parallel``, a copy of ``__dict__``) each get a wrapper
     of their own forward (:func:`replicate`). Both are instance attributes, read only when
-    a copy is made: nothing per call."""
+    a copy is made: nothing per call.
+
+    What module hooks got for free, kept: a class swapped in later (FSDP2's ``fully_shard``)
+    has its own forward called (re-bound at the next call: one type check per call); a
+    forward set on the instance later (``module.forward = f``) is wrapped in turn at the
+    end of the next backward pass (``Probe.rewrap``); a class whose ``forward`` is a
+    property is refused at ``instrument`` (``modules.forward_replaceable``)."""
 
     __slots__ = ("__qualname__", "__wrapped__", "cls", "fn", "module", "own", "prior", "probe")
 
