@@ -1,5 +1,5 @@
 """Two gloo processes (torch.multiprocessing): instrument a DDP model (wrapped before, or
-after ``instrument``; with the user's own comm hook) and an FSDP2 model.
+after ``instrument``; with the user's own comm hook), an FSDP2 model and an FSDP1 one.
 
 Run as ``python tests/_instrument_ddp_worker.py LOG_DIR PORT``; each rank writes its own
 rank file under LOG_DIR (runs "ddp" and "fsdp"). Used by tests/test_instrument_ddp.py.
@@ -56,7 +56,8 @@ def worker(rank: int, world: int, log_dir: str, port: str) -> None:
     import stagewatch
 
     torch.manual_seed(0)
-    for run, wrap in (("ddp", _ddp), ("inner", _inner), ("ownhook", _own_hook), ("fsdp", _fsdp)):
+    runs = (("ddp", _ddp), ("inner", _inner), ("ownhook", _own_hook), ("fsdp", _fsdp))
+    for run, wrap in (*runs, ("fsdp1", _fsdp1)):
         log = stagewatch.TimingLogger(
             log_dir,
             enable_console=False,
@@ -111,6 +112,15 @@ def _fsdp(net: nn.Module, ddp: type) -> nn.Module:
     fully_shard(net.encoder, mesh=mesh)
     fully_shard(net, mesh=mesh)
     return net
+
+
+def _fsdp1(net: nn.Module, ddp: type) -> nn.Module:
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    # use_orig_params: the modules' parameters are views of the flat one in the forward
+    cpu = torch.device("cpu")
+    net.encoder = FSDP(net.encoder, use_orig_params=True, device_id=cpu)
+    return FSDP(net, use_orig_params=True, device_id=cpu)
 
 
 if __name__ == "__main__":

@@ -220,12 +220,16 @@ class InstrumentHandle:
     def _backward_done(self) -> None:
         """The backward pass ended: a call still open did not get all its inputs' (or
         parameters') gradients in it (a part of the graph pruned, an input the module does
-        not use): its region ends here, with one warning."""
+        not use): its region ends here, with one warning. Also where a timed forward was
+        replaced since (``module.forward = f``): ``f`` is timed from the next forward on,
+        as module hooks would time it (a dict lookup per module here, none per call)."""
         self._tls.last_node = None
         for probe in self._probes:
             for call in probe.pending:
                 if call.state == 1:
                     probe.unfinished(call)
+            if probe.module.__dict__.get("forward") is not probe.fwd:
+                probe.rewrap()
         self.disarm_recompute()
 
     def disarm_recompute(self) -> None:

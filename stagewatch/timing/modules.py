@@ -160,13 +160,20 @@ def given_modules(
 
 
 def drop_compiled(timed: dict[str, Any]) -> dict[str, Any]:
-    """Without the modules hooks cannot time: compiled ones, and TorchScript ones (which
-    refuse Python hooks), each kind with one warning."""
+    """Without the modules instrument cannot time: compiled ones, TorchScript ones (which
+    refuse Python hooks), each kind with one warning, and those whose class makes
+    ``forward`` a property (the timed forward would sit unread in the instance's dict)."""
     out = {}
     scripted = []
     for path, m in timed.items():
         if is_script(m):
             scripted.append(path)
+            continue
+        if not forward_replaceable(m):
+            warn(
+                f"instrument(): {path!r} has a `forward` its class defines as a property (or "
+                "another data descriptor), which the timed forward cannot replace; not timed",
+            )
             continue
         if is_compiled(m):
             warn(
@@ -184,6 +191,15 @@ def drop_compiled(timed: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def forward_replaceable(m: Any) -> bool:
+    """Whether ``m.forward`` is read from the instance's ``__dict__`` (where the timed forward
+    goes): not if the class makes it a data descriptor (a ``property``)."""
+    import inspect
+
+    attr = inspect.getattr_static(type(m), "forward", None)
+    return not hasattr(type(attr), "__set__")
+
+
 def is_script(m: Any) -> bool:
     import sys
 
@@ -193,6 +209,16 @@ def is_script(m: Any) -> bool:
 
 
 # --------------------------------------------------------------------------- a call's tensors
+
+
+def first_param(module: Any) -> tuple[Any, str] | None:
+    """The module that holds ``module``'s first parameter, and its name there (the order of
+    ``module.parameters()``): a probe checks that one is still the parameter it hooked."""
+    for m in module.modules():
+        for name, p in m._parameters.items():
+            if p is not None:
+                return m, name
+    return None
 
 
 def nested_grad_tensors(a: Any, tensor: type) -> list[Any]:

@@ -11,7 +11,7 @@ from typing import Any
 from stagewatch.timing import regions
 from stagewatch.timing.calls import NO_HOOKS, Call, _rec
 from stagewatch.timing.forward import TimedForward
-from stagewatch.timing.modules import output_nodes, swap_inputs, warn_once
+from stagewatch.timing.modules import first_param, output_nodes, swap_inputs, warn_once
 from stagewatch.timing.regions import CpuRegion
 
 MAX_PENDING = 64  # backward calls a probe remembers (bounded even if backward never runs)
@@ -142,6 +142,7 @@ class Probe:
         self.path = path
         self.bwd_name = "backward/" + path
         self.params = [p for p in module.parameters()]
+        self.first = first_param(module)
         self.pending: deque[Call] = deque()
         self.param_hooks: list[Any] = []
         self.hooked: tuple[bool, ...] = ()
@@ -515,6 +516,14 @@ class Probe:
     def _hook_params(self) -> None:
         """Post-accumulate hooks on the trainable parameters (re-made when parameters are
         frozen or unfrozen: a hook cannot go on a tensor that needs no gradient)."""
+        first = self.first
+        if first is not None and first[0]._parameters.get(first[1]) is not (
+            self.params[0] if self.params else None
+        ):
+            # another module's parameters now (FSDP2 puts the unsharded ones in for the
+            # forward; hooks on the sharded ones never run): hook the ones in use
+            self.params = [p for p in self.module.parameters()]
+            self.hooked = ()
         hooked = self.hooked
         if len(hooked) == len(self.params):  # unchanged (the common case): no tuple made
             for p, on in zip(self.params, hooked, strict=True):
@@ -528,10 +537,16 @@ class Probe:
             h.remove()
         self.param_hooks = [
             p.register_post_accumulate_grad_hook(self._accumulated)
+            if p.grad_fn is None
+            # a view standing in for a parameter (FSDP1 with use_orig_params): its gradient
+            else p.register_hook(functools.partial(self._view_grad, p))
             for p, on in zip(self.params, want, strict=True)
             if on
         ]
         self.hooked = want
+
+    def _view_grad(self, p: Any, _grad: Any) -> None:
+        self._accumulated(p)
 
     def _accumulated(self, p: Any) -> None:
         if not p.requires_grad:
@@ -541,6 +556,18 @@ class Probe:
             if call.state == 1 and call.params:
                 call.t_last = now
                 call.param_grad()
+
+    def rewrap(self) -> None:
+        """The module's forward is no longer this probe's timed forward: time the one it has
+        (unless it calls this probe's through ``__wrapped__``, a wrapper on top)."""
+        fwd = self.fwd
+        f = self.module.__dict__.get("forward")
+        for _ in range(8):
+            if f is fwd:
+                return
+            f = getattr(f, "__wrapped__", None)
+        fwd.remove()  # a pass-through, wherever it still is
+        self.fwd = TimedForward(self, self.module)
 
     def remove(self) -> None:
         self.fwd.remove()
