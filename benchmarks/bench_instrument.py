@@ -376,7 +376,10 @@ def report(res: dict[str, Any]) -> str:
             *rows,
             "",
             f"`instrument(depth=2)` costs {ov['instrument2']:+.1f} % of CPU against no timing "
-            f"(target ≤ {TARGET_PCT:.0f} %: {'met' if ok else 'NOT met'}) and "
+            f"in this run ({'≤' if ok else 'over'} the target of {TARGET_PCT:.0f} %; the "
+            "target is judged on repeated paired runs, `bench_instrument_ab.py --keep`, in "
+            "the latest `instrument(depth=2)` section below: this design's block medians, "
+            "with hooks installed anew for each block, swing by ±2 points from run to run) and "
             f"{res['vs_core_pct']['instrument2']:+.1f} % against the timing core alone; "
             f"depth 3 (23 modules) {ov['instrument3']:+.1f} % / "
             f"{res['vs_core_pct']['instrument3']:+.1f} %. `torch.profiler` with its lightest "
