@@ -214,7 +214,7 @@ async def test_the_chart_comes_back_drawn_when_the_terminal_grows(tmp_path: Path
         for _ in range(2):  # and again: shown, hidden, shown
             await pilot.resize_terminal(160, 48)
             await wait_for(pilot, lambda: not chart.has_class("hidden"))
-            await wait_for(pilot, lambda: chart.size.height > 3 and "│" in chart.content.plain)
+            await wait_for(pilot, lambda: chart.size.height > 3 and "│" in str(chart.content))
             await pilot.resize_terminal(160, 24)
             await wait_for(pilot, lambda: chart.has_class("hidden"))
 
