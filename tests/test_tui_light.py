@@ -7,11 +7,12 @@ reads on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -28,6 +29,17 @@ from tui.view.widgets.tree import StageTree
 
 RUN = "20261126-150000-live-0001"
 T0 = 2_000_000_000.0
+
+
+@contextlib.contextmanager
+def posting(src: LiveSource) -> Iterator[list[WorldSnapshot]]:
+    """The snapshots ``src`` posts while the block runs (started here, stopped after)."""
+    got: list[WorldSnapshot] = []
+    src.start(got.append)
+    try:
+        yield got
+    finally:
+        src.stop()
 
 
 def _until(done: Callable[[], object], t_end: float) -> None:
@@ -91,9 +103,7 @@ def test_the_reader_posts_light_snapshots_between_full_ones_and_a_full_one_at_th
     src = LiveSource(
         tmp_path, poll=True, interval=0.02, min_gap=0.02, full_gap=0.3, stale_after=1e9
     )
-    got: list[WorldSnapshot] = []
-    src.start(got.append)
-    try:
+    with posting(src) as got:
         t_end = time.monotonic() + 5
         _until(lambda: got, t_end)
         assert got and not got[0].light  # the first: full
@@ -102,8 +112,6 @@ def test_the_reader_posts_light_snapshots_between_full_ones_and_a_full_one_at_th
             time.sleep(0.04)
         last = 6 + 14
         _until(lambda: got[-1].selected.step == last and not got[-1].light, t_end)
-    finally:
-        src.stop()
     snaps = [s for s in got if s.selected is not None]
     assert snaps[-1].selected.step == last and not snaps[-1].light and snaps[-1].selected.regions
     lights = [s for s in snaps if s.light]
@@ -185,9 +193,7 @@ def test_a_due_full_snapshot_rides_on_the_next_step_while_steps_come(tmp_path: P
     src = LiveSource(
         tmp_path, poll=True, interval=0.02, min_gap=0.02, full_gap=0.3, stale_after=1e9
     )
-    got: list[WorldSnapshot] = []
-    src.start(got.append)
-    try:
+    with posting(src) as got:
         t_end = time.monotonic() + 8
         _until(lambda: got, t_end)
         first = len(got)
@@ -196,8 +202,6 @@ def test_a_due_full_snapshot_rides_on_the_next_step_while_steps_come(tmp_path: P
             time.sleep(0.15)
         last = 6 + 11
         _until(lambda: got[-1].selected.step == last and not got[-1].light, t_end)
-    finally:
-        src.stop()
     snaps = got[first:]
     keys = [(min(r.step for r in s.selected.rank_info), s.selected.step) for s in snaps]
     fulls = [s for s in snaps[:-1] if not s.light]
@@ -210,9 +214,7 @@ def test_a_due_full_snapshot_rides_on_the_next_step_while_steps_come(tmp_path: P
 def test_want_full_gets_a_full_snapshot_at_once(tmp_path: Path) -> None:
     paths = _live_run(tmp_path)
     src = LiveSource(tmp_path, poll=True, interval=0.02, min_gap=0.0, full_gap=1e6, stale_after=1e9)
-    got: list[WorldSnapshot] = []
-    src.start(got.append)
-    try:
+    with posting(src) as got:
         t_end = time.monotonic() + 5
         _until(lambda: got, t_end)
         _append(paths, 6)
@@ -221,8 +223,6 @@ def test_want_full_gets_a_full_snapshot_at_once(tmp_path: Path) -> None:
         n = len(got)
         src.want_full()
         _until(lambda: len(got) > n, t_end)
-    finally:
-        src.stop()
     assert (
         len(got) > n and not got[n].light and got[n].selected.step == 6 and got[n].selected.regions
     )
@@ -358,9 +358,7 @@ def test_the_watcher_wakes_on_writes_new_files_and_new_runs_not_on_reads(tmp_pat
 def test_a_live_source_is_woken_by_an_append_without_waiting_for_its_scan(tmp_path: Path) -> None:
     paths = _live_run(tmp_path)
     src = LiveSource(tmp_path, interval=30.0, min_gap=0.0, stale_after=1e9)  # the scan: 30 s
-    got: list[WorldSnapshot] = []
-    src.start(got.append)
-    try:
+    with posting(src) as got:
         assert src.watching
         t_end = time.monotonic() + 5
         _until(lambda: got, t_end)
@@ -371,8 +369,6 @@ def test_a_live_source_is_woken_by_an_append_without_waiting_for_its_scan(tmp_pa
         _append(paths, 6)
         _until(lambda: got[-1].selected.step == 6, t_end)
         assert got[-1].selected.step == 6
-    finally:
-        src.stop()
 
 
 def test_tree_labels_are_made_when_their_lines_are_drawn(tmp_path: Path) -> None:
@@ -423,26 +419,20 @@ def test_where_the_watcher_cannot_start_the_scan_reads_on(
     assert watcher.start(str(tmp_path), lambda: None) is None
     paths = _live_run(tmp_path)
     src = LiveSource(tmp_path, interval=0.1, min_gap=0.0, stale_after=1e9)
-    got: list[WorldSnapshot] = []
-    src.start(got.append)
-    try:
+    with posting(src) as got:
         assert not src.watching and src._watcher is None
         t_end = time.monotonic() + 5
         _until(lambda: got, t_end)
         _append(paths, 6)
         _until(lambda: got[-1].selected.step == 6, t_end)
         assert got[-1].selected.step == 6
-    finally:
-        src.stop()
 
 
 def test_watching_one_run_folder_or_one_file(tmp_path: Path) -> None:
     paths = _live_run(tmp_path)
     for root in (paths[0].parent, paths[0]):  # `tui watch RUN` and `tui watch RUN/rank0.jsonl`
         src = LiveSource(root, interval=30.0, min_gap=0.0, stale_after=1e9)
-        got: list[WorldSnapshot] = []
-        src.start(got.append)
-        try:
+        with posting(src) as got:
             assert src.watching and src._watcher is not None
             t_end = time.monotonic() + 5
             _until(lambda g=got: g, t_end)
@@ -450,8 +440,6 @@ def test_watching_one_run_folder_or_one_file(tmp_path: Path) -> None:
             _append(paths, step)
             _until(lambda g=got, s=step: g[-1].selected.step == s, t_end)
             assert got[-1].selected.step == step
-        finally:
-            src.stop()
 
 
 @pytest.mark.skipif(
